@@ -1,0 +1,281 @@
+import { readFileSync, statSync } from 'node:fs';
+import yaml from 'js-yaml';
+import type { z } from 'zod';
+import { configSchema, type Config, type TargetConfig, type TierName } from './schema.js';
+
+/** A config file larger than this is refused before it is parsed. */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+/** Nodes the parsed YAML may expand to (aliases count each time they are used): no billion laughs. */
+const MAX_NODES = 100_000;
+const MAX_DEPTH = 64;
+
+export class ConfigError extends Error {
+  readonly issues: readonly string[];
+  constructor(issues: readonly string[], source?: string) {
+    super(`${source ? `${source}: ` : ''}invalid config:\n  ${issues.join('\n  ')}`);
+    this.name = 'ConfigError';
+    this.issues = issues;
+  }
+}
+
+export interface LoadedConfig {
+  readonly config: Config;
+  /** Providers whose `api_key` resolved empty: their upstreams are left out of every route. */
+  readonly disabledProviders: ReadonlySet<string>;
+  /** One line each, for the logger (e.g. a disabled provider). */
+  readonly warnings: readonly string[];
+  /** Every configured secret, for scrubbing upstream bodies and logs. Never printed. */
+  readonly secrets: readonly string[];
+  readonly source: string | undefined;
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** `a.b[1].c` from a path of keys and indices. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const key of path) {
+    if (typeof key === 'number') out += `[${key}]`;
+    else out += out === '' ? String(key) : `.${String(key)}`;
+  }
+  return out === '' ? '(root)' : out;
+}
+
+export function loadConfigFile(path: string, env: Env = process.env): LoadedConfig {
+  let size: number;
+  try {
+    size = statSync(path).size;
+  } catch (err) {
+    throw new ConfigError([`cannot read config file: ${(err as NodeJS.ErrnoException).code ?? 'error'}`], path);
+  }
+  if (size > MAX_CONFIG_BYTES) {
+    throw new ConfigError([`config file is ${size} bytes; the limit is ${MAX_CONFIG_BYTES}`], path);
+  }
+  return parseConfigText(readFileSync(path), env, path);
+}
+
+export function parseConfigText(raw: Uint8Array | string, env: Env = process.env, source?: string): LoadedConfig {
+  let text: string;
+  if (typeof raw === 'string') text = raw;
+  else {
+    if (raw.byteLength > MAX_CONFIG_BYTES) {
+      throw new ConfigError([`config is ${raw.byteLength} bytes; the limit is ${MAX_CONFIG_BYTES}`], source);
+    }
+    try {
+      text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
+    } catch {
+      throw new ConfigError(['config file is not valid UTF-8'], source);
+    }
+  }
+  let doc: unknown;
+  try {
+    doc = yaml.load(text, { schema: yaml.CORE_SCHEMA, json: false, filename: source });
+  } catch (err) {
+    const e = err as { reason?: string; mark?: { line: number; column: number } };
+    const where = e.mark ? ` (line ${e.mark.line + 1}, column ${e.mark.column + 1})` : '';
+    throw new ConfigError([`YAML syntax error: ${e.reason ?? 'unparsable'}${where}`], source);
+  }
+  if (doc === undefined || doc === null) throw new ConfigError(['config is empty'], source);
+
+  const substituted = substituteEnv(doc, env, source);
+  const parsed = configSchema.safeParse(substituted.value);
+  if (!parsed.success) throw new ConfigError(zodIssues(parsed.error), source);
+  const config = parsed.data;
+
+  const disabled = new Set<string>();
+  const warnings: string[] = [];
+  config.providers.forEach((p, i) => {
+    if (p.api_key !== undefined && p.api_key.trim() === '') {
+      disabled.add(p.name);
+      warnings.push(`providers[${i}] "${p.name}": api_key is empty; provider disabled`);
+    }
+  });
+  const issues = crossCheck(config, disabled);
+  if (issues.length > 0) throw new ConfigError(issues, source);
+
+  return {
+    config: deepFreeze(config),
+    disabledProviders: disabled,
+    warnings,
+    secrets: collectSecrets(config),
+    source,
+  };
+}
+
+function zodIssues(error: z.ZodError): string[] {
+  return error.issues.map((issue) => {
+    let path = issue.path;
+    let message = issue.message;
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`).join('\n  ');
+    }
+    if (issue.code === 'invalid_union' && 'errors' in issue) {
+      // Report the closest branch's own message rather than zod's generic "invalid input".
+      const branches = issue.errors as z.core.$ZodIssue[][];
+      const best = branches.map((b) => b[0]).find((b) => b !== undefined && b.code !== 'invalid_type');
+      if (best) {
+        path = [...path, ...best.path];
+        message = best.message;
+      }
+    }
+    return `${formatPath(path)}: ${message}`;
+  });
+}
+
+const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+/**
+ * `${VAR}` and `${VAR:-default}` replaced in string scalars, in one pass over the parsed tree: a value is
+ * data, it can never add a key or a node. Counts nodes as it goes so aliases cannot expand unbounded.
+ */
+function substituteEnv(doc: unknown, env: Env, source: string | undefined): { value: unknown } {
+  let nodes = 0;
+  const missing: string[] = [];
+  const walk = (node: unknown, path: PropertyKey[]): unknown => {
+    if (++nodes > MAX_NODES) {
+      throw new ConfigError([`config expands to more than ${MAX_NODES} nodes (YAML aliases?)`], source);
+    }
+    if (path.length > MAX_DEPTH) {
+      throw new ConfigError([`${formatPath(path)}: nested deeper than ${MAX_DEPTH} levels`], source);
+    }
+    if (typeof node === 'string') {
+      return node.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
+        const value = Object.hasOwn(env, name) ? env[name] : undefined;
+        if (value !== undefined && value !== '') return value;
+        if (fallback !== undefined) return fallback;
+        if (value === undefined) missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
+        return '';
+      });
+    }
+    if (Array.isArray(node)) return node.map((v, i) => walk(v, [...path, i]));
+    if (node !== null && typeof node === 'object') {
+      const out: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(node)) {
+        Object.defineProperty(out, k, { value: walk(v, [...path, k]), enumerable: true, writable: true, configurable: true });
+      }
+      return out;
+    }
+    return node;
+  };
+  const value = walk(doc, []);
+  // An unset variable is fatal except where it lands in an api_key (that provider is then disabled).
+  const fatal = missing.filter((m) => !/\.api_key: /.test(m));
+  if (fatal.length > 0) throw new ConfigError(fatal, source);
+  return { value };
+}
+
+export function targetName(t: TargetConfig): string {
+  return typeof t === 'string' ? t : t.target;
+}
+
+function crossCheck(config: Config, disabled: ReadonlySet<string>): string[] {
+  const issues: string[] = [];
+  const upstreams = new Map<string, { embeddings: boolean }>();
+  const seenProviders = new Set<string>();
+  config.providers.forEach((p, i) => {
+    if (seenProviders.has(p.name)) issues.push(`providers[${i}].name: duplicate provider "${p.name}"`);
+    seenProviders.add(p.name);
+    const seenModels = new Set<string>();
+    p.models.forEach((m, j) => {
+      if (seenModels.has(m.name)) issues.push(`providers[${i}].models[${j}].name: duplicate model "${m.name}"`);
+      seenModels.add(m.name);
+      upstreams.set(`${p.name}/${m.name}`, { embeddings: m.capabilities.includes('embeddings') });
+    });
+    if (p.kind === 'anthropic' && p.models.some((m) => m.capabilities.includes('embeddings'))) {
+      issues.push(`providers[${i}].models: anthropic providers serve no embeddings`);
+    }
+  });
+
+  const checkTargets = (list: readonly TargetConfig[], path: string): void => {
+    const kinds = new Set<boolean>();
+    list.forEach((t, k) => {
+      const name = targetName(t);
+      const up = upstreams.get(name);
+      if (!up) issues.push(`${path}[${k}]: unknown upstream "${name}"`);
+      else kinds.add(up.embeddings);
+    });
+    if (kinds.size > 1) issues.push(`${path}: mixes embedding and chat models`);
+  };
+
+  for (const [name, route] of Object.entries(config.routes)) {
+    const base = `routes.${name}`;
+    if (name.includes('/')) issues.push(`${base}: a route name cannot contain "/" (reserved for provider/model)`);
+    if (route.on_stream_failure === 'continue') {
+      issues.push(`${base}.on_stream_failure: "continue" is planned but not built yet; use "terminate"`);
+    }
+    if (route.targets && route.tiers) issues.push(`${base}: give either targets or tiers, not both`);
+    if (!route.targets && !route.tiers) issues.push(`${base}: needs targets (or tiers)`);
+    if (route.targets) {
+      if (route.targets.length === 0) issues.push(`${base}.targets: must list at least one upstream`);
+      checkTargets(route.targets, `${base}.targets`);
+      for (const key of ['rules', 'default_tier', 'router'] as const) {
+        if (route[key] !== undefined) issues.push(`${base}.${key}: only meaningful with tiers`);
+      }
+    }
+    if (route.tiers) {
+      const live = (tier: TierName): number =>
+        (route.tiers?.[tier] ?? []).filter((t) => !disabled.has(targetName(t).split('/')[0] ?? '')).length;
+      for (const [tier, list] of Object.entries(route.tiers)) checkTargets(list ?? [], `${base}.tiers.${tier}`);
+      if (!route.default_tier) issues.push(`${base}.default_tier: required with tiers`);
+      else if (live(route.default_tier) === 0) {
+        issues.push(`${base}.default_tier: tier "${route.default_tier}" has no upstreams`);
+      }
+      if (route.router && live(route.router.tier) === 0) {
+        issues.push(`${base}.router.tier: tier "${route.router.tier}" has no upstreams`);
+      }
+      route.rules?.forEach((rule, k) => {
+        if (rule.if.last_user_message !== undefined) {
+          try {
+            new RegExp(rule.if.last_user_message, 'i');
+          } catch {
+            issues.push(`${base}.rules[${k}].if.last_user_message: invalid regular expression`);
+          }
+        }
+        if (!route.tiers?.[rule.tier]?.length) issues.push(`${base}.rules[${k}].tier: tier "${rule.tier}" has no upstreams`);
+      });
+    }
+  }
+
+  const pass = config.server.passthrough;
+  if (pass !== undefined) {
+    const p = config.providers.find((x) => x.name === pass);
+    if (!p) issues.push(`server.passthrough: unknown provider "${pass}"`);
+    else if (p.kind !== 'openai') issues.push(`server.passthrough: provider "${pass}" must be of kind openai`);
+  }
+  return issues;
+}
+
+function collectSecrets(config: Config): string[] {
+  const out = new Set<string>();
+  const add = (s: string | undefined): void => {
+    if (s !== undefined && s.length >= 4) out.add(s);
+  };
+  for (const p of config.providers) {
+    add(p.api_key);
+    try {
+      const u = new URL(p.base_url);
+      add(decodeURIComponent(u.password));
+      add(u.password);
+    } catch {
+      /* validated by the schema */
+    }
+  }
+  config.server.api_keys.forEach(add);
+  add(config.server.admin_key);
+  if (config.state.backend === 'redis') {
+    try {
+      add(decodeURIComponent(new URL(config.state.url).password));
+    } catch {
+      /* not a URL: nothing to hide */
+    }
+  }
+  return [...out].sort((a, b) => b.length - a.length);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

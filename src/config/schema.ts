@@ -1,0 +1,174 @@
+import { z } from 'zod';
+
+/** A number, or a numeric string (what `${PORT:-8080}` substitutes to). */
+const num = z.union([
+  z.number(),
+  z
+    .string()
+    .regex(/^-?\d+(\.\d+)?$/, 'expected a number')
+    .transform(Number),
+]);
+const posInt = num.pipe(z.number().int().positive());
+const nonNegInt = num.pipe(z.number().int().nonnegative());
+const nonNeg = num.pipe(z.number().nonnegative());
+const bool = z.union([z.boolean(), z.enum(['true', 'false']).transform((v) => v === 'true')]);
+
+export const STRATEGY_NAMES = [
+  'cost',
+  'latency',
+  'hybrid',
+  'round-robin',
+  'priority',
+  'weighted',
+  'least-busy',
+] as const;
+export type StrategyName = (typeof STRATEGY_NAMES)[number];
+
+export const TIER_NAMES = ['fast', 'balanced', 'deep'] as const;
+export type TierName = (typeof TIER_NAMES)[number];
+
+export const CAPABILITIES = ['tools', 'json', 'vision', 'stream', 'embeddings'] as const;
+export type Capability = (typeof CAPABILITIES)[number];
+
+export const hybridWeightsSchema = z.strictObject({
+  cost_weight: nonNeg.default(0.4),
+  latency_weight: nonNeg.default(0.4),
+  reliability_weight: nonNeg.default(0.2),
+});
+export type HybridWeights = z.infer<typeof hybridWeightsSchema>;
+
+/** `strategy: latency` or `strategy: { hybrid: { cost_weight: ... } }`. */
+const strategySchema = z.union([
+  z.enum(STRATEGY_NAMES),
+  z.strictObject({ hybrid: hybridWeightsSchema }),
+]);
+
+const timeoutsSchema = z.strictObject({
+  connect_ms: posInt.default(5_000),
+  first_byte_ms: posInt.default(30_000),
+  idle_ms: posInt.default(30_000),
+  total_ms: posInt.default(300_000),
+});
+
+const modelSchema = z.strictObject({
+  name: z.string().min(1),
+  /** The name sent upstream when it differs from `name`. */
+  upstream_name: z.string().min(1).optional(),
+  price: z
+    .strictObject({ input_per_mtok: nonNeg.default(0), output_per_mtok: nonNeg.default(0) })
+    .default({ input_per_mtok: 0, output_per_mtok: 0 }),
+  context_window: posInt.default(128_000),
+  capabilities: z.array(z.enum(CAPABILITIES)).default(['tools', 'json', 'vision', 'stream']),
+  /** Share of traffic under the `weighted` strategy. */
+  weight: nonNeg.default(1),
+});
+
+const providerSchema = z.strictObject({
+  name: z
+    .string()
+    .min(1)
+    .regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, ".", "_" and "-" only'),
+  kind: z.enum(['openai', 'anthropic']).default('openai'),
+  base_url: z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }),
+  api_key: z.string().optional(),
+  headers: z.record(z.string(), z.string()).optional(),
+  timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
+  max_concurrency: posInt.default(512),
+  /** Anthropic only: the `anthropic-version` header and the `max_tokens` sent when the client gives none. */
+  anthropic_version: z.string().default('2023-06-01'),
+  default_max_tokens: posInt.default(4096),
+  models: z.array(modelSchema).min(1),
+});
+
+const targetSchema = z.union([
+  z.string().min(1),
+  z.strictObject({ target: z.string().min(1), weight: nonNeg.optional() }),
+]);
+
+const ruleSchema = z.strictObject({
+  name: z.string().optional(),
+  if: z.strictObject({
+    min_prompt_tokens: nonNegInt.optional(),
+    max_prompt_tokens: nonNegInt.optional(),
+    tools: bool.optional(),
+    images: bool.optional(),
+    /** A regular expression tested against the last user message. */
+    last_user_message: z.string().optional(),
+    header: z.string().optional(),
+  }),
+  tier: z.enum(TIER_NAMES),
+});
+
+const routeSchema = z.strictObject({
+  strategy: strategySchema.optional(),
+  targets: z.array(targetSchema).optional(),
+  tiers: z.partialRecord(z.enum(TIER_NAMES), z.array(targetSchema)).optional(),
+  rules: z.array(ruleSchema).optional(),
+  default_tier: z.enum(TIER_NAMES).optional(),
+  router: z
+    .strictObject({
+      tier: z.enum(TIER_NAMES),
+      timeout_ms: posInt.default(1_500),
+      cache_ttl_s: nonNeg.default(300),
+      cache_size: posInt.default(10_000),
+    })
+    .optional(),
+  on_stream_failure: z.enum(['terminate', 'continue']).default('terminate'),
+});
+
+const serverSchema = z.strictObject({
+  host: z.string().default('0.0.0.0'),
+  port: nonNegInt.pipe(z.number().max(65_535)).default(8080),
+  api_keys: z.array(z.string()).default([]),
+  admin_key: z.string().optional(),
+  body_limit_bytes: posInt.default(10 * 1024 * 1024),
+  passthrough: z.string().optional(),
+  metrics_auth: bool.default(false),
+  shutdown_grace_ms: nonNegInt.default(10_000),
+  /** Headers and body must arrive within this bound (SPEC §8: a slow body gets 408). */
+  request_timeout_ms: posInt.default(30_000),
+});
+
+const routingSchema = z.strictObject({
+  default_strategy: strategySchema.default('hybrid'),
+  tie_epsilon: nonNeg.pipe(z.number().max(1)).default(0.02),
+  max_attempts: posInt.default(3),
+  total_timeout_ms: posInt.default(600_000),
+  /** Share of requests the latency strategy may send to upstreams with too few samples. */
+  exploration_share: nonNeg.pipe(z.number().max(1)).default(0.1),
+  /** Below this many samples an upstream counts as unmeasured. */
+  min_samples: nonNegInt.default(3),
+});
+
+const breakerSchema = z.strictObject({
+  failure_threshold: posInt.default(5),
+  open_ms: posInt.default(30_000),
+  max_open_ms: posInt.default(300_000),
+  half_open_probes: posInt.default(1),
+  success_threshold: posInt.default(3),
+});
+
+const stateSchema = z.discriminatedUnion('backend', [
+  z.strictObject({ backend: z.literal('memory') }),
+  z.strictObject({ backend: z.literal('redis'), url: z.string().min(1), key_prefix: z.string().optional() }),
+]);
+
+export const configSchema = z.strictObject({
+  server: serverSchema.default(serverSchema.parse({})),
+  providers: z.array(providerSchema).min(1),
+  routes: z.record(z.string(), routeSchema).default({}),
+  routing: routingSchema.default(routingSchema.parse({})),
+  circuit_breaker: breakerSchema.default(breakerSchema.parse({})),
+  state: stateSchema.default({ backend: 'memory' }),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type ProviderConfig = Config['providers'][number];
+export type ModelConfig = ProviderConfig['models'][number];
+export type RouteConfig = Config['routes'][string];
+export type RuleConfig = NonNullable<RouteConfig['rules']>[number];
+export type TargetConfig = z.infer<typeof targetSchema>;
+export type StrategyConfig = z.infer<typeof strategySchema>;
+export type BreakerConfig = Config['circuit_breaker'];
+export type RoutingConfig = Config['routing'];
+export type TimeoutsConfig = ProviderConfig['timeouts'];

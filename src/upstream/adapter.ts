@@ -1,0 +1,87 @@
+/**
+ * A provider dialect is data plus small pure functions: how to build the upstream request from an OpenAI
+ * Chat Completions body, and how to turn the upstream's answer (JSON or SSE events) back into OpenAI shape.
+ * Every dialect shares the one SSE parser in streaming/; an adapter only sees parsed events.
+ */
+
+/** The OpenAI usage object. */
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details?: { cached_tokens?: number };
+}
+
+/** An OpenAI Chat Completions request body, validated; unknown fields are kept. */
+export type ChatBody = Record<string, unknown> & {
+  model: string;
+  messages: unknown[];
+  stream?: boolean;
+};
+
+export interface AdapterProvider {
+  readonly name: string;
+  readonly apiKey: string | undefined;
+  readonly headers: Readonly<Record<string, string>> | undefined;
+  /** Anthropic: `anthropic-version` header value. */
+  readonly anthropicVersion: string;
+  /** Anthropic: `max_tokens` when the client sent none. */
+  readonly defaultMaxTokens: number;
+}
+
+export interface PreparedRequest {
+  /** Path appended to the provider's base_url path, e.g. `/chat/completions` or `/v1/messages`. */
+  readonly path: string;
+  readonly headers: Record<string, string>;
+  readonly body: string;
+}
+
+/** An error the upstream reported, in OpenAI terms. */
+export interface UpstreamErrorInfo {
+  /** HTTP status the upstream used, or the equivalent for an in-stream error event (e.g. 529 overloaded). */
+  readonly status: number;
+  readonly message: string;
+  readonly type: string;
+  readonly code: string | null;
+  readonly param: string | null;
+}
+
+export interface ChunkSink {
+  /**
+   * One OpenAI `chat.completion.chunk`, as JSON text ready to relay after `data: `. `content` is true when
+   * it carries a content delta (text, tool call, refusal): the stream commits to its upstream there.
+   */
+  chunk(json: string, content: boolean): void;
+  /** Usage reported by the upstream (may come before or inside the final chunk). */
+  usage(usage: Usage): void;
+  /** The upstream reported an error inside the stream. */
+  error(err: UpstreamErrorInfo): void;
+  /** The upstream signalled a normal end (`[DONE]`, `message_stop`). */
+  end(): void;
+}
+
+export interface StreamContext {
+  /** The model name to put in translated chunks. */
+  readonly model: string;
+  /** The client asked for `stream_options.include_usage`. */
+  readonly includeUsage: boolean;
+  /** Unix seconds for `created`. */
+  readonly created: number;
+}
+
+/** Fed each parsed SSE event of one upstream stream, in order. */
+export interface StreamTranslator {
+  event(type: string | undefined, data: string): void;
+}
+
+export interface ChatAdapter {
+  readonly kind: 'openai' | 'anthropic';
+  /** The upstream request for a chat completion; `model` is the upstream's own model name. */
+  chatRequest(body: ChatBody, model: string, provider: AdapterProvider): PreparedRequest;
+  /** A successful non-streaming upstream JSON answer, as an OpenAI `chat.completion` object. */
+  chatResponse(json: unknown, ctx: StreamContext): { body: unknown; usage: Usage | undefined };
+  /** A translator for one upstream SSE stream. */
+  streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator;
+  /** An upstream error response (status + raw body text) in OpenAI terms. */
+  errorInfo(status: number, bodyText: string): UpstreamErrorInfo;
+}
