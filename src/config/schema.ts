@@ -87,6 +87,8 @@ const targetSchema = z.union([
 
 const ruleSchema = z.strictObject({
   name: z.string().optional(),
+  /** Lower wins; rules of equal priority that pick different tiers are a tie. Default: the rule's position. */
+  priority: nonNegInt.optional(),
   if: z.strictObject({
     min_prompt_tokens: nonNegInt.optional(),
     max_prompt_tokens: nonNegInt.optional(),
@@ -94,6 +96,7 @@ const ruleSchema = z.strictObject({
     images: bool.optional(),
     /** A regular expression tested against the last user message. */
     last_user_message: z.string().optional(),
+    /** `name` (present) or `name=value` (equal). */
     header: z.string().optional(),
   }),
   tier: z.enum(TIER_NAMES),

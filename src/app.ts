@@ -1,0 +1,134 @@
+import { randomUUID } from 'node:crypto';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import type { LoadedConfig } from './config/load.js';
+import { GatewayError, errorBody } from './errors.js';
+import { Gateway, type GatewayDeps } from './gateway.js';
+import { adminPlugin } from './http/admin.js';
+import { bearerToken, KeySet } from './http/auth.js';
+import { chatPlugin } from './http/chat.js';
+import { embeddingsPlugin } from './http/embeddings.js';
+import { healthPlugin } from './http/health.js';
+import { metricsPlugin } from './http/metrics.js';
+import { modelsPlugin } from './http/models.js';
+import { passthroughPlugin } from './http/passthrough.js';
+import { jsonDepthExceeds } from './http/validate.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    gateway: Gateway;
+  }
+}
+
+const MAX_JSON_DEPTH = 64;
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Maps fastify's own errors (body limit, media type, bad JSON) onto our catalogue. */
+function toGatewayError(err: FastifyError): GatewayError | undefined {
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new GatewayError('payload_too_large', 'request body is larger than server.body_limit_bytes');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new GatewayError('unsupported_media_type', 'request body must be application/json');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new GatewayError('invalid_request', 'request body is empty');
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new GatewayError('invalid_request', 'content-length does not match the body');
+    default:
+      break;
+  }
+  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+    if (err.statusCode === 408) return new GatewayError('request_timeout', 'request body arrived too slowly');
+    return new GatewayError('invalid_request', 'malformed request', { status: err.statusCode });
+  }
+  return undefined;
+}
+
+export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstance {
+  const server = loaded.config.server;
+  const gateway = new Gateway(loaded, deps);
+  const app: FastifyInstance = Fastify({
+    loggerInstance: deps.logger as FastifyBaseLogger,
+    // One line per request is ours (http/report.ts), with the routing decision in it.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: server.body_limit_bytes,
+    requestTimeout: server.request_timeout_ms,
+    connectionTimeout: 0,
+    keepAliveTimeout: 72_000,
+    return503OnClosing: true,
+    genReqId: (req) => {
+      const h = req.headers['x-request-id'];
+      return typeof h === 'string' && REQUEST_ID.test(h) ? h : randomUUID();
+    },
+  });
+  app.decorate('gateway', gateway);
+
+  app.removeAllContentTypeParsers();
+
+  const clientKeys = new KeySet(server.api_keys);
+  const adminKeys = new KeySet(server.admin_key ? [server.admin_key] : []);
+  app.addHook('onRequest', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+    const url = req.url;
+    if (url.startsWith('/v1/')) {
+      if (gateway.draining) throw new GatewayError('overloaded', 'the gateway is shutting down', { retryAfterS: 1 });
+      if (clientKeys.enabled && !clientKeys.matches(bearerToken(req.headers))) {
+        throw new GatewayError('unauthorized', 'missing or invalid API key (send Authorization: Bearer <key>)', {
+          bodyCode: 'invalid_api_key',
+        });
+      }
+    } else if (url.startsWith('/router/') || (url.startsWith('/metrics') && server.metrics_auth)) {
+      if (adminKeys.enabled) {
+        const given = bearerToken(req.headers) ?? headerString(req.headers['x-admin-key']);
+        if (!adminKeys.matches(given)) {
+          throw new GatewayError('unauthorized', 'missing or invalid admin key', { bodyCode: 'invalid_admin_key' });
+        }
+      }
+    }
+  });
+
+  app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {
+    const mapped = err instanceof GatewayError ? err : toGatewayError(err);
+    if (!mapped) req.log.error({ err, reqId: req.id }, 'unhandled error');
+    const { status, body, retryAfterS } = errorBody(mapped ?? err);
+    if (retryAfterS !== undefined) reply.header('retry-after', String(retryAfterS));
+    void reply.code(status).type('application/json').send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const err = new GatewayError('not_found', `no such endpoint: ${req.method} ${req.url.split('?')[0]}`);
+    void reply.code(404).type('application/json').send(err.toBody());
+  });
+
+  app.register(healthPlugin);
+  app.register(metricsPlugin);
+  app.register(modelsPlugin);
+  // Our JSON surfaces share one strict parser; the passthrough (a sibling context) streams bodies raw.
+  app.register(async (api) => {
+    api.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+      const enc = req.headers['content-encoding'];
+      if (enc !== undefined && enc !== 'identity') {
+        return done(new GatewayError('unsupported_media_type', `content-encoding "${String(enc)}" is not supported`));
+      }
+      const text = typeof body === 'string' ? body : body.toString('utf8');
+      if (text === '') return done(new GatewayError('invalid_request', 'request body is empty'));
+      if (jsonDepthExceeds(text, MAX_JSON_DEPTH)) {
+        return done(new GatewayError('invalid_request', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`));
+      }
+      try {
+        // JSON.parse keeps `__proto__` as an own data property: it can never reach a prototype.
+        done(null, JSON.parse(text));
+      } catch {
+        done(new GatewayError('invalid_request', 'request body is not valid JSON'));
+      }
+    });
+    api.register(chatPlugin);
+    api.register(embeddingsPlugin);
+    api.register(adminPlugin);
+  });
+  app.register(passthroughPlugin);
+  app.addHook('onClose', async () => gateway.close());
+  return app;
+}
+
+function headerString(v: string | string[] | undefined): string | undefined {
+  return typeof v === 'string' ? v : undefined;
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env node
+/**
+ * `npm run demo`: three simulated providers of different price, speed and reliability, and the gateway on
+ * :8080 with config/demo.yaml. No keys, no network. Ctrl-C stops everything.
+ */
+import { fileURLToPath } from 'node:url';
+import { buildApp } from './app.js';
+import { ConfigError, loadConfigFile } from './config/load.js';
+import { createLogger } from './observability/logger.js';
+import { startSimulator, type Simulator } from './sim/index.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+async function main(): Promise<void> {
+  const sims: Simulator[] = [
+    await startSimulator({ kind: 'openai', name: 'budget', port: 9101, latencyMs: 120, tokensPerS: 40, failRate: 0.2, completionTokens: 24 }),
+    await startSimulator({ kind: 'openai', name: 'speedy', port: 9102, latencyMs: 15, tokensPerS: 200, completionTokens: 24 }),
+    await startSimulator({ kind: 'anthropic', name: 'claude-sim', port: 9103, latencyMs: 60, tokensPerS: 80, completionTokens: 24, apiKey: 'demo-anthropic-key' }),
+  ];
+  let loaded;
+  try {
+    loaded = loadConfigFile(`${root}config/demo.yaml`);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(err.message);
+      process.exit(1);
+    }
+    throw err;
+  }
+  const logger = createLogger(process.env.LOG_LEVEL ?? 'info');
+  const app = buildApp(loaded, { logger });
+  const address = await app.listen({ host: loaded.config.server.host, port: loaded.config.server.port });
+  console.error(`
+llm-edge-router demo is up at ${address}
+  curl ${address}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"fast","messages":[{"role":"user","content":"Hello!"}]}'
+  routes: cheap (cost), fast (latency), smart (hybrid), embed; or address one upstream as provider/model
+  watch:  ${address}/router/status   ${address}/metrics
+`);
+  const stop = async (): Promise<void> => {
+    await app.close();
+    await Promise.all(sims.map((s) => s.close()));
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,87 @@
+import type { FastifyInstance } from 'fastify';
+import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
+import { chatFeatures, lastUserText } from '../routing/features.js';
+import { planRequest } from '../routing/plan.js';
+import { matchTier } from '../routing/tiers.js';
+import { validateChatBody } from './validate.js';
+
+/** `/router/status` and `/router/explain`: what the gateway knows and would decide. Never a secret. */
+export async function adminPlugin(app: FastifyInstance): Promise<void> {
+  app.get('/router/status', async () => {
+    const gw = app.gateway;
+    const rt = gw.runtime;
+    const upstreams = [...rt.upstreams.values()].map((up) => {
+      const b = up.breaker.snapshot();
+      return {
+        id: up.id,
+        provider: up.provider.name,
+        model: up.model.name,
+        kind: up.provider.kind,
+        breaker: {
+          state: b.state,
+          consecutive_failures: b.consecutiveFailures,
+          consecutive_successes: b.consecutiveSuccesses,
+          trip_cause: b.tripCause,
+          open_ms: b.openMs,
+          ms_until_half_open: b.msUntilHalfOpen,
+          probes_in_flight: b.probesInFlight,
+          opens: b.opens,
+        },
+        stats: up.stats.snapshot(),
+        in_flight: up.stats.inFlight,
+        pool: up.provider.client.stats(),
+      };
+    });
+    const routes = [...rt.routes.values()]
+      .filter((r) => !r.direct)
+      .map((r) => ({
+        name: r.name,
+        strategy: r.strategy,
+        targets: r.targets.map((t) => t.id),
+        tiers: r.tiers ? Object.fromEntries(Object.entries(r.tiers).map(([k, v]) => [k, (v ?? []).map((t) => t.id)])) : undefined,
+        default_tier: r.defaultTier,
+      }));
+    return { upstreams, routes, draining: gw.draining };
+  });
+
+  app.post('/router/explain', async (req) => {
+    const gw = app.gateway;
+    const rt = gw.runtime;
+    const body = validateChatBody(req.body);
+    const route = resolveRoute(rt, body.model, 'chat');
+    const hdrs = readRoutingHeaders(req.headers, rt);
+    const features = chatFeatures(body);
+    let targets = route.targets;
+    let tier: { tier: string | undefined; reason: string } | undefined;
+    if (route.tiers) {
+      const m = matchTier(route, features, lastUserText(body.messages), hdrs.tier, req.headers);
+      const chosen = m.tier ?? route.defaultTier;
+      tier = { tier: chosen, reason: m.tier ? m.reason : `${m.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})` };
+      targets = (chosen && route.tiers[chosen]) || [];
+    }
+    const strategy = hdrs.strategy ?? route.strategy;
+    const plan = planRequest(route, targets, features, {
+      strategy,
+      provider: hdrs.provider,
+      routing: rt.loaded.config.routing,
+      now: gw.now(),
+      random: gw.random,
+      peek: true,
+    });
+    return {
+      route: route.name,
+      strategy,
+      tier: tier?.tier,
+      tier_reason: tier?.reason,
+      features,
+      candidates: plan.ranked.map((r, i) => ({
+        rank: i + 1,
+        upstream: r.candidate.id,
+        provider: r.candidate.upstream.provider.name,
+        model: r.candidate.upstream.model.name,
+        score: Math.round(r.score * 1e4) / 1e4,
+        reason: r.reason,
+      })),
+    };
+  });
+}

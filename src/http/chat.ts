@@ -1,0 +1,142 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { GatewayError, isGatewayError } from '../errors.js';
+import type { Gateway } from '../gateway.js';
+import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
+import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
+import { chatFeatures } from '../routing/features.js';
+import { planRequest } from '../routing/plan.js';
+import { chooseTier } from '../routing/tier-select.js';
+import type { Runtime } from '../runtime.js';
+import { SseWriter } from '../streaming/relay.js';
+import type { ChatBody } from '../upstream/adapter.js';
+import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
+import { reportRequest, routerHeaders } from './report.js';
+import { validateChatBody } from './validate.js';
+
+/** An AbortSignal that fires when the client goes away before its response is complete. */
+export function clientGoneSignal(reply: FastifyReply): AbortSignal {
+  const ac = new AbortController();
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) ac.abort(new Error('client closed the connection'));
+  });
+  return ac.signal;
+}
+
+export function failoverOptions(gw: Gateway, rt: Runtime, routeName: string, startedAt: number): FailoverOptions {
+  const routing = rt.loaded.config.routing;
+  return {
+    routeName,
+    maxAttempts: routing.max_attempts,
+    deadline: startedAt + routing.total_timeout_ms,
+    now: gw.now,
+    metrics: gw.metrics,
+    logger: gw.logger,
+    scrub: (t) => rt.scrubber.scrub(t),
+  };
+}
+
+export async function chatPlugin(app: FastifyInstance): Promise<void> {
+  app.post('/v1/chat/completions', (req, reply) => handleChat(app.gateway, req, reply));
+}
+
+async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const startedAt = gw.now();
+  const rt = gw.runtime;
+  const body = validateChatBody(req.body);
+  const route = resolveRoute(rt, body.model, 'chat');
+  const hdrs = readRoutingHeaders(req.headers, rt);
+  const features = chatFeatures(body);
+  const clientSignal = clientGoneSignal(reply);
+  const tier = await chooseTier(gw, rt, route, body, features, hdrs, req.headers, clientSignal);
+  const strategy = hdrs.strategy ?? route.strategy;
+  const plan = planRequest(route, tier.targets, features, {
+    strategy,
+    provider: hdrs.provider,
+    routing: rt.loaded.config.routing,
+    now: gw.now(),
+    random: gw.random,
+  });
+  const chosen = plan.ranked[0];
+  gw.metrics.decisions.inc({ route: route.name, strategy, provider: chosen?.candidate.upstream.provider.name ?? 'none' });
+
+  const opts = failoverOptions(gw, rt, route.name, startedAt);
+  const streamCtx = {
+    model: '',
+    includeUsage: (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true,
+    created: Math.floor(Date.now() / 1000),
+  };
+  let lastAttempts: readonly AttemptRecord[] = [];
+  let current: RankedCandidateT | undefined;
+  const input = (target: RankedCandidateT) => ({
+    upstream: target.candidate.upstream,
+    body: body as ChatBody,
+    clientSignal,
+    deadline: opts.deadline,
+    now: gw.now,
+    stream: { ...streamCtx, model: target.candidate.upstream.model.name },
+  });
+  const headersFor = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Record<string, string> =>
+    routerHeaders(req.id, strategy, target.candidate.upstream, attempts, attempts.length + 1, tier.tier);
+
+  const report = {
+    route: route.name,
+    strategy,
+    stream: features.stream,
+    startedAt,
+    chosen,
+    tier: tier.tier,
+    tierReason: tier.reason,
+    promptTokensEstimate: features.promptTokens,
+  };
+  try {
+    let writer: SseWriter | undefined;
+    if (features.stream) {
+      writer = new SseWriter(reply.raw, clientSignal, () => reply.hijack());
+    }
+    const attempt = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Promise<AttemptResult> => {
+      current = target;
+      return writer
+        ? attemptStream(input(target), writer, () => headersFor(target, attempts), opts.scrub)
+        : attemptJson(input(target));
+    };
+    const out = await runFailover(plan.ranked, opts, attempt, (a) => (lastAttempts = a));
+    const served = out.target.candidate.upstream;
+    if ('committedFailure' in out) {
+      const last = out.attempts[out.attempts.length - 1];
+      if (last && last.reason !== 'client_closed') {
+        gw.metrics.streamFailures.inc({ provider: served.provider.name, model: served.model.name, policy: route.onStreamFailure });
+      }
+      reportRequest(gw, req, { ...report, status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, error: last?.reason });
+      return;
+    }
+    const result = out.result;
+    reportRequest(gw, req, {
+      ...report,
+      status: 200,
+      served,
+      attempts: out.attempts,
+      upstreamMs: out.upstreamMs,
+      ttftMs: result.ttftMs,
+      usage: result.usage,
+      countedTokens: result.countedTokens,
+    });
+    if (!writer) {
+      void reply.code(200).headers(headersFor(out.target, out.attempts.slice(0, -1))).type('application/json').send(result.body);
+    }
+  } catch (err) {
+    const served = current?.candidate.upstream;
+    const status = isGatewayError(err) ? err.status : 500;
+    reply.headers(routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, tier.tier));
+    reportRequest(gw, req, {
+      ...report,
+      status,
+      served,
+      attempts: lastAttempts,
+      upstreamMs: 0,
+      error: err instanceof Error ? err.message : String(err),
+    });
+    throw err instanceof GatewayError ? err : new GatewayError('internal', 'internal gateway error', { cause: err });
+  }
+}
+
+type RankedCandidateT = ReturnType<typeof planRequest>['ranked'][number];

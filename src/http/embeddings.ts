@@ -1,0 +1,79 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { GatewayError, isGatewayError } from '../errors.js';
+import type { Gateway } from '../gateway.js';
+import { runFailover, type AttemptRecord } from '../resilience/failover.js';
+import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
+import { planRequest } from '../routing/plan.js';
+import { estimateTextTokens } from '../routing/tokens.js';
+import type { RankedCandidate } from '../routing/types.js';
+import type { RouteTarget } from '../runtime.js';
+import { attemptPlainJson } from '../upstream/attempt.js';
+import { clientGoneSignal, failoverOptions } from './chat.js';
+import { reportRequest, routerHeaders } from './report.js';
+import { validateEmbeddingsBody } from './validate.js';
+
+export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
+  app.post('/v1/embeddings', (req, reply) => handleEmbeddings(app.gateway, req, reply));
+}
+
+function inputTokens(input: unknown): number {
+  if (typeof input === 'string') return estimateTextTokens(input);
+  if (!Array.isArray(input)) return 0;
+  let n = 0;
+  for (const x of input) n += typeof x === 'string' ? estimateTextTokens(x) : Array.isArray(x) ? x.length : 1;
+  return n;
+}
+
+/** Embeddings go through the same engine as chat: strategy, breakers, failover; answers relayed as they are. */
+async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const startedAt = gw.now();
+  const rt = gw.runtime;
+  const body = validateEmbeddingsBody(req.body);
+  const route = resolveRoute(rt, body.model, 'embeddings');
+  const hdrs = readRoutingHeaders(req.headers, rt);
+  const strategy = hdrs.strategy ?? route.strategy;
+  const promptTokens = inputTokens(body.input);
+  const plan = planRequest(
+    route,
+    route.targets,
+    { stream: false, tools: false, json: false, images: false, promptTokens, requestedOutputTokens: undefined },
+    { strategy, provider: hdrs.provider, routing: rt.loaded.config.routing, now: gw.now(), random: gw.random },
+  );
+  const opts = failoverOptions(gw, rt, route.name, startedAt);
+  const clientSignal = clientGoneSignal(reply);
+  let lastAttempts: readonly AttemptRecord[] = [];
+  let current: RankedCandidate<RouteTarget> | undefined;
+  const report = { route: route.name, strategy, stream: false, startedAt, chosen: plan.ranked[0], promptTokensEstimate: promptTokens };
+  try {
+    const out = await runFailover(
+      plan.ranked,
+      opts,
+      (target) => {
+        current = target;
+        const up = target.candidate.upstream;
+        const headers: Record<string, string> = { 'content-type': 'application/json' };
+        if (up.provider.config.api_key) headers.authorization = `Bearer ${up.provider.config.api_key}`;
+        if (up.provider.config.headers) Object.assign(headers, up.provider.config.headers);
+        return attemptPlainJson(
+          { upstream: up, clientSignal, deadline: opts.deadline, now: gw.now },
+          { path: '/embeddings', headers, body: JSON.stringify({ ...body, model: up.upstreamModel }) },
+        );
+      },
+      (a) => (lastAttempts = a),
+    );
+    if ('committedFailure' in out) return; // the client went away
+    const served = out.target.candidate.upstream;
+    reportRequest(gw, req, { ...report, status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, usage: out.result.usage, countedTokens: 0 });
+    void reply
+      .code(200)
+      .headers(routerHeaders(req.id, strategy, served, out.attempts.slice(0, -1), out.attempts.length, undefined))
+      .type('application/json')
+      .send(out.result.body);
+  } catch (err) {
+    const status = isGatewayError(err) ? err.status : 500;
+    const served = current?.candidate.upstream;
+    reply.headers(routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, undefined));
+    reportRequest(gw, req, { ...report, status, served, attempts: lastAttempts, upstreamMs: 0, error: err instanceof Error ? err.message : String(err) });
+    throw err instanceof GatewayError ? err : new GatewayError('internal', 'internal gateway error', { cause: err });
+  }
+}

@@ -1,0 +1,103 @@
+import type { FastifyRequest } from 'fastify';
+import type { Gateway } from '../gateway.js';
+import type { AttemptRecord } from '../resilience/failover.js';
+import { trailOf } from '../resilience/failover.js';
+import type { RankedCandidate } from '../routing/types.js';
+import type { RouteTarget, Upstream } from '../runtime.js';
+import type { Usage } from '../upstream/adapter.js';
+
+/** Everything known about one routed request when it ends: one log line and the request metrics. */
+export interface RequestReport {
+  readonly route: string;
+  readonly strategy: string;
+  readonly stream: boolean;
+  readonly status: number;
+  readonly startedAt: number;
+  readonly chosen: RankedCandidate<RouteTarget> | undefined;
+  /** The upstream that served (or last failed). */
+  readonly served: Upstream | undefined;
+  readonly attempts: readonly AttemptRecord[];
+  readonly upstreamMs: number;
+  readonly tier?: string | undefined;
+  readonly tierReason?: string | undefined;
+  readonly ttftMs?: number | undefined;
+  readonly usage?: Usage | undefined;
+  readonly promptTokensEstimate: number;
+  readonly countedTokens?: number | undefined;
+  readonly error?: string | undefined;
+}
+
+/** `x-router-*` response headers for the upstream that served (or was being tried). */
+export function routerHeaders(
+  requestId: string,
+  strategy: string,
+  upstream: Upstream | undefined,
+  attempts: readonly AttemptRecord[],
+  attemptCount: number,
+  tier: string | undefined,
+): Record<string, string> {
+  const h: Record<string, string> = {
+    'x-request-id': requestId,
+    'x-router-strategy': strategy,
+    'x-router-attempts': String(attemptCount),
+  };
+  if (upstream) {
+    h['x-router-provider'] = upstream.provider.name;
+    h['x-router-model'] = upstream.model.name;
+  }
+  const trail = trailOf(attempts);
+  if (trail !== '') h['x-router-trail'] = trail;
+  if (tier !== undefined) h['x-router-tier'] = tier;
+  return h;
+}
+
+export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport): void {
+  const totalMs = gw.now() - r.startedAt;
+  const up = r.served;
+  const provider = up?.provider.name ?? 'none';
+  const model = up?.model.name ?? 'none';
+  const m = gw.metrics;
+  m.requests.inc({ route: r.route, provider, model, status: String(r.status) });
+  m.requestDuration.observe({ route: r.route, provider, model, stream: r.stream ? 'true' : 'false' }, totalMs / 1000);
+  m.overhead.observe({ route: r.route }, Math.max(0, totalMs - r.upstreamMs) / 1000);
+
+  let promptTokens: number | undefined;
+  let completionTokens: number | undefined;
+  let costUsd: number | undefined;
+  if (up && r.status === 200) {
+    promptTokens = r.usage?.prompt_tokens ?? r.promptTokensEstimate;
+    completionTokens = r.usage?.completion_tokens ?? r.countedTokens ?? 0;
+    const price = up.model.price;
+    costUsd = (promptTokens * price.input_per_mtok + completionTokens * price.output_per_mtok) / 1e6;
+    up.metrics.promptTokens.inc(promptTokens);
+    if (completionTokens > 0) up.metrics.completionTokens.inc(completionTokens);
+    if (costUsd > 0) up.metrics.cost.inc(costUsd);
+    if (r.ttftMs !== undefined) {
+      up.metrics.ttft.observe(r.ttftMs / 1000);
+      const last = r.attempts[r.attempts.length - 1];
+      if (completionTokens > 0 && last) up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
+    }
+  }
+  req.log.info(
+    {
+      route: r.route,
+      strategy: r.strategy,
+      upstream: up?.id,
+      score: r.chosen?.score,
+      reason: r.chosen?.reason,
+      tier: r.tier,
+      tierReason: r.tierReason,
+      attempts: r.attempts.length,
+      trail: trailOf(r.attempts) || undefined,
+      status: r.status,
+      stream: r.stream,
+      latencyMs: Math.round(totalMs * 10) / 10,
+      ttftMs: r.ttftMs === undefined ? undefined : Math.round(r.ttftMs * 10) / 10,
+      promptTokens,
+      completionTokens,
+      costUsd,
+      error: r.error,
+    },
+    'request',
+  );
+}

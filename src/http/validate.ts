@@ -1,0 +1,122 @@
+import { GatewayError } from '../errors.js';
+import type { ChatBody } from '../upstream/adapter.js';
+
+const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool', 'function']);
+
+function bad(param: string, message: string): GatewayError {
+  return new GatewayError('invalid_request', `${param}: ${message}`, { param });
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function optionalNumber(body: Record<string, unknown>, key: string, min: number, max: number, integer: boolean): void {
+  const v = body[key];
+  if (v === undefined || v === null) return;
+  if (typeof v !== 'number' || !Number.isFinite(v) || (integer && !Number.isInteger(v))) {
+    throw bad(key, `expected ${integer ? 'an integer' : 'a number'}`);
+  }
+  if (v < min || v > max) throw bad(key, `must be between ${min} and ${max}`);
+}
+
+/**
+ * Known OpenAI fields with a wrong type or an impossible value are rejected before any upstream is called,
+ * naming the field; unknown fields pass through untouched (SPEC §8).
+ */
+export function validateChatBody(raw: unknown): ChatBody {
+  if (!isObject(raw)) throw new GatewayError('invalid_request', 'the request body must be a JSON object');
+  if (raw.model === undefined) throw bad('model', 'is required');
+  if (typeof raw.model !== 'string' || raw.model === '') throw bad('model', 'expected a non-empty string');
+  if (raw.messages === undefined) throw bad('messages', 'is required');
+  if (!Array.isArray(raw.messages)) throw bad('messages', 'expected an array');
+  if (raw.messages.length === 0) throw bad('messages', 'must contain at least one message');
+  raw.messages.forEach((m, i) => {
+    if (!isObject(m)) throw bad(`messages[${i}]`, 'expected an object');
+    if (typeof m.role !== 'string' || !ROLES.has(m.role)) {
+      throw bad(`messages[${i}].role`, `expected one of ${[...ROLES].join(', ')}`);
+    }
+    const c = m.content;
+    if (c !== undefined && c !== null && typeof c !== 'string' && !Array.isArray(c)) {
+      throw bad(`messages[${i}].content`, 'expected a string or an array of content parts');
+    }
+    if (Array.isArray(c)) {
+      c.forEach((part, j) => {
+        if (!isObject(part) || typeof part.type !== 'string') {
+          throw bad(`messages[${i}].content[${j}]`, 'expected a content part object with a type');
+        }
+      });
+    }
+    if (m.role === 'tool' && typeof m.tool_call_id !== 'string') {
+      throw bad(`messages[${i}].tool_call_id`, 'is required for tool messages');
+    }
+    if (m.tool_calls !== undefined && m.tool_calls !== null && !Array.isArray(m.tool_calls)) {
+      throw bad(`messages[${i}].tool_calls`, 'expected an array');
+    }
+  });
+  if (raw.stream !== undefined && raw.stream !== null && typeof raw.stream !== 'boolean') {
+    throw bad('stream', 'expected a boolean');
+  }
+  if (raw.stream_options !== undefined && raw.stream_options !== null && !isObject(raw.stream_options)) {
+    throw bad('stream_options', 'expected an object');
+  }
+  optionalNumber(raw, 'n', 1, 128, true);
+  optionalNumber(raw, 'max_tokens', 1, 1e9, true);
+  optionalNumber(raw, 'max_completion_tokens', 1, 1e9, true);
+  optionalNumber(raw, 'temperature', 0, 2, false);
+  optionalNumber(raw, 'top_p', 0, 1, false);
+  optionalNumber(raw, 'presence_penalty', -2, 2, false);
+  optionalNumber(raw, 'frequency_penalty', -2, 2, false);
+  if (raw.tools !== undefined && raw.tools !== null) {
+    if (!Array.isArray(raw.tools)) throw bad('tools', 'expected an array');
+    raw.tools.forEach((t, i) => {
+      if (!isObject(t) || t.type !== 'function' || !isObject(t.function)) {
+        throw bad(`tools[${i}]`, 'expected {"type":"function","function":{...}}');
+      }
+      if (typeof t.function.name !== 'string' || t.function.name === '') {
+        throw bad(`tools[${i}].function.name`, 'expected a non-empty string');
+      }
+    });
+  }
+  if (raw.response_format !== undefined && raw.response_format !== null) {
+    if (!isObject(raw.response_format) || typeof raw.response_format.type !== 'string') {
+      throw bad('response_format', 'expected an object with a type');
+    }
+  }
+  if (raw.stop !== undefined && raw.stop !== null && typeof raw.stop !== 'string' && !Array.isArray(raw.stop)) {
+    throw bad('stop', 'expected a string or an array of strings');
+  }
+  return raw as ChatBody;
+}
+
+export function validateEmbeddingsBody(raw: unknown): Record<string, unknown> & { model: string; input: unknown } {
+  if (!isObject(raw)) throw new GatewayError('invalid_request', 'the request body must be a JSON object');
+  if (typeof raw.model !== 'string' || raw.model === '') throw bad('model', 'expected a non-empty string');
+  const input = raw.input;
+  const ok =
+    (typeof input === 'string' && input !== '') ||
+    (Array.isArray(input) && input.length > 0 && input.length <= 2048 && input.every((x) => typeof x === 'string' || typeof x === 'number' || Array.isArray(x)));
+  if (!ok) throw bad('input', 'expected a non-empty string or array');
+  if (raw.encoding_format !== undefined && raw.encoding_format !== 'float' && raw.encoding_format !== 'base64') {
+    throw bad('encoding_format', 'expected "float" or "base64"');
+  }
+  optionalNumber(raw, 'dimensions', 1, 1e6, true);
+  return raw as Record<string, unknown> & { model: string; input: unknown };
+}
+
+/** Rejects JSON nested deeper than `maxDepth` before it is parsed (a cheap scan, strings skipped). */
+export function jsonDepthExceeds(text: string, maxDepth: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92) i++; // backslash: skip the escaped char
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123 || c === 91) {
+      if (++depth > maxDepth) return true;
+    } else if (c === 125 || c === 93) depth--;
+  }
+  return false;
+}

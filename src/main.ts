@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import closeWithGrace from 'close-with-grace';
+import { buildApp } from './app.js';
+import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { watchConfig } from './config/watch.js';
+import { createLogger } from './observability/logger.js';
+import { runSimulateCommand } from './sim/cli.js';
+
+const USAGE = `usage:
+  llm-edge-router [--config PATH] [--host H] [--port N] [--log-level LEVEL]
+  llm-edge-router check --config PATH
+  llm-edge-router simulate --port N [--latency-ms N --tokens-per-s N --fail-rate F --kind openai|anthropic ...]`;
+
+const DEFAULT_CONFIG = 'config/gateway.yaml';
+
+function fail(message: string, code = 1): never {
+  process.stderr.write(`${message}\n`);
+  process.exit(code);
+}
+
+function loadOrExit(path: string): LoadedConfig {
+  try {
+    return loadConfigFile(path);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+}
+
+/** `check`: validate and print the routes and upstreams, exit non-zero on any error. */
+function check(path: string): void {
+  const loaded = loadOrExit(path);
+  const { config } = loaded;
+  const out: string[] = [`config ${path}: ok`];
+  for (const w of loaded.warnings) out.push(`warning: ${w}`);
+  out.push('upstreams:');
+  for (const p of config.providers) {
+    const state = loaded.disabledProviders.has(p.name) ? ' (disabled: empty api_key)' : '';
+    for (const m of p.models) {
+      out.push(`  ${p.name}/${m.name}  kind=${p.kind}  $${m.price.input_per_mtok}/$${m.price.output_per_mtok} per Mtok  ctx=${m.context_window}  [${m.capabilities.join(', ')}]${state}`);
+    }
+  }
+  out.push('routes:');
+  for (const [name, r] of Object.entries(config.routes)) {
+    const strategy = typeof r.strategy === 'object' ? 'hybrid (custom weights)' : (r.strategy ?? `${typeof config.routing.default_strategy === 'string' ? config.routing.default_strategy : 'hybrid'} (default)`);
+    if (r.targets) out.push(`  ${name}  strategy=${strategy}  targets: ${r.targets.map((t) => (typeof t === 'string' ? t : t.target)).join(', ')}`);
+    if (r.tiers) {
+      out.push(`  ${name}  strategy=${strategy}  default_tier=${r.default_tier}${r.router ? `  router=${r.router.tier}` : ''}`);
+      for (const [tier, list] of Object.entries(r.tiers)) {
+        out.push(`    ${tier}: ${(list ?? []).map((t) => (typeof t === 'string' ? t : t.target)).join(', ')}`);
+      }
+    }
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+async function serve(args: { config: string; host?: string; port?: string; logLevel?: string }): Promise<void> {
+  const logger = createLogger(args.logLevel ?? process.env.LOG_LEVEL ?? 'info');
+  const loaded = loadOrExit(args.config);
+  const app = buildApp(loaded, { logger });
+  const server = loaded.config.server;
+  const port = args.port !== undefined ? Number(args.port) : server.port;
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) fail(`--port: expected a port number, got "${args.port}"`, 2);
+
+  const reload = (why: string): void => {
+    try {
+      app.gateway.reload(loadConfigFile(args.config));
+      app.gateway.metrics.configReloads.inc({ result: 'success' });
+      logger.info({ why }, 'config reloaded');
+    } catch (err) {
+      app.gateway.metrics.configReloads.inc({ result: 'failure' });
+      logger.error({ why, error: err instanceof Error ? err.message : String(err) }, 'config reload rejected; the old config keeps serving');
+    }
+  };
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  const watcher = watchConfig(args.config, () => reload('file changed'));
+
+  closeWithGrace({ delay: server.shutdown_grace_ms + 1_000, logger }, async ({ signal, err }) => {
+    if (err) logger.error({ err }, 'fatal error; shutting down');
+    logger.info({ signal }, 'draining: refusing new requests, letting streams in flight finish');
+    app.gateway.draining = true;
+    watcher.close();
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, server.shutdown_grace_ms).unref());
+    await Promise.race([app.close(), grace]);
+  });
+
+  await app.listen({ host: args.host ?? server.host, port });
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  if (command === 'simulate') {
+    try {
+      await runSimulateCommand(rest);
+    } catch (err) {
+      fail(err instanceof Error ? err.message : String(err), 2);
+    }
+    return;
+  }
+  const isCheck = command === 'check';
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: isCheck ? rest : argv,
+      options: {
+        config: { type: 'string', short: 'c' },
+        host: { type: 'string' },
+        port: { type: 'string', short: 'p' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    fail(`${err instanceof Error ? err.message : String(err)}\n${USAGE}`, 2);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  const config = (values.config as string | undefined) ?? process.env.LLM_ROUTER_CONFIG ?? DEFAULT_CONFIG;
+  if (isCheck) return check(config);
+  await serve({
+    config,
+    host: values.host as string | undefined,
+    port: values.port as string | undefined,
+    logLevel: values['log-level'] as string | undefined,
+  });
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => fail(err instanceof Error ? (err.stack ?? err.message) : String(err)));

@@ -1,0 +1,32 @@
+import pino, { type Logger, type LoggerOptions } from 'pino';
+
+export type { Logger };
+
+/** Header and field names whose values never reach a log line, wherever they appear. */
+export const REDACT_PATHS = [
+  'req.headers.authorization',
+  'req.headers["x-api-key"]',
+  'req.headers["x-admin-key"]',
+  'headers.authorization',
+  'headers["x-api-key"]',
+  'headers["x-admin-key"]',
+  '*.authorization',
+  '*.api_key',
+  '*.apiKey',
+  'api_key',
+  'apiKey',
+  '*.admin_key',
+  '*.api_keys',
+];
+
+export function loggerOptions(level = 'info'): LoggerOptions {
+  return {
+    level,
+    base: undefined,
+    redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+  };
+}
+
+export function createLogger(level?: string, destination?: pino.DestinationStream): Logger {
+  return destination ? pino(loggerOptions(level), destination) : pino(loggerOptions(level));
+}

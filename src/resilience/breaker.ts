@@ -1,0 +1,243 @@
+import type { BreakerConfig } from '../config/schema.js';
+
+export type BreakerState = 'closed' | 'open' | 'half_open';
+export type TripCause = 'errors' | 'timeouts' | 'rate_limit';
+export type FailureKind = 'error' | 'timeout';
+/** What `acquire()` admitted a request as; hand the same value back when it settles. */
+export type Permit = 'normal' | 'probe';
+
+export interface BreakerTransition {
+  from: BreakerState;
+  to: BreakerState;
+  cause: TripCause | undefined;
+  /** `to: 'open'`: how long this open lasts. Otherwise: the open duration the next fault would get. */
+  openMs: number;
+}
+
+export interface BreakerSnapshot {
+  state: BreakerState;
+  consecutiveFailures: number;
+  consecutiveSuccesses: number;
+  /** The open duration the next fault-open would use (doubles on re-open, resets on close). */
+  openMs: number;
+  openUntil: number | null;
+  msUntilHalfOpen: number;
+  tripCause: TripCause | null;
+  probesInFlight: number;
+  /** How many times the breaker has opened since it was created. */
+  opens: number;
+}
+
+/**
+ * One upstream's circuit breaker (SPEC §2): a pure state machine with an injected clock and no timers.
+ *
+ * `open` turns into `half_open` lazily: readers (`state`, `canAttempt`, `snapshot`) report it as soon as
+ * the cooldown has passed, and the first mutating call materialises it (firing `onTransition`).
+ *
+ * Contract with the caller: every permit `acquire()` returns is settled exactly once, by `onSuccess`,
+ * `onFailure`, `onRateLimit` or `onNeutral` (a client abort is `onNeutral`). `probesInFlight` is the true
+ * count of unsettled probes, so a probe that outlives its half-open episode still frees its slot when it
+ * settles instead of corrupting the count of a later episode.
+ */
+export class CircuitBreaker {
+  #cfg: BreakerConfig;
+  readonly #now: () => number;
+  readonly #onTransition: ((t: BreakerTransition) => void) | undefined;
+
+  // Stored state; an 'open' whose #openUntil has passed is reported as half_open (see #isOpen).
+  #state: BreakerState = 'closed';
+  #openUntil = 0;
+  #openMs: number;
+  // True once a fault opened the breaker since it last closed: only then does a re-open double #openMs.
+  #backoffArmed = false;
+  #cause: TripCause | undefined;
+  #failures = 0;
+  #successes = 0;
+  // Kinds within the current run of consecutive failures, to name the trip cause by majority.
+  #runErrors = 0;
+  #runTimeouts = 0;
+  #runRateLimits = 0;
+  #probes = 0;
+  #opens = 0;
+
+  constructor(cfg: BreakerConfig, now: () => number, onTransition?: (t: BreakerTransition) => void) {
+    this.#cfg = cfg;
+    this.#now = now;
+    this.#onTransition = onTransition;
+    this.#openMs = cfg.open_ms;
+  }
+
+  get state(): BreakerState {
+    return this.#state === 'open' && !this.#isOpen() ? 'half_open' : this.#state;
+  }
+
+  /** Would `acquire()` succeed now? O(1), no allocation, no side effects: safe in candidate filters. */
+  canAttempt(): boolean {
+    if (this.#state === 'closed') return true;
+    if (this.#state === 'open' && this.#isOpen()) return false;
+    return this.#probes < this.#cfg.half_open_probes;
+  }
+
+  acquire(): Permit | undefined {
+    if (this.#state === 'closed') return 'normal';
+    if (this.#state === 'open') {
+      if (this.#isOpen()) return undefined;
+      this.#toHalfOpen();
+    }
+    if (this.#probes >= this.#cfg.half_open_probes) return undefined;
+    this.#probes++;
+    return 'probe';
+  }
+
+  onSuccess(permit: Permit): void {
+    this.#settle(permit);
+    if (this.#state === 'closed') {
+      this.#resetRun();
+    } else if (this.#state === 'half_open' && permit === 'probe') {
+      this.#successes++;
+      if (this.#successes >= this.#cfg.success_threshold) this.#close();
+    }
+    // A 'normal' permit settling in half_open, or anything while open, is stale: it says nothing new.
+  }
+
+  onFailure(permit: Permit, kind: FailureKind): void {
+    this.#settle(permit);
+    this.#fail(permit, kind === 'timeout' ? 'timeouts' : 'errors');
+  }
+
+  /** A 429. With a Retry-After the upstream named its cooldown, so that wins over any stale-permit rule. */
+  onRateLimit(permit: Permit, retryAfterMs: number | undefined): void {
+    this.#settle(permit);
+    // Retry-After: 0 (or a past date) means "retry now": opening for 0 ms would only force probing.
+    if (retryAfterMs === undefined || !(retryAfterMs > 0) || !Number.isFinite(retryAfterMs)) {
+      this.#fail(permit, 'rate_limit');
+      return;
+    }
+    if (this.#state === 'open') {
+      // Already cooling down: extend to the upstream's deadline, never shorten, no new transition.
+      const until = this.#now() + retryAfterMs;
+      if (until > this.#openUntil) {
+        this.#openUntil = until;
+        this.#cause = 'rate_limit';
+      }
+      return;
+    }
+    this.#open('rate_limit', retryAfterMs);
+  }
+
+  /** A client error (400/404/413/422): says nothing about the upstream's health; frees a probe slot. */
+  onNeutral(permit: Permit): void {
+    this.#settle(permit);
+  }
+
+  msUntilHalfOpen(): number {
+    return this.#state === 'open' ? Math.max(0, this.#openUntil - this.#now()) : 0;
+  }
+
+  /** Applies reloaded thresholds, keeping the current state and any backoff already earned. */
+  setConfig(cfg: BreakerConfig): void {
+    this.#cfg = cfg;
+    this.#openMs = this.#backoffArmed ? Math.min(this.#openMs, this.#maxOpenMs()) : cfg.open_ms;
+  }
+
+  snapshot(): BreakerSnapshot {
+    // One clock read, so the fields cannot contradict each other.
+    const msLeft = this.#state === 'open' ? Math.max(0, this.#openUntil - this.#now()) : 0;
+    const open = msLeft > 0;
+    return {
+      state: this.#state === 'open' && !open ? 'half_open' : this.#state,
+      consecutiveFailures: this.#failures,
+      consecutiveSuccesses: this.#successes,
+      openMs: this.#openMs,
+      openUntil: open ? this.#openUntil : null,
+      msUntilHalfOpen: msLeft,
+      tripCause: this.#state === 'closed' ? null : (this.#cause ?? null),
+      probesInFlight: this.#probes,
+      opens: this.#opens,
+    };
+  }
+
+  #isOpen(): boolean {
+    return this.#now() < this.#openUntil;
+  }
+
+  // Materialises a lapsed open before a result is applied, and frees the permit's probe slot.
+  #settle(permit: Permit): void {
+    if (this.#state === 'open' && !this.#isOpen()) this.#toHalfOpen();
+    if (permit === 'probe' && this.#probes > 0) this.#probes--;
+  }
+
+  #fail(permit: Permit, cause: TripCause): void {
+    if (this.#state === 'closed') {
+      this.#failures++;
+      if (cause === 'errors') this.#runErrors++;
+      else if (cause === 'timeouts') this.#runTimeouts++;
+      else this.#runRateLimits++;
+      if (this.#failures >= this.#cfg.failure_threshold) this.#open(this.#runMajority(), undefined);
+    } else if (this.#state === 'half_open' && permit === 'probe') {
+      this.#failures++;
+      this.#open(cause, undefined);
+    }
+    // A 'normal' permit failing in half_open, or anything while open, is stale: already accounted for.
+  }
+
+  // Ties go to the more generic cause: errors, then timeouts.
+  #runMajority(): TripCause {
+    const e = this.#runErrors;
+    const t = this.#runTimeouts;
+    const r = this.#runRateLimits;
+    if (e >= t && e >= r) return 'errors';
+    return t >= r ? 'timeouts' : 'rate_limit';
+  }
+
+  /** `cooldownMs` undefined = a fault: use (and on a re-open, first double) the backoff. */
+  #open(cause: TripCause, cooldownMs: number | undefined): void {
+    let durationMs: number;
+    if (cooldownMs === undefined) {
+      if (this.#backoffArmed) this.#openMs = Math.min(this.#openMs * 2, this.#maxOpenMs());
+      this.#backoffArmed = true;
+      durationMs = this.#openMs;
+    } else {
+      durationMs = cooldownMs;
+    }
+    const from = this.#state;
+    this.#state = 'open';
+    this.#openUntil = this.#now() + durationMs;
+    this.#cause = cause;
+    this.#successes = 0;
+    this.#runErrors = this.#runTimeouts = this.#runRateLimits = 0;
+    this.#opens++;
+    this.#emit(from, 'open', cause, durationMs);
+  }
+
+  #toHalfOpen(): void {
+    this.#state = 'half_open';
+    this.#successes = 0;
+    this.#emit('open', 'half_open', this.#cause, this.#openMs);
+  }
+
+  #close(): void {
+    this.#state = 'closed';
+    this.#resetRun();
+    this.#successes = 0;
+    this.#cause = undefined;
+    this.#openUntil = 0;
+    this.#openMs = this.#cfg.open_ms;
+    this.#backoffArmed = false;
+    this.#emit('half_open', 'closed', undefined, this.#openMs);
+  }
+
+  #resetRun(): void {
+    this.#failures = 0;
+    this.#runErrors = this.#runTimeouts = this.#runRateLimits = 0;
+  }
+
+  // A config with open_ms above max_open_ms must not make doubling shrink the open time.
+  #maxOpenMs(): number {
+    return Math.max(this.#cfg.max_open_ms, this.#cfg.open_ms);
+  }
+
+  #emit(from: BreakerState, to: BreakerState, cause: TripCause | undefined, openMs: number): void {
+    this.#onTransition?.({ from, to, cause, openMs });
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * Failover classification (SPEC §2): what an upstream's status or transport error means for the
+ * attempt metric, for the breaker and for whether the next upstream is tried. Pure; branches on
+ * status codes and error `code`s, never on messages.
+ */
+
+/** The label set of `llm_router_upstream_attempts_total{outcome}`. */
+export type Outcome = 'success' | 'error' | 'timeout' | 'rate_limited' | 'client_error';
+
+export interface Classified {
+  readonly outcome: Outcome;
+  readonly retryable: boolean;
+  /** Short and from a bounded set (it becomes a metric label and an `x-router-trail` entry). */
+  readonly reason: string;
+}
+
+function classified(outcome: Outcome, retryable: boolean, reason: string): Classified {
+  return Object.freeze({ outcome, retryable, reason });
+}
+
+function statusClass(status: number): Classified {
+  const reason = `http_${status}`;
+  if (status >= 200 && status < 300) return classified('success', false, reason);
+  if (status === 408) return classified('timeout', true, reason);
+  if (status === 429) return classified('rate_limited', true, reason);
+  // 401/403: our provider key is wrong there, another provider may still answer.
+  if (status === 401 || status === 403) return classified('error', true, reason);
+  if (status >= 400 && status < 500) return classified('client_error', false, reason);
+  // 5xx (529 included), and 1xx/3xx that should never reach us (redirects are not followed).
+  return classified('error', true, reason);
+}
+
+// Built once so the per-attempt path allocates nothing.
+const STATUS_TABLE: readonly Classified[] = Array.from({ length: 600 }, (_, i) => statusClass(i));
+
+export function classifyStatus(status: number): Classified {
+  return (Number.isInteger(status) ? STATUS_TABLE[status] : undefined) ?? statusClass(status);
+}
+
+const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
+  // undici
+  ['UND_ERR_CONNECT_TIMEOUT', classified('timeout', true, 'connect_timeout')],
+  ['UND_ERR_HEADERS_TIMEOUT', classified('timeout', true, 'first_byte_timeout')],
+  ['UND_ERR_BODY_TIMEOUT', classified('timeout', true, 'idle_timeout')],
+  ['UND_ERR_SOCKET', classified('error', true, 'socket_error')],
+  ['UND_ERR_CLOSED', classified('error', true, 'socket_error')],
+  ['UND_ERR_ABORTED', classified('timeout', true, 'total_timeout')],
+  // Node / OS
+  ['ECONNREFUSED', classified('error', true, 'connect_refused')],
+  ['ENOTFOUND', classified('error', true, 'dns_failure')],
+  ['EAI_AGAIN', classified('error', true, 'dns_failure')],
+  ['EHOSTUNREACH', classified('error', true, 'host_unreachable')],
+  ['ENETUNREACH', classified('error', true, 'host_unreachable')],
+  ['ECONNRESET', classified('error', true, 'connection_reset')],
+  ['ECONNABORTED', classified('error', true, 'connection_reset')],
+  ['EPIPE', classified('error', true, 'connection_reset')],
+  ['ETIMEDOUT', classified('timeout', true, 'connect_timeout')],
+  // Our own (upstream/ and streaming/ raise these)
+  ['first_byte_timeout', classified('timeout', true, 'first_byte_timeout')],
+  ['idle_timeout', classified('timeout', true, 'idle_timeout')],
+  ['total_timeout', classified('timeout', true, 'total_timeout')],
+  ['stream_ended_before_content', classified('error', true, 'stream_ended_before_content')],
+  ['stream_error_event', classified('error', true, 'stream_error_event')],
+]);
+
+// An abort we did not label ourselves comes from the request's AbortSignal.timeout (client aborts are
+// handled by the caller before classification).
+const TOTAL_TIMEOUT = classified('timeout', true, 'total_timeout');
+const UNKNOWN = classified('error', true, 'upstream_failure');
+
+// undici and fetch wrap the real cause (`TypeError: fetch failed` → cause); the bound stops cycles.
+const MAX_CAUSE_DEPTH = 8;
+
+export function classifyError(err: unknown): Classified {
+  let current: unknown = err;
+  for (let depth = 0; depth < MAX_CAUSE_DEPTH && typeof current === 'object' && current !== null; depth++) {
+    // DOMException's numeric legacy `code` is ignored: only string codes are ours or undici's.
+    const code: unknown = Reflect.get(current, 'code');
+    if (typeof code === 'string') {
+      const known = ERROR_CODES.get(code);
+      if (known !== undefined) return known;
+    }
+    const name: unknown = Reflect.get(current, 'name');
+    if (name === 'TimeoutError' || name === 'AbortError') return TOTAL_TIMEOUT;
+    const cause: unknown = Reflect.get(current, 'cause');
+    // Happy-eyeballs connects may fail with an AggregateError of one error per address.
+    const inner: unknown = Reflect.get(current, 'errors');
+    current = cause === undefined && Array.isArray(inner) ? inner[0] : cause;
+  }
+  return UNKNOWN;
+}
+
+const DAY_MS = 86_400_000;
+const DELAY_SECONDS = /^\d+(?:\.\d+)?$/;
+// RFC 9110 §5.6.7: IMF-fixdate and the obsolete RFC 850 form, both explicitly GMT.
+const HTTP_DATE =
+  /^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} [A-Z][a-z]{2} \d{4}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, \d{2}-[A-Z][a-z]{2}-\d{2}) \d{2}:\d{2}:\d{2} GMT$/;
+// The obsolete asctime form carries no zone but means GMT; Date.parse would read it as local time.
+const ASCTIME_DATE = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4}$/;
+
+/** Retry-After (delay-seconds, decimals tolerated, or an HTTP date) → ms from `nowMs`, in [0, 24 h]. */
+export function parseRetryAfter(value: string | string[] | undefined, nowMs: number): number | undefined {
+  const raw = Array.isArray(value) ? value[0] : value;
+  if (raw === undefined) return undefined;
+  const text = raw.trim();
+  let ms: number;
+  if (DELAY_SECONDS.test(text)) {
+    // Rounded up (after removing float noise: 1.1 * 1000 is 1100.0000000000002): early retries are worse.
+    ms = Math.ceil(Math.round(Number(text) * 1e6) / 1000);
+  } else if (HTTP_DATE.test(text)) {
+    ms = Date.parse(text) - nowMs;
+  } else if (ASCTIME_DATE.test(text)) {
+    ms = Date.parse(`${text} GMT`) - nowMs;
+  } else {
+    return undefined;
+  }
+  if (Number.isNaN(ms)) return undefined;
+  return Math.min(Math.max(ms, 0), DAY_MS);
+}

@@ -1,0 +1,187 @@
+import { GatewayError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { RankedCandidate } from '../routing/types.js';
+import type { RouteTarget, Upstream } from '../runtime.js';
+import type { AttemptResult } from '../upstream/attempt.js';
+import type { Permit } from './breaker.js';
+
+/** One attempt as the trail and the final error report it. */
+export interface AttemptRecord {
+  readonly upstream: string;
+  readonly outcome: string;
+  readonly reason: string;
+  readonly status: number | undefined;
+  readonly latencyMs: number;
+}
+
+export interface FailoverOptions {
+  readonly routeName: string;
+  readonly maxAttempts: number;
+  /** Absolute deadline on `now()`'s clock. */
+  readonly deadline: number;
+  readonly now: () => number;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly scrub: (text: string) => string;
+}
+
+export interface FailoverSuccess {
+  readonly target: RankedCandidate<RouteTarget>;
+  readonly result: Extract<AttemptResult, { ok: true }>;
+  readonly attempts: readonly AttemptRecord[];
+  /** Time spent waiting on upstreams, for the overhead metric. */
+  readonly upstreamMs: number;
+}
+
+/** The response ended on a committed stream that then failed: the client was told in-stream. */
+export interface FailoverCommittedFailure {
+  readonly target: RankedCandidate<RouteTarget>;
+  readonly committedFailure: true;
+  readonly attempts: readonly AttemptRecord[];
+  readonly upstreamMs: number;
+}
+
+/** `x-router-trail`: each failed attempt as `provider/model=reason`. */
+export function trailOf(attempts: readonly AttemptRecord[]): string {
+  let out = '';
+  for (const a of attempts) {
+    if (a.outcome === 'success') continue;
+    out += `${out === '' ? '' : ','}${a.upstream}=${a.reason}`;
+  }
+  return out;
+}
+
+/**
+ * Walks the ranked list: at most `maxAttempts` distinct upstreams, within the deadline, each admitted by
+ * its breaker. Retryable failures move on; a client error is relayed as the upstream said it; every
+ * outcome is fed to the breaker, the statistics and the metrics. Throws the final GatewayError.
+ */
+export async function runFailover(
+  ranked: readonly RankedCandidate<RouteTarget>[],
+  opts: FailoverOptions,
+  attempt: (target: RankedCandidate<RouteTarget>, attempts: readonly AttemptRecord[]) => Promise<AttemptResult>,
+  onAttempts?: (attempts: readonly AttemptRecord[]) => void,
+): Promise<FailoverSuccess | FailoverCommittedFailure> {
+  const attempts: AttemptRecord[] = [];
+  let upstreamMs = 0;
+  let denied = 0;
+  let minRetryAfterMs = Number.POSITIVE_INFINITY;
+  let rateLimited = 0;
+  for (const target of ranked) {
+    if (attempts.length >= opts.maxAttempts) break;
+    if (opts.now() >= opts.deadline) break;
+    const up = target.candidate.upstream;
+    const permit = up.breaker.acquire();
+    if (permit === undefined) {
+      denied++; // half-open with its probes taken, or opened since the plan was made
+      continue;
+    }
+    up.stats.begin();
+    up.metrics.inflight.inc();
+    let result: AttemptResult;
+    try {
+      result = await attempt(target, attempts);
+    } finally {
+      up.stats.end();
+      up.metrics.inflight.dec();
+    }
+    upstreamMs += result.ok ? result.totalMs : result.totalMs;
+    record(up, permit, result, opts);
+    const rec: AttemptRecord = {
+      upstream: up.id,
+      outcome: result.ok ? 'success' : result.classified.outcome,
+      reason: result.ok ? 'ok' : result.classified.reason,
+      status: result.ok ? 200 : result.status,
+      latencyMs: Math.round(result.totalMs),
+    };
+    attempts.push(rec);
+    onAttempts?.(attempts);
+    if (result.ok) return { target, result, attempts, upstreamMs };
+    if (result.committed || result.clientGone) {
+      return { target, committedFailure: true, attempts, upstreamMs };
+    }
+    if (!result.classified.retryable) {
+      const info = result.info;
+      throw new GatewayError('invalid_request', opts.scrub(info?.message ?? `upstream ${up.id} rejected the request`), {
+        status: result.status ?? 400,
+        type: info?.type ?? 'invalid_request_error',
+        param: info?.param ?? null,
+        bodyCode: info?.code ?? null,
+      });
+    }
+    if (result.classified.outcome === 'rate_limited') {
+      rateLimited++;
+      if (result.retryAfterMs !== undefined) minRetryAfterMs = Math.min(minRetryAfterMs, result.retryAfterMs);
+    }
+    opts.metrics.failovers.inc({ route: opts.routeName, from_provider: up.provider.name, reason: result.classified.outcome });
+    opts.logger.warn(
+      { upstream: up.id, reason: result.classified.reason, status: result.status, route: opts.routeName },
+      `attempt on ${up.id} failed (${result.classified.reason}); failing over`,
+    );
+  }
+  throw finalError(attempts, { denied, rateLimited, minRetryAfterMs, deadlineHit: opts.now() >= opts.deadline, ranked });
+}
+
+function record(up: Upstream, permit: Permit, result: AttemptResult, opts: FailoverOptions): void {
+  if (result.ok) {
+    up.breaker.onSuccess(permit);
+    const outputTokens = result.usage?.completion_tokens ?? (result.countedTokens > 0 ? result.countedTokens : undefined);
+    up.stats.recordSuccess({ ttftMs: result.ttftMs, totalMs: result.totalMs, outputTokens, streamed: result.body === undefined });
+    up.metrics.attempts.success.inc();
+    return;
+  }
+  const c = result.classified;
+  if (result.clientGone) {
+    up.breaker.onNeutral(permit);
+    return;
+  }
+  switch (c.outcome) {
+    case 'client_error':
+      up.breaker.onNeutral(permit);
+      up.stats.recordFailure('client_error');
+      break;
+    case 'rate_limited':
+      up.breaker.onRateLimit(permit, result.retryAfterMs);
+      up.stats.recordFailure('rate_limit');
+      break;
+    case 'timeout':
+      up.breaker.onFailure(permit, 'timeout');
+      up.stats.recordFailure('timeout');
+      break;
+    default:
+      up.breaker.onFailure(permit, 'error');
+      up.stats.recordFailure('error');
+  }
+  up.metrics.attempts[c.outcome === 'success' ? 'success' : c.outcome].inc();
+  if (result.status === 401 || result.status === 403) {
+    opts.logger.error(
+      { upstream: up.id, status: result.status },
+      `provider ${up.provider.name} rejected our credentials (HTTP ${result.status}): check its api_key`,
+    );
+  }
+}
+
+function finalError(
+  attempts: readonly AttemptRecord[],
+  d: { denied: number; rateLimited: number; minRetryAfterMs: number; deadlineHit: boolean; ranked: readonly RankedCandidate<RouteTarget>[] },
+): GatewayError {
+  if (attempts.length === 0) {
+    let minMs = Number.POSITIVE_INFINITY;
+    for (const t of d.ranked) minMs = Math.min(minMs, t.candidate.upstream.breaker.msUntilHalfOpen());
+    const retryAfterS = Math.max(1, Math.ceil((Number.isFinite(minMs) ? minMs : 1000) / 1000));
+    if (d.deadlineHit) return new GatewayError('timeout', 'the request ran out of time before any upstream was tried');
+    return new GatewayError('no_available_upstream', 'no upstream could take the request (circuits open or probing)', {
+      retryAfterS,
+    });
+  }
+  const list = attempts.map((a) => `${a.upstream}: ${a.reason}${a.status ? ` (HTTP ${a.status})` : ''} after ${a.latencyMs} ms`).join('; ');
+  if (d.rateLimited === attempts.length) {
+    const retryAfterS = Number.isFinite(d.minRetryAfterMs) ? Math.max(1, Math.ceil(d.minRetryAfterMs / 1000)) : 1;
+    return new GatewayError('rate_limited', `every upstream tried is rate limited: ${list}`, { retryAfterS });
+  }
+  if (d.deadlineHit || attempts.every((a) => a.outcome === 'timeout')) {
+    return new GatewayError('timeout', `upstreams timed out: ${list}`);
+  }
+  return new GatewayError('upstream_error', `all ${attempts.length} upstream attempt(s) failed: ${list}`);
+}

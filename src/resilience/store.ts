@@ -1,0 +1,61 @@
+import type { BreakerConfig } from '../config/schema.js';
+import { CircuitBreaker, type BreakerTransition } from './breaker.js';
+
+/** Where the breakers of all upstreams live. Memory now; a Redis store shared by replicas comes later. */
+export interface BreakerStore {
+  /** The upstream's breaker, created closed on first use. */
+  get(upstreamId: string): CircuitBreaker;
+  entries(): Iterable<[string, CircuitBreaker]>;
+  /** Drops the breakers of upstreams no longer configured (config reload); the rest keep their state. */
+  retain(ids: Iterable<string>): void;
+  /** Applies reloaded thresholds to existing and future breakers without resetting their state. */
+  setConfig(cfg: BreakerConfig): void;
+}
+
+export class MemoryBreakerStore implements BreakerStore {
+  #cfg: BreakerConfig;
+  readonly #now: () => number;
+  readonly #onTransition: ((upstreamId: string, t: BreakerTransition) => void) | undefined;
+  // A Map, not an object: upstream ids come from config and must never hit a prototype key.
+  readonly #breakers = new Map<string, CircuitBreaker>();
+
+  constructor(
+    cfg: BreakerConfig,
+    now: () => number,
+    onTransition?: (upstreamId: string, t: BreakerTransition) => void,
+  ) {
+    this.#cfg = cfg;
+    this.#now = now;
+    this.#onTransition = onTransition;
+  }
+
+  get(upstreamId: string): CircuitBreaker {
+    let breaker = this.#breakers.get(upstreamId);
+    if (breaker === undefined) {
+      const notify = this.#onTransition;
+      breaker = new CircuitBreaker(
+        this.#cfg,
+        this.#now,
+        notify === undefined ? undefined : (t) => notify(upstreamId, t),
+      );
+      this.#breakers.set(upstreamId, breaker);
+    }
+    return breaker;
+  }
+
+  entries(): Iterable<[string, CircuitBreaker]> {
+    return this.#breakers.entries();
+  }
+
+  retain(ids: Iterable<string>): void {
+    const keep = new Set(ids);
+    for (const id of this.#breakers.keys()) {
+      if (!keep.has(id)) this.#breakers.delete(id);
+    }
+  }
+
+  setConfig(cfg: BreakerConfig): void {
+    this.#cfg = cfg;
+    for (const breaker of this.#breakers.values()) breaker.setConfig(cfg);
+  }
+}

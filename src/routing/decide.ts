@@ -1,0 +1,52 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { STRATEGY_NAMES, TIER_NAMES, type StrategyName, type TierName } from '../config/schema.js';
+import { GatewayError } from '../errors.js';
+import type { RouteRuntime, Runtime } from '../runtime.js';
+
+const STRATEGIES: ReadonlySet<string> = new Set(STRATEGY_NAMES);
+const TIERS: ReadonlySet<string> = new Set(TIER_NAMES);
+
+export interface RoutingHeaders {
+  readonly strategy: StrategyName | undefined;
+  readonly tier: TierName | undefined;
+  readonly provider: string | undefined;
+}
+
+function single(v: string | string[] | undefined, name: string): string | undefined {
+  if (v === undefined) return undefined;
+  if (Array.isArray(v)) throw new GatewayError('invalid_request', `${name}: give it once`, { param: name });
+  return v.trim();
+}
+
+/** `x-router-strategy`, `x-router-tier`, `x-router-provider`: unknown values are a 400, never a lookup. */
+export function readRoutingHeaders(headers: IncomingHttpHeaders, rt: Runtime): RoutingHeaders {
+  const strategy = single(headers['x-router-strategy'], 'x-router-strategy');
+  const tier = single(headers['x-router-tier'], 'x-router-tier');
+  const provider = single(headers['x-router-provider'], 'x-router-provider');
+  if (strategy !== undefined && !STRATEGIES.has(strategy)) {
+    throw new GatewayError('invalid_request', `x-router-strategy: unknown strategy "${strategy}" (one of ${STRATEGY_NAMES.join(', ')})`, {
+      param: 'x-router-strategy',
+    });
+  }
+  if (tier !== undefined && !TIERS.has(tier)) {
+    throw new GatewayError('invalid_request', `x-router-tier: unknown tier "${tier}" (one of ${TIER_NAMES.join(', ')})`, {
+      param: 'x-router-tier',
+    });
+  }
+  if (provider !== undefined && !rt.providers.has(provider)) {
+    throw new GatewayError('invalid_request', `x-router-provider: unknown provider "${provider}"`, { param: 'x-router-provider' });
+  }
+  return { strategy: strategy as StrategyName | undefined, tier: tier as TierName | undefined, provider };
+}
+
+/** The client's `model`: a route name or `provider/model` (Map lookups: `__proto__` is just a name). */
+export function resolveRoute(rt: Runtime, model: string, kind: 'chat' | 'embeddings'): RouteRuntime {
+  const route = rt.routes.get(model);
+  if (!route || route.embeddings !== (kind === 'embeddings')) {
+    throw new GatewayError('model_not_found', `The model \`${model.slice(0, 200)}\` does not exist`, {
+      param: 'model',
+      bodyCode: 'model_not_found',
+    });
+  }
+  return route;
+}

@@ -1,0 +1,140 @@
+import type { Capability, StrategyName } from '../config/schema.js';
+import { GatewayError } from '../errors.js';
+import type { RouteRuntime, RouteTarget } from '../runtime.js';
+import type { RequestFeatures } from './features.js';
+import { getStrategy } from './strategies/index.js';
+import type { RankedCandidate, StrategyContext } from './types.js';
+import type { RoutingConfig } from '../config/schema.js';
+
+export interface PlanOptions {
+  readonly strategy: StrategyName;
+  /** `x-router-provider`: only this provider's upstreams. */
+  readonly provider: string | undefined;
+  readonly routing: RoutingConfig;
+  readonly now: number;
+  readonly random: () => number;
+  /** Explain: decide without advancing the route's rotation, so the next real request gets the same answer. */
+  readonly peek?: boolean;
+}
+
+export interface Plan {
+  readonly ranked: RankedCandidate<RouteTarget>[];
+  readonly strategy: StrategyName;
+}
+
+/** Why a candidate was left out: the first reason that applies. */
+type Exclusion = 'provider' | 'capability' | 'context' | 'breaker';
+
+/**
+ * Filters a route's targets down to those that can serve this request, then ranks them with the strategy.
+ * When none is left, the error says why (capability, context window, open breakers), not just "failed".
+ */
+export function planRequest(
+  route: RouteRuntime,
+  targets: readonly RouteTarget[],
+  features: RequestFeatures,
+  opts: PlanOptions,
+): Plan {
+  const eligible: RouteTarget[] = [];
+  let firstExclusion: Exclusion | undefined;
+  const missing = new Set<Capability>();
+  let largestWindow = 0;
+  let minOpenMs = Number.POSITIVE_INFINITY;
+  let allRateLimited = true;
+  const need = features.promptTokens + (features.requestedOutputTokens ?? 0);
+
+  for (const t of targets) {
+    const up = t.upstream;
+    let why: Exclusion | undefined;
+    if (opts.provider !== undefined && up.provider.name !== opts.provider) why = 'provider';
+    else if (!capable(up.capabilities, features, missing)) why = 'capability';
+    else if (need > up.model.context_window) {
+      why = 'context';
+      largestWindow = Math.max(largestWindow, up.model.context_window);
+    } else if (!up.breaker.canAttempt()) {
+      why = 'breaker';
+      minOpenMs = Math.min(minOpenMs, up.breaker.msUntilHalfOpen());
+      if (up.breaker.snapshot().tripCause !== 'rate_limit') allRateLimited = false;
+    }
+    if (why === undefined) eligible.push(t);
+    else if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
+  }
+
+  if (eligible.length === 0) throw noCandidate(route, firstExclusion, { missing, largestWindow, need, minOpenMs, allRateLimited, provider: opts.provider });
+
+  const ctx: StrategyContext = {
+    promptTokens: features.promptTokens,
+    requestedOutputTokens: features.requestedOutputTokens,
+    now: opts.now,
+    random: opts.random,
+    tieEpsilon: opts.routing.tie_epsilon,
+    rotation: route.rotation,
+    explorationShare: opts.routing.exploration_share,
+    minSamples: opts.routing.min_samples,
+    weights: route.weights,
+  };
+  if (!opts.peek) route.rotation = (route.rotation + 1) % 1_073_741_824;
+  return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
+}
+
+/** The most telling exclusion wins the error: an open breaker says more than a pinned provider. */
+function rank(e: Exclusion): number {
+  return e === 'breaker' ? 4 : e === 'context' ? 3 : e === 'capability' ? 2 : 1;
+}
+
+function capable(caps: ReadonlySet<Capability>, f: RequestFeatures, missing: Set<Capability>): boolean {
+  let ok = true;
+  if (f.stream && !caps.has('stream')) (missing.add('stream'), (ok = false));
+  if (f.tools && !caps.has('tools')) (missing.add('tools'), (ok = false));
+  if (f.json && !caps.has('json')) (missing.add('json'), (ok = false));
+  if (f.images && !caps.has('vision')) (missing.add('vision'), (ok = false));
+  return ok;
+}
+
+function noCandidate(
+  route: RouteRuntime,
+  why: Exclusion | undefined,
+  d: {
+    missing: Set<Capability>;
+    largestWindow: number;
+    need: number;
+    minOpenMs: number;
+    allRateLimited: boolean;
+    provider: string | undefined;
+  },
+): GatewayError {
+  const name = `\`${route.name}\``;
+  switch (why) {
+    case 'breaker': {
+      const retryAfterS = Math.max(1, Math.ceil(d.minOpenMs / 1000));
+      if (d.allRateLimited) {
+        return new GatewayError('rate_limited', `every upstream of route ${name} is rate limited; retry in ${retryAfterS}s`, {
+          retryAfterS,
+        });
+      }
+      return new GatewayError(
+        'no_available_upstream',
+        `every upstream of route ${name} is unavailable (circuit open); retry in ${retryAfterS}s`,
+        { retryAfterS },
+      );
+    }
+    case 'context':
+      return new GatewayError(
+        'invalid_request',
+        `the request needs ~${d.need} tokens but the largest context window in route ${name} is ${d.largestWindow}`,
+        { param: 'messages', bodyCode: 'context_length_exceeded' },
+      );
+    case 'capability':
+      return new GatewayError(
+        'invalid_request',
+        `no upstream of route ${name} supports ${[...d.missing].join(', ')}`,
+        { param: d.missing.has('tools') ? 'tools' : d.missing.has('json') ? 'response_format' : d.missing.has('vision') ? 'messages' : 'stream' },
+      );
+    case 'provider':
+      return new GatewayError('invalid_request', `route ${name} has no upstream from provider "${d.provider}"`, {
+        param: 'x-router-provider',
+      });
+    default:
+      return new GatewayError('no_available_upstream', `route ${name} has no upstreams`, { retryAfterS: 1 });
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * `hybrid`: weighted sum of three factors, each normalised across this request's candidates so the
+ * best is 1 (SPEC §2): cost (best / x), latency (best / x) and reliability (rate / best rate).
+ *
+ * Normalisation is relative to the best rather than min-max: with min-max two candidates 1 % apart
+ * become 1 and 0, so a 1 % cheaper but 5× slower upstream could tie a fast one. Relative keeps
+ * proportions, and one candidate or equal values still give 1 to all.
+ *
+ * Missing statistics: an upstream whose latency is unmeasured (fewer than `minSamples` samples) gets
+ * a neutral latency factor of 0.5 and is held back behind the measured ones, except on the bounded
+ * exploration share, exactly as in `latency`; without that bound a cheap unmeasured upstream would take
+ * all traffic on cost alone. When every candidate is unmeasured, or the latency weight is 0, all are
+ * ranked together on the factors they have. Reliability is never missing: the view reports 1 without data.
+ */
+import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
+import { expectedCostUsd } from './cost.js';
+import {
+  HELD_BACK,
+  baseLatencyMs,
+  exploringWhat,
+  isMeasured,
+  loadFactor,
+  unmeasuredReason,
+} from './latency.js';
+import {
+  GROUP_LAST,
+  GROUP_MAIN,
+  clamp01,
+  expectedOutput,
+  explore,
+  finishRanking,
+  fmtMs,
+  fmtPct,
+  fmtUsd,
+  higherIsBetter,
+  lowerIsBetter,
+  scored,
+  type Scored,
+} from './rank.js';
+
+/** Latency factor of an unmeasured upstream: neither rewarded nor punished. */
+export const NEUTRAL_FACTOR = 0.5;
+
+function weight(w: number): number {
+  return w > 0 && Number.isFinite(w) ? w : 0;
+}
+
+function f2(x: number): string {
+  return x.toFixed(2);
+}
+
+export function hybridStrategy<C extends CandidateView>(
+  candidates: readonly C[],
+  ctx: StrategyContext,
+): RankedCandidate<C>[] {
+  const n = candidates.length;
+  const wc = weight(ctx.weights.cost);
+  const wl = weight(ctx.weights.latency);
+  const wr = weight(ctx.weights.reliability);
+  const sumW = wc + wl + wr;
+  const items = new Array<Scored<C>>(n);
+  const cost = new Array<number>(n);
+  const lat = new Array<number>(n);
+  const rel = new Array<number>(n);
+  let unmeasured: Scored<C>[] | undefined;
+  let bestCost = Infinity;
+  let bestLat = Infinity;
+  let bestRel = 0;
+  for (let i = 0; i < n; i++) {
+    const c = candidates[i]!;
+    const it = scored(c, 0);
+    items[i] = it;
+    const usd = expectedCostUsd(c, ctx);
+    cost[i] = usd;
+    if (usd < bestCost) bestCost = usd;
+    const sr = c.stats.successRate;
+    // No usable rate means no data, which the view defines as 1.
+    const r = Number.isFinite(sr) ? (sr > 0 ? (sr < 1 ? sr : 1) : 0) : 1;
+    rel[i] = r;
+    if (r > bestRel) bestRel = r;
+    const base = baseLatencyMs(c.stats, expectedOutput(ctx, c.stats));
+    if (isMeasured(c.stats, ctx, base)) {
+      const est = base * loadFactor(c.stats);
+      lat[i] = est;
+      if (est < bestLat) bestLat = est;
+    } else {
+      lat[i] = NaN;
+      (unmeasured ??= []).push(it);
+    }
+  }
+  // Exploration only matters when latency counts and there is something measured to compare against.
+  const split = unmeasured !== undefined && unmeasured.length < n && wl > 0;
+  let bestScore = 0;
+  for (let i = 0; i < n; i++) {
+    const it = items[i]!;
+    const fc = lowerIsBetter(cost[i]!, bestCost);
+    const measured = !Number.isNaN(lat[i]!);
+    const fl = measured ? lowerIsBetter(lat[i]!, bestLat) : NEUTRAL_FACTOR;
+    const fr = higherIsBetter(rel[i]!, bestRel);
+    const s = sumW > 0 ? (wc * fc + wl * fl + wr * fr) / sumW : 1;
+    it.raw = s;
+    if (split && !measured) it.group = GROUP_LAST;
+    else if (s > bestScore) bestScore = s;
+    it.reason =
+      'hybrid ' +
+      f2(s) +
+      ' = cost ' +
+      fmtUsd(cost[i]!) +
+      ' → ' +
+      f2(fc) +
+      ' × ' +
+      wc +
+      ' + latency ' +
+      (measured ? fmtMs(lat[i]!) : 'unmeasured') +
+      ' → ' +
+      f2(fl) +
+      ' × ' +
+      wl +
+      ' + reliability ' +
+      fmtPct(rel[i]!) +
+      ' → ' +
+      f2(fr) +
+      ' × ' +
+      wr;
+  }
+  // Rescale so the best ranked candidate scores exactly 1, as every strategy's scores do.
+  for (let i = 0; i < n; i++) {
+    const it = items[i]!;
+    if (it.group === GROUP_MAIN) it.score = bestScore > 0 ? clamp01(it.raw / bestScore) : 1;
+  }
+  if (split && unmeasured !== undefined) {
+    const picked = explore(unmeasured, ctx);
+    for (const it of unmeasured) {
+      const first = it === picked;
+      it.score = first ? 1 : 0;
+      it.reason =
+        unmeasuredReason(it.candidate.stats, first ? exploringWhat(ctx) : HELD_BACK) + '; ' + it.reason;
+    }
+  }
+  return finishRanking(items, ctx.rotation, ctx.tieEpsilon);
+}

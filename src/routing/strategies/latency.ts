@@ -1,0 +1,114 @@
+/**
+ * `latency`: lowest expected latency from live statistics (SPEC §2): peak-EWMA time to first token plus
+ * expected output ÷ observed tokens/s, scaled by load. Upstreams with fewer than `minSamples` samples are
+ * explored on a bounded share of decisions (exactly `explorationShare` in expectation) until measured.
+ */
+import type { CandidateView, RankedCandidate, StrategyContext, UpstreamStatsView } from '../types.js';
+import {
+  expectedOutput,
+  explore,
+  finishRanking,
+  fmtInt,
+  fmtMs,
+  fmtPct,
+  GROUP_LAST,
+  GROUP_MAIN,
+  lowerIsBetter,
+  plural,
+  scored,
+  type Scored,
+} from './rank.js';
+
+function finiteNonNeg(x: number | undefined): x is number {
+  return x !== undefined && x >= 0 && Number.isFinite(x);
+}
+
+/** Expected ms for one attempt before load scaling; NaN when the upstream has no usable figure. */
+export function baseLatencyMs(stats: UpstreamStatsView, outputTokens: number): number {
+  const ttft = stats.ttftMs;
+  const tps = stats.tokensPerSec;
+  const lat = stats.latencyMs;
+  if (finiteNonNeg(ttft)) {
+    if (finiteNonNeg(tps) && tps > 0) return ttft + (outputTokens / tps) * 1000;
+    // No throughput figure yet (non-streamed traffic): the whole-attempt EWMA is the best we have.
+    return finiteNonNeg(lat) && lat > ttft ? lat : ttft;
+  }
+  return finiteNonNeg(lat) ? lat : NaN;
+}
+
+/** In flight + 1: an upstream already serving k requests is expected to be k+1 times slower. */
+export function loadFactor(stats: UpstreamStatsView): number {
+  const f = stats.inFlight;
+  return f > 0 && Number.isFinite(f) ? f + 1 : 1;
+}
+
+export function isMeasured(stats: UpstreamStatsView, ctx: StrategyContext, baseMs: number): boolean {
+  return stats.samples >= ctx.minSamples && Number.isFinite(baseMs);
+}
+
+/** "latency 212 ms est. (ttft 180 ms + 64 tok ÷ 2,000 tok/s) × load 1". */
+export function latencyReason(stats: UpstreamStatsView, outputTokens: number, estMs: number): string {
+  const tps = stats.tokensPerSec;
+  const ttft = stats.ttftMs;
+  const parts =
+    finiteNonNeg(ttft) && finiteNonNeg(tps) && tps > 0
+      ? 'ttft ' + fmtMs(ttft) + ' + ' + fmtInt(outputTokens) + ' tok ÷ ' + fmtInt(tps) + ' tok/s'
+      : 'attempt ' + fmtMs(estMs / loadFactor(stats)) + ', no tok/s yet';
+  return 'latency ' + fmtMs(estMs) + ' est. (' + parts + ') × load ' + fmtInt(loadFactor(stats));
+}
+
+export function unmeasuredReason(stats: UpstreamStatsView, what: string): string {
+  return 'unmeasured (' + plural(Number.isFinite(stats.samples) ? stats.samples : 0, 'sample') + '): ' + what;
+}
+
+export function exploringWhat(ctx: StrategyContext): string {
+  return 'exploring (' + fmtPct(ctx.explorationShare) + ' of decisions)';
+}
+
+export const HELD_BACK = 'held back until measured';
+
+export function latencyStrategy<C extends CandidateView>(
+  candidates: readonly C[],
+  ctx: StrategyContext,
+): RankedCandidate<C>[] {
+  const n = candidates.length;
+  const items = new Array<Scored<C>>(n);
+  let unmeasured: Scored<C>[] | undefined;
+  let best = Infinity;
+  for (let i = 0; i < n; i++) {
+    const c = candidates[i]!;
+    const out = expectedOutput(ctx, c.stats);
+    const base = baseLatencyMs(c.stats, out);
+    const it = scored(c, base * loadFactor(c.stats));
+    items[i] = it;
+    if (isMeasured(c.stats, ctx, base)) {
+      if (it.raw < best) best = it.raw;
+      it.reason = latencyReason(c.stats, out, it.raw);
+    } else {
+      it.group = GROUP_LAST;
+      (unmeasured ??= []).push(it);
+    }
+  }
+  if (unmeasured === undefined) {
+    for (let i = 0; i < n; i++) items[i]!.score = lowerIsBetter(items[i]!.raw, best);
+  } else if (unmeasured.length === n) {
+    // Nothing to compare: spread the first measurements evenly.
+    for (let i = 0; i < n; i++) {
+      const it = items[i]!;
+      it.score = 1;
+      it.reason = unmeasuredReason(it.candidate.stats, 'rotating');
+    }
+  } else {
+    for (let i = 0; i < n; i++) {
+      const it = items[i]!;
+      if (it.group === GROUP_MAIN) it.score = lowerIsBetter(it.raw, best);
+    }
+    const picked = explore(unmeasured, ctx);
+    for (const it of unmeasured) {
+      const first = it === picked;
+      it.score = first ? 1 : 0;
+      it.reason = unmeasuredReason(it.candidate.stats, first ? exploringWhat(ctx) : HELD_BACK);
+    }
+  }
+  return finishRanking(items, ctx.rotation, ctx.tieEpsilon);
+}

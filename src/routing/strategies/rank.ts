@@ -1,0 +1,209 @@
+/**
+ * Shared by every strategy: turn raw figures into scores in [0, 1] (1 = best), sort once, and break
+ * ties by rotation over the configured order, so two equal upstreams share traffic evenly instead of
+ * the first one in the array taking it all.
+ */
+import { DEFAULT_OUTPUT_TOKENS } from '../tokens.js';
+import type { CandidateView, RankedCandidate, StrategyContext, UpstreamStatsView } from '../types.js';
+
+/** Sort buckets: an explored upstream goes before the ranked ones, held-back ones after them. */
+export const GROUP_FIRST = 0;
+export const GROUP_MAIN = 1;
+export const GROUP_LAST = 2;
+
+/** A candidate being ranked; mutable scratch owned by one strategy call. */
+export interface Scored<C extends CandidateView> {
+  readonly candidate: C;
+  /** The strategy's raw figure (dollars, ms, requests in flight...), NaN when unknown. */
+  raw: number;
+  score: number;
+  reason: string;
+  group: number;
+}
+
+export function scored<C extends CandidateView>(candidate: C, raw: number): Scored<C> {
+  return { candidate, raw, score: 0, reason: '', group: GROUP_MAIN };
+}
+
+/** Float slack so that e.g. 1 - 0.98 still ties at epsilon 0.02. */
+const EPSILON_SLACK = 1e-9;
+
+/** Clamped to [0, 1]; NaN becomes 0 so a bad figure can never sort first. */
+export function clamp01(x: number): number {
+  return x > 0 ? (x < 1 ? x : 1) : 0;
+}
+
+/** `rotation mod n`, safe for negative, fractional or non-finite counters. */
+export function rotationIndex(rotation: number, n: number): number {
+  if (n <= 1 || !Number.isFinite(rotation)) return 0;
+  const r = Math.trunc(rotation) % n;
+  return r < 0 ? r + n : r;
+}
+
+/**
+ * Lower is better (dollars, ms, load): score = best / x, so the best is 1 and twice the best is 0.5.
+ * Relative rather than min-max: a 1 % difference stays a 1 % difference, and `tie_epsilon` reads as a
+ * relative tolerance. `best` is the smallest finite figure among the candidates.
+ */
+export function lowerIsBetter(x: number, best: number): number {
+  if (!Number.isFinite(x)) return 0;
+  if (x <= best) return 1;
+  return clamp01(best / x);
+}
+
+/** Higher is better (success rate): score = x / best. */
+export function higherIsBetter(x: number, best: number): number {
+  if (!Number.isFinite(x)) return 0;
+  if (x >= best || !(best > 0)) return 1;
+  return clamp01(x / best);
+}
+
+function byConfigOrder<C extends CandidateView>(a: Scored<C>, b: Scored<C>): number {
+  const d = a.candidate.order - b.candidate.order;
+  if (d !== 0) return d;
+  const ia = a.candidate.id;
+  const ib = b.candidate.id;
+  return ia < ib ? -1 : ia > ib ? 1 : 0;
+}
+
+function byGroupThenScore<C extends CandidateView>(a: Scored<C>, b: Scored<C>): number {
+  return a.group - b.group || b.score - a.score || byConfigOrder(a, b);
+}
+
+/** Insertion sort of items[from, to): tie clusters are tiny, and this avoids a slice. */
+function sortRange<C extends CandidateView>(items: Scored<C>[], from: number, to: number): void {
+  for (let i = from + 1; i < to; i++) {
+    const x = items[i]!;
+    let j = i - 1;
+    while (j >= from && byConfigOrder(items[j]!, x) > 0) {
+      items[j + 1] = items[j]!;
+      j--;
+    }
+    items[j + 1] = x;
+  }
+}
+
+/**
+ * Sorts by group, then score (best first), then groups into tie clusters — candidates within `epsilon`
+ * of the cluster's best — and rotates each cluster by `rotation` over config order. Reorders `items`.
+ */
+export function finishRanking<C extends CandidateView>(
+  items: Scored<C>[],
+  rotation: number,
+  epsilon: number,
+): RankedCandidate<C>[] {
+  const n = items.length;
+  items.sort(byGroupThenScore);
+  const eps = (Number.isFinite(epsilon) && epsilon > 0 ? epsilon : 0) + EPSILON_SLACK;
+  const out = new Array<RankedCandidate<C>>(n);
+  let i = 0;
+  while (i < n) {
+    const top = items[i]!;
+    let j = i + 1;
+    while (j < n && items[j]!.group === top.group && top.score - items[j]!.score <= eps) j++;
+    const k = j - i;
+    if (k === 1) {
+      out[i] = { candidate: top.candidate, score: top.score, reason: top.reason };
+    } else {
+      sortRange(items, i, j);
+      const r = rotationIndex(rotation, k);
+      for (let m = 0; m < k; m++) {
+        const it = items[i + ((r + m) % k)]!;
+        out[i + m] = { candidate: it.candidate, score: it.score, reason: it.reason };
+      }
+    }
+    i = j;
+  }
+  return out;
+}
+
+/** Where the expected output token count came from, for the reason string. */
+export type OutputSource = 'max_tokens' | 'mean' | 'default';
+
+/** Expected completion tokens: the client's limit, else the upstream's observed mean, else a default. */
+export function expectedOutput(ctx: StrategyContext, stats: UpstreamStatsView): number {
+  const req = ctx.requestedOutputTokens;
+  if (req !== undefined && req > 0 && Number.isFinite(req)) return req;
+  const mean = stats.meanOutputTokens;
+  if (mean !== undefined && mean >= 0 && Number.isFinite(mean)) return mean;
+  return DEFAULT_OUTPUT_TOKENS;
+}
+
+export function outputSource(ctx: StrategyContext, stats: UpstreamStatsView): OutputSource {
+  const req = ctx.requestedOutputTokens;
+  if (req !== undefined && req > 0 && Number.isFinite(req)) return 'max_tokens';
+  const mean = stats.meanOutputTokens;
+  return mean !== undefined && mean >= 0 && Number.isFinite(mean) ? 'mean' : 'default';
+}
+
+/** Prompt tokens from the context, sanitised: hostile or missing figures count as 0. */
+export function promptTokensOf(ctx: StrategyContext): number {
+  const p = ctx.promptTokens;
+  return p > 0 && Number.isFinite(p) ? p : 0;
+}
+
+/**
+ * Bounded exploration: with probability `explorationShare` exactly, one of `unmeasured` (rotated over
+ * config order) is promoted to GROUP_FIRST; the others are held back in GROUP_LAST. Returns the
+ * explored item or undefined. Draws from `ctx.random` only when there is something to explore.
+ */
+export function explore<C extends CandidateView>(
+  unmeasured: Scored<C>[],
+  ctx: StrategyContext,
+): Scored<C> | undefined {
+  const u = unmeasured.length;
+  if (u === 0) return undefined;
+  const share = ctx.explorationShare;
+  let picked: Scored<C> | undefined;
+  if (share > 0 && ctx.random() < share) {
+    sortRange(unmeasured, 0, u);
+    picked = unmeasured[rotationIndex(ctx.rotation, u)];
+  }
+  for (let i = 0; i < u; i++) unmeasured[i]!.group = GROUP_LAST;
+  if (picked) picked.group = GROUP_FIRST;
+  return picked;
+}
+
+/** Position-based scores for strategies whose order is the decision itself: 1, then descending. */
+export function positionScore(index: number, n: number): number {
+  return n <= 1 ? 1 : 1 - index / n;
+}
+
+// ---- formatting for reasons: cheap, no Intl (it is slow per call), no regex ----
+
+/** 1234567 -> "1,234,567". */
+export function fmtInt(x: number): string {
+  if (!Number.isFinite(x)) return '?';
+  const n = Math.round(x);
+  const abs = n < 0 ? -n : n;
+  if (abs < 1000) return String(n);
+  const s = String(abs);
+  let i = s.length % 3 || 3;
+  let out = s.slice(0, i);
+  for (; i < s.length; i += 3) out += ',' + s.slice(i, i + 3);
+  return n < 0 ? '-' + out : out;
+}
+
+/** Dollars with 6 decimals: request costs are fractions of a cent. */
+export function fmtUsd(x: number): string {
+  return Number.isFinite(x) ? '$' + x.toFixed(6) : '$?';
+}
+
+/** A per-million-token price: "$0.15/M", "$0.075/M". */
+export function fmtPrice(p: number): string {
+  if (!Number.isFinite(p)) return '$?/M';
+  const cents = p * 100;
+  return (cents === Math.round(cents) ? '$' + p.toFixed(2) : '$' + String(p)) + '/M';
+}
+
+export function fmtMs(ms: number): string {
+  return fmtInt(ms) + ' ms';
+}
+
+export function fmtPct(x: number): string {
+  return Number.isFinite(x) ? (x * 100).toFixed(1) + '%' : '?%';
+}
+
+export function plural(n: number, word: string): string {
+  return n === 1 ? '1 ' + word : fmtInt(n) + ' ' + word + 's';
+}

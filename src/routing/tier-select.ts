@@ -1,0 +1,43 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import type { TierName } from '../config/schema.js';
+import type { Gateway } from '../gateway.js';
+import type { RouteRuntime, RouteTarget, Runtime } from '../runtime.js';
+import type { ChatBody } from '../upstream/adapter.js';
+import type { RoutingHeaders } from './decide.js';
+import { lastUserText, type RequestFeatures } from './features.js';
+import { matchTier } from './tiers.js';
+
+export interface TierSelection {
+  readonly targets: readonly RouteTarget[];
+  readonly tier: TierName | undefined;
+  readonly reason: string | undefined;
+}
+
+/**
+ * The targets a request may use: a flat route's own, or the tier that rules (or, on a tie, the LLM
+ * router, else `default_tier`) pick.
+ */
+export async function chooseTier(
+  gw: Gateway,
+  rt: Runtime,
+  route: RouteRuntime,
+  body: ChatBody,
+  features: RequestFeatures,
+  hdrs: RoutingHeaders,
+  headers: IncomingHttpHeaders,
+  _signal: AbortSignal,
+): Promise<TierSelection> {
+  if (!route.tiers) return { targets: route.targets, tier: undefined, reason: undefined };
+  const lastUser = lastUserText(body.messages);
+  const match = matchTier(route, features, lastUser, hdrs.tier, headers);
+  let tier = match.tier;
+  let reason = match.reason;
+  if (tier === undefined) {
+    tier = route.defaultTier;
+    reason = `${match.reason}; default_tier`;
+  }
+  void gw;
+  void rt;
+  const targets = (tier && route.tiers[tier]) || [];
+  return { targets, tier, reason };
+}

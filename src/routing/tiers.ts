@@ -1,0 +1,78 @@
+import type { RuleConfig, TierName } from '../config/schema.js';
+import type { RouteRuntime } from '../runtime.js';
+import type { RequestFeatures } from './features.js';
+
+export interface TierMatch {
+  /** Undefined on a tie: no rule matched, or rules of equal priority disagreed. */
+  readonly tier: TierName | undefined;
+  readonly reason: string;
+}
+
+const compiled = new WeakMap<RuleConfig, RegExp>();
+
+function regexOf(rule: RuleConfig): RegExp | undefined {
+  const src = rule.if.last_user_message;
+  if (src === undefined) return undefined;
+  let re = compiled.get(rule);
+  if (!re) {
+    re = new RegExp(src, 'i');
+    compiled.set(rule, re);
+  }
+  return re;
+}
+
+/** Only this much of the last user message is tested: a regex never scans an unbounded input. */
+const REGEX_INPUT_CHARS = 16_384;
+
+export function ruleMatches(rule: RuleConfig, f: RequestFeatures, lastUser: string, headers: Readonly<Record<string, unknown>>): boolean {
+  const c = rule.if;
+  if (c.min_prompt_tokens !== undefined && f.promptTokens < c.min_prompt_tokens) return false;
+  if (c.max_prompt_tokens !== undefined && f.promptTokens > c.max_prompt_tokens) return false;
+  if (c.tools !== undefined && c.tools !== f.tools) return false;
+  if (c.images !== undefined && c.images !== f.images) return false;
+  if (c.header !== undefined) {
+    const [name, value] = c.header.split('=', 2) as [string, string | undefined];
+    const got = headers[name.trim().toLowerCase()];
+    if (got === undefined || (value !== undefined && got !== value.trim())) return false;
+  }
+  const re = regexOf(rule);
+  if (re && !re.test(lastUser.length > REGEX_INPUT_CHARS ? lastUser.slice(-REGEX_INPUT_CHARS) : lastUser)) return false;
+  return true;
+}
+
+/**
+ * The tier by rules: `x-router-tier` wins outright; else the matching rules of the highest priority (the
+ * earliest `priority`, by default a rule's position) decide; none matching, or a disagreement among equals,
+ * is a tie for the LLM router to break.
+ */
+export function matchTier(
+  route: RouteRuntime,
+  f: RequestFeatures,
+  lastUser: string,
+  headerTier: TierName | undefined,
+  headers: Readonly<Record<string, unknown>>,
+): TierMatch {
+  if (headerTier !== undefined) return { tier: headerTier, reason: 'header x-router-tier' };
+  let bestPriority = Number.POSITIVE_INFINITY;
+  let chosen: TierName | undefined;
+  let names: string[] = [];
+  let disagree = false;
+  route.rules.forEach((rule, i) => {
+    const priority = rule.priority ?? i;
+    if (priority > bestPriority) return;
+    if (!ruleMatches(rule, f, lastUser, headers)) return;
+    const name = rule.name ?? `rules[${i}]`;
+    if (priority < bestPriority) {
+      bestPriority = priority;
+      chosen = rule.tier;
+      names = [name];
+      disagree = false;
+    } else {
+      names.push(name);
+      if (rule.tier !== chosen) disagree = true;
+    }
+  });
+  if (chosen === undefined) return { tier: undefined, reason: 'no rule matched' };
+  if (disagree) return { tier: undefined, reason: `rules disagree: ${names.join(', ')}` };
+  return { tier: chosen, reason: `rule ${names[0]}` };
+}

@@ -1,0 +1,238 @@
+/**
+ * Token estimates for routing (cost, tier rules, context-window fit). Exact o200k counting is used on
+ * the first EXACT_BUDGET_CHARS of text per request; beyond that, or before the tokenizer has loaded, a
+ * character-class estimate (~2 ns/char against ~150-250 ns/char for BPE, within ~10 % on English, code,
+ * JSON and CJK) keeps the hot path bounded. Never throws, whatever the body holds.
+ */
+import type { UpstreamStatsView } from './types.js';
+
+/** Completion tokens assumed when neither the client nor the upstream's history says. */
+export const DEFAULT_OUTPUT_TOKENS = 256;
+/** Text counted exactly per request (~4 KB ≈ 1,000 tokens ≈ 0.5 ms of BPE); the rest is estimated. */
+export const EXACT_BUDGET_CHARS = 4_096;
+/** Chat framing per message (role, separators), as in OpenAI's counting guide. */
+export const MESSAGE_OVERHEAD_TOKENS = 4;
+/** Every reply is primed with `<|start|>assistant<|message|>`. */
+export const REPLY_PRIMING_TOKENS = 3;
+/** OpenAI's vision pricing: a low-detail image is 85 tokens; high/auto is 85 + 170 per 512 px tile,
+ * and without the image's size we assume a 1024×1024 (4 tiles). */
+export const IMAGE_TOKENS_LOW = 85;
+export const IMAGE_TOKENS_HIGH = 765;
+
+export interface PromptBody {
+  readonly messages?: unknown;
+  readonly tools?: unknown;
+}
+
+export interface EstimateOptions {
+  /** Override EXACT_BUDGET_CHARS (0 = estimate only). */
+  readonly exactBudgetChars?: number;
+}
+
+type Counter = (text: string) => number;
+
+let exactCounter: Counter | undefined;
+let loading: Promise<void> | undefined;
+
+/**
+ * Loads the o200k tokenizer once (~150 ms, several MB). Call it at startup; until it resolves the
+ * estimates use the character-class approximation. Never rejects.
+ */
+export function loadTokenizer(): Promise<void> {
+  loading ??= import('gpt-tokenizer/encoding/o200k_base').then(
+    (m) => {
+      // An empty disallow set: user text containing "<|endoftext|>" is counted as text, not thrown on.
+      const opts = { disallowedSpecial: new Set<string>() };
+      exactCounter = (text) => m.countTokens(text, opts);
+    },
+    () => {
+      // Stay on the approximation; routing must not depend on the tokenizer being present.
+    },
+  );
+  return loading;
+}
+
+/** True once exact counting is available. */
+export function tokenizerReady(): boolean {
+  return exactCounter !== undefined;
+}
+
+/**
+ * Character-class estimate, fitted on o200k: ASCII word characters ≈ 4.5 per token, spaces ≈ 8,
+ * punctuation ≈ 0.6 tokens each, CJK ≈ 0.75 per char, other BMP letters ≈ 3.5 per token, astral
+ * characters (emoji) ≈ 1.3 each.
+ */
+export function approximateTextTokens(text: string): number {
+  let word = 0;
+  let space = 0;
+  let punct = 0;
+  let newline = 0;
+  let cjk = 0;
+  let other = 0;
+  let astral = 0;
+  const len = text.length;
+  for (let i = 0; i < len; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) {
+      if ((c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || (c >= 0x30 && c <= 0x39)) word++;
+      else if (c === 0x20) space++;
+      else if (c === 0x0a || c === 0x0d || c === 0x09) newline++;
+      else punct++;
+    } else if (c >= 0xd800 && c <= 0xdbff) {
+      astral++;
+      i++;
+    } else if (c >= 0x3000 && c <= 0xffef) {
+      cjk++;
+    } else {
+      other++;
+    }
+  }
+  const t = word / 4.5 + space / 8 + punct * 0.6 + newline * 0.2 + cjk * 0.75 + other / 3.5 + astral * 1.3;
+  return len === 0 ? 0 : Math.max(1, Math.round(t));
+}
+
+function countWith(text: string, exact: boolean): number {
+  if (exact && exactCounter !== undefined) {
+    try {
+      return exactCounter(text);
+    } catch {
+      // Fall through: an estimate beats failing the request.
+    }
+  }
+  return approximateTextTokens(text);
+}
+
+/** Tokens of one string: exact when the tokenizer is loaded and the text is within the budget. */
+export function estimateTextTokens(text: string, opts?: EstimateOptions): number {
+  if (typeof text !== 'string' || text.length === 0) return 0;
+  if (exactCounter === undefined) void loadTokenizer();
+  return countWith(text, text.length <= budgetOf(opts));
+}
+
+function budgetOf(opts: EstimateOptions | undefined): number {
+  const b = opts?.exactBudgetChars;
+  return b !== undefined && b >= 0 ? b : EXACT_BUDGET_CHARS;
+}
+
+function isRecord(x: unknown): x is Record<string, unknown> {
+  return typeof x === 'object' && x !== null;
+}
+
+/** One request's running count: exact while the char budget lasts, estimated after. */
+class Tally {
+  tokens = 0;
+  budget: number;
+  constructor(budget: number) {
+    this.budget = budget;
+  }
+
+  text(x: unknown): void {
+    if (typeof x !== 'string' || x.length === 0) return;
+    const exact = x.length <= this.budget;
+    if (exact) this.budget -= x.length;
+    this.tokens += countWith(x, exact);
+  }
+
+  /** Content: a string or an array of parts (text, image_url, refusal...); anything else is ignored. */
+  content(c: unknown): void {
+    if (typeof c === 'string') {
+      this.text(c);
+      return;
+    }
+    if (!Array.isArray(c)) return;
+    for (let i = 0; i < c.length; i++) {
+      const part: unknown = c[i];
+      if (typeof part === 'string') {
+        this.text(part);
+        continue;
+      }
+      if (!isRecord(part)) continue;
+      const type = part.type;
+      if (type === 'image_url' || type === 'image' || type === 'input_image') {
+        const img = part.image_url;
+        this.tokens += isRecord(img) && img.detail === 'low' ? IMAGE_TOKENS_LOW : IMAGE_TOKENS_HIGH;
+      } else {
+        this.text(part.text);
+        this.text(part.refusal);
+      }
+    }
+  }
+
+  /** `{ name, arguments }` of a tool call or legacy function call. */
+  call(fn: unknown): void {
+    if (!isRecord(fn)) return;
+    this.tokens += MESSAGE_OVERHEAD_TOKENS;
+    this.text(fn.name);
+    this.text(fn.arguments);
+  }
+
+  message(m: unknown): void {
+    if (!isRecord(m)) return;
+    this.tokens += MESSAGE_OVERHEAD_TOKENS;
+    this.content(m.content);
+    if (typeof m.name === 'string') {
+      this.tokens += 1;
+      this.text(m.name);
+    }
+    const calls = m.tool_calls;
+    if (Array.isArray(calls)) {
+      for (let i = 0; i < calls.length; i++) {
+        const call: unknown = calls[i];
+        if (isRecord(call)) this.call(call.function);
+      }
+    }
+    this.call(m.function_call);
+  }
+}
+
+/** JSON length / 4 for tool schemas: they are structural JSON, and this stays cheap and bounded. */
+function jsonTokens(x: unknown): number {
+  if (x === undefined || x === null) return 0;
+  try {
+    const s = JSON.stringify(x);
+    return typeof s === 'string' ? Math.ceil(s.length / 4) : 0;
+  } catch {
+    // Cycles or BigInt cannot come from a parsed JSON body; if they do, they add nothing.
+    return 0;
+  }
+}
+
+/** Estimated prompt tokens of an OpenAI Chat Completions body: messages, parts, tool calls and tools. */
+export function estimatePromptTokens(body: PromptBody, opts?: EstimateOptions): number {
+  if (!isRecord(body)) return 0;
+  if (exactCounter === undefined) void loadTokenizer();
+  const t = new Tally(budgetOf(opts));
+  try {
+    const messages = body.messages;
+    if (Array.isArray(messages) && messages.length > 0) {
+      for (let i = 0; i < messages.length; i++) t.message(messages[i]);
+      t.tokens += REPLY_PRIMING_TOKENS;
+    }
+    const tools = body.tools;
+    if (Array.isArray(tools) && tools.length > 0) t.tokens += jsonTokens(tools);
+  } catch {
+    // Only a throwing getter or proxy gets here (never a parsed JSON body): keep what was counted.
+  }
+  return t.tokens;
+}
+
+/** `max_completion_tokens` (preferred, OpenAI's current name) or `max_tokens`, if a positive integer. */
+export function requestedOutputTokens(body: unknown): number | undefined {
+  if (!isRecord(body)) return undefined;
+  const a = body.max_completion_tokens;
+  if (typeof a === 'number' && Number.isSafeInteger(a) && a > 0) return a;
+  const b = body.max_tokens;
+  if (typeof b === 'number' && Number.isSafeInteger(b) && b > 0) return b;
+  return undefined;
+}
+
+/**
+ * Expected completion tokens (SPEC §2): the client's limit if given, else the upstream's observed mean
+ * when `stats` is passed, else undefined (strategies then use DEFAULT_OUTPUT_TOKENS).
+ */
+export function expectedOutputTokens(
+  body: unknown,
+  stats?: Pick<UpstreamStatsView, 'meanOutputTokens'>,
+): number | undefined {
+  return requestedOutputTokens(body) ?? stats?.meanOutputTokens;
+}

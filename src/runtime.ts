@@ -1,0 +1,295 @@
+import type { LoadedConfig } from './config/load.js';
+import { targetName } from './config/load.js';
+import type {
+  Capability,
+  HybridWeights,
+  ModelConfig,
+  ProviderConfig,
+  RouteConfig,
+  RuleConfig,
+  StrategyName,
+  TargetConfig,
+  TierName,
+} from './config/schema.js';
+import type { Metrics } from './observability/metrics.js';
+import { CIRCUIT_STATE_VALUE } from './observability/metrics.js';
+import type { CircuitBreaker } from './resilience/breaker.js';
+import type { Outcome } from './resilience/classify.js';
+import { MemoryBreakerStore } from './resilience/store.js';
+import { UpstreamStats } from './routing/stats.js';
+import type { CandidateView, Price } from './routing/types.js';
+import type { AdapterProvider, ChatAdapter } from './upstream/adapter.js';
+import { anthropicAdapter } from './upstream/adapters/anthropic.js';
+import { openaiAdapter } from './upstream/adapters/openai.js';
+import { ProviderClient } from './upstream/client.js';
+import type { Logger } from './observability/logger.js';
+import { Scrubber } from './observability/scrub.js';
+
+export interface ProviderRuntime {
+  readonly name: string;
+  readonly kind: 'openai' | 'anthropic';
+  readonly config: ProviderConfig;
+  readonly adapter: ChatAdapter;
+  readonly client: ProviderClient;
+  readonly adapterProvider: AdapterProvider;
+}
+
+/** Per-upstream metric children, resolved once (`labels()` is not free on the hot path). */
+export interface UpstreamMetrics {
+  readonly inflight: ReturnType<Metrics['inflight']['labels']>;
+  readonly ttft: ReturnType<Metrics['ttft']['labels']>;
+  readonly tpot: ReturnType<Metrics['tpot']['labels']>;
+  readonly promptTokens: ReturnType<Metrics['tokens']['labels']>;
+  readonly completionTokens: ReturnType<Metrics['tokens']['labels']>;
+  readonly cost: ReturnType<Metrics['cost']['labels']>;
+  readonly attempts: Record<Outcome, ReturnType<Metrics['attempts']['labels']>>;
+}
+
+export interface Upstream {
+  /** `provider/model`. */
+  readonly id: string;
+  readonly provider: ProviderRuntime;
+  readonly model: ModelConfig;
+  /** The model name sent upstream. */
+  readonly upstreamModel: string;
+  readonly capabilities: ReadonlySet<Capability>;
+  readonly embeddings: boolean;
+  readonly stats: UpstreamStats;
+  readonly breaker: CircuitBreaker;
+  readonly metrics: UpstreamMetrics;
+}
+
+/** One upstream as a member of one route: its position and weight there. */
+export interface RouteTarget extends CandidateView {
+  readonly upstream: Upstream;
+}
+
+export interface RouteRuntime {
+  readonly name: string;
+  readonly strategy: StrategyName;
+  readonly weights: { readonly cost: number; readonly latency: number; readonly reliability: number };
+  /** Flat routes: the targets. Tiered routes: every tier's targets (for /v1/models, status). */
+  readonly targets: readonly RouteTarget[];
+  readonly tiers: Readonly<Partial<Record<TierName, readonly RouteTarget[]>>> | undefined;
+  readonly rules: readonly RuleConfig[];
+  readonly defaultTier: TierName | undefined;
+  readonly router: RouteConfig['router'];
+  readonly onStreamFailure: 'terminate' | 'continue';
+  readonly embeddings: boolean;
+  /** A `provider/model` name addressed directly rather than a configured route. */
+  readonly direct: boolean;
+  /** Decision counter: rotates ties and round-robin. Mutable on purpose. */
+  rotation: number;
+}
+
+/** What outlives a config reload: breakers and statistics of upstreams that remain, and the clock. */
+export class SharedState {
+  readonly stats = new Map<string, UpstreamStats>();
+  readonly breakers: MemoryBreakerStore;
+  /** Set by the current Runtime so breaker transitions reach its metrics and log. */
+  onTransition: ((upstreamId: string, to: string, cause: string | undefined) => void) | undefined;
+
+  constructor(
+    loaded: LoadedConfig,
+    readonly now: () => number,
+  ) {
+    this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t) =>
+      this.onTransition?.(id, t.to, t.cause),
+    );
+  }
+
+  statsFor(id: string): UpstreamStats {
+    let s = this.stats.get(id);
+    if (!s) {
+      s = new UpstreamStats(this.now);
+      this.stats.set(id, s);
+    }
+    return s;
+  }
+}
+
+const DEFAULT_WEIGHTS = { cost: 0.4, latency: 0.4, reliability: 0.2 };
+
+function strategyOf(s: RouteConfig['strategy'] | undefined, fallback: StrategyName): {
+  name: StrategyName;
+  weights?: HybridWeights;
+} {
+  if (s === undefined) return { name: fallback };
+  if (typeof s === 'string') return { name: s };
+  return { name: 'hybrid', weights: s.hybrid };
+}
+
+/** The config turned into live objects: providers with their pools, upstreams, routes. Immutable but for counters. */
+export class Runtime {
+  readonly routes = new Map<string, RouteRuntime>();
+  readonly upstreams = new Map<string, Upstream>();
+  readonly providers = new Map<string, ProviderRuntime>();
+  readonly scrubber: Scrubber;
+  readonly passthrough: ProviderRuntime | undefined;
+
+  constructor(
+    readonly loaded: LoadedConfig,
+    readonly shared: SharedState,
+    readonly metrics: Metrics,
+    readonly logger: Logger,
+    previous?: Runtime,
+  ) {
+    const config = loaded.config;
+    this.scrubber = new Scrubber(loaded.secrets);
+    shared.breakers.setConfig(config.circuit_breaker);
+
+    for (const p of config.providers) {
+      if (loaded.disabledProviders.has(p.name)) continue;
+      const prev = previous?.providers.get(p.name);
+      const reuse = prev !== undefined && sameConnection(prev.config, p);
+      const provider: ProviderRuntime = {
+        name: p.name,
+        kind: p.kind,
+        config: p,
+        adapter: p.kind === 'anthropic' ? anthropicAdapter : openaiAdapter,
+        client: reuse ? prev.client : new ProviderClient(p),
+        adapterProvider: {
+          name: p.name,
+          apiKey: p.api_key,
+          headers: p.headers,
+          anthropicVersion: p.anthropic_version,
+          defaultMaxTokens: p.default_max_tokens,
+        },
+      };
+      this.providers.set(p.name, provider);
+      for (const m of p.models) {
+        const id = `${p.name}/${m.name}`;
+        const labels = { provider: p.name, model: m.name };
+        this.upstreams.set(id, {
+          id,
+          provider,
+          model: m,
+          upstreamModel: m.upstream_name ?? m.name,
+          capabilities: new Set(m.capabilities),
+          embeddings: m.capabilities.includes('embeddings'),
+          stats: shared.statsFor(id),
+          breaker: shared.breakers.get(id),
+          metrics: {
+            inflight: metrics.inflight.labels(labels),
+            ttft: metrics.ttft.labels(labels),
+            tpot: metrics.tpot.labels(labels),
+            promptTokens: metrics.tokens.labels({ ...labels, kind: 'prompt' }),
+            completionTokens: metrics.tokens.labels({ ...labels, kind: 'completion' }),
+            cost: metrics.cost.labels(labels),
+            attempts: {
+              success: metrics.attempts.labels({ ...labels, outcome: 'success' }),
+              error: metrics.attempts.labels({ ...labels, outcome: 'error' }),
+              timeout: metrics.attempts.labels({ ...labels, outcome: 'timeout' }),
+              rate_limited: metrics.attempts.labels({ ...labels, outcome: 'rate_limited' }),
+              client_error: metrics.attempts.labels({ ...labels, outcome: 'client_error' }),
+            },
+          },
+        });
+        metrics.circuitState.labels(labels).set(CIRCUIT_STATE_VALUE[shared.breakers.get(id).state]);
+      }
+    }
+    shared.breakers.retain(this.upstreams.keys());
+    for (const id of [...shared.stats.keys()]) if (!this.upstreams.has(id)) shared.stats.delete(id);
+
+    const fallback = strategyOf(config.routing.default_strategy, 'hybrid');
+    for (const [name, rc] of Object.entries(config.routes)) {
+      const s = strategyOf(rc.strategy, fallback.name);
+      const w = s.weights ?? (s.name === 'hybrid' && rc.strategy === undefined ? fallback.weights : undefined);
+      const tiers = rc.tiers
+        ? Object.fromEntries(Object.entries(rc.tiers).map(([t, list]) => [t, this.targetsOf(list ?? [])]))
+        : undefined;
+      const targets = rc.targets ? this.targetsOf(rc.targets) : uniqueTargets(Object.values(tiers ?? {}).flat());
+      this.routes.set(name, {
+        name,
+        strategy: s.name,
+        weights: w ? { cost: w.cost_weight, latency: w.latency_weight, reliability: w.reliability_weight } : DEFAULT_WEIGHTS,
+        targets,
+        tiers,
+        rules: rc.rules ?? [],
+        defaultTier: rc.default_tier,
+        router: rc.router,
+        onStreamFailure: rc.on_stream_failure,
+        embeddings: targets.some((t) => t.upstream.embeddings),
+        direct: false,
+        rotation: previous?.routes.get(name)?.rotation ?? 0,
+      });
+    }
+    // Every upstream is also addressable as `provider/model` (a route of one, its own failover chain).
+    for (const up of this.upstreams.values()) {
+      if (this.routes.has(up.id)) continue;
+      this.routes.set(up.id, {
+        name: up.id,
+        strategy: 'priority',
+        weights: DEFAULT_WEIGHTS,
+        targets: [makeTarget(up, 0, up.model.weight)],
+        tiers: undefined,
+        rules: [],
+        defaultTier: undefined,
+        router: undefined,
+        onStreamFailure: 'terminate',
+        embeddings: up.embeddings,
+        direct: true,
+        rotation: 0,
+      });
+    }
+    const pass = config.server.passthrough;
+    this.passthrough = pass === undefined ? undefined : this.providers.get(pass);
+
+    shared.onTransition = (id, to, cause) => {
+      const up = this.upstreams.get(id);
+      if (!up) return;
+      const labels = { provider: up.provider.name, model: up.model.name };
+      metrics.circuitTransitions.inc({ ...labels, to });
+      metrics.circuitState.set(labels, CIRCUIT_STATE_VALUE[to as keyof typeof CIRCUIT_STATE_VALUE] ?? 0);
+      logger.warn({ upstream: id, to, cause }, `circuit breaker of ${id} is now ${to}`);
+    };
+  }
+
+  private targetsOf(list: readonly TargetConfig[]): RouteTarget[] {
+    const out: RouteTarget[] = [];
+    list.forEach((t) => {
+      const up = this.upstreams.get(targetName(t));
+      if (!up) return; // its provider is disabled (the loader already rejected unknown names)
+      out.push(makeTarget(up, out.length, typeof t === 'string' ? up.model.weight : (t.weight ?? up.model.weight)));
+    });
+    return out;
+  }
+
+  /** Closes the pools this runtime owns that `next` does not reuse (waits for their in-flight requests). */
+  async retire(next: Runtime | undefined): Promise<void> {
+    const closing: Promise<void>[] = [];
+    for (const p of this.providers.values()) {
+      if (next?.providers.get(p.name)?.client === p.client) continue;
+      closing.push(p.client.close().catch(() => undefined));
+    }
+    await Promise.all(closing);
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.all([...this.providers.values()].map((p) => p.client.destroy().catch(() => undefined)));
+  }
+}
+
+function makeTarget(upstream: Upstream, order: number, weight: number): RouteTarget {
+  const price: Price = upstream.model.price;
+  return { id: upstream.id, order, weight, price, stats: upstream.stats, upstream };
+}
+
+function uniqueTargets(list: RouteTarget[]): RouteTarget[] {
+  const seen = new Set<string>();
+  const out: RouteTarget[] = [];
+  for (const t of list) {
+    if (seen.has(t.id)) continue;
+    seen.add(t.id);
+    out.push(makeTarget(t.upstream, out.length, t.weight));
+  }
+  return out;
+}
+
+function sameConnection(a: ProviderConfig, b: ProviderConfig): boolean {
+  return (
+    a.base_url === b.base_url &&
+    a.max_concurrency === b.max_concurrency &&
+    JSON.stringify(a.timeouts) === JSON.stringify(b.timeouts)
+  );
+}

@@ -1,0 +1,66 @@
+import { once } from 'node:events';
+import type { ServerResponse } from 'node:http';
+
+/**
+ * The client side of a relayed SSE stream. Nothing is sent before `commit()` (the first content delta), so
+ * a failover before it stays invisible; after it, writes respect back-pressure: `drain()` waits until the
+ * client has taken what it was given, so the gateway never holds more than a socket buffer for it.
+ */
+export class SseWriter {
+  private committedFlag = false;
+
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly signal: AbortSignal,
+    /** Called once, just before the first byte goes out (fastify's `reply.hijack()`). */
+    private readonly onCommit?: () => void,
+  ) {}
+
+  get committed(): boolean {
+    return this.committedFlag;
+  }
+
+  get closed(): boolean {
+    return this.res.destroyed || this.res.writableEnded;
+  }
+
+  commit(headers: Record<string, string>): void {
+    if (this.committedFlag) return;
+    this.committedFlag = true;
+    this.onCommit?.();
+    this.res.writeHead(200, {
+      ...headers,
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
+    this.res.flushHeaders();
+  }
+
+  write(text: string): void {
+    if (!this.closed) this.res.write(text);
+  }
+
+  /** Resolves when the client can take more, or at once when it is gone. */
+  async drain(): Promise<void> {
+    if (!this.res.writableNeedDrain || this.closed || this.signal.aborted) return;
+    try {
+      await once(this.res, 'drain', { signal: this.signal });
+    } catch {
+      /* the client went away: the caller sees signal.aborted */
+    }
+  }
+
+  end(text?: string): void {
+    if (this.closed) return;
+    if (text !== undefined) this.res.end(text);
+    else this.res.end();
+  }
+}
+
+export const DONE_FRAME = 'data: [DONE]\n\n';
+
+export function dataFrame(json: string): string {
+  return `data: ${json}\n\n`;
+}

@@ -1,0 +1,335 @@
+import type { AdapterProvider, ChatBody, PreparedRequest } from '../adapter.js';
+import { asNumber, asString, isObject, type JsonObject } from './common.js';
+
+/**
+ * OpenAI Chat Completions body -> Anthropic Messages request (`POST /v1/messages`).
+ *
+ * Choices defended here:
+ * - System and developer messages, wherever they stand, are hoisted in order into the top-level `system`
+ *   (a string joined by blank lines; an array of text blocks when a part carries `cache_control`).
+ * - Anthropic wants alternating turns that open with a user turn and have non-empty content: consecutive
+ *   same-role turns are merged, empty ones dropped, and a first assistant turn (or no turn at all) gets a
+ *   placeholder user turn "." before it, the convention other gateways use.
+ * - `response_format` json_object / json_schema becomes a system instruction (plus the schema). A forced
+ *   tool would enforce the schema but turns the answer into tool arguments, clashes with the client's own
+ *   tools and tool_choice, and needs its stream rewritten; an instruction keeps the answer as plain text
+ *   content, streams unchanged and works on every model.
+ * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
+ *   requires an object, and an invented wrapper key would contradict the tool's schema.
+ * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
+ *   recent Claude models reject the two together.
+ * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:
+ *   malformed messages and parts are skipped.
+ */
+
+type Block = JsonObject;
+type Role = 'user' | 'assistant';
+
+interface Turn {
+  role: Role;
+  content: Block[];
+}
+
+/** The placeholder user turn Anthropic needs before a leading assistant turn. */
+export const PLACEHOLDER_USER_TEXT = '.';
+
+const JSON_OBJECT_INSTRUCTION =
+  'Respond with one valid JSON object only: no text before or after it and no Markdown code fences.';
+
+// Anthropic accepts tool ids matching ^[a-zA-Z0-9_-]+$; ids minted by other providers may not.
+const INVALID_TOOL_ID_CHARS = /[^a-zA-Z0-9_-]/g;
+
+export function buildAnthropicRequest(
+  body: ChatBody,
+  model: string,
+  provider: AdapterProvider,
+): PreparedRequest {
+  const system: Block[] = [];
+  const turns: Turn[] = [];
+  const messages: unknown = body.messages;
+  if (Array.isArray(messages)) {
+    for (const message of messages) addMessage(message, system, turns);
+  }
+  finishTurns(turns);
+
+  const instruction = responseFormatInstruction(body.response_format);
+  if (instruction !== undefined) system.push({ type: 'text', text: instruction });
+
+  const out: JsonObject = { model };
+  if (system.length > 0) out.system = systemValue(system);
+  out.messages = turns;
+  out.max_tokens =
+    positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens) ?? provider.defaultMaxTokens;
+
+  const temperature = asNumber(body.temperature);
+  const topP = asNumber(body.top_p);
+  if (temperature !== undefined) out.temperature = Math.min(Math.max(temperature, 0), 1);
+  else if (topP !== undefined) out.top_p = topP;
+
+  const stop = stopSequences(body.stop);
+  if (stop.length > 0) out.stop_sequences = stop;
+  if (body.stream === true) out.stream = true;
+
+  const user = asString(body.user);
+  if (user) out.metadata = { user_id: user };
+
+  const tools = toolDefinitions(body.tools);
+  if (tools.length > 0) {
+    out.tools = tools;
+    const choice = toolChoice(body.tool_choice, body.parallel_tool_calls === false);
+    if (choice !== undefined) out.tool_choice = choice;
+  }
+
+  return {
+    path: '/v1/messages',
+    headers: {
+      'content-type': 'application/json',
+      ...(provider.apiKey ? { 'x-api-key': provider.apiKey } : {}),
+      'anthropic-version': provider.anthropicVersion,
+      ...provider.headers,
+    },
+    body: JSON.stringify(out),
+  };
+}
+
+function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
+  if (!isObject(message)) return;
+  switch (message.role) {
+    case 'system':
+    case 'developer':
+      system.push(...textBlocks(message.content));
+      return;
+    case 'user':
+      pushTurn(turns, 'user', userBlocks(message.content));
+      return;
+    case 'assistant':
+      pushTurn(turns, 'assistant', [...textBlocks(message.content), ...toolUseBlocks(message.tool_calls)]);
+      return;
+    case 'tool':
+      pushTurn(turns, 'user', [toolResultBlock(message)]);
+      return;
+    default:
+      return;
+  }
+}
+
+function pushTurn(turns: Turn[], role: Role, blocks: Block[]): void {
+  if (blocks.length === 0) return;
+  const last = turns.at(-1);
+  if (last !== undefined && last.role === role) last.content.push(...blocks);
+  else turns.push({ role, content: blocks });
+}
+
+function finishTurns(turns: Turn[]): void {
+  const last = turns.at(-1);
+  // A final (prefill) assistant turn must not end with whitespace: Anthropic rejects it.
+  if (last !== undefined && last.role === 'assistant') {
+    const block = last.content.at(-1);
+    if (block !== undefined && block.type === 'text' && typeof block.text === 'string') {
+      const trimmed = block.text.trimEnd();
+      if (trimmed === '') last.content.pop();
+      else block.text = trimmed;
+      if (last.content.length === 0) turns.pop();
+    }
+  }
+  if (turns[0]?.role !== 'user') {
+    turns.unshift({ role: 'user', content: [{ type: 'text', text: PLACEHOLDER_USER_TEXT }] });
+  }
+}
+
+function textBlock(text: string, part?: JsonObject): Block | undefined {
+  // Anthropic rejects empty and whitespace-only text blocks.
+  if (text.trim() === '') return undefined;
+  const block: Block = { type: 'text', text };
+  if (part !== undefined && isObject(part.cache_control)) block.cache_control = part.cache_control;
+  return block;
+}
+
+/** Text of a string or of text / refusal parts; anything else is skipped. */
+function textBlocks(content: unknown): Block[] {
+  if (typeof content === 'string') {
+    const block = textBlock(content);
+    return block === undefined ? [] : [block];
+  }
+  const out: Block[] = [];
+  if (!Array.isArray(content)) return out;
+  for (const part of content) {
+    let block: Block | undefined;
+    if (typeof part === 'string') block = textBlock(part);
+    else if (isObject(part)) {
+      const text = asString(part.text) ?? asString(part.refusal);
+      if (text !== undefined && (part.type === 'text' || part.type === 'refusal'))
+        block = textBlock(text, part);
+    }
+    if (block !== undefined) out.push(block);
+  }
+  return out;
+}
+
+function userBlocks(content: unknown): Block[] {
+  if (!Array.isArray(content)) return textBlocks(content);
+  const out: Block[] = [];
+  for (const part of content) {
+    let block: Block | undefined;
+    if (typeof part === 'string') block = textBlock(part);
+    else if (isObject(part)) {
+      if (part.type === 'text' && typeof part.text === 'string') block = textBlock(part.text, part);
+      else if (part.type === 'image_url') block = imageBlock(part.image_url);
+      else if (part.type === 'file' && isObject(part.file)) block = fileBlock(part.file);
+      if (block !== undefined && part.type !== 'text' && isObject(part.cache_control)) {
+        block.cache_control = part.cache_control;
+      }
+    }
+    if (block !== undefined) out.push(block);
+  }
+  return out;
+}
+
+interface DataUrl {
+  mediaType: string;
+  data: string;
+}
+
+/** `data:<media type>[;params];base64,<data>`; other data URLs are not something Anthropic takes. */
+function parseDataUrl(url: string): DataUrl | undefined {
+  const comma = url.indexOf(',');
+  if (!url.startsWith('data:') || comma < 0) return undefined;
+  const meta = url.slice(5, comma);
+  if (!meta.endsWith(';base64')) return undefined;
+  const semicolon = meta.indexOf(';');
+  const mediaType = meta.slice(0, semicolon).trim().toLowerCase();
+  const data = url.slice(comma + 1);
+  return mediaType === '' || data === '' ? undefined : { mediaType, data };
+}
+
+function imageBlock(imageUrl: unknown): Block | undefined {
+  const url =
+    typeof imageUrl === 'string' ? imageUrl : isObject(imageUrl) ? asString(imageUrl.url) : undefined;
+  if (url === undefined) return undefined;
+  const lower = url.slice(0, 8).toLowerCase();
+  if (lower.startsWith('https://') || lower.startsWith('http://')) {
+    return { type: 'image', source: { type: 'url', url } };
+  }
+  const parsed = parseDataUrl(url);
+  if (parsed === undefined) return undefined;
+  return { type: 'image', source: { type: 'base64', media_type: parsed.mediaType, data: parsed.data } };
+}
+
+/** OpenAI `file` parts with inline data: PDFs become documents, images become images; file ids can't travel. */
+function fileBlock(file: JsonObject): Block | undefined {
+  const dataUrl = asString(file.file_data);
+  const parsed = dataUrl === undefined ? undefined : parseDataUrl(dataUrl);
+  if (parsed === undefined) return undefined;
+  const source = { type: 'base64', media_type: parsed.mediaType, data: parsed.data };
+  if (parsed.mediaType === 'application/pdf') return { type: 'document', source };
+  if (parsed.mediaType.startsWith('image/')) return { type: 'image', source };
+  return undefined;
+}
+
+function toolId(id: unknown): string | undefined {
+  if (typeof id !== 'string' || id === '') return undefined;
+  return id.replace(INVALID_TOOL_ID_CHARS, '_');
+}
+
+function toolUseBlocks(toolCalls: unknown): Block[] {
+  const out: Block[] = [];
+  if (!Array.isArray(toolCalls)) return out;
+  for (const call of toolCalls) {
+    if (!isObject(call) || !isObject(call.function)) continue;
+    const id = toolId(call.id);
+    const name = asString(call.function.name);
+    // Without an id no tool_result can refer to the call, and Anthropic rejects a dangling tool_use.
+    if (id === undefined || !name) continue;
+    out.push({ type: 'tool_use', id, name, input: toolInput(call.function.arguments) });
+  }
+  return out;
+}
+
+function toolInput(args: unknown): JsonObject {
+  if (isObject(args)) return args;
+  if (typeof args !== 'string') return {};
+  try {
+    const parsed: unknown = JSON.parse(args);
+    return isObject(parsed) ? parsed : {};
+  } catch {
+    return {};
+  }
+}
+
+function toolResultBlock(message: JsonObject): Block {
+  const id = toolId(message.tool_call_id);
+  const content = message.content;
+  if (id === undefined) {
+    // An unlinked result still informs the model, as text.
+    const text = typeof content === 'string' ? content : JSON.stringify(content ?? null);
+    return { type: 'text', text: `Tool result: ${text}` };
+  }
+  const block: Block = { type: 'tool_result', tool_use_id: id };
+  if (typeof content === 'string') {
+    if (content !== '') block.content = content;
+  } else {
+    const blocks = textBlocks(content);
+    if (blocks.length > 0) block.content = blocks;
+  }
+  return block;
+}
+
+function systemValue(blocks: Block[]): string | Block[] {
+  if (blocks.some((b) => b.cache_control !== undefined)) return blocks;
+  return blocks.map((b) => b.text).join('\n\n');
+}
+
+function positiveInt(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isInteger(value) && value > 0 ? value : undefined;
+}
+
+function stopSequences(stop: unknown): string[] {
+  const list = typeof stop === 'string' ? [stop] : Array.isArray(stop) ? stop : [];
+  // Anthropic rejects whitespace-only stop sequences.
+  return list.filter((s): s is string => typeof s === 'string' && s.trim() !== '');
+}
+
+function toolDefinitions(tools: unknown): Block[] {
+  const out: Block[] = [];
+  if (!Array.isArray(tools)) return out;
+  for (const tool of tools) {
+    if (!isObject(tool) || (tool.type !== undefined && tool.type !== 'function') || !isObject(tool.function))
+      continue;
+    const fn = tool.function;
+    const name = asString(fn.name);
+    if (!name) continue;
+    const def: Block = { name };
+    const description = asString(fn.description);
+    if (description) def.description = description;
+    def.input_schema = isObject(fn.parameters) ? fn.parameters : { type: 'object', properties: {} };
+    out.push(def);
+  }
+  return out;
+}
+
+function toolChoice(choice: unknown, disableParallel: boolean): Block | undefined {
+  let out: Block | undefined;
+  if (choice === 'auto') out = { type: 'auto' };
+  else if (choice === 'none') return { type: 'none' };
+  else if (choice === 'required') out = { type: 'any' };
+  else if (isObject(choice) && choice.type === 'function' && isObject(choice.function)) {
+    const name = asString(choice.function.name);
+    if (name) out = { type: 'tool', name };
+  }
+  if (disableParallel) {
+    out ??= { type: 'auto' };
+    out.disable_parallel_tool_use = true;
+  }
+  return out;
+}
+
+function responseFormatInstruction(format: unknown): string | undefined {
+  if (!isObject(format)) return undefined;
+  if (format.type === 'json_object') return JSON_OBJECT_INSTRUCTION;
+  if (format.type !== 'json_schema') return undefined;
+  const spec = isObject(format.json_schema) ? format.json_schema : {};
+  if (!isObject(spec.schema)) return JSON_OBJECT_INSTRUCTION;
+  const name = asString(spec.name);
+  const label = name ? ` "${name}"` : '';
+  return `${JSON_OBJECT_INSTRUCTION} It must conform to this JSON Schema${label}:\n${JSON.stringify(spec.schema)}`;
+}

@@ -1,0 +1,184 @@
+import type { StreamContext, UpstreamErrorInfo, Usage } from '../adapter.js';
+import {
+  asCount,
+  asString,
+  isObject,
+  newCompletionId,
+  openAiErrorTypeForStatus,
+  parseJsonObject,
+  truncateMessage,
+  type FinishReason,
+  type JsonObject,
+} from './common.js';
+
+/** Anthropic Message (JSON) and error bodies -> OpenAI shapes; the stop-reason, usage and error maps the stream shares. */
+
+export function mapStopReason(reason: unknown): FinishReason {
+  switch (reason) {
+    case 'max_tokens':
+    case 'model_context_window_exceeded':
+      return 'length';
+    case 'tool_use':
+      return 'tool_calls';
+    case 'refusal':
+      return 'content_filter';
+    default:
+      // end_turn, stop_sequence, pause_turn, and anything newer: the answer ended normally.
+      return 'stop';
+  }
+}
+
+/** Anthropic's token counts; `input` excludes the cached parts, which it reports separately. */
+export interface AnthropicTokens {
+  input: number;
+  cacheCreation: number;
+  cacheRead: number;
+  output: number;
+}
+
+export function readTokens(usage: unknown, into: AnthropicTokens): void {
+  if (!isObject(usage)) return;
+  // message_delta repeats only the counts it updates; keep the others.
+  if (usage.input_tokens !== undefined) into.input = asCount(usage.input_tokens);
+  if (usage.cache_creation_input_tokens !== undefined)
+    into.cacheCreation = asCount(usage.cache_creation_input_tokens);
+  if (usage.cache_read_input_tokens !== undefined) into.cacheRead = asCount(usage.cache_read_input_tokens);
+  if (usage.output_tokens !== undefined) into.output = asCount(usage.output_tokens);
+}
+
+export function toOpenAiUsage(t: AnthropicTokens): Usage {
+  const prompt = t.input + t.cacheCreation + t.cacheRead;
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: t.output,
+    total_tokens: prompt + t.output,
+    prompt_tokens_details: { cached_tokens: t.cacheRead },
+  };
+}
+
+export function completionIdFor(messageId: unknown): string {
+  const id = asString(messageId);
+  return id ? `chatcmpl-${id}` : newCompletionId();
+}
+
+export function anthropicChatResponse(
+  json: unknown,
+  ctx: StreamContext,
+): { body: unknown; usage: Usage | undefined } {
+  const msg: JsonObject = isObject(json) ? json : {};
+  let text = '';
+  const toolCalls: JsonObject[] = [];
+  if (Array.isArray(msg.content)) {
+    for (const block of msg.content) {
+      if (!isObject(block)) continue;
+      if (block.type === 'text' && typeof block.text === 'string') text += block.text;
+      else if (block.type === 'tool_use' && typeof block.name === 'string') {
+        toolCalls.push({
+          id: asString(block.id) ?? '',
+          type: 'function',
+          function: { name: block.name, arguments: JSON.stringify(block.input ?? {}) },
+        });
+      }
+      // thinking, redacted_thinking and server-tool blocks have no Chat Completions equivalent.
+    }
+  }
+
+  const message: JsonObject = {
+    role: 'assistant',
+    content: text === '' && toolCalls.length > 0 ? null : text,
+    refusal: null,
+  };
+  if (toolCalls.length > 0) message.tool_calls = toolCalls;
+
+  let usage: Usage | undefined;
+  if (isObject(msg.usage)) {
+    const tokens: AnthropicTokens = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 };
+    readTokens(msg.usage, tokens);
+    usage = toOpenAiUsage(tokens);
+  }
+
+  const body: JsonObject = {
+    id: completionIdFor(msg.id),
+    object: 'chat.completion',
+    created: ctx.created,
+    model: ctx.model,
+    choices: [{ index: 0, message, logprobs: null, finish_reason: mapStopReason(msg.stop_reason) }],
+  };
+  if (usage !== undefined) body.usage = usage;
+  return { body, usage };
+}
+
+/** The HTTP status Anthropic uses for each error type; in-stream errors carry only the type. */
+const STATUS_BY_ERROR_TYPE: Readonly<Record<string, number>> = {
+  invalid_request_error: 400,
+  authentication_error: 401,
+  billing_error: 402,
+  permission_error: 403,
+  not_found_error: 404,
+  request_too_large: 413,
+  rate_limit_error: 429,
+  api_error: 500,
+  timeout_error: 504,
+  overloaded_error: 529,
+};
+
+export function statusForErrorType(type: string | undefined): number {
+  if (type === undefined || !Object.hasOwn(STATUS_BY_ERROR_TYPE, type)) return 500;
+  return STATUS_BY_ERROR_TYPE[type] ?? 500;
+}
+
+/** Anthropic error type -> OpenAI `type` and `code`, given the HTTP status it came with. */
+export function anthropicError(status: number, type: string | undefined, message: string): UpstreamErrorInfo {
+  let oaType: string;
+  let code: string | null = null;
+  switch (type) {
+    case 'invalid_request_error':
+    case 'authentication_error':
+    case 'permission_error':
+    case 'rate_limit_error':
+      oaType = type;
+      if (type === 'rate_limit_error') code = 'rate_limit_exceeded';
+      break;
+    case 'not_found_error':
+      oaType = 'invalid_request_error';
+      // On /v1/messages the only resource that can be missing is the model.
+      if (status === 404) code = 'model_not_found';
+      break;
+    case 'request_too_large':
+      oaType = 'invalid_request_error';
+      code = 'request_too_large';
+      break;
+    case 'billing_error':
+      oaType = 'insufficient_quota';
+      code = 'insufficient_quota';
+      break;
+    case 'overloaded_error':
+      oaType = 'server_error';
+      code = 'overloaded';
+      break;
+    case 'timeout_error':
+      oaType = 'server_error';
+      code = 'timeout';
+      break;
+    case 'api_error':
+      oaType = 'server_error';
+      break;
+    default:
+      oaType = openAiErrorTypeForStatus(status);
+      if (status === 404) code = 'model_not_found';
+  }
+  return { status, message, type: oaType, code, param: null };
+}
+
+/** Reads `{type:'error', error:{type, message}}`, an OpenAI-style `{error:{...}}`, or any text at all. */
+export function anthropicErrorInfo(status: number, bodyText: string): UpstreamErrorInfo {
+  const parsed = parseJsonObject(bodyText.trimStart());
+  const err = parsed !== undefined && isObject(parsed.error) ? parsed.error : undefined;
+  const type = err !== undefined ? asString(err.type) : undefined;
+  let message = asString(err?.message) ?? asString(parsed?.error) ?? asString(parsed?.message);
+  if (!message) {
+    const text = parsed === undefined ? bodyText.trim() : '';
+    message = text === '' ? `upstream returned HTTP ${status}` : text;
+  }
+  return anthropicError(status, type, truncateMessage(message));
+}

@@ -1,0 +1,153 @@
+import type { ChunkSink, StreamContext, StreamTranslator } from '../adapter.js';
+import {
+  asString,
+  createChunkEncoder,
+  isObject,
+  parseJsonObject,
+  truncateMessage,
+  type ChunkEncoder,
+  type JsonObject,
+} from './common.js';
+import {
+  anthropicError,
+  completionIdFor,
+  mapStopReason,
+  readTokens,
+  statusForErrorType,
+  toOpenAiUsage,
+  type AnthropicTokens,
+} from './anthropic-response.js';
+
+/**
+ * Anthropic Messages SSE events -> OpenAI `chat.completion.chunk`s, one chunk out per meaningful event in,
+ * as they arrive. The role chunk (message_start) and the finish chunk are not content; text, a tool call's
+ * start and its argument fragments are (the stream commits there). Empty deltas, pings, block stops and
+ * thinking deltas produce nothing; data that is not a JSON object is dropped.
+ */
+export class AnthropicStreamTranslator implements StreamTranslator {
+  private encoder: ChunkEncoder | undefined;
+  /** Anthropic content-block index -> OpenAI tool_calls index (tool blocks only, counted from 0). */
+  private readonly toolIndexByBlock = new Map<number, number>();
+  private readonly tokens: AnthropicTokens = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 };
+  private usageReported = false;
+  private done = false;
+
+  constructor(
+    private readonly sink: ChunkSink,
+    private readonly ctx: StreamContext,
+  ) {}
+
+  event(type: string | undefined, data: string): void {
+    if (this.done) return;
+    const msg = parseJsonObject(data);
+    if (msg === undefined) {
+      // An error event is a failure whatever its payload; its unparsable text is never relayed.
+      if (type === 'error') this.fail(undefined, 'upstream stream error');
+      return;
+    }
+    // The payload's own type is authoritative; the `event:` name is a fallback for proxies that keep only one.
+    const kind = typeof msg.type === 'string' ? msg.type : type;
+    switch (kind) {
+      case 'message_start':
+        this.onMessageStart(msg.message);
+        return;
+      case 'content_block_start':
+        this.onBlockStart(msg.index, msg.content_block);
+        return;
+      case 'content_block_delta':
+        this.onBlockDelta(msg.index, msg.delta);
+        return;
+      case 'message_delta':
+        this.onMessageDelta(msg);
+        return;
+      case 'message_stop':
+        this.onMessageStop();
+        return;
+      case 'error': {
+        const err = isObject(msg.error) ? msg.error : {};
+        this.fail(asString(err.type), asString(err.message) || 'upstream stream error');
+        return;
+      }
+      default:
+        // ping, content_block_stop and event types newer than this code.
+        return;
+    }
+  }
+
+  private enc(messageId?: unknown): ChunkEncoder {
+    this.encoder ??= createChunkEncoder(
+      completionIdFor(messageId),
+      this.ctx.created,
+      this.ctx.model,
+      this.ctx.includeUsage,
+    );
+    return this.encoder;
+  }
+
+  private onMessageStart(message: unknown): void {
+    const m: JsonObject = isObject(message) ? message : {};
+    readTokens(m.usage, this.tokens);
+    this.sink.chunk(this.enc(m.id).choice({ role: 'assistant', content: '' }, null), false);
+  }
+
+  private onBlockStart(index: unknown, block: unknown): void {
+    if (!isObject(block)) return;
+    if (block.type === 'text') {
+      // Anthropic opens text blocks empty; relay text only if one ever arrives here.
+      if (typeof block.text === 'string' && block.text !== '') this.text(block.text);
+      return;
+    }
+    if (block.type !== 'tool_use' || typeof index !== 'number') return;
+    const k = this.toolIndexByBlock.size;
+    this.toolIndexByBlock.set(index, k);
+    const call = {
+      index: k,
+      id: asString(block.id) ?? '',
+      type: 'function',
+      function: { name: asString(block.name) ?? '', arguments: '' },
+    };
+    this.sink.chunk(this.enc().choice({ tool_calls: [call] }, null), true);
+  }
+
+  private onBlockDelta(index: unknown, delta: unknown): void {
+    if (!isObject(delta)) return;
+    if (delta.type === 'text_delta') {
+      if (typeof delta.text === 'string' && delta.text !== '') this.text(delta.text);
+      return;
+    }
+    if (delta.type !== 'input_json_delta' || typeof index !== 'number') return;
+    const k = this.toolIndexByBlock.get(index);
+    const part = delta.partial_json;
+    // Fragments of server-tool blocks (no entry) and empty fragments carry nothing for the client.
+    if (k === undefined || typeof part !== 'string' || part === '') return;
+    this.sink.chunk(
+      this.enc().choice({ tool_calls: [{ index: k, function: { arguments: part } }] }, null),
+      true,
+    );
+  }
+
+  private text(content: string): void {
+    this.sink.chunk(this.enc().choice({ content }, null), true);
+  }
+
+  private onMessageDelta(msg: JsonObject): void {
+    const delta = isObject(msg.delta) ? msg.delta : {};
+    readTokens(msg.usage, this.tokens);
+    this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), false);
+    this.usageReported = true;
+    this.sink.usage(toOpenAiUsage(this.tokens));
+  }
+
+  private onMessageStop(): void {
+    this.done = true;
+    const usage = toOpenAiUsage(this.tokens);
+    if (!this.usageReported) this.sink.usage(usage);
+    if (this.ctx.includeUsage) this.sink.chunk(this.enc().usage(usage), false);
+    this.sink.end();
+  }
+
+  private fail(type: string | undefined, message: string): void {
+    this.done = true;
+    this.sink.error(anthropicError(statusForErrorType(type), type, truncateMessage(message)));
+  }
+}

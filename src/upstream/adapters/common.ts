@@ -1,0 +1,90 @@
+import { randomUUID } from 'node:crypto';
+import type { Usage } from '../adapter.js';
+
+/**
+ * Dialect-neutral helpers shared by the provider adapters: narrowing of untrusted JSON, and the encoder
+ * that writes OpenAI `chat.completion.chunk` text for a translated stream.
+ */
+
+export type JsonObject = Record<string, unknown>;
+
+export function isObject(value: unknown): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+export function asString(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
+/** A finite number, or undefined (NaN and Infinity are not numbers a provider understands). */
+export function asNumber(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+/** A non-negative count from an untrusted usage object; anything else counts as 0. */
+export function asCount(value: unknown): number {
+  return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : 0;
+}
+
+/** JSON.parse that returns undefined instead of throwing; only objects are tried (skips `[DONE]`, garbage). */
+export function parseJsonObject(text: string): JsonObject | undefined {
+  // A cheap first-character test keeps exceptions (slow) off the per-event path for non-JSON data.
+  if (text.charCodeAt(0) !== 123 /* { */) return undefined;
+  try {
+    const value: unknown = JSON.parse(text);
+    return isObject(value) ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function newCompletionId(): string {
+  return `chatcmpl-${randomUUID().replaceAll('-', '')}`;
+}
+
+/** The OpenAI error `type` a bare HTTP status implies, for upstream bodies that name none. */
+export function openAiErrorTypeForStatus(status: number): string {
+  if (status === 401) return 'authentication_error';
+  if (status === 403) return 'permission_error';
+  if (status === 429) return 'rate_limit_error';
+  if (status >= 400 && status < 500) return 'invalid_request_error';
+  return 'server_error';
+}
+
+/** Caps an upstream message we relay, so a hostile body cannot inflate our error responses. */
+export function truncateMessage(text: string, maxChars = 1000): string {
+  return text.length > maxChars ? `${text.slice(0, maxChars)}…` : text;
+}
+
+export type FinishReason = 'stop' | 'length' | 'tool_calls' | 'content_filter';
+
+export interface ChunkEncoder {
+  /** One chunk with a single choice; `delta` is a small object serialised as is. */
+  choice(delta: object, finishReason: FinishReason | null): string;
+  /** The `stream_options.include_usage` chunk: no choices, the usage of the whole answer. */
+  usage(usage: Usage): string;
+}
+
+/**
+ * Writes chunk JSON with the invariant part (id, object, created, model) serialised once per stream, so a
+ * chunk costs one JSON.stringify of its delta. Field order matches OpenAI's own chunks.
+ */
+export function createChunkEncoder(
+  id: string,
+  created: number,
+  model: string,
+  includeUsage: boolean,
+): ChunkEncoder {
+  const head = `{"id":${JSON.stringify(id)},"object":"chat.completion.chunk","created":${JSON.stringify(created)},"model":${JSON.stringify(model)},"choices":[`;
+  // OpenAI puts `"usage":null` on every chunk but the last when include_usage is set.
+  const tail = includeUsage ? '],"usage":null}' : ']}';
+  return {
+    choice(delta, finishReason) {
+      const finish = finishReason === null ? 'null' : `"${finishReason}"`;
+      return `${head}{"index":0,"delta":${JSON.stringify(delta)},"logprobs":null,"finish_reason":${finish}}${tail}`;
+    },
+    usage(usage) {
+      return `${head}],"usage":${JSON.stringify(usage)}}`;
+    },
+  };
+}

@@ -1,0 +1,300 @@
+import type { Classified } from '../resilience/classify.js';
+import { classifyError, classifyStatus, parseRetryAfter } from '../resilience/classify.js';
+import type { Upstream } from '../runtime.js';
+import { createSseParser } from '../streaming/sse.js';
+import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
+import type { ChatBody, ChunkSink, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
+import { readBody, type UpstreamResponse } from './client.js';
+
+/** Error bodies are read only this far: they are messages, not payloads. */
+const MAX_ERROR_BODY_BYTES = 64 * 1024;
+/** A non-streaming answer larger than this is refused rather than buffered. */
+const MAX_JSON_BODY_BYTES = 64 * 1024 * 1024;
+
+export interface AttemptTiming {
+  /** From sending the request to the first content token (streams) or the whole answer (JSON). */
+  readonly ttftMs: number;
+  readonly totalMs: number;
+}
+
+export type AttemptResult =
+  | ({
+      readonly ok: true;
+      readonly usage: Usage | undefined;
+      /** Completion tokens counted from content chunks when the upstream reports no usage. */
+      readonly countedTokens: number;
+      /** JSON answers: the body to send to the client. Streams: already sent. */
+      readonly body?: string;
+    } & AttemptTiming)
+  | {
+      readonly ok: false;
+      readonly classified: Classified;
+      /** The upstream's HTTP status, when it answered one. */
+      readonly status: number | undefined;
+      readonly retryAfterMs: number | undefined;
+      /** What the upstream said, for relaying a client error. */
+      readonly info: UpstreamErrorInfo | undefined;
+      /** A stream that failed after its commit: the client has already been told, nothing to fail over. */
+      readonly committed: boolean;
+      /** The client went away: neither the upstream's fault nor its merit. */
+      readonly clientGone: boolean;
+      readonly totalMs: number;
+    };
+
+export interface AttemptInput {
+  readonly upstream: Upstream;
+  readonly body: ChatBody;
+  readonly clientSignal: AbortSignal;
+  /** Absolute deadline (ms on `now()`'s clock) for this attempt. */
+  readonly deadline: number;
+  readonly now: () => number;
+  readonly stream: StreamContext;
+}
+
+/** An attempt-scoped abort: the client going away, or the total bound running out. */
+function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>): { signal: AbortSignal; timedOut: () => boolean; done: () => void } {
+  const ac = new AbortController();
+  let timedOut = false;
+  const onClientAbort = (): void => ac.abort(input.clientSignal.reason);
+  if (input.clientSignal.aborted) ac.abort(input.clientSignal.reason);
+  else input.clientSignal.addEventListener('abort', onClientAbort, { once: true });
+  const budget = Math.max(1, Math.min(input.deadline - input.now(), input.upstream.provider.config.timeouts.total_ms));
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ac.abort(Object.assign(new Error('total timeout'), { code: 'total_timeout' }));
+  }, budget);
+  return {
+    signal: ac.signal,
+    timedOut: () => timedOut,
+    done: () => {
+      clearTimeout(timer);
+      input.clientSignal.removeEventListener('abort', onClientAbort);
+    },
+  };
+}
+
+function failure(
+  classified: Classified,
+  totalMs: number,
+  extra: Partial<{ status: number; retryAfterMs: number; info: UpstreamErrorInfo; committed: boolean; clientGone: boolean }> = {},
+): AttemptResult {
+  return {
+    ok: false,
+    classified,
+    status: extra.status,
+    retryAfterMs: extra.retryAfterMs,
+    info: extra.info,
+    committed: extra.committed ?? false,
+    clientGone: extra.clientGone ?? false,
+    totalMs,
+  };
+}
+
+const TOTAL_TIMEOUT: Classified = { outcome: 'timeout', retryable: true, reason: 'total_timeout' };
+const CLIENT_GONE: Classified = { outcome: 'client_error', retryable: false, reason: 'client_closed' };
+
+function thrown(err: unknown, input: AttemptInput, timedOut: boolean, t0: number, committed = false): AttemptResult {
+  const totalMs = input.now() - t0;
+  if (input.clientSignal.aborted) return failure(CLIENT_GONE, totalMs, { clientGone: true, committed });
+  if (timedOut) return failure(TOTAL_TIMEOUT, totalMs, { committed });
+  return failure(classifyError(err), totalMs, { committed });
+}
+
+async function errorResult(res: UpstreamResponse, input: AttemptInput, t0: number): Promise<AttemptResult> {
+  let text = '';
+  try {
+    text = await readBody(res, MAX_ERROR_BODY_BYTES);
+  } catch {
+    /* an unreadable error body still has its status */
+  }
+  const info = input.upstream.provider.adapter.errorInfo(res.statusCode, text);
+  const retryAfterMs = parseRetryAfter(res.headers['retry-after'], Date.now());
+  return failure(classifyStatus(res.statusCode), input.now() - t0, { status: res.statusCode, retryAfterMs, info });
+}
+
+/** A plain JSON request relayed as it is (embeddings): no dialect translation. */
+export async function attemptPlainJson(
+  input: Omit<AttemptInput, 'body' | 'stream'>,
+  prepared: { path: string; headers: Record<string, string>; body: string },
+): Promise<AttemptResult> {
+  const t0 = input.now();
+  const full = input as AttemptInput;
+  const sig = attemptSignal(full);
+  try {
+    const res = await input.upstream.provider.client.request({ method: 'POST', ...prepared, signal: sig.signal });
+    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, full, t0);
+    const text = await readBody(res, MAX_JSON_BODY_BYTES);
+    const totalMs = input.now() - t0;
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      return failure({ outcome: 'error', retryable: true, reason: 'invalid_upstream_json' }, totalMs, { status: res.statusCode });
+    }
+    const u = (json as { usage?: { prompt_tokens?: unknown } } | null)?.usage;
+    const usage =
+      u && typeof u.prompt_tokens === 'number'
+        ? { prompt_tokens: u.prompt_tokens, completion_tokens: 0, total_tokens: u.prompt_tokens }
+        : undefined;
+    return { ok: true, usage, countedTokens: 0, body: text, ttftMs: totalMs, totalMs };
+  } catch (err) {
+    return thrown(err, full, sig.timedOut(), t0);
+  } finally {
+    sig.done();
+  }
+}
+
+/** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
+export async function attemptJson(input: AttemptInput): Promise<AttemptResult> {
+  const { upstream } = input;
+  const { adapter, client, adapterProvider } = upstream.provider;
+  const prepared = adapter.chatRequest(input.body, upstream.upstreamModel, adapterProvider);
+  const t0 = input.now();
+  const sig = attemptSignal(input);
+  try {
+    const res = await client.request({ method: 'POST', path: prepared.path, headers: prepared.headers, body: prepared.body, signal: sig.signal });
+    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, t0);
+    const text = await readBody(res, MAX_JSON_BODY_BYTES);
+    const totalMs = input.now() - t0;
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      return failure({ outcome: 'error', retryable: true, reason: 'invalid_upstream_json' }, totalMs, { status: res.statusCode });
+    }
+    if (json === null || typeof json !== 'object') {
+      return failure({ outcome: 'error', retryable: true, reason: 'invalid_upstream_json' }, totalMs, { status: res.statusCode });
+    }
+    const out = adapter.chatResponse(json, input.stream);
+    // OpenAI-dialect answers are relayed as the upstream wrote them; translated ones are serialised once.
+    const body = out.body === json ? text : JSON.stringify(out.body);
+    return { ok: true, usage: out.usage, countedTokens: 0, body, ttftMs: totalMs, totalMs };
+  } catch (err) {
+    return thrown(err, input, sig.timedOut(), t0);
+  } finally {
+    sig.done();
+  }
+}
+
+/**
+ * One streaming chat attempt. Preamble frames are held back until the first content delta; only then are
+ * status and headers sent (`headers()` is asked at that moment, so it carries this attempt's trail).
+ * Before that point every failure is returned for failover; after it, the stream is ended with an
+ * OpenAI-shaped error event and no `[DONE]`, so the client can tell a cut stream from a finished one.
+ */
+export async function attemptStream(
+  input: AttemptInput,
+  writer: SseWriter,
+  headers: () => Record<string, string>,
+  scrub: (text: string) => string,
+): Promise<AttemptResult> {
+  const { upstream } = input;
+  const { adapter, client, adapterProvider } = upstream.provider;
+  const prepared = adapter.chatRequest(input.body, upstream.upstreamModel, adapterProvider);
+  const t0 = input.now();
+  const sig = attemptSignal(input);
+  let committed = false;
+  try {
+    const res = await client.request({ method: 'POST', path: prepared.path, headers: prepared.headers, body: prepared.body, signal: sig.signal });
+    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, t0);
+
+    let pending = '';
+    let out = '';
+    let ttftMs = 0;
+    let contentChunks = 0;
+    let usage: Usage | undefined;
+    let streamError: UpstreamErrorInfo | undefined;
+    let ended = false;
+    const sink: ChunkSink = {
+      chunk(json, content) {
+        const frame = dataFrame(json);
+        if (committed) {
+          out += frame;
+        } else if (content) {
+          committed = true;
+          ttftMs = input.now() - t0;
+          writer.commit(headers());
+          out = pending + frame;
+          pending = '';
+        } else {
+          pending += frame;
+        }
+        if (content) contentChunks++;
+      },
+      usage(u) {
+        usage = u;
+      },
+      error(e) {
+        streamError = e;
+      },
+      end() {
+        ended = true;
+      },
+    };
+    const translator = adapter.streamTranslator(sink, input.stream);
+    const parser = createSseParser((type, data) => translator.event(type, data));
+
+    let readError: unknown;
+    try {
+      for await (const chunk of res.body) {
+        parser.feed(chunk);
+        if (out !== '') {
+          writer.write(out);
+          out = '';
+          await writer.drain();
+        }
+        if (ended || streamError) break;
+      }
+      if (!ended && !streamError) parser.end();
+    } catch (err) {
+      readError = err;
+    }
+    if (out !== '') writer.write(out);
+    const totalMs = input.now() - t0;
+
+    if (ended && !streamError) {
+      if (!committed) {
+        // A legitimately empty answer: commit now with whatever preamble there was.
+        committed = true;
+        ttftMs = totalMs;
+        writer.commit(headers());
+        writer.write(pending);
+      }
+      writer.end(DONE_FRAME);
+      return { ok: true, usage, countedTokens: contentChunks, ttftMs, totalMs };
+    }
+
+    let result: AttemptResult;
+    if (readError !== undefined) result = thrown(readError, input, sig.timedOut(), t0, committed);
+    else if (streamError) {
+      result = failure(
+        streamError.status >= 500 || streamError.status === 429
+          ? { outcome: streamError.status === 429 ? 'rate_limited' : 'error', retryable: true, reason: 'stream_error_event' }
+          : { outcome: 'error', retryable: true, reason: 'stream_error_event' },
+        totalMs,
+        { info: streamError, committed },
+      );
+    } else {
+      result = failure(
+        { outcome: 'error', retryable: true, reason: committed ? 'stream_cut' : 'stream_ended_before_content' },
+        totalMs,
+        { committed },
+      );
+    }
+    if (committed && !result.ok && !result.clientGone) {
+      const message = streamError
+        ? `upstream ${upstream.id} failed mid-stream: ${scrub(streamError.message)}`
+        : `upstream ${upstream.id} stream interrupted (${result.classified.reason})`;
+      writer.end(
+        dataFrame(
+          JSON.stringify({ error: { message, type: 'upstream_error', param: null, code: 'stream_interrupted' } }),
+        ),
+      );
+    }
+    return result;
+  } catch (err) {
+    return thrown(err, input, sig.timedOut(), t0, committed);
+  } finally {
+    sig.done();
+  }
+}

@@ -1,0 +1,241 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { startSimulator, type SimOptions, type Simulator } from '../helpers/simulator.js';
+import { get, post, sseEvents } from './sim-wire.js';
+
+let sims: Simulator[] = [];
+async function sim(opts: Partial<SimOptions> = {}): Promise<Simulator> {
+  const s = await startSimulator({ kind: 'anthropic', ...opts });
+  sims.push(s);
+  return s;
+}
+afterEach(async () => {
+  await Promise.all(sims.map((s) => s.close()));
+  sims = [];
+});
+
+const VERSION = { 'anthropic-version': '2023-06-01' };
+const msg = {
+  model: 'claude-sonnet-4-5',
+  max_tokens: 100,
+  system: 'be brief',
+  messages: [{ role: 'user', content: 'hello world!' }],
+};
+const tool = {
+  name: 'get_weather',
+  input_schema: { type: 'object', properties: { location: { type: 'string' } } },
+};
+
+function messages(
+  s: Simulator,
+  body: unknown,
+  headers: Record<string, string> = VERSION,
+): ReturnType<typeof post> {
+  return post(`${s.url}/v1/messages`, body, headers);
+}
+
+describe('simulator: Anthropic messages', () => {
+  it('rejects what the real API rejects, in its error shape', async () => {
+    const s = await sim();
+    const cases: [unknown, string][] = [
+      [{ ...msg, max_tokens: undefined }, 'max_tokens: Field required'],
+      [{ ...msg, messages: [] }, 'messages: at least one message is required'],
+      [
+        {
+          ...msg,
+          messages: [
+            { role: 'system', content: 'x' },
+            { role: 'user', content: 'y' },
+          ],
+        },
+        'Unexpected role "system"',
+      ],
+      [{ ...msg, messages: [{ role: 'tool', content: 'x' }] }, "Input should be 'user' or 'assistant'"],
+      [{ ...msg, messages: [{ role: 'assistant', content: 'x' }] }, 'first message must use the "user" role'],
+      [
+        {
+          ...msg,
+          messages: [
+            { role: 'user', content: 'x' },
+            { role: 'user', content: 'y' },
+          ],
+        },
+        'roles must alternate',
+      ],
+    ];
+    for (const [body, message] of cases) {
+      const res = await messages(s, body);
+      expect(res.status).toBe(400);
+      const parsed = JSON.parse(res.text) as { type: string; error: { type: string; message: string } };
+      expect(parsed.type).toBe('error');
+      expect(parsed.error.type).toBe('invalid_request_error');
+      expect(parsed.error.message).toContain(message);
+    }
+    const noVersion = await messages(s, msg, {});
+    expect([noVersion.status, JSON.parse(noVersion.text).error.message]).toEqual([
+      400,
+      'anthropic-version: header is required',
+    ]);
+  });
+
+  it('requires x-api-key when apiKey is set', async () => {
+    const s = await sim({ apiKey: 'sk-ant-right' });
+    const denied = await messages(s, msg, { ...VERSION, authorization: 'Bearer sk-ant-right' });
+    expect(denied.status).toBe(401);
+    expect(JSON.parse(denied.text)).toEqual({
+      type: 'error',
+      error: { type: 'authentication_error', message: 'invalid x-api-key' },
+    });
+    expect((await messages(s, msg, { ...VERSION, 'x-api-key': 'sk-ant-right' })).status).toBe(200);
+  });
+
+  it('answers a message with text, usage and stop reasons', async () => {
+    const s = await sim({ name: 'claude-sim', completionTokens: 4 });
+    const res = JSON.parse((await messages(s, msg)).text) as Record<string, unknown>;
+    expect(res).toMatchObject({
+      type: 'message',
+      role: 'assistant',
+      model: 'claude-sonnet-4-5',
+      content: [{ type: 'text', text: 'Hello from claude-sim here:' }],
+      stop_reason: 'end_turn',
+      stop_sequence: null,
+      usage: { input_tokens: 5, output_tokens: 4 },
+    });
+    expect(res.id).toMatch(/^msg_/);
+    const short = JSON.parse((await messages(s, { ...msg, max_tokens: 2 })).text) as Record<string, unknown>;
+    expect(short.stop_reason).toBe('max_tokens');
+  });
+
+  it('answers tools with a tool_use block, and a tool result with text', async () => {
+    const s = await sim({ toolCall: true });
+    const res = JSON.parse((await messages(s, { ...msg, tools: [tool] })).text) as {
+      content: unknown[];
+      stop_reason: string;
+    };
+    expect(res.stop_reason).toBe('tool_use');
+    expect(res.content).toEqual([
+      {
+        type: 'tool_use',
+        id: expect.stringMatching(/^toolu_/),
+        name: 'get_weather',
+        input: { location: 'Paris' },
+      },
+    ]);
+    const after = JSON.parse(
+      (
+        await messages(s, {
+          ...msg,
+          tools: [tool],
+          messages: [
+            { role: 'user', content: 'weather?' },
+            {
+              role: 'assistant',
+              content: [{ type: 'tool_use', id: 'toolu_1', name: 'get_weather', input: {} }],
+            },
+            { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'sunny' }] },
+          ],
+        })
+      ).text,
+    ) as { stop_reason: string };
+    expect(after.stop_reason).toBe('end_turn');
+  });
+
+  it('streams the real event sequence', async () => {
+    const s = await sim({ completionTokens: 3 });
+    const res = await messages(s, { ...msg, stream: true });
+    expect(res.headers['content-type']).toBe('text/event-stream');
+    const events = sseEvents(res.text);
+    expect(events.map((e) => e.event)).toEqual([
+      'message_start',
+      'content_block_start',
+      'ping',
+      'content_block_delta',
+      'content_block_delta',
+      'content_block_delta',
+      'content_block_stop',
+      'message_delta',
+      'message_stop',
+    ]);
+    const data = events.map((e) => JSON.parse(e.data) as Record<string, unknown>);
+    expect(data.every((d, i) => d.type === events[i]?.event)).toBe(true);
+    expect(data[0]).toMatchObject({
+      message: { role: 'assistant', content: [], stop_reason: null, usage: { input_tokens: 5 } },
+    });
+    expect(data[1]).toEqual({
+      type: 'content_block_start',
+      index: 0,
+      content_block: { type: 'text', text: '' },
+    });
+    expect(
+      data
+        .slice(3, 6)
+        .map((d) => (d.delta as { text: string }).text)
+        .join(''),
+    ).toBe('Hello from sim');
+    expect(data[7]).toEqual({
+      type: 'message_delta',
+      delta: { stop_reason: 'end_turn', stop_sequence: null },
+      usage: { output_tokens: 3 },
+    });
+  });
+
+  it('streams tool input as input_json_delta fragments', async () => {
+    const s = await sim({ toolCall: true });
+    const events = sseEvents((await messages(s, { ...msg, tools: [tool], stream: true })).text).map(
+      (e) => JSON.parse(e.data) as Record<string, unknown>,
+    );
+    expect(events[1]).toMatchObject({ content_block: { type: 'tool_use', name: 'get_weather', input: {} } });
+    const partial = events
+      .filter((e) => e.type === 'content_block_delta')
+      .map((e) => e.delta as { type: string; partial_json: string });
+    expect(partial.length).toBeGreaterThan(1);
+    expect(partial.every((d) => d.type === 'input_json_delta')).toBe(true);
+    expect(JSON.parse(partial.map((d) => d.partial_json).join(''))).toEqual({ location: 'Paris' });
+    expect(events.find((e) => e.type === 'message_delta')).toMatchObject({
+      delta: { stop_reason: 'tool_use' },
+    });
+  });
+
+  it('uses Anthropic error types for forced statuses', async () => {
+    const s = await sim({ status: 529 });
+    const overloaded = await messages(s, msg);
+    expect([overloaded.status, JSON.parse(overloaded.text).error.type]).toEqual([529, 'overloaded_error']);
+    s.set({ status: 429, retryAfterS: 3 });
+    const limited = await messages(s, msg);
+    expect([limited.status, limited.headers['retry-after'], JSON.parse(limited.text).error.type]).toEqual([
+      429,
+      '3',
+      'rate_limit_error',
+    ]);
+    s.set({ status: 413 });
+    expect(JSON.parse((await messages(s, msg)).text).error.type).toBe('request_too_large');
+  });
+
+  it('mid-stream faults: error event, drop after message_start', async () => {
+    const s = await sim({ errorEventAfterChunks: 2 });
+    const errored = sseEvents((await messages(s, { ...msg, stream: true })).text);
+    expect(errored.at(-1)).toEqual({
+      event: 'error',
+      data: JSON.stringify({ type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } }),
+    });
+    expect(errored.filter((e) => e.event === 'content_block_delta')).toHaveLength(2);
+
+    s.set({ errorEventAfterChunks: undefined, dropAfterChunks: 0 });
+    const dropped = await messages(s, { ...msg, stream: true });
+    expect(dropped.error).toBeDefined();
+    expect(sseEvents(dropped.text).map((e) => e.event)).toEqual(['message_start']);
+  });
+
+  it('counts tokens, lists models, 404s unknown paths', async () => {
+    const s = await sim();
+    const counted = await post(
+      `${s.url}/v1/messages/count_tokens`,
+      { model: 'm', messages: msg.messages },
+      VERSION,
+    );
+    expect(JSON.parse(counted.text)).toEqual({ input_tokens: 3 });
+    const models = JSON.parse((await get(`${s.url}/v1/models`, VERSION)).text) as { data: { id: string }[] };
+    expect(models.data.length).toBeGreaterThan(0);
+    const missing = await get(`${s.url}/v1/nope`, VERSION);
+    expect([missing.status, JSON.parse(missing.text).error.type]).toEqual([404, 'not_found_error']);
+  });
+});

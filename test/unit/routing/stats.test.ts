@@ -1,0 +1,158 @@
+import { describe, expect, it } from 'vitest';
+import { UpstreamStats } from '../../../src/routing/stats.js';
+import { manualClock } from '../../helpers/random.js';
+
+const ok = (ttftMs: number, totalMs = ttftMs, outputTokens: number | undefined = 10, streamed = true) => ({
+  ttftMs,
+  totalMs,
+  outputTokens,
+  streamed,
+});
+
+describe('UpstreamStats', () => {
+  it('starts unmeasured, fully reliable and idle', () => {
+    const s = new UpstreamStats(manualClock().now);
+    expect(s.samples).toBe(0);
+    expect(s.ttftMs).toBeUndefined();
+    expect(s.latencyMs).toBeUndefined();
+    expect(s.tokensPerSec).toBeUndefined();
+    expect(s.meanOutputTokens).toBeUndefined();
+    expect(s.successRate).toBe(1);
+    expect(s.inFlight).toBe(0);
+  });
+
+  it('counts in-flight requests and never goes below 0', () => {
+    const s = new UpstreamStats(manualClock().now);
+    s.begin();
+    s.begin();
+    s.end();
+    expect(s.inFlight).toBe(1);
+    s.end();
+    s.end();
+    s.end();
+    expect(s.inFlight).toBe(0);
+    s.begin();
+    expect(s.inFlight).toBe(1);
+  });
+
+  describe('peak-EWMA time to first token', () => {
+    it('takes a higher sample at once', () => {
+      const clock = manualClock();
+      const s = new UpstreamStats(clock.now);
+      s.recordSuccess(ok(100));
+      clock.advance(1);
+      s.recordSuccess(ok(5_000));
+      expect(s.ttftMs).toBe(5_000);
+    });
+
+    it('decays towards lower samples with time, not with the number of samples', () => {
+      const clock = manualClock();
+      const s = new UpstreamStats(clock.now, { peakDecayMs: 10_000 });
+      s.recordSuccess(ok(500));
+      // Same instant: a burst of fast answers cannot wash out a slow one.
+      for (let i = 0; i < 100; i++) s.recordSuccess(ok(100));
+      expect(s.ttftMs).toBe(500);
+      clock.advance(10_000);
+      s.recordSuccess(ok(100));
+      expect(s.ttftMs).toBeCloseTo(100 + 400 * Math.exp(-1), 6);
+      clock.advance(100_000);
+      s.recordSuccess(ok(100));
+      expect(s.ttftMs).toBeCloseTo(100, 1);
+    });
+  });
+
+  it('keeps latency, throughput and output tokens as plain EWMAs', () => {
+    const clock = manualClock();
+    const s = new UpstreamStats(clock.now, { alpha: 0.5 });
+    s.recordSuccess(ok(100, 1_100, 101));
+    expect(s.latencyMs).toBe(1_100);
+    expect(s.tokensPerSec).toBeCloseTo(101, 9); // 101 tokens over the 1 s after the first token
+    expect(s.meanOutputTokens).toBe(101);
+    s.recordSuccess(ok(100, 2_100, 301));
+    expect(s.latencyMs).toBe(1_600);
+    expect(s.tokensPerSec).toBeCloseTo((101 + 150.5) / 2, 9);
+    expect(s.meanOutputTokens).toBe(201);
+    expect(s.samples).toBe(2);
+  });
+
+  it('measures tokens/s only when meaningful', () => {
+    const s = new UpstreamStats(manualClock().now);
+    s.recordSuccess(ok(100, 1_000, 50, false)); // not streamed: no generation phase to time
+    s.recordSuccess(ok(100, 1_000, 1)); // one token
+    s.recordSuccess(ok(100, 100, 50)); // no time after the first token
+    s.recordSuccess({ ttftMs: 100, totalMs: 1_000, outputTokens: undefined, streamed: true }); // usage unknown
+    expect(s.tokensPerSec).toBeUndefined();
+    expect(s.samples).toBe(4);
+  });
+
+  it('ignores hostile figures without losing the success', () => {
+    const s = new UpstreamStats(manualClock().now);
+    s.recordSuccess({ ttftMs: Number.NaN, totalMs: 10, outputTokens: -5, streamed: true });
+    s.recordSuccess({ ttftMs: 10, totalMs: Number.POSITIVE_INFINITY, outputTokens: Number.NaN, streamed: true });
+    expect(s.samples).toBe(0);
+    expect(s.ttftMs).toBeUndefined();
+    expect(s.meanOutputTokens).toBeUndefined();
+    expect(s.snapshot().successes).toBe(2);
+  });
+
+  describe('success rate', () => {
+    it('decays with time: recent failures weigh more than old ones', () => {
+      const clock = manualClock(1_000);
+      const s = new UpstreamStats(clock.now, { halfLifeMs: 60_000 });
+      for (let i = 0; i < 10; i++) s.recordFailure('error');
+      expect(s.successRate).toBeCloseTo(1 / 11, 9); // one pseudo-success prior
+      clock.advance(60_000);
+      // The failures now weigh 5; the new success 1.
+      s.recordSuccess(ok(100));
+      expect(s.successRate).toBeCloseTo(2 / 7, 9);
+      clock.advance(60_000 * 20);
+      expect(s.successRate).toBeGreaterThan(0.999); // silence reads as "no data": 1
+    });
+
+    it('is not a lifetime average', () => {
+      const clock = manualClock();
+      const s = new UpstreamStats(clock.now, { halfLifeMs: 1_000 });
+      for (let i = 0; i < 1_000; i++) s.recordSuccess(ok(100));
+      clock.advance(10_000);
+      for (let i = 0; i < 10; i++) s.recordFailure('timeout');
+      // 1,000 old successes have decayed to ~1; 10 fresh failures dominate.
+      expect(s.successRate).toBeLessThan(0.2);
+    });
+
+    it('does not count client errors against the upstream', () => {
+      const s = new UpstreamStats(manualClock().now);
+      s.recordSuccess(ok(100));
+      for (let i = 0; i < 5; i++) s.recordFailure('client_error');
+      expect(s.successRate).toBe(1);
+      s.recordFailure('rate_limit');
+      expect(s.successRate).toBeCloseTo(2 / 3, 9);
+    });
+  });
+
+  it('snapshots plain JSON with totals', () => {
+    const clock = manualClock();
+    const s = new UpstreamStats(clock.now);
+    s.begin();
+    s.recordSuccess(ok(120.04, 900, 40));
+    s.recordFailure('error');
+    s.recordFailure('timeout');
+    s.recordFailure('rate_limit');
+    s.recordFailure('client_error');
+    const snap = s.snapshot();
+    expect(JSON.parse(JSON.stringify(snap))).toEqual(snap);
+    expect(snap).toMatchObject({
+      samples: 1,
+      ttftMs: 120,
+      latencyMs: 900,
+      meanOutputTokens: 40,
+      inFlight: 1,
+      requests: 5,
+      successes: 1,
+      failures: 3,
+      failuresByKind: { error: 1, timeout: 1, rate_limit: 1 },
+      clientErrors: 1,
+      outputTokens: 40,
+    });
+    expect(new UpstreamStats(clock.now).snapshot()).toMatchObject({ ttftMs: null, tokensPerSec: null });
+  });
+});

@@ -1,0 +1,185 @@
+import { describe, expect, it } from 'vitest';
+import {
+  DEFAULT_OUTPUT_TOKENS,
+  IMAGE_TOKENS_HIGH,
+  IMAGE_TOKENS_LOW,
+  MESSAGE_OVERHEAD_TOKENS,
+  REPLY_PRIMING_TOKENS,
+  approximateTextTokens,
+  estimatePromptTokens,
+  estimateTextTokens,
+  expectedOutputTokens,
+  loadTokenizer,
+  requestedOutputTokens,
+  tokenizerReady,
+} from '../../../src/routing/tokens.js';
+
+const FRAME = MESSAGE_OVERHEAD_TOKENS + REPLY_PRIMING_TOKENS;
+
+const PROSE =
+  'The gateway routes each request by cost, latency and reliability. When an upstream fails before the ' +
+  'first content delta, the next candidate is tried and the client never notices. Circuit breakers keep ' +
+  'a failing provider out of rotation until a probe succeeds again; a rate limit is a cooldown, not a fault. ';
+
+describe('token estimates', () => {
+  // Runs first in this file: the tokenizer is loaded lazily, and estimates work before it is.
+  it('approximates before the tokenizer has loaded, and counts exactly after', async () => {
+    expect(tokenizerReady()).toBe(false);
+    expect(estimateTextTokens('Hello world')).toBe(approximateTextTokens('Hello world'));
+    await loadTokenizer();
+    expect(tokenizerReady()).toBe(true);
+    expect(estimateTextTokens('Hello world')).toBe(2);
+  });
+
+  it('counts a plain conversation: text plus per-message framing', async () => {
+    await loadTokenizer();
+    const body = {
+      messages: [
+        { role: 'system', content: 'You are terse.' },
+        { role: 'user', content: 'Hello world', name: 'ada' },
+      ],
+    };
+    const expected =
+      estimateTextTokens('You are terse.') + estimateTextTokens('Hello world') + 1 + estimateTextTokens('ada');
+    expect(estimatePromptTokens(body)).toBe(expected + 2 * MESSAGE_OVERHEAD_TOKENS + REPLY_PRIMING_TOKENS);
+    expect(estimatePromptTokens({ messages: [] })).toBe(0);
+  });
+
+  it('does not throw on special-token text from users', async () => {
+    await loadTokenizer();
+    expect(estimateTextTokens('ignore <|endoftext|> and <|im_start|>')).toBeGreaterThan(5);
+  });
+
+  it('counts multimodal parts: text exactly, images at a fixed cost by detail', async () => {
+    await loadTokenizer();
+    const body = {
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'What is in these images?' },
+            { type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA', detail: 'low' } },
+            { type: 'image_url', image_url: { url: 'https://example.com/a.png' } },
+            { type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } },
+          ],
+        },
+      ],
+    };
+    expect(estimatePromptTokens(body)).toBe(
+      estimateTextTokens('What is in these images?') + IMAGE_TOKENS_LOW + IMAGE_TOKENS_HIGH + FRAME,
+    );
+  });
+
+  it('counts tools by JSON length / 4 and tool calls by their text', async () => {
+    await loadTokenizer();
+    const tools = [
+      {
+        type: 'function',
+        function: {
+          name: 'get_weather',
+          description: 'Current weather for a city',
+          parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+        },
+      },
+    ];
+    const base = { messages: [{ role: 'user', content: 'Weather in Paris?' }] };
+    const withTools = estimatePromptTokens({ ...base, tools });
+    expect(withTools - estimatePromptTokens(base)).toBe(Math.ceil(JSON.stringify(tools).length / 4));
+
+    const call = {
+      role: 'assistant',
+      content: null,
+      tool_calls: [{ id: 'c1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }],
+    };
+    const toolReply = { role: 'tool', tool_call_id: 'c1', content: '{"temp_c":21}' };
+    const n = estimatePromptTokens({ messages: [call, toolReply] });
+    expect(n).toBe(
+      3 * MESSAGE_OVERHEAD_TOKENS +
+        estimateTextTokens('get_weather') +
+        estimateTextTokens('{"city":"Paris"}') +
+        estimateTextTokens('{"temp_c":21}') +
+        REPLY_PRIMING_TOKENS,
+    );
+  });
+
+  it('never throws on hostile input', async () => {
+    await loadTokenizer();
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    const trap = new Proxy(
+      {},
+      {
+        get() {
+          throw new Error('trap');
+        },
+      },
+    );
+    const hostile: unknown[] = [
+      null,
+      undefined,
+      42,
+      'messages',
+      { messages: 'not an array' },
+      { messages: [null, 1, 'x', [], { content: 7 }, { content: [null, 3, { type: 'text', text: { nested: 1 } }] }] },
+      { messages: [{ content: [{ type: 'image_url', image_url: null }] }], tools: [cyclic] },
+      { messages: [{ role: 'user', content: 'hi', tool_calls: 'nope', function_call: 5 }], tools: [10n] },
+      { messages: [trap] },
+      trap,
+    ];
+    for (const body of hostile) {
+      const n = estimatePromptTokens(body as { messages: unknown[] });
+      expect(Number.isInteger(n) && n >= 0).toBe(true);
+    }
+    expect(estimateTextTokens(undefined as unknown as string)).toBe(0);
+  });
+
+  it('stays bounded on huge arrays', async () => {
+    await loadTokenizer();
+    const messages = Array.from({ length: 100_000 }, () => ({ role: 'user', content: 'hi there' }));
+    const t0 = performance.now();
+    const n = estimatePromptTokens({ messages });
+    expect(n).toBeGreaterThan(100_000 * MESSAGE_OVERHEAD_TOKENS);
+    expect(performance.now() - t0).toBeLessThan(1_000);
+  });
+
+  it('counts exactly within the budget and approximates the rest closely', async () => {
+    await loadTokenizer();
+    const text = PROSE.repeat(40); // ~10 KB
+    const exact = estimatePromptTokens({ messages: [{ content: text }] }, { exactBudgetChars: 1e9 });
+    const approx = estimatePromptTokens({ messages: [{ content: text }] }, { exactBudgetChars: 0 });
+    expect(approx).not.toBe(exact);
+    expect(Math.abs(approx / exact - 1)).toBeLessThan(0.15);
+  });
+
+  it('approximates other scripts within reason', async () => {
+    await loadTokenizer();
+    const samples = [
+      '路由器根据成本、延迟和可靠性为每个请求选择上游模型，并在失败时自动切换到下一个候选项。'.repeat(20),
+      'function add(a, b) {\n  return a + b;\n}\nconst x = add(1, 2);\nconsole.log({ x });\n'.repeat(40),
+      JSON.stringify({ users: [{ id: 1, name: 'Ada', roles: ['admin', 'dev'] }] }).repeat(40),
+    ];
+    for (const s of samples) {
+      expect(Math.abs(approximateTextTokens(s) / estimateTextTokens(s, { exactBudgetChars: 1e9 }) - 1)).toBeLessThan(0.2);
+    }
+  });
+});
+
+describe('output tokens', () => {
+  it('prefers max_completion_tokens, then max_tokens, if positive integers', () => {
+    expect(requestedOutputTokens({ max_completion_tokens: 300, max_tokens: 100 })).toBe(300);
+    expect(requestedOutputTokens({ max_tokens: 100 })).toBe(100);
+    expect(requestedOutputTokens({ max_tokens: 0 })).toBeUndefined();
+    expect(requestedOutputTokens({ max_tokens: 1.5 })).toBeUndefined();
+    expect(requestedOutputTokens({ max_tokens: '100' })).toBeUndefined();
+    expect(requestedOutputTokens({ max_completion_tokens: -1, max_tokens: 7 })).toBe(7);
+    expect(requestedOutputTokens(null)).toBeUndefined();
+  });
+
+  it('falls back to the upstream mean, else undefined', () => {
+    expect(expectedOutputTokens({ max_tokens: 50 }, { meanOutputTokens: 400 })).toBe(50);
+    expect(expectedOutputTokens({}, { meanOutputTokens: 400 })).toBe(400);
+    expect(expectedOutputTokens({}, { meanOutputTokens: undefined })).toBeUndefined();
+    expect(expectedOutputTokens({})).toBeUndefined();
+    expect(DEFAULT_OUTPUT_TOKENS).toBeGreaterThan(0);
+  });
+});

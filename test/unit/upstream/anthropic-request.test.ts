@@ -1,0 +1,500 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import type { AdapterProvider, ChatBody } from '../../../src/upstream/adapter.js';
+import { anthropicAdapter } from '../../../src/upstream/adapters/anthropic.js';
+import { PLACEHOLDER_USER_TEXT } from '../../../src/upstream/adapters/anthropic-request.js';
+
+const fixture = (name: string): unknown =>
+  JSON.parse(readFileSync(new URL(`../../fixtures/anthropic/${name}`, import.meta.url), 'utf8'));
+
+const provider: AdapterProvider = {
+  name: 'anthropic',
+  apiKey: 'sk-ant-test',
+  headers: undefined,
+  anthropicVersion: '2023-06-01',
+  defaultMaxTokens: 4096,
+};
+
+type Sent = Record<string, unknown> & { messages: { role: string; content: Record<string, unknown>[] }[] };
+
+function build(body: Record<string, unknown>, p: AdapterProvider = provider): Sent {
+  const req = anthropicAdapter.chatRequest({ model: 'x', ...body } as ChatBody, 'claude-haiku-4-5', p);
+  return JSON.parse(req.body) as Sent;
+}
+
+const user = (content: unknown) => ({ role: 'user', content });
+
+describe('anthropic chatRequest: envelope', () => {
+  it('targets /v1/messages with the key, version and provider headers', () => {
+    const req = anthropicAdapter.chatRequest({ model: 'x', messages: [user('hi')] }, 'claude-haiku-4-5', {
+      ...provider,
+      headers: { 'anthropic-beta': 'prompt-caching-2024-07-31' },
+    });
+    expect(req.path).toBe('/v1/messages');
+    expect(req.headers).toEqual({
+      'content-type': 'application/json',
+      'x-api-key': 'sk-ant-test',
+      'anthropic-version': '2023-06-01',
+      'anthropic-beta': 'prompt-caching-2024-07-31',
+    });
+  });
+
+  it('omits x-api-key when the provider has no key', () => {
+    const req = anthropicAdapter.chatRequest({ model: 'x', messages: [user('hi')] }, 'm', {
+      ...provider,
+      apiKey: undefined,
+    });
+    expect(req.headers).not.toHaveProperty('x-api-key');
+  });
+
+  it('lets provider headers override the defaults', () => {
+    const req = anthropicAdapter.chatRequest({ model: 'x', messages: [user('hi')] }, 'm', {
+      ...provider,
+      headers: { 'anthropic-version': '2099-01-01' },
+    });
+    expect(req.headers['anthropic-version']).toBe('2099-01-01');
+  });
+
+  it('maps the full documented example and drops OpenAI-only fields', () => {
+    const req = anthropicAdapter.chatRequest(
+      fixture('openai-request.json') as ChatBody,
+      'claude-sonnet-4-5',
+      provider,
+    );
+    expect(JSON.parse(req.body)).toEqual(fixture('anthropic-request.json'));
+  });
+});
+
+describe('anthropic chatRequest: system and turns', () => {
+  it('hoists system and developer messages, from anywhere, into one system string', () => {
+    const sent = build({
+      messages: [
+        { role: 'system', content: 'A' },
+        user('q'),
+        {
+          role: 'developer',
+          content: [
+            { type: 'text', text: 'B' },
+            { type: 'text', text: 'C' },
+          ],
+        },
+      ],
+    });
+    expect(sent.system).toBe('A\n\nB\n\nC');
+    expect(sent.messages).toEqual([{ role: 'user', content: [{ type: 'text', text: 'q' }] }]);
+  });
+
+  it('keeps system as text blocks when a part carries cache_control', () => {
+    const sent = build({
+      messages: [
+        { role: 'system', content: [{ type: 'text', text: 'big', cache_control: { type: 'ephemeral' } }] },
+        { role: 'system', content: 'small' },
+        user('q'),
+      ],
+    });
+    expect(sent.system).toEqual([
+      { type: 'text', text: 'big', cache_control: { type: 'ephemeral' } },
+      { type: 'text', text: 'small' },
+    ]);
+  });
+
+  it('omits system when there is none', () => {
+    expect(build({ messages: [user('q')] })).not.toHaveProperty('system');
+  });
+
+  it('merges consecutive same-role turns', () => {
+    const sent = build({
+      messages: [
+        user('a'),
+        user([{ type: 'text', text: 'b' }]),
+        { role: 'assistant', content: 'c' },
+        { role: 'assistant', content: 'd' },
+        user('e'),
+      ],
+    });
+    expect(sent.messages).toEqual([
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'a' },
+          { type: 'text', text: 'b' },
+        ],
+      },
+      {
+        role: 'assistant',
+        content: [
+          { type: 'text', text: 'c' },
+          { type: 'text', text: 'd' },
+        ],
+      },
+      { role: 'user', content: [{ type: 'text', text: 'e' }] },
+    ]);
+  });
+
+  it('puts a placeholder user turn before a leading assistant turn', () => {
+    const sent = build({
+      messages: [{ role: 'assistant', content: 'Hi, how can I help?' }, user('weather?')],
+    });
+    expect(sent.messages[0]).toEqual({
+      role: 'user',
+      content: [{ type: 'text', text: PLACEHOLDER_USER_TEXT }],
+    });
+    expect(sent.messages[1]?.role).toBe('assistant');
+  });
+
+  it('sends a placeholder user turn when only system messages were given', () => {
+    const sent = build({ messages: [{ role: 'system', content: 'Say hi.' }] });
+    expect(sent.system).toBe('Say hi.');
+    expect(sent.messages).toEqual([
+      { role: 'user', content: [{ type: 'text', text: PLACEHOLDER_USER_TEXT }] },
+    ]);
+  });
+
+  it('drops empty turns and empty text, then merges the neighbours', () => {
+    const sent = build({ messages: [user('a'), { role: 'assistant', content: '' }, user('  '), user('b')] });
+    expect(sent.messages).toEqual([
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'a' },
+          { type: 'text', text: 'b' },
+        ],
+      },
+    ]);
+  });
+
+  it('trims trailing whitespace from a final assistant (prefill) turn', () => {
+    const sent = build({ messages: [user('q'), { role: 'assistant', content: 'The answer is ' }] });
+    expect(sent.messages.at(-1)).toEqual({
+      role: 'assistant',
+      content: [{ type: 'text', text: 'The answer is' }],
+    });
+  });
+
+  it('sends assistant refusal parts as text', () => {
+    const sent = build({
+      messages: [
+        user('q'),
+        { role: 'assistant', content: [{ type: 'refusal', refusal: 'No.' }] },
+        user('ok'),
+      ],
+    });
+    expect(sent.messages[1]).toEqual({ role: 'assistant', content: [{ type: 'text', text: 'No.' }] });
+  });
+});
+
+describe('anthropic chatRequest: content parts', () => {
+  const parts = (content: unknown[]) => build({ messages: [user(content)] }).messages[0]?.content;
+
+  it('maps data-URL images to base64 sources and http(s) URLs to url sources', () => {
+    expect(
+      parts([
+        { type: 'image_url', image_url: { url: 'data:image/jpeg;base64,/9j/4AAQ' } },
+        { type: 'image_url', image_url: 'HTTP://example.com/a.gif' },
+        { type: 'image_url', image_url: { url: 'https://example.com/b.webp', detail: 'low' } },
+      ]),
+    ).toEqual([
+      { type: 'image', source: { type: 'base64', media_type: 'image/jpeg', data: '/9j/4AAQ' } },
+      { type: 'image', source: { type: 'url', url: 'HTTP://example.com/a.gif' } },
+      { type: 'image', source: { type: 'url', url: 'https://example.com/b.webp' } },
+    ]);
+  });
+
+  it('skips images it cannot express (non-base64 data URLs, other schemes, missing url)', () => {
+    expect(
+      parts([
+        { type: 'text', text: 'look' },
+        { type: 'image_url', image_url: { url: 'data:image/svg+xml,<svg/>' } },
+        { type: 'image_url', image_url: { url: 'ftp://example.com/x.png' } },
+        { type: 'image_url', image_url: {} },
+        { type: 'image_url' },
+      ]),
+    ).toEqual([{ type: 'text', text: 'look' }]);
+  });
+
+  it('maps inline PDF file parts to documents and skips file ids', () => {
+    expect(
+      parts([
+        { type: 'file', file: { filename: 'a.pdf', file_data: 'data:application/pdf;base64,JVBERi0=' } },
+        { type: 'file', file: { file_id: 'file-abc' } },
+      ]),
+    ).toEqual([
+      { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0=' } },
+    ]);
+  });
+
+  it('keeps cache_control on user parts', () => {
+    expect(parts([{ type: 'text', text: 'long doc', cache_control: { type: 'ephemeral' } }])).toEqual([
+      { type: 'text', text: 'long doc', cache_control: { type: 'ephemeral' } },
+    ]);
+  });
+
+  it('skips audio and unknown parts', () => {
+    expect(
+      parts([
+        { type: 'input_audio', input_audio: { data: 'x', format: 'wav' } },
+        { type: 'weird' },
+        { type: 'text', text: 'ok' },
+      ]),
+    ).toEqual([{ type: 'text', text: 'ok' }]);
+  });
+});
+
+describe('anthropic chatRequest: tools', () => {
+  const fnTool = (name: string, parameters?: unknown) => ({
+    type: 'function',
+    function: { name, parameters },
+  });
+
+  it('maps function tools, defaulting the input schema', () => {
+    const sent = build({
+      messages: [user('q')],
+      tools: [fnTool('a', { type: 'object', properties: { x: { type: 'number' } } }), fnTool('b')],
+    });
+    expect(sent.tools).toEqual([
+      { name: 'a', input_schema: { type: 'object', properties: { x: { type: 'number' } } } },
+      { name: 'b', input_schema: { type: 'object', properties: {} } },
+    ]);
+  });
+
+  it('skips non-function tools and tools without a name', () => {
+    const sent = build({
+      messages: [user('q')],
+      tools: [{ type: 'custom', custom: { name: 'c' } }, { type: 'function', function: {} }, null, 3],
+    });
+    expect(sent).not.toHaveProperty('tools');
+    expect(sent).not.toHaveProperty('tool_choice');
+  });
+
+  it.each([
+    ['auto', { type: 'auto' }],
+    ['none', { type: 'none' }],
+    ['required', { type: 'any' }],
+    [
+      { type: 'function', function: { name: 'a' } },
+      { type: 'tool', name: 'a' },
+    ],
+  ])('maps tool_choice %j', (choice, expected) => {
+    expect(build({ messages: [user('q')], tools: [fnTool('a')], tool_choice: choice }).tool_choice).toEqual(
+      expected,
+    );
+  });
+
+  it('maps parallel_tool_calls:false to disable_parallel_tool_use, with or without tool_choice', () => {
+    expect(
+      build({ messages: [user('q')], tools: [fnTool('a')], parallel_tool_calls: false }).tool_choice,
+    ).toEqual({
+      type: 'auto',
+      disable_parallel_tool_use: true,
+    });
+    expect(
+      build({
+        messages: [user('q')],
+        tools: [fnTool('a')],
+        parallel_tool_calls: false,
+        tool_choice: { type: 'function', function: { name: 'a' } },
+      }).tool_choice,
+    ).toEqual({ type: 'tool', name: 'a', disable_parallel_tool_use: true });
+    expect(
+      build({ messages: [user('q')], tools: [fnTool('a')], parallel_tool_calls: true }),
+    ).not.toHaveProperty('tool_choice');
+  });
+
+  it('maps assistant tool_calls to tool_use blocks and tool messages to one merged user turn', () => {
+    const sent = build({
+      messages: [
+        user('q'),
+        {
+          role: 'assistant',
+          content: 'Let me check.',
+          tool_calls: [
+            { id: 'call_a', type: 'function', function: { name: 'f', arguments: '{"n":1}' } },
+            { id: 'call.b/2', type: 'function', function: { name: 'g', arguments: '' } },
+          ],
+        },
+        { role: 'tool', tool_call_id: 'call_a', content: 'one' },
+        { role: 'tool', tool_call_id: 'call.b/2', content: '' },
+      ],
+    });
+    expect(sent.messages.slice(1)).toEqual([
+      {
+        role: 'assistant',
+        content: [
+          { type: 'text', text: 'Let me check.' },
+          { type: 'tool_use', id: 'call_a', name: 'f', input: { n: 1 } },
+          { type: 'tool_use', id: 'call_b_2', name: 'g', input: {} },
+        ],
+      },
+      {
+        role: 'user',
+        content: [
+          { type: 'tool_result', tool_use_id: 'call_a', content: 'one' },
+          { type: 'tool_result', tool_use_id: 'call_b_2' },
+        ],
+      },
+    ]);
+  });
+
+  it('sends input {} for arguments that are bad JSON or not an object', () => {
+    const sent = build({
+      messages: [
+        user('q'),
+        {
+          role: 'assistant',
+          tool_calls: [
+            { id: 'a', function: { name: 'f', arguments: '{"unterminated' } },
+            { id: 'b', function: { name: 'f', arguments: '[1,2]' } },
+            { id: 'c', function: { name: 'f', arguments: 42 } },
+            { id: 'd', function: { name: 'f', arguments: { already: 'object' } } },
+          ],
+        },
+      ],
+    });
+    expect(sent.messages[1]?.content.map((b) => b.input)).toEqual([{}, {}, {}, { already: 'object' }]);
+  });
+
+  it('skips tool calls without an id or name, and sends an unlinked tool result as text', () => {
+    const sent = build({
+      messages: [
+        user('q'),
+        {
+          role: 'assistant',
+          content: 'x',
+          tool_calls: [{ function: { name: 'f', arguments: '{}' } }, { id: 'k', function: {} }],
+        },
+        { role: 'tool', content: 'orphan' },
+      ],
+    });
+    expect(sent.messages[1]?.content).toEqual([{ type: 'text', text: 'x' }]);
+    expect(sent.messages[2]?.content).toEqual([{ type: 'text', text: 'Tool result: orphan' }]);
+  });
+});
+
+describe('anthropic chatRequest: parameters', () => {
+  it('uses max_completion_tokens, then max_tokens, then the provider default', () => {
+    expect(build({ messages: [user('q')], max_tokens: 100, max_completion_tokens: 200 }).max_tokens).toBe(
+      200,
+    );
+    expect(build({ messages: [user('q')], max_tokens: 100 }).max_tokens).toBe(100);
+    expect(build({ messages: [user('q')] }).max_tokens).toBe(4096);
+    expect(build({ messages: [user('q')], max_tokens: -5 }).max_tokens).toBe(4096);
+  });
+
+  it('clamps temperature to [0, 1] and sends top_p only without temperature', () => {
+    expect(build({ messages: [user('q')], temperature: 2 }).temperature).toBe(1);
+    expect(build({ messages: [user('q')], temperature: 0.3 }).temperature).toBe(0.3);
+    expect(build({ messages: [user('q')], temperature: -1 }).temperature).toBe(0);
+    const both = build({ messages: [user('q')], temperature: 0.5, top_p: 0.9 });
+    expect(both.temperature).toBe(0.5);
+    expect(both).not.toHaveProperty('top_p');
+    expect(build({ messages: [user('q')], top_p: 0.9 }).top_p).toBe(0.9);
+  });
+
+  it('maps stop (string or array) to stop_sequences, skipping blank ones', () => {
+    expect(build({ messages: [user('q')], stop: 'END' }).stop_sequences).toEqual(['END']);
+    expect(build({ messages: [user('q')], stop: ['A', ' ', 3, 'B'] }).stop_sequences).toEqual(['A', 'B']);
+    expect(build({ messages: [user('q')], stop: null })).not.toHaveProperty('stop_sequences');
+  });
+
+  it('sends stream only when true, and user as metadata.user_id', () => {
+    expect(build({ messages: [user('q')], stream: false })).not.toHaveProperty('stream');
+    expect(build({ messages: [user('q')], stream: true }).stream).toBe(true);
+    expect(build({ messages: [user('q')], user: 'u1' }).metadata).toEqual({ user_id: 'u1' });
+  });
+
+  it('drops unknown and OpenAI-only fields', () => {
+    const sent = build({
+      messages: [user('q')],
+      n: 2,
+      seed: 1,
+      presence_penalty: 1,
+      logit_bias: { 1: 2 },
+      stream_options: { include_usage: true },
+      service_tier: 'auto',
+      store: true,
+      some_vendor_field: 'x',
+    });
+    expect(Object.keys(sent).sort()).toEqual(['max_tokens', 'messages', 'model']);
+  });
+});
+
+describe('anthropic chatRequest: response_format', () => {
+  it('turns json_object into a JSON-only system instruction after the client system prompt', () => {
+    const sent = build({
+      messages: [{ role: 'system', content: 'Be terse.' }, user('q')],
+      response_format: { type: 'json_object' },
+    });
+    expect(sent.system).toMatch(/^Be terse\.\n\nRespond with one valid JSON object only/);
+  });
+
+  it('includes the json_schema schema and name in the instruction', () => {
+    const schema = { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] };
+    const sent = build({
+      messages: [user('q')],
+      response_format: { type: 'json_schema', json_schema: { name: 'place', schema, strict: true } },
+    });
+    expect(sent.system).toContain('JSON Schema "place"');
+    expect(sent.system).toContain(JSON.stringify(schema));
+    expect(sent).not.toHaveProperty('response_format');
+  });
+
+  it('adds nothing for response_format text', () => {
+    expect(build({ messages: [user('q')], response_format: { type: 'text' } })).not.toHaveProperty('system');
+  });
+});
+
+describe('anthropic chatRequest: hostile input never throws', () => {
+  const hostile: unknown[] = [
+    null,
+    42,
+    'user',
+    [],
+    { role: 'user', content: 42 },
+    {
+      role: 'user',
+      content: [null, 7, [], { type: 'text', text: 9 }, { type: 'image_url', image_url: 5 }, 'loose string'],
+    },
+    { role: 'assistant', content: { nested: true }, tool_calls: 'nope' },
+    {
+      role: 'assistant',
+      tool_calls: [
+        null,
+        1,
+        { id: 5, function: 'f' },
+        { id: 'x', function: { name: 'f', arguments: '{bad' } },
+      ],
+    },
+    { role: 'tool', tool_call_id: {}, content: { obj: 1 } },
+    { role: 'tool', tool_call_id: 'x', content: 12 },
+    { role: '__proto__', content: 'x' },
+    { role: 'system', content: [{ type: 'image_url' }, null] },
+  ];
+
+  it('maps whatever it can and skips the rest', () => {
+    const sent = build({
+      messages: hostile,
+      tools: 'all',
+      tool_choice: { type: 'function' },
+      stop: { a: 1 },
+      temperature: 'hot',
+      max_tokens: Number.NaN,
+      response_format: { type: 'json_schema', json_schema: 'x' },
+      user: 12,
+    });
+    expect(sent.messages[0]?.role).toBe('user');
+    for (let i = 1; i < sent.messages.length; i++)
+      expect(sent.messages[i]?.role).not.toBe(sent.messages[i - 1]?.role);
+    expect(sent.messages[0]?.content).toContainEqual({ type: 'text', text: 'loose string' });
+    expect(sent.max_tokens).toBe(4096);
+    expect(sent).not.toHaveProperty('temperature');
+  });
+
+  it('survives messages that are not an array', () => {
+    const req = anthropicAdapter.chatRequest(
+      { model: 'x', messages: 'hi' as unknown as unknown[] },
+      'm',
+      provider,
+    );
+    expect((JSON.parse(req.body) as Sent).messages).toHaveLength(1);
+  });
+});
