@@ -5,6 +5,7 @@ import type { RouteRuntime, RouteTarget, Runtime } from '../runtime.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import type { RoutingHeaders } from './decide.js';
 import { lastUserText, type RequestFeatures } from './features.js';
+import { askRouter } from './llm-router.js';
 import { matchTier } from './tiers.js';
 
 export interface TierSelection {
@@ -25,19 +26,21 @@ export async function chooseTier(
   features: RequestFeatures,
   hdrs: RoutingHeaders,
   headers: IncomingHttpHeaders,
-  _signal: AbortSignal,
+  signal: AbortSignal,
 ): Promise<TierSelection> {
   if (!route.tiers) return { targets: route.targets, tier: undefined, reason: undefined };
   const lastUser = lastUserText(body.messages);
   const match = matchTier(route, features, lastUser, hdrs.tier, headers);
   let tier = match.tier;
   let reason = match.reason;
-  if (tier === undefined) {
+  if (tier === undefined && route.router) {
+    const d = await askRouter(gw, rt, route, body.messages, features, signal);
+    tier = d.tier;
+    reason = `${match.reason}; ${d.reason}`;
+  } else if (tier === undefined) {
     tier = route.defaultTier;
     reason = `${match.reason}; default_tier`;
   }
-  void gw;
-  void rt;
   const targets = (tier && route.tiers[tier]) || [];
   return { targets, tier, reason };
 }

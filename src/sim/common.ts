@@ -321,16 +321,39 @@ export function planReply(ex: Exchange, chat: ChatRequest, toolIdPrefix: string)
       finish: 'tool',
     };
   }
+  const routerAnswer = b.reply === undefined ? tierRouterAnswer(ex.body) : undefined;
   let chunks =
-    b.reply === undefined
-      ? defaultReplyChunks(ex.options.name, b.completionTokens)
-      : splitText(b.reply, b.completionTokens);
+    routerAnswer !== undefined
+      ? splitText(routerAnswer, 4)
+      : b.reply === undefined
+        ? defaultReplyChunks(ex.options.name, b.completionTokens)
+        : splitText(b.reply, b.completionTokens);
   let finish: ReplyPlan['finish'] = 'stop';
   if (chat.maxTokens !== undefined && chunks.length > chat.maxTokens) {
     chunks = chunks.slice(0, chat.maxTokens);
     finish = 'length';
   }
   return { chunks, tool: undefined, finish };
+}
+
+const ROUTER_PROMPT_START = 'You route requests to one of three model tiers.';
+
+/**
+ * The gateway's LLM-router classification request, recognised by its system prompt, gets a plausible
+ * `{"tier","reason"}` answer (by the excerpt's length) so the demo's `auto` route works with no real model.
+ */
+export function tierRouterAnswer(body: unknown): string | undefined {
+  if (!isRecord(body)) return undefined;
+  const system = isRecord(body) && typeof body.system === 'string' ? body.system : undefined;
+  const messages = Array.isArray(body.messages) ? body.messages : [];
+  const first = messages[0];
+  const prompt = system ?? (isRecord(first) && typeof first.content === 'string' ? first.content : '');
+  if (!prompt.startsWith(ROUTER_PROMPT_START)) return undefined;
+  const last = messages[messages.length - 1];
+  const text = isRecord(last) && typeof last.content === 'string' ? last.content : '';
+  const excerpt = text.slice(text.indexOf('Conversation excerpt'));
+  const tier = excerpt.length > 600 ? 'deep' : excerpt.length > 200 ? 'balanced' : 'fast';
+  return JSON.stringify({ tier, reason: `simulated router: excerpt of ${excerpt.length} chars` });
 }
 
 /** First property of a tool's JSON schema, the argument the simulated call fills. */

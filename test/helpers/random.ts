@@ -18,7 +18,11 @@ export function noRandom(): number {
 }
 
 /** A manual clock: `now()` for injection, `advance(ms)` to move it. */
-export function manualClock(start = 0): { now: () => number; advance: (ms: number) => void; set: (ms: number) => void } {
+export function manualClock(start = 0): {
+  now: () => number;
+  advance: (ms: number) => void;
+  set: (ms: number) => void;
+} {
   let t = start;
   return {
     now: () => t,

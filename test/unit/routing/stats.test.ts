@@ -88,7 +88,12 @@ describe('UpstreamStats', () => {
   it('ignores hostile figures without losing the success', () => {
     const s = new UpstreamStats(manualClock().now);
     s.recordSuccess({ ttftMs: Number.NaN, totalMs: 10, outputTokens: -5, streamed: true });
-    s.recordSuccess({ ttftMs: 10, totalMs: Number.POSITIVE_INFINITY, outputTokens: Number.NaN, streamed: true });
+    s.recordSuccess({
+      ttftMs: 10,
+      totalMs: Number.POSITIVE_INFINITY,
+      outputTokens: Number.NaN,
+      streamed: true,
+    });
     expect(s.samples).toBe(0);
     expect(s.ttftMs).toBeUndefined();
     expect(s.meanOutputTokens).toBeUndefined();

@@ -1,0 +1,248 @@
+import { createHash } from 'node:crypto';
+import { TIER_NAMES, type TierName } from '../config/schema.js';
+import type { Gateway } from '../gateway.js';
+import { runFailover } from '../resilience/failover.js';
+import type { RouteRuntime, Runtime } from '../runtime.js';
+import type { ChatBody } from '../upstream/adapter.js';
+import { attemptJson } from '../upstream/attempt.js';
+import type { RequestFeatures } from './features.js';
+import { planRequest } from './plan.js';
+
+/** Bump when the prompt changes: cached answers of another version are not reused. */
+export const ROUTER_PROMPT_VERSION = 'tier-router/v1';
+const EXCERPT_MESSAGES = 4;
+const EXCERPT_CHARS_PER_MESSAGE = 400;
+const EXCERPT_MAX_CHARS = 1_600;
+const ROUTER_MAX_TOKENS = 80;
+
+const SYSTEM_PROMPT = `You route requests to one of three model tiers.
+- fast: short or simple requests: greetings, lookups, rewording, short factual answers, simple formatting.
+- balanced: everyday work: summaries, ordinary coding help, explanations, moderate reasoning.
+- deep: hard requests: multi-step reasoning, complex code or math, long documents, careful analysis.
+Answer with JSON only, no other text: {"tier": "fast" | "balanced" | "deep", "reason": "<at most 12 words>"}`;
+
+export type RouterOutcome = 'chosen' | 'timeout' | 'error' | 'unparsable' | 'cached';
+
+export interface RouterDecision {
+  readonly tier: TierName;
+  readonly reason: string;
+  readonly outcome: RouterOutcome;
+}
+
+function textOf(content: unknown): string {
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) return '';
+  let out = '';
+  for (const p of content) {
+    const part = p as { type?: unknown; text?: unknown };
+    if (part?.type === 'text' && typeof part.text === 'string') out += (out ? ' ' : '') + part.text;
+    else if (part?.type === 'image_url') out += (out ? ' ' : '') + '[image]';
+  }
+  return out;
+}
+
+/** A bounded excerpt of the conversation: the last few messages, each cut short. Stable for equal input. */
+export function conversationExcerpt(messages: readonly unknown[]): string {
+  const lines: string[] = [];
+  let total = 0;
+  for (let i = messages.length - 1; i >= 0 && lines.length < EXCERPT_MESSAGES; i--) {
+    const m = messages[i] as { role?: unknown; content?: unknown };
+    const role = typeof m?.role === 'string' ? m.role : 'unknown';
+    if (role === 'system' || role === 'developer') continue;
+    let text = textOf(m?.content).replace(/\s+/g, ' ').trim();
+    if (text.length > EXCERPT_CHARS_PER_MESSAGE) text = `${text.slice(0, EXCERPT_CHARS_PER_MESSAGE)}…`;
+    const line = `[${role}] ${text}`;
+    if (total + line.length > EXCERPT_MAX_CHARS) break;
+    total += line.length;
+    lines.unshift(line);
+  }
+  return lines.join('\n');
+}
+
+/** The classification request: fixed, versioned system prompt plus a description of this request. */
+export function buildRouterPrompt(excerpt: string, f: RequestFeatures): { role: string; content: string }[] {
+  const user = `Request to route:
+- prompt tokens (estimated): ${f.promptTokens}
+- tools offered: ${f.tools ? 'yes' : 'no'}
+- images attached: ${f.images ? 'yes' : 'no'}
+Conversation excerpt (most recent last):
+${excerpt || '(empty)'}`;
+  return [
+    { role: 'system', content: SYSTEM_PROMPT },
+    { role: 'user', content: user },
+  ];
+}
+
+const TIERS: ReadonlySet<string> = new Set(TIER_NAMES);
+const TIER_WORD = /\btier\b["']?\s*[:=]\s*["']?(fast|balanced|deep)\b/i;
+const BARE_TIER = /^\W*(fast|balanced|deep)\W*$/i;
+
+/** Reads `{"tier": ..., "reason": ...}` out of a model's answer: bare, fenced, inside chatter, any case. */
+export function parseRouterAnswer(text: string): { tier: TierName; reason: string } | undefined {
+  if (typeof text !== 'string' || text.length === 0) return undefined;
+  const s = text.length > 4_000 ? text.slice(0, 4_000) : text;
+  for (let start = s.indexOf('{'); start >= 0; start = s.indexOf('{', start + 1)) {
+    for (let end = s.lastIndexOf('}'); end > start; end = s.lastIndexOf('}', end - 1)) {
+      let obj: unknown;
+      try {
+        obj = JSON.parse(s.slice(start, end + 1));
+      } catch {
+        continue;
+      }
+      if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) continue;
+      const rec = obj as Record<string, unknown>;
+      const key = Object.keys(rec).find((k) => k.toLowerCase() === 'tier');
+      const tier = key === undefined ? undefined : rec[key];
+      if (typeof tier === 'string' && TIERS.has(tier.trim().toLowerCase())) {
+        const reasonKey = Object.keys(rec).find((k) => k.toLowerCase() === 'reason');
+        const reason = reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
+        return { tier: tier.trim().toLowerCase() as TierName, reason: reason.slice(0, 200) };
+      }
+    }
+  }
+  const m = TIER_WORD.exec(s) ?? BARE_TIER.exec(s);
+  if (m?.[1]) return { tier: m[1].toLowerCase() as TierName, reason: '' };
+  return undefined;
+}
+
+/** A bounded LRU with expiry, keyed by a hash of the excerpt (Map keeps insertion order: oldest first). */
+export class RouterCache {
+  private readonly map = new Map<string, { tier: TierName; reason: string; expiresAt: number }>();
+
+  constructor(
+    private readonly maxEntries: number,
+    private readonly ttlMs: number,
+  ) {}
+
+  get(key: string, now: number): { tier: TierName; reason: string } | undefined {
+    const hit = this.map.get(key);
+    if (!hit) return undefined;
+    if (hit.expiresAt <= now) {
+      this.map.delete(key);
+      return undefined;
+    }
+    this.map.delete(key);
+    this.map.set(key, hit);
+    return hit;
+  }
+
+  set(key: string, value: { tier: TierName; reason: string }, now: number): void {
+    if (this.ttlMs <= 0) return;
+    this.map.delete(key);
+    this.map.set(key, { ...value, expiresAt: now + this.ttlMs });
+    while (this.map.size > this.maxEntries) {
+      const oldest = this.map.keys().next().value;
+      if (oldest === undefined) break;
+      this.map.delete(oldest);
+    }
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
+}
+
+const caches = new WeakMap<object, RouterCache>();
+
+function cacheFor(route: RouteRuntime): RouterCache | undefined {
+  const cfg = route.router;
+  if (!cfg) return undefined;
+  let c = caches.get(cfg);
+  if (!c) {
+    c = new RouterCache(cfg.cache_size, cfg.cache_ttl_s * 1000);
+    caches.set(cfg, c);
+  }
+  return c;
+}
+
+/**
+ * Breaks a tier tie by asking a model of `router.tier`, through the same plan, breakers and failover as any
+ * request, bounded by `router.timeout_ms`. Never fails the request: on timeout, error or an unparsable
+ * answer it returns the route's `default_tier`.
+ */
+export async function askRouter(
+  gw: Gateway,
+  rt: Runtime,
+  route: RouteRuntime,
+  messages: readonly unknown[],
+  features: RequestFeatures,
+  clientSignal: AbortSignal,
+): Promise<RouterDecision> {
+  const cfg = route.router!;
+  const fallback = route.defaultTier!;
+  const excerpt = conversationExcerpt(messages);
+  const key = createHash('sha256')
+    .update(`${ROUTER_PROMPT_VERSION}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`)
+    .digest('base64url');
+  const cache = cacheFor(route)!;
+  const started = gw.now();
+  const done = (d: RouterDecision): RouterDecision => {
+    gw.metrics.routerRequests.inc({ tier: d.tier, outcome: d.outcome });
+    if (d.outcome !== 'cached') gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - started) / 1000);
+    return d;
+  };
+  const hit = cache.get(key, started);
+  if (hit) return done({ ...hit, outcome: 'cached' });
+
+  const routerMessages = buildRouterPrompt(excerpt, features);
+  const body: ChatBody = { model: `router:${cfg.tier}`, messages: routerMessages, temperature: 0, max_tokens: ROUTER_MAX_TOKENS };
+  const targets = route.tiers?.[cfg.tier] ?? [];
+  try {
+    const plan = planRequest(
+      route,
+      targets,
+      { stream: false, tools: false, json: false, images: false, promptTokens: 150 + Math.ceil(excerpt.length / 4), requestedOutputTokens: ROUTER_MAX_TOKENS },
+      { strategy: route.strategy, provider: undefined, routing: rt.loaded.config.routing, now: started, random: gw.random, peek: true },
+    );
+    const deadline = started + cfg.timeout_ms;
+    const out = await runFailover(
+      plan.ranked,
+      {
+        routeName: route.name,
+        maxAttempts: rt.loaded.config.routing.max_attempts,
+        deadline,
+        now: gw.now,
+        metrics: gw.metrics,
+        logger: gw.logger,
+        scrub: (t) => rt.scrubber.scrub(t),
+      },
+      (target) =>
+        attemptJson({
+          upstream: target.candidate.upstream,
+          body,
+          clientSignal,
+          deadline,
+          now: gw.now,
+          stream: { model: target.candidate.upstream.model.name, includeUsage: false, created: Math.floor(Date.now() / 1000) },
+        }),
+    );
+    if ('committedFailure' in out) return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });
+    const answer = readAnswer(out.result.body);
+    const parsed = parseRouterAnswer(answer);
+    if (!parsed || !(route.tiers?.[parsed.tier]?.length ?? 0)) {
+      return done({ tier: fallback, reason: 'router answer unparsable; default_tier', outcome: 'unparsable' });
+    }
+    const reason = `llm router: ${parsed.reason || 'no reason given'}`;
+    cache.set(key, { tier: parsed.tier, reason }, gw.now());
+    return done({ tier: parsed.tier, reason, outcome: 'chosen' });
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    const timedOut = code === 'timeout' || gw.now() - started >= cfg.timeout_ms;
+    return done({
+      tier: fallback,
+      reason: `llm router ${timedOut ? 'timed out' : 'failed'}; default_tier`,
+      outcome: timedOut ? 'timeout' : 'error',
+    });
+  }
+}
+
+function readAnswer(body: string | undefined): string {
+  if (body === undefined) return '';
+  try {
+    const json = JSON.parse(body) as { choices?: { message?: { content?: unknown } }[] };
+    const c = json.choices?.[0]?.message?.content;
+    return typeof c === 'string' ? c : '';
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,65 @@
+import { Writable } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../../src/app.js';
+import { parseConfigText } from '../../src/config/load.js';
+import type { Gateway } from '../../src/gateway.js';
+import { createLogger } from '../../src/observability/logger.js';
+
+export interface TestGateway {
+  readonly url: string;
+  readonly app: FastifyInstance;
+  readonly gateway: Gateway;
+  /** Every log line the gateway wrote, parsed. */
+  readonly logs: Record<string, unknown>[];
+  /** The raw log text, for secret greps. */
+  rawLogs(): string;
+  close(): Promise<void>;
+}
+
+/**
+ * A real gateway on 127.0.0.1:0. `config` is a config object (written as JSON, which is YAML) or YAML text;
+ * `env` feeds `${VAR}` substitution.
+ */
+export async function startGateway(
+  config: Record<string, unknown> | string,
+  opts: { env?: Record<string, string>; now?: () => number; random?: () => number } = {},
+): Promise<TestGateway> {
+  const text = typeof config === 'string' ? config : JSON.stringify(config);
+  const loaded = parseConfigText(text, opts.env ?? {});
+  const logs: Record<string, unknown>[] = [];
+  let raw = '';
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      const s = chunk.toString();
+      raw += s;
+      for (const line of s.split('\n')) if (line.trim() !== '') logs.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const app = buildApp(loaded, { logger: createLogger('info', sink), now: opts.now, random: opts.random });
+  const address = await app.listen({ host: '127.0.0.1', port: 0 });
+  return {
+    url: address,
+    app,
+    gateway: app.gateway,
+    logs,
+    rawLogs: () => raw,
+    close: () => app.close(),
+  };
+}
+
+/** A provider block for a simulator. */
+export function simProvider(
+  name: string,
+  url: string,
+  models: Array<string | Record<string, unknown>>,
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    name,
+    kind: 'openai',
+    base_url: `${url}/v1`,
+    models: models.map((m) => (typeof m === 'string' ? { name: m } : m)),
+    ...extra,
+  };
+}

@@ -1,0 +1,175 @@
+import OpenAI from 'openai';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+
+let sims: Simulator[] = [];
+let gw: TestGateway | undefined;
+
+afterEach(async () => {
+  await gw?.close();
+  await Promise.all(sims.map((s) => s.close()));
+  sims = [];
+  gw = undefined;
+});
+
+async function setup(simOpts: Parameters<typeof startSimulator>[0] = {}, extra: Record<string, unknown> = {}) {
+  const sim = await startSimulator({ name: 'alpha', ...simOpts });
+  sims.push(sim);
+  gw = await startGateway({
+    providers: [simProvider('alpha', sim.url, ['m1'], { api_key: 'sk-alpha-secret' })],
+    routes: { fast: { strategy: 'priority', targets: ['alpha/m1'] } },
+    ...extra,
+  });
+  const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'client-key', maxRetries: 0 });
+  return { sim, gw, client };
+}
+
+describe('OpenAI SDK through the gateway', () => {
+  it('gets a chat completion with routing headers, and the upstream sees its own model name and key', async () => {
+    const { sim, client } = await setup();
+    const { data, response } = await client.chat.completions
+      .create({ model: 'fast', messages: [{ role: 'user', content: 'hi' }], temperature: 0.5, custom_field: 42 } as never)
+      .withResponse();
+    expect(data.choices[0]?.message.content).toContain('alpha');
+    expect(response.headers.get('x-router-provider')).toBe('alpha');
+    expect(response.headers.get('x-router-model')).toBe('m1');
+    expect(response.headers.get('x-router-attempts')).toBe('1');
+    expect(response.headers.get('x-request-id')).toBeTruthy();
+    const seen = sim.requests[0]!;
+    expect((seen.body as Record<string, unknown>).model).toBe('m1');
+    expect((seen.body as Record<string, unknown>).custom_field).toBe(42); // unknown fields pass through
+    expect(seen.headers.authorization).toBe('Bearer sk-alpha-secret');
+  });
+
+  it('streams: the first chunk reaches the client while the simulator is still sending', async () => {
+    const { sim, client } = await setup({ chunkDelayMs: 100, completionTokens: 10 });
+    const t0 = performance.now();
+    const stream = await client.chat.completions.create({ model: 'fast', messages: [{ role: 'user', content: 'hi' }], stream: true });
+    let firstContentAt: number | undefined;
+    let text = '';
+    for await (const chunk of stream) {
+      const c = chunk.choices[0]?.delta.content;
+      if (c) {
+        firstContentAt ??= performance.now() - t0;
+        text += c;
+      }
+    }
+    const endAt = performance.now() - t0;
+    expect(text).toContain('alpha');
+    // 10 chunks 100 ms apart: a relaying gateway delivers the first ~900 ms before the last.
+    expect(firstContentAt).toBeDefined();
+    expect(endAt - firstContentAt!).toBeGreaterThan(600);
+    expect(sim.requests[0]!.finished).toBe(true);
+  });
+
+  it('aborts the upstream request when the client disconnects mid-stream', async () => {
+    const { sim } = await setup({ chunkDelayMs: 200, completionTokens: 50 });
+    const ac = new AbortController();
+    const res = await request(`${gw!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'fast', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+      signal: ac.signal,
+    });
+    expect(res.statusCode).toBe(200);
+    const it = res.body[Symbol.asyncIterator]();
+    await it.next(); // at least one chunk arrived
+    ac.abort();
+    const aborted = await sim.waitForAbort(5_000);
+    expect(aborted.aborted).toBe(true);
+    expect(aborted.finished).toBe(false);
+  });
+});
+
+describe('errors are OpenAI-shaped', () => {
+  async function post(path: string, body: string, headers: Record<string, string> = { 'content-type': 'application/json' }) {
+    const res = await request(`${gw!.url}${path}`, { method: 'POST', headers, body });
+    return { status: res.statusCode, headers: res.headers, json: (await res.body.json()) as { error: Record<string, unknown> } };
+  }
+
+  it('rejects invalid JSON, missing fields, bad types, unknown models, big bodies and other media types', async () => {
+    await setup({}, { server: { body_limit_bytes: 2048 } });
+    const bad = await post('/v1/chat/completions', '{not json');
+    expect(bad.status).toBe(400);
+    expect(bad.json.error.type).toBe('invalid_request_error');
+
+    const noMessages = await post('/v1/chat/completions', JSON.stringify({ model: 'fast' }));
+    expect(noMessages.status).toBe(400);
+    expect(noMessages.json.error.param).toBe('messages');
+    expect(noMessages.json.error.message).toContain('messages');
+
+    const noModel = await post('/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: 'x' }] }));
+    expect(noModel.json.error.param).toBe('model');
+
+    const badRole = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'wizard', content: 'x' }] }));
+    expect(badRole.status).toBe(400);
+    expect(badRole.json.error.param).toBe('messages[0].role');
+
+    for (const [field, value] of [['n', 0], ['max_tokens', -1], ['stream', 'yes'], ['tools', [{ type: 'function' }]]] as const) {
+      const r = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x' }], [field]: value }));
+      expect(r.status, field).toBe(400);
+      expect(String(r.json.error.param), field).toContain(field);
+    }
+
+    for (const model of ['gpt-nope', '__proto__', 'constructor', 'alpha/none']) {
+      const r = await post('/v1/chat/completions', JSON.stringify({ model, messages: [{ role: 'user', content: 'x' }] }));
+      expect(r.status, model).toBe(404);
+      expect(r.json.error.code).toBe('model_not_found');
+    }
+
+    const big = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x'.repeat(5000) }] }));
+    expect(big.status).toBe(413);
+    expect(big.json.error).toBeDefined();
+
+    const text = await post('/v1/chat/completions', 'hello', { 'content-type': 'text/plain' });
+    expect(text.status).toBe(415);
+    expect(text.json.error).toBeDefined();
+
+    const deep = await post('/v1/chat/completions', '['.repeat(200) + ']'.repeat(200));
+    expect(deep.status).toBe(400);
+
+    const gz = await post('/v1/chat/completions', '{}', { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+    expect(gz.status).toBe(415);
+
+    const hdr = await request(`${gw!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-router-strategy': '__proto__' },
+      body: JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x' }] }),
+    });
+    expect(hdr.statusCode).toBe(400);
+    await hdr.body.dump();
+  });
+
+  it('relays an upstream 400 with its status and message, scrubbed of our key', async () => {
+    const { sim } = await setup({ status: 400, errorMessage: 'bad things', echoAuthInError: true });
+    const r = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x' }] }));
+    expect(r.status).toBe(400);
+    expect(JSON.stringify(r.json)).not.toContain('sk-alpha-secret');
+    expect(r.json.error.type).toBe('invalid_request_error');
+    expect(sim.requests).toHaveLength(1);
+  });
+});
+
+describe('models, health and request ids', () => {
+  it('lists routes and provider/model names; healthz/readyz answer; x-request-id is echoed', async () => {
+    await setup();
+    const models = await request(`${gw!.url}/v1/models`);
+    const list = (await models.body.json()) as { object: string; data: { id: string; object: string }[] };
+    expect(list.object).toBe('list');
+    expect(list.data.map((m) => m.id).sort()).toEqual(['alpha/m1', 'fast']);
+    const health = await request(`${gw!.url}/healthz`);
+    expect(health.statusCode).toBe(200);
+    await health.body.dump();
+    const ready = await request(`${gw!.url}/readyz`);
+    expect(ready.statusCode).toBe(200);
+    await ready.body.dump();
+    const echoed = await request(`${gw!.url}/v1/models`, { headers: { 'x-request-id': 'trace-123' } });
+    expect(echoed.headers['x-request-id']).toBe('trace-123');
+    await echoed.body.dump();
+    const nf = await request(`${gw!.url}/v1/nothing-here`);
+    expect(nf.statusCode).toBe(404);
+    expect(((await nf.body.json()) as { error: unknown }).error).toBeDefined();
+  });
+});

@@ -1,0 +1,174 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import OpenAI from 'openai';
+import { request } from 'undici';
+import { afterEach, expect } from 'vitest';
+import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+
+/** Small bounds so every fault resolves in well under a second. */
+export const TIMEOUTS = { connect_ms: 500, first_byte_ms: 300, idle_ms: 300, total_ms: 5000 };
+export const BREAKER = { failure_threshold: 2, open_ms: 300, max_open_ms: 2000, half_open_probes: 1, success_threshold: 2 };
+export const MSG = [{ role: 'user', content: 'hi' }];
+
+export interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  json: { error?: { message: string; type: string; param: unknown; code: unknown } } & Record<string, unknown>;
+  ms: number;
+}
+
+export interface BreakerView {
+  state: 'closed' | 'open' | 'half_open';
+  consecutive_failures: number;
+  consecutive_successes: number;
+  trip_cause: string | null;
+  open_ms: number;
+  ms_until_half_open: number;
+  probes_in_flight: number;
+  opens: number;
+}
+
+export interface UpstreamView {
+  id: string;
+  breaker: BreakerView;
+  in_flight: number;
+  pool: { connected: number; free: number; pending: number; running: number; size: number };
+  stats: Record<string, unknown>;
+}
+
+export interface GatewayOptions {
+  strategy?: string;
+  routing?: Record<string, unknown>;
+  breaker?: Record<string, unknown>;
+  timeouts?: Record<string, unknown>;
+  /** Extra provider fields by sim name (e.g. api_key). */
+  provider?: Record<string, Record<string, unknown>>;
+}
+
+/**
+ * Per-file harness: simulators named a, b, c... each serving model `m`, one route `r` over them in that
+ * order, a gateway with small timeouts, and everything closed in afterEach.
+ */
+export function harness() {
+  let sims: Simulator[] = [];
+  let gw: TestGateway | undefined;
+
+  afterEach(async () => {
+    await gw?.close();
+    await Promise.all(sims.map((s) => s.close()));
+    sims = [];
+    gw = undefined;
+  });
+
+  async function sim(name: string, opts: Partial<SimOptions> = {}): Promise<Simulator> {
+    const s = await startSimulator({ name, ...opts });
+    sims.push(s);
+    return s;
+  }
+
+  /** A URL where nothing listens: a simulator started, noted and closed. */
+  async function closedPortUrl(): Promise<string> {
+    const s = await startSimulator({ name: 'gone' });
+    const url = s.url;
+    await s.close();
+    return url;
+  }
+
+  async function gateway(list: Array<Simulator | { name: string; url: string }>, o: GatewayOptions = {}): Promise<TestGateway> {
+    const upstreams = list.map((u) => ('options' in u ? { name: u.options.name, url: u.url } : u));
+    gw = await startGateway({
+      providers: upstreams.map((u) =>
+        simProvider(u.name, u.url, ['m'], { timeouts: { ...TIMEOUTS, ...o.timeouts }, ...o.provider?.[u.name] }),
+      ),
+      routes: { r: { strategy: o.strategy ?? 'priority', targets: upstreams.map((u) => `${u.name}/m`) } },
+      routing: { max_attempts: 3, total_timeout_ms: 5000, ...o.routing },
+      circuit_breaker: { ...BREAKER, ...o.breaker },
+    });
+    return gw;
+  }
+
+  function current(): TestGateway {
+    if (!gw) throw new Error('no gateway started');
+    return gw;
+  }
+
+  async function chat(body: Record<string, unknown> = {}, headers: Record<string, string> = {}): Promise<Reply> {
+    const t0 = performance.now();
+    const res = await request(`${current().url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: JSON.stringify({ model: 'r', messages: MSG, ...body }),
+    });
+    const text = await res.body.text();
+    let json: Reply['json'] = {};
+    try {
+      json = JSON.parse(text) as Reply['json'];
+    } catch {
+      /* SSE or empty */
+    }
+    return { status: res.statusCode, headers: res.headers, text, json, ms: performance.now() - t0 };
+  }
+
+  async function status(): Promise<Map<string, UpstreamView>> {
+    const res = await request(`${current().url}/router/status`);
+    const body = (await res.body.json()) as { upstreams: UpstreamView[] };
+    return new Map(body.upstreams.map((u) => [u.id, u]));
+  }
+
+  async function breaker(id: string): Promise<BreakerView> {
+    const up = (await status()).get(id);
+    if (!up) throw new Error(`no upstream ${id} in /router/status`);
+    return up.breaker;
+  }
+
+  /** Polls until `check` passes (it throws while not yet), bounded. */
+  async function until<T>(check: () => Promise<T> | T, timeoutMs = 3000): Promise<T> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      try {
+        return await check();
+      } catch (err) {
+        if (performance.now() > deadline) throw err;
+        await sleep(10);
+      }
+    }
+  }
+
+  function sdk(): OpenAI {
+    return new OpenAI({ baseURL: `${current().url}/v1`, apiKey: 'client-key', maxRetries: 0 });
+  }
+
+  return { sim, closedPortUrl, gateway, chat, status, breaker, until, sdk, current };
+}
+
+/** An OpenAI error body, with the fields every error must carry. */
+export function expectOpenAIError(r: Reply, status: number, code?: string): void {
+  expect(r.status, r.text).toBe(status);
+  expect(String(r.headers['content-type'])).toContain('application/json');
+  const e = r.json.error;
+  expect(e, r.text).toBeDefined();
+  expect(typeof e?.message).toBe('string');
+  expect(typeof e?.type).toBe('string');
+  expect(e).toHaveProperty('param');
+  expect(e).toHaveProperty('code');
+  if (code !== undefined) expect(e?.code).toBe(code);
+}
+
+/** SSE `data:` payloads of a raw body. */
+export function dataEvents(body: string): string[] {
+  return body
+    .split('\n')
+    .filter((l) => l.startsWith('data: '))
+    .map((l) => l.slice(6));
+}
+
+export function contentOf(sseBody: string): string {
+  let text = '';
+  for (const d of dataEvents(sseBody)) {
+    if (d === '[DONE]') continue;
+    const j = JSON.parse(d) as { choices?: Array<{ delta?: { content?: string } }> };
+    text += j.choices?.[0]?.delta?.content ?? '';
+  }
+  return text;
+}

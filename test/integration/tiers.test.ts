@@ -1,0 +1,148 @@
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+
+let sims: Simulator[] = [];
+let gw: TestGateway | undefined;
+afterEach(async () => {
+  await gw?.close();
+  await Promise.all(sims.map((s) => s.close()));
+  sims = [];
+  gw = undefined;
+});
+
+const ROUTER_ANSWER = '{"tier": "deep", "reason": "needs careful reasoning"}';
+
+async function setup() {
+  const mk = async (name: string, extra: Parameters<typeof startSimulator>[0] = {}) => {
+    const s = await startSimulator({ name, ...extra });
+    sims.push(s);
+    return s;
+  };
+  const r1 = await mk('r1', { reply: ROUTER_ANSWER, completionTokens: 3 });
+  const r2 = await mk('r2', { reply: ROUTER_ANSWER, completionTokens: 3 });
+  const bal = await mk('bal');
+  const deep = await mk('deep');
+  gw = await startGateway({
+    providers: [
+      simProvider('r1', r1.url, ['m']),
+      simProvider('r2', r2.url, ['m']),
+      simProvider('bal', bal.url, ['m']),
+      simProvider('deep', deep.url, ['m']),
+    ],
+    routes: {
+      auto: {
+        strategy: 'priority',
+        tiers: { fast: ['r1/m', 'r2/m'], balanced: ['bal/m'], deep: ['deep/m'] },
+        rules: [{ name: 'greeting', if: { last_user_message: '^(hi|hello)$' }, tier: 'balanced' }],
+        default_tier: 'balanced',
+        router: { tier: 'fast', timeout_ms: 400, cache_ttl_s: 60 },
+      },
+    },
+  });
+  return { r1, r2, bal, deep, gw };
+}
+
+async function chat(content: string) {
+  const t0 = performance.now();
+  const res = await request(`${gw!.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content }] }),
+  });
+  const body = (await res.body.json()) as { choices?: { message: { content: string } }[] };
+  return { status: res.statusCode, headers: res.headers, body, ms: performance.now() - t0 };
+}
+
+async function metric(line: string): Promise<number> {
+  const text = await (await request(`${gw!.url}/metrics`)).body.text();
+  const row = text.split('\n').find((l) => l.startsWith(line));
+  return row ? Number(row.split(' ').pop()) : 0;
+}
+
+describe('tiers and the LLM router', () => {
+  it('a request matching a rule never calls the router', async () => {
+    const { r1, r2, bal } = await setup();
+    const r = await chat('hello');
+    expect(r.status).toBe(200);
+    expect(r.headers['x-router-tier']).toBe('balanced');
+    expect(r.body.choices?.[0]?.message.content).toContain('bal');
+    expect(r1.requests.length + r2.requests.length).toBe(0);
+    expect(bal.requests).toHaveLength(1);
+  });
+
+  it('a tie asks the router once, the chosen tier serves, and the same prompt again uses the cache', async () => {
+    const { r1, deep } = await setup();
+    const a = await chat('Prove that there are infinitely many primes, step by step.');
+    expect(a.status).toBe(200);
+    expect(a.headers['x-router-tier']).toBe('deep');
+    expect(a.body.choices?.[0]?.message.content).toContain('deep');
+    expect(r1.requests).toHaveLength(1);
+    const routerBody = r1.requests[0]!.body as { temperature: number; max_tokens: number; messages: { role: string; content: string }[] };
+    expect(routerBody.temperature).toBe(0);
+    expect(routerBody.max_tokens).toBeLessThanOrEqual(100);
+    expect(routerBody.messages[0]!.content).toContain('"tier"');
+    expect(routerBody.messages[1]!.content).toContain('infinitely many primes');
+
+    const b = await chat('Prove that there are infinitely many primes, step by step.');
+    expect(b.headers['x-router-tier']).toBe('deep');
+    expect(r1.requests).toHaveLength(1); // cached
+    expect(deep.requests).toHaveLength(2);
+    expect(await metric('llm_router_llm_router_requests_total{tier="deep",outcome="chosen"}')).toBe(1);
+    expect(await metric('llm_router_llm_router_requests_total{tier="deep",outcome="cached"}')).toBe(1);
+  });
+
+  it('a hanging router costs at most its timeout and the request is served by default_tier', async () => {
+    const { r1, r2, bal } = await setup();
+    r1.set({ hang: true });
+    r2.set({ hang: true });
+    const r = await chat('What is the meaning of this long question about many things?');
+    expect(r.status).toBe(200);
+    expect(r.headers['x-router-tier']).toBe('balanced');
+    expect(bal.requests).toHaveLength(1);
+    // timeout_ms is 400: the router may add that, plus a margin for a shared machine, never a hang.
+    expect(r.ms).toBeLessThan(400 + 1_500);
+    expect(await metric('llm_router_llm_router_requests_total{tier="balanced",outcome="timeout"}')).toBe(1);
+  });
+
+  it('a failing router upstream fails over to the tier\'s next upstream', async () => {
+    const { r1, r2, deep } = await setup();
+    r1.set({ status: 500 });
+    const r = await chat('Design a distributed consensus protocol and argue its safety.');
+    expect(r.status).toBe(200);
+    expect(r.headers['x-router-tier']).toBe('deep');
+    expect(r1.requests).toHaveLength(1);
+    expect(r2.requests).toHaveLength(1);
+    expect(deep.requests).toHaveLength(1);
+  });
+
+  it('an unparsable router answer falls back to default_tier', async () => {
+    const { r1, bal } = await setup();
+    r1.set({ reply: 'I would rather not say', completionTokens: 2 });
+    const r = await chat('Tell me something interesting about octopuses and their arms.');
+    expect(r.headers['x-router-tier']).toBe('balanced');
+    expect(bal.requests).toHaveLength(1);
+    expect(await metric('llm_router_llm_router_requests_total{tier="balanced",outcome="unparsable"}')).toBe(1);
+  });
+
+  it('x-router-tier wins outright and an unknown tier is a 400', async () => {
+    const { r1, deep } = await setup();
+    const res = await request(`${gw!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-router-tier': 'deep' },
+      body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'hello' }] }),
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(deep.requests).toHaveLength(1);
+    expect(r1.requests).toHaveLength(0);
+    const bad = await request(`${gw!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-router-tier': 'ultra' },
+      body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'hello' }] }),
+    });
+    expect(bad.statusCode).toBe(400);
+    await bad.body.dump();
+  });
+});

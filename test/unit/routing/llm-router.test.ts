@@ -1,0 +1,108 @@
+import { describe, expect, it } from 'vitest';
+import type { RuleConfig } from '../../../src/config/schema.js';
+import { buildRouterPrompt, conversationExcerpt, parseRouterAnswer, RouterCache } from '../../../src/routing/llm-router.js';
+import type { RequestFeatures } from '../../../src/routing/features.js';
+import { matchTier } from '../../../src/routing/tiers.js';
+import type { RouteRuntime } from '../../../src/runtime.js';
+
+const f = (over: Partial<RequestFeatures> = {}): RequestFeatures => ({
+  stream: false,
+  tools: false,
+  json: false,
+  images: false,
+  promptTokens: 100,
+  requestedOutputTokens: undefined,
+  ...over,
+});
+const route = (rules: RuleConfig[]): RouteRuntime => ({ rules }) as unknown as RouteRuntime;
+
+describe('tier rules', () => {
+  const rules: RuleConfig[] = [
+    { name: 'short', if: { max_prompt_tokens: 400, tools: false }, tier: 'fast' },
+    { name: 'long', if: { min_prompt_tokens: 20_000 }, tier: 'deep' },
+    { name: 'code', if: { last_user_message: 'refactor|prove' }, tier: 'deep' },
+    { if: { images: true }, tier: 'balanced' },
+  ];
+
+  it('the header wins outright', () => {
+    expect(matchTier(route(rules), f(), 'hello', 'deep', {})).toEqual({ tier: 'deep', reason: 'header x-router-tier' });
+  });
+  it('the first matching rule (by priority = position) decides', () => {
+    expect(matchTier(route(rules), f({ promptTokens: 50 }), 'please refactor', undefined, {}).tier).toBe('fast');
+    expect(matchTier(route(rules), f({ promptTokens: 30_000 }), 'x', undefined, {}).reason).toBe('rule long');
+    expect(matchTier(route(rules), f({ promptTokens: 1_000 }), 'Please PROVE this', undefined, {}).tier).toBe('deep');
+    expect(matchTier(route(rules), f({ promptTokens: 1_000, images: true }), 'x', undefined, {}).reason).toBe('rule rules[3]');
+  });
+  it('no match is a tie', () => {
+    expect(matchTier(route(rules), f({ promptTokens: 1_000, tools: true }), 'hello', undefined, {}).tier).toBeUndefined();
+  });
+  it('rules of equal priority that disagree are a tie; agreeing ones are not', () => {
+    const eq: RuleConfig[] = [
+      { name: 'a', priority: 1, if: { tools: true }, tier: 'fast' },
+      { name: 'b', priority: 1, if: { max_prompt_tokens: 500 }, tier: 'deep' },
+      { name: 'c', priority: 1, if: { max_prompt_tokens: 600 }, tier: 'fast' },
+    ];
+    const tie = matchTier(route(eq), f({ tools: true }), '', undefined, {});
+    expect(tie.tier).toBeUndefined();
+    expect(tie.reason).toContain('disagree');
+    expect(matchTier(route([eq[0]!, eq[2]!]), f({ tools: true }), '', undefined, {}).tier).toBe('fast');
+  });
+  it('header conditions match by presence or value', () => {
+    const hr: RuleConfig[] = [{ if: { header: 'x-team=research' }, tier: 'deep' }];
+    expect(matchTier(route(hr), f(), '', undefined, { 'x-team': 'research' }).tier).toBe('deep');
+    expect(matchTier(route(hr), f(), '', undefined, { 'x-team': 'sales' }).tier).toBeUndefined();
+  });
+});
+
+describe('router prompt', () => {
+  it('is stable and bounded in size whatever the conversation', () => {
+    const huge = Array.from({ length: 500 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'word '.repeat(5_000) }));
+    const a = conversationExcerpt(huge);
+    expect(a.length).toBeLessThanOrEqual(1_700);
+    expect(conversationExcerpt(huge)).toBe(a);
+    const prompt = buildRouterPrompt(a, f({ promptTokens: 12_345, tools: true }));
+    expect(prompt[0]!.role).toBe('system');
+    expect(prompt[1]!.content).toContain('12345');
+    expect(prompt[1]!.content).toContain('tools offered: yes');
+    expect(JSON.stringify(prompt).length).toBeLessThan(4_000);
+  });
+  it('leaves system messages out and marks images; survives junk', () => {
+    const ex = conversationExcerpt([
+      { role: 'system', content: 'secret system prompt' },
+      { role: 'user', content: [{ type: 'text', text: 'look' }, { type: 'image_url', image_url: { url: 'data:...' } }] },
+      null,
+      42,
+    ]);
+    expect(ex).not.toContain('secret');
+    expect(ex).toContain('[image]');
+  });
+});
+
+describe('router answer parsing', () => {
+  it.each([
+    ['{"tier": "deep", "reason": "multi-step proof"}', 'deep', 'multi-step proof'],
+    ['```json\n{"tier":"fast","reason":"greeting"}\n```', 'fast', 'greeting'],
+    ['Sure! Here is my answer: {"Tier": "BALANCED", "Reason": "ordinary coding"} Hope it helps {', 'balanced', 'ordinary coding'],
+    ['tier: deep', 'deep', ''],
+    ['  Fast. ', 'fast', ''],
+  ])('reads %j', (text, tier, reason) => {
+    expect(parseRouterAnswer(text)).toEqual({ tier, reason });
+  });
+  it.each(['', 'I cannot decide', '{"tier":"ultra"}', '{"tier": 3}', '}{', 'fast or deep'])('rejects %j', (text) => {
+    expect(parseRouterAnswer(text)).toBeUndefined();
+  });
+});
+
+describe('router cache', () => {
+  it('expires entries and evicts the least recently used past its size', () => {
+    const c = new RouterCache(2, 1_000);
+    c.set('a', { tier: 'fast', reason: '' }, 0);
+    c.set('b', { tier: 'deep', reason: '' }, 0);
+    expect(c.get('a', 10)?.tier).toBe('fast'); // a is now the most recent
+    c.set('c', { tier: 'balanced', reason: '' }, 10);
+    expect(c.get('b', 20)).toBeUndefined();
+    expect(c.get('a', 20)?.tier).toBe('fast');
+    expect(c.get('a', 1_500)).toBeUndefined();
+    expect(c.size).toBeLessThanOrEqual(2);
+  });
+});
