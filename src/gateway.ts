@@ -1,6 +1,7 @@
 import type { LoadedConfig } from './config/load.js';
 import type { Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
+import { loadTokenizer } from './routing/tokens.js';
 import { Runtime, SharedState } from './runtime.js';
 
 export interface GatewayDeps {
@@ -31,6 +32,8 @@ export class Gateway {
     this.now = deps.now ?? (() => performance.now() + performance.timeOrigin);
     this.random = deps.random ?? Math.random;
     this.shared = new SharedState(loaded, this.now);
+    // Estimates use a fast approximation until the tokenizer has loaded; it never rejects.
+    void loadTokenizer();
     for (const w of loaded.warnings) this.logger.warn(w);
     this.current = new Runtime(loaded, this.shared, this.metrics, this.logger);
   }
