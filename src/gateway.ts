@@ -35,6 +35,9 @@ export class Gateway {
     // Estimates use a fast approximation until the tokenizer has loaded; it never rejects.
     void loadTokenizer();
     for (const w of loaded.warnings) this.logger.warn(w);
+    if (loaded.config.state.backend === 'redis') {
+      this.logger.warn('state.backend redis is not built yet: breakers and statistics stay local to this process');
+    }
     this.current = new Runtime(loaded, this.shared, this.metrics, this.logger);
   }
 

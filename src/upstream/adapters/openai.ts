@@ -4,7 +4,6 @@ import type {
   ChatBody,
   ChunkSink,
   PreparedRequest,
-  StreamContext,
   StreamTranslator,
   UpstreamErrorInfo,
   Usage,
