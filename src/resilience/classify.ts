@@ -24,7 +24,8 @@ function statusClass(status: number): Classified {
   if (status === 408) return classified('timeout', true, reason);
   if (status === 429) return classified('rate_limited', true, reason);
   // 401/403: our provider key is wrong there, another provider may still answer.
-  if (status === 401 || status === 403) return classified('error', true, reason);
+  // 402 too: our account there is out of credit, which another provider does not share.
+  if (status === 401 || status === 402 || status === 403) return classified('error', true, reason);
   if (status >= 400 && status < 500) return classified('client_error', false, reason);
   // 5xx (529 included), and 1xx/3xx that should never reach us (redirects are not followed).
   return classified('error', true, reason);

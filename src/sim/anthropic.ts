@@ -16,6 +16,7 @@ import {
   type Exchange,
   type ToolTarget,
 } from './common.js';
+import { contentError, invalid, toolsError, unknownFieldError } from './anthropic-validate.js';
 
 const MODELS = ['claude-sonnet-4-5', 'claude-3-5-haiku-latest'];
 const STOP = { stop: 'end_turn', length: 'max_tokens', tool: 'tool_use' } as const;
@@ -32,10 +33,6 @@ const ERROR_TYPES = new Map<number, [type: string, message: string]>([
   [504, ['timeout_error', 'Request timed out']],
   [529, ['overloaded_error', 'Overloaded']],
 ]);
-
-function invalid(message: string): ApiError {
-  return { status: 400, type: 'invalid_request_error', message };
-}
 
 function forcedError(ex: Exchange, status: number): ApiError {
   const [type, message] = ERROR_TYPES.get(status) ?? [
@@ -75,7 +72,15 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
     return invalid(
       'There was an error parsing the body of your request. Please check that the JSON is valid.',
     );
+  const extra = unknownFieldError(body);
+  if (extra) return extra;
   if (typeof body.model !== 'string' || body.model === '') return invalid('model: Field required');
+  const { temperature } = body;
+  if (temperature !== undefined) {
+    if (typeof temperature !== 'number') return invalid('temperature: Input should be a valid number');
+    if (temperature < 0) return invalid('temperature: Input should be greater than or equal to 0');
+    if (temperature > 1) return invalid('temperature: Input should be less than or equal to 1');
+  }
   const maxTokens = body.max_tokens;
   if (!countOnly) {
     if (maxTokens === undefined) return invalid('max_tokens: Field required');
@@ -108,6 +113,8 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
     previous = m.role;
     chars += contentChars(m.content);
   }
+  const bad = toolsError(body.tools) ?? contentError(messages as Record<string, unknown>[]);
+  if (bad) return bad;
   return {
     model: body.model,
     stream: body.stream === true,

@@ -61,6 +61,51 @@ describe('simulator: Anthropic messages', () => {
         },
         'roles must alternate',
       ],
+      [{ ...msg, stream_options: { include_usage: true } }, 'stream_options: Extra inputs are not permitted'],
+      [{ ...msg, temperature: 1.5 }, 'temperature: Input should be less than or equal to 1'],
+      [{ ...msg, tools: [{ name: 't', input_schema: {} }] }, "input_schema.type: Input should be 'object'"],
+      [
+        { ...msg, messages: [{ role: 'user', content: [{ type: 'text', text: ' ' }] }] },
+        'non-whitespace text',
+      ],
+      [{ ...msg, messages: [{ role: 'user', content: [] }] }, 'all messages must have non-empty content'],
+      [
+        {
+          ...msg,
+          messages: [
+            {
+              role: 'user',
+              content: [{ type: 'image', source: { type: 'base64', media_type: 'image/jpg', data: 'x' } }],
+            },
+          ],
+        },
+        "messages.0.content.0.image.source.base64.media_type: Input should be 'image/jpeg'",
+      ],
+      [
+        {
+          ...msg,
+          messages: [
+            { role: 'user', content: 'q' },
+            { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 't', input: {} }] },
+            { role: 'user', content: 'no result' },
+          ],
+        },
+        '`tool_use` ids were found without `tool_result` blocks immediately after: toolu_1',
+      ],
+      [
+        { ...msg, messages: [{ role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_9' }] }] },
+        'unexpected `tool_use_id` found in `tool_result` blocks: toolu_9',
+      ],
+      [
+        {
+          ...msg,
+          messages: [
+            { role: 'user', content: 'q' },
+            { role: 'assistant', content: [{ type: 'tool_use', id: 'call.1', name: 't', input: {} }] },
+          ],
+        },
+        "tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+      ],
     ];
     for (const [body, message] of cases) {
       const res = await messages(s, body);

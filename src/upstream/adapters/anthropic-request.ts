@@ -197,7 +197,9 @@ function parseDataUrl(url: string): DataUrl | undefined {
   const meta = url.slice(5, comma);
   if (!meta.endsWith(';base64')) return undefined;
   const semicolon = meta.indexOf(';');
-  const mediaType = meta.slice(0, semicolon).trim().toLowerCase();
+  let mediaType = meta.slice(0, semicolon).trim().toLowerCase();
+  // Clients write image/jpg, which OpenAI takes and Anthropic's media_type enum does not.
+  if (mediaType === 'image/jpg') mediaType = 'image/jpeg';
   const data = url.slice(comma + 1);
   return mediaType === '' || data === '' ? undefined : { mediaType, data };
 }
@@ -301,10 +303,16 @@ function toolDefinitions(tools: unknown): Block[] {
     const def: Block = { name };
     const description = asString(fn.description);
     if (description) def.description = description;
-    def.input_schema = isObject(fn.parameters) ? fn.parameters : { type: 'object', properties: {} };
+    def.input_schema = inputSchema(fn.parameters);
     out.push(def);
   }
   return out;
+}
+
+/** Anthropic requires `input_schema.type: "object"`; OpenAI takes `parameters: {}` or none for "no arguments". */
+function inputSchema(parameters: unknown): JsonObject {
+  if (!isObject(parameters)) return { type: 'object', properties: {} };
+  return parameters.type === undefined ? { type: 'object', ...parameters } : parameters;
 }
 
 function toolChoice(choice: unknown, disableParallel: boolean): Block | undefined {

@@ -229,3 +229,9 @@ describe('parseRetryAfter', () => {
     expect(parseRetryAfter([], NOW)).toBeUndefined();
   });
 });
+
+describe('402 payment required (regression: an Anthropic "credit balance too low" was relayed, not failed over)', () => {
+  it('is a retryable error: the account problem is ours, another provider may answer', () => {
+    expect(classifyStatus(402)).toMatchObject({ outcome: 'error', retryable: true });
+  });
+});

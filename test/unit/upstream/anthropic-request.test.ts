@@ -200,6 +200,12 @@ describe('anthropic chatRequest: content parts', () => {
     ]);
   });
 
+  it('sends data:image/jpg as image/jpeg: Anthropic rejects image/jpg', () => {
+    expect(parts([{ type: 'image_url', image_url: { url: 'data:IMAGE/JPG;base64,/9j/4AAQ' } }])).toEqual([
+      { type: 'image', source: { type: 'base64', media_type: 'image/jpeg', data: '/9j/4AAQ' } },
+    ]);
+  });
+
   it('skips images it cannot express (non-base64 data URLs, other schemes, missing url)', () => {
     expect(
       parts([
@@ -254,6 +260,17 @@ describe('anthropic chatRequest: tools', () => {
     expect(sent.tools).toEqual([
       { name: 'a', input_schema: { type: 'object', properties: { x: { type: 'number' } } } },
       { name: 'b', input_schema: { type: 'object', properties: {} } },
+    ]);
+  });
+
+  it('gives an empty or typeless parameters schema the object type Anthropic requires', () => {
+    const sent = build({
+      messages: [user('q')],
+      tools: [fnTool('a', {}), fnTool('b', { properties: { x: { type: 'string' } } })],
+    });
+    expect(sent.tools).toEqual([
+      { name: 'a', input_schema: { type: 'object' } },
+      { name: 'b', input_schema: { type: 'object', properties: { x: { type: 'string' } } } },
     ]);
   });
 

@@ -1,0 +1,173 @@
+import { isRecord, type ApiError } from './common.js';
+
+/**
+ * The Messages API's request rules that a translating gateway can break: unknown fields, tool schemas, content
+ * blocks and tool_use/tool_result pairing. Each answers the real API's error message, so a translation slip is a
+ * 400 in tests exactly as it would be in production.
+ */
+
+export function invalid(message: string): ApiError {
+  return { status: 400, type: 'invalid_request_error', message };
+}
+
+// An OpenAI-only field leaked by a gateway (stream_options, n, seed, ...) is "Extra inputs are not permitted".
+const KNOWN_FIELDS = new Set([
+  'model',
+  'messages',
+  'max_tokens',
+  'system',
+  'metadata',
+  'stop_sequences',
+  'stream',
+  'temperature',
+  'top_p',
+  'top_k',
+  'tools',
+  'tool_choice',
+  'thinking',
+  'service_tier',
+  'container',
+  'mcp_servers',
+  'context_management',
+]);
+
+export function unknownFieldError(body: Record<string, unknown>): ApiError | undefined {
+  for (const key of Object.keys(body)) {
+    if (!KNOWN_FIELDS.has(key)) return invalid(`${key}: Extra inputs are not permitted`);
+  }
+  return undefined;
+}
+
+const IMAGE_MEDIA_TYPES = new Set(['image/jpeg', 'image/png', 'image/gif', 'image/webp']);
+const TOOL_ID = /^[a-zA-Z0-9_-]+$/;
+const TOOL_NAME = /^[a-zA-Z0-9_-]{1,128}$/;
+
+export function toolsError(tools: unknown): ApiError | undefined {
+  if (tools === undefined) return undefined;
+  if (!Array.isArray(tools)) return invalid('tools: Input should be a valid list');
+  for (let i = 0; i < tools.length; i++) {
+    const tool: unknown = tools[i];
+    if (!isRecord(tool)) return invalid(`tools.${i}: Input should be a valid dictionary`);
+    // Server tools (web_search_..., bash_...) carry a versioned type and no schema.
+    if (tool.type !== undefined && tool.type !== 'custom') continue;
+    if (typeof tool.name !== 'string' || !TOOL_NAME.test(tool.name))
+      return invalid(`tools.${i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{1,128}$'`);
+    const schema = tool.input_schema;
+    if (!isRecord(schema)) return invalid(`tools.${i}.custom.input_schema: Field required`);
+    if (schema.type !== 'object')
+      return invalid(`tools.${i}.custom.input_schema.type: Input should be 'object'`);
+  }
+  return undefined;
+}
+
+/** One content block; `at` is its path, e.g. `messages.1.content.0`. */
+function blockError(block: unknown, at: string): ApiError | undefined {
+  if (!isRecord(block)) return invalid(`${at}: Input should be a valid dictionary`);
+  switch (block.type) {
+    case 'text':
+      if (typeof block.text !== 'string') return invalid(`${at}.text.text: Field required`);
+      if (block.text === '') return invalid('messages: text content blocks must be non-empty');
+      if (block.text.trim() === '')
+        return invalid('messages: text content blocks must contain non-whitespace text');
+      return undefined;
+    case 'image': {
+      const source = block.source;
+      if (!isRecord(source)) return invalid(`${at}.image.source: Field required`);
+      if (source.type === 'url') {
+        return typeof source.url === 'string'
+          ? undefined
+          : invalid(`${at}.image.source.url.url: Field required`);
+      }
+      if (source.type !== 'base64')
+        return invalid(
+          `${at}.image.source: Input tag '${String(source.type)}' found using 'type' does not match any of the expected tags: 'base64', 'url'`,
+        );
+      if (typeof source.media_type !== 'string' || !IMAGE_MEDIA_TYPES.has(source.media_type))
+        return invalid(
+          `${at}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'`,
+        );
+      if (typeof source.data !== 'string' || source.data === '')
+        return invalid(`${at}.image.source.base64.data: Field required`);
+      return undefined;
+    }
+    case 'tool_use':
+      if (typeof block.id !== 'string' || !TOOL_ID.test(block.id))
+        return invalid(`${at}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'`);
+      if (typeof block.name !== 'string' || block.name === '')
+        return invalid(`${at}.tool_use.name: Field required`);
+      if (!isRecord(block.input)) return invalid(`${at}.tool_use.input: Input should be a valid dictionary`);
+      return undefined;
+    case 'tool_result':
+      if (typeof block.tool_use_id !== 'string' || !TOOL_ID.test(block.tool_use_id))
+        return invalid(`${at}.tool_result.tool_use_id: String should match pattern '^[a-zA-Z0-9_-]+$'`);
+      if (Array.isArray(block.content)) {
+        for (let k = 0; k < block.content.length; k++) {
+          const inner = blockError(block.content[k], `${at}.tool_result.content.${k}`);
+          if (inner) return inner;
+        }
+      } else if (block.content !== undefined && typeof block.content !== 'string') {
+        return invalid(`${at}.tool_result.content: Input should be a valid list`);
+      }
+      return undefined;
+    case 'document':
+    case 'thinking':
+    case 'redacted_thinking':
+      return undefined;
+    default:
+      return invalid(
+        `${at}: Input tag '${String(block.type)}' found using 'type' does not match any of the expected tags`,
+      );
+  }
+}
+
+function idsOf(content: unknown, type: 'tool_use' | 'tool_result'): string[] {
+  if (!Array.isArray(content)) return [];
+  const key = type === 'tool_use' ? 'id' : 'tool_use_id';
+  const out: string[] = [];
+  for (const b of content) if (isRecord(b) && b.type === type && typeof b[key] === 'string') out.push(b[key]);
+  return out;
+}
+
+/** Content blocks, then the pairing rule: every tool_use answered in the next turn, every tool_result expected. */
+export function contentError(messages: Record<string, unknown>[]): ApiError | undefined {
+  for (let i = 0; i < messages.length; i++) {
+    const { content, role } = messages[i]!;
+    const last = i === messages.length - 1;
+    if (typeof content === 'string') {
+      if (content === '' && !(last && role === 'assistant'))
+        return invalid(
+          `messages.${i}: all messages must have non-empty content except for the optional final assistant message`,
+        );
+      continue;
+    }
+    if (!Array.isArray(content)) return invalid(`messages.${i}.content: Input should be a valid list`);
+    if (content.length === 0 && !(last && role === 'assistant'))
+      return invalid(
+        `messages.${i}: all messages must have non-empty content except for the optional final assistant message`,
+      );
+    for (let j = 0; j < content.length; j++) {
+      const err = blockError(content[j], `messages.${i}.content.${j}`);
+      if (err) return err;
+    }
+  }
+  for (let i = 0; i < messages.length; i++) {
+    const m = messages[i]!;
+    const expected =
+      i > 0 && m.role === 'user' ? new Set(idsOf(messages[i - 1]!.content, 'tool_use')) : new Set();
+    const results = m.role === 'user' ? idsOf(m.content, 'tool_result') : [];
+    for (const id of results) {
+      if (!expected.has(id))
+        return invalid(
+          `messages.${i}.content: unexpected \`tool_use_id\` found in \`tool_result\` blocks: ${id}. Each \`tool_result\` block must have a corresponding \`tool_use\` block in the previous message.`,
+        );
+    }
+    if (m.role !== 'assistant' || i === messages.length - 1) continue;
+    const answered = new Set(idsOf(messages[i + 1]!.content, 'tool_result'));
+    const missing = idsOf(m.content, 'tool_use').filter((id) => !answered.has(id));
+    if (missing.length > 0)
+      return invalid(
+        `messages.${i + 1}: \`tool_use\` ids were found without \`tool_result\` blocks immediately after: ${missing.join(', ')}. Each \`tool_use\` block must have a corresponding \`tool_result\` block in the next message.`,
+      );
+  }
+  return undefined;
+}
