@@ -80,6 +80,8 @@ export interface RouteRuntime {
   readonly direct: boolean;
   /** Decision counter: rotates ties and round-robin. Mutable on purpose. */
   rotation: number;
+  /** Random draws `/router/explain` made ahead of this route's next real decision (routing/plan.ts). */
+  readonly pendingRandom: number[];
 }
 
 /** What outlives a config reload: breakers and statistics of upstreams that remain, and the clock. */
@@ -212,6 +214,7 @@ export class Runtime {
         embeddings: targets.some((t) => t.upstream.embeddings),
         direct: false,
         rotation: previous?.routes.get(name)?.rotation ?? 0,
+        pendingRandom: [],
       });
     }
     // Every upstream is also addressable as `provider/model` (a route of one, its own failover chain).
@@ -230,6 +233,7 @@ export class Runtime {
         embeddings: up.embeddings,
         direct: true,
         rotation: 0,
+        pendingRandom: [],
       });
     }
     const pass = config.server.passthrough;

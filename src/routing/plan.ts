@@ -66,7 +66,11 @@ export function planRequest(
     promptTokens: features.promptTokens,
     requestedOutputTokens: features.requestedOutputTokens,
     now: opts.now,
-    random: opts.random,
+    random: opts.peek
+      ? peekRandom(route, opts.random)
+      : route.pendingRandom.length > 0
+        ? takeRandom(route, opts.random)
+        : opts.random,
     tieEpsilon: opts.routing.tie_epsilon,
     rotation: route.rotation,
     explorationShare: opts.routing.exploration_share,
@@ -77,6 +81,24 @@ export function planRequest(
   return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
 }
 
+/**
+ * Explain draws its random numbers ahead and leaves them on the route; the next real decision there uses
+ * them first. So explain names the very upstream a `weighted` or exploring request then gets, and a second
+ * explain replays the same draws. At most one decision's draws are ever pending.
+ */
+function peekRandom(route: RouteRuntime, source: () => number): () => number {
+  let i = 0;
+  return () => {
+    const pending = route.pendingRandom;
+    if (i === pending.length) pending.push(source());
+    return pending[i++]!;
+  };
+}
+
+function takeRandom(route: RouteRuntime, source: () => number): () => number {
+  return () => route.pendingRandom.shift() ?? source();
+}
+
 /** The most telling exclusion wins the error: an open breaker says more than a pinned provider. */
 function rank(e: Exclusion): number {
   return e === 'breaker' ? 4 : e === 'context' ? 3 : e === 'capability' ? 2 : 1;
@@ -84,10 +106,16 @@ function rank(e: Exclusion): number {
 
 function capable(caps: ReadonlySet<Capability>, f: RequestFeatures, missing: Set<Capability>): boolean {
   let ok = true;
-  if (f.stream && !caps.has('stream')) (missing.add('stream'), (ok = false));
-  if (f.tools && !caps.has('tools')) (missing.add('tools'), (ok = false));
-  if (f.json && !caps.has('json')) (missing.add('json'), (ok = false));
-  if (f.images && !caps.has('vision')) (missing.add('vision'), (ok = false));
+  const need = (wanted: boolean, cap: Capability): void => {
+    if (wanted && !caps.has(cap)) {
+      missing.add(cap);
+      ok = false;
+    }
+  };
+  need(f.stream, 'stream');
+  need(f.tools, 'tools');
+  need(f.json, 'json');
+  need(f.images, 'vision');
   return ok;
 }
 

@@ -212,14 +212,15 @@ export class UpstreamStats implements UpstreamStatsView {
   /**
    * Peak-EWMA (Finagle): a sample above the estimate is taken at once, so one slow answer makes the
    * upstream look slow immediately; lower samples pull it down with a weight that grows with the time
-   * since the previous sample, so recovery takes time, not a burst of requests.
+   * since the previous sample, and by at least `alpha` per sample, so a single cold-start outlier on a
+   * busy upstream is forgotten within tens of answers, not held for the whole decay time.
    */
   #observeTtft(x: number, now: number, first: boolean): void {
     if (first || x > this.#ttft) {
       this.#ttft = x;
     } else {
       const dt = now > this.#ttftAt ? now - this.#ttftAt : 0;
-      const w = Math.exp(-dt / this.#peakDecayMs);
+      const w = Math.min(Math.exp(-dt / this.#peakDecayMs), 1 - this.#alpha);
       this.#ttft = this.#ttft * w + x * (1 - w);
     }
     this.#ttftAt = now;

@@ -37,7 +37,7 @@ interface Setup {
 /** Three simulators (provider `cheap`, `mid`, `pricey`, model `m` each) and a gateway with `routes`. */
 async function setup(
   routes: Record<string, unknown>,
-  opts: { latencyMs?: Partial<Record<Name, number>>; routing?: Record<string, unknown>; seed?: number } = {},
+  opts: { latencyMs?: Partial<Record<Name, number>> } = {},
 ): Promise<Setup> {
   const sim = {} as Record<Name, Simulator>;
   for (const name of NAMES) {
@@ -51,9 +51,8 @@ async function setup(
         simProvider(name, sim[name].url, [{ name: 'm', price: PRICES[name] }], { api_key: `sk-${name}` }),
       ),
       routes,
-      ...(opts.routing ? { routing: opts.routing } : {}),
     },
-    { random: mulberry32(opts.seed ?? 42) },
+    { random: mulberry32(42) },
   );
   return { gw, sim };
 }
@@ -61,24 +60,36 @@ async function setup(
 const HI = [{ role: 'user', content: 'hi' }];
 
 /** One non-streaming chat request; returns the provider that served it (x-router-provider). */
-async function chat(model: string, headers: Record<string, string> = {}, extra: Record<string, unknown> = {}): Promise<string> {
+async function chat(model: string, headers: Record<string, string> = {}): Promise<string> {
   const res = await request(`${gw!.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify({ model, messages: HI, ...extra }),
+    body: JSON.stringify({ model, messages: HI }),
   });
   const text = await res.body.text();
   expect(res.statusCode, text).toBe(200);
   return String(res.headers['x-router-provider']);
 }
 
-/** `total` requests, `parallel` at a time; returns how many each provider served, in request order. */
-async function run(model: string, total: number, parallel: number, headers: Record<string, string> = {}): Promise<string[]> {
+/**
+ * `total` requests from `clients` concurrent clients, each sending its next request when its previous answer
+ * arrives (a closed loop, like real callers); returns who served each one, in completion order.
+ */
+async function run(
+  model: string,
+  total: number,
+  clients: number,
+  headers: Record<string, string> = {},
+): Promise<string[]> {
   const served: string[] = [];
-  for (let done = 0; done < total; done += parallel) {
-    const batch = await Promise.all(Array.from({ length: Math.min(parallel, total - done) }, () => chat(model, headers)));
-    served.push(...batch);
-  }
+  let started = 0;
+  const client = async (): Promise<void> => {
+    while (started < total) {
+      started++;
+      served.push(await chat(model, headers));
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(clients, total) }, client));
   return served;
 }
 
@@ -94,7 +105,11 @@ async function postJson(path: string, body: unknown, headers: Record<string, str
     headers: { 'content-type': 'application/json', ...headers },
     body: JSON.stringify(body),
   });
-  return { status: res.statusCode, headers: res.headers, json: (await res.body.json()) as Record<string, unknown> };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    json: (await res.body.json()) as Record<string, unknown>,
+  };
 }
 
 interface Explained {
@@ -143,11 +158,18 @@ describe('latency', () => {
       { latencyMs: { mid: 200, pricey: 5 } },
     );
     const fast = 'pricey';
-    const warm = await run('r', 20, 10);
-    const after = await run('r', 130, 10);
+    const warm = await run('r', 20, 10); // both measured (min_samples 3) by the end of it
+    const after = await run('r', 150, 10);
     const share = (after.filter((p) => p === fast).length / after.length) * 100;
-    console.log('LAT', count(warm), count(after));
-    expect(share, JSON.stringify({ warm: count(warm), after: count(after) })).toBeGreaterThanOrEqual(80);
+    const status = (await (await request(`${gw!.url}/router/status`)).body.json()) as {
+      upstreams: { id: string; stats: { ttftMs: number } }[];
+    };
+    const why = JSON.stringify({
+      warm: count(warm),
+      after: count(after),
+      ttft: status.upstreams.map((u) => [u.id, u.stats.ttftMs]),
+    });
+    expect(share, why).toBeGreaterThanOrEqual(80);
 
     sim.pricey.set({ latencyMs: 400 });
     // One request at a time: how many until the gateway has moved to the other upstream for good?
@@ -159,10 +181,9 @@ describe('latency', () => {
       streak = p === fast ? 0 : streak + 1;
     }
     const firstAway = shift.length - 5; // requests spent on the slowed upstream before the streak
-    console.log('SHIFT', shift.join(','));
     expect(streak, shift.join(',')).toBe(5);
-    expect(firstAway).toBeLessThanOrEqual(20);
-    expect(firstAway).toBeLessThanOrEqual(2); // peak-EWMA: one slow answer is enough
+    // Peak-EWMA takes a slow answer at once: the first 400 ms answer is enough (the acceptance bound is 20).
+    expect(firstAway, shift.join(',')).toBeLessThanOrEqual(2);
   });
 });
 
@@ -263,7 +284,11 @@ describe('request headers', () => {
       providers: NAMES.map((name) => simProvider(name, sim[name].url, [{ name: 'm', price: PRICES[name] }])),
       routes: { r: { strategy: 'priority', targets: ['pricey/m', 'mid/m'] } },
     });
-    const notInRoute = await postJson('/v1/chat/completions', { model: 'r', messages: HI }, { 'x-router-provider': 'cheap' });
+    const notInRoute = await postJson(
+      '/v1/chat/completions',
+      { model: 'r', messages: HI },
+      { 'x-router-provider': 'cheap' },
+    );
     expect(notInRoute.status).toBe(400);
     expect((notInRoute.json.error as Record<string, unknown>).param).toBe('x-router-provider');
     expect(sims.reduce((n, s) => n + s.requests.length, 0)).toBe(before);
@@ -303,9 +328,35 @@ describe('POST /router/explain', () => {
     }
   });
 
+  it('names the upstream a weighted (random) request then gets: its draws are kept for that request', async () => {
+    await setup({
+      r: {
+        strategy: 'weighted',
+        targets: [
+          { target: 'cheap/m', weight: 1 },
+          { target: 'mid/m', weight: 1 },
+          { target: 'pricey/m', weight: 1 },
+        ],
+      },
+    });
+    const firsts = new Set<string>();
+    for (let i = 0; i < 12; i++) {
+      const a = await explain('r');
+      const b = await explain('r');
+      expect(b.candidates.map((c) => c.upstream)).toEqual(a.candidates.map((c) => c.upstream));
+      expect(await chat('r')).toBe(a.candidates[0]!.provider);
+      firsts.add(a.candidates[0]!.provider);
+    }
+    expect(firsts.size).toBeGreaterThan(1); // still random from one decision to the next
+  });
+
   it('rejects unknown routing headers with 400 and calls no upstream', async () => {
     await setup({ r: { strategy: 'cost', targets: ALL } });
-    const r = await postJson('/router/explain', { model: 'r', messages: HI }, { 'x-router-strategy': 'nope' });
+    const r = await postJson(
+      '/router/explain',
+      { model: 'r', messages: HI },
+      { 'x-router-strategy': 'nope' },
+    );
     expect(r.status).toBe(400);
     expect(sims.every((s) => s.requests.length === 0)).toBe(true);
   });

@@ -1,15 +1,15 @@
 /** `cost`: lowest expected dollars for this request (SPEC §2). */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
+import { DEFAULT_OUTPUT_TOKENS } from '../tokens.js';
 import {
-  expectedOutput,
   finishRanking,
   fmtInt,
   fmtPrice,
   fmtUsd,
   lowerIsBetter,
-  outputSource,
   promptTokensOf,
   scored,
+  type OutputSource,
   type Scored,
 } from './rank.js';
 
@@ -20,9 +20,37 @@ function priceOf(p: number): number {
   return p >= 0 && Number.isFinite(p) ? p : NaN;
 }
 
+export interface ExpectedOutput {
+  readonly tokens: number;
+  readonly source: OutputSource;
+}
+
+/**
+ * Expected completion tokens of this request, one figure for every candidate: the client's limit, else
+ * the mean of the candidates' observed means, else the default. Per-candidate figures made an unmeasured
+ * upstream (256-token default) look dearer than a measured one answering in 8 tokens, so `cost` picked
+ * an upstream 10× the price and, never trying the cheap one, kept picking it.
+ */
+export function sharedExpectedOutput(
+  candidates: readonly CandidateView[],
+  ctx: StrategyContext,
+): ExpectedOutput {
+  const req = ctx.requestedOutputTokens;
+  if (req !== undefined && req > 0 && Number.isFinite(req)) return { tokens: req, source: 'max_tokens' };
+  let sum = 0;
+  let k = 0;
+  for (const c of candidates) {
+    const m = c.stats.meanOutputTokens;
+    if (m !== undefined && m >= 0 && Number.isFinite(m)) {
+      sum += m;
+      k++;
+    }
+  }
+  return k > 0 ? { tokens: sum / k, source: 'mean' } : { tokens: DEFAULT_OUTPUT_TOKENS, source: 'default' };
+}
+
 /** Expected cost in dollars: prompt × input price + expected output × output price. */
-export function expectedCostUsd(c: CandidateView, ctx: StrategyContext): number {
-  const out = expectedOutput(ctx, c.stats);
+export function expectedCostUsd(c: CandidateView, ctx: StrategyContext, out: number): number {
   return (
     (promptTokensOf(ctx) * priceOf(c.price.input_per_mtok) + out * priceOf(c.price.output_per_mtok)) *
     PER_TOKEN
@@ -35,19 +63,25 @@ export function costStrategy<C extends CandidateView>(
 ): RankedCandidate<C>[] {
   const n = candidates.length;
   const items = new Array<Scored<C>>(n);
+  const out = sharedExpectedOutput(candidates, ctx);
   let best = Infinity;
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
-    const usd = expectedCostUsd(c, ctx);
+    const usd = expectedCostUsd(c, ctx, out.tokens);
     items[i] = scored(c, usd);
     if (usd < best) best = usd;
   }
   const prompt = fmtInt(promptTokensOf(ctx));
+  const outText =
+    ' + ' +
+    fmtInt(out.tokens) +
+    ' out' +
+    (out.source === 'max_tokens' ? '' : out.source === 'mean' ? ' (mean)' : ' (default)') +
+    ' × ';
   for (let i = 0; i < n; i++) {
     const it = items[i]!;
     const c = it.candidate;
     it.score = lowerIsBetter(it.raw, best);
-    const src = outputSource(ctx, c.stats);
     it.reason =
       'cost ' +
       fmtUsd(it.raw) +
@@ -55,11 +89,7 @@ export function costStrategy<C extends CandidateView>(
       prompt +
       ' in × ' +
       fmtPrice(c.price.input_per_mtok) +
-      ' + ' +
-      fmtInt(expectedOutput(ctx, c.stats)) +
-      ' out' +
-      (src === 'max_tokens' ? '' : src === 'mean' ? ' (mean)' : ' (default)') +
-      ' × ' +
+      outText +
       fmtPrice(c.price.output_per_mtok) +
       ')';
   }

@@ -13,7 +13,7 @@
  * ranked together on the factors they have. Reliability is never missing: the view reports 1 without data.
  */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { expectedCostUsd } from './cost.js';
+import { expectedCostUsd, sharedExpectedOutput } from './cost.js';
 import {
   HELD_BACK,
   baseLatencyMs,
@@ -66,11 +66,12 @@ export function hybridStrategy<C extends CandidateView>(
   let bestCost = Infinity;
   let bestLat = Infinity;
   let bestRel = 0;
+  const out = sharedExpectedOutput(candidates, ctx).tokens;
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
     const it = scored(c, 0);
     items[i] = it;
-    const usd = expectedCostUsd(c, ctx);
+    const usd = expectedCostUsd(c, ctx, out);
     cost[i] = usd;
     if (usd < bestCost) bestCost = usd;
     const sr = c.stats.successRate;

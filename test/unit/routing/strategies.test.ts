@@ -201,17 +201,29 @@ describe('cost', () => {
     expect(ranked[1]!.score).toBeCloseTo(0.0006 / 0.00175, 12);
   });
 
-  it('uses the observed mean output, else a default', () => {
+  it('compares every candidate on the same expected output: max_tokens, else the mean of observed means, else a default', () => {
     const cs = cands(
       { price: [0, 10], stats: { meanOutputTokens: 1_000 } },
       { price: [0, 11], stats: { meanOutputTokens: undefined } },
+      { price: [0, 12], stats: { meanOutputTokens: 3_000 } },
     );
     const ranked = STRATEGIES.cost(cs, ctx({ promptTokens: 0 }));
-    expect(ids(ranked)).toBe('ba');
-    expect(ranked[0]!.reason).toContain(`${DEFAULT_OUTPUT_TOKENS} out (default)`);
-    expect(ranked[1]!.reason).toContain('1,000 out (mean)');
-    // With max_tokens given, both use it.
-    expect(ids(STRATEGIES.cost(cs, ctx({ promptTokens: 0, requestedOutputTokens: 100 })))).toBe('ab');
+    expect(ids(ranked)).toBe('abc');
+    for (const r of ranked) expect(r.reason).toContain('2,000 out (mean)');
+    expect(ids(STRATEGIES.cost(cs, ctx({ promptTokens: 0, requestedOutputTokens: 100 })))).toBe('abc');
+    expect(STRATEGIES.cost(cs, ctx({ promptTokens: 0, requestedOutputTokens: 100 }))[0]!.reason).toContain('+ 100 out × ');
+    const none = cands({ price: [0, 10], stats: UNMEASURED }, { price: [0, 11], stats: UNMEASURED });
+    expect(STRATEGIES.cost(none, ctx({ promptTokens: 0 }))[0]!.reason).toContain(`${DEFAULT_OUTPUT_TOKENS} out (default)`);
+  });
+
+  it('regression: a measured upstream 10× the price does not beat an unmeasured cheap one', () => {
+    // Before: the measured one was costed on its 8-token mean, the unmeasured one on the 256-token default.
+    const cs = cands(
+      { price: [1, 4], stats: { meanOutputTokens: 8 } },
+      { price: [0.1, 0.4], stats: UNMEASURED },
+    );
+    expect(first(STRATEGIES.cost(cs, ctx({ promptTokens: 10 })))).toBe('b');
+    expect(first(STRATEGIES.hybrid(cs, ctx({ promptTokens: 10, weights: { cost: 1, latency: 0, reliability: 0 } })))).toBe('b');
   });
 
   it('rotates equal costs evenly', () => {
