@@ -1,6 +1,5 @@
 /** `cost`: lowest expected dollars for this request (SPEC §2). */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { DEFAULT_OUTPUT_TOKENS } from '../tokens.js';
 import {
   finishRanking,
   fmtInt,
@@ -9,7 +8,7 @@ import {
   lowerIsBetter,
   promptTokensOf,
   scored,
-  type OutputSource,
+  sharedExpectedOutput,
   type Scored,
 } from './rank.js';
 
@@ -20,34 +19,6 @@ function priceOf(p: number): number {
   return p >= 0 && Number.isFinite(p) ? p : NaN;
 }
 
-export interface ExpectedOutput {
-  readonly tokens: number;
-  readonly source: OutputSource;
-}
-
-/**
- * Expected completion tokens of this request, one figure for every candidate: the client's limit, else
- * the mean of the candidates' observed means, else the default. Per-candidate figures made an unmeasured
- * upstream (256-token default) look dearer than a measured one answering in 8 tokens, so `cost` picked
- * an upstream 10× the price and, never trying the cheap one, kept picking it.
- */
-export function sharedExpectedOutput(
-  candidates: readonly CandidateView[],
-  ctx: StrategyContext,
-): ExpectedOutput {
-  const req = ctx.requestedOutputTokens;
-  if (req !== undefined && req > 0 && Number.isFinite(req)) return { tokens: req, source: 'max_tokens' };
-  let sum = 0;
-  let k = 0;
-  for (const c of candidates) {
-    const m = c.stats.meanOutputTokens;
-    if (m !== undefined && m >= 0 && Number.isFinite(m)) {
-      sum += m;
-      k++;
-    }
-  }
-  return k > 0 ? { tokens: sum / k, source: 'mean' } : { tokens: DEFAULT_OUTPUT_TOKENS, source: 'default' };
-}
 
 /** Expected cost in dollars: prompt × input price + expected output × output price. */
 export function expectedCostUsd(c: CandidateView, ctx: StrategyContext, out: number): number {

@@ -13,7 +13,7 @@
  * ranked together on the factors they have. Reliability is never missing: the view reports 1 without data.
  */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { expectedCostUsd, sharedExpectedOutput } from './cost.js';
+import { expectedCostUsd } from './cost.js';
 import {
   HELD_BACK,
   baseLatencyMs,
@@ -26,7 +26,7 @@ import {
   GROUP_LAST,
   GROUP_MAIN,
   clamp01,
-  expectedOutput,
+  sharedExpectedOutput,
   explore,
   finishRanking,
   fmtMs,
@@ -79,7 +79,7 @@ export function hybridStrategy<C extends CandidateView>(
     const r = Number.isFinite(sr) ? (sr > 0 ? (sr < 1 ? sr : 1) : 0) : 1;
     rel[i] = r;
     if (r > bestRel) bestRel = r;
-    const base = baseLatencyMs(c.stats, expectedOutput(ctx, c.stats));
+    const base = baseLatencyMs(c.stats, out);
     if (isMeasured(c.stats, ctx, base)) {
       const est = base * loadFactor(c.stats);
       lat[i] = est;

@@ -5,7 +5,7 @@
  */
 import type { CandidateView, RankedCandidate, StrategyContext, UpstreamStatsView } from '../types.js';
 import {
-  expectedOutput,
+  sharedExpectedOutput,
   explore,
   finishRanking,
   fmtInt,
@@ -75,9 +75,10 @@ export function latencyStrategy<C extends CandidateView>(
   const items = new Array<Scored<C>>(n);
   let unmeasured: Scored<C>[] | undefined;
   let best = Infinity;
+  // One expected output for all: comparing each on its own mean favours upstreams that answer briefly.
+  const out = sharedExpectedOutput(candidates, ctx).tokens;
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
-    const out = expectedOutput(ctx, c.stats);
     const base = baseLatencyMs(c.stats, out);
     const it = scored(c, base * loadFactor(c.stats));
     items[i] = it;

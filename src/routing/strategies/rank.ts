@@ -4,7 +4,7 @@
  * the first one in the array taking it all.
  */
 import { DEFAULT_OUTPUT_TOKENS } from '../tokens.js';
-import type { CandidateView, RankedCandidate, StrategyContext, UpstreamStatsView } from '../types.js';
+import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
 
 /** Sort buckets: an explored upstream goes before the ranked ones, held-back ones after them. */
 export const GROUP_FIRST = 0;
@@ -120,20 +120,33 @@ export function finishRanking<C extends CandidateView>(
 /** Where the expected output token count came from, for the reason string. */
 export type OutputSource = 'max_tokens' | 'mean' | 'default';
 
-/** Expected completion tokens: the client's limit, else the upstream's observed mean, else a default. */
-export function expectedOutput(ctx: StrategyContext, stats: UpstreamStatsView): number {
-  const req = ctx.requestedOutputTokens;
-  if (req !== undefined && req > 0 && Number.isFinite(req)) return req;
-  const mean = stats.meanOutputTokens;
-  if (mean !== undefined && mean >= 0 && Number.isFinite(mean)) return mean;
-  return DEFAULT_OUTPUT_TOKENS;
+export interface ExpectedOutput {
+  readonly tokens: number;
+  readonly source: OutputSource;
 }
 
-export function outputSource(ctx: StrategyContext, stats: UpstreamStatsView): OutputSource {
+/**
+ * Expected completion tokens of this request, one figure for every candidate: the client's limit, else
+ * the mean of the candidates' observed means, else the default. Per-candidate figures made an unmeasured
+ * upstream (256-token default) look dearer than a measured one answering in 8 tokens, so `cost` picked
+ * an upstream 10× the price and, never trying the cheap one, kept picking it.
+ */
+export function sharedExpectedOutput(
+  candidates: readonly CandidateView[],
+  ctx: StrategyContext,
+): ExpectedOutput {
   const req = ctx.requestedOutputTokens;
-  if (req !== undefined && req > 0 && Number.isFinite(req)) return 'max_tokens';
-  const mean = stats.meanOutputTokens;
-  return mean !== undefined && mean >= 0 && Number.isFinite(mean) ? 'mean' : 'default';
+  if (req !== undefined && req > 0 && Number.isFinite(req)) return { tokens: req, source: 'max_tokens' };
+  let sum = 0;
+  let k = 0;
+  for (const c of candidates) {
+    const m = c.stats.meanOutputTokens;
+    if (m !== undefined && m >= 0 && Number.isFinite(m)) {
+      sum += m;
+      k++;
+    }
+  }
+  return k > 0 ? { tokens: sum / k, source: 'mean' } : { tokens: DEFAULT_OUTPUT_TOKENS, source: 'default' };
 }
 
 /** Prompt tokens from the context, sanitised: hostile or missing figures count as 0. */
