@@ -68,6 +68,7 @@ export async function runFailover(
   let denied = 0;
   let minRetryAfterMs = Number.POSITIVE_INFINITY;
   let rateLimited = 0;
+  let deadlineReached = false;
   for (const target of ranked) {
     if (attempts.length >= opts.maxAttempts) break;
     if (opts.now() >= opts.deadline) break;
@@ -110,6 +111,12 @@ export async function runFailover(
         bodyCode: info?.code ?? null,
       });
     }
+    if (result.deadlineReached) {
+      // The request's own time is up: starting another attempt would only hand it a sliver of a budget
+      // (timers may fire a little before now() reads the deadline) and charge its breaker for our clock.
+      deadlineReached = true;
+      break;
+    }
     if (result.classified.outcome === 'rate_limited') {
       rateLimited++;
       if (result.retryAfterMs !== undefined) minRetryAfterMs = Math.min(minRetryAfterMs, result.retryAfterMs);
@@ -120,7 +127,7 @@ export async function runFailover(
       `attempt on ${up.id} failed (${result.classified.reason}); failing over`,
     );
   }
-  throw finalError(attempts, { denied, rateLimited, minRetryAfterMs, deadlineHit: opts.now() >= opts.deadline, ranked });
+  throw finalError(attempts, { denied, rateLimited, minRetryAfterMs, deadlineHit: deadlineReached || opts.now() >= opts.deadline, ranked });
 }
 
 function record(up: Upstream, permit: Permit, result: AttemptResult, opts: FailoverOptions): void {

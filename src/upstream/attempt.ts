@@ -38,6 +38,8 @@ export type AttemptResult =
       readonly committed: boolean;
       /** The client went away: neither the upstream's fault nor its merit. */
       readonly clientGone: boolean;
+      /** The request's own deadline (routing.total_timeout_ms) cut this attempt: no time is left for another. */
+      readonly deadlineReached: boolean;
       readonly totalMs: number;
     };
 
@@ -51,32 +53,96 @@ export interface AttemptInput {
   readonly stream: StreamContext;
 }
 
-/** An attempt-scoped abort: the client going away, or the total bound running out. */
-function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>): { signal: AbortSignal; timedOut: () => boolean; done: () => void } {
+interface AttemptSignal {
+  readonly signal: AbortSignal;
+  /** The total bound (not a first-byte or idle timeout) fired. */
+  timedOut(): boolean;
+  /** ... and that bound was the request's deadline rather than the provider's total_ms. */
+  deadlineReached(): boolean;
+  /** The response headers arrived: the first-byte bound is met, the idle bound starts. */
+  headers(): void;
+  /** Body bytes arrived (or the client took what it was given): the idle bound starts over. */
+  progress(): void;
+  /** The gateway is waiting on the client, not the upstream: that time is not upstream idleness. */
+  holdIdle(): void;
+  done(): void;
+}
+
+function timeoutError(code: string): Error {
+  return Object.assign(new Error(`upstream ${code}`), { code });
+}
+
+/**
+ * An attempt-scoped abort: the client going away, the total bound, and the provider's first-byte and idle
+ * bounds. The last two are undici's too, but undici runs them on 1 s-resolution fast timers (any bound under
+ * a second fires 0.5-1 s in); native timers keep them to the configured millisecond, and undici's stay as a
+ * backstop. First byte is measured from dispatch, so it includes connecting and any wait for a pool slot.
+ */
+function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>): AttemptSignal {
   const ac = new AbortController();
+  const limits = input.upstream.provider.config.timeouts;
   let timedOut = false;
+  let idleHeld = false;
   const onClientAbort = (): void => ac.abort(input.clientSignal.reason);
   if (input.clientSignal.aborted) ac.abort(input.clientSignal.reason);
   else input.clientSignal.addEventListener('abort', onClientAbort, { once: true });
-  const budget = Math.max(1, Math.min(input.deadline - input.now(), input.upstream.provider.config.timeouts.total_ms));
-  const timer = setTimeout(() => {
+  const left = input.deadline - input.now();
+  const budget = Math.max(1, Math.min(left, limits.total_ms));
+  const total = setTimeout(() => {
     timedOut = true;
-    ac.abort(Object.assign(new Error('total timeout'), { code: 'total_timeout' }));
+    ac.abort(timeoutError('total_timeout'));
   }, budget);
+  let phase: NodeJS.Timeout | undefined = setTimeout(() => ac.abort(timeoutError('first_byte_timeout')), limits.first_byte_ms);
+  const onIdle = (): void => {
+    if (!idleHeld) ac.abort(timeoutError('idle_timeout'));
+  };
   return {
     signal: ac.signal,
     timedOut: () => timedOut,
+    deadlineReached: () => timedOut && left <= limits.total_ms,
+    headers: () => {
+      clearTimeout(phase);
+      phase = ac.signal.aborted ? undefined : setTimeout(onIdle, limits.idle_ms);
+    },
+    progress: () => {
+      idleHeld = false;
+      phase?.refresh();
+    },
+    holdIdle: () => {
+      idleHeld = true;
+    },
     done: () => {
-      clearTimeout(timer);
+      clearTimeout(total);
+      clearTimeout(phase);
       input.clientSignal.removeEventListener('abort', onClientAbort);
     },
   };
 }
 
+/** The body, restarting the idle bound on every chunk. */
+async function* watched(body: AsyncIterable<Buffer>, sig: AttemptSignal): AsyncIterable<Buffer> {
+  for await (const chunk of body) {
+    sig.progress();
+    yield chunk;
+  }
+}
+
+/** Reads a whole (bounded) body under the idle bound. */
+function readWatched(res: UpstreamResponse, sig: AttemptSignal, maxBytes: number): Promise<string> {
+  return readBody({ ...res, body: watched(res.body, sig) }, maxBytes);
+}
+
 function failure(
   classified: Classified,
   totalMs: number,
-  extra: Partial<{ status: number; retryAfterMs: number; info: UpstreamErrorInfo; committed: boolean; clientGone: boolean }> = {},
+  extra: Partial<{
+    status: number;
+    retryAfterMs: number;
+    info: UpstreamErrorInfo;
+    committed: boolean;
+    clientGone: boolean;
+    deadlineReached: boolean;
+  }> = {},
 ): AttemptResult {
   return {
     ok: false,
@@ -86,6 +152,7 @@ function failure(
     info: extra.info,
     committed: extra.committed ?? false,
     clientGone: extra.clientGone ?? false,
+    deadlineReached: extra.deadlineReached ?? false,
     totalMs,
   };
 }
@@ -93,17 +160,17 @@ function failure(
 const TOTAL_TIMEOUT: Classified = { outcome: 'timeout', retryable: true, reason: 'total_timeout' };
 const CLIENT_GONE: Classified = { outcome: 'client_error', retryable: false, reason: 'client_closed' };
 
-function thrown(err: unknown, input: AttemptInput, timedOut: boolean, t0: number, committed = false): AttemptResult {
+function thrown(err: unknown, input: AttemptInput, sig: AttemptSignal, t0: number, committed = false): AttemptResult {
   const totalMs = input.now() - t0;
   if (input.clientSignal.aborted) return failure(CLIENT_GONE, totalMs, { clientGone: true, committed });
-  if (timedOut) return failure(TOTAL_TIMEOUT, totalMs, { committed });
+  if (sig.timedOut()) return failure(TOTAL_TIMEOUT, totalMs, { committed, deadlineReached: sig.deadlineReached() });
   return failure(classifyError(err), totalMs, { committed });
 }
 
-async function errorResult(res: UpstreamResponse, input: AttemptInput, t0: number): Promise<AttemptResult> {
+async function errorResult(res: UpstreamResponse, input: AttemptInput, sig: AttemptSignal, t0: number): Promise<AttemptResult> {
   let text = '';
   try {
-    text = await readBody(res, MAX_ERROR_BODY_BYTES);
+    text = await readWatched(res, sig, MAX_ERROR_BODY_BYTES);
   } catch {
     /* an unreadable error body still has its status */
   }
@@ -122,8 +189,9 @@ export async function attemptPlainJson(
   const sig = attemptSignal(full);
   try {
     const res = await input.upstream.provider.client.request({ method: 'POST', ...prepared, signal: sig.signal });
-    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, full, t0);
-    const text = await readBody(res, MAX_JSON_BODY_BYTES);
+    sig.headers();
+    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, full, sig, t0);
+    const text = await readWatched(res, sig, MAX_JSON_BODY_BYTES);
     const totalMs = input.now() - t0;
     let json: unknown;
     try {
@@ -138,7 +206,7 @@ export async function attemptPlainJson(
         : undefined;
     return { ok: true, usage, countedTokens: 0, body: text, ttftMs: totalMs, totalMs };
   } catch (err) {
-    return thrown(err, full, sig.timedOut(), t0);
+    return thrown(err, full, sig, t0);
   } finally {
     sig.done();
   }
@@ -153,8 +221,9 @@ export async function attemptJson(input: AttemptInput): Promise<AttemptResult> {
   const sig = attemptSignal(input);
   try {
     const res = await client.request({ method: 'POST', path: prepared.path, headers: prepared.headers, body: prepared.body, signal: sig.signal });
-    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, t0);
-    const text = await readBody(res, MAX_JSON_BODY_BYTES);
+    sig.headers();
+    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, sig, t0);
+    const text = await readWatched(res, sig, MAX_JSON_BODY_BYTES);
     const totalMs = input.now() - t0;
     let json: unknown;
     try {
@@ -170,7 +239,7 @@ export async function attemptJson(input: AttemptInput): Promise<AttemptResult> {
     const body = out.body === json ? text : JSON.stringify(out.body);
     return { ok: true, usage: out.usage, countedTokens: 0, body, ttftMs: totalMs, totalMs };
   } catch (err) {
-    return thrown(err, input, sig.timedOut(), t0);
+    return thrown(err, input, sig, t0);
   } finally {
     sig.done();
   }
@@ -196,7 +265,8 @@ export async function attemptStream(
   let committed = false;
   try {
     const res = await client.request({ method: 'POST', path: prepared.path, headers: prepared.headers, body: prepared.body, signal: sig.signal });
-    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, t0);
+    sig.headers();
+    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, sig, t0);
 
     let pending = '';
     let out = '';
@@ -237,11 +307,14 @@ export async function attemptStream(
     let readError: unknown;
     try {
       for await (const chunk of res.body) {
+        sig.progress();
         parser.feed(chunk);
         if (out !== '') {
           writer.write(out);
           out = '';
+          sig.holdIdle();
           await writer.drain();
+          sig.progress();
         }
         if (ended || streamError) break;
       }
@@ -265,7 +338,7 @@ export async function attemptStream(
     }
 
     let result: AttemptResult;
-    if (readError !== undefined) result = thrown(readError, input, sig.timedOut(), t0, committed);
+    if (readError !== undefined) result = thrown(readError, input, sig, t0, committed);
     else if (streamError) {
       result = failure(
         streamError.status >= 500 || streamError.status === 429
@@ -293,7 +366,7 @@ export async function attemptStream(
     }
     return result;
   } catch (err) {
-    return thrown(err, input, sig.timedOut(), t0, committed);
+    return thrown(err, input, sig, t0, committed);
   } finally {
     sig.done();
   }
