@@ -54,7 +54,8 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     requestTimeout: server.request_timeout_ms,
     connectionTimeout: 0,
     keepAliveTimeout: 72_000,
-    return503OnClosing: true,
+    // While draining our own hooks answer (OpenAI-shaped 503 on /v1, 503 on /readyz), not fastify's default.
+    return503OnClosing: false,
     genReqId: (req) => {
       const h = req.headers['x-request-id'];
       return typeof h === 'string' && REQUEST_ID.test(h) ? h : randomUUID();

@@ -39,6 +39,7 @@ export class Gateway {
       this.logger.warn('state.backend redis is not built yet: breakers and statistics stay local to this process');
     }
     this.current = new Runtime(loaded, this.shared, this.metrics, this.logger);
+    primeSeries(this.current);
   }
 
   get runtime(): Runtime {
@@ -49,13 +50,81 @@ export class Gateway {
   reload(loaded: LoadedConfig): void {
     const old = this.current;
     for (const w of loaded.warnings) this.logger.warn(w);
+    const stale = restartOnly(old.loaded.config.server, loaded.config.server);
+    if (stale.length > 0) {
+      // Names only: some of these are secrets.
+      this.logger.warn({ settings: stale }, `${stale.join(', ')} changed: not applied until the gateway restarts`);
+    }
     const next = new Runtime(loaded, this.shared, this.metrics, this.logger, old);
     this.current = next;
+    primeSeries(next);
+    // A removed upstream's breaker is gone: its state series would otherwise be scraped forever. (Its
+    // in-flight gauge stays: a request still running on the old config decrements it.)
+    for (const up of old.upstreams.values()) {
+      if (!next.upstreams.has(up.id)) this.metrics.circuitState.remove({ provider: up.provider.name, model: up.model.name });
+    }
     // Pools the new runtime does not reuse close once their in-flight requests are done.
     void old.retire(next);
   }
 
+  /**
+   * Reload from a source that may fail (SIGHUP, a changed file): a valid config is swapped in, an invalid
+   * one is logged with its YAML paths and the old config keeps serving. Counted either way.
+   */
+  tryReload(load: () => LoadedConfig, why: string): boolean {
+    let loaded: LoadedConfig;
+    try {
+      loaded = load();
+      this.reload(loaded);
+    } catch (err) {
+      this.metrics.configReloads.inc({ result: 'failure' });
+      this.logger.error(
+        { why, error: err instanceof Error ? err.message : String(err) },
+        'config reload rejected; the old config keeps serving',
+      );
+      return false;
+    }
+    this.metrics.configReloads.inc({ result: 'success' });
+    this.logger.info({ why, source: loaded.source }, 'config reloaded');
+    return true;
+  }
+
   async close(): Promise<void> {
     await this.current.destroy();
+  }
+}
+
+/**
+ * `server.*` settings the HTTP layer reads once, at start: the listener, body limits, the passthrough proxy
+ * and (today, see src/app.ts) the client and admin keys. A reload that changes them must say so.
+ */
+const RESTART_ONLY = [
+  'host',
+  'port',
+  'body_limit_bytes',
+  'request_timeout_ms',
+  'shutdown_grace_ms',
+  'passthrough',
+  'api_keys',
+  'admin_key',
+  'metrics_auth',
+] as const;
+
+function restartOnly(before: LoadedConfig['config']['server'], after: LoadedConfig['config']['server']): string[] {
+  return RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k])).map((k) => `server.${k}`);
+}
+
+/**
+ * Creates every per-upstream counter series at zero, so dashboards and alerts see `error` or `timeout`
+ * rates from the start (an absent series has no rate) and a first failure shows as an increase.
+ */
+function primeSeries(rt: Runtime): void {
+  for (const up of rt.upstreams.values()) {
+    const m = up.metrics;
+    for (const c of Object.values(m.attempts)) c.inc(0);
+    m.promptTokens.inc(0);
+    m.completionTokens.inc(0);
+    m.cost.inc(0);
+    m.inflight.inc(0);
   }
 }

@@ -64,25 +64,26 @@ async function serve(args: { config: string; host?: string; port?: string; logLe
   if (!Number.isInteger(port) || port < 0 || port > 65_535) fail(`--port: expected a port number, got "${args.port}"`, 2);
 
   const reload = (why: string): void => {
-    try {
-      app.gateway.reload(loadConfigFile(args.config));
-      app.gateway.metrics.configReloads.inc({ result: 'success' });
-      logger.info({ why }, 'config reloaded');
-    } catch (err) {
-      app.gateway.metrics.configReloads.inc({ result: 'failure' });
-      logger.error({ why, error: err instanceof Error ? err.message : String(err) }, 'config reload rejected; the old config keeps serving');
-    }
+    app.gateway.tryReload(() => loadConfigFile(args.config), why);
   };
   process.on('SIGHUP', () => reload('SIGHUP'));
   const watcher = watchConfig(args.config, () => reload('file changed'));
 
-  closeWithGrace({ delay: server.shutdown_grace_ms + 1_000, logger }, async ({ signal, err }) => {
+  // close-with-grace treats SIGHUP as a shutdown signal by default; here it means "reload the config".
+  closeWithGrace({ delay: server.shutdown_grace_ms + 1_000, logger, skip: ['SIGHUP'] }, async ({ signal, err }) => {
     if (err) logger.error({ err }, 'fatal error; shutting down');
     logger.info({ signal }, 'draining: refusing new requests, letting streams in flight finish');
     app.gateway.draining = true;
     watcher.close();
     const grace = new Promise<void>((resolve) => setTimeout(resolve, server.shutdown_grace_ms).unref());
-    await Promise.race([app.close(), grace]);
+    // server.close() drops idle keep-alive connections only once; a connection whose stream ends later
+    // would hold the close until its keep-alive timeout, so keep sweeping while the streams finish.
+    const sweep = setInterval(() => app.server.closeIdleConnections(), 100).unref();
+    try {
+      await Promise.race([app.close(), grace]);
+    } finally {
+      clearInterval(sweep);
+    }
   });
 
   await app.listen({ host: args.host ?? server.host, port });

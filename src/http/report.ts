@@ -75,7 +75,8 @@ export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport
     if (r.ttftMs !== undefined) {
       up.metrics.ttft.observe(r.ttftMs / 1000);
       const last = r.attempts[r.attempts.length - 1];
-      if (completionTokens > 0 && last) up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
+      // Only a stream has a time per output token: a JSON answer's TTFT is its whole duration.
+      if (r.stream && completionTokens > 0 && last) up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
     }
   }
   req.log.info(

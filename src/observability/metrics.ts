@@ -16,7 +16,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
   const r = [registry];
-  return {
+  const metrics = {
     registry,
     requests: new Counter({
       name: 'llm_router_requests_total',
@@ -126,6 +126,10 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       registers: r,
     }),
   };
+  // Both series exist from the start, so `increase()` sees the first failure (an absent series has no rate).
+  metrics.configReloads.labels({ result: 'success' }).inc(0);
+  metrics.configReloads.labels({ result: 'failure' }).inc(0);
+  return metrics;
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

@@ -179,14 +179,22 @@ async function errorResult(res: UpstreamResponse, input: AttemptInput, sig: Atte
   return failure(classifyStatus(res.statusCode), input.now() - t0, { status: res.statusCode, retryAfterMs, info });
 }
 
-/** A plain JSON request relayed as it is (embeddings): no dialect translation. */
-export async function attemptPlainJson(
-  input: Omit<AttemptInput, 'body' | 'stream'>,
-  prepared: { path: string; headers: Record<string, string>; body: string },
+type Prepared = { path: string; headers: Record<string, string>; body: string };
+
+const INVALID_JSON: Classified = { outcome: 'error', retryable: true, reason: 'invalid_upstream_json' };
+
+/**
+ * One non-streaming POST: sends, reads the bounded body under the idle bound, parses it as a JSON object
+ * and hands it to `finish` for the answer. Every failure comes back classified for failover.
+ */
+async function attemptJsonCall(
+  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
+  prepared: Prepared,
+  finish: (json: object, text: string) => { body: string; usage: Usage | undefined },
 ): Promise<AttemptResult> {
-  const t0 = input.now();
   const full = input as AttemptInput;
-  const sig = attemptSignal(full);
+  const t0 = input.now();
+  const sig = attemptSignal(input);
   try {
     const res = await input.upstream.provider.client.request({ method: 'POST', ...prepared, signal: sig.signal });
     sig.headers();
@@ -197,14 +205,11 @@ export async function attemptPlainJson(
     try {
       json = JSON.parse(text);
     } catch {
-      return failure({ outcome: 'error', retryable: true, reason: 'invalid_upstream_json' }, totalMs, { status: res.statusCode });
+      return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     }
-    const u = (json as { usage?: { prompt_tokens?: unknown } } | null)?.usage;
-    const usage =
-      u && typeof u.prompt_tokens === 'number'
-        ? { prompt_tokens: u.prompt_tokens, completion_tokens: 0, total_tokens: u.prompt_tokens }
-        : undefined;
-    return { ok: true, usage, countedTokens: 0, body: text, ttftMs: totalMs, totalMs };
+    if (json === null || typeof json !== 'object') return failure(INVALID_JSON, totalMs, { status: res.statusCode });
+    const out = finish(json, text);
+    return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, full, sig, t0);
   } finally {
@@ -212,37 +217,30 @@ export async function attemptPlainJson(
   }
 }
 
+/** A plain JSON request relayed as it is (embeddings): no dialect translation. */
+export function attemptPlainJson(
+  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
+  prepared: Prepared,
+): Promise<AttemptResult> {
+  return attemptJsonCall(input, prepared, (json, text) => {
+    const u = (json as { usage?: { prompt_tokens?: unknown } }).usage;
+    const usage =
+      u && typeof u.prompt_tokens === 'number'
+        ? { prompt_tokens: u.prompt_tokens, completion_tokens: 0, total_tokens: u.prompt_tokens }
+        : undefined;
+    return { body: text, usage };
+  });
+}
+
 /** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
-export async function attemptJson(input: AttemptInput): Promise<AttemptResult> {
-  const { upstream } = input;
-  const { adapter, client, adapterProvider } = upstream.provider;
-  const prepared = adapter.chatRequest(input.body, upstream.upstreamModel, adapterProvider);
-  const t0 = input.now();
-  const sig = attemptSignal(input);
-  try {
-    const res = await client.request({ method: 'POST', path: prepared.path, headers: prepared.headers, body: prepared.body, signal: sig.signal });
-    sig.headers();
-    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, sig, t0);
-    const text = await readWatched(res, sig, MAX_JSON_BODY_BYTES);
-    const totalMs = input.now() - t0;
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      return failure({ outcome: 'error', retryable: true, reason: 'invalid_upstream_json' }, totalMs, { status: res.statusCode });
-    }
-    if (json === null || typeof json !== 'object') {
-      return failure({ outcome: 'error', retryable: true, reason: 'invalid_upstream_json' }, totalMs, { status: res.statusCode });
-    }
+export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
+  const { adapter, adapterProvider } = input.upstream.provider;
+  const prepared = adapter.chatRequest(input.body, input.upstream.upstreamModel, adapterProvider);
+  return attemptJsonCall(input, prepared, (json, text) => {
     const out = adapter.chatResponse(json, input.stream);
     // OpenAI-dialect answers are relayed as the upstream wrote them; translated ones are serialised once.
-    const body = out.body === json ? text : JSON.stringify(out.body);
-    return { ok: true, usage: out.usage, countedTokens: 0, body, ttftMs: totalMs, totalMs };
-  } catch (err) {
-    return thrown(err, input, sig, t0);
-  } finally {
-    sig.done();
-  }
+    return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
+  });
 }
 
 /**

@@ -1,0 +1,100 @@
+/**
+ * Open-loop load at a fixed offered rate (Debian ships no wrk2): request i is due at start + i/rate, and
+ * its latency is counted from that due time, not from when it went out, so a stalled target cannot hide
+ * its queue (no coordinated omission). Run as a child process on the load core; prints one JSON result.
+ *   node dist-bench/bench/rate-load.js '{"url":"...","body":"...","rate":2000,"durationMs":3000,"connections":64}'
+ */
+import { Pool } from 'undici';
+import { quantile } from './stream-load.js';
+
+export interface RateLoadArgs {
+  url: string;
+  body: string;
+  /** Requests per second offered. */
+  rate: number;
+  durationMs: number;
+  connections: number;
+}
+
+export interface RateLoadResult {
+  offeredRps: number;
+  achievedRps: number;
+  sent: number;
+  ok: number;
+  non2xx: number;
+  errors: number;
+  /** From the due time; the first 10% of the run (connection set-up) is left out. */
+  p50Us: number;
+  p99Us: number;
+  maxUs: number;
+}
+
+const nowMs = (): number => Number(process.hrtime.bigint()) / 1e6;
+/** Whatever is still in flight this long after the last request is due counts as an error. */
+const DRAIN_MS = 5_000;
+
+export async function runRateLoad(args: RateLoadArgs): Promise<RateLoadResult> {
+  const url = new URL(args.url);
+  const pool = new Pool(url.origin, { connections: args.connections, pipelining: 1 });
+  const total = Math.max(1, Math.round((args.rate * args.durationMs) / 1000));
+  const skip = Math.floor(total / 10);
+  const latUs: number[] = [];
+  let sent = 0;
+  let done = 0;
+  let ok = 0;
+  let non2xx = 0;
+  let errors = 0;
+  const signal = AbortSignal.timeout(args.durationMs + DRAIN_MS);
+  const start = nowMs();
+  let lastDone = start;
+
+  const fire = (i: number): void => {
+    const due = start + (i * 1000) / args.rate;
+    pool
+      .request({
+        method: 'POST',
+        path: url.pathname,
+        headers: { 'content-type': 'application/json' },
+        body: args.body,
+        signal,
+      })
+      .then(async (res) => {
+        await res.body.arrayBuffer();
+        if (res.statusCode >= 200 && res.statusCode < 300) ok++;
+        else non2xx++;
+        lastDone = nowMs();
+        if (i >= skip) latUs.push((lastDone - due) * 1000);
+      })
+      .catch(() => errors++)
+      .finally(() => done++);
+  };
+
+  await new Promise<void>((resolve) => {
+    const tick = (): void => {
+      const due = Math.min(total, Math.floor(((nowMs() - start) * args.rate) / 1000) + 1);
+      while (sent < due) fire(sent++);
+      if (sent < total) setTimeout(tick, 1);
+      else resolve();
+    };
+    tick();
+  });
+  while (done < sent && !signal.aborted) await new Promise((r) => setTimeout(r, 5));
+  await pool.destroy();
+  const elapsedS = (lastDone - start) / 1000;
+  return {
+    offeredRps: args.rate,
+    achievedRps: elapsedS > 0 ? ok / elapsedS : 0,
+    sent,
+    ok,
+    non2xx,
+    errors: errors + (sent - done),
+    p50Us: quantile(latUs, 0.5),
+    p99Us: quantile(latUs, 0.99),
+    maxUs: quantile(latUs, 1),
+  };
+}
+
+if (process.argv[1]?.endsWith('rate-load.js')) {
+  const args = JSON.parse(process.argv[2] ?? '{}') as RateLoadArgs;
+  process.stdout.write(`${JSON.stringify(await runRateLoad(args))}\n`);
+}

@@ -1,0 +1,279 @@
+/**
+ * What a bench run collects (written as JSON to bench/results/) and the markdown summary printed on
+ * stdout: medians over rounds, and the gateway's figures as "added" over direct and over the pass-through.
+ */
+import type { RoutingBenchResult } from './routing.js';
+import type { RateLoadResult } from './rate-load.js';
+import type { StreamLoadResult } from './stream-load.js';
+import { TARGETS, type TargetName } from './targets.js';
+import type { WrkResult } from './wrk.js';
+
+export type PerTarget<T> = Record<TargetName, T[]>;
+
+export interface SweepStep {
+  offeredRps: number;
+  direct: RateLoadResult[];
+  gateway: RateLoadResult[];
+  addedP99Us: number;
+  pass: boolean;
+}
+
+export interface BenchResults {
+  meta: {
+    date: string;
+    quick: boolean;
+    node: string;
+    wrk: string | undefined;
+    placement: string;
+    rounds: number;
+    wrkDurationS: number;
+    loadAvgAtStart: number[];
+    body: string;
+  };
+  wrk?: {
+    c1: PerTarget<WrkResult>;
+    sat: PerTarget<WrkResult>;
+    satConnections: number;
+    satCpuMs: PerTarget<number>;
+  };
+  sweep?: { steps: SweepStep[]; bestRps: number | undefined };
+  streams: { streams: number; runs: PerTarget<StreamLoadResult> }[];
+  memory: { idleMb?: number; wrkLoadMb?: number; streamLoadMb?: number; afterMb?: number; hwmMb?: number };
+  gatewayLogLines?: number;
+  /** Requests sent to the gateway in the whole run (wrk counts completed ones), to compare with the log. */
+  gatewayRequests: number;
+  routing?: RoutingBenchResult;
+  skipped: string[];
+}
+
+export function median(values: readonly number[]): number {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return Number.NaN;
+  const mid = v.length >> 1;
+  return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
+}
+
+export function emptyPerTarget<T>(): PerTarget<T> {
+  return { direct: [], passthrough: [], gateway: [] };
+}
+
+const LABEL: Record<TargetName, string> = {
+  direct: 'direct (simulator)',
+  passthrough: 'pass-through',
+  gateway: 'gateway',
+};
+
+const fmt = (n: number, digits = 0): string => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
+const us = (n: number): string =>
+  Number.isFinite(n)
+    ? n >= 1_000
+      ? `${(n / 1000).toFixed(n >= 10_000 ? 1 : 2)} ms`
+      : `${n.toFixed(0)} µs`
+    : 'n/a';
+const signedUs = (n: number): string =>
+  Number.isFinite(n) ? `${n >= 0 ? '+' : '−'}${us(Math.abs(n))}` : 'n/a';
+const ms = (n: number, digits = 2): string => (Number.isFinite(n) ? `${n.toFixed(digits)} ms` : 'n/a');
+const signedMs = (n: number): string =>
+  Number.isFinite(n) ? `${n >= 0 ? '+' : '−'}${ms(Math.abs(n))}` : 'n/a';
+const mb = (n: number | undefined): string =>
+  n !== undefined && Number.isFinite(n) ? `${n.toFixed(0)} MB` : 'n/a';
+
+function table(head: string[], rows: string[][]): string[] {
+  return [
+    `| ${head.join(' | ')} |`,
+    `|${head.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ];
+}
+
+function wrkSection(r: BenchResults, out: string[]): void {
+  const w = r.wrk;
+  if (!w) return;
+  const m = (t: TargetName, pick: (x: WrkResult) => number, which: 'c1' | 'sat'): number =>
+    median(w[which][t].map(pick));
+  const cpuPer1k = (t: TargetName): number => {
+    const per = w.satCpuMs[t].map((cpu, i) => (cpu / (w.sat[t][i]?.requests ?? Number.NaN)) * 1000);
+    return median(per);
+  };
+  const bad = (t: TargetName): number =>
+    [...w.c1[t], ...w.sat[t]].reduce((sum, x) => sum + x.errors + x.non2xx, 0);
+  out.push(`### Non-streaming (wrk --latency, POST ${r.meta.body.length}-byte JSON, fast simulator)`, '');
+  out.push(
+    ...table(
+      [
+        'target',
+        'c=1 p50',
+        'c=1 p99',
+        `c=${w.satConnections} req/s`,
+        `c=${w.satConnections} p99`,
+        'CPU ms / 1k req',
+        'errors + non-2xx',
+      ],
+      TARGETS.map((t) => [
+        LABEL[t],
+        us(m(t, (x) => x.p50Us, 'c1')),
+        us(m(t, (x) => x.p99Us, 'c1')),
+        fmt(m(t, (x) => x.rps, 'sat')),
+        us(m(t, (x) => x.p99Us, 'sat')),
+        t === 'direct' ? '—' : fmt(cpuPer1k(t), 1),
+        String(bad(t)),
+      ]),
+    ),
+    '',
+  );
+  const g = (pick: (x: WrkResult) => number, t: TargetName): number =>
+    m('gateway', pick, 'c1') - m(t, pick, 'c1');
+  const satGw = m('gateway', (x) => x.rps, 'sat');
+  out.push(
+    ...table(
+      ['gateway figure', 'value'],
+      [
+        [
+          'added latency c=1, p50 / p99, vs direct',
+          `${signedUs(g((x) => x.p50Us, 'direct'))} / ${signedUs(g((x) => x.p99Us, 'direct'))}`,
+        ],
+        [
+          'added latency c=1, p50 / p99, vs pass-through',
+          `${signedUs(g((x) => x.p50Us, 'passthrough'))} / ${signedUs(g((x) => x.p99Us, 'passthrough'))}`,
+        ],
+        [
+          `saturation c=${w.satConnections}, gateway / pass-through`,
+          fmt(satGw / m('passthrough', (x) => x.rps, 'sat'), 2),
+        ],
+        ['highest offered rate with added p99 < 1 ms and 0 errors', bestRate(r, satGw)],
+      ],
+    ),
+    '',
+  );
+}
+
+function bestRate(r: BenchResults, satRps: number): string {
+  const sweep = r.sweep;
+  if (!sweep) return 'n/a';
+  if (sweep.bestRps === undefined)
+    return `below ${fmt(sweep.steps[0]?.offeredRps ?? Number.NaN)} req/s (the lowest step tried)`;
+  const share = Number.isFinite(satRps) ? ` (${fmt((sweep.bestRps / satRps) * 100)}% of saturation)` : '';
+  const last = sweep.steps.at(-1);
+  return `${fmt(sweep.bestRps)} req/s${share}${last?.pass ? ', the highest step tried' : ''}`;
+}
+
+function memorySection(r: BenchResults, out: string[]): void {
+  const mem = r.memory;
+  out.push(
+    ...table(
+      ['gateway memory', 'idle', 'under wrk load', 'under most streams', 'after', 'peak (VmHWM)'],
+      [['RSS', mb(mem.idleMb), mb(mem.wrkLoadMb), mb(mem.streamLoadMb), mb(mem.afterMb), mb(mem.hwmMb)]],
+    ),
+    '',
+  );
+}
+
+function sweepSection(r: BenchResults, out: string[]): void {
+  if (!r.sweep) return;
+  out.push('### Offered-rate sweep (open-loop undici client, latency from due time)', '');
+  out.push(
+    ...table(
+      [
+        'offered req/s',
+        'direct p99',
+        'gateway p99',
+        'added p99',
+        'gateway achieved req/s',
+        'errors + non-2xx',
+        '< 1 ms',
+      ],
+      r.sweep.steps.map((s) => [
+        fmt(s.offeredRps),
+        us(median(s.direct.map((x) => x.p99Us))),
+        us(median(s.gateway.map((x) => x.p99Us))),
+        signedUs(s.addedP99Us),
+        fmt(median(s.gateway.map((x) => x.achievedRps))),
+        String([...s.direct, ...s.gateway].reduce((sum, x) => sum + x.errors + x.non2xx, 0)),
+        s.pass ? 'yes' : 'no',
+      ]),
+    ),
+    '',
+    `highest offered rate with added p99 < 1 ms and 0 errors: ${bestRate(r, Number.NaN)}`,
+    '',
+  );
+}
+
+function streamSection(r: BenchResults, out: string[]): void {
+  if (r.streams.length === 0) return;
+  out.push(`### Streaming (64 content chunks 20 ms apart; all streams opened at once)`, '');
+  const rows: string[][] = [];
+  for (const s of r.streams) {
+    const m = (t: TargetName, pick: (x: StreamLoadResult) => number): number => median(s.runs[t].map(pick));
+    for (const t of TARGETS) {
+      const added =
+        t === 'direct' ? '' : ` (${signedMs(m(t, (x) => x.ttftP99Ms) - m('direct', (x) => x.ttftP99Ms))})`;
+      rows.push([
+        String(s.streams),
+        LABEL[t],
+        ms(m(t, (x) => x.ttftP50Ms)),
+        ms(m(t, (x) => x.ttftP99Ms)) + added,
+        ms(m(t, (x) => x.gapP99Ms)) +
+          (t === 'direct' ? '' : ` (${signedMs(m(t, (x) => x.gapP99Ms) - m('direct', (x) => x.gapP99Ms))})`),
+        String(s.runs[t].reduce((sum, x) => sum + x.chunksLost, 0)),
+        String(s.runs[t].reduce((sum, x) => sum + x.errors + x.non2xx, 0)),
+      ]);
+    }
+  }
+  out.push(
+    ...table(
+      [
+        'streams',
+        'target',
+        'TTFT p50',
+        'TTFT p99 (added)',
+        'chunk gap p99 (added)',
+        'chunks lost',
+        'errors + non-2xx',
+      ],
+      rows,
+    ),
+    '',
+  );
+}
+
+function routingSection(r: BenchResults, out: string[]): void {
+  const rb = r.routing;
+  if (!rb) return;
+  out.push('### Routing micro-benchmarks (in-process, per call, median)', '');
+  out.push(
+    ...table(
+      ['case', 'p50'],
+      [
+        ['one decision over 10 candidates (slowest strategy)', us(rb.decisionNsP50 / 1000)],
+        ['one decision, hybrid', us(rb.perStrategy.hybrid.p50Ns / 1000)],
+        [`token estimate, ~${rb.promptTokens}-token prompt (default)`, us(rb.tokenEstimate2kNs / 1000)],
+      ],
+    ),
+    '',
+  );
+}
+
+export function markdown(r: BenchResults): string {
+  const out: string[] = [
+    `## llm-edge-router bench${r.meta.quick ? ' (--quick)' : ''}: ${r.meta.date}`,
+    '',
+    `- node ${r.meta.node}, ${r.meta.wrk ?? 'wrk: not installed'}; load average at start ${r.meta.loadAvgAtStart.map((x) => x.toFixed(2)).join(' ')}`,
+    `- placement: ${r.meta.placement}`,
+    `- ${r.meta.rounds} rounds after a dropped warm-up, targets alternating; medians shown; wrk runs of ${r.meta.wrkDurationS} s`,
+    '- a shared machine makes every figure noisy: compare runs of the same machine, never absolute numbers',
+    ...r.skipped.map((s) => `- SKIPPED: ${s}`),
+    '',
+  ];
+  wrkSection(r, out);
+  memorySection(r, out);
+  sweepSection(r, out);
+  streamSection(r, out);
+  routingSection(r, out);
+  if (r.gatewayLogLines !== undefined) {
+    out.push(
+      `gateway log at info: ${r.gatewayLogLines} lines for ~${r.gatewayRequests} requests (one line per request expected)`,
+      '',
+    );
+  }
+  return out.join('\n');
+}

@@ -1,0 +1,262 @@
+/**
+ * `npm run bench [-- --quick] [-- --rounds N] [-- --profile]`: the gateway against the simulator (direct)
+ * and a minimal pass-through, in one run with one placement, rounds alternating between targets after a
+ * dropped warm-up. Markdown on stdout, everything measured as JSON in bench/results/. See bench/README.md.
+ */
+import { createReadStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { detectPlacement, pinSelf, runClient, stopAll } from './children.js';
+import { profileGateway } from './cpu-profile.js';
+import { cpuDuring, memory, sampleRss } from './proc.js';
+import type { RateLoadArgs, RateLoadResult } from './rate-load.js';
+import { emptyPerTarget, markdown, median, type BenchResults, type SweepStep } from './report.js';
+import { runRoutingBench } from './routing.js';
+import type { StreamLoadArgs, StreamLoadResult } from './stream-load.js';
+import { STREAM_CHUNKS, TARGETS, startRig, type Rig, type TargetName } from './targets.js';
+import { WRK_MISSING, runWrk, wrkVersion, writePostScript, type WrkResult } from './wrk.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    rounds: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+  },
+});
+const quick = flags.quick === true;
+const plan = {
+  rounds: Math.max(quick ? 2 : 3, Number(flags.rounds ?? 0) || 0),
+  warmS: quick ? 1 : 3,
+  wrkS: quick ? 2 : 5,
+  satConnections: 64,
+  sweepRounds: quick ? 1 : 2,
+  sweepStepMs: quick ? 1_500 : 3_000,
+  /** Offered rates as fractions of the gateway's measured saturation throughput. */
+  sweepFractions: quick ? [0.1, 0.25, 0.45, 0.7] : [0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9],
+  /** Concurrent streams, and streams each opens in turn (more samples at concurrency 1). */
+  streams: quick
+    ? [
+        { n: 1, waves: 2 },
+        { n: 100, waves: 1 },
+      ]
+    : [
+        { n: 1, waves: 5 },
+        { n: 100, waves: 1 },
+        { n: 1_000, waves: 1 },
+      ],
+};
+const ADDED_P99_LIMIT_US = 1_000;
+const here = (file: string): string => fileURLToPath(new URL(file, import.meta.url));
+const RESULTS_DIR = here('../../bench/results');
+
+const message = (content: string): { role: string; content: string } => ({ role: 'user', content });
+const CHAT_BODY = JSON.stringify({
+  model: 'bench-chat',
+  messages: [
+    { role: 'system', content: 'You are a concise assistant.' },
+    message('Name three uses of a keep-alive pool.'),
+  ],
+  max_tokens: 64,
+});
+const STREAM_BODY = JSON.stringify({
+  model: 'bench-stream',
+  stream: true,
+  messages: [message('Tell me a story in exactly sixty-four tokens.')],
+  max_tokens: 256,
+});
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const t0 = Date.now();
+const log = (line: string): void =>
+  void process.stderr.write(`bench +${((Date.now() - t0) / 1000).toFixed(0)}s: ${line}\n`);
+/** Round r starts at target r mod 3, so every target takes every position once in three rounds. */
+const rotated = (r: number): TargetName[] => TARGETS.map((_, i) => TARGETS[(i + r) % TARGETS.length]!);
+
+async function childJson<A, R>(script: string, args: A, timeoutMs: number): Promise<R> {
+  const r = await runClient(1, process.execPath, [here(script), JSON.stringify(args)], timeoutMs);
+  if (r.code !== 0) throw new Error(`${script} exited ${r.code}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as R;
+}
+
+async function wrkPhase(rig: Rig, dir: string, out: BenchResults): Promise<void> {
+  const script = writePostScript(dir, CHAT_BODY);
+  const c1 = emptyPerTarget<WrkResult>();
+  const sat = emptyPerTarget<WrkResult>();
+  const satCpuMs = emptyPerTarget<number>();
+  log(`warm-up: wrk c=${plan.satConnections} ${plan.warmS} s per target (dropped)`);
+  for (const t of TARGETS) {
+    const warm = await runWrk(1, rig.targets[t].chatUrl, script, plan.satConnections, plan.warmS);
+    if (t === 'gateway') out.gatewayRequests += warm.requests;
+  }
+  for (let r = 0; r < plan.rounds; r++) {
+    for (const t of rotated(r)) {
+      const { chatUrl, pid } = rig.targets[t];
+      log(`round ${r + 1}/${plan.rounds} ${t}: wrk c=1, c=${plan.satConnections}`);
+      c1[t].push(await runWrk(1, chatUrl, script, 1, plan.wrkS));
+      const rss = t === 'gateway' ? sampleRss(pid) : undefined;
+      const run = await cpuDuring(pid, () => runWrk(1, chatUrl, script, plan.satConnections, plan.wrkS));
+      const peak = rss?.stop();
+      if (peak !== undefined) out.memory.wrkLoadMb = Math.max(out.memory.wrkLoadMb ?? 0, peak);
+      sat[t].push(run.result);
+      if (t === 'gateway') out.gatewayRequests += run.result.requests + (c1[t].at(-1)?.requests ?? 0);
+      satCpuMs[t].push(run.cpuMs ?? Number.NaN);
+    }
+  }
+  out.wrk = { c1, sat, satConnections: plan.satConnections, satCpuMs };
+}
+
+async function sweepPhase(rig: Rig, out: BenchResults): Promise<void> {
+  const satRps = out.wrk ? median(out.wrk.sat.gateway.map((x) => x.rps)) : Number.NaN;
+  const rates = Number.isFinite(satRps)
+    ? plan.sweepFractions.map((f) => Math.max(50, Math.round((f * satRps) / 50) * 50))
+    : [250, 500, 1_000, 2_000, 4_000];
+  const steps: SweepStep[] = [];
+  let bestRps: number | undefined;
+  for (const t of ['direct', 'gateway'] as const) {
+    log(`sweep warm-up ${t} (dropped)`);
+    const args: RateLoadArgs = {
+      url: rig.targets[t].chatUrl,
+      body: CHAT_BODY,
+      rate: rates[0]!,
+      durationMs: 1_000,
+      connections: 256,
+    };
+    const warm = await childJson<RateLoadArgs, RateLoadResult>('./rate-load.js', args, 20_000);
+    if (t === 'gateway') out.gatewayRequests += warm.sent;
+  }
+  for (const [i, rate] of [...new Set(rates)].entries()) {
+    const runs: Record<'direct' | 'gateway', RateLoadResult[]> = { direct: [], gateway: [] };
+    for (let r = 0; r < plan.sweepRounds; r++) {
+      const order = (i + r) % 2 === 0 ? (['direct', 'gateway'] as const) : (['gateway', 'direct'] as const);
+      for (const t of order) {
+        log(`sweep ${rate} req/s ${t}`);
+        const args: RateLoadArgs = {
+          url: rig.targets[t].chatUrl,
+          body: CHAT_BODY,
+          rate,
+          durationMs: plan.sweepStepMs,
+          connections: 256,
+        };
+        const res = await childJson<RateLoadArgs, RateLoadResult>(
+          './rate-load.js',
+          args,
+          plan.sweepStepMs + 20_000,
+        );
+        runs[t].push(res);
+        if (t === 'gateway') out.gatewayRequests += res.sent;
+      }
+    }
+    const addedP99Us = median(runs.gateway.map((x) => x.p99Us)) - median(runs.direct.map((x) => x.p99Us));
+    const clean = [...runs.direct, ...runs.gateway].every((x) => x.errors === 0 && x.non2xx === 0);
+    const keptUp = median(runs.gateway.map((x) => x.achievedRps)) >= 0.9 * rate;
+    const pass = addedP99Us < ADDED_P99_LIMIT_US && clean && keptUp;
+    steps.push({ offeredRps: rate, direct: runs.direct, gateway: runs.gateway, addedP99Us, pass });
+    if (!pass) break;
+    bestRps = rate;
+  }
+  out.sweep = { steps, bestRps };
+}
+
+async function streamPhase(rig: Rig, out: BenchResults): Promise<void> {
+  for (const { n, waves } of plan.streams) {
+    const runs = emptyPerTarget<StreamLoadResult>();
+    for (let r = 0; r < plan.rounds; r++) {
+      for (const t of rotated(r)) {
+        log(`streams ${n}×${waves} round ${r + 1}/${plan.rounds} ${t}`);
+        const rss = t === 'gateway' ? sampleRss(rig.gatewayPid) : undefined;
+        const args: StreamLoadArgs = {
+          url: rig.targets[t].streamUrl,
+          body: STREAM_BODY,
+          streams: n,
+          waves,
+          expectedChunks: STREAM_CHUNKS,
+          timeoutMs: 60_000,
+        };
+        runs[t].push(await childJson<StreamLoadArgs, StreamLoadResult>('./stream-load.js', args, 90_000));
+        if (t === 'gateway') out.gatewayRequests += n * waves;
+        const peak = rss?.stop();
+        if (peak !== undefined) out.memory.streamLoadMb = Math.max(out.memory.streamLoadMb ?? 0, peak);
+      }
+    }
+    out.streams.push({ streams: n, runs });
+  }
+}
+
+async function countLines(path: string): Promise<number> {
+  let lines = 0;
+  for await (const chunk of createReadStream(path)) {
+    const buf = chunk as Buffer;
+    for (let at = buf.indexOf(10); at >= 0; at = buf.indexOf(10, at + 1)) lines++;
+  }
+  return lines;
+}
+
+async function main(): Promise<void> {
+  pinSelf(1);
+  const dir = mkdtempSync(join(tmpdir(), 'llm-bench-'));
+  const onSignal = (): void =>
+    void stopAll().finally(() => (rmSync(dir, { recursive: true, force: true }), process.exit(130)));
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+  if (flags.profile) {
+    try {
+      process.stdout.write(await profileGateway(dir, quick ? 5 : 15, RESULTS_DIR));
+    } finally {
+      await stopAll();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    return;
+  }
+  const wrk = wrkVersion();
+  if (!wrk) process.stderr.write(`\n${WRK_MISSING}\n\n`);
+  const out: BenchResults = {
+    meta: {
+      date: new Date().toISOString(),
+      quick,
+      node: process.version,
+      wrk,
+      placement: detectPlacement().description,
+      rounds: plan.rounds,
+      wrkDurationS: plan.wrkS,
+      loadAvgAtStart: loadavg(),
+      body: CHAT_BODY,
+    },
+    streams: [],
+    memory: {},
+    gatewayRequests: 0,
+    skipped: wrk
+      ? []
+      : ['wrk figures (latency, saturation, CPU per request): wrk is not installed (apt-get install -y wrk)'],
+  };
+  let rig: Rig | undefined;
+  try {
+    rig = await startRig(dir);
+    await sleep(1_000);
+    out.memory.idleMb = memory(rig.gatewayPid)?.rssMb;
+    if (wrk) await wrkPhase(rig, dir, out);
+    await sweepPhase(rig, out);
+    await streamPhase(rig, out);
+    await sleep(2_000);
+    const after = memory(rig.gatewayPid);
+    out.memory.afterMb = after?.rssMb;
+    out.memory.hwmMb = after?.hwmMb;
+    out.gatewayLogLines = await countLines(rig.gatewayLogPath);
+  } finally {
+    await rig?.stop();
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  log('routing micro-benchmarks (in-process, core 1)');
+  out.routing = await runRoutingBench();
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = join(RESULTS_DIR, `bench-${out.meta.date.replace(/[:.]/g, '-')}${quick ? '-quick' : ''}.json`);
+  writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  process.stdout.write(`\n${markdown(out)}\nJSON: ${file}\n`);
+}
+
+main().catch(async (err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  await stopAll();
+  process.exit(1);
+});

@@ -1,0 +1,213 @@
+import { writeFileSync, mkdtempSync, rmSync, renameSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
+import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { ensureBuilt, startCli, type CliProcess } from './cli-harness.js';
+import { parseProm, value } from './prom-text.js';
+
+let sims: Simulator[] = [];
+let gw: TestGateway | undefined;
+let cli: CliProcess | undefined;
+afterEach(async () => {
+  await cli?.kill();
+  await gw?.close();
+  await Promise.all(sims.map((s) => s.close()));
+  sims = [];
+  gw = undefined;
+  cli = undefined;
+});
+
+async function sim(name: string, o: Parameters<typeof startSimulator>[0] = {}): Promise<Simulator> {
+  const s = await startSimulator({ name, ...o });
+  sims.push(s);
+  return s;
+}
+
+/** A YAML config: one provider per simulator (model `m`), the given routes. */
+function yamlOf(providers: Simulator[], routes: Record<string, string[]>, extra = ''): string {
+  return [
+    'server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: 2000 }',
+    'providers:',
+    ...providers.map((s) => `  - { name: ${s.options.name}, base_url: "${s.url}/v1", models: [{ name: m }] }`),
+    'routes:',
+    ...Object.entries(routes).map(([name, targets]) => `  ${name}: { strategy: priority, targets: [${targets.join(', ')}] }`),
+    'circuit_breaker: { failure_threshold: 1, open_ms: 60000 }',
+    extra,
+  ].join('\n');
+}
+
+async function chat(base: string, model: string) {
+  const res = await request(`${base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  const text = await res.body.text();
+  return { status: res.statusCode, provider: res.headers['x-router-provider'], text };
+}
+
+async function status(base: string) {
+  const res = await request(`${base}/router/status`);
+  return (await res.body.json()) as { upstreams: { id: string; breaker: { state: string; consecutive_failures: number; trip_cause?: string } }[]; routes: { name: string; targets: string[] }[] };
+}
+
+async function metrics(base: string) {
+  return parseProm(await (await request(`${base}/metrics`)).body.text());
+}
+
+describe('gateway.reload (in process)', () => {
+  it('a valid change takes effect on the next request; a remaining upstream keeps its open breaker', async () => {
+    const a = await sim('a', { status: 500 });
+    const b = await sim('b');
+    const c = await sim('c');
+    gw = await startGateway(yamlOf([a, b, c], { main: ['a/m', 'b/m'] }));
+    expect((await chat(gw.url, 'main')).provider).toBe('b'); // a failed once: its breaker is open
+    expect((await status(gw.url)).upstreams.find((u) => u.id === 'a/m')?.breaker.state).toBe('open');
+
+    gw.gateway.reload(parseConfigText(yamlOf([a, c], { main: ['a/m', 'c/m'] }), {}));
+    const r = await chat(gw.url, 'main');
+    expect(r.status).toBe(200);
+    expect(r.provider).toBe('c');
+    expect(a.requests).toHaveLength(1); // still open after the reload: skipped
+
+    const s = await status(gw.url);
+    expect(s.upstreams.map((u) => u.id).sort()).toEqual(['a/m', 'c/m']);
+    expect(s.upstreams.find((u) => u.id === 'a/m')?.breaker).toMatchObject({ state: 'open', trip_cause: 'errors' });
+    expect(s.routes.find((x) => x.name === 'main')?.targets).toEqual(['a/m', 'c/m']);
+    const m = await metrics(gw.url);
+    expect(value(m, 'llm_router_circuit_state', { provider: 'a', model: 'm' })).toBe(2);
+    expect(value(m, 'llm_router_circuit_state', { provider: 'b', model: 'm' })).toBeUndefined(); // gone with b
+    expect(value(m, 'llm_router_circuit_state', { provider: 'c', model: 'm' })).toBe(0);
+    expect((await chat(gw.url, 'b/m')).status).toBe(404);
+  });
+
+  it('an invalid change keeps the old config serving, logs the YAML path and counts a failure', async () => {
+    const a = await sim('a');
+    gw = await startGateway(yamlOf([a], { main: ['a/m'] }));
+    const bad = yamlOf([a], { main: ['a/m', 'a/nope'] });
+    expect(gw.gateway.tryReload(() => parseConfigText(bad, {}, '/etc/gw.yaml'), 'test')).toBe(false);
+    expect((await chat(gw.url, 'main')).status).toBe(200);
+    const line = gw.logs.find((l) => l.msg === 'config reload rejected; the old config keeps serving');
+    expect(line).toMatchObject({ level: 50, why: 'test' });
+    expect(line?.error).toContain('/etc/gw.yaml');
+    expect(line?.error).toContain('routes.main.targets[1]: unknown upstream "a/nope"');
+
+    expect(gw.gateway.tryReload(() => parseConfigText(yamlOf([a], { main: ['a/m'], other: ['a/m'] }), {}), 'test')).toBe(true);
+    expect((await chat(gw.url, 'other')).status).toBe(200);
+    const m = await metrics(gw.url);
+    expect(value(m, 'llm_router_config_reloads_total', { result: 'failure' })).toBe(1);
+    expect(value(m, 'llm_router_config_reloads_total', { result: 'success' })).toBe(1);
+  });
+
+  it('warns (naming settings, never values) when a reload changes server settings that need a restart', async () => {
+    const a = await sim('a');
+    const base = yamlOf([a], { main: ['a/m'] });
+    gw = await startGateway(base.replace('port: 0,', 'port: 0, api_keys: ["k-old"], body_limit_bytes: 1000,'));
+    gw.gateway.reload(parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 2000,'), {}));
+    const line = gw.logs.find((l) => Array.isArray(l.settings));
+    expect(line).toMatchObject({ level: 40, settings: ['server.body_limit_bytes', 'server.api_keys'] });
+    expect(gw.rawLogs()).not.toContain('k-new');
+    gw.gateway.reload(parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 2000,'), {}));
+    expect(gw.logs.filter((l) => Array.isArray(l.settings))).toHaveLength(1); // nothing changed the second time
+  });
+
+  // BUG (src/app.ts): the client and admin KeySets are built once in buildApp from the first config, so a
+  // reload that rotates server.api_keys or server.admin_key is logged as a success while the old keys keep
+  // working and the new ones get 401. Fix: build the KeySets per Runtime (or per loaded config) and read
+  // them from `gateway.runtime` in the onRequest hook; then drop api_keys/admin_key/metrics_auth from
+  // RESTART_ONLY in src/gateway.ts and flip this to `it`.
+  it.fails('BUG: a reload rotates the client and admin keys', async () => {
+    const a = await sim('a');
+    const withKeys = (k: string) => yamlOf([a], { main: ['a/m'] }).replace('port: 0,', `port: 0, api_keys: ["${k}"], admin_key: "admin-${k}",`);
+    gw = await startGateway(withKeys('old'));
+    gw.gateway.reload(parseConfigText(withKeys('new'), {}));
+    const code = async (path: string, key: string) => {
+      const r = await request(`${gw!.url}${path}`, { headers: { authorization: `Bearer ${key}` } });
+      await r.body.dump();
+      return r.statusCode;
+    };
+    expect(await code('/v1/models', 'new')).toBe(200);
+    expect(await code('/v1/models', 'old')).toBe(401);
+    expect(await code('/router/status', 'admin-new')).toBe(200);
+    expect(await code('/router/status', 'admin-old')).toBe(401);
+  });
+
+  it('a stream in flight during a reload completes on the old config, even when its upstream is removed', async () => {
+    const slow = await sim('slow', { chunkDelayMs: 40, completionTokens: 15 });
+    const other = await sim('other');
+    gw = await startGateway(yamlOf([slow, other], { main: ['slow/m'] }));
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'main', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(res.statusCode).toBe(200);
+    const it = res.body[Symbol.asyncIterator]();
+    let text = String((await it.next()).value ?? '');
+    gw.gateway.reload(parseConfigText(yamlOf([other], { main: ['other/m'] }), {}));
+    expect((await chat(gw.url, 'main')).provider).toBe('other');
+    for (;;) {
+      const next = await it.next();
+      if (next.done) break;
+      text += String(next.value);
+    }
+    expect(text).toContain('data: [DONE]');
+    expect(text).not.toContain('"error"');
+    expect(slow.requests[0]?.finished).toBe(true);
+  });
+});
+
+describe('the CLI reloads on file change and on SIGHUP', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'ler-reload-'));
+    await ensureBuilt();
+  }, 120_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('rejects an invalid file with its path, swaps in a valid one, and survives SIGHUP', async () => {
+    const a = await sim('a');
+    const b = await sim('b');
+    const path = join(dir, 'gateway.yaml');
+    writeFileSync(path, yamlOf([a, b], { main: ['a/m'] }));
+    cli = await startCli(path);
+    expect((await chat(cli.url, 'main')).provider).toBe('a');
+
+    const rejected = (l: Record<string, unknown>) => l.msg === 'config reload rejected; the old config keeps serving';
+    writeFileSync(path, yamlOf([a, b], { main: ['a/m'], extra: ['b/m', 'openai/gpt-4'] }));
+    const line = await cli.waitForLog(rejected);
+    expect(line.level).toBe(50);
+    expect(line.error).toContain(path);
+    expect(line.error).toContain('routes.extra.targets[1]: unknown upstream "openai/gpt-4"');
+    expect((await chat(cli.url, 'main')).provider).toBe('a'); // the old config keeps serving
+    expect((await chat(cli.url, 'extra')).status).toBe(404);
+    let m = await metrics(cli.url);
+    expect(value(m, 'llm_router_config_reloads_total', { result: 'failure' })).toBeGreaterThanOrEqual(1);
+
+    // Editors often replace the file (write a temp, rename over): the watcher still sees it.
+    const tmp = `${path}.tmp`;
+    writeFileSync(tmp, yamlOf([a, b], { main: ['b/m'], extra: ['b/m'] }));
+    renameSync(tmp, path);
+    await cli.waitForLog((l) => l.msg === 'config reloaded');
+    expect((await chat(cli.url, 'main')).provider).toBe('b');
+    expect((await chat(cli.url, 'extra')).provider).toBe('b');
+    m = await metrics(cli.url);
+    const successes = value(m, 'llm_router_config_reloads_total', { result: 'success' })!;
+    expect(successes).toBeGreaterThanOrEqual(1);
+
+    // SIGHUP reloads (it must not shut the process down).
+    writeFileSync(path, yamlOf([a, b], { main: ['a/m'], extra: ['b/m'], third: ['a/m'] }));
+    await cli.waitForLog((l) => l.msg === 'config reloaded' && l.why === 'file changed' && cli!.logs.filter((x) => x.msg === 'config reloaded').length >= 2);
+    cli.proc.kill('SIGHUP');
+    await cli.waitForLog((l) => l.msg === 'config reloaded' && l.why === 'SIGHUP');
+    expect(cli.proc.exitCode).toBeNull();
+    expect((await chat(cli.url, 'third')).status).toBe(200);
+    m = await metrics(cli.url);
+    expect(value(m, 'llm_router_config_reloads_total', { result: 'success' })).toBeGreaterThanOrEqual(successes + 2);
+    expect(cli.stderr()).toBe('');
+  });
+});

@@ -1,0 +1,265 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, MAX_CONFIG_BYTES, loadConfigFile, parseConfigText } from '../../../src/config/load.js';
+import { ensureBuilt, REPO_ROOT } from '../../integration/cli-harness.js';
+
+/** Two providers, a flat route, a tiered route: every case below changes one thing. */
+const BASE = `
+providers:
+  - name: openai
+    base_url: http://127.0.0.1:1/v1
+    api_key: sk-test
+    models:
+      - { name: gpt-4o-mini }
+      - { name: gpt-4o }
+      - { name: embed, capabilities: [embeddings] }
+  - name: anthropic
+    kind: anthropic
+    base_url: http://127.0.0.1:2
+    api_key: sk-ant
+    models:
+      - { name: claude }
+routes:
+  smart:
+    targets: [openai/gpt-4o, anthropic/claude]
+`;
+
+/** The issues of a rejected config (throws if it was accepted). */
+function issuesOf(text: string | Uint8Array, env: Record<string, string> = {}): string[] {
+  try {
+    parseConfigText(text, env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return [...(err as ConfigError).issues];
+  }
+  throw new Error('config was accepted');
+}
+
+describe('parseConfigText rejects each kind of error with its YAML path', () => {
+  it('accepts the base config', () => {
+    const loaded = parseConfigText(BASE, {});
+    expect(Object.keys(loaded.config.routes)).toEqual(['smart']);
+    expect(loaded.warnings).toEqual([]);
+    expect(Object.isFrozen(loaded.config.providers[0])).toBe(true);
+  });
+
+  it('an unknown key', () => {
+    const text = BASE.replace('base_url: http://127.0.0.1:1/v1', 'base_urll: http://127.0.0.1:1/v1');
+    expect(issuesOf(text)).toContain('providers[0].base_urll: unknown key');
+    expect(issuesOf(`${BASE}\nroutingg: {}\n`)).toContain('routingg: unknown key');
+  });
+
+  it('a wrong type', () => {
+    const issues = issuesOf(BASE.replace('api_key: sk-test', 'api_key: sk-test\n    max_concurrency: lots'));
+    expect(issues.some((i) => i.startsWith('providers[0].max_concurrency: '))).toBe(true);
+    const routes = issuesOf(BASE.replace('targets: [openai/gpt-4o, anthropic/claude]', 'targets: openai/gpt-4o'));
+    expect(routes.some((i) => i.startsWith('routes.smart.targets: '))).toBe(true);
+  });
+
+  it('a bad URL', () => {
+    const issues = issuesOf(BASE.replace('base_url: http://127.0.0.1:2', 'base_url: not a url'));
+    expect(issues).toHaveLength(1);
+    expect(issues[0]).toMatch(/^providers\[1\]\.base_url: /);
+    expect(issuesOf(BASE.replace('base_url: http://127.0.0.1:2', 'base_url: ftp://x'))[0]).toMatch(/^providers\[1\]\.base_url: .*http/);
+  });
+
+  it('an unknown upstream in a route', () => {
+    const issues = issuesOf(BASE.replace('targets: [openai/gpt-4o, anthropic/claude]', 'targets: [openai/gpt-4o, openai/gpt-4]'));
+    expect(issues).toEqual(['routes.smart.targets[1]: unknown upstream "openai/gpt-4"']);
+  });
+
+  it('a duplicate provider, a duplicate model', () => {
+    const dup = `${BASE.replace('routes:', `  - name: openai\n    base_url: http://127.0.0.1:3/v1\n    models: [{ name: x }]\nroutes:`)}`;
+    expect(issuesOf(dup)).toContain('providers[2].name: duplicate provider "openai"');
+    const dupModel = BASE.replace('- { name: gpt-4o }', '- { name: gpt-4o }\n      - { name: gpt-4o }');
+    expect(issuesOf(dupModel)).toContain('providers[0].models[2].name: duplicate model "gpt-4o"');
+  });
+
+  it('a route mixing embedding and chat models', () => {
+    const issues = issuesOf(`${BASE}  mixed:\n    targets: [openai/embed, openai/gpt-4o]\n`);
+    expect(issues).toEqual(['routes.mixed.targets: mixes embedding and chat models']);
+  });
+
+  it('an unknown passthrough provider, or one that is not OpenAI-compatible', () => {
+    expect(issuesOf(`server: { passthrough: nope }\n${BASE}`)).toEqual(['server.passthrough: unknown provider "nope"']);
+    expect(issuesOf(`server: { passthrough: anthropic }\n${BASE}`)).toEqual([
+      'server.passthrough: provider "anthropic" must be of kind openai',
+    ]);
+  });
+
+  it('on_stream_failure: continue is refused with a message saying it is planned', () => {
+    const issues = issuesOf(`${BASE}    on_stream_failure: continue\n`);
+    expect(issues).toHaveLength(1);
+    expect(issues[0]).toMatch(/^routes\.smart\.on_stream_failure: .*planned/);
+    expect(() => parseConfigText(`${BASE}    on_stream_failure: terminate\n`, {})).not.toThrow();
+  });
+
+  const TIERED = `${BASE}  auto:
+    tiers:
+      fast: [openai/gpt-4o-mini]
+      deep: [anthropic/claude]
+    default_tier: fast
+    router: { tier: fast }
+`;
+
+  it('a tiered route whose router.tier or default_tier has no upstreams', () => {
+    expect(() => parseConfigText(TIERED, {})).not.toThrow();
+    expect(issuesOf(TIERED.replace('router: { tier: fast }', 'router: { tier: balanced }'))).toEqual([
+      'routes.auto.router.tier: tier "balanced" has no upstreams',
+    ]);
+    expect(issuesOf(TIERED.replace('default_tier: fast', 'default_tier: balanced'))).toEqual([
+      'routes.auto.default_tier: tier "balanced" has no upstreams',
+    ]);
+  });
+
+  it('an invalid rule regex', () => {
+    const text = TIERED.replace('    default_tier: fast', '    rules:\n      - { if: { last_user_message: "([a-z" }, tier: deep }\n    default_tier: fast');
+    expect(issuesOf(text)).toEqual(['routes.auto.rules[0].if.last_user_message: invalid regular expression']);
+  });
+
+  it('substitutes ${VAR} and ${VAR:-default}; an unset variable without default is an error with its path', () => {
+    const text = BASE.replace('api_key: sk-test', 'api_key: ${OPENAI_KEY}').replace(
+      'base_url: http://127.0.0.1:2',
+      'base_url: ${ANT_URL:-http://127.0.0.1:9}',
+    );
+    const loaded = parseConfigText(`server: { port: "\${PORT:-8123}" }\n${text}`, { OPENAI_KEY: 'sk-from-env' });
+    expect(loaded.config.providers[0]?.api_key).toBe('sk-from-env');
+    expect(loaded.config.providers[1]?.base_url).toBe('http://127.0.0.1:9');
+    expect(loaded.config.server.port).toBe(8123);
+    expect(loaded.secrets).toContain('sk-from-env');
+
+    const unset = issuesOf(`server: { host: "\${BIND_HOST}" }\n${BASE}`);
+    expect(unset).toEqual(['server.host: environment variable BIND_HOST is not set']);
+  });
+
+  it('a substituted value is data: it never adds a key or a node', () => {
+    const loaded = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, { ADMIN: 'x\nfoo: bar\napi_keys: [a]' });
+    expect(loaded.config.server.admin_key).toBe('x\nfoo: bar\napi_keys: [a]');
+    expect(loaded.config.server.api_keys).toEqual([]);
+    expect(Object.keys(loaded.config.server)).not.toContain('foo');
+    // And a value that looks like a reference is not expanded again.
+    const twice = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, { ADMIN: '${SECRET}', SECRET: 'leak' });
+    expect(twice.config.server.admin_key).toBe('${SECRET}');
+  });
+
+  it('an empty api_key disables its provider with one warning, not an error', () => {
+    const text = BASE.replace('api_key: sk-ant', 'api_key: ${ANTHROPIC_API_KEY:-}').replace(
+      'targets: [openai/gpt-4o, anthropic/claude]',
+      'targets: [openai/gpt-4o, anthropic/claude]\n  claude:\n    targets: [openai/gpt-4o-mini, anthropic/claude]',
+    );
+    const loaded = parseConfigText(text, {});
+    expect([...loaded.disabledProviders]).toEqual(['anthropic']);
+    expect(loaded.warnings).toHaveLength(1);
+    expect(loaded.warnings[0]).toMatch(/providers\[1\].*anthropic.*api_key is empty/);
+    // The same with the variable unset and no default.
+    const unset = parseConfigText(BASE.replace('api_key: sk-ant', 'api_key: ${ANTHROPIC_API_KEY}'), {});
+    expect([...unset.disabledProviders]).toEqual(['anthropic']);
+    expect(unset.warnings).toHaveLength(1);
+  });
+
+  it('a YAML alias bomb (billion laughs) is refused quickly with a message', () => {
+    const lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]'];
+    for (let i = 1; i <= 9; i++) {
+      const prev = `*a${i - 1}`;
+      lines.push(`a${i}: &a${i} [${Array.from({ length: 10 }, () => prev).join(',')}]`);
+    }
+    const bomb = `${lines.join('\n')}\n${BASE}`;
+    const t0 = performance.now();
+    const issues = issuesOf(bomb);
+    expect(performance.now() - t0).toBeLessThan(2_000);
+    expect(issues.join('\n')).toMatch(/more than \d+ nodes/);
+  });
+
+  it('non-UTF-8 bytes, an oversized file, and a syntax error with line and column', () => {
+    const bad = Buffer.concat([Buffer.from(BASE), Buffer.from([0xff, 0xfe, 0x80])]);
+    expect(issuesOf(bad)).toEqual(['config file is not valid UTF-8']);
+
+    const big = Buffer.alloc(MAX_CONFIG_BYTES + 1, 0x20);
+    expect(issuesOf(big)[0]).toMatch(/bytes; the limit is/);
+
+    const syntax = issuesOf('providers:\n  - name: a\n    base_url: [unclosed\n');
+    expect(syntax).toHaveLength(1);
+    expect(syntax[0]).toMatch(/^YAML syntax error: .*\(line \d+, column \d+\)/);
+  });
+
+  it('an empty file', () => {
+    expect(issuesOf('')).toEqual(['config is empty']);
+  });
+});
+
+describe('loadConfigFile', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'ler-config-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('names the file in its message; refuses an oversized file before reading it', () => {
+    const path = join(dir, 'bad.yaml');
+    writeFileSync(path, BASE.replace('openai/gpt-4o,', 'openai/gpt-5,'));
+    expect(() => loadConfigFile(path, {})).toThrow(`${path}: invalid config:\n  routes.smart.targets[0]: unknown upstream "openai/gpt-5"`);
+    const big = join(dir, 'big.yaml');
+    writeFileSync(big, Buffer.alloc(MAX_CONFIG_BYTES + 10, 0x20));
+    expect(() => loadConfigFile(big, {})).toThrow(/the limit is/);
+    expect(() => loadConfigFile(join(dir, 'missing.yaml'), {})).toThrow(/cannot read config file: ENOENT/);
+  });
+
+  // BUG (src/config/load.ts crossCheck): a provider disabled by an empty api_key empties the tiers it serves,
+  // and an emptied default_tier/router.tier is then a fatal error — so config/gateway.yaml (and the Docker
+  // image's default config) refuses to start unless OpenAI's key is set, although SPEC §3 says an empty key
+  // disables its provider "with one warning line, not a crash". Fix: fail only when a tier is configured
+  // with no upstreams; when its upstreams are merely disabled, warn. Flip to `it` once fixed.
+  it.fails('BUG: config/gateway.yaml loads with no provider keys set, with warnings', () => {
+    const loaded = loadConfigFile(join(REPO_ROOT, 'config/gateway.yaml'), {});
+    expect(loaded.disabledProviders.size).toBe(2);
+  });
+
+  it('loads the shipped configs', () => {
+    expect(() => loadConfigFile(join(REPO_ROOT, 'config/demo.yaml'), {})).not.toThrow();
+    const keys = { OPENAI_API_KEY: 'sk-o', ANTHROPIC_API_KEY: 'sk-a' };
+    const loaded = loadConfigFile(join(REPO_ROOT, 'config/gateway.yaml'), keys);
+    expect(loaded.disabledProviders.size).toBe(0);
+  });
+});
+
+describe('llm-edge-router check (the built CLI)', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'ler-check-'));
+    await ensureBuilt();
+  }, 120_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  const check = (path: string, env: Record<string, string> = {}) =>
+    spawnSync(process.execPath, ['dist/main.js', 'check', '--config', path], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH ?? '', ...env },
+      timeout: 15_000,
+    });
+
+  it('exits 0 on config/demo.yaml and config/gateway.yaml, printing routes and upstreams', () => {
+    const demo = check('config/demo.yaml');
+    expect(demo.stderr).toBe('');
+    expect(demo.status).toBe(0);
+    expect(demo.stdout).toContain('config config/demo.yaml: ok');
+    expect(demo.stdout).toMatch(/routes:[\s\S]*cheap {2}strategy=cost/);
+    const gw = check('config/gateway.yaml', { OPENAI_API_KEY: 'sk-o', ANTHROPIC_API_KEY: 'sk-a' });
+    expect(gw.status).toBe(0);
+    expect(gw.stdout).toContain('openai/gpt-4o-mini');
+    expect(gw.stdout).not.toContain('sk-o');
+  });
+
+  it('exits non-zero on a bad file with the YAML path in stderr, and no stack trace', () => {
+    const path = join(dir, 'bad.yaml');
+    writeFileSync(path, BASE.replace('base_url: http://127.0.0.1:1/v1', 'base_urll: http://127.0.0.1:1/v1'));
+    const r = check(path);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain(path);
+    expect(r.stderr).toContain('providers[0].base_urll: unknown key');
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+});
