@@ -4,7 +4,7 @@ import type { LoadedConfig } from './config/load.js';
 import { GatewayError, errorBody } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { adminPlugin } from './http/admin.js';
-import { bearerToken, KeySet } from './http/auth.js';
+import { authHook } from './http/auth.js';
 import { chatPlugin } from './http/chat.js';
 import { embeddingsPlugin } from './http/embeddings.js';
 import { healthPlugin } from './http/health.js';
@@ -65,27 +65,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
 
   app.removeAllContentTypeParsers();
 
-  const clientKeys = new KeySet(server.api_keys);
-  const adminKeys = new KeySet(server.admin_key ? [server.admin_key] : []);
-  app.addHook('onRequest', async (req, reply) => {
-    reply.header('x-request-id', req.id);
-    const url = req.url;
-    if (url.startsWith('/v1/')) {
-      if (gateway.draining) throw new GatewayError('overloaded', 'the gateway is shutting down', { retryAfterS: 1 });
-      if (clientKeys.enabled && !clientKeys.matches(bearerToken(req.headers))) {
-        throw new GatewayError('unauthorized', 'missing or invalid API key (send Authorization: Bearer <key>)', {
-          bodyCode: 'invalid_api_key',
-        });
-      }
-    } else if (url.startsWith('/router/') || (url.startsWith('/metrics') && server.metrics_auth)) {
-      if (adminKeys.enabled) {
-        const given = bearerToken(req.headers) ?? headerString(req.headers['x-admin-key']);
-        if (!adminKeys.matches(given)) {
-          throw new GatewayError('unauthorized', 'missing or invalid admin key', { bodyCode: 'invalid_admin_key' });
-        }
-      }
-    }
-  });
+  app.addHook('onRequest', authHook(gateway));
 
   app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {
     const mapped = err instanceof GatewayError ? err : toGatewayError(err);
@@ -128,8 +108,4 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   app.register(passthroughPlugin);
   app.addHook('onClose', async () => gateway.close());
   return app;
-}
-
-function headerString(v: string | string[] | undefined): string | undefined {
-  return typeof v === 'string' ? v : undefined;
 }

@@ -105,9 +105,6 @@ const RESTART_ONLY = [
   'request_timeout_ms',
   'shutdown_grace_ms',
   'passthrough',
-  'api_keys',
-  'admin_key',
-  'metrics_auth',
 ] as const;
 
 function restartOnly(before: LoadedConfig['config']['server'], after: LoadedConfig['config']['server']): string[] {

@@ -24,6 +24,7 @@ import { openaiAdapter } from './upstream/adapters/openai.js';
 import { ProviderClient } from './upstream/client.js';
 import type { Logger } from './observability/logger.js';
 import { Scrubber } from './observability/scrub.js';
+import { KeySet } from './http/auth.js';
 
 export interface ProviderRuntime {
   readonly name: string;
@@ -127,6 +128,8 @@ export class Runtime {
   readonly upstreams = new Map<string, Upstream>();
   readonly providers = new Map<string, ProviderRuntime>();
   readonly scrubber: Scrubber;
+  readonly clientKeys: KeySet;
+  readonly adminKeys: KeySet;
   readonly passthrough: ProviderRuntime | undefined;
 
   constructor(
@@ -138,6 +141,8 @@ export class Runtime {
   ) {
     const config = loaded.config;
     this.scrubber = new Scrubber(loaded.secrets);
+    this.clientKeys = new KeySet(config.server.api_keys);
+    this.adminKeys = new KeySet(config.server.admin_key ? [config.server.admin_key] : []);
     shared.breakers.setConfig(config.circuit_breaker);
 
     for (const p of config.providers) {

@@ -90,7 +90,7 @@ export function parseConfigText(raw: Uint8Array | string, env: Env = process.env
       warnings.push(`providers[${i}] "${p.name}": api_key is empty; provider disabled`);
     }
   });
-  const issues = crossCheck(config, disabled);
+  const issues = crossCheck(config, disabled, warnings);
   if (issues.length > 0) throw new ConfigError(issues, source);
 
   return {
@@ -168,7 +168,7 @@ export function targetName(t: TargetConfig): string {
   return typeof t === 'string' ? t : t.target;
 }
 
-function crossCheck(config: Config, disabled: ReadonlySet<string>): string[] {
+function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: string[]): string[] {
   const issues: string[] = [];
   const upstreams = new Map<string, { embeddings: boolean }>();
   const seenProviders = new Set<string>();
@@ -213,16 +213,18 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>): string[] {
       }
     }
     if (route.tiers) {
+      const listed = (tier: TierName): number => route.tiers?.[tier]?.length ?? 0;
       const live = (tier: TierName): number =>
         (route.tiers?.[tier] ?? []).filter((t) => !disabled.has(targetName(t).split('/')[0] ?? '')).length;
+      // A tier that lists nothing is a mistake; one whose providers are all disabled (no key) only serves 503s.
+      const needUpstreams = (tier: TierName, path: string): void => {
+        if (listed(tier) === 0) issues.push(`${path}: tier "${tier}" has no upstreams`);
+        else if (live(tier) === 0) warnings.push(`${path}: every upstream of tier "${tier}" is disabled`);
+      };
       for (const [tier, list] of Object.entries(route.tiers)) checkTargets(list ?? [], `${base}.tiers.${tier}`);
       if (!route.default_tier) issues.push(`${base}.default_tier: required with tiers`);
-      else if (live(route.default_tier) === 0) {
-        issues.push(`${base}.default_tier: tier "${route.default_tier}" has no upstreams`);
-      }
-      if (route.router && live(route.router.tier) === 0) {
-        issues.push(`${base}.router.tier: tier "${route.router.tier}" has no upstreams`);
-      }
+      else needUpstreams(route.default_tier, `${base}.default_tier`);
+      if (route.router) needUpstreams(route.router.tier, `${base}.router.tier`);
       route.rules?.forEach((rule, k) => {
         if (rule.if.last_user_message !== undefined) {
           try {

@@ -1,5 +1,8 @@
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { GatewayError } from '../errors.js';
+import type { Gateway } from '../gateway.js';
 
 /** Keys compared as SHA-256 digests in constant time: neither content nor length leaks through timing. */
 export class KeySet {
@@ -34,4 +37,37 @@ export function bearerToken(headers: IncomingHttpHeaders): string | undefined {
   if (space < 0 || h.slice(0, space).toLowerCase() !== 'bearer') return undefined;
   const token = h.slice(space + 1).trim();
   return token === '' ? undefined : token;
+}
+
+function headerString(v: string | string[] | undefined): string | undefined {
+  return typeof v === 'string' ? v : undefined;
+}
+
+/**
+ * Who may call what, decided on the route fastify matched (its pattern), never on the raw URL: `%76`
+ * decodes to `v` only after a prefix check would have looked. Open by name: /healthz, /readyz, and
+ * /metrics unless `metrics_auth`; /router/* needs the admin key; everything else, passthrough and unknown
+ * paths included, needs a client key when `api_keys` is set. Keys come from the config serving now, so a
+ * reload rotates them.
+ */
+export function authHook(gateway: Gateway) {
+  return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    reply.header('x-request-id', req.id);
+    const route = req.routeOptions.url;
+    if (route === '/healthz' || route === '/readyz') return;
+    const rt = gateway.runtime;
+    if (route === '/metrics' && !rt.loaded.config.server.metrics_auth) return;
+    if (route === '/metrics' || route?.startsWith('/router/')) {
+      if (rt.adminKeys.enabled && !rt.adminKeys.matches(bearerToken(req.headers) ?? headerString(req.headers['x-admin-key']))) {
+        throw new GatewayError('unauthorized', 'missing or invalid admin key', { bodyCode: 'invalid_admin_key' });
+      }
+      return;
+    }
+    if (gateway.draining) throw new GatewayError('overloaded', 'the gateway is shutting down', { retryAfterS: 1 });
+    if (rt.clientKeys.enabled && !rt.clientKeys.matches(bearerToken(req.headers))) {
+      throw new GatewayError('unauthorized', 'missing or invalid API key (send Authorization: Bearer <key>)', {
+        bodyCode: 'invalid_api_key',
+      });
+    }
+  };
 }

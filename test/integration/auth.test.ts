@@ -158,23 +158,20 @@ describe('the admin key (server.admin_key)', () => {
   });
 });
 
-// BUG (src/app.ts, onRequest hook): auth is decided on the raw `req.url` prefix (`/v1/`, `/router/`,
-// `/metrics`), but the router percent-decodes the path before matching, so `/%761/...` reaches the /v1
-// handlers and `/%72outer/status` the admin surface with no key at all — and through the passthrough an
-// anonymous client spends our provider key. Fix: decide on the matched route (`req.routeOptions.url`) or on
-// the decoded path. `it.fails` keeps the suite green until then; flip each to `it` once fixed.
+// Regression: auth was decided on the raw URL prefix while the router matches the percent-decoded path,
+// so `/%761/...` reached /v1 handlers (and the passthrough spent our key) with no client key.
 describe('encoded paths cannot skip auth', () => {
-  const cases: Array<[string, 'GET' | 'POST', boolean]> = [
-    ['/router/%73tatus', 'GET', false],
-    ['/v1/%6dodels', 'GET', false],
-    ['/%761/chat/completions', 'POST', true],
-    ['/%761/models', 'GET', true],
-    ['/%761/files', 'GET', true],
-    ['/%72outer/status', 'GET', true],
-    ['/%6detrics', 'GET', true],
+  const cases: Array<[string, 'GET' | 'POST']> = [
+    ['/router/%73tatus', 'GET'],
+    ['/v1/%6dodels', 'GET'],
+    ['/%761/chat/completions', 'POST'],
+    ['/%761/models', 'GET'],
+    ['/%761/files', 'GET'],
+    ['/%72outer/status', 'GET'],
+    ['/%6detrics', 'GET'],
   ];
-  for (const [path, method, bug] of cases) {
-    (bug ? it.fails : it)(`${bug ? 'BUG: ' : ''}${method} ${path} without a key is refused`, async () => {
+  for (const [path, method] of cases) {
+    it(`${method} ${path} without a key is refused`, async () => {
       const sim = await setup({ api_keys: [CLIENT_KEY], admin_key: ADMIN_KEY, metrics_auth: true, passthrough: 'alpha' });
       const r = await call(method, path);
       expect([401, 404]).toContain(r.status);

@@ -146,10 +146,8 @@ routes:
     }
   });
 
-  // BUG (src/http/passthrough.ts): passthrough responses are relayed byte for byte, so an upstream error
-  // body that echoes our key reaches the client unscrubbed (SPEC §8: "scrubs every configured secret from
-  // any upstream error body it relays"). `it.fails` keeps the suite green until it is fixed; then flip it.
-  it.fails('BUG: a passthrough error body that echoes the provider key is scrubbed', async () => {
+  // Regression: passthrough error bodies were relayed byte for byte, echoed key included.
+  it('a passthrough error body that echoes the provider key is scrubbed', async () => {
     const pt = await startSimulator({ name: 'pt', status: 403, echoAuthInError: true });
     sims.push(pt);
     gw = await startGateway(
