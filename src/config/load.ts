@@ -238,6 +238,9 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
     }
   }
 
+  if (config.server.metrics_auth && !config.server.admin_key) {
+    issues.push('server.metrics_auth: needs server.admin_key (otherwise /metrics would stay open)');
+  }
   const pass = config.server.passthrough;
   if (pass !== undefined) {
     const p = config.providers.find((x) => x.name === pass);

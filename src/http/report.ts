@@ -51,7 +51,36 @@ export function routerHeaders(
   return h;
 }
 
+/** Tokens and spend of one served answer, counted on its upstream; the figures go in the log line. */
+export function recordUsage(
+  up: Upstream,
+  usage: Usage | undefined,
+  promptEstimate: number,
+  counted: number | undefined,
+): { promptTokens: number; completionTokens: number; costUsd: number } {
+  const promptTokens = usage?.prompt_tokens ?? promptEstimate;
+  const completionTokens = usage?.completion_tokens ?? counted ?? 0;
+  const price = up.model.price;
+  const costUsd = (promptTokens * price.input_per_mtok + completionTokens * price.output_per_mtok) / 1e6;
+  up.metrics.promptTokens.inc(promptTokens);
+  if (completionTokens > 0) up.metrics.completionTokens.inc(completionTokens);
+  if (costUsd > 0) up.metrics.cost.inc(costUsd);
+  return { promptTokens, completionTokens, costUsd };
+}
+
+/** Requests answered before routing (400, 401, 404, 413, 415...) still get their count and log line. */
+export const REPORTED = new WeakSet<FastifyRequest>();
+
+export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
+  gw.metrics.requests.inc({ route: 'none', provider: 'none', model: 'none', status: String(status) });
+  req.log.info(
+    { method: req.method, path: req.routeOptions.url ?? 'unmatched', status, latencyMs: Math.round(elapsedMs * 10) / 10 },
+    'request',
+  );
+}
+
 export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport): void {
+  REPORTED.add(req);
   const totalMs = gw.now() - r.startedAt;
   const up = r.served;
   const provider = up?.provider.name ?? 'none';
@@ -65,13 +94,7 @@ export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport
   let completionTokens: number | undefined;
   let costUsd: number | undefined;
   if (up && r.status === 200) {
-    promptTokens = r.usage?.prompt_tokens ?? r.promptTokensEstimate;
-    completionTokens = r.usage?.completion_tokens ?? r.countedTokens ?? 0;
-    const price = up.model.price;
-    costUsd = (promptTokens * price.input_per_mtok + completionTokens * price.output_per_mtok) / 1e6;
-    up.metrics.promptTokens.inc(promptTokens);
-    if (completionTokens > 0) up.metrics.completionTokens.inc(completionTokens);
-    if (costUsd > 0) up.metrics.cost.inc(costUsd);
+    ({ promptTokens, completionTokens, costUsd } = recordUsage(up, r.usage, r.promptTokensEstimate, r.countedTokens));
     if (r.ttftMs !== undefined) {
       up.metrics.ttft.observe(r.ttftMs / 1000);
       const last = r.attempts[r.attempts.length - 1];

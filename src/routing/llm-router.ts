@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { TIER_NAMES, type TierName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
+import { recordUsage } from '../http/report.js';
 import { runFailover } from '../resilience/failover.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import type { ChatBody } from '../upstream/adapter.js';
@@ -217,6 +218,7 @@ export async function askRouter(
         }),
     );
     if ('committedFailure' in out) return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });
+    recordUsage(out.target.candidate.upstream, out.result.usage, 150 + Math.ceil(excerpt.length / 4), 0);
     const answer = readAnswer(out.result.body);
     const parsed = parseRouterAnswer(answer);
     if (!parsed || !(route.tiers?.[parsed.tier]?.length ?? 0)) {

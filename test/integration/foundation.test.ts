@@ -152,6 +152,24 @@ describe('errors are OpenAI-shaped', () => {
   });
 });
 
+describe('requests rejected before routing', () => {
+  it('still get one log line and a requests_total count (route "none"), never the client\'s model string', async () => {
+    await setup();
+    const res = await request(`${gw!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'early-404' },
+      body: JSON.stringify({ model: 'no-such-model', messages: [{ role: 'user', content: 'x' }] }),
+    });
+    expect(res.statusCode).toBe(404);
+    await res.body.dump();
+    const line = gw!.logs.find((l) => l.msg === 'request' && l.reqId === 'early-404');
+    expect(line).toMatchObject({ status: 404, path: '/v1/chat/completions' });
+    const scrape = await (await request(`${gw!.url}/metrics`)).body.text();
+    expect(scrape).toContain('llm_router_requests_total{route="none",provider="none",model="none",status="404"} 1');
+    expect(scrape).not.toContain('no-such-model');
+  });
+});
+
 describe('models, health and request ids', () => {
   it('lists routes and provider/model names; healthz/readyz answer; x-request-id is echoed', async () => {
     await setup();

@@ -99,7 +99,9 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
     expect(m(n, { route: 'tiered', provider: 'deep', model: 'm', status: '200' })).toBe(1);
     // A stream cut after its commit was answered 200: the client got headers and then an error event.
     expect(m(n, { route: 'cut', provider: 'drop', model: 'm', status: '200' })).toBe(1);
-    expect(select(samples, n).reduce((a, s) => a + s.value, 0)).toBe(7);
+    // The unknown model was answered before routing: counted under route "none", not under its name.
+    expect(m(n, { route: 'none', provider: 'none', model: 'none', status: '404' })).toBe(1);
+    expect(select(samples, n).reduce((a, s) => a + s.value, 0)).toBe(8);
   });
 
   it('llm_router_request_duration_seconds{route, provider, model, stream} is a histogram', () => {
@@ -212,7 +214,7 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
   it('never puts a raw client-supplied model string in a label', () => {
     expect(scrape).not.toContain('evil');
     const routes = new Set(select(samples, 'llm_router_requests_total').map((s) => s.labels.route));
-    expect([...routes].sort()).toEqual(['cut', 'fo', 'plain', 'tiered']);
+    expect([...routes].sort()).toEqual(['cut', 'fo', 'none', 'plain', 'tiered']);
   });
 });
 
@@ -247,7 +249,7 @@ describe('the per-request log line', () => {
     expect(typeof cut.error).toBe('string');
     const requestLines = gw.logs.filter((l) => l.msg === 'request');
     expect(requestLines.map((l) => l.reqId).sort()).toEqual(
-      ['req-cut', 'req-fo1', 'req-fo2', 'req-fo3', 'req-json', 'req-stream', 'req-tier'].sort(),
+      ['req-cut', 'req-evil', 'req-fo1', 'req-fo2', 'req-fo3', 'req-json', 'req-stream', 'req-tier'].sort(),
     );
   });
 });

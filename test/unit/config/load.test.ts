@@ -263,3 +263,13 @@ describe('llm-edge-router check (the built CLI)', () => {
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 });
+
+describe('metrics_auth', () => {
+  it('is rejected without an admin_key (else /metrics would silently stay open)', () => {
+    const text = JSON.stringify({
+      server: { metrics_auth: true },
+      providers: [{ name: 'p', base_url: 'http://127.0.0.1:1/v1', models: [{ name: 'm' }] }],
+    });
+    expect(() => parseConfigText(text, {})).toThrow(/server\.metrics_auth: needs server\.admin_key/);
+  });
+});
