@@ -152,6 +152,33 @@ describe('errors are OpenAI-shaped', () => {
   });
 });
 
+describe('a request no candidate can serve', () => {
+  it('gets a 400 that says why: a missing capability, or a context window too small', async () => {
+    const sim = await startSimulator({ name: 'narrow' });
+    sims.push(sim);
+    gw = await startGateway({
+      providers: [simProvider('narrow', sim.url, [{ name: 'm', capabilities: ['stream'], context_window: 50 }])],
+      routes: { fast: { targets: ['narrow/m'] } },
+    });
+    const post = async (body: Record<string, unknown>) => {
+      const res = await request(`${gw!.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }], ...body }),
+      });
+      return { status: res.statusCode, json: (await res.body.json()) as { error: { message: string; param: string } } };
+    };
+    const tools = await post({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] });
+    expect(tools.status).toBe(400);
+    expect(tools.json.error.message).toBe('no upstream of route `fast` supports tools');
+    expect(tools.json.error.param).toBe('tools');
+    const big = await post({ messages: [{ role: 'user', content: 'word '.repeat(200) }] });
+    expect(big.status).toBe(400);
+    expect(big.json.error.message).toMatch(/context window/);
+    expect(sim.requests).toHaveLength(0);
+  });
+});
+
 describe('requests rejected before routing', () => {
   it('still get one log line and a requests_total count (route "none"), never the client\'s model string', async () => {
     await setup();

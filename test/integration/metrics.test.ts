@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
-import { parseProm, select, value, type Sample } from './prom-text.js';
+import { parseProm, select, value, type Sample } from '../helpers/prom-text.js';
 
 /**
  * One gateway, one scripted session covering every SPEC §5 metric: a success (JSON and stream), failovers

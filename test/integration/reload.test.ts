@@ -6,8 +6,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
-import { ensureBuilt, startCli, type CliProcess } from './cli-harness.js';
-import { parseProm, value } from './prom-text.js';
+import { ensureBuilt, startCli, type CliProcess } from '../helpers/cli-harness.js';
+import { parseProm, value } from '../helpers/prom-text.js';
 
 let sims: Simulator[] = [];
 let gw: TestGateway | undefined;

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { harness } from './resilience-harness.js';
+import { harness } from '../helpers/resilience-harness.js';
 
 const h = harness();
 

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { TIMEOUTS, expectOpenAIError, harness } from './resilience-harness.js';
+import { TIMEOUTS, expectOpenAIError, harness } from '../helpers/resilience-harness.js';
 
 const h = harness();
 

@@ -2,7 +2,7 @@ import { APIError } from 'openai';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import type { SimBehaviour } from '../../src/sim/index.js';
-import { MSG, TIMEOUTS, contentOf, dataEvents, harness } from './resilience-harness.js';
+import { MSG, TIMEOUTS, contentOf, dataEvents, harness } from '../helpers/resilience-harness.js';
 
 const h = harness();
 

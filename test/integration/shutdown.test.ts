@@ -5,7 +5,7 @@ import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { startGateway } from '../helpers/gateway.js';
-import { ensureBuilt, startCli, type CliProcess } from './cli-harness.js';
+import { ensureBuilt, startCli, type CliProcess } from '../helpers/cli-harness.js';
 
 let sims: Simulator[] = [];
 let cli: CliProcess | undefined;

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../helpers/simulator.js';
-import { get, post, sseEvents } from './sim-wire.js';
+import { get, post, sseEvents } from '../helpers/sim-wire.js';
 
 let sims: Simulator[] = [];
 async function sim(opts: Partial<SimOptions> = {}): Promise<Simulator> {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, MAX_CONFIG_BYTES, loadConfigFile, parseConfigText } from '../../../src/config/load.js';
-import { ensureBuilt, REPO_ROOT } from '../../integration/cli-harness.js';
+import { ensureBuilt, REPO_ROOT } from '../../helpers/cli-harness.js';
 
 /** Two providers, a flat route, a tiered route: every case below changes one thing. */
 const BASE = `

@@ -3,7 +3,7 @@ import OpenAI from 'openai';
 import { request } from 'undici';
 import { afterEach, beforeAll, expect } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { simProvider, startGateway, type TestGateway } from './gateway.js';
 
 /** Small bounds, for the upstreams a test makes hang, so every fault resolves in well under a second. */
 export const TIMEOUTS = { connect_ms: 500, first_byte_ms: 300, idle_ms: 300, total_ms: 5000 };
