@@ -12,6 +12,7 @@ import { healthPlugin } from './http/health.js';
 import { metricsPlugin } from './http/metrics.js';
 import { modelsPlugin } from './http/models.js';
 import { passthroughPlugin } from './http/passthrough.js';
+import { protectionPlugin } from './http/protection.js';
 import { jsonDepthExceeds } from './http/validate.js';
 
 declare module 'fastify' {
@@ -89,6 +90,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     void reply.code(404).type('application/json').send(err.toBody());
   });
 
+  app.register(protectionPlugin, { server });
   app.register(healthPlugin);
   app.register(metricsPlugin);
   app.register(modelsPlugin);

@@ -105,6 +105,8 @@ const RESTART_ONLY = [
   'request_timeout_ms',
   'shutdown_grace_ms',
   'passthrough',
+  'load_shedding',
+  'rate_limit',
 ] as const;
 
 function restartOnly(before: LoadedConfig['config']['server'], after: LoadedConfig['config']['server']): string[] {

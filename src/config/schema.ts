@@ -130,6 +130,28 @@ const serverSchema = z.strictObject({
   shutdown_grace_ms: nonNegInt.default(10_000),
   /** Headers and body must arrive within this bound (SPEC §8: a slow body gets 408). */
   request_timeout_ms: posInt.default(30_000),
+  /** /v1 requests get 503 + Retry-After past any of these (0 = that check off). */
+  load_shedding: z
+    .strictObject({
+      max_event_loop_delay_ms: nonNegInt.default(1_000),
+      max_heap_used_bytes: nonNegInt.default(0),
+      max_rss_bytes: nonNegInt.default(0),
+      max_event_loop_utilization: nonNeg.pipe(z.number().max(1)).default(0),
+      sample_interval_ms: posInt.default(1_000),
+      retry_after_s: posInt.default(5),
+    })
+    .default({
+      max_event_loop_delay_ms: 1_000,
+      max_heap_used_bytes: 0,
+      max_rss_bytes: 0,
+      max_event_loop_utilization: 0,
+      sample_interval_ms: 1_000,
+      retry_after_s: 5,
+    }),
+  /** Per client key (per address without keys); 0 = no limit. */
+  rate_limit: z
+    .strictObject({ requests_per_minute: nonNegInt.default(0) })
+    .default({ requests_per_minute: 0 }),
 });
 
 const routingSchema = z.strictObject({

@@ -1,0 +1,64 @@
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+
+let sim: Simulator | undefined;
+let gw: TestGateway | undefined;
+afterEach(async () => {
+  await gw?.close();
+  await sim?.close();
+  gw = undefined;
+  sim = undefined;
+});
+
+async function setup(server: Record<string, unknown>) {
+  sim = await startSimulator({ name: 'a' });
+  gw = await startGateway({ server, providers: [simProvider('a', sim.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
+  return gw;
+}
+
+async function chat(key?: string) {
+  const res = await request(`${gw!.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(key ? { authorization: `Bearer ${key}` } : {}) },
+    body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'x' }] }),
+  });
+  return { status: res.statusCode, headers: res.headers, json: (await res.body.json()) as { error?: { code: string; type: string } } };
+}
+
+describe('load shedding', () => {
+  it('answers /v1 with an OpenAI-shaped 503 and Retry-After under pressure, while health and metrics still answer', async () => {
+    // A heap limit of 1 byte: the first sample puts the gateway under pressure.
+    await setup({ load_shedding: { max_heap_used_bytes: 1, sample_interval_ms: 5, retry_after_s: 7 } });
+    let r = await chat();
+    for (let i = 0; i < 100 && r.status !== 503; i++) {
+      await new Promise((res) => setTimeout(res, 10)); // the sampler's interval is the clock here
+      r = await chat();
+    }
+    expect(r.status).toBe(503);
+    expect(r.headers['retry-after']).toBe('7');
+    expect(r.json.error?.code).toBe('overloaded');
+    for (const path of ['/healthz', '/metrics']) {
+      const res = await request(`${gw!.url}${path}`);
+      expect(res.statusCode, path).toBe(200);
+      await res.body.dump();
+    }
+  });
+});
+
+describe('per-key rate limit', () => {
+  it('gives each client key its own budget and answers 429 OpenAI-shaped with Retry-After past it', async () => {
+    await setup({ api_keys: ['key-one', 'key-two'], rate_limit: { requests_per_minute: 3 } });
+    for (let i = 0; i < 3; i++) expect((await chat('key-one')).status).toBe(200);
+    const over = await chat('key-one');
+    expect(over.status).toBe(429);
+    expect(over.json.error).toMatchObject({ type: 'rate_limit_error', code: 'rate_limit_exceeded' });
+    expect(Number(over.headers['retry-after'])).toBeGreaterThan(0);
+    expect((await chat('key-two')).status).toBe(200);
+    expect(sim!.requests).toHaveLength(4);
+    const health = await request(`${gw!.url}/healthz`);
+    expect(health.statusCode).toBe(200);
+    await health.body.dump();
+  });
+});
