@@ -14,7 +14,7 @@ import { cpuDuring, memory, sampleRss } from './proc.js';
 import type { RateLoadArgs, RateLoadResult } from './rate-load.js';
 import { emptyPerTarget, markdown, median, type BenchResults, type SweepStep } from './report.js';
 import { runRoutingBench } from './routing.js';
-import type { StreamLoadArgs, StreamLoadResult } from './stream-load.js';
+import { WARMUP_STREAMS, type StreamLoadArgs, type StreamLoadResult } from './stream-load.js';
 import { STREAM_CHUNKS, TARGETS, startRig, type Rig, type TargetName } from './targets.js';
 import { WRK_MISSING, runWrk, wrkVersion, writePostScript, type WrkResult } from './wrk.js';
 
@@ -175,7 +175,7 @@ async function streamPhase(rig: Rig, out: BenchResults): Promise<void> {
           timeoutMs: 60_000,
         };
         runs[t].push(await childJson<StreamLoadArgs, StreamLoadResult>('./stream-load.js', args, 90_000));
-        if (t === 'gateway') out.gatewayRequests += n * waves;
+        if (t === 'gateway') out.gatewayRequests += n * waves + WARMUP_STREAMS;
         const peak = rss?.stop();
         if (peak !== undefined) out.memory.streamLoadMb = Math.max(out.memory.streamLoadMb ?? 0, peak);
       }
