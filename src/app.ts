@@ -52,6 +52,8 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     loggerInstance: deps.logger as FastifyBaseLogger,
     // One line per request is ours (http/report.ts), with the routing decision in it.
     logController: new LogController({ disableRequestLogging: true }),
+    // No child logger per request: our log lines carry the request id themselves.
+    childLoggerFactory: (logger) => logger,
     bodyLimit: server.body_limit_bytes,
     requestTimeout: server.request_timeout_ms,
     connectionTimeout: 0,

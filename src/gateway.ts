@@ -1,6 +1,6 @@
 import type { LoadedConfig } from './config/load.js';
 import type { Logger } from './observability/logger.js';
-import { createMetrics, type Metrics } from './observability/metrics.js';
+import { ChildCache, createMetrics, type Metrics } from './observability/metrics.js';
 import { loadTokenizer } from './routing/tokens.js';
 import { Runtime, SharedState } from './runtime.js';
 
@@ -23,6 +23,18 @@ export class Gateway {
   readonly random: () => number;
   readonly shared: SharedState;
   private current: Runtime;
+  /**
+   * The per-request line is built from our own fields only (secrets scrubbed where text came from an
+   * upstream), so it skips the wildcard redaction that costs every other log call a walk of its object.
+   */
+  readonly requestLog: Logger;
+  /** Per-request metric children by label values (route, provider, model, status / stream). */
+  readonly requestChildren: ChildCache<{
+    requests: ReturnType<Metrics['requests']['labels']>;
+    duration: ReturnType<Metrics['requestDuration']['labels']>;
+    overhead: ReturnType<Metrics['overhead']['labels']>;
+  }>;
+  readonly decisionChildren: ChildCache<ReturnType<Metrics['decisions']['labels']>>;
   /** Set by shutdown: /readyz turns 503 and new requests are refused. */
   draining = false;
 
@@ -31,6 +43,14 @@ export class Gateway {
     this.metrics = deps.metrics ?? createMetrics();
     this.now = deps.now ?? (() => performance.now() + performance.timeOrigin);
     this.random = deps.random ?? Math.random;
+    this.requestLog = this.logger.child({}, { redact: { paths: [], censor: '[REDACTED]' } });
+    const m = this.metrics;
+    this.requestChildren = new ChildCache(([route, provider, model, status, stream]) => ({
+      requests: m.requests.labels({ route, provider, model, status }),
+      duration: m.requestDuration.labels({ route, provider, model, stream }),
+      overhead: m.overhead.labels({ route }),
+    }));
+    this.decisionChildren = new ChildCache(([route, strategy, provider]) => m.decisions.labels({ route, strategy, provider }));
     this.shared = new SharedState(loaded, this.now);
     // Estimates use a fast approximation until the tokenizer has loaded; it never rejects.
     void loadTokenizer();

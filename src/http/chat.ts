@@ -5,21 +5,22 @@ import { runFailover, type AttemptRecord, type FailoverOptions } from '../resili
 import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
 import { chatFeatures } from '../routing/features.js';
 import { planRequest } from '../routing/plan.js';
-import { chooseTier } from '../routing/tier-select.js';
+import { chooseTier, flatTier } from '../routing/tier-select.js';
 import type { Runtime } from '../runtime.js';
 import { SseWriter } from '../streaming/relay.js';
+import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
 import { reportRequest, routerHeaders } from './report.js';
 import { validateChatBody } from './validate.js';
 
-/** An AbortSignal that fires when the client goes away before its response is complete. */
-export function clientGoneSignal(reply: FastifyReply): AbortSignal {
-  const ac = new AbortController();
+/** Fires when the client goes away before its response is complete. */
+export function clientGoneSignal(reply: FastifyReply): Abort {
+  const gone = new Abort();
   reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) ac.abort(new Error('client closed the connection'));
+    if (!reply.raw.writableFinished) gone.abort(new Error('client closed the connection'));
   });
-  return ac.signal;
+  return gone;
 }
 
 export function failoverOptions(gw: Gateway, rt: Runtime, routeName: string, startedAt: number): FailoverOptions {
@@ -47,7 +48,8 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
   const hdrs = readRoutingHeaders(req.headers, rt);
   const features = chatFeatures(body);
   const clientSignal = clientGoneSignal(reply);
-  const tier = await chooseTier(gw, rt, route, body, features, hdrs, req.headers, clientSignal);
+  // A flat route has no tier to choose: no promise to wait on.
+  const tier = route.tiers ? await chooseTier(gw, rt, route, body, features, hdrs, req.headers, clientSignal) : flatTier(route);
   const strategy = hdrs.strategy ?? route.strategy;
   const plan = planRequest(route, tier.targets, features, {
     strategy,
@@ -57,7 +59,7 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     random: gw.random,
   });
   const chosen = plan.ranked[0];
-  gw.metrics.decisions.inc({ route: route.name, strategy, provider: chosen?.candidate.upstream.provider.name ?? 'none' });
+  gw.decisionChildren.get(route.name, strategy, chosen?.candidate.upstream.provider.name ?? 'none').inc();
 
   const opts = failoverOptions(gw, rt, route.name, startedAt);
   const streamCtx = {

@@ -73,8 +73,14 @@ export const REPORTED = new WeakSet<FastifyRequest>();
 
 export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
   gw.metrics.requests.inc({ route: 'none', provider: 'none', model: 'none', status: String(status) });
-  req.log.info(
-    { method: req.method, path: req.routeOptions.url ?? 'unmatched', status, latencyMs: Math.round(elapsedMs * 10) / 10 },
+  gw.requestLog.info(
+    {
+      reqId: req.id,
+      method: req.method,
+      path: req.routeOptions.url ?? 'unmatched',
+      status,
+      latencyMs: Math.round(elapsedMs * 10) / 10,
+    },
     'request',
   );
 }
@@ -85,10 +91,10 @@ export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport
   const up = r.served;
   const provider = up?.provider.name ?? 'none';
   const model = up?.model.name ?? 'none';
-  const m = gw.metrics;
-  m.requests.inc({ route: r.route, provider, model, status: String(r.status) });
-  m.requestDuration.observe({ route: r.route, provider, model, stream: r.stream ? 'true' : 'false' }, totalMs / 1000);
-  m.overhead.observe({ route: r.route }, Math.max(0, totalMs - r.upstreamMs) / 1000);
+  const c = gw.requestChildren.get(r.route, provider, model, String(r.status), r.stream ? 'true' : 'false');
+  c.requests.inc();
+  c.duration.observe(totalMs / 1000);
+  c.overhead.observe(Math.max(0, totalMs - r.upstreamMs) / 1000);
 
   let promptTokens: number | undefined;
   let completionTokens: number | undefined;
@@ -102,8 +108,9 @@ export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport
       if (r.stream && completionTokens > 0 && last) up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
     }
   }
-  req.log.info(
+  gw.requestLog.info(
     {
+      reqId: req.id,
       route: r.route,
       strategy: r.strategy,
       upstream: up?.id,
@@ -120,7 +127,7 @@ export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport
       promptTokens,
       completionTokens,
       costUsd,
-      error: r.error,
+      error: r.error === undefined ? undefined : gw.runtime.scrubber.scrub(r.error),
     },
     'request',
   );

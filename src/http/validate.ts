@@ -104,8 +104,17 @@ export function validateEmbeddingsBody(raw: unknown): Record<string, unknown> & 
   return raw as Record<string, unknown> & { model: string; input: unknown };
 }
 
+/** Counts `char` in `text` natively, stopping past `limit`. */
+function countUpTo(text: string, char: string, limit: number): number {
+  let n = 0;
+  for (let i = text.indexOf(char); i !== -1 && n <= limit; i = text.indexOf(char, i + 1)) n++;
+  return n;
+}
+
 /** Rejects JSON nested deeper than `maxDepth` before it is parsed (a cheap scan, strings skipped). */
 export function jsonDepthExceeds(text: string, maxDepth: number): boolean {
+  // Fewer opening brackets than the bound cannot nest past it: most bodies skip the char-by-char scan.
+  if (countUpTo(text, '{', maxDepth) + countUpTo(text, '[', maxDepth) <= maxDepth) return false;
   let depth = 0;
   let inString = false;
   for (let i = 0; i < text.length; i++) {

@@ -133,3 +133,28 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/**
+ * Labelled children resolved once per label set: prom-client hashes the label object on every `inc` and
+ * `observe` otherwise. Keys are joined label values; bounded, since label values come from config and
+ * HTTP statuses (cleared, not grown, past the bound).
+ */
+export class ChildCache<T> {
+  private readonly map = new Map<string, T>();
+
+  constructor(
+    private readonly make: (values: readonly string[]) => T,
+    private readonly maxEntries = 10_000,
+  ) {}
+
+  get(...values: string[]): T {
+    const key = values.join('\u0000');
+    let child = this.map.get(key);
+    if (child === undefined) {
+      if (this.map.size >= this.maxEntries) this.map.clear();
+      child = this.make(values);
+      this.map.set(key, child);
+    }
+    return child;
+  }
+}

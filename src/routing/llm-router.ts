@@ -4,6 +4,7 @@ import type { Gateway } from '../gateway.js';
 import { recordUsage } from '../http/report.js';
 import { runFailover } from '../resilience/failover.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
+import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson } from '../upstream/attempt.js';
 import type { RequestFeatures } from './features.js';
@@ -167,7 +168,7 @@ export async function askRouter(
   route: RouteRuntime,
   messages: readonly unknown[],
   features: RequestFeatures,
-  clientSignal: AbortSignal,
+  clientSignal: Abort,
 ): Promise<RouterDecision> {
   const cfg = route.router!;
   const fallback = route.defaultTier!;

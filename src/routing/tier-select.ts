@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { TierName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
 import type { RouteRuntime, RouteTarget, Runtime } from '../runtime.js';
+import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import type { RoutingHeaders } from './decide.js';
 import { lastUserText, type RequestFeatures } from './features.js';
@@ -12,6 +13,18 @@ export interface TierSelection {
   readonly targets: readonly RouteTarget[];
   readonly tier: TierName | undefined;
   readonly reason: string | undefined;
+}
+
+const FLAT = new WeakMap<RouteRuntime, TierSelection>();
+
+/** A flat route's selection: its own targets, no tier (one object per route, not per request). */
+export function flatTier(route: RouteRuntime): TierSelection {
+  let sel = FLAT.get(route);
+  if (!sel) {
+    sel = { targets: route.targets, tier: undefined, reason: undefined };
+    FLAT.set(route, sel);
+  }
+  return sel;
 }
 
 /**
@@ -26,7 +39,7 @@ export async function chooseTier(
   features: RequestFeatures,
   hdrs: RoutingHeaders,
   headers: IncomingHttpHeaders,
-  signal: AbortSignal,
+  signal: Abort,
 ): Promise<TierSelection> {
   if (!route.tiers) return { targets: route.targets, tier: undefined, reason: undefined };
   const lastUser = lastUserText(body.messages);

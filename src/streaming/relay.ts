@@ -1,5 +1,5 @@
-import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import type { Abort } from '../upstream/abort.js';
 
 /**
  * The client side of a relayed SSE stream. Nothing is sent before `commit()` (the first content delta), so
@@ -11,7 +11,7 @@ export class SseWriter {
 
   constructor(
     private readonly res: ServerResponse,
-    private readonly signal: AbortSignal,
+    private readonly gone: Abort,
     /** Called once, just before the first byte goes out (fastify's `reply.hijack()`). */
     private readonly onCommit?: () => void,
   ) {}
@@ -43,13 +43,18 @@ export class SseWriter {
   }
 
   /** Resolves when the client can take more, or at once when it is gone. */
-  async drain(): Promise<void> {
-    if (!this.res.writableNeedDrain || this.closed || this.signal.aborted) return;
-    try {
-      await once(this.res, 'drain', { signal: this.signal });
-    } catch {
-      /* the client went away: the caller sees signal.aborted */
-    }
+  drain(): Promise<void> | undefined {
+    const res = this.res;
+    if (!res.writableNeedDrain || this.closed || this.gone.aborted) return undefined;
+    return new Promise((resolve) => {
+      const done = (): void => {
+        res.off('drain', done);
+        res.off('close', done);
+        resolve();
+      };
+      res.on('drain', done);
+      res.on('close', done);
+    });
   }
 
   end(text?: string): void {

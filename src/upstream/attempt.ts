@@ -4,6 +4,7 @@ import type { Upstream } from '../runtime.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
 import type { ChatBody, ChunkSink, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
+import { Abort } from './abort.js';
 import { readBody, type UpstreamResponse } from './client.js';
 
 /** Error bodies are read only this far: they are messages, not payloads. */
@@ -46,7 +47,8 @@ export type AttemptResult =
 export interface AttemptInput {
   readonly upstream: Upstream;
   readonly body: ChatBody;
-  readonly clientSignal: AbortSignal;
+  /** Fires when the client goes away. */
+  readonly clientSignal: Abort;
   /** Absolute deadline (ms on `now()`'s clock) for this attempt. */
   readonly deadline: number;
   readonly now: () => number;
@@ -54,7 +56,7 @@ export interface AttemptInput {
 }
 
 interface AttemptSignal {
-  readonly signal: AbortSignal;
+  readonly signal: Abort;
   /** The total bound (not a first-byte or idle timeout) fired. */
   timedOut(): boolean;
   /** ... and that bound was the request's deadline rather than the provider's total_ms. */
@@ -79,13 +81,13 @@ function timeoutError(code: string): Error {
  * backstop. First byte is measured from dispatch, so it includes connecting and any wait for a pool slot.
  */
 function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>): AttemptSignal {
-  const ac = new AbortController();
+  const ac = new Abort();
   const limits = input.upstream.provider.config.timeouts;
   let timedOut = false;
   let idleHeld = false;
   const onClientAbort = (): void => ac.abort(input.clientSignal.reason);
   if (input.clientSignal.aborted) ac.abort(input.clientSignal.reason);
-  else input.clientSignal.addEventListener('abort', onClientAbort, { once: true });
+  else input.clientSignal.once('abort', onClientAbort);
   const left = input.deadline - input.now();
   const budget = Math.max(1, Math.min(left, limits.total_ms));
   const total = setTimeout(() => {
@@ -97,12 +99,12 @@ function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | '
     if (!idleHeld) ac.abort(timeoutError('idle_timeout'));
   };
   return {
-    signal: ac.signal,
+    signal: ac,
     timedOut: () => timedOut,
     deadlineReached: () => timedOut && left <= limits.total_ms,
     headers: () => {
       clearTimeout(phase);
-      phase = ac.signal.aborted ? undefined : setTimeout(onIdle, limits.idle_ms);
+      phase = ac.aborted ? undefined : setTimeout(onIdle, limits.idle_ms);
     },
     progress: () => {
       idleHeld = false;
@@ -114,22 +116,14 @@ function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | '
     done: () => {
       clearTimeout(total);
       clearTimeout(phase);
-      input.clientSignal.removeEventListener('abort', onClientAbort);
+      input.clientSignal.removeListener('abort', onClientAbort);
     },
   };
 }
 
-/** The body, restarting the idle bound on every chunk. */
-async function* watched(body: AsyncIterable<Buffer>, sig: AttemptSignal): AsyncIterable<Buffer> {
-  for await (const chunk of body) {
-    sig.progress();
-    yield chunk;
-  }
-}
-
 /** Reads a whole (bounded) body under the idle bound. */
 function readWatched(res: UpstreamResponse, sig: AttemptSignal, maxBytes: number): Promise<string> {
-  return readBody({ ...res, body: watched(res.body, sig) }, maxBytes);
+  return readBody(res, maxBytes, sig.progress);
 }
 
 function failure(
@@ -310,9 +304,12 @@ export async function attemptStream(
         if (out !== '') {
           writer.write(out);
           out = '';
-          sig.holdIdle();
-          await writer.drain();
-          sig.progress();
+          const drained = writer.drain();
+          if (drained) {
+            sig.holdIdle();
+            await drained;
+            sig.progress();
+          }
         }
         if (ended || streamError) break;
       }
