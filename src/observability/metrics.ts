@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { FastCounter, FastHistogram } from './fast-metrics.js';
 
 /** Latency buckets in seconds, from sub-millisecond gateway overhead to multi-minute generations. */
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
@@ -18,47 +19,47 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
   const r = [registry];
   const metrics = {
     registry,
-    requests: new Counter({
+    requests: new FastCounter({
       name: 'llm_router_requests_total',
       help: 'Requests answered, by route, serving upstream and HTTP status.',
       labelNames: ['route', 'provider', 'model', 'status'] as const,
       registers: r,
     }),
-    requestDuration: new Histogram({
+    requestDuration: new FastHistogram({
       name: 'llm_router_request_duration_seconds',
       help: 'Time from request received to response end.',
       labelNames: ['route', 'provider', 'model', 'stream'] as const,
       buckets: LATENCY_BUCKETS,
       registers: r,
     }),
-    ttft: new Histogram({
+    ttft: new FastHistogram({
       name: 'llm_router_time_to_first_token_seconds',
       help: 'Upstream time to first content token (streams) or to the full answer (non-streaming).',
       labelNames: ['provider', 'model'] as const,
       buckets: TTFT_BUCKETS,
       registers: r,
     }),
-    tpot: new Histogram({
+    tpot: new FastHistogram({
       name: 'llm_router_time_per_output_token_seconds',
       help: '(total - TTFT) / completion tokens, once per request.',
       labelNames: ['provider', 'model'] as const,
       buckets: TPOT_BUCKETS,
       registers: r,
     }),
-    overhead: new Histogram({
+    overhead: new FastHistogram({
       name: 'llm_router_overhead_seconds',
       help: 'Time the gateway itself added: total minus time waiting on upstreams.',
       labelNames: ['route'] as const,
       buckets: OVERHEAD_BUCKETS,
       registers: r,
     }),
-    attempts: new Counter({
+    attempts: new FastCounter({
       name: 'llm_router_upstream_attempts_total',
       help: 'Upstream attempts by outcome.',
       labelNames: ['provider', 'model', 'outcome'] as const,
       registers: r,
     }),
-    failovers: new Counter({
+    failovers: new FastCounter({
       name: 'llm_router_failovers_total',
       help: 'Times a request moved on from a failed upstream.',
       labelNames: ['route', 'from_provider', 'reason'] as const,
@@ -76,19 +77,19 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       labelNames: ['provider', 'model', 'to'] as const,
       registers: r,
     }),
-    tokens: new Counter({
+    tokens: new FastCounter({
       name: 'llm_router_tokens_total',
       help: 'Tokens by kind, as reported by upstreams (estimated when they report none).',
       labelNames: ['provider', 'model', 'kind'] as const,
       registers: r,
     }),
-    cost: new Counter({
+    cost: new FastCounter({
       name: 'llm_router_cost_usd_total',
       help: 'Spend in US dollars from configured prices.',
       labelNames: ['provider', 'model'] as const,
       registers: r,
     }),
-    decisions: new Counter({
+    decisions: new FastCounter({
       name: 'llm_router_routing_decisions_total',
       help: 'Routing decisions by route, strategy and first choice.',
       labelNames: ['route', 'strategy', 'provider'] as const,
