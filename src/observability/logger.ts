@@ -27,6 +27,11 @@ export function loggerOptions(level = 'info'): LoggerOptions {
   };
 }
 
+/**
+ * stdout written asynchronously (lines that arrive while a write is in flight go out together): no
+ * blocking write per line on the request path. A stalled stdout drops lines past 16 MiB rather than
+ * growing without bound; pino flushes what is left when the process exits.
+ */
 export function createLogger(level?: string, destination?: pino.DestinationStream): Logger {
-  return destination ? pino(loggerOptions(level), destination) : pino(loggerOptions(level));
+  return pino(loggerOptions(level), destination ?? pino.destination({ dest: 1, sync: false, maxLength: 16 * 1024 * 1024 }));
 }
