@@ -5,7 +5,7 @@ import { GatewayError, errorBody } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { adminPlugin } from './http/admin.js';
 import { authHook } from './http/auth.js';
-import { REPORTED, reportUnrouted } from './http/report.js';
+import { reportUnrouted } from './http/report.js';
 import { chatPlugin } from './http/chat.js';
 import { embeddingsPlugin } from './http/embeddings.js';
 import { healthPlugin } from './http/health.js';
@@ -66,6 +66,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     },
   });
   app.decorate('gateway', gateway);
+  app.decorateRequest('reported', false);
 
   app.removeAllContentTypeParsers();
 
@@ -74,7 +75,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
   // get their line here. Health, metrics and admin reads stay out of the request log and counters.
   app.addHook('onResponse', async (req, reply) => {
-    if (REPORTED.has(req)) return;
+    if (req.reported) return;
     const route = req.routeOptions.url;
     if (route === '/healthz' || route === '/readyz' || route === '/metrics' || route === '/router/status') return;
     reportUnrouted(gateway, req, reply.statusCode, reply.elapsedTime);

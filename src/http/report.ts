@@ -68,9 +68,14 @@ export function recordUsage(
   return { promptTokens, completionTokens, costUsd };
 }
 
-/** Requests answered before routing (400, 401, 404, 413, 415...) still get their count and log line. */
-export const REPORTED = new WeakSet<FastifyRequest>();
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** This request's line and counts are written (a plain field: a WeakSet entry per request costs GC). */
+    reported: boolean;
+  }
+}
 
+/** Requests answered before routing (400, 401, 404, 413, 415...) still get their count and log line. */
 export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
   gw.metrics.requests.inc({ route: 'none', provider: 'none', model: 'none', status: String(status) });
   gw.requestLog.info(
@@ -86,7 +91,7 @@ export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number,
 }
 
 export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport): void {
-  REPORTED.add(req);
+  req.reported = true;
   const totalMs = gw.now() - r.startedAt;
   const up = r.served;
   const provider = up?.provider.name ?? 'none';

@@ -149,7 +149,8 @@ export class ChildCache<T> {
   ) {}
 
   get(...values: string[]): T {
-    const key = values.join('\u0000');
+    let key = '';
+    for (const v of values) key += `${v}\u0000`;
     let child = this.map.get(key);
     if (child === undefined) {
       if (this.map.size >= this.maxEntries) this.map.clear();
