@@ -74,11 +74,12 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
 
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
   // get their line here. Health, metrics and admin reads stay out of the request log and counters.
-  app.addHook('onResponse', async (req, reply) => {
-    if (req.reported) return;
+  app.addHook('onResponse', (req, reply, done) => {
     const route = req.routeOptions.url;
-    if (route === '/healthz' || route === '/readyz' || route === '/metrics' || route === '/router/status') return;
-    reportUnrouted(gateway, req, reply.statusCode, reply.elapsedTime);
+    if (!req.reported && route !== '/healthz' && route !== '/readyz' && route !== '/metrics' && route !== '/router/status') {
+      reportUnrouted(gateway, req, reply.statusCode, reply.elapsedTime);
+    }
+    done();
   });
 
   app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {

@@ -45,12 +45,14 @@ export class Gateway {
     this.random = deps.random ?? Math.random;
     this.requestLog = this.logger.child({}, { redact: { paths: [], censor: '[REDACTED]' } });
     const m = this.metrics;
-    this.requestChildren = new ChildCache(([route = '', provider = '', model = '', status = '', stream = '']) => ({
-      requests: m.requests.labels({ route, provider, model, status }),
-      duration: m.requestDuration.labels({ route, provider, model, stream }),
-      overhead: m.overhead.labels({ route }),
+    this.requestChildren = new ChildCache(([route, provider, model, status, stream]) => ({
+      requests: m.requests.labels({ route: String(route), provider: String(provider), model: String(model), status: String(status) }),
+      duration: m.requestDuration.labels({ route: String(route), provider: String(provider), model: String(model), stream: String(stream) }),
+      overhead: m.overhead.labels({ route: String(route) }),
     }));
-    this.decisionChildren = new ChildCache(([route = '', strategy = '', provider = '']) => m.decisions.labels({ route, strategy, provider }));
+    this.decisionChildren = new ChildCache(([route, strategy, provider]) =>
+      m.decisions.labels({ route: String(route), strategy: String(strategy), provider: String(provider) }),
+    );
     this.shared = new SharedState(loaded, this.now);
     // Estimates use a fast approximation until the tokenizer has loaded; it never rejects.
     void loadTokenizer();

@@ -11,7 +11,7 @@ import { SseWriter } from '../streaming/relay.js';
 import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
-import { reportRequest, routerHeaders } from './report.js';
+import { reportRequest, routerHeaders, type RequestContext } from './report.js';
 import { validateChatBody } from './validate.js';
 
 /** Fires when the client goes away before its response is complete. */
@@ -63,7 +63,6 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
 
   const opts = failoverOptions(gw, rt, route.name, startedAt);
   const streamCtx = {
-    model: '',
     includeUsage: (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true,
     created: Math.floor(Date.now() / 1000),
   };
@@ -75,12 +74,12 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     clientSignal,
     deadline: opts.deadline,
     now: gw.now,
-    stream: { ...streamCtx, model: target.candidate.upstream.model.name },
+    stream: { model: target.candidate.upstream.model.name, includeUsage: streamCtx.includeUsage, created: streamCtx.created },
   });
   const headersFor = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Record<string, string> =>
     routerHeaders(req.id, strategy, target.candidate.upstream, attempts, attempts.length + 1, tier.tier);
 
-  const report = {
+  const report: RequestContext = {
     route: route.name,
     strategy,
     stream: features.stream,
@@ -108,12 +107,11 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       if (last && last.reason !== 'client_closed') {
         gw.metrics.streamFailures.inc({ provider: served.provider.name, model: served.model.name, policy: route.onStreamFailure });
       }
-      reportRequest(gw, req, { ...report, status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, error: last?.reason });
+      reportRequest(gw, req, report, { status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, error: last?.reason });
       return;
     }
     const result = out.result;
-    reportRequest(gw, req, {
-      ...report,
+    reportRequest(gw, req, report, {
       status: 200,
       served,
       attempts: out.attempts,
@@ -129,8 +127,7 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     const served = current?.candidate.upstream;
     const status = isGatewayError(err) ? err.status : 500;
     reply.headers(routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, tier.tier));
-    reportRequest(gw, req, {
-      ...report,
+    reportRequest(gw, req, report, {
       status,
       served,
       attempts: lastAttempts,

@@ -9,7 +9,7 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget } from '../runtime.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
 import { clientGoneSignal, failoverOptions } from './chat.js';
-import { reportRequest, routerHeaders } from './report.js';
+import { reportRequest, routerHeaders, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 
 export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
@@ -43,7 +43,16 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
   const clientSignal = clientGoneSignal(reply);
   let lastAttempts: readonly AttemptRecord[] = [];
   let current: RankedCandidate<RouteTarget> | undefined;
-  const report = { route: route.name, strategy, stream: false, startedAt, chosen: plan.ranked[0], promptTokensEstimate: promptTokens };
+  const report: RequestContext = {
+    route: route.name,
+    strategy,
+    stream: false,
+    startedAt,
+    chosen: plan.ranked[0],
+    tier: undefined,
+    tierReason: undefined,
+    promptTokensEstimate: promptTokens,
+  };
   try {
     const out = await runFailover(
       plan.ranked,
@@ -63,7 +72,7 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
     );
     if ('committedFailure' in out) return; // the client went away
     const served = out.target.candidate.upstream;
-    reportRequest(gw, req, { ...report, status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, usage: out.result.usage, countedTokens: 0 });
+    reportRequest(gw, req, report, { status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, usage: out.result.usage, countedTokens: 0 });
     void reply
       .code(200)
       .headers(routerHeaders(req.id, strategy, served, out.attempts.slice(0, -1), out.attempts.length, undefined))
@@ -73,7 +82,7 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
     const status = isGatewayError(err) ? err.status : 500;
     const served = current?.candidate.upstream;
     reply.headers(routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, undefined));
-    reportRequest(gw, req, { ...report, status, served, attempts: lastAttempts, upstreamMs: 0, error: err instanceof Error ? err.message : String(err) });
+    reportRequest(gw, req, report, { status, served, attempts: lastAttempts, upstreamMs: 0, error: err instanceof Error ? err.message : String(err) });
     throw err instanceof GatewayError ? err : new GatewayError('internal', 'internal gateway error', { cause: err });
   }
 }

@@ -6,23 +6,30 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import type { Usage } from '../upstream/adapter.js';
 
-/** Everything known about one routed request when it ends: one log line and the request metrics. */
-export interface RequestReport {
+/** What is known of a routed request once it is planned: built once per request. */
+export interface RequestContext {
   readonly route: string;
   readonly strategy: string;
   readonly stream: boolean;
-  readonly status: number;
   readonly startedAt: number;
   readonly chosen: RankedCandidate<RouteTarget> | undefined;
+  readonly tier: string | undefined;
+  readonly tierReason: string | undefined;
+  readonly promptTokensEstimate: number;
+}
+
+/**
+ * How it ended. A separate object rather than `{ ...context, status, ... }`: on Node 20 a spread followed
+ * by new keys costs microseconds per object (measured 2-7 µs), more than the rest of the line.
+ */
+export interface RequestOutcome {
+  readonly status: number;
   /** The upstream that served (or last failed). */
   readonly served: Upstream | undefined;
   readonly attempts: readonly AttemptRecord[];
   readonly upstreamMs: number;
-  readonly tier?: string | undefined;
-  readonly tierReason?: string | undefined;
   readonly ttftMs?: number | undefined;
   readonly usage?: Usage | undefined;
-  readonly promptTokensEstimate: number;
   readonly countedTokens?: number | undefined;
   readonly error?: string | undefined;
 }
@@ -90,13 +97,13 @@ export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number,
   );
 }
 
-export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport): void {
+export function reportRequest(gw: Gateway, req: FastifyRequest, ctx: RequestContext, r: RequestOutcome): void {
   req.reported = true;
-  const totalMs = gw.now() - r.startedAt;
+  const totalMs = gw.now() - ctx.startedAt;
   const up = r.served;
   const provider = up?.provider.name ?? 'none';
   const model = up?.model.name ?? 'none';
-  const c = gw.requestChildren.get(r.route, provider, model, String(r.status), r.stream ? 'true' : 'false');
+  const c = gw.requestChildren.get(ctx.route, provider, model, r.status, ctx.stream ? 'true' : 'false');
   c.requests.inc();
   c.duration.observe(totalMs / 1000);
   c.overhead.observe(Math.max(0, totalMs - r.upstreamMs) / 1000);
@@ -105,28 +112,28 @@ export function reportRequest(gw: Gateway, req: FastifyRequest, r: RequestReport
   let completionTokens: number | undefined;
   let costUsd: number | undefined;
   if (up && r.status === 200) {
-    ({ promptTokens, completionTokens, costUsd } = recordUsage(up, r.usage, r.promptTokensEstimate, r.countedTokens));
+    ({ promptTokens, completionTokens, costUsd } = recordUsage(up, r.usage, ctx.promptTokensEstimate, r.countedTokens));
     if (r.ttftMs !== undefined) {
       up.metrics.ttft.observe(r.ttftMs / 1000);
       const last = r.attempts[r.attempts.length - 1];
       // Only a stream has a time per output token: a JSON answer's TTFT is its whole duration.
-      if (r.stream && completionTokens > 0 && last) up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
+      if (ctx.stream && completionTokens > 0 && last) up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
     }
   }
   gw.requestLog.info(
     {
       reqId: req.id,
-      route: r.route,
-      strategy: r.strategy,
+      route: ctx.route,
+      strategy: ctx.strategy,
       upstream: up?.id,
-      score: r.chosen?.score,
-      reason: r.chosen?.reason,
-      tier: r.tier,
-      tierReason: r.tierReason,
+      score: ctx.chosen?.score,
+      reason: ctx.chosen?.reason,
+      tier: ctx.tier,
+      tierReason: ctx.tierReason,
       attempts: r.attempts.length,
       trail: trailOf(r.attempts) || undefined,
       status: r.status,
-      stream: r.stream,
+      stream: ctx.stream,
       latencyMs: Math.round(totalMs * 10) / 10,
       ttftMs: r.ttftMs === undefined ? undefined : Math.round(r.ttftMs * 10) / 10,
       promptTokens,

@@ -12,6 +12,8 @@ export interface RequestFeatures {
   readonly requestedOutputTokens: number | undefined;
 }
 
+const ROUTING_ESTIMATE = { exactBudgetChars: 0 };
+
 export function chatFeatures(body: ChatBody): RequestFeatures {
   const maxOut = body.max_completion_tokens ?? body.max_tokens;
   const format = (body.response_format as { type?: unknown } | undefined)?.type;
@@ -20,7 +22,9 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
     tools: Array.isArray(body.tools) && body.tools.length > 0,
     json: format === 'json_object' || format === 'json_schema',
     images: hasImages(body.messages),
-    promptTokens: estimatePromptTokens(body),
+    // Routing needs magnitudes, not exact counts: the character-class estimate (within ~10-20%) costs a
+    // tenth of BPE on the hot path. Usage reported by the upstream is what metrics and cost count.
+    promptTokens: estimatePromptTokens(body, ROUTING_ESTIMATE),
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
   };
 }

@@ -131,7 +131,7 @@ export class RouterCache {
   set(key: string, value: { tier: TierName; reason: string }, now: number): void {
     if (this.ttlMs <= 0) return;
     this.map.delete(key);
-    this.map.set(key, { ...value, expiresAt: now + this.ttlMs });
+    this.map.set(key, { tier: value.tier, reason: value.reason, expiresAt: now + this.ttlMs });
     while (this.map.size > this.maxEntries) {
       const oldest = this.map.keys().next().value;
       if (oldest === undefined) break;
@@ -184,7 +184,7 @@ export async function askRouter(
     return d;
   };
   const hit = cache.get(key, started);
-  if (hit) return done({ ...hit, outcome: 'cached' });
+  if (hit) return done({ tier: hit.tier, reason: hit.reason, outcome: 'cached' });
 
   const routerMessages = buildRouterPrompt(excerpt, features);
   const body: ChatBody = { model: `router:${cfg.tier}`, messages: routerMessages, temperature: 0, max_tokens: ROUTER_MAX_TOKENS };

@@ -80,6 +80,11 @@ export interface ChatAdapter {
   chatRequest(body: ChatBody, model: string, provider: AdapterProvider): PreparedRequest;
   /** A successful non-streaming upstream JSON answer, as an OpenAI `chat.completion` object. */
   chatResponse(json: unknown, ctx: StreamContext): { body: unknown; usage: Usage | undefined };
+  /**
+   * Optional fast path for a dialect relayed as it is: the answer's text to send and its usage, without
+   * parsing the whole body; `undefined` when the text is not a JSON object (the attempt then fails over).
+   */
+  chatResponseText?(text: string): { body: string; usage: Usage | undefined } | undefined;
   /** A translator for one upstream SSE stream. */
   streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator;
   /** An upstream error response (status + raw body text) in OpenAI terms. */

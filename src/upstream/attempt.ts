@@ -184,7 +184,8 @@ const INVALID_JSON: Classified = { outcome: 'error', retryable: true, reason: 'i
 async function attemptJsonCall(
   input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
   prepared: Prepared,
-  finish: (json: object, text: string) => { body: string; usage: Usage | undefined },
+  finish: ((json: object, text: string) => { body: string; usage: Usage | undefined }) | undefined,
+  finishText?: (text: string) => { body: string; usage: Usage | undefined } | undefined,
 ): Promise<AttemptResult> {
   const full = input as AttemptInput;
   const t0 = input.now();
@@ -195,6 +196,11 @@ async function attemptJsonCall(
     if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, full, sig, t0);
     const text = await readWatched(res, sig, MAX_JSON_BODY_BYTES);
     const totalMs = input.now() - t0;
+    if (finishText) {
+      const out = finishText(text);
+      if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
+      return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
+    }
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -202,7 +208,7 @@ async function attemptJsonCall(
       return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     }
     if (json === null || typeof json !== 'object') return failure(INVALID_JSON, totalMs, { status: res.statusCode });
-    const out = finish(json, text);
+    const out = finish!(json, text);
     return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, full, sig, t0);
@@ -230,9 +236,11 @@ export function attemptPlainJson(
 export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
   const { adapter, adapterProvider } = input.upstream.provider;
   const prepared = adapter.chatRequest(input.body, input.upstream.upstreamModel, adapterProvider);
+  // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
+  const quick = adapter.chatResponseText;
+  if (quick) return attemptJsonCall(input, prepared, undefined, quick);
   return attemptJsonCall(input, prepared, (json, text) => {
     const out = adapter.chatResponse(json, input.stream);
-    // OpenAI-dialect answers are relayed as the upstream wrote them; translated ones are serialised once.
     return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
   });
 }

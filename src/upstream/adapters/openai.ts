@@ -28,6 +28,10 @@ export const openaiAdapter: ChatAdapter = {
     return { body: json, usage: readUsage(json) };
   },
 
+  chatResponseText(text: string): { body: string; usage: Usage | undefined } | undefined {
+    return relayedAnswer(text);
+  },
+
   streamTranslator(sink: ChunkSink): StreamTranslator {
     return {
       event(_type, data) {
@@ -125,4 +129,66 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     message = text !== '' && text.length <= 500 ? text : `upstream answered HTTP ${status}`;
   }
   return { status, message: message.slice(0, 2000), type: type ?? fallbackType, code, param };
+}
+
+function firstNonSpace(text: string): number {
+  let i = 0;
+  while (i < text.length && text.charCodeAt(i) <= 32) i++;
+  return i;
+}
+
+function lastNonSpace(text: string): number {
+  let i = text.length - 1;
+  while (i >= 0 && text.charCodeAt(i) <= 32) i--;
+  return i;
+}
+
+/** Index of the `}` closing the object that opens at `open`, strings skipped; -1 if it never closes. */
+function closingBrace(text: string, open: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = open; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92) i++;
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123) depth++;
+    else if (c === 125 && --depth === 0) return i;
+  }
+  return -1;
+}
+
+/**
+ * A non-streaming answer relayed byte for byte: it must be a JSON object (an HTML error page with a 200
+ * fails over), and only its `usage` object is parsed — OpenAI-compatible servers put it last, so this
+ * reads a few dozen bytes instead of parsing the whole answer on every request. Anything unusual falls
+ * back to a full parse.
+ */
+export function relayedAnswer(text: string): { body: string; usage: Usage | undefined } | undefined {
+  if (text.charCodeAt(firstNonSpace(text)) !== 123 || text.charCodeAt(lastNonSpace(text)) !== 125) return undefined;
+  const key = text.lastIndexOf('"usage"');
+  if (key >= 0) {
+    const open = text.indexOf('{', key);
+    const colon = text.indexOf(':', key + 7);
+    const isKey = colon > 0 && colon < open && text.slice(key + 7, colon).trim() === '' && text.slice(colon + 1, open).trim() === '';
+    if (isKey) {
+      const close = closingBrace(text, open);
+      if (close > 0) {
+        try {
+          const usage = readUsage({ usage: JSON.parse(text.slice(open, close + 1)) as unknown });
+          if (usage) return { body: text, usage };
+        } catch {
+          /* fall through to the full parse */
+        }
+      }
+    }
+  }
+  try {
+    const json = JSON.parse(text) as unknown;
+    if (json === null || typeof json !== 'object' || Array.isArray(json)) return undefined;
+    return { body: text, usage: readUsage(json) };
+  } catch {
+    return undefined;
+  }
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ChunkSink, UpstreamErrorInfo, Usage } from '../../../src/upstream/adapter.js';
-import { openaiAdapter } from '../../../src/upstream/adapters/openai.js';
+import { openaiAdapter, relayedAnswer } from '../../../src/upstream/adapters/openai.js';
 
 function collect() {
   const chunks: { json: string; content: boolean }[] = [];
@@ -68,5 +68,37 @@ describe('openai adapter', () => {
     expect(openaiAdapter.errorInfo(422, '{"detail":"nope"}')).toMatchObject({ message: 'nope', type: 'invalid_request_error' });
     expect(openaiAdapter.errorInfo(503, '<html>gateway</html>')).toMatchObject({ message: '<html>gateway</html>', type: 'server_error' });
     expect(openaiAdapter.errorInfo(502, 'x'.repeat(5000)).message).toBe('upstream answered HTTP 502');
+  });
+});
+
+describe('relayed non-streaming answers (read for usage only)', () => {
+  const usage = { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 };
+  it('relays the bytes as they are and finds usage wherever it is', () => {
+    const last = JSON.stringify({ id: 'x', choices: [{ message: { content: 'hi' } }], usage });
+    expect(relayedAnswer(last)).toEqual({ body: last, usage });
+    const first = JSON.stringify({ usage, id: 'x', choices: [] });
+    expect(relayedAnswer(first)?.usage).toEqual(usage);
+    const nested = JSON.stringify({ choices: [], usage: { ...usage, prompt_tokens_details: { cached_tokens: 1 } } });
+    expect(relayedAnswer(nested)?.usage).toMatchObject({ ...usage, prompt_tokens_details: { cached_tokens: 1 } });
+    const spaced = `\n  ${JSON.stringify({ choices: [] }).slice(0, -1)}, "usage" : ${JSON.stringify(usage)} }\n`;
+    expect(relayedAnswer(spaced)?.usage).toEqual(usage);
+  });
+  it('is not fooled by "usage" inside the content', () => {
+    const tricky = JSON.stringify({ choices: [{ message: { content: 'the "usage": {"prompt_tokens": 99} text' } }] });
+    expect(relayedAnswer(tricky)).toEqual({ body: tricky, usage: undefined });
+    const both = JSON.stringify({ choices: [{ message: { content: '"usage": {' } }], usage });
+    expect(relayedAnswer(both)?.usage).toEqual(usage);
+  });
+  it('refuses what is not a JSON object, so the attempt fails over', () => {
+    for (const bad of ['<html>oops</html>', '[1,2]', '{"choices": [', '', '   ', '{"a":1} trailing']) {
+      expect(relayedAnswer(bad), bad).toBeUndefined();
+    }
+  });
+});
+
+describe('relayed answers: a "usage" string value is not the usage key', () => {
+  it('falls back to the full parse', () => {
+    const text = JSON.stringify({ usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 }, choices: [{ message: { content: 'usage' } }], x: { prompt_tokens: 9, completion_tokens: 9 } });
+    expect(relayedAnswer(text)?.usage).toEqual({ prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 });
   });
 });
