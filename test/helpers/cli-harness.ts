@@ -78,7 +78,10 @@ export interface CliProcess {
   readonly logs: Record<string, unknown>[];
   stderr(): string;
   /** Resolves with the first log line (past or future) that matches. */
-  waitForLog(pred: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  waitForLog(
+    pred: (line: Record<string, unknown>) => boolean,
+    timeoutMs?: number,
+  ): Promise<Record<string, unknown>>;
   /** Resolves with the exit code (or the signal name) once the process has exited. */
   readonly exited: Promise<number | string>;
   /** SIGKILL if still running (for afterEach). */
@@ -86,14 +89,21 @@ export interface CliProcess {
 }
 
 /** Starts `node dist/main.js --config PATH ...` and waits until it listens. */
-export async function startCli(configPath: string, args: string[] = [], env: Record<string, string> = {}): Promise<CliProcess> {
+export async function startCli(
+  configPath: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<CliProcess> {
   const proc = spawn(process.execPath, ['dist/main.js', '--config', configPath, ...args], {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Record<string, unknown>[] = [];
-  const waiters = new Set<{ pred: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }>();
+  const waiters = new Set<{
+    pred: (l: Record<string, unknown>) => boolean;
+    resolve: (l: Record<string, unknown>) => void;
+  }>();
   let partial = '';
   let err = '';
   proc.stdout?.on('data', (d: Buffer) => {
@@ -122,7 +132,10 @@ export async function startCli(configPath: string, args: string[] = [], env: Rec
     proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1));
   });
 
-  const waitForLog = (pred: (l: Record<string, unknown>) => boolean, timeoutMs = 5_000): Promise<Record<string, unknown>> => {
+  const waitForLog = (
+    pred: (l: Record<string, unknown>) => boolean,
+    timeoutMs = 5_000,
+  ): Promise<Record<string, unknown>> => {
     const seen = logs.find(pred);
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
@@ -135,18 +148,33 @@ export async function startCli(configPath: string, args: string[] = [], env: Rec
       };
       const timer = setTimeout(() => {
         waiters.delete(w);
-        reject(new Error(`no matching log line within ${timeoutMs} ms; stderr: ${err}; logs:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`));
+        reject(
+          new Error(
+            `no matching log line within ${timeoutMs} ms; stderr: ${err}; logs:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`,
+          ),
+        );
       }, timeoutMs);
       waiters.add(w);
     });
   };
 
-  const listening = waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('Server listening at '), 10_000);
+  const listening = waitForLog(
+    (l) => typeof l.msg === 'string' && l.msg.startsWith('Server listening at '),
+    10_000,
+  );
   const early = exited.then((code) => {
     throw new Error(`gateway exited (${code}) before listening: ${err}`);
   });
-  const line = await Promise.race([listening, early]);
-  early.catch(() => undefined);
+  let line: Record<string, unknown>;
+  try {
+    line = await Promise.race([listening, early]);
+  } catch (e) {
+    // A gateway that never said it listens must not outlive the test (it would hold its port and CPU).
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    throw e;
+  } finally {
+    early.catch(() => undefined);
+  }
   const url = String(line.msg).slice('Server listening at '.length);
 
   return {

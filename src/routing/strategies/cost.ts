@@ -19,7 +19,6 @@ function priceOf(p: number): number {
   return p >= 0 && Number.isFinite(p) ? p : NaN;
 }
 
-
 /** Expected cost in dollars: prompt × input price + expected output × output price. */
 export function expectedCostUsd(c: CandidateView, ctx: StrategyContext, out: number): number {
   return (
@@ -53,7 +52,7 @@ export function costStrategy<C extends CandidateView>(
     const it = items[i]!;
     const c = it.candidate;
     it.score = lowerIsBetter(it.raw, best);
-    it.reason =
+    it.reason = () =>
       'cost ' +
       fmtUsd(it.raw) +
       ' (' +

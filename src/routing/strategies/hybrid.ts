@@ -36,6 +36,7 @@ import {
   lowerIsBetter,
   scored,
   type Scored,
+  reasonText,
 } from './rank.js';
 
 /** Latency factor of an unmeasured upstream: neither rewarded nor punished. */
@@ -102,23 +103,26 @@ export function hybridStrategy<C extends CandidateView>(
     it.raw = s;
     if (split && !measured) it.group = GROUP_LAST;
     else if (s > bestScore) bestScore = s;
-    it.reason =
+    const costUsd = cost[i]!;
+    const latMs = lat[i]!;
+    const relRate = rel[i]!;
+    it.reason = () =>
       'hybrid ' +
       f2(s) +
       ' = cost ' +
-      fmtUsd(cost[i]!) +
+      fmtUsd(costUsd) +
       ' → ' +
       f2(fc) +
       ' × ' +
       wc +
       ' + latency ' +
-      (measured ? fmtMs(lat[i]!) : 'unmeasured') +
+      (measured ? fmtMs(latMs) : 'unmeasured') +
       ' → ' +
       f2(fl) +
       ' × ' +
       wl +
       ' + reliability ' +
-      fmtPct(rel[i]!) +
+      fmtPct(relRate) +
       ' → ' +
       f2(fr) +
       ' × ' +
@@ -134,8 +138,10 @@ export function hybridStrategy<C extends CandidateView>(
     for (const it of unmeasured) {
       const first = it === picked;
       it.score = first ? 1 : 0;
-      it.reason =
-        unmeasuredReason(it.candidate.stats, first ? exploringWhat(ctx) : HELD_BACK) + '; ' + it.reason;
+      const own = it.reason;
+      const what = first ? exploringWhat(ctx) : HELD_BACK;
+      const samples = it.candidate.stats.samples;
+      it.reason = () => unmeasuredReason(samples, what) + '; ' + reasonText(own);
     }
   }
   return finishRanking(items, ctx.rotation, ctx.tieEpsilon);

@@ -37,7 +37,7 @@ export function baseLatencyMs(stats: UpstreamStatsView, outputTokens: number): n
 }
 
 /** In flight + 1: an upstream already serving k requests is expected to be k+1 times slower. */
-export function loadFactor(stats: UpstreamStatsView): number {
+export function loadFactor(stats: Pick<UpstreamStatsView, 'inFlight'>): number {
   const f = stats.inFlight;
   return f > 0 && Number.isFinite(f) ? f + 1 : 1;
 }
@@ -47,7 +47,14 @@ export function isMeasured(stats: UpstreamStatsView, ctx: StrategyContext, baseM
 }
 
 /** "latency 212 ms est. (ttft 180 ms + 64 tok ÷ 2,000 tok/s) × load 1". */
-export function latencyReason(stats: UpstreamStatsView, outputTokens: number, estMs: number): string {
+/** The figures a latency reason quotes, read at decision time (the reason may be written later). */
+export interface LatencyFigures {
+  readonly ttftMs: number | undefined;
+  readonly tokensPerSec: number | undefined;
+  readonly inFlight: number;
+}
+
+export function latencyReason(stats: LatencyFigures, outputTokens: number, estMs: number): string {
   const tps = stats.tokensPerSec;
   const ttft = stats.ttftMs;
   const parts =
@@ -57,8 +64,8 @@ export function latencyReason(stats: UpstreamStatsView, outputTokens: number, es
   return 'latency ' + fmtMs(estMs) + ' est. (' + parts + ') × load ' + fmtInt(loadFactor(stats));
 }
 
-export function unmeasuredReason(stats: UpstreamStatsView, what: string): string {
-  return 'unmeasured (' + plural(Number.isFinite(stats.samples) ? stats.samples : 0, 'sample') + '): ' + what;
+export function unmeasuredReason(samples: number, what: string): string {
+  return 'unmeasured (' + plural(Number.isFinite(samples) ? samples : 0, 'sample') + '): ' + what;
 }
 
 export function exploringWhat(ctx: StrategyContext): string {
@@ -84,7 +91,13 @@ export function latencyStrategy<C extends CandidateView>(
     items[i] = it;
     if (isMeasured(c.stats, ctx, base)) {
       if (it.raw < best) best = it.raw;
-      it.reason = latencyReason(c.stats, out, it.raw);
+      const raw = it.raw;
+      const figures: LatencyFigures = {
+        ttftMs: c.stats.ttftMs,
+        tokensPerSec: c.stats.tokensPerSec,
+        inFlight: c.stats.inFlight,
+      };
+      it.reason = () => latencyReason(figures, out, raw);
     } else {
       it.group = GROUP_LAST;
       (unmeasured ??= []).push(it);
@@ -97,7 +110,7 @@ export function latencyStrategy<C extends CandidateView>(
     for (let i = 0; i < n; i++) {
       const it = items[i]!;
       it.score = 1;
-      it.reason = unmeasuredReason(it.candidate.stats, 'rotating');
+      it.reason = unmeasuredReason(it.candidate.stats.samples, 'rotating');
     }
   } else {
     for (let i = 0; i < n; i++) {
@@ -108,7 +121,7 @@ export function latencyStrategy<C extends CandidateView>(
     for (const it of unmeasured) {
       const first = it === picked;
       it.score = first ? 1 : 0;
-      it.reason = unmeasuredReason(it.candidate.stats, first ? exploringWhat(ctx) : HELD_BACK);
+      it.reason = unmeasuredReason(it.candidate.stats.samples, first ? exploringWhat(ctx) : HELD_BACK);
     }
   }
   return finishRanking(items, ctx.rotation, ctx.tieEpsilon);

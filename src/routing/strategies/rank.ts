@@ -11,13 +11,50 @@ export const GROUP_FIRST = 0;
 export const GROUP_MAIN = 1;
 export const GROUP_LAST = 2;
 
+/**
+ * A reason, or how to write it: formatting figures for every candidate on every request cost more than
+ * the ranking itself (a hybrid decision spent most of its time in number formatting), and usually only the
+ * first candidate's reason is ever read (the log line); /router/explain reads them all.
+ */
+export type Reason = string | (() => string);
+
+export function reasonText(r: Reason): string {
+  return typeof r === 'string' ? r : r();
+}
+
+/** A ranked candidate whose reason is written the first time it is read (one shape for all: a class). */
+class LazyRanked<C extends CandidateView> implements RankedCandidate<C> {
+  constructor(
+    readonly candidate: C,
+    readonly score: number,
+    private why: Reason,
+  ) {}
+
+  get reason(): string {
+    const w = this.why;
+    if (typeof w === 'string') return w;
+    const text = w();
+    this.why = text;
+    return text;
+  }
+
+  /** Serialised (explain, logs) with its reason, like a plain object. */
+  toJSON(): { candidate: C; score: number; reason: string } {
+    return { candidate: this.candidate, score: this.score, reason: this.reason };
+  }
+}
+
+function ranked<C extends CandidateView>(candidate: C, score: number, reason: Reason): RankedCandidate<C> {
+  return new LazyRanked(candidate, score, reason);
+}
+
 /** A candidate being ranked; mutable scratch owned by one strategy call. */
 export interface Scored<C extends CandidateView> {
   readonly candidate: C;
   /** The strategy's raw figure (dollars, ms, requests in flight...), NaN when unknown. */
   raw: number;
   score: number;
-  reason: string;
+  reason: Reason;
   group: number;
 }
 
@@ -103,13 +140,13 @@ export function finishRanking<C extends CandidateView>(
     while (j < n && items[j]!.group === top.group && top.score - items[j]!.score <= eps) j++;
     const k = j - i;
     if (k === 1) {
-      out[i] = { candidate: top.candidate, score: top.score, reason: top.reason };
+      out[i] = ranked(top.candidate, top.score, top.reason);
     } else {
       sortRange(items, i, j);
       const r = rotationIndex(rotation, k);
       for (let m = 0; m < k; m++) {
         const it = items[i + ((r + m) % k)]!;
-        out[i + m] = { candidate: it.candidate, score: it.score, reason: it.reason };
+        out[i + m] = ranked(it.candidate, it.score, it.reason);
       }
     }
     i = j;

@@ -211,9 +211,13 @@ describe('cost', () => {
     expect(ids(ranked)).toBe('abc');
     for (const r of ranked) expect(r.reason).toContain('2,000 out (mean)');
     expect(ids(STRATEGIES.cost(cs, ctx({ promptTokens: 0, requestedOutputTokens: 100 })))).toBe('abc');
-    expect(STRATEGIES.cost(cs, ctx({ promptTokens: 0, requestedOutputTokens: 100 }))[0]!.reason).toContain('+ 100 out × ');
+    expect(STRATEGIES.cost(cs, ctx({ promptTokens: 0, requestedOutputTokens: 100 }))[0]!.reason).toContain(
+      '+ 100 out × ',
+    );
     const none = cands({ price: [0, 10], stats: UNMEASURED }, { price: [0, 11], stats: UNMEASURED });
-    expect(STRATEGIES.cost(none, ctx({ promptTokens: 0 }))[0]!.reason).toContain(`${DEFAULT_OUTPUT_TOKENS} out (default)`);
+    expect(STRATEGIES.cost(none, ctx({ promptTokens: 0 }))[0]!.reason).toContain(
+      `${DEFAULT_OUTPUT_TOKENS} out (default)`,
+    );
   });
 
   it('regression: a measured upstream 10× the price does not beat an unmeasured cheap one', () => {
@@ -223,7 +227,11 @@ describe('cost', () => {
       { price: [0.1, 0.4], stats: UNMEASURED },
     );
     expect(first(STRATEGIES.cost(cs, ctx({ promptTokens: 10 })))).toBe('b');
-    expect(first(STRATEGIES.hybrid(cs, ctx({ promptTokens: 10, weights: { cost: 1, latency: 0, reliability: 0 } })))).toBe('b');
+    expect(
+      first(
+        STRATEGIES.hybrid(cs, ctx({ promptTokens: 10, weights: { cost: 1, latency: 0, reliability: 0 } })),
+      ),
+    ).toBe('b');
   });
 
   it('rotates equal costs evenly', () => {
@@ -492,5 +500,31 @@ describe('least-busy', () => {
       b: 50,
       c: 50,
     });
+  });
+});
+
+describe('reasons are written lazily but quote the figures of the decision', () => {
+  it('reads the same after the statistics moved on', () => {
+    for (const name of ['latency', 'hybrid', 'cost'] as const) {
+      const live = { ...MEASURED, ttftMs: 100, tokensPerSec: 50, inFlight: 0 };
+      const c: CandidateView[] = [
+        { id: 'p/a', order: 0, weight: 1, price: { input_per_mtok: 1, output_per_mtok: 2 }, stats: live },
+        {
+          id: 'p/b',
+          order: 1,
+          weight: 1,
+          price: { input_per_mtok: 2, output_per_mtok: 4 },
+          stats: { ...MEASURED },
+        },
+      ];
+      const early = getStrategy(name)(c, ctx());
+      const eager = early.map((r) => r.reason); // read now
+      const late = getStrategy(name)(c, ctx());
+      Object.assign(live, { ttftMs: 9_999, tokensPerSec: 1, inFlight: 40, samples: 999 }); // the world moves on
+      expect(
+        late.map((r) => r.reason),
+        name,
+      ).toEqual(eager);
+    }
   });
 });
