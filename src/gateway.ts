@@ -1,7 +1,6 @@
 import type { LoadedConfig } from './config/load.js';
 import type { Logger } from './observability/logger.js';
 import { ChildCache, createMetrics, type Metrics } from './observability/metrics.js';
-import { loadTokenizer } from './routing/tokens.js';
 import { Runtime, SharedState } from './runtime.js';
 
 export interface GatewayDeps {
@@ -54,8 +53,6 @@ export class Gateway {
       m.decisions.labels({ route: String(route), strategy: String(strategy), provider: String(provider) }),
     );
     this.shared = new SharedState(loaded, this.now);
-    // Estimates use a fast approximation until the tokenizer has loaded; it never rejects.
-    void loadTokenizer();
     for (const w of loaded.warnings) this.logger.warn(w);
     if (loaded.config.state.backend === 'redis') {
       this.logger.warn('state.backend redis is not built yet: breakers and statistics stay local to this process');

@@ -4,7 +4,7 @@ import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
 import { planRequest } from '../routing/plan.js';
-import { estimateTextTokens } from '../routing/tokens.js';
+import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget } from '../runtime.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
@@ -17,10 +17,10 @@ export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
 }
 
 function inputTokens(input: unknown): number {
-  if (typeof input === 'string') return estimateTextTokens(input);
+  if (typeof input === 'string') return estimateTextTokens(input, APPROXIMATE);
   if (!Array.isArray(input)) return 0;
   let n = 0;
-  for (const x of input) n += typeof x === 'string' ? estimateTextTokens(x) : Array.isArray(x) ? x.length : 1;
+  for (const x of input) n += typeof x === 'string' ? estimateTextTokens(x, APPROXIMATE) : Array.isArray(x) ? x.length : 1;
   return n;
 }
 

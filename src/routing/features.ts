@@ -1,5 +1,5 @@
 import type { ChatBody } from '../upstream/adapter.js';
-import { estimatePromptTokens } from './tokens.js';
+import { APPROXIMATE, estimatePromptTokens } from './tokens.js';
 
 /** What a request needs from an upstream, computed once per request. */
 export interface RequestFeatures {
@@ -12,8 +12,6 @@ export interface RequestFeatures {
   readonly requestedOutputTokens: number | undefined;
 }
 
-const ROUTING_ESTIMATE = { exactBudgetChars: 0 };
-
 export function chatFeatures(body: ChatBody): RequestFeatures {
   const maxOut = body.max_completion_tokens ?? body.max_tokens;
   const format = (body.response_format as { type?: unknown } | undefined)?.type;
@@ -22,9 +20,7 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
     tools: Array.isArray(body.tools) && body.tools.length > 0,
     json: format === 'json_object' || format === 'json_schema',
     images: hasImages(body.messages),
-    // Routing needs magnitudes, not exact counts: the character-class estimate (within ~10-20%) costs a
-    // tenth of BPE on the hot path. Usage reported by the upstream is what metrics and cost count.
-    promptTokens: estimatePromptTokens(body, ROUTING_ESTIMATE),
+    promptTokens: estimatePromptTokens(body, APPROXIMATE),
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
   };
 }

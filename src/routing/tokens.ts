@@ -114,9 +114,16 @@ function countWith(text: string, exact: boolean): number {
 /** Tokens of one string: exact when the tokenizer is loaded and the text is within the budget. */
 export function estimateTextTokens(text: string, opts?: EstimateOptions): number {
   if (typeof text !== 'string' || text.length === 0) return 0;
-  if (exactCounter === undefined) void loadTokenizer();
-  return countWith(text, text.length <= budgetOf(opts));
+  const budget = budgetOf(opts);
+  if (exactCounter === undefined && budget > 0) void loadTokenizer();
+  return countWith(text, text.length <= budget);
 }
+
+/**
+ * What the gateway uses everywhere: routing needs magnitudes (the character-class estimate is within
+ * ~10-20% and ten times cheaper than BPE), and metrics and cost count the usage upstreams report.
+ */
+export const APPROXIMATE: EstimateOptions = { exactBudgetChars: 0 };
 
 function budgetOf(opts: EstimateOptions | undefined): number {
   const b = opts?.exactBudgetChars;
@@ -209,8 +216,10 @@ function jsonTokens(x: unknown): number {
 /** Estimated prompt tokens of an OpenAI Chat Completions body: messages, parts, tool calls and tools. */
 export function estimatePromptTokens(body: PromptBody, opts?: EstimateOptions): number {
   if (!isRecord(body)) return 0;
-  if (exactCounter === undefined) void loadTokenizer();
-  const t = new Tally(budgetOf(opts));
+  const budget = budgetOf(opts);
+  // The BPE tables cost ~50 MB of heap: they load only when someone asks for exact counts.
+  if (exactCounter === undefined && budget > 0) void loadTokenizer();
+  const t = new Tally(budget);
   try {
     const messages = body.messages;
     if (Array.isArray(messages) && messages.length > 0) {
