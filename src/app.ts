@@ -56,6 +56,13 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     childLoggerFactory: (logger) => logger,
     bodyLimit: server.body_limit_bytes,
     requestTimeout: server.request_timeout_ms,
+    // Node checks request timeouts every 30 s by default, which would let a slow body hold a socket for up
+    // to a minute; checking every second keeps "408 within request_timeout_ms" true.
+    http: {
+      requestTimeout: server.request_timeout_ms,
+      headersTimeout: Math.min(server.request_timeout_ms, 60_000),
+      connectionsCheckingInterval: Math.min(1_000, server.request_timeout_ms),
+    },
     connectionTimeout: 0,
     keepAliveTimeout: 72_000,
     // While draining our own hooks answer (OpenAI-shaped 503 on /v1, 503 on /readyz), not fastify's default.

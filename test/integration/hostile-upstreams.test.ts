@@ -1,0 +1,118 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { gzipSync } from 'node:zlib';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+
+/** An upstream that misbehaves exactly as each test says (a real server on 127.0.0.1:0). */
+async function rawUpstream(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ url: string; hits: () => number; server: Server }> {
+  let hits = 0;
+  const server = createServer((req, res) => {
+    hits++;
+    req.resume();
+    req.on('end', () => handler(req, res));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  return { url: `http://127.0.0.1:${port}`, hits: () => hits, server };
+}
+
+let servers: Server[] = [];
+let sims: Simulator[] = [];
+let gw: TestGateway | undefined;
+afterEach(async () => {
+  await gw?.close();
+  await Promise.all(sims.map((s) => s.close()));
+  for (const s of servers) s.closeAllConnections();
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  servers = [];
+  sims = [];
+  gw = undefined;
+});
+
+const COMPLETION = {
+  id: 'chatcmpl-x',
+  object: 'chat.completion',
+  created: 1,
+  model: 'm',
+  choices: [{ index: 0, message: { role: 'assistant', content: 'from the raw upstream' }, finish_reason: 'stop' }],
+  usage: { prompt_tokens: 1, completion_tokens: 4, total_tokens: 5 },
+};
+
+async function setup(first: string, stream = false) {
+  const good = await startSimulator({ name: 'good' });
+  sims.push(good);
+  gw = await startGateway({
+    providers: [simProvider('bad', first, ['m']), simProvider('good', good.url, ['m'])],
+    routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
+  });
+  const res = await request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'r', stream, messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  return { res, text: await res.body.text(), good };
+}
+
+describe('hostile or broken upstreams', () => {
+  it('a redirect is never followed: the next upstream serves', async () => {
+    const elsewhere = await rawUpstream((_q, s) => s.end(JSON.stringify(COMPLETION)));
+    const bad = await rawUpstream((_q, s) => {
+      s.writeHead(302, { location: `${elsewhere.url}/v1/chat/completions` });
+      s.end();
+    });
+    servers.push(elsewhere.server, bad.server);
+    const { res, text, good } = await setup(bad.url);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-router-provider']).toBe('good');
+    expect(text).toContain('good');
+    expect(elsewhere.hits()).toBe(0);
+    expect(good.requests).toHaveLength(1);
+  });
+
+  it('a 200 that is not JSON (an HTML page) fails over instead of being relayed', async () => {
+    const bad = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/html' });
+      s.end('<html>maintenance</html>');
+    });
+    servers.push(bad.server);
+    const { res, text } = await setup(bad.url);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-router-trail']).toBe('bad/m=invalid_upstream_json');
+    expect(text).not.toContain('maintenance');
+  });
+
+  it('a gzip-compressed answer is decoded and relayed intact', async () => {
+    const bad = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      s.end(gzipSync(JSON.stringify(COMPLETION)));
+    });
+    servers.push(bad.server);
+    const { res, text } = await setup(bad.url);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-router-provider']).toBe('bad');
+    expect(JSON.parse(text)).toEqual(COMPLETION);
+  });
+
+  it('non-JSON data events in a stream are dropped, never relayed', async () => {
+    const chunk = (delta: Record<string, unknown>) =>
+      `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`;
+    const bad = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      s.write(chunk({ role: 'assistant', content: '' }));
+      s.write('data: <script>alert(1)</script>\n\n');
+      s.write(chunk({ content: 'Hello' }));
+      s.write('data: not json either\n\n');
+      s.end('data: [DONE]\n\n');
+    });
+    servers.push(bad.server);
+    const { res, text } = await setup(bad.url, true);
+    expect(res.statusCode).toBe(200);
+    expect(text).toContain('"content":"Hello"');
+    expect(text).not.toContain('script');
+    expect(text).not.toContain('not json');
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+  });
+});
