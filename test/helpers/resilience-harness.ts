@@ -1,8 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { afterEach, beforeAll, expect } from 'vitest';
+import { beforeAll, expect } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
+import { closeAfterEach } from './cleanup.js';
 import { simProvider, startGateway, type TestGateway } from './gateway.js';
 
 /** Small bounds, for the upstreams a test makes hang, so every fault resolves in well under a second. */
@@ -12,14 +13,23 @@ export const TIMEOUTS = { connect_ms: 500, first_byte_ms: 300, idle_ms: 300, tot
  * simulators and its client all run on one thread here, so a healthy answer can take longer than 300 ms.
  */
 export const RELAXED = { connect_ms: 1000, first_byte_ms: 2000, idle_ms: 2000, total_ms: 5000 };
-export const BREAKER = { failure_threshold: 2, open_ms: 300, max_open_ms: 2000, half_open_probes: 1, success_threshold: 2 };
+export const BREAKER = {
+  failure_threshold: 2,
+  open_ms: 300,
+  max_open_ms: 2000,
+  half_open_probes: 1,
+  success_threshold: 2,
+};
 export const MSG = [{ role: 'user', content: 'hi' }];
 
 export interface Reply {
   status: number;
   headers: Record<string, string | string[] | undefined>;
   text: string;
-  json: { error?: { message: string; type: string; param: unknown; code: unknown } } & Record<string, unknown>;
+  json: { error?: { message: string; type: string; param: unknown; code: unknown } } & Record<
+    string,
+    unknown
+  >;
   ms: number;
 }
 
@@ -61,14 +71,17 @@ export interface GatewayOptions {
  * order, a gateway with small timeouts, and everything closed in afterEach.
  */
 export function harness() {
-  let sims: Simulator[] = [];
+  const track = closeAfterEach();
   let gw: TestGateway | undefined;
 
   // The first request of a process compiles undici's HTTP parser and JITs the gateway and the simulator,
   // all on this one thread: a cold first byte can take longer than the 300 ms bound under test.
   beforeAll(async () => {
     const s = await startSimulator({ name: 'warm' });
-    const g = await startGateway({ providers: [simProvider('warm', s.url, ['m'])], routes: { r: { targets: ['warm/m'] } } });
+    const g = await startGateway({
+      providers: [simProvider('warm', s.url, ['m'])],
+      routes: { r: { targets: ['warm/m'] } },
+    });
     try {
       for (const stream of [false, true]) {
         const res = await request(`${g.url}/v1/chat/completions`, {
@@ -84,17 +97,8 @@ export function harness() {
     }
   });
 
-  afterEach(async () => {
-    await gw?.close();
-    await Promise.all(sims.map((s) => s.close()));
-    sims = [];
-    gw = undefined;
-  });
-
   async function sim(name: string, opts: Partial<SimOptions> = {}): Promise<Simulator> {
-    const s = await startSimulator({ name, ...opts });
-    sims.push(s);
-    return s;
+    return track(await startSimulator({ name, ...opts }));
   }
 
   /** A URL where nothing listens: a simulator started, noted and closed. */
@@ -105,19 +109,27 @@ export function harness() {
     return url;
   }
 
-  async function gateway(list: Array<Simulator | { name: string; url: string }>, o: GatewayOptions = {}): Promise<TestGateway> {
+  async function gateway(
+    list: Array<Simulator | { name: string; url: string }>,
+    o: GatewayOptions = {},
+  ): Promise<TestGateway> {
     const upstreams = list.map((u) => ('options' in u ? { name: u.options.name, url: u.url } : u));
-    gw = await startGateway({
-      providers: upstreams.map((u) =>
-        simProvider(u.name, u.url, ['m'], {
-          timeouts: { ...(o.tight?.includes(u.name) ? TIMEOUTS : RELAXED), ...o.timeouts },
-          ...o.provider?.[u.name],
-        }),
+    gw = track(
+      await startGateway(
+        {
+          providers: upstreams.map((u) =>
+            simProvider(u.name, u.url, ['m'], {
+              timeouts: { ...(o.tight?.includes(u.name) ? TIMEOUTS : RELAXED), ...o.timeouts },
+              ...o.provider?.[u.name],
+            }),
+          ),
+          routes: { r: { strategy: o.strategy ?? 'priority', targets: upstreams.map((u) => `${u.name}/m`) } },
+          routing: { max_attempts: 3, total_timeout_ms: 5000, ...o.routing },
+          circuit_breaker: { ...BREAKER, ...o.breaker },
+        },
+        { now: o.now },
       ),
-      routes: { r: { strategy: o.strategy ?? 'priority', targets: upstreams.map((u) => `${u.name}/m`) } },
-      routing: { max_attempts: 3, total_timeout_ms: 5000, ...o.routing },
-      circuit_breaker: { ...BREAKER, ...o.breaker },
-    }, { now: o.now });
+    );
     return gw;
   }
 
@@ -126,7 +138,10 @@ export function harness() {
     return gw;
   }
 
-  async function chat(body: Record<string, unknown> = {}, headers: Record<string, string> = {}): Promise<Reply> {
+  async function chat(
+    body: Record<string, unknown> = {},
+    headers: Record<string, string> = {},
+  ): Promise<Reply> {
     const t0 = performance.now();
     const res = await request(`${current().url}/v1/chat/completions`, {
       method: 'POST',

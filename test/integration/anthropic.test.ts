@@ -6,8 +6,9 @@ import type {
   ChatCompletionTool,
 } from 'openai/resources/chat/completions';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
 /**
@@ -16,15 +17,8 @@ import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.
  * in OpenAI shape — JSON and SSE, tools, images, errors and failover across dialects.
  */
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
-
-afterEach(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-});
 
 type Json = Record<string, unknown>;
 type Kind = 'openai' | 'anthropic';
@@ -48,23 +42,25 @@ async function setup<T extends UpstreamSpec[]>(
 ): Promise<{ client: OpenAI; sims: { [K in keyof T]: Simulator } }> {
   const started: Simulator[] = [];
   for (const s of specs) {
-    const sim = await startSimulator({ name: s.name, kind: s.kind, apiKey: keyOf(s.name), ...s.sim });
-    sims.push(sim);
-    started.push(sim);
+    started.push(
+      track(await startSimulator({ name: s.name, kind: s.kind, apiKey: keyOf(s.name), ...s.sim })),
+    );
   }
-  gw = await startGateway({
-    providers: specs.map((s, i) =>
-      simProvider(
-        s.name,
-        started[i]!.url,
-        [MODEL[s.kind]],
-        s.kind === 'anthropic'
-          ? { kind: 'anthropic', base_url: started[i]!.url, api_key: s.gatewayKey ?? keyOf(s.name) }
-          : { api_key: s.gatewayKey ?? keyOf(s.name) },
+  gw = track(
+    await startGateway({
+      providers: specs.map((s, i) =>
+        simProvider(
+          s.name,
+          started[i]!.url,
+          [MODEL[s.kind]],
+          s.kind === 'anthropic'
+            ? { kind: 'anthropic', base_url: started[i]!.url, api_key: s.gatewayKey ?? keyOf(s.name) }
+            : { api_key: s.gatewayKey ?? keyOf(s.name) },
+        ),
       ),
-    ),
-    routes: { r: { strategy: 'priority', targets: specs.map((s) => `${s.name}/${MODEL[s.kind]}`) } },
-  });
+      routes: { r: { strategy: 'priority', targets: specs.map((s) => `${s.name}/${MODEL[s.kind]}`) } },
+    }),
+  );
   const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'client-key', maxRetries: 0 });
   return { client, sims: started as { [K in keyof T]: Simulator } };
 }

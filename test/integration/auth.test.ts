@@ -1,41 +1,45 @@
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-});
 
 const CLIENT_KEY = 'client-key-1';
 const CLIENT_KEY_2 = 'client-key-2';
 const ADMIN_KEY = 'admin-key-1';
 
 async function setup(server: Record<string, unknown>) {
-  const sim = await startSimulator({ name: 'alpha' });
-  sims.push(sim);
-  gw = await startGateway({
-    server,
-    providers: [simProvider('alpha', sim.url, ['m1'], { api_key: 'sk-upstream' })],
-    routes: { fast: { strategy: 'priority', targets: ['alpha/m1'] } },
-  });
+  const sim = track(await startSimulator({ name: 'alpha' }));
+  gw = track(
+    await startGateway({
+      server,
+      providers: [simProvider('alpha', sim.url, ['m1'], { api_key: 'sk-upstream' })],
+      routes: { fast: { strategy: 'priority', targets: ['alpha/m1'] } },
+    }),
+  );
   return sim;
 }
 
 async function call(method: 'GET' | 'POST', path: string, headers: Record<string, string> = {}) {
-  const body = method === 'POST' ? JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] }) : undefined;
+  const body =
+    method === 'POST'
+      ? JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] })
+      : undefined;
   const res = await request(`${gw!.url}${path}`, {
     method,
     headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
     body,
   });
   const text = await res.body.text();
-  return { status: res.statusCode, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    text,
+    json: () => JSON.parse(text) as Record<string, unknown>,
+  };
 }
 
 const chat = (headers: Record<string, string> = {}) => call('POST', '/v1/chat/completions', headers);
@@ -43,7 +47,12 @@ const chat = (headers: Record<string, string> = {}) => call('POST', '/v1/chat/co
 describe('client keys (server.api_keys)', () => {
   it('accepts any configured key as Bearer, with the scheme in any case', async () => {
     const sim = await setup({ api_keys: [CLIENT_KEY, CLIENT_KEY_2] });
-    for (const h of [`Bearer ${CLIENT_KEY}`, `bearer ${CLIENT_KEY}`, `BEARER ${CLIENT_KEY_2}`, `bEaReR   ${CLIENT_KEY}  `]) {
+    for (const h of [
+      `Bearer ${CLIENT_KEY}`,
+      `bearer ${CLIENT_KEY}`,
+      `BEARER ${CLIENT_KEY_2}`,
+      `bEaReR   ${CLIENT_KEY}  `,
+    ]) {
       const r = await chat({ authorization: h });
       expect(r.status, h).toBe(200);
     }
@@ -69,7 +78,12 @@ describe('client keys (server.api_keys)', () => {
       const what = `${path} ${JSON.stringify(headers)}`;
       expect(r.status, what).toBe(401);
       expect(r.json(), what).toEqual({
-        error: { message: expect.stringContaining('API key'), type: 'authentication_error', param: null, code: 'invalid_api_key' },
+        error: {
+          message: expect.stringContaining('API key'),
+          type: 'authentication_error',
+          param: null,
+          code: 'invalid_api_key',
+        },
       });
       expect(r.headers['x-request-id'], what).toBeTruthy();
     }
@@ -106,11 +120,17 @@ describe('the admin key (server.admin_key)', () => {
       { authorization: `Basic ${ADMIN_KEY}` },
     ];
     for (const headers of denied) {
-      for (const [method, path] of [['GET', '/router/status'], ['POST', '/router/explain'], ['GET', `/router/status?admin_key=${ADMIN_KEY}`]] as const) {
+      for (const [method, path] of [
+        ['GET', '/router/status'],
+        ['POST', '/router/explain'],
+        ['GET', `/router/status?admin_key=${ADMIN_KEY}`],
+      ] as const) {
         const r = await call(method, path, headers);
         const what = `${method} ${path} ${JSON.stringify(headers)}`;
         expect(r.status, what).toBe(401);
-        expect(r.json(), what).toMatchObject({ error: { type: 'authentication_error', code: 'invalid_admin_key' } });
+        expect(r.json(), what).toMatchObject({
+          error: { type: 'authentication_error', code: 'invalid_admin_key' },
+        });
         expect(r.text, what).not.toContain('alpha');
       }
     }
@@ -118,7 +138,11 @@ describe('the admin key (server.admin_key)', () => {
 
   it('accepts it as Bearer (any case) or as x-admin-key', async () => {
     await setup({ api_keys: [CLIENT_KEY], admin_key: ADMIN_KEY });
-    const accepted: Record<string, string>[] = [{ authorization: `Bearer ${ADMIN_KEY}` }, { authorization: `bearer ${ADMIN_KEY}` }, { 'x-admin-key': ADMIN_KEY }];
+    const accepted: Record<string, string>[] = [
+      { authorization: `Bearer ${ADMIN_KEY}` },
+      { authorization: `bearer ${ADMIN_KEY}` },
+      { 'x-admin-key': ADMIN_KEY },
+    ];
     for (const headers of accepted) {
       const status = await call('GET', '/router/status', headers);
       expect(status.status).toBe(200);
@@ -130,11 +154,10 @@ describe('the admin key (server.admin_key)', () => {
   });
 
   it('/metrics is open by default, and needs the admin key with server.metrics_auth: true', async () => {
-    await setup({ api_keys: [CLIENT_KEY], admin_key: ADMIN_KEY });
+    const first = await setup({ api_keys: [CLIENT_KEY], admin_key: ADMIN_KEY });
     expect((await call('GET', '/metrics')).status).toBe(200);
     await gw!.close();
-    await Promise.all(sims.map((s) => s.close()));
-    sims = [];
+    await first.close();
 
     await setup({ api_keys: [CLIENT_KEY], admin_key: ADMIN_KEY, metrics_auth: true });
     const denied = await call('GET', '/metrics');
@@ -172,7 +195,12 @@ describe('encoded paths cannot skip auth', () => {
   ];
   for (const [path, method] of cases) {
     it(`${method} ${path} without a key is refused`, async () => {
-      const sim = await setup({ api_keys: [CLIENT_KEY], admin_key: ADMIN_KEY, metrics_auth: true, passthrough: 'alpha' });
+      const sim = await setup({
+        api_keys: [CLIENT_KEY],
+        admin_key: ADMIN_KEY,
+        metrics_auth: true,
+        passthrough: 'alpha',
+      });
       const r = await call(method, path);
       expect([401, 404]).toContain(r.status);
       expect(sim.requests).toHaveLength(0);

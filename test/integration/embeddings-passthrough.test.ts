@@ -4,25 +4,17 @@
  */
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConfigError, parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
 
-afterEach(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-});
-
 async function sim(name: string): Promise<Simulator> {
-  const s = await startSimulator({ name });
-  sims.push(s);
-  return s;
+  return track(await startSimulator({ name }));
 }
 
 const EMB = {
@@ -36,17 +28,19 @@ describe('embeddings', () => {
     const e1 = await sim('e1');
     const e2 = await sim('e2');
     const chat = await sim('chat');
-    gw = await startGateway({
-      providers: [
-        simProvider('e1', e1.url, [EMB], { api_key: 'sk-e1' }),
-        simProvider('e2', e2.url, [{ ...EMB, upstream_name: 'emb-large' }], { api_key: 'sk-e2' }),
-        simProvider('chat', chat.url, ['m']),
-      ],
-      routes: {
-        embed: { strategy: 'priority', targets: ['e1/emb', 'e2/emb'] },
-        talk: { strategy: 'priority', targets: ['chat/m'] },
-      },
-    });
+    gw = track(
+      await startGateway({
+        providers: [
+          simProvider('e1', e1.url, [EMB], { api_key: 'sk-e1' }),
+          simProvider('e2', e2.url, [{ ...EMB, upstream_name: 'emb-large' }], { api_key: 'sk-e2' }),
+          simProvider('chat', chat.url, ['m']),
+        ],
+        routes: {
+          embed: { strategy: 'priority', targets: ['e1/emb', 'e2/emb'] },
+          talk: { strategy: 'priority', targets: ['chat/m'] },
+        },
+      }),
+    );
     const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'client-key', maxRetries: 0 });
     return { e1, e2, chat, client };
   }
@@ -138,11 +132,13 @@ describe('embeddings', () => {
 describe('passthrough', () => {
   async function setup(server: Record<string, unknown>) {
     const pt = await sim('pt');
-    gw = await startGateway({
-      server,
-      providers: [simProvider('pt', pt.url, ['m'], { api_key: 'sk-pt-secret' })],
-      routes: { r: { targets: ['pt/m'] } },
-    });
+    gw = track(
+      await startGateway({
+        server,
+        providers: [simProvider('pt', pt.url, ['m'], { api_key: 'sk-pt-secret' })],
+        routes: { r: { targets: ['pt/m'] } },
+      }),
+    );
     return pt;
   }
 

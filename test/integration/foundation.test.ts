@@ -1,27 +1,25 @@
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
 
-afterEach(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-});
-
-async function setup(simOpts: Parameters<typeof startSimulator>[0] = {}, extra: Record<string, unknown> = {}) {
-  const sim = await startSimulator({ name: 'alpha', ...simOpts });
-  sims.push(sim);
-  gw = await startGateway({
-    providers: [simProvider('alpha', sim.url, ['m1'], { api_key: 'sk-alpha-secret' })],
-    routes: { fast: { strategy: 'priority', targets: ['alpha/m1'] } },
-    ...extra,
-  });
+async function setup(
+  simOpts: Parameters<typeof startSimulator>[0] = {},
+  extra: Record<string, unknown> = {},
+) {
+  const sim = track(await startSimulator({ name: 'alpha', ...simOpts }));
+  gw = track(
+    await startGateway({
+      providers: [simProvider('alpha', sim.url, ['m1'], { api_key: 'sk-alpha-secret' })],
+      routes: { fast: { strategy: 'priority', targets: ['alpha/m1'] } },
+      ...extra,
+    }),
+  );
   const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'client-key', maxRetries: 0 });
   return { sim, gw, client };
 }
@@ -30,7 +28,12 @@ describe('OpenAI SDK through the gateway', () => {
   it('gets a chat completion with routing headers, and the upstream sees its own model name and key', async () => {
     const { sim, client } = await setup();
     const { data, response } = await client.chat.completions
-      .create({ model: 'fast', messages: [{ role: 'user', content: 'hi' }], temperature: 0.5, custom_field: 42 } as never)
+      .create({
+        model: 'fast',
+        messages: [{ role: 'user', content: 'hi' }],
+        temperature: 0.5,
+        custom_field: 42,
+      } as never)
       .withResponse();
     expect(data.choices[0]?.message.content).toContain('alpha');
     expect(response.headers.get('x-router-provider')).toBe('alpha');
@@ -46,7 +49,11 @@ describe('OpenAI SDK through the gateway', () => {
   it('streams: the first chunk reaches the client while the simulator is still sending', async () => {
     const { sim, client } = await setup({ chunkDelayMs: 100, completionTokens: 10 });
     const t0 = performance.now();
-    const stream = await client.chat.completions.create({ model: 'fast', messages: [{ role: 'user', content: 'hi' }], stream: true });
+    const stream = await client.chat.completions.create({
+      model: 'fast',
+      messages: [{ role: 'user', content: 'hi' }],
+      stream: true,
+    });
     let firstContentAt: number | undefined;
     let text = '';
     for await (const chunk of stream) {
@@ -84,9 +91,17 @@ describe('OpenAI SDK through the gateway', () => {
 });
 
 describe('errors are OpenAI-shaped', () => {
-  async function post(path: string, body: string, headers: Record<string, string> = { 'content-type': 'application/json' }) {
+  async function post(
+    path: string,
+    body: string,
+    headers: Record<string, string> = { 'content-type': 'application/json' },
+  ) {
     const res = await request(`${gw!.url}${path}`, { method: 'POST', headers, body });
-    return { status: res.statusCode, headers: res.headers, json: (await res.body.json()) as { error: Record<string, unknown> } };
+    return {
+      status: res.statusCode,
+      headers: res.headers,
+      json: (await res.body.json()) as { error: Record<string, unknown> },
+    };
   }
 
   it('rejects invalid JSON, missing fields, bad types, unknown models, big bodies and other media types', async () => {
@@ -100,26 +115,46 @@ describe('errors are OpenAI-shaped', () => {
     expect(noMessages.json.error.param).toBe('messages');
     expect(noMessages.json.error.message).toContain('messages');
 
-    const noModel = await post('/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: 'x' }] }));
+    const noModel = await post(
+      '/v1/chat/completions',
+      JSON.stringify({ messages: [{ role: 'user', content: 'x' }] }),
+    );
     expect(noModel.json.error.param).toBe('model');
 
-    const badRole = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'wizard', content: 'x' }] }));
+    const badRole = await post(
+      '/v1/chat/completions',
+      JSON.stringify({ model: 'fast', messages: [{ role: 'wizard', content: 'x' }] }),
+    );
     expect(badRole.status).toBe(400);
     expect(badRole.json.error.param).toBe('messages[0].role');
 
-    for (const [field, value] of [['n', 0], ['max_tokens', -1], ['stream', 'yes'], ['tools', [{ type: 'function' }]]] as const) {
-      const r = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x' }], [field]: value }));
+    for (const [field, value] of [
+      ['n', 0],
+      ['max_tokens', -1],
+      ['stream', 'yes'],
+      ['tools', [{ type: 'function' }]],
+    ] as const) {
+      const r = await post(
+        '/v1/chat/completions',
+        JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x' }], [field]: value }),
+      );
       expect(r.status, field).toBe(400);
       expect(String(r.json.error.param), field).toContain(field);
     }
 
     for (const model of ['gpt-nope', '__proto__', 'constructor', 'alpha/none']) {
-      const r = await post('/v1/chat/completions', JSON.stringify({ model, messages: [{ role: 'user', content: 'x' }] }));
+      const r = await post(
+        '/v1/chat/completions',
+        JSON.stringify({ model, messages: [{ role: 'user', content: 'x' }] }),
+      );
       expect(r.status, model).toBe(404);
       expect(r.json.error.code).toBe('model_not_found');
     }
 
-    const big = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x'.repeat(5000) }] }));
+    const big = await post(
+      '/v1/chat/completions',
+      JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x'.repeat(5000) }] }),
+    );
     expect(big.status).toBe(413);
     expect(big.json.error).toBeDefined();
 
@@ -130,7 +165,10 @@ describe('errors are OpenAI-shaped', () => {
     const deep = await post('/v1/chat/completions', '['.repeat(200) + ']'.repeat(200));
     expect(deep.status).toBe(400);
 
-    const gz = await post('/v1/chat/completions', '{}', { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+    const gz = await post('/v1/chat/completions', '{}', {
+      'content-type': 'application/json',
+      'content-encoding': 'gzip',
+    });
     expect(gz.status).toBe(415);
 
     const hdr = await request(`${gw!.url}/v1/chat/completions`, {
@@ -144,7 +182,10 @@ describe('errors are OpenAI-shaped', () => {
 
   it('relays an upstream 400 with its status and message, scrubbed of our key', async () => {
     const { sim } = await setup({ status: 400, errorMessage: 'bad things', echoAuthInError: true });
-    const r = await post('/v1/chat/completions', JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x' }] }));
+    const r = await post(
+      '/v1/chat/completions',
+      JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'x' }] }),
+    );
     expect(r.status).toBe(400);
     expect(JSON.stringify(r.json)).not.toContain('sk-alpha-secret');
     expect(r.json.error.type).toBe('invalid_request_error');
@@ -154,19 +195,25 @@ describe('errors are OpenAI-shaped', () => {
 
 describe('a request no candidate can serve', () => {
   it('gets a 400 that says why: a missing capability, or a context window too small', async () => {
-    const sim = await startSimulator({ name: 'narrow' });
-    sims.push(sim);
-    gw = await startGateway({
-      providers: [simProvider('narrow', sim.url, [{ name: 'm', capabilities: ['stream'], context_window: 50 }])],
-      routes: { fast: { targets: ['narrow/m'] } },
-    });
+    const sim = track(await startSimulator({ name: 'narrow' }));
+    gw = track(
+      await startGateway({
+        providers: [
+          simProvider('narrow', sim.url, [{ name: 'm', capabilities: ['stream'], context_window: 50 }]),
+        ],
+        routes: { fast: { targets: ['narrow/m'] } },
+      }),
+    );
     const post = async (body: Record<string, unknown>) => {
       const res = await request(`${gw!.url}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }], ...body }),
       });
-      return { status: res.statusCode, json: (await res.body.json()) as { error: { message: string; param: string } } };
+      return {
+        status: res.statusCode,
+        json: (await res.body.json()) as { error: { message: string; param: string } },
+      };
     };
     const tools = await post({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] });
     expect(tools.status).toBe(400);
@@ -192,7 +239,9 @@ describe('requests rejected before routing', () => {
     const line = gw!.logs.find((l) => l.msg === 'request' && l.reqId === 'early-404');
     expect(line).toMatchObject({ status: 404, path: '/v1/chat/completions' });
     const scrape = await (await request(`${gw!.url}/metrics`)).body.text();
-    expect(scrape).toContain('llm_router_requests_total{route="none",provider="none",model="none",status="404"} 1');
+    expect(scrape).toContain(
+      'llm_router_requests_total{route="none",provider="none",model="none",status="404"} 1',
+    );
     expect(scrape).not.toContain('no-such-model');
   });
 });

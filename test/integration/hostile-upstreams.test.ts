@@ -1,53 +1,49 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { gzipSync } from 'node:zlib';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
+import { simProvider, startGateway } from '../helpers/gateway.js';
 
-/** An upstream that misbehaves exactly as each test says (a real server on 127.0.0.1:0). */
-async function rawUpstream(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ url: string; hits: () => number; server: Server }> {
+const track = closeAfterEach();
+
+/** An upstream that misbehaves exactly as each test says (a real server on 127.0.0.1:0), closed after the test. */
+async function rawUpstream(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ url: string; hits: () => number }> {
   let hits = 0;
   const server = createServer((req, res) => {
     hits++;
     req.resume();
     req.on('end', () => handler(req, res));
   });
+  track(closeableServer(server));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : 0;
-  return { url: `http://127.0.0.1:${port}`, hits: () => hits, server };
+  return { url: `http://127.0.0.1:${port}`, hits: () => hits };
 }
-
-let servers: Server[] = [];
-let sims: Simulator[] = [];
-let gw: TestGateway | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  for (const s of servers) s.closeAllConnections();
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  servers = [];
-  sims = [];
-  gw = undefined;
-});
 
 const COMPLETION = {
   id: 'chatcmpl-x',
   object: 'chat.completion',
   created: 1,
   model: 'm',
-  choices: [{ index: 0, message: { role: 'assistant', content: 'from the raw upstream' }, finish_reason: 'stop' }],
+  choices: [
+    { index: 0, message: { role: 'assistant', content: 'from the raw upstream' }, finish_reason: 'stop' },
+  ],
   usage: { prompt_tokens: 1, completion_tokens: 4, total_tokens: 5 },
 };
 
 async function setup(first: string, stream = false) {
-  const good = await startSimulator({ name: 'good' });
-  sims.push(good);
-  gw = await startGateway({
-    providers: [simProvider('bad', first, ['m']), simProvider('good', good.url, ['m'])],
-    routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
-  });
+  const good = track(await startSimulator({ name: 'good' }));
+  const gw = track(
+    await startGateway({
+      providers: [simProvider('bad', first, ['m']), simProvider('good', good.url, ['m'])],
+      routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
+    }),
+  );
   const res = await request(`${gw.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -63,7 +59,6 @@ describe('hostile or broken upstreams', () => {
       s.writeHead(302, { location: `${elsewhere.url}/v1/chat/completions` });
       s.end();
     });
-    servers.push(elsewhere.server, bad.server);
     const { res, text, good } = await setup(bad.url);
     expect(res.statusCode).toBe(200);
     expect(res.headers['x-router-provider']).toBe('good');
@@ -77,7 +72,6 @@ describe('hostile or broken upstreams', () => {
       s.writeHead(200, { 'content-type': 'text/html' });
       s.end('<html>maintenance</html>');
     });
-    servers.push(bad.server);
     const { res, text } = await setup(bad.url);
     expect(res.statusCode).toBe(200);
     expect(res.headers['x-router-trail']).toBe('bad/m=invalid_upstream_json');
@@ -89,7 +83,6 @@ describe('hostile or broken upstreams', () => {
       s.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
       s.end(gzipSync(JSON.stringify(COMPLETION)));
     });
-    servers.push(bad.server);
     const { res, text } = await setup(bad.url);
     expect(res.statusCode).toBe(200);
     expect(res.headers['x-router-provider']).toBe('bad');
@@ -107,7 +100,6 @@ describe('hostile or broken upstreams', () => {
       s.write('data: not json either\n\n');
       s.end('data: [DONE]\n\n');
     });
-    servers.push(bad.server);
     const { res, text } = await setup(bad.url, true);
     expect(res.statusCode).toBe(200);
     expect(text).toContain('"content":"Hello"');

@@ -1,7 +1,8 @@
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/observability/metrics.js';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterAll } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { parseProm, select, value, type Sample } from '../helpers/prom-text.js';
 
@@ -10,8 +11,8 @@ import { parseProm, select, value, type Sample } from '../helpers/prom-text.js';
  * that trip a breaker, a tiered route whose LLM router picks "deep", a stream cut after its commit, and an
  * unknown (hostile) model name. Then one scrape, checked metric by metric.
  */
+const track = closeAfterAll();
 let gw: TestGateway;
-let sims: Simulator[] = [];
 let samples: Sample[];
 let scrape: string;
 const headers: Record<string, Record<string, string | string[] | undefined>> = {};
@@ -22,7 +23,11 @@ async function chat(name: string, model: string, extra: Record<string, unknown> 
   const res = await request(`${gw.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'x-request-id': `req-${name}` },
-    body: JSON.stringify({ model, messages: [{ role: 'user', content: `Explain item ${name} in depth, please.` }], ...extra }),
+    body: JSON.stringify({
+      model,
+      messages: [{ role: 'user', content: `Explain item ${name} in depth, please.` }],
+      ...extra,
+    }),
   });
   const text = await res.body.text();
   headers[name] = res.headers;
@@ -30,37 +35,36 @@ async function chat(name: string, model: string, extra: Record<string, unknown> 
 }
 
 beforeAll(async () => {
-  const mk = async (name: string, o: Parameters<typeof startSimulator>[0] = {}) => {
-    const s = await startSimulator({ name, ...o });
-    sims.push(s);
-    return s;
-  };
+  const mk = async (name: string, o: Parameters<typeof startSimulator>[0] = {}) =>
+    track(await startSimulator({ name, ...o }));
   const ok = await mk('ok', { completionTokens: 8 });
   const bad = await mk('bad', { status: 500 });
   const router = await mk('router', { reply: '{"tier":"deep","reason":"x"}', completionTokens: 3 });
   const deep = await mk('deep', { completionTokens: 5 });
   const drop = await mk('drop', { dropAfterChunks: 2, completionTokens: 8, chunkDelayMs: 5 });
-  gw = await startGateway({
-    providers: [
-      simProvider('ok', ok.url, [{ name: 'm', price: PRICE }]),
-      simProvider('bad', bad.url, ['m']),
-      simProvider('router', router.url, ['m']),
-      simProvider('deep', deep.url, [{ name: 'm', price: { input_per_mtok: 15, output_per_mtok: 75 } }]),
-      simProvider('drop', drop.url, ['m']),
-    ],
-    routes: {
-      plain: { strategy: 'priority', targets: ['ok/m'] },
-      fo: { strategy: 'priority', targets: ['bad/m', 'ok/m'] },
-      tiered: {
-        strategy: 'priority',
-        tiers: { fast: ['router/m'], balanced: ['ok/m'], deep: ['deep/m'] },
-        default_tier: 'balanced',
-        router: { tier: 'fast', timeout_ms: 2000 },
+  gw = track(
+    await startGateway({
+      providers: [
+        simProvider('ok', ok.url, [{ name: 'm', price: PRICE }]),
+        simProvider('bad', bad.url, ['m']),
+        simProvider('router', router.url, ['m']),
+        simProvider('deep', deep.url, [{ name: 'm', price: { input_per_mtok: 15, output_per_mtok: 75 } }]),
+        simProvider('drop', drop.url, ['m']),
+      ],
+      routes: {
+        plain: { strategy: 'priority', targets: ['ok/m'] },
+        fo: { strategy: 'priority', targets: ['bad/m', 'ok/m'] },
+        tiered: {
+          strategy: 'priority',
+          tiers: { fast: ['router/m'], balanced: ['ok/m'], deep: ['deep/m'] },
+          default_tier: 'balanced',
+          router: { tier: 'fast', timeout_ms: 2000 },
+        },
+        cut: { strategy: 'priority', targets: ['drop/m'] },
       },
-      cut: { strategy: 'priority', targets: ['drop/m'] },
-    },
-    circuit_breaker: { failure_threshold: 2, open_ms: 60_000 },
-  });
+      circuit_breaker: { failure_threshold: 2, open_ms: 60_000 },
+    }),
+  );
 
   expect((await chat('json', 'plain')).status).toBe(200);
   const stream = await chat('stream', 'plain', { stream: true, stream_options: { include_usage: true } });
@@ -82,12 +86,6 @@ beforeAll(async () => {
   scrape = await res.body.text();
   samples = parseProm(scrape);
 }, 20_000);
-
-afterAll(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-});
 
 const m = (name: string, labels: Record<string, string>) => value(samples, name, labels);
 
@@ -112,7 +110,9 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
     const sum = m(`${n}_sum`, { route: 'plain', provider: 'ok', model: 'm', stream: 'false' })!;
     expect(sum).toBeGreaterThan(0);
     expect(sum).toBeLessThan(5);
-    expect(m(`${n}_bucket`, { route: 'plain', provider: 'ok', model: 'm', stream: 'false', le: '+Inf' })).toBe(1);
+    expect(
+      m(`${n}_bucket`, { route: 'plain', provider: 'ok', model: 'm', stream: 'false', le: '+Inf' }),
+    ).toBe(1);
   });
 
   it('llm_router_time_to_first_token_seconds and _time_per_output_token_seconds{provider, model}', () => {
@@ -120,8 +120,12 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
     expect(m('llm_router_time_to_first_token_seconds_count', { provider: 'deep', model: 'm' })).toBe(1);
     // Per output token only for streams (a JSON answer's TTFT is its whole duration): the one stream.
     expect(m('llm_router_time_per_output_token_seconds_count', { provider: 'ok', model: 'm' })).toBe(1);
-    expect(m('llm_router_time_per_output_token_seconds_sum', { provider: 'ok', model: 'm' })).toBeGreaterThanOrEqual(0);
-    expect(m('llm_router_time_per_output_token_seconds_count', { provider: 'deep', model: 'm' })).toBeUndefined();
+    expect(
+      m('llm_router_time_per_output_token_seconds_sum', { provider: 'ok', model: 'm' }),
+    ).toBeGreaterThanOrEqual(0);
+    expect(
+      m('llm_router_time_per_output_token_seconds_count', { provider: 'deep', model: 'm' }),
+    ).toBeUndefined();
   });
 
   it('llm_router_overhead_seconds{route}', () => {
@@ -192,7 +196,9 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
   });
 
   it('llm_router_stream_failures_total{provider, model, policy}', () => {
-    expect(m('llm_router_stream_failures_total', { provider: 'drop', model: 'm', policy: 'terminate' })).toBe(1);
+    expect(m('llm_router_stream_failures_total', { provider: 'drop', model: 'm', policy: 'terminate' })).toBe(
+      1,
+    );
   });
 
   it('llm_router_config_reloads_total{result} exists before any reload', () => {
@@ -206,7 +212,12 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
       .map((x) => x.name);
     expect(names).toHaveLength(17);
     for (const name of names) expect(scrape, name).toMatch(new RegExp(`^# TYPE ${name} `, 'm'));
-    for (const name of ['process_cpu_user_seconds_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_seconds', 'nodejs_heap_size_used_bytes']) {
+    for (const name of [
+      'process_cpu_user_seconds_total',
+      'process_resident_memory_bytes',
+      'nodejs_eventloop_lag_seconds',
+      'nodejs_heap_size_used_bytes',
+    ]) {
       expect(scrape, name).toMatch(new RegExp(`^${name}(\\{| )`, 'm'));
     }
   });
@@ -224,7 +235,16 @@ describe('the per-request log line', () => {
   it('carries request id, route, strategy, upstream, attempts and trail, status, latency, TTFT, tokens and cost', () => {
     const fo = lineOf('req-fo1')!;
     expect(fo).toBeDefined();
-    expect(fo).toMatchObject({ level: 30, route: 'fo', strategy: 'priority', upstream: 'ok/m', attempts: 2, trail: 'bad/m=http_500', status: 200, stream: false });
+    expect(fo).toMatchObject({
+      level: 30,
+      route: 'fo',
+      strategy: 'priority',
+      upstream: 'ok/m',
+      attempts: 2,
+      trail: 'bad/m=http_500',
+      status: 200,
+      stream: false,
+    });
     for (const k of ['latencyMs', 'ttftMs', 'promptTokens', 'completionTokens', 'costUsd', 'score']) {
       expect(typeof fo[k], k).toBe('number');
     }
@@ -236,7 +256,13 @@ describe('the per-request log line', () => {
 
   it('names the tier and why for a tiered route, and the stream flag and TTFT for a stream', () => {
     const tier = lineOf('req-tier')!;
-    expect(tier).toMatchObject({ route: 'tiered', tier: 'deep', upstream: 'deep/m', attempts: 1, status: 200 });
+    expect(tier).toMatchObject({
+      route: 'tiered',
+      tier: 'deep',
+      upstream: 'deep/m',
+      attempts: 1,
+      status: 200,
+    });
     expect(tier.tierReason).toContain('llm router: x');
     const stream = lineOf('req-stream')!;
     expect(stream).toMatchObject({ route: 'plain', stream: true, status: 200, completionTokens: 8 });

@@ -1,20 +1,22 @@
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
+const track = closeAfterEach();
 let sim: Simulator | undefined;
 let gw: TestGateway | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await sim?.close();
-  gw = undefined;
-  sim = undefined;
-});
 
 async function setup(server: Record<string, unknown>) {
-  sim = await startSimulator({ name: 'a' });
-  gw = await startGateway({ server, providers: [simProvider('a', sim.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
+  sim = track(await startSimulator({ name: 'a' }));
+  gw = track(
+    await startGateway({
+      server,
+      providers: [simProvider('a', sim.url, ['m'])],
+      routes: { r: { targets: ['a/m'] } },
+    }),
+  );
   return gw;
 }
 
@@ -24,7 +26,11 @@ async function chat(key?: string) {
     headers: { 'content-type': 'application/json', ...(key ? { authorization: `Bearer ${key}` } : {}) },
     body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'x' }] }),
   });
-  return { status: res.statusCode, headers: res.headers, json: (await res.body.json()) as { error?: { code: string; type: string } } };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    json: (await res.body.json()) as { error?: { code: string; type: string } },
+  };
 }
 
 describe('load shedding', () => {

@@ -2,29 +2,19 @@ import { writeFileSync, mkdtempSync, rmSync, renameSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
-import { ensureBuilt, startCli, type CliProcess } from '../helpers/cli-harness.js';
+import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
 import { parseProm, value } from '../helpers/prom-text.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
-let cli: CliProcess | undefined;
-afterEach(async () => {
-  await cli?.kill();
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-  cli = undefined;
-});
 
 async function sim(name: string, o: Parameters<typeof startSimulator>[0] = {}): Promise<Simulator> {
-  const s = await startSimulator({ name, ...o });
-  sims.push(s);
-  return s;
+  return track(await startSimulator({ name, ...o }));
 }
 
 /** A YAML config: one provider per simulator (model `m`), the given routes. */
@@ -32,9 +22,13 @@ function yamlOf(providers: Simulator[], routes: Record<string, string[]>, extra 
   return [
     'server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: 2000 }',
     'providers:',
-    ...providers.map((s) => `  - { name: ${s.options.name}, base_url: "${s.url}/v1", models: [{ name: m }] }`),
+    ...providers.map(
+      (s) => `  - { name: ${s.options.name}, base_url: "${s.url}/v1", models: [{ name: m }] }`,
+    ),
     'routes:',
-    ...Object.entries(routes).map(([name, targets]) => `  ${name}: { strategy: priority, targets: [${targets.join(', ')}] }`),
+    ...Object.entries(routes).map(
+      ([name, targets]) => `  ${name}: { strategy: priority, targets: [${targets.join(', ')}] }`,
+    ),
     'circuit_breaker: { failure_threshold: 1, open_ms: 60000 }',
     extra,
   ].join('\n');
@@ -52,7 +46,13 @@ async function chat(base: string, model: string) {
 
 async function status(base: string) {
   const res = await request(`${base}/router/status`);
-  return (await res.body.json()) as { upstreams: { id: string; breaker: { state: string; consecutive_failures: number; trip_cause?: string } }[]; routes: { name: string; targets: string[] }[] };
+  return (await res.body.json()) as {
+    upstreams: {
+      id: string;
+      breaker: { state: string; consecutive_failures: number; trip_cause?: string };
+    }[];
+    routes: { name: string; targets: string[] }[];
+  };
 }
 
 async function metrics(base: string) {
@@ -64,7 +64,7 @@ describe('gateway.reload (in process)', () => {
     const a = await sim('a', { status: 500 });
     const b = await sim('b');
     const c = await sim('c');
-    gw = await startGateway(yamlOf([a, b, c], { main: ['a/m', 'b/m'] }));
+    gw = track(await startGateway(yamlOf([a, b, c], { main: ['a/m', 'b/m'] })));
     expect((await chat(gw.url, 'main')).provider).toBe('b'); // a failed once: its breaker is open
     expect((await status(gw.url)).upstreams.find((u) => u.id === 'a/m')?.breaker.state).toBe('open');
 
@@ -76,7 +76,10 @@ describe('gateway.reload (in process)', () => {
 
     const s = await status(gw.url);
     expect(s.upstreams.map((u) => u.id).sort()).toEqual(['a/m', 'c/m']);
-    expect(s.upstreams.find((u) => u.id === 'a/m')?.breaker).toMatchObject({ state: 'open', trip_cause: 'errors' });
+    expect(s.upstreams.find((u) => u.id === 'a/m')?.breaker).toMatchObject({
+      state: 'open',
+      trip_cause: 'errors',
+    });
     expect(s.routes.find((x) => x.name === 'main')?.targets).toEqual(['a/m', 'c/m']);
     const m = await metrics(gw.url);
     expect(value(m, 'llm_router_circuit_state', { provider: 'a', model: 'm' })).toBe(2);
@@ -87,7 +90,7 @@ describe('gateway.reload (in process)', () => {
 
   it('an invalid change keeps the old config serving, logs the YAML path and counts a failure', async () => {
     const a = await sim('a');
-    gw = await startGateway(yamlOf([a], { main: ['a/m'] }));
+    gw = track(await startGateway(yamlOf([a], { main: ['a/m'] })));
     const bad = yamlOf([a], { main: ['a/m', 'a/nope'] });
     expect(gw.gateway.tryReload(() => parseConfigText(bad, {}, '/etc/gw.yaml'), 'test')).toBe(false);
     expect((await chat(gw.url, 'main')).status).toBe(200);
@@ -96,7 +99,9 @@ describe('gateway.reload (in process)', () => {
     expect(line?.error).toContain('/etc/gw.yaml');
     expect(line?.error).toContain('routes.main.targets[1]: unknown upstream "a/nope"');
 
-    expect(gw.gateway.tryReload(() => parseConfigText(yamlOf([a], { main: ['a/m'], other: ['a/m'] }), {}), 'test')).toBe(true);
+    expect(
+      gw.gateway.tryReload(() => parseConfigText(yamlOf([a], { main: ['a/m'], other: ['a/m'] }), {}), 'test'),
+    ).toBe(true);
     expect((await chat(gw.url, 'other')).status).toBe(200);
     const m = await metrics(gw.url);
     expect(value(m, 'llm_router_config_reloads_total', { result: 'failure' })).toBe(1);
@@ -106,20 +111,30 @@ describe('gateway.reload (in process)', () => {
   it('warns (naming settings, never values) when a reload changes server settings that need a restart', async () => {
     const a = await sim('a');
     const base = yamlOf([a], { main: ['a/m'] });
-    gw = await startGateway(base.replace('port: 0,', 'port: 0, api_keys: ["k-old"], body_limit_bytes: 1000,'));
-    gw.gateway.reload(parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 2000,'), {}));
+    gw = track(
+      await startGateway(base.replace('port: 0,', 'port: 0, api_keys: ["k-old"], body_limit_bytes: 1000,')),
+    );
+    gw.gateway.reload(
+      parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 2000,'), {}),
+    );
     const line = gw.logs.find((l) => Array.isArray(l.settings));
     expect(line).toMatchObject({ level: 40, settings: ['server.body_limit_bytes'] });
     expect(gw.rawLogs()).not.toContain('k-new');
-    gw.gateway.reload(parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 2000,'), {}));
+    gw.gateway.reload(
+      parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 2000,'), {}),
+    );
     expect(gw.logs.filter((l) => Array.isArray(l.settings))).toHaveLength(1); // nothing changed the second time
   });
 
   // Regression: the key sets were built once at start, so a reload that rotated keys kept the old ones.
   it('a reload rotates the client and admin keys', async () => {
     const a = await sim('a');
-    const withKeys = (k: string) => yamlOf([a], { main: ['a/m'] }).replace('port: 0,', `port: 0, api_keys: ["${k}"], admin_key: "admin-${k}",`);
-    gw = await startGateway(withKeys('old'));
+    const withKeys = (k: string) =>
+      yamlOf([a], { main: ['a/m'] }).replace(
+        'port: 0,',
+        `port: 0, api_keys: ["${k}"], admin_key: "admin-${k}",`,
+      );
+    gw = track(await startGateway(withKeys('old')));
     gw.gateway.reload(parseConfigText(withKeys('new'), {}));
     const code = async (path: string, key: string) => {
       const r = await request(`${gw!.url}${path}`, { headers: { authorization: `Bearer ${key}` } });
@@ -135,7 +150,7 @@ describe('gateway.reload (in process)', () => {
   it('a stream in flight during a reload completes on the old config, even when its upstream is removed', async () => {
     const slow = await sim('slow', { chunkDelayMs: 40, completionTokens: 15 });
     const other = await sim('other');
-    gw = await startGateway(yamlOf([slow, other], { main: ['slow/m'] }));
+    gw = track(await startGateway(yamlOf([slow, other], { main: ['slow/m'] })));
     const res = await request(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -170,10 +185,12 @@ describe('the CLI reloads on file change and on SIGHUP', () => {
     const b = await sim('b');
     const path = join(dir, 'gateway.yaml');
     writeFileSync(path, yamlOf([a, b], { main: ['a/m'] }));
-    cli = await startCli(path);
+    const cli = await startCli(path);
+    track({ close: () => cli.kill() });
     expect((await chat(cli.url, 'main')).provider).toBe('a');
 
-    const rejected = (l: Record<string, unknown>) => l.msg === 'config reload rejected; the old config keeps serving';
+    const rejected = (l: Record<string, unknown>) =>
+      l.msg === 'config reload rejected; the old config keeps serving';
     writeFileSync(path, yamlOf([a, b], { main: ['a/m'], extra: ['b/m', 'openai/gpt-4'] }));
     const line = await cli.waitForLog(rejected);
     expect(line.level).toBe(50);
@@ -197,13 +214,20 @@ describe('the CLI reloads on file change and on SIGHUP', () => {
 
     // SIGHUP reloads (it must not shut the process down).
     writeFileSync(path, yamlOf([a, b], { main: ['a/m'], extra: ['b/m'], third: ['a/m'] }));
-    await cli.waitForLog((l) => l.msg === 'config reloaded' && l.why === 'file changed' && cli!.logs.filter((x) => x.msg === 'config reloaded').length >= 2);
+    await cli.waitForLog(
+      (l) =>
+        l.msg === 'config reloaded' &&
+        l.why === 'file changed' &&
+        cli.logs.filter((x) => x.msg === 'config reloaded').length >= 2,
+    );
     cli.proc.kill('SIGHUP');
     await cli.waitForLog((l) => l.msg === 'config reloaded' && l.why === 'SIGHUP');
     expect(cli.proc.exitCode).toBeNull();
     expect((await chat(cli.url, 'third')).status).toBe(200);
     m = await metrics(cli.url);
-    expect(value(m, 'llm_router_config_reloads_total', { result: 'success' })).toBeGreaterThanOrEqual(successes + 2);
+    expect(value(m, 'llm_router_config_reloads_total', { result: 'success' })).toBeGreaterThanOrEqual(
+      successes + 2,
+    );
     expect(cli.stderr()).toBe('');
   });
 });

@@ -3,22 +3,16 @@
  * gateway, real clients, and the share of requests each upstream receives under each strategy.
  */
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { mulberry32 } from '../helpers/random.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
-const controllers: AbortController[] = [];
-
-afterEach(async () => {
-  for (const ac of controllers.splice(0)) ac.abort();
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-});
+/** The simulators of the latest setup(). */
+let sims: Simulator[] = [];
 
 /** USD per million tokens: `cheap` is 10× cheaper than `mid`, which is 5× cheaper than `pricey`. */
 const PRICES = {
@@ -41,18 +35,21 @@ async function setup(
 ): Promise<Setup> {
   const sim = {} as Record<Name, Simulator>;
   for (const name of NAMES) {
-    const s = await startSimulator({ name, latencyMs: opts.latencyMs?.[name] ?? 0, completionTokens: 8 });
-    sims.push(s);
-    sim[name] = s;
+    sim[name] = track(
+      await startSimulator({ name, latencyMs: opts.latencyMs?.[name] ?? 0, completionTokens: 8 }),
+    );
   }
-  gw = await startGateway(
-    {
-      providers: NAMES.map((name) =>
-        simProvider(name, sim[name].url, [{ name: 'm', price: PRICES[name] }], { api_key: `sk-${name}` }),
-      ),
-      routes,
-    },
-    { random: mulberry32(42) },
+  sims = NAMES.map((name) => sim[name]);
+  gw = track(
+    await startGateway(
+      {
+        providers: NAMES.map((name) =>
+          simProvider(name, sim[name].url, [{ name: 'm', price: PRICES[name] }], { api_key: `sk-${name}` }),
+        ),
+        routes,
+      },
+      { random: mulberry32(42) },
+    ),
   );
   return { gw, sim };
 }
@@ -221,7 +218,7 @@ describe('round-robin, weighted, least-busy', () => {
     const streams = [];
     for (let i = 0; i < 3; i++) {
       const ac = new AbortController();
-      controllers.push(ac);
+      track({ close: () => ac.abort() }); // tracked after the gateway: aborted before it closes
       streams.push(
         request(`${gw!.url}/v1/chat/completions`, {
           method: 'POST',
@@ -280,10 +277,14 @@ describe('request headers', () => {
     }
     // A known provider that has no upstream in this route: also a 400, naming the header.
     await gw!.close();
-    gw = await startGateway({
-      providers: NAMES.map((name) => simProvider(name, sim[name].url, [{ name: 'm', price: PRICES[name] }])),
-      routes: { r: { strategy: 'priority', targets: ['pricey/m', 'mid/m'] } },
-    });
+    gw = track(
+      await startGateway({
+        providers: NAMES.map((name) =>
+          simProvider(name, sim[name].url, [{ name: 'm', price: PRICES[name] }]),
+        ),
+        routes: { r: { strategy: 'priority', targets: ['pricey/m', 'mid/m'] } },
+      }),
+    );
     const notInRoute = await postJson(
       '/v1/chat/completions',
       { model: 'r', messages: HI },

@@ -1,6 +1,7 @@
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 
 /**
@@ -23,19 +24,17 @@ const SECRETS = {
   ADMIN_KEY: 'admin-SECRET-key-4242',
 };
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-});
 
 /** Everything a client could see: status, headers and body text of every response. */
 const seen: string[] = [];
 
-async function call(method: 'GET' | 'POST', path: string, opts: { headers?: Record<string, string>; body?: unknown } = {}) {
+async function call(
+  method: 'GET' | 'POST',
+  path: string,
+  opts: { headers?: Record<string, string>; body?: unknown } = {},
+) {
   const res = await request(`${gw!.url}${path}`, {
     method,
     headers: { ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}), ...opts.headers },
@@ -48,17 +47,17 @@ async function call(method: 'GET' | 'POST', path: string, opts: { headers?: Reco
 
 describe('no configured secret ever leaves the gateway', () => {
   it('in any response body, header, log line, /router/*, /metrics or /v1/models', async () => {
-    const mk = async (name: string, o: Parameters<typeof startSimulator>[0] = {}) => {
-      const s = await startSimulator({ name, ...o });
-      sims.push(s);
-      return s;
-    };
+    const mk = async (name: string, o: Parameters<typeof startSimulator>[0] = {}) =>
+      track(await startSimulator({ name, ...o }));
     const alpha = await mk('alpha', { apiKey: SECRETS.ALPHA_KEY });
     const beta = await mk('beta', { status: 500, echoAuthInError: true });
     const gamma = await mk('gamma', { status: 400, echoAuthInError: true, errorMessage: 'bad request' });
     const wrong = await mk('wrong', { apiKey: 'the-real-key', echoAuthInError: true });
     // An upstream that commits a stream, then sends an error event quoting our key.
-    const cut = await mk('cut', { errorEventAfterChunks: 2, errorMessage: `upstream broke (key ${SECRETS.CUT_KEY})` });
+    const cut = await mk('cut', {
+      errorEventAfterChunks: 2,
+      errorMessage: `upstream broke (key ${SECRETS.CUT_KEY})`,
+    });
     const ant = await mk('ant', { kind: 'anthropic', apiKey: SECRETS.ANT_KEY });
     const pt = await mk('pt', { status: 403, echoAuthInError: true });
 
@@ -82,59 +81,92 @@ routes:
   claude: { strategy: priority, targets: [ant/m] }
   dead: { strategy: priority, targets: [beta/m, wrong/m] }
 `;
-    gw = await startGateway(yaml, { env: SECRETS });
+    gw = track(await startGateway(yaml, { env: SECRETS }));
     const auth = { authorization: `Bearer ${SECRETS.CLIENT_KEY}` };
     const admin = { authorization: `Bearer ${SECRETS.ADMIN_KEY}` };
     const msgs = [{ role: 'user', content: 'hello there' }];
 
     // Failover past two upstreams that echo our key (a 500, and a 401 because the key is wrong).
-    const ok = await call('POST', '/v1/chat/completions', { headers: auth, body: { model: 'main', messages: msgs } });
+    const ok = await call('POST', '/v1/chat/completions', {
+      headers: auth,
+      body: { model: 'main', messages: msgs },
+    });
     expect(ok.status).toBe(200);
     expect(ok.headers['x-router-trail']).toBe('beta/m=http_500,wrong/m=http_401');
     expect(beta.requests[0]?.headers.authorization).toBe(`Bearer ${SECRETS.BETA_KEY}`); // the echo really happened
     expect(alpha.requests[0]?.headers.authorization).toBe(`Bearer ${SECRETS.ALPHA_KEY}`);
 
-    const stream = await call('POST', '/v1/chat/completions', { headers: auth, body: { model: 'main', messages: msgs, stream: true } });
+    const stream = await call('POST', '/v1/chat/completions', {
+      headers: auth,
+      body: { model: 'main', messages: msgs, stream: true },
+    });
     expect(stream.status).toBe(200);
     expect(stream.text).toContain('[DONE]');
 
-    const relayed = await call('POST', '/v1/chat/completions', { headers: auth, body: { model: 'relay', messages: msgs } });
+    const relayed = await call('POST', '/v1/chat/completions', {
+      headers: auth,
+      body: { model: 'relay', messages: msgs },
+    });
     expect(relayed.status).toBe(400);
     expect(relayed.text).toContain('bad request');
     expect(relayed.text).toContain('[REDACTED]');
-    const relayedStream = await call('POST', '/v1/chat/completions', { headers: auth, body: { model: 'relay', messages: msgs, stream: true } });
+    const relayedStream = await call('POST', '/v1/chat/completions', {
+      headers: auth,
+      body: { model: 'relay', messages: msgs, stream: true },
+    });
     expect(relayedStream.status).toBe(400);
 
-    const cutStream = await call('POST', '/v1/chat/completions', { headers: auth, body: { model: 'cut', messages: msgs, stream: true } });
+    const cutStream = await call('POST', '/v1/chat/completions', {
+      headers: auth,
+      body: { model: 'cut', messages: msgs, stream: true },
+    });
     expect(cutStream.status).toBe(200);
     expect(cutStream.text).toContain('"error"');
     expect(cutStream.text).toContain('upstream broke (key [REDACTED])'); // relayed, scrubbed
 
-    const claude = await call('POST', '/v1/chat/completions', { headers: auth, body: { model: 'claude', messages: msgs } });
+    const claude = await call('POST', '/v1/chat/completions', {
+      headers: auth,
+      body: { model: 'claude', messages: msgs },
+    });
     expect(claude.status).toBe(200);
     expect(ant.requests[0]?.headers['x-api-key']).toBe(SECRETS.ANT_KEY);
 
-    const dead = await call('POST', '/v1/chat/completions', { headers: auth, body: { model: 'dead', messages: msgs } });
+    const dead = await call('POST', '/v1/chat/completions', {
+      headers: auth,
+      body: { model: 'dead', messages: msgs },
+    });
     expect(dead.status).toBe(502);
 
-    const passthrough = await call('GET', '/v1/files', { headers: { authorization: `Bearer ${SECRETS.CLIENT_KEY_2}` } });
+    const passthrough = await call('GET', '/v1/files', {
+      headers: { authorization: `Bearer ${SECRETS.CLIENT_KEY_2}` },
+    });
     expect(passthrough.status).toBe(403);
     expect(pt.requests.at(-1)?.headers.authorization).toBe(`Bearer ${SECRETS.PT_KEY}`); // our key replaced the client's
     seen.pop(); // its echoed key is the known passthrough bug below; every other surface is checked here
 
     expect((await call('GET', '/v1/models', { headers: auth })).status).toBe(200);
     expect((await call('GET', '/router/status', { headers: admin })).status).toBe(200);
-    expect((await call('GET', '/router/status', { headers: { 'x-admin-key': SECRETS.ADMIN_KEY } })).status).toBe(200);
-    expect((await call('POST', '/router/explain', { headers: admin, body: { model: 'main', messages: msgs } })).status).toBe(200);
+    expect(
+      (await call('GET', '/router/status', { headers: { 'x-admin-key': SECRETS.ADMIN_KEY } })).status,
+    ).toBe(200);
+    expect(
+      (await call('POST', '/router/explain', { headers: admin, body: { model: 'main', messages: msgs } }))
+        .status,
+    ).toBe(200);
     expect((await call('GET', '/metrics')).status).toBe(200);
     expect((await call('GET', '/healthz')).status).toBe(200);
     expect((await call('GET', '/readyz')).status).toBe(200);
 
     // Auth failures, including a client key offered as the admin key and keys in places they don't belong.
-    expect((await call('POST', '/v1/chat/completions', { body: { model: 'main', messages: msgs } })).status).toBe(401);
+    expect(
+      (await call('POST', '/v1/chat/completions', { body: { model: 'main', messages: msgs } })).status,
+    ).toBe(401);
     expect((await call('GET', `/v1/models?api_key=${SECRETS.CLIENT_KEY}`)).status).toBe(401);
     expect((await call('GET', '/router/status', { headers: auth })).status).toBe(401);
-    expect((await call('GET', '/router/status', { headers: { authorization: `Bearer ${SECRETS.ADMIN_KEY}x` } })).status).toBe(401);
+    expect(
+      (await call('GET', '/router/status', { headers: { authorization: `Bearer ${SECRETS.ADMIN_KEY}x` } }))
+        .status,
+    ).toBe(401);
     expect((await call('GET', `/router/status?admin_key=${SECRETS.ADMIN_KEY}`)).status).toBe(401);
 
     const logs = gw.rawLogs();
@@ -149,11 +181,17 @@ routes:
 
   // Regression: passthrough error bodies were relayed byte for byte, echoed key included.
   it('a passthrough error body that echoes the provider key is scrubbed', async () => {
-    const pt = await startSimulator({ name: 'pt', status: 403, echoAuthInError: true });
-    sims.push(pt);
-    gw = await startGateway(
-      { server: { passthrough: 'pt' }, providers: [{ name: 'pt', base_url: `${pt.url}/v1`, api_key: SECRETS.PT_KEY, models: [{ name: 'm' }] }] },
-      {},
+    const pt = track(await startSimulator({ name: 'pt', status: 403, echoAuthInError: true }));
+    gw = track(
+      await startGateway(
+        {
+          server: { passthrough: 'pt' },
+          providers: [
+            { name: 'pt', base_url: `${pt.url}/v1`, api_key: SECRETS.PT_KEY, models: [{ name: 'm' }] },
+          ],
+        },
+        {},
+      ),
     );
     const res = await request(`${gw.url}/v1/files`);
     expect(res.statusCode).toBe(403);

@@ -2,29 +2,22 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway } from '../helpers/gateway.js';
-import { ensureBuilt, startCli, type CliProcess } from '../helpers/cli-harness.js';
+import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
 
-let sims: Simulator[] = [];
-let cli: CliProcess | undefined;
+const track = closeAfterEach();
 let dir: string;
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ler-shutdown-'));
   await ensureBuilt();
 }, 120_000);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-afterEach(async () => {
-  await cli?.kill();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  cli = undefined;
-});
 
 async function start(graceMs: number, simOpts: Parameters<typeof startSimulator>[0]) {
-  const sim = await startSimulator({ name: 'slow', ...simOpts });
-  sims.push(sim);
+  const sim = track(await startSimulator({ name: 'slow', ...simOpts }));
   const path = join(dir, `gateway-${graceMs}.yaml`);
   writeFileSync(
     path,
@@ -36,7 +29,8 @@ async function start(graceMs: number, simOpts: Parameters<typeof startSimulator>
       '  main: { strategy: priority, targets: [slow/m] }',
     ].join('\n'),
   );
-  cli = await startCli(path);
+  const cli = await startCli(path);
+  track({ close: () => cli.kill() });
   return { sim, cli };
 }
 
@@ -116,8 +110,7 @@ describe('SIGTERM drains', () => {
 
 describe('/readyz (in process)', () => {
   it('is 503 when every upstream is open or the gateway is draining; /healthz stays 200', async () => {
-    const sim = await startSimulator({ name: 'a', status: 500 });
-    sims.push(sim);
+    const sim = track(await startSimulator({ name: 'a', status: 500 }));
     const gw = await startGateway({
       providers: [{ name: 'a', base_url: `${sim.url}/v1`, models: [{ name: 'm' }] }],
       routes: { main: { targets: ['a/m'] } },
@@ -135,7 +128,10 @@ describe('/readyz (in process)', () => {
         body: JSON.stringify({ model: 'main', messages: [{ role: 'user', content: 'hi' }] }),
       });
       await r.body.dump();
-      expect(await ready()).toEqual({ status: 503, body: { status: 'no_available_upstream', upstreams_available: 0 } });
+      expect(await ready()).toEqual({
+        status: 503,
+        body: { status: 'no_available_upstream', upstreams_available: 0 },
+      });
       gw.gateway.draining = true;
       expect((await ready()).body.status).toBe('draining');
       expect((await request(`${gw.url}/healthz`)).statusCode).toBe(200);

@@ -1,17 +1,12 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startSimulator, type SimOptions, type Simulator } from '../helpers/simulator.js';
 import { get, post, sseEvents } from '../helpers/sim-wire.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 async function sim(opts: Partial<SimOptions> = {}): Promise<Simulator> {
-  const s = await startSimulator({ kind: 'anthropic', ...opts });
-  sims.push(s);
-  return s;
+  return track(await startSimulator({ kind: 'anthropic', ...opts }));
 }
-afterEach(async () => {
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-});
 
 const VERSION = { 'anthropic-version': '2023-06-01' };
 const msg = {

@@ -1,19 +1,14 @@
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startSimulator, type SimOptions, type Simulator } from '../helpers/simulator.js';
 import { get, post, sseEvents } from '../helpers/sim-wire.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 async function sim(opts: Partial<SimOptions> = {}): Promise<Simulator> {
-  const s = await startSimulator(opts);
-  sims.push(s);
-  return s;
+  return track(await startSimulator(opts));
 }
-afterEach(async () => {
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-});
 
 const chat: { model: string; messages: OpenAI.ChatCompletionMessageParam[] } = {
   model: 'gpt-4o-mini',

@@ -1,16 +1,10 @@
 import { connect } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { simProvider, startGateway } from '../helpers/gateway.js';
 
-let sim: Simulator | undefined;
-let gw: TestGateway | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await sim?.close();
-  gw = undefined;
-  sim = undefined;
-});
+const track = closeAfterEach();
 
 /** Sends the headers and part of a body, then stalls; resolves with what the gateway answered, if anything. */
 function slowBody(url: string, waitMs: number): Promise<{ text: string; ms: number }> {
@@ -18,7 +12,9 @@ function slowBody(url: string, waitMs: number): Promise<{ text: string; ms: numb
   return new Promise((resolve) => {
     const t0 = performance.now();
     const socket = connect(Number(port), hostname, () => {
-      socket.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model":');
+      socket.write(
+        'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model":',
+      );
     });
     let text = '';
     socket.on('data', (d) => (text += d.toString()));
@@ -35,12 +31,14 @@ function slowBody(url: string, waitMs: number): Promise<{ text: string; ms: numb
 
 describe('a client that sends its body too slowly', () => {
   it('gets 408 within request_timeout_ms (plus the once-a-second check), and no upstream is called', async () => {
-    sim = await startSimulator({ name: 'a' });
-    gw = await startGateway({
-      server: { request_timeout_ms: 1_000 },
-      providers: [simProvider('a', sim.url, ['m'])],
-      routes: { r: { targets: ['a/m'] } },
-    });
+    const sim = track(await startSimulator({ name: 'a' }));
+    const gw = track(
+      await startGateway({
+        server: { request_timeout_ms: 1_000 },
+        providers: [simProvider('a', sim.url, ['m'])],
+        routes: { r: { targets: ['a/m'] } },
+      }),
+    );
     const r = await slowBody(gw.url, 8_000);
     expect(r.text).toMatch(/^HTTP\/1\.1 408/);
     expect(r.ms).toBeLessThan(4_000);

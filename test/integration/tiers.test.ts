@@ -1,46 +1,40 @@
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../../src/sim/index.js';
+import { describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
-let sims: Simulator[] = [];
+const track = closeAfterEach();
 let gw: TestGateway | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await Promise.all(sims.map((s) => s.close()));
-  sims = [];
-  gw = undefined;
-});
 
 const ROUTER_ANSWER = '{"tier": "deep", "reason": "needs careful reasoning"}';
 
 async function setup() {
-  const mk = async (name: string, extra: Parameters<typeof startSimulator>[0] = {}) => {
-    const s = await startSimulator({ name, ...extra });
-    sims.push(s);
-    return s;
-  };
+  const mk = async (name: string, extra: Parameters<typeof startSimulator>[0] = {}) =>
+    track(await startSimulator({ name, ...extra }));
   const r1 = await mk('r1', { reply: ROUTER_ANSWER, completionTokens: 3 });
   const r2 = await mk('r2', { reply: ROUTER_ANSWER, completionTokens: 3 });
   const bal = await mk('bal');
   const deep = await mk('deep');
-  gw = await startGateway({
-    providers: [
-      simProvider('r1', r1.url, ['m']),
-      simProvider('r2', r2.url, ['m']),
-      simProvider('bal', bal.url, ['m']),
-      simProvider('deep', deep.url, ['m']),
-    ],
-    routes: {
-      auto: {
-        strategy: 'priority',
-        tiers: { fast: ['r1/m', 'r2/m'], balanced: ['bal/m'], deep: ['deep/m'] },
-        rules: [{ name: 'greeting', if: { last_user_message: '^(hi|hello)$' }, tier: 'balanced' }],
-        default_tier: 'balanced',
-        router: { tier: 'fast', timeout_ms: 400, cache_ttl_s: 60 },
+  gw = track(
+    await startGateway({
+      providers: [
+        simProvider('r1', r1.url, ['m']),
+        simProvider('r2', r2.url, ['m']),
+        simProvider('bal', bal.url, ['m']),
+        simProvider('deep', deep.url, ['m']),
+      ],
+      routes: {
+        auto: {
+          strategy: 'priority',
+          tiers: { fast: ['r1/m', 'r2/m'], balanced: ['bal/m'], deep: ['deep/m'] },
+          rules: [{ name: 'greeting', if: { last_user_message: '^(hi|hello)$' }, tier: 'balanced' }],
+          default_tier: 'balanced',
+          router: { tier: 'fast', timeout_ms: 400, cache_ttl_s: 60 },
+        },
       },
-    },
-  });
+    }),
+  );
   return { r1, r2, bal, deep, gw };
 }
 
@@ -79,7 +73,11 @@ describe('tiers and the LLM router', () => {
     expect(a.headers['x-router-tier']).toBe('deep');
     expect(a.body.choices?.[0]?.message.content).toContain('deep');
     expect(r1.requests).toHaveLength(1);
-    const routerBody = r1.requests[0]!.body as { temperature: number; max_tokens: number; messages: { role: string; content: string }[] };
+    const routerBody = r1.requests[0]!.body as {
+      temperature: number;
+      max_tokens: number;
+      messages: { role: string; content: string }[];
+    };
     expect(routerBody.temperature).toBe(0);
     expect(routerBody.max_tokens).toBeLessThanOrEqual(100);
     expect(routerBody.messages[0]!.content).toContain('"tier"');
@@ -106,7 +104,7 @@ describe('tiers and the LLM router', () => {
     expect(await metric('llm_router_llm_router_requests_total{tier="balanced",outcome="timeout"}')).toBe(1);
   });
 
-  it('a failing router upstream fails over to the tier\'s next upstream', async () => {
+  it("a failing router upstream fails over to the tier's next upstream", async () => {
     const { r1, r2, deep } = await setup();
     r1.set({ status: 500 });
     const r = await chat('Design a distributed consensus protocol and argue its safety.');
@@ -123,7 +121,9 @@ describe('tiers and the LLM router', () => {
     const r = await chat('Tell me something interesting about octopuses and their arms.');
     expect(r.headers['x-router-tier']).toBe('balanced');
     expect(bal.requests).toHaveLength(1);
-    expect(await metric('llm_router_llm_router_requests_total{tier="balanced",outcome="unparsable"}')).toBe(1);
+    expect(await metric('llm_router_llm_router_requests_total{tier="balanced",outcome="unparsable"}')).toBe(
+      1,
+    );
   });
 
   it('x-router-tier wins outright and an unknown tier is a 400', async () => {
