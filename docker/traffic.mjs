@@ -4,7 +4,12 @@
 const base = process.env.GATEWAY_URL ?? 'http://gateway:8080';
 const rps = Number(process.env.TRAFFIC_RPS ?? 4);
 const routes = ['cheap', 'fast', 'smart', 'auto', 'auto'];
-const prompts = ['hello', 'Summarise the plot of Hamlet.', 'Write a haiku about routers.', 'Explain TCP slow start.'];
+const prompts = [
+  'hello',
+  'Summarise the plot of Hamlet.',
+  'Write a haiku about routers.',
+  'Explain TCP slow start.',
+];
 const pick = (xs) => xs[Math.floor(Math.random() * xs.length)];
 
 async function once() {

@@ -1,5 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+} from 'fastify';
 import type { LoadedConfig } from './config/load.js';
 import { GatewayError, errorBody } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
@@ -83,7 +88,13 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   // get their line here. Health, metrics and admin reads stay out of the request log and counters.
   app.addHook('onResponse', (req, reply, done) => {
     const route = req.routeOptions.url;
-    if (!req.reported && route !== '/healthz' && route !== '/readyz' && route !== '/metrics' && route !== '/router/status') {
+    if (
+      !req.reported &&
+      route !== '/healthz' &&
+      route !== '/readyz' &&
+      route !== '/metrics' &&
+      route !== '/router/status'
+    ) {
       reportUnrouted(gateway, req, reply.statusCode, reply.elapsedTime);
     }
     done();
@@ -110,7 +121,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     api.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
       const enc = req.headers['content-encoding'];
       if (enc !== undefined && enc !== 'identity') {
-        return done(new GatewayError('unsupported_media_type', `content-encoding "${String(enc)}" is not supported`));
+        return done(
+          new GatewayError('unsupported_media_type', `content-encoding "${String(enc)}" is not supported`),
+        );
       }
       const text = typeof body === 'string' ? body : body.toString('utf8');
       if (text === '') return done(new GatewayError('invalid_request', 'request body is empty'));

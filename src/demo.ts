@@ -13,9 +13,32 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 
 async function main(): Promise<void> {
   const sims: Simulator[] = [
-    await startSimulator({ kind: 'openai', name: 'budget', port: 9101, latencyMs: 120, tokensPerS: 40, failRate: 0.2, completionTokens: 24 }),
-    await startSimulator({ kind: 'openai', name: 'speedy', port: 9102, latencyMs: 15, tokensPerS: 200, completionTokens: 24 }),
-    await startSimulator({ kind: 'anthropic', name: 'claude-sim', port: 9103, latencyMs: 60, tokensPerS: 80, completionTokens: 24, apiKey: 'demo-anthropic-key' }),
+    await startSimulator({
+      kind: 'openai',
+      name: 'budget',
+      port: 9101,
+      latencyMs: 120,
+      tokensPerS: 40,
+      failRate: 0.2,
+      completionTokens: 24,
+    }),
+    await startSimulator({
+      kind: 'openai',
+      name: 'speedy',
+      port: 9102,
+      latencyMs: 15,
+      tokensPerS: 200,
+      completionTokens: 24,
+    }),
+    await startSimulator({
+      kind: 'anthropic',
+      name: 'claude-sim',
+      port: 9103,
+      latencyMs: 60,
+      tokensPerS: 80,
+      completionTokens: 24,
+      apiKey: 'demo-anthropic-key',
+    }),
   ];
   let loaded;
   try {

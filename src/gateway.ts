@@ -45,8 +45,18 @@ export class Gateway {
     this.requestLog = this.logger.child({}, { redact: { paths: [], censor: '[REDACTED]' } });
     const m = this.metrics;
     this.requestChildren = new ChildCache(([route, provider, model, status, stream]) => ({
-      requests: m.requests.labels({ route: String(route), provider: String(provider), model: String(model), status: String(status) }),
-      duration: m.requestDuration.labels({ route: String(route), provider: String(provider), model: String(model), stream: String(stream) }),
+      requests: m.requests.labels({
+        route: String(route),
+        provider: String(provider),
+        model: String(model),
+        status: String(status),
+      }),
+      duration: m.requestDuration.labels({
+        route: String(route),
+        provider: String(provider),
+        model: String(model),
+        stream: String(stream),
+      }),
       overhead: m.overhead.labels({ route: String(route) }),
     }));
     this.decisionChildren = new ChildCache(([route, strategy, provider]) =>
@@ -55,7 +65,9 @@ export class Gateway {
     this.shared = new SharedState(loaded, this.now);
     for (const w of loaded.warnings) this.logger.warn(w);
     if (loaded.config.state.backend === 'redis') {
-      this.logger.warn('state.backend redis is not built yet: breakers and statistics stay local to this process');
+      this.logger.warn(
+        'state.backend redis is not built yet: breakers and statistics stay local to this process',
+      );
     }
     this.current = new Runtime(loaded, this.shared, this.metrics, this.logger);
     primeSeries(this.current);
@@ -72,7 +84,10 @@ export class Gateway {
     const stale = restartOnly(old.loaded.config.server, loaded.config.server);
     if (stale.length > 0) {
       // Names only: some of these are secrets.
-      this.logger.warn({ settings: stale }, `${stale.join(', ')} changed: not applied until the gateway restarts`);
+      this.logger.warn(
+        { settings: stale },
+        `${stale.join(', ')} changed: not applied until the gateway restarts`,
+      );
     }
     const next = new Runtime(loaded, this.shared, this.metrics, this.logger, old);
     this.current = next;
@@ -80,7 +95,8 @@ export class Gateway {
     // A removed upstream's breaker is gone: its state series would otherwise be scraped forever. (Its
     // in-flight gauge stays: a request still running on the old config decrements it.)
     for (const up of old.upstreams.values()) {
-      if (!next.upstreams.has(up.id)) this.metrics.circuitState.remove({ provider: up.provider.name, model: up.model.name });
+      if (!next.upstreams.has(up.id))
+        this.metrics.circuitState.remove({ provider: up.provider.name, model: up.model.name });
     }
     // Pools the new runtime does not reuse close once their in-flight requests are done.
     void old.retire(next);
@@ -128,8 +144,13 @@ const RESTART_ONLY = [
   'rate_limit',
 ] as const;
 
-function restartOnly(before: LoadedConfig['config']['server'], after: LoadedConfig['config']['server']): string[] {
-  return RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k])).map((k) => `server.${k}`);
+function restartOnly(
+  before: LoadedConfig['config']['server'],
+  after: LoadedConfig['config']['server'],
+): string[] {
+  return RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k])).map(
+    (k) => `server.${k}`,
+  );
 }
 
 /**

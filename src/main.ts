@@ -38,30 +38,49 @@ function check(path: string): void {
   for (const p of config.providers) {
     const state = loaded.disabledProviders.has(p.name) ? ' (disabled: empty api_key)' : '';
     for (const m of p.models) {
-      out.push(`  ${p.name}/${m.name}  kind=${p.kind}  $${m.price.input_per_mtok}/$${m.price.output_per_mtok} per Mtok  ctx=${m.context_window}  [${m.capabilities.join(', ')}]${state}`);
+      out.push(
+        `  ${p.name}/${m.name}  kind=${p.kind}  $${m.price.input_per_mtok}/$${m.price.output_per_mtok} per Mtok  ctx=${m.context_window}  [${m.capabilities.join(', ')}]${state}`,
+      );
     }
   }
   out.push('routes:');
   for (const [name, r] of Object.entries(config.routes)) {
-    const strategy = typeof r.strategy === 'object' ? 'hybrid (custom weights)' : (r.strategy ?? `${typeof config.routing.default_strategy === 'string' ? config.routing.default_strategy : 'hybrid'} (default)`);
-    if (r.targets) out.push(`  ${name}  strategy=${strategy}  targets: ${r.targets.map((t) => (typeof t === 'string' ? t : t.target)).join(', ')}`);
+    const strategy =
+      typeof r.strategy === 'object'
+        ? 'hybrid (custom weights)'
+        : (r.strategy ??
+          `${typeof config.routing.default_strategy === 'string' ? config.routing.default_strategy : 'hybrid'} (default)`);
+    if (r.targets)
+      out.push(
+        `  ${name}  strategy=${strategy}  targets: ${r.targets.map((t) => (typeof t === 'string' ? t : t.target)).join(', ')}`,
+      );
     if (r.tiers) {
-      out.push(`  ${name}  strategy=${strategy}  default_tier=${r.default_tier}${r.router ? `  router=${r.router.tier}` : ''}`);
+      out.push(
+        `  ${name}  strategy=${strategy}  default_tier=${r.default_tier}${r.router ? `  router=${r.router.tier}` : ''}`,
+      );
       for (const [tier, list] of Object.entries(r.tiers)) {
-        out.push(`    ${tier}: ${(list ?? []).map((t) => (typeof t === 'string' ? t : t.target)).join(', ')}`);
+        out.push(
+          `    ${tier}: ${(list ?? []).map((t) => (typeof t === 'string' ? t : t.target)).join(', ')}`,
+        );
       }
     }
   }
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
-async function serve(args: { config: string; host?: string; port?: string; logLevel?: string }): Promise<void> {
+async function serve(args: {
+  config: string;
+  host?: string;
+  port?: string;
+  logLevel?: string;
+}): Promise<void> {
   const logger = createLogger(args.logLevel ?? process.env.LOG_LEVEL ?? 'info');
   const loaded = loadOrExit(args.config);
   const app = buildApp(loaded, { logger });
   const server = loaded.config.server;
   const port = args.port !== undefined ? Number(args.port) : server.port;
-  if (!Number.isInteger(port) || port < 0 || port > 65_535) fail(`--port: expected a port number, got "${args.port}"`, 2);
+  if (!Number.isInteger(port) || port < 0 || port > 65_535)
+    fail(`--port: expected a port number, got "${args.port}"`, 2);
 
   const reload = (why: string): void => {
     app.gateway.tryReload(() => loadConfigFile(args.config), why);
@@ -70,21 +89,24 @@ async function serve(args: { config: string; host?: string; port?: string; logLe
   const watcher = watchConfig(args.config, () => reload('file changed'));
 
   // close-with-grace treats SIGHUP as a shutdown signal by default; here it means "reload the config".
-  closeWithGrace({ delay: server.shutdown_grace_ms + 1_000, logger, skip: ['SIGHUP'] }, async ({ signal, err }) => {
-    if (err) logger.error({ err }, 'fatal error; shutting down');
-    logger.info({ signal }, 'draining: refusing new requests, letting streams in flight finish');
-    app.gateway.draining = true;
-    watcher.close();
-    const grace = new Promise<void>((resolve) => setTimeout(resolve, server.shutdown_grace_ms).unref());
-    // server.close() drops idle keep-alive connections only once; a connection whose stream ends later
-    // would hold the close until its keep-alive timeout, so keep sweeping while the streams finish.
-    const sweep = setInterval(() => app.server.closeIdleConnections(), 100).unref();
-    try {
-      await Promise.race([app.close(), grace]);
-    } finally {
-      clearInterval(sweep);
-    }
-  });
+  closeWithGrace(
+    { delay: server.shutdown_grace_ms + 1_000, logger, skip: ['SIGHUP'] },
+    async ({ signal, err }) => {
+      if (err) logger.error({ err }, 'fatal error; shutting down');
+      logger.info({ signal }, 'draining: refusing new requests, letting streams in flight finish');
+      app.gateway.draining = true;
+      watcher.close();
+      const grace = new Promise<void>((resolve) => setTimeout(resolve, server.shutdown_grace_ms).unref());
+      // server.close() drops idle keep-alive connections only once; a connection whose stream ends later
+      // would hold the close until its keep-alive timeout, so keep sweeping while the streams finish.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 100).unref();
+      try {
+        await Promise.race([app.close(), grace]);
+      } finally {
+        clearInterval(sweep);
+      }
+    },
+  );
 
   await app.listen({ host: args.host ?? server.host, port });
 }
@@ -131,4 +153,6 @@ async function main(argv: string[]): Promise<void> {
   });
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => fail(err instanceof Error ? (err.stack ?? err.message) : String(err)));
+main(process.argv.slice(2)).catch((err: unknown) =>
+  fail(err instanceof Error ? (err.stack ?? err.message) : String(err)),
+);

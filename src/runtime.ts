@@ -113,7 +113,10 @@ export class SharedState {
 
 const DEFAULT_WEIGHTS = { cost: 0.4, latency: 0.4, reliability: 0.2 };
 
-function strategyOf(s: RouteConfig['strategy'] | undefined, fallback: StrategyName): {
+function strategyOf(
+  s: RouteConfig['strategy'] | undefined,
+  fallback: StrategyName,
+): {
   name: StrategyName;
   weights?: HybridWeights;
 } {
@@ -201,15 +204,20 @@ export class Runtime {
     const fallback = strategyOf(config.routing.default_strategy, 'hybrid');
     for (const [name, rc] of Object.entries(config.routes)) {
       const s = strategyOf(rc.strategy, fallback.name);
-      const w = s.weights ?? (s.name === 'hybrid' && rc.strategy === undefined ? fallback.weights : undefined);
+      const w =
+        s.weights ?? (s.name === 'hybrid' && rc.strategy === undefined ? fallback.weights : undefined);
       const tiers = rc.tiers
         ? Object.fromEntries(Object.entries(rc.tiers).map(([t, list]) => [t, this.targetsOf(list ?? [])]))
         : undefined;
-      const targets = rc.targets ? this.targetsOf(rc.targets) : uniqueTargets(Object.values(tiers ?? {}).flat());
+      const targets = rc.targets
+        ? this.targetsOf(rc.targets)
+        : uniqueTargets(Object.values(tiers ?? {}).flat());
       this.routes.set(name, {
         name,
         strategy: s.name,
-        weights: w ? { cost: w.cost_weight, latency: w.latency_weight, reliability: w.reliability_weight } : DEFAULT_WEIGHTS,
+        weights: w
+          ? { cost: w.cost_weight, latency: w.latency_weight, reliability: w.reliability_weight }
+          : DEFAULT_WEIGHTS,
         targets,
         tiers,
         rules: rc.rules ?? [],
@@ -259,7 +267,9 @@ export class Runtime {
     list.forEach((t) => {
       const up = this.upstreams.get(targetName(t));
       if (!up) return; // its provider is disabled (the loader already rejected unknown names)
-      out.push(makeTarget(up, out.length, typeof t === 'string' ? up.model.weight : (t.weight ?? up.model.weight)));
+      out.push(
+        makeTarget(up, out.length, typeof t === 'string' ? up.model.weight : (t.weight ?? up.model.weight)),
+      );
     });
     return out;
   }

@@ -46,7 +46,10 @@ export function loadConfigFile(path: string, env: Env = process.env): LoadedConf
   try {
     size = statSync(path).size;
   } catch (err) {
-    throw new ConfigError([`cannot read config file: ${(err as NodeJS.ErrnoException).code ?? 'error'}`], path);
+    throw new ConfigError(
+      [`cannot read config file: ${(err as NodeJS.ErrnoException).code ?? 'error'}`],
+      path,
+    );
   }
   if (size > MAX_CONFIG_BYTES) {
     throw new ConfigError([`config file is ${size} bytes; the limit is ${MAX_CONFIG_BYTES}`], path);
@@ -54,7 +57,11 @@ export function loadConfigFile(path: string, env: Env = process.env): LoadedConf
   return parseConfigText(readFileSync(path), env, path);
 }
 
-export function parseConfigText(raw: Uint8Array | string, env: Env = process.env, source?: string): LoadedConfig {
+export function parseConfigText(
+  raw: Uint8Array | string,
+  env: Env = process.env,
+  source?: string,
+): LoadedConfig {
   let text: string;
   if (typeof raw === 'string') text = raw;
   else {
@@ -151,7 +158,12 @@ function substituteEnv(doc: unknown, env: Env, source: string | undefined): { va
     if (node !== null && typeof node === 'object') {
       const out: Record<string, unknown> = {};
       for (const [k, v] of Object.entries(node)) {
-        Object.defineProperty(out, k, { value: walk(v, [...path, k]), enumerable: true, writable: true, configurable: true });
+        Object.defineProperty(out, k, {
+          value: walk(v, [...path, k]),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
       }
       return out;
     }
@@ -177,7 +189,8 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
     seenProviders.add(p.name);
     const seenModels = new Set<string>();
     p.models.forEach((m, j) => {
-      if (seenModels.has(m.name)) issues.push(`providers[${i}].models[${j}].name: duplicate model "${m.name}"`);
+      if (seenModels.has(m.name))
+        issues.push(`providers[${i}].models[${j}].name: duplicate model "${m.name}"`);
       seenModels.add(m.name);
       upstreams.set(`${p.name}/${m.name}`, { embeddings: m.capabilities.includes('embeddings') });
     });
@@ -199,7 +212,8 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
 
   for (const [name, route] of Object.entries(config.routes)) {
     const base = `routes.${name}`;
-    if (name.includes('/')) issues.push(`${base}: a route name cannot contain "/" (reserved for provider/model)`);
+    if (name.includes('/'))
+      issues.push(`${base}: a route name cannot contain "/" (reserved for provider/model)`);
     if (route.on_stream_failure === 'continue') {
       issues.push(`${base}.on_stream_failure: "continue" is planned but not built yet; use "terminate"`);
     }
@@ -221,7 +235,8 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
         if (listed(tier) === 0) issues.push(`${path}: tier "${tier}" has no upstreams`);
         else if (live(tier) === 0) warnings.push(`${path}: every upstream of tier "${tier}" is disabled`);
       };
-      for (const [tier, list] of Object.entries(route.tiers)) checkTargets(list ?? [], `${base}.tiers.${tier}`);
+      for (const [tier, list] of Object.entries(route.tiers))
+        checkTargets(list ?? [], `${base}.tiers.${tier}`);
       if (!route.default_tier) issues.push(`${base}.default_tier: required with tiers`);
       else needUpstreams(route.default_tier, `${base}.default_tier`);
       if (route.router) needUpstreams(route.router.tier, `${base}.router.tier`);
@@ -233,7 +248,8 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
             issues.push(`${base}.rules[${k}].if.last_user_message: invalid regular expression`);
           }
         }
-        if (!route.tiers?.[rule.tier]?.length) issues.push(`${base}.rules[${k}].tier: tier "${rule.tier}" has no upstreams`);
+        if (!route.tiers?.[rule.tier]?.length)
+          issues.push(`${base}.rules[${k}].tier: tier "${rule.tier}" has no upstreams`);
       });
     }
   }
@@ -245,7 +261,8 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
   if (pass !== undefined) {
     const p = config.providers.find((x) => x.name === pass);
     if (!p) issues.push(`server.passthrough: unknown provider "${pass}"`);
-    else if (p.kind !== 'openai') issues.push(`server.passthrough: provider "${pass}" must be of kind openai`);
+    else if (p.kind !== 'openai')
+      issues.push(`server.passthrough: provider "${pass}" must be of kind openai`);
   }
   return issues;
 }

@@ -38,10 +38,7 @@ export const hybridWeightsSchema = z.strictObject({
 export type HybridWeights = z.infer<typeof hybridWeightsSchema>;
 
 /** `strategy: latency` or `strategy: { hybrid: { cost_weight: ... } }`. */
-const strategySchema = z.union([
-  z.enum(STRATEGY_NAMES),
-  z.strictObject({ hybrid: hybridWeightsSchema }),
-]);
+const strategySchema = z.union([z.enum(STRATEGY_NAMES), z.strictObject({ hybrid: hybridWeightsSchema })]);
 
 const timeoutsSchema = z.strictObject({
   connect_ms: posInt.default(5_000),

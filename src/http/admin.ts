@@ -38,7 +38,9 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
         name: r.name,
         strategy: r.strategy,
         targets: r.targets.map((t) => t.id),
-        tiers: r.tiers ? Object.fromEntries(Object.entries(r.tiers).map(([k, v]) => [k, (v ?? []).map((t) => t.id)])) : undefined,
+        tiers: r.tiers
+          ? Object.fromEntries(Object.entries(r.tiers).map(([k, v]) => [k, (v ?? []).map((t) => t.id)]))
+          : undefined,
         default_tier: r.defaultTier,
       }));
     return { upstreams, routes, draining: gw.draining };
@@ -56,7 +58,12 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
     if (route.tiers) {
       const m = matchTier(route, features, lastUserText(body.messages), hdrs.tier, req.headers);
       const chosen = m.tier ?? route.defaultTier;
-      tier = { tier: chosen, reason: m.tier ? m.reason : `${m.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})` };
+      tier = {
+        tier: chosen,
+        reason: m.tier
+          ? m.reason
+          : `${m.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`,
+      };
       targets = (chosen && route.tiers[chosen]) || [];
     }
     const strategy = hdrs.strategy ?? route.strategy;

@@ -69,16 +69,26 @@ export function authHook(gateway: Gateway) {
     const rt = gateway.runtime;
     if (route === '/metrics' && !rt.loaded.config.server.metrics_auth) return;
     if (route === '/metrics' || route?.startsWith('/router/')) {
-      if (rt.adminKeys.enabled && !rt.adminKeys.matches(bearerToken(req.headers) ?? headerString(req.headers['x-admin-key']))) {
-        throw new GatewayError('unauthorized', 'missing or invalid admin key', { bodyCode: 'invalid_admin_key' });
+      if (
+        rt.adminKeys.enabled &&
+        !rt.adminKeys.matches(bearerToken(req.headers) ?? headerString(req.headers['x-admin-key']))
+      ) {
+        throw new GatewayError('unauthorized', 'missing or invalid admin key', {
+          bodyCode: 'invalid_admin_key',
+        });
       }
       return;
     }
-    if (gateway.draining) throw new GatewayError('overloaded', 'the gateway is shutting down', { retryAfterS: 1 });
+    if (gateway.draining)
+      throw new GatewayError('overloaded', 'the gateway is shutting down', { retryAfterS: 1 });
     if (rt.clientKeys.enabled && !rt.clientKeys.matches(bearerToken(req.headers))) {
-      throw new GatewayError('unauthorized', 'missing or invalid API key (send Authorization: Bearer <key>)', {
-        bodyCode: 'invalid_api_key',
-      });
+      throw new GatewayError(
+        'unauthorized',
+        'missing or invalid API key (send Authorization: Bearer <key>)',
+        {
+          bodyCode: 'invalid_api_key',
+        },
+      );
     }
   }
 }

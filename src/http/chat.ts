@@ -23,7 +23,12 @@ export function clientGoneSignal(reply: FastifyReply): Abort {
   return gone;
 }
 
-export function failoverOptions(gw: Gateway, rt: Runtime, routeName: string, startedAt: number): FailoverOptions {
+export function failoverOptions(
+  gw: Gateway,
+  rt: Runtime,
+  routeName: string,
+  startedAt: number,
+): FailoverOptions {
   const routing = rt.loaded.config.routing;
   return {
     routeName,
@@ -49,7 +54,9 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
   const features = chatFeatures(body);
   const clientSignal = clientGoneSignal(reply);
   // A flat route has no tier to choose: no promise to wait on.
-  const tier = route.tiers ? await chooseTier(gw, rt, route, body, features, hdrs, req.headers, clientSignal) : flatTier(route);
+  const tier = route.tiers
+    ? await chooseTier(gw, rt, route, body, features, hdrs, req.headers, clientSignal)
+    : flatTier(route);
   const strategy = hdrs.strategy ?? route.strategy;
   const plan = planRequest(route, tier.targets, features, {
     strategy,
@@ -74,7 +81,11 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     clientSignal,
     deadline: opts.deadline,
     now: gw.now,
-    stream: { model: target.candidate.upstream.model.name, includeUsage: streamCtx.includeUsage, created: streamCtx.created },
+    stream: {
+      model: target.candidate.upstream.model.name,
+      includeUsage: streamCtx.includeUsage,
+      created: streamCtx.created,
+    },
   });
   const headersFor = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Record<string, string> =>
     routerHeaders(req.id, strategy, target.candidate.upstream, attempts, attempts.length + 1, tier.tier);
@@ -94,7 +105,10 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     if (features.stream) {
       writer = new SseWriter(reply.raw, clientSignal, () => reply.hijack());
     }
-    const attempt = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Promise<AttemptResult> => {
+    const attempt = (
+      target: RankedCandidateT,
+      attempts: readonly AttemptRecord[],
+    ): Promise<AttemptResult> => {
       current = target;
       return writer
         ? attemptStream(input(target), writer, () => headersFor(target, attempts), opts.scrub)
@@ -105,9 +119,19 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     if ('committedFailure' in out) {
       const last = out.attempts[out.attempts.length - 1];
       if (last && last.reason !== 'client_closed') {
-        gw.metrics.streamFailures.inc({ provider: served.provider.name, model: served.model.name, policy: route.onStreamFailure });
+        gw.metrics.streamFailures.inc({
+          provider: served.provider.name,
+          model: served.model.name,
+          policy: route.onStreamFailure,
+        });
       }
-      reportRequest(gw, req, report, { status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, error: last?.reason });
+      reportRequest(gw, req, report, {
+        status: 200,
+        served,
+        attempts: out.attempts,
+        upstreamMs: out.upstreamMs,
+        error: last?.reason,
+      });
       return;
     }
     const result = out.result;
@@ -121,7 +145,11 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       countedTokens: result.countedTokens,
     });
     if (!writer) {
-      void reply.code(200).headers(headersFor(out.target, out.attempts.slice(0, -1))).type('application/json').send(result.body);
+      void reply
+        .code(200)
+        .headers(headersFor(out.target, out.attempts.slice(0, -1)))
+        .type('application/json')
+        .send(result.body);
     }
   } catch (err) {
     const served = current?.candidate.upstream;
@@ -134,7 +162,9 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       upstreamMs: 0,
       error: err instanceof Error ? err.message : String(err),
     });
-    throw err instanceof GatewayError ? err : new GatewayError('internal', 'internal gateway error', { cause: err });
+    throw err instanceof GatewayError
+      ? err
+      : new GatewayError('internal', 'internal gateway error', { cause: err });
   }
 }
 

@@ -20,7 +20,8 @@ function inputTokens(input: unknown): number {
   if (typeof input === 'string') return estimateTextTokens(input, APPROXIMATE);
   if (!Array.isArray(input)) return 0;
   let n = 0;
-  for (const x of input) n += typeof x === 'string' ? estimateTextTokens(x, APPROXIMATE) : Array.isArray(x) ? x.length : 1;
+  for (const x of input)
+    n += typeof x === 'string' ? estimateTextTokens(x, APPROXIMATE) : Array.isArray(x) ? x.length : 1;
   return n;
 }
 
@@ -36,8 +37,21 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
   const plan = planRequest(
     route,
     route.targets,
-    { stream: false, tools: false, json: false, images: false, promptTokens, requestedOutputTokens: undefined },
-    { strategy, provider: hdrs.provider, routing: rt.loaded.config.routing, now: gw.now(), random: gw.random },
+    {
+      stream: false,
+      tools: false,
+      json: false,
+      images: false,
+      promptTokens,
+      requestedOutputTokens: undefined,
+    },
+    {
+      strategy,
+      provider: hdrs.provider,
+      routing: rt.loaded.config.routing,
+      now: gw.now(),
+      random: gw.random,
+    },
   );
   const opts = failoverOptions(gw, rt, route.name, startedAt);
   const clientSignal = clientGoneSignal(reply);
@@ -72,17 +86,34 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
     );
     if ('committedFailure' in out) return; // the client went away
     const served = out.target.candidate.upstream;
-    reportRequest(gw, req, report, { status: 200, served, attempts: out.attempts, upstreamMs: out.upstreamMs, usage: out.result.usage, countedTokens: 0 });
+    reportRequest(gw, req, report, {
+      status: 200,
+      served,
+      attempts: out.attempts,
+      upstreamMs: out.upstreamMs,
+      usage: out.result.usage,
+      countedTokens: 0,
+    });
     void reply
       .code(200)
-      .headers(routerHeaders(req.id, strategy, served, out.attempts.slice(0, -1), out.attempts.length, undefined))
+      .headers(
+        routerHeaders(req.id, strategy, served, out.attempts.slice(0, -1), out.attempts.length, undefined),
+      )
       .type('application/json')
       .send(out.result.body);
   } catch (err) {
     const status = isGatewayError(err) ? err.status : 500;
     const served = current?.candidate.upstream;
     reply.headers(routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, undefined));
-    reportRequest(gw, req, report, { status, served, attempts: lastAttempts, upstreamMs: 0, error: err instanceof Error ? err.message : String(err) });
-    throw err instanceof GatewayError ? err : new GatewayError('internal', 'internal gateway error', { cause: err });
+    reportRequest(gw, req, report, {
+      status,
+      served,
+      attempts: lastAttempts,
+      upstreamMs: 0,
+      error: err instanceof Error ? err.message : String(err),
+    });
+    throw err instanceof GatewayError
+      ? err
+      : new GatewayError('internal', 'internal gateway error', { cause: err });
   }
 }

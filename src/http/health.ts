@@ -8,8 +8,9 @@ export async function healthPlugin(app: FastifyInstance): Promise<void> {
     let available = 0;
     for (const up of gw.runtime.upstreams.values()) if (up.breaker.canAttempt()) available++;
     const ready = !gw.draining && available > 0;
-    return reply
-      .code(ready ? 200 : 503)
-      .send({ status: ready ? 'ready' : gw.draining ? 'draining' : 'no_available_upstream', upstreams_available: available });
+    return reply.code(ready ? 200 : 503).send({
+      status: ready ? 'ready' : gw.draining ? 'draining' : 'no_available_upstream',
+      upstreams_available: available,
+    });
   });
 }

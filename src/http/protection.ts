@@ -45,10 +45,14 @@ async function protection(app: FastifyInstance, opts: { server: Config['server']
         return token ? createHash('sha256').update(token).digest('base64url') : req.ip;
       },
       errorResponseBuilder: (_req, ctx) =>
-        new GatewayError('rate_limited', `rate limit of ${ctx.max} requests per minute exceeded; retry in ${ctx.after}`, {
-          retryAfterS: Math.max(1, Math.ceil(ctx.ttl / 1000)),
-          bodyCode: 'rate_limit_exceeded',
-        }),
+        new GatewayError(
+          'rate_limited',
+          `rate limit of ${ctx.max} requests per minute exceeded; retry in ${ctx.after}`,
+          {
+            retryAfterS: Math.max(1, Math.ceil(ctx.ttl / 1000)),
+            bodyCode: 'rate_limit_exceeded',
+          },
+        ),
     });
   }
 }

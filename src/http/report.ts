@@ -97,7 +97,12 @@ export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number,
   );
 }
 
-export function reportRequest(gw: Gateway, req: FastifyRequest, ctx: RequestContext, r: RequestOutcome): void {
+export function reportRequest(
+  gw: Gateway,
+  req: FastifyRequest,
+  ctx: RequestContext,
+  r: RequestOutcome,
+): void {
   req.reported = true;
   const totalMs = gw.now() - ctx.startedAt;
   const up = r.served;
@@ -112,12 +117,18 @@ export function reportRequest(gw: Gateway, req: FastifyRequest, ctx: RequestCont
   let completionTokens: number | undefined;
   let costUsd: number | undefined;
   if (up && r.status === 200) {
-    ({ promptTokens, completionTokens, costUsd } = recordUsage(up, r.usage, ctx.promptTokensEstimate, r.countedTokens));
+    ({ promptTokens, completionTokens, costUsd } = recordUsage(
+      up,
+      r.usage,
+      ctx.promptTokensEstimate,
+      r.countedTokens,
+    ));
     if (r.ttftMs !== undefined) {
       up.metrics.ttft.observe(r.ttftMs / 1000);
       const last = r.attempts[r.attempts.length - 1];
       // Only a stream has a time per output token: a JSON answer's TTFT is its whole duration.
-      if (ctx.stream && completionTokens > 0 && last) up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
+      if (ctx.stream && completionTokens > 0 && last)
+        up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
     }
   }
   gw.requestLog.info(

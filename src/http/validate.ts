@@ -11,7 +11,13 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-function optionalNumber(body: Record<string, unknown>, key: string, min: number, max: number, integer: boolean): void {
+function optionalNumber(
+  body: Record<string, unknown>,
+  key: string,
+  min: number,
+  max: number,
+  integer: boolean,
+): void {
   const v = body[key];
   if (v === undefined || v === null) return;
   if (typeof v !== 'number' || !Number.isFinite(v) || (integer && !Number.isInteger(v))) {
@@ -83,21 +89,35 @@ export function validateChatBody(raw: unknown): ChatBody {
       throw bad('response_format', 'expected an object with a type');
     }
   }
-  if (raw.stop !== undefined && raw.stop !== null && typeof raw.stop !== 'string' && !Array.isArray(raw.stop)) {
+  if (
+    raw.stop !== undefined &&
+    raw.stop !== null &&
+    typeof raw.stop !== 'string' &&
+    !Array.isArray(raw.stop)
+  ) {
     throw bad('stop', 'expected a string or an array of strings');
   }
   return raw as ChatBody;
 }
 
-export function validateEmbeddingsBody(raw: unknown): Record<string, unknown> & { model: string; input: unknown } {
+export function validateEmbeddingsBody(
+  raw: unknown,
+): Record<string, unknown> & { model: string; input: unknown } {
   if (!isObject(raw)) throw new GatewayError('invalid_request', 'the request body must be a JSON object');
   if (typeof raw.model !== 'string' || raw.model === '') throw bad('model', 'expected a non-empty string');
   const input = raw.input;
   const ok =
     (typeof input === 'string' && input !== '') ||
-    (Array.isArray(input) && input.length > 0 && input.length <= 2048 && input.every((x) => typeof x === 'string' || typeof x === 'number' || Array.isArray(x)));
+    (Array.isArray(input) &&
+      input.length > 0 &&
+      input.length <= 2048 &&
+      input.every((x) => typeof x === 'string' || typeof x === 'number' || Array.isArray(x)));
   if (!ok) throw bad('input', 'expected a non-empty string or array');
-  if (raw.encoding_format !== undefined && raw.encoding_format !== 'float' && raw.encoding_format !== 'base64') {
+  if (
+    raw.encoding_format !== undefined &&
+    raw.encoding_format !== 'float' &&
+    raw.encoding_format !== 'base64'
+  ) {
     throw bad('encoding_format', 'expected "float" or "base64"');
   }
   optionalNumber(raw, 'dimensions', 1, 1e6, true);
@@ -120,7 +140,8 @@ export function jsonDepthExceeds(text: string, maxDepth: number): boolean {
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (inString) {
-      if (c === 92) i++; // backslash: skip the escaped char
+      if (c === 92)
+        i++; // backslash: skip the escaped char
       else if (c === 34) inString = false;
     } else if (c === 34) inString = true;
     else if (c === 123 || c === 91) {

@@ -146,7 +146,12 @@ export class FastHistogram<L extends string> extends FastMetric<L, HistogramChil
       let acc = 0;
       for (let i = 0; i < this.bounds.length; i++) {
         acc += c.counts[i]!;
-        values.push({ metricName: bucket, labels: { le: this.bounds[i]! }, sharedLabels: c.labels, value: acc });
+        values.push({
+          metricName: bucket,
+          labels: { le: this.bounds[i]! },
+          sharedLabels: c.labels,
+          value: acc,
+        });
       }
       values.push({ metricName: bucket, labels: { le: '+Inf' }, sharedLabels: c.labels, value: c.count });
       values.push({ metricName: `${this.name}_sum`, labels: {}, sharedLabels: c.labels, value: c.sum });

@@ -60,7 +60,10 @@ export function trailOf(attempts: readonly AttemptRecord[]): string {
 export async function runFailover(
   ranked: readonly RankedCandidate<RouteTarget>[],
   opts: FailoverOptions,
-  attempt: (target: RankedCandidate<RouteTarget>, attempts: readonly AttemptRecord[]) => Promise<AttemptResult>,
+  attempt: (
+    target: RankedCandidate<RouteTarget>,
+    attempts: readonly AttemptRecord[],
+  ) => Promise<AttemptResult>,
   onAttempts?: (attempts: readonly AttemptRecord[]) => void,
 ): Promise<FailoverSuccess | FailoverCommittedFailure> {
   const attempts: AttemptRecord[] = [];
@@ -104,12 +107,16 @@ export async function runFailover(
     }
     if (!result.classified.retryable) {
       const info = result.info;
-      throw new GatewayError('invalid_request', opts.scrub(info?.message ?? `upstream ${up.id} rejected the request`), {
-        status: result.status ?? 400,
-        type: info?.type ?? 'invalid_request_error',
-        param: info?.param ?? null,
-        bodyCode: info?.code ?? null,
-      });
+      throw new GatewayError(
+        'invalid_request',
+        opts.scrub(info?.message ?? `upstream ${up.id} rejected the request`),
+        {
+          status: result.status ?? 400,
+          type: info?.type ?? 'invalid_request_error',
+          param: info?.param ?? null,
+          bodyCode: info?.code ?? null,
+        },
+      );
     }
     if (result.deadlineReached) {
       // The request's own time is up: starting another attempt would only hand it a sliver of a budget
@@ -121,20 +128,36 @@ export async function runFailover(
       rateLimited++;
       if (result.retryAfterMs !== undefined) minRetryAfterMs = Math.min(minRetryAfterMs, result.retryAfterMs);
     }
-    opts.metrics.failovers.inc({ route: opts.routeName, from_provider: up.provider.name, reason: result.classified.outcome });
+    opts.metrics.failovers.inc({
+      route: opts.routeName,
+      from_provider: up.provider.name,
+      reason: result.classified.outcome,
+    });
     opts.logger.warn(
       { upstream: up.id, reason: result.classified.reason, status: result.status, route: opts.routeName },
       `attempt on ${up.id} failed (${result.classified.reason}); failing over`,
     );
   }
-  throw finalError(attempts, { denied, rateLimited, minRetryAfterMs, deadlineHit: deadlineReached || opts.now() >= opts.deadline, ranked });
+  throw finalError(attempts, {
+    denied,
+    rateLimited,
+    minRetryAfterMs,
+    deadlineHit: deadlineReached || opts.now() >= opts.deadline,
+    ranked,
+  });
 }
 
 function record(up: Upstream, permit: Permit, result: AttemptResult, opts: FailoverOptions): void {
   if (result.ok) {
     up.breaker.onSuccess(permit);
-    const outputTokens = result.usage?.completion_tokens ?? (result.countedTokens > 0 ? result.countedTokens : undefined);
-    up.stats.recordSuccess({ ttftMs: result.ttftMs, totalMs: result.totalMs, outputTokens, streamed: result.body === undefined });
+    const outputTokens =
+      result.usage?.completion_tokens ?? (result.countedTokens > 0 ? result.countedTokens : undefined);
+    up.stats.recordSuccess({
+      ttftMs: result.ttftMs,
+      totalMs: result.totalMs,
+      outputTokens,
+      streamed: result.body === undefined,
+    });
     up.metrics.attempts.success.inc();
     return;
   }
@@ -171,20 +194,35 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
 
 function finalError(
   attempts: readonly AttemptRecord[],
-  d: { denied: number; rateLimited: number; minRetryAfterMs: number; deadlineHit: boolean; ranked: readonly RankedCandidate<RouteTarget>[] },
+  d: {
+    denied: number;
+    rateLimited: number;
+    minRetryAfterMs: number;
+    deadlineHit: boolean;
+    ranked: readonly RankedCandidate<RouteTarget>[];
+  },
 ): GatewayError {
   if (attempts.length === 0) {
     let minMs = Number.POSITIVE_INFINITY;
     for (const t of d.ranked) minMs = Math.min(minMs, t.candidate.upstream.breaker.msUntilHalfOpen());
     const retryAfterS = Math.max(1, Math.ceil((Number.isFinite(minMs) ? minMs : 1000) / 1000));
-    if (d.deadlineHit) return new GatewayError('timeout', 'the request ran out of time before any upstream was tried');
-    return new GatewayError('no_available_upstream', 'no upstream could take the request (circuits open or probing)', {
-      retryAfterS,
-    });
+    if (d.deadlineHit)
+      return new GatewayError('timeout', 'the request ran out of time before any upstream was tried');
+    return new GatewayError(
+      'no_available_upstream',
+      'no upstream could take the request (circuits open or probing)',
+      {
+        retryAfterS,
+      },
+    );
   }
-  const list = attempts.map((a) => `${a.upstream}: ${a.reason}${a.status ? ` (HTTP ${a.status})` : ''} after ${a.latencyMs} ms`).join('; ');
+  const list = attempts
+    .map((a) => `${a.upstream}: ${a.reason}${a.status ? ` (HTTP ${a.status})` : ''} after ${a.latencyMs} ms`)
+    .join('; ');
   if (d.rateLimited === attempts.length) {
-    const retryAfterS = Number.isFinite(d.minRetryAfterMs) ? Math.max(1, Math.ceil(d.minRetryAfterMs / 1000)) : 1;
+    const retryAfterS = Number.isFinite(d.minRetryAfterMs)
+      ? Math.max(1, Math.ceil(d.minRetryAfterMs / 1000))
+      : 1;
     return new GatewayError('rate_limited', `every upstream tried is rate limited: ${list}`, { retryAfterS });
   }
   if (d.deadlineHit || attempts.every((a) => a.outcome === 'timeout')) {

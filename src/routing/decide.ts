@@ -24,17 +24,27 @@ export function readRoutingHeaders(headers: IncomingHttpHeaders, rt: Runtime): R
   const tier = single(headers['x-router-tier'], 'x-router-tier');
   const provider = single(headers['x-router-provider'], 'x-router-provider');
   if (strategy !== undefined && !STRATEGIES.has(strategy)) {
-    throw new GatewayError('invalid_request', `x-router-strategy: unknown strategy "${strategy}" (one of ${STRATEGY_NAMES.join(', ')})`, {
-      param: 'x-router-strategy',
-    });
+    throw new GatewayError(
+      'invalid_request',
+      `x-router-strategy: unknown strategy "${strategy}" (one of ${STRATEGY_NAMES.join(', ')})`,
+      {
+        param: 'x-router-strategy',
+      },
+    );
   }
   if (tier !== undefined && !TIERS.has(tier)) {
-    throw new GatewayError('invalid_request', `x-router-tier: unknown tier "${tier}" (one of ${TIER_NAMES.join(', ')})`, {
-      param: 'x-router-tier',
-    });
+    throw new GatewayError(
+      'invalid_request',
+      `x-router-tier: unknown tier "${tier}" (one of ${TIER_NAMES.join(', ')})`,
+      {
+        param: 'x-router-tier',
+      },
+    );
   }
   if (provider !== undefined && !rt.providers.has(provider)) {
-    throw new GatewayError('invalid_request', `x-router-provider: unknown provider "${provider}"`, { param: 'x-router-provider' });
+    throw new GatewayError('invalid_request', `x-router-provider: unknown provider "${provider}"`, {
+      param: 'x-router-provider',
+    });
   }
   return { strategy: strategy as StrategyName | undefined, tier: tier as TierName | undefined, provider };
 }

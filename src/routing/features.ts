@@ -44,7 +44,9 @@ export function lastUserText(messages: readonly unknown[]): string {
     if (typeof m.content === 'string') return m.content;
     if (Array.isArray(m.content)) {
       return m.content
-        .map((p) => ((p as { type?: unknown }).type === 'text' ? String((p as { text?: unknown }).text ?? '') : ''))
+        .map((p) =>
+          (p as { type?: unknown }).type === 'text' ? String((p as { text?: unknown }).text ?? '') : '',
+        )
         .join(' ');
     }
     return '';

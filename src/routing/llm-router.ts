@@ -97,7 +97,8 @@ export function parseRouterAnswer(text: string): { tier: TierName; reason: strin
       const tier = key === undefined ? undefined : rec[key];
       if (typeof tier === 'string' && TIERS.has(tier.trim().toLowerCase())) {
         const reasonKey = Object.keys(rec).find((k) => k.toLowerCase() === 'reason');
-        const reason = reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
+        const reason =
+          reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
         return { tier: tier.trim().toLowerCase() as TierName, reason: reason.slice(0, 200) };
       }
     }
@@ -180,21 +181,41 @@ export async function askRouter(
   const started = gw.now();
   const done = (d: RouterDecision): RouterDecision => {
     gw.metrics.routerRequests.inc({ tier: d.tier, outcome: d.outcome });
-    if (d.outcome !== 'cached') gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - started) / 1000);
+    if (d.outcome !== 'cached')
+      gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - started) / 1000);
     return d;
   };
   const hit = cache.get(key, started);
   if (hit) return done({ tier: hit.tier, reason: hit.reason, outcome: 'cached' });
 
   const routerMessages = buildRouterPrompt(excerpt, features);
-  const body: ChatBody = { model: `router:${cfg.tier}`, messages: routerMessages, temperature: 0, max_tokens: ROUTER_MAX_TOKENS };
+  const body: ChatBody = {
+    model: `router:${cfg.tier}`,
+    messages: routerMessages,
+    temperature: 0,
+    max_tokens: ROUTER_MAX_TOKENS,
+  };
   const targets = route.tiers?.[cfg.tier] ?? [];
   try {
     const plan = planRequest(
       route,
       targets,
-      { stream: false, tools: false, json: false, images: false, promptTokens: 150 + Math.ceil(excerpt.length / 4), requestedOutputTokens: ROUTER_MAX_TOKENS },
-      { strategy: route.strategy, provider: undefined, routing: rt.loaded.config.routing, now: started, random: gw.random, peek: true },
+      {
+        stream: false,
+        tools: false,
+        json: false,
+        images: false,
+        promptTokens: 150 + Math.ceil(excerpt.length / 4),
+        requestedOutputTokens: ROUTER_MAX_TOKENS,
+      },
+      {
+        strategy: route.strategy,
+        provider: undefined,
+        routing: rt.loaded.config.routing,
+        now: started,
+        random: gw.random,
+        peek: true,
+      },
     );
     const deadline = started + cfg.timeout_ms;
     const out = await runFailover(
@@ -215,15 +236,24 @@ export async function askRouter(
           clientSignal,
           deadline,
           now: gw.now,
-          stream: { model: target.candidate.upstream.model.name, includeUsage: false, created: Math.floor(Date.now() / 1000) },
+          stream: {
+            model: target.candidate.upstream.model.name,
+            includeUsage: false,
+            created: Math.floor(Date.now() / 1000),
+          },
         }),
     );
-    if ('committedFailure' in out) return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });
+    if ('committedFailure' in out)
+      return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });
     recordUsage(out.target.candidate.upstream, out.result.usage, 150 + Math.ceil(excerpt.length / 4), 0);
     const answer = readAnswer(out.result.body);
     const parsed = parseRouterAnswer(answer);
     if (!parsed || !(route.tiers?.[parsed.tier]?.length ?? 0)) {
-      return done({ tier: fallback, reason: 'router answer unparsable; default_tier', outcome: 'unparsable' });
+      return done({
+        tier: fallback,
+        reason: 'router answer unparsable; default_tier',
+        outcome: 'unparsable',
+      });
     }
     const reason = `llm router: ${parsed.reason || 'no reason given'}`;
     cache.set(key, { tier: parsed.tier, reason }, gw.now());

@@ -60,7 +60,15 @@ export function planRequest(
     else if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
   }
 
-  if (eligible.length === 0) throw noCandidate(route, firstExclusion, { missing, largestWindow, need, minOpenMs, allRateLimited, provider: opts.provider });
+  if (eligible.length === 0)
+    throw noCandidate(route, firstExclusion, {
+      missing,
+      largestWindow,
+      need,
+      minOpenMs,
+      allRateLimited,
+      provider: opts.provider,
+    });
 
   const ctx: StrategyContext = {
     promptTokens: features.promptTokens,
@@ -136,9 +144,13 @@ function noCandidate(
     case 'breaker': {
       const retryAfterS = Math.max(1, Math.ceil(d.minOpenMs / 1000));
       if (d.allRateLimited) {
-        return new GatewayError('rate_limited', `every upstream of route ${name} is rate limited; retry in ${retryAfterS}s`, {
-          retryAfterS,
-        });
+        return new GatewayError(
+          'rate_limited',
+          `every upstream of route ${name} is rate limited; retry in ${retryAfterS}s`,
+          {
+            retryAfterS,
+          },
+        );
       }
       return new GatewayError(
         'no_available_upstream',
@@ -156,12 +168,24 @@ function noCandidate(
       return new GatewayError(
         'invalid_request',
         `no upstream of route ${name} supports ${[...d.missing].join(', ')}`,
-        { param: d.missing.has('tools') ? 'tools' : d.missing.has('json') ? 'response_format' : d.missing.has('vision') ? 'messages' : 'stream' },
+        {
+          param: d.missing.has('tools')
+            ? 'tools'
+            : d.missing.has('json')
+              ? 'response_format'
+              : d.missing.has('vision')
+                ? 'messages'
+                : 'stream',
+        },
       );
     case 'provider':
-      return new GatewayError('invalid_request', `route ${name} has no upstream from provider "${d.provider}"`, {
-        param: 'x-router-provider',
-      });
+      return new GatewayError(
+        'invalid_request',
+        `route ${name} has no upstream from provider "${d.provider}"`,
+        {
+          param: 'x-router-provider',
+        },
+      );
     default:
       return new GatewayError('no_available_upstream', `route ${name} has no upstreams`, { retryAfterS: 1 });
   }

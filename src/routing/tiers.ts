@@ -24,7 +24,12 @@ function regexOf(rule: RuleConfig): RegExp | undefined {
 /** Only this much of the last user message is tested: a regex never scans an unbounded input. */
 const REGEX_INPUT_CHARS = 16_384;
 
-export function ruleMatches(rule: RuleConfig, f: RequestFeatures, lastUser: string, headers: Readonly<Record<string, unknown>>): boolean {
+export function ruleMatches(
+  rule: RuleConfig,
+  f: RequestFeatures,
+  lastUser: string,
+  headers: Readonly<Record<string, unknown>>,
+): boolean {
   const c = rule.if;
   if (c.min_prompt_tokens !== undefined && f.promptTokens < c.min_prompt_tokens) return false;
   if (c.max_prompt_tokens !== undefined && f.promptTokens > c.max_prompt_tokens) return false;
@@ -36,7 +41,8 @@ export function ruleMatches(rule: RuleConfig, f: RequestFeatures, lastUser: stri
     if (got === undefined || (value !== undefined && got !== value.trim())) return false;
   }
   const re = regexOf(rule);
-  if (re && !re.test(lastUser.length > REGEX_INPUT_CHARS ? lastUser.slice(-REGEX_INPUT_CHARS) : lastUser)) return false;
+  if (re && !re.test(lastUser.length > REGEX_INPUT_CHARS ? lastUser.slice(-REGEX_INPUT_CHARS) : lastUser))
+    return false;
   return true;
 }
 

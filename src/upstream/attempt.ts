@@ -80,7 +80,9 @@ function timeoutError(code: string): Error {
  * a second fires 0.5-1 s in); native timers keep them to the configured millisecond, and undici's stay as a
  * backstop. First byte is measured from dispatch, so it includes connecting and any wait for a pool slot.
  */
-function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>): AttemptSignal {
+function attemptSignal(
+  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
+): AttemptSignal {
   const ac = new Abort();
   const limits = input.upstream.provider.config.timeouts;
   let timedOut = false;
@@ -94,7 +96,10 @@ function attemptSignal(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | '
     timedOut = true;
     ac.abort(timeoutError('total_timeout'));
   }, budget);
-  let phase: NodeJS.Timeout | undefined = setTimeout(() => ac.abort(timeoutError('first_byte_timeout')), limits.first_byte_ms);
+  let phase: NodeJS.Timeout | undefined = setTimeout(
+    () => ac.abort(timeoutError('first_byte_timeout')),
+    limits.first_byte_ms,
+  );
   const onIdle = (): void => {
     if (!idleHeld) ac.abort(timeoutError('idle_timeout'));
   };
@@ -154,14 +159,26 @@ function failure(
 const TOTAL_TIMEOUT: Classified = { outcome: 'timeout', retryable: true, reason: 'total_timeout' };
 const CLIENT_GONE: Classified = { outcome: 'client_error', retryable: false, reason: 'client_closed' };
 
-function thrown(err: unknown, input: AttemptInput, sig: AttemptSignal, t0: number, committed = false): AttemptResult {
+function thrown(
+  err: unknown,
+  input: AttemptInput,
+  sig: AttemptSignal,
+  t0: number,
+  committed = false,
+): AttemptResult {
   const totalMs = input.now() - t0;
   if (input.clientSignal.aborted) return failure(CLIENT_GONE, totalMs, { clientGone: true, committed });
-  if (sig.timedOut()) return failure(TOTAL_TIMEOUT, totalMs, { committed, deadlineReached: sig.deadlineReached() });
+  if (sig.timedOut())
+    return failure(TOTAL_TIMEOUT, totalMs, { committed, deadlineReached: sig.deadlineReached() });
   return failure(classifyError(err), totalMs, { committed });
 }
 
-async function errorResult(res: UpstreamResponse, input: AttemptInput, sig: AttemptSignal, t0: number): Promise<AttemptResult> {
+async function errorResult(
+  res: UpstreamResponse,
+  input: AttemptInput,
+  sig: AttemptSignal,
+  t0: number,
+): Promise<AttemptResult> {
   let text = '';
   try {
     text = await readWatched(res, sig, MAX_ERROR_BODY_BYTES);
@@ -170,7 +187,11 @@ async function errorResult(res: UpstreamResponse, input: AttemptInput, sig: Atte
   }
   const info = input.upstream.provider.adapter.errorInfo(res.statusCode, text);
   const retryAfterMs = parseRetryAfter(res.headers['retry-after'], Date.now());
-  return failure(classifyStatus(res.statusCode), input.now() - t0, { status: res.statusCode, retryAfterMs, info });
+  return failure(classifyStatus(res.statusCode), input.now() - t0, {
+    status: res.statusCode,
+    retryAfterMs,
+    info,
+  });
 }
 
 type Prepared = { path: string; headers: Record<string, string>; body: string };
@@ -191,7 +212,11 @@ async function attemptJsonCall(
   const t0 = input.now();
   const sig = attemptSignal(input);
   try {
-    const res = await input.upstream.provider.client.request({ method: 'POST', ...prepared, signal: sig.signal });
+    const res = await input.upstream.provider.client.request({
+      method: 'POST',
+      ...prepared,
+      signal: sig.signal,
+    });
     sig.headers();
     if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, full, sig, t0);
     const text = await readWatched(res, sig, MAX_JSON_BODY_BYTES);
@@ -207,7 +232,8 @@ async function attemptJsonCall(
     } catch {
       return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     }
-    if (json === null || typeof json !== 'object') return failure(INVALID_JSON, totalMs, { status: res.statusCode });
+    if (json === null || typeof json !== 'object')
+      return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     const out = finish!(json, text);
     return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
@@ -264,7 +290,13 @@ export async function attemptStream(
   const sig = attemptSignal(input);
   let committed = false;
   try {
-    const res = await client.request({ method: 'POST', path: prepared.path, headers: prepared.headers, body: prepared.body, signal: sig.signal });
+    const res = await client.request({
+      method: 'POST',
+      path: prepared.path,
+      headers: prepared.headers,
+      body: prepared.body,
+      signal: sig.signal,
+    });
     sig.headers();
     if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, sig, t0);
 
@@ -345,14 +377,22 @@ export async function attemptStream(
     else if (streamError) {
       result = failure(
         streamError.status >= 500 || streamError.status === 429
-          ? { outcome: streamError.status === 429 ? 'rate_limited' : 'error', retryable: true, reason: 'stream_error_event' }
+          ? {
+              outcome: streamError.status === 429 ? 'rate_limited' : 'error',
+              retryable: true,
+              reason: 'stream_error_event',
+            }
           : { outcome: 'error', retryable: true, reason: 'stream_error_event' },
         totalMs,
         { info: streamError, committed },
       );
     } else {
       result = failure(
-        { outcome: 'error', retryable: true, reason: committed ? 'stream_cut' : 'stream_ended_before_content' },
+        {
+          outcome: 'error',
+          retryable: true,
+          reason: committed ? 'stream_cut' : 'stream_ended_before_content',
+        },
         totalMs,
         { committed },
       );
@@ -363,7 +403,9 @@ export async function attemptStream(
         : `upstream ${upstream.id} stream interrupted (${result.classified.reason})`;
       writer.end(
         dataFrame(
-          JSON.stringify({ error: { message, type: 'upstream_error', param: null, code: 'stream_interrupted' } }),
+          JSON.stringify({
+            error: { message, type: 'upstream_error', param: null, code: 'stream_interrupted' },
+          }),
         ),
       );
     }

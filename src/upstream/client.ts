@@ -118,7 +118,9 @@ export function readBody(res: UpstreamResponse, maxBytes: number, onChunk?: () =
       if (size > maxBytes) {
         cleanup();
         body.destroy();
-        reject(Object.assign(new Error(`upstream body larger than ${maxBytes} bytes`), { code: 'body_too_large' }));
+        reject(
+          Object.assign(new Error(`upstream body larger than ${maxBytes} bytes`), { code: 'body_too_large' }),
+        );
         return;
       }
       parts.push(chunk);

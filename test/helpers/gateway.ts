@@ -32,7 +32,8 @@ export async function startGateway(
     write(chunk: Buffer, _enc, cb) {
       const s = chunk.toString();
       raw += s;
-      for (const line of s.split('\n')) if (line.trim() !== '') logs.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of s.split('\n'))
+        if (line.trim() !== '') logs.push(JSON.parse(line) as Record<string, unknown>);
       cb();
     },
   });

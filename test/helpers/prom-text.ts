@@ -18,7 +18,8 @@ export function parseProm(text: string): Sample[] {
     const labels: Record<string, string> = {};
     if (brace >= 0 && brace < space) {
       const body = line.slice(brace + 1, line.lastIndexOf('}'));
-      for (const m of body.matchAll(LABEL)) labels[m[1]!] = m[2]!.replace(/\\(.)/g, (_s, c: string) => (c === 'n' ? '\n' : c));
+      for (const m of body.matchAll(LABEL))
+        labels[m[1]!] = m[2]!.replace(/\\(.)/g, (_s, c: string) => (c === 'n' ? '\n' : c));
     }
     out.push({ name, labels, value: Number(line.slice(space + 1)) });
   }
@@ -26,15 +27,28 @@ export function parseProm(text: string): Sample[] {
 }
 
 /** The samples of `name` whose labels include every given label. */
-export function select(samples: readonly Sample[], name: string, labels: Record<string, string> = {}): Sample[] {
-  return samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+export function select(
+  samples: readonly Sample[],
+  name: string,
+  labels: Record<string, string> = {},
+): Sample[] {
+  return samples.filter(
+    (s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+  );
 }
 
 /** The one sample of `name` with exactly these labels (for histograms: also `le` when given); undefined when absent. */
-export function value(samples: readonly Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+export function value(
+  samples: readonly Sample[],
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
   const want = Object.keys(labels).length;
   const hit = samples.find(
-    (s) => s.name === name && Object.keys(s.labels).length === want && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+    (s) =>
+      s.name === name &&
+      Object.keys(s.labels).length === want &&
+      Object.entries(labels).every(([k, v]) => s.labels[k] === v),
   );
   return hit?.value;
 }

@@ -48,7 +48,10 @@ describe('the demo', () => {
     const auto = await request(`http://127.0.0.1:${port}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'Compare two sorting algorithms.' }] }),
+      body: JSON.stringify({
+        model: 'auto',
+        messages: [{ role: 'user', content: 'Compare two sorting algorithms.' }],
+      }),
     });
     expect(auto.statusCode).toBe(200);
     expect(auto.headers['x-router-tier']).toBeTruthy();

@@ -69,7 +69,10 @@ describe('circuit breaker over real HTTP (failure_threshold 2, 1 probe, 2 succes
     expect(br.trip_cause).toBeNull();
     expect(await h.metric('llm_router_circuit_state{provider="a",model="m"}')).toBe(0);
     for (const to of ['open', 'half_open', 'closed']) {
-      expect(await h.metric(`llm_router_circuit_transitions_total{provider="a",model="m",to="${to}"}`), to).toBe(1);
+      expect(
+        await h.metric(`llm_router_circuit_transitions_total{provider="a",model="m",to="${to}"}`),
+        to,
+      ).toBe(1);
     }
     a.set({ latencyMs: 0 });
     const after = await Promise.all(Array.from({ length: 3 }, () => h.chat()));
@@ -150,7 +153,10 @@ describe('under load, with one of three upstreams flapping', () => {
         const r = await h.chat(i % 2 === 0 ? { stream: true } : {});
         let ok: boolean;
         if (r.status === 200) {
-          ok = i % 2 === 0 ? r.text.endsWith('data: [DONE]\n\n') && !r.text.includes('"error"') : Array.isArray(r.json.choices);
+          ok =
+            i % 2 === 0
+              ? r.text.endsWith('data: [DONE]\n\n') && !r.text.includes('"error"')
+              : Array.isArray(r.json.choices);
         } else {
           const e = r.json.error;
           ok = typeof e?.message === 'string' && typeof e.type === 'string' && 'code' in e && 'param' in e;

@@ -11,14 +11,18 @@ describe('failover to the next upstream (priority order)', () => {
     await h.gateway([a, b]);
     const r = await h.chat();
     expect(r.status, r.text).toBe(200);
-    expect((r.json.choices as Array<{ message: { content: string } }>)[0]?.message.content).toContain('from b here');
+    expect((r.json.choices as Array<{ message: { content: string } }>)[0]?.message.content).toContain(
+      'from b here',
+    );
     expect(r.headers['x-router-provider']).toBe('b');
     expect(r.headers['x-router-attempts']).toBe('2');
     expect(r.headers['x-router-trail']).toBe('a/m=http_500');
     expect(a.requests).toHaveLength(1);
     expect(b.requests).toHaveLength(1);
     expect(await h.metric('llm_router_failovers_total{route="r",from_provider="a",reason="error"}')).toBe(1);
-    expect(await h.metric('llm_router_upstream_attempts_total{provider="a",model="m",outcome="error"}')).toBe(1);
+    expect(await h.metric('llm_router_upstream_attempts_total{provider="a",model="m",outcome="error"}')).toBe(
+      1,
+    );
     expect((await h.breaker('a/m')).consecutive_failures).toBe(1);
   });
 
@@ -147,7 +151,9 @@ describe('final errors', () => {
   it('every upstream 500 → 502 upstream_error listing each attempt, with no key in it', async () => {
     const a = await h.sim('a', { status: 500, echoAuthInError: true });
     const b = await h.sim('b', { status: 503, echoAuthInError: true });
-    await h.gateway([a, b], { provider: { a: { api_key: 'sk-a-very-secret-1' }, b: { api_key: 'sk-b-very-secret-2' } } });
+    await h.gateway([a, b], {
+      provider: { a: { api_key: 'sk-a-very-secret-1' }, b: { api_key: 'sk-b-very-secret-2' } },
+    });
     const r = await h.chat();
     expectOpenAIError(r, 502, 'upstream_error');
     expect(r.json.error?.type).toBe('upstream_error');
@@ -218,7 +224,9 @@ describe('final errors', () => {
     expectOpenAIError(r, 504, 'timeout');
     expect(r.headers['x-router-trail']).toBe('a/m=first_byte_timeout,b/m=first_byte_timeout');
     // The message reports each attempt's time: each one cut at first_byte_ms.
-    const waited = [...(r.json.error?.message ?? '').matchAll(/first_byte_timeout after (\d+) ms/g)].map((m) => Number(m[1]));
+    const waited = [...(r.json.error?.message ?? '').matchAll(/first_byte_timeout after (\d+) ms/g)].map(
+      (m) => Number(m[1]),
+    );
     expect(waited).toHaveLength(2);
     for (const ms of waited) {
       expect(ms).toBeGreaterThanOrEqual(TIMEOUTS.first_byte_ms);

@@ -22,7 +22,13 @@ async function sdkStream(): Promise<{ text: string; error: unknown; headers: Hea
   return { text, error, headers: response.headers };
 }
 
-async function rawStream(): Promise<{ status: number; headers: Record<string, unknown>; body: string; firstContentMs: number; endMs: number }> {
+async function rawStream(): Promise<{
+  status: number;
+  headers: Record<string, unknown>;
+  body: string;
+  firstContentMs: number;
+  endMs: number;
+}> {
   const t0 = performance.now();
   const res = await request(`${h.current().url}/v1/chat/completions`, {
     method: 'POST',
@@ -35,7 +41,13 @@ async function rawStream(): Promise<{ status: number; headers: Record<string, un
     body += (chunk as Buffer).toString('utf8');
     if (firstContentMs < 0 && contentOf(body) !== '') firstContentMs = performance.now() - t0;
   }
-  return { status: res.statusCode, headers: res.headers, body, firstContentMs, endMs: performance.now() - t0 };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    body,
+    firstContentMs,
+    endMs: performance.now() - t0,
+  };
 }
 
 function activeTimeouts(): number {
@@ -46,8 +58,18 @@ describe('stream failures before the first content delta are failed over invisib
   const cases: Array<[string, Partial<SimBehaviour>, string, string[]]> = [
     ['a 503', { status: 503 }, 'a/m=http_503', []],
     ['a 200 with the role chunk, then the connection closed', { dropAfterChunks: 0 }, 'a/m=socket_error', []],
-    ['a 200 with an error event before any content', { errorEventAfterChunks: 0 }, 'a/m=stream_error_event', []],
-    ['a 200 with the role chunk, then silence past idle_ms', { hangAfterHeaders: true }, 'a/m=idle_timeout', ['a']],
+    [
+      'a 200 with an error event before any content',
+      { errorEventAfterChunks: 0 },
+      'a/m=stream_error_event',
+      [],
+    ],
+    [
+      'a 200 with the role chunk, then silence past idle_ms',
+      { hangAfterHeaders: true },
+      'a/m=idle_timeout',
+      ['a'],
+    ],
   ];
   for (const [what, fault, trail, tight] of cases) {
     it(`${what}: the SDK sees b's answer and no error`, async () => {
@@ -104,7 +126,9 @@ describe('stream failures after the commit end the stream with an error event an
     expect(raw.status).toBe(200);
     expect(raw.body).toContain('"error"');
     expect(raw.body).not.toContain('[DONE]');
-    const last = JSON.parse(dataEvents(raw.body).at(-1)!) as { error: { code: string; type: string; message: string } };
+    const last = JSON.parse(dataEvents(raw.body).at(-1)!) as {
+      error: { code: string; type: string; message: string };
+    };
     expect(last.error.code).toBe('stream_interrupted');
     expect(last.error.message).toContain('a/m');
     expect(contentOf(raw.body)).toBe('Hello from a ');

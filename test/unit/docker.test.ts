@@ -31,7 +31,10 @@ interface Panel {
   targets?: { expr: string; datasource?: { uid: string } }[];
   panels?: Panel[];
 }
-const dashboard = JSON.parse(read('docker/grafana/dashboards/llm-edge-router.json')) as { uid: string; panels: Panel[] };
+const dashboard = JSON.parse(read('docker/grafana/dashboards/llm-edge-router.json')) as {
+  uid: string;
+  panels: Panel[];
+};
 const allPanels = (ps: readonly Panel[]): Panel[] => ps.flatMap((p) => [p, ...allPanels(p.panels ?? [])]);
 const exprs = allPanels(dashboard.panels).flatMap((p) => (p.targets ?? []).map((t) => t.expr));
 
@@ -43,7 +46,11 @@ function metricNames(expr: string): string[] {
 }
 
 describe('Grafana dashboard', () => {
-  const registered = new Map(createMetrics().registry.getMetricsAsArray().map((m) => [m.name, String(m.type)]));
+  const registered = new Map(
+    createMetrics()
+      .registry.getMetricsAsArray()
+      .map((m) => [m.name, String(m.type)]),
+  );
 
   it('queries only metrics the gateway exports (and histogram series only of histograms)', () => {
     expect(exprs.length).toBeGreaterThan(20);
@@ -53,7 +60,10 @@ describe('Grafana dashboard', () => {
       expect(names.length, expr).toBeGreaterThan(0);
       for (const name of names) {
         const suffix = /_(bucket|sum|count)$/.exec(name);
-        const base = suffix && registered.get(name.slice(0, -suffix[0].length)) === 'histogram' ? name.slice(0, -suffix[0].length) : name;
+        const base =
+          suffix && registered.get(name.slice(0, -suffix[0].length)) === 'histogram'
+            ? name.slice(0, -suffix[0].length)
+            : name;
         expect(registered.has(base), `${name} in ${expr}`).toBe(true);
         if (name.endsWith('_bucket')) expect(registered.get(base), name).toBe('histogram');
         used.add(base);
@@ -72,7 +82,9 @@ describe('Grafana dashboard', () => {
       expect(used, name).toContain(name);
     }
     // In fact every SPEC §5 metric has a panel.
-    for (const name of createMetrics({ defaultMetrics: false }).registry.getMetricsAsArray().map((m) => m.name)) {
+    for (const name of createMetrics({ defaultMetrics: false })
+      .registry.getMetricsAsArray()
+      .map((m) => m.name)) {
       expect(used, name).toContain(name);
     }
   });
@@ -81,14 +93,26 @@ describe('Grafana dashboard', () => {
     const labelsOf = new Map(
       createMetrics({ defaultMetrics: false })
         .registry.getMetricsAsArray()
-        .map((m) => [m.name, new Set([...((m as unknown as { labelNames: string[] }).labelNames ?? []), 'le'])]),
+        .map((m) => [
+          m.name,
+          new Set([...((m as unknown as { labelNames: string[] }).labelNames ?? []), 'le']),
+        ]),
     );
     for (const expr of exprs) {
-      const grouped = [...expr.matchAll(/by \(([^)]*)\)/g)].flatMap((m) => m[1]!.split(',').map((s) => s.trim()));
-      const selected = [...expr.matchAll(/\{([^}]*)\}/g)].flatMap((m) => [...m[1]!.matchAll(/([a-z_]+)\s*(?:=|!=|=~|!~)/g)].map((x) => x[1]!));
-      const metrics = metricNames(expr).map((n) => n.replace(/_(bucket|sum|count)$/, '')).filter((n) => labelsOf.has(n));
+      const grouped = [...expr.matchAll(/by \(([^)]*)\)/g)].flatMap((m) =>
+        m[1]!.split(',').map((s) => s.trim()),
+      );
+      const selected = [...expr.matchAll(/\{([^}]*)\}/g)].flatMap((m) =>
+        [...m[1]!.matchAll(/([a-z_]+)\s*(?:=|!=|=~|!~)/g)].map((x) => x[1]!),
+      );
+      const metrics = metricNames(expr)
+        .map((n) => n.replace(/_(bucket|sum|count)$/, ''))
+        .filter((n) => labelsOf.has(n));
       for (const label of [...grouped, ...selected]) {
-        expect(metrics.some((n) => labelsOf.get(n)!.has(label)), `${label} in ${expr}`).toBe(true);
+        expect(
+          metrics.some((n) => labelsOf.get(n)!.has(label)),
+          `${label} in ${expr}`,
+        ).toBe(true);
       }
     }
   });
@@ -124,7 +148,9 @@ describe('Prometheus', () => {
     expect(gwConfig.server.port).toBe(8080);
     expect(gwConfig.server.host).toBe('0.0.0.0');
     expect(gwConfig.server.metrics_auth).toBe(false); // Prometheus scrapes without a key
-    expect(services.prometheus?.volumes).toContain('./docker/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro');
+    expect(services.prometheus?.volumes).toContain(
+      './docker/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro',
+    );
   });
 });
 
@@ -221,7 +247,9 @@ describe('Dockerfile', () => {
 
   it('the runtime stage has every package the built code imports (dependencies, not devDependencies)', () => {
     const pkg = JSON.parse(read('package.json')) as { dependencies: Record<string, string> };
-    const files = (readdirSync(join(ROOT, 'src'), { recursive: true }) as string[]).filter((f) => f.endsWith('.ts'));
+    const files = (readdirSync(join(ROOT, 'src'), { recursive: true }) as string[]).filter((f) =>
+      f.endsWith('.ts'),
+    );
     const imported = new Set<string>();
     for (const f of files) {
       const text = read(join('src', f));
@@ -236,8 +264,11 @@ describe('Dockerfile', () => {
   });
 
   it('keeps the build context small', () => {
-    const ignored = read('.dockerignore').split('\n').map((l) => l.trim());
+    const ignored = read('.dockerignore')
+      .split('\n')
+      .map((l) => l.trim());
     for (const p of ['node_modules', 'dist', '.git', 'test']) expect(ignored, p).toContain(p);
-    for (const p of ['src', 'config', 'package.json', 'package-lock.json']) expect(ignored, p).not.toContain(p);
+    for (const p of ['src', 'config', 'package.json', 'package-lock.json'])
+      expect(ignored, p).not.toContain(p);
   });
 });

@@ -88,7 +88,8 @@ function readUsage(json: unknown): Usage | undefined {
   const u = (json as { usage?: unknown } | null)?.usage;
   if (u === null || typeof u !== 'object') return undefined;
   const usage = u as Partial<Usage>;
-  if (typeof usage.prompt_tokens !== 'number' || typeof usage.completion_tokens !== 'number') return undefined;
+  if (typeof usage.prompt_tokens !== 'number' || typeof usage.completion_tokens !== 'number')
+    return undefined;
   return usage as Usage;
 }
 
@@ -105,7 +106,8 @@ const OPENAI_TYPE_BY_STATUS: Record<number, string> = {
 
 /** An OpenAI-shaped error from whatever the upstream sent (`{error:{...}}`, `{error:"..."}`, `{message}`, text). */
 export function errorFromBody(status: number, parsed: unknown, rawText?: string): UpstreamErrorInfo {
-  const fallbackType = OPENAI_TYPE_BY_STATUS[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error');
+  const fallbackType =
+    OPENAI_TYPE_BY_STATUS[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error');
   let message: string | undefined;
   let type: string | undefined;
   let code: string | null = null;
@@ -166,12 +168,17 @@ function closingBrace(text: string, open: number): number {
  * back to a full parse.
  */
 export function relayedAnswer(text: string): { body: string; usage: Usage | undefined } | undefined {
-  if (text.charCodeAt(firstNonSpace(text)) !== 123 || text.charCodeAt(lastNonSpace(text)) !== 125) return undefined;
+  if (text.charCodeAt(firstNonSpace(text)) !== 123 || text.charCodeAt(lastNonSpace(text)) !== 125)
+    return undefined;
   const key = text.lastIndexOf('"usage"');
   if (key >= 0) {
     const open = text.indexOf('{', key);
     const colon = text.indexOf(':', key + 7);
-    const isKey = colon > 0 && colon < open && text.slice(key + 7, colon).trim() === '' && text.slice(colon + 1, open).trim() === '';
+    const isKey =
+      colon > 0 &&
+      colon < open &&
+      text.slice(key + 7, colon).trim() === '' &&
+      text.slice(colon + 1, open).trim() === '';
     if (isKey) {
       const close = closingBrace(text, open);
       if (close > 0) {

@@ -55,7 +55,9 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
   it('a wrong type', () => {
     const issues = issuesOf(BASE.replace('api_key: sk-test', 'api_key: sk-test\n    max_concurrency: lots'));
     expect(issues.some((i) => i.startsWith('providers[0].max_concurrency: '))).toBe(true);
-    const routes = issuesOf(BASE.replace('targets: [openai/gpt-4o, anthropic/claude]', 'targets: openai/gpt-4o'));
+    const routes = issuesOf(
+      BASE.replace('targets: [openai/gpt-4o, anthropic/claude]', 'targets: openai/gpt-4o'),
+    );
     expect(routes.some((i) => i.startsWith('routes.smart.targets: '))).toBe(true);
   });
 
@@ -63,11 +65,15 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
     const issues = issuesOf(BASE.replace('base_url: http://127.0.0.1:2', 'base_url: not a url'));
     expect(issues).toHaveLength(1);
     expect(issues[0]).toMatch(/^providers\[1\]\.base_url: /);
-    expect(issuesOf(BASE.replace('base_url: http://127.0.0.1:2', 'base_url: ftp://x'))[0]).toMatch(/^providers\[1\]\.base_url: .*http/);
+    expect(issuesOf(BASE.replace('base_url: http://127.0.0.1:2', 'base_url: ftp://x'))[0]).toMatch(
+      /^providers\[1\]\.base_url: .*http/,
+    );
   });
 
   it('an unknown upstream in a route', () => {
-    const issues = issuesOf(BASE.replace('targets: [openai/gpt-4o, anthropic/claude]', 'targets: [openai/gpt-4o, openai/gpt-4]'));
+    const issues = issuesOf(
+      BASE.replace('targets: [openai/gpt-4o, anthropic/claude]', 'targets: [openai/gpt-4o, openai/gpt-4]'),
+    );
     expect(issues).toEqual(['routes.smart.targets[1]: unknown upstream "openai/gpt-4"']);
   });
 
@@ -84,7 +90,9 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
   });
 
   it('an unknown passthrough provider, or one that is not OpenAI-compatible', () => {
-    expect(issuesOf(`server: { passthrough: nope }\n${BASE}`)).toEqual(['server.passthrough: unknown provider "nope"']);
+    expect(issuesOf(`server: { passthrough: nope }\n${BASE}`)).toEqual([
+      'server.passthrough: unknown provider "nope"',
+    ]);
     expect(issuesOf(`server: { passthrough: anthropic }\n${BASE}`)).toEqual([
       'server.passthrough: provider "anthropic" must be of kind openai',
     ]);
@@ -116,7 +124,10 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
   });
 
   it('an invalid rule regex', () => {
-    const text = TIERED.replace('    default_tier: fast', '    rules:\n      - { if: { last_user_message: "([a-z" }, tier: deep }\n    default_tier: fast');
+    const text = TIERED.replace(
+      '    default_tier: fast',
+      '    rules:\n      - { if: { last_user_message: "([a-z" }, tier: deep }\n    default_tier: fast',
+    );
     expect(issuesOf(text)).toEqual(['routes.auto.rules[0].if.last_user_message: invalid regular expression']);
   });
 
@@ -125,7 +136,9 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
       'base_url: http://127.0.0.1:2',
       'base_url: ${ANT_URL:-http://127.0.0.1:9}',
     );
-    const loaded = parseConfigText(`server: { port: "\${PORT:-8123}" }\n${text}`, { OPENAI_KEY: 'sk-from-env' });
+    const loaded = parseConfigText(`server: { port: "\${PORT:-8123}" }\n${text}`, {
+      OPENAI_KEY: 'sk-from-env',
+    });
     expect(loaded.config.providers[0]?.api_key).toBe('sk-from-env');
     expect(loaded.config.providers[1]?.base_url).toBe('http://127.0.0.1:9');
     expect(loaded.config.server.port).toBe(8123);
@@ -136,12 +149,17 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
   });
 
   it('a substituted value is data: it never adds a key or a node', () => {
-    const loaded = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, { ADMIN: 'x\nfoo: bar\napi_keys: [a]' });
+    const loaded = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, {
+      ADMIN: 'x\nfoo: bar\napi_keys: [a]',
+    });
     expect(loaded.config.server.admin_key).toBe('x\nfoo: bar\napi_keys: [a]');
     expect(loaded.config.server.api_keys).toEqual([]);
     expect(Object.keys(loaded.config.server)).not.toContain('foo');
     // And a value that looks like a reference is not expanded again.
-    const twice = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, { ADMIN: '${SECRET}', SECRET: 'leak' });
+    const twice = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, {
+      ADMIN: '${SECRET}',
+      SECRET: 'leak',
+    });
     expect(twice.config.server.admin_key).toBe('${SECRET}');
   });
 
@@ -200,7 +218,9 @@ describe('loadConfigFile', () => {
   it('names the file in its message; refuses an oversized file before reading it', () => {
     const path = join(dir, 'bad.yaml');
     writeFileSync(path, BASE.replace('openai/gpt-4o,', 'openai/gpt-5,'));
-    expect(() => loadConfigFile(path, {})).toThrow(`${path}: invalid config:\n  routes.smart.targets[0]: unknown upstream "openai/gpt-5"`);
+    expect(() => loadConfigFile(path, {})).toThrow(
+      `${path}: invalid config:\n  routes.smart.targets[0]: unknown upstream "openai/gpt-5"`,
+    );
     const big = join(dir, 'big.yaml');
     writeFileSync(big, Buffer.alloc(MAX_CONFIG_BYTES + 10, 0x20));
     expect(() => loadConfigFile(big, {})).toThrow(/the limit is/);
@@ -211,7 +231,9 @@ describe('loadConfigFile', () => {
   it('config/gateway.yaml loads with no provider keys set, with warnings', () => {
     const loaded = loadConfigFile(join(REPO_ROOT, 'config/gateway.yaml'), {});
     expect(loaded.disabledProviders.size).toBe(2);
-    expect(loaded.warnings.some((w) => w.includes('routes.auto.default_tier: every upstream of tier'))).toBe(true);
+    expect(loaded.warnings.some((w) => w.includes('routes.auto.default_tier: every upstream of tier'))).toBe(
+      true,
+    );
   });
 
   it('loads the shipped configs', () => {

@@ -17,7 +17,12 @@ function paramOf(fn: () => unknown): string | null | undefined {
 
 describe('chat body validation', () => {
   it('accepts a valid body and keeps unknown fields', () => {
-    const body = { ...ok, future_field: { x: 1 }, temperature: 0.2, tools: [{ type: 'function', function: { name: 'f' } }] };
+    const body = {
+      ...ok,
+      future_field: { x: 1 },
+      temperature: 0.2,
+      tools: [{ type: 'function', function: { name: 'f' } }],
+    };
     expect(validateChatBody(body)).toBe(body);
   });
   it.each([
@@ -31,7 +36,10 @@ describe('chat body validation', () => {
     [{ model: 'fast', messages: ['hi'] }, 'messages[0]'],
     [{ model: 'fast', messages: [{ role: 'root', content: 'x' }] }, 'messages[0].role'],
     [{ model: 'fast', messages: [{ role: 'user', content: 5 }] }, 'messages[0].content'],
-    [{ model: 'fast', messages: [{ role: 'user', content: [{ text: 'no type' }] }] }, 'messages[0].content[0]'],
+    [
+      { model: 'fast', messages: [{ role: 'user', content: [{ text: 'no type' }] }] },
+      'messages[0].content[0]',
+    ],
     [{ model: 'fast', messages: [{ role: 'tool', content: 'x' }] }, 'messages[0].tool_call_id'],
     [{ ...ok, n: 0 }, 'n'],
     [{ ...ok, n: 1.5 }, 'n'],
@@ -53,11 +61,15 @@ describe('chat body validation', () => {
 describe('embeddings body validation', () => {
   it('accepts strings, arrays and token arrays; rejects empties and bad formats', () => {
     expect(() => validateEmbeddingsBody({ model: 'e', input: 'x' })).not.toThrow();
-    expect(() => validateEmbeddingsBody({ model: 'e', input: ['a', 'b'], encoding_format: 'base64' })).not.toThrow();
+    expect(() =>
+      validateEmbeddingsBody({ model: 'e', input: ['a', 'b'], encoding_format: 'base64' }),
+    ).not.toThrow();
     expect(() => validateEmbeddingsBody({ model: 'e', input: [[1, 2, 3]] })).not.toThrow();
     expect(paramOf(() => validateEmbeddingsBody({ model: 'e', input: '' }))).toBe('input');
     expect(paramOf(() => validateEmbeddingsBody({ model: 'e', input: [{}] }))).toBe('input');
-    expect(paramOf(() => validateEmbeddingsBody({ model: 'e', input: 'x', encoding_format: 'hex' }))).toBe('encoding_format');
+    expect(paramOf(() => validateEmbeddingsBody({ model: 'e', input: 'x', encoding_format: 'hex' }))).toBe(
+      'encoding_format',
+    );
   });
 });
 

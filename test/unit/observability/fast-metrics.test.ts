@@ -34,7 +34,13 @@ describe('fast metrics', () => {
   it('drop what a counter cannot take and what a histogram cannot place', () => {
     const r = new Registry();
     const c = new FastCounter({ name: 'c_total', help: 'h', labelNames: ['k'] as const, registers: [r] });
-    const h = new FastHistogram({ name: 'h', help: 'h', labelNames: ['k'] as const, buckets: [1], registers: [r] });
+    const h = new FastHistogram({
+      name: 'h',
+      help: 'h',
+      labelNames: ['k'] as const,
+      buckets: [1],
+      registers: [r],
+    });
     const child = c.labels({ k: 'v' });
     child.inc(-5);
     child.inc(Number.NaN);

@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import type { RuleConfig } from '../../../src/config/schema.js';
-import { buildRouterPrompt, conversationExcerpt, parseRouterAnswer, RouterCache } from '../../../src/routing/llm-router.js';
+import {
+  buildRouterPrompt,
+  conversationExcerpt,
+  parseRouterAnswer,
+  RouterCache,
+} from '../../../src/routing/llm-router.js';
 import type { RequestFeatures } from '../../../src/routing/features.js';
 import { matchTier } from '../../../src/routing/tiers.js';
 import type { RouteRuntime } from '../../../src/runtime.js';
@@ -25,16 +30,27 @@ describe('tier rules', () => {
   ];
 
   it('the header wins outright', () => {
-    expect(matchTier(route(rules), f(), 'hello', 'deep', {})).toEqual({ tier: 'deep', reason: 'header x-router-tier' });
+    expect(matchTier(route(rules), f(), 'hello', 'deep', {})).toEqual({
+      tier: 'deep',
+      reason: 'header x-router-tier',
+    });
   });
   it('the first matching rule (by priority = position) decides', () => {
-    expect(matchTier(route(rules), f({ promptTokens: 50 }), 'please refactor', undefined, {}).tier).toBe('fast');
+    expect(matchTier(route(rules), f({ promptTokens: 50 }), 'please refactor', undefined, {}).tier).toBe(
+      'fast',
+    );
     expect(matchTier(route(rules), f({ promptTokens: 30_000 }), 'x', undefined, {}).reason).toBe('rule long');
-    expect(matchTier(route(rules), f({ promptTokens: 1_000 }), 'Please PROVE this', undefined, {}).tier).toBe('deep');
-    expect(matchTier(route(rules), f({ promptTokens: 1_000, images: true }), 'x', undefined, {}).reason).toBe('rule rules[3]');
+    expect(matchTier(route(rules), f({ promptTokens: 1_000 }), 'Please PROVE this', undefined, {}).tier).toBe(
+      'deep',
+    );
+    expect(matchTier(route(rules), f({ promptTokens: 1_000, images: true }), 'x', undefined, {}).reason).toBe(
+      'rule rules[3]',
+    );
   });
   it('no match is a tie', () => {
-    expect(matchTier(route(rules), f({ promptTokens: 1_000, tools: true }), 'hello', undefined, {}).tier).toBeUndefined();
+    expect(
+      matchTier(route(rules), f({ promptTokens: 1_000, tools: true }), 'hello', undefined, {}).tier,
+    ).toBeUndefined();
   });
   it('rules of equal priority that disagree are a tie; agreeing ones are not', () => {
     const eq: RuleConfig[] = [
@@ -56,7 +72,10 @@ describe('tier rules', () => {
 
 describe('router prompt', () => {
   it('is stable and bounded in size whatever the conversation', () => {
-    const huge = Array.from({ length: 500 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'word '.repeat(5_000) }));
+    const huge = Array.from({ length: 500 }, (_, i) => ({
+      role: i % 2 ? 'assistant' : 'user',
+      content: 'word '.repeat(5_000),
+    }));
     const a = conversationExcerpt(huge);
     expect(a.length).toBeLessThanOrEqual(1_700);
     expect(conversationExcerpt(huge)).toBe(a);
@@ -69,7 +88,13 @@ describe('router prompt', () => {
   it('leaves system messages out and marks images; survives junk', () => {
     const ex = conversationExcerpt([
       { role: 'system', content: 'secret system prompt' },
-      { role: 'user', content: [{ type: 'text', text: 'look' }, { type: 'image_url', image_url: { url: 'data:...' } }] },
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'look' },
+          { type: 'image_url', image_url: { url: 'data:...' } },
+        ],
+      },
       null,
       42,
     ]);
@@ -82,15 +107,22 @@ describe('router answer parsing', () => {
   it.each([
     ['{"tier": "deep", "reason": "multi-step proof"}', 'deep', 'multi-step proof'],
     ['```json\n{"tier":"fast","reason":"greeting"}\n```', 'fast', 'greeting'],
-    ['Sure! Here is my answer: {"Tier": "BALANCED", "Reason": "ordinary coding"} Hope it helps {', 'balanced', 'ordinary coding'],
+    [
+      'Sure! Here is my answer: {"Tier": "BALANCED", "Reason": "ordinary coding"} Hope it helps {',
+      'balanced',
+      'ordinary coding',
+    ],
     ['tier: deep', 'deep', ''],
     ['  Fast. ', 'fast', ''],
   ])('reads %j', (text, tier, reason) => {
     expect(parseRouterAnswer(text)).toEqual({ tier, reason });
   });
-  it.each(['', 'I cannot decide', '{"tier":"ultra"}', '{"tier": 3}', '}{', 'fast or deep'])('rejects %j', (text) => {
-    expect(parseRouterAnswer(text)).toBeUndefined();
-  });
+  it.each(['', 'I cannot decide', '{"tier":"ultra"}', '{"tier": 3}', '}{', 'fast or deep'])(
+    'rejects %j',
+    (text) => {
+      expect(parseRouterAnswer(text)).toBeUndefined();
+    },
+  );
 });
 
 describe('router cache', () => {

@@ -17,16 +17,33 @@ function collect() {
 }
 
 const ctx = { model: 'm', includeUsage: false, created: 1 };
-const provider = { name: 'p', apiKey: 'sk-1', headers: { 'x-extra': 'y' }, anthropicVersion: '', defaultMaxTokens: 1 };
+const provider = {
+  name: 'p',
+  apiKey: 'sk-1',
+  headers: { 'x-extra': 'y' },
+  anthropicVersion: '',
+  defaultMaxTokens: 1,
+};
 
 describe('openai adapter', () => {
   it('passes the body through untouched but for the model, with the provider key and headers', () => {
-    const req = openaiAdapter.chatRequest({ model: 'fast', messages: [{ role: 'user', content: 'x' }], odd: { a: 1 } }, 'gpt-4o-mini', provider);
+    const req = openaiAdapter.chatRequest(
+      { model: 'fast', messages: [{ role: 'user', content: 'x' }], odd: { a: 1 } },
+      'gpt-4o-mini',
+      provider,
+    );
     expect(req.path).toBe('/chat/completions');
-    expect(JSON.parse(req.body)).toEqual({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x' }], odd: { a: 1 } });
+    expect(JSON.parse(req.body)).toEqual({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'x' }],
+      odd: { a: 1 },
+    });
     expect(req.headers.authorization).toBe('Bearer sk-1');
     expect(req.headers['x-extra']).toBe('y');
-    expect(openaiAdapter.chatRequest({ model: 'f', messages: [] }, 'm', { ...provider, apiKey: undefined }).headers.authorization).toBeUndefined();
+    expect(
+      openaiAdapter.chatRequest({ model: 'f', messages: [] }, 'm', { ...provider, apiKey: undefined }).headers
+        .authorization,
+    ).toBeUndefined();
   });
 
   it('classifies chunks: role-only preamble is not content; text, tool calls and refusals are', () => {
@@ -35,7 +52,10 @@ describe('openai adapter', () => {
     const role = '{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}';
     t.event(undefined, role);
     t.event(undefined, '{"choices":[{"index":0,"delta":{"content":"Hi"}}]}');
-    t.event(undefined, '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}');
+    t.event(
+      undefined,
+      '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}',
+    );
     t.event(undefined, '{"choices":[{"index":0,"delta":{"refusal":"no"}}]}');
     t.event(undefined, '{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}');
     t.event(undefined, '{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}');
@@ -57,7 +77,12 @@ describe('openai adapter', () => {
   });
 
   it('reads error bodies of every usual shape', () => {
-    expect(openaiAdapter.errorInfo(400, '{"error":{"message":"bad","type":"invalid_request_error","param":"x","code":"c"}}')).toEqual({
+    expect(
+      openaiAdapter.errorInfo(
+        400,
+        '{"error":{"message":"bad","type":"invalid_request_error","param":"x","code":"c"}}',
+      ),
+    ).toEqual({
       status: 400,
       message: 'bad',
       type: 'invalid_request_error',
@@ -65,8 +90,14 @@ describe('openai adapter', () => {
       code: 'c',
     });
     expect(openaiAdapter.errorInfo(500, '{"error":"boom"}').message).toBe('boom');
-    expect(openaiAdapter.errorInfo(422, '{"detail":"nope"}')).toMatchObject({ message: 'nope', type: 'invalid_request_error' });
-    expect(openaiAdapter.errorInfo(503, '<html>gateway</html>')).toMatchObject({ message: '<html>gateway</html>', type: 'server_error' });
+    expect(openaiAdapter.errorInfo(422, '{"detail":"nope"}')).toMatchObject({
+      message: 'nope',
+      type: 'invalid_request_error',
+    });
+    expect(openaiAdapter.errorInfo(503, '<html>gateway</html>')).toMatchObject({
+      message: '<html>gateway</html>',
+      type: 'server_error',
+    });
     expect(openaiAdapter.errorInfo(502, 'x'.repeat(5000)).message).toBe('upstream answered HTTP 502');
   });
 });
@@ -78,13 +109,21 @@ describe('relayed non-streaming answers (read for usage only)', () => {
     expect(relayedAnswer(last)).toEqual({ body: last, usage });
     const first = JSON.stringify({ usage, id: 'x', choices: [] });
     expect(relayedAnswer(first)?.usage).toEqual(usage);
-    const nested = JSON.stringify({ choices: [], usage: { ...usage, prompt_tokens_details: { cached_tokens: 1 } } });
-    expect(relayedAnswer(nested)?.usage).toMatchObject({ ...usage, prompt_tokens_details: { cached_tokens: 1 } });
+    const nested = JSON.stringify({
+      choices: [],
+      usage: { ...usage, prompt_tokens_details: { cached_tokens: 1 } },
+    });
+    expect(relayedAnswer(nested)?.usage).toMatchObject({
+      ...usage,
+      prompt_tokens_details: { cached_tokens: 1 },
+    });
     const spaced = `\n  ${JSON.stringify({ choices: [] }).slice(0, -1)}, "usage" : ${JSON.stringify(usage)} }\n`;
     expect(relayedAnswer(spaced)?.usage).toEqual(usage);
   });
   it('is not fooled by "usage" inside the content', () => {
-    const tricky = JSON.stringify({ choices: [{ message: { content: 'the "usage": {"prompt_tokens": 99} text' } }] });
+    const tricky = JSON.stringify({
+      choices: [{ message: { content: 'the "usage": {"prompt_tokens": 99} text' } }],
+    });
     expect(relayedAnswer(tricky)).toEqual({ body: tricky, usage: undefined });
     const both = JSON.stringify({ choices: [{ message: { content: '"usage": {' } }], usage });
     expect(relayedAnswer(both)?.usage).toEqual(usage);
@@ -98,7 +137,11 @@ describe('relayed non-streaming answers (read for usage only)', () => {
 
 describe('relayed answers: a "usage" string value is not the usage key', () => {
   it('falls back to the full parse', () => {
-    const text = JSON.stringify({ usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 }, choices: [{ message: { content: 'usage' } }], x: { prompt_tokens: 9, completion_tokens: 9 } });
+    const text = JSON.stringify({
+      usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
+      choices: [{ message: { content: 'usage' } }],
+      x: { prompt_tokens: 9, completion_tokens: 9 },
+    });
     expect(relayedAnswer(text)?.usage).toEqual({ prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 });
   });
 });
