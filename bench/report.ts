@@ -246,7 +246,14 @@ function routingSection(r: BenchResults, out: string[]): void {
       [
         ['one decision over 10 candidates (slowest strategy)', us(rb.decisionNsP50 / 1000)],
         ['one decision, hybrid', us(rb.perStrategy.hybrid.p50Ns / 1000)],
-        [`token estimate, ~${rb.promptTokens}-token prompt (default)`, us(rb.tokenEstimate2kNs / 1000)],
+        [
+          `token estimate, ~${rb.promptTokens}-token prompt (approximate: what the gateway uses)`,
+          us(rb.tokenEstimate2kApproxNs / 1000),
+        ],
+        [
+          `token estimate, ~${rb.promptTokens}-token prompt (exact BPE, for comparison)`,
+          us(rb.tokenEstimate2kExactNs / 1000),
+        ],
       ],
     ),
     '',
