@@ -185,13 +185,20 @@ async function errorResult(
   } catch {
     /* an unreadable error body still has its status */
   }
-  const info = input.upstream.provider.adapter.errorInfo(res.statusCode, text);
-  const retryAfterMs = parseRetryAfter(res.headers['retry-after'], Date.now());
-  return failure(classifyStatus(res.statusCode), input.now() - t0, {
-    status: res.statusCode,
-    retryAfterMs,
-    info,
-  });
+  return errorFrom(res.statusCode, res.headers['retry-after'], text, input, t0);
+}
+
+/** A non-2xx answer, classified, with what the upstream said (for relaying a client error). */
+function errorFrom(
+  status: number,
+  retryAfter: string | string[] | undefined,
+  text: string,
+  input: Pick<AttemptInput, 'upstream' | 'now'>,
+  t0: number,
+): AttemptResult {
+  const info = input.upstream.provider.adapter.errorInfo(status, text);
+  const retryAfterMs = parseRetryAfter(retryAfter, Date.now());
+  return failure(classifyStatus(status), input.now() - t0, { status, retryAfterMs, info });
 }
 
 type Prepared = { path: string; headers: Record<string, string>; body: string };
@@ -212,14 +219,21 @@ async function attemptJsonCall(
   const t0 = input.now();
   const sig = attemptSignal(input);
   try {
-    const res = await input.upstream.provider.client.request({
+    const res = await input.upstream.provider.client.requestText({
       method: 'POST',
-      ...prepared,
+      path: prepared.path,
+      headers: prepared.headers,
+      body: prepared.body,
       signal: sig.signal,
+      maxBytes: MAX_JSON_BODY_BYTES,
+      errorMaxBytes: MAX_ERROR_BODY_BYTES,
+      onHeaders: sig.headers,
+      onChunk: sig.progress,
     });
-    sig.headers();
-    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, full, sig, t0);
-    const text = await readWatched(res, sig, MAX_JSON_BODY_BYTES);
+    if (res.statusCode < 200 || res.statusCode >= 300) {
+      return errorFrom(res.statusCode, res.headers['retry-after'], res.text, full, t0);
+    }
+    const text = res.text;
     const totalMs = input.now() - t0;
     if (finishText) {
       const out = finishText(text);

@@ -1,8 +1,23 @@
 import { Pool, type Dispatcher } from 'undici';
-import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import type { IncomingHttpHeaders } from 'node:http';
+import {
+  brotliDecompressSync,
+  createBrotliDecompress,
+  createGunzip,
+  createInflate,
+  gunzipSync,
+  inflateSync,
+} from 'node:zlib';
 import type { Readable } from 'node:stream';
 import type { ProviderConfig } from '../config/schema.js';
 import type { Abort } from './abort.js';
+
+export interface TextResponse {
+  readonly statusCode: number;
+  readonly headers: IncomingHttpHeaders;
+  /** The body, decoded. */
+  readonly text: string;
+}
 
 export interface UpstreamResponse {
   readonly statusCode: number;
@@ -65,6 +80,100 @@ export class ProviderClient {
     };
   }
 
+  /**
+   * A request whose whole answer is wanted as text (non-streaming calls). Straight on undici's dispatch
+   * handler: no Readable body, no stream events per chunk — on every non-streaming request that machinery
+   * cost more than the rest of the attempt. Bodies past `maxBytes` (`errorMaxBytes` for error statuses)
+   * are refused, and a compressed answer is decoded within the same bound.
+   */
+  requestText(opts: {
+    method: 'GET' | 'POST';
+    path: string;
+    headers: Record<string, string>;
+    body?: string;
+    signal: Abort;
+    maxBytes: number;
+    errorMaxBytes: number;
+    /** The response headers arrived. */
+    onHeaders?: () => void;
+    /** A body chunk arrived. */
+    onChunk?: () => void;
+  }): Promise<TextResponse> {
+    return new Promise((resolve, reject) => {
+      const signal = opts.signal;
+      const parts: Buffer[] = [];
+      let size = 0;
+      let limit = opts.maxBytes;
+      let statusCode = 0;
+      let headers: IncomingHttpHeaders = {};
+      let truncated = false;
+      let controller: Dispatcher.DispatchController | undefined;
+      const onAbort = (): void => controller?.abort(signal.reason as Error);
+      const settle = (): void => {
+        signal.removeListener('abort', onAbort);
+      };
+      const handler: Dispatcher.DispatchHandler = {
+        onRequestStart(c) {
+          controller = c;
+          if (signal.aborted) c.abort(signal.reason as Error);
+          else signal.once('abort', onAbort);
+        },
+        onResponseStart(_c, status, h) {
+          statusCode = status;
+          headers = h;
+          if (status < 200 || status >= 300) limit = opts.errorMaxBytes;
+          opts.onHeaders?.();
+        },
+        onResponseData(c, chunk) {
+          opts.onChunk?.();
+          if (truncated) return;
+          size += chunk.length;
+          if (size > limit) {
+            if (statusCode >= 200 && statusCode < 300) {
+              c.abort(
+                Object.assign(new Error(`upstream body larger than ${limit} bytes`), {
+                  code: 'body_too_large',
+                }),
+              );
+              return;
+            }
+            truncated = true; // an error message needs no more than its first bytes
+            return;
+          }
+          parts.push(chunk);
+        },
+        onResponseEnd() {
+          settle();
+          const raw = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+          try {
+            resolve({ statusCode, headers, text: decodeBuffer(raw, headers['content-encoding'], limit) });
+          } catch (err) {
+            reject(err);
+          }
+        },
+        onResponseError(_c, err) {
+          settle();
+          reject(err);
+        },
+      };
+      try {
+        this.pool.dispatch(
+          {
+            origin: this.origin,
+            method: opts.method,
+            path: this.basePath + opts.path,
+            headers: opts.headers,
+            body: opts.body,
+          },
+          handler,
+        );
+      } catch (err) {
+        settle();
+        reject(err as Error);
+      }
+    });
+  }
+
   stats(): { connected: number; free: number; pending: number; running: number; size: number } {
     const s = this.pool.stats;
     return { connected: s.connected, free: s.free, pending: s.pending, running: s.running, size: s.size };
@@ -77,6 +186,17 @@ export class ProviderClient {
   destroy(): Promise<void> {
     return this.pool.destroy();
   }
+}
+
+/** A whole compressed body decoded, refusing to inflate past `maxBytes` (no decompression bombs). */
+function decodeBuffer(raw: Buffer, encoding: string | string[] | undefined, maxBytes: number): string {
+  const enc = typeof encoding === 'string' ? encoding.toLowerCase() : undefined;
+  if (enc === undefined || enc === 'identity' || enc === '') return raw.toString('utf8');
+  const opts = { maxOutputLength: maxBytes };
+  if (enc === 'gzip' || enc === 'x-gzip') return gunzipSync(raw, opts).toString('utf8');
+  if (enc === 'deflate') return inflateSync(raw, opts).toString('utf8');
+  if (enc === 'br') return brotliDecompressSync(raw, opts).toString('utf8');
+  return raw.toString('utf8');
 }
 
 /** Compressed answers are decoded, not relayed as bytes the client never asked for. */
