@@ -88,7 +88,15 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     },
   });
   const headersFor = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Record<string, string> =>
-    routerHeaders(req.id, strategy, target.candidate.upstream, attempts, attempts.length + 1, tier.tier);
+    routerHeaders(
+      req.id,
+      strategy,
+      target.candidate.upstream,
+      attempts,
+      attempts.length + 1,
+      tier.tier,
+      tier.reason,
+    );
 
   const report: RequestContext = {
     route: route.name,
@@ -154,7 +162,9 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
   } catch (err) {
     const served = current?.candidate.upstream;
     const status = isGatewayError(err) ? err.status : 500;
-    reply.headers(routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, tier.tier));
+    reply.headers(
+      routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, tier.tier, tier.reason),
+    );
     reportRequest(gw, req, report, {
       status,
       served,

@@ -42,6 +42,7 @@ export function routerHeaders(
   attempts: readonly AttemptRecord[],
   attemptCount: number,
   tier: string | undefined,
+  tierReason?: string,
 ): Record<string, string> {
   const h: Record<string, string> = {
     'x-request-id': requestId,
@@ -55,7 +56,15 @@ export function routerHeaders(
   const trail = trailOf(attempts);
   if (trail !== '') h['x-router-trail'] = trail;
   if (tier !== undefined) h['x-router-tier'] = tier;
+  if (tierReason !== undefined) h['x-router-tier-reason'] = headerSafe(tierReason);
   return h;
+}
+
+const NOT_HEADER_SAFE = /[^\x20-\x7e]/g;
+
+/** A header value from text we did not write (an LLM router's reason): printable ASCII, bounded. */
+function headerSafe(text: string): string {
+  return text.slice(0, 200).replace(NOT_HEADER_SAFE, '?');
 }
 
 /** Tokens and spend of one served answer, counted on its upstream; the figures go in the log line. */

@@ -61,6 +61,7 @@ describe('tiers and the LLM router', () => {
     const r = await chat('hello');
     expect(r.status).toBe(200);
     expect(r.headers['x-router-tier']).toBe('balanced');
+    expect(r.headers['x-router-tier-reason']).toBe('rule greeting');
     expect(r.body.choices?.[0]?.message.content).toContain('bal');
     expect(r1.requests.length + r2.requests.length).toBe(0);
     expect(bal.requests).toHaveLength(1);
@@ -71,6 +72,7 @@ describe('tiers and the LLM router', () => {
     const a = await chat('Prove that there are infinitely many primes, step by step.');
     expect(a.status).toBe(200);
     expect(a.headers['x-router-tier']).toBe('deep');
+    expect(a.headers['x-router-tier-reason']).toBe('no rule matched; llm router: needs careful reasoning');
     expect(a.body.choices?.[0]?.message.content).toContain('deep');
     expect(r1.requests).toHaveLength(1);
     const routerBody = r1.requests[0]!.body as {
@@ -113,6 +115,15 @@ describe('tiers and the LLM router', () => {
     expect(r1.requests).toHaveLength(1);
     expect(r2.requests).toHaveLength(1);
     expect(deep.requests).toHaveLength(1);
+  });
+
+  it('a router reason with line breaks or non-ASCII cannot break the response headers', async () => {
+    const { r1 } = await setup();
+    r1.set({ reply: '{"tier": "deep", "reason": "naïve\\r\\nX-Evil: 1"}', completionTokens: 3 });
+    const r = await chat('Walk me through a proof by induction in full detail.');
+    expect(r.status).toBe(200);
+    expect(r.headers['x-router-tier-reason']).toBe('no rule matched; llm router: na?ve??X-Evil: 1');
+    expect(r.headers['x-evil']).toBeUndefined();
   });
 
   it('an unparsable router answer falls back to default_tier', async () => {
