@@ -72,6 +72,8 @@ export interface StreamContext {
 /** Fed each parsed SSE event of one upstream stream, in order. */
 export interface StreamTranslator {
   event(type: string | undefined, data: string): void;
+  /** The upstream closed the stream cleanly; a dialect may still recognise a finished answer. */
+  close?(): void;
 }
 
 export interface ChatAdapter {

@@ -367,7 +367,10 @@ export async function attemptStream(
         }
         if (ended || streamError) break;
       }
-      if (!ended && !streamError) parser.end();
+      if (!ended && !streamError) {
+        parser.end();
+        translator.close?.();
+      }
     } catch (err) {
       readError = err;
     }

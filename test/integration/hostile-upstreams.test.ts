@@ -108,3 +108,35 @@ describe('hostile or broken upstreams', () => {
     expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
   });
 });
+
+describe('a stream that ends without [DONE]', () => {
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
+    `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+
+  it('after its finish_reason is a finished answer (some compatible servers omit [DONE])', async () => {
+    const up = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      s.write(chunk({ role: 'assistant', content: '' }));
+      s.write(chunk({ content: 'Complete answer.' }));
+      s.end(chunk({}, 'stop'));
+    });
+    const { res, text } = await setup(up.url, true);
+    expect(res.statusCode).toBe(200);
+    expect(text).toContain('Complete answer.');
+    expect(text).not.toContain('"error"');
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+  });
+
+  it('before any finish_reason is cut: it ends with an error event and no [DONE]', async () => {
+    const up = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      s.write(chunk({ role: 'assistant', content: '' }));
+      s.end(chunk({ content: 'Half an ans' }));
+    });
+    const { res, text } = await setup(up.url, true);
+    expect(res.statusCode).toBe(200);
+    expect(text).toContain('Half an ans');
+    expect(text).toContain('"code":"stream_interrupted"');
+    expect(text).not.toContain('[DONE]');
+  });
+});

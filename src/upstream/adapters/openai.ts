@@ -33,7 +33,13 @@ export const openaiAdapter: ChatAdapter = {
   },
 
   streamTranslator(sink: ChunkSink): StreamTranslator {
+    let finished = false;
     return {
+      // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
+      // complete, so it ends like one. A close before any finish_reason is still a cut stream.
+      close() {
+        if (finished) sink.end();
+      },
       event(_type, data) {
         if (data === '[DONE]') {
           sink.end();
@@ -53,6 +59,7 @@ export const openaiAdapter: ChatAdapter = {
         }
         const usage = readUsage(obj);
         if (usage) sink.usage(usage);
+        if (!finished && hasFinishReason(obj)) finished = true;
         sink.chunk(data, hasContentDelta(obj));
       },
     };
@@ -80,6 +87,16 @@ function hasContentDelta(chunk: Record<string, unknown>): boolean {
     if (typeof delta.refusal === 'string' && delta.refusal !== '') return true;
     if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) return true;
     if (delta.function_call != null) return true;
+  }
+  return false;
+}
+
+function hasFinishReason(chunk: Record<string, unknown>): boolean {
+  const choices = chunk.choices;
+  if (!Array.isArray(choices)) return false;
+  for (const choice of choices) {
+    const reason = (choice as { finish_reason?: unknown } | null)?.finish_reason;
+    if (typeof reason === 'string' && reason !== '') return true;
   }
   return false;
 }
