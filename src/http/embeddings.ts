@@ -42,6 +42,7 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
       tools: false,
       json: false,
       images: false,
+      choices: 1,
       promptTokens,
       requestedOutputTokens: undefined,
     },

@@ -7,6 +7,8 @@ export interface RequestFeatures {
   readonly tools: boolean;
   readonly json: boolean;
   readonly images: boolean;
+  /** `n`: choices asked for (Anthropic serves one only). */
+  readonly choices: number;
   readonly promptTokens: number;
   /** `max_completion_tokens` or `max_tokens`, when given. */
   readonly requestedOutputTokens: number | undefined;
@@ -20,6 +22,7 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
     tools: Array.isArray(body.tools) && body.tools.length > 0,
     json: format === 'json_object' || format === 'json_schema',
     images: hasImages(body.messages),
+    choices: typeof body.n === 'number' && body.n > 1 ? body.n : 1,
     promptTokens: estimatePromptTokens(body, APPROXIMATE),
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
   };

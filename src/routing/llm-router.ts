@@ -205,6 +205,7 @@ export async function askRouter(
         tools: false,
         json: false,
         images: false,
+        choices: 1,
         promptTokens: 150 + Math.ceil(excerpt.length / 4),
         requestedOutputTokens: ROUTER_MAX_TOKENS,
       },

@@ -37,7 +37,7 @@ export function planRequest(
 ): Plan {
   const eligible: RouteTarget[] = [];
   let firstExclusion: Exclusion | undefined;
-  const missing = new Set<Capability>();
+  const missing = new Set<string>();
   let largestWindow = 0;
   let minOpenMs = Number.POSITIVE_INFINITY;
   let allRateLimited = true;
@@ -47,7 +47,7 @@ export function planRequest(
     const up = t.upstream;
     let why: Exclusion | undefined;
     if (opts.provider !== undefined && up.provider.name !== opts.provider) why = 'provider';
-    else if (!capable(up.capabilities, features, missing)) why = 'capability';
+    else if (!capable(up.capabilities, up.provider.kind, features, missing)) why = 'capability';
     else if (need > up.model.context_window) {
       why = 'context';
       largestWindow = Math.max(largestWindow, up.model.context_window);
@@ -112,7 +112,12 @@ function rank(e: Exclusion): number {
   return e === 'breaker' ? 4 : e === 'context' ? 3 : e === 'capability' ? 2 : 1;
 }
 
-function capable(caps: ReadonlySet<Capability>, f: RequestFeatures, missing: Set<Capability>): boolean {
+function capable(
+  caps: ReadonlySet<Capability>,
+  kind: 'openai' | 'anthropic',
+  f: RequestFeatures,
+  missing: Set<string>,
+): boolean {
   let ok = true;
   const need = (wanted: boolean, cap: Capability): void => {
     if (wanted && !caps.has(cap)) {
@@ -124,6 +129,11 @@ function capable(caps: ReadonlySet<Capability>, f: RequestFeatures, missing: Set
   need(f.tools, 'tools');
   need(f.json, 'json');
   need(f.images, 'vision');
+  // Anthropic's API answers one choice: sending it `n > 1` would silently return fewer than asked.
+  if (f.choices > 1 && kind === 'anthropic') {
+    missing.add('n > 1');
+    ok = false;
+  }
   return ok;
 }
 
@@ -131,7 +141,7 @@ function noCandidate(
   route: RouteRuntime,
   why: Exclusion | undefined,
   d: {
-    missing: Set<Capability>;
+    missing: Set<string>;
     largestWindow: number;
     need: number;
     minOpenMs: number;
@@ -171,11 +181,13 @@ function noCandidate(
         {
           param: d.missing.has('tools')
             ? 'tools'
-            : d.missing.has('json')
-              ? 'response_format'
-              : d.missing.has('vision')
-                ? 'messages'
-                : 'stream',
+            : d.missing.has('n > 1')
+              ? 'n'
+              : d.missing.has('json')
+                ? 'response_format'
+                : d.missing.has('vision')
+                  ? 'messages'
+                  : 'stream',
         },
       );
     case 'provider':

@@ -267,3 +267,44 @@ describe('models, health and request ids', () => {
     expect(((await nf.body.json()) as { error: unknown }).error).toBeDefined();
   });
 });
+
+describe('n > 1 (several choices)', () => {
+  it('is never sent to an Anthropic upstream, which would silently answer one', async () => {
+    const claude = track(await startSimulator({ name: 'claude', kind: 'anthropic' }));
+    const oai = track(await startSimulator({ name: 'oai' }));
+    const gw = track(
+      await startGateway({
+        providers: [
+          { name: 'claude', kind: 'anthropic', base_url: claude.url, models: [{ name: 'm' }] },
+          simProvider('oai', oai.url, ['m']),
+        ],
+        routes: {
+          mixed: { strategy: 'priority', targets: ['claude/m', 'oai/m'] },
+          only: { targets: ['claude/m'] },
+        },
+      }),
+    );
+    const post = async (model: string) => {
+      const res = await request(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model, n: 2, messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      return {
+        status: res.statusCode,
+        headers: res.headers,
+        json: (await res.body.json()) as { error?: { message: string; param: string } },
+      };
+    };
+    const mixed = await post('mixed');
+    expect(mixed.status).toBe(200);
+    expect(mixed.headers['x-router-provider']).toBe('oai');
+    const only = await post('only');
+    expect(only.status).toBe(400);
+    expect(only.json.error).toMatchObject({
+      message: 'no upstream of route `only` supports n > 1',
+      param: 'n',
+    });
+    expect(claude.requests).toHaveLength(0);
+  });
+});

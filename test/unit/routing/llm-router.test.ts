@@ -15,6 +15,7 @@ const f = (over: Partial<RequestFeatures> = {}): RequestFeatures => ({
   tools: false,
   json: false,
   images: false,
+  choices: 1,
   promptTokens: 100,
   requestedOutputTokens: undefined,
   ...over,
