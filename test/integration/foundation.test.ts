@@ -88,6 +88,27 @@ describe('OpenAI SDK through the gateway', () => {
     expect(aborted.aborted).toBe(true);
     expect(aborted.finished).toBe(false);
   });
+
+  it('aborts a non-streaming upstream request too when the client gives up waiting', async () => {
+    const { sim } = await setup({ latencyMs: 5_000 });
+    const ac = new AbortController();
+    const pending = request(`${gw!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] }),
+      signal: ac.signal,
+    }).catch(() => undefined);
+    await sim.waitForRequests(1, 5_000);
+    ac.abort();
+    await pending;
+    const aborted = await sim.waitForAbort(5_000);
+    expect(aborted.finished).toBe(false);
+    // The upstream was not blamed for the client leaving.
+    const status = (await (await request(`${gw!.url}/router/status`)).body.json()) as {
+      upstreams: { breaker: { consecutive_failures: number } }[];
+    };
+    expect(status.upstreams[0]!.breaker.consecutive_failures).toBe(0);
+  });
 });
 
 describe('errors are OpenAI-shaped', () => {
