@@ -1,5 +1,4 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GatewayError, isGatewayError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
 import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
@@ -11,7 +10,7 @@ import { SseWriter } from '../streaming/relay.js';
 import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
-import { reportRequest, routerHeaders, type RequestContext } from './report.js';
+import { failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
 import { validateChatBody } from './validate.js';
 
 /** Fires when the client goes away before its response is complete. */
@@ -160,21 +159,7 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
         .send(result.body);
     }
   } catch (err) {
-    const served = current?.candidate.upstream;
-    const status = isGatewayError(err) ? err.status : 500;
-    reply.headers(
-      routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, tier.tier, tier.reason),
-    );
-    reportRequest(gw, req, report, {
-      status,
-      served,
-      attempts: lastAttempts,
-      upstreamMs: 0,
-      error: err instanceof Error ? err.message : String(err),
-    });
-    throw err instanceof GatewayError
-      ? err
-      : new GatewayError('internal', 'internal gateway error', { cause: err });
+    throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
   }
 }
 

@@ -1,5 +1,4 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GatewayError, isGatewayError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
@@ -9,7 +8,7 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget } from '../runtime.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
 import { clientGoneSignal, failoverOptions } from './chat.js';
-import { reportRequest, routerHeaders, type RequestContext } from './report.js';
+import { failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 
 export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
@@ -103,18 +102,6 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
       .type('application/json')
       .send(out.result.body);
   } catch (err) {
-    const status = isGatewayError(err) ? err.status : 500;
-    const served = current?.candidate.upstream;
-    reply.headers(routerHeaders(req.id, strategy, served, lastAttempts, lastAttempts.length, undefined));
-    reportRequest(gw, req, report, {
-      status,
-      served,
-      attempts: lastAttempts,
-      upstreamMs: 0,
-      error: err instanceof Error ? err.message : String(err),
-    });
-    throw err instanceof GatewayError
-      ? err
-      : new GatewayError('internal', 'internal gateway error', { cause: err });
+    throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
   }
 }

@@ -1,4 +1,5 @@
-import type { FastifyRequest } from 'fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { GatewayError, isGatewayError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { AttemptRecord } from '../resilience/failover.js';
 import { trailOf } from '../resilience/failover.js';
@@ -163,4 +164,33 @@ export function reportRequest(
     },
     'request',
   );
+}
+
+/**
+ * A routed request that ends in an error: its `x-router-*` headers (the attempts so far), its line and
+ * counts, and the error to throw for the OpenAI-shaped body (an unexpected one becomes a 500 that leaks
+ * nothing).
+ */
+export function failRequest(
+  gw: Gateway,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  ctx: RequestContext,
+  err: unknown,
+  served: Upstream | undefined,
+  attempts: readonly AttemptRecord[],
+): GatewayError {
+  reply.headers(
+    routerHeaders(req.id, ctx.strategy, served, attempts, attempts.length, ctx.tier, ctx.tierReason),
+  );
+  reportRequest(gw, req, ctx, {
+    status: isGatewayError(err) ? err.status : 500,
+    served,
+    attempts,
+    upstreamMs: 0,
+    error: err instanceof Error ? err.message : String(err),
+  });
+  return err instanceof GatewayError
+    ? err
+    : new GatewayError('internal', 'internal gateway error', { cause: err });
 }
