@@ -47,7 +47,7 @@ export function costStrategy<C extends CandidateView>(
     fmtInt(out.tokens) +
     ' out' +
     (out.source === 'max_tokens' ? '' : out.source === 'mean' ? ' (mean)' : ' (default)') +
-    ' × ';
+    ' x ';
   for (let i = 0; i < n; i++) {
     const it = items[i]!;
     const c = it.candidate;
@@ -57,7 +57,7 @@ export function costStrategy<C extends CandidateView>(
       fmtUsd(it.raw) +
       ' (' +
       prompt +
-      ' in × ' +
+      ' in x ' +
       fmtPrice(c.price.input_per_mtok) +
       outText +
       fmtPrice(c.price.output_per_mtok) +

@@ -111,21 +111,21 @@ export function hybridStrategy<C extends CandidateView>(
       f2(s) +
       ' = cost ' +
       fmtUsd(costUsd) +
-      ' → ' +
+      ' -> ' +
       f2(fc) +
-      ' × ' +
+      ' x ' +
       wc +
       ' + latency ' +
       (measured ? fmtMs(latMs) : 'unmeasured') +
-      ' → ' +
+      ' -> ' +
       f2(fl) +
-      ' × ' +
+      ' x ' +
       wl +
       ' + reliability ' +
       fmtPct(relRate) +
-      ' → ' +
+      ' -> ' +
       f2(fr) +
-      ' × ' +
+      ' x ' +
       wr;
   }
   // Rescale so the best ranked candidate scores exactly 1, as every strategy's scores do.

@@ -59,9 +59,9 @@ export function latencyReason(stats: LatencyFigures, outputTokens: number, estMs
   const ttft = stats.ttftMs;
   const parts =
     finiteNonNeg(ttft) && finiteNonNeg(tps) && tps > 0
-      ? 'ttft ' + fmtMs(ttft) + ' + ' + fmtInt(outputTokens) + ' tok ÷ ' + fmtInt(tps) + ' tok/s'
+      ? 'ttft ' + fmtMs(ttft) + ' + ' + fmtInt(outputTokens) + ' tok / ' + fmtInt(tps) + ' tok/s'
       : 'attempt ' + fmtMs(estMs / loadFactor(stats)) + ', no tok/s yet';
-  return 'latency ' + fmtMs(estMs) + ' est. (' + parts + ') × load ' + fmtInt(loadFactor(stats));
+  return 'latency ' + fmtMs(estMs) + ' est. (' + parts + ') x load ' + fmtInt(loadFactor(stats));
 }
 
 export function unmeasuredReason(samples: number, what: string): string {
