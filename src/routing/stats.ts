@@ -101,6 +101,10 @@ export class UpstreamStats implements UpstreamStatsView {
     return this.#samples;
   }
 
+  get lastSampleAt(): number | undefined {
+    return this.#samples > 0 ? this.#ttftAt : undefined;
+  }
+
   get ttftMs(): number | undefined {
     return this.#samples > 0 ? this.#ttft : undefined;
   }

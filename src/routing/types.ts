@@ -19,6 +19,8 @@ export interface UpstreamStatsView {
   readonly successRate: number;
   /** Requests currently in flight to this upstream (from this process). */
   readonly inFlight: number;
+  /** When the last measured answer arrived (the stats' clock), undefined before the first. */
+  readonly lastSampleAt?: number | undefined;
 }
 
 export interface Price {

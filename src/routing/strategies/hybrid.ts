@@ -18,6 +18,7 @@ import {
   HELD_BACK,
   baseLatencyMs,
   exploringWhat,
+  freshestSample,
   isMeasured,
   loadFactor,
   unmeasuredReason,
@@ -68,6 +69,7 @@ export function hybridStrategy<C extends CandidateView>(
   let bestLat = Infinity;
   let bestRel = 0;
   const out = sharedExpectedOutput(candidates, ctx).tokens;
+  const freshest = freshestSample(candidates);
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
     const it = scored(c, 0);
@@ -81,7 +83,7 @@ export function hybridStrategy<C extends CandidateView>(
     rel[i] = r;
     if (r > bestRel) bestRel = r;
     const base = baseLatencyMs(c.stats, out);
-    if (isMeasured(c.stats, ctx, base)) {
+    if (isMeasured(c.stats, ctx, base, freshest)) {
       const est = base * loadFactor(c.stats);
       lat[i] = est;
       if (est < bestLat) bestLat = est;

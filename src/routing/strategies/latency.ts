@@ -42,8 +42,32 @@ export function loadFactor(stats: Pick<UpstreamStatsView, 'inFlight'>): number {
   return f > 0 && Number.isFinite(f) ? f + 1 : 1;
 }
 
-export function isMeasured(stats: UpstreamStatsView, ctx: StrategyContext, baseMs: number): boolean {
-  return stats.samples >= ctx.minSamples && Number.isFinite(baseMs);
+/**
+ * An upstream whose last measurement is this much older than the freshest candidate's counts as
+ * unmeasured again: one that looked slow gets no traffic under `latency`, so without this it would never
+ * be measured again after it recovers. Relative to the freshest, so a quiet period stales nobody.
+ */
+export const STALE_AFTER_MS = 60_000;
+
+/** The most recent measurement among the candidates (undefined when none has one). */
+export function freshestSample(candidates: readonly CandidateView[]): number | undefined {
+  let freshest: number | undefined;
+  for (const c of candidates) {
+    const at = c.stats.lastSampleAt;
+    if (at !== undefined && (freshest === undefined || at > freshest)) freshest = at;
+  }
+  return freshest;
+}
+
+export function isMeasured(
+  stats: UpstreamStatsView,
+  ctx: StrategyContext,
+  baseMs: number,
+  freshest: number | undefined,
+): boolean {
+  if (stats.samples < ctx.minSamples || !Number.isFinite(baseMs)) return false;
+  const at = stats.lastSampleAt;
+  return at === undefined || freshest === undefined || freshest - at <= STALE_AFTER_MS;
 }
 
 /** "latency 212 ms est. (ttft 180 ms + 64 tok ÷ 2,000 tok/s) × load 1". */
@@ -84,12 +108,13 @@ export function latencyStrategy<C extends CandidateView>(
   let best = Infinity;
   // One expected output for all: comparing each on its own mean favours upstreams that answer briefly.
   const out = sharedExpectedOutput(candidates, ctx).tokens;
+  const freshest = freshestSample(candidates);
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
     const base = baseLatencyMs(c.stats, out);
     const it = scored(c, base * loadFactor(c.stats));
     items[i] = it;
-    if (isMeasured(c.stats, ctx, base)) {
+    if (isMeasured(c.stats, ctx, base, freshest)) {
       if (it.raw < best) best = it.raw;
       const raw = it.raw;
       const figures: LatencyFigures = {

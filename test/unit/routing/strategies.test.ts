@@ -538,3 +538,30 @@ describe('reasons are plain ASCII', () => {
       expect(r.reason).toMatch(/^[\x20-\x7e]*$/);
   });
 });
+
+describe('a measurement gone stale is taken again', () => {
+  // Regression: an upstream that once looked slow got no traffic under `latency`, so it was never measured
+  // again after it recovered.
+  const share = (lastB: number) => {
+    const c = cands(
+      { stats: { ttftMs: 10, lastSampleAt: 100_000 } },
+      { stats: { ttftMs: 900, lastSampleAt: lastB } },
+    );
+    const random = mulberry32(3);
+    let firstB = 0;
+    for (let r = 0; r < 4_000; r++) {
+      if (
+        getStrategy('latency')(c, ctx({ random, rotation: r, explorationShare: 0.1 }))[0]!.candidate.id ===
+        'p/b'
+      )
+        firstB++;
+    }
+    return firstB / 4_000;
+  };
+  it('is explored within the exploration share once 60 s older than the freshest candidate', () => {
+    expect(share(100_000 - 30_000)).toBe(0);
+    const s = share(100_000 - 61_000);
+    expect(s).toBeGreaterThan(0.07);
+    expect(s).toBeLessThan(0.13);
+  });
+});
