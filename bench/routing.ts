@@ -7,6 +7,7 @@ import { STRATEGY_NAMES, type StrategyName } from '../src/config/schema.js';
 import { STRATEGIES } from '../src/routing/strategies/index.js';
 import { estimatePromptTokens, loadTokenizer } from '../src/routing/tokens.js';
 import type { CandidateView, StrategyContext, UpstreamStatsView } from '../src/routing/types.js';
+import { mulberry32 } from '../test/helpers/random.js';
 
 export interface RoutingBenchResult {
   /** Median ns per decision of the slowest strategy. */
@@ -22,18 +23,6 @@ export interface RoutingBenchResult {
 
 const BATCH = 200;
 const BATCHES = 200;
-
-/** Seeded, so runs are comparable. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;

@@ -68,10 +68,9 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
   gw.decisionChildren.get(route.name, strategy, chosen?.candidate.upstream.provider.name ?? 'none').inc();
 
   const opts = failoverOptions(gw, rt, route.name, startedAt);
-  const streamCtx = {
-    includeUsage: (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true,
-    created: Math.floor(Date.now() / 1000),
-  };
+  const includeUsage =
+    (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
+  const created = Math.floor(Date.now() / 1000);
   let lastAttempts: readonly AttemptRecord[] = [];
   let current: RankedCandidateT | undefined;
   const input = (target: RankedCandidateT) => ({
@@ -80,11 +79,7 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     clientSignal,
     deadline: opts.deadline,
     now: gw.now,
-    stream: {
-      model: target.candidate.upstream.model.name,
-      includeUsage: streamCtx.includeUsage,
-      created: streamCtx.created,
-    },
+    stream: { model: target.candidate.upstream.model.name, includeUsage, created },
   });
   const headersFor = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Record<string, string> =>
     routerHeaders(

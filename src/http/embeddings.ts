@@ -6,6 +6,7 @@ import { planRequest } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget } from '../runtime.js';
+import { openaiHeaders } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
 import { clientGoneSignal, failoverOptions } from './chat.js';
 import { failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
@@ -74,9 +75,7 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
       (target) => {
         current = target;
         const up = target.candidate.upstream;
-        const headers: Record<string, string> = { 'content-type': 'application/json' };
-        if (up.provider.config.api_key) headers.authorization = `Bearer ${up.provider.config.api_key}`;
-        if (up.provider.config.headers) Object.assign(headers, up.provider.config.headers);
+        const headers = openaiHeaders(up.provider.adapterProvider);
         return attemptPlainJson(
           { upstream: up, clientSignal, deadline: opts.deadline, now: gw.now },
           { path: '/embeddings', headers, body: JSON.stringify({ ...body, model: up.upstreamModel }) },

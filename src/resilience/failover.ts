@@ -68,7 +68,6 @@ export async function runFailover(
 ): Promise<FailoverSuccess | FailoverCommittedFailure> {
   const attempts: AttemptRecord[] = [];
   let upstreamMs = 0;
-  let denied = 0;
   let minRetryAfterMs = Number.POSITIVE_INFINITY;
   let rateLimited = 0;
   let deadlineReached = false;
@@ -77,10 +76,7 @@ export async function runFailover(
     if (opts.now() >= opts.deadline) break;
     const up = target.candidate.upstream;
     const permit = up.breaker.acquire();
-    if (permit === undefined) {
-      denied++; // half-open with its probes taken, or opened since the plan was made
-      continue;
-    }
+    if (permit === undefined) continue; // half-open with its probes taken, or opened since the plan was made
     up.stats.begin();
     up.metrics.inflight.inc();
     let result: AttemptResult;
@@ -90,7 +86,7 @@ export async function runFailover(
       up.stats.end();
       up.metrics.inflight.dec();
     }
-    upstreamMs += result.ok ? result.totalMs : result.totalMs;
+    upstreamMs += result.totalMs;
     record(up, permit, result, opts);
     const rec: AttemptRecord = {
       upstream: up.id,
@@ -139,7 +135,6 @@ export async function runFailover(
     );
   }
   throw finalError(attempts, {
-    denied,
     rateLimited,
     minRetryAfterMs,
     deadlineHit: deadlineReached || opts.now() >= opts.deadline,
@@ -183,7 +178,7 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
       up.breaker.onFailure(permit, 'error');
       up.stats.recordFailure('error');
   }
-  up.metrics.attempts[c.outcome === 'success' ? 'success' : c.outcome].inc();
+  up.metrics.attempts[c.outcome].inc();
   if (result.status === 401 || result.status === 403) {
     opts.logger.error(
       { upstream: up.id, status: result.status },
@@ -195,7 +190,6 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
 function finalError(
   attempts: readonly AttemptRecord[],
   d: {
-    denied: number;
     rateLimited: number;
     minRetryAfterMs: number;
     deadlineHit: boolean;

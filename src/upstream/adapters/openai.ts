@@ -18,10 +18,11 @@ export const openaiAdapter: ChatAdapter = {
   kind: 'openai',
 
   chatRequest(body: ChatBody, model: string, provider: AdapterProvider): PreparedRequest {
-    const headers: Record<string, string> = { 'content-type': 'application/json' };
-    if (provider.apiKey) headers.authorization = `Bearer ${provider.apiKey}`;
-    if (provider.headers) Object.assign(headers, provider.headers);
-    return { path: '/chat/completions', headers, body: JSON.stringify({ ...body, model }) };
+    return {
+      path: '/chat/completions',
+      headers: openaiHeaders(provider),
+      body: JSON.stringify({ ...body, model }),
+    };
   },
 
   chatResponse(json: unknown): { body: unknown; usage: Usage | undefined } {
@@ -75,6 +76,24 @@ export const openaiAdapter: ChatAdapter = {
     return errorFromBody(status, parsed, bodyText);
   },
 };
+
+const HEADERS = new WeakMap<AdapterProvider, Readonly<Record<string, string>>>();
+
+/**
+ * The request headers of an OpenAI-dialect provider (chat, embeddings): built once per provider, since
+ * undici only reads them. Our key, never the client's.
+ */
+export function openaiHeaders(provider: AdapterProvider): Record<string, string> {
+  let h = HEADERS.get(provider);
+  if (!h) {
+    const built: Record<string, string> = { 'content-type': 'application/json' };
+    if (provider.apiKey) built.authorization = `Bearer ${provider.apiKey}`;
+    if (provider.headers) Object.assign(built, provider.headers);
+    h = Object.freeze(built);
+    HEADERS.set(provider, h);
+  }
+  return h as Record<string, string>;
+}
 
 /** A content delta: text, a tool call or a refusal — the point a stream commits to its upstream. */
 function hasContentDelta(chunk: Record<string, unknown>): boolean {
