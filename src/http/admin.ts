@@ -1,8 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
-import { chatFeatures, lastUserText } from '../routing/features.js';
-import { planRequest } from '../routing/plan.js';
-import { matchTier } from '../routing/tiers.js';
+import { decideChat } from '../routing/chat-decision.js';
 import { validateChatBody } from './validate.js';
 
 /** `/router/status` and `/router/explain`: what the gateway knows and would decide. Never a secret. */
@@ -50,36 +47,13 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
     const gw = app.gateway;
     const rt = gw.runtime;
     const body = validateChatBody(req.body);
-    const route = resolveRoute(rt, body.model, 'chat');
-    const hdrs = readRoutingHeaders(req.headers, rt);
-    const features = chatFeatures(body);
-    let targets = route.targets;
-    let tier: { tier: string | undefined; reason: string } | undefined;
-    if (route.tiers) {
-      const m = matchTier(route, features, lastUserText(body.messages), hdrs.tier, req.headers);
-      const chosen = m.tier ?? route.defaultTier;
-      tier = {
-        tier: chosen,
-        reason: m.tier
-          ? m.reason
-          : `${m.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`,
-      };
-      targets = (chosen && route.tiers[chosen]) || [];
-    }
-    const strategy = hdrs.strategy ?? route.strategy;
-    const plan = planRequest(route, targets, features, {
-      strategy,
-      provider: hdrs.provider,
-      routing: rt.loaded.config.routing,
-      now: gw.now(),
-      random: gw.random,
-      peek: true,
-    });
+    const d = await decideChat(gw, rt, body, req.headers, undefined);
+    const { route, strategy, features, tier, plan } = d;
     return {
       route: route.name,
       strategy,
-      tier: tier?.tier,
-      tier_reason: tier?.reason,
+      tier: tier.tier,
+      tier_reason: tier.reason,
       features,
       candidates: plan.ranked.map((r, i) => ({
         rank: i + 1,

@@ -1,11 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
-import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
-import { chatFeatures } from '../routing/features.js';
-import { planRequest } from '../routing/plan.js';
-import { chooseTier, flatTier } from '../routing/tier-select.js';
-import type { Runtime } from '../runtime.js';
+import { decideChat } from '../routing/chat-decision.js';
+import type { RankedCandidate } from '../routing/types.js';
+import type { RouteTarget, Runtime } from '../runtime.js';
 import { SseWriter } from '../streaming/relay.js';
 import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
@@ -48,22 +46,10 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
   const startedAt = gw.now();
   const rt = gw.runtime;
   const body = validateChatBody(req.body);
-  const route = resolveRoute(rt, body.model, 'chat');
-  const hdrs = readRoutingHeaders(req.headers, rt);
-  const features = chatFeatures(body);
   const clientSignal = clientGoneSignal(reply);
-  // A flat route has no tier to choose: no promise to wait on.
-  const tier = route.tiers
-    ? await chooseTier(gw, rt, route, body, features, hdrs, req.headers, clientSignal)
-    : flatTier(route);
-  const strategy = hdrs.strategy ?? route.strategy;
-  const plan = planRequest(route, tier.targets, features, {
-    strategy,
-    provider: hdrs.provider,
-    routing: rt.loaded.config.routing,
-    now: gw.now(),
-    random: gw.random,
-  });
+  // A flat route decides synchronously: only a tiered one can have a promise to wait on.
+  const pending = decideChat(gw, rt, body, req.headers, clientSignal);
+  const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
   const chosen = plan.ranked[0];
   gw.decisionChildren.get(route.name, strategy, chosen?.candidate.upstream.provider.name ?? 'none').inc();
 
@@ -72,8 +58,8 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);
   let lastAttempts: readonly AttemptRecord[] = [];
-  let current: RankedCandidateT | undefined;
-  const input = (target: RankedCandidateT) => ({
+  let current: RankedCandidate<RouteTarget> | undefined;
+  const input = (target: RankedCandidate<RouteTarget>) => ({
     upstream: target.candidate.upstream,
     body: body as ChatBody,
     clientSignal,
@@ -81,7 +67,10 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     now: gw.now,
     stream: { model: target.candidate.upstream.model.name, includeUsage, created },
   });
-  const headersFor = (target: RankedCandidateT, attempts: readonly AttemptRecord[]): Record<string, string> =>
+  const headersFor = (
+    target: RankedCandidate<RouteTarget>,
+    attempts: readonly AttemptRecord[],
+  ): Record<string, string> =>
     routerHeaders(
       req.id,
       strategy,
@@ -108,7 +97,7 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       writer = new SseWriter(reply.raw, clientSignal, () => reply.hijack());
     }
     const attempt = (
-      target: RankedCandidateT,
+      target: RankedCandidate<RouteTarget>,
       attempts: readonly AttemptRecord[],
     ): Promise<AttemptResult> => {
       current = target;
@@ -157,5 +146,3 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
   }
 }
-
-type RankedCandidateT = ReturnType<typeof planRequest>['ranked'][number];

@@ -29,7 +29,7 @@ export function flatTier(route: RouteRuntime): TierSelection {
 
 /**
  * The targets a request may use: a flat route's own, or the tier that rules (or, on a tie, the LLM
- * router, else `default_tier`) pick.
+ * router, else `default_tier`) pick. Without a `signal` (explain) a tie is not sent to the router.
  */
 export async function chooseTier(
   gw: Gateway,
@@ -39,17 +39,20 @@ export async function chooseTier(
   features: RequestFeatures,
   hdrs: RoutingHeaders,
   headers: IncomingHttpHeaders,
-  signal: Abort,
+  signal: Abort | undefined,
 ): Promise<TierSelection> {
   if (!route.tiers) return { targets: route.targets, tier: undefined, reason: undefined };
   const lastUser = lastUserText(body.messages);
   const match = matchTier(route, features, lastUser, hdrs.tier, headers);
   let tier = match.tier;
   let reason = match.reason;
-  if (tier === undefined && route.router) {
+  if (tier === undefined && route.router && signal) {
     const d = await askRouter(gw, rt, route, body.messages, features, signal);
     tier = d.tier;
     reason = `${match.reason}; ${d.reason}`;
+  } else if (tier === undefined && route.router) {
+    tier = route.defaultTier;
+    reason = `${match.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`;
   } else if (tier === undefined) {
     tier = route.defaultTier;
     reason = `${match.reason}; default_tier`;
