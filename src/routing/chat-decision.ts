@@ -35,21 +35,29 @@ export function decideChat(
   const hdrs = readRoutingHeaders(headers, rt);
   const features = chatFeatures(body);
   const strategy = hdrs.strategy ?? route.strategy;
-  const finish = (tier: TierSelection): ChatDecision => ({
-    route,
-    hdrs,
-    features,
+  if (!route.tiers) return finish(gw, rt, route, hdrs, features, strategy, flatTier(route), signal);
+  return chooseTier(gw, rt, route, body, features, hdrs, headers, signal).then((tier) =>
+    finish(gw, rt, route, hdrs, features, strategy, tier, signal),
+  );
+}
+
+function finish(
+  gw: Gateway,
+  rt: Runtime,
+  route: RouteRuntime,
+  hdrs: RoutingHeaders,
+  features: RequestFeatures,
+  strategy: StrategyName,
+  tier: TierSelection,
+  signal: Abort | undefined,
+): ChatDecision {
+  const plan = planRequest(route, tier.targets, features, {
     strategy,
-    tier,
-    plan: planRequest(route, tier.targets, features, {
-      strategy,
-      provider: hdrs.provider,
-      routing: rt.loaded.config.routing,
-      now: gw.now(),
-      random: gw.random,
-      peek: signal === undefined,
-    }),
+    provider: hdrs.provider,
+    routing: rt.loaded.config.routing,
+    now: gw.now(),
+    random: gw.random,
+    peek: signal === undefined,
   });
-  if (!route.tiers) return finish(flatTier(route));
-  return chooseTier(gw, rt, route, body, features, hdrs, headers, signal).then(finish);
+  return { route, hdrs, features, strategy, tier, plan };
 }
