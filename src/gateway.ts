@@ -1,5 +1,5 @@
 import type { LoadedConfig } from './config/load.js';
-import type { Logger } from './observability/logger.js';
+import { lineStream, type Logger } from './observability/logger.js';
 import { ChildCache, createMetrics, type Metrics } from './observability/metrics.js';
 import { Runtime, SharedState } from './runtime.js';
 
@@ -27,6 +27,8 @@ export class Gateway {
    * upstream), so it skips the wildcard redaction that costs every other log call a walk of its object.
    */
   readonly requestLog: Logger;
+  /** Where the hand-built per-request line goes (the logger's own destination, so lines stay in order). */
+  readonly requestLines: { write(line: string): void };
   /** Per-request metric children by label values (route, provider, model, status / stream). */
   readonly requestChildren: ChildCache<{
     requests: ReturnType<Metrics['requests']['labels']>;
@@ -43,6 +45,7 @@ export class Gateway {
     this.now = deps.now ?? (() => performance.now() + performance.timeOrigin);
     this.random = deps.random ?? Math.random;
     this.requestLog = this.logger.child({}, { redact: { paths: [], censor: '[REDACTED]' } });
+    this.requestLines = lineStream(this.logger);
     const m = this.metrics;
     this.requestChildren = new ChildCache(([route, provider, model, status, stream]) => ({
       requests: m.requests.labels({

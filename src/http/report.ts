@@ -141,29 +141,64 @@ export function reportRequest(
         up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
     }
   }
-  gw.requestLog.info(
-    {
-      reqId: req.id,
-      route: ctx.route,
-      strategy: ctx.strategy,
-      upstream: up?.id,
-      score: ctx.chosen?.score,
-      reason: ctx.chosen?.reason,
-      tier: ctx.tier,
-      tierReason: ctx.tierReason,
-      attempts: r.attempts.length,
-      trail: trailOf(r.attempts) || undefined,
-      status: r.status,
-      stream: ctx.stream,
-      latencyMs: Math.round(totalMs * 10) / 10,
-      ttftMs: r.ttftMs === undefined ? undefined : Math.round(r.ttftMs * 10) / 10,
-      promptTokens,
-      completionTokens,
-      costUsd,
-      error: r.error === undefined ? undefined : gw.runtime.scrubber.scrub(r.error),
-    },
-    'request',
-  );
+  if (gw.requestLog.isLevelEnabled('info')) {
+    const error = r.error === undefined ? undefined : gw.runtime.scrubber.scrub(r.error);
+    gw.requestLines.write(
+      requestLine(req.id, ctx, r, totalMs, promptTokens, completionTokens, costUsd, error),
+    );
+  }
+}
+
+/** A number as JSON writes it (NaN and infinities are null). */
+function num(x: number): string {
+  return Number.isFinite(x) ? String(x) : 'null';
+}
+
+/**
+ * The request's line, in the shape pino writes (`{"level":30,"time":...,fields,"msg":"request"}`, absent
+ * fields left out) but built by hand: pino's generic serialiser walked the field object on every request
+ * (~5 µs of a ~130 µs request). Text goes through JSON.stringify, which escapes it.
+ */
+export function requestLine(
+  reqId: string,
+  ctx: RequestContext,
+  r: RequestOutcome,
+  totalMs: number,
+  promptTokens: number | undefined,
+  completionTokens: number | undefined,
+  costUsd: number | undefined,
+  error: string | undefined,
+): string {
+  let s =
+    '{"level":30,"time":' +
+    Date.now() +
+    ',"reqId":' +
+    JSON.stringify(reqId) +
+    ',"route":' +
+    JSON.stringify(ctx.route) +
+    ',"strategy":' +
+    JSON.stringify(ctx.strategy);
+  if (r.served) s += ',"upstream":' + JSON.stringify(r.served.id);
+  const chosen = ctx.chosen;
+  if (chosen) s += ',"score":' + num(chosen.score) + ',"reason":' + JSON.stringify(chosen.reason);
+  if (ctx.tier !== undefined) s += ',"tier":' + JSON.stringify(ctx.tier);
+  if (ctx.tierReason !== undefined) s += ',"tierReason":' + JSON.stringify(ctx.tierReason);
+  s += ',"attempts":' + r.attempts.length;
+  const trail = trailOf(r.attempts);
+  if (trail !== '') s += ',"trail":' + JSON.stringify(trail);
+  s +=
+    ',"status":' +
+    r.status +
+    ',"stream":' +
+    ctx.stream +
+    ',"latencyMs":' +
+    num(Math.round(totalMs * 10) / 10);
+  if (r.ttftMs !== undefined) s += ',"ttftMs":' + num(Math.round(r.ttftMs * 10) / 10);
+  if (promptTokens !== undefined) s += ',"promptTokens":' + num(promptTokens);
+  if (completionTokens !== undefined) s += ',"completionTokens":' + num(completionTokens);
+  if (costUsd !== undefined) s += ',"costUsd":' + num(costUsd);
+  if (error !== undefined) s += ',"error":' + JSON.stringify(error);
+  return s + ',"msg":"request"}\n';
 }
 
 /**

@@ -1,0 +1,48 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { LineBatcher, lineStream, loggerOptions } from '../../../src/observability/logger.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function fileDestination(): { path: string; dest: ReturnType<typeof pino.destination> } {
+  const dir = mkdtempSync(join(tmpdir(), 'batcher-'));
+  dirs.push(dir);
+  const path = join(dir, 'out.log');
+  return { path, dest: pino.destination({ dest: path, sync: true, minLength: 0, mkdir: true }) };
+}
+
+describe('LineBatcher', () => {
+  it('holds short lines until ~8 KiB have gathered, then writes them in one go, in order', () => {
+    const { path, dest } = fileDestination();
+    const b = new LineBatcher(dest);
+    b.write('first\n');
+    b.write('second\n');
+    expect(readFileSync(path, 'utf8')).toBe('');
+    const big = `${'x'.repeat(8200)}\n`;
+    b.write(big);
+    expect(readFileSync(path, 'utf8')).toBe(`first\nsecond\n${big}`);
+    b.write('tail\n');
+    b.flushSync();
+    expect(readFileSync(path, 'utf8')).toBe(`first\nsecond\n${big}tail\n`);
+  });
+
+  it('is flushed by pino: lines from the logger and hand-built request lines share it and keep their order', () => {
+    const { path, dest } = fileDestination();
+    const logger = pino(loggerOptions('info'), new LineBatcher(dest));
+    logger.warn('before');
+    lineStream(logger).write('{"msg":"request"}\n');
+    logger.child({}).info('after');
+    logger.flush();
+    const msgs = readFileSync(path, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { msg: string }).msg);
+    expect(msgs).toEqual(['before', 'request', 'after']);
+  });
+});
