@@ -65,6 +65,20 @@ abstract class FastMetric<L extends string, C extends { readonly labels: Record<
   }
 }
 
+/** Counters and gauges: one number per series, exported once touched (as prom-client does). */
+abstract class FastValueMetric<
+  L extends string,
+  C extends { readonly labels: Record<string, string>; readonly value: number; readonly used: boolean },
+> extends FastMetric<L, C> {
+  abstract readonly type: string;
+
+  get(): { name: string; help: string; type: string; aggregator: string; values: MetricValue[] } {
+    const values: MetricValue[] = [];
+    for (const c of this.children.values()) if (c.used) values.push({ value: c.value, labels: c.labels });
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+}
+
 export class CounterChild {
   value = 0;
   /** Exported once touched (an `inc(0)` primes a series), as prom-client does. */
@@ -77,7 +91,7 @@ export class CounterChild {
   }
 }
 
-export class FastCounter<L extends string> extends FastMetric<L, CounterChild> {
+export class FastCounter<L extends string> extends FastValueMetric<L, CounterChild> {
   readonly type = 'counter';
 
   protected create(labels: Record<string, string>): CounterChild {
@@ -87,11 +101,39 @@ export class FastCounter<L extends string> extends FastMetric<L, CounterChild> {
   inc(labels: Labels<L>, v = 1): void {
     this.labels(labels).inc(v);
   }
+}
 
-  get(): { name: string; help: string; type: string; aggregator: string; values: MetricValue[] } {
-    const values: MetricValue[] = [];
-    for (const c of this.children.values()) if (c.used) values.push({ value: c.value, labels: c.labels });
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+export class GaugeChild {
+  value = 0;
+  used = false;
+  constructor(readonly labels: Record<string, string>) {}
+
+  inc(v = 1): void {
+    this.used = true;
+    this.value += v;
+  }
+
+  dec(v = 1): void {
+    this.used = true;
+    this.value -= v;
+  }
+
+  set(v: number): void {
+    this.used = true;
+    this.value = v;
+  }
+}
+
+/** A gauge moved on every request (in-flight counts): `inc`/`dec` on a cached child touch one number. */
+export class FastGauge<L extends string> extends FastValueMetric<L, GaugeChild> {
+  readonly type = 'gauge';
+
+  protected create(labels: Record<string, string>): GaugeChild {
+    return new GaugeChild(labels);
+  }
+
+  set(labels: Labels<L>, v: number): void {
+    this.labels(labels).set(v);
   }
 }
 

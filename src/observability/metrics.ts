@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { FastCounter, FastHistogram } from './fast-metrics.js';
+import { FastCounter, FastGauge, FastHistogram } from './fast-metrics.js';
 
 /** Latency buckets in seconds, from sub-millisecond gateway overhead to multi-minute generations. */
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
@@ -95,7 +95,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       labelNames: ['route', 'strategy', 'provider'] as const,
       registers: r,
     }),
-    inflight: new Gauge({
+    inflight: new FastGauge({
       name: 'llm_router_inflight_requests',
       help: 'Requests in flight per upstream.',
       labelNames: ['provider', 'model'] as const,

@@ -1,6 +1,6 @@
-import { Counter, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { FastCounter, FastHistogram } from '../../../src/observability/fast-metrics.js';
+import { FastCounter, FastGauge, FastHistogram } from '../../../src/observability/fast-metrics.js';
 
 /** The fast metrics must render exactly what prom-client's own would for the same observations. */
 describe('fast metrics', () => {
@@ -29,6 +29,28 @@ describe('fast metrics', () => {
     h1.labels(b); // looked up, never observed: no series
     h2.labels(b);
     expect(await ours.metrics()).toBe(await theirs.metrics());
+  });
+
+  it('render gauges like prom-client: up, down, set, removed, series appearing once touched', async () => {
+    const ours = new Registry();
+    const theirs = new Registry();
+    const labelNames = ['provider', 'model'] as const;
+    const g1 = new FastGauge({ name: 'g', help: 'h', labelNames, registers: [ours] });
+    const g2 = new Gauge({ name: 'g', help: 'h', labelNames, registers: [theirs] });
+    const a = { provider: 'a', model: 'm' };
+    const b = { provider: 'b', model: 'm' };
+    const c = { provider: 'c', model: 'm' };
+    for (const g of [g1, g2]) {
+      g.labels(a).inc(0);
+      g.labels(a).inc();
+      g.labels(a).inc();
+      g.labels(a).dec();
+      g.set(b, 7);
+      g.labels(c).inc();
+      g.remove(c);
+    }
+    expect(await ours.metrics()).toBe(await theirs.metrics());
+    expect(await ours.metrics()).toContain('g{provider="a",model="m"} 1\n');
   });
 
   it('drop what a counter cannot take and what a histogram cannot place', () => {
