@@ -9,6 +9,8 @@ import {
   promptTokensOf,
   scored,
   sharedExpectedOutput,
+  type ExpectedOutput,
+  type ReasonSource,
   type Scored,
 } from './rank.js';
 
@@ -27,6 +29,35 @@ export function expectedCostUsd(c: CandidateView, ctx: StrategyContext, out: num
   );
 }
 
+/** "cost $0.000120 (1,024 in x $0.15 + 256 out (mean) x $0.60)". */
+class CostReason implements ReasonSource {
+  constructor(
+    private readonly usd: number,
+    private readonly promptTokens: number,
+    private readonly out: ExpectedOutput,
+    private readonly price: CandidateView['price'],
+  ) {}
+
+  text(): string {
+    const src = this.out.source;
+    return (
+      'cost ' +
+      fmtUsd(this.usd) +
+      ' (' +
+      fmtInt(this.promptTokens) +
+      ' in x ' +
+      fmtPrice(this.price.input_per_mtok) +
+      ' + ' +
+      fmtInt(this.out.tokens) +
+      ' out' +
+      (src === 'max_tokens' ? '' : src === 'mean' ? ' (mean)' : ' (default)') +
+      ' x ' +
+      fmtPrice(this.price.output_per_mtok) +
+      ')'
+    );
+  }
+}
+
 export function costStrategy<C extends CandidateView>(
   candidates: readonly C[],
   ctx: StrategyContext,
@@ -41,27 +72,11 @@ export function costStrategy<C extends CandidateView>(
     items[i] = scored(c, usd);
     if (usd < best) best = usd;
   }
-  const prompt = fmtInt(promptTokensOf(ctx));
-  const outText =
-    ' + ' +
-    fmtInt(out.tokens) +
-    ' out' +
-    (out.source === 'max_tokens' ? '' : out.source === 'mean' ? ' (mean)' : ' (default)') +
-    ' x ';
+  const prompt = promptTokensOf(ctx);
   for (let i = 0; i < n; i++) {
     const it = items[i]!;
-    const c = it.candidate;
     it.score = lowerIsBetter(it.raw, best);
-    it.reason = () =>
-      'cost ' +
-      fmtUsd(it.raw) +
-      ' (' +
-      prompt +
-      ' in x ' +
-      fmtPrice(c.price.input_per_mtok) +
-      outText +
-      fmtPrice(c.price.output_per_mtok) +
-      ')';
+    it.reason = new CostReason(it.raw, prompt, out, it.candidate.price);
   }
   return finishRanking(items, ctx.rotation, ctx.tieEpsilon);
 }

@@ -36,6 +36,8 @@ import {
   higherIsBetter,
   lowerIsBetter,
   scored,
+  type Reason,
+  type ReasonSource,
   type Scored,
   reasonText,
 } from './rank.js';
@@ -49,6 +51,61 @@ function weight(w: number): number {
 
 function f2(x: number): string {
   return x.toFixed(2);
+}
+
+/** "hybrid 0.93 = cost $0.000120 -> 1.00 x 0.5 + latency 212 ms -> 0.80 x 0.3 + reliability 99% -> 1.00 x 0.2". */
+class HybridReason implements ReasonSource {
+  constructor(
+    private readonly score: number,
+    private readonly costUsd: number,
+    private readonly fc: number,
+    /** NaN: unmeasured. */
+    private readonly latMs: number,
+    private readonly fl: number,
+    private readonly relRate: number,
+    private readonly fr: number,
+    private readonly wc: number,
+    private readonly wl: number,
+    private readonly wr: number,
+  ) {}
+
+  text(): string {
+    return (
+      'hybrid ' +
+      f2(this.score) +
+      ' = cost ' +
+      fmtUsd(this.costUsd) +
+      ' -> ' +
+      f2(this.fc) +
+      ' x ' +
+      this.wc +
+      ' + latency ' +
+      (Number.isNaN(this.latMs) ? 'unmeasured' : fmtMs(this.latMs)) +
+      ' -> ' +
+      f2(this.fl) +
+      ' x ' +
+      this.wl +
+      ' + reliability ' +
+      fmtPct(this.relRate) +
+      ' -> ' +
+      f2(this.fr) +
+      ' x ' +
+      this.wr
+    );
+  }
+}
+
+/** An unmeasured candidate's reason: why it is explored or held back, then its own figures. */
+class UnmeasuredReason implements ReasonSource {
+  constructor(
+    private readonly samples: number,
+    private readonly what: string,
+    private readonly own: Reason,
+  ) {}
+
+  text(): string {
+    return unmeasuredReason(this.samples, this.what) + '; ' + reasonText(this.own);
+  }
 }
 
 export function hybridStrategy<C extends CandidateView>(
@@ -105,30 +162,7 @@ export function hybridStrategy<C extends CandidateView>(
     it.raw = s;
     if (split && !measured) it.group = GROUP_LAST;
     else if (s > bestScore) bestScore = s;
-    const costUsd = cost[i]!;
-    const latMs = lat[i]!;
-    const relRate = rel[i]!;
-    it.reason = () =>
-      'hybrid ' +
-      f2(s) +
-      ' = cost ' +
-      fmtUsd(costUsd) +
-      ' -> ' +
-      f2(fc) +
-      ' x ' +
-      wc +
-      ' + latency ' +
-      (measured ? fmtMs(latMs) : 'unmeasured') +
-      ' -> ' +
-      f2(fl) +
-      ' x ' +
-      wl +
-      ' + reliability ' +
-      fmtPct(relRate) +
-      ' -> ' +
-      f2(fr) +
-      ' x ' +
-      wr;
+    it.reason = new HybridReason(s, cost[i]!, fc, lat[i]!, fl, rel[i]!, fr, wc, wl, wr);
   }
   // Rescale so the best ranked candidate scores exactly 1, as every strategy's scores do.
   for (let i = 0; i < n; i++) {
@@ -140,10 +174,8 @@ export function hybridStrategy<C extends CandidateView>(
     for (const it of unmeasured) {
       const first = it === picked;
       it.score = first ? 1 : 0;
-      const own = it.reason;
       const what = first ? exploringWhat(ctx) : HELD_BACK;
-      const samples = it.candidate.stats.samples;
-      it.reason = () => unmeasuredReason(samples, what) + '; ' + reasonText(own);
+      it.reason = new UnmeasuredReason(it.candidate.stats.samples, what, it.reason);
     }
   }
   return finishRanking(items, ctx.rotation, ctx.tieEpsilon);

@@ -16,6 +16,7 @@ import {
   lowerIsBetter,
   plural,
   scored,
+  type ReasonSource,
   type Scored,
 } from './rank.js';
 
@@ -88,6 +89,21 @@ export function latencyReason(stats: LatencyFigures, outputTokens: number, estMs
   return 'latency ' + fmtMs(estMs) + ' est. (' + parts + ') x load ' + fmtInt(loadFactor(stats));
 }
 
+/** The figures of a latency reason, read at decision time; written only if someone reads it. */
+class LatencyReason implements LatencyFigures, ReasonSource {
+  constructor(
+    readonly ttftMs: number | undefined,
+    readonly tokensPerSec: number | undefined,
+    readonly inFlight: number,
+    private readonly outputTokens: number,
+    private readonly estMs: number,
+  ) {}
+
+  text(): string {
+    return latencyReason(this, this.outputTokens, this.estMs);
+  }
+}
+
 export function unmeasuredReason(samples: number, what: string): string {
   return 'unmeasured (' + plural(Number.isFinite(samples) ? samples : 0, 'sample') + '): ' + what;
 }
@@ -116,13 +132,7 @@ export function latencyStrategy<C extends CandidateView>(
     items[i] = it;
     if (isMeasured(c.stats, ctx, base, freshest)) {
       if (it.raw < best) best = it.raw;
-      const raw = it.raw;
-      const figures: LatencyFigures = {
-        ttftMs: c.stats.ttftMs,
-        tokensPerSec: c.stats.tokensPerSec,
-        inFlight: c.stats.inFlight,
-      };
-      it.reason = () => latencyReason(figures, out, raw);
+      it.reason = new LatencyReason(c.stats.ttftMs, c.stats.tokensPerSec, c.stats.inFlight, out, it.raw);
     } else {
       it.group = GROUP_LAST;
       (unmeasured ??= []).push(it);
