@@ -37,15 +37,19 @@ describe('circuit breaker over real HTTP (failure_threshold 2, 1 probe, 2 succes
     expect(a.requests).toHaveLength(2);
 
     // half_open once open_ms has passed (sleeping past open_ms is the clock, not a wait for an event).
-    a.set({ status: undefined, latencyMs: 200 });
+    // a answers slowly enough that the whole burst is in while the probe still holds its permit, even on
+    // a loaded machine (at 200 ms a late burst request could take the next permit).
+    a.set({ status: undefined, latencyMs: 1000 });
     await sleep((await h.breaker('a/m')).ms_until_half_open + 20);
     br = await h.breaker('a/m');
     expect(br.state).toBe('half_open');
     expect(br.ms_until_half_open).toBe(0);
 
     // Five concurrent requests while a is slow: exactly one probe reaches it, the rest go to b.
+    const bBefore = b.requests.length;
     const burst = Array.from({ length: 5 }, () => h.chat());
     await a.waitForRequests(3);
+    await b.waitForRequests(bBefore + 4);
     const during = await h.breaker('a/m');
     expect(during.state).toBe('half_open');
     expect(during.probes_in_flight).toBe(1);
