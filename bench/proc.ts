@@ -60,18 +60,11 @@ export function memory(pid: number): MemReading | undefined {
 
 /** Samples VmRSS every `everyMs` until stopped; returns the largest value seen (MB). */
 export function sampleRss(pid: number, everyMs = 200): { stop(): number | undefined } {
-  let max: number | undefined;
-  const take = (): void => {
-    const m = memory(pid);
-    if (m && (max === undefined || m.rssMb > max)) max = m.rssMb;
-  };
-  take();
-  const timer = setInterval(take, everyMs);
+  const rec = recordRss(pid, everyMs);
   return {
     stop() {
-      clearInterval(timer);
-      take();
-      return max;
+      const samples = rec.stop();
+      return samples.length === 0 ? undefined : Math.max(...samples.map((s) => s.rssMb));
     },
   };
 }
@@ -85,4 +78,32 @@ export async function cpuDuring<T>(
   const result = await fn();
   const after = cpuMs(pid);
   return before === undefined || after === undefined ? { result } : { result, cpuMs: after - before };
+}
+
+export interface RssSample {
+  /** Seconds since recording started. */
+  tS: number;
+  rssMb: number;
+}
+
+/**
+ * Records VmRSS with the time of each reading every `everyMs` until stopped (the soak's series). Times are
+ * measured, not assumed from the interval, so a late timer cannot bend the growth fit.
+ */
+export function recordRss(pid: number, everyMs: number): { stop(): RssSample[] } {
+  const start = performance.now();
+  const samples: RssSample[] = [];
+  const take = (): void => {
+    const m = memory(pid);
+    if (m) samples.push({ tS: (performance.now() - start) / 1000, rssMb: m.rssMb });
+  };
+  take();
+  const timer = setInterval(take, everyMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      take();
+      return samples;
+    },
+  };
 }

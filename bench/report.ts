@@ -1,10 +1,12 @@
 /**
  * What a bench run collects (written as JSON to bench/results/) and the markdown summary printed on
  * stdout: medians over rounds, and the gateway's figures as "added" over direct and over the pass-through.
+ * The soak (`--soak`) has its own result, growth fit and summary at the end of the file.
  */
+import type { RssSample } from './proc.js';
 import type { RoutingBenchResult } from './routing.js';
 import type { RateLoadResult } from './rate-load.js';
-import type { StreamLoadResult } from './stream-load.js';
+import { WARMUP_STREAMS, type StreamLoadResult } from './stream-load.js';
 import { TARGETS, type TargetName } from './targets.js';
 import type { WrkResult } from './wrk.js';
 
@@ -283,4 +285,196 @@ export function markdown(r: BenchResults): string {
     );
   }
   return out.join('\n');
+}
+
+export interface SoakSegment {
+  durationS: number;
+  wrk: WrkResult;
+  streams: StreamLoadResult;
+}
+
+export interface SoakResults {
+  meta: {
+    date: string;
+    node: string;
+    wrk: string | undefined;
+    placement: string;
+    minutes: number;
+    segmentS: number;
+    wrkConnections: number;
+    /** Concurrent streams in each wave; a segment runs several waves, one after another. */
+    streams: number;
+    sampleEveryS: number;
+    warmupS: number;
+    limitMibPerMin: number;
+    loadAvgAtStart: number[];
+  };
+  segments: SoakSegment[];
+  /** Gateway VmRSS through the soak, seconds from the start of the load. */
+  samples: RssSample[];
+  rss: {
+    idleMb?: number;
+    firstMb?: number;
+    /** The first sample at or after the warm-up: where the fit starts. */
+    warmMb?: number;
+    lastMb?: number;
+    maxMb?: number;
+    /** 2 s after the load stopped. */
+    afterMb?: number;
+    hwmMb?: number;
+  };
+  /** Least-squares slope of RSS over the samples from `warmupS` on; undefined with fewer than 3 of them. */
+  slopeMibPerMin?: number;
+  /** The slope's standard error: how far the RSS sawtooth alone can move it. */
+  slopeStdErrMibPerMin?: number;
+  fitSamples: number;
+  totals: {
+    /** Completed requests, as wrk counts them. */
+    requests: number;
+    /** Counted streams (each stream-load child also sends 3 short uncounted ones first). */
+    streams: number;
+    wrkErrors: number;
+    wrkNon2xx: number;
+    streamErrors: number;
+    streamNon2xx: number;
+    chunksLost: number;
+  };
+  gatewayLogLines?: number;
+  pass: boolean;
+}
+
+/**
+ * Least-squares slope of RSS (MiB) against time (minutes), with its standard error: RSS saws up and down by
+ * several MiB between collections, so a slope near the limit means little without it. NaN below 3 samples.
+ */
+export function rssSlope(samples: readonly RssSample[]): { perMin: number; stdErr: number } {
+  const n = samples.length;
+  const xs = samples.map((p) => p.tS / 60);
+  const mx = xs.reduce((a, x) => a + x, 0) / n;
+  const my = samples.reduce((a, p) => a + p.rssMb, 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  samples.forEach((p, i) => {
+    sxy += (xs[i]! - mx) * (p.rssMb - my);
+    sxx += (xs[i]! - mx) ** 2;
+  });
+  if (n < 3 || sxx === 0) return { perMin: Number.NaN, stdErr: Number.NaN };
+  const perMin = sxy / sxx;
+  const residuals = samples.reduce((a, p, i) => a + (p.rssMb - my - perMin * (xs[i]! - mx)) ** 2, 0);
+  return { perMin, stdErr: Math.sqrt(residuals / (n - 2) / sxx) };
+}
+
+/**
+ * Derives the soak's figures from what it recorded. The fit skips the warm-up: under load the heap, the
+ * connection pools and V8's code grow to their steady size in the first minute, and that climb is not a leak.
+ */
+export function soakResults(
+  meta: SoakResults['meta'],
+  segments: SoakSegment[],
+  samples: RssSample[],
+  idle: { rssMb: number } | undefined,
+  after: { rssMb: number; hwmMb: number } | undefined,
+): SoakResults {
+  const fit = samples.filter((s) => s.tS >= meta.warmupS);
+  const slope = rssSlope(fit);
+  const sum = (pick: (s: SoakSegment) => number): number => segments.reduce((t, s) => t + pick(s), 0);
+  const rssMbs = samples.map((s) => s.rssMb);
+  return {
+    meta,
+    segments,
+    samples,
+    rss: {
+      idleMb: idle?.rssMb,
+      firstMb: samples[0]?.rssMb,
+      warmMb: fit[0]?.rssMb,
+      lastMb: samples.at(-1)?.rssMb,
+      maxMb: rssMbs.length > 0 ? Math.max(...rssMbs) : undefined,
+      afterMb: after?.rssMb,
+      hwmMb: after?.hwmMb,
+    },
+    slopeMibPerMin: Number.isFinite(slope.perMin) ? slope.perMin : undefined,
+    slopeStdErrMibPerMin: Number.isFinite(slope.stdErr) ? slope.stdErr : undefined,
+    fitSamples: fit.length,
+    totals: {
+      requests: sum((s) => s.wrk.requests),
+      streams: sum((s) => s.streams.streams * s.streams.waves),
+      wrkErrors: sum((s) => s.wrk.errors),
+      wrkNon2xx: sum((s) => s.wrk.non2xx),
+      streamErrors: sum((s) => s.streams.errors),
+      streamNon2xx: sum((s) => s.streams.non2xx),
+      chunksLost: sum((s) => s.streams.chunksLost),
+    },
+    pass: Number.isFinite(slope.perMin) && slope.perMin < meta.limitMibPerMin,
+  };
+}
+
+const mib = (n: number | undefined): string =>
+  n !== undefined && Number.isFinite(n) ? `${n.toFixed(1)} MiB` : 'n/a';
+
+export function soakMarkdown(r: SoakResults): string {
+  const m = r.meta;
+  const t = r.totals;
+  const fit = r.samples.filter((s) => s.tS >= m.warmupS);
+  const span = fit.length > 0 ? `${fmt(fit[0]!.tS)}–${fmt(fit.at(-1)!.tS)} s` : 'none';
+  const slope = r.slopeMibPerMin;
+  const verdict =
+    slope === undefined
+      ? 'n/a (fewer than 3 samples after the warm-up: run longer)'
+      : `${slope >= 0 ? '+' : '−'}${Math.abs(slope).toFixed(2)} ± ${fmt(r.slopeStdErrMibPerMin ?? Number.NaN, 2)} MiB/min (± standard error) over ${r.fitSamples} samples (${span}): ${r.pass ? 'PASS' : 'FAIL'} (limit < ${m.limitMibPerMin} MiB/min)`;
+  // One reading per full minute (the sample nearest to it) shows the shape the slope summarises.
+  const byMinute: string[] = [];
+  for (let min = 0; min <= Math.floor((r.samples.at(-1)?.tS ?? 0) / 60 + 0.05); min++) {
+    const near = r.samples.reduce<RssSample | undefined>(
+      (best, s) => (!best || Math.abs(s.tS - min * 60) < Math.abs(best.tS - min * 60) ? s : best),
+      undefined,
+    );
+    if (near) byMinute.push(`${min} min ${near.rssMb.toFixed(1)}`);
+  }
+  const clean = t.wrkErrors + t.wrkNon2xx + t.streamErrors + t.streamNon2xx + t.chunksLost === 0;
+  return [
+    `## llm-edge-router memory soak: ${m.date}`,
+    '',
+    `- node ${m.node}, ${m.wrk ?? 'wrk: not installed'}; load average at start ${m.loadAvgAtStart.map((x) => x.toFixed(2)).join(' ')}`,
+    `- placement: ${m.placement}`,
+    `- ${m.minutes} min of ${m.segmentS} s segments on the gateway: wrk -c${m.wrkConnections} (JSON) alongside waves of ${m.streams} streams (64 chunks 20 ms apart); VmRSS every ${m.sampleEveryS} s`,
+    `- the first ${m.warmupS} s are warm-up (heap, pools and compiled code grow to their steady size) and left out of the fit`,
+    '',
+    ...table(
+      [
+        'gateway RSS',
+        'idle',
+        'load start',
+        `at ${m.warmupS} s`,
+        'last',
+        'max',
+        'after (2 s idle)',
+        'peak (VmHWM)',
+      ],
+      [
+        [
+          'VmRSS',
+          mib(r.rss.idleMb),
+          mib(r.rss.firstMb),
+          mib(r.rss.warmMb),
+          mib(r.rss.lastMb),
+          mib(r.rss.maxMb),
+          mib(r.rss.afterMb),
+          mib(r.rss.hwmMb),
+        ],
+      ],
+    ),
+    '',
+    `RSS growth after warm-up (least squares): ${verdict}`,
+    '',
+    `RSS by minute (MiB): ${byMinute.join(', ')}`,
+    '',
+    `load: ${t.requests} requests (wrk, completed) and ${t.streams} streams; wrk errors ${t.wrkErrors}, non-2xx ${t.wrkNon2xx}; stream errors ${t.streamErrors}, non-2xx ${t.streamNon2xx}, chunks lost ${t.chunksLost}${clean ? '' : ' (NOT clean: the RSS figures describe a gateway that was failing requests)'}`,
+    '',
+    ...(r.gatewayLogLines === undefined
+      ? []
+      : [
+          `gateway log at info: ${r.gatewayLogLines} lines for ~${t.requests + t.streams + WARMUP_STREAMS * r.segments.length} requests (one line per request expected)`,
+          '',
+        ]),
+  ].join('\n');
 }

@@ -1,7 +1,10 @@
 /**
- * `npm run bench [-- --quick] [-- --rounds N] [-- --profile]`: the gateway against the simulator (direct)
- * and a minimal pass-through, in one run with one placement, rounds alternating between targets after a
- * dropped warm-up. Markdown on stdout, everything measured as JSON in bench/results/. See bench/README.md.
+ * `npm run bench [-- --quick] [-- --rounds N] [-- --profile] [-- --soak [--soak-minutes N]]`: the gateway
+ * against the simulator (direct) and a minimal pass-through, in one run with one placement, rounds
+ * alternating between targets after a dropped warm-up. Markdown on stdout, everything measured as JSON in
+ * bench/results/. `--profile` runs only a CPU profile; `--soak` only a memory soak (default 5 min: the
+ * gateway under mixed JSON and streaming load, VmRSS every 5 s, growth after a 1-minute warm-up must stay
+ * under 1 MiB/min). See bench/README.md.
  */
 import { createReadStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -10,12 +13,22 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { detectPlacement, pinSelf, runClient, stopAll } from './children.js';
 import { profileGateway } from './cpu-profile.js';
-import { cpuDuring, memory, sampleRss } from './proc.js';
+import { cpuDuring, memory, recordRss, sampleRss, type RssSample } from './proc.js';
 import type { RateLoadArgs, RateLoadResult } from './rate-load.js';
-import { emptyPerTarget, markdown, median, type BenchResults, type SweepStep } from './report.js';
+import {
+  emptyPerTarget,
+  markdown,
+  median,
+  soakMarkdown,
+  soakResults,
+  type BenchResults,
+  type SoakResults,
+  type SoakSegment,
+  type SweepStep,
+} from './report.js';
 import { runRoutingBench } from './routing.js';
 import { WARMUP_STREAMS, type StreamLoadArgs, type StreamLoadResult } from './stream-load.js';
-import { STREAM_CHUNKS, TARGETS, startRig, type Rig, type TargetName } from './targets.js';
+import { STREAM_CHUNKS, STREAM_GAP_MS, TARGETS, startRig, type Rig, type TargetName } from './targets.js';
 import { WRK_MISSING, runWrk, wrkVersion, writePostScript, type WrkResult } from './wrk.js';
 
 const { values: flags } = parseArgs({
@@ -23,6 +36,8 @@ const { values: flags } = parseArgs({
     quick: { type: 'boolean', default: false },
     rounds: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    soak: { type: 'boolean', default: false },
+    'soak-minutes': { type: 'string' },
   },
 });
 const quick = flags.quick === true;
@@ -47,6 +62,21 @@ const plan = {
         { n: 1_000, waves: 1 },
       ],
 };
+/** `--soak-minutes N` alone implies `--soak`: it never starts the full bench by accident. */
+const soak = flags.soak === true || flags['soak-minutes'] !== undefined;
+const soakPlan = {
+  minutes: Number(flags['soak-minutes'] ?? 5),
+  segmentS: 20,
+  wrkConnections: 32,
+  /** Concurrent streams per wave; a segment runs as many waves as fill about half of it (see soakPhase). */
+  streams: 100,
+  sampleEveryMs: 5_000,
+  /** Under load the heap grows to its steady size in the first minute: the growth fit starts after it. */
+  warmupS: 60,
+  limitMibPerMin: 1,
+};
+/** The fit needs a few samples after the warm-up. */
+const SOAK_MIN_MINUTES = 1.5;
 const ADDED_P99_LIMIT_US = 1_000;
 const here = (file: string): string => fileURLToPath(new URL(file, import.meta.url));
 const RESULTS_DIR = here('../../bench/results');
@@ -184,6 +214,89 @@ async function streamPhase(rig: Rig, out: BenchResults): Promise<void> {
   }
 }
 
+/**
+ * The soak's load: segments of wrk on the gateway's JSON path, each alongside one stream-load child, so both
+ * paths run all along while `recordRss` reads the gateway's VmRSS. The streams fill about half a segment
+ * (a stream lasts STREAM_CHUNKS × STREAM_GAP_MS), so a slowed gateway does not push them far past wrk's end.
+ * Bounded: no segment starts after the planned minutes, and every child has a kill timeout of its segment
+ * plus at most 40 s.
+ */
+async function soakPhase(rig: Rig, dir: string): Promise<{ segments: SoakSegment[]; samples: RssSample[] }> {
+  const script = writePostScript(dir, CHAT_BODY);
+  const { chatUrl, streamUrl } = rig.targets.gateway;
+  const streamS = (STREAM_CHUNKS * STREAM_GAP_MS) / 1000;
+  const durationMs = soakPlan.minutes * 60_000;
+  const segments: SoakSegment[] = [];
+  let samples: RssSample[] = [];
+  const rss = recordRss(rig.gatewayPid, soakPlan.sampleEveryMs);
+  const start = Date.now();
+  try {
+    for (let left = durationMs; left > 0; left = durationMs - (Date.now() - start)) {
+      const segS = Math.min(soakPlan.segmentS, Math.ceil(left / 1000));
+      const waves = Math.max(1, Math.floor(segS / 2 / streamS));
+      const args: StreamLoadArgs = {
+        url: streamUrl,
+        body: STREAM_BODY,
+        streams: soakPlan.streams,
+        waves,
+        expectedChunks: STREAM_CHUNKS,
+        timeoutMs: (segS + 30) * 1_000,
+      };
+      const at = ((Date.now() - start) / 60_000).toFixed(1);
+      const now = memory(rig.gatewayPid)?.rssMb.toFixed(1) ?? 'n/a';
+      const load = `wrk c=${soakPlan.wrkConnections} ${segS} s + ${waves}×${soakPlan.streams} streams`;
+      log(`soak ${at}/${soakPlan.minutes} min, RSS ${now} MiB: ${load}`);
+      const [wrk, streams] = await Promise.all([
+        runWrk(1, chatUrl, script, soakPlan.wrkConnections, segS),
+        childJson<StreamLoadArgs, StreamLoadResult>('./stream-load.js', args, args.timeoutMs + 10_000),
+      ]);
+      segments.push({ durationS: segS, wrk, streams });
+    }
+  } finally {
+    samples = rss.stop();
+  }
+  return { segments, samples };
+}
+
+/** `--soak`: only the soak, on the usual rig; markdown on stdout, JSON in bench/results/soak-DATE.json. */
+async function soakRun(dir: string): Promise<void> {
+  if (!(soakPlan.minutes >= SOAK_MIN_MINUTES))
+    throw new Error(`--soak-minutes must be at least ${SOAK_MIN_MINUTES}: the first minute is warm-up`);
+  const wrk = wrkVersion();
+  if (!wrk) throw new Error(WRK_MISSING);
+  const meta: SoakResults['meta'] = {
+    date: new Date().toISOString(),
+    node: process.version,
+    wrk,
+    placement: detectPlacement().description,
+    minutes: soakPlan.minutes,
+    segmentS: soakPlan.segmentS,
+    wrkConnections: soakPlan.wrkConnections,
+    streams: soakPlan.streams,
+    sampleEveryS: soakPlan.sampleEveryMs / 1000,
+    warmupS: soakPlan.warmupS,
+    limitMibPerMin: soakPlan.limitMibPerMin,
+    loadAvgAtStart: loadavg(),
+  };
+  let result: SoakResults;
+  let rig: Rig | undefined;
+  try {
+    rig = await startRig(dir);
+    await sleep(1_000);
+    const idle = memory(rig.gatewayPid);
+    const { segments, samples } = await soakPhase(rig, dir);
+    await sleep(2_000);
+    result = soakResults(meta, segments, samples, idle, memory(rig.gatewayPid));
+    result.gatewayLogLines = await countLines(rig.gatewayLogPath);
+  } finally {
+    await rig?.stop();
+  }
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = join(RESULTS_DIR, `soak-${meta.date.replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  process.stdout.write(`\n${soakMarkdown(result)}\nJSON: ${file}\n`);
+}
+
 async function countLines(path: string): Promise<number> {
   let lines = 0;
   for await (const chunk of createReadStream(path)) {
@@ -202,6 +315,15 @@ async function main(): Promise<void> {
   if (flags.profile) {
     try {
       process.stdout.write(await profileGateway(dir, quick ? 5 : 15, RESULTS_DIR));
+    } finally {
+      await stopAll();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    return;
+  }
+  if (soak) {
+    try {
+      await soakRun(dir);
     } finally {
       await stopAll();
       rmSync(dir, { recursive: true, force: true });
