@@ -87,14 +87,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
   // get their line here. Health, metrics and admin reads stay out of the request log and counters.
   app.addHook('onResponse', (req, reply, done) => {
+    if (req.reported) return done(); // before routeOptions: fastify builds that object on every read
     const route = req.routeOptions.url;
-    if (
-      !req.reported &&
-      route !== '/healthz' &&
-      route !== '/readyz' &&
-      route !== '/metrics' &&
-      route !== '/router/status'
-    ) {
+    if (route !== '/healthz' && route !== '/readyz' && route !== '/metrics' && route !== '/router/status') {
       reportUnrouted(gateway, req, reply.statusCode, reply.elapsedTime);
     }
     done();
