@@ -55,23 +55,21 @@ export interface AttemptInput {
   readonly stream: StreamContext;
 }
 
-interface AttemptSignal {
-  readonly signal: Abort;
-  /** The total bound (not a first-byte or idle timeout) fired. */
-  timedOut(): boolean;
-  /** ... and that bound was the request's deadline rather than the provider's total_ms. */
-  deadlineReached(): boolean;
-  /** The response headers arrived: the first-byte bound is met, the idle bound starts. */
-  headers(): void;
-  /** Body bytes arrived (or the client took what it was given): the idle bound starts over. */
-  progress(): void;
-  /** The gateway is waiting on the client, not the upstream: that time is not upstream idleness. */
-  holdIdle(): void;
-  done(): void;
-}
-
 function timeoutError(code: string): Error {
   return Object.assign(new Error(`upstream ${code}`), { code });
+}
+
+function onTotalTimeout(b: AttemptSignal): void {
+  b.expired = true;
+  b.signal.abort(timeoutError('total_timeout'));
+}
+
+function onFirstByteTimeout(b: AttemptSignal): void {
+  b.signal.abort(timeoutError('first_byte_timeout'));
+}
+
+function onIdleTimeout(b: AttemptSignal): void {
+  if (!b.idleHeld) b.signal.abort(timeoutError('idle_timeout'));
 }
 
 /**
@@ -79,56 +77,73 @@ function timeoutError(code: string): Error {
  * bounds. The last two are undici's too, but undici runs them on 1 s-resolution fast timers (any bound under
  * a second fires 0.5-1 s in); native timers keep them to the configured millisecond, and undici's stay as a
  * backstop. First byte is measured from dispatch, so it includes connecting and any wait for a pool slot.
+ * A class with timer callbacks that take it as their argument: one object per attempt, not a closure
+ * per bound.
  */
-function attemptSignal(
-  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
-): AttemptSignal {
-  const ac = new Abort();
-  const limits = input.upstream.provider.config.timeouts;
-  let timedOut = false;
-  let idleHeld = false;
-  const onClientAbort = (): void => ac.abort(input.clientSignal.reason);
-  if (input.clientSignal.aborted) ac.abort(input.clientSignal.reason);
-  else input.clientSignal.once('abort', onClientAbort);
-  const left = input.deadline - input.now();
-  const budget = Math.max(1, Math.min(left, limits.total_ms));
-  const total = setTimeout(() => {
-    timedOut = true;
-    ac.abort(timeoutError('total_timeout'));
-  }, budget);
-  let phase: NodeJS.Timeout | undefined = setTimeout(
-    () => ac.abort(timeoutError('first_byte_timeout')),
-    limits.first_byte_ms,
-  );
-  const onIdle = (): void => {
-    if (!idleHeld) ac.abort(timeoutError('idle_timeout'));
-  };
-  return {
-    signal: ac,
-    timedOut: () => timedOut,
-    deadlineReached: () => timedOut && left <= limits.total_ms,
-    headers: () => {
-      clearTimeout(phase);
-      phase = ac.aborted ? undefined : setTimeout(onIdle, limits.idle_ms);
-    },
-    progress: () => {
-      idleHeld = false;
-      phase?.refresh();
-    },
-    holdIdle: () => {
-      idleHeld = true;
-    },
-    done: () => {
-      clearTimeout(total);
-      clearTimeout(phase);
-      input.clientSignal.removeListener('abort', onClientAbort);
-    },
-  };
+class AttemptSignal {
+  readonly signal = new Abort();
+  /** The total bound (not a first-byte or idle timeout) fired. */
+  expired = false;
+  /** The gateway is waiting on the client, not the upstream: that time is not upstream idleness. */
+  idleHeld = false;
+  private readonly total: NodeJS.Timeout;
+  private phase: NodeJS.Timeout | undefined;
+  private readonly idleMs: number;
+  /** The request's deadline, not the provider's total_ms, set the total bound. */
+  private readonly deadlineBound: boolean;
+  private readonly client: Abort;
+  private readonly onClientAbort: () => void;
+
+  constructor(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>) {
+    const limits = input.upstream.provider.config.timeouts;
+    const client = input.clientSignal;
+    this.client = client;
+    this.idleMs = limits.idle_ms;
+    const signal = this.signal;
+    this.onClientAbort = () => signal.abort(client.reason);
+    if (client.aborted) signal.abort(client.reason);
+    else client.once('abort', this.onClientAbort);
+    const left = input.deadline - input.now();
+    this.deadlineBound = left <= limits.total_ms;
+    this.total = setTimeout(onTotalTimeout, Math.max(1, Math.min(left, limits.total_ms)), this);
+    this.phase = setTimeout(onFirstByteTimeout, limits.first_byte_ms, this);
+  }
+
+  timedOut(): boolean {
+    return this.expired;
+  }
+
+  /** ... and that bound was the request's deadline rather than the provider's total_ms. */
+  deadlineReached(): boolean {
+    return this.expired && this.deadlineBound;
+  }
+
+  /** The response headers arrived: the first-byte bound is met, the idle bound starts. */
+  headers(): void {
+    clearTimeout(this.phase);
+    this.phase = this.signal.aborted ? undefined : setTimeout(onIdleTimeout, this.idleMs, this);
+  }
+
+  /** Body bytes arrived (or the client took what it was given): the idle bound starts over. */
+  progress(): void {
+    this.idleHeld = false;
+    this.phase?.refresh();
+  }
+
+  holdIdle(): void {
+    this.idleHeld = true;
+  }
+
+  done(): void {
+    clearTimeout(this.total);
+    clearTimeout(this.phase);
+    this.client.removeListener('abort', this.onClientAbort);
+  }
 }
 
 /** Reads a whole (bounded) body under the idle bound. */
 function readWatched(res: UpstreamResponse, sig: AttemptSignal, maxBytes: number): Promise<string> {
-  return readBody(res, maxBytes, sig.progress);
+  return readBody(res, maxBytes, sig);
 }
 
 function failure(
@@ -217,7 +232,7 @@ async function attemptJsonCall(
 ): Promise<AttemptResult> {
   const full = input as AttemptInput;
   const t0 = input.now();
-  const sig = attemptSignal(input);
+  const sig = new AttemptSignal(input);
   try {
     const res = await input.upstream.provider.client.requestText({
       method: 'POST',
@@ -227,8 +242,7 @@ async function attemptJsonCall(
       signal: sig.signal,
       maxBytes: MAX_JSON_BODY_BYTES,
       errorMaxBytes: MAX_ERROR_BODY_BYTES,
-      onHeaders: sig.headers,
-      onChunk: sig.progress,
+      watch: sig,
     });
     if (res.statusCode < 200 || res.statusCode >= 300) {
       return errorFrom(res.statusCode, res.headers['retry-after'], res.text, full, t0);
@@ -301,7 +315,7 @@ export async function attemptStream(
   const { adapter, client, adapterProvider } = upstream.provider;
   const prepared = adapter.chatRequest(input.body, upstream.upstreamModel, adapterProvider);
   const t0 = input.now();
-  const sig = attemptSignal(input);
+  const sig = new AttemptSignal(input);
   let committed = false;
   try {
     const res = await client.request({

@@ -94,68 +94,18 @@ export class ProviderClient {
     signal: Abort;
     maxBytes: number;
     errorMaxBytes: number;
-    /** The response headers arrived. */
-    onHeaders?: () => void;
-    /** A body chunk arrived. */
-    onChunk?: () => void;
+    /** Told when the response headers and each body chunk arrive (first-byte and idle bounds). */
+    watch?: ResponseWatch;
   }): Promise<TextResponse> {
     return new Promise((resolve, reject) => {
-      const signal = opts.signal;
-      const parts: Buffer[] = [];
-      let size = 0;
-      let limit = opts.maxBytes;
-      let statusCode = 0;
-      let headers: IncomingHttpHeaders = {};
-      let truncated = false;
-      let controller: Dispatcher.DispatchController | undefined;
-      const onAbort = (): void => controller?.abort(signal.reason as Error);
-      const settle = (): void => {
-        signal.removeListener('abort', onAbort);
-      };
-      const handler: Dispatcher.DispatchHandler = {
-        onRequestStart(c) {
-          controller = c;
-          if (signal.aborted) c.abort(signal.reason as Error);
-          else signal.once('abort', onAbort);
-        },
-        onResponseStart(_c, status, h) {
-          statusCode = status;
-          headers = h;
-          if (status < 200 || status >= 300) limit = opts.errorMaxBytes;
-          opts.onHeaders?.();
-        },
-        onResponseData(c, chunk) {
-          opts.onChunk?.();
-          if (truncated) return;
-          size += chunk.length;
-          if (size > limit) {
-            if (statusCode >= 200 && statusCode < 300) {
-              c.abort(
-                Object.assign(new Error(`upstream body larger than ${limit} bytes`), {
-                  code: 'body_too_large',
-                }),
-              );
-              return;
-            }
-            truncated = true; // an error message needs no more than its first bytes
-            return;
-          }
-          parts.push(chunk);
-        },
-        onResponseEnd() {
-          settle();
-          const raw = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-          try {
-            resolve({ statusCode, headers, text: decodeBuffer(raw, headers['content-encoding'], limit) });
-          } catch (err) {
-            reject(err);
-          }
-        },
-        onResponseError(_c, err) {
-          settle();
-          reject(err);
-        },
-      };
+      const handler = new TextHandler(
+        opts.signal,
+        opts.maxBytes,
+        opts.errorMaxBytes,
+        opts.watch,
+        resolve,
+        reject,
+      );
       try {
         this.pool.dispatch(
           {
@@ -168,7 +118,7 @@ export class ProviderClient {
           handler,
         );
       } catch (err) {
-        settle();
+        handler.settle();
         reject(err as Error);
       }
     });
@@ -185,6 +135,95 @@ export class ProviderClient {
 
   destroy(): Promise<void> {
     return this.pool.destroy();
+  }
+}
+
+/** Who is told of a response's progress: the attempt's first-byte and idle bounds. */
+export interface ResponseWatch {
+  /** The response headers arrived. */
+  headers(): void;
+  /** A body chunk arrived. */
+  progress(): void;
+}
+
+/**
+ * Collects one whole answer straight from undici's dispatch: no Readable body, no stream events per chunk
+ * (on every non-streaming request that machinery cost more than the rest of the attempt). A class rather
+ * than a handler object of closures: one allocation per request. Bodies past `maxBytes` (`errorMaxBytes`
+ * for error statuses) are refused; a compressed answer is decoded within the same bound.
+ */
+class TextHandler implements Dispatcher.DispatchHandler {
+  private readonly parts: Buffer[] = [];
+  private size = 0;
+  private limit: number;
+  private statusCode = 0;
+  private headers: IncomingHttpHeaders = {};
+  private truncated = false;
+  private controller: Dispatcher.DispatchController | undefined;
+  private readonly onAbort = (): void => this.controller?.abort(this.signal.reason as Error);
+
+  constructor(
+    private readonly signal: Abort,
+    maxBytes: number,
+    private readonly errorMaxBytes: number,
+    private readonly watch: ResponseWatch | undefined,
+    private readonly resolve: (r: TextResponse) => void,
+    private readonly reject: (err: Error) => void,
+  ) {
+    this.limit = maxBytes;
+  }
+
+  settle(): void {
+    this.signal.removeListener('abort', this.onAbort);
+  }
+
+  onRequestStart(c: Dispatcher.DispatchController): void {
+    this.controller = c;
+    if (this.signal.aborted) c.abort(this.signal.reason as Error);
+    else this.signal.once('abort', this.onAbort);
+  }
+
+  onResponseStart(_c: Dispatcher.DispatchController, status: number, h: IncomingHttpHeaders): void {
+    this.statusCode = status;
+    this.headers = h;
+    if (status < 200 || status >= 300) this.limit = this.errorMaxBytes;
+    this.watch?.headers();
+  }
+
+  onResponseData(c: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.watch?.progress();
+    if (this.truncated) return;
+    this.size += chunk.length;
+    if (this.size > this.limit) {
+      if (this.statusCode >= 200 && this.statusCode < 300) {
+        c.abort(
+          Object.assign(new Error(`upstream body larger than ${this.limit} bytes`), {
+            code: 'body_too_large',
+          }),
+        );
+        return;
+      }
+      this.truncated = true; // an error message needs no more than its first bytes
+      return;
+    }
+    this.parts.push(chunk);
+  }
+
+  onResponseEnd(): void {
+    this.settle();
+    const parts = this.parts;
+    const raw = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    try {
+      const text = decodeBuffer(raw, this.headers['content-encoding'], this.limit);
+      this.resolve({ statusCode: this.statusCode, headers: this.headers, text });
+    } catch (err) {
+      this.reject(err as Error);
+    }
+  }
+
+  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
+    this.settle();
+    this.reject(err);
   }
 }
 
@@ -219,9 +258,9 @@ function decode(body: Readable, encoding: string | undefined): Readable {
 /**
  * Reads a whole body, refusing past `maxBytes` (a hostile upstream cannot make us buffer without bound).
  * Event-driven rather than `for await`: async iteration of a stream costs several promises per chunk, on
- * every non-streaming request. `onChunk` sees each chunk arrive (the idle bound restarts on it).
+ * every non-streaming request. `watch` sees each chunk arrive (the idle bound restarts on it).
  */
-export function readBody(res: UpstreamResponse, maxBytes: number, onChunk?: () => void): Promise<string> {
+export function readBody(res: UpstreamResponse, maxBytes: number, watch?: ResponseWatch): Promise<string> {
   const body = res.body;
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
@@ -233,7 +272,7 @@ export function readBody(res: UpstreamResponse, maxBytes: number, onChunk?: () =
       body.off('close', onClose);
     };
     const onData = (chunk: Buffer): void => {
-      onChunk?.();
+      watch?.progress();
       size += chunk.length;
       if (size > maxBytes) {
         cleanup();
