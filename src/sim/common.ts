@@ -225,6 +225,12 @@ export async function streamSse(ex: Exchange, plan: StreamPlan): Promise<void> {
     if (i > 0 && gap > 0 && !(await sleep(ex, gap))) return;
     if (!res.write(plan.chunks[i]) && !(await drained(ex))) return;
   }
+  if (b.endDelayMs !== undefined && b.endDelayMs > 0) {
+    if (!res.write(plan.outro) && !(await drained(ex))) return;
+    if (!(await sleep(ex, b.endDelayMs))) return;
+    res.end();
+    return;
+  }
   res.end(plan.outro);
 }
 

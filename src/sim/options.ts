@@ -24,6 +24,8 @@ export interface SimBehaviour {
   dropAfterChunks?: number;
   /** After K content chunks, send an in-stream error event and end the response. */
   errorEventAfterChunks?: number;
+  /** Streams: send the last event ([DONE] / message_stop), then keep the body open this long before ending it. */
+  endDelayMs?: number;
   /** Reply text, split into completionTokens chunks. */
   reply?: string;
   /** Answer requests that carry tools with a call to the first tool. */

@@ -36,6 +36,8 @@ export interface Simulator {
   waitForAbort(timeoutMs?: number): Promise<RecordedRequest>;
   /** Requests whose response has not finished. */
   inFlight(): number;
+  /** TCP connections accepted so far: fewer than requests when clients keep them alive. */
+  connections(): number;
   /** Closes the server and destroys every open socket, hanging ones included. */
   close(): Promise<void>;
 }
@@ -175,7 +177,9 @@ export async function startSimulator(opts: Partial<SimOptions> = {}): Promise<Si
   }
 
   const server = createServer(onRequest);
+  let accepted = 0;
   server.on('connection', (sock: Socket) => {
+    accepted++;
     sockets.add(sock);
     sock.once('close', () => sockets.delete(sock));
   });
@@ -248,6 +252,7 @@ export async function startSimulator(opts: Partial<SimOptions> = {}): Promise<Si
       });
     },
     inFlight: () => inFlight,
+    connections: () => accepted,
     async close() {
       if (closing) return;
       closing = true;

@@ -5,10 +5,12 @@ import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
 import type { ChatBody, ChunkSink, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
 import { Abort } from './abort.js';
-import { readBody, type UpstreamResponse } from './client.js';
+import { readBody, relayChunks, type UpstreamResponse } from './client.js';
 
 /** Error bodies are read only this far: they are messages, not payloads. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
+/** After a stream's last event, how long the rest of its body may take before its connection is dropped. */
+const DRAIN_AFTER_END_MS = 1_000;
 /** A non-streaming answer larger than this is refused rather than buffered. */
 const MAX_JSON_BODY_BYTES = 64 * 1024 * 1024;
 
@@ -366,21 +368,27 @@ export async function attemptStream(
 
     let readError: unknown;
     try {
-      for await (const chunk of res.body) {
-        sig.progress();
-        parser.feed(chunk);
-        if (out !== '') {
-          writer.write(out);
-          out = '';
-          const drained = writer.drain();
-          if (drained) {
-            sig.holdIdle();
-            await drained;
-            sig.progress();
+      await relayChunks(
+        res.body,
+        (chunk) => {
+          sig.progress();
+          parser.feed(chunk);
+          if (out !== '') {
+            writer.write(out);
+            out = '';
+            const drained = writer.drain();
+            if (drained) {
+              sig.holdIdle();
+              return drained.then(() => {
+                sig.progress();
+                return ended || streamError ? 'stop' : undefined;
+              });
+            }
           }
-        }
-        if (ended || streamError) break;
-      }
+          return ended || streamError ? 'stop' : undefined;
+        },
+        DRAIN_AFTER_END_MS,
+      );
       if (!ended && !streamError) {
         parser.end();
         translator.close?.();

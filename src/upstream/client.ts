@@ -255,6 +255,84 @@ function decode(body: Readable, encoding: string | undefined): Readable {
   return body.pipe(decoder);
 }
 
+/** After each chunk of a relayed stream: go on, stop (the answer is complete), or wait for the client. */
+export type ChunkVerdict = undefined | 'stop' | Promise<'stop' | undefined>;
+
+/**
+ * Feeds a streaming body to `onChunk` on events rather than `for await`: async iteration costs several
+ * promises per chunk, on every chunk of every stream. A promise from `onChunk` pauses reading until it
+ * settles (back-pressure from a slow client). Resolves at the body's end or on 'stop'; rejects on its
+ * error or a close before its end. After 'stop' the rest of the body (usually just the chunked-encoding
+ * terminator) is read and dropped for up to `drainMs`, so the connection goes back to the pool instead of
+ * being closed: to a real provider every new connection is a TLS handshake.
+ */
+export function relayChunks(
+  body: Readable,
+  onChunk: (chunk: Buffer) => ChunkVerdict,
+  drainMs: number,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const finish = (err?: Error): void => {
+      if (settled) return;
+      settled = true;
+      body.off('data', onData);
+      body.off('end', onEnd);
+      body.off('error', onError);
+      body.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const stop = (): void => {
+      finish();
+      drainRest(body, drainMs);
+    };
+    const onData = (chunk: Buffer): void => {
+      let verdict: ChunkVerdict;
+      try {
+        verdict = onChunk(chunk);
+      } catch (err) {
+        finish(err as Error);
+        body.destroy();
+        return;
+      }
+      if (verdict === undefined) return;
+      if (verdict === 'stop') return stop();
+      body.pause();
+      verdict.then(
+        (v) => {
+          if (settled) return;
+          if (v === 'stop') stop();
+          else body.resume();
+        },
+        (err: Error) => {
+          finish(err);
+          body.destroy();
+        },
+      );
+    };
+    const onEnd = (): void => finish();
+    const onError = (err: Error): void => finish(err);
+    const onClose = (): void =>
+      finish(Object.assign(new Error('upstream body closed before its end'), { code: 'UND_ERR_SOCKET' }));
+    body.on('data', onData);
+    body.once('end', onEnd);
+    body.once('error', onError);
+    body.once('close', onClose);
+  });
+}
+
+const ignore = (): void => {};
+
+/** Reads and drops what is left of a body for up to `ms`, then gives up on the connection. */
+function drainRest(body: Readable, ms: number): void {
+  if (body.readableEnded || body.destroyed) return;
+  body.on('error', ignore); // nobody else listens any more
+  const timer = setTimeout(() => body.destroy(), ms).unref();
+  body.once('close', () => clearTimeout(timer));
+  body.resume();
+}
+
 /**
  * Reads a whole body, refusing past `maxBytes` (a hostile upstream cannot make us buffer without bound).
  * Event-driven rather than `for await`: async iteration of a stream costs several promises per chunk, on

@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
@@ -108,6 +108,45 @@ describe('OpenAI SDK through the gateway', () => {
       upstreams: { breaker: { consecutive_failures: number } }[];
     };
     expect(status.upstreams[0]!.breaker.consecutive_failures).toBe(0);
+  });
+
+  it('keeps its upstream connection alive across JSON answers and whole streams, even when the body ends after [DONE]', async () => {
+    // The body's end comes 30 ms after [DONE]: the client is answered at [DONE], and the rest is still read
+    // so that the connection goes back to the pool (to a real provider, a new one is a TLS handshake).
+    const { sim, client, gw } = await setup({ completionTokens: 5, endDelayMs: 30 });
+    const pool = gw.gateway.runtime.upstreams.get('alpha/m1')!.provider.client;
+    for (let i = 0; i < 4; i++) {
+      await client.chat.completions.create({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] });
+      const stream = await client.chat.completions.create({
+        model: 'fast',
+        messages: [{ role: 'user', content: 'hi' }],
+        stream: true,
+      });
+      let chunks = 0;
+      for await (const _ of stream) chunks++;
+      expect(chunks).toBeGreaterThan(5);
+      // The stream's body is still being read after [DONE]: the next request waits for its end.
+      await vi.waitFor(() => expect(pool.stats().running).toBe(0), { timeout: 3_000, interval: 5 });
+    }
+    expect(sim.requests).toHaveLength(8);
+    expect(sim.connections()).toBe(1);
+  });
+
+  it('answers a stream at [DONE] even when its upstream never ends the body, and lets that connection go after 1 s', async () => {
+    const { sim, client, gw } = await setup({ completionTokens: 3, endDelayMs: 60_000 });
+    const pool = gw.gateway.runtime.upstreams.get('alpha/m1')!.provider.client;
+    const t0 = performance.now();
+    const stream = await client.chat.completions.create({
+      model: 'fast',
+      messages: [{ role: 'user', content: 'hi' }],
+      stream: true,
+    });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    expect(text).not.toBe('');
+    expect(performance.now() - t0).toBeLessThan(900); // answered at [DONE], not at the body's end
+    await vi.waitFor(() => expect(pool.stats().running).toBe(0), { timeout: 5_000, interval: 20 });
+    await sim.waitForAbort(); // the upstream saw the connection close
   });
 });
 
