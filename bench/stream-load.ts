@@ -5,6 +5,7 @@
  *   node dist-bench/bench/stream-load.js '{"url":"http://127.0.0.1:PORT/v1/chat/completions","body":"...",
  *     "streams":100,"expectedChunks":64,"timeoutMs":30000}'
  */
+import { setMaxListeners } from 'node:events';
 import { Pool } from 'undici';
 
 export interface StreamLoadArgs {
@@ -109,6 +110,7 @@ export async function runStreamLoad(args: StreamLoadArgs): Promise<StreamLoadRes
     bodyTimeout: args.timeoutMs,
   });
   const signal = AbortSignal.timeout(args.timeoutMs);
+  setMaxListeners(args.streams + 10, signal); // one listener per concurrent stream is expected, not a leak
   const gaps: number[] = [];
   // A few short streams first (uncounted): a cold client, connection or code path costs a first stream ~15 ms.
   const warm = {
