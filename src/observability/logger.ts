@@ -1,3 +1,4 @@
+import { fstatSync } from 'node:fs';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 
 export type { Logger };
@@ -29,35 +30,53 @@ export function loggerOptions(level = 'info'): LoggerOptions {
 
 /** Lines wait at most this long in the buffer before they are written. */
 const FLUSH_INTERVAL_MS = 200;
-/** Characters gathered before one write. */
-const BATCH_CHARS = 8192;
+/** Bytes gathered before one write. */
+const BATCH_BYTES = 8 * 1024;
+/** The buffer lines are encoded into: a batch and one more line of up to 8 KiB (UTF-8: <= 3 bytes a unit). */
+const SLAB_BYTES = BATCH_BYTES + 3 * 8 * 1024;
+
+/** What the batcher hands its batches to: sonic-boom in buffer mode. */
+interface BufferSink {
+  write(data: Buffer): unknown;
+  flushSync(): void;
+}
 
 /**
- * Log lines gathered into one string and handed to the async destination ~8 KiB at a time, flushed at
- * least every 200 ms and on exit. Batching here rather than with sonic-boom's `minLength`: sonic-boom
- * measures the byte length of its whole pending buffer on every line (~2.5 µs a line at 8 KiB), and one
- * `write` per batch is cheaper still. Every logger writes through the same batcher, so lines keep their
- * order.
+ * Log lines encoded into one buffer as they come and handed to the async destination ~8 KiB at a time,
+ * flushed at least every 200 ms and on exit. Every logger writes through the same batcher, so lines keep
+ * their order. Bytes rather than strings: with strings (joined, then measured and encoded again by
+ * sonic-boom on every write) the log cost ~8 µs a request under load in an interleaved A/B, with buffers
+ * it is level with not writing at all.
  */
 export class LineBatcher implements pino.DestinationStream {
-  private pending = '';
+  private readonly slab = Buffer.allocUnsafe(SLAB_BYTES);
+  private used = 0;
 
-  constructor(private readonly out: ReturnType<typeof pino.destination>) {
+  constructor(private readonly out: BufferSink) {
     setInterval(() => this.flush(), FLUSH_INTERVAL_MS).unref();
     process.once('exit', () => this.flushSync());
   }
 
   write(line: string): void {
-    this.pending += line;
-    if (this.pending.length >= BATCH_CHARS) this.flush();
+    if (this.used + line.length * 3 > SLAB_BYTES) {
+      this.flush();
+      if (line.length * 3 > SLAB_BYTES) {
+        this.out.write(Buffer.from(line, 'utf8')); // a huge line goes on its own
+        return;
+      }
+    }
+    this.used += this.slab.write(line, this.used, 'utf8');
+    if (this.used >= BATCH_BYTES) this.flush();
   }
 
   flush(cb?: (err?: Error) => void): void {
-    const text = this.pending;
-    if (text !== '') {
-      this.pending = '';
+    if (this.used > 0) {
+      // A copy: the destination keeps the batch until it is written, and the slab is reused at once.
+      const batch = Buffer.allocUnsafe(this.used);
+      this.slab.copy(batch, 0, 0, this.used);
+      this.used = 0;
       try {
-        this.out.write(text);
+        this.out.write(batch);
       } catch (err) {
         cb?.(err as Error);
         return;
@@ -76,14 +95,45 @@ export class LineBatcher implements pino.DestinationStream {
   }
 }
 
+/** sonic-boom in buffer mode; its type says strings, its buffer mode takes Buffers. */
+export function bufferDestination(opts: {
+  dest: string | number;
+  sync?: boolean;
+  mkdir?: boolean;
+}): BufferSink {
+  return pino.destination({
+    ...opts,
+    minLength: 0,
+    maxLength: 16 * 1024 * 1024,
+    contentMode: 'buffer',
+  }) as unknown as BufferSink;
+}
+
 /**
- * stdout written asynchronously in batches (see LineBatcher): no blocking write per line on the request
- * path. A stalled stdout drops lines past 16 MiB rather than growing without bound.
+ * Whether fd 1 is a file or a character device (/dev/null, a terminal): a write there is a copy into the
+ * page cache, which costs less than handing it to the thread pool (interleaved A/B under load: ~8 µs a
+ * request less). A pipe or socket can stall when its reader does, so those are written asynchronously.
+ */
+function stdoutIsFileLike(): boolean {
+  try {
+    const st = fstatSync(1);
+    return st.isFile() || st.isCharacterDevice();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * stdout in batches (see LineBatcher): no write per line on the request path. Into a pipe or socket the
+ * batches are written asynchronously, and a stalled reader makes the gateway drop lines past 16 MiB
+ * rather than block or grow without bound; into a file they are written at once.
  */
 export function createLogger(level?: string, destination?: pino.DestinationStream): Logger {
   if (destination) return pino(loggerOptions(level), destination);
-  const out = pino.destination({ dest: 1, sync: false, minLength: 0, maxLength: 16 * 1024 * 1024 });
-  return pino(loggerOptions(level), new LineBatcher(out));
+  return pino(
+    loggerOptions(level),
+    new LineBatcher(bufferDestination({ dest: 1, sync: stdoutIsFileLike() })),
+  );
 }
 
 /**

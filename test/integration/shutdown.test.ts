@@ -1,12 +1,13 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway } from '../helpers/gateway.js';
-import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
+import { REPO_ROOT, ensureBuilt, startCli } from '../helpers/cli-harness.js';
 
 const track = closeAfterEach();
 let dir: string;
@@ -138,5 +139,61 @@ describe('/readyz (in process)', () => {
     } finally {
       await gw.close();
     }
+  });
+});
+
+describe('logs to a file', () => {
+  it('writes every request line by the time SIGTERM has drained the process (batched, flushed on exit)', async () => {
+    const sim = track(await startSimulator({ name: 'a' }));
+    const path = join(dir, 'file-log.yaml');
+    writeFileSync(
+      path,
+      [
+        'server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: 500 }',
+        'providers:',
+        `  - { name: a, base_url: "${sim.url}/v1", models: [{ name: m }] }`,
+        'routes:',
+        '  main: { strategy: priority, targets: [a/m] }',
+      ].join('\n'),
+    );
+    const logPath = join(dir, 'gateway.log');
+    const out = openSync(logPath, 'w');
+    const proc = spawn(process.execPath, ['dist/main.js', '--config', path], {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH ?? '' },
+      stdio: ['ignore', out, 'ignore'],
+    });
+    closeSync(out);
+    track({ close: () => proc.kill('SIGKILL') });
+    const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+    const lines = (): Record<string, unknown>[] =>
+      readFileSync(logPath, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+    // Batched lines reach the file within the 200 ms flush interval.
+    const listening = await vi.waitFor(
+      () => {
+        const line = lines().find((l) => String(l.msg).startsWith('Server listening at'));
+        expect(line).toBeDefined();
+        return String(line!.msg).slice('Server listening at '.length);
+      },
+      { timeout: 10_000, interval: 50 },
+    );
+    for (let i = 0; i < 5; i++) {
+      const r = await request(`${listening}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-request-id': `file-${i}` },
+        body: JSON.stringify({ model: 'main', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(r.statusCode).toBe(200);
+      await r.body.dump();
+    }
+    proc.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const ids = lines()
+      .filter((l) => l.msg === 'request')
+      .map((l) => l.reqId);
+    expect(ids).toEqual(['file-0', 'file-1', 'file-2', 'file-3', 'file-4']);
   });
 });

@@ -3,33 +3,43 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { LineBatcher, lineStream, loggerOptions } from '../../../src/observability/logger.js';
+import {
+  LineBatcher,
+  bufferDestination,
+  lineStream,
+  loggerOptions,
+} from '../../../src/observability/logger.js';
 
 const dirs: string[] = [];
 afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-function fileDestination(): { path: string; dest: ReturnType<typeof pino.destination> } {
+function fileDestination(): { path: string; dest: ReturnType<typeof bufferDestination> } {
   const dir = mkdtempSync(join(tmpdir(), 'batcher-'));
   dirs.push(dir);
   const path = join(dir, 'out.log');
-  return { path, dest: pino.destination({ dest: path, sync: true, minLength: 0, mkdir: true }) };
+  return { path, dest: bufferDestination({ dest: path, sync: true, mkdir: true }) };
 }
 
 describe('LineBatcher', () => {
-  it('holds short lines until ~8 KiB have gathered, then writes them in one go, in order', () => {
+  it('holds short lines until ~8 KiB have gathered, then writes them in one go, in order, as UTF-8', () => {
     const { path, dest } = fileDestination();
     const b = new LineBatcher(dest);
-    b.write('first\n');
+    b.write('first ünï 😀\n');
     b.write('second\n');
     expect(readFileSync(path, 'utf8')).toBe('');
     const big = `${'x'.repeat(8200)}\n`;
     b.write(big);
-    expect(readFileSync(path, 'utf8')).toBe(`first\nsecond\n${big}`);
+    expect(readFileSync(path, 'utf8')).toBe(`first ünï 😀\nsecond\n${big}`);
     b.write('tail\n');
     b.flushSync();
-    expect(readFileSync(path, 'utf8')).toBe(`first\nsecond\n${big}tail\n`);
+    expect(readFileSync(path, 'utf8')).toBe(`first ünï 😀\nsecond\n${big}tail\n`);
+    const huge = `${'é'.repeat(40_000)}\n`; // larger than the batcher's buffer: written on its own
+    b.write('a\n');
+    b.write(huge);
+    b.flushSync();
+    expect(readFileSync(path, 'utf8')).toBe(`first ünï 😀\nsecond\n${big}tail\na\n${huge}`);
   });
 
   it('is flushed by pino: lines from the logger and hand-built request lines share it and keep their order', () => {
