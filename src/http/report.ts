@@ -3,6 +3,7 @@ import { GatewayError, isGatewayError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { AttemptRecord } from '../resilience/failover.js';
 import { trailOf } from '../resilience/failover.js';
+import { fixed } from '../routing/strategies/rank.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import type { Usage } from '../upstream/adapter.js';
@@ -154,6 +155,11 @@ function num(x: number): string {
   return Number.isFinite(x) ? String(x) : 'null';
 }
 
+/** Milliseconds to a tenth, as JSON: through integer arithmetic (see `fixed`), not a double's shortest form. */
+function tenths(ms: number): string {
+  return Number.isFinite(ms) ? fixed(ms, 1) : 'null';
+}
+
 /**
  * The request's line, in the shape pino writes (`{"level":30,"time":...,fields,"msg":"request"}`, absent
  * fields left out) but built by hand: pino's generic serialiser walked the field object on every request
@@ -186,14 +192,8 @@ export function requestLine(
   s += ',"attempts":' + r.attempts.length;
   const trail = trailOf(r.attempts);
   if (trail !== '') s += ',"trail":' + JSON.stringify(trail);
-  s +=
-    ',"status":' +
-    r.status +
-    ',"stream":' +
-    ctx.stream +
-    ',"latencyMs":' +
-    num(Math.round(totalMs * 10) / 10);
-  if (r.ttftMs !== undefined) s += ',"ttftMs":' + num(Math.round(r.ttftMs * 10) / 10);
+  s += ',"status":' + r.status + ',"stream":' + ctx.stream + ',"latencyMs":' + tenths(totalMs);
+  if (r.ttftMs !== undefined) s += ',"ttftMs":' + tenths(r.ttftMs);
   if (promptTokens !== undefined) s += ',"promptTokens":' + num(promptTokens);
   if (completionTokens !== undefined) s += ',"completionTokens":' + num(completionTokens);
   if (costUsd !== undefined) s += ',"costUsd":' + num(costUsd);

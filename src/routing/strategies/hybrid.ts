@@ -33,6 +33,7 @@ import {
   fmtMs,
   fmtPct,
   fmtUsd,
+  fixed,
   higherIsBetter,
   lowerIsBetter,
   scored,
@@ -50,7 +51,7 @@ function weight(w: number): number {
 }
 
 function f2(x: number): string {
-  return x.toFixed(2);
+  return fixed(x, 2);
 }
 
 /** "hybrid 0.93 = cost $0.000120 -> 1.00 x 0.5 + latency 212 ms -> 0.80 x 0.3 + reliability 99% -> 1.00 x 0.2". */

@@ -240,9 +240,28 @@ export function fmtInt(x: number): string {
   return n < 0 ? '-' + out : out;
 }
 
+const POW10 = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000];
+
+/**
+ * `x.toFixed(digits)` (digits 0-6) in integer arithmetic: small integers have cached strings, while
+ * toFixed is a runtime call per figure, and a reason quotes up to a dozen figures on every logged request.
+ * Halfway cases round up in binary rather than in exact decimal; outside +-1e9 it is toFixed itself.
+ */
+export function fixed(x: number, digits: number): string {
+  const p = POW10[digits];
+  if (p === undefined || !(x > -1e9 && x < 1e9)) return x.toFixed(digits);
+  const scaled = Math.round((x < 0 ? -x : x) * p);
+  const whole = Math.floor(scaled / p);
+  const sign = x < 0 && scaled !== 0 ? '-' : '';
+  if (digits === 0) return sign + whole;
+  let frac = String(scaled - whole * p);
+  while (frac.length < digits) frac = '0' + frac;
+  return sign + whole + '.' + frac;
+}
+
 /** Dollars with 6 decimals: request costs are fractions of a cent. */
 export function fmtUsd(x: number): string {
-  return Number.isFinite(x) ? '$' + x.toFixed(6) : '$?';
+  return Number.isFinite(x) ? '$' + fixed(x, 6) : '$?';
 }
 
 /** A per-million-token price: "$0.15/M", "$0.075/M". */
@@ -257,7 +276,7 @@ export function fmtMs(ms: number): string {
 }
 
 export function fmtPct(x: number): string {
-  return Number.isFinite(x) ? (x * 100).toFixed(1) + '%' : '?%';
+  return Number.isFinite(x) ? fixed(x * 100, 1) + '%' : '?%';
 }
 
 export function plural(n: number, word: string): string {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { STRATEGY_NAMES } from '../../../src/config/schema.js';
 import { STRATEGIES, getStrategy } from '../../../src/routing/strategies/index.js';
-import { finishRanking, fmtInt, rotationIndex, scored } from '../../../src/routing/strategies/rank.js';
+import { finishRanking, fixed, fmtInt, rotationIndex, scored } from '../../../src/routing/strategies/rank.js';
 import { DEFAULT_OUTPUT_TOKENS } from '../../../src/routing/tokens.js';
 import type {
   CandidateView,
@@ -161,6 +161,24 @@ describe('rank helpers', () => {
     expect(fmtInt(999.6)).toBe('1,000');
     expect(fmtInt(1234567)).toBe('1,234,567');
     expect(fmtInt(-12345)).toBe('-12,345');
+  });
+
+  it('fixed() writes what toFixed writes, for the magnitudes reasons quote, and falls back outside them', () => {
+    const rnd = mulberry32(7);
+    for (let i = 0; i < 20_000; i++) {
+      const digits = i % 7;
+      const scale = 10 ** Math.floor(rnd() * 12 - 6);
+      const x = (rnd() - 0.3) * scale;
+      const scaled = Math.abs(x) * 10 ** digits;
+      if (Math.abs(scaled - Math.trunc(scaled) - 0.5) < 1e-6) continue; // halfway: binary vs decimal rounding
+      // toFixed writes "-0.00" for a negative that rounds to zero; a zero needs no sign.
+      const want = x.toFixed(digits).replace(/^-(0\.?0*)$/, '$1');
+      expect(fixed(x, digits), `${x} ${digits}`).toBe(want);
+    }
+    expect(fixed(-0.0001, 2)).toBe('0.00');
+    expect(fixed(3e12, 2)).toBe((3e12).toFixed(2));
+    expect(fixed(Number.NaN, 2)).toBe('NaN');
+    expect(fixed(0.5, 0)).toBe('1');
   });
 
   it('ties only within epsilon of the cluster best, rotated over config order not array order', () => {
