@@ -58,46 +58,62 @@ export function tokenizerReady(): boolean {
 }
 
 /**
+ * Longer texts are read in SAMPLE_BLOCKS short blocks, one in each of as many equal stretches: the estimate
+ * then costs the same ~6 µs however long the prompt (read whole with the old per-class branches, a
+ * 2,000-token prompt took ~20 µs and a 100 KB one ~240 µs, more than all the rest of the gateway's
+ * per-request work; ASCII is now one table lookup per character, ~1 ns). Measured against reading
+ * whole texts made of alternating prose, code, JSON and CJK sections: median 1.4 % apart, worst 6 %.
+ */
+const SAMPLE_ABOVE_CHARS = 8_192;
+const SAMPLE_BLOCKS = 64;
+const SAMPLE_BLOCK_CHARS = 64;
+
+/** Tokens per ASCII character in thousandths, by class: letters, digits, space, line breaks, the rest. */
+const ASCII_MILLI = (() => {
+  const w = new Int32Array(128);
+  for (let c = 0; c < 128; c++) {
+    if ((c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a)) w[c] = 215;
+    else if (c >= 0x30 && c <= 0x39) w[c] = 660;
+    else if (c === 0x20) w[c] = 113;
+    else if (c === 0x0a || c === 0x0d || c === 0x09) w[c] = 187;
+    else w[c] = 600;
+  }
+  return w;
+})();
+
+/**
  * Character-class estimate, fitted against o200k on English, code, JSON, CJK, Cyrillic, German and emoji
  * (typically within 10 %, worst seen 20 %): tokens per character of each class.
  */
 export function approximateTextTokens(text: string): number {
-  let letter = 0;
-  let digit = 0;
-  let space = 0;
-  let newline = 0;
-  let punct = 0;
+  const len = text.length;
+  if (len === 0) return 0;
+  const sampled = len > SAMPLE_ABOVE_CHARS;
+  const blocks = sampled ? SAMPLE_BLOCKS : 1;
+  const size = sampled ? SAMPLE_BLOCK_CHARS : len;
+  const stretch = len / blocks;
+  let ascii = 0; // thousandths of a token, from ASCII_MILLI
   let cjk = 0;
   let other = 0;
   let astral = 0;
-  const len = text.length;
-  for (let i = 0; i < len; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x80) {
-      if ((c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a)) letter++;
-      else if (c >= 0x30 && c <= 0x39) digit++;
-      else if (c === 0x20) space++;
-      else if (c === 0x0a || c === 0x0d || c === 0x09) newline++;
-      else punct++;
-    } else if (c >= 0xd800 && c <= 0xdbff) {
-      astral++;
-      i++;
-    } else if (c >= 0x3000 && c <= 0xffef) {
-      cjk++;
-    } else {
-      other++;
+  for (let b = 0; b < blocks; b++) {
+    // A quasi-random place within each stretch (golden-ratio steps): evenly spaced blocks alias with
+    // repetitive text (a template repeated 40 times read 18 % low). `| 0` keeps the index a small
+    // integer: a float index makes every charCodeAt below twice as slow.
+    const from = sampled ? (b * stretch + ((b * 0.618_034 + 0.5) % 1) * (stretch - size)) | 0 : 0;
+    const to = from + size;
+    for (let i = from; i < to; i++) {
+      const c = text.charCodeAt(i);
+      if (c < 0x80) ascii += ASCII_MILLI[c]!;
+      else if (c >= 0xd800 && c <= 0xdbff) {
+        astral++;
+        i++;
+      } else if (c >= 0x3000 && c <= 0xffef) cjk++;
+      else if (c === c) other++; // NaN past the end of the text counts as nothing
     }
   }
-  const t =
-    letter * 0.215 +
-    digit * 0.66 +
-    space * 0.113 +
-    newline * 0.187 +
-    punct * 0.6 +
-    cjk * 0.75 +
-    other * 0.249 +
-    astral * 2.08;
-  return len === 0 ? 0 : Math.max(1, Math.round(t));
+  const t = ascii / 1000 + cjk * 0.75 + other * 0.249 + astral * 2.08;
+  return Math.max(1, Math.round(sampled ? (t * len) / (blocks * size) : t));
 }
 
 function countWith(text: string, exact: boolean): number {

@@ -165,6 +165,23 @@ describe('token estimates', () => {
     expect(Math.abs(approx / exact - 1)).toBeLessThan(0.15);
   });
 
+  it('estimates a long text from spread samples within 5% of reading all of it, whatever its sections', () => {
+    const sections = [
+      PROSE.repeat(4),
+      'function add(a, b) {\n  return a + b;\n}\n'.repeat(40),
+      '路由器根据成本、延迟和可靠性为每个请求选择上游模型。'.repeat(30),
+      JSON.stringify({ users: [{ id: 1, name: 'Ada', roles: ['admin', 'dev'] }] }).repeat(30),
+    ];
+    for (const repeat of [3, 5, 40]) {
+      const text = Array.from({ length: repeat }, () => sections.join('\n')).join('\n');
+      expect(text.length).toBeGreaterThan(8_192);
+      let whole = 0;
+      for (let at = 0; at < text.length; at += 4_096)
+        whole += approximateTextTokens(text.slice(at, at + 4_096));
+      expect(Math.abs(approximateTextTokens(text) / whole - 1), `x${repeat}`).toBeLessThan(0.05);
+    }
+  });
+
   it('approximates other scripts within reason', async () => {
     await loadTokenizer();
     const samples = [
