@@ -1,4 +1,4 @@
-import { fstatSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 
 export type { Logger };
@@ -35,10 +35,40 @@ const BATCH_BYTES = 8 * 1024;
 /** The buffer lines are encoded into: a batch and one more line of up to 8 KiB (UTF-8: <= 3 bytes a unit). */
 const SLAB_BYTES = BATCH_BYTES + 3 * 8 * 1024;
 
-/** What the batcher hands its batches to: sonic-boom in buffer mode. */
+/** What the batcher hands its batches to: sonic-boom in buffer mode, or an FdSink. */
 interface BufferSink {
   write(data: Buffer): unknown;
   flushSync(): void;
+  /** Has written `data` by the time `write` returns, so the batcher may hand it a view of its buffer. */
+  readonly writesAtOnce?: boolean;
+}
+
+/**
+ * Blocking writes to a file or character device: nothing is allocated per batch (a copy per 8 KiB batch
+ * made RSS saw up by ~60 MB between collections under load). A would-block answer (a non-blocking
+ * terminal) is retried for up to a second, then the batch is dropped: logging never takes the gateway down.
+ */
+export class FdSink implements BufferSink {
+  readonly writesAtOnce = true;
+  private readonly pause = new Int32Array(new SharedArrayBuffer(4));
+
+  constructor(private readonly fd: number) {}
+
+  write(data: Buffer): void {
+    let off = 0;
+    for (let tries = 0; off < data.length;) {
+      try {
+        off += writeSync(this.fd, data, off, data.length - off);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || ++tries > 1_000) return;
+        Atomics.wait(this.pause, 0, 0, 1);
+      }
+    }
+  }
+
+  flushSync(): void {
+    /* every write is already done */
+  }
 }
 
 /**
@@ -71,9 +101,10 @@ export class LineBatcher implements pino.DestinationStream {
 
   flush(cb?: (err?: Error) => void): void {
     if (this.used > 0) {
-      // A copy: the destination keeps the batch until it is written, and the slab is reused at once.
-      const batch = Buffer.allocUnsafe(this.used);
-      this.slab.copy(batch, 0, 0, this.used);
+      // An async destination keeps the batch until it is written, while the slab is reused at once: it gets
+      // a copy. A destination that writes at once gets a view.
+      let batch = this.slab.subarray(0, this.used);
+      if (this.out.writesAtOnce !== true) batch = Buffer.from(batch);
       this.used = 0;
       try {
         this.out.write(batch);
@@ -130,10 +161,8 @@ function stdoutIsFileLike(): boolean {
  */
 export function createLogger(level?: string, destination?: pino.DestinationStream): Logger {
   if (destination) return pino(loggerOptions(level), destination);
-  return pino(
-    loggerOptions(level),
-    new LineBatcher(bufferDestination({ dest: 1, sync: stdoutIsFileLike() })),
-  );
+  const sink = stdoutIsFileLike() ? new FdSink(1) : bufferDestination({ dest: 1, sync: false });
+  return pino(loggerOptions(level), new LineBatcher(sink));
 }
 
 /**

@@ -1,9 +1,10 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  FdSink,
   LineBatcher,
   bufferDestination,
   lineStream,
@@ -40,6 +41,20 @@ describe('LineBatcher', () => {
     b.write(huge);
     b.flushSync();
     expect(readFileSync(path, 'utf8')).toBe(`first ünï 😀\nsecond\n${big}tail\na\n${huge}`);
+  });
+
+  it('writes straight from its buffer into a file descriptor, reusing the buffer batch after batch', () => {
+    const { path } = fileDestination();
+    const fd = openSync(path, 'w');
+    try {
+      const b = new LineBatcher(new FdSink(fd));
+      const lines = Array.from({ length: 200 }, (_, i) => `{"n":${i},"pad":"${'é'.repeat(i)}"}\n`);
+      for (const l of lines) b.write(l);
+      b.flushSync();
+      expect(readFileSync(path, 'utf8')).toBe(lines.join(''));
+    } finally {
+      closeSync(fd);
+    }
   });
 
   it('is flushed by pino: lines from the logger and hand-built request lines share it and keep their order', () => {
