@@ -41,6 +41,8 @@ export interface BenchResults {
   sweep?: { steps: SweepStep[]; bestRps: number | undefined };
   streams: { streams: number; runs: PerTarget<StreamLoadResult> }[];
   memory: { idleMb?: number; wrkLoadMb?: number; streamLoadMb?: number; afterMb?: number; hwmMb?: number };
+  /** The pass-through under the same loads: what any Node proxy holds for them. */
+  passthroughMemory?: { idleMb?: number; wrkLoadMb?: number; streamLoadMb?: number };
   gatewayLogLines?: number;
   /** Requests sent to the gateway in the whole run (wrk counts completed ones), to compare with the log. */
   gatewayRequests: number;
@@ -161,10 +163,14 @@ function bestRate(r: BenchResults, satRps: number): string {
 
 function memorySection(r: BenchResults, out: string[]): void {
   const mem = r.memory;
+  const pt = r.passthroughMemory;
   out.push(
     ...table(
-      ['gateway memory', 'idle', 'under wrk load', 'under most streams', 'after', 'peak (VmHWM)'],
-      [['RSS', mb(mem.idleMb), mb(mem.wrkLoadMb), mb(mem.streamLoadMb), mb(mem.afterMb), mb(mem.hwmMb)]],
+      ['RSS', 'idle', 'under wrk load', 'under most streams', 'after', 'peak (VmHWM)'],
+      [
+        ['gateway', mb(mem.idleMb), mb(mem.wrkLoadMb), mb(mem.streamLoadMb), mb(mem.afterMb), mb(mem.hwmMb)],
+        ['pass-through', mb(pt?.idleMb), mb(pt?.wrkLoadMb), mb(pt?.streamLoadMb), '', ''],
+      ],
     ),
     '',
   );

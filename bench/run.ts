@@ -110,6 +110,18 @@ async function childJson<A, R>(script: string, args: A, timeoutMs: number): Prom
   return JSON.parse(r.stdout) as R;
 }
 
+/** The highest RSS seen under a load, for the gateway and (as its baseline) the pass-through. */
+function keepPeak(
+  out: BenchResults,
+  t: TargetName,
+  key: 'wrkLoadMb' | 'streamLoadMb',
+  peak: number | undefined,
+): void {
+  if (peak === undefined || t === 'direct') return;
+  const mem = t === 'gateway' ? out.memory : (out.passthroughMemory ??= {});
+  mem[key] = Math.max(mem[key] ?? 0, peak);
+}
+
 async function wrkPhase(rig: Rig, dir: string, out: BenchResults): Promise<void> {
   const script = writePostScript(dir, CHAT_BODY);
   const c1 = emptyPerTarget<WrkResult>();
@@ -125,10 +137,9 @@ async function wrkPhase(rig: Rig, dir: string, out: BenchResults): Promise<void>
       const { chatUrl, pid } = rig.targets[t];
       log(`round ${r + 1}/${plan.rounds} ${t}: wrk c=1, c=${plan.satConnections}`);
       c1[t].push(await runWrk(1, chatUrl, script, 1, plan.wrkS));
-      const rss = t === 'gateway' ? sampleRss(pid) : undefined;
+      const rss = t === 'direct' ? undefined : sampleRss(pid);
       const run = await cpuDuring(pid, () => runWrk(1, chatUrl, script, plan.satConnections, plan.wrkS));
-      const peak = rss?.stop();
-      if (peak !== undefined) out.memory.wrkLoadMb = Math.max(out.memory.wrkLoadMb ?? 0, peak);
+      keepPeak(out, t, 'wrkLoadMb', rss?.stop());
       sat[t].push(run.result);
       if (t === 'gateway') out.gatewayRequests += run.result.requests + (c1[t].at(-1)?.requests ?? 0);
       satCpuMs[t].push(run.cpuMs ?? Number.NaN);
@@ -195,7 +206,7 @@ async function streamPhase(rig: Rig, out: BenchResults): Promise<void> {
     for (let r = 0; r < plan.rounds; r++) {
       for (const t of rotated(r)) {
         log(`streams ${n}×${waves} round ${r + 1}/${plan.rounds} ${t}`);
-        const rss = t === 'gateway' ? sampleRss(rig.gatewayPid) : undefined;
+        const rss = t === 'direct' ? undefined : sampleRss(rig.targets[t].pid);
         const args: StreamLoadArgs = {
           url: rig.targets[t].streamUrl,
           body: STREAM_BODY,
@@ -206,8 +217,7 @@ async function streamPhase(rig: Rig, out: BenchResults): Promise<void> {
         };
         runs[t].push(await childJson<StreamLoadArgs, StreamLoadResult>('./stream-load.js', args, 90_000));
         if (t === 'gateway') out.gatewayRequests += n * waves + WARMUP_STREAMS;
-        const peak = rss?.stop();
-        if (peak !== undefined) out.memory.streamLoadMb = Math.max(out.memory.streamLoadMb ?? 0, peak);
+        keepPeak(out, t, 'streamLoadMb', rss?.stop());
       }
     }
     out.streams.push({ streams: n, runs });
@@ -356,6 +366,7 @@ async function main(): Promise<void> {
     rig = await startRig(dir);
     await sleep(1_000);
     out.memory.idleMb = memory(rig.gatewayPid)?.rssMb;
+    (out.passthroughMemory ??= {}).idleMb = memory(rig.targets.passthrough.pid)?.rssMb;
     if (wrk) await wrkPhase(rig, dir, out);
     await sweepPhase(rig, out);
     await streamPhase(rig, out);
