@@ -6,7 +6,7 @@ import { planRequest } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget } from '../runtime.js';
-import { openaiHeaders } from '../upstream/adapters/openai.js';
+import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
 import { clientGoneSignal, failoverOptions } from './chat.js';
 import { failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
@@ -78,13 +78,23 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
         const headers = openaiHeaders(up.provider.adapterProvider);
         return attemptPlainJson(
           { upstream: up, clientSignal, deadline: opts.deadline, now: gw.now },
-          { path: '/embeddings', headers, body: JSON.stringify({ ...body, model: up.upstreamModel }) },
+          { path: '/embeddings', headers, body: stringifyWithModel(body, up.upstreamModel) },
         );
       },
       (a) => (lastAttempts = a),
     );
-    if ('committedFailure' in out) return; // the client went away
     const served = out.target.candidate.upstream;
+    if ('committedFailure' in out) {
+      // The client went away: still this route's request, with its line and counts (as chat reports it).
+      reportRequest(gw, req, report, {
+        status: 200,
+        served,
+        attempts: out.attempts,
+        upstreamMs: out.upstreamMs,
+        error: out.attempts[out.attempts.length - 1]?.reason,
+      });
+      return;
+    }
     reportRequest(gw, req, report, {
       status: 200,
       served,

@@ -4,7 +4,7 @@
  */
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ConfigError, parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
@@ -87,6 +87,26 @@ describe('embeddings', () => {
     expect(e2.requests).toHaveLength(1);
     expect((e2.requests[0]!.body as Record<string, unknown>).model).toBe('emb-large');
     expect(e2.requests[0]!.headers.authorization).toBe('Bearer sk-e2');
+  });
+
+  it('a client that goes away mid-request still gets its route log line, and the upstream call is cancelled', async () => {
+    const { e1 } = await setup();
+    e1.set({ latencyMs: 5_000 });
+    const ac = new AbortController();
+    const pending = request(`${gw!.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'emb-gone' },
+      body: JSON.stringify({ model: 'embed', input: 'hello' }),
+      signal: ac.signal,
+    }).catch(() => undefined);
+    await e1.waitForRequests(1);
+    ac.abort();
+    await pending;
+    await e1.waitForAbort();
+    await vi.waitFor(() => {
+      const line = gw!.logs.find((l) => l.msg === 'request' && l.reqId === 'emb-gone');
+      expect(line).toMatchObject({ route: 'embed', upstream: 'e1/emb', error: 'client_closed' });
+    });
   });
 
   it('keeps embedding and chat routes apart: each endpoint finds only its own kind (404 otherwise)', async () => {

@@ -78,19 +78,18 @@ export const openaiAdapter: ChatAdapter = {
 };
 
 /**
- * The body as JSON with `model` set to the upstream's name. Set and restored on the parsed body rather than
+ * A chat or embeddings body as JSON with `model` set to the upstream's name. Set and restored on the parsed body rather than
  * copied with a spread: the copy cost more than the serialisation on Node 20. The body belongs to this
  * request (parsed from its own bytes), and nothing runs between the set and the restore.
  */
-function stringifyWithModel(body: ChatBody, model: string): string {
-  const b = body as Record<string, unknown>;
-  const prev = b.model;
-  if (prev === model) return JSON.stringify(b);
-  b.model = model;
+export function stringifyWithModel(body: Record<string, unknown> & { model: string }, model: string): string {
+  const prev = body.model;
+  if (prev === model) return JSON.stringify(body);
+  body.model = model;
   try {
-    return JSON.stringify(b);
+    return JSON.stringify(body);
   } finally {
-    b.model = prev;
+    body.model = prev;
   }
 }
 
