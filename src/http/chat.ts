@@ -34,7 +34,7 @@ export function failoverOptions(
     now: gw.now,
     metrics: gw.metrics,
     logger: gw.logger,
-    scrub: (t) => rt.scrubber.scrub(t),
+    scrubber: rt.scrubber,
   };
 }
 
@@ -102,7 +102,7 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
     ): Promise<AttemptResult> => {
       current = target;
       return writer
-        ? attemptStream(input(target), writer, () => headersFor(target, attempts), opts.scrub)
+        ? attemptStream(input(target), writer, () => headersFor(target, attempts), opts.scrubber)
         : attemptJson(input(target));
     };
     const out = await runFailover(plan.ranked, opts, attempt, (a) => (lastAttempts = a));

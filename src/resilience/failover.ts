@@ -23,7 +23,8 @@ export interface FailoverOptions {
   readonly now: () => number;
   readonly metrics: Metrics;
   readonly logger: Logger;
-  readonly scrub: (text: string) => string;
+  /** Removes secrets from text an upstream wrote (the runtime's Scrubber). */
+  readonly scrubber: { scrub(text: string): string };
 }
 
 export interface FailoverSuccess {
@@ -105,7 +106,7 @@ export async function runFailover(
       const info = result.info;
       throw new GatewayError(
         'invalid_request',
-        opts.scrub(info?.message ?? `upstream ${up.id} rejected the request`),
+        opts.scrubber.scrub(info?.message ?? `upstream ${up.id} rejected the request`),
         {
           status: result.status ?? 400,
           type: info?.type ?? 'invalid_request_error',

@@ -228,7 +228,7 @@ export async function askRouter(
         now: gw.now,
         metrics: gw.metrics,
         logger: gw.logger,
-        scrub: (t) => rt.scrubber.scrub(t),
+        scrubber: rt.scrubber,
       },
       (target) =>
         attemptJson({

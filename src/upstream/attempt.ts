@@ -311,7 +311,7 @@ export async function attemptStream(
   input: AttemptInput,
   writer: SseWriter,
   headers: () => Record<string, string>,
-  scrub: (text: string) => string,
+  scrubber: { scrub(text: string): string },
 ): Promise<AttemptResult> {
   const { upstream } = input;
   const { adapter, client, adapterProvider } = upstream.provider;
@@ -438,7 +438,7 @@ export async function attemptStream(
     }
     if (committed && !result.ok && !result.clientGone) {
       const message = streamError
-        ? `upstream ${upstream.id} failed mid-stream: ${scrub(streamError.message)}`
+        ? `upstream ${upstream.id} failed mid-stream: ${scrubber.scrub(streamError.message)}`
         : `upstream ${upstream.id} stream interrupted (${result.classified.reason})`;
       writer.end(
         dataFrame(
