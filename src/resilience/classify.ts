@@ -60,6 +60,9 @@ const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
   ['first_byte_timeout', classified('timeout', true, 'first_byte_timeout')],
   ['idle_timeout', classified('timeout', true, 'idle_timeout')],
   ['total_timeout', classified('timeout', true, 'total_timeout')],
+  ['body_too_large', classified('error', true, 'body_too_large')],
+  // zlib: a compressed answer inflating past its bound
+  ['ERR_BUFFER_TOO_LARGE', classified('error', true, 'body_too_large')],
   ['stream_ended_before_content', classified('error', true, 'stream_ended_before_content')],
   ['stream_error_event', classified('error', true, 'stream_error_event')],
 ]);

@@ -213,12 +213,17 @@ class TextHandler implements Dispatcher.DispatchHandler {
     this.settle();
     const parts = this.parts;
     const raw = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    const status = this.statusCode;
+    let text: string;
     try {
-      const text = decodeBuffer(raw, this.headers['content-encoding'], this.limit);
-      this.resolve({ statusCode: this.statusCode, headers: this.headers, text });
+      text = decodeBuffer(raw, this.headers['content-encoding'], this.limit);
     } catch (err) {
-      this.reject(err as Error);
+      // An error body that will not decode (cut short above, or inflating past its bound) loses its message,
+      // never its status: a 400 must stay a client error and a 429 keep its Retry-After.
+      if (status >= 200 && status < 300) return this.reject(err as Error);
+      text = '';
     }
+    this.resolve({ statusCode: status, headers: this.headers, text });
   }
 
   onResponseError(_c: Dispatcher.DispatchController, err: Error): void {

@@ -89,6 +89,27 @@ describe('hostile or broken upstreams', () => {
     expect(JSON.parse(text)).toEqual(COMPLETION);
   });
 
+  it('a 400 whose gzip body will not decode is still relayed as a 400, never retried elsewhere', async () => {
+    const bad = await rawUpstream((_q, s) => {
+      s.writeHead(400, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      s.end(gzipSync(JSON.stringify({ error: { message: 'bad field' } })).subarray(0, 12)); // cut short
+    });
+    const { res, good } = await setup(bad.url);
+    expect(res.statusCode).toBe(400);
+    expect(res.headers['x-router-provider']).toBe('bad');
+    expect(good.requests).toHaveLength(0);
+  });
+
+  it('a compressed answer that inflates past the bound fails over as body_too_large', async () => {
+    const bad = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      s.end(gzipSync(Buffer.alloc(70 * 1024 * 1024, 32))); // 70 MB of spaces, ~70 KB on the wire
+    });
+    const { res } = await setup(bad.url);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-router-trail']).toBe('bad/m=body_too_large');
+  });
+
   it('non-JSON data events in a stream are dropped, never relayed', async () => {
     const chunk = (delta: Record<string, unknown>) =>
       `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`;
