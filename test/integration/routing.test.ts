@@ -359,6 +359,12 @@ describe('POST /router/explain', () => {
       { 'x-router-strategy': 'nope' },
     );
     expect(r.status).toBe(400);
+    const chat = await postJson(
+      '/v1/chat/completions',
+      { model: 'r', messages: HI },
+      { 'x-router-strategy': 'nope' },
+    );
+    expect(chat.status).toBe(400);
     expect(sims.every((s) => s.requests.length === 0)).toBe(true);
   });
 });

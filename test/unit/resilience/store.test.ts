@@ -49,12 +49,15 @@ describe('MemoryBreakerStore', () => {
     const store = new MemoryBreakerStore(CFG, () => 0);
     const kept = store.get('a/x');
     kept.onRateLimit(kept.acquire()!, 5_000);
-    store.get('b/y');
+    const dropped = store.get('b/y');
+    dropped.onRateLimit(dropped.acquire()!, 5_000);
     store.get('c/z');
     store.retain(['a/x', 'c/z', 'd/new']);
     expect([...store.entries()].map(([id]) => id)).toEqual(['a/x', 'c/z']);
     expect(store.get('a/x')).toBe(kept);
     expect(kept.state).toBe('open');
+    // b/y was open when it left the config: coming back, it starts afresh.
+    expect(store.get('b/y')).not.toBe(dropped);
     expect(store.get('b/y').state).toBe('closed');
   });
 
