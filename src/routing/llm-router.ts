@@ -215,7 +215,7 @@ export async function askRouter(
         routing: rt.loaded.config.routing,
         now: started,
         random: gw.random,
-        peek: true,
+        aside: true,
       },
     );
     const deadline = started + cfg.timeout_ms;

@@ -15,6 +15,12 @@ export interface PlanOptions {
   readonly random: () => number;
   /** Explain: decide without advancing the route's rotation, so the next real request gets the same answer. */
   readonly peek?: boolean;
+  /**
+   * A call made on the route's behalf (the LLM router's own request): leaves the route's rotation and
+   * explain's pending draws alone and draws fresh numbers. With `peek` it replayed explain's draws, so every
+   * router call on a route got the same weighted or exploring pick until a real decision drew one.
+   */
+  readonly aside?: boolean;
 }
 
 export interface Plan {
@@ -76,16 +82,16 @@ export function planRequest(
     now: opts.now,
     random: opts.peek
       ? peekRandom(route, opts.random)
-      : route.pendingRandom.length > 0
-        ? takeRandom(route, opts.random)
-        : opts.random,
+      : opts.aside || route.pendingRandom.length === 0
+        ? opts.random
+        : takeRandom(route, opts.random),
     tieEpsilon: opts.routing.tie_epsilon,
     rotation: route.rotation,
     explorationShare: opts.routing.exploration_share,
     minSamples: opts.routing.min_samples,
     weights: route.weights,
   };
-  if (!opts.peek) route.rotation = (route.rotation + 1) % 1_073_741_824;
+  if (!opts.peek && !opts.aside) route.rotation = (route.rotation + 1) % 1_073_741_824;
   return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
 }
 
