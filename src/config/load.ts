@@ -150,7 +150,9 @@ function substituteEnv(doc: unknown, env: Env, source: string | undefined): { va
         const value = Object.hasOwn(env, name) ? env[name] : undefined;
         if (value !== undefined && value !== '') return value;
         if (fallback !== undefined) return fallback;
-        if (value === undefined) missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
+        // An unset variable is fatal except in a provider's own api_key (that provider is then disabled).
+        if (value === undefined && !isProviderApiKey(path))
+          missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
         return '';
       });
     }
@@ -170,10 +172,13 @@ function substituteEnv(doc: unknown, env: Env, source: string | undefined): { va
     return node;
   };
   const value = walk(doc, []);
-  // An unset variable is fatal except where it lands in an api_key (that provider is then disabled).
-  const fatal = missing.filter((m) => !/\.api_key: /.test(m));
-  if (fatal.length > 0) throw new ConfigError(fatal, source);
+  if (missing.length > 0) throw new ConfigError(missing, source);
   return { value };
+}
+
+/** `providers[i].api_key`, and not a look-alike deeper down such as `providers[i].headers.api_key`. */
+function isProviderApiKey(path: readonly PropertyKey[]): boolean {
+  return path.length === 3 && path[0] === 'providers' && path[2] === 'api_key';
 }
 
 export function targetName(t: TargetConfig): string {

@@ -146,6 +146,12 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
 
     const unset = issuesOf(`server: { host: "\${BIND_HOST}" }\n${BASE}`);
     expect(unset).toEqual(['server.host: environment variable BIND_HOST is not set']);
+
+    // Only a provider's own api_key may be unset: a header that happens to be named api_key may not.
+    const header = issuesOf(
+      BASE.replace('api_key: sk-test', 'api_key: sk-test\n    headers: { api_key: "${HDR}" }'),
+    );
+    expect(header).toEqual(['providers[0].headers.api_key: environment variable HDR is not set']);
   });
 
   it('a substituted value is data: it never adds a key or a node', () => {
