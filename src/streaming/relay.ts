@@ -16,10 +16,6 @@ export class SseWriter {
     private readonly onCommit?: () => void,
   ) {}
 
-  get committed(): boolean {
-    return this.committedFlag;
-  }
-
   get closed(): boolean {
     return this.res.destroyed || this.res.writableEnded;
   }

@@ -3,8 +3,16 @@ import { classifyError, classifyStatus, parseRetryAfter } from '../resilience/cl
 import type { Upstream } from '../runtime.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
-import type { ChatBody, ChunkSink, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
+import type {
+  ChatBody,
+  ChunkSink,
+  PreparedRequest,
+  StreamContext,
+  UpstreamErrorInfo,
+  Usage,
+} from './adapter.js';
 import { Abort } from './abort.js';
+import { relayedAnswer } from './adapters/openai.js';
 import { readBody, relayChunks, type UpstreamResponse } from './client.js';
 
 /** Error bodies are read only this far: they are messages, not payloads. */
@@ -143,11 +151,6 @@ class AttemptSignal {
   }
 }
 
-/** Reads a whole (bounded) body under the idle bound. */
-function readWatched(res: UpstreamResponse, sig: AttemptSignal, maxBytes: number): Promise<string> {
-  return readBody(res, maxBytes, sig);
-}
-
 function failure(
   classified: Classified,
   totalMs: number,
@@ -173,12 +176,19 @@ function failure(
   };
 }
 
+/** An error event inside a stream: a 429 there is a rate limit (a cooldown), anything else an error. */
+const STREAM_ERROR_EVENT: Classified = { outcome: 'error', retryable: true, reason: 'stream_error_event' };
+const STREAM_RATE_LIMITED: Classified = {
+  outcome: 'rate_limited',
+  retryable: true,
+  reason: 'stream_error_event',
+};
 const TOTAL_TIMEOUT: Classified = { outcome: 'timeout', retryable: true, reason: 'total_timeout' };
 const CLIENT_GONE: Classified = { outcome: 'client_error', retryable: false, reason: 'client_closed' };
 
 function thrown(
   err: unknown,
-  input: AttemptInput,
+  input: Pick<AttemptInput, 'clientSignal' | 'now'>,
   sig: AttemptSignal,
   t0: number,
   committed = false,
@@ -198,7 +208,7 @@ async function errorResult(
 ): Promise<AttemptResult> {
   let text = '';
   try {
-    text = await readWatched(res, sig, MAX_ERROR_BODY_BYTES);
+    text = await readBody(res, MAX_ERROR_BODY_BYTES, sig);
   } catch {
     /* an unreadable error body still has its status */
   }
@@ -218,21 +228,20 @@ function errorFrom(
   return failure(classifyStatus(status), input.now() - t0, { status, retryAfterMs, info });
 }
 
-type Prepared = { path: string; headers: Record<string, string>; body: string };
-
 const INVALID_JSON: Classified = { outcome: 'error', retryable: true, reason: 'invalid_upstream_json' };
 
+type Answer = { body: string; usage: Usage | undefined };
+
 /**
- * One non-streaming POST: sends, reads the bounded body under the idle bound, parses it as a JSON object
- * and hands it to `finish` for the answer. Every failure comes back classified for failover.
+ * One non-streaming POST: sends, reads the bounded body under the idle bound and hands the text to
+ * `finish` for the answer (undefined: not a JSON object, which fails over). Every failure comes back
+ * classified for failover.
  */
 async function attemptJsonCall(
   input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
-  prepared: Prepared,
-  finish: ((json: object, text: string) => { body: string; usage: Usage | undefined }) | undefined,
-  finishText?: (text: string) => { body: string; usage: Usage | undefined } | undefined,
+  prepared: PreparedRequest,
+  finish: (text: string) => Answer | undefined,
 ): Promise<AttemptResult> {
-  const full = input as AttemptInput;
   const t0 = input.now();
   const sig = new AttemptSignal(input);
   try {
@@ -247,45 +256,34 @@ async function attemptJsonCall(
       watch: sig,
     });
     if (res.statusCode < 200 || res.statusCode >= 300) {
-      return errorFrom(res.statusCode, res.headers['retry-after'], res.text, full, t0);
+      return errorFrom(res.statusCode, res.headers['retry-after'], res.text, input, t0);
     }
-    const text = res.text;
     const totalMs = input.now() - t0;
-    if (finishText) {
-      const out = finishText(text);
-      if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
-      return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
-    }
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      return failure(INVALID_JSON, totalMs, { status: res.statusCode });
-    }
-    if (json === null || typeof json !== 'object')
-      return failure(INVALID_JSON, totalMs, { status: res.statusCode });
-    const out = finish!(json, text);
+    const out = finish(res.text);
+    if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
-    return thrown(err, full, sig, t0);
+    return thrown(err, input, sig, t0);
   } finally {
     sig.done();
   }
 }
 
-/** A plain JSON request relayed as it is (embeddings): no dialect translation. */
+/** Embeddings usage: prompt tokens only. */
+function embeddingUsage(json: unknown): Usage | undefined {
+  const n = (json as { usage?: { prompt_tokens?: unknown } } | null)?.usage?.prompt_tokens;
+  return typeof n === 'number' ? { prompt_tokens: n, completion_tokens: 0, total_tokens: n } : undefined;
+}
+
+/**
+ * A plain JSON request relayed as it is (embeddings): no dialect translation, and only the answer's usage
+ * is parsed (an embeddings answer can be megabytes of floats).
+ */
 export function attemptPlainJson(
   input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
-  prepared: Prepared,
+  prepared: PreparedRequest,
 ): Promise<AttemptResult> {
-  return attemptJsonCall(input, prepared, (json, text) => {
-    const u = (json as { usage?: { prompt_tokens?: unknown } }).usage;
-    const usage =
-      u && typeof u.prompt_tokens === 'number'
-        ? { prompt_tokens: u.prompt_tokens, completion_tokens: 0, total_tokens: u.prompt_tokens }
-        : undefined;
-    return { body: text, usage };
-  });
+  return attemptJsonCall(input, prepared, (text) => relayedAnswer(text, embeddingUsage));
 }
 
 /** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
@@ -293,9 +291,15 @@ export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
   const { adapter, adapterProvider } = input.upstream.provider;
   const prepared = adapter.chatRequest(input.body, input.upstream.upstreamModel, adapterProvider);
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
-  const quick = adapter.chatResponseText;
-  if (quick) return attemptJsonCall(input, prepared, undefined, quick);
-  return attemptJsonCall(input, prepared, (json, text) => {
+  if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText);
+  return attemptJsonCall(input, prepared, (text) => {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    if (json === null || typeof json !== 'object') return undefined;
     const out = adapter.chatResponse(json, input.stream);
     return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
   });
@@ -414,17 +418,10 @@ export async function attemptStream(
     let result: AttemptResult;
     if (readError !== undefined) result = thrown(readError, input, sig, t0, committed);
     else if (streamError) {
-      result = failure(
-        streamError.status >= 500 || streamError.status === 429
-          ? {
-              outcome: streamError.status === 429 ? 'rate_limited' : 'error',
-              retryable: true,
-              reason: 'stream_error_event',
-            }
-          : { outcome: 'error', retryable: true, reason: 'stream_error_event' },
-        totalMs,
-        { info: streamError, committed },
-      );
+      result = failure(streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT, totalMs, {
+        info: streamError,
+        committed,
+      });
     } else {
       result = failure(
         {

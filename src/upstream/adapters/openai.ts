@@ -8,6 +8,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from '../adapter.js';
+import { openAiErrorTypeForStatus, parseJsonObject, truncateMessage } from './common.js';
 
 /**
  * The OpenAI dialect (OpenAI itself and every compatible server: vLLM, Ollama, LM Studio, Azure-style
@@ -46,14 +47,8 @@ export const openaiAdapter: ChatAdapter = {
           sink.end();
           return;
         }
-        let parsed: unknown;
-        try {
-          parsed = JSON.parse(data);
-        } catch {
-          return; // non-JSON data events are dropped, never relayed (SPEC §8)
-        }
-        if (parsed === null || typeof parsed !== 'object') return;
-        const obj = parsed as Record<string, unknown>;
+        const obj = parseJsonObject(data);
+        if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
         if (obj.error !== undefined && obj.choices === undefined) {
           sink.error(errorFromBody(500, obj));
           return;
@@ -145,21 +140,8 @@ function readUsage(json: unknown): Usage | undefined {
   return usage as Usage;
 }
 
-const OPENAI_TYPE_BY_STATUS: Record<number, string> = {
-  400: 'invalid_request_error',
-  401: 'authentication_error',
-  403: 'permission_error',
-  404: 'invalid_request_error',
-  409: 'invalid_request_error',
-  413: 'invalid_request_error',
-  422: 'invalid_request_error',
-  429: 'rate_limit_error',
-};
-
 /** An OpenAI-shaped error from whatever the upstream sent (`{error:{...}}`, `{error:"..."}`, `{message}`, text). */
 export function errorFromBody(status: number, parsed: unknown, rawText?: string): UpstreamErrorInfo {
-  const fallbackType =
-    OPENAI_TYPE_BY_STATUS[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error');
   let message: string | undefined;
   let type: string | undefined;
   let code: string | null = null;
@@ -182,7 +164,13 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     const text = (rawText ?? '').trim();
     message = text !== '' && text.length <= 500 ? text : `upstream answered HTTP ${status}`;
   }
-  return { status, message: message.slice(0, 2000), type: type ?? fallbackType, code, param };
+  return {
+    status,
+    message: truncateMessage(message),
+    type: type ?? openAiErrorTypeForStatus(status),
+    code,
+    param,
+  };
 }
 
 function firstNonSpace(text: string): number {
@@ -217,9 +205,12 @@ function closingBrace(text: string, open: number): number {
  * A non-streaming answer relayed byte for byte: it must be a JSON object (an HTML error page with a 200
  * fails over), and only its `usage` object is parsed — OpenAI-compatible servers put it last, so this
  * reads a few dozen bytes instead of parsing the whole answer on every request. Anything unusual falls
- * back to a full parse.
+ * back to a full parse. `readUsageOf` reads the usage (chat: prompt and completion; embeddings: prompt only).
  */
-export function relayedAnswer(text: string): { body: string; usage: Usage | undefined } | undefined {
+export function relayedAnswer(
+  text: string,
+  readUsageOf: (json: unknown) => Usage | undefined = readUsage,
+): { body: string; usage: Usage | undefined } | undefined {
   if (text.charCodeAt(firstNonSpace(text)) !== 123 || text.charCodeAt(lastNonSpace(text)) !== 125)
     return undefined;
   const key = text.lastIndexOf('"usage"');
@@ -235,7 +226,7 @@ export function relayedAnswer(text: string): { body: string; usage: Usage | unde
       const close = closingBrace(text, open);
       if (close > 0) {
         try {
-          const usage = readUsage({ usage: JSON.parse(text.slice(open, close + 1)) as unknown });
+          const usage = readUsageOf({ usage: JSON.parse(text.slice(open, close + 1)) as unknown });
           if (usage) return { body: text, usage };
         } catch {
           /* fall through to the full parse */
@@ -246,7 +237,7 @@ export function relayedAnswer(text: string): { body: string; usage: Usage | unde
   try {
     const json = JSON.parse(text) as unknown;
     if (json === null || typeof json !== 'object' || Array.isArray(json)) return undefined;
-    return { body: text, usage: readUsage(json) };
+    return { body: text, usage: readUsageOf(json) };
   } catch {
     return undefined;
   }
