@@ -339,49 +339,31 @@ function drainRest(body: Readable, ms: number): void {
 }
 
 /**
- * Reads a whole body, refusing past `maxBytes` (a hostile upstream cannot make us buffer without bound).
- * Event-driven rather than `for await`: async iteration of a stream costs several promises per chunk, on
- * every non-streaming request. `watch` sees each chunk arrive (the idle bound restarts on it).
+ * Reads an (error) body up to `maxBytes` and keeps only those: an error message needs no more than its first
+ * bytes, and a hostile upstream cannot make us buffer without bound. `watch` sees each chunk arrive (the
+ * idle bound restarts on it).
  */
-export function readBody(res: UpstreamResponse, maxBytes: number, watch?: ResponseWatch): Promise<string> {
-  const body = res.body;
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let size = 0;
-    const cleanup = (): void => {
-      body.off('data', onData);
-      body.off('end', onEnd);
-      body.off('error', onError);
-      body.off('close', onClose);
-    };
-    const onData = (chunk: Buffer): void => {
+export async function readBody(
+  res: UpstreamResponse,
+  maxBytes: number,
+  watch?: ResponseWatch,
+): Promise<string> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  await relayChunks(
+    res.body,
+    (chunk) => {
       watch?.progress();
-      size += chunk.length;
-      if (size > maxBytes) {
-        cleanup();
-        body.destroy();
-        reject(
-          Object.assign(new Error(`upstream body larger than ${maxBytes} bytes`), { code: 'body_too_large' }),
-        );
-        return;
+      const room = maxBytes - size;
+      if (chunk.length < room) {
+        parts.push(chunk);
+        size += chunk.length;
+        return undefined;
       }
-      parts.push(chunk);
-    };
-    const onEnd = (): void => {
-      cleanup();
-      resolve(parts.length === 1 ? parts[0]!.toString('utf8') : Buffer.concat(parts).toString('utf8'));
-    };
-    const onError = (err: Error): void => {
-      cleanup();
-      reject(err);
-    };
-    const onClose = (): void => {
-      cleanup();
-      reject(Object.assign(new Error('upstream body closed before its end'), { code: 'UND_ERR_SOCKET' }));
-    };
-    body.on('data', onData);
-    body.once('end', onEnd);
-    body.once('error', onError);
-    body.once('close', onClose);
-  });
+      parts.push(chunk.subarray(0, room));
+      return 'stop';
+    },
+    0,
+  );
+  return Buffer.concat(parts).toString('utf8');
 }
