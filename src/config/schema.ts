@@ -26,11 +26,13 @@ export type StrategyName = (typeof STRATEGY_NAMES)[number];
 
 export const TIER_NAMES = ['fast', 'balanced', 'deep'] as const;
 export type TierName = (typeof TIER_NAMES)[number];
+/** TIER_NAMES as a set, for checking untrusted strings (headers, the LLM router's answer). */
+export const TIER_SET: ReadonlySet<string> = new Set(TIER_NAMES);
 
-export const CAPABILITIES = ['tools', 'json', 'vision', 'stream', 'embeddings'] as const;
+const CAPABILITIES = ['tools', 'json', 'vision', 'stream', 'embeddings'] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
-export const hybridWeightsSchema = z.strictObject({
+const hybridWeightsSchema = z.strictObject({
   cost_weight: nonNeg.default(0.4),
   latency_weight: nonNeg.default(0.4),
   reliability_weight: nonNeg.default(0.2),

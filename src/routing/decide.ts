@@ -1,10 +1,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { STRATEGY_NAMES, TIER_NAMES, type StrategyName, type TierName } from '../config/schema.js';
+import { STRATEGY_NAMES, TIER_NAMES, TIER_SET, type StrategyName, type TierName } from '../config/schema.js';
 import { GatewayError } from '../errors.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
-
-const STRATEGIES: ReadonlySet<string> = new Set(STRATEGY_NAMES);
-const TIERS: ReadonlySet<string> = new Set(TIER_NAMES);
+import { getStrategy } from './strategies/index.js';
 
 export interface RoutingHeaders {
   readonly strategy: StrategyName | undefined;
@@ -23,7 +21,7 @@ export function readRoutingHeaders(headers: IncomingHttpHeaders, rt: Runtime): R
   const strategy = single(headers['x-router-strategy'], 'x-router-strategy');
   const tier = single(headers['x-router-tier'], 'x-router-tier');
   const provider = single(headers['x-router-provider'], 'x-router-provider');
-  if (strategy !== undefined && !STRATEGIES.has(strategy)) {
+  if (strategy !== undefined && getStrategy(strategy) === undefined) {
     throw new GatewayError(
       'invalid_request',
       `x-router-strategy: unknown strategy "${strategy}" (one of ${STRATEGY_NAMES.join(', ')})`,
@@ -32,7 +30,7 @@ export function readRoutingHeaders(headers: IncomingHttpHeaders, rt: Runtime): R
       },
     );
   }
-  if (tier !== undefined && !TIERS.has(tier)) {
+  if (tier !== undefined && !TIER_SET.has(tier)) {
     throw new GatewayError(
       'invalid_request',
       `x-router-tier: unknown tier "${tier}" (one of ${TIER_NAMES.join(', ')})`,

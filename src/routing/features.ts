@@ -1,5 +1,5 @@
 import type { ChatBody } from '../upstream/adapter.js';
-import { APPROXIMATE, estimatePromptTokens } from './tokens.js';
+import { APPROXIMATE, estimatePromptTokens, isImagePart } from './tokens.js';
 
 /** What a request needs from an upstream, computed once per request. */
 export interface RequestFeatures {
@@ -33,7 +33,7 @@ function hasImages(messages: readonly unknown[]): boolean {
     const content = (m as { content?: unknown }).content;
     if (!Array.isArray(content)) continue;
     for (const part of content) {
-      if ((part as { type?: unknown } | null)?.type === 'image_url') return true;
+      if (isImagePart(part)) return true;
     }
   }
   return false;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { TIER_NAMES, type TierName } from '../config/schema.js';
+import { TIER_SET, type TierName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
 import { recordUsage } from '../http/report.js';
 import { runFailover } from '../resilience/failover.js';
@@ -9,9 +9,10 @@ import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson } from '../upstream/attempt.js';
 import type { RequestFeatures } from './features.js';
 import { planRequest } from './plan.js';
+import { isImagePart } from './tokens.js';
 
 /** Bump when the prompt changes: cached answers of another version are not reused. */
-export const ROUTER_PROMPT_VERSION = 'tier-router/v1';
+const ROUTER_PROMPT_VERSION = 'tier-router/v1';
 const EXCERPT_MESSAGES = 4;
 const EXCERPT_CHARS_PER_MESSAGE = 400;
 const EXCERPT_MAX_CHARS = 1_600;
@@ -38,7 +39,7 @@ function textOf(content: unknown): string {
   for (const p of content) {
     const part = p as { type?: unknown; text?: unknown };
     if (part?.type === 'text' && typeof part.text === 'string') out += (out ? ' ' : '') + part.text;
-    else if (part?.type === 'image_url') out += (out ? ' ' : '') + '[image]';
+    else if (isImagePart(part)) out += (out ? ' ' : '') + '[image]';
   }
   return out;
 }
@@ -75,7 +76,6 @@ ${excerpt || '(empty)'}`;
   ];
 }
 
-const TIERS: ReadonlySet<string> = new Set(TIER_NAMES);
 const TIER_WORD = /\btier\b["']?\s*[:=]\s*["']?(fast|balanced|deep)\b/i;
 const BARE_TIER = /^\W*(fast|balanced|deep)\W*$/i;
 
@@ -95,7 +95,7 @@ export function parseRouterAnswer(text: string): { tier: TierName; reason: strin
       const rec = obj as Record<string, unknown>;
       const key = Object.keys(rec).find((k) => k.toLowerCase() === 'tier');
       const tier = key === undefined ? undefined : rec[key];
-      if (typeof tier === 'string' && TIERS.has(tier.trim().toLowerCase())) {
+      if (typeof tier === 'string' && TIER_SET.has(tier.trim().toLowerCase())) {
         const reasonKey = Object.keys(rec).find((k) => k.toLowerCase() === 'reason');
         const reason =
           reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
@@ -189,6 +189,8 @@ export async function askRouter(
   if (hit) return done({ tier: hit.tier, reason: hit.reason, outcome: 'cached' });
 
   const routerMessages = buildRouterPrompt(excerpt, features);
+  // The system prompt (~150 tokens) plus the excerpt at ~4 characters a token.
+  const promptTokens = 150 + Math.ceil(excerpt.length / 4);
   const body: ChatBody = {
     model: `router:${cfg.tier}`,
     messages: routerMessages,
@@ -206,7 +208,7 @@ export async function askRouter(
         json: false,
         images: false,
         choices: 1,
-        promptTokens: 150 + Math.ceil(excerpt.length / 4),
+        promptTokens,
         requestedOutputTokens: ROUTER_MAX_TOKENS,
       },
       {
@@ -246,7 +248,7 @@ export async function askRouter(
     );
     if ('committedFailure' in out)
       return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });
-    recordUsage(out.target.candidate.upstream, out.result.usage, 150 + Math.ceil(excerpt.length / 4), 0);
+    recordUsage(out.target.candidate.upstream, out.result.usage, promptTokens, 0);
     const answer = readAnswer(out.result.body);
     const parsed = parseRouterAnswer(answer);
     if (!parsed || !(route.tiers?.[parsed.tier]?.length ?? 0)) {

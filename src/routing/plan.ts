@@ -1,10 +1,9 @@
-import type { Capability, StrategyName } from '../config/schema.js';
+import type { Capability, RoutingConfig, StrategyName } from '../config/schema.js';
 import { GatewayError } from '../errors.js';
 import type { RouteRuntime, RouteTarget } from '../runtime.js';
 import type { RequestFeatures } from './features.js';
 import { getStrategy } from './strategies/index.js';
 import type { RankedCandidate, StrategyContext } from './types.js';
-import type { RoutingConfig } from '../config/schema.js';
 
 export interface PlanOptions {
   readonly strategy: StrategyName;

@@ -41,9 +41,9 @@ export interface UpstreamStatsSnapshot {
   readonly outputTokens: number;
 }
 
-export const DEFAULT_HALF_LIFE_MS = 60_000;
-export const DEFAULT_PEAK_DECAY_MS = 10_000;
-export const DEFAULT_ALPHA = 0.1;
+const DEFAULT_HALF_LIFE_MS = 60_000;
+const DEFAULT_PEAK_DECAY_MS = 10_000;
+const DEFAULT_ALPHA = 0.1;
 /** Pseudo-successes added to the decayed counts: one failure reads 0.5, not 0, and long silence reads 1. */
 const SUCCESS_PRIOR = 1;
 

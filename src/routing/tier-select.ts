@@ -28,7 +28,7 @@ export function flatTier(route: RouteRuntime): TierSelection {
 }
 
 /**
- * The targets a request may use: a flat route's own, or the tier that rules (or, on a tie, the LLM
+ * The targets of a tiered route (a flat one takes `flatTier`): the tier that rules (or, on a tie, the LLM
  * router, else `default_tier`) pick. Without a `signal` (explain) a tie is not sent to the router.
  */
 export async function chooseTier(
@@ -41,7 +41,6 @@ export async function chooseTier(
   headers: IncomingHttpHeaders,
   signal: Abort | undefined,
 ): Promise<TierSelection> {
-  if (!route.tiers) return { targets: route.targets, tier: undefined, reason: undefined };
   const lastUser = lastUserText(body.messages);
   const match = matchTier(route, features, lastUser, hdrs.tier, headers);
   let tier = match.tier;
@@ -57,6 +56,6 @@ export async function chooseTier(
     tier = route.defaultTier;
     reason = `${match.reason}; default_tier`;
   }
-  const targets = (tier && route.tiers[tier]) || [];
+  const targets = (tier && route.tiers?.[tier]) || [];
   return { targets, tier, reason };
 }

@@ -24,7 +24,7 @@ function regexOf(rule: RuleConfig): RegExp | undefined {
 /** Only this much of the last user message is tested: a regex never scans an unbounded input. */
 const REGEX_INPUT_CHARS = 16_384;
 
-export function ruleMatches(
+function ruleMatches(
   rule: RuleConfig,
   f: RequestFeatures,
   lastUser: string,

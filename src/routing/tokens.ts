@@ -1,15 +1,16 @@
 /**
- * Token estimates for routing (cost, tier rules, context-window fit). Exact o200k counting is used on
- * the first EXACT_BUDGET_CHARS of text per request; beyond that, or before the tokenizer has loaded, a
- * character-class estimate (~2 ns/char against ~150-250 ns/char for BPE; typically within 10 %) keeps
- * the hot path bounded. Never throws, whatever the body holds.
+ * Token estimates for routing (cost, tier rules, context-window fit). Routing and every other production
+ * caller pass APPROXIMATE: a character-class estimate (~2 ns/char against ~150-250 ns/char for BPE;
+ * typically within 10 %) keeps the hot path bounded. The exact mode (o200k BPE on the first
+ * EXACT_BUDGET_CHARS of text, the rest estimated) exists for the bench's comparison and the tests that
+ * measure the estimate against it. Never throws, whatever the body holds.
  */
 import type { UpstreamStatsView } from './types.js';
 
 /** Completion tokens assumed when neither the client nor the upstream's history says. */
 export const DEFAULT_OUTPUT_TOKENS = 256;
 /** Text counted exactly per request (~4 KB ≈ 1,000 tokens ≈ 0.5 ms of BPE); the rest is estimated. */
-export const EXACT_BUDGET_CHARS = 4_096;
+const EXACT_BUDGET_CHARS = 4_096;
 /** Chat framing per message (role, separators), as in OpenAI's counting guide. */
 export const MESSAGE_OVERHEAD_TOKENS = 4;
 /** Every reply is primed with `<|start|>assistant<|message|>`. */
@@ -18,6 +19,13 @@ export const REPLY_PRIMING_TOKENS = 3;
  * and without the image's size we assume a 1024×1024 (4 tiles). */
 export const IMAGE_TOKENS_LOW = 85;
 export const IMAGE_TOKENS_HIGH = 765;
+
+/** A content part that carries an image: OpenAI's `image_url`, and the `image` / `input_image` variants. */
+export function isImagePart(part: unknown): boolean {
+  if (typeof part !== 'object' || part === null) return false;
+  const type = (part as { type?: unknown }).type;
+  return type === 'image_url' || type === 'image' || type === 'input_image';
+}
 
 export interface PromptBody {
   readonly messages?: unknown;
@@ -179,8 +187,7 @@ class Tally {
         continue;
       }
       if (!isRecord(part)) continue;
-      const type = part.type;
-      if (type === 'image_url' || type === 'image' || type === 'input_image') {
+      if (isImagePart(part)) {
         const img = part.image_url;
         this.tokens += isRecord(img) && img.detail === 'low' ? IMAGE_TOKENS_LOW : IMAGE_TOKENS_HIGH;
       } else {

@@ -44,7 +44,7 @@ import {
 } from './rank.js';
 
 /** Latency factor of an unmeasured upstream: neither rewarded nor punished. */
-export const NEUTRAL_FACTOR = 0.5;
+const NEUTRAL_FACTOR = 0.5;
 
 function weight(w: number): number {
   return w > 0 && Number.isFinite(w) ? w : 0;
@@ -137,7 +137,7 @@ export function hybridStrategy<C extends CandidateView>(
     if (usd < bestCost) bestCost = usd;
     const sr = c.stats.successRate;
     // No usable rate means no data, which the view defines as 1.
-    const r = Number.isFinite(sr) ? (sr > 0 ? (sr < 1 ? sr : 1) : 0) : 1;
+    const r = Number.isFinite(sr) ? clamp01(sr) : 1;
     rel[i] = r;
     if (r > bestRel) bestRel = r;
     const base = baseLatencyMs(c.stats, out);

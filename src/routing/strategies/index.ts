@@ -26,13 +26,3 @@ export function getStrategy(name: string): Strategy | undefined {
   // hasOwn, so "constructor" or "__proto__" from a header never resolves to something inherited.
   return Object.hasOwn(STRATEGIES, name) ? STRATEGIES[name as StrategyName] : undefined;
 }
-
-export {
-  costStrategy,
-  hybridStrategy,
-  latencyStrategy,
-  leastBusyStrategy,
-  priorityStrategy,
-  roundRobinStrategy,
-  weightedStrategy,
-};

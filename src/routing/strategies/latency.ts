@@ -48,7 +48,7 @@ export function loadFactor(stats: Pick<UpstreamStatsView, 'inFlight'>): number {
  * unmeasured again: one that looked slow gets no traffic under `latency`, so without this it would never
  * be measured again after it recovers. Relative to the freshest, so a quiet period stales nobody.
  */
-export const STALE_AFTER_MS = 60_000;
+const STALE_AFTER_MS = 60_000;
 
 /** The most recent measurement among the candidates (undefined when none has one). */
 export function freshestSample(candidates: readonly CandidateView[]): number | undefined {
@@ -71,7 +71,6 @@ export function isMeasured(
   return at === undefined || freshest === undefined || freshest - at <= STALE_AFTER_MS;
 }
 
-/** "latency 212 ms est. (ttft 180 ms + 64 tok ÷ 2,000 tok/s) × load 1". */
 /** The figures a latency reason quotes, read at decision time (the reason may be written later). */
 export interface LatencyFigures {
   readonly ttftMs: number | undefined;

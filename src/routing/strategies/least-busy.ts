@@ -1,5 +1,6 @@
 /** `least-busy`: fewest requests in flight; near-equal loads (within `tieEpsilon`) rotate. */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
+import { loadFactor } from './latency.js';
 import { finishRanking, fmtInt, lowerIsBetter, scored, type Scored } from './rank.js';
 
 export function leastBusyStrategy<C extends CandidateView>(
@@ -11,11 +12,10 @@ export function leastBusyStrategy<C extends CandidateView>(
   let best = Infinity;
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
-    const f = c.stats.inFlight;
-    const inFlight = f > 0 && Number.isFinite(f) ? f : 0;
     // Scored on in flight + 1, so 0 vs 1 is a real difference and 100 vs 101 is a tie.
-    const it = scored(c, inFlight + 1);
-    it.reason = fmtInt(inFlight) + ' in flight';
+    const load = loadFactor(c.stats);
+    const it = scored(c, load);
+    it.reason = fmtInt(load - 1) + ' in flight';
     items[i] = it;
     if (it.raw < best) best = it.raw;
   }

@@ -101,12 +101,17 @@ export function higherIsBetter(x: number, best: number): number {
   return clamp01(x / best);
 }
 
-function byConfigOrder<C extends CandidateView>(a: Scored<C>, b: Scored<C>): number {
-  const d = a.candidate.order - b.candidate.order;
+/** Configured order, then id: the stable order every strategy falls back on. */
+export function compareConfigOrder(a: CandidateView, b: CandidateView): number {
+  const d = a.order - b.order;
   if (d !== 0) return d;
-  const ia = a.candidate.id;
-  const ib = b.candidate.id;
+  const ia = a.id;
+  const ib = b.id;
   return ia < ib ? -1 : ia > ib ? 1 : 0;
+}
+
+function byConfigOrder<C extends CandidateView>(a: Scored<C>, b: Scored<C>): number {
+  return compareConfigOrder(a.candidate, b.candidate);
 }
 
 function byGroupThenScore<C extends CandidateView>(a: Scored<C>, b: Scored<C>): number {

@@ -3,7 +3,7 @@
  * without replacement), so the failover chain is weighted too; weight 0 goes last, rotating.
  */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { fmtInt, fmtPct, positionScore, rotationIndex } from './rank.js';
+import { compareConfigOrder, fmtInt, fmtPct, positionScore, rotationIndex } from './rank.js';
 
 function weightOf(c: CandidateView): number {
   const w = c.weight;
@@ -12,11 +12,7 @@ function weightOf(c: CandidateView): number {
 
 /** Positive weights first, then config order, so a given random draw always maps to the same candidate. */
 function byZeroThenOrder(a: CandidateView, b: CandidateView): number {
-  return (
-    (weightOf(a) > 0 ? 0 : 1) - (weightOf(b) > 0 ? 0 : 1) ||
-    a.order - b.order ||
-    (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
-  );
+  return (weightOf(a) > 0 ? 0 : 1) - (weightOf(b) > 0 ? 0 : 1) || compareConfigOrder(a, b);
 }
 
 export function weightedStrategy<C extends CandidateView>(

@@ -1,0 +1,24 @@
+import { describe, expect, it } from 'vitest';
+import { chatFeatures } from '../../../src/routing/features.js';
+import { IMAGE_TOKENS_HIGH, estimatePromptTokens, isImagePart } from '../../../src/routing/tokens.js';
+
+const withPart = (part: unknown) => ({ model: 'm', messages: [{ role: 'user', content: [part] }] });
+
+describe('chatFeatures images', () => {
+  it.each(['image_url', 'image', 'input_image'])('flags a %s part, as token counting does', (type) => {
+    const body = withPart({ type, image_url: { url: 'https://example.com/a.png' } });
+    expect(isImagePart({ type })).toBe(true);
+    expect(chatFeatures(body).images).toBe(true);
+    const textOnly = estimatePromptTokens({ messages: [{ role: 'user', content: [] }] });
+    expect(estimatePromptTokens(body) - textOnly).toBe(IMAGE_TOKENS_HIGH);
+  });
+
+  it('does not flag text parts or malformed parts', () => {
+    expect(chatFeatures(withPart({ type: 'text', text: 'hi' })).images).toBe(false);
+    expect(chatFeatures(withPart(null)).images).toBe(false);
+    expect(chatFeatures({ model: 'm', messages: [{ role: 'user', content: 'image_url' }] }).images).toBe(
+      false,
+    );
+    expect(isImagePart('image_url')).toBe(false);
+  });
+});
