@@ -1,5 +1,7 @@
 /** A small reader for the Prometheus text format, for asserting on /metrics scrapes. */
 
+import { request } from 'undici';
+
 export interface Sample {
   readonly name: string;
   readonly labels: Readonly<Record<string, string>>;
@@ -51,4 +53,10 @@ export function value(
       Object.entries(labels).every(([k, v]) => s.labels[k] === v),
   );
   return hit?.value;
+}
+
+/** Scrapes `${baseUrl}/metrics` and parses it. */
+export async function scrape(baseUrl: string): Promise<Sample[]> {
+  const res = await request(`${baseUrl}/metrics`);
+  return parseProm(await res.body.text());
 }

@@ -52,6 +52,25 @@ export interface UpstreamView {
   stats: Record<string, unknown>;
 }
 
+/** The gateway's `/router/status` upstreams, by id. */
+export async function routerStatus(baseUrl: string): Promise<Map<string, UpstreamView>> {
+  const res = await request(`${baseUrl}/router/status`);
+  const body = (await res.body.json()) as { upstreams: UpstreamView[] };
+  return new Map(body.upstreams.map((u) => [u.id, u]));
+}
+
+/** One upstream of `/router/status`; throws when the gateway has no such upstream. */
+export async function upstreamAt(baseUrl: string, id: string): Promise<UpstreamView> {
+  const up = (await routerStatus(baseUrl)).get(id);
+  if (!up) throw new Error(`no upstream ${id} in /router/status`);
+  return up;
+}
+
+/** One upstream's breaker, as `/router/status` shows it. */
+export async function breakerAt(baseUrl: string, id: string): Promise<BreakerView> {
+  return (await upstreamAt(baseUrl, id)).breaker;
+}
+
 export interface GatewayOptions {
   strategy?: string;
   routing?: Record<string, unknown>;
@@ -159,15 +178,11 @@ export function harness() {
   }
 
   async function status(): Promise<Map<string, UpstreamView>> {
-    const res = await request(`${current().url}/router/status`);
-    const body = (await res.body.json()) as { upstreams: UpstreamView[] };
-    return new Map(body.upstreams.map((u) => [u.id, u]));
+    return routerStatus(current().url);
   }
 
   async function breaker(id: string): Promise<BreakerView> {
-    const up = (await status()).get(id);
-    if (!up) throw new Error(`no upstream ${id} in /router/status`);
-    return up.breaker;
+    return breakerAt(current().url, id);
   }
 
   /** Polls until `check` passes (it throws while not yet), bounded. */

@@ -5,11 +5,12 @@ import type {
   ChatCompletionMessageFunctionToolCall,
   ChatCompletionTool,
 } from 'openai/resources/chat/completions';
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { scrape, value } from '../helpers/prom-text.js';
+import { breakerAt } from '../helpers/resilience-harness.js';
 
 /**
  * Issue #5 end to end: the official OpenAI SDK talks to the gateway, the gateway talks Anthropic Messages to
@@ -82,27 +83,6 @@ const PNG_B64 =
 
 const body = (sim: Simulator, i = 0): Json => sim.requests[i]!.body as Json;
 const messagesOf = (sim: Simulator, i = 0): Json[] => body(sim, i).messages as Json[];
-
-interface BreakerView {
-  state: string;
-  consecutive_failures: number;
-}
-
-/** One upstream's breaker, as /router/status shows it. */
-async function breakerOf(id: string): Promise<BreakerView> {
-  const res = await request(`${gw!.url}/router/status`);
-  const status = (await res.body.json()) as { upstreams: Array<{ id: string; breaker: BreakerView }> };
-  const up = status.upstreams.find((u) => u.id === id);
-  if (!up) throw new Error(`no upstream ${id} in /router/status`);
-  return up.breaker;
-}
-
-/** The value of one Prometheus sample (labels written in registration order), or undefined. */
-async function metric(sample: string): Promise<number | undefined> {
-  const text = await (await request(`${gw!.url}/metrics`)).body.text();
-  const line = text.split('\n').find((l) => l.startsWith(`${sample} `));
-  return line === undefined ? undefined : Number(line.slice(sample.length + 1));
-}
 
 /** What the SDK's streamed deltas add up to. */
 interface Assembled {
@@ -578,11 +558,13 @@ describe('Anthropic errors', () => {
     expect(anth.requests).toHaveLength(2);
     expect(oa.requests).toHaveLength(0);
     // A client error says nothing about the upstream's health.
-    expect((await breakerOf('claude/claude-haiku-4-5')).consecutive_failures).toBe(0);
+    expect((await breakerAt(gw!.url, 'claude/claude-haiku-4-5')).consecutive_failures).toBe(0);
     expect(
-      await metric(
-        'llm_router_upstream_attempts_total{provider="claude",model="claude-haiku-4-5",outcome="client_error"}',
-      ),
+      value(await scrape(gw!.url), 'llm_router_upstream_attempts_total', {
+        provider: 'claude',
+        model: 'claude-haiku-4-5',
+        outcome: 'client_error',
+      }),
     ).toBe(2);
   });
 
@@ -603,14 +585,20 @@ describe('Anthropic errors', () => {
     expect(anth.requests).toHaveLength(1);
     expect(oa.requests).toHaveLength(1);
     // Counted against the Anthropic upstream's health, unlike a client error.
-    expect((await breakerOf('claude/claude-haiku-4-5')).consecutive_failures).toBe(1);
+    expect((await breakerAt(gw!.url, 'claude/claude-haiku-4-5')).consecutive_failures).toBe(1);
     expect(
-      await metric(
-        `llm_router_upstream_attempts_total{provider="claude",model="claude-haiku-4-5",outcome="${outcome}"}`,
-      ),
+      value(await scrape(gw!.url), 'llm_router_upstream_attempts_total', {
+        provider: 'claude',
+        model: 'claude-haiku-4-5',
+        outcome,
+      }),
     ).toBe(1);
     expect(
-      await metric(`llm_router_failovers_total{route="r",from_provider="claude",reason="${outcome}"}`),
+      value(await scrape(gw!.url), 'llm_router_failovers_total', {
+        route: 'r',
+        from_provider: 'claude',
+        reason: outcome,
+      }),
     ).toBe(1);
   });
 
@@ -730,9 +718,11 @@ describe('a route mixing an OpenAI-dialect and an Anthropic upstream', () => {
     expect(anth.requests).toHaveLength(1);
     expect(oa.requests).toHaveLength(0); // committed: nothing to fail over to
     expect(
-      await metric(
-        'llm_router_stream_failures_total{provider="claude",model="claude-haiku-4-5",policy="terminate"}',
-      ),
+      value(await scrape(gw!.url), 'llm_router_stream_failures_total', {
+        provider: 'claude',
+        model: 'claude-haiku-4-5',
+        policy: 'terminate',
+      }),
     ).toBe(1);
   });
 });

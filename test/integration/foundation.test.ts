@@ -4,6 +4,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { upstreamAt } from '../helpers/resilience-harness.js';
 
 const track = closeAfterEach();
 let gw: TestGateway | undefined;
@@ -114,7 +115,6 @@ describe('OpenAI SDK through the gateway', () => {
     // The body's end comes 30 ms after [DONE]: the client is answered at [DONE], and the rest is still read
     // so that the connection goes back to the pool (to a real provider, a new one is a TLS handshake).
     const { sim, client, gw } = await setup({ completionTokens: 5, endDelayMs: 30 });
-    const pool = gw.gateway.runtime.upstreams.get('alpha/m1')!.provider.client;
     for (let i = 0; i < 4; i++) {
       await client.chat.completions.create({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] });
       const stream = await client.chat.completions.create({
@@ -126,7 +126,10 @@ describe('OpenAI SDK through the gateway', () => {
       for await (const _ of stream) chunks++;
       expect(chunks).toBeGreaterThan(5);
       // The stream's body is still being read after [DONE]: the next request waits for its end.
-      await vi.waitFor(() => expect(pool.stats().running).toBe(0), { timeout: 3_000, interval: 5 });
+      await vi.waitFor(async () => expect((await upstreamAt(gw.url, 'alpha/m1')).pool.running).toBe(0), {
+        timeout: 3_000,
+        interval: 5,
+      });
     }
     expect(sim.requests).toHaveLength(8);
     expect(sim.connections()).toBe(1);
@@ -134,7 +137,6 @@ describe('OpenAI SDK through the gateway', () => {
 
   it('answers a stream at [DONE] even when its upstream never ends the body, and lets that connection go after 1 s', async () => {
     const { sim, client, gw } = await setup({ completionTokens: 3, endDelayMs: 60_000 });
-    const pool = gw.gateway.runtime.upstreams.get('alpha/m1')!.provider.client;
     const t0 = performance.now();
     const stream = await client.chat.completions.create({
       model: 'fast',
@@ -145,7 +147,10 @@ describe('OpenAI SDK through the gateway', () => {
     for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
     expect(text).not.toBe('');
     expect(performance.now() - t0).toBeLessThan(900); // answered at [DONE], not at the body's end
-    await vi.waitFor(() => expect(pool.stats().running).toBe(0), { timeout: 5_000, interval: 20 });
+    await vi.waitFor(async () => expect((await upstreamAt(gw.url, 'alpha/m1')).pool.running).toBe(0), {
+      timeout: 5_000,
+      interval: 20,
+    });
     await sim.waitForAbort(); // the upstream saw the connection close
   });
 });

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { scrape, value } from '../helpers/prom-text.js';
 
 const track = closeAfterEach();
 let gw: TestGateway | undefined;
@@ -49,10 +50,9 @@ async function chat(content: string) {
   return { status: res.statusCode, headers: res.headers, body, ms: performance.now() - t0 };
 }
 
-async function metric(line: string): Promise<number> {
-  const text = await (await request(`${gw!.url}/metrics`)).body.text();
-  const row = text.split('\n').find((l) => l.startsWith(line));
-  return row ? Number(row.split(' ').pop()) : 0;
+/** One `llm_router_llm_router_requests_total` series; undefined (so a `toBe(n)` fails) when it is absent. */
+async function routerRequests(tier: string, outcome: string): Promise<number | undefined> {
+  return value(await scrape(gw!.url), 'llm_router_llm_router_requests_total', { tier, outcome });
 }
 
 describe('tiers and the LLM router', () => {
@@ -89,8 +89,8 @@ describe('tiers and the LLM router', () => {
     expect(b.headers['x-router-tier']).toBe('deep');
     expect(r1.requests).toHaveLength(1); // cached
     expect(deep.requests).toHaveLength(2);
-    expect(await metric('llm_router_llm_router_requests_total{tier="deep",outcome="chosen"}')).toBe(1);
-    expect(await metric('llm_router_llm_router_requests_total{tier="deep",outcome="cached"}')).toBe(1);
+    expect(await routerRequests('deep', 'chosen')).toBe(1);
+    expect(await routerRequests('deep', 'cached')).toBe(1);
   });
 
   it('a hanging router costs at most its timeout and the request is served by default_tier', async () => {
@@ -103,7 +103,7 @@ describe('tiers and the LLM router', () => {
     expect(bal.requests).toHaveLength(1);
     // timeout_ms is 400: the router may add that, plus a margin for a shared machine, never a hang.
     expect(r.ms).toBeLessThan(400 + 1_500);
-    expect(await metric('llm_router_llm_router_requests_total{tier="balanced",outcome="timeout"}')).toBe(1);
+    expect(await routerRequests('balanced', 'timeout')).toBe(1);
   });
 
   it("a failing router upstream fails over to the tier's next upstream", async () => {
@@ -132,9 +132,7 @@ describe('tiers and the LLM router', () => {
     const r = await chat('Tell me something interesting about octopuses and their arms.');
     expect(r.headers['x-router-tier']).toBe('balanced');
     expect(bal.requests).toHaveLength(1);
-    expect(await metric('llm_router_llm_router_requests_total{tier="balanced",outcome="unparsable"}')).toBe(
-      1,
-    );
+    expect(await routerRequests('balanced', 'unparsable')).toBe(1);
   });
 
   it('x-router-tier wins outright and an unknown tier is a 400', async () => {

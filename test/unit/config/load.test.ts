@@ -87,6 +87,10 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
   it('a route mixing embedding and chat models', () => {
     const issues = issuesOf(`${BASE}  mixed:\n    targets: [openai/embed, openai/gpt-4o]\n`);
     expect(issues).toEqual(['routes.mixed.targets: mixes embedding and chat models']);
+    // The message a user sees names the path too.
+    expect(() =>
+      parseConfigText(`${BASE}  mixed:\n    targets: [openai/embed, openai/gpt-4o]\n`, {}),
+    ).toThrow(/routes\.mixed\.targets/);
   });
 
   it('an unknown passthrough provider, or one that is not OpenAI-compatible', () => {

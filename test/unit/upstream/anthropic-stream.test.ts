@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { createSseParser } from '../../../src/streaming/sse.js';
 import type { ChunkSink, StreamContext, UpstreamErrorInfo, Usage } from '../../../src/upstream/adapter.js';
 import { anthropicAdapter } from '../../../src/upstream/adapters/anthropic.js';
+import { mulberry32 } from '../../helpers/random.js';
 
 const fixtureText = (name: string): string =>
   readFileSync(new URL(`../../fixtures/anthropic/${name}`, import.meta.url), 'utf8');
@@ -83,17 +84,6 @@ function reassemble(out: Out[]) {
     finish = choice.finish_reason ?? finish;
   }
   return { content, tools, finish };
-}
-
-/** Deterministic PRNG (mulberry32) so a failing split is reproducible. */
-function prng(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const TEXT = fixtureText('text-stream.txt');
@@ -272,7 +262,7 @@ describe('anthropic stream: byte splits', () => {
         true,
       ),
     ).toEqual(expected);
-    const random = prng(42);
+    const random = mulberry32(42); // seeded, so a failing split is reproducible
     for (let round = 0; round < 300; round++) {
       const cuts = Array.from({ length: 1 + Math.floor(random() * 12) }, () =>
         Math.floor(random() * bytes.length),
