@@ -82,14 +82,25 @@ export function buildAnthropicRequest(
 
   return {
     path: '/v1/messages',
-    headers: {
-      'content-type': 'application/json',
-      ...(provider.apiKey ? { 'x-api-key': provider.apiKey } : {}),
-      'anthropic-version': provider.anthropicVersion,
-      ...provider.headers,
-    },
+    headers: anthropicHeaders(provider),
     body: JSON.stringify(out),
   };
+}
+
+const HEADERS = new WeakMap<AdapterProvider, Readonly<Record<string, string>>>();
+
+/** The provider's request headers, built once (undici only reads them), as `openaiHeaders` does. */
+function anthropicHeaders(provider: AdapterProvider): Record<string, string> {
+  let h = HEADERS.get(provider);
+  if (!h) {
+    const built: Record<string, string> = { 'content-type': 'application/json' };
+    if (provider.apiKey) built['x-api-key'] = provider.apiKey;
+    built['anthropic-version'] = provider.anthropicVersion;
+    if (provider.headers) Object.assign(built, provider.headers);
+    h = Object.freeze(built);
+    HEADERS.set(provider, h);
+  }
+  return h as Record<string, string>;
 }
 
 function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
