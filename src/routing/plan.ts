@@ -117,23 +117,29 @@ function rank(e: Exclusion): number {
   return e === 'breaker' ? 4 : e === 'context' ? 3 : e === 'capability' ? 2 : 1;
 }
 
+/** Which feature of a request needs which upstream capability. */
+const NEEDS: readonly (readonly ['stream' | 'tools' | 'json' | 'images', Capability])[] = [
+  ['stream', 'stream'],
+  ['tools', 'tools'],
+  ['json', 'json'],
+  ['images', 'vision'],
+];
+
 function capable(
   caps: ReadonlySet<Capability>,
   kind: 'openai' | 'anthropic',
   f: RequestFeatures,
   missing: Set<string>,
 ): boolean {
+  // A table walk rather than a helper closure: this runs per target on every request.
   let ok = true;
-  const need = (wanted: boolean, cap: Capability): void => {
-    if (wanted && !caps.has(cap)) {
+  for (let i = 0; i < NEEDS.length; i++) {
+    const [feature, cap] = NEEDS[i]!;
+    if (f[feature] && !caps.has(cap)) {
       missing.add(cap);
       ok = false;
     }
-  };
-  need(f.stream, 'stream');
-  need(f.tools, 'tools');
-  need(f.json, 'json');
-  need(f.images, 'vision');
+  }
   // Anthropic's API answers one choice: sending it `n > 1` would silently return fewer than asked.
   if (f.choices > 1 && kind === 'anthropic') {
     missing.add('n > 1');
