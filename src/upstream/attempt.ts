@@ -11,7 +11,8 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from './adapter.js';
-import { Abort } from './abort.js';
+import type { Abort } from './abort.js';
+import { AttemptSignal } from './bounds.js';
 import { relayedAnswer } from './adapters/openai.js';
 import { readBody, relayChunks, type UpstreamResponse } from './client.js';
 
@@ -63,92 +64,6 @@ export interface AttemptInput {
   readonly deadline: number;
   readonly now: () => number;
   readonly stream: StreamContext;
-}
-
-function timeoutError(code: string): Error {
-  return Object.assign(new Error(`upstream ${code}`), { code });
-}
-
-function onTotalTimeout(b: AttemptSignal): void {
-  b.expired = true;
-  b.signal.abort(timeoutError('total_timeout'));
-}
-
-function onFirstByteTimeout(b: AttemptSignal): void {
-  b.signal.abort(timeoutError('first_byte_timeout'));
-}
-
-function onIdleTimeout(b: AttemptSignal): void {
-  if (!b.idleHeld) b.signal.abort(timeoutError('idle_timeout'));
-}
-
-/**
- * An attempt-scoped abort: the client going away, the total bound, and the provider's first-byte and idle
- * bounds. The last two are undici's too, but undici runs them on 1 s-resolution fast timers (any bound under
- * a second fires 0.5-1 s in); native timers keep them to the configured millisecond, and undici's stay as a
- * backstop. First byte is measured from dispatch, so it includes connecting and any wait for a pool slot.
- * A class with timer callbacks that take it as their argument: one object per attempt, not a closure
- * per bound.
- */
-class AttemptSignal {
-  readonly signal = new Abort();
-  /** The total bound (not a first-byte or idle timeout) fired. */
-  expired = false;
-  /** The gateway is waiting on the client, not the upstream: that time is not upstream idleness. */
-  idleHeld = false;
-  private readonly total: NodeJS.Timeout;
-  private phase: NodeJS.Timeout | undefined;
-  private readonly idleMs: number;
-  /** The request's deadline, not the provider's total_ms, set the total bound. */
-  private readonly deadlineBound: boolean;
-  private readonly client: Abort;
-  private readonly onClientAbort: () => void;
-
-  constructor(input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>) {
-    const limits = input.upstream.provider.config.timeouts;
-    const client = input.clientSignal;
-    this.client = client;
-    this.idleMs = limits.idle_ms;
-    const signal = this.signal;
-    this.onClientAbort = () => signal.abort(client.reason);
-    if (client.aborted) signal.abort(client.reason);
-    else client.once('abort', this.onClientAbort);
-    const left = input.deadline - input.now();
-    this.deadlineBound = left <= limits.total_ms;
-    this.total = setTimeout(onTotalTimeout, Math.max(1, Math.min(left, limits.total_ms)), this);
-    this.phase = setTimeout(onFirstByteTimeout, limits.first_byte_ms, this);
-  }
-
-  timedOut(): boolean {
-    return this.expired;
-  }
-
-  /** ... and that bound was the request's deadline rather than the provider's total_ms. */
-  deadlineReached(): boolean {
-    return this.expired && this.deadlineBound;
-  }
-
-  /** The response headers arrived: the first-byte bound is met, the idle bound starts. */
-  headers(): void {
-    clearTimeout(this.phase);
-    this.phase = this.signal.aborted ? undefined : setTimeout(onIdleTimeout, this.idleMs, this);
-  }
-
-  /** Body bytes arrived (or the client took what it was given): the idle bound starts over. */
-  progress(): void {
-    this.idleHeld = false;
-    this.phase?.refresh();
-  }
-
-  holdIdle(): void {
-    this.idleHeld = true;
-  }
-
-  done(): void {
-    clearTimeout(this.total);
-    clearTimeout(this.phase);
-    this.client.removeListener('abort', this.onClientAbort);
-  }
 }
 
 function failure(
@@ -243,14 +158,14 @@ async function attemptJsonCall(
   finish: (text: string) => Answer | undefined,
 ): Promise<AttemptResult> {
   const t0 = input.now();
-  const sig = new AttemptSignal(input);
+  const sig = new AttemptSignal(input.clientSignal, input.deadline, input.now, input.upstream);
   try {
     const res = await input.upstream.provider.client.requestText({
       method: 'POST',
       path: prepared.path,
       headers: prepared.headers,
       body: prepared.body,
-      signal: sig.signal,
+      signal: sig,
       maxBytes: MAX_JSON_BODY_BYTES,
       errorMaxBytes: MAX_ERROR_BODY_BYTES,
       watch: sig,
@@ -321,7 +236,7 @@ export async function attemptStream(
   const { adapter, client, adapterProvider } = upstream.provider;
   const prepared = adapter.chatRequest(input.body, upstream.upstreamModel, adapterProvider);
   const t0 = input.now();
-  const sig = new AttemptSignal(input);
+  const sig = new AttemptSignal(input.clientSignal, input.deadline, input.now, input.upstream);
   let committed = false;
   try {
     const res = await client.request({
@@ -329,7 +244,7 @@ export async function attemptStream(
       path: prepared.path,
       headers: prepared.headers,
       body: prepared.body,
-      signal: sig.signal,
+      signal: sig,
     });
     sig.headers();
     if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, sig, t0);

@@ -1,0 +1,149 @@
+import type { Upstream } from '../runtime.js';
+import { Abort } from './abort.js';
+
+/** How often live attempts are checked against their bounds: a bound fires up to this late, never early. */
+export const WATCHDOG_TICK_MS = 10;
+
+function timeoutError(code: string): Error {
+  return Object.assign(new Error(`upstream ${code}`), { code });
+}
+
+/** Waiting for the response headers: the first-byte bound runs. */
+const FIRST_BYTE = 0;
+/** Reading the body: the idle bound runs. */
+const BODY = 1;
+const DONE = 2;
+
+/**
+ * Every live attempt's bounds, checked on one coarse timer instead of two or three native timers per
+ * attempt plus a re-arm on every streamed chunk (setTimeout, clearTimeout and refresh each read the loop's
+ * clock and relink a timer list). An attempt costs a Set entry; a chunk costs setting a flag. The timer
+ * runs only while some attempt is live, and never keeps the process alive.
+ */
+class Watchdog {
+  private readonly live = new Set<AttemptSignal>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly onTick = (): void => this.tick();
+
+  add(s: AttemptSignal): void {
+    this.live.add(s);
+    if (this.timer === undefined) this.timer = setInterval(this.onTick, WATCHDOG_TICK_MS).unref();
+  }
+
+  remove(s: AttemptSignal): void {
+    this.live.delete(s);
+  }
+
+  private tick(): void {
+    if (this.live.size === 0) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+      return;
+    }
+    const t = performance.now();
+    // An abort can end an attempt (and remove it) while the Set is walked: a Set allows that.
+    for (const s of this.live) s.check(t);
+  }
+}
+
+const watchdog = new Watchdog();
+
+/**
+ * An attempt-scoped abort: the client going away, the total bound, and the provider's first-byte and idle
+ * bounds. The last two are undici's too, but undici runs them on 1 s-resolution fast timers (any bound under
+ * a second fires 0.5-1 s in); the watchdog keeps them within WATCHDOG_TICK_MS of the configured
+ * millisecond, and undici's stay as a backstop. First byte is measured from dispatch, so it includes
+ * connecting and any wait for a pool slot. The signal undici is given is this object itself.
+ */
+export class AttemptSignal extends Abort {
+  /** The total bound (not a first-byte or idle timeout) fired. */
+  private expired = false;
+  /** The gateway is waiting on the client, not the upstream: that time is not upstream idleness. */
+  private idleHeld = false;
+  /** Body bytes arrived since the last check: the idle bound starts over at the next. */
+  private moved = false;
+  private phase = FIRST_BYTE;
+  /** On performance.now()'s clock. */
+  private readonly totalAt: number;
+  private readonly firstByteAt: number;
+  private idleFrom = 0;
+  private readonly idleMs: number;
+  /** The request's deadline, not the provider's total_ms, set the total bound. */
+  private readonly deadlineBound: boolean;
+  private readonly client: Abort;
+  private readonly onClientAbort: () => void;
+
+  constructor(client: Abort, deadline: number, now: () => number, upstream: Upstream) {
+    super();
+    const limits = upstream.provider.config.timeouts;
+    this.client = client;
+    this.idleMs = limits.idle_ms;
+    const left = deadline - now();
+    this.deadlineBound = left <= limits.total_ms;
+    const t = performance.now();
+    this.totalAt = t + Math.max(1, Math.min(left, limits.total_ms));
+    this.firstByteAt = t + limits.first_byte_ms;
+    this.onClientAbort = () => this.abort(client.reason);
+    if (client.aborted) {
+      this.abort(client.reason);
+      this.phase = DONE;
+      return;
+    }
+    client.once('abort', this.onClientAbort);
+    watchdog.add(this);
+  }
+
+  /** The watchdog's check at time `t` (performance.now()). */
+  check(t: number): void {
+    if (t >= this.totalAt) {
+      this.expired = true;
+      return this.fire('total_timeout');
+    }
+    if (this.phase === FIRST_BYTE) {
+      if (t >= this.firstByteAt) this.fire('first_byte_timeout');
+    } else if (this.moved) {
+      this.moved = false;
+      this.idleFrom = t;
+    } else if (!this.idleHeld && t - this.idleFrom >= this.idleMs) {
+      this.fire('idle_timeout');
+    }
+  }
+
+  private fire(code: string): void {
+    this.phase = DONE;
+    watchdog.remove(this);
+    this.abort(timeoutError(code));
+  }
+
+  timedOut(): boolean {
+    return this.expired;
+  }
+
+  /** ... and that bound was the request's deadline rather than the provider's total_ms. */
+  deadlineReached(): boolean {
+    return this.expired && this.deadlineBound;
+  }
+
+  /** The response headers arrived: the first-byte bound is met, the idle bound starts. */
+  headers(): void {
+    if (this.phase !== FIRST_BYTE) return;
+    this.phase = BODY;
+    this.moved = true; // the idle bound starts at the next check
+  }
+
+  /** Body bytes arrived (or the client took what it was given): the idle bound starts over. */
+  progress(): void {
+    this.idleHeld = false;
+    this.moved = true;
+  }
+
+  holdIdle(): void {
+    this.idleHeld = true;
+  }
+
+  done(): void {
+    this.phase = DONE;
+    watchdog.remove(this);
+    this.client.removeListener('abort', this.onClientAbort);
+  }
+}

@@ -1,0 +1,134 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Upstream } from '../../../src/runtime.js';
+import { Abort } from '../../../src/upstream/abort.js';
+import { AttemptSignal, WATCHDOG_TICK_MS } from '../../../src/upstream/bounds.js';
+
+const limits = { connect_ms: 50, first_byte_ms: 100, idle_ms: 80, total_ms: 5_000 };
+const upstream = { provider: { config: { timeouts: limits } } } as unknown as Upstream;
+
+function codeOf(s: Abort): string | undefined {
+  return (s.reason as { code?: string } | undefined)?.code;
+}
+
+describe('Abort', () => {
+  it('runs each listener once, in order, and none added after it fired', () => {
+    const a = new Abort();
+    const seen: string[] = [];
+    a.once('abort', () => seen.push('first'));
+    a.on('abort', () => seen.push('second'));
+    a.once('abort', () => seen.push('third'));
+    a.abort(new Error('why'));
+    a.abort(new Error('again'));
+    a.once('abort', () => seen.push('late'));
+    expect(seen).toEqual(['first', 'second', 'third']);
+    expect(a.aborted).toBe(true);
+    expect((a.reason as Error).message).toBe('why');
+    expect(a.listenerCount()).toBe(0);
+  });
+
+  it('a removed listener never runs, wherever it stood, and the others keep their order', () => {
+    const a = new Abort();
+    const seen: number[] = [];
+    const fns = [0, 1, 2, 3].map((i) => () => seen.push(i));
+    for (const fn of fns) a.once('abort', fn);
+    a.removeListener('abort', fns[0]!);
+    a.removeListener('abort', fns[2]!);
+    a.removeListener('abort', () => {}); // not there: nothing happens
+    expect(a.listenerCount()).toBe(2);
+    a.abort();
+    expect(seen).toEqual([1, 3]);
+    expect(a.reason).toBeInstanceOf(Error);
+  });
+});
+
+describe('AttemptSignal (watchdog bounds)', () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setTimeout', 'performance'] });
+  });
+  afterEach(() => {
+    // Every attempt here has ended: a tick with none live stops the process-wide timer before the clock
+    // goes back to real time (a fake timer left armed would never tick again).
+    vi.advanceTimersByTime(WATCHDOG_TICK_MS * 2);
+    expect(vi.getTimerCount()).toBe(0);
+    vi.useRealTimers();
+  });
+
+  const far = (): number => performance.now() + 60_000;
+
+  it('first_byte_ms fires after its bound, never before, and no later than one tick after', () => {
+    const s = new AttemptSignal(new Abort(), far(), () => performance.now(), upstream);
+    vi.advanceTimersByTime(limits.first_byte_ms - 1);
+    expect(s.aborted).toBe(false);
+    vi.advanceTimersByTime(WATCHDOG_TICK_MS + 1);
+    expect(codeOf(s)).toBe('first_byte_timeout');
+    expect(s.timedOut()).toBe(false);
+  });
+
+  it('idle_ms starts at the headers and over at every chunk; a hold for the client stops it', () => {
+    const s = new AttemptSignal(new Abort(), far(), () => performance.now(), upstream);
+    vi.advanceTimersByTime(90);
+    s.headers();
+    for (let i = 0; i < 10; i++) {
+      vi.advanceTimersByTime(limits.idle_ms - WATCHDOG_TICK_MS * 2);
+      s.progress();
+    }
+    expect(s.aborted).toBe(false); // 10 chunks, each within idle_ms, 600+ ms in all
+    s.holdIdle();
+    vi.advanceTimersByTime(limits.idle_ms * 3);
+    expect(s.aborted).toBe(false); // waiting on the client is not upstream idleness
+    s.progress(); // the client took it: the bound runs again, from here
+    vi.advanceTimersByTime(limits.idle_ms - 1);
+    expect(s.aborted).toBe(false);
+    vi.advanceTimersByTime(WATCHDOG_TICK_MS * 2 + 1);
+    expect(codeOf(s)).toBe('idle_timeout');
+  });
+
+  it('the total bound is the request deadline when that is nearer, and says so', () => {
+    const s = new AttemptSignal(new Abort(), performance.now() + 300, () => performance.now(), upstream);
+    s.headers();
+    for (let t = 0; t < 280; t += 20) {
+      vi.advanceTimersByTime(20);
+      s.progress();
+    }
+    expect(s.aborted).toBe(false);
+    vi.advanceTimersByTime(WATCHDOG_TICK_MS + 10);
+    expect(codeOf(s)).toBe('total_timeout');
+    expect(s.timedOut()).toBe(true);
+    expect(s.deadlineReached()).toBe(true);
+
+    const own = new AttemptSignal(new Abort(), far(), () => performance.now(), {
+      provider: { config: { timeouts: { ...limits, first_byte_ms: 5_000, total_ms: 200 } } },
+    } as unknown as Upstream);
+    vi.advanceTimersByTime(200 + WATCHDOG_TICK_MS);
+    expect(own.timedOut()).toBe(true);
+    expect(own.deadlineReached()).toBe(false); // the provider's total_ms, not the request's deadline
+  });
+
+  it('the client going away aborts the attempt with its reason; done() leaves nothing listening', () => {
+    const client = new Abort();
+    const s = new AttemptSignal(client, far(), () => performance.now(), upstream);
+    expect(client.listenerCount()).toBe(1);
+    client.abort(new Error('client closed'));
+    expect((s.reason as Error).message).toBe('client closed');
+    s.done();
+
+    const quiet = new Abort();
+    const t = new AttemptSignal(quiet, far(), () => performance.now(), upstream);
+    t.done();
+    expect(quiet.listenerCount()).toBe(0);
+    vi.advanceTimersByTime(limits.total_ms * 2);
+    expect(t.aborted).toBe(false); // a finished attempt is no longer watched
+
+    const gone = new Abort();
+    gone.abort(new Error('already gone'));
+    expect(new AttemptSignal(gone, far(), () => performance.now(), upstream).aborted).toBe(true);
+  });
+
+  it('the watchdog timer stops once no attempt is live', () => {
+    const s = new AttemptSignal(new Abort(), far(), () => performance.now(), upstream);
+    expect(vi.getTimerCount()).toBe(1);
+    s.done();
+    vi.advanceTimersByTime(WATCHDOG_TICK_MS * 2);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+});
