@@ -29,6 +29,17 @@ declare module 'fastify' {
 const MAX_JSON_DEPTH = 64;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/**
+ * The logger fastify is given: ours, but its `child()` answers itself. Fastify asks for a child per request,
+ * and validates the answer of a custom `childLoggerFactory` each time (a filter over seven method names,
+ * per request); our lines carry the request id themselves, so no request needs a child.
+ */
+function requestFreeLogger(logger: FastifyBaseLogger): FastifyBaseLogger {
+  const shared = Object.create(logger) as FastifyBaseLogger;
+  shared.child = () => shared;
+  return shared;
+}
+
 /** Maps fastify's own errors (body limit, media type, bad JSON) onto our catalogue. */
 function toGatewayError(err: FastifyError): GatewayError | undefined {
   switch (err.code) {
@@ -54,11 +65,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   const server = loaded.config.server;
   const gateway = new Gateway(loaded, deps);
   const app: FastifyInstance = Fastify({
-    loggerInstance: deps.logger as FastifyBaseLogger,
+    loggerInstance: requestFreeLogger(deps.logger as FastifyBaseLogger),
     // One line per request is ours (http/report.ts), with the routing decision in it.
     logController: new LogController({ disableRequestLogging: true }),
-    // No child logger per request: our log lines carry the request id themselves.
-    childLoggerFactory: (logger) => logger,
     bodyLimit: server.body_limit_bytes,
     requestTimeout: server.request_timeout_ms,
     // Node checks request timeouts every 30 s by default, which would let a slow body hold a socket for up

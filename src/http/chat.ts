@@ -11,12 +11,20 @@ import { attemptJson, attemptStream, type AttemptResult } from '../upstream/atte
 import { failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
 import { validateChatBody } from './validate.js';
 
+const GONE = Symbol('clientGone');
+type WatchedResponse = FastifyReply['raw'] & { [GONE]?: Abort };
+
+/** One listener for every response, finding its signal on the response: no closure per request. */
+function onResponseClose(this: WatchedResponse): void {
+  if (!this.writableFinished) this[GONE]?.abort(new Error('client closed the connection'));
+}
+
 /** Fires when the client goes away before its response is complete. */
 export function clientGoneSignal(reply: FastifyReply): Abort {
   const gone = new Abort();
-  reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) gone.abort(new Error('client closed the connection'));
-  });
+  const res = reply.raw as WatchedResponse;
+  res[GONE] = gone;
+  res.on('close', onResponseClose); // 'close' comes once: `on` spares the wrapper `once` builds
   return gone;
 }
 
