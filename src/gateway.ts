@@ -42,7 +42,9 @@ export class Gateway {
   constructor(loaded: LoadedConfig, deps: GatewayDeps) {
     this.logger = deps.logger;
     this.metrics = deps.metrics ?? createMetrics();
-    this.now = deps.now ?? (() => performance.now() + performance.timeOrigin);
+    // timeOrigin is a getter that validates its receiver: read once, not on every clock read.
+    const origin = performance.timeOrigin;
+    this.now = deps.now ?? (() => performance.now() + origin);
     this.random = deps.random ?? Math.random;
     this.requestLog = this.logger.child({}, { redact: { paths: [], censor: '[REDACTED]' } });
     this.requestLines = lineStream(this.logger);

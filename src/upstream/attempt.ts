@@ -158,7 +158,7 @@ async function attemptJsonCall(
   finish: (text: string) => Answer | undefined,
 ): Promise<AttemptResult> {
   const t0 = input.now();
-  const sig = new AttemptSignal(input.clientSignal, input.deadline, input.now, input.upstream);
+  const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream);
   try {
     const res = await input.upstream.provider.client.requestText({
       method: 'POST',
@@ -236,7 +236,7 @@ export async function attemptStream(
   const { adapter, client, adapterProvider } = upstream.provider;
   const prepared = adapter.chatRequest(input.body, upstream.upstreamModel, adapterProvider);
   const t0 = input.now();
-  const sig = new AttemptSignal(input.clientSignal, input.deadline, input.now, input.upstream);
+  const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream);
   let committed = false;
   try {
     const res = await client.request({

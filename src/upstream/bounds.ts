@@ -73,12 +73,13 @@ export class AttemptSignal extends Abort {
   private readonly client: Abort;
   private readonly onClientAbort: () => void;
 
-  constructor(client: Abort, deadline: number, now: () => number, upstream: Upstream) {
+  /** `deadline` and `startedAt` are on the attempt's own clock (`AttemptInput.now`). */
+  constructor(client: Abort, deadline: number, startedAt: number, upstream: Upstream) {
     super();
     const limits = upstream.provider.config.timeouts;
     this.client = client;
     this.idleMs = limits.idle_ms;
-    const left = deadline - now();
+    const left = deadline - startedAt;
     this.deadlineBound = left <= limits.total_ms;
     const t = performance.now();
     this.totalAt = t + Math.max(1, Math.min(left, limits.total_ms));

@@ -56,7 +56,7 @@ describe('AttemptSignal (watchdog bounds)', () => {
   const far = (): number => performance.now() + 60_000;
 
   it('first_byte_ms fires after its bound, never before, and no later than one tick after', () => {
-    const s = new AttemptSignal(new Abort(), far(), () => performance.now(), upstream);
+    const s = new AttemptSignal(new Abort(), far(), performance.now(), upstream);
     vi.advanceTimersByTime(limits.first_byte_ms - 1);
     expect(s.aborted).toBe(false);
     vi.advanceTimersByTime(WATCHDOG_TICK_MS + 1);
@@ -65,7 +65,7 @@ describe('AttemptSignal (watchdog bounds)', () => {
   });
 
   it('idle_ms starts at the headers and over at every chunk; a hold for the client stops it', () => {
-    const s = new AttemptSignal(new Abort(), far(), () => performance.now(), upstream);
+    const s = new AttemptSignal(new Abort(), far(), performance.now(), upstream);
     vi.advanceTimersByTime(90);
     s.headers();
     for (let i = 0; i < 10; i++) {
@@ -84,7 +84,7 @@ describe('AttemptSignal (watchdog bounds)', () => {
   });
 
   it('the total bound is the request deadline when that is nearer, and says so', () => {
-    const s = new AttemptSignal(new Abort(), performance.now() + 300, () => performance.now(), upstream);
+    const s = new AttemptSignal(new Abort(), performance.now() + 300, performance.now(), upstream);
     s.headers();
     for (let t = 0; t < 280; t += 20) {
       vi.advanceTimersByTime(20);
@@ -96,7 +96,7 @@ describe('AttemptSignal (watchdog bounds)', () => {
     expect(s.timedOut()).toBe(true);
     expect(s.deadlineReached()).toBe(true);
 
-    const own = new AttemptSignal(new Abort(), far(), () => performance.now(), {
+    const own = new AttemptSignal(new Abort(), far(), performance.now(), {
       provider: { config: { timeouts: { ...limits, first_byte_ms: 5_000, total_ms: 200 } } },
     } as unknown as Upstream);
     vi.advanceTimersByTime(200 + WATCHDOG_TICK_MS);
@@ -106,14 +106,14 @@ describe('AttemptSignal (watchdog bounds)', () => {
 
   it('the client going away aborts the attempt with its reason; done() leaves nothing listening', () => {
     const client = new Abort();
-    const s = new AttemptSignal(client, far(), () => performance.now(), upstream);
+    const s = new AttemptSignal(client, far(), performance.now(), upstream);
     expect(client.listenerCount()).toBe(1);
     client.abort(new Error('client closed'));
     expect((s.reason as Error).message).toBe('client closed');
     s.done();
 
     const quiet = new Abort();
-    const t = new AttemptSignal(quiet, far(), () => performance.now(), upstream);
+    const t = new AttemptSignal(quiet, far(), performance.now(), upstream);
     t.done();
     expect(quiet.listenerCount()).toBe(0);
     vi.advanceTimersByTime(limits.total_ms * 2);
@@ -121,11 +121,26 @@ describe('AttemptSignal (watchdog bounds)', () => {
 
     const gone = new Abort();
     gone.abort(new Error('already gone'));
-    expect(new AttemptSignal(gone, far(), () => performance.now(), upstream).aborted).toBe(true);
+    expect(new AttemptSignal(gone, far(), performance.now(), upstream).aborted).toBe(true);
+  });
+
+  it('attempts that end in any order leave the others watched, each fired once', () => {
+    const all = Array.from(
+      { length: 6 },
+      () => new AttemptSignal(new Abort(), far(), performance.now(), upstream),
+    );
+    const fired: number[] = [];
+    all.forEach((s, i) => s.once('abort', () => fired.push(i)));
+    all[0]!.done();
+    all[3]!.done();
+    all[5]!.done();
+    vi.advanceTimersByTime(limits.first_byte_ms + WATCHDOG_TICK_MS * 3);
+    expect(fired.sort()).toEqual([1, 2, 4]);
+    for (const s of all) s.done();
   });
 
   it('the watchdog timer stops once no attempt is live', () => {
-    const s = new AttemptSignal(new Abort(), far(), () => performance.now(), upstream);
+    const s = new AttemptSignal(new Abort(), far(), performance.now(), upstream);
     expect(vi.getTimerCount()).toBe(1);
     s.done();
     vi.advanceTimersByTime(WATCHDOG_TICK_MS * 2);
