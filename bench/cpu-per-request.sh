@@ -29,7 +29,7 @@ SIM=$!
 if [ -n "${PT:-}" ]; then
   taskset -c 0 node dist-bench/bench/passthrough.js --upstream "http://127.0.0.1:$SIM_PORT" --port "$PORT" >/dev/null 2>&1 &
 else
-  taskset -c 0 node dist/main.js --config "$dir/gw.yaml" --log-level "${LOG_LEVEL:-info}" >/dev/null 2>&1 &
+  taskset -c 0 node "${DIST:-dist}/main.js" --config "$dir/gw.yaml" --log-level "${LOG_LEVEL:-info}" >/dev/null 2>&1 &
 fi
 TARGET=$!
 sleep 1.5
