@@ -155,6 +155,14 @@ function num(x: number): string {
   return Number.isFinite(x) ? String(x) : 'null';
 }
 
+/**
+ * Dollars to the nearest picodollar, for the line: tokens x price / 1e6 carries float noise that JSON shows
+ * (10 x 0.1 + 8 x 0.4 tokens' worth printed as 0.0000042000000000000004). Exact below $9,000 a request.
+ */
+function toPicoUsd(usd: number): number {
+  return Math.abs(usd) < 9_000 ? Math.round(usd * 1e12) / 1e12 : usd;
+}
+
 /** Milliseconds to a tenth, as JSON: through integer arithmetic (see `fixed`), not a double's shortest form. */
 function tenths(ms: number): string {
   return Number.isFinite(ms) ? fixed(ms, 1) : 'null';
@@ -196,7 +204,7 @@ export function requestLine(
   if (r.ttftMs !== undefined) s += ',"ttftMs":' + tenths(r.ttftMs);
   if (promptTokens !== undefined) s += ',"promptTokens":' + num(promptTokens);
   if (completionTokens !== undefined) s += ',"completionTokens":' + num(completionTokens);
-  if (costUsd !== undefined) s += ',"costUsd":' + num(costUsd);
+  if (costUsd !== undefined) s += ',"costUsd":' + num(toPicoUsd(costUsd));
   if (error !== undefined) s += ',"error":' + JSON.stringify(error);
   return s + ',"msg":"request"}\n';
 }

@@ -55,6 +55,18 @@ describe('the hand-built request log line', () => {
     expect(Math.abs((parsed.time as number) - Date.now())).toBeLessThan(10_000);
   });
 
+  it('writes the cost without float noise: what the tokens cost, to the picodollar', () => {
+    const noisy = (10 * 0.1 + 8 * 0.4) / 1e6; // 0.0000042000000000000004 as JSON writes it
+    const line = requestLine('req-1', context(), outcome(), 1, 10, 8, noisy, undefined);
+    expect(line).toContain(',"costUsd":0.0000042,');
+    expect(requestLine('req-1', context(), outcome(), 1, 1, 0, 3e-7, undefined)).toContain(
+      ',"costUsd":3e-7,',
+    );
+    expect(requestLine('req-1', context(), outcome(), 1, 1e9, 1e9, 12_345.678, undefined)).toContain(
+      ',"costUsd":12345.678,',
+    );
+  });
+
   it('escapes every text field, so hostile route names, LLM reasons and upstream errors stay one valid line', () => {
     const line = requestLine(
       HOSTILE,
