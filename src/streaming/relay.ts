@@ -31,7 +31,8 @@ export class SseWriter {
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
-    this.res.flushHeaders();
+    // No flushHeaders(): the frames that committed the stream are written next, in the same tick, and the
+    // head goes out with them in one write instead of a packet of its own.
   }
 
   write(text: string): void {
