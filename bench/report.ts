@@ -15,9 +15,13 @@ export type PerTarget<T> = Record<TargetName, T[]>;
 export interface SweepStep {
   offeredRps: number;
   direct: RateLoadResult[];
+  passthrough: RateLoadResult[];
   gateway: RateLoadResult[];
   addedP99Us: number;
   pass: boolean;
+  /** The bare pass-through held to the same test: the rig's own limit. */
+  passthroughAddedP99Us: number;
+  passthroughPass: boolean;
 }
 
 export interface BenchResults {
@@ -189,6 +193,7 @@ function sweepSection(r: BenchResults, out: string[]): void {
         'gateway achieved req/s',
         'errors + non-2xx',
         '< 1 ms',
+        'pass-through added p99 (< 1 ms)',
       ],
       r.sweep.steps.map((s) => [
         fmt(s.offeredRps),
@@ -198,12 +203,22 @@ function sweepSection(r: BenchResults, out: string[]): void {
         fmt(median(s.gateway.map((x) => x.achievedRps))),
         String([...s.direct, ...s.gateway].reduce((sum, x) => sum + x.errors + x.non2xx, 0)),
         s.pass ? 'yes' : 'no',
+        `${signedUs(s.passthroughAddedP99Us)} (${s.passthroughPass ? 'yes' : 'no'})`,
       ]),
     ),
     '',
     `highest offered rate with added p99 < 1 ms and 0 errors: ${bestRate(r, Number.NaN)}`,
     '',
+    `the bare pass-through held to the same test: ${passthroughVerdict(r.sweep.steps)}`,
+    '',
   );
+}
+
+/** Where the pass-through first fails the sweep's test, among the steps the gateway's run went through. */
+function passthroughVerdict(steps: readonly SweepStep[]): string {
+  const failed = steps.find((s) => !s.passthroughPass);
+  if (failed === undefined) return 'passes every step tried';
+  return `fails from ${fmt(failed.offeredRps)} req/s${failed === steps[0] ? ' (the lowest step tried)' : ''}`;
 }
 
 function streamSection(r: BenchResults, out: string[]): void {

@@ -155,7 +155,7 @@ async function sweepPhase(rig: Rig, out: BenchResults): Promise<void> {
     : [250, 500, 1_000, 2_000, 4_000];
   const steps: SweepStep[] = [];
   let bestRps: number | undefined;
-  for (const t of ['direct', 'gateway'] as const) {
+  for (const t of TARGETS) {
     log(`sweep warm-up ${t} (dropped)`);
     const args: RateLoadArgs = {
       url: rig.targets[t].chatUrl,
@@ -168,10 +168,9 @@ async function sweepPhase(rig: Rig, out: BenchResults): Promise<void> {
     if (t === 'gateway') out.gatewayRequests += warm.sent;
   }
   for (const [i, rate] of [...new Set(rates)].entries()) {
-    const runs: Record<'direct' | 'gateway', RateLoadResult[]> = { direct: [], gateway: [] };
+    const runs = emptyPerTarget<RateLoadResult>();
     for (let r = 0; r < plan.sweepRounds; r++) {
-      const order = (i + r) % 2 === 0 ? (['direct', 'gateway'] as const) : (['gateway', 'direct'] as const);
-      for (const t of order) {
+      for (const t of rotated(i + r)) {
         log(`sweep ${rate} req/s ${t}`);
         const args: RateLoadArgs = {
           url: rig.targets[t].chatUrl,
@@ -189,11 +188,27 @@ async function sweepPhase(rig: Rig, out: BenchResults): Promise<void> {
         if (t === 'gateway') out.gatewayRequests += res.sent;
       }
     }
-    const addedP99Us = median(runs.gateway.map((x) => x.p99Us)) - median(runs.direct.map((x) => x.p99Us));
+    const directP99 = median(runs.direct.map((x) => x.p99Us));
+    const addedP99Us = median(runs.gateway.map((x) => x.p99Us)) - directP99;
     const clean = [...runs.direct, ...runs.gateway].every((x) => x.errors === 0 && x.non2xx === 0);
     const keptUp = median(runs.gateway.map((x) => x.achievedRps)) >= 0.9 * rate;
     const pass = addedP99Us < ADDED_P99_LIMIT_US && clean && keptUp;
-    steps.push({ offeredRps: rate, direct: runs.direct, gateway: runs.gateway, addedP99Us, pass });
+    // The same test of the bare pass-through: when it fails too, the rig (the client's own p99) is the limit.
+    const ptAddedP99Us = median(runs.passthrough.map((x) => x.p99Us)) - directP99;
+    const ptPass =
+      ptAddedP99Us < ADDED_P99_LIMIT_US &&
+      runs.passthrough.every((x) => x.errors === 0 && x.non2xx === 0) &&
+      median(runs.passthrough.map((x) => x.achievedRps)) >= 0.9 * rate;
+    steps.push({
+      offeredRps: rate,
+      direct: runs.direct,
+      passthrough: runs.passthrough,
+      gateway: runs.gateway,
+      addedP99Us,
+      pass,
+      passthroughAddedP99Us: ptAddedP99Us,
+      passthroughPass: ptPass,
+    });
     if (!pass) break;
     bestRps = rate;
   }
