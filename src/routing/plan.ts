@@ -42,7 +42,8 @@ export function planRequest(
 ): Plan {
   const eligible: RouteTarget[] = [];
   let firstExclusion: Exclusion | undefined;
-  const missing = new Set<string>();
+  /** Capabilities some target lacked: made only when one does (most requests never need it). */
+  let missing: Set<string> | undefined;
   let largestWindow = 0;
   let minOpenMs = Number.POSITIVE_INFINITY;
   let allRateLimited = true;
@@ -52,8 +53,10 @@ export function planRequest(
     const up = t.upstream;
     let why: Exclusion | undefined;
     if (opts.provider !== undefined && up.provider.name !== opts.provider) why = 'provider';
-    else if (!capable(up.capabilities, up.provider.kind, features, missing)) why = 'capability';
-    else if (need > up.model.context_window) {
+    else if (!capable(up.capabilities, up.provider.kind, features, undefined)) {
+      why = 'capability';
+      capable(up.capabilities, up.provider.kind, features, (missing ??= new Set()));
+    } else if (need > up.model.context_window) {
       why = 'context';
       largestWindow = Math.max(largestWindow, up.model.context_window);
     } else if (!up.breaker.canAttempt()) {
@@ -67,7 +70,7 @@ export function planRequest(
 
   if (eligible.length === 0)
     throw noCandidate(route, firstExclusion, {
-      missing,
+      missing: missing ?? new Set(),
       largestWindow,
       need,
       minOpenMs,
@@ -129,20 +132,21 @@ function capable(
   caps: ReadonlySet<Capability>,
   kind: 'openai' | 'anthropic',
   f: RequestFeatures,
-  missing: Set<string>,
+  /** Told what is missing, when given. */
+  missing: Set<string> | undefined,
 ): boolean {
   // A table walk rather than a helper closure: this runs per target on every request.
   let ok = true;
   for (let i = 0; i < NEEDS.length; i++) {
     const [feature, cap] = NEEDS[i]!;
     if (f[feature] && !caps.has(cap)) {
-      missing.add(cap);
+      missing?.add(cap);
       ok = false;
     }
   }
   // Anthropic's API answers one choice: sending it `n > 1` would silently return fewer than asked.
   if (f.choices > 1 && kind === 'anthropic') {
-    missing.add('n > 1');
+    missing?.add('n > 1');
     ok = false;
   }
   return ok;

@@ -1,6 +1,6 @@
 /** `priority`: config order; the rest are the failover chain. Equal `order` values tie and rotate. */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { finishRanking, fmtInt, positionScore, scored, type Scored } from './rank.js';
+import { finishRanking, fmtInt, positionScore, scored, sortSmall, type Scored } from './rank.js';
 
 function byOrder(a: Scored<CandidateView>, b: Scored<CandidateView>): number {
   return a.raw - b.raw;
@@ -16,7 +16,7 @@ export function priorityStrategy<C extends CandidateView>(
     const c = candidates[i]!;
     items[i] = scored(c, Number.isFinite(c.order) ? c.order : Number.MAX_SAFE_INTEGER);
   }
-  items.sort(byOrder);
+  sortSmall(items, byOrder);
   // Equal orders share the score of their first position, so finishRanking (epsilon 0) ties exactly them.
   let rank = 0;
   for (let i = 0; i < n; i++) {

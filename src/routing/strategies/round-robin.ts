@@ -1,6 +1,6 @@
 /** `round-robin`: the candidate at `rotation mod n` (in config order) first, then the ones after it. */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { compareConfigOrder, fmtInt, positionScore, rotationIndex } from './rank.js';
+import { compareConfigOrder, fmtInt, positionScore, rotationIndex, sortSmall } from './rank.js';
 
 export function roundRobinStrategy<C extends CandidateView>(
   candidates: readonly C[],
@@ -8,7 +8,7 @@ export function roundRobinStrategy<C extends CandidateView>(
 ): RankedCandidate<C>[] {
   const n = candidates.length;
   // Sorting a copy keeps the turn order independent of how the caller built the array.
-  const sorted = candidates.slice().sort(compareConfigOrder);
+  const sorted = sortSmall(candidates.slice(), compareConfigOrder);
   const r = rotationIndex(ctx.rotation, n);
   const total = fmtInt(n);
   const out = new Array<RankedCandidate<C>>(n);

@@ -3,7 +3,7 @@
  * without replacement), so the failover chain is weighted too; weight 0 goes last, rotating.
  */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { compareConfigOrder, fmtInt, fmtPct, positionScore, rotationIndex } from './rank.js';
+import { compareConfigOrder, fmtInt, fmtPct, positionScore, rotationIndex, sortSmall } from './rank.js';
 
 function weightOf(c: CandidateView): number {
   const w = c.weight;
@@ -20,7 +20,7 @@ export function weightedStrategy<C extends CandidateView>(
   ctx: StrategyContext,
 ): RankedCandidate<C>[] {
   const n = candidates.length;
-  const pool = candidates.slice().sort(byZeroThenOrder);
+  const pool = sortSmall(candidates.slice(), byZeroThenOrder);
   let total = 0;
   let m = 0;
   while (m < n && weightOf(pool[m]!) > 0) total += weightOf(pool[m++]!);

@@ -1,7 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { STRATEGY_NAMES } from '../../../src/config/schema.js';
 import { STRATEGIES, getStrategy } from '../../../src/routing/strategies/index.js';
-import { finishRanking, fixed, fmtInt, rotationIndex, scored } from '../../../src/routing/strategies/rank.js';
+import {
+  finishRanking,
+  fixed,
+  fmtInt,
+  rotationIndex,
+  scored,
+  sortSmall,
+} from '../../../src/routing/strategies/rank.js';
 import { DEFAULT_OUTPUT_TOKENS } from '../../../src/routing/tokens.js';
 import type {
   CandidateView,
@@ -179,6 +186,21 @@ describe('rank helpers', () => {
     expect(fixed(3e12, 2)).toBe((3e12).toFixed(2));
     expect(fixed(Number.NaN, 2)).toBe('NaN');
     expect(fixed(0.5, 0)).toBe('1');
+  });
+
+  it('sortSmall sorts stably in place, as Array.prototype.sort does, at every size', () => {
+    const rnd = mulberry32(11);
+    const byKey = (a: { key: number }, b: { key: number }): number => a.key - b.key;
+    for (let n = 0; n <= 40; n++) {
+      for (let round = 0; round < 20; round++) {
+        // Few distinct keys, so equal keys are common and stability shows.
+        const items = Array.from({ length: n }, (_, at) => ({ key: Math.floor(rnd() * 4), at }));
+        const want = items.slice().sort(byKey);
+        const got = sortSmall(items, byKey);
+        expect(got).toBe(items);
+        expect(got.map((x) => `${x.key}:${x.at}`)).toEqual(want.map((x) => `${x.key}:${x.at}`));
+      }
+    }
   });
 
   it('ties only within epsilon of the cluster best, rotated over config order not array order', () => {
