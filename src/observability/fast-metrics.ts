@@ -65,11 +65,15 @@ abstract class FastMetric<L extends string, C extends { readonly labels: Record<
   }
 }
 
-/** Counters and gauges: one number per series, exported once touched (as prom-client does). */
-abstract class FastValueMetric<
-  L extends string,
-  C extends { readonly labels: Record<string, string>; readonly value: number; readonly used: boolean },
-> extends FastMetric<L, C> {
+/** One series' number: exported once touched (an `inc(0)` primes a series), as prom-client does. */
+abstract class ValueChild {
+  value = 0;
+  used = false;
+  constructor(readonly labels: Record<string, string>) {}
+}
+
+/** Counters and gauges: one number per series. */
+abstract class FastValueMetric<L extends string, C extends ValueChild> extends FastMetric<L, C> {
   abstract readonly type: string;
 
   get(): { name: string; help: string; type: string; aggregator: string; values: MetricValue[] } {
@@ -79,12 +83,7 @@ abstract class FastValueMetric<
   }
 }
 
-export class CounterChild {
-  value = 0;
-  /** Exported once touched (an `inc(0)` primes a series), as prom-client does. */
-  used = false;
-  constructor(readonly labels: Record<string, string>) {}
-
+export class CounterChild extends ValueChild {
   inc(v = 1): void {
     this.used = true;
     if (v > 0) this.value += v; // counters never go down; NaN and negatives are dropped
@@ -103,11 +102,7 @@ export class FastCounter<L extends string> extends FastValueMetric<L, CounterChi
   }
 }
 
-export class GaugeChild {
-  value = 0;
-  used = false;
-  constructor(readonly labels: Record<string, string>) {}
-
+export class GaugeChild extends ValueChild {
   inc(v = 1): void {
     this.used = true;
     this.value += v;
