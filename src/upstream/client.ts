@@ -68,8 +68,7 @@ export class ProviderClient {
       body: opts.body,
       signal: opts.signal,
     });
-    const encoding = res.headers['content-encoding'];
-    const body = decode(res.body, typeof encoding === 'string' ? encoding.toLowerCase() : undefined);
+    const body = decode(res.body, codingOf(res.headers['content-encoding']));
     return {
       statusCode: res.statusCode,
       headers: res.headers,
@@ -216,7 +215,7 @@ class TextHandler implements Dispatcher.DispatchHandler {
     const status = this.statusCode;
     let text: string;
     try {
-      text = decodeBuffer(raw, this.headers['content-encoding'], this.limit);
+      text = decodeBuffer(raw, codingOf(this.headers['content-encoding']), this.limit);
     } catch (err) {
       // An error body that will not decode (cut short above, or inflating past its bound) loses its message,
       // never its status: a 400 must stay a client error and a 429 keep its Retry-After.
@@ -232,29 +231,33 @@ class TextHandler implements Dispatcher.DispatchHandler {
   }
 }
 
+/** A content-coding the gateway undoes; identity and codings it does not know are relayed as they are. */
+type Coding = 'gzip' | 'deflate' | 'br';
+
+function codingOf(header: string | string[] | undefined): Coding | undefined {
+  if (typeof header !== 'string') return undefined;
+  const enc = header.toLowerCase();
+  return enc === 'gzip' || enc === 'x-gzip' ? 'gzip' : enc === 'deflate' || enc === 'br' ? enc : undefined;
+}
+
 /** A whole compressed body decoded, refusing to inflate past `maxBytes` (no decompression bombs). */
-function decodeBuffer(raw: Buffer, encoding: string | string[] | undefined, maxBytes: number): string {
-  const enc = typeof encoding === 'string' ? encoding.toLowerCase() : undefined;
-  if (enc === undefined || enc === 'identity' || enc === '') return raw.toString('utf8');
+function decodeBuffer(raw: Buffer, coding: Coding | undefined, maxBytes: number): string {
+  if (coding === undefined) return raw.toString('utf8');
   const opts = { maxOutputLength: maxBytes };
-  if (enc === 'gzip' || enc === 'x-gzip') return gunzipSync(raw, opts).toString('utf8');
-  if (enc === 'deflate') return inflateSync(raw, opts).toString('utf8');
-  if (enc === 'br') return brotliDecompressSync(raw, opts).toString('utf8');
-  return raw.toString('utf8');
+  const out =
+    coding === 'gzip'
+      ? gunzipSync(raw, opts)
+      : coding === 'deflate'
+        ? inflateSync(raw, opts)
+        : brotliDecompressSync(raw, opts);
+  return out.toString('utf8');
 }
 
 /** Compressed answers are decoded, not relayed as bytes the client never asked for. */
-function decode(body: Readable, encoding: string | undefined): Readable {
-  if (encoding === undefined || encoding === 'identity' || encoding === '') return body;
+function decode(body: Readable, coding: Coding | undefined): Readable {
+  if (coding === undefined) return body;
   const decoder =
-    encoding === 'gzip' || encoding === 'x-gzip'
-      ? createGunzip()
-      : encoding === 'deflate'
-        ? createInflate()
-        : encoding === 'br'
-          ? createBrotliDecompress()
-          : undefined;
-  if (!decoder) return body;
+    coding === 'gzip' ? createGunzip() : coding === 'deflate' ? createInflate() : createBrotliDecompress();
   body.on('error', (err) => decoder.destroy(err));
   decoder.on('close', () => body.destroy());
   return body.pipe(decoder);
