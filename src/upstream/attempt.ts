@@ -13,6 +13,7 @@ import type {
 } from './adapter.js';
 import type { Abort } from './abort.js';
 import { AttemptSignal } from './bounds.js';
+import { parseJsonObject } from './adapters/common.js';
 import { relayedAnswer } from './adapters/openai.js';
 import { readBody, relayChunks, type UpstreamResponse } from './client.js';
 
@@ -208,13 +209,8 @@ export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
   if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText);
   return attemptJsonCall(input, prepared, (text) => {
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      return undefined;
-    }
-    if (json === null || typeof json !== 'object') return undefined;
+    const json = parseJsonObject(text.trimStart());
+    if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
     const out = adapter.chatResponse(json, input.stream);
     return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
   });

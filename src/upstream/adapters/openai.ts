@@ -62,13 +62,7 @@ export const openaiAdapter: ChatAdapter = {
   },
 
   errorInfo(status: number, bodyText: string): UpstreamErrorInfo {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(bodyText);
-    } catch {
-      parsed = undefined;
-    }
-    return errorFromBody(status, parsed, bodyText);
+    return errorFromBody(status, parseJsonObject(bodyText.trimStart()), bodyText);
   },
 };
 
@@ -234,11 +228,6 @@ export function relayedAnswer(
       }
     }
   }
-  try {
-    const json = JSON.parse(text) as unknown;
-    if (json === null || typeof json !== 'object' || Array.isArray(json)) return undefined;
-    return { body: text, usage: readUsageOf(json) };
-  } catch {
-    return undefined;
-  }
+  const json = parseJsonObject(text.trimStart());
+  return json ? { body: text, usage: readUsageOf(json) } : undefined;
 }
