@@ -1,5 +1,5 @@
 import type { AdapterProvider, ChatBody, PreparedRequest } from '../adapter.js';
-import { asNumber, asString, isObject, type JsonObject } from './common.js';
+import { asNumber, asString, isObject, providerHeaders, type JsonObject } from './common.js';
 
 /**
  * OpenAI Chat Completions body -> Anthropic Messages request (`POST /v1/messages`).
@@ -89,18 +89,14 @@ export function buildAnthropicRequest(
 
 const HEADERS = new WeakMap<AdapterProvider, Readonly<Record<string, string>>>();
 
-/** The provider's request headers, built once (undici only reads them), as `openaiHeaders` does. */
+/** The provider's request headers: `x-api-key` and `anthropic-version`. */
 function anthropicHeaders(provider: AdapterProvider): Record<string, string> {
-  let h = HEADERS.get(provider);
-  if (!h) {
-    const built: Record<string, string> = { 'content-type': 'application/json' };
-    if (provider.apiKey) built['x-api-key'] = provider.apiKey;
-    built['anthropic-version'] = provider.anthropicVersion;
-    if (provider.headers) Object.assign(built, provider.headers);
-    h = Object.freeze(built);
-    HEADERS.set(provider, h);
-  }
-  return h as Record<string, string>;
+  return providerHeaders(HEADERS, provider, apiKeyAndVersion);
+}
+
+function apiKeyAndVersion(provider: AdapterProvider, into: Record<string, string>): void {
+  if (provider.apiKey) into['x-api-key'] = provider.apiKey;
+  into['anthropic-version'] = provider.anthropicVersion;
 }
 
 function addMessage(message: unknown, system: Block[], turns: Turn[]): void {

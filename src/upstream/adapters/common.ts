@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Usage } from '../adapter.js';
+import type { AdapterProvider, Usage } from '../adapter.js';
 
 /**
  * Dialect-neutral helpers shared by the provider adapters: narrowing of untrusted JSON, and the encoder
@@ -24,6 +24,28 @@ export function asNumber(value: unknown): number | undefined {
 /** A non-negative count from an untrusted usage object; anything else counts as 0. */
 export function asCount(value: unknown): number {
   return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : 0;
+}
+
+type HeaderCache = WeakMap<AdapterProvider, Readonly<Record<string, string>>>;
+
+/**
+ * A provider's request headers in one dialect, built once per provider (undici only reads them): JSON
+ * content type, the dialect's own (`own`: our key, never the client's), then the configured extras.
+ */
+export function providerHeaders(
+  cache: HeaderCache,
+  provider: AdapterProvider,
+  own: (provider: AdapterProvider, into: Record<string, string>) => void,
+): Record<string, string> {
+  let h = cache.get(provider);
+  if (!h) {
+    const built: Record<string, string> = { 'content-type': 'application/json' };
+    own(provider, built);
+    if (provider.headers) Object.assign(built, provider.headers);
+    h = Object.freeze(built);
+    cache.set(provider, h);
+  }
+  return h as Record<string, string>;
 }
 
 /** JSON.parse that returns undefined instead of throwing; only objects are tried (skips `[DONE]`, garbage). */

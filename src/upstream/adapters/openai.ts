@@ -8,7 +8,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from '../adapter.js';
-import { openAiErrorTypeForStatus, parseJsonObject, truncateMessage } from './common.js';
+import { openAiErrorTypeForStatus, parseJsonObject, providerHeaders, truncateMessage } from './common.js';
 
 /**
  * The OpenAI dialect (OpenAI itself and every compatible server: vLLM, Ollama, LM Studio, Azure-style
@@ -84,20 +84,13 @@ export function stringifyWithModel(body: Record<string, unknown> & { model: stri
 
 const HEADERS = new WeakMap<AdapterProvider, Readonly<Record<string, string>>>();
 
-/**
- * The request headers of an OpenAI-dialect provider (chat, embeddings): built once per provider, since
- * undici only reads them. Our key, never the client's.
- */
+/** The request headers of an OpenAI-dialect provider (chat, embeddings): bearer auth. */
 export function openaiHeaders(provider: AdapterProvider): Record<string, string> {
-  let h = HEADERS.get(provider);
-  if (!h) {
-    const built: Record<string, string> = { 'content-type': 'application/json' };
-    if (provider.apiKey) built.authorization = `Bearer ${provider.apiKey}`;
-    if (provider.headers) Object.assign(built, provider.headers);
-    h = Object.freeze(built);
-    HEADERS.set(provider, h);
-  }
-  return h as Record<string, string>;
+  return providerHeaders(HEADERS, provider, bearer);
+}
+
+function bearer(provider: AdapterProvider, into: Record<string, string>): void {
+  if (provider.apiKey) into.authorization = `Bearer ${provider.apiKey}`;
 }
 
 /** A content delta: text, a tool call or a refusal — the point a stream commits to its upstream. */
