@@ -148,6 +148,18 @@ async function wrkPhase(rig: Rig, dir: string, out: BenchResults): Promise<void>
   out.wrk = { c1, sat, satConnections: plan.satConnections, satCpuMs };
 }
 
+/** One target's sweep step against direct: added p99, and whether it is under the limit, clean and kept up. */
+function stepVerdict(
+  runs: readonly RateLoadResult[],
+  direct: readonly RateLoadResult[],
+  rate: number,
+): { addedP99Us: number; pass: boolean } {
+  const addedP99Us = median(runs.map((x) => x.p99Us)) - median(direct.map((x) => x.p99Us));
+  const clean = [...direct, ...runs].every((x) => x.errors === 0 && x.non2xx === 0);
+  const keptUp = median(runs.map((x) => x.achievedRps)) >= 0.9 * rate;
+  return { addedP99Us, pass: addedP99Us < ADDED_P99_LIMIT_US && clean && keptUp };
+}
+
 async function sweepPhase(rig: Rig, out: BenchResults): Promise<void> {
   const satRps = out.wrk ? median(out.wrk.sat.gateway.map((x) => x.rps)) : Number.NaN;
   const rates = Number.isFinite(satRps)
@@ -188,17 +200,9 @@ async function sweepPhase(rig: Rig, out: BenchResults): Promise<void> {
         if (t === 'gateway') out.gatewayRequests += res.sent;
       }
     }
-    const directP99 = median(runs.direct.map((x) => x.p99Us));
-    const addedP99Us = median(runs.gateway.map((x) => x.p99Us)) - directP99;
-    const clean = [...runs.direct, ...runs.gateway].every((x) => x.errors === 0 && x.non2xx === 0);
-    const keptUp = median(runs.gateway.map((x) => x.achievedRps)) >= 0.9 * rate;
-    const pass = addedP99Us < ADDED_P99_LIMIT_US && clean && keptUp;
+    const { addedP99Us, pass } = stepVerdict(runs.gateway, runs.direct, rate);
     // The same test of the bare pass-through: when it fails too, the rig (the client's own p99) is the limit.
-    const ptAddedP99Us = median(runs.passthrough.map((x) => x.p99Us)) - directP99;
-    const ptPass =
-      ptAddedP99Us < ADDED_P99_LIMIT_US &&
-      runs.passthrough.every((x) => x.errors === 0 && x.non2xx === 0) &&
-      median(runs.passthrough.map((x) => x.achievedRps)) >= 0.9 * rate;
+    const pt = stepVerdict(runs.passthrough, runs.direct, rate);
     steps.push({
       offeredRps: rate,
       direct: runs.direct,
@@ -206,8 +210,8 @@ async function sweepPhase(rig: Rig, out: BenchResults): Promise<void> {
       gateway: runs.gateway,
       addedP99Us,
       pass,
-      passthroughAddedP99Us: ptAddedP99Us,
-      passthroughPass: ptPass,
+      passthroughAddedP99Us: pt.addedP99Us,
+      passthroughPass: pt.pass,
     });
     if (!pass) break;
     bestRps = rate;
