@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { createRequire } from 'node:module';
 import Fastify, {
   LogController,
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
+  type FastifyServerOptions,
 } from 'fastify';
 import type { LoadedConfig } from './config/load.js';
 import { GatewayError, errorBody } from './errors.js';
@@ -39,6 +41,30 @@ function requestFreeLogger(logger: FastifyBaseLogger): FastifyBaseLogger {
   shared.child = () => shared;
   return shared;
 }
+
+/** Resolves as fastify itself does, so its compilers come from its own dependency tree. */
+const fastifyRequire = createRequire(createRequire(import.meta.url).resolve('fastify'));
+
+type Compilers = NonNullable<NonNullable<FastifyServerOptions['schemaController']>['compilersFactory']>;
+type CompilersFactory = (...args: unknown[]) => unknown;
+
+/**
+ * Fastify loads ajv and fast-json-stringify (about 90 modules, ~6 MB resident) when it starts, to compile
+ * route schemas. No route of ours has one: validation is ours (zod and http/validate.ts). So the default
+ * compilers are loaded the first time a schema is compiled, if ever, and behave as fastify's own then.
+ */
+function lazyCompiler(name: string): CompilersFactory {
+  let factory: CompilersFactory | undefined;
+  return (...args) => {
+    factory ??= (fastifyRequire(name) as () => CompilersFactory)();
+    return factory(...args);
+  };
+}
+
+const LAZY_COMPILERS = {
+  buildValidator: lazyCompiler('@fastify/ajv-compiler') as Compilers['buildValidator'],
+  buildSerializer: lazyCompiler('@fastify/fast-json-stringify-compiler') as Compilers['buildSerializer'],
+} satisfies Compilers;
 
 /** Maps fastify's own errors (body limit, media type, bad JSON) onto our catalogue. */
 function toGatewayError(err: FastifyError): GatewayError | undefined {
@@ -81,6 +107,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     keepAliveTimeout: 72_000,
     // While draining our own hooks answer (OpenAI-shaped 503 on /v1, 503 on /readyz), not fastify's default.
     return503OnClosing: false,
+    schemaController: { compilersFactory: LAZY_COMPILERS },
     genReqId: (req) => {
       const h = req.headers['x-request-id'];
       return typeof h === 'string' && REQUEST_ID.test(h) ? h : randomUUID();

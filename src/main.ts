@@ -5,7 +5,6 @@ import { buildApp } from './app.js';
 import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
 import { watchConfig } from './config/watch.js';
 import { createLogger } from './observability/logger.js';
-import { runSimulateCommand } from './sim/cli.js';
 
 const USAGE = `usage:
   llm-edge-router [--config PATH] [--host H] [--port N] [--log-level LEVEL]
@@ -115,7 +114,7 @@ async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   if (command === 'simulate') {
     try {
-      await runSimulateCommand(rest);
+      await (await import('./sim/cli.js')).runSimulateCommand(rest); // the gateway never loads the simulator
     } catch (err) {
       fail(err instanceof Error ? err.message : String(err), 2);
     }

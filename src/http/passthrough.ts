@@ -1,5 +1,4 @@
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
-import httpProxy from '@fastify/http-proxy';
 import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
 import type { Readable } from 'node:stream';
 
@@ -18,6 +17,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const provider = app.gateway.runtime.passthrough;
   if (!provider) return;
   const url = new URL(provider.config.base_url);
+  // Loaded only when configured: the proxy and its websocket support are ~5 MB resident.
+  const { default: httpProxy } = await import('@fastify/http-proxy');
   await app.register(httpProxy, {
     upstream: url.origin,
     prefix: '/v1',

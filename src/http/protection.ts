@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import rateLimit from '@fastify/rate-limit';
 import underPressure from '@fastify/under-pressure';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
@@ -34,6 +33,7 @@ async function protection(app: FastifyInstance, opts: { server: Config['server']
 
   const limit = opts.server.rate_limit;
   if (limit.requests_per_minute > 0) {
+    const { default: rateLimit } = await import('@fastify/rate-limit'); // loaded only when configured
     await app.register(rateLimit, {
       global: true,
       max: limit.requests_per_minute,
