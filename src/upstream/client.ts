@@ -1,5 +1,5 @@
-import { Pool, type Dispatcher } from 'undici';
 import type { IncomingHttpHeaders } from 'node:http';
+import { createRequire } from 'node:module';
 import {
   brotliDecompressSync,
   createBrotliDecompress,
@@ -11,6 +11,23 @@ import {
 import type { Readable } from 'node:stream';
 import type { ProviderConfig } from '../config/schema.js';
 import type { Abort } from './abort.js';
+import type { Dispatcher, Pool as UndiciPool } from 'undici';
+
+/**
+ * undici's Pool and its promise `request`, loaded from their own modules. undici's entry point loads all of
+ * undici (fetch, WebSocket, caches, mocks: 110 modules, ~9 MB resident) to export them; the gateway uses
+ * these two. The entry point also copies `request` onto every dispatcher's prototype, which is why ours is
+ * called as `requestOn.call(pool, ...)`. undici has no `exports` map, so these paths are public to Node's
+ * resolver; test/unit/undici-pool.test.ts pins them to what undici exports, so an undici update that moves
+ * them fails the suite instead of the gateway.
+ */
+const requireUndici = createRequire(import.meta.url);
+export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
+type Pool = UndiciPool;
+export const requestOn = requireUndici('undici/lib/api/api-request.js') as (
+  this: Dispatcher,
+  opts: Dispatcher.RequestOptions,
+) => Promise<Dispatcher.ResponseData>;
 
 export interface TextResponse {
   readonly statusCode: number;
@@ -60,7 +77,7 @@ export class ProviderClient {
     body?: string;
     signal: Abort;
   }): Promise<UpstreamResponse> {
-    const res = await this.pool.request({
+    const res = await requestOn.call(this.pool, {
       origin: this.origin,
       method: opts.method,
       path: this.basePath + opts.path,

@@ -1,0 +1,14 @@
+import { Dispatcher, Pool as UndiciPool } from 'undici';
+import { describe, expect, it } from 'vitest';
+import { Pool, requestOn } from '../../src/upstream/client.js';
+
+// The gateway loads these from undici's own modules instead of its entry point (src/upstream/client.ts).
+describe('the undici parts the gateway loads', () => {
+  it('Pool is the very class undici exports', () => {
+    expect(Pool).toBe(UndiciPool);
+  });
+
+  it("requestOn is undici's promise request, the one its entry point puts on every dispatcher", () => {
+    expect(requestOn).toBe(Dispatcher.prototype.request);
+  });
+});
