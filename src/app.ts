@@ -21,6 +21,7 @@ import { modelsPlugin } from './http/models.js';
 import { passthroughPlugin } from './http/passthrough.js';
 import { protectionPlugin } from './http/protection.js';
 import { jsonDepthExceeds } from './http/validate.js';
+import { rememberSource } from './upstream/body-text.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -163,7 +164,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       }
       try {
         // JSON.parse keeps `__proto__` as an own data property: it can never reach a prototype.
-        done(null, JSON.parse(text));
+        const parsed: unknown = JSON.parse(text);
+        rememberSource(parsed, text); // upstreams get this text with the model spliced in
+        done(null, parsed);
       } catch {
         done(new GatewayError('invalid_request', 'request body is not valid JSON'));
       }

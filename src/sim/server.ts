@@ -11,6 +11,8 @@ export interface RecordedRequest {
   headers: Record<string, string | string[] | undefined>;
   /** Parsed JSON, or the raw text when not JSON. */
   body: unknown;
+  /** The body exactly as it arrived (UTF-8). */
+  text: string;
   receivedAt: number;
   /** The client closed the connection before the response finished. */
   aborted: boolean;
@@ -50,9 +52,8 @@ interface Waiter<T> {
 
 const DEFAULT_WAIT_MS = 5_000;
 
-function parseBody(buf: Buffer): unknown {
-  if (buf.length === 0) return undefined;
-  const text = buf.toString('utf8');
+function parseBody(text: string): unknown {
+  if (text === '') return undefined;
   try {
     return JSON.parse(text) as unknown;
   } catch {
@@ -114,7 +115,8 @@ export async function startSimulator(opts: Partial<SimOptions> = {}): Promise<Si
     const parts: Buffer[] = [];
     req.on('data', (c: Buffer) => parts.push(c));
     req.on('end', () => {
-      const body = parseBody(parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts));
+      const text = (parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts)).toString('utf8');
+      const body = parseBody(text);
       const url = req.url ?? '/';
       const q = url.indexOf('?');
       const path = q < 0 ? url : url.slice(0, q);
@@ -128,6 +130,7 @@ export async function startSimulator(opts: Partial<SimOptions> = {}): Promise<Si
           path,
           headers: req.headers,
           body,
+          text,
           receivedAt: Date.now(),
           aborted: false,
           finished: false,

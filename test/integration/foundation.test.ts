@@ -47,6 +47,22 @@ describe('OpenAI SDK through the gateway', () => {
     expect(seen.headers.authorization).toBe('Bearer sk-alpha-secret');
   });
 
+  it("sends the upstream the client's own bytes with only the model changed", async () => {
+    const { sim, gw } = await setup();
+    // JSON.stringify would rewrite all three: the layout, 1.0 -> 1 and 1e400 -> null.
+    const text =
+      '{\n  "messages": [{ "role": "user", "content": "h\u00e9llo \\"model\\": \\"fast\\"" }],\n' +
+      '  "model": "fast",\n  "temperature": 1.0,\n  "x_custom": 1e400\n}';
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: text,
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(sim.requests[0]!.text).toBe(text.replace('"model": "fast"', '"model": "m1"'));
+  });
+
   it('streams: the first chunk reaches the client while the simulator is still sending', async () => {
     const { sim, client } = await setup({ chunkDelayMs: 100, completionTokens: 10 });
     const t0 = performance.now();

@@ -8,6 +8,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from '../adapter.js';
+import { sourceWithModel } from '../body-text.js';
 import { openAiErrorTypeForStatus, parseJsonObject, providerHeaders, truncateMessage } from './common.js';
 
 /**
@@ -67,11 +68,14 @@ export const openaiAdapter: ChatAdapter = {
 };
 
 /**
- * A chat or embeddings body as JSON with `model` set to the upstream's name. Set and restored on the parsed body rather than
- * copied with a spread: the copy cost more than the serialisation on Node 20. The body belongs to this
- * request (parsed from its own bytes), and nothing runs between the set and the restore.
+ * A chat or embeddings body as JSON with `model` set to the upstream's name: the client's own text with the
+ * model spliced in where it can be (body-text.ts), else a serialisation. For that, `model` is set and
+ * restored on the parsed body rather than copied with a spread: the copy cost more than the serialisation
+ * on Node 20. The body belongs to this request, and nothing runs between the set and the restore.
  */
 export function stringifyWithModel(body: Record<string, unknown> & { model: string }, model: string): string {
+  const spliced = sourceWithModel(body, model);
+  if (spliced !== undefined) return spliced;
   const prev = body.model;
   if (prev === model) return JSON.stringify(body);
   body.model = model;

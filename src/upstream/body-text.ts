@@ -1,0 +1,100 @@
+/**
+ * A client's JSON body remembers the text it was parsed from, so an upstream can be sent that text with
+ * only `model` changed instead of a re-serialisation of the whole object. JSON.stringify costs about
+ * 1.6 ns a character on Node 20 (13 µs for a 2k-token prompt, 160 µs for 100 KB); the splice costs a scan
+ * of the text outside its strings. The body must not change after parsing but for the `model` an
+ * adapter sets: nothing in the gateway changes a client's body.
+ */
+const SOURCE = Symbol('json source text');
+
+type WithSource = Record<string, unknown> & { [SOURCE]?: string };
+
+/** Remembers `text` on the object `JSON.parse(text)` returned (a hidden, non-enumerable property). */
+export function rememberSource(parsed: unknown, text: string): void {
+  if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+    Object.defineProperty(parsed, SOURCE, { value: text });
+  }
+}
+
+/**
+ * The body's source text with its top-level `model` value replaced by `model`; undefined when the body has
+ * no source text or the splice could differ from `JSON.stringify` in meaning: `model` absent, repeated,
+ * not a plain string, spelt with escapes, or not what the parsed body holds.
+ */
+export function sourceWithModel(body: Record<string, unknown>, model: string): string | undefined {
+  const text = (body as WithSource)[SOURCE];
+  if (text === undefined || typeof body.model !== 'string') return undefined;
+  const span = topLevelStringSpan(text, 'model');
+  if (span === undefined) return undefined;
+  const [start, end] = span;
+  const current = JSON.stringify(body.model);
+  if (end - start !== current.length || !text.startsWith(current, start)) return undefined;
+  return text.slice(0, start) + JSON.stringify(model) + text.slice(end);
+}
+
+/**
+ * Where the string value of top-level `key` sits in a valid JSON object text: [start of its opening quote,
+ * end after its closing quote). Undefined when the key is absent or appears twice (JSON.parse keeps the
+ * last; an upstream's parser may not), when its value is not a string, or when any top-level key is
+ * written with escapes (`"mod\u0065l"` is `model` too). Strings are skipped with indexOf, so a body that
+ * is mostly message text costs little more than a few searches.
+ */
+export function topLevelStringSpan(text: string, key: string): [number, number] | undefined {
+  let depth = 0;
+  let expectKey = false;
+  let found: [number, number] | undefined;
+  const n = text.length;
+  let i = 0;
+  while (i < n) {
+    const c = text.charCodeAt(i);
+    if (c === 34) {
+      const end = stringEnd(text, i);
+      if (end < 0) return undefined;
+      if (depth === 1 && expectKey) {
+        expectKey = false;
+        const k = text.indexOf('\\', i + 1);
+        if (k >= 0 && k < end) return undefined;
+        if (end - i - 1 === key.length && text.startsWith(key, i + 1)) {
+          if (found) return undefined;
+          let j = skipSpace(text, end + 1);
+          if (text.charCodeAt(j) !== 58) return undefined; // ':'
+          j = skipSpace(text, j + 1);
+          if (text.charCodeAt(j) !== 34) return undefined;
+          const valueEnd = stringEnd(text, j);
+          if (valueEnd < 0) return undefined;
+          found = [j, valueEnd + 1];
+          i = valueEnd + 1;
+          continue;
+        }
+      }
+      i = end + 1;
+      continue;
+    }
+    if (c === 123)
+      expectKey = ++depth === 1; // '{'
+    else if (c === 91)
+      depth++; // '['
+    else if (c === 125 || c === 93) depth--;
+    else if (c === 44 && depth === 1) expectKey = true; // ','
+    i++;
+  }
+  return found;
+}
+
+/** Index of the quote closing the string that opens at `open`; -1 if it never closes. */
+function stringEnd(text: string, open: number): number {
+  let j = open;
+  for (;;) {
+    j = text.indexOf('"', j + 1);
+    if (j < 0) return -1;
+    let backslashes = 0;
+    while (text.charCodeAt(j - 1 - backslashes) === 92) backslashes++;
+    if ((backslashes & 1) === 0) return j;
+  }
+}
+
+function skipSpace(text: string, i: number): number {
+  let c = text.charCodeAt(i);
+  while (c === 32 || c === 10 || c === 13 || c === 9) c = text.charCodeAt(++i);
+  return i;
+}

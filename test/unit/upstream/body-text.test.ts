@@ -1,0 +1,130 @@
+import { describe, expect, it } from 'vitest';
+import { rememberSource, sourceWithModel, topLevelStringSpan } from '../../../src/upstream/body-text.js';
+import { stringifyWithModel } from '../../../src/upstream/adapters/openai.js';
+
+function parsed(text: string): Record<string, unknown> & { model: string } {
+  const body = JSON.parse(text) as Record<string, unknown> & { model: string };
+  rememberSource(body, text);
+  return body;
+}
+
+/** What the splice must mean: the parsed body with the new model. */
+function expectSameMeaning(text: string, model: string): string {
+  const body = parsed(text);
+  const out = sourceWithModel(body, model);
+  expect(out, text).toBeDefined();
+  expect(JSON.parse(out!)).toEqual({ ...(JSON.parse(text) as object), model });
+  return out!;
+}
+
+describe('sourceWithModel', () => {
+  it('keeps every byte of the client text but the model value', () => {
+    const text =
+      '{\n  "messages": [ { "role": "user", "content": "héllo \\"q\\" \\\\" } ],\n  "model" : "alias",\n  "temperature": 1.0, "big": 1e400\n}';
+    const out = expectSameMeaning(text, 'gpt-4o-mini');
+    expect(out).toBe(text.replace('"alias"', '"gpt-4o-mini"'));
+    // What JSON.stringify would have changed: 1.0 -> 1, 1e400 -> null, the layout.
+    expect(out).toContain('"temperature": 1.0, "big": 1e400');
+  });
+
+  it('touches only the top-level key: model keys and look-alike text inside values stay', () => {
+    const text =
+      '{"messages":[{"role":"user","content":"\\"model\\":\\"alias\\""},{"role":"tool","model":"alias"}],' +
+      '"metadata":{"model":"alias"},"note":"model","model":"alias","tail":["model","alias"]}';
+    const out = expectSameMeaning(text, 'up');
+    expect(out.match(/alias/g)).toHaveLength(4);
+  });
+
+  it('escapes the new model name as JSON', () => {
+    const out = expectSameMeaning('{"model":"a","messages":[]}', 'we"ird\\name\u2028');
+    expect((JSON.parse(out) as { model: string }).model).toBe('we"ird\\name\u2028');
+  });
+
+  it('declines (so the caller serialises) whenever the splice could mean something else', () => {
+    const cases = [
+      '{"model":"a","messages":[],"model":"a"}', // repeated: parsers disagree on which wins
+      '{"mod\\u0065l":"a","messages":[]}', // an escaped key is `model` too
+      '{"model":"a","x\\"y":1}', // any escaped top-level key: we do not decode keys
+      '{"model":"\\u0061","messages":[]}', // the value is spelt with escapes
+      '{"messages":[]}', // no model at all
+    ];
+    for (const text of cases) {
+      const body = parsed(text);
+      body.model ??= 'a';
+      expect(sourceWithModel(body, 'up'), text).toBeUndefined();
+    }
+  });
+
+  it('declines a body it did not see parsed, or whose model changed since', () => {
+    expect(sourceWithModel({ model: 'a' }, 'up')).toBeUndefined();
+    const body = parsed('{"model":"a","messages":[]}');
+    body.model = 'b';
+    expect(sourceWithModel(body, 'up')).toBeUndefined();
+  });
+
+  it('hides the text from keys, spreads and serialisation', () => {
+    const body = parsed('{"model":"a","n":1}');
+    expect(Object.keys(body)).toEqual(['model', 'n']);
+    expect(sourceWithModel({ ...body }, 'up')).toBeUndefined();
+    expect(JSON.stringify(body)).toBe('{"model":"a","n":1}');
+    rememberSource([1], '[1]'); // arrays and scalars are left alone
+    rememberSource(null, 'null');
+  });
+
+  it('matches a re-serialisation on generated bodies', () => {
+    let seed = 7;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const alphabet = ['a', '"', '\\', '{', '}', '[', ']', ',', ':', ' ', 'é', '\n', 'model', '"model"'];
+    const str = (): string => Array.from({ length: rnd(12) }, () => alphabet[rnd(alphabet.length)]).join('');
+    const value = (depth: number): unknown => {
+      switch (depth > 2 ? rnd(3) : rnd(6)) {
+        case 0:
+          return str();
+        case 1:
+          return rnd(1000) / 10;
+        case 2:
+          return rnd(2) === 0 ? null : true;
+        case 3:
+          return Array.from({ length: rnd(4) }, () => value(depth + 1));
+        default:
+          return Object.fromEntries(Array.from({ length: rnd(4) }, () => [str(), value(depth + 1)]));
+      }
+    };
+    let spliced = 0;
+    for (let n = 0; n < 400; n++) {
+      const entries: [string, unknown][] = Array.from({ length: rnd(5) }, () => [
+        `k${rnd(9)}${str()}`,
+        value(0),
+      ]);
+      entries.splice(rnd(entries.length + 1), 0, ['model', str()]);
+      const text = JSON.stringify(Object.fromEntries(entries), null, rnd(2) === 0 ? undefined : rnd(4));
+      const escapedKey = entries.some(([k]) => JSON.stringify(k).length !== k.length + 2);
+      if (escapedKey) expect(sourceWithModel(parsed(text), 'up'), text).toBeUndefined();
+      else {
+        expectSameMeaning(text, `up-${n}`);
+        spliced++;
+      }
+    }
+    expect(spliced).toBeGreaterThan(100);
+  });
+});
+
+describe('topLevelStringSpan', () => {
+  it('is undefined for a non-string value', () => {
+    expect(topLevelStringSpan('{"model":1}', 'model')).toBeUndefined();
+    expect(topLevelStringSpan('{"model":{"a":"b"}}', 'model')).toBeUndefined();
+  });
+});
+
+describe('stringifyWithModel', () => {
+  it('splices the client text when it can, and serialises otherwise', () => {
+    const text = '{ "model": "alias", "messages": [] }';
+    expect(stringifyWithModel(parsed(text), 'up')).toBe('{ "model": "up", "messages": [] }');
+    const unparsed = { model: 'alias', messages: [] as unknown[] };
+    expect(stringifyWithModel(unparsed, 'up')).toBe('{"model":"up","messages":[]}');
+    expect(unparsed.model).toBe('alias');
+  });
+});
