@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quick A/B probe for hot-path work: gateway (or the bare pass-through with PT=1) under wrk -c64 for 5 s,
 # printing req/s and the target's CPU ms per 1,000 requests (utime+stime from /proc). Same placement as
-# `npm run bench` (target on core 0, simulator and wrk on core 1). Single runs vary +-8% on a shared
-# machine: alternate variants and repeat, e.g. `for i in 1 2 3; do PT=1 bench/cpu-per-request.sh; bench/cpu-per-request.sh; done`.
+# `npm run bench` (target on core 0, simulator and wrk on core 1). BODY_FILE=path posts that body instead.
+# Single runs vary +-8% on a shared machine: alternate variants and repeat, e.g.
+# `for i in 1 2 3; do PT=1 bench/cpu-per-request.sh; bench/cpu-per-request.sh; done`.
 # Needs: wrk, taskset, a build (`npm run build && npx tsc -p tsconfig.bench.json`). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +20,13 @@ providers:
 routes:
   bench-chat: { strategy: ${STRATEGY:-hybrid}, targets: [a/chat, b/chat, c/chat] }
 YAML
-cat > "$dir/post.lua" <<'LUA'
+body='{"model":"bench-chat","messages":[{"role":"user","content":"Say hello in one short sentence, please."}],"max_tokens":16}'
+# BODY_FILE=path sends that request body instead (its model must be bench-chat), e.g. a 2k-token prompt.
+[ -n "${BODY_FILE:-}" ] && body=$(cat "$BODY_FILE")
+cat > "$dir/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
-wrk.body = '{"model":"bench-chat","messages":[{"role":"user","content":"Say hello in one short sentence, please."}],"max_tokens":16}'
+wrk.body = [==[$body]==]
 LUA
 taskset -c 1 node dist/main.js simulate --fast --port "$SIM_PORT" >/dev/null 2>&1 &
 SIM=$!

@@ -1,6 +1,6 @@
 import { Dispatcher, Pool as UndiciPool } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { Pool, requestOn } from '../../src/upstream/client.js';
+import { Pool, requestOn } from '../../../src/upstream/client.js';
 
 // The gateway loads these from undici's own modules instead of its entry point (src/upstream/client.ts).
 describe('the undici parts the gateway loads', () => {
