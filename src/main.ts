@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import type { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
@@ -87,6 +88,20 @@ async function serve(args: {
   process.on('SIGHUP', () => reload('SIGHUP'));
   const watcher = watchConfig(args.config, () => reload('file changed'));
 
+  // Node's closeIdleConnections() passes over a connection that has not sent a whole request head yet (a
+  // load balancer's pre-opened socket; fetch leaves one after an abort), and server.close() waits for it:
+  // one such client held every shutdown for the whole grace period. The drain closes those too.
+  const sockets = new Set<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  const closeIdle = (): void => {
+    app.server.closeIdleConnections();
+    // A socket is serving a request from its head's arrival to its response's end (Node's own test).
+    for (const socket of sockets) if (!(socket as { _httpMessage?: unknown })._httpMessage) socket.destroy();
+  };
+
   // close-with-grace treats SIGHUP as a shutdown signal by default; here it means "reload the config".
   closeWithGrace(
     { delay: server.shutdown_grace_ms + 1_000, logger, skip: ['SIGHUP'] },
@@ -98,7 +113,8 @@ async function serve(args: {
       const grace = new Promise<void>((resolve) => setTimeout(resolve, server.shutdown_grace_ms).unref());
       // server.close() drops idle keep-alive connections only once; a connection whose stream ends later
       // would hold the close until its keep-alive timeout, so keep sweeping while the streams finish.
-      const sweep = setInterval(() => app.server.closeIdleConnections(), 100).unref();
+      closeIdle();
+      const sweep = setInterval(closeIdle, 100).unref();
       try {
         await Promise.race([app.close(), grace]);
       } finally {

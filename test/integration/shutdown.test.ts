@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -83,6 +85,21 @@ describe('SIGTERM drains', () => {
     expect(await cli.exited).toBe(0);
     // It exits once the stream is done, not at the end of the grace period.
     expect(performance.now() - t0).toBeLessThan(4_500);
+  });
+
+  it('a connection that never sent a request does not hold the process for the grace period', async () => {
+    const { cli } = await start(20_000, {});
+    const { port } = new URL(cli.url);
+    const silent = connect(Number(port), '127.0.0.1');
+    await once(silent, 'connect');
+    const closed = once(silent, 'close');
+    expect(await fresh(cli.url, '/readyz')).toBe(200); // a keep-alive connection, idle once answered
+    const t0 = performance.now();
+    cli.proc.kill('SIGTERM');
+    expect(await cli.exited).toBe(0);
+    // Nothing was in flight: it exits at once, not after the 20 s grace (Node alone waited for the socket).
+    expect(performance.now() - t0).toBeLessThan(10_000);
+    await closed;
   });
 
   it('a request that outlives shutdown_grace_ms does not hold the process: it exits within the grace', async () => {
