@@ -7,12 +7,21 @@
  */
 const SOURCE = Symbol('json source text');
 
-type WithSource = Record<string, unknown> & { [SOURCE]?: string };
+/** The text, and the object it was parsed into: a spread copy of the body carries this along, but is not `of`. */
+interface Source {
+  readonly text: string;
+  readonly of: object;
+}
 
-/** Remembers `text` on the object `JSON.parse(text)` returned (a hidden, non-enumerable property). */
+type WithSource = Record<string, unknown> & { [SOURCE]?: Source };
+
+/**
+ * Remembers `text` on the object `JSON.parse(text)` returned, under a symbol (JSON.stringify and
+ * Object.keys skip it). Assigned, not defined non-enumerable: defineProperty cost ~0.2 µs a request.
+ */
 export function rememberSource(parsed: unknown, text: string): void {
   if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
-    Object.defineProperty(parsed, SOURCE, { value: text });
+    (parsed as WithSource)[SOURCE] = { text, of: parsed };
   }
 }
 
@@ -22,8 +31,9 @@ export function rememberSource(parsed: unknown, text: string): void {
  * not a plain string, spelt with escapes, or not what the parsed body holds.
  */
 export function sourceWithModel(body: Record<string, unknown>, model: string): string | undefined {
-  const text = (body as WithSource)[SOURCE];
-  if (text === undefined || typeof body.model !== 'string') return undefined;
+  const source = (body as WithSource)[SOURCE];
+  if (source?.of !== body || typeof body.model !== 'string') return undefined;
+  const text = source.text;
   const span = topLevelStringSpan(text, 'model');
   if (span === undefined) return undefined;
   const [start, end] = span;

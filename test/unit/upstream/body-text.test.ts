@@ -62,7 +62,7 @@ describe('sourceWithModel', () => {
     expect(sourceWithModel(body, 'up')).toBeUndefined();
   });
 
-  it('hides the text from keys, spreads and serialisation', () => {
+  it('hides the text from keys and serialisation, and a copy of the body does not use it', () => {
     const body = parsed('{"model":"a","n":1}');
     expect(Object.keys(body)).toEqual(['model', 'n']);
     expect(sourceWithModel({ ...body }, 'up')).toBeUndefined();
