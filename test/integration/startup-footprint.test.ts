@@ -1,0 +1,99 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { REPO_ROOT, ensureBuilt } from '../helpers/cli-harness.js';
+
+const track = closeAfterEach();
+let dir: string;
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ler-footprint-'));
+  await ensureBuilt();
+}, 120_000);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/**
+ * What the gateway process must not load (idle RSS, README "Performance"): undici's entry point (all of
+ * fetch, WebSocket and caches, for a Pool), fastify's schema compilers (no route has a schema), and the
+ * passthrough proxy and rate limiter when neither is configured.
+ */
+const NOT_LOADED = [
+  '/node_modules/undici/index.js',
+  '/node_modules/undici/lib/web/',
+  '/node_modules/ajv/',
+  '/node_modules/@fastify/ajv-compiler/',
+  '/node_modules/@fastify/http-proxy/',
+  '/node_modules/@fastify/reply-from/',
+  '/node_modules/ws/',
+  '/node_modules/@fastify/rate-limit/',
+];
+
+describe('the gateway process', () => {
+  it('serves JSON and streams without loading what it does not use', async () => {
+    const sim = track(await startSimulator({ name: 'a' }));
+    const config = join(dir, 'gateway.yaml');
+    writeFileSync(
+      config,
+      [
+        'server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: 2000 }',
+        'providers:',
+        `  - { name: a, base_url: "${sim.url}/v1", models: [{ name: m }] }`,
+        'routes:',
+        '  main: { strategy: hybrid, targets: [a/m] }',
+      ].join('\n'),
+    );
+    // A preload that lists, as the process exits, every CommonJS module it loaded (dependencies are CJS).
+    const probe = join(dir, 'probe.mjs');
+    writeFileSync(
+      probe,
+      [
+        "import { createRequire } from 'node:module';",
+        "import { writeSync } from 'node:fs';",
+        'const cache = createRequire(import.meta.url).cache;',
+        "process.on('exit', () => writeSync(2, `\\nLOADED ${JSON.stringify(Object.keys(cache))}\\n`));",
+      ].join('\n'),
+    );
+    const proc = spawn(process.execPath, ['--import', probe, 'dist/main.js', '--config', config], {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH ?? '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    track({ close: () => proc.kill('SIGKILL') });
+    let out = '';
+    let err = '';
+    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+    const url = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no listening line: ${out} ${err}`)), 15_000);
+      proc.stdout.on('data', () => {
+        const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]!);
+        }
+      });
+    });
+    for (const stream of [false, true]) {
+      const res = await request(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'main', stream, messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(res.statusCode).toBe(200);
+      expect(await res.body.text()).toContain('sim');
+    }
+    proc.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const line = err.split('\n').find((l) => l.startsWith('LOADED '));
+    expect(line, err).toBeDefined();
+    const loaded = JSON.parse(line!.slice('LOADED '.length)) as string[];
+    expect(loaded.some((f) => f.includes('/node_modules/fastify/'))).toBe(true); // the probe sees dependencies
+    expect(loaded.some((f) => f.includes('/node_modules/undici/lib/dispatcher/pool.js'))).toBe(true);
+    expect(loaded.filter((f) => NOT_LOADED.some((p) => f.includes(p)))).toEqual([]);
+  });
+});
