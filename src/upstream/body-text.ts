@@ -80,12 +80,10 @@ export function topLevelStringSpan(text: string, key: string): [number, number] 
       i = end + 1;
       continue;
     }
-    if (c === 123)
-      expectKey = ++depth === 1; // '{'
-    else if (c === 91)
-      depth++; // '['
-    else if (c === 125 || c === 93) depth--;
-    else if (c === 44 && depth === 1) expectKey = true; // ','
+    if (c === 123 /* { */) expectKey = ++depth === 1;
+    else if (c === 91 /* [ */) depth++;
+    else if (c === 125 /* } */ || c === 93 /* ] */) depth--;
+    else if (c === 44 /* , */ && depth === 1) expectKey = true;
     i++;
   }
   return found;

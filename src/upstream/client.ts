@@ -18,7 +18,7 @@ import type { Dispatcher, Pool as UndiciPool } from 'undici';
  * undici (fetch, WebSocket, caches, mocks: 110 modules, ~9 MB resident) to export them; the gateway uses
  * these two. The entry point also copies `request` onto every dispatcher's prototype, which is why ours is
  * called as `requestOn.call(pool, ...)`. undici has no `exports` map, so these paths are public to Node's
- * resolver; test/unit/undici-pool.test.ts pins them to what undici exports, so an undici update that moves
+ * resolver; test/unit/upstream/undici-pool.test.ts pins them to what undici exports, so an undici update that moves
  * them fails the suite instead of the gateway.
  */
 const requireUndici = createRequire(import.meta.url);
