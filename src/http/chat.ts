@@ -134,6 +134,14 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       return;
     }
     const result = out.result;
+    // The answer goes out first; its counts and log line (~10 µs) follow in the same tick.
+    if (!writer) {
+      void reply
+        .code(200)
+        .headers(headersFor(out.target, out.attempts.slice(0, -1)))
+        .type('application/json')
+        .send(result.body);
+    }
     reportRequest(gw, req, report, {
       status: 200,
       served,
@@ -143,13 +151,6 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       usage: result.usage,
       countedTokens: result.countedTokens,
     });
-    if (!writer) {
-      void reply
-        .code(200)
-        .headers(headersFor(out.target, out.attempts.slice(0, -1)))
-        .type('application/json')
-        .send(result.body);
-    }
   } catch (err) {
     throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
   }

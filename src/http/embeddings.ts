@@ -95,6 +95,14 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
       });
       return;
     }
+    // The answer goes out first; its counts and log line follow in the same tick (as chat does).
+    void reply
+      .code(200)
+      .headers(
+        routerHeaders(req.id, strategy, served, out.attempts.slice(0, -1), out.attempts.length, undefined),
+      )
+      .type('application/json')
+      .send(out.result.body);
     reportRequest(gw, req, report, {
       status: 200,
       served,
@@ -103,13 +111,6 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
       usage: out.result.usage,
       countedTokens: 0,
     });
-    void reply
-      .code(200)
-      .headers(
-        routerHeaders(req.id, strategy, served, out.attempts.slice(0, -1), out.attempts.length, undefined),
-      )
-      .type('application/json')
-      .send(out.result.body);
   } catch (err) {
     throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
   }
