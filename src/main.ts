@@ -90,15 +90,15 @@ async function serve(args: {
 
   // Node's closeIdleConnections() passes over a connection that has not sent a whole request head yet (a
   // load balancer's pre-opened socket; fetch leaves one after an abort), and server.close() waits for it:
-  // one such client held every shutdown for the whole grace period. The drain closes those too.
+  // one such client held every shutdown for the whole grace period. The drain closes every idle socket.
   const sockets = new Set<Socket>();
   app.server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
+  // Idle: no response attached. Node detaches one when it has finished (flushed to the socket); unlike
+  // closeIdleConnections(), which this replaces, an ended response still flushing to a slow client is kept.
   const closeIdle = (): void => {
-    app.server.closeIdleConnections();
-    // A socket is serving a request from its head's arrival to its response's end (Node's own test).
     for (const socket of sockets) if (!(socket as { _httpMessage?: unknown })._httpMessage) socket.destroy();
   };
 
