@@ -88,13 +88,14 @@ export interface CliProcess {
   kill(): Promise<void>;
 }
 
-/** Starts `node dist/main.js --config PATH ...` and waits until it listens. */
+/** Starts `node [nodeArgs] dist/main.js --config PATH ...` and waits until it listens. */
 export async function startCli(
   configPath: string,
   args: string[] = [],
   env: Record<string, string> = {},
+  nodeArgs: string[] = [],
 ): Promise<CliProcess> {
-  const proc = spawn(process.execPath, ['dist/main.js', '--config', configPath, ...args], {
+  const proc = spawn(process.execPath, [...nodeArgs, 'dist/main.js', '--config', configPath, ...args], {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

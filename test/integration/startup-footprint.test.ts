@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,7 +5,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { REPO_ROOT, ensureBuilt } from '../helpers/cli-harness.js';
+import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
 
 const track = closeAfterEach();
 let dir: string;
@@ -57,29 +56,10 @@ describe('the gateway process', () => {
         "process.on('exit', () => writeSync(2, `\\nLOADED ${JSON.stringify(Object.keys(cache))}\\n`));",
       ].join('\n'),
     );
-    const proc = spawn(process.execPath, ['--import', probe, 'dist/main.js', '--config', config], {
-      cwd: REPO_ROOT,
-      env: { PATH: process.env.PATH ?? '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    track({ close: () => proc.kill('SIGKILL') });
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-    const url = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no listening line: ${out} ${err}`)), 15_000);
-      proc.stdout.on('data', () => {
-        const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-        if (m) {
-          clearTimeout(timer);
-          resolve(m[1]!);
-        }
-      });
-    });
+    const cli = await startCli(config, [], {}, ['--import', probe]);
+    track({ close: () => cli.kill() });
     for (const stream of [false, true]) {
-      const res = await request(`${url}/v1/chat/completions`, {
+      const res = await request(`${cli.url}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ model: 'main', stream, messages: [{ role: 'user', content: 'hi' }] }),
@@ -87,10 +67,13 @@ describe('the gateway process', () => {
       expect(res.statusCode).toBe(200);
       expect(await res.body.text()).toContain('sim');
     }
-    proc.kill('SIGTERM');
-    expect(await exited).toBe(0);
-    const line = err.split('\n').find((l) => l.startsWith('LOADED '));
-    expect(line, err).toBeDefined();
+    cli.proc.kill('SIGTERM');
+    expect(await cli.exited).toBe(0);
+    const line = cli
+      .stderr()
+      .split('\n')
+      .find((l) => l.startsWith('LOADED '));
+    expect(line, cli.stderr()).toBeDefined();
     const loaded = JSON.parse(line!.slice('LOADED '.length)) as string[];
     expect(loaded.some((f) => f.includes('/node_modules/fastify/'))).toBe(true); // the probe sees dependencies
     expect(loaded.some((f) => f.includes('/node_modules/undici/lib/dispatcher/pool.js'))).toBe(true);
