@@ -97,6 +97,12 @@ const weatherSchema = {
 
 describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
   const vercel = (baseURL: string, apiKey = CLIENT_KEY) => createOpenAI({ baseURL, apiKey }).chat('fast');
+  /** streamText without client retries, keeping every error it reports through onError. */
+  const streamCollecting = (opts: Parameters<typeof streamText>[0]) => {
+    const errors: unknown[] = [];
+    const result = streamText({ ...opts, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
+    return { result, errors };
+  };
 
   it('generateText: gets the text, the usage and the x-router-* response headers', async () => {
     const { baseURL, alpha } = await setup();
@@ -116,12 +122,9 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
 
   it('streamText: the text arrives in several parts, the stream finishes cleanly with usage', async () => {
     const { baseURL, alpha } = await setup({ alpha: { chunkDelayMs: 5 } });
-    const errors: unknown[] = [];
-    const result = streamText({
+    const { result, errors } = streamCollecting({
       model: vercel(baseURL),
       prompt: 'Say hello',
-      maxRetries: 0,
-      onError: ({ error }) => void errors.push(error),
     });
     const parts: string[] = [];
     const kinds: string[] = [];
@@ -163,12 +166,9 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
   it('an unknown model while streaming surfaces as an error part carrying 404', async () => {
     const { baseURL } = await setup();
     const model = createOpenAI({ baseURL, apiKey: CLIENT_KEY }).chat('no-such-model');
-    const errors: unknown[] = [];
-    const result = streamText({
+    const { result, errors } = streamCollecting({
       model,
       prompt: 'hi',
-      maxRetries: 0,
-      onError: ({ error }) => void errors.push(error),
     });
     const streamErrors: unknown[] = [];
     for await (const part of result.fullStream) if (part.type === 'error') streamErrors.push(part.error);
@@ -209,12 +209,9 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
     expect(result.response.headers?.['x-router-attempts']).toBe('2');
     expect(result.response.headers?.['x-router-trail']).toMatch(/^alpha\/m1=/);
 
-    const errors: unknown[] = [];
-    const stream = streamText({
+    const { result: stream, errors } = streamCollecting({
       model: vercel(baseURL),
       prompt: 'hi',
-      maxRetries: 0,
-      onError: ({ error }) => void errors.push(error),
     });
     let text = '';
     for await (const delta of stream.textStream) text += delta;
@@ -230,12 +227,9 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
 
   it('a mid-stream upstream failure reaches the client as a stream error, never as a finished answer', async () => {
     const { baseURL } = await setup({ alpha: { errorEventAfterChunks: 3 } });
-    const errors: unknown[] = [];
-    const result = streamText({
+    const { result, errors } = streamCollecting({
       model: vercel(baseURL),
       prompt: 'hi',
-      maxRetries: 0,
-      onError: ({ error }) => void errors.push(error),
     });
     let text = '';
     const kinds: string[] = [];
@@ -254,12 +248,9 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
   it('tool calls: a streamed tool call is executed by the SDK and its result answered with text', async () => {
     const { baseURL, alpha } = await setup({ alpha: { toolCall: true } });
     const calls: unknown[] = [];
-    const errors: unknown[] = [];
-    const result = streamText({
+    const { result, errors } = streamCollecting({
       model: vercel(baseURL),
       prompt: 'What is the weather in Paris?',
-      maxRetries: 0,
-      onError: ({ error }) => void errors.push(error),
       stopWhen: stepCountIs(2),
       tools: {
         get_weather: tool({
