@@ -67,8 +67,10 @@ describe('sourceWithModel', () => {
     expect(Object.keys(body)).toEqual(['model', 'n']);
     expect(sourceWithModel({ ...body }, 'up')).toBeUndefined();
     expect(JSON.stringify(body)).toBe('{"model":"a","n":1}');
-    rememberSource([1], '[1]'); // arrays and scalars are left alone
-    rememberSource(null, 'null');
+    const array = [1];
+    rememberSource(array, '[1]'); // only an object body has a model; arrays and scalars are left alone
+    expect(Object.getOwnPropertySymbols(array)).toEqual([]);
+    expect(() => rememberSource(null, 'null')).not.toThrow();
   });
 
   it('matches a re-serialisation on generated bodies', () => {
