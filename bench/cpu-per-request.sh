@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d)
-trap 'kill $SIM $TARGET 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill ${SIM:-} ${TARGET:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 SIM_PORT=${SIM_PORT:-19301}
 PORT=${PORT:-19300}
 cat > "$dir/gw.yaml" <<YAML
@@ -23,6 +23,7 @@ YAML
 body='{"model":"bench-chat","messages":[{"role":"user","content":"Say hello in one short sentence, please."}],"max_tokens":16}'
 # BODY_FILE=path sends that request body instead (its model must be bench-chat), e.g. a 2k-token prompt.
 [ -n "${BODY_FILE:-}" ] && body=$(cat "$BODY_FILE")
+case $body in *']==]'*) echo "the body must not contain ]==] (it closes the Lua string)" >&2; exit 2 ;; esac
 cat > "$dir/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
