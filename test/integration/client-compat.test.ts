@@ -82,6 +82,16 @@ async function setup(
   return { gw, alpha, beta, baseURL: `${gw.url}/v1` };
 }
 
+/** The APICallError a Vercel call rejects with; the test fails if it resolves or rejects with anything else. */
+async function apiCallError(call: Promise<unknown>): Promise<APICallError> {
+  const err: unknown = await call.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(APICallError.isInstance(err)).toBe(true);
+  return err as APICallError;
+}
+
 function lastBody(sim: Simulator): Record<string, unknown> {
   return sim.requests.at(-1)!.body as Record<string, unknown>;
 }
@@ -150,12 +160,7 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
   it('an unknown model raises APICallError with 404 and the OpenAI error message and code', async () => {
     const { baseURL, alpha, beta } = await setup();
     const model = createOpenAI({ baseURL, apiKey: CLIENT_KEY }).chat('no-such-model');
-    const err: unknown = await generateText({ model, prompt: 'hi', maxRetries: 0 }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(APICallError.isInstance(err)).toBe(true);
-    const e = err as APICallError;
+    const e = await apiCallError(generateText({ model, prompt: 'hi', maxRetries: 0 }));
     expect(e.statusCode).toBe(404);
     expect(e.isRetryable).toBe(false);
     expect(e.message).toContain('no-such-model');
@@ -182,16 +187,13 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
 
   it('a wrong client key raises APICallError with 401 when server.api_keys is set', async () => {
     const { baseURL, alpha } = await setup({ auth: true });
-    const err: unknown = await generateText({
-      model: vercel(baseURL, 'wrong-key'),
-      prompt: 'hi',
-      maxRetries: 0,
-    }).then(
-      () => undefined,
-      (e: unknown) => e,
+    const e = await apiCallError(
+      generateText({
+        model: vercel(baseURL, 'wrong-key'),
+        prompt: 'hi',
+        maxRetries: 0,
+      }),
     );
-    expect(APICallError.isInstance(err)).toBe(true);
-    const e = err as APICallError;
     expect(e.statusCode).toBe(401);
     expect(e.data).toMatchObject({ error: { type: 'authentication_error' } });
     expect(e.responseBody).not.toContain('wrong-key');
@@ -340,12 +342,7 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
 
   it('every upstream failing raises APICallError 502 upstream_error naming the attempts', async () => {
     const { baseURL } = await setup({ alpha: { status: 500 }, beta: { status: 503 } });
-    const err: unknown = await generateText({ model: vercel(baseURL), prompt: 'hi', maxRetries: 0 }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(APICallError.isInstance(err)).toBe(true);
-    const e = err as APICallError;
+    const e = await apiCallError(generateText({ model: vercel(baseURL), prompt: 'hi', maxRetries: 0 }));
     expect(e.statusCode).toBe(502);
     expect(e.data).toMatchObject({ error: { code: 'upstream_error' } });
     expect(e.message).toContain('alpha/m1');
@@ -358,12 +355,7 @@ describe('Vercel AI SDK (@ai-sdk/openai, chat completions API)', () => {
       alpha: { status: 429, retryAfterS: 7 },
       beta: { status: 429, retryAfterS: 3 },
     });
-    const err: unknown = await generateText({ model: vercel(baseURL), prompt: 'hi', maxRetries: 0 }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(APICallError.isInstance(err)).toBe(true);
-    const e = err as APICallError;
+    const e = await apiCallError(generateText({ model: vercel(baseURL), prompt: 'hi', maxRetries: 0 }));
     expect(e.statusCode).toBe(429);
     expect(e.isRetryable).toBe(true);
     expect(e.responseHeaders?.['retry-after']).toBe('3'); // the soonest any candidate is free again
