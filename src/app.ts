@@ -12,7 +12,7 @@ import { GatewayError, errorBody } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { adminPlugin } from './http/admin.js';
 import { authHook } from './http/auth.js';
-import { reportUnrouted } from './http/report.js';
+import { flushReports, reportUnrouted } from './http/report.js';
 import { chatPlugin } from './http/chat.js';
 import { embeddingsPlugin } from './http/embeddings.js';
 import { healthPlugin } from './http/health.js';
@@ -176,6 +176,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     api.register(adminPlugin);
   });
   app.register(passthroughPlugin);
-  app.addHook('onClose', async () => gateway.close());
+  app.addHook('onClose', async () => {
+    flushReports(); // lines of this turn's last answers, before the process may exit
+    await gateway.close();
+  });
   return app;
 }

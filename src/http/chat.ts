@@ -134,7 +134,8 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       return;
     }
     const result = out.result;
-    // The answer goes out first; its counts and log line (~10 µs) follow in the same tick.
+    // The answer goes out first; its counts and log line follow once the loop has written every ready
+    // answer (reportRequest).
     if (!writer) {
       void reply
         .code(200)

@@ -95,7 +95,7 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
       });
       return;
     }
-    // The answer goes out first; its counts and log line follow in the same tick (as chat does).
+    // The answer goes out first; its counts and log line follow (reportRequest, as for chat).
     void reply
       .code(200)
       .headers(

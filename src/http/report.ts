@@ -108,6 +108,17 @@ export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number,
   );
 }
 
+/** Reports waiting for the end of this turn of the loop, five slots each (no object per request). */
+const pending: unknown[] = [];
+
+/**
+ * Counts a routed request and writes its line, after the response is out: the work is queued and done once
+ * the event loop has handled every socket that was ready (setImmediate), so the answers of a burst of
+ * requests are written back to back instead of each waiting on the line of the one before. Under load that
+ * spacing decided how often each write had to wake its sleeping client (a cross-core wake-up per write),
+ * measured as ~4 CPU-µs a request (interleaved A/B, 4 pairs). Latency is taken now; the line's `time` when
+ * it is written, within the same turn of the loop.
+ */
 export function reportRequest(
   gw: Gateway,
   req: FastifyRequest,
@@ -115,7 +126,37 @@ export function reportRequest(
   r: RequestOutcome,
 ): void {
   req.reported = true;
-  const totalMs = gw.now() - ctx.startedAt;
+  if (pending.length === 0) setImmediate(flushReports);
+  pending.push(gw, req, ctx, r, gw.now() - ctx.startedAt);
+}
+
+/** Writes every queued report now. Also called on close, so no line is lost to an exit in the same turn. */
+export function flushReports(): void {
+  for (let i = 0; i < pending.length; i += 5) {
+    const gw = pending[i] as Gateway;
+    try {
+      writeReport(
+        gw,
+        pending[i + 1] as FastifyRequest,
+        pending[i + 2] as RequestContext,
+        pending[i + 3] as RequestOutcome,
+        pending[i + 4] as number,
+      );
+    } catch (err) {
+      // Off the request's path: a failure here must not take the process down with it.
+      gw.logger.error({ err }, 'could not write a request report');
+    }
+  }
+  pending.length = 0;
+}
+
+function writeReport(
+  gw: Gateway,
+  req: FastifyRequest,
+  ctx: RequestContext,
+  r: RequestOutcome,
+  totalMs: number,
+): void {
   const up = r.served;
   const provider = up?.provider.name ?? 'none';
   const model = up?.model.name ?? 'none';

@@ -1,0 +1,92 @@
+import type { FastifyRequest } from 'fastify';
+import { describe, expect, it } from 'vitest';
+import type { Gateway } from '../../../src/gateway.js';
+import {
+  flushReports,
+  reportRequest,
+  type RequestContext,
+  type RequestOutcome,
+} from '../../../src/http/report.js';
+
+/** Just what a report touches: counts, the request log and the clock. */
+function fakeGateway(clock: { now: number }, failOnRoute?: string) {
+  const lines: Record<string, unknown>[] = [];
+  const errors: unknown[] = [];
+  const counted: string[] = [];
+  const gw = {
+    now: () => clock.now,
+    requestChildren: {
+      get: (route: string) => {
+        if (route === failOnRoute) throw new Error('label cache broke');
+        return {
+          requests: { inc: () => counted.push(route) },
+          duration: { observe: () => undefined },
+          overhead: { observe: () => undefined },
+        };
+      },
+    },
+    requestLog: { isLevelEnabled: () => true },
+    requestLines: { write: (l: string) => lines.push(JSON.parse(l) as Record<string, unknown>) },
+    runtime: { scrubber: { scrub: (t: string) => t } },
+    logger: { error: (o: unknown) => errors.push(o) },
+  } as unknown as Gateway;
+  return { gw, lines, errors, counted };
+}
+
+function context(route: string): RequestContext {
+  return {
+    route,
+    strategy: 'priority',
+    stream: false,
+    startedAt: 100,
+    chosen: undefined,
+    tier: undefined,
+    tierReason: undefined,
+    promptTokensEstimate: 1,
+  };
+}
+
+const failed: RequestOutcome = { status: 502, served: undefined, attempts: [], upstreamMs: 0 };
+
+function request(id: string): FastifyRequest {
+  return { id, reported: false } as FastifyRequest;
+}
+
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+describe('request reports wait until the ready answers are written', () => {
+  it('are counted and logged at the end of the turn, with the latency of when the answer went out', async () => {
+    const clock = { now: 130 };
+    const { gw, lines, counted } = fakeGateway(clock);
+    const req = request('r-1');
+    reportRequest(gw, req, context('plain'), failed);
+    expect(req.reported).toBe(true); // the onResponse hook must not report it again
+    expect(lines).toEqual([]);
+    expect(counted).toEqual([]);
+    clock.now = 900; // the loop is slow to get there: the latency is still the answer's
+    await nextTurn();
+    expect(counted).toEqual(['plain']);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ reqId: 'r-1', route: 'plain', status: 502, latencyMs: 30 });
+  });
+
+  it('are written at once by flushReports (the close path), and only once', async () => {
+    const { gw, lines } = fakeGateway({ now: 100 });
+    reportRequest(gw, request('a'), context('plain'), failed);
+    reportRequest(gw, request('b'), context('plain'), failed);
+    flushReports();
+    expect(lines.map((l) => l.reqId)).toEqual(['a', 'b']);
+    await nextTurn();
+    expect(lines).toHaveLength(2);
+  });
+
+  it('that fail are logged as errors, never thrown, and do not cost the others their line', async () => {
+    const { gw, lines, errors } = fakeGateway({ now: 100 }, 'broken');
+    reportRequest(gw, request('before'), context('plain'), failed);
+    reportRequest(gw, request('bad'), context('broken'), failed);
+    reportRequest(gw, request('after'), context('plain'), failed);
+    await nextTurn();
+    expect(lines.map((l) => l.reqId)).toEqual(['before', 'after']);
+    expect(errors).toHaveLength(1);
+  });
+});
