@@ -8,11 +8,12 @@ import Fastify, {
   type FastifyServerOptions,
 } from 'fastify';
 import type { LoadedConfig } from './config/load.js';
+import { flushTurn } from './end-of-turn.js';
 import { GatewayError, errorBody } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { adminPlugin } from './http/admin.js';
 import { authHook } from './http/auth.js';
-import { flushReports, reportUnrouted } from './http/report.js';
+import { reportUnrouted } from './http/report.js';
 import { chatPlugin } from './http/chat.js';
 import { embeddingsPlugin } from './http/embeddings.js';
 import { healthPlugin } from './http/health.js';
@@ -177,7 +178,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   });
   app.register(passthroughPlugin);
   app.addHook('onClose', async () => {
-    flushReports(); // lines of this turn's last answers, before the process may exit
+    flushTurn(); // counts and lines of this turn's last answers, before the process may exit
     await gateway.close();
   });
   return app;

@@ -1,3 +1,4 @@
+import { afterThisTurn } from '../end-of-turn.js';
 import { GatewayError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -88,7 +89,9 @@ export async function runFailover(
       up.metrics.inflight.dec();
     }
     upstreamMs += result.totalMs;
-    record(up, permit, result, opts);
+    // The breaker and statistics learn at the end of this turn, after the answer is written (end-of-turn.ts).
+    // Only other requests read them, and no upstream is tried twice by one request.
+    afterThisTurn(record, up, permit, result, opts, undefined);
     const rec: AttemptRecord = {
       upstream: up.id,
       outcome: result.ok ? 'success' : result.classified.outcome,

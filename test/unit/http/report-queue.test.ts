@@ -1,12 +1,8 @@
 import type { FastifyRequest } from 'fastify';
 import { describe, expect, it } from 'vitest';
 import type { Gateway } from '../../../src/gateway.js';
-import {
-  flushReports,
-  reportRequest,
-  type RequestContext,
-  type RequestOutcome,
-} from '../../../src/http/report.js';
+import { flushTurn } from '../../../src/end-of-turn.js';
+import { reportRequest, type RequestContext, type RequestOutcome } from '../../../src/http/report.js';
 
 /** Just what a report touches: counts, the request log and the clock. */
 function fakeGateway(clock: { now: number }, failOnRoute?: string) {
@@ -70,11 +66,11 @@ describe('request reports wait until the ready answers are written', () => {
     expect(lines[0]).toMatchObject({ reqId: 'r-1', route: 'plain', status: 502, latencyMs: 30 });
   });
 
-  it('are written at once by flushReports (the close path), and only once', async () => {
+  it('are written at once by flushTurn (the close path), and only once', async () => {
     const { gw, lines } = fakeGateway({ now: 100 });
     reportRequest(gw, request('a'), context('plain'), failed);
     reportRequest(gw, request('b'), context('plain'), failed);
-    flushReports();
+    flushTurn();
     expect(lines.map((l) => l.reqId)).toEqual(['a', 'b']);
     await nextTurn();
     expect(lines).toHaveLength(2);

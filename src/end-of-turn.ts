@@ -1,0 +1,38 @@
+/**
+ * Bookkeeping that waits until the event loop has handled every socket that was ready in this turn
+ * (setImmediate runs after the poll phase): a request's counts, log line and breaker/statistics update.
+ *
+ * Why: under load the answers of many requests become ready in the same turn. Done between them, each
+ * request's bookkeeping spaced their writes apart, so each write found its client asleep and paid a
+ * cross-core wake-up; written back to back, most find it still awake. Measured with interleaved A/B runs
+ * (bench/ab-cpu.sh), CPU per request: the report moved here saved ~4.6 µs; the breaker and statistics update
+ * ~1.5 more (two runs: -2.0 over 6 pairs, -1.3 over 8).
+ * Nothing here is needed by the answer itself, and everything runs before the loop reads the next request.
+ *
+ * Jobs are stored as a function and five arguments in one array (no object, no closure per job) and run
+ * in order. A job must not throw; one that does is reported as a process warning, never a crash.
+ */
+
+type Job<A, B, C, D, E> = (a: A, b: B, c: C, d: D, e: E) => void;
+
+const SLOTS = 6;
+const queue: unknown[] = [];
+
+export function afterThisTurn<A, B, C, D, E>(job: Job<A, B, C, D, E>, a: A, b: B, c: C, d: D, e: E): void {
+  if (queue.length === 0) setImmediate(flushTurn);
+  queue.push(job, a, b, c, d, e);
+}
+
+/** Runs every queued job now: on close, so no count or line is lost to an exit in the same turn. */
+export function flushTurn(): void {
+  // A job may queue another: it runs in this same pass.
+  for (let i = 0; i < queue.length; i += SLOTS) {
+    const job = queue[i] as Job<unknown, unknown, unknown, unknown, unknown>;
+    try {
+      job(queue[i + 1], queue[i + 2], queue[i + 3], queue[i + 4], queue[i + 5]);
+    } catch (err) {
+      process.emitWarning(err instanceof Error ? err : new Error(String(err)), 'EndOfTurnWarning');
+    }
+  }
+  queue.length = 0;
+}
