@@ -7,9 +7,10 @@
  * cross-core wake-up; written back to back, most find it still awake. Measured with interleaved A/B runs
  * (bench/ab-cpu.sh), CPU per request: the report moved here saved ~4.6 µs; the breaker and statistics update
  * ~1.5 more (two runs: -2.0 over 6 pairs, -1.3 over 8).
- * Nothing here is needed by the answer itself, and everything runs before the loop reads the next request.
+ * Nothing here is needed by the answer itself, and all of it runs before the turn ends: a client that has
+ * read its answer can no longer find the answer's count or line missing.
  *
- * Jobs are stored as a function and five arguments in one array (no object, no closure per job) and run
+ * Jobs are stored as a function and up to five arguments in one array (no object, no closure per job) and run
  * in order. A job must not throw; one that does is reported as a process warning, never a crash.
  */
 
@@ -18,7 +19,7 @@ type Job<A, B, C, D, E> = (a: A, b: B, c: C, d: D, e: E) => void;
 const SLOTS = 6;
 const queue: unknown[] = [];
 
-export function afterThisTurn<A, B, C, D, E>(job: Job<A, B, C, D, E>, a: A, b: B, c: C, d: D, e: E): void {
+export function afterThisTurn<A, B, C, D, E>(job: Job<A, B, C, D, E>, a: A, b: B, c: C, d: D, e?: E): void {
   if (queue.length === 0) setImmediate(flushTurn);
   queue.push(job, a, b, c, d, e);
 }

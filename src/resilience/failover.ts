@@ -91,7 +91,7 @@ export async function runFailover(
     upstreamMs += result.totalMs;
     // The breaker and statistics learn at the end of this turn, after the answer is written (end-of-turn.ts).
     // Only other requests read them, and no upstream is tried twice by one request.
-    afterThisTurn(record, up, permit, result, opts, undefined);
+    afterThisTurn(record, up, permit, result, opts);
     const rec: AttemptRecord = {
       upstream: up.id,
       outcome: result.ok ? 'success' : result.classified.outcome,
