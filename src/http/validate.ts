@@ -1,4 +1,5 @@
 import { GatewayError } from '../errors.js';
+import { nestsDeeperThan } from '../json-scan.js';
 import type { ChatBody } from '../upstream/adapter.js';
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool', 'function']);
@@ -135,18 +136,5 @@ function countUpTo(text: string, char: string, limit: number): number {
 export function jsonDepthExceeds(text: string, maxDepth: number): boolean {
   // Fewer opening brackets than the bound cannot nest past it: most bodies skip the char-by-char scan.
   if (countUpTo(text, '{', maxDepth) + countUpTo(text, '[', maxDepth) <= maxDepth) return false;
-  let depth = 0;
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 92)
-        i++; // backslash: skip the escaped char
-      else if (c === 34) inString = false;
-    } else if (c === 34) inString = true;
-    else if (c === 123 || c === 91) {
-      if (++depth > maxDepth) return true;
-    } else if (c === 125 || c === 93) depth--;
-  }
-  return false;
+  return nestsDeeperThan(text, maxDepth);
 }

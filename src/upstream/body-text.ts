@@ -5,6 +5,8 @@
  * of the text outside its strings. The body must not change after parsing but for the `model` an
  * adapter sets: nothing in the gateway changes a client's body.
  */
+import { skipSpace, stringEnd } from '../json-scan.js';
+
 const SOURCE = Symbol('json source text');
 
 /** The text, and the object it was parsed into: a spread copy of the body carries this along, but is not `of`. */
@@ -87,22 +89,4 @@ export function topLevelStringSpan(text: string, key: string): [number, number] 
     i++;
   }
   return found;
-}
-
-/** Index of the quote closing the string that opens at `open`; -1 if it never closes. */
-function stringEnd(text: string, open: number): number {
-  let j = open;
-  for (;;) {
-    j = text.indexOf('"', j + 1);
-    if (j < 0) return -1;
-    let backslashes = 0;
-    while (text.charCodeAt(j - 1 - backslashes) === 92) backslashes++;
-    if ((backslashes & 1) === 0) return j;
-  }
-}
-
-function skipSpace(text: string, i: number): number {
-  let c = text.charCodeAt(i);
-  while (c === 32 || c === 10 || c === 13 || c === 9) c = text.charCodeAt(++i);
-  return i;
 }

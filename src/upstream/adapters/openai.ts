@@ -8,6 +8,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from '../adapter.js';
+import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithModel } from '../body-text.js';
 import { openAiErrorTypeForStatus, parseJsonObject, providerHeaders, truncateMessage } from './common.js';
 
@@ -164,34 +165,6 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
   };
 }
 
-function firstNonSpace(text: string): number {
-  let i = 0;
-  while (i < text.length && text.charCodeAt(i) <= 32) i++;
-  return i;
-}
-
-function lastNonSpace(text: string): number {
-  let i = text.length - 1;
-  while (i >= 0 && text.charCodeAt(i) <= 32) i--;
-  return i;
-}
-
-/** Index of the `}` closing the object that opens at `open`, strings skipped; -1 if it never closes. */
-function closingBrace(text: string, open: number): number {
-  let depth = 0;
-  let inString = false;
-  for (let i = open; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 92) i++;
-      else if (c === 34) inString = false;
-    } else if (c === 34) inString = true;
-    else if (c === 123) depth++;
-    else if (c === 125 && --depth === 0) return i;
-  }
-  return -1;
-}
-
 /**
  * A non-streaming answer relayed byte for byte: it must be a JSON object (an HTML error page with a 200
  * fails over), and only its `usage` object is parsed — OpenAI-compatible servers put it last, so this
@@ -202,18 +175,14 @@ export function relayedAnswer(
   text: string,
   readUsageOf: (json: unknown) => Usage | undefined = readUsage,
 ): { body: string; usage: Usage | undefined } | undefined {
-  if (text.charCodeAt(firstNonSpace(text)) !== 123 || text.charCodeAt(lastNonSpace(text)) !== 125)
+  if (text.charCodeAt(skipSpace(text, 0)) !== 123 || text.charCodeAt(skipSpaceBack(text)) !== 125)
     return undefined;
   const key = text.lastIndexOf('"usage"');
   if (key >= 0) {
-    const open = text.indexOf('{', key);
-    const colon = text.indexOf(':', key + 7);
-    const isKey =
-      colon > 0 &&
-      colon < open &&
-      text.slice(key + 7, colon).trim() === '' &&
-      text.slice(colon + 1, open).trim() === '';
-    if (isKey) {
+    // `"usage"` as a key whose value is an object (inside a string its quotes would be escaped).
+    const colon = skipSpace(text, key + 7);
+    const open = skipSpace(text, colon + 1);
+    if (text.charCodeAt(colon) === 58 && text.charCodeAt(open) === 123) {
       const close = closingBrace(text, open);
       if (close > 0) {
         try {
