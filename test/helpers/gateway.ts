@@ -4,6 +4,7 @@ import { buildApp } from '../../src/app.js';
 import { parseConfigText } from '../../src/config/load.js';
 import type { Gateway } from '../../src/gateway.js';
 import { createLogger } from '../../src/observability/logger.js';
+import type { Simulator } from '../../src/sim/index.js';
 
 export interface TestGateway {
   readonly url: string;
@@ -63,4 +64,31 @@ export function simProvider(
     models: models.map((m) => (typeof m === 'string' ? { name: m } : m)),
     ...extra,
   };
+}
+
+/**
+ * A YAML config (for the CLI, or to exercise the YAML path): one provider per simulator, each serving
+ * model `m`; `routes` (default: `main` over all of them) with `strategy`; then `extra` lines as they are.
+ */
+export function simConfigYaml(
+  sims: readonly Simulator[],
+  opts: {
+    routes?: Record<string, string[]>;
+    strategy?: string;
+    shutdownGraceMs?: number;
+    extra?: readonly string[];
+  } = {},
+): string {
+  const routes = opts.routes ?? { main: sims.map((s) => `${s.options.name}/m`) };
+  return [
+    `server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: ${opts.shutdownGraceMs ?? 2000} }`,
+    'providers:',
+    ...sims.map((s) => `  - { name: ${s.options.name}, base_url: "${s.url}/v1", models: [{ name: m }] }`),
+    'routes:',
+    ...Object.entries(routes).map(
+      ([name, targets]) =>
+        `  ${name}: { strategy: ${opts.strategy ?? 'priority'}, targets: [${targets.join(', ')}] }`,
+    ),
+    ...(opts.extra ?? []),
+  ].join('\n');
 }

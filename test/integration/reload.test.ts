@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { simConfigYaml, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
 import { parseProm, value } from '../helpers/prom-text.js';
 
@@ -17,21 +17,12 @@ async function sim(name: string, o: Parameters<typeof startSimulator>[0] = {}): 
   return track(await startSimulator({ name, ...o }));
 }
 
-/** A YAML config: one provider per simulator (model `m`), the given routes. */
+/** A YAML config: one provider per simulator (model `m`), the given routes, a breaker that trips at once. */
 function yamlOf(providers: Simulator[], routes: Record<string, string[]>, extra = ''): string {
-  return [
-    'server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: 2000 }',
-    'providers:',
-    ...providers.map(
-      (s) => `  - { name: ${s.options.name}, base_url: "${s.url}/v1", models: [{ name: m }] }`,
-    ),
-    'routes:',
-    ...Object.entries(routes).map(
-      ([name, targets]) => `  ${name}: { strategy: priority, targets: [${targets.join(', ')}] }`,
-    ),
-    'circuit_breaker: { failure_threshold: 1, open_ms: 60000 }',
-    extra,
-  ].join('\n');
+  return simConfigYaml(providers, {
+    routes,
+    extra: ['circuit_breaker: { failure_threshold: 1, open_ms: 60000 }', extra],
+  });
 }
 
 async function chat(base: string, model: string) {

@@ -9,7 +9,7 @@ import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { startGateway } from '../helpers/gateway.js';
+import { simConfigYaml, startGateway } from '../helpers/gateway.js';
 import { REPO_ROOT, ensureBuilt, startCli } from '../helpers/cli-harness.js';
 
 const track = closeAfterEach();
@@ -23,16 +23,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 async function start(graceMs: number, simOpts: Parameters<typeof startSimulator>[0]) {
   const sim = track(await startSimulator({ name: 'slow', ...simOpts }));
   const path = join(dir, `gateway-${graceMs}.yaml`);
-  writeFileSync(
-    path,
-    [
-      `server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: ${graceMs} }`,
-      'providers:',
-      `  - { name: slow, base_url: "${sim.url}/v1", models: [{ name: m }] }`,
-      'routes:',
-      '  main: { strategy: priority, targets: [slow/m] }',
-    ].join('\n'),
-  );
+  writeFileSync(path, simConfigYaml([sim], { shutdownGraceMs: graceMs }));
   const cli = await startCli(path);
   track({ close: () => cli.kill() });
   return { sim, cli };
@@ -167,16 +158,7 @@ describe('logs to a file', () => {
   it('writes every request line by the time SIGTERM has drained the process (batched, flushed on exit)', async () => {
     const sim = track(await startSimulator({ name: 'a' }));
     const path = join(dir, 'file-log.yaml');
-    writeFileSync(
-      path,
-      [
-        'server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: 500 }',
-        'providers:',
-        `  - { name: a, base_url: "${sim.url}/v1", models: [{ name: m }] }`,
-        'routes:',
-        '  main: { strategy: priority, targets: [a/m] }',
-      ].join('\n'),
-    );
+    writeFileSync(path, simConfigYaml([sim], { shutdownGraceMs: 500 }));
     const logPath = join(dir, 'gateway.log');
     const out = openSync(logPath, 'w');
     const proc = spawn(process.execPath, ['dist/main.js', '--config', path], {

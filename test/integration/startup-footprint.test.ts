@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
+import { simConfigYaml } from '../helpers/gateway.js';
 
 const track = closeAfterEach();
 let dir: string;
@@ -35,16 +36,7 @@ describe('the gateway process', () => {
   it('serves JSON and streams without loading what it does not use', async () => {
     const sim = track(await startSimulator({ name: 'a' }));
     const config = join(dir, 'gateway.yaml');
-    writeFileSync(
-      config,
-      [
-        'server: { host: 127.0.0.1, port: 0, shutdown_grace_ms: 2000 }',
-        'providers:',
-        `  - { name: a, base_url: "${sim.url}/v1", models: [{ name: m }] }`,
-        'routes:',
-        '  main: { strategy: hybrid, targets: [a/m] }',
-      ].join('\n'),
-    );
+    writeFileSync(config, simConfigYaml([sim], { strategy: 'hybrid' }));
     // A preload that lists, as the process exits, every CommonJS module it loaded (dependencies are CJS).
     const probe = join(dir, 'probe.mjs');
     writeFileSync(
