@@ -1,7 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll } from 'vitest';
 
 /** Helpers for tests that run the built CLI (`node dist/main.js ...`) as a real process. */
 
@@ -191,5 +193,24 @@ export async function startCli(
         await exited;
       }
     },
+  };
+}
+
+/**
+ * For a test file or describe block that runs the built CLI: builds dist/ (once, before its tests) and
+ * makes a temporary directory for its config files, removed after them. Returns the directory's path.
+ */
+export function cliWorkDir(name: string): () => string {
+  let dir: string | undefined;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), `ler-${name}-`));
+    await ensureBuilt();
+  }, 120_000);
+  afterAll(() => {
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  });
+  return () => {
+    if (dir === undefined) throw new Error('cliWorkDir: read before its beforeAll ran');
+    return dir;
   };
 }

@@ -1,13 +1,12 @@
-import { writeFileSync, mkdtempSync, rmSync, renameSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simConfigYaml, startGateway, type TestGateway } from '../helpers/gateway.js';
-import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
+import { cliWorkDir, startCli } from '../helpers/cli-harness.js';
 import { parseProm, value } from '../helpers/prom-text.js';
 
 const track = closeAfterEach();
@@ -164,17 +163,12 @@ describe('gateway.reload (in process)', () => {
 });
 
 describe('the CLI reloads on file change and on SIGHUP', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'ler-reload-'));
-    await ensureBuilt();
-  }, 120_000);
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const workDir = cliWorkDir('reload');
 
   it('rejects an invalid file with its path, swaps in a valid one, and survives SIGHUP', async () => {
     const a = await sim('a');
     const b = await sim('b');
-    const path = join(dir, 'gateway.yaml');
+    const path = join(workDir(), 'gateway.yaml');
     writeFileSync(path, yamlOf([a, b], { main: ['a/m'] }));
     const cli = await startCli(path);
     track({ close: () => cli.kill() });

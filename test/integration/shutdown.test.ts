@@ -2,27 +2,21 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simConfigYaml, startGateway } from '../helpers/gateway.js';
-import { REPO_ROOT, ensureBuilt, startCli } from '../helpers/cli-harness.js';
+import { REPO_ROOT, cliWorkDir, startCli } from '../helpers/cli-harness.js';
 
 const track = closeAfterEach();
-let dir: string;
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'ler-shutdown-'));
-  await ensureBuilt();
-}, 120_000);
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const workDir = cliWorkDir('shutdown');
 
 async function start(graceMs: number, simOpts: Parameters<typeof startSimulator>[0]) {
   const sim = track(await startSimulator({ name: 'slow', ...simOpts }));
-  const path = join(dir, `gateway-${graceMs}.yaml`);
+  const path = join(workDir(), `gateway-${graceMs}.yaml`);
   writeFileSync(path, simConfigYaml([sim], { shutdownGraceMs: graceMs }));
   const cli = await startCli(path);
   track({ close: () => cli.kill() });
@@ -157,9 +151,9 @@ describe('/readyz (in process)', () => {
 describe('logs to a file', () => {
   it('writes every request line by the time SIGTERM has drained the process (batched, flushed on exit)', async () => {
     const sim = track(await startSimulator({ name: 'a' }));
-    const path = join(dir, 'file-log.yaml');
+    const path = join(workDir(), 'file-log.yaml');
     writeFileSync(path, simConfigYaml([sim], { shutdownGraceMs: 500 }));
-    const logPath = join(dir, 'gateway.log');
+    const logPath = join(workDir(), 'gateway.log');
     const out = openSync(logPath, 'w');
     const proc = spawn(process.execPath, ['dist/main.js', '--config', path], {
       cwd: REPO_ROOT,

@@ -1,20 +1,14 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { ensureBuilt, startCli } from '../helpers/cli-harness.js';
+import { cliWorkDir, startCli } from '../helpers/cli-harness.js';
 import { simConfigYaml } from '../helpers/gateway.js';
 
 const track = closeAfterEach();
-let dir: string;
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'ler-footprint-'));
-  await ensureBuilt();
-}, 120_000);
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const workDir = cliWorkDir('footprint');
 
 /**
  * What the gateway process must not load (idle RSS, README "Performance"): undici's entry point (all of
@@ -35,10 +29,10 @@ const NOT_LOADED = [
 describe('the gateway process', () => {
   it('serves JSON and streams without loading what it does not use', async () => {
     const sim = track(await startSimulator({ name: 'a' }));
-    const config = join(dir, 'gateway.yaml');
+    const config = join(workDir(), 'gateway.yaml');
     writeFileSync(config, simConfigYaml([sim], { strategy: 'hybrid' }));
     // A preload that lists, as the process exits, every CommonJS module it loaded (dependencies are CJS).
-    const probe = join(dir, 'probe.mjs');
+    const probe = join(workDir(), 'probe.mjs');
     writeFileSync(
       probe,
       [

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, MAX_CONFIG_BYTES, loadConfigFile, parseConfigText } from '../../../src/config/load.js';
-import { ensureBuilt, REPO_ROOT } from '../../helpers/cli-harness.js';
+import { cliWorkDir, REPO_ROOT } from '../../helpers/cli-harness.js';
 
 /** Two providers, a flat route, a tiered route: every case below changes one thing. */
 const BASE = `
@@ -255,12 +255,7 @@ describe('loadConfigFile', () => {
 });
 
 describe('llm-edge-router check (the built CLI)', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'ler-check-'));
-    await ensureBuilt();
-  }, 120_000);
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const workDir = cliWorkDir('check');
 
   const check = (path: string, env: Record<string, string> = {}) =>
     spawnSync(process.execPath, ['dist/main.js', 'check', '--config', path], {
@@ -286,7 +281,7 @@ describe('llm-edge-router check (the built CLI)', () => {
   });
 
   it('exits non-zero on a bad file with the YAML path in stderr, and no stack trace', () => {
-    const path = join(dir, 'bad.yaml');
+    const path = join(workDir(), 'bad.yaml');
     writeFileSync(path, BASE.replace('base_url: http://127.0.0.1:1/v1', 'base_urll: http://127.0.0.1:1/v1'));
     const r = check(path);
     expect(r.status).not.toBe(0);
