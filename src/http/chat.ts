@@ -8,7 +8,7 @@ import { SseWriter } from '../streaming/relay.js';
 import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
-import { failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
+import { answerJson, failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
 import { validateChatBody } from './validate.js';
 
 const GONE = Symbol('clientGone');
@@ -50,7 +50,11 @@ export async function chatPlugin(app: FastifyInstance): Promise<void> {
   app.post('/v1/chat/completions', (req, reply) => handleChat(app.gateway, req, reply));
 }
 
-async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+async function handleChat(
+  gw: Gateway,
+  req: FastifyRequest,
+  reply: FastifyReply,
+): Promise<FastifyReply | undefined> {
   const startedAt = gw.now();
   const rt = gw.runtime;
   const body = validateChatBody(req.body);
@@ -131,19 +135,10 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
         upstreamMs: out.upstreamMs,
         error: last?.reason,
       });
-      return;
+      return undefined;
     }
     const result = out.result;
-    // The answer goes out first; its counts and log line follow once the loop has written every ready
-    // answer (reportRequest).
-    if (!writer) {
-      void reply
-        .code(200)
-        .headers(headersFor(out.target, out.attempts.slice(0, -1)))
-        .type('application/json')
-        .send(result.body);
-    }
-    reportRequest(gw, req, report, {
+    const outcome = {
       status: 200,
       served,
       attempts: out.attempts,
@@ -151,7 +146,11 @@ async function handleChat(gw: Gateway, req: FastifyRequest, reply: FastifyReply)
       ttftMs: result.ttftMs,
       usage: result.usage,
       countedTokens: result.countedTokens,
-    });
+    };
+    if (!writer) return answerJson(gw, reply, report, outcome, result.body);
+    // The stream is written: its counts and log line follow once the loop has handled this turn's sockets.
+    reportRequest(gw, req, report, outcome);
+    return undefined;
   } catch (err) {
     throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
   }

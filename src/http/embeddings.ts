@@ -9,7 +9,7 @@ import type { RouteTarget } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
 import { clientGoneSignal, failoverOptions } from './chat.js';
-import { failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
+import { answerJson, failRequest, reportRequest, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 
 export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
@@ -26,7 +26,11 @@ function inputTokens(input: unknown): number {
 }
 
 /** Embeddings go through the same engine as chat: strategy, breakers, failover; answers relayed as they are. */
-async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+async function handleEmbeddings(
+  gw: Gateway,
+  req: FastifyRequest,
+  reply: FastifyReply,
+): Promise<FastifyReply | undefined> {
   const startedAt = gw.now();
   const rt = gw.runtime;
   const body = validateEmbeddingsBody(req.body);
@@ -93,24 +97,22 @@ async function handleEmbeddings(gw: Gateway, req: FastifyRequest, reply: Fastify
         upstreamMs: out.upstreamMs,
         error: out.attempts[out.attempts.length - 1]?.reason,
       });
-      return;
+      return undefined;
     }
-    // The answer goes out first; its counts and log line follow (reportRequest, as for chat).
-    void reply
-      .code(200)
-      .headers(
-        routerHeaders(req.id, strategy, served, out.attempts.slice(0, -1), out.attempts.length, undefined),
-      )
-      .type('application/json')
-      .send(out.result.body);
-    reportRequest(gw, req, report, {
-      status: 200,
-      served,
-      attempts: out.attempts,
-      upstreamMs: out.upstreamMs,
-      usage: out.result.usage,
-      countedTokens: 0,
-    });
+    return answerJson(
+      gw,
+      reply,
+      report,
+      {
+        status: 200,
+        served,
+        attempts: out.attempts,
+        upstreamMs: out.upstreamMs,
+        usage: out.result.usage,
+        countedTokens: 0,
+      },
+      out.result.body,
+    );
   } catch (err) {
     throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
   }

