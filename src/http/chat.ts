@@ -8,7 +8,15 @@ import { SseWriter } from '../streaming/relay.js';
 import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
-import { answerJson, failRequest, reportRequest, routerHeaders, type RequestContext } from './report.js';
+import {
+  ANSWER_QUEUED,
+  answerJson,
+  type AnswerQueued,
+  failRequest,
+  reportRequest,
+  routerHeaders,
+  type RequestContext,
+} from './report.js';
 import { validateChatBody } from './validate.js';
 
 const GONE = Symbol('clientGone');
@@ -46,15 +54,42 @@ export function failoverOptions(
   };
 }
 
+/**
+ * A route handler for an async function that sends its own reply, possibly after it has resolved (a JSON
+ * answer goes out at the end of the turn: report.ts answerJson). Fastify is not given the promise: it would
+ * send whatever it resolves to, and the way to make it wait, resolving to the reply, has it wait on the
+ * reply through end-of-stream listeners (~25 µs a request at concurrency 1). A failure goes to the error
+ * handler as a thrown one would.
+ */
+export function ownReply(
+  app: FastifyInstance,
+  handle: (gw: Gateway, req: FastifyRequest, reply: FastifyReply) => Promise<AnswerQueued | undefined>,
+): (req: FastifyRequest, reply: FastifyReply) => void {
+  return (req, reply) => {
+    handle(app.gateway, req, reply).then(
+      (queued) => {
+        // Never a request left hanging: a handler that ended without an answer is a bug, told as a 500.
+        if (queued !== ANSWER_QUEUED && !reply.sent && !reply.raw.destroyed) {
+          void reply.send(new Error('the handler ended without an answer'));
+        }
+      },
+      (err: unknown) => {
+        if (reply.sent) reply.log.error({ err, reqId: req.id }, 'request failed after its reply was sent');
+        else void reply.send(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  };
+}
+
 export async function chatPlugin(app: FastifyInstance): Promise<void> {
-  app.post('/v1/chat/completions', (req, reply) => handleChat(app.gateway, req, reply));
+  app.post('/v1/chat/completions', ownReply(app, handleChat));
 }
 
 async function handleChat(
   gw: Gateway,
   req: FastifyRequest,
   reply: FastifyReply,
-): Promise<FastifyReply | undefined> {
+): Promise<AnswerQueued | undefined> {
   const startedAt = gw.now();
   const rt = gw.runtime;
   const body = validateChatBody(req.body);
@@ -148,8 +183,7 @@ async function handleChat(
       countedTokens: result.countedTokens,
     };
     if (!writer) return answerJson(gw, reply, report, outcome, result.body);
-    // The stream is written: its counts and log line follow once the loop has handled this turn's sockets.
-    reportRequest(gw, req, report, outcome);
+    reportRequest(gw, req, report, outcome); // the stream is written: its counts and line follow
     return undefined;
   } catch (err) {
     throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);

@@ -8,12 +8,12 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
-import { clientGoneSignal, failoverOptions } from './chat.js';
-import { answerJson, failRequest, reportRequest, type RequestContext } from './report.js';
+import { clientGoneSignal, failoverOptions, ownReply } from './chat.js';
+import { answerJson, type AnswerQueued, failRequest, reportRequest, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 
 export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
-  app.post('/v1/embeddings', (req, reply) => handleEmbeddings(app.gateway, req, reply));
+  app.post('/v1/embeddings', ownReply(app, handleEmbeddings));
 }
 
 function inputTokens(input: unknown): number {
@@ -30,7 +30,7 @@ async function handleEmbeddings(
   gw: Gateway,
   req: FastifyRequest,
   reply: FastifyReply,
-): Promise<FastifyReply | undefined> {
+): Promise<AnswerQueued | undefined> {
   const startedAt = gw.now();
   const rt = gw.runtime;
   const body = validateEmbeddingsBody(req.body);

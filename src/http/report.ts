@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, isGatewayError } from '../errors.js';
-import { afterThisTurn } from '../end-of-turn.js';
+import { afterThisTurn, inTurnOrder } from '../end-of-turn.js';
 import type { Gateway } from '../gateway.js';
 import type { AttemptRecord } from '../resilience/failover.js';
 import { trailOf } from '../resilience/failover.js';
@@ -124,12 +124,15 @@ export function reportRequest(
   afterThisTurn(writeReport, gw, req, ctx, r, gw.now() - ctx.startedAt);
 }
 
+/** What answerJson returns, for its handler to pass on (chat.ts ownReply): the answer is sent or queued. */
+export const ANSWER_QUEUED = Symbol('answerQueued');
+export type AnswerQueued = typeof ANSWER_QUEUED;
+
 /**
- * Sends a served JSON answer, then reports it, once the loop has handled every socket ready in this turn
- * (end-of-turn.ts): the turn's answers, and its requests to upstreams (client.ts), go out back to back
- * instead of one between each request's own work. Interleaved A/B (bench/ab-cpu.sh): -4.0 CPU ms per 1k
- * requests over 8 pairs, all 8 lower. The handler returns the reply it was given, so fastify waits for the
- * send. The latency reported is the client's: taken when the answer is handed to its socket.
+ * Sends a served JSON answer, then reports it, in turn order (end-of-turn.ts inTurnOrder): the first write of
+ * this turn goes at once, a later one when the loop has handled every socket ready in the turn, with the
+ * turn's other answers and requests to upstreams back to back. The route's handler must leave the reply to
+ * us (chat.ts ownReply). The latency reported is the client's: taken when the answer is handed to its socket.
  */
 export function answerJson(
   gw: Gateway,
@@ -137,9 +140,9 @@ export function answerJson(
   ctx: RequestContext,
   r: RequestOutcome,
   body: string | undefined,
-): FastifyReply {
-  afterThisTurn(sendAnswer, gw, reply, ctx, r, body);
-  return reply;
+): AnswerQueued {
+  inTurnOrder(sendAnswer, gw, reply, ctx, r, body);
+  return ANSWER_QUEUED;
 }
 
 function sendAnswer(

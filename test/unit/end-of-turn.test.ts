@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { afterThisTurn, flushTurn } from '../../src/end-of-turn.js';
+import { afterThisTurn, flushTurn, inTurnOrder } from '../../src/end-of-turn.js';
 
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -47,5 +47,22 @@ describe('work queued for the end of the turn', () => {
     expect(seen).toEqual([1, 3]);
     expect(warn).toHaveBeenCalledTimes(1);
     expect(String(warn.mock.calls[0]?.[0])).toContain('broken job');
+  });
+
+  it("runs a turn's first write at once and its later writes at the end of the turn, in order", async () => {
+    const seen: string[] = [];
+    const write = (what: string): void => {
+      seen.push(what);
+    };
+    await nextTurn(); // a fresh turn
+    inTurnOrder(write, 'first', 0, 0, 0);
+    inTurnOrder(write, 'second', 0, 0, 0);
+    afterThisTurn(write, 'bookkeeping', 0, 0, 0);
+    inTurnOrder(write, 'third', 0, 0, 0);
+    seen.push('now');
+    await nextTurn();
+    expect(seen).toEqual(['first', 'now', 'second', 'bookkeeping', 'third']);
+    inTurnOrder(write, 'next turn', 0, 0, 0); // a new turn's first write goes at once again
+    expect(seen.at(-1)).toBe('next turn');
   });
 });

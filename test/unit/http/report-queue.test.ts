@@ -1,7 +1,7 @@
 import Fastify, { type FastifyRequest } from 'fastify';
 import { describe, expect, it } from 'vitest';
 import type { Gateway } from '../../../src/gateway.js';
-import { flushTurn } from '../../../src/end-of-turn.js';
+import { flushTurn, inTurnOrder } from '../../../src/end-of-turn.js';
 import {
   answerJson,
   reportRequest,
@@ -110,38 +110,45 @@ function servedBy(provider: string, model: string): Upstream {
   } as unknown as Upstream;
 }
 
-describe('served JSON answers go out at the end of the turn', () => {
-  it('are sent with their x-router headers once the turn ends, then reported with the latency of the send', async () => {
-    const clock = { now: 100 };
+/** A fastify app whose one route answers through answerJson; `before` runs first in the handler. */
+function answeringApp(gw: Gateway, clock: { now: number }, before: () => void) {
+  const app = Fastify();
+  const sentOnReturn: boolean[] = [];
+  app.post('/answer', (_req, reply) => {
+    before();
+    answerJson(
+      gw,
+      reply,
+      context('plain'),
+      {
+        status: 200,
+        served: servedBy('b', 'chat'),
+        attempts: [
+          { upstream: 'a/chat', outcome: 'error', reason: 'http_500', status: 500, latencyMs: 3 },
+          { upstream: 'b/chat', outcome: 'success', reason: 'ok', status: 200, latencyMs: 5 },
+        ],
+        upstreamMs: 8,
+        ttftMs: 5,
+        usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 },
+        countedTokens: 0,
+      },
+      '{"id":"x","choices":[]}',
+    );
+    sentOnReturn.push(reply.sent);
+    clock.now = 160; // the turn's other sockets take a while
+  });
+  return { app, sentOnReturn };
+}
+
+describe('served JSON answers go out in turn order', () => {
+  it("go at once when they are the turn's first write, with their x-router headers", async () => {
+    const clock = { now: 130 };
     const { gw, lines } = fakeGateway(clock);
-    const app = Fastify();
-    const sentOnReturn: boolean[] = [];
-    app.post('/answer', (_req, reply) => {
-      const out = answerJson(
-        gw,
-        reply,
-        context('plain'),
-        {
-          status: 200,
-          served: servedBy('b', 'chat'),
-          attempts: [
-            { upstream: 'a/chat', outcome: 'error', reason: 'http_500', status: 500, latencyMs: 3 },
-            { upstream: 'b/chat', outcome: 'success', reason: 'ok', status: 200, latencyMs: 5 },
-          ],
-          upstreamMs: 8,
-          ttftMs: 5,
-          usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 },
-          countedTokens: 0,
-        },
-        '{"id":"x","choices":[]}',
-      );
-      sentOnReturn.push(reply.sent);
-      clock.now = 160; // the turn's other sockets take a while: the latency is when this answer went out
-      return out; // the reply itself: fastify waits for the send
-    });
+    await nextTurn();
+    const { app, sentOnReturn } = answeringApp(gw, clock, () => undefined);
     const res = await app.inject({ method: 'POST', url: '/answer', payload: {} });
     await app.close();
-    expect(sentOnReturn).toEqual([false]);
+    expect(sentOnReturn).toEqual([true]);
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toMatch(/^application\/json/);
     expect(res.body).toBe('{"id":"x","choices":[]}');
@@ -153,6 +160,24 @@ describe('served JSON answers go out at the end of the turn', () => {
     });
     await nextTurn();
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatchObject({ status: 200, upstream: 'b/chat', attempts: 2, latencyMs: 60 });
+    expect(lines[0]).toMatchObject({ status: 200, upstream: 'b/chat', attempts: 2, latencyMs: 30 });
+  });
+
+  it('wait for the end of the turn behind its first write, and are reported with the latency of the send', async () => {
+    const clock = { now: 100 };
+    const { gw, lines } = fakeGateway(clock);
+    const order: string[] = [];
+    const { app, sentOnReturn } = answeringApp(gw, clock, () =>
+      inTurnOrder((what: string) => order.push(what), 'an earlier write', 0, 0, 0),
+    );
+    const res = await app.inject({ method: 'POST', url: '/answer', payload: {} });
+    await app.close();
+    expect(order).toEqual(['an earlier write']);
+    expect(sentOnReturn).toEqual([false]); // it waited for the end of the turn
+    expect(res.statusCode).toBe(200);
+    expect(res.body).toBe('{"id":"x","choices":[]}');
+    await nextTurn();
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ status: 200, upstream: 'b/chat', latencyMs: 60 });
   });
 });

@@ -29,6 +29,8 @@ function client(): ProviderClient {
   } as ConstructorParameters<typeof ProviderClient>[0]);
 }
 
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
 function post(c: ProviderClient, path: string, signal = new Abort()) {
   return c.requestText({
     method: 'POST',
@@ -41,28 +43,34 @@ function post(c: ProviderClient, path: string, signal = new Abort()) {
   });
 }
 
-describe('ProviderClient.requestText hands requests to undici at the end of the turn', () => {
-  it('sends every request of a turn together once the turn ends, and each gets its own answer', async () => {
+describe('ProviderClient.requestText hands requests to undici in turn order', () => {
+  it("sends a turn's first request at once and the others together when the turn ends", async () => {
     const c = client();
+    await nextTurn(); // a fresh turn: no write has run in it yet
     const a = post(c, '/one');
+    expect(c.stats().size).toBe(1);
     const b = post(c, '/two');
-    expect(c.stats().size).toBe(0); // nothing dispatched yet: the turn's requests go out back to back
+    const d = post(c, '/three');
+    expect(c.stats().size).toBe(1); // waiting: the turn's later writes go out back to back
     flushTurn();
-    expect(c.stats().size).toBe(2);
+    expect(c.stats().size).toBe(3);
     expect(JSON.parse((await a).text)).toEqual({ path: '/v1/one' });
     expect(JSON.parse((await b).text)).toEqual({ path: '/v1/two' });
+    expect(JSON.parse((await d).text)).toEqual({ path: '/v1/three' });
     await c.close();
   });
 
   it('never sends a request aborted in the turn it was made, and rejects it with the reason', async () => {
     const c = client();
     const signal = new Abort();
+    const first = post(c, '/first'); // the turn's first write goes at once: the next one waits for its end
     const gone = post(c, '/aborted', signal).then(
       () => 'answered',
       (err: Error) => err.message,
     );
     signal.abort(new Error('client closed the connection'));
     expect(await gone).toBe('client closed the connection');
+    expect((await first).statusCode).toBe(200);
     expect(await post(c, '/after').then((r) => r.statusCode)).toBe(200);
     expect(arrived).not.toContain('/v1/aborted');
     expect(arrived).toContain('/v1/after');
