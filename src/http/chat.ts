@@ -56,10 +56,10 @@ export function failoverOptions(
 
 /**
  * A route handler for an async function that sends its own reply, possibly after it has resolved (a JSON
- * answer goes out at the end of the turn: report.ts answerJson). Fastify is not given the promise: it would
- * send whatever it resolves to, and the way to make it wait, resolving to the reply, has it wait on the
- * reply through end-of-stream listeners (~25 µs a request at concurrency 1). A failure goes to the error
- * handler as a thrown one would.
+ * answer may go out at the end of the turn: report.ts answerJson). Fastify is not given the promise: it
+ * would send whatever it resolves to, and the way to make it wait, resolving to the reply itself, has it
+ * wait on the reply through end-of-stream listeners on every request. A failure goes to the error handler
+ * as a thrown one would.
  */
 export function ownReply(
   app: FastifyInstance,
