@@ -51,6 +51,8 @@ interface Waiter<T> {
 }
 
 const DEFAULT_WAIT_MS = 5_000;
+/** Idle keep-alive of client connections, about what provider front ends allow. */
+const KEEP_ALIVE_MS = 65_000;
 
 function parseBody(text: string): unknown {
   if (text === '') return undefined;
@@ -180,6 +182,9 @@ export async function startSimulator(opts: Partial<SimOptions> = {}): Promise<Si
   }
 
   const server = createServer(onRequest);
+  // Providers keep idle connections for a minute or more (Node's default is 5 s): a client's pool should
+  // not have to reconnect after every pause, in tests, the demo or the benchmark.
+  server.keepAliveTimeout = KEEP_ALIVE_MS;
   let accepted = 0;
   server.on('connection', (sock: Socket) => {
     accepted++;

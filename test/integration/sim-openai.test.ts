@@ -410,4 +410,12 @@ describe('simulator: OpenAI embeddings, models, passthrough, fast mode', () => {
     expect(other.model).toBe('other');
     expect(s.requests).toHaveLength(0);
   });
+
+  it('keeps idle connections as a provider does, a minute or more, and tells clients so', async () => {
+    const s = await sim();
+    const res = await request(`${s.url}/v1/models`);
+    await res.body.dump();
+    // undici and Node's agent read the hint: with Node's default (5 s) every pause cost a reconnect.
+    expect(res.headers['keep-alive']).toBe('timeout=65');
+  });
 });
