@@ -9,9 +9,9 @@ import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
 import {
-  ANSWER_QUEUED,
+  ANSWERED,
   answerJson,
-  type AnswerQueued,
+  type Answered,
   failRequest,
   reportRequest,
   routerHeaders,
@@ -63,13 +63,13 @@ export function failoverOptions(
  */
 export function ownReply(
   app: FastifyInstance,
-  handle: (gw: Gateway, req: FastifyRequest, reply: FastifyReply) => Promise<AnswerQueued | undefined>,
+  handle: (gw: Gateway, req: FastifyRequest, reply: FastifyReply) => Promise<Answered | undefined>,
 ): (req: FastifyRequest, reply: FastifyReply) => void {
   return (req, reply) => {
     handle(app.gateway, req, reply).then(
-      (queued) => {
+      (answered) => {
         // Never a request left hanging: a handler that ended without an answer is a bug, told as a 500.
-        if (queued !== ANSWER_QUEUED && !reply.sent && !reply.raw.destroyed) {
+        if (answered !== ANSWERED && !reply.sent && !reply.raw.destroyed) {
           void reply.send(new Error('the handler ended without an answer'));
         }
       },
@@ -89,7 +89,7 @@ async function handleChat(
   gw: Gateway,
   req: FastifyRequest,
   reply: FastifyReply,
-): Promise<AnswerQueued | undefined> {
+): Promise<Answered | undefined> {
   const startedAt = gw.now();
   const rt = gw.runtime;
   const body = validateChatBody(req.body);

@@ -9,7 +9,7 @@ import type { RouteTarget } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
 import { clientGoneSignal, failoverOptions, ownReply } from './chat.js';
-import { answerJson, type AnswerQueued, failRequest, reportRequest, type RequestContext } from './report.js';
+import { answerJson, type Answered, failRequest, reportRequest, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 
 export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
@@ -30,7 +30,7 @@ async function handleEmbeddings(
   gw: Gateway,
   req: FastifyRequest,
   reply: FastifyReply,
-): Promise<AnswerQueued | undefined> {
+): Promise<Answered | undefined> {
   const startedAt = gw.now();
   const rt = gw.runtime;
   const body = validateEmbeddingsBody(req.body);

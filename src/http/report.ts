@@ -125,8 +125,8 @@ export function reportRequest(
 }
 
 /** What answerJson returns, for its handler to pass on (chat.ts ownReply): the answer is sent or queued. */
-export const ANSWER_QUEUED = Symbol('answerQueued');
-export type AnswerQueued = typeof ANSWER_QUEUED;
+export const ANSWERED = Symbol('answered');
+export type Answered = typeof ANSWERED;
 
 /**
  * Sends a served JSON answer, then reports it, in turn order (end-of-turn.ts inTurnOrder): the first write of
@@ -140,9 +140,9 @@ export function answerJson(
   ctx: RequestContext,
   r: RequestOutcome,
   body: string | undefined,
-): AnswerQueued {
+): Answered {
   inTurnOrder(sendAnswer, gw, reply, ctx, r, body);
-  return ANSWER_QUEUED;
+  return ANSWERED;
 }
 
 function sendAnswer(
@@ -161,7 +161,7 @@ function sendAnswer(
           req.id,
           ctx.strategy,
           r.served,
-          r.attempts.slice(0, -1),
+          r.attempts, // the trail leaves out the served attempt: it succeeded
           r.attempts.length,
           ctx.tier,
           ctx.tierReason,

@@ -178,8 +178,10 @@ export function relayedAnswer(
   if (text.charCodeAt(skipSpace(text, 0)) !== 123 || text.charCodeAt(skipSpaceBack(text)) !== 125)
     return undefined;
   const key = text.lastIndexOf('"usage"');
-  if (key >= 0) {
-    // `"usage"` as a key whose value is an object (inside a string its quotes would be escaped).
+  // `"usage"` as a key whose value is an object. Inside a string its quotes are escaped: content spells it
+  // `\"usage\"`, and a key ending in it `"x\"usage"`, whose escaped opening quote is caught here (in valid
+  // JSON a key's real opening quote follows `{`, `,` or space, never a backslash).
+  if (key > 0 && text.charCodeAt(key - 1) !== 92) {
     const colon = skipSpace(text, key + 7);
     const open = skipSpace(text, colon + 1);
     if (text.charCodeAt(colon) === 58 && text.charCodeAt(open) === 123) {

@@ -2,10 +2,10 @@ import Fastify, { type FastifyReply } from 'fastify';
 import { describe, expect, it } from 'vitest';
 import type { Gateway } from '../../../src/gateway.js';
 import { ownReply } from '../../../src/http/chat.js';
-import { ANSWER_QUEUED } from '../../../src/http/report.js';
+import { ANSWERED } from '../../../src/http/report.js';
 
 /** A route whose handler is `handle`, wrapped as the chat and embeddings routes are. */
-async function answer(handle: (reply: FastifyReply) => Promise<typeof ANSWER_QUEUED | undefined>) {
+async function answer(handle: (reply: FastifyReply) => Promise<typeof ANSWERED | undefined>) {
   const app = Fastify();
   app.decorate('gateway', {} as Gateway);
   app.post(
@@ -21,7 +21,7 @@ describe('ownReply: handlers that send their own reply', () => {
   it('leaves the reply to a handler that sends it after it has resolved', async () => {
     const res = await answer(async (reply) => {
       setImmediate(() => void reply.code(200).send({ late: true }));
-      return ANSWER_QUEUED;
+      return ANSWERED;
     });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ late: true });

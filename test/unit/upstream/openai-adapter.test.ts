@@ -127,6 +127,10 @@ describe('relayed non-streaming answers (read for usage only)', () => {
     expect(relayedAnswer(tricky)).toEqual({ body: tricky, usage: undefined });
     const both = JSON.stringify({ choices: [{ message: { content: '"usage": {' } }], usage });
     expect(relayedAnswer(both)?.usage).toEqual(usage);
+    // A key ending in `"usage` is spelt `"note\"usage"`: its last seven characters look like the key.
+    const fake = { prompt_tokens: 999, completion_tokens: 999, total_tokens: 1998 };
+    const keyed = JSON.stringify({ choices: [], usage, meta: { 'note"usage': fake } });
+    expect(relayedAnswer(keyed)?.usage).toEqual(usage);
   });
   it('refuses what is not a JSON object, so the attempt fails over', () => {
     for (const bad of ['<html>oops</html>', '[1,2]', '{"choices": [', '', '   ', '{"a":1} trailing']) {
