@@ -182,7 +182,10 @@ function memorySection(r: BenchResults, out: string[]): void {
 
 function sweepSection(r: BenchResults, out: string[]): void {
   if (!r.sweep) return;
-  out.push('### Offered-rate sweep (open-loop undici client, latency from due time)', '');
+  out.push(
+    '### Offered-rate sweep (open-loop raw HTTP/1.1 client, uncounted warm-up per run, latency from due time)',
+    '',
+  );
   out.push(
     ...table(
       [
