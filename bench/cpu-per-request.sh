@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick A/B probe for hot-path work: gateway (or the bare pass-through with PT=1) under wrk -c64 for 5 s,
 # printing req/s and the target's CPU ms per 1,000 requests (utime+stime from /proc). Same placement as
-# `npm run bench` (target on core 0, simulator and wrk on core 1). BODY_FILE=path posts that body instead.
+# `npm run bench` (target on core 0, simulator and wrk on core 1). BODY_FILE=path posts that body instead;
+# NODE_FLAGS="--max-semi-space-size=8" starts the target with those Node/V8 flags.
 # Single runs vary +-8% on a shared machine: alternate variants and repeat, e.g.
 # `for i in 1 2 3; do PT=1 bench/cpu-per-request.sh; bench/cpu-per-request.sh; done`.
 # Needs: wrk, taskset, a build (`npm run build && npx tsc -p tsconfig.bench.json`). Loopback only.
@@ -32,9 +33,9 @@ LUA
 taskset -c 1 node dist/main.js simulate --fast --port "$SIM_PORT" >/dev/null 2>&1 &
 SIM=$!
 if [ -n "${PT:-}" ]; then
-  taskset -c 0 node dist-bench/bench/passthrough.js --upstream "http://127.0.0.1:$SIM_PORT" --port "$PORT" >/dev/null 2>&1 &
+  taskset -c 0 node ${NODE_FLAGS:-} dist-bench/bench/passthrough.js --upstream "http://127.0.0.1:$SIM_PORT" --port "$PORT" >/dev/null 2>&1 &
 else
-  taskset -c 0 node "${DIST:-dist}/main.js" --config "$dir/gw.yaml" --log-level "${LOG_LEVEL:-info}" >/dev/null 2>&1 &
+  taskset -c 0 node ${NODE_FLAGS:-} "${DIST:-dist}/main.js" --config "$dir/gw.yaml" --log-level "${LOG_LEVEL:-info}" >/dev/null 2>&1 &
 fi
 TARGET=$!
 sleep 1.5
