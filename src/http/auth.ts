@@ -69,9 +69,11 @@ export function authHook(gateway: Gateway) {
     const rt = gateway.runtime;
     if (route === '/metrics' && !rt.loaded.config.server.metrics_auth) return;
     if (route === '/metrics' || route?.startsWith('/router/')) {
+      // Either header may carry it: a client that always sends its own Bearer key can add x-admin-key.
       if (
         rt.adminKeys.enabled &&
-        !rt.adminKeys.matches(bearerToken(req.headers) ?? headerString(req.headers['x-admin-key']))
+        !rt.adminKeys.matches(bearerToken(req.headers)) &&
+        !rt.adminKeys.matches(headerString(req.headers['x-admin-key']))
       ) {
         throw new GatewayError('unauthorized', 'missing or invalid admin key', {
           bodyCode: 'invalid_admin_key',

@@ -142,6 +142,8 @@ describe('the admin key (server.admin_key)', () => {
       { authorization: `Bearer ${ADMIN_KEY}` },
       { authorization: `bearer ${ADMIN_KEY}` },
       { 'x-admin-key': ADMIN_KEY },
+      // A client that always sends its own key adds the admin key beside it.
+      { authorization: `Bearer ${CLIENT_KEY}`, 'x-admin-key': ADMIN_KEY },
     ];
     for (const headers of accepted) {
       const status = await call('GET', '/router/status', headers);
