@@ -58,6 +58,9 @@ async function handleEmbeddings(
       random: gw.random,
     },
   );
+  gw.decisionChildren
+    .get(route.name, strategy, plan.ranked[0]?.candidate.upstream.provider.name ?? 'none')
+    .inc();
   const opts = failoverOptions(gw, rt, route.name, startedAt);
   const clientSignal = clientGoneSignal(reply);
   let lastAttempts: readonly AttemptRecord[] = [];

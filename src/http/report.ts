@@ -56,8 +56,8 @@ export function routerHeaders(
     h['x-router-provider'] = upstream.provider.name;
     h['x-router-model'] = upstream.model.name;
   }
-  const trail = trailOf(attempts);
-  if (trail !== '') h['x-router-trail'] = trail;
+  // Present on every routed response, empty when no attempt failed.
+  h['x-router-trail'] = trailOf(attempts);
   if (tier !== undefined) h['x-router-tier'] = tier;
   if (tierReason !== undefined) h['x-router-tier-reason'] = headerSafe(tierReason);
   return h;

@@ -67,6 +67,7 @@ beforeAll(async () => {
   );
 
   expect((await chat('json', 'plain')).status).toBe(200);
+  expect(headers.json?.['x-router-trail']).toBe(''); // on every routed response, empty when nothing failed
   const stream = await chat('stream', 'plain', { stream: true, stream_options: { include_usage: true } });
   expect(stream.text).toContain('data: [DONE]');
   for (const n of ['fo1', 'fo2', 'fo3']) expect((await chat(n, 'fo')).status).toBe(200);
@@ -277,5 +278,28 @@ describe('the per-request log line', () => {
     expect(requestLines.map((l) => l.reqId).sort()).toEqual(
       ['req-cut', 'req-evil', 'req-fo1', 'req-fo2', 'req-fo3', 'req-json', 'req-stream', 'req-tier'].sort(),
     );
+  });
+});
+
+describe('embeddings in the metrics', () => {
+  it('counts a routing decision for an embeddings request, as for chat', async () => {
+    const sim = track(await startSimulator({ name: 'vec' }));
+    const g = track(
+      await startGateway({
+        providers: [simProvider('vec', sim.url, [{ name: 'emb', capabilities: ['embeddings'] }])],
+        routes: { vectors: { strategy: 'priority', targets: ['vec/emb'] } },
+      }),
+    );
+    const res = await request(`${g.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'vectors', input: 'one line' }),
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-router-trail']).toBe('');
+    await res.body.dump();
+    const text = await (await request(`${g.url}/metrics`)).body.text();
+    const decisions = { route: 'vectors', strategy: 'priority', provider: 'vec' };
+    expect(value(parseProm(text), 'llm_router_routing_decisions_total', decisions)).toBe(1);
   });
 });
