@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
+import type { Duplex } from 'node:stream';
 import Fastify, {
   LogController,
   type FastifyBaseLogger,
@@ -89,22 +90,68 @@ function toGatewayError(err: FastifyError): GatewayError | undefined {
   return undefined;
 }
 
+/** How often Node sweeps its connections for requests past their time. */
+const CHECK_EVERY_MS = 500;
+
+const CLIENT_ERRORS: Record<string, { status: number; reason: string; error: GatewayError }> = {
+  ERR_HTTP_REQUEST_TIMEOUT: {
+    status: 408,
+    reason: 'Request Timeout',
+    error: new GatewayError('request_timeout', 'request headers or body arrived too slowly'),
+  },
+  HPE_HEADER_OVERFLOW: {
+    status: 431,
+    reason: 'Request Header Fields Too Large',
+    error: new GatewayError('invalid_request', 'request headers are too large', { status: 431 }),
+  },
+};
+const MALFORMED = {
+  status: 400,
+  reason: 'Bad Request',
+  error: new GatewayError('invalid_request', 'malformed HTTP request'),
+};
+
+/**
+ * What a client gets when Node's parser or timers give up on it before there is a request to route: a
+ * slow body or headers (408), oversized headers (431), bytes that are not HTTP (400). OpenAI-shaped like
+ * every other error (fastify's own handler answers in its shape), then the connection is closed.
+ */
+function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  if (socket.writable) {
+    const { status, reason, error } = CLIENT_ERRORS[err.code ?? ''] ?? MALFORMED;
+    const body = JSON.stringify(error.toBody());
+    socket.write(
+      `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\n` +
+        `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${randomUUID()}\r\n` +
+        `connection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
+}
+
 export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstance {
   const server = loaded.config.server;
+  const slowRequestMs = Math.max(
+    server.request_timeout_ms - CHECK_EVERY_MS,
+    Math.ceil(server.request_timeout_ms / 2),
+  );
   const gateway = new Gateway(loaded, deps);
   const app: FastifyInstance = Fastify({
     loggerInstance: requestFreeLogger(deps.logger as FastifyBaseLogger),
     // One line per request is ours (http/report.ts), with the routing decision in it.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: server.body_limit_bytes,
-    requestTimeout: server.request_timeout_ms,
+    requestTimeout: slowRequestMs,
     // Node checks request timeouts every 30 s by default, which would let a slow body hold a socket for up
-    // to a minute; checking every second keeps "408 within request_timeout_ms" true.
+    // to a minute; checked twice a second against a limit half a second short, the 408 comes within
+    // request_timeout_ms, never after it.
     http: {
-      requestTimeout: server.request_timeout_ms,
-      headersTimeout: Math.min(server.request_timeout_ms, 60_000),
-      connectionsCheckingInterval: Math.min(1_000, server.request_timeout_ms),
+      requestTimeout: slowRequestMs,
+      headersTimeout: Math.min(slowRequestMs, 60_000),
+      connectionsCheckingInterval: CHECK_EVERY_MS,
     },
+    clientErrorHandler: answerClientError,
     connectionTimeout: 0,
     keepAliveTimeout: 72_000,
     // While draining our own hooks answer (OpenAI-shaped 503 on /v1, 503 on /readyz), not fastify's default.
