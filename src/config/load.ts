@@ -110,11 +110,11 @@ export function parseConfigText(
 }
 
 function zodIssues(error: z.ZodError): string[] {
-  return error.issues.map((issue) => {
+  return error.issues.flatMap((issue) => {
     let path = issue.path;
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') {
-      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`).join('\n  ');
+      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`);
     }
     if (issue.code === 'invalid_union' && 'errors' in issue) {
       // Report the closest branch's own message rather than zod's generic "invalid input".
@@ -125,7 +125,7 @@ function zodIssues(error: z.ZodError): string[] {
         message = best.message;
       }
     }
-    return `${formatPath(path)}: ${message}`;
+    return [`${formatPath(path)}: ${message}`];
   });
 }
 

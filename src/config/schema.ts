@@ -13,6 +13,41 @@ const nonNegInt = num.pipe(z.number().int().nonnegative());
 const nonNeg = num.pipe(z.number().nonnegative());
 const bool = z.union([z.boolean(), z.enum(['true', 'false']).transform((v) => v === 'true')]);
 
+/**
+ * A map whose keys are names from the YAML, used instead of `z.record`, which silently drops a `__proto__`
+ * key and with it any check of its value (SPEC §8: such keys are plain strings). Every own key is kept and
+ * its value validated with the key in its path; keys in `refused` are errors instead. The result has no
+ * prototype, so `map[name]` for an arbitrary name (`constructor`, `toString`) finds only configured entries.
+ */
+function nameMap<T extends z.ZodType>(value: T, refused: ReadonlyMap<string, string> = new Map()) {
+  return z.unknown().transform((input, ctx) => {
+    const out = Object.create(null) as Record<string, z.output<T>>;
+    if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+      ctx.addIssue({ code: 'invalid_type', expected: 'record', input });
+      return out;
+    }
+    for (const [key, raw] of Object.entries(input)) {
+      const why = refused.get(key);
+      if (why !== undefined) {
+        ctx.addIssue({ code: 'custom', path: [key], message: why, input: raw });
+        continue;
+      }
+      const result = value.safeParse(raw);
+      if (result.success) {
+        Object.defineProperty(out, key, {
+          value: result.data,
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+      } else {
+        for (const issue of result.error.issues) ctx.addIssue({ ...issue, path: [key, ...issue.path] });
+      }
+    }
+    return out;
+  });
+}
+
 export const STRATEGY_NAMES = [
   'cost',
   'latency',
@@ -70,7 +105,8 @@ const providerSchema = z.strictObject({
   kind: z.enum(['openai', 'anthropic']).default('openai'),
   base_url: z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }),
   api_key: z.string().optional(),
-  headers: z.record(z.string(), z.string()).optional(),
+  /** `__proto__` is refused: merged into a request's headers object it would set a prototype, not a header. */
+  headers: nameMap(z.string(), new Map([['__proto__', 'not usable as a header name']])).optional(),
   timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
   max_concurrency: posInt.default(512),
   /** Anthropic only: the `anthropic-version` header and the `max_tokens` sent when the client gives none. */
@@ -104,7 +140,14 @@ const ruleSchema = z.strictObject({
 const routeSchema = z.strictObject({
   strategy: strategySchema.optional(),
   targets: z.array(targetSchema).optional(),
-  tiers: z.partialRecord(z.enum(TIER_NAMES), z.array(targetSchema)).optional(),
+  /** A strict object, not `z.partialRecord`, so a `__proto__` key is reported as unknown rather than dropped. */
+  tiers: z
+    .strictObject({
+      fast: z.array(targetSchema).optional(),
+      balanced: z.array(targetSchema).optional(),
+      deep: z.array(targetSchema).optional(),
+    } satisfies Record<TierName, unknown>)
+    .optional(),
   rules: z.array(ruleSchema).optional(),
   default_tier: z.enum(TIER_NAMES).optional(),
   router: z
@@ -180,7 +223,9 @@ const stateSchema = z.discriminatedUnion('backend', [
 export const configSchema = z.strictObject({
   server: serverSchema.default(serverSchema.parse({})),
   providers: z.array(providerSchema).min(1),
-  routes: z.record(z.string(), routeSchema).default({}),
+  routes: nameMap(routeSchema).default(
+    () => Object.create(null) as Record<string, z.output<typeof routeSchema>>,
+  ),
   routing: routingSchema.default(routingSchema.parse({})),
   circuit_breaker: breakerSchema.default(breakerSchema.parse({})),
   state: stateSchema.default({ backend: 'memory' }),

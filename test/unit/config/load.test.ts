@@ -300,3 +300,75 @@ describe('metrics_auth', () => {
     expect(() => parseConfigText(text, {})).toThrow(/server\.metrics_auth: needs server\.admin_key/);
   });
 });
+
+describe('map keys named like Object.prototype members are plain names (SPEC §8)', () => {
+  const withRoutes = (routes: string): string => `${BASE}${routes}`;
+
+  it('a __proto__ route is validated: its unknown upstream is reported with its YAML path', () => {
+    const issues = issuesOf(withRoutes('  __proto__: { targets: [openai/nope] }\n'));
+    expect(issues).toEqual(['routes.__proto__.targets[0]: unknown upstream "openai/nope"']);
+    expect(issuesOf(withRoutes('  constructor: { targets: [openai/gpt-4o], bogus: 1 }\n'))).toEqual([
+      'routes.constructor.bogus: unknown key',
+    ]);
+  });
+
+  it('valid __proto__, constructor, toString and hasOwnProperty routes load as routes; Object.prototype is untouched', () => {
+    const names = ['__proto__', 'constructor', 'toString', 'hasOwnProperty'];
+    const loaded = parseConfigText(
+      withRoutes(names.map((n) => `  ${n}: { targets: [openai/gpt-4o-mini] }\n`).join('')),
+      {},
+    );
+    const routes = loaded.config.routes;
+    expect(Object.keys(routes)).toEqual(['smart', ...names]);
+    for (const n of names) {
+      expect(Object.hasOwn(routes, n)).toBe(true);
+      expect(routes[n]?.targets).toEqual(['openai/gpt-4o-mini']);
+    }
+    expect(Object.getPrototypeOf(routes)).toBeNull();
+    expect(Object.isFrozen(routes)).toBe(true);
+    expect(Object.hasOwn(Object.prototype, 'targets')).toBe(false);
+    expect(({} as Record<string, unknown>)['targets']).toBeUndefined();
+  });
+
+  it('looking up an unconfigured name finds nothing, not an Object.prototype member', () => {
+    const { routes } = parseConfigText(BASE, {}).config;
+    for (const n of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf'])
+      expect(routes[n]).toBeUndefined();
+    expect(Object.keys(parseConfigText(BASE.replace(/routes:[\s\S]*$/, ''), {}).config.routes)).toEqual([]);
+    expect(
+      Object.getPrototypeOf(parseConfigText(BASE.replace(/routes:[\s\S]*$/, ''), {}).config.routes),
+    ).toBeNull();
+  });
+
+  it('__proto__ and constructor in strict objects are unknown keys, never dropped', () => {
+    expect(issuesOf(`${BASE}__proto__: { server: { port: 1 } }\n`)).toEqual(['__proto__: unknown key']);
+    expect(issuesOf(`${BASE}server: { __proto__: { port: 1 } }\n`)).toEqual([
+      'server.__proto__: unknown key',
+    ]);
+    const tiered = withRoutes(
+      '  t:\n    default_tier: fast\n    tiers: { fast: [openai/gpt-4o], __proto__: [openai/nope], constructor: [] }\n',
+    );
+    expect(issuesOf(tiered).sort()).toEqual([
+      'routes.t.tiers.__proto__: unknown key',
+      'routes.t.tiers.constructor: unknown key',
+    ]);
+  });
+
+  it('a __proto__ header is refused with its path; other header names are plain entries', () => {
+    const header = (h: string): string =>
+      BASE.replace('api_key: sk-test', `api_key: sk-test\n    headers: { ${h} }`);
+    expect(issuesOf(header('__proto__: x'))).toEqual([
+      'providers[0].headers.__proto__: not usable as a header name',
+    ]);
+    expect(issuesOf(header('x-a: [1]'))).toHaveLength(1);
+    expect(issuesOf(header('x-a: [1]'))[0]).toMatch(/^providers\[0\]\.headers\.x-a: /);
+    const loaded = parseConfigText(header('constructor: y, x-team: z'), {});
+    expect({ ...loaded.config.providers[0]?.headers }).toEqual({ constructor: 'y', 'x-team': 'z' });
+  });
+
+  it('a non-map where a map belongs is a type error with its path', () => {
+    expect(issuesOf(withRoutes('').replace(/routes:[\s\S]*$/, 'routes: [a]\n'))[0]).toMatch(
+      /^routes: .*record/,
+    );
+  });
+});
