@@ -86,7 +86,10 @@ export class Gateway {
   reload(loaded: LoadedConfig): void {
     const old = this.current;
     for (const w of loaded.warnings) this.logger.warn(w);
-    const stale = restartOnly(old.loaded.config.server, loaded.config.server);
+    const stale = [
+      ...restartOnly(old.loaded.config.server, loaded.config.server),
+      ...passthroughRestartOnly(old.loaded.config, loaded.config),
+    ];
     if (stale.length > 0) {
       // Names only: some of these are secrets.
       this.logger.warn(
@@ -148,6 +151,20 @@ const RESTART_ONLY = [
   'load_shedding',
   'rate_limit',
 ] as const;
+
+/** What the passthrough proxy took from its provider at start (its key is read per request). */
+const PASSTHROUGH_RESTART_ONLY = ['base_url', 'timeouts', 'max_concurrency'] as const;
+
+function passthroughRestartOnly(before: LoadedConfig['config'], after: LoadedConfig['config']): string[] {
+  const name = before.server.passthrough;
+  if (name === undefined || name !== after.server.passthrough) return [];
+  const was = before.providers.find((p) => p.name === name);
+  const now = after.providers.find((p) => p.name === name);
+  if (!was || !now) return [];
+  return PASSTHROUGH_RESTART_ONLY.filter((k) => JSON.stringify(was[k]) !== JSON.stringify(now[k])).map(
+    (k) => `providers.${name}.${k} (passthrough)`,
+  );
+}
 
 function restartOnly(
   before: LoadedConfig['config']['server'],

@@ -1,6 +1,7 @@
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
 import type { Readable } from 'node:stream';
+import { GatewayError } from '../errors.js';
 
 /** Headers of the client's that never travel upstream: its own credentials. */
 const STRIPPED = new Set(['authorization', 'x-api-key', 'x-admin-key', 'api-key']);
@@ -12,18 +13,52 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
  * ways, to `server.passthrough`, with that provider's key in place of the client's. Successful answers
  * stream through untouched; error answers are read (bounded), decoded and scrubbed of every configured
  * secret first, since an upstream may echo the key we sent it. Without a passthrough: our 404.
+ *
+ * The provider's timeouts bound it as they bound chat (SPEC §8): connect_ms, first_byte_ms (to the
+ * answer's headers), idle_ms (between body bytes) and total_ms over the whole exchange. An upstream that
+ * fails before answering gets the client an OpenAI-shaped 504 `timeout` or 502 `upstream_error`; one
+ * that stalls or trickles after its answer started has that answer cut.
  */
 export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const provider = app.gateway.runtime.passthrough;
   if (!provider) return;
-  const url = new URL(provider.config.base_url);
+  const { name, base_url: baseUrl, timeouts, max_concurrency: connections } = provider.config;
+  const url = new URL(baseUrl);
   // Loaded only when configured: the proxy and its websocket support are ~5 MB resident.
   const { default: httpProxy } = await import('@fastify/http-proxy');
+  // This plugin's own context: the hook sees only the proxied routes.
+  app.addHook('onRequest', (_req, reply, done) => {
+    const timer = setTimeout(() => {
+      if (reply.raw.headersSent) reply.raw.destroy();
+      else
+        void reply.send(
+          new GatewayError('timeout', `passthrough upstream ${name} did not answer within total_ms`),
+        );
+    }, timeouts.total_ms);
+    reply.raw.once('close', () => clearTimeout(timer));
+    done();
+  });
+  // An upstream body that fails before the client got a byte reaches fastify's error path as undici's
+  // error; it gets our error here, anything else goes on to the app's handler.
+  app.setErrorHandler((err: Error & { code?: string }) => {
+    if (err.code === 'UND_ERR_BODY_TIMEOUT' || err.code === 'UND_ERR_HEADERS_TIMEOUT')
+      throw new GatewayError('timeout', `passthrough upstream ${name} timed out`);
+    if (err.code === 'UND_ERR_SOCKET' || err.code === 'ECONNRESET')
+      throw new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
+    throw err;
+  });
   await app.register(httpProxy, {
     upstream: url.origin,
     prefix: '/v1',
     rewritePrefix: url.pathname.replace(/\/+$/, ''),
     http2: false,
+    undici: {
+      connections,
+      pipelining: 1,
+      connect: { timeout: timeouts.connect_ms },
+      headersTimeout: timeouts.first_byte_ms,
+      bodyTimeout: timeouts.idle_ms,
+    },
     replyOptions: {
       rewriteRequestHeaders: (_req, headers) => {
         const out: Record<string, string | string[] | undefined> = {};
@@ -39,6 +74,16 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           return;
         }
         void sendScrubbed(app, reply, res.stream);
+      },
+      // Failures before any answer, in our error shape; the cause's text (which may name hosts) stays in
+      // the log, the client gets what kind of failure it was.
+      onError: (reply, { error }) => {
+        const timedOut = (error as Error & { statusCode?: number }).statusCode === 504;
+        void reply.send(
+          timedOut
+            ? new GatewayError('timeout', `passthrough upstream ${name} timed out`)
+            : new GatewayError('upstream_error', `passthrough upstream ${name} failed`),
+        );
       },
     },
   });
