@@ -122,7 +122,7 @@ const targetSchema = z.union([
 
 const ruleSchema = z.strictObject({
   name: z.string().optional(),
-  /** Lower wins; rules of equal priority that pick different tiers are a tie. Default: the rule's position. */
+  /** Lower wins; matching rules of equal priority that pick different tiers are a tie. Default: 0. */
   priority: nonNegInt.optional(),
   if: z.strictObject({
     min_prompt_tokens: nonNegInt.optional(),

@@ -48,9 +48,12 @@ function ruleMatches(
 
 /**
  * The tier by rules: `x-router-tier` wins outright; else the matching rules of the highest priority (the
- * earliest `priority`, by default a rule's position) decide; none matching, or a disagreement among equals,
- * is a tie for the LLM router to break.
+ * lowest `priority`; rules without one are all of priority 0, SPEC §2) decide; none matching, or a
+ * disagreement among equals, is a tie for the LLM router to break.
  */
+/** A rule's priority when it gives none: all such rules are equals, so matching ones that disagree tie. */
+const DEFAULT_PRIORITY = 0;
+
 export function matchTier(
   route: RouteRuntime,
   f: RequestFeatures,
@@ -64,7 +67,7 @@ export function matchTier(
   let names: string[] = [];
   let disagree = false;
   route.rules.forEach((rule, i) => {
-    const priority = rule.priority ?? i;
+    const priority = rule.priority ?? DEFAULT_PRIORITY;
     if (priority > bestPriority) return;
     if (!ruleMatches(rule, f, lastUser, headers)) return;
     const name = rule.name ?? `rules[${i}]`;

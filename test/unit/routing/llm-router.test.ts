@@ -36,10 +36,10 @@ describe('tier rules', () => {
       reason: 'header x-router-tier',
     });
   });
-  it('the first matching rule (by priority = position) decides', () => {
-    expect(matchTier(route(rules), f({ promptTokens: 50 }), 'please refactor', undefined, {}).tier).toBe(
-      'fast',
-    );
+  it('matching rules decide when they agree; without priorities, rules that disagree are a tie (SPEC §2)', () => {
+    // "short" (fast) and "code" (deep) both match a short "refactor" request: equals that disagree.
+    const tie = matchTier(route(rules), f({ promptTokens: 50 }), 'please refactor', undefined, {});
+    expect(tie).toEqual({ tier: undefined, reason: 'rules disagree: short, code' });
     expect(matchTier(route(rules), f({ promptTokens: 30_000 }), 'x', undefined, {}).reason).toBe('rule long');
     expect(matchTier(route(rules), f({ promptTokens: 1_000 }), 'Please PROVE this', undefined, {}).tier).toBe(
       'deep',
@@ -47,6 +47,14 @@ describe('tier rules', () => {
     expect(matchTier(route(rules), f({ promptTokens: 1_000, images: true }), 'x', undefined, {}).reason).toBe(
       'rule rules[3]',
     );
+    // A lower priority wins outright over the equals.
+    const ranked: RuleConfig[] = [...rules.slice(0, 2), { ...rules[2]!, priority: 0 }, ...rules.slice(3)].map(
+      (r) => (r.priority === undefined ? { ...r, priority: 1 } : r),
+    );
+    expect(matchTier(route(ranked), f({ promptTokens: 50 }), 'please refactor', undefined, {})).toEqual({
+      tier: 'deep',
+      reason: 'rule code',
+    });
   });
   it('no match is a tie', () => {
     expect(
