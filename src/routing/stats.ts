@@ -68,6 +68,8 @@ export class UpstreamStats implements UpstreamStatsView {
 
   #samples = 0;
   #ttft = 0;
+  /** A plain EWMA of the same samples: where the peak relaxes to while no sample comes. */
+  #ttftBase = 0;
   #ttftAt = 0;
   #latency = 0;
   #tps = 0;
@@ -105,8 +107,17 @@ export class UpstreamStats implements UpstreamStatsView {
     return this.#samples > 0 ? this.#ttftAt : undefined;
   }
 
+  /**
+   * The peak-EWMA as of now. Between samples the peak relaxes towards the plain average with the peak's
+   * time constant: an upstream that looked slow once gets no traffic under `latency`, so no new sample
+   * would ever bring its estimate down (it was held off for the 60 s staleness limit).
+   */
   get ttftMs(): number | undefined {
-    return this.#samples > 0 ? this.#ttft : undefined;
+    if (this.#samples === 0) return undefined;
+    const excess = this.#ttft - this.#ttftBase;
+    if (excess <= 0) return this.#ttft;
+    const dt = this.#now() - this.#ttftAt;
+    return dt > 0 ? this.#ttftBase + excess * Math.exp(-dt / this.#peakDecayMs) : this.#ttft;
   }
 
   get latencyMs(): number | undefined {
@@ -194,7 +205,7 @@ export class UpstreamStats implements UpstreamStatsView {
     const measured = this.#samples > 0;
     return {
       samples: this.#samples,
-      ttftMs: measured ? round(this.#ttft, 1) : null,
+      ttftMs: measured ? round(this.ttftMs ?? 0, 1) : null,
       latencyMs: measured ? round(this.#latency, 1) : null,
       tokensPerSec: this.#tpsSamples > 0 ? round(this.#tps, 1) : null,
       meanOutputTokens: this.#outSamples > 0 ? round(this.#meanOut, 1) : null,
@@ -220,6 +231,7 @@ export class UpstreamStats implements UpstreamStatsView {
    * busy upstream is forgotten within tens of answers, not held for the whole decay time.
    */
   #observeTtft(x: number, now: number, first: boolean): void {
+    this.#ttftBase = first ? x : this.#ewma(this.#ttftBase, x);
     if (first || x > this.#ttft) {
       this.#ttft = x;
     } else {

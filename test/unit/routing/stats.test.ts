@@ -64,6 +64,25 @@ describe('UpstreamStats', () => {
       s.recordSuccess(ok(100));
       expect(s.ttftMs).toBeLessThan(100.5);
     });
+
+    it('relaxes towards the plain average while no sample comes, so a once-slow upstream is tried again', () => {
+      // Under `latency` an upstream that looks slow gets no traffic, hence no sample to bring it down: the
+      // estimate must come down by itself (before, it stayed at the peak until the 60 s staleness limit).
+      const clock = manualClock();
+      const s = new UpstreamStats(clock.now, { peakDecayMs: 10_000, alpha: 0.1 });
+      for (let i = 0; i < 20; i++) s.recordSuccess(ok(5));
+      s.recordSuccess(ok(300)); // one slow answer: taken at once
+      expect(s.ttftMs).toBe(300);
+      const base = 5 + 0.1 * (300 - 5); // the plain EWMA of the same samples
+      clock.advance(10_000);
+      expect(s.ttftMs).toBeCloseTo(base + (300 - base) * Math.exp(-1), 6);
+      expect(s.snapshot().ttftMs).toBeCloseTo(s.ttftMs!, 1);
+      clock.advance(40_000);
+      expect(s.ttftMs).toBeLessThan(base + 2);
+      // A sample after the quiet spell still weighs by the time since the last one, as before.
+      s.recordSuccess(ok(5));
+      expect(s.ttftMs).toBeLessThan(10);
+    });
   });
 
   it('keeps latency, throughput and output tokens as plain EWMAs', () => {
