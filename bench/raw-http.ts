@@ -7,6 +7,7 @@
  * general client: answers must carry Content-Length or be chunked, and nothing is pipelined.
  */
 import { connect, type Socket } from 'node:net';
+import { StringDecoder } from 'node:string_decoder';
 
 const HEADER_END = Buffer.from('\r\n\r\n');
 const LAST_CHUNK = Buffer.from('\r\n0\r\n\r\n');
@@ -141,5 +142,164 @@ export class RawPool {
     );
     this.open.add(c);
     return c;
+  }
+}
+
+/** How one raw stream ended. */
+export interface RawStreamResult {
+  status: number;
+  /** Complete: the terminating chunk arrived. */
+  ended: boolean;
+}
+
+const CRLF = Buffer.from('\r\n');
+
+/**
+ * One streaming POST on its own keep-alive connection, read with nothing but a chunked-encoding decoder
+ * and an SSE splitter: `onEvent(text, atMs)` gets each event (the text between blank lines) with the time
+ * its last bytes were read from the socket. For the streaming load generator, which shares its core with
+ * the simulator: undici's request, body stream and async iteration put the client's own queueing into
+ * every target's time to first token.
+ */
+export class RawStreamConnection {
+  private readonly socket: Socket;
+  private buf: Buffer = Buffer.alloc(0);
+  private head = true;
+  private status = 0;
+  /** Bytes of the current chunk still to read; -1 while reading a size line, -2 after the last chunk. */
+  private chunkLeft = -1;
+  private events = '';
+  private readonly text = new StringDecoder('utf8');
+  /** An answer that is not chunked (an error): `chunkLeft` is then its Content-Length. */
+  private plainBody = false;
+  private done: ((r: RawStreamResult) => void) | undefined;
+  private fail: ((err: Error) => void) | undefined;
+  private onEvent: (event: string, atMs: number) => void = () => undefined;
+  private closed = false;
+
+  /** The bytes of a streaming POST of `body` to `url`, built once and sent as they are. */
+  static request(url: URL, body: string): Buffer {
+    const payload = Buffer.from(body);
+    return Buffer.concat([
+      Buffer.from(
+        `POST ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\n` +
+          `accept: text/event-stream\r\ncontent-length: ${payload.length}\r\n\r\n`,
+      ),
+      payload,
+    ]);
+  }
+
+  constructor(
+    url: URL,
+    private readonly now: () => number,
+  ) {
+    this.socket = connect({ port: Number(url.port || 80), host: url.hostname, noDelay: true });
+    this.socket.on('data', (chunk: Buffer) => this.read(chunk, this.now()));
+    const gone = (err?: Error): void => {
+      this.closed = true;
+      const fail = this.fail;
+      this.done = undefined;
+      this.fail = undefined;
+      fail?.(err ?? new Error('connection closed'));
+    };
+    this.socket.on('error', gone);
+    this.socket.on('close', () => gone());
+  }
+
+  /** Sends `request` (see `request()`); resolves when the answer ends (a non-chunked one is not parsed). */
+  stream(request: Buffer, onEvent: (event: string, atMs: number) => void): Promise<RawStreamResult> {
+    if (this.closed) return Promise.reject(new Error('connection closed'));
+    this.onEvent = onEvent;
+    this.buf = Buffer.alloc(0);
+    this.head = true;
+    this.chunkLeft = -1;
+    this.events = '';
+    return new Promise((resolve, reject) => {
+      this.done = resolve;
+      this.fail = reject;
+      this.socket.write(request);
+    });
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private read(chunk: Buffer, at: number): void {
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (this.head) {
+      const end = this.buf.indexOf(HEADER_END);
+      if (end < 0) return;
+      const head = this.buf.toString('latin1', 0, end);
+      this.status = Number(head.slice(9, 12));
+      this.buf = this.buf.subarray(end + HEADER_END.length);
+      this.head = false;
+      if (!CHUNKED.test(head)) {
+        // Not a stream (an error answer): its length, when given, says where it ends.
+        const length = CONTENT_LENGTH.exec(head);
+        if (!length) return this.end(false);
+        this.chunkLeft = Number(length[1]);
+        this.plainBody = true;
+      }
+    }
+    if (this.plainBody) {
+      if (this.buf.length >= this.chunkLeft) this.end(true);
+      return;
+    }
+    this.decode(at);
+  }
+
+  /** Walks the chunked encoding as far as the bytes go, handing chunk data to the SSE splitter. */
+  private decode(at: number): void {
+    let pos = 0;
+    const b = this.buf;
+    while (pos < b.length) {
+      if (this.chunkLeft === -1) {
+        const eol = b.indexOf(CRLF, pos);
+        if (eol < 0) break;
+        const size = Number.parseInt(b.toString('latin1', pos, eol).split(';')[0]!, 16);
+        pos = eol + 2;
+        if (!(size >= 0)) return this.end(false);
+        if (size === 0) {
+          this.chunkLeft = -2;
+          continue;
+        }
+        this.chunkLeft = size;
+      } else if (this.chunkLeft === -2) {
+        // The last chunk's (empty) trailer ends the answer.
+        if (b.indexOf(CRLF, pos) < 0) break;
+        this.flushEvents(at);
+        return this.end(true);
+      } else if (this.chunkLeft === 0) {
+        if (b.length - pos < 2) break;
+        pos += 2; // the CRLF after a chunk's data
+        this.chunkLeft = -1;
+      } else {
+        const take = Math.min(this.chunkLeft, b.length - pos);
+        this.events += this.text.write(b.subarray(pos, pos + take));
+        pos += take;
+        this.chunkLeft -= take;
+      }
+    }
+    this.buf = b.subarray(pos);
+    this.flushEvents(at);
+  }
+
+  private flushEvents(at: number): void {
+    let end: number;
+    while ((end = this.events.indexOf('\n\n')) >= 0) {
+      const event = this.events.slice(0, end);
+      this.events = this.events.slice(end + 2);
+      this.onEvent(event, at);
+    }
+  }
+
+  private end(ok: boolean): void {
+    const done = this.done;
+    this.done = undefined;
+    this.fail = undefined;
+    this.plainBody = false;
+    if (!ok) this.socket.destroy();
+    done?.({ status: this.status, ended: ok });
   }
 }

@@ -1,12 +1,13 @@
 /**
  * Streaming load: opens N concurrent streaming chat completions at once (one connection each) and times,
  * with process.hrtime, the first content chunk (TTFT) and the gap between content chunks as they arrive.
+ * Streams are read over raw sockets (`RawStreamConnection` in raw-http.ts): this client shares its core
+ * with the simulator, and its own cost per stream start would otherwise be most of what it measures.
  * Run as a child process pinned to the load core; prints one JSON StreamLoadResult on stdout.
  *   node dist-bench/bench/stream-load.js '{"url":"http://127.0.0.1:PORT/v1/chat/completions","body":"...",
  *     "streams":100,"expectedChunks":64,"timeoutMs":30000}'
  */
-import { setMaxListeners } from 'node:events';
-import { Pool } from 'undici';
+import { RawStreamConnection } from './raw-http.js';
 
 export interface StreamLoadArgs {
   url: string;
@@ -62,75 +63,64 @@ interface OneStream {
 }
 
 async function oneStream(
-  pool: Pool,
-  path: string,
-  args: StreamLoadArgs,
-  gaps: number[],
-  signal: AbortSignal,
+  conn: RawStreamConnection,
+  request: Buffer,
+  gaps: number[] | undefined,
 ): Promise<OneStream> {
   const out: OneStream = { chunks: 0, ok: false };
   const t0 = nowMs();
-  const res = await pool.request({
-    method: 'POST',
-    path,
-    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
-    body: args.body,
-    signal,
-  });
-  out.status = res.statusCode;
-  if (res.statusCode !== 200) {
-    await res.body.dump();
-    return out;
-  }
-  let pending = '';
   let last = 0;
-  for await (const chunk of res.body) {
-    const at = nowMs();
-    pending += (chunk as Buffer).toString('utf8');
-    let end: number;
-    while ((end = pending.indexOf('\n\n')) >= 0) {
-      const event = pending.slice(0, end);
-      pending = pending.slice(end + 2);
-      if (!isContent(event)) continue;
-      if (out.chunks === 0) out.ttftMs = at - t0;
-      else gaps.push(at - last);
-      last = at;
-      out.chunks++;
-    }
-  }
-  out.ok = true;
+  const r = await conn.stream(request, (event, at) => {
+    if (!isContent(event)) return;
+    if (out.chunks === 0) out.ttftMs = at - t0;
+    else gaps?.push(at - last);
+    last = at;
+    out.chunks++;
+  });
+  out.status = r.status;
+  out.ok = r.ended && r.status === 200;
   return out;
 }
 
 export async function runStreamLoad(args: StreamLoadArgs): Promise<StreamLoadResult> {
   const url = new URL(args.url);
-  const pool = new Pool(url.origin, {
-    connections: args.streams,
-    pipelining: 1,
-    bodyTimeout: args.timeoutMs,
-  });
-  const signal = AbortSignal.timeout(args.timeoutMs);
-  setMaxListeners(args.streams + 10, signal); // one listener per concurrent stream is expected, not a leak
+  const conns: RawStreamConnection[] = [];
+  const connection = (slot: number): RawStreamConnection =>
+    (conns[slot] ??= new RawStreamConnection(url, nowMs));
+  // Whatever is still open at the deadline is cut: its stream fails and counts as an error.
+  const deadline = setTimeout(() => conns.forEach((c) => c.destroy()), args.timeoutMs);
+  const request = RawStreamConnection.request(url, args.body);
+  const short = RawStreamConnection.request(
+    url,
+    JSON.stringify({ ...(JSON.parse(args.body) as object), max_tokens: WARMUP_TOKENS }),
+  );
   const gaps: number[] = [];
-  // A few short streams first (uncounted): a cold client, connection or code path costs a first stream ~15 ms.
-  const warm = {
-    ...args,
-    body: JSON.stringify({ ...(JSON.parse(args.body) as object), max_tokens: WARMUP_TOKENS }),
-  };
+  // Uncounted first: a few short streams in turn (a cold client, connection or code path costs a first
+  // stream ~15 ms), then one short stream on each slot's connection at once. The measured streams start
+  // on open keep-alive connections, as an SDK client's do: opening 100 connections at once in this process
+  // (which shares its core with the simulator) took 15-25 ms of every target's TTFT at 100 streams.
   for (let i = 0; i < WARMUP_STREAMS; i++)
-    await oneStream(pool, url.pathname, warm, [], signal).catch(() => undefined);
+    await oneStream(connection(0), short, undefined).catch(() => delete conns[0]);
+  await Promise.all(
+    Array.from({ length: args.streams }, (_, i) =>
+      oneStream(connection(i), short, undefined).catch(() => delete conns[i]),
+    ),
+  );
   const started = nowMs();
   const waves = Math.max(1, args.waves ?? 1);
   const settled: PromiseSettledResult<OneStream>[] = [];
-  const slot = async (): Promise<void> => {
+  const slot = async (_: unknown, i: number): Promise<void> => {
     for (let w = 0; w < waves; w++) {
-      const [r] = await Promise.allSettled([oneStream(pool, url.pathname, args, gaps, signal)]);
+      // A failed connection is not reused: the next wave of this slot opens a new one.
+      const [r] = await Promise.allSettled([oneStream(connection(i), request, gaps)]);
+      if (r!.status === 'rejected') delete conns[i];
       settled.push(r!);
     }
   };
   await Promise.all(Array.from({ length: args.streams }, slot));
   const wallMs = nowMs() - started;
-  await pool.destroy();
+  clearTimeout(deadline);
+  conns.forEach((c) => c.destroy());
   const ttfts: number[] = [];
   let completed = 0;
   let non2xx = 0;

@@ -1,15 +1,18 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RawPool } from '../../../bench/raw-http.js';
+import { RawPool, RawStreamConnection } from '../../../bench/raw-http.js';
 import { runRateLoad } from '../../../bench/rate-load.js';
 
 let server: Server | undefined;
 let pool: RawPool | undefined;
+let conn: RawStreamConnection | undefined;
 
 afterEach(async () => {
   pool?.destroy();
   pool = undefined;
+  conn?.destroy();
+  conn = undefined;
   server?.closeAllConnections();
   await new Promise((r) => server?.close(r) ?? r(undefined));
   server = undefined;
@@ -111,5 +114,71 @@ describe('RawPool (the load generator client)', () => {
     expect(result.non2xx).toBeGreaterThan(0);
     expect(result.errors).toBe(0);
     expect(result.p99Us).toBeGreaterThan(0);
+  });
+});
+
+describe('RawStreamConnection (the streaming load client)', () => {
+  const events = (url: URL, body = '{"stream":true}') => {
+    conn ??= new RawStreamConnection(url, () => performance.now());
+    const seen: string[] = [];
+    const done = conn.stream(RawStreamConnection.request(url, body), (e) => seen.push(e));
+    return { seen, done };
+  };
+
+  it('decodes chunked SSE split anywhere (chunk sizes, events, UTF-8 characters) and reuses its connection', async () => {
+    const sockets = new Set<unknown>();
+    const body = ['data: {"content":"h"}\n\ndata: {"con', 'tent":"é"}\n', '\ndata: [DONE]\n\n'];
+    const wire = Buffer.concat([
+      Buffer.from('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n'),
+      ...body.map((part) => {
+        const bytes = Buffer.from(part);
+        return Buffer.concat([Buffer.from(`${bytes.length.toString(16)}\r\n`), bytes, Buffer.from('\r\n')]);
+      }),
+      Buffer.from('0\r\n\r\n'),
+    ]);
+    const url = await serve((req) => {
+      sockets.add(req.socket);
+      req.resume().on('end', () => {
+        // Three bytes at a time, so every boundary (inside a size line, an event, a character) is hit.
+        let at = 0;
+        const next = (): void => {
+          if (at >= wire.length) return;
+          req.socket.write(wire.subarray(at, (at += 3)));
+          setImmediate(next);
+        };
+        next();
+      });
+    });
+    const first = events(url);
+    expect(await first.done).toEqual({ status: 200, ended: true });
+    expect(first.seen).toEqual(['data: {"content":"h"}', 'data: {"content":"é"}', 'data: [DONE]']);
+    const second = events(url);
+    expect(await second.done).toEqual({ status: 200, ended: true });
+    expect(second.seen).toEqual(first.seen);
+    expect(sockets.size).toBe(1);
+  });
+
+  it('ends on a non-chunked (error) answer without parsing it as events', async () => {
+    const url = await serve((req, res) => {
+      req
+        .resume()
+        .on('end', () => res.writeHead(429, { 'content-type': 'application/json' }).end('{"error":{}}'));
+    });
+    const { seen, done } = events(url);
+    expect(await done).toEqual({ status: 429, ended: true });
+    expect(seen).toEqual([]);
+  });
+
+  it('rejects when the connection drops mid-stream, with the events read so far delivered', async () => {
+    const url = await serve((req, res) => {
+      req.resume().on('end', () => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.write('data: {"content":"a"}\n\n');
+        setTimeout(() => req.socket.destroy(), 10);
+      });
+    });
+    const { seen, done } = events(url);
+    await expect(done).rejects.toThrow();
+    expect(seen).toEqual(['data: {"content":"a"}']);
   });
 });
