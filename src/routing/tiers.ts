@@ -46,14 +46,14 @@ function ruleMatches(
   return true;
 }
 
+/** A rule's priority when it gives none: all such rules are equals, so matching ones that disagree tie. */
+const DEFAULT_PRIORITY = 0;
+
 /**
  * The tier by rules: `x-router-tier` wins outright; else the matching rules of the highest priority (the
  * lowest `priority`; rules without one are all of priority 0, SPEC §2) decide; none matching, or a
  * disagreement among equals, is a tie for the LLM router to break.
  */
-/** A rule's priority when it gives none: all such rules are equals, so matching ones that disagree tie. */
-const DEFAULT_PRIORITY = 0;
-
 export function matchTier(
   route: RouteRuntime,
   f: RequestFeatures,
