@@ -1,7 +1,14 @@
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
 import type { Readable } from 'node:stream';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
+import { Pool, requestOn } from '../upstream/client.js';
+
+/** Carries a request's abort signal through reply-from, inside its headers object (see `undici` below). */
+const ABORT_SIGNAL = Symbol('passthrough abort signal');
+type RequestCallback = (err: Error | null, res?: Dispatcher.ResponseData) => void;
 
 /** Headers of the client's that never travel upstream: its own credentials. */
 const STRIPPED = new Set(['authorization', 'x-api-key', 'x-admin-key', 'api-key']);
@@ -26,18 +33,34 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const url = new URL(baseUrl);
   // Loaded only when configured: the proxy and its websocket support are ~5 MB resident.
   const { default: httpProxy } = await import('@fastify/http-proxy');
+  // One abort per request: the client going away, or total_ms, ends the upstream request at once.
+  const aborts = new WeakMap<object, AbortController>();
   // This plugin's own context: the hook sees only the proxied routes.
-  app.addHook('onRequest', (_req, reply, done) => {
+  app.addHook('onRequest', (req, reply, done) => {
+    const abort = new AbortController();
+    aborts.set(req, abort);
     const timer = setTimeout(() => {
+      abort.abort(new Error('total_ms'));
       if (reply.raw.headersSent) reply.raw.destroy();
       else
         void reply.send(
           new GatewayError('timeout', `passthrough upstream ${name} did not answer within total_ms`),
         );
     }, timeouts.total_ms);
-    reply.raw.once('close', () => clearTimeout(timer));
+    reply.raw.once('close', () => {
+      clearTimeout(timer);
+      if (!reply.raw.writableFinished) abort.abort(new Error('client closed'));
+    });
     done();
   });
+  const pool = new Pool(url.origin, {
+    connections,
+    pipelining: 1,
+    connect: { timeout: timeouts.connect_ms },
+  });
+  // Whoever closes first (this app, or reply-from on its own close) closes it; the other finds it closed.
+  const closePool = (): Promise<void> => (pool.closed || pool.destroyed ? Promise.resolve() : pool.close());
+  app.addHook('onClose', closePool);
   // An upstream body that fails before the client got a byte reaches fastify's error path as undici's
   // error; it gets our error here, anything else goes on to the app's handler.
   app.setErrorHandler((err: Error & { code?: string }) => {
@@ -47,26 +70,41 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       throw new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
     throw err;
   });
+  // reply-from takes any object with undici's `request(opts, callback)` and reads the two timeouts off it
+  // for each request; this one also gives each request its abort signal (reply-from passes none), carried
+  // from rewriteRequestHeaders under a symbol key, which Object.assign copies and no header loop sees.
+  const requester = {
+    headersTimeout: timeouts.first_byte_ms,
+    bodyTimeout: timeouts.idle_ms,
+    request(
+      opts: Dispatcher.RequestOptions & { headers: Record<PropertyKey, unknown> },
+      callback: RequestCallback,
+    ) {
+      const signal = opts.headers[ABORT_SIGNAL] as AbortSignal | undefined;
+      delete opts.headers[ABORT_SIGNAL];
+      requestOn.call(pool, { ...opts, signal }).then(
+        (res) => callback(null, res),
+        (err: Error) => callback(err),
+      );
+    },
+    close: closePool,
+    destroy: closePool,
+  };
   await app.register(httpProxy, {
     upstream: url.origin,
     prefix: '/v1',
     rewritePrefix: url.pathname.replace(/\/+$/, ''),
     http2: false,
-    undici: {
-      connections,
-      pipelining: 1,
-      connect: { timeout: timeouts.connect_ms },
-      headersTimeout: timeouts.first_byte_ms,
-      bodyTimeout: timeouts.idle_ms,
-    },
+    undici: requester as unknown as { request: Dispatcher['request'] },
     replyOptions: {
-      rewriteRequestHeaders: (_req, headers) => {
-        const out: Record<string, string | string[] | undefined> = {};
+      rewriteRequestHeaders: (req, headers) => {
+        const out: Record<PropertyKey, unknown> = {};
         for (const [k, v] of Object.entries(headers)) if (!STRIPPED.has(k)) out[k] = v;
+        out[ABORT_SIGNAL] = aborts.get(req)?.signal;
         // The key of the passthrough provider in the config serving now (a reload may have changed it).
         const key = app.gateway.runtime.passthrough?.config.api_key;
         if (key) out.authorization = `Bearer ${key}`;
-        return out;
+        return out as IncomingHttpHeaders;
       },
       onResponse: (_req, reply, res) => {
         if (reply.statusCode < 400) {

@@ -160,6 +160,21 @@ describe('passthrough timeouts (regression: the passthrough ignored the provider
   });
 });
 
+describe('passthrough and a client that goes away', () => {
+  it('gets its upstream request aborted at once', async () => {
+    let upstreamClosed = false;
+    const up = await upstream((_req, res) => res.on('close', () => (upstreamClosed = true)));
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    const ac = new AbortController();
+    const pending = request(`${gw.url}/v1/files`, { signal: ac.signal }).catch(() => undefined);
+    await vi.waitFor(() => expect(up.requests).toHaveLength(1));
+    ac.abort();
+    await pending;
+    // Well before first_byte_ms (1 s), which bounded it before.
+    await vi.waitFor(() => expect(upstreamClosed).toBe(true), { timeout: TIMEOUTS.first_byte_ms / 2 });
+  });
+});
+
 describe('passthrough upstream failures (regression: they fell through to a 500 internal)', () => {
   it('an unreachable upstream gets a 502 upstream_error, OpenAI-shaped, with no secret in it', async () => {
     const gw = await gateway(configOf('http://127.0.0.1:1/v1'));
