@@ -16,6 +16,38 @@ const CHUNKED = /\r\ntransfer-encoding:[ \t]*chunked/i;
 
 type Done = (err: Error | undefined, status: number) => void;
 
+/** The bytes of a POST of a JSON `body` to `url`, built once and sent as they are. */
+export function postBytes(url: URL, body: string, extraHeaders = ''): Buffer {
+  const payload = Buffer.from(body);
+  return Buffer.concat([
+    Buffer.from(
+      `POST ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\n${extraHeaders}` +
+        `content-length: ${payload.length}\r\n\r\n`,
+    ),
+    payload,
+  ]);
+}
+
+/** An answer's head, once `buf` holds it: status, where the body starts, and its framing. */
+interface Head {
+  status: number;
+  bodyStart: number;
+  /** Content-Length, or -1 when chunked, or undefined when neither (the close would end it). */
+  length: number | undefined;
+}
+
+function parseHead(buf: Buffer): Head | undefined {
+  const end = buf.indexOf(HEADER_END);
+  if (end < 0) return undefined;
+  const head = buf.toString('latin1', 0, end);
+  const length = CONTENT_LENGTH.exec(head);
+  return {
+    status: Number(head.slice(9, 12)),
+    bodyStart: end + HEADER_END.length,
+    length: length ? Number(length[1]) : CHUNKED.test(head) ? -1 : undefined,
+  };
+}
+
 /** One connection: at most one request in flight. */
 class Connection {
   private readonly socket: Socket;
@@ -58,15 +90,13 @@ class Connection {
   private read(chunk: Buffer): void {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     if (this.bodyStart < 0) {
-      const end = this.buf.indexOf(HEADER_END);
-      if (end < 0) return;
-      const head = this.buf.toString('latin1', 0, end);
-      this.status = Number(head.slice(9, 12));
-      const length = CONTENT_LENGTH.exec(head);
-      if (length) this.bodyLength = Number(length[1]);
-      else if (CHUNKED.test(head)) this.bodyLength = -1;
-      else return this.finish(new Error('answer has neither Content-Length nor chunked encoding'));
-      this.bodyStart = end + HEADER_END.length;
+      const head = parseHead(this.buf);
+      if (!head) return;
+      this.status = head.status;
+      if (head.length === undefined)
+        return this.finish(new Error('answer has neither Content-Length nor chunked encoding'));
+      this.bodyLength = head.length;
+      this.bodyStart = head.bodyStart;
     }
     const complete =
       this.bodyLength >= 0
@@ -100,14 +130,7 @@ export class RawPool {
   ) {
     this.host = url.hostname;
     this.port = Number(url.port || 80);
-    const payload = Buffer.from(body);
-    this.request = Buffer.concat([
-      Buffer.from(
-        `POST ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\n` +
-          `content-length: ${payload.length}\r\n\r\n`,
-      ),
-      payload,
-    ]);
+    this.request = postBytes(url, body);
   }
 
   /** Sends the request; `done` gets the status, or an error when the connection fails first. */
@@ -177,16 +200,9 @@ export class RawStreamConnection {
   private onEvent: (event: string, atMs: number) => void = () => undefined;
   private closed = false;
 
-  /** The bytes of a streaming POST of `body` to `url`, built once and sent as they are. */
+  /** The bytes of a streaming POST of `body` to `url`. */
   static request(url: URL, body: string): Buffer {
-    const payload = Buffer.from(body);
-    return Buffer.concat([
-      Buffer.from(
-        `POST ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\n` +
-          `accept: text/event-stream\r\ncontent-length: ${payload.length}\r\n\r\n`,
-      ),
-      payload,
-    ]);
+    return postBytes(url, body, 'accept: text/event-stream\r\n');
   }
 
   constructor(
@@ -214,6 +230,7 @@ export class RawStreamConnection {
     this.head = true;
     this.chunkLeft = -1;
     this.events = '';
+    this.text.end(); // drops a character a previous answer left half-read
     return new Promise((resolve, reject) => {
       this.done = resolve;
       this.fail = reject;
@@ -228,17 +245,15 @@ export class RawStreamConnection {
   private read(chunk: Buffer, at: number): void {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     if (this.head) {
-      const end = this.buf.indexOf(HEADER_END);
-      if (end < 0) return;
-      const head = this.buf.toString('latin1', 0, end);
-      this.status = Number(head.slice(9, 12));
-      this.buf = this.buf.subarray(end + HEADER_END.length);
+      const head = parseHead(this.buf);
+      if (!head) return;
+      this.status = head.status;
+      this.buf = this.buf.subarray(head.bodyStart);
       this.head = false;
-      if (!CHUNKED.test(head)) {
-        // Not a stream (an error answer): its length, when given, says where it ends.
-        const length = CONTENT_LENGTH.exec(head);
-        if (!length) return this.end(false);
-        this.chunkLeft = Number(length[1]);
+      if (head.length === undefined) return this.end(false);
+      if (head.length >= 0) {
+        // Not a stream (an error answer): its length says where it ends.
+        this.chunkLeft = head.length;
         this.plainBody = true;
       }
     }

@@ -161,18 +161,18 @@ function passthroughRestartOnly(before: LoadedConfig['config'], after: LoadedCon
   const was = before.providers.find((p) => p.name === name);
   const now = after.providers.find((p) => p.name === name);
   if (!was || !now) return [];
-  return PASSTHROUGH_RESTART_ONLY.filter((k) => JSON.stringify(was[k]) !== JSON.stringify(now[k])).map(
-    (k) => `providers.${name}.${k} (passthrough)`,
-  );
+  return changedKeys(PASSTHROUGH_RESTART_ONLY, was, now).map((k) => `providers.${name}.${k} (passthrough)`);
 }
 
 function restartOnly(
   before: LoadedConfig['config']['server'],
   after: LoadedConfig['config']['server'],
 ): string[] {
-  return RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k])).map(
-    (k) => `server.${k}`,
-  );
+  return changedKeys(RESTART_ONLY, before, after).map((k) => `server.${k}`);
+}
+
+function changedKeys<T, K extends keyof T>(keys: readonly K[], before: T, after: T): K[] {
+  return keys.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
 }
 
 /**

@@ -63,11 +63,15 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   app.addHook('onClose', closePool);
   // An upstream body that fails before the client got a byte reaches fastify's error path as undici's
   // error; it gets our error here, anything else goes on to the app's handler.
+  // Either way the client learns what kind of failure it was; the cause's text (which may name hosts)
+  // stays in the log.
+  const failure = (timedOut: boolean): GatewayError =>
+    timedOut
+      ? new GatewayError('timeout', `passthrough upstream ${name} timed out`)
+      : new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
   app.setErrorHandler((err: Error & { code?: string }) => {
-    if (err.code === 'UND_ERR_BODY_TIMEOUT' || err.code === 'UND_ERR_HEADERS_TIMEOUT')
-      throw new GatewayError('timeout', `passthrough upstream ${name} timed out`);
-    if (err.code === 'UND_ERR_SOCKET' || err.code === 'ECONNRESET')
-      throw new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
+    if (err.code === 'UND_ERR_BODY_TIMEOUT' || err.code === 'UND_ERR_HEADERS_TIMEOUT') throw failure(true);
+    if (err.code === 'UND_ERR_SOCKET' || err.code === 'ECONNRESET') throw failure(false);
     throw err;
   });
   // reply-from takes any object with undici's `request(opts, callback)` and reads the two timeouts off it
@@ -113,15 +117,9 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         }
         void sendScrubbed(app, reply, res.stream);
       },
-      // Failures before any answer, in our error shape; the cause's text (which may name hosts) stays in
-      // the log, the client gets what kind of failure it was.
+      // Failures before any answer (reply-from maps timeouts to 504).
       onError: (reply, { error }) => {
-        const timedOut = (error as Error & { statusCode?: number }).statusCode === 504;
-        void reply.send(
-          timedOut
-            ? new GatewayError('timeout', `passthrough upstream ${name} timed out`)
-            : new GatewayError('upstream_error', `passthrough upstream ${name} failed`),
-        );
+        void reply.send(failure((error as Error & { statusCode?: number }).statusCode === 504));
       },
     },
   });
