@@ -48,9 +48,14 @@ export interface UpstreamResponse {
 
 /**
  * One undici Pool per provider origin. A stream holds its connection for its whole life, so the pool is
- * sized by `max_concurrency`, not by a small keep-alive count. Timeouts are undici's own: connect,
- * headers (first byte) and body (idle gap between chunks); the total bound is an abort signal.
+ * sized by `max_concurrency`, not by a small keep-alive count. Connecting is bounded by undici; first
+ * byte, idle and total by the attempt's signal (bounds.ts). undici's headers and body timeouts stay as a
+ * backstop, set past the bounds: its timers for a second or more tick every ~0.5 s and a refreshed one can
+ * fire that much early (an 800 ms idle bound once cut a stream after 632 ms of silence).
  */
+/** How far past the attempt's own bounds undici's timeouts are set (see ProviderClient). */
+const BACKSTOP_MARGIN_MS = 1_000;
+
 export class ProviderClient {
   readonly origin: string;
   /** The base_url's path without a trailing slash, e.g. `/v1`. */
@@ -65,8 +70,8 @@ export class ProviderClient {
       connections: provider.max_concurrency,
       pipelining: 1,
       connect: { timeout: provider.timeouts.connect_ms },
-      headersTimeout: provider.timeouts.first_byte_ms,
-      bodyTimeout: provider.timeouts.idle_ms,
+      headersTimeout: provider.timeouts.first_byte_ms + BACKSTOP_MARGIN_MS,
+      bodyTimeout: provider.timeouts.idle_ms + BACKSTOP_MARGIN_MS,
       keepAliveTimeout: 30_000,
     });
   }
