@@ -102,6 +102,23 @@ const HTTP_DATE =
 // The obsolete asctime form carries no zone but means GMT; Date.parse would read it as local time.
 const ASCTIME_DATE = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4}$/;
 
+/** `retry-after-ms`: OpenAI's own header (milliseconds; the openai SDK reads it before Retry-After). */
+const DELAY_MS = /^\d+(?:\.\d+)?$/;
+
+/**
+ * An upstream's cooldown from its headers, in ms in [0, 24 h]: `retry-after-ms` when it is a number (the
+ * finer of the two, and the one OpenAI's clients prefer), else Retry-After.
+ */
+export function retryAfterFromHeaders(
+  headers: Readonly<Record<string, string | string[] | undefined>>,
+  nowMs: number,
+): number | undefined {
+  const msHeader = headers['retry-after-ms'];
+  const ms = (Array.isArray(msHeader) ? msHeader[0] : msHeader)?.trim();
+  if (ms !== undefined && DELAY_MS.test(ms)) return Math.min(Math.ceil(Number(ms)), DAY_MS);
+  return parseRetryAfter(headers['retry-after'], nowMs);
+}
+
 /** Retry-After (delay-seconds, decimals tolerated, or an HTTP date) → ms from `nowMs`, in [0, 24 h]. */
 export function parseRetryAfter(value: string | string[] | undefined, nowMs: number): number | undefined {
   const raw = Array.isArray(value) ? value[0] : value;

@@ -63,6 +63,11 @@ export class SseWriter {
 
 export const DONE_FRAME = 'data: [DONE]\n\n';
 
-export function dataFrame(json: string): string {
-  return `data: ${json}\n\n`;
+/**
+ * One SSE event carrying `data`. Data an upstream sent on several `data:` lines (valid SSE: the parser
+ * joins them with `\n`) goes out on as many lines again: one line with a raw newline would cut the event.
+ */
+export function dataFrame(data: string): string {
+  if (data.indexOf('\n') < 0) return `data: ${data}\n\n`;
+  return `data: ${data.replaceAll('\n', '\ndata: ')}\n\n`;
 }

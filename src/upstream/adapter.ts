@@ -46,6 +46,14 @@ export interface UpstreamErrorInfo {
   readonly param: string | null;
 }
 
+/**
+ * A 2xx answer read as text: the body to relay and its usage, or the error object an upstream sent with
+ * its 200 instead of an answer (failed over like the same error in a stream).
+ */
+export type AnswerText =
+  | { readonly body: string; readonly usage: Usage | undefined; readonly error?: undefined }
+  | { readonly body?: undefined; readonly usage?: undefined; readonly error: UpstreamErrorInfo };
+
 export interface ChunkSink {
   /**
    * One OpenAI `chat.completion.chunk`, as JSON text ready to relay after `data: `. `content` is true when
@@ -86,7 +94,7 @@ export interface ChatAdapter {
    * Optional fast path for a dialect relayed as it is: the answer's text to send and its usage, without
    * parsing the whole body; `undefined` when the text is not a JSON object (the attempt then fails over).
    */
-  chatResponseText?(text: string): { body: string; usage: Usage | undefined } | undefined;
+  chatResponseText?(text: string): AnswerText | undefined;
   /** A translator for one upstream SSE stream. */
   streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator;
   /** An upstream error response (status + raw body text) in OpenAI terms. */

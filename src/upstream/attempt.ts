@@ -1,9 +1,10 @@
 import type { Classified } from '../resilience/classify.js';
-import { classifyError, classifyStatus, parseRetryAfter } from '../resilience/classify.js';
+import { classifyError, classifyStatus, retryAfterFromHeaders } from '../resilience/classify.js';
 import type { Upstream } from '../runtime.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
 import type {
+  AnswerText,
   ChatBody,
   ChunkSink,
   PreparedRequest,
@@ -128,25 +129,30 @@ async function errorResult(
   } catch {
     /* an unreadable error body still has its status */
   }
-  return errorFrom(res.statusCode, res.headers['retry-after'], text, input, t0);
+  return errorFrom(res.statusCode, res.headers, text, input, t0);
 }
 
 /** A non-2xx answer, classified, with what the upstream said (for relaying a client error). */
 function errorFrom(
   status: number,
-  retryAfter: string | string[] | undefined,
+  headers: Readonly<Record<string, string | string[] | undefined>>,
   text: string,
   input: Pick<AttemptInput, 'upstream' | 'now'>,
   t0: number,
 ): AttemptResult {
   const info = input.upstream.provider.adapter.errorInfo(status, text);
-  const retryAfterMs = parseRetryAfter(retryAfter, Date.now());
+  const retryAfterMs = retryAfterFromHeaders(headers, Date.now());
   return failure(classifyStatus(status), input.now() - t0, { status, retryAfterMs, info });
 }
 
 const INVALID_JSON: Classified = { outcome: 'error', retryable: true, reason: 'invalid_upstream_json' };
-
-type Answer = { body: string; usage: Usage | undefined };
+/** A 200 whose body is an error object instead of an answer: a 429 there is a rate limit, as in a stream. */
+const ERROR_ANSWER: Classified = { outcome: 'error', retryable: true, reason: 'error_in_answer' };
+const ERROR_ANSWER_RATE_LIMITED: Classified = {
+  outcome: 'rate_limited',
+  retryable: true,
+  reason: 'error_in_answer',
+};
 
 /**
  * One non-streaming POST: sends, reads the bounded body under the idle bound and hands the text to
@@ -156,7 +162,7 @@ type Answer = { body: string; usage: Usage | undefined };
 async function attemptJsonCall(
   input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
   prepared: PreparedRequest,
-  finish: (text: string) => Answer | undefined,
+  finish: (text: string) => AnswerText | undefined,
 ): Promise<AttemptResult> {
   const t0 = input.now();
   const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream);
@@ -172,11 +178,19 @@ async function attemptJsonCall(
       watch: sig,
     });
     if (res.statusCode < 200 || res.statusCode >= 300) {
-      return errorFrom(res.statusCode, res.headers['retry-after'], res.text, input, t0);
+      return errorFrom(res.statusCode, res.headers, res.text, input, t0);
     }
     const totalMs = input.now() - t0;
     const out = finish(res.text);
     if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
+    if (out.error) {
+      const limited = out.error.status === 429;
+      return failure(limited ? ERROR_ANSWER_RATE_LIMITED : ERROR_ANSWER, totalMs, {
+        status: res.statusCode,
+        info: out.error,
+        retryAfterMs: limited ? retryAfterFromHeaders(res.headers, Date.now()) : undefined,
+      });
+    }
     return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, input, sig, t0);
@@ -209,7 +223,7 @@ export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
   if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText);
   return attemptJsonCall(input, prepared, (text) => {
-    const json = parseJsonObject(text.trimStart());
+    const json = parseJsonObject(text);
     if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
     const out = adapter.chatResponse(json, input.stream);
     return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };

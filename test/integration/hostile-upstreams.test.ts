@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import OpenAI from 'openai';
 import { gzipSync } from 'node:zlib';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
@@ -159,5 +160,118 @@ describe('a stream that ends without [DONE]', () => {
     expect(text).toContain('Half an ans');
     expect(text).toContain('"code":"stream_interrupted"');
     expect(text).not.toContain('[DONE]');
+  });
+});
+
+describe("upstream wire formats other than our simulator's", () => {
+  const chunk = (choices: Record<string, unknown>[]) =>
+    JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices });
+  const delta = (content: string, index = 0, finish: string | null = null) =>
+    chunk([{ index, delta: { content }, finish_reason: finish }]);
+
+  it('a leading BOM, an event on several data lines and data after extra spaces all reach the SDK', async () => {
+    // Split where JSON allows whitespace: the joined text is valid JSON again.
+    const b = delta('B');
+    const cut = b.indexOf('"choices"');
+    const [head, tail] = [b.slice(0, cut), b.slice(cut)];
+    const up = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      s.write(`\uFEFFdata: ${delta('A')}\n\n`);
+      s.write(`data: ${head}\ndata: ${tail}\n\n`); // valid SSE: the lines join with a newline
+      s.write(`data:   ${delta('C')}\n\n`);
+      s.write(`data: ${delta('', 0, 'stop')}\n\n`);
+      s.end('data:  [DONE]\n\n');
+    });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('up', up.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['up/m'] } },
+      }),
+    );
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const stream = await client.chat.completions.create({
+      model: 'r',
+      stream: true,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    let text = '';
+    let finish: string | null | undefined;
+    for await (const c of stream) {
+      text += c.choices[0]?.delta.content ?? '';
+      finish ??= c.choices[0]?.finish_reason;
+    }
+    expect(text).toBe('ABC');
+    expect(finish).toBe('stop');
+  });
+
+  it('n > 1 without [DONE]: a close while one choice is unfinished is a cut stream, not a finished one', async () => {
+    const up = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      s.write(`data: ${delta('one', 0)}\n\n`);
+      s.write(`data: ${delta('two', 1)}\n\n`);
+      s.end(`data: ${delta('', 0, 'stop')}\n\n`); // choice 1 never finishes
+    });
+    const { res, text } = await setup(up.url, true);
+    expect(res.statusCode).toBe(200);
+    expect(text).toContain('"code":"stream_interrupted"');
+    expect(text).not.toContain('[DONE]');
+  });
+
+  it('n > 1 without [DONE]: a close after every choice finished is a finished answer', async () => {
+    const up = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      s.write(`data: ${delta('one', 0)}\n\n`);
+      s.write(`data: ${delta('two', 1)}\n\n`);
+      s.write(`data: ${delta('', 0, 'stop')}\n\n`);
+      s.end(`data: ${delta('', 1, 'length')}\n\n`);
+    });
+    const { res, text } = await setup(up.url, true);
+    expect(res.statusCode).toBe(200);
+    expect(text).not.toContain('"error"');
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+  });
+
+  it('a 200 whose body is an error object fails over like a 5xx, as the same error in a stream does', async () => {
+    const bad = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'application/json' });
+      s.end(JSON.stringify({ error: { message: 'model overloaded', type: 'server_error', code: null } }));
+    });
+    const { res, text } = await setup(bad.url);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-router-provider']).toBe('good');
+    expect(res.headers['x-router-trail']).toBe('bad/m=error_in_answer');
+    expect(text).not.toContain('overloaded');
+    expect(JSON.parse(text)).toMatchObject({ object: 'chat.completion' });
+  });
+
+  it("a 429's retry-after-ms (OpenAI's header) sets the cooldown and the client's Retry-After", async () => {
+    const limited = await rawUpstream((_q, s) => {
+      s.writeHead(429, { 'content-type': 'application/json', 'retry-after-ms': '2500' });
+      s.end(JSON.stringify({ error: { message: 'slow down', type: 'rate_limit_error', code: null } }));
+    });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('up', limited.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['up/m'] } },
+      }),
+    );
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    await res.body.text();
+    expect(res.statusCode).toBe(429);
+    expect(res.headers['retry-after']).toBe('3'); // 2.5 s, rounded up
+    // The upstream is cooling down for those 2.5 s: the next request does not reach it.
+    const again = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    await again.body.text();
+    expect(again.statusCode).toBe(429);
+    expect(Number(again.headers['retry-after'])).toBeGreaterThanOrEqual(2);
+    expect(limited.hits()).toBe(1);
   });
 });

@@ -172,7 +172,7 @@ export function anthropicError(status: number, type: string | undefined, message
 
 /** Reads `{type:'error', error:{type, message}}`, an OpenAI-style `{error:{...}}`, or any text at all. */
 export function anthropicErrorInfo(status: number, bodyText: string): UpstreamErrorInfo {
-  const parsed = parseJsonObject(bodyText.trimStart());
+  const parsed = parseJsonObject(bodyText);
   const err = parsed !== undefined && isObject(parsed.error) ? parsed.error : undefined;
   const type = err !== undefined ? asString(err.type) : undefined;
   let message = asString(err?.message) ?? asString(parsed?.error) ?? asString(parsed?.message);

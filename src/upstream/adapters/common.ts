@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { skipSpace } from '../../json-scan.js';
 import type { AdapterProvider, Usage } from '../adapter.js';
 
 /**
@@ -51,7 +52,7 @@ export function providerHeaders(
 /** JSON.parse that returns undefined instead of throwing; only objects are tried (skips `[DONE]`, garbage). */
 export function parseJsonObject(text: string): JsonObject | undefined {
   // A cheap first-character test keeps exceptions (slow) off the per-event path for non-JSON data.
-  if (text.charCodeAt(0) !== 123 /* { */) return undefined;
+  if (text.charCodeAt(skipSpace(text, 0)) !== 123 /* { */) return undefined;
   try {
     const value: unknown = JSON.parse(text);
     return isObject(value) ? value : undefined;

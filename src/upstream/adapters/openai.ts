@@ -1,5 +1,6 @@
 import type {
   AdapterProvider,
+  AnswerText,
   ChatAdapter,
   ChatBody,
   ChunkSink,
@@ -32,39 +33,39 @@ export const openaiAdapter: ChatAdapter = {
     return { body: json, usage: readUsage(json) };
   },
 
-  chatResponseText(text: string): { body: string; usage: Usage | undefined } | undefined {
+  chatResponseText(text: string): AnswerText | undefined {
     return relayedAnswer(text);
   },
 
   streamTranslator(sink: ChunkSink): StreamTranslator {
-    let finished = false;
+    const choices = new ChoiceEnds();
     return {
       // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
-      // complete, so it ends like one. A close before any finish_reason is still a cut stream.
+      // complete, so it ends like one. A close before every choice has its finish_reason is a cut stream.
       close() {
-        if (finished) sink.end();
+        if (choices.allFinished()) sink.end();
       },
       event(_type, data) {
-        if (data === '[DONE]') {
+        if (data === '[DONE]' || (data.charCodeAt(0) <= 32 && data.trim() === '[DONE]')) {
           sink.end();
           return;
         }
         const obj = parseJsonObject(data);
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
-        if (obj.error !== undefined && obj.choices === undefined) {
-          sink.error(errorFromBody(500, obj));
+        if (isErrorInsteadOfAnswer(obj)) {
+          sink.error(inBandError(obj));
           return;
         }
         const usage = readUsage(obj);
         if (usage) sink.usage(usage);
-        if (!finished && hasFinishReason(obj)) finished = true;
+        choices.see(obj);
         sink.chunk(data, hasContentDelta(obj));
       },
     };
   },
 
   errorInfo(status: number, bodyText: string): UpstreamErrorInfo {
-    return errorFromBody(status, parseJsonObject(bodyText.trimStart()), bodyText);
+    return errorFromBody(status, parseJsonObject(bodyText), bodyText);
   },
 };
 
@@ -113,14 +114,28 @@ function hasContentDelta(chunk: Record<string, unknown>): boolean {
   return false;
 }
 
-function hasFinishReason(chunk: Record<string, unknown>): boolean {
-  const choices = chunk.choices;
-  if (!Array.isArray(choices)) return false;
-  for (const choice of choices) {
-    const reason = (choice as { finish_reason?: unknown } | null)?.finish_reason;
-    if (typeof reason === 'string' && reason !== '') return true;
+/** Which of a stream's choices (by `index`; `n` > 1 streams several) have sent their finish_reason. */
+class ChoiceEnds {
+  private readonly open = new Set<number>();
+  private readonly finished = new Set<number>();
+
+  see(chunk: Record<string, unknown>): void {
+    const choices = chunk.choices;
+    if (!Array.isArray(choices)) return;
+    for (const choice of choices as ({ index?: unknown; finish_reason?: unknown } | null)[]) {
+      if (choice === null || typeof choice !== 'object') continue;
+      const index = typeof choice.index === 'number' ? choice.index : 0;
+      const reason = choice.finish_reason;
+      if (typeof reason === 'string' && reason !== '') {
+        this.finished.add(index);
+        this.open.delete(index);
+      } else if (!this.finished.has(index)) this.open.add(index);
+    }
   }
-  return false;
+
+  allFinished(): boolean {
+    return this.finished.size > 0 && this.open.size === 0;
+  }
 }
 
 function readUsage(json: unknown): Usage | undefined {
@@ -174,7 +189,7 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
 export function relayedAnswer(
   text: string,
   readUsageOf: (json: unknown) => Usage | undefined = readUsage,
-): { body: string; usage: Usage | undefined } | undefined {
+): AnswerText | undefined {
   if (text.charCodeAt(skipSpace(text, 0)) !== 123 || text.charCodeAt(skipSpaceBack(text)) !== 125)
     return undefined;
   const key = text.lastIndexOf('"usage"');
@@ -196,6 +211,25 @@ export function relayedAnswer(
       }
     }
   }
-  const json = parseJsonObject(text.trimStart());
-  return json ? { body: text, usage: readUsageOf(json) } : undefined;
+  const json = parseJsonObject(text);
+  if (!json) return undefined;
+  if (isErrorInsteadOfAnswer(json)) return { error: inBandError(json) };
+  return { body: text, usage: readUsageOf(json) };
+}
+
+/** An `error` object where a 200's answer should be: no `choices` (chat) and no `data` (embeddings). */
+function isErrorInsteadOfAnswer(json: Record<string, unknown>): boolean {
+  return json.error != null && json.choices === undefined && json.data === undefined;
+}
+
+const RATE_LIMIT_CODES = new Set<unknown>(['rate_limit_exceeded', 'rate_limit_error', 429, '429']);
+
+/**
+ * An error sent with a 200 (a stream's error event, or the whole answer), as the status it stands for: a
+ * rate limit is a 429 (a cooldown, not an error against the breaker), anything else a 500.
+ */
+function inBandError(json: Record<string, unknown>): UpstreamErrorInfo {
+  const e = json.error as { type?: unknown; code?: unknown } | string;
+  const limited = typeof e === 'object' && (RATE_LIMIT_CODES.has(e.type) || RATE_LIMIT_CODES.has(e.code));
+  return errorFromBody(limited ? 429 : 500, json);
 }

@@ -1,7 +1,12 @@
 import { createServer, type AddressInfo } from 'node:net';
 import { errors, fetch, request } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { classifyError, classifyStatus, parseRetryAfter } from '../../../src/resilience/classify.js';
+import {
+  classifyError,
+  classifyStatus,
+  parseRetryAfter,
+  retryAfterFromHeaders,
+} from '../../../src/resilience/classify.js';
 
 async function closedPort(): Promise<number> {
   const server = createServer();
@@ -233,5 +238,23 @@ describe('parseRetryAfter', () => {
 describe('402 payment required (regression: an Anthropic "credit balance too low" was relayed, not failed over)', () => {
   it('is a retryable error: the account problem is ours, another provider may answer', () => {
     expect(classifyStatus(402)).toMatchObject({ outcome: 'error', retryable: true });
+  });
+});
+
+describe('retryAfterFromHeaders', () => {
+  const NOW = Date.UTC(2025, 0, 1, 12, 0, 0);
+
+  it("prefers OpenAI's retry-after-ms, rounded up to a whole ms", () => {
+    expect(retryAfterFromHeaders({ 'retry-after-ms': '1500', 'retry-after': '9' }, NOW)).toBe(1_500);
+    expect(retryAfterFromHeaders({ 'retry-after-ms': ' 20.2 ' }, NOW)).toBe(21);
+    expect(retryAfterFromHeaders({ 'retry-after-ms': ['300', '900'] }, NOW)).toBe(300);
+    expect(retryAfterFromHeaders({ 'retry-after-ms': '9'.repeat(400) }, NOW)).toBe(86_400_000);
+  });
+
+  it('falls back to Retry-After when retry-after-ms is absent or not a number', () => {
+    expect(retryAfterFromHeaders({ 'retry-after': '2' }, NOW)).toBe(2_000);
+    expect(retryAfterFromHeaders({ 'retry-after-ms': 'soon', 'retry-after': '2' }, NOW)).toBe(2_000);
+    expect(retryAfterFromHeaders({ 'retry-after-ms': '-5' }, NOW)).toBeUndefined();
+    expect(retryAfterFromHeaders({}, NOW)).toBeUndefined();
   });
 });

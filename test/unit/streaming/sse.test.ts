@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Scrubber } from '../../../src/observability/scrub.js';
+import { dataFrame } from '../../../src/streaming/relay.js';
 import { createSseParser } from '../../../src/streaming/sse.js';
 
 describe('SSE parser', () => {
@@ -18,6 +19,36 @@ describe('SSE parser', () => {
       p.end();
       expect(got, `cut at ${cut}`).toEqual(expected);
     }
+  });
+  it('ignores a byte order mark before the first line, however the bytes are split', () => {
+    const bytes = Buffer.from('\uFEFFdata: {"a":1}\n\ndata: [DONE]\n\n');
+    for (let cut = 0; cut <= 4; cut++) {
+      const got: string[] = [];
+      const p = createSseParser((_t, data) => got.push(data));
+      if (cut > 0) p.feed(bytes.subarray(0, cut));
+      p.feed(bytes.subarray(cut));
+      p.end();
+      expect(got, `cut at ${cut}`).toEqual(['{"a":1}', '[DONE]']);
+    }
+    // Only a leading one: later in the stream it is data.
+    const got: string[] = [];
+    const p = createSseParser((_t, data) => got.push(data));
+    p.feed('data: x\n\n');
+    p.feed('data: \uFEFFy\n\n');
+    expect(got).toEqual(['x', '\uFEFFy']);
+  });
+
+  it('an event an upstream sent on several data lines goes out on several data lines again', () => {
+    const got: string[] = [];
+    const p = createSseParser((_t, data) => got.push(data));
+    p.feed('data: {"a":\ndata: 1}\n\n');
+    expect(got).toEqual(['{"a":\n1}']);
+    expect(dataFrame(got[0]!)).toBe('data: {"a":\ndata: 1}\n\n');
+    expect(dataFrame('{"a":1}')).toBe('data: {"a":1}\n\n');
+    const back: string[] = [];
+    const q = createSseParser((_t, data) => back.push(data));
+    q.feed(dataFrame(got[0]!));
+    expect(back).toEqual(got);
   });
 });
 

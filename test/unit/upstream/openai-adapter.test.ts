@@ -76,6 +76,50 @@ describe('openai adapter', () => {
     expect(c.errors[0]).toMatchObject({ message: 'overloaded', type: 'server_error' });
   });
 
+  it('reads data with leading whitespace, and a spaced [DONE]', () => {
+    const c = collect();
+    const t = openaiAdapter.streamTranslator(c.sink, ctx);
+    t.event(undefined, '  {"choices":[{"index":0,"delta":{"content":"Hi"}}]}');
+    t.event(undefined, '\t{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}');
+    expect(c.chunks.map((x) => x.content)).toEqual([true, false]);
+    expect(c.ended()).toBe(false);
+    t.event(undefined, ' [DONE]');
+    expect(c.ended()).toBe(true);
+  });
+
+  it('a close without [DONE] ends the answer only when every choice it saw has finished', () => {
+    const choice = (index: number, finish: string | null) =>
+      `{"choices":[{"index":${index},"delta":{"content":"x"},"finish_reason":${JSON.stringify(finish)}}]}`;
+    const cut = collect();
+    const a = openaiAdapter.streamTranslator(cut.sink, ctx);
+    a.event(undefined, choice(0, null));
+    a.event(undefined, choice(1, null));
+    a.event(undefined, choice(0, 'stop'));
+    a.close?.();
+    expect(cut.ended()).toBe(false);
+    const whole = collect();
+    const b = openaiAdapter.streamTranslator(whole.sink, ctx);
+    b.event(undefined, choice(0, null));
+    b.event(undefined, choice(1, 'length'));
+    b.event(undefined, choice(0, 'stop'));
+    b.close?.();
+    expect(whole.ended()).toBe(true);
+    const none = collect();
+    const n = openaiAdapter.streamTranslator(none.sink, ctx);
+    n.event(undefined, choice(0, null));
+    n.close?.();
+    expect(none.ended()).toBe(false);
+  });
+
+  it('an in-band rate-limit error is a 429, any other a 500', () => {
+    const c = collect();
+    const t = openaiAdapter.streamTranslator(c.sink, ctx);
+    t.event(undefined, '{"error":{"message":"slow down","type":"rate_limit_error"}}');
+    t.event(undefined, '{"error":{"message":"slow down","code":"rate_limit_exceeded"}}');
+    t.event(undefined, '{"error":"boom"}');
+    expect(c.errors.map((e) => e.status)).toEqual([429, 429, 500]);
+  });
+
   it('reads error bodies of every usual shape', () => {
     expect(
       openaiAdapter.errorInfo(
@@ -132,6 +176,19 @@ describe('relayed non-streaming answers (read for usage only)', () => {
     const keyed = JSON.stringify({ choices: [], usage, meta: { 'note"usage': fake } });
     expect(relayedAnswer(keyed)?.usage).toEqual(usage);
   });
+  it('an error object instead of an answer comes back as that error, not as an answer', () => {
+    const r = relayedAnswer(' {"error":{"message":"overloaded","type":"server_error","code":"busy"}}');
+    expect(r).toEqual({
+      error: expect.objectContaining({ status: 500, message: 'overloaded', code: 'busy' }),
+    });
+    expect(relayedAnswer('{"error":{"type":"rate_limit_error","message":"x"}}')?.error?.status).toBe(429);
+    // An answer that also carries an error field (some servers add `error: null`) is still an answer.
+    const answer = '{"choices":[],"error":null}';
+    expect(relayedAnswer(answer)).toEqual({ body: answer, usage: undefined });
+    const embeddings = '{"data":[],"error":{"message":"partial"}}';
+    expect(relayedAnswer(embeddings)?.body).toBe(embeddings);
+  });
+
   it('refuses what is not a JSON object, so the attempt fails over', () => {
     for (const bad of ['<html>oops</html>', '[1,2]', '{"choices": [', '', '   ', '{"a":1} trailing']) {
       expect(relayedAnswer(bad), bad).toBeUndefined();
