@@ -5,13 +5,34 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
 import { Pool, requestOn } from '../upstream/client.js';
+import { retrieveModel } from './models.js';
 
 /** Carries a request's abort signal through reply-from, inside its headers object (see `undici` below). */
 const ABORT_SIGNAL = Symbol('passthrough abort signal');
 type RequestCallback = (err: Error | null, res?: Dispatcher.ResponseData) => void;
 
-/** Headers of the client's that never travel upstream: its own credentials. */
-const STRIPPED = new Set(['authorization', 'x-api-key', 'x-admin-key', 'api-key']);
+/**
+ * Hop-by-hop fields (RFC 9110 §7.6.1): they describe one connection and are dropped by a proxy, both ways,
+ * with any other field a `Connection` header names. undici refuses some (`keep-alive`, `upgrade`), which
+ * turned a request the provider would have served into our 502.
+ */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+]);
+/**
+ * Headers of the client's that never travel upstream: the hop-by-hop ones; `expect`, which Node's server
+ * has already answered (`100 Continue`, then it reads the body we stream on) and undici refuses; and the
+ * client's own credentials.
+ */
+const STRIPPED = new Set([...HOP_BY_HOP, 'expect', 'authorization', 'x-api-key', 'x-admin-key', 'api-key']);
 /** Error bodies are read this far to be scrubbed; past it they are cut. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
@@ -100,15 +121,42 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     rewritePrefix: url.pathname.replace(/\/+$/, ''),
     http2: false,
     undici: requester as unknown as { request: Dispatcher['request'] },
+    // GET /v1/models/{id} reaches this route only with a passthrough (http/models.ts): a route or
+    // `provider/model` name is answered as the list has it; any other id goes on to the provider.
+    preHandler: (req, reply, done) => {
+      if (req.method === 'GET') {
+        const rest = (req.params as { '*'?: string })['*'];
+        if (rest?.startsWith('models/') === true) {
+          const model = retrieveModel(app.gateway.runtime, rest.slice('models/'.length));
+          if (model) {
+            void reply.send(model);
+            return;
+          }
+        }
+      }
+      done();
+    },
     replyOptions: {
       rewriteRequestHeaders: (req, headers) => {
+        // reply-from has dropped the client's `connection` from `headers` by now; the request still has it.
+        const named = connectionNamed(req.headers.connection);
         const out: Record<PropertyKey, unknown> = {};
-        for (const [k, v] of Object.entries(headers)) if (!STRIPPED.has(k)) out[k] = v;
+        for (const [k, v] of Object.entries(headers)) {
+          if (!STRIPPED.has(k) && named?.includes(k) !== true) out[k] = v;
+        }
         out[ABORT_SIGNAL] = aborts.get(req)?.signal;
         // The key of the passthrough provider in the config serving now (a reload may have changed it).
         const key = app.gateway.runtime.passthrough?.config.api_key;
         if (key) out.authorization = `Bearer ${key}`;
         return out as IncomingHttpHeaders;
+      },
+      rewriteHeaders: (headers) => {
+        const named = connectionNamed(headers.connection);
+        const out: IncomingHttpHeaders = {};
+        for (const [k, v] of Object.entries(headers)) {
+          if (!HOP_BY_HOP.has(k) && named?.includes(k) !== true) out[k] = v;
+        }
+        return out;
       },
       onResponse: (_req, reply, res) => {
         if (reply.statusCode < 400) {
@@ -123,6 +171,22 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       },
     },
   });
+}
+
+/**
+ * The other fields a `Connection` header names as hop-by-hop (lower-cased); none for the usual bare
+ * `keep-alive` or `close`, so most requests pay one comparison.
+ */
+function connectionNamed(value: string | string[] | undefined): string[] | undefined {
+  if (value === undefined) return undefined;
+  const text = (typeof value === 'string' ? value : value.join(',')).toLowerCase();
+  if (text === 'keep-alive' || text === 'close') return undefined;
+  const names: string[] = [];
+  for (const part of text.split(',')) {
+    const name = part.trim();
+    if (name !== '' && !HOP_BY_HOP.has(name)) names.push(name);
+  }
+  return names.length > 0 ? names : undefined;
 }
 
 async function sendScrubbed(

@@ -1,8 +1,16 @@
 /**
  * The `/v1/*` passthrough against real upstreams on loopback: it is bounded by the passthrough provider's
- * timeouts, answers OpenAI-shaped errors when the upstream fails, and rotates its key on reload.
+ * timeouts, answers OpenAI-shaped errors when the upstream fails, rotates its key on reload, and keeps
+ * hop-by-hop headers to their own hop (an `Expect: 100-continue` upload included).
  */
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  createServer,
+  request as httpRequest,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { request } from 'undici';
 import { describe, expect, it, vi } from 'vitest';
@@ -88,21 +96,52 @@ async function get(gw: TestGateway, path: string) {
   return { status: res.statusCode, text, ms: performance.now() - started };
 }
 
-/** A GET with its path sent exactly as written (an HTTP client would resolve dot segments first). */
-async function rawGet(gw: TestGateway, path: string): Promise<{ status: number; text: string }> {
+interface RawAnswer {
+  readonly status: number;
+  /** Every header line of the answer, names lower-cased, in order. */
+  readonly headers: (readonly [string, string])[];
+  readonly text: string;
+}
+
+/**
+ * A GET with its path and header lines sent exactly as written (an HTTP client would resolve dot segments
+ * first, and refuses hop-by-hop headers), with `connection: close` unless `lines` has its own, which must
+ * also close: the answer is whatever arrives until the server closes.
+ */
+async function rawGet(gw: TestGateway, path: string, lines: readonly string[] = []): Promise<RawAnswer> {
   const { port } = new URL(gw.url);
+  const close = lines.some((l) => l.toLowerCase().startsWith('connection:')) ? [] : ['connection: close'];
+  const head = [`GET ${path} HTTP/1.1`, 'host: 127.0.0.1', ...lines, ...close].join('\r\n');
   const raw = await new Promise<string>((resolve, reject) => {
-    const s = connect(Number(port), '127.0.0.1', () =>
-      s.end(`GET ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n`),
-    );
+    // Written, not ended: a client that half-closes its socket has gone away, and its request is aborted.
+    const s = connect(Number(port), '127.0.0.1', () => s.write(`${head}\r\n\r\n`));
     let data = '';
-    s.setEncoding('utf8');
+    s.setEncoding('latin1');
     s.on('data', (d: string) => (data += d));
-    s.on('end', () => resolve(data));
+    // A server that forgot to close (it relayed someone else's `connection`) gets its answer judged anyway.
+    s.setTimeout(2000, () => s.destroy());
+    s.on('close', () => resolve(data));
     s.on('error', reject);
   });
-  const [head = '', body = ''] = raw.split('\r\n\r\n', 2);
-  return { status: Number(head.split(' ')[1]), text: body };
+  const [top = '', body = ''] = raw.split('\r\n\r\n', 2);
+  const [status = '', ...headerLines] = top.split('\r\n');
+  const headers = headerLines.map((l) => {
+    const colon = l.indexOf(':');
+    return [l.slice(0, colon).toLowerCase(), l.slice(colon + 1).trim()] as const;
+  });
+  const chunked = headers.some(([k, v]) => k === 'transfer-encoding' && v === 'chunked');
+  return { status: Number(status.split(' ')[1]), headers, text: chunked ? unchunk(body) : body };
+}
+
+function unchunk(body: string): string {
+  let out = '';
+  for (let at = 0; ;) {
+    const eol = body.indexOf('\r\n', at);
+    const size = parseInt(body.slice(at, eol), 16);
+    if (!(size > 0)) return out;
+    out += body.slice(eol + 2, eol + 2 + size);
+    at = eol + 2 + size + 2;
+  }
 }
 
 function openAIError(text: string): { message: string; type: string; param: unknown; code: unknown } {
@@ -248,5 +287,154 @@ describe('passthrough paths and answers', () => {
     expect(moved.headers.location).toBe('/v1/files'); // mapped back onto the gateway's own prefix
     await moved.body.dump();
     expect(up.requests.map((r) => r.url)).toEqual(['/api/v1/files?after=x%20y', '/api/v1/moved']);
+  });
+});
+
+/** RFC 9110 §7.6.1: none of these may cross the passthrough, either way. */
+const HOP_BY_HOP = [
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+];
+
+/**
+ * A POST sent as `curl -F` sends a body over 1 MiB: headers with `Expect: 100-continue`, the body only once
+ * the server has answered `100 Continue`.
+ */
+function postExpectingContinue(
+  url: string,
+  body: Buffer,
+): Promise<{ status: number; text: string; continued: boolean }> {
+  return new Promise((resolve, reject) => {
+    let continued = false;
+    const req = httpRequest(
+      url,
+      {
+        method: 'POST',
+        agent: false,
+        headers: {
+          authorization: 'Bearer client-key',
+          'content-type': 'application/octet-stream',
+          'content-length': body.length,
+          expect: '100-continue',
+        },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text, continued }));
+        res.on('error', reject);
+      },
+    );
+    req.on('continue', () => {
+      continued = true;
+      req.end(body);
+    });
+    req.on('error', reject);
+    req.flushHeaders();
+  });
+}
+
+describe('passthrough and hop-by-hop headers (regression: undici refused some with a 502, the rest crossed)', () => {
+  it('a POST with Expect: 100-continue and a 3 MiB body (curl -F of a big file) reaches the upstream whole', async () => {
+    const up = await upstream((req, res) => {
+      const hash = createHash('sha256');
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ bytes, sha256: hash.digest('hex') }));
+      });
+    });
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    const body = randomBytes(3 * 1024 * 1024);
+    const r = await postExpectingContinue(`${gw.url}/v1/files`, body);
+    expect(r.continued).toBe(true); // the gateway's own server said 100 Continue
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.text)).toEqual({
+      bytes: body.length,
+      sha256: createHash('sha256').update(body).digest('hex'),
+    });
+    expect(up.requests).toHaveLength(1);
+    const seen = up.requests[0]!.headers;
+    expect(seen.expect).toBeUndefined();
+    expect(seen['content-length']).toBe(String(body.length));
+    expect(seen.authorization).toBe(`Bearer ${PT_KEY}`);
+  });
+
+  it('drops the hop-by-hop request headers and those Connection names, keeps the ordinary ones', async () => {
+    const up = await upstream(echo('up'));
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    const hop = [
+      'connection: close, X-Hop-Named',
+      'x-hop-named: 1',
+      'keep-alive: timeout=9',
+      'proxy-connection: keep-alive',
+      'te: trailers',
+      'trailer: x-t',
+      'upgrade: h2c',
+      'proxy-authorization: Basic Zm9vOmJhcg==',
+      'x-ordinary: kept',
+      'accept: application/json',
+    ];
+    const r = await rawGet(gw, '/v1/files', hop);
+    expect(r.status, r.text).toBe(200);
+    // `curl --http2` against an http:// URL asks to upgrade to h2c; the proxy answers HTTP/1.1.
+    const h2c = await rawGet(gw, '/v1/files', [
+      'connection: Upgrade, HTTP2-Settings, close',
+      'upgrade: h2c',
+      'http2-settings: AAMAAABkAAQAoAAAAAIAAAAA',
+    ]);
+    expect(h2c.status, h2c.text).toBe(200);
+    expect(up.requests).toHaveLength(2);
+    for (const { headers } of up.requests) {
+      for (const name of [...HOP_BY_HOP, 'x-hop-named', 'http2-settings', 'expect']) {
+        expect(headers[name], name).toBeUndefined();
+      }
+      expect(headers.connection ?? '').not.toMatch(/hop|upgrade|settings/i);
+      expect(headers.authorization).toBe(`Bearer ${PT_KEY}`);
+    }
+    expect(up.requests[0]!.headers['x-ordinary']).toBe('kept');
+    expect(up.requests[0]!.headers.accept).toBe('application/json');
+  });
+
+  it('drops the hop-by-hop response headers and those Connection names, keeps the ordinary ones', async () => {
+    const up = await upstream((req, res) => {
+      req.resume();
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'keep-alive': 'timeout=5',
+        'proxy-authenticate': 'Basic realm="up"',
+        'proxy-connection': 'keep-alive',
+        upgrade: 'h2c',
+        trailer: 'x-t',
+        connection: 'Upgrade, X-Up-Named',
+        'x-up-named': 'hop',
+        'x-up': 'kept',
+      });
+      res.write('{"object":"list",');
+      res.end('"data":[]}');
+    });
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    const r = await rawGet(gw, '/v1/files');
+    expect(r.status).toBe(200);
+    const names = r.headers.map(([name]) => name);
+    for (const name of [...HOP_BY_HOP.filter((n) => n !== 'transfer-encoding'), 'x-up-named']) {
+      expect(names, name).not.toContain(name);
+    }
+    // Ours only: the gateway's server speaks for its own connection.
+    expect(r.headers.filter(([name]) => name === 'connection')).toEqual([['connection', 'close']]);
+    expect(r.headers).toContainEqual(['x-up', 'kept']);
+    expect(r.headers).toContainEqual(['content-type', 'application/json']);
+    expect(r.text).toContain('{"object":"list","data":[]}');
   });
 });
