@@ -2,6 +2,7 @@ import type { LoadedConfig } from './config/load.js';
 import { lineStream, type Logger } from './observability/logger.js';
 import { ChildCache, createMetrics, type Metrics } from './observability/metrics.js';
 import { Runtime, SharedState } from './runtime.js';
+import type { RedisStateConfig } from './state/redis.js';
 
 export interface GatewayDeps {
   readonly logger: Logger;
@@ -9,6 +10,8 @@ export interface GatewayDeps {
   readonly now?: () => number;
   readonly random?: () => number;
   readonly metrics?: Metrics;
+  /** How often replicas exchange statistics through Redis, ms (state.backend: redis; tests shorten it). */
+  readonly stateSyncMs?: number;
 }
 
 /**
@@ -38,6 +41,8 @@ export class Gateway {
   readonly decisionChildren: ChildCache<ReturnType<Metrics['decisions']['labels']>>;
   /** Set by shutdown: /readyz turns 503 and new requests are refused. */
   draining = false;
+  #ready: Promise<void> = Promise.resolve();
+  #closed = false;
 
   constructor(loaded: LoadedConfig, deps: GatewayDeps) {
     this.logger = deps.logger;
@@ -69,13 +74,10 @@ export class Gateway {
     );
     this.shared = new SharedState(loaded, this.now);
     for (const w of loaded.warnings) this.logger.warn(w);
-    if (loaded.config.state.backend === 'redis') {
-      this.logger.warn(
-        'state.backend redis is not built yet: breakers and statistics stay local to this process',
-      );
-    }
     this.current = new Runtime(loaded, this.shared, this.metrics, this.logger);
     primeSeries(this.current);
+    const state = loaded.config.state;
+    if (state.backend === 'redis') this.#ready = this.#shareThroughRedis(state, deps.stateSyncMs);
   }
 
   get runtime(): Runtime {
@@ -89,6 +91,7 @@ export class Gateway {
     const stale = [
       ...restartOnly(old.loaded.config.server, loaded.config.server),
       ...passthroughRestartOnly(old.loaded.config, loaded.config),
+      ...(JSON.stringify(old.loaded.config.state) === JSON.stringify(loaded.config.state) ? [] : ['state']),
     ];
     if (stale.length > 0) {
       // Names only: some of these are secrets.
@@ -132,7 +135,42 @@ export class Gateway {
     return true;
   }
 
+  /** Resolves once optional parts (the Redis client) are loaded; the gateway serves before that. */
+  ready(): Promise<void> {
+    return this.#ready;
+  }
+
+  /**
+   * state.backend redis (read at start only; a reload that changes it says so). ioredis is loaded only
+   * here, so a single process does not carry it.
+   */
+  async #shareThroughRedis(cfg: RedisStateConfig, syncMs: number | undefined): Promise<void> {
+    const { RedisState } = await import('./state/redis.js');
+    const shared = this.shared;
+    const redis = new RedisState(
+      cfg,
+      {
+        adoptOpen: (id, ms, cause) => {
+          if (!this.current.upstreams.has(id)) return false;
+          shared.adoptOpen(id, ms, cause);
+          return true;
+        },
+        localStats: () =>
+          [...this.current.upstreams.keys()].map((id) => [id, shared.statsFor(id).local()] as const),
+        setRemote: (id, view) => shared.stats.get(id)?.setRemote(view),
+      },
+      this.logger,
+      { syncMs },
+    );
+    if (this.#closed) return;
+    shared.redis = redis;
+    redis.start();
+  }
+
   async close(): Promise<void> {
+    this.#closed = true;
+    await this.#ready;
+    await this.shared.redis?.close();
     await this.current.destroy();
   }
 }

@@ -13,10 +13,11 @@ import type {
 } from './config/schema.js';
 import type { Metrics } from './observability/metrics.js';
 import { CIRCUIT_STATE_VALUE } from './observability/metrics.js';
-import type { CircuitBreaker } from './resilience/breaker.js';
+import type { CircuitBreaker, TripCause } from './resilience/breaker.js';
 import type { Outcome } from './resilience/classify.js';
 import { MemoryBreakerStore } from './resilience/store.js';
 import { UpstreamStats } from './routing/stats.js';
+import type { RedisState } from './state/redis.js';
 import type { CandidateView, Price } from './routing/types.js';
 import type { AdapterProvider, ChatAdapter } from './upstream/adapter.js';
 import { anthropicAdapter } from './upstream/adapters/anthropic.js';
@@ -91,14 +92,29 @@ export class SharedState {
   readonly breakers: MemoryBreakerStore;
   /** Set by the current Runtime so breaker transitions reach its metrics and log. */
   onTransition: ((upstreamId: string, to: string, cause: string | undefined) => void) | undefined;
+  /** The fleet's shared state (`state.backend: redis`), told of every breaker this replica opens. */
+  redis: RedisState | undefined;
+  /** An open adopted from another replica is not published back. */
+  #adopting = false;
 
   constructor(
     loaded: LoadedConfig,
     readonly now: () => number,
   ) {
-    this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t) =>
-      this.onTransition?.(id, t.to, t.cause),
-    );
+    this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t) => {
+      this.onTransition?.(id, t.to, t.cause);
+      if (t.to === 'open' && !this.#adopting) this.redis?.publishOpen(id, t.openMs, t.cause ?? 'errors');
+    });
+  }
+
+  /** Opens `upstreamId`'s breaker as another replica did, without publishing it again. */
+  adoptOpen(upstreamId: string, remainingMs: number, cause: TripCause): void {
+    this.#adopting = true;
+    try {
+      this.breakers.get(upstreamId).adoptOpen(remainingMs, cause);
+    } finally {
+      this.#adopting = false;
+    }
   }
 
   statsFor(id: string): UpstreamStats {

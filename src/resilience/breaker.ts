@@ -125,6 +125,31 @@ export class CircuitBreaker {
     this.#open('rate_limit', retryAfterMs);
   }
 
+  /**
+   * Another replica opened this upstream's breaker (state shared through Redis, SPEC §7): open here too,
+   * until the same moment. No backoff is earned here (the fault was seen elsewhere), and an open that
+   * already lasts longer is kept. False when nothing changed.
+   */
+  adoptOpen(remainingMs: number, cause: TripCause): boolean {
+    if (!(remainingMs > 0) || !Number.isFinite(remainingMs)) return false;
+    const until = this.#now() + remainingMs;
+    if (this.#state === 'open' && this.#isOpen()) {
+      if (until <= this.#openUntil) return false;
+      this.#openUntil = until;
+      this.#cause = cause;
+      return true;
+    }
+    const from = this.#state === 'open' ? 'half_open' : this.#state;
+    this.#state = 'open';
+    this.#openUntil = until;
+    this.#cause = cause;
+    this.#successes = 0;
+    this.#runErrors = this.#runTimeouts = this.#runRateLimits = 0;
+    this.#opens++;
+    this.#emit(from, 'open', cause, remainingMs);
+    return true;
+  }
+
   /** A client error (400/404/413/422): says nothing about the upstream's health; frees a probe slot. */
   onNeutral(permit: Permit): void {
     this.#settle(permit);

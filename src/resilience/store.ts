@@ -1,7 +1,10 @@
 import type { BreakerConfig } from '../config/schema.js';
 import { CircuitBreaker, type BreakerTransition } from './breaker.js';
 
-/** Where the breakers of all upstreams live. Memory now; a Redis store shared by replicas comes later. */
+/**
+ * Where the breakers of all upstreams live: in memory, per replica (with `state.backend: redis`, opens are
+ * shared between replicas by src/state/redis.ts).
+ */
 export interface BreakerStore {
   /** The upstream's breaker, created closed on first use. */
   get(upstreamId: string): CircuitBreaker;

@@ -41,6 +41,33 @@ export interface UpstreamStatsSnapshot {
   readonly outputTokens: number;
 }
 
+/**
+ * One replica's measurements of an upstream, as it shares them (SPEC §7), or the other replicas' merged:
+ * each average with the samples behind it, the decayed success and failure weights, and how long ago the
+ * last sample came (clocks of different machines are not compared).
+ */
+export interface SharedStats {
+  readonly samples: number;
+  readonly ttftMs: number;
+  readonly latencyMs: number;
+  readonly tpsSamples: number;
+  readonly tokensPerSec: number;
+  readonly outSamples: number;
+  readonly meanOutputTokens: number;
+  readonly okWeight: number;
+  readonly failWeight: number;
+  readonly lastSampleAgeMs: number;
+}
+
+/** The samples a side of a blend counts for at most: past it, this replica's own view weighs as much. */
+const BLEND_CAP = 10;
+
+function blend(local: number, localN: number, remote: number, remoteN: number): number {
+  const a = Math.min(localN, BLEND_CAP);
+  const b = Math.min(remoteN, BLEND_CAP);
+  return (local * a + remote * b) / (a + b);
+}
+
 const DEFAULT_HALF_LIFE_MS = 60_000;
 const DEFAULT_PEAK_DECAY_MS = 10_000;
 const DEFAULT_ALPHA = 0.1;
@@ -82,6 +109,10 @@ export class UpstreamStats implements UpstreamStatsView {
   #failWeight = 0;
   #countsAt = 0;
 
+  /** The other replicas' view (SPEC §7), with when it was taken on this clock; none without Redis. */
+  #remote: SharedStats | undefined;
+  #remoteAt = 0;
+
   #inFlight = 0;
   #successes = 0;
   #errors = 0;
@@ -100,11 +131,14 @@ export class UpstreamStats implements UpstreamStatsView {
   }
 
   get samples(): number {
-    return this.#samples;
+    return this.#remote === undefined ? this.#samples : this.#samples + this.#remote.samples;
   }
 
   get lastSampleAt(): number | undefined {
-    return this.#samples > 0 ? this.#ttftAt : undefined;
+    const r = this.#remote;
+    const remoteAt = r !== undefined && r.samples > 0 ? this.#remoteAt - r.lastSampleAgeMs : undefined;
+    if (this.#samples === 0) return remoteAt;
+    return remoteAt !== undefined && remoteAt > this.#ttftAt ? remoteAt : this.#ttftAt;
   }
 
   /**
@@ -113,29 +147,67 @@ export class UpstreamStats implements UpstreamStatsView {
    * would ever bring its estimate down (it was held off for the 60 s staleness limit).
    */
   get ttftMs(): number | undefined {
-    if (this.#samples === 0) return undefined;
-    const excess = this.#ttft - this.#ttftBase;
-    if (excess <= 0) return this.#ttft;
-    const dt = this.#now() - this.#ttftAt;
-    return dt > 0 ? this.#ttftBase + excess * Math.exp(-dt / this.#peakDecayMs) : this.#ttft;
+    const r = this.#remote;
+    if (r === undefined || r.samples === 0) return this.#samples === 0 ? undefined : this.#localTtft();
+    if (this.#samples === 0) return r.ttftMs;
+    return blend(this.#localTtft(), this.#samples, r.ttftMs, r.samples);
   }
 
   get latencyMs(): number | undefined {
-    return this.#samples > 0 ? this.#latency : undefined;
+    const r = this.#remote;
+    if (r === undefined || r.samples === 0) return this.#samples > 0 ? this.#latency : undefined;
+    return blend(this.#latency, this.#samples, r.latencyMs, r.samples);
   }
 
   get tokensPerSec(): number | undefined {
-    return this.#tpsSamples > 0 ? this.#tps : undefined;
+    const r = this.#remote;
+    if (r === undefined || r.tpsSamples === 0) return this.#tpsSamples > 0 ? this.#tps : undefined;
+    return blend(this.#tps, this.#tpsSamples, r.tokensPerSec, r.tpsSamples);
   }
 
   get meanOutputTokens(): number | undefined {
-    return this.#outSamples > 0 ? this.#meanOut : undefined;
+    const r = this.#remote;
+    if (r === undefined || r.outSamples === 0) return this.#outSamples > 0 ? this.#meanOut : undefined;
+    return blend(this.#meanOut, this.#outSamples, r.meanOutputTokens, r.outSamples);
   }
 
   get successRate(): number {
     const f = this.#decayFactor(this.#now());
-    const ok = this.#okWeight * f;
-    return (ok + SUCCESS_PRIOR) / (ok + this.#failWeight * f + SUCCESS_PRIOR);
+    let ok = this.#okWeight * f;
+    let fail = this.#failWeight * f;
+    const r = this.#remote;
+    if (r !== undefined) {
+      ok += r.okWeight;
+      fail += r.failWeight;
+    }
+    return (ok + SUCCESS_PRIOR) / (ok + fail + SUCCESS_PRIOR);
+  }
+
+  /** This replica's own measurements, to share (SPEC §7); undefined when it has none. */
+  local(): SharedStats | undefined {
+    const now = this.#now();
+    const f = this.#decayFactor(now);
+    const okWeight = this.#okWeight * f;
+    const failWeight = this.#failWeight * f;
+    if (this.#samples === 0 && okWeight + failWeight < 0.01) return undefined;
+    return {
+      samples: this.#samples,
+      ttftMs: this.#samples > 0 ? this.#localTtft() : 0,
+      latencyMs: this.#latency,
+      tpsSamples: this.#tpsSamples,
+      tokensPerSec: this.#tps,
+      outSamples: this.#outSamples,
+      meanOutputTokens: this.#meanOut,
+      okWeight,
+      failWeight,
+      lastSampleAgeMs: this.#samples > 0 ? Math.max(0, now - this.#ttftAt) : 0,
+    };
+  }
+
+  /** The other replicas' merged view, replacing the previous one (undefined: none, e.g. Redis is down). */
+  setRemote(view: SharedStats | undefined): void {
+    this.#remote = view;
+    this.#remoteAt = this.#now();
   }
 
   get inFlight(): number {
@@ -202,13 +274,13 @@ export class UpstreamStats implements UpstreamStatsView {
 
   snapshot(): UpstreamStatsSnapshot {
     const failures = this.#errors + this.#timeouts + this.#rateLimits;
-    const measured = this.#samples > 0;
+    const orNull = (x: number | undefined): number | null => (x === undefined ? null : round(x, 1));
     return {
-      samples: this.#samples,
-      ttftMs: measured ? round(this.ttftMs ?? 0, 1) : null,
-      latencyMs: measured ? round(this.#latency, 1) : null,
-      tokensPerSec: this.#tpsSamples > 0 ? round(this.#tps, 1) : null,
-      meanOutputTokens: this.#outSamples > 0 ? round(this.#meanOut, 1) : null,
+      samples: this.samples,
+      ttftMs: orNull(this.ttftMs),
+      latencyMs: orNull(this.latencyMs),
+      tokensPerSec: orNull(this.tokensPerSec),
+      meanOutputTokens: orNull(this.meanOutputTokens),
       successRate: round(this.successRate, 4),
       inFlight: this.#inFlight,
       requests: this.#successes + failures + this.#clientErrors,
@@ -218,6 +290,14 @@ export class UpstreamStats implements UpstreamStatsView {
       clientErrors: this.#clientErrors,
       outputTokens: this.#outputTokens,
     };
+  }
+
+  /** The local peak-EWMA as of now (see `ttftMs`). */
+  #localTtft(): number {
+    const excess = this.#ttft - this.#ttftBase;
+    if (excess <= 0) return this.#ttft;
+    const dt = this.#now() - this.#ttftAt;
+    return dt > 0 ? this.#ttftBase + excess * Math.exp(-dt / this.#peakDecayMs) : this.#ttft;
   }
 
   #ewma(prev: number, x: number): number {

@@ -23,7 +23,13 @@ export interface TestGateway {
  */
 export async function startGateway(
   config: Record<string, unknown> | string,
-  opts: { env?: Record<string, string>; now?: () => number; random?: () => number } = {},
+  opts: {
+    env?: Record<string, string>;
+    now?: () => number;
+    random?: () => number;
+    /** state.backend redis: how often replicas exchange statistics, ms. */
+    stateSyncMs?: number;
+  } = {},
 ): Promise<TestGateway> {
   const text = typeof config === 'string' ? config : JSON.stringify(config);
   const loaded = parseConfigText(text, opts.env ?? {});
@@ -38,7 +44,12 @@ export async function startGateway(
       cb();
     },
   });
-  const app = buildApp(loaded, { logger: createLogger('info', sink), now: opts.now, random: opts.random });
+  const app = buildApp(loaded, {
+    logger: createLogger('info', sink),
+    now: opts.now,
+    random: opts.random,
+    stateSyncMs: opts.stateSyncMs,
+  });
   const address = await app.listen({ host: '127.0.0.1', port: 0 });
   return {
     url: address,

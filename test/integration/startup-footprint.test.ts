@@ -13,7 +13,7 @@ const workDir = cliWorkDir('footprint');
 /**
  * What the gateway process must not load (idle RSS, README "Performance"): undici's entry point (all of
  * fetch, WebSocket and caches, for a Pool), fastify's schema compilers (no route has a schema), and the
- * passthrough proxy and rate limiter when neither is configured.
+ * passthrough proxy, rate limiter and Redis client when none is configured.
  */
 const NOT_LOADED = [
   '/node_modules/undici/index.js',
@@ -24,6 +24,7 @@ const NOT_LOADED = [
   '/node_modules/@fastify/reply-from/',
   '/node_modules/ws/',
   '/node_modules/@fastify/rate-limit/',
+  '/node_modules/ioredis/',
 ];
 
 describe('the gateway process', () => {

@@ -498,3 +498,32 @@ describe('CircuitBreaker: config and callbacks', () => {
     expect(seen).toEqual(['open']);
   });
 });
+
+describe('CircuitBreaker: an open adopted from another replica (state.backend redis)', () => {
+  it('opens until the same moment, without earning backoff here, and goes half-open after', () => {
+    const { clock, transitions, breaker } = setup();
+    expect(breaker.adoptOpen(20_000, 'errors')).toBe(true);
+    expect(breaker.state).toBe('open');
+    expect(breaker.canAttempt()).toBe(false);
+    expect(breaker.snapshot()).toMatchObject({ tripCause: 'errors', msUntilHalfOpen: 20_000, openMs: 1_000 });
+    expect(transitions).toEqual([{ from: 'closed', to: 'open', cause: 'errors', openMs: 20_000 }]);
+    clock.t += 20_000;
+    expect(breaker.state).toBe('half_open');
+    expect(breaker.acquire()).toBe('probe');
+  });
+
+  it('keeps a longer open, extends a shorter one, and ignores nonsense', () => {
+    const { clock, transitions, breaker } = setup();
+    trip(breaker); // open for 1 s
+    expect(breaker.adoptOpen(500, 'timeouts')).toBe(false);
+    expect(breaker.msUntilHalfOpen()).toBe(1_000);
+    expect(breaker.adoptOpen(4_000, 'rate_limit')).toBe(true);
+    expect(breaker.msUntilHalfOpen()).toBe(4_000);
+    expect(breaker.snapshot().tripCause).toBe('rate_limit');
+    expect(transitions).toHaveLength(1); // already open: no new transition
+    for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY])
+      expect(breaker.adoptOpen(bad, 'errors')).toBe(false);
+    clock.t += 4_000;
+    expect(breaker.state).toBe('half_open');
+  });
+});

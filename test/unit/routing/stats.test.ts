@@ -185,3 +185,49 @@ describe('UpstreamStats', () => {
     expect(new UpstreamStats(clock.now).snapshot()).toMatchObject({ ttftMs: null, tokensPerSec: null });
   });
 });
+
+describe("UpstreamStats: the other replicas' view (state.backend redis)", () => {
+  const remote = {
+    samples: 40,
+    ttftMs: 200,
+    latencyMs: 400,
+    tpsSamples: 40,
+    tokensPerSec: 50,
+    outSamples: 40,
+    meanOutputTokens: 100,
+    okWeight: 30,
+    failWeight: 10,
+    lastSampleAgeMs: 1_000,
+  };
+
+  it('stands in for measurements this replica lacks', () => {
+    const clock = manualClock(10_000);
+    const s = new UpstreamStats(clock.now);
+    s.setRemote(remote);
+    expect(s.samples).toBe(40);
+    expect(s.ttftMs).toBe(200);
+    expect(s.latencyMs).toBe(400);
+    expect(s.tokensPerSec).toBe(50);
+    expect(s.meanOutputTokens).toBe(100);
+    expect(s.lastSampleAt).toBe(9_000);
+    expect(s.successRate).toBeCloseTo(31 / 41, 6);
+    expect(s.local()).toBeUndefined(); // nothing of its own to share
+  });
+
+  it('blends with its own, each side counting for at most 10 samples, and is dropped on demand', () => {
+    const clock = manualClock(10_000);
+    const s = new UpstreamStats(clock.now);
+    for (let i = 0; i < 20; i++) s.recordSuccess(ok(100, 200));
+    const own = s.local()!;
+    expect(own).toMatchObject({ samples: 20, ttftMs: 100, latencyMs: 200, okWeight: 20, failWeight: 0 });
+    s.setRemote(remote);
+    expect(s.ttftMs).toBe(150);
+    expect(s.latencyMs).toBe(300);
+    expect(s.samples).toBe(60);
+    expect(s.snapshot()).toMatchObject({ samples: 60, ttftMs: 150 });
+    expect(s.local()).toEqual(own); // what it shares stays its own
+    s.setRemote(undefined);
+    expect(s.ttftMs).toBe(100);
+    expect(s.samples).toBe(20);
+  });
+});

@@ -1,0 +1,355 @@
+/**
+ * Scale-out (SPEC §7): breaker opens, statistics and round-robin turns shared by the replicas of one
+ * fleet through Redis. Every decision still reads only local memory, so Redis is never on a request's
+ * path and a request never waits for it or fails because of it:
+ * - a breaker that opens here is written to Redis (a key that expires when the open ends) and published;
+ *   the other replicas open theirs until the same moment, and a replica that starts or reconnects adopts
+ *   the opens still running;
+ * - every `syncMs` each replica writes its own measurements of each upstream (a hash field per replica)
+ *   and reads the others', merged into the view its strategies blend with their own (stats.ts);
+ * - a round-robin turn is an INCR of the route's shared counter; the answer moves the local rotation to
+ *   the fleet's count, so replicas that take turns with requests also take turns with upstreams.
+ * While Redis is unreachable, commands fail at once (no offline queue), the other replicas' view is
+ * dropped (local state only), and the client reconnects in the background.
+ */
+import { randomUUID } from 'node:crypto';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../observability/logger.js';
+import type { TripCause } from '../resilience/breaker.js';
+import type { SharedStats } from '../routing/stats.js';
+
+export interface RedisStateConfig {
+  readonly url: string;
+  readonly key_prefix?: string | undefined;
+}
+
+/** What the sync reads from and applies to this replica's state. */
+export interface StateHooks {
+  /** Another replica opened `upstreamId`'s breaker; false when that upstream is not configured here. */
+  adoptOpen(upstreamId: string, remainingMs: number, cause: TripCause): boolean;
+  /** This replica's own measurements, per upstream id. */
+  localStats(): Iterable<readonly [string, SharedStats | undefined]>;
+  /** The other replicas' merged measurements of `upstreamId` (undefined: none, or Redis is down). */
+  setRemote(upstreamId: string, view: SharedStats | undefined): void;
+}
+
+export interface RedisStateOptions {
+  /** How often measurements are exchanged, ms. */
+  readonly syncMs?: number;
+}
+
+const DEFAULT_PREFIX = 'llm-router:';
+const DEFAULT_SYNC_MS = 1_000;
+/** A replica's measurements older than this are a replica that stopped: ignored, then removed. */
+const STALE_AFTER_MS = 10_000;
+const TRIP_CAUSES: ReadonlySet<string> = new Set(['errors', 'timeouts', 'rate_limit']);
+
+interface OpenMessage {
+  readonly id: string;
+  readonly ms: number;
+  readonly cause: TripCause;
+  readonly origin: string;
+}
+
+interface Published extends SharedStats {
+  /** Date.now() when written: how stale it is, on the reader's clock (replicas' clocks roughly agree). */
+  readonly at: number;
+}
+
+/** The URL without credentials or path, for logs. */
+function where(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}`;
+  } catch {
+    return 'redis';
+  }
+}
+
+function isFiniteNonNegative(x: unknown): x is number {
+  return typeof x === 'number' && Number.isFinite(x) && x >= 0;
+}
+
+/** A replica's published measurements, or undefined for anything malformed (Redis is shared: trust nothing). */
+function parsePublished(text: string): Published | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (v === null || typeof v !== 'object') return undefined;
+  const p = v as Record<string, unknown>;
+  const keys = [
+    'samples',
+    'ttftMs',
+    'latencyMs',
+    'tpsSamples',
+    'tokensPerSec',
+    'outSamples',
+    'meanOutputTokens',
+    'okWeight',
+    'failWeight',
+    'lastSampleAgeMs',
+    'at',
+  ];
+  return keys.every((k) => isFiniteNonNegative(p[k])) ? (p as unknown as Published) : undefined;
+}
+
+/** The other replicas' measurements as one: sums of counts, averages weighted by the samples behind them. */
+export function mergeStats(views: readonly Published[], nowWall: number): SharedStats | undefined {
+  if (views.length === 0) return undefined;
+  let samples = 0;
+  let ttft = 0;
+  let latency = 0;
+  let tpsSamples = 0;
+  let tps = 0;
+  let outSamples = 0;
+  let meanOut = 0;
+  let okWeight = 0;
+  let failWeight = 0;
+  let age = Number.POSITIVE_INFINITY;
+  for (const v of views) {
+    samples += v.samples;
+    ttft += v.ttftMs * v.samples;
+    latency += v.latencyMs * v.samples;
+    tpsSamples += v.tpsSamples;
+    tps += v.tokensPerSec * v.tpsSamples;
+    outSamples += v.outSamples;
+    meanOut += v.meanOutputTokens * v.outSamples;
+    okWeight += v.okWeight;
+    failWeight += v.failWeight;
+    if (v.samples > 0) age = Math.min(age, v.lastSampleAgeMs + Math.max(0, nowWall - v.at));
+  }
+  return {
+    samples,
+    ttftMs: samples > 0 ? ttft / samples : 0,
+    latencyMs: samples > 0 ? latency / samples : 0,
+    tpsSamples,
+    tokensPerSec: tpsSamples > 0 ? tps / tpsSamples : 0,
+    outSamples,
+    meanOutputTokens: outSamples > 0 ? meanOut / outSamples : 0,
+    okWeight,
+    failWeight,
+    lastSampleAgeMs: Number.isFinite(age) ? age : 0,
+  };
+}
+
+export class RedisState {
+  /** This replica, as the other replicas see it. */
+  readonly replicaId = randomUUID();
+  readonly #cmd: Redis;
+  readonly #sub: Redis;
+  readonly #prefix: string;
+  readonly #channel: string;
+  readonly #hooks: StateHooks;
+  readonly #logger: Logger;
+  readonly #where: string;
+  readonly #syncMs: number;
+  #timer: NodeJS.Timeout | undefined;
+  #syncing = false;
+  /** Whether the last state logged was "reachable": an outage is logged once, not on every retry. */
+  #reachable: boolean | undefined;
+  #closed = false;
+  /** Round-robin INCRs sent and not yet answered, per route: turns this replica took meanwhile. */
+  readonly #pendingTurns = new Map<string, number>();
+
+  constructor(cfg: RedisStateConfig, hooks: StateHooks, logger: Logger, opts: RedisStateOptions = {}) {
+    this.#prefix = cfg.key_prefix ?? DEFAULT_PREFIX;
+    this.#channel = `${this.#prefix}breaker-opens`;
+    this.#hooks = hooks;
+    this.#logger = logger;
+    this.#where = where(cfg.url);
+    this.#syncMs = opts.syncMs ?? DEFAULT_SYNC_MS;
+    const options: RedisOptions = {
+      lazyConnect: true,
+      // Fail at once while disconnected: nothing waits for Redis.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: 2_000,
+      retryStrategy: (attempt) => Math.min(100 * attempt, 2_000),
+    };
+    this.#cmd = new Redis(cfg.url, options);
+    this.#sub = new Redis(cfg.url, { ...options, enableOfflineQueue: true });
+    for (const conn of [this.#cmd, this.#sub]) {
+      conn.on('error', (err: Error) => this.#down(err));
+    }
+    this.#cmd.on('ready', () => this.#ready());
+    this.#cmd.on('end', () => this.#down(undefined));
+    this.#cmd.on('close', () => this.#down(undefined));
+    this.#sub.on('message', (channel: string, message: string) => {
+      if (channel === this.#channel) this.#onOpenMessage(message);
+    });
+  }
+
+  /** Connects in the background; the gateway serves on local state until (and whenever) Redis is there. */
+  start(): void {
+    this.#cmd.connect().catch(() => {
+      /* retried by ioredis; logged by the error handler */
+    });
+    this.#sub.connect().catch(() => {});
+    this.#sub.subscribe(this.#channel).catch(() => {});
+    this.#timer = setInterval(() => void this.sync(), this.#syncMs).unref();
+  }
+
+  get connected(): boolean {
+    return this.#cmd.status === 'ready';
+  }
+
+  /** This replica opened `upstreamId`'s breaker for `ms`: the others skip it too until then. */
+  publishOpen(upstreamId: string, ms: number, cause: TripCause): void {
+    if (!this.connected || !(ms > 0)) return;
+    const msg: OpenMessage = { id: upstreamId, ms: Math.ceil(ms), cause, origin: this.replicaId };
+    const text = JSON.stringify(msg);
+    this.#cmd
+      .multi()
+      .set(`${this.#prefix}breaker:${upstreamId}`, text, 'PX', msg.ms)
+      .publish(this.#channel, text)
+      .exec()
+      .catch(() => {
+        /* an outage: the others fall back to their own breakers */
+      });
+  }
+
+  /**
+   * A round-robin turn on `route`: counted in the fleet's counter; `apply` gets the rotation to continue
+   * from (the fleet's count plus this replica's turns still in flight) when Redis answers.
+   */
+  takeTurn(route: string, apply: (rotation: number) => void): void {
+    if (!this.connected) return;
+    this.#pendingTurns.set(route, (this.#pendingTurns.get(route) ?? 0) + 1);
+    this.#cmd.incr(`${this.#prefix}rr:${route}`).then(
+      (count) => {
+        const pending = (this.#pendingTurns.get(route) ?? 1) - 1;
+        this.#pendingTurns.set(route, pending);
+        apply(count + pending);
+      },
+      () => {
+        const pending = (this.#pendingTurns.get(route) ?? 1) - 1;
+        this.#pendingTurns.set(route, pending);
+      },
+    );
+  }
+
+  /** One exchange of measurements (also run every `syncMs`): write ours, read and merge the others'. */
+  async sync(): Promise<void> {
+    if (this.#syncing || this.#closed) return;
+    const ids: string[] = [];
+    if (!this.connected) {
+      for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
+      return;
+    }
+    this.#syncing = true;
+    try {
+      const nowWall = Date.now();
+      const tx = this.#cmd.pipeline();
+      /** Where each id's HGETALL answer is in the pipeline's results. */
+      const readAt: number[] = [];
+      let n = 0;
+      for (const [id, view] of this.#hooks.localStats()) {
+        ids.push(id);
+        const key = `${this.#prefix}stats:${id}`;
+        if (view !== undefined) {
+          tx.hset(key, this.replicaId, JSON.stringify({ ...view, at: nowWall }));
+          tx.pexpire(key, STALE_AFTER_MS * 3);
+          n += 2;
+        }
+        tx.hgetall(key);
+        readAt.push(n++);
+      }
+      const results = (await tx.exec()) ?? [];
+      for (const [i, id] of ids.entries()) {
+        const reply = results[readAt[i]!];
+        const fields = (reply === undefined || reply[0] ? undefined : reply[1]) as
+          Record<string, string> | undefined;
+        const others: Published[] = [];
+        const stale: string[] = [];
+        for (const [replica, text] of Object.entries(fields ?? {})) {
+          if (replica === this.replicaId) continue;
+          const p = parsePublished(text);
+          if (p === undefined || nowWall - p.at > STALE_AFTER_MS) stale.push(replica);
+          else others.push(p);
+        }
+        if (stale.length > 0) void this.#cmd.hdel(`${this.#prefix}stats:${id}`, ...stale).catch(() => {});
+        this.#hooks.setRemote(id, mergeStats(others, nowWall));
+      }
+    } catch {
+      for (const id of ids) this.#hooks.setRemote(id, undefined);
+    } finally {
+      this.#syncing = false;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    await Promise.all(
+      [this.#cmd, this.#sub].map((c) =>
+        c.status === 'ready' ? c.quit().catch(() => c.disconnect()) : Promise.resolve(c.disconnect()),
+      ),
+    );
+  }
+
+  #onOpenMessage(text: string): void {
+    let m: Partial<OpenMessage>;
+    try {
+      m = JSON.parse(text) as Partial<OpenMessage>;
+    } catch {
+      return;
+    }
+    if (m.origin === this.replicaId || typeof m.id !== 'string') return;
+    if (!isFiniteNonNegative(m.ms) || typeof m.cause !== 'string' || !TRIP_CAUSES.has(m.cause)) return;
+    this.#hooks.adoptOpen(m.id, m.ms, m.cause);
+  }
+
+  /** Connected (again): adopt the opens still running, exchange measurements at once. */
+  #ready(): void {
+    if (this.#reachable !== true) {
+      this.#logger.info({ redis: this.#where }, 'shared state: connected to Redis');
+      this.#reachable = true;
+    }
+    void this.#adoptRunningOpens();
+    void this.sync();
+  }
+
+  async #adoptRunningOpens(): Promise<void> {
+    try {
+      const keys: string[] = [];
+      let cursor = '0';
+      do {
+        const [next, batch] = await this.#cmd.scan(cursor, 'MATCH', `${this.#prefix}breaker:*`, 'COUNT', 100);
+        keys.push(...batch);
+        cursor = next;
+      } while (cursor !== '0' && keys.length < 10_000);
+      for (const key of keys) {
+        const [[, text], [, ttl]] = ((await this.#cmd.multi().get(key).pttl(key).exec()) ?? []) as [
+          [Error | null, string | null],
+          [Error | null, number],
+        ];
+        if (typeof text === 'string' && ttl > 0)
+          this.#onOpenMessage(JSON.stringify({ ...safeParse(text), ms: ttl }));
+      }
+    } catch {
+      /* an outage mid-way: the next reconnect tries again */
+    }
+  }
+
+  #down(err: Error | undefined): void {
+    if (this.#closed || this.#reachable === false) return;
+    this.#reachable = false;
+    this.#logger.warn(
+      { redis: this.#where, error: err?.message },
+      "shared state: Redis unreachable; serving on this replica's own breakers and statistics until it is back",
+    );
+    for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
+  }
+}
+
+function safeParse(text: string): Record<string, unknown> {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v !== null && typeof v === 'object' ? (v as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}
