@@ -206,11 +206,15 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
 
   const checkTargets = (list: readonly TargetConfig[], path: string): void => {
     const kinds = new Set<boolean>();
+    // SPEC §2: no upstream is tried twice by one request, so listing one twice can only be a mistake.
+    const seen = new Set<string>();
     list.forEach((t, k) => {
       const name = targetName(t);
       const up = upstreams.get(name);
       if (!up) issues.push(`${path}[${k}]: unknown upstream "${name}"`);
+      else if (seen.has(name)) issues.push(`${path}[${k}]: "${name}" is listed twice`);
       else kinds.add(up.embeddings);
+      seen.add(name);
     });
     if (kinds.size > 1) issues.push(`${path}: mixes embedding and chat models`);
   };

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
-import { readRoutingHeaders, resolveRoute } from '../routing/decide.js';
+import { checkTierHeader, readRoutingHeaders, resolveRoute } from '../routing/decide.js';
 import { planRequest } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
@@ -36,6 +36,7 @@ async function handleEmbeddings(
   const body = validateEmbeddingsBody(req.body);
   const route = resolveRoute(rt, body.model, 'embeddings');
   const hdrs = readRoutingHeaders(req.headers, rt);
+  if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
   const strategy = hdrs.strategy ?? route.strategy;
   const promptTokens = inputTokens(body.input);
   const plan = planRequest(

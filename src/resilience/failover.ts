@@ -54,10 +54,24 @@ export function trailOf(attempts: readonly AttemptRecord[]): string {
   return out;
 }
 
+/** Each attempt's upstream, reason, status and time, for an error message (never a key). */
+export function describeAttempts(attempts: readonly AttemptRecord[]): string {
+  return attempts
+    .map((a) => `${a.upstream}: ${a.reason}${a.status ? ` (HTTP ${a.status})` : ''} after ${a.latencyMs} ms`)
+    .join('; ');
+}
+
+/** Whether `id` was already attempted: a linear scan, the list holds at most `maxAttempts` records. */
+export function attempted(attempts: readonly AttemptRecord[], id: string): boolean {
+  for (let i = 0; i < attempts.length; i++) if (attempts[i]!.upstream === id) return true;
+  return false;
+}
+
 /**
  * Walks the ranked list: at most `maxAttempts` distinct upstreams, within the deadline, each admitted by
- * its breaker. Retryable failures move on; a client error is relayed as the upstream said it; every
- * outcome is fed to the breaker, the statistics and the metrics. Throws the final GatewayError.
+ * its breaker and none twice (SPEC §2: an upstream that failed in this request is never retried by it).
+ * Retryable failures move on; a client error is relayed as the upstream said it; every outcome is fed to
+ * the breaker, the statistics and the metrics. Throws the final GatewayError.
  */
 export async function runFailover(
   ranked: readonly RankedCandidate<RouteTarget>[],
@@ -77,6 +91,8 @@ export async function runFailover(
     if (attempts.length >= opts.maxAttempts) break;
     if (opts.now() >= opts.deadline) break;
     const up = target.candidate.upstream;
+    // The config rejects a target listed twice; a plan that still holds one must not try it again.
+    if (attempted(attempts, up.id)) continue;
     const permit = up.breaker.acquire();
     if (permit === undefined) continue; // half-open with its probes taken, or opened since the plan was made
     up.stats.begin();
@@ -214,9 +230,7 @@ function finalError(
       },
     );
   }
-  const list = attempts
-    .map((a) => `${a.upstream}: ${a.reason}${a.status ? ` (HTTP ${a.status})` : ''} after ${a.latencyMs} ms`)
-    .join('; ');
+  const list = describeAttempts(attempts);
   if (d.rateLimited === attempts.length) {
     const retryAfterS = Number.isFinite(d.minRetryAfterMs)
       ? Math.max(1, Math.ceil(d.minRetryAfterMs / 1000))

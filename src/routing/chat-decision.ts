@@ -4,7 +4,7 @@ import type { Gateway } from '../gateway.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
-import { readRoutingHeaders, resolveRoute, type RoutingHeaders } from './decide.js';
+import { checkTierHeader, readRoutingHeaders, resolveRoute, type RoutingHeaders } from './decide.js';
 import { chatFeatures, type RequestFeatures } from './features.js';
 import { planRequest, type Plan } from './plan.js';
 import { chooseTier, flatTier, type TierSelection } from './tier-select.js';
@@ -33,6 +33,7 @@ export function decideChat(
 ): ChatDecision | Promise<ChatDecision> {
   const route = resolveRoute(rt, body.model, 'chat');
   const hdrs = readRoutingHeaders(headers, rt);
+  if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
   const features = chatFeatures(body);
   const strategy = hdrs.strategy ?? route.strategy;
   if (!route.tiers) return finish(gw, rt, route, hdrs, features, strategy, flatTier(route), signal);
@@ -58,6 +59,7 @@ function finish(
     now: gw.now(),
     random: gw.random,
     peek: signal === undefined,
+    exclude: tier.excluded,
   });
   return { route, hdrs, features, strategy, tier, plan };
 }

@@ -47,6 +47,23 @@ export function readRoutingHeaders(headers: IncomingHttpHeaders, rt: Runtime): R
   return { strategy: strategy as StrategyName | undefined, tier: tier as TierName | undefined, provider };
 }
 
+/**
+ * `x-router-tier` must name a tier this route serves (one with upstreams): a tier it lacks, or any tier on a
+ * route without tiers, is the client's mistake, a 400 like any unknown header value, not a 503 to retry.
+ */
+export function checkTierHeader(route: RouteRuntime, tier: TierName): void {
+  const tiers = route.tiers;
+  if (tiers?.[tier]?.length) return;
+  const own = tiers ? TIER_NAMES.filter((t) => tiers[t]?.length) : [];
+  throw new GatewayError(
+    'invalid_request',
+    own.length === 0
+      ? `x-router-tier: route \`${route.name}\` has no tiers`
+      : `x-router-tier: route \`${route.name}\` has no tier "${tier}" (one of ${own.join(', ')})`,
+    { param: 'x-router-tier' },
+  );
+}
+
 /** The client's `model`: a route name or `provider/model` (Map lookups: `__proto__` is just a name). */
 export function resolveRoute(rt: Runtime, model: string, kind: 'chat' | 'embeddings'): RouteRuntime {
   const route = rt.routes.get(model);

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { TIER_SET, type TierName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
 import { recordUsage } from '../http/report.js';
-import { runFailover } from '../resilience/failover.js';
+import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
@@ -30,6 +30,29 @@ export interface RouterDecision {
   readonly tier: TierName;
   readonly reason: string;
   readonly outcome: RouterOutcome;
+  /**
+   * The router call's failed attempts (a cached answer made none): the request must not try these
+   * upstreams again (SPEC §2, request-scoped exclusion). Empty when none failed.
+   */
+  readonly failed: readonly AttemptRecord[];
+}
+
+const NO_FAILURES: readonly AttemptRecord[] = Object.freeze([]);
+
+/**
+ * The attempts that count against their upstream for the rest of the request: errors, timeouts and rate
+ * limits. Not a client error (a 400 to the router's own prompt says nothing about the user's request), and
+ * not an attempt cut by the router's `timeout_ms` (`cutShort`, always the last one): that budget is the
+ * router's, far shorter than the request's, and an upstream slower than it may serve the request itself.
+ */
+function failuresOf(tried: readonly AttemptRecord[], cutShort: boolean): readonly AttemptRecord[] {
+  let out: AttemptRecord[] | undefined;
+  const n = cutShort ? tried.length - 1 : tried.length;
+  for (let i = 0; i < n; i++) {
+    const a = tried[i]!;
+    if (a.outcome !== 'success' && a.outcome !== 'client_error') (out ??= []).push(a);
+  }
+  return out ?? NO_FAILURES;
 }
 
 function textOf(content: unknown): string {
@@ -161,7 +184,7 @@ function cacheFor(route: RouteRuntime): RouterCache | undefined {
 /**
  * Breaks a tier tie by asking a model of `router.tier`, through the same plan, breakers and failover as any
  * request, bounded by `router.timeout_ms`. Never fails the request: on timeout, error or an unparsable
- * answer it returns the route's `default_tier`.
+ * answer it returns the route's `default_tier`. Its failed attempts come back for the request to exclude.
  */
 export async function askRouter(
   gw: Gateway,
@@ -179,11 +202,13 @@ export async function askRouter(
     .digest('base64url');
   const cache = cacheFor(route)!;
   const started = gw.now();
-  const done = (d: RouterDecision): RouterDecision => {
+  let tried: readonly AttemptRecord[] = NO_FAILURES;
+  let cutShort = false;
+  const done = (d: Omit<RouterDecision, 'failed'>): RouterDecision => {
     gw.metrics.routerRequests.inc({ tier: d.tier, outcome: d.outcome });
     if (d.outcome !== 'cached')
       gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - started) / 1000);
-    return d;
+    return { tier: d.tier, reason: d.reason, outcome: d.outcome, failed: failuresOf(tried, cutShort) };
   };
   const hit = cache.get(key, started);
   if (hit) return done({ tier: hit.tier, reason: hit.reason, outcome: 'cached' });
@@ -232,8 +257,8 @@ export async function askRouter(
         logger: gw.logger,
         scrubber: rt.scrubber,
       },
-      (target) =>
-        attemptJson({
+      async (target) => {
+        const result = await attemptJson({
           upstream: target.candidate.upstream,
           body,
           clientSignal,
@@ -244,7 +269,11 @@ export async function askRouter(
             includeUsage: false,
             created: Math.floor(Date.now() / 1000),
           },
-        }),
+        });
+        cutShort = !result.ok && result.deadlineReached;
+        return result;
+      },
+      (attempts) => (tried = attempts),
     );
     if ('committedFailure' in out)
       return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });

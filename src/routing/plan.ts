@@ -1,5 +1,6 @@
 import type { Capability, RoutingConfig, StrategyName } from '../config/schema.js';
 import { GatewayError } from '../errors.js';
+import { attempted, describeAttempts, type AttemptRecord } from '../resilience/failover.js';
 import type { RouteRuntime, RouteTarget } from '../runtime.js';
 import type { RequestFeatures } from './features.js';
 import { getStrategy } from './strategies/index.js';
@@ -20,6 +21,8 @@ export interface PlanOptions {
    * router call on a route got the same weighted or exploring pick until a real decision drew one.
    */
   readonly aside?: boolean;
+  /** Attempts that already failed in this request (its LLM router call): their upstreams are left out. */
+  readonly exclude?: readonly AttemptRecord[] | undefined;
 }
 
 export interface Plan {
@@ -28,7 +31,7 @@ export interface Plan {
 }
 
 /** Why a candidate was left out: the first reason that applies. */
-type Exclusion = 'provider' | 'capability' | 'context' | 'breaker';
+type Exclusion = 'provider' | 'capability' | 'context' | 'breaker' | 'failed';
 
 /**
  * Filters a route's targets down to those that can serve this request, then ranks them with the strategy.
@@ -63,7 +66,7 @@ export function planRequest(
       why = 'breaker';
       minOpenMs = Math.min(minOpenMs, up.breaker.msUntilHalfOpen());
       if (up.breaker.snapshot().tripCause !== 'rate_limit') allRateLimited = false;
-    }
+    } else if (opts.exclude !== undefined && attempted(opts.exclude, up.id)) why = 'failed';
     if (why === undefined) eligible.push(t);
     else if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
   }
@@ -76,6 +79,7 @@ export function planRequest(
       minOpenMs,
       allRateLimited,
       provider: opts.provider,
+      failed: opts.exclude,
     });
 
   const ctx: StrategyContext = {
@@ -93,9 +97,12 @@ export function planRequest(
     minSamples: opts.routing.min_samples,
     weights: route.weights,
   };
-  if (!opts.peek && !opts.aside) route.rotation = (route.rotation + 1) % 1_073_741_824;
+  if (!opts.peek && !opts.aside) route.rotation = (route.rotation + 1) % ROTATION_MOD;
   return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
 }
+
+/** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
+const ROTATION_MOD = 1_073_741_824;
 
 /**
  * Explain draws its random numbers ahead and leaves them on the route; the next real decision there uses
@@ -115,9 +122,12 @@ function takeRandom(route: RouteRuntime, source: () => number): () => number {
   return () => route.pendingRandom.shift() ?? source();
 }
 
-/** The most telling exclusion wins the error: an open breaker says more than a pinned provider. */
+/**
+ * The most telling exclusion wins the error: an open breaker says more than a pinned provider, and a failure
+ * in this very request more than an open breaker (as runFailover, which skips open breakers, reports it).
+ */
 function rank(e: Exclusion): number {
-  return e === 'breaker' ? 4 : e === 'context' ? 3 : e === 'capability' ? 2 : 1;
+  return e === 'failed' ? 5 : e === 'breaker' ? 4 : e === 'context' ? 3 : e === 'capability' ? 2 : 1;
 }
 
 /** Which feature of a request needs which upstream capability. */
@@ -162,6 +172,7 @@ function noCandidate(
     minOpenMs: number;
     allRateLimited: boolean;
     provider: string | undefined;
+    failed: readonly AttemptRecord[] | undefined;
   },
 ): GatewayError {
   const name = `\`${route.name}\``;
@@ -212,6 +223,11 @@ function noCandidate(
         {
           param: 'x-router-provider',
         },
+      );
+    case 'failed':
+      return new GatewayError(
+        'upstream_error',
+        `every upstream of route ${name} left for this request failed in its LLM router call: ${describeAttempts(d.failed ?? [])}`,
       );
     default:
       return new GatewayError('no_available_upstream', `route ${name} has no upstreams`, { retryAfterS: 1 });

@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { TierName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
+import type { AttemptRecord } from '../resilience/failover.js';
 import type { RouteRuntime, RouteTarget, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
@@ -13,6 +14,8 @@ export interface TierSelection {
   readonly targets: readonly RouteTarget[];
   readonly tier: TierName | undefined;
   readonly reason: string | undefined;
+  /** Attempts that failed in this request's LLM router call: their upstreams are not tried again. */
+  readonly excluded: readonly AttemptRecord[] | undefined;
 }
 
 const FLAT = new WeakMap<RouteRuntime, TierSelection>();
@@ -21,7 +24,7 @@ const FLAT = new WeakMap<RouteRuntime, TierSelection>();
 export function flatTier(route: RouteRuntime): TierSelection {
   let sel = FLAT.get(route);
   if (!sel) {
-    sel = { targets: route.targets, tier: undefined, reason: undefined };
+    sel = { targets: route.targets, tier: undefined, reason: undefined, excluded: undefined };
     FLAT.set(route, sel);
   }
   return sel;
@@ -45,10 +48,12 @@ export async function chooseTier(
   const match = matchTier(route, features, lastUser, hdrs.tier, headers);
   let tier = match.tier;
   let reason = match.reason;
+  let excluded: readonly AttemptRecord[] | undefined;
   if (tier === undefined && route.router && signal) {
     const d = await askRouter(gw, rt, route, body.messages, features, signal);
     tier = d.tier;
     reason = `${match.reason}; ${d.reason}`;
+    if (d.failed.length > 0) excluded = d.failed;
   } else if (tier === undefined && route.router) {
     tier = route.defaultTier;
     reason = `${match.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`;
@@ -57,5 +62,5 @@ export async function chooseTier(
     reason = `${match.reason}; default_tier`;
   }
   const targets = (tier && route.tiers?.[tier]) || [];
-  return { targets, tier, reason };
+  return { targets, tier, reason, excluded };
 }

@@ -154,4 +154,161 @@ describe('tiers and the LLM router', () => {
     expect(bad.statusCode).toBe(400);
     await bad.body.dump();
   });
+
+  // Regression (audit 4): a tier the route lacks answered 503 no_available_upstream with Retry-After.
+  it('x-router-tier naming a tier this route lacks, or sent to a route without tiers, is a 400 naming the header', async () => {
+    const r1 = track(await startSimulator({ name: 'r1' }));
+    const bal = track(await startSimulator({ name: 'bal' }));
+    gw = track(
+      await startGateway({
+        providers: [simProvider('r1', r1.url, ['m']), simProvider('bal', bal.url, ['m'])],
+        routes: {
+          t: { tiers: { fast: ['r1/m'], balanced: ['bal/m'] }, default_tier: 'balanced' },
+          flat: { targets: ['bal/m'] },
+        },
+      }),
+    );
+    const send = async (model: string, tier: string, path = '/v1/chat/completions') => {
+      const res = await request(`${gw!.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-router-tier': tier },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hello' }] }),
+      });
+      const body = (await res.body.json()) as { error?: Record<string, unknown> };
+      return { status: res.statusCode, headers: res.headers, error: body.error };
+    };
+    const missing = await send('t', 'deep');
+    expect(missing.status).toBe(400);
+    expect(missing.headers['retry-after']).toBeUndefined();
+    expect(missing.error).toMatchObject({
+      type: 'invalid_request_error',
+      param: 'x-router-tier',
+      message: 'x-router-tier: route `t` has no tier "deep" (one of fast, balanced)',
+    });
+    for (const model of ['flat', 'bal/m']) {
+      const flat = await send(model, 'fast');
+      expect(flat.status, model).toBe(400);
+      expect(flat.error).toMatchObject({
+        type: 'invalid_request_error',
+        param: 'x-router-tier',
+        message: `x-router-tier: route \`${model}\` has no tiers`,
+      });
+    }
+    // Explain answers what the request would get.
+    expect((await send('t', 'deep', '/router/explain')).status).toBe(400);
+    expect(r1.requests.length + bal.requests.length).toBe(0);
+    // A tier the route has still wins outright.
+    expect((await send('t', 'fast')).status).toBe(200);
+    expect(r1.requests).toHaveLength(1);
+  });
+});
+
+describe('request-scoped exclusion between the LLM router call and the request', () => {
+  /** The router's tier and the default tier share r1: what failed in the router call must not be tried again. */
+  async function shared(balanced: string[]) {
+    const mk = async (name: string) =>
+      track(
+        await startSimulator({ name, reply: ROUTER_ANSWER.replace('deep', 'balanced'), completionTokens: 3 }),
+      );
+    const r1 = await mk('r1');
+    const r2 = await mk('r2');
+    const bal = await mk('bal');
+    gw = track(
+      await startGateway({
+        providers: [
+          simProvider('r1', r1.url, ['m']),
+          simProvider('r2', r2.url, ['m']),
+          simProvider('bal', bal.url, ['m']),
+        ],
+        routes: {
+          auto: {
+            strategy: 'priority',
+            tiers: { fast: ['r1/m', 'r2/m'], balanced },
+            default_tier: 'balanced',
+            router: { tier: 'fast', timeout_ms: 300, cache_ttl_s: 60 },
+          },
+        },
+      }),
+    );
+    return { r1, r2, bal };
+  }
+
+  // Regression (audit 4, "router both 500"): r1 failed in the router call and the request then tried it again.
+  it('an upstream that failed in the router call is not tried again by the request', async () => {
+    const { r1, r2, bal } = await shared(['bal/m', 'r1/m']);
+    r1.set({ status: 500 });
+    r2.set({ status: 500 });
+    bal.set({ status: 500 });
+    const r = await chat('Summarise the plot of a long novel in a few careful paragraphs.');
+    expect(r.status).toBe(502);
+    expect(r.headers['x-router-tier']).toBe('balanced');
+    expect(r.headers['x-router-attempts']).toBe('1');
+    expect(r.headers['x-router-trail']).toBe('bal/m=http_500');
+    expect(r1.requests).toHaveLength(1); // the router call only
+    expect(r2.requests).toHaveLength(1);
+    expect(bal.requests).toHaveLength(1);
+    // The router's own failed attempts are still counted as before.
+    expect(await routerRequests('balanced', 'error')).toBe(1);
+    const m = await scrape(gw!.url);
+    expect(
+      value(m, 'llm_router_upstream_attempts_total', { provider: 'r1', model: 'm', outcome: 'error' }),
+    ).toBe(1);
+  });
+
+  it('when the router call failed on every upstream of the chosen tier, the answer is a 502 naming those failures', async () => {
+    const { r1, r2, bal } = await shared(['r1/m']);
+    r1.set({ status: 500 });
+    r2.set({ status: 503 });
+    const res = await request(`${gw!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'auto',
+        messages: [{ role: 'user', content: 'Explain monads slowly.' }],
+      }),
+    });
+    const body = (await res.body.json()) as { error: Record<string, unknown> };
+    expect(res.statusCode).toBe(502);
+    expect(body.error.type).toBe('upstream_error');
+    expect(body.error.message).toMatch(/failed in its LLM router call: r1\/m: http_500 .*; r2\/m: http_503/);
+    expect(res.headers['retry-after']).toBeUndefined();
+    expect(r1.requests).toHaveLength(1);
+    expect(bal.requests).toHaveLength(0);
+  });
+
+  it('the exclusion lasts one request: a cached router answer made no attempt and excludes nothing', async () => {
+    const { r1, r2, bal } = await shared(['r1/m', 'bal/m']);
+    r1.set({ status: 500 });
+    const prompt = 'Compare two sorting algorithms and say when each wins.';
+    const first = await chat(prompt);
+    expect(first.status).toBe(200);
+    expect(first.headers['x-router-tier-reason']).toBe(
+      'no rule matched; llm router: needs careful reasoning',
+    );
+    expect(first.headers['x-router-provider']).toBe('bal'); // r1, first in the tier, failed in the router call
+    expect(first.headers['x-router-trail']).toBe('');
+    expect(r1.requests).toHaveLength(1);
+    expect(r2.requests).toHaveLength(1);
+
+    r1.set({ status: undefined });
+    const second = await chat(prompt);
+    expect(second.status).toBe(200);
+    expect(await routerRequests('balanced', 'cached')).toBe(1);
+    expect(second.headers['x-router-provider']).toBe('r1');
+    expect(r1.requests).toHaveLength(2);
+    expect(bal.requests).toHaveLength(1);
+  });
+
+  it("an upstream only cut off by the router's timeout_ms may still serve the request", async () => {
+    const { r1, r2 } = await shared(['r1/m']);
+    r1.set({ latencyMs: 500 });
+    r2.set({ hang: true });
+    const r = await chat('Write a limerick about a lighthouse keeper.');
+    expect(r.status).toBe(200);
+    expect(r.headers['x-router-tier']).toBe('balanced');
+    expect(r.headers['x-router-tier-reason']).toBe('no rule matched; llm router timed out; default_tier');
+    expect(r.headers['x-router-provider']).toBe('r1');
+    expect(r1.requests).toHaveLength(2);
+    expect(r2.requests).toHaveLength(0);
+  });
 });

@@ -127,6 +127,39 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
     ]);
   });
 
+  // Regression (audit 4): `[pa/ma, pa/ma, pb/mb]` loaded, and a failing pa/ma was then tried twice per request.
+  it('an upstream listed twice in a route, or in one tier, is refused with its path', () => {
+    expect(
+      issuesOf(
+        BASE.replace(
+          'targets: [openai/gpt-4o, anthropic/claude]',
+          'targets: [openai/gpt-4o, openai/gpt-4o, anthropic/claude]',
+        ),
+      ),
+    ).toEqual(['routes.smart.targets[1]: "openai/gpt-4o" is listed twice']);
+    // The `{ target, weight }` form names the same upstream.
+    expect(
+      issuesOf(
+        BASE.replace(
+          'targets: [openai/gpt-4o, anthropic/claude]',
+          'targets: [anthropic/claude, openai/gpt-4o, { target: openai/gpt-4o, weight: 3 }]',
+        ),
+      ),
+    ).toEqual(['routes.smart.targets[2]: "openai/gpt-4o" is listed twice']);
+    expect(
+      issuesOf(
+        TIERED.replace('fast: [openai/gpt-4o-mini]', 'fast: [openai/gpt-4o-mini, openai/gpt-4o-mini]'),
+      ),
+    ).toEqual(['routes.auto.tiers.fast[1]: "openai/gpt-4o-mini" is listed twice']);
+    // One upstream in two tiers is not a duplicate: only one tier serves a request.
+    expect(() =>
+      parseConfigText(
+        TIERED.replace('deep: [anthropic/claude]', 'deep: [anthropic/claude, openai/gpt-4o-mini]'),
+        {},
+      ),
+    ).not.toThrow();
+  });
+
   it('an invalid rule regex', () => {
     const text = TIERED.replace(
       '    default_tier: fast',
