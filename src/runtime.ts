@@ -84,6 +84,8 @@ export interface RouteRuntime {
   rotation: number;
   /** Random draws `/router/explain` made ahead of this route's next real decision (routing/plan.ts). */
   readonly pendingRandom: number[];
+  /** Where a round-robin turn is counted fleet-wide (state.backend redis); absent: this replica only. */
+  readonly turns?: { readonly redis: Pick<RedisState, 'takeTurn'> | undefined };
 }
 
 /** What outlives a config reload: breakers and statistics of upstreams that remain, and the clock. */
@@ -244,6 +246,7 @@ export class Runtime {
         direct: false,
         rotation: previous?.routes.get(name)?.rotation ?? 0,
         pendingRandom: [],
+        turns: shared,
       });
     }
     // Every upstream is also addressable as `provider/model` (a route of one, its own failover chain).

@@ -97,7 +97,12 @@ export function planRequest(
     minSamples: opts.routing.min_samples,
     weights: route.weights,
   };
-  if (!opts.peek && !opts.aside) route.rotation = (route.rotation + 1) % ROTATION_MOD;
+  if (!opts.peek && !opts.aside) {
+    route.rotation = (route.rotation + 1) % ROTATION_MOD;
+    // Replicas count round-robin turns in one shared counter: the next turn here continues from the fleet's.
+    if (opts.strategy === 'round-robin')
+      route.turns?.redis?.takeTurn(route.name, (n) => (route.rotation = n % ROTATION_MOD));
+  }
   return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
 }
 

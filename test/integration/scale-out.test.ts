@@ -134,6 +134,29 @@ describe.skipIf(REDIS_SERVER === undefined)('state.backend redis: replicas share
     expect(slow.requests).toHaveLength(3);
   });
 
+  it('round-robin turns are counted fleet-wide: replicas taking turns with requests alternate upstreams', async () => {
+    const prefix = `t${++prefixes}:`;
+    const a = track(await startSimulator({ name: 'a' }));
+    const b = track(await startSimulator({ name: 'b' }));
+    const providers = [simProvider('a', a.url, ['m']), simProvider('b', b.url, ['m'])];
+    const routes = { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } };
+    const one = await replica(providers, routes, prefix);
+    const two = await replica(providers, routes, prefix);
+    await until(
+      'both connected',
+      () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
+    );
+    const seen: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await chat(i % 2 === 0 ? one : two);
+      seen.push(String(r.headers['x-router-provider']));
+      await sleep(20); // the counter's answer arrives (a turn never waits for it)
+    }
+    // Each replica alone would give a,a,b,b,a,a,b,b here. Replica two's first turn is taken before it has
+    // heard of the fleet's count; from then on the fleet alternates.
+    for (let i = 2; i < seen.length; i++) expect(seen[i], seen.join(',')).not.toBe(seen[i - 1]);
+  });
+
   it('serves on its own state when Redis cannot be reached, and never logs its password', async () => {
     const bad = track(await startSimulator({ name: 'bad', status: 500 }));
     const good = track(await startSimulator({ name: 'good' }));
