@@ -55,6 +55,31 @@ describe('AttemptSignal (watchdog bounds)', () => {
 
   const far = (): number => performance.now() + 60_000;
 
+  it('every live attempt is checked however earlier ones ended (done, fired, in any order)', () => {
+    const signals = Array.from(
+      { length: 7 },
+      () => new AttemptSignal(new Abort(), far(), performance.now(), upstream),
+    );
+    signals[0]!.done();
+    signals[6]!.done();
+    signals[3]!.done();
+    signals[3]!.done(); // twice: no effect on the others
+    signals[2]!.headers(); // reading its body: the idle bound (80 ms) now runs, not first byte (100 ms)
+    vi.advanceTimersByTime(limits.idle_ms + WATCHDOG_TICK_MS);
+    expect(codeOf(signals[2]!)).toBe('idle_timeout');
+    expect(signals.filter((x) => x.aborted)).toHaveLength(1);
+    vi.advanceTimersByTime(limits.first_byte_ms);
+    expect([0, 1, 3, 4, 5, 6].map((i) => codeOf(signals[i]!))).toEqual([
+      undefined,
+      'first_byte_timeout',
+      undefined,
+      'first_byte_timeout',
+      'first_byte_timeout',
+      undefined,
+    ]);
+    for (const x of signals) x.done();
+  });
+
   it('first_byte_ms fires after its bound, never before, and no later than one tick after', () => {
     const s = new AttemptSignal(new Abort(), far(), performance.now(), upstream);
     vi.advanceTimersByTime(limits.first_byte_ms - 1);
