@@ -8,6 +8,8 @@
  * as close-with-grace does, and Node keeps SIGUSR1 for its inspector.)
  *   ALLOC_OUT=/tmp/alloc.json node --import ./dist-bench/bench/alloc-profile.js dist/main.js --config ...
  *   (warm up with wrk)  kill -WINCH PID;  (wrk run: note its request count)  kill -WINCH PID
+ * With ALLOC_PROMOTED=1 it keeps only objects that survived the young generation: what a request leaves for
+ * the (slower, pausing) old-generation collections.
  * Run directly, it summarises a written profile per request of that run:
  *   node dist-bench/bench/alloc-profile.js /tmp/alloc.json REQUESTS
  */
@@ -35,7 +37,8 @@ function sampleBetweenSignals(out: string): void {
       session.post('HeapProfiler.startSampling', {
         samplingInterval: SAMPLING_BYTES,
         includeObjectsCollectedByMajorGC: true,
-        includeObjectsCollectedByMinorGC: true,
+        // ALLOC_PROMOTED=1: only what outlived the young generation (old-generation garbage and growth).
+        includeObjectsCollectedByMinorGC: process.env.ALLOC_PROMOTED !== '1',
       });
       return;
     }

@@ -49,13 +49,11 @@ export interface UpstreamResponse {
 /**
  * One undici Pool per provider origin. A stream holds its connection for its whole life, so the pool is
  * sized by `max_concurrency`, not by a small keep-alive count. Connecting is bounded by undici; first
- * byte, idle and total by the attempt's signal (bounds.ts). undici's headers and body timeouts stay as a
- * backstop, set past the bounds: its timers for a second or more tick every ~0.5 s and a refreshed one can
- * fire that much early (an 800 ms idle bound once cut a stream after 632 ms of silence).
+ * byte, idle and total by the attempt's signal (bounds.ts), whose one watchdog timer checks every live
+ * attempt. undici's own headers and body timeouts are off: they cost two timers a request that undici keeps
+ * until its ~0.5 s tick (old-generation garbage: 84 bytes a request, -2.6 CPU ms per 1k requests without
+ * them), and a refreshed one can fire that much early (an 800 ms idle bound once cut a stream at 632 ms).
  */
-/** How far past the attempt's own bounds undici's timeouts are set (see ProviderClient). */
-const BACKSTOP_MARGIN_MS = 1_000;
-
 export class ProviderClient {
   readonly origin: string;
   /** The base_url's path without a trailing slash, e.g. `/v1`. */
@@ -70,8 +68,8 @@ export class ProviderClient {
       connections: provider.max_concurrency,
       pipelining: 1,
       connect: { timeout: provider.timeouts.connect_ms },
-      headersTimeout: provider.timeouts.first_byte_ms + BACKSTOP_MARGIN_MS,
-      bodyTimeout: provider.timeouts.idle_ms + BACKSTOP_MARGIN_MS,
+      headersTimeout: 0,
+      bodyTimeout: 0,
       keepAliveTimeout: 30_000,
     });
   }
