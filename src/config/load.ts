@@ -91,6 +91,10 @@ export function parseConfigText(
 
   const disabled = new Set<string>();
   const warnings: string[] = [];
+  for (const unset of substituted.unsetKeys) warnings.push(`${unset}: that key is empty`);
+  const unsetClientKey = substituted.unsetKeys.some((u) => u.startsWith('server.api_keys'));
+  if (unsetClientKey && !config.server.api_keys.some((k) => k !== ''))
+    warnings.push('server.api_keys: no client key is set: client authentication is off');
   config.providers.forEach((p, i) => {
     if (p.api_key !== undefined && p.api_key.trim() === '') {
       disabled.add(p.name);
@@ -135,9 +139,14 @@ const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
  * `${VAR}` and `${VAR:-default}` replaced in string scalars, in one pass over the parsed tree: a value is
  * data, it can never add a key or a node. Counts nodes as it goes so aliases cannot expand unbounded.
  */
-function substituteEnv(doc: unknown, env: Env, source: string | undefined): { value: unknown } {
+function substituteEnv(
+  doc: unknown,
+  env: Env,
+  source: string | undefined,
+): { value: unknown; unsetKeys: string[] } {
   let nodes = 0;
   const missing: string[] = [];
+  const unsetKeys: string[] = [];
   const walk = (node: unknown, path: PropertyKey[]): unknown => {
     if (++nodes > MAX_NODES) {
       throw new ConfigError([`config expands to more than ${MAX_NODES} nodes (YAML aliases?)`], source);
@@ -150,9 +159,15 @@ function substituteEnv(doc: unknown, env: Env, source: string | undefined): { va
         const value = Object.hasOwn(env, name) ? env[name] : undefined;
         if (value !== undefined && value !== '') return value;
         if (fallback !== undefined) return fallback;
-        // An unset variable is fatal except in a provider's own api_key (that provider is then disabled).
-        if (value === undefined && !isProviderApiKey(path))
-          missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
+        // An unset variable is fatal except where empty means "none": a provider's own api_key (that
+        // provider is then disabled), and the client and admin keys (SPEC §3: `api_keys:
+        // ["${GATEWAY_API_KEY}"]`, "empty or absent: no client auth"), which are then said in a warning.
+        if (value === undefined) {
+          if (isServerKey(path))
+            unsetKeys.push(`${formatPath(path)}: environment variable ${name} is not set`);
+          else if (!isProviderApiKey(path))
+            missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
+        }
         return '';
       });
     }
@@ -173,7 +188,13 @@ function substituteEnv(doc: unknown, env: Env, source: string | undefined): { va
   };
   const value = walk(doc, []);
   if (missing.length > 0) throw new ConfigError(missing, source);
-  return { value };
+  return { value, unsetKeys };
+}
+
+/** `server.api_keys[i]` and `server.admin_key`: keys whose absence switches their check off. */
+function isServerKey(path: readonly PropertyKey[]): boolean {
+  if (path[0] !== 'server') return false;
+  return (path.length === 3 && path[1] === 'api_keys') || (path.length === 2 && path[1] === 'admin_key');
 }
 
 /** `providers[i].api_key`, and not a look-alike deeper down such as `providers[i].headers.api_key`. */

@@ -191,6 +191,26 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
     expect(header).toEqual(['providers[0].headers.api_key: environment variable HDR is not set']);
   });
 
+  it('an unset client or admin key variable is an empty key, said in a warning (SPEC: "empty or absent: no client auth")', () => {
+    const open = parseConfigText(
+      `server: { api_keys: ["\${GATEWAY_API_KEY}"], admin_key: "\${GATEWAY_ADMIN_KEY}" }\n${BASE}`,
+      {},
+    );
+    expect(open.config.server.api_keys).toEqual(['']);
+    expect(open.config.server.admin_key).toBe('');
+    expect(open.warnings).toEqual([
+      'server.api_keys[0]: environment variable GATEWAY_API_KEY is not set: that key is empty',
+      'server.admin_key: environment variable GATEWAY_ADMIN_KEY is not set: that key is empty',
+      'server.api_keys: no client key is set: client authentication is off',
+    ]);
+    // Another key still set keeps client auth on: one warning for the missing one only.
+    const one = parseConfigText(`server: { api_keys: ["\${A}", "\${B}"] }\n${BASE}`, { B: 'sk-b' });
+    expect(one.config.server.api_keys).toEqual(['', 'sk-b']);
+    expect(one.warnings).toEqual([
+      'server.api_keys[0]: environment variable A is not set: that key is empty',
+    ]);
+  });
+
   it('a substituted value is data: it never adds a key or a node', () => {
     const loaded = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, {
       ADMIN: 'x\nfoo: bar\napi_keys: [a]',
