@@ -125,6 +125,14 @@ function parseValue(flag: string, type: FlagType, raw: string): string | number 
 }
 
 /** Parses `simulate` flags (`--flag value` or `--flag=value`); throws a clear Error on anything unknown or bad. */
+/** `simulate --help`: every flag, with the kind of value it takes. */
+export function simUsage(): string {
+  const flags = [...FLAGS].map(
+    ([name, spec]) => `  --${name}${spec.type === 'boolean' ? '' : ` <${spec.type}>`}`,
+  );
+  return `usage: llm-edge-router simulate [flags]\n${flags.join('\n')}`;
+}
+
 export function parseSimArgs(argv: readonly string[]): Partial<SimOptions> {
   const out: Record<string, unknown> = {};
   for (let i = 0; i < argv.length; i++) {

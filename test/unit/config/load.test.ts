@@ -318,6 +318,21 @@ describe('llm-edge-router check (the built CLI)', () => {
       timeout: 15_000,
     });
 
+  it('simulate --help prints every flag and exits 0 (a bad flag still exits 2)', () => {
+    const run = (args: string[]) =>
+      spawnSync(process.execPath, ['dist/main.js', 'simulate', ...args], {
+        cwd: REPO_ROOT,
+        encoding: 'utf8',
+        timeout: 15_000,
+      });
+    const help = run(['--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('usage: llm-edge-router simulate');
+    for (const flag of ['--port', '--latency-ms', '--tokens-per-s', '--fail-rate', '--kind', '--hang'])
+      expect(help.stdout).toContain(flag);
+    expect(run(['--bogus']).status).toBe(2);
+  });
+
   it('exits 0 on config/demo.yaml and config/gateway.yaml, printing routes and upstreams', () => {
     const demo = check('config/demo.yaml');
     expect(demo.stderr).toBe('');
