@@ -87,6 +87,8 @@ export async function runFailover(
   let minRetryAfterMs = Number.POSITIVE_INFINITY;
   let rateLimited = 0;
   let deadlineReached = false;
+  /** The failed attempt a next one fails over from: counted only once that next attempt starts. */
+  let from: { provider: string; reason: string } | undefined;
   for (const target of ranked) {
     if (attempts.length >= opts.maxAttempts) break;
     if (opts.now() >= opts.deadline) break;
@@ -95,6 +97,14 @@ export async function runFailover(
     if (attempted(attempts, up.id)) continue;
     const permit = up.breaker.acquire();
     if (permit === undefined) continue; // half-open with its probes taken, or opened since the plan was made
+    if (from !== undefined) {
+      opts.metrics.failovers.inc({
+        route: opts.routeName,
+        from_provider: from.provider,
+        reason: from.reason,
+      });
+      from = undefined;
+    }
     up.stats.begin();
     up.metrics.inflight.inc();
     let result: AttemptResult;
@@ -144,14 +154,10 @@ export async function runFailover(
       rateLimited++;
       if (result.retryAfterMs !== undefined) minRetryAfterMs = Math.min(minRetryAfterMs, result.retryAfterMs);
     }
-    opts.metrics.failovers.inc({
-      route: opts.routeName,
-      from_provider: up.provider.name,
-      reason: result.classified.outcome,
-    });
+    from = { provider: up.provider.name, reason: result.classified.outcome };
     opts.logger.warn(
       { upstream: up.id, reason: result.classified.reason, status: result.status, route: opts.routeName },
-      `attempt on ${up.id} failed (${result.classified.reason}); failing over`,
+      `attempt on ${up.id} failed (${result.classified.reason})`,
     );
   }
   throw finalError(attempts, {

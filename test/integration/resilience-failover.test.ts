@@ -26,6 +26,19 @@ describe('failover to the next upstream (priority order)', () => {
     expect((await h.breaker('a/m')).consecutive_failures).toBe(1);
   });
 
+  it('llm_router_failovers_total counts moves to another upstream: none from the last one that failed', async () => {
+    const a = await h.sim('a', { status: 500 });
+    const b = await h.sim('b', { status: 503 });
+    await h.gateway([a, b]);
+    const r = await h.chat();
+    expectOpenAIError(r, 502, 'upstream_error');
+    expect(r.headers['x-router-attempts']).toBe('2');
+    expect(await h.metric('llm_router_failovers_total{route="r",from_provider="a",reason="error"}')).toBe(1);
+    expect(await h.metric('llm_router_failovers_total{route="r",from_provider="b",reason="error"}')).toBe(
+      undefined,
+    );
+  });
+
   it('a closed port fails over the same way', async () => {
     const dead = { name: 'a', url: await h.closedPortUrl() };
     const b = await h.sim('b');
