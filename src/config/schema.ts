@@ -217,7 +217,11 @@ const breakerSchema = z.strictObject({
 
 const stateSchema = z.discriminatedUnion('backend', [
   z.strictObject({ backend: z.literal('memory') }),
-  z.strictObject({ backend: z.literal('redis'), url: z.string().min(1), key_prefix: z.string().optional() }),
+  z.strictObject({
+    backend: z.literal('redis'),
+    url: z.url({ protocol: /^rediss?$/, error: 'expected a redis:// or rediss:// URL' }),
+    key_prefix: z.string().optional(),
+  }),
 ]);
 
 export const configSchema = z.strictObject({

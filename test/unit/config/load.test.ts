@@ -211,6 +211,18 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
     ]);
   });
 
+  it('state.backend redis needs a redis:// or rediss:// URL, and its password is a secret', () => {
+    expect(issuesOf(`${BASE}\nstate: { backend: redis, url: "localhost:6379" }`)).toEqual([
+      'state.url: expected a redis:// or rediss:// URL',
+    ]);
+    const ok = parseConfigText(
+      `${BASE}\nstate: { backend: redis, url: "rediss://:p%40ss@cache:6380/2" }`,
+      {},
+    );
+    expect(ok.config.state).toEqual({ backend: 'redis', url: 'rediss://:p%40ss@cache:6380/2' });
+    expect(ok.secrets).toContain('p@ss');
+  });
+
   it('a substituted value is data: it never adds a key or a node', () => {
     const loaded = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, {
       ADMIN: 'x\nfoo: bar\napi_keys: [a]',
