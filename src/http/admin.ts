@@ -40,7 +40,13 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
           : undefined,
         default_tier: r.defaultTier,
       }));
-    return { upstreams, routes, draining: gw.draining };
+    const redis = gw.shared.redis;
+    // Where breakers and statistics are shared (SPEC §7); never the URL, which may carry a password.
+    const state =
+      rt.loaded.config.state.backend === 'redis'
+        ? { backend: 'redis', connected: redis?.connected ?? false }
+        : { backend: 'memory' };
+    return { upstreams, routes, draining: gw.draining, state };
   });
 
   app.post('/router/explain', async (req) => {

@@ -77,6 +77,9 @@ describe.skipIf(REDIS_SERVER === undefined)('state.backend redis: replicas share
       () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
     );
 
+    const status = await request(`${one.url}/router/status`);
+    expect(await status.body.json()).toMatchObject({ state: { backend: 'redis', connected: true } });
+
     const first = await chat(one);
     expect(first.status).toBe(200);
     expect(first.headers['x-router-trail']).toBe('bad/m=http_500');
