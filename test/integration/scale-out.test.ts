@@ -38,177 +38,179 @@ async function closedPort(): Promise<number> {
   return addr.port;
 }
 
-describe.skipIf(REDIS_SERVER === undefined)('state.backend redis: replicas share state (SPEC §7)', () => {
-  let redis: TestRedis;
-  beforeAll(async () => {
-    redis = await startRedis();
-  });
-  afterAll(async () => {
-    await redis?.stop();
-  });
+const TITLE = 'state.backend redis: replicas share state (SPEC §7)';
 
-  /** A replica: its own gateway on the shared Redis, under a key prefix of this test's own. */
-  function replica(providers: Record<string, unknown>[], routes: Record<string, unknown>, prefix: string) {
-    return startGateway(
-      {
-        providers,
-        routes,
-        circuit_breaker: { failure_threshold: 1, open_ms: 30_000 },
-        state: { backend: 'redis', url: redis.url, key_prefix: prefix },
-      },
-      { stateSyncMs: 50 },
-    ).then(async (gw) => {
-      track(gw);
-      await gw.gateway.ready(); // the Redis client is loaded on demand
-      return gw;
+// Without redis-server the whole block is skipped, and its name says how to get it.
+describe.skipIf(REDIS_SERVER === undefined)(
+  REDIS_SERVER ? TITLE : `${TITLE} — skipped: ${REDIS_MISSING}`,
+  () => {
+    let redis: TestRedis;
+    beforeAll(async () => {
+      redis = await startRedis();
     });
-  }
+    afterAll(async () => {
+      await redis?.stop();
+    });
 
-  it('a breaker one replica opens is open on the others, and on a replica that starts later', async () => {
-    const prefix = `t${++prefixes}:`;
-    const bad = track(await startSimulator({ name: 'bad', status: 500 }));
-    const good = track(await startSimulator({ name: 'good' }));
-    const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
-    const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
-    const one = await replica(providers, routes, prefix);
-    const two = await replica(providers, routes, prefix);
-    await until(
-      'both connected',
-      () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
-    );
-
-    const status = await request(`${one.url}/router/status`);
-    expect(await status.body.json()).toMatchObject({ state: { backend: 'redis', connected: true } });
-
-    const first = await chat(one);
-    expect(first.status).toBe(200);
-    expect(first.headers['x-router-trail']).toBe('bad/m=http_500');
-    expect(one.gateway.shared.breakers.get('bad/m').state).toBe('open');
-    await until(
-      'the open to reach replica two',
-      () => two.gateway.shared.breakers.get('bad/m').state === 'open',
-    );
-    expect(two.gateway.shared.breakers.get('bad/m').snapshot().msUntilHalfOpen).toBeGreaterThan(25_000);
-
-    // Replica two skips the failing provider without ever having called it.
-    const second = await chat(two);
-    expect(second.status).toBe(200);
-    expect(second.headers['x-router-provider']).toBe('good');
-    expect(second.headers['x-router-attempts']).toBe('1');
-    expect(bad.requests).toHaveLength(1);
-
-    const late = await replica(providers, routes, prefix);
-    await until(
-      'the late replica to adopt the open',
-      () => late.gateway.shared.breakers.get('bad/m').state === 'open',
-    );
-    expect((await chat(late)).headers['x-router-provider']).toBe('good');
-    expect(bad.requests).toHaveLength(1);
-  });
-
-  it("a replica that has served nothing ranks by the others' statistics", async () => {
-    const prefix = `t${++prefixes}:`;
-    const fast = track(await startSimulator({ name: 'fast', latencyMs: 1 }));
-    const slow = track(await startSimulator({ name: 'slow', latencyMs: 120 }));
-    const providers = [simProvider('slow', slow.url, ['m']), simProvider('fast', fast.url, ['m'])];
-    const routes = { r: { strategy: 'latency', targets: ['slow/m', 'fast/m'] } };
-    const one = await replica(providers, routes, prefix);
-    const two = await replica(providers, routes, prefix);
-    // Replica one measures both (pinned in turn), replica two nothing.
-    for (let i = 0; i < 3; i++) {
-      for (const p of ['slow', 'fast']) {
-        const res = await request(`${one.url}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', 'x-router-provider': p },
-          body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
-        });
-        await res.body.text();
-      }
-    }
-    const stats = two.gateway.shared;
-    await until(
-      'replica two to see the measurements',
-      () => stats.statsFor('slow/m').samples >= 3 && stats.statsFor('fast/m').samples >= 3,
-    );
-    expect(stats.statsFor('slow/m').ttftMs!).toBeGreaterThan(100);
-    expect(stats.statsFor('fast/m').ttftMs!).toBeLessThan(100);
-    const served = await chat(two);
-    expect(served.headers['x-router-provider']).toBe('fast');
-    expect(slow.requests).toHaveLength(3);
-  });
-
-  it('round-robin turns are counted fleet-wide: replicas taking turns with requests alternate upstreams', async () => {
-    const prefix = `t${++prefixes}:`;
-    const a = track(await startSimulator({ name: 'a' }));
-    const b = track(await startSimulator({ name: 'b' }));
-    const providers = [simProvider('a', a.url, ['m']), simProvider('b', b.url, ['m'])];
-    const routes = { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } };
-    const one = await replica(providers, routes, prefix);
-    const two = await replica(providers, routes, prefix);
-    await until(
-      'both connected',
-      () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
-    );
-    const seen: string[] = [];
-    for (let i = 0; i < 8; i++) {
-      const r = await chat(i % 2 === 0 ? one : two);
-      seen.push(String(r.headers['x-router-provider']));
-      await sleep(20); // the counter's answer arrives (a turn never waits for it)
-    }
-    // Each replica alone would give a,a,b,b,a,a,b,b here. Replica two's first turn is taken before it has
-    // heard of the fleet's count; from then on the fleet alternates.
-    for (let i = 2; i < seen.length; i++) expect(seen[i], seen.join(',')).not.toBe(seen[i - 1]);
-  });
-
-  it('serves on its own state when Redis cannot be reached, and never logs its password', async () => {
-    const bad = track(await startSimulator({ name: 'bad', status: 500 }));
-    const good = track(await startSimulator({ name: 'good' }));
-    const nothing = await closedPort();
-    const gw = track(
-      await startGateway(
+    /** A replica: its own gateway on the shared Redis, under a key prefix of this test's own. */
+    function replica(providers: Record<string, unknown>[], routes: Record<string, unknown>, prefix: string) {
+      return startGateway(
         {
-          providers: [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])],
-          routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
+          providers,
+          routes,
           circuit_breaker: { failure_threshold: 1, open_ms: 30_000 },
-          state: { backend: 'redis', url: `redis://:s3cret-pw@127.0.0.1:${nothing}` },
+          state: { backend: 'redis', url: redis.url, key_prefix: prefix },
         },
         { stateSyncMs: 50 },
-      ),
-    );
-    await gw.gateway.ready();
-    const r = await chat(gw);
-    expect(r.status).toBe(200);
-    expect(r.headers['x-router-provider']).toBe('good');
-    expect(gw.gateway.shared.breakers.get('bad/m').state).toBe('open'); // its own breaker works
-    await until('the warning', () => gw.logs.some((l) => String(l.msg).includes('Redis unreachable')));
-    await sleep(300); // retries meanwhile: still one warning
-    expect(gw.logs.filter((l) => String(l.msg).includes('Redis unreachable'))).toHaveLength(1);
-    expect((await chat(gw)).status).toBe(200);
-    expect(gw.rawLogs()).not.toContain('s3cret-pw');
-  });
-
-  it('keeps serving through a Redis outage and shares again once Redis is back', async () => {
-    const prefix = `t${++prefixes}:`;
-    const good = track(await startSimulator({ name: 'good' }));
-    const providers = [simProvider('good', good.url, ['m'])];
-    const routes = { r: { strategy: 'priority', targets: ['good/m'] } };
-    const gw = await replica(providers, routes, prefix);
-    await until('connected', () => gw.gateway.shared.redis!.connected);
-    await redis.stop();
-    try {
-      for (let i = 0; i < 5; i++) expect((await chat(gw)).status).toBe(200);
-      await until('the outage to be noticed', () => !gw.gateway.shared.redis!.connected);
-      expect((await chat(gw)).status).toBe(200);
-      const warned = gw.logs.filter((l) => String(l.msg).includes('Redis unreachable'));
-      expect(warned).toHaveLength(1);
-    } finally {
-      await redis.start();
+      ).then(async (gw) => {
+        track(gw);
+        await gw.gateway.ready(); // the Redis client is loaded on demand
+        return gw;
+      });
     }
-    await until('reconnected', () => gw.gateway.shared.redis!.connected, 8_000);
-    expect((await chat(gw)).status).toBe(200);
-  });
-});
 
-describe.skipIf(REDIS_SERVER !== undefined)('state.backend redis', () => {
-  it.skip(REDIS_MISSING, () => {});
-});
+    it('a breaker one replica opens is open on the others, and on a replica that starts later', async () => {
+      const prefix = `t${++prefixes}:`;
+      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
+      const good = track(await startSimulator({ name: 'good' }));
+      const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
+      const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
+      const one = await replica(providers, routes, prefix);
+      const two = await replica(providers, routes, prefix);
+      await until(
+        'both connected',
+        () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
+      );
+
+      const status = await request(`${one.url}/router/status`);
+      expect(await status.body.json()).toMatchObject({ state: { backend: 'redis', connected: true } });
+
+      const first = await chat(one);
+      expect(first.status).toBe(200);
+      expect(first.headers['x-router-trail']).toBe('bad/m=http_500');
+      expect(one.gateway.shared.breakers.get('bad/m').state).toBe('open');
+      await until(
+        'the open to reach replica two',
+        () => two.gateway.shared.breakers.get('bad/m').state === 'open',
+      );
+      expect(two.gateway.shared.breakers.get('bad/m').snapshot().msUntilHalfOpen).toBeGreaterThan(25_000);
+
+      // Replica two skips the failing provider without ever having called it.
+      const second = await chat(two);
+      expect(second.status).toBe(200);
+      expect(second.headers['x-router-provider']).toBe('good');
+      expect(second.headers['x-router-attempts']).toBe('1');
+      expect(bad.requests).toHaveLength(1);
+
+      const late = await replica(providers, routes, prefix);
+      await until(
+        'the late replica to adopt the open',
+        () => late.gateway.shared.breakers.get('bad/m').state === 'open',
+      );
+      expect((await chat(late)).headers['x-router-provider']).toBe('good');
+      expect(bad.requests).toHaveLength(1);
+    });
+
+    it("a replica that has served nothing ranks by the others' statistics", async () => {
+      const prefix = `t${++prefixes}:`;
+      const fast = track(await startSimulator({ name: 'fast', latencyMs: 1 }));
+      const slow = track(await startSimulator({ name: 'slow', latencyMs: 120 }));
+      const providers = [simProvider('slow', slow.url, ['m']), simProvider('fast', fast.url, ['m'])];
+      const routes = { r: { strategy: 'latency', targets: ['slow/m', 'fast/m'] } };
+      const one = await replica(providers, routes, prefix);
+      const two = await replica(providers, routes, prefix);
+      // Replica one measures both (pinned in turn), replica two nothing.
+      for (let i = 0; i < 3; i++) {
+        for (const p of ['slow', 'fast']) {
+          const res = await request(`${one.url}/v1/chat/completions`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', 'x-router-provider': p },
+            body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
+          });
+          await res.body.text();
+        }
+      }
+      const stats = two.gateway.shared;
+      await until(
+        'replica two to see the measurements',
+        () => stats.statsFor('slow/m').samples >= 3 && stats.statsFor('fast/m').samples >= 3,
+      );
+      expect(stats.statsFor('slow/m').ttftMs!).toBeGreaterThan(100);
+      expect(stats.statsFor('fast/m').ttftMs!).toBeLessThan(100);
+      const served = await chat(two);
+      expect(served.headers['x-router-provider']).toBe('fast');
+      expect(slow.requests).toHaveLength(3);
+    });
+
+    it('round-robin turns are counted fleet-wide: replicas taking turns with requests alternate upstreams', async () => {
+      const prefix = `t${++prefixes}:`;
+      const a = track(await startSimulator({ name: 'a' }));
+      const b = track(await startSimulator({ name: 'b' }));
+      const providers = [simProvider('a', a.url, ['m']), simProvider('b', b.url, ['m'])];
+      const routes = { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } };
+      const one = await replica(providers, routes, prefix);
+      const two = await replica(providers, routes, prefix);
+      await until(
+        'both connected',
+        () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
+      );
+      const seen: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        const r = await chat(i % 2 === 0 ? one : two);
+        seen.push(String(r.headers['x-router-provider']));
+        await sleep(20); // the counter's answer arrives (a turn never waits for it)
+      }
+      // Each replica alone would give a,a,b,b,a,a,b,b here. Replica two's first turn is taken before it has
+      // heard of the fleet's count; from then on the fleet alternates.
+      for (let i = 2; i < seen.length; i++) expect(seen[i], seen.join(',')).not.toBe(seen[i - 1]);
+    });
+
+    it('serves on its own state when Redis cannot be reached, and never logs its password', async () => {
+      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
+      const good = track(await startSimulator({ name: 'good' }));
+      const nothing = await closedPort();
+      const gw = track(
+        await startGateway(
+          {
+            providers: [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])],
+            routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
+            circuit_breaker: { failure_threshold: 1, open_ms: 30_000 },
+            state: { backend: 'redis', url: `redis://:s3cret-pw@127.0.0.1:${nothing}` },
+          },
+          { stateSyncMs: 50 },
+        ),
+      );
+      await gw.gateway.ready();
+      const r = await chat(gw);
+      expect(r.status).toBe(200);
+      expect(r.headers['x-router-provider']).toBe('good');
+      expect(gw.gateway.shared.breakers.get('bad/m').state).toBe('open'); // its own breaker works
+      await until('the warning', () => gw.logs.some((l) => String(l.msg).includes('Redis unreachable')));
+      await sleep(300); // retries meanwhile: still one warning
+      expect(gw.logs.filter((l) => String(l.msg).includes('Redis unreachable'))).toHaveLength(1);
+      expect((await chat(gw)).status).toBe(200);
+      expect(gw.rawLogs()).not.toContain('s3cret-pw');
+    });
+
+    it('keeps serving through a Redis outage and shares again once Redis is back', async () => {
+      const prefix = `t${++prefixes}:`;
+      const good = track(await startSimulator({ name: 'good' }));
+      const providers = [simProvider('good', good.url, ['m'])];
+      const routes = { r: { strategy: 'priority', targets: ['good/m'] } };
+      const gw = await replica(providers, routes, prefix);
+      await until('connected', () => gw.gateway.shared.redis!.connected);
+      await redis.stop();
+      try {
+        for (let i = 0; i < 5; i++) expect((await chat(gw)).status).toBe(200);
+        await until('the outage to be noticed', () => !gw.gateway.shared.redis!.connected);
+        expect((await chat(gw)).status).toBe(200);
+        const warned = gw.logs.filter((l) => String(l.msg).includes('Redis unreachable'));
+        expect(warned).toHaveLength(1);
+      } finally {
+        await redis.start();
+      }
+      await until('reconnected', () => gw.gateway.shared.redis!.connected, 8_000);
+      expect((await chat(gw)).status).toBe(200);
+    });
+  },
+);
