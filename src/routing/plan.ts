@@ -30,6 +30,9 @@ export interface Plan {
   readonly strategy: StrategyName;
 }
 
+/** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
+const ROTATION_MOD = 1_073_741_824;
+
 /** Why a candidate was left out: the first reason that applies. */
 type Exclusion = 'provider' | 'capability' | 'context' | 'breaker' | 'failed';
 
@@ -105,9 +108,6 @@ export function planRequest(
   }
   return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
 }
-
-/** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
-const ROTATION_MOD = 1_073_741_824;
 
 /**
  * Explain draws its random numbers ahead and leaves them on the route; the next real decision there uses
