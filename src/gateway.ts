@@ -170,7 +170,7 @@ export class Gateway {
   async close(): Promise<void> {
     this.#closed = true;
     await this.#ready;
-    await this.shared.redis?.close();
+    this.shared.redis?.close();
     await this.current.destroy();
   }
 }

@@ -39,6 +39,9 @@ export interface BreakerSnapshot {
  * count of unsettled probes, so a probe that outlives its half-open episode still frees its slot when it
  * settles instead of corrupting the count of a later episode.
  */
+/** The longest rate-limit cooldown adopted from another replica (parseRetryAfter's cap). */
+const ADOPTED_RATE_LIMIT_CAP_MS = 86_400_000;
+
 export class CircuitBreaker {
   #cfg: BreakerConfig;
   readonly #now: () => number;
@@ -128,11 +131,13 @@ export class CircuitBreaker {
   /**
    * Another replica opened this upstream's breaker (state shared through Redis, SPEC §7): open here too,
    * until the same moment. No backoff is earned here (the fault was seen elsewhere), and an open that
-   * already lasts longer is kept. False when nothing changed.
+   * already lasts longer is kept. Never longer than this replica would open for itself: `max_open_ms` for a
+   * fault, 24 h for a rate limit (Retry-After's own cap). False when nothing changed.
    */
   adoptOpen(remainingMs: number, cause: TripCause): boolean {
     if (!(remainingMs > 0) || !Number.isFinite(remainingMs)) return false;
-    const until = this.#now() + remainingMs;
+    const cap = cause === 'rate_limit' ? ADOPTED_RATE_LIMIT_CAP_MS : this.#maxOpenMs();
+    const until = this.#now() + Math.min(remainingMs, cap);
     if (this.#state === 'open' && this.#isOpen()) {
       if (until <= this.#openUntil) return false;
       this.#openUntil = until;
@@ -146,7 +151,7 @@ export class CircuitBreaker {
     this.#successes = 0;
     this.#runErrors = this.#runTimeouts = this.#runRateLimits = 0;
     this.#opens++;
-    this.#emit(from, 'open', cause, remainingMs);
+    this.#emit(from, 'open', cause, until - this.#now());
     return true;
   }
 

@@ -177,8 +177,11 @@ export class UpstreamStats implements UpstreamStatsView {
     let fail = this.#failWeight * f;
     const r = this.#remote;
     if (r !== undefined) {
-      ok += r.okWeight;
-      fail += r.failWeight;
+      // The others' counts weigh at most as much as this replica's own (and 10 when it has none).
+      const remote = r.okWeight + r.failWeight;
+      const k = remote > 0 ? Math.min(1, Math.max(BLEND_CAP, ok + fail) / remote) : 0;
+      ok += r.okWeight * k;
+      fail += r.failWeight * k;
     }
     return (ok + SUCCESS_PRIOR) / (ok + fail + SUCCESS_PRIOR);
   }

@@ -42,6 +42,12 @@ const DEFAULT_PREFIX = 'llm-router:';
 const DEFAULT_SYNC_MS = 1_000;
 /** A replica's measurements older than this are a replica that stopped: ignored, then removed. */
 const STALE_AFTER_MS = 10_000;
+/** Above any real figure (decayed counts at 100k req/s are ~9M): a larger one is not a replica's. */
+const MAX_FIGURE = 1e8;
+/** Commands that get no answer in this long fail: a stalled Redis is treated like an unreachable one. */
+const COMMAND_TIMEOUT_MS = 1_000;
+/** Round-robin INCRs a route may have unanswered; past it, turns stay local until Redis answers. */
+const MAX_PENDING_TURNS = 64;
 const TRIP_CAUSES: ReadonlySet<string> = new Set(['errors', 'timeouts', 'rate_limit']);
 
 interface OpenMessage {
@@ -93,7 +99,8 @@ function parsePublished(text: string): Published | undefined {
     'lastSampleAgeMs',
     'at',
   ];
-  return keys.every((k) => isFiniteNonNegative(p[k])) ? (p as unknown as Published) : undefined;
+  const sane = keys.every((k) => isFiniteNonNegative(p[k]) && (k === 'at' || (p[k] as number) <= MAX_FIGURE));
+  return sane ? (p as unknown as Published) : undefined;
 }
 
 /** The other replicas' measurements as one: sums of counts, averages weighted by the samples behind them. */
@@ -167,13 +174,18 @@ export class RedisState {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       connectTimeout: 2_000,
+      commandTimeout: COMMAND_TIMEOUT_MS,
       retryStrategy: (attempt) => Math.min(100 * attempt, 2_000),
     };
     this.#cmd = new Redis(cfg.url, options);
-    this.#sub = new Redis(cfg.url, { ...options, enableOfflineQueue: true });
-    for (const conn of [this.#cmd, this.#sub]) {
-      conn.on('error', (err: Error) => this.#down(err));
-    }
+    this.#cmd.on('error', (err: Error) => this.#down(err));
+    // The subscriber only listens: reachability is the command connection's to judge and log. It
+    // subscribes on every (re)connection: one that failed while Redis was down is never retried by ioredis.
+    this.#sub = new Redis(cfg.url, { ...options, commandTimeout: undefined });
+    this.#sub.on('error', () => {});
+    this.#sub.on('ready', () => {
+      this.#sub.subscribe(this.#channel).catch(() => {});
+    });
     this.#cmd.on('ready', () => this.#ready());
     this.#cmd.on('end', () => this.#down(undefined));
     this.#cmd.on('close', () => this.#down(undefined));
@@ -188,7 +200,6 @@ export class RedisState {
       /* retried by ioredis; logged by the error handler */
     });
     this.#sub.connect().catch(() => {});
-    this.#sub.subscribe(this.#channel).catch(() => {});
     this.#timer = setInterval(() => void this.sync(), this.#syncMs).unref();
   }
 
@@ -217,7 +228,9 @@ export class RedisState {
    */
   takeTurn(route: string, apply: (rotation: number) => void): void {
     if (!this.connected) return;
-    this.#pendingTurns.set(route, (this.#pendingTurns.get(route) ?? 0) + 1);
+    const pending = this.#pendingTurns.get(route) ?? 0;
+    if (pending >= MAX_PENDING_TURNS) return;
+    this.#pendingTurns.set(route, pending + 1);
     this.#cmd.incr(`${this.#prefix}rr:${route}`).then(
       (count) => {
         const pending = (this.#pendingTurns.get(route) ?? 1) - 1;
@@ -267,7 +280,8 @@ export class RedisState {
         for (const [replica, text] of Object.entries(fields ?? {})) {
           if (replica === this.replicaId) continue;
           const p = parsePublished(text);
-          if (p === undefined || nowWall - p.at > STALE_AFTER_MS) stale.push(replica);
+          // Stale either way: a replica that stopped, or one whose clock runs ahead (it would never go stale).
+          if (p === undefined || Math.abs(nowWall - p.at) > STALE_AFTER_MS) stale.push(replica);
           else others.push(p);
         }
         if (stale.length > 0) void this.#cmd.hdel(`${this.#prefix}stats:${id}`, ...stale).catch(() => {});
@@ -280,14 +294,12 @@ export class RedisState {
     }
   }
 
-  async close(): Promise<void> {
+  close(): void {
     this.#closed = true;
     clearInterval(this.#timer);
-    await Promise.all(
-      [this.#cmd, this.#sub].map((c) =>
-        c.status === 'ready' ? c.quit().catch(() => c.disconnect()) : Promise.resolve(c.disconnect()),
-      ),
-    );
+    // Not QUIT: its answer would hold the shutdown as long as a stalled Redis does.
+    this.#cmd.disconnect();
+    this.#sub.disconnect();
   }
 
   #onOpenMessage(text: string): void {
@@ -317,7 +329,13 @@ export class RedisState {
       const keys: string[] = [];
       let cursor = '0';
       do {
-        const [next, batch] = await this.#cmd.scan(cursor, 'MATCH', `${this.#prefix}breaker:*`, 'COUNT', 100);
+        const [next, batch] = await this.#cmd.scan(
+          cursor,
+          'MATCH',
+          `${globEscaped(this.#prefix)}breaker:*`,
+          'COUNT',
+          100,
+        );
         keys.push(...batch);
         cursor = next;
       } while (cursor !== '0' && keys.length < 10_000);
@@ -343,6 +361,11 @@ export class RedisState {
     );
     for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
   }
+}
+
+/** `text` as a literal inside a Redis glob pattern (a key prefix may hold `*`, `?`, `[`). */
+function globEscaped(text: string): string {
+  return text.replace(/[*?[\]\\]/g, '\\$&');
 }
 
 function safeParse(text: string): Record<string, unknown> {

@@ -1,5 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createConnection, createServer } from 'node:net';
+import { Redis } from 'ioredis';
 
 /**
  * A real redis-server on 127.0.0.1 (no persistence), for the scale-out tests. Those tests are skipped,
@@ -72,4 +73,14 @@ export async function startRedis(): Promise<TestRedis> {
   };
   await start();
   return { port, url: `redis://127.0.0.1:${port}`, stop, start };
+}
+
+/** A plain client on the test server, to read or plant what replicas share; `close()` disconnects. */
+export function redisClient(url: string): Redis & { close(): Promise<void> } {
+  const client = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 1 });
+  return Object.assign(client, {
+    close: async () => {
+      client.disconnect();
+    },
+  });
 }

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
-import { REDIS_MISSING, REDIS_SERVER, startRedis, type TestRedis } from '../helpers/redis.js';
+import { REDIS_MISSING, REDIS_SERVER, redisClient, startRedis, type TestRedis } from '../helpers/redis.js';
 
 const track = closeAfterEach();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -163,6 +163,75 @@ describe.skipIf(REDIS_SERVER === undefined)(
       // Each replica alone would give a,a,b,b,a,a,b,b here. Replica two's first turn is taken before it has
       // heard of the fleet's count; from then on the fleet alternates.
       for (let i = 2; i < seen.length; i++) expect(seen[i], seen.join(',')).not.toBe(seen[i - 1]);
+    });
+
+    it('distrusts what it reads: opens capped to its own max_open_ms, malformed or future-dated stats ignored', async () => {
+      const prefix = `t${++prefixes}:`;
+      const good = track(await startSimulator({ name: 'good' }));
+      const gw = await replica(
+        [simProvider('good', good.url, ['m'])],
+        { r: { targets: ['good/m'] } },
+        prefix,
+      );
+      await until('connected', () => gw.gateway.shared.redis!.connected);
+      for (let i = 0; i < 4; i++) expect((await chat(gw)).status).toBe(200);
+      const raw = track(redisClient(redis.url));
+      const stats = { samples: 5, ttftMs: 1, latencyMs: 1, tpsSamples: 0, tokensPerSec: 0, outSamples: 0 };
+      const view = { ...stats, meanOutputTokens: 0, okWeight: 0, failWeight: 1e12, lastSampleAgeMs: 0 };
+      await raw.hset(`${prefix}stats:good/m`, {
+        future: JSON.stringify({ ...view, failWeight: 50, at: Date.now() + 86_400_000 }),
+        huge: JSON.stringify({ ...view, at: Date.now() }),
+        garbage: '{"samples":',
+      });
+      await sleep(200); // several exchanges
+      expect(gw.gateway.shared.statsFor('good/m').successRate).toBeGreaterThan(0.8);
+      expect(await raw.hkeys(`${prefix}stats:good/m`)).toEqual([gw.gateway.shared.redis!.replicaId]);
+
+      await raw.publish(
+        `${prefix}breaker-opens`,
+        JSON.stringify({ id: 'good/m', ms: 1e12, cause: 'errors', origin: 'x' }),
+      );
+      await until('the open', () => gw.gateway.shared.breakers.get('good/m').state === 'open');
+      // 1e12 ms asked; max_open_ms (default 300,000) given.
+      expect(gw.gateway.shared.breakers.get('good/m').msUntilHalfOpen()).toBeLessThanOrEqual(300_000);
+    });
+
+    it('a replica started while Redis is down subscribes once it is back, and closes at once on a stalled Redis', async () => {
+      const prefix = `t${++prefixes}:`;
+      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
+      const good = track(await startSimulator({ name: 'good' }));
+      const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
+      const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
+      await redis.stop();
+      let early: TestGateway;
+      try {
+        early = await replica(providers, routes, prefix);
+        await sleep(300);
+      } finally {
+        await redis.start();
+      }
+      await until('reconnected', () => early.gateway.shared.redis!.connected, 8_000);
+      const other = await replica(providers, routes, prefix);
+      await until('connected', () => other.gateway.shared.redis!.connected);
+      const raw = track(redisClient(redis.url));
+      for (let i = 0; i < 100; i++) {
+        const [, n] = (await raw.pubsub('NUMSUB', `${prefix}breaker-opens`)) as [string, number];
+        if (n >= 2) break;
+        await sleep(20);
+      }
+      expect((await chat(other)).headers['x-router-trail']).toBe('bad/m=http_500');
+      await until(
+        'the open to reach the early replica',
+        () => early.gateway.shared.breakers.get('bad/m').state === 'open',
+      );
+
+      // A stalled Redis (no answer for 2 s) does not hold the shutdown.
+      void raw.call('DEBUG', 'SLEEP', '2').catch(() => {});
+      await sleep(50);
+      const t0 = performance.now();
+      await early.close();
+      expect(performance.now() - t0).toBeLessThan(1_000);
+      await sleep(2_100); // let Redis wake before the next test
     });
 
     it('serves on its own state when Redis cannot be reached, and never logs its password', async () => {

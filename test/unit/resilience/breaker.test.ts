@@ -502,14 +502,24 @@ describe('CircuitBreaker: config and callbacks', () => {
 describe('CircuitBreaker: an open adopted from another replica (state.backend redis)', () => {
   it('opens until the same moment, without earning backoff here, and goes half-open after', () => {
     const { clock, transitions, breaker } = setup();
-    expect(breaker.adoptOpen(20_000, 'errors')).toBe(true);
+    expect(breaker.adoptOpen(4_000, 'errors')).toBe(true);
     expect(breaker.state).toBe('open');
     expect(breaker.canAttempt()).toBe(false);
-    expect(breaker.snapshot()).toMatchObject({ tripCause: 'errors', msUntilHalfOpen: 20_000, openMs: 1_000 });
-    expect(transitions).toEqual([{ from: 'closed', to: 'open', cause: 'errors', openMs: 20_000 }]);
-    clock.t += 20_000;
+    expect(breaker.snapshot()).toMatchObject({ tripCause: 'errors', msUntilHalfOpen: 4_000, openMs: 1_000 });
+    expect(transitions).toEqual([{ from: 'closed', to: 'open', cause: 'errors', openMs: 4_000 }]);
+    clock.t += 4_000;
     expect(breaker.state).toBe('half_open');
     expect(breaker.acquire()).toBe('probe');
+  });
+
+  it('never longer than this replica would open for itself: max_open_ms for a fault, 24 h for a rate limit', () => {
+    const fault = setup();
+    expect(fault.breaker.adoptOpen(1e12, 'errors')).toBe(true);
+    expect(fault.breaker.msUntilHalfOpen()).toBe(CFG.max_open_ms);
+    expect(fault.transitions.at(-1)?.openMs).toBe(CFG.max_open_ms);
+    const limited = setup();
+    limited.breaker.adoptOpen(1e12, 'rate_limit');
+    expect(limited.breaker.msUntilHalfOpen()).toBe(86_400_000);
   });
 
   it('keeps a longer open, extends a shorter one, and ignores nonsense', () => {

@@ -210,8 +210,19 @@ describe("UpstreamStats: the other replicas' view (state.backend redis)", () => 
     expect(s.tokensPerSec).toBe(50);
     expect(s.meanOutputTokens).toBe(100);
     expect(s.lastSampleAt).toBe(9_000);
-    expect(s.successRate).toBeCloseTo(31 / 41, 6);
+    expect(s.successRate).toBeCloseTo(8.5 / 11, 6); // 30:10 counted as 7.5:2.5 (10 in all: it has none)
     expect(s.local()).toBeUndefined(); // nothing of its own to share
+  });
+
+  it("the others' success counts weigh at most as much as its own (10 when it has none)", () => {
+    const clock = manualClock(10_000);
+    const s = new UpstreamStats(clock.now);
+    for (let i = 0; i < 6; i++) s.recordSuccess(ok(100));
+    s.setRemote({ ...remote, okWeight: 0, failWeight: 1e12 });
+    expect(s.successRate).toBeCloseTo(7 / 17, 6); // 6 own successes against 10 failures' worth
+    const fresh = new UpstreamStats(clock.now);
+    fresh.setRemote({ ...remote, okWeight: 90, failWeight: 10 });
+    expect(fresh.successRate).toBeCloseTo(10 / 11, 6);
   });
 
   it('blends with its own, each side counting for at most 10 samples, and is dropped on demand', () => {
