@@ -2,6 +2,7 @@ import type { LoadedConfig } from './config/load.js';
 import { lineStream, type Logger } from './observability/logger.js';
 import { ChildCache, createMetrics, type Metrics } from './observability/metrics.js';
 import { Runtime, SharedState } from './runtime.js';
+import type { TripCause } from './resilience/breaker.js';
 import type { RedisStateConfig } from './state/redis.js';
 
 export interface GatewayDeps {
@@ -158,6 +159,15 @@ export class Gateway {
         localStats: () =>
           [...this.current.upstreams.keys()].map((id) => [id, shared.statsFor(id).local()] as const),
         setRemote: (id, view) => shared.stats.get(id)?.setRemote(view),
+        openBreakers: () => {
+          const open: [string, number, TripCause][] = [];
+          for (const [id, breaker] of shared.breakers.entries()) {
+            const s = breaker.snapshot();
+            if (s.msUntilHalfOpen > 0 && this.current.upstreams.has(id))
+              open.push([id, s.msUntilHalfOpen, s.tripCause ?? 'errors']);
+          }
+          return open;
+        },
       },
       this.logger,
       { syncMs },

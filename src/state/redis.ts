@@ -31,7 +31,17 @@ export interface StateHooks {
   localStats(): Iterable<readonly [string, SharedStats | undefined]>;
   /** The other replicas' merged measurements of `upstreamId` (undefined: none, or Redis is down). */
   setRemote(upstreamId: string, view: SharedStats | undefined): void;
+  /** This replica's breakers open now, with the time they have left: shared again after an outage. */
+  openBreakers(): Iterable<readonly [string, number, TripCause]>;
 }
+
+/**
+ * Keeps the longer of two opens: the key is written only when it would outlive what is there, so a
+ * replica that joins later adopts the longest open still running, not the last one published.
+ */
+const SET_IF_LONGER = `local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return redis.call('PUBLISH', KEYS[2], ARGV[1])`;
 
 export interface RedisStateOptions {
   /** How often measurements are exchanged, ms. */
@@ -213,12 +223,9 @@ export class RedisState {
     const msg: OpenMessage = { id: upstreamId, ms: Math.ceil(ms), cause, origin: this.replicaId };
     const text = JSON.stringify(msg);
     this.#cmd
-      .multi()
-      .set(`${this.#prefix}breaker:${upstreamId}`, text, 'PX', msg.ms)
-      .publish(this.#channel, text)
-      .exec()
+      .eval(SET_IF_LONGER, 2, `${this.#prefix}breaker:${upstreamId}`, this.#channel, text, msg.ms)
       .catch(() => {
-        /* an outage: the others fall back to their own breakers */
+        /* an outage: the others fall back to their own breakers (and get this one at reconnect) */
       });
   }
 
@@ -314,13 +321,17 @@ export class RedisState {
     this.#hooks.adoptOpen(m.id, m.ms, m.cause);
   }
 
-  /** Connected (again): adopt the opens still running, exchange measurements at once. */
+  /**
+   * Connected (again): adopt the opens still running, share this replica's own (some may have opened while
+   * Redis was away), exchange measurements at once.
+   */
   #ready(): void {
     if (this.#reachable !== true) {
       this.#logger.info({ redis: this.#where }, 'shared state: connected to Redis');
       this.#reachable = true;
     }
     void this.#adoptRunningOpens();
+    for (const [id, ms, cause] of this.#hooks.openBreakers()) this.publishOpen(id, ms, cause);
     void this.sync();
   }
 

@@ -234,6 +234,37 @@ describe.skipIf(REDIS_SERVER === undefined)(
       await sleep(2_100); // let Redis wake before the next test
     });
 
+    it('an open made while Redis was away is shared once it is back; a shorter open never shortens a longer one', async () => {
+      const prefix = `t${++prefixes}:`;
+      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
+      const good = track(await startSimulator({ name: 'good' }));
+      const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
+      const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
+      const one = await replica(providers, routes, prefix);
+      await until('connected', () => one.gateway.shared.redis!.connected);
+      await redis.stop();
+      try {
+        expect((await chat(one)).headers['x-router-provider']).toBe('good'); // bad/m opens, Redis away
+        expect(one.gateway.shared.breakers.get('bad/m').state).toBe('open');
+      } finally {
+        await redis.start();
+      }
+      await until('reconnected', () => one.gateway.shared.redis!.connected, 8_000);
+      const raw = track(redisClient(redis.url));
+      for (let i = 0; i < 100 && (await raw.pttl(`${prefix}breaker:bad/m`)) <= 0; i++) await sleep(20);
+      expect(await raw.pttl(`${prefix}breaker:bad/m`)).toBeGreaterThan(25_000);
+      one.gateway.shared.redis!.publishOpen('bad/m', 1_000, 'errors');
+      await sleep(100);
+      expect(await raw.pttl(`${prefix}breaker:bad/m`)).toBeGreaterThan(25_000);
+      const late = await replica(providers, routes, prefix);
+      await until(
+        'the late replica to adopt it',
+        () => late.gateway.shared.breakers.get('bad/m').state === 'open',
+      );
+      expect(late.gateway.shared.breakers.get('bad/m').msUntilHalfOpen()).toBeGreaterThan(25_000);
+      expect(bad.requests).toHaveLength(1);
+    });
+
     it('serves on its own state when Redis cannot be reached, and never logs its password', async () => {
       const bad = track(await startSimulator({ name: 'bad', status: 500 }));
       const good = track(await startSimulator({ name: 'good' }));
