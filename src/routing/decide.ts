@@ -48,18 +48,17 @@ export function readRoutingHeaders(headers: IncomingHttpHeaders, rt: Runtime): R
 }
 
 /**
- * `x-router-tier` must name a tier this route serves (one with upstreams): a tier it lacks, or any tier on a
- * route without tiers, is the client's mistake, a 400 like any unknown header value, not a 503 to retry.
+ * `x-router-tier` on a tiered route must name a tier it serves (one with upstreams): another is the client's
+ * mistake, a 400 like any unknown header value, not a 503 to retry. A route without tiers has no tier to
+ * choose: the header is ignored there, as before, so a client may send it by default.
  */
 export function checkTierHeader(route: RouteRuntime, tier: TierName): void {
   const tiers = route.tiers;
-  if (tiers?.[tier]?.length) return;
-  const own = tiers ? TIER_NAMES.filter((t) => tiers[t]?.length) : [];
+  if (tiers === undefined || tiers[tier]?.length) return;
+  const own = TIER_NAMES.filter((t) => tiers[t]?.length);
   throw new GatewayError(
     'invalid_request',
-    own.length === 0
-      ? `x-router-tier: route \`${route.name}\` has no tiers`
-      : `x-router-tier: route \`${route.name}\` has no tier "${tier}" (one of ${own.join(', ')})`,
+    `x-router-tier: route \`${route.name}\` has no tier "${tier}" (${own.length > 0 ? `one of ${own.join(', ')}` : 'none has a live upstream'})`,
     { param: 'x-router-tier' },
   );
 }

@@ -75,19 +75,6 @@ describe('embeddings', () => {
     expect(e1.requests[0]!.headers.authorization).toBe('Bearer sk-e1');
   });
 
-  it('x-router-tier on an embeddings route without tiers is a 400 naming the header, as for chat', async () => {
-    const { e1, client } = await setup();
-    const err = await client.embeddings
-      .create({ model: 'embed', input: 'hello' }, { headers: { 'x-router-tier': 'fast' } })
-      .catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
-    expect((err as InstanceType<typeof OpenAI.BadRequestError>).error).toMatchObject({
-      type: 'invalid_request_error',
-      param: 'x-router-tier',
-    });
-    expect(e1.requests).toHaveLength(0);
-  });
-
   it('fails over when the first embedding upstream answers 500', async () => {
     const { e1, e2, client } = await setup();
     e1.set({ status: 500 });
