@@ -104,6 +104,21 @@ describe('openai adapter', () => {
     b.event(undefined, choice(0, 'stop'));
     b.close?.();
     expect(whole.ended()).toBe(true);
+    // Indexes past 30 (kept apart from the low ones) count the same way.
+    const wide = collect();
+    const w = openaiAdapter.streamTranslator(wide.sink, ctx);
+    w.event(undefined, choice(0, null));
+    w.event(undefined, choice(40, null));
+    w.event(undefined, choice(0, 'stop'));
+    w.close?.();
+    expect(wide.ended()).toBe(false);
+    const wideDone = collect();
+    const w2 = openaiAdapter.streamTranslator(wideDone.sink, ctx);
+    w2.event(undefined, choice(40, null));
+    w2.event(undefined, choice(3, 'stop'));
+    w2.event(undefined, choice(40, 'stop'));
+    w2.close?.();
+    expect(wideDone.ended()).toBe(true);
     const none = collect();
     const n = openaiAdapter.streamTranslator(none.sink, ctx);
     n.event(undefined, choice(0, null));
