@@ -92,7 +92,7 @@ export class Gateway {
     const stale = [
       ...restartOnly(old.loaded.config.server, loaded.config.server),
       ...passthroughRestartOnly(old.loaded.config, loaded.config),
-      ...(JSON.stringify(old.loaded.config.state) === JSON.stringify(loaded.config.state) ? [] : ['state']),
+      ...changedKeys(['state'] as const, old.loaded.config, loaded.config),
     ];
     if (stale.length > 0) {
       // Names only: some of these are secrets.

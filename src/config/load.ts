@@ -91,9 +91,8 @@ export function parseConfigText(
 
   const disabled = new Set<string>();
   const warnings: string[] = [];
-  for (const unset of substituted.unsetKeys) warnings.push(`${unset}: that key is empty`);
-  const unsetClientKey = substituted.unsetKeys.some((u) => u.startsWith('server.api_keys'));
-  if (unsetClientKey && !config.server.api_keys.some((k) => k !== ''))
+  warnings.push(...substituted.unsetKeys);
+  if (substituted.clientKeyUnset && !config.server.api_keys.some((k) => k !== ''))
     warnings.push('server.api_keys: no client key is set: client authentication is off');
   config.providers.forEach((p, i) => {
     if (p.api_key !== undefined && p.api_key.trim() === '') {
@@ -143,10 +142,12 @@ function substituteEnv(
   doc: unknown,
   env: Env,
   source: string | undefined,
-): { value: unknown; unsetKeys: string[] } {
+): { value: unknown; unsetKeys: string[]; clientKeyUnset: boolean } {
   let nodes = 0;
   const missing: string[] = [];
+  /** Warnings: client or admin keys whose variable is unset (they are empty). */
   const unsetKeys: string[] = [];
+  let clientKeyUnset = false;
   const walk = (node: unknown, path: PropertyKey[]): unknown => {
     if (++nodes > MAX_NODES) {
       throw new ConfigError([`config expands to more than ${MAX_NODES} nodes (YAML aliases?)`], source);
@@ -163,9 +164,10 @@ function substituteEnv(
         // provider is then disabled), and the client and admin keys (SPEC §3: `api_keys:
         // ["${GATEWAY_API_KEY}"]`, "empty or absent: no client auth"), which are then said in a warning.
         if (value === undefined) {
-          if (isServerKey(path))
-            unsetKeys.push(`${formatPath(path)}: environment variable ${name} is not set`);
-          else if (!isProviderApiKey(path))
+          if (isServerKey(path)) {
+            unsetKeys.push(`${formatPath(path)}: environment variable ${name} is not set: that key is empty`);
+            if (path[1] === 'api_keys') clientKeyUnset = true;
+          } else if (!isProviderApiKey(path))
             missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
         }
         return '';
@@ -188,7 +190,7 @@ function substituteEnv(
   };
   const value = walk(doc, []);
   if (missing.length > 0) throw new ConfigError(missing, source);
-  return { value, unsetKeys };
+  return { value, unsetKeys, clientKeyUnset };
 }
 
 /** `server.api_keys[i]` and `server.admin_key`: keys whose absence switches their check off. */

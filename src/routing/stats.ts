@@ -62,7 +62,10 @@ export interface SharedStats {
 /** The samples a side of a blend counts for at most: past it, this replica's own view weighs as much. */
 const BLEND_CAP = 10;
 
-function blend(local: number, localN: number, remote: number, remoteN: number): number {
+/** One figure from this replica's and the others' estimates, each weighed by its (capped) samples. */
+function blend(local: number, localN: number, remote: number, remoteN: number): number | undefined {
+  if (remoteN === 0) return localN > 0 ? local : undefined;
+  if (localN === 0) return remote;
   const a = Math.min(localN, BLEND_CAP);
   const b = Math.min(remoteN, BLEND_CAP);
   return (local * a + remote * b) / (a + b);
@@ -148,27 +151,23 @@ export class UpstreamStats implements UpstreamStatsView {
    */
   get ttftMs(): number | undefined {
     const r = this.#remote;
-    if (r === undefined || r.samples === 0) return this.#samples === 0 ? undefined : this.#localTtft();
-    if (this.#samples === 0) return r.ttftMs;
-    return blend(this.#localTtft(), this.#samples, r.ttftMs, r.samples);
+    const local = this.#samples > 0 ? this.#localTtft() : 0;
+    return blend(local, this.#samples, r?.ttftMs ?? 0, r?.samples ?? 0);
   }
 
   get latencyMs(): number | undefined {
     const r = this.#remote;
-    if (r === undefined || r.samples === 0) return this.#samples > 0 ? this.#latency : undefined;
-    return blend(this.#latency, this.#samples, r.latencyMs, r.samples);
+    return blend(this.#latency, this.#samples, r?.latencyMs ?? 0, r?.samples ?? 0);
   }
 
   get tokensPerSec(): number | undefined {
     const r = this.#remote;
-    if (r === undefined || r.tpsSamples === 0) return this.#tpsSamples > 0 ? this.#tps : undefined;
-    return blend(this.#tps, this.#tpsSamples, r.tokensPerSec, r.tpsSamples);
+    return blend(this.#tps, this.#tpsSamples, r?.tokensPerSec ?? 0, r?.tpsSamples ?? 0);
   }
 
   get meanOutputTokens(): number | undefined {
     const r = this.#remote;
-    if (r === undefined || r.outSamples === 0) return this.#outSamples > 0 ? this.#meanOut : undefined;
-    return blend(this.#meanOut, this.#outSamples, r.meanOutputTokens, r.outSamples);
+    return blend(this.#meanOut, this.#outSamples, r?.meanOutputTokens ?? 0, r?.outSamples ?? 0);
   }
 
   get successRate(): number {

@@ -17,6 +17,7 @@ import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import type { TripCause } from '../resilience/breaker.js';
 import type { SharedStats } from '../routing/stats.js';
+import { parseJsonObject } from '../upstream/adapters/common.js';
 
 export interface RedisStateConfig {
   readonly url: string;
@@ -86,30 +87,27 @@ function isFiniteNonNegative(x: unknown): x is number {
   return typeof x === 'number' && Number.isFinite(x) && x >= 0;
 }
 
+/** Every number a replica publishes of an upstream (its timestamp `at` apart). */
+const FIGURES: readonly (keyof SharedStats)[] = [
+  'samples',
+  'ttftMs',
+  'latencyMs',
+  'tpsSamples',
+  'tokensPerSec',
+  'outSamples',
+  'meanOutputTokens',
+  'okWeight',
+  'failWeight',
+  'lastSampleAgeMs',
+];
+
 /** A replica's published measurements, or undefined for anything malformed (Redis is shared: trust nothing). */
 function parsePublished(text: string): Published | undefined {
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (v === null || typeof v !== 'object') return undefined;
-  const p = v as Record<string, unknown>;
-  const keys = [
-    'samples',
-    'ttftMs',
-    'latencyMs',
-    'tpsSamples',
-    'tokensPerSec',
-    'outSamples',
-    'meanOutputTokens',
-    'okWeight',
-    'failWeight',
-    'lastSampleAgeMs',
-    'at',
-  ];
-  const sane = keys.every((k) => isFiniteNonNegative(p[k]) && (k === 'at' || (p[k] as number) <= MAX_FIGURE));
+  const p = parseJsonObject(text);
+  if (p === undefined) return undefined;
+  const sane =
+    FIGURES.every((k) => isFiniteNonNegative(p[k]) && (p[k] as number) <= MAX_FIGURE) &&
+    isFiniteNonNegative(p.at);
   return sane ? (p as unknown as Published) : undefined;
 }
 
@@ -238,16 +236,15 @@ export class RedisState {
     const pending = this.#pendingTurns.get(route) ?? 0;
     if (pending >= MAX_PENDING_TURNS) return;
     this.#pendingTurns.set(route, pending + 1);
+    /** This turn is answered: the turns still waiting after it. */
+    const answered = (): number => {
+      const left = (this.#pendingTurns.get(route) ?? 1) - 1;
+      this.#pendingTurns.set(route, left);
+      return left;
+    };
     this.#cmd.incr(`${this.#prefix}rr:${route}`).then(
-      (count) => {
-        const pending = (this.#pendingTurns.get(route) ?? 1) - 1;
-        this.#pendingTurns.set(route, pending);
-        apply(count + pending);
-      },
-      () => {
-        const pending = (this.#pendingTurns.get(route) ?? 1) - 1;
-        this.#pendingTurns.set(route, pending);
-      },
+      (count) => apply(count + answered()),
+      () => void answered(),
     );
   }
 
@@ -256,7 +253,7 @@ export class RedisState {
     if (this.#syncing || this.#closed) return;
     const ids: string[] = [];
     if (!this.connected) {
-      for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
+      this.#dropRemote();
       return;
     }
     this.#syncing = true;
@@ -310,15 +307,15 @@ export class RedisState {
   }
 
   #onOpenMessage(text: string): void {
-    let m: Partial<OpenMessage>;
-    try {
-      m = JSON.parse(text) as Partial<OpenMessage>;
-    } catch {
-      return;
-    }
+    const m = parseJsonObject(text);
+    if (m) this.#adopt(m, m.ms);
+  }
+
+  /** Another replica's open (a message, or a key read with `ms` its time left), checked before it is applied. */
+  #adopt(m: Partial<Record<keyof OpenMessage, unknown>>, ms: unknown): void {
     if (m.origin === this.replicaId || typeof m.id !== 'string') return;
-    if (!isFiniteNonNegative(m.ms) || typeof m.cause !== 'string' || !TRIP_CAUSES.has(m.cause)) return;
-    this.#hooks.adoptOpen(m.id, m.ms, m.cause);
+    if (!isFiniteNonNegative(ms) || typeof m.cause !== 'string' || !TRIP_CAUSES.has(m.cause)) return;
+    this.#hooks.adoptOpen(m.id, ms, m.cause as TripCause);
   }
 
   /**
@@ -355,8 +352,8 @@ export class RedisState {
           [Error | null, string | null],
           [Error | null, number],
         ];
-        if (typeof text === 'string' && ttl > 0)
-          this.#onOpenMessage(JSON.stringify({ ...safeParse(text), ms: ttl }));
+        const m = typeof text === 'string' && ttl > 0 ? parseJsonObject(text) : undefined;
+        if (m) this.#adopt(m, ttl);
       }
     } catch {
       /* an outage mid-way: the next reconnect tries again */
@@ -370,6 +367,11 @@ export class RedisState {
       { redis: this.#where, error: err?.message },
       "shared state: Redis unreachable; serving on this replica's own breakers and statistics until it is back",
     );
+    this.#dropRemote();
+  }
+
+  /** Local state only: the other replicas' view is forgotten until Redis answers again. */
+  #dropRemote(): void {
     for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
   }
 }
@@ -377,13 +379,4 @@ export class RedisState {
 /** `text` as a literal inside a Redis glob pattern (a key prefix may hold `*`, `?`, `[`). */
 function globEscaped(text: string): string {
   return text.replace(/[*?[\]\\]/g, '\\$&');
-}
-
-function safeParse(text: string): Record<string, unknown> {
-  try {
-    const v: unknown = JSON.parse(text);
-    return v !== null && typeof v === 'object' ? (v as Record<string, unknown>) : {};
-  } catch {
-    return {};
-  }
 }

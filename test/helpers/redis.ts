@@ -42,7 +42,8 @@ function waitForPort(port: number, timeoutMs: number): Promise<void> {
   });
 }
 
-async function freePort(): Promise<number> {
+/** A loopback port free when asked (nothing listens on it after). */
+export async function freePort(): Promise<number> {
   const srv = createServer();
   await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
   const addr = srv.address();

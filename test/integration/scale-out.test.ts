@@ -1,10 +1,16 @@
-import { createServer, type AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
-import { REDIS_MISSING, REDIS_SERVER, redisClient, startRedis, type TestRedis } from '../helpers/redis.js';
+import {
+  REDIS_MISSING,
+  REDIS_SERVER,
+  freePort,
+  redisClient,
+  startRedis,
+  type TestRedis,
+} from '../helpers/redis.js';
 
 const track = closeAfterEach();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -29,13 +35,16 @@ async function chat(gw: TestGateway, model = 'r') {
 
 let prefixes = 0;
 
-/** A loopback port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const addr = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return addr.port;
+/** `bad` answering 500 and `good` after it, both on model m, with route r trying bad first. */
+async function failingThenGood() {
+  const bad = track(await startSimulator({ name: 'bad', status: 500 }));
+  const good = track(await startSimulator({ name: 'good' }));
+  return {
+    bad,
+    good,
+    providers: [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])],
+    routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
+  };
 }
 
 const TITLE = 'state.backend redis: replicas share state (SPEC §7)';
@@ -71,10 +80,7 @@ describe.skipIf(REDIS_SERVER === undefined)(
 
     it('a breaker one replica opens is open on the others, and on a replica that starts later', async () => {
       const prefix = `t${++prefixes}:`;
-      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
-      const good = track(await startSimulator({ name: 'good' }));
-      const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
-      const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
+      const { bad, providers, routes } = await failingThenGood();
       const one = await replica(providers, routes, prefix);
       const two = await replica(providers, routes, prefix);
       await until(
@@ -198,10 +204,7 @@ describe.skipIf(REDIS_SERVER === undefined)(
 
     it('a replica started while Redis is down subscribes once it is back, and closes at once on a stalled Redis', async () => {
       const prefix = `t${++prefixes}:`;
-      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
-      const good = track(await startSimulator({ name: 'good' }));
-      const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
-      const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
+      const { providers, routes } = await failingThenGood();
       await redis.stop();
       let early: TestGateway;
       try {
@@ -236,10 +239,7 @@ describe.skipIf(REDIS_SERVER === undefined)(
 
     it('an open made while Redis was away is shared once it is back; a shorter open never shortens a longer one', async () => {
       const prefix = `t${++prefixes}:`;
-      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
-      const good = track(await startSimulator({ name: 'good' }));
-      const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
-      const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
+      const { bad, providers, routes } = await failingThenGood();
       const one = await replica(providers, routes, prefix);
       await until('connected', () => one.gateway.shared.redis!.connected);
       await redis.stop();
@@ -266,14 +266,13 @@ describe.skipIf(REDIS_SERVER === undefined)(
     });
 
     it('serves on its own state when Redis cannot be reached, and never logs its password', async () => {
-      const bad = track(await startSimulator({ name: 'bad', status: 500 }));
-      const good = track(await startSimulator({ name: 'good' }));
-      const nothing = await closedPort();
+      const { providers, routes } = await failingThenGood();
+      const nothing = await freePort();
       const gw = track(
         await startGateway(
           {
-            providers: [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])],
-            routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
+            providers,
+            routes,
             circuit_breaker: { failure_threshold: 1, open_ms: 30_000 },
             state: { backend: 'redis', url: `redis://:s3cret-pw@127.0.0.1:${nothing}` },
           },
