@@ -68,7 +68,9 @@ export function authHook(gateway: Gateway) {
     if (route === '/healthz' || route === '/readyz') return;
     const rt = gateway.runtime;
     if (route === '/metrics' && !rt.loaded.config.server.metrics_auth) return;
-    if (route === '/metrics' || route?.startsWith('/router/')) {
+    // A path no route matched (route undefined) under /router/ is gated too: without the admin key,
+    // /router/anything is a 401, never a 404 that tells which admin paths exist. Stricter only.
+    if (route === '/metrics' || (route ?? req.url).startsWith('/router')) {
       // Either header may carry it: a client that always sends its own Bearer key can add x-admin-key.
       if (
         rt.adminKeys.enabled &&

@@ -124,6 +124,11 @@ describe('the admin key (server.admin_key)', () => {
         ['GET', '/router/status'],
         ['POST', '/router/explain'],
         ['GET', `/router/status?admin_key=${ADMIN_KEY}`],
+        // Paths no route serves, and a wrong method: a 401 too, never a 404 that maps the admin API.
+        ['GET', '/router/nope'],
+        ['GET', '/router'],
+        ['DELETE', '/router/status'],
+        ['GET', '/router/%73tatus'],
       ] as const) {
         const r = await call(method, path, headers);
         const what = `${method} ${path} ${JSON.stringify(headers)}`;
