@@ -104,7 +104,7 @@ export class SharedState {
     readonly now: () => number,
   ) {
     this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t) => {
-      this.onTransition?.(id, t.to, t.cause);
+      if (t.from !== t.to) this.onTransition?.(id, t.to, t.cause);
       if (t.to === 'open' && !this.#adopting) this.redis?.publishOpen(id, t.openMs, t.cause ?? 'errors');
     });
   }

@@ -10,7 +10,10 @@ export interface BreakerTransition {
   from: BreakerState;
   to: BreakerState;
   cause: TripCause | undefined;
-  /** `to: 'open'`: how long this open lasts. Otherwise: the open duration the next fault would get. */
+  /**
+   * `to: 'open'`: how long this open lasts. Otherwise: the open duration the next fault would get.
+   * `from` and `to` both 'open': not a transition, a running open extended (a later Retry-After).
+   */
   openMs: number;
 }
 
@@ -122,6 +125,8 @@ export class CircuitBreaker {
       if (until > this.#openUntil) {
         this.#openUntil = until;
         this.#cause = 'rate_limit';
+        // Not a transition (metrics and log skip open -> open), but other replicas must hear of it.
+        this.#emit('open', 'open', 'rate_limit', retryAfterMs);
       }
       return;
     }

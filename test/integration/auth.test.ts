@@ -23,7 +23,7 @@ async function setup(server: Record<string, unknown>) {
   return sim;
 }
 
-async function call(method: 'GET' | 'POST', path: string, headers: Record<string, string> = {}) {
+async function call(method: 'GET' | 'POST' | 'DELETE', path: string, headers: Record<string, string> = {}) {
   const body =
     method === 'POST'
       ? JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] })

@@ -115,6 +115,21 @@ describe.skipIf(REDIS_SERVER === undefined)(
       );
       expect((await chat(late)).headers['x-router-provider']).toBe('good');
       expect(bad.requests).toHaveLength(1);
+
+      // A later Retry-After that extends the running open (a 429 from a request that started before it) is
+      // shared too; the metrics count no new transition.
+      one.gateway.shared.breakers.get('bad/m').onRateLimit('normal', 120_000);
+      await until(
+        'the extension to reach the others',
+        () =>
+          two.gateway.shared.breakers.get('bad/m').msUntilHalfOpen() > 100_000 &&
+          late.gateway.shared.breakers.get('bad/m').msUntilHalfOpen() > 100_000,
+      );
+      expect(two.gateway.shared.breakers.get('bad/m').snapshot().tripCause).toBe('rate_limit');
+      const metrics = await (await request(`${one.url}/metrics`)).body.text();
+      expect(metrics).toMatch(
+        /llm_router_circuit_transitions_total\{[^}]*provider="bad"[^}]*to="open"[^}]*\} 1\n/,
+      );
     });
 
     it("a replica that has served nothing ranks by the others' statistics", async () => {
