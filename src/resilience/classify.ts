@@ -65,6 +65,7 @@ const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
   ['ERR_BUFFER_TOO_LARGE', classified('error', true, 'body_too_large')],
   ['stream_ended_before_content', classified('error', true, 'stream_ended_before_content')],
   ['stream_error_event', classified('error', true, 'stream_error_event')],
+  ['sse_event_too_large', classified('error', true, 'sse_event_too_large')],
 ]);
 
 // An abort we did not label ourselves comes from the request's AbortSignal.timeout (client aborts are

@@ -14,10 +14,33 @@ export interface SseParser {
 
 const BOM = 0xfeff;
 
-export function createSseParser(onEvent: (type: string | undefined, data: string) => void): SseParser {
+/**
+ * The most characters one event (its unfinished line plus the data lines gathered for it) may hold. Chat
+ * chunks are deltas of a few hundred bytes; a whole long answer in one event stays far below this. Without a
+ * bound, an upstream that never ends a line would grow the gateway's memory for as long as it sends.
+ */
+export const MAX_SSE_EVENT_CHARS = 4 * 1024 * 1024;
+
+/** Thrown from `feed()` when an event outgrows MAX_SSE_EVENT_CHARS; classified `sse_event_too_large`. */
+function eventTooLarge(): Error {
+  return Object.assign(
+    new Error(`an upstream SSE event exceeded ${MAX_SSE_EVENT_CHARS} characters without ending`),
+    { code: 'sse_event_too_large' },
+  );
+}
+
+export function createSseParser(
+  onEvent: (type: string | undefined, data: string) => void,
+  maxEventChars = MAX_SSE_EVENT_CHARS,
+): SseParser {
   const decoder = new StringDecoder('utf8');
   const parser: EventSourceParser = createParser({
     onEvent: (msg) => onEvent(msg.event, msg.data),
+    maxBufferSize: maxEventChars,
+    // Other parse errors (a bad `retry:`, an unknown field) are ignored, as the SSE rules say.
+    onError: (err) => {
+      if (err.type === 'max-buffer-size-exceeded') throw eventTooLarge();
+    },
   });
   let first = true;
   return {

@@ -337,7 +337,7 @@ export function relayChunks(
         verdict = onChunk(chunk);
       } catch (err) {
         finish(err as Error);
-        body.destroy();
+        discard(body);
         return;
       }
       if (verdict === undefined) return;
@@ -351,7 +351,7 @@ export function relayChunks(
         },
         (err: Error) => {
           finish(err);
-          body.destroy();
+          discard(body);
         },
       );
     };
@@ -367,6 +367,15 @@ export function relayChunks(
 }
 
 const ignore = (): void => {};
+
+/**
+ * Drops a body we stopped listening to. Destroyed before its end, undici's body emits an AbortError: with
+ * no listener left that would be an uncaught exception.
+ */
+function discard(body: Readable): void {
+  body.on('error', ignore);
+  body.destroy();
+}
 
 /** Reads and drops what is left of a body for up to `ms`, then gives up on the connection. */
 function drainRest(body: Readable, ms: number): void {

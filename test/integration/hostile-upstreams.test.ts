@@ -135,6 +135,40 @@ describe('a stream that ends without [DONE]', () => {
   const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
     `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
 
+  it('an event that never ends is cut at its bound: failed over before content, an error event after', async () => {
+    const endless = (s: ServerResponse, first: string): void => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      s.write(first);
+      s.write('data: {"id":"c","choices":[{"index":0,"delta":{"content":"');
+      const kib = 'a'.repeat(64 * 1024);
+      let sent = 0;
+      // Paced by back-pressure; stops when the gateway drops the connection (or after 64 MiB, as a bound).
+      const more = (): void => {
+        while (!s.destroyed && sent < 1024) {
+          sent++;
+          if (!s.write(kib)) return void s.once('drain', more);
+        }
+        s.end();
+      };
+      more();
+    };
+    const before = await rawUpstream((_q, s) => endless(s, chunk({ role: 'assistant', content: '' })));
+    const early = await setup(before.url, true);
+    expect(early.res.statusCode).toBe(200);
+    expect(early.res.headers['x-router-trail']).toBe('bad/m=sse_event_too_large');
+    expect(early.res.headers['x-router-provider']).toBe('good');
+    expect(early.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+
+    const after = await rawUpstream((_q, s) => endless(s, chunk({ content: 'Begun, ' })));
+    const late = await setup(after.url, true);
+    expect(late.res.statusCode).toBe(200);
+    expect(late.text).toContain('Begun, ');
+    expect(late.text).toContain('"code":"stream_interrupted"');
+    expect(late.text).toContain('sse_event_too_large');
+    expect(late.text).not.toContain('aaaa');
+    expect(late.text).not.toContain('[DONE]');
+  });
+
   it('after its finish_reason is a finished answer (some compatible servers omit [DONE])', async () => {
     const up = await rawUpstream((_q, s) => {
       s.writeHead(200, { 'content-type': 'text/event-stream' });

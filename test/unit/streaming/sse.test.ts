@@ -20,6 +20,26 @@ describe('SSE parser', () => {
       expect(got, `cut at ${cut}`).toEqual(expected);
     }
   });
+  it('refuses an event that outgrows its bound (a line never ended, or data lines never closed)', () => {
+    for (const feeds of [
+      ['data: {"x":"', 'a'.repeat(60), 'a'.repeat(60)], // one line without its end
+      ['data: a\n', 'data: b\n'.repeat(60)], // data lines without the blank line that ends the event
+    ]) {
+      const got: string[] = [];
+      const p = createSseParser((_t, data) => got.push(data), 100);
+      const feedAll = (): void => {
+        for (const f of feeds) p.feed(f);
+      };
+      expect(feedAll).toThrow(expect.objectContaining({ code: 'sse_event_too_large' }));
+      expect(got).toEqual([]);
+    }
+    // Many events, each within the bound, are fine however many there are; so is a bad `retry:` line.
+    const got: string[] = [];
+    const p = createSseParser((_t, data) => got.push(data), 100);
+    for (let i = 0; i < 50; i++) p.feed(`retry: soon\ndata: ${'x'.repeat(80)}\n\n`);
+    expect(got).toHaveLength(50);
+  });
+
   it('ignores a byte order mark before the first line, however the bytes are split', () => {
     const bytes = Buffer.from('\uFEFFdata: {"a":1}\n\ndata: [DONE]\n\n');
     for (let cut = 0; cut <= 4; cut++) {
