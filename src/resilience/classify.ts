@@ -66,6 +66,7 @@ const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
   ['stream_ended_before_content', classified('error', true, 'stream_ended_before_content')],
   ['stream_error_event', classified('error', true, 'stream_error_event')],
   ['sse_event_too_large', classified('error', true, 'sse_event_too_large')],
+  ['preamble_too_large', classified('error', true, 'preamble_too_large')],
 ]);
 
 // An abort we did not label ourselves comes from the request's AbortSignal.timeout (client aborts are

@@ -24,6 +24,18 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
 const DRAIN_AFTER_END_MS = 1_000;
 /** A non-streaming answer larger than this is refused rather than buffered. */
 const MAX_JSON_BODY_BYTES = 64 * 1024 * 1024;
+/**
+ * Frames held back before a stream's first content delta (a role chunk, a usage-less `message_start`) are a
+ * few hundred bytes. An upstream that sends only such frames would otherwise grow this buffer for as long as
+ * it keeps sending (up to `total_ms`).
+ */
+const MAX_PREAMBLE_CHARS = 1024 * 1024;
+
+function preambleTooLarge(): Error {
+  return Object.assign(new Error(`more than ${MAX_PREAMBLE_CHARS} characters of frames before any content`), {
+    code: 'preamble_too_large',
+  });
+}
 
 export interface AttemptTiming {
   /** From sending the request to the first content token (streams) or the whole answer (JSON). */
@@ -279,6 +291,7 @@ export async function attemptStream(
           pending = '';
         } else {
           pending += frame;
+          if (pending.length > MAX_PREAMBLE_CHARS) throw preambleTooLarge();
         }
         if (content) contentChunks++;
       },

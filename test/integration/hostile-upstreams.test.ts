@@ -169,6 +169,28 @@ describe('a stream that ends without [DONE]', () => {
     expect(late.text).not.toContain('[DONE]');
   });
 
+  it('frames without content, endlessly, are cut at their bound and failed over', async () => {
+    const up = await rawUpstream((_q, s) => {
+      s.writeHead(200, { 'content-type': 'text/event-stream' });
+      const roleOnly = chunk({ role: 'assistant' }).repeat(256);
+      let sent = 0;
+      // Paced by back-pressure; stops when the gateway drops the connection (or after ~80 MB, as a bound).
+      const more = (): void => {
+        while (!s.destroyed && sent < 2_000) {
+          sent++;
+          if (!s.write(roleOnly)) return void s.once('drain', more);
+        }
+        s.end();
+      };
+      more();
+    });
+    const { res, text } = await setup(up.url, true);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-router-trail']).toBe('bad/m=preamble_too_large');
+    expect(res.headers['x-router-provider']).toBe('good');
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+  });
+
   it('after its finish_reason is a finished answer (some compatible servers omit [DONE])', async () => {
     const up = await rawUpstream((_q, s) => {
       s.writeHead(200, { 'content-type': 'text/event-stream' });
