@@ -54,6 +54,11 @@ export type AnswerText =
   | { readonly body: string; readonly usage: Usage | undefined; readonly error?: undefined }
   | { readonly body?: undefined; readonly usage?: undefined; readonly error: UpstreamErrorInfo };
 
+/** A 2xx answer parsed: the OpenAI body and its usage, or the error an upstream sent instead (as above). */
+export type AnswerJson =
+  | { readonly body: unknown; readonly usage: Usage | undefined; readonly error?: undefined }
+  | { readonly body?: undefined; readonly usage?: undefined; readonly error: UpstreamErrorInfo };
+
 export interface ChunkSink {
   /**
    * One OpenAI `chat.completion.chunk`, as JSON text ready to relay after `data: `. `content` is true when
@@ -88,8 +93,11 @@ export interface ChatAdapter {
   readonly kind: 'openai' | 'anthropic';
   /** The upstream request for a chat completion; `model` is the upstream's own model name. */
   chatRequest(body: ChatBody, model: string, provider: AdapterProvider): PreparedRequest;
-  /** A successful non-streaming upstream JSON answer, as an OpenAI `chat.completion` object. */
-  chatResponse(json: unknown, ctx: StreamContext): { body: unknown; usage: Usage | undefined };
+  /**
+   * A successful non-streaming upstream JSON answer, as an OpenAI `chat.completion` object; or the error
+   * an upstream sent with its 200 instead of an answer (failed over like the same error in a stream).
+   */
+  chatResponse(json: unknown, ctx: StreamContext): AnswerJson;
   /**
    * Optional fast path for a dialect relayed as it is: the answer's text to send and its usage, without
    * parsing the whole body; `undefined` when the text is not a JSON object (the attempt then fails over).

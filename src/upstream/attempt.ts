@@ -238,6 +238,7 @@ export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
     const json = parseJsonObject(text);
     if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
     const out = adapter.chatResponse(json, input.stream);
+    if (out.error) return { error: out.error };
     return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
   });
 }

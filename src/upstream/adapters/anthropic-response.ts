@@ -1,4 +1,4 @@
-import type { StreamContext, UpstreamErrorInfo, Usage } from '../adapter.js';
+import type { AnswerJson, StreamContext, UpstreamErrorInfo, Usage } from '../adapter.js';
 import {
   asCount,
   asString,
@@ -38,12 +38,13 @@ export interface AnthropicTokens {
 
 export function readTokens(usage: unknown, into: AnthropicTokens): void {
   if (!isObject(usage)) return;
-  // message_delta repeats only the counts it updates; keep the others.
-  if (usage.input_tokens !== undefined) into.input = asCount(usage.input_tokens);
-  if (usage.cache_creation_input_tokens !== undefined)
+  // message_delta repeats only the counts it updates, and its input counts are nullable: keep the others.
+  if (typeof usage.input_tokens === 'number') into.input = asCount(usage.input_tokens);
+  if (typeof usage.cache_creation_input_tokens === 'number')
     into.cacheCreation = asCount(usage.cache_creation_input_tokens);
-  if (usage.cache_read_input_tokens !== undefined) into.cacheRead = asCount(usage.cache_read_input_tokens);
-  if (usage.output_tokens !== undefined) into.output = asCount(usage.output_tokens);
+  if (typeof usage.cache_read_input_tokens === 'number')
+    into.cacheRead = asCount(usage.cache_read_input_tokens);
+  if (typeof usage.output_tokens === 'number') into.output = asCount(usage.output_tokens);
 }
 
 export function toOpenAiUsage(t: AnthropicTokens): Usage {
@@ -61,11 +62,15 @@ export function completionIdFor(messageId: unknown): string {
   return id ? `chatcmpl-${id}` : newCompletionId();
 }
 
-export function anthropicChatResponse(
-  json: unknown,
-  ctx: StreamContext,
-): { body: unknown; usage: Usage | undefined } {
+export function anthropicChatResponse(json: unknown, ctx: StreamContext): AnswerJson {
   const msg: JsonObject = isObject(json) ? json : {};
+  // An error body sent with a 200 (some proxies do): not an empty answer, a failure to fail over from.
+  if (msg.type === 'error' || (isObject(msg.error) && msg.content === undefined)) {
+    const err = isObject(msg.error) ? msg.error : {};
+    const type = asString(err.type);
+    const message = asString(err.message) || 'upstream answered 200 with an error';
+    return { error: anthropicError(statusForErrorType(type), type, truncateMessage(message)) };
+  }
   let text = '';
   const toolCalls: JsonObject[] = [];
   if (Array.isArray(msg.content)) {

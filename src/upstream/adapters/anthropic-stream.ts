@@ -18,18 +18,28 @@ import {
   type AnthropicTokens,
 } from './anthropic-response.js';
 
+interface ToolBlock {
+  /** Its OpenAI tool_calls index. */
+  readonly index: number;
+  argumentsSent: boolean;
+  /** The start block's `input`: `{}` from Anthropic, the whole input from some compatible servers. */
+  readonly input: unknown;
+}
+
 /**
  * Anthropic Messages SSE events -> OpenAI `chat.completion.chunk`s, one chunk out per meaningful event in,
  * as they arrive. The role chunk (message_start) and the finish chunk are not content; text, a tool call's
- * start and its argument fragments are (the stream commits there). Empty deltas, pings, block stops and
- * thinking deltas produce nothing; data that is not a JSON object is dropped.
+ * start and its argument fragments are (the stream commits there). Empty deltas, pings, text block stops and
+ * thinking deltas produce nothing; data that is not a JSON object is dropped. Anthropic may send several
+ * message_delta events; only the first with a stop_reason gives the finish chunk (OpenAI sends one).
  */
 export class AnthropicStreamTranslator implements StreamTranslator {
   private encoder: ChunkEncoder | undefined;
-  /** Anthropic content-block index -> OpenAI tool_calls index (tool blocks only, counted from 0). */
-  private readonly toolIndexByBlock = new Map<number, number>();
+  /** Anthropic content-block index -> its OpenAI tool call (tool blocks only, counted from 0). */
+  private readonly toolByBlock = new Map<number, ToolBlock>();
   private readonly tokens: AnthropicTokens = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 };
   private usageReported = false;
+  private finishSent = false;
   private done = false;
 
   constructor(
@@ -57,6 +67,9 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       case 'content_block_delta':
         this.onBlockDelta(msg.index, msg.delta);
         return;
+      case 'content_block_stop':
+        this.onBlockStop(msg.index);
+        return;
       case 'message_delta':
         this.onMessageDelta(msg);
         return;
@@ -69,7 +82,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
         return;
       }
       default:
-        // ping, content_block_stop and event types newer than this code.
+        // ping and event types newer than this code.
         return;
     }
   }
@@ -98,8 +111,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       return;
     }
     if (block.type !== 'tool_use' || typeof index !== 'number') return;
-    const k = this.toolIndexByBlock.size;
-    this.toolIndexByBlock.set(index, k);
+    const k = this.toolByBlock.size;
+    this.toolByBlock.set(index, { index: k, argumentsSent: false, input: block.input });
     const call = {
       index: k,
       id: asString(block.id) ?? '',
@@ -116,10 +129,27 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       return;
     }
     if (delta.type !== 'input_json_delta' || typeof index !== 'number') return;
-    const k = this.toolIndexByBlock.get(index);
+    const tool = this.toolByBlock.get(index);
     const part = delta.partial_json;
     // Fragments of server-tool blocks (no entry) and empty fragments carry nothing for the client.
-    if (k === undefined || typeof part !== 'string' || part === '') return;
+    if (tool === undefined || typeof part !== 'string' || part === '') return;
+    tool.argumentsSent = true;
+    this.arguments(tool.index, part);
+  }
+
+  /**
+   * A tool call that got no argument fragments (a tool without parameters streams `partial_json: ""`) gets
+   * its start block's input, `{}` at least: OpenAI never ends a call with empty `arguments`, and clients
+   * JSON.parse them.
+   */
+  private onBlockStop(index: unknown): void {
+    const tool = typeof index === 'number' ? this.toolByBlock.get(index) : undefined;
+    if (tool === undefined || tool.argumentsSent) return;
+    tool.argumentsSent = true;
+    this.arguments(tool.index, JSON.stringify(isObject(tool.input) ? tool.input : {}));
+  }
+
+  private arguments(k: number, part: string): void {
     this.sink.chunk(
       this.enc().choice({ tool_calls: [{ index: k, function: { arguments: part } }] }, null),
       true,
@@ -133,7 +163,10 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private onMessageDelta(msg: JsonObject): void {
     const delta = isObject(msg.delta) ? msg.delta : {};
     readTokens(msg.usage, this.tokens);
-    this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), false);
+    if (!this.finishSent && typeof delta.stop_reason === 'string') {
+      this.finishSent = true;
+      this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), false);
+    }
     this.usageReported = true;
     this.sink.usage(toOpenAiUsage(this.tokens));
   }
@@ -141,6 +174,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private onMessageStop(): void {
     this.done = true;
     const usage = toOpenAiUsage(this.tokens);
+    // A stream that never said why it stopped still ends with a finish_reason, as OpenAI's always do.
+    if (!this.finishSent) this.sink.chunk(this.enc().choice({}, 'stop'), false);
     if (!this.usageReported) this.sink.usage(usage);
     if (this.ctx.includeUsage) this.sink.chunk(this.enc().usage(usage), false);
     this.sink.end();
