@@ -46,6 +46,7 @@ const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
   ['UND_ERR_SOCKET', classified('error', true, 'socket_error')],
   ['UND_ERR_CLOSED', classified('error', true, 'socket_error')],
   ['UND_ERR_ABORTED', classified('timeout', true, 'total_timeout')],
+  ['UND_ERR_HEADERS_OVERFLOW', classified('error', true, 'headers_too_large')],
   // Node / OS
   ['ECONNREFUSED', classified('error', true, 'connect_refused')],
   ['ENOTFOUND', classified('error', true, 'dns_failure')],

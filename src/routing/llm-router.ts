@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { TIER_SET, type TierName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
 import { recordUsage } from '../http/report.js';
+import { closingBrace } from '../json-scan.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
@@ -106,24 +107,27 @@ const BARE_TIER = /^\W*(fast|balanced|deep)\W*$/i;
 export function parseRouterAnswer(text: string): { tier: TierName; reason: string } | undefined {
   if (typeof text !== 'string' || text.length === 0) return undefined;
   const s = text.length > 4_000 ? text.slice(0, 4_000) : text;
+  // One candidate per `{`: the object its matching `}` closes. Trying every `}` after it instead (every pair
+  // of braces, each parse reading up to the whole text) let an answer of 4,000 nested braces block the
+  // event loop for seconds.
   for (let start = s.indexOf('{'); start >= 0; start = s.indexOf('{', start + 1)) {
-    for (let end = s.lastIndexOf('}'); end > start; end = s.lastIndexOf('}', end - 1)) {
-      let obj: unknown;
-      try {
-        obj = JSON.parse(s.slice(start, end + 1));
-      } catch {
-        continue;
-      }
-      if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) continue;
-      const rec = obj as Record<string, unknown>;
-      const key = Object.keys(rec).find((k) => k.toLowerCase() === 'tier');
-      const tier = key === undefined ? undefined : rec[key];
-      if (typeof tier === 'string' && TIER_SET.has(tier.trim().toLowerCase())) {
-        const reasonKey = Object.keys(rec).find((k) => k.toLowerCase() === 'reason');
-        const reason =
-          reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
-        return { tier: tier.trim().toLowerCase() as TierName, reason: reason.slice(0, 200) };
-      }
+    const end = closingBrace(s, start);
+    if (end < 0) continue;
+    let obj: unknown;
+    try {
+      obj = JSON.parse(s.slice(start, end + 1));
+    } catch {
+      continue;
+    }
+    if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) continue;
+    const rec = obj as Record<string, unknown>;
+    const key = Object.keys(rec).find((k) => k.toLowerCase() === 'tier');
+    const tier = key === undefined ? undefined : rec[key];
+    if (typeof tier === 'string' && TIER_SET.has(tier.trim().toLowerCase())) {
+      const reasonKey = Object.keys(rec).find((k) => k.toLowerCase() === 'reason');
+      const reason =
+        reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
+      return { tier: tier.trim().toLowerCase() as TierName, reason: reason.slice(0, 200) };
     }
   }
   const m = TIER_WORD.exec(s) ?? BARE_TIER.exec(s);

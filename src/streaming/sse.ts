@@ -13,6 +13,32 @@ export interface SseParser {
 }
 
 const BOM = 0xfeff;
+const CR = 13;
+const LF = 10;
+/**
+ * CR and CRLF line ends, given to eventsource-parser as LF: on text holding any CR, its line splitter looks
+ * for the next CR and the next LF from every line start, so a chunk of LF lines ending in one CR (or the
+ * reverse) cost its length squared (18 ms of blocked event loop for a 64 KiB read, 30 times an LF stream).
+ */
+const CR_LINE_END = /\r\n?/g;
+
+/**
+ * A stream's text with every CR and CRLF line end made LF, chunk by chunk: a CRLF split between two chunks
+ * is one line end (the CR becomes LF, the LF that starts the next chunk is dropped).
+ */
+export function lfLineEnds(): (text: string) => string {
+  /** The last text ended with a CR, now an LF: an LF starting the next one is the rest of that CRLF. */
+  let crEnded = false;
+  return (text) => {
+    if (crEnded && text !== '') {
+      crEnded = false;
+      if (text.charCodeAt(0) === LF) text = text.slice(1);
+    }
+    if (text.indexOf('\r') < 0) return text;
+    crEnded = text.charCodeAt(text.length - 1) === CR;
+    return text.replace(CR_LINE_END, '\n');
+  };
+}
 
 /**
  * The most characters one event (its unfinished line plus the data lines gathered for it) may hold. Chat
@@ -43,6 +69,7 @@ export function createSseParser(
     },
   });
   let first = true;
+  const toLf = lfLineEnds();
   return {
     feed(chunk) {
       let text = typeof chunk === 'string' ? chunk : decoder.write(chunk as Buffer);
@@ -50,7 +77,7 @@ export function createSseParser(
         first = false;
         if (text.charCodeAt(0) === BOM) text = text.slice(1);
       }
-      parser.feed(text);
+      parser.feed(toLf(text));
     },
     end() {
       const rest = decoder.end();

@@ -238,7 +238,10 @@ class TextHandler implements Dispatcher.DispatchHandler {
         );
         return;
       }
-      this.truncated = true; // an error message needs no more than its first bytes
+      // An error message needs no more than its first bytes; the rest is not waited for (a body that never
+      // ended held the attempt until idle_ms or total_ms, read at the upstream's pace, and lost its status).
+      this.truncated = true;
+      c.abort(Object.assign(new Error('error body cut at its bound'), { code: 'body_too_large' }));
       return;
     }
     this.parts.push(chunk);
@@ -262,6 +265,7 @@ class TextHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
+    if (this.truncated) return this.onResponseEnd(); // cut by us: what was read is the answer
     this.settle();
     this.reject(err);
   }

@@ -19,6 +19,8 @@ import {
 } from './anthropic-response.js';
 
 interface ToolBlock {
+  /** Its Anthropic content-block index. */
+  readonly block: number;
   /** Its OpenAI tool_calls index. */
   readonly index: number;
   argumentsSent: boolean;
@@ -35,8 +37,14 @@ interface ToolBlock {
  */
 export class AnthropicStreamTranslator implements StreamTranslator {
   private encoder: ChunkEncoder | undefined;
-  /** Anthropic content-block index -> its OpenAI tool call (tool blocks only, counted from 0). */
-  private readonly toolByBlock = new Map<number, ToolBlock>();
+  /**
+   * The tool block open now. Anthropic's content blocks never overlap (each stops before the next starts),
+   * so one is held, not every block the stream had: a map of them, each holding its start's input, grew for
+   * as long as an upstream kept starting blocks it never stopped.
+   */
+  private tool: ToolBlock | undefined;
+  /** Tool calls started so far: the next one's OpenAI index. */
+  private toolCalls = 0;
   private readonly tokens: AnthropicTokens = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 };
   private usageReported = false;
   private finishSent = false;
@@ -104,6 +112,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   }
 
   private onBlockStart(index: unknown, block: unknown): void {
+    this.closeTool(); // a block left open ends where the next one starts
     if (!isObject(block)) return;
     if (block.type === 'text') {
       // Anthropic opens text blocks empty; relay text only if one ever arrives here.
@@ -111,8 +120,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       return;
     }
     if (block.type !== 'tool_use' || typeof index !== 'number') return;
-    const k = this.toolByBlock.size;
-    this.toolByBlock.set(index, { index: k, argumentsSent: false, input: block.input });
+    const k = this.toolCalls++;
+    this.tool = { block: index, index: k, argumentsSent: false, input: block.input };
     const call = {
       index: k,
       id: asString(block.id) ?? '',
@@ -129,24 +138,29 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       return;
     }
     if (delta.type !== 'input_json_delta' || typeof index !== 'number') return;
-    const tool = this.toolByBlock.get(index);
+    const tool = this.tool;
     const part = delta.partial_json;
-    // Fragments of server-tool blocks (no entry) and empty fragments carry nothing for the client.
-    if (tool === undefined || typeof part !== 'string' || part === '') return;
+    // Fragments of server-tool blocks (not held) and empty fragments carry nothing for the client.
+    if (tool?.block !== index || typeof part !== 'string' || part === '') return;
     tool.argumentsSent = true;
     this.arguments(tool.index, part);
   }
 
-  /**
-   * A tool call that got no argument fragments (a tool without parameters streams `partial_json: ""`) gets
-   * its start block's input, `{}` at least: OpenAI never ends a call with empty `arguments`, and clients
-   * JSON.parse them.
-   */
   private onBlockStop(index: unknown): void {
-    const tool = typeof index === 'number' ? this.toolByBlock.get(index) : undefined;
-    if (tool === undefined || tool.argumentsSent) return;
-    tool.argumentsSent = true;
-    this.arguments(tool.index, JSON.stringify(isObject(tool.input) ? tool.input : {}));
+    if (this.tool?.block === index) this.closeTool();
+  }
+
+  /**
+   * Ends the open tool call. One that got no argument fragments (a tool without parameters streams
+   * `partial_json: ""`) gets its start block's input, `{}` at least: OpenAI never ends a call with empty
+   * `arguments`, and clients JSON.parse them.
+   */
+  private closeTool(): void {
+    const tool = this.tool;
+    if (tool === undefined) return;
+    this.tool = undefined;
+    if (!tool.argumentsSent)
+      this.arguments(tool.index, JSON.stringify(isObject(tool.input) ? tool.input : {}));
   }
 
   private arguments(k: number, part: string): void {
@@ -172,6 +186,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   }
 
   private onMessageStop(): void {
+    this.closeTool();
     this.done = true;
     const usage = toOpenAiUsage(this.tokens);
     // A stream that never said why it stopped still ends with a finish_reason, as OpenAI's always do.

@@ -114,10 +114,19 @@ function hasContentDelta(chunk: Record<string, unknown>): boolean {
   return false;
 }
 
+/**
+ * The most choice indexes a stream's end is judged by: OpenAI's `n` is at most 128. The indexes are the
+ * upstream's to choose; without a bound, one that numbered every chunk anew grew these sets for as long as
+ * it sent.
+ */
+const MAX_TRACKED_CHOICES = 1024;
+
 /** Which of a stream's choices (by `index`; `n` > 1 streams several) have sent their finish_reason. */
 class ChoiceEnds {
   private readonly open = new Set<number>();
   private readonly finished = new Set<number>();
+  /** More indexes came than are tracked: no close without `[DONE]` can be told complete. */
+  private overflow = false;
 
   see(chunk: Record<string, unknown>): void {
     const choices = chunk.choices;
@@ -125,6 +134,11 @@ class ChoiceEnds {
     for (const choice of choices as ({ index?: unknown; finish_reason?: unknown } | null)[]) {
       if (choice === null || typeof choice !== 'object') continue;
       const index = typeof choice.index === 'number' ? choice.index : 0;
+      const known = this.open.has(index) || this.finished.has(index);
+      if (!known && this.open.size + this.finished.size >= MAX_TRACKED_CHOICES) {
+        this.overflow = true;
+        continue;
+      }
       const reason = choice.finish_reason;
       if (typeof reason === 'string' && reason !== '') {
         this.finished.add(index);
@@ -134,7 +148,7 @@ class ChoiceEnds {
   }
 
   allFinished(): boolean {
-    return this.finished.size > 0 && this.open.size === 0;
+    return !this.overflow && this.finished.size > 0 && this.open.size === 0;
   }
 }
 
