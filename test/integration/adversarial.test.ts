@@ -150,6 +150,20 @@ describe('the LLM router answer', () => {
   });
 });
 
+/** A non-streaming chat on a route trying `badUrl` first and a good upstream ("from good") after it. */
+async function chatFailingOverFrom(badUrl: string) {
+  const good = await rawUpstream((_q, res) => res.end(completion('from good')));
+  const gw = await gatewayOf({
+    providers: [provider('bad', badUrl), provider('good', good.url)],
+    routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
+  });
+  return request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
+  });
+}
+
 /** Each `data:` payload of an SSE body, in order. */
 function dataEvents(body: string): string[] {
   return body
@@ -456,16 +470,7 @@ describe('error bodies', () => {
       res.on('close', () => (closed = true));
       pump();
     });
-    const good = await rawUpstream((_q, res) => res.end(completion('from good')));
-    const gw = await gatewayOf({
-      providers: [provider('bad', bad.url), provider('good', good.url)],
-      routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
-    });
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
-    });
+    const res = await chatFailingOverFrom(bad.url);
     expect(res.statusCode).toBe(200);
     expect(await res.body.text()).toContain('from good');
     expect(res.headers['x-router-trail']).toBe('bad/m=http_503');
@@ -545,16 +550,7 @@ describe('compressed streams', () => {
       for (let i = 0; i < 2000; i++) socket.write(`x-junk-${i}: ${'j'.repeat(100)}\r\n`);
       socket.end('\r\n{}');
     });
-    const good = await rawUpstream((_q, res) => res.end(completion('from good')));
-    const gw = await gatewayOf({
-      providers: [provider('bad', bad.url), provider('good', good.url)],
-      routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
-    });
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
-    });
+    const res = await chatFailingOverFrom(bad.url);
     expect(res.statusCode).toBe(200);
     expect(res.headers['x-router-trail']).toBe('bad/m=headers_too_large');
     expect(await res.body.text()).toContain('from good');
