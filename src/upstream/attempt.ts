@@ -14,7 +14,7 @@ import type {
 } from './adapter.js';
 import type { Abort } from './abort.js';
 import { AttemptSignal } from './bounds.js';
-import { parseJsonObject } from './adapters/common.js';
+import { parseJsonObject, tokenCount } from './adapters/common.js';
 import { relayedAnswer } from './adapters/openai.js';
 import { readBody, relayChunks, type UpstreamResponse } from './client.js';
 
@@ -213,8 +213,8 @@ async function attemptJsonCall(
 
 /** Embeddings usage: prompt tokens only. */
 function embeddingUsage(json: unknown): Usage | undefined {
-  const n = (json as { usage?: { prompt_tokens?: unknown } } | null)?.usage?.prompt_tokens;
-  return typeof n === 'number' ? { prompt_tokens: n, completion_tokens: 0, total_tokens: n } : undefined;
+  const n = tokenCount((json as { usage?: { prompt_tokens?: unknown } } | null)?.usage?.prompt_tokens);
+  return n !== undefined ? { prompt_tokens: n, completion_tokens: 0, total_tokens: n } : undefined;
 }
 
 /**

@@ -556,3 +556,29 @@ describe('compressed streams', () => {
     expect(await res.body.text()).toContain('from good');
   });
 });
+
+describe('usage figures', () => {
+  it('absurd usage (1e308, negative) is relayed as sent but not counted: the counters stay finite', async () => {
+    const answer = JSON.parse(completion('x')) as Record<string, unknown>;
+    answer.usage = { prompt_tokens: 1e308, completion_tokens: -5, total_tokens: 1e308 };
+    const up = await rawUpstream((_q, res) => res.end(JSON.stringify(answer)));
+    const priced = { models: [{ name: 'm', price: { input_per_mtok: 1, output_per_mtok: 1 } }] };
+    const gw = await gatewayOf({
+      providers: [provider('a', up.url, priced)],
+      routes: { r: { targets: ['a/m'] } },
+    });
+    for (let i = 0; i < 2; i++) {
+      const res = await request(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(res.statusCode).toBe(200);
+      expect(await res.body.text()).toContain('"prompt_tokens":1e+308'); // the client gets what was sent
+    }
+    const metrics = await (await request(`${gw.url}/metrics`)).body.text();
+    const counted = metrics.split('\n').filter((l) => /^llm_router_(tokens|cost_usd)_total\{/.test(l));
+    expect(counted.length).toBeGreaterThan(0);
+    for (const line of counted) expect(line, line).toMatch(/ \d+(\.\d+)?(e-\d+)?$/); // finite, never +Inf
+  });
+});

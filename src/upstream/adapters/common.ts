@@ -22,9 +22,20 @@ export function asNumber(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 }
 
+/**
+ * The most tokens one answer's usage may claim and still be counted: far past any model's context. Past it
+ * a figure is an upstream's nonsense (1e308 would make the token and cost counters +Inf for good).
+ */
+export const MAX_REPORTED_TOKENS = 100_000_000;
+
+/** A token count from an untrusted usage object, or undefined for anything not a count we believe. */
+export function tokenCount(value: unknown): number | undefined {
+  return typeof value === 'number' && value >= 0 && value <= MAX_REPORTED_TOKENS ? value : undefined;
+}
+
 /** A non-negative count from an untrusted usage object; anything else counts as 0. */
 export function asCount(value: unknown): number {
-  return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : 0;
+  return tokenCount(value) ?? 0;
 }
 
 type HeaderCache = WeakMap<AdapterProvider, Readonly<Record<string, string>>>;

@@ -11,7 +11,13 @@ import type {
 } from '../adapter.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithModel } from '../body-text.js';
-import { openAiErrorTypeForStatus, parseJsonObject, providerHeaders, truncateMessage } from './common.js';
+import {
+  openAiErrorTypeForStatus,
+  parseJsonObject,
+  providerHeaders,
+  tokenCount,
+  truncateMessage,
+} from './common.js';
 
 /**
  * The OpenAI dialect (OpenAI itself and every compatible server: vLLM, Ollama, LM Studio, Azure-style
@@ -156,7 +162,8 @@ function readUsage(json: unknown): Usage | undefined {
   const u = (json as { usage?: unknown } | null)?.usage;
   if (u === null || typeof u !== 'object') return undefined;
   const usage = u as Partial<Usage>;
-  if (typeof usage.prompt_tokens !== 'number' || typeof usage.completion_tokens !== 'number')
+  // Relayed as sent; counted only when both figures are believable counts.
+  if (tokenCount(usage.prompt_tokens) === undefined || tokenCount(usage.completion_tokens) === undefined)
     return undefined;
   return usage as Usage;
 }
