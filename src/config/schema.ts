@@ -108,7 +108,12 @@ const providerSchema = z.strictObject({
   /** `__proto__` is refused: merged into a request's headers object it would set a prototype, not a header. */
   headers: nameMap(z.string(), new Map([['__proto__', 'not usable as a header name']])).optional(),
   timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
-  max_concurrency: posInt.default(512),
+  /**
+   * Connections to the provider, opened on demand. A stream holds one from its first byte to its last, so a
+   * default below the streams a gateway serves at once would queue the rest behind whole answers (1,000
+   * streams at 512: half of them waited for the others to finish before their first token).
+   */
+  max_concurrency: posInt.default(4096),
   /** Anthropic only: the `anthropic-version` header and the `max_tokens` sent when the client gives none. */
   anthropic_version: z.string().default('2023-06-01'),
   default_max_tokens: posInt.default(4096),

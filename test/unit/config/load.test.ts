@@ -44,6 +44,8 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
     expect(Object.keys(loaded.config.routes)).toEqual(['smart']);
     expect(loaded.warnings).toEqual([]);
     expect(Object.isFrozen(loaded.config.providers[0])).toBe(true);
+    // A stream holds its connection: the default leaves room for thousands at once, not a few hundred.
+    expect(loaded.config.providers[0]!.max_concurrency).toBeGreaterThanOrEqual(4096);
   });
 
   it('an unknown key', () => {
