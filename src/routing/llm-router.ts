@@ -18,6 +18,8 @@ const EXCERPT_MESSAGES = 4;
 const EXCERPT_CHARS_PER_MESSAGE = 400;
 const EXCERPT_MAX_CHARS = 1_600;
 const ROUTER_MAX_TOKENS = 80;
+/** The router's answer is 80 tokens of JSON: a body past this is not one (rather than up to 64 MiB read). */
+const ROUTER_MAX_ANSWER_BYTES = 256 * 1024;
 
 const SYSTEM_PROMPT = `You route requests to one of three model tiers.
 - fast: short or simple requests: greetings, lookups, rewording, short factual answers, simple formatting.
@@ -273,6 +275,7 @@ export async function askRouter(
             includeUsage: false,
             created: Math.floor(Date.now() / 1000),
           },
+          maxBodyBytes: ROUTER_MAX_ANSWER_BYTES,
         });
         cutShort = !result.ok && result.deadlineReached;
         return result;

@@ -78,6 +78,8 @@ export interface AttemptInput {
   readonly deadline: number;
   readonly now: () => number;
   readonly stream: StreamContext;
+  /** A non-streaming answer larger than this fails (`body_too_large`); default MAX_JSON_BODY_BYTES. */
+  readonly maxBodyBytes?: number;
 }
 
 function failure(
@@ -172,7 +174,7 @@ const ERROR_ANSWER_RATE_LIMITED: Classified = {
  * classified for failover.
  */
 async function attemptJsonCall(
-  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
+  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream' | 'maxBodyBytes'>,
   prepared: PreparedRequest,
   finish: (text: string) => AnswerText | undefined,
 ): Promise<AttemptResult> {
@@ -185,7 +187,7 @@ async function attemptJsonCall(
       headers: prepared.headers,
       body: prepared.body,
       signal: sig,
-      maxBytes: MAX_JSON_BODY_BYTES,
+      maxBytes: input.maxBodyBytes ?? MAX_JSON_BODY_BYTES,
       errorMaxBytes: MAX_ERROR_BODY_BYTES,
       watch: sig,
     });

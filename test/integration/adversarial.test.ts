@@ -148,6 +148,32 @@ describe('the LLM router answer', () => {
     }
     expect(router.hits()).toBe(1);
   });
+
+  it('an answer far larger than 80 tokens of JSON is refused unread, not buffered (up to 64 MiB) and parsed', async () => {
+    const router = await rawUpstream((_q, res) => res.end(completion('fast '.repeat(100_000)))); // ~500 KB
+    const serve = await rawUpstream((_q, res) => res.end(completion('served')));
+    const gw = await gatewayOf({
+      providers: [provider('router', router.url), provider('bal', serve.url)],
+      routes: {
+        auto: {
+          strategy: 'priority',
+          tiers: { fast: ['router/m'], balanced: ['bal/m'] },
+          default_tier: 'balanced',
+          router: { tier: 'fast', timeout_ms: 2000 },
+        },
+      },
+    });
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'which tier?' }] }),
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    // Before: read whole (all ~500 KB) and parsed, to be found unparsable; now refused at 256 KiB, unread.
+    expect(res.headers['x-router-tier']).toBe('balanced');
+    expect(res.headers['x-router-tier-reason']).toContain('llm router failed; default_tier');
+  });
 });
 
 /** A non-streaming chat on a route trying `badUrl` first and a good upstream ("from good") after it. */
