@@ -6,6 +6,7 @@ import Fastify, {
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
+  type FastifyRequest,
   type FastifyServerOptions,
 } from 'fastify';
 import type { LoadedConfig } from './config/load.js';
@@ -171,12 +172,16 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
 
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
   // get their line here. Health, metrics and admin reads stay out of the request log and counters.
-  app.addHook('onResponse', (req, reply, done) => {
-    if (req.reported) return done(); // before routeOptions: fastify builds that object on every read
+  const reportOnce = (req: FastifyRequest, status: number, elapsedMs: number): void => {
+    if (req.reported) return; // before routeOptions: fastify builds that object on every read
+    req.reported = true;
     const route = req.routeOptions.url;
     if (route !== '/healthz' && route !== '/readyz' && route !== '/metrics' && route !== '/router/status') {
-      reportUnrouted(gateway, req, reply.statusCode, reply.elapsedTime);
+      reportUnrouted(gateway, req, status, elapsedMs);
     }
+  };
+  app.addHook('onResponse', (req, reply, done) => {
+    reportOnce(req, reply.statusCode, reply.elapsedTime);
     done();
   });
 
@@ -184,6 +189,8 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     const mapped = err instanceof GatewayError ? err : toGatewayError(err);
     if (!mapped) req.log.error({ err, reqId: req.id }, 'unhandled error');
     const { status, body, retryAfterS } = errorBody(mapped ?? err);
+    // A client already gone gets no answer, so onResponse never runs: its count and line are written here.
+    if (reply.raw.destroyed) reportOnce(req, status, reply.elapsedTime);
     if (retryAfterS !== undefined) reply.header('retry-after', String(retryAfterS));
     void reply.code(status).type('application/json').send(body);
   });

@@ -110,8 +110,8 @@ export class Gateway {
       if (!next.upstreams.has(up.id))
         this.metrics.circuitState.remove({ provider: up.provider.name, model: up.model.name });
     }
-    // Pools the new runtime does not reuse close once their in-flight requests are done.
-    void old.retire(next);
+    // Pools the new runtime does not reuse close once the old one's requests are done.
+    void old.retire();
   }
 
   /**

@@ -175,7 +175,7 @@ export class Runtime {
         kind: p.kind,
         config: p,
         adapter: p.kind === 'anthropic' ? anthropicAdapter : openaiAdapter,
-        client: reuse ? prev.client : new ProviderClient(p),
+        client: reuse ? prev.client.use() : new ProviderClient(p).use(),
         adapterProvider: {
           name: p.name,
           apiKey: p.api_key,
@@ -293,14 +293,25 @@ export class Runtime {
     return out;
   }
 
-  /** Closes the pools this runtime owns that `next` does not reuse (waits for their in-flight requests). */
-  async retire(next: Runtime | undefined): Promise<void> {
-    const closing: Promise<void>[] = [];
-    for (const p of this.providers.values()) {
-      if (next?.providers.get(p.name)?.client === p.client) continue;
-      closing.push(p.client.close().catch(() => undefined));
-    }
-    await Promise.all(closing);
+  /** Requests running on this config (chat.ts ownReply holds it for each). */
+  #requests = 0;
+  #drained: (() => void) | undefined;
+
+  hold(): void {
+    this.#requests++;
+  }
+
+  release(): void {
+    if (--this.#requests === 0) this.#drained?.();
+  }
+
+  /**
+   * A newer config is live. Once this one's requests are done (one failing over still dispatches new
+   * attempts on these pools), its pools are released: each closes when no runtime uses it any more.
+   */
+  async retire(): Promise<void> {
+    if (this.#requests > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+    await Promise.all([...this.providers.values()].map((p) => p.client.release().catch(() => undefined)));
   }
 
   async destroy(): Promise<void> {

@@ -63,17 +63,27 @@ export function failoverOptions(
  */
 export function ownReply(
   app: FastifyInstance,
-  handle: (gw: Gateway, req: FastifyRequest, reply: FastifyReply) => Promise<Answered | undefined>,
+  handle: (
+    gw: Gateway,
+    rt: Runtime,
+    req: FastifyRequest,
+    reply: FastifyReply,
+  ) => Promise<Answered | undefined>,
 ): (req: FastifyRequest, reply: FastifyReply) => void {
   return (req, reply) => {
-    handle(app.gateway, req, reply).then(
+    // The request runs on the config live at its start, whose pools stay open until it is done.
+    const rt = app.gateway.runtime;
+    rt.hold();
+    handle(app.gateway, rt, req, reply).then(
       (answered) => {
+        rt.release();
         // Never a request left hanging: a handler that ended without an answer is a bug, told as a 500.
         if (answered !== ANSWERED && !reply.sent && !reply.raw.destroyed) {
           void reply.send(new Error('the handler ended without an answer'));
         }
       },
       (err: unknown) => {
+        rt.release();
         if (reply.sent) reply.log.error({ err, reqId: req.id }, 'request failed after its reply was sent');
         else void reply.send(err instanceof Error ? err : new Error(String(err)));
       },
@@ -87,11 +97,11 @@ export async function chatPlugin(app: FastifyInstance): Promise<void> {
 
 async function handleChat(
   gw: Gateway,
+  rt: Runtime,
   req: FastifyRequest,
   reply: FastifyReply,
 ): Promise<Answered | undefined> {
   const startedAt = gw.now();
-  const rt = gw.runtime;
   const body = validateChatBody(req.body);
   const clientSignal = clientGoneSignal(reply);
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.

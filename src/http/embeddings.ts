@@ -5,7 +5,7 @@ import { checkTierHeader, readRoutingHeaders, resolveRoute } from '../routing/de
 import { planRequest } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
-import type { RouteTarget } from '../runtime.js';
+import type { RouteTarget, Runtime } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
 import { clientGoneSignal, failoverOptions, ownReply } from './chat.js';
@@ -28,11 +28,11 @@ function inputTokens(input: unknown): number {
 /** Embeddings go through the same engine as chat: strategy, breakers, failover; answers relayed as they are. */
 async function handleEmbeddings(
   gw: Gateway,
+  rt: Runtime,
   req: FastifyRequest,
   reply: FastifyReply,
 ): Promise<Answered | undefined> {
   const startedAt = gw.now();
-  const rt = gw.runtime;
   const body = validateEmbeddingsBody(req.body);
   const route = resolveRoute(rt, body.model, 'embeddings');
   const hdrs = readRoutingHeaders(req.headers, rt);

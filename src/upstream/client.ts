@@ -81,14 +81,17 @@ export class ProviderClient {
     body?: string;
     signal: Abort;
   }): Promise<UpstreamResponse> {
-    const res = await requestOn.call(this.pool, {
-      origin: this.origin,
-      method: opts.method,
-      path: this.basePath + opts.path,
-      headers: opts.headers,
-      body: opts.body,
-      signal: opts.signal,
-    });
+    const res = await untilAborted(
+      requestOn.call(this.pool, {
+        origin: this.origin,
+        method: opts.method,
+        path: this.basePath + opts.path,
+        headers: opts.headers,
+        body: opts.body,
+        signal: opts.signal,
+      }),
+      opts.signal,
+    );
     const body = decode(res.body, codingOf(res.headers['content-encoding']));
     return {
       statusCode: res.statusCode,
@@ -153,9 +156,51 @@ export class ProviderClient {
     return this.pool.close();
   }
 
+  /** Runtimes using this pool: a reload that keeps a provider's connection settings shares it. */
+  #users = 0;
+
+  /** One more runtime uses this pool. */
+  use(): this {
+    this.#users++;
+    return this;
+  }
+
+  /** A retired runtime is done with this pool: the last one closes it (in-flight requests finish). */
+  release(): Promise<void> {
+    return --this.#users > 0 ? Promise.resolve() : this.pool.close();
+  }
+
   destroy(): Promise<void> {
     return this.pool.destroy();
   }
+}
+
+/**
+ * undici sees a signal's abort only once the request has a connection: one queued for a pool slot
+ * (`max_concurrency` reached) would wait, past its client and its bounds, for a slot to free. Rejects at
+ * the abort instead; undici drops the request unsent when it reaches a connection.
+ */
+function untilAborted(p: Promise<Dispatcher.ResponseData>, signal: Abort): Promise<Dispatcher.ResponseData> {
+  return new Promise((resolve, reject) => {
+    let gone = false;
+    const onAbort = (): void => {
+      gone = true;
+      reject(signal.reason as Error);
+    };
+    if (signal.aborted) onAbort();
+    else signal.once('abort', onAbort);
+    p.then(
+      (res) => {
+        signal.removeListener('abort', onAbort);
+        if (gone) discard(res.body);
+        else resolve(res);
+      },
+      (err: Error) => {
+        signal.removeListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
 }
 
 /** requestText's dispatch, maybe at the end of the turn: a dispatch that throws (a closed pool) rejects its promise. */
@@ -195,7 +240,11 @@ class TextHandler implements Dispatcher.DispatchHandler {
   private headers: IncomingHttpHeaders = {};
   private truncated = false;
   private controller: Dispatcher.DispatchController | undefined;
-  private readonly onAbort = (): void => this.controller?.abort(this.signal.reason as Error);
+  // Until undici starts the request (it may wait for a pool slot) an abort can only settle our promise.
+  private readonly onAbort = (): void => {
+    if (this.controller) this.controller.abort(this.signal.reason as Error);
+    else this.reject(this.signal.reason as Error);
+  };
 
   constructor(
     private readonly signal: Abort,
@@ -206,6 +255,8 @@ class TextHandler implements Dispatcher.DispatchHandler {
     private readonly reject: (err: Error) => void,
   ) {
     this.limit = maxBytes;
+    if (signal.aborted) reject(signal.reason as Error);
+    else signal.once('abort', this.onAbort);
   }
 
   settle(): void {
@@ -215,7 +266,6 @@ class TextHandler implements Dispatcher.DispatchHandler {
   onRequestStart(c: Dispatcher.DispatchController): void {
     this.controller = c;
     if (this.signal.aborted) c.abort(this.signal.reason as Error);
-    else this.signal.once('abort', this.onAbort);
   }
 
   onResponseStart(_c: Dispatcher.DispatchController, status: number, h: IncomingHttpHeaders): void {

@@ -7,10 +7,11 @@ import { ANSWERED } from '../../../src/http/report.js';
 /** A route whose handler is `handle`, wrapped as the chat and embeddings routes are. */
 async function answer(handle: (reply: FastifyReply) => Promise<typeof ANSWERED | undefined>) {
   const app = Fastify();
-  app.decorate('gateway', {} as Gateway);
+  // The handler runs on the config live at its start, held until it is done.
+  app.decorate('gateway', { runtime: { hold() {}, release() {} } } as unknown as Gateway);
   app.post(
     '/x',
-    ownReply(app, (_gw, _req, reply) => handle(reply)),
+    ownReply(app, (_gw, _rt, _req, reply) => handle(reply)),
   );
   const res = await app.inject({ method: 'POST', url: '/x', payload: {} });
   await app.close();
