@@ -20,6 +20,8 @@ import {
 import { validateChatBody } from './validate.js';
 
 const GONE = Symbol('clientGone');
+/** The status a request is counted and logged with when its client left before any answer (nginx's). */
+export const CLIENT_CLOSED_REQUEST = 499;
 type WatchedResponse = FastifyReply['raw'] & { [GONE]?: Abort };
 
 /** One listener for every response, finding its signal on the response: no closure per request. */
@@ -174,7 +176,8 @@ async function handleChat(
         });
       }
       reportRequest(gw, req, report, {
-        status: 200,
+        // A response begun went out as a 200; one the client left before got nothing (nginx's 499).
+        status: out.committed ? 200 : CLIENT_CLOSED_REQUEST,
         served,
         attempts: out.attempts,
         upstreamMs: out.upstreamMs,

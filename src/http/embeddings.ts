@@ -8,7 +8,7 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
-import { clientGoneSignal, failoverOptions, ownReply } from './chat.js';
+import { CLIENT_CLOSED_REQUEST, clientGoneSignal, failoverOptions, ownReply } from './chat.js';
 import { answerJson, type Answered, failRequest, reportRequest, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 
@@ -95,7 +95,7 @@ async function handleEmbeddings(
     if ('committedFailure' in out) {
       // The client went away: still this route's request, with its line and counts (as chat reports it).
       reportRequest(gw, req, report, {
-        status: 200,
+        status: CLIENT_CLOSED_REQUEST,
         served,
         attempts: out.attempts,
         upstreamMs: out.upstreamMs,

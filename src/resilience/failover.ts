@@ -36,10 +36,15 @@ export interface FailoverSuccess {
   readonly upstreamMs: number;
 }
 
-/** The response ended on a committed stream that then failed: the client was told in-stream. */
+/**
+ * The response ended on a committed stream that then failed (the client was told in-stream), or the client
+ * went away (before or after a commit).
+ */
 export interface FailoverCommittedFailure {
   readonly target: RankedCandidate<RouteTarget>;
   readonly committedFailure: true;
+  /** The response had begun (a stream's status and first frames were sent). */
+  readonly committed: boolean;
   readonly attempts: readonly AttemptRecord[];
   readonly upstreamMs: number;
 }
@@ -129,7 +134,7 @@ export async function runFailover(
     onAttempts?.(attempts);
     if (result.ok) return { target, result, attempts, upstreamMs };
     if (result.committed || result.clientGone) {
-      return { target, committedFailure: true, attempts, upstreamMs };
+      return { target, committedFailure: true, committed: result.committed, attempts, upstreamMs };
     }
     if (!result.classified.retryable) {
       const info = result.info;

@@ -107,7 +107,7 @@ describe('embeddings', () => {
     await e1.waitForAbort();
     await vi.waitFor(() => {
       const line = gw!.logs.find((l) => l.msg === 'request' && l.reqId === 'emb-gone');
-      expect(line).toMatchObject({ route: 'embed', upstream: 'e1/emb', error: 'client_closed' });
+      expect(line).toMatchObject({ route: 'embed', upstream: 'e1/emb', error: 'client_closed', status: 499 });
     });
   });
 
