@@ -112,30 +112,38 @@ function completion(content: string): string {
   });
 }
 
+/**
+ * A chat on a tiered route whose rules never match, so the LLM router (served by `routerUrl`, tier fast) is
+ * asked; its `default_tier` balanced is served by an upstream answering "served".
+ */
+async function askTiered(routerUrl: string) {
+  const serve = await rawUpstream((_q, res) => res.end(completion('served')));
+  const gw = await gatewayOf({
+    providers: [provider('router', routerUrl), provider('bal', serve.url)],
+    routes: {
+      auto: {
+        strategy: 'priority',
+        tiers: { fast: ['router/m'], balanced: ['bal/m'] },
+        default_tier: 'balanced',
+        router: { tier: 'fast', timeout_ms: 2000 },
+      },
+    },
+  });
+  return request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'which tier?' }] }),
+  });
+}
+
 describe('the LLM router answer', () => {
   it('an answer of nested braces is read in work linear in its braces, not one JSON.parse per pair', async () => {
     // 200 nested objects, none with a `tier`: every `{` can open a candidate, every `}` close one.
     const hostile = `${'{"a":'.repeat(200)}1${'}'.repeat(200)}`;
     const router = await rawUpstream((_q, res) => res.end(completion(hostile)));
-    const serve = await rawUpstream((_q, res) => res.end(completion('served')));
-    const gw = await gatewayOf({
-      providers: [provider('router', router.url), provider('bal', serve.url)],
-      routes: {
-        auto: {
-          strategy: 'priority',
-          tiers: { fast: ['router/m'], balanced: ['bal/m'] },
-          default_tier: 'balanced',
-          router: { tier: 'fast', timeout_ms: 2000 },
-        },
-      },
-    });
     const parse = vi.spyOn(JSON, 'parse');
     try {
-      const res = await request(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'which tier?' }] }),
-      });
+      const res = await askTiered(router.url);
       expect(res.statusCode).toBe(200);
       expect(res.headers['x-router-tier']).toBe('balanced');
       expect(res.headers['x-router-tier-reason']).toContain('unparsable');
@@ -151,23 +159,7 @@ describe('the LLM router answer', () => {
 
   it('an answer far larger than 80 tokens of JSON is refused unread, not buffered (up to 64 MiB) and parsed', async () => {
     const router = await rawUpstream((_q, res) => res.end(completion('fast '.repeat(100_000)))); // ~500 KB
-    const serve = await rawUpstream((_q, res) => res.end(completion('served')));
-    const gw = await gatewayOf({
-      providers: [provider('router', router.url), provider('bal', serve.url)],
-      routes: {
-        auto: {
-          strategy: 'priority',
-          tiers: { fast: ['router/m'], balanced: ['bal/m'] },
-          default_tier: 'balanced',
-          router: { tier: 'fast', timeout_ms: 2000 },
-        },
-      },
-    });
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'which tier?' }] }),
-    });
+    const res = await askTiered(router.url);
     expect(res.statusCode).toBe(200);
     await res.body.dump();
     // Before: read whole (all ~500 KB) and parsed, to be found unparsable; now refused at 256 KiB, unread.
