@@ -77,11 +77,17 @@ export function validateChatBody(raw: unknown): ChatBody {
   if (raw.tools !== undefined && raw.tools !== null) {
     if (!Array.isArray(raw.tools)) throw bad('tools', 'expected an array');
     raw.tools.forEach((t, i) => {
-      if (!isObject(t) || t.type !== 'function' || !isObject(t.function)) {
-        throw bad(`tools[${i}]`, 'expected {"type":"function","function":{...}}');
+      // OpenAI's two tool types: a function (JSON arguments) and a custom tool (free-form input, GPT-5).
+      const kind = isObject(t) && (t.type === 'function' || t.type === 'custom') ? t.type : undefined;
+      const spec = kind !== undefined ? (t as Record<string, unknown>)[kind] : undefined;
+      if (kind === undefined || !isObject(spec)) {
+        throw bad(
+          `tools[${i}]`,
+          'expected {"type":"function","function":{...}} or {"type":"custom","custom":{...}}',
+        );
       }
-      if (typeof t.function.name !== 'string' || t.function.name === '') {
-        throw bad(`tools[${i}].function.name`, 'expected a non-empty string');
+      if (typeof spec.name !== 'string' || spec.name === '') {
+        throw bad(`tools[${i}].${kind}.name`, 'expected a non-empty string');
       }
     });
   }

@@ -62,7 +62,7 @@ export type AnswerJson =
 export interface ChunkSink {
   /**
    * One OpenAI `chat.completion.chunk`, as JSON text ready to relay after `data: `. `content` is true when
-   * it carries a content delta (text, tool call, refusal): the stream commits to its upstream there.
+   * it carries a content delta (text, tool call, refusal, audio, reasoning): the stream commits there.
    */
   chunk(json: string, content: boolean): void;
   /** Usage reported by the upstream (may come before or inside the final chunk). */

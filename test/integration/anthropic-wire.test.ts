@@ -9,6 +9,7 @@ import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
+import { sendJson } from '../helpers/mock-upstream.js';
 import { simProvider, startGateway } from '../helpers/gateway.js';
 
 /**
@@ -78,15 +79,7 @@ async function setup(handler: Handler): Promise<{ mock: Mock; client: OpenAI; ur
   return { mock, client, url: gw.url };
 }
 
-function json(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  res.writeHead(status, { 'content-type': 'application/json', ...headers });
-  res.end(JSON.stringify(body));
-}
+const json = sendJson;
 
 /** Writes named SSE events as Anthropic does (`event:` line + JSON `data:` line), then ends. */
 function sse(res: ServerResponse, events: Json[]): void {

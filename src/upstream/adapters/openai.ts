@@ -105,19 +105,30 @@ function bearer(provider: AdapterProvider, into: Record<string, string>): void {
   if (provider.apiKey) into.authorization = `Bearer ${provider.apiKey}`;
 }
 
-/** A content delta: text, a tool call or a refusal — the point a stream commits to its upstream. */
+/**
+ * A content delta: text, a tool call, a refusal, audio (`modalities: ["audio"]`: transcript or data parts)
+ * or reasoning (`reasoning_content`, `reasoning`: vLLM, DeepSeek, Ollama, OpenRouter) — the point a stream
+ * commits to its upstream. Audio and reasoning can run for megabytes before any text: held back, they
+ * reached the client only at the end, or failed over as `preamble_too_large`.
+ */
 function hasContentDelta(chunk: Record<string, unknown>): boolean {
   const choices = chunk.choices;
   if (!Array.isArray(choices)) return false;
   for (const choice of choices) {
     const delta = (choice as { delta?: Record<string, unknown> } | null)?.delta;
     if (!delta) continue;
-    if (typeof delta.content === 'string' && delta.content !== '') return true;
-    if (typeof delta.refusal === 'string' && delta.refusal !== '') return true;
+    if (nonEmpty(delta.content) || nonEmpty(delta.refusal)) return true;
     if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) return true;
     if (delta.function_call != null) return true;
+    const audio = delta.audio as { transcript?: unknown; data?: unknown } | null | undefined;
+    if (audio != null && (nonEmpty(audio.transcript) || nonEmpty(audio.data))) return true;
+    if (nonEmpty(delta.reasoning_content) || nonEmpty(delta.reasoning)) return true;
   }
   return false;
+}
+
+function nonEmpty(v: unknown): boolean {
+  return typeof v === 'string' && v !== '';
 }
 
 /**
