@@ -13,7 +13,7 @@ import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
-import { sendJson } from '../helpers/mock-upstream.js';
+import { sendJson, gate } from '../helpers/mock-upstream.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 
 const track = closeAfterEach();
@@ -83,19 +83,6 @@ function sse(res: ServerResponse, events: readonly unknown[]): void {
   sseHead(res);
   sseData(res, events);
   res.end('data: [DONE]\n\n');
-}
-
-/** A gate an upstream waits on for the client's word, with a bound so a test that never opens it still ends. */
-function gate(boundMs = 3000): { open(): void; wait: Promise<'client' | 'bound'> } {
-  let open!: () => void;
-  const wait = new Promise<'client' | 'bound'>((resolve) => {
-    const t = setTimeout(() => resolve('bound'), boundMs);
-    open = () => {
-      clearTimeout(t);
-      resolve('client');
-    };
-  });
-  return { open, wait };
 }
 
 const USAGE = {
