@@ -152,6 +152,9 @@ export class Runtime {
   readonly clientKeys: KeySet;
   readonly adminKeys: KeySet;
   readonly passthrough: ProviderRuntime | undefined;
+  /** Requests running on this config (held by chat.ts ownReply), and who waits for them to end. */
+  #requests = 0;
+  #drained: (() => void) | undefined;
 
   constructor(
     readonly loaded: LoadedConfig,
@@ -293,10 +296,7 @@ export class Runtime {
     return out;
   }
 
-  /** Requests running on this config (chat.ts ownReply holds it for each). */
-  #requests = 0;
-  #drained: (() => void) | undefined;
-
+  /** A request starts on this config (chat.ts ownReply); its pools stay open until it is released. */
   hold(): void {
     this.#requests++;
   }

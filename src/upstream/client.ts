@@ -59,6 +59,8 @@ export class ProviderClient {
   /** The base_url's path without a trailing slash, e.g. `/v1`. */
   readonly basePath: string;
   private readonly pool: Pool;
+  /** Runtimes using this pool: a reload that keeps a provider's connection settings shares it. */
+  #users = 0;
 
   constructor(provider: ProviderConfig) {
     const url = new URL(provider.base_url);
@@ -155,9 +157,6 @@ export class ProviderClient {
   close(): Promise<void> {
     return this.pool.close();
   }
-
-  /** Runtimes using this pool: a reload that keeps a provider's connection settings shares it. */
-  #users = 0;
 
   /** One more runtime uses this pool. */
   use(): this {
