@@ -184,10 +184,12 @@ function noCandidate(
   switch (why) {
     case 'breaker': {
       const retryAfterS = Math.max(1, Math.ceil(d.minOpenMs / 1000));
+      // Pinned (x-router-provider): only that provider's upstreams were candidates; say so, as the others may be fine.
+      const scope = d.provider === undefined ? `route ${name}` : `provider "${d.provider}" in route ${name}`;
       if (d.allRateLimited) {
         return new GatewayError(
           'rate_limited',
-          `every upstream of route ${name} is rate limited; retry in ${retryAfterS}s`,
+          `every upstream of ${scope} is rate limited; retry in ${retryAfterS}s`,
           {
             retryAfterS,
           },
@@ -195,7 +197,7 @@ function noCandidate(
       }
       return new GatewayError(
         'no_available_upstream',
-        `every upstream of route ${name} is unavailable (circuit open); retry in ${retryAfterS}s`,
+        `every upstream of ${scope} is unavailable (circuit open); retry in ${retryAfterS}s`,
         { retryAfterS },
       );
     }
