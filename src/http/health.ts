@@ -6,7 +6,8 @@ export async function healthPlugin(app: FastifyInstance): Promise<void> {
   app.get('/readyz', async (_req, reply) => {
     const gw = app.gateway;
     let available = 0;
-    for (const up of gw.runtime.upstreams.values()) if (up.breaker.canAttempt()) available++;
+    // Not open (SPEC §4): a half-open upstream counts even while its probe slots are taken.
+    for (const up of gw.runtime.upstreams.values()) if (up.breaker.state !== 'open') available++;
     const ready = !gw.draining && available > 0;
     return reply.code(ready ? 200 : 503).send({
       status: ready ? 'ready' : gw.draining ? 'draining' : 'no_available_upstream',
