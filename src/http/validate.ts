@@ -107,19 +107,33 @@ export function validateChatBody(raw: unknown): ChatBody {
   return raw as ChatBody;
 }
 
+const isToken = (x: unknown): boolean => typeof x === 'number' && Number.isInteger(x) && x >= 0;
+const isTokens = (x: unknown): boolean => Array.isArray(x) && x.length > 0 && x.every(isToken);
+
+/**
+ * OpenAI's four input shapes: a string, an array of strings, one array of token ids, an array of token-id
+ * arrays; none empty, at most 2048 inputs. A mix of them (or anything else) is not an input.
+ */
+function isEmbeddingsInput(input: unknown): boolean {
+  if (typeof input === 'string') return input !== '';
+  if (!Array.isArray(input) || input.length === 0) return false;
+  if (isToken(input[0])) return input.every(isToken); // one input, as token ids
+  if (input.length > 2048) return false;
+  if (typeof input[0] === 'string') return input.every((x) => typeof x === 'string' && x !== '');
+  return input.every(isTokens);
+}
+
 export function validateEmbeddingsBody(
   raw: unknown,
 ): Record<string, unknown> & { model: string; input: unknown } {
   if (!isObject(raw)) throw new GatewayError('invalid_request', 'the request body must be a JSON object');
   if (typeof raw.model !== 'string' || raw.model === '') throw bad('model', 'expected a non-empty string');
-  const input = raw.input;
-  const ok =
-    (typeof input === 'string' && input !== '') ||
-    (Array.isArray(input) &&
-      input.length > 0 &&
-      input.length <= 2048 &&
-      input.every((x) => typeof x === 'string' || typeof x === 'number' || Array.isArray(x)));
-  if (!ok) throw bad('input', 'expected a non-empty string or array');
+  if (!isEmbeddingsInput(raw.input)) {
+    throw bad(
+      'input',
+      'expected a non-empty string, or a non-empty array of non-empty strings, of token ids or of token-id arrays (at most 2048 inputs)',
+    );
+  }
   if (
     raw.encoding_format !== undefined &&
     raw.encoding_format !== 'float' &&
