@@ -38,6 +38,14 @@ export function classifyStatus(status: number): Classified {
   return (Number.isInteger(status) ? STATUS_TABLE[status] : undefined) ?? statusClass(status);
 }
 
+/**
+ * An error carrying one of the codes below, as upstream/ and streaming/ raise them: `classifyError` maps it to
+ * its failover reason.
+ */
+export function codedError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
 const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
   // undici
   ['UND_ERR_CONNECT_TIMEOUT', classified('timeout', true, 'connect_timeout')],

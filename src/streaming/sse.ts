@@ -1,5 +1,6 @@
 import { createParser, type EventSourceParser } from 'eventsource-parser';
 import { StringDecoder } from 'node:string_decoder';
+import { codedError } from '../resilience/classify.js';
 
 /**
  * The one SSE parser every dialect shares: bytes in (split anywhere, even inside a UTF-8 sequence or a
@@ -47,14 +48,6 @@ export function lfLineEnds(): (text: string) => string {
  */
 export const MAX_SSE_EVENT_CHARS = 4 * 1024 * 1024;
 
-/** Thrown from `feed()` when an event outgrows MAX_SSE_EVENT_CHARS; classified `sse_event_too_large`. */
-function eventTooLarge(): Error {
-  return Object.assign(
-    new Error(`an upstream SSE event exceeded ${MAX_SSE_EVENT_CHARS} characters without ending`),
-    { code: 'sse_event_too_large' },
-  );
-}
-
 export function createSseParser(
   onEvent: (type: string | undefined, data: string) => void,
   maxEventChars = MAX_SSE_EVENT_CHARS,
@@ -65,7 +58,13 @@ export function createSseParser(
     maxBufferSize: maxEventChars,
     // Other parse errors (a bad `retry:`, an unknown field) are ignored, as the SSE rules say.
     onError: (err) => {
-      if (err.type === 'max-buffer-size-exceeded') throw eventTooLarge();
+      // Thrown out of `feed()`; classified `sse_event_too_large`.
+      if (err.type === 'max-buffer-size-exceeded') {
+        throw codedError(
+          'sse_event_too_large',
+          `an upstream SSE event exceeded ${maxEventChars} characters without ending`,
+        );
+      }
     },
   });
   let first = true;

@@ -1,5 +1,5 @@
 import type { Classified } from '../resilience/classify.js';
-import { classifyError, classifyStatus, retryAfterFromHeaders } from '../resilience/classify.js';
+import { classifyError, classifyStatus, codedError, retryAfterFromHeaders } from '../resilience/classify.js';
 import type { Upstream } from '../runtime.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
@@ -30,12 +30,6 @@ const MAX_JSON_BODY_BYTES = 64 * 1024 * 1024;
  * it keeps sending (up to `total_ms`).
  */
 const MAX_PREAMBLE_CHARS = 1024 * 1024;
-
-function preambleTooLarge(): Error {
-  return Object.assign(new Error(`more than ${MAX_PREAMBLE_CHARS} characters of frames before any content`), {
-    code: 'preamble_too_large',
-  });
-}
 
 export interface AttemptTiming {
   /** From sending the request to the first content token (streams) or the whole answer (JSON). */
@@ -294,7 +288,11 @@ export async function attemptStream(
           pending = '';
         } else {
           pending += frame;
-          if (pending.length > MAX_PREAMBLE_CHARS) throw preambleTooLarge();
+          if (pending.length > MAX_PREAMBLE_CHARS)
+            throw codedError(
+              'preamble_too_large',
+              `more than ${MAX_PREAMBLE_CHARS} characters of frames before any content`,
+            );
         }
         if (content) contentChunks++;
       },

@@ -1,12 +1,9 @@
 import type { Upstream } from '../runtime.js';
+import { codedError } from '../resilience/classify.js';
 import { Abort } from './abort.js';
 
 /** How often live attempts are checked against their bounds: a bound fires up to this late, never early. */
 export const WATCHDOG_TICK_MS = 10;
-
-function timeoutError(code: string): Error {
-  return Object.assign(new Error(`upstream ${code}`), { code });
-}
 
 /** Waiting for the response headers: the first-byte bound runs. */
 const FIRST_BYTE = 0;
@@ -129,7 +126,7 @@ export class AttemptSignal extends Abort {
   private fire(code: string): void {
     this.phase = DONE;
     watchdog.remove(this);
-    this.abort(timeoutError(code));
+    this.abort(codedError(code, `upstream ${code}`));
   }
 
   timedOut(): boolean {

@@ -10,6 +10,7 @@ import {
 } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import { inTurnOrder } from '../end-of-turn.js';
+import { codedError } from '../resilience/classify.js';
 import type { ProviderConfig } from '../config/schema.js';
 import type { Abort } from './abort.js';
 import type { Dispatcher, Pool as UndiciPool } from 'undici';
@@ -280,17 +281,13 @@ class TextHandler implements Dispatcher.DispatchHandler {
     this.size += chunk.length;
     if (this.size > this.limit) {
       if (this.statusCode >= 200 && this.statusCode < 300) {
-        c.abort(
-          Object.assign(new Error(`upstream body larger than ${this.limit} bytes`), {
-            code: 'body_too_large',
-          }),
-        );
+        c.abort(codedError('body_too_large', `upstream body larger than ${this.limit} bytes`));
         return;
       }
       // An error message needs no more than its first bytes; the rest is not waited for (a body that never
       // ended held the attempt until idle_ms or total_ms, read at the upstream's pace, and lost its status).
       this.truncated = true;
-      c.abort(Object.assign(new Error('error body cut at its bound'), { code: 'body_too_large' }));
+      c.abort(codedError('body_too_large', 'error body cut at its bound'));
       return;
     }
     this.parts.push(chunk);
@@ -410,8 +407,7 @@ export function relayChunks(
     };
     const onEnd = (): void => finish();
     const onError = (err: Error): void => finish(err);
-    const onClose = (): void =>
-      finish(Object.assign(new Error('upstream body closed before its end'), { code: 'UND_ERR_SOCKET' }));
+    const onClose = (): void => finish(codedError('UND_ERR_SOCKET', 'upstream body closed before its end'));
     body.on('data', onData);
     body.once('end', onEnd);
     body.once('error', onError);

@@ -66,10 +66,7 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
   const msg: JsonObject = isObject(json) ? json : {};
   // An error body sent with a 200 (some proxies do): not an empty answer, a failure to fail over from.
   if (msg.type === 'error' || (isObject(msg.error) && msg.content === undefined)) {
-    const err = isObject(msg.error) ? msg.error : {};
-    const type = asString(err.type);
-    const message = asString(err.message) || 'upstream answered 200 with an error';
-    return { error: anthropicError(statusForErrorType(type), type, truncateMessage(message)) };
+    return { error: inBandError(msg.error, 'upstream answered 200 with an error') };
   }
   let text = '';
   const toolCalls: JsonObject[] = [];
@@ -127,13 +124,24 @@ const STATUS_BY_ERROR_TYPE: Readonly<Record<string, number>> = {
   overloaded_error: 529,
 };
 
-export function statusForErrorType(type: string | undefined): number {
+function statusForErrorType(type: string | undefined): number {
   if (type === undefined || !Object.hasOwn(STATUS_BY_ERROR_TYPE, type)) return 500;
   return STATUS_BY_ERROR_TYPE[type] ?? 500;
 }
 
+/**
+ * An error Anthropic sent inside a 200 (an `error` stream event, or an error body): only its type says what
+ * status it stands for.
+ */
+export function inBandError(error: unknown, fallbackMessage: string): UpstreamErrorInfo {
+  const err = isObject(error) ? error : {};
+  const type = asString(err.type);
+  const message = asString(err.message) || fallbackMessage;
+  return anthropicError(statusForErrorType(type), type, truncateMessage(message));
+}
+
 /** Anthropic error type -> OpenAI `type` and `code`, given the HTTP status it came with. */
-export function anthropicError(status: number, type: string | undefined, message: string): UpstreamErrorInfo {
+function anthropicError(status: number, type: string | undefined, message: string): UpstreamErrorInfo {
   let oaType: string;
   let code: string | null = null;
   switch (type) {

@@ -4,16 +4,14 @@ import {
   createChunkEncoder,
   isObject,
   parseJsonObject,
-  truncateMessage,
   type ChunkEncoder,
   type JsonObject,
 } from './common.js';
 import {
-  anthropicError,
   completionIdFor,
+  inBandError,
   mapStopReason,
   readTokens,
-  statusForErrorType,
   toOpenAiUsage,
   type AnthropicTokens,
 } from './anthropic-response.js';
@@ -60,7 +58,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     const msg = parseJsonObject(data);
     if (msg === undefined) {
       // An error event is a failure whatever its payload; its unparsable text is never relayed.
-      if (type === 'error') this.fail(undefined, 'upstream stream error');
+      if (type === 'error') this.fail(undefined);
       return;
     }
     // The payload's own type is authoritative; the `event:` name is a fallback for proxies that keep only one.
@@ -85,8 +83,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
         this.onMessageStop();
         return;
       case 'error': {
-        const err = isObject(msg.error) ? msg.error : {};
-        this.fail(asString(err.type), asString(err.message) || 'upstream stream error');
+        this.fail(msg.error);
         return;
       }
       default:
@@ -196,8 +193,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     this.sink.end();
   }
 
-  private fail(type: string | undefined, message: string): void {
+  private fail(error: unknown): void {
     this.done = true;
-    this.sink.error(anthropicError(statusForErrorType(type), type, truncateMessage(message)));
+    this.sink.error(inBandError(error, 'upstream stream error'));
   }
 }
