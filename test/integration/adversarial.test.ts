@@ -232,13 +232,8 @@ describe('the Anthropic stream translation', () => {
       providers: [provider('anth', up.url, { kind: 'anthropic', base_url: up.url })],
       routes: { r: { targets: ['anth/m'] } },
     });
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'r', stream: true, messages: [{ role: 'user', content: 'call f' }] }),
-    });
-    const body = await res.body.text();
-    expect(res.statusCode).toBe(200);
+    const { status, body } = await streamFrom(gw);
+    expect(status).toBe(200);
     // A block left open is closed by the next start (its call gets its start's input then, not at the end).
     const args = toolArguments(body);
     expect(args).toHaveLength(BLOCKS);
@@ -262,13 +257,15 @@ function chunkOf(choices: readonly [number, string, string | null][]): string {
   })}\n\n`;
 }
 
-async function streamFrom(gw: TestGateway): Promise<{ status: number; body: string }> {
+async function streamFrom(
+  gw: TestGateway,
+): Promise<{ status: number; body: string; headers: Record<string, unknown> }> {
   const res = await request(`${gw.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: 'r', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
   });
-  return { status: res.statusCode, body: await res.body.text() };
+  return { status: res.statusCode, body: await res.body.text(), headers: res.headers };
 }
 
 describe('the OpenAI stream translation', () => {
@@ -550,14 +547,9 @@ describe('compressed streams', () => {
       providers: [provider('bad', bad.url), provider('good', good.url)],
       routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
     });
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'r', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
-    });
-    const body = await res.body.text();
-    expect(res.statusCode).toBe(200);
-    expect(res.headers['x-router-trail']).toBe('bad/m=sse_event_too_large');
+    const { status, body, headers } = await streamFrom(gw);
+    expect(status).toBe(200);
+    expect(headers['x-router-trail']).toBe('bad/m=sse_event_too_large');
     expect(body).toContain('from good');
   });
 
