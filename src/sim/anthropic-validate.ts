@@ -128,6 +128,19 @@ function idsOf(content: unknown, type: 'tool_use' | 'tool_result'): string[] {
   return out;
 }
 
+/** A conversation that carries tool_use or tool_result blocks needs `tools` defined, even if none is wanted now. */
+export function undefinedToolsError(
+  messages: Record<string, unknown>[],
+  tools: unknown,
+): ApiError | undefined {
+  if (Array.isArray(tools) && tools.length > 0) return undefined;
+  for (const m of messages) {
+    if (idsOf(m.content, 'tool_use').length > 0 || idsOf(m.content, 'tool_result').length > 0)
+      return invalid('Requests which include `tool_use` or `tool_result` blocks must define tools.');
+  }
+  return undefined;
+}
+
 /** Content blocks, then the pairing rule: every tool_use answered in the next turn, every tool_result expected. */
 export function contentError(messages: Record<string, unknown>[]): ApiError | undefined {
   for (let i = 0; i < messages.length; i++) {

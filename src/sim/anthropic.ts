@@ -16,7 +16,13 @@ import {
   type Exchange,
   type ToolTarget,
 } from './common.js';
-import { contentError, invalid, toolsError, unknownFieldError } from './anthropic-validate.js';
+import {
+  contentError,
+  invalid,
+  toolsError,
+  undefinedToolsError,
+  unknownFieldError,
+} from './anthropic-validate.js';
 
 const MODELS = ['claude-sonnet-4-5', 'claude-3-5-haiku-latest'];
 const STOP = { stop: 'end_turn', length: 'max_tokens', tool: 'tool_use' } as const;
@@ -113,7 +119,8 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
     previous = m.role;
     chars += contentChars(m.content);
   }
-  const bad = toolsError(body.tools) ?? contentError(messages as Record<string, unknown>[]);
+  const list = messages as Record<string, unknown>[];
+  const bad = toolsError(body.tools) ?? contentError(list) ?? undefinedToolsError(list, body.tools);
   if (bad) return bad;
   return {
     model: body.model,

@@ -131,6 +131,17 @@ function functionCalls(calls: unknown): ChatCompletionMessageFunctionToolCall[] 
   return (calls ?? []) as ChatCompletionMessageFunctionToolCall[];
 }
 
+/** A Claude simulator that calls tools, and the answer to a first question offering WEATHER_TOOL. */
+async function weatherAsked() {
+  const { client, sims } = await setup([claude({ toolCall: true })]);
+  const ask: ChatCompletionCreateParamsNonStreaming = {
+    model: 'r',
+    messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    tools: [WEATHER_TOOL],
+  };
+  return { client, sim: sims[0], ask, first: await client.chat.completions.create(ask) };
+}
+
 describe('Anthropic upstream through the OpenAI SDK (non-streaming)', () => {
   it('answers a plain chat in chat.completion shape, with usage and routing headers', async () => {
     const { client, sims } = await setup([claude()]);
@@ -196,14 +207,7 @@ describe('Anthropic upstream through the OpenAI SDK (non-streaming)', () => {
   });
 
   it('round-trips a tool call: tool_calls with JSON-string arguments, then tool_use + tool_result upstream', async () => {
-    const { client, sims } = await setup([claude({ toolCall: true })]);
-    const [sim] = sims;
-    const ask: ChatCompletionCreateParamsNonStreaming = {
-      model: 'r',
-      messages: [{ role: 'user', content: 'Weather in Paris?' }],
-      tools: [WEATHER_TOOL],
-    };
-    const first = await client.chat.completions.create(ask);
+    const { client, sim, ask, first } = await weatherAsked();
     const choice = first.choices[0]!;
     expect(choice.finish_reason).toBe('tool_calls');
     expect(choice.message.content).toBeNull();
@@ -242,6 +246,36 @@ describe('Anthropic upstream through the OpenAI SDK (non-streaming)', () => {
     expect(sent[2]!.content).toEqual([
       { type: 'tool_result', tool_use_id: calls[0]!.id, content: '18°C and sunny' },
     ]);
+  });
+
+  it("a closing turn without tools after tool calls (valid for OpenAI) is answered: the history's tools are stubbed, tool_choice none", async () => {
+    // The Messages API rejects tool_use/tool_result blocks when no tools are defined; the simulator does too.
+    const { client, sim, ask, first } = await weatherAsked();
+    const call = functionCalls(first.choices[0]!.message.tool_calls)[0]!;
+    const history = [
+      ...ask.messages,
+      first.choices[0]!.message,
+      { role: 'tool' as const, tool_call_id: call.id, content: '18°C and sunny' },
+      { role: 'user' as const, content: 'Now sum that up in one line.' },
+    ];
+    const second = await client.chat.completions.create({ model: 'r', messages: history });
+    expect(second.choices[0]!.finish_reason).toBe('stop');
+    expect(second.choices[0]!.message.content).toContain('from claude here');
+    expect(body(sim, 1).tools).toEqual([
+      {
+        name: 'get_weather',
+        description: expect.any(String),
+        input_schema: { type: 'object', properties: {} },
+      },
+    ]);
+    expect(body(sim, 1).tool_choice).toEqual({ type: 'none' });
+
+    const streamed = await assemble(
+      await client.chat.completions.create({ model: 'r', messages: history, stream: true }),
+    );
+    expect(streamed.error).toBeUndefined();
+    expect(streamed.text).toContain('from claude here');
+    expect(streamed.tools).toEqual([]);
   });
 
   it('sends image parts as image blocks: data URL -> base64 source, http(s) URL -> url source', async () => {

@@ -101,6 +101,17 @@ describe('simulator: Anthropic messages', () => {
         },
         "tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
       ],
+      [
+        {
+          ...msg,
+          messages: [
+            { role: 'user', content: 'q' },
+            { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 't', input: {} }] },
+            { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'r' }] },
+          ],
+        },
+        'Requests which include `tool_use` or `tool_result` blocks must define tools.',
+      ],
     ];
     for (const [body, message] of cases) {
       const res = await messages(s, body);

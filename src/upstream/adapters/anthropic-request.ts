@@ -14,6 +14,9 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   tool would enforce the schema but turns the answer into tool arguments, clashes with the client's own
  *   tools and tool_choice, and needs its stream rewritten; an instruction keeps the answer as plain text
  *   content, streams unchanged and works on every model.
+ * - A conversation with tool calls in its history but no `tools` now (a closing turn that wants only text)
+ *   gets a stub definition per tool name used and `tool_choice: none`: Anthropic rejects tool_use and
+ *   tool_result blocks unless tools are defined, and turning the history into prose would lose its pairing.
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
@@ -78,6 +81,9 @@ export function buildAnthropicRequest(
     out.tools = tools;
     const choice = toolChoice(body.tool_choice, body.parallel_tool_calls === false);
     if (choice !== undefined) out.tool_choice = choice;
+  } else if (usesTools(turns)) {
+    out.tools = stubTools(turns);
+    out.tool_choice = { type: 'none' };
   }
 
   return {
@@ -314,6 +320,27 @@ function toolDefinitions(tools: unknown): Block[] {
     out.push(def);
   }
   return out;
+}
+
+function usesTools(turns: Turn[]): boolean {
+  return turns.some((t) => t.content.some((b) => b.type === 'tool_use' || b.type === 'tool_result'));
+}
+
+const TOOL_NAME = /^[a-zA-Z0-9_-]{1,128}$/;
+const STUB_DESCRIPTION = 'Called earlier in this conversation; not available now.';
+
+/** One argument-free definition per tool name the history used (a generic one when none is usable). */
+function stubTools(turns: Turn[]): Block[] {
+  const names = new Set<string>();
+  for (const turn of turns)
+    for (const b of turn.content)
+      if (b.type === 'tool_use' && typeof b.name === 'string' && TOOL_NAME.test(b.name)) names.add(b.name);
+  if (names.size === 0) names.add('earlier_tool');
+  return [...names].map((name) => ({
+    name,
+    description: STUB_DESCRIPTION,
+    input_schema: { type: 'object', properties: {} },
+  }));
 }
 
 /** Anthropic requires `input_schema.type: "object"`; OpenAI takes `parameters: {}` or none for "no arguments". */

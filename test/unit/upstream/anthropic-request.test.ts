@@ -385,6 +385,46 @@ describe('anthropic chatRequest: tools', () => {
     expect(sent.messages[1]?.content).toEqual([{ type: 'text', text: 'x' }]);
     expect(sent.messages[2]?.content).toEqual([{ type: 'text', text: 'Tool result: orphan' }]);
   });
+
+  // Anthropic: "Requests which include `tool_use` or `tool_result` blocks must define tools."
+  it('defines a stub per tool the history used, with tool_choice none, when the request has no tools', () => {
+    const call = (id: string, name: string) => ({
+      id,
+      type: 'function',
+      function: { name, arguments: '{}' },
+    });
+    const sent = build({
+      messages: [
+        user('q'),
+        { role: 'assistant', tool_calls: [call('c1', 'weather'), call('c2', 'time'), call('c3', 'weather')] },
+        { role: 'tool', tool_call_id: 'c1', content: 'sunny' },
+        { role: 'tool', tool_call_id: 'c2', content: 'noon' },
+        { role: 'tool', tool_call_id: 'c3', content: 'warm' },
+        user('sum it up'),
+      ],
+    });
+    const stub = { type: 'object', properties: {} };
+    expect(sent.tools).toEqual([
+      { name: 'weather', description: expect.any(String), input_schema: stub },
+      { name: 'time', description: expect.any(String), input_schema: stub },
+    ]);
+    expect(sent.tool_choice).toEqual({ type: 'none' });
+    expect(build({ messages: [user('q')], tools: [] })).not.toHaveProperty('tools');
+  });
+
+  it('keeps the client tools as they are when it sent some, and stubs a generic tool for unusable names', () => {
+    const history = [
+      user('q'),
+      { role: 'assistant', tool_calls: [{ id: 'c1', function: { name: 'bad name!', arguments: '{}' } }] },
+      { role: 'tool', tool_call_id: 'c1', content: 'r' },
+    ];
+    expect(build({ messages: history, tools: [fnTool('a')] }).tools).toEqual([
+      { name: 'a', input_schema: { type: 'object', properties: {} } },
+    ]);
+    const sent = build({ messages: history });
+    expect((sent.tools as { name: string }[]).map((t) => t.name)).toEqual(['earlier_tool']);
+    expect(sent.tool_choice).toEqual({ type: 'none' });
+  });
 });
 
 describe('anthropic chatRequest: parameters', () => {
