@@ -109,8 +109,11 @@ function blockError(block: unknown, at: string): ApiError | undefined {
         return invalid(`${at}.tool_result.content: Input should be a valid list`);
       }
       return undefined;
-    case 'document':
     case 'thinking':
+      if (typeof block.signature !== 'string' || block.signature === '')
+        return invalid(`${at}.thinking.signature: Field required`);
+      return undefined;
+    case 'document':
     case 'redacted_thinking':
       return undefined;
     default:
@@ -183,4 +186,54 @@ export function contentError(messages: Record<string, unknown>[]): ApiError | un
       );
   }
   return undefined;
+}
+
+/**
+ * Extended thinking: the budget and the rules that come with it. Returns the budget when thinking is on,
+ * undefined when it is off, or the API's error.
+ */
+export function thinkingError(body: Record<string, unknown>): ApiError | number | undefined {
+  const t = body.thinking;
+  if (t === undefined) return undefined;
+  if (!isRecord(t)) return invalid('thinking: Input should be a valid dictionary');
+  if (t.type === 'disabled') return undefined;
+  if (t.type !== 'enabled')
+    return invalid(
+      `thinking: Input tag '${String(t.type)}' found using 'type' does not match any of the expected tags: 'disabled', 'enabled'`,
+    );
+  const budget = t.budget_tokens;
+  if (typeof budget !== 'number' || !Number.isInteger(budget))
+    return invalid('thinking.enabled.budget_tokens: Field required');
+  if (budget < 1024)
+    return invalid('thinking.enabled.budget_tokens: Input should be greater than or equal to 1024');
+  if (typeof body.max_tokens === 'number' && body.max_tokens <= budget)
+    return invalid('`max_tokens` must be greater than `thinking.budget_tokens`.');
+  if (body.temperature !== undefined && body.temperature !== 1)
+    return invalid('`temperature` may only be set to 1 when thinking is enabled.');
+  if (typeof body.top_p === 'number' && body.top_p < 0.95)
+    return invalid('`top_p` must be greater than or equal to 0.95 or unset when thinking is enabled.');
+  if (body.top_k !== undefined) return invalid('`top_k` must be unset when thinking is enabled.');
+  const choice = body.tool_choice;
+  if (isRecord(choice) && (choice.type === 'any' || choice.type === 'tool'))
+    return invalid('Thinking may not be enabled when tool_choice forces tool use.');
+  const messages = Array.isArray(body.messages) ? (body.messages as unknown[]) : [];
+  const i = messages.length - 1;
+  const last = messages[i];
+  if (isRecord(last) && last.role === 'assistant')
+    return invalid(
+      'messages: a final `assistant` message (prefill) is not supported when thinking is enabled.',
+    );
+  for (let k = i; k >= 0; k--) {
+    const m = messages[k];
+    if (!isRecord(m) || m.role !== 'assistant' || !Array.isArray(m.content)) continue;
+    const first: unknown = m.content[0];
+    const usesTools = m.content.some((b) => isRecord(b) && b.type === 'tool_use');
+    const type = isRecord(first) ? first.type : undefined;
+    if (usesTools && type !== 'thinking' && type !== 'redacted_thinking')
+      return invalid(
+        `messages.${k}.content.0.type: Expected \`thinking\` or \`redacted_thinking\`, but found \`${String(type)}\`. When \`thinking\` is enabled, a final \`assistant\` message must start with a thinking block. To avoid this requirement, disable \`thinking\`.`,
+      );
+    break;
+  }
+  return budget;
 }

@@ -19,6 +19,7 @@ import {
 import {
   contentError,
   invalid,
+  thinkingError,
   toolsError,
   undefinedToolsError,
   unknownFieldError,
@@ -26,6 +27,11 @@ import {
 
 const MODELS = ['claude-sonnet-4-5', 'claude-3-5-haiku-latest'];
 const STOP = { stop: 'end_turn', length: 'max_tokens', tool: 'tool_use' } as const;
+/** The thinking block a request with `thinking` enabled gets before its answer. */
+export const THINKING = {
+  thinking: 'Weighing the question (simulated).',
+  signature: 'c2ltdWxhdGVk',
+} as const;
 
 const ERROR_TYPES = new Map<number, [type: string, message: string]>([
   [400, ['invalid_request_error', 'Invalid request (simulated).']],
@@ -122,7 +128,10 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
   const list = messages as Record<string, unknown>[];
   const bad = toolsError(body.tools) ?? contentError(list) ?? undefinedToolsError(list, body.tools);
   if (bad) return bad;
+  const thinking = thinkingError(body);
+  if (typeof thinking === 'object') return thinking;
   return {
+    thinking: thinking !== undefined,
     model: body.model,
     stream: body.stream === true,
     includeUsage: true,
@@ -135,18 +144,15 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
 const renderer: ChatRenderer = {
   toolIdPrefix: 'toolu_',
   json(ex, chat, plan) {
-    const content = plan.tool
-      ? [
-          {
-            type: 'tool_use',
-            id: plan.tool.id,
-            name: plan.tool.name,
-            input: JSON.parse(plan.tool.args) as unknown,
-          },
-        ]
-      : plan.chunks.length > 0
-        ? [{ type: 'text', text: plan.chunks.join('') }]
-        : [];
+    const content: Record<string, unknown>[] = chat.thinking ? [{ type: 'thinking', ...THINKING }] : [];
+    if (plan.tool)
+      content.push({
+        type: 'tool_use',
+        id: plan.tool.id,
+        name: plan.tool.name,
+        input: JSON.parse(plan.tool.args) as unknown,
+      });
+    else if (plan.chunks.length > 0) content.push({ type: 'text', text: plan.chunks.join('') });
     return JSON.stringify({
       id: newId('msg_'),
       type: 'message',
@@ -162,23 +168,44 @@ const renderer: ChatRenderer = {
   },
   stream(ex, chat, plan) {
     const tool = plan.tool;
-    const preamble = sseEvent('message_start', {
-      type: 'message_start',
-      message: {
-        id: newId('msg_'),
-        type: 'message',
-        role: 'assistant',
-        model: chat.model,
-        content: [],
-        stop_reason: null,
-        stop_sequence: null,
-        usage: { input_tokens: chat.promptTokens, output_tokens: 1 },
-      },
-    });
+    // Thinking comes first, whole, with the preamble: the answer's block is the next one.
+    const index = chat.thinking ? 1 : 0;
+    const thinking = chat.thinking
+      ? sseEvent('content_block_start', {
+          type: 'content_block_start',
+          index: 0,
+          content_block: { type: 'thinking', thinking: '', signature: '' },
+        }) +
+        sseEvent('content_block_delta', {
+          type: 'content_block_delta',
+          index: 0,
+          delta: { type: 'thinking_delta', thinking: THINKING.thinking },
+        }) +
+        sseEvent('content_block_delta', {
+          type: 'content_block_delta',
+          index: 0,
+          delta: { type: 'signature_delta', signature: THINKING.signature },
+        }) +
+        sseEvent('content_block_stop', { type: 'content_block_stop', index: 0 })
+      : '';
+    const preamble =
+      sseEvent('message_start', {
+        type: 'message_start',
+        message: {
+          id: newId('msg_'),
+          type: 'message',
+          role: 'assistant',
+          model: chat.model,
+          content: [],
+          stop_reason: null,
+          stop_sequence: null,
+          usage: { input_tokens: chat.promptTokens, output_tokens: 1 },
+        },
+      }) + thinking;
     const blockStart =
       sseEvent('content_block_start', {
         type: 'content_block_start',
-        index: 0,
+        index,
         content_block: tool
           ? { type: 'tool_use', id: tool.id, name: tool.name, input: {} }
           : { type: 'text', text: '' },
@@ -189,7 +216,7 @@ const renderer: ChatRenderer = {
         (i === 0 ? blockStart : '') +
         sseEvent('content_block_delta', {
           type: 'content_block_delta',
-          index: 0,
+          index,
           delta: tool
             ? { type: 'input_json_delta', partial_json: piece }
             : { type: 'text_delta', text: piece },
@@ -197,7 +224,7 @@ const renderer: ChatRenderer = {
     );
     const outro =
       (chunks.length === 0 ? blockStart : '') +
-      sseEvent('content_block_stop', { type: 'content_block_stop', index: 0 }) +
+      sseEvent('content_block_stop', { type: 'content_block_stop', index }) +
       sseEvent('message_delta', {
         type: 'message_delta',
         delta: { stop_reason: STOP[plan.finish], stop_sequence: null },

@@ -251,6 +251,8 @@ export interface ChatRequest {
   maxTokens: number | undefined;
   /** Set when the request offers a tool and a tool call is allowed (not after a tool result). */
   tool: ToolTarget | undefined;
+  /** Anthropic extended thinking asked for: the answer opens with a thinking block. */
+  thinking?: boolean;
 }
 
 export interface ReplyPlan {

@@ -7,6 +7,7 @@ import type {
 } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
+import { THINKING } from '../../src/sim/anthropic.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { scrape, value } from '../helpers/prom-text.js';
@@ -132,12 +133,13 @@ function functionCalls(calls: unknown): ChatCompletionMessageFunctionToolCall[] 
 }
 
 /** A Claude simulator that calls tools, and the answer to a first question offering WEATHER_TOOL. */
-async function weatherAsked() {
+async function weatherAsked(extra: Partial<ChatCompletionCreateParamsNonStreaming> = {}) {
   const { client, sims } = await setup([claude({ toolCall: true })]);
   const ask: ChatCompletionCreateParamsNonStreaming = {
     model: 'r',
     messages: [{ role: 'user', content: 'Weather in Paris?' }],
     tools: [WEATHER_TOOL],
+    ...extra,
   };
   return { client, sim: sims[0], ask, first: await client.chat.completions.create(ask) };
 }
@@ -276,6 +278,62 @@ describe('Anthropic upstream through the OpenAI SDK (non-streaming)', () => {
     expect(streamed.error).toBeUndefined();
     expect(streamed.text).toContain('from claude here');
     expect(streamed.tools).toEqual([]);
+  });
+
+  it('reasoning_effort asks Claude to think; the thinking comes back as reasoning_content (JSON and SSE)', async () => {
+    const { client, sims } = await setup([claude()]);
+    const [sim] = sims;
+    const ask = {
+      model: 'r',
+      messages: [{ role: 'user' as const, content: 'Think first.' }],
+      reasoning_effort: 'medium' as const,
+      temperature: 0.3,
+    };
+    const answer = await client.chat.completions.create(ask);
+    const message = answer.choices[0]!.message as unknown as Json;
+    expect(message.content).toContain('from claude here');
+    expect(message.reasoning_content).toBe(THINKING.thinking);
+    expect(message.thinking_blocks).toEqual([{ type: 'thinking', ...THINKING }]);
+    expect(body(sim).thinking).toEqual({ type: 'enabled', budget_tokens: 2048 });
+    expect(body(sim)).not.toHaveProperty('temperature');
+
+    const streamed = await assemble(await client.chat.completions.create({ ...ask, stream: true }));
+    expect(streamed.error).toBeUndefined();
+    expect(streamed.text).toBe(message.content);
+    const reasoning = streamed.chunks.map(
+      (c) => (c.choices[0]?.delta as Json | undefined)?.reasoning_content,
+    );
+    expect(reasoning.filter((r) => r !== undefined)).toEqual([THINKING.thinking]);
+    // The reasoning precedes the text, as Claude sent it.
+    expect(reasoning.findIndex((r) => r !== undefined)).toBeLessThan(
+      streamed.chunks.findIndex((c) => Boolean(c.choices[0]?.delta.content)),
+    );
+  });
+
+  it('thinking through a tool loop: the message sent back keeps its thinking; without it, thinking is left off', async () => {
+    const { client, sim, ask, first } = await weatherAsked({ reasoning_effort: 'low' });
+    const message = first.choices[0]!.message;
+    const call = functionCalls(message.tool_calls)[0]!;
+    expect((message as unknown as Json).thinking_blocks).toEqual([{ type: 'thinking', ...THINKING }]);
+    const result = { role: 'tool' as const, tool_call_id: call.id, content: '18°C and sunny' };
+    const next = { ...ask, reasoning_effort: 'low' as const };
+    // As the SDK returned it: the simulator, like Anthropic, wants the tool turn to open with its thinking.
+    const kept = await client.chat.completions.create({
+      ...next,
+      messages: [...ask.messages, message, result],
+    });
+    expect(kept.choices[0]!.finish_reason).toBe('stop');
+    expect(body(sim, 1).thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
+    expect((messagesOf(sim, 1)[1]!.content as Json[]).map((b) => b.type)).toEqual(['thinking', 'tool_use']);
+
+    // A client that keeps only the standard fields: thinking is off for this turn rather than a 400.
+    const { role, content, tool_calls } = message;
+    const bare = await client.chat.completions.create({
+      ...next,
+      messages: [...ask.messages, { role, content, tool_calls }, result],
+    });
+    expect(bare.choices[0]!.finish_reason).toBe('stop');
+    expect(body(sim, 2)).not.toHaveProperty('thinking');
   });
 
   it('sends image parts as image blocks: data URL -> base64 source, http(s) URL -> url source', async () => {

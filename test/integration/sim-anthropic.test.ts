@@ -112,6 +112,39 @@ describe('simulator: Anthropic messages', () => {
         },
         'Requests which include `tool_use` or `tool_result` blocks must define tools.',
       ],
+      [{ ...msg, thinking: { type: 'enabled', budget_tokens: 512 } }, 'greater than or equal to 1024'],
+      [
+        { ...msg, max_tokens: 1024, thinking: { type: 'enabled', budget_tokens: 1024 } },
+        '`max_tokens` must be greater than `thinking.budget_tokens`',
+      ],
+      [
+        { ...msg, max_tokens: 4096, temperature: 0.5, thinking: { type: 'enabled', budget_tokens: 1024 } },
+        '`temperature` may only be set to 1 when thinking is enabled',
+      ],
+      [
+        {
+          ...msg,
+          max_tokens: 4096,
+          thinking: { type: 'enabled', budget_tokens: 1024 },
+          tools: [{ name: 't', input_schema: { type: 'object' } }],
+          tool_choice: { type: 'any' },
+        },
+        'Thinking may not be enabled when tool_choice forces tool use.',
+      ],
+      [
+        {
+          ...msg,
+          max_tokens: 4096,
+          thinking: { type: 'enabled', budget_tokens: 1024 },
+          tools: [{ name: 't', input_schema: { type: 'object' } }],
+          messages: [
+            { role: 'user', content: 'q' },
+            { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 't', input: {} }] },
+            { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'r' }] },
+          ],
+        },
+        'a final `assistant` message must start with a thinking block',
+      ],
     ];
     for (const [body, message] of cases) {
       const res = await messages(s, body);

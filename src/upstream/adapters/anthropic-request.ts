@@ -19,6 +19,14 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   tool_result blocks unless tools are defined, and turning the history into prose would lose its pairing.
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
+ * - Extended thinking: `reasoning_effort` low / medium / high asks for a thinking budget of 1024 / 2048 / 4096
+ *   tokens (or the client's own `thinking: {type: "enabled", budget_tokens}`, as other gateways take it).
+ *   Within the client's `max_tokens` (which, as OpenAI counts it, covers the reasoning), else on top of the
+ *   provider's default. Anthropic's rules win over the wish: no thinking when a tool is forced, when the
+ *   budget would be under 1024, after a prefill (a final assistant turn), or when the last assistant turn
+ *   called tools without its thinking blocks (`thinking_blocks`, which non-streamed answers carry and clients
+ *   may send back). With thinking, `temperature` and `top_p` are not sent (Anthropic takes neither); the
+ *   answer's thinking comes back as `reasoning_content`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
  *   recent Claude models reject the two together.
  * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:
@@ -49,10 +57,10 @@ export function buildAnthropicRequest(
 ): PreparedRequest {
   const system: Block[] = [];
   const turns: Turn[] = [];
-  const messages: unknown = body.messages;
-  if (Array.isArray(messages)) {
-    for (const message of messages) addMessage(message, system, turns);
-  }
+  const messages: unknown[] = Array.isArray(body.messages) ? body.messages : [];
+  const explicitMax = positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens);
+  const thinking = thinkingFor(body, messages, explicitMax);
+  for (const message of messages) addMessage(message, system, turns, thinking !== undefined);
   finishTurns(turns);
 
   const instruction = responseFormatInstruction(body.response_format);
@@ -61,11 +69,12 @@ export function buildAnthropicRequest(
   const out: JsonObject = { model };
   if (system.length > 0) out.system = systemValue(system);
   out.messages = turns;
-  out.max_tokens =
-    positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens) ?? provider.defaultMaxTokens;
+  out.max_tokens = explicitMax ?? provider.defaultMaxTokens + (thinking ?? 0);
+  if (thinking !== undefined) out.thinking = { type: 'enabled', budget_tokens: thinking };
 
-  const temperature = asNumber(body.temperature);
-  const topP = asNumber(body.top_p);
+  // Anthropic rejects sampling changes while thinking.
+  const temperature = thinking === undefined ? asNumber(body.temperature) : undefined;
+  const topP = thinking === undefined ? asNumber(body.top_p) : undefined;
   if (temperature !== undefined) out.temperature = Math.min(Math.max(temperature, 0), 1);
   else if (topP !== undefined) out.top_p = topP;
 
@@ -105,7 +114,72 @@ function apiKeyAndVersion(provider: AdapterProvider, into: Record<string, string
   into['anthropic-version'] = provider.anthropicVersion;
 }
 
-function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
+/** Anthropic's smallest thinking budget. */
+const MIN_THINKING_BUDGET = 1024;
+const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096 };
+
+/** The thinking budget to ask for, or undefined for none (see the header for the rules). */
+function thinkingFor(
+  body: ChatBody,
+  messages: unknown[],
+  explicitMax: number | undefined,
+): number | undefined {
+  let budget: number | undefined;
+  const asked = body.thinking;
+  if (isObject(asked)) {
+    // The client's own Anthropic-style setting is taken as given: a contradiction is Anthropic's 400 to report.
+    if (asked.type !== 'enabled') return undefined;
+    budget = positiveInt(asked.budget_tokens);
+  } else {
+    const effort = body.reasoning_effort;
+    const wanted =
+      typeof effort === 'string' && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
+    if (wanted === undefined) return undefined;
+    budget = explicitMax === undefined ? wanted : Math.min(wanted, explicitMax - 1);
+    if (budget < MIN_THINKING_BUDGET) return undefined;
+  }
+  if (budget === undefined || forcesTool(body) || historyForbidsThinking(messages)) return undefined;
+  return budget;
+}
+
+function forcesTool(body: ChatBody): boolean {
+  const choice = body.tool_choice;
+  return choice === 'required' || (isObject(choice) && choice.type === 'function');
+}
+
+/**
+ * Anthropic, with thinking on: the last assistant turn, if it called tools, must open with its thinking blocks,
+ * and a final assistant turn (a prefill) is not taken at all.
+ */
+function historyForbidsThinking(messages: unknown[]): boolean {
+  let final = true;
+  for (let i = messages.length - 1; i >= 0; i--) {
+    const m = messages[i];
+    if (!isObject(m)) continue;
+    if (m.role === 'user' || m.role === 'tool') final = false;
+    if (m.role !== 'assistant') continue;
+    if (final) return true;
+    const calls = m.tool_calls;
+    return Array.isArray(calls) && calls.length > 0 && thinkingBlocks(m.thinking_blocks).length === 0;
+  }
+  return false;
+}
+
+/** `thinking_blocks` sent back on an assistant message: signed thinking, or redacted thinking, as Anthropic gave them. */
+function thinkingBlocks(blocks: unknown): Block[] {
+  const out: Block[] = [];
+  if (!Array.isArray(blocks)) return out;
+  for (const b of blocks) {
+    if (!isObject(b)) continue;
+    if (b.type === 'thinking' && typeof b.thinking === 'string' && typeof b.signature === 'string')
+      out.push({ type: 'thinking', thinking: b.thinking, signature: b.signature });
+    else if (b.type === 'redacted_thinking' && typeof b.data === 'string')
+      out.push({ type: 'redacted_thinking', data: b.data });
+  }
+  return out;
+}
+
+function addMessage(message: unknown, system: Block[], turns: Turn[], thinking: boolean): void {
   if (!isObject(message)) return;
   switch (message.role) {
     case 'system':
@@ -116,7 +190,11 @@ function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
       pushTurn(turns, 'user', userBlocks(message.content));
       return;
     case 'assistant':
-      pushTurn(turns, 'assistant', [...textBlocks(message.content), ...toolUseBlocks(message.tool_calls)]);
+      pushTurn(turns, 'assistant', [
+        ...(thinking ? thinkingBlocks(message.thinking_blocks) : []),
+        ...textBlocks(message.content),
+        ...toolUseBlocks(message.tool_calls),
+      ]);
       return;
     case 'tool':
       pushTurn(turns, 'user', [toolResultBlock(message)]);

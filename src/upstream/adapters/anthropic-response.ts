@@ -69,7 +69,9 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
     return { error: inBandError(msg.error, 'upstream answered 200 with an error') };
   }
   let text = '';
+  let reasoning = '';
   const toolCalls: JsonObject[] = [];
+  const thinking: JsonObject[] = [];
   if (Array.isArray(msg.content)) {
     for (const block of msg.content) {
       if (!isObject(block)) continue;
@@ -80,8 +82,17 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
           type: 'function',
           function: { name: block.name, arguments: JSON.stringify(block.input ?? {}) },
         });
+      } else if (block.type === 'thinking' && typeof block.thinking === 'string') {
+        reasoning += block.thinking;
+        thinking.push({
+          type: 'thinking',
+          thinking: block.thinking,
+          signature: asString(block.signature) ?? '',
+        });
+      } else if (block.type === 'redacted_thinking' && typeof block.data === 'string') {
+        thinking.push({ type: 'redacted_thinking', data: block.data });
       }
-      // thinking, redacted_thinking and server-tool blocks have no Chat Completions equivalent.
+      // Server-tool blocks have no Chat Completions equivalent.
     }
   }
 
@@ -91,6 +102,12 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
     refusal: null,
   };
   if (toolCalls.length > 0) message.tool_calls = toolCalls;
+  if (thinking.length > 0) {
+    // The reasoning as OpenAI-compatible servers give it, and the signed blocks a client sends back (with the
+    // assistant message) to keep thinking through a tool loop, as other gateways do.
+    message.reasoning_content = reasoning;
+    message.thinking_blocks = thinking;
+  }
 
   let usage: Usage | undefined;
   if (isObject(msg.usage)) {

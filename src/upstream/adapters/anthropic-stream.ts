@@ -29,8 +29,8 @@ interface ToolBlock {
 /**
  * Anthropic Messages SSE events -> OpenAI `chat.completion.chunk`s, one chunk out per meaningful event in,
  * as they arrive. The role chunk (message_start) and the finish chunk are not content; text, a tool call's
- * start and its argument fragments are (the stream commits there). Empty deltas, pings, text block stops and
- * thinking deltas produce nothing; data that is not a JSON object is dropped. Anthropic may send several
+ * start, its argument fragments and thinking (as `reasoning_content`) are (the stream commits there). Empty
+ * deltas, pings, text block stops and thinking signatures produce nothing; data that is not a JSON object is dropped. Anthropic may send several
  * message_delta events; only the first with a stop_reason gives the finish chunk (OpenAI sends one).
  */
 export class AnthropicStreamTranslator implements StreamTranslator {
@@ -132,6 +132,13 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     if (!isObject(delta)) return;
     if (delta.type === 'text_delta') {
       if (typeof delta.text === 'string' && delta.text !== '') this.text(delta.text);
+      return;
+    }
+    if (delta.type === 'thinking_delta') {
+      // Reasoning is content, as an OpenAI-compatible server's reasoning_content is: the stream commits here.
+      const thinking = delta.thinking;
+      if (typeof thinking === 'string' && thinking !== '')
+        this.sink.chunk(this.enc().choice({ reasoning_content: thinking }, null), true);
       return;
     }
     if (delta.type !== 'input_json_delta' || typeof index !== 'number') return;

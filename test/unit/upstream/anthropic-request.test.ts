@@ -555,3 +555,79 @@ describe('anthropic chatRequest: hostile input never throws', () => {
     expect((JSON.parse(req.body) as Sent).messages).toHaveLength(1);
   });
 });
+
+describe('anthropic chatRequest: extended thinking', () => {
+  const call = { id: 'c1', type: 'function', function: { name: 'f', arguments: '{}' } };
+  const signed = { type: 'thinking', thinking: 'hmm', signature: 'sig' };
+  const toolLoop = (assistant: Record<string, unknown>) => [
+    user('q'),
+    { role: 'assistant', tool_calls: [call], ...assistant },
+    { role: 'tool', tool_call_id: 'c1', content: 'r' },
+  ];
+
+  it.each([
+    ['low', 1024],
+    ['medium', 2048],
+    ['high', 4096],
+  ])('reasoning_effort %s asks for %i thinking tokens on top of the default max_tokens', (effort, budget) => {
+    const sent = build({ messages: [user('q')], reasoning_effort: effort, temperature: 0.2, top_p: 0.5 });
+    expect(sent.thinking).toEqual({ type: 'enabled', budget_tokens: budget });
+    expect(sent.max_tokens).toBe(4096 + budget);
+    expect(sent).not.toHaveProperty('temperature');
+    expect(sent).not.toHaveProperty('top_p');
+  });
+
+  it("fits the budget inside the client's max_tokens, and asks for none when under 1024 would be left", () => {
+    const inside = build({ messages: [user('q')], reasoning_effort: 'high', max_completion_tokens: 3000 });
+    expect([inside.thinking, inside.max_tokens]).toEqual([{ type: 'enabled', budget_tokens: 2999 }, 3000]);
+    const small = build({
+      messages: [user('q')],
+      reasoning_effort: 'low',
+      max_tokens: 1024,
+      temperature: 0.3,
+    });
+    expect(small).not.toHaveProperty('thinking');
+    expect([small.max_tokens, small.temperature]).toEqual([1024, 0.3]);
+  });
+
+  it('takes the client’s own thinking setting as given, and no thinking for other efforts', () => {
+    const own = build({ messages: [user('q')], thinking: { type: 'enabled', budget_tokens: 5000 } });
+    expect([own.thinking, own.max_tokens]).toEqual([{ type: 'enabled', budget_tokens: 5000 }, 9096]);
+    for (const effort of ['minimal', 'none', 'xhigh', 3, undefined])
+      expect(build({ messages: [user('q')], reasoning_effort: effort })).not.toHaveProperty('thinking');
+    const off = build({ messages: [user('q')], reasoning_effort: 'high', thinking: { type: 'disabled' } });
+    expect(off).not.toHaveProperty('thinking');
+  });
+
+  it('no thinking with a forced tool, after a prefill, or after a tool turn sent back without its thinking', () => {
+    const fn = { type: 'function', function: { name: 'f' } };
+    const effort = { reasoning_effort: 'medium' };
+    expect(
+      build({ messages: [user('q')], tools: [fn], tool_choice: 'required', ...effort }),
+    ).not.toHaveProperty('thinking');
+    const prefill = [user('q'), { role: 'assistant', content: 'Sure:' }];
+    expect(build({ messages: prefill, ...effort })).not.toHaveProperty('thinking');
+    const bare = build({ messages: toolLoop({}), tools: [fn], ...effort });
+    expect(bare).not.toHaveProperty('thinking');
+    expect(bare.messages[1]!.content.map((b) => b.type)).toEqual(['tool_use']);
+  });
+
+  it("sends a tool turn's thinking_blocks back first in its turn, signed or redacted, when thinking", () => {
+    const fn = { type: 'function', function: { name: 'f' } };
+    const redacted = { type: 'redacted_thinking', data: 'X' };
+    const blocks = [signed, redacted, { type: 'thinking', thinking: 'unsigned' }, 7];
+    const sent = build({
+      messages: toolLoop({ thinking_blocks: blocks }),
+      tools: [fn],
+      reasoning_effort: 'low',
+    });
+    expect(sent.thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
+    expect(sent.messages[1]!.content).toEqual([
+      signed,
+      redacted,
+      { type: 'tool_use', id: 'c1', name: 'f', input: {} },
+    ]);
+    const without = build({ messages: toolLoop({ thinking_blocks: blocks }), tools: [fn] });
+    expect(without.messages[1]!.content.map((b) => b.type)).toEqual(['tool_use']);
+  });
+});

@@ -67,9 +67,18 @@ describe('anthropic chatResponse', () => {
     expect(usage).toEqual(expectedUsage);
   });
 
-  it('translates tool_use blocks to tool_calls and skips thinking', () => {
+  it('translates tool_use blocks to tool_calls, thinking to reasoning_content plus the signed blocks', () => {
     const { body } = translate(fixture('tool-message.json'));
     const choice = body.choices[0]!;
+    const message = choice.message as unknown as Record<string, unknown>;
+    expect(message.reasoning_content).toBe('The user wants weather for two cities.');
+    expect(message.thinking_blocks).toEqual([
+      {
+        type: 'thinking',
+        thinking: 'The user wants weather for two cities.',
+        signature: 'EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds',
+      },
+    ]);
     expect(choice.finish_reason).toBe('tool_calls');
     expect(choice.message.content).toBe("Okay, let's check the weather for San Francisco and Zürich:");
     expect(choice.message.tool_calls).toEqual([
@@ -84,6 +93,23 @@ describe('anthropic chatResponse', () => {
         function: { name: 'get_weather', arguments: '{"location":"Zürich 🇨🇭","unit":"celsius"}' },
       },
     ]);
+  });
+
+  it('keeps redacted thinking as a block; an answer without thinking has neither field', () => {
+    const { body } = translate({
+      id: 'm',
+      content: [
+        { type: 'redacted_thinking', data: 'ENCRYPTED' },
+        { type: 'text', text: 'a' },
+      ],
+      stop_reason: 'end_turn',
+    });
+    const message = body.choices[0]!.message as unknown as Record<string, unknown>;
+    expect(message.reasoning_content).toBe('');
+    expect(message.thinking_blocks).toEqual([{ type: 'redacted_thinking', data: 'ENCRYPTED' }]);
+    const plain = translate({ id: 'm', content: [{ type: 'text', text: 'a' }] }).body.choices[0]!.message;
+    expect(plain).not.toHaveProperty('reasoning_content');
+    expect(plain).not.toHaveProperty('thinking_blocks');
   });
 
   it('gives content null when the answer is only tool calls', () => {

@@ -137,11 +137,12 @@ describe('anthropic stream: text answer', () => {
 });
 
 describe('anthropic stream: tool use', () => {
-  it('emits tool-call starts and argument fragments as content, indexed from 0, skipping thinking', () => {
+  it('emits thinking as reasoning_content, then tool-call starts and argument fragments, all content, indexed from 0', () => {
     const out = whole(TOOL);
     const deltas = chunksOf(out).map((c) => [c.choices[0]!.delta, c.choices[0]!.finish_reason]);
     expect(deltas).toEqual([
       [{ role: 'assistant', content: '' }, null],
+      [{ reasoning_content: 'The user wants weather for two cities.' }, null],
       [{ content: "Okay, let's check the weather for San Francisco" }, null],
       [{ content: ' and Zürich:' }, null],
       [
@@ -178,7 +179,7 @@ describe('anthropic stream: tool use', () => {
       [{}, 'tool_calls'],
     ]);
     const flags = out.flatMap((o) => (o.kind === 'chunk' ? [o.content] : []));
-    expect(flags).toEqual([false, true, true, true, true, true, true, true, true, true, false]);
+    expect(flags).toEqual([false, true, true, true, true, true, true, true, true, true, true, false]);
     expect(out.find((o) => o.kind === 'usage')).toEqual({
       kind: 'usage',
       usage: {
