@@ -1,5 +1,6 @@
 import OpenAI from 'openai';
 import type {
+  ChatCompletionMessageParam,
   ChatCompletionChunk,
   ChatCompletionCreateParamsNonStreaming,
   ChatCompletionMessageFunctionToolCall,
@@ -726,6 +727,31 @@ describe('a route mixing an OpenAI-dialect and an Anthropic upstream', () => {
     expect(got.finish).toBe('stop');
     expect(anth.requests).toHaveLength(2);
     expect(oa.requests).toHaveLength(2);
+  });
+
+  it("a thinking Claude answer sent back moves to the OpenAI upstream without Claude's thinking_blocks (strict servers refuse unknown message fields)", async () => {
+    const { client, sims } = await setup([claude(), gpt()]);
+    const [anth, oa] = sims;
+    const ask = { model: 'r', messages: hi, reasoning_effort: 'low' as const };
+    const first = await client.chat.completions.create(ask);
+    const message = first.choices[0]!.message as unknown as Json;
+    expect(message.thinking_blocks).toBeDefined();
+    const turn = [...hi, message, { role: 'user', content: 'and then?' }] as ChatCompletionMessageParam[];
+    const second = await client.chat.completions.create(
+      { ...ask, messages: turn },
+      { headers: { 'x-router-provider': 'gpt' } },
+    );
+    expect(second.choices[0]!.message.content).toBe(reply('gpt'));
+    const sent = messagesOf(oa)[1]!;
+    expect(sent).not.toHaveProperty('thinking_blocks');
+    expect(sent.reasoning_content).toBe(THINKING.thinking); // what OpenAI-compatible servers define stays
+    expect(body(oa).reasoning_effort).toBe('low');
+    // Claude itself gets them back.
+    await client.chat.completions.create(
+      { ...ask, messages: turn },
+      { headers: { 'x-router-provider': 'claude' } },
+    );
+    expect((messagesOf(anth, 1)[1]!.content as Json[])[0]).toEqual({ type: 'thinking', ...THINKING });
   });
 
   it('OpenAI first failing with 500 -> Anthropic serves, non-streaming and streaming', async () => {

@@ -31,7 +31,7 @@ export const openaiAdapter: ChatAdapter = {
     return {
       path: '/chat/completions',
       headers: openaiHeaders(provider),
-      body: stringifyWithModel(body, model),
+      body: stringifyWithModel(withoutThinkingBlocks(body), model),
     };
   },
 
@@ -74,6 +74,29 @@ export const openaiAdapter: ChatAdapter = {
     return errorFromBody(status, parseJsonObject(bodyText), bodyText);
   },
 };
+
+/**
+ * `thinking_blocks` are the gateway's own field (Claude's signed thinking, handed to the client so it can send
+ * it back to Claude): a strict OpenAI-compatible server (older OpenAI models, Groq) refuses a message with a
+ * property it does not know, so a conversation that moved to one from Claude would get a 400. Only then is
+ * the body copied, without them; every other field, `reasoning_content` included, goes as the client sent it.
+ */
+function withoutThinkingBlocks(body: ChatBody): ChatBody {
+  const messages = body.messages;
+  let found = false;
+  for (let i = 0; i < messages.length && !found; i++) {
+    const m = messages[i];
+    found =
+      m !== null && typeof m === 'object' && (m as Record<string, unknown>).thinking_blocks !== undefined;
+  }
+  if (!found) return body;
+  const stripped = messages.map((m) => {
+    if (m === null || typeof m !== 'object' || !Object.hasOwn(m, 'thinking_blocks')) return m;
+    const { thinking_blocks: _dropped, ...rest } = m as Record<string, unknown>;
+    return rest;
+  });
+  return { ...body, messages: stripped };
+}
 
 /**
  * A chat or embeddings body as JSON with `model` set to the upstream's name: the client's own text with the
