@@ -19,8 +19,9 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   tool_result blocks unless tools are defined, and turning the history into prose would lose its pairing.
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
- * - Extended thinking: `reasoning_effort` low / medium / high asks for a thinking budget of 1024 / 2048 / 4096
- *   tokens (or the client's own `thinking: {type: "enabled", budget_tokens}`, as other gateways take it).
+ * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (Claude 3.7 and 4 on) for
+ *   a budget of 1024 / 2048 / 4096 tokens; the client's own `thinking: {type: "enabled", budget_tokens}` (as
+ *   other gateways take it) is sent to any model.
  *   Within the client's `max_tokens` (which, as OpenAI counts it, covers the reasoning), else on top of the
  *   provider's default. Anthropic's rules win over the wish: no thinking when a tool is forced, when the
  *   budget would be under 1024, after a prefill (a final assistant turn), or when the last assistant turn
@@ -59,7 +60,7 @@ export function buildAnthropicRequest(
   const turns: Turn[] = [];
   const messages: unknown[] = Array.isArray(body.messages) ? body.messages : [];
   const explicitMax = positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens);
-  const thinking = thinkingFor(body, messages, explicitMax);
+  const thinking = thinkingFor(body, messages, explicitMax, model);
   for (const message of messages) addMessage(message, system, turns, thinking !== undefined);
   finishTurns(turns);
 
@@ -116,6 +117,12 @@ function apiKeyAndVersion(provider: AdapterProvider, into: Record<string, string
 
 /** Anthropic's smallest thinking budget. */
 const MIN_THINKING_BUDGET = 1024;
+/**
+ * Claude models with extended thinking (3.7, and the 4 families on: `claude-sonnet-4-5`, `claude-opus-4-1`,
+ * Bedrock's `anthropic.claude-sonnet-4-...`). Older ones answer `thinking` with a 400, so a client that sends
+ * `reasoning_effort` to every model keeps getting answers from them, as before.
+ */
+const THINKING_MODEL = /claude-(3-7|[a-z]+-[4-9]|[4-9])/;
 const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096 };
 
 /** The thinking budget to ask for, or undefined for none (see the header for the rules). */
@@ -123,6 +130,7 @@ function thinkingFor(
   body: ChatBody,
   messages: unknown[],
   explicitMax: number | undefined,
+  model: string,
 ): number | undefined {
   let budget: number | undefined;
   const asked = body.thinking;
@@ -134,7 +142,7 @@ function thinkingFor(
     const effort = body.reasoning_effort;
     const wanted =
       typeof effort === 'string' && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
-    if (wanted === undefined) return undefined;
+    if (wanted === undefined || !THINKING_MODEL.test(model)) return undefined;
     budget = explicitMax === undefined ? wanted : Math.min(wanted, explicitMax - 1);
     if (budget < MIN_THINKING_BUDGET) return undefined;
   }

@@ -599,6 +599,35 @@ describe('anthropic chatRequest: extended thinking', () => {
     expect(off).not.toHaveProperty('thinking');
   });
 
+  it('reasoning_effort asks only models that think; an explicit thinking setting goes to any model', () => {
+    const sent = (model: string, extra: Record<string, unknown>) =>
+      JSON.parse(
+        anthropicAdapter.chatRequest(
+          { model: 'x', messages: [user('q')], ...extra } as ChatBody,
+          model,
+          provider,
+        ).body,
+      ) as Record<string, unknown>;
+    const effort = { reasoning_effort: 'low', temperature: 0.5 };
+    for (const model of [
+      'claude-3-7-sonnet-latest',
+      'claude-opus-4-1',
+      'anthropic.claude-sonnet-4-20250514-v1:0',
+    ])
+      expect(sent(model, effort).thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
+    for (const model of [
+      'claude-3-5-haiku-latest',
+      'claude-3-opus-20240229',
+      'claude-2.1',
+      'my-proxy-model',
+    ]) {
+      expect(sent(model, effort)).not.toHaveProperty('thinking');
+      expect(sent(model, effort).temperature).toBe(0.5);
+    }
+    const own = { thinking: { type: 'enabled', budget_tokens: 2000 } };
+    expect(sent('my-proxy-model', own).thinking).toEqual(own.thinking);
+  });
+
   it('no thinking with a forced tool, after a prefill, or after a tool turn sent back without its thinking', () => {
     const fn = { type: 'function', function: { name: 'f' } };
     const effort = { reasoning_effort: 'medium' };
