@@ -598,6 +598,28 @@ describe('Anthropic upstream through the OpenAI SDK (streaming)', () => {
     ]);
   });
 
+  it("a streamed thinking tool call: the SDK's final message carries the signed block, and sent back, Claude keeps thinking", async () => {
+    const { client, sims } = await setup([claude({ toolCall: true })]);
+    const [sim] = sims;
+    const ask: ChatCompletionCreateParamsNonStreaming = {
+      model: 'r',
+      messages: [{ role: 'user', content: 'Weather in Paris?' }],
+      tools: [WEATHER_TOOL],
+      reasoning_effort: 'low',
+    };
+    const final = await client.chat.completions.stream({ ...ask, stream: true }).finalChatCompletion();
+    const message = final.choices[0]!.message;
+    expect((message as unknown as Json).thinking_blocks).toEqual([{ type: 'thinking', ...THINKING }]);
+    const call = functionCalls(message.tool_calls)[0]!;
+    const next = await client.chat.completions.create({
+      ...ask,
+      messages: [...ask.messages, message, { role: 'tool', tool_call_id: call.id, content: 'sunny' }],
+    });
+    expect(next.choices[0]!.finish_reason).toBe('stop');
+    expect(body(sim, 1).thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
+    expect((messagesOf(sim, 1)[1]!.content as Json[]).map((b) => b.type)).toEqual(['thinking', 'tool_use']);
+  });
+
   it('streams an image request, translated the same way', async () => {
     const { client, sims } = await setup([claude()]);
     const [sim] = sims;

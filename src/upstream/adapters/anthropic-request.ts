@@ -19,15 +19,14 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   tool_result blocks unless tools are defined, and turning the history into prose would lose its pairing.
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
- * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (Claude 3.7 and 4 on) for
- *   a budget of 1024 / 2048 / 4096 tokens; the client's own `thinking: {type: "enabled", budget_tokens}` (as
- *   other gateways take it) is sent to any model.
- *   Within the client's `max_tokens` (which, as OpenAI counts it, covers the reasoning), else on top of the
- *   provider's default. Anthropic's rules win over the wish: no thinking when a tool is forced, when the
- *   budget would be under 1024, after a prefill (a final assistant turn), or when the last assistant turn
- *   called tools without its thinking blocks (`thinking_blocks`, which non-streamed answers carry and clients
- *   may send back). With thinking, `temperature` and `top_p` are not sent (Anthropic takes neither); the
- *   answer's thinking comes back as `reasoning_content`.
+ * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (Claude 3.7 and 4 on)
+ *   for a budget of 1024 / 2048 / 4096 tokens, within the client's `max_tokens` (which, as OpenAI counts it,
+ *   covers the reasoning), else on top of the provider's default; the client's own `thinking: {type:
+ *   "enabled", budget_tokens}` (as other gateways take it) is sent to any model. Anthropic's rules win over
+ *   the wish: no thinking when a tool is forced, when the budget would be under 1024, after a prefill (a final
+ *   assistant turn), or when the last assistant turn called tools without its thinking blocks
+ *   (`thinking_blocks`, which answers carry and clients may send back). With thinking, `temperature` and
+ *   `top_p` are not sent (Anthropic takes neither); the answer's thinking comes back as `reasoning_content`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
  *   recent Claude models reject the two together.
  * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:

@@ -26,11 +26,24 @@ interface ToolBlock {
   readonly input: unknown;
 }
 
+interface ThinkingBlock {
+  readonly block: number;
+  text: string;
+  signature: string;
+}
+
+/**
+ * The most thinking text held to hand back as a signed block; past it the block is not offered (its text has
+ * gone out as reasoning_content all the same). Anthropic's largest budgets are ~128k tokens, ~0.5 Mi chars.
+ */
+const MAX_THINKING_CHARS = 2 * 1024 * 1024;
+
 /**
  * Anthropic Messages SSE events -> OpenAI `chat.completion.chunk`s, one chunk out per meaningful event in,
  * as they arrive. The role chunk (message_start) and the finish chunk are not content; text, a tool call's
- * start, its argument fragments and thinking (as `reasoning_content`) are (the stream commits there). Empty
- * deltas, pings, text block stops and thinking signatures produce nothing; data that is not a JSON object is dropped. Anthropic may send several
+ * start, its argument fragments and thinking (as `reasoning_content` deltas, then the whole signed block as
+ * `thinking_blocks` at its stop) are (the stream commits there). Empty deltas, pings and text block stops
+ * produce nothing; data that is not a JSON object is dropped. Anthropic may send several
  * message_delta events; only the first with a stop_reason gives the finish chunk (OpenAI sends one).
  */
 export class AnthropicStreamTranslator implements StreamTranslator {
@@ -41,6 +54,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
    * as long as an upstream kept starting blocks it never stopped.
    */
   private tool: ToolBlock | undefined;
+  /** The thinking block open now: its text and signature, given whole to the client when it stops. */
+  private thinking: ThinkingBlock | undefined;
   /** Tool calls started so far: the next one's OpenAI index. */
   private toolCalls = 0;
   private readonly tokens: AnthropicTokens = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 };
@@ -111,6 +126,14 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private onBlockStart(index: unknown, block: unknown): void {
     this.closeTool(); // a block left open ends where the next one starts
     if (!isObject(block)) return;
+    if (block.type === 'thinking' && typeof index === 'number') {
+      this.thinking = { block: index, text: '', signature: '' };
+      return;
+    }
+    if (block.type === 'redacted_thinking' && typeof block.data === 'string') {
+      this.thinkingBlock({ type: 'redacted_thinking', data: block.data });
+      return;
+    }
     if (block.type === 'text') {
       // Anthropic opens text blocks empty; relay text only if one ever arrives here.
       if (typeof block.text === 'string' && block.text !== '') this.text(block.text);
@@ -136,9 +159,20 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     }
     if (delta.type === 'thinking_delta') {
       // Reasoning is content, as an OpenAI-compatible server's reasoning_content is: the stream commits here.
-      const thinking = delta.thinking;
-      if (typeof thinking === 'string' && thinking !== '')
-        this.sink.chunk(this.enc().choice({ reasoning_content: thinking }, null), true);
+      const text = delta.thinking;
+      if (typeof text !== 'string' || text === '') return;
+      const held = this.thinking;
+      if (held !== undefined && held.block === index) {
+        if (held.text.length + text.length > MAX_THINKING_CHARS) this.thinking = undefined;
+        else held.text += text;
+      }
+      this.sink.chunk(this.enc().choice({ reasoning_content: text }, null), true);
+      return;
+    }
+    if (delta.type === 'signature_delta') {
+      const held = this.thinking;
+      if (held !== undefined && held.block === index && typeof delta.signature === 'string')
+        held.signature += delta.signature;
       return;
     }
     if (delta.type !== 'input_json_delta' || typeof index !== 'number') return;
@@ -152,6 +186,18 @@ export class AnthropicStreamTranslator implements StreamTranslator {
 
   private onBlockStop(index: unknown): void {
     if (this.tool?.block === index) this.closeTool();
+    const held = this.thinking;
+    if (held !== undefined && held.block === index) {
+      this.thinking = undefined;
+      // Signed, the block can go back to Claude with the assistant message (as JSON answers offer it).
+      if (held.signature !== '')
+        this.thinkingBlock({ type: 'thinking', thinking: held.text, signature: held.signature });
+    }
+  }
+
+  /** One whole thinking block for the client to send back, as `thinking_blocks` (a field of ours, not OpenAI's). */
+  private thinkingBlock(block: JsonObject): void {
+    this.sink.chunk(this.enc().choice({ thinking_blocks: [block] }, null), true);
   }
 
   /**

@@ -137,12 +137,24 @@ describe('anthropic stream: text answer', () => {
 });
 
 describe('anthropic stream: tool use', () => {
-  it('emits thinking as reasoning_content, then tool-call starts and argument fragments, all content, indexed from 0', () => {
+  it('emits thinking as reasoning_content and its signed block at its stop, then tool-call starts and argument fragments, all content, indexed from 0', () => {
     const out = whole(TOOL);
     const deltas = chunksOf(out).map((c) => [c.choices[0]!.delta, c.choices[0]!.finish_reason]);
     expect(deltas).toEqual([
       [{ role: 'assistant', content: '' }, null],
       [{ reasoning_content: 'The user wants weather for two cities.' }, null],
+      [
+        {
+          thinking_blocks: [
+            {
+              type: 'thinking',
+              thinking: 'The user wants weather for two cities.',
+              signature: 'EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds',
+            },
+          ],
+        },
+        null,
+      ],
       [{ content: "Okay, let's check the weather for San Francisco" }, null],
       [{ content: ' and Zürich:' }, null],
       [
@@ -179,7 +191,7 @@ describe('anthropic stream: tool use', () => {
       [{}, 'tool_calls'],
     ]);
     const flags = out.flatMap((o) => (o.kind === 'chunk' ? [o.content] : []));
-    expect(flags).toEqual([false, true, true, true, true, true, true, true, true, true, true, false]);
+    expect(flags).toEqual([false, true, true, true, true, true, true, true, true, true, true, true, false]);
     expect(out.find((o) => o.kind === 'usage')).toEqual({
       kind: 'usage',
       usage: {
@@ -234,6 +246,45 @@ describe('anthropic stream: tool use', () => {
       { index: 0, id: 'toolu_c', type: 'function', function: { name: 'f', arguments: '' } },
       { index: 0, function: { arguments: '{}' } },
     ]);
+  });
+});
+
+describe('anthropic stream: thinking', () => {
+  const ev = (data: object): string => `data: ${JSON.stringify(data)}\n\n`;
+  const start = ev({ type: 'message_start', message: { id: 'msg_t', usage: { input_tokens: 1 } } });
+  const block = (index: number, content_block: object) =>
+    ev({ type: 'content_block_start', index, content_block });
+  const delta = (index: number, d: object) => ev({ type: 'content_block_delta', index, delta: d });
+  const stop = (index: number) => ev({ type: 'content_block_stop', index });
+  const blocksOf = (out: Out[]) =>
+    chunksOf(out).flatMap(
+      (c) => (c.choices[0]?.delta as { thinking_blocks?: unknown[] }).thinking_blocks ?? [],
+    );
+
+  it('offers redacted thinking whole, and no block for thinking that never got its signature', () => {
+    const out = whole(
+      start +
+        block(0, { type: 'redacted_thinking', data: 'ENC' }) +
+        stop(0) +
+        block(1, { type: 'thinking', thinking: '' }) +
+        delta(1, { type: 'thinking_delta', thinking: 'unsigned' }) +
+        stop(1),
+    );
+    expect(blocksOf(out)).toEqual([{ type: 'redacted_thinking', data: 'ENC' }]);
+    expect(out.filter((o) => o.kind === 'chunk' && o.content)).toHaveLength(2);
+  });
+
+  it('holds at most a bounded amount of thinking: past it the reasoning still streams, the block is not offered', () => {
+    const piece = 'x'.repeat(512 * 1024);
+    let sse = start + block(0, { type: 'thinking', thinking: '' });
+    for (let i = 0; i < 5; i++) sse += delta(0, { type: 'thinking_delta', thinking: piece });
+    sse += delta(0, { type: 'signature_delta', signature: 'sig' }) + stop(0);
+    const out = whole(sse);
+    expect(blocksOf(out)).toEqual([]);
+    const reasoning = chunksOf(out).map(
+      (c) => (c.choices[0]?.delta as { reasoning_content?: string }).reasoning_content,
+    );
+    expect(reasoning.filter((r) => r !== undefined)).toHaveLength(5);
   });
 });
 
