@@ -189,10 +189,10 @@ export function contentError(messages: Record<string, unknown>[]): ApiError | un
 }
 
 /**
- * Extended thinking: the budget and the rules that come with it. Returns the budget when thinking is on,
- * undefined when it is off, or the API's error.
+ * Extended thinking and the rules that come with it: the budget when thinking is on, undefined when it is
+ * off, or the API's error for a request that breaks one.
  */
-export function thinkingError(body: Record<string, unknown>): ApiError | number | undefined {
+export function thinkingBudget(body: Record<string, unknown>): ApiError | number | undefined {
   const t = body.thinking;
   if (t === undefined) return undefined;
   if (!isRecord(t)) return invalid('thinking: Input should be a valid dictionary');

@@ -19,7 +19,7 @@ import {
 import {
   contentError,
   invalid,
-  thinkingError,
+  thinkingBudget,
   toolsError,
   undefinedToolsError,
   unknownFieldError,
@@ -128,7 +128,7 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
   const list = messages as Record<string, unknown>[];
   const bad = toolsError(body.tools) ?? contentError(list) ?? undefinedToolsError(list, body.tools);
   if (bad) return bad;
-  const thinking = thinkingError(body);
+  const thinking = thinkingBudget(body);
   if (typeof thinking === 'object') return thinking;
   return {
     thinking: thinking !== undefined,

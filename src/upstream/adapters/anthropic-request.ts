@@ -178,12 +178,17 @@ function thinkingBlocks(blocks: unknown): Block[] {
   if (!Array.isArray(blocks)) return out;
   for (const b of blocks) {
     if (!isObject(b)) continue;
-    if (b.type === 'thinking' && typeof b.thinking === 'string' && typeof b.signature === 'string')
+    // Unsigned thinking is refused by Anthropic: such a block is left out, not sent to fail.
+    if (b.type === 'thinking' && typeof b.thinking === 'string' && nonEmptyString(b.signature))
       out.push({ type: 'thinking', thinking: b.thinking, signature: b.signature });
-    else if (b.type === 'redacted_thinking' && typeof b.data === 'string')
+    else if (b.type === 'redacted_thinking' && nonEmptyString(b.data))
       out.push({ type: 'redacted_thinking', data: b.data });
   }
   return out;
+}
+
+function nonEmptyString(value: unknown): value is string {
+  return typeof value === 'string' && value !== '';
 }
 
 function addMessage(message: unknown, system: Block[], turns: Turn[], thinking: boolean): void {

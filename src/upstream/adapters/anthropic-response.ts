@@ -84,11 +84,9 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
         });
       } else if (block.type === 'thinking' && typeof block.thinking === 'string') {
         reasoning += block.thinking;
-        thinking.push({
-          type: 'thinking',
-          thinking: block.thinking,
-          signature: asString(block.signature) ?? '',
-        });
+        // Only a signed block can go back to Claude.
+        const signature = asString(block.signature);
+        if (signature) thinking.push({ type: 'thinking', thinking: block.thinking, signature });
       } else if (block.type === 'redacted_thinking' && typeof block.data === 'string') {
         thinking.push({ type: 'redacted_thinking', data: block.data });
       }
@@ -102,11 +100,11 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
     refusal: null,
   };
   if (toolCalls.length > 0) message.tool_calls = toolCalls;
-  if (thinking.length > 0) {
+  if (reasoning !== '' || thinking.length > 0) {
     // The reasoning as OpenAI-compatible servers give it, and the signed blocks a client sends back (with the
     // assistant message) to keep thinking through a tool loop, as other gateways do.
     message.reasoning_content = reasoning;
-    message.thinking_blocks = thinking;
+    if (thinking.length > 0) message.thinking_blocks = thinking;
   }
 
   let usage: Usage | undefined;

@@ -644,7 +644,11 @@ describe('anthropic chatRequest: extended thinking', () => {
   it("sends a tool turn's thinking_blocks back first in its turn, signed or redacted, when thinking", () => {
     const fn = { type: 'function', function: { name: 'f' } };
     const redacted = { type: 'redacted_thinking', data: 'X' };
-    const blocks = [signed, redacted, { type: 'thinking', thinking: 'unsigned' }, 7];
+    const unsigned = [
+      { type: 'thinking', thinking: 'u' },
+      { type: 'thinking', thinking: 'u', signature: '' },
+    ];
+    const blocks = [signed, redacted, ...unsigned, { type: 'redacted_thinking', data: '' }, 7];
     const sent = build({
       messages: toolLoop({ thinking_blocks: blocks }),
       tools: [fn],

@@ -107,6 +107,10 @@ describe('anthropic chatResponse', () => {
     const message = body.choices[0]!.message as unknown as Record<string, unknown>;
     expect(message.reasoning_content).toBe('');
     expect(message.thinking_blocks).toEqual([{ type: 'redacted_thinking', data: 'ENCRYPTED' }]);
+    const unsigned = translate({ id: 'm', content: [{ type: 'thinking', thinking: 'hm' }] }).body.choices[0]!
+      .message as unknown as Record<string, unknown>;
+    expect(unsigned.reasoning_content).toBe('hm');
+    expect(unsigned).not.toHaveProperty('thinking_blocks'); // Claude would refuse it back
     const plain = translate({ id: 'm', content: [{ type: 'text', text: 'a' }] }).body.choices[0]!.message;
     expect(plain).not.toHaveProperty('reasoning_content');
     expect(plain).not.toHaveProperty('thinking_blocks');
