@@ -123,6 +123,22 @@ function blockError(block: unknown, at: string): ApiError | undefined {
   }
 }
 
+const isThinkingBlock = (b: unknown): boolean =>
+  isRecord(b) && (b.type === 'thinking' || b.type === 'redacted_thinking');
+
+/** Where an assistant message may hold thinking: first, and never as its last block. */
+function thinkingPlaceError(content: unknown[], i: number): ApiError | undefined {
+  if (!content.some(isThinkingBlock)) return undefined;
+  const first: unknown = content[0];
+  if (!isThinkingBlock(first))
+    return invalid(
+      `messages.${i}.content.0: If an assistant message contains any thinking blocks, the first block must be thinking or redacted_thinking. Found ${String(isRecord(first) ? first.type : first)}.`,
+    );
+  if (isThinkingBlock(content.at(-1)))
+    return invalid(`messages.${i}: The final block in an assistant message cannot be \`thinking\`.`);
+  return undefined;
+}
+
 function idsOf(content: unknown, type: 'tool_use' | 'tool_result'): string[] {
   if (!Array.isArray(content)) return [];
   const key = type === 'tool_use' ? 'id' : 'tool_use_id';
@@ -165,6 +181,8 @@ export function contentError(messages: Record<string, unknown>[]): ApiError | un
       const err = blockError(content[j], `messages.${i}.content.${j}`);
       if (err) return err;
     }
+    const bad = role === 'assistant' ? thinkingPlaceError(content, i) : undefined;
+    if (bad) return bad;
   }
   for (let i = 0; i < messages.length; i++) {
     const m = messages[i]!;
@@ -217,23 +235,26 @@ export function thinkingBudget(body: Record<string, unknown>): ApiError | number
   if (isRecord(choice) && (choice.type === 'any' || choice.type === 'tool'))
     return invalid('Thinking may not be enabled when tool_choice forces tool use.');
   const messages = Array.isArray(body.messages) ? (body.messages as unknown[]) : [];
-  const i = messages.length - 1;
-  const last = messages[i];
+  const last = messages.at(-1);
   if (isRecord(last) && last.role === 'assistant')
     return invalid(
       'messages: a final `assistant` message (prefill) is not supported when thinking is enabled.',
     );
-  for (let k = i; k >= 0; k--) {
+  // A tool loop is one assistant turn: its first message (after the last user message that is not tool results)
+  // must open with thinking; Claude does not think again after each tool result.
+  let opening = -1;
+  for (let k = messages.length - 1; k >= 0; k--) {
     const m = messages[k];
-    if (!isRecord(m) || m.role !== 'assistant' || !Array.isArray(m.content)) continue;
-    const first: unknown = m.content[0];
-    const usesTools = m.content.some((b) => isRecord(b) && b.type === 'tool_use');
-    const type = isRecord(first) ? first.type : undefined;
-    if (usesTools && type !== 'thinking' && type !== 'redacted_thinking')
-      return invalid(
-        `messages.${k}.content.0.type: Expected \`thinking\` or \`redacted_thinking\`, but found \`${String(type)}\`. When \`thinking\` is enabled, a final \`assistant\` message must start with a thinking block. To avoid this requirement, disable \`thinking\`.`,
-      );
-    break;
+    if (!isRecord(m)) continue;
+    if (m.role === 'assistant') opening = k;
+    else if (idsOf(m.content, 'tool_result').length === 0) break;
   }
+  const content = opening < 0 ? undefined : (messages[opening] as Record<string, unknown>).content;
+  const first: unknown = Array.isArray(content) ? content[0] : undefined;
+  const type = isRecord(first) ? first.type : undefined;
+  if (opening >= 0 && type !== 'thinking' && type !== 'redacted_thinking')
+    return invalid(
+      `messages.${opening}.content.0.type: Expected \`thinking\` or \`redacted_thinking\`, but found \`${String(type)}\`. When \`thinking\` is enabled, a final \`assistant\` message must start with a thinking block (preceeding the lastmost set of \`tool_use\` and \`tool_result\` blocks). To avoid this requirement, disable \`thinking\`.`,
+    );
   return budget;
 }

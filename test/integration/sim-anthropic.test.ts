@@ -323,3 +323,64 @@ describe('simulator: Anthropic messages', () => {
     expect([missing.status, JSON.parse(missing.text).error.type]).toEqual([404, 'not_found_error']);
   });
 });
+
+describe('simulator: thinking rules of the Messages API', () => {
+  const thinking = { type: 'thinking', thinking: 't', signature: 's' };
+  const use = (id: string) => ({ type: 'tool_use', id, name: 't', input: {} });
+  const result = (id: string) => ({ role: 'user', content: [{ type: 'tool_result', tool_use_id: id }] });
+  const ask = (messages: unknown[]) => ({
+    ...msg,
+    max_tokens: 4096,
+    thinking: { type: 'enabled', budget_tokens: 1024 },
+    tools: [{ name: 't', input_schema: { type: 'object' } }],
+    messages,
+  });
+  const q = { role: 'user', content: 'q' };
+
+  it('a tool loop opens with thinking; later rounds need none (Claude thinks once per turn)', async () => {
+    const s = await sim();
+    const loop = [
+      q,
+      { role: 'assistant', content: [thinking, use('toolu_1')] },
+      result('toolu_1'),
+      { role: 'assistant', content: [use('toolu_2')] },
+      result('toolu_2'),
+    ];
+    expect((await messages(s, ask(loop))).status).toBe(200);
+  });
+
+  it('rejects a loop that opened without thinking, thinking not first, and thinking as the last block', async () => {
+    const s = await sim();
+    const cases: [unknown[], string][] = [
+      [
+        [
+          q,
+          { role: 'assistant', content: [use('toolu_1')] },
+          result('toolu_1'),
+          { role: 'assistant', content: [thinking, use('toolu_2')] },
+          result('toolu_2'),
+        ],
+        'messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`',
+      ],
+      [
+        [
+          q,
+          { role: 'assistant', content: [{ type: 'text', text: 'a' }, thinking] },
+          { role: 'user', content: 'b' },
+        ],
+        'messages.1.content.0: If an assistant message contains any thinking blocks, the first block must be thinking or redacted_thinking. Found text.',
+      ],
+      [
+        [q, { role: 'assistant', content: [thinking] }, { role: 'user', content: 'b' }],
+        'messages.1: The final block in an assistant message cannot be `thinking`.',
+      ],
+    ];
+    for (const [list, message] of cases) {
+      const res = await messages(s, ask(list));
+      expect([res.status, (JSON.parse(res.text) as { error: { message: string } }).error.message]).toEqual([
+        400,
+        expect.stringContaining(message),
+      ]);
+    }
+  });
+});

@@ -19,14 +19,14 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   tool_result blocks unless tools are defined, and turning the history into prose would lose its pairing.
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
- * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (Claude 3.7 and 4 on)
- *   for a budget of 1024 / 2048 / 4096 tokens, within the client's `max_tokens` (which, as OpenAI counts it,
+ * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks with a budget (Claude
+ *   3.7, 4 to 4.6) for 1024 / 2048 / 4096 tokens, within the client's `max_tokens` (which, as OpenAI counts it,
  *   covers the reasoning), else on top of the provider's default; the client's own `thinking: {type:
  *   "enabled", budget_tokens}` (as other gateways take it) is sent to any model. Anthropic's rules win over
  *   the wish: no thinking when a tool is forced, when the budget would be under 1024, after a prefill (a final
- *   assistant turn), or when the last assistant turn called tools without its thinking blocks
- *   (`thinking_blocks`, which answers carry and clients may send back). With thinking, `temperature` and
- *   `top_p` are not sent (Anthropic takes neither); the answer's thinking comes back as `reasoning_content`.
+ *   assistant turn), or when a tool loop under way did not open with its thinking blocks (`thinking_blocks`,
+ *   which answers carry and clients may send back). With thinking, `temperature` and `top_p` are not sent
+ *   (Anthropic takes neither); the answer's thinking comes back as `reasoning_content`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
  *   recent Claude models reject the two together.
  * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:
@@ -59,8 +59,11 @@ export function buildAnthropicRequest(
   const turns: Turn[] = [];
   const messages: unknown[] = Array.isArray(body.messages) ? body.messages : [];
   const explicitMax = positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens);
-  const thinking = thinkingFor(body, messages, explicitMax, model);
-  for (const message of messages) addMessage(message, system, turns, thinking !== undefined);
+  for (const message of messages) addMessage(message, system, turns);
+  // Decided on the turns as sent: Anthropic's rules are about its merged turns, not the client's messages.
+  let thinking = thinkingFor(body, explicitMax, model);
+  if (thinking !== undefined && !thinkingAllowed(turns)) thinking = undefined;
+  if (thinking === undefined) withoutThinking(turns);
   finishTurns(turns);
 
   const instruction = responseFormatInstruction(body.response_format);
@@ -117,20 +120,25 @@ function apiKeyAndVersion(provider: AdapterProvider, into: Record<string, string
 /** Anthropic's smallest thinking budget. */
 const MIN_THINKING_BUDGET = 1024;
 /**
- * Claude models with extended thinking (3.7, and the 4 families on: `claude-sonnet-4-5`, `claude-opus-4-1`,
- * Bedrock's `anthropic.claude-sonnet-4-...`). Older ones answer `thinking` with a 400, so a client that sends
- * `reasoning_effort` to every model keeps getting answers from them, as before.
+ * Claude models that take extended thinking with a budget: 3.7, and 4 up to 4.6 (`claude-sonnet-4-5`,
+ * `claude-opus-4-1`, Bedrock's `anthropic.claude-sonnet-4-20250514-...`, where the date stands for 4.0). Older
+ * ones answer `thinking` with a 400, and so do 4.7 and later (they take only adaptive thinking), so a client
+ * that sends `reasoning_effort` to every model keeps getting answers from them, as before.
  */
-const THINKING_MODEL = /claude-(3-7|[a-z]+-[4-9]|[4-9])/;
+const BUDGET_THINKING_MODEL = /claude-(?:3-7|(?:[a-z]+-)?4(?:-(\d+))?)(?!\d)/;
+const LAST_BUDGET_THINKING_MINOR = 6;
+
+function takesThinkingBudget(model: string): boolean {
+  const match = BUDGET_THINKING_MODEL.exec(model);
+  if (match === null) return false;
+  const minor = match[1];
+  return minor === undefined || minor.length === 8 || Number(minor) <= LAST_BUDGET_THINKING_MINOR;
+}
+
 const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096 };
 
-/** The thinking budget to ask for, or undefined for none (see the header for the rules). */
-function thinkingFor(
-  body: ChatBody,
-  messages: unknown[],
-  explicitMax: number | undefined,
-  model: string,
-): number | undefined {
+/** The thinking budget asked for, or undefined for none; the history may still rule it out (thinkingAllowed). */
+function thinkingFor(body: ChatBody, explicitMax: number | undefined, model: string): number | undefined {
   let budget: number | undefined;
   const asked = body.thinking;
   if (isObject(asked)) {
@@ -141,12 +149,11 @@ function thinkingFor(
     const effort = body.reasoning_effort;
     const wanted =
       typeof effort === 'string' && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
-    if (wanted === undefined || !THINKING_MODEL.test(model)) return undefined;
+    if (wanted === undefined || !takesThinkingBudget(model)) return undefined;
     budget = explicitMax === undefined ? wanted : Math.min(wanted, explicitMax - 1);
     if (budget < MIN_THINKING_BUDGET) return undefined;
   }
-  if (budget === undefined || forcesTool(body) || historyForbidsThinking(messages)) return undefined;
-  return budget;
+  return forcesTool(body) ? undefined : budget;
 }
 
 function forcesTool(body: ChatBody): boolean {
@@ -154,22 +161,32 @@ function forcesTool(body: ChatBody): boolean {
   return choice === 'required' || (isObject(choice) && choice.type === 'function');
 }
 
+function isThinking(block: Block | undefined): boolean {
+  return block !== undefined && (block.type === 'thinking' || block.type === 'redacted_thinking');
+}
+
 /**
- * Anthropic, with thinking on: the last assistant turn, if it called tools, must open with its thinking blocks,
- * and a final assistant turn (a prefill) is not taken at all.
+ * Anthropic, with thinking on: no final assistant turn (a prefill), and an assistant turn still under way (a
+ * tool loop: every user turn since it began carries tool results) must open with its thinking. Only its first
+ * message must: without interleaved thinking Claude thinks once per turn, not after each tool result.
  */
-function historyForbidsThinking(messages: unknown[]): boolean {
-  let final = true;
-  for (let i = messages.length - 1; i >= 0; i--) {
-    const m = messages[i];
-    if (!isObject(m)) continue;
-    if (m.role === 'user' || m.role === 'tool') final = false;
-    if (m.role !== 'assistant') continue;
-    if (final) return true;
-    const calls = m.tool_calls;
-    return Array.isArray(calls) && calls.length > 0 && thinkingBlocks(m.thinking_blocks).length === 0;
+function thinkingAllowed(turns: Turn[]): boolean {
+  let opening: Turn | undefined;
+  for (let i = turns.length - 1; i >= 0; i--) {
+    const turn = turns[i]!;
+    if (turn.role === 'assistant') {
+      if (i === turns.length - 1) return false;
+      opening = turn;
+    } else if (!turn.content.some((b) => b.type === 'tool_result')) break;
   }
-  return false;
+  return opening === undefined || isThinking(opening.content[0]);
+}
+
+/** Thinking off: the thinking blocks sent back go too (never a turn's only blocks, see addMessage). */
+function withoutThinking(turns: Turn[]): void {
+  for (const turn of turns)
+    if (turn.role === 'assistant' && turn.content.some(isThinking))
+      turn.content = turn.content.filter((b) => !isThinking(b));
 }
 
 /** `thinking_blocks` sent back on an assistant message: signed thinking, or redacted thinking, as Anthropic gave them. */
@@ -191,7 +208,7 @@ function nonEmptyString(value: unknown): value is string {
   return typeof value === 'string' && value !== '';
 }
 
-function addMessage(message: unknown, system: Block[], turns: Turn[], thinking: boolean): void {
+function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
   if (!isObject(message)) return;
   switch (message.role) {
     case 'system':
@@ -202,11 +219,7 @@ function addMessage(message: unknown, system: Block[], turns: Turn[], thinking: 
       pushTurn(turns, 'user', userBlocks(message.content));
       return;
     case 'assistant':
-      pushTurn(turns, 'assistant', [
-        ...(thinking ? thinkingBlocks(message.thinking_blocks) : []),
-        ...textBlocks(message.content),
-        ...toolUseBlocks(message.tool_calls),
-      ]);
+      addAssistant(message, turns);
       return;
     case 'tool':
       pushTurn(turns, 'user', [toolResultBlock(message)]);
@@ -214,6 +227,30 @@ function addMessage(message: unknown, system: Block[], turns: Turn[], thinking: 
     default:
       return;
   }
+}
+
+/**
+ * An assistant message, its thinking first. Anthropic refuses a message whose thinking is not at its start
+ * or is all it has ("the final block cannot be thinking": an answer cut after its thinking), so thinking alone
+ * is dropped, and thinking merged into the assistant turn before goes ahead of that turn's other blocks.
+ */
+function addAssistant(message: JsonObject, turns: Turn[]): void {
+  const blocks = [...textBlocks(message.content), ...toolUseBlocks(message.tool_calls)];
+  if (blocks.length === 0) return;
+  const thinking = thinkingBlocks(message.thinking_blocks);
+  const last = turns.at(-1);
+  if (last?.role !== 'assistant') {
+    turns.push({ role: 'assistant', content: [...thinking, ...blocks] });
+    return;
+  }
+  // Every assistant turn holds a block that is not thinking: the index is found.
+  if (thinking.length > 0)
+    last.content.splice(
+      last.content.findIndex((b) => !isThinking(b)),
+      0,
+      ...thinking,
+    );
+  last.content.push(...blocks);
 }
 
 function pushTurn(turns: Turn[], role: Role, blocks: Block[]): void {

@@ -33,17 +33,20 @@ interface ThinkingBlock {
 }
 
 /**
- * The most thinking text held to hand back as a signed block; past it the block is not offered (its text has
- * gone out as reasoning_content all the same). Anthropic's largest budgets are ~128k tokens, ~0.5 Mi chars.
+ * The most thinking (text, signatures, redacted data) held to hand back as blocks; past it none is offered
+ * (the text has gone out as reasoning_content all the same), since Claude refuses a turn sent back with some of
+ * its thinking left out. Anthropic's largest budgets are ~128k tokens, ~0.5 Mi chars.
  */
 const MAX_THINKING_CHARS = 2 * 1024 * 1024;
 
 /**
  * Anthropic Messages SSE events -> OpenAI `chat.completion.chunk`s, one chunk out per meaningful event in,
  * as they arrive. The role chunk (message_start) and the finish chunk are not content; text, a tool call's
- * start, its argument fragments and thinking (as `reasoning_content` deltas, then the whole signed block as
- * `thinking_blocks` at its stop) are (the stream commits there). Empty deltas, pings and text block stops
- * produce nothing; data that is not a JSON object is dropped. Anthropic may send several
+ * start, its argument fragments and thinking (as `reasoning_content` deltas, then every whole block, signed or
+ * redacted, as `thinking_blocks` in one chunk before the finish) are (the stream commits there). One chunk,
+ * not one per block: the openai SDK's stream helper keeps only the last value of a field it does not know,
+ * and Claude refuses an assistant turn sent back with some of its thinking missing. Empty deltas, pings and
+ * text block stops produce nothing; data that is not a JSON object is dropped. Anthropic may send several
  * message_delta events; only the first with a stop_reason gives the finish chunk (OpenAI sends one).
  */
 export class AnthropicStreamTranslator implements StreamTranslator {
@@ -54,8 +57,12 @@ export class AnthropicStreamTranslator implements StreamTranslator {
    * as long as an upstream kept starting blocks it never stopped.
    */
   private tool: ToolBlock | undefined;
-  /** The thinking block open now: its text and signature, given whole to the client when it stops. */
+  /** The thinking block open now: its text and signature, kept whole when it stops. */
   private thinking: ThinkingBlock | undefined;
+  /** The answer's whole thinking blocks, offered at its end; undefined once past MAX_THINKING_CHARS. */
+  private thinkingBlocks: JsonObject[] | undefined = [];
+  /** Characters held in `thinking` and `thinkingBlocks`. */
+  private thinkingChars = 0;
   /** Tool calls started so far: the next one's OpenAI index. */
   private toolCalls = 0;
   private readonly tokens: AnthropicTokens = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 };
@@ -131,7 +138,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       return;
     }
     if (block.type === 'redacted_thinking' && typeof block.data === 'string') {
-      this.thinkingBlock({ type: 'redacted_thinking', data: block.data });
+      if (this.holdThinking(block.data.length))
+        this.thinkingBlocks?.push({ type: 'redacted_thinking', data: block.data });
       return;
     }
     if (block.type === 'text') {
@@ -162,16 +170,18 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       const text = delta.thinking;
       if (typeof text !== 'string' || text === '') return;
       const held = this.thinking;
-      if (held !== undefined && held.block === index) {
-        if (held.text.length + text.length > MAX_THINKING_CHARS) this.thinking = undefined;
-        else held.text += text;
-      }
+      if (held !== undefined && held.block === index && this.holdThinking(text.length)) held.text += text;
       this.sink.chunk(this.enc().choice({ reasoning_content: text }, null), true);
       return;
     }
     if (delta.type === 'signature_delta') {
       const held = this.thinking;
-      if (held !== undefined && held.block === index && typeof delta.signature === 'string')
+      if (
+        held !== undefined &&
+        held.block === index &&
+        typeof delta.signature === 'string' &&
+        this.holdThinking(delta.signature.length)
+      )
         held.signature += delta.signature;
       return;
     }
@@ -191,13 +201,25 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       this.thinking = undefined;
       // Signed, the block can go back to Claude with the assistant message (as JSON answers offer it).
       if (held.signature !== '')
-        this.thinkingBlock({ type: 'thinking', thinking: held.text, signature: held.signature });
+        this.thinkingBlocks?.push({ type: 'thinking', thinking: held.text, signature: held.signature });
     }
   }
 
-  /** One whole thinking block for the client to send back, as `thinking_blocks` (a field of ours, not OpenAI's). */
-  private thinkingBlock(block: JsonObject): void {
-    this.sink.chunk(this.enc().choice({ thinking_blocks: [block] }, null), true);
+  /** Counts `chars` more of thinking held; past the bound, nothing more is held or offered. */
+  private holdThinking(chars: number): boolean {
+    this.thinkingChars += chars;
+    if (this.thinkingChars <= MAX_THINKING_CHARS) return true;
+    this.thinking = undefined;
+    this.thinkingBlocks = undefined;
+    return false;
+  }
+
+  /** The whole thinking blocks for the client to send back, as `thinking_blocks` (a field of ours, not OpenAI's). */
+  private offerThinking(): void {
+    const blocks = this.thinkingBlocks;
+    this.thinkingBlocks = undefined;
+    if (blocks !== undefined && blocks.length > 0)
+      this.sink.chunk(this.enc().choice({ thinking_blocks: blocks }, null), true);
   }
 
   /**
@@ -228,6 +250,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     const delta = isObject(msg.delta) ? msg.delta : {};
     readTokens(msg.usage, this.tokens);
     if (!this.finishSent && typeof delta.stop_reason === 'string') {
+      this.offerThinking();
       this.finishSent = true;
       this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), false);
     }
@@ -240,7 +263,10 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     this.done = true;
     const usage = toOpenAiUsage(this.tokens);
     // A stream that never said why it stopped still ends with a finish_reason, as OpenAI's always do.
-    if (!this.finishSent) this.sink.chunk(this.enc().choice({}, 'stop'), false);
+    if (!this.finishSent) {
+      this.offerThinking();
+      this.sink.chunk(this.enc().choice({}, 'stop'), false);
+    }
     if (!this.usageReported) this.sink.usage(usage);
     if (this.ctx.includeUsage) this.sink.chunk(this.enc().usage(usage), false);
     this.sink.end();

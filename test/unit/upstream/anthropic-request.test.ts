@@ -664,3 +664,91 @@ describe('anthropic chatRequest: extended thinking', () => {
     expect(without.messages[1]!.content.map((b) => b.type)).toEqual(['tool_use']);
   });
 });
+
+describe('anthropic chatRequest: thinking on the turns as sent', () => {
+  const signed = { type: 'thinking', thinking: 'hmm', signature: 'sig' };
+  const fn = { type: 'function', function: { name: 'f' } };
+  const call = (id: string) => ({ id, type: 'function', function: { name: 'f', arguments: '{}' } });
+  const result = (id: string) => ({ role: 'tool', tool_call_id: id, content: 'r' });
+  const effort = { tools: [fn], reasoning_effort: 'low' };
+
+  it('a tool loop keeps thinking while its first message carries it, however many rounds followed', () => {
+    const sent = build({
+      messages: [
+        user('q'),
+        { role: 'assistant', tool_calls: [call('c1')], thinking_blocks: [signed] },
+        result('c1'),
+        { role: 'assistant', tool_calls: [call('c2')] },
+        result('c2'),
+      ],
+      ...effort,
+    });
+    expect(sent.thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
+    expect(sent.messages.map((m) => m.content.map((b) => b.type))).toEqual([
+      ['text'],
+      ['thinking', 'tool_use'],
+      ['tool_result'],
+      ['tool_use'],
+      ['tool_result'],
+    ]);
+    const opened = build({
+      messages: [
+        user('q'),
+        { role: 'assistant', tool_calls: [call('c1')] },
+        result('c1'),
+        { role: 'assistant', tool_calls: [call('c2')], thinking_blocks: [signed] },
+        result('c2'),
+      ],
+      ...effort,
+    });
+    expect(opened).not.toHaveProperty('thinking');
+    expect(opened.messages[3]!.content.map((b) => b.type)).toEqual(['tool_use']);
+  });
+
+  it('merged assistant messages put the thinking first; thinking alone is dropped; an emptied final assistant is no prefill', () => {
+    const merged = build({
+      messages: [
+        user('q'),
+        { role: 'assistant', content: 'Looking.' },
+        { role: 'assistant', tool_calls: [call('c1')], thinking_blocks: [signed] },
+        result('c1'),
+      ],
+      ...effort,
+    });
+    expect(merged.messages[1]!.content.map((b) => b.type)).toEqual(['thinking', 'text', 'tool_use']);
+    const alone = build({
+      messages: [user('q'), { role: 'assistant', content: '', thinking_blocks: [signed] }, user('more')],
+      ...effort,
+    });
+    expect(alone.messages.map((m) => m.role)).toEqual(['user']);
+    const blank = build({ messages: [user('q'), { role: 'assistant', content: '' }], ...effort });
+    expect(blank.thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
+  });
+
+  it('reasoning_effort gives a budget to Claude 3.7 and 4 to 4.6 only (4.7 on take only adaptive thinking)', () => {
+    const sent = (model: string) =>
+      JSON.parse(
+        anthropicAdapter.chatRequest(
+          { model: 'x', messages: [user('q')], reasoning_effort: 'low' } as ChatBody,
+          model,
+          provider,
+        ).body,
+      ) as Record<string, unknown>;
+    for (const model of [
+      'claude-sonnet-4-20250514',
+      'claude-opus-4-6',
+      'anthropic.claude-opus-4-6-v1',
+      'claude-haiku-4-5-20251001',
+      'claude-opus-4-1@20250805',
+      'claude-4-sonnet',
+    ])
+      expect([model, sent(model).thinking]).toEqual([model, { type: 'enabled', budget_tokens: 1024 }]);
+    for (const model of [
+      'claude-opus-4-7',
+      'anthropic.claude-opus-4-7',
+      'claude-sonnet-5',
+      'claude-opus-5-1',
+    ])
+      expect([model, sent(model).thinking]).toEqual([model, undefined]);
+  });
+});

@@ -137,24 +137,12 @@ describe('anthropic stream: text answer', () => {
 });
 
 describe('anthropic stream: tool use', () => {
-  it('emits thinking as reasoning_content and its signed block at its stop, then tool-call starts and argument fragments, all content, indexed from 0', () => {
+  it('emits thinking as reasoning_content, tool-call starts and argument fragments, then the signed block before the finish, all content, indexed from 0', () => {
     const out = whole(TOOL);
     const deltas = chunksOf(out).map((c) => [c.choices[0]!.delta, c.choices[0]!.finish_reason]);
     expect(deltas).toEqual([
       [{ role: 'assistant', content: '' }, null],
       [{ reasoning_content: 'The user wants weather for two cities.' }, null],
-      [
-        {
-          thinking_blocks: [
-            {
-              type: 'thinking',
-              thinking: 'The user wants weather for two cities.',
-              signature: 'EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds',
-            },
-          ],
-        },
-        null,
-      ],
       [{ content: "Okay, let's check the weather for San Francisco" }, null],
       [{ content: ' and Zürich:' }, null],
       [
@@ -188,6 +176,18 @@ describe('anthropic stream: tool use', () => {
       ],
       [{ tool_calls: [{ index: 1, function: { arguments: '{"location": "Zürich 🇨🇭"' } }] }, null],
       [{ tool_calls: [{ index: 1, function: { arguments: ', "unit": "celsius"}' } }] }, null],
+      [
+        {
+          thinking_blocks: [
+            {
+              type: 'thinking',
+              thinking: 'The user wants weather for two cities.',
+              signature: 'EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds',
+            },
+          ],
+        },
+        null,
+      ],
       [{}, 'tool_calls'],
     ]);
     const flags = out.flatMap((o) => (o.kind === 'chunk' ? [o.content] : []));
@@ -249,13 +249,18 @@ describe('anthropic stream: tool use', () => {
   });
 });
 
+/** Hand-written Messages API events for the thinking tests. */
+const ev = (data: object): string => `data: ${JSON.stringify(data)}\n\n`;
+const start = ev({ type: 'message_start', message: { id: 'msg_t', usage: { input_tokens: 1 } } });
+const block = (index: number, content_block: object) =>
+  ev({ type: 'content_block_start', index, content_block });
+const delta = (index: number, d: object) => ev({ type: 'content_block_delta', index, delta: d });
+const stop = (index: number) => ev({ type: 'content_block_stop', index });
+const end =
+  ev({ type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { output_tokens: 9 } }) +
+  ev({ type: 'message_stop' });
+
 describe('anthropic stream: thinking', () => {
-  const ev = (data: object): string => `data: ${JSON.stringify(data)}\n\n`;
-  const start = ev({ type: 'message_start', message: { id: 'msg_t', usage: { input_tokens: 1 } } });
-  const block = (index: number, content_block: object) =>
-    ev({ type: 'content_block_start', index, content_block });
-  const delta = (index: number, d: object) => ev({ type: 'content_block_delta', index, delta: d });
-  const stop = (index: number) => ev({ type: 'content_block_stop', index });
   const blocksOf = (out: Out[]) =>
     chunksOf(out).flatMap(
       (c) => (c.choices[0]?.delta as { thinking_blocks?: unknown[] }).thinking_blocks ?? [],
@@ -268,7 +273,8 @@ describe('anthropic stream: thinking', () => {
         stop(0) +
         block(1, { type: 'thinking', thinking: '' }) +
         delta(1, { type: 'thinking_delta', thinking: 'unsigned' }) +
-        stop(1),
+        stop(1) +
+        end,
     );
     expect(blocksOf(out)).toEqual([{ type: 'redacted_thinking', data: 'ENC' }]);
     expect(out.filter((o) => o.kind === 'chunk' && o.content)).toHaveLength(2);
@@ -278,13 +284,76 @@ describe('anthropic stream: thinking', () => {
     const piece = 'x'.repeat(512 * 1024);
     let sse = start + block(0, { type: 'thinking', thinking: '' });
     for (let i = 0; i < 5; i++) sse += delta(0, { type: 'thinking_delta', thinking: piece });
-    sse += delta(0, { type: 'signature_delta', signature: 'sig' }) + stop(0);
+    sse += delta(0, { type: 'signature_delta', signature: 'sig' }) + stop(0) + end;
     const out = whole(sse);
     expect(blocksOf(out)).toEqual([]);
     const reasoning = chunksOf(out).map(
       (c) => (c.choices[0]?.delta as { reasoning_content?: string }).reasoning_content,
     );
     expect(reasoning.filter((r) => r !== undefined)).toHaveLength(5);
+  });
+});
+
+describe('anthropic stream: thinking blocks offered once', () => {
+  const signed = (index: number, text: string, signature: string) =>
+    block(index, { type: 'thinking', thinking: '', signature: '' }) +
+    delta(index, { type: 'thinking_delta', thinking: text }) +
+    delta(index, { type: 'signature_delta', signature }) +
+    stop(index);
+  const withBlocks = (out: Out[]) =>
+    chunksOf(out).filter((c) => (c.choices[0]?.delta as { thinking_blocks?: unknown }).thinking_blocks);
+
+  it("several thinking blocks: all of them in one chunk before the finish (the openai SDK keeps a field's last value)", () => {
+    const out = whole(
+      start +
+        signed(0, 'first', 's1') +
+        block(1, { type: 'redacted_thinking', data: 'ENC' }) +
+        stop(1) +
+        signed(2, 'second', 's2') +
+        block(3, { type: 'text', text: '' }) +
+        delta(3, { type: 'text_delta', text: 'Hi' }) +
+        stop(3) +
+        end,
+    );
+    expect(withBlocks(out)).toHaveLength(1);
+    const all = chunksOf(out);
+    // The blocks, then the finish chunk.
+    expect((all.at(-2)!.choices[0]!.delta as { thinking_blocks?: unknown }).thinking_blocks).toEqual([
+      { type: 'thinking', thinking: 'first', signature: 's1' },
+      { type: 'redacted_thinking', data: 'ENC' },
+      { type: 'thinking', thinking: 'second', signature: 's2' },
+    ]);
+    expect(all.at(-1)!.choices[0]!.finish_reason).toBe('stop');
+  });
+
+  it('a stream without message_delta still offers its blocks before the finish it is given', () => {
+    const out = whole(start + signed(0, 't', 's') + ev({ type: 'message_stop' }));
+    expect(withBlocks(out)).toHaveLength(1);
+    expect(chunksOf(out).at(-1)!.choices[0]!.finish_reason).toBe('stop');
+  });
+
+  it('bounds the signature held too: a hostile endless signature_delta is not kept, and no block is offered', () => {
+    const piece = 's'.repeat(512 * 1024);
+    let sse = start + block(0, { type: 'thinking', thinking: '' });
+    sse += delta(0, { type: 'thinking_delta', thinking: 'short' });
+    for (let i = 0; i < 5; i++) sse += delta(0, { type: 'signature_delta', signature: piece });
+    const out = whole(sse + stop(0) + signed(1, 'later', 'ok') + end);
+    expect(withBlocks(out)).toEqual([]);
+  });
+
+  it('thinking for a block that never started streams as reasoning and is never offered as a block', () => {
+    const out = whole(
+      start +
+        delta(5, { type: 'thinking_delta', thinking: 'stray' }) +
+        delta(5, { type: 'signature_delta', signature: 'x' }) +
+        stop(5) +
+        end,
+    );
+    const reasoning = chunksOf(out).flatMap(
+      (c) => (c.choices[0]?.delta as { reasoning_content?: string }).reasoning_content ?? [],
+    );
+    expect(reasoning).toEqual(['stray']);
+    expect(withBlocks(out)).toEqual([]);
   });
 });
 
