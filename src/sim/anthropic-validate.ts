@@ -29,7 +29,20 @@ const KNOWN_FIELDS = new Set([
   'container',
   'mcp_servers',
   'context_management',
+  'output_config',
 ]);
+
+const EFFORTS = new Set(['low', 'medium', 'high', 'xhigh', 'max']);
+
+/** `output_config`: the effort level of adaptive thinking (and of the whole answer). */
+export function outputConfigError(config: unknown): ApiError | undefined {
+  if (config === undefined) return undefined;
+  if (!isRecord(config)) return invalid('output_config: Input should be a valid dictionary');
+  const effort = config.effort;
+  if (effort !== undefined && (typeof effort !== 'string' || !EFFORTS.has(effort)))
+    return invalid("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'");
+  return undefined;
+}
 
 export function unknownFieldError(body: Record<string, unknown>): ApiError | undefined {
   for (const key of Object.keys(body)) {
@@ -207,25 +220,29 @@ export function contentError(messages: Record<string, unknown>[]): ApiError | un
 }
 
 /**
- * Extended thinking and the rules that come with it: the budget when thinking is on, undefined when it is
- * off, or the API's error for a request that breaks one.
+ * Extended thinking and the rules that come with it: the budget when thinking is on (0 for adaptive thinking),
+ * undefined when it is off, or the API's error for a request that breaks one.
  */
 export function thinkingBudget(body: Record<string, unknown>): ApiError | number | undefined {
   const t = body.thinking;
   if (t === undefined) return undefined;
   if (!isRecord(t)) return invalid('thinking: Input should be a valid dictionary');
   if (t.type === 'disabled') return undefined;
-  if (t.type !== 'enabled')
+  let budget = 0; // adaptive: the model decides
+  if (t.type === 'enabled') {
+    const asked = t.budget_tokens;
+    if (typeof asked !== 'number' || !Number.isInteger(asked))
+      return invalid('thinking.enabled.budget_tokens: Field required');
+    if (asked < 1024)
+      return invalid('thinking.enabled.budget_tokens: Input should be greater than or equal to 1024');
+    if (typeof body.max_tokens === 'number' && body.max_tokens <= asked)
+      return invalid('`max_tokens` must be greater than `thinking.budget_tokens`.');
+    budget = asked;
+  } else if (t.type !== 'adaptive') {
     return invalid(
-      `thinking: Input tag '${String(t.type)}' found using 'type' does not match any of the expected tags: 'disabled', 'enabled'`,
+      `thinking: Input tag '${String(t.type)}' found using 'type' does not match any of the expected tags: 'adaptive', 'disabled', 'enabled'`,
     );
-  const budget = t.budget_tokens;
-  if (typeof budget !== 'number' || !Number.isInteger(budget))
-    return invalid('thinking.enabled.budget_tokens: Field required');
-  if (budget < 1024)
-    return invalid('thinking.enabled.budget_tokens: Input should be greater than or equal to 1024');
-  if (typeof body.max_tokens === 'number' && body.max_tokens <= budget)
-    return invalid('`max_tokens` must be greater than `thinking.budget_tokens`.');
+  }
   if (body.temperature !== undefined && body.temperature !== 1)
     return invalid('`temperature` may only be set to 1 when thinking is enabled.');
   if (typeof body.top_p === 'number' && body.top_p < 0.95)

@@ -19,6 +19,7 @@ import {
 import {
   contentError,
   invalid,
+  outputConfigError,
   thinkingBudget,
   toolsError,
   undefinedToolsError,
@@ -128,6 +129,8 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
   const list = messages as Record<string, unknown>[];
   const bad = toolsError(body.tools) ?? contentError(list) ?? undefinedToolsError(list, body.tools);
   if (bad) return bad;
+  const config = outputConfigError(body.output_config);
+  if (config) return config;
   const thinking = thinkingBudget(body);
   if (typeof thinking === 'object') return thinking;
   return {

@@ -113,6 +113,13 @@ describe('simulator: Anthropic messages', () => {
         'Requests which include `tool_use` or `tool_result` blocks must define tools.',
       ],
       [{ ...msg, thinking: { type: 'enabled', budget_tokens: 512 } }, 'greater than or equal to 1024'],
+      [{ ...msg, thinking: { type: 'sometimes' } }, "expected tags: 'adaptive', 'disabled', 'enabled'"],
+      [{ ...msg, output_config: { effort: 'extreme' } }, 'output_config.effort: Input should be'],
+      [
+        { ...msg, temperature: 0.5, thinking: { type: 'adaptive' }, output_config: { effort: 'low' } },
+        '`temperature` may only be set to 1 when thinking is enabled',
+      ],
+
       [
         { ...msg, max_tokens: 1024, thinking: { type: 'enabled', budget_tokens: 1024 } },
         '`max_tokens` must be greater than `thinking.budget_tokens`',

@@ -57,9 +57,9 @@ async function gatewayFor(url: string, model = 'claude-sonnet-4-5', apiKey = 'sk
   return new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
 }
 
-async function simulated(): Promise<{ sim: Simulator; client: OpenAI }> {
+async function simulated(model = 'claude-sonnet-4-5'): Promise<{ sim: Simulator; client: OpenAI }> {
   const sim = track(await startSimulator({ name: 'claude', kind: 'anthropic', apiKey: 'sk-sim' }));
-  return { sim, client: await gatewayFor(sim.url, 'claude-sonnet-4-5', 'sk-sim') };
+  return { sim, client: await gatewayFor(sim.url, model, 'sk-sim') };
 }
 
 const TOOL: ChatCompletionTool = {
@@ -247,7 +247,7 @@ describe('several thinking blocks in one streamed answer', () => {
 });
 
 describe('models that take a thinking budget', () => {
-  it('reasoning_effort is not turned into a budget for Claude 4.7 and later (they answer it with a 400)', async () => {
+  it('reasoning_effort is adaptive thinking for Claude 4.6 and later (4.7 on answer a budget with a 400)', async () => {
     const mock = track(
       await startMock((_body, _n, res) =>
         sendJson(res, 200, message([{ type: 'text', text: 'ok' }], 'end_turn')),
@@ -261,10 +261,31 @@ describe('models that take a thinking budget', () => {
         messages: [{ role: 'user', content: 'q' }],
       });
     }
-    expect(mock.bodies.map((b) => [b.model, b.thinking])).toEqual([
-      ['claude-opus-4-7', undefined],
-      ['claude-sonnet-5', undefined],
-      ['claude-opus-4-6', { type: 'enabled', budget_tokens: 1024 }],
+    const adaptive = [{ type: 'adaptive' }, { effort: 'low' }];
+    expect(mock.bodies.map((b) => [b.model, b.thinking, b.output_config])).toEqual([
+      ['claude-opus-4-7', ...adaptive],
+      ['claude-sonnet-5', ...adaptive],
+      ['claude-opus-4-6', ...adaptive],
+    ]);
+  });
+  it('adaptive thinking through the simulator, which enforces its rules: reasoning and the signed block come back', async () => {
+    const { sim, client } = await simulated('claude-opus-4-7');
+    const ask = {
+      model: 'r',
+      messages: [{ role: 'user' as const, content: 'q' }],
+      reasoning_effort: 'medium' as const,
+    };
+    const answer = await client.chat.completions.create({ ...ask, temperature: 0.2 });
+    const m = answer.choices[0]!.message as unknown as Json;
+    expect([m.reasoning_content, m.thinking_blocks]).toEqual([
+      THINKING.thinking,
+      [{ type: 'thinking', ...THINKING }],
+    ]);
+    const sent = sim.requests[0]!.body as Json;
+    expect([sent.thinking, sent.output_config, sent.temperature]).toEqual([
+      { type: 'adaptive' },
+      { effort: 'medium' },
+      undefined,
     ]);
   });
 });

@@ -19,10 +19,11 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   tool_result blocks unless tools are defined, and turning the history into prose would lose its pairing.
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
- * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks with a budget (Claude
- *   3.7, 4 to 4.6) for 1024 / 2048 / 4096 tokens, within the client's `max_tokens` (which, as OpenAI counts it,
- *   covers the reasoning), else on top of the provider's default; the client's own `thinking: {type:
- *   "enabled", budget_tokens}` (as other gateways take it) is sent to any model. Anthropic's rules win over
+ * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (thinkingKind) for
+ *   adaptive thinking at that effort (Claude 4.6 on), or for a budget of 1024 / 2048 / 4096 tokens (3.7, 4.0
+ *   to 4.5), within the client's `max_tokens` (which, as OpenAI counts it, covers the reasoning), else on top
+ *   of the provider's default; the client's own `thinking: {type: "enabled", budget_tokens}` or `{type:
+ *   "adaptive"}` (as other gateways take it) is sent to any model. Anthropic's rules win over
  *   the wish: no thinking when a tool is forced, when the budget would be under 1024, after a prefill (a final
  *   assistant turn), or when a tool loop under way did not open with its thinking blocks (`thinking_blocks`,
  *   which answers carry and clients may send back). With thinking, `temperature` and `top_p` are not sent
@@ -72,8 +73,11 @@ export function buildAnthropicRequest(
   const out: JsonObject = { model };
   if (system.length > 0) out.system = systemValue(system);
   out.messages = turns;
-  out.max_tokens = explicitMax ?? provider.defaultMaxTokens + (thinking ?? 0);
-  if (thinking !== undefined) out.thinking = { type: 'enabled', budget_tokens: thinking };
+  out.max_tokens = explicitMax ?? provider.defaultMaxTokens + (thinking?.room ?? 0);
+  if (thinking !== undefined) {
+    out.thinking = thinking.thinking;
+    if (thinking.effort !== undefined) out.output_config = { effort: thinking.effort };
+  }
 
   // Anthropic rejects sampling changes while thinking.
   const temperature = thinking === undefined ? asNumber(body.temperature) : undefined;
@@ -117,43 +121,83 @@ function apiKeyAndVersion(provider: AdapterProvider, into: Record<string, string
   into['anthropic-version'] = provider.anthropicVersion;
 }
 
-/** Anthropic's smallest thinking budget. */
+/** Anthropic's smallest thinking budget; also the least room left for thinking of any kind. */
 const MIN_THINKING_BUDGET = 1024;
-/**
- * Claude models that take extended thinking with a budget: 3.7, and 4 up to 4.6 (`claude-sonnet-4-5`,
- * `claude-opus-4-1`, Bedrock's `anthropic.claude-sonnet-4-20250514-...`, where the date stands for 4.0). Older
- * ones answer `thinking` with a 400, and so do 4.7 and later (they take only adaptive thinking), so a client
- * that sends `reasoning_effort` to every model keeps getting answers from them, as before.
- */
-const BUDGET_THINKING_MODEL = /claude-(?:3-7|(?:[a-z]+-)?4(?:-(\d+))?)(?!\d)/;
-const LAST_BUDGET_THINKING_MINOR = 6;
 
-function takesThinkingBudget(model: string): boolean {
-  const match = BUDGET_THINKING_MODEL.exec(model);
-  if (match === null) return false;
-  const minor = match[1];
-  return minor === undefined || minor.length === 8 || Number(minor) <= LAST_BUDGET_THINKING_MINOR;
+/**
+ * How a Claude model takes extended thinking: with a token budget (3.7, 4.0 to 4.5), or adaptive, the model
+ * deciding how much to think at an `output_config.effort` (4.6 on, 5, Mythos, Fable: 4.7 on take nothing
+ * else, and 4.6 has the budget form deprecated). Older models answer any `thinking` with a 400, so a client
+ * that sends `reasoning_effort` to every model keeps getting answers from them, as before. Names carry the
+ * version as `claude-<family>-4-5`, `claude-3-7-<family>`, or a date for x.0 (`claude-sonnet-4-20250514`),
+ * Bedrock's and Vertex's too.
+ */
+type ThinkingKind = 'budget' | 'adaptive';
+const CLAUDE_VERSION = /claude-(?:[a-z]+-)?(\d+)(?:-(\d{1,2}))?(?!\d)/;
+const ADAPTIVE_FAMILY = /claude-(?:mythos|fable)/;
+
+function thinkingKind(model: string): ThinkingKind | undefined {
+  if (ADAPTIVE_FAMILY.test(model)) return 'adaptive';
+  const version = CLAUDE_VERSION.exec(model);
+  if (version === null) return undefined;
+  const v = Number(version[1]) * 10 + Number(version[2] ?? 0);
+  if (v >= 46) return 'adaptive';
+  return v === 37 || (v >= 40 && v <= 45) ? 'budget' : undefined;
 }
 
+/** OpenAI's `reasoning_effort` levels that ask for thinking, and the budget (or room) each stands for. */
 const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096 };
 
-/** The thinking budget asked for, or undefined for none; the history may still rule it out (thinkingAllowed). */
-function thinkingFor(body: ChatBody, explicitMax: number | undefined, model: string): number | undefined {
-  let budget: number | undefined;
+interface ThinkingPlan {
+  /** The request's `thinking`. */
+  readonly thinking: JsonObject;
+  /** `output_config.effort`, for adaptive thinking. */
+  readonly effort?: string;
+  /** Added to the provider's default `max_tokens` when the client set none. */
+  readonly room: number;
+}
+
+/** The thinking asked for, or undefined for none; the history may still rule it out (thinkingAllowed). */
+function thinkingFor(
+  body: ChatBody,
+  explicitMax: number | undefined,
+  model: string,
+): ThinkingPlan | undefined {
+  if (forcesTool(body)) return undefined;
+  const effort = typeof body.reasoning_effort === 'string' ? body.reasoning_effort : undefined;
+  const effortBudget =
+    effort !== undefined && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
   const asked = body.thinking;
   if (isObject(asked)) {
     // The client's own Anthropic-style setting is taken as given: a contradiction is Anthropic's 400 to report.
-    if (asked.type !== 'enabled') return undefined;
-    budget = positiveInt(asked.budget_tokens);
-  } else {
-    const effort = body.reasoning_effort;
-    const wanted =
-      typeof effort === 'string' && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
-    if (wanted === undefined || !takesThinkingBudget(model)) return undefined;
-    budget = explicitMax === undefined ? wanted : Math.min(wanted, explicitMax - 1);
-    if (budget < MIN_THINKING_BUDGET) return undefined;
+    if (asked.type === 'adaptive') return adaptive(effortBudget === undefined ? undefined : effort);
+    const budget = asked.type === 'enabled' ? positiveInt(asked.budget_tokens) : undefined;
+    return budget === undefined
+      ? undefined
+      : { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
   }
-  return forcesTool(body) ? undefined : budget;
+  if (effortBudget === undefined) return undefined;
+  // As OpenAI counts it, the client's max_tokens covers the reasoning: thinking must fit inside it.
+  if (explicitMax !== undefined && explicitMax <= MIN_THINKING_BUDGET) return undefined;
+  switch (thinkingKind(model)) {
+    case 'adaptive':
+      return adaptive(effort);
+    case 'budget': {
+      const budget = explicitMax === undefined ? effortBudget : Math.min(effortBudget, explicitMax - 1);
+      return { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** Adaptive thinking at `effort` (Anthropic's default, high, when none is given). */
+function adaptive(effort: string | undefined): ThinkingPlan {
+  const plan = {
+    thinking: { type: 'adaptive' },
+    room: EFFORT_BUDGET[effort ?? 'high'] ?? MIN_THINKING_BUDGET,
+  };
+  return effort === undefined ? plan : { ...plan, effort };
 }
 
 function forcesTool(body: ChatBody): boolean {

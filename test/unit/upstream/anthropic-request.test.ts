@@ -725,30 +725,49 @@ describe('anthropic chatRequest: thinking on the turns as sent', () => {
     expect(blank.thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
   });
 
-  it('reasoning_effort gives a budget to Claude 3.7 and 4 to 4.6 only (4.7 on take only adaptive thinking)', () => {
-    const sent = (model: string) =>
+  it('reasoning_effort: a budget for Claude 3.7 and 4.0-4.5, adaptive thinking at that effort from 4.6 on', () => {
+    const sent = (model: string, extra: Record<string, unknown> = {}) =>
       JSON.parse(
         anthropicAdapter.chatRequest(
-          { model: 'x', messages: [user('q')], reasoning_effort: 'low' } as ChatBody,
+          { model: 'x', messages: [user('q')], reasoning_effort: 'low', ...extra } as ChatBody,
           model,
           provider,
         ).body,
       ) as Record<string, unknown>;
     for (const model of [
       'claude-sonnet-4-20250514',
-      'claude-opus-4-6',
-      'anthropic.claude-opus-4-6-v1',
+      'claude-3-7-sonnet-20250219',
       'claude-haiku-4-5-20251001',
       'claude-opus-4-1@20250805',
       'claude-4-sonnet',
-    ])
+    ]) {
       expect([model, sent(model).thinking]).toEqual([model, { type: 'enabled', budget_tokens: 1024 }]);
+      expect(sent(model)).not.toHaveProperty('output_config');
+    }
     for (const model of [
+      'claude-opus-4-6',
+      'anthropic.claude-opus-4-6-v1',
       'claude-opus-4-7',
       'anthropic.claude-opus-4-7',
       'claude-sonnet-5',
       'claude-opus-5-1',
-    ])
+      'claude-mythos-preview',
+    ]) {
+      const body = sent(model);
+      expect([model, body.thinking, body.output_config]).toEqual([
+        model,
+        { type: 'adaptive' },
+        { effort: 'low' },
+      ]);
+      expect(body.max_tokens).toBe(4096 + 1024); // room for thinking on top of the default
+    }
+    for (const model of ['claude-3-5-sonnet-20241022', 'claude-3-opus-latest', 'claude-2.1', 'gpt-4o'])
       expect([model, sent(model).thinking]).toEqual([model, undefined]);
+    // Adaptive within the client's max_tokens, and none when it leaves no room for thinking.
+    expect(sent('claude-opus-4-7', { max_tokens: 3000 }).max_tokens).toBe(3000);
+    expect(sent('claude-opus-4-7', { max_tokens: 1024 })).not.toHaveProperty('thinking');
+    // The client's own adaptive setting, with its effort.
+    const own = sent('proxy-model', { thinking: { type: 'adaptive' }, reasoning_effort: 'high' });
+    expect([own.thinking, own.output_config]).toEqual([{ type: 'adaptive' }, { effort: 'high' }]);
   });
 });
