@@ -29,7 +29,7 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   which answers carry and clients may send back). With thinking, `temperature` and `top_p` are not sent
  *   (Anthropic takes neither); the answer's thinking comes back as `reasoning_content`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
- *   recent Claude models reject the two together.
+ *   recent Claude models reject the two together; neither goes to Claude 4.7 and later (takesSampling).
  * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:
  *   malformed messages and parts are skipped.
  */
@@ -79,9 +79,10 @@ export function buildAnthropicRequest(
     if (thinking.effort !== undefined) out.output_config = { effort: thinking.effort };
   }
 
-  // Anthropic rejects sampling changes while thinking.
-  const temperature = thinking === undefined ? asNumber(body.temperature) : undefined;
-  const topP = thinking === undefined ? asNumber(body.top_p) : undefined;
+  // Anthropic rejects sampling changes while thinking, and Claude 4.7 on at all.
+  const sampling = thinking === undefined && takesSampling(model);
+  const temperature = sampling ? asNumber(body.temperature) : undefined;
+  const topP = sampling ? asNumber(body.top_p) : undefined;
   if (temperature !== undefined) out.temperature = Math.min(Math.max(temperature, 0), 1);
   else if (topP !== undefined) out.top_p = topP;
 
@@ -136,13 +137,28 @@ type ThinkingKind = 'budget' | 'adaptive';
 const CLAUDE_VERSION = /claude-(?:[a-z]+-)?(\d+)(?:-(\d{1,2}))?(?!\d)/;
 const ADAPTIVE_FAMILY = /claude-(?:mythos|fable)/;
 
+/** A Claude model's version as major × 10 + minor (46 for 4.6), or undefined for a name that carries none. */
+function claudeVersion(model: string): number | undefined {
+  const version = CLAUDE_VERSION.exec(model);
+  return version === null ? undefined : Number(version[1]) * 10 + Number(version[2] ?? 0);
+}
+
 function thinkingKind(model: string): ThinkingKind | undefined {
   if (ADAPTIVE_FAMILY.test(model)) return 'adaptive';
-  const version = CLAUDE_VERSION.exec(model);
-  if (version === null) return undefined;
-  const v = Number(version[1]) * 10 + Number(version[2] ?? 0);
+  const v = claudeVersion(model);
+  if (v === undefined) return undefined;
   if (v >= 46) return 'adaptive';
   return v === 37 || (v >= 40 && v <= 45) ? 'budget' : undefined;
+}
+
+/**
+ * Whether a model takes `temperature` and `top_p`: Claude 4.7 on (and Mythos, Fable) removed the sampling
+ * parameters and answer any non-default value with a 400, so the client's are left out, as other gateways do.
+ */
+function takesSampling(model: string): boolean {
+  if (ADAPTIVE_FAMILY.test(model)) return false;
+  const v = claudeVersion(model);
+  return v === undefined || v < 47;
 }
 
 /** OpenAI's `reasoning_effort` levels that ask for thinking, and the budget (or room) each stands for. */

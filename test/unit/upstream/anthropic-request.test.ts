@@ -447,6 +447,28 @@ describe('anthropic chatRequest: parameters', () => {
     expect(build({ messages: [user('q')], top_p: 0.9 }).top_p).toBe(0.9);
   });
 
+  it('sends no temperature or top_p to Claude 4.7 and later, which removed them (any value is a 400)', () => {
+    const sent = (model: string, extra: Record<string, unknown>) =>
+      JSON.parse(
+        anthropicAdapter.chatRequest(
+          { model: 'x', messages: [user('q')], ...extra } as ChatBody,
+          model,
+          provider,
+        ).body,
+      ) as Record<string, unknown>;
+    for (const model of [
+      'claude-opus-4-7',
+      'anthropic.claude-opus-4-7',
+      'claude-sonnet-5',
+      'claude-mythos-preview',
+    ]) {
+      expect(sent(model, { temperature: 0.2 }), model).not.toHaveProperty('temperature');
+      expect(sent(model, { top_p: 0.9 }), model).not.toHaveProperty('top_p');
+    }
+    for (const model of ['claude-opus-4-6', 'claude-sonnet-4-5', 'claude-3-5-haiku-latest', 'my-proxy-model'])
+      expect([model, sent(model, { temperature: 0.2 }).temperature]).toEqual([model, 0.2]);
+  });
+
   it('maps stop (string or array) to stop_sequences, skipping blank ones', () => {
     expect(build({ messages: [user('q')], stop: 'END' }).stop_sequences).toEqual(['END']);
     expect(build({ messages: [user('q')], stop: ['A', ' ', 3, 'B'] }).stop_sequences).toEqual(['A', 'B']);
