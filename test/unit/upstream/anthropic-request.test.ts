@@ -24,6 +24,12 @@ function build(body: Record<string, unknown>, p: AdapterProvider = provider): Se
 
 const user = (content: unknown) => ({ role: 'user', content });
 
+/** What a one-question request with `extra` fields becomes for `model`. */
+function sentTo(model: string, extra: Record<string, unknown>): Record<string, unknown> {
+  const body = { model: 'x', messages: [user('q')], ...extra } as ChatBody;
+  return JSON.parse(anthropicAdapter.chatRequest(body, model, provider).body) as Record<string, unknown>;
+}
+
 describe('anthropic chatRequest: envelope', () => {
   it('targets /v1/messages with the key, version and provider headers', () => {
     const req = anthropicAdapter.chatRequest({ model: 'x', messages: [user('hi')] }, 'claude-haiku-4-5', {
@@ -448,25 +454,17 @@ describe('anthropic chatRequest: parameters', () => {
   });
 
   it('sends no temperature or top_p to Claude 4.7 and later, which removed them (any value is a 400)', () => {
-    const sent = (model: string, extra: Record<string, unknown>) =>
-      JSON.parse(
-        anthropicAdapter.chatRequest(
-          { model: 'x', messages: [user('q')], ...extra } as ChatBody,
-          model,
-          provider,
-        ).body,
-      ) as Record<string, unknown>;
     for (const model of [
       'claude-opus-4-7',
       'anthropic.claude-opus-4-7',
       'claude-sonnet-5',
       'claude-mythos-preview',
     ]) {
-      expect(sent(model, { temperature: 0.2 }), model).not.toHaveProperty('temperature');
-      expect(sent(model, { top_p: 0.9 }), model).not.toHaveProperty('top_p');
+      expect(sentTo(model, { temperature: 0.2 }), model).not.toHaveProperty('temperature');
+      expect(sentTo(model, { top_p: 0.9 }), model).not.toHaveProperty('top_p');
     }
     for (const model of ['claude-opus-4-6', 'claude-sonnet-4-5', 'claude-3-5-haiku-latest', 'my-proxy-model'])
-      expect([model, sent(model, { temperature: 0.2 }).temperature]).toEqual([model, 0.2]);
+      expect([model, sentTo(model, { temperature: 0.2 }).temperature]).toEqual([model, 0.2]);
   });
 
   it('maps stop (string or array) to stop_sequences, skipping blank ones', () => {
@@ -622,32 +620,24 @@ describe('anthropic chatRequest: extended thinking', () => {
   });
 
   it('reasoning_effort asks only models that think; an explicit thinking setting goes to any model', () => {
-    const sent = (model: string, extra: Record<string, unknown>) =>
-      JSON.parse(
-        anthropicAdapter.chatRequest(
-          { model: 'x', messages: [user('q')], ...extra } as ChatBody,
-          model,
-          provider,
-        ).body,
-      ) as Record<string, unknown>;
     const effort = { reasoning_effort: 'low', temperature: 0.5 };
     for (const model of [
       'claude-3-7-sonnet-latest',
       'claude-opus-4-1',
       'anthropic.claude-sonnet-4-20250514-v1:0',
     ])
-      expect(sent(model, effort).thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
+      expect(sentTo(model, effort).thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
     for (const model of [
       'claude-3-5-haiku-latest',
       'claude-3-opus-20240229',
       'claude-2.1',
       'my-proxy-model',
     ]) {
-      expect(sent(model, effort)).not.toHaveProperty('thinking');
-      expect(sent(model, effort).temperature).toBe(0.5);
+      expect(sentTo(model, effort)).not.toHaveProperty('thinking');
+      expect(sentTo(model, effort).temperature).toBe(0.5);
     }
     const own = { thinking: { type: 'enabled', budget_tokens: 2000 } };
-    expect(sent('my-proxy-model', own).thinking).toEqual(own.thinking);
+    expect(sentTo('my-proxy-model', own).thinking).toEqual(own.thinking);
   });
 
   it('no thinking with a forced tool, after a prefill, or after a tool turn sent back without its thinking', () => {
@@ -749,13 +739,7 @@ describe('anthropic chatRequest: thinking on the turns as sent', () => {
 
   it('reasoning_effort: a budget for Claude 3.7 and 4.0-4.5, adaptive thinking at that effort from 4.6 on', () => {
     const sent = (model: string, extra: Record<string, unknown> = {}) =>
-      JSON.parse(
-        anthropicAdapter.chatRequest(
-          { model: 'x', messages: [user('q')], reasoning_effort: 'low', ...extra } as ChatBody,
-          model,
-          provider,
-        ).body,
-      ) as Record<string, unknown>;
+      sentTo(model, { reasoning_effort: 'low', ...extra });
     for (const model of [
       'claude-sonnet-4-20250514',
       'claude-3-7-sonnet-20250219',
