@@ -9,7 +9,9 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   (a string joined by blank lines; an array of text blocks when a part carries `cache_control`).
  * - Anthropic wants alternating turns that open with a user turn and have non-empty content: consecutive
  *   same-role turns are merged, empty ones dropped, and a first assistant turn (or no turn at all) gets a
- *   placeholder user turn "." before it, the convention other gateways use.
+ *   placeholder user turn "." before it, the convention other gateways use. A final assistant turn is a
+ *   prefill Claude continues, except on 4.6 and later, which refuse prefills: there a user turn "Continue."
+ *   follows it, as OpenAI answers after such a conversation.
  * - `response_format` json_object / json_schema becomes a system instruction (plus the schema). A forced
  *   tool would enforce the schema but turns the answer into tool arguments, clashes with the client's own
  *   tools and tool_choice, and needs its stream rewritten; an instruction keeps the answer as plain text
@@ -45,6 +47,9 @@ interface Turn {
 /** The placeholder user turn Anthropic needs before a leading assistant turn. */
 export const PLACEHOLDER_USER_TEXT = '.';
 
+/** The user turn after a final assistant turn, for models that take no prefill. */
+export const CONTINUE_USER_TEXT = 'Continue.';
+
 const JSON_OBJECT_INSTRUCTION =
   'Respond with one valid JSON object only: no text before or after it and no Markdown code fences.';
 
@@ -61,6 +66,11 @@ export function buildAnthropicRequest(
   const messages: unknown[] = Array.isArray(body.messages) ? body.messages : [];
   const explicitMax = positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens);
   for (const message of messages) addMessage(message, system, turns);
+  if (turns.at(-1)?.role === 'assistant' && !takesPrefill(model)) {
+    // A conversation that ends with the assistant is a prefill to Claude, which 4.6 on refuse (a 400); to
+    // OpenAI it is history the next answer follows, which a closing user turn says.
+    turns.push({ role: 'user', content: [{ type: 'text', text: CONTINUE_USER_TEXT }] });
+  }
   // Decided on the turns as sent: Anthropic's rules are about its merged turns, not the client's messages.
   let thinking = thinkingFor(body, explicitMax, model);
   if (thinking !== undefined && !thinkingAllowed(turns)) thinking = undefined;
@@ -149,6 +159,13 @@ function thinkingKind(model: string): ThinkingKind | undefined {
   if (v === undefined) return undefined;
   if (v >= 46) return 'adaptive';
   return v === 37 || (v >= 40 && v <= 45) ? 'budget' : undefined;
+}
+
+/** Whether a model continues a final assistant turn (a prefill): Claude 4.6 on answer it with a 400. */
+function takesPrefill(model: string): boolean {
+  if (ADAPTIVE_FAMILY.test(model)) return false;
+  const v = claudeVersion(model);
+  return v === undefined || v < 46;
 }
 
 /**

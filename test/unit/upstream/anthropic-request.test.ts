@@ -2,7 +2,10 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { AdapterProvider, ChatBody } from '../../../src/upstream/adapter.js';
 import { anthropicAdapter } from '../../../src/upstream/adapters/anthropic.js';
-import { PLACEHOLDER_USER_TEXT } from '../../../src/upstream/adapters/anthropic-request.js';
+import {
+  CONTINUE_USER_TEXT,
+  PLACEHOLDER_USER_TEXT,
+} from '../../../src/upstream/adapters/anthropic-request.js';
 
 const fixture = (name: string): unknown =>
   JSON.parse(readFileSync(new URL(`../../fixtures/anthropic/${name}`, import.meta.url), 'utf8'));
@@ -167,6 +170,31 @@ describe('anthropic chatRequest: system and turns', () => {
         ],
       },
     ]);
+  });
+
+  it('closes a conversation that ends with the assistant with a user turn for Claude 4.6 on, which refuse prefills', () => {
+    const ending = {
+      messages: [user('q'), { role: 'assistant', content: 'Sure: ' }],
+      reasoning_effort: 'low',
+    };
+    for (const model of ['claude-opus-4-6', 'claude-sonnet-4-6', 'claude-opus-4-7', 'claude-fable-5']) {
+      const sent = sentTo(model, ending) as Sent;
+      expect(
+        sent.messages.map((m) => m.role),
+        model,
+      ).toEqual(['user', 'assistant', 'user']);
+      expect(sent.messages[2]!.content).toEqual([{ type: 'text', text: CONTINUE_USER_TEXT }]);
+      expect(sent.messages[1]!.content).toEqual([{ type: 'text', text: 'Sure: ' }]); // not a prefill: kept as written
+      expect(sent, model).toHaveProperty('thinking'); // no longer a prefill
+    }
+    for (const model of ['claude-sonnet-4-5', 'claude-3-7-sonnet-latest', 'my-proxy-model']) {
+      const sent = sentTo(model, ending) as Sent;
+      expect(
+        sent.messages.map((m) => m.role),
+        model,
+      ).toEqual(['user', 'assistant']);
+      expect(sent, model).not.toHaveProperty('thinking');
+    }
   });
 
   it('trims trailing whitespace from a final assistant (prefill) turn', () => {
