@@ -261,11 +261,12 @@ describe('models that take a thinking budget', () => {
         messages: [{ role: 'user', content: 'q' }],
       });
     }
-    const adaptive = [{ type: 'adaptive' }, { effort: 'low' }];
+    const low = { effort: 'low' };
+    const summarized = { type: 'adaptive', display: 'summarized' }; // 4.7 on omit the text unless asked
     expect(mock.bodies.map((b) => [b.model, b.thinking, b.output_config])).toEqual([
-      ['claude-opus-4-7', ...adaptive],
-      ['claude-sonnet-5', ...adaptive],
-      ['claude-opus-4-6', ...adaptive],
+      ['claude-opus-4-7', summarized, low],
+      ['claude-sonnet-5', summarized, low],
+      ['claude-opus-4-6', { type: 'adaptive' }, low],
     ]);
   });
   it('adaptive thinking through the simulator, which enforces its rules: reasoning and the signed block come back', async () => {
@@ -283,7 +284,7 @@ describe('models that take a thinking budget', () => {
     ]);
     const sent = sim.requests[0]!.body as Json;
     expect([sent.thinking, sent.output_config, sent.temperature]).toEqual([
-      { type: 'adaptive' },
+      { type: 'adaptive', display: 'summarized' },
       { effort: 'medium' },
       undefined,
     ]);

@@ -22,7 +22,7 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
  * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (thinkingKind) for
- *   adaptive thinking at that effort (Claude 4.6 on), or for a budget of 1024 / 2048 / 4096 tokens (3.7, 4.0
+ *   adaptive thinking at that effort (Claude 4.6 on; its text shown, which 4.7 on omit unless asked), or for a budget of 1024 / 2048 / 4096 tokens (3.7, 4.0
  *   to 4.5), within the client's `max_tokens` (which, as OpenAI counts it, covers the reasoning), else on top
  *   of the provider's default; the client's own `thinking: {type: "enabled", budget_tokens}` or `{type:
  *   "adaptive"}` (as other gateways take it) is sent to any model. Anthropic's rules win over
@@ -161,11 +161,16 @@ function thinkingKind(model: string): ThinkingKind | undefined {
   return v === 37 || (v >= 40 && v <= 45) ? 'budget' : undefined;
 }
 
+/** Whether a model is Claude `version` (major × 10 + minor) or later; Mythos and Fable count as later. */
+function claudeFrom(model: string, version: number): boolean {
+  if (ADAPTIVE_FAMILY.test(model)) return true;
+  const v = claudeVersion(model);
+  return v !== undefined && v >= version;
+}
+
 /** Whether a model continues a final assistant turn (a prefill): Claude 4.6 on answer it with a 400. */
 function takesPrefill(model: string): boolean {
-  if (ADAPTIVE_FAMILY.test(model)) return false;
-  const v = claudeVersion(model);
-  return v === undefined || v < 46;
+  return !claudeFrom(model, 46);
 }
 
 /**
@@ -173,9 +178,7 @@ function takesPrefill(model: string): boolean {
  * parameters and answer any non-default value with a 400, so the client's are left out, as other gateways do.
  */
 function takesSampling(model: string): boolean {
-  if (ADAPTIVE_FAMILY.test(model)) return false;
-  const v = claudeVersion(model);
-  return v === undefined || v < 47;
+  return !claudeFrom(model, 47);
 }
 
 /** OpenAI's `reasoning_effort` levels that ask for thinking, and the budget (or room) each stands for. */
@@ -203,7 +206,8 @@ function thinkingFor(
   const asked = body.thinking;
   if (isObject(asked)) {
     // The client's own Anthropic-style setting is taken as given: a contradiction is Anthropic's 400 to report.
-    if (asked.type === 'adaptive') return adaptive(effortBudget === undefined ? undefined : effort);
+    if (asked.type === 'adaptive')
+      return adaptive(effortBudget === undefined ? undefined : effort, asString(asked.display));
     const budget = asked.type === 'enabled' ? positiveInt(asked.budget_tokens) : undefined;
     return budget === undefined
       ? undefined
@@ -214,7 +218,8 @@ function thinkingFor(
   if (explicitMax !== undefined && explicitMax <= MIN_THINKING_BUDGET) return undefined;
   switch (thinkingKind(model)) {
     case 'adaptive':
-      return adaptive(effort);
+      // Claude 4.7 on omit the thinking's text unless asked: reasoning_effort asks for the reasoning.
+      return adaptive(effort, claudeFrom(model, 47) ? 'summarized' : undefined);
     case 'budget': {
       const budget = explicitMax === undefined ? effortBudget : Math.min(effortBudget, explicitMax - 1);
       return { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
@@ -224,13 +229,12 @@ function thinkingFor(
   }
 }
 
-/** Adaptive thinking at `effort` (Anthropic's default, high, when none is given). */
-function adaptive(effort: string | undefined): ThinkingPlan {
-  const plan = {
-    thinking: { type: 'adaptive' },
-    room: EFFORT_BUDGET[effort ?? 'high'] ?? MIN_THINKING_BUDGET,
-  };
-  return effort === undefined ? plan : { ...plan, effort };
+/** Adaptive thinking at `effort` (Anthropic's default, high, when none is given), its text shown as `display`. */
+function adaptive(effort: string | undefined, display: string | undefined): ThinkingPlan {
+  const thinking: JsonObject = { type: 'adaptive' };
+  if (display !== undefined) thinking.display = display;
+  const room = EFFORT_BUDGET[effort ?? 'high'] ?? MIN_THINKING_BUDGET;
+  return effort === undefined ? { thinking, room } : { thinking, room, effort };
 }
 
 function forcesTool(body: ChatBody): boolean {

@@ -778,21 +778,18 @@ describe('anthropic chatRequest: thinking on the turns as sent', () => {
       expect([model, sent(model).thinking]).toEqual([model, { type: 'enabled', budget_tokens: 1024 }]);
       expect(sent(model)).not.toHaveProperty('output_config');
     }
-    for (const model of [
-      'claude-opus-4-6',
-      'anthropic.claude-opus-4-6-v1',
-      'claude-opus-4-7',
-      'anthropic.claude-opus-4-7',
-      'claude-sonnet-5',
-      'claude-opus-5-1',
-      'claude-mythos-preview',
-    ]) {
+    for (const [model, thinking] of [
+      ['claude-opus-4-6', { type: 'adaptive' }],
+      ['anthropic.claude-opus-4-6-v1', { type: 'adaptive' }],
+      // 4.7 on omit the thinking's text unless asked for it.
+      ['claude-opus-4-7', { type: 'adaptive', display: 'summarized' }],
+      ['anthropic.claude-opus-4-7', { type: 'adaptive', display: 'summarized' }],
+      ['claude-sonnet-5', { type: 'adaptive', display: 'summarized' }],
+      ['claude-opus-5-1', { type: 'adaptive', display: 'summarized' }],
+      ['claude-mythos-preview', { type: 'adaptive', display: 'summarized' }],
+    ] as const) {
       const body = sent(model);
-      expect([model, body.thinking, body.output_config]).toEqual([
-        model,
-        { type: 'adaptive' },
-        { effort: 'low' },
-      ]);
+      expect([model, body.thinking, body.output_config]).toEqual([model, thinking, { effort: 'low' }]);
       expect(body.max_tokens).toBe(4096 + 1024); // room for thinking on top of the default
     }
     for (const model of ['claude-3-5-sonnet-20241022', 'claude-3-opus-latest', 'claude-2.1', 'gpt-4o'])
@@ -801,7 +798,13 @@ describe('anthropic chatRequest: thinking on the turns as sent', () => {
     expect(sent('claude-opus-4-7', { max_tokens: 3000 }).max_tokens).toBe(3000);
     expect(sent('claude-opus-4-7', { max_tokens: 1024 })).not.toHaveProperty('thinking');
     // The client's own adaptive setting, with its effort.
-    const own = sent('proxy-model', { thinking: { type: 'adaptive' }, reasoning_effort: 'high' });
-    expect([own.thinking, own.output_config]).toEqual([{ type: 'adaptive' }, { effort: 'high' }]);
+    const own = sent('proxy-model', {
+      thinking: { type: 'adaptive', display: 'omitted' },
+      reasoning_effort: 'high',
+    });
+    expect([own.thinking, own.output_config]).toEqual([
+      { type: 'adaptive', display: 'omitted' },
+      { effort: 'high' },
+    ]);
   });
 });
