@@ -181,8 +181,11 @@ function takesSampling(model: string): boolean {
   return !claudeFrom(model, 47);
 }
 
-/** OpenAI's `reasoning_effort` levels that ask for thinking, and the budget (or room) each stands for. */
-const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096 };
+/**
+ * OpenAI's `reasoning_effort` levels that ask for thinking, and the budget (or room) each stands for. `xhigh`
+ * is an effort of Claude 4.7 on too; earlier models get `high` for it. (`minimal` and `none` ask for none.)
+ */
+const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096, xhigh: 4096 };
 
 interface ThinkingPlan {
   /** The request's `thinking`. */
@@ -217,9 +220,11 @@ function thinkingFor(
   // As OpenAI counts it, the client's max_tokens covers the reasoning: thinking must fit inside it.
   if (explicitMax !== undefined && explicitMax <= MIN_THINKING_BUDGET) return undefined;
   switch (thinkingKind(model)) {
-    case 'adaptive':
+    case 'adaptive': {
       // Claude 4.7 on omit the thinking's text unless asked: reasoning_effort asks for the reasoning.
-      return adaptive(effort, claudeFrom(model, 47) ? 'summarized' : undefined);
+      const from47 = claudeFrom(model, 47);
+      return adaptive(effort === 'xhigh' && !from47 ? 'high' : effort, from47 ? 'summarized' : undefined);
+    }
     case 'budget': {
       const budget = explicitMax === undefined ? effortBudget : Math.min(effortBudget, explicitMax - 1);
       return { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };

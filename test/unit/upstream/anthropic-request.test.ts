@@ -641,7 +641,7 @@ describe('anthropic chatRequest: extended thinking', () => {
   it('takes the client’s own thinking setting as given, and no thinking for other efforts', () => {
     const own = build({ messages: [user('q')], thinking: { type: 'enabled', budget_tokens: 5000 } });
     expect([own.thinking, own.max_tokens]).toEqual([{ type: 'enabled', budget_tokens: 5000 }, 9096]);
-    for (const effort of ['minimal', 'none', 'xhigh', 3, undefined])
+    for (const effort of ['minimal', 'none', 'max', 3, undefined])
       expect(build({ messages: [user('q')], reasoning_effort: effort })).not.toHaveProperty('thinking');
     const off = build({ messages: [user('q')], reasoning_effort: 'high', thinking: { type: 'disabled' } });
     expect(off).not.toHaveProperty('thinking');
@@ -797,6 +797,17 @@ describe('anthropic chatRequest: thinking on the turns as sent', () => {
     // Adaptive within the client's max_tokens, and none when it leaves no room for thinking.
     expect(sent('claude-opus-4-7', { max_tokens: 3000 }).max_tokens).toBe(3000);
     expect(sent('claude-opus-4-7', { max_tokens: 1024 })).not.toHaveProperty('thinking');
+    // xhigh: Claude 4.7 on take it; 4.6 gets high, budget models high's budget.
+    expect(sent('claude-opus-4-7', { reasoning_effort: 'xhigh' }).output_config).toEqual({ effort: 'xhigh' });
+    expect(sent('claude-sonnet-4-6', { reasoning_effort: 'xhigh' }).output_config).toEqual({
+      effort: 'high',
+    });
+    expect(sent('claude-sonnet-4-5', { reasoning_effort: 'xhigh' }).thinking).toEqual({
+      type: 'enabled',
+      budget_tokens: 4096,
+    });
+    for (const effort of ['minimal', 'none'])
+      expect(sent('claude-opus-4-7', { reasoning_effort: effort })).not.toHaveProperty('thinking');
     // The client's own adaptive setting, with its effort.
     const own = sent('proxy-model', {
       thinking: { type: 'adaptive', display: 'omitted' },
