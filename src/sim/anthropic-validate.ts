@@ -219,14 +219,46 @@ export function contentError(messages: Record<string, unknown>[]): ApiError | un
   return undefined;
 }
 
+// Claude's version in a model name, Bedrock's and Vertex's too (major × 10 + minor); Fable and Mythos are 5 on.
+const CLAUDE_VERSION = /claude-(?:[a-z]+-)?(\d+)(?:-(\d{1,2}))?(?!\d)/;
+const ALWAYS_THINKING_FAMILY = /claude-(?:mythos|fable)/;
+
+function claudeVersion(model: unknown): number {
+  if (typeof model !== 'string') return 0;
+  const v = CLAUDE_VERSION.exec(model);
+  return v === null ? 0 : Number(v[1]) * 10 + Number(v[2] ?? 0);
+}
+
+/** Claude 5.1 on (Fable 5.1, Opus 5.5) refuse a forced tool; they, Fable and Mythos always think. */
+const refusesForcedTool = (model: unknown): boolean => claudeVersion(model) >= 51;
+const alwaysThinks = (model: unknown): boolean =>
+  refusesForcedTool(model) || (typeof model === 'string' && ALWAYS_THINKING_FAMILY.test(model));
+/** Claude 5 on (Opus 5, Sonnet 5) think when `thinking` is left out. */
+const thinksByDefault = (model: unknown): boolean => alwaysThinks(model) || claudeVersion(model) >= 50;
+
+/** `tool_choice` any or tool, which Claude 5.1 on answer with a 400 whatever the thinking. */
+export function forcedToolError(body: Record<string, unknown>): ApiError | undefined {
+  const choice = body.tool_choice;
+  if (!refusesForcedTool(body.model) || !isRecord(choice)) return undefined;
+  if (choice.type !== 'any' && choice.type !== 'tool') return undefined;
+  return invalid(
+    `tool_choice: forced tool use (\`${String(choice.type)}\`) is not supported for this model. Use \`auto\` or \`none\`.`,
+  );
+}
+
 /**
  * Extended thinking and the rules that come with it: the budget when thinking is on (0 for adaptive thinking),
- * undefined when it is off, or the API's error for a request that breaks one.
+ * undefined when it is off, or the API's error for a request that breaks one. Left out, thinking is adaptive on
+ * Claude 5 on; Fable, Mythos and Claude 5.1 on take nothing but adaptive.
  */
 export function thinkingBudget(body: Record<string, unknown>): ApiError | number | undefined {
-  const t = body.thinking;
+  const t = body.thinking ?? (thinksByDefault(body.model) ? { type: 'adaptive' } : undefined);
   if (t === undefined) return undefined;
   if (!isRecord(t)) return invalid('thinking: Input should be a valid dictionary');
+  if (alwaysThinks(body.model) && (t.type === 'disabled' || t.type === 'enabled'))
+    return invalid(
+      `"thinking.type.${String(t.type)}" is not supported for this model. Use "thinking.type.adaptive" and "output_config.effort" to control thinking behavior.`,
+    );
   if (t.type === 'disabled') return undefined;
   let budget = 0; // adaptive: the model decides
   if (t.type === 'enabled') {

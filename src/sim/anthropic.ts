@@ -18,6 +18,7 @@ import {
 } from './common.js';
 import {
   contentError,
+  forcedToolError,
   invalid,
   outputConfigError,
   thinkingBudget,
@@ -127,7 +128,11 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
     chars += contentChars(m.content);
   }
   const list = messages as Record<string, unknown>[];
-  const bad = toolsError(body.tools) ?? contentError(list) ?? undefinedToolsError(list, body.tools);
+  const bad =
+    toolsError(body.tools) ??
+    contentError(list) ??
+    undefinedToolsError(list, body.tools) ??
+    forcedToolError(body);
   if (bad) return bad;
   const config = outputConfigError(body.output_config);
   if (config) return config;

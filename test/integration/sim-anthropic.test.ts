@@ -31,6 +31,12 @@ function messages(
 describe('simulator: Anthropic messages', () => {
   it('rejects what the real API rejects, in its error shape', async () => {
     const s = await sim();
+    // A tool call answered, with no thinking before it.
+    const toolLoop = [
+      { role: 'user', content: 'q' },
+      { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 't', input: {} }] },
+      { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'r' }] },
+    ];
     const cases: [unknown, string][] = [
       [{ ...msg, max_tokens: undefined }, 'max_tokens: Field required'],
       [{ ...msg, messages: [] }, 'messages: at least one message is required'],
@@ -104,11 +110,7 @@ describe('simulator: Anthropic messages', () => {
       [
         {
           ...msg,
-          messages: [
-            { role: 'user', content: 'q' },
-            { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 't', input: {} }] },
-            { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'r' }] },
-          ],
+          messages: toolLoop,
         },
         'Requests which include `tool_use` or `tool_result` blocks must define tools.',
       ],
@@ -144,13 +146,32 @@ describe('simulator: Anthropic messages', () => {
           max_tokens: 4096,
           thinking: { type: 'enabled', budget_tokens: 1024 },
           tools: [{ name: 't', input_schema: { type: 'object' } }],
-          messages: [
-            { role: 'user', content: 'q' },
-            { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 't', input: {} }] },
-            { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'r' }] },
-          ],
+          messages: toolLoop,
         },
         'a final `assistant` message must start with a thinking block',
+      ],
+      // Claude 5 on think when `thinking` is left out; Fable and Claude 5.1 on cannot stop, nor take a forced tool.
+      [
+        {
+          ...msg,
+          model: 'claude-opus-5',
+          tools: [{ name: 't', input_schema: { type: 'object' } }],
+          messages: toolLoop,
+        },
+        'a final `assistant` message must start with a thinking block',
+      ],
+      [
+        { ...msg, model: 'claude-fable-5-1', thinking: { type: 'disabled' } },
+        '"thinking.type.disabled" is not supported for this model',
+      ],
+      [
+        {
+          ...msg,
+          model: 'anthropic.claude-opus-5-5',
+          tools: [{ name: 't', input_schema: { type: 'object' } }],
+          tool_choice: { type: 'tool', name: 't' },
+        },
+        'forced tool use (`tool`) is not supported for this model',
       ],
     ];
     for (const [body, message] of cases) {

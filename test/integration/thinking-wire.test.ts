@@ -1,12 +1,11 @@
-import { createServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import OpenAI from 'openai';
 import type { ChatCompletionMessageParam, ChatCompletionTool } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { THINKING } from '../../src/sim/anthropic.js';
-import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
-import { sendJson } from '../helpers/mock-upstream.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { sendJson, startRecordingMock } from '../helpers/mock-upstream.js';
 import { simProvider, startGateway } from '../helpers/gateway.js';
 
 /**
@@ -21,30 +20,7 @@ const track = closeAfterEach();
 
 type Json = Record<string, unknown>;
 
-interface Mock {
-  url: string;
-  bodies: Json[];
-  close(): Promise<void>;
-}
-
-/** A Messages API mock: `answer(body, n)` writes the n-th answer (0-based). */
-async function startMock(answer: (body: Json, n: number, res: ServerResponse) => void): Promise<Mock> {
-  const bodies: Json[] = [];
-  const server = createServer((req, res) => {
-    let text = '';
-    req.setEncoding('utf8');
-    req.on('data', (c: string) => (text += c));
-    req.on('end', () => {
-      const body = JSON.parse(text) as Json;
-      bodies.push(body);
-      answer(body, bodies.length - 1, res);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  const closeable = closeableServer(server);
-  return { url: `http://127.0.0.1:${port}`, bodies, close: async () => void (await closeable.close()) };
-}
+const startMock = startRecordingMock;
 
 /** A gateway whose route `r` is one Anthropic provider serving `model` at `url`. */
 async function gatewayFor(url: string, model = 'claude-sonnet-4-5', apiKey = 'sk-ant-test'): Promise<OpenAI> {

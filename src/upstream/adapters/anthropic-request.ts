@@ -30,6 +30,11 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   assistant turn), or when a tool loop under way did not open with its thinking blocks (`thinking_blocks`,
  *   which answers carry and clients may send back). With thinking, `temperature` and `top_p` are not sent
  *   (Anthropic takes neither); the answer's thinking comes back as `reasoning_content`.
+ * - Claude 5 on think when `thinking` is left out: without `reasoning_effort` they keep that default (with room
+ *   in the default `max_tokens`, and the thinking blocks sent back), and "no thinking" (`none`, a forced tool, the
+ *   rules above) is said as `thinking: {type: "disabled"}`. Fable, Mythos and Claude 5.1 on (Opus 5.5) always
+ *   think (`disabled` is a 400): their thinking is never turned off, and a forced tool, which 5.1 on refuse, is
+ *   asked for as `auto`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
  *   recent Claude models reject the two together; neither goes to Claude 4.7 and later (takesSampling).
  * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:
@@ -73,7 +78,8 @@ export function buildAnthropicRequest(
   }
   // Decided on the turns as sent: Anthropic's rules are about its merged turns, not the client's messages.
   let thinking = thinkingFor(body, explicitMax, model);
-  if (thinking !== undefined && !thinkingAllowed(turns)) thinking = undefined;
+  if (alwaysThinks(model)) thinking ??= DEFAULT_THINKING;
+  else if (thinking !== undefined && !thinkingAllowed(turns)) thinking = undefined;
   if (thinking === undefined) withoutThinking(turns);
   finishTurns(turns);
 
@@ -84,9 +90,12 @@ export function buildAnthropicRequest(
   if (system.length > 0) out.system = systemValue(system);
   out.messages = turns;
   out.max_tokens = explicitMax ?? provider.defaultMaxTokens + (thinking?.room ?? 0);
-  if (thinking !== undefined) {
+  if (thinking?.thinking !== undefined) {
     out.thinking = thinking.thinking;
     if (thinking.effort !== undefined) out.output_config = { effort: thinking.effort };
+  } else if (thinking === undefined && thinksByDefault(model)) {
+    // Leaving `thinking` out would turn it on: Opus 5 and Sonnet 5 think unless told not to.
+    out.thinking = { type: 'disabled' };
   }
 
   // Anthropic rejects sampling changes while thinking, and Claude 4.7 on at all.
@@ -106,7 +115,7 @@ export function buildAnthropicRequest(
   const tools = toolDefinitions(body.tools);
   if (tools.length > 0) {
     out.tools = tools;
-    const choice = toolChoice(body.tool_choice, body.parallel_tool_calls === false);
+    const choice = toolChoice(body.tool_choice, body.parallel_tool_calls === false, takesForcedTool(model));
     if (choice !== undefined) out.tool_choice = choice;
   } else if (usesTools(turns)) {
     out.tools = stubTools(turns);
@@ -168,6 +177,22 @@ function claudeFrom(model: string, version: number): boolean {
   return v !== undefined && v >= version;
 }
 
+/** Whether a model thinks when `thinking` is left out: Claude 5 on (Opus 5, Sonnet 5), Mythos and Fable. */
+function thinksByDefault(model: string): boolean {
+  return claudeFrom(model, 50);
+}
+
+/** Whether a model thinks whatever is asked: Fable, Mythos and Claude 5.1 on (Opus 5.5) answer `disabled` with a 400. */
+function alwaysThinks(model: string): boolean {
+  return claudeFrom(model, 51);
+}
+
+/** Whether a model takes a forced tool (`tool_choice` any or tool): Claude 5.1 on (Fable 5.1, Opus 5.5) answer it with a 400. */
+function takesForcedTool(model: string): boolean {
+  const v = claudeVersion(model);
+  return v === undefined || v < 51;
+}
+
 /** Whether a model continues a final assistant turn (a prefill): Claude 4.6 on answer it with a 400. */
 function takesPrefill(model: string): boolean {
   return !claudeFrom(model, 46);
@@ -188,13 +213,16 @@ function takesSampling(model: string): boolean {
 const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096, xhigh: 4096 };
 
 interface ThinkingPlan {
-  /** The request's `thinking`. */
-  readonly thinking: JsonObject;
+  /** The request's `thinking`; undefined leaves the model its default (thinksByDefault). */
+  readonly thinking?: JsonObject;
   /** `output_config.effort`, for adaptive thinking. */
   readonly effort?: string;
   /** Added to the provider's default `max_tokens` when the client set none. */
   readonly room: number;
 }
+
+/** A model's own thinking, as Claude 5 on do when nothing else is asked: room for Anthropic's default effort, high. */
+const DEFAULT_THINKING: ThinkingPlan = { room: 4096 };
 
 /** The thinking asked for, or undefined for none; the history may still rule it out (thinkingAllowed). */
 function thinkingFor(
@@ -202,7 +230,7 @@ function thinkingFor(
   explicitMax: number | undefined,
   model: string,
 ): ThinkingPlan | undefined {
-  if (forcesTool(body)) return undefined;
+  if (forcesTool(body) && takesForcedTool(model)) return undefined;
   const effort = typeof body.reasoning_effort === 'string' ? body.reasoning_effort : undefined;
   const effortBudget =
     effort !== undefined && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
@@ -216,9 +244,11 @@ function thinkingFor(
       ? undefined
       : { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
   }
-  if (effortBudget === undefined) return undefined;
   // As OpenAI counts it, the client's max_tokens covers the reasoning: thinking must fit inside it.
-  if (explicitMax !== undefined && explicitMax <= MIN_THINKING_BUDGET) return undefined;
+  const fits = explicitMax === undefined || explicitMax > MIN_THINKING_BUDGET;
+  if (effortBudget === undefined)
+    return effort === undefined && thinksByDefault(model) && fits ? DEFAULT_THINKING : undefined;
+  if (!fits) return undefined;
   switch (thinkingKind(model)) {
     case 'adaptive': {
       // Claude 4.7 on omit the thinking's text unless asked: reasoning_effort asks for the reasoning.
@@ -562,7 +592,7 @@ function inputSchema(parameters: unknown): JsonObject {
   return parameters.type === undefined ? { type: 'object', ...parameters } : parameters;
 }
 
-function toolChoice(choice: unknown, disableParallel: boolean): Block | undefined {
+function toolChoice(choice: unknown, disableParallel: boolean, forcible: boolean): Block | undefined {
   let out: Block | undefined;
   if (choice === 'auto') out = { type: 'auto' };
   else if (choice === 'none') return { type: 'none' };
@@ -571,6 +601,8 @@ function toolChoice(choice: unknown, disableParallel: boolean): Block | undefine
     const name = asString(choice.function.name);
     if (name) out = { type: 'tool', name };
   }
+  // A forced tool is a 400 on Claude 5.1 on: auto is the nearest they take, and answering beats failing.
+  if (!forcible && out !== undefined) out = { type: 'auto' };
   if (disableParallel) {
     out ??= { type: 'auto' };
     out.disable_parallel_tool_use = true;

@@ -819,3 +819,85 @@ describe('anthropic chatRequest: thinking on the turns as sent', () => {
     ]);
   });
 });
+
+describe('anthropic chatRequest: Claude 5 and later think by default', () => {
+  const signed = { type: 'thinking', thinking: '', signature: 'sig' };
+  const fn = { type: 'function', function: { name: 'f' } };
+  const call = { id: 'c1', type: 'function', function: { name: 'f', arguments: '{}' } };
+  const loop = (assistant: Record<string, unknown>) => [
+    user('q'),
+    { role: 'assistant', tool_calls: [call], ...assistant },
+    { role: 'tool', tool_call_id: 'c1', content: 'r' },
+  ];
+  const send = (model: string, extra: Record<string, unknown>): Sent =>
+    JSON.parse(
+      anthropicAdapter.chatRequest(
+        { model: 'x', messages: [user('q')], ...extra } as ChatBody,
+        model,
+        provider,
+      ).body,
+    ) as Sent;
+
+  it('without reasoning_effort Opus 5 and Sonnet 5 keep their own thinking, with room in the default max_tokens', () => {
+    for (const model of ['claude-opus-5', 'claude-sonnet-5', 'anthropic.claude-sonnet-5']) {
+      const sent = send(model, {});
+      expect([model, sent.thinking, sent.max_tokens]).toEqual([model, undefined, 4096 + 4096]);
+    }
+    expect(send('claude-opus-5', { max_tokens: 300 }).max_tokens).toBe(300);
+    // Claude 4.x think only when asked: nothing changes there.
+    expect(send('claude-opus-4-8', {}).max_tokens).toBe(4096);
+  });
+
+  it('reasoning_effort none, a forced tool or a tiny max_tokens turn Opus 5 and Sonnet 5 off with thinking: disabled', () => {
+    const disabled = { type: 'disabled' };
+    for (const model of ['claude-opus-5', 'claude-sonnet-5']) {
+      expect(send(model, { reasoning_effort: 'none' }).thinking).toEqual(disabled);
+      expect(send(model, { reasoning_effort: 'minimal' }).thinking).toEqual(disabled);
+      expect(send(model, { max_tokens: 1000 }).thinking).toEqual(disabled);
+      expect(send(model, { thinking: { type: 'disabled' } }).thinking).toEqual(disabled);
+      const forced = send(model, { tools: [fn], tool_choice: 'required' });
+      expect([forced.thinking, forced.tool_choice]).toEqual([disabled, { type: 'any' }]);
+    }
+    // Leaving it out is already off before Claude 5.
+    expect(send('claude-opus-4-8', { reasoning_effort: 'none' })).not.toHaveProperty('thinking');
+  });
+
+  it('a tool loop keeps its thinking_blocks on Opus 5 without reasoning_effort, and turns thinking off when they are missing', () => {
+    const kept = send('claude-opus-5', { messages: loop({ thinking_blocks: [signed] }), tools: [fn] });
+    expect(kept).not.toHaveProperty('thinking');
+    expect(kept.messages[1]!.content.map((b) => b.type)).toEqual(['thinking', 'tool_use']);
+    const bare = send('claude-opus-5', { messages: loop({}), tools: [fn] });
+    expect(bare.thinking).toEqual({ type: 'disabled' });
+  });
+
+  it('Fable, Mythos and Claude 5.1 on always think: never disabled, their thinking blocks always sent back', () => {
+    for (const model of ['claude-fable-5-1', 'claude-mythos-5', 'claude-mythos-preview', 'claude-opus-5-5']) {
+      for (const extra of [
+        { reasoning_effort: 'none' },
+        { thinking: { type: 'disabled' } },
+        { max_tokens: 500 },
+      ])
+        expect([model, send(model, extra).thinking]).toEqual([model, undefined]);
+      const sent = send(model, { messages: loop({ thinking_blocks: [signed] }), tools: [fn] });
+      expect(sent.messages[1]!.content.map((b) => b.type)).toEqual(['thinking', 'tool_use']);
+      expect(send(model, { reasoning_effort: 'low' }).output_config).toEqual({ effort: 'low' });
+    }
+  });
+
+  it('asks Claude 5.1 on (Opus 5.5, Fable 5.1) for auto instead of a forced tool, which they refuse', () => {
+    const named = { type: 'function', function: { name: 'f' } };
+    for (const model of ['claude-opus-5-5', 'claude-fable-5-1', 'anthropic.claude-mythos-5-1']) {
+      expect(send(model, { tools: [fn], tool_choice: 'required' }).tool_choice).toEqual({ type: 'auto' });
+      const one = send(model, { tools: [fn], tool_choice: named, parallel_tool_calls: false });
+      expect(one.tool_choice).toEqual({ type: 'auto', disable_parallel_tool_use: true });
+      // The forced tool no longer rules thinking out there.
+      const effort = send(model, { tools: [fn], tool_choice: 'required', reasoning_effort: 'high' });
+      expect(effort.output_config).toEqual({ effort: 'high' });
+    }
+    for (const model of ['claude-opus-5', 'claude-sonnet-5', 'claude-fable-5', 'claude-haiku-4-5'])
+      expect(send(model, { tools: [fn], tool_choice: named }).tool_choice).toEqual({
+        type: 'tool',
+        name: 'f',
+      });
+  });
+});
