@@ -22,14 +22,14 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
  * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (thinkingKind) for
- *   adaptive thinking at that effort (Claude 4.6 on; its text shown, which 4.7 on omit unless asked), or for a budget of 1024 / 2048 / 4096 tokens (3.7, 4.0
- *   to 4.5), within the client's `max_tokens` (which, as OpenAI counts it, covers the reasoning), else on top
- *   of the provider's default; the client's own `thinking: {type: "enabled", budget_tokens}` or `{type:
- *   "adaptive"}` (as other gateways take it) is sent to any model. Anthropic's rules win over
- *   the wish: no thinking when a tool is forced, when the budget would be under 1024, after a prefill (a final
- *   assistant turn), or when a tool loop under way did not open with its thinking blocks (`thinking_blocks`,
- *   which answers carry and clients may send back). With thinking, `temperature` and `top_p` are not sent
- *   (Anthropic takes neither); the answer's thinking comes back as `reasoning_content`.
+ *   adaptive thinking at that effort (Claude 4.6 on; its text shown, which 4.7 on omit unless asked), or for a
+ *   budget of 1024 / 2048 / 4096 tokens (3.7, 4.0 to 4.5), within the client's `max_tokens` (which, as OpenAI
+ *   counts it, covers the reasoning), else on top of the provider's default; the client's own `thinking: {type:
+ *   "enabled", budget_tokens}` or `{type: "adaptive"}` (as other gateways take it) is sent to any model.
+ *   Anthropic's rules win over the wish: no thinking when a tool is forced, when the budget would be under 1024,
+ *   after a prefill (a final assistant turn), or when a tool loop under way did not open with its thinking
+ *   blocks (`thinking_blocks`, which answers carry and clients may send back). With thinking, `temperature` and
+ *   `top_p` are not sent (Anthropic takes neither); the answer's thinking comes back as `reasoning_content`.
  * - Claude 5 on think when `thinking` is left out: without `reasoning_effort` they keep that default (with room
  *   in the default `max_tokens`, and the thinking blocks sent back), and "no thinking" (`none`, a forced tool, the
  *   rules above) is said as `thinking: {type: "disabled"}`. Fable, Mythos and Claude 5.1 on (Opus 5.5) always
