@@ -20,8 +20,6 @@ const track = closeAfterEach();
 
 type Json = Record<string, unknown>;
 
-const startMock = startRecordingMock;
-
 /** A gateway whose route `r` is one Anthropic provider serving `model` at `url`. */
 async function gatewayFor(url: string, model = 'claude-sonnet-4-5', apiKey = 'sk-ant-test'): Promise<OpenAI> {
   const gw = track(
@@ -63,7 +61,7 @@ describe('thinking through a tool loop of several rounds', () => {
     // As Anthropic documents: with thinking, Claude thinks before its first tool call and not again after tool
     // results until the next user turn, so the second round's message has no thinking block.
     const mock = track(
-      await startMock((_body, n, res) => {
+      await startRecordingMock((_body, n, res) => {
         if (n === 0) sendJson(res, 200, message([SIGNED, toolUse('toolu_1')], 'tool_use'));
         else if (n === 1) sendJson(res, 200, message([toolUse('toolu_2')], 'tool_use'));
         else sendJson(res, 200, message([{ type: 'text', text: 'Done.' }], 'end_turn'));
@@ -91,7 +89,7 @@ describe('thinking through a tool loop of several rounds', () => {
 
   it('a new user turn after a finished loop needs no thinking sent back; a loop that opened without it stays off', async () => {
     const mock = track(
-      await startMock((_body, _n, res) =>
+      await startRecordingMock((_body, _n, res) =>
         sendJson(res, 200, message([{ type: 'text', text: 'ok' }], 'end_turn')),
       ),
     );
@@ -182,7 +180,7 @@ describe('several thinking blocks in one streamed answer', () => {
 
   it("the openai SDK's final message carries every block, and sent back, Claude gets them all first", async () => {
     const mock = track(
-      await startMock((_body, n, res) => {
+      await startRecordingMock((_body, n, res) => {
         if (n > 0) return sendJson(res, 200, message([{ type: 'text', text: 'Done.' }], 'end_turn'));
         sse(res, [
           { type: 'message_start', message: { ...message([], 'end_turn'), stop_reason: null } },
@@ -225,7 +223,7 @@ describe('several thinking blocks in one streamed answer', () => {
 describe('models that take a thinking budget', () => {
   it('reasoning_effort is adaptive thinking for Claude 4.6 and later (4.7 on answer a budget with a 400)', async () => {
     const mock = track(
-      await startMock((_body, _n, res) =>
+      await startRecordingMock((_body, _n, res) =>
         sendJson(res, 200, message([{ type: 'text', text: 'ok' }], 'end_turn')),
       ),
     );

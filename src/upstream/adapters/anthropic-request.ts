@@ -21,7 +21,7 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   tool_result blocks unless tools are defined, and turning the history into prose would lose its pairing.
  * - Assistant `tool_calls` whose `arguments` are not a JSON object are sent with `input: {}`: Anthropic
  *   requires an object, and an invented wrapper key would contradict the tool's schema.
- * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (thinkingKind) for
+ * - Extended thinking: `reasoning_effort` low / medium / high asks a model that thinks (ClaudeProfile) for
  *   adaptive thinking at that effort (Claude 4.6 on; its text shown, which 4.7 on omit unless asked), or for a
  *   budget of 1024 / 2048 / 4096 tokens (3.7, 4.0 to 4.5), within the client's `max_tokens` (which, as OpenAI
  *   counts it, covers the reasoning), else on top of the provider's default; the client's own `thinking: {type:
@@ -36,7 +36,7 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   think (`disabled` is a 400): their thinking is never turned off, and a forced tool, which 5.1 on refuse, is
  *   asked for as `auto`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
- *   recent Claude models reject the two together; neither goes to Claude 4.7 and later (takesSampling).
+ *   recent Claude models reject the two together; neither goes to Claude 4.7 and later (ClaudeProfile).
  * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:
  *   malformed messages and parts are skipped.
  */
@@ -69,16 +69,17 @@ export function buildAnthropicRequest(
   const system: Block[] = [];
   const turns: Turn[] = [];
   const messages: unknown[] = Array.isArray(body.messages) ? body.messages : [];
+  const claude = claudeProfile(model);
   const explicitMax = positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens);
   for (const message of messages) addMessage(message, system, turns);
-  if (turns.at(-1)?.role === 'assistant' && !takesPrefill(model)) {
+  if (turns.at(-1)?.role === 'assistant' && !claude.takesPrefill) {
     // A conversation that ends with the assistant is a prefill to Claude, which 4.6 on refuse (a 400); to
     // OpenAI it is history the next answer follows, which a closing user turn says.
     turns.push({ role: 'user', content: [{ type: 'text', text: CONTINUE_USER_TEXT }] });
   }
   // Decided on the turns as sent: Anthropic's rules are about its merged turns, not the client's messages.
-  let thinking = thinkingFor(body, explicitMax, model);
-  if (alwaysThinks(model)) thinking ??= DEFAULT_THINKING;
+  let thinking = thinkingFor(body, explicitMax, claude);
+  if (claude.alwaysThinks) thinking ??= DEFAULT_THINKING;
   else if (thinking !== undefined && !thinkingAllowed(turns)) thinking = undefined;
   if (thinking === undefined) withoutThinking(turns);
   finishTurns(turns);
@@ -93,13 +94,13 @@ export function buildAnthropicRequest(
   if (thinking?.thinking !== undefined) {
     out.thinking = thinking.thinking;
     if (thinking.effort !== undefined) out.output_config = { effort: thinking.effort };
-  } else if (thinking === undefined && thinksByDefault(model)) {
+  } else if (thinking === undefined && claude.thinksByDefault) {
     // Leaving `thinking` out would turn it on: Opus 5 and Sonnet 5 think unless told not to.
     out.thinking = { type: 'disabled' };
   }
 
   // Anthropic rejects sampling changes while thinking, and Claude 4.7 on at all.
-  const sampling = thinking === undefined && takesSampling(model);
+  const sampling = thinking === undefined && claude.takesSampling;
   const temperature = sampling ? asNumber(body.temperature) : undefined;
   const topP = sampling ? asNumber(body.top_p) : undefined;
   if (temperature !== undefined) out.temperature = Math.min(Math.max(temperature, 0), 1);
@@ -115,7 +116,7 @@ export function buildAnthropicRequest(
   const tools = toolDefinitions(body.tools);
   if (tools.length > 0) {
     out.tools = tools;
-    const choice = toolChoice(body.tool_choice, body.parallel_tool_calls === false, takesForcedTool(model));
+    const choice = toolChoice(body.tool_choice, body.parallel_tool_calls === false, claude.takesForcedTool);
     if (choice !== undefined) out.tool_choice = choice;
   } else if (usesTools(turns)) {
     out.tools = stubTools(turns);
@@ -145,65 +146,64 @@ function apiKeyAndVersion(provider: AdapterProvider, into: Record<string, string
 const MIN_THINKING_BUDGET = 1024;
 
 /**
- * How a Claude model takes extended thinking: with a token budget (3.7, 4.0 to 4.5), or adaptive, the model
- * deciding how much to think at an `output_config.effort` (4.6 on, 5, Mythos, Fable: 4.7 on take nothing
- * else, and 4.6 has the budget form deprecated). Older models answer any `thinking` with a 400, so a client
- * that sends `reasoning_effort` to every model keeps getting answers from them, as before. Names carry the
- * version as `claude-<family>-4-5`, `claude-3-7-<family>`, or a date for x.0 (`claude-sonnet-4-20250514`),
- * Bedrock's and Vertex's too.
+ * What a Claude model takes, read from its name once (names carry the version as `claude-<family>-4-5`,
+ * `claude-3-7-<family>`, or a date for x.0, `claude-sonnet-4-20250514`; Bedrock's and Vertex's ids too).
+ * A name that carries no Claude version gets the oldest rules: no thinking from `reasoning_effort`, prefill,
+ * sampling and forced tools sent as asked.
  */
-type ThinkingKind = 'budget' | 'adaptive';
+interface ClaudeProfile {
+  /**
+   * How it takes extended thinking: with a token budget (3.7, 4.0 to 4.5), or adaptive, the model deciding how
+   * much to think at an `output_config.effort` (4.6 on, Mythos, Fable: 4.7 on take nothing else, and 4.6 has the
+   * budget form deprecated). Older models answer any `thinking` with a 400.
+   */
+  readonly thinking: 'budget' | 'adaptive' | undefined;
+  /** Thinks when `thinking` is left out: Claude 5 on (Opus 5, Sonnet 5), Mythos and Fable. */
+  readonly thinksByDefault: boolean;
+  /** Thinks whatever is asked: Fable, Mythos and Claude 5.1 on (Opus 5.5) answer `disabled` with a 400. */
+  readonly alwaysThinks: boolean;
+  /** Omits the thinking's text unless asked, and takes the `xhigh` effort: Claude 4.7 on. */
+  readonly from47: boolean;
+  /** Continues a final assistant turn (a prefill): Claude 4.6 on answer it with a 400. */
+  readonly takesPrefill: boolean;
+  /**
+   * Takes `temperature` and `top_p`: Claude 4.7 on (and Mythos, Fable) removed the sampling parameters and answer
+   * any non-default value with a 400, so the client's are left out, as other gateways do.
+   */
+  readonly takesSampling: boolean;
+  /** Takes a forced tool (`tool_choice` any or tool): Claude 5.1 on (Fable 5.1, Opus 5.5) answer it with a 400. */
+  readonly takesForcedTool: boolean;
+}
+
 const CLAUDE_VERSION = /claude-(?:[a-z]+-)?(\d+)(?:-(\d{1,2}))?(?!\d)/;
-const ADAPTIVE_FAMILY = /claude-(?:mythos|fable)/;
+const LATER_FAMILY = /claude-(?:mythos|fable)/;
+/** Profiles by model name: the names are the configuration's, so few; bounded all the same. */
+const PROFILES = new Map<string, ClaudeProfile>();
 
-/** A Claude model's version as major × 10 + minor (46 for 4.6), or undefined for a name that carries none. */
-function claudeVersion(model: string): number | undefined {
-  const version = CLAUDE_VERSION.exec(model);
-  return version === null ? undefined : Number(version[1]) * 10 + Number(version[2] ?? 0);
+function claudeProfile(model: string): ClaudeProfile {
+  let profile = PROFILES.get(model);
+  if (profile === undefined) {
+    profile = readProfile(model);
+    if (PROFILES.size < 1024) PROFILES.set(model, profile);
+  }
+  return profile;
 }
 
-function thinkingKind(model: string): ThinkingKind | undefined {
-  if (ADAPTIVE_FAMILY.test(model)) return 'adaptive';
-  const v = claudeVersion(model);
-  if (v === undefined) return undefined;
-  if (v >= 46) return 'adaptive';
-  return v === 37 || (v >= 40 && v <= 45) ? 'budget' : undefined;
-}
-
-/** Whether a model is Claude `version` (major × 10 + minor) or later; Mythos and Fable count as later. */
-function claudeFrom(model: string, version: number): boolean {
-  if (ADAPTIVE_FAMILY.test(model)) return true;
-  const v = claudeVersion(model);
-  return v !== undefined && v >= version;
-}
-
-/** Whether a model thinks when `thinking` is left out: Claude 5 on (Opus 5, Sonnet 5), Mythos and Fable. */
-function thinksByDefault(model: string): boolean {
-  return claudeFrom(model, 50);
-}
-
-/** Whether a model thinks whatever is asked: Fable, Mythos and Claude 5.1 on (Opus 5.5) answer `disabled` with a 400. */
-function alwaysThinks(model: string): boolean {
-  return claudeFrom(model, 51);
-}
-
-/** Whether a model takes a forced tool (`tool_choice` any or tool): Claude 5.1 on (Fable 5.1, Opus 5.5) answer it with a 400. */
-function takesForcedTool(model: string): boolean {
-  const v = claudeVersion(model);
-  return v === undefined || v < 51;
-}
-
-/** Whether a model continues a final assistant turn (a prefill): Claude 4.6 on answer it with a 400. */
-function takesPrefill(model: string): boolean {
-  return !claudeFrom(model, 46);
-}
-
-/**
- * Whether a model takes `temperature` and `top_p`: Claude 4.7 on (and Mythos, Fable) removed the sampling
- * parameters and answer any non-default value with a 400, so the client's are left out, as other gateways do.
- */
-function takesSampling(model: string): boolean {
-  return !claudeFrom(model, 47);
+function readProfile(model: string): ClaudeProfile {
+  const match = CLAUDE_VERSION.exec(model);
+  // major × 10 + minor (46 for 4.6); Mythos and Fable count as later than any numbered model.
+  const numbered = match === null ? undefined : Number(match[1]) * 10 + Number(match[2] ?? 0);
+  const v = LATER_FAMILY.test(model) ? Infinity : (numbered ?? 0);
+  return {
+    thinking: v >= 46 ? 'adaptive' : v === 37 || (v >= 40 && v <= 45) ? 'budget' : undefined,
+    thinksByDefault: v >= 50,
+    alwaysThinks: v >= 51,
+    from47: v >= 47,
+    takesPrefill: v < 46,
+    takesSampling: v < 47,
+    // Fable 5.0 and Mythos Preview keep forced tools: only numbered 5.1 and later are documented to refuse them.
+    takesForcedTool: numbered === undefined || numbered < 51,
+  };
 }
 
 /**
@@ -213,7 +213,7 @@ function takesSampling(model: string): boolean {
 const EFFORT_BUDGET: Readonly<Record<string, number>> = { low: 1024, medium: 2048, high: 4096, xhigh: 4096 };
 
 interface ThinkingPlan {
-  /** The request's `thinking`; undefined leaves the model its default (thinksByDefault). */
+  /** The request's `thinking`; undefined leaves the model its default (ClaudeProfile.thinksByDefault). */
   readonly thinking?: JsonObject;
   /** `output_config.effort`, for adaptive thinking. */
   readonly effort?: string;
@@ -228,9 +228,9 @@ const DEFAULT_THINKING: ThinkingPlan = { room: 4096 };
 function thinkingFor(
   body: ChatBody,
   explicitMax: number | undefined,
-  model: string,
+  claude: ClaudeProfile,
 ): ThinkingPlan | undefined {
-  if (forcesTool(body) && takesForcedTool(model)) return undefined;
+  if (forcesTool(body) && claude.takesForcedTool) return undefined;
   const effort = typeof body.reasoning_effort === 'string' ? body.reasoning_effort : undefined;
   const effortBudget =
     effort !== undefined && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
@@ -247,14 +247,15 @@ function thinkingFor(
   // As OpenAI counts it, the client's max_tokens covers the reasoning: thinking must fit inside it.
   const fits = explicitMax === undefined || explicitMax > MIN_THINKING_BUDGET;
   if (effortBudget === undefined)
-    return effort === undefined && thinksByDefault(model) && fits ? DEFAULT_THINKING : undefined;
+    return effort === undefined && claude.thinksByDefault && fits ? DEFAULT_THINKING : undefined;
   if (!fits) return undefined;
-  switch (thinkingKind(model)) {
-    case 'adaptive': {
+  switch (claude.thinking) {
+    case 'adaptive':
       // Claude 4.7 on omit the thinking's text unless asked: reasoning_effort asks for the reasoning.
-      const from47 = claudeFrom(model, 47);
-      return adaptive(effort === 'xhigh' && !from47 ? 'high' : effort, from47 ? 'summarized' : undefined);
-    }
+      return adaptive(
+        effort === 'xhigh' && !claude.from47 ? 'high' : effort,
+        claude.from47 ? 'summarized' : undefined,
+      );
     case 'budget': {
       const budget = explicitMax === undefined ? effortBudget : Math.min(effortBudget, explicitMax - 1);
       return { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };

@@ -82,20 +82,17 @@ export const openaiAdapter: ChatAdapter = {
  * the body copied, without them; every other field, `reasoning_content` included, goes as the client sent it.
  */
 function withoutThinkingBlocks(body: ChatBody): ChatBody {
-  const messages = body.messages;
-  let found = false;
-  for (let i = 0; i < messages.length && !found; i++) {
-    const m = messages[i];
-    found =
-      m !== null && typeof m === 'object' && (m as Record<string, unknown>).thinking_blocks !== undefined;
-  }
-  if (!found) return body;
-  const stripped = messages.map((m) => {
-    if (m === null || typeof m !== 'object' || !Object.hasOwn(m, 'thinking_blocks')) return m;
+  if (!body.messages.some(hasThinkingBlocks)) return body;
+  const messages = body.messages.map((m) => {
+    if (!hasThinkingBlocks(m)) return m;
     const { thinking_blocks: _dropped, ...rest } = m as Record<string, unknown>;
     return rest;
   });
-  return { ...body, messages: stripped };
+  return { ...body, messages };
+}
+
+function hasThinkingBlocks(message: unknown): boolean {
+  return message !== null && typeof message === 'object' && Object.hasOwn(message, 'thinking_blocks');
 }
 
 /**
