@@ -23,6 +23,7 @@ import type { AdapterProvider, ChatAdapter } from './upstream/adapter.js';
 import { anthropicAdapter } from './upstream/adapters/anthropic.js';
 import { openaiAdapter } from './upstream/adapters/openai.js';
 import { ProviderClient } from './upstream/client.js';
+import { describeFit, ParamFit, type FieldFit } from './upstream/param-fit.js';
 import type { Logger } from './observability/logger.js';
 import { Scrubber } from './observability/scrub.js';
 import { KeySet } from './http/auth.js';
@@ -59,6 +60,8 @@ export interface Upstream {
   readonly stats: UpstreamStats;
   readonly breaker: CircuitBreaker;
   readonly metrics: UpstreamMetrics;
+  /** OpenAI dialect: the request fields this upstream was found to refuse, and how they are fitted. */
+  readonly fit: ParamFit | undefined;
 }
 
 /** One upstream as a member of one route: its position and weight there. */
@@ -92,6 +95,10 @@ export interface RouteRuntime {
 export class SharedState {
   readonly stats = new Map<string, UpstreamStats>();
   readonly breakers: MemoryBreakerStore;
+  /** Learned request fits, by upstream, server and model name: a reload that moves an upstream starts anew. */
+  readonly fits = new Map<string, ParamFit>();
+  /** Set by the current Runtime so a learned fit reaches its log. */
+  onFit: ((upstreamId: string, param: string, fit: FieldFit, value: string | undefined) => void) | undefined;
   /** Set by the current Runtime so breaker transitions reach its metrics and log. */
   onTransition: ((upstreamId: string, to: string, cause: string | undefined) => void) | undefined;
   /** The fleet's shared state (`state.backend: redis`), told of every breaker this replica opens. */
@@ -117,6 +124,16 @@ export class SharedState {
     } finally {
       this.#adopting = false;
     }
+  }
+
+  fitFor(id: string, baseUrl: string, model: string): ParamFit {
+    const key = `${id}\n${baseUrl}\n${model}`;
+    let f = this.fits.get(key);
+    if (!f) {
+      f = new ParamFit((param, fit, value) => this.onFit?.(id, param, fit, value));
+      this.fits.set(key, f);
+    }
+    return f;
   }
 
   statsFor(id: string): UpstreamStats {
@@ -169,6 +186,7 @@ export class Runtime {
     this.adminKeys = new KeySet(config.server.admin_key ? [config.server.admin_key] : []);
     shared.breakers.setConfig(config.circuit_breaker);
 
+    const fits = new Set<ParamFit>();
     for (const p of config.providers) {
       if (loaded.disabledProviders.has(p.name)) continue;
       const prev = previous?.providers.get(p.name);
@@ -191,11 +209,15 @@ export class Runtime {
       for (const m of p.models) {
         const id = `${p.name}/${m.name}`;
         const labels = { provider: p.name, model: m.name };
+        const upstreamModel = m.upstream_name ?? m.name;
+        const fit = p.kind === 'openai' ? shared.fitFor(id, p.base_url, upstreamModel) : undefined;
+        if (fit) fits.add(fit);
         this.upstreams.set(id, {
           id,
           provider,
           model: m,
-          upstreamModel: m.upstream_name ?? m.name,
+          upstreamModel,
+          fit,
           capabilities: new Set(m.capabilities),
           embeddings: m.capabilities.includes('embeddings'),
           stats: shared.statsFor(id),
@@ -221,6 +243,7 @@ export class Runtime {
     }
     shared.breakers.retain(this.upstreams.keys());
     for (const id of [...shared.stats.keys()]) if (!this.upstreams.has(id)) shared.stats.delete(id);
+    for (const [key, f] of [...shared.fits]) if (!fits.has(f)) shared.fits.delete(key);
 
     const fallback = strategyOf(config.routing.default_strategy, 'hybrid');
     for (const [name, rc] of Object.entries(config.routes)) {
@@ -281,6 +304,12 @@ export class Runtime {
       metrics.circuitTransitions.inc({ ...labels, to });
       metrics.circuitState.set(labels, CIRCUIT_STATE_VALUE[to as keyof typeof CIRCUIT_STATE_VALUE] ?? 0);
       logger.warn({ upstream: id, to, cause }, `circuit breaker of ${id} is now ${to}`);
+    };
+    shared.onFit = (id, param, fit, value) => {
+      logger.warn(
+        { upstream: id, param },
+        `upstream ${id} refused ${describeFit(param, fit, value)}; its requests are fitted so from now on`,
+      );
     };
   }
 

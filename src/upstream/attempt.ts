@@ -224,10 +224,49 @@ export function attemptPlainJson(
   return attemptJsonCall(input, prepared, (text) => relayedAnswer(text, embeddingUsage));
 }
 
+/** How many times one attempt is sent again, each time fitted to one more field its upstream refused. */
+const MAX_REFITS = 4;
+
+/**
+ * After a failed send of `body` (the client's body fitted to what the upstream is known to refuse,
+ * param-fit.ts): while the upstream refused one more field a fit exists for, sends again, fitted. A fit is not
+ * a failover: the same upstream answers. The refused sends' time counts as time waiting on the upstream.
+ */
+async function refit(
+  input: AttemptInput,
+  body: ChatBody,
+  failed: AttemptResult,
+  send: (body: ChatBody) => Promise<AttemptResult>,
+): Promise<AttemptResult> {
+  const fit = input.upstream.fit;
+  let result = failed;
+  let refusedMs = 0;
+  for (let n = 0; n < MAX_REFITS && fit !== undefined && !result.ok; n++) {
+    if (result.status === undefined || result.status >= 500 || result.committed || result.clientGone) break;
+    if (input.now() >= input.deadline || !fit.learn(result.info, body)) break;
+    refusedMs += result.totalMs;
+    body = fit.apply(input.body);
+    result = await send(body);
+  }
+  return refusedMs === 0 ? result : { ...result, totalMs: result.totalMs + refusedMs };
+}
+
+/** The client's body as this attempt's upstream takes it. */
+function fitted(input: AttemptInput): ChatBody {
+  return input.upstream.fit ? input.upstream.fit.apply(input.body) : input.body;
+}
+
 /** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
-export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
+export async function attemptJson(input: AttemptInput): Promise<AttemptResult> {
+  const body = fitted(input);
+  const result = await attemptJsonBody(input, body);
+  if (result.ok || input.upstream.fit === undefined) return result;
+  return refit(input, body, result, (b) => attemptJsonBody(input, b));
+}
+
+function attemptJsonBody(input: AttemptInput, body: ChatBody): Promise<AttemptResult> {
   const { adapter, adapterProvider } = input.upstream.provider;
-  const prepared = adapter.chatRequest(input.body, input.upstream.upstreamModel, adapterProvider);
+  const prepared = adapter.chatRequest(body, input.upstream.upstreamModel, adapterProvider);
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
   if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText);
   return attemptJsonCall(input, prepared, (text) => {
@@ -251,9 +290,22 @@ export async function attemptStream(
   headers: () => Record<string, string>,
   scrubber: { scrub(text: string): string },
 ): Promise<AttemptResult> {
+  const body = fitted(input);
+  const result = await attemptStreamBody(input, body, writer, headers, scrubber);
+  if (result.ok || input.upstream.fit === undefined) return result;
+  return refit(input, body, result, (b) => attemptStreamBody(input, b, writer, headers, scrubber));
+}
+
+async function attemptStreamBody(
+  input: AttemptInput,
+  body: ChatBody,
+  writer: SseWriter,
+  headers: () => Record<string, string>,
+  scrubber: { scrub(text: string): string },
+): Promise<AttemptResult> {
   const { upstream } = input;
   const { adapter, client, adapterProvider } = upstream.provider;
-  const prepared = adapter.chatRequest(input.body, upstream.upstreamModel, adapterProvider);
+  const prepared = adapter.chatRequest(body, upstream.upstreamModel, adapterProvider);
   const t0 = input.now();
   const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream);
   let committed = false;

@@ -1,0 +1,201 @@
+/**
+ * What one OpenAI-dialect upstream refuses of OpenAI's own request fields, learned from its 400s, so a route
+ * alias works whatever model is behind it. A client names a route, not a model, and sends what its SDK
+ * sends: `max_tokens` and a `temperature` to a route served by an OpenAI reasoning model (o-series, GPT-5)
+ * get "Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead" and "Only the default (1)
+ * value is supported"; `reasoning_effort` (which the gateway turns into Claude's thinking) gets "Unrecognized
+ * request argument supplied: reasoning_effort" from GPT-4o; `reasoning_effort: none` gets a list of the
+ * values GPT-5 takes. A 400 is a client error (no failover), so each of these failed the whole request.
+ *
+ * Nothing is guessed from model names: a body goes as the client sent it until the upstream itself refuses
+ * one of the fields below, by OpenAI's own wording or code. Then that same attempt is sent again with the field
+ * fitted, and every later request to that upstream is fitted before it is sent. Token limits are only ever
+ * renamed, never dropped; sampling and reasoning fields the model cannot take are dropped (the model's
+ * default is what it would use anyway); a refused `reasoning_effort` value becomes the nearest one the
+ * upstream lists. Any other 400 — a value out of range, a field not listed here — is relayed as before.
+ */
+import type { ChatBody, UpstreamErrorInfo } from './adapter.js';
+
+/** What a refused field becomes: dropped, sent under another name, or (reasoning_effort) another value. */
+export type FieldFit =
+  | { readonly kind: 'drop' }
+  | { readonly kind: 'rename'; readonly to: string }
+  /** Refused value -> the value sent instead; `null`: the field is dropped for that value. */
+  | { readonly kind: 'values'; readonly values: ReadonlyMap<string, string | null> };
+
+/** OpenAI's two names for the answer's token limit: reasoning models take only the new one, some servers only the old. */
+const TOKEN_LIMITS: Readonly<Record<string, string>> = {
+  max_tokens: 'max_completion_tokens',
+  max_completion_tokens: 'max_tokens',
+};
+
+/**
+ * Fields whose absence means "the model's default": what reasoning models refuse (sampling, log
+ * probabilities, penalties), and what non-reasoning models refuse (reasoning's knobs). `top_logprobs` goes
+ * with `logprobs` (it needs it).
+ */
+const DROPPABLE = new Set([
+  'temperature',
+  'top_p',
+  'presence_penalty',
+  'frequency_penalty',
+  'logprobs',
+  'top_logprobs',
+  'logit_bias',
+  'parallel_tool_calls',
+  'reasoning_effort',
+  'verbosity',
+]);
+
+/** OpenAI's reasoning efforts, least to most. */
+const EFFORTS = ['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'];
+
+/** A field the upstream refused: the field itself, or (`value`) the value it was sent with. */
+export interface Refusal {
+  readonly param: string;
+  readonly kind: 'parameter' | 'value';
+  /** The values the upstream says it takes, when it lists them ("Supported values are: 'low', ..."). */
+  readonly supported: readonly string[];
+}
+
+const NAME = '([A-Za-z_][A-Za-z0-9_]*)';
+/** OpenAI's (and Azure's) wordings, and pydantic's for servers that forbid unknown fields (e.g. vLLM, SGLang). */
+const PARAMETER_REFUSALS = [
+  new RegExp(`Unrecognized request argument supplied: ${NAME}`),
+  new RegExp(`Unsupported parameter: '${NAME}'`),
+  new RegExp(`'${NAME}' is not supported with this model`),
+  new RegExp(`'loc': \\('body', '${NAME}'\\)[^}]*Extra inputs are not permitted`),
+  new RegExp(`"loc":\\s*\\["body",\\s*"${NAME}"\\][^}]*Extra inputs are not permitted`),
+];
+const VALUE_REFUSAL = new RegExp(`Unsupported value: '${NAME}'`);
+
+/** The field an upstream's 400 refuses, by its code or OpenAI's wording; undefined for any other error. */
+export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
+  if (info.status !== 400 && info.status !== 422) return undefined;
+  const message = info.message;
+  const param = info.param !== null && /^[A-Za-z_][A-Za-z0-9_]*$/.test(info.param) ? info.param : undefined;
+  if (param !== undefined && info.code === 'unsupported_parameter')
+    return { param, kind: 'parameter', supported: [] };
+  if (param !== undefined && info.code === 'unsupported_value')
+    return { param, kind: 'value', supported: supportedValues(message) };
+  for (const re of PARAMETER_REFUSALS) {
+    const m = re.exec(message);
+    if (m) return { param: m[1]!, kind: 'parameter', supported: [] };
+  }
+  const v = VALUE_REFUSAL.exec(message);
+  if (v) return { param: v[1]!, kind: 'value', supported: supportedValues(message) };
+  return undefined;
+}
+
+/** "Supported values are: 'minimal', 'low', 'medium', and 'high'." -> the quoted values. */
+function supportedValues(message: string): string[] {
+  const at = message.search(/supported values are/i);
+  if (at < 0) return [];
+  return [...message.slice(at).matchAll(/'([A-Za-z0-9_-]{1,32})'/g)].map((m) => m[1]!);
+}
+
+/** The supported effort nearest to `value` (a tie goes to the higher effort); null when none is known. */
+export function nearestEffort(value: string, supported: readonly string[]): string | null {
+  const at = EFFORTS.indexOf(value);
+  let best = -1;
+  for (const s of supported) {
+    const i = EFFORTS.indexOf(s);
+    if (i < 0 || i === at) continue;
+    if (
+      best < 0 ||
+      Math.abs(i - at) < Math.abs(best - at) ||
+      (Math.abs(i - at) === Math.abs(best - at) && i > best)
+    )
+      best = i;
+  }
+  return at < 0 || best < 0 ? null : EFFORTS[best]!;
+}
+
+/** The fits one upstream has needed so far. Bounded: at most one per field listed above. */
+export class ParamFit {
+  readonly #fits = new Map<string, FieldFit>();
+
+  constructor(private readonly onLearn?: (param: string, fit: FieldFit, value?: string) => void) {}
+
+  /** The body as this upstream takes it: the same object when nothing learned applies to it. */
+  apply(body: ChatBody): ChatBody {
+    if (this.#fits.size === 0) return body;
+    let out: Record<string, unknown> | undefined;
+    for (const [param, fit] of this.#fits) {
+      if (!Object.hasOwn(body, param)) continue;
+      out ??= { ...body };
+      const value = out[param];
+      if (fit.kind === 'drop') {
+        delete out[param];
+        if (param === 'logprobs') delete out.top_logprobs;
+      } else if (fit.kind === 'rename') {
+        delete out[param];
+        if (!Object.hasOwn(body, fit.to)) out[fit.to] = value;
+      } else if (typeof value === 'string' && fit.values.has(value)) {
+        const to = fit.values.get(value)!;
+        if (to === null) delete out[param];
+        else out[param] = to;
+      }
+    }
+    return (out as ChatBody | undefined) ?? body;
+  }
+
+  /**
+   * Learns from an upstream's error to a request whose (fitted) body was `sent`: true when it refused one of
+   * the fields above that `sent` carries, and a fit for it is now known (send again, fitted).
+   */
+  learn(info: UpstreamErrorInfo | undefined, sent: ChatBody): boolean {
+    if (!info) return false;
+    const refusal = refusalOf(info);
+    if (!refusal || !Object.hasOwn(sent, refusal.param)) return false;
+    const { param } = refusal;
+    const other = TOKEN_LIMITS[param];
+    const known = this.#fits.get(param);
+    if (other !== undefined) {
+      // Renamed only: a server that refuses both names gets the client's field and relays its own 400.
+      if (refusal.kind !== 'parameter' || this.#fits.has(other)) return false;
+      return known !== undefined || this.#learn(param, { kind: 'rename', to: other });
+    }
+    if (!DROPPABLE.has(param)) return false;
+    const value = sent[param];
+    if (param === 'reasoning_effort' && refusal.kind === 'value') {
+      // Only OpenAI's own efforts are learned: a client's made-up values must not grow this map.
+      if (typeof value !== 'string' || !EFFORTS.includes(value) || refusal.supported.includes(value))
+        return false;
+      if (known?.kind === 'values' && known.values.has(value)) return true;
+      const values = new Map(known?.kind === 'values' ? known.values : []);
+      values.set(value, nearestEffort(value, refusal.supported));
+      return this.#learn(param, { kind: 'values', values }, value);
+    }
+    return known?.kind === 'drop' || this.#learn(param, { kind: 'drop' });
+  }
+
+  #learn(param: string, fit: FieldFit, value?: string): boolean {
+    this.#fits.set(param, fit);
+    this.onLearn?.(param, fit, value);
+    return true;
+  }
+
+  /** For /router/status: each fitted field (a refused effort as `reasoning_effort=none`) and what it becomes. */
+  snapshot(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const [param, fit] of this.#fits) {
+      if (fit.kind !== 'values') out[param] = fitted(fit);
+      else
+        for (const [from, to] of fit.values)
+          out[`${param}=${from}`] = to === null ? 'dropped' : `sent as ${to}`;
+    }
+    return out;
+  }
+}
+
+function fitted(fit: Exclude<FieldFit, { kind: 'values' }>): string {
+  return fit.kind === 'drop' ? 'dropped' : `sent as ${fit.to}`;
+}
+
+/** A learned fit in words, for the log: "max_tokens (sent as max_completion_tokens)". */
+export function describeFit(param: string, fit: FieldFit, value: string | undefined): string {
+  if (fit.kind !== 'values') return `${param} (${fitted(fit)})`;
+  const to = value === undefined ? undefined : fit.values.get(value);
+  return `${param} ${value ?? ''} (${to ? `sent as ${to}` : 'dropped'})`;
+}

@@ -1,0 +1,237 @@
+import type { ServerResponse } from 'node:http';
+import OpenAI from 'openai';
+import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { sendJson, startRecordingMock, type RecordingMock } from '../helpers/mock-upstream.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+
+/**
+ * A route alias in front of models that refuse some of OpenAI's own request fields (upstream/param-fit.ts):
+ * mocks that answer as OpenAI's reasoning models and GPT-4o do, with OpenAI's error bodies, through the
+ * openai SDK. The client sends what SDK code sends to any chat model; the gateway learns each upstream's
+ * refusals from its 400s and fits the request, instead of relaying a 400 the client cannot avoid (it named
+ * the route, not the model).
+ */
+
+const track = closeAfterEach();
+
+type Json = Record<string, unknown>;
+
+function refuse(res: ServerResponse, message: string, param: string | null, code: string | null): void {
+  sendJson(res, 400, { error: { message, type: 'invalid_request_error', param, code } });
+}
+
+function answer(res: ServerResponse, body: Json, text: string): void {
+  if (body.stream !== true) {
+    sendJson(res, 200, {
+      id: 'chatcmpl-1',
+      object: 'chat.completion',
+      created: 1,
+      model: String(body.model),
+      choices: [{ index: 0, message: { role: 'assistant', content: text }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 },
+    });
+    return;
+  }
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  const chunk = (delta: Json, finish: string | null = null): string =>
+    `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: String(body.model), choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+  res.end(
+    `${chunk({ role: 'assistant', content: '' })}${chunk({ content: text })}${chunk({}, 'stop')}data: [DONE]\n\n`,
+  );
+}
+
+/** As OpenAI's GPT-5 answers: no `max_tokens`, no sampling but the default, efforts minimal..high. */
+function reasoningModel(body: Json, _n: number, res: ServerResponse): void {
+  if ('max_tokens' in body)
+    return refuse(
+      res,
+      "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+      'max_tokens',
+      'unsupported_parameter',
+    );
+  if ('temperature' in body && body.temperature !== 1)
+    return refuse(
+      res,
+      `Unsupported value: 'temperature' does not support ${String(body.temperature)} with this model. Only the default (1) value is supported.`,
+      'temperature',
+      'unsupported_value',
+    );
+  if (body.reasoning_effort === 'none')
+    return refuse(
+      res,
+      "Unsupported value: 'reasoning_effort' does not support 'none' with this model. Supported values are: 'minimal', 'low', 'medium', and 'high'.",
+      'reasoning_effort',
+      'unsupported_value',
+    );
+  answer(res, body, 'thought it through');
+}
+
+/** As OpenAI's GPT-4o answers a reasoning knob. */
+function chatModel(body: Json, _n: number, res: ServerResponse): void {
+  if ('reasoning_effort' in body)
+    return refuse(res, 'Unrecognized request argument supplied: reasoning_effort', null, null);
+  answer(res, body, 'plain answer');
+}
+
+function config(mocks: readonly { name: string; mock: RecordingMock; model: string }[]): Json {
+  return {
+    providers: mocks.map(({ name, mock, model }) =>
+      simProvider(name, mock.url, [model], { api_key: 'sk-up' }),
+    ),
+    routes: { smart: { strategy: 'priority', targets: mocks.map(({ name, model }) => `${name}/${model}`) } },
+  };
+}
+
+async function gatewayFor(
+  mocks: readonly { name: string; mock: RecordingMock; model: string }[],
+): Promise<{ gw: TestGateway; client: OpenAI }> {
+  const gw = track(await startGateway(config(mocks)));
+  return { gw, client: new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 }) };
+}
+
+const ASK = { model: 'smart', messages: [{ role: 'user' as const, content: 'hi' }] };
+
+describe('request fields an upstream refuses, fitted', () => {
+  it('a reasoning model behind an alias answers a body with max_tokens, a temperature and effort none; later requests go fitted at once', async () => {
+    const mock = track(await startRecordingMock(reasoningModel));
+    const { gw, client } = await gatewayFor([{ name: 'oai', mock, model: 'gpt-5' }]);
+
+    const first = await client.chat.completions
+      .create({ ...ASK, max_tokens: 50, temperature: 0.2, reasoning_effort: 'none', seed: 7 })
+      .withResponse();
+    expect(first.data.choices[0]!.message.content).toBe('thought it through');
+    expect(first.response.headers.get('x-router-attempts')).toBe('1'); // one upstream: a fit is not a failover
+    expect(first.response.headers.get('x-router-trail')).toBe('');
+    expect(mock.bodies).toHaveLength(4); // three refusals, one field each, then the answer
+    const fitted = { model: 'gpt-5', max_completion_tokens: 50, reasoning_effort: 'minimal', seed: 7 };
+    expect(mock.bodies[3]).toMatchObject(fitted);
+    expect(mock.bodies[3]).not.toHaveProperty('max_tokens');
+    expect(mock.bodies[3]).not.toHaveProperty('temperature');
+
+    // Learned: a stream with the same fields is sent fitted the first time.
+    const stream = await client.chat.completions.create({
+      ...ASK,
+      max_tokens: 50,
+      temperature: 0.7,
+      reasoning_effort: 'none',
+      stream: true,
+    });
+    let text = '';
+    for await (const c of stream) text += c.choices[0]?.delta.content ?? '';
+    expect(text).toBe('thought it through');
+    expect(mock.bodies).toHaveLength(5);
+    expect(mock.bodies[4]).toMatchObject({
+      max_completion_tokens: 50,
+      reasoning_effort: 'minimal',
+      stream: true,
+    });
+    expect(mock.bodies[4]).not.toHaveProperty('temperature');
+
+    // A body without those fields, and an effort the model takes, go as they are.
+    await client.chat.completions.create({ ...ASK, reasoning_effort: 'high', max_completion_tokens: 9 });
+    expect(mock.bodies[5]).toEqual({
+      ...ASK,
+      model: 'gpt-5',
+      reasoning_effort: 'high',
+      max_completion_tokens: 9,
+    });
+
+    const status = (await (await fetch(`${gw.url}/router/status`)).json()) as {
+      upstreams: { id: string; request_fits: Json }[];
+    };
+    expect(status.upstreams.find((u) => u.id === 'oai/gpt-5')!.request_fits).toEqual({
+      max_tokens: 'sent as max_completion_tokens',
+      temperature: 'dropped',
+      'reasoning_effort=none': 'sent as minimal',
+    });
+    const learned = gw.logs.filter((l) => String(l.msg).startsWith('upstream oai/gpt-5 refused'));
+    expect(learned.map((l) => l.param)).toEqual(['max_tokens', 'temperature', 'reasoning_effort']);
+  });
+
+  it('a chat model is sent no reasoning_effort once it refused it; another upstream keeps getting it', async () => {
+    const gpt4o = track(await startRecordingMock(chatModel));
+    const other = track(await startRecordingMock((body, _n, res) => answer(res, body, 'other')));
+    const { gw, client } = await gatewayFor([
+      { name: 'a', mock: gpt4o, model: 'gpt-4o' },
+      { name: 'b', mock: other, model: 'gpt-4o' },
+    ]);
+    // A stream: the refusal comes before anything is sent to the client, and the fitted send streams.
+    const stream = await client.chat.completions.create({
+      ...ASK,
+      reasoning_effort: 'low',
+      temperature: 0,
+      stream: true,
+    });
+    let text = '';
+    for await (const c of stream) text += c.choices[0]?.delta.content ?? '';
+    expect(text).toBe('plain answer');
+    expect(gpt4o.bodies.map((b) => b.reasoning_effort)).toEqual(['low', undefined]);
+    expect(gpt4o.bodies[1]).toMatchObject({ temperature: 0 }); // what the model takes still goes
+
+    await client.chat.completions.create({ ...ASK, model: 'b/gpt-4o', reasoning_effort: 'low' });
+    expect(other.bodies[0]).toMatchObject({ reasoning_effort: 'low' }); // learned per upstream, not per name
+
+    // A reload that keeps the upstream keeps what was learned.
+    gw.gateway.reload(
+      parseConfigText(JSON.stringify(config([{ name: 'a', mock: gpt4o, model: 'gpt-4o' }])), {}),
+    );
+    await client.chat.completions.create({ ...ASK, reasoning_effort: 'low' });
+    expect(gpt4o.bodies).toHaveLength(3);
+    expect(gpt4o.bodies[2]).not.toHaveProperty('reasoning_effort');
+  });
+
+  it('any other 400 is relayed as before, sent once: a value out of range, a field it cannot fit', async () => {
+    const mock = track(
+      await startRecordingMock((body, _n, res) => {
+        if ('stop' in body)
+          return refuse(
+            res,
+            "Unsupported parameter: 'stop' is not supported with this model.",
+            'stop',
+            'unsupported_parameter',
+          );
+        refuse(
+          res,
+          'max_tokens is too large: 50000. This model supports at most 16384 completion tokens, whereas you provided 50000.',
+          'max_tokens',
+          'invalid_value',
+        );
+      }),
+    );
+    const { client } = await gatewayFor([{ name: 'oai', mock, model: 'gpt-4o' }]);
+    const tooLarge = await client.chat.completions
+      .create({ ...ASK, max_tokens: 50_000 })
+      .catch((e: unknown) => e);
+    expect(tooLarge).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((tooLarge as InstanceType<typeof OpenAI.BadRequestError>).message).toContain(
+      'max_tokens is too large',
+    );
+    expect(mock.bodies).toHaveLength(1);
+
+    // Dropping `stop` would change the answer: the client hears the refusal.
+    const stop = await client.chat.completions.create({ ...ASK, stop: ['\n'] }).catch((e: unknown) => e);
+    expect(stop).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((stop as InstanceType<typeof OpenAI.BadRequestError>).param).toBe('stop');
+    expect(mock.bodies).toHaveLength(2);
+  });
+
+  it('a server that refuses every name of the token limit gets the client’s own field and its 400 is relayed', async () => {
+    const mock = track(
+      await startRecordingMock((body, _n, res) => {
+        for (const name of ['max_tokens', 'max_completion_tokens'])
+          if (name in body)
+            return refuse(res, `Unsupported parameter: '${name}'`, name, 'unsupported_parameter');
+        answer(res, body, 'never');
+      }),
+    );
+    const { client } = await gatewayFor([{ name: 'oai', mock, model: 'm' }]);
+    const err = await client.chat.completions.create({ ...ASK, max_tokens: 5 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(mock.bodies.map((b) => Object.keys(b).filter((k) => k.startsWith('max_')))).toEqual([
+      ['max_tokens'],
+      ['max_completion_tokens'],
+    ]);
+  });
+});

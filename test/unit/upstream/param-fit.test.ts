@@ -1,0 +1,155 @@
+import { describe, expect, it } from 'vitest';
+import type { ChatBody, UpstreamErrorInfo } from '../../../src/upstream/adapter.js';
+import { errorFromBody } from '../../../src/upstream/adapters/openai.js';
+import { nearestEffort, ParamFit, refusalOf } from '../../../src/upstream/param-fit.js';
+
+/** An upstream's error body as the OpenAI adapter reads it. */
+const refused = (error: Record<string, unknown>, status = 400): UpstreamErrorInfo =>
+  errorFromBody(status, { error: { type: 'invalid_request_error', param: null, code: null, ...error } });
+
+// OpenAI's own answers, as clients quote them.
+const MAX_TOKENS = refused({
+  message:
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+  param: 'max_tokens',
+  code: 'unsupported_parameter',
+});
+const TEMPERATURE = refused({
+  message:
+    "Unsupported value: 'temperature' does not support 0.2 with this model. Only the default (1) value is supported.",
+  param: 'temperature',
+  code: 'unsupported_value',
+});
+const EFFORT_NONE = refused({
+  message:
+    "Unsupported value: 'reasoning_effort' does not support 'none' with this model. Supported values are: 'minimal', 'low', 'medium', and 'high'.",
+  param: 'reasoning_effort',
+  code: 'unsupported_value',
+});
+const EFFORT_ON_4O = refused({ message: 'Unrecognized request argument supplied: reasoning_effort' });
+
+const body = (extra: Record<string, unknown>): ChatBody =>
+  ({ model: 'smart', messages: [{ role: 'user', content: 'hi' }], ...extra }) as ChatBody;
+
+describe('refusalOf: which field an upstream 400 refuses', () => {
+  it('reads OpenAI’s codes and wordings', () => {
+    expect(refusalOf(MAX_TOKENS)).toEqual({ param: 'max_tokens', kind: 'parameter', supported: [] });
+    expect(refusalOf(TEMPERATURE)).toEqual({ param: 'temperature', kind: 'value', supported: [] });
+    expect(refusalOf(EFFORT_NONE)).toEqual({
+      param: 'reasoning_effort',
+      kind: 'value',
+      supported: ['minimal', 'low', 'medium', 'high'],
+    });
+    expect(refusalOf(EFFORT_ON_4O)).toEqual({ param: 'reasoning_effort', kind: 'parameter', supported: [] });
+    // Without code or param (Azure, older servers), by the message alone.
+    expect(
+      refusalOf(refused({ message: "Unsupported parameter: 'top_p' is not supported with this model." })),
+    ).toMatchObject({ param: 'top_p', kind: 'parameter' });
+    // pydantic's "extra_forbidden" from servers that refuse unknown fields.
+    const pydantic = refused(
+      {
+        message:
+          "[{'type': 'extra_forbidden', 'loc': ('body', 'max_completion_tokens'), 'msg': 'Extra inputs are not permitted', 'input': 64}]",
+      },
+      422,
+    );
+    expect(refusalOf(pydantic)).toMatchObject({ param: 'max_completion_tokens', kind: 'parameter' });
+  });
+
+  it('is not a refusal: a value out of range, another status, a message about something else', () => {
+    const tooLarge = refused({
+      message:
+        'max_tokens is too large: 50000. This model supports at most 16384 completion tokens, whereas you provided 50000.',
+      param: 'max_tokens',
+      code: 'invalid_value',
+    });
+    expect(refusalOf(tooLarge)).toBeUndefined();
+    expect(refusalOf({ ...MAX_TOKENS, status: 500 })).toBeUndefined();
+    expect(refusalOf({ ...MAX_TOKENS, status: 404 })).toBeUndefined();
+    expect(refusalOf(refused({ message: "Invalid value for 'messages[0].role'" }))).toBeUndefined();
+  });
+});
+
+describe('nearestEffort', () => {
+  it('takes the nearest listed effort, the higher on a tie, and knows only OpenAI’s efforts', () => {
+    expect(nearestEffort('none', ['minimal', 'low', 'medium', 'high'])).toBe('minimal');
+    expect(nearestEffort('minimal', ['none', 'low', 'medium', 'high'])).toBe('low');
+    expect(nearestEffort('xhigh', ['low', 'medium', 'high'])).toBe('high');
+    expect(nearestEffort('max', ['low', 'high'])).toBe('high');
+    expect(nearestEffort('none', [])).toBeNull();
+    expect(nearestEffort('turbo', ['low'])).toBeNull();
+  });
+});
+
+describe('ParamFit', () => {
+  it('sends a body as it is until a field is refused, then fits that field in every later body', () => {
+    const learned: string[] = [];
+    const fit = new ParamFit((param) => learned.push(param));
+    const b = body({ max_tokens: 50, temperature: 0.2, foo: 1 });
+    expect(fit.apply(b)).toBe(b);
+
+    expect(fit.learn(MAX_TOKENS, b)).toBe(true);
+    const once = fit.apply(b);
+    expect(once).toEqual(body({ max_completion_tokens: 50, temperature: 0.2, foo: 1 }));
+    expect(b).toEqual(body({ max_tokens: 50, temperature: 0.2, foo: 1 })); // the client's body is not changed
+
+    expect(fit.learn(TEMPERATURE, once)).toBe(true);
+    expect(fit.apply(b)).toEqual(body({ max_completion_tokens: 50, foo: 1 }));
+    expect(learned).toEqual(['max_tokens', 'temperature']);
+
+    // A body without those fields is not copied; one with both limit names keeps the new one only.
+    const plain = body({ seed: 7 });
+    expect(fit.apply(plain)).toBe(plain);
+    expect(fit.apply(body({ max_tokens: 9, max_completion_tokens: 50 }))).toEqual(
+      body({ max_completion_tokens: 50 }),
+    );
+    expect(fit.snapshot()).toEqual({ max_tokens: 'sent as max_completion_tokens', temperature: 'dropped' });
+  });
+
+  it('maps a refused effort to the nearest listed one, or drops reasoning_effort where it is not taken at all', () => {
+    const fit = new ParamFit();
+    expect(fit.learn(EFFORT_NONE, body({ reasoning_effort: 'none' }))).toBe(true);
+    expect(fit.apply(body({ reasoning_effort: 'none' }))).toEqual(body({ reasoning_effort: 'minimal' }));
+    expect(fit.apply(body({ reasoning_effort: 'high' }))).toEqual(body({ reasoning_effort: 'high' }));
+    expect(fit.snapshot()).toEqual({ 'reasoning_effort=none': 'sent as minimal' });
+
+    const gpt4o = new ParamFit();
+    expect(gpt4o.learn(EFFORT_ON_4O, body({ reasoning_effort: 'low', temperature: 0 }))).toBe(true);
+    expect(gpt4o.apply(body({ reasoning_effort: 'low', temperature: 0 }))).toEqual(body({ temperature: 0 }));
+  });
+
+  it('learns nothing it cannot fit: fields not listed, fields the body lacks, made-up efforts, both limit names', () => {
+    const fit = new ParamFit();
+    const stop = refused({ message: "Unsupported parameter: 'stop' is not supported with this model." });
+    expect(fit.learn(stop, body({ stop: ['\n'] }))).toBe(false); // dropping `stop` would change the answer
+    expect(fit.learn(TEMPERATURE, body({}))).toBe(false);
+    const madeUp = refused({
+      message: "Unsupported value: 'reasoning_effort' does not support 'turbo' with this model.",
+      param: 'reasoning_effort',
+      code: 'unsupported_value',
+    });
+    expect(fit.learn(madeUp, body({ reasoning_effort: 'turbo' }))).toBe(false);
+    expect(fit.learn(undefined, body({ max_tokens: 1 }))).toBe(false);
+
+    // A server that refuses both names of the token limit keeps getting the client's own: never dropped.
+    expect(fit.learn(MAX_TOKENS, body({ max_tokens: 5 }))).toBe(true);
+    const newName = refused({
+      message: "Unsupported parameter: 'max_completion_tokens' is not supported with this model.",
+      param: 'max_completion_tokens',
+      code: 'unsupported_parameter',
+    });
+    expect(fit.learn(newName, body({ max_completion_tokens: 5 }))).toBe(false);
+    expect(fit.apply(body({ max_tokens: 5 }))).toEqual(body({ max_completion_tokens: 5 }));
+  });
+
+  it('drops top_logprobs with logprobs', () => {
+    const fit = new ParamFit();
+    const logprobs = refused({
+      message: "Unsupported parameter: 'logprobs' is not supported with this model.",
+      param: 'logprobs',
+      code: 'unsupported_parameter',
+    });
+    expect(fit.learn(logprobs, body({ logprobs: true, top_logprobs: 3 }))).toBe(true);
+    expect(fit.apply(body({ logprobs: true, top_logprobs: 3, n: 1 }))).toEqual(body({ n: 1 }));
+  });
+});
