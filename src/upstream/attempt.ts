@@ -171,6 +171,7 @@ async function attemptJsonCall(
   input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream' | 'maxBodyBytes'>,
   prepared: PreparedRequest,
   finish: (text: string) => AnswerText | undefined,
+  chat?: ChatSend,
 ): Promise<AttemptResult> {
   const t0 = input.now();
   const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream);
@@ -186,7 +187,9 @@ async function attemptJsonCall(
       watch: sig,
     });
     if (res.statusCode < 200 || res.statusCode >= 300) {
-      return errorFrom(res.statusCode, res.headers, res.text, input, t0);
+      const failed = errorFrom(res.statusCode, res.headers, res.text, input, t0);
+      const again = chat && refitted(chat, failed);
+      return again ? afterRefused(failed, attemptJsonBody(chat.input, again, chat.refits + 1)) : failed;
     }
     const totalMs = input.now() - t0;
     const out = finish(res.text);
@@ -227,28 +230,30 @@ export function attemptPlainJson(
 /** How many times one attempt is sent again, each time fitted to one more field its upstream refused. */
 const MAX_REFITS = 4;
 
+/** A chat body as sent to an attempt's upstream: fitted to what it is known to refuse (param-fit.ts). */
+interface ChatSend {
+  readonly input: AttemptInput;
+  readonly sent: ChatBody;
+  /** How many times this attempt was already sent again, fitted. */
+  readonly refits: number;
+}
+
 /**
- * After a failed send of `body` (the client's body fitted to what the upstream is known to refuse,
- * param-fit.ts): while the upstream refused one more field a fit exists for, sends again, fitted. A fit is not
- * a failover: the same upstream answers. The refused sends' time counts as time waiting on the upstream.
+ * After a failed send: the body to send again, when the upstream refused a field a fit exists for (and the
+ * attempt still has time); undefined to fail as it is. A fit is not a failover: the same upstream answers.
  */
-async function refit(
-  input: AttemptInput,
-  body: ChatBody,
-  failed: AttemptResult,
-  send: (body: ChatBody) => Promise<AttemptResult>,
-): Promise<AttemptResult> {
+function refitted({ input, sent, refits }: ChatSend, failed: AttemptResult): ChatBody | undefined {
   const fit = input.upstream.fit;
-  let result = failed;
-  let refusedMs = 0;
-  for (let n = 0; n < MAX_REFITS && fit !== undefined && !result.ok; n++) {
-    if (result.status === undefined || result.status >= 500 || result.committed || result.clientGone) break;
-    if (input.now() >= input.deadline || !fit.learn(result.info, body)) break;
-    refusedMs += result.totalMs;
-    body = fit.apply(input.body);
-    result = await send(body);
-  }
-  return refusedMs === 0 ? result : { ...result, totalMs: result.totalMs + refusedMs };
+  if (fit === undefined || refits >= MAX_REFITS || failed.ok || failed.status === undefined) return undefined;
+  if (failed.status >= 500 || input.now() >= input.deadline || !fit.learn(failed.info, sent))
+    return undefined;
+  return fit.apply(input.body);
+}
+
+/** The answer to a send after a refused one: the refused send's time counts as time waiting on the upstream. */
+async function afterRefused(refused: AttemptResult, next: Promise<AttemptResult>): Promise<AttemptResult> {
+  const result = await next;
+  return { ...result, totalMs: result.totalMs + refused.totalMs };
 }
 
 /** The client's body as this attempt's upstream takes it. */
@@ -257,25 +262,28 @@ function fitted(input: AttemptInput): ChatBody {
 }
 
 /** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
-export async function attemptJson(input: AttemptInput): Promise<AttemptResult> {
-  const body = fitted(input);
-  const result = await attemptJsonBody(input, body);
-  if (result.ok || input.upstream.fit === undefined) return result;
-  return refit(input, body, result, (b) => attemptJsonBody(input, b));
+export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
+  return attemptJsonBody(input, fitted(input), 0);
 }
 
-function attemptJsonBody(input: AttemptInput, body: ChatBody): Promise<AttemptResult> {
+function attemptJsonBody(input: AttemptInput, body: ChatBody, refits: number): Promise<AttemptResult> {
   const { adapter, adapterProvider } = input.upstream.provider;
   const prepared = adapter.chatRequest(body, input.upstream.upstreamModel, adapterProvider);
+  const chat: ChatSend = { input, sent: body, refits };
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
-  if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText);
-  return attemptJsonCall(input, prepared, (text) => {
-    const json = parseJsonObject(text);
-    if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
-    const out = adapter.chatResponse(json, input.stream);
-    if (out.error) return { error: out.error };
-    return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
-  });
+  if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText, chat);
+  return attemptJsonCall(
+    input,
+    prepared,
+    (text) => {
+      const json = parseJsonObject(text);
+      if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
+      const out = adapter.chatResponse(json, input.stream);
+      if (out.error) return { error: out.error };
+      return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
+    },
+    chat,
+  );
 }
 
 /**
@@ -284,21 +292,19 @@ function attemptJsonBody(input: AttemptInput, body: ChatBody): Promise<AttemptRe
  * Before that point every failure is returned for failover; after it, the stream is ended with an
  * OpenAI-shaped error event and no `[DONE]`, so the client can tell a cut stream from a finished one.
  */
-export async function attemptStream(
+export function attemptStream(
   input: AttemptInput,
   writer: SseWriter,
   headers: () => Record<string, string>,
   scrubber: { scrub(text: string): string },
 ): Promise<AttemptResult> {
-  const body = fitted(input);
-  const result = await attemptStreamBody(input, body, writer, headers, scrubber);
-  if (result.ok || input.upstream.fit === undefined) return result;
-  return refit(input, body, result, (b) => attemptStreamBody(input, b, writer, headers, scrubber));
+  return attemptStreamBody(input, fitted(input), 0, writer, headers, scrubber);
 }
 
 async function attemptStreamBody(
   input: AttemptInput,
   body: ChatBody,
+  refits: number,
   writer: SseWriter,
   headers: () => Record<string, string>,
   scrubber: { scrub(text: string): string },
@@ -318,7 +324,16 @@ async function attemptStreamBody(
       signal: sig,
     });
     sig.headers();
-    if (res.statusCode < 200 || res.statusCode >= 300) return await errorResult(res, input, sig, t0);
+    if (res.statusCode < 200 || res.statusCode >= 300) {
+      const failed = await errorResult(res, input, sig, t0);
+      const again = refitted({ input, sent: body, refits }, failed);
+      if (again === undefined) return failed;
+      sig.done();
+      return await afterRefused(
+        failed,
+        attemptStreamBody(input, again, refits + 1, writer, headers, scrubber),
+      );
+    }
 
     let pending = '';
     let out = '';

@@ -24,10 +24,10 @@ export type FieldFit =
   | { readonly kind: 'values'; readonly values: ReadonlyMap<string, string | null> };
 
 /** OpenAI's two names for the answer's token limit: reasoning models take only the new one, some servers only the old. */
-const TOKEN_LIMITS: Readonly<Record<string, string>> = {
-  max_tokens: 'max_completion_tokens',
-  max_completion_tokens: 'max_tokens',
-};
+const TOKEN_LIMITS: ReadonlyMap<string, string> = new Map([
+  ['max_tokens', 'max_completion_tokens'],
+  ['max_completion_tokens', 'max_tokens'],
+]);
 
 /**
  * Fields whose absence means "the model's default": what reasoning models refuse (sampling, log
@@ -149,7 +149,7 @@ export class ParamFit {
     const refusal = refusalOf(info);
     if (!refusal || !Object.hasOwn(sent, refusal.param)) return false;
     const { param } = refusal;
-    const other = TOKEN_LIMITS[param];
+    const other = TOKEN_LIMITS.get(param); // a Map: an upstream's `constructor` is a plain string
     const known = this.#fits.get(param);
     if (other !== undefined) {
       // Renamed only: a server that refuses both names gets the client's field and relays its own 400.

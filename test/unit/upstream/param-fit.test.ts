@@ -153,3 +153,20 @@ describe('ParamFit', () => {
     expect(fit.apply(body({ logprobs: true, top_logprobs: 3, n: 1 }))).toEqual(body({ n: 1 }));
   });
 });
+
+describe('ParamFit and hostile upstreams', () => {
+  it('a refused `constructor` or `__proto__` is a plain name, never a lookup', () => {
+    const fit = new ParamFit();
+    for (const name of ['constructor', '__proto__', 'toString']) {
+      const info = refused({
+        message: `Unsupported parameter: '${name}'`,
+        param: name,
+        code: 'unsupported_parameter',
+      });
+      const b = JSON.parse(`{"model":"m","messages":[],"${name}":1}`) as ChatBody;
+      expect(fit.learn(info, b)).toBe(false);
+      expect(fit.apply(b)).toBe(b);
+    }
+    expect(fit.snapshot()).toEqual({});
+  });
+});
