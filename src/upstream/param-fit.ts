@@ -5,7 +5,8 @@
  * get "Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead" and "Only the default (1)
  * value is supported"; `reasoning_effort` (which the gateway turns into Claude's thinking) gets "Unrecognized
  * request argument supplied: reasoning_effort" from GPT-4o; `reasoning_effort: none` gets a list of the
- * values GPT-5 takes. A 400 is a client error (no failover), so each of these failed the whole request.
+ * values GPT-5 takes; Ollama refuses `minimal`, and any effort to a model that does not think. A 400 is a
+ * client error (no failover), so each of these failed the whole request.
  *
  * Nothing is guessed from model names: a body goes as the client sent it until the upstream itself refuses
  * one of the fields below, by OpenAI's own wording or code. Then that same attempt is sent again with the field
@@ -68,6 +69,9 @@ const PARAMETER_REFUSALS = [
   new RegExp(`"loc":\\s*\\["body",\\s*"${NAME}"\\][^}]*Extra inputs are not permitted`),
 ];
 const VALUE_REFUSAL = new RegExp(`Unsupported value: '${NAME}'`);
+/** Ollama's: an effort it has no level for, and any effort to a model that does not think. */
+const OLLAMA_EFFORT_VALUE = /invalid reasoning value: ['"]?[A-Za-z]+['"]? \(must be ([^)]{0,200})\)/;
+const OLLAMA_NO_THINKING = /does not support thinking/;
 
 /** The field an upstream's 400 refuses, by its code or OpenAI's wording; undefined for any other error. */
 export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
@@ -84,17 +88,27 @@ export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
   }
   const v = VALUE_REFUSAL.exec(message);
   if (v) return { param: v[1]!, kind: 'value', supported: supportedValues(message) };
+  const ollama = OLLAMA_EFFORT_VALUE.exec(message);
+  if (ollama) return { param: 'reasoning_effort', kind: 'value', supported: quoted(ollama[1]!) };
+  if (OLLAMA_NO_THINKING.test(message))
+    return { param: 'reasoning_effort', kind: 'parameter', supported: [] };
   return undefined;
 }
 
 /** "Supported values are: 'minimal', 'low', 'medium', and 'high'." -> the quoted values. */
 function supportedValues(message: string): string[] {
   const at = message.search(/supported values are/i);
-  if (at < 0) return [];
-  return [...message.slice(at).matchAll(/'([A-Za-z0-9_-]{1,32})'/g)].map((m) => m[1]!);
+  return at < 0 ? [] : quoted(message.slice(at));
 }
 
-/** The supported effort nearest to `value` (a tie goes to the higher effort); null when none is known. */
+function quoted(text: string): string[] {
+  return [...text.matchAll(/['"]([A-Za-z0-9_-]{1,32})['"]/g)].map((m) => m[1]!);
+}
+
+/**
+ * The supported effort nearest to `value`, the lower on a tie (never spend more than asked: `minimal` to a
+ * model taking `none` and `low` is sent as `none`); null when none is known.
+ */
 export function nearestEffort(value: string, supported: readonly string[]): string | null {
   const at = EFFORTS.indexOf(value);
   let best = -1;
@@ -104,7 +118,7 @@ export function nearestEffort(value: string, supported: readonly string[]): stri
     if (
       best < 0 ||
       Math.abs(i - at) < Math.abs(best - at) ||
-      (Math.abs(i - at) === Math.abs(best - at) && i > best)
+      (Math.abs(i - at) === Math.abs(best - at) && i < best)
     )
       best = i;
   }

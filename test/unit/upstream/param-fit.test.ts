@@ -56,6 +56,24 @@ describe('refusalOf: which field an upstream 400 refuses', () => {
     expect(refusalOf(pydantic)).toMatchObject({ param: 'max_completion_tokens', kind: 'parameter' });
   });
 
+  it('reads Ollama’s refusals of reasoning_effort: a value it has no level for, a model that does not think', () => {
+    const minimal = refused({
+      message: 'invalid reasoning value: \'minimal\' (must be "high", "medium", "low", "max", or "none")',
+    });
+    expect(refusalOf(minimal)).toEqual({
+      param: 'reasoning_effort',
+      kind: 'value',
+      supported: ['high', 'medium', 'low', 'max', 'none'],
+    });
+    const fit = new ParamFit();
+    expect(fit.learn(minimal, body({ reasoning_effort: 'minimal' }))).toBe(true);
+    expect(fit.apply(body({ reasoning_effort: 'minimal' }))).toEqual(body({ reasoning_effort: 'none' }));
+    const noThinking = refused({ message: '"gemma3:4b" does not support thinking' });
+    expect(refusalOf(noThinking)).toMatchObject({ param: 'reasoning_effort', kind: 'parameter' });
+    expect(fit.learn(noThinking, body({ reasoning_effort: 'high' }))).toBe(true);
+    expect(fit.apply(body({ reasoning_effort: 'high' }))).toEqual(body({}));
+  });
+
   it('is not a refusal: a value out of range, another status, a message about something else', () => {
     const tooLarge = refused({
       message:
@@ -71,9 +89,10 @@ describe('refusalOf: which field an upstream 400 refuses', () => {
 });
 
 describe('nearestEffort', () => {
-  it('takes the nearest listed effort, the higher on a tie, and knows only OpenAI’s efforts', () => {
+  it('takes the nearest listed effort, the lower on a tie, and knows only OpenAI’s efforts', () => {
     expect(nearestEffort('none', ['minimal', 'low', 'medium', 'high'])).toBe('minimal');
-    expect(nearestEffort('minimal', ['none', 'low', 'medium', 'high'])).toBe('low');
+    expect(nearestEffort('minimal', ['none', 'low', 'medium', 'high'])).toBe('none');
+    expect(nearestEffort('xhigh', ['high', 'max'])).toBe('high');
     expect(nearestEffort('xhigh', ['low', 'medium', 'high'])).toBe('high');
     expect(nearestEffort('max', ['low', 'high'])).toBe('high');
     expect(nearestEffort('none', [])).toBeNull();
