@@ -119,7 +119,7 @@ describe('forced tools on Claude 5.1 and later', () => {
     },
   );
 
-  it('reasoning_effort none to Opus 5.5 is answered (its thinking cannot be turned off)', async () => {
+  it('reasoning_effort none to Opus 5.5 is answered at the least effort (its thinking cannot be turned off)', async () => {
     const mock = track(await startMock(() => [THINKING, text('ok')]));
     const client = await gatewayFor(mock.url, 'claude-opus-5-5');
     const answer = await client.chat.completions.create({
@@ -128,7 +128,11 @@ describe('forced tools on Claude 5.1 and later', () => {
       messages: [{ role: 'user', content: 'q' }],
     });
     expect(answer.choices[0]!.message.content).toBe('ok');
-    expect(mock.bodies[0]).not.toHaveProperty('thinking');
+    // As Anthropic's refusal of `disabled` says: adaptive thinking, controlled by output_config.effort.
+    expect(mock.bodies[0]).toMatchObject({
+      thinking: { type: 'adaptive' },
+      output_config: { effort: 'low' },
+    });
   });
 });
 

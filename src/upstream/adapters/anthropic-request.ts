@@ -244,6 +244,9 @@ function thinkingFor(
       ? undefined
       : { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
   }
+  // Fable, Mythos and 5.1 on cannot be told not to think: `none` and `minimal` get the least they do.
+  if (claude.alwaysThinks && claude.thinking === 'adaptive' && (effort === 'none' || effort === 'minimal'))
+    return adaptive('low', undefined);
   // As OpenAI counts it, the client's max_tokens covers the reasoning: thinking must fit inside it.
   const fits = explicitMax === undefined || explicitMax > MIN_THINKING_BUDGET;
   if (effortBudget === undefined)

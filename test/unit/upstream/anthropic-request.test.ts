@@ -872,12 +872,18 @@ describe('anthropic chatRequest: Claude 5 and later think by default', () => {
 
   it('Fable, Mythos and Claude 5.1 on always think: never disabled, their thinking blocks always sent back', () => {
     for (const model of ['claude-fable-5-1', 'claude-mythos-5', 'claude-mythos-preview', 'claude-opus-5-5']) {
-      for (const extra of [
-        { reasoning_effort: 'none' },
-        { thinking: { type: 'disabled' } },
-        { max_tokens: 500 },
-      ])
+      for (const extra of [{ thinking: { type: 'disabled' } }, { max_tokens: 500 }])
         expect([model, send(model, extra).thinking]).toEqual([model, undefined]);
+      // Asked not to think, they are asked for the least they do: adaptive at low effort.
+      for (const effort of ['none', 'minimal']) {
+        const least = send(model, { reasoning_effort: effort, max_tokens: 80 });
+        expect([model, least.thinking, least.output_config, least.max_tokens]).toEqual([
+          model,
+          { type: 'adaptive' },
+          { effort: 'low' },
+          80,
+        ]);
+      }
       const sent = send(model, { messages: loop({ thinking_blocks: [signed] }), tools: [fn] });
       expect(sent.messages[1]!.content.map((b) => b.type)).toEqual(['thinking', 'tool_use']);
       expect(send(model, { reasoning_effort: 'low' }).output_config).toEqual({ effort: 'low' });
