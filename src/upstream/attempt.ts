@@ -174,7 +174,7 @@ async function attemptJsonCall(
   chat?: ChatSend,
 ): Promise<AttemptResult> {
   const t0 = input.now();
-  const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream);
+  const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream, chat?.firstStart);
   try {
     const res = await input.upstream.provider.client.requestText({
       method: 'POST',
@@ -188,8 +188,12 @@ async function attemptJsonCall(
     });
     if (res.statusCode < 200 || res.statusCode >= 300) {
       const failed = errorFrom(res.statusCode, res.headers, res.text, input, t0);
-      const again = chat && refitted(chat, failed);
-      return again ? afterRefused(failed, attemptJsonBody(chat.input, again, chat.refits + 1)) : failed;
+      if (chat === undefined) return failed;
+      const first = chat.firstStart ?? t0;
+      const again = refitted(chat.input, chat.sent, chat.refits, first, failed);
+      return again
+        ? afterRefused(failed, attemptJsonBody(chat.input, again, chat.refits + 1, first))
+        : failed;
     }
     const totalMs = input.now() - t0;
     const out = finish(res.text);
@@ -236,18 +240,35 @@ interface ChatSend {
   readonly sent: ChatBody;
   /** How many times this attempt was already sent again, fitted. */
   readonly refits: number;
+  /** When the attempt's first send started (`input.now()`): the provider's total_ms counts from there. */
+  readonly firstStart: number | undefined;
 }
 
 /**
- * After a failed send: the body to send again, when the upstream refused a field a fit exists for (and the
- * attempt still has time); undefined to fail as it is. A fit is not a failover: the same upstream answers.
+ * After a failed send of `sent`: the body to send again, when the upstream refused a field a fit exists for,
+ * the fit changes what is sent, and the attempt still has time (the request's deadline, and the provider's
+ * total_ms from the first send: a slow refusing upstream cannot hold an attempt once per fit). Undefined:
+ * the failure stands. A fit is not a failover: the same upstream answers.
  */
-function refitted({ input, sent, refits }: ChatSend, failed: AttemptResult): ChatBody | undefined {
+function refitted(
+  input: AttemptInput,
+  sent: ChatBody,
+  refits: number,
+  firstStart: number,
+  failed: AttemptResult,
+): ChatBody | undefined {
   const fit = input.upstream.fit;
   if (fit === undefined || refits >= MAX_REFITS || failed.ok || failed.status === undefined) return undefined;
-  if (failed.status >= 500 || input.now() >= input.deadline || !fit.learn(failed.info, sent))
-    return undefined;
-  return fit.apply(input.body);
+  const now = input.now();
+  if (failed.status >= 500 || now >= input.deadline) return undefined;
+  if (now - firstStart >= input.upstream.provider.config.timeouts.total_ms) return undefined;
+  const param = fit.learn(failed.info, sent, input.body);
+  if (param === undefined) return undefined;
+  const next = fit.apply(input.body);
+  // The same field as it was just refused (a fit that cannot change it): sending it again would be refused again.
+  return next[param] === sent[param] && Object.hasOwn(next, param) === Object.hasOwn(sent, param)
+    ? undefined
+    : next;
 }
 
 /** The answer to a send after a refused one: the refused send's time counts as time waiting on the upstream. */
@@ -263,13 +284,18 @@ function fitted(input: AttemptInput): ChatBody {
 
 /** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
 export function attemptJson(input: AttemptInput): Promise<AttemptResult> {
-  return attemptJsonBody(input, fitted(input), 0);
+  return attemptJsonBody(input, fitted(input), 0, undefined);
 }
 
-function attemptJsonBody(input: AttemptInput, body: ChatBody, refits: number): Promise<AttemptResult> {
+function attemptJsonBody(
+  input: AttemptInput,
+  body: ChatBody,
+  refits: number,
+  firstStart: number | undefined,
+): Promise<AttemptResult> {
   const { adapter, adapterProvider } = input.upstream.provider;
   const prepared = adapter.chatRequest(body, input.upstream.upstreamModel, adapterProvider);
-  const chat: ChatSend = { input, sent: body, refits };
+  const chat: ChatSend = { input, sent: body, refits, firstStart };
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
   if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText, chat);
   return attemptJsonCall(
@@ -298,13 +324,14 @@ export function attemptStream(
   headers: () => Record<string, string>,
   scrubber: { scrub(text: string): string },
 ): Promise<AttemptResult> {
-  return attemptStreamBody(input, fitted(input), 0, writer, headers, scrubber);
+  return attemptStreamBody(input, fitted(input), 0, undefined, writer, headers, scrubber);
 }
 
 async function attemptStreamBody(
   input: AttemptInput,
   body: ChatBody,
   refits: number,
+  firstStart: number | undefined,
   writer: SseWriter,
   headers: () => Record<string, string>,
   scrubber: { scrub(text: string): string },
@@ -313,7 +340,7 @@ async function attemptStreamBody(
   const { adapter, client, adapterProvider } = upstream.provider;
   const prepared = adapter.chatRequest(body, upstream.upstreamModel, adapterProvider);
   const t0 = input.now();
-  const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream);
+  const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream, firstStart);
   let committed = false;
   try {
     const res = await client.request({
@@ -326,12 +353,13 @@ async function attemptStreamBody(
     sig.headers();
     if (res.statusCode < 200 || res.statusCode >= 300) {
       const failed = await errorResult(res, input, sig, t0);
-      const again = refitted({ input, sent: body, refits }, failed);
+      const first = firstStart ?? t0;
+      const again = refitted(input, body, refits, first, failed);
       if (again === undefined) return failed;
       sig.done();
       return await afterRefused(
         failed,
-        attemptStreamBody(input, again, refits + 1, writer, headers, scrubber),
+        attemptStreamBody(input, again, refits + 1, first, writer, headers, scrubber),
       );
     }
 

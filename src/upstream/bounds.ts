@@ -86,16 +86,20 @@ export class AttemptSignal extends Abort {
   /** This attempt's index in the watchdog's list; -1 when not in it. */
   slot = -1;
 
-  /** `deadline` and `startedAt` are on the attempt's own clock (`AttemptInput.now`). */
-  constructor(client: Abort, deadline: number, startedAt: number, upstream: Upstream) {
+  /**
+   * `deadline`, `startedAt` and `totalFrom` are on the attempt's own clock (`AttemptInput.now`): the provider's
+   * total_ms counts from `totalFrom` (an attempt's first send, when this one sends it again), else from now.
+   */
+  constructor(client: Abort, deadline: number, startedAt: number, upstream: Upstream, totalFrom = startedAt) {
     super();
     const limits = upstream.provider.config.timeouts;
     this.client = client;
     this.idleMs = limits.idle_ms;
     const left = deadline - startedAt;
-    this.deadlineBound = left <= limits.total_ms;
+    const totalLeft = limits.total_ms - (startedAt - totalFrom);
+    this.deadlineBound = left <= totalLeft;
     const t = performance.now();
-    this.totalAt = t + Math.max(1, Math.min(left, limits.total_ms));
+    this.totalAt = t + Math.max(1, Math.min(left, totalLeft));
     this.firstByteAt = t + limits.first_byte_ms;
     this.onClientAbort = () => this.abort(client.reason);
     if (client.aborted) {

@@ -65,8 +65,8 @@ const PARAMETER_REFUSALS = [
   new RegExp(`Unrecognized request argument supplied: ${NAME}`),
   new RegExp(`Unsupported parameter: '${NAME}'`),
   new RegExp(`'${NAME}' is not supported with this model`),
-  new RegExp(`'loc': \\('body', '${NAME}'\\)[^}]*Extra inputs are not permitted`),
-  new RegExp(`"loc":\\s*\\["body",\\s*"${NAME}"\\][^}]*Extra inputs are not permitted`),
+  new RegExp(`'loc': \\('body', '${NAME}'\\)[^}]{0,200}Extra inputs are not permitted`),
+  new RegExp(`"loc":\\s*\\["body",\\s*"${NAME}"\\][^}]{0,200}Extra inputs are not permitted`),
 ];
 const VALUE_REFUSAL = new RegExp(`Unsupported value: '${NAME}'`);
 /** Ollama's: an effort it has no level for, and any effort to a model that does not think. */
@@ -155,39 +155,47 @@ export class ParamFit {
   }
 
   /**
-   * Learns from an upstream's error to a request whose (fitted) body was `sent`: true when it refused one of
-   * the fields above that `sent` carries, and a fit for it is now known (send again, fitted).
+   * Learns from an upstream's error to a request whose body was `sent` (the client's body `asked`, fitted):
+   * the field it refused, when that is one of the fields above, `sent` carries it and a fit for it is now
+   * known; undefined when there is nothing to fit.
    */
-  learn(info: UpstreamErrorInfo | undefined, sent: ChatBody): boolean {
-    if (!info) return false;
+  learn(info: UpstreamErrorInfo | undefined, sent: ChatBody, asked: ChatBody = sent): string | undefined {
+    if (!info) return undefined;
     const refusal = refusalOf(info);
-    if (!refusal || !Object.hasOwn(sent, refusal.param)) return false;
+    if (!refusal || !Object.hasOwn(sent, refusal.param)) return undefined;
     const { param } = refusal;
     const other = TOKEN_LIMITS.get(param); // a Map: an upstream's `constructor` is a plain string
     const known = this.#fits.get(param);
     if (other !== undefined) {
       // Renamed only: a server that refuses both names gets the client's field and relays its own 400.
-      if (refusal.kind !== 'parameter' || this.#fits.has(other)) return false;
-      return known !== undefined || this.#learn(param, { kind: 'rename', to: other });
+      if (refusal.kind !== 'parameter' || this.#fits.has(other)) return undefined;
+      return known !== undefined ? param : this.#learn(param, { kind: 'rename', to: other });
     }
-    if (!DROPPABLE.has(param)) return false;
-    const value = sent[param];
+    if (!DROPPABLE.has(param)) return undefined;
     if (param === 'reasoning_effort' && refusal.kind === 'value') {
-      // Only OpenAI's own efforts are learned: a client's made-up values must not grow this map.
-      if (typeof value !== 'string' || !EFFORTS.includes(value) || refusal.supported.includes(value))
-        return false;
-      if (known?.kind === 'values' && known.values.has(value)) return true;
-      const values = new Map(known?.kind === 'values' ? known.values : []);
-      values.set(value, nearestEffort(value, refusal.supported));
-      return this.#learn(param, { kind: 'values', values }, value);
+      // Mapped from the client's own value, so a deployment that changed (GPT-5 to 5.1 behind one name) is
+      // mapped anew. Only OpenAI's efforts are learned: a client's made-up values must not grow this map.
+      const value = asked[param];
+      if (typeof value !== 'string' || !EFFORTS.includes(value)) return undefined;
+      const map = known?.kind === 'values' ? known.values : undefined;
+      // undefined: the client's value goes as asked.
+      const next = refusal.supported.includes(value) ? undefined : nearestEffort(value, refusal.supported);
+      if (next === map?.get(value)) return param; // nothing new: an identical body is not sent again
+      const values = new Map(map);
+      if (next === undefined) values.delete(value);
+      else values.set(value, next);
+      if (values.size > 0) return this.#learn(param, { kind: 'values', values }, value);
+      this.#fits.delete(param);
+      this.onLearn?.(param, { kind: 'values', values }, value);
+      return param;
     }
-    return known?.kind === 'drop' || this.#learn(param, { kind: 'drop' });
+    return known?.kind === 'drop' ? param : this.#learn(param, { kind: 'drop' });
   }
 
-  #learn(param: string, fit: FieldFit, value?: string): boolean {
+  #learn(param: string, fit: FieldFit, value?: string): string {
     this.#fits.set(param, fit);
     this.onLearn?.(param, fit, value);
-    return true;
+    return param;
   }
 
   /** For /router/status: each fitted field (a refused effort as `reasoning_effort=none`) and what it becomes. */
@@ -211,5 +219,5 @@ function fitted(fit: Exclude<FieldFit, { kind: 'values' }>): string {
 export function describeFit(param: string, fit: FieldFit, value: string | undefined): string {
   if (fit.kind !== 'values') return `${param} (${fitted(fit)})`;
   const to = value === undefined ? undefined : fit.values.get(value);
-  return `${param} ${value ?? ''} (${to ? `sent as ${to}` : 'dropped'})`;
+  return `${param} ${value ?? ''} (${to === undefined ? 'sent as asked' : to === null ? 'dropped' : `sent as ${to}`})`;
 }

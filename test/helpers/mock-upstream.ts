@@ -56,3 +56,73 @@ export async function startRecordingMock(
   const closeable = closeableServer(server);
   return { url: `http://127.0.0.1:${port}`, bodies, close: async () => void (await closeable.close()) };
 }
+
+type Json = Record<string, unknown>;
+
+/** An OpenAI 400 as OpenAI words it: `{error: {message, type: invalid_request_error, param, code}}`. */
+export function refuseAsOpenAI(
+  res: ServerResponse,
+  message: string,
+  param: string | null,
+  code: string | null,
+): void {
+  sendJson(res, 400, { error: { message, type: 'invalid_request_error', param, code } });
+}
+
+/** One `chat.completion.chunk` SSE frame of `model` with a single choice. */
+export function chunkFrame(model: unknown, delta: Json, finish: string | null = null): string {
+  const chunk = {
+    id: 'c',
+    object: 'chat.completion.chunk',
+    created: 1,
+    model: String(model),
+    choices: [{ index: 0, delta, finish_reason: finish }],
+  };
+  return `data: ${JSON.stringify(chunk)}\n\n`;
+}
+
+/** A Chat Completions answer of `text` to `body`: JSON, or (`stream: true`) role, text and finish chunks. */
+export function answerChat(res: ServerResponse, body: Json, text: string): void {
+  if (body.stream !== true) {
+    sendJson(res, 200, {
+      id: 'chatcmpl-1',
+      object: 'chat.completion',
+      created: 1,
+      model: String(body.model),
+      choices: [{ index: 0, message: { role: 'assistant', content: text }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 },
+    });
+    return;
+  }
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  const m = body.model;
+  res.end(
+    `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, { content: text })}${chunkFrame(m, {}, 'stop')}data: [DONE]\n\n`,
+  );
+}
+
+/**
+ * As OpenAI's reasoning models (GPT-5, o-series) answer `max_tokens` and a `temperature` other than 1: true
+ * when `body` was refused so.
+ */
+export function refusedAsGpt5(body: Json, res: ServerResponse): boolean {
+  if ('max_tokens' in body) {
+    refuseAsOpenAI(
+      res,
+      "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+      'max_tokens',
+      'unsupported_parameter',
+    );
+    return true;
+  }
+  if ('temperature' in body && body.temperature !== 1) {
+    refuseAsOpenAI(
+      res,
+      `Unsupported value: 'temperature' does not support ${String(body.temperature)} with this model. Only the default (1) value is supported.`,
+      'temperature',
+      'unsupported_value',
+    );
+    return true;
+  }
+  return false;
+}

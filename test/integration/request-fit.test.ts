@@ -3,7 +3,13 @@ import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { sendJson, startRecordingMock, type RecordingMock } from '../helpers/mock-upstream.js';
+import {
+  answerChat as answer,
+  refuseAsOpenAI as refuse,
+  refusedAsGpt5,
+  startRecordingMock,
+  type RecordingMock,
+} from '../helpers/mock-upstream.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
 /**
@@ -18,46 +24,9 @@ const track = closeAfterEach();
 
 type Json = Record<string, unknown>;
 
-function refuse(res: ServerResponse, message: string, param: string | null, code: string | null): void {
-  sendJson(res, 400, { error: { message, type: 'invalid_request_error', param, code } });
-}
-
-function answer(res: ServerResponse, body: Json, text: string): void {
-  if (body.stream !== true) {
-    sendJson(res, 200, {
-      id: 'chatcmpl-1',
-      object: 'chat.completion',
-      created: 1,
-      model: String(body.model),
-      choices: [{ index: 0, message: { role: 'assistant', content: text }, finish_reason: 'stop' }],
-      usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 },
-    });
-    return;
-  }
-  res.writeHead(200, { 'content-type': 'text/event-stream' });
-  const chunk = (delta: Json, finish: string | null = null): string =>
-    `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: String(body.model), choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
-  res.end(
-    `${chunk({ role: 'assistant', content: '' })}${chunk({ content: text })}${chunk({}, 'stop')}data: [DONE]\n\n`,
-  );
-}
-
 /** As OpenAI's GPT-5 answers: no `max_tokens`, no sampling but the default, efforts minimal..high. */
 function reasoningModel(body: Json, _n: number, res: ServerResponse): void {
-  if ('max_tokens' in body)
-    return refuse(
-      res,
-      "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
-      'max_tokens',
-      'unsupported_parameter',
-    );
-  if ('temperature' in body && body.temperature !== 1)
-    return refuse(
-      res,
-      `Unsupported value: 'temperature' does not support ${String(body.temperature)} with this model. Only the default (1) value is supported.`,
-      'temperature',
-      'unsupported_value',
-    );
+  if (refusedAsGpt5(body, res)) return;
   if (body.reasoning_effort === 'none')
     return refuse(
       res,

@@ -66,11 +66,11 @@ describe('refusalOf: which field an upstream 400 refuses', () => {
       supported: ['high', 'medium', 'low', 'max', 'none'],
     });
     const fit = new ParamFit();
-    expect(fit.learn(minimal, body({ reasoning_effort: 'minimal' }))).toBe(true);
+    expect(fit.learn(minimal, body({ reasoning_effort: 'minimal' }))).toBe('reasoning_effort');
     expect(fit.apply(body({ reasoning_effort: 'minimal' }))).toEqual(body({ reasoning_effort: 'none' }));
     const noThinking = refused({ message: '"gemma3:4b" does not support thinking' });
     expect(refusalOf(noThinking)).toMatchObject({ param: 'reasoning_effort', kind: 'parameter' });
-    expect(fit.learn(noThinking, body({ reasoning_effort: 'high' }))).toBe(true);
+    expect(fit.learn(noThinking, body({ reasoning_effort: 'high' }))).toBe('reasoning_effort');
     expect(fit.apply(body({ reasoning_effort: 'high' }))).toEqual(body({}));
   });
 
@@ -107,12 +107,12 @@ describe('ParamFit', () => {
     const b = body({ max_tokens: 50, temperature: 0.2, foo: 1 });
     expect(fit.apply(b)).toBe(b);
 
-    expect(fit.learn(MAX_TOKENS, b)).toBe(true);
+    expect(fit.learn(MAX_TOKENS, b)).toBe('max_tokens');
     const once = fit.apply(b);
     expect(once).toEqual(body({ max_completion_tokens: 50, temperature: 0.2, foo: 1 }));
     expect(b).toEqual(body({ max_tokens: 50, temperature: 0.2, foo: 1 })); // the client's body is not changed
 
-    expect(fit.learn(TEMPERATURE, once)).toBe(true);
+    expect(fit.learn(TEMPERATURE, once)).toBe('temperature');
     expect(fit.apply(b)).toEqual(body({ max_completion_tokens: 50, foo: 1 }));
     expect(learned).toEqual(['max_tokens', 'temperature']);
 
@@ -127,37 +127,39 @@ describe('ParamFit', () => {
 
   it('maps a refused effort to the nearest listed one, or drops reasoning_effort where it is not taken at all', () => {
     const fit = new ParamFit();
-    expect(fit.learn(EFFORT_NONE, body({ reasoning_effort: 'none' }))).toBe(true);
+    expect(fit.learn(EFFORT_NONE, body({ reasoning_effort: 'none' }))).toBe('reasoning_effort');
     expect(fit.apply(body({ reasoning_effort: 'none' }))).toEqual(body({ reasoning_effort: 'minimal' }));
     expect(fit.apply(body({ reasoning_effort: 'high' }))).toEqual(body({ reasoning_effort: 'high' }));
     expect(fit.snapshot()).toEqual({ 'reasoning_effort=none': 'sent as minimal' });
 
     const gpt4o = new ParamFit();
-    expect(gpt4o.learn(EFFORT_ON_4O, body({ reasoning_effort: 'low', temperature: 0 }))).toBe(true);
+    expect(gpt4o.learn(EFFORT_ON_4O, body({ reasoning_effort: 'low', temperature: 0 }))).toBe(
+      'reasoning_effort',
+    );
     expect(gpt4o.apply(body({ reasoning_effort: 'low', temperature: 0 }))).toEqual(body({ temperature: 0 }));
   });
 
   it('learns nothing it cannot fit: fields not listed, fields the body lacks, made-up efforts, both limit names', () => {
     const fit = new ParamFit();
     const stop = refused({ message: "Unsupported parameter: 'stop' is not supported with this model." });
-    expect(fit.learn(stop, body({ stop: ['\n'] }))).toBe(false); // dropping `stop` would change the answer
-    expect(fit.learn(TEMPERATURE, body({}))).toBe(false);
+    expect(fit.learn(stop, body({ stop: ['\n'] }))).toBeUndefined(); // dropping `stop` would change the answer
+    expect(fit.learn(TEMPERATURE, body({}))).toBeUndefined();
     const madeUp = refused({
       message: "Unsupported value: 'reasoning_effort' does not support 'turbo' with this model.",
       param: 'reasoning_effort',
       code: 'unsupported_value',
     });
-    expect(fit.learn(madeUp, body({ reasoning_effort: 'turbo' }))).toBe(false);
-    expect(fit.learn(undefined, body({ max_tokens: 1 }))).toBe(false);
+    expect(fit.learn(madeUp, body({ reasoning_effort: 'turbo' }))).toBeUndefined();
+    expect(fit.learn(undefined, body({ max_tokens: 1 }))).toBeUndefined();
 
     // A server that refuses both names of the token limit keeps getting the client's own: never dropped.
-    expect(fit.learn(MAX_TOKENS, body({ max_tokens: 5 }))).toBe(true);
+    expect(fit.learn(MAX_TOKENS, body({ max_tokens: 5 }))).toBe('max_tokens');
     const newName = refused({
       message: "Unsupported parameter: 'max_completion_tokens' is not supported with this model.",
       param: 'max_completion_tokens',
       code: 'unsupported_parameter',
     });
-    expect(fit.learn(newName, body({ max_completion_tokens: 5 }))).toBe(false);
+    expect(fit.learn(newName, body({ max_completion_tokens: 5 }))).toBeUndefined();
     expect(fit.apply(body({ max_tokens: 5 }))).toEqual(body({ max_completion_tokens: 5 }));
   });
 
@@ -168,7 +170,7 @@ describe('ParamFit', () => {
       param: 'logprobs',
       code: 'unsupported_parameter',
     });
-    expect(fit.learn(logprobs, body({ logprobs: true, top_logprobs: 3 }))).toBe(true);
+    expect(fit.learn(logprobs, body({ logprobs: true, top_logprobs: 3 }))).toBe('logprobs');
     expect(fit.apply(body({ logprobs: true, top_logprobs: 3, n: 1 }))).toEqual(body({ n: 1 }));
   });
 });
@@ -183,9 +185,28 @@ describe('ParamFit and hostile upstreams', () => {
         code: 'unsupported_parameter',
       });
       const b = JSON.parse(`{"model":"m","messages":[],"${name}":1}`) as ChatBody;
-      expect(fit.learn(info, b)).toBe(false);
+      expect(fit.learn(info, b)).toBeUndefined();
       expect(fit.apply(b)).toBe(b);
     }
+    expect(fit.snapshot()).toEqual({});
+  });
+});
+
+describe('ParamFit: a deployment that changed behind one name', () => {
+  it('maps the client’s own effort anew from the latest list, and forgets a mapping the model no longer needs', () => {
+    const fit = new ParamFit();
+    const asked = body({ reasoning_effort: 'none' });
+    expect(fit.learn(EFFORT_NONE, asked)).toBe('reasoning_effort'); // GPT-5: none -> minimal
+    const sent = fit.apply(asked);
+    expect(sent.reasoning_effort).toBe('minimal');
+    const gpt51 = refused({
+      message:
+        "Unsupported value: 'reasoning_effort' does not support 'minimal' with this model. Supported values are: 'none', 'low', 'medium', and 'high'.",
+      param: 'reasoning_effort',
+      code: 'unsupported_value',
+    });
+    expect(fit.learn(gpt51, sent, asked)).toBe('reasoning_effort');
+    expect(fit.apply(asked)).toBe(asked); // none goes as none again
     expect(fit.snapshot()).toEqual({});
   });
 });
