@@ -4,7 +4,7 @@ import type { Gateway } from '../gateway.js';
 import { recordUsage } from '../http/report.js';
 import { closingBrace } from '../json-scan.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
-import type { RouteRuntime, Runtime } from '../runtime.js';
+import type { RouteRuntime, Runtime, Upstream } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { attemptJson } from '../upstream/attempt.js';
@@ -18,6 +18,11 @@ const EXCERPT_MESSAGES = 4;
 const EXCERPT_CHARS_PER_MESSAGE = 400;
 const EXCERPT_MAX_CHARS = 1_600;
 const ROUTER_MAX_TOKENS = 80;
+/**
+ * OpenAI's reasoning models (o-series, GPT-5 on, not the GPT-5 chat model), by their own names: they reason
+ * unless told not to, and reasoning counts against the router's few tokens.
+ */
+const OPENAI_REASONING_MODEL = /^(?:o\d|gpt-(?:[5-9]|[1-9]\d))(?!-chat)/;
 /** The router's answer is 80 tokens of JSON: a body past this is not one (rather than up to 64 MiB read). */
 const ROUTER_MAX_ANSWER_BYTES = 256 * 1024;
 
@@ -228,6 +233,11 @@ export async function askRouter(
     temperature: 0,
     max_tokens: ROUTER_MAX_TOKENS,
   };
+  // The router wants a quick classification: a model that reasons by default may spend every one of its
+  // tokens on reasoning and answer nothing. Those asked for the least reasoning are the ones known to take
+  // it (a server that refuses `minimal` has it fitted, upstream/param-fit.ts); others get no field they may
+  // not know.
+  const quickBody: ChatBody = { ...body, reasoning_effort: 'minimal' };
   const targets = route.tiers?.[cfg.tier] ?? [];
   try {
     const plan = planRequest(
@@ -264,9 +274,10 @@ export async function askRouter(
         scrubber: rt.scrubber,
       },
       async (target) => {
+        const upstream = target.candidate.upstream;
         const result = await attemptJson({
-          upstream: target.candidate.upstream,
-          body,
+          upstream,
+          body: reasonsByDefault(upstream) ? quickBody : body,
           clientSignal,
           deadline,
           now: gw.now,
@@ -306,6 +317,11 @@ export async function askRouter(
       outcome: timedOut ? 'timeout' : 'error',
     });
   }
+}
+
+/** Claude (the gateway translates `minimal`: no thinking, or the least a model does) and OpenAI's reasoning models. */
+function reasonsByDefault(upstream: Upstream): boolean {
+  return upstream.provider.kind === 'anthropic' || OPENAI_REASONING_MODEL.test(upstream.upstreamModel);
 }
 
 function readAnswer(body: string | undefined): string {

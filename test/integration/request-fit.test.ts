@@ -7,6 +7,7 @@ import {
   answerChat as answer,
   refuseAsOpenAI as refuse,
   refusedAsGpt5,
+  sendJson,
   startRecordingMock,
   type RecordingMock,
 } from '../helpers/mock-upstream.js';
@@ -202,5 +203,75 @@ describe('request fields an upstream refuses, fitted', () => {
       ['max_tokens'],
       ['max_completion_tokens'],
     ]);
+  });
+});
+
+describe('the LLM router asks models that reason by default for the least reasoning', () => {
+  const CHOICE = '{"tier": "deep", "reason": "hard"}';
+
+  /** As a reasoning model answers in 80 tokens: nothing but reasoning, unless told to reason little. */
+  function reasoningRouter(body: Json, _n: number, res: ServerResponse): void {
+    if (refusedAsGpt5(body, res)) return;
+    const little = body.reasoning_effort === 'minimal' || body.reasoning_effort === 'none';
+    if (little) return answer(res, body, CHOICE);
+    sendJson(res, 200, {
+      id: 'chatcmpl-r',
+      object: 'chat.completion',
+      created: 1,
+      model: String(body.model),
+      choices: [{ index: 0, message: { role: 'assistant', content: '' }, finish_reason: 'length' }],
+      usage: {
+        prompt_tokens: 200,
+        completion_tokens: 80,
+        total_tokens: 280,
+        completion_tokens_details: { reasoning_tokens: 80 },
+      },
+    });
+  }
+
+  async function tiered(router: RecordingMock, routerModel: string): Promise<TestGateway> {
+    const plain = track(await startRecordingMock((body, _n, res) => answer(res, body, 'tier answer')));
+    return track(
+      await startGateway({
+        providers: [
+          simProvider('r', router.url, [routerModel]),
+          simProvider('t', plain.url, ['balanced-m', 'deep-m']),
+        ],
+        routes: {
+          auto: {
+            strategy: 'priority',
+            tiers: { fast: [`r/${routerModel}`], balanced: ['t/balanced-m'], deep: ['t/deep-m'] },
+            default_tier: 'balanced',
+            router: { tier: 'fast', timeout_ms: 2000, cache_ttl_s: 60 },
+          },
+        },
+      }),
+    );
+  }
+
+  const ask = (gw: TestGateway, content: string): Promise<Response> =>
+    fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content }] }),
+    });
+
+  it('a GPT-5 router tier is asked for minimal reasoning (its other refusals fitted) and its choice is read', async () => {
+    const router = track(await startRecordingMock(reasoningRouter));
+    const gw = await tiered(router, 'gpt-5-mini');
+    const res = await ask(gw, 'prove the theorem');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-router-tier')).toBe('deep');
+    expect(router.bodies.at(-1)).toMatchObject({ reasoning_effort: 'minimal', max_completion_tokens: 80 });
+  });
+
+  it('a router tier not known to reason by default is sent no reasoning_effort', async () => {
+    const router = track(await startRecordingMock((body, _n, res) => answer(res, body, CHOICE)));
+    const gw = await tiered(router, 'llama-3.1-8b');
+    const res = await ask(gw, 'prove the theorem');
+    expect(res.headers.get('x-router-tier')).toBe('deep');
+    expect(router.bodies).toHaveLength(1);
+    expect(router.bodies[0]).not.toHaveProperty('reasoning_effort');
+    expect(router.bodies[0]).toMatchObject({ max_tokens: 80, temperature: 0 });
   });
 });
