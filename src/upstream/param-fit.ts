@@ -67,6 +67,7 @@ const PARAMETER_REFUSALS = [
   new RegExp(`'${NAME}' is not supported with this model`),
   new RegExp(`'loc': \\('body', '${NAME}'\\)[^}]{0,200}Extra inputs are not permitted`),
   new RegExp(`"loc":\\s*\\["body",\\s*"${NAME}"\\][^}]{0,200}Extra inputs are not permitted`),
+  new RegExp(`(?:^|; )body\\.${NAME}: Extra inputs are not permitted`),
 ];
 const VALUE_REFUSAL = new RegExp(`Unsupported value: '${NAME}'`);
 /** Ollama's: an effort it has no level for, and any effort to a model that does not think. */

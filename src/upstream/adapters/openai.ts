@@ -218,6 +218,7 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     } else if (typeof err === 'string') message = err;
     else if (typeof obj.message === 'string') message = obj.message;
     else if (typeof obj.detail === 'string') message = obj.detail;
+    else message = validationMessage(obj.detail ?? (obj.message as { detail?: unknown } | null)?.detail);
   }
   if (message === undefined) {
     const text = (rawText ?? '').trim();
@@ -230,6 +231,24 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     code,
     param,
   };
+}
+
+/**
+ * A validation error list (FastAPI and pydantic servers: vLLM, Mistral, `{"detail": [{loc, msg}, ...]}`) as
+ * one line, "body.logit_bias: Extra inputs are not permitted; ...": as raw text it was often past the length
+ * relayed, and the client got only the status.
+ */
+function validationMessage(detail: unknown): string | undefined {
+  if (!Array.isArray(detail) || detail.length === 0) return undefined;
+  const parts: string[] = [];
+  for (const item of detail.slice(0, 10)) {
+    if (item === null || typeof item !== 'object') continue;
+    const { loc, msg } = item as { loc?: unknown; msg?: unknown };
+    if (typeof msg !== 'string') continue;
+    const where = Array.isArray(loc) ? loc.filter((p) => typeof p === 'string' || typeof p === 'number') : [];
+    parts.push(where.length > 0 ? `${where.join('.')}: ${msg}` : msg);
+  }
+  return parts.length > 0 ? parts.join('; ') : undefined;
 }
 
 /**

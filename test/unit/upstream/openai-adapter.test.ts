@@ -159,6 +159,28 @@ describe('openai adapter', () => {
     });
     expect(openaiAdapter.errorInfo(502, 'x'.repeat(5000)).message).toBe('upstream answered HTTP 502');
   });
+
+  it('reads a validation error list (FastAPI, vLLM, Mistral) however long the body', () => {
+    const item = (field: string) => ({
+      type: 'extra_forbidden',
+      loc: ['body', field],
+      msg: 'Extra inputs are not permitted',
+      input: 'x'.repeat(400),
+    });
+    const fastApi = JSON.stringify({ detail: [item('logit_bias'), item('verbosity')] });
+    expect(fastApi.length).toBeGreaterThan(500);
+    expect(openaiAdapter.errorInfo(422, fastApi)).toMatchObject({
+      message:
+        'body.logit_bias: Extra inputs are not permitted; body.verbosity: Extra inputs are not permitted',
+      type: 'invalid_request_error',
+    });
+    // Mistral nests the list under `message`.
+    const mistral = JSON.stringify({ object: 'error', message: { detail: [item('top_p')] }, type: 'x' });
+    expect(openaiAdapter.errorInfo(422, mistral).message).toBe('body.top_p: Extra inputs are not permitted');
+    expect(openaiAdapter.errorInfo(422, '{"detail":[{"nothing":1}]}').message).toBe(
+      '{"detail":[{"nothing":1}]}',
+    );
+  });
 });
 
 describe('relayed non-streaming answers (read for usage only)', () => {

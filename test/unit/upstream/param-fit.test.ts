@@ -54,6 +54,14 @@ describe('refusalOf: which field an upstream 400 refuses', () => {
       422,
     );
     expect(refusalOf(pydantic)).toMatchObject({ param: 'max_completion_tokens', kind: 'parameter' });
+    // A FastAPI detail list as the adapter words it (adapters/openai.ts), the field second.
+    const list = refused(
+      {
+        message: 'body.foo: Extra inputs are not permitted; body.logit_bias: Extra inputs are not permitted',
+      },
+      422,
+    );
+    expect(refusalOf(list)).toMatchObject({ param: 'foo', kind: 'parameter' });
   });
 
   it('reads Ollama’s refusals of reasoning_effort: a value it has no level for, a model that does not think', () => {
