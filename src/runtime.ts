@@ -60,7 +60,10 @@ export interface Upstream {
   readonly stats: UpstreamStats;
   readonly breaker: CircuitBreaker;
   readonly metrics: UpstreamMetrics;
-  /** OpenAI dialect: the request fields this upstream was found to refuse, and how they are fitted. */
+  /**
+   * The request fields this upstream was found to refuse, and how they are fitted (an Anthropic upstream:
+   * only the most output tokens it writes).
+   */
   readonly fit: ParamFit | undefined;
 }
 
@@ -126,11 +129,11 @@ export class SharedState {
     }
   }
 
-  fitFor(id: string, baseUrl: string, model: string): ParamFit {
-    const key = `${id}\n${baseUrl}\n${model}`;
+  fitFor(id: string, baseUrl: string, model: string, limitsOnly: boolean): ParamFit {
+    const key = `${id}\n${baseUrl}\n${model}\n${limitsOnly ? 'limits' : 'all'}`;
     let f = this.fits.get(key);
     if (!f) {
-      f = new ParamFit((param, fit, value) => this.onFit?.(id, param, fit, value));
+      f = new ParamFit((param, fit, value) => this.onFit?.(id, param, fit, value), limitsOnly);
       this.fits.set(key, f);
     }
     return f;
@@ -210,8 +213,8 @@ export class Runtime {
         const id = `${p.name}/${m.name}`;
         const labels = { provider: p.name, model: m.name };
         const upstreamModel = m.upstream_name ?? m.name;
-        const fit = p.kind === 'openai' ? shared.fitFor(id, p.base_url, upstreamModel) : undefined;
-        if (fit) fits.add(fit);
+        const fit = shared.fitFor(id, p.base_url, upstreamModel, p.kind === 'anthropic');
+        fits.add(fit);
         this.upstreams.set(id, {
           id,
           provider,

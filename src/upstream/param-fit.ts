@@ -11,9 +11,10 @@
  * Nothing is guessed from model names: a body goes as the client sent it until the upstream itself refuses
  * one of the fields below, by OpenAI's own wording or code. Then that same attempt is sent again with the field
  * fitted, and every later request to that upstream is fitted before it is sent. Token limits are only ever
- * renamed, never dropped; sampling and reasoning fields the model cannot take are dropped (the model's
+ * renamed, never dropped, and lowered to the most the model writes once it says so (for Anthropic upstreams
+ * too, the only fit they get); sampling and reasoning fields the model cannot take are dropped (the model's
  * default is what it would use anyway); a refused `reasoning_effort` value becomes the nearest one the
- * upstream lists. Any other 400 — a value out of range, a field not listed here — is relayed as before.
+ * upstream lists. Any other 400 — another value out of range, a field not listed here — is relayed as before.
  */
 import type { ChatBody, UpstreamErrorInfo } from './adapter.js';
 
@@ -22,7 +23,9 @@ export type FieldFit =
   | { readonly kind: 'drop' }
   | { readonly kind: 'rename'; readonly to: string }
   /** Refused value -> the value sent instead; `null`: the field is dropped for that value. */
-  | { readonly kind: 'values'; readonly values: ReadonlyMap<string, string | null> };
+  | { readonly kind: 'values'; readonly values: ReadonlyMap<string, string | null> }
+  /** The token limit is lowered to the most the model writes (either name of it). */
+  | { readonly kind: 'cap'; readonly max: number };
 
 /** OpenAI's two names for the answer's token limit: reasoning models take only the new one, some servers only the old. */
 const TOKEN_LIMITS: ReadonlyMap<string, string> = new Map([
@@ -54,9 +57,11 @@ const EFFORTS = ['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'];
 /** A field the upstream refused: the field itself, or (`value`) the value it was sent with. */
 export interface Refusal {
   readonly param: string;
-  readonly kind: 'parameter' | 'value';
+  /** `limit`: a token limit above the most the model writes, which is `max`. */
+  readonly kind: 'parameter' | 'value' | 'limit';
   /** The values the upstream says it takes, when it lists them ("Supported values are: 'low', ..."). */
   readonly supported: readonly string[];
+  readonly max?: number;
 }
 
 const NAME = '([A-Za-z_][A-Za-z0-9_]*)';
@@ -74,10 +79,28 @@ const VALUE_REFUSAL = new RegExp(`Unsupported value: '${NAME}'`);
 const OLLAMA_EFFORT_VALUE = /invalid reasoning value: ['"]?[A-Za-z]+['"]? \(must be ([^)]{0,200})\)/;
 const OLLAMA_NO_THINKING = /does not support thinking/;
 
+/**
+ * A token limit above what the model writes, with that most: OpenAI's and Azure's ("max_tokens is too large:
+ * 50000. This model supports at most 16384 completion tokens"), Anthropic's ("max_tokens: 100000 > 64000,
+ * which is the maximum allowed number of output tokens"), Groq's ("`max_tokens` must be less than or equal
+ * to `8192`") and DeepSeek's ("the valid range of max_tokens is [1, 8192]").
+ */
+const LIMIT_REFUSALS = [
+  /\b(max_(?:completion_)?tokens) is too large: \d+\. This model supports at most (\d+) completion tokens/,
+  /\b(max_tokens): \d+ > (\d+), which is the maximum allowed number of output tokens/,
+  /`?(max_(?:completion_)?tokens)`? must be less than or equal to `?(\d+)`?/,
+  /valid range of (max_(?:completion_)?tokens) is \[1, (\d+)\]/,
+];
+
 /** The field an upstream's 400 refuses, by its code or OpenAI's wording; undefined for any other error. */
 export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
   if (info.status !== 400 && info.status !== 422) return undefined;
   const message = info.message;
+  for (const re of LIMIT_REFUSALS) {
+    const m = re.exec(message);
+    const max = m ? Number(m[2]) : 0;
+    if (m && Number.isSafeInteger(max) && max > 0) return { param: m[1]!, kind: 'limit', supported: [], max };
+  }
   const param = info.param !== null && /^[A-Za-z_][A-Za-z0-9_]*$/.test(info.param) ? info.param : undefined;
   if (param !== undefined && info.code === 'unsupported_parameter')
     return { param, kind: 'parameter', supported: [] };
@@ -129,13 +152,29 @@ export function nearestEffort(value: string, supported: readonly string[]): stri
 /** The fits one upstream has needed so far. Bounded: at most one per field listed above. */
 export class ParamFit {
   readonly #fits = new Map<string, FieldFit>();
+  /** The most output tokens the model writes, once an upstream said so: a larger limit is lowered to it. */
+  #cap: number | undefined;
 
-  constructor(private readonly onLearn?: (param: string, fit: FieldFit, value?: string) => void) {}
+  /**
+   * `limitsOnly`: learn only output caps (an Anthropic upstream, whose body the gateway writes: the client's
+   * other fields are translated, not sent as they are).
+   */
+  constructor(
+    private readonly onLearn?: (param: string, fit: FieldFit, value?: string) => void,
+    private readonly limitsOnly = false,
+  ) {}
 
   /** The body as this upstream takes it: the same object when nothing learned applies to it. */
   apply(body: ChatBody): ChatBody {
-    if (this.#fits.size === 0) return body;
+    if (this.#fits.size === 0 && this.#cap === undefined) return body;
     let out: Record<string, unknown> | undefined;
+    const cap = this.#cap;
+    if (cap !== undefined) {
+      for (const name of TOKEN_LIMITS.keys()) {
+        const n = body[name];
+        if (typeof n === 'number' && n > cap) (out ??= { ...body })[name] = cap;
+      }
+    }
     for (const [param, fit] of this.#fits) {
       if (!Object.hasOwn(body, param)) continue;
       out ??= { ...body };
@@ -146,7 +185,7 @@ export class ParamFit {
       } else if (fit.kind === 'rename') {
         delete out[param];
         if (!Object.hasOwn(body, fit.to)) out[fit.to] = value;
-      } else if (typeof value === 'string' && fit.values.has(value)) {
+      } else if (fit.kind === 'values' && typeof value === 'string' && fit.values.has(value)) {
         const to = fit.values.get(value)!;
         if (to === null) delete out[param];
         else out[param] = to;
@@ -163,7 +202,8 @@ export class ParamFit {
   learn(info: UpstreamErrorInfo | undefined, sent: ChatBody, asked: ChatBody = sent): string | undefined {
     if (!info) return undefined;
     const refusal = refusalOf(info);
-    if (!refusal || !Object.hasOwn(sent, refusal.param)) return undefined;
+    if (refusal?.kind === 'limit') return this.#learnCap(refusal.param, refusal.max!, sent);
+    if (!refusal || this.limitsOnly || !Object.hasOwn(sent, refusal.param)) return undefined;
     const { param } = refusal;
     const other = TOKEN_LIMITS.get(param); // a Map: an upstream's `constructor` is a plain string
     const known = this.#fits.get(param);
@@ -193,6 +233,23 @@ export class ParamFit {
     return known?.kind === 'drop' ? param : this.#learn(param, { kind: 'drop' });
   }
 
+  /**
+   * An output cap, when the body sent asked for more under either name (an Anthropic upstream names its own
+   * field, whichever name the client used); the token limit sent is the field returned.
+   */
+  #learnCap(named: string, max: number, sent: ChatBody): string | undefined {
+    for (const name of [named, ...TOKEN_LIMITS.keys()]) {
+      const n = sent[name];
+      if (typeof n !== 'number' || n <= max) continue;
+      if (this.#cap === undefined || max < this.#cap) {
+        this.#cap = max;
+        this.onLearn?.(name, { kind: 'cap', max });
+      }
+      return name;
+    }
+    return undefined;
+  }
+
   #learn(param: string, fit: FieldFit, value?: string): string {
     this.#fits.set(param, fit);
     this.onLearn?.(param, fit, value);
@@ -202,6 +259,7 @@ export class ParamFit {
   /** For /router/status: each fitted field (a refused effort as `reasoning_effort=none`) and what it becomes. */
   snapshot(): Record<string, string> {
     const out: Record<string, string> = {};
+    if (this.#cap !== undefined) out.output_tokens = `at most ${this.#cap}`;
     for (const [param, fit] of this.#fits) {
       if (fit.kind !== 'values') out[param] = fitted(fit);
       else
@@ -213,6 +271,7 @@ export class ParamFit {
 }
 
 function fitted(fit: Exclude<FieldFit, { kind: 'values' }>): string {
+  if (fit.kind === 'cap') return `at most ${fit.max}`;
   return fit.kind === 'drop' ? 'dropped' : `sent as ${fit.to}`;
 }
 

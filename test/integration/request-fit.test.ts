@@ -164,19 +164,19 @@ describe('request fields an upstream refuses, fitted', () => {
           );
         refuse(
           res,
-          'max_tokens is too large: 50000. This model supports at most 16384 completion tokens, whereas you provided 50000.',
-          'max_tokens',
-          'invalid_value',
+          "Invalid 'top_logprobs': integer above maximum value. Expected a value <= 20, but got 30 instead.",
+          'top_logprobs',
+          'integer_above_max_value',
         );
       }),
     );
     const { client } = await gatewayFor([{ name: 'oai', mock, model: 'gpt-4o' }]);
-    const tooLarge = await client.chat.completions
-      .create({ ...ASK, max_tokens: 50_000 })
+    const outOfRange = await client.chat.completions
+      .create({ ...ASK, logprobs: true, top_logprobs: 30 })
       .catch((e: unknown) => e);
-    expect(tooLarge).toBeInstanceOf(OpenAI.BadRequestError);
-    expect((tooLarge as InstanceType<typeof OpenAI.BadRequestError>).message).toContain(
-      'max_tokens is too large',
+    expect(outOfRange).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((outOfRange as InstanceType<typeof OpenAI.BadRequestError>).message).toContain(
+      "Invalid 'top_logprobs'",
     );
     expect(mock.bodies).toHaveLength(1);
 
@@ -273,5 +273,81 @@ describe('the LLM router asks models that reason by default for the least reason
     expect(router.bodies).toHaveLength(1);
     expect(router.bodies[0]).not.toHaveProperty('reasoning_effort');
     expect(router.bodies[0]).toMatchObject({ max_tokens: 80, temperature: 0 });
+  });
+});
+
+describe('a token limit above what the model writes', () => {
+  it('is lowered to the most an OpenAI model says it writes, then for every request to it', async () => {
+    const mock = track(
+      await startRecordingMock((body, _n, res) => {
+        const asked = Number(body.max_tokens ?? body.max_completion_tokens ?? 0);
+        if (asked > 16384)
+          return refuse(
+            res,
+            `max_tokens is too large: ${asked}. This model supports at most 16384 completion tokens, whereas you provided ${asked}.`,
+            'max_tokens',
+            'invalid_value',
+          );
+        answer(res, body, 'capped');
+      }),
+    );
+    const { gw, client } = await gatewayFor([{ name: 'oai', mock, model: 'gpt-4o' }]);
+    const res = await client.chat.completions.create({ ...ASK, max_tokens: 32000 });
+    expect(res.choices[0]!.message.content).toBe('capped');
+    expect(mock.bodies.map((b) => b.max_tokens)).toEqual([32000, 16384]);
+    await client.chat.completions.create({ ...ASK, max_tokens: 20000 });
+    await client.chat.completions.create({ ...ASK, max_tokens: 1000 });
+    expect(mock.bodies.slice(2).map((b) => b.max_tokens)).toEqual([16384, 1000]);
+    const status = (await (await fetch(`${gw.url}/router/status`)).json()) as {
+      upstreams: { id: string; request_fits: Json }[];
+    };
+    expect(status.upstreams[0]!.request_fits).toEqual({ output_tokens: 'at most 16384' });
+  });
+
+  it('is lowered for an Anthropic upstream too (its only fit), whichever name the client used', async () => {
+    const mock = track(
+      await startRecordingMock((body, _n, res) => {
+        const asked = Number(body.max_tokens);
+        if (asked > 8192)
+          return sendJson(res, 400, {
+            type: 'error',
+            error: {
+              type: 'invalid_request_error',
+              message: `max_tokens: ${asked} > 8192, which is the maximum allowed number of output tokens for claude-3-5-haiku-20241022`,
+            },
+          });
+        sendJson(res, 200, {
+          id: 'msg_1',
+          type: 'message',
+          role: 'assistant',
+          model: 'claude-3-5-haiku-20241022',
+          content: [{ type: 'text', text: 'short' }],
+          stop_reason: 'end_turn',
+          stop_sequence: null,
+          usage: { input_tokens: 3, output_tokens: 1 },
+        });
+      }),
+    );
+    const gw = track(
+      await startGateway({
+        providers: [
+          simProvider('anth', mock.url, ['claude-3-5-haiku-20241022'], {
+            kind: 'anthropic',
+            base_url: mock.url,
+            api_key: 'sk-ant',
+          }),
+        ],
+        routes: { smart: { strategy: 'priority', targets: ['anth/claude-3-5-haiku-20241022'] } },
+      }),
+    );
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
+    const res = await client.chat.completions.create({
+      ...ASK,
+      max_completion_tokens: 20000,
+      temperature: 0.3,
+    });
+    expect(res.choices[0]!.message.content).toBe('short');
+    expect(mock.bodies.map((b) => b.max_tokens)).toEqual([20000, 8192]);
+    expect(mock.bodies[1]).toMatchObject({ temperature: 0.3 }); // the rest as translated before
   });
 });

@@ -82,14 +82,14 @@ describe('refusalOf: which field an upstream 400 refuses', () => {
     expect(fit.apply(body({ reasoning_effort: 'high' }))).toEqual(body({}));
   });
 
-  it('is not a refusal: a value out of range, another status, a message about something else', () => {
-    const tooLarge = refused({
+  it('is not a refusal: a value out of range (but a token limit), another status, a message about something else', () => {
+    const outOfRange = refused({
       message:
-        'max_tokens is too large: 50000. This model supports at most 16384 completion tokens, whereas you provided 50000.',
-      param: 'max_tokens',
-      code: 'invalid_value',
+        "Invalid 'top_logprobs': integer above maximum value. Expected a value <= 20, but got 30 instead.",
+      param: 'top_logprobs',
+      code: 'integer_above_max_value',
     });
-    expect(refusalOf(tooLarge)).toBeUndefined();
+    expect(refusalOf(outOfRange)).toBeUndefined();
     expect(refusalOf({ ...MAX_TOKENS, status: 500 })).toBeUndefined();
     expect(refusalOf({ ...MAX_TOKENS, status: 404 })).toBeUndefined();
     expect(refusalOf(refused({ message: "Invalid value for 'messages[0].role'" }))).toBeUndefined();
@@ -216,5 +216,73 @@ describe('ParamFit: a deployment that changed behind one name', () => {
     expect(fit.learn(gpt51, sent, asked)).toBe('reasoning_effort');
     expect(fit.apply(asked)).toBe(asked); // none goes as none again
     expect(fit.snapshot()).toEqual({});
+  });
+});
+
+describe('ParamFit: the most output tokens a model writes', () => {
+  const openaiTooLarge = refused({
+    message:
+      'max_tokens is too large: 50000. This model supports at most 16384 completion tokens, whereas you provided 50000.',
+    param: 'max_tokens',
+    code: 'invalid_value',
+  });
+
+  it('reads OpenAI’s, Anthropic’s, Groq’s and DeepSeek’s wordings of a token limit above the model’s', () => {
+    expect(refusalOf(openaiTooLarge)).toMatchObject({ param: 'max_tokens', kind: 'limit', max: 16384 });
+    const anthropic = refused({
+      message:
+        'max_tokens: 100000 > 64000, which is the maximum allowed number of output tokens for claude-haiku-4-5-20251001',
+    });
+    expect(refusalOf(anthropic)).toMatchObject({ param: 'max_tokens', kind: 'limit', max: 64000 });
+    const groq = refused({
+      message:
+        '`max_tokens` must be less than or equal to `8192`, the maximum value for `max_tokens` is less than the `context_window` for this model',
+    });
+    expect(refusalOf(groq)).toMatchObject({ param: 'max_tokens', kind: 'limit', max: 8192 });
+    const deepseek = refused({
+      message: 'Invalid max_tokens value, the valid range of max_tokens is [1, 8192]',
+    });
+    expect(refusalOf(deepseek)).toMatchObject({ param: 'max_tokens', kind: 'limit', max: 8192 });
+  });
+
+  it('lowers either name of the limit to the cap, leaves a smaller one, and keeps the smallest cap said', () => {
+    const learned: string[] = [];
+    const fit = new ParamFit((param, f) => learned.push(`${param}:${f.kind}`));
+    expect(fit.learn(openaiTooLarge, body({ max_tokens: 50000 }))).toBe('max_tokens');
+    expect(fit.apply(body({ max_tokens: 50000 }))).toEqual(body({ max_tokens: 16384 }));
+    expect(fit.apply(body({ max_completion_tokens: 20000 }))).toEqual(body({ max_completion_tokens: 16384 }));
+    const small = body({ max_tokens: 1000 });
+    expect(fit.apply(small)).toBe(small);
+    // Not above the cap: nothing to learn (a server's message about another request).
+    expect(fit.learn(openaiTooLarge, body({ max_tokens: 100 }))).toBeUndefined();
+    expect(fit.snapshot()).toEqual({ output_tokens: 'at most 16384' });
+    expect(learned).toEqual(['max_tokens:cap']);
+  });
+
+  it('with a rename learned too, the renamed field carries the cap', () => {
+    const fit = new ParamFit();
+    const renamed = refused({
+      message: "Unsupported parameter: 'max_tokens' is not supported with this model.",
+      param: 'max_tokens',
+      code: 'unsupported_parameter',
+    });
+    expect(fit.learn(renamed, body({ max_tokens: 200000 }))).toBe('max_tokens');
+    const tooLarge = refused({
+      message:
+        'max_completion_tokens is too large: 200000. This model supports at most 128000 completion tokens, whereas you provided 200000.',
+    });
+    expect(fit.learn(tooLarge, fit.apply(body({ max_tokens: 200000 })))).toBe('max_completion_tokens');
+    expect(fit.apply(body({ max_tokens: 200000 }))).toEqual(body({ max_completion_tokens: 128000 }));
+  });
+
+  it('an Anthropic upstream’s fit learns caps only, whichever name the client used', () => {
+    const fit = new ParamFit(undefined, true);
+    const anthropic = refused({
+      message:
+        'max_tokens: 20000 > 8192, which is the maximum allowed number of output tokens for claude-3-5-haiku',
+    });
+    expect(fit.learn(anthropic, body({ max_completion_tokens: 20000 }))).toBe('max_completion_tokens');
+    expect(fit.apply(body({ max_completion_tokens: 20000 }))).toEqual(body({ max_completion_tokens: 8192 }));
+    expect(fit.learn(TEMPERATURE, body({ temperature: 0.2 }))).toBeUndefined();
   });
 });
