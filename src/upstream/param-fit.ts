@@ -86,9 +86,9 @@ const OLLAMA_NO_THINKING = /does not support thinking/;
  * to `8192`") and DeepSeek's ("the valid range of max_tokens is [1, 8192]").
  */
 const LIMIT_REFUSALS = [
-  /\b(max_(?:completion_)?tokens) is too large: \d+\. This model supports at most (\d+) completion tokens/,
-  /\b(max_tokens): \d+ > (\d+), which is the maximum allowed number of output tokens/,
-  /`?(max_(?:completion_)?tokens)`? must be less than or equal to `?(\d+)`?/,
+  /(?<![\w.`])(max_(?:completion_)?tokens) is too large: \d+\. This model supports at most (\d+) completion tokens/,
+  /(?<![\w.`])(max_tokens): \d+ > (\d+), which is the maximum allowed number of output tokens/,
+  /(?<![\w.])`?(max_(?:completion_)?tokens)`? must be less than or equal to `?(\d+)`?/,
   /valid range of (max_(?:completion_)?tokens) is \[1, (\d+)\]/,
 ];
 
@@ -170,10 +170,16 @@ export class ParamFit {
     let out: Record<string, unknown> | undefined;
     const cap = this.#cap;
     if (cap !== undefined) {
+      let limited = false;
       for (const name of TOKEN_LIMITS.keys()) {
         const n = body[name];
+        if (n === undefined) continue;
+        limited = true;
         if (typeof n === 'number' && n > cap) (out ??= { ...body })[name] = cap;
       }
+      // Anthropic: without the client's limit the gateway sends its default (plus thinking room), which the
+      // model refused: the cap is the limit then.
+      if (!limited && this.limitsOnly) (out ??= { ...body }).max_tokens = cap;
     }
     for (const [param, fit] of this.#fits) {
       if (!Object.hasOwn(body, param)) continue;
@@ -238,16 +244,24 @@ export class ParamFit {
    * field, whichever name the client used); the token limit sent is the field returned.
    */
   #learnCap(named: string, max: number, sent: ChatBody): string | undefined {
+    let limited = false;
     for (const name of [named, ...TOKEN_LIMITS.keys()]) {
       const n = sent[name];
+      if (n === undefined) continue;
+      limited = true;
       if (typeof n !== 'number' || n <= max) continue;
-      if (this.#cap === undefined || max < this.#cap) {
-        this.#cap = max;
-        this.onLearn?.(name, { kind: 'cap', max });
-      }
-      return name;
+      return this.#lowerCap(name, max);
     }
-    return undefined;
+    // An Anthropic upstream refusing the gateway's own default max_tokens (the client set none).
+    return !limited && this.limitsOnly ? this.#lowerCap('max_tokens', max) : undefined;
+  }
+
+  #lowerCap(name: string, max: number): string {
+    if (this.#cap === undefined || max < this.#cap) {
+      this.#cap = max;
+      this.onLearn?.(name, { kind: 'cap', max });
+    }
+    return name;
   }
 
   #learn(param: string, fit: FieldFit, value?: string): string {

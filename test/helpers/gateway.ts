@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
+import { request } from 'undici';
 import { buildApp } from '../../src/app.js';
 import { parseConfigText } from '../../src/config/load.js';
 import type { Gateway } from '../../src/gateway.js';
@@ -102,4 +103,39 @@ export function simConfigYaml(
     ),
     ...(opts.extra ?? []),
   ].join('\n');
+}
+
+/** A client's POST as the tests read it: status, headers (joined), text, the JSON when it is JSON, the time. */
+export interface Posted {
+  readonly status: number;
+  readonly headers: Record<string, string>;
+  readonly text: string;
+  /** `{}` for a body that is not JSON (a stream). */
+  readonly json: Record<string, unknown>;
+  readonly ms: number;
+}
+
+/** POSTs `body` (JSON, or text as it is) to the gateway's chat path (or `path`) with undici, key `k`. */
+export async function postChat(
+  gw: Pick<TestGateway, 'url'>,
+  body: Record<string, unknown> | string,
+  opts: { path?: string; signal?: AbortSignal } = {},
+): Promise<Posted> {
+  const t0 = performance.now();
+  const res = await request(`${gw.url}${opts.path ?? '/v1/chat/completions'}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+    signal: opts.signal,
+  });
+  const text = await res.body.text();
+  let json: Record<string, unknown> = {};
+  try {
+    json = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    /* a stream */
+  }
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(res.headers)) headers[k] = Array.isArray(v) ? v.join(',') : String(v);
+  return { status: res.statusCode, headers, text, json, ms: performance.now() - t0 };
 }

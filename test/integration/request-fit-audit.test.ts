@@ -1,11 +1,10 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import {
   answerChat as answer,
   chunkFrame as frame,
@@ -116,29 +115,7 @@ function gpt5(body: Json, res: ServerResponse, text = 'fitted answer'): void {
 
 const ASK = { model: 'smart', messages: [{ role: 'user', content: 'hi' }] };
 
-async function post(
-  gw: TestGateway,
-  body: Json | string,
-  opts: { path?: string; signal?: AbortSignal } = {},
-): Promise<{ status: number; headers: Record<string, string>; text: string; json: Json; ms: number }> {
-  const t0 = performance.now();
-  const res = await request(`${gw.url}${opts.path ?? '/v1/chat/completions'}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-    signal: opts.signal,
-  });
-  const text = await res.body.text();
-  let json: Json = {};
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    /* a stream */
-  }
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) headers[k] = Array.isArray(v) ? v.join(',') : String(v);
-  return { status: res.statusCode, headers, text, json, ms: performance.now() - t0 };
-}
+const post = postChat;
 
 interface UpstreamStatus {
   id: string;

@@ -235,18 +235,24 @@ function thinkingFor(
   const effortBudget =
     effort !== undefined && Object.hasOwn(EFFORT_BUDGET, effort) ? EFFORT_BUDGET[effort] : undefined;
   const asked = body.thinking;
+  // Fable, Mythos and 5.1 on cannot be told not to think: "none" (an effort, or `disabled`) gets the least they do.
+  const leastThinking = claude.alwaysThinks && claude.thinking === 'adaptive';
   if (isObject(asked)) {
     // The client's own Anthropic-style setting is taken as given: a contradiction is Anthropic's 400 to report.
     if (asked.type === 'adaptive')
       return adaptive(effortBudget === undefined ? undefined : effort, asString(asked.display));
-    const budget = asked.type === 'enabled' ? positiveInt(asked.budget_tokens) : undefined;
+    if (asked.type === 'disabled' && leastThinking) return adaptive('low', undefined);
+    let budget = asked.type === 'enabled' ? positiveInt(asked.budget_tokens) : undefined;
+    // But for max_tokens lowered to the model's cap (upstream/param-fit.ts), which the budget must stay under.
+    if (budget !== undefined && explicitMax !== undefined && budget >= explicitMax) {
+      budget = explicitMax - 1;
+      if (budget < MIN_THINKING_BUDGET) return undefined;
+    }
     return budget === undefined
       ? undefined
       : { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
   }
-  // Fable, Mythos and 5.1 on cannot be told not to think: `none` and `minimal` get the least they do.
-  if (claude.alwaysThinks && claude.thinking === 'adaptive' && (effort === 'none' || effort === 'minimal'))
-    return adaptive('low', undefined);
+  if (leastThinking && (effort === 'none' || effort === 'minimal')) return adaptive('low', undefined);
   // As OpenAI counts it, the client's max_tokens covers the reasoning: thinking must fit inside it.
   const fits = explicitMax === undefined || explicitMax > MIN_THINKING_BUDGET;
   if (effortBudget === undefined)

@@ -872,11 +872,14 @@ describe('anthropic chatRequest: Claude 5 and later think by default', () => {
 
   it('Fable, Mythos and Claude 5.1 on always think: never disabled, their thinking blocks always sent back', () => {
     for (const model of ['claude-fable-5-1', 'claude-mythos-5', 'claude-mythos-preview', 'claude-opus-5-5']) {
-      for (const extra of [{ thinking: { type: 'disabled' } }, { max_tokens: 500 }])
-        expect([model, send(model, extra).thinking]).toEqual([model, undefined]);
+      expect([model, send(model, { max_tokens: 500 }).thinking]).toEqual([model, undefined]);
       // Asked not to think, they are asked for the least they do: adaptive at low effort.
-      for (const effort of ['none', 'minimal']) {
-        const least = send(model, { reasoning_effort: effort, max_tokens: 80 });
+      for (const no of [
+        { reasoning_effort: 'none' },
+        { reasoning_effort: 'minimal' },
+        { thinking: { type: 'disabled' } },
+      ]) {
+        const least = send(model, { ...no, max_tokens: 80 });
         expect([model, least.thinking, least.output_config, least.max_tokens]).toEqual([
           model,
           { type: 'adaptive' },
@@ -905,5 +908,18 @@ describe('anthropic chatRequest: Claude 5 and later think by default', () => {
         type: 'tool',
         name: 'f',
       });
+  });
+});
+
+describe('a client thinking budget under a lowered max_tokens', () => {
+  it('stays under max_tokens, or thinking is left out when under the 1,024 minimum', () => {
+    const enabled = (budget: number) => ({ thinking: { type: 'enabled', budget_tokens: budget } });
+    const sent = build({ messages: [user('q')], max_tokens: 32000, ...enabled(32000) });
+    expect(sent.thinking).toEqual({ type: 'enabled', budget_tokens: 31999 });
+    expect(sent.max_tokens).toBe(32000);
+    const tight = build({ messages: [user('q')], max_tokens: 1000, ...enabled(4000) });
+    expect(tight).not.toHaveProperty('thinking');
+    const fine = build({ messages: [user('q')], max_tokens: 8000, ...enabled(2000) });
+    expect(fine.thinking).toEqual({ type: 'enabled', budget_tokens: 2000 });
   });
 });

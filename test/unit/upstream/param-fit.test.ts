@@ -286,3 +286,28 @@ describe('ParamFit: the most output tokens a model writes', () => {
     expect(fit.learn(TEMPERATURE, body({ temperature: 0.2 }))).toBeUndefined();
   });
 });
+
+describe('ParamFit caps: whose limit it is', () => {
+  it('a bound on another field that ends in max_tokens is not a cap', () => {
+    const other = refused({ message: '`reasoning.max_tokens` must be less than or equal to `1024`' });
+    expect(refusalOf(other)).toBeUndefined();
+    const dotted = refused({
+      message: 'reasoning.max_tokens is too large: 9000. This model supports at most 1024 completion tokens',
+    });
+    expect(refusalOf(dotted)).toBeUndefined();
+  });
+
+  it('an Anthropic upstream refusing the gateway’s default limit (the client set none) sends the cap from then on', () => {
+    const fit = new ParamFit(undefined, true);
+    const anthropic = refused({
+      message:
+        'max_tokens: 34096 > 32000, which is the maximum allowed number of output tokens for claude-opus-4-1',
+    });
+    expect(fit.learn(anthropic, body({}))).toBe('max_tokens');
+    expect(fit.apply(body({}))).toEqual(body({ max_tokens: 32000 }));
+    const own = body({ max_tokens: 500 });
+    expect(fit.apply(own)).toBe(own);
+    // An OpenAI-dialect upstream sent no limit: its cap message is about something else.
+    expect(new ParamFit().learn(anthropic, body({}))).toBeUndefined();
+  });
+});
