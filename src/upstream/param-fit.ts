@@ -154,6 +154,8 @@ export class ParamFit {
   readonly #fits = new Map<string, FieldFit>();
   /** The most output tokens the model writes, once an upstream said so: a larger limit is lowered to it. */
   #cap: number | undefined;
+  /** An Anthropic upstream refused the gateway's own default limit: a body without one is given the cap. */
+  #capsDefault = false;
 
   /**
    * `limitsOnly`: learn only output caps (an Anthropic upstream, whose body the gateway writes: the client's
@@ -179,7 +181,7 @@ export class ParamFit {
       }
       // Anthropic: without the client's limit the gateway sends its default (plus thinking room), which the
       // model refused: the cap is the limit then.
-      if (!limited && this.limitsOnly) (out ??= { ...body }).max_tokens = cap;
+      if (!limited && this.#capsDefault) (out ??= { ...body }).max_tokens = cap;
     }
     for (const [param, fit] of this.#fits) {
       if (!Object.hasOwn(body, param)) continue;
@@ -253,7 +255,9 @@ export class ParamFit {
       return this.#lowerCap(name, max);
     }
     // An Anthropic upstream refusing the gateway's own default max_tokens (the client set none).
-    return !limited && this.limitsOnly ? this.#lowerCap('max_tokens', max) : undefined;
+    if (limited || !this.limitsOnly) return undefined;
+    this.#capsDefault = true;
+    return this.#lowerCap('max_tokens', max);
   }
 
   #lowerCap(name: string, max: number): string {

@@ -307,6 +307,11 @@ describe('ParamFit caps: whose limit it is', () => {
     expect(fit.apply(body({}))).toEqual(body({ max_tokens: 32000 }));
     const own = body({ max_tokens: 500 });
     expect(fit.apply(own)).toBe(own);
+    // A cap learned from a client's own limit leaves a body without one to the gateway's default.
+    const fromClient = new ParamFit(undefined, true);
+    expect(fromClient.learn(anthropic, body({ max_tokens: 40000 }))).toBe('max_tokens');
+    const none = body({});
+    expect(fromClient.apply(none)).toBe(none);
     // An OpenAI-dialect upstream sent no limit: its cap message is about something else.
     expect(new ParamFit().learn(anthropic, body({}))).toBeUndefined();
   });
