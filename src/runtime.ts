@@ -64,7 +64,7 @@ export interface Upstream {
    * The request fields this upstream was found to refuse, and how they are fitted (an Anthropic upstream:
    * only the most output tokens it writes).
    */
-  readonly fit: ParamFit | undefined;
+  readonly fit: ParamFit;
 }
 
 /** One upstream as a member of one route: its position and weight there. */

@@ -27,7 +27,7 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
         stats: up.stats.snapshot(),
         in_flight: up.stats.inFlight,
         // Request fields this upstream refused and how they are sent to it now (upstream/param-fit.ts).
-        request_fits: up.fit?.snapshot() ?? {},
+        request_fits: up.fit.snapshot(),
         pool: up.provider.client.stats(),
       };
     });

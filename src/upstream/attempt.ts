@@ -258,7 +258,7 @@ function refitted(
   failed: AttemptResult,
 ): ChatBody | undefined {
   const fit = input.upstream.fit;
-  if (fit === undefined || refits >= MAX_REFITS || failed.ok || failed.status === undefined) return undefined;
+  if (refits >= MAX_REFITS || failed.ok || failed.status === undefined) return undefined;
   const now = input.now();
   if (failed.status >= 500 || now >= input.deadline) return undefined;
   if (now - firstStart >= input.upstream.provider.config.timeouts.total_ms) return undefined;
@@ -279,7 +279,7 @@ async function afterRefused(refused: AttemptResult, next: Promise<AttemptResult>
 
 /** The client's body as this attempt's upstream takes it. */
 function fitted(input: AttemptInput): ChatBody {
-  return input.upstream.fit ? input.upstream.fit.apply(input.body) : input.body;
+  return input.upstream.fit.apply(input.body);
 }
 
 /** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
