@@ -54,15 +54,18 @@ const DROPPABLE = new Set([
 /** OpenAI's reasoning efforts, least to most. */
 const EFFORTS = ['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'];
 
-/** A field the upstream refused: the field itself, or (`value`) the value it was sent with. */
-export interface Refusal {
-  readonly param: string;
-  /** `limit`: a token limit above the most the model writes, which is `max`. */
-  readonly kind: 'parameter' | 'value' | 'limit';
-  /** The values the upstream says it takes, when it lists them ("Supported values are: 'low', ..."). */
-  readonly supported: readonly string[];
-  readonly max?: number;
-}
+/**
+ * A field the upstream refused: the field itself, or (`value`) the value it was sent with; or (`limit`) a
+ * token limit above `max`, the most the model writes.
+ */
+export type Refusal =
+  | {
+      readonly param: string;
+      readonly kind: 'parameter' | 'value';
+      /** The values the upstream says it takes, when it lists them ("Supported values are: 'low', ..."). */
+      readonly supported: readonly string[];
+    }
+  | { readonly param: string; readonly kind: 'limit'; readonly max: number };
 
 const NAME = '([A-Za-z_][A-Za-z0-9_]*)';
 /** OpenAI's (and Azure's) wordings, and pydantic's for servers that forbid unknown fields (e.g. vLLM, SGLang). */
@@ -99,7 +102,7 @@ export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
   for (const re of LIMIT_REFUSALS) {
     const m = re.exec(message);
     const max = m ? Number(m[2]) : 0;
-    if (m && Number.isSafeInteger(max) && max > 0) return { param: m[1]!, kind: 'limit', supported: [], max };
+    if (m && Number.isSafeInteger(max) && max > 0) return { param: m[1]!, kind: 'limit', max };
   }
   const param = info.param !== null && /^[A-Za-z_][A-Za-z0-9_]*$/.test(info.param) ? info.param : undefined;
   if (param !== undefined && info.code === 'unsupported_parameter')
@@ -210,7 +213,7 @@ export class ParamFit {
   learn(info: UpstreamErrorInfo | undefined, sent: ChatBody, asked: ChatBody = sent): string | undefined {
     if (!info) return undefined;
     const refusal = refusalOf(info);
-    if (refusal?.kind === 'limit') return this.#learnCap(refusal.param, refusal.max!, sent);
+    if (refusal?.kind === 'limit') return this.#learnCap(refusal.param, refusal.max, sent);
     if (!refusal || this.limitsOnly || !Object.hasOwn(sent, refusal.param)) return undefined;
     const { param } = refusal;
     const other = TOKEN_LIMITS.get(param); // a Map: an upstream's `constructor` is a plain string

@@ -242,15 +242,9 @@ function thinkingFor(
     if (asked.type === 'adaptive')
       return adaptive(effortBudget === undefined ? undefined : effort, asString(asked.display));
     if (asked.type === 'disabled' && leastThinking) return adaptive('low', undefined);
-    let budget = asked.type === 'enabled' ? positiveInt(asked.budget_tokens) : undefined;
-    // But for max_tokens lowered to the model's cap (upstream/param-fit.ts), which the budget must stay under.
-    if (budget !== undefined && explicitMax !== undefined && budget >= explicitMax) {
-      budget = explicitMax - 1;
-      if (budget < MIN_THINKING_BUDGET) return undefined;
-    }
-    return budget === undefined
-      ? undefined
-      : { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
+    // But under max_tokens, which may have been lowered to the model's cap (upstream/param-fit.ts).
+    const budget = asked.type === 'enabled' ? positiveInt(asked.budget_tokens) : undefined;
+    return budget === undefined ? undefined : budgeted(budget, explicitMax);
   }
   if (leastThinking && (effort === 'none' || effort === 'minimal')) return adaptive('low', undefined);
   // As OpenAI counts it, the client's max_tokens covers the reasoning: thinking must fit inside it.
@@ -265,13 +259,21 @@ function thinkingFor(
         effort === 'xhigh' && !claude.from47 ? 'high' : effort,
         claude.from47 ? 'summarized' : undefined,
       );
-    case 'budget': {
-      const budget = explicitMax === undefined ? effortBudget : Math.min(effortBudget, explicitMax - 1);
-      return { thinking: { type: 'enabled', budget_tokens: budget }, room: budget };
-    }
+    case 'budget':
+      return budgeted(effortBudget, explicitMax);
     default:
       return undefined;
   }
+}
+
+/**
+ * Thinking with `budget` tokens, kept under max_tokens (Anthropic refuses budget_tokens >= max_tokens); none
+ * when keeping it under leaves less than Anthropic's 1,024 minimum.
+ */
+function budgeted(budget: number, explicitMax: number | undefined): ThinkingPlan | undefined {
+  const within = explicitMax === undefined ? budget : Math.min(budget, explicitMax - 1);
+  if (within < budget && within < MIN_THINKING_BUDGET) return undefined;
+  return { thinking: { type: 'enabled', budget_tokens: within }, room: within };
 }
 
 /** Adaptive thinking at `effort` (Anthropic's default, high, when none is given), its text shown as `display`. */
