@@ -91,6 +91,14 @@ function toGatewayError(err: FastifyError): GatewayError | undefined {
   return undefined;
 }
 
+/**
+ * Said on a 404 for /v1/* without `server.passthrough`. The Vercel AI SDK's `openai(model)` calls the
+ * Responses API; the routed surface is chat completions, `openai.chat(model)` there.
+ */
+const NO_PASSTHROUGH =
+  ' (routed here: POST /v1/chat/completions, /v1/embeddings, GET /v1/models; other /v1/* paths are' +
+  ' proxied only when server.passthrough names a provider)';
+
 /** How often Node sweeps its connections for requests past their time. */
 const CHECK_EVERY_MS = 500;
 
@@ -195,7 +203,10 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     void reply.code(status).type('application/json').send(body);
   });
   app.setNotFoundHandler((req, reply) => {
-    const err = new GatewayError('not_found', `no such endpoint: ${req.method} ${req.url.split('?')[0]}`);
+    const path = req.url.split('?')[0] ?? '';
+    // With a passthrough every other /v1/* path is proxied, so a /v1/* path here means there is none.
+    const hint = path.startsWith('/v1/') ? NO_PASSTHROUGH : '';
+    const err = new GatewayError('not_found', `no such endpoint: ${req.method} ${path}${hint}`);
     void reply.code(404).type('application/json').send(err.toBody());
   });
 

@@ -196,6 +196,7 @@ describe('passthrough', () => {
     for (const [method, path] of [
       ['GET', '/v1/files'],
       ['POST', '/v1/audio/speech'],
+      ['POST', '/v1/responses'],
     ] as const) {
       const res = await request(`${gw!.url}${path}`, {
         method,
@@ -205,7 +206,10 @@ describe('passthrough', () => {
       });
       expect(res.statusCode, path).toBe(404);
       const body = (await res.body.json()) as { error: Record<string, unknown> };
-      expect(typeof body.error.message).toBe('string');
+      // The message says why: a user of the AI SDK's openai(model) (the Responses API) learns what to change.
+      expect(body.error.message).toContain(path);
+      expect(body.error.message).toContain('server.passthrough');
+      expect(body.error.message).toContain('/v1/chat/completions');
       expect(body.error).toHaveProperty('type');
       expect(body.error).toHaveProperty('code');
     }
