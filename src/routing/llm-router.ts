@@ -7,6 +7,7 @@ import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import type { RouteRuntime, Runtime, Upstream } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
+import { claudeAlwaysThinks } from '../upstream/adapters/anthropic-request.js';
 import { attemptJson } from '../upstream/attempt.js';
 import type { RequestFeatures } from './features.js';
 import { planRequest } from './plan.js';
@@ -18,6 +19,11 @@ const EXCERPT_MESSAGES = 4;
 const EXCERPT_CHARS_PER_MESSAGE = 400;
 const EXCERPT_MAX_CHARS = 1_600;
 const ROUTER_MAX_TOKENS = 80;
+/**
+ * What a model that reasons however little it is asked to gets on top: its reasoning counts against
+ * max_tokens (OpenAI's o-series at `low`, Claude 5.1 on at adaptive `low`), and 80 tokens of it left no answer.
+ */
+const ROUTER_REASONING_ROOM = 1_024;
 /**
  * OpenAI's reasoning models (o-series, GPT-5 on, not the GPT-5 chat model), by their own names: they reason
  * unless told not to, and reasoning counts against the router's few tokens.
@@ -238,6 +244,7 @@ export async function askRouter(
   // it (a server that refuses `minimal` has it fitted, upstream/param-fit.ts); others get no field they may
   // not know.
   const quickBody: ChatBody = { ...body, reasoning_effort: 'minimal' };
+  const roomyBody: ChatBody = { ...quickBody, max_tokens: ROUTER_MAX_TOKENS + ROUTER_REASONING_ROOM };
   const targets = route.tiers?.[cfg.tier] ?? [];
   try {
     const plan = planRequest(
@@ -277,7 +284,7 @@ export async function askRouter(
         const upstream = target.candidate.upstream;
         const result = await attemptJson({
           upstream,
-          body: reasonsByDefault(upstream) ? quickBody : body,
+          body: { plain: body, quick: quickBody, roomy: roomyBody }[reasoningOf(upstream)],
           clientSignal,
           deadline,
           now: gw.now,
@@ -319,9 +326,18 @@ export async function askRouter(
   }
 }
 
-/** Claude (the gateway translates `minimal`: no thinking, or the least a model does) and OpenAI's reasoning models. */
-function reasonsByDefault(upstream: Upstream): boolean {
-  return upstream.provider.kind === 'anthropic' || OPENAI_REASONING_MODEL.test(upstream.upstreamModel);
+/**
+ * How a router model reasons: not by default (`plain`: nothing added), by default but not when asked for
+ * `minimal` (`quick`: Claude before 5.1, which the gateway then sends no thinking, and GPT-5, which then reasons
+ * little or not at all), or whatever it is asked (`roomy`: Claude 5.1 on, Fable and Mythos; OpenAI's o-series,
+ * whose least is `low`). Told by name: the router's request is the gateway's own, and a name it does not know
+ * gets the plain body any server takes. GPT-5.1 on take `none` (fitted from `minimal`) but get room all the same.
+ */
+function reasoningOf(upstream: Upstream): 'plain' | 'quick' | 'roomy' {
+  const model = upstream.upstreamModel;
+  if (upstream.provider.kind === 'anthropic') return claudeAlwaysThinks(model) ? 'roomy' : 'quick';
+  if (!OPENAI_REASONING_MODEL.test(model)) return 'plain';
+  return /^gpt-5(?!\.)/.test(model) ? 'quick' : 'roomy';
 }
 
 function readAnswer(body: string | undefined): string {

@@ -265,6 +265,35 @@ describe('the LLM router asks models that reason by default for the least reason
     expect(router.bodies.at(-1)).toMatchObject({ reasoning_effort: 'minimal', max_completion_tokens: 80 });
   });
 
+  it('an o-series router tier, whose least reasoning is low, gets room to reason before its answer', async () => {
+    // As o3-mini answers: no minimal effort, and at low some hundreds of reasoning tokens before any text.
+    const REASONING = 300;
+    const router = track(
+      await startRecordingMock((body, _n, res) => {
+        if (refusedAsGpt5(body, res)) return;
+        if (body.reasoning_effort === 'minimal')
+          return refuse(
+            res,
+            "Unsupported value: 'reasoning_effort' does not support 'minimal' with this model. Supported values are: 'low', 'medium', and 'high'.",
+            'reasoning_effort',
+            'unsupported_value',
+          );
+        if (Number(body.max_completion_tokens) > REASONING + 40) return answer(res, body, CHOICE);
+        sendJson(res, 200, {
+          id: 'chatcmpl-o',
+          object: 'chat.completion',
+          created: 1,
+          model: String(body.model),
+          choices: [{ index: 0, message: { role: 'assistant', content: '' }, finish_reason: 'length' }],
+        });
+      }),
+    );
+    const gw = await tiered(router, 'o3-mini');
+    const res = await ask(gw, 'prove the theorem');
+    expect(res.headers.get('x-router-tier')).toBe('deep');
+    expect(router.bodies.at(-1)).toMatchObject({ reasoning_effort: 'low', max_completion_tokens: 1104 });
+  });
+
   it('a router tier not known to reason by default is sent no reasoning_effort', async () => {
     const router = track(await startRecordingMock((body, _n, res) => answer(res, body, CHOICE)));
     const gw = await tiered(router, 'llama-3.1-8b');

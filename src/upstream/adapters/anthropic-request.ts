@@ -180,6 +180,11 @@ const LATER_FAMILY = /claude-(?:mythos|fable)/;
 /** Profiles by model name: the names are the configuration's, so few; bounded all the same. */
 const PROFILES = new Map<string, ClaudeProfile>();
 
+/** Fable, Mythos and Claude 5.1 on: they think whatever they are asked (the LLM router gives them room). */
+export function claudeAlwaysThinks(model: string): boolean {
+  return claudeProfile(model).alwaysThinks;
+}
+
 function claudeProfile(model: string): ClaudeProfile {
   let profile = PROFILES.get(model);
   if (profile === undefined) {
