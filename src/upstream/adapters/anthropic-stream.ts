@@ -75,6 +75,14 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     private readonly ctx: StreamContext,
   ) {}
 
+  /**
+   * The upstream closed without `message_stop`. After a `message_delta` with its stop reason the answer is
+   * whole (as an OpenAI stream closed after its finish_reason without `[DONE]`); before it, a cut stream.
+   */
+  close(): void {
+    if (!this.done && this.finishSent) this.onMessageStop();
+  }
+
   event(type: string | undefined, data: string): void {
     if (this.done) return;
     const msg = parseJsonObject(data);
