@@ -370,6 +370,7 @@ function uniqueTargets(list: RouteTarget[]): RouteTarget[] {
 function sameConnection(a: ProviderConfig, b: ProviderConfig): boolean {
   return (
     a.base_url === b.base_url &&
+    a.kind === b.kind && // the kind decides the client's base path
     a.max_concurrency === b.max_concurrency &&
     JSON.stringify(a.timeouts) === JSON.stringify(b.timeouts)
   );

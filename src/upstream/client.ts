@@ -66,7 +66,10 @@ export class ProviderClient {
   constructor(provider: ProviderConfig) {
     const url = new URL(provider.base_url);
     this.origin = url.origin;
-    this.basePath = url.pathname.replace(/\/+$/, '');
+    const path = url.pathname.replace(/\/+$/, '');
+    // Anthropic's API is at {base}/v1/messages, its SDK's base URL without `/v1`; a base_url given with it (as
+    // OpenAI's are, and as Anthropic-compatible proxies publish theirs: .../api/v1) would double it.
+    this.basePath = provider.kind === 'anthropic' ? path.replace(/\/v1$/, '') : path;
     this.pool = new Pool(this.origin, {
       connections: provider.max_concurrency,
       pipelining: 1,

@@ -866,3 +866,31 @@ describe('a route mixing an OpenAI-dialect and an Anthropic upstream', () => {
     ).toBe(1);
   });
 });
+
+describe('an Anthropic base_url given with /v1', () => {
+  it.each(['/v1', '/v1/'])(
+    'base_url ending in %s reaches {origin}/v1/messages, not /v1/v1/messages',
+    async (suffix) => {
+      const sim = track(await startSimulator({ name: 'claude', kind: 'anthropic', apiKey: keyOf('claude') }));
+      gw = track(
+        await startGateway({
+          providers: [
+            simProvider('claude', sim.url, [MODEL.anthropic], {
+              kind: 'anthropic',
+              base_url: `${sim.url}${suffix}`,
+              api_key: keyOf('claude'),
+            }),
+          ],
+          routes: { r: { strategy: 'priority', targets: [`claude/${MODEL.anthropic}`] } },
+        }),
+      );
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
+      const res = await client.chat.completions.create({
+        model: 'r',
+        messages: [{ role: 'user', content: 'hi' }],
+      });
+      expect(res.choices[0]!.message.content).toBe(reply('claude'));
+      expect(sim.requests).toHaveLength(1);
+    },
+  );
+});
