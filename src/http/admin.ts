@@ -56,6 +56,7 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
     const rt = gw.runtime;
     const body = validateChatBody(req.body);
     const d = await decideChat(gw, rt, body, req.headers, undefined);
+    if (d.refusal) throw d.refusal;
     const { route, strategy, features, tier, plan } = d;
     return {
       route: route.name,

@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import { checkTierHeader, readRoutingHeaders, resolveRoute } from '../routing/decide.js';
-import { planRequest } from '../routing/plan.js';
+import { planRequest, type Plan } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
@@ -39,29 +39,34 @@ async function handleEmbeddings(
   if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
   const strategy = hdrs.strategy ?? route.strategy;
   const promptTokens = inputTokens(body.input);
-  const plan = planRequest(
-    route,
-    route.targets,
-    {
-      stream: false,
-      tools: false,
-      json: false,
-      images: false,
-      choices: 1,
-      promptTokens,
-      requestedOutputTokens: undefined,
-    },
-    {
-      strategy,
-      provider: hdrs.provider,
-      routing: rt.loaded.config.routing,
-      now: gw.now(),
-      random: gw.random,
-    },
-  );
-  gw.decisionChildren
-    .get(route.name, strategy, plan.ranked[0]?.candidate.upstream.provider.name ?? 'none')
-    .inc();
+  let plan: Plan | undefined;
+  // A refusal (every breaker open, ...) is a routed answer: failRequest gives it the route's headers and counts.
+  let refusal: unknown;
+  try {
+    plan = planRequest(
+      route,
+      route.targets,
+      {
+        stream: false,
+        tools: false,
+        json: false,
+        images: false,
+        choices: 1,
+        promptTokens,
+        requestedOutputTokens: undefined,
+      },
+      {
+        strategy,
+        provider: hdrs.provider,
+        routing: rt.loaded.config.routing,
+        now: gw.now(),
+        random: gw.random,
+      },
+    );
+    gw.decisionChildren.get(route.name, strategy, plan.ranked[0]!.candidate.upstream.provider.name).inc();
+  } catch (err) {
+    refusal = err;
+  }
   const opts = failoverOptions(gw, rt, route.name, startedAt);
   const clientSignal = clientGoneSignal(reply);
   let lastAttempts: readonly AttemptRecord[] = [];
@@ -71,12 +76,13 @@ async function handleEmbeddings(
     strategy,
     stream: false,
     startedAt,
-    chosen: plan.ranked[0],
+    chosen: plan?.ranked[0],
     tier: undefined,
     tierReason: undefined,
     promptTokensEstimate: promptTokens,
   };
   try {
+    if (plan === undefined) throw refusal;
     const out = await runFailover(
       plan.ranked,
       opts,

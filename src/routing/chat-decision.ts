@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { StrategyName } from '../config/schema.js';
+import { isGatewayError, type GatewayError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
@@ -16,6 +17,11 @@ export interface ChatDecision {
   readonly strategy: StrategyName;
   readonly tier: TierSelection;
   readonly plan: Plan;
+  /**
+   * Why no upstream can take it (every breaker open, no context window large enough, ...): the route is
+   * resolved, so the refusal is a routed answer, with its headers and counted under its route.
+   */
+  readonly refusal?: GatewayError;
 }
 
 /**
@@ -52,14 +58,19 @@ function finish(
   tier: TierSelection,
   signal: Abort | undefined,
 ): ChatDecision {
-  const plan = planRequest(route, tier.targets, features, {
-    strategy,
-    provider: hdrs.provider,
-    routing: rt.loaded.config.routing,
-    now: gw.now(),
-    random: gw.random,
-    peek: signal === undefined,
-    exclude: tier.excluded,
-  });
-  return { route, hdrs, features, strategy, tier, plan };
+  try {
+    const plan = planRequest(route, tier.targets, features, {
+      strategy,
+      provider: hdrs.provider,
+      routing: rt.loaded.config.routing,
+      now: gw.now(),
+      random: gw.random,
+      peek: signal === undefined,
+      exclude: tier.excluded,
+    });
+    return { route, hdrs, features, strategy, tier, plan };
+  } catch (err) {
+    if (!isGatewayError(err)) throw err;
+    return { route, hdrs, features, strategy, tier, plan: { ranked: [], strategy }, refusal: err };
+  }
 }
