@@ -87,6 +87,11 @@ export interface StreamTranslator {
   event(type: string | undefined, data: string): void;
   /** The upstream closed the stream cleanly; a dialect may still recognise a finished answer. */
   close?(): void;
+  /**
+   * No choice said why it stopped (no finish_reason). Asked of a stream that ended before any content: with
+   * a finish_reason it is an empty answer (a `length` all spent on reasoning); without, no answer at all.
+   */
+  saidNoFinish?(): boolean;
 }
 
 export interface ChatAdapter {

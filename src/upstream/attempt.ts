@@ -437,7 +437,9 @@ async function attemptStreamBody(
     if (out !== '') writer.write(out);
     const totalMs = input.now() - t0;
 
-    if (ended && !streamError) {
+    // `[DONE]` before any content or finish_reason: no answer, failed over as a close before content (SPEC §2).
+    const noAnswer = ended && !committed && translator.saidNoFinish?.() === true;
+    if (ended && !streamError && !noAnswer) {
       if (!committed) {
         // A legitimately empty answer: commit now with whatever preamble there was.
         committed = true;

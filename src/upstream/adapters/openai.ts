@@ -51,6 +51,7 @@ export const openaiAdapter: ChatAdapter = {
       close() {
         if (choices.allFinished()) sink.end();
       },
+      saidNoFinish: () => !choices.anyFinished(),
       event(_type, data) {
         if (data === '[DONE]' || (data.charCodeAt(0) <= 32 && data.trim() === '[DONE]')) {
           sink.end();
@@ -182,6 +183,10 @@ class ChoiceEnds {
         this.open.delete(index);
       } else if (!this.finished.has(index)) this.open.add(index);
     }
+  }
+
+  anyFinished(): boolean {
+    return this.finished.size > 0;
   }
 
   allFinished(): boolean {
