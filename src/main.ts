@@ -39,7 +39,7 @@ function check(path: string): void {
     const state = loaded.disabledProviders.has(p.name) ? ' (disabled: empty api_key)' : '';
     for (const m of p.models) {
       out.push(
-        `  ${p.name}/${m.name}  kind=${p.kind}  $${m.price.input_per_mtok}/$${m.price.output_per_mtok} per Mtok  ctx=${m.context_window}  [${m.capabilities.join(', ')}]${state}`,
+        `  ${p.name}/${m.name}  kind=${p.kind}  $${m.price.input_per_mtok}/$${m.price.output_per_mtok} per Mtok  ctx=${m.context_window ?? 'unset'}  [${m.capabilities.join(', ')}]${state}`,
       );
     }
   }

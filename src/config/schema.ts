@@ -91,7 +91,11 @@ const modelSchema = z.strictObject({
   price: z
     .strictObject({ input_per_mtok: nonNeg.default(0), output_per_mtok: nonNeg.default(0) })
     .default({ input_per_mtok: 0, output_per_mtok: 0 }),
-  context_window: posInt.default(128_000),
+  /**
+   * Tokens (prompt + max_tokens). Unset: the upstream's own 400 says when a request is too long, rather than
+   * the gateway refusing on a guess (an estimated prompt against a window the model may not have).
+   */
+  context_window: posInt.optional(),
   capabilities: z.array(z.enum(CAPABILITIES)).default(['tools', 'json', 'vision', 'stream']),
   /** Share of traffic under the `weighted` strategy. */
   weight: nonNeg.default(1),

@@ -62,7 +62,7 @@ export function planRequest(
     else if (!capable(up.capabilities, up.provider.kind, features, undefined)) {
       why = 'capability';
       capable(up.capabilities, up.provider.kind, features, (missing ??= new Set()));
-    } else if (need > up.model.context_window) {
+    } else if (up.model.context_window !== undefined && need > up.model.context_window) {
       why = 'context';
       largestWindow = Math.max(largestWindow, up.model.context_window);
     } else if (!up.breaker.canAttempt()) {

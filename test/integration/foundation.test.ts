@@ -305,6 +305,29 @@ describe('a request no candidate can serve', () => {
     expect(big.json.error.message).toMatch(/context window/);
     expect(sim.requests).toHaveLength(0);
   });
+
+  it('a model without context_window is not refused on an estimate: the upstream decides', async () => {
+    const sim = track(await startSimulator({ name: 'wide' }));
+    gw = track(
+      await startGateway({
+        providers: [simProvider('wide', sim.url, ['m'])],
+        routes: { fast: { targets: ['wide/m'] } },
+      }),
+    );
+    // ~1 M characters (~250k estimated tokens) and a large max_tokens: past any default window.
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'fast',
+        max_tokens: 200_000,
+        messages: [{ role: 'user', content: 'word '.repeat(200_000) }],
+      }),
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(sim.requests).toHaveLength(1);
+  });
 });
 
 describe('requests rejected before routing', () => {

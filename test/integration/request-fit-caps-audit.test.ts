@@ -299,7 +299,7 @@ describe('output caps on streams and failover', () => {
       }),
     );
     const gw = track(await startGateway(oneProvider(mock, 'o3')));
-    // (The route's context window, 128000 by default, bounds what reaches the upstream at all.)
+    // (A model's context_window, when set, bounds what reaches the upstream at all.)
     const r = await post(gw, { model: 'smart', max_tokens: 120000, messages: USER });
     expect(r.status).toBe(200);
     expect(mock.bodies.map((b) => [b.max_tokens, b.max_completion_tokens])).toEqual([
