@@ -1,7 +1,13 @@
 import { readFileSync, statSync } from 'node:fs';
 import yaml from 'js-yaml';
 import type { z } from 'zod';
-import { configSchema, type Config, type TargetConfig, type TierName } from './schema.js';
+import {
+  configSchema,
+  type Config,
+  type ProviderConfig,
+  type TargetConfig,
+  type TierName,
+} from './schema.js';
 
 /** A config file larger than this is refused before it is parsed. */
 export const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -299,21 +305,25 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
   return issues;
 }
 
+/** What of ours a provider is sent, so what it can echo back: its key and a password in its base_url. */
+export function providerSecrets(p: ProviderConfig): string[] {
+  const out: string[] = [];
+  if (p.api_key !== undefined) out.push(p.api_key);
+  try {
+    const u = new URL(p.base_url);
+    out.push(decodeURIComponent(u.password), u.password);
+  } catch {
+    /* validated by the schema */
+  }
+  return out.filter((s) => s.length >= 4);
+}
+
 function collectSecrets(config: Config): string[] {
   const out = new Set<string>();
   const add = (s: string | undefined): void => {
     if (s !== undefined && s.length >= 4) out.add(s);
   };
-  for (const p of config.providers) {
-    add(p.api_key);
-    try {
-      const u = new URL(p.base_url);
-      add(decodeURIComponent(u.password));
-      add(u.password);
-    } catch {
-      /* validated by the schema */
-    }
-  }
+  for (const p of config.providers) providerSecrets(p).forEach(add);
   config.server.api_keys.forEach(add);
   add(config.server.admin_key);
   if (config.state.backend === 'redis') {

@@ -1,9 +1,12 @@
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
-import type { Readable } from 'node:stream';
+import { pipeline, type Readable } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
+import { providerSecrets } from '../config/load.js';
 import { GatewayError } from '../errors.js';
+import { Scrubber, StreamMask } from '../observability/scrub.js';
+import type { ProviderRuntime } from '../runtime.js';
 import { Pool, requestOn } from '../upstream/client.js';
 import { retrieveModel } from './models.js';
 
@@ -152,18 +155,33 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       },
       rewriteHeaders: (headers) => {
         const named = connectionNamed(headers.connection);
+        const echo = echoGuard(app.gateway.runtime.passthrough);
         const out: IncomingHttpHeaders = {};
         for (const [k, v] of Object.entries(headers)) {
-          if (!HOP_BY_HOP.has(k) && named?.includes(k) !== true) out[k] = v;
+          if (HOP_BY_HOP.has(k) || named?.includes(k) === true) continue;
+          out[k] =
+            echo === undefined || v === undefined ? v : Array.isArray(v) ? v.map(echo.scrub) : echo.scrub(v);
         }
         return out;
       },
       onResponse: (_req, reply, res) => {
-        if (reply.statusCode < 400) {
+        if (reply.statusCode >= 400) {
+          void sendScrubbed(app, reply, res.stream);
+          return;
+        }
+        // An answer that echoes what we sent (an httpbin-like /v1/anything) must not hand the client our key.
+        // Encoded bodies go as they are: their bytes do not show a key to mask.
+        const echo = echoGuard(app.gateway.runtime.passthrough);
+        const encoding = reply.getHeader('content-encoding');
+        if (echo === undefined || (encoding !== undefined && encoding !== 'identity')) {
           void reply.send(res.stream);
           return;
         }
-        void sendScrubbed(app, reply, res.stream);
+        const masked = echo.mask.transform();
+        pipeline(res.stream, masked, () => {
+          /* a failure destroys both; the reply ends with `masked` */
+        });
+        void reply.send(masked);
       },
       // Failures before any answer (reply-from maps timeouts to 504).
       onError: (reply, { error }) => {
@@ -171,6 +189,26 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       },
     },
   });
+}
+
+interface EchoGuard {
+  readonly mask: StreamMask;
+  readonly scrub: (text: string) => string;
+}
+
+/** Per passthrough provider (a reload makes a new one): what of ours it can echo, and how it is hidden. */
+const ECHO_GUARDS = new WeakMap<ProviderRuntime, EchoGuard | null>();
+
+function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | undefined {
+  if (provider === undefined) return undefined;
+  let guard = ECHO_GUARDS.get(provider);
+  if (guard === undefined) {
+    const secrets = providerSecrets(provider.config);
+    const scrubber = new Scrubber(secrets);
+    guard = secrets.length === 0 ? null : { mask: new StreamMask(secrets), scrub: (t) => scrubber.scrub(t) };
+    ECHO_GUARDS.set(provider, guard);
+  }
+  return guard ?? undefined;
 }
 
 /**

@@ -138,14 +138,17 @@ export async function runFailover(
     }
     if (!result.classified.retryable) {
       const info = result.info;
+      // Every field is the upstream's text: an echo of our key may be in any of them.
+      const scrub = (text: string | null | undefined): string | null =>
+        text == null ? null : opts.scrubber.scrub(text);
       throw new GatewayError(
         'invalid_request',
         opts.scrubber.scrub(info?.message ?? `upstream ${up.id} rejected the request`),
         {
           status: result.status ?? 400,
-          type: info?.type ?? 'invalid_request_error',
-          param: info?.param ?? null,
-          bodyCode: info?.code ?? null,
+          type: scrub(info?.type) ?? 'invalid_request_error',
+          param: scrub(info?.param),
+          bodyCode: scrub(info?.code),
         },
       );
     }

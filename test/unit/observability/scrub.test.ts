@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Scrubber } from '../../../src/observability/scrub.js';
+import { Scrubber, StreamMask } from '../../../src/observability/scrub.js';
 import { truncateMessage } from '../../../src/upstream/adapters/common.js';
 
 const KEY = 'sk-live-7f3a9c1e5b2d4f6a8c0e';
@@ -22,5 +22,47 @@ describe('Scrubber', () => {
     // A message that was not cut, or is cut elsewhere, keeps its text.
     expect(s.scrub('ends with sk-l')).toBe('ends with sk-l');
     expect(s.scrub(truncateMessage('y'.repeat(1200)))).toBe(`${'y'.repeat(1000)}…`);
+  });
+});
+
+describe('StreamMask', () => {
+  /** What the mask passes on as each of `chunks` goes in (then at the end), and the whole output. */
+  async function through(mask: StreamMask, chunks: string[]): Promise<{ parts: string[]; all: string }> {
+    const t = mask.transform();
+    const parts: string[] = [];
+    const take = (): void => {
+      const out = t.read() as Buffer | null;
+      if (out !== null) parts.push(out.toString());
+    };
+    for (const c of chunks) {
+      t.write(Buffer.from(c));
+      take();
+    }
+    t.end();
+    await new Promise((resolve) => setImmediate(resolve));
+    take();
+    return { parts, all: parts.join('') };
+  }
+
+  it('masks a secret byte for byte, so the length (and a Content-Length) stays true', async () => {
+    const { all } = await through(new StreamMask([KEY]), [`{"auth":"Bearer ${KEY}"}`]);
+    expect(all).toBe(`{"auth":"Bearer ${'*'.repeat(KEY.length)}"}`);
+  });
+
+  it('masks a secret split across chunks at every cut, and holds back only the start of one', async () => {
+    const body = `data: {"echo":"${KEY}"}\n\n`;
+    for (let cut = 1; cut < body.length; cut++) {
+      const { all } = await through(new StreamMask([KEY]), [body.slice(0, cut), body.slice(cut)]);
+      expect(all, `cut at ${cut}`).toBe(body.replace(KEY, '*'.repeat(KEY.length)));
+    }
+    // A chunk that ends in an event's blank line is passed on whole at once: nothing held for the next.
+    const { parts } = await through(new StreamMask([KEY]), ['data: {"a":1}\n\n', 'data: {"b":2}\n\n']);
+    expect(parts).toEqual(['data: {"a":1}\n\n', 'data: {"b":2}\n\n']);
+  });
+
+  it('gives back a held start of a secret that turns out not to be one, at the next chunk or the end', async () => {
+    const start = KEY.slice(0, 10);
+    expect((await through(new StreamMask([KEY]), [`x ${start}`, 'y'])).all).toBe(`x ${start}y`);
+    expect((await through(new StreamMask([KEY]), [`x ${start}`])).all).toBe(`x ${start}`);
   });
 });
