@@ -47,13 +47,7 @@ export function validateChatBody(raw: unknown): ChatBody {
     if (c !== undefined && c !== null && typeof c !== 'string' && !Array.isArray(c)) {
       throw bad(`messages[${i}].content`, 'expected a string or an array of content parts');
     }
-    if (Array.isArray(c)) {
-      c.forEach((part, j) => {
-        if (!isObject(part) || typeof part.type !== 'string') {
-          throw bad(`messages[${i}].content[${j}]`, 'expected a content part object with a type');
-        }
-      });
-    }
+    if (Array.isArray(c)) c.forEach((part, j) => checkPart(part, `messages[${i}].content[${j}]`));
     if (m.role === 'tool' && typeof m.tool_call_id !== 'string') {
       throw bad(`messages[${i}].tool_call_id`, 'is required for tool messages');
     }
@@ -67,6 +61,12 @@ export function validateChatBody(raw: unknown): ChatBody {
   if (raw.stream_options !== undefined && raw.stream_options !== null && !isObject(raw.stream_options)) {
     throw bad('stream_options', 'expected an object');
   }
+  optionalType(raw, 'seed', 'integer');
+  optionalType(raw, 'user', 'string');
+  optionalType(raw, 'parallel_tool_calls', 'boolean');
+  optionalType(raw, 'logprobs', 'boolean');
+  optionalNumber(raw, 'top_logprobs', 0, 1e9, true); // OpenAI takes up to 20; vLLM's bound is its own
+  if (raw.logit_bias !== undefined && raw.logit_bias !== null) checkLogitBias(raw.logit_bias);
   optionalNumber(raw, 'n', 1, 128, true);
   optionalNumber(raw, 'max_tokens', 1, 1e9, true);
   optionalNumber(raw, 'max_completion_tokens', 1, 1e9, true);
@@ -89,22 +89,86 @@ export function validateChatBody(raw: unknown): ChatBody {
       if (typeof spec.name !== 'string' || spec.name === '') {
         throw bad(`tools[${i}].${kind}.name`, 'expected a non-empty string');
       }
+      if (kind === 'function' && spec.parameters !== undefined && !isObject(spec.parameters)) {
+        throw bad(`tools[${i}].function.parameters`, 'expected a JSON Schema object');
+      }
     });
   }
+  if (raw.tool_choice !== undefined && raw.tool_choice !== null) checkToolChoice(raw.tool_choice, raw.tools);
   if (raw.response_format !== undefined && raw.response_format !== null) {
     if (!isObject(raw.response_format) || typeof raw.response_format.type !== 'string') {
       throw bad('response_format', 'expected an object with a type');
     }
   }
+  const stop = raw.stop;
   if (
-    raw.stop !== undefined &&
-    raw.stop !== null &&
-    typeof raw.stop !== 'string' &&
-    !Array.isArray(raw.stop)
+    stop !== undefined &&
+    stop !== null &&
+    typeof stop !== 'string' &&
+    !(Array.isArray(stop) && stop.every((x) => typeof x === 'string'))
   ) {
     throw bad('stop', 'expected a string or an array of strings');
   }
   return raw as ChatBody;
+}
+
+/** A content part: an object with a type; OpenAI's text and image parts with their value of the right type. */
+function checkPart(part: unknown, at: string): void {
+  if (!isObject(part) || typeof part.type !== 'string') {
+    throw bad(at, 'expected a content part object with a type');
+  }
+  if (part.type === 'text' && typeof part.text !== 'string') throw bad(`${at}.text`, 'expected a string');
+  if (part.type === 'image_url' && !isObject(part.image_url) && typeof part.image_url !== 'string') {
+    throw bad(`${at}.image_url`, 'expected {"url": ...}');
+  }
+}
+
+const TYPE_CHECKS = {
+  integer: (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v),
+  string: (v: unknown) => typeof v === 'string',
+  boolean: (v: unknown) => typeof v === 'boolean',
+} as const;
+
+function optionalType(body: Record<string, unknown>, key: string, type: keyof typeof TYPE_CHECKS): void {
+  const v = body[key];
+  if (v !== undefined && v !== null && !TYPE_CHECKS[type](v)) throw bad(key, `expected ${a(type)}`);
+}
+
+function a(type: string): string {
+  return type === 'integer' ? 'an integer' : `a ${type}`;
+}
+
+/** Token ids to biases from -100 to 100. */
+function checkLogitBias(bias: unknown): void {
+  if (!isObject(bias)) throw bad('logit_bias', 'expected an object of token ids to numbers');
+  for (const v of Object.values(bias)) {
+    if (typeof v !== 'number' || !(v >= -100 && v <= 100)) {
+      throw bad('logit_bias', 'expected every bias to be a number from -100 to 100');
+    }
+  }
+}
+
+/**
+ * `none`, `auto`, `required` (and `any`, Mistral's word for required), or an object; one naming a function
+ * must name one of `tools`. Other object types (`allowed_tools`, `custom`) pass as they are.
+ */
+const TOOL_CHOICE_WORDS = new Set(['none', 'auto', 'required', 'any']);
+
+function checkToolChoice(choice: unknown, tools: unknown): void {
+  if (typeof choice === 'string') {
+    if (!TOOL_CHOICE_WORDS.has(choice))
+      throw bad('tool_choice', 'expected "none", "auto", "required" or an object');
+    return;
+  }
+  if (!isObject(choice)) throw bad('tool_choice', 'expected "none", "auto", "required" or an object');
+  if (choice.type !== 'function') return;
+  const name = isObject(choice.function) ? choice.function.name : undefined;
+  if (typeof name !== 'string')
+    throw bad('tool_choice', 'expected {"type":"function","function":{"name":...}}');
+  const named =
+    Array.isArray(tools) &&
+    tools.some((t) => isObject(t) && isObject(t.function) && t.function.name === name);
+  if (!named) throw bad('tool_choice', `names function "${name.slice(0, 64)}", which is not in tools`);
 }
 
 const isToken = (x: unknown): boolean => typeof x === 'number' && Number.isInteger(x) && x >= 0;
