@@ -205,7 +205,15 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   app.setNotFoundHandler((req, reply) => {
     const path = req.url.split('?')[0] ?? '';
     // With a passthrough every other /v1/* path is proxied, so a /v1/* path here means there is none.
-    const hint = path.startsWith('/v1/') ? NO_PASSTHROUGH : '';
+    const rt = app.gateway.runtime;
+    const named = rt.loaded.config.server.passthrough;
+    const hint = !path.startsWith('/v1/')
+      ? ''
+      : named === undefined
+        ? NO_PASSTHROUGH
+        : rt.passthrough === undefined
+          ? ` (server.passthrough names provider "${named}", which is disabled: its api_key is empty)`
+          : ' (server.passthrough was set by a reload: a restart applies it)';
     const err = new GatewayError('not_found', `no such endpoint: ${req.method} ${path}${hint}`);
     void reply.code(404).type('application/json').send(err.toBody());
   });

@@ -68,13 +68,22 @@ function check(path: string): void {
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
+/** pino's levels, and `silent`. */
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
 async function serve(args: {
   config: string;
   host?: string;
   port?: string;
   logLevel?: string;
 }): Promise<void> {
-  const logger = createLogger(args.logLevel ?? process.env.LOG_LEVEL ?? 'info');
+  const level = args.logLevel ?? process.env.LOG_LEVEL ?? 'info';
+  if (!LOG_LEVELS.includes(level))
+    fail(
+      `${args.logLevel === undefined ? 'LOG_LEVEL' : '--log-level'}: expected one of ${LOG_LEVELS.join(', ')}, got "${level}"`,
+      2,
+    );
+  const logger = createLogger(level);
   const loaded = loadOrExit(args.config);
   const app = buildApp(loaded, { logger });
   const server = loaded.config.server;

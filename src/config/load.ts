@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import yaml from 'js-yaml';
 import type { z } from 'zod';
 import {
@@ -48,19 +48,38 @@ export function formatPath(path: readonly PropertyKey[]): string {
 }
 
 export function loadConfigFile(path: string, env: Env = process.env): LoadedConfig {
-  let size: number;
+  return parseConfigText(readBounded(path), env, path);
+}
+
+/**
+ * The file's bytes, read no further than the limit: a pipe or a device (`/dev/zero`) has no size to stat,
+ * so the read itself stops one byte past it. A directory or an unreadable file is a message, not a trace.
+ */
+function readBounded(path: string): Buffer {
+  let fd: number | undefined;
   try {
-    size = statSync(path).size;
+    fd = openSync(path, 'r');
+    if (fstatSync(fd).isDirectory()) throw new ConfigError(['is a directory, not a config file'], path);
+    const buf = Buffer.alloc(MAX_CONFIG_BYTES + 1);
+    let length = 0;
+    for (;;) {
+      const n = readSync(fd, buf, length, buf.length - length, null);
+      if (n === 0) break;
+      length += n;
+      if (length > MAX_CONFIG_BYTES) {
+        throw new ConfigError([`config file is over the limit of ${MAX_CONFIG_BYTES} bytes`], path);
+      }
+    }
+    return buf.subarray(0, length);
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new ConfigError(
       [`cannot read config file: ${(err as NodeJS.ErrnoException).code ?? 'error'}`],
       path,
     );
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
-  if (size > MAX_CONFIG_BYTES) {
-    throw new ConfigError([`config file is ${size} bytes; the limit is ${MAX_CONFIG_BYTES}`], path);
-  }
-  return parseConfigText(readFileSync(path), env, path);
 }
 
 export function parseConfigText(
@@ -162,6 +181,15 @@ function substituteEnv(
       throw new ConfigError([`${formatPath(path)}: nested deeper than ${MAX_DEPTH} levels`], source);
     }
     if (typeof node === 'string') {
+      // A placeholder in another shell form (`${VAR-x}`, `${VAR:?msg}`, `${ VAR }`, unclosed) would otherwise
+      // be used as literal text: as a key sent upstream, or an admin key anyone can read here.
+      if (node.includes('${') && node.replace(ENV_REF, '').includes('${')) {
+        missing.push(
+          // The value is not shown: it may be a key with a typo in it.
+          `${formatPath(path)}: malformed placeholder: only \${VAR} and \${VAR:-default} are substituted`,
+        );
+        return node;
+      }
       return node.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
         const value = Object.hasOwn(env, name) ? env[name] : undefined;
         if (value !== undefined && value !== '') return value;

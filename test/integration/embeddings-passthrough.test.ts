@@ -215,4 +215,26 @@ describe('passthrough', () => {
     }
     expect(pt.requests).toHaveLength(0);
   });
+
+  it('a passthrough provider disabled by an empty api_key: the 404 says so, not that none is named', async () => {
+    const pt = await sim('pt');
+    gw = track(
+      await startGateway(
+        {
+          server: { passthrough: 'pt' },
+          providers: [
+            simProvider('pt', pt.url, ['m'], { api_key: '${PT_KEY}' }),
+            simProvider('other', pt.url, ['m'], { api_key: 'sk-other' }),
+          ],
+          routes: { r: { targets: ['other/m'] } },
+        },
+        { env: {} },
+      ),
+    );
+    const res = await request(`${gw.url}/v1/files`);
+    expect(res.statusCode).toBe(404);
+    const body = (await res.body.json()) as { error: { message: string } };
+    expect(body.error.message).toContain('names provider "pt", which is disabled');
+    expect(pt.requests).toHaveLength(0);
+  });
 });
