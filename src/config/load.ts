@@ -67,7 +67,7 @@ function readBounded(path: string): Buffer {
       if (n === 0) break;
       length += n;
       if (length > MAX_CONFIG_BYTES) {
-        throw new ConfigError([`config file is over the limit of ${MAX_CONFIG_BYTES} bytes`], path);
+        throw new ConfigError([`config file is too large; the limit is ${MAX_CONFIG_BYTES} bytes`], path);
       }
     }
     return buf.subarray(0, length);
