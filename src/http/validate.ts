@@ -124,7 +124,7 @@ function checkPart(part: unknown, at: string): void {
 }
 
 const TYPE_CHECKS = {
-  integer: (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v),
+  integer: (v: unknown) => typeof v === 'number' && Number.isInteger(v),
   string: (v: unknown) => typeof v === 'string',
   boolean: (v: unknown) => typeof v === 'boolean',
 } as const;
