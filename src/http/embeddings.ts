@@ -54,6 +54,7 @@ async function handleEmbeddings(
         choices: 1,
         promptTokens,
         requestedOutputTokens: undefined,
+        notForAnthropic: undefined,
       },
       {
         strategy,

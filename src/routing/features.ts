@@ -12,31 +12,82 @@ export interface RequestFeatures {
   readonly promptTokens: number;
   /** `max_completion_tokens` or `max_tokens`, when given. */
   readonly requestedOutputTokens: number | undefined;
+  /**
+   * What of the request Anthropic's API has no place for (legacy `functions`, audio input, a file by id or of
+   * a type it does not read), said as the 400 says it; undefined for most requests. Anthropic upstreams are
+   * left out, rather than sent a request with that part silently dropped.
+   */
+  readonly notForAnthropic: string | undefined;
 }
 
 export function chatFeatures(body: ChatBody): RequestFeatures {
   const maxOut = body.max_completion_tokens ?? body.max_tokens;
   const format = (body.response_format as { type?: unknown } | undefined)?.type;
+  const scan = scanMessages(body.messages);
   return {
     stream: body.stream === true,
     tools: Array.isArray(body.tools) && body.tools.length > 0,
     json: format === 'json_object' || format === 'json_schema',
-    images: hasImages(body.messages),
+    images: scan.images,
     choices: typeof body.n === 'number' && body.n > 1 ? body.n : 1,
     promptTokens: estimatePromptTokens(body, APPROXIMATE),
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
+    notForAnthropic:
+      body.functions !== undefined || body.function_call !== undefined
+        ? 'functions (legacy; use tools)'
+        : scan.notForAnthropic,
   };
 }
 
-function hasImages(messages: readonly unknown[]): boolean {
+const NO_PARTS = { images: false, notForAnthropic: undefined };
+
+/** Image parts, and the first part (or message) Anthropic has no place for: one walk over the parts. */
+function scanMessages(messages: readonly unknown[]): {
+  images: boolean;
+  notForAnthropic: string | undefined;
+} {
+  let images = false;
+  let notForAnthropic: string | undefined;
   for (const m of messages) {
-    const content = (m as { content?: unknown }).content;
+    if (typeof m !== 'object' || m === null) continue;
+    const { role, content } = m as { role?: unknown; content?: unknown };
+    if (role === 'function') notForAnthropic ??= 'functions (legacy; use tools)';
     if (!Array.isArray(content)) continue;
     for (const part of content) {
-      if (isImagePart(part)) return true;
+      if (isImagePart(part)) {
+        images = true;
+        if (notForAnthropic === undefined) notForAnthropic = imageNotForAnthropic(part);
+      } else if (notForAnthropic === undefined) notForAnthropic = partNotForAnthropic(part);
     }
   }
-  return false;
+  return images || notForAnthropic !== undefined ? { images, notForAnthropic } : NO_PARTS;
+}
+
+/** File types Anthropic reads (PDF and plain text as documents, images as images). */
+const ANTHROPIC_FILE = /^(?:application\/pdf|text\/plain|image\/(?:jpeg|jpg|png|gif|webp))$/i;
+
+const ANTHROPIC_IMAGE = /^(?:image\/(?:jpeg|jpg|png|gif|webp))$/i;
+
+/** An inline image of a type Anthropic does not read (SVG, TIFF...); URLs are the upstream's to judge. */
+function imageNotForAnthropic(part: unknown): string | undefined {
+  const image = (part as { image_url?: unknown }).image_url;
+  const url = typeof image === 'string' ? image : (image as { url?: unknown } | null | undefined)?.url;
+  if (typeof url !== 'string' || !url.startsWith('data:')) return undefined;
+  const mediaType = /^data:([^;,]*)/.exec(url)?.[1]?.trim() ?? '';
+  return ANTHROPIC_IMAGE.test(mediaType)
+    ? undefined
+    : `an image of type ${mediaType.slice(0, 64) || 'unknown'}`;
+}
+
+function partNotForAnthropic(part: unknown): string | undefined {
+  if (typeof part !== 'object' || part === null) return undefined;
+  const { type, file } = part as { type?: unknown; file?: unknown };
+  if (type === 'input_audio') return 'input_audio';
+  if (type !== 'file') return undefined;
+  const data = (file as { file_data?: unknown } | null | undefined)?.file_data;
+  if (typeof data !== 'string') return 'file_id (a file by id)';
+  const mediaType = /^data:([^;,]*)/.exec(data)?.[1]?.trim() ?? '';
+  return ANTHROPIC_FILE.test(mediaType) ? undefined : `a file of type ${mediaType.slice(0, 64) || 'unknown'}`;
 }
 
 /** The text of the last user message (for tier rules and the LLM router's excerpt). */

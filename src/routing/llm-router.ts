@@ -258,6 +258,7 @@ export async function askRouter(
         choices: 1,
         promptTokens,
         requestedOutputTokens: ROUTER_MAX_TOKENS,
+        notForAnthropic: undefined,
       },
       {
         strategy: route.strategy,

@@ -164,7 +164,22 @@ function capable(
     missing?.add('n > 1');
     ok = false;
   }
+  if (f.notForAnthropic !== undefined && kind === 'anthropic') {
+    missing?.add(f.notForAnthropic);
+    ok = false;
+  }
   return ok;
+}
+
+/** The request field a missing capability is about (the first that applies). */
+function missingParam(missing: ReadonlySet<string>): string {
+  if (missing.has('tools')) return 'tools';
+  if (missing.has('n > 1')) return 'n';
+  if (missing.has('json')) return 'response_format';
+  if (missing.has('vision')) return 'messages';
+  if (missing.has('stream')) return 'stream';
+  for (const m of missing) if (m.startsWith('functions')) return 'functions';
+  return 'messages'; // vision, audio input, files
 }
 
 function noCandidate(
@@ -211,17 +226,7 @@ function noCandidate(
       return new GatewayError(
         'invalid_request',
         `no upstream of route ${name} supports ${[...d.missing].join(', ')}`,
-        {
-          param: d.missing.has('tools')
-            ? 'tools'
-            : d.missing.has('n > 1')
-              ? 'n'
-              : d.missing.has('json')
-                ? 'response_format'
-                : d.missing.has('vision')
-                  ? 'messages'
-                  : 'stream',
-        },
+        { param: missingParam(d.missing) },
       );
     case 'provider':
       return new GatewayError(

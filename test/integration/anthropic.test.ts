@@ -751,6 +751,40 @@ describe('a route mixing an OpenAI-dialect and an Anthropic upstream', () => {
     expect(oa.requests).toHaveLength(2);
   });
 
+  it('what Anthropic has no place for (audio input, legacy functions) goes to the OpenAI upstream, never dropped', async () => {
+    const { client, sims } = await setup([claude(), gpt()]);
+    const [anth, oa] = sims;
+    const audio = [
+      {
+        role: 'user' as const,
+        content: [
+          { type: 'input_audio' as const, input_audio: { data: 'UklGRg==', format: 'wav' as const } },
+        ],
+      },
+    ];
+    const { data, response } = await client.chat.completions
+      .create({ model: 'r', messages: audio })
+      .withResponse();
+    expect(data.choices[0]!.message.content).toBe(reply('gpt'));
+    expect(response.headers.get('x-router-attempts')).toBe('1');
+    const legacy = await client.chat.completions.create({
+      model: 'r',
+      messages: hi,
+      functions: [{ name: 'f', parameters: { type: 'object', properties: {} } }],
+    });
+    expect(legacy.choices[0]!.message.content).toBe(reply('gpt'));
+    expect(anth.requests).toHaveLength(0);
+    expect(oa.requests).toHaveLength(2);
+    // A route of Anthropic upstreams only says why, naming the field, and calls nobody.
+    const err = await client.chat.completions
+      .create({ model: 'r', messages: audio }, { headers: { 'x-router-provider': 'claude' } })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((err as InstanceType<typeof OpenAI.BadRequestError>).message).toContain('input_audio');
+    expect((err as InstanceType<typeof OpenAI.BadRequestError>).param).toBe('messages');
+    expect(anth.requests).toHaveLength(0);
+  });
+
   it("a thinking Claude answer sent back moves to the OpenAI upstream without Claude's thinking_blocks (strict servers refuse unknown message fields)", async () => {
     const { client, sims } = await setup([claude(), gpt()]);
     const [anth, oa] = sims;

@@ -18,6 +18,7 @@ const f = (over: Partial<RequestFeatures> = {}): RequestFeatures => ({
   choices: 1,
   promptTokens: 100,
   requestedOutputTokens: undefined,
+  notForAnthropic: undefined,
   ...over,
 });
 const route = (rules: RuleConfig[]): RouteRuntime => ({ rules }) as unknown as RouteRuntime;

@@ -13,6 +13,7 @@ const FEATURES = {
   choices: 1,
   promptTokens: 10,
   requestedOutputTokens: undefined,
+  notForAnthropic: undefined,
 };
 
 function weightedRoute() {
