@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { AdapterProvider, ChatBody, PreparedRequest } from '../adapter.js';
 import { asNumber, asString, isObject, providerHeaders, type JsonObject } from './common.js';
 
@@ -37,8 +38,14 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  *   asked for as `auto`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
  *   recent Claude models reject the two together; neither goes to Claude 4.7 and later (ClaudeProfile).
+ * - Tool call ids are made Anthropic's: characters it refuses replaced, and an id an earlier round already
+ *   used (providers that number calls per answer, `call_0` every round) renamed, its results following it;
+ *   Anthropic refuses a conversation with two tool_use blocks of one id.
+ * - `tool_choice` `required` and Mistral's `any` are `any`; `allowed_tools` sends only the tools it allows
+ *   (`any` when its mode is required). `user` is `metadata.user_id`, hashed when past Anthropic's 256 characters.
  * - Fields Anthropic does not know are dropped (it rejects unknown fields); odd input never throws:
- *   malformed messages and parts are skipped.
+ *   malformed messages and parts are skipped. What it has no place for at all (legacy `functions`, audio,
+ *   a file by id) keeps Anthropic upstreams out of the request's candidates (routing/features.ts).
  */
 
 type Block = JsonObject;
@@ -71,7 +78,8 @@ export function buildAnthropicRequest(
   const messages: unknown[] = Array.isArray(body.messages) ? body.messages : [];
   const claude = claudeProfile(model);
   const explicitMax = positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens);
-  for (const message of messages) addMessage(message, system, turns);
+  const ids = new ToolIds();
+  for (const message of messages) addMessage(message, system, turns, ids);
   if (turns.at(-1)?.role === 'assistant' && !claude.takesPrefill) {
     // A conversation that ends with the assistant is a prefill to Claude, which 4.6 on refuse (a 400); to
     // OpenAI it is history the next answer follows, which a closing user turn says.
@@ -111,12 +119,17 @@ export function buildAnthropicRequest(
   if (body.stream === true) out.stream = true;
 
   const user = asString(body.user);
-  if (user) out.metadata = { user_id: user };
+  if (user) out.metadata = { user_id: userId(user) };
 
-  const tools = toolDefinitions(body.tools);
+  const allowed = allowedTools(body.tool_choice);
+  const tools = toolDefinitions(body.tools, allowed?.names);
   if (tools.length > 0) {
     out.tools = tools;
-    const choice = toolChoice(body.tool_choice, body.parallel_tool_calls === false, claude.takesForcedTool);
+    const choice = toolChoice(
+      allowed === undefined ? body.tool_choice : allowed.required ? 'required' : 'auto',
+      body.parallel_tool_calls === false,
+      claude.takesForcedTool,
+    );
     if (choice !== undefined) out.tool_choice = choice;
   } else if (usesTools(turns)) {
     out.tools = stubTools(turns);
@@ -341,7 +354,7 @@ function nonEmptyString(value: unknown): value is string {
   return typeof value === 'string' && value !== '';
 }
 
-function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
+function addMessage(message: unknown, system: Block[], turns: Turn[], ids: ToolIds): void {
   if (!isObject(message)) return;
   switch (message.role) {
     case 'system':
@@ -352,10 +365,10 @@ function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
       pushTurn(turns, 'user', userBlocks(message.content));
       return;
     case 'assistant':
-      addAssistant(message, turns);
+      addAssistant(message, turns, ids);
       return;
     case 'tool':
-      pushTurn(turns, 'user', [toolResultBlock(message)]);
+      pushTurn(turns, 'user', [toolResultBlock(message, ids)]);
       return;
     default:
       return;
@@ -367,8 +380,12 @@ function addMessage(message: unknown, system: Block[], turns: Turn[]): void {
  * or is all it has ("the final block cannot be thinking": an answer cut after its thinking), so thinking alone
  * is dropped, and thinking merged into the assistant turn before goes ahead of that turn's other blocks.
  */
-function addAssistant(message: JsonObject, turns: Turn[]): void {
-  const blocks = [...textBlocks(message.content), ...toolUseBlocks(message.tool_calls)];
+function addAssistant(message: JsonObject, turns: Turn[], ids: ToolIds): void {
+  const text = textBlocks(message.content);
+  // A refusal OpenAI answered with (`content: null, refusal`) is what the assistant said.
+  const refusal = text.length === 0 ? textBlock(asString(message.refusal) ?? '') : undefined;
+  if (refusal !== undefined) text.push(refusal);
+  const blocks = [...text, ...toolUseBlocks(message.tool_calls, ids)];
   if (blocks.length === 0) return;
   const thinking = thinkingBlocks(message.thinking_blocks);
   const last = turns.at(-1);
@@ -497,6 +514,10 @@ function fileBlock(file: JsonObject): Block | undefined {
   if (parsed === undefined) return undefined;
   const source = { type: 'base64', media_type: parsed.mediaType, data: parsed.data };
   if (parsed.mediaType === 'application/pdf') return { type: 'document', source };
+  if (parsed.mediaType === 'text/plain') {
+    const data = Buffer.from(parsed.data, 'base64').toString('utf8');
+    return { type: 'document', source: { type: 'text', media_type: 'text/plain', data } };
+  }
   if (parsed.mediaType.startsWith('image/')) return { type: 'image', source };
   return undefined;
 }
@@ -506,12 +527,38 @@ function toolId(id: unknown): string | undefined {
   return id.replace(INVALID_TOOL_ID_CHARS, '_');
 }
 
-function toolUseBlocks(toolCalls: unknown): Block[] {
+/**
+ * Tool call ids as Anthropic takes them: its characters only, and unique in the conversation. A repeated
+ * id (`call_0` in every round) gets a suffix; a tool result refers to the latest call of its id.
+ */
+class ToolIds {
+  private readonly used = new Set<string>();
+  private readonly latest = new Map<string, string>();
+
+  /** The id to send for a call's `id`, or undefined for none. */
+  call(raw: unknown): string | undefined {
+    const id = toolId(raw);
+    if (id === undefined) return undefined;
+    let sent = id;
+    for (let n = 2; this.used.has(sent); n++) sent = `${id}_${n}`;
+    this.used.add(sent);
+    this.latest.set(id, sent);
+    return sent;
+  }
+
+  /** The id a result's `tool_call_id` refers to. */
+  result(raw: unknown): string | undefined {
+    const id = toolId(raw);
+    return id === undefined ? undefined : (this.latest.get(id) ?? id);
+  }
+}
+
+function toolUseBlocks(toolCalls: unknown, ids: ToolIds): Block[] {
   const out: Block[] = [];
   if (!Array.isArray(toolCalls)) return out;
   for (const call of toolCalls) {
     if (!isObject(call) || !isObject(call.function)) continue;
-    const id = toolId(call.id);
+    const id = ids.call(call.id);
     const name = asString(call.function.name);
     // Without an id no tool_result can refer to the call, and Anthropic rejects a dangling tool_use.
     if (id === undefined || !name) continue;
@@ -531,8 +578,8 @@ function toolInput(args: unknown): JsonObject {
   }
 }
 
-function toolResultBlock(message: JsonObject): Block {
-  const id = toolId(message.tool_call_id);
+function toolResultBlock(message: JsonObject, ids: ToolIds): Block {
+  const id = ids.result(message.tool_call_id);
   const content = message.content;
   if (id === undefined) {
     // An unlinked result still informs the model, as text.
@@ -564,7 +611,8 @@ function stopSequences(stop: unknown): string[] {
   return list.filter((s): s is string => typeof s === 'string' && s.trim() !== '');
 }
 
-function toolDefinitions(tools: unknown): Block[] {
+/** The function tools, only those named in `only` when given. */
+function toolDefinitions(tools: unknown, only?: ReadonlySet<string>): Block[] {
   const out: Block[] = [];
   if (!Array.isArray(tools)) return out;
   for (const tool of tools) {
@@ -572,7 +620,7 @@ function toolDefinitions(tools: unknown): Block[] {
       continue;
     const fn = tool.function;
     const name = asString(fn.name);
-    if (!name) continue;
+    if (!name || (only !== undefined && !only.has(name))) continue;
     const def: Block = { name };
     const description = asString(fn.description);
     if (description) def.description = description;
@@ -613,7 +661,7 @@ function toolChoice(choice: unknown, disableParallel: boolean, forcible: boolean
   let out: Block | undefined;
   if (choice === 'auto') out = { type: 'auto' };
   else if (choice === 'none') return { type: 'none' };
-  else if (choice === 'required') out = { type: 'any' };
+  else if (choice === 'required' || choice === 'any') out = { type: 'any' };
   else if (isObject(choice) && choice.type === 'function' && isObject(choice.function)) {
     const name = asString(choice.function.name);
     if (name) out = { type: 'tool', name };
@@ -625,6 +673,25 @@ function toolChoice(choice: unknown, disableParallel: boolean, forcible: boolean
     out.disable_parallel_tool_use = true;
   }
   return out;
+}
+
+/** OpenAI's `allowed_tools` choice: the tool names it allows, and whether one must be called. */
+function allowedTools(choice: unknown): { names: Set<string>; required: boolean } | undefined {
+  if (!isObject(choice) || choice.type !== 'allowed_tools' || !isObject(choice.allowed_tools))
+    return undefined;
+  const { mode, tools } = choice.allowed_tools;
+  const names = new Set<string>();
+  if (Array.isArray(tools))
+    for (const t of tools) {
+      const name = isObject(t) && isObject(t.function) ? asString(t.function.name) : undefined;
+      if (name) names.add(name);
+    }
+  return { names, required: mode === 'required' };
+}
+
+/** Anthropic's `metadata.user_id` takes 256 characters: a longer id is sent as its hash (stable, still unique). */
+function userId(user: string): string {
+  return user.length <= 256 ? user : createHash('sha256').update(user).digest('hex');
 }
 
 function responseFormatInstruction(format: unknown): string | undefined {
