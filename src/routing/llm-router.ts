@@ -5,7 +5,7 @@ import { recordUsage } from '../http/report.js';
 import { closingBrace } from '../json-scan.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import type { RouteRuntime, Runtime, Upstream } from '../runtime.js';
-import type { Abort } from '../upstream/abort.js';
+import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { claudeAlwaysThinks } from '../upstream/adapters/anthropic-request.js';
 import { attemptJson } from '../upstream/attempt.js';
@@ -198,10 +198,22 @@ function cacheFor(route: RouteRuntime): RouterCache | undefined {
   return c;
 }
 
+/** A router call under way for a cache key: requests missing the cache meanwhile wait for its answer. */
+interface SharedCall {
+  readonly decision: Promise<RouterDecision>;
+  /** Aborts the call: when every request waiting for it is gone. */
+  readonly signal: Abort;
+  waiting: number;
+}
+
+const calls = new WeakMap<RouterCache, Map<string, SharedCall>>();
+
 /**
  * Breaks a tier tie by asking a model of `router.tier`, through the same plan, breakers and failover as any
  * request, bounded by `router.timeout_ms`. Never fails the request: on timeout, error or an unparsable
  * answer it returns the route's `default_tier`. Its failed attempts come back for the request to exclude.
+ * Requests with the same excerpt share one call while it is under way (a burst of one prompt is one paid
+ * call, not one each), then its cached answer; the call is aborted only when all of them are gone.
  */
 export async function askRouter(
   gw: Gateway,
@@ -212,23 +224,72 @@ export async function askRouter(
   clientSignal: Abort,
 ): Promise<RouterDecision> {
   const cfg = route.router!;
-  const fallback = route.defaultTier!;
   const excerpt = conversationExcerpt(messages);
   const key = createHash('sha256')
     .update(`${ROUTER_PROMPT_VERSION}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`)
     .digest('base64url');
   const cache = cacheFor(route)!;
   const started = gw.now();
+  const hit = cache.get(key, started);
+  if (hit) {
+    gw.metrics.routerRequests.inc({ tier: hit.tier, outcome: 'cached' });
+    return { tier: hit.tier, reason: hit.reason, outcome: 'cached', failed: NO_FAILURES };
+  }
+  let underWay = calls.get(cache);
+  if (underWay === undefined) calls.set(cache, (underWay = new Map()));
+  let call = underWay.get(key);
+  const shared = call !== undefined;
+  if (call === undefined) {
+    const signal = new Abort();
+    const decision = callRouter(gw, rt, route, excerpt, key, features, signal, started);
+    call = { decision, signal, waiting: 0 };
+    underWay.set(key, call);
+    const ours = call;
+    void decision.finally(() => {
+      if (underWay.get(key) === ours) underWay.delete(key);
+    });
+  }
+  const waited = call;
+  waited.waiting++;
+  const leave = (): void => {
+    if (--waited.waiting === 0) waited.signal.abort(clientSignal.reason);
+  };
+  clientSignal.once('abort', leave);
+  if (clientSignal.aborted) leave(); // once() adds nothing to a signal already aborted
+  try {
+    const d = await waited.decision;
+    // One that waited for another's call: its answer, counted as a cached one when it chose.
+    const outcome = shared && d.outcome === 'chosen' ? 'cached' : d.outcome;
+    gw.metrics.routerRequests.inc({ tier: d.tier, outcome });
+    if (!shared) gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - started) / 1000);
+    return outcome === d.outcome ? d : { ...d, outcome };
+  } finally {
+    clientSignal.removeListener('abort', leave);
+  }
+}
+
+/** One router call: the decision it comes to, and the attempts that failed in it. */
+async function callRouter(
+  gw: Gateway,
+  rt: Runtime,
+  route: RouteRuntime,
+  excerpt: string,
+  key: string,
+  features: RequestFeatures,
+  clientSignal: Abort,
+  started: number,
+): Promise<RouterDecision> {
+  const cfg = route.router!;
+  const fallback = route.defaultTier!;
+  const cache = cacheFor(route)!;
   let tried: readonly AttemptRecord[] = NO_FAILURES;
   let cutShort = false;
-  const done = (d: Omit<RouterDecision, 'failed'>): RouterDecision => {
-    gw.metrics.routerRequests.inc({ tier: d.tier, outcome: d.outcome });
-    if (d.outcome !== 'cached')
-      gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - started) / 1000);
-    return { tier: d.tier, reason: d.reason, outcome: d.outcome, failed: failuresOf(tried, cutShort) };
-  };
-  const hit = cache.get(key, started);
-  if (hit) return done({ tier: hit.tier, reason: hit.reason, outcome: 'cached' });
+  const done = (d: Omit<RouterDecision, 'failed'>): RouterDecision => ({
+    tier: d.tier,
+    reason: d.reason,
+    outcome: d.outcome,
+    failed: failuresOf(tried, cutShort),
+  });
 
   const routerMessages = buildRouterPrompt(excerpt, features);
   // The system prompt (~150 tokens) plus the excerpt at ~4 characters a token.

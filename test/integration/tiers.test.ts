@@ -198,6 +198,45 @@ describe('tiers and the LLM router', () => {
     expect((await send('t', 'fast')).status).toBe(200);
     expect(r1.requests).toHaveLength(1);
   });
+
+  it('one prompt arriving in a burst is one router call; a client leaving does not cut it for the others', async () => {
+    const rt = track(
+      await startSimulator({ name: 'rt', reply: ROUTER_ANSWER, completionTokens: 3, latencyMs: 300 }),
+    );
+    const deep = track(await startSimulator({ name: 'deep' }));
+    const bal = track(await startSimulator({ name: 'bal' }));
+    gw = track(
+      await startGateway({
+        providers: [
+          simProvider('rt', rt.url, ['m']),
+          simProvider('bal', bal.url, ['m']),
+          simProvider('deep', deep.url, ['m']),
+        ],
+        routes: {
+          auto: {
+            strategy: 'priority',
+            tiers: { fast: ['rt/m'], balanced: ['bal/m'], deep: ['deep/m'] },
+            default_tier: 'balanced',
+            router: { tier: 'fast', timeout_ms: 3000, cache_ttl_s: 60 },
+          },
+        },
+      }),
+    );
+    const leaving = new AbortController();
+    const gone = request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'prove it' }] }),
+      signal: leaving.signal,
+    }).catch(() => undefined);
+    setTimeout(() => leaving.abort(), 100);
+    const staying = await Promise.all(Array.from({ length: 5 }, () => chat('prove it')));
+    await gone;
+    expect(staying.map((r) => r.headers['x-router-tier'])).toEqual(Array(5).fill('deep'));
+    expect(rt.requests).toHaveLength(1);
+    expect(await routerRequests('deep', 'chosen')).toBe(1);
+    expect(await routerRequests('deep', 'cached')).toBe(5);
+  });
 });
 
 describe('request-scoped exclusion between the LLM router call and the request', () => {
