@@ -15,7 +15,10 @@ export interface RequestContext {
   readonly strategy: string;
   readonly stream: boolean;
   readonly startedAt: number;
-  readonly chosen: RankedCandidate<RouteTarget> | undefined;
+  /** The plan's ranking: the line gives the score and reason of the upstream that served (or last failed). */
+  readonly ranked: readonly RankedCandidate<RouteTarget>[];
+  /** Time the LLM router took to pick the tier: waiting on its upstream, so not the gateway's overhead. */
+  readonly routerMs: number;
   readonly tier: string | undefined;
   readonly tierReason: string | undefined;
   readonly promptTokensEstimate: number;
@@ -190,7 +193,7 @@ function writeReport(
     const c = gw.requestChildren.get(ctx.route, provider, model, r.status, ctx.stream ? 'true' : 'false');
     c.requests.inc();
     c.duration.observe(totalMs / 1000);
-    c.overhead.observe(Math.max(0, totalMs - r.upstreamMs) / 1000);
+    c.overhead.observe(Math.max(0, totalMs - r.upstreamMs - ctx.routerMs) / 1000);
 
     let promptTokens: number | undefined;
     let completionTokens: number | undefined;
@@ -264,7 +267,7 @@ export function requestLine(
     ',"strategy":' +
     JSON.stringify(ctx.strategy);
   if (r.served) s += ',"upstream":' + JSON.stringify(r.served.id);
-  const chosen = ctx.chosen;
+  const chosen = decisionOf(ctx.ranked, r.served);
   if (chosen) s += ',"score":' + num(chosen.score) + ',"reason":' + JSON.stringify(chosen.reason);
   if (ctx.tier !== undefined) s += ',"tier":' + JSON.stringify(ctx.tier);
   if (ctx.tierReason !== undefined) s += ',"tierReason":' + JSON.stringify(ctx.tierReason);
@@ -278,6 +281,17 @@ export function requestLine(
   if (costUsd !== undefined) s += ',"costUsd":' + num(toPicoUsd(costUsd));
   if (error !== undefined) s += ',"error":' + JSON.stringify(error);
   return s + ',"msg":"request"}\n';
+}
+
+/** `served`'s place in the ranking (the first, unless the request failed over), else the first. */
+function decisionOf(
+  ranked: readonly RankedCandidate<RouteTarget>[],
+  served: Upstream | undefined,
+): RankedCandidate<RouteTarget> | undefined {
+  const first = ranked[0];
+  if (first === undefined || served === undefined || first.candidate.upstream === served) return first;
+  for (const c of ranked) if (c.candidate.upstream === served) return c;
+  return first;
 }
 
 /**

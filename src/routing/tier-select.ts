@@ -16,6 +16,8 @@ export interface TierSelection {
   readonly reason: string | undefined;
   /** Attempts that failed in this request's LLM router call: their upstreams are not tried again. */
   readonly excluded: readonly AttemptRecord[] | undefined;
+  /** Time spent waiting for the LLM router (its upstream's, not the gateway's own), ms; 0 without a call. */
+  readonly routerMs: number;
 }
 
 const FLAT = new WeakMap<RouteRuntime, TierSelection>();
@@ -24,7 +26,7 @@ const FLAT = new WeakMap<RouteRuntime, TierSelection>();
 export function flatTier(route: RouteRuntime): TierSelection {
   let sel = FLAT.get(route);
   if (!sel) {
-    sel = { targets: route.targets, tier: undefined, reason: undefined, excluded: undefined };
+    sel = { targets: route.targets, tier: undefined, reason: undefined, excluded: undefined, routerMs: 0 };
     FLAT.set(route, sel);
   }
   return sel;
@@ -49,8 +51,11 @@ export async function chooseTier(
   let tier = match.tier;
   let reason = match.reason;
   let excluded: readonly AttemptRecord[] | undefined;
+  let routerMs = 0;
   if (tier === undefined && route.router && signal) {
+    const asked = gw.now();
     const d = await askRouter(gw, rt, route, body.messages, features, signal);
+    routerMs = gw.now() - asked;
     tier = d.tier;
     reason = `${match.reason}; ${d.reason}`;
     if (d.failed.length > 0) excluded = d.failed;
@@ -62,5 +67,5 @@ export async function chooseTier(
     reason = `${match.reason}; default_tier`;
   }
   const targets = (tier && route.tiers?.[tier]) || [];
-  return { targets, tier, reason, excluded };
+  return { targets, tier, reason, excluded, routerMs };
 }

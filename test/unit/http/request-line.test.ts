@@ -11,7 +11,8 @@ function context(over: Partial<RequestContext> = {}): RequestContext {
     strategy: 'hybrid',
     stream: false,
     startedAt: 0,
-    chosen: { score: 0.93, reason: 'hybrid 0.93 = cost ...' } as RankedCandidate<RouteTarget>,
+    ranked: [ranked(served, 0.93, 'hybrid 0.93 = cost ...')],
+    routerMs: 0,
     tier: undefined,
     tierReason: undefined,
     promptTokensEstimate: 12,
@@ -20,6 +21,10 @@ function context(over: Partial<RequestContext> = {}): RequestContext {
 }
 
 const served = { id: 'ok/m' } as Upstream;
+
+function ranked(upstream: Upstream, score: number, reason: string): RankedCandidate<RouteTarget> {
+  return { score, reason, candidate: { upstream } } as unknown as RankedCandidate<RouteTarget>;
+}
 
 function outcome(over: Partial<RequestOutcome> = {}): RequestOutcome {
   return { status: 200, served, attempts: [], upstreamMs: 1, ...over };
@@ -91,7 +96,7 @@ describe('the hand-built request log line', () => {
   it('leaves out what is absent and writes non-finite numbers as null, as JSON.stringify does', () => {
     const line = requestLine(
       'r',
-      context({ chosen: { score: Number.NaN, reason: 'x' } as RankedCandidate<RouteTarget> }),
+      context({ ranked: [ranked(served, Number.NaN, 'x')] }),
       outcome({ served: undefined, status: 503 }),
       Number.POSITIVE_INFINITY,
       undefined,
