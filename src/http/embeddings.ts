@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import { checkTierHeader, readRoutingHeaders, resolveRoute } from '../routing/decide.js';
+import { textFeatures } from '../routing/features.js';
 import { planRequest, type Plan } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
@@ -43,27 +44,13 @@ async function handleEmbeddings(
   // A refusal (every breaker open, ...) is a routed answer: failRequest gives it the route's headers and counts.
   let refusal: unknown;
   try {
-    plan = planRequest(
-      route,
-      route.targets,
-      {
-        stream: false,
-        tools: false,
-        json: false,
-        images: false,
-        choices: 1,
-        promptTokens,
-        requestedOutputTokens: undefined,
-        notForAnthropic: undefined,
-      },
-      {
-        strategy,
-        provider: hdrs.provider,
-        routing: rt.loaded.config.routing,
-        now: gw.now(),
-        random: gw.random,
-      },
-    );
+    plan = planRequest(route, route.targets, textFeatures(promptTokens, undefined), {
+      strategy,
+      provider: hdrs.provider,
+      routing: rt.loaded.config.routing,
+      now: gw.now(),
+      random: gw.random,
+    });
     gw.decisionChildren.get(route.name, strategy, plan.ranked[0]!.candidate.upstream.provider.name).inc();
   } catch (err) {
     refusal = err;

@@ -39,6 +39,23 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
   };
 }
 
+/** A plain text request, not streamed (the LLM router's own call, an embeddings request). */
+export function textFeatures(
+  promptTokens: number,
+  requestedOutputTokens: number | undefined,
+): RequestFeatures {
+  return {
+    stream: false,
+    tools: false,
+    json: false,
+    images: false,
+    choices: 1,
+    promptTokens,
+    requestedOutputTokens,
+    notForAnthropic: undefined,
+  };
+}
+
 const NO_PARTS = { images: false, notForAnthropic: undefined };
 
 /** Image parts, and the first part (or message) Anthropic has no place for: one walk over the parts. */

@@ -9,7 +9,7 @@ import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { claudeAlwaysThinks } from '../upstream/adapters/anthropic-request.js';
 import { attemptJson } from '../upstream/attempt.js';
-import type { RequestFeatures } from './features.js';
+import { textFeatures, type RequestFeatures } from './features.js';
 import { planRequest } from './plan.js';
 import { isImagePart } from './tokens.js';
 
@@ -308,28 +308,14 @@ async function callRouter(
   const roomyBody: ChatBody = { ...quickBody, max_tokens: ROUTER_MAX_TOKENS + ROUTER_REASONING_ROOM };
   const targets = route.tiers?.[cfg.tier] ?? [];
   try {
-    const plan = planRequest(
-      route,
-      targets,
-      {
-        stream: false,
-        tools: false,
-        json: false,
-        images: false,
-        choices: 1,
-        promptTokens,
-        requestedOutputTokens: ROUTER_MAX_TOKENS,
-        notForAnthropic: undefined,
-      },
-      {
-        strategy: route.strategy,
-        provider: undefined,
-        routing: rt.loaded.config.routing,
-        now: started,
-        random: gw.random,
-        aside: true,
-      },
-    );
+    const plan = planRequest(route, targets, textFeatures(promptTokens, ROUTER_MAX_TOKENS), {
+      strategy: route.strategy,
+      provider: undefined,
+      routing: rt.loaded.config.routing,
+      now: started,
+      random: gw.random,
+      aside: true,
+    });
     const deadline = started + cfg.timeout_ms;
     const out = await runFailover(
       plan.ranked,
