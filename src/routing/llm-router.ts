@@ -245,9 +245,12 @@ export async function askRouter(
     call = { decision, signal, waiting: 0 };
     underWay.set(key, call);
     const ours = call;
-    void decision.finally(() => {
-      if (underWay.get(key) === ours) underWay.delete(key);
-    });
+    // Its waiters see a rejection; this chain only clears the entry.
+    decision
+      .finally(() => {
+        if (underWay.get(key) === ours) underWay.delete(key);
+      })
+      .catch(() => undefined);
   }
   const waited = call;
   waited.waiting++;
@@ -276,7 +279,8 @@ async function callRouter(
   excerpt: string,
   key: string,
   features: RequestFeatures,
-  clientSignal: Abort,
+  /** Aborted when every request waiting for this call is gone. */
+  signal: Abort,
   started: number,
 ): Promise<RouterDecision> {
   const cfg = route.router!;
@@ -333,7 +337,7 @@ async function callRouter(
         const result = await attemptJson({
           upstream,
           body: { plain: body, quick: quickBody, roomy: roomyBody }[reasoningOf(upstream)],
-          clientSignal,
+          clientSignal: signal,
           deadline,
           now: gw.now,
           stream: {
