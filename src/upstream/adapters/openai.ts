@@ -45,6 +45,9 @@ export const openaiAdapter: ChatAdapter = {
 
   streamTranslator(sink: ChunkSink): StreamTranslator {
     const choices = new ChoiceEnds();
+    // Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same
+    // write) is not relayed, as a client calling it directly would stop reading there.
+    let over = false;
     return {
       // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
       // complete, so it ends like one. A close before every choice has its finish_reason is a cut stream.
@@ -53,13 +56,16 @@ export const openaiAdapter: ChatAdapter = {
       },
       saidNoFinish: () => !choices.anyFinished(),
       event(_type, data) {
+        if (over) return;
         if (data === '[DONE]' || (data.charCodeAt(0) <= 32 && data.trim() === '[DONE]')) {
+          over = true;
           sink.end();
           return;
         }
         const obj = parseJsonObject(data);
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
         if (isErrorInsteadOfAnswer(obj)) {
+          over = true;
           sink.error(inBandError(obj));
           return;
         }
