@@ -17,13 +17,26 @@ export async function embeddingsPlugin(app: FastifyInstance): Promise<void> {
   app.post('/v1/embeddings', ownReply(app, handleEmbeddings));
 }
 
-function inputTokens(input: unknown): number {
-  if (typeof input === 'string') return estimateTextTokens(input, APPROXIMATE);
-  if (!Array.isArray(input)) return 0;
-  let n = 0;
-  for (const x of input)
-    n += typeof x === 'string' ? estimateTextTokens(x, APPROXIMATE) : Array.isArray(x) ? x.length : 1;
-  return n;
+/**
+ * Tokens of all inputs (what the request costs) and of the largest (what a context window bounds: each input
+ * is embedded on its own, and a batch of 64 short documents is not one long one).
+ */
+function inputTokens(input: unknown): { total: number; largest: number } {
+  if (typeof input === 'string') {
+    const n = estimateTextTokens(input, APPROXIMATE);
+    return { total: n, largest: n };
+  }
+  if (!Array.isArray(input)) return { total: 0, largest: 0 };
+  // One input given as token ids.
+  if (input.length > 0 && typeof input[0] === 'number') return { total: input.length, largest: input.length };
+  let total = 0;
+  let largest = 0;
+  for (const x of input) {
+    const n = typeof x === 'string' ? estimateTextTokens(x, APPROXIMATE) : Array.isArray(x) ? x.length : 1;
+    total += n;
+    largest = Math.max(largest, n);
+  }
+  return { total, largest };
 }
 
 /** Embeddings go through the same engine as chat: strategy, breakers, failover; answers relayed as they are. */
@@ -39,12 +52,12 @@ async function handleEmbeddings(
   const hdrs = readRoutingHeaders(req.headers, rt);
   if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
   const strategy = hdrs.strategy ?? route.strategy;
-  const promptTokens = inputTokens(body.input);
+  const tokens = inputTokens(body.input);
   let plan: Plan | undefined;
   // A refusal (every breaker open, ...) is a routed answer: failRequest gives it the route's headers and counts.
   let refusal: unknown;
   try {
-    plan = planRequest(route, route.targets, textFeatures(promptTokens, undefined), {
+    plan = planRequest(route, route.targets, textFeatures(tokens.total, undefined, tokens.largest), {
       strategy,
       provider: hdrs.provider,
       routing: rt.loaded.config.routing,
@@ -68,7 +81,7 @@ async function handleEmbeddings(
     routerMs: 0,
     tier: undefined,
     tierReason: undefined,
-    promptTokensEstimate: promptTokens,
+    promptTokensEstimate: tokens.total,
   };
   try {
     if (plan === undefined) throw refusal;

@@ -148,9 +148,12 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           if (!STRIPPED.has(k) && named?.includes(k) !== true) out[k] = v;
         }
         out[ABORT_SIGNAL] = aborts.get(req)?.signal;
-        // The key of the passthrough provider in the config serving now (a reload may have changed it).
-        const key = app.gateway.runtime.passthrough?.config.api_key;
-        if (key) out.authorization = `Bearer ${key}`;
+        // The key of the passthrough provider in the config serving now (a reload may have changed it), then
+        // its configured headers (an organization, a proxy's own auth), as routed requests have them.
+        const provider = app.gateway.runtime.passthrough?.config;
+        if (provider?.api_key) out.authorization = `Bearer ${provider.api_key}`;
+        if (provider?.headers)
+          for (const [k, v] of Object.entries(provider.headers)) out[k.toLowerCase()] = v;
         return out as IncomingHttpHeaders;
       },
       rewriteHeaders: (headers) => {

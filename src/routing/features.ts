@@ -10,6 +10,11 @@ export interface RequestFeatures {
   /** `n`: choices asked for (Anthropic serves one only). */
   readonly choices: number;
   readonly promptTokens: number;
+  /**
+   * What a context window must hold of the prompt: all of it for a chat request; the largest input of an
+   * embeddings batch, whose inputs are embedded one by one.
+   */
+  readonly contextTokens: number;
   /** `max_completion_tokens` or `max_tokens`, when given. */
   readonly requestedOutputTokens: number | undefined;
   /**
@@ -24,13 +29,15 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
   const maxOut = body.max_completion_tokens ?? body.max_tokens;
   const format = (body.response_format as { type?: unknown } | undefined)?.type;
   const scan = scanMessages(body.messages);
+  const promptTokens = estimatePromptTokens(body, APPROXIMATE);
   return {
     stream: body.stream === true,
     tools: Array.isArray(body.tools) && body.tools.length > 0,
     json: format === 'json_object' || format === 'json_schema',
     images: scan.images,
     choices: typeof body.n === 'number' && body.n > 1 ? body.n : 1,
-    promptTokens: estimatePromptTokens(body, APPROXIMATE),
+    promptTokens,
+    contextTokens: promptTokens,
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
     notForAnthropic:
       body.functions !== undefined || body.function_call !== undefined
@@ -43,6 +50,7 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
 export function textFeatures(
   promptTokens: number,
   requestedOutputTokens: number | undefined,
+  contextTokens = promptTokens,
 ): RequestFeatures {
   return {
     stream: false,
@@ -51,6 +59,7 @@ export function textFeatures(
     images: false,
     choices: 1,
     promptTokens,
+    contextTokens,
     requestedOutputTokens,
     notForAnthropic: undefined,
   };

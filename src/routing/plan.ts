@@ -53,7 +53,7 @@ export function planRequest(
   let largestWindow = 0;
   let minOpenMs = Number.POSITIVE_INFINITY;
   let allRateLimited = true;
-  const need = features.promptTokens + (features.requestedOutputTokens ?? 0);
+  const need = features.contextTokens + (features.requestedOutputTokens ?? 0);
 
   for (const t of targets) {
     const up = t.upstream;

@@ -17,6 +17,7 @@ const f = (over: Partial<RequestFeatures> = {}): RequestFeatures => ({
   images: false,
   choices: 1,
   promptTokens: 100,
+  contextTokens: 100,
   requestedOutputTokens: undefined,
   notForAnthropic: undefined,
   ...over,

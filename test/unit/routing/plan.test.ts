@@ -12,6 +12,7 @@ const FEATURES = {
   images: false,
   choices: 1,
   promptTokens: 10,
+  contextTokens: 10,
   requestedOutputTokens: undefined,
   notForAnthropic: undefined,
 };
