@@ -127,12 +127,34 @@ describe('openai adapter', () => {
   });
 
   it('an in-band rate-limit error is a 429, any other a 500', () => {
-    const c = collect();
-    const t = openaiAdapter.streamTranslator(c.sink, ctx);
-    t.event(undefined, '{"error":{"message":"slow down","type":"rate_limit_error"}}');
-    t.event(undefined, '{"error":{"message":"slow down","code":"rate_limit_exceeded"}}');
-    t.event(undefined, '{"error":"boom"}');
-    expect(c.errors.map((e) => e.status)).toEqual([429, 429, 500]);
+    const statusOf = (event: string): number | undefined => {
+      const c = collect();
+      openaiAdapter.streamTranslator(c.sink, ctx).event(undefined, event);
+      return c.errors[0]?.status;
+    };
+    expect(
+      [
+        '{"error":{"message":"slow down","type":"rate_limit_error"}}',
+        '{"error":{"message":"slow down","code":"rate_limit_exceeded"}}',
+        '{"error":"boom"}',
+      ].map(statusOf),
+    ).toEqual([429, 429, 500]);
+  });
+
+  it('nothing after [DONE] or an error event is relayed: the stream is over there', () => {
+    const choice = (index: number, finish: string | null) =>
+      `{"choices":[{"index":${index},"delta":{"content":"x"},"finish_reason":${JSON.stringify(finish)}}]}`;
+    const done = collect();
+    const t = openaiAdapter.streamTranslator(done.sink, ctx);
+    t.event(undefined, '[DONE]');
+    t.event(undefined, choice(0, null));
+    t.event(undefined, '{"error":"late"}');
+    expect({ chunks: done.chunks.length, errors: done.errors.length }).toEqual({ chunks: 0, errors: 0 });
+    const failed = collect();
+    const u = openaiAdapter.streamTranslator(failed.sink, ctx);
+    u.event(undefined, '{"error":"boom"}');
+    u.event(undefined, choice(0, 'stop'));
+    expect({ chunks: failed.chunks.length, errors: failed.errors.length }).toEqual({ chunks: 0, errors: 1 });
   });
 
   it('reads error bodies of every usual shape', () => {
