@@ -1,4 +1,4 @@
-import { createServer, type ServerResponse } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { closeableServer } from './cleanup.js';
 
@@ -125,4 +125,43 @@ export function refusedAsGpt5(body: Json, res: ServerResponse): boolean {
     return true;
   }
   return false;
+}
+
+/** One request a mock received: its path, headers and JSON body (`{}` when it had none). */
+export interface Received {
+  readonly path: string;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: Json;
+}
+
+export type MockHandler = (req: Received, res: ServerResponse, n: number) => void | Promise<void>;
+
+/**
+ * A hand-written upstream on 127.0.0.1:0 that keeps every request it was sent (path, headers, body) and
+ * hands each to `handler` with its 0-based index; a handler that throws gets its connection destroyed.
+ */
+export async function startMock(
+  handler: MockHandler,
+): Promise<{ url: string; received: Received[]; close(): Promise<void> }> {
+  const received: Received[] = [];
+  const server = createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (d: Buffer) => parts.push(d));
+    req.on('end', () => {
+      const r: Received = {
+        path: req.url ?? '',
+        headers: req.headers,
+        body: JSON.parse(Buffer.concat(parts).toString('utf8') || '{}') as Json,
+      };
+      received.push(r);
+      void Promise.resolve(handler(r, res, received.length - 1)).catch(() => res.destroy());
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const closeable = closeableServer(server);
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    received,
+    close: async () => void (await closeable.close()),
+  };
 }

@@ -13,29 +13,17 @@ import { ChatOpenAI } from '@langchain/openai';
 import { generateText, jsonSchema, stepCountIs, streamText, tool } from 'ai';
 import OpenAI from 'openai';
 import type { ChatCompletionChunk, ChatCompletionMessageParam } from 'openai/resources/chat/completions';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
 import { postChat, startGateway } from '../helpers/gateway.js';
+import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 
 const track = closeAfterEach();
 
 type Json = Record<string, unknown>;
 
-// The clients must only ever talk to loopback (LangChain can fetch tokenizer files).
-const offLoopback: string[] = [];
-beforeAll(() => {
-  const realFetch = globalThis.fetch;
-  vi.stubGlobal('fetch', (input: string | URL | Request, init?: RequestInit) => {
-    const url = new URL(input instanceof Request ? input.url : String(input));
-    if (url.hostname !== '127.0.0.1' && url.hostname !== 'localhost') {
-      offLoopback.push(url.href);
-      return Promise.reject(new Error(`audit-anthropic: refused off-loopback fetch to ${url.href}`));
-    }
-    return realFetch(input, init);
-  });
-});
-afterAll(() => vi.unstubAllGlobals());
-afterEach(() => expect(offLoopback.splice(0)).toEqual([]));
+// These clients must only ever talk to loopback (LangChain can fetch tokenizer files).
+onlyLoopbackFetch();
 
 // ---------------------------------------------------------------------------------------------
 // Strict validation, as the Messages API does it.

@@ -5,7 +5,7 @@
  * one big write), gzip, error bodies in shapes other than OpenAI's — and Anthropic Messages mocks with
  * minimal or unusual event sequences. Expectations come from SPEC.md, README.md and the real APIs.
  */
-import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
+import { createServer, type ServerResponse } from 'node:http';
 import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { createOpenAI } from '@ai-sdk/openai';
@@ -22,9 +22,11 @@ import {
 } from 'ai';
 import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
+import { startMock, type MockHandler, type Received } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 
@@ -33,54 +35,17 @@ type Json = Record<string, unknown>;
 const UPSTREAM_KEY = 'sk-audit-upstream-SECRET-31337';
 const hi = [{ role: 'user' as const, content: 'hi' }];
 
-// These clients must only talk to loopback (LangChain may fetch tokenizer files).
-const offLoopback: string[] = [];
-beforeAll(() => {
-  const realFetch = globalThis.fetch;
-  vi.stubGlobal('fetch', (input: string | URL | Request, init?: RequestInit) => {
-    const url = new URL(input instanceof Request ? input.url : String(input));
-    if (url.hostname !== '127.0.0.1' && url.hostname !== 'localhost') {
-      offLoopback.push(url.href);
-      return Promise.reject(new Error(`audit: refused off-loopback fetch to ${url.href}`));
-    }
-    return realFetch(input, init);
-  });
-});
-afterAll(() => vi.unstubAllGlobals());
-afterEach(() => expect(offLoopback.splice(0)).toEqual([]));
+onlyLoopbackFetch();
 
 // ---------------------------------------------------------------------------------------------
 // Mocks
 
-interface Received {
-  readonly path: string;
-  readonly headers: IncomingHttpHeaders;
-  readonly body: Json;
-}
-type Handler = (req: Received, res: ServerResponse, n: number) => void | Promise<void>;
-interface Mock {
-  readonly url: string;
-  readonly received: Received[];
-}
+type Handler = MockHandler;
+type Mock = { url: string; received: Received[] };
 
+/** A mock upstream closed after the test. */
 async function mock(handler: Handler): Promise<Mock> {
-  const received: Received[] = [];
-  const server = createServer((req, res) => {
-    const parts: Buffer[] = [];
-    req.on('data', (d: Buffer) => parts.push(d));
-    req.on('end', () => {
-      const r: Received = {
-        path: req.url ?? '',
-        headers: req.headers,
-        body: JSON.parse(Buffer.concat(parts).toString('utf8') || '{}') as Json,
-      };
-      received.push(r);
-      void Promise.resolve(handler(r, res, received.length - 1)).catch(() => res.destroy());
-    });
-  });
-  track(closeableServer(server));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, received };
+  return track(await startMock(handler));
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -5,17 +5,18 @@
  * stream is relayed event for event (SPEC §2: "SSE relayed chunk by chunk"), an Anthropic stream is translated.
  * Expectations come from SPEC.md §2/§4, README.md and OpenAI's documented streaming format, not from src/.
  */
-import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 import { jsonSchema, streamText, tool } from 'ai';
 import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { request } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
+import { describe, expect, it } from 'vitest';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
+import { startMock, type MockHandler, type Received } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 
@@ -25,54 +26,17 @@ const hi = [{ role: 'user' as const, content: 'hi' }];
 const SSE_HEAD = { 'content-type': 'text/event-stream; charset=utf-8' };
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-// These clients must only talk to loopback (LangChain may try to fetch tokenizer files).
-const offLoopback: string[] = [];
-beforeAll(() => {
-  const realFetch = globalThis.fetch;
-  vi.stubGlobal('fetch', (input: string | URL | Request, init?: RequestInit) => {
-    const url = new URL(input instanceof Request ? input.url : String(input));
-    if (url.hostname !== '127.0.0.1' && url.hostname !== 'localhost') {
-      offLoopback.push(url.href);
-      return Promise.reject(new Error(`audit: refused off-loopback fetch to ${url.href}`));
-    }
-    return realFetch(input, init);
-  });
-});
-afterAll(() => vi.unstubAllGlobals());
-afterEach(() => expect(offLoopback.splice(0)).toEqual([]));
+onlyLoopbackFetch();
 
 // ---------------------------------------------------------------------------------------------
 // Mocks
 
-interface Received {
-  readonly path: string;
-  readonly headers: IncomingHttpHeaders;
-  readonly body: Json;
-}
-type Handler = (req: Received, res: ServerResponse, n: number) => void | Promise<void>;
-interface Mock {
-  readonly url: string;
-  readonly received: Received[];
-}
+type Handler = MockHandler;
+type Mock = { url: string; received: Received[] };
 
+/** A mock upstream closed after the test. */
 async function mock(handler: Handler): Promise<Mock> {
-  const received: Received[] = [];
-  const server = createServer((req, res) => {
-    const parts: Buffer[] = [];
-    req.on('data', (d: Buffer) => parts.push(d));
-    req.on('end', () => {
-      const r: Received = {
-        path: req.url ?? '',
-        headers: req.headers,
-        body: JSON.parse(Buffer.concat(parts).toString('utf8') || '{}') as Json,
-      };
-      received.push(r);
-      void Promise.resolve(handler(r, res, received.length - 1)).catch(() => res.destroy());
-    });
-  });
-  track(closeableServer(server));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, received };
+  return track(await startMock(handler));
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {

@@ -21,8 +21,9 @@ import {
   streamText,
   tool,
 } from 'ai';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
+import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { sendJson, gate } from '../helpers/mock-upstream.js';
 
@@ -31,22 +32,8 @@ const track = closeAfterEach();
 const CLIENT_KEY = 'sk-client-wide-4242';
 const UPSTREAM_KEY = 'sk-upstream-wide-SECRET-9876';
 
-// These clients must only ever talk to our loopback servers (LangChain can fetch tokenizer files to count
-// tokens): any other address fails the test instead of leaving the machine.
-const offLoopback: string[] = [];
-beforeAll(() => {
-  const realFetch = globalThis.fetch;
-  vi.stubGlobal('fetch', (input: string | URL | Request, init?: RequestInit) => {
-    const url = new URL(input instanceof Request ? input.url : String(input));
-    if (url.hostname !== '127.0.0.1' && url.hostname !== 'localhost') {
-      offLoopback.push(url.href);
-      return Promise.reject(new Error(`sdk-wide: refused off-loopback fetch to ${url.href}`));
-    }
-    return realFetch(input, init);
-  });
-});
-afterAll(() => vi.unstubAllGlobals());
-afterEach(() => expect(offLoopback.splice(0)).toEqual([]));
+// These clients must only ever talk to loopback (LangChain can fetch tokenizer files).
+onlyLoopbackFetch();
 
 // ---------------------------------------------------------------------------------------------
 // The hand-written OpenAI upstream.
