@@ -42,7 +42,9 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
     notForAnthropic:
       body.functions !== undefined || body.function_call !== undefined
         ? 'functions (legacy; use tools)'
-        : scan.notForAnthropic,
+        : asksForAudio(body)
+          ? 'audio output (modalities)'
+          : scan.notForAnthropic,
   };
 }
 
@@ -63,6 +65,15 @@ export function textFeatures(
     requestedOutputTokens,
     notForAnthropic: undefined,
   };
+}
+
+/** `modalities: [..., "audio"]` or `audio: {...}`: an answer spoken, which Claude does not give. */
+function asksForAudio(body: ChatBody): boolean {
+  const modalities = body.modalities;
+  return (
+    (Array.isArray(modalities) && modalities.includes('audio')) ||
+    (body.audio !== undefined && body.audio !== null)
+  );
 }
 
 const NO_PARTS = { images: false, notForAnthropic: undefined };

@@ -178,7 +178,10 @@ function missingParam(missing: ReadonlySet<string>): string {
   if (missing.has('json')) return 'response_format';
   if (missing.has('vision')) return 'messages';
   if (missing.has('stream')) return 'stream';
-  for (const m of missing) if (m.startsWith('functions')) return 'functions';
+  for (const m of missing) {
+    if (m.startsWith('functions')) return 'functions';
+    if (m.startsWith('audio output')) return 'modalities';
+  }
   return 'messages'; // vision, audio input, files
 }
 
