@@ -32,10 +32,21 @@ const HOP_BY_HOP = new Set([
 ]);
 /**
  * Headers of the client's that never travel upstream: the hop-by-hop ones; `expect`, which Node's server
- * has already answered (`100 Continue`, then it reads the body we stream on) and undici refuses; and the
- * client's own credentials.
+ * has already answered (`100 Continue`, then it reads the body we stream on) and undici refuses; the
+ * client's own credentials; and the OpenAI organization and project it names, which belong with the
+ * client's key, not ours (OpenAI answers a key with another organization's header with a 401). The
+ * provider's own are set in its `headers`.
  */
-const STRIPPED = new Set([...HOP_BY_HOP, 'expect', 'authorization', 'x-api-key', 'x-admin-key', 'api-key']);
+const STRIPPED = new Set([
+  ...HOP_BY_HOP,
+  'expect',
+  'authorization',
+  'x-api-key',
+  'x-admin-key',
+  'api-key',
+  'openai-organization',
+  'openai-project',
+]);
 /** Error bodies are read this far to be scrubbed; past it they are cut. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 

@@ -1850,6 +1850,16 @@ describe('audit: passthrough of other /v1/* paths', () => {
     expect(pt.seen[1]!.headers['openai-project']).toBe('proj_gw');
   });
 
+  it("a client's own OpenAI organization and project stay behind: they go with its key, not the provider's", async () => {
+    const { pt, gw } = await ptSetup({ fallback: (_s, res) => sendJson(res, 200, { data: [] }) });
+    const r = await call(gw, 'GET', '/v1/files', {
+      headers: { 'openai-organization': 'org-client', 'openai-project': 'proj_client' },
+    });
+    expect(r.status).toBe(200);
+    expect(pt.seen[0]!.headers['openai-organization']).toBeUndefined();
+    expect(pt.seen[0]!.headers['openai-project']).toBeUndefined();
+  });
+
   it('an upload that takes longer than first_byte_ms to arrive is not cut: the wait for the answer starts after it', async () => {
     const { pt, gw } = await ptSetup({ fallback: (s, res) => sendJson(res, 200, { bytes: s.body.length }) });
     // first_byte_ms is 800 here; the client sends its body over ~1.4 s (well within request_timeout_ms).
