@@ -36,7 +36,10 @@ function ruleMatches(
   if (c.tools !== undefined && c.tools !== f.tools) return false;
   if (c.images !== undefined && c.images !== f.images) return false;
   if (c.header !== undefined) {
-    const [name, value] = c.header.split('=', 2) as [string, string | undefined];
+    // `name=value`: the value is all after the first `=` (a base64 token or `k=v` holds more of them).
+    const eq = c.header.indexOf('=');
+    const name = eq < 0 ? c.header : c.header.slice(0, eq);
+    const value = eq < 0 ? undefined : c.header.slice(eq + 1);
     const got = headers[name.trim().toLowerCase()];
     if (got === undefined || (value !== undefined && got !== value.trim())) return false;
   }
