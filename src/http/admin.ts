@@ -56,7 +56,7 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
     const rt = gw.runtime;
     const body = validateChatBody(req.body);
     const d = await decideChat(gw, rt, body, req.headers, undefined);
-    if (d.refusal) throw d.refusal;
+    if (d.plan.refusal) throw d.plan.refusal;
     const { route, strategy, features, tier, plan } = d;
     return {
       route: route.name,

@@ -108,8 +108,7 @@ async function handleChat(
   const clientSignal = clientGoneSignal(reply);
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
-  const { route, features, strategy, tier, plan, refusal } =
-    pending instanceof Promise ? await pending : pending;
+  const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
   const chosen = plan.ranked[0];
   if (chosen) gw.decisionChildren.get(route.name, strategy, chosen.candidate.upstream.provider.name).inc();
 
@@ -153,7 +152,7 @@ async function handleChat(
     promptTokensEstimate: features.promptTokens,
   };
   try {
-    if (refusal) throw refusal;
+    if (plan.refusal) throw plan.refusal; // answered as routed: headers, and counted under its route
     let writer: SseWriter | undefined;
     if (features.stream) {
       writer = new SseWriter(reply.raw, clientSignal, () => reply.hijack());

@@ -3,7 +3,7 @@ import type { Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import { checkTierHeader, readRoutingHeaders, resolveRoute } from '../routing/decide.js';
 import { textFeatures } from '../routing/features.js';
-import { planRequest, type Plan } from '../routing/plan.js';
+import { planRequest } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
@@ -53,21 +53,15 @@ async function handleEmbeddings(
   if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
   const strategy = hdrs.strategy ?? route.strategy;
   const tokens = inputTokens(body.input);
-  let plan: Plan | undefined;
-  // A refusal (every breaker open, ...) is a routed answer: failRequest gives it the route's headers and counts.
-  let refusal: unknown;
-  try {
-    plan = planRequest(route, route.targets, textFeatures(tokens.total, undefined, tokens.largest), {
-      strategy,
-      provider: hdrs.provider,
-      routing: rt.loaded.config.routing,
-      now: gw.now(),
-      random: gw.random,
-    });
-    gw.decisionChildren.get(route.name, strategy, plan.ranked[0]!.candidate.upstream.provider.name).inc();
-  } catch (err) {
-    refusal = err;
-  }
+  const plan = planRequest(route, route.targets, textFeatures(tokens.total, undefined, tokens.largest), {
+    strategy,
+    provider: hdrs.provider,
+    routing: rt.loaded.config.routing,
+    now: gw.now(),
+    random: gw.random,
+  });
+  const chosen = plan.ranked[0];
+  if (chosen) gw.decisionChildren.get(route.name, strategy, chosen.candidate.upstream.provider.name).inc();
   const opts = failoverOptions(gw, rt, route.name, startedAt);
   const clientSignal = clientGoneSignal(reply);
   let lastAttempts: readonly AttemptRecord[] = [];
@@ -77,14 +71,14 @@ async function handleEmbeddings(
     strategy,
     stream: false,
     startedAt,
-    ranked: plan?.ranked ?? [],
+    ranked: plan.ranked,
     routerMs: 0,
     tier: undefined,
     tierReason: undefined,
     promptTokensEstimate: tokens.total,
   };
   try {
-    if (plan === undefined) throw refusal;
+    if (plan.refusal) throw plan.refusal; // answered as routed: headers, and counted under its route
     const out = await runFailover(
       plan.ranked,
       opts,

@@ -131,11 +131,9 @@ const TYPE_CHECKS = {
 
 function optionalType(body: Record<string, unknown>, key: string, type: keyof typeof TYPE_CHECKS): void {
   const v = body[key];
-  if (v !== undefined && v !== null && !TYPE_CHECKS[type](v)) throw bad(key, `expected ${a(type)}`);
-}
-
-function a(type: string): string {
-  return type === 'integer' ? 'an integer' : `a ${type}`;
+  if (v !== undefined && v !== null && !TYPE_CHECKS[type](v)) {
+    throw bad(key, `expected ${type === 'integer' ? 'an integer' : `a ${type}`}`);
+  }
 }
 
 /** Token ids to biases from -100 to 100. */

@@ -1,6 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { StrategyName } from '../config/schema.js';
-import { isGatewayError, type GatewayError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
@@ -16,12 +15,8 @@ export interface ChatDecision {
   readonly features: RequestFeatures;
   readonly strategy: StrategyName;
   readonly tier: TierSelection;
+  /** Its `refusal` says why no upstream can take the request: a routed answer all the same. */
   readonly plan: Plan;
-  /**
-   * Why no upstream can take it (every breaker open, no context window large enough, ...): the route is
-   * resolved, so the refusal is a routed answer, with its headers and counted under its route.
-   */
-  readonly refusal?: GatewayError;
 }
 
 /**
@@ -58,19 +53,14 @@ function finish(
   tier: TierSelection,
   signal: Abort | undefined,
 ): ChatDecision {
-  try {
-    const plan = planRequest(route, tier.targets, features, {
-      strategy,
-      provider: hdrs.provider,
-      routing: rt.loaded.config.routing,
-      now: gw.now(),
-      random: gw.random,
-      peek: signal === undefined,
-      exclude: tier.excluded,
-    });
-    return { route, hdrs, features, strategy, tier, plan };
-  } catch (err) {
-    if (!isGatewayError(err)) throw err;
-    return { route, hdrs, features, strategy, tier, plan: { ranked: [], strategy }, refusal: err };
-  }
+  const plan = planRequest(route, tier.targets, features, {
+    strategy,
+    provider: hdrs.provider,
+    routing: rt.loaded.config.routing,
+    now: gw.now(),
+    random: gw.random,
+    peek: signal === undefined,
+    exclude: tier.excluded,
+  });
+  return { route, hdrs, features, strategy, tier, plan };
 }

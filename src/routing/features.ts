@@ -1,4 +1,5 @@
 import type { ChatBody } from '../upstream/adapter.js';
+import { CLAUDE_IMAGE_TYPES, claudeReadsFile, parseDataUrl } from '../upstream/adapters/anthropic-request.js';
 import { APPROXIMATE, estimatePromptTokens, isImagePart } from './tokens.js';
 
 /** What a request needs from an upstream, computed once per request. */
@@ -18,12 +19,23 @@ export interface RequestFeatures {
   /** `max_completion_tokens` or `max_tokens`, when given. */
   readonly requestedOutputTokens: number | undefined;
   /**
-   * What of the request Anthropic's API has no place for (legacy `functions`, audio input, a file by id or of
-   * a type it does not read), said as the 400 says it; undefined for most requests. Anthropic upstreams are
-   * left out, rather than sent a request with that part silently dropped.
+   * What of the request Anthropic's API has no place for (legacy `functions`, audio, a file by id or of a type
+   * it does not read); undefined for most requests. Anthropic upstreams are left out, rather than sent a
+   * request with that part silently dropped.
    */
-  readonly notForAnthropic: string | undefined;
+  readonly notForAnthropic: NotForAnthropic | undefined;
 }
+
+/** A part of a request Anthropic has no place for: said as the 400 says it, and the field it is in. */
+export interface NotForAnthropic {
+  readonly what: string;
+  readonly param: string;
+}
+
+const LEGACY_FUNCTIONS: NotForAnthropic = { what: 'functions (legacy; use tools)', param: 'functions' };
+const AUDIO_OUTPUT: NotForAnthropic = { what: 'audio output (modalities)', param: 'modalities' };
+const INPUT_AUDIO: NotForAnthropic = { what: 'input_audio', param: 'messages' };
+const FILE_BY_ID: NotForAnthropic = { what: 'file_id (a file by id)', param: 'messages' };
 
 export function chatFeatures(body: ChatBody): RequestFeatures {
   const maxOut = body.max_completion_tokens ?? body.max_tokens;
@@ -41,9 +53,9 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
     notForAnthropic:
       body.functions !== undefined || body.function_call !== undefined
-        ? 'functions (legacy; use tools)'
+        ? LEGACY_FUNCTIONS
         : asksForAudio(body)
-          ? 'audio output (modalities)'
+          ? AUDIO_OUTPUT
           : scan.notForAnthropic,
   };
 }
@@ -81,14 +93,14 @@ const NO_PARTS = { images: false, notForAnthropic: undefined };
 /** Image parts, and the first part (or message) Anthropic has no place for: one walk over the parts. */
 function scanMessages(messages: readonly unknown[]): {
   images: boolean;
-  notForAnthropic: string | undefined;
+  notForAnthropic: NotForAnthropic | undefined;
 } {
   let images = false;
-  let notForAnthropic: string | undefined;
+  let notForAnthropic: NotForAnthropic | undefined;
   for (const m of messages) {
     if (typeof m !== 'object' || m === null) continue;
     const { role, content } = m as { role?: unknown; content?: unknown };
-    if (role === 'function') notForAnthropic ??= 'functions (legacy; use tools)';
+    if (role === 'function') notForAnthropic ??= LEGACY_FUNCTIONS;
     if (!Array.isArray(content)) continue;
     for (const part of content) {
       if (isImagePart(part)) {
@@ -100,31 +112,31 @@ function scanMessages(messages: readonly unknown[]): {
   return images || notForAnthropic !== undefined ? { images, notForAnthropic } : NO_PARTS;
 }
 
-/** File types Anthropic reads (PDF and plain text as documents, images as images). */
-const ANTHROPIC_FILE = /^(?:application\/pdf|text\/plain|image\/(?:jpeg|jpg|png|gif|webp))$/i;
-
-const ANTHROPIC_IMAGE = /^(?:image\/(?:jpeg|jpg|png|gif|webp))$/i;
-
 /** An inline image of a type Anthropic does not read (SVG, TIFF...); URLs are the upstream's to judge. */
-function imageNotForAnthropic(part: unknown): string | undefined {
+function imageNotForAnthropic(part: unknown): NotForAnthropic | undefined {
   const image = (part as { image_url?: unknown }).image_url;
   const url = typeof image === 'string' ? image : (image as { url?: unknown } | null | undefined)?.url;
   if (typeof url !== 'string' || !url.startsWith('data:')) return undefined;
-  const mediaType = /^data:([^;,]*)/.exec(url)?.[1]?.trim() ?? '';
-  return ANTHROPIC_IMAGE.test(mediaType)
-    ? undefined
-    : `an image of type ${mediaType.slice(0, 64) || 'unknown'}`;
+  const type = parseDataUrl(url)?.mediaType;
+  if (type !== undefined && CLAUDE_IMAGE_TYPES.has(type)) return undefined;
+  return { what: `an image of type ${mediaTypeOf(url)}`, param: 'messages' };
 }
 
-function partNotForAnthropic(part: unknown): string | undefined {
+function partNotForAnthropic(part: unknown): NotForAnthropic | undefined {
   if (typeof part !== 'object' || part === null) return undefined;
   const { type, file } = part as { type?: unknown; file?: unknown };
-  if (type === 'input_audio') return 'input_audio';
+  if (type === 'input_audio') return INPUT_AUDIO;
   if (type !== 'file') return undefined;
   const data = (file as { file_data?: unknown } | null | undefined)?.file_data;
-  if (typeof data !== 'string') return 'file_id (a file by id)';
-  const mediaType = /^data:([^;,]*)/.exec(data)?.[1]?.trim() ?? '';
-  return ANTHROPIC_FILE.test(mediaType) ? undefined : `a file of type ${mediaType.slice(0, 64) || 'unknown'}`;
+  if (typeof data !== 'string') return FILE_BY_ID;
+  return claudeReadsFile(data)
+    ? undefined
+    : { what: `a file of type ${mediaTypeOf(data)}`, param: 'messages' };
+}
+
+/** A data URL's media type as a 400 may quote it. */
+function mediaTypeOf(url: string): string {
+  return /^data:([^;,]*)/.exec(url)?.[1]?.trim().slice(0, 64) || 'unknown';
 }
 
 /** The text of the last user message (for tier rules and the LLM router's excerpt). */

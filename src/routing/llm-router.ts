@@ -309,7 +309,11 @@ async function callRouter(
   // it (a server that refuses `minimal` has it fitted, upstream/param-fit.ts); others get no field they may
   // not know.
   const quickBody: ChatBody = { ...body, reasoning_effort: 'minimal' };
-  const roomyBody: ChatBody = { ...quickBody, max_tokens: ROUTER_MAX_TOKENS + ROUTER_REASONING_ROOM };
+  const bodies: Record<ReturnType<typeof reasoningOf>, ChatBody> = {
+    plain: body,
+    quick: quickBody,
+    roomy: { ...quickBody, max_tokens: ROUTER_MAX_TOKENS + ROUTER_REASONING_ROOM },
+  };
   const targets = route.tiers?.[cfg.tier] ?? [];
   try {
     const plan = planRequest(route, targets, textFeatures(promptTokens, ROUTER_MAX_TOKENS), {
@@ -320,6 +324,7 @@ async function callRouter(
       random: gw.random,
       aside: true,
     });
+    if (plan.refusal) throw plan.refusal; // no router upstream can take it: default_tier
     const deadline = started + cfg.timeout_ms;
     const out = await runFailover(
       plan.ranked,
@@ -336,7 +341,7 @@ async function callRouter(
         const upstream = target.candidate.upstream;
         const result = await attemptJson({
           upstream,
-          body: { plain: body, quick: quickBody, roomy: roomyBody }[reasoningOf(upstream)],
+          body: bodies[reasoningOf(upstream)],
           clientSignal: signal,
           deadline,
           now: gw.now,

@@ -2,7 +2,7 @@ import type { Capability, RoutingConfig, StrategyName } from '../config/schema.j
 import { GatewayError } from '../errors.js';
 import { attempted, describeAttempts, type AttemptRecord } from '../resilience/failover.js';
 import type { RouteRuntime, RouteTarget } from '../runtime.js';
-import type { RequestFeatures } from './features.js';
+import type { NotForAnthropic, RequestFeatures } from './features.js';
 import { getStrategy } from './strategies/index.js';
 import type { RankedCandidate, StrategyContext } from './types.js';
 
@@ -28,6 +28,12 @@ export interface PlanOptions {
 export interface Plan {
   readonly ranked: RankedCandidate<RouteTarget>[];
   readonly strategy: StrategyName;
+  /**
+   * Why no target can take the request (a missing capability, the context window, every breaker open), when
+   * `ranked` is empty. Returned, not thrown: the route is resolved, so the caller answers it as a routed
+   * request (its x-router-* headers, counted under its route).
+   */
+  readonly refusal?: GatewayError;
 }
 
 /** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
@@ -38,7 +44,7 @@ type Exclusion = 'provider' | 'capability' | 'context' | 'breaker' | 'failed';
 
 /**
  * Filters a route's targets down to those that can serve this request, then ranks them with the strategy.
- * When none is left, the error says why (capability, context window, open breakers), not just "failed".
+ * When none is left, the plan's refusal says why (capability, context window, open breakers), not just "failed".
  */
 export function planRequest(
   route: RouteRuntime,
@@ -74,8 +80,8 @@ export function planRequest(
     else if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
   }
 
-  if (eligible.length === 0)
-    throw noCandidate(route, firstExclusion, {
+  if (eligible.length === 0) {
+    const refusal = noCandidate(route, firstExclusion, {
       missing: missing ?? new Set(),
       largestWindow,
       need,
@@ -83,7 +89,10 @@ export function planRequest(
       allRateLimited,
       provider: opts.provider,
       failed: opts.exclude,
+      notForAnthropic: features.notForAnthropic,
     });
+    return { ranked: [], strategy: opts.strategy, refusal };
+  }
 
   const ctx: StrategyContext = {
     promptTokens: features.promptTokens,
@@ -165,24 +174,22 @@ function capable(
     ok = false;
   }
   if (f.notForAnthropic !== undefined && kind === 'anthropic') {
-    missing?.add(f.notForAnthropic);
+    missing?.add(f.notForAnthropic.what);
     ok = false;
   }
   return ok;
 }
 
 /** The request field a missing capability is about (the first that applies). */
-function missingParam(missing: ReadonlySet<string>): string {
+function missingParam(missing: ReadonlySet<string>, notForAnthropic: NotForAnthropic | undefined): string {
   if (missing.has('tools')) return 'tools';
   if (missing.has('n > 1')) return 'n';
   if (missing.has('json')) return 'response_format';
   if (missing.has('vision')) return 'messages';
   if (missing.has('stream')) return 'stream';
-  for (const m of missing) {
-    if (m.startsWith('functions')) return 'functions';
-    if (m.startsWith('audio output')) return 'modalities';
-  }
-  return 'messages'; // vision, audio input, files
+  return notForAnthropic !== undefined && missing.has(notForAnthropic.what)
+    ? notForAnthropic.param
+    : 'messages';
 }
 
 function noCandidate(
@@ -196,6 +203,7 @@ function noCandidate(
     allRateLimited: boolean;
     provider: string | undefined;
     failed: readonly AttemptRecord[] | undefined;
+    notForAnthropic: NotForAnthropic | undefined;
   },
 ): GatewayError {
   const name = `\`${route.name}\``;
@@ -229,7 +237,7 @@ function noCandidate(
       return new GatewayError(
         'invalid_request',
         `no upstream of route ${name} supports ${[...d.missing].join(', ')}`,
-        { param: missingParam(d.missing) },
+        { param: missingParam(d.missing, d.notForAnthropic) },
       );
     case 'provider':
       return new GatewayError(

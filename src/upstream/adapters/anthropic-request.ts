@@ -475,13 +475,21 @@ function userBlocks(content: unknown): Block[] {
   return out;
 }
 
-interface DataUrl {
+export interface DataUrl {
   mediaType: string;
   data: string;
 }
 
+/** The image types the Messages API reads (base64 or by URL). */
+export const CLAUDE_IMAGE_TYPES: ReadonlySet<string> = new Set([
+  'image/jpeg',
+  'image/png',
+  'image/gif',
+  'image/webp',
+]);
+
 /** `data:<media type>[;params];base64,<data>`; other data URLs are not something Anthropic takes. */
-function parseDataUrl(url: string): DataUrl | undefined {
+export function parseDataUrl(url: string): DataUrl | undefined {
   const comma = url.indexOf(',');
   if (!url.startsWith('data:') || comma < 0) return undefined;
   const meta = url.slice(5, comma);
@@ -518,8 +526,18 @@ function fileBlock(file: JsonObject): Block | undefined {
     const data = Buffer.from(parsed.data, 'base64').toString('utf8');
     return { type: 'document', source: { type: 'text', media_type: 'text/plain', data } };
   }
-  if (parsed.mediaType.startsWith('image/')) return { type: 'image', source };
+  if (CLAUDE_IMAGE_TYPES.has(parsed.mediaType)) return { type: 'image', source };
   return undefined;
+}
+
+/** A file part's data URL Claude reads: a PDF or plain-text document, or an image (fileBlock's cases). */
+export function claudeReadsFile(dataUrl: string): boolean {
+  const type = parseDataUrl(dataUrl)?.mediaType;
+  return (
+    type === 'application/pdf' ||
+    type === 'text/plain' ||
+    (type !== undefined && CLAUDE_IMAGE_TYPES.has(type))
+  );
 }
 
 function toolId(id: unknown): string | undefined {
