@@ -76,6 +76,7 @@ const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
   ['stream_error_event', classified('error', true, 'stream_error_event')],
   ['sse_event_too_large', classified('error', true, 'sse_event_too_large')],
   ['preamble_too_large', classified('error', true, 'preamble_too_large')],
+  ['invalid_upstream_json', classified('error', true, 'invalid_upstream_json')],
 ]);
 
 // An abort we did not label ourselves comes from the request's AbortSignal.timeout (client aborts are

@@ -1,6 +1,7 @@
 import type { Classified } from '../resilience/classify.js';
 import { classifyError, classifyStatus, codedError, retryAfterFromHeaders } from '../resilience/classify.js';
 import type { Upstream } from '../runtime.js';
+import { chunksOfCompletion, CompletionBuilder } from '../streaming/completion-chunks.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
 import type {
@@ -162,6 +163,54 @@ const ERROR_ANSWER_RATE_LIMITED: Classified = {
   reason: 'error_in_answer',
 };
 
+/** An event stream's start: a field name and its colon, or a comment, after any byte order mark and blank lines. */
+const EVENT_STREAM_START = /^\uFEFF?[\r\n\t ]*(?:data|event|id|retry)?:/;
+
+/**
+ * A non-streaming chat request answered with an event stream (a server or proxy that always streams): its
+ * chunks merged into the answer a non-streaming call gets. A stream cut before its end, or with no choice
+ * finished, is no answer (undefined: it fails over as before); an error event in it is the answer's error.
+ */
+function answerOfEventStream(text: string, input: AttemptInput): AnswerText | undefined {
+  if (!EVENT_STREAM_START.test(text)) return undefined;
+  const built = new CompletionBuilder();
+  let ended = false;
+  let error: UpstreamErrorInfo | undefined;
+  let usage: Usage | undefined;
+  const sink: ChunkSink = {
+    chunk(json) {
+      const chunk = parseJsonObject(json);
+      if (chunk) built.add(chunk);
+    },
+    usage(u) {
+      usage = u;
+    },
+    error(e) {
+      error = e;
+    },
+    end() {
+      ended = true;
+    },
+  };
+  const translator = input.upstream.provider.adapter.streamTranslator(sink, {
+    ...input.stream,
+    includeUsage: true,
+  });
+  const parser = createSseParser((type, data) => {
+    if (!ended && !error) translator.event(type, data);
+  });
+  try {
+    parser.feed(text);
+    parser.end();
+  } catch {
+    return undefined; // an event past the parser's bound
+  }
+  if (!ended && !error) translator.close?.();
+  if (error) return { error };
+  if (!ended || !built.finished()) return undefined;
+  return { body: JSON.stringify(built.completion()), usage };
+}
+
 /**
  * One non-streaming POST: sends, reads the bounded body under the idle bound and hands the text to
  * `finish` for the answer (undefined: not a JSON object, which fails over). Every failure comes back
@@ -196,7 +245,7 @@ async function attemptJsonCall(
         : failed;
     }
     const totalMs = input.now() - t0;
-    const out = finish(res.text);
+    const out = finish(res.text) ?? (chat && answerOfEventStream(res.text, chat.input));
     if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     if (out.error) {
       const limited = out.error.status === 429;
@@ -312,6 +361,46 @@ function attemptJsonBody(
   );
 }
 
+/** Whether a body starts as a JSON object or an event stream; undefined while only blanks have come. */
+function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
+  let i = chunk.length >= 3 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf ? 3 : 0;
+  while (
+    i < chunk.length &&
+    (chunk[i] === 0x20 || chunk[i] === 0x0a || chunk[i] === 0x0d || chunk[i] === 0x09)
+  )
+    i++;
+  if (i === chunk.length) return undefined;
+  return chunk[i] === 0x7b ? 'json' : 'sse';
+}
+
+/**
+ * A streaming request answered with one JSON answer (a server or proxy that ignores `stream`): the answer,
+ * read as a non-streaming one would be, given to `sink` as the chunks of a stream and ended. Returns whether
+ * some choice said why it stopped; undefined when the body is no answer (it fails over as malformed). An
+ * error object instead of an answer goes to `sink.error`.
+ */
+function answerAsChunks(text: string, input: AttemptInput, sink: ChunkSink): boolean | undefined {
+  const { adapter } = input.upstream.provider;
+  const json = parseJsonObject(text);
+  if (!json) return undefined;
+  const answer = adapter.chatResponseText
+    ? adapter.chatResponseText(text)
+    : adapter.chatResponse(json, input.stream);
+  if (!answer) return undefined;
+  if (answer.error) {
+    sink.error(answer.error);
+    return false;
+  }
+  // The OpenAI dialect's answer is the text as it came; a translated one is a new object.
+  const completion = typeof answer.body === 'string' ? json : (answer.body as Record<string, unknown>);
+  if (!Array.isArray(completion.choices)) return undefined;
+  if (answer.usage) sink.usage(answer.usage);
+  const { chunks, finished } = chunksOfCompletion(completion, input.stream.includeUsage);
+  for (const chunk of chunks) sink.chunk(chunk.json, chunk.content);
+  sink.end();
+  return finished;
+}
+
 /**
  * One streaming chat attempt. Preamble frames are held back until the first content delta; only then are
  * status and headers sent (`headers()` is asked at that moment, so it carries this attempt's trail).
@@ -403,13 +492,30 @@ async function attemptStreamBody(
     };
     const translator = adapter.streamTranslator(sink, input.stream);
     const parser = createSseParser((type, data) => translator.event(type, data));
+    /** Undecided until the body's first byte: an upstream that ignored `stream` answers one JSON object. */
+    let form: 'sse' | 'json' | undefined;
+    let whole: Buffer[] | undefined;
+    let wholeBytes = 0;
 
+    /** A JSON answer given as chunks: some choice said why it stopped. */
+    let finishedJson: boolean | undefined;
     let readError: unknown;
     try {
       await relayChunks(
         res.body,
         (chunk) => {
           sig.progress();
+          if (form === undefined) {
+            form = bodyForm(chunk);
+            if (form === 'json') whole = [];
+          }
+          if (whole) {
+            wholeBytes += chunk.length;
+            if (wholeBytes > (input.maxBodyBytes ?? MAX_JSON_BODY_BYTES))
+              throw codedError('body_too_large', 'upstream body larger than its bound');
+            whole.push(chunk);
+            return undefined;
+          }
           parser.feed(chunk);
           if (out !== '') {
             writer.write(out);
@@ -427,7 +533,11 @@ async function attemptStreamBody(
         },
         DRAIN_AFTER_END_MS,
       );
-      if (!ended && !streamError) {
+      if (whole) {
+        const answer = answerAsChunks(Buffer.concat(whole).toString('utf8'), input, sink);
+        if (answer === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
+        else finishedJson = answer;
+      } else if (!ended && !streamError) {
         parser.end();
         translator.close?.();
       }
@@ -438,7 +548,10 @@ async function attemptStreamBody(
     const totalMs = input.now() - t0;
 
     // `[DONE]` before any content or finish_reason: no answer, failed over as a close before content (SPEC §2).
-    const noAnswer = ended && !committed && translator.saidNoFinish?.() === true;
+    const noAnswer =
+      ended &&
+      !committed &&
+      (finishedJson === undefined ? translator.saidNoFinish?.() === true : !finishedJson);
     if (ended && !streamError && !noAnswer) {
       if (!committed) {
         // A legitimately empty answer: commit now with whatever preamble there was.

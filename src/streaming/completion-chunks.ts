@@ -1,0 +1,203 @@
+/**
+ * A whole `chat.completion` as the chunks of a stream, and a stream's chunks as one `chat.completion`: for
+ * an upstream that answers in the other form than it was asked (a server or proxy that ignores `stream`, or
+ * one that always streams). Relayed as it came, the client's SDK would fail on it; failed over, a working
+ * upstream would be counted as broken. Both are rare paths: nothing here runs for an upstream that answers
+ * in the form it was asked.
+ */
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** Top-level fields a chunk carries over from its completion. */
+const CARRIED = ['id', 'created', 'model', 'system_fingerprint', 'service_tier'] as const;
+
+export interface CompletionChunks {
+  /** Chunk JSON texts in order: deltas, then finish reasons, then (when asked for) the usage. */
+  readonly chunks: { readonly json: string; readonly content: boolean }[];
+  /** Some choice said why it stopped (an answer with no content is then an empty answer, not none). */
+  readonly finished: boolean;
+}
+
+/**
+ * The stream a client would have got for `completion`: one chunk with every choice's message as its delta
+ * (tool calls numbered), one with the finish reasons, and a usage chunk when the client asked for one.
+ */
+export function chunksOfCompletion(completion: Json, includeUsage: boolean): CompletionChunks {
+  const head: Json = { object: 'chat.completion.chunk' };
+  for (const key of CARRIED) if (completion[key] !== undefined) head[key] = completion[key];
+  const choices = Array.isArray(completion.choices) ? completion.choices.filter(isObject) : [];
+  const deltas: Json[] = [];
+  const ends: Json[] = [];
+  let content = false;
+  let finished = false;
+  for (const [i, choice] of choices.entries()) {
+    const index = typeof choice.index === 'number' ? choice.index : i;
+    const message = isObject(choice.message) ? choice.message : {};
+    const delta: Json = { ...message };
+    if (Array.isArray(message.tool_calls)) {
+      delta.tool_calls = message.tool_calls.map((call: unknown, k) =>
+        isObject(call) ? { index: k, ...call } : call,
+      );
+    }
+    content ||= carriesContent(delta);
+    deltas.push({ index, delta, logprobs: choice.logprobs ?? null, finish_reason: null });
+    const reason = typeof choice.finish_reason === 'string' ? choice.finish_reason : null;
+    finished ||= reason !== null;
+    ends.push({ index, delta: {}, finish_reason: reason });
+  }
+  const chunks = [
+    { json: JSON.stringify({ ...head, choices: deltas }), content },
+    { json: JSON.stringify({ ...head, choices: ends }), content: false },
+  ];
+  if (includeUsage && isObject(completion.usage))
+    chunks.push({ json: JSON.stringify({ ...head, choices: [], usage: completion.usage }), content: false });
+  return { chunks, finished };
+}
+
+function carriesContent(delta: Json): boolean {
+  for (const key of ['content', 'refusal', 'reasoning_content', 'reasoning'])
+    if (typeof delta[key] === 'string' && delta[key] !== '') return true;
+  if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) return true;
+  return delta.function_call != null || delta.audio != null;
+}
+
+/** One choice as it is built from its deltas. */
+interface BuiltChoice {
+  readonly index: number;
+  readonly message: Json;
+  /** Tool calls by their `index` in the deltas. */
+  readonly toolCalls: Map<
+    number,
+    { id?: unknown; type?: unknown; function: { name: string; arguments: string } }
+  >;
+  logprobs: Json | null;
+  finish_reason: string | null;
+}
+
+/** Delta fields that arrive in pieces: appended. Every other field replaces what came before. */
+const APPENDED = new Set(['content', 'refusal', 'reasoning_content', 'reasoning']);
+/** Bounds the choices and tool calls one answer may build (OpenAI's `n` is at most 128). */
+const MAX_PARTS = 1024;
+
+/**
+ * Merges a stream's chunks into the `chat.completion` a non-streaming call would have answered, as the
+ * OpenAI SDK's stream helper does: text fields appended, tool calls gathered by their `index` (arguments
+ * appended), other fields replaced, logprobs lists appended, the last usage seen kept.
+ */
+export class CompletionBuilder {
+  private readonly head: Json = {};
+  private readonly choices = new Map<number, BuiltChoice>();
+  private usage: unknown;
+
+  add(chunk: Json): void {
+    for (const key of CARRIED)
+      if (this.head[key] === undefined && chunk[key] !== undefined && chunk[key] !== '')
+        this.head[key] = chunk[key];
+    if (isObject(chunk.usage)) this.usage = chunk.usage;
+    if (!Array.isArray(chunk.choices)) return;
+    for (const raw of chunk.choices) {
+      if (!isObject(raw)) continue;
+      const choice = this.choice(typeof raw.index === 'number' ? raw.index : 0);
+      if (!choice) continue;
+      if (isObject(raw.delta)) mergeDelta(choice, raw.delta);
+      if (isObject(raw.logprobs)) choice.logprobs = mergeLogprobs(choice.logprobs, raw.logprobs);
+      if (typeof raw.finish_reason === 'string' && raw.finish_reason !== '')
+        choice.finish_reason = raw.finish_reason;
+    }
+  }
+
+  /** Some choice said why it stopped. */
+  finished(): boolean {
+    for (const choice of this.choices.values()) if (choice.finish_reason !== null) return true;
+    return false;
+  }
+
+  completion(): Json {
+    const choices = [...this.choices.values()]
+      .sort((a, b) => a.index - b.index)
+      .map(({ index, message, toolCalls, logprobs, finish_reason }) => {
+        const calls = [...toolCalls.entries()].sort((a, b) => a[0] - b[0]).map(([, call]) => call);
+        return {
+          index,
+          message: calls.length > 0 ? { ...message, tool_calls: calls } : message,
+          logprobs,
+          finish_reason,
+        };
+      });
+    const out: Json = { ...this.head, object: 'chat.completion', choices };
+    if (this.usage !== undefined) out.usage = this.usage;
+    return out;
+  }
+
+  private choice(index: number): BuiltChoice | undefined {
+    let choice = this.choices.get(index);
+    if (!choice && this.choices.size < MAX_PARTS) {
+      choice = {
+        index,
+        message: { role: 'assistant', content: null },
+        toolCalls: new Map(),
+        logprobs: null,
+        finish_reason: null,
+      };
+      this.choices.set(index, choice);
+    }
+    return choice;
+  }
+}
+
+function mergeDelta(choice: BuiltChoice, delta: Json): void {
+  const { message } = choice;
+  for (const [key, value] of Object.entries(delta)) {
+    if (value === null || value === undefined) continue;
+    if (key === 'tool_calls') {
+      if (Array.isArray(value)) for (const part of value) if (isObject(part)) mergeToolCall(choice, part);
+    } else if (key === 'function_call' || key === 'audio') {
+      if (isObject(value)) message[key] = mergeFragments(message[key], value);
+    } else if (APPENDED.has(key) && typeof value === 'string') {
+      const had = message[key];
+      message[key] = (typeof had === 'string' ? had : '') + value;
+    } else message[key] = value;
+  }
+}
+
+function mergeToolCall(choice: BuiltChoice, part: Json): void {
+  const at = typeof part.index === 'number' ? part.index : choice.toolCalls.size;
+  let call = choice.toolCalls.get(at);
+  if (!call) {
+    if (choice.toolCalls.size >= MAX_PARTS) return;
+    call = { function: { name: '', arguments: '' } };
+    choice.toolCalls.set(at, call);
+  }
+  if (part.id != null) call.id = part.id;
+  if (part.type != null) call.type = part.type;
+  const fn = isObject(part.function) ? part.function : {};
+  if (typeof fn.name === 'string' && fn.name !== '') call.function.name = fn.name;
+  if (typeof fn.arguments === 'string') call.function.arguments += fn.arguments;
+}
+
+/** A legacy `function_call` or an `audio` part: its `arguments`, `data` and `transcript` come in pieces. */
+function mergeFragments(had: unknown, part: Json): Json {
+  const out: Json = isObject(had) ? { ...had } : {};
+  for (const [key, value] of Object.entries(part)) {
+    if (value === null || value === undefined) continue;
+    const piece = key === 'arguments' || key === 'data' || key === 'transcript';
+    out[key] = piece && typeof value === 'string' && typeof out[key] === 'string' ? out[key] + value : value;
+  }
+  return out;
+}
+
+function mergeLogprobs(had: Json | null, part: Json): Json {
+  const out: Json = had ?? {};
+  for (const [key, value] of Object.entries(part)) {
+    const list = out[key];
+    if (Array.isArray(value)) {
+      if (Array.isArray(list)) for (const item of value as unknown[]) list.push(item);
+      else out[key] = [...(value as unknown[])];
+    } else if (value !== null && list === undefined) out[key] = value;
+  }
+  return out;
+}

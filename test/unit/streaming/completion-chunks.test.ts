@@ -1,0 +1,147 @@
+import { describe, expect, it } from 'vitest';
+import { chunksOfCompletion, CompletionBuilder } from '../../../src/streaming/completion-chunks.js';
+
+type Json = Record<string, unknown>;
+
+const completion: Json = {
+  id: 'chatcmpl-9',
+  object: 'chat.completion',
+  created: 7,
+  model: 'm',
+  system_fingerprint: 'fp',
+  choices: [
+    {
+      index: 0,
+      message: {
+        role: 'assistant',
+        content: null,
+        tool_calls: [
+          { id: 'call_a', type: 'function', function: { name: 'f', arguments: '{"x":1}' } },
+          { id: 'call_b', type: 'function', function: { name: 'g', arguments: '{}' } },
+        ],
+      },
+      logprobs: null,
+      finish_reason: 'tool_calls',
+    },
+    {
+      index: 1,
+      message: { role: 'assistant', content: 'hello', reasoning_content: 'think' },
+      logprobs: { content: [{ token: 'hello', logprob: -0.1 }] },
+      finish_reason: 'stop',
+    },
+  ],
+  usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 },
+};
+
+function parsed(out: ReturnType<typeof chunksOfCompletion>): Json[] {
+  return out.chunks.map((c) => JSON.parse(c.json) as Json);
+}
+
+describe('chunksOfCompletion', () => {
+  it('gives every choice its message as one delta, tool calls numbered, then the finish reasons', () => {
+    const out = chunksOfCompletion(completion, false);
+    const [deltas, ends] = parsed(out);
+    expect(out.chunks.map((c) => c.content)).toEqual([true, false]);
+    expect(out.finished).toBe(true);
+    expect(deltas).toMatchObject({
+      id: 'chatcmpl-9',
+      object: 'chat.completion.chunk',
+      created: 7,
+      model: 'm',
+    });
+    const choices = deltas!.choices as Json[];
+    expect(choices[0]).toMatchObject({
+      index: 0,
+      finish_reason: null,
+      delta: {
+        tool_calls: [
+          { index: 0, id: 'call_a' },
+          { index: 1, id: 'call_b' },
+        ],
+      },
+    });
+    expect(choices[1]).toMatchObject({ index: 1, delta: { content: 'hello', reasoning_content: 'think' } });
+    expect(ends!.choices).toEqual([
+      { index: 0, delta: {}, finish_reason: 'tool_calls' },
+      { index: 1, delta: {}, finish_reason: 'stop' },
+    ]);
+  });
+
+  it('adds a usage chunk only when the client asked for one', () => {
+    expect(chunksOfCompletion(completion, false).chunks).toHaveLength(2);
+    const withUsage = parsed(chunksOfCompletion(completion, true));
+    expect(withUsage[2]).toMatchObject({ choices: [], usage: completion.usage });
+  });
+
+  it('says an answer without any finish reason is not finished, and an empty one carries no content', () => {
+    const out = chunksOfCompletion(
+      { choices: [{ index: 0, message: { role: 'assistant', content: '' } }] },
+      false,
+    );
+    expect(out.finished).toBe(false);
+    expect(out.chunks[0]!.content).toBe(false);
+  });
+});
+
+describe('CompletionBuilder', () => {
+  it('rebuilds the completion a stream of it was made from', () => {
+    const built = new CompletionBuilder();
+    for (const chunk of parsed(chunksOfCompletion(completion, true))) built.add(chunk);
+    expect(built.finished()).toBe(true);
+    expect(built.completion()).toEqual(completion);
+  });
+
+  it('appends text and tool-call arguments by index, keeps ids and names, takes the last usage', () => {
+    const built = new CompletionBuilder();
+    const chunk = (delta: Json, finish: string | null = null, extra: Json = {}): Json => ({
+      id: 'c',
+      model: 'm',
+      created: 1,
+      choices: [{ index: 0, delta, finish_reason: finish }],
+      ...extra,
+    });
+    built.add(chunk({ role: 'assistant', content: '' }));
+    built.add(chunk({ content: 'Hel' }));
+    built.add(chunk({ content: 'lo' }));
+    built.add(
+      chunk({
+        tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }],
+      }),
+    );
+    built.add(chunk({ tool_calls: [{ index: 0, function: { arguments: '{"a":' } }] }));
+    built.add(chunk({ tool_calls: [{ index: 0, function: { arguments: '2}' } }] }));
+    built.add(chunk({}, 'tool_calls'));
+    built.add({ id: 'c', choices: [], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
+    expect(built.completion()).toEqual({
+      id: 'c',
+      model: 'm',
+      created: 1,
+      object: 'chat.completion',
+      choices: [
+        {
+          index: 0,
+          message: {
+            role: 'assistant',
+            content: 'Hello',
+            tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'f', arguments: '{"a":2}' } }],
+          },
+          logprobs: null,
+          finish_reason: 'tool_calls',
+        },
+      ],
+      usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
+    });
+  });
+
+  it('is not finished while no choice said why it stopped', () => {
+    const built = new CompletionBuilder();
+    built.add({ choices: [{ index: 0, delta: { content: 'cut' }, finish_reason: null }] });
+    expect(built.finished()).toBe(false);
+  });
+
+  it('bounds the choices an upstream can make it hold', () => {
+    const built = new CompletionBuilder();
+    for (let i = 0; i < 5000; i++) built.add({ choices: [{ index: i, delta: { content: 'x' } }] });
+    expect((built.completion().choices as unknown[]).length).toBe(1024);
+  });
+});
