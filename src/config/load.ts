@@ -120,6 +120,14 @@ export function parseConfigText(
   if (substituted.clientKeyUnset && !config.server.api_keys.some((k) => k !== ''))
     warnings.push('server.api_keys: no client key is set: client authentication is off');
   config.providers.forEach((p, i) => {
+    const basic = basicAuth(p.base_url);
+    if (basic !== undefined && !hasHeader(p.headers, 'authorization')) {
+      if (p.kind === 'openai' && p.api_key !== undefined)
+        warnings.push(
+          `providers[${i}] "${p.name}": the user and password in base_url are not sent: api_key is the Authorization`,
+        );
+      else p.headers = { authorization: basic, ...p.headers };
+    }
     if (p.api_key !== undefined && p.api_key.trim() === '') {
       disabled.add(p.name);
       warnings.push(`providers[${i}] "${p.name}": api_key is empty; provider disabled`);
@@ -333,15 +341,41 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
   return issues;
 }
 
-/** What of ours a provider is sent, so what it can echo back: its key and a password in its base_url. */
+/**
+ * A base_url's user and password as the Basic `Authorization` they stand for (as curl and Python's requests
+ * send them): undici's pool connects to the URL's origin, which has none, so they would be dropped.
+ */
+function basicAuth(baseUrl: string): string | undefined {
+  const u = new URL(baseUrl);
+  if (u.username === '' && u.password === '') return undefined;
+  const pair = `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`;
+  return `Basic ${Buffer.from(pair, 'utf8').toString('base64')}`;
+}
+
+function hasHeader(headers: Readonly<Record<string, string>> | undefined, name: string): boolean {
+  return headers !== undefined && Object.keys(headers).some((k) => k.toLowerCase() === name);
+}
+
+/** Header and query parameter names whose values are credentials (`api-key`, `x-goog-api-key`, `?key=`, ...). */
+const CREDENTIAL_NAME = /key|auth|token|secret|password|credential|signature|sig$/i;
+/** An `Authorization`-style value's scheme: the credential after it is a secret on its own too. */
+const AUTH_SCHEME = /^(?:Bearer|Basic|Token|Key)\s+(\S+)$/i;
+
+/**
+ * What of ours a provider is sent, so what it can echo back: its key, a password in its base_url, and the
+ * values of credential-named headers and base_url query parameters (Azure's `api-key`, a proxy's token).
+ */
 export function providerSecrets(p: ProviderConfig): string[] {
   const out: string[] = [];
   if (p.api_key !== undefined) out.push(p.api_key);
-  try {
-    const u = new URL(p.base_url);
-    out.push(decodeURIComponent(u.password), u.password);
-  } catch {
-    /* validated by the schema */
+  const u = new URL(p.base_url);
+  out.push(decodeURIComponent(u.password), u.password);
+  for (const [name, v] of u.searchParams) if (CREDENTIAL_NAME.test(name)) out.push(v);
+  for (const [name, v] of Object.entries(p.headers ?? {})) {
+    if (!CREDENTIAL_NAME.test(name)) continue;
+    out.push(v);
+    const credential = AUTH_SCHEME.exec(v)?.[1];
+    if (credential !== undefined) out.push(credential);
   }
   return out.filter((s) => s.length >= 4);
 }

@@ -59,6 +59,8 @@ export class ProviderClient {
   readonly origin: string;
   /** The base_url's path without a trailing slash, e.g. `/v1`. */
   readonly basePath: string;
+  /** The base_url's query, sent with every request (Azure's `?api-version=`), or ''. */
+  readonly query: string;
   private readonly pool: Pool;
   /** Runtimes using this pool: a reload that keeps a provider's connection settings shares it. */
   #users = 0;
@@ -70,6 +72,7 @@ export class ProviderClient {
     // Anthropic's API is at {base}/v1/messages, its SDK's base URL without `/v1`; a base_url given with it (as
     // OpenAI's are, and as Anthropic-compatible proxies publish theirs: .../api/v1) would double it.
     this.basePath = provider.kind === 'anthropic' ? path.replace(/\/v1$/, '') : path;
+    this.query = url.search;
     this.pool = new Pool(this.origin, {
       connections: provider.max_concurrency,
       pipelining: 1,
@@ -91,7 +94,7 @@ export class ProviderClient {
       requestOn.call(this.pool, {
         origin: this.origin,
         method: opts.method,
-        path: this.basePath + opts.path,
+        path: this.basePath + opts.path + this.query,
         headers: opts.headers,
         body: opts.body,
         signal: opts.signal,
@@ -143,7 +146,7 @@ export class ProviderClient {
         {
           origin: this.origin,
           method: opts.method,
-          path: this.basePath + opts.path,
+          path: this.basePath + opts.path + this.query,
           headers: opts.headers,
           body: opts.body,
         },
