@@ -68,7 +68,10 @@ export type Refusal =
   | { readonly param: string; readonly kind: 'limit'; readonly max: number };
 
 const NAME = '([A-Za-z_][A-Za-z0-9_]*)';
-/** OpenAI's (and Azure's) wordings, and pydantic's for servers that forbid unknown fields (e.g. vLLM, SGLang). */
+/**
+ * OpenAI's (and Azure's) wordings, pydantic's for servers that forbid unknown fields (e.g. vLLM, SGLang), and
+ * Google's.
+ */
 const PARAMETER_REFUSALS = [
   new RegExp(`Unrecognized request argument supplied: ${NAME}`),
   new RegExp(`Unsupported parameter: '${NAME}'`),
@@ -76,6 +79,8 @@ const PARAMETER_REFUSALS = [
   new RegExp(`'loc': \\('body', '${NAME}'\\)[^}]{0,200}Extra inputs are not permitted`),
   new RegExp(`"loc":\\s*\\["body",\\s*"${NAME}"\\][^}]{0,200}Extra inputs are not permitted`),
   new RegExp(`(?:^|; )body\\.${NAME}: Extra inputs are not permitted`),
+  // Google's (Gemini's OpenAI endpoint): a top-level field it has no place for; "at 'x'" would be a nested one.
+  new RegExp(`Unknown name "${NAME}": Cannot find field`),
 ];
 const VALUE_REFUSAL = new RegExp(`Unsupported value: '${NAME}'`);
 /** Ollama's: an effort it has no level for, and any effort to a model that does not think. */

@@ -64,21 +64,32 @@ export const openaiAdapter: ChatAdapter = {
         }
         const obj = parseJsonObject(data);
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
-        if (isErrorInsteadOfAnswer(obj)) {
+        // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
+        if (obj.error != null) {
           over = true;
           sink.error(inBandError(obj));
           return;
         }
         const usage = readUsage(obj);
         if (usage) sink.usage(usage);
-        choices.see(obj);
+        if (choices.see(obj)) {
+          over = true;
+          sink.error({
+            status: 500,
+            message: 'the upstream ended the answer with an error',
+            type: 'server_error',
+            code: null,
+            param: null,
+          });
+          return;
+        }
         sink.chunk(data, hasContentDelta(obj));
       },
     };
   },
 
   errorInfo(status: number, bodyText: string): UpstreamErrorInfo {
-    return errorFromBody(status, parseJsonObject(bodyText), bodyText);
+    return errorFromBody(status, parseJsonObject(bodyText) ?? firstOfList(bodyText), bodyText);
   },
 };
 
@@ -172,9 +183,10 @@ class ChoiceEnds {
   /** More indexes came than are tracked: no close without `[DONE]` can be told complete. */
   private overflow = false;
 
-  see(chunk: Record<string, unknown>): void {
+  /** Takes note of a chunk's choices; true when one finished with reason `error` (OpenRouter's mid-answer failure). */
+  see(chunk: Record<string, unknown>): boolean {
     const choices = chunk.choices;
-    if (!Array.isArray(choices)) return;
+    if (!Array.isArray(choices)) return false;
     for (const choice of choices as ({ index?: unknown; finish_reason?: unknown } | null)[]) {
       if (choice === null || typeof choice !== 'object') continue;
       const index = typeof choice.index === 'number' ? choice.index : 0;
@@ -185,10 +197,12 @@ class ChoiceEnds {
       }
       const reason = choice.finish_reason;
       if (typeof reason === 'string' && reason !== '') {
+        if (reason === 'error') return true;
         this.finished.add(index);
         this.open.delete(index);
       } else if (!this.finished.has(index)) this.open.add(index);
     }
+    return false;
   }
 
   anyFinished(): boolean {
@@ -201,7 +215,9 @@ class ChoiceEnds {
 }
 
 function readUsage(json: unknown): Usage | undefined {
-  const u = (json as { usage?: unknown } | null)?.usage;
+  const obj = json as { usage?: unknown; x_groq?: { usage?: unknown } | null } | null;
+  // Groq's stream carries its usage in `x_groq` on the finish chunk, not in `usage`.
+  const u = obj?.usage ?? obj?.x_groq?.usage;
   if (u === null || typeof u !== 'object') return undefined;
   const usage = u as Partial<Usage>;
   // Relayed as sent; counted only when both figures are believable counts.
@@ -242,6 +258,17 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     code,
     param,
   };
+}
+
+/** Google's APIs (Gemini's OpenAI endpoint among them) answer an error as a list: `[{"error": {...}}]`. */
+function firstOfList(text: string): unknown {
+  if (text.charCodeAt(skipSpace(text, 0)) !== 91 /* [ */) return undefined;
+  try {
+    const list: unknown = JSON.parse(text);
+    return Array.isArray(list) ? list[0] : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -205,6 +205,55 @@ describe('openai adapter', () => {
   });
 });
 
+describe('providers whose dialect differs a little', () => {
+  it("takes OpenRouter's error chunk (an `error` beside its choices) as an error event, relaying nothing", () => {
+    const c = collect();
+    const t = openaiAdapter.streamTranslator(c.sink, ctx);
+    t.event(undefined, JSON.stringify({ choices: [{ index: 0, delta: { content: 'Hi' } }] }));
+    t.event(
+      undefined,
+      JSON.stringify({
+        error: { code: 'server_error', message: 'provider died' },
+        choices: [{ index: 0, delta: { content: '' }, finish_reason: 'error' }],
+      }),
+    );
+    expect(c.chunks).toHaveLength(1);
+    expect(c.errors).toMatchObject([{ status: 500, message: 'provider died' }]);
+  });
+
+  it("takes a choice finished with reason 'error' as an error event even without an error object", () => {
+    const c = collect();
+    const t = openaiAdapter.streamTranslator(c.sink, ctx);
+    t.event(undefined, JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: 'error' }] }));
+    expect(c.chunks).toHaveLength(0);
+    expect(c.errors).toHaveLength(1);
+    t.close?.();
+    expect(c.ended()).toBe(false);
+  });
+
+  it("counts Groq's usage, which it puts inside x_groq", () => {
+    const c = collect();
+    const t = openaiAdapter.streamTranslator(c.sink, ctx);
+    const usage = { prompt_tokens: 43, completion_tokens: 9, total_tokens: 52 };
+    t.event(
+      undefined,
+      JSON.stringify({
+        choices: [{ index: 0, delta: {}, finish_reason: 'stop' }],
+        x_groq: { id: 'r', usage },
+      }),
+    );
+    expect(c.usages).toEqual([usage]);
+  });
+
+  it("reads Google's error list ([{error: {...}}]) for its message", () => {
+    const info = openaiAdapter.errorInfo(
+      400,
+      JSON.stringify([{ error: { code: 400, message: 'Invalid value at x', status: 'INVALID_ARGUMENT' } }]),
+    );
+    expect(info).toMatchObject({ status: 400, message: 'Invalid value at x', code: '400' });
+  });
+});
+
 describe('relayed non-streaming answers (read for usage only)', () => {
   const usage = { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 };
   it('relays the bytes as they are and finds usage wherever it is', () => {
