@@ -65,7 +65,8 @@ export const openaiAdapter: ChatAdapter = {
         const obj = parseJsonObject(data);
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
         // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
-        if (obj.error != null) {
+        const error = obj.error;
+        if ((typeof error === 'object' && error !== null) || (typeof error === 'string' && error !== '')) {
           over = true;
           sink.error(inBandError(obj));
           return;
