@@ -37,7 +37,7 @@ const HOP_BY_HOP = new Set([
  * client's key, not ours (OpenAI answers a key with another organization's header with a 401). The
  * provider's own are set in its `headers`.
  */
-const STRIPPED = new Set([
+export const STRIPPED = new Set([
   ...HOP_BY_HOP,
   'expect',
   'authorization',
@@ -47,6 +47,8 @@ const STRIPPED = new Set([
   'openai-organization',
   'openai-project',
 ]);
+/** The paths of ours under /v1 (a GET of one may still reach the passthrough): no WebSocket there. */
+const ROUTED = /^(?:chat\/completions|embeddings|models)(?:\/|$)/;
 /** Error bodies are read this far to be scrubbed; past it they are cut. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
@@ -60,6 +62,10 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
  * answer's headers), idle_ms (between body bytes) and total_ms over the whole exchange. An upstream that
  * fails before answering gets the client an OpenAI-shaped 504 `timeout` or 502 `upstream_error`; one
  * that stalls or trickles after its answer started has that answer cut.
+ *
+ * A WebSocket handshake (the Realtime API) on these paths is proxied too (passthrough-ws.ts): bounded by
+ * connect_ms + first_byte_ms until the upstream's handshake, then by no timer but a heartbeat, since a
+ * session lasts minutes; total_ms and idle_ms do not apply to it.
  */
 export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const provider = app.gateway.runtime.passthrough;
@@ -67,11 +73,31 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const { name, base_url: baseUrl, timeouts, max_concurrency: connections } = provider.config;
   const url = new URL(baseUrl);
   // Loaded only when configured: the proxy and its websocket support are ~5 MB resident.
-  const { default: httpProxy } = await import('@fastify/http-proxy');
+  const [{ default: httpProxy }, { webSocketPassthrough }] = await Promise.all([
+    import('@fastify/http-proxy'),
+    import('./passthrough-ws.js'),
+  ]);
+  // What the client learns of an upstream that failed before answering: the kind of failure. The cause's
+  // text (which may name hosts) stays in the log.
+  const failure = (timedOut: boolean): GatewayError =>
+    timedOut
+      ? new GatewayError('timeout', `passthrough upstream ${name} timed out`)
+      : new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
+  const websockets = webSocketPassthrough(app, {
+    url,
+    timeouts,
+    maxPayloadBytes: app.gateway.runtime.loaded.config.server.body_limit_bytes,
+    failure,
+  });
   // One abort per request: the client going away, or total_ms, ends the upstream request at once.
   const aborts = new WeakMap<object, AbortController>();
   // This plugin's own context: the hook sees only the proxied routes.
   app.addHook('onRequest', (req, reply, done) => {
+    // A WebSocket session lasts minutes: its handshake has its own bound (passthrough-ws.ts).
+    if (websockets.isHandshake(req.raw)) {
+      done();
+      return;
+    }
     const abort = new AbortController();
     aborts.set(req, abort);
     const timer = setTimeout(() => {
@@ -98,12 +124,6 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   app.addHook('onClose', closePool);
   // An upstream body that fails before the client got a byte reaches fastify's error path as undici's
   // error; it gets our error here, anything else goes on to the app's handler.
-  // Either way the client learns what kind of failure it was; the cause's text (which may name hosts)
-  // stays in the log.
-  const failure = (timedOut: boolean): GatewayError =>
-    timedOut
-      ? new GatewayError('timeout', `passthrough upstream ${name} timed out`)
-      : new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
   app.setErrorHandler((err: Error & { code?: string }) => {
     if (err.code === 'UND_ERR_BODY_TIMEOUT' || err.code === 'UND_ERR_HEADERS_TIMEOUT') throw failure(true);
     if (err.code === 'UND_ERR_SOCKET' || err.code === 'ECONNRESET') throw failure(false);
@@ -138,6 +158,19 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     // GET /v1/models/{id} reaches this route only with a passthrough (http/models.ts): a route or
     // `provider/model` name is answered as the list has it; any other id goes on to the provider.
     preHandler: (req, reply, done) => {
+      if (websockets.isHandshake(req.raw)) {
+        const rest = (req.params as { '*'?: string })['*'] ?? '';
+        if (ROUTED.test(rest)) {
+          void reply.send(
+            new GatewayError('not_found', `no WebSocket endpoint at /v1/${rest} (it is routed, over HTTP)`),
+          );
+          return;
+        }
+        // The path as the HTTP passthrough maps it (base_url's path, encoded prefix, no climbing out).
+        const { url: dest } = reply.fromParameters(req.url, req.params, '/v1');
+        websockets.proxy(req, reply, dest);
+        return;
+      }
       if (req.method === 'GET') {
         const rest = (req.params as { '*'?: string })['*'];
         if (rest?.startsWith('models/') === true) {
@@ -229,7 +262,7 @@ function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | undefined
  * The other fields a `Connection` header names as hop-by-hop (lower-cased); none for the usual bare
  * `keep-alive` or `close`, so most requests pay one comparison.
  */
-function connectionNamed(value: string | string[] | undefined): string[] | undefined {
+export function connectionNamed(value: string | string[] | undefined): string[] | undefined {
   if (value === undefined) return undefined;
   const text = (typeof value === 'string' ? value : value.join(',')).toLowerCase();
   if (text === 'keep-alive' || text === 'close') return undefined;
@@ -241,7 +274,7 @@ function connectionNamed(value: string | string[] | undefined): string[] | undef
   return names.length > 0 ? names : undefined;
 }
 
-async function sendScrubbed(
+export async function sendScrubbed(
   app: FastifyInstance,
   reply: FastifyReply<RouteGenericInterface, RawServerBase>,
   stream: Readable,
