@@ -1,10 +1,11 @@
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
-import { pipeline, type Readable } from 'node:stream';
+import { pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { providerSecrets } from '../config/load.js';
 import { GatewayError } from '../errors.js';
+import { codedError } from '../resilience/classify.js';
 import { Scrubber, StreamMask } from '../observability/scrub.js';
 import type { ProviderRuntime } from '../runtime.js';
 import { Pool, requestOn } from '../upstream/client.js';
@@ -89,6 +90,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     maxPayloadBytes: app.gateway.runtime.loaded.config.server.body_limit_bytes,
     failure,
   });
+  const bodyLimit = (): number => app.gateway.runtime.loaded.config.server.body_limit_bytes;
   // One abort per request: the client going away, or total_ms, ends the upstream request at once.
   const aborts = new WeakMap<object, AbortController>();
   // This plugin's own context: the hook sees only the proxied routes.
@@ -96,6 +98,13 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     // A WebSocket session lasts minutes: its handshake has its own bound (passthrough-ws.ts).
     if (websockets.isHandshake(req.raw)) {
       done();
+      return;
+    }
+    // A body past server.body_limit_bytes gets the 413 routed requests get; one of unknown length is
+    // counted as it streams (`limitedBody`).
+    if (Number(req.headers['content-length']) > bodyLimit()) {
+      // Closed after the answer: the body is not read, only to be thrown away.
+      void reply.header('connection', 'close').send(tooLarge());
       return;
     }
     const abort = new AbortController();
@@ -171,6 +180,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         websockets.proxy(req, reply, dest);
         return;
       }
+      if (req.body instanceof Readable && req.headers['transfer-encoding'] !== undefined)
+        req.body = limitedBody(req.body, bodyLimit());
       if (req.method === 'GET') {
         const rest = (req.params as { '*'?: string })['*'];
         if (rest?.startsWith('models/') === true) {
@@ -232,10 +243,39 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       },
       // Failures before any answer (reply-from maps timeouts to 504).
       onError: (reply, { error }) => {
+        if (isTooLarge(error)) {
+          void reply.send(tooLarge());
+          return;
+        }
         void reply.send(failure((error as Error & { statusCode?: number }).statusCode === 504));
       },
     },
   });
+}
+
+const tooLarge = (): GatewayError =>
+  new GatewayError('payload_too_large', 'request body is larger than server.body_limit_bytes');
+
+/** A request body of unknown length (chunked) that fails, and so ends its upstream request, past `limit` bytes. */
+function limitedBody(body: Readable, limit: number): Readable {
+  let seen = 0;
+  const counted = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      seen += chunk.length;
+      cb(seen > limit ? codedError('payload_too_large', 'request body past its limit') : null, chunk);
+    },
+  });
+  pipeline(body, counted, () => {
+    /* an error destroys both; undici reports it as the request's failure */
+  });
+  return counted;
+}
+
+/** The request failed because its body went past the limit (undici may wrap the body's error). */
+function isTooLarge(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++)
+    if ((e as Error & { code?: unknown }).code === 'payload_too_large') return true;
+  return false;
 }
 
 interface EchoGuard {

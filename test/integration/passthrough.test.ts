@@ -438,3 +438,63 @@ describe('passthrough and hop-by-hop headers (regression: undici refused some wi
     expect(r.text).toContain('{"object":"list","data":[]}');
   });
 });
+
+describe('passthrough bodies are held to server.body_limit_bytes (regression: any size was streamed upstream)', () => {
+  const LIMIT = 64 * 1024;
+
+  it('refuses a declared length past the limit with 413 before any upstream request', async () => {
+    const up = await upstream(echo('up'));
+    const gw = await gateway({
+      ...configOf(`${up.url}/v1`),
+      server: { passthrough: 'pt', body_limit_bytes: LIMIT },
+    });
+    const res = await request(`${gw.url}/v1/files`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', authorization: 'Bearer c' },
+      body: Buffer.alloc(LIMIT + 1),
+    });
+    expect(res.statusCode).toBe(413);
+    expect(await res.body.json()).toMatchObject({ error: { type: 'invalid_request_error' } });
+    expect(up.requests).toHaveLength(0);
+    const ok = await request(`${gw.url}/v1/files`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', authorization: 'Bearer c' },
+      body: Buffer.alloc(LIMIT),
+    });
+    expect(ok.statusCode).toBe(200);
+    await ok.body.text();
+  });
+
+  it('cuts a chunked body at the limit: 413 to the client, the upstream request aborted', async () => {
+    let upstreamBytes = 0;
+    let upstreamEnded = false;
+    const up = await upstream((req) => {
+      req.on('data', (d: Buffer) => (upstreamBytes += d.length));
+      req.on('end', () => (upstreamEnded = true));
+    });
+    const gw = await gateway({
+      ...configOf(`${up.url}/v1`),
+      server: { passthrough: 'pt', body_limit_bytes: LIMIT },
+    });
+    async function* chunks() {
+      for (let i = 0; i < 8; i++) {
+        yield Buffer.alloc(16 * 1024, i);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    const res = await request(`${gw.url}/v1/uploads/x/parts`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', authorization: 'Bearer c' },
+      body: chunks(),
+    }).catch((err: unknown) => err);
+    // The gateway answers 413 while the client may still be sending; either it reads the 413 or its
+    // connection is closed under it. What must not happen is a whole 128 KiB upload reaching the upstream.
+    if (!(res instanceof Error)) {
+      expect(res.statusCode).toBe(413);
+      await res.body.text();
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    expect(upstreamEnded).toBe(false);
+    expect(upstreamBytes).toBeLessThanOrEqual(LIMIT + 16 * 1024);
+  });
+});
