@@ -108,15 +108,39 @@ export class SharedState {
   redis: RedisState | undefined;
   /** An open adopted from another replica is not published back. */
   #adopting = false;
+  /** Pending wake-ups of open breakers. */
+  readonly #wakers = new Set<NodeJS.Timeout>();
 
   constructor(
     loaded: LoadedConfig,
     readonly now: () => number,
   ) {
-    this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t) => {
+    this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t, breaker) => {
       if (t.from !== t.to) this.onTransition?.(id, t.to, t.cause);
-      if (t.to === 'open' && !this.#adopting) this.redis?.publishOpen(id, t.openMs, t.cause ?? 'errors');
+      if (t.to !== 'open') return;
+      this.#wakeAfter(breaker, t.openMs);
+      if (!this.#adopting) this.redis?.publishOpen(id, t.openMs, t.cause ?? 'errors');
     });
+  }
+
+  /**
+   * Turns an open breaker half-open when its time is up, not at the next request: with no traffic the
+   * transition (its metric and log line) would wait for one while the gauge and /router/status showed it.
+   */
+  #wakeAfter(breaker: CircuitBreaker, ms: number): void {
+    const timer = setTimeout(() => {
+      this.#wakers.delete(timer);
+      const left = breaker.wake();
+      if (left > 0) this.#wakeAfter(breaker, left);
+    }, ms + 1);
+    timer.unref();
+    this.#wakers.add(timer);
+  }
+
+  /** Stops the breakers' wake-ups (the gateway is closing). */
+  close(): void {
+    for (const timer of this.#wakers) clearTimeout(timer);
+    this.#wakers.clear();
   }
 
   /** Opens `upstreamId`'s breaker as another replica did, without publishing it again. */

@@ -84,6 +84,18 @@ export class CircuitBreaker {
     return this.#probes < this.#cfg.half_open_probes;
   }
 
+  /**
+   * Makes a lapsed open half-open now, as the next request would (firing `onTransition`), so an operator sees
+   * the transition when it happens, not at the next request. Returns the ms left while still open, else 0.
+   */
+  wake(): number {
+    if (this.#state !== 'open') return 0;
+    const left = this.#openUntil - this.#now();
+    if (left > 0) return left;
+    this.#toHalfOpen();
+    return 0;
+  }
+
   acquire(): Permit | undefined {
     if (this.#state === 'closed') return 'normal';
     if (this.#state === 'open') {

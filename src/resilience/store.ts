@@ -18,14 +18,15 @@ export interface BreakerStore {
 export class MemoryBreakerStore implements BreakerStore {
   #cfg: BreakerConfig;
   readonly #now: () => number;
-  readonly #onTransition: ((upstreamId: string, t: BreakerTransition) => void) | undefined;
+  readonly #onTransition:
+    ((upstreamId: string, t: BreakerTransition, breaker: CircuitBreaker) => void) | undefined;
   // A Map, not an object: upstream ids come from config and must never hit a prototype key.
   readonly #breakers = new Map<string, CircuitBreaker>();
 
   constructor(
     cfg: BreakerConfig,
     now: () => number,
-    onTransition?: (upstreamId: string, t: BreakerTransition) => void,
+    onTransition?: (upstreamId: string, t: BreakerTransition, breaker: CircuitBreaker) => void,
   ) {
     this.#cfg = cfg;
     this.#now = now;
@@ -36,11 +37,12 @@ export class MemoryBreakerStore implements BreakerStore {
     let breaker = this.#breakers.get(upstreamId);
     if (breaker === undefined) {
       const notify = this.#onTransition;
-      breaker = new CircuitBreaker(
+      const created: CircuitBreaker = new CircuitBreaker(
         this.#cfg,
         this.#now,
-        notify === undefined ? undefined : (t) => notify(upstreamId, t),
+        notify === undefined ? undefined : (t) => notify(upstreamId, t, created),
       );
+      breaker = created;
       this.#breakers.set(upstreamId, breaker);
     }
     return breaker;

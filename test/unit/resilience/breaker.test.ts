@@ -187,6 +187,23 @@ describe('CircuitBreaker: open → half_open', () => {
   });
 });
 
+describe('CircuitBreaker: wake (a timer, not a request, makes the open half-open)', () => {
+  it('says how long is left while open, then transitions once its time is up, once', () => {
+    const { breaker, clock, transitions } = setup();
+    expect(breaker.wake()).toBe(0); // closed: nothing to do
+    trip(breaker);
+    clock.t += 400;
+    expect(breaker.wake()).toBe(600);
+    expect(transitions.map((t) => t.to)).toEqual(['open']);
+    clock.t += 600;
+    expect(breaker.wake()).toBe(0);
+    expect(transitions.map((t) => `${t.from}->${t.to}`)).toEqual(['closed->open', 'open->half_open']);
+    expect(breaker.wake()).toBe(0);
+    expect(transitions).toHaveLength(2);
+    expect(breaker.acquire()).toBe('probe');
+  });
+});
+
 describe('CircuitBreaker: half_open', () => {
   function halfOpen(overrides: Partial<BreakerConfig> = {}) {
     const s = setup(overrides);
