@@ -4,6 +4,8 @@ import { ChildCache, createMetrics, type Metrics } from './observability/metrics
 import { Runtime, SharedState } from './runtime.js';
 import type { TripCause } from './resilience/breaker.js';
 import type { RedisStateConfig } from './state/redis.js';
+import type { SseWriter } from './streaming/relay.js';
+import type { Abort } from './upstream/abort.js';
 
 export interface GatewayDeps {
   readonly logger: Logger;
@@ -42,6 +44,11 @@ export class Gateway {
   readonly decisionChildren: ChildCache<ReturnType<Metrics['decisions']['labels']>>;
   /** Set by shutdown: /readyz turns 503 and new requests are refused. */
   draining = false;
+  /**
+   * Streams being answered now, each with its client signal and request: what shutdown cuts when its grace is
+   * over.
+   */
+  readonly liveStreams = new Map<SseWriter, { signal: Abort; req: { reported: boolean } }>();
   #ready: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -177,13 +184,39 @@ export class Gateway {
     redis.start();
   }
 
+  /**
+   * Ends every stream still running (shutdown's grace is over): each client gets an error event saying so
+   * (or a 503 before its stream began) instead of a dropped connection, its upstream request is aborted, and
+   * its request line is written. Returns how many there were.
+   */
+  cutStreams(): number {
+    const n = this.liveStreams.size;
+    for (const [writer, { signal, req }] of this.liveStreams) {
+      // Its handler writes its line once the aborted attempt returns; the response ends before that.
+      req.reported = true;
+      writer.cut({
+        message: 'the gateway is shutting down; the answer was cut',
+        type: 'server_error',
+        param: null,
+        code: GATEWAY_SHUTDOWN,
+      });
+      signal.abort(new Error(GATEWAY_SHUTDOWN));
+    }
+    this.liveStreams.clear();
+    return n;
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     await this.#ready;
+    this.shared.close();
     this.shared.redis?.close();
     await this.current.destroy();
   }
 }
+
+/** The reason of a stream cut by shutdown: its error code, and its request line's error. */
+export const GATEWAY_SHUTDOWN = 'gateway_shutdown';
 
 /**
  * `server.*` settings the HTTP layer reads once, at start: the listener, body limits, the passthrough proxy

@@ -13,6 +13,11 @@ const USAGE = `usage:
   llm-edge-router simulate --port N [--latency-ms N --tokens-per-s N --fail-rate F --kind openai|anthropic ...]`;
 
 const DEFAULT_CONFIG = 'config/gateway.yaml';
+/**
+ * After cutting the streams left at the grace's end, how long their error events and request lines get to go
+ * out before the process exits (close-with-grace's own bound is the grace plus 1 s).
+ */
+const CUT_STREAMS_WAIT_MS = 500;
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`${message}\n`);
@@ -124,8 +129,19 @@ async function serve(args: {
       // would hold the close until its keep-alive timeout, so keep sweeping while the streams finish.
       closeIdle();
       const sweep = setInterval(closeIdle, 100).unref();
+      const closed = app.close();
       try {
-        await Promise.race([app.close(), grace]);
+        await Promise.race([closed, grace]);
+        // Streams still running at the grace's end are ended with an error event (a client can tell a cut
+        // stream from a finished one, and from a crash), their request lines written, and then we go.
+        const cut = app.gateway.cutStreams();
+        if (cut > 0) {
+          logger.warn({ streams: cut }, `shutdown grace over: cut ${cut} stream(s) still running`);
+          await Promise.race([
+            closed,
+            new Promise((resolve) => setTimeout(resolve, CUT_STREAMS_WAIT_MS).unref()),
+          ]);
+        }
       } finally {
         clearInterval(sweep);
       }

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Gateway } from '../gateway.js';
+import { GATEWAY_SHUTDOWN, type Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
 import { decideChat } from '../routing/chat-decision.js';
 import type { RankedCandidate } from '../routing/types.js';
@@ -151,11 +151,12 @@ async function handleChat(
     tierReason: tier.reason,
     promptTokensEstimate: features.promptTokens,
   };
+  let writer: SseWriter | undefined;
   try {
     if (plan.refusal) throw plan.refusal; // answered as routed: headers, and counted under its route
-    let writer: SseWriter | undefined;
     if (features.stream) {
       writer = new SseWriter(reply.raw, clientSignal, () => reply.hijack());
+      gw.liveStreams.set(writer, { signal: clientSignal, req });
     }
     const attempt = (
       target: RankedCandidate<RouteTarget>,
@@ -170,7 +171,9 @@ async function handleChat(
     const served = out.target.candidate.upstream;
     if ('committedFailure' in out) {
       const last = out.attempts[out.attempts.length - 1];
-      if (last && last.reason !== 'client_closed') {
+      // Cut by shutdown (Gateway.cutStreams): the client was told; not the client's leaving, nor the upstream's fault.
+      const cut = isShutdown(clientSignal);
+      if (cut ? out.committed : last !== undefined && last.reason !== 'client_closed') {
         gw.metrics.streamFailures.inc({
           provider: served.provider.name,
           model: served.model.name,
@@ -179,11 +182,11 @@ async function handleChat(
       }
       reportRequest(gw, req, report, {
         // A response begun went out as a 200; one the client left before got nothing (nginx's 499).
-        status: out.committed ? 200 : CLIENT_CLOSED_REQUEST,
+        status: out.committed ? 200 : cut ? 503 : CLIENT_CLOSED_REQUEST,
         served,
         attempts: out.attempts,
         upstreamMs: out.upstreamMs,
-        error: last?.reason,
+        error: cut ? GATEWAY_SHUTDOWN : last?.reason,
       });
       return undefined;
     }
@@ -202,5 +205,11 @@ async function handleChat(
     return undefined;
   } catch (err) {
     throw failRequest(gw, req, reply, report, err, current?.candidate.upstream, lastAttempts);
+  } finally {
+    if (writer) gw.liveStreams.delete(writer);
   }
+}
+
+function isShutdown(signal: Abort): boolean {
+  return signal.aborted && (signal.reason as Error | undefined)?.message === GATEWAY_SHUTDOWN;
 }

@@ -54,6 +54,26 @@ export class SseWriter {
     });
   }
 
+  /**
+   * Ends the stream from our side (the gateway is shutting down): a committed stream gets `error` as an SSE
+   * error event and no `[DONE]`, as any cut stream does; one not yet begun gets it as a 503 instead.
+   */
+  cut(error: Record<string, unknown>): void {
+    if (this.closed) return;
+    const body = JSON.stringify({ error });
+    if (this.committedFlag) {
+      this.res.end(dataFrame(body));
+      return;
+    }
+    this.committedFlag = true;
+    this.onCommit?.();
+    if (this.res.headersSent) this.res.end();
+    else {
+      this.res.writeHead(503, { 'content-type': 'application/json; charset=utf-8', 'retry-after': '1' });
+      this.res.end(body);
+    }
+  }
+
   end(text?: string): void {
     if (this.closed) return;
     if (text !== undefined) this.res.end(text);

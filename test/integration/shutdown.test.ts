@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import type { ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,6 +11,7 @@ import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simConfigYaml, startGateway } from '../helpers/gateway.js';
 import { REPO_ROOT, cliWorkDir, startCli } from '../helpers/cli-harness.js';
+import { chunkFrame, startMock } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 const workDir = cliWorkDir('shutdown');
@@ -192,5 +194,62 @@ describe('logs to a file', () => {
       .filter((l) => l.msg === 'request')
       .map((l) => l.reqId);
     expect(ids).toEqual(['file-0', 'file-1', 'file-2', 'file-3', 'file-4']);
+  });
+});
+
+describe('streams still running when the grace is over (Gateway.cutStreams, in process)', () => {
+  it('a begun stream ends with an error event and no [DONE], one not begun gets a 503; each has its line', async () => {
+    let upstreamClosed = 0;
+    const held: ServerResponse[] = [];
+    const up = track(
+      await startMock((req, res) => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.on('close', () => upstreamClosed++);
+        held.push(res);
+        // The first request's stream begins; the second's never sends content.
+        if (req.body.messages && (req.body.messages as { content: string }[])[0]!.content === 'begin')
+          res.write(chunkFrame(req.body.model, { content: 'partial' }));
+      }),
+    );
+    const gw = track(
+      await startGateway({
+        providers: [{ name: 'p', base_url: `${up.url}/v1`, models: [{ name: 'm' }] }],
+        routes: { r: { targets: ['p/m'] } },
+      }),
+    );
+    const send = (content: string) =>
+      request(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'r', stream: true, messages: [{ role: 'user', content }] }),
+      });
+    const begun = await send('begin');
+    let text = '';
+    begun.body.setEncoding('utf8');
+    begun.body.on('data', (d: string) => (text += d));
+    const ended = new Promise((resolve) => begun.body.once('end', resolve));
+    await vi.waitFor(() => expect(text).toContain('partial'));
+    const waiting = send('wait');
+    await vi.waitFor(() => expect(held).toHaveLength(2));
+
+    expect(gw.gateway.cutStreams()).toBe(2);
+    await ended;
+    const rest = text;
+    expect(rest).toMatch(
+      /data: \{"error":\{"message":"the gateway is shutting down[^"]*","type":"server_error","param":null,"code":"gateway_shutdown"\}\}\n\n$/,
+    );
+    expect(rest).not.toContain('[DONE]');
+    const refused = await waiting;
+    expect(refused.statusCode).toBe(503);
+    expect(await refused.body.json()).toMatchObject({ error: { code: 'gateway_shutdown' } });
+    await vi.waitFor(() => expect(upstreamClosed).toBe(2));
+    await vi.waitFor(() => {
+      const lines = gw.logs.filter((l) => l.msg === 'request');
+      expect(lines.map((l) => [l.status, l.error]).sort()).toEqual([
+        [200, 'gateway_shutdown'],
+        [503, 'gateway_shutdown'],
+      ]);
+    });
+    expect(gw.gateway.liveStreams.size).toBe(0);
   });
 });
