@@ -40,7 +40,10 @@ export const openaiAdapter: ChatAdapter = {
   },
 
   chatResponseText(text: string): AnswerText | undefined {
-    return relayedAnswer(text);
+    const out = relayedAnswer(text);
+    // An object with no `choices` key is no answer (a key, not text: inside a string its quotes are escaped).
+    if (out !== undefined && out.error === undefined && !text.includes('"choices"')) return undefined;
+    return out;
   },
 
   streamTranslator(sink: ChunkSink): StreamTranslator {

@@ -254,6 +254,21 @@ describe('providers whose dialect differs a little', () => {
   });
 });
 
+describe('a non-streaming answer without choices', () => {
+  it('is no answer (fails over), while an error object or any choices list is read as before', () => {
+    expect(
+      openaiAdapter.chatResponseText!('{"id":"c","object":"chat.completion","created":1}'),
+    ).toBeUndefined();
+    expect(openaiAdapter.chatResponseText!('{"id":"c","note":"say \\"choices\\" here"}')).toBeUndefined();
+    expect(openaiAdapter.chatResponseText!('{"id":"c","choices":[]}')).toMatchObject({
+      body: '{"id":"c","choices":[]}',
+    });
+    expect(openaiAdapter.chatResponseText!('{"error":{"message":"x"}}')).toMatchObject({
+      error: { message: 'x' },
+    });
+  });
+});
+
 describe('relayed non-streaming answers (read for usage only)', () => {
   const usage = { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 };
   it('relays the bytes as they are and finds usage wherever it is', () => {
