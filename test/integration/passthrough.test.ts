@@ -12,6 +12,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
+import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
@@ -485,8 +486,8 @@ describe('passthrough bodies are held to server.body_limit_bytes (regression: an
     const res = await request(`${gw.url}/v1/uploads/x/parts`, {
       method: 'POST',
       headers: { 'content-type': 'application/octet-stream', authorization: 'Bearer c' },
-      body: chunks(),
-    }).catch((err: unknown) => err);
+      body: Readable.from(chunks()),
+    }).catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
     // The gateway answers 413 while the client may still be sending; either it reads the 413 or its
     // connection is closed under it. What must not happen is a whole 128 KiB upload reaching the upstream.
     if (!(res instanceof Error)) {
