@@ -200,6 +200,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     // A client already gone gets no answer, so onResponse never runs: its count and line are written here.
     if (reply.raw.destroyed) reportOnce(req, status, reply.elapsedTime);
     if (retryAfterS !== undefined) reply.header('retry-after', String(retryAfterS));
+    // A 504 is the route's own time budget spent (its failover included): the OpenAI SDKs, which retry a
+    // 5xx twice by default, would spend it twice more. They read this header; other clients ignore it.
+    if (status === 504) reply.header('x-should-retry', 'false');
     void reply.code(status).type('application/json').send(body);
   });
   app.setNotFoundHandler((req, reply) => {

@@ -406,6 +406,21 @@ describe("the SDK's timeout and retries against the gateway's", () => {
     expect((err as APIError).code).toBe('timeout');
   });
 
+  it("a 504 is not retried by the SDK's default retries (x-should-retry: false): the route's budget is spent once", async () => {
+    const up = await mock(async (_r, res) => {
+      await sleep(1500);
+      res.destroy();
+    });
+    const { openai } = await setup([up], { timeouts: { first_byte_ms: 200 }, client: { maxRetries: 2 } });
+    const err = await openai.chat.completions.create({ model: 'r', messages: hi }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect((err as APIError).status).toBe(504);
+    expect((err as APIError).headers?.get('x-should-retry')).toBe('false');
+    expect(up.received).toHaveLength(1);
+  });
+
   it('the SDK times out first with maxRetries 1: APIConnectionTimeoutError, and each upstream request is aborted', async () => {
     const up = await mock(async (r, res) => {
       await sleep(3500);
