@@ -185,17 +185,33 @@ export class RouterCache {
   }
 }
 
-const caches = new WeakMap<object, RouterCache>();
+/** The cache found for a route's loaded `router` config: asked on every router call. */
+const cacheOfConfig = new WeakMap<object, RouterCache>();
+/** Per gateway, by route name: that route's cache and what it was made for (`cacheFor`). */
+const caches = new WeakMap<Gateway, Map<string, { readonly made: string; readonly cache: RouterCache }>>();
 
-function cacheFor(route: RouteRuntime): RouterCache | undefined {
+/**
+ * The route's answer cache. It outlives a reload that keeps the route's tiers, router tier and cache
+ * settings (a reload to change a price must not start every prompt's router call over); otherwise it starts
+ * empty.
+ */
+function cacheFor(gw: Gateway, route: RouteRuntime): RouterCache | undefined {
   const cfg = route.router;
   if (!cfg) return undefined;
-  let c = caches.get(cfg);
-  if (!c) {
-    c = new RouterCache(cfg.cache_size, cfg.cache_ttl_s * 1000);
-    caches.set(cfg, c);
+  const known = cacheOfConfig.get(cfg);
+  if (known) return known;
+  const made = `${Object.keys(route.tiers ?? {})
+    .sort()
+    .join()}\n${cfg.tier}\n${cfg.cache_size}\n${cfg.cache_ttl_s}`;
+  let byRoute = caches.get(gw);
+  if (!byRoute) caches.set(gw, (byRoute = new Map()));
+  let entry = byRoute.get(route.name);
+  if (entry?.made !== made) {
+    entry = { made, cache: new RouterCache(cfg.cache_size, cfg.cache_ttl_s * 1000) };
+    byRoute.set(route.name, entry);
   }
-  return c;
+  cacheOfConfig.set(cfg, entry.cache);
+  return entry.cache;
 }
 
 /** A router call under way for a cache key: requests missing the cache meanwhile wait for its answer. */
@@ -228,7 +244,7 @@ export async function askRouter(
   const key = createHash('sha256')
     .update(`${ROUTER_PROMPT_VERSION}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`)
     .digest('base64url');
-  const cache = cacheFor(route)!;
+  const cache = cacheFor(gw, route)!;
   const started = gw.now();
   const hit = cache.get(key, started);
   if (hit) {
@@ -285,7 +301,7 @@ async function callRouter(
 ): Promise<RouterDecision> {
   const cfg = route.router!;
   const fallback = route.defaultTier!;
-  const cache = cacheFor(route)!;
+  const cache = cacheFor(gw, route)!;
   let tried: readonly AttemptRecord[] = NO_FAILURES;
   let cutShort = false;
   const done = (d: Omit<RouterDecision, 'failed'>): RouterDecision => ({

@@ -1,5 +1,6 @@
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
@@ -91,6 +92,38 @@ describe('tiers and the LLM router', () => {
     expect(deep.requests).toHaveLength(2);
     expect(await routerRequests('deep', 'chosen')).toBe(1);
     expect(await routerRequests('deep', 'cached')).toBe(1);
+  });
+
+  it("the router cache outlives a reload that keeps the route's tiers and router settings, not one that changes them", async () => {
+    const { r1 } = await setup();
+    const config = (router: Record<string, unknown>, price: number) => ({
+      providers: ['r1', 'r2', 'bal', 'deep'].map((n) =>
+        simProvider(n, new URL(gw!.gateway.runtime.providers.get(n)!.config.base_url).origin, [
+          { name: 'm', price: { input_per_mtok: price, output_per_mtok: price } },
+        ]),
+      ),
+      routes: {
+        auto: {
+          strategy: 'priority',
+          tiers: { fast: ['r1/m', 'r2/m'], balanced: ['bal/m'], deep: ['deep/m'] },
+          default_tier: 'balanced',
+          router,
+        },
+      },
+    });
+    const prompt = 'Prove that there are infinitely many primes, step by step.';
+    await chat(prompt);
+    expect(r1.requests).toHaveLength(1);
+    gw!.gateway.reload(
+      parseConfigText(JSON.stringify(config({ tier: 'fast', timeout_ms: 400, cache_ttl_s: 60 }, 3)), {}),
+    );
+    expect((await chat(prompt)).headers['x-router-tier']).toBe('deep');
+    expect(r1.requests).toHaveLength(1); // a price changed: still cached
+    gw!.gateway.reload(
+      parseConfigText(JSON.stringify(config({ tier: 'fast', timeout_ms: 400, cache_ttl_s: 30 }, 3)), {}),
+    );
+    await chat(prompt);
+    expect(r1.requests).toHaveLength(2); // the cache's own settings changed: it starts over
   });
 
   it('a hanging router costs at most its timeout and the request is served by default_tier', async () => {
