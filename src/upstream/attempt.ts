@@ -1,5 +1,6 @@
 import type { Classified } from '../resilience/classify.js';
 import { classifyError, classifyStatus, codedError, retryAfterFromHeaders } from '../resilience/classify.js';
+import { approximateTextTokens } from '../routing/tokens.js';
 import type { Upstream } from '../runtime.js';
 import { chunksOfCompletion, CompletionBuilder } from '../streaming/completion-chunks.js';
 import { createSseParser } from '../streaming/sse.js';
@@ -255,12 +256,34 @@ async function attemptJsonCall(
         retryAfterMs: limited ? retryAfterFromHeaders(res.headers, Date.now()) : undefined,
       });
     }
-    return { ok: true, usage: out.usage, countedTokens: 0, body: out.body, ttftMs: totalMs, totalMs };
+    // A chat answer without usage is counted from its text, as a stream's is from its chunks.
+    const counted = out.usage === undefined && chat !== undefined ? answerTokens(out.body) : 0;
+    return { ok: true, usage: out.usage, countedTokens: counted, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, input, sig, t0);
   } finally {
     sig.done();
   }
+}
+
+/** Completion tokens estimated from a chat answer's text: every choice's content, reasoning and tool calls. */
+function answerTokens(body: string): number {
+  const choices = parseJsonObject(body)?.choices;
+  if (!Array.isArray(choices)) return 0;
+  let text = '';
+  for (const choice of choices as { message?: Record<string, unknown> | null }[]) {
+    const m = choice?.message;
+    if (m === null || typeof m !== 'object') continue;
+    for (const key of ['content', 'refusal', 'reasoning_content', 'reasoning'])
+      if (typeof m[key] === 'string') text += m[key];
+    if (Array.isArray(m.tool_calls))
+      for (const call of m.tool_calls as { function?: { name?: unknown; arguments?: unknown } }[]) {
+        const fn = call?.function;
+        if (typeof fn?.name === 'string') text += fn.name;
+        if (typeof fn?.arguments === 'string') text += fn.arguments;
+      }
+  }
+  return approximateTextTokens(text);
 }
 
 /** Embeddings usage: prompt tokens only. */
