@@ -145,6 +145,7 @@ export function parseMessages(body: unknown, countOnly = false): ChatRequest | A
     includeUsage: true,
     promptTokens: estimateTokens(chars),
     maxTokens: typeof maxTokens === 'number' ? maxTokens : undefined,
+    choices: 1,
     tool: toolTarget(body, messages),
   };
 }

@@ -249,6 +249,8 @@ export interface ChatRequest {
   includeUsage: boolean;
   promptTokens: number;
   maxTokens: number | undefined;
+  /** `n`: how many choices to answer (OpenAI; 1 for Anthropic). */
+  choices: number;
   /** Set when the request offers a tool and a tool call is allowed (not after a tool result). */
   tool: ToolTarget | undefined;
   /** Anthropic extended thinking asked for: the answer opens with a thinking block. */
@@ -396,6 +398,9 @@ export async function answerChat(ex: Exchange, chat: ChatRequest, render: ChatRe
   }
   const plan = planReply(ex, chat, render.toolIdPrefix);
   if (!chat.stream) {
+    // A whole answer arrives once it is generated: as long after the first token as its stream's last.
+    const gap = ex.options.fast ? 0 : gapMs(ex.b);
+    if (gap > 0 && plan.chunks.length > 1 && !(await sleep(ex, gap * (plan.chunks.length - 1)))) return;
     const text = render.json(ex, chat, plan);
     if (cacheable) body = remember(ex.cache, key, Buffer.from(text));
     return replyJson(ex, body ?? text);

@@ -131,21 +131,53 @@ export function parseChat(body: unknown): ChatRequest | ApiError {
     return invalid("Invalid type for 'stream': expected a boolean.", 'stream', 'invalid_type');
   }
   const stream = body.stream === true;
+  for (const [param, min, max] of INTEGER_FIELDS) {
+    const bad = integerOutOfRange(body[param], param, min, max);
+    if (bad) return bad;
+  }
   return {
     model: body.model,
     stream,
     includeUsage: stream && isRecord(body.stream_options) && body.stream_options.include_usage === true,
     promptTokens: estimateTokens(chars),
     maxTokens: positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens),
+    choices: positiveInt(body.n) ?? 1,
     tool: toolTarget(body, messages),
   };
+}
+
+/** Integer fields OpenAI bounds, with their least and most values. */
+const INTEGER_FIELDS: readonly (readonly [string, number, number])[] = [
+  ['n', 1, 128],
+  ['max_tokens', 1, Number.MAX_SAFE_INTEGER],
+  ['max_completion_tokens', 1, Number.MAX_SAFE_INTEGER],
+];
+
+/** OpenAI's 400 for an integer field of another type or out of its range; undefined when it is fine or absent. */
+function integerOutOfRange(v: unknown, param: string, min: number, max: number): ApiError | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v))
+    return invalid(`Invalid type for '${param}': expected an integer.`, param, 'invalid_type');
+  if (v < min)
+    return invalid(
+      `Invalid '${param}': integer below minimum value. Expected a value >= ${min}, but got ${v} instead.`,
+      param,
+      'integer_below_min_value',
+    );
+  if (v > max)
+    return invalid(
+      `Invalid '${param}': integer above maximum value. Expected a value <= ${max}, but got ${v} instead.`,
+      param,
+      'integer_above_max_value',
+    );
+  return undefined;
 }
 
 function usageOf(
   chat: ChatRequest,
   plan: ReplyPlan,
 ): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
-  const completion = plan.chunks.length;
+  const completion = plan.chunks.length * chat.choices;
   return {
     prompt_tokens: chat.promptTokens,
     completion_tokens: completion,
@@ -175,7 +207,12 @@ const renderer: ChatRenderer = {
       object: 'chat.completion',
       created: nowS(),
       model: chat.model,
-      choices: [{ index: 0, message, logprobs: null, finish_reason: FINISH[plan.finish] }],
+      choices: Array.from({ length: chat.choices }, (_, index) => ({
+        index,
+        message,
+        logprobs: null,
+        finish_reason: FINISH[plan.finish],
+      })),
       ...(ex.b.usage ? { usage: usageOf(chat, plan) } : {}),
     });
   },
@@ -188,12 +225,17 @@ const renderer: ChatRenderer = {
     };
     const withUsage = chat.includeUsage && ex.b.usage;
     // With include_usage every chunk carries `usage: null`, as the real API does.
-    const chunk = (delta: unknown, finish: string | null = null): string =>
-      sseData({
-        ...head,
-        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-        ...(withUsage ? { usage: null } : {}),
-      });
+    // `n` > 1: each step sends one chunk per choice, as OpenAI interleaves them.
+    const chunk = (delta: unknown, finish: string | null = null): string => {
+      let out = '';
+      for (let index = 0; index < chat.choices; index++)
+        out += sseData({
+          ...head,
+          choices: [{ index, delta, logprobs: null, finish_reason: finish }],
+          ...(withUsage ? { usage: null } : {}),
+        });
+      return out;
+    };
     const tool = plan.tool;
     const preamble = tool
       ? chunk({
@@ -329,6 +371,17 @@ function models(ex: Exchange): void {
   replyJson(ex, modelsBody);
 }
 
+/** GET /v1/models/{id}: the model object; like chat, the simulator serves any model name. */
+function model(ex: Exchange, id: string): void {
+  let name: string;
+  try {
+    name = decodeURIComponent(id);
+  } catch {
+    name = id;
+  }
+  replyJson(ex, JSON.stringify({ id: name, object: 'model', created: 1_700_000_000, owned_by: 'system' }));
+}
+
 export const openaiDialect: Dialect = {
   authorized(ex, apiKey) {
     const auth = header(ex, 'authorization');
@@ -357,6 +410,8 @@ export const openaiDialect: Dialect = {
     }
     if (method === 'POST' && path === '/v1/embeddings') return embeddings(ex);
     if (method === 'GET' && path === '/v1/models') return models(ex);
+    if (method === 'GET' && path.startsWith('/v1/models/'))
+      return model(ex, path.slice('/v1/models/'.length));
     // Everything else answers a recognisable body, for the gateway's passthrough tests.
     replyJson(ex, JSON.stringify({ object: 'list', data: [], path }));
   },

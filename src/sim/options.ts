@@ -9,9 +9,9 @@ export interface SimBehaviour {
   chunkDelayMs?: number;
   /** Number of content chunks ("tokens") in a reply. */
   completionTokens: number;
-  /** 0..1, probability of a random 500. */
+  /** 0..1, probability of a random failure (a 500, or `status`). */
   failRate: number;
-  /** Force this status for every request, with a dialect-correct error body. */
+  /** With `failRate`, the status of its failures; without, forced on every request. Dialect-correct bodies. */
   status?: number;
   /** Sent as Retry-After with 429, 503 and 529. */
   retryAfterS?: number;

@@ -176,7 +176,8 @@ export async function startSimulator(opts: Partial<SimOptions> = {}): Promise<Si
     if (b.latencyMs > 0 && !options.fast && !(await sleep(ex, b.latencyMs))) return;
     if (options.apiKey !== undefined && !dialect.authorized(ex, options.apiKey))
       return sendError(ex, dialect, dialect.authError(ex));
-    const forced = b.status ?? (b.failRate > 0 && Math.random() < b.failRate ? 500 : undefined);
+    // With a fail rate, `status` is what the failures answer (500 if unset); without one, every answer.
+    const forced = b.failRate > 0 ? (Math.random() < b.failRate ? (b.status ?? 500) : undefined) : b.status;
     if (forced !== undefined && forced >= 400) return sendError(ex, dialect, dialect.forcedError(ex, forced));
     await dialect.handle(ex);
   }
