@@ -57,7 +57,8 @@ async function main(): Promise<void> {
 llm-edge-router demo is up at ${address}
   curl ${address}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"fast","messages":[{"role":"user","content":"Hello!"}]}'
-  routes: cheap (cost), fast (latency), smart (hybrid), embed; or address one upstream as provider/model
+  routes: cheap (cost), fast (latency), smart (hybrid), auto (tiers + LLM router), embed;
+          or address one upstream as provider/model
   watch:  ${address}/router/status   ${address}/metrics
 `);
   const stop = async (): Promise<void> => {
