@@ -10,36 +10,56 @@ import { createLogger } from './observability/logger.js';
 import { startSimulator, type Simulator } from './sim/index.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
+/**
+ * The simulators listen on 9101-9103 (config/demo.yaml's defaults), or from DEMO_SIM_PORT on; 0 gives each a
+ * free port (tests running the demo side by side). config/demo.yaml reads the ports they got.
+ */
+const simPortBase = Number(process.env.DEMO_SIM_PORT ?? 9101);
+/** A simulator's options with its port moved from the default 9101-9103 to DEMO_SIM_PORT's. */
+function moved(o: SimOptionsIn & { port: number }): SimOptionsIn {
+  return { ...o, port: simPortBase === 0 ? 0 : simPortBase + o.port - 9101 };
+}
+type SimOptionsIn = Parameters<typeof startSimulator>[0];
 
 async function main(): Promise<void> {
   const sims: Simulator[] = [
-    await startSimulator({
-      kind: 'openai',
-      name: 'budget',
-      port: 9101,
-      latencyMs: 120,
-      tokensPerS: 40,
-      failRate: 0.2,
-      completionTokens: 24,
-    }),
-    await startSimulator({
-      kind: 'openai',
-      name: 'speedy',
-      port: 9102,
-      latencyMs: 15,
-      tokensPerS: 200,
-      completionTokens: 24,
-    }),
-    await startSimulator({
-      kind: 'anthropic',
-      name: 'claude-sim',
-      port: 9103,
-      latencyMs: 60,
-      tokensPerS: 80,
-      completionTokens: 24,
-      apiKey: 'demo-anthropic-key',
-    }),
+    await startSimulator(
+      moved({
+        kind: 'openai',
+        name: 'budget',
+        port: 9101,
+        latencyMs: 120,
+        tokensPerS: 40,
+        failRate: 0.2,
+        completionTokens: 24,
+      }),
+    ),
+    await startSimulator(
+      moved({
+        kind: 'openai',
+        name: 'speedy',
+        port: 9102,
+        latencyMs: 15,
+        tokensPerS: 200,
+        completionTokens: 24,
+      }),
+    ),
+    await startSimulator(
+      moved({
+        kind: 'anthropic',
+        name: 'claude-sim',
+        port: 9103,
+        latencyMs: 60,
+        tokensPerS: 80,
+        completionTokens: 24,
+        apiKey: 'demo-anthropic-key',
+      }),
+    ),
   ];
+  const [budget, speedy, claude] = sims;
+  process.env.DEMO_BUDGET_PORT = String(budget!.port);
+  process.env.DEMO_SPEEDY_PORT = String(speedy!.port);
+  process.env.DEMO_CLAUDE_PORT = String(claude!.port);
   let loaded;
   try {
     loaded = loadConfigFile(`${root}config/demo.yaml`);

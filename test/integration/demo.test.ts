@@ -17,7 +17,8 @@ describe('the demo', () => {
     await ensureBuilt();
     proc = spawn(process.execPath, ['dist/demo.js'], {
       cwd: REPO_ROOT,
-      env: { PATH: process.env.PATH ?? '', PORT: String(port), LOG_LEVEL: 'warn' },
+      // Its simulators on free ports: other tests run the demo side by side.
+      env: { PATH: process.env.PATH ?? '', PORT: String(port), LOG_LEVEL: 'warn', DEMO_SIM_PORT: '0' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));

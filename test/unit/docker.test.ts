@@ -157,7 +157,7 @@ describe('Prometheus', () => {
 /** The simulators `npm run demo` starts, read from src/demo.ts (`startSimulator({ ... })` literals). */
 function demoSimulators(): Partial<SimOptions>[] {
   const src = read('src/demo.ts');
-  return [...src.matchAll(/startSimulator\(\{([^}]*)\}\)/g)].map((m) => {
+  return [...src.matchAll(/startSimulator\(\s*(?:moved\(\s*)?\{([^}]*)\}\)/g)].map((m) => {
     const out: Record<string, unknown> = {};
     for (const [, k, v] of m[1]!.matchAll(/(\w+):\s*('[^']*'|[\d.]+)/g)) {
       out[k!] = v!.startsWith("'") ? v!.slice(1, -1) : Number(v);
