@@ -61,9 +61,16 @@ export class SessionRelay {
     });
     client.on('pong', () => (s.clientAlive = true));
     upstream.on('pong', () => (s.upstreamAlive = true));
-    // An error is followed by `close`, which ends the other side.
-    client.on('error', () => undefined);
-    upstream.on('error', () => undefined);
+    // After a protocol error (invalid UTF-8, an oversized message) ws has sent its close frame and would wait
+    // up to 30 s for the peer's: the failed side is cut now and the other told at once.
+    client.on('error', () => {
+      closeLike(upstream, 1006, '', 1001, 'client went away');
+      client.terminate();
+    });
+    upstream.on('error', () => {
+      closeLike(client, 1006, '', 1014, 'upstream connection failed');
+      upstream.terminate();
+    });
     // A client that went without a close frame is gone (1006): the upstream is told so at once.
     client.on('close', (code: number, reason: Buffer) => {
       closeLike(upstream, code, reason.toString(), 1001, 'client went away');

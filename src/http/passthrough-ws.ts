@@ -126,6 +126,12 @@ export function webSocketPassthrough(
     const offered = offeredProtocols(req.headers);
     const key = req.headers['sec-websocket-key'];
     const version = req.headers['sec-websocket-version'];
+    // A handshake has no body: bytes after its head would be read as frames (RFC 6455 §4.1: none before 101).
+    const length = req.headers['content-length'];
+    if ((length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined) {
+      void reply.send(new GatewayError('invalid_request', 'a WebSocket handshake cannot carry a body'));
+      return;
+    }
     if (
       typeof key !== 'string' ||
       !WEBSOCKET_KEY.test(key.trim()) ||
