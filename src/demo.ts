@@ -90,7 +90,16 @@ llm-edge-router demo is up at ${address}
   process.once('SIGTERM', () => void stop());
 }
 
-main().catch((err: unknown) => {
-  console.error(err);
-  process.exit(1);
-});
+const HELP = `usage: npm run demo   (node dist/demo.js)
+  Three simulated providers and the gateway with config/demo.yaml; no keys, no network. Ctrl-C stops it.
+  PORT            the gateway's port (default 8080)
+  DEMO_SIM_PORT   the first simulator's port (default 9101; the others follow; 0: free ports)
+  LOG_LEVEL       the gateway's log level (default info)
+`;
+
+if (process.argv.includes('--help') || process.argv.includes('-h')) process.stdout.write(HELP);
+else
+  main().catch((err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  });

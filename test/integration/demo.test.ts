@@ -59,3 +59,20 @@ describe('the demo', () => {
     await auto.body.dump();
   });
 });
+
+describe('the demo --help', () => {
+  it('prints its usage and exits 0 without starting anything (it once started the demo on :8080)', async () => {
+    await ensureBuilt();
+    const proc = spawn(process.execPath, ['dist/demo.js', '--help'], {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH ?? '', DEMO_SIM_PORT: '0', PORT: '0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const [code] = (await once(proc, 'exit')) as [number | null];
+    expect(code).toBe(0);
+    expect(out).toMatch(/^usage: npm run demo/);
+    expect(out).toContain('DEMO_SIM_PORT');
+  }, 30_000);
+});
