@@ -37,7 +37,7 @@ export function chunksOfCompletion(completion: Json, includeUsage: boolean): Com
   for (const [i, choice] of choices.entries()) {
     const index = typeof choice.index === 'number' ? choice.index : i;
     const message = isObject(choice.message) ? choice.message : {};
-    const delta: Json = { ...message };
+    const { role: _role, ...delta }: Json = message;
     if (Array.isArray(message.tool_calls)) {
       delta.tool_calls = message.tool_calls.map((call: unknown, k) =>
         isObject(call) ? { index: k, ...call } : call,
@@ -49,7 +49,16 @@ export function chunksOfCompletion(completion: Json, includeUsage: boolean): Com
     finished ||= reason !== null;
     ends.push({ index, delta: {}, finish_reason: reason });
   }
+  // A role chunk first, as OpenAI's streams open: the openai SDK keeps a first chunk's logprobs object and
+  // appends that same chunk's list to it again (every logprob twice).
+  const roles = deltas.map(({ index }) => ({
+    index,
+    delta: { role: 'assistant' },
+    logprobs: null,
+    finish_reason: null,
+  }));
   const chunks = [
+    { json: JSON.stringify({ ...head, choices: roles }), content: false },
     { json: JSON.stringify({ ...head, choices: deltas }), content },
     { json: JSON.stringify({ ...head, choices: ends }), content: false },
   ];
@@ -121,9 +130,14 @@ export class CompletionBuilder {
       .sort((a, b) => a.index - b.index)
       .map(({ index, message, toolCalls, logprobs, finish_reason }) => {
         const calls = [...toolCalls.entries()].sort((a, b) => a[0] - b[0]).map(([, call]) => call);
+        // As a JSON answer has it: no text beside tool calls or a refusal is null, an empty text answer "".
+        const text =
+          typeof message.content === 'string' && message.content !== '' ? message.content : undefined;
+        const refused = typeof message.refusal === 'string' && message.refusal !== '';
+        const content = text ?? (calls.length > 0 || refused ? null : (message.content ?? ''));
         return {
           index,
-          message: calls.length > 0 ? { ...message, tool_calls: calls } : message,
+          message: calls.length > 0 ? { ...message, content, tool_calls: calls } : { ...message, content },
           logprobs,
           finish_reason,
         };
@@ -138,7 +152,7 @@ export class CompletionBuilder {
     if (!choice && this.choices.size < MAX_PARTS) {
       choice = {
         index,
-        message: { role: 'assistant', content: null },
+        message: { role: 'assistant', content: null, refusal: null },
         toolCalls: new Map(),
         logprobs: null,
         finish_reason: null,

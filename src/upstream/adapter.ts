@@ -100,9 +100,10 @@ export interface ChatAdapter {
   chatRequest(body: ChatBody, model: string, provider: AdapterProvider): PreparedRequest;
   /**
    * A successful non-streaming upstream JSON answer, as an OpenAI `chat.completion` object; or the error
-   * an upstream sent with its 200 instead of an answer (failed over like the same error in a stream).
+   * an upstream sent with its 200 instead of an answer (failed over like the same error in a stream);
+   * undefined for an object that is neither (failed over as malformed).
    */
-  chatResponse(json: unknown, ctx: StreamContext): AnswerJson;
+  chatResponse(json: unknown, ctx: StreamContext): AnswerJson | undefined;
   /**
    * Optional fast path for a dialect relayed as it is: the answer's text to send and its usage, without
    * parsing the whole body; `undefined` when the text is not a JSON object (the attempt then fails over).

@@ -209,7 +209,10 @@ function answerOfEventStream(text: string, input: AttemptInput): AnswerText | un
   if (!ended && !error) translator.close?.();
   if (error) return { error };
   if (!ended || !built.finished()) return undefined;
-  return { body: JSON.stringify(built.completion()), usage };
+  const completion = built.completion();
+  // Usage the dialect reported outside a `usage` field (Groq's `x_groq`) is the answer's too.
+  if (completion.usage === undefined && usage !== undefined) completion.usage = usage;
+  return { body: JSON.stringify(completion), usage };
 }
 
 /**
@@ -377,6 +380,7 @@ function attemptJsonBody(
       const json = parseJsonObject(text);
       if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
       const out = adapter.chatResponse(json, input.stream);
+      if (!out) return undefined; // an object that is no answer: fail over
       if (out.error) return { error: out.error };
       return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
     },
@@ -384,7 +388,11 @@ function attemptJsonBody(
   );
 }
 
-/** Whether a body starts as a JSON object or an event stream; undefined while only blanks have come. */
+/**
+ * Whether a body starts as an event stream (a field name or a comment: `data`, `event`, `id`, `retry`, `:`)
+ * or as anything else, read whole as a JSON answer (an object, or an array or HTML page that fails over as
+ * malformed); undefined while only blanks have come.
+ */
 function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
   let i = chunk.length >= 3 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf ? 3 : 0;
   while (
@@ -393,7 +401,9 @@ function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
   )
     i++;
   if (i === chunk.length) return undefined;
-  return chunk[i] === 0x7b ? 'json' : 'sse';
+  const c = chunk[i];
+  // d, e, i, r, ':'
+  return c === 0x64 || c === 0x65 || c === 0x69 || c === 0x72 || c === 0x3a ? 'sse' : 'json';
 }
 
 /**

@@ -62,12 +62,14 @@ export function completionIdFor(messageId: unknown): string {
   return id ? `chatcmpl-${id}` : newCompletionId();
 }
 
-export function anthropicChatResponse(json: unknown, ctx: StreamContext): AnswerJson {
+export function anthropicChatResponse(json: unknown, ctx: StreamContext): AnswerJson | undefined {
   const msg: JsonObject = isObject(json) ? json : {};
   // An error body sent with a 200 (some proxies do): not an empty answer, a failure to fail over from.
   if (msg.type === 'error' || (isObject(msg.error) && msg.content === undefined)) {
     return { error: inBandError(msg.error, 'upstream answered 200 with an error') };
   }
+  // Not a message at all (no content list): no answer, not an empty one.
+  if (!Array.isArray(msg.content)) return undefined;
   let text = '';
   let reasoning = '';
   const toolCalls: JsonObject[] = [];

@@ -15,6 +15,7 @@ const completion: Json = {
       message: {
         role: 'assistant',
         content: null,
+        refusal: null,
         tool_calls: [
           { id: 'call_a', type: 'function', function: { name: 'f', arguments: '{"x":1}' } },
           { id: 'call_b', type: 'function', function: { name: 'g', arguments: '{}' } },
@@ -25,7 +26,7 @@ const completion: Json = {
     },
     {
       index: 1,
-      message: { role: 'assistant', content: 'hello', reasoning_content: 'think' },
+      message: { role: 'assistant', content: 'hello', refusal: null, reasoning_content: 'think' },
       logprobs: { content: [{ token: 'hello', logprob: -0.1 }] },
       finish_reason: 'stop',
     },
@@ -38,10 +39,15 @@ function parsed(out: ReturnType<typeof chunksOfCompletion>): Json[] {
 }
 
 describe('chunksOfCompletion', () => {
-  it('gives every choice its message as one delta, tool calls numbered, then the finish reasons', () => {
+  it('opens with a role chunk, gives every choice its message as one delta, tool calls numbered, then the finish reasons', () => {
     const out = chunksOfCompletion(completion, false);
-    const [deltas, ends] = parsed(out);
-    expect(out.chunks.map((c) => c.content)).toEqual([true, false]);
+    const [roles, deltas, ends] = parsed(out);
+    expect(out.chunks.map((c) => c.content)).toEqual([false, true, false]);
+    expect(roles!.choices).toEqual([
+      { index: 0, delta: { role: 'assistant' }, logprobs: null, finish_reason: null },
+      { index: 1, delta: { role: 'assistant' }, logprobs: null, finish_reason: null },
+    ]);
+    expect((deltas!.choices as Json[])[0]!.delta).not.toHaveProperty('role');
     expect(out.finished).toBe(true);
     expect(deltas).toMatchObject({
       id: 'chatcmpl-9',
@@ -68,9 +74,9 @@ describe('chunksOfCompletion', () => {
   });
 
   it('adds a usage chunk only when the client asked for one', () => {
-    expect(chunksOfCompletion(completion, false).chunks).toHaveLength(2);
+    expect(chunksOfCompletion(completion, false).chunks).toHaveLength(3);
     const withUsage = parsed(chunksOfCompletion(completion, true));
-    expect(withUsage[2]).toMatchObject({ choices: [], usage: completion.usage });
+    expect(withUsage[3]).toMatchObject({ choices: [], usage: completion.usage });
   });
 
   it('says an answer without any finish reason is not finished, and an empty one carries no content', () => {
@@ -79,7 +85,7 @@ describe('chunksOfCompletion', () => {
       false,
     );
     expect(out.finished).toBe(false);
-    expect(out.chunks[0]!.content).toBe(false);
+    expect(out.chunks.some((c) => c.content)).toBe(false);
   });
 });
 
@@ -123,6 +129,7 @@ describe('CompletionBuilder', () => {
           message: {
             role: 'assistant',
             content: 'Hello',
+            refusal: null,
             tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'f', arguments: '{"a":2}' } }],
           },
           logprobs: null,
@@ -131,6 +138,25 @@ describe('CompletionBuilder', () => {
       ],
       usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
     });
+  });
+
+  it('gives text "" to an empty answer and null beside tool calls or a refusal, as a JSON answer has them', () => {
+    const build = (...deltas: Json[]): Json => {
+      const built = new CompletionBuilder();
+      for (const delta of deltas) built.add({ choices: [{ index: 0, delta }] });
+      built.add({ choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] });
+      return (built.completion().choices as { message: Json }[])[0]!.message;
+    };
+    expect(build({ role: 'assistant', content: '' })).toMatchObject({ content: '' });
+    expect(
+      build(
+        { role: 'assistant', content: '' },
+        { tool_calls: [{ index: 0, id: 'c', function: { name: 'f' } }] },
+      ),
+    ).toMatchObject({
+      content: null,
+    });
+    expect(build({ role: 'assistant' }, { refusal: 'no' })).toMatchObject({ content: null, refusal: 'no' });
   });
 
   it('is not finished while no choice said why it stopped', () => {

@@ -126,7 +126,7 @@ describe('anthropic stream: text answer', () => {
   it('reassembles to the non-streaming translation of the same answer', () => {
     const streamed = reassemble(whole(TEXT));
     const json: unknown = JSON.parse(fixtureText('text-message.json'));
-    const { body, usage } = anthropicAdapter.chatResponse(json, ctxOf(false));
+    const { body, usage } = anthropicAdapter.chatResponse(json, ctxOf(false))!;
     const choice = (body as { choices: { message: { content: string }; finish_reason: string }[] })
       .choices[0]!;
     expect(streamed.content).toBe(choice.message.content);
@@ -209,7 +209,7 @@ describe('anthropic stream: tool use', () => {
     const { body } = anthropicAdapter.chatResponse(
       JSON.parse(fixtureText('tool-message.json')),
       ctxOf(false),
-    );
+    )!;
     const message = (
       body as {
         choices: {
