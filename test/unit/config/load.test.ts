@@ -454,3 +454,37 @@ describe('map keys named like Object.prototype members are plain names (SPEC §8
     );
   });
 });
+
+describe('what of a provider counts as a secret (scrubbed from answers and logs)', () => {
+  const loadWith = (provider: Record<string, unknown>) =>
+    parseConfigText(
+      JSON.stringify({
+        providers: [{ name: 'p', models: [{ name: 'm' }], ...provider }],
+        routes: { r: { targets: ['p/m'] } },
+      }),
+      {},
+    );
+
+  it('credential-named headers and query parameters whose values look like credentials, not settings', () => {
+    const { secrets } = loadWith({
+      base_url: 'https://x.example/v1?key=AIzaSyA1b2C3d4&key_format=json&code=fn-code-0123456789',
+      headers: {
+        'api-key': 'azure-0123456789',
+        'x-use-auth-header': 'true',
+        'x-auth-mode': 'none',
+        Authorization: 'Token own-SECRET-5678',
+      },
+    });
+    expect(secrets).toEqual(
+      expect.arrayContaining(['AIzaSyA1b2C3d4', 'fn-code-0123456789', 'azure-0123456789', 'own-SECRET-5678']),
+    );
+    for (const setting of ['true', 'none', 'json']) expect(secrets).not.toContain(setting);
+  });
+
+  it('a base_url password with a literal % loads (sent as written) instead of throwing URIError', () => {
+    const loaded = loadWith({ base_url: 'http://u:50%off-pw@127.0.0.1:9/v1' });
+    const auth = loaded.config.providers[0]!.headers?.authorization;
+    expect(auth).toBe(`Basic ${Buffer.from('u:50%off-pw').toString('base64')}`);
+    expect(loaded.secrets).toContain('50%off-pw');
+  });
+});
