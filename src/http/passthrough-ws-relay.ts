@@ -1,4 +1,3 @@
-import type { FastifyInstance } from 'fastify';
 import { WebSocket, type RawData } from 'ws';
 import { providerSecrets } from '../config/load.js';
 import { Scrubber } from '../observability/scrub.js';
@@ -34,10 +33,17 @@ export class SessionRelay {
   private heartbeat: NodeJS.Timeout | undefined;
   private drained: (() => void) | undefined;
 
-  constructor(private readonly app: FastifyInstance) {}
-
-  /** Relays between the two, both open; `ended` once both are closed. */
-  relay(client: WebSocket, upstream: WebSocket, ended: () => void): void {
+  /**
+   * Relays between the two, both open; `ended` once both are closed. `opened` is the config the session was
+   * opened with: its key is what the upstream can echo, whatever a reload has rotated it to since.
+   */
+  relay(
+    client: WebSocket,
+    upstream: WebSocket,
+    ended: () => void,
+    opened: { readonly provider: ProviderRuntime | undefined; readonly scrubber: Scrubber },
+  ): void {
+    const echo = echoBytes(opened.provider);
     const s: Session = { client, upstream, clientAlive: true, upstreamAlive: true, open: 2 };
     this.sessions.add(s);
     this.heartbeat ??= setInterval(() => this.beat(), HEARTBEAT_MS).unref();
@@ -56,7 +62,6 @@ export class SessionRelay {
     });
     upstream.on('message', (data: RawData, isBinary: boolean) => {
       s.upstreamAlive = true;
-      const echo = echoBytes(this.app.gateway.runtime.passthrough);
       forward(client, upstream, echo ? unechoed(data as Buffer, isBinary, echo) : (data as Buffer), isBinary);
     });
     client.on('pong', () => (s.clientAlive = true));
@@ -78,7 +83,7 @@ export class SessionRelay {
     });
     // An upstream close reason may echo what we sent it.
     upstream.on('close', (code: number, reason: Buffer) => {
-      const text = this.app.gateway.runtime.scrubber.scrub(reason.toString());
+      const text = opened.scrubber.scrub(reason.toString());
       closeLike(client, code, text, 1014, 'upstream connection lost');
       closed();
     });
@@ -106,8 +111,9 @@ export class SessionRelay {
 
   private beat(): void {
     for (const s of this.sessions) {
-      if (!s.clientAlive) s.client.terminate();
-      if (!s.upstreamAlive) s.upstream.terminate();
+      // A side paused by back-pressure (the other reads slowly) cannot have its pong read: it is not dead.
+      if (!s.clientAlive && !s.client.isPaused) s.client.terminate();
+      if (!s.upstreamAlive && !s.upstream.isPaused) s.upstream.terminate();
       s.clientAlive = false;
       s.upstreamAlive = false;
       if (s.client.readyState === WebSocket.OPEN) s.client.ping();

@@ -71,7 +71,7 @@ export function webSocketPassthrough(
   const handshakeMs = timeouts.connect_ms + timeouts.first_byte_ms;
   const handshakes = new WeakMap<IncomingMessage, Handshake>();
   const pending = new Set<() => void>();
-  const sessions = new SessionRelay(app);
+  const sessions = new SessionRelay();
 
   const wss = new WebSocketServer({
     noServer: true,
@@ -142,7 +142,10 @@ export function webSocketPassthrough(
       void reply.send(new GatewayError('invalid_request', 'malformed WebSocket handshake'));
       return;
     }
-    const provider = app.gateway.runtime.passthrough?.config;
+    // The config serving now: its key is sent, and its secrets are what the session's answers are kept from.
+    const runtime = app.gateway.runtime;
+    const opened = { provider: runtime.passthrough, scrubber: runtime.scrubber };
+    const provider = runtime.passthrough?.config;
     const upstream = new WebSocket(
       `${wsOrigin}${dest}`,
       offered.filter((p) => !p.startsWith(KEY_PROTOCOL)),
@@ -199,7 +202,7 @@ export function webSocketPassthrough(
         const value = res.headers[name];
         if (value !== undefined) void reply.header(name, value);
       }
-      void sendScrubbed(app, reply, res).finally(() => {
+      void sendScrubbed(opened.scrubber, reply, res).finally(() => {
         end();
         upstreamReq.destroy();
       });
@@ -219,8 +222,11 @@ export function webSocketPassthrough(
       // Synchronous (no verifyClient): the upstream's first messages, already on their way, find the relay.
       wss.handleUpgrade(req.raw, handshake.socket, handshake.head, (client) => {
         relayed = true;
-        sessions.relay(client, upstream, () =>
-          reportUnrouted(app.gateway, req, 101, performance.now() - started),
+        sessions.relay(
+          client,
+          upstream,
+          () => reportUnrouted(app.gateway, req, 101, performance.now() - started),
+          opened,
         );
       });
       // ws refused the client's handshake itself (its own 400) or found the socket gone.

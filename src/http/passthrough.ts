@@ -7,7 +7,7 @@ import { providerSecrets } from '../config/load.js';
 import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
 import { Scrubber, StreamMask } from '../observability/scrub.js';
-import type { ProviderRuntime } from '../runtime.js';
+import type { ProviderRuntime, Runtime } from '../runtime.js';
 import { Pool, requestOn } from '../upstream/client.js';
 import { retrieveModel } from './models.js';
 
@@ -91,6 +91,10 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     failure,
   });
   const bodyLimit = (): number => app.gateway.runtime.loaded.config.server.body_limit_bytes;
+  // The config a request started on: the key it sent is the one its answer may echo, whatever a reload
+  // has rotated it to since.
+  const serving = new WeakMap<object, Runtime>();
+  const servingFor = (req: object | undefined): Runtime => (req && serving.get(req)) ?? app.gateway.runtime;
   // One abort per request: the client going away, or total_ms, ends the upstream request at once.
   const aborts = new WeakMap<object, AbortController>();
   // This plugin's own context: the hook sees only the proxied routes.
@@ -109,6 +113,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     }
     const abort = new AbortController();
     aborts.set(req, abort);
+    serving.set(req, app.gateway.runtime);
     const timer = setTimeout(() => {
       abort.abort(new Error('total_ms'));
       if (reply.raw.headersSent) reply.raw.destroy();
@@ -203,17 +208,17 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           if (!STRIPPED.has(k) && named?.includes(k) !== true) out[k] = v;
         }
         out[ABORT_SIGNAL] = aborts.get(req)?.signal;
-        // The key of the passthrough provider in the config serving now (a reload may have changed it), then
-        // its configured headers (an organization, a proxy's own auth), as routed requests have them.
-        const provider = app.gateway.runtime.passthrough?.config;
+        // The key of the passthrough provider in the config this request started on, then its configured
+        // headers (an organization, a proxy's own auth), as routed requests have them.
+        const provider = servingFor(req).passthrough?.config;
         if (provider?.api_key) out.authorization = `Bearer ${provider.api_key}`;
         if (provider?.headers)
           for (const [k, v] of Object.entries(provider.headers)) out[k.toLowerCase()] = v;
         return out as IncomingHttpHeaders;
       },
-      rewriteHeaders: (headers) => {
+      rewriteHeaders: (headers, req) => {
         const named = connectionNamed(headers.connection);
-        const echo = echoGuard(app.gateway.runtime.passthrough);
+        const echo = echoGuard(servingFor(req).passthrough);
         const out: IncomingHttpHeaders = {};
         for (const [k, v] of Object.entries(headers)) {
           if (HOP_BY_HOP.has(k) || named?.includes(k) === true) continue;
@@ -222,14 +227,15 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         }
         return out;
       },
-      onResponse: (_req, reply, res) => {
+      onResponse: (req, reply, res) => {
+        const serving = servingFor(req);
         if (reply.statusCode >= 400) {
-          void sendScrubbed(app, reply, res.stream);
+          void sendScrubbed(serving.scrubber, reply, res.stream);
           return;
         }
         // An answer that echoes what we sent (an httpbin-like /v1/anything) must not hand the client our key.
         // Encoded bodies go as they are: their bytes do not show a key to mask.
-        const echo = echoGuard(app.gateway.runtime.passthrough);
+        const echo = echoGuard(serving.passthrough);
         const encoding = reply.getHeader('content-encoding');
         if (echo === undefined || (encoding !== undefined && encoding !== 'identity')) {
           void reply.send(res.stream);
@@ -244,7 +250,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       // Failures before any answer (reply-from maps timeouts to 504).
       onError: (reply, { error }) => {
         if (isTooLarge(error)) {
-          void reply.send(tooLarge());
+          // Closed after the answer: the rest of the body is not read (a request behind it would wait on it).
+          void reply.header('connection', 'close').send(tooLarge());
           return;
         }
         void reply.send(failure((error as Error & { statusCode?: number }).statusCode === 504));
@@ -315,7 +322,7 @@ export function connectionNamed(value: string | string[] | undefined): string[] 
 }
 
 export async function sendScrubbed(
-  app: FastifyInstance,
+  scrubber: { scrub(text: string): string },
   reply: FastifyReply<RouteGenericInterface, RawServerBase>,
   stream: Readable,
 ): Promise<void> {
@@ -341,7 +348,7 @@ export async function sendScrubbed(
   }
   reply.removeHeader('content-length');
   reply.removeHeader('content-encoding');
-  void reply.send(app.gateway.runtime.scrubber.scrub(text));
+  void reply.send(scrubber.scrub(text));
 }
 
 function decode(body: Buffer, encoding: unknown): string {

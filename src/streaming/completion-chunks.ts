@@ -89,8 +89,11 @@ interface BuiltChoice {
 
 /** Delta fields that arrive in pieces: appended. Every other field replaces what came before. */
 const APPENDED = new Set(['content', 'refusal', 'reasoning_content', 'reasoning']);
-/** Bounds the choices and tool calls one answer may build (OpenAI's `n` is at most 128). */
-const MAX_PARTS = 1024;
+/**
+ * Bounds the choices and tool calls one answer may build, together (OpenAI's `n` is at most 128): past it the
+ * answer is no answer (`finished()` false), never a truncated one served as whole.
+ */
+const MAX_PARTS = 4096;
 
 /**
  * Merges a stream's chunks into the `chat.completion` a non-streaming call would have answered, as the
@@ -101,6 +104,10 @@ export class CompletionBuilder {
   private readonly head: Json = {};
   private readonly choices = new Map<number, BuiltChoice>();
   private usage: unknown;
+  /** Choices and tool calls made so far; past MAX_PARTS the answer is refused. */
+  private parts = 0;
+  /** Counts one more part; false past the bound. */
+  private readonly take = (): boolean => ++this.parts <= MAX_PARTS;
 
   add(chunk: Json): void {
     for (const key of CARRIED)
@@ -112,7 +119,7 @@ export class CompletionBuilder {
       if (!isObject(raw)) continue;
       const choice = this.choice(typeof raw.index === 'number' ? raw.index : 0);
       if (!choice) continue;
-      if (isObject(raw.delta)) mergeDelta(choice, raw.delta);
+      if (isObject(raw.delta)) mergeDelta(choice, raw.delta, this.take);
       if (isObject(raw.logprobs)) choice.logprobs = mergeLogprobs(choice.logprobs, raw.logprobs);
       if (typeof raw.finish_reason === 'string' && raw.finish_reason !== '')
         choice.finish_reason = raw.finish_reason;
@@ -121,6 +128,7 @@ export class CompletionBuilder {
 
   /** Some choice said why it stopped. */
   finished(): boolean {
+    if (this.parts > MAX_PARTS) return false;
     for (const choice of this.choices.values()) if (choice.finish_reason !== null) return true;
     return false;
   }
@@ -149,7 +157,7 @@ export class CompletionBuilder {
 
   private choice(index: number): BuiltChoice | undefined {
     let choice = this.choices.get(index);
-    if (!choice && this.choices.size < MAX_PARTS) {
+    if (!choice && this.take()) {
       choice = {
         index,
         message: { role: 'assistant', content: null, refusal: null },
@@ -163,12 +171,14 @@ export class CompletionBuilder {
   }
 }
 
-function mergeDelta(choice: BuiltChoice, delta: Json): void {
+function mergeDelta(choice: BuiltChoice, delta: Json, take: () => boolean): void {
   const { message } = choice;
   for (const [key, value] of Object.entries(delta)) {
-    if (value === null || value === undefined) continue;
+    // An upstream's `__proto__` key is data, never this object's prototype (SPEC §8).
+    if (value === null || value === undefined || key === '__proto__') continue;
     if (key === 'tool_calls') {
-      if (Array.isArray(value)) for (const part of value) if (isObject(part)) mergeToolCall(choice, part);
+      if (Array.isArray(value))
+        for (const part of value) if (isObject(part)) mergeToolCall(choice, part, take);
     } else if (key === 'function_call' || key === 'audio') {
       if (isObject(value)) message[key] = mergeFragments(message[key], value);
     } else if (APPENDED.has(key) && typeof value === 'string') {
@@ -178,11 +188,11 @@ function mergeDelta(choice: BuiltChoice, delta: Json): void {
   }
 }
 
-function mergeToolCall(choice: BuiltChoice, part: Json): void {
+function mergeToolCall(choice: BuiltChoice, part: Json, take: () => boolean): void {
   const at = typeof part.index === 'number' ? part.index : choice.toolCalls.size;
   let call = choice.toolCalls.get(at);
   if (!call) {
-    if (choice.toolCalls.size >= MAX_PARTS) return;
+    if (!take()) return;
     call = { function: { name: '', arguments: '' } };
     choice.toolCalls.set(at, call);
   }
@@ -197,7 +207,7 @@ function mergeToolCall(choice: BuiltChoice, part: Json): void {
 function mergeFragments(had: unknown, part: Json): Json {
   const out: Json = isObject(had) ? { ...had } : {};
   for (const [key, value] of Object.entries(part)) {
-    if (value === null || value === undefined) continue;
+    if (value === null || value === undefined || key === '__proto__') continue;
     const piece = key === 'arguments' || key === 'data' || key === 'transcript';
     out[key] = piece && typeof value === 'string' && typeof out[key] === 'string' ? out[key] + value : value;
   }
@@ -207,6 +217,7 @@ function mergeFragments(had: unknown, part: Json): Json {
 function mergeLogprobs(had: Json | null, part: Json): Json {
   const out: Json = had ?? {};
   for (const [key, value] of Object.entries(part)) {
+    if (key === '__proto__') continue;
     const list = out[key];
     if (Array.isArray(value)) {
       if (Array.isArray(list)) for (const item of value as unknown[]) list.push(item);

@@ -412,7 +412,13 @@ function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
  * some choice said why it stopped; undefined when the body is no answer (it fails over as malformed). An
  * error object instead of an answer goes to `sink.error`.
  */
-function answerAsChunks(text: string, input: AttemptInput, sink: ChunkSink): boolean | undefined {
+function answerAsChunks(
+  text: string,
+  input: AttemptInput,
+  sink: ChunkSink,
+  /** Set to the answer's completion tokens estimated from its text, when it reports no usage. */
+  counted: { tokens?: number },
+): boolean | undefined {
   const { adapter } = input.upstream.provider;
   const json = parseJsonObject(text);
   if (!json) return undefined;
@@ -428,6 +434,7 @@ function answerAsChunks(text: string, input: AttemptInput, sink: ChunkSink): boo
   const completion = typeof answer.body === 'string' ? json : (answer.body as Record<string, unknown>);
   if (!Array.isArray(completion.choices)) return undefined;
   if (answer.usage) sink.usage(answer.usage);
+  else counted.tokens = answerTokens(JSON.stringify(completion));
   const { chunks, finished } = chunksOfCompletion(completion, input.stream.includeUsage);
   for (const chunk of chunks) sink.chunk(chunk.json, chunk.content);
   sink.end();
@@ -530,8 +537,9 @@ async function attemptStreamBody(
     let whole: Buffer[] | undefined;
     let wholeBytes = 0;
 
-    /** A JSON answer given as chunks: some choice said why it stopped. */
+    /** A JSON answer given as chunks: some choice said why it stopped, and its tokens when it had no usage. */
     let finishedJson: boolean | undefined;
+    const jsonCounted: { tokens?: number } = {};
     let readError: unknown;
     try {
       await relayChunks(
@@ -567,7 +575,7 @@ async function attemptStreamBody(
         DRAIN_AFTER_END_MS,
       );
       if (whole) {
-        const answer = answerAsChunks(Buffer.concat(whole).toString('utf8'), input, sink);
+        const answer = answerAsChunks(Buffer.concat(whole).toString('utf8'), input, sink, jsonCounted);
         if (answer === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
         else finishedJson = answer;
       } else if (!ended && !streamError) {
@@ -594,7 +602,7 @@ async function attemptStreamBody(
         writer.write(pending);
       }
       writer.end(DONE_FRAME);
-      return { ok: true, usage, countedTokens: contentChunks, ttftMs, totalMs };
+      return { ok: true, usage, countedTokens: jsonCounted.tokens ?? contentChunks, ttftMs, totalMs };
     }
 
     let result: AttemptResult;

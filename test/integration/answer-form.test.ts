@@ -106,6 +106,18 @@ describe('a JSON answer to a streaming request', () => {
     ).toBe(1);
   });
 
+  it('without usage, counts its completion tokens from the text (not one per chunk)', async () => {
+    const answer = textAnswer('one two three four five six seven eight nine ten eleven twelve');
+    delete answer.usage;
+    const { url } = await gatewayOver([(_req, res) => sendJson(res, 200, answer)]);
+    const res = await postChat({ url }, { model: 'r', messages: hi, stream: true });
+    expect(res.status).toBe(200);
+    const samples = await scrape(url);
+    expect(
+      value(samples, 'llm_router_tokens_total', { provider: 'p0', model: 'up-model', kind: 'completion' }),
+    ).toBeGreaterThan(5);
+  });
+
   it('ends with [DONE] on the wire and carries no usage chunk the client did not ask for', async () => {
     const { url } = await gatewayOver([(_req, res) => sendJson(res, 200, textAnswer('Hi'))]);
     const res = await postChat({ url }, { model: 'r', messages: hi, stream: true });

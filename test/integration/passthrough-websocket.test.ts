@@ -8,6 +8,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { connect } from 'node:net';
 import { describe, expect, it, vi } from 'vitest';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { parseConfigText } from '../../src/config/load.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 
@@ -482,5 +483,21 @@ describe('passthrough WebSocket and shutdown', () => {
     expect(r.status).toBe(503);
     expect(openAIError(r.text).type).toBe('server_error');
     await vi.waitFor(() => expect(silent.ended()).toBe(1));
+  });
+});
+
+describe('a key rotated by a reload while a session is open (regression: the old key was no longer masked)', () => {
+  it('keeps masking the key the session was opened with', async () => {
+    const up = await wsUpstream();
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    const client = await openClient(wsUrl(gw, '/v1/realtime?model=m'));
+    await received(client, 1);
+    const rotated = configOf(`${up.url}/v1`);
+    (rotated.providers as { api_key: string }[])[0]!.api_key = 'sk-pt-NEW-SECRET-9999';
+    gw.gateway.reload(parseConfigText(JSON.stringify(rotated), {}));
+    client.ws.send('headers');
+    await received(client, 2);
+    expect(client.messages[1]!.text).toContain('"authorization":"Bearer [REDACTED]"');
+    expect(client.messages[1]!.text).not.toContain(PT_KEY);
   });
 });

@@ -41,8 +41,8 @@ export const openaiAdapter: ChatAdapter = {
 
   chatResponseText(text: string): AnswerText | undefined {
     const out = relayedAnswer(text);
-    // An object with no `choices` key is no answer (a key, not text: inside a string its quotes are escaped).
-    if (out !== undefined && out.error === undefined && !text.includes('"choices"')) return undefined;
+    // An object with no `choices` list is no answer (a key, not text: inside a string its quotes are escaped).
+    if (out !== undefined && out.error === undefined && !CHOICES_LIST.test(text)) return undefined;
     return out;
   },
 
@@ -334,6 +334,9 @@ export function relayedAnswer(
 function isErrorInsteadOfAnswer(json: Record<string, unknown>): boolean {
   return json.error != null && json.choices === undefined && json.data === undefined;
 }
+
+/** A `choices` key whose value is a list. */
+const CHOICES_LIST = /"choices"\s*:\s*\[/;
 
 const RATE_LIMIT_CODES = new Set<unknown>(['rate_limit_exceeded', 'rate_limit_error', 429, '429']);
 

@@ -165,9 +165,31 @@ describe('CompletionBuilder', () => {
     expect(built.finished()).toBe(false);
   });
 
-  it('bounds the choices an upstream can make it hold', () => {
+  it('bounds the choices and tool calls an upstream can make it hold, and then is no answer (not a cut one)', () => {
     const built = new CompletionBuilder();
-    for (let i = 0; i < 5000; i++) built.add({ choices: [{ index: i, delta: { content: 'x' } }] });
-    expect((built.completion().choices as unknown[]).length).toBe(1024);
+    for (let i = 0; i < 5000; i++)
+      built.add({ choices: [{ index: i, delta: { content: 'x' }, finish_reason: 'stop' }] });
+    expect((built.completion().choices as unknown[]).length).toBe(4096);
+    expect(built.finished()).toBe(false);
+    const calls = new CompletionBuilder();
+    const many = Array.from({ length: 5000 }, (_, index) => ({
+      index,
+      id: `c${index}`,
+      function: { name: 'f', arguments: '' },
+    }));
+    calls.add({ choices: [{ index: 0, delta: { tool_calls: many }, finish_reason: 'tool_calls' }] });
+    expect(calls.finished()).toBe(false);
+  });
+
+  it('takes an upstream __proto__ key as data, never as a prototype', () => {
+    const built = new CompletionBuilder();
+    built.add(
+      JSON.parse(
+        '{"choices":[{"index":0,"delta":{"content":"x","__proto__":{"polluted":true}},"finish_reason":"stop"}]}',
+      ) as Json,
+    );
+    const message = (built.completion().choices as { message: Json }[])[0]!.message;
+    expect(Object.getPrototypeOf(message)).toBe(Object.prototype);
+    expect((message as { polluted?: unknown }).polluted).toBeUndefined();
   });
 });
