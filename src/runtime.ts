@@ -108,8 +108,8 @@ export class SharedState {
   redis: RedisState | undefined;
   /** An open adopted from another replica is not published back. */
   #adopting = false;
-  /** Pending wake-ups of open breakers. */
-  readonly #wakers = new Set<NodeJS.Timeout>();
+  /** Pending wake-ups of open breakers, one each. */
+  readonly #wakers = new Map<CircuitBreaker, NodeJS.Timeout>();
 
   constructor(
     loaded: LoadedConfig,
@@ -118,7 +118,7 @@ export class SharedState {
     this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t, breaker) => {
       if (t.from !== t.to) this.onTransition?.(id, t.to, t.cause);
       if (t.to !== 'open') return;
-      this.#wakeAfter(breaker, t.openMs);
+      this.#wakeAfter(id, breaker, t.openMs);
       if (!this.#adopting) this.redis?.publishOpen(id, t.openMs, t.cause ?? 'errors');
     });
   }
@@ -127,19 +127,23 @@ export class SharedState {
    * Turns an open breaker half-open when its time is up, not at the next request: with no traffic the
    * transition (its metric and log line) would wait for one while the gauge and /router/status showed it.
    */
-  #wakeAfter(breaker: CircuitBreaker, ms: number): void {
+  #wakeAfter(id: string, breaker: CircuitBreaker, ms: number): void {
+    // One wake-up per breaker: each open or extension replaces the last (wake() re-arms for what is left).
+    clearTimeout(this.#wakers.get(breaker));
     const timer = setTimeout(() => {
-      this.#wakers.delete(timer);
+      this.#wakers.delete(breaker);
+      // A breaker a reload dropped (its upstream gone, maybe back since with a new one) says nothing.
+      if (this.breakers.peek(id) !== breaker) return;
       const left = breaker.wake();
-      if (left > 0) this.#wakeAfter(breaker, left);
+      if (left > 0) this.#wakeAfter(id, breaker, left);
     }, ms + 1);
     timer.unref();
-    this.#wakers.add(timer);
+    this.#wakers.set(breaker, timer);
   }
 
   /** Stops the breakers' wake-ups (the gateway is closing). */
   close(): void {
-    for (const timer of this.#wakers) clearTimeout(timer);
+    for (const timer of this.#wakers.values()) clearTimeout(timer);
     this.#wakers.clear();
   }
 

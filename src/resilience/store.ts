@@ -52,6 +52,11 @@ export class MemoryBreakerStore implements BreakerStore {
     return this.#breakers.entries();
   }
 
+  /** The upstream's breaker if it has one (never creates it). */
+  peek(upstreamId: string): CircuitBreaker | undefined {
+    return this.#breakers.get(upstreamId);
+  }
+
   retain(ids: Iterable<string>): void {
     const keep = new Set(ids);
     for (const id of this.#breakers.keys()) {

@@ -247,7 +247,8 @@ export async function askRouter(
   const cache = cacheFor(gw, route)!;
   const started = gw.now();
   const hit = cache.get(key, started);
-  if (hit) {
+  // A tier a reload has since emptied (its provider disabled) is no answer now: ask again.
+  if (hit && (route.tiers?.[hit.tier]?.length ?? 0) > 0) {
     gw.metrics.routerRequests.inc({ tier: hit.tier, outcome: 'cached' });
     return { tier: hit.tier, reason: hit.reason, outcome: 'cached', failed: NO_FAILURES };
   }

@@ -126,6 +126,34 @@ describe('tiers and the LLM router', () => {
     expect(r1.requests).toHaveLength(2); // the cache's own settings changed: it starts over
   });
 
+  it('a cached tier a reload has emptied (its provider disabled) is asked again, not answered with a 503', async () => {
+    const { r1 } = await setup();
+    const prompt = 'Prove that there are infinitely many primes, step by step.';
+    expect((await chat(prompt)).headers['x-router-tier']).toBe('deep');
+    const origin = (n: string) => new URL(gw!.gateway.runtime.providers.get(n)!.config.base_url).origin;
+    const config = {
+      providers: [
+        simProvider('r1', origin('r1'), ['m']),
+        simProvider('r2', origin('r2'), ['m']),
+        simProvider('bal', origin('bal'), ['m']),
+        simProvider('deep', origin('deep'), ['m'], { api_key: '' }), // disabled: tier deep has no upstream
+      ],
+      routes: {
+        auto: {
+          strategy: 'priority',
+          tiers: { fast: ['r1/m', 'r2/m'], balanced: ['bal/m'], deep: ['deep/m'] },
+          default_tier: 'balanced',
+          router: { tier: 'fast', timeout_ms: 400, cache_ttl_s: 60 },
+        },
+      },
+    };
+    gw!.gateway.reload(parseConfigText(JSON.stringify(config), {}));
+    const after = await chat(prompt);
+    expect(after.status).toBe(200);
+    expect(after.headers['x-router-tier']).toBe('balanced');
+    expect(r1.requests).toHaveLength(2);
+  });
+
   it('a hanging router costs at most its timeout and the request is served by default_tier', async () => {
     const { r1, r2, bal } = await setup();
     r1.set({ hang: true });
