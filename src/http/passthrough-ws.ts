@@ -229,8 +229,11 @@ export function webSocketPassthrough(
           opened,
         );
       });
-      // ws refused the client's handshake itself (its own 400) or found the socket gone.
-      if (!relayed) upstream.terminate();
+      // ws refused the client's handshake itself (its own 400) or found the socket gone: still one line.
+      if (!relayed) {
+        upstream.terminate();
+        reportUnrouted(app.gateway, req, 400, performance.now() - started);
+      }
     });
   }
 
