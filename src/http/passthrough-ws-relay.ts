@@ -1,7 +1,7 @@
 import { WebSocket, type RawData } from 'ws';
-import { providerSecrets } from '../config/load.js';
-import { Scrubber } from '../observability/scrub.js';
+import type { Scrubber } from '../observability/scrub.js';
 import type { ProviderRuntime } from '../runtime.js';
+import { echoGuard, type EchoGuard } from './passthrough.js';
 
 /** Past this many bytes queued for one side, the other side is no longer read until they are written. */
 const HIGH_WATER_BYTES = 1024 * 1024;
@@ -43,7 +43,7 @@ export class SessionRelay {
     ended: () => void,
     opened: { readonly provider: ProviderRuntime | undefined; readonly scrubber: Scrubber },
   ): void {
-    const echo = echoBytes(opened.provider);
+    const echo = echoGuard(opened.provider);
     const s: Session = { client, upstream, clientAlive: true, upstreamAlive: true, open: 2 };
     this.sessions.add(s);
     this.heartbeat ??= setInterval(() => this.beat(), HEARTBEAT_MS).unref();
@@ -153,32 +153,10 @@ function closeLike(
   else ws.close(code, Buffer.byteLength(reason) <= MAX_REASON_BYTES ? reason : '');
 }
 
-interface EchoBytes {
-  readonly secrets: readonly Buffer[];
-  readonly scrubber: Scrubber;
-}
-
-/** Per passthrough provider (a reload makes a new one): its secrets as bytes, to find in a message unread. */
-const ECHO_BYTES = new WeakMap<ProviderRuntime, EchoBytes | null>();
-
-function echoBytes(provider: ProviderRuntime | undefined): EchoBytes | undefined {
-  if (provider === undefined) return undefined;
-  let echo = ECHO_BYTES.get(provider);
-  if (echo === undefined) {
-    const secrets = providerSecrets(provider.config);
-    echo =
-      secrets.length === 0
-        ? null
-        : { secrets: secrets.map((t) => Buffer.from(t)), scrubber: new Scrubber(secrets) };
-    ECHO_BYTES.set(provider, echo);
-  }
-  return echo ?? undefined;
-}
-
 /** An upstream message that echoes what we sent it (our key) has it masked, as an HTTP answer has. */
-function unechoed(data: Buffer, isBinary: boolean, echo: EchoBytes): Buffer {
-  if (!echo.secrets.some((s) => data.includes(s))) return data;
+function unechoed(data: Buffer, isBinary: boolean, echo: EchoGuard): Buffer {
+  if (!echo.bytes.some((s) => data.includes(s))) return data;
   // latin1 keeps a binary message's other bytes as they were.
   const encoding = isBinary ? 'latin1' : 'utf8';
-  return Buffer.from(echo.scrubber.scrub(data.toString(encoding)), encoding);
+  return Buffer.from(echo.scrub(data.toString(encoding)), encoding);
 }

@@ -285,21 +285,30 @@ function isTooLarge(err: unknown): boolean {
   return false;
 }
 
-interface EchoGuard {
+export interface EchoGuard {
   readonly mask: StreamMask;
   readonly scrub: (text: string) => string;
+  /** The secrets as bytes, to find in a message without decoding it (WebSocket messages). */
+  readonly bytes: readonly Buffer[];
 }
 
 /** Per passthrough provider (a reload makes a new one): what of ours it can echo, and how it is hidden. */
 const ECHO_GUARDS = new WeakMap<ProviderRuntime, EchoGuard | null>();
 
-function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | undefined {
+export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | undefined {
   if (provider === undefined) return undefined;
   let guard = ECHO_GUARDS.get(provider);
   if (guard === undefined) {
     const secrets = providerSecrets(provider.config);
     const scrubber = new Scrubber(secrets);
-    guard = secrets.length === 0 ? null : { mask: new StreamMask(secrets), scrub: (t) => scrubber.scrub(t) };
+    guard =
+      secrets.length === 0
+        ? null
+        : {
+            mask: new StreamMask(secrets),
+            scrub: (t) => scrubber.scrub(t),
+            bytes: secrets.map((t) => Buffer.from(t)),
+          };
     ECHO_GUARDS.set(provider, guard);
   }
   return guard ?? undefined;
