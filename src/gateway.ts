@@ -200,7 +200,7 @@ export class Gateway {
         param: null,
         code: GATEWAY_SHUTDOWN,
       });
-      signal.abort(new Error(GATEWAY_SHUTDOWN));
+      signal.abort(SHUTDOWN_CUT);
     }
     this.liveStreams.clear();
     return n;
@@ -217,6 +217,10 @@ export class Gateway {
 
 /** The reason of a stream cut by shutdown: its error code, and its request line's error. */
 export const GATEWAY_SHUTDOWN = 'gateway_shutdown';
+/** The abort reason of a request cut by shutdown (told apart by identity, not by its text). */
+export const SHUTDOWN_CUT: Error = Object.assign(new Error('the gateway is shutting down'), {
+  code: GATEWAY_SHUTDOWN,
+});
 
 /**
  * `server.*` settings the HTTP layer reads once, at start: the listener, body limits, the passthrough proxy

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GATEWAY_SHUTDOWN, type Gateway } from '../gateway.js';
+import { GATEWAY_SHUTDOWN, SHUTDOWN_CUT, type Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
 import { decideChat } from '../routing/chat-decision.js';
 import type { RankedCandidate } from '../routing/types.js';
@@ -211,5 +211,5 @@ async function handleChat(
 }
 
 function isShutdown(signal: Abort): boolean {
-  return signal.aborted && (signal.reason as Error | undefined)?.message === GATEWAY_SHUTDOWN;
+  return signal.aborted && signal.reason === SHUTDOWN_CUT;
 }
