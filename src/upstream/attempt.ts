@@ -260,7 +260,8 @@ async function attemptJsonCall(
       });
     }
     // A chat answer without usage is counted from its text, as a stream's is from its chunks.
-    const counted = out.usage === undefined && chat !== undefined ? answerTokens(out.body) : 0;
+    const counted =
+      out.usage === undefined && chat !== undefined ? answerTokens(parseJsonObject(out.body)) : 0;
     return { ok: true, usage: out.usage, countedTokens: counted, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, input, sig, t0);
@@ -270,8 +271,8 @@ async function attemptJsonCall(
 }
 
 /** Completion tokens estimated from a chat answer's text: every choice's content, reasoning and tool calls. */
-function answerTokens(body: string): number {
-  const choices = parseJsonObject(body)?.choices;
+function answerTokens(completion: Record<string, unknown> | undefined): number {
+  const choices = completion?.choices;
   if (!Array.isArray(choices)) return 0;
   let text = '';
   for (const choice of choices as { message?: Record<string, unknown> | null }[]) {
@@ -409,16 +410,15 @@ function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
 /**
  * A streaming request answered with one JSON answer (a server or proxy that ignores `stream`): the answer,
  * read as a non-streaming one would be, given to `sink` as the chunks of a stream and ended. Returns whether
- * some choice said why it stopped; undefined when the body is no answer (it fails over as malformed). An
- * error object instead of an answer goes to `sink.error`.
+ * some choice said why it stopped, and its completion tokens estimated from its text when it reports no
+ * usage; undefined when the body is no answer (it fails over as malformed). An error object instead of an
+ * answer goes to `sink.error`.
  */
 function answerAsChunks(
   text: string,
   input: AttemptInput,
   sink: ChunkSink,
-  /** Set to the answer's completion tokens estimated from its text, when it reports no usage. */
-  counted: { tokens?: number },
-): boolean | undefined {
+): { finished: boolean; tokens: number | undefined } | undefined {
   const { adapter } = input.upstream.provider;
   const json = parseJsonObject(text);
   if (!json) return undefined;
@@ -428,17 +428,16 @@ function answerAsChunks(
   if (!answer) return undefined;
   if (answer.error) {
     sink.error(answer.error);
-    return false;
+    return { finished: false, tokens: undefined };
   }
   // The OpenAI dialect's answer is the text as it came; a translated one is a new object.
   const completion = typeof answer.body === 'string' ? json : (answer.body as Record<string, unknown>);
   if (!Array.isArray(completion.choices)) return undefined;
   if (answer.usage) sink.usage(answer.usage);
-  else counted.tokens = answerTokens(JSON.stringify(completion));
   const { chunks, finished } = chunksOfCompletion(completion, input.stream.includeUsage);
   for (const chunk of chunks) sink.chunk(chunk.json, chunk.content);
   sink.end();
-  return finished;
+  return { finished, tokens: answer.usage ? undefined : answerTokens(completion) };
 }
 
 /**
@@ -538,8 +537,7 @@ async function attemptStreamBody(
     let wholeBytes = 0;
 
     /** A JSON answer given as chunks: some choice said why it stopped, and its tokens when it had no usage. */
-    let finishedJson: boolean | undefined;
-    const jsonCounted: { tokens?: number } = {};
+    let json: { finished: boolean; tokens: number | undefined } | undefined;
     let readError: unknown;
     try {
       await relayChunks(
@@ -575,9 +573,8 @@ async function attemptStreamBody(
         DRAIN_AFTER_END_MS,
       );
       if (whole) {
-        const answer = answerAsChunks(Buffer.concat(whole).toString('utf8'), input, sink, jsonCounted);
-        if (answer === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
-        else finishedJson = answer;
+        json = answerAsChunks(Buffer.concat(whole).toString('utf8'), input, sink);
+        if (json === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
       } else if (!ended && !streamError) {
         parser.end();
         translator.close?.();
@@ -590,9 +587,7 @@ async function attemptStreamBody(
 
     // `[DONE]` before any content or finish_reason: no answer, failed over as a close before content (SPEC §2).
     const noAnswer =
-      ended &&
-      !committed &&
-      (finishedJson === undefined ? translator.saidNoFinish?.() === true : !finishedJson);
+      ended && !committed && (json === undefined ? translator.saidNoFinish?.() === true : !json.finished);
     if (ended && !streamError && !noAnswer) {
       if (!committed) {
         // A legitimately empty answer: commit now with whatever preamble there was.
@@ -602,7 +597,7 @@ async function attemptStreamBody(
         writer.write(pending);
       }
       writer.end(DONE_FRAME);
-      return { ok: true, usage, countedTokens: jsonCounted.tokens ?? contentChunks, ttftMs, totalMs };
+      return { ok: true, usage, countedTokens: json?.tokens ?? contentChunks, ttftMs, totalMs };
     }
 
     let result: AttemptResult;
