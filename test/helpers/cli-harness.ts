@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -56,6 +56,8 @@ export async function ensureBuilt(): Promise<void> {
     const out = await run(process.execPath, [tsc, '-p', 'tsconfig.build.json']);
     // tsc emits even with type errors (someone may be mid-edit elsewhere); only a missing output is fatal.
     if (!isFresh()) throw new Error(`build failed:\n${out}`);
+    // As `npm run build` leaves it: the package's bin, run by `npx llm-edge-router` (tsc writes it 0644).
+    chmodSync(DIST_MAIN, 0o755);
   } finally {
     rmSync(LOCK, { recursive: true, force: true });
   }
