@@ -90,6 +90,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     maxPayloadBytes: app.gateway.runtime.loaded.config.server.body_limit_bytes,
     failure,
   });
+  const baseQuery = new URLSearchParams(url.search);
   const bodyLimit = (): number => app.gateway.runtime.loaded.config.server.body_limit_bytes;
   // The config a request started on: the key it sent is the one its answer may echo, whatever a reload
   // has rotated it to since.
@@ -182,7 +183,10 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         }
         // The path as the HTTP passthrough maps it (base_url's path, encoded prefix, no climbing out).
         const { url: dest } = reply.fromParameters(req.url, req.params, '/v1');
-        websockets.proxy(req, reply, dest);
+        const query = dest.indexOf('?');
+        const path = query < 0 ? dest : dest.slice(0, query);
+        const merged = withBaseQuery(query < 0 ? '' : dest.slice(query + 1), baseQuery);
+        websockets.proxy(req, reply, merged === '' ? path : `${path}?${merged}`);
         return;
       }
       if (req.body instanceof Readable && req.headers['transfer-encoding'] !== undefined)
@@ -200,6 +204,16 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       done();
     },
     replyOptions: {
+      // A base_url's own query (Azure's `?api-version=`) goes with every request, after the client's.
+      ...(baseQuery.size > 0
+        ? {
+            queryString: (search: string | undefined, reqUrl: string) => {
+              const at = reqUrl.indexOf('?');
+              const client = search ? search.slice(1) : at < 0 ? '' : reqUrl.slice(at + 1);
+              return withBaseQuery(client, baseQuery);
+            },
+          }
+        : {}),
       rewriteRequestHeaders: (req, headers) => {
         // reply-from has dropped the client's `connection` from `headers` by now; the request still has it.
         const named = connectionNamed(req.headers.connection);
@@ -258,6 +272,14 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       },
     },
   });
+}
+
+/** The client's query with the base_url's parameters it does not set itself added; as sent when there are none. */
+function withBaseQuery(client: string, base: URLSearchParams): string {
+  if (base.size === 0) return client;
+  const out = new URLSearchParams(client);
+  for (const [k, v] of base) if (!out.has(k)) out.append(k, v);
+  return out.toString();
 }
 
 const tooLarge = (): GatewayError =>

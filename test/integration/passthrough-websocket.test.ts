@@ -501,3 +501,13 @@ describe('a key rotated by a reload while a session is open (regression: the old
     expect(client.messages[1]!.text).not.toContain(PT_KEY);
   });
 });
+
+describe("a base_url's query on a WebSocket passthrough", () => {
+  it('goes upstream after the client query', async () => {
+    const up = await wsUpstream();
+    const gw = await gateway(configOf(`${up.url}/v1?api-version=2024-10-21`));
+    const client = await openClient(wsUrl(gw, '/v1/realtime?model=m'));
+    await received(client, 1);
+    expect(up.seen[0]!.url).toBe('/v1/realtime?model=m&api-version=2024-10-21');
+  });
+});

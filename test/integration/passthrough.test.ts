@@ -501,3 +501,17 @@ describe('passthrough bodies are held to server.body_limit_bytes (regression: an
     expect(upstreamBytes).toBeLessThanOrEqual(LIMIT + 16 * 1024);
   });
 });
+
+describe("a base_url's query (Azure's ?api-version=) on passthrough requests", () => {
+  it('is added after the client query, unless the client sets that parameter itself', async () => {
+    const up = await upstream(echo('up'));
+    const gw = await gateway(configOf(`${up.url}/v1?api-version=2024-10-21`));
+    for (const path of ['/v1/files', '/v1/files?limit=2', '/v1/files?api-version=2025-01-01'])
+      expect((await get(gw, path)).status).toBe(200);
+    expect(up.requests.map((r) => r.url)).toEqual([
+      '/v1/files?api-version=2024-10-21',
+      '/v1/files?limit=2&api-version=2024-10-21',
+      '/v1/files?api-version=2025-01-01',
+    ]);
+  });
+});
