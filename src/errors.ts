@@ -15,6 +15,7 @@ export const ERRORS = {
   upstream_error: { status: 502, type: 'upstream_error' },
   no_available_upstream: { status: 503, type: 'no_available_upstream' },
   overloaded: { status: 503, type: 'server_error' },
+  gateway_shutdown: { status: 503, type: 'server_error' },
   timeout: { status: 504, type: 'timeout' },
 } as const satisfies Record<string, { status: number; type: string }>;
 

@@ -194,12 +194,7 @@ export class Gateway {
     for (const [writer, { signal, req }] of this.liveStreams) {
       // Its handler writes its line once the aborted attempt returns; the response ends before that.
       req.reported = true;
-      writer.cut({
-        message: 'the gateway is shutting down; the answer was cut',
-        type: 'server_error',
-        param: null,
-        code: GATEWAY_SHUTDOWN,
-      });
+      writer.cut(SHUTDOWN_ERROR);
       signal.abort(SHUTDOWN_CUT);
     }
     this.liveStreams.clear();
@@ -217,6 +212,14 @@ export class Gateway {
 
 /** The reason of a stream cut by shutdown: its error code, and its request line's error. */
 export const GATEWAY_SHUTDOWN = 'gateway_shutdown';
+/** What a client whose request shutdown cut is told (the error of an SSE error event or of a 503). */
+export const SHUTDOWN_ERROR = Object.freeze({
+  message: 'the gateway is shutting down; the answer was cut',
+  type: 'server_error',
+  param: null,
+  code: GATEWAY_SHUTDOWN,
+});
+
 /** The abort reason of a request cut by shutdown (told apart by identity, not by its text). */
 export const SHUTDOWN_CUT: Error = Object.assign(new Error('the gateway is shutting down'), {
   code: GATEWAY_SHUTDOWN,

@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
+import { cutRunning } from './http/chat.js';
 import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
 import { watchConfig } from './config/watch.js';
 import { createLogger } from './observability/logger.js';
@@ -132,11 +133,12 @@ async function serve(args: {
       const closed = app.close();
       try {
         await Promise.race([closed, grace]);
-        // Streams still running at the grace's end are ended with an error event (a client can tell a cut
-        // stream from a finished one, and from a crash), their request lines written, and then we go.
-        const cut = app.gateway.cutStreams();
+        // Requests still running at the grace's end are ended (a stream with an error event, so a client can
+        // tell a cut stream from a finished one and from a crash; a JSON request with a 503), their request
+        // lines written, and then we go.
+        const cut = cutRunning(app.gateway, sockets);
         if (cut > 0) {
-          logger.warn({ streams: cut }, `shutdown grace over: cut ${cut} stream(s) still running`);
+          logger.warn({ requests: cut }, `shutdown grace over: cut ${cut} request(s) still running`);
           await Promise.race([
             closed,
             new Promise((resolve) => setTimeout(resolve, CUT_STREAMS_WAIT_MS).unref()),

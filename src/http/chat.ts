@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GATEWAY_SHUTDOWN, SHUTDOWN_CUT, type Gateway } from '../gateway.js';
+import { GATEWAY_SHUTDOWN, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gateway } from '../gateway.js';
+import { GatewayError } from '../errors.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
 import { decideChat } from '../routing/chat-decision.js';
 import type { RankedCandidate } from '../routing/types.js';
@@ -27,6 +28,25 @@ type WatchedResponse = FastifyReply['raw'] & { [GONE]?: Abort };
 /** One listener for every response, finding its signal on the response: no closure per request. */
 function onResponseClose(this: WatchedResponse): void {
   if (!this.writableFinished) this[GONE]?.abort(new Error('client closed the connection'));
+}
+
+/**
+ * Ends the requests still running when shutdown's grace is over, instead of dropping their connections:
+ * streams through `Gateway.cutStreams` (an error event), the rest (a JSON request, one waiting on the LLM
+ * router) by aborting the client signal their response carries, with SHUTDOWN_CUT (their handlers answer
+ * 503). Found through the server's connections: nothing is kept per request for it. Returns how many.
+ */
+export function cutRunning(gw: Gateway, sockets: Iterable<object>): number {
+  let cut = gw.cutStreams();
+  for (const socket of sockets) {
+    const res = (socket as { _httpMessage?: WatchedResponse | null })._httpMessage;
+    const signal = res?.[GONE];
+    if (signal && !signal.aborted) {
+      signal.abort(SHUTDOWN_CUT);
+      cut++;
+    }
+  }
+  return cut;
 }
 
 /** Fires when the client goes away before its response is complete. */
@@ -171,8 +191,12 @@ async function handleChat(
     const served = out.target.candidate.upstream;
     if ('committedFailure' in out) {
       const last = out.attempts[out.attempts.length - 1];
-      // Cut by shutdown (Gateway.cutStreams): the client was told; not the client's leaving, nor the upstream's fault.
+      // Cut by shutdown (Gateway.cutStreams, or main.ts for the rest): not the client's leaving, nor the
+      // upstream's fault. A JSON request is answered 503; a stream begun after the cut (its router call cut
+      // short) is told now (a stream cut before is already told: cut() is then a no-op).
       const cut = isShutdown(clientSignal);
+      if (cut && !writer) throw shutdownError();
+      if (cut) writer?.cut(SHUTDOWN_ERROR);
       if (cut ? out.committed : last !== undefined && last.reason !== 'client_closed') {
         gw.metrics.streamFailures.inc({
           provider: served.provider.name,
@@ -210,6 +234,11 @@ async function handleChat(
   }
 }
 
-function isShutdown(signal: Abort): boolean {
+export function isShutdown(signal: Abort): boolean {
   return signal.aborted && signal.reason === SHUTDOWN_CUT;
+}
+
+/** The 503 a JSON request still running when shutdown's grace is over gets. */
+export function shutdownError(): GatewayError {
+  return new GatewayError('gateway_shutdown', SHUTDOWN_ERROR.message, { retryAfterS: 1 });
 }

@@ -9,7 +9,14 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
-import { CLIENT_CLOSED_REQUEST, clientGoneSignal, failoverOptions, ownReply } from './chat.js';
+import {
+  CLIENT_CLOSED_REQUEST,
+  clientGoneSignal,
+  failoverOptions,
+  isShutdown,
+  ownReply,
+  shutdownError,
+} from './chat.js';
 import { answerJson, type Answered, failRequest, reportRequest, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 
@@ -95,6 +102,7 @@ async function handleEmbeddings(
     );
     const served = out.target.candidate.upstream;
     if ('committedFailure' in out) {
+      if (isShutdown(clientSignal)) throw shutdownError(); // still running when shutdown's grace was over
       // The client went away: still this route's request, with its line and counts (as chat reports it).
       reportRequest(gw, req, report, {
         status: CLIENT_CLOSED_REQUEST,

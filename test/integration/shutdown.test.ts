@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { ServerResponse } from 'node:http';
 import { once } from 'node:events';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,6 +11,7 @@ import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simConfigYaml, startGateway } from '../helpers/gateway.js';
 import { REPO_ROOT, cliWorkDir, startCli } from '../helpers/cli-harness.js';
+import { cutRunning } from '../../src/http/chat.js';
 import { chunkFrame, startMock } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
@@ -251,5 +252,54 @@ describe('streams still running when the grace is over (Gateway.cutStreams, in p
       ]);
     });
     expect(gw.gateway.liveStreams.size).toBe(0);
+  });
+
+  it('a JSON request, and a stream still waiting on the LLM router, get a 503 gateway_shutdown and their lines', async () => {
+    const held: ServerResponse[] = [];
+    const up = track(
+      await startMock((_req, res) => {
+        held.push(res); // never answers: the JSON request and the router call both wait
+      }),
+    );
+    const gw = track(
+      await startGateway({
+        providers: [
+          { name: 'p', base_url: `${up.url}/v1`, models: [{ name: 'm' }] },
+          { name: 'q', base_url: `${up.url}/v1`, models: [{ name: 'n' }] },
+        ],
+        routes: {
+          r: { targets: ['p/m'] },
+          auto: {
+            tiers: { fast: ['p/m'], deep: ['q/n'] },
+            default_tier: 'fast',
+            router: { tier: 'fast', timeout_ms: 30_000 },
+          },
+        },
+      }),
+    );
+    const sockets = new Set<Socket>();
+    gw.app.server.on('connection', (socket: Socket) => sockets.add(socket));
+    const send = (model: string, stream: boolean) =>
+      request(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          model,
+          stream,
+          messages: [{ role: 'user', content: 'a question of some length' }],
+        }),
+      });
+    const plain = send('r', false);
+    const tiered = send('auto', true); // no rule matches: its router call waits on the mock
+    await vi.waitFor(() => expect(held).toHaveLength(2));
+    expect(cutRunning(gw.gateway, sockets)).toBe(2);
+    for (const res of await Promise.all([plain, tiered])) {
+      expect(res.statusCode).toBe(503);
+      expect(await res.body.json()).toMatchObject({ error: { code: 'gateway_shutdown' } });
+    }
+    await vi.waitFor(() => {
+      const lines = gw.logs.filter((l) => l.msg === 'request');
+      expect(lines.map((l) => l.status)).toEqual([503, 503]);
+    });
   });
 });
