@@ -17,6 +17,7 @@ import { startGateway } from '../helpers/gateway.js';
 import { REPO_ROOT, cliWorkDir, startCli, type CliProcess } from '../helpers/cli-harness.js';
 import { parseProm, value } from '../helpers/prom-text.js';
 import { REDIS_MISSING, REDIS_SERVER, freePort, startRedis, type TestRedis } from '../helpers/redis.js';
+import { specExample } from '../helpers/spec-example.js';
 
 const track = closeAfterEach();
 const workDir = cliWorkDir('audit-cc');
@@ -206,64 +207,7 @@ const BASE = [
 // §3 and §8: what the loader accepts and refuses (through `llm-edge-router check`)
 
 /** SPEC §3's example block, as written in SPEC.md. */
-const SPEC_EXAMPLE = `server:
-  host: 0.0.0.0
-  port: 8080
-  api_keys: ["\${GATEWAY_API_KEY}"]   # empty or absent: no client auth
-  admin_key: \${GATEWAY_ADMIN_KEY:-}  # protects /router/* when set
-  body_limit_bytes: 10485760
-  passthrough: openai                # where other /v1/* paths (files, audio, responses, ...) go; optional
-
-providers:
-  - name: openai
-    kind: openai                     # openai (any OpenAI-compatible server) | anthropic
-    base_url: https://api.openai.com/v1
-    api_key: \${OPENAI_API_KEY}
-    timeouts: { connect_ms: 5000, first_byte_ms: 30000, idle_ms: 30000, total_ms: 300000 }
-    max_concurrency: 512
-    models:
-      - name: gpt-4o-mini
-        price: { input_per_mtok: 0.15, output_per_mtok: 0.60 }   # USD per million tokens
-        context_window: 128000
-        capabilities: [tools, json, vision, stream]   # or [embeddings] for an embedding model
-  - name: anthropic
-    kind: anthropic
-    base_url: https://api.anthropic.com
-    api_key: \${ANTHROPIC_API_KEY}
-    models:
-      - name: claude-haiku-4-5
-        price: { input_per_mtok: 1.0, output_per_mtok: 5.0 }
-
-routes:
-  fast:
-    strategy: latency
-    targets: [openai/gpt-4o-mini, anthropic/claude-haiku-4-5]
-  smart:
-    strategy: { hybrid: { cost_weight: 0.3, latency_weight: 0.5, reliability_weight: 0.2 } }
-    targets: [openai/gpt-4o, anthropic/claude-sonnet-4-5]
-  auto:
-    strategy: hybrid
-    tiers:
-      fast: [openai/gpt-4o-mini, anthropic/claude-haiku-4-5]
-      balanced: [openai/gpt-4o]
-      deep: [anthropic/claude-opus-4-1]
-    rules:
-      - { if: { max_prompt_tokens: 400, tools: false }, tier: fast }
-      - { if: { min_prompt_tokens: 20000 }, tier: deep }
-    default_tier: balanced
-    router: { tier: fast, timeout_ms: 1500, cache_ttl_s: 300 }
-    on_stream_failure: terminate     # or: continue
-
-routing:
-  default_strategy: hybrid
-  tie_epsilon: 0.02
-  max_attempts: 3
-  total_timeout_ms: 600000
-
-circuit_breaker: { failure_threshold: 5, open_ms: 30000, max_open_ms: 300000, half_open_probes: 1, success_threshold: 3 }
-
-state: { backend: memory }           # or: { backend: redis, url: "redis://127.0.0.1:6379" }
-`;
+const SPEC_EXAMPLE = specExample();
 
 const SPEC_ENV = {
   GATEWAY_API_KEY: 'gw-client-key-1',
