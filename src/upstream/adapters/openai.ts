@@ -68,8 +68,7 @@ export const openaiAdapter: ChatAdapter = {
         const obj = parseJsonObject(data);
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
         // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
-        const error = obj.error;
-        if ((typeof error === 'object' && error !== null) || (typeof error === 'string' && error !== '')) {
+        if (isErrorValue(obj.error)) {
           over = true;
           sink.error(inBandError(obj));
           return;
@@ -332,7 +331,12 @@ export function relayedAnswer(
 
 /** An `error` object where a 200's answer should be: no `choices` (chat) and no `data` (embeddings). */
 function isErrorInsteadOfAnswer(json: Record<string, unknown>): boolean {
-  return json.error != null && json.choices === undefined && json.data === undefined;
+  return isErrorValue(json.error) && json.choices === undefined && json.data === undefined;
+}
+
+/** An `error` field that says something: an object or a non-empty string (`null` and `""` are no error). */
+function isErrorValue(error: unknown): boolean {
+  return (typeof error === 'object' && error !== null) || (typeof error === 'string' && error !== '');
 }
 
 /** A `choices` key whose value is a list. */
