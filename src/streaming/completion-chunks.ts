@@ -6,11 +6,7 @@
  * in the form it was asked.
  */
 
-type Json = Record<string, unknown>;
-
-function isObject(v: unknown): v is Json {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
+import { isObject, type JsonObject as Json } from '../upstream/adapters/common.js';
 
 /** Top-level fields a chunk carries over from its completion. */
 const CARRIED = ['id', 'created', 'model', 'system_fingerprint', 'service_tier'] as const;
