@@ -1,5 +1,6 @@
 import type { Classified } from '../resilience/classify.js';
 import { classifyError, classifyStatus, codedError, retryAfterFromHeaders } from '../resilience/classify.js';
+import { skipSpace } from '../json-scan.js';
 import { approximateTextTokens } from '../routing/tokens.js';
 import type { Upstream } from '../runtime.js';
 import { chunksOfCompletion, CompletionBuilder } from '../streaming/completion-chunks.js';
@@ -164,16 +165,14 @@ const ERROR_ANSWER_RATE_LIMITED: Classified = {
   reason: 'error_in_answer',
 };
 
-/** An event stream's start: a field name and its colon, or a comment, after any byte order mark and blank lines. */
-const EVENT_STREAM_START = /^\uFEFF?[\r\n\t ]*(?:data|event|id|retry)?:/;
-
 /**
  * A non-streaming chat request answered with an event stream (a server or proxy that always streams): its
  * chunks merged into the answer a non-streaming call gets. A stream cut before its end, or with no choice
  * finished, is no answer (undefined: it fails over as before); an error event in it is the answer's error.
  */
 function answerOfEventStream(text: string, input: AttemptInput): AnswerText | undefined {
-  if (!EVENT_STREAM_START.test(text)) return undefined;
+  const start = skipSpace(text, text.charCodeAt(0) === 0xfeff ? 1 : 0);
+  if (start === text.length || !opensEventStream(text.charCodeAt(start))) return undefined;
   const built = new CompletionBuilder();
   let ended = false;
   let error: UpstreamErrorInfo | undefined;
@@ -402,9 +401,12 @@ function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
   )
     i++;
   if (i === chunk.length) return undefined;
-  const c = chunk[i];
-  // d, e, i, r, ':'
-  return c === 0x64 || c === 0x65 || c === 0x69 || c === 0x72 || c === 0x3a ? 'sse' : 'json';
+  return opensEventStream(chunk[i]!) ? 'sse' : 'json';
+}
+
+/** A body's first non-blank character opens an event stream: a field (`data`, `event`, `id`, `retry`) or `:`. */
+function opensEventStream(c: number): boolean {
+  return c === 0x64 || c === 0x65 || c === 0x69 || c === 0x72 || c === 0x3a;
 }
 
 /**
