@@ -1131,7 +1131,9 @@ describe('half-open probe limit on every path to the upstream', () => {
     );
     a.script([{ status: 500 }]);
     expect((await chat(gw.url, { model: 'a/m' })).status).toBe(502);
-    a.set({ latencyMs: 300 });
+    // The probe outlasts the whole burst: 40 requests sent at once reached the gateway over more than 300 ms on
+    // a loaded CI machine, long enough for the first probe to end and a second to start (a flaky count of 2).
+    a.set({ latencyMs: 1500 });
     await sleep(400);
     return { a, b, gw, before: a.requests.length };
   }
