@@ -1,4 +1,11 @@
-import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
+import {
+  brotliDecompressSync,
+  createBrotliDecompress,
+  createGunzip,
+  createInflate,
+  gunzipSync,
+  inflateSync,
+} from 'node:zlib';
 import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -248,17 +255,25 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           return;
         }
         // An answer that echoes what we sent (an httpbin-like /v1/anything) must not hand the client our key.
-        // Encoded bodies go as they are: their bytes do not show a key to mask.
+        // A compressed one is decoded to be masked and goes out as identity (an encoding we cannot read,
+        // zstd, goes as it is).
         const echo = echoGuard(serving.passthrough);
         const encoding = reply.getHeader('content-encoding');
-        if (echo === undefined || (encoding !== undefined && encoding !== 'identity')) {
+        const decoder = encoding === undefined ? undefined : decoderFor(encoding);
+        if (echo === undefined || decoder === null) {
           void reply.send(res.stream);
           return;
         }
         const masked = echo.mask.transform();
-        pipeline(res.stream, masked, () => {
-          /* a failure destroys both; the reply ends with `masked` */
-        });
+        const done = (): void => {
+          /* a failure destroys every stage; the reply ends with `masked` */
+        };
+        if (decoder === undefined) pipeline(res.stream, masked, done);
+        else {
+          reply.removeHeader('content-encoding');
+          reply.removeHeader('content-length');
+          pipeline(res.stream, decoder, masked, done);
+        }
         void reply.send(masked);
       },
       // Failures before any answer (reply-from maps timeouts to 504).
@@ -380,6 +395,25 @@ export async function sendScrubbed(
   reply.removeHeader('content-length');
   reply.removeHeader('content-encoding');
   void reply.send(scrubber.scrub(text));
+}
+
+/** A stream decoder for a response's content-encoding: undefined for identity, null for one we cannot read. */
+function decoderFor(encoding: unknown): Transform | undefined | null {
+  if (typeof encoding !== 'string') return null;
+  switch (encoding.trim().toLowerCase()) {
+    case '':
+    case 'identity':
+      return undefined;
+    case 'gzip':
+    case 'x-gzip':
+      return createGunzip();
+    case 'deflate':
+      return createInflate();
+    case 'br':
+      return createBrotliDecompress();
+    default:
+      return null;
+  }
 }
 
 function decode(body: Buffer, encoding: unknown): string {

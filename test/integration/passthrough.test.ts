@@ -13,6 +13,7 @@ import {
 } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { request } from 'undici';
 import { describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
@@ -513,5 +514,42 @@ describe("a base_url's query (Azure's ?api-version=) on passthrough requests", (
       '/v1/files?limit=2&api-version=2024-10-21',
       '/v1/files?api-version=2025-01-01',
     ]);
+  });
+});
+
+describe('a compressed 2xx passthrough answer that echoes our key (regression: only identity bodies were masked)', () => {
+  const encoders: Record<string, (b: Buffer) => Buffer> = {
+    gzip: gzipSync,
+    deflate: deflateSync,
+    br: brotliCompressSync,
+  };
+
+  it('is decoded, masked and sent as identity, whole; an encoding we cannot read goes as it is', async () => {
+    // SPEC §8: no configured secret "ever appears in a response"; "compressed answers are relayed intact or decoded correctly".
+    const filler = randomBytes(48 * 1024).toString('hex'); // past one zlib output chunk
+    const up = await upstream((req, res) => {
+      const encoding = req.url?.split('/').pop() ?? '';
+      const plain = Buffer.from(JSON.stringify({ sent: req.headers.authorization, filler }));
+      const encode = encoders[encoding];
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': encoding });
+      res.end(encode ? encode(plain) : plain);
+    });
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    for (const encoding of Object.keys(encoders)) {
+      const res = await request(`${gw.url}/v1/echo/${encoding}`, {
+        headers: { authorization: 'Bearer client-key', 'accept-encoding': 'gzip, deflate, br' },
+      });
+      expect(res.statusCode).toBe(200);
+      expect(res.headers['content-encoding']).toBeUndefined();
+      const text = await res.body.text();
+      expect(text).not.toContain(PT_KEY);
+      const body = JSON.parse(text) as { sent: string; filler: string };
+      expect(body.filler).toBe(filler);
+      expect(body.sent).toMatch(/^Bearer \*+$/);
+    }
+    // zstd is not ours to read: relayed byte for byte with its encoding.
+    const raw = await request(`${gw.url}/v1/echo/zstd`, { headers: { authorization: 'Bearer client-key' } });
+    expect(raw.headers['content-encoding']).toBe('zstd');
+    expect(JSON.parse(await raw.body.text())).toMatchObject({ filler });
   });
 });
