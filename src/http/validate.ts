@@ -51,15 +51,20 @@ export function validateChatBody(raw: unknown): ChatBody {
     if (m.role === 'tool' && typeof m.tool_call_id !== 'string') {
       throw bad(`messages[${i}].tool_call_id`, 'is required for tool messages');
     }
-    if (m.tool_calls !== undefined && m.tool_calls !== null && !Array.isArray(m.tool_calls)) {
-      throw bad(`messages[${i}].tool_calls`, 'expected an array');
+    if (m.tool_calls !== undefined && m.tool_calls !== null) {
+      if (!Array.isArray(m.tool_calls)) throw bad(`messages[${i}].tool_calls`, 'expected an array');
+      m.tool_calls.forEach((call, j) => checkToolCall(call, `messages[${i}].tool_calls[${j}]`));
     }
   });
   if (raw.stream !== undefined && raw.stream !== null && typeof raw.stream !== 'boolean') {
     throw bad('stream', 'expected a boolean');
   }
-  if (raw.stream_options !== undefined && raw.stream_options !== null && !isObject(raw.stream_options)) {
-    throw bad('stream_options', 'expected an object');
+  if (raw.stream_options !== undefined && raw.stream_options !== null) {
+    if (!isObject(raw.stream_options)) throw bad('stream_options', 'expected an object');
+    const usage = raw.stream_options.include_usage;
+    if (usage !== undefined && usage !== null && typeof usage !== 'boolean') {
+      throw bad('stream_options.include_usage', 'expected a boolean');
+    }
   }
   optionalType(raw, 'seed', 'integer');
   optionalType(raw, 'user', 'string');
@@ -118,8 +123,21 @@ function checkPart(part: unknown, at: string): void {
     throw bad(at, 'expected a content part object with a type');
   }
   if (part.type === 'text' && typeof part.text !== 'string') throw bad(`${at}.text`, 'expected a string');
-  if (part.type === 'image_url' && !isObject(part.image_url) && typeof part.image_url !== 'string') {
-    throw bad(`${at}.image_url`, 'expected {"url": ...}');
+  if (part.type === 'image_url' && typeof part.image_url !== 'string') {
+    if (!isObject(part.image_url)) throw bad(`${at}.image_url`, 'expected {"url": ...}');
+    if (typeof part.image_url.url !== 'string') throw bad(`${at}.image_url.url`, 'expected a string');
+  }
+}
+
+/** An assistant's earlier tool call: an object; a function call's name and arguments strings when given. */
+function checkToolCall(call: unknown, at: string): void {
+  if (!isObject(call)) throw bad(at, 'expected a tool call object');
+  const fn = call.function;
+  if (fn === undefined || fn === null) return;
+  if (!isObject(fn)) throw bad(`${at}.function`, 'expected {"name": ..., "arguments": ...}');
+  if (typeof fn.name !== 'string') throw bad(`${at}.function.name`, 'expected a string');
+  if (fn.arguments !== undefined && fn.arguments !== null && typeof fn.arguments !== 'string') {
+    throw bad(`${at}.function.arguments`, 'expected a JSON string');
   }
 }
 

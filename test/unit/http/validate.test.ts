@@ -24,6 +24,20 @@ describe('chat body validation', () => {
       tools: [{ type: 'function', function: { name: 'f' } }],
     };
     expect(validateChatBody(body)).toBe(body);
+    const history = {
+      ...ok,
+      stream_options: { include_usage: true },
+      messages: [
+        { role: 'user', content: [{ type: 'image_url', image_url: 'https://x/cat.png' }] },
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{}' } }],
+        },
+        { role: 'assistant', tool_calls: [{ id: 'd', type: 'custom', custom: { name: 'g', input: 'x' } }] },
+      ],
+    };
+    expect(validateChatBody(history)).toBe(history);
   });
   it.each([
     [null, null],
@@ -48,6 +62,43 @@ describe('chat body validation', () => {
     [{ ...ok, temperature: 3 }, 'temperature'],
     [{ ...ok, stream: 'true' }, 'stream'],
     [{ ...ok, stream_options: 1 }, 'stream_options'],
+    [{ ...ok, stream_options: { include_usage: 'yes' } }, 'stream_options.include_usage'],
+    [
+      {
+        model: 'fast',
+        messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 5 } }] }],
+      },
+      'messages[0].content[0].image_url.url',
+    ],
+    [{ model: 'fast', messages: [{ role: 'assistant', tool_calls: [5] }] }, 'messages[0].tool_calls[0]'],
+    [
+      {
+        model: 'fast',
+        messages: [{ role: 'assistant', tool_calls: [{ id: 'c', type: 'function', function: 'f' }] }],
+      },
+      'messages[0].tool_calls[0].function',
+    ],
+    [
+      {
+        model: 'fast',
+        messages: [
+          { role: 'assistant', tool_calls: [{ id: 'c', type: 'function', function: { arguments: '{}' } }] },
+        ],
+      },
+      'messages[0].tool_calls[0].function.name',
+    ],
+    [
+      {
+        model: 'fast',
+        messages: [
+          {
+            role: 'assistant',
+            tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: {} } }],
+          },
+        ],
+      },
+      'messages[0].tool_calls[0].function.arguments',
+    ],
     [{ ...ok, tools: {} }, 'tools'],
     [{ ...ok, tools: [{ type: 'function' }] }, 'tools[0]'],
     [{ ...ok, tools: [{ type: 'function', function: { name: '' } }] }, 'tools[0].function.name'],
