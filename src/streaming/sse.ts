@@ -80,7 +80,9 @@ export function createSseParser(
     },
     end() {
       const rest = decoder.end();
-      if (rest) parser.feed(rest);
+      // A last event the upstream did not close with a blank line still counts (a body that ends after
+      // `data: {...finish_reason...}\n` has finished): the blank line is added; after one, it adds nothing.
+      parser.feed(toLf(rest) + '\n\n');
       parser.reset({ consume: true });
     },
   };

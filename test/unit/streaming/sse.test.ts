@@ -40,6 +40,23 @@ describe('SSE parser', () => {
     expect(got).toHaveLength(50);
   });
 
+  it('ends a last event the body did not close with a blank line (regression: it was dropped), once', () => {
+    for (const tail of [
+      'data: {"b":2}',
+      'data: {"b":2}\n',
+      'data: {"b":2}\r',
+      'data: {"b":2}\n\n',
+      'data: {"b":2}\r\n\r\n',
+    ]) {
+      const got: string[] = [];
+      const p = createSseParser((_t, data) => got.push(data));
+      p.feed('data: {"a":1}\n\n');
+      p.feed(Buffer.from(tail));
+      p.end();
+      expect(got, JSON.stringify(tail)).toEqual(['{"a":1}', '{"b":2}']);
+    }
+  });
+
   it('ignores a byte order mark before the first line, however the bytes are split', () => {
     const bytes = Buffer.from('\uFEFFdata: {"a":1}\n\ndata: [DONE]\n\n');
     for (let cut = 0; cut <= 4; cut++) {
