@@ -175,7 +175,21 @@ async function handleChat(
   try {
     if (plan.refusal) throw plan.refusal; // answered as routed: headers, and counted under its route
     if (features.stream) {
-      writer = new SseWriter(reply.raw, clientSignal, () => reply.hijack());
+      writer = new SseWriter(
+        reply.raw,
+        clientSignal,
+        () => reply.hijack(),
+        () =>
+          routerHeaders(
+            req.id,
+            strategy,
+            current?.candidate.upstream,
+            lastAttempts,
+            lastAttempts.length,
+            tier.tier,
+            tier.reason,
+          ),
+      );
       gw.liveStreams.set(writer, { signal: clientSignal, req });
     }
     const attempt = (

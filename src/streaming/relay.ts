@@ -14,6 +14,8 @@ export class SseWriter {
     private readonly gone: Abort,
     /** Called once, just before the first byte goes out (fastify's `reply.hijack()`). */
     private readonly onCommit?: () => void,
+    /** The `x-request-id` and `x-router-*` headers of a 503 sent by `cut()` before the stream began. */
+    private readonly cutHeaders?: () => Record<string, string>,
   ) {}
 
   get closed(): boolean {
@@ -69,7 +71,11 @@ export class SseWriter {
     this.onCommit?.();
     if (this.res.headersSent) this.res.end();
     else {
-      this.res.writeHead(503, { 'content-type': 'application/json; charset=utf-8', 'retry-after': '1' });
+      this.res.writeHead(503, {
+        ...this.cutHeaders?.(),
+        'content-type': 'application/json; charset=utf-8',
+        'retry-after': '1',
+      });
       this.res.end(body);
     }
   }
