@@ -608,7 +608,8 @@ function toolResultBlock(message: JsonObject, ids: ToolIds): Block {
   if (typeof content === 'string') {
     if (content !== '') block.content = content;
   } else {
-    const blocks = textBlocks(content);
+    // Text, images and documents: a tool_result carries them all (a screenshot tool's answer is an image).
+    const blocks = userBlocks(content);
     if (blocks.length > 0) block.content = blocks;
   }
   return block;
