@@ -90,6 +90,50 @@ function round(x: number, digits: number): number {
   return Math.round(x * f) / f;
 }
 
+/**
+ * Peak-EWMA (Finagle): a sample above the estimate is taken at once, so one slow answer makes the
+ * upstream look slow immediately; lower samples pull it down with a weight that grows with the time
+ * since the previous sample, and by at least `alpha` per sample, so a single cold-start outlier on a
+ * busy upstream is forgotten within tens of answers, not held for the whole decay time. Between samples
+ * the peak relaxes towards the plain average of the same samples with the decay time constant: an
+ * upstream that looked slow once gets no traffic under `latency`, so no new sample would bring it down.
+ */
+class PeakEwma {
+  samples = 0;
+  /** When the last sample came. */
+  at = 0;
+  #peak = 0;
+  /** A plain EWMA of the same samples: where the peak relaxes to while no sample comes. */
+  #base = 0;
+
+  constructor(
+    private readonly alpha: number,
+    private readonly decayMs: number,
+  ) {}
+
+  observe(x: number, now: number): void {
+    const first = this.samples === 0;
+    this.#base = first ? x : this.#base + this.alpha * (x - this.#base);
+    if (first || x > this.#peak) {
+      this.#peak = x;
+    } else {
+      const dt = now > this.at ? now - this.at : 0;
+      const w = Math.min(Math.exp(-dt / this.decayMs), 1 - this.alpha);
+      this.#peak = this.#peak * w + x * (1 - w);
+    }
+    this.at = now;
+    this.samples++;
+  }
+
+  /** The estimate as of `now` (0 before any sample). */
+  value(now: number): number {
+    const excess = this.#peak - this.#base;
+    if (excess <= 0) return this.#peak;
+    const dt = now - this.at;
+    return dt > 0 ? this.#base + excess * Math.exp(-dt / this.decayMs) : this.#peak;
+  }
+}
+
 export class UpstreamStats implements UpstreamStatsView {
   readonly #now: () => number;
   readonly #decayPerMs: number;
@@ -97,13 +141,14 @@ export class UpstreamStats implements UpstreamStatsView {
   readonly #alpha: number;
 
   #samples = 0;
-  #ttft = 0;
-  /** A plain EWMA of the same samples: where the peak relaxes to while no sample comes. */
-  #ttftBase = 0;
-  #ttftAt = 0;
+  /** Time to first token, ms: peak-EWMA. */
+  readonly #ttft: PeakEwma;
   #latency = 0;
-  #tps = 0;
-  #tpsSamples = 0;
+  /**
+   * Generation time per output token, ms (the reciprocal of tokens/s): peak-EWMA too, so an upstream whose
+   * generation slows down looks slow at its next answer, not ten answers later.
+   */
+  readonly #msPerToken: PeakEwma;
   #meanOut = 0;
   #outSamples = 0;
 
@@ -130,6 +175,8 @@ export class UpstreamStats implements UpstreamStatsView {
     this.#peakDecayMs = positive(opts.peakDecayMs, DEFAULT_PEAK_DECAY_MS);
     const a = opts.alpha;
     this.#alpha = a !== undefined && a > 0 && a <= 1 ? a : DEFAULT_ALPHA;
+    this.#ttft = new PeakEwma(this.#alpha, this.#peakDecayMs);
+    this.#msPerToken = new PeakEwma(this.#alpha, this.#peakDecayMs);
     this.#countsAt = now();
   }
 
@@ -141,17 +188,13 @@ export class UpstreamStats implements UpstreamStatsView {
     const r = this.#remote;
     const remoteAt = r !== undefined && r.samples > 0 ? this.#remoteAt - r.lastSampleAgeMs : undefined;
     if (this.#samples === 0) return remoteAt;
-    return remoteAt !== undefined && remoteAt > this.#ttftAt ? remoteAt : this.#ttftAt;
+    return remoteAt !== undefined && remoteAt > this.#ttft.at ? remoteAt : this.#ttft.at;
   }
 
-  /**
-   * The peak-EWMA as of now. Between samples the peak relaxes towards the plain average with the peak's
-   * time constant: an upstream that looked slow once gets no traffic under `latency`, so no new sample
-   * would ever bring its estimate down (it was held off for the 60 s staleness limit).
-   */
+  /** The peak-EWMA as of now (it relaxes between samples: see PeakEwma). */
   get ttftMs(): number | undefined {
     const r = this.#remote;
-    const local = this.#samples > 0 ? this.#localTtft() : 0;
+    const local = this.#samples > 0 ? this.#ttft.value(this.#now()) : 0;
     return blend(local, this.#samples, r?.ttftMs ?? 0, r?.samples ?? 0);
   }
 
@@ -162,7 +205,7 @@ export class UpstreamStats implements UpstreamStatsView {
 
   get tokensPerSec(): number | undefined {
     const r = this.#remote;
-    return blend(this.#tps, this.#tpsSamples, r?.tokensPerSec ?? 0, r?.tpsSamples ?? 0);
+    return blend(this.#localTps(), this.#msPerToken.samples, r?.tokensPerSec ?? 0, r?.tpsSamples ?? 0);
   }
 
   get meanOutputTokens(): number | undefined {
@@ -194,15 +237,15 @@ export class UpstreamStats implements UpstreamStatsView {
     if (this.#samples === 0 && okWeight + failWeight < 0.01) return undefined;
     return {
       samples: this.#samples,
-      ttftMs: this.#samples > 0 ? this.#localTtft() : 0,
+      ttftMs: this.#samples > 0 ? this.#ttft.value(now) : 0,
       latencyMs: this.#latency,
-      tpsSamples: this.#tpsSamples,
-      tokensPerSec: this.#tps,
+      tpsSamples: this.#msPerToken.samples,
+      tokensPerSec: this.#localTps(),
       outSamples: this.#outSamples,
       meanOutputTokens: this.#meanOut,
       okWeight,
       failWeight,
-      lastSampleAgeMs: this.#samples > 0 ? Math.max(0, now - this.#ttftAt) : 0,
+      lastSampleAgeMs: this.#samples > 0 ? Math.max(0, now - this.#ttft.at) : 0,
     };
   }
 
@@ -238,21 +281,23 @@ export class UpstreamStats implements UpstreamStatsView {
       this.#outSamples++;
     }
 
-    const ttft = s.ttftMs;
+    let ttft = s.ttftMs;
     const total = s.totalMs;
     if (!isMs(ttft) || !isMs(total)) return;
     const first = this.#samples === 0;
     this.#samples++;
     this.#latency = first ? total : this.#ewma(this.#latency, total);
-    this.#observeTtft(ttft, now, first);
 
-    // Throughput needs a stream, at least 2 tokens and a positive generation time to mean anything.
-    const genMs = total - ttft;
-    if (s.streamed && hasOut && out >= 2 && genMs > 0) {
-      const tps = out / (genMs / 1000);
-      this.#tps = this.#tpsSamples === 0 ? tps : this.#ewma(this.#tps, tps);
-      this.#tpsSamples++;
+    if (s.streamed) {
+      // Throughput needs at least 2 tokens and a positive generation time to mean anything.
+      const genMs = total - ttft;
+      if (hasOut && out >= 2 && genMs > 0) this.#msPerToken.observe(genMs / out, now);
+    } else if (hasOut && this.#msPerToken.samples > 0) {
+      // A whole answer's time is its first token's plus its generation: the part the known pace does not
+      // explain is the wait before the first token (the latency estimate adds the generation back).
+      ttft = Math.max(0, total - out * this.#msPerToken.value(now));
     }
+    this.#ttft.observe(ttft, now);
   }
 
   recordFailure(kind: FailureKind): void {
@@ -294,34 +339,14 @@ export class UpstreamStats implements UpstreamStatsView {
     };
   }
 
-  /** The local peak-EWMA as of now (see `ttftMs`). */
-  #localTtft(): number {
-    const excess = this.#ttft - this.#ttftBase;
-    if (excess <= 0) return this.#ttft;
-    const dt = this.#now() - this.#ttftAt;
-    return dt > 0 ? this.#ttftBase + excess * Math.exp(-dt / this.#peakDecayMs) : this.#ttft;
+  /** This replica's tokens/s as of now (0 before any streamed sample). */
+  #localTps(): number {
+    const ms = this.#msPerToken.value(this.#now());
+    return ms > 0 ? 1000 / ms : 0;
   }
 
   #ewma(prev: number, x: number): number {
     return prev + this.#alpha * (x - prev);
-  }
-
-  /**
-   * Peak-EWMA (Finagle): a sample above the estimate is taken at once, so one slow answer makes the
-   * upstream look slow immediately; lower samples pull it down with a weight that grows with the time
-   * since the previous sample, and by at least `alpha` per sample, so a single cold-start outlier on a
-   * busy upstream is forgotten within tens of answers, not held for the whole decay time.
-   */
-  #observeTtft(x: number, now: number, first: boolean): void {
-    this.#ttftBase = first ? x : this.#ewma(this.#ttftBase, x);
-    if (first || x > this.#ttft) {
-      this.#ttft = x;
-    } else {
-      const dt = now > this.#ttftAt ? now - this.#ttftAt : 0;
-      const w = Math.min(Math.exp(-dt / this.#peakDecayMs), 1 - this.#alpha);
-      this.#ttft = this.#ttft * w + x * (1 - w);
-    }
-    this.#ttftAt = now;
   }
 
   #decayFactor(now: number): number {

@@ -85,18 +85,52 @@ describe('UpstreamStats', () => {
     });
   });
 
-  it('keeps latency, throughput and output tokens as plain EWMAs', () => {
+  it('keeps latency and output tokens as plain EWMAs, time per token as a peak-EWMA', () => {
     const clock = manualClock();
     const s = new UpstreamStats(clock.now, { alpha: 0.5 });
     s.recordSuccess(ok(100, 1_100, 101));
     expect(s.latencyMs).toBe(1_100);
     expect(s.tokensPerSec).toBeCloseTo(101, 9); // 101 tokens over the 1 s after the first token
     expect(s.meanOutputTokens).toBe(101);
-    s.recordSuccess(ok(100, 2_100, 301));
+    s.recordSuccess(ok(100, 2_100, 301)); // faster generation: pulls the time per token down by alpha
     expect(s.latencyMs).toBe(1_600);
-    expect(s.tokensPerSec).toBeCloseTo((101 + 150.5) / 2, 9);
+    expect(s.tokensPerSec).toBeCloseTo(1000 / ((1000 / 101 + 2000 / 301) / 2), 9);
     expect(s.meanOutputTokens).toBe(201);
     expect(s.samples).toBe(2);
+  });
+
+  it('takes a slower generation at once (regression: tokens/s moved by alpha, the outlier hidden)', () => {
+    const clock = manualClock();
+    const s = new UpstreamStats(clock.now);
+    for (let i = 0; i < 20; i++) {
+      clock.advance(100);
+      s.recordSuccess(ok(100, 1_100, 100)); // 100 tokens/s
+    }
+    clock.advance(100);
+    s.recordSuccess(ok(100, 10_100, 100)); // 10 tokens/s
+    expect(s.tokensPerSec).toBeCloseTo(10, 6);
+    // ... and forgets it as the normal pace comes back, in tens of answers.
+    for (let i = 0; i < 60; i++) {
+      clock.advance(100);
+      s.recordSuccess(ok(100, 1_100, 100));
+    }
+    expect(s.tokensPerSec).toBeGreaterThan(95);
+  });
+
+  it("counts a whole answer's generation once: its first-token wait is what the known pace leaves", () => {
+    // Regression: a JSON answer's total time went into time to first token, and the latency estimate then
+    // added its generation again from tokens/s (one JSON answer made an upstream look twice as slow).
+    const clock = manualClock();
+    const s = new UpstreamStats(clock.now);
+    s.recordSuccess(ok(200, 1_200, 100)); // streamed: 200 ms to the first token, 100 tokens/s
+    clock.advance(1_000);
+    s.recordSuccess(ok(1_200, 1_200, 100, false)); // the same answer, not streamed
+    expect(s.ttftMs).toBeCloseTo(200, 6);
+    // Without a pace yet, a whole answer's time stands for its first token (nothing is added back).
+    const t = new UpstreamStats(clock.now);
+    t.recordSuccess(ok(1_200, 1_200, 100, false));
+    expect(t.ttftMs).toBe(1_200);
+    expect(t.tokensPerSec).toBeUndefined();
   });
 
   it('measures tokens/s only when meaningful', () => {
