@@ -97,6 +97,7 @@ export function planRequest(
   const ctx: StrategyContext = {
     promptTokens: features.promptTokens,
     requestedOutputTokens: features.requestedOutputTokens,
+    choices: features.choices,
     now: opts.now,
     random: opts.peek
       ? peekRandom(route, opts.random)

@@ -45,6 +45,8 @@ export interface StrategyContext {
   readonly promptTokens: number;
   /** `max_tokens` / `max_completion_tokens` when the client gave one. */
   readonly requestedOutputTokens: number | undefined;
+  /** Choices asked for (`n`): each is a completion of its own, paid for (1 when absent). */
+  readonly choices?: number;
   /** Milliseconds, injected. */
   readonly now: number;
   /** [0, 1), injected. */

@@ -21,12 +21,19 @@ function priceOf(p: number): number {
   return p >= 0 && Number.isFinite(p) ? p : NaN;
 }
 
-/** Expected cost in dollars: prompt × input price + expected output × output price. */
+/** Expected cost in dollars: prompt × input price + expected output × choices × output price. */
 export function expectedCostUsd(c: CandidateView, ctx: StrategyContext, out: number): number {
   return (
-    (promptTokensOf(ctx) * priceOf(c.price.input_per_mtok) + out * priceOf(c.price.output_per_mtok)) *
+    (promptTokensOf(ctx) * priceOf(c.price.input_per_mtok) +
+      out * choicesOf(ctx) * priceOf(c.price.output_per_mtok)) *
     PER_TOKEN
   );
+}
+
+/** `n`, sanitised: each choice is a completion billed on its own. */
+function choicesOf(ctx: StrategyContext): number {
+  const n = ctx.choices;
+  return n !== undefined && n > 1 && Number.isFinite(n) ? n : 1;
 }
 
 /** "cost $0.000120 (1,024 in x $0.15 + 256 out (mean) x $0.60)". */
@@ -35,6 +42,7 @@ class CostReason implements ReasonSource {
     private readonly usd: number,
     private readonly promptTokens: number,
     private readonly out: ExpectedOutput,
+    private readonly choices: number,
     private readonly price: CandidateView['price'],
   ) {}
 
@@ -51,6 +59,7 @@ class CostReason implements ReasonSource {
       fmtInt(this.out.tokens) +
       ' out' +
       (src === 'max_tokens' ? '' : src === 'mean' ? ' (mean)' : ' (default)') +
+      (this.choices > 1 ? ' x ' + this.choices + ' choices' : '') +
       ' x ' +
       fmtPrice(this.price.output_per_mtok) +
       ')'
@@ -73,10 +82,11 @@ export function costStrategy<C extends CandidateView>(
     if (usd < best) best = usd;
   }
   const prompt = promptTokensOf(ctx);
+  const choices = choicesOf(ctx);
   for (let i = 0; i < n; i++) {
     const it = items[i]!;
     it.score = lowerIsBetter(it.raw, best);
-    it.reason = new CostReason(it.raw, prompt, out, it.candidate.price);
+    it.reason = new CostReason(it.raw, prompt, out, choices, it.candidate.price);
   }
   return finishRanking(items, ctx.rotation, ctx.tieEpsilon);
 }

@@ -241,6 +241,18 @@ describe('cost', () => {
     expect(ranked[1]!.score).toBeCloseTo(0.0006 / 0.00175, 12);
   });
 
+  it('pays each of n choices its own output (regression: n was ignored, the dearer upstream for it ranked first)', () => {
+    const cs = cands({ price: [1, 10] }, { price: [5, 2] });
+    const one = ctx({ promptTokens: 1_000, requestedOutputTokens: 100 });
+    expect(ids(STRATEGIES.cost(cs, one))).toBe('ab'); // $0.002 vs $0.0052
+    const ranked = STRATEGIES.cost(cs, { ...one, choices: 10 }); // $0.011 vs $0.007
+    expect(ids(ranked)).toBe('ba');
+    expect(ranked[0]!.reason).toBe('cost $0.007000 (1,000 in x $5.00/M + 100 out x 10 choices x $2.00/M)');
+    expect(
+      ids(STRATEGIES.hybrid(cs, { ...one, choices: 10, weights: { cost: 1, latency: 0, reliability: 0 } })),
+    ).toBe('ba');
+  });
+
   it('compares every candidate on the same expected output: max_tokens, else the mean of observed means, else a default', () => {
     const cs = cands(
       { price: [0, 10], stats: { meanOutputTokens: 1_000 } },
