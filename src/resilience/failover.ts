@@ -195,6 +195,14 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
     up.breaker.onNeutral(permit);
     return;
   }
+  if (result.deadlineReached) {
+    // Cut by our own budget (routing.total_timeout_ms, the LLM router's timeout_ms), not by one of the
+    // provider's timeouts: a healthy upstream slower than the budget is not failing (its own first_byte_ms
+    // and total_ms still count against it).
+    up.breaker.onNeutral(permit);
+    up.metrics.attempts[c.outcome].inc();
+    return;
+  }
   switch (c.outcome) {
     case 'client_error':
       up.breaker.onNeutral(permit);

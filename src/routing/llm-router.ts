@@ -241,8 +241,11 @@ export async function askRouter(
 ): Promise<RouterDecision> {
   const cfg = route.router!;
   const excerpt = conversationExcerpt(messages);
+  // What the router's prompt says of the request (buildRouterPrompt): one answer per prompt.
   const key = createHash('sha256')
-    .update(`${ROUTER_PROMPT_VERSION}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`)
+    .update(
+      `${ROUTER_PROMPT_VERSION}\n${features.promptTokens}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`,
+    )
     .digest('base64url');
   const cache = cacheFor(gw, route)!;
   const started = gw.now();
@@ -342,7 +345,8 @@ async function callRouter(
       aside: true,
     });
     if (plan.refusal) throw plan.refusal; // no router upstream can take it: default_tier
-    const deadline = started + cfg.timeout_ms;
+    // Within the request's own budget too: the request started (its body read) just before this call.
+    const deadline = started + Math.min(cfg.timeout_ms, rt.loaded.config.routing.total_timeout_ms);
     const out = await runFailover(
       plan.ranked,
       {
