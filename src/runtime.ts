@@ -88,6 +88,11 @@ export interface RouteRuntime {
   readonly direct: boolean;
   /** Decision counter: rotates ties and round-robin. Mutable on purpose. */
   rotation: number;
+  /**
+   * A tiered route's counters, one per tier: each tier is a candidate set of its own, and requests that
+   * alternate between tiers would otherwise show each tier the same turn every time.
+   */
+  readonly tierRotation?: Map<string, number>;
   /** Random draws `/router/explain` made ahead of this route's next real decision (routing/plan.ts). */
   readonly pendingRandom: number[];
   /** Where a round-robin turn is counted fleet-wide (state.backend redis); absent: this replica only. */
@@ -302,6 +307,7 @@ export class Runtime {
         embeddings: targets.some((t) => t.upstream.embeddings),
         direct: false,
         rotation: previous?.routes.get(name)?.rotation ?? 0,
+        ...(tiers ? { tierRotation: new Map(previous?.routes.get(name)?.tierRotation) } : {}),
         pendingRandom: [],
         turns: shared,
       });

@@ -61,6 +61,7 @@ function finish(
     random: gw.random,
     peek: signal === undefined,
     exclude: tier.excluded,
+    tier: tier.tier,
   });
   return { route, hdrs, features, strategy, tier, plan };
 }

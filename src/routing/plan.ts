@@ -23,6 +23,8 @@ export interface PlanOptions {
   readonly aside?: boolean;
   /** Attempts that already failed in this request (its LLM router call): their upstreams are left out. */
   readonly exclude?: readonly AttemptRecord[] | undefined;
+  /** The tier `targets` are (a tiered route): its own rotation turns. */
+  readonly tier?: string | undefined;
 }
 
 export interface Plan {
@@ -94,6 +96,8 @@ export function planRequest(
     return { ranked: [], strategy: opts.strategy, refusal };
   }
 
+  const tierTurns = opts.tier === undefined ? undefined : route.tierRotation;
+  const rotation = tierTurns ? (tierTurns.get(opts.tier!) ?? 0) : route.rotation;
   const ctx: StrategyContext = {
     promptTokens: features.promptTokens,
     requestedOutputTokens: features.requestedOutputTokens,
@@ -105,16 +109,20 @@ export function planRequest(
         ? opts.random
         : takeRandom(route, opts.random),
     tieEpsilon: opts.routing.tie_epsilon,
-    rotation: route.rotation,
+    rotation,
     explorationShare: opts.routing.exploration_share,
     minSamples: opts.routing.min_samples,
     weights: route.weights,
   };
   if (!opts.peek && !opts.aside) {
-    route.rotation = (route.rotation + 1) % ROTATION_MOD;
+    const tier = opts.tier;
+    const setTurn = tierTurns
+      ? (n: number) => void tierTurns.set(tier!, n % ROTATION_MOD)
+      : (n: number) => void (route.rotation = n % ROTATION_MOD);
+    setTurn(rotation + 1);
     // Replicas count round-robin turns in one shared counter: the next turn here continues from the fleet's.
     if (opts.strategy === 'round-robin')
-      route.turns?.redis?.takeTurn(route.name, (n) => (route.rotation = n % ROTATION_MOD));
+      route.turns?.redis?.takeTurn(tierTurns ? `${route.name}#${tier}` : route.name, setTurn);
   }
   return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
 }
