@@ -184,7 +184,10 @@ export class CircuitBreaker {
   /** Applies reloaded thresholds, keeping the current state and any backoff already earned. */
   setConfig(cfg: BreakerConfig): void {
     this.#cfg = cfg;
-    this.#openMs = this.#backoffArmed ? Math.min(this.#openMs, this.#maxOpenMs()) : cfg.open_ms;
+    // Backoff earned is kept, never below the new open_ms (a raised open_ms holds at the next re-open too).
+    this.#openMs = this.#backoffArmed
+      ? Math.min(Math.max(this.#openMs, cfg.open_ms), this.#maxOpenMs())
+      : cfg.open_ms;
   }
 
   snapshot(): BreakerSnapshot {
