@@ -315,10 +315,17 @@ export function failRequest(
     status: isGatewayError(err) ? err.status : 500,
     served,
     attempts,
-    upstreamMs: 0,
+    upstreamMs: waitedOn(attempts),
     error: err instanceof Error ? err.message : String(err),
   });
   return err instanceof GatewayError
     ? err
     : new GatewayError('internal', 'internal gateway error', { cause: err });
+}
+
+/** The time a failed request spent waiting on its upstreams (not the gateway's overhead). */
+function waitedOn(attempts: readonly AttemptRecord[]): number {
+  let ms = 0;
+  for (const a of attempts) ms += a.latencyMs;
+  return ms;
 }
