@@ -5,6 +5,7 @@ import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
 import { cutRunning } from './http/chat.js';
 import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { MAX_TIMER_MS } from './config/schema.js';
 import { watchConfig } from './config/watch.js';
 import { createLogger } from './observability/logger.js';
 
@@ -119,7 +120,7 @@ async function serve(args: {
 
   // close-with-grace treats SIGHUP as a shutdown signal by default; here it means "reload the config".
   closeWithGrace(
-    { delay: server.shutdown_grace_ms + 1_000, logger, skip: ['SIGHUP'] },
+    { delay: Math.min(server.shutdown_grace_ms + 1_000, MAX_TIMER_MS), logger, skip: ['SIGHUP'] },
     async ({ signal, err }) => {
       if (err) logger.error({ err }, 'fatal error; shutting down');
       logger.info({ signal }, 'draining: refusing new requests, letting streams in flight finish');

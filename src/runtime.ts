@@ -11,6 +11,7 @@ import type {
   TargetConfig,
   TierName,
 } from './config/schema.js';
+import { MAX_TIMER_MS } from './config/schema.js';
 import type { Metrics } from './observability/metrics.js';
 import { CIRCUIT_STATE_VALUE } from './observability/metrics.js';
 import type { CircuitBreaker, TripCause } from './resilience/breaker.js';
@@ -135,13 +136,16 @@ export class SharedState {
   #wakeAfter(id: string, breaker: CircuitBreaker, ms: number): void {
     // One wake-up per breaker: each open or extension replaces the last (wake() re-arms for what is left).
     clearTimeout(this.#wakers.get(breaker));
-    const timer = setTimeout(() => {
-      this.#wakers.delete(breaker);
-      // A breaker a reload dropped (its upstream gone, maybe back since with a new one) says nothing.
-      if (this.breakers.peek(id) !== breaker) return;
-      const left = breaker.wake();
-      if (left > 0) this.#wakeAfter(id, breaker, left);
-    }, ms + 1);
+    const timer = setTimeout(
+      () => {
+        this.#wakers.delete(breaker);
+        // A breaker a reload dropped (its upstream gone, maybe back since with a new one) says nothing.
+        if (this.breakers.peek(id) !== breaker) return;
+        const left = breaker.wake();
+        if (left > 0) this.#wakeAfter(id, breaker, left);
+      },
+      Math.min(ms + 1, MAX_TIMER_MS),
+    ); // past Node's limit a timer fires at once; wake() re-arms for the rest
     timer.unref();
     this.#wakers.set(breaker, timer);
   }

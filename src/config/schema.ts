@@ -11,6 +11,11 @@ const num = z.union([
 const posInt = num.pipe(z.number().int().positive());
 const nonNegInt = num.pipe(z.number().int().nonnegative());
 const nonNeg = num.pipe(z.number().nonnegative());
+/** Node's timers fire after 1 ms past this (2^31-1 ms, ~24.8 days): a longer duration would end at once. */
+export const MAX_TIMER_MS = 2_147_483_647;
+const TIMER_LIMIT = `at most ${MAX_TIMER_MS} ms (about 24.8 days, the longest timer Node.js has)`;
+const ms = num.pipe(z.number().int().positive().max(MAX_TIMER_MS, TIMER_LIMIT));
+const nonNegMs = num.pipe(z.number().int().nonnegative().max(MAX_TIMER_MS, TIMER_LIMIT));
 const bool = z.union([z.boolean(), z.enum(['true', 'false']).transform((v) => v === 'true')]);
 
 /**
@@ -78,10 +83,10 @@ export type HybridWeights = z.infer<typeof hybridWeightsSchema>;
 const strategySchema = z.union([z.enum(STRATEGY_NAMES), z.strictObject({ hybrid: hybridWeightsSchema })]);
 
 const timeoutsSchema = z.strictObject({
-  connect_ms: posInt.default(5_000),
-  first_byte_ms: posInt.default(30_000),
-  idle_ms: posInt.default(30_000),
-  total_ms: posInt.default(300_000),
+  connect_ms: ms.default(5_000),
+  first_byte_ms: ms.default(30_000),
+  idle_ms: ms.default(30_000),
+  total_ms: ms.default(300_000),
 });
 
 const modelSchema = z.strictObject({
@@ -162,7 +167,7 @@ const routeSchema = z.strictObject({
   router: z
     .strictObject({
       tier: z.enum(TIER_NAMES),
-      timeout_ms: posInt.default(1_500),
+      timeout_ms: ms.default(1_500),
       cache_ttl_s: nonNeg.default(300),
       cache_size: posInt.default(10_000),
     })
@@ -178,17 +183,21 @@ const serverSchema = z.strictObject({
   body_limit_bytes: posInt.default(10 * 1024 * 1024),
   passthrough: z.string().optional(),
   metrics_auth: bool.default(false),
-  shutdown_grace_ms: nonNegInt.default(10_000),
+  shutdown_grace_ms: nonNegMs.default(10_000),
   /** Headers and body must arrive within this bound (SPEC §8: a slow body gets 408). */
-  request_timeout_ms: posInt.default(30_000),
+  request_timeout_ms: ms.default(30_000),
   /** /v1 requests get 503 + Retry-After past any of these (0 = that check off). */
   load_shedding: z
     .strictObject({
-      max_event_loop_delay_ms: nonNegInt.default(1_000),
+      max_event_loop_delay_ms: nonNegMs.default(1_000),
       max_heap_used_bytes: nonNegInt.default(0),
       max_rss_bytes: nonNegInt.default(0),
       max_event_loop_utilization: nonNeg.pipe(z.number().max(1)).default(0),
-      sample_interval_ms: posInt.default(1_000),
+      // @fastify/under-pressure reads the event-loop delay at a 10 ms resolution: sampled more often than
+      // this its histogram is empty, which it reads as an infinite delay (an idle gateway shed everything).
+      sample_interval_ms: num
+        .pipe(z.number().int().min(100, 'at least 100 ms').max(MAX_TIMER_MS, TIMER_LIMIT))
+        .default(1_000),
       retry_after_s: posInt.default(5),
     })
     .default({
@@ -209,7 +218,7 @@ const routingSchema = z.strictObject({
   default_strategy: strategySchema.default('hybrid'),
   tie_epsilon: nonNeg.pipe(z.number().max(1)).default(0.02),
   max_attempts: posInt.default(3),
-  total_timeout_ms: posInt.default(600_000),
+  total_timeout_ms: ms.default(600_000),
   /** Share of requests the latency strategy may send to upstreams with too few samples. */
   exploration_share: nonNeg.pipe(z.number().max(1)).default(0.1),
   /** Below this many samples an upstream counts as unmeasured. */
@@ -218,8 +227,8 @@ const routingSchema = z.strictObject({
 
 const breakerSchema = z.strictObject({
   failure_threshold: posInt.default(5),
-  open_ms: posInt.default(30_000),
-  max_open_ms: posInt.default(300_000),
+  open_ms: ms.default(30_000),
+  max_open_ms: ms.default(300_000),
   half_open_probes: posInt.default(1),
   success_threshold: posInt.default(3),
 });

@@ -36,7 +36,7 @@ async function chat(key?: string) {
 describe('load shedding', () => {
   it('answers /v1 with an OpenAI-shaped 503 and Retry-After under pressure, while health and metrics still answer', async () => {
     // A heap limit of 1 byte: the first sample puts the gateway under pressure.
-    await setup({ load_shedding: { max_heap_used_bytes: 1, sample_interval_ms: 5, retry_after_s: 7 } });
+    await setup({ load_shedding: { max_heap_used_bytes: 1, sample_interval_ms: 100, retry_after_s: 7 } });
     let r = await chat();
     for (let i = 0; i < 100 && r.status !== 503; i++) {
       await new Promise((res) => setTimeout(res, 10)); // the sampler's interval is the clock here
