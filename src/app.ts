@@ -179,12 +179,19 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   app.addHook('onRequest', authHook(gateway));
 
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
-  // get their line here. Health, metrics and admin reads stay out of the request log and counters.
+  // get their line here. Health, metrics and admin reads (status, explain: it calls no upstream) stay out of
+  // the request log and counters.
   const reportOnce = (req: FastifyRequest, status: number, elapsedMs: number): void => {
     if (req.reported) return; // before routeOptions: fastify builds that object on every read
     req.reported = true;
     const route = req.routeOptions.url;
-    if (route !== '/healthz' && route !== '/readyz' && route !== '/metrics' && route !== '/router/status') {
+    if (
+      route !== '/healthz' &&
+      route !== '/readyz' &&
+      route !== '/metrics' &&
+      route !== '/router/status' &&
+      route !== '/router/explain'
+    ) {
       reportUnrouted(gateway, req, status, elapsedMs);
     }
   };

@@ -54,6 +54,34 @@ describe('metrics (SPEC §5)', () => {
     const sum = value(m, 'llm_router_overhead_seconds_sum', { route: 'r' })!;
     expect(sum).toBeLessThan(0.2);
   });
+
+  it('/router/explain is an admin read: not a request in the counters or the request log', async () => {
+    // Regression: each explain counted in llm_router_requests_total{route="none"} and wrote a request line,
+    // though it calls no upstream (README: admin reads stay out of the request log and counters).
+    const up = track(await startMock((req, res) => answerChat(res, req.body, 'ok')));
+    const gw = track(
+      await startGateway({
+        providers: [{ name: 'p', base_url: `${up.url}/v1`, models: [{ name: 'm' }] }],
+        routes: { r: { strategy: 'priority', targets: ['p/m'] } },
+      }),
+    );
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${gw.url}/router/explain`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    expect((await chat(gw, 'r')).status).toBe(200);
+    await sleep(50);
+    const text = await (await request(`${gw.url}/metrics`)).body.text();
+    const counted = text.split('\n').filter((l) => l.startsWith('llm_router_requests_total{'));
+    expect(counted).toHaveLength(1);
+    expect(counted[0]).toMatch(/route="r".* 1$/);
+    expect(gw.rawLogs()).not.toContain('/router/explain');
+  });
 });
 
 describe("durations past Node's timer limit (SPEC §3; regression: accepted, then each timer fired after 1 ms)", () => {
