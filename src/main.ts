@@ -94,7 +94,8 @@ async function serve(args: {
   const loaded = loadOrExit(args.config);
   const app = buildApp(loaded, { logger });
   const server = loaded.config.server;
-  const port = args.port !== undefined ? Number(args.port) : server.port;
+  // Number('') and Number(' ') are 0: an empty --port would listen on a random port.
+  const port = args.port !== undefined ? (/^\d+$/.test(args.port) ? Number(args.port) : NaN) : server.port;
   if (!Number.isInteger(port) || port < 0 || port > 65_535)
     fail(`--port: expected a port number, got "${args.port}"`, 2);
 

@@ -3,9 +3,13 @@
  * §8 safety) against SPEC.md and README.md. Tests marked "guard" pass today and pin behaviour worth keeping;
  * every other test fails on the code as reviewed, because of the defect its comment names.
  */
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { cliWorkDir, ensureBuilt, REPO_ROOT } from '../helpers/cli-harness.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { freePort } from '../helpers/redis.js';
 import { sendJson, startMock, answerChat } from '../helpers/mock-upstream.js';
@@ -14,6 +18,7 @@ import { parseConfigText } from '../../src/config/load.js';
 import { MAX_TIMER_MS } from '../../src/config/schema.js';
 
 const track = closeAfterEach();
+const cliDir = cliWorkDir('review-ops');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function chat(gw: TestGateway, model: string, extra: Record<string, unknown> = {}) {
@@ -204,5 +209,29 @@ describe('scale-out without Redis (SPEC §7)', () => {
     };
     expect(status.state).toEqual({ backend: 'redis', connected: false });
     expect(gw.rawLogs()).not.toContain('hunter2-secret-99');
+  });
+});
+
+describe('CLI --port (SPEC §6)', () => {
+  it('an empty or blank --port exits 2 with a message (regression: Number("") is 0, a random port)', async () => {
+    await ensureBuilt();
+    const dir = cliDir();
+    const path = join(dir, 'ok.yaml');
+    writeFileSync(
+      path,
+      'providers: [{ name: p, base_url: "http://127.0.0.1:9/v1", models: [{ name: m }] }]\nroutes: { r: { targets: [p/m] } }\n',
+    );
+    for (const port of ['', ' ']) {
+      const r = spawnSync(
+        process.execPath,
+        [join(REPO_ROOT, 'dist/main.js'), '--config', path, '--port', port],
+        {
+          encoding: 'utf8',
+          timeout: 8_000,
+        },
+      );
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toContain('--port: expected a port number');
+    }
   });
 });
