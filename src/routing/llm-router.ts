@@ -275,7 +275,10 @@ export async function askRouter(
   const waited = call;
   waited.waiting++;
   const leave = (): void => {
-    if (--waited.waiting === 0) waited.signal.abort(clientSignal.reason);
+    if (--waited.waiting > 0) return;
+    waited.signal.abort(clientSignal.reason);
+    // Aborted, it is no call to join any more: a request with the same prompt from now on makes its own.
+    if (underWay.get(key) === waited) underWay.delete(key);
   };
   clientSignal.once('abort', leave);
   if (clientSignal.aborted) leave(); // once() adds nothing to a signal already aborted
