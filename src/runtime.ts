@@ -122,6 +122,9 @@ export class SharedState {
     readonly now: () => number,
   ) {
     this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t, breaker) => {
+      // A breaker a reload dropped (a request still in flight on its upstream settles on it) speaks for no
+      // upstream now: the one of that name since re-added has its own.
+      if (this.breakers.peek(id) !== breaker) return;
       if (t.from !== t.to) this.onTransition?.(id, t.to, t.cause);
       if (t.to !== 'open') return;
       this.#wakeAfter(id, breaker, t.openMs);

@@ -162,6 +162,29 @@ describe('gateway.reload (in process)', () => {
   });
 });
 
+describe('a request in flight across a reload that removed and re-added its upstream', () => {
+  it("settles on the dropped breaker: the re-added upstream's breaker, metrics and log say nothing of it", async () => {
+    // Regression: the dropped breaker's transition reached the runtime by upstream id, so the re-added
+    // upstream showed an open transition (metric, log line, gauge until the next scrape) it never had.
+    const failing = await sim('x', { status: 500, latencyMs: 300 });
+    const other = await sim('other');
+    gw = track(await startGateway(yamlOf([failing, other], { main: ['x/m'] })));
+    const pending = chat(gw.url, 'main');
+    await expect.poll(() => failing.requests.length, { timeout: 2_000 }).toBe(1);
+    gw.gateway.reload(parseConfigText(yamlOf([other], { main: ['other/m'] }), {}));
+    gw.gateway.reload(parseConfigText(yamlOf([failing, other], { main: ['x/m'] }), {}));
+    expect((await pending).status).toBe(502);
+    await new Promise((r) => setTimeout(r, 50));
+    expect((await status(gw.url)).upstreams.find((u) => u.id === 'x/m')?.breaker.state).toBe('closed');
+    const m = await metrics(gw.url);
+    expect(
+      value(m, 'llm_router_circuit_transitions_total', { provider: 'x', model: 'm', to: 'open' }) ?? 0,
+    ).toBe(0);
+    expect(value(m, 'llm_router_circuit_state', { provider: 'x', model: 'm' })).toBe(0);
+    expect(gw.rawLogs()).not.toMatch(/circuit.*open|breaker.*open/i);
+  });
+});
+
 describe('the CLI reloads on file change and on SIGHUP', () => {
   const workDir = cliWorkDir('reload');
 
