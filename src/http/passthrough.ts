@@ -368,16 +368,20 @@ export function connectionNamed(value: string | string[] | undefined): string[] 
 }
 
 export async function sendScrubbed(
-  scrubber: { scrub(text: string): string },
+  scrubber: { scrub(text: string, cut?: boolean): string },
   reply: FastifyReply<RouteGenericInterface, RawServerBase>,
   stream: Readable,
 ): Promise<void> {
   const parts: Buffer[] = [];
   let size = 0;
+  let cut = false;
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       size += chunk.length;
       if (size > MAX_ERROR_BODY_BYTES) {
+        // The part that fits is kept; its end may be the first characters of an echoed secret (scrub's `cut`).
+        parts.push(chunk.subarray(0, chunk.length - (size - MAX_ERROR_BODY_BYTES)));
+        cut = true;
         stream.destroy();
         break;
       }
@@ -386,15 +390,17 @@ export async function sendScrubbed(
   } catch {
     /* a broken error body still has its status */
   }
-  let text: string;
+  let text: string | undefined;
   try {
     text = decode(Buffer.concat(parts), reply.getHeader('content-encoding'));
   } catch {
-    text = `upstream answered HTTP ${reply.statusCode}`;
+    /* told by its status below */
   }
   reply.removeHeader('content-length');
   reply.removeHeader('content-encoding');
-  void reply.send(scrubber.scrub(text));
+  void reply.send(
+    text === undefined ? `upstream answered HTTP ${reply.statusCode}` : scrubber.scrub(text, cut),
+  );
 }
 
 /** A stream decoder for a response's content-encoding: undefined for identity, null for one we cannot read. */
@@ -416,9 +422,10 @@ function decoderFor(encoding: unknown): Transform | undefined | null {
   }
 }
 
-function decode(body: Buffer, encoding: unknown): string {
+/** An error body's text: undefined in an encoding we cannot read (zstd): its bytes would be noise. */
+function decode(body: Buffer, encoding: unknown): string | undefined {
   const opts = { maxOutputLength: 4 * MAX_ERROR_BODY_BYTES };
-  switch (typeof encoding === 'string' ? encoding.toLowerCase() : '') {
+  switch (typeof encoding === 'string' ? encoding.trim().toLowerCase() : '') {
     case 'gzip':
     case 'x-gzip':
       return gunzipSync(body, opts).toString('utf8');
@@ -426,7 +433,10 @@ function decode(body: Buffer, encoding: unknown): string {
       return inflateSync(body, opts).toString('utf8');
     case 'br':
       return brotliDecompressSync(body, opts).toString('utf8');
-    default:
+    case '':
+    case 'identity':
       return body.toString('utf8');
+    default:
+      return undefined;
   }
 }

@@ -8,29 +8,46 @@ import { Transform } from 'node:stream';
 /** What a truncated message ends with (adapters/common.ts truncateMessage). */
 const CUT = '…';
 
+/**
+ * Each secret as an echo may spell it: as is, JSON-escaped (a `"` or `\`; a `/` as `\/`, as PHP and some Java
+ * encoders write it) and URL-encoded, whichever differ; at least 4 characters; longest first, so a secret
+ * that contains another is removed whole.
+ */
+export function secretForms(secrets: readonly string[]): string[] {
+  const forms = new Set<string>();
+  for (const s of secrets) {
+    if (s.length < 4) continue;
+    const json = JSON.stringify(s).slice(1, -1);
+    forms.add(s).add(json).add(json.replaceAll('/', '\\/')).add(encodeURIComponent(s));
+  }
+  return [...forms].sort((a, b) => b.length - a.length);
+}
+
 export class Scrubber {
   private readonly secrets: readonly string[];
 
   constructor(secrets: readonly string[]) {
-    // Longest first, so a key that contains another is removed whole.
-    this.secrets = [...secrets].filter((s) => s.length >= 4).sort((a, b) => b.length - a.length);
+    this.secrets = secretForms(secrets);
   }
 
-  scrub(text: string): string {
+  /** `text` without any secret; `cut`: the text was cut short (a bounded read), so its tail is checked too. */
+  scrub(text: string, cut = false): string {
     let out = text;
     for (const s of this.secrets) if (out.includes(s)) out = out.split(s).join('[REDACTED]');
-    return out.endsWith(CUT) ? this.cutTail(out) : out;
+    if (out.endsWith(CUT)) return this.cutTail(out, out.length - CUT.length);
+    return cut ? this.cutTail(out, out.length) : out;
   }
 
   /**
-   * A message cut where it was too long (adapters/common.ts truncateMessage ends it with `…`) may end in the
-   * first characters of a secret, which no longer match the whole one: those go too.
+   * A message cut where it was too long (adapters/common.ts truncateMessage ends it with `…`; a bounded read
+   * stops mid-body) may end in the first characters of a secret, which no longer match the whole one: those
+   * go too.
    */
-  private cutTail(text: string): string {
-    const end = text.length - CUT.length;
+  private cutTail(text: string, end: number): string {
     for (const s of this.secrets) {
       for (let k = Math.min(s.length - 1, end); k >= 4; k--) {
-        if (text.startsWith(s.slice(0, k), end - k)) return `${text.slice(0, end - k)}[REDACTED]${CUT}`;
+        if (text.startsWith(s.slice(0, k), end - k))
+          return `${text.slice(0, end - k)}[REDACTED]${text.slice(end)}`;
       }
     }
     return text;
@@ -47,7 +64,7 @@ export class StreamMask {
   private readonly keys: readonly Buffer[];
 
   constructor(secrets: readonly string[]) {
-    this.keys = secrets.filter((s) => s.length >= 4).map((s) => Buffer.from(s, 'utf8'));
+    this.keys = secretForms(secrets).map((s) => Buffer.from(s, 'utf8'));
   }
 
   get empty(): boolean {

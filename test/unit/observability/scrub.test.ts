@@ -25,6 +25,34 @@ describe('Scrubber', () => {
   });
 });
 
+describe('secret forms (regression: only the literal spelling was matched)', () => {
+  const PW = 'p@ss/w"rd-42';
+
+  it('Scrubber removes a secret JSON-escaped (with or without \\/) and URL-encoded too', () => {
+    const s = new Scrubber([PW]);
+    for (const echo of [
+      PW,
+      JSON.stringify(PW).slice(1, -1),
+      JSON.stringify(PW).slice(1, -1).replaceAll('/', '\\/'),
+      encodeURIComponent(PW),
+    ])
+      expect(s.scrub(`{"echo":"${echo}"}`), echo).toBe('{"echo":"[REDACTED]"}');
+  });
+
+  it('Scrubber checks the tail of a text cut by a bounded read, said by `cut`', () => {
+    const s = new Scrubber([KEY]);
+    expect(s.scrub(`body ${KEY.slice(0, 10)}`, true)).toBe('body [REDACTED]');
+    expect(s.scrub(`body ${KEY.slice(0, 10)}`)).toBe(`body ${KEY.slice(0, 10)}`);
+  });
+
+  it('StreamMask masks the longer of two secrets whole when one starts the other', async () => {
+    const t = new StreamMask([KEY, `${KEY}-TAIL-5678`]).transform();
+    t.end(Buffer.from(`x ${KEY}-TAIL-5678 y`));
+    const out = ((await t.toArray()) as Buffer[]).map((b) => b.toString()).join('');
+    expect(out).toBe(`x ${'*'.repeat(KEY.length + 10)} y`);
+  });
+});
+
 describe('StreamMask', () => {
   /** What the mask passes on as each of `chunks` goes in (then at the end), and the whole output. */
   async function through(mask: StreamMask, chunks: string[]): Promise<{ parts: string[]; all: string }> {
