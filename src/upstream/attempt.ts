@@ -18,7 +18,7 @@ import type {
 import type { Abort } from './abort.js';
 import { AttemptSignal } from './bounds.js';
 import { parseJsonObject, tokenCount } from './adapters/common.js';
-import { relayedAnswer } from './adapters/openai.js';
+import { embeddingsAnswerText } from './adapters/openai.js';
 import { readBody, relayChunks, type UpstreamResponse } from './client.js';
 
 /** Error bodies are read only this far: they are messages, not payloads. */
@@ -303,7 +303,7 @@ export function attemptPlainJson(
   input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
   prepared: PreparedRequest,
 ): Promise<AttemptResult> {
-  return attemptJsonCall(input, prepared, (text) => relayedAnswer(text, embeddingUsage));
+  return attemptJsonCall(input, prepared, (text) => embeddingsAnswerText(text, embeddingUsage));
 }
 
 /** How many times one attempt is sent again, each time fitted to one more field its upstream refused. */

@@ -341,6 +341,21 @@ function isErrorValue(error: unknown): boolean {
 
 /** A `choices` key whose value is a list. */
 const CHOICES_LIST = /"choices"\s*:\s*\[/;
+/** A `data` key whose value is a list (an embeddings answer puts it first). */
+const DATA_LIST = /"data"\s*:\s*\[/;
+
+/**
+ * An embeddings answer relayed as it is: an object with no `data` list is no answer (the OpenAI SDK reads
+ * `data` as the vectors), failed over as chat's answer without `choices` is.
+ */
+export function embeddingsAnswerText(
+  text: string,
+  readUsageOf: (json: unknown) => Usage | undefined,
+): AnswerText | undefined {
+  const out = relayedAnswer(text, readUsageOf);
+  if (out !== undefined && out.error === undefined && !DATA_LIST.test(text)) return undefined;
+  return out;
+}
 
 const RATE_LIMIT_CODES = new Set<unknown>(['rate_limit_exceeded', 'rate_limit_error', 429, '429']);
 
