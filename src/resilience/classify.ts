@@ -38,6 +38,9 @@ export function classifyStatus(status: number): Classified {
   return (Number.isInteger(status) ? STATUS_TABLE[status] : undefined) ?? statusClass(status);
 }
 
+/** The reason of an attempt that never left its pool's queue: counted against no breaker (failover.ts). */
+export const QUEUE_TIMEOUT = 'queue_timeout';
+
 /**
  * An error carrying one of the codes below, as upstream/ and streaming/ raise them: `classifyError` maps it to
  * its failover reason.
@@ -67,6 +70,8 @@ const ERROR_CODES: ReadonlyMap<string, Classified> = new Map([
   ['ETIMEDOUT', classified('timeout', true, 'connect_timeout')],
   // Our own (upstream/ and streaming/ raise these)
   ['first_byte_timeout', classified('timeout', true, 'first_byte_timeout')],
+  // Waited for a connection past first_byte_ms, every one max_concurrency allows busy: not the upstream's fault.
+  [QUEUE_TIMEOUT, classified('timeout', true, QUEUE_TIMEOUT)],
   ['idle_timeout', classified('timeout', true, 'idle_timeout')],
   ['total_timeout', classified('timeout', true, 'total_timeout')],
   ['body_too_large', classified('error', true, 'body_too_large')],

@@ -6,6 +6,7 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import type { AttemptResult } from '../upstream/attempt.js';
 import type { Permit } from './breaker.js';
+import { QUEUE_TIMEOUT } from './classify.js';
 
 /** One attempt as the trail and the final error report it. */
 export interface AttemptRecord {
@@ -195,10 +196,11 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
     up.breaker.onNeutral(permit);
     return;
   }
-  if (result.deadlineReached) {
+  if (result.deadlineReached || c.reason === QUEUE_TIMEOUT) {
     // Cut by our own budget (routing.total_timeout_ms, the LLM router's timeout_ms), not by one of the
     // provider's timeouts: a healthy upstream slower than the budget is not failing (its own first_byte_ms
-    // and total_ms still count against it).
+    // and total_ms still count against it). Nor is one whose request waited in our pool's queue
+    // (max_concurrency busy) and never reached it.
     up.breaker.onNeutral(permit);
     up.metrics.attempts[c.outcome].inc();
     return;

@@ -479,6 +479,7 @@ async function attemptStreamBody(
       headers: prepared.headers,
       body: prepared.body,
       signal: sig,
+      watch: sig,
     });
     sig.headers();
     if (res.statusCode < 200 || res.statusCode >= 300) {

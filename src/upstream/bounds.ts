@@ -74,6 +74,8 @@ export class AttemptSignal extends Abort {
   /** Body bytes arrived since the last check: the idle bound starts over at the next. */
   private moved = false;
   private phase = FIRST_BYTE;
+  /** The request left the pool's queue for a connection. */
+  private sentFlag = false;
   /** On performance.now()'s clock. */
   private readonly totalAt: number;
   private readonly firstByteAt: number;
@@ -90,7 +92,13 @@ export class AttemptSignal extends Abort {
    * `deadline`, `startedAt` and `totalFrom` are on the attempt's own clock (`AttemptInput.now`): the provider's
    * total_ms counts from `totalFrom` (an attempt's first send, when this one sends it again), else from now.
    */
-  constructor(client: Abort, deadline: number, startedAt: number, upstream: Upstream, totalFrom = startedAt) {
+  constructor(
+    client: Abort,
+    deadline: number,
+    startedAt: number,
+    private readonly upstream: Upstream,
+    totalFrom = startedAt,
+  ) {
     super();
     const limits = upstream.provider.config.timeouts;
     this.client = client;
@@ -118,7 +126,7 @@ export class AttemptSignal extends Abort {
       return this.fire('total_timeout');
     }
     if (this.phase === FIRST_BYTE) {
-      if (t >= this.firstByteAt) this.fire('first_byte_timeout');
+      if (t >= this.firstByteAt) this.fire(this.queued() ? 'queue_timeout' : 'first_byte_timeout');
     } else if (this.moved) {
       this.moved = false;
       this.idleFrom = t;
@@ -140,6 +148,21 @@ export class AttemptSignal extends Abort {
   /** ... and that bound was the request's deadline rather than the provider's total_ms. */
   deadlineReached(): boolean {
     return this.expired && this.deadlineBound;
+  }
+
+  sent(): void {
+    this.sentFlag = true;
+  }
+
+  /**
+   * Still waiting for a connection with every one the provider's `max_concurrency` allows open and busy: its
+   * first byte never had a chance (the upstream has not seen the request). Not sent with fewer open, it is
+   * connecting: that wait is the upstream's.
+   */
+  private queued(): boolean {
+    if (this.sentFlag) return false;
+    const provider = this.upstream.provider;
+    return provider.client.stats().connected >= provider.config.max_concurrency;
   }
 
   /** The response headers arrived: the first-byte bound is met, the idle bound starts. */

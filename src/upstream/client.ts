@@ -31,6 +31,42 @@ export const requestOn = requireUndici('undici/lib/api/api-request.js') as (
   opts: Dispatcher.RequestOptions,
 ) => Promise<Dispatcher.ResponseData>;
 
+const RequestHandler = (
+  requireUndici('undici/lib/api/api-request.js') as {
+    RequestHandler: new (
+      opts: Dispatcher.RequestOptions,
+      callback: (err: Error | null, data: Dispatcher.ResponseData) => void,
+    ) => Dispatcher.DispatchHandler;
+  }
+).RequestHandler;
+
+/** The legacy handler hook undici calls as the request is written on its connection. */
+interface OnConnect {
+  onConnect(abort: unknown, context: unknown): void;
+}
+
+/** undici's `request`, with `watch.sent()` told when the request gets its connection (its onConnect). */
+function requestWatched(
+  pool: Pool,
+  o: Dispatcher.RequestOptions,
+  watch: Pick<ResponseWatch, 'sent'>,
+): Promise<Dispatcher.ResponseData> {
+  return new Promise((resolve, reject) => {
+    try {
+      const handler = new RequestHandler(o, (err, data) => (err ? reject(err) : resolve(data)));
+      const hook = handler as unknown as OnConnect;
+      const onConnect = hook.onConnect;
+      hook.onConnect = function (this: OnConnect, abort, context) {
+        watch.sent();
+        onConnect.call(this, abort, context);
+      };
+      pool.dispatch(o, handler);
+    } catch (err) {
+      reject(err as Error); // a closed pool, or options undici refuses, as undici's `request` rejects them
+    }
+  });
+}
+
 export interface TextResponse {
   readonly statusCode: number;
   readonly headers: IncomingHttpHeaders;
@@ -89,16 +125,19 @@ export class ProviderClient {
     headers: Record<string, string>;
     body?: string;
     signal: Abort;
+    /** Told when the request leaves the pool's queue for a connection. */
+    watch?: Pick<ResponseWatch, 'sent'>;
   }): Promise<UpstreamResponse> {
+    const o: Dispatcher.RequestOptions = {
+      origin: this.origin,
+      method: opts.method,
+      path: this.basePath + opts.path + this.query,
+      headers: opts.headers,
+      body: opts.body,
+      signal: opts.signal,
+    };
     const res = await untilAborted(
-      requestOn.call(this.pool, {
-        origin: this.origin,
-        method: opts.method,
-        path: this.basePath + opts.path + this.query,
-        headers: opts.headers,
-        body: opts.body,
-        signal: opts.signal,
-      }),
+      opts.watch === undefined ? requestOn.call(this.pool, o) : requestWatched(this.pool, o, opts.watch),
       opts.signal,
     );
     const body = decode(res.body, codingOf(res.headers['content-encoding']));
@@ -226,6 +265,8 @@ function dispatchText(
 
 /** Who is told of a response's progress: the attempt's first-byte and idle bounds. */
 export interface ResponseWatch {
+  /** The request has a connection and is being written (it waited in the pool's queue until now). */
+  sent(): void;
   /** The response headers arrived. */
   headers(): void;
   /** A body chunk arrived. */
@@ -272,6 +313,7 @@ class TextHandler implements Dispatcher.DispatchHandler {
   onRequestStart(c: Dispatcher.DispatchController): void {
     this.controller = c;
     if (this.signal.aborted) c.abort(this.signal.reason as Error);
+    else this.watch?.sent();
   }
 
   onResponseStart(_c: Dispatcher.DispatchController, status: number, h: IncomingHttpHeaders): void {

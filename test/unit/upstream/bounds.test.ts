@@ -4,7 +4,13 @@ import { Abort } from '../../../src/upstream/abort.js';
 import { AttemptSignal, WATCHDOG_TICK_MS } from '../../../src/upstream/bounds.js';
 
 const limits = { connect_ms: 50, first_byte_ms: 100, idle_ms: 80, total_ms: 5_000 };
-const upstream = { provider: { config: { timeouts: limits } } } as unknown as Upstream;
+/** A provider with `connected` of its `max_concurrency` (4) connections open. */
+function upstreamWith(connected: number, timeouts: typeof limits = limits): Upstream {
+  return {
+    provider: { config: { timeouts, max_concurrency: 4 }, client: { stats: () => ({ connected }) } },
+  } as unknown as Upstream;
+}
+const upstream = upstreamWith(0);
 
 function codeOf(s: Abort): string | undefined {
   return (s.reason as { code?: string } | undefined)?.code;
@@ -89,6 +95,17 @@ describe('AttemptSignal (watchdog bounds)', () => {
     expect(s.timedOut()).toBe(false);
   });
 
+  it('first_byte_ms spent waiting for a connection, every one max_concurrency allows busy, is a queue_timeout', () => {
+    const queued = new AttemptSignal(new Abort(), far(), performance.now(), upstreamWith(4));
+    const sent = new AttemptSignal(new Abort(), far(), performance.now(), upstreamWith(4));
+    sent.sent();
+    const connecting = new AttemptSignal(new Abort(), far(), performance.now(), upstreamWith(3));
+    vi.advanceTimersByTime(limits.first_byte_ms + WATCHDOG_TICK_MS);
+    expect(codeOf(queued)).toBe('queue_timeout'); // the upstream never saw it
+    expect(codeOf(sent)).toBe('first_byte_timeout');
+    expect(codeOf(connecting)).toBe('first_byte_timeout'); // a connection of its own was being opened
+  });
+
   it('idle_ms starts at the headers and over at every chunk; a hold for the client stops it', () => {
     const s = new AttemptSignal(new Abort(), far(), performance.now(), upstream);
     vi.advanceTimersByTime(90);
@@ -121,9 +138,12 @@ describe('AttemptSignal (watchdog bounds)', () => {
     expect(s.timedOut()).toBe(true);
     expect(s.deadlineReached()).toBe(true);
 
-    const own = new AttemptSignal(new Abort(), far(), performance.now(), {
-      provider: { config: { timeouts: { ...limits, first_byte_ms: 5_000, total_ms: 200 } } },
-    } as unknown as Upstream);
+    const own = new AttemptSignal(
+      new Abort(),
+      far(),
+      performance.now(),
+      upstreamWith(0, { ...limits, first_byte_ms: 5_000, total_ms: 200 }),
+    );
     vi.advanceTimersByTime(200 + WATCHDOG_TICK_MS);
     expect(own.timedOut()).toBe(true);
     expect(own.deadlineReached()).toBe(false); // the provider's total_ms, not the request's deadline
