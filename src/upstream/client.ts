@@ -40,6 +40,17 @@ const RequestHandler = (
   }
 ).RequestHandler;
 
+/**
+ * How long an idle connection is kept when the server does not say (`Keep-Alive: timeout=`). Plain http is a
+ * server nearby (vLLM, a local proxy): uvicorn closes idle connections after 5 s without saying so, and a
+ * request written as that close arrives fails (a failover, and a count against the breaker, for nothing),
+ * while a new connection costs a fraction of a millisecond. https is a provider's load balancer, which keeps
+ * them a minute or more, and a new connection costs a TLS handshake on the request's time to first token.
+ */
+function keepIdleMs(url: URL): number {
+  return url.protocol === 'https:' ? 30_000 : 4_000;
+}
+
 /** The legacy handler hook undici calls as the request is written on its connection. */
 interface OnConnect {
   onConnect(abort: unknown, context: unknown): void;
@@ -115,7 +126,7 @@ export class ProviderClient {
       connect: { timeout: provider.timeouts.connect_ms },
       headersTimeout: 0,
       bodyTimeout: 0,
-      keepAliveTimeout: 30_000,
+      keepAliveTimeout: keepIdleMs(url),
     });
   }
 

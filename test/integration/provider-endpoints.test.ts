@@ -4,9 +4,11 @@
  * a header of its own (Azure's `api-key`) or as a query parameter (`?key=`). Each reaches the upstream on
  * every kind of request, and none of them reaches a client when the upstream echoes it back.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import OpenAI from 'openai';
-import { describe, expect, it } from 'vitest';
-import { closeAfterEach } from '../helpers/cleanup.js';
+import { describe, expect, it, vi } from 'vitest';
+import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, startGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 import { answerChat, sendJson, startMock } from '../helpers/mock-upstream.js';
@@ -167,4 +169,37 @@ describe('keys given as headers or query parameters', () => {
       expect(gw.rawLogs()).not.toContain(secret);
     }
   });
+});
+
+describe('idle connections to a plain-http upstream', () => {
+  it('are let go within about 4 s, before uvicorn (vLLM) closes them unannounced at 5 s', async () => {
+    // Regression: idle connections were kept 30 s; a request written as a 5 s server closed one failed (a
+    // failover and a breaker count for nothing). https upstreams keep theirs 30 s (a TLS handshake saved).
+    const closedAt: number[] = [];
+    const server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => answerChat(res, JSON.parse(body) as Record<string, unknown>, 'ok'));
+    });
+    server.keepAliveTimeout = 0; // keeps it, and says nothing of how long (as uvicorn): the gateway lets go
+    server.on('connection', (s: Socket) => s.on('close', () => closedAt.push(performance.now())));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    track(closeableServer(server));
+    const gw = track(
+      await startGateway({
+        providers: [
+          {
+            name: 'local',
+            base_url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`,
+            models: [{ name: 'm' }],
+          },
+        ],
+        routes: { r: { targets: ['local/m'] } },
+      }),
+    );
+    expect((await postChat(gw, { model: 'r', messages: hi })).status).toBe(200);
+    const answered = performance.now();
+    await vi.waitFor(() => expect(closedAt).toHaveLength(1), { timeout: 9_000, interval: 100 });
+    expect(closedAt[0]! - answered).toBeLessThan(6_500); // 4 s on undici's 1 s-resolution timers, on a loaded machine
+  }, 15_000);
 });
