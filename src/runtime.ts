@@ -139,6 +139,7 @@ export class SharedState {
   #wakeAfter(id: string, breaker: CircuitBreaker, ms: number): void {
     // One wake-up per breaker: each open or extension replaces the last (wake() re-arms for what is left).
     clearTimeout(this.#wakers.get(breaker));
+    // At most Node's longest timer (past it one fires at once): wake() re-arms for the rest.
     const timer = setTimeout(
       () => {
         this.#wakers.delete(breaker);
@@ -148,7 +149,7 @@ export class SharedState {
         if (left > 0) this.#wakeAfter(id, breaker, left);
       },
       Math.min(ms + 1, MAX_TIMER_MS),
-    ); // past Node's limit a timer fires at once; wake() re-arms for the rest
+    );
     timer.unref();
     this.#wakers.set(breaker, timer);
   }
