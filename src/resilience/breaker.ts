@@ -147,12 +147,18 @@ export class CircuitBreaker {
 
   /**
    * Another replica opened this upstream's breaker (state shared through Redis, SPEC §7): open here too,
-   * until the same moment. No backoff is earned here (the fault was seen elsewhere), and an open that
+   * until the same moment. A fault's open also sets the backoff it reached there (the fleet's backoff: the
+   * next re-open doubles it, whichever replica's probe fails); a rate limit's sets none. An open that
    * already lasts longer is kept. Never longer than this replica would open for itself: `max_open_ms` for a
    * fault, 24 h for a rate limit (Retry-After's own cap). False when nothing changed.
    */
   adoptOpen(remainingMs: number, cause: TripCause): boolean {
     if (!(remainingMs > 0) || !Number.isFinite(remainingMs)) return false;
+    if (cause !== 'rate_limit') {
+      const level = Math.min(remainingMs, this.#maxOpenMs());
+      this.#openMs = Math.max(this.#backoffArmed ? this.#openMs : this.#cfg.open_ms, level);
+      this.#backoffArmed = true;
+    }
     const cap = cause === 'rate_limit' ? ADOPTED_RATE_LIMIT_CAP_MS : this.#maxOpenMs();
     const until = this.#now() + Math.min(remainingMs, cap);
     if (this.#state === 'open' && this.#isOpen()) {

@@ -171,7 +171,8 @@ export class RedisState {
 
   constructor(cfg: RedisStateConfig, hooks: StateHooks, logger: Logger, opts: RedisStateOptions = {}) {
     this.#prefix = cfg.key_prefix ?? DEFAULT_PREFIX;
-    this.#channel = `${this.#prefix}breaker-opens`;
+    // ioredis turns TLS on for a `rediss://` it sees in lower case only: `REDISS://` went out in clear.
+    const url = cfg.url.replace(/^[a-z][a-z0-9+.-]*:/i, (scheme) => scheme.toLowerCase());
     this.#hooks = hooks;
     this.#logger = logger;
     this.#where = where(cfg.url);
@@ -185,14 +186,24 @@ export class RedisState {
       commandTimeout: COMMAND_TIMEOUT_MS,
       retryStrategy: (attempt) => Math.min(100 * attempt, 2_000),
     };
-    this.#cmd = new Redis(cfg.url, options);
+    this.#cmd = new Redis(url, options);
+    // Pub/sub ignores the database: a fleet on another database of the same Redis must not hear ours (the
+    // default database keeps the channel's first name, which replicas of an earlier version listen on).
+    const db = this.#cmd.options.db ?? 0;
+    this.#channel = `${this.#prefix}breaker-opens${db === 0 ? '' : `:db${db}`}`;
     this.#cmd.on('error', (err: Error) => this.#down(err));
     // The subscriber only listens: reachability is the command connection's to judge and log. It
     // subscribes on every (re)connection: one that failed while Redis was down is never retried by ioredis.
-    this.#sub = new Redis(cfg.url, { ...options, commandTimeout: undefined });
+    this.#sub = new Redis(url, { ...options, commandTimeout: undefined });
     this.#sub.on('error', () => {});
     this.#sub.on('ready', () => {
-      this.#sub.subscribe(this.#channel).catch(() => {});
+      // Opens published while this connection was away were missed: the running ones are read once more.
+      this.#sub.subscribe(this.#channel).then(
+        () => {
+          if (this.connected) void this.#adoptRunningOpens();
+        },
+        () => {},
+      );
     });
     this.#cmd.on('ready', () => this.#ready());
     this.#cmd.on('end', () => this.#down(undefined));
@@ -222,9 +233,8 @@ export class RedisState {
     const text = JSON.stringify(msg);
     this.#cmd
       .eval(SET_IF_LONGER, 2, `${this.#prefix}breaker:${upstreamId}`, this.#channel, text, msg.ms)
-      .catch(() => {
-        /* an outage: the others fall back to their own breakers (and get this one at reconnect) */
-      });
+      // An outage: the others fall back to their own breakers (and get this one at reconnect).
+      .catch((err: unknown) => this.#failed(err));
   }
 
   /**
@@ -244,7 +254,10 @@ export class RedisState {
     };
     this.#cmd.incr(`${this.#prefix}rr:${route}`).then(
       (count) => apply(count + answered()),
-      () => void answered(),
+      (err: unknown) => {
+        answered();
+        this.#failed(err);
+      },
     );
   }
 
@@ -275,6 +288,9 @@ export class RedisState {
         readAt.push(n++);
       }
       const results = (await tx.exec()) ?? [];
+      // A pipeline resolves with each command's error in place: a timed-out one is a stalled Redis.
+      const timedOut = results.find(([e]) => e !== null)?.[0];
+      if (timedOut) this.#failed(timedOut);
       for (const [i, id] of ids.entries()) {
         const reply = results[readAt[i]!];
         const fields = (reply === undefined || reply[0] ? undefined : reply[1]) as
@@ -291,11 +307,25 @@ export class RedisState {
         if (stale.length > 0) void this.#cmd.hdel(`${this.#prefix}stats:${id}`, ...stale).catch(() => {});
         this.#hooks.setRemote(id, mergeStats(others, nowWall));
       }
-    } catch {
+    } catch (err) {
       for (const id of ids) this.#hooks.setRemote(id, undefined);
+      this.#failed(err);
     } finally {
       this.#syncing = false;
     }
+  }
+
+  /**
+   * A command failed. One that timed out is a stalled Redis: it is down (logged once, the others' view
+   * dropped) and the connection is made anew, which fails the commands queued behind it — a timed-out
+   * command stays queued and would run when the stall ends: a round-robin INCR past the bound of unanswered
+   * turns, an open published with the time it had before the stall.
+   */
+  #failed(err: unknown): void {
+    if (!(err instanceof Error) || err.message !== 'Command timed out') return;
+    if (this.#closed || this.#cmd.status !== 'ready') return;
+    this.#down(err);
+    this.#cmd.disconnect(true);
   }
 
   close(): void {
@@ -355,8 +385,8 @@ export class RedisState {
         const m = typeof text === 'string' && ttl > 0 ? parseJsonObject(text) : undefined;
         if (m) this.#adopt(m, ttl);
       }
-    } catch {
-      /* an outage mid-way: the next reconnect tries again */
+    } catch (err) {
+      this.#failed(err); // an outage mid-way: the next reconnect tries again
     }
   }
 

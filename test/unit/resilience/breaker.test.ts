@@ -521,16 +521,25 @@ describe('CircuitBreaker: config and callbacks', () => {
 });
 
 describe('CircuitBreaker: an open adopted from another replica (state.backend redis)', () => {
-  it('opens until the same moment, without earning backoff here, and goes half-open after', () => {
+  it("opens until the same moment at the fleet's backoff, goes half-open after, and a failed probe here doubles it", () => {
+    // Regression: an adopted open set no backoff, so a failed probe on another replica than the opener
+    // re-opened for plain open_ms: the fleet's backoff never grew while probes landed on different replicas.
     const { clock, transitions, breaker } = setup();
-    expect(breaker.adoptOpen(4_000, 'errors')).toBe(true);
+    expect(breaker.adoptOpen(2_000, 'errors')).toBe(true);
     expect(breaker.state).toBe('open');
     expect(breaker.canAttempt()).toBe(false);
-    expect(breaker.snapshot()).toMatchObject({ tripCause: 'errors', msUntilHalfOpen: 4_000, openMs: 1_000 });
-    expect(transitions).toEqual([{ from: 'closed', to: 'open', cause: 'errors', openMs: 4_000 }]);
-    clock.t += 4_000;
+    expect(breaker.snapshot()).toMatchObject({ tripCause: 'errors', msUntilHalfOpen: 2_000, openMs: 2_000 });
+    expect(transitions).toEqual([{ from: 'closed', to: 'open', cause: 'errors', openMs: 2_000 }]);
+    clock.t += 2_000;
     expect(breaker.state).toBe('half_open');
-    expect(breaker.acquire()).toBe('probe');
+    breaker.onFailure(breaker.acquire()!, 'error');
+    expect(breaker.msUntilHalfOpen()).toBe(4_000);
+    // A rate limit's cooldown is no backoff: after it, a fault opens for open_ms.
+    const limited = setup();
+    limited.breaker.adoptOpen(3_000, 'rate_limit');
+    limited.clock.t += 3_000;
+    limited.breaker.onFailure(limited.breaker.acquire()!, 'error');
+    expect(limited.breaker.msUntilHalfOpen()).toBe(CFG.open_ms);
   });
 
   it('never longer than this replica would open for itself: max_open_ms for a fault, 24 h for a rate limit', () => {
