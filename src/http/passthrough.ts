@@ -177,7 +177,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     rewritePrefix: url.pathname.replace(/\/+$/, ''),
     http2: false,
     undici: requester as unknown as { request: Dispatcher['request'] },
-    // GET /v1/models/{id} reaches this route only with a passthrough (http/models.ts): a route or
+    // GET (or HEAD) /v1/models/{id} reaches this route only with a passthrough (http/models.ts): a route or
     // `provider/model` name is answered as the list has it; any other id goes on to the provider.
     preHandler: (req, reply, done) => {
       if (websockets.isHandshake(req.raw)) {
@@ -198,7 +198,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       }
       if (req.body instanceof Readable && req.headers['transfer-encoding'] !== undefined)
         req.body = limitedBody(req.body, bodyLimit());
-      if (req.method === 'GET') {
+      if (req.method === 'GET' || req.method === 'HEAD') {
         const rest = (req.params as { '*'?: string })['*'];
         if (rest?.startsWith('models/') === true) {
           const model = retrieveModel(app.gateway.runtime, rest.slice('models/'.length));

@@ -103,4 +103,15 @@ describe('GET /v1/models/{id} (regression: ids /v1/models lists were a 404 to mo
     expect(sim.requests[0]!.path).toBe('/v1/models/gpt-4o-mini');
     expect(sim.requests[0]!.headers.authorization).toBe(`Bearer ${PT_KEY}`);
   });
+
+  it('with server.passthrough, a HEAD of one of its own ids is answered here too (regression: proxied)', async () => {
+    const { sim, gw } = await setup({ passthrough: true });
+    const res = await request(`${gw.url}/v1/models/fast`, {
+      method: 'HEAD',
+      headers: { authorization: 'Bearer client-key' },
+    });
+    await res.body.dump();
+    expect(res.statusCode).toBe(200);
+    expect(sim.requests).toHaveLength(0);
+  });
 });
