@@ -36,6 +36,8 @@ const LEGACY_FUNCTIONS: NotForAnthropic = { what: 'functions (legacy; use tools)
 const AUDIO_OUTPUT: NotForAnthropic = { what: 'audio output (modalities)', param: 'modalities' };
 const INPUT_AUDIO: NotForAnthropic = { what: 'input_audio', param: 'messages' };
 const FILE_BY_ID: NotForAnthropic = { what: 'file_id (a file by id)', param: 'messages' };
+const CUSTOM_TOOLS: NotForAnthropic = { what: 'custom tools (type "custom")', param: 'tools' };
+const CUSTOM_TOOL_CALL: NotForAnthropic = { what: 'a custom tool call (type "custom")', param: 'messages' };
 
 export function chatFeatures(body: ChatBody): RequestFeatures {
   const maxOut = body.max_completion_tokens ?? body.max_tokens;
@@ -56,7 +58,9 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
         ? LEGACY_FUNCTIONS
         : asksForAudio(body)
           ? AUDIO_OUTPUT
-          : scan.notForAnthropic,
+          : hasCustomTool(body.tools)
+            ? CUSTOM_TOOLS
+            : scan.notForAnthropic,
   };
 }
 
@@ -79,6 +83,11 @@ export function textFeatures(
   };
 }
 
+/** OpenAI's free-form `custom` tools (or calls of one): Claude's tools take JSON input only. */
+function hasCustomTool(list: unknown): boolean {
+  return Array.isArray(list) && list.some((t) => (t as { type?: unknown } | null)?.type === 'custom');
+}
+
 /** `modalities: [..., "audio"]` or `audio: {...}`: an answer spoken, which Claude does not give. */
 function asksForAudio(body: ChatBody): boolean {
   const modalities = body.modalities;
@@ -99,8 +108,9 @@ function scanMessages(messages: readonly unknown[]): {
   let notForAnthropic: NotForAnthropic | undefined;
   for (const m of messages) {
     if (typeof m !== 'object' || m === null) continue;
-    const { role, content } = m as { role?: unknown; content?: unknown };
+    const { role, content, tool_calls } = m as { role?: unknown; content?: unknown; tool_calls?: unknown };
     if (role === 'function') notForAnthropic ??= LEGACY_FUNCTIONS;
+    if (tool_calls !== undefined && hasCustomTool(tool_calls)) notForAnthropic ??= CUSTOM_TOOL_CALL;
     if (!Array.isArray(content)) continue;
     for (const part of content) {
       if (isImagePart(part)) {

@@ -118,7 +118,8 @@ export function buildAnthropicRequest(
   if (stop.length > 0) out.stop_sequences = stop;
   if (body.stream === true) out.stream = true;
 
-  const user = asString(body.user);
+  // `safety_identifier` supersedes `user` for the same purpose (OpenAI): either names the end user.
+  const user = asString(body.user) || asString(body.safety_identifier);
   if (user) out.metadata = { user_id: userId(user) };
 
   const allowed = allowedTools(body.tool_choice);
@@ -302,9 +303,15 @@ function adaptive(effort: string | undefined, display: string | undefined): Thin
   return effort === undefined ? { thinking, room } : { thinking, room, effort };
 }
 
+/** A tool must be called: as toolChoice turns it into `{type: "any"}` or `{type: "tool"}` (no thinking beside it). */
 function forcesTool(body: ChatBody): boolean {
   const choice = body.tool_choice;
-  return choice === 'required' || (isObject(choice) && choice.type === 'function');
+  return (
+    choice === 'required' ||
+    choice === 'any' ||
+    (isObject(choice) && choice.type === 'function') ||
+    allowedTools(choice)?.required === true
+  );
 }
 
 function isThinking(block: Block | undefined): boolean {

@@ -157,6 +157,9 @@ export function inBandError(error: unknown, fallbackMessage: string): UpstreamEr
   return anthropicError(statusForErrorType(type), type, truncateMessage(message));
 }
 
+/** Anthropic's words for a request past the model's context window. */
+const CONTEXT_EXCEEDED = /prompt is too long|exceed(?:s|ed)? (?:the )?context (?:limit|window)/i;
+
 /** Anthropic error type -> OpenAI `type` and `code`, given the HTTP status it came with. */
 function anthropicError(status: number, type: string | undefined, message: string): UpstreamErrorInfo {
   let oaType: string;
@@ -168,6 +171,9 @@ function anthropicError(status: number, type: string | undefined, message: strin
     case 'rate_limit_error':
       oaType = type;
       if (type === 'rate_limit_error') code = 'rate_limit_exceeded';
+      // "prompt is too long: 208310 tokens > 200000 maximum": OpenAI's code for it, which clients branch on.
+      else if (type === 'invalid_request_error' && CONTEXT_EXCEEDED.test(message))
+        code = 'context_length_exceeded';
       break;
     case 'not_found_error':
       oaType = 'invalid_request_error';

@@ -200,6 +200,17 @@ describe('anthropic errorInfo', () => {
     });
   });
 
+  it("gives a prompt past the context window OpenAI's context_length_exceeded code (clients branch on it)", () => {
+    for (const message of [
+      'prompt is too long: 208310 tokens > 200000 maximum',
+      'input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000',
+    ])
+      expect(anthropicAdapter.errorInfo(400, body('invalid_request_error', message))).toMatchObject({
+        type: 'invalid_request_error',
+        code: 'context_length_exceeded',
+      });
+  });
+
   it('falls back on the status for bodies without an Anthropic error', () => {
     expect(anthropicAdapter.errorInfo(502, '<html>Bad Gateway</html>')).toEqual({
       status: 502,
