@@ -122,7 +122,7 @@ export function planRequest(
     setTurn(rotation + 1);
     // Replicas count round-robin turns in one shared counter: the next turn here continues from the fleet's.
     if (opts.strategy === 'round-robin')
-      route.turns?.redis?.takeTurn(tierTurns ? `${route.name}#${tier}` : route.name, setTurn);
+      route.turns?.redis?.takeTurn(route.name, tierTurns ? tier : undefined, setTurn);
   }
   return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
 }

@@ -238,11 +238,13 @@ export class RedisState {
   }
 
   /**
-   * A round-robin turn on `route`: counted in the fleet's counter; `apply` gets the rotation to continue
-   * from (the fleet's count plus this replica's turns still in flight) when Redis answers.
+   * A round-robin turn on a route (or one tier of it): counted in the fleet's counter; `apply` gets the
+   * rotation to continue from (the fleet's count plus this replica's turns still in flight) when Redis answers.
    */
-  takeTurn(route: string, apply: (rotation: number) => void): void {
+  takeTurn(routeName: string, tier: string | undefined, apply: (rotation: number) => void): void {
     if (!this.connected) return;
+    // A tier's counter is a key family of its own: no route name, whatever it holds, can meet it.
+    const route = tier === undefined ? `rr:${routeName}` : `rr-tier:${tier}:${routeName}`;
     const pending = this.#pendingTurns.get(route) ?? 0;
     if (pending >= MAX_PENDING_TURNS) return;
     this.#pendingTurns.set(route, pending + 1);
@@ -252,7 +254,7 @@ export class RedisState {
       this.#pendingTurns.set(route, left);
       return left;
     };
-    this.#cmd.incr(`${this.#prefix}rr:${route}`).then(
+    this.#cmd.incr(`${this.#prefix}${route}`).then(
       (count) => apply(count + answered()),
       (err: unknown) => {
         answered();
