@@ -184,7 +184,8 @@ export class RedisState {
       maxRetriesPerRequest: 0,
       connectTimeout: 2_000,
       commandTimeout: COMMAND_TIMEOUT_MS,
-      retryStrategy: (attempt) => Math.min(100 * attempt, 2_000),
+      // Jittered: replicas (two connections each) that lost Redis together do not all come back at once.
+      retryStrategy: (attempt) => Math.round(Math.min(100 * attempt, 2_000) * (0.5 + Math.random() / 2)),
     };
     this.#cmd = new Redis(url, options);
     // Pub/sub ignores the database: a fleet on another database of the same Redis must not hear ours (the
