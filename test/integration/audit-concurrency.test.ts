@@ -236,7 +236,10 @@ describe('half-open under a burst', () => {
     const first = await chat(gw.url, { model: 'r' });
     expect(first.headers['x-router-provider']).toBe('b');
     expect((await status(gw.url)).get('a/m')?.breaker.state).toBe('open');
-    a.set({ latencyMs: 300 }); // the probe takes a while: the burst arrives while it is in flight
+    // The probe takes a while: the whole burst arrives while it is in flight (1.5 s, so that a slow machine
+    // sending the 50 requests does not see the probe answered, and a second probe admitted, before the last;
+    // under RELAXED's first_byte_ms of 2 s).
+    a.set({ latencyMs: 1500 });
     await sleep(450);
     const before = a.requests.length;
     const rs = await all(50, () => chat(gw.url, { model: 'r' }));
@@ -255,7 +258,7 @@ describe('half-open under a burst', () => {
     );
     a.script([{ status: 500 }]);
     expect((await chat(gw.url, { model: 'r' })).status).toBe(502);
-    a.set({ latencyMs: 400 });
+    a.set({ latencyMs: 1500 }); // the probes stay in flight while the whole burst arrives, even on a slow machine
     await sleep(450);
     const before = a.requests.length;
     const rs = await all(30, () => chat(gw.url, { model: 'r' }));
@@ -264,7 +267,7 @@ describe('half-open under a burst', () => {
     expect(by).toEqual({ 200: 2, 503: 28 });
     for (const r of rs.filter((x) => x.status === 503)) {
       expect((r.json.error as { code?: string } | undefined)?.code).toBe('no_available_upstream');
-      expect(r.ms).toBeLessThan(400); // refused without waiting for the probes
+      expect(r.ms).toBeLessThan(1000); // refused without waiting for the probes (1500 ms)
     }
     await expectAtRest(gw, [a]);
   });
