@@ -8,19 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { until } from '../helpers/wait.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { REDIS_MISSING, REDIS_SERVER, redisClient, startRedis, type TestRedis } from '../helpers/redis.js';
 
 const track = closeAfterEach();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, check: () => boolean, timeoutMs = 3_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 async function chat(gw: TestGateway, model = 'r', headers: Record<string, string> = {}) {
   const t0 = performance.now();

@@ -2,6 +2,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { until } from '../helpers/wait.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import {
   REDIS_MISSING,
@@ -14,14 +15,6 @@ import {
 
 const track = closeAfterEach();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, check: () => boolean, timeoutMs = 3_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 async function chat(gw: TestGateway, model = 'r') {
   const res = await request(`${gw.url}/v1/chat/completions`, {
