@@ -26,19 +26,19 @@ import type { Dispatcher, Pool as UndiciPool } from 'undici';
 const requireUndici = createRequire(import.meta.url);
 export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
 type Pool = UndiciPool;
-export const requestOn = requireUndici('undici/lib/api/api-request.js') as (
+/** undici's promise `request`, and the handler class it builds for each call (to watch its onConnect). */
+const apiRequest = requireUndici('undici/lib/api/api-request.js') as ((
   this: Dispatcher,
   opts: Dispatcher.RequestOptions,
-) => Promise<Dispatcher.ResponseData>;
-
-const RequestHandler = (
-  requireUndici('undici/lib/api/api-request.js') as {
-    RequestHandler: new (
-      opts: Dispatcher.RequestOptions,
-      callback: (err: Error | null, data: Dispatcher.ResponseData) => void,
-    ) => Dispatcher.DispatchHandler;
-  }
-).RequestHandler;
+) => Promise<Dispatcher.ResponseData>) & {
+  RequestHandler?: new (
+    opts: Dispatcher.RequestOptions,
+    callback: (err: Error | null, data: Dispatcher.ResponseData) => void,
+  ) => Dispatcher.DispatchHandler;
+};
+export const requestOn = apiRequest;
+/** Undefined should an undici update stop exporting it: streams then go unwatched (test/unit pins it). */
+export const RequestHandler = apiRequest.RequestHandler;
 
 /**
  * How long an idle connection is kept when the server does not say (`Keep-Alive: timeout=`). Plain http is a
@@ -62,9 +62,11 @@ function requestWatched(
   o: Dispatcher.RequestOptions,
   watch: Pick<ResponseWatch, 'sent'>,
 ): Promise<Dispatcher.ResponseData> {
+  const Handler = RequestHandler;
+  if (Handler === undefined) return requestOn.call(pool, o);
   return new Promise((resolve, reject) => {
     try {
-      const handler = new RequestHandler(o, (err, data) => (err ? reject(err) : resolve(data)));
+      const handler = new Handler(o, (err, data) => (err ? reject(err) : resolve(data)));
       const hook = handler as unknown as OnConnect;
       const onConnect = hook.onConnect;
       hook.onConnect = function (this: OnConnect, abort, context) {

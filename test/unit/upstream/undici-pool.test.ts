@@ -1,6 +1,6 @@
 import { Dispatcher, Pool as UndiciPool } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { Pool, requestOn } from '../../../src/upstream/client.js';
+import { Pool, RequestHandler, requestOn } from '../../../src/upstream/client.js';
 
 // The gateway loads these from undici's own modules instead of its entry point (src/upstream/client.ts).
 describe('the undici parts the gateway loads', () => {
@@ -10,5 +10,11 @@ describe('the undici parts the gateway loads', () => {
 
   it("requestOn is undici's promise request, the one its entry point puts on every dispatcher", () => {
     expect(requestOn).toBe(Dispatcher.prototype.request);
+  });
+
+  it('RequestHandler is the class that request builds, with the onConnect hook streams are watched by', () => {
+    // Without it streams still work, but a request queued for a pool slot is timed as the upstream's fault.
+    expect(typeof RequestHandler).toBe('function');
+    expect(typeof (RequestHandler!.prototype as { onConnect?: unknown }).onConnect).toBe('function');
   });
 });
