@@ -224,6 +224,7 @@ async function handleChat(
         served,
         attempts: out.attempts,
         upstreamMs: out.upstreamMs,
+        countedTokens: out.relayedTokens, // what the client was sent is paid for: counted like the prompt
         error: cut ? GATEWAY_SHUTDOWN : last?.reason,
       });
       return undefined;

@@ -48,6 +48,8 @@ export interface FailoverCommittedFailure {
   readonly committed: boolean;
   readonly attempts: readonly AttemptRecord[];
   readonly upstreamMs: number;
+  /** Completion tokens a committed stream sent before it failed. */
+  readonly relayedTokens?: number | undefined;
 }
 
 /** `x-router-trail`: each failed attempt as `provider/model=reason`. */
@@ -135,7 +137,14 @@ export async function runFailover(
     onAttempts?.(attempts);
     if (result.ok) return { target, result, attempts, upstreamMs };
     if (result.committed || result.clientGone) {
-      return { target, committedFailure: true, committed: result.committed, attempts, upstreamMs };
+      return {
+        target,
+        committedFailure: true,
+        committed: result.committed,
+        attempts,
+        upstreamMs,
+        relayedTokens: result.relayedTokens,
+      };
     }
     if (!result.classified.retryable) {
       const info = result.info;

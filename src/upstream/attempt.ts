@@ -64,6 +64,8 @@ export type AttemptResult =
       /** The request's own deadline (routing.total_timeout_ms) cut this attempt: no time is left for another. */
       readonly deadlineReached: boolean;
       readonly totalMs: number;
+      /** A stream cut after its commit: the completion tokens the client was sent (counted, as paid for). */
+      readonly relayedTokens?: number;
     };
 
 export interface AttemptInput {
@@ -621,6 +623,7 @@ async function attemptStreamBody(
         { committed },
       );
     }
+    if (committed && !result.ok) result = { ...result, relayedTokens: json?.tokens ?? contentChunks };
     if (committed && !result.ok && !result.clientGone) {
       const message = streamError
         ? `upstream ${upstream.id} failed mid-stream: ${scrubber.scrub(streamError.message)}`
