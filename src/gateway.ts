@@ -112,13 +112,18 @@ export class Gateway {
     this.current = next;
     primeSeries(next);
     // A removed upstream's breaker is gone: its state series would otherwise be scraped forever. (Its
-    // in-flight gauge stays: a request still running on the old config decrements it.)
+    // in-flight gauge stays while a request still running on the old config may decrement it.)
     for (const up of old.upstreams.values()) {
       if (!next.upstreams.has(up.id))
         this.metrics.circuitState.remove({ provider: up.provider.name, model: up.model.name });
     }
-    // Pools the new runtime does not reuse close once the old one's requests are done.
-    void old.retire();
+    // Pools the new runtime does not reuse close once the old one's requests are done; then the in-flight
+    // series of upstreams no config has any more go too (one re-added since keeps its own).
+    void old.retire().then(() => {
+      for (const up of old.upstreams.values())
+        if (!this.current.upstreams.has(up.id))
+          this.metrics.inflight.remove({ provider: up.provider.name, model: up.model.name });
+    });
   }
 
   /**
