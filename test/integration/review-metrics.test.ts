@@ -1,0 +1,383 @@
+/**
+ * Review of how metrics (SPEC §5, README "Metrics") and the per-request line are produced: report.ts,
+ * chat.ts, embeddings.ts, metrics.ts, failover.ts, llm-router.ts. Each gateway is fresh, so counts are exact.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
+import { startSimulator, type SimOptions } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { scrape, select, value, type Sample } from '../helpers/prom-text.js';
+import { until } from '../helpers/wait.js';
+
+const track = closeAfterEach();
+
+async function sim(name: string, o: Partial<SimOptions> = {}) {
+  return track(await startSimulator({ name, ...o }));
+}
+
+async function chat(
+  gw: TestGateway,
+  model: string,
+  extra: Record<string, unknown> = {},
+  signal?: AbortSignal,
+) {
+  const res = await request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model,
+      messages: [{ role: 'user', content: 'Tell me about metrics.' }],
+      ...extra,
+    }),
+    signal,
+  });
+  const text = await res.body.text();
+  return { status: res.statusCode, text, headers: res.headers };
+}
+
+/** Scrape once the request lines are written (they go at the end of the turn). */
+async function settle(gw: TestGateway, n: number): Promise<Sample[]> {
+  await until('lines', () => gw.logs.filter((l) => l.msg === 'request').length >= n, 3000);
+  await sleep(20);
+  return scrape(gw.url);
+}
+
+const P = { input_per_mtok: 1, output_per_mtok: 2 };
+const REQ = 'llm_router_requests_total';
+const ATT = 'llm_router_upstream_attempts_total';
+const FO = 'llm_router_failovers_total';
+const TOK = 'llm_router_tokens_total';
+const INF = 'llm_router_inflight_requests';
+const DUR = 'llm_router_request_duration_seconds_count';
+const lines = (gw: TestGateway) => gw.logs.filter((l) => l.msg === 'request');
+
+describe('requests, attempts, failovers', () => {
+  it('guard: stream failover before commit: one failover, attempts per upstream, tokens only on the server', async () => {
+    const bad = await sim('bad', { status: 500 });
+    const ok = await sim('ok', { completionTokens: 6, usage: false });
+    const gw = track(
+      await startGateway({
+        providers: [
+          simProvider('bad', bad.url, [{ name: 'm', price: P }]),
+          simProvider('ok', ok.url, [{ name: 'm', price: P }]),
+        ],
+        routes: { fo: { strategy: 'priority', targets: ['bad/m', 'ok/m'] } },
+      }),
+    );
+    const r = await chat(gw, 'fo', { stream: true });
+    expect(r.status).toBe(200);
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 'fo', provider: 'ok', model: 'm', status: '200' })).toBe(1);
+    expect(select(s, REQ)).toHaveLength(1);
+    expect(value(s, DUR, { route: 'fo', provider: 'ok', model: 'm', stream: 'true' })).toBe(1);
+    expect(value(s, FO, { route: 'fo', from_provider: 'bad', reason: 'error' })).toBe(1);
+    expect(value(s, ATT, { provider: 'bad', model: 'm', outcome: 'error' })).toBe(1);
+    expect(value(s, ATT, { provider: 'ok', model: 'm', outcome: 'success' })).toBe(1);
+    expect(value(s, TOK, { provider: 'bad', model: 'm', kind: 'prompt' })).toBe(0);
+    expect(value(s, TOK, { provider: 'ok', model: 'm', kind: 'completion' })).toBe(6); // counted, no usage sent
+    expect(value(s, 'llm_router_time_to_first_token_seconds_count', { provider: 'ok', model: 'm' })).toBe(1);
+    expect(value(s, 'llm_router_time_per_output_token_seconds_count', { provider: 'ok', model: 'm' })).toBe(
+      1,
+    );
+    expect(value(s, INF, { provider: 'bad', model: 'm' })).toBe(0);
+    expect(value(s, INF, { provider: 'ok', model: 'm' })).toBe(0);
+  });
+
+  it('guard: 429 from every candidate: status 429, one failover (the last failure is none), rate_limited attempts', async () => {
+    const a = await sim('a', { status: 429, retryAfterS: 1 });
+    const b = await sim('b', { status: 429, retryAfterS: 1 });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, ['m']), simProvider('b', b.url, ['m'])],
+        routes: { rl: { strategy: 'priority', targets: ['a/m', 'b/m'] } },
+      }),
+    );
+    const r = await chat(gw, 'rl');
+    expect(r.status).toBe(429);
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 'rl', provider: 'b', model: 'm', status: '429' })).toBe(1);
+    expect(select(s, FO).reduce((n, x) => n + x.value, 0)).toBe(1);
+    expect(value(s, ATT, { provider: 'a', model: 'm', outcome: 'rate_limited' })).toBe(1);
+    expect(value(s, ATT, { provider: 'b', model: 'm', outcome: 'rate_limited' })).toBe(1);
+    expect(value(s, TOK, { provider: 'b', model: 'm', kind: 'prompt' })).toBe(0);
+  });
+
+  it('guard: every breaker open: 503 counted under provider none, no attempt', async () => {
+    const a = await sim('a', { status: 500 });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['a/m'] } },
+        circuit_breaker: { failure_threshold: 1, open_ms: 60_000 },
+      }),
+    );
+    expect((await chat(gw, 'r')).status).toBe(502);
+    await settle(gw, 1);
+    const r = await chat(gw, 'r');
+    expect(r.status).toBe(503);
+    const s = await settle(gw, 2);
+    expect(value(s, REQ, { route: 'r', provider: 'none', model: 'none', status: '503' })).toBe(1);
+    expect(value(s, REQ, { route: 'r', provider: 'a', model: 'm', status: '502' })).toBe(1);
+    expect(value(s, ATT, { provider: 'a', model: 'm', outcome: 'error' })).toBe(1);
+  });
+
+  it('guard: total timeout: 504 with the status the client got, timeout attempt, inflight back to 0', async () => {
+    const a = await sim('a', { hang: true });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['a/m'] } },
+        routing: { total_timeout_ms: 300 },
+      }),
+    );
+    const r = await chat(gw, 'r', { stream: true });
+    expect(r.status).toBe(504);
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 'r', provider: 'a', model: 'm', status: '504' })).toBe(1);
+    expect(value(s, DUR, { route: 'r', provider: 'a', model: 'm', stream: 'true' })).toBe(1);
+    expect(value(s, ATT, { provider: 'a', model: 'm', outcome: 'timeout' })).toBe(1);
+    expect(value(s, INF, { provider: 'a', model: 'm' })).toBe(0);
+  });
+
+  it('guard: client leaves a stream before its commit: 499, no stream failure, inflight 0', async () => {
+    const a = await sim('a', { hangAfterHeaders: true });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['a/m'] } },
+      }),
+    );
+    const ac = new AbortController();
+    const p = chat(gw, 'r', { stream: true }, ac.signal).catch(() => undefined);
+    await sleep(150);
+    ac.abort();
+    await p;
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 'r', provider: 'a', model: 'm', status: '499' })).toBe(1);
+    expect(select(s, 'llm_router_stream_failures_total')).toHaveLength(0);
+    expect(value(s, INF, { provider: 'a', model: 'm' })).toBe(0);
+  });
+
+  it('guard: client leaves a stream after its commit: 200 kept, not a stream failure, inflight 0', async () => {
+    const a = await sim('a', { completionTokens: 50, chunkDelayMs: 30 });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['a/m'] } },
+      }),
+    );
+    const ac = new AbortController();
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'r', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+      signal: ac.signal,
+    });
+    expect(res.statusCode).toBe(200);
+    await sleep(150);
+    ac.abort();
+    await res.body.text().catch(() => undefined);
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 'r', provider: 'a', model: 'm', status: '200' })).toBe(1);
+    expect(select(s, 'llm_router_stream_failures_total')).toHaveLength(0);
+    expect(value(s, INF, { provider: 'a', model: 'm' })).toBe(0);
+  });
+
+  it('cut after commit: completion tokens relayed are counted like the prompt estimate', async () => {
+    const drop = await sim('drop', { dropAfterChunks: 2, completionTokens: 8, chunkDelayMs: 5 });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('drop', drop.url, [{ name: 'm', price: P }])],
+        routes: { cut: { strategy: 'priority', targets: ['drop/m'] } },
+      }),
+    );
+    const r = await chat(gw, 'cut', { stream: true });
+    expect(r.status).toBe(200);
+    expect(r.text).toContain('"error"');
+    const s = await settle(gw, 1);
+    expect(
+      value(s, 'llm_router_stream_failures_total', { provider: 'drop', model: 'm', policy: 'terminate' }),
+    ).toBe(1);
+    expect(value(s, REQ, { route: 'cut', provider: 'drop', model: 'm', status: '200' })).toBe(1);
+    expect(value(s, ATT, { provider: 'drop', model: 'm', outcome: 'error' })).toBe(1);
+    // SPEC §5 `llm_router_tokens_total | counter | provider, model, kind (prompt, completion)`; README Metrics:
+    // "the upstream's usage ...; estimated when it reports none". The cut stream's prompt is charged (its
+    // estimate, and its cost), but the two content deltas already relayed to the client count as 0
+    // completion tokens (the log line says completionTokens 0 too).
+    const prompt = value(s, TOK, { provider: 'drop', model: 'm', kind: 'prompt' }) ?? 0;
+    const completion = value(s, TOK, { provider: 'drop', model: 'm', kind: 'completion' }) ?? 0;
+    expect(prompt).toBeGreaterThan(0);
+    expect(completion).toBeGreaterThan(0);
+  });
+
+  it('guard: JSON answer: no TPOT (README: streams), TTFT once, durations in seconds', async () => {
+    const a = await sim('a', { latencyMs: 400, completionTokens: 5 });
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['a/m'] } },
+      }),
+    );
+    expect((await chat(gw, 'r')).status).toBe(200);
+    const s = await settle(gw, 1);
+    const sum = value(s, 'llm_router_request_duration_seconds_sum', {
+      route: 'r',
+      provider: 'a',
+      model: 'm',
+      stream: 'false',
+    })!;
+    expect(sum).toBeGreaterThan(0.3);
+    expect(sum).toBeLessThan(5);
+    const ttft = value(s, 'llm_router_time_to_first_token_seconds_sum', { provider: 'a', model: 'm' })!;
+    expect(ttft).toBeGreaterThan(0.3);
+    expect(ttft).toBeLessThan(5);
+    expect(value(s, 'llm_router_overhead_seconds_sum', { route: 'r' })!).toBeLessThan(0.2);
+    expect(
+      value(s, 'llm_router_time_per_output_token_seconds_count', { provider: 'a', model: 'm' }),
+    ).toBeUndefined();
+  });
+
+  it('guard: direct provider/model request counts under its own route name', async () => {
+    const a = await sim('a');
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, ['m'])],
+        routes: { r: { strategy: 'priority', targets: ['a/m'] } },
+      }),
+    );
+    expect((await chat(gw, 'a/m')).status).toBe(200);
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 'a/m', provider: 'a', model: 'm', status: '200' })).toBe(1);
+    expect(
+      value(s, 'llm_router_routing_decisions_total', { route: 'a/m', strategy: 'priority', provider: 'a' }),
+    ).toBe(1);
+  });
+
+  it('guard: embeddings: stream "false", prompt tokens, no TTFT/TPOT', async () => {
+    const a = await sim('a');
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('a', a.url, [{ name: 'e', capabilities: ['embeddings'], price: P }])],
+        routes: { emb: { strategy: 'priority', targets: ['a/e'] } },
+      }),
+    );
+    const res = await request(`${gw.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'emb', input: ['hello world', 'second'] }),
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.text();
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 'emb', provider: 'a', model: 'e', status: '200' })).toBe(1);
+    expect(value(s, DUR, { route: 'emb', provider: 'a', model: 'e', stream: 'false' })).toBe(1);
+    expect(value(s, TOK, { provider: 'a', model: 'e', kind: 'prompt' })!).toBeGreaterThan(0);
+    expect(value(s, ATT, { provider: 'a', model: 'e', outcome: 'success' })).toBe(1);
+  });
+});
+
+const RR = 'llm_router_llm_router_requests_total';
+const RD = 'llm_router_llm_router_duration_seconds_count';
+
+async function tiered(router: Partial<SimOptions>, routerCfg: Record<string, unknown> = {}) {
+  const rsim = await sim('router', router);
+  const bal = await sim('bal');
+  const deep = await sim('deep');
+  return track(
+    await startGateway({
+      providers: [
+        simProvider('router', rsim.url, [{ name: 'm', price: P }]),
+        simProvider('bal', bal.url, ['m']),
+        simProvider('deep', deep.url, ['m']),
+      ],
+      routes: {
+        t: {
+          strategy: 'priority',
+          tiers: { fast: ['router/m'], balanced: ['bal/m'], deep: ['deep/m'] },
+          default_tier: 'balanced',
+          router: { tier: 'fast', timeout_ms: 2000, ...routerCfg },
+        },
+      },
+    }),
+  );
+}
+
+describe('LLM router metrics', () => {
+  it('guard: chosen then cached: one call observed, the cached one counted with the tier it got', async () => {
+    const gw = await tiered({ reply: '{"tier":"deep","reason":"hard"}', completionTokens: 3 });
+    expect((await chat(gw, 't')).headers['x-router-tier']).toBe('deep');
+    expect((await chat(gw, 't')).headers['x-router-tier']).toBe('deep');
+    const s = await settle(gw, 2);
+    expect(value(s, RR, { tier: 'deep', outcome: 'chosen' })).toBe(1);
+    expect(value(s, RR, { tier: 'deep', outcome: 'cached' })).toBe(1);
+    expect(value(s, RD, { tier: 'fast' })).toBe(1);
+    expect(value(s, REQ, { route: 't', provider: 'deep', model: 'm', status: '200' })).toBe(2);
+    expect(value(s, ATT, { provider: 'router', model: 'm', outcome: 'success' })).toBe(1);
+  });
+
+  it('guard: unparsable answer: default tier, outcome unparsable, duration observed', async () => {
+    const gw = await tiered({ reply: 'I think deep', completionTokens: 3 });
+    expect((await chat(gw, 't')).headers['x-router-tier']).toBe('balanced');
+    const s = await settle(gw, 1);
+    expect(value(s, RR, { tier: 'balanced', outcome: 'unparsable' })).toBe(1);
+    expect(value(s, RD, { tier: 'fast' })).toBe(1);
+  });
+
+  it('guard: router upstream error: default tier, outcome error; its attempt counted, the request served', async () => {
+    const gw = await tiered({ status: 500 });
+    const r = await chat(gw, 't');
+    expect(r.status).toBe(200);
+    const s = await settle(gw, 1);
+    expect(value(s, RR, { tier: 'balanced', outcome: 'error' })).toBe(1);
+    expect(value(s, ATT, { provider: 'router', model: 'm', outcome: 'error' })).toBe(1);
+    expect(value(s, REQ, { route: 't', provider: 'bal', model: 'm', status: '200' })).toBe(1);
+    expect(select(s, FO).reduce((n, x) => n + x.value, 0)).toBe(0);
+  });
+
+  it('guard: router timeout: outcome timeout, duration in seconds, inflight back to 0', async () => {
+    const gw = await tiered({ hang: true }, { timeout_ms: 300 });
+    const r = await chat(gw, 't');
+    expect(r.status).toBe(200);
+    const s = await settle(gw, 1);
+    expect(value(s, RR, { tier: 'balanced', outcome: 'timeout' })).toBe(1);
+    const sum = value(s, 'llm_router_llm_router_duration_seconds_sum', { tier: 'fast' })!;
+    expect(sum).toBeGreaterThan(0.2);
+    expect(sum).toBeLessThan(3);
+    expect(value(s, INF, { provider: 'router', model: 'm' })).toBe(0);
+  });
+});
+
+describe('reload', () => {
+  it('a removed upstream: its gauges leave /metrics (circuit_state does, inflight_requests stays forever)', async () => {
+    const a = await sim('a');
+    const b = await sim('b');
+    const both = {
+      providers: [simProvider('a', a.url, ['m']), simProvider('b', b.url, ['m'])],
+      routes: { r: { strategy: 'priority', targets: ['b/m', 'a/m'] } },
+    };
+    const gw = track(await startGateway(both));
+    expect((await chat(gw, 'r')).status).toBe(200);
+    await settle(gw, 1);
+    gw.gateway.reload(
+      parseConfigText(
+        JSON.stringify({
+          providers: [simProvider('a', a.url, ['m'])],
+          routes: { r: { strategy: 'priority', targets: ['a/m'] } },
+        }),
+        {},
+      ),
+    );
+    const s = await scrape(gw.url);
+    // Guarded part: the breaker gauge goes (gateway.ts reload), and counters may stay (their history).
+    expect(select(s, 'llm_router_circuit_state', { provider: 'b' })).toHaveLength(0);
+    expect(value(s, ATT, { provider: 'b', model: 'm', outcome: 'success' })).toBe(1);
+    // SPEC §5 `llm_router_inflight_requests | gauge | provider, model` (README: label values come from the
+    // configuration): b is no longer configured and nothing is in flight on it, yet its gauge is scraped
+    // as 0 forever, the very case gateway.ts removes circuit_state for.
+    expect(lines(gw)).toHaveLength(1);
+    expect(select(s, INF, { provider: 'b' })).toHaveLength(0);
+  });
+});
