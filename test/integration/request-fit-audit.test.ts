@@ -321,11 +321,13 @@ describe('request fits under deadlines, timeouts and client aborts', () => {
       );
     }
     // Each attempt is cut at total_ms (250 ms), counted from its first send: a 504 during a re-send (at most
-    // the third, 120 ms apart), not the 400 after five sends and ~600 ms the refusals alone would take.
+    // the third, 120 ms apart), not the 400 after five sends and ~600 ms the refusals alone would take. The
+    // second refusal lands about when the bound does: on a slow machine it can come first, and with no time
+    // left for another re-send its 400 stands (seen in CI) — still within the bound, after at most 3 sends.
     for (const s of seen) {
-      expect(s.status).toBe(504);
+      expect([400, 504]).toContain(s.status);
       expect(s.sends).toBeLessThanOrEqual(3);
-      expect(s.ms).toBeLessThan(2000); // loose: a shared machine; the status is what tells
+      expect(s.ms).toBeLessThan(2000); // loose: a shared machine; the send count is what tells
     }
   });
 
