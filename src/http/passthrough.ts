@@ -1,11 +1,3 @@
-import {
-  brotliDecompressSync,
-  createBrotliDecompress,
-  createGunzip,
-  createInflate,
-  gunzipSync,
-  inflateSync,
-} from 'node:zlib';
 import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -15,7 +7,7 @@ import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
 import { Scrubber, StreamMask } from '../observability/scrub.js';
 import type { ProviderRuntime, Runtime } from '../runtime.js';
-import { Pool, requestOn } from '../upstream/client.js';
+import { codingOf, decodeBuffer, decoderOf, Pool, requestOn, type Coding } from '../upstream/client.js';
 import { retrieveModel } from './models.js';
 
 /** Carries a request's abort signal through reply-from, inside its headers object (see `undici` below). */
@@ -258,9 +250,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         // A compressed one is decoded to be masked and goes out as identity (an encoding we cannot read,
         // zstd, goes as it is).
         const echo = echoGuard(serving.passthrough);
-        const encoding = reply.getHeader('content-encoding');
-        const decoder = encoding === undefined ? undefined : decoderFor(encoding);
-        if (echo === undefined || decoder === null) {
+        const coding = replyCoding(reply.getHeader('content-encoding'));
+        if (echo === undefined || coding === null) {
           void reply.send(res.stream);
           return;
         }
@@ -268,11 +259,11 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         const done = (): void => {
           /* a failure destroys every stage; the reply ends with `masked` */
         };
-        if (decoder === undefined) pipeline(res.stream, masked, done);
+        if (coding === 'identity') pipeline(res.stream, masked, done);
         else {
           reply.removeHeader('content-encoding');
           reply.removeHeader('content-length');
-          pipeline(res.stream, decoder, masked, done);
+          pipeline(res.stream, decoderOf(coding), masked, done);
         }
         void reply.send(masked);
       },
@@ -390,9 +381,13 @@ export async function sendScrubbed(
   } catch {
     /* a broken error body still has its status */
   }
+  // An encoding we cannot read (zstd) would be noise as text: told by its status instead, as a broken body is.
+  const coding = replyCoding(reply.getHeader('content-encoding'));
   let text: string | undefined;
   try {
-    text = decode(Buffer.concat(parts), reply.getHeader('content-encoding'));
+    const body = Buffer.concat(parts);
+    if (coding === 'identity') text = body.toString('utf8');
+    else if (coding !== null) text = decodeBuffer(body, coding, 4 * MAX_ERROR_BODY_BYTES);
   } catch {
     /* told by its status below */
   }
@@ -403,40 +398,11 @@ export async function sendScrubbed(
   );
 }
 
-/** A stream decoder for a response's content-encoding: undefined for identity, null for one we cannot read. */
-function decoderFor(encoding: unknown): Transform | undefined | null {
-  if (typeof encoding !== 'string') return null;
-  switch (encoding.trim().toLowerCase()) {
-    case '':
-    case 'identity':
-      return undefined;
-    case 'gzip':
-    case 'x-gzip':
-      return createGunzip();
-    case 'deflate':
-      return createInflate();
-    case 'br':
-      return createBrotliDecompress();
-    default:
-      return null;
-  }
-}
-
-/** An error body's text: undefined in an encoding we cannot read (zstd): its bytes would be noise. */
-function decode(body: Buffer, encoding: unknown): string | undefined {
-  const opts = { maxOutputLength: 4 * MAX_ERROR_BODY_BYTES };
-  switch (typeof encoding === 'string' ? encoding.trim().toLowerCase() : '') {
-    case 'gzip':
-    case 'x-gzip':
-      return gunzipSync(body, opts).toString('utf8');
-    case 'deflate':
-      return inflateSync(body, opts).toString('utf8');
-    case 'br':
-      return brotliDecompressSync(body, opts).toString('utf8');
-    case '':
-    case 'identity':
-      return body.toString('utf8');
-    default:
-      return undefined;
-  }
+/** A response's content-encoding: one we decode, none (`identity`), or one we cannot read (null: zstd). */
+function replyCoding(header: unknown): Coding | 'identity' | null {
+  if (header === undefined) return 'identity';
+  const coding = codingOf(header);
+  if (coding !== undefined) return coding;
+  const name = typeof header === 'string' ? header.trim().toLowerCase() : undefined;
+  return name === '' || name === 'identity' ? 'identity' : null;
 }

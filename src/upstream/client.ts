@@ -8,7 +8,7 @@ import {
   gunzipSync,
   inflateSync,
 } from 'node:zlib';
-import type { Readable } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import { inTurnOrder } from '../end-of-turn.js';
 import { codedError } from '../resilience/classify.js';
 import type { ProviderConfig } from '../config/schema.js';
@@ -379,16 +379,16 @@ class TextHandler implements Dispatcher.DispatchHandler {
 }
 
 /** A content-coding the gateway undoes; identity and codings it does not know are relayed as they are. */
-type Coding = 'gzip' | 'deflate' | 'br';
+export type Coding = 'gzip' | 'deflate' | 'br';
 
-function codingOf(header: string | string[] | undefined): Coding | undefined {
+export function codingOf(header: unknown): Coding | undefined {
   if (typeof header !== 'string') return undefined;
-  const enc = header.toLowerCase();
+  const enc = header.trim().toLowerCase();
   return enc === 'gzip' || enc === 'x-gzip' ? 'gzip' : enc === 'deflate' || enc === 'br' ? enc : undefined;
 }
 
 /** A whole compressed body decoded, refusing to inflate past `maxBytes` (no decompression bombs). */
-function decodeBuffer(raw: Buffer, coding: Coding | undefined, maxBytes: number): string {
+export function decodeBuffer(raw: Buffer, coding: Coding | undefined, maxBytes: number): string {
   if (coding === undefined) return raw.toString('utf8');
   const opts = { maxOutputLength: maxBytes };
   const out =
@@ -403,11 +403,19 @@ function decodeBuffer(raw: Buffer, coding: Coding | undefined, maxBytes: number)
 /** Compressed answers are decoded, not relayed as bytes the client never asked for. */
 function decode(body: Readable, coding: Coding | undefined): Readable {
   if (coding === undefined) return body;
-  const decoder =
-    coding === 'gzip' ? createGunzip() : coding === 'deflate' ? createInflate() : createBrotliDecompress();
+  const decoder = decoderOf(coding);
   body.on('error', (err) => decoder.destroy(err));
   decoder.on('close', () => body.destroy());
   return body.pipe(decoder);
+}
+
+/** A stream that undoes `coding`. */
+export function decoderOf(coding: Coding): Transform {
+  return coding === 'gzip'
+    ? createGunzip()
+    : coding === 'deflate'
+      ? createInflate()
+      : createBrotliDecompress();
 }
 
 /** After each chunk of a relayed stream: go on, stop (the answer is complete), or wait for the client. */
