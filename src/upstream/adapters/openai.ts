@@ -40,10 +40,7 @@ export const openaiAdapter: ChatAdapter = {
   },
 
   chatResponseText(text: string): AnswerText | undefined {
-    const out = relayedAnswer(text);
-    // An object with no `choices` list is no answer (a key, not text: inside a string its quotes are escaped).
-    if (out !== undefined && out.error === undefined && !CHOICES_LIST.test(text)) return undefined;
-    return out;
+    return answerWithList(text, CHOICES_LIST, readUsage);
   },
 
   streamTranslator(sink: ChunkSink): StreamTranslator {
@@ -352,8 +349,20 @@ export function embeddingsAnswerText(
   text: string,
   readUsageOf: (json: unknown) => Usage | undefined,
 ): AnswerText | undefined {
+  return answerWithList(text, DATA_LIST, readUsageOf);
+}
+
+/**
+ * A relayed answer that must hold the list `key` matches (`choices`, `data`): an object without it is no
+ * answer (a key, not text: inside a string its quotes are escaped); an error object stays an error.
+ */
+function answerWithList(
+  text: string,
+  key: RegExp,
+  readUsageOf: (json: unknown) => Usage | undefined,
+): AnswerText | undefined {
   const out = relayedAnswer(text, readUsageOf);
-  if (out !== undefined && out.error === undefined && !DATA_LIST.test(text)) return undefined;
+  if (out !== undefined && out.error === undefined && !key.test(text)) return undefined;
   return out;
 }
 
