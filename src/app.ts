@@ -139,6 +139,9 @@ function answerClientError(err: Error & { code?: string }, socket: Duplex): void
   socket.destroy();
 }
 
+/** Health, metrics and admin reads: not requests, in the log or the counters. */
+const UNREPORTED = new Set(['/healthz', '/readyz', '/metrics', '/router/status', '/router/explain']);
+
 export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstance {
   const server = loaded.config.server;
   const slowRequestMs = Math.max(
@@ -185,15 +188,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     if (req.reported) return; // before routeOptions: fastify builds that object on every read
     req.reported = true;
     const route = req.routeOptions.url;
-    if (
-      route !== '/healthz' &&
-      route !== '/readyz' &&
-      route !== '/metrics' &&
-      route !== '/router/status' &&
-      route !== '/router/explain'
-    ) {
-      reportUnrouted(gateway, req, status, elapsedMs);
-    }
+    if (route === undefined || !UNREPORTED.has(route)) reportUnrouted(gateway, req, status, elapsedMs);
   };
   app.addHook('onResponse', (req, reply, done) => {
     reportOnce(req, reply.statusCode, reply.elapsedTime);

@@ -205,7 +205,12 @@ export class UpstreamStats implements UpstreamStatsView {
 
   get tokensPerSec(): number | undefined {
     const r = this.#remote;
-    return blend(this.#localTps(), this.#msPerToken.samples, r?.tokensPerSec ?? 0, r?.tpsSamples ?? 0);
+    return blend(
+      this.#localTps(this.#now()),
+      this.#msPerToken.samples,
+      r?.tokensPerSec ?? 0,
+      r?.tpsSamples ?? 0,
+    );
   }
 
   get meanOutputTokens(): number | undefined {
@@ -240,7 +245,7 @@ export class UpstreamStats implements UpstreamStatsView {
       ttftMs: this.#samples > 0 ? this.#ttft.value(now) : 0,
       latencyMs: this.#latency,
       tpsSamples: this.#msPerToken.samples,
-      tokensPerSec: this.#localTps(),
+      tokensPerSec: this.#localTps(now),
       outSamples: this.#outSamples,
       meanOutputTokens: this.#meanOut,
       okWeight,
@@ -339,9 +344,9 @@ export class UpstreamStats implements UpstreamStatsView {
     };
   }
 
-  /** This replica's tokens/s as of now (0 before any streamed sample). */
-  #localTps(): number {
-    const ms = this.#msPerToken.value(this.#now());
+  /** This replica's tokens/s as of `now` (0 before any streamed sample). */
+  #localTps(now: number): number {
+    const ms = this.#msPerToken.value(now);
     return ms > 0 ? 1000 / ms : 0;
   }
 
