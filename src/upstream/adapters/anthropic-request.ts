@@ -127,7 +127,7 @@ export function buildAnthropicRequest(
   if (tools.length > 0) {
     out.tools = tools;
     const choice = toolChoice(
-      allowed === undefined ? body.tool_choice : allowed.required ? 'required' : 'auto',
+      plainChoice(body.tool_choice, allowed),
       body.parallel_tool_calls === false,
       claude.takesForcedTool,
     );
@@ -303,15 +303,15 @@ function adaptive(effort: string | undefined, display: string | undefined): Thin
   return effort === undefined ? { thinking, room } : { thinking, room, effort };
 }
 
-/** A tool must be called: as toolChoice turns it into `{type: "any"}` or `{type: "tool"}` (no thinking beside it). */
+/** A tool must be called: toolChoice makes the choice `{type: "any"}` or `{type: "tool"}` (no thinking beside it). */
 function forcesTool(body: ChatBody): boolean {
-  const choice = body.tool_choice;
-  return (
-    choice === 'required' ||
-    choice === 'any' ||
-    (isObject(choice) && choice.type === 'function') ||
-    allowedTools(choice)?.required === true
-  );
+  const type = toolChoice(plainChoice(body.tool_choice), false, true)?.type;
+  return type === 'any' || type === 'tool';
+}
+
+/** The client's `tool_choice`, an `allowed_tools` one read as the plain choice it stands for. */
+function plainChoice(choice: unknown, allowed = allowedTools(choice)): unknown {
+  return allowed === undefined ? choice : allowed.required ? 'required' : 'auto';
 }
 
 function isThinking(block: Block | undefined): boolean {
