@@ -306,7 +306,7 @@ async function specRig(env: Record<string, string> = ENV): Promise<SpecRig> {
     else answerAnthropic(res, req.body, `anthropic says hi from ${String(req.body.model)}`);
   });
   const path = cfgFile(specExampleFor(oa.url, an.url));
-  const gw = await cli(path, ['--host', '127.0.0.1', '--port', String(await freePort())], env);
+  const gw = await cli(path, ['--host', '127.0.0.1', '--port', '0'], env);
   const client = new OpenAI({
     baseURL: `${gw.url}/v1`,
     apiKey: env.GATEWAY_API_KEY ?? 'none',
@@ -1098,7 +1098,8 @@ describe('SPEC §6 CLI and files', () => {
         '  r: { targets: [a/m] }',
       ].join('\n'),
     );
-    const gw = await cli(path, ['--host', '127.0.0.1', '--port', String(await freePort())]);
+    // Port 0: a free port picked first could be taken by a parallel test before the gateway binds it (CI saw EADDRINUSE).
+    const gw = await cli(path, ['--host', '127.0.0.1', '--port', '0']);
     expect((await postChat({ url: gw.url }, { model: 'r', messages: HI })).status).toBe(200);
     gw.proc.kill('SIGTERM');
     const code = await Promise.race([gw.exited, sleep(8_000).then(() => 'still running')]);
