@@ -29,6 +29,12 @@ import type { Logger } from './observability/logger.js';
 import { Scrubber } from './observability/scrub.js';
 import { KeySet } from './http/auth.js';
 
+/**
+ * Scale-out: how long an ended open is held while this replica asks for the fleet's probe lease (a Redis
+ * command's timeout, 1 s, and the wake-up's own lateness); past it, the open lapses here whatever Redis says.
+ */
+const PROBE_LEASE_WAIT_MS = 2_000;
+
 export interface ProviderRuntime {
   readonly name: string;
   readonly kind: 'openai' | 'anthropic';
@@ -47,6 +53,8 @@ export interface UpstreamMetrics {
   readonly completionTokens: ReturnType<Metrics['tokens']['labels']>;
   readonly cost: ReturnType<Metrics['cost']['labels']>;
   readonly attempts: Record<Outcome, ReturnType<Metrics['attempts']['labels']>>;
+  /** A reload removed the upstream and its series: a request of the old config still ending counts nowhere. */
+  seriesGone: boolean;
 }
 
 export interface Upstream {
@@ -116,6 +124,8 @@ export class SharedState {
   #adopting = false;
   /** Pending wake-ups of open breakers, one each. */
   readonly #wakers = new Map<CircuitBreaker, NodeJS.Timeout>();
+  /** Breakers probing here under the fleet's lease: renewed while a probe is out. */
+  readonly #renewals = new Map<CircuitBreaker, NodeJS.Timeout>();
 
   constructor(
     loaded: LoadedConfig,
@@ -126,9 +136,18 @@ export class SharedState {
       // upstream now: the one of that name since re-added has its own.
       if (this.breakers.peek(id) !== breaker) return;
       if (t.from !== t.to) this.onTransition?.(id, t.to, t.cause);
+      const redis = this.redis;
+      // This replica's probe decided: its lease is given back, and a close is news for the fleet.
+      if (redis && t.from === 'half_open' && t.to !== 'half_open') {
+        this.#stopRenewing(breaker);
+        redis.endProbeLease(id);
+        if (t.to === 'closed' && !this.#adopting) redis.publishClosed(id);
+      }
       if (t.to !== 'open') return;
+      // One replica of the fleet probes when the open ends (it takes the lease), not each: held until then.
+      if (redis) breaker.hold(PROBE_LEASE_WAIT_MS);
       this.#wakeAfter(id, breaker, t.openMs);
-      if (!this.#adopting) this.redis?.publishOpen(id, t.openMs, t.cause ?? 'errors');
+      if (!this.#adopting) redis?.publishOpen(id, t.openMs, t.cause ?? 'errors');
     });
   }
 
@@ -147,6 +166,7 @@ export class SharedState {
         if (this.breakers.peek(id) !== breaker) return;
         const left = breaker.wake();
         if (left > 0) this.#wakeAfter(id, breaker, left);
+        else if (breaker.held) this.#askProbeLease(id, breaker);
       },
       Math.min(ms + 1, MAX_TIMER_MS),
     );
@@ -154,10 +174,106 @@ export class SharedState {
     this.#wakers.set(breaker, timer);
   }
 
+  /**
+   * A held open has ended: the replica that takes the fleet's probe lease for this upstream goes half-open
+   * and probes; the others stay open and ask again when the lease would lapse, unless its holder's close
+   * (`adoptClose`) or re-open (an adopted open) reaches them first. Without Redis, this replica probes.
+   */
+  #askProbeLease(id: string, breaker: CircuitBreaker): void {
+    const redis = this.redis;
+    const episode = breaker.snapshot().opens;
+    const probeHere = (): void => {
+      breaker.release();
+      breaker.wake();
+    };
+    if (!redis?.connected) {
+      probeHere();
+      return;
+    }
+    const leaseMs = breaker.baseOpenMs;
+    redis.takeProbeLease(id, leaseMs).then(
+      (won) => {
+        // Still this open, still held (not closed, re-opened or dropped by a reload meanwhile)? If not, a
+        // lease won is given back at once, not kept from the others for open_ms.
+        if (this.breakers.peek(id) !== breaker || breaker.snapshot().opens !== episode || !breaker.held) {
+          if (won) redis.endProbeLease(id);
+          return;
+        }
+        if (won) {
+          probeHere();
+          this.#renewWhileProbing(id, breaker, leaseMs);
+          return;
+        }
+        breaker.hold(leaseMs + PROBE_LEASE_WAIT_MS);
+        this.#wakeAfter(id, breaker, leaseMs);
+      },
+      () => {
+        if (this.breakers.peek(id) === breaker && breaker.held) probeHere();
+      },
+    );
+  }
+
+  /**
+   * The lease is this replica's for `leaseMs`; a trial may take longer (an LLM answer, success_threshold
+   * trials in a row): renewed while a probe is out, so another replica does not probe alongside. A holder
+   * with no probe out lets it lapse: one that gets no traffic for the upstream must not keep the fleet open.
+   */
+  #renewWhileProbing(id: string, breaker: CircuitBreaker, leaseMs: number): void {
+    this.#stopRenewing(breaker);
+    const timer = setInterval(
+      () => {
+        const redis = this.redis;
+        if (this.breakers.peek(id) !== breaker || breaker.state !== 'half_open' || !redis?.connected) {
+          this.#stopRenewing(breaker);
+          return;
+        }
+        if (breaker.snapshot().probesInFlight > 0) redis.takeProbeLease(id, leaseMs).catch(() => {});
+      },
+      Math.min(Math.max(100, Math.floor(leaseMs / 2)), MAX_TIMER_MS),
+    );
+    timer.unref();
+    this.#renewals.set(breaker, timer);
+  }
+
+  #stopRenewing(breaker: CircuitBreaker): void {
+    const timer = this.#renewals.get(breaker);
+    if (timer === undefined) return;
+    clearInterval(timer);
+    this.#renewals.delete(breaker);
+  }
+
+  /** Another replica's probe closed `upstreamId`'s breaker: closed here too if its open has ended. */
+  adoptClose(upstreamId: string): void {
+    this.#adopting = true;
+    try {
+      this.breakers.peek(upstreamId)?.adoptClose();
+    } finally {
+      this.#adopting = false;
+    }
+  }
+
+  /**
+   * Keeps the breakers of `ids` (a reload's upstreams): the others are dropped with their wake-ups, which
+   * would hold them (and fire for nothing) until their open ended — up to 24 h for a Retry-After.
+   */
+  retainBreakers(ids: Iterable<string>): void {
+    this.breakers.retain(ids);
+    const kept = new Set<CircuitBreaker>();
+    for (const [, breaker] of this.breakers.entries()) kept.add(breaker);
+    for (const [breaker, timer] of this.#wakers) {
+      if (kept.has(breaker)) continue;
+      clearTimeout(timer);
+      this.#wakers.delete(breaker);
+    }
+    for (const breaker of this.#renewals.keys()) if (!kept.has(breaker)) this.#stopRenewing(breaker);
+  }
+
   /** Stops the breakers' wake-ups (the gateway is closing). */
   close(): void {
     for (const timer of this.#wakers.values()) clearTimeout(timer);
     this.#wakers.clear();
+    for (const timer of this.#renewals.values()) clearInterval(timer);
+    this.#renewals.clear();
   }
 
   /** Opens `upstreamId`'s breaker as another replica did, without publishing it again. */
@@ -280,12 +396,13 @@ export class Runtime {
               rate_limited: metrics.attempts.labels({ ...labels, outcome: 'rate_limited' }),
               client_error: metrics.attempts.labels({ ...labels, outcome: 'client_error' }),
             },
+            seriesGone: false,
           },
         });
         metrics.circuitState.labels(labels).set(CIRCUIT_STATE_VALUE[shared.breakers.get(id).state]);
       }
     }
-    shared.breakers.retain(this.upstreams.keys());
+    shared.retainBreakers(this.upstreams.keys());
     for (const id of [...shared.stats.keys()]) if (!this.upstreams.has(id)) shared.stats.delete(id);
     for (const [key, f] of [...shared.fits]) if (!fits.has(f)) shared.fits.delete(key);
 

@@ -65,6 +65,8 @@ export class CircuitBreaker {
   #runRateLimits = 0;
   #probes = 0;
   #opens = 0;
+  // Scale-out: an open lasts this much past #openUntil while the fleet decides which replica probes.
+  #holdMs = 0;
 
   constructor(cfg: BreakerConfig, now: () => number, onTransition?: (t: BreakerTransition) => void) {
     this.#cfg = cfg;
@@ -86,14 +88,52 @@ export class CircuitBreaker {
 
   /**
    * Makes a lapsed open half-open now, as the next request would (firing `onTransition`), so an operator sees
-   * the transition when it happens, not at the next request. Returns the ms left while still open, else 0.
+   * the transition when it happens, not at the next request. Returns the ms left while still open, else 0
+   * (a held open stays open: see `hold`).
    */
   wake(): number {
     if (this.#state !== 'open') return 0;
-    const left = this.#openUntil - this.#now();
+    const now = this.#now();
+    const left = this.#openUntil - now;
     if (left > 0) return left;
+    if (now < this.#openUntil + this.#holdMs) return 0;
     this.#toHalfOpen();
     return 0;
+  }
+
+  /**
+   * Scale-out: keeps the current open from lapsing into half-open for `ms` past its end (or past now, when
+   * it has ended), so that one replica of the fleet probes, not each. `release()` lets it lapse; a close or
+   * an open adopted meanwhile replaces it. No effect unless open.
+   */
+  hold(ms: number): void {
+    if (this.#state === 'open') this.#holdMs = Math.max(this.#openUntil, this.#now()) + ms - this.#openUntil;
+  }
+
+  release(): void {
+    this.#holdMs = 0;
+  }
+
+  /** Open past its end, held (see `hold`). */
+  get held(): boolean {
+    const now = this.#now();
+    return this.#state === 'open' && now >= this.#openUntil && now < this.#openUntil + this.#holdMs;
+  }
+
+  /** `open_ms` as configured: how long one replica's probing may hold the fleet's lease. */
+  get baseOpenMs(): number {
+    return this.#cfg.open_ms;
+  }
+
+  /**
+   * Another replica's probe closed this upstream's breaker (scale-out): closes it here too, if its open has
+   * ended (held, or lapsing) or it is half-open. An open still running is newer news: kept. False when
+   * nothing changed.
+   */
+  adoptClose(): boolean {
+    if (this.#state === 'closed' || (this.#state === 'open' && this.#now() < this.#openUntil)) return false;
+    this.#close();
+    return true;
   }
 
   acquire(): Permit | undefined {
@@ -160,14 +200,17 @@ export class CircuitBreaker {
       this.#backoffArmed = true;
     }
     const cap = cause === 'rate_limit' ? ADOPTED_RATE_LIMIT_CAP_MS : this.#maxOpenMs();
-    const until = this.#now() + Math.min(remainingMs, cap);
-    if (this.#state === 'open' && this.#isOpen()) {
+    const now = this.#now();
+    const until = now + Math.min(remainingMs, cap);
+    if (this.#state === 'open' && now < this.#openUntil) {
       if (until <= this.#openUntil) return false;
       this.#openUntil = until;
       this.#cause = cause;
       return true;
     }
-    const from = this.#state === 'open' ? 'half_open' : this.#state;
+    // A held open that ended is open still (a new one now, to be held anew); an unheld one is half-open.
+    const from = this.#state === 'open' && !this.#isOpen() ? 'half_open' : this.#state;
+    this.#holdMs = 0;
     this.#state = 'open';
     this.#openUntil = until;
     this.#cause = cause;
@@ -198,10 +241,12 @@ export class CircuitBreaker {
 
   snapshot(): BreakerSnapshot {
     // One clock read, so the fields cannot contradict each other.
-    const msLeft = this.#state === 'open' ? Math.max(0, this.#openUntil - this.#now()) : 0;
+    const now = this.#now();
+    const msLeft = this.#state === 'open' ? Math.max(0, this.#openUntil - now) : 0;
     const open = msLeft > 0;
     return {
-      state: this.#state === 'open' && !open ? 'half_open' : this.#state,
+      state:
+        this.#state === 'open' && !open && now >= this.#openUntil + this.#holdMs ? 'half_open' : this.#state,
       consecutiveFailures: this.#failures,
       consecutiveSuccesses: this.#successes,
       openMs: this.#openMs,
@@ -214,7 +259,8 @@ export class CircuitBreaker {
   }
 
   #isOpen(): boolean {
-    return this.#now() < this.#openUntil;
+    const now = this.#now();
+    return now < this.#openUntil + this.#holdMs;
   }
 
   // Materialises a lapsed open before a result is applied, and frees the permit's probe slot.
@@ -258,6 +304,7 @@ export class CircuitBreaker {
     }
     const from = this.#state;
     this.#state = 'open';
+    this.#holdMs = 0;
     this.#openUntil = this.#now() + durationMs;
     this.#cause = cause;
     this.#successes = 0;
@@ -273,6 +320,7 @@ export class CircuitBreaker {
   }
 
   #close(): void {
+    const from = this.#state;
     this.#state = 'closed';
     this.#resetRun();
     this.#successes = 0;
@@ -280,7 +328,8 @@ export class CircuitBreaker {
     this.#openUntil = 0;
     this.#openMs = this.#cfg.open_ms;
     this.#backoffArmed = false;
-    this.#emit('half_open', 'closed', undefined, this.#openMs);
+    this.#holdMs = 0;
+    this.#emit(from, 'closed', undefined, this.#openMs);
   }
 
   #resetRun(): void {

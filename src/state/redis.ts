@@ -28,6 +28,8 @@ export interface RedisStateConfig {
 export interface StateHooks {
   /** Another replica opened `upstreamId`'s breaker; false when that upstream is not configured here. */
   adoptOpen(upstreamId: string, remainingMs: number, cause: TripCause): boolean;
+  /** Another replica's probe closed `upstreamId`'s breaker. */
+  adoptClose(upstreamId: string): void;
   /** This replica's own measurements, per upstream id. */
   localStats(): Iterable<readonly [string, SharedStats | undefined]>;
   /** The other replicas' merged measurements of `upstreamId` (undefined: none, or Redis is down). */
@@ -43,6 +45,16 @@ export interface StateHooks {
 const SET_IF_LONGER = `local left = redis.call('PTTL', KEYS[1])
 if left < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return redis.call('PUBLISH', KEYS[2], ARGV[1])`;
+
+/** Takes (or renews: the holder asking again) the probe lease of an upstream whose open has ended. */
+const TAKE_LEASE = `local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1`;
+
+/** Gives a probe lease back, if it is still this replica's. */
+const END_LEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
 
 export interface RedisStateOptions {
   /** How often measurements are exchanged, ms. */
@@ -65,6 +77,13 @@ interface OpenMessage {
   readonly id: string;
   readonly ms: number;
   readonly cause: TripCause;
+  readonly origin: string;
+}
+
+/** A probe closed a breaker (same channel: replicas of an earlier version ignore it, lacking `ms`). */
+interface ClosedMessage {
+  readonly id: string;
+  readonly closed: true;
   readonly origin: string;
 }
 
@@ -168,6 +187,11 @@ export class RedisState {
   #closed = false;
   /** Round-robin INCRs sent and not yet answered, per route: turns this replica took meanwhile. */
   readonly #pendingTurns = new Map<string, number>();
+  /**
+   * Redis's clock less this machine's, ms (undefined until first read). Measurements are stamped and aged on
+   * Redis's clock: a replica whose own clock is off would otherwise see every other's as stale and delete it.
+   */
+  #clockOffsetMs: number | undefined;
 
   constructor(cfg: RedisStateConfig, hooks: StateHooks, logger: Logger, opts: RedisStateOptions = {}) {
     this.#prefix = cfg.key_prefix ?? DEFAULT_PREFIX;
@@ -239,6 +263,40 @@ export class RedisState {
   }
 
   /**
+   * Asks for the right to probe `upstreamId` now that its open has ended, for `ms`: true for one replica of
+   * the fleet at a time. Rejects when Redis is not there (the caller probes on its own then).
+   */
+  async takeProbeLease(upstreamId: string, ms: number): Promise<boolean> {
+    if (!this.connected) throw new Error('Redis is not connected');
+    try {
+      const took = await this.#cmd.eval(TAKE_LEASE, 1, this.#leaseKey(upstreamId), this.replicaId, ms);
+      return took === 1;
+    } catch (err) {
+      this.#failed(err);
+      throw err;
+    }
+  }
+
+  /** This replica's probing of `upstreamId` is over (closed or re-opened): the lease goes back. */
+  endProbeLease(upstreamId: string): void {
+    if (!this.connected) return;
+    this.#cmd
+      .eval(END_LEASE, 1, this.#leaseKey(upstreamId), this.replicaId)
+      .catch((err: unknown) => this.#failed(err));
+  }
+
+  /** This replica's probe closed `upstreamId`'s breaker: the replicas holding theirs open close them too. */
+  publishClosed(upstreamId: string): void {
+    if (!this.connected) return;
+    const msg: ClosedMessage = { id: upstreamId, closed: true, origin: this.replicaId };
+    this.#cmd.publish(this.#channel, JSON.stringify(msg)).catch((err: unknown) => this.#failed(err));
+  }
+
+  #leaseKey(upstreamId: string): string {
+    return `${this.#prefix}probe:${upstreamId}`;
+  }
+
+  /**
    * A round-robin turn on a route (or one tier of it): counted in the fleet's counter; `apply` gets the
    * rotation to continue from (the fleet's count plus this replica's turns still in flight) when Redis answers.
    */
@@ -274,11 +332,14 @@ export class RedisState {
     }
     this.#syncing = true;
     try {
-      const nowWall = Date.now();
+      const sent = Date.now();
+      this.#clockOffsetMs ??= await this.#readClock(sent);
+      const nowWall = sent + this.#clockOffsetMs;
       const tx = this.#cmd.pipeline();
+      tx.time(); // the offset again, for the next exchange (clocks drift, and get set)
       /** Where each id's HGETALL answer is in the pipeline's results. */
       const readAt: number[] = [];
-      let n = 0;
+      let n = 1;
       for (const [id, view] of this.#hooks.localStats()) {
         ids.push(id);
         const key = `${this.#prefix}stats:${id}`;
@@ -294,6 +355,8 @@ export class RedisState {
       // A pipeline resolves with each command's error in place: a timed-out one is a stalled Redis.
       const timedOut = results.find(([e]) => e !== null)?.[0];
       if (timedOut) this.#failed(timedOut);
+      const time = results[0]?.[1];
+      if (Array.isArray(time)) this.#clockOffsetMs = clockOffset(time, sent, Date.now());
       for (const [i, id] of ids.entries()) {
         const reply = results[readAt[i]!];
         const fields = (reply === undefined || reply[0] ? undefined : reply[1]) as
@@ -315,6 +378,19 @@ export class RedisState {
       this.#failed(err);
     } finally {
       this.#syncing = false;
+    }
+  }
+
+  /**
+   * Redis's clock less ours, from one TIME asked at `sent`; 0 (our clock) where TIME is refused (an ACL
+   * without it, a proxy that does not implement it): sharing goes on, dated as before.
+   */
+  async #readClock(sent: number): Promise<number> {
+    try {
+      return clockOffset(await this.#cmd.time(), sent, Date.now());
+    } catch (err) {
+      this.#failed(err); // a stall is one still
+      return 0;
     }
   }
 
@@ -341,7 +417,10 @@ export class RedisState {
 
   #onOpenMessage(text: string): void {
     const m = parseJsonObject(text);
-    if (m) this.#adopt(m, m.ms);
+    if (m === undefined) return;
+    if (m.closed === true) {
+      if (m.origin !== this.replicaId && typeof m.id === 'string') this.#hooks.adoptClose(m.id);
+    } else this.#adopt(m, m.ms);
   }
 
   /** Another replica's open (a message, or a key read with `ms` its time left), checked before it is applied. */
@@ -407,6 +486,12 @@ export class RedisState {
   #dropRemote(): void {
     for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
   }
+}
+
+/** Redis's TIME (seconds, microseconds) less the midpoint of the local clock while it was asked, ms. */
+function clockOffset(time: unknown[], sent: number, received: number): number {
+  const ms = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
+  return Number.isFinite(ms) ? ms - Math.round((sent + received) / 2) : 0;
 }
 
 /** `text` as a literal inside a Redis glob pattern (a key prefix may hold `*`, `?`, `[`). */

@@ -567,3 +567,77 @@ describe('CircuitBreaker: an open adopted from another replica (state.backend re
     expect(breaker.state).toBe('half_open');
   });
 });
+
+describe('CircuitBreaker: held for the fleet (scale-out probe lease)', () => {
+  it('an ended open that is held stays open (no probe, no lazy lapse) until released', () => {
+    const { breaker, clock, transitions } = setup();
+    trip(breaker);
+    breaker.hold(2_000);
+    clock.t += 1_500; // the open (1 s) has ended; the hold runs 2 s past it
+    expect(breaker.held).toBe(true);
+    expect(breaker.state).toBe('open');
+    expect(breaker.snapshot().state).toBe('open');
+    expect(breaker.canAttempt()).toBe(false);
+    expect(breaker.acquire()).toBeUndefined();
+    expect(breaker.wake()).toBe(0);
+    expect(transitions.map((t) => t.to)).toEqual(['open']);
+    breaker.release();
+    expect(breaker.held).toBe(false);
+    expect(breaker.acquire()).toBe('probe');
+    expect(transitions.map((t) => t.to)).toEqual(['open', 'half_open']);
+  });
+
+  it('a hold lapses on its own: a replica never stays open because Redis went quiet', () => {
+    const { breaker, clock } = setup();
+    trip(breaker);
+    breaker.hold(2_000);
+    clock.t += 3_001;
+    expect(breaker.held).toBe(false);
+    expect(breaker.acquire()).toBe('probe');
+  });
+
+  it('an open extended while held keeps its hold past the new end', () => {
+    const { breaker, clock } = setup();
+    trip(breaker);
+    breaker.hold(500);
+    breaker.adoptOpen(5_000, 'errors'); // running: extended to now + 5 s
+    clock.t += 5_200;
+    expect(breaker.held).toBe(true);
+    expect(breaker.canAttempt()).toBe(false);
+  });
+
+  it('an open adopted while held (the prober re-opened) is a new open: held anew by the caller, not half-open', () => {
+    const { breaker, clock, transitions } = setup();
+    trip(breaker);
+    breaker.hold(2_000);
+    clock.t += 1_500;
+    expect(breaker.adoptOpen(2_000, 'errors')).toBe(true);
+    expect(transitions.at(-1)).toMatchObject({ from: 'open', to: 'open' });
+    expect(breaker.held).toBe(false);
+    expect(breaker.msUntilHalfOpen()).toBe(2_000);
+  });
+
+  it('adoptClose closes an ended (held) open or a half-open one, never an open still running', () => {
+    const running = setup();
+    trip(running.breaker);
+    expect(running.breaker.adoptClose()).toBe(false);
+    expect(running.breaker.state).toBe('open');
+
+    const held = setup();
+    trip(held.breaker);
+    held.breaker.hold(2_000);
+    held.clock.t += 1_500;
+    expect(held.breaker.adoptClose()).toBe(true);
+    expect(held.breaker.state).toBe('closed');
+    expect(held.transitions.at(-1)).toMatchObject({ from: 'open', to: 'closed' });
+    expect(held.breaker.held).toBe(false);
+
+    const half = setup();
+    trip(half.breaker);
+    half.clock.t += 1_000;
+    expect(half.breaker.acquire()).toBe('probe');
+    expect(half.breaker.adoptClose()).toBe(true);
+    expect(half.transitions.at(-1)).toMatchObject({ from: 'half_open', to: 'closed' });
+    expect(setup().breaker.adoptClose()).toBe(false); // closed already
+  });
+});
