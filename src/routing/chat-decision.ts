@@ -7,7 +7,7 @@ import type { ChatBody } from '../upstream/adapter.js';
 import { checkTierHeader, readRoutingHeaders, resolveRoute, type RoutingHeaders } from './decide.js';
 import { chatFeatures, type RequestFeatures } from './features.js';
 import { planRequest, type Plan } from './plan.js';
-import { chooseTier, flatTier, type TierSelection } from './tier-select.js';
+import { chooseTier, defaultTierFor, flatTier, type TierSelection } from './tier-select.js';
 
 export interface ChatDecision {
   readonly route: RouteRuntime;
@@ -53,15 +53,36 @@ function finish(
   tier: TierSelection,
   signal: Abort | undefined,
 ): ChatDecision {
-  const plan = planRequest(route, tier.targets, features, {
+  const plan = planTier(gw, rt, route, hdrs, features, strategy, tier, signal);
+  // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
+  // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to default_tier.
+  const fallback = plan.refusal ? defaultTierFor(route, tier, plan.refusal.message) : undefined;
+  if (fallback) {
+    const second = planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
+    if (!second.refusal) return { route, hdrs, features, strategy, tier: fallback, plan: second };
+  }
+  return { route, hdrs, features, strategy, tier, plan };
+}
+
+/** The plan for one tier selection (a flat route's is its targets). A function, not a closure per request. */
+function planTier(
+  gw: Gateway,
+  rt: Runtime,
+  route: RouteRuntime,
+  hdrs: RoutingHeaders,
+  features: RequestFeatures,
+  strategy: StrategyName,
+  sel: TierSelection,
+  signal: Abort | undefined,
+): Plan {
+  return planRequest(route, sel.targets, features, {
     strategy,
     provider: hdrs.provider,
     routing: rt.loaded.config.routing,
     now: gw.now(),
     random: gw.random,
     peek: signal === undefined,
-    exclude: tier.excluded,
-    tier: tier.tier,
+    exclude: sel.excluded,
+    tier: sel.tier,
   });
-  return { route, hdrs, features, strategy, tier, plan };
 }

@@ -46,7 +46,11 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
   const promptTokens = estimatePromptTokens(body, APPROXIMATE);
   return {
     stream: body.stream === true,
-    tools: Array.isArray(body.tools) && body.tools.length > 0,
+    // Legacy `functions` are tools too: for the rules (`tools: false` must not send them to a small tier)
+    // and for the capability filter.
+    tools:
+      (Array.isArray(body.tools) && body.tools.length > 0) ||
+      (Array.isArray(body.functions) && body.functions.length > 0),
     json: format === 'json_object' || format === 'json_schema',
     images: scan.images,
     choices: typeof body.n === 'number' && body.n > 1 ? body.n : 1,

@@ -18,6 +18,8 @@ export interface TierSelection {
   readonly excluded: readonly AttemptRecord[] | undefined;
   /** Time spent waiting for the LLM router (its upstream's, not the gateway's own), ms; 0 without a call. */
   readonly routerMs: number;
+  /** The LLM router picked the tier: if none of its upstreams can take the request, `default_tier` serves. */
+  readonly byRouter?: boolean;
 }
 
 const FLAT = new WeakMap<RouteRuntime, TierSelection>();
@@ -52,7 +54,9 @@ export async function chooseTier(
   let reason = match.reason;
   let excluded: readonly AttemptRecord[] | undefined;
   let routerMs = 0;
+  let byRouter = false;
   if (tier === undefined && route.router && signal) {
+    byRouter = true;
     const asked = gw.now();
     const d = await askRouter(gw, rt, route, body.messages, features, signal);
     routerMs = gw.now() - asked;
@@ -67,5 +71,21 @@ export async function chooseTier(
     reason = `${match.reason}; default_tier`;
   }
   const targets = (tier && route.tiers?.[tier]) || [];
-  return { targets, tier, reason, excluded, routerMs };
+  return { targets, tier, reason, excluded, routerMs, byRouter };
+}
+
+/** `default_tier` in place of a selection the LLM router made whose tier cannot take the request. */
+export function defaultTierFor(
+  route: RouteRuntime,
+  sel: TierSelection,
+  why: string,
+): TierSelection | undefined {
+  const tier = route.defaultTier;
+  if (!sel.byRouter || tier === undefined || tier === sel.tier) return undefined;
+  return {
+    ...sel,
+    targets: route.tiers?.[tier] ?? [],
+    tier,
+    reason: `${sel.reason}; ${sel.tier} cannot take it (${why}): default_tier`,
+  };
 }

@@ -21,7 +21,10 @@ function regexOf(rule: RuleConfig): RegExp | undefined {
   return re;
 }
 
-/** Only this much of the last user message is tested: a regex never scans an unbounded input. */
+/**
+ * Only this much of each end of the last user message is tested: a regex never scans an unbounded input, and
+ * the ask is found where people put it, before or after what they paste.
+ */
 const REGEX_INPUT_CHARS = 16_384;
 
 function ruleMatches(
@@ -40,13 +43,15 @@ function ruleMatches(
     const eq = c.header.indexOf('=');
     const name = eq < 0 ? c.header : c.header.slice(0, eq);
     const value = eq < 0 ? undefined : c.header.slice(eq + 1);
-    const got = headers[name.trim().toLowerCase()];
+    const key = name.trim().toLowerCase();
+    // Own headers only: Node's headers object inherits `constructor`, `__proto__` (SPEC §8: never lookups).
+    const got = Object.hasOwn(headers, key) ? headers[key] : undefined;
     if (got === undefined || (value !== undefined && got !== value.trim())) return false;
   }
   const re = regexOf(rule);
-  if (re && !re.test(lastUser.length > REGEX_INPUT_CHARS ? lastUser.slice(-REGEX_INPUT_CHARS) : lastUser))
-    return false;
-  return true;
+  if (!re) return true;
+  if (lastUser.length <= REGEX_INPUT_CHARS) return re.test(lastUser);
+  return re.test(lastUser.slice(0, REGEX_INPUT_CHARS)) || re.test(lastUser.slice(-REGEX_INPUT_CHARS));
 }
 
 /** A rule's priority when it gives none: all such rules are equals, so matching ones that disagree tie. */

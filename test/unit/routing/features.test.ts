@@ -22,3 +22,16 @@ describe('chatFeatures images', () => {
     expect(isImagePart('image_url')).toBe(false);
   });
 });
+
+describe('chatFeatures tools', () => {
+  const msgs = [{ role: 'user', content: 'hi' }];
+  it('tools offered: a non-empty `tools` or legacy `functions` list; an empty one is none', () => {
+    const fn = { name: 'f', parameters: { type: 'object' } };
+    expect(
+      chatFeatures({ model: 'm', messages: msgs, tools: [{ type: 'function', function: fn }] }).tools,
+    ).toBe(true);
+    expect(chatFeatures({ model: 'm', messages: msgs, functions: [fn] }).tools).toBe(true);
+    expect(chatFeatures({ model: 'm', messages: msgs, tools: [] }).tools).toBe(false);
+    expect(chatFeatures({ model: 'm', messages: msgs, functions: [] }).tools).toBe(false);
+  });
+});

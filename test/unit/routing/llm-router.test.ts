@@ -32,6 +32,30 @@ describe('tier rules', () => {
     { if: { images: true }, tier: 'balanced' },
   ];
 
+  it('a regex rule reads both ends of a long last user message (an ask before pasted text counts)', () => {
+    const long = 'Please prove this lemma:\n' + 'x'.repeat(40_000);
+    expect(matchTier(route(rules), f({ promptTokens: 1_000 }), long, undefined, {}).reason).toBe('rule code');
+    expect(
+      matchTier(route(rules), f({ promptTokens: 1_000 }), `${'x'.repeat(40_000)} refactor`, undefined, {})
+        .reason,
+    ).toBe('rule code');
+    // The middle is never scanned: bounded input for any regex.
+    const middle = `${'x'.repeat(20_000)} refactor ${'x'.repeat(20_000)}`;
+    expect(matchTier(route(rules), f({ promptTokens: 1_000 }), middle, undefined, {}).tier).toBeUndefined();
+  });
+
+  it('a header rule reads own headers only: `constructor` or `__proto__` are names, not lookups (SPEC §8)', () => {
+    const byHeader: RuleConfig[] = [
+      { if: { header: 'constructor' }, tier: 'deep' },
+      { if: { header: '__proto__' }, tier: 'deep' },
+    ];
+    const nodeLike: Record<string, unknown> = { host: 'x' }; // Node's headers inherit Object.prototype
+    expect(matchTier(route(byHeader), f(), 'hi', undefined, nodeLike).tier).toBeUndefined();
+    expect(matchTier(route(byHeader), f(), 'hi', undefined, { ...nodeLike, constructor: 'yes' }).tier).toBe(
+      'deep',
+    );
+  });
+
   it('the header wins outright', () => {
     expect(matchTier(route(rules), f(), 'hello', 'deep', {})).toEqual({
       tier: 'deep',
@@ -128,12 +152,20 @@ describe('router answer parsing', () => {
   ])('reads %j', (text, tier, reason) => {
     expect(parseRouterAnswer(text)).toEqual({ tier, reason });
   });
-  it.each(['', 'I cannot decide', '{"tier":"ultra"}', '{"tier": 3}', '}{', 'fast or deep'])(
-    'rejects %j',
-    (text) => {
-      expect(parseRouterAnswer(text)).toBeUndefined();
-    },
-  );
+  it.each([
+    '',
+    'I cannot decide',
+    '{"tier":"ultra"}',
+    '{"tier": 3}',
+    '}{',
+    'fast or deep',
+    // An object naming a tier it does not have is no answer, whatever its reason says in prose.
+    '{"tier": "unknown", "reason": "tier: fast would be wrong here"}',
+    '{"tier": "fast or deep?"}',
+    'tier: fast or deep?',
+  ])('rejects %j', (text) => {
+    expect(parseRouterAnswer(text)).toBeUndefined();
+  });
 });
 
 describe('router cache', () => {
