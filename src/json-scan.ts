@@ -16,6 +16,11 @@ export function stringEnd(text: string, open: number): number {
   }
 }
 
+/** A text saved with a byte order mark, without it (JSON.parse and our scanners refuse U+FEFF; fetch's json() and TextDecoder drop it). */
+export function withoutBom(text: string): string {
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+}
+
 /** The first index at or after `i` that is not JSON whitespace (space, tab, LF, CR). */
 export function skipSpace(text: string, i: number): number {
   let c = text.charCodeAt(i);

@@ -64,6 +64,10 @@ export function authHook(gateway: Gateway) {
 
   function check(req: FastifyRequest, reply: FastifyReply): void {
     reply.header('x-request-id', req.id);
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (Node's own had no body: app.ts).
+    if (req.headers.host === undefined && req.raw.httpVersion === '1.1') {
+      throw new GatewayError('invalid_request', 'the Host header is required', { param: 'host' });
+    }
     const route = req.routeOptions.url;
     if (route === '/healthz' || route === '/readyz') return;
     const rt = gateway.runtime;

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GATEWAY_SHUTDOWN, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gateway } from '../gateway.js';
+import { GATEWAY_SHUTDOWN, isShutdown, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gateway } from '../gateway.js';
 import { GatewayError } from '../errors.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
 import { decideChat } from '../routing/chat-decision.js';
@@ -129,9 +129,6 @@ async function handleChat(
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
   const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
-  const chosen = plan.ranked[0];
-  if (chosen) gw.decisionChildren.get(route.name, strategy, chosen.candidate.upstream.provider.name).inc();
-
   const opts = failoverOptions(gw, rt, route.name, startedAt);
   const includeUsage =
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
@@ -171,6 +168,19 @@ async function handleChat(
     tierReason: tier.reason,
     promptTokensEstimate: features.promptTokens,
   };
+  // The client left while the LLM router was asked: nothing is routed for it (a shutdown's cut is told below).
+  if (clientSignal.aborted && !isShutdown(clientSignal)) {
+    reportRequest(gw, req, report, {
+      status: CLIENT_CLOSED_REQUEST,
+      served: undefined,
+      attempts: [],
+      upstreamMs: 0,
+      error: 'client_closed',
+    });
+    return undefined;
+  }
+  const chosen = plan.ranked[0];
+  if (chosen) gw.decisionChildren.get(route.name, strategy, chosen.candidate.upstream.provider.name).inc();
   let writer: SseWriter | undefined;
   try {
     if (plan.refusal) throw plan.refusal; // answered as routed: headers, and counted under its route
@@ -225,6 +235,7 @@ async function handleChat(
         attempts: out.attempts,
         upstreamMs: out.upstreamMs,
         countedTokens: out.relayedTokens, // what the client was sent is paid for: counted like the prompt
+        ttftMs: out.committed ? out.ttftMs : undefined,
         error: cut ? GATEWAY_SHUTDOWN : last?.reason,
       });
       return undefined;
@@ -247,10 +258,6 @@ async function handleChat(
   } finally {
     if (writer) gw.liveStreams.delete(writer);
   }
-}
-
-export function isShutdown(signal: Abort): boolean {
-  return signal.aborted && signal.reason === SHUTDOWN_CUT;
 }
 
 /** The 503 a JSON request still running when shutdown's grace is over gets. */

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Gateway } from '../gateway.js';
+import { isShutdown, type Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import { checkTierHeader, readRoutingHeaders, resolveRoute } from '../routing/decide.js';
 import { textFeatures } from '../routing/features.js';
@@ -9,14 +9,7 @@ import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
 import { attemptPlainJson } from '../upstream/attempt.js';
-import {
-  CLIENT_CLOSED_REQUEST,
-  clientGoneSignal,
-  failoverOptions,
-  isShutdown,
-  ownReply,
-  shutdownError,
-} from './chat.js';
+import { CLIENT_CLOSED_REQUEST, clientGoneSignal, failoverOptions, ownReply, shutdownError } from './chat.js';
 import { answerJson, type Answered, failRequest, reportRequest, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';
 

@@ -21,10 +21,18 @@ function modelObject(r: RouteRuntime, created: number): ModelObject {
 
 const nowS = (): number => Math.floor(Date.now() / 1000);
 
+/**
+ * A route is listed when it can serve: one whose every upstream is disabled (its provider's api_key empty)
+ * has none, and a client that picked it from the list got a 503 for every request.
+ */
+function listed(r: RouteRuntime): boolean {
+  return r.targets.length > 0;
+}
+
 /** The list's entry for `id` (a route name or `provider/model`) in the config serving now, if it has one. */
 export function retrieveModel(rt: Runtime, id: string): ModelObject | undefined {
   const route = rt.routes.get(id); // a Map: `__proto__` is just a name
-  return route && modelObject(route, nowS());
+  return route && listed(route) ? modelObject(route, nowS()) : undefined;
 }
 
 /**
@@ -35,7 +43,8 @@ export function retrieveModel(rt: Runtime, id: string): ModelObject | undefined 
 export async function modelsPlugin(app: FastifyInstance): Promise<void> {
   app.get('/v1/models', async () => {
     const created = nowS();
-    const data = [...app.gateway.runtime.routes.values()].map((r) => modelObject(r, created));
+    const data: ModelObject[] = [];
+    for (const r of app.gateway.runtime.routes.values()) if (listed(r)) data.push(modelObject(r, created));
     return { object: 'list', data };
   });
   // With server.passthrough (read at start only, as the passthrough itself is), GET /v1/models/{id} is left

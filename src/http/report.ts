@@ -190,10 +190,13 @@ function writeReport(
     const up = r.served;
     const provider = up?.provider.name ?? 'none';
     const model = up?.model.name ?? 'none';
-    const c = gw.requestChildren.get(ctx.route, provider, model, r.status, ctx.stream ? 'true' : 'false');
-    c.requests.inc();
-    c.duration.observe(totalMs / 1000);
-    c.overhead.observe(Math.max(0, totalMs - r.upstreamMs - ctx.routerMs) / 1000);
+    // An upstream a reload removed has no series any more: its last request must not bring them back.
+    if (up?.metrics.seriesGone !== true) {
+      const c = gw.requestChildren.get(ctx.route, provider, model, r.status, ctx.stream ? 'true' : 'false');
+      c.requests.inc();
+      c.duration.observe(totalMs / 1000);
+      c.overhead.observe(Math.max(0, totalMs - r.upstreamMs - ctx.routerMs) / 1000);
+    }
 
     let promptTokens: number | undefined;
     let completionTokens: number | undefined;

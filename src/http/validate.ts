@@ -8,6 +8,15 @@ function bad(param: string, message: string): GatewayError {
   return new GatewayError('invalid_request', `${param}: ${message}`, { param });
 }
 
+/**
+ * A body read whole but not usable (not JSON, empty, nested too deep): handed to the handler, which throws
+ * its error. Refused in the parser instead, fastify closes the connection ("the client may send more
+ * data"), and a request pipelined behind it on that connection was still routed, its answer never sent.
+ */
+export class UnusableBody {
+  constructor(readonly error: GatewayError) {}
+}
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
@@ -32,6 +41,7 @@ function optionalNumber(
  * naming the field; unknown fields pass through untouched (SPEC §8).
  */
 export function validateChatBody(raw: unknown): ChatBody {
+  if (raw instanceof UnusableBody) throw raw.error;
   if (!isObject(raw)) throw new GatewayError('invalid_request', 'the request body must be a JSON object');
   if (raw.model === undefined) throw bad('model', 'is required');
   if (typeof raw.model !== 'string' || raw.model === '') throw bad('model', 'expected a non-empty string');
@@ -206,6 +216,7 @@ function isEmbeddingsInput(input: unknown): boolean {
 export function validateEmbeddingsBody(
   raw: unknown,
 ): Record<string, unknown> & { model: string; input: unknown } {
+  if (raw instanceof UnusableBody) throw raw.error;
   if (!isObject(raw)) throw new GatewayError('invalid_request', 'the request body must be a JSON object');
   if (typeof raw.model !== 'string' || raw.model === '') throw bad('model', 'expected a non-empty string');
   if (!isEmbeddingsInput(raw.input)) {

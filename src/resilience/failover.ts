@@ -50,6 +50,8 @@ export interface FailoverCommittedFailure {
   readonly upstreamMs: number;
   /** Completion tokens a committed stream sent before it failed. */
   readonly relayedTokens?: number | undefined;
+  /** When that stream's first content went out (its time to first token, observed like a finished one's). */
+  readonly ttftMs?: number | undefined;
 }
 
 /** `x-router-trail`: each failed attempt as `provider/model=reason`. */
@@ -144,6 +146,7 @@ export async function runFailover(
         attempts,
         upstreamMs,
         relayedTokens: result.relayedTokens,
+        ttftMs: result.ttftMs,
       };
     }
     if (!result.classified.retryable) {

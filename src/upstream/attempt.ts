@@ -1,6 +1,6 @@
 import type { Classified } from '../resilience/classify.js';
 import { classifyError, classifyStatus, codedError, retryAfterFromHeaders } from '../resilience/classify.js';
-import { skipSpace } from '../json-scan.js';
+import { skipSpace, withoutBom } from '../json-scan.js';
 import { approximateTextTokens } from '../routing/tokens.js';
 import type { Upstream } from '../runtime.js';
 import { chunksOfCompletion, CompletionBuilder } from '../streaming/completion-chunks.js';
@@ -66,6 +66,8 @@ export type AttemptResult =
       readonly totalMs: number;
       /** A stream cut after its commit: the completion tokens the client was sent (counted, as paid for). */
       readonly relayedTokens?: number;
+      /** A stream cut after its commit: when its first content went out, ms after the attempt began. */
+      readonly ttftMs?: number;
     };
 
 export interface AttemptInput {
@@ -173,7 +175,7 @@ const ERROR_ANSWER_RATE_LIMITED: Classified = {
  * finished, is no answer (undefined: it fails over as before); an error event in it is the answer's error.
  */
 function answerOfEventStream(text: string, input: AttemptInput): AnswerText | undefined {
-  const start = skipSpace(text, text.charCodeAt(0) === 0xfeff ? 1 : 0);
+  const start = skipSpace(text, 0); // its BOM, if any, is gone (client.ts TextHandler)
   if (start === text.length || !opensEventStream(text.charCodeAt(start))) return undefined;
   const built = new CompletionBuilder();
   let ended = false;
@@ -578,7 +580,7 @@ async function attemptStreamBody(
         DRAIN_AFTER_END_MS,
       );
       if (whole) {
-        json = answerAsChunks(Buffer.concat(whole).toString('utf8'), input, sink);
+        json = answerAsChunks(withoutBom(Buffer.concat(whole).toString('utf8')), input, sink);
         if (json === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
       } else if (!ended && !streamError) {
         parser.end();
@@ -623,7 +625,7 @@ async function attemptStreamBody(
         { committed },
       );
     }
-    if (committed && !result.ok) result = { ...result, relayedTokens: json?.tokens ?? contentChunks };
+    if (committed && !result.ok) result = { ...result, relayedTokens: json?.tokens ?? contentChunks, ttftMs };
     if (committed && !result.ok && !result.clientGone) {
       const message = streamError
         ? `upstream ${upstream.id} failed mid-stream: ${scrubber.scrub(streamError.message)}`

@@ -29,15 +29,17 @@ export function rememberSource(parsed: unknown, text: string): void {
 
 /**
  * The body's source text with its top-level `model` value replaced by `model`; undefined when the body has
- * no source text or the splice could differ from `JSON.stringify` in meaning: `model` absent, repeated,
- * not a plain string, spelt with escapes, or not what the parsed body holds.
+ * no source text or the splice could differ from `JSON.stringify` in meaning: `model` absent, not a plain
+ * string, spelt with escapes, or not what the parsed body holds, or any top-level key repeated (JSON.parse
+ * keeps the last, which is what was validated; an upstream's parser may keep the first: `max_tokens: -5`).
  */
 export function sourceWithModel(body: Record<string, unknown>, model: string): string | undefined {
   const source = (body as WithSource)[SOURCE];
   if (source?.of !== body || typeof body.model !== 'string') return undefined;
   const text = source.text;
   const span = topLevelStringSpan(text, 'model');
-  if (span === undefined) return undefined;
+  // As many keys written as parsed: none repeated.
+  if (span === undefined || span[2] !== keyCount(body)) return undefined;
   const [start, end] = span;
   const current = JSON.stringify(body.model);
   if (end - start !== current.length || !text.startsWith(current, start)) return undefined;
@@ -46,14 +48,15 @@ export function sourceWithModel(body: Record<string, unknown>, model: string): s
 
 /**
  * Where the string value of top-level `key` sits in a valid JSON object text: [start of its opening quote,
- * end after its closing quote). Undefined when the key is absent or appears twice (JSON.parse keeps the
+ * end after its closing quote, how many top-level keys the text writes]. Undefined when the key is absent or appears twice (JSON.parse keeps the
  * last; an upstream's parser may not), when its value is not a string, or when any top-level key is
  * written with escapes (`"mod\u0065l"` is `model` too). Strings are skipped with indexOf, so a body that
  * is mostly message text costs little more than a few searches.
  */
-export function topLevelStringSpan(text: string, key: string): [number, number] | undefined {
+export function topLevelStringSpan(text: string, key: string): [number, number, number] | undefined {
   let depth = 0;
   let expectKey = false;
+  let keys = 0;
   let found: [number, number] | undefined;
   const n = text.length;
   let i = 0;
@@ -64,6 +67,7 @@ export function topLevelStringSpan(text: string, key: string): [number, number] 
       if (end < 0) return undefined;
       if (depth === 1 && expectKey) {
         expectKey = false;
+        keys++;
         const k = text.indexOf('\\', i + 1);
         if (k >= 0 && k < end) return undefined;
         if (end - i - 1 === key.length && text.startsWith(key, i + 1)) {
@@ -88,5 +92,12 @@ export function topLevelStringSpan(text: string, key: string): [number, number] 
     else if (c === 44 /* , */ && depth === 1) expectKey = true;
     i++;
   }
-  return found;
+  return found && [found[0], found[1], keys];
+}
+
+/** How many keys a parsed JSON object has (for-in, unlike Object.keys, builds no array; symbols are skipped). */
+function keyCount(body: Record<string, unknown>): number {
+  let n = 0;
+  for (const _ in body) n++; // a JSON.parse object: own keys only (its prototype has none enumerable)
+  return n;
 }

@@ -12,6 +12,7 @@ import type { Readable, Transform } from 'node:stream';
 import { inTurnOrder } from '../end-of-turn.js';
 import { codedError } from '../resilience/classify.js';
 import type { ProviderConfig } from '../config/schema.js';
+import { withoutBom } from '../json-scan.js';
 import type { Abort } from './abort.js';
 import type { Dispatcher, Pool as UndiciPool } from 'undici';
 
@@ -330,9 +331,11 @@ class TextHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(_c: Dispatcher.DispatchController, status: number, h: IncomingHttpHeaders): void {
+    // An informational head (103 Early Hints, an unasked 100) is not the answer, nor its first byte.
+    if (status < 200) return;
     this.statusCode = status;
     this.headers = h;
-    if (status < 200 || status >= 300) this.limit = this.errorMaxBytes;
+    if (status >= 300) this.limit = this.errorMaxBytes;
     this.watch?.headers();
   }
 
@@ -361,7 +364,7 @@ class TextHandler implements Dispatcher.DispatchHandler {
     const status = this.statusCode;
     let text: string;
     try {
-      text = decodeBuffer(raw, codingOf(this.headers['content-encoding']), this.limit);
+      text = withoutBom(decodeBuffer(raw, codingOf(this.headers['content-encoding']), this.limit));
     } catch (err) {
       // An error body that will not decode (cut short above, or inflating past its bound) loses its message,
       // never its status: a 400 must stay a client error and a 429 keep its Retry-After.

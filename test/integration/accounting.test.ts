@@ -639,10 +639,11 @@ describe('tiered route: the client goes away while the LLM router call runs', ()
     expect(trip.status).toBe(502);
     await post(gw, 'gone', body('auto', 'rt=hang'), { abortAfterMs: 100 });
     const lines = await atRest(gw, 2);
-    // Before the fix the second had no line and no count: its error went to a destroyed response.
+    // Before the fix the second had no line and no count: its error went to a destroyed response. Its client
+    // left while the router was asked: a 499, nothing routed for it (it had been planned, and refused 503).
     expect(lines.map((l) => [l.reqId, l.status])).toEqual([
       ['trip', 502],
-      ['gone', 503],
+      ['gone', 499],
     ]);
     expect(bal.seen).toEqual(['e500']);
   });

@@ -289,8 +289,9 @@ describe('§2 latency: scaled by load (in flight + 1)', () => {
       return (e.json.candidates as Array<{ provider: string; reason: string }>)[0]!;
     };
     expect((await first()).provider).toBe('a');
-    // three streams held open on a (slow chunks after the first byte)
-    a.set({ chunkDelayMs: 150, completionTokens: 6 });
+    // three streams held open on a (slow chunks after the first byte: ~2 s, so a loaded machine still asks
+    // while they run)
+    a.set({ chunkDelayMs: 400, completionTokens: 6 });
     const held = [0, 1, 2].map(() =>
       request(`${gw.url}/v1/chat/completions`, {
         method: 'POST',

@@ -57,6 +57,29 @@ describe('GET /v1/models/{id} (regression: ids /v1/models lists were a 404 to mo
     expect(sim.requests).toHaveLength(0);
   });
 
+  it('leaves out a route whose every upstream is disabled (its provider has no key): it could serve nothing', async () => {
+    const sim = track(await startSimulator({ name: 'alpha' }));
+    const gw = track(
+      await startGateway(
+        {
+          providers: [
+            simProvider('alpha', sim.url, ['m1']),
+            simProvider('keyless', sim.url, ['k1'], { api_key: '${KEYLESS_KEY}' }),
+          ],
+          routes: {
+            fast: { strategy: 'priority', targets: ['alpha/m1', 'keyless/k1'] },
+            dark: { strategy: 'priority', targets: ['keyless/k1'] },
+          },
+        },
+        { env: { KEYLESS_KEY: '' } },
+      ),
+    );
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'client-key', maxRetries: 0 });
+    const ids = (await client.models.list()).data.map((m) => m.id).sort();
+    expect(ids).toEqual(['alpha/m1', 'fast']);
+    await expect(client.models.retrieve('dark')).rejects.toBeInstanceOf(NotFoundError);
+  });
+
   it('answers an unknown id with a 404 model_not_found, OpenAI-shaped, without a passthrough', async () => {
     const { sim, gw, client } = await setup();
     const err: unknown = await client.models.retrieve('gpt-4o').catch((e: unknown) => e);

@@ -35,6 +35,23 @@ describe('sourceWithModel', () => {
     expect(out.match(/alias/g)).toHaveLength(4);
   });
 
+  it('declines when any top-level key repeats: the upstream must get the one value that was validated', () => {
+    // JSON.parse keeps the last `max_tokens` (10, validated); a parser keeping the first would read -5.
+    for (const text of [
+      '{"max_tokens":-5,"model":"a","messages":[],"max_tokens":10}',
+      '{"messages":"no","model":"a","messages":[]}',
+      '{"model":"a","messages":[],"__proto__":1,"__proto__":2}',
+    ]) {
+      expect(sourceWithModel(parsed(text), 'up'), text).toBeUndefined();
+    }
+    // The same keys nested are not top-level repeats.
+    expectSameMeaning(
+      '{"model":"a","messages":[{"role":"user","content":"x"},{"role":"user","content":"y"}]}',
+      'up',
+    );
+    expectSameMeaning('{"model":"a","__proto__":{"x":1},"messages":[]}', 'up');
+  });
+
   it('escapes the new model name as JSON', () => {
     const out = expectSameMeaning('{"model":"a","messages":[]}', 'we"ird\\name\u2028');
     expect((JSON.parse(out) as { model: string }).model).toBe('we"ird\\name\u2028');
