@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import Fastify, {
   LogController,
@@ -23,7 +24,7 @@ import { metricsPlugin } from './http/metrics.js';
 import { modelsPlugin } from './http/models.js';
 import { passthroughPlugin } from './http/passthrough.js';
 import { protectionPlugin } from './http/protection.js';
-import { jsonDepthExceeds } from './http/validate.js';
+import { jsonDepthExceeds, UnusableBody } from './http/validate.js';
 import { rememberSource } from './upstream/body-text.js';
 
 declare module 'fastify' {
@@ -114,6 +115,10 @@ const CLIENT_ERRORS: Record<string, { status: number; reason: string; error: Gat
     error: new GatewayError('invalid_request', 'request headers are too large', { status: 431 }),
   },
 };
+const EXPECTATION_FAILED = new GatewayError('invalid_request', 'only "Expect: 100-continue" is supported', {
+  status: 417,
+  param: 'expect',
+});
 const MALFORMED = {
   status: 400,
   reason: 'Bad Request',
@@ -162,6 +167,8 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       requestTimeout: slowRequestMs,
       headersTimeout: Math.min(slowRequestMs, 60_000),
       connectionsCheckingInterval: CHECK_EVERY_MS,
+      // Node's own refusal of a Host-less HTTP/1.1 request has no body: refused in authHook, OpenAI-shaped.
+      requireHostHeader: false,
     },
     clientErrorHandler: answerClientError,
     connectionTimeout: 0,
@@ -173,6 +180,17 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       const h = req.headers['x-request-id'];
       return typeof h === 'string' && REQUEST_ID.test(h) ? h : randomUUID();
     },
+  });
+  // An Expect Node does not meet (anything but 100-continue): its 417, OpenAI-shaped (Node's has no body).
+  app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const body = JSON.stringify(EXPECTATION_FAILED.toBody());
+    res.writeHead(417, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': randomUUID(),
+      connection: 'close',
+    });
+    res.end(body);
   });
   app.decorate('gateway', gateway);
   app.decorateRequest('reported', false);
@@ -237,17 +255,19 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
         );
       }
       const text = typeof body === 'string' ? body : body.toString('utf8');
-      if (text === '') return done(new GatewayError('invalid_request', 'request body is empty'));
-      if (jsonDepthExceeds(text, MAX_JSON_DEPTH)) {
-        return done(new GatewayError('invalid_request', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`));
-      }
+      // Read whole, so the connection stays usable: the handler answers these (UnusableBody).
+      const unusable = (message: string) =>
+        done(null, new UnusableBody(new GatewayError('invalid_request', message)));
+      if (text === '') return unusable('request body is empty');
+      if (jsonDepthExceeds(text, MAX_JSON_DEPTH))
+        return unusable(`JSON nested deeper than ${MAX_JSON_DEPTH} levels`);
       try {
         // JSON.parse keeps `__proto__` as an own data property: it can never reach a prototype.
         const parsed: unknown = JSON.parse(text);
         rememberSource(parsed, text); // upstreams get this text with the model spliced in
         done(null, parsed);
       } catch {
-        done(new GatewayError('invalid_request', 'request body is not valid JSON'));
+        unusable('request body is not valid JSON');
       }
     });
     api.register(chatPlugin);

@@ -119,11 +119,53 @@ export class Gateway {
     }
     // Pools the new runtime does not reuse close once the old one's requests are done; then the in-flight
     // series of upstreams no config has any more go too (one re-added since keeps its own).
-    void old.retire().then(() => {
-      for (const up of old.upstreams.values())
-        if (!this.current.upstreams.has(up.id))
-          this.metrics.inflight.remove({ provider: up.provider.name, model: up.model.name });
-    });
+    void old.retire().then(() => this.#forgetSeries(old));
+  }
+
+  /**
+   * Every series of the upstreams `old` had and no config has any more (one re-added since keeps its own),
+   * and of providers none of whose upstreams is left: a reload that moves upstreams would otherwise grow
+   * /metrics with each one, scraped forever. Runs once `old`'s requests are done.
+   */
+  #forgetSeries(old: Runtime): void {
+    const live = this.current.upstreams;
+    /** Label pairs of the upstreams gone, keyed `provider\0model` as the series' labels are matched. */
+    const gone = new Map<string, { provider: string; model: string }>();
+    const goneProviders = new Set<string>();
+    for (const up of old.upstreams.values()) {
+      if (live.has(up.id)) continue;
+      up.metrics.seriesGone = true; // its last requests may still report (end of turn): not brought back
+      gone.set(`${up.provider.name}\u0000${up.model.name}`, {
+        provider: up.provider.name,
+        model: up.model.name,
+      });
+      goneProviders.add(up.provider.name);
+    }
+    if (gone.size === 0) return;
+    for (const up of live.values()) goneProviders.delete(up.provider.name);
+    const m = this.metrics;
+    const ofUpstream = (l: Readonly<Record<string, string>>): boolean =>
+      gone.has(`${l.provider}\u0000${l.model}`);
+    for (const metric of [
+      m.requests,
+      m.requestDuration,
+      m.ttft,
+      m.tpot,
+      m.attempts,
+      m.tokens,
+      m.cost,
+      m.inflight,
+    ])
+      metric.removeWhere(ofUpstream);
+    m.decisions.removeWhere((l) => goneProviders.has(l.provider!));
+    m.failovers.removeWhere((l) => goneProviders.has(l.from_provider!));
+    for (const { provider, model } of gone.values()) {
+      for (const to of ['open', 'half_open', 'closed']) m.circuitTransitions.remove({ provider, model, to });
+      for (const policy of ['terminate', 'continue']) m.streamFailures.remove({ provider, model, policy });
+    }
+    // Their cached children are gone from the metrics: looked up anew.
+    this.requestChildren.clear();
+    this.decisionChildren.clear();
   }
 
   /**
@@ -167,6 +209,9 @@ export class Gateway {
           if (!this.current.upstreams.has(id)) return false;
           shared.adoptOpen(id, ms, cause);
           return true;
+        },
+        adoptClose: (id) => {
+          if (this.current.upstreams.has(id)) shared.adoptClose(id);
         },
         localStats: () =>
           [...this.current.upstreams.keys()].map((id) => [id, shared.statsFor(id).local()] as const),
@@ -229,6 +274,11 @@ export const SHUTDOWN_ERROR = Object.freeze({
 export const SHUTDOWN_CUT: Error = Object.assign(new Error('the gateway is shutting down'), {
   code: GATEWAY_SHUTDOWN,
 });
+
+/** The request was cut by shutdown (not left by its client). */
+export function isShutdown(signal: Abort): boolean {
+  return signal.aborted && signal.reason === SHUTDOWN_CUT;
+}
 
 /**
  * `server.*` settings the HTTP layer reads once, at start: the listener, body limits, the passthrough proxy

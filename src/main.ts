@@ -103,7 +103,7 @@ async function serve(args: {
     app.gateway.tryReload(() => loadConfigFile(args.config), why);
   };
   process.on('SIGHUP', () => reload('SIGHUP'));
-  const watcher = watchConfig(args.config, () => reload('file changed'));
+  const watcher = watchConfig(args.config, () => reload('file changed'), { initial: loaded.text });
 
   // Node's closeIdleConnections() passes over a connection that has not sent a whole request head yet (a
   // load balancer's pre-opened socket; fetch leaves one after an abort), and server.close() waits for it:
@@ -125,6 +125,11 @@ async function serve(args: {
     async ({ signal, err }) => {
       if (err) logger.error({ err }, 'fatal error; shutting down');
       logger.info({ signal }, 'draining: refusing new requests, letting streams in flight finish');
+      // A repeated SIGTERM (npm or a shell forwarding it beside the process group's own copy, tini -g) is
+      // not a demand to die: close-with-grace's exit(1) on a second signal would cut the streams the drain
+      // is for, which its delay bounds anyway. A second Ctrl-C (SIGINT) still exits at once.
+      process.removeAllListeners('SIGTERM');
+      process.on('SIGTERM', () => logger.warn('SIGTERM again: already draining'));
       app.gateway.draining = true;
       watcher.close();
       const grace = new Promise<void>((resolve) => setTimeout(resolve, server.shutdown_grace_ms).unref());

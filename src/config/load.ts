@@ -33,6 +33,8 @@ export interface LoadedConfig {
   /** Every configured secret, for scrubbing upstream bodies and logs. Never printed. */
   readonly secrets: readonly string[];
   readonly source: string | undefined;
+  /** The YAML text it was parsed from (the file watch's first "last seen"). */
+  readonly text: string;
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -142,6 +144,7 @@ export function parseConfigText(
     warnings,
     secrets: collectSecrets(config),
     source,
+    text,
   };
 }
 

@@ -60,6 +60,11 @@ abstract class FastMetric<L extends string, C extends { readonly labels: Record<
     this.children.delete(key);
   }
 
+  /** Drops every series whose labels `gone` picks (an upstream a reload removed). */
+  removeWhere(gone: (labels: Readonly<Record<string, string>>) => boolean): void {
+    for (const [key, child] of this.children) if (gone(child.labels)) this.children.delete(key);
+  }
+
   reset(): void {
     this.children.clear();
   }

@@ -173,4 +173,10 @@ export class ChildCache<T> {
     }
     return child;
   }
+
+  /** Forgets every child (their metric dropped some series): each is looked up again at its next use. */
+  clear(): void {
+    this.root.clear();
+    this.size = 0;
+  }
 }

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
-import { startSimulator, type SimOptions } from '../../src/sim/index.js';
+import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { scrape, select, value, type Sample } from '../helpers/prom-text.js';
@@ -211,6 +211,15 @@ describe('requests, attempts, failovers', () => {
     const completion = value(s, TOK, { provider: 'drop', model: 'm', kind: 'completion' }) ?? 0;
     expect(prompt).toBeGreaterThan(0);
     expect(completion).toBeGreaterThan(0);
+    // Its first token did reach the client: observed like a finished stream's (it was not, so a provider
+    // that cuts every stream showed no TTFT at all), and the request line carries it.
+    expect(value(s, 'llm_router_time_to_first_token_seconds_count', { provider: 'drop', model: 'm' })).toBe(
+      1,
+    );
+    expect(value(s, 'llm_router_time_per_output_token_seconds_count', { provider: 'drop', model: 'm' })).toBe(
+      1,
+    );
+    expect(lines(gw)[0]?.ttftMs).toEqual(expect.any(Number));
   });
 
   it('guard: JSON answer: no TPOT (README: streams), TTFT once, durations in seconds', async () => {
@@ -283,7 +292,10 @@ const RR = 'llm_router_llm_router_requests_total';
 const RD = 'llm_router_llm_router_duration_seconds_count';
 
 async function tiered(router: Partial<SimOptions>, routerCfg: Record<string, unknown> = {}) {
-  const rsim = await sim('router', router);
+  return tieredOn(await sim('router', router), routerCfg);
+}
+
+async function tieredOn(rsim: Simulator, routerCfg: Record<string, unknown> = {}) {
   const bal = await sim('bal');
   const deep = await sim('deep');
   return track(
@@ -348,10 +360,30 @@ describe('LLM router metrics', () => {
     expect(sum).toBeLessThan(3);
     expect(value(s, INF, { provider: 'router', model: 'm' })).toBe(0);
   });
+
+  it('a client that leaves while the router is asked: no router outcome (it got no tier), its 499 counted', async () => {
+    const rsim = await sim('router', { hang: true });
+    const gw = await tieredOn(rsim, { timeout_ms: 5000 });
+    const ac = new AbortController();
+    const left = chat(gw, 't', {}, ac.signal).catch(() => undefined);
+    await rsim.waitForRequests(1, 3000);
+    ac.abort();
+    await rsim.waitForAbort(3000);
+    await left;
+    const s = await settle(gw, 1);
+    expect(value(s, REQ, { route: 't', provider: 'none', model: 'none', status: '499' })).toBe(1);
+    // The call was dropped with its only waiter: neither an `error` of the router's (it never failed) nor a
+    // duration of a call that did not finish.
+    expect(select(s, RR)).toHaveLength(0);
+    expect(select(s, RD)).toHaveLength(0);
+    // Nor is an upstream tried (or a decision counted) for a client already gone.
+    expect(lines(gw)[0]).toMatchObject({ status: 499, attempts: 0, tier: 'balanced' });
+    expect(select(s, 'llm_router_routing_decisions_total')).toHaveLength(0);
+  });
 });
 
 describe('reload', () => {
-  it('a removed upstream: its gauges leave /metrics (circuit_state does, inflight_requests stays forever)', async () => {
+  it('a removed upstream: its series leave /metrics (circuit_state at once, the rest once its requests are done)', async () => {
     const a = await sim('a');
     const b = await sim('b');
     const both = {
@@ -370,10 +402,17 @@ describe('reload', () => {
         {},
       ),
     );
+    await until(
+      'the old config retired',
+      async () => select(await scrape(gw.url), INF, { provider: 'b' }).length === 0,
+    );
     const s = await scrape(gw.url);
-    // Guarded part: the breaker gauge goes (gateway.ts reload), and counters may stay (their history).
+    // The breaker gauge goes (gateway.ts reload), and once the old config's requests are done every other
+    // series of b/m (and of provider b, none of whose upstreams is left) goes too: a reload that moves
+    // upstreams grew /metrics with each one forever (audit-leaks). a/m's stay.
     expect(select(s, 'llm_router_circuit_state', { provider: 'b' })).toHaveLength(0);
-    expect(value(s, ATT, { provider: 'b', model: 'm', outcome: 'success' })).toBe(1);
+    expect(s.filter((x) => x.labels.provider === 'b' || x.labels.from_provider === 'b')).toEqual([]);
+    expect(value(s, ATT, { provider: 'a', model: 'm', outcome: 'success' })).toBe(0);
     // SPEC §5 `llm_router_inflight_requests | gauge | provider, model` (README: label values come from the
     // configuration): b is no longer configured and nothing is in flight on it, yet its gauge is scraped
     // as 0 forever, the very case gateway.ts removes circuit_state for.
