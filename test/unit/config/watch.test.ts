@@ -1,3 +1,4 @@
+import { pbkdf2 } from 'node:crypto';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,7 +21,7 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function watching(path: string) {
+function watching(path: string, initial?: string) {
   let calls = 0;
   let wake: (() => void) | undefined;
   const w = watchConfig(
@@ -29,14 +30,14 @@ function watching(path: string) {
       calls++;
       wake?.();
     },
-    DEBOUNCE_MS,
+    { debounceMs: DEBOUNCE_MS, pollMs: 100, ...(initial === undefined ? {} : { initial }) },
   );
   stop = () => w.close();
   return {
     calls: () => calls,
-    /** Resolves once the callback has run `n` times in total (rejects after 3 s). */
+    /** Resolves once the callback has run `n` times in total (rejects after 8 s: the stat poll is slow on a loaded machine). */
     async until(n: number): Promise<void> {
-      const deadline = Date.now() + 3_000;
+      const deadline = Date.now() + 8_000;
       while (calls < n) {
         if (Date.now() > deadline) throw new Error(`${calls} of ${n} reloads`);
         await new Promise<void>((r) => {
@@ -90,6 +91,55 @@ describe('watchConfig', () => {
     symlinkSync('..v2', join(dir, '..data_tmp'));
     renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
     await w.until(1);
+  });
+
+  it('sees what a directory watch cannot: a symlinked file edited where it lives, a directory link swapped', async () => {
+    // The config path is a link to a file in another directory, edited in place there (no event in ours).
+    mkdirSync(join(dir, 'elsewhere'));
+    mkdirSync(join(dir, 'conf'));
+    writeFileSync(join(dir, 'elsewhere', 'real.yaml'), 'a: 1\n');
+    symlinkSync(join(dir, 'elsewhere', 'real.yaml'), join(dir, 'conf', 'gateway.yaml'));
+    const linked = watching(join(dir, 'conf', 'gateway.yaml'));
+    await new Promise((r) => setTimeout(r, 1_100)); // mtime moves at a coarser step on some filesystems
+    writeFileSync(join(dir, 'elsewhere', 'real.yaml'), 'a: 2\n');
+    await linked.until(1);
+    stop?.();
+    // `current -> releases/1` swapped to releases/2 (Capistrano, Helm): the watched directory is the old one.
+    for (const n of [1, 2]) {
+      mkdirSync(join(dir, 'releases', String(n)), { recursive: true });
+      writeFileSync(join(dir, 'releases', String(n), 'gateway.yaml'), `a: ${n}\n`);
+    }
+    symlinkSync(join(dir, 'releases', '1'), join(dir, 'current'));
+    const released = watching(join(dir, 'current', 'gateway.yaml'));
+    symlinkSync(join(dir, 'releases', '2'), join(dir, 'current.tmp'));
+    renameSync(join(dir, 'current.tmp'), join(dir, 'current'));
+    await released.until(1);
+  });
+
+  it('a change right after the watch starts is seen while the thread pool is busy (the poll baseline is taken at once)', async () => {
+    // fs.watchFile took its first stat on the thread pool: a change landing before that stat ran became its
+    // baseline, and a change no directory event reports (a symlinked file edited where it lives) was lost.
+    mkdirSync(join(dir, 'elsewhere'));
+    mkdirSync(join(dir, 'conf'));
+    writeFileSync(join(dir, 'elsewhere', 'real.yaml'), 'a: 1\n');
+    symlinkSync(join(dir, 'elsewhere', 'real.yaml'), join(dir, 'conf', 'gateway.yaml'));
+    const busy = Array.from(
+      { length: 8 },
+      () => new Promise((r) => pbkdf2('x', 'salt', 150_000, 32, 'sha256', r)), // > the pool's 4 threads
+    );
+    const w = watching(join(dir, 'conf', 'gateway.yaml'));
+    writeFileSync(join(dir, 'elsewhere', 'real.yaml'), 'a: 22\n'); // size moves: no mtime granularity needed
+    await Promise.all(busy);
+    await w.until(1);
+  });
+
+  it('a change made between the config read and the watch start is not lost (initial text)', async () => {
+    const path = join(dir, 'gateway.yaml');
+    writeFileSync(path, 'a: 2\n'); // what is on disk now; the config serving was read as `a: 1`
+    const w = watching(path, 'a: 1\n');
+    await w.until(1);
+    await w.settle();
+    expect(w.calls()).toBe(1);
   });
 
   it('stops on close', async () => {
