@@ -115,7 +115,9 @@ ${excerpt || '(empty)'}`;
 }
 
 /** `tier: deep` in prose: the tier word ends its clause ("tier: fast or deep?" is no answer). */
-const TIER_WORD = /\btier\b["']?\s*[:=]\s*["']?(fast|balanced|deep)["']?\s*(?:[,;.}\n]|$)/i;
+const TIER_WORD = /\btier\b["']?\s*[:=]\s*["']?(fast|balanced|deep)\b["']?([^,;.}\n]*)/i;
+/** What, after the tier word and before its clause ends, makes it a hedge ("fast or deep?", "fast/deep"). */
+const HEDGE = /\b(?:fast|balanced|deep|or)\b|[/?]/i;
 const BARE_TIER = /^\W*(fast|balanced|deep)\W*$/i;
 
 /** Reads `{"tier": ..., "reason": ...}` out of a model's answer: bare, fenced, inside chatter, any case. */
@@ -147,8 +149,13 @@ export function parseRouterAnswer(text: string): { tier: TierName; reason: strin
       reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
     return { tier: tier.trim().toLowerCase() as TierName, reason: reason.slice(0, 200) };
   }
-  const m = TIER_WORD.exec(s) ?? BARE_TIER.exec(s);
-  if (m?.[1]) return { tier: m[1].toLowerCase() as TierName, reason: '' };
+  // Prose: "Tier: deep (multi-step proof)" or "tier: deep - it needs ..." is a pick; one that goes on to name
+  // another tier, or asks, is not.
+  const word = TIER_WORD.exec(s);
+  if (word?.[1])
+    return HEDGE.test(word[2] ?? '') ? undefined : { tier: word[1].toLowerCase() as TierName, reason: '' };
+  const bare = BARE_TIER.exec(s);
+  if (bare?.[1]) return { tier: bare[1].toLowerCase() as TierName, reason: '' };
   return undefined;
 }
 

@@ -203,25 +203,22 @@ describe('review: router answers (34c4167)', () => {
     expect(parseRouterAnswer('{"tier": "unknown", "reason": "tier: fast would be wrong"}')).toBeUndefined();
   });
 
-  // KNOWN DEFECT, open (session 15 note): it.fails until fixed; flip to it() with the fix.
-  it.fails(
-    'prose naming one tier followed by its reason ("Tier: deep (…)", "tier: deep - …") is a pick, not unparsable',
-    async () => {
-      // llm-router.ts:118 TIER_WORD now requires [,;.}\n] or the end right after the tier word. Models that
-      // ignore "JSON only" write the reason after the word: "Tier: deep (multi-step proof)", "tier: deep - it
-      // needs ...", "tier: deep because ...". Before 34c4167 these picked deep; now they are unparsable and the
-      // request silently gets default_tier. The hedge the change was for ("fast or deep?") can be refused
-      // by what follows (another tier word, `or`, `/`, `?`) instead of demanding punctuation.
-      const { gw, rt, deep } = await tiered({ reply: 'Tier: deep (multi-step proof needed)' });
-      const a = await askAuto(gw, 'prove that sqrt 2 is irrational');
-      expect(rt.requests).toHaveLength(1);
-      rt.set({ reply: 'tier: deep - it needs careful multi-step analysis' });
-      const b = await askAuto(gw, 'derive the closed form of the recurrence');
-      expect(rt.requests).toHaveLength(2);
-      expect([a.headers['x-router-tier'], b.headers['x-router-tier']]).toEqual(['deep', 'deep']);
-      expect(deep.requests).toHaveLength(2);
-    },
-  );
+  // Was a defect (fixed): the stricter TIER_WORD demanded punctuation right after the tier word.
+  it('prose naming one tier followed by its reason ("Tier: deep (…)", "tier: deep - …") is a pick, not unparsable', async () => {
+    // llm-router.ts:118 TIER_WORD now requires [,;.}\n] or the end right after the tier word. Models that
+    // ignore "JSON only" write the reason after the word: "Tier: deep (multi-step proof)", "tier: deep - it
+    // needs ...", "tier: deep because ...". Before 34c4167 these picked deep; now they are unparsable and the
+    // request silently gets default_tier. The hedge the change was for ("fast or deep?") can be refused
+    // by what follows (another tier word, `or`, `/`, `?`) instead of demanding punctuation.
+    const { gw, rt, deep } = await tiered({ reply: 'Tier: deep (multi-step proof needed)' });
+    const a = await askAuto(gw, 'prove that sqrt 2 is irrational');
+    expect(rt.requests).toHaveLength(1);
+    rt.set({ reply: 'tier: deep - it needs careful multi-step analysis' });
+    const b = await askAuto(gw, 'derive the closed form of the recurrence');
+    expect(rt.requests).toHaveLength(2);
+    expect([a.headers['x-router-tier'], b.headers['x-router-tier']]).toEqual(['deep', 'deep']);
+    expect(deep.requests).toHaveLength(2);
+  });
 });
 
 // -------------------------------------------------------------------------------------------------

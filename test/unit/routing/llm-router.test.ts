@@ -149,6 +149,10 @@ describe('router answer parsing', () => {
     ],
     ['tier: deep', 'deep', ''],
     ['  Fast. ', 'fast', ''],
+    // Prose that gives its reason after the word is a pick.
+    ['Tier: deep (multi-step proof needed)', 'deep', ''],
+    ['tier: deep - it needs careful analysis', 'deep', ''],
+    ['tier = "balanced" because it is ordinary code', 'balanced', ''],
   ])('reads %j', (text, tier, reason) => {
     expect(parseRouterAnswer(text)).toEqual({ tier, reason });
   });
@@ -163,6 +167,11 @@ describe('router answer parsing', () => {
     '{"tier": "unknown", "reason": "tier: fast would be wrong here"}',
     '{"tier": "fast or deep?"}',
     'tier: fast or deep?',
+    'tier: fast/deep',
+    'tier: deep or fast',
+    'tier: balanced (maybe deep)',
+    'Tier: deep?',
+    'tier: deeper',
   ])('rejects %j', (text) => {
     expect(parseRouterAnswer(text)).toBeUndefined();
   });
