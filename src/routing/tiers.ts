@@ -51,7 +51,12 @@ function ruleMatches(
   const re = regexOf(rule);
   if (!re) return true;
   if (lastUser.length <= REGEX_INPUT_CHARS) return re.test(lastUser);
-  return re.test(lastUser.slice(0, REGEX_INPUT_CHARS)) || re.test(lastUser.slice(-REGEX_INPUT_CHARS));
+  // The cuts are not the message's ends: a NUL beyond each keeps `$` from matching at the head's cut and `^`
+  // at the tail's (a `\?$` rule took a question 16 KiB into pasted text for one that ends the message).
+  return (
+    re.test(`${lastUser.slice(0, REGEX_INPUT_CHARS)}\u0000`) ||
+    re.test(`\u0000${lastUser.slice(-REGEX_INPUT_CHARS)}`)
+  );
 }
 
 /** A rule's priority when it gives none: all such rules are equals, so matching ones that disagree tie. */

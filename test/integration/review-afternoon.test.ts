@@ -226,29 +226,26 @@ describe('review: router answers (34c4167)', () => {
 // -------------------------------------------------------------------------------------------------
 
 describe('review: tier rules (30110fe)', () => {
-  // KNOWN DEFECT, open (session 15 note): it.fails until fixed; flip to it() with the fix.
-  it.fails(
-    'a rule anchored at the end (`\\?$`) does not match a long message at the cut of its first 16 KiB',
-    async () => {
-      // tiers.ts:54 tests `lastUser.slice(0, 16384)` with the rule's regex as it is: `$` matches at the end of
-      // the head window, which is not the end of the message. A 20 kB message whose 16,384th character is `?`
-      // (a question in pasted text) is taken for one that ends in a question. Fix: keep anchors honest at the
-      // cuts, e.g. test `head + '\u0000'` (no `$` at the cut) and `'\u0000' + tail` (no `^`), or test only the
-      // tail for a pattern ending in `$`.
-      const { gw } = await tiered({
-        router: false,
-        rules: [{ if: { last_user_message: '\\?$' }, tier: 'fast' }],
-      });
-      const endsWithQuestion = `${'a'.repeat(20_000)} is this right?`;
-      const g = await askAuto(gw, endsWithQuestion);
-      expect(g.status, g.text).toBe(200);
-      expect(g.headers['x-router-tier']).toBe('fast'); // the tail window: right
-      const questionAtTheCut = `${'b'.repeat(16_383)}?${'c'.repeat(4_000)} the end.`;
-      const r = await askAuto(gw, questionAtTheCut);
-      expect(r.status, r.text).toBe(200);
-      expect(r.headers['x-router-tier']).toBe('balanced');
-    },
-  );
+  // Was a defect (fixed: tiers.ts tests head+NUL and NUL+tail).
+  it('a rule anchored at the end (`\\?$`) does not match a long message at the cut of its first 16 KiB', async () => {
+    // tiers.ts:54 tests `lastUser.slice(0, 16384)` with the rule's regex as it is: `$` matches at the end of
+    // the head window, which is not the end of the message. A 20 kB message whose 16,384th character is `?`
+    // (a question in pasted text) is taken for one that ends in a question. Fix: keep anchors honest at the
+    // cuts, e.g. test `head + '\u0000'` (no `$` at the cut) and `'\u0000' + tail` (no `^`), or test only the
+    // tail for a pattern ending in `$`.
+    const { gw } = await tiered({
+      router: false,
+      rules: [{ if: { last_user_message: '\\?$' }, tier: 'fast' }],
+    });
+    const endsWithQuestion = `${'a'.repeat(20_000)} is this right?`;
+    const g = await askAuto(gw, endsWithQuestion);
+    expect(g.status, g.text).toBe(200);
+    expect(g.headers['x-router-tier']).toBe('fast'); // the tail window: right
+    const questionAtTheCut = `${'b'.repeat(16_383)}?${'c'.repeat(4_000)} the end.`;
+    const r = await askAuto(gw, questionAtTheCut);
+    expect(r.status, r.text).toBe(200);
+    expect(r.headers['x-router-tier']).toBe('balanced');
+  });
 
   // KNOWN DEFECT, open (session 15 note): it.fails until fixed; flip to it() with the fix.
   it.fails(

@@ -44,6 +44,19 @@ describe('tier rules', () => {
     expect(matchTier(route(rules), f({ promptTokens: 1_000 }), middle, undefined, {}).tier).toBeUndefined();
   });
 
+  it('anchors keep their meaning at the cuts: `$` is the message end, `^` its start, not a window edge', () => {
+    const anchored: RuleConfig[] = [
+      { name: 'asks', if: { last_user_message: '\\?$' }, tier: 'fast' },
+      { name: 'greets', if: { last_user_message: '^hi' }, tier: 'fast' },
+    ];
+    const at = (text: string) => matchTier(route(anchored), f(), text, undefined, {}).reason;
+    expect(at(`${'a'.repeat(20_000)} is this right?`)).toBe('rule asks');
+    expect(at(`hi ${'a'.repeat(20_000)}`)).toBe('rule greets');
+    // `?` as the head window's last character; `hi` as the tail window's first.
+    expect(at(`${'b'.repeat(16_383)}?${'c'.repeat(4_000)} the end.`)).toBe('no rule matched');
+    expect(at(`${'b'.repeat(4_000)}hi${'c'.repeat(16_382)}`)).toBe('no rule matched');
+  });
+
   it('a header rule reads own headers only: `constructor` or `__proto__` are names, not lookups (SPEC §8)', () => {
     const byHeader: RuleConfig[] = [
       { if: { header: 'constructor' }, tier: 'deep' },
