@@ -6,6 +6,8 @@ import { APPROXIMATE, estimatePromptTokens, isImagePart } from './tokens.js';
 export interface RequestFeatures {
   readonly stream: boolean;
   readonly tools: boolean;
+  /** The field a refusal for tools names: `functions` when the request's tools are legacy functions only. */
+  readonly toolsParam: 'tools' | 'functions';
   readonly json: boolean;
   readonly images: boolean;
   /** `n`: choices asked for (Anthropic serves one only). */
@@ -44,13 +46,14 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
   const format = (body.response_format as { type?: unknown } | undefined)?.type;
   const scan = scanMessages(body.messages);
   const promptTokens = estimatePromptTokens(body, APPROXIMATE);
+  const hasTools = Array.isArray(body.tools) && body.tools.length > 0;
+  const hasFunctions = Array.isArray(body.functions) && body.functions.length > 0;
   return {
     stream: body.stream === true,
     // Legacy `functions` are tools too: for the rules (`tools: false` must not send them to a small tier)
     // and for the capability filter.
-    tools:
-      (Array.isArray(body.tools) && body.tools.length > 0) ||
-      (Array.isArray(body.functions) && body.functions.length > 0),
+    tools: hasTools || hasFunctions,
+    toolsParam: hasFunctions && !hasTools ? 'functions' : 'tools',
     json: format === 'json_object' || format === 'json_schema',
     images: scan.images,
     choices: typeof body.n === 'number' && body.n > 1 ? body.n : 1,
@@ -77,6 +80,7 @@ export function textFeatures(
   return {
     stream: false,
     tools: false,
+    toolsParam: 'tools',
     json: false,
     images: false,
     choices: 1,

@@ -92,6 +92,7 @@ export function planRequest(
       provider: opts.provider,
       failed: opts.exclude,
       notForAnthropic: features.notForAnthropic,
+      toolsParam: features.toolsParam,
     });
     return { ranked: [], strategy: opts.strategy, refusal };
   }
@@ -190,8 +191,12 @@ function capable(
 }
 
 /** The request field a missing capability is about (the first that applies). */
-function missingParam(missing: ReadonlySet<string>, notForAnthropic: NotForAnthropic | undefined): string {
-  if (missing.has('tools')) return 'tools';
+function missingParam(
+  missing: ReadonlySet<string>,
+  notForAnthropic: NotForAnthropic | undefined,
+  toolsParam: string,
+): string {
+  if (missing.has('tools')) return toolsParam;
   if (missing.has('n > 1')) return 'n';
   if (missing.has('json')) return 'response_format';
   if (missing.has('vision')) return 'messages';
@@ -213,6 +218,7 @@ function noCandidate(
     provider: string | undefined;
     failed: readonly AttemptRecord[] | undefined;
     notForAnthropic: NotForAnthropic | undefined;
+    toolsParam: string;
   },
 ): GatewayError {
   const name = `\`${route.name}\``;
@@ -246,7 +252,7 @@ function noCandidate(
       return new GatewayError(
         'invalid_request',
         `no upstream of route ${name} supports ${[...d.missing].join(', ')}`,
-        { param: missingParam(d.missing, d.notForAnthropic) },
+        { param: missingParam(d.missing, d.notForAnthropic, d.toolsParam) },
       );
     case 'provider':
       return new GatewayError(

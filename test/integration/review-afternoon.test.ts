@@ -247,31 +247,28 @@ describe('review: tier rules (30110fe)', () => {
     expect(r.headers['x-router-tier']).toBe('balanced');
   });
 
-  // KNOWN DEFECT, open (session 15 note): it.fails until fixed; flip to it() with the fix.
-  it.fails(
-    'a legacy `functions` request no upstream can take for tools is refused naming `functions`, not a field it does not have',
-    async () => {
-      // features.ts:50 makes `functions` a tool need; plan.ts missingParam returns 'tools' first, so the 400's
-      // `param` names `tools`, which this request does not carry (before 30110fe such a request said
-      // `functions`, via notForAnthropic, or was served). Fix: missingParam should answer `functions` when the
-      // request's tools are its legacy `functions` (e.g. carry which field made `tools` true in the features).
-      const p = await sim('p');
-      const gw = track(
-        await startGateway({
-          providers: [simProvider('p', p.url, [{ name: 'm', capabilities: NO_TOOLS_CAPS }])],
-          routes: { r: { strategy: 'priority', targets: ['p/m'] } },
-        }),
-      );
-      const r = await post(gw, {
-        model: 'r',
-        messages: [{ role: 'user', content: 'call f' }],
-        functions: [{ name: 'f', parameters: { type: 'object', properties: {} } }],
-      });
-      expect(r.status, r.text).toBe(400);
-      expect(p.requests).toHaveLength(0);
-      expect((r.json.error as Json).param).toBe('functions');
-    },
-  );
+  // Was a defect (fixed: features carry toolsParam).
+  it('a legacy `functions` request no upstream can take for tools is refused naming `functions`, not a field it does not have', async () => {
+    // features.ts:50 makes `functions` a tool need; plan.ts missingParam returns 'tools' first, so the 400's
+    // `param` names `tools`, which this request does not carry (before 30110fe such a request said
+    // `functions`, via notForAnthropic, or was served). Fix: missingParam should answer `functions` when the
+    // request's tools are its legacy `functions` (e.g. carry which field made `tools` true in the features).
+    const p = await sim('p');
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('p', p.url, [{ name: 'm', capabilities: NO_TOOLS_CAPS }])],
+        routes: { r: { strategy: 'priority', targets: ['p/m'] } },
+      }),
+    );
+    const r = await post(gw, {
+      model: 'r',
+      messages: [{ role: 'user', content: 'call f' }],
+      functions: [{ name: 'f', parameters: { type: 'object', properties: {} } }],
+    });
+    expect(r.status, r.text).toBe(400);
+    expect(p.requests).toHaveLength(0);
+    expect((r.json.error as Json).param).toBe('functions');
+  });
 
   it('guard: a header rule named like an Object.prototype member matches only when that header is sent', async () => {
     const { gw } = await tiered({

@@ -183,6 +183,7 @@ describe('a request that exactly fills the context window fits (SPEC §2 filter)
     const features = (out: number) => ({
       stream: false,
       tools: false,
+      toolsParam: 'tools' as const,
       json: false,
       images: false,
       choices: 1,

@@ -34,4 +34,15 @@ describe('chatFeatures tools', () => {
     expect(chatFeatures({ model: 'm', messages: msgs, tools: [] }).tools).toBe(false);
     expect(chatFeatures({ model: 'm', messages: msgs, functions: [] }).tools).toBe(false);
   });
+
+  it('a refusal for tools names the field they came in: `functions` only when no `tools` list is given', () => {
+    const fn = { name: 'f', parameters: { type: 'object' } };
+    const tool = { type: 'function', function: fn };
+    expect(chatFeatures({ model: 'm', messages: msgs, functions: [fn] }).toolsParam).toBe('functions');
+    expect(chatFeatures({ model: 'm', messages: msgs, tools: [tool] }).toolsParam).toBe('tools');
+    expect(chatFeatures({ model: 'm', messages: msgs, tools: [tool], functions: [fn] }).toolsParam).toBe(
+      'tools',
+    );
+    expect(chatFeatures({ model: 'm', messages: msgs }).toolsParam).toBe('tools');
+  });
 });

@@ -13,6 +13,7 @@ import type { RouteRuntime } from '../../../src/runtime.js';
 const f = (over: Partial<RequestFeatures> = {}): RequestFeatures => ({
   stream: false,
   tools: false,
+  toolsParam: 'tools',
   json: false,
   images: false,
   choices: 1,

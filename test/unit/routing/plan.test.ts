@@ -8,6 +8,7 @@ import { Writable } from 'node:stream';
 const FEATURES = {
   stream: false,
   tools: false,
+  toolsParam: 'tools' as const,
   json: false,
   images: false,
   choices: 1,
