@@ -50,6 +50,8 @@ export interface RouterDecision {
    * upstreams again (SPEC §2, request-scoped exclusion). Empty when none failed.
    */
   readonly failed: readonly AttemptRecord[];
+  /** Set when the client left while waiting: the request gets no tier, so there is nothing to count. */
+  readonly uncounted?: true;
 }
 
 const NO_FAILURES: readonly AttemptRecord[] = Object.freeze([]);
@@ -270,7 +272,6 @@ export async function askRouter(
   const hit = cache.get(key, started);
   // A tier a reload has since emptied (its provider disabled) is no answer now: ask again.
   if (hit && (route.tiers?.[hit.tier]?.length ?? 0) > 0) {
-    gw.metrics.routerRequests.inc({ tier: hit.tier, outcome: 'cached' });
     return { tier: hit.tier, reason: hit.reason, outcome: 'cached', failed: NO_FAILURES };
   }
   let underWay = calls.get(cache);
@@ -303,13 +304,14 @@ export async function askRouter(
     const d = await waited.decision;
     // A request whose client left got no tier: nothing to count (a call dropped with its last waiter is
     // neither the router's error nor a duration).
-    if (clientSignal.aborted && !isShutdown(clientSignal)) return d;
+    if (clientSignal.aborted && !isShutdown(clientSignal)) return { ...d, uncounted: true };
     // The call is counted once, with its duration; the others that waited for it got its answer as a
     // cached one when it chose.
     const first = !waited.counted;
     waited.counted = true;
     const outcome = !first && d.outcome === 'chosen' ? 'cached' : d.outcome;
-    gw.metrics.routerRequests.inc({ tier: d.tier, outcome });
+    // llm_router_requests_total is counted by the caller, with the tier the request gets in the end
+    // (default_tier when the pick cannot take it: chat-decision.ts).
     if (first) gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - waited.started) / 1000);
     return outcome === d.outcome ? d : { ...d, outcome };
   } finally {

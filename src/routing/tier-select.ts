@@ -7,7 +7,7 @@ import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import type { RoutingHeaders } from './decide.js';
 import { lastUserText, type RequestFeatures } from './features.js';
-import { askRouter } from './llm-router.js';
+import { askRouter, type RouterOutcome } from './llm-router.js';
 import { matchTier } from './tiers.js';
 
 export interface TierSelection {
@@ -20,6 +20,8 @@ export interface TierSelection {
   readonly routerMs: number;
   /** The LLM router picked the tier: if none of its upstreams can take the request, `default_tier` serves. */
   readonly byRouter?: boolean;
+  /** How the LLM router came to its pick, when there is a call to count (not for a client that left). */
+  readonly routerOutcome?: RouterOutcome;
 }
 
 const FLAT = new WeakMap<RouteRuntime, TierSelection>();
@@ -55,6 +57,7 @@ export async function chooseTier(
   let excluded: readonly AttemptRecord[] | undefined;
   let routerMs = 0;
   let byRouter = false;
+  let routerOutcome: RouterOutcome | undefined;
   if (tier === undefined && route.router && signal) {
     byRouter = true;
     const asked = gw.now();
@@ -63,6 +66,7 @@ export async function chooseTier(
     tier = d.tier;
     reason = `${match.reason}; ${d.reason}`;
     if (d.failed.length > 0) excluded = d.failed;
+    if (d.uncounted !== true) routerOutcome = d.outcome;
   } else if (tier === undefined && route.router) {
     tier = route.defaultTier;
     reason = `${match.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`;
@@ -71,7 +75,7 @@ export async function chooseTier(
     reason = `${match.reason}; default_tier`;
   }
   const targets = (tier && route.tiers?.[tier]) || [];
-  return { targets, tier, reason, excluded, routerMs, byRouter };
+  return { targets, tier, reason, excluded, routerMs, byRouter, routerOutcome };
 }
 
 /** `default_tier` in place of a selection the LLM router made whose tier cannot take the request. */

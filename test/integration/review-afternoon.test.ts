@@ -153,27 +153,24 @@ describe('review: default_tier in place of a router pick that cannot take the re
     expect(bal.requests).toHaveLength(0);
   });
 
-  // KNOWN DEFECT, open (session 15 note): it.fails until fixed; flip to it() with the fix.
-  it.fails(
-    'llm_router_llm_router_requests_total{tier} is the tier the request got (README), not a pick that gave way to default_tier',
-    async () => {
-      // README Metrics: `tier (the tier the request got: the router's pick, or default_tier on
-      // timeout/error/unparsable)`. askRouter counts {tier: d.tier, outcome: chosen} before finish() (chat-decision.ts)
-      // replaces the pick by default_tier: the request was served by `balanced` and counted under `deep`, a
-      // tier that served nothing.
-      const { gw, bal } = await tiered({ deepCaps: NO_TOOLS_CAPS });
-      const r = await askAuto(gw, 'a hard question with tools', {}, { tools: TOOLS });
-      expect(r.status, r.text).toBe(200);
-      expect(r.headers['x-router-tier']).toBe('balanced');
-      expect(bal.requests).toHaveLength(1);
-      await sleep(50);
-      const samples = await scrape(gw.url);
-      const counted = select(samples, 'llm_router_llm_router_requests_total')
-        .filter((s) => s.value > 0)
-        .map((s) => s.labels.tier);
-      expect(counted).toEqual(['balanced']);
-    },
-  );
+  // Was a defect (fixed: counted in chat-decision finish(), after the fallback).
+  it('llm_router_llm_router_requests_total{tier} is the tier the request got (README), not a pick that gave way to default_tier', async () => {
+    // README Metrics: `tier (the tier the request got: the router's pick, or default_tier on
+    // timeout/error/unparsable)`. askRouter counts {tier: d.tier, outcome: chosen} before finish() (chat-decision.ts)
+    // replaces the pick by default_tier: the request was served by `balanced` and counted under `deep`, a
+    // tier that served nothing.
+    const { gw, bal } = await tiered({ deepCaps: NO_TOOLS_CAPS });
+    const r = await askAuto(gw, 'a hard question with tools', {}, { tools: TOOLS });
+    expect(r.status, r.text).toBe(200);
+    expect(r.headers['x-router-tier']).toBe('balanced');
+    expect(bal.requests).toHaveLength(1);
+    await sleep(50);
+    const samples = await scrape(gw.url);
+    const counted = select(samples, 'llm_router_llm_router_requests_total')
+      .filter((s) => s.value > 0)
+      .map((s) => s.labels.tier);
+    expect(counted).toEqual(['balanced']);
+  });
 });
 
 // -------------------------------------------------------------------------------------------------
