@@ -220,6 +220,13 @@ export class SharedState {
    */
   #renewWhileProbing(id: string, breaker: CircuitBreaker, leaseMs: number): void {
     this.#stopRenewing(breaker);
+    // Renewed as each trial begins too: the ticks run from the win, so a trial begun after one was renewed
+    // only at the next — the instant the lease lapsed and the other replicas asked again.
+    breaker.onProbe = () => {
+      const redis = this.redis;
+      if (this.breakers.peek(id) === breaker && redis?.connected)
+        redis.takeProbeLease(id, leaseMs).catch(() => {});
+    };
     const timer = setInterval(
       () => {
         const redis = this.redis;
@@ -236,6 +243,7 @@ export class SharedState {
   }
 
   #stopRenewing(breaker: CircuitBreaker): void {
+    breaker.onProbe = undefined;
     const timer = this.#renewals.get(breaker);
     if (timer === undefined) return;
     clearInterval(timer);

@@ -67,6 +67,11 @@ export class CircuitBreaker {
   #opens = 0;
   // Scale-out: an open lasts this much past #openUntil while the fleet decides which replica probes.
   #holdMs = 0;
+  /**
+   * Called when a half-open trial is admitted (scale-out: the replica holding the fleet's probe lease renews
+   * it then, so a trial that begins late in the lease does not outlive it). Never called while closed.
+   */
+  onProbe: (() => void) | undefined;
 
   constructor(cfg: BreakerConfig, now: () => number, onTransition?: (t: BreakerTransition) => void) {
     this.#cfg = cfg;
@@ -144,6 +149,7 @@ export class CircuitBreaker {
     }
     if (this.#probes >= this.#cfg.half_open_probes) return undefined;
     this.#probes++;
+    this.onProbe?.();
     return 'probe';
   }
 

@@ -286,53 +286,49 @@ const nextPrefix = prefixes(`review-afternoon-${process.pid}-`);
 describeWithRedis('review: the probe lease while a trial runs (83bc3f8)', (redis) => {
   const state = (gw: TestGateway) => gw.gateway.shared.breakers.get('bad/m').state;
 
-  // KNOWN DEFECT, open (session 15 note): it.fails until fixed; flip to it() with the fix.
-  it.fails(
-    'a trial that begins after the lease’s first renewal tick is renewed before the lease runs out, not at the instant it lapses',
-    async () => {
-      // runtime.ts #renewWhileProbing (≈ line 221): an interval of leaseMs/2 from the win, renewing only when
-      // a probe is out at a tick. A trial that starts after the tick at leaseMs/2 gets its first renewal at
-      // the tick at leaseMs — the very moment the lease (PX leaseMs from the win) lapses, and the moment the
-      // replicas that lost re-ask (#wakeAfter(id, breaker, leaseMs)): whichever of the two Redis sees first
-      // wins, so a second replica may probe alongside. The lease runs down to ~0 while the trial runs.
-      // Fix: renew (takeProbeLease) when a half-open trial is admitted (a breaker hook), then every leaseMs/2
-      // while one is out; or renew at each tick while half-open and let it lapse only after a tick with no
-      // trial since the last.
-      const prefix = nextPrefix();
-      const L = 2_000;
-      const { bad, providers, routes } = await badThenGood(track);
-      const gw = await startReplica(
-        track,
-        redisConfig(
-          providers,
-          routes,
-          { failure_threshold: 1, open_ms: L, success_threshold: 1 },
-          redisState(redis.url, prefix),
-        ),
-        { connectedWithinMs: 5_000 },
-      );
-      const raw = track(redisClient(redis.url));
-      expect((await chat(gw)).provider).toBe('good'); // bad/m opens for L
-      bad.set({ status: 200, latencyMs: 2_500 });
-      await until('the lease won: half-open', () => state(gw) === 'half_open', L + 5_000);
-      await sleep(Math.round(0.65 * L)); // past the first tick (L/2): no probe was out, nothing renewed
-      const before = bad.requests.length;
-      const trial = chat(gw);
-      await until('the trial reaches bad/m', () => bad.requests.length > before, 3_000);
-      let min = Number.POSITIVE_INFINITY;
-      let done = false;
-      void trial.finally(() => (done = true));
-      while (!done) {
-        const left = await raw.pttl(`${prefix}probe:bad/m`);
-        // Only while the trial is still at the upstream (its end gives the lease back, rightly).
-        if (bad.inFlight() > 0 && state(gw) === 'half_open') min = Math.min(min, left < 0 ? -1 : left);
-        await sleep(20);
-      }
-      expect((await trial).provider).toBe('bad');
-      expect(min).toBeGreaterThanOrEqual(L / 4);
-    },
-    20_000,
-  );
+  // Was a defect (fixed: the breaker's onProbe renews the lease as a trial is admitted).
+  it('a trial that begins after the lease’s first renewal tick is renewed before the lease runs out, not at the instant it lapses', async () => {
+    // runtime.ts #renewWhileProbing (≈ line 221): an interval of leaseMs/2 from the win, renewing only when
+    // a probe is out at a tick. A trial that starts after the tick at leaseMs/2 gets its first renewal at
+    // the tick at leaseMs — the very moment the lease (PX leaseMs from the win) lapses, and the moment the
+    // replicas that lost re-ask (#wakeAfter(id, breaker, leaseMs)): whichever of the two Redis sees first
+    // wins, so a second replica may probe alongside. The lease runs down to ~0 while the trial runs.
+    // Fix: renew (takeProbeLease) when a half-open trial is admitted (a breaker hook), then every leaseMs/2
+    // while one is out; or renew at each tick while half-open and let it lapse only after a tick with no
+    // trial since the last.
+    const prefix = nextPrefix();
+    const L = 2_000;
+    const { bad, providers, routes } = await badThenGood(track);
+    const gw = await startReplica(
+      track,
+      redisConfig(
+        providers,
+        routes,
+        { failure_threshold: 1, open_ms: L, success_threshold: 1 },
+        redisState(redis.url, prefix),
+      ),
+      { connectedWithinMs: 5_000 },
+    );
+    const raw = track(redisClient(redis.url));
+    expect((await chat(gw)).provider).toBe('good'); // bad/m opens for L
+    bad.set({ status: 200, latencyMs: 2_500 });
+    await until('the lease won: half-open', () => state(gw) === 'half_open', L + 5_000);
+    await sleep(Math.round(0.65 * L)); // past the first tick (L/2): no probe was out, nothing renewed
+    const before = bad.requests.length;
+    const trial = chat(gw);
+    await until('the trial reaches bad/m', () => bad.requests.length > before, 3_000);
+    let min = Number.POSITIVE_INFINITY;
+    let done = false;
+    void trial.finally(() => (done = true));
+    while (!done) {
+      const left = await raw.pttl(`${prefix}probe:bad/m`);
+      // Only while the trial is still at the upstream (its end gives the lease back, rightly).
+      if (bad.inFlight() > 0 && state(gw) === 'half_open') min = Math.min(min, left < 0 ? -1 : left);
+      await sleep(20);
+    }
+    expect((await trial).provider).toBe('bad');
+    expect(min).toBeGreaterThanOrEqual(L / 4);
+  }, 20_000);
 });
 
 // -------------------------------------------------------------------------------------------------

@@ -641,3 +641,22 @@ describe('CircuitBreaker: held for the fleet (scale-out probe lease)', () => {
     expect(setup().breaker.adoptClose()).toBe(false); // closed already
   });
 });
+
+describe('CircuitBreaker: onProbe', () => {
+  it('is told of each half-open trial admitted, never of a normal permit or a refused one', () => {
+    const { clock, breaker } = setup({ half_open_probes: 1 });
+    let told = 0;
+    breaker.onProbe = () => told++;
+    breaker.onSuccess(breaker.acquire()!); // closed: normal
+    trip(breaker);
+    expect(breaker.acquire()).toBeUndefined(); // open
+    clock.t += CFG.open_ms;
+    const probe = breaker.acquire();
+    expect(probe).toBe('probe');
+    expect(breaker.acquire()).toBeUndefined(); // the one probe slot is taken
+    expect(told).toBe(1);
+    breaker.onSuccess(probe!);
+    expect(breaker.acquire()).toBe('probe');
+    expect(told).toBe(2);
+  });
+});
