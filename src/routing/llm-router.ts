@@ -116,10 +116,15 @@ ${excerpt || '(empty)'}`;
   ];
 }
 
-/** `tier: deep` in prose: the tier word ends its clause ("tier: fast or deep?" is no answer). */
-const TIER_WORD = /\btier\b["']?\s*[:=]\s*["']?(fast|balanced|deep)\b["']?([^,;.}\n]*)/i;
-/** What, after the tier word and before its clause ends, makes it a hedge ("fast or deep?", "fast/deep"). */
-const HEDGE = /\b(?:fast|balanced|deep|or)\b|[/?]/i;
+/** `tier: deep` in prose, and the rest of its line (bounded): what may make it a hedge. */
+const TIER_WORD = /\btier\b["']?\s*[:=]\s*["']?(fast|balanced|deep)\b["']?([^}\n]{0,200})/i;
+/**
+ * A hedge: the tier word followed at once by an alternative or a question ("fast or deep?", "fast, or deep",
+ * "fast/deep", "deep?"), or another tier offered as one later in the line ("balanced (maybe deep)"). A reason
+ * that merely says "or" or "/" ("deep (a proof or a derivation)", "(math/logic)") is no hedge.
+ */
+const HEDGE =
+  /^[\s,;:-]*(?:\?|\/|or\b)|\b(?:or|maybe|perhaps|possibly)\s+(?:(?:maybe|perhaps)\s+)?(?:fast|balanced|deep)\b|\/\s*(?:fast|balanced|deep)\b|\b(?:fast|balanced|deep)\s*\?/i;
 const BARE_TIER = /^\W*(fast|balanced|deep)\W*$/i;
 
 /** Reads `{"tier": ..., "reason": ...}` out of a model's answer: bare, fenced, inside chatter, any case. */

@@ -167,6 +167,9 @@ describe('router answer parsing', () => {
     ['Tier: deep (multi-step proof needed)', 'deep', ''],
     ['tier: deep - it needs careful analysis', 'deep', ''],
     ['tier = "balanced" because it is ordinary code', 'balanced', ''],
+    ['Tier: deep (a proof or a derivation)', 'deep', ''],
+    ['Tier: deep (math/logic)', 'deep', ''],
+    ['tier: deep. Not a fast question.', 'deep', ''],
   ])('reads %j', (text, tier, reason) => {
     expect(parseRouterAnswer(text)).toEqual({ tier, reason });
   });
@@ -183,6 +186,8 @@ describe('router answer parsing', () => {
     'tier: fast or deep?',
     'tier: fast/deep',
     'tier: deep or fast',
+    'tier: fast, or deep',
+    'Tier: fast; or maybe deep?',
     'tier: balanced (maybe deep)',
     'Tier: deep?',
     'tier: deeper',
