@@ -21,6 +21,28 @@ function regexOf(rule: RuleConfig): RegExp | undefined {
   return re;
 }
 
+/** The rule's regex with the `g` flag, to walk its matches (cached like `compiled`). */
+const compiledGlobal = new WeakMap<RuleConfig, RegExp>();
+function globalOf(rule: RuleConfig, re: RegExp): RegExp {
+  let g = compiledGlobal.get(rule);
+  if (!g) {
+    g = new RegExp(re.source, `${re.flags}g`);
+    compiledGlobal.set(rule, g);
+  }
+  return g;
+}
+
+/** Whether `re` (global) matches `text` other than against the cut at its `end` or `start`. */
+function matchClearOfCut(re: RegExp, text: string, cut: 'start' | 'end'): boolean {
+  re.lastIndex = 0;
+  for (let m = re.exec(text); m !== null; m = re.exec(text)) {
+    if (cut === 'end' ? m.index + m[0].length < text.length : m.index > 0) return true;
+    if (m[0].length === 0) re.lastIndex++; // an empty match: step on
+    if (re.lastIndex > text.length) break;
+  }
+  return false;
+}
+
 /**
  * Only this much of each end of the last user message is tested: a regex never scans an unbounded input, and
  * the ask is found where people put it, before or after what they paste.
@@ -51,11 +73,14 @@ function ruleMatches(
   const re = regexOf(rule);
   if (!re) return true;
   if (lastUser.length <= REGEX_INPUT_CHARS) return re.test(lastUser);
-  // The cuts are not the message's ends: a NUL beyond each keeps `$` from matching at the head's cut and `^`
-  // at the tail's (a `\?$` rule took a question 16 KiB into pasted text for one that ends the message).
+  // The cuts are not the message's ends: a match that reaches the head window's cut (where `$` would match)
+  // or starts at the tail window's (where `^` would) is no match. A sentinel character past the cut was not
+  // enough: `\W`, `.` and `[^…]` match it. (Cost: an unanchored match that ends exactly at the head's cut and
+  // is not in the tail is missed; the middle of the message is never scanned anyway.)
+  const all = globalOf(rule, re);
   return (
-    re.test(`${lastUser.slice(0, REGEX_INPUT_CHARS)}\u0000`) ||
-    re.test(`\u0000${lastUser.slice(-REGEX_INPUT_CHARS)}`)
+    matchClearOfCut(all, lastUser.slice(0, REGEX_INPUT_CHARS), 'end') ||
+    matchClearOfCut(all, lastUser.slice(-REGEX_INPUT_CHARS), 'start')
   );
 }
 

@@ -56,6 +56,16 @@ describe('tier rules', () => {
     // `?` as the head window's last character; `hi` as the tail window's first.
     expect(at(`${'b'.repeat(16_383)}?${'c'.repeat(4_000)} the end.`)).toBe('no rule matched');
     expect(at(`${'b'.repeat(4_000)}hi${'c'.repeat(16_382)}`)).toBe('no rule matched');
+    // Classes that would match a sentinel character past the cut (`\W`, `.`) keep the anchors honest too.
+    const loose: RuleConfig[] = [
+      { name: 'asks', if: { last_user_message: '\\?\\W*$' }, tier: 'fast' },
+      { name: 'sums', if: { last_user_message: '^\\W*summari[sz]e' }, tier: 'fast' },
+    ];
+    const loosely = (text: string) => matchTier(route(loose), f(), text, undefined, {}).reason;
+    expect(loosely(`${'b'.repeat(16_383)}?${'c'.repeat(4_000)} the end.`)).toBe('no rule matched');
+    expect(loosely(`${'b'.repeat(4_000)}summarise${'c'.repeat(16_375)}`)).toBe('no rule matched');
+    expect(loosely(`${'a'.repeat(20_000)} right? `)).toBe('rule asks');
+    expect(loosely(`Summarise: ${'a'.repeat(20_000)}`)).toBe('rule sums');
   });
 
   it('a header rule reads own headers only: `constructor` or `__proto__` are names, not lookups (SPEC §8)', () => {
