@@ -191,6 +191,7 @@ export class SharedState {
       return;
     }
     const leaseMs = breaker.baseOpenMs;
+    const askedAt = this.now();
     redis.takeProbeLease(id, leaseMs).then(
       (won) => {
         // Still this open, still held (not closed, re-opened or dropped by a reload meanwhile)? If not, a
@@ -201,7 +202,7 @@ export class SharedState {
         }
         if (won) {
           probeHere();
-          this.#renewWhileProbing(id, breaker, leaseMs);
+          this.#renewWhileProbing(id, breaker, leaseMs, askedAt);
           return;
         }
         breaker.hold(leaseMs + PROBE_LEASE_WAIT_MS);
@@ -218,15 +219,33 @@ export class SharedState {
    * trials in a row): renewed while a probe is out, so another replica does not probe alongside. A holder
    * with no probe out lets it lapse: one that gets no traffic for the upstream must not keep the fleet open.
    */
-  #renewWhileProbing(id: string, breaker: CircuitBreaker, leaseMs: number): void {
+  #renewWhileProbing(id: string, breaker: CircuitBreaker, leaseMs: number, askedAt: number): void {
     this.#stopRenewing(breaker);
+    // Until when the lease is ours, on our clock: counted from when we asked, so never past Redis's PX.
+    let leaseUntil = askedAt + leaseMs;
+    // A request wanted to probe here while the lease was not ours: ask for it again at the next tick.
+    let wanted = false;
+    const renew = (): void => {
+      const redis = this.redis;
+      if (this.breakers.peek(id) !== breaker || !redis?.connected) return;
+      const sent = this.now();
+      redis.takeProbeLease(id, leaseMs).then(
+        (ours) => {
+          if (this.#renewals.get(breaker) === timer) leaseUntil = ours ? sent + leaseMs : 0;
+        },
+        () => undefined,
+      );
+    };
+    // Trials begin only under the lease: one that lapsed while this replica was idle, and that another then
+    // took, must not let a trial start here alongside its holder's.
+    breaker.probeGate = () => {
+      if (this.now() < leaseUntil) return true;
+      wanted = true;
+      return false;
+    };
     // Renewed as each trial begins too: the ticks run from the win, so a trial begun after one was renewed
     // only at the next — the instant the lease lapsed and the other replicas asked again.
-    breaker.onProbe = () => {
-      const redis = this.redis;
-      if (this.breakers.peek(id) === breaker && redis?.connected)
-        redis.takeProbeLease(id, leaseMs).catch(() => {});
-    };
+    breaker.onProbe = renew;
     const timer = setInterval(
       () => {
         const redis = this.redis;
@@ -234,7 +253,11 @@ export class SharedState {
           this.#stopRenewing(breaker);
           return;
         }
-        if (breaker.snapshot().probesInFlight > 0) redis.takeProbeLease(id, leaseMs).catch(() => {});
+        if (breaker.snapshot().probesInFlight > 0) renew();
+        else if (wanted && this.now() >= leaseUntil) {
+          wanted = false;
+          renew();
+        }
       },
       Math.min(Math.max(100, Math.floor(leaseMs / 2)), MAX_TIMER_MS),
     );
@@ -244,6 +267,7 @@ export class SharedState {
 
   #stopRenewing(breaker: CircuitBreaker): void {
     breaker.onProbe = undefined;
+    breaker.probeGate = undefined;
     const timer = this.#renewals.get(breaker);
     if (timer === undefined) return;
     clearInterval(timer);

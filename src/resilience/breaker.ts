@@ -72,6 +72,11 @@ export class CircuitBreaker {
    * it then, so a trial that begins late in the lease does not outlive it). Never called while closed.
    */
   onProbe: (() => void) | undefined;
+  /**
+   * Scale-out: whether this replica may begin a half-open trial now (it holds the fleet's probe lease). Unset:
+   * it may. Asked only while half-open.
+   */
+  probeGate: (() => boolean) | undefined;
 
   constructor(cfg: BreakerConfig, now: () => number, onTransition?: (t: BreakerTransition) => void) {
     this.#cfg = cfg;
@@ -88,7 +93,7 @@ export class CircuitBreaker {
   canAttempt(): boolean {
     if (this.#state === 'closed') return true;
     if (this.#state === 'open' && this.#isOpen()) return false;
-    return this.#probes < this.#cfg.half_open_probes;
+    return this.#probes < this.#cfg.half_open_probes && (this.probeGate === undefined || this.probeGate());
   }
 
   /**
@@ -148,6 +153,7 @@ export class CircuitBreaker {
       this.#toHalfOpen();
     }
     if (this.#probes >= this.#cfg.half_open_probes) return undefined;
+    if (this.probeGate !== undefined && !this.probeGate()) return undefined;
     this.#probes++;
     this.onProbe?.();
     return 'probe';

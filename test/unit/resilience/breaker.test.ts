@@ -660,3 +660,25 @@ describe('CircuitBreaker: onProbe', () => {
     expect(told).toBe(2);
   });
 });
+
+describe('CircuitBreaker: probeGate', () => {
+  it('a closed gate refuses half-open trials (canAttempt agrees) and is never asked while closed', () => {
+    const { clock, breaker } = setup({ half_open_probes: 1 });
+    let open = false;
+    let asked = 0;
+    breaker.probeGate = () => {
+      asked++;
+      return open;
+    };
+    breaker.onSuccess(breaker.acquire()!);
+    expect(asked).toBe(0);
+    trip(breaker);
+    clock.t += CFG.open_ms;
+    expect(breaker.canAttempt()).toBe(false);
+    expect(breaker.acquire()).toBeUndefined();
+    expect(breaker.state).toBe('half_open');
+    open = true;
+    expect(breaker.canAttempt()).toBe(true);
+    expect(breaker.acquire()).toBe('probe');
+  });
+});
