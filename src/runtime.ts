@@ -186,11 +186,20 @@ export class SharedState {
       breaker.release();
       breaker.wake();
     };
-    if (!redis?.connected) {
+    const leaseMs = breaker.baseOpenMs;
+    if (!redis) {
       probeHere();
       return;
     }
-    const leaseMs = breaker.baseOpenMs;
+    // Redis away: this replica probes on its own meanwhile, and asks for the lease once Redis is back.
+    const probeUnleased = (): void => {
+      probeHere();
+      this.#renewWhileProbing(id, breaker, leaseMs, Number.NEGATIVE_INFINITY);
+    };
+    if (!redis.connected) {
+      probeUnleased();
+      return;
+    }
     const askedAt = this.now();
     redis.takeProbeLease(id, leaseMs).then(
       (won) => {
@@ -209,7 +218,7 @@ export class SharedState {
         this.#wakeAfter(id, breaker, leaseMs);
       },
       () => {
-        if (this.breakers.peek(id) === breaker && breaker.held) probeHere();
+        if (this.breakers.peek(id) === breaker && breaker.held) probeUnleased();
       },
     );
   }
@@ -225,6 +234,7 @@ export class SharedState {
     let leaseUntil = askedAt + leaseMs;
     // A request wanted to probe here while the lease was not ours: ask for it again at the next tick.
     let wanted = false;
+    let away = false;
     const renew = (): void => {
       const redis = this.redis;
       if (this.breakers.peek(id) !== breaker || !redis?.connected) return;
@@ -239,7 +249,7 @@ export class SharedState {
     // Trials begin only under the lease: one that lapsed while this replica was idle, and that another then
     // took, must not let a trial start here alongside its holder's.
     breaker.probeGate = () => {
-      if (this.now() < leaseUntil) return true;
+      if (this.now() < leaseUntil || !this.redis?.connected) return true; // no Redis: each replica probes
       wanted = true;
       return false;
     };
@@ -249,11 +259,21 @@ export class SharedState {
     const timer = setInterval(
       () => {
         const redis = this.redis;
-        if (this.breakers.peek(id) !== breaker || breaker.state !== 'half_open' || !redis?.connected) {
+        if (this.breakers.peek(id) !== breaker || breaker.state !== 'half_open' || redis === undefined) {
           this.#stopRenewing(breaker);
           return;
         }
-        if (breaker.snapshot().probesInFlight > 0) renew();
+        if (!redis.connected) {
+          // A restarted Redis has lost the lease: ours no longer, whatever our clock says.
+          leaseUntil = Number.NEGATIVE_INFINITY;
+          away = true;
+          return;
+        }
+        if (away) {
+          // Back: ask for the lease again (ours, or the gate stays shut while another replica holds it).
+          away = false;
+          renew();
+        } else if (breaker.snapshot().probesInFlight > 0) renew();
         else if (wanted && this.now() >= leaseUntil) {
           wanted = false;
           renew();

@@ -1,0 +1,335 @@
+/**
+ * Audit of the fleet's probe lease (state.backend redis): src/state/redis.ts takeProbeLease / endProbeLease /
+ * publishClosed, src/runtime.ts #askProbeLease / #renewWhileProbing / #stopRenewing, src/resilience/breaker.ts
+ * probeGate / onProbe. Two or three real replicas share one redis-server. Tests that fail on the current code
+ * are titled by the defect; "guard:" tests pin behaviour that is right. Everything on 127.0.0.1, every wait
+ * bounded; no timing-precision assertions (the bounds are several open_ms wide).
+ */
+import { expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
+import type { SimOptions, Simulator } from '../../src/sim/index.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import type { TestGateway } from '../helpers/gateway.js';
+import {
+  badThenGood,
+  chat,
+  describeWithRedis,
+  prefixes,
+  redisClient,
+  redisConfig,
+  redisState,
+  startReplica,
+  type ConfigPart,
+} from '../helpers/redis.js';
+import { until } from '../helpers/wait.js';
+
+const track = closeAfterEach();
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const nextPrefix = prefixes('audit-fleet-lease-');
+const ID = 'bad/m';
+
+interface Fleet {
+  bad: Simulator;
+  replicas: TestGateway[];
+  cfg: ConfigPart;
+  prefix: string;
+}
+
+const breakerOf = (gw: TestGateway) => gw.gateway.shared.breakers.get(ID);
+const stateOf = (gw: TestGateway) => breakerOf(gw).snapshot().state;
+const probesOf = (gw: TestGateway) => breakerOf(gw).snapshot().probesInFlight;
+
+/** `n` replicas on one Redis prefix, route r = bad/m then good/m; bad answers as `badOpts` say (500 first). */
+async function fleet(
+  url: string,
+  n: number,
+  breaker: ConfigPart,
+  badOpts: Partial<SimOptions> = {},
+): Promise<Fleet> {
+  const prefix = nextPrefix();
+  const { bad, providers, routes } = await badThenGood(track, badOpts);
+  const cfg = redisConfig(providers, routes, breaker, redisState(url, prefix));
+  const replicas: TestGateway[] = [];
+  for (let i = 0; i < n; i++) replicas.push(await startReplica(track, cfg, { connectedWithinMs: 5_000 }));
+  return { bad, replicas, cfg, prefix };
+}
+
+/** Opens bad/m fleet-wide (one replica's failure, adopted by the others). */
+async function tripFleet(f: Fleet): Promise<void> {
+  expect((await chat(f.replicas[0]!)).provider).toBe('good');
+  await until('every replica holds bad/m open', () => f.replicas.every((g) => stateOf(g) === 'open'), 3_000);
+}
+
+/** Steady traffic on each of `gws` (one request at a time each, every ~`everyMs`) until `stop()`. */
+function traffic(gws: TestGateway[], everyMs = 30): { stop: () => Promise<void>; statuses: number[] } {
+  let running = true;
+  const statuses: number[] = [];
+  const loops = gws.map(async (gw) => {
+    while (running) {
+      try {
+        statuses.push((await chat(gw)).status);
+      } catch {
+        /* a replica the test closed */
+      }
+      await sleep(everyMs);
+    }
+  });
+  return {
+    statuses,
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+/** Samples, every few ms, how many trials of bad/m run at once across `gws` (their probes in flight). */
+function trialWatch(gws: () => TestGateway[]): { max: () => number; stop: () => void } {
+  let max = 0;
+  const timer = setInterval(() => {
+    let sum = 0;
+    for (const g of gws()) sum += probesOf(g);
+    max = Math.max(max, sum);
+  }, 3);
+  return { max: () => max, stop: () => clearInterval(timer) };
+}
+
+const allClosed = (gws: TestGateway[]) => gws.every((g) => stateOf(g) === 'closed');
+
+describeWithRedis('audit: the fleet probe lease', (redis) => {
+  it('guard: three replicas with steady traffic recover a healed upstream within a few open_ms, one trial at a time', async () => {
+    const L = 800;
+    const f = await fleet(redis.url, 3, {
+      failure_threshold: 1,
+      open_ms: L,
+      success_threshold: 2,
+    });
+    await tripFleet(f);
+    f.bad.set({ status: 200, latencyMs: 150 });
+    const watch = trialWatch(() => f.replicas);
+    const load = traffic(f.replicas);
+    try {
+      await until('every replica closed bad/m', () => allClosed(f.replicas), 6 * L + 3_000);
+    } finally {
+      await load.stop();
+      watch.stop();
+    }
+    expect(watch.max()).toBeLessThanOrEqual(1);
+  }, 15_000);
+
+  it('guard: long trials (longer than the lease) under steady traffic on three replicas never overlap', async () => {
+    const L = 600;
+    const f = await fleet(redis.url, 3, {
+      failure_threshold: 1,
+      open_ms: L,
+      success_threshold: 3,
+    });
+    await tripFleet(f);
+    // Each trial outlives the lease: only renewal keeps the others from probing alongside.
+    f.bad.set({ status: 200, latencyMs: 900 });
+    const watch = trialWatch(() => f.replicas);
+    const load = traffic(f.replicas);
+    try {
+      await until('every replica closed bad/m', () => allClosed(f.replicas), 12_000);
+    } finally {
+      await load.stop();
+      watch.stop();
+    }
+    expect(watch.max()).toBeLessThanOrEqual(1);
+  }, 20_000);
+
+  it('guard: the lease holder closed mid-trial: another replica probes and the fleet recovers', async () => {
+    const L = 700;
+    const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 1 }, {});
+    await tripFleet(f);
+    f.bad.set({ status: 200, latencyMs: 3_000 });
+    const load = traffic(f.replicas);
+    try {
+      let holder: TestGateway | undefined;
+      await until(
+        'a replica has a trial out',
+        () => (holder = f.replicas.find((g) => probesOf(g) > 0)) !== undefined,
+        L + 4_000,
+      );
+      await holder!.close();
+      const rest = f.replicas.filter((g) => g !== holder);
+      f.bad.set({ latencyMs: 0 });
+      await until('the remaining replicas closed bad/m', () => allClosed(rest), 4 * L + 4_000);
+    } finally {
+      await load.stop();
+    }
+  }, 15_000);
+
+  it('guard: the lease holder closed while idle (no trial out): a replica with traffic probes and recovers', async () => {
+    const L = 700;
+    const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
+    const raw = track(redisClient(redis.url));
+    await tripFleet(f);
+    f.bad.set({ status: 200 });
+    // No traffic: the first replica to ask wins the lease and goes half-open, the others stay held.
+    let holder: TestGateway | undefined;
+    await until(
+      'one replica won the lease',
+      () => (holder = f.replicas.find((g) => stateOf(g) === 'half_open')) !== undefined,
+      L + 4_000,
+    );
+    expect(await raw.get(`${f.prefix}probe:${ID}`)).not.toBeNull();
+    await holder!.close();
+    const rest = f.replicas.filter((g) => g !== holder);
+    const load = traffic(rest);
+    try {
+      await until('the remaining replicas closed bad/m', () => allClosed(rest), 4 * L + 3_000);
+    } finally {
+      await load.stop();
+    }
+  }, 15_000);
+
+  it('guard: traffic only on a replica that lost the lease: it probes once the idle holder lets it lapse', async () => {
+    const L = 700;
+    const f = await fleet(redis.url, 2, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
+    await tripFleet(f);
+    f.bad.set({ status: 200 });
+    let holder: TestGateway | undefined;
+    await until(
+      'one replica won the lease',
+      () => (holder = f.replicas.find((g) => stateOf(g) === 'half_open')) !== undefined,
+      L + 4_000,
+    );
+    const other = f.replicas.find((g) => g !== holder)!;
+    expect(stateOf(other)).toBe('open');
+    const load = traffic([other]);
+    try {
+      await until('both replicas closed bad/m', () => allClosed(f.replicas), 4 * L + 3_000);
+    } finally {
+      await load.stop();
+    }
+    // The non-holder's probe closed it; the holder adopted the close.
+    expect(f.bad.requests.length).toBeGreaterThan(0);
+  }, 15_000);
+
+  it('guard: FLUSHDB while a replica holds the lease mid-trial: the fleet still recovers', async () => {
+    const L = 700;
+    const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 2 });
+    const raw = track(redisClient(redis.url));
+    await tripFleet(f);
+    f.bad.set({ status: 200, latencyMs: 400 });
+    const load = traffic(f.replicas);
+    try {
+      await until('a trial is out', () => f.replicas.some((g) => probesOf(g) > 0), L + 4_000);
+      await raw.flushdb();
+      await until('every replica closed bad/m', () => allClosed(f.replicas), 6 * L + 4_000);
+    } finally {
+      await load.stop();
+    }
+  }, 15_000);
+
+  it('was a defect (fixed): after a Redis restart while a replica holds the lease, once Redis is back one replica trials at a time', async () => {
+    // Was (fixed in runtime.ts: the tick keeps running while Redis is away, re-asks once it is back): a tick that finds Redis disconnected calls
+    // #stopRenewing, which removes probeGate and onProbe for good. The holder stays half-open and from then
+    // on admits trials with no lease at all, also after Redis is back; a replica held open meanwhile asks
+    // the (empty) new Redis for the lease, wins it and probes too (or, woken during the outage, goes
+    // half-open ungated as well). Two trials at once, for as long as the episode lasts. Fix: keep the
+    // interval running while disconnected (trials admitted ungated only while Redis is away) and, once Redis
+    // is back, re-take the lease: on failure shut the gate (or return the breaker to a held open) — e.g.
+    // re-arm #renewWhileProbing for half-open breakers from RedisState's ready hook.
+    const L = 700;
+    const f = await fleet(redis.url, 2, {
+      failure_threshold: 1,
+      open_ms: L,
+      // Trials never close the breaker: the test watches how many run at once.
+      success_threshold: 10_000,
+    });
+    await tripFleet(f);
+    f.bad.set({ status: 200, latencyMs: 300 });
+    let stopped = false;
+    let restarted = false;
+    const load = traffic(f.replicas);
+    try {
+      await until('a trial is out', () => f.replicas.some((g) => probesOf(g) > 0), L + 4_000);
+      stopped = true;
+      await redis.stop();
+      await until(
+        'both replicas see Redis gone',
+        () => f.replicas.every((g) => !g.gateway.shared.redis!.connected),
+        5_000,
+      );
+      // Longer than a renewal tick and a lease: every timer that would act during the outage has fired.
+      await sleep(2 * L);
+      restarted = true;
+      await redis.start();
+      await until(
+        'both replicas reconnected',
+        () => f.replicas.every((g) => g.gateway.shared.redis!.connected),
+        8_000,
+      );
+      // Give the fleet a few leases to settle under Redis again, then watch.
+      await sleep(3 * L);
+      const watch = trialWatch(() => f.replicas);
+      await sleep(4 * L);
+      watch.stop();
+      const seen = f.replicas.map((g) => `${stateOf(g)}, gated: ${breakerOf(g).probeGate !== undefined}`);
+      expect(watch.max(), `trials at once (replicas: ${seen.join(' / ')})`).toBeLessThanOrEqual(1);
+    } finally {
+      await load.stop();
+      if (stopped && !restarted) await redis.start();
+    }
+  }, 20_000);
+
+  it('guard: a reload on the lease holder during half-open (open_ms changed) keeps one trial at a time and the fleet recovers', async () => {
+    const L = 700;
+    const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 3 });
+    await tripFleet(f);
+    f.bad.set({ status: 200, latencyMs: 300 });
+    const watch = trialWatch(() => f.replicas);
+    const load = traffic(f.replicas);
+    try {
+      let holder: TestGateway | undefined;
+      await until(
+        'a replica has a trial out',
+        () => (holder = f.replicas.find((g) => probesOf(g) > 0)) !== undefined,
+        L + 4_000,
+      );
+      const next = {
+        ...f.cfg,
+        circuit_breaker: { failure_threshold: 1, open_ms: 2 * L, success_threshold: 3 },
+      };
+      holder!.gateway.reload(parseConfigText(JSON.stringify(next), {}));
+      // And a reload on a replica held open, too.
+      const other = f.replicas.find((g) => g !== holder)!;
+      other.gateway.reload(parseConfigText(JSON.stringify(next), {}));
+      await until('every replica closed bad/m', () => allClosed(f.replicas), 10_000);
+    } finally {
+      await load.stop();
+      watch.stop();
+    }
+    expect(watch.max()).toBeLessThanOrEqual(1);
+  }, 20_000);
+
+  it('guard: a reload that drops bad/m on the holder and restores it does not keep the fleet from recovering', async () => {
+    const L = 700;
+    const f = await fleet(redis.url, 2, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
+    await tripFleet(f);
+    f.bad.set({ status: 200, latencyMs: 0 });
+    let holder: TestGateway | undefined;
+    await until(
+      'one replica won the lease',
+      () => (holder = f.replicas.find((g) => stateOf(g) === 'half_open')) !== undefined,
+      L + 4_000,
+    );
+    const providers = (f.cfg.providers as ConfigPart[]).filter((p) => p.name !== 'bad');
+    const without = {
+      ...f.cfg,
+      providers,
+      routes: { r: { strategy: 'priority', targets: ['good/m'] } },
+    };
+    holder!.gateway.reload(parseConfigText(JSON.stringify(without), {}));
+    holder!.gateway.reload(parseConfigText(JSON.stringify(f.cfg), {}));
+    const other = f.replicas.find((g) => g !== holder)!;
+    const load = traffic([other]);
+    try {
+      await until('the other replica closed bad/m', () => stateOf(other) === 'closed', 4 * L + 3_000);
+    } finally {
+      await load.stop();
+    }
+  }, 15_000);
+});
