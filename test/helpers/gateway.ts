@@ -121,16 +121,16 @@ export interface Posted {
   readonly ms: number;
 }
 
-/** POSTs `body` (JSON, or text as it is) to the gateway's chat path (or `path`) with undici, key `k`. */
+/** POSTs `body` (JSON, or text as it is) to the gateway's chat path (or `path`) with undici, key `k` (and `headers`). */
 export async function postChat(
   gw: Pick<TestGateway, 'url'>,
   body: Record<string, unknown> | string,
-  opts: { path?: string; signal?: AbortSignal } = {},
+  opts: { path?: string; signal?: AbortSignal; headers?: Record<string, string> } = {},
 ): Promise<Posted> {
   const t0 = performance.now();
   const res = await request(`${gw.url}${opts.path ?? '/v1/chat/completions'}`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
+    headers: { 'content-type': 'application/json', authorization: 'Bearer k', ...opts.headers },
     body: typeof body === 'string' ? body : JSON.stringify(body),
     signal: opts.signal,
   });

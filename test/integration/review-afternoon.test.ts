@@ -14,7 +14,7 @@ import { parseRouterAnswer } from '../../src/routing/llm-router.js';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { cliWorkDir, startCli, type CliProcess } from '../helpers/cli-harness.js';
-import { simConfigYaml, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postChat, simConfigYaml, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { scrape, select } from '../helpers/prom-text.js';
 import {
   badThenGood,
@@ -44,27 +44,13 @@ async function sim(name: string, o: Partial<SimOptions> = {}): Promise<Simulator
   return track(await startSimulator({ name, ...o }));
 }
 
-async function post(
+function post(
   gw: TestGateway,
   body: Json,
   headers: Record<string, string> = {},
   path = '/v1/chat/completions',
 ): Promise<Res> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: Json = {};
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    /* SSE */
-  }
-  const h: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) h[k] = Array.isArray(v) ? v.join(',') : String(v);
-  return { status: res.statusCode, headers: h, text, json };
+  return postChat(gw, body, { headers, path });
 }
 
 const TOOLS = [
