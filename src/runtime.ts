@@ -126,6 +126,8 @@ export class SharedState {
   readonly #wakers = new Map<CircuitBreaker, NodeJS.Timeout>();
   /** Breakers probing here under the fleet's lease: renewed while a probe is out. */
   readonly #renewals = new Map<CircuitBreaker, NodeJS.Timeout>();
+  /** The upstream each of those breakers holds the lease of: given back when it is dropped or we close. */
+  readonly #leased = new Map<CircuitBreaker, string>();
 
   constructor(
     loaded: LoadedConfig,
@@ -283,11 +285,13 @@ export class SharedState {
     );
     timer.unref();
     this.#renewals.set(breaker, timer);
+    this.#leased.set(breaker, id);
   }
 
   #stopRenewing(breaker: CircuitBreaker): void {
     breaker.onProbe = undefined;
     breaker.probeGate = undefined;
+    this.#leased.delete(breaker);
     const timer = this.#renewals.get(breaker);
     if (timer === undefined) return;
     clearInterval(timer);
@@ -317,7 +321,12 @@ export class SharedState {
       clearTimeout(timer);
       this.#wakers.delete(breaker);
     }
-    for (const breaker of this.#renewals.keys()) if (!kept.has(breaker)) this.#stopRenewing(breaker);
+    for (const [breaker, id] of this.#leased) {
+      if (kept.has(breaker)) continue;
+      // Its upstream is gone here: the replicas that still have it need not wait out the lease.
+      this.redis?.endProbeLease(id);
+      this.#stopRenewing(breaker);
+    }
   }
 
   /** Stops the breakers' wake-ups (the gateway is closing). */
@@ -326,6 +335,9 @@ export class SharedState {
     this.#wakers.clear();
     for (const timer of this.#renewals.values()) clearInterval(timer);
     this.#renewals.clear();
+    // A replica going away gives its leases back: the fleet probes at once, not after open_ms.
+    for (const id of this.#leased.values()) this.redis?.endProbeLease(id);
+    this.#leased.clear();
   }
 
   /** Opens `upstreamId`'s breaker as another replica did, without publishing it again. */

@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
 import { watchConfig } from '../../src/config/watch.js';
 import { parseRouterAnswer } from '../../src/routing/llm-router.js';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
@@ -371,4 +372,37 @@ describeWithRedis('review: the probe lease as a trial is admitted (b3ade7e)', (r
     );
     expect(await raw.get(key)).not.toBe('another-replica');
   }, 20_000);
+  it('the lease holder gives its lease back when a reload drops the upstream, and when it closes', async () => {
+    // Before: the lease stayed in Redis until it lapsed (open_ms), keeping the replicas that still have the
+    // upstream held open that long for a replica that could no longer probe it.
+    const L = 3_000;
+    const setup = async (prefix: string) => {
+      const { bad, providers, routes } = await badThenGood(track);
+      const cfg = redisConfig(
+        providers,
+        routes,
+        { failure_threshold: 1, open_ms: L, success_threshold: 1 },
+        redisState(redis.url, prefix),
+      );
+      const gw = await startReplica(track, cfg, { connectedWithinMs: 5_000 });
+      expect((await chat(gw)).provider).toBe('good'); // bad/m opens for L
+      bad.set({ status: 200 });
+      await until('the lease won: half-open', () => state(gw) === 'half_open', L + 5_000);
+      return { gw, cfg, key: `${prefix}probe:bad/m` };
+    };
+    const raw = track(redisClient(redis.url));
+    const dropped = await setup(nextPrefix());
+    expect(await raw.get(dropped.key)).not.toBeNull();
+    const without = {
+      ...dropped.cfg,
+      providers: (dropped.cfg.providers as { name: string }[]).filter((p) => p.name !== 'bad'),
+      routes: { r: { strategy: 'priority', targets: ['good/m'] } },
+    };
+    dropped.gw.gateway.reload(parseConfigText(JSON.stringify(without), {}));
+    await until('given back on the reload', async () => (await raw.exists(dropped.key)) === 0, 1_000);
+    const closing = await setup(nextPrefix());
+    expect(await raw.get(closing.key)).not.toBeNull();
+    await closing.gw.close();
+    await until('given back on close', async () => (await raw.exists(closing.key)) === 0, 1_000);
+  }, 30_000);
 });
