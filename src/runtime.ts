@@ -124,10 +124,11 @@ export class SharedState {
   #adopting = false;
   /** Pending wake-ups of open breakers, one each. */
   readonly #wakers = new Map<CircuitBreaker, NodeJS.Timeout>();
-  /** Breakers probing here under the fleet's lease: renewed while a probe is out. */
-  readonly #renewals = new Map<CircuitBreaker, NodeJS.Timeout>();
-  /** The upstream each of those breakers holds the lease of: given back when it is dropped or we close. */
-  readonly #leased = new Map<CircuitBreaker, string>();
+  /**
+   * Breakers half-open here under the fleet's probe lease: their upstream's id (the lease given back when the
+   * breaker is dropped or we close) and the tick that renews it while a probe is out.
+   */
+  readonly #leases = new Map<CircuitBreaker, { readonly id: string; readonly timer: NodeJS.Timeout }>();
 
   constructor(
     loaded: LoadedConfig,
@@ -228,7 +229,9 @@ export class SharedState {
   /**
    * The lease is this replica's for `leaseMs`; a trial may take longer (an LLM answer, success_threshold
    * trials in a row): renewed while a probe is out, so another replica does not probe alongside. A holder
-   * with no probe out lets it lapse: one that gets no traffic for the upstream must not keep the fleet open.
+   * with no probe out lets it lapse: one that gets no traffic for the upstream must not keep the fleet open;
+   * it then begins no trial (the breaker's probeGate) until it holds the lease again. `askedAt` -Infinity:
+   * half-open without the lease (Redis was away), asked for once Redis answers.
    */
   #renewWhileProbing(id: string, breaker: CircuitBreaker, leaseMs: number, askedAt: number): void {
     this.#stopRenewing(breaker);
@@ -243,7 +246,7 @@ export class SharedState {
       const sent = this.now();
       redis.takeProbeLease(id, leaseMs).then(
         (ours) => {
-          if (this.#renewals.get(breaker) === timer) leaseUntil = ours ? sent + leaseMs : 0;
+          if (this.#leases.get(breaker)?.timer === timer) leaseUntil = ours ? sent + leaseMs : 0;
         },
         () => undefined,
       );
@@ -284,18 +287,16 @@ export class SharedState {
       Math.min(Math.max(100, Math.floor(leaseMs / 2)), MAX_TIMER_MS),
     );
     timer.unref();
-    this.#renewals.set(breaker, timer);
-    this.#leased.set(breaker, id);
+    this.#leases.set(breaker, { id, timer });
   }
 
   #stopRenewing(breaker: CircuitBreaker): void {
     breaker.onProbe = undefined;
     breaker.probeGate = undefined;
-    this.#leased.delete(breaker);
-    const timer = this.#renewals.get(breaker);
-    if (timer === undefined) return;
-    clearInterval(timer);
-    this.#renewals.delete(breaker);
+    const lease = this.#leases.get(breaker);
+    if (lease === undefined) return;
+    clearInterval(lease.timer);
+    this.#leases.delete(breaker);
   }
 
   /** Another replica's probe closed `upstreamId`'s breaker: closed here too if its open has ended. */
@@ -321,7 +322,7 @@ export class SharedState {
       clearTimeout(timer);
       this.#wakers.delete(breaker);
     }
-    for (const [breaker, id] of this.#leased) {
+    for (const [breaker, { id }] of this.#leases) {
       if (kept.has(breaker)) continue;
       // Its upstream is gone here: the replicas that still have it need not wait out the lease.
       this.redis?.endProbeLease(id);
@@ -333,11 +334,12 @@ export class SharedState {
   close(): void {
     for (const timer of this.#wakers.values()) clearTimeout(timer);
     this.#wakers.clear();
-    for (const timer of this.#renewals.values()) clearInterval(timer);
-    this.#renewals.clear();
-    // A replica going away gives its leases back: the fleet probes at once, not after open_ms.
-    for (const id of this.#leased.values()) this.redis?.endProbeLease(id);
-    this.#leased.clear();
+    for (const { id, timer } of this.#leases.values()) {
+      clearInterval(timer);
+      // A replica going away gives its leases back: the fleet probes at once, not after open_ms.
+      this.redis?.endProbeLease(id);
+    }
+    this.#leases.clear();
   }
 
   /** Opens `upstreamId`'s breaker as another replica did, without publishing it again. */

@@ -57,11 +57,11 @@ function finish(
   // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
   // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to default_tier.
   const fallback = plan.refusal ? defaultTierFor(route, tier, plan.refusal.message) : undefined;
-  const second = fallback && planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
-  const decision: ChatDecision =
-    fallback && second && !second.refusal
-      ? { route, hdrs, features, strategy, tier: fallback, plan: second }
-      : { route, hdrs, features, strategy, tier, plan };
+  let decision: ChatDecision = { route, hdrs, features, strategy, tier, plan };
+  if (fallback) {
+    const second = planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
+    if (!second.refusal) decision = { route, hdrs, features, strategy, tier: fallback, plan: second };
+  }
   // The router's call is counted under the tier the request got (README Metrics), not a pick that gave way.
   const got = decision.tier.tier;
   if (tier.routerOutcome !== undefined && got !== undefined) {

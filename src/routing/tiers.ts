@@ -15,21 +15,10 @@ function regexOf(rule: RuleConfig): RegExp | undefined {
   if (src === undefined) return undefined;
   let re = compiled.get(rule);
   if (!re) {
-    re = new RegExp(src, 'i');
+    re = new RegExp(src, 'gi'); // g: matchClearOfCut walks the matches
     compiled.set(rule, re);
   }
   return re;
-}
-
-/** The rule's regex with the `g` flag, to walk its matches (cached like `compiled`). */
-const compiledGlobal = new WeakMap<RuleConfig, RegExp>();
-function globalOf(rule: RuleConfig, re: RegExp): RegExp {
-  let g = compiledGlobal.get(rule);
-  if (!g) {
-    g = new RegExp(re.source, `${re.flags}g`);
-    compiledGlobal.set(rule, g);
-  }
-  return g;
 }
 
 /** Whether `re` (global) matches `text` other than against the cut at its `end` or `start`. */
@@ -37,8 +26,7 @@ function matchClearOfCut(re: RegExp, text: string, cut: 'start' | 'end'): boolea
   re.lastIndex = 0;
   for (let m = re.exec(text); m !== null; m = re.exec(text)) {
     if (cut === 'end' ? m.index + m[0].length < text.length : m.index > 0) return true;
-    if (m[0].length === 0) re.lastIndex++; // an empty match: step on
-    if (re.lastIndex > text.length) break;
+    if (m[0].length === 0) re.lastIndex++; // an empty match: step on (past the end, exec gives null)
   }
   return false;
 }
@@ -72,15 +60,17 @@ function ruleMatches(
   }
   const re = regexOf(rule);
   if (!re) return true;
-  if (lastUser.length <= REGEX_INPUT_CHARS) return re.test(lastUser);
+  if (lastUser.length <= REGEX_INPUT_CHARS) {
+    re.lastIndex = 0; // global: it walks its matches at the cuts below
+    return re.test(lastUser);
+  }
   // The cuts are not the message's ends: a match that reaches the head window's cut (where `$` would match)
   // or starts at the tail window's (where `^` would) is no match. A sentinel character past the cut was not
   // enough: `\W`, `.` and `[^…]` match it. (Cost: an unanchored match that ends exactly at the head's cut and
   // is not in the tail is missed; the middle of the message is never scanned anyway.)
-  const all = globalOf(rule, re);
   return (
-    matchClearOfCut(all, lastUser.slice(0, REGEX_INPUT_CHARS), 'end') ||
-    matchClearOfCut(all, lastUser.slice(-REGEX_INPUT_CHARS), 'start')
+    matchClearOfCut(re, lastUser.slice(0, REGEX_INPUT_CHARS), 'end') ||
+    matchClearOfCut(re, lastUser.slice(-REGEX_INPUT_CHARS), 'start')
   );
 }
 
