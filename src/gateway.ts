@@ -1,7 +1,8 @@
 import type { LoadedConfig } from './config/load.js';
 import { lineStream, type Logger } from './observability/logger.js';
 import { ChildCache, createMetrics, type Metrics } from './observability/metrics.js';
-import { Runtime, SharedState } from './runtime.js';
+import { Runtime } from './runtime.js';
+import { SharedState } from './state/shared-state.js';
 import type { TripCause } from './resilience/breaker.js';
 import type { RedisStateConfig } from './state/redis.js';
 import type { SseWriter } from './streaming/relay.js';

@@ -8,7 +8,9 @@ import type { RouteTarget, Runtime } from '../runtime.js';
 import { SseWriter } from '../streaming/relay.js';
 import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
-import { attemptJson, attemptStream, type AttemptResult } from '../upstream/attempt.js';
+import type { AttemptResult } from '../upstream/attempt.js';
+import { attemptJson } from '../upstream/attempt-json.js';
+import { attemptStream } from '../upstream/attempt-stream.js';
 import {
   ANSWERED,
   answerJson,

@@ -8,7 +8,7 @@ import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
-import { attemptPlainJson } from '../upstream/attempt.js';
+import { attemptPlainJson } from '../upstream/attempt-json.js';
 import { CLIENT_CLOSED_REQUEST, clientGoneSignal, failoverOptions, ownReply, shutdownError } from './chat.js';
 import { answerJson, type Answered, failRequest, reportRequest, type RequestContext } from './report.js';
 import { validateEmbeddingsBody } from './validate.js';

@@ -2,12 +2,13 @@ import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterfac
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
-import { providerSecrets } from '../config/load.js';
+import { providerSecrets } from '../config/secrets.js';
 import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
 import { Scrubber, StreamMask } from '../observability/scrub.js';
 import type { ProviderRuntime, Runtime } from '../runtime.js';
-import { codingOf, decodeBuffer, decoderOf, Pool, requestOn, type Coding } from '../upstream/client.js';
+import { Pool, requestOn } from '../upstream/client.js';
+import { codingOf, decodeBuffer, decoderOf, type Coding } from '../upstream/content-coding.js';
 import { retrieveModel } from './models.js';
 
 /** Carries a request's abort signal through reply-from, inside its headers object (see `undici` below). */

@@ -1,5 +1,5 @@
 import type { ChatBody } from '../upstream/adapter.js';
-import { CLAUDE_IMAGE_TYPES, claudeReadsFile, parseDataUrl } from '../upstream/adapters/anthropic-request.js';
+import { CLAUDE_IMAGE_TYPES, claudeReadsFile, parseDataUrl } from '../upstream/adapters/anthropic-content.js';
 import { APPROXIMATE, estimatePromptTokens, isImagePart } from './tokens.js';
 
 /** What a request needs from an upstream, computed once per request. */

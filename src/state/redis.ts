@@ -18,6 +18,15 @@ import type { Logger } from '../observability/logger.js';
 import type { TripCause } from '../resilience/breaker.js';
 import type { SharedStats } from '../routing/stats.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
+import { isFiniteNonNegative, mergeStats, parsePublished, type Published } from './published-stats.js';
+import {
+  END_LEASE,
+  SET_IF_LONGER,
+  TAKE_LEASE,
+  TRIP_CAUSES,
+  type ClosedMessage,
+  type OpenMessage,
+} from './fleet-protocol.js';
 
 export interface RedisStateConfig {
   readonly url: string;
@@ -38,24 +47,6 @@ export interface StateHooks {
   openBreakers(): Iterable<readonly [string, number, TripCause]>;
 }
 
-/**
- * Keeps the longer of two opens: the key is written only when it would outlive what is there, so a
- * replica that joins later adopts the longest open still running, not the last one published.
- */
-const SET_IF_LONGER = `local left = redis.call('PTTL', KEYS[1])
-if left < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
-return redis.call('PUBLISH', KEYS[2], ARGV[1])`;
-
-/** Takes (or renews: the holder asking again) the probe lease of an upstream whose open has ended. */
-const TAKE_LEASE = `local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1`;
-
-/** Gives a probe lease back, if it is still this replica's. */
-const END_LEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0`;
-
 export interface RedisStateOptions {
   /** How often measurements are exchanged, ms. */
   readonly syncMs?: number;
@@ -65,32 +56,10 @@ const DEFAULT_PREFIX = 'llm-router:';
 const DEFAULT_SYNC_MS = 1_000;
 /** A replica's measurements older than this are a replica that stopped: ignored, then removed. */
 const STALE_AFTER_MS = 10_000;
-/** Above any real figure (decayed counts at 100k req/s are ~9M): a larger one is not a replica's. */
-const MAX_FIGURE = 1e8;
 /** Commands that get no answer in this long fail: a stalled Redis is treated like an unreachable one. */
 const COMMAND_TIMEOUT_MS = 1_000;
 /** Round-robin INCRs a route may have unanswered; past it, turns stay local until Redis answers. */
 const MAX_PENDING_TURNS = 64;
-const TRIP_CAUSES: ReadonlySet<string> = new Set(['errors', 'timeouts', 'rate_limit']);
-
-interface OpenMessage {
-  readonly id: string;
-  readonly ms: number;
-  readonly cause: TripCause;
-  readonly origin: string;
-}
-
-/** A probe closed a breaker (same channel: replicas of an earlier version ignore it, lacking `ms`). */
-interface ClosedMessage {
-  readonly id: string;
-  readonly closed: true;
-  readonly origin: string;
-}
-
-interface Published extends SharedStats {
-  /** Date.now() when written: how stale it is, on the reader's clock (replicas' clocks roughly agree). */
-  readonly at: number;
-}
 
 /** The URL without credentials or path, for logs. */
 function where(url: string): string {
@@ -100,73 +69,6 @@ function where(url: string): string {
   } catch {
     return 'redis';
   }
-}
-
-function isFiniteNonNegative(x: unknown): x is number {
-  return typeof x === 'number' && Number.isFinite(x) && x >= 0;
-}
-
-/** Every number a replica publishes of an upstream (its timestamp `at` apart). */
-const FIGURES: readonly (keyof SharedStats)[] = [
-  'samples',
-  'ttftMs',
-  'latencyMs',
-  'tpsSamples',
-  'tokensPerSec',
-  'outSamples',
-  'meanOutputTokens',
-  'okWeight',
-  'failWeight',
-  'lastSampleAgeMs',
-];
-
-/** A replica's published measurements, or undefined for anything malformed (Redis is shared: trust nothing). */
-function parsePublished(text: string): Published | undefined {
-  const p = parseJsonObject(text);
-  if (p === undefined) return undefined;
-  const sane =
-    FIGURES.every((k) => isFiniteNonNegative(p[k]) && (p[k] as number) <= MAX_FIGURE) &&
-    isFiniteNonNegative(p.at);
-  return sane ? (p as unknown as Published) : undefined;
-}
-
-/** The other replicas' measurements as one: sums of counts, averages weighted by the samples behind them. */
-export function mergeStats(views: readonly Published[], nowWall: number): SharedStats | undefined {
-  if (views.length === 0) return undefined;
-  let samples = 0;
-  let ttft = 0;
-  let latency = 0;
-  let tpsSamples = 0;
-  let tps = 0;
-  let outSamples = 0;
-  let meanOut = 0;
-  let okWeight = 0;
-  let failWeight = 0;
-  let age = Number.POSITIVE_INFINITY;
-  for (const v of views) {
-    samples += v.samples;
-    ttft += v.ttftMs * v.samples;
-    latency += v.latencyMs * v.samples;
-    tpsSamples += v.tpsSamples;
-    tps += v.tokensPerSec * v.tpsSamples;
-    outSamples += v.outSamples;
-    meanOut += v.meanOutputTokens * v.outSamples;
-    okWeight += v.okWeight;
-    failWeight += v.failWeight;
-    if (v.samples > 0) age = Math.min(age, v.lastSampleAgeMs + Math.max(0, nowWall - v.at));
-  }
-  return {
-    samples,
-    ttftMs: samples > 0 ? ttft / samples : 0,
-    latencyMs: samples > 0 ? latency / samples : 0,
-    tpsSamples,
-    tokensPerSec: tpsSamples > 0 ? tps / tpsSamples : 0,
-    outSamples,
-    meanOutputTokens: outSamples > 0 ? meanOut / outSamples : 0,
-    okWeight,
-    failWeight,
-    lastSampleAgeMs: Number.isFinite(age) ? age : 0,
-  };
 }
 
 export class RedisState {

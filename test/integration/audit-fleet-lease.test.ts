@@ -1,6 +1,6 @@
 /**
  * Audit of the fleet's probe lease (state.backend redis): src/state/redis.ts takeProbeLease / endProbeLease /
- * publishClosed, src/runtime.ts #askProbeLease / #renewWhileProbing / #stopRenewing, src/resilience/breaker.ts
+ * publishClosed, src/state/shared-state.ts #askProbeLease / #renewWhileProbing / #stopRenewing, src/resilience/breaker.ts
  * probeGate / onProbe. Two or three real replicas share one redis-server. Tests that fail on the current code
  * are titled by the defect; "guard:" tests pin behaviour that is right. Everything on 127.0.0.1, every wait
  * bounded; no timing-precision assertions (the bounds are several open_ms wide).
@@ -224,7 +224,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
   }, 15_000);
 
   it('was a defect (fixed): after a Redis restart while a replica holds the lease, once Redis is back one replica trials at a time', async () => {
-    // Was (fixed in runtime.ts: the tick keeps running while Redis is away, re-asks once it is back): a tick that finds Redis disconnected calls
+    // Was (fixed in state/shared-state.ts: the tick keeps running while Redis is away, re-asks once it is back): a tick that finds Redis disconnected calls
     // #stopRenewing, which removes probeGate and onProbe for good. The holder stays half-open and from then
     // on admits trials with no lease at all, also after Redis is back; a replica held open meanwhile asks
     // the (empty) new Redis for the lease, wins it and probes too (or, woken during the outage, goes

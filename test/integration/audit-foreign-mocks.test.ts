@@ -674,11 +674,11 @@ describe('OpenAI-dialect mocks: the client sees through the gateway what it sees
   // relayed; README "no answer in either form ... is failed over as invalid_upstream_json" — a BOM-prefixed
   // object is an answer: fetch's `response.json()`, which the openai SDK and the Vercel SDK use, strips a
   // UTF-8 BOM, so the same mock called directly works): the client gets the answer. Actual: 502
-  // upstream_error "p0/gpt-4o: invalid_upstream_json (HTTP 200)". Cause: src/upstream/client.ts
+  // upstream_error "p0/gpt-4o: invalid_upstream_json (HTTP 200)". Cause: src/upstream/content-coding.ts
   // decodeBuffer() keeps U+FEFF (`raw.toString('utf8')`); relayedAnswer() (src/upstream/adapters/openai.ts)
   // and parseJsonObject() (src/upstream/adapters/common.ts) look for `{` after skipSpace()
   // (src/json-scan.ts), which skips only JSON whitespace, so the body is judged "not a JSON object". The
-  // stream path already strips a BOM (attempt.ts bodyForm, streaming/sse.ts); the JSON path does not.
+  // stream path already strips a BOM (attempt-stream.ts bodyForm, streaming/sse.ts); the JSON path does not.
   it('a 200 JSON answer starting with a UTF-8 byte order mark (a fixture file saved with BOM) reads as it does directly', async () => {
     const mock = await foreign((req, res) => {
       if (!bearerOk(req, res)) return;

@@ -11,7 +11,7 @@ import { Client, request } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { CircuitBreaker } from '../../src/resilience/breaker.js';
-import { RouterCache } from '../../src/routing/llm-router.js';
+import { RouterCache } from '../../src/routing/router-cache.js';
 import { UpstreamStats } from '../../src/routing/stats.js';
 import { Runtime } from '../../src/runtime.js';
 import { SseWriter } from '../../src/streaming/relay.js';
@@ -268,7 +268,7 @@ describe('audit: config reload churn', () => {
   // gateway.ts reload: "A removed upstream's breaker is gone"), so N reloads that each add and remove an
   // upstream keep only the current upstreams' breakers alive, and no wake-up timer keeps running for a breaker
   // that speaks for no upstream.
-  // ACTUAL: SharedState.#wakeAfter (src/runtime.ts:153, `#wakers` at :124) keeps one pending timer per OPEN
+  // ACTUAL: SharedState.#wakeAfter (src/state/shared-state.ts, and its `#wakers`) keeps one pending timer per OPEN
   // breaker in `#wakers` (keyed by the breaker object), and nothing clears it when MemoryBreakerStore.retain()
   // (src/resilience/store.ts:60-65, called from the Runtime constructor, runtime.ts:345) drops that breaker on reload: each removed upstream whose breaker was open
   // leaves a timer (up to max_open_ms, or 24 h for a Retry-After) that pins the dropped CircuitBreaker, its
@@ -301,7 +301,7 @@ describe('audit: config reload churn', () => {
     ]);
     // ...but every removed upstream's open breaker is still alive, pinned by its wake-up timer.
     expect({
-      pendingWakeUpTimers: pendingSrcTimers(/src\/runtime\.ts/).length,
+      pendingWakeUpTimers: pendingSrcTimers(/src\/state\/shared-state\.ts/).length,
       extraLiveBreakers: live(CircuitBreaker) - baseBreakers,
     }).toEqual({
       pendingWakeUpTimers: 1, // the one open breaker still configured (rot24/rl)
@@ -822,7 +822,7 @@ describe('audit: long runs on one upstream connection and breaker churn', () => 
     for (let i = 0; i < 40; i++) {
       const r = await chat(gw, hi('main', { stream: i % 2 === 0 }));
       expect(r.status).toBe(200);
-      maxWake = Math.max(maxWake, pendingSrcTimers(/src\/runtime\.ts/).length);
+      maxWake = Math.max(maxWake, pendingSrcTimers(/src\/state\/shared-state\.ts/).length);
       await sleep(45); // past the 40 ms Retry-After: half-open, the next request probes (and re-opens it)
     }
     expect(mock.requests.filter((r) => r.model === 'rlms').length).toBeGreaterThan(10);
@@ -835,7 +835,7 @@ describe('audit: long runs on one upstream connection and breaker churn', () => 
     const huge = s.upstreams.find((u) => u.id === 'p/rlhuge')!.breaker;
     expect(huge.state).toBe('open');
     expect(huge.ms_until_half_open).toBeLessThanOrEqual(86_400_000);
-    expect(pendingSrcTimers(/src\/runtime\.ts/).length).toBeLessThanOrEqual(2);
+    expect(pendingSrcTimers(/src\/state\/shared-state\.ts/).length).toBeLessThanOrEqual(2);
     await expectNothingLive(gw);
   });
 

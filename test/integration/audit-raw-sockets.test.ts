@@ -1092,7 +1092,7 @@ describe('upstream framing: ambiguous, sloppy or broken HTTP', () => {
   // over on failures: a 200 answer under the 64 MiB JSON bound (attempt.ts MAX_JSON_BODY_BYTES) is relayed.
   // HAPPENS: a small answer after a 103 passes, but a 200 answer larger than 64 KiB after a 103 fails over as
   // `body_too_large` (x-router-trail a/m=body_too_large) — with one upstream it is a 502.
-  // CAUSE: src/upstream/client.ts TextHandler.onResponseStart (≈ line 318) is called by undici for every
+  // CAUSE: src/upstream/text-handler.ts TextHandler.onResponseStart is called by undici for every
   // response head, 1xx included (undici client-h1.js onHeadersComplete calls request.onHeaders for 1xx); on the
   // 103 it sets `this.limit = this.errorMaxBytes` (64 KiB, "status < 200 || status >= 300") and nothing
   // resets it when the final 200 arrives. The streaming path (undici's RequestHandler) ignores 1xx and is fine.

@@ -15,7 +15,7 @@ import {
 import { scrape, value } from '../helpers/prom-text.js';
 
 /**
- * An audit of request fits (upstream/param-fit.ts, upstream/attempt.ts): how a refused-then-fitted send
+ * An audit of request fits (upstream/param-fit.ts, upstream/attempt-refit.ts): how a refused-then-fitted send
  * interacts with failover, the breaker, metrics, deadlines, client aborts, streams, hostile upstreams,
  * concurrency, the LLM router, embeddings, Anthropic upstreams and reloads. Real gateway, hand-written
  * mocks, real clients, all on loopback.

@@ -15,7 +15,7 @@ import {
  * An audit of four recent changes: output caps learned from an upstream's 400 (upstream/param-fit.ts, Anthropic
  * upstreams included), the LLM router's minimal reasoning (routing/llm-router.ts), FastAPI/pydantic `detail`
  * lists relayed as one line (adapters/openai.ts validationMessage), and Claude 5.1+ reasoning_effort none/minimal
- * as adaptive thinking at low effort (adapters/anthropic-request.ts thinkingFor). Real gateway on loopback,
+ * as adaptive thinking at low effort (adapters/anthropic-thinking.ts thinkingFor). Real gateway on loopback,
  * hand-written upstream mocks, the OpenAI SDK or undici as the client.
  */
 

@@ -10,7 +10,7 @@ import { utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { parseRouterAnswer } from '../../src/routing/llm-router.js';
+import { parseRouterAnswer } from '../../src/routing/router-answer.js';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { cliWorkDir, startCli, type CliProcess } from '../helpers/cli-harness.js';
@@ -188,7 +188,7 @@ describe('review: router answers (34c4167)', () => {
 
   // Was a defect (fixed): the stricter TIER_WORD demanded punctuation right after the tier word.
   it('prose naming one tier followed by its reason ("Tier: deep (…)", "tier: deep - …") is a pick, not unparsable', async () => {
-    // llm-router.ts:118 TIER_WORD now requires [,;.}\n] or the end right after the tier word. Models that
+    // router-answer.ts TIER_WORD now requires [,;.}\n] or the end right after the tier word. Models that
     // ignore "JSON only" write the reason after the word: "Tier: deep (multi-step proof)", "tier: deep - it
     // needs ...", "tier: deep because ...". Before 34c4167 these picked deep; now they are unparsable and the
     // request silently gets default_tier. The hedge the change was for ("fast or deep?") can be refused
@@ -274,7 +274,7 @@ describeWithRedis('review: the probe lease while a trial runs (83bc3f8)', (redis
 
   // Was a defect (fixed: the breaker's onProbe renews the lease as a trial is admitted).
   it('a trial that begins after the lease’s first renewal tick is renewed before the lease runs out, not at the instant it lapses', async () => {
-    // runtime.ts #renewWhileProbing (≈ line 221): an interval of leaseMs/2 from the win, renewing only when
+    // state/shared-state.ts #renewWhileProbing: an interval of leaseMs/2 from the win, renewing only when
     // a probe is out at a tick. A trial that starts after the tick at leaseMs/2 gets its first renewal at
     // the tick at leaseMs — the very moment the lease (PX leaseMs from the win) lapses, and the moment the
     // replicas that lost re-ask (#wakeAfter(id, breaker, leaseMs)): whichever of the two Redis sees first

@@ -152,7 +152,7 @@ describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
   });
 
   // DEFECT. SPEC §2 `latency`: "EWMA time-to-first-token + expected output tokens ÷ observed tokens/s". A
-  // non-streamed answer reports ttftMs = totalMs (attempt.ts attemptJsonCall), and failover.ts record() feeds it
+  // non-streamed answer reports ttftMs = totalMs (attempt-json.ts attemptJsonCall), and failover.ts record() feeds it
   // to the TTFT peak-EWMA (stats.ts recordSuccess -> #observeTtft), which takes any higher sample at once. With
   // a tokens/s figure known from streams, latency.ts baseLatencyMs then adds the generation time a second
   // time: one JSON request makes an upstream look twice as slow as an identical one.
@@ -275,7 +275,7 @@ describe('cost strategy (SPEC §2 `cost`)', () => {
 
 describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () => {
   // DEFECT. SPEC §2: the LLM router "is cached by prompt hash". The router's prompt says how many tokens the
-  // request has (llm-router.ts buildRouterPrompt: "prompt tokens (estimated): N"), but the cache key hashes
+  // request has (router-prompt.ts buildRouterPrompt: "prompt tokens (estimated): N"), but the cache key hashes
   // only the tools/images flags and the excerpt of the last 4 non-system messages (llm-router.ts askRouter,
   // `key`). A 10,000-token conversation ending in the same 4 messages as a short one gets the short one's
   // cached tier without the router ever seeing its size.

@@ -11,7 +11,9 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, parseConfigText } from '../../src/config/load.js';
 import { parseRetryAfter } from '../../src/resilience/classify.js';
-import { conversationExcerpt, parseRouterAnswer, RouterCache } from '../../src/routing/llm-router.js';
+import { parseRouterAnswer } from '../../src/routing/router-answer.js';
+import { RouterCache } from '../../src/routing/router-cache.js';
+import { conversationExcerpt } from '../../src/routing/router-prompt.js';
 import { APPROXIMATE, estimatePromptTokens } from '../../src/routing/tokens.js';
 import { anthropicAdapter } from '../../src/upstream/adapters/anthropic.js';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
@@ -194,7 +196,7 @@ describe('hybrid weight defaults (SPEC §2: default weights 0.4 / 0.4 / 0.2)', (
 });
 
 describe('credential-named provider headers are secrets from 8 characters with a digit (README providers[].headers)', () => {
-  // Kills src/config/load.ts:380 `v.length >= 8 && /\d/` -> `v.length > 8`. README: header values named like
+  // Kills src/config/secrets.ts credentialLike `v.length >= 8 && /\d/` -> `v.length > 8`. README: header values named like
   // a credential are "scrubbed as api_key is, when they look like one (8+ characters with a digit, or 20+)".
   it('an upstream 400 that echoes an 8-character token header has it scrubbed', async () => {
     const TOKEN = 'tok12345';
@@ -354,7 +356,7 @@ describe('Anthropic request translation', () => {
 });
 
 describe('Anthropic thinking budget at its floor', () => {
-  // Kills src/upstream/adapters/anthropic-request.ts:294 `within < MIN_THINKING_BUDGET` -> `<=`. README/the
+  // Kills src/upstream/adapters/anthropic-thinking.ts `within < MIN_THINKING_BUDGET` -> `<=`. README/the
   // adapter: thinking is kept under max_tokens and dropped only when that leaves "less than Anthropic's 1,024
   // minimum": max_tokens 1025 leaves exactly 1024, which Anthropic takes.
   it('reasoning_effort medium with max_tokens 1025 on Claude 4.5 sends a 1024-token thinking budget', async () => {
@@ -527,7 +529,7 @@ describe('thinking held to hand back, up to its bound (anthropic-stream.ts MAX_T
 
 describe('a configured secret of 4 characters is scrubbed too (SPEC §8 secrets)', () => {
   // Kills src/observability/scrub.ts:19 `s.length < 4` -> `< 5`. The config collects every secret of 4 or more
-  // characters (load.ts collectSecrets) and SPEC §8 says no configured secret ever reaches a client: a
+  // characters (secrets.ts collectSecrets) and SPEC §8 says no configured secret ever reaches a client: a
   // 4-character key an upstream echoes in its error is scrubbed.
   it('an upstream 400 echoing a 4-character api_key has it replaced', async () => {
     const KEY = 'k9Zq';
@@ -593,7 +595,7 @@ describe('tier rules on a long last user message (README: last_user_message, a r
 });
 
 describe('the LLM router answer as models write it (SPEC §2: answer {"tier": "...", "reason": "..."})', () => {
-  // Kills src/routing/llm-router.ts:139 `TIER_SET.has(tier.trim().toLowerCase())` -> without `.trim()`. A tier
+  // Kills src/routing/router-answer.ts `TIER_SET.has(tier.trim().toLowerCase())` -> without `.trim()`. A tier
   // padded with blanks inside its quotes is still that tier (the parser promises "any case", and trims what it
   // returns), not an unparsable answer that throws the router call away.
   it('reads a tier padded with blanks inside its quotes', () => {

@@ -59,7 +59,7 @@ async function gatewayOver(
 }
 
 describe('an error sent with a 200 that says "rate limit" is a rate limit (SPEC §2 failover, §4 429)', () => {
-  // Kills src/upstream/attempt.ts:608 `streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT`
+  // Kills src/upstream/attempt-stream.ts `streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT`
   // -> always STREAM_ERROR_EVENT. SPEC §2: a 200 then an error event is "failed over like any 5xx" — of its
   // kind: a rate limit is a cooldown; §4: 429 when every candidate is rate limited.
   it('a stream whose only event is a rate-limit error event: the client gets 429, not 502', async () => {
@@ -76,7 +76,7 @@ describe('an error sent with a 200 that says "rate limit" is a rate limit (SPEC 
     expect(String(r.headers['x-router-trail'])).toBe('a/m=stream_error_event');
   });
 
-  // Kills src/upstream/attempt.ts:254 `const limited = out.error.status === 429` -> `false`. Same SPEC lines,
+  // Kills src/upstream/attempt-json.ts `const limited = out.error.status === 429` -> `false`. Same SPEC lines,
   // for a non-streaming answer whose 200 body is a rate-limit error object.
   it('a JSON answer that is a rate-limit error object: the client gets 429, not 502', async () => {
     const up = track(await startMock((_req, res) => sendJson(res, 200, RATE_LIMIT_ERROR)));

@@ -287,7 +287,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
 
   it('guard: an adopted open is not published back, keeps the origin’s key, and opens the adopter at the origin’s level, undoubled', async () => {
     // SPEC §7 / README: an open is published by the replica that opened it; the others open "until the
-    // same moment" (runtime.ts #adopting keeps them from re-publishing, which would bounce it around).
+    // same moment" (state/shared-state.ts #adopting keeps them from re-publishing, which would bounce it around).
     const prefix = nextPrefix();
     const { providers, routes } = await badThenGood(track);
     const a = await replica(config(providers, routes, prefix));

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { watchConfig } from '../../src/config/watch.js';
-import { parseRouterAnswer } from '../../src/routing/llm-router.js';
+import { parseRouterAnswer } from '../../src/routing/router-answer.js';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
@@ -109,7 +109,7 @@ const routerCounts = async (gw: TestGateway): Promise<string[]> => {
 
 describe('review: router answers in prose (ad6c505)', () => {
   it('was a defect (fixed): a hedge whose alternative follows a comma ("tier: fast, or deep") is no pick', () => {
-    // llm-router.ts TIER_WORD (≈ line 118): the clause after the tier word is `[^,;.}\n]*`, so HEDGE only
+    // router-answer.ts TIER_WORD: the clause after the tier word is `[^,;.}\n]*`, so HEDGE only
     // sees the text up to the first comma. "tier: fast, or deep" leaves an empty clause: no hedge, a pick
     // of `fast` — the cheapest tier for a model that could not decide. Fix: look for the hedge past a
     // `,`/`;` too (up to the sentence's end: '.', '\n', '}'), or treat a clause that starts with "or" as
@@ -323,7 +323,7 @@ describeWithRedis('review: the probe lease as a trial is admitted (b3ade7e)', (r
   const state = (gw: TestGateway) => gw.gateway.shared.breakers.get('bad/m').state;
 
   it('was a defect (fixed): a replica whose idle lease lapsed and was taken by another admits no trial; it asks again once wanted and the lease is free', async () => {
-    // runtime.ts #renewWhileProbing (≈ line 225): onProbe calls takeProbeLease and ignores its answer. The
+    // state/shared-state.ts #renewWhileProbing: onProbe calls takeProbeLease and ignores its answer. The
     // holder lets the lease lapse while no probe is out (by design), yet stays half-open; once another
     // replica has taken the lapsed lease (and probes), this replica's next request is still admitted as a
     // probe — onProbe's renewal fails silently — so two replicas probe together, what the commit means to

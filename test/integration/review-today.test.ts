@@ -1,6 +1,6 @@
 /**
  * White-box review of the changes since b851171: the fleet-wide half-open probe lease (resilience/breaker.ts
- * hold/release/held/adoptClose, runtime.ts #askProbeLease, state/redis.ts takeProbeLease/endProbeLease/
+ * hold/release/held/adoptClose, state/shared-state.ts #askProbeLease, state/redis.ts takeProbeLease/endProbeLease/
  * publishClosed), statistics dated on Redis's clock (redis.ts sync), series of removed upstreams dropped after
  * a reload (gateway.ts #forgetSeries), and the smaller request-path changes (BOM, repeated keys).
  * Tests that fail on the current code name the defect; tests titled "guard:" pin behaviour that is right and
@@ -253,7 +253,7 @@ describeWithRedis('review: fleet probe lease and Redis clock (SPEC §2, §7)', (
   it('the fleet sends one trial at a time: the lease does not lapse while its holder’s probe is still running', async () => {
     // SPEC §2: half-open allows "at most half_open_probes (default 1) concurrent trial requests"; the lease
     // was made so that N replicas do not send N. But the lease is taken once, for open_ms
-    // (runtime.ts #askProbeLease: takeProbeLease(id, breaker.baseOpenMs)), and its holder never renews it
+    // (state/shared-state.ts #askProbeLease: takeProbeLease(id, breaker.baseOpenMs)), and its holder never renews it
     // while it is half-open with a probe in flight (TAKE_LEASE can renew, nobody asks). A replica that lost
     // asks again after open_ms (hold(leaseMs + 2 s), #wakeAfter(leaseMs)), takes the lapsed lease and goes
     // half-open too: a trial longer than open_ms (an LLM answer vs the default 30 s) gets company.
@@ -281,7 +281,7 @@ describeWithRedis('review: fleet probe lease and Redis clock (SPEC §2, §7)', (
   });
 
   it('a lease won after a reload dropped the upstream is given back, not kept for open_ms', async () => {
-    // runtime.ts #askProbeLease: when the answer comes, a breaker no longer current (dropped by a reload),
+    // state/shared-state.ts #askProbeLease: when the answer comes, a breaker no longer current (dropped by a reload),
     // re-opened or closed returns at once — having won the lease, it keeps it for its full PX (open_ms): no
     // replica of the fleet still serving that upstream can probe it until then (endProbeLease is only called
     // on a half_open transition, which never comes). Fix: in that branch, `if (won) redis.endProbeLease(id)`.

@@ -1,11 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { RuleConfig } from '../../../src/config/schema.js';
-import {
-  buildRouterPrompt,
-  conversationExcerpt,
-  parseRouterAnswer,
-  RouterCache,
-} from '../../../src/routing/llm-router.js';
+import { parseRouterAnswer } from '../../../src/routing/router-answer.js';
+import { RouterCache } from '../../../src/routing/router-cache.js';
+import { buildRouterPrompt, conversationExcerpt } from '../../../src/routing/router-prompt.js';
 import type { RequestFeatures } from '../../../src/routing/features.js';
 import { matchTier } from '../../../src/routing/tiers.js';
 import type { RouteRuntime } from '../../../src/runtime.js';

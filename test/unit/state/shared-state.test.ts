@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../../src/config/load.js';
-import { SharedState } from '../../../src/runtime.js';
+import { SharedState } from '../../../src/state/shared-state.js';
 
 /** SharedState's breaker wake-ups (an open turns half-open on time, without a request), on fake timers. */
 describe('breaker wake-ups', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { mergeStats } from '../../../src/state/redis.js';
+import { mergeStats } from '../../../src/state/published-stats.js';
 
 const view = (over: Record<string, number>) => ({
   samples: 10,

@@ -1,0 +1,124 @@
+import { asString, isObject, type JsonObject } from './common.js';
+
+// Anthropic's content blocks and turns, and the OpenAI message content they are made from: text, images, files.
+
+export type Block = JsonObject;
+export type Role = 'user' | 'assistant';
+
+export interface Turn {
+  role: Role;
+  content: Block[];
+}
+
+export function textBlock(text: string, part?: JsonObject): Block | undefined {
+  // Anthropic rejects empty and whitespace-only text blocks.
+  if (text.trim() === '') return undefined;
+  const block: Block = { type: 'text', text };
+  if (part !== undefined && isObject(part.cache_control)) block.cache_control = part.cache_control;
+  return block;
+}
+
+/** Text of a string or of text / refusal parts; anything else is skipped. */
+export function textBlocks(content: unknown): Block[] {
+  if (typeof content === 'string') {
+    const block = textBlock(content);
+    return block === undefined ? [] : [block];
+  }
+  const out: Block[] = [];
+  if (!Array.isArray(content)) return out;
+  for (const part of content) {
+    let block: Block | undefined;
+    if (typeof part === 'string') block = textBlock(part);
+    else if (isObject(part)) {
+      const text = asString(part.text) ?? asString(part.refusal);
+      if (text !== undefined && (part.type === 'text' || part.type === 'refusal'))
+        block = textBlock(text, part);
+    }
+    if (block !== undefined) out.push(block);
+  }
+  return out;
+}
+
+export function userBlocks(content: unknown): Block[] {
+  if (!Array.isArray(content)) return textBlocks(content);
+  const out: Block[] = [];
+  for (const part of content) {
+    let block: Block | undefined;
+    if (typeof part === 'string') block = textBlock(part);
+    else if (isObject(part)) {
+      if (part.type === 'text' && typeof part.text === 'string') block = textBlock(part.text, part);
+      else if (part.type === 'image_url') block = imageBlock(part.image_url);
+      else if (part.type === 'file' && isObject(part.file)) block = fileBlock(part.file);
+      if (block !== undefined && part.type !== 'text' && isObject(part.cache_control)) {
+        block.cache_control = part.cache_control;
+      }
+    }
+    if (block !== undefined) out.push(block);
+  }
+  return out;
+}
+
+export interface DataUrl {
+  mediaType: string;
+  data: string;
+}
+
+/** The image types the Messages API reads (base64 or by URL). */
+export const CLAUDE_IMAGE_TYPES: ReadonlySet<string> = new Set([
+  'image/jpeg',
+  'image/png',
+  'image/gif',
+  'image/webp',
+]);
+
+/** `data:<media type>[;params];base64,<data>`; other data URLs are not something Anthropic takes. */
+export function parseDataUrl(url: string): DataUrl | undefined {
+  const comma = url.indexOf(',');
+  if (!url.startsWith('data:') || comma < 0) return undefined;
+  const meta = url.slice(5, comma);
+  if (!meta.endsWith(';base64')) return undefined;
+  const semicolon = meta.indexOf(';');
+  let mediaType = meta.slice(0, semicolon).trim().toLowerCase();
+  // Clients write image/jpg, which OpenAI takes and Anthropic's media_type enum does not.
+  if (mediaType === 'image/jpg') mediaType = 'image/jpeg';
+  const data = url.slice(comma + 1);
+  return mediaType === '' || data === '' ? undefined : { mediaType, data };
+}
+
+function imageBlock(imageUrl: unknown): Block | undefined {
+  const url =
+    typeof imageUrl === 'string' ? imageUrl : isObject(imageUrl) ? asString(imageUrl.url) : undefined;
+  if (url === undefined) return undefined;
+  const lower = url.slice(0, 8).toLowerCase();
+  if (lower.startsWith('https://') || lower.startsWith('http://')) {
+    return { type: 'image', source: { type: 'url', url } };
+  }
+  const parsed = parseDataUrl(url);
+  if (parsed === undefined) return undefined;
+  return { type: 'image', source: { type: 'base64', media_type: parsed.mediaType, data: parsed.data } };
+}
+
+/** OpenAI `file` parts with inline data: PDFs become documents, images become images; file ids can't travel. */
+function fileBlock(file: JsonObject): Block | undefined {
+  const dataUrl = asString(file.file_data);
+  const parsed = dataUrl === undefined ? undefined : parseDataUrl(dataUrl);
+  if (parsed === undefined) return undefined;
+  const source = { type: 'base64', media_type: parsed.mediaType, data: parsed.data };
+  if (parsed.mediaType === 'application/pdf') return { type: 'document', source };
+  if (parsed.mediaType === 'text/plain') {
+    const data = Buffer.from(parsed.data, 'base64').toString('utf8');
+    return { type: 'document', source: { type: 'text', media_type: 'text/plain', data } };
+  }
+  if (CLAUDE_IMAGE_TYPES.has(parsed.mediaType)) return { type: 'image', source };
+  return undefined;
+}
+
+/** A file part's data URL Claude reads: a PDF or plain-text document, or an image (fileBlock's cases). */
+export function claudeReadsFile(dataUrl: string): boolean {
+  const type = parseDataUrl(dataUrl)?.mediaType;
+  return (
+    type === 'application/pdf' ||
+    type === 'text/plain' ||
+    (type !== undefined && CLAUDE_IMAGE_TYPES.has(type))
+  );
+}

@@ -1,0 +1,47 @@
+/** An attempt sent again to the same upstream, fitted to a field it refused (param-fit.ts). */
+import type { ChatBody } from './adapter.js';
+import type { AttemptInput, AttemptResult } from './attempt.js';
+
+/** How many times one attempt is sent again, each time fitted to one more field its upstream refused. */
+const MAX_REFITS = 4;
+
+/**
+ * After a failed send of `sent`: the body to send again, when the upstream refused a field a fit exists for,
+ * the fit changes what is sent, and the attempt still has time (the request's deadline, and the provider's
+ * total_ms from the first send: a slow refusing upstream cannot hold an attempt once per fit). Undefined:
+ * the failure stands. A fit is not a failover: the same upstream answers.
+ */
+export function refitted(
+  input: AttemptInput,
+  sent: ChatBody,
+  refits: number,
+  firstStart: number,
+  failed: AttemptResult,
+): ChatBody | undefined {
+  const fit = input.upstream.fit;
+  if (refits >= MAX_REFITS || failed.ok || failed.status === undefined) return undefined;
+  const now = input.now();
+  if (failed.status >= 500 || now >= input.deadline) return undefined;
+  if (now - firstStart >= input.upstream.provider.config.timeouts.total_ms) return undefined;
+  const param = fit.learn(failed.info, sent, input.body);
+  if (param === undefined) return undefined;
+  const next = fit.apply(input.body);
+  // The same field as it was just refused (a fit that cannot change it): sending it again would be refused again.
+  return next[param] === sent[param] && Object.hasOwn(next, param) === Object.hasOwn(sent, param)
+    ? undefined
+    : next;
+}
+
+/** The answer to a send after a refused one: the refused send's time counts as time waiting on the upstream. */
+export async function afterRefused(
+  refused: AttemptResult,
+  next: Promise<AttemptResult>,
+): Promise<AttemptResult> {
+  const result = await next;
+  return { ...result, totalMs: result.totalMs + refused.totalMs };
+}
+
+/** The client's body as this attempt's upstream takes it. */
+export function fitted(input: AttemptInput): ChatBody {
+  return input.upstream.fit.apply(input.body);
+}

@@ -1,0 +1,305 @@
+/** One streaming chat attempt: held back until its first content, then relayed to the client as it comes. */
+import type { Classified } from '../resilience/classify.js';
+import { codedError } from '../resilience/classify.js';
+import { withoutBom } from '../json-scan.js';
+import { chunksOfCompletion } from '../streaming/completion-chunks.js';
+import { createSseParser } from '../streaming/sse.js';
+import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
+import type { ChatBody, ChunkSink, UpstreamErrorInfo, Usage } from './adapter.js';
+import { AttemptSignal } from './bounds.js';
+import { parseJsonObject } from './adapters/common.js';
+import type { UpstreamResponse } from './client.js';
+import { readBody, relayChunks } from './response-body.js';
+import {
+  answerTokens,
+  errorFrom,
+  failure,
+  MAX_ERROR_BODY_BYTES,
+  MAX_JSON_BODY_BYTES,
+  opensEventStream,
+  thrown,
+  type AttemptInput,
+  type AttemptResult,
+} from './attempt.js';
+import { afterRefused, fitted, refitted } from './attempt-refit.js';
+
+/** After a stream's last event, how long the rest of its body may take before its connection is dropped. */
+const DRAIN_AFTER_END_MS = 1_000;
+/**
+ * Frames held back before a stream's first content delta (a role chunk, a usage-less `message_start`) are a
+ * few hundred bytes. An upstream that sends only such frames would otherwise grow this buffer for as long as
+ * it keeps sending (up to `total_ms`).
+ */
+const MAX_PREAMBLE_CHARS = 1024 * 1024;
+
+/** An error event inside a stream: a 429 there is a rate limit (a cooldown), anything else an error. */
+const STREAM_ERROR_EVENT: Classified = { outcome: 'error', retryable: true, reason: 'stream_error_event' };
+const STREAM_RATE_LIMITED: Classified = {
+  outcome: 'rate_limited',
+  retryable: true,
+  reason: 'stream_error_event',
+};
+
+async function errorResult(
+  res: UpstreamResponse,
+  input: AttemptInput,
+  sig: AttemptSignal,
+  t0: number,
+): Promise<AttemptResult> {
+  let text = '';
+  try {
+    text = await readBody(res, MAX_ERROR_BODY_BYTES, sig);
+  } catch {
+    /* an unreadable error body still has its status */
+  }
+  return errorFrom(res.statusCode, res.headers, text, input, t0);
+}
+
+/**
+ * Whether a body starts as an event stream (a field name or a comment: `data`, `event`, `id`, `retry`, `:`)
+ * or as anything else, read whole as a JSON answer (an object, or an array or HTML page that fails over as
+ * malformed); undefined while only blanks have come.
+ */
+function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
+  let i = chunk.length >= 3 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf ? 3 : 0;
+  while (
+    i < chunk.length &&
+    (chunk[i] === 0x20 || chunk[i] === 0x0a || chunk[i] === 0x0d || chunk[i] === 0x09)
+  )
+    i++;
+  if (i === chunk.length) return undefined;
+  return opensEventStream(chunk[i]!) ? 'sse' : 'json';
+}
+
+/**
+ * A streaming request answered with one JSON answer (a server or proxy that ignores `stream`): the answer,
+ * read as a non-streaming one would be, given to `sink` as the chunks of a stream and ended. Returns whether
+ * some choice said why it stopped, and its completion tokens estimated from its text when it reports no
+ * usage; undefined when the body is no answer (it fails over as malformed). An error object instead of an
+ * answer goes to `sink.error`.
+ */
+function answerAsChunks(
+  text: string,
+  input: AttemptInput,
+  sink: ChunkSink,
+): { finished: boolean; tokens: number | undefined } | undefined {
+  const { adapter } = input.upstream.provider;
+  const json = parseJsonObject(text);
+  if (!json) return undefined;
+  const answer = adapter.chatResponseText
+    ? adapter.chatResponseText(text)
+    : adapter.chatResponse(json, input.stream);
+  if (!answer) return undefined;
+  if (answer.error) {
+    sink.error(answer.error);
+    return { finished: false, tokens: undefined };
+  }
+  // The OpenAI dialect's answer is the text as it came; a translated one is a new object.
+  const completion = typeof answer.body === 'string' ? json : (answer.body as Record<string, unknown>);
+  if (!Array.isArray(completion.choices)) return undefined;
+  if (answer.usage) sink.usage(answer.usage);
+  const { chunks, finished } = chunksOfCompletion(completion, input.stream.includeUsage);
+  for (const chunk of chunks) sink.chunk(chunk.json, chunk.content);
+  sink.end();
+  return { finished, tokens: answer.usage ? undefined : answerTokens(completion) };
+}
+
+/**
+ * One streaming chat attempt. Preamble frames are held back until the first content delta; only then are
+ * status and headers sent (`headers()` is asked at that moment, so it carries this attempt's trail).
+ * Before that point every failure is returned for failover; after it, the stream is ended with an
+ * OpenAI-shaped error event and no `[DONE]`, so the client can tell a cut stream from a finished one.
+ */
+export function attemptStream(
+  input: AttemptInput,
+  writer: SseWriter,
+  headers: () => Record<string, string>,
+  scrubber: { scrub(text: string): string },
+): Promise<AttemptResult> {
+  return attemptStreamBody(input, fitted(input), 0, undefined, writer, headers, scrubber);
+}
+
+async function attemptStreamBody(
+  input: AttemptInput,
+  body: ChatBody,
+  refits: number,
+  firstStart: number | undefined,
+  writer: SseWriter,
+  headers: () => Record<string, string>,
+  scrubber: { scrub(text: string): string },
+): Promise<AttemptResult> {
+  const { upstream } = input;
+  const { adapter, client, adapterProvider } = upstream.provider;
+  const prepared = adapter.chatRequest(body, upstream.upstreamModel, adapterProvider);
+  const t0 = input.now();
+  const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream, firstStart);
+  let committed = false;
+  try {
+    const res = await client.request({
+      method: 'POST',
+      path: prepared.path,
+      headers: prepared.headers,
+      body: prepared.body,
+      signal: sig,
+      watch: sig,
+    });
+    sig.headers();
+    if (res.statusCode < 200 || res.statusCode >= 300) {
+      const failed = await errorResult(res, input, sig, t0);
+      const first = firstStart ?? t0;
+      const again = refitted(input, body, refits, first, failed);
+      if (again === undefined) return failed;
+      sig.done();
+      return await afterRefused(
+        failed,
+        attemptStreamBody(input, again, refits + 1, first, writer, headers, scrubber),
+      );
+    }
+
+    let pending = '';
+    let out = '';
+    let ttftMs = 0;
+    let contentChunks = 0;
+    let usage: Usage | undefined;
+    let streamError: UpstreamErrorInfo | undefined;
+    let ended = false;
+    const sink: ChunkSink = {
+      chunk(json, content) {
+        const frame = dataFrame(json);
+        if (committed) {
+          out += frame;
+        } else if (content) {
+          committed = true;
+          ttftMs = input.now() - t0;
+          writer.commit(headers());
+          out = pending + frame;
+          pending = '';
+        } else {
+          pending += frame;
+          if (pending.length > MAX_PREAMBLE_CHARS)
+            throw codedError(
+              'preamble_too_large',
+              `more than ${MAX_PREAMBLE_CHARS} characters of frames before any content`,
+            );
+        }
+        if (content) contentChunks++;
+      },
+      usage(u) {
+        usage = u;
+      },
+      error(e) {
+        streamError = e;
+      },
+      end() {
+        ended = true;
+      },
+    };
+    const translator = adapter.streamTranslator(sink, input.stream);
+    const parser = createSseParser((type, data) => translator.event(type, data));
+    /** Undecided until the body's first byte: an upstream that ignored `stream` answers one JSON object. */
+    let form: 'sse' | 'json' | undefined;
+    let whole: Buffer[] | undefined;
+    let wholeBytes = 0;
+
+    /** A JSON answer given as chunks: some choice said why it stopped, and its tokens when it had no usage. */
+    let json: { finished: boolean; tokens: number | undefined } | undefined;
+    let readError: unknown;
+    try {
+      await relayChunks(
+        res.body,
+        (chunk) => {
+          sig.progress();
+          if (form === undefined) {
+            form = bodyForm(chunk);
+            if (form === 'json') whole = [];
+          }
+          if (whole) {
+            wholeBytes += chunk.length;
+            if (wholeBytes > (input.maxBodyBytes ?? MAX_JSON_BODY_BYTES))
+              throw codedError('body_too_large', 'upstream body larger than its bound');
+            whole.push(chunk);
+            return undefined;
+          }
+          parser.feed(chunk);
+          if (out !== '') {
+            writer.write(out);
+            out = '';
+            const drained = writer.drain();
+            if (drained) {
+              sig.holdIdle();
+              return drained.then(() => {
+                sig.progress();
+                return ended || streamError ? 'stop' : undefined;
+              });
+            }
+          }
+          return ended || streamError ? 'stop' : undefined;
+        },
+        DRAIN_AFTER_END_MS,
+      );
+      if (whole) {
+        json = answerAsChunks(withoutBom(Buffer.concat(whole).toString('utf8')), input, sink);
+        if (json === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
+      } else if (!ended && !streamError) {
+        parser.end();
+        translator.close?.();
+      }
+    } catch (err) {
+      readError = err;
+    }
+    if (out !== '') writer.write(out);
+    const totalMs = input.now() - t0;
+
+    // `[DONE]` before any content or finish_reason: no answer, failed over as a close before content (SPEC §2).
+    const noAnswer =
+      ended && !committed && (json === undefined ? translator.saidNoFinish?.() === true : !json.finished);
+    if (ended && !streamError && !noAnswer) {
+      if (!committed) {
+        // A legitimately empty answer: commit now with whatever preamble there was.
+        committed = true;
+        ttftMs = totalMs;
+        writer.commit(headers());
+        writer.write(pending);
+      }
+      writer.end(DONE_FRAME);
+      return { ok: true, usage, countedTokens: json?.tokens ?? contentChunks, ttftMs, totalMs };
+    }
+
+    let result: AttemptResult;
+    if (readError !== undefined) result = thrown(readError, input, sig, t0, committed);
+    else if (streamError) {
+      result = failure(streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT, totalMs, {
+        info: streamError,
+        committed,
+      });
+    } else {
+      result = failure(
+        {
+          outcome: 'error',
+          retryable: true,
+          reason: committed ? 'stream_cut' : 'stream_ended_before_content',
+        },
+        totalMs,
+        { committed },
+      );
+    }
+    if (committed && !result.ok) result = { ...result, relayedTokens: json?.tokens ?? contentChunks, ttftMs };
+    if (committed && !result.ok && !result.clientGone) {
+      const message = streamError
+        ? `upstream ${upstream.id} failed mid-stream: ${scrubber.scrub(streamError.message)}`
+        : `upstream ${upstream.id} stream interrupted (${result.classified.reason})`;
+      writer.end(
+        dataFrame(
+          JSON.stringify({
+            error: { message, type: 'upstream_error', param: null, code: 'stream_interrupted' },
+          }),
+        ),
+      );
+    }
+    return result;
+  } catch (err) {
+    return thrown(err, input, sig, t0, committed);
+  } finally {
+    sig.done();
+  }
+}

@@ -1,0 +1,120 @@
+/** Reading a streamed upstream body: relayed chunk by chunk, read to a bound, or dropped. */
+import type { Readable } from 'node:stream';
+import { codedError } from '../resilience/classify.js';
+import type { ResponseWatch, UpstreamResponse } from './client.js';
+
+/** After each chunk of a relayed stream: go on, stop (the answer is complete), or wait for the client. */
+export type ChunkVerdict = undefined | 'stop' | Promise<'stop' | undefined>;
+
+/**
+ * Feeds a streaming body to `onChunk` on events rather than `for await`: async iteration costs several
+ * promises per chunk, on every chunk of every stream. A promise from `onChunk` pauses reading until it
+ * settles (back-pressure from a slow client). Resolves at the body's end or on 'stop'; rejects on its
+ * error or a close before its end. After 'stop' the rest of the body (usually just the chunked-encoding
+ * terminator) is read and dropped for up to `drainMs`, so the connection goes back to the pool instead of
+ * being closed: to a real provider every new connection is a TLS handshake.
+ */
+export function relayChunks(
+  body: Readable,
+  onChunk: (chunk: Buffer) => ChunkVerdict,
+  drainMs: number,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const finish = (err?: Error): void => {
+      if (settled) return;
+      settled = true;
+      body.off('data', onData);
+      body.off('end', onEnd);
+      body.off('error', onError);
+      body.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const stop = (): void => {
+      finish();
+      drainRest(body, drainMs);
+    };
+    const onData = (chunk: Buffer): void => {
+      let verdict: ChunkVerdict;
+      try {
+        verdict = onChunk(chunk);
+      } catch (err) {
+        finish(err as Error);
+        discard(body);
+        return;
+      }
+      if (verdict === undefined) return;
+      if (verdict === 'stop') return stop();
+      body.pause();
+      verdict.then(
+        (v) => {
+          if (settled) return;
+          if (v === 'stop') stop();
+          else body.resume();
+        },
+        (err: Error) => {
+          finish(err);
+          discard(body);
+        },
+      );
+    };
+    const onEnd = (): void => finish();
+    const onError = (err: Error): void => finish(err);
+    const onClose = (): void => finish(codedError('UND_ERR_SOCKET', 'upstream body closed before its end'));
+    body.on('data', onData);
+    body.once('end', onEnd);
+    body.once('error', onError);
+    body.once('close', onClose);
+  });
+}
+
+const ignore = (): void => {};
+
+/**
+ * Drops a body we stopped listening to. Destroyed before its end, undici's body emits an AbortError: with
+ * no listener left that would be an uncaught exception.
+ */
+export function discard(body: Readable): void {
+  body.on('error', ignore);
+  body.destroy();
+}
+
+/** Reads and drops what is left of a body for up to `ms`, then gives up on the connection. */
+function drainRest(body: Readable, ms: number): void {
+  if (body.readableEnded || body.destroyed) return;
+  body.on('error', ignore); // nobody else listens any more
+  const timer = setTimeout(() => body.destroy(), ms).unref();
+  body.once('close', () => clearTimeout(timer));
+  body.resume();
+}
+
+/**
+ * Reads an (error) body up to `maxBytes` and keeps only those: an error message needs no more than its first
+ * bytes, and a hostile upstream cannot make us buffer without bound. `watch` sees each chunk arrive (the
+ * idle bound restarts on it).
+ */
+export async function readBody(
+  res: UpstreamResponse,
+  maxBytes: number,
+  watch?: ResponseWatch,
+): Promise<string> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  await relayChunks(
+    res.body,
+    (chunk) => {
+      watch?.progress();
+      const room = maxBytes - size;
+      if (chunk.length < room) {
+        parts.push(chunk);
+        size += chunk.length;
+        return undefined;
+      }
+      parts.push(chunk.subarray(0, room));
+      return 'stop';
+    },
+    0,
+  );
+  return Buffer.concat(parts).toString('utf8');
+}
