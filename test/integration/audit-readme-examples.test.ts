@@ -610,7 +610,11 @@ describe('README: Configuration commands', () => {
     const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as {
       scripts: Record<string, string>;
     };
-    expect(pkg.scripts.test).toMatch(/typecheck.*&&.*lint.*&&.*vitest run/);
+    // The type check and the lint run side by side (two cores); either failing fails `npm test` before vitest.
+    expect(pkg.scripts.test).toMatch(/^npm run -s checks && vitest run$/);
+    expect(pkg.scripts.checks).toMatch(
+      /npm run -s typecheck & tc=\$!; npm run -s lint; lint=\$\?; wait \$tc && exit \$lint/,
+    );
     expect(pkg.scripts.typecheck).toContain('tsc');
     expect(pkg.scripts.lint).toContain('eslint');
     expect(pkg.scripts.demo).toMatch(/build.*demo/);
