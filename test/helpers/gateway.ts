@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
-import { request } from 'undici';
+import { request, type Dispatcher } from 'undici';
 import { buildApp } from '../../src/app.js';
 import { parseConfigText } from '../../src/config/load.js';
 import type { Gateway } from '../../src/gateway.js';
@@ -121,18 +121,29 @@ export interface Posted {
   readonly ms: number;
 }
 
-/** POSTs `body` (JSON, or text as it is) to the gateway's chat path (or `path`) with undici, key `k` (and `headers`). */
-export async function postChat(
-  gw: Pick<TestGateway, 'url'>,
+/** What a test's POST may carry besides its body. */
+export interface PostOptions {
+  readonly headers?: Record<string, string>;
+  readonly signal?: AbortSignal;
+  /** Bounds undici's wait for the headers and for the body (undici's defaults when left out). */
+  readonly timeoutMs?: number;
+  readonly dispatcher?: Dispatcher;
+}
+
+/** POSTs `body` (JSON, or text as it is) to `url` with undici, as `content-type: application/json`. */
+export async function postTo(
+  url: string,
   body: Record<string, unknown> | string,
-  opts: { path?: string; signal?: AbortSignal; headers?: Record<string, string> } = {},
+  opts: PostOptions = {},
 ): Promise<Posted> {
   const t0 = performance.now();
-  const res = await request(`${gw.url}${opts.path ?? '/v1/chat/completions'}`, {
+  const res = await request(url, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: 'Bearer k', ...opts.headers },
+    headers: { 'content-type': 'application/json', ...opts.headers },
     body: typeof body === 'string' ? body : JSON.stringify(body),
     signal: opts.signal,
+    dispatcher: opts.dispatcher,
+    ...(opts.timeoutMs === undefined ? {} : { headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs }),
   });
   const text = await res.body.text();
   let json: Record<string, unknown> = {};
@@ -144,4 +155,16 @@ export async function postChat(
   const headers: Record<string, string> = {};
   for (const [k, v] of Object.entries(res.headers)) headers[k] = Array.isArray(v) ? v.join(',') : String(v);
   return { status: res.statusCode, headers, text, json, ms: performance.now() - t0 };
+}
+
+/** POSTs `body` (JSON, or text as it is) to the gateway's chat path (or `path`) with undici, key `k` (and `headers`). */
+export function postChat(
+  gw: Pick<TestGateway, 'url'>,
+  body: Record<string, unknown> | string,
+  opts: { path?: string; signal?: AbortSignal; headers?: Record<string, string> } = {},
+): Promise<Posted> {
+  return postTo(`${gw.url}${opts.path ?? '/v1/chat/completions'}`, body, {
+    headers: { authorization: 'Bearer k', ...opts.headers },
+    signal: opts.signal,
+  });
 }

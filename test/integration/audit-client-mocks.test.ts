@@ -100,6 +100,13 @@ function sseText(events: readonly (Json | string)[], opts: { eol?: string; prefi
 
 const SSE_HEAD = { 'content-type': 'text/event-stream' };
 
+/** A mock that answers every request with `events` as one SSE write. */
+const sseMock = (events: readonly (Json | string)[], opts: { eol?: string; prefix?: string } = {}) =>
+  mock((_q, res) => {
+    res.writeHead(200, SSE_HEAD);
+    res.end(sseText(events, opts));
+  });
+
 // ---------------------------------------------------------------------------------------------
 // Gateway
 
@@ -176,6 +183,17 @@ async function rejection(p: Promise<unknown>): Promise<unknown> {
 /** jsonSchema over a schema object held in a variable. */
 const schemaOf = <T>(s: unknown) => jsonSchema<T>(s as Parameters<typeof jsonSchema>[0]);
 
+/** The Vercel AI SDK's call options for prompt "hi" to route `r`, no retries. */
+const vercelHi = (baseURL: string) => ({
+  model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
+  prompt: 'hi',
+  maxRetries: 0,
+});
+
+/** A LangChain chat model on route `r`, no retries. */
+const langchain = (baseURL: string) =>
+  new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0 });
+
 const UNICODE = 'héllo wörld 🌍 日本語 — ok';
 
 // ---------------------------------------------------------------------------------------------
@@ -199,20 +217,11 @@ describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
     expect(response.headers.get('x-router-model')).toBe('gpt-4o');
     expect(response.headers.get('x-router-attempts')).toBe('1');
 
-    const v = await generateText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
-    });
+    const v = await generateText(vercelHi(baseURL));
     expect(v.text).toBe('bare answer');
     expect(v.finishReason).toBe('stop');
 
-    const lc = await new ChatOpenAI({
-      model: 'r',
-      apiKey: 'k',
-      configuration: { baseURL },
-      maxRetries: 0,
-    }).invoke('hi');
+    const lc = await langchain(baseURL).invoke('hi');
     expect(lc.content).toBe('bare answer');
   });
 
@@ -272,9 +281,7 @@ describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
     });
 
     const v = await generateText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
+      ...vercelHi(baseURL),
       tools: { weather: tool({ inputSchema: schemaOf<{ city: string }>(tools[0]!.function.parameters) }) },
     });
     expect(v.toolCalls.map((c) => [c.toolName, c.input])).toEqual([['weather', { city: 'Oslo' }]]);
@@ -282,9 +289,7 @@ describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
     expect(v.usage.inputTokens).toBe(20);
     expect(v.usage.outputTokens).toBe(9);
 
-    const lc = await new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0 })
-      .bindTools(tools)
-      .invoke('hi');
+    const lc = await langchain(baseURL).bindTools(tools).invoke('hi');
     expect(lc.tool_calls?.[0]).toMatchObject({ name: 'weather', args: { city: 'Oslo' }, id: 'call_1' });
     expect(lc.usage_metadata).toMatchObject({ input_tokens: 20, output_tokens: 9, total_tokens: 29 });
   });
@@ -353,10 +358,7 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
   const PARTS = ['hé', 'llo wö', 'rld 🌍 ', '日本語', ' — ok'];
 
   it('all events in one write, chunks with only choices: the client gets the text and finish', async () => {
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(sseText([...events(PARTS), '[DONE]']));
-    });
+    const m = await sseMock([...events(PARTS), '[DONE]']);
     const { openai } = await setup([m]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe(UNICODE);
@@ -393,10 +395,7 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
   });
 
   it('lone CR line endings (allowed by the SSE spec)', async () => {
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(sseText([...events(PARTS), '[DONE]'], { eol: '\r' }));
-    });
+    const m = await sseMock([...events(PARTS), '[DONE]'], { eol: '\r' });
     const { openai } = await setup([m]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe(UNICODE);
@@ -459,71 +458,50 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
   });
 
   it('content in the same chunk as role and finish_reason (a one-chunk answer)', async () => {
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(sseText([full({ role: 'assistant', content: 'all at once' }, 'stop'), '[DONE]']));
-    });
+    const m = await sseMock([full({ role: 'assistant', content: 'all at once' }, 'stop'), '[DONE]']);
     const { openai, baseURL } = await setup([m]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe('all at once');
     expect(finishOf(chunks)).toBe('stop');
 
-    const s = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
-    });
+    const s = streamText(vercelHi(baseURL));
     expect(await s.text).toBe('all at once');
     expect(await s.finishReason).toBe('stop');
   });
 
   it("an Azure-style first chunk with empty choices and prompt_filter_results doesn't break clients", async () => {
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(
-        sseText([
-          {
-            id: '',
-            object: '',
-            created: 0,
-            model: '',
-            choices: [],
-            prompt_filter_results: [{ prompt_index: 0 }],
-          },
-          full({ role: 'assistant', content: '' }),
-          full({ content: 'azure' }),
-          full({}, 'stop'),
-          '[DONE]',
-        ]),
-      );
-    });
+    const m = await sseMock([
+      {
+        id: '',
+        object: '',
+        created: 0,
+        model: '',
+        choices: [],
+        prompt_filter_results: [{ prompt_index: 0 }],
+      },
+      full({ role: 'assistant', content: '' }),
+      full({ content: 'azure' }),
+      full({}, 'stop'),
+      '[DONE]',
+    ]);
     const { openai, baseURL } = await setup([m]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe('azure');
-    const s = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
-    });
+    const s = streamText(vercelHi(baseURL));
     expect(await s.text).toBe('azure');
     expect(await s.finishReason).toBe('stop');
   });
 
   it('n: 2 streamed with choice 1 first: each choice whole, both finishes', async () => {
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(
-        sseText([
-          full({ role: 'assistant', content: 'B1' }, null, 1),
-          full({ role: 'assistant', content: 'A1' }, null, 0),
-          full({ content: 'B2' }, null, 1),
-          full({}, 'length', 1),
-          full({ content: 'A2' }, null, 0),
-          full({}, 'stop', 0),
-          '[DONE]',
-        ]),
-      );
-    });
+    const m = await sseMock([
+      full({ role: 'assistant', content: 'B1' }, null, 1),
+      full({ role: 'assistant', content: 'A1' }, null, 0),
+      full({ content: 'B2' }, null, 1),
+      full({}, 'length', 1),
+      full({ content: 'A2' }, null, 0),
+      full({}, 'stop', 0),
+      '[DONE]',
+    ]);
     const { openai } = await setup([m]);
     const chunks = await streamChat(openai, { n: 2 });
     expect([textOf(chunks, 0), finishOf(chunks, 0)]).toEqual(['A1A2', 'stop']);
@@ -531,29 +509,24 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
   });
 
   it('a tool call whole in one chunk with its finish: openai .stream() helper and Vercel get it', async () => {
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(
-        sseText([
-          full(
+    const m = await sseMock([
+      full(
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [
             {
-              role: 'assistant',
-              content: null,
-              tool_calls: [
-                {
-                  index: 0,
-                  id: 'call_a',
-                  type: 'function',
-                  function: { name: 'weather', arguments: '{"city":"Rome"}' },
-                },
-              ],
+              index: 0,
+              id: 'call_a',
+              type: 'function',
+              function: { name: 'weather', arguments: '{"city":"Rome"}' },
             },
-            'tool_calls',
-          ),
-          '[DONE]',
-        ]),
-      );
-    });
+          ],
+        },
+        'tool_calls',
+      ),
+      '[DONE]',
+    ]);
     const { openai, baseURL } = await setup([m]);
     const params = {
       type: 'object',
@@ -573,9 +546,7 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
     expect(final.choices[0]?.finish_reason).toBe('tool_calls');
 
     const s = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
+      ...vercelHi(baseURL),
       tools: { weather: tool({ inputSchema: schemaOf<{ city: string }>(params) }) },
     });
     expect((await s.toolCalls).map((c) => [c.toolCallId, c.input])).toEqual([['call_a', { city: 'Rome' }]]);
@@ -584,17 +555,12 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
 
   it('an empty answer (role chunk, then finish_reason length, as a reasoning model out of tokens gives) is an answer, not a 502', async () => {
     // Expected: the upstream answered properly (200, finish_reason, [DONE]); the client gets that answer.
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(
-        sseText([
-          full({ role: 'assistant', content: '' }),
-          full({}, 'length'),
-          { ...full({}), choices: [], usage: { prompt_tokens: 5, completion_tokens: 64, total_tokens: 69 } },
-          '[DONE]',
-        ]),
-      );
-    });
+    const m = await sseMock([
+      full({ role: 'assistant', content: '' }),
+      full({}, 'length'),
+      { ...full({}), choices: [], usage: { prompt_tokens: 5, completion_tokens: 64, total_tokens: 69 } },
+      '[DONE]',
+    ]);
     const { openai } = await setup([m]);
     const chunks = await streamChat(openai, {
       max_completion_tokens: 64,
@@ -753,15 +719,11 @@ describe('OpenAI-dialect error bodies in the shapes real servers write', () => {
       res.end('prompt too long: 9000 > 8192');
     });
     const { baseURL } = await setup([bad]);
-    const err = await rejection(
-      generateText({ model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'), prompt: 'hi', maxRetries: 0 }),
-    );
+    const err = await rejection(generateText(vercelHi(baseURL)));
     expect(APICallError.isInstance(err)).toBe(true);
     expect((err as APICallError).statusCode).toBe(400);
     expect((err as APICallError).message).toContain('prompt too long: 9000 > 8192');
-    const lcErr = (await rejection(
-      new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0 }).invoke('hi'),
-    )) as { status?: number; message: string };
+    const lcErr = (await rejection(langchain(baseURL).invoke('hi'))) as { status?: number; message: string };
     expect(lcErr.status).toBe(400);
     expect(lcErr.message).toContain('prompt too long: 9000 > 8192');
   });
@@ -856,6 +818,13 @@ const anth = async (handler: Handler, model?: string) => ({
   ...(model ? { model } : {}),
 });
 
+/** An Anthropic mock that answers every request with `events` as one SSE write. */
+const anthSse = (events: readonly Json[], opts: { named?: boolean; eol?: string } = {}) =>
+  anth((_q, res) => {
+    res.writeHead(200, SSE_HEAD);
+    res.end(aSSE(events, opts));
+  });
+
 const textEvents = (parts: readonly string[], stop = 'end_turn'): Json[] => [
   aStart({ input_tokens: 12, output_tokens: 1 }),
   aBlock(0, { type: 'text', text: '' }),
@@ -869,10 +838,7 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
   const PARTS = ['hé', 'llo wö', 'rld 🌍 ', '日本語', ' — ok'];
 
   it('data-only events (no event: lines), as a hasty mock writes them', async () => {
-    const a = await anth((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(aSSE(textEvents(PARTS), { named: false }));
-    });
+    const a = await anthSse(textEvents(PARTS), { named: false });
     const { openai } = await setup([a]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe(UNICODE);
@@ -894,19 +860,14 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
   });
 
   it('text carried in content_block_start itself is not lost', async () => {
-    const a = await anth((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(
-        aSSE([
-          aStart({ input_tokens: 3, output_tokens: 1 }),
-          aBlock(0, { type: 'text', text: 'Start ' }),
-          aText(0, 'and rest'),
-          aStop(0),
-          aDelta('end_turn'),
-          A_END,
-        ]),
-      );
-    });
+    const a = await anthSse([
+      aStart({ input_tokens: 3, output_tokens: 1 }),
+      aBlock(0, { type: 'text', text: 'Start ' }),
+      aText(0, 'and rest'),
+      aStop(0),
+      aDelta('end_turn'),
+      A_END,
+    ]);
     const { openai } = await setup([a]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe('Start and rest');
@@ -940,11 +901,7 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
     // And a JSON answer without usage at all still reads.
     const r = await openai.chat.completions.create({ model: 'r', messages: hi });
     expect(r.choices[0]?.message.content).toBe('x');
-    const s = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
-    });
+    const s = streamText(vercelHi(baseURL));
     expect(await s.text).toBe('usage late');
     expect((await s.usage).inputTokens).toBe(21);
     expect((await s.usage).outputTokens).toBe(8);
@@ -952,10 +909,7 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
 
   it('a stream closed after message_delta without message_stop is a finished answer', async () => {
     // Expected (README: a close after every choice's finish_reason is a finished answer): stop_reason came, so no error event.
-    const a = await anth((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(aSSE(textEvents(['done', ' here']).slice(0, -1)));
-    });
+    const a = await anthSse(textEvents(['done', ' here']).slice(0, -1));
     const { openai } = await setup([a]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe('done here');
@@ -963,10 +917,7 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
   });
 
   it('a stream closed after content but before message_delta is cut: the SDK throws, no finish', async () => {
-    const a = await anth((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(aSSE(textEvents(['half', ' way']).slice(0, -2)));
-    });
+    const a = await anthSse(textEvents(['half', ' way']).slice(0, -2));
     const { openai } = await setup([a]);
     const seen: ChatCompletionChunk[] = [];
     const err = await rejection(
@@ -985,17 +936,12 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
   });
 
   it('an error event after content: the SDK throws, keeping the upstream message, no finish', async () => {
-    const a = await anth((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(
-        aSSE([
-          aStart({ input_tokens: 3, output_tokens: 1 }),
-          aBlock(0, { type: 'text', text: '' }),
-          aText(0, 'partial '),
-          { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded right now' } },
-        ]),
-      );
-    });
+    const a = await anthSse([
+      aStart({ input_tokens: 3, output_tokens: 1 }),
+      aBlock(0, { type: 'text', text: '' }),
+      aText(0, 'partial '),
+      { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded right now' } },
+    ]);
     const { openai } = await setup([a]);
     const seen: ChatCompletionChunk[] = [];
     const err = await rejection(
@@ -1086,9 +1032,7 @@ describe('Anthropic-shaped mocks: tool_use and stop reasons', () => {
     const a = await anth((_q, res) => twoTools(res));
     const { baseURL } = await setup([a]);
     const s = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
+      ...vercelHi(baseURL),
       tools: {
         weather: tool({ inputSchema: schemaOf<Json>(toolsParam[0]!.function.parameters) }),
       },
@@ -1145,11 +1089,7 @@ describe('Anthropic-shaped mocks: tool_use and stop reasons', () => {
       }
       expect(got[0]).toBe(got[1]);
       // Vercel must be able to read it too
-      const v = await generateText({
-        model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-        prompt: 'hi',
-        maxRetries: 0,
-      });
+      const v = await generateText(vercelHi(baseURL));
       expect(v.text).toBe('text');
     });
   }
@@ -1184,11 +1124,7 @@ describe('Anthropic-shaped mocks: tool_use and stop reasons', () => {
     const { openai, baseURL } = await setup([a]);
     const r = await openai.chat.completions.create({ model: 'r', messages: hi });
     expect(r.choices[0]?.message.content).toBe('tiny');
-    const v = await generateText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
-    });
+    const v = await generateText(vercelHi(baseURL));
     expect(v.text).toBe('tiny');
   });
 });
@@ -1407,7 +1343,7 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
       maxRetries: 0,
     });
     expect(g.object).toEqual({ city: 'Bern', celsius: 12 });
-    const lc = new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0 });
+    const lc = langchain(baseURL);
     const so = await lc
       .withStructuredOutput(
         {
@@ -1430,7 +1366,7 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
       json(res, 200, aMessage([{ type: 'text', text: `echo:${txt}` }], 'end_turn'));
     });
     const { baseURL } = await setup([a]);
-    const lc = new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0 });
+    const lc = langchain(baseURL);
     const out = await lc.batch(['one', 'two', 'three']);
     expect(out.map((o) => o.content)).toEqual(['echo:one', 'echo:two', 'echo:three']);
   });
@@ -1472,10 +1408,7 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
   });
 
   it('x-router-* headers on a stream, read by openai withResponse and Vercel response.headers', async () => {
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(sseText([full({ role: 'assistant', content: 'hey' }), full({}, 'stop'), '[DONE]']));
-    });
+    const m = await sseMock([full({ role: 'assistant', content: 'hey' }), full({}, 'stop'), '[DONE]']);
     const { openai, baseURL } = await setup([m]);
     const { data, response } = await openai.chat.completions
       .create({ model: 'r', messages: hi, stream: true }, { headers: { 'x-request-id': 'audit-req-1' } })
@@ -1485,11 +1418,7 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
     expect(response.headers.get('x-request-id')).toBe('audit-req-1');
     for (const h of ['x-router-provider', 'x-router-model', 'x-router-strategy', 'x-router-attempts'])
       expect(response.headers.get(h), h).toBeTruthy();
-    const s = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
-    });
+    const s = streamText(vercelHi(baseURL));
     expect(await s.text).toBe('hey');
     expect((await s.response).headers?.['x-router-strategy']).toBe('priority');
   });
@@ -1592,9 +1521,7 @@ describe('Anthropic request translation as a strict Messages API mock checks it'
     for await (const c of await lc.stream('x')) s += String(c.content);
     expect(s).toBe('streamed');
     const v = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
+      ...vercelHi(baseURL),
       temperature: 0.2,
     });
     expect(await v.text).toBe('streamed');
@@ -1648,14 +1575,10 @@ describe('thinking, empty answers, keep-alives, truncation and size', () => {
       .finalChatCompletion();
     expect(final.choices[0]?.message.content).toBe('The answer is 4.');
     let lcText = '';
-    const lc = new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0 });
+    const lc = langchain(baseURL);
     for await (const c of await lc.stream('hi')) lcText += typeof c.content === 'string' ? c.content : '';
     expect(lcText).toBe('The answer is 4.');
-    const v = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'hi',
-      maxRetries: 0,
-    });
+    const v = streamText(vercelHi(baseURL));
     expect(await v.text).toBe('The answer is 4.');
   });
 
@@ -1973,17 +1896,12 @@ describe('transport quirks of hand-written mocks', () => {
 describe('upstreams that ignore the stream flag', () => {
   it('an OpenAI-dialect upstream that streams SSE to a non-streaming request: the client gets a parsable answer or an error', async () => {
     // Expected: never a 200 whose body the SDK cannot read as a chat.completion.
-    const m = await mock((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(
-        sseText([
-          full({ role: 'assistant', content: 'always ' }),
-          full({ content: 'streams' }),
-          full({}, 'stop'),
-          '[DONE]',
-        ]),
-      );
-    });
+    const m = await sseMock([
+      full({ role: 'assistant', content: 'always ' }),
+      full({ content: 'streams' }),
+      full({}, 'stop'),
+      '[DONE]',
+    ]);
     const { openai } = await setup([m]);
     const got = await openai.chat.completions.create({ model: 'r', messages: hi }).then(
       (r) => ({ content: (r as Partial<typeof r>).choices?.[0]?.message.content }),
@@ -2008,10 +1926,7 @@ describe('upstreams that ignore the stream flag', () => {
   });
 
   it('an Anthropic upstream that streams SSE to a non-streaming request', async () => {
-    const a = await anth((_q, res) => {
-      res.writeHead(200, SSE_HEAD);
-      res.end(aSSE(textEvents(['sse ', 'anyway'])));
-    });
+    const a = await anthSse(textEvents(['sse ', 'anyway']));
     const { openai } = await setup([a]);
     const got = await openai.chat.completions.create({ model: 'r', messages: hi }).then(
       (r) => ({ content: (r as Partial<typeof r>).choices?.[0]?.message.content }),

@@ -6,7 +6,6 @@
  * bounded; no timing-precision assertions (the bounds are several open_ms wide).
  */
 import { expect, it } from 'vitest';
-import { parseConfigText } from '../../src/config/load.js';
 import type { SimOptions, Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import type { TestGateway } from '../helpers/gateway.js';
@@ -21,6 +20,7 @@ import {
   startReplica,
   type ConfigPart,
 } from '../helpers/redis.js';
+import { reload } from '../helpers/review-kit.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
@@ -94,6 +94,33 @@ function trialWatch(gws: () => TestGateway[]): { max: () => number; stop: () => 
   return { max: () => max, stop: () => clearInterval(timer) };
 }
 
+/** Steady {@link traffic} on `gws` while `body` runs; then the traffic stops (and `watch`, when given). */
+async function underTraffic(
+  gws: TestGateway[],
+  body: () => Promise<void>,
+  watch?: { stop: () => void },
+): Promise<void> {
+  const load = traffic(gws);
+  try {
+    await body();
+  } finally {
+    await load.stop();
+    watch?.stop();
+  }
+}
+
+/** The first replica of `f` for which `pred` holds, polled until one does (at most `timeoutMs`). */
+async function replicaWhere(
+  f: Fleet,
+  what: string,
+  pred: (g: TestGateway) => boolean,
+  timeoutMs: number,
+): Promise<TestGateway> {
+  let found: TestGateway | undefined;
+  await until(what, () => (found = f.replicas.find(pred)) !== undefined, timeoutMs);
+  return found!;
+}
+
 const allClosed = (gws: TestGateway[]) => gws.every((g) => stateOf(g) === 'closed');
 
 describeWithRedis('audit: the fleet probe lease', (redis) => {
@@ -107,13 +134,13 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     await tripFleet(f);
     f.bad.set({ status: 200, latencyMs: 150 });
     const watch = trialWatch(() => f.replicas);
-    const load = traffic(f.replicas);
-    try {
-      await until('every replica closed bad/m', () => allClosed(f.replicas), 6 * L + 3_000);
-    } finally {
-      await load.stop();
-      watch.stop();
-    }
+    await underTraffic(
+      f.replicas,
+      async () => {
+        await until('every replica closed bad/m', () => allClosed(f.replicas), 6 * L + 3_000);
+      },
+      watch,
+    );
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 15_000);
 
@@ -128,13 +155,13 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     // Each trial outlives the lease: only renewal keeps the others from probing alongside.
     f.bad.set({ status: 200, latencyMs: 900 });
     const watch = trialWatch(() => f.replicas);
-    const load = traffic(f.replicas);
-    try {
-      await until('every replica closed bad/m', () => allClosed(f.replicas), 12_000);
-    } finally {
-      await load.stop();
-      watch.stop();
-    }
+    await underTraffic(
+      f.replicas,
+      async () => {
+        await until('every replica closed bad/m', () => allClosed(f.replicas), 12_000);
+      },
+      watch,
+    );
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 20_000);
 
@@ -143,21 +170,13 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 1 }, {});
     await tripFleet(f);
     f.bad.set({ status: 200, latencyMs: 3_000 });
-    const load = traffic(f.replicas);
-    try {
-      let holder: TestGateway | undefined;
-      await until(
-        'a replica has a trial out',
-        () => (holder = f.replicas.find((g) => probesOf(g) > 0)) !== undefined,
-        L + 4_000,
-      );
-      await holder!.close();
+    await underTraffic(f.replicas, async () => {
+      const holder = await replicaWhere(f, 'a replica has a trial out', (g) => probesOf(g) > 0, L + 4_000);
+      await holder.close();
       const rest = f.replicas.filter((g) => g !== holder);
       f.bad.set({ latencyMs: 0 });
       await until('the remaining replicas closed bad/m', () => allClosed(rest), 4 * L + 4_000);
-    } finally {
-      await load.stop();
-    }
+    });
   }, 15_000);
 
   it('guard: the lease holder closed while idle (no trial out): a replica with traffic probes and recovers', async () => {
@@ -167,21 +186,18 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     await tripFleet(f);
     f.bad.set({ status: 200 });
     // No traffic: the first replica to ask wins the lease and goes half-open, the others stay held.
-    let holder: TestGateway | undefined;
-    await until(
+    const holder = await replicaWhere(
+      f,
       'one replica won the lease',
-      () => (holder = f.replicas.find((g) => stateOf(g) === 'half_open')) !== undefined,
+      (g) => stateOf(g) === 'half_open',
       L + 4_000,
     );
     expect(await raw.get(`${f.prefix}probe:${ID}`)).not.toBeNull();
-    await holder!.close();
+    await holder.close();
     const rest = f.replicas.filter((g) => g !== holder);
-    const load = traffic(rest);
-    try {
+    await underTraffic(rest, async () => {
       await until('the remaining replicas closed bad/m', () => allClosed(rest), 4 * L + 3_000);
-    } finally {
-      await load.stop();
-    }
+    });
   }, 15_000);
 
   it('guard: traffic only on a replica that lost the lease: it probes once the idle holder lets it lapse', async () => {
@@ -189,20 +205,17 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     const f = await fleet(redis.url, 2, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
     await tripFleet(f);
     f.bad.set({ status: 200 });
-    let holder: TestGateway | undefined;
-    await until(
+    const holder = await replicaWhere(
+      f,
       'one replica won the lease',
-      () => (holder = f.replicas.find((g) => stateOf(g) === 'half_open')) !== undefined,
+      (g) => stateOf(g) === 'half_open',
       L + 4_000,
     );
     const other = f.replicas.find((g) => g !== holder)!;
     expect(stateOf(other)).toBe('open');
-    const load = traffic([other]);
-    try {
+    await underTraffic([other], async () => {
       await until('both replicas closed bad/m', () => allClosed(f.replicas), 4 * L + 3_000);
-    } finally {
-      await load.stop();
-    }
+    });
     // The non-holder's probe closed it; the holder adopted the close.
     expect(f.bad.requests.length).toBeGreaterThan(0);
   }, 15_000);
@@ -213,14 +226,11 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     const raw = track(redisClient(redis.url));
     await tripFleet(f);
     f.bad.set({ status: 200, latencyMs: 400 });
-    const load = traffic(f.replicas);
-    try {
+    await underTraffic(f.replicas, async () => {
       await until('a trial is out', () => f.replicas.some((g) => probesOf(g) > 0), L + 4_000);
       await raw.flushdb();
       await until('every replica closed bad/m', () => allClosed(f.replicas), 6 * L + 4_000);
-    } finally {
-      await load.stop();
-    }
+    });
   }, 15_000);
 
   it('was a defect (fixed): after a Redis restart while a replica holds the lease, once Redis is back one replica trials at a time', async () => {
@@ -281,27 +291,22 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     await tripFleet(f);
     f.bad.set({ status: 200, latencyMs: 300 });
     const watch = trialWatch(() => f.replicas);
-    const load = traffic(f.replicas);
-    try {
-      let holder: TestGateway | undefined;
-      await until(
-        'a replica has a trial out',
-        () => (holder = f.replicas.find((g) => probesOf(g) > 0)) !== undefined,
-        L + 4_000,
-      );
-      const next = {
-        ...f.cfg,
-        circuit_breaker: { failure_threshold: 1, open_ms: 2 * L, success_threshold: 3 },
-      };
-      holder!.gateway.reload(parseConfigText(JSON.stringify(next), {}));
-      // And a reload on a replica held open, too.
-      const other = f.replicas.find((g) => g !== holder)!;
-      other.gateway.reload(parseConfigText(JSON.stringify(next), {}));
-      await until('every replica closed bad/m', () => allClosed(f.replicas), 10_000);
-    } finally {
-      await load.stop();
-      watch.stop();
-    }
+    await underTraffic(
+      f.replicas,
+      async () => {
+        const holder = await replicaWhere(f, 'a replica has a trial out', (g) => probesOf(g) > 0, L + 4_000);
+        const next = {
+          ...f.cfg,
+          circuit_breaker: { failure_threshold: 1, open_ms: 2 * L, success_threshold: 3 },
+        };
+        reload(holder, next);
+        // And a reload on a replica held open, too.
+        const other = f.replicas.find((g) => g !== holder)!;
+        reload(other, next);
+        await until('every replica closed bad/m', () => allClosed(f.replicas), 10_000);
+      },
+      watch,
+    );
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 20_000);
 
@@ -310,10 +315,10 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     const f = await fleet(redis.url, 2, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
     await tripFleet(f);
     f.bad.set({ status: 200, latencyMs: 0 });
-    let holder: TestGateway | undefined;
-    await until(
+    const holder = await replicaWhere(
+      f,
       'one replica won the lease',
-      () => (holder = f.replicas.find((g) => stateOf(g) === 'half_open')) !== undefined,
+      (g) => stateOf(g) === 'half_open',
       L + 4_000,
     );
     const providers = (f.cfg.providers as ConfigPart[]).filter((p) => p.name !== 'bad');
@@ -322,14 +327,11 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
       providers,
       routes: { r: { strategy: 'priority', targets: ['good/m'] } },
     };
-    holder!.gateway.reload(parseConfigText(JSON.stringify(without), {}));
-    holder!.gateway.reload(parseConfigText(JSON.stringify(f.cfg), {}));
+    reload(holder, without);
+    reload(holder, f.cfg);
     const other = f.replicas.find((g) => g !== holder)!;
-    const load = traffic([other]);
-    try {
+    await underTraffic([other], async () => {
       await until('the other replica closed bad/m', () => stateOf(other) === 'closed', 4 * L + 3_000);
-    } finally {
-      await load.stop();
-    }
+    });
   }, 15_000);
 });

@@ -9,7 +9,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { queryObjects } from 'node:v8';
 import { Client, request } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseConfigText } from '../../src/config/load.js';
 import { CircuitBreaker } from '../../src/resilience/breaker.js';
 import { RouterCache } from '../../src/routing/router-cache.js';
 import { UpstreamStats } from '../../src/routing/stats.js';
@@ -21,6 +20,7 @@ import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, chunkFrame, sendJson } from '../helpers/mock-upstream.js';
 import { parseProm, scrape, value } from '../helpers/prom-text.js';
+import { reload } from '../helpers/review-kit.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
@@ -228,10 +228,6 @@ function config(providers: Json[], routes: Json, extra: Json = {}): Json {
   };
 }
 
-function reload(gw: TestGateway, cfg: Json): void {
-  gw.gateway.reload(parseConfigText(JSON.stringify(cfg), {}));
-}
-
 async function chat(
   gw: TestGateway,
   body: Json,
@@ -243,6 +239,16 @@ async function chat(
     body: JSON.stringify(body),
   });
   return { status: res.statusCode, text: await res.body.text(), headers: res.headers };
+}
+
+/** A chat request as undici sends it, for the tests that abort it or read it themselves. */
+function send(gw: TestGateway, body: Json, signal?: AbortSignal): ReturnType<typeof request> {
+  return request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal,
+  });
 }
 
 const hi = (model: string, extra: Json = {}): Json => ({
@@ -613,16 +619,30 @@ describe('audit: clients that go away', () => {
     await until('the old runtime to drain and close its pools', () => pools.every((p) => p.closed), 3_000);
   }
 
+  /**
+   * `n` requests (`body(i)`), each aborted once the upstream has it (its `model` requests pass i); each must
+   * reject, and the upstream must see every one of them cut.
+   */
+  async function abortEachOnArrival(
+    gw: TestGateway,
+    mock: Mock,
+    o: { n: number; model: string; body: (i: number) => Json; arrived: string; cut: string },
+  ): Promise<void> {
+    for (let i = 0; i < o.n; i++) {
+      const ac = new AbortController();
+      const pending = send(gw, o.body(i), ac.signal);
+      await until(o.arrived, () => mock.requests.filter((r) => r.model === o.model).length > i);
+      ac.abort();
+      await expect(pending).rejects.toThrow();
+    }
+    await until(o.cut, () => mock.requests.filter((r) => r.model === o.model).every((r) => r.aborted));
+  }
+
   it('a stream aborted mid-way (after its commit) releases its upstream request and every live object', async () => {
     const { mock, gw } = await abortedGateway();
     for (let i = 0; i < 5; i++) {
       const ac = new AbortController();
-      const res = await request(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(hi('p/slow', { stream: true })),
-        signal: ac.signal,
-      });
+      const res = await send(gw, hi('p/slow', { stream: true }), ac.signal);
       expect(res.statusCode).toBe(200);
       await new Promise<void>((resolve) => res.body.once('data', () => resolve()));
       ac.abort();
@@ -637,48 +657,26 @@ describe('audit: clients that go away', () => {
 
   it('a stream aborted before its commit (upstream sent only its preamble) releases everything', async () => {
     const { mock, gw } = await abortedGateway();
-    for (let i = 0; i < 5; i++) {
-      const ac = new AbortController();
-      const pending = request(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(hi('p/pre', { stream: true })),
-        signal: ac.signal,
-      });
-      await until(
-        'the upstream to get the request',
-        () => mock.requests.filter((r) => r.model === 'pre').length > i,
-      );
-      ac.abort();
-      await expect(pending).rejects.toThrow();
-    }
-    await until('the upstream to see every request cut', () =>
-      mock.requests.filter((r) => r.model === 'pre').every((r) => r.aborted),
-    );
+    await abortEachOnArrival(gw, mock, {
+      n: 5,
+      model: 'pre',
+      body: () => hi('p/pre', { stream: true }),
+      arrived: 'the upstream to get the request',
+      cut: 'the upstream to see every request cut',
+    });
     await expectReleased(gw, [['p', 'pre']]);
     await expectRuntimeDrained(gw);
   });
 
   it('JSON requests aborted while the upstream hangs release the upstream connection and everything else', async () => {
     const { mock, gw } = await abortedGateway();
-    for (let i = 0; i < 5; i++) {
-      const ac = new AbortController();
-      const pending = request(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(hi('p/hang')),
-        signal: ac.signal,
-      });
-      await until(
-        'the upstream to get the request',
-        () => mock.requests.filter((r) => r.model === 'hang').length > i,
-      );
-      ac.abort();
-      await expect(pending).rejects.toThrow();
-    }
-    await until('the upstream to see every request cut', () =>
-      mock.requests.filter((r) => r.model === 'hang').every((r) => r.aborted),
-    );
+    await abortEachOnArrival(gw, mock, {
+      n: 5,
+      model: 'hang',
+      body: () => hi('p/hang'),
+      arrived: 'the upstream to get the request',
+      cut: 'the upstream to see every request cut',
+    });
     await expectReleased(gw, [['p', 'hang']]);
     await expectRuntimeDrained(gw);
   });
@@ -686,23 +684,13 @@ describe('audit: clients that go away', () => {
   it('a request aborted while queued for a pool slot (max_concurrency reached) is never sent and holds nothing', async () => {
     const { mock, gw } = await abortedGateway();
     const hog = new AbortController();
-    const hogging = request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(hi('one/hang')),
-      signal: hog.signal,
-    });
+    const hogging = send(gw, hi('one/hang'), hog.signal);
     await until('the hog to reach the upstream', () => mock.requests.some((r) => r.model === 'hang'));
     const queued: Promise<unknown>[] = [];
     for (let i = 0; i < 5; i++) {
       const ac = new AbortController();
       queued.push(
-        request(`${gw.url}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify(hi('one/ok', { stream: i % 2 === 1 })),
-          signal: ac.signal,
-        })
+        send(gw, hi('one/ok', { stream: i % 2 === 1 }), ac.signal)
           .then((r) => r.body.text())
           .catch(() => undefined),
       );
@@ -725,24 +713,13 @@ describe('audit: clients that go away', () => {
 
   it('a request aborted while the LLM router call hangs cancels that call and releases everything', async () => {
     const { mock, gw } = await abortedGateway();
-    for (let i = 0; i < 3; i++) {
-      const ac = new AbortController();
-      const pending = request(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'tiered', messages: [{ role: 'user', content: `route me ${i}` }] }),
-        signal: ac.signal,
-      });
-      await until(
-        'the router call to reach its upstream',
-        () => mock.requests.filter((r) => r.model === 'hang').length > i,
-      );
-      ac.abort();
-      await expect(pending).rejects.toThrow();
-    }
-    await until('the upstream to see every router call cut', () =>
-      mock.requests.filter((r) => r.model === 'hang').every((r) => r.aborted),
-    );
+    await abortEachOnArrival(gw, mock, {
+      n: 3,
+      model: 'hang',
+      body: (i) => ({ model: 'tiered', messages: [{ role: 'user', content: `route me ${i}` }] }),
+      arrived: 'the router call to reach its upstream',
+      cut: 'the upstream to see every router call cut',
+    });
     await expectReleased(gw, [['r', 'hang']]);
     // The same prompt again is a fresh call (the aborted one is no call to join), answered by default_tier
     // only if the router fails: the hanging router is cut by its own timeout; here we just check it is sent.

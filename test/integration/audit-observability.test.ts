@@ -15,6 +15,7 @@ import { createLogger } from '../../src/observability/logger.js';
 import { startSimulator, type SimOptions } from '../../src/sim/index.js';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postJson, retryUntil, upstreamStatus, type Candidate } from '../helpers/router-api.js';
 import { chunkFrame, sendJson } from '../helpers/mock-upstream.js';
 import { scrape, select, value, type Sample } from '../helpers/prom-text.js';
 import { manualClock } from '../helpers/random.js';
@@ -111,52 +112,13 @@ async function gateway(config: Json, opts: Parameters<typeof startGateway>[1] = 
   return track(await startGateway(config, opts));
 }
 
-interface Res {
-  status: number;
-  headers: Record<string, string>;
-  text: string;
-  json: Json;
-}
-
-async function call(
-  gw: { url: string },
-  body: Json,
-  headers: Record<string, string> = {},
-  path = '/v1/chat/completions',
-): Promise<Res> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: Json = {};
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    /* SSE */
-  }
-  const h: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) h[k] = Array.isArray(v) ? v.join(',') : String(v);
-  return { status: res.statusCode, headers: h, text, json };
-}
+/** A POST to the gateway (undici, no key unless in `headers`). */
+const call = (gw: { url: string }, body: Json, headers: Record<string, string> = {}, path?: string) =>
+  postJson(gw, body, headers, path);
 
 const HI = [{ role: 'user', content: 'hello' }];
 
-async function status(gw: { url: string }): Promise<Map<string, Json & { breaker: Json; stats: Json }>> {
-  const res = await request(`${gw.url}/router/status`);
-  const body = (await res.body.json()) as {
-    upstreams: Array<Json & { id: string; breaker: Json; stats: Json }>;
-  };
-  return new Map(body.upstreams.map((u) => [u.id, u]));
-}
-
-interface Candidate {
-  rank: number;
-  upstream: string;
-  score: number;
-  reason: string;
-}
+const status = upstreamStatus;
 
 async function explain(gw: { url: string }, body: Json, headers: Record<string, string> = {}) {
   const r = await call(gw, body, headers, '/router/explain');
@@ -173,17 +135,7 @@ function requestLines(gw: TestGateway, reqId?: string): Json[] {
   );
 }
 
-async function until<T>(check: () => T | Promise<T>, ms = 3000): Promise<T> {
-  const end = performance.now() + ms;
-  for (;;) {
-    try {
-      return await check();
-    } catch (err) {
-      if (performance.now() > end) throw err;
-      await sleep(10);
-    }
-  }
-}
+const until = <T>(check: () => T | Promise<T>, ms = 3000): Promise<T> => retryUntil(check, ms, 10);
 
 const hsum = (s: Sample[], name: string, labels: Record<string, string>) => value(s, `${name}_sum`, labels);
 const hcount = (s: Sample[], name: string, labels: Record<string, string>) =>

@@ -18,6 +18,7 @@ import { Agent, request } from 'undici';
 import { describe, expect, it, vi } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { REPO_ROOT, cliWorkDir, startCli, type CliProcess } from '../helpers/cli-harness.js';
+import { postTo } from '../helpers/gateway.js';
 import { answerChat, chunkFrame, sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 import { parseProm, select, value, type Sample } from '../helpers/prom-text.js';
 
@@ -173,28 +174,13 @@ interface Answer {
   json: Json;
 }
 
-async function post(
+function post(
   base: string,
   body: Json,
   headers: Record<string, string> = {},
   dispatcher?: Agent,
 ): Promise<Answer> {
-  const res = await request(`${base}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-    dispatcher,
-  });
-  const text = await res.body.text();
-  let json: Json = {};
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    /* a stream */
-  }
-  const h: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) h[k] = Array.isArray(v) ? v.join(',') : String(v);
-  return { status: res.statusCode, headers: h, text, json };
+  return postTo(`${base}/v1/chat/completions`, body, { headers, dispatcher });
 }
 
 const chatBody = (model: string, content = 'hi', stream = false): Json => ({

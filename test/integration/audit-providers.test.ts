@@ -177,6 +177,16 @@ async function delta(
   };
 }
 
+/** A gateway over the one upstream `up`: what `fn` returned and the bookkeeping change across it. */
+async function oneUp<T>(up: Upstream, fn: (s: Setup) => Promise<T>): Promise<Setup & { out: T; d: Book }> {
+  const s = await setup([up]);
+  let out!: T;
+  const d = await delta(s.gw, up.name, up.model, async () => {
+    out = await fn(s);
+  });
+  return { ...s, out, d };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client helpers
 
@@ -233,6 +243,30 @@ const finishOf = (chunks: readonly ChatCompletionChunk[]): string | null | undef
   chunks.flatMap((c) => c.choices.filter((ch) => ch.index === 0 && ch.finish_reason)).at(-1)?.finish_reason;
 
 const usageOf = (chunks: readonly ChatCompletionChunk[]) => chunks.filter((c) => c.usage).at(-1)?.usage;
+
+/** A plain `stream: true` request through the SDK: its chunks. */
+const streamChunks = async ({ openai }: Setup): Promise<ChatCompletionChunk[]> =>
+  collect(await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }));
+
+/** A plain non-stream request through the SDK. */
+const complete = ({ openai }: Setup): Promise<OpenAI.Chat.ChatCompletion> =>
+  openai.chat.completions.create({ model: 'r', messages: hi });
+
+/** A plain stream request with undici: the raw SSE text. */
+const rawOf = ({ gw }: Setup) => rawStream(gw, {});
+
+/** A stream through the SDK's `stream()` helper with `body`: its chunks and the completion it assembles. */
+const streamFinal =
+  (body: Json = {}) =>
+  async ({ openai }: Setup) => {
+    const stream = openai.chat.completions.stream({
+      model: 'r',
+      messages: hi,
+      ...body,
+    } as unknown as OpenAI.Chat.ChatCompletionCreateParamsStreaming);
+    const chunks = await collect(stream);
+    return { chunks, final: await stream.finalChatCompletion() };
+  };
 
 // =============================================================================================
 // Azure OpenAI
@@ -308,18 +342,13 @@ describe('Azure OpenAI', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'azure', mock: m, model: 'gpt-4o' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'azure', 'gpt-4o', async () => {
-      const stream = openai.chat.completions.stream({
-        model: 'r',
-        messages: hi,
-        stream_options: { include_usage: true },
-      });
-      chunks = await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { chunks, final },
+      d,
+    } = await oneUp(
+      { name: 'azure', mock: m, model: 'gpt-4o' },
+      streamFinal({ stream_options: { include_usage: true } }),
+    );
     expect(textOf(chunks)).toBe('Hello from Azure.');
     expect(final?.choices[0]?.message.content).toBe('Hello from Azure.');
     expect(final?.choices[0]?.finish_reason).toBe('stop');
@@ -380,11 +409,7 @@ describe('Azure OpenAI', () => {
         '[DONE]',
       ]),
     );
-    const { gw } = await setup([{ name: 'azure', mock: m, model: 'gpt-4o' }]);
-    let raw = { status: 0, headers: {} as Json, text: '' };
-    const d = await delta(gw, 'azure', 'gpt-4o', async () => {
-      raw = await rawStream(gw, {});
-    });
+    const { out: raw, d } = await oneUp({ name: 'azure', mock: m, model: 'gpt-4o' }, rawOf);
     expect(raw.status).toBe(200);
     const events = dataEvents(raw.text);
     expect(events.some((e) => 'error' in e)).toBe(false);
@@ -646,14 +671,10 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'gemini', 'gemini-2.5-flash', async () => {
-      const stream = openai.chat.completions.stream({ model: 'r', messages: hi });
-      chunks = await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { chunks, final },
+      d,
+    } = await oneUp({ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }, streamFinal());
     expect(textOf(chunks)).toBe('Gemini says hello there.');
     expect(final?.choices[0]?.message.content).toBe('Gemini says hello there.');
     expect(finishOf(chunks)).toBe('stop');
@@ -848,11 +869,7 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
         gemChunk({ content: ' marker.' }, 'stop', GEM_USAGE),
       ]),
     );
-    const { gw } = await setup([{ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }]);
-    let raw = { status: 0, headers: {} as Json, text: '' };
-    const d = await delta(gw, 'gemini', 'gemini-2.5-flash', async () => {
-      raw = await rawStream(gw, {});
-    });
+    const { out: raw, d } = await oneUp({ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }, rawOf);
     const events = dataEvents(raw.text);
     expect(events.some((e) => 'error' in e)).toBe(false);
     expect(
@@ -876,13 +893,10 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    const d = await delta(gw, 'gemini', 'gemini-2.5-flash', async () => {
-      chunks = await collect(
-        await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }),
-      );
-    });
+    const { out: chunks, d } = await oneUp(
+      { name: 'gemini', mock: m, model: 'gemini-2.5-flash' },
+      streamChunks,
+    );
     expect(textOf(chunks)).toBe('你好！很高兴认识你。有什么问题？');
     expect(d).toMatchObject({ ok: 1, streamFailures: 0 });
   });
@@ -952,13 +966,10 @@ describe('Groq', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'groq', mock: m, model: 'llama-3.3-70b-versatile' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    const d = await delta(gw, 'groq', 'llama-3.3-70b-versatile', async () => {
-      chunks = await collect(
-        await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }),
-      );
-    });
+    const { out: chunks, d } = await oneUp(
+      { name: 'groq', mock: m, model: 'llama-3.3-70b-versatile' },
+      streamChunks,
+    );
     expect(textOf(chunks)).toBe('One, two, buckle my shoe.');
     expect(finishOf(chunks)).toBe('stop');
     const xg = chunks.map((c) => (c as unknown as Json).x_groq as Json | undefined).filter(Boolean);
@@ -979,10 +990,7 @@ describe('Groq', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'groq', mock: m, model: 'llama-3.3-70b-versatile' }]);
-    const d = await delta(gw, 'groq', 'llama-3.3-70b-versatile', async () => {
-      await collect(await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }));
-    });
+    const { d } = await oneUp({ name: 'groq', mock: m, model: 'llama-3.3-70b-versatile' }, streamChunks);
     expect(d).toMatchObject({ prompt: 43, completion: 9, ok: 1 });
   });
 
@@ -1006,11 +1014,10 @@ describe('Groq', () => {
         x_groq: { id: 'req_01jt0xby4ffanamrs6m40mv0fy' },
       }),
     );
-    const { gw, openai } = await setup([{ name: 'groq', mock: m, model: 'llama-3.3-70b-versatile' }]);
-    let data: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'groq', 'llama-3.3-70b-versatile', async () => {
-      data = await openai.chat.completions.create({ model: 'r', messages: hi });
-    });
+    const { out: data, d } = await oneUp(
+      { name: 'groq', mock: m, model: 'llama-3.3-70b-versatile' },
+      complete,
+    );
     expect(data?.choices[0]?.message.content).toBe('Fast answer.');
     expect((data as unknown as Json).x_groq).toMatchObject({ id: 'req_01jt0xby4ffanamrs6m40mv0fy' });
     expect(d).toMatchObject({ prompt: 43, completion: 9, ok: 1 });
@@ -1059,14 +1066,10 @@ describe('OpenRouter', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'openrouter', mock: m, model: 'openai/gpt-4o' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'openrouter', 'openai/gpt-4o', async () => {
-      const stream = openai.chat.completions.stream({ model: 'r', messages: hi });
-      chunks = await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { chunks, final },
+      d,
+    } = await oneUp({ name: 'openrouter', mock: m, model: 'openai/gpt-4o' }, streamFinal());
     expect(textOf(chunks)).toBe('Routed twice.');
     expect(final?.choices[0]?.message.content).toBe('Routed twice.');
     expect(d).toMatchObject({ prompt: 8, completion: 3, ok: 1, streamFailures: 0 });
@@ -1120,11 +1123,7 @@ describe('OpenRouter', () => {
         orError(),
       ]),
     );
-    const { gw } = await setup([{ name: 'openrouter', mock: m, model: 'openai/gpt-4o' }]);
-    let raw = { status: 0, headers: {} as Json, text: '' };
-    const d = await delta(gw, 'openrouter', 'openai/gpt-4o', async () => {
-      raw = await rawStream(gw, {});
-    });
+    const { gw, out: raw, d } = await oneUp({ name: 'openrouter', mock: m, model: 'openai/gpt-4o' }, rawOf);
     expect(raw.status).toBe(200);
     const events = dataEvents(raw.text);
     const text = events
@@ -1254,13 +1253,10 @@ describe('DeepSeek', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'deepseek', mock: m, model: 'deepseek-reasoner' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    const d = await delta(gw, 'deepseek', 'deepseek-reasoner', async () => {
-      chunks = await collect(
-        await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }),
-      );
-    });
+    const { out: chunks, d } = await oneUp(
+      { name: 'deepseek', mock: m, model: 'deepseek-reasoner' },
+      streamChunks,
+    );
     expect(fieldOf(chunks, 'reasoning_content')).toBe('9.11 vs 9.8: compare decimals.');
     expect(textOf(chunks)).toBe('9.8 is greater.');
     // Reasoning comes before the answer.
@@ -1282,11 +1278,7 @@ describe('DeepSeek', () => {
       await sleep(20);
       res.destroy();
     });
-    const { gw } = await setup([{ name: 'deepseek', mock: m, model: 'deepseek-reasoner' }]);
-    let raw = { status: 0, headers: {} as Json, text: '' };
-    const d = await delta(gw, 'deepseek', 'deepseek-reasoner', async () => {
-      raw = await rawStream(gw, {});
-    });
+    const { out: raw, d } = await oneUp({ name: 'deepseek', mock: m, model: 'deepseek-reasoner' }, rawOf);
     expect(raw.status).toBe(200);
     const events = dataEvents(raw.text);
     const reasoning = events
@@ -1330,11 +1322,7 @@ describe('DeepSeek', () => {
         }),
       );
     });
-    const { gw, openai } = await setup([{ name: 'deepseek', mock: m, model: 'deepseek-reasoner' }]);
-    let data: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'deepseek', 'deepseek-reasoner', async () => {
-      data = await openai.chat.completions.create({ model: 'r', messages: hi });
-    });
+    const { out: data, d } = await oneUp({ name: 'deepseek', mock: m, model: 'deepseek-reasoner' }, complete);
     expect(data?.choices[0]?.message.content).toBe('9.8 is greater.');
     expect((data?.choices[0]?.message as unknown as Json).reasoning_content).toBe('Compare decimals.');
     expect(d).toMatchObject({ prompt: 13, completion: 25, ok: 1 });
@@ -1373,18 +1361,13 @@ describe('Ollama', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'ollama', mock: m, model: 'qwen3:8b' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'ollama', 'qwen3:8b', async () => {
-      const stream = openai.chat.completions.stream({
-        model: 'r',
-        messages: hi,
-        stream_options: { include_usage: true },
-      });
-      chunks = await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { chunks, final },
+      d,
+    } = await oneUp(
+      { name: 'ollama', mock: m, model: 'qwen3:8b' },
+      streamFinal({ stream_options: { include_usage: true } }),
+    );
     expect(fieldOf(chunks, 'reasoning')).toBe('We need an answer.');
     expect(textOf(chunks)).toBe('Local answer.');
     expect(final?.choices[0]?.message.content).toBe('Local answer.');
@@ -1434,11 +1417,7 @@ describe('Ollama', () => {
         usage: { prompt_tokens: 17, completion_tokens: 6, total_tokens: 23 },
       }),
     );
-    const { gw, openai } = await setup([{ name: 'ollama', mock: m, model: 'qwen3:8b' }]);
-    let data: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'ollama', 'qwen3:8b', async () => {
-      data = await openai.chat.completions.create({ model: 'r', messages: hi });
-    });
+    const { out: data, d } = await oneUp({ name: 'ollama', mock: m, model: 'qwen3:8b' }, complete);
     expect(data?.choices[0]?.message.content).toBe('Local answer.');
     expect((data?.choices[0]?.message as unknown as Json).reasoning).toBe('We need an answer.');
     expect(d).toMatchObject({ prompt: 17, completion: 6, ok: 1 });
@@ -1492,18 +1471,18 @@ describe('vLLM', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    const d = await delta(gw, 'vllm', 'Qwen/Qwen3-8B', async () => {
-      chunks = await collect(
-        await openai.chat.completions.create({
-          model: 'r',
-          messages: hi,
-          stream: true,
-          stream_options: { include_usage: true, continuous_usage_stats: true },
-        } as OpenAI.Chat.ChatCompletionCreateParamsStreaming),
-      );
-    });
+    const { out: chunks, d } = await oneUp(
+      { name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' },
+      async ({ openai }) =>
+        collect(
+          await openai.chat.completions.create({
+            model: 'r',
+            messages: hi,
+            stream: true,
+            stream_options: { include_usage: true, continuous_usage_stats: true },
+          } as OpenAI.Chat.ChatCompletionCreateParamsStreaming),
+        ),
+    );
     // stream_options is a known field; its vLLM-only member must still pass through (README: unknown fields
     // pass through untouched).
     expect(m.received[0]?.body.stream_options).toMatchObject({
@@ -1527,17 +1506,13 @@ describe('vLLM', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' }]);
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'vllm', 'Qwen/Qwen3-8B', async () => {
-      const stream = openai.chat.completions.stream({
-        model: 'r',
-        messages: hi,
-        stream_options: { include_usage: true },
-      });
-      await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { final },
+      d,
+    } = await oneUp(
+      { name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' },
+      streamFinal({ stream_options: { include_usage: true } }),
+    );
     expect(final?.choices[0]?.message.content).toBe('Null usage.');
     expect(final?.usage).toMatchObject({ prompt_tokens: 6, completion_tokens: 2 });
     expect(d).toMatchObject({ prompt: 6, completion: 2, ok: 1 });
@@ -1564,11 +1539,7 @@ describe('vLLM errors', () => {
         '[DONE]',
       ]),
     );
-    const { gw } = await setup([{ name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' }]);
-    let raw = { status: 0, headers: {} as Json, text: '' };
-    const d = await delta(gw, 'vllm', 'Qwen/Qwen3-8B', async () => {
-      raw = await rawStream(gw, {});
-    });
+    const { out: raw, d } = await oneUp({ name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' }, rawOf);
     const events = dataEvents(raw.text);
     expect(
       events
@@ -1659,13 +1630,10 @@ describe('xAI', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'xai', mock: m, model: 'grok-beta' }]);
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'xai', 'grok-beta', async () => {
-      const stream = openai.chat.completions.stream({ model: 'r', messages: hi });
-      await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { final },
+      d,
+    } = await oneUp({ name: 'xai', mock: m, model: 'grok-beta' }, streamFinal());
     expect(final?.choices[0]?.message.content).toBe('Coca-Cola is a drink.');
     expect(d).toMatchObject({ prompt: 38, completion: 5, ok: 1, streamFailures: 0 });
   });
@@ -1706,13 +1674,10 @@ describe('Together AI', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'together', mock: m, model: 'llama-3.3-70b' }]);
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'together', 'llama-3.3-70b', async () => {
-      const stream = openai.chat.completions.stream({ model: 'r', messages: hi, max_tokens: 3 });
-      await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { final },
+      d,
+    } = await oneUp({ name: 'together', mock: m, model: 'llama-3.3-70b' }, streamFinal({ max_tokens: 3 }));
     expect(final?.choices[0]?.message.content).toBe('Together is cut');
     expect(final?.choices[0]?.finish_reason).toBe('length');
     expect(d).toMatchObject({ prompt: 17, completion: 3, ok: 1, streamFailures: 0 });
@@ -1772,18 +1737,13 @@ describe('Mistral', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([{ name: 'mistral', mock: m, model: 'mistral-large-latest' }]);
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'mistral', 'mistral-large-latest', async () => {
-      const stream = openai.chat.completions.stream({
-        model: 'r',
-        messages: hi,
-        tools: WEATHER_TOOLS,
-        tool_choice: 'any',
-      } as unknown as OpenAI.Chat.ChatCompletionCreateParamsStreaming);
-      await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { final },
+      d,
+    } = await oneUp(
+      { name: 'mistral', mock: m, model: 'mistral-large-latest' },
+      streamFinal({ tools: WEATHER_TOOLS, tool_choice: 'any' }),
+    );
     expect(m.received[0]?.body.tool_choice).toBe('any');
     // README: "The body goes as the client sent it, but for `model`". Mistral refuses fields it does not know with a
     // 422 (below), so a gateway that added e.g. `stream_options` to count tokens would break every Mistral stream.
@@ -1832,16 +1792,16 @@ describe('Mistral', () => {
         ],
       }),
     );
-    const { gw, openai } = await setup([{ name: 'mistral', mock: m, model: 'mistral-large-latest' }]);
-    let data: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'mistral', 'mistral-large-latest', async () => {
-      data = await openai.chat.completions.create({
-        model: 'r',
-        messages: hi,
-        tools: WEATHER_TOOLS,
-        tool_choice: 'any',
-      } as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming);
-    });
+    const { out: data, d } = await oneUp(
+      { name: 'mistral', mock: m, model: 'mistral-large-latest' },
+      ({ openai }) =>
+        openai.chat.completions.create({
+          model: 'r',
+          messages: hi,
+          tools: WEATHER_TOOLS,
+          tool_choice: 'any',
+        } as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming),
+    );
     const call = data?.choices[0]?.message.tool_calls?.[0];
     expect(call).toMatchObject({
       id: 'D681PevKs',
@@ -1995,13 +1955,10 @@ describe('SSE framing', () => {
       { eol: '\r\n', prefix: 'data:' },
     );
     const m = await mock((_q, res) => writeSplit(res, body, [3]));
-    const { gw, openai } = await setup([{ name: 'llamacpp', mock: m, model: 'gemma-3-1b' }]);
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'llamacpp', 'gemma-3-1b', async () => {
-      const stream = openai.chat.completions.stream({ model: 'r', messages: hi });
-      await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+    const {
+      out: { final },
+      d,
+    } = await oneUp({ name: 'llamacpp', mock: m, model: 'gemma-3-1b' }, streamFinal());
     expect(final?.choices[0]?.message.content).toBe(UNICODE);
     expect(final?.choices[0]?.finish_reason).toBe('stop');
     expect(d).toMatchObject({ prompt: 4, completion: 9, ok: 1, streamFailures: 0 });
@@ -2022,13 +1979,10 @@ describe('SSE framing', () => {
       res.writeHead(200, SSE_HEAD);
       res.end(body);
     });
-    const { gw, openai } = await setup([{ name: 'mistral', mock: m, model: 'mistral-small' }]);
-    let chunks: ChatCompletionChunk[] = [];
-    const d = await delta(gw, 'mistral', 'mistral-small', async () => {
-      chunks = await collect(
-        await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }),
-      );
-    });
+    const { out: chunks, d } = await oneUp(
+      { name: 'mistral', mock: m, model: 'mistral-small' },
+      streamChunks,
+    );
     expect(textOf(chunks)).toBe('one write');
     expect(d).toMatchObject({ prompt: 3, completion: 2, ok: 1 });
   });

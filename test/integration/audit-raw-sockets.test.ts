@@ -243,6 +243,12 @@ async function gatewayOver(
   );
 }
 
+/** One good upstream `b` behind both providers (route `hb` goes to it alone), with `server` options. */
+async function overB(server: Json = {}): Promise<{ b: HttpMock; gw: TestGateway }> {
+  const b = await goodUpstream('b');
+  return { b, gw: await gatewayOver(b.url, b.url, server) };
+}
+
 interface Answer {
   status: number;
   headers: Record<string, string>;
@@ -345,6 +351,14 @@ class RawClient {
     const deadline = Date.now() + ms;
     while (!this.closed && Date.now() < deadline) await sleep(20);
   }
+}
+
+/** Writes `text` on a fresh connection, waits (4 s at most) for the gateway to close it, parses the answers. */
+async function closedExchange(gw: TestGateway, text: string): Promise<{ c: RawClient; rs: Parsed[] }> {
+  const c = new RawClient(gw.url);
+  await c.write(text);
+  await c.waitClosed(4000);
+  return { c, rs: parseResponses(c.text) };
 }
 
 interface Parsed {
@@ -458,8 +472,7 @@ const MB = 1024 * 1024;
 
 describe('client framing: smuggling and chunked encoding', () => {
   it('two content-length headers with different values are a 400, OpenAI-shaped, calling nothing', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
     const smuggled = chatRequest({ model: 'hb', messages: [{ role: 'user', content: 'SMUGGLED' }] });
     const c = new RawClient(gw.url);
@@ -477,8 +490,7 @@ describe('client framing: smuggling and chunked encoding', () => {
   }, 15_000);
 
   it('a chunk size that is not hex, is negative, has a 0x prefix or overflows 64 bits is a 400, calling nothing', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
     const wrong: string[] = [];
     for (const size of [
@@ -504,8 +516,7 @@ describe('client framing: smuggling and chunked encoding', () => {
   }, 20_000);
 
   it('chunk extensions (with and without values, one byte chunks) are accepted and the body arrives intact', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: [{ role: 'user', content: 'chunky' }] });
     let wire = '';
     for (let i = 0; i < body.length; i += 7) {
@@ -526,8 +537,7 @@ describe('client framing: smuggling and chunked encoding', () => {
   }, 15_000);
 
   it('a chunk extension of 1 MiB is refused 4xx OpenAI-shaped (bounded), calling nothing', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
     const c = new RawClient(gw.url);
     await c.write(
@@ -545,8 +555,7 @@ describe('client framing: smuggling and chunked encoding', () => {
   it('an obs-folded transfer-encoding beside a content-length never lets a second request through', async () => {
     // RFC 9112 §5.2: a server must reject an obs-fold with a 400 or replace it with SP; either way the
     // frame is CL+TE (refused) or CL alone (the "smuggled" bytes are one body, not a request).
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const smuggled = chatRequest({ model: 'hb', messages: [{ role: 'user', content: 'SMUGGLED' }] });
     const inner = `0\r\n\r\n${smuggled}`;
     const c = new RawClient(gw.url);
@@ -566,8 +575,7 @@ describe('client framing: smuggling and chunked encoding', () => {
 
 describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', () => {
   it('three requests pipelined in one write (JSON, stream, JSON) are answered in order, each complete', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { gw } = await overB();
     const c = new RawClient(gw.url);
     await c.write(
       chatRequest({ model: 'hb', messages: [{ role: 'user', content: 'first' }] }, { 'x-request-id': 'p1' }) +
@@ -608,8 +616,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   // content-type-parser.js:241), which sets `connection: close`; Node's http server has already parsed and
   // emitted the pipelined requests behind it, and chat.ts handleChat dispatches them upstream.
   it('a pipelined request behind a 400 that closes the connection is answered, or never sent upstream', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const c = new RawClient(gw.url);
     await c.write(
       chatRequest({ model: 'hb', messages: [{ role: 'user', content: 'first' }] }, { 'x-request-id': 'p1' }) +
@@ -670,8 +677,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   }, 15_000);
 
   it('HTTP/1.0 without keep-alive: JSON and stream answers are readable by an HTTP/1.0 client, then closed', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { gw } = await overB();
     for (const stream of [false, true]) {
       const c = new RawClient(gw.url);
       await c.write(
@@ -689,8 +695,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   }, 15_000);
 
   it('Expect: 100-continue gets a 100 before the body is sent, then the answer', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: [{ role: 'user', content: 'expect' }] });
     const c = new RawClient(gw.url);
     await c.write(
@@ -706,8 +711,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   }, 15_000);
 
   it('Expect: 100-continue with a content-length past body_limit_bytes: a 413 without the body being sent', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url, { body_limit_bytes: 1000 });
+    const { b, gw } = await overB({ body_limit_bytes: 1000 });
     const c = new RawClient(gw.url);
     await c.write(
       `POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 5000000\r\nexpect: 100-continue\r\n\r\n`,
@@ -728,15 +732,12 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   // installs a clientErrorHandler but no 'checkExpectation' listener. Fix: app.server.on('checkExpectation',
   // (req, res) => write an OpenAI-shaped 417 with x-request-id and connection: close).
   it('an Expect other than 100-continue is a 417, OpenAI-shaped, calling nothing', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
-    const c = new RawClient(gw.url);
-    await c.write(
+    const { c, rs } = await closedExchange(
+      gw,
       `POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nexpect: 200-ok\r\nconnection: close\r\n\r\n${body}`,
     );
-    await c.waitClosed(4000);
-    const rs = parseResponses(c.text);
     expect(rs[0]?.status, c.text.slice(0, 200)).toBe(417);
     expect(errorOf(bodyJson(rs[0])).type, `body: ${JSON.stringify(rs[0]?.body)}`).toBe(
       'invalid_request_error',
@@ -748,8 +749,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
     // A half-close after the request is what `nc -N`, some HTTP/1.0 clients and some proxies do. The
     // gateway may answer (RFC 9112 §9.6: the read side closing is not the client leaving) or treat it as
     // the client gone (SPEC §8: its upstream request aborted at once): either way bounded, no leak.
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { gw } = await overB();
     const c = new RawClient(gw.url, { allowHalfOpen: true });
     await c.write(chatRequest({ model: 'hb', messages: [{ role: 'user', content: 'fin' }] }));
     c.socket.end();
@@ -770,8 +770,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   }, 15_000);
 
   it('keep-alive: a served request, then a chunked body that stalls, gets a 408 within request_timeout_ms', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url, { request_timeout_ms: 1500 });
+    const { b, gw } = await overB({ request_timeout_ms: 1500 });
     const c = new RawClient(gw.url);
     await c.write(chatRequest({ model: 'hb', messages: [{ role: 'user', content: 'ka' }] }));
     await c.waitFor((t) => t.includes('b:ka'), 4000);
@@ -790,8 +789,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   }, 15_000);
 
   it('a client gone mid-chunked-body on a reused socket: nothing is sent upstream, the next client is served', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const c = new RawClient(gw.url);
     await c.write(chatRequest({ model: 'hb', messages: [{ role: 'user', content: 'one' }] }));
     await c.waitFor((t) => t.includes('b:one'), 4000);
@@ -809,8 +807,7 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
 
 describe('client headers: size, count, folding and control bytes', () => {
   it('one 20 KiB header, or 3000 small ones: a 431 OpenAI-shaped, and the gateway still serves', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
     for (const extra of [
       `x-big: ${'a'.repeat(20 * 1024)}\r\n`,
@@ -830,8 +827,7 @@ describe('client headers: size, count, folding and control bytes', () => {
   }, 15_000);
 
   it('NUL, CR, other control bytes or DEL in a header value: a 400 OpenAI-shaped, calling nothing', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
     const wrong: string[] = [];
     for (const [label, line] of [
@@ -841,12 +837,10 @@ describe('client headers: size, count, folding and control bytes', () => {
       ['LF alone ends a header line', 'x-router-strategy: priority\nx-router-provider: b'],
       ['0x7f in a value', 'x-router-strategy: prio\x7fity'],
     ] as const) {
-      const c = new RawClient(gw.url);
-      await c.write(
+      const { c, rs } = await closedExchange(
+        gw,
         `POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n${line}\r\nconnection: close\r\n\r\n${body}`,
       );
-      await c.waitClosed(4000);
-      const rs = parseResponses(c.text);
       const st = rs[0]?.status;
       // A bare LF line end is tolerated by some parsers (RFC 9112 §2.2 MAY): then it is two valid headers.
       const ok =
@@ -862,15 +856,12 @@ describe('client headers: size, count, folding and control bytes', () => {
   }, 20_000);
 
   it('an obs-folded x-router-strategy is refused 400 (as a fold or as an unknown strategy), calling nothing', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
-    const c = new RawClient(gw.url);
-    await c.write(
+    const { rs } = await closedExchange(
+      gw,
       `POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nx-router-strategy: priority\r\n cost\r\nconnection: close\r\n\r\n${body}`,
     );
-    await c.waitClosed(4000);
-    const rs = parseResponses(c.text);
     expect(rs[0]?.status).toBe(400);
     expect(errorOf(bodyJson(rs[0])).type).toBe('invalid_request_error');
     expect(b.hits()).toBe(0);
@@ -887,15 +878,12 @@ describe('client request line and Host', () => {
   // requireHostHeader: false in the `http` options and refuse a missing Host on HTTP/1.1 in an onRequest hook
   // with GatewayError('invalid_request', 'Host header is required').
   it('an HTTP/1.1 request without Host is a 400 (RFC 9112 §3.2), OpenAI-shaped, calling nothing', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
-    const c = new RawClient(gw.url);
-    await c.write(
+    const { c, rs } = await closedExchange(
+      gw,
       `POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
     );
-    await c.waitClosed(4000);
-    const rs = parseResponses(c.text);
     expect(rs[0]?.status, c.text.slice(0, 200)).toBe(400);
     expect(errorOf(bodyJson(rs[0])).type, `body: ${JSON.stringify(rs[0]?.body)}`).toBe(
       'invalid_request_error',
@@ -908,12 +896,10 @@ describe('client request line and Host', () => {
     const elsewhere = await goodUpstream('EVIL');
     const gw = await gatewayOver(b.url, b.url);
     const body = JSON.stringify({ model: 'hb', messages: [{ role: 'user', content: 'abs' }] });
-    const c = new RawClient(gw.url);
-    await c.write(
+    const { rs } = await closedExchange(
+      gw,
       `POST ${elsewhere.url}/v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
     );
-    await c.waitClosed(4000);
-    const rs = parseResponses(c.text);
     expect([200, 400, 404]).toContain(rs[0]?.status);
     if (rs[0]?.status === 200) expect(rs[0].body).toContain('b:abs');
     else expect(errorOf(bodyJson(rs[0])).type).toBeDefined();
@@ -923,8 +909,7 @@ describe('client request line and Host', () => {
 
 describe('client bodies: numbers, duplicate keys, sizes and charsets', () => {
   it('1e400 (Infinity once parsed) as max_tokens, n or temperature is a 400 naming the field; in an unknown field it passes as sent', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const wrong: string[] = [];
     for (const [field, value] of [
       ['max_tokens', '1e400'],
@@ -959,8 +944,7 @@ describe('client bodies: numbers, duplicate keys, sizes and charsets', () => {
   // text. Fix: have topLevelStringSpan return undefined when ANY top-level key repeats (then the adapter
   // re-serialises the parsed body, one value per key), or refuse such bodies with a 400 in app.ts's parser.
   it('a duplicate known key (max_tokens, messages, stream) never sends the upstream an unvalidated value', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const wrong: string[] = [];
     for (const [label, text, poison] of [
       [
@@ -989,8 +973,7 @@ describe('client bodies: numbers, duplicate keys, sizes and charsets', () => {
   }, 15_000);
 
   it('a 9 MB body of two-byte characters is limited in bytes: 4.5 M "é" reaches the upstream intact, 5.5 M is a 413', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const okText = 'é'.repeat(4_500_000); // 9 000 000 bytes < 10 MiB
     const { value: a, growth } = await peakRssGrowth(() =>
       send(gw, { model: 'hb', messages: [{ role: 'user', content: okText }] }),
@@ -1010,8 +993,7 @@ describe('client bodies: numbers, duplicate keys, sizes and charsets', () => {
   }, 30_000);
 
   it('a UTF-16 body declared charset=utf-16 (with or without BOM): decoded right or refused 4xx, never garbage upstream', async () => {
-    const b = await goodUpstream('b');
-    const gw = await gatewayOver(b.url, b.url);
+    const { b, gw } = await overB();
     const text = JSON.stringify({ model: 'hb', messages: [{ role: 'user', content: 'ütf16' }] });
     const wrong: string[] = [];
     for (const [label, bytes] of [

@@ -12,7 +12,7 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postTo, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { startMock, type MockHandler } from '../helpers/mock-upstream.js';
 import { scrape, select, value } from '../helpers/prom-text.js';
 
@@ -100,29 +100,13 @@ async function withSimRouter(
   return { ...s, rt };
 }
 
-async function post(
+function post(
   gw: TestGateway,
   body: Json,
   headers: Record<string, string> = {},
   signal?: AbortSignal,
 ): Promise<Res> {
-  const t0 = performance.now();
-  const res = await request(`${gw.url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify({ model: 'auto', ...body }),
-    signal,
-  });
-  const text = await res.body.text();
-  let json: Json = {};
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    /* SSE */
-  }
-  const h: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) h[k] = Array.isArray(v) ? v.join(',') : String(v);
-  return { status: res.statusCode, headers: h, text, json, ms: performance.now() - t0 };
+  return postTo(`${gw.url}/v1/chat/completions`, { model: 'auto', ...body }, { headers, signal });
 }
 
 const user = (content: unknown): Json => ({ role: 'user', content });

@@ -186,6 +186,36 @@ async function single(
   return { gw, up };
 }
 
+/** Timeouts where only total_ms (1.2 s) can end an upstream that keeps sending. */
+const TOTAL_1200 = { connect_ms: 500, first_byte_ms: 5000, idle_ms: 5000, total_ms: 1200 };
+
+/** Route `only` over upstream `a` (`up`) with {@link TOTAL_1200}. */
+async function onlyWithinTotal(up: Mock): Promise<TestGateway> {
+  return gatewayOf({
+    providers: [provider('a', up.url, { timeouts: TOTAL_1200 })],
+    routes: { only: { strategy: 'priority', targets: ['a/m'] } },
+  });
+}
+
+/** A mock that answers 200 `contentType`, writes `first`, then `next()` every `everyMs` until the client leaves. */
+async function endless(
+  contentType: string,
+  first: string | undefined,
+  next: () => string,
+  everyMs: number,
+): Promise<Mock> {
+  const timers: NodeJS.Timeout[] = [];
+  const up = await mock((_req, res) => {
+    res.writeHead(200, { 'content-type': contentType });
+    if (first !== undefined) res.write(first);
+    const t = setInterval(() => res.write(next()), everyMs);
+    timers.push(t);
+    res.on('close', () => clearInterval(t));
+  });
+  track({ close: () => timers.forEach(clearInterval) });
+  return up;
+}
+
 interface Answer {
   status: number;
   headers: Record<string, string>;
@@ -1636,9 +1666,7 @@ describe('§8 hostile upstreams at the HTTP level', () => {
       s.on('close', () => clearInterval(t));
     });
     track({ close: () => timers.forEach(clearInterval) });
-    const { gw } = await pair(slow, {
-      timeouts: { connect_ms: 500, first_byte_ms: 5000, idle_ms: 5000, total_ms: 1200 },
-    });
+    const { gw } = await pair(slow, { timeouts: TOTAL_1200 });
     const t0 = performance.now();
     const r = await send(gw, { body: { model: 'only', messages: MSGS } });
     const ms = performance.now() - t0;
@@ -1648,23 +1676,8 @@ describe('§8 hostile upstreams at the HTTP level', () => {
 
   it('a JSON body trickled a byte every 50 ms, forever: bounded by total_ms, and the upstream connection dropped', async () => {
     // SPEC §8: "a slowloris upstream cannot hold a request past `total_ms`"
-    const timers: NodeJS.Timeout[] = [];
-    const up = await mock((_req, res) => {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.write('{"id":"x","choices":[');
-      const t = setInterval(() => res.write(' '), 50);
-      timers.push(t);
-      res.on('close', () => clearInterval(t));
-    });
-    track({ close: () => timers.forEach(clearInterval) });
-    const gw = await gatewayOf({
-      providers: [
-        provider('a', up.url, {
-          timeouts: { connect_ms: 500, first_byte_ms: 5000, idle_ms: 5000, total_ms: 1200 },
-        }),
-      ],
-      routes: { only: { strategy: 'priority', targets: ['a/m'] } },
-    });
+    const up = await endless('application/json', '{"id":"x","choices":[', () => ' ', 50);
+    const gw = await onlyWithinTotal(up);
     const t0 = performance.now();
     const r = await send(gw, { body: { model: 'only', messages: MSGS } });
     expect([502, 504]).toContain(r.status);
@@ -1674,23 +1687,13 @@ describe('§8 hostile upstreams at the HTTP level', () => {
 
   it('a stream trickling content forever is cut at total_ms with an error event and no [DONE]', async () => {
     // SPEC §8: "a slowloris upstream cannot hold a request past `total_ms`"; §2: "ends the stream with an SSE `data: {"error":{...}}` event ... withholds `[DONE]`"
-    const timers: NodeJS.Timeout[] = [];
-    const up = await mock((_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      res.write(chunk({ role: 'assistant', content: '' }));
-      const t = setInterval(() => res.write(chunk({ content: 'z' })), 50);
-      timers.push(t);
-      res.on('close', () => clearInterval(t));
-    });
-    track({ close: () => timers.forEach(clearInterval) });
-    const gw = await gatewayOf({
-      providers: [
-        provider('a', up.url, {
-          timeouts: { connect_ms: 500, first_byte_ms: 5000, idle_ms: 5000, total_ms: 1200 },
-        }),
-      ],
-      routes: { only: { strategy: 'priority', targets: ['a/m'] } },
-    });
+    const up = await endless(
+      'text/event-stream',
+      chunk({ role: 'assistant', content: '' }),
+      () => chunk({ content: 'z' }),
+      50,
+    );
+    const gw = await onlyWithinTotal(up);
     const t0 = performance.now();
     const r = await send(gw, { body: { model: 'only', messages: MSGS, stream: true } });
     expect(performance.now() - t0).toBeLessThan(1200 + 1500);
@@ -1701,22 +1704,8 @@ describe('§8 hostile upstreams at the HTTP level', () => {
 
   it('comments and keep-alives forever before any content: no 200 stream, a bounded error', async () => {
     // SPEC §8: "a slowloris upstream cannot hold a request past `total_ms`"
-    const timers: NodeJS.Timeout[] = [];
-    const up = await mock((_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      const t = setInterval(() => res.write(': keep-alive\n\n'), 30);
-      timers.push(t);
-      res.on('close', () => clearInterval(t));
-    });
-    track({ close: () => timers.forEach(clearInterval) });
-    const gw = await gatewayOf({
-      providers: [
-        provider('a', up.url, {
-          timeouts: { connect_ms: 500, first_byte_ms: 5000, idle_ms: 5000, total_ms: 1200 },
-        }),
-      ],
-      routes: { only: { strategy: 'priority', targets: ['a/m'] } },
-    });
+    const up = await endless('text/event-stream', undefined, () => ': keep-alive\n\n', 30);
+    const gw = await onlyWithinTotal(up);
     const t0 = performance.now();
     const r = await send(gw, { body: { model: 'only', messages: MSGS, stream: true } });
     expect(performance.now() - t0).toBeLessThan(1200 + 1500);

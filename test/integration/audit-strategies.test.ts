@@ -16,6 +16,13 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import {
+  postJson,
+  retryUntil,
+  upstreamStatus,
+  type Candidate,
+  type RouterRes,
+} from '../helpers/router-api.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 import { chunkFrame, gate, sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 import { scrape, select, value } from '../helpers/prom-text.js';
@@ -99,37 +106,9 @@ async function gateway(config: Json, opts: Parameters<typeof startGateway>[1] = 
   return track(await startGateway(config, opts));
 }
 
-interface Res {
-  status: number;
-  headers: Record<string, string>;
-  text: string;
-  json: Json;
-}
-
-async function call(
-  gw: { url: string },
-  body: Json,
-  headers: Record<string, string> = {},
-  path = '/v1/chat/completions',
-): Promise<Res> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-    headersTimeout: 15_000,
-    bodyTimeout: 15_000,
-  });
-  const text = await res.body.text();
-  let json: Json = {};
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    /* a stream */
-  }
-  const h: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) h[k] = Array.isArray(v) ? v.join(',') : String(v);
-  return { status: res.statusCode, headers: h, text, json };
-}
+/** A POST to the gateway (undici, no key unless in `headers`), headers and body bounded at 15 s. */
+const call = (gw: { url: string }, body: Json, headers: Record<string, string> = {}, path?: string) =>
+  postJson(gw, body, headers, path, { timeoutMs: 15_000 });
 
 /** Sends `n` requests, at most `conc` at once, and counts the serving provider of each (status 200 only). */
 async function serve(
@@ -138,10 +117,10 @@ async function serve(
   body: Json = { model: 'r', messages: HI },
   conc = 1,
   headers: Record<string, string> = {},
-): Promise<{ counts: Record<string, number>; order: string[]; all: Res[] }> {
+): Promise<{ counts: Record<string, number>; order: string[]; all: RouterRes[] }> {
   const counts: Record<string, number> = {};
   const order: string[] = [];
-  const all: Res[] = [];
+  const all: RouterRes[] = [];
   for (let i = 0; i < n; i += conc) {
     const batch = await Promise.all(
       Array.from({ length: Math.min(conc, n - i) }, () => call(gw, body, headers)),
@@ -157,13 +136,6 @@ async function serve(
   return { counts, order, all };
 }
 
-interface Candidate {
-  rank: number;
-  upstream: string;
-  score: number;
-  reason: string;
-}
-
 async function explain(
   gw: { url: string },
   body: Json = { model: 'r', messages: HI },
@@ -174,29 +146,13 @@ async function explain(
   return r.json as { strategy: string; candidates: Candidate[]; features: Json };
 }
 
-async function statusOf(gw: { url: string }): Promise<Map<string, Json & { breaker: Json; stats: Json }>> {
-  const res = await request(`${gw.url}/router/status`);
-  const body = (await res.body.json()) as {
-    upstreams: Array<Json & { id: string; breaker: Json; stats: Json }>;
-  };
-  return new Map(body.upstreams.map((u) => [u.id, u]));
-}
+const statusOf = upstreamStatus;
 
 function requestLine(gw: TestGateway, reqId: string): Json | undefined {
   return gw.logs.find((l) => l.msg === 'request' && l.reqId === reqId);
 }
 
-async function until<T>(check: () => T | Promise<T>, ms = 5000): Promise<T> {
-  const end = performance.now() + ms;
-  for (;;) {
-    try {
-      return await check();
-    } catch (err) {
-      if (performance.now() > end) throw err;
-      await sleep(5);
-    }
-  }
-}
+const until = <T>(check: () => T | Promise<T>, ms = 5000): Promise<T> => retryUntil(check, ms, 5);
 
 function checkScores(c: Candidate[], epsilon = 0.02): void {
   expect(c.length).toBeGreaterThan(1);
@@ -223,7 +179,7 @@ async function warm(gw: { url: string }, providers: string[], n: number): Promis
 }
 
 /** Starts a request without waiting for it (its answer, or the error, resolves the promise). */
-function fire(gw: { url: string }, body: Json, headers: Record<string, string> = {}): Promise<Res> {
+function fire(gw: { url: string }, body: Json, headers: Record<string, string> = {}): Promise<RouterRes> {
   return call(gw, body, headers);
 }
 
@@ -315,7 +271,7 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
     await warm(gw, ['fast', 'slow'], 5);
     hold = true;
     // Twelve requests, each started once the previous one is in flight at its upstream.
-    const pending: Array<Promise<Res>> = [];
+    const pending: Array<Promise<RouterRes>> = [];
     for (let i = 0; i < 12; i++) {
       const before = fast.calls + slow.calls;
       pending.push(fire(gw, { model: 'r', messages: HI }));
@@ -1005,7 +961,7 @@ describe('least-busy', () => {
       routes: { r: { strategy: 'least-busy', targets: ['a/m', 'b/m', 'c/m'] } },
     });
     // Two streams pinned on a, one on b: the next goes to c, then (c and b at 1) not a.
-    const pending: Array<Promise<Res>> = [];
+    const pending: Array<Promise<RouterRes>> = [];
     pending.push(fire(gw, { model: 'r', messages: HI, stream: true }, { 'x-router-provider': 'a' }));
     pending.push(fire(gw, { model: 'r', messages: HI, stream: true }, { 'x-router-provider': 'a' }));
     pending.push(fire(gw, { model: 'r', messages: HI, stream: true }, { 'x-router-provider': 'b' }));
@@ -1625,7 +1581,7 @@ describe('state the strategies read stays true', () => {
     clock.advance(11_000);
     bMode = 'hold';
     // a is kept busy by nothing: least-busy would rank b (0 in flight) level with a at each decision.
-    const pending: Array<Promise<Res>> = [];
+    const pending: Array<Promise<RouterRes>> = [];
     for (let i = 0; i < 10; i++) {
       const before = a.calls + b.calls;
       pending.push(fire(gw, { model: 'r', messages: HI }));

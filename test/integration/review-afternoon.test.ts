@@ -11,10 +11,9 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { parseRouterAnswer } from '../../src/routing/router-answer.js';
-import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { cliWorkDir, startCli, type CliProcess } from '../helpers/cli-harness.js';
-import { postChat, simConfigYaml, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { simConfigYaml, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { scrape, select } from '../helpers/prom-text.js';
 import {
   badThenGood,
@@ -26,74 +25,16 @@ import {
   redisState,
   startReplica,
 } from '../helpers/redis.js';
+import { askAuto, post, reviewSims, sleep, type Json } from '../helpers/review-kit.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-type Json = Record<string, unknown>;
-
-interface Res {
-  status: number;
-  headers: Record<string, string>;
-  text: string;
-  json: Json;
-}
-
-async function sim(name: string, o: Partial<SimOptions> = {}): Promise<Simulator> {
-  return track(await startSimulator({ name, ...o }));
-}
-
-function post(
-  gw: TestGateway,
-  body: Json,
-  headers: Record<string, string> = {},
-  path = '/v1/chat/completions',
-): Promise<Res> {
-  return postChat(gw, body, { headers, path });
-}
+const { sim, tiered } = reviewSims(track);
 
 const TOOLS = [
   { type: 'function', function: { name: 'lookup', parameters: { type: 'object', properties: {} } } },
 ];
 const NO_TOOLS_CAPS = ['json', 'vision', 'stream'];
-
-/**
- * Route `auto`: fast = the router's own tier (`rt/m`), balanced = `bal/m` (default_tier), deep = `deep/m`
- * (optionally without the tools capability). The router answers `reply`.
- */
-async function tiered(opts: {
-  reply?: string;
-  deepCaps?: string[];
-  rules?: unknown[];
-  router?: boolean;
-}): Promise<{ gw: TestGateway; rt: Simulator; bal: Simulator; deep: Simulator }> {
-  const rt = await sim('rt', { reply: opts.reply ?? '{"tier":"deep","reason":"hard"}', completionTokens: 1 });
-  const bal = await sim('bal');
-  const deep = await sim('deep');
-  const route: Json = {
-    strategy: 'priority',
-    tiers: { fast: ['rt/m'], balanced: ['bal/m'], deep: ['deep/m'] },
-    rules: opts.rules ?? [],
-    default_tier: 'balanced',
-  };
-  if (opts.router !== false) route.router = { tier: 'fast', timeout_ms: 3000, cache_ttl_s: 60 };
-  const gw = track(
-    await startGateway({
-      providers: [
-        simProvider('rt', rt.url, ['m']),
-        simProvider('bal', bal.url, ['m']),
-        simProvider('deep', deep.url, [opts.deepCaps ? { name: 'm', capabilities: opts.deepCaps } : 'm']),
-      ],
-      routes: { auto: route },
-      circuit_breaker: { failure_threshold: 50 },
-    }),
-  );
-  return { gw, rt, bal, deep };
-}
-
-const askAuto = (gw: TestGateway, content: string, headers: Record<string, string> = {}, extra: Json = {}) =>
-  post(gw, { model: 'auto', messages: [{ role: 'user', content }], ...extra }, headers);
 
 // -------------------------------------------------------------------------------------------------
 // 215b6ff: a router pick that cannot take the request gives way to default_tier

@@ -24,9 +24,9 @@ import {
   subscribed,
   type ConfigPart,
 } from '../helpers/redis.js';
+import { sleep, statsView } from '../helpers/review-kit.js';
 
 const track = closeAfterEach();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const nextPrefix = prefixes(`review-redis-${process.pid}-`);
 
@@ -365,18 +365,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
       config([simProvider('good', good.url, ['m'])], { r: { targets: ['good/m'] } }, prefix),
     );
     const raw = track(redisClient(redis.url));
-    const view = {
-      samples: 7,
-      ttftMs: 40,
-      latencyMs: 40,
-      tpsSamples: 0,
-      tokensPerSec: 0,
-      outSamples: 0,
-      meanOutputTokens: 0,
-      okWeight: 7,
-      failWeight: 0,
-      lastSampleAgeMs: 0,
-    };
+    const view = statsView();
     await raw.hset(`${prefix}stats:good/m`, { dying: JSON.stringify({ ...view, at: Date.now() - 9_300 }) });
     const stats = gw.gateway.shared.statsFor('good/m');
     await until('the view is read', () => stats.samples === 7);
@@ -396,18 +385,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
         config([simProvider('good', good.url, ['m'])], { r: { targets: ['good/m'] } }, prefix),
       );
       const raw = track(redisClient(redis.url));
-      const view = {
-        samples: 7,
-        ttftMs: 40,
-        latencyMs: 40,
-        tpsSamples: 0,
-        tokensPerSec: 0,
-        outSamples: 0,
-        meanOutputTokens: 0,
-        okWeight: 7,
-        failWeight: 0,
-        lastSampleAgeMs: 0,
-      };
+      const view = statsView();
       const [sec, usec] = await raw.time();
       const redisNow = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
       await raw.hset(`${prefix}stats:good/m`, { other: JSON.stringify({ ...view, at: redisNow }) });

@@ -13,9 +13,8 @@ import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { watchConfig } from '../../src/config/watch.js';
 import { parseRouterAnswer } from '../../src/routing/router-answer.js';
-import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { scrape, select } from '../helpers/prom-text.js';
 import {
   badThenGood,
@@ -27,73 +26,11 @@ import {
   redisState,
   startReplica,
 } from '../helpers/redis.js';
+import { askAuto, post, reviewSims, sleep, type Json } from '../helpers/review-kit.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-type Json = Record<string, unknown>;
-
-interface Res {
-  status: number;
-  headers: Record<string, string>;
-  text: string;
-  json: Json;
-}
-
-async function sim(name: string, o: Partial<SimOptions> = {}): Promise<Simulator> {
-  return track(await startSimulator({ name, ...o }));
-}
-
-function post(
-  gw: TestGateway,
-  body: Json,
-  headers: Record<string, string> = {},
-  path = '/v1/chat/completions',
-): Promise<Res> {
-  return postChat(gw, body, { headers, path });
-}
-
-/**
- * Route `auto`: fast = the router's own tier (`rt/m`), balanced = `bal/m` (default_tier), deep = `deep/m`.
- * The router answers `reply` after `routerLatencyMs`.
- */
-async function tiered(opts: {
-  reply?: string;
-  rules?: unknown[];
-  router?: boolean;
-  routerLatencyMs?: number;
-}): Promise<{ gw: TestGateway; rt: Simulator; bal: Simulator; deep: Simulator }> {
-  const rt = await sim('rt', {
-    reply: opts.reply ?? '{"tier":"deep","reason":"hard"}',
-    completionTokens: 1,
-    latencyMs: opts.routerLatencyMs ?? 0,
-  });
-  const bal = await sim('bal');
-  const deep = await sim('deep');
-  const route: Json = {
-    strategy: 'priority',
-    tiers: { fast: ['rt/m'], balanced: ['bal/m'], deep: ['deep/m'] },
-    rules: opts.rules ?? [],
-    default_tier: 'balanced',
-  };
-  if (opts.router !== false) route.router = { tier: 'fast', timeout_ms: 3000, cache_ttl_s: 60 };
-  const gw = track(
-    await startGateway({
-      providers: [
-        simProvider('rt', rt.url, ['m']),
-        simProvider('bal', bal.url, ['m']),
-        simProvider('deep', deep.url, ['m']),
-      ],
-      routes: { auto: route },
-      circuit_breaker: { failure_threshold: 50 },
-    }),
-  );
-  return { gw, rt, bal, deep };
-}
-
-const askAuto = (gw: TestGateway, content: string, headers: Record<string, string> = {}) =>
-  post(gw, { model: 'auto', messages: [{ role: 'user', content }] }, headers);
+const { sim, tiered } = reviewSims(track);
 
 const routerCounts = async (gw: TestGateway): Promise<string[]> => {
   await sleep(30);

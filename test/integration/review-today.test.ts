@@ -11,7 +11,6 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
@@ -28,14 +27,10 @@ import {
   subscribed,
   type ConfigPart,
 } from '../helpers/redis.js';
+import { reload, sleep, statsView } from '../helpers/review-kit.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function reload(gw: TestGateway, cfg: Record<string, unknown>): void {
-  gw.gateway.reload(parseConfigText(JSON.stringify(cfg), {}));
-}
 
 // -------------------------------------------------------------------------------------------------
 // Series of removed upstreams (gateway.ts #forgetSeries), memory backend
@@ -333,19 +328,7 @@ describeWithRedis('review: fleet probe lease and Redis clock (SPEC §2, §7)', (
       const gw = await replica(
         config([simProvider('good', good.url, ['m'])], { r: { targets: ['good/m'] } }, prefix, {}, url),
       );
-      const view = {
-        samples: 7,
-        ttftMs: 40,
-        latencyMs: 40,
-        tpsSamples: 0,
-        tokensPerSec: 0,
-        outSamples: 0,
-        meanOutputTokens: 0,
-        okWeight: 7,
-        failWeight: 0,
-        lastSampleAgeMs: 0,
-        at: Date.now(),
-      };
+      const view = statsView({ at: Date.now() });
       await raw.hset(`${prefix}stats:good/m`, { other: JSON.stringify(view) });
       const stats = gw.gateway.shared.statsFor('good/m');
       await until('the other replica’s view is read', () => stats.samples === 7, 3_000);
