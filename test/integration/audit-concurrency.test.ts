@@ -553,7 +553,8 @@ describe('max_concurrency of a provider', () => {
       }),
     );
     const streams = all(10, () => chat(gw.url, { model: 's', stream: true }));
-    await sleep(100);
+    // The streams hold a's pool (max_concurrency 2) before the JSON requests start.
+    await until(() => expect(a.requests.length).toBeGreaterThanOrEqual(2));
     const jsons = await pool(30, 10, () => chat(gw.url, { model: 'j' }));
     for (const r of jsons) {
       expect(r.status).toBe(200);
@@ -949,7 +950,7 @@ describe('breaker fed by many requests that were already in flight when it tripp
     const b = await sim('b');
     const gw = await gateway(cfg([a, b], { breaker: { ...BREAKER, open_ms: 2000 } }));
     const slow = chat(gw.url, { model: 'r' }); // admitted while closed, answers in 600 ms
-    await sleep(100);
+    await a.waitForRequests(1);
     a.script([
       { status: 500, latencyMs: 0 },
       { status: 500, latencyMs: 0 },

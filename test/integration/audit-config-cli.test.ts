@@ -590,15 +590,7 @@ describe('a provider whose api_key resolves empty (§3)', () => {
 describe('the CLI (§6)', () => {
   it('--host and --port override the file; LLM_ROUTER_CONFIG is used without --config, and --config wins over it', async () => {
     const fileSays = cfg(BASE.replace('host: 127.0.0.1, port: 0', 'host: 0.0.0.0, port: 1'));
-    const c1 = await cli(fileSays, ['--host', '127.0.0.1', '--port', '0']);
-    expect(c1.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    expect(Number(new URL(c1.url).port)).toBeGreaterThan(1);
-    expect((await getText(`${c1.url}/healthz`)).code).toBe(200);
-
-    // --config wins over LLM_ROUTER_CONFIG (pointing at a missing file).
-    const c2 = await cli(cfg(BASE), [], { LLM_ROUTER_CONFIG: join(workDir(), 'missing.yaml') });
-    expect((await getText(`${c2.url}/healthz`)).code).toBe(200);
-
+    // The three processes are independent: they start together.
     // Without --config, LLM_ROUTER_CONFIG names the file (listening where that file says).
     const routed = cfg(BASE.replace('main:', 'from_env:'));
     const proc = spawn(process.execPath, [join(REPO_ROOT, 'dist/main.js'), '--port', '0'], {
@@ -616,6 +608,16 @@ describe('the CLI (§6)', () => {
     });
     let out = '';
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const [c1, c2] = await Promise.all([
+      cli(fileSays, ['--host', '127.0.0.1', '--port', '0']),
+      // --config wins over LLM_ROUTER_CONFIG (pointing at a missing file).
+      cli(cfg(BASE), [], { LLM_ROUTER_CONFIG: join(workDir(), 'missing.yaml') }),
+    ]);
+    expect(c1.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(Number(new URL(c1.url).port)).toBeGreaterThan(1);
+    expect((await getText(`${c1.url}/healthz`)).code).toBe(200);
+    expect((await getText(`${c2.url}/healthz`)).code).toBe(200);
+
     await until('listening', () => /Server listening at (http:\/\/[\d.:]+)/.test(out), 8_000);
     const url = /Server listening at (http:\/\/[\d.:]+)/.exec(out)![1]!;
     const models = await getText(`${url}/v1/models`);
@@ -1051,11 +1053,11 @@ describe.skipIf(REDIS_SERVER === undefined)(
       `state: { backend: redis, url: "${url}", key_prefix: "audit${++prefixes}-${process.pid}:" }`;
 
     it('two gateway processes share a breaker: what fails for one is skipped by the other, even after the other reloads', async () => {
-      const redis = track(
-        await startRedis().then((r: TestRedis) => Object.assign(r, { close: () => r.stop() })),
-      );
-      const bad = await sim('bad', { status: 500 });
-      const good = await sim('good');
+      const [redis, bad, good] = await Promise.all([
+        startRedis().then((r: TestRedis) => track(Object.assign(r, { close: () => r.stop() }))),
+        sim('bad', { status: 500 }),
+        sim('good'),
+      ]);
       const extra = ['circuit_breaker: { failure_threshold: 1, open_ms: 60000 }', stateLine(redis.url)];
       const text = yaml([bad, good], { main: ['bad/m', 'good/m'] }, { extra });
       const p1 = cfg(text);
@@ -1082,11 +1084,11 @@ describe.skipIf(REDIS_SERVER === undefined)(
     });
 
     it('replicas under different key_prefix values do not share a breaker', async () => {
-      const redis = track(
-        await startRedis().then((r: TestRedis) => Object.assign(r, { close: () => r.stop() })),
-      );
-      const bad = await sim('bad', { status: 500 });
-      const good = await sim('good');
+      const [redis, bad, good] = await Promise.all([
+        startRedis().then((r: TestRedis) => track(Object.assign(r, { close: () => r.stop() }))),
+        sim('bad', { status: 500 }),
+        sim('good'),
+      ]);
       const text = () =>
         yaml(
           [bad, good],
@@ -1106,11 +1108,11 @@ describe.skipIf(REDIS_SERVER === undefined)(
     });
 
     it('round-robin turns are shared: requests alternating between two processes alternate upstreams', async () => {
-      const redis = track(
-        await startRedis().then((r: TestRedis) => Object.assign(r, { close: () => r.stop() })),
-      );
-      const a = await sim('a');
-      const b = await sim('b');
+      const [redis, a, b] = await Promise.all([
+        startRedis().then((r: TestRedis) => track(Object.assign(r, { close: () => r.stop() }))),
+        sim('a'),
+        sim('b'),
+      ]);
       const text = yaml(
         [a, b],
         { rr: ['a/m', 'b/m'] },
@@ -1130,9 +1132,11 @@ describe.skipIf(REDIS_SERVER === undefined)(
     });
 
     it('Redis killed mid-run: a stream in flight and the requests after it are all served, with no error to the client', async () => {
-      const redis = await ownRedis();
-      const slow = await sim('slow', { chunkDelayMs: 60, completionTokens: 15 });
-      const a = await sim('a');
+      const [redis, slow, a] = await Promise.all([
+        ownRedis(),
+        sim('slow', { chunkDelayMs: 60, completionTokens: 15 }),
+        sim('a'),
+      ]);
       const text = yaml(
         [slow, a],
         { s: ['slow/m'], rr: ['a/m', 'slow/m'] },
@@ -1158,17 +1162,19 @@ describe.skipIf(REDIS_SERVER === undefined)(
 
     it('a password-protected Redis: connects with the password from ${REDIS_PASSWORD}, which never shows in status, metrics, logs or check', async () => {
       const pw = 'Rz9-pass!word';
-      const redis = await ownRedis(pw);
-      const a = await sim('a');
+      const [redis, a] = await Promise.all([ownRedis(pw), sim('a')]);
       const url = `redis://:\${REDIS_PASSWORD}@127.0.0.1:${redis.port}/0`;
       const path = cfg(yaml([a], { main: ['a/m'] }, { extra: [stateLine(url)] }));
       const enc = encodeURIComponent(pw);
-      const c = await cli(path, [], { REDIS_PASSWORD: enc });
+      // The two processes are independent: they start together.
+      const [c, wrong] = await Promise.all([
+        cli(path, [], { REDIS_PASSWORD: enc }),
+        cli(cfg(yaml([a], { main: ['a/m'] }, { extra: [stateLine(url)] })), [], {
+          REDIS_PASSWORD: 'wrong-Pw-77',
+        }),
+      ]);
       await until('connected', async () => (await status(c.url)).state?.connected === true);
       expect((await chat(c.url, 'main')).status).toBe(200);
-      const wrong = await cli(cfg(yaml([a], { main: ['a/m'] }, { extra: [stateLine(url)] })), [], {
-        REDIS_PASSWORD: 'wrong-Pw-77',
-      });
       expect((await chat(wrong.url, 'main')).status).toBe(200);
       await until('the outage line', () => wrong.logs.some((l) => Number(l.level) >= 40));
       expect((await status(wrong.url)).state?.connected).toBe(false);

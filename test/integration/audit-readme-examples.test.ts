@@ -541,11 +541,13 @@ describe('README: the YAML blocks load and do what the text says', () => {
         state,
       ].join('\n'),
     );
-    const check = await runCli(['check', '--config', file], { REDIS_PASSWORD: password });
+    const [check, unset] = await Promise.all([
+      runCli(['check', '--config', file], { REDIS_PASSWORD: password }),
+      runCli(['check', '--config', file]),
+    ]);
     expect(check.code, check.err).toBe(0);
     expect(check.out + check.err).not.toContain(password);
     // Without REDIS_PASSWORD it is an error naming its YAML path (`url` is not one of the exempt keys).
-    const unset = await runCli(['check', '--config', file]);
     expect(unset.code).not.toBe(0);
     expect(unset.err).toContain('state.url');
 
@@ -584,23 +586,27 @@ describe('README: Configuration commands', () => {
   }, 40_000);
 
   it('with no --config the default is config/gateway.yaml, and LLM_ROUTER_CONFIG wins over it', async () => {
-    const plain = await runCli(['check']);
-    expect(plain.code, plain.err).toBe(0);
-    expect(plain.out).toMatch(/config \S*config\/gateway\.yaml: ok/);
     const other = join(workDir(), 'env.yaml');
     writeFileSync(
       other,
       'providers: [{ name: p, base_url: "http://127.0.0.1:1/v1", models: [{ name: m }] }]\n',
     );
-    const env = await runCli(['check'], { LLM_ROUTER_CONFIG: other });
+    const [plain, env] = await Promise.all([
+      runCli(['check']),
+      runCli(['check'], { LLM_ROUTER_CONFIG: other }),
+    ]);
+    expect(plain.code, plain.err).toBe(0);
+    expect(plain.out).toMatch(/config \S*config\/gateway\.yaml: ok/);
     expect(env.code, env.err).toBe(0);
     expect(env.out).toContain(`config ${other}: ok`);
   });
 
   it("Docker: not run (no Docker here); the compose gateway config passes `check` with the demo's upstreams and routes", async () => {
     // "The compose file runs the same simulators as `npm run demo`": its gateway config must match the demo's.
-    const compose = await runCli(['check', '--config', 'docker/gateway.compose.yaml']);
-    const demo = await runCli(['check', '--config', 'config/demo.yaml']);
+    const [compose, demo] = await Promise.all([
+      runCli(['check', '--config', 'docker/gateway.compose.yaml']),
+      runCli(['check', '--config', 'config/demo.yaml']),
+    ]);
     expect(compose.code, compose.err).toBe(0);
     const body = (out: string) => out.split('\n').slice(1).join('\n');
     expect(body(compose.out)).toBe(body(demo.out));
@@ -665,7 +671,26 @@ describe('README: The simulator', () => {
   });
 
   it('its other flags do what the README says', async () => {
-    const url = `${(await startSim(['--port', String(await freePort()), '--completion-tokens', '20', '--tokens-per-s', '100'])).url}/v1/chat/completions`;
+    // The six simulators are independent: they start together, each on a port of its own.
+    const ports = new Set<number>();
+    while (ports.size < 6) ports.add(await freePort());
+    const [p1, p2, p3, p4, p5, p6] = [...ports].map(String) as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+    ];
+    const [paceSim, every, failing, keyed, claude, drop] = await Promise.all([
+      startSim(['--port', p1, '--completion-tokens', '20', '--tokens-per-s', '100']),
+      startSim(['--port', p2, '--status', '429', '--retry-after', '7']),
+      startSim(['--port', p3, '--fail-rate', '1', '--status', '503']),
+      startSim(['--port', p4, '--api-key', 'sk-sim', '--name', 'named']),
+      startSim(['--port', p5, '--kind', 'anthropic']),
+      startSim(['--port', p6, '--drop-after', '2']),
+    ]);
+    const url = `${paceSim.url}/v1/chat/completions`;
     // "--tokens-per-s paces a JSON answer too (it arrives when its stream's last token would)": 20 at 100/s.
     const t0 = performance.now();
     const paced = await postJson(url, userMsg('x'));
@@ -680,43 +705,18 @@ describe('README: The simulator', () => {
     expect(mt.json).toMatchObject({ error: { param: 'max_tokens' } });
 
     // "--status CODE (with --fail-rate, the status its failures answer, 500 if unset; without, every answer)"
-    const every = await startSim([
-      '--port',
-      String(await freePort()),
-      '--status',
-      '429',
-      '--retry-after',
-      '7',
-    ]);
     const r429 = await postJson(`${every.url}/v1/chat/completions`, userMsg('x'));
     expect(r429.status).toBe(429);
     expect(r429.headers['retry-after']).toBe('7');
-    const failing = await startSim([
-      '--port',
-      String(await freePort()),
-      '--fail-rate',
-      '1',
-      '--status',
-      '503',
-    ]);
     expect((await postJson(`${failing.url}/v1/chat/completions`, userMsg('x'))).status).toBe(503);
 
     // --api-key, --name, --kind anthropic
-    const keyed = await startSim([
-      '--port',
-      String(await freePort()),
-      '--api-key',
-      'sk-sim',
-      '--name',
-      'named',
-    ]);
     expect(keyed.child.out()).toContain('"name":"named"');
     expect((await postJson(`${keyed.url}/v1/chat/completions`, userMsg('x'))).status).toBe(401);
     const authed = await postJson(`${keyed.url}/v1/chat/completions`, userMsg('x'), {
       authorization: 'Bearer sk-sim',
     });
     expect(authed.status).toBe(200);
-    const claude = await startSim(['--port', String(await freePort()), '--kind', 'anthropic']);
     const msg = await postJson(
       `${claude.url}/v1/messages`,
       { ...userMsg('claude-x'), max_tokens: 50 },
@@ -728,7 +728,6 @@ describe('README: The simulator', () => {
     expect(msg.json).toMatchObject({ type: 'message' });
 
     // --drop-after K: a stream cut after K chunks (no [DONE]).
-    const drop = await startSim(['--port', String(await freePort()), '--drop-after', '2']);
     const cut = await request(`${drop.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

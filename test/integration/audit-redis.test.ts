@@ -19,6 +19,7 @@ import {
   redisConfig,
   redisState,
   startReplica,
+  subscribed,
   type ConfigPart,
 } from '../helpers/redis.js';
 
@@ -103,8 +104,10 @@ describeWithRedis('audit: scale-out over Redis (SPEC §7)', (redis) => {
     const fast = track(await startSimulator({ name: 'fast', latencyMs: 1 }));
     const providers = [simProvider('slow', slow.url, ['m']), simProvider('fast', fast.url, ['m'])];
     const routes = { r: { strategy: 'round-robin', targets: ['slow/m', 'fast/m'] } };
-    const a = await replica(config(providers, routes, nextPrefix()));
-    const b = await replica(config(providers, routes, nextPrefix()));
+    const [a, b] = await Promise.all([
+      replica(config(providers, routes, nextPrefix())),
+      replica(config(providers, routes, nextPrefix())),
+    ]);
     for (let i = 0; i < 4; i++) expect((await chat(a)).status).toBe(200);
     await sleep(300); // several exchanges
     expect(a.gateway.shared.statsFor('slow/m').samples).toBeGreaterThanOrEqual(2);
@@ -123,8 +126,10 @@ describeWithRedis('audit: scale-out over Redis (SPEC §7)', (redis) => {
     );
     const providers = sims.map((sm, i) => simProvider(['a', 'b', 'c'][i]!, sm.url, ['m']));
     const routes = { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m'] } };
-    const one = await replica(config(providers, routes, prefix));
-    const two = await replica(config(providers, routes, prefix));
+    const [one, two] = await Promise.all([
+      replica(config(providers, routes, prefix)),
+      replica(config(providers, routes, prefix)),
+    ]);
     const counts = new Map<string, number>();
     for (let round = 0; round < 10; round++) {
       const rs = await Promise.all([chat(one), chat(two), chat(one), chat(two), chat(one), chat(two)]);
@@ -215,7 +220,7 @@ describeWithRedis('audit: scale-out over Redis (SPEC §7)', (redis) => {
     const gw = await replica(
       config([simProvider('good', good.url, ['m'])], { r: { targets: ['good/m'] } }, prefix),
     );
-    await sleep(200);
+    await subscribed(redis.url, `${prefix}breaker-opens`, 1);
     // A deleted upstream's open published now (e.g. by a replica still on the old config).
     await raw.publish(`${prefix}breaker-opens`, open('ghost/m'));
     for (let i = 0; i < 200; i++) await raw.publish(`${prefix}breaker-opens`, open(`junk-${i}/m`));
@@ -239,8 +244,10 @@ describeWithRedis('audit: scale-out over Redis (SPEC §7)', (redis) => {
     const good = track(await startSimulator({ name: 'good' }));
     const providers = [simProvider('bad', bad.url, ['m']), simProvider('good', good.url, ['m'])];
     const routes = { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } };
-    const a = await replica(config(providers, routes, prefix));
-    const b = await replica(config(providers, routes, prefix));
+    const [a, b] = await Promise.all([
+      replica(config(providers, routes, prefix)),
+      replica(config(providers, routes, prefix)),
+    ]);
     // B reloads: bad2 added in front.
     const reloaded = config(
       [simProvider('bad2', bad2.url, ['m']), ...providers],
@@ -302,8 +309,10 @@ describeWithRedis('audit: scale-out over Redis (SPEC §7)', (redis) => {
       r: { strategy: 'priority', targets: ['good/m'] },
       p: { strategy: 'priority', targets: ['bad/m', 'good/m'] },
     };
-    const a = await replica(config(providers, routes, prefix));
-    const b = await replica(config(providers, routes, prefix));
+    const [a, b] = await Promise.all([
+      replica(config(providers, routes, prefix)),
+      replica(config(providers, routes, prefix)),
+    ]);
     const logsBefore = a.logs.length;
     let stop = false;
     const statuses: number[] = [];

@@ -388,7 +388,13 @@ describe('simulate --kind openai (default) through the official openai SDK', () 
   });
 
   it('error answers are OpenAI-shaped and map to the SDK error classes (429 + Retry-After, 500, 503, 401)', async () => {
-    const limited = await sim('--status', '429', '--retry-after', '7');
+    // The simulators are independent: they start together.
+    const [limited, broken, unavailable, keyed] = await Promise.all([
+      sim('--status', '429', '--retry-after', '7'),
+      sim('--fail-rate', '1'),
+      sim('--status', '503'),
+      sim('--api-key', 'sk-right'),
+    ]);
     const e429 = await openai(limited)
       .chat.completions.create(hello)
       .catch((e: unknown) => e);
@@ -398,7 +404,6 @@ describe('simulate --kind openai (default) through the official openai SDK', () 
     expect(rl.headers.get('retry-after')).toBe('7');
     expect(rl.code).toBe('rate_limit_exceeded');
 
-    const broken = await sim('--fail-rate', '1');
     const e500 = await openai(broken)
       .chat.completions.create(hello)
       .catch((e: unknown) => e);
@@ -411,14 +416,12 @@ describe('simulate --kind openai (default) through the official openai SDK', () 
       .catch((e: unknown) => e);
     expect(e500s).toBeInstanceOf(OpenAI.InternalServerError);
 
-    const unavailable = await sim('--status', '503');
     const e503 = await openai(unavailable)
       .chat.completions.create(hello)
       .catch((e: unknown) => e);
     expect(e503).toBeInstanceOf(OpenAI.InternalServerError);
     expect((e503 as InstanceType<typeof OpenAI.InternalServerError>).status).toBe(503);
 
-    const keyed = await sim('--api-key', 'sk-right');
     const e401 = await openai(keyed, 'sk-wrong')
       .chat.completions.create(hello)
       .catch((e: unknown) => e);
@@ -523,7 +526,11 @@ describe('simulate --kind anthropic over raw undici', () => {
   });
 
   it('anthropic-version is required; with --api-key, x-api-key must match (401 authentication_error)', async () => {
-    const open = await sim('--kind', 'anthropic');
+    // The simulators are independent: they start together.
+    const [open, keyed] = await Promise.all([
+      sim('--kind', 'anthropic'),
+      sim('--kind', 'anthropic', '--api-key', 'sk-ant-right'),
+    ]);
     const noVersion = await raw(`${open.url}/v1/messages`, messagesBody(), {
       'content-type': 'application/json',
       'x-api-key': 'k',
@@ -534,7 +541,6 @@ describe('simulate --kind anthropic over raw undici', () => {
       error: { type: 'invalid_request_error' },
     });
 
-    const keyed = await sim('--kind', 'anthropic', '--api-key', 'sk-ant-right');
     const wrong = await raw(`${keyed.url}/v1/messages`, messagesBody(), {
       ...ANTHROPIC_HEADERS,
       'x-api-key': 'nope',
@@ -555,7 +561,13 @@ describe('simulate --kind anthropic over raw undici', () => {
       expect(body.error.type).toBe(type);
       expect(typeof body.error.message).toBe('string');
     };
-    const broken = await sim('--kind', 'anthropic', '--fail-rate', '1');
+    // The simulators are independent: they start together.
+    const [broken, limited, overloaded, ok] = await Promise.all([
+      sim('--kind', 'anthropic', '--fail-rate', '1'),
+      sim('--kind', 'anthropic', '--status', '429', '--retry-after', '2'),
+      sim('--kind', 'anthropic', '--status', '529'),
+      sim('--kind', 'anthropic'),
+    ]);
     const e500 = await raw(`${broken.url}/v1/messages`, messagesBody(), ANTHROPIC_HEADERS);
     expect(e500.status).toBeGreaterThanOrEqual(500);
     shape(e500.text, 'api_error');
@@ -563,18 +575,15 @@ describe('simulate --kind anthropic over raw undici', () => {
     expect(e500s.status).toBeGreaterThanOrEqual(500);
     shape(e500s.text, 'api_error');
 
-    const limited = await sim('--kind', 'anthropic', '--status', '429', '--retry-after', '2');
     const e429 = await raw(`${limited.url}/v1/messages`, messagesBody(), ANTHROPIC_HEADERS);
     expect(e429.status).toBe(429);
     expect(e429.headers['retry-after']).toBe('2');
     shape(e429.text, 'rate_limit_error');
 
-    const overloaded = await sim('--kind', 'anthropic', '--status', '529');
     const e529 = await raw(`${overloaded.url}/v1/messages`, messagesBody(), ANTHROPIC_HEADERS);
     expect(e529.status).toBe(529);
     shape(e529.text, 'overloaded_error');
 
-    const ok = await sim('--kind', 'anthropic');
     for (const body of ['{bad', '[]', 'null', '']) {
       const r = await raw(`${ok.url}/v1/messages`, body, ANTHROPIC_HEADERS);
       expect(r.status, body).toBe(400);
@@ -591,16 +600,11 @@ describe('simulate --kind anthropic over raw undici', () => {
   });
 
   it('--latency-ms and --tokens-per-s pace an Anthropic stream too; --hang holds it', async () => {
-    const s = await sim(
-      '--kind',
-      'anthropic',
-      '--latency-ms',
-      '300',
-      '--tokens-per-s',
-      '40',
-      '--completion-tokens',
-      '24',
-    );
+    // The simulators are independent: they start together.
+    const [s, hung] = await Promise.all([
+      sim('--kind', 'anthropic', '--latency-ms', '300', '--tokens-per-s', '40', '--completion-tokens', '24'),
+      sim('--kind', 'anthropic', '--hang'),
+    ]);
     const t0 = performance.now();
     const res = await request(`${s.url}/v1/messages`, {
       method: 'POST',
@@ -617,7 +621,6 @@ describe('simulate --kind anthropic over raw undici', () => {
     expect(ttfb).toBeGreaterThanOrEqual(280);
     expect(total).toBeGreaterThanOrEqual(280 + 400); // + 24 tokens at 40/s ≈ 600 ms, loosely
 
-    const hung = await sim('--kind', 'anthropic', '--hang');
     const err = await request(`${hung.url}/v1/messages`, {
       method: 'POST',
       headers: ANTHROPIC_HEADERS,
@@ -649,7 +652,8 @@ describe('simulate --kind anthropic over raw undici', () => {
 
 describe('simulate flags: latency, throughput, failure rate, 429s, hangs, drops', () => {
   it('--latency-ms delays the first byte by at least that long (JSON and stream)', async () => {
-    const s = await sim('--latency-ms', '400');
+    // The simulators are independent: they start together.
+    const [s, quick] = await Promise.all([sim('--latency-ms', '400'), sim()]);
     const url = `${s.url}/v1/chat/completions`;
     const json = await timed(url, JSON.stringify(hello));
     const stream = await timed(url, JSON.stringify({ ...hello, stream: true }));
@@ -657,7 +661,6 @@ describe('simulate flags: latency, throughput, failure rate, 429s, hangs, drops'
     expect(json.ttfb).toBeGreaterThanOrEqual(380); // timers may fire a hair early on a busy box
     expect(stream.ttfb).toBeGreaterThanOrEqual(380);
     // Without the flag, the same request is much quicker (loose: proves the delay is the flag's).
-    const quick = await sim();
     const q = await timed(`${quick.url}/v1/chat/completions`, JSON.stringify(hello));
     expect(q.ttfb).toBeLessThan(json.ttfb);
   });
@@ -685,12 +688,15 @@ describe('simulate flags: latency, throughput, failure rate, 429s, hangs, drops'
   });
 
   it('--completion-tokens and --name shape the answer; --chunk-delay-ms spaces the chunks', async () => {
-    const s = await sim('--completion-tokens', '30', '--name', 'bob');
+    // The simulators are independent: they start together.
+    const [s, paced] = await Promise.all([
+      sim('--completion-tokens', '30', '--name', 'bob'),
+      sim('--chunk-delay-ms', '60'),
+    ]);
     const res = await openai(s).chat.completions.create(hello);
     expect(res.usage?.completion_tokens).toBe(30);
     expect(res.choices[0]?.message.content).toMatch(/^Hello from bob here/);
 
-    const paced = await sim('--chunk-delay-ms', '60');
     const t = await timed(`${paced.url}/v1/chat/completions`, JSON.stringify({ ...hello, stream: true }));
     expect(t.total).toBeGreaterThanOrEqual(300); // 8 content chunks × 60 ms, loosely
   });
@@ -867,8 +873,8 @@ describe('the simulator as a real server', () => {
 
 describe('two simulators behind the gateway (the README demo story)', () => {
   it('a route over a healthy and a --fail-rate 1 simulator serves every request from the healthy one', async () => {
-    const good = await sim('--name', 'good');
-    const bad = await sim('--name', 'bad', '--fail-rate', '1');
+    // The simulators are independent: they start together.
+    const [good, bad] = await Promise.all([sim('--name', 'good'), sim('--name', 'bad', '--fail-rate', '1')]);
     const cfg = join(workDir(), 'gateway.yaml');
     writeFileSync(
       cfg,
@@ -916,8 +922,11 @@ describe('two simulators behind the gateway (the README demo story)', () => {
   });
 
   it('an Anthropic simulator serves, translated, what a --fail-rate 1 OpenAI simulator cannot', async () => {
-    const claude = await sim('--kind', 'anthropic', '--name', 'claude');
-    const bad = await sim('--name', 'bad', '--fail-rate', '1');
+    // The simulators are independent: they start together.
+    const [claude, bad] = await Promise.all([
+      sim('--kind', 'anthropic', '--name', 'claude'),
+      sim('--name', 'bad', '--fail-rate', '1'),
+    ]);
     const cfg = join(workDir(), 'gateway-anthropic.yaml');
     writeFileSync(
       cfg,

@@ -35,8 +35,10 @@ describeWithRedis('state.backend redis: replicas share state (SPEC §7)', (redis
   it('a breaker one replica opens is open on the others, and on a replica that starts later', async () => {
     const prefix = nextPrefix();
     const { bad, providers, routes } = await badThenGood(track);
-    const one = await replica(providers, routes, prefix);
-    const two = await replica(providers, routes, prefix);
+    const [one, two] = await Promise.all([
+      replica(providers, routes, prefix),
+      replica(providers, routes, prefix),
+    ]);
     await until(
       'both connected',
       () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
@@ -92,8 +94,10 @@ describeWithRedis('state.backend redis: replicas share state (SPEC §7)', (redis
     const slow = track(await startSimulator({ name: 'slow', latencyMs: 120 }));
     const providers = [simProvider('slow', slow.url, ['m']), simProvider('fast', fast.url, ['m'])];
     const routes = { r: { strategy: 'latency', targets: ['slow/m', 'fast/m'] } };
-    const one = await replica(providers, routes, prefix);
-    const two = await replica(providers, routes, prefix);
+    const [one, two] = await Promise.all([
+      replica(providers, routes, prefix),
+      replica(providers, routes, prefix),
+    ]);
     // Replica one measures both (pinned in turn), replica two nothing.
     for (let i = 0; i < 3; i++) {
       for (const p of ['slow', 'fast']) {
@@ -123,8 +127,10 @@ describeWithRedis('state.backend redis: replicas share state (SPEC §7)', (redis
     const b = track(await startSimulator({ name: 'b' }));
     const providers = [simProvider('a', a.url, ['m']), simProvider('b', b.url, ['m'])];
     const routes = { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } };
-    const one = await replica(providers, routes, prefix);
-    const two = await replica(providers, routes, prefix);
+    const [one, two] = await Promise.all([
+      replica(providers, routes, prefix),
+      replica(providers, routes, prefix),
+    ]);
     await until(
       'both connected',
       () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
@@ -199,7 +205,8 @@ describeWithRedis('state.backend redis: replicas share state (SPEC §7)', (redis
     const t0 = performance.now();
     await early.close();
     expect(performance.now() - t0).toBeLessThan(1_000);
-    await sleep(2_100); // let Redis wake before the next test
+    // Let Redis wake before the next test: a command on the connection it sleeps on is answered once it wakes.
+    await until('Redis to wake', async () => (await raw.ping()) === 'PONG', 6_000);
   });
 
   it('an open made while Redis was away is shared once it is back; a shorter open never shortens a longer one', async () => {
