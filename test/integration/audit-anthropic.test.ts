@@ -11,11 +11,12 @@ import { createOpenAI } from '@ai-sdk/openai';
 import { HumanMessage, ToolMessage, type AIMessageChunk } from '@langchain/core/messages';
 import { ChatOpenAI } from '@langchain/openai';
 import { generateText, jsonSchema, stepCountIs, streamText, tool } from 'ai';
-import OpenAI from 'openai';
+import type OpenAI from 'openai';
 import type { ChatCompletionChunk, ChatCompletionMessageParam } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
-import { postChat, startGateway } from '../helpers/gateway.js';
+import { anthropicSseFrame, collectChunks, startAnthropicRoute } from '../helpers/anthropic-route.js';
+import { postChat } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 
 const track = closeAfterEach();
@@ -392,7 +393,7 @@ async function startAnthropicMock(answer: Answerer): Promise<Mock> {
       const a = answer(body, n);
       if ('json' in a) return send(res, 200, a.json);
       res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
-      for (const e of a.events) res.write(`event: ${String(e.type)}\ndata: ${JSON.stringify(e)}\n\n`);
+      for (const e of a.events) res.write(anthropicSseFrame(e));
       res.end();
     });
   });
@@ -499,22 +500,8 @@ async function setup(
   model = 'claude-sonnet-4-5',
 ): Promise<{ mock: Mock; client: OpenAI; url: string }> {
   const mock = track(await startAnthropicMock(answer));
-  const gw = track(
-    await startGateway({
-      providers: [
-        {
-          name: 'anth',
-          kind: 'anthropic',
-          base_url: mock.url,
-          api_key: 'sk-ant-audit',
-          models: [{ name: model }],
-        },
-      ],
-      routes: { r: { strategy: 'priority', targets: [`anth/${model}`] } },
-    }),
-  );
-  const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
-  return { mock, client, url: gw.url };
+  const { client, url } = await startAnthropicRoute(track, mock.url, { apiKey: 'sk-ant-audit', model });
+  return { mock, client, url };
 }
 
 /** The last request the mock got, asserting it was valid. */
@@ -523,10 +510,18 @@ function lastValid(mock: Mock): Json {
   return mock.bodies.at(-1)!;
 }
 
-async function collect(stream: AsyncIterable<ChatCompletionChunk>): Promise<ChatCompletionChunk[]> {
-  const out: ChatCompletionChunk[] = [];
-  for await (const c of stream) out.push(c);
-  return out;
+/** A user turn holding only a WAV recording (Anthropic takes no audio). */
+const AUDIO_ONLY: ChatCompletionMessageParam = {
+  role: 'user',
+  content: [{ type: 'input_audio', input_audio: { data: 'UklGRg==', format: 'wav' } }],
+};
+
+/** The HTTP status an openai SDK call ended with: 200, or the status of the error it threw. */
+function statusOf(call: Promise<unknown>): Promise<number | undefined> {
+  return call.then(
+    () => 200,
+    (e: unknown) => (e as { status?: number }).status,
+  );
 }
 
 const PNG_1PX =
@@ -544,6 +539,37 @@ const timeTool = {
   type: 'function' as const,
   function: { name: 'get_time', description: 'Current time', parameters: { type: 'object', properties: {} } },
 };
+
+/** A question, the assistant's turn (`content`) calling get_weather for Oslo as call_1, and its result. */
+function weatherRound(content: string): ChatCompletionMessageParam[] {
+  return [
+    { role: 'user', content: 'Weather?' },
+    {
+      role: 'assistant',
+      content,
+      tool_calls: [
+        {
+          id: 'call_1',
+          type: 'function',
+          function: { name: 'get_weather', arguments: '{"city":"Oslo"}' },
+        },
+      ],
+    },
+    { role: 'tool', tool_call_id: 'call_1', content: 'rain' },
+  ];
+}
+
+/** A streamed `hi` that asks for the usage chunk: every chunk. */
+async function streamWithUsage(client: OpenAI): Promise<ChatCompletionChunk[]> {
+  return collectChunks(
+    await client.chat.completions.create({
+      model: 'r',
+      messages: [{ role: 'user', content: 'hi' }],
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
+  );
+}
 
 // =============================================================================================
 // Requests: tool loops.
@@ -642,21 +668,7 @@ describe('audit: tool loops as the clients send them', () => {
     await client.chat.completions.create({
       model: 'r',
       tools: [weatherTool],
-      messages: [
-        { role: 'user', content: 'Weather?' },
-        {
-          role: 'assistant',
-          content: 'Let me check.',
-          tool_calls: [
-            {
-              id: 'call_1',
-              type: 'function',
-              function: { name: 'get_weather', arguments: '{"city":"Oslo"}' },
-            },
-          ],
-        },
-        { role: 'tool', tool_call_id: 'call_1', content: 'rain' },
-      ],
+      messages: weatherRound('Let me check.'),
     });
     const body = lastValid(mock);
     const a = (body.messages as Json[])[1]!.content as Json[];
@@ -671,21 +683,7 @@ describe('audit: tool loops as the clients send them', () => {
     const r = await client.chat.completions.create({
       model: 'r',
       tools: [weatherTool],
-      messages: [
-        { role: 'user', content: 'Weather?' },
-        {
-          role: 'assistant',
-          content: '\n\n',
-          tool_calls: [
-            {
-              id: 'call_1',
-              type: 'function',
-              function: { name: 'get_weather', arguments: '{"city":"Oslo"}' },
-            },
-          ],
-        },
-        { role: 'tool', tool_call_id: 'call_1', content: 'rain' },
-      ],
+      messages: weatherRound('\n\n'),
     });
     expect(r.choices[0]!.message.content).toBe('ok');
     lastValid(mock);
@@ -820,8 +818,8 @@ describe('audit: tool loops as the clients send them', () => {
   it('a final assistant tool call without its result (a client asking to continue) gets a clear 400', async () => {
     // OpenAI and Anthropic both refuse tool calls without results; the client must hear it as a 400.
     const { client } = await setup();
-    const status = await client.chat.completions
-      .create({
+    const status = await statusOf(
+      client.chat.completions.create({
         model: 'r',
         tools: [weatherTool],
         messages: [
@@ -834,11 +832,8 @@ describe('audit: tool loops as the clients send them', () => {
             ],
           },
         ],
-      })
-      .then(
-        () => 200,
-        (e: unknown) => (e as { status?: number }).status,
-      );
+      }),
+    );
     expect(status).toBe(400);
   });
 
@@ -934,8 +929,8 @@ describe('audit: content parts', () => {
   it('an image Anthropic cannot read (svg) is refused with a clear 400, not silently dropped', async () => {
     // Dropping the only image of a question answers a different question; the client should be told.
     const { mock, client } = await setup();
-    const res = await client.chat.completions
-      .create({
+    const res = await statusOf(
+      client.chat.completions.create({
         model: 'r',
         messages: [
           {
@@ -946,11 +941,8 @@ describe('audit: content parts', () => {
             ],
           },
         ],
-      })
-      .then(
-        () => 200,
-        (e: unknown) => (e as { status?: number }).status,
-      );
+      }),
+    );
     // Whatever is sent must be valid; and the image must not vanish without a word.
     for (const e of mock.errors) expect(e).toBeUndefined();
     expect(res).toBe(400);
@@ -958,20 +950,7 @@ describe('audit: content parts', () => {
 
   it('a user message holding only input_audio is refused with a clear 400, not sent as an empty question', async () => {
     const { mock, client } = await setup();
-    const res = await client.chat.completions
-      .create({
-        model: 'r',
-        messages: [
-          {
-            role: 'user',
-            content: [{ type: 'input_audio', input_audio: { data: 'UklGRg==', format: 'wav' } }],
-          },
-        ],
-      })
-      .then(
-        () => 200,
-        (e: unknown) => (e as { status?: number }).status,
-      );
+    const res = await statusOf(client.chat.completions.create({ model: 'r', messages: [AUDIO_ONLY] }));
     for (const e of mock.errors) expect(e).toBeUndefined();
     expect(res).toBe(400);
   });
@@ -979,22 +958,16 @@ describe('audit: content parts', () => {
   it('an audio-only last user message does not turn the previous answer into a prefill Claude continues', async () => {
     // Dropping the user's (unsupported) turn leaves a final assistant turn, which Anthropic treats as a prefill.
     const { mock, client } = await setup();
-    const status = await client.chat.completions
-      .create({
+    const status = await statusOf(
+      client.chat.completions.create({
         model: 'r',
         messages: [
           { role: 'user', content: 'Hi' },
           { role: 'assistant', content: 'Hello! Send me a recording.' },
-          {
-            role: 'user',
-            content: [{ type: 'input_audio', input_audio: { data: 'UklGRg==', format: 'wav' } }],
-          },
+          AUDIO_ONLY,
         ],
-      })
-      .then(
-        () => 200,
-        (e: unknown) => (e as { status?: number }).status,
-      );
+      }),
+    );
     if (status === 200) {
       const msgs = lastValid(mock).messages as Json[];
       expect(msgs.at(-1)!.role).toBe('user');
@@ -1348,7 +1321,7 @@ describe('audit: answers', () => {
         messages: [{ role: 'user', content: 'hi' }],
         tools: [timeTool],
       });
-      const chunks = await collect(
+      const chunks = await collectChunks(
         await client.chat.completions.create({
           model: 'r',
           messages: [{ role: 'user', content: 'hi' }],
@@ -1376,14 +1349,7 @@ describe('audit: answers', () => {
     });
     expect(r.usage).toMatchObject({ prompt_tokens: 150, completion_tokens: 7, total_tokens: 157 });
     expect(r.usage?.prompt_tokens_details?.cached_tokens).toBe(30);
-    const chunks = await collect(
-      await client.chat.completions.create({
-        model: 'r',
-        messages: [{ role: 'user', content: 'hi' }],
-        stream: true,
-        stream_options: { include_usage: true },
-      }),
-    );
+    const chunks = await streamWithUsage(client);
     const last = chunks.at(-1)!;
     expect(last.choices).toEqual([]);
     expect(last.usage).toMatchObject({ prompt_tokens: 150, completion_tokens: 7, total_tokens: 157 });
@@ -1432,7 +1398,7 @@ describe('audit: answers', () => {
       { type: 'tool_use', id: 'toolu_B', name: 'get_weather', input: { city: 'Rome' } },
     ];
     const { client } = await setup(both(blocks, 'tool_use'));
-    const chunks = await collect(
+    const chunks = await collectChunks(
       await client.chat.completions.create({
         model: 'r',
         messages: [{ role: 'user', content: 'hi' }],
@@ -1490,14 +1456,7 @@ describe('audit: answers', () => {
       messages: [{ role: 'user', content: 'hi' }],
     });
     expect(r.usage).toMatchObject({ prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 });
-    const chunks = await collect(
-      await client.chat.completions.create({
-        model: 'r',
-        messages: [{ role: 'user', content: 'hi' }],
-        stream: true,
-        stream_options: { include_usage: true },
-      }),
-    );
+    const chunks = await streamWithUsage(client);
     expect(chunks.at(-1)!.usage).toMatchObject({ prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 });
   });
 
@@ -1575,6 +1534,37 @@ describe('audit: SDK tool loops against the strict mock', () => {
     };
   }
 
+  /** The Vercel AI SDK's two tools: get_weather answers rain, get_time answers `time`. */
+  function aiSdkTools(time: string) {
+    return {
+      get_weather: tool({
+        description: 'Weather of a city',
+        inputSchema: jsonSchema<{ city: string }>({
+          type: 'object',
+          properties: { city: { type: 'string' } },
+          required: ['city'],
+        }),
+        execute: ({ city }) => Promise.resolve({ city, sky: 'rain' }),
+      }),
+      get_time: tool({
+        description: 'Current time',
+        inputSchema: jsonSchema<Record<string, never>>({ type: 'object', properties: {} }),
+        execute: () => Promise.resolve(time),
+      }),
+    };
+  }
+
+  /** LangChain's ChatOpenAI on the gateway at `url`, both tools bound. */
+  function langchainModel(url: string, streaming?: boolean) {
+    return new ChatOpenAI({
+      model: 'r',
+      apiKey: 'k',
+      configuration: { baseURL: `${url}/v1` },
+      maxRetries: 0,
+      ...(streaming ? { streaming } : {}),
+    }).bindTools([weatherTool, timeTool]);
+  }
+
   it('Vercel AI SDK generateText with stopWhen: two parallel calls, results back, final text; steps consistent', async () => {
     const { mock, url } = await setup(twoRounds(false));
     const provider = createOpenAI({ baseURL: `${url}/v1`, apiKey: 'k' });
@@ -1583,22 +1573,7 @@ describe('audit: SDK tool loops against the strict mock', () => {
       system: 'Be brief.',
       prompt: 'Weather and time in Oslo?',
       stopWhen: stepCountIs(3),
-      tools: {
-        get_weather: tool({
-          description: 'Weather of a city',
-          inputSchema: jsonSchema<{ city: string }>({
-            type: 'object',
-            properties: { city: { type: 'string' } },
-            required: ['city'],
-          }),
-          execute: ({ city }) => Promise.resolve({ city, sky: 'rain' }),
-        }),
-        get_time: tool({
-          description: 'Current time',
-          inputSchema: jsonSchema<Record<string, never>>({ type: 'object', properties: {} }),
-          execute: () => Promise.resolve('12:00'),
-        }),
-      },
+      tools: aiSdkTools('12:00'),
     });
     expect(mock.errors).toEqual([undefined, undefined]);
     expect(out.text).toBe('Oslo: rain at noon.');
@@ -1625,22 +1600,7 @@ describe('audit: SDK tool loops against the strict mock', () => {
       model: provider.chat('r'),
       prompt: 'Weather and time in Oslo?',
       stopWhen: stepCountIs(3),
-      tools: {
-        get_weather: tool({
-          description: 'Weather of a city',
-          inputSchema: jsonSchema<{ city: string }>({
-            type: 'object',
-            properties: { city: { type: 'string' } },
-            required: ['city'],
-          }),
-          execute: ({ city }) => Promise.resolve({ city, sky: 'rain' }),
-        }),
-        get_time: tool({
-          description: 'Current time',
-          inputSchema: jsonSchema<Record<string, never>>({ type: 'object', properties: {} }),
-          execute: () => Promise.resolve(''),
-        }),
-      },
+      tools: aiSdkTools(''),
     });
     expect(await st.text).toBe('Oslo: rain at noon.');
     const steps = await st.steps;
@@ -1654,12 +1614,7 @@ describe('audit: SDK tool loops against the strict mock', () => {
 
   it('LangChain ChatOpenAI: bindTools, tool_calls, ToolMessages back (one empty), final text', async () => {
     const { mock, url } = await setup(twoRounds(false));
-    const model = new ChatOpenAI({
-      model: 'r',
-      apiKey: 'k',
-      configuration: { baseURL: `${url}/v1` },
-      maxRetries: 0,
-    }).bindTools([weatherTool, timeTool]);
+    const model = langchainModel(url);
     const first = await model.invoke([new HumanMessage('Weather and time?')]);
     expect(first.tool_calls?.map((c) => [c.id, c.name, c.args])).toEqual([
       ['toolu_w1', 'get_weather', { city: 'Oslo' }],
@@ -1677,13 +1632,7 @@ describe('audit: SDK tool loops against the strict mock', () => {
 
     // Streamed: the chunks concatenate to the same calls.
     const { url: url2 } = await setup(twoRounds(true));
-    const sModel = new ChatOpenAI({
-      model: 'r',
-      apiKey: 'k',
-      configuration: { baseURL: `${url2}/v1` },
-      maxRetries: 0,
-      streaming: true,
-    }).bindTools([weatherTool, timeTool]);
+    const sModel = langchainModel(url2, true);
     let acc: AIMessageChunk | undefined;
     for await (const c of await sModel.stream([new HumanMessage('Weather and time?')]))
       acc = acc === undefined ? c : acc.concat(c);

@@ -4,7 +4,7 @@
  * Kubernetes ConfigMap volume, a Docker single-file bind mount, a symlinked or replaced directory), how
  * editors and tools replace it, and the signals an orchestrator sends.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import {
   chmodSync,
   closeSync,
@@ -29,6 +29,7 @@ import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { REPO_ROOT, cliWorkDir, startCli, type CliProcess } from '../helpers/cli-harness.js';
 import { parseProm, value } from '../helpers/prom-text.js';
+import { spawnTracked } from '../helpers/tracked-process.js';
 
 const track = closeAfterEach();
 const workDir = cliWorkDir('audit-cops');
@@ -73,22 +74,7 @@ async function launch(
   args: string[],
   opts: { env?: Record<string, string>; cwd?: string } = {},
 ): Promise<Launched> {
-  const proc = spawn(cmd, args, {
-    cwd: opts.cwd ?? REPO_ROOT,
-    env: { PATH: process.env.PATH ?? '', ...opts.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = new Promise<number | string>((resolve) =>
-    proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1)),
-  );
-  track({
-    close: async () => {
-      if (proc.exitCode === null && proc.signalCode === null) {
-        proc.kill('SIGKILL');
-        await exited;
-      }
-    },
-  });
+  const { proc, exited } = spawnTracked(track, cmd, args, { cwd: opts.cwd ?? REPO_ROOT, env: opts.env });
   const logs: Record<string, unknown>[] = [];
   let partial = '';
   let err = '';
@@ -170,6 +156,18 @@ function conf(route: string, opts: { sims?: Simulator[]; target?: string; extra?
     `  ${route}: { strategy: priority, targets: [${target}] }`,
     ...(opts.extra ?? []),
   ].join('\n');
+}
+
+/** `text` as gateway.yaml in a fresh directory `name`, and the CLI on it (with `args` and `env`). */
+async function cliOnFile(
+  name: string,
+  text: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<{ path: string; c: CliProcess }> {
+  const path = join(freshDir(name), 'gateway.yaml');
+  writeFileSync(path, text);
+  return { path, c: await cli(path, args, env) };
 }
 
 interface Chat {
@@ -299,9 +297,7 @@ describe('tools that replace or rewrite the file', () => {
   }, 30_000);
 
   it('truncate, then a partial write, a pause, then the rest: the partial file is rejected (old serving meanwhile), then the whole one applies', async () => {
-    const path = join(freshDir('tr'), 'gateway.yaml');
-    writeFileSync(path, conf('t1'));
-    const c = await cli(path);
+    const { path, c } = await cliOnFile('tr', conf('t1'));
     const next = conf('t2');
     const cut = next.indexOf('strategy: prio'); // mid-line in the route: not valid YAML on its own
     const fd = openSync(path, 'r+');
@@ -320,9 +316,7 @@ describe('tools that replace or rewrite the file', () => {
   }, 30_000);
 
   it('deleted (a SIGHUP meanwhile is a rejected reload, the old serves), then recreated: picked up by the watch', async () => {
-    const path = join(freshDir('del'), 'gateway.yaml');
-    writeFileSync(path, conf('d1'));
-    const c = await cli(path);
+    const { path, c } = await cliOnFile('del', conf('d1'));
     unlinkSync(path);
     await sleep(500);
     c.proc.kill('SIGHUP');
@@ -339,9 +333,10 @@ describe('tools that replace or rewrite the file', () => {
 
   it('20 edits within one second: debounced to a few reloads, ends on the last version, requests meanwhile all served', async () => {
     const a = await sim('a');
-    const path = join(freshDir('burst'), 'gateway.yaml');
-    writeFileSync(path, conf('e0', { sims: [a], extra: ['  main: { targets: [a/m] }'] }));
-    const c = await cli(path);
+    const { path, c } = await cliOnFile(
+      'burst',
+      conf('e0', { sims: [a], extra: ['  main: { targets: [a/m] }'] }),
+    );
     let stop = false;
     const results: Chat[] = [];
     const traffic = (async () => {
@@ -512,14 +507,12 @@ describe('Docker-like runs', () => {
   it('a storm of SIGHUPs (configs alternating) while streams and JSON requests run: none fails, and no descriptor leaks', async () => {
     const a = await sim('a', { tokensPerS: 40, completionTokens: 20 });
     const b = await sim('b', { tokensPerS: 40, completionTokens: 20 });
-    const path = join(freshDir('hup'), 'gateway.yaml');
     const version = (i: number) =>
       conf(`h${i}`, {
         sims: [a, b],
         extra: [`  main: { strategy: priority, targets: [${i % 2 ? 'b/m' : 'a/m'}] }`],
       });
-    writeFileSync(path, version(0));
-    const c = await cli(path);
+    const { path, c } = await cliOnFile('hup', version(0));
     const pid = c.proc.pid!;
     const traffic = async (rounds: number) => {
       const out: Chat[] = [];
@@ -563,9 +556,7 @@ describe('Docker-like runs', () => {
 
   it("two SIGTERMs (a process-group signal plus a forwarder's copy) while a stream runs: the drain goes on, the stream completes, exit 0", async () => {
     const a = await sim('a', { tokensPerS: 10, completionTokens: 15 });
-    const path = join(freshDir('term2'), 'gateway.yaml');
-    writeFileSync(path, conf('main', { sims: [a] }));
-    const c = await cli(path);
+    const { c } = await cliOnFile('term2', conf('main', { sims: [a] }));
     const res = await request(`${c.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -595,9 +586,7 @@ describe('Docker-like runs', () => {
 
   it('SIGTERM on an idle gateway exits 0 promptly, saying it drains; SIGINT likewise', async () => {
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-      const path = join(freshDir('idle'), 'gateway.yaml');
-      writeFileSync(path, conf('main'));
-      const c = await cli(path);
+      const { c } = await cliOnFile('idle', conf('main'));
       const t0 = Date.now();
       c.proc.kill(signal);
       const code = await Promise.race([c.exited, sleep(8_000).then(() => 'still running')]);
@@ -614,14 +603,15 @@ describe('${VAR} in a reloaded file', () => {
     const OLD = 'sk-old-0123456789abcdef';
     const NEW = 'sk-new-9876543210fedcba';
     const up = await sim('a', { latencyMs: 1_200, status: 400, echoAuthInError: true });
-    const path = join(freshDir('env'), 'gateway.yaml');
     const withKey = (route: string, ref: string) =>
       conf(route, { sims: [up] }).replace(
         `base_url: "${up.url}/v1",`,
         `base_url: "${up.url}/v1", api_key: "${ref}",`,
       );
-    writeFileSync(path, withKey('x1', '${OLD_KEY}'));
-    const c = await cli(path, [], { OLD_KEY: OLD, NEW_KEY: NEW });
+    const { path, c } = await cliOnFile('env', withKey('x1', '${OLD_KEY}'), [], {
+      OLD_KEY: OLD,
+      NEW_KEY: NEW,
+    });
 
     // A request begun on the old key, still waiting on its upstream while the key rotates.
     const inFlight = chat(c.url, 'x1');

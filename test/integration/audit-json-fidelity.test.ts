@@ -82,12 +82,22 @@ async function direct(url: string, body: Json): Promise<{ text: string; headers:
   return { text: await res.body.text(), headers: res.headers };
 }
 
+/** A gateway whose route `r` tries `targets` in order over `providers`. */
+async function routedGateway(providers: Json[], targets: string[]) {
+  return track(await startGateway({ providers, routes: { r: { strategy: 'priority', targets } } }));
+}
+
 async function openaiGateway(urls: string[], model = 'gpt-4o') {
+  return routedGateway(
+    urls.map((u, i) => simProvider(`p${i}`, u, [model], { api_key: `sk-p${i}` })),
+    urls.map((_u, i) => `p${i}/${model}`),
+  );
+}
+
+/** An OpenAI-dialect mock that fails every request with a 500 saying `message`. */
+async function failingOpenAI(message: string) {
   return track(
-    await startGateway({
-      providers: urls.map((u, i) => simProvider(`p${i}`, u, [model], { api_key: `sk-p${i}` })),
-      routes: { r: { strategy: 'priority', targets: urls.map((_u, i) => `p${i}/${model}`) } },
-    }),
+    await startMock((_r, res) => sendJson(res, 500, { error: { message, type: 'server_error' } })),
   );
 }
 
@@ -98,6 +108,15 @@ function lengthConsistent(p: Posted): void {
 }
 
 const HI = { model: 'r', messages: [{ role: 'user', content: 'hi' }] };
+
+/** HI to the gateway with key k (and `headers`), the answer left as undici gives it. */
+function rawChat(gw: { url: string }, headers: Record<string, string> = {}) {
+  return request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Bearer k', ...headers },
+    body: JSON.stringify(HI),
+  });
+}
 
 describe('OpenAI-dialect non-streaming answers reach the client unchanged', () => {
   it('the body is byte-identical to a direct call of the same mock (pretty-printed, escapes, big numbers, key order)', async () => {
@@ -127,15 +146,7 @@ describe('OpenAI-dialect non-streaming answers reach the client unchanged', () =
       'openai-processing-ms': '12',
     });
     const gw = await openaiGateway([up.url]);
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        authorization: 'Bearer k',
-        'x-request-id': 'client-rid-7',
-      },
-      body: JSON.stringify(HI),
-    });
+    const res = await rawChat(gw, { 'x-request-id': 'client-rid-7' });
     const text = await res.body.text();
     expect(res.statusCode).toBe(200);
     expect(String(res.headers['content-type'])).toMatch(/^application\/json/);
@@ -153,9 +164,7 @@ describe('OpenAI-dialect non-streaming answers reach the client unchanged', () =
   });
 
   it('after a failover (500 then 200) the second upstream’s body is relayed byte-identical, attempts 2 and the trail', async () => {
-    const bad = track(
-      await startMock((_r, res) => sendJson(res, 500, { error: { message: 'boom', type: 'server_error' } })),
-    );
+    const bad = await failingOpenAI('boom');
     const good = await rawOpenAI(RAW_OPENAI);
     const gw = await openaiGateway([bad.url, good.url]);
     const p = await postChat(gw, HI);
@@ -170,11 +179,7 @@ describe('OpenAI-dialect non-streaming answers reach the client unchanged', () =
   it('a gzip-encoded answer is relayed intact (with its encoding) or decoded correctly (without it)', async () => {
     const up = await rawOpenAI(gzipSync(Buffer.from(RAW_OPENAI)), { 'content-encoding': 'gzip' });
     const gw = await openaiGateway([up.url]);
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
-      body: JSON.stringify(HI),
-    });
+    const res = await rawChat(gw);
     const bytes = Buffer.from(await res.body.arrayBuffer());
     expect(res.statusCode).toBe(200);
     if (res.headers['content-length'] !== undefined)
@@ -222,15 +227,16 @@ const claudeMessage = (
   usage,
 });
 
+/** An Anthropic provider `name` at `url` (mock or simulator) serving `model` with key `apiKey`. */
+function claudeProvider(name: string, url: string, model: string, apiKey: string): Json {
+  return simProvider(name, url, [model], { kind: 'anthropic', base_url: url, api_key: apiKey });
+}
+
+/** Provider `anth`: the Claude mock at `url`, model claude-sonnet-4-5. */
+const anthProvider = (url: string): Json => claudeProvider('anth', url, 'claude-sonnet-4-5', 'sk-ant-x');
+
 async function claudeGateway(url: string, model = 'claude-sonnet-4-5') {
-  return track(
-    await startGateway({
-      providers: [
-        simProvider('anth', url, [model], { kind: 'anthropic', base_url: url, api_key: 'sk-ant-x' }),
-      ],
-      routes: { r: { strategy: 'priority', targets: [`anth/${model}`] } },
-    }),
-  );
+  return routedGateway([claudeProvider('anth', url, model, 'sk-ant-x')], [`anth/${model}`]);
 }
 
 describe('a translated Anthropic answer has OpenAI’s shape', () => {
@@ -373,6 +379,23 @@ describe('Claude thinking blocks through a tool loop whose second round fails ov
     ];
   }
 
+  /** Round two (`messages` from roundTwo) through the gateway, as round one was asked. */
+  function roundTwoAnswer(gw: { url: string }, messages: Json[]): Promise<Posted> {
+    return postChat(gw, { model: 'r', messages, tools: TOOLS, reasoning_effort: 'low' });
+  }
+
+  /** Claude (failing round two with 529), then a simulated Claude `name` serving `model`: round two's answer. */
+  async function failoverToClaudeSim(name: string, model: string) {
+    const claude = await flakyClaude();
+    const other = track(await startSimulator({ name, kind: 'anthropic', apiKey: 'sk-sim' }));
+    const gw = await routedGateway(
+      [anthProvider(claude.url), claudeProvider(name, other.url, model, 'sk-sim')],
+      ['anth/claude-sonnet-4-5', `${name}/${model}`],
+    );
+    const messages = await roundTwo(gw.url);
+    return { other, p: await roundTwoAnswer(gw, messages) };
+  }
+
   it('to an OpenAI-dialect upstream after Claude fails: Claude was sent thinking first, the OpenAI one no thinking_blocks', async () => {
     const claude = await flakyClaude();
     const oa = track(
@@ -387,21 +410,12 @@ describe('Claude thinking blocks through a tool loop whose second round fails ov
         }),
       ),
     );
-    const gw = track(
-      await startGateway({
-        providers: [
-          simProvider('anth', claude.url, ['claude-sonnet-4-5'], {
-            kind: 'anthropic',
-            base_url: claude.url,
-            api_key: 'sk-ant-x',
-          }),
-          simProvider('oa', oa.url, ['gpt-4o'], { api_key: 'sk-oa' }),
-        ],
-        routes: { r: { strategy: 'priority', targets: ['anth/claude-sonnet-4-5', 'oa/gpt-4o'] } },
-      }),
+    const gw = await routedGateway(
+      [anthProvider(claude.url), simProvider('oa', oa.url, ['gpt-4o'], { api_key: 'sk-oa' })],
+      ['anth/claude-sonnet-4-5', 'oa/gpt-4o'],
     );
     const messages = await roundTwo(gw.url);
-    const p = await postChat(gw, { model: 'r', messages, tools: TOOLS, reasoning_effort: 'low' });
+    const p = await roundTwoAnswer(gw, messages);
     expect(p.status).toBe(200);
     expect((p.json.choices as Json[])[0]!.message).toMatchObject({ content: 'Sunny.' });
     expect(p.headers['x-router-provider']).toBe('oa');
@@ -431,18 +445,9 @@ describe('Claude thinking blocks through a tool loop whose second round fails ov
         res.end(`${c({ role: 'assistant', content: 'Sunny.' }, null)}${c({}, 'stop')}data: [DONE]\n\n`);
       }),
     );
-    const gw = track(
-      await startGateway({
-        providers: [
-          simProvider('anth', claude.url, ['claude-sonnet-4-5'], {
-            kind: 'anthropic',
-            base_url: claude.url,
-            api_key: 'sk-ant-x',
-          }),
-          simProvider('oa', oa.url, ['gpt-4o'], { api_key: 'sk-oa' }),
-        ],
-        routes: { r: { strategy: 'priority', targets: ['anth/claude-sonnet-4-5', 'oa/gpt-4o'] } },
-      }),
+    const gw = await routedGateway(
+      [anthProvider(claude.url), simProvider('oa', oa.url, ['gpt-4o'], { api_key: 'sk-oa' })],
+      ['anth/claude-sonnet-4-5', 'oa/gpt-4o'],
     );
     const messages = await roundTwo(gw.url);
     const p = await postChat(gw, {
@@ -460,28 +465,8 @@ describe('Claude thinking blocks through a tool loop whose second round fails ov
   });
 
   it('to another Claude model after Claude fails: the signed block goes first in its assistant turn, thinking on, and the request is valid', async () => {
-    const claude = await flakyClaude();
     // The simulator enforces Anthropic's thinking rules (thinking first, tool loop opened by thinking).
-    const other = track(await startSimulator({ name: 'opus', kind: 'anthropic', apiKey: 'sk-sim' }));
-    const gw = track(
-      await startGateway({
-        providers: [
-          simProvider('anth', claude.url, ['claude-sonnet-4-5'], {
-            kind: 'anthropic',
-            base_url: claude.url,
-            api_key: 'sk-ant-x',
-          }),
-          simProvider('opus', other.url, ['claude-opus-4-1'], {
-            kind: 'anthropic',
-            base_url: other.url,
-            api_key: 'sk-sim',
-          }),
-        ],
-        routes: { r: { strategy: 'priority', targets: ['anth/claude-sonnet-4-5', 'opus/claude-opus-4-1'] } },
-      }),
-    );
-    const messages = await roundTwo(gw.url);
-    const p = await postChat(gw, { model: 'r', messages, tools: TOOLS, reasoning_effort: 'low' });
+    const { other, p } = await failoverToClaudeSim('opus', 'claude-opus-4-1');
     expect(p.status, p.text).toBe(200);
     expect(p.headers['x-router-provider']).toBe('opus');
     expect(p.headers['x-router-trail']).toBe('anth/claude-sonnet-4-5=http_529');
@@ -532,27 +517,7 @@ describe('Claude thinking blocks through a tool loop whose second round fails ov
   });
 
   it('to a Claude 4.6 model after Claude fails: the signed block first, adaptive thinking, a request the simulator takes', async () => {
-    const claude = await flakyClaude();
-    const other = track(await startSimulator({ name: 'o46', kind: 'anthropic', apiKey: 'sk-sim' }));
-    const gw = track(
-      await startGateway({
-        providers: [
-          simProvider('anth', claude.url, ['claude-sonnet-4-5'], {
-            kind: 'anthropic',
-            base_url: claude.url,
-            api_key: 'sk-ant-x',
-          }),
-          simProvider('o46', other.url, ['claude-opus-4-6'], {
-            kind: 'anthropic',
-            base_url: other.url,
-            api_key: 'sk-sim',
-          }),
-        ],
-        routes: { r: { strategy: 'priority', targets: ['anth/claude-sonnet-4-5', 'o46/claude-opus-4-6'] } },
-      }),
-    );
-    const messages = await roundTwo(gw.url);
-    const p = await postChat(gw, { model: 'r', messages, tools: TOOLS, reasoning_effort: 'low' });
+    const { other, p } = await failoverToClaudeSim('o46', 'claude-opus-4-6');
     expect(p.status, p.text).toBe(200);
     expect(p.headers['x-router-provider']).toBe('o46');
     const body = other.requests[0]!.body as Json;
@@ -571,24 +536,13 @@ describe('Claude thinking blocks through a tool loop whose second round fails ov
         claudeCalls === 1 ? firstRound : claudeMessage([{ type: 'text', text: 'Sunny.' }], 'end_turn'),
       );
     });
-    const oa = track(
-      await startMock((_r, res) => sendJson(res, 500, { error: { message: 'down', type: 'server_error' } })),
-    );
-    const gw = track(
-      await startGateway({
-        providers: [
-          simProvider('oa', oa.url, ['gpt-4o'], { api_key: 'sk-oa' }),
-          simProvider('anth', claude.url, ['claude-sonnet-4-5'], {
-            kind: 'anthropic',
-            base_url: claude.url,
-            api_key: 'sk-ant-x',
-          }),
-        ],
-        routes: { r: { strategy: 'priority', targets: ['oa/gpt-4o', 'anth/claude-sonnet-4-5'] } },
-      }),
+    const oa = await failingOpenAI('down');
+    const gw = await routedGateway(
+      [simProvider('oa', oa.url, ['gpt-4o'], { api_key: 'sk-oa' }), anthProvider(claude.url)],
+      ['oa/gpt-4o', 'anth/claude-sonnet-4-5'],
     );
     const messages = await roundTwo(gw.url);
-    const p = await postChat(gw, { model: 'r', messages, tools: TOOLS, reasoning_effort: 'low' });
+    const p = await roundTwoAnswer(gw, messages);
     expect(p.status, p.text).toBe(200);
     expect(p.headers['x-router-provider']).toBe('anth');
     for (const m of oa.received[1]!.body.messages as Json[]) expect(m).not.toHaveProperty('thinking_blocks');

@@ -7,7 +7,6 @@
  * Held to /work/shared/SPEC.md and README.md; where neither says and the expectation is what an operator of
  * a production gateway would plainly expect, the test says "judgement call".
  */
-import { spawn } from 'node:child_process';
 import { renameSync, writeFileSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -21,6 +20,7 @@ import { REPO_ROOT, cliWorkDir, startCli, type CliProcess } from '../helpers/cli
 import { postTo } from '../helpers/gateway.js';
 import { answerChat, chunkFrame, sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 import { parseProm, select, value, type Sample } from '../helpers/prom-text.js';
+import { spawnTracked } from '../helpers/tracked-process.js';
 
 const track = closeAfterEach();
 const workDir = cliWorkDir('audit-ops');
@@ -153,6 +153,28 @@ async function cli(path: string, args: string[] = [], env: Record<string, string
   const c = await startCli(path, args, env);
   track({ close: () => c.kill() });
   return c;
+}
+
+/** Writes `opts` to a new config file and starts the CLI on it (with `args` and `env`). */
+async function cliOn(
+  opts: Parameters<typeof configYaml>[0],
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<{ path: string; gw: CliProcess }> {
+  const path = newConfigPath();
+  writeFileSync(path, configYaml(opts));
+  return { path, gw: await cli(path, args, env) };
+}
+
+/** Upstream `s` (chunks `delayMs` apart) alone behind route `main`, with `server` settings, under the CLI. */
+async function soloStream(delayMs: number, server: string): Promise<{ up: Mock; gw: CliProcess }> {
+  const up = await streamingMock('s', delayMs);
+  const { gw } = await cliOn({
+    providers: [{ name: 's', url: up.url }],
+    routes: { main: { strategy: 'priority', targets: ['s/m'] } },
+    server,
+  });
+  return { up, gw };
 }
 
 const countLogs = (c: CliProcess, pred: (l: Json) => boolean): number => c.logs.filter(pred).length;
@@ -308,18 +330,20 @@ describe('reload under load (the CLI, file edits while streams and requests are 
     const b = await streamingMock('b', 5);
     const c = await streamingMock('c', 5);
     const path = newConfigPath();
-    const v1 = configYaml({
-      providers: [
-        { name: 'a', url: a.url, price: [1, 2] },
-        { name: 'b', url: b.url },
-      ],
-      routes: {
-        main: { strategy: 'priority', targets: ['a/m', 'b/m'] },
-        bg: { strategy: 'priority', targets: ['b/m'] },
-      },
-      server: 'shutdown_grace_ms: 2000',
-    });
-    writeFileSync(path, v1);
+    /** Route main over `first` then `second` by `strategy`, and route bg on b: each version this test loads. */
+    const version = (first: ProviderSpec, second: ProviderSpec, strategy: string) =>
+      configYaml({
+        providers: [first, second],
+        routes: {
+          main: { strategy, targets: [`${first.name}/m`, `${second.name}/m`] },
+          bg: { strategy: 'priority', targets: ['b/m'] },
+        },
+        server: 'shutdown_grace_ms: 2000',
+      });
+    writeFileSync(
+      path,
+      version({ name: 'a', url: a.url, price: [1, 2] }, { name: 'b', url: b.url }, 'priority'),
+    );
     const gw = await cli(path);
     const client = sdk(gw.url);
     const ready = poller(gw.url, '/readyz');
@@ -356,17 +380,11 @@ describe('reload under load (the CLI, file edits while streams and requests are 
 
     // Reload 1: a is gone (from the route and the providers), c is added, main changes strategy, b's price.
     const priced = 1_000_000; // USD per million tokens: one dollar a token, so the cost is the token count
-    const v2 = configYaml({
-      providers: [
-        { name: 'b', url: b.url, price: [priced, 2 * priced] },
-        { name: 'c', url: c.url },
-      ],
-      routes: {
-        main: { strategy: 'round-robin', targets: ['b/m', 'c/m'] },
-        bg: { strategy: 'priority', targets: ['b/m'] },
-      },
-      server: 'shutdown_grace_ms: 2000',
-    });
+    const v2 = version(
+      { name: 'b', url: b.url, price: [priced, 2 * priced] },
+      { name: 'c', url: c.url },
+      'round-robin',
+    );
     replaceFile(path, v2);
     await waitLogCount(gw, RELOADED, 1);
 
@@ -539,17 +557,7 @@ describe('reload under load (the CLI, file edits while streams and requests are 
 
 describe('graceful shutdown with streams mid-way (the CLI)', () => {
   it('SIGTERM: streams that fit in shutdown_grace_ms finish intact; one that does not is cut so a client can tell; exit 0 within the grace', async () => {
-    const up = await streamingMock('s', 100);
-    const path = newConfigPath();
-    writeFileSync(
-      path,
-      configYaml({
-        providers: [{ name: 's', url: up.url }],
-        routes: { main: { strategy: 'priority', targets: ['s/m'] } },
-        server: 'shutdown_grace_ms: 3000',
-      }),
-    );
-    const gw = await cli(path);
+    const { gw } = await soloStream(100, 'shutdown_grace_ms: 3000');
     const client = sdk(gw.url);
 
     // Five streams of 10 chunks (~1 s) with the SDK, and one of 100 chunks (~10 s) read raw.
@@ -613,17 +621,7 @@ describe('graceful shutdown with streams mid-way (the CLI)', () => {
   }, 30_000);
 
   it('SIGINT drains the same way: the stream in flight completes and the process exits 0', async () => {
-    const up = await streamingMock('s', 100);
-    const path = newConfigPath();
-    writeFileSync(
-      path,
-      configYaml({
-        providers: [{ name: 's', url: up.url }],
-        routes: { main: { strategy: 'priority', targets: ['s/m'] } },
-        server: 'shutdown_grace_ms: 5000',
-      }),
-    );
-    const gw = await cli(path);
+    const { gw } = await soloStream(100, 'shutdown_grace_ms: 5000');
     const s = await startSdkStream(sdk(gw.url), 'main', 8);
     await sleep(200);
     gw.proc.kill('SIGINT');
@@ -634,17 +632,7 @@ describe('graceful shutdown with streams mid-way (the CLI)', () => {
   });
 
   it('while draining, a request on a keep-alive connection opened before SIGTERM is not served (503 or refused)', async () => {
-    const up = await streamingMock('s', 100);
-    const path = newConfigPath();
-    writeFileSync(
-      path,
-      configYaml({
-        providers: [{ name: 's', url: up.url }],
-        routes: { main: { strategy: 'priority', targets: ['s/m'] } },
-        server: 'shutdown_grace_ms: 4000',
-      }),
-    );
-    const gw = await cli(path);
+    const { up, gw } = await soloStream(100, 'shutdown_grace_ms: 4000');
     const keepAlive = new Agent({ connections: 1, keepAliveTimeout: 30_000 });
     try {
       expect((await post(gw.url, chatBody('main'), {}, keepAlive)).status).toBe(200);
@@ -679,16 +667,14 @@ describe('the breaker lifecycle as an operator sees it (the CLI)', () => {
 
   async function soloGateway(name: string, breaker: string, args: string[] = []) {
     const up = await switchableMock(name);
-    const path = newConfigPath();
-    writeFileSync(
-      path,
-      configYaml({
+    const { gw } = await cliOn(
+      {
         providers: [{ name, url: up.mock.url }],
         routes: { solo: { strategy: 'priority', targets: [`${name}/m`] } },
         extra: [cbYaml(breaker)],
-      }),
+      },
+      args,
     );
-    const gw = await cli(path, args);
     return { up, gw };
   }
 
@@ -869,18 +855,11 @@ describe('the breaker lifecycle as an operator sees it (the CLI)', () => {
 
 describe('load shedding and the rate limit as the README configures them (the CLI)', () => {
   it('past a load-shedding limit /v1 gets 503 + Retry-After in OpenAI shape; /healthz and /metrics still answer', async () => {
-    const up = await streamingMock('s', 5);
-    const path = newConfigPath();
-    writeFileSync(
-      path,
-      configYaml({
-        providers: [{ name: 's', url: up.url }],
-        routes: { main: { strategy: 'priority', targets: ['s/m'] } },
-        // A heap limit of 1 byte: always past it.
-        server: 'load_shedding: { max_heap_used_bytes: 1, retry_after_s: 7, sample_interval_ms: 100 }',
-      }),
+    // A heap limit of 1 byte: always past it.
+    const { up, gw } = await soloStream(
+      5,
+      'load_shedding: { max_heap_used_bytes: 1, retry_after_s: 7, sample_interval_ms: 100 }',
     );
-    const gw = await cli(path);
     await sleep(300); // a sample or two
     const shed = await post(gw.url, chatBody('main'));
     expect(shed.status).toBe(503);
@@ -910,17 +889,10 @@ describe('load shedding and the rate limit as the README configures them (the CL
   });
 
   it('past requests_per_minute a key gets 429 + Retry-After in OpenAI shape; other keys, /healthz and /metrics are unaffected', async () => {
-    const up = await streamingMock('s', 5);
-    const path = newConfigPath();
-    writeFileSync(
-      path,
-      configYaml({
-        providers: [{ name: 's', url: up.url }],
-        routes: { main: { strategy: 'priority', targets: ['s/m'] } },
-        server: 'api_keys: ["key-one", "key-two", "key-three"], rate_limit: { requests_per_minute: 3 }',
-      }),
+    const { up, gw } = await soloStream(
+      5,
+      'api_keys: ["key-one", "key-two", "key-three"], rate_limit: { requests_per_minute: 3 }',
     );
-    const gw = await cli(path);
     const as = (k: string) => ({ authorization: `Bearer ${k}` });
     const statuses: number[] = [];
     for (let i = 0; i < 3; i++) statuses.push((await post(gw.url, chatBody('main'), as('key-one'))).status);
@@ -962,10 +934,8 @@ describe('logs while traffic flows (the CLI)', () => {
   async function loggedGateway(args: string[] = [], env: Record<string, string> = {}) {
     const a = await switchableMock('a');
     const b = await streamingMock('b', 5);
-    const path = newConfigPath();
-    writeFileSync(
-      path,
-      configYaml({
+    const { gw } = await cliOn(
+      {
         providers: [
           { name: 'a', url: a.mock.url, apiKey: SECRETS[0], price: [1, 2] },
           { name: 'b', url: b.url, apiKey: SECRETS[1], price: [3, 4] },
@@ -973,9 +943,10 @@ describe('logs while traffic flows (the CLI)', () => {
         routes: { main: { strategy: 'priority', targets: ['a/m', 'b/m'] } },
         server: `api_keys: ["${SECRETS[2]}"], admin_key: "${SECRETS[3]}"`,
         extra: ['circuit_breaker: { failure_threshold: 2, open_ms: 300, success_threshold: 1 }'],
-      }),
+      },
+      args,
+      env,
     );
-    const gw = await cli(path, args, env);
     return { a, b, gw };
   }
 
@@ -1096,24 +1067,12 @@ describe('logs while traffic flows (the CLI)', () => {
     await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
     const port = (probe.address() as AddressInfo).port;
     await new Promise<void>((r) => probe.close(() => r()));
-    const proc = spawn(
+    const { proc } = spawnTracked(
+      track,
       process.execPath,
       ['dist/main.js', '--config', path, '--port', String(port), ...args],
-      {
-        cwd: REPO_ROOT,
-        env: { PATH: process.env.PATH ?? '', ...env },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
+      { cwd: REPO_ROOT, env },
     );
-    const exited = new Promise<void>((r) => proc.on('exit', () => r()));
-    track({
-      close: async () => {
-        if (proc.exitCode === null && proc.signalCode === null) {
-          proc.kill('SIGKILL');
-          await exited;
-        }
-      },
-    });
     let out = '';
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (out += d.toString()));

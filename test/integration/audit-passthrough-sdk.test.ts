@@ -102,6 +102,22 @@ function openAIError(message: string, type: string, param: string | null, code: 
   return { error: { message, type, param, code } };
 }
 
+/** An upstream's 401 that echoes our provider key. */
+const KEY_ECHO = openAIError(
+  `Incorrect API key provided: ${PT_KEY}.`,
+  'invalid_request_error',
+  null,
+  'invalid_api_key',
+);
+
+/** An `answer` that sends `status`, `body` and `headers` to every request. */
+function always(status: number, body: unknown, headers: Record<string, string> = {}): Answer {
+  return (r, res) => {
+    send(r, res, status, body, headers);
+    return true;
+  };
+}
+
 interface Part {
   readonly headers: string;
   readonly name: string;
@@ -688,6 +704,25 @@ async function gatewayFor(up: Upstream, server: Record<string, unknown> = {}): P
   );
 }
 
+/** The upstream (`opts`), a gateway in front of it (with `server` settings) and an SDK client of that gateway. */
+async function throughGateway(
+  opts: Parameters<typeof startUpstream>[0] = {},
+  server: Record<string, unknown> = {},
+  sdkOpts: Parameters<typeof sdk>[1] = {},
+) {
+  const up = await startUpstream(opts);
+  const gw = await gatewayFor(up, server);
+  return { up, gw, ...sdk(gw, sdkOpts) };
+}
+
+/** What `p` rejects with; undefined when it resolves. */
+function rejection(p: Promise<unknown>): Promise<unknown> {
+  return p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+}
+
 /** What the SDK handed to fetch: the exact request, its body bytes read from a tee (not awaited first). */
 interface Sent {
   readonly method: string;
@@ -750,6 +785,11 @@ async function expectRelayed(s: Sent | undefined, r: UpReq | undefined): Promise
   expect(sha(r.body), 'body bytes').toBe(sha(body));
 }
 
+/** The first `n` requests the SDK sent each reached the upstream as sent (see expectRelayed). */
+async function expectRelayedAll(sent: Sent[], up: Upstream, n: number): Promise<void> {
+  for (let i = 0; i < n; i++) await expectRelayed(sent[i], up.seen[i]);
+}
+
 function answeredJson(r: UpReq | undefined): unknown {
   expect(r?.answered, 'the upstream answered').toBeDefined();
   return JSON.parse(r?.answered?.body.toString('utf8') ?? 'null');
@@ -766,9 +806,7 @@ function data(x: unknown): unknown {
 
 describe('files through the passthrough', () => {
   it('files.create (multipart, a few MB): the upstream gets the boundary and bytes the SDK sent, the SDK the FileObject', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const bytes = randomBytes(3 * MIB + 17);
     const file = await client.files.create({
       file: await toFile(bytes, 'train.jsonl', { type: 'application/jsonl' }),
@@ -789,9 +827,7 @@ describe('files through the passthrough', () => {
   });
 
   it('files.create of 20 MB arrives intact', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const bytes = randomBytes(20 * MIB);
     const file = await client.files.create({
       file: await toFile(bytes, 'big.jsonl', { type: 'application/jsonl' }),
@@ -806,7 +842,7 @@ describe('files through the passthrough', () => {
     // stream holds back its second half until the upstream says it has received bytes of the first: a
     // gateway that buffered the whole body before forwarding would never let that happen (bound: 5 s).
     const firstBytes = gate(5000);
-    const up = await startUpstream({
+    const { up, client, sent } = await throughGateway({
       early: (r, req) => {
         if (r.method !== 'POST') return false;
         let got = 0;
@@ -817,8 +853,6 @@ describe('files through the passthrough', () => {
         return false;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
     const first = randomBytes(2 * MIB);
     const second = randomBytes(2 * MIB + 5);
     let heldBackUntil: 'client' | 'bound' | undefined;
@@ -848,15 +882,10 @@ describe('files through the passthrough', () => {
   // README Configuration: `server.body_limit_bytes` "larger bodies get 413"; SPEC §4 lists 413 among the errors, and
   // the README's WebSocket row applies the same limit to passthrough messages. Nothing exempts the HTTP passthrough.
   it('files.create above server.body_limit_bytes gets an OpenAI-shaped 413, and the upstream no complete upload', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up, { body_limit_bytes: MIB });
-    const { client } = sdk(gw);
-    const err = await client.files
-      .create({ file: await toFile(randomBytes(2 * MIB), 'too-big.jsonl'), purpose: 'batch' })
-      .then(
-        () => undefined,
-        (e: unknown) => e,
-      );
+    const { up, client } = await throughGateway({}, { body_limit_bytes: MIB });
+    const err = await rejection(
+      client.files.create({ file: await toFile(randomBytes(2 * MIB), 'too-big.jsonl'), purpose: 'batch' }),
+    );
     expect(err).toBeInstanceOf(APIError);
     expect((err as APIError).status).toBe(413);
     expect(Object.keys((err as APIError).error as object).sort()).toEqual([
@@ -869,9 +898,7 @@ describe('files through the passthrough', () => {
   });
 
   it('files.list pages with after/limit; the query reaches the upstream exactly as the SDK wrote it', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const ids: string[] = [];
     for await (const f of client.files.list({ limit: 2, order: 'asc' })) ids.push(f.id);
     expect(ids).toEqual([...up.files.keys()]);
@@ -880,7 +907,7 @@ describe('files through the passthrough', () => {
       `/v1/files?limit=2&order=asc&after=${ids[1]}`,
       `/v1/files?limit=2&order=asc&after=${ids[3]}`,
     ]);
-    for (let i = 0; i < 3; i++) await expectRelayed(sent[i], up.seen[i]);
+    await expectRelayedAll(sent, up, 3);
 
     // A first page read as a page object, with a filter and an odd cursor that needs escaping.
     const page = await client.files.list({ purpose: 'batch', limit: 1, after: 'file-a+b/c d' });
@@ -890,9 +917,7 @@ describe('files through the passthrough', () => {
   });
 
   it('files.retrieve, files.content (binary, chunked, intact) and files.delete', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const id = [...up.files.keys()][2] ?? '';
     const want = up.files.get(id)?.content ?? Buffer.alloc(0);
 
@@ -908,7 +933,7 @@ describe('files through the passthrough', () => {
     const del = await client.files.delete(id);
     expect(up.seen[2]?.method).toBe('DELETE');
     expect(data(del)).toEqual({ object: 'file', deleted: true, id });
-    for (let i = 0; i < 3; i++) await expectRelayed(sent[i], up.seen[i]);
+    await expectRelayedAll(sent, up, 3);
   });
 });
 
@@ -918,9 +943,7 @@ describe('files through the passthrough', () => {
 
 describe('audio, images, moderations, batches, uploads and models through the passthrough', () => {
   it('audio.transcriptions.create (multipart with a binary file, verbose_json, array fields)', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const wav = Buffer.concat([Buffer.from('RIFF'), randomBytes(200 * 1024)]);
     const t = await client.audio.transcriptions.create({
       file: await toFile(wav, 'speech.wav', { type: 'audio/wav' }),
@@ -941,7 +964,7 @@ describe('audio, images, moderations, batches, uploads and models through the pa
   it('audio.transcriptions.create with stream: true relays transcript events as they come', async () => {
     const g = gate(5000);
     let released: 'client' | 'bound' | undefined;
-    const up = await startUpstream({
+    const { up, client, sent } = await throughGateway({
       answer: async (r, res) => {
         if (!r.url.startsWith('/v1/audio/transcriptions')) return false;
         const events = transcriptEvents(['Hello ', 'from ', 'the gateway.']);
@@ -954,8 +977,6 @@ describe('audio, images, moderations, batches, uploads and models through the pa
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
     const stream = await client.audio.transcriptions.create({
       file: await toFile(randomBytes(64 * 1024), 'a.mp3', { type: 'audio/mpeg' }),
       model: 'gpt-4o-mini-transcribe',
@@ -972,9 +993,7 @@ describe('audio, images, moderations, batches, uploads and models through the pa
   });
 
   it('audio.speech.create streams binary audio back intact', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const res = await client.audio.speech.create({
       model: 'gpt-4o-mini-tts',
       voice: 'coral',
@@ -988,9 +1007,7 @@ describe('audio, images, moderations, batches, uploads and models through the pa
   });
 
   it('images.generate (b64_json), moderations.create', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const img = await client.images.generate({
       model: 'gpt-image-1',
       prompt: 'A cute baby sea otter',
@@ -1006,13 +1023,11 @@ describe('audio, images, moderations, batches, uploads and models through the pa
       input: [{ type: 'text', text: 'I want to kill them.' }],
     });
     expect(data(mod)).toEqual(answeredJson(up.seen[1]));
-    for (let i = 0; i < 2; i++) await expectRelayed(sent[i], up.seen[i]);
+    await expectRelayedAll(sent, up, 2);
   });
 
   it('batches.create / batches.retrieve', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const b = await client.batches.create({
       input_file_id: 'file-abcd2',
       endpoint: '/v1/chat/completions',
@@ -1023,13 +1038,11 @@ describe('audio, images, moderations, batches, uploads and models through the pa
     const again = await client.batches.retrieve(b.id);
     expect(up.seen[1]?.url).toBe('/v1/batches/batch_abc123');
     expect(data(again)).toEqual(answeredJson(up.seen[1]));
-    for (let i = 0; i < 2; i++) await expectRelayed(sent[i], up.seen[i]);
+    await expectRelayedAll(sent, up, 2);
   });
 
   it('uploads.create, uploads.parts.create (multipart `data`), uploads.complete; vectorStores.create (OpenAI-Beta)', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const u = await client.uploads.create({
       bytes: 2_147_483_648,
       filename: 'training_examples.jsonl',
@@ -1046,13 +1059,11 @@ describe('audio, images, moderations, batches, uploads and models through the pa
     const vs = await client.vectorStores.create({ name: 'Support FAQ' });
     expect(data(vs)).toEqual(answeredJson(up.seen[3]));
     expect(up.seen[3]?.headers['openai-beta']).toBe('assistants=v2');
-    for (let i = 0; i < 4; i++) await expectRelayed(sent[i], up.seen[i]);
+    await expectRelayedAll(sent, up, 4);
   });
 
   it('models.retrieve of an upstream model id (not a route or provider/model name) reaches the upstream', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const m = await client.models.retrieve('gpt-4.1-nano-2025-04-14');
     expect(data(m)).toEqual(answeredJson(up.seen[0]));
     await expectRelayed(sent[0], up.seen[0]);
@@ -1069,9 +1080,7 @@ describe('audio, images, moderations, batches, uploads and models through the pa
 
 describe('the Responses API through the passthrough', () => {
   it('responses.create (non-streaming) and responses.retrieve', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
+    const { up, client, sent } = await throughGateway();
     const r = await client.responses.create({
       model: 'gpt-4.1',
       input: [{ role: 'user', content: 'Say hello' }],
@@ -1091,7 +1100,7 @@ describe('the Responses API through the passthrough', () => {
     const again = await client.responses.retrieve(r.id);
     expect(up.seen[1]?.url).toBe(`/v1/responses/${r.id}`);
     expect(again.output_text).toBe('Stored answer');
-    for (let i = 0; i < 2; i++) await expectRelayed(sent[i], up.seen[i]);
+    await expectRelayedAll(sent, up, 2);
   });
 
   it('responses.create with stream: true relays each event as it comes, not buffered', async () => {
@@ -1099,7 +1108,7 @@ describe('the Responses API through the passthrough', () => {
     let released: 'client' | 'bound' | undefined;
     const events = responseEvents('resp_gate', ['Hel', 'lo', ' world']);
     const firstDelta = events.findIndex((e) => e.type === 'response.output_text.delta');
-    const up = await startUpstream({
+    const { up, client, sent } = await throughGateway({
       answer: async (r, res) => {
         if (r.url !== '/v1/responses') return false;
         res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', ...OPENAI_HEADERS });
@@ -1110,8 +1119,6 @@ describe('the Responses API through the passthrough', () => {
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw);
     const stream = await client.responses.create({ model: 'gpt-4.1', input: 'Say hello', stream: true });
     const got: unknown[] = [];
     for await (const e of stream) {
@@ -1130,28 +1137,18 @@ describe('the Responses API through the passthrough', () => {
 
 describe('upstream errors reach the SDK as the right classes, with the upstream message', () => {
   it('400 → BadRequestError with message, type, param and code', async () => {
-    const up = await startUpstream({
-      answer: (r, res) => {
-        send(
-          r,
-          res,
-          400,
-          openAIError(
-            "Invalid type for 'input': expected one of a string or array of input items, but got an object instead.",
-            'invalid_request_error',
-            'input',
-            'invalid_type',
-          ),
-        );
-        return true;
-      },
+    const { client } = await throughGateway({
+      answer: always(
+        400,
+        openAIError(
+          "Invalid type for 'input': expected one of a string or array of input items, but got an object instead.",
+          'invalid_request_error',
+          'input',
+          'invalid_type',
+        ),
+      ),
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.responses.create({ model: 'gpt-4.1', input: 'x' }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const err = await rejection(client.responses.create({ model: 'gpt-4.1', input: 'x' }));
     expect(err).toBeInstanceOf(BadRequestError);
     const e = err as BadRequestError;
     expect(e.status).toBe(400);
@@ -1162,47 +1159,32 @@ describe('upstream errors reach the SDK as the right classes, with the upstream 
   });
 
   it('404 → NotFoundError with the upstream message', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.files.retrieve('file-missing').then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const { client } = await throughGateway();
+    const err = await rejection(client.files.retrieve('file-missing'));
     expect(err).toBeInstanceOf(NotFoundError);
     expect((err as NotFoundError).message).toBe('404 No such File object: file-missing');
     expect((err as NotFoundError).param).toBe('id');
   });
 
   it('429 → RateLimitError with the upstream message and its Retry-After and rate-limit headers', async () => {
-    const up = await startUpstream({
-      answer: (r, res) => {
-        send(
-          r,
-          res,
-          429,
-          openAIError(
-            'Rate limit reached for gpt-4.1 in organization org-abc on tokens per min (TPM): Limit 30000, Used 29876, Requested 512. Please try again in 776ms.',
-            'tokens',
-            null,
-            'rate_limit_exceeded',
-          ),
-          {
-            'retry-after': '20',
-            'retry-after-ms': '776',
-            'x-ratelimit-remaining-tokens': '124',
-            'x-ratelimit-reset-tokens': '776ms',
-          },
-        );
-        return true;
-      },
+    const { up, client } = await throughGateway({
+      answer: always(
+        429,
+        openAIError(
+          'Rate limit reached for gpt-4.1 in organization org-abc on tokens per min (TPM): Limit 30000, Used 29876, Requested 512. Please try again in 776ms.',
+          'tokens',
+          null,
+          'rate_limit_exceeded',
+        ),
+        {
+          'retry-after': '20',
+          'retry-after-ms': '776',
+          'x-ratelimit-remaining-tokens': '124',
+          'x-ratelimit-reset-tokens': '776ms',
+        },
+      ),
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.images.generate({ model: 'gpt-image-1', prompt: 'otter' }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const err = await rejection(client.images.generate({ model: 'gpt-image-1', prompt: 'otter' }));
     expect(err).toBeInstanceOf(RateLimitError);
     const e = err as RateLimitError;
     expect(e.message).toMatch(/^429 Rate limit reached for gpt-4\.1/);
@@ -1215,7 +1197,7 @@ describe('upstream errors reach the SDK as the right classes, with the upstream 
 
   it('a 5xx is relayed as it is (InternalServerError, the upstream message) and not retried by the gateway', async () => {
     let calls = 0;
-    const up = await startUpstream({
+    const { up, client } = await throughGateway({
       answer: (r, res) => {
         if (++calls > 1) return false; // a retry would succeed, and so hide the failure
         send(
@@ -1232,18 +1214,13 @@ describe('upstream errors reach the SDK as the right classes, with the upstream 
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.batches
-      .create({
+    const err = await rejection(
+      client.batches.create({
         input_file_id: 'file-abcd2',
         endpoint: '/v1/responses',
         completion_window: '24h',
-      })
-      .then(
-        () => undefined,
-        (e: unknown) => e,
-      );
+      }),
+    );
     expect(err).toBeInstanceOf(InternalServerError);
     const e = err as InternalServerError;
     // JUDGEMENT: "reverse-proxied as is" — the upstream's own 500 and words, not the gateway's 502.
@@ -1253,30 +1230,20 @@ describe('upstream errors reach the SDK as the right classes, with the upstream 
   });
 
   it('an upstream that echoes our provider key in an error body and a header has it scrubbed (SPEC §8)', async () => {
-    const up = await startUpstream({
-      answer: (r, res) => {
-        send(
-          r,
-          res,
-          401,
-          openAIError(
-            `Incorrect API key provided: ${PT_KEY}. You can find your API key at https://platform.openai.com/account/api-keys.`,
-            'invalid_request_error',
-            null,
-            'invalid_api_key',
-          ),
-          // JUDGEMENT: SPEC §8 "no configured secret ever appears in a response" covers headers too.
-          { 'x-debug-authorization': `Bearer ${PT_KEY}` },
-        );
-        return true;
-      },
+    const { gw, client } = await throughGateway({
+      answer: always(
+        401,
+        openAIError(
+          `Incorrect API key provided: ${PT_KEY}. You can find your API key at https://platform.openai.com/account/api-keys.`,
+          'invalid_request_error',
+          null,
+          'invalid_api_key',
+        ),
+        // JUDGEMENT: SPEC §8 "no configured secret ever appears in a response" covers headers too.
+        { 'x-debug-authorization': `Bearer ${PT_KEY}` },
+      ),
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.files.list().then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const err = await rejection(client.files.list());
     expect(err).toBeInstanceOf(APIError);
     const e = err as APIError;
     expect(e.status).toBe(401);
@@ -1288,28 +1255,16 @@ describe('upstream errors reach the SDK as the right classes, with the upstream 
   });
 
   it('a gzip-compressed error body that echoes our key is scrubbed too, and still decodes', async () => {
-    const up = await startUpstream({
+    const { client } = await throughGateway({
       answer: (r, res) => {
-        const body = JSON.stringify(
-          openAIError(
-            `Incorrect API key provided: ${PT_KEY}.`,
-            'invalid_request_error',
-            null,
-            'invalid_api_key',
-          ),
-        );
+        const body = JSON.stringify(KEY_ECHO);
         r.answered = { status: 401, headers: {}, body: Buffer.from(body) };
         res.writeHead(401, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
         res.end(gzipSync(body));
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.moderations.create({ input: 'hi' }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const err = await rejection(client.moderations.create({ input: 'hi' }));
     expect(err).toBeInstanceOf(AuthenticationError);
     const e = err as AuthenticationError;
     expect(e.code).toBe('invalid_api_key');
@@ -1321,18 +1276,13 @@ describe('upstream errors reach the SDK as the right classes, with the upstream 
 
 describe('hostile upstreams: the key is scrubbed however the error body arrives (SPEC §8)', () => {
   async function errorOf(write: (res: ServerResponse) => void): Promise<APIError> {
-    const up = await startUpstream({
+    const { gw, client } = await throughGateway({
       answer: (_r, res) => {
         write(res);
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.files.retrieve('file-abcd1').then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const err = await rejection(client.files.retrieve('file-abcd1'));
     expect(err).toBeInstanceOf(APIError);
     const e = err as APIError;
     expect(gw.rawLogs()).not.toContain(PT_KEY);
@@ -1340,9 +1290,7 @@ describe('hostile upstreams: the key is scrubbed however the error body arrives 
   }
 
   it('the key split across two chunks of a chunked error body', async () => {
-    const body = JSON.stringify(
-      openAIError(`Incorrect API key provided: ${PT_KEY}.`, 'invalid_request_error', null, 'invalid_api_key'),
-    );
+    const body = JSON.stringify(KEY_ECHO);
     const cut = body.indexOf(PT_KEY) + 9;
     const e = await errorOf((res) => {
       res.writeHead(401, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
@@ -1378,14 +1326,7 @@ describe('hostile upstreams: the key is scrubbed however the error body arrives 
 
   for (const encoding of ['deflate', 'br'] as const) {
     it(`a ${encoding}-compressed error body`, async () => {
-      const body = JSON.stringify(
-        openAIError(
-          `Incorrect API key provided: ${PT_KEY}.`,
-          'invalid_request_error',
-          null,
-          'invalid_api_key',
-        ),
-      );
+      const body = JSON.stringify(KEY_ECHO);
       const e = await errorOf((res) => {
         res.writeHead(401, { 'content-type': 'application/json', 'content-encoding': encoding });
         res.end(encoding === 'br' ? brotliCompressSync(body) : deflateSync(body));
@@ -1410,22 +1351,15 @@ describe('hostile upstreams: the key is scrubbed however the error body arrives 
 
 describe('hostile upstreams: the key in a successful answer (SPEC §8 "no configured secret ever appears in a response")', () => {
   it('a 200 answer with the key echoed in a header', async () => {
-    const up = await startUpstream({
-      answer: (r, res) => {
-        send(
-          r,
-          res,
-          200,
-          { id: 'gpt-4.1', object: 'model', created: 1, owned_by: 'openai' },
-          {
-            'x-debug-upstream-auth': `Bearer ${PT_KEY}`,
-          },
-        );
-        return true;
-      },
+    const { client } = await throughGateway({
+      answer: always(
+        200,
+        { id: 'gpt-4.1', object: 'model', created: 1, owned_by: 'openai' },
+        {
+          'x-debug-upstream-auth': `Bearer ${PT_KEY}`,
+        },
+      ),
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const { response } = await client.models.retrieve('gpt-4.1').withResponse();
     expect([...response.headers].map(([k, v]) => `${k}: ${v}`).join('\n')).not.toContain(PT_KEY);
   });
@@ -1442,15 +1376,13 @@ describe('hostile upstreams: the key in a successful answer (SPEC §8 "no config
       sequence_number: 1,
     };
     const raw = `${sseFrame(created, true)}${sseFrame(errorEvent, true)}`;
-    const up = await startUpstream({
+    const { client } = await throughGateway({
       answer: (_r, res) => {
         res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8' });
         res.end(raw);
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const res = await client.responses.create({ model: 'gpt-4.1', input: 'x', stream: true }).asResponse();
     const text = await res.text();
     expect(text).toContain('Upstream auth failed for key');
@@ -1464,7 +1396,7 @@ describe('a client that reads slowly', () => {
     let written = 0;
     let finished = false;
     let stop = (): void => undefined;
-    const up = await startUpstream({
+    const { client } = await throughGateway({
       answer: (_r, res) => {
         res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(total) });
         const chunk = Buffer.alloc(256 * 1024, 7);
@@ -1487,8 +1419,6 @@ describe('a client that reads slowly', () => {
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const ac = new AbortController();
     const res = await client.files.content('file-abcd1', { signal: ac.signal });
     const reader = res.body?.getReader();
@@ -1511,7 +1441,7 @@ describe('the passthrough relays as is', () => {
     // routed chat streams. A keep-alive comment is part of the upstream's bytes.
     const events = responseEvents('resp_raw', ['x', 'y']);
     const raw = `: keep-alive\n\n${events.map((e) => sseFrame(e, true)).join('')}`;
-    const up = await startUpstream({
+    const { client } = await throughGateway({
       answer: (r, res) => {
         res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', ...OPENAI_HEADERS });
         res.end(raw);
@@ -1519,21 +1449,14 @@ describe('the passthrough relays as is', () => {
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const res = await client.responses.create({ model: 'gpt-4.1', input: 'x', stream: true }).asResponse();
     expect(res.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
     expect(await res.text()).toBe(raw);
   });
 
   it("an unknown /v1 path gets the upstream's own 404", async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
-    const err = await client.get('/containers/cntr_123/files').then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const { up, client } = await throughGateway();
+    const err = await rejection(client.get('/containers/cntr_123/files'));
     expect(err).toBeInstanceOf(NotFoundError);
     expect((err as NotFoundError).message).toBe('404 Invalid URL (GET /v1/containers/cntr_123/files)');
     expect(up.seen).toHaveLength(1);
@@ -1546,9 +1469,7 @@ describe('the passthrough relays as is', () => {
 
 describe('auth and the SDK headers on the passthrough', () => {
   it('a wrong client key gets 401 (AuthenticationError) and never reaches the upstream', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw, { apiKey: 'sk-wrong-key' });
+    const { up, client } = await throughGateway({}, {}, { apiKey: 'sk-wrong-key' });
     for (const call of [
       () => client.files.list(),
       () => client.responses.create({ model: 'gpt-4.1', input: 'hi' }),
@@ -1556,10 +1477,7 @@ describe('auth and the SDK headers on the passthrough', () => {
         client.files.create({ file: await toFile(Buffer.from('{}\n'), 'a.jsonl'), purpose: 'batch' }),
       () => client.models.retrieve('gpt-4.1-nano'),
     ]) {
-      const err = await call().then(
-        () => undefined,
-        (e: unknown) => e,
-      );
+      const err = await rejection(call());
       expect(err).toBeInstanceOf(AuthenticationError);
       expect((err as AuthenticationError).status).toBe(401);
     }
@@ -1567,9 +1485,7 @@ describe('auth and the SDK headers on the passthrough', () => {
   });
 
   it('the SDK headers (x-stainless-*, OpenAI-Beta, Idempotency-Key) are forwarded; the client key is not', async () => {
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client, sent } = sdk(gw, { headers: { 'OpenAI-Beta': 'responses=v1' } });
+    const { up, client, sent } = await throughGateway({}, {}, { headers: { 'OpenAI-Beta': 'responses=v1' } });
     await client.responses.create(
       { model: 'gpt-4.1', input: 'hi' },
       // The OpenAI client sets no Idempotency-Key of its own (its `idempotencyHeader` is unset in v6.49):
@@ -1589,15 +1505,13 @@ describe('auth and the SDK headers on the passthrough', () => {
     expect(h0['x-stainless-package-version']).toBe(SDK_VERSION);
     expect(h0['x-stainless-retry-count']).toBe('0');
     expect(h0['user-agent']).toBe(sent[0]?.headers.get('user-agent'));
-    for (let i = 0; i < 2; i++) await expectRelayed(sent[i], up.seen[i]);
+    await expectRelayedAll(sent, up, 2);
   });
 
   it("the upstream's response headers reach the SDK (x-request-id is the SDK's _request_id)", async () => {
     // JUDGEMENT: for a proxied path the client is talking to OpenAI through us; `_request_id` is what a user
     // quotes to OpenAI support, so the upstream's `x-request-id` should be the one the SDK sees.
-    const up = await startUpstream();
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
+    const { up, client } = await throughGateway();
     const { data: f, response, request_id } = await client.files.retrieve('file-abcd1').withResponse();
     expect(f.id).toBe('file-abcd1');
     const answered = up.seen[0]?.answered?.headers ?? {};
@@ -1617,7 +1531,7 @@ describe('auth and the SDK headers on the passthrough', () => {
 describe('a client that aborts mid-transfer gets its upstream request aborted', () => {
   it('mid-download (files.content): the upstream sees its answer cut short', async () => {
     let stopWriting = (): void => undefined;
-    const up = await startUpstream({
+    const { up, client } = await throughGateway({
       answer: (r, res) => {
         if (!r.url.endsWith('/content')) return false;
         res.writeHead(200, { 'content-type': 'application/octet-stream', ...OPENAI_HEADERS });
@@ -1634,8 +1548,6 @@ describe('a client that aborts mid-transfer gets its upstream request aborted', 
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const ac = new AbortController();
     const res = await client.files.content('file-abcd1', { signal: ac.signal });
     const reader = res.body?.getReader();
@@ -1649,14 +1561,12 @@ describe('a client that aborts mid-transfer gets its upstream request aborted', 
 
   it('mid-upload (files.create, a streamed file): the upstream sees its request closed before the end', async () => {
     const firstBytes = gate(5000);
-    const up = await startUpstream({
+    const { up, client } = await throughGateway({
       early: (r, req) => {
         req.on('data', () => firstBytes.open());
         return false;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const ac = new AbortController();
     let sentFirst = false;
     const source = new ReadableStream<Uint8Array>({
@@ -1686,7 +1596,7 @@ describe('a client that aborts mid-transfer gets its upstream request aborted', 
   it('mid-stream (responses.create stream: true): the upstream sees its SSE answer cut short', async () => {
     let stop = (): void => undefined;
     const events = responseEvents('resp_abort', ['a', 'b', 'c']);
-    const up = await startUpstream({
+    const { up, client } = await throughGateway({
       answer: (r, res) => {
         res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', ...OPENAI_HEADERS });
         for (const e of events.slice(0, 5)) res.write(sseFrame(e, true));
@@ -1701,8 +1611,6 @@ describe('a client that aborts mid-transfer gets its upstream request aborted', 
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const stream = await client.responses.create({ model: 'gpt-4.1', input: 'x', stream: true });
     for await (const e of stream) {
       if (e.type === 'response.output_text.delta') break; // leaving the loop aborts the request
@@ -1719,7 +1627,7 @@ describe('a client that aborts mid-transfer gets its upstream request aborted', 
 describe('compressed answers', () => {
   it('gzip JSON and gzip binary answers reach the SDK decoded correctly (SPEC §8)', async () => {
     const files = seededFiles();
-    const up = await startUpstream({
+    const { client } = await throughGateway({
       files,
       answer: (r, res) => {
         const accepts = String(r.headers['accept-encoding'] ?? '');
@@ -1739,8 +1647,6 @@ describe('compressed answers', () => {
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const f = await client.files.retrieve('file-abcd2');
     expect(data(f)).toEqual(files.get('file-abcd2')?.obj);
     const content = await client.files.content('file-abcd2');
@@ -1750,7 +1656,7 @@ describe('compressed answers', () => {
 
   it('an upstream that gzips unasked is still decoded correctly', async () => {
     const files = seededFiles();
-    const up = await startUpstream({
+    const { client } = await throughGateway({
       files,
       answer: (r, res) => {
         const rec = files.get('file-abcd4');
@@ -1770,8 +1676,6 @@ describe('compressed answers', () => {
         return true;
       },
     });
-    const gw = await gatewayFor(up);
-    const { client } = sdk(gw);
     const page = await client.files.list();
     expect(data(page.data)).toEqual([files.get('file-abcd4')?.obj]);
   });

@@ -13,9 +13,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
+import { answerAnthropicText } from '../helpers/anthropic-route.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { REPO_ROOT, cliWorkDir, startCli, type CliProcess } from '../helpers/cli-harness.js';
-import { postChat, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 import {
   answerChat,
@@ -27,6 +28,7 @@ import {
 import { parseProm, select, value, type Sample } from '../helpers/prom-text.js';
 import { freePort } from '../helpers/redis.js';
 import { specExample } from '../helpers/spec-example.js';
+import { SPEC_METRICS } from '../helpers/spec-metrics.js';
 
 onlyLoopbackFetch();
 const track = closeAfterEach();
@@ -42,6 +44,19 @@ function cfgFile(text: string): string {
   const path = join(workDir(), `s${++files}.yaml`);
   writeFileSync(path, text);
   return path;
+}
+
+/** A config file: `head` lines, then route `r` over the one upstream `a/m` at mock `m`. */
+function singleRouteFile(m: { url: string }, head: readonly string[] = []): string {
+  return cfgFile(
+    [
+      ...head,
+      'providers:',
+      `  - { name: a, base_url: "${m.url}/v1", models: [{ name: m }] }`,
+      'routes:',
+      '  r: { targets: [a/m] }',
+    ].join('\n'),
+  );
 }
 
 async function mock(handler: MockHandler): Promise<{ url: string; received: Received[] }> {
@@ -145,79 +160,15 @@ function routerMaxTokens(body: Json): unknown {
 
 /** An Anthropic Messages answer of `text` (JSON, or the SSE event sequence when `stream`). */
 function answerAnthropic(res: ServerResponse, body: Json, text: string): void {
-  const model = String(body.model);
-  if (body.stream !== true) {
-    sendJson(res, 200, {
-      id: 'msg_1',
-      type: 'message',
-      role: 'assistant',
-      model,
-      content: [{ type: 'text', text }],
-      stop_reason: 'end_turn',
-      stop_sequence: null,
-      usage: { input_tokens: 5, output_tokens: 2 },
-    });
-    return;
-  }
-  const ev = (event: string, data: Json) => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
-  res.writeHead(200, { 'content-type': 'text/event-stream' });
-  res.end(
-    ev('message_start', {
-      type: 'message_start',
-      message: {
-        id: 'msg_1',
-        type: 'message',
-        role: 'assistant',
-        model,
-        content: [],
-        stop_reason: null,
-        stop_sequence: null,
-        usage: { input_tokens: 5, output_tokens: 1 },
-      },
-    }) +
-      ev('content_block_start', {
-        type: 'content_block_start',
-        index: 0,
-        content_block: { type: 'text', text: '' },
-      }) +
-      ev('content_block_delta', {
-        type: 'content_block_delta',
-        index: 0,
-        delta: { type: 'text_delta', text },
-      }) +
-      ev('content_block_stop', { type: 'content_block_stop', index: 0 }) +
-      ev('message_delta', {
-        type: 'message_delta',
-        delta: { stop_reason: 'end_turn', stop_sequence: null },
-        usage: { output_tokens: 2 },
-      }) +
-      ev('message_stop', { type: 'message_stop' }),
-  );
+  answerAnthropicText(res, {
+    id: 'msg_1',
+    model: String(body.model),
+    text,
+    stream: body.stream === true,
+    inputTokens: 5,
+    outputTokens: 2,
+  });
 }
-
-// SPEC §5's table, as written.
-const SPEC_METRICS: Record<string, { type: string; labels: string[] }> = {
-  llm_router_requests_total: { type: 'counter', labels: ['route', 'provider', 'model', 'status'] },
-  llm_router_request_duration_seconds: {
-    type: 'histogram',
-    labels: ['route', 'provider', 'model', 'stream'],
-  },
-  llm_router_time_to_first_token_seconds: { type: 'histogram', labels: ['provider', 'model'] },
-  llm_router_time_per_output_token_seconds: { type: 'histogram', labels: ['provider', 'model'] },
-  llm_router_overhead_seconds: { type: 'histogram', labels: ['route'] },
-  llm_router_upstream_attempts_total: { type: 'counter', labels: ['provider', 'model', 'outcome'] },
-  llm_router_failovers_total: { type: 'counter', labels: ['route', 'from_provider', 'reason'] },
-  llm_router_circuit_state: { type: 'gauge', labels: ['provider', 'model'] },
-  llm_router_circuit_transitions_total: { type: 'counter', labels: ['provider', 'model', 'to'] },
-  llm_router_tokens_total: { type: 'counter', labels: ['provider', 'model', 'kind'] },
-  llm_router_cost_usd_total: { type: 'counter', labels: ['provider', 'model'] },
-  llm_router_routing_decisions_total: { type: 'counter', labels: ['route', 'strategy', 'provider'] },
-  llm_router_inflight_requests: { type: 'gauge', labels: ['provider', 'model'] },
-  llm_router_llm_router_requests_total: { type: 'counter', labels: ['tier', 'outcome'] },
-  llm_router_llm_router_duration_seconds: { type: 'histogram', labels: ['tier'] },
-  llm_router_stream_failures_total: { type: 'counter', labels: ['provider', 'model', 'policy'] },
-  llm_router_config_reloads_total: { type: 'counter', labels: ['result'] },
-};
 
 /**
  * Histogram semantics a Prometheus client relies on: per label set, `le` buckets ascending and cumulative,
@@ -540,25 +491,20 @@ describe('SPEC §3 substitution in the example: unset variables', () => {
 
 const okHandler: MockHandler = (req, res) => answerChat(res, req.body, `from ${String(req.body.model)}`);
 
-function prov(name: string, url: string, models: Array<string | Json>, extra: Json = {}): Json {
-  return {
-    name,
-    kind: 'openai',
-    base_url: `${url}/v1`,
-    models: models.map((m) => (typeof m === 'string' ? { name: m } : m)),
-    ...extra,
-  };
-}
-
 async function gateway(config: Json, opts: Parameters<typeof startGateway>[1] = {}): Promise<TestGateway> {
   return track(await startGateway(config, opts));
+}
+
+/** Route `r` over the one upstream `a/m` at mock `m`. */
+function singleRoute(m: { url: string }): Promise<TestGateway> {
+  return gateway({ providers: [simProvider('a', m.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
 }
 
 describe("README's configuration defaults", () => {
   it('routes.NAME.strategy defaults to routing.default_strategy (round-robin here): header, rotation and decision metric say so', async () => {
     const m = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('a', m.url, ['m']), prov('b', m.url, ['m'])],
+      providers: [simProvider('a', m.url, ['m']), simProvider('b', m.url, ['m'])],
       routes: { r: { targets: ['a/m', 'b/m'] } },
       routing: { default_strategy: 'round-robin' },
     });
@@ -595,7 +541,7 @@ describe("README's configuration defaults", () => {
     const m = await mock(okHandler);
     const gw = await gateway({
       providers: [
-        prov('p', m.url, [{ name: 'alias', upstream_name: 'real-model-7' }], {
+        simProvider('p', m.url, [{ name: 'alias', upstream_name: 'real-model-7' }], {
           headers: { 'x-extra-header': 'extra-1', 'anthropic-beta': 'beta-2' },
         }),
       ],
@@ -612,10 +558,12 @@ describe("README's configuration defaults", () => {
   it('capabilities default to [tools, json, vision, stream]; a model lacking one is skipped for a request that needs it', async () => {
     const m = await mock(okHandler);
     const all = ['tools', 'json', 'vision', 'stream'];
-    const providers = [prov('full', m.url, ['f'])];
+    const providers = [simProvider('full', m.url, ['f'])];
     const routes: Json = {};
     for (const cap of all) {
-      providers.push(prov(`no${cap}`, m.url, [{ name: 'm', capabilities: all.filter((c) => c !== cap) }]));
+      providers.push(
+        simProvider(`no${cap}`, m.url, [{ name: 'm', capabilities: all.filter((c) => c !== cap) }]),
+      );
       routes[cap] = { strategy: 'priority', targets: [`no${cap}/m`, 'full/f'] };
     }
     const gw = await gateway({ providers, routes });
@@ -652,7 +600,7 @@ describe("README's configuration defaults", () => {
   it("weight defaults to 1 (a model's weight 3 takes ~3/4); a route target's own weight wins over the model's", async () => {
     const m = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('a', m.url, [{ name: 'm', weight: 3 }]), prov('b', m.url, ['m'])],
+      providers: [simProvider('a', m.url, [{ name: 'm', weight: 3 }]), simProvider('b', m.url, ['m'])],
       routes: {
         w1: { strategy: 'weighted', targets: ['a/m', 'b/m'] },
         w2: {
@@ -693,7 +641,7 @@ describe("README's configuration defaults", () => {
     });
     const ok = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('slow', slow.url, ['m']), prov('ok', ok.url, ['m'])],
+      providers: [simProvider('slow', slow.url, ['m']), simProvider('ok', ok.url, ['m'])],
       routes: {
         t: {
           tiers: { fast: ['slow/m'], balanced: ['ok/m'] },
@@ -718,7 +666,7 @@ describe("README's configuration defaults", () => {
     const rt = await mock((req, res) => answerChat(res, req.body, '{"tier":"balanced","reason":"ok"}'));
     const ok = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('rt', rt.url, ['m']), prov('ok', ok.url, ['m'])],
+      providers: [simProvider('rt', rt.url, ['m']), simProvider('ok', ok.url, ['m'])],
       routes: {
         t: {
           tiers: { fast: ['rt/m'], balanced: ['ok/m'] },
@@ -743,10 +691,10 @@ describe("README's configuration defaults", () => {
     const mk = (p: number) => ({ name: 'm', price: { input_per_mtok: p, output_per_mtok: p } });
     const gw = await gateway({
       providers: [
-        prov('a', m.url, [mk(1)]),
-        prov('b', m.url, [mk(1.005)]), // 0.5 % dearer
-        prov('c', m.url, [mk(1)]),
-        prov('d', m.url, [mk(2)]), // twice as dear
+        simProvider('a', m.url, [mk(1)]),
+        simProvider('b', m.url, [mk(1.005)]), // 0.5 % dearer
+        simProvider('c', m.url, [mk(1)]),
+        simProvider('d', m.url, [mk(2)]), // twice as dear
       ],
       routes: {
         near: { strategy: 'cost', targets: ['a/m', 'b/m'] },
@@ -779,14 +727,7 @@ describe("README's configuration defaults", () => {
 
   it('server.port defaults to 8080 (README), with --host overriding the host alone', async () => {
     const m = await mock(okHandler);
-    const path = cfgFile(
-      [
-        'providers:',
-        `  - { name: a, base_url: "${m.url}/v1", models: [{ name: m }] }`,
-        'routes:',
-        '  r: { targets: [a/m] }',
-      ].join('\n'),
-    );
+    const path = singleRouteFile(m);
     const busy = await new Promise<boolean>((resolve) => {
       const srv: Server = createServer();
       srv.once('error', () => resolve(true));
@@ -815,7 +756,7 @@ describe('SPEC §5 metrics, literally', () => {
       await sleep(400);
       answerChat(res, req.body, 'late');
     });
-    const gw = await gateway({ providers: [prov('a', m.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
+    const gw = await singleRoute(m);
     const r1 = await postChat(gw, { model: 'r', messages: HI });
     const r2 = await postChat(gw, { model: 'r', messages: HI, stream: true });
     expect([r1.status, r2.status]).toEqual([200, 200]);
@@ -853,7 +794,7 @@ describe('SPEC §5 metrics, literally', () => {
     // request; README's table narrows it to "(streams)" (a JSON answer has no TTFT apart from its total, so
     // total − TTFT is 0). README is the user's truth: streams only, exactly once each.
     const m = await mock(okHandler);
-    const gw = await gateway({ providers: [prov('a', m.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
+    const gw = await singleRoute(m);
     for (let i = 0; i < 2; i++) expect((await postChat(gw, { model: 'r', messages: HI })).status).toBe(200);
     expect((await postChat(gw, { model: 'r', messages: HI, stream: true })).status).toBe(200);
     const s = await metrics(gw.url);
@@ -862,7 +803,7 @@ describe('SPEC §5 metrics, literally', () => {
 
   it('requests answered before routing count under route "none"; label values never come from what the client sent', async () => {
     const m = await mock(okHandler);
-    const gw = await gateway({ providers: [prov('a', m.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
+    const gw = await singleRoute(m);
     const unknown = await postChat(gw, { model: 'client-made-up-xq9', messages: HI });
     expect(unknown.status).toBe(404);
     const bad = await postChat(gw, { model: 'r', messages: 'not a list' });
@@ -884,7 +825,7 @@ describe('SPEC §5 metrics, literally', () => {
   it('routing_decisions_total and requests_total move once per routed request; overhead_seconds once per request, under the route', async () => {
     const m = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('a', m.url, ['m']), prov('b', m.url, ['m'])],
+      providers: [simProvider('a', m.url, ['m']), simProvider('b', m.url, ['m'])],
       routes: { r: { strategy: 'priority', targets: ['a/m', 'b/m'] } },
     });
     for (let i = 0; i < 3; i++) expect((await postChat(gw, { model: 'r', messages: HI })).status).toBe(200);
@@ -910,7 +851,7 @@ describe('SPEC §5 metrics, literally', () => {
     );
     const ok = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('bad', bad.url, ['m']), prov('ok', ok.url, ['m'])],
+      providers: [simProvider('bad', bad.url, ['m']), simProvider('ok', ok.url, ['m'])],
       routes: { r: { strategy: 'priority', targets: ['bad/m', 'ok/m'] } },
       circuit_breaker: { failure_threshold: 2 },
     });
@@ -989,14 +930,7 @@ describe('SPEC §6 CLI and files', () => {
 
   it('--log-level warn and LOG_LEVEL=warn: served requests write no info lines', async () => {
     const m = await mock(okHandler);
-    const path = cfgFile(
-      [
-        'providers:',
-        `  - { name: a, base_url: "${m.url}/v1", models: [{ name: m }] }`,
-        'routes:',
-        '  r: { targets: [a/m] }',
-      ].join('\n'),
-    );
+    const path = singleRouteFile(m);
     for (const [args, env] of [
       [['--log-level', 'warn'], {}],
       [[], { LOG_LEVEL: 'warn' }],
@@ -1089,15 +1023,7 @@ describe('SPEC §6 CLI and files', () => {
 
   it('SIGTERM on an idle gateway: exit code 0', async () => {
     const m = await mock(okHandler);
-    const path = cfgFile(
-      [
-        'server: { shutdown_grace_ms: 1000 }',
-        'providers:',
-        `  - { name: a, base_url: "${m.url}/v1", models: [{ name: m }] }`,
-        'routes:',
-        '  r: { targets: [a/m] }',
-      ].join('\n'),
-    );
+    const path = singleRouteFile(m, ['server: { shutdown_grace_ms: 1000 }']);
     // Port 0: a free port picked first could be taken by a parallel test before the gateway binds it (CI saw EADDRINUSE).
     const gw = await cli(path, ['--host', '127.0.0.1', '--port', '0']);
     expect((await postChat({ url: gw.url }, { model: 'r', messages: HI })).status).toBe(200);
@@ -1119,7 +1045,7 @@ describe('SPEC §7: Redis unreachable from the start', () => {
     const ok = await mock(okHandler);
     const gw = await gateway(
       {
-        providers: [prov('bad', bad.url, ['m']), prov('ok', ok.url, ['m'])],
+        providers: [simProvider('bad', bad.url, ['m']), simProvider('ok', ok.url, ['m'])],
         routes: { r: { strategy: 'priority', targets: ['bad/m', 'ok/m'] } },
         circuit_breaker: { failure_threshold: 2 },
         state: { backend: 'redis', url: `redis://:redis-pw-H4x9@127.0.0.1:${closed}/0` },
@@ -1152,7 +1078,7 @@ describe('SPEC §7: Redis unreachable from the start', () => {
 describe('x-router-tier outside tiered routes (README)', () => {
   it('a route without tiers ignores a tier name; a value none of fast/balanced/deep is a 400 with param x-router-tier', async () => {
     const m = await mock(okHandler);
-    const gw = await gateway({ providers: [prov('a', m.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
+    const gw = await singleRoute(m);
     const send = (tier: string) =>
       request(`${gw.url}/v1/chat/completions`, {
         method: 'POST',
@@ -1204,7 +1130,10 @@ describe("README's configuration table, more keys", () => {
   it('context_window: a request whose prompt plus max_tokens exceeds it skips that upstream; none left is a 400 context_length_exceeded', async () => {
     const m = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('small', m.url, [{ name: 'm', context_window: 1000 }]), prov('big', m.url, ['m'])],
+      providers: [
+        simProvider('small', m.url, [{ name: 'm', context_window: 1000 }]),
+        simProvider('big', m.url, ['m']),
+      ],
       routes: {
         both: { strategy: 'priority', targets: ['small/m', 'big/m'] },
         only: { targets: ['small/m'] },
@@ -1288,7 +1217,11 @@ describe('§2 router call through the same pipeline; §5 gauges and estimates', 
     const rt = await mock((req, res) => answerChat(res, req.body, '{"tier":"deep","reason":"hard"}'));
     const ok = await mock(okHandler);
     const gw = await gateway({
-      providers: [prov('down', down.url, ['m']), prov('rt', rt.url, ['m']), prov('ok', ok.url, ['m'])],
+      providers: [
+        simProvider('down', down.url, ['m']),
+        simProvider('rt', rt.url, ['m']),
+        simProvider('ok', ok.url, ['m']),
+      ],
       routes: {
         t: {
           strategy: 'priority',
@@ -1317,7 +1250,7 @@ describe('§2 router call through the same pipeline; §5 gauges and estimates', 
       await Promise.race([held, sleep(5_000)]);
       answerChat(res, req.body, 'done');
     });
-    const gw = await gateway({ providers: [prov('a', m.url, ['m'])], routes: { r: { targets: ['a/m'] } } });
+    const gw = await singleRoute(m);
     const pending = postChat(gw, { model: 'r', messages: HI });
     await until('the upstream to be called', () => m.received.length === 1);
     expect(value(await metrics(gw.url), 'llm_router_inflight_requests', { provider: 'a', model: 'm' })).toBe(
@@ -1347,7 +1280,7 @@ describe('§2 router call through the same pipeline; §5 gauges and estimates', 
       }),
     );
     const gw = await gateway({
-      providers: [prov('a', m.url, [{ name: 'm', price: { input_per_mtok: 1, output_per_mtok: 1 } }])],
+      providers: [simProvider('a', m.url, [{ name: 'm', price: { input_per_mtok: 1, output_per_mtok: 1 } }])],
       routes: { r: { targets: ['a/m'] } },
     });
     const r = await postChat(gw, {
@@ -1378,7 +1311,7 @@ describe('more README refinements of §2 and §5', () => {
       answerChat(res, req.body, 'served');
     });
     const gw = await gateway({
-      providers: [prov('s', slowRouter.url, ['m'])],
+      providers: [simProvider('s', slowRouter.url, ['m'])],
       routes: {
         t: {
           tiers: { fast: ['s/m'], balanced: ['s/m'] },
@@ -1408,7 +1341,7 @@ describe('more README refinements of §2 and §5', () => {
     );
     const gw = await gateway({
       providers: [
-        prov('e', m.url, [
+        simProvider('e', m.url, [
           { name: 'emb', capabilities: ['embeddings'], price: { input_per_mtok: 1, output_per_mtok: 0 } },
         ]),
       ],
@@ -1429,8 +1362,8 @@ describe('more README refinements of §2 and §5', () => {
     const m = await mock(okHandler);
     const gw = await gateway({
       providers: [
-        prov('a', m.url, [{ name: 'm', price: { input_per_mtok: 1, output_per_mtok: 2 } }]),
-        prov('b', m.url, [{ name: 'm', price: { input_per_mtok: 3, output_per_mtok: 6 } }]),
+        simProvider('a', m.url, [{ name: 'm', price: { input_per_mtok: 1, output_per_mtok: 2 } }]),
+        simProvider('b', m.url, [{ name: 'm', price: { input_per_mtok: 3, output_per_mtok: 6 } }]),
       ],
       routes: {
         smart: {

@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
+import { answerAnthropicText } from '../helpers/anthropic-route.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, simProvider, startGateway, type Posted, type TestGateway } from '../helpers/gateway.js';
 import {
@@ -42,6 +43,22 @@ function sdk(gw: TestGateway): OpenAI {
   return new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
 }
 
+/** Streams a `hi` to route `smart` with the openai SDK, with `limit`; the text the chunks carry. */
+async function streamedText(
+  gw: TestGateway,
+  limit: { max_tokens?: number; max_completion_tokens?: number },
+): Promise<string> {
+  const stream = await sdk(gw).chat.completions.create({
+    model: 'smart',
+    stream: true,
+    ...limit,
+    messages: [{ role: 'user', content: 'hi' }],
+  });
+  let text = '';
+  for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+  return text;
+}
+
 const limitOf = (b: Json): unknown => b.max_completion_tokens ?? b.max_tokens;
 
 const USER = [{ role: 'user', content: 'hi' }];
@@ -59,6 +76,16 @@ function refuseCap(res: ServerResponse, sent: unknown, cap: number, name = 'max_
   );
 }
 
+/** OpenAI's answer to max_tokens on a reasoning model. */
+function refuseMaxTokens(res: ServerResponse): void {
+  refuse(
+    res,
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+    'max_tokens',
+    'unsupported_parameter',
+  );
+}
+
 /** GPT-4o as OpenAI answers it: at most `cap` completion tokens. */
 function capped(cap: number) {
   return (body: Json, _n: number, res: ServerResponse): void => {
@@ -73,6 +100,16 @@ function oneProvider(mock: RecordingMock, model = 'm', extra: Json = {}): Json {
     providers: [simProvider('a', mock.url, [model], { api_key: 'sk-up-0123456789', ...extra })],
     routes: { smart: { strategy: 'priority', targets: [`a/${model}`] } },
   };
+}
+
+/** A mock upstream answering with `handler`, alone behind route `smart` as `a/<model>`. */
+async function openaiSetup(
+  handler: Parameters<typeof startRecordingMock>[0],
+  model?: string,
+  extra?: Json,
+): Promise<{ mock: RecordingMock; gw: TestGateway }> {
+  const mock = track(await startRecordingMock(handler));
+  return { mock, gw: track(await startGateway(oneProvider(mock, model, extra))) };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -135,10 +172,6 @@ function claudeRefusal(body: Json, cap: number): string | undefined {
   return undefined;
 }
 
-function sse(event: string, data: Json): string {
-  return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
-}
-
 /** A Claude model writing at most `cap` tokens: refuses as Anthropic, else answers `text` (JSON or SSE). */
 function claude(cap: number, text = 'claude answer') {
   return (body: Json, n: number, res: ServerResponse): void => {
@@ -148,53 +181,13 @@ function claude(cap: number, text = 'claude answer') {
         type: 'error',
         error: { type: 'invalid_request_error', message: refused },
       });
-    const model = String(body.model);
-    const usage = { input_tokens: 10, output_tokens: 5 };
-    if (body.stream === true) {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      res.end(
-        sse('message_start', {
-          type: 'message_start',
-          message: {
-            id: `msg_${n}`,
-            type: 'message',
-            role: 'assistant',
-            model,
-            content: [],
-            stop_reason: null,
-            stop_sequence: null,
-            usage: { input_tokens: 10, output_tokens: 1 },
-          },
-        }) +
-          sse('content_block_start', {
-            type: 'content_block_start',
-            index: 0,
-            content_block: { type: 'text', text: '' },
-          }) +
-          sse('content_block_delta', {
-            type: 'content_block_delta',
-            index: 0,
-            delta: { type: 'text_delta', text },
-          }) +
-          sse('content_block_stop', { type: 'content_block_stop', index: 0 }) +
-          sse('message_delta', {
-            type: 'message_delta',
-            delta: { stop_reason: 'end_turn', stop_sequence: null },
-            usage: { output_tokens: 5 },
-          }) +
-          sse('message_stop', { type: 'message_stop' }),
-      );
-      return;
-    }
-    sendJson(res, 200, {
+    answerAnthropicText(res, {
       id: `msg_${n}`,
-      type: 'message',
-      role: 'assistant',
-      model,
-      content: [{ type: 'text', text }],
-      stop_reason: 'end_turn',
-      stop_sequence: null,
-      usage,
+      model: String(body.model),
+      text,
+      stream: body.stream === true,
+      inputTokens: 10,
+      outputTokens: 5,
     });
   };
 }
@@ -217,22 +210,25 @@ async function claudeGateway(mock: RecordingMock, model: string, extra: Json = {
   );
 }
 
+/** A mock of a Claude model writing at most `cap` tokens (answering `text`), behind route `smart`. */
+async function claudeSetup(
+  cap: number,
+  model: string,
+  text?: string,
+  extra: Json = {},
+): Promise<{ mock: RecordingMock; gw: TestGateway }> {
+  const mock = track(await startRecordingMock(claude(cap, text)));
+  return { mock, gw: await claudeGateway(mock, model, extra) };
+}
+
 // =========================================================================================================
 // 1. Output caps (commit f0bd791)
 // =========================================================================================================
 
 describe('output caps on streams and failover', () => {
   it('stream: true refused for its cap (a 400 before any byte) is re-sent capped and streams the answer', async () => {
-    const mock = track(await startRecordingMock(capped(16384)));
-    const gw = track(await startGateway(oneProvider(mock, 'gpt-4o')));
-    const stream = await sdk(gw).chat.completions.create({
-      model: 'smart',
-      stream: true,
-      max_tokens: 32000,
-      messages: [{ role: 'user', content: 'hi' }],
-    });
-    let text = '';
-    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    const { mock, gw } = await openaiSetup(capped(16384), 'gpt-4o');
+    const text = await streamedText(gw, { max_tokens: 32000 });
     expect(text).toBe('capped answer');
     expect(mock.bodies.map((b) => [b.stream, b.max_tokens])).toEqual([
       [true, 32000],
@@ -284,21 +280,12 @@ describe('output caps on streams and failover', () => {
   });
 
   it('a reasoning model: max_tokens renamed, then max_completion_tokens capped, within one request', async () => {
-    const mock = track(
-      await startRecordingMock((body, _n, res) => {
-        if ('max_tokens' in body)
-          return refuse(
-            res,
-            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
-            'max_tokens',
-            'unsupported_parameter',
-          );
-        const n = body.max_completion_tokens;
-        if (typeof n === 'number' && n > 65536) return refuseCap(res, n, 65536, 'max_completion_tokens');
-        answer(res, body, 'ok');
-      }),
-    );
-    const gw = track(await startGateway(oneProvider(mock, 'o3')));
+    const { mock, gw } = await openaiSetup((body, _n, res) => {
+      if ('max_tokens' in body) return refuseMaxTokens(res);
+      const n = body.max_completion_tokens;
+      if (typeof n === 'number' && n > 65536) return refuseCap(res, n, 65536, 'max_completion_tokens');
+      answer(res, body, 'ok');
+    }, 'o3');
     // (A model's context_window, when set, bounds what reaches the upstream at all.)
     const r = await post(gw, { model: 'smart', max_tokens: 120000, messages: USER });
     expect(r.status).toBe(200);
@@ -338,10 +325,9 @@ describe('hostile or odd cap messages', () => {
   ];
 
   it.each(cases)('%s is relayed as the 400 it is: one send, nothing learned', async (_name, message) => {
-    const mock = track(
-      await startRecordingMock((_b, _n, res) => refuse(res, message, 'max_tokens', 'invalid_value')),
+    const { mock, gw } = await openaiSetup((_b, _n, res) =>
+      refuse(res, message, 'max_tokens', 'invalid_value'),
     );
-    const gw = track(await startGateway(oneProvider(mock)));
     const r = await post(gw, { model: 'smart', max_tokens: 32000, messages: USER });
     expect(r.status).toBe(400);
     expect(errorOf(r).message).toBe(message);
@@ -350,20 +336,17 @@ describe('hostile or odd cap messages', () => {
   });
 
   it('a bound on another field that merely ends in max_tokens (OpenRouter’s reasoning.max_tokens) does not cap the answer', async () => {
-    const mock = track(
-      await startRecordingMock((body, _n, res) => {
-        const reasoning = body.reasoning as Json | undefined;
-        if (typeof reasoning?.max_tokens === 'number' && reasoning.max_tokens > 1024)
-          return refuse(
-            res,
-            '`reasoning.max_tokens` must be less than or equal to `1024`',
-            'reasoning.max_tokens',
-            'invalid_value',
-          );
-        answer(res, body, 'ok');
-      }),
-    );
-    const gw = track(await startGateway(oneProvider(mock)));
+    const { mock, gw } = await openaiSetup((body, _n, res) => {
+      const reasoning = body.reasoning as Json | undefined;
+      if (typeof reasoning?.max_tokens === 'number' && reasoning.max_tokens > 1024)
+        return refuse(
+          res,
+          '`reasoning.max_tokens` must be less than or equal to `1024`',
+          'reasoning.max_tokens',
+          'invalid_value',
+        );
+      answer(res, body, 'ok');
+    });
     const r = await post(gw, {
       model: 'smart',
       max_tokens: 8000,
@@ -386,13 +369,10 @@ describe('hostile or odd cap messages', () => {
   });
 
   it('an upstream lowering its stated cap on every send is bounded at 5 sends per request; its 400 is relayed', async () => {
-    const mock = track(
-      await startRecordingMock((body, _n, res) => {
-        const n = Number(limitOf(body));
-        refuseCap(res, n, n - 1);
-      }),
-    );
-    const gw = track(await startGateway(oneProvider(mock)));
+    const { mock, gw } = await openaiSetup((body, _n, res) => {
+      const n = Number(limitOf(body));
+      refuseCap(res, n, n - 1);
+    });
     const r = await post(gw, { model: 'smart', max_tokens: 32000, messages: USER });
     expect(r.status).toBe(400);
     expect(mock.bodies.map((b) => b.max_tokens)).toEqual([32000, 31999, 31998, 31997, 31996]);
@@ -402,8 +382,7 @@ describe('hostile or odd cap messages', () => {
   });
 
   it('a capped re-send keeps the client’s own __proto__ field as data', async () => {
-    const mock = track(await startRecordingMock(capped(16384)));
-    const gw = track(await startGateway(oneProvider(mock)));
+    const { mock, gw } = await openaiSetup(capped(16384));
     const raw =
       '{"model":"smart","messages":[{"role":"user","content":"hi"}],"max_tokens":32000,"__proto__":{"polluted":1}}';
     const r = await post(gw, raw);
@@ -416,14 +395,11 @@ describe('hostile or odd cap messages', () => {
 
   it('a smaller limit than the cap is left alone, and a later larger cap never raises a learned one', async () => {
     let cap = 8192;
-    const mock = track(
-      await startRecordingMock((body, _n, res) => {
-        const n = Number(limitOf(body));
-        if (n > cap) return refuseCap(res, n, cap);
-        answer(res, body, 'ok');
-      }),
-    );
-    const gw = track(await startGateway(oneProvider(mock)));
+    const { mock, gw } = await openaiSetup((body, _n, res) => {
+      const n = Number(limitOf(body));
+      if (n > cap) return refuseCap(res, n, cap);
+      answer(res, body, 'ok');
+    });
     expect((await post(gw, { model: 'smart', max_tokens: 20000, messages: USER })).status).toBe(200);
     expect((await post(gw, { model: 'smart', max_tokens: 100, messages: USER })).status).toBe(200);
     cap = 4096;
@@ -435,8 +411,7 @@ describe('hostile or odd cap messages', () => {
 
 describe('output caps and the Anthropic translation', () => {
   it('reasoning_effort high to a budget model: the capped max_tokens still holds the budget (64000 cap)', async () => {
-    const mock = track(await startRecordingMock(claude(64000)));
-    const gw = await claudeGateway(mock, 'claude-sonnet-4-5');
+    const { mock, gw } = await claudeSetup(64000, 'claude-sonnet-4-5');
     const r = await post(gw, {
       model: 'smart',
       max_tokens: 100000,
@@ -456,8 +431,7 @@ describe('output caps and the Anthropic translation', () => {
       [1500, { type: 'enabled', budget_tokens: 1499 }],
       [1024, undefined],
     ] as const) {
-      const mock = track(await startRecordingMock(claude(cap)));
-      const gw = await claudeGateway(mock, 'claude-3-7-sonnet-20250219');
+      const { mock, gw } = await claudeSetup(cap, 'claude-3-7-sonnet-20250219');
       const r = await post(gw, {
         model: 'smart',
         max_tokens: 3000,
@@ -471,16 +445,8 @@ describe('output caps and the Anthropic translation', () => {
   });
 
   it('Anthropic streams: a cap refusal before any byte is re-sent capped and streamed', async () => {
-    const mock = track(await startRecordingMock(claude(8192, 'streamed')));
-    const gw = await claudeGateway(mock, 'claude-3-5-haiku-20241022');
-    const stream = await sdk(gw).chat.completions.create({
-      model: 'smart',
-      stream: true,
-      max_completion_tokens: 20000,
-      messages: [{ role: 'user', content: 'hi' }],
-    });
-    let text = '';
-    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    const { mock, gw } = await claudeSetup(8192, 'claude-3-5-haiku-20241022', 'streamed');
+    const text = await streamedText(gw, { max_completion_tokens: 20000 });
     expect(text).toBe('streamed');
     expect(mock.bodies.map((b) => [b.stream, b.max_tokens])).toEqual([
       [true, 20000],
@@ -489,8 +455,7 @@ describe('output caps and the Anthropic translation', () => {
   });
 
   it('Opus 5.5 with a cap: the capped re-send keeps adaptive thinking valid', async () => {
-    const mock = track(await startRecordingMock(claude(64000)));
-    const gw = await claudeGateway(mock, 'claude-opus-5-5');
+    const { mock, gw } = await claudeSetup(64000, 'claude-opus-5-5');
     const r = await post(gw, {
       model: 'smart',
       max_tokens: 100000,
@@ -507,8 +472,7 @@ describe('output caps and the Anthropic translation', () => {
 
   it('the client’s own thinking budget under a cap: the gateway does not itself send budget_tokens >= max_tokens', async () => {
     // Claude Opus 4.1 writes at most 32000 tokens; the client asked 40000 with a 32000 budget (valid as asked).
-    const mock = track(await startRecordingMock(claude(32000)));
-    const gw = await claudeGateway(mock, 'claude-opus-4-1');
+    const { mock, gw } = await claudeSetup(32000, 'claude-opus-4-1');
     const r = await post(gw, {
       model: 'smart',
       max_tokens: 40000,
@@ -524,8 +488,9 @@ describe('output caps and the Anthropic translation', () => {
 
   it('the gateway’s own default max_tokens above the model’s cap is lowered to it (no client limit)', async () => {
     // default_max_tokens 8192 for a provider serving Claude 3 Haiku, which writes at most 4096.
-    const mock = track(await startRecordingMock(claude(4096)));
-    const gw = await claudeGateway(mock, 'claude-3-haiku-20240307', { default_max_tokens: 8192 });
+    const { mock, gw } = await claudeSetup(4096, 'claude-3-haiku-20240307', undefined, {
+      default_max_tokens: 8192,
+    });
     const r = await post(gw, { model: 'smart', messages: USER });
     expect(errorOf(r).message).toBeUndefined();
     expect(r.status).toBe(200);
@@ -534,8 +499,9 @@ describe('output caps and the Anthropic translation', () => {
 
   it('the default max_tokens plus the thinking room above the cap is lowered to it (reasoning_effort, no client limit)', async () => {
     // Opus 4.1 writes at most 32000: default 30000 + 4096 of thinking room is 34096.
-    const mock = track(await startRecordingMock(claude(32000)));
-    const gw = await claudeGateway(mock, 'claude-opus-4-1', { default_max_tokens: 30000 });
+    const { mock, gw } = await claudeSetup(32000, 'claude-opus-4-1', undefined, {
+      default_max_tokens: 30000,
+    });
     const r = await post(gw, { model: 'smart', reasoning_effort: 'high', messages: USER });
     expect(mock.bodies[0]!.max_tokens).toBe(34096);
     expect(errorOf(r).message).toBeUndefined();
@@ -625,13 +591,7 @@ describe('the LLM router’s reasoning_effort by model name', () => {
   function openaiModel(spec: Model) {
     return (body: Json, _n: number, res: ServerResponse): void => {
       if (spec.reasoning) {
-        if ('max_tokens' in body)
-          return refuse(
-            res,
-            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
-            'max_tokens',
-            'unsupported_parameter',
-          );
+        if ('max_tokens' in body) return refuseMaxTokens(res);
         if ('temperature' in body && body.temperature !== 1)
           return refuse(
             res,
@@ -695,12 +655,17 @@ describe('the LLM router’s reasoning_effort by model name', () => {
     );
   }
 
-  it.each(cases)('%s', async (model, spec, first, last) => {
-    const router = track(await startRecordingMock(openaiModel(spec)));
-    const gw = await tiered(simProvider('r', router.url, [model]), `r/${model}`);
+  /** Asks route `auto` something hard: a 200 the router sent to the deep tier. */
+  async function expectRoutedDeep(gw: TestGateway): Promise<void> {
     const r = await post(gw, { model: 'auto', messages: [{ role: 'user', content: 'prove it' }] });
     expect(r.status).toBe(200);
     expect(r.headers['x-router-tier']).toBe('deep');
+  }
+
+  it.each(cases)('%s', async (model, spec, first, last) => {
+    const router = track(await startRecordingMock(openaiModel(spec)));
+    const gw = await tiered(simProvider('r', router.url, [model]), `r/${model}`);
+    await expectRoutedDeep(gw);
     expect(router.bodies[0]!.reasoning_effort).toBe(first);
     expect(router.bodies.at(-1)!.reasoning_effort).toBe(last);
     expect(router.bodies.length).toBeLessThanOrEqual(4);
@@ -709,9 +674,7 @@ describe('the LLM router’s reasoning_effort by model name', () => {
   it('claude-haiku-4-5 as the router tier: no thinking, temperature 0, max_tokens 80', async () => {
     const router = track(await startRecordingMock(claude(64000, CHOICE)));
     const gw = await tiered(anthropicProvider('r', router.url, 'claude-haiku-4-5'), 'r/claude-haiku-4-5');
-    const r = await post(gw, { model: 'auto', messages: [{ role: 'user', content: 'prove it' }] });
-    expect(r.status).toBe(200);
-    expect(r.headers['x-router-tier']).toBe('deep');
+    await expectRoutedDeep(gw);
     expect(router.bodies).toHaveLength(1);
     const sent = router.bodies[0]!;
     expect(sent.max_tokens).toBe(80);
@@ -724,9 +687,7 @@ describe('the LLM router’s reasoning_effort by model name', () => {
   it('claude-opus-5-5 as the router tier: adaptive thinking at low effort, no temperature, room to think', async () => {
     const router = track(await startRecordingMock(claude(128000, CHOICE)));
     const gw = await tiered(anthropicProvider('r', router.url, 'claude-opus-5-5'), 'r/claude-opus-5-5');
-    const r = await post(gw, { model: 'auto', messages: [{ role: 'user', content: 'prove it' }] });
-    expect(r.status).toBe(200);
-    expect(r.headers['x-router-tier']).toBe('deep');
+    await expectRoutedDeep(gw);
     expect(router.bodies).toHaveLength(1);
     const sent = router.bodies[0]!;
     // It thinks whatever it is asked, inside max_tokens: 80 for the answer and 1,024 for the thinking.
@@ -751,9 +712,7 @@ describe('validation lists relayed as one line', () => {
     detail: unknown,
     wrap: (d: unknown) => Json = (d) => ({ detail: d }),
   ): Promise<{ gw: TestGateway; mock: RecordingMock }> {
-    const mock = track(await startRecordingMock((_b, _n, res) => sendJson(res, 422, wrap(detail))));
-    const gw = track(await startGateway(oneProvider(mock, 'm', { api_key: KEY })));
-    return { gw, mock };
+    return openaiSetup((_b, _n, res) => sendJson(res, 422, wrap(detail)), 'm', { api_key: KEY });
   }
 
   it('odd item shapes: object parts of loc skipped, non-string msg skipped, Mistral’s message.detail read', async () => {
@@ -813,23 +772,20 @@ describe('validation lists relayed as one line', () => {
   });
 
   it('an Extra-inputs item for a droppable field is learned from the one line (body.logit_bias)', async () => {
-    const mock = track(
-      await startRecordingMock((body, _n, res) => {
-        if ('logit_bias' in body)
-          return sendJson(res, 422, {
-            detail: [
-              {
-                type: 'extra_forbidden',
-                loc: ['body', 'logit_bias'],
-                msg: 'Extra inputs are not permitted',
-                input: { '50256': -100, pad: 'y'.repeat(600) },
-              },
-            ],
-          });
-        answer(res, body, 'ok');
-      }),
-    );
-    const gw = track(await startGateway(oneProvider(mock)));
+    const { mock, gw } = await openaiSetup((body, _n, res) => {
+      if ('logit_bias' in body)
+        return sendJson(res, 422, {
+          detail: [
+            {
+              type: 'extra_forbidden',
+              loc: ['body', 'logit_bias'],
+              msg: 'Extra inputs are not permitted',
+              input: { '50256': -100, pad: 'y'.repeat(600) },
+            },
+          ],
+        });
+      answer(res, body, 'ok');
+    });
     const r = await post(gw, { model: 'smart', logit_bias: { '50256': -100 }, messages: USER });
     expect(r.status).toBe(200);
     expect(mock.bodies).toHaveLength(2);
@@ -894,8 +850,7 @@ describe('Opus 5.5 with reasoning_effort none', () => {
   ];
 
   it('a forced tool, tools, a tool loop sent back with its thinking, max_tokens 500: a valid request', async () => {
-    const mock = track(await startRecordingMock(claude(128000, 'Done.')));
-    const gw = await claudeGateway(mock, 'claude-opus-5-5');
+    const { mock, gw } = await claudeSetup(128000, 'claude-opus-5-5', 'Done.');
     const r = await post(gw, {
       model: 'smart',
       reasoning_effort: 'none',
@@ -919,8 +874,7 @@ describe('Opus 5.5 with reasoning_effort none', () => {
   });
 
   it('a named forced tool and reasoning_effort minimal on Fable 5.1: auto, adaptive low', async () => {
-    const mock = track(await startRecordingMock(claude(128000, 'ok')));
-    const gw = await claudeGateway(mock, 'claude-fable-5-1');
+    const { mock, gw } = await claudeSetup(128000, 'claude-fable-5-1', 'ok');
     const r = await post(gw, {
       model: 'smart',
       reasoning_effort: 'minimal',
@@ -939,8 +893,7 @@ describe('Opus 5.5 with reasoning_effort none', () => {
   });
 
   it('the client’s own thinking {type: disabled} to Opus 5.5 gets the least it does too (adaptive, low), not its default high', async () => {
-    const mock = track(await startRecordingMock(claude(128000, 'ok')));
-    const gw = await claudeGateway(mock, 'claude-opus-5-5');
+    const { mock, gw } = await claudeSetup(128000, 'claude-opus-5-5', 'ok');
     const r = await post(gw, { model: 'smart', thinking: { type: 'disabled' }, messages: USER });
     expect(r.status).toBe(200);
     // As reasoning_effort none: left out, `thinking` is Opus 5.5's default, high effort, the most, not the least.
@@ -951,8 +904,7 @@ describe('Opus 5.5 with reasoning_effort none', () => {
   });
 
   it('a tool loop sent back without its thinking (always-thinking model): relayed 400, one send (pre-existing)', async () => {
-    const mock = track(await startRecordingMock(claude(128000, 'Done.')));
-    const gw = await claudeGateway(mock, 'claude-opus-5-5');
+    const { mock, gw } = await claudeSetup(128000, 'claude-opus-5-5', 'Done.');
     const r = await post(gw, {
       model: 'smart',
       reasoning_effort: 'none',

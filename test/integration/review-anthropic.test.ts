@@ -7,11 +7,12 @@
  * Tests under "guard" pass and pin non-trivial behaviour found correct.
  */
 import type { ServerResponse } from 'node:http';
-import OpenAI from 'openai';
-import type { ChatCompletionChunk, ChatCompletionTool } from 'openai/resources/chat/completions';
+import type OpenAI from 'openai';
+import type { ChatCompletionTool } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { postChat, startGateway } from '../helpers/gateway.js';
+import { anthropicSseFrame, collectChunks, startAnthropicRoute } from '../helpers/anthropic-route.js';
+import { postChat } from '../helpers/gateway.js';
 import { sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
@@ -91,7 +92,7 @@ function writeAnswer(res: ServerResponse, a: Answer): void {
     res.end(a.raw);
     return;
   }
-  res.end(a.events.map((e) => `event: ${String(e.type)}\ndata: ${JSON.stringify(e)}\n\n`).join(''));
+  res.end(a.events.map(anthropicSseFrame).join(''));
 }
 
 /** A gateway whose route `r` is one Anthropic provider (`model`) served by the mock. */
@@ -110,22 +111,12 @@ async function setup(
       writeAnswer(res, answer(req.body));
     }),
   );
-  const gw = track(
-    await startGateway({
-      providers: [
-        {
-          name: 'anth',
-          kind: 'anthropic',
-          base_url: mock.url,
-          api_key: 'sk-ant-review',
-          models: [{ name: model }],
-        },
-      ],
-      routes: { r: { strategy: 'priority', targets: [`anth/${model}`] } },
-    }),
-  );
-  const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0, timeout: 10_000 });
-  return { received: mock.received, client, url: gw.url };
+  const { client, url } = await startAnthropicRoute(track, mock.url, {
+    apiKey: 'sk-ant-review',
+    model,
+    timeoutMs: 10_000,
+  });
+  return { received: mock.received, client, url };
 }
 
 const lookup: ChatCompletionTool = {
@@ -137,12 +128,6 @@ const lookup: ChatCompletionTool = {
   },
 };
 const hi = [{ role: 'user' as const, content: 'hi' }];
-
-async function collect(stream: AsyncIterable<ChatCompletionChunk>): Promise<ChatCompletionChunk[]> {
-  const out: ChatCompletionChunk[] = [];
-  for await (const c of stream) out.push(c);
-  return out;
-}
 
 // =============================================================================================
 // Defects.
@@ -432,7 +417,7 @@ describe('guard: answers', () => {
 
   it('stream: role first, one tool call (id and name, then argument deltas), finish, usage chunk last only when asked', async () => {
     const { client, url } = await setup(() => ({ events: EVENTS }));
-    const chunks = await collect(
+    const chunks = await collectChunks(
       await client.chat.completions.create({
         model: 'r',
         messages: hi,

@@ -1,0 +1,110 @@
+import type { ServerResponse } from 'node:http';
+import OpenAI from 'openai';
+import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
+import type { Track } from './cleanup.js';
+import { startGateway } from './gateway.js';
+import { sendJson } from './mock-upstream.js';
+
+/** What the Anthropic audits share: one Anthropic route `r` with an openai client on it, SSE frames, a text answer. */
+
+/**
+ * A gateway whose route `r` is one Anthropic provider `anth` (`model`, key `apiKey`) at `baseUrl`, handed to
+ * `track`; and an openai SDK client on it (key `k`, no retries, `timeoutMs` when given).
+ */
+export async function startAnthropicRoute(
+  track: Track,
+  baseUrl: string,
+  opts: { apiKey: string; model: string; timeoutMs?: number },
+): Promise<{ client: OpenAI; url: string }> {
+  const gw = track(
+    await startGateway({
+      providers: [
+        {
+          name: 'anth',
+          kind: 'anthropic',
+          base_url: baseUrl,
+          api_key: opts.apiKey,
+          models: [{ name: opts.model }],
+        },
+      ],
+      routes: { r: { strategy: 'priority', targets: [`anth/${opts.model}`] } },
+    }),
+  );
+  const client = new OpenAI({
+    baseURL: `${gw.url}/v1`,
+    apiKey: 'k',
+    maxRetries: 0,
+    ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs }),
+  });
+  return { client, url: gw.url };
+}
+
+/** Every chunk of an openai SDK stream, in order. */
+export async function collectChunks(
+  stream: AsyncIterable<ChatCompletionChunk>,
+): Promise<ChatCompletionChunk[]> {
+  const out: ChatCompletionChunk[] = [];
+  for await (const c of stream) out.push(c);
+  return out;
+}
+
+/** One Anthropic SSE event as the Messages API frames it: `event: <type>` and its JSON `data`. */
+export function anthropicSseFrame(e: Record<string, unknown>): string {
+  return `event: ${String(e.type)}\ndata: ${JSON.stringify(e)}\n\n`;
+}
+
+/** One text block `text` as the Messages API answers it, JSON or (`stream`) its SSE sequence. */
+export interface AnthropicText {
+  readonly id: string;
+  readonly model: string;
+  readonly text: string;
+  readonly stream: boolean;
+  readonly inputTokens: number;
+  readonly outputTokens: number;
+}
+
+/** Answers `res` with {@link AnthropicText}: message_start (1 output token so far) ... message_delta, or the JSON. */
+export function answerAnthropicText(res: ServerResponse, a: AnthropicText): void {
+  if (!a.stream) {
+    sendJson(res, 200, {
+      id: a.id,
+      type: 'message',
+      role: 'assistant',
+      model: a.model,
+      content: [{ type: 'text', text: a.text }],
+      stop_reason: 'end_turn',
+      stop_sequence: null,
+      usage: { input_tokens: a.inputTokens, output_tokens: a.outputTokens },
+    });
+    return;
+  }
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  res.end(
+    [
+      {
+        type: 'message_start',
+        message: {
+          id: a.id,
+          type: 'message',
+          role: 'assistant',
+          model: a.model,
+          content: [],
+          stop_reason: null,
+          stop_sequence: null,
+          usage: { input_tokens: a.inputTokens, output_tokens: 1 },
+        },
+      },
+      { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } },
+      { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: a.text } },
+      { type: 'content_block_stop', index: 0 },
+      {
+        type: 'message_delta',
+        delta: { stop_reason: 'end_turn', stop_sequence: null },
+        usage: { output_tokens: a.outputTokens },
+      },
+      { type: 'message_stop' },
+    ]
+      .map(anthropicSseFrame)
+      .join(''),
+  );
+}
