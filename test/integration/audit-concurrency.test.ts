@@ -715,8 +715,23 @@ describe('reloads under load', () => {
       ),
     );
     gw.gateway.reload(parseConfigText(yamlFor([b], ['b/m'], 'priority'), {}));
+    // Watch a's series while its streams end after the reload, not only once they are over (its series may be
+    // gone by then, and an absent series is never negative).
+    const seenA: number[] = [];
+    let ended = false;
+    const watching = (async () => {
+      while (!ended) {
+        for (const s of select(await metrics(gw.url), 'llm_router_inflight_requests', { provider: 'a' }))
+          seenA.push(s.value);
+        await sleep(10);
+      }
+    })();
     const ss = await streams;
+    ended = true;
+    await watching;
     for (const r of ss) expect(dataEvents(r.text)).toContain('[DONE]');
+    expect(seenA.length, "a's series was seen after the reload").toBeGreaterThan(0);
+    expect(Math.min(...seenA)).toBeGreaterThanOrEqual(0);
     const m = await metrics(gw.url);
     for (const s of select(m, 'llm_router_inflight_requests'))
       expect(s.value, JSON.stringify(s.labels)).toBeGreaterThanOrEqual(0);
@@ -724,7 +739,8 @@ describe('reloads under load', () => {
     gw.gateway.reload(parseConfigText(yamlFor([a, b], ['a/m', 'b/m'], 'priority'), {}));
     await expectAtRest(gw, [a, b]);
     const m2 = await metrics(gw.url);
-    expect(select(m2, 'llm_router_inflight_requests', { provider: 'a' })[0]?.value ?? 0).toBe(0);
+    // The series is back (primed at 0), not merely absent.
+    expect(select(m2, 'llm_router_inflight_requests', { provider: 'a' }).map((s) => s.value)).toEqual([0]);
     const r = await chat(gw.url, { model: 'r' });
     expect(r.headers['x-router-provider']).toBe('a');
     await expectAtRest(gw, [a, b]);

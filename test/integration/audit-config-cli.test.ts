@@ -1197,8 +1197,10 @@ describe.skipIf(REDIS_SERVER === undefined)(
 
     it('a "Redis" that accepts and never answers is never on a request\'s path', async () => {
       const sockets = new Set<Socket>();
+      let heard = '';
       const hole = createServer((s) => {
         sockets.add(s);
+        s.on('data', (d: Buffer) => (heard += d.toString('latin1')));
         s.on('error', () => undefined);
       });
       await new Promise<void>((r) => hole.listen(0, '127.0.0.1', r));
@@ -1220,6 +1222,9 @@ describe.skipIf(REDIS_SERVER === undefined)(
           ),
         ),
       );
+      // The fault is real: the gateway has connected to the hole and is waiting on its AUTH.
+      await until('the gateway to connect to the hole and send AUTH', () => heard.includes('hole-pw-5'));
+      expect((await status(c.url)).state?.connected).toBe(false);
       const results: Chat[] = [];
       for (let i = 0; i < 6; i++) results.push(await chat(c.url, 'main'));
       expect(results.map((r) => r.status)).toEqual(Array(6).fill(200));
@@ -1276,6 +1281,29 @@ describe('signals and CLI overrides across reloads', () => {
     await c.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('draining'));
     writeFileSync(path, yaml([slow], { main: ['slow/m'], more: ['slow/m'] }));
     c.proc.kill('SIGHUP');
+    await sleep(300); // the reload (if any) has run; the stream (1.2 s) is still going
+    expect(c.proc.exitCode, 'the SIGHUP did not kill').toBeNull();
+    // Not reopened: the gateway still refuses new work, on the old route and on the new one.
+    const after = await Promise.all(
+      [`${c.url}/readyz`, `${c.url}/v1/chat/completions`].map((u, i) =>
+        request(u, {
+          method: i === 0 ? 'GET' : 'POST',
+          headers: { 'content-type': 'application/json' },
+          body:
+            i === 0
+              ? undefined
+              : JSON.stringify({ model: 'more', messages: [{ role: 'user', content: 'hi' }] }),
+          headersTimeout: 3_000,
+        }).then(
+          async (r) => (await r.body.text(), r.statusCode),
+          (e: { code?: string }) => e.code ?? 'error',
+        ),
+      ),
+    );
+    expect(
+      after.every((x) => x !== 200),
+      JSON.stringify(after),
+    ).toBe(true);
     const text = await s.rest();
     expect(text).toContain('data: [DONE]');
     expect(await Promise.race([c.exited, sleep(6_000).then(() => 'still running')])).toBe(0);

@@ -470,11 +470,33 @@ describe('Docker-like runs', () => {
     writeFileSync(path, conf('o1'));
     chmodSync(path, 0o444);
     chmodSync(dir, 0o555);
+    // Modes do not bind root: as root, the gateway runs as nobody, for which the file and directory are read-only
+    // (when nobody can read the checkout at all: a clone under a private home is not, and there it runs as root).
+    const nobody = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath];
+    const readable = (p: string) =>
+      spawnSync(nobody[0]!, [...nobody.slice(1), '-e', 'require("node:fs").readFileSync(process.argv[1])', p])
+        .status === 0;
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) chmodSync(workDir(), 0o755);
+    const user = asRoot && readable(join(REPO_ROOT, 'dist/main.js')) ? nobody : [process.execPath];
     try {
-      const c = await launch(process.execPath, [join(REPO_ROOT, 'dist/main.js'), '--port', '0'], {
+      if (user === nobody) {
+        // The fault is real: the gateway's user cannot write there.
+        const write = spawnSync(user[0]!, [
+          ...user.slice(1),
+          '-e',
+          'require("node:fs").writeFileSync(process.argv[1], "x")',
+          join(dir, 'probe'),
+        ]);
+        expect(write.status, 'a write into the read-only directory as the gateway user').not.toBe(0);
+        expect(String(write.stderr)).toContain('EACCES');
+      }
+      const c = await launch(user[0]!, [...user.slice(1), join(REPO_ROOT, 'dist/main.js'), '--port', '0'], {
         env: { LLM_ROUTER_CONFIG: 'gateway.yaml' },
         cwd: dir,
       });
+      if (user === nobody)
+        expect(readFileSync(`/proc/${c.proc.pid}/status`, 'utf8')).toMatch(/^Uid:\s+65534\s/m);
       expect(await models(c.url)).toContain('o1');
       // The operator (root, or the host through the mount) replaces the content.
       chmodSync(path, 0o644);

@@ -141,6 +141,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
       },
       watch,
     );
+    expect(watch.max(), 'the watch saw a trial').toBeGreaterThanOrEqual(1);
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 15_000);
 
@@ -162,6 +163,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
       },
       watch,
     );
+    expect(watch.max(), 'the watch saw a trial').toBeGreaterThanOrEqual(1);
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 20_000);
 
@@ -278,6 +280,10 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
       await sleep(4 * L);
       watch.stop();
       const seen = f.replicas.map((g) => `${stateOf(g)}, gated: ${breakerOf(g).probeGate !== undefined}`);
+      expect(
+        watch.max(),
+        `a trial ran once Redis was back (replicas: ${seen.join(' / ')})`,
+      ).toBeGreaterThanOrEqual(1);
       expect(watch.max(), `trials at once (replicas: ${seen.join(' / ')})`).toBeLessThanOrEqual(1);
     } finally {
       await load.stop();
@@ -307,6 +313,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
       },
       watch,
     );
+    expect(watch.max(), 'the watch saw a trial').toBeGreaterThanOrEqual(1);
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 20_000);
 

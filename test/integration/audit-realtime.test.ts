@@ -1159,7 +1159,7 @@ describe('audit: WebSocket session lifecycle', () => {
     // Each sample line is `name{labels} value`.
     for (const line of m.text.split('\n')) {
       if (line === '' || line.startsWith('#')) continue;
-      expect(line, line).toMatch(/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eE]+|[+-]Inf$/);
+      expect(line, line).toMatch(/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? ([-+0-9.eE]+|[+-]Inf)$/);
     }
   });
 

@@ -1541,8 +1541,17 @@ describe('state the strategies read stays true', () => {
     await until(async () => expect((await statusOf(gw)).get('a/m')!.in_flight).toBe(0));
     // Failovers from b leave no in-flight behind either.
     failB = true;
-    await serve(gw, 6, { model: 'r', messages: HI }, 1, { 'x-router-provider': 'b' }).catch(() => undefined);
-    for (let i = 0; i < 4; i++) await call(gw, { model: 'r', messages: HI });
+    // A request pinned to the failing b is answered 502 (its in-flight released too).
+    const pinned = await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' });
+    expect(pinned.status, pinned.text).toBe(502);
+    const trails: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const r = await call(gw, { model: 'r', messages: HI });
+      expect(r.status, r.text).toBe(200);
+      trails.push(r.headers['x-router-trail'] ?? '');
+    }
+    // The fault really happened: at least one request failed over from b.
+    expect(trails.filter((t) => t.includes('b/m=http_500')).length, trails.join('|')).toBeGreaterThan(0);
     failB = false;
     await until(async () => {
       const st = await statusOf(gw);

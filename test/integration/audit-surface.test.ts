@@ -345,8 +345,17 @@ describe('audit: /v1/embeddings through real clients', () => {
   });
 
   it('/router/status statistics and the in-flight gauge follow embeddings requests', async () => {
-    const { gw, client } = await embedSetup();
-    for (let i = 0; i < 3; i++) await client.embeddings.create({ model: 'embed', input: `x${i}` });
+    const { gw, client, e1 } = await embedSetup();
+    // While an embeddings request is under way, the gauge shows it (held 500 ms: under first_byte_ms, 800).
+    e1.set({ latencyMs: 500 });
+    const slow = client.embeddings.create({ model: 'embed', input: 'slow' });
+    await e1.waitForRequests(1);
+    expect(
+      value(await scrape(gw.url), 'llm_router_inflight_requests', { provider: 'e1', model: 'emb' }),
+    ).toBe(1);
+    await slow;
+    e1.set({ latencyMs: 0 });
+    for (let i = 0; i < 2; i++) await client.embeddings.create({ model: 'embed', input: `x${i}` });
     const st = (await (await request(`${gw.url}/router/status`)).body.json()) as {
       upstreams: {
         id: string;
@@ -358,7 +367,7 @@ describe('audit: /v1/embeddings through real clients', () => {
     expect(u?.stats).toMatchObject({ requests: 3, successes: 3, failures: 0 });
     expect(u?.in_flight).toBe(0);
     const m = await scrape(gw.url);
-    expect(value(m, 'llm_router_inflight_requests', { provider: 'e1', model: 'emb' }) ?? 0).toBe(0);
+    expect(value(m, 'llm_router_inflight_requests', { provider: 'e1', model: 'emb' })).toBe(0);
     const lines = gw.logs.filter((l) => l.msg === 'request' && l.route === 'embed');
     expect(lines).toHaveLength(3);
   });

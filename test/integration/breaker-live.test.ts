@@ -192,9 +192,9 @@ describe('what counts toward failure_threshold (consecutive, over HTTP)', () => 
     expect(br.state).toBe('closed');
     expect(br.consecutive_failures).toBe(0);
     for (const outcome of ['error', 'timeout']) {
+      // The series exists from the start (zero), so a missing one fails here rather than reading as 0.
       expect(
-        (await h.metric(`llm_router_upstream_attempts_total{provider="a",model="m",outcome="${outcome}"}`)) ??
-          0,
+        await h.metric(`llm_router_upstream_attempts_total{provider="a",model="m",outcome="${outcome}"}`),
       ).toBe(0);
     }
 

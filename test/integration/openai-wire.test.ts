@@ -447,6 +447,7 @@ describe('tool runners and parallel tool calls', () => {
     }))
       parts.push(c.choices[0]?.delta.content ?? '');
     expect(parts.join('')).toBe('ok');
+    expect(up.received).toHaveLength(2);
     for (const r of up.received) expect(r.json().tools).toEqual(tools);
     // A custom tool without its name is still refused before any upstream is asked.
     const nameless = [{ type: 'custom', custom: { description: 'no name' } }] as unknown as typeof tools;
@@ -534,6 +535,7 @@ describe('logprobs, n > 1 and usage across a failover', () => {
     const got: ChatCompletionChunk[] = [];
     for await (const c of await client.chat.completions.create({ ...params, stream: true })) got.push(c);
     expect(got).toEqual(streamed);
+    expect(up.received).toHaveLength(2);
     for (const r of up.received) expect(r.json()).toMatchObject({ logprobs: true, top_logprobs: 2 });
   });
 

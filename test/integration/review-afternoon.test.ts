@@ -245,15 +245,21 @@ describeWithRedis('review: the probe lease while a trial runs (83bc3f8)', (redis
     const trial = chat(gw);
     await until('the trial reaches bad/m', () => bad.requests.length > before, 3_000);
     let min = Number.POSITIVE_INFINITY;
+    let sampled = 0;
     let done = false;
     void trial.finally(() => (done = true));
     while (!done) {
       const left = await raw.pttl(`${prefix}probe:bad/m`);
       // Only while the trial is still at the upstream (its end gives the lease back, rightly).
-      if (bad.inFlight() > 0 && state(gw) === 'half_open') min = Math.min(min, left < 0 ? -1 : left);
+      if (bad.inFlight() > 0 && state(gw) === 'half_open') {
+        min = Math.min(min, left < 0 ? -1 : left);
+        sampled++;
+      }
       await sleep(20);
     }
     expect((await trial).provider).toBe('bad');
+    // The lease was looked at while the trial was out (else min stays Infinity and the check below is empty).
+    expect(sampled).toBeGreaterThan(10);
     expect(min).toBeGreaterThanOrEqual(L / 4);
   }, 20_000);
 });

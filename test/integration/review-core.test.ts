@@ -390,6 +390,8 @@ describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () =>
       expect(r.status, r.text).toBe(200);
       expect(r.headers['x-router-tier']).toBe('balanced');
     }
+    // Both router calls reached rt/m and were cut there (else its breaker had nothing to count).
+    expect(rt.requests).toHaveLength(2);
     const pinned = await post(
       gw,
       { model: 'auto', messages: [{ role: 'user', content: 'third' }] },

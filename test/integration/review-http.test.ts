@@ -243,6 +243,7 @@ describe('the upstream pool', () => {
     expect((await streaming).status).toBe(200);
     // The upstream only ever saw the stream: the queued requests never reached it.
     expect(up.seen).toHaveLength(1);
+    expect(queued.map((q) => q.text.includes('queue_timeout'))).toEqual([true, true]);
     const after = await call(gw, 'POST', '/v1/chat/completions', { model: 'r', messages: HI });
     const status = JSON.parse((await call(gw, 'GET', '/router/status')).text) as {
       upstreams: { breaker: { state: string } }[];
@@ -252,7 +253,8 @@ describe('the upstream pool', () => {
       breaker: status.upstreams[0]?.breaker.state,
       after: after.status,
     }).toEqual({
-      queued: queued.map((q) => q.status),
+      // Both really failed in the queue (compared with themselves before: a 200 would have tested nothing).
+      queued: [504, 504],
       breaker: 'closed',
       after: 200,
     });

@@ -61,7 +61,8 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     const raw = track(redisClient(redis.url));
     // Drops the subscribers only (a pub/sub output-buffer limit, a proxy idle cut): the command
     // connections stay up. ioredis reconnects them ~100 ms later.
-    await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    // Both replicas' subscribers really dropped (the count was not looked at: a kill of none went unseen).
+    expect(await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub')).toBeGreaterThanOrEqual(2);
     a.gateway.shared.breakers.get('bad/m').onFailure('normal', 'error'); // threshold 1: open, published
     expect(a.gateway.shared.breakers.get('bad/m').state).toBe('open');
     // It is in Redis all along: a replica that re-read the keys would find it.
@@ -82,10 +83,17 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     const { providers, routes } = await badThenGood(track);
     const prod = await replica(config(providers, routes, undefined, undefined, `${redis.url}/2`));
     const staging = await replica(config(providers, routes, undefined, undefined, `${redis.url}/1`));
+    // A second staging replica: the open must reach it, or "prod did not adopt" proves nothing.
+    const staging2 = await replica(config(providers, routes, undefined, undefined, `${redis.url}/1`));
     await subscribed(redis.url, 'llm-router:breaker-opens:db2', 1);
-    await subscribed(redis.url, 'llm-router:breaker-opens:db1', 1);
+    await subscribed(redis.url, 'llm-router:breaker-opens:db1', 2);
     staging.gateway.shared.breakers.get('bad/m').onFailure('normal', 'error');
     expect(staging.gateway.shared.breakers.get('bad/m').state).toBe('open');
+    await until(
+      'staging2 adopts',
+      () => staging2.gateway.shared.breakers.get('bad/m').state === 'open',
+      2_000,
+    );
     await sleep(400);
     expect(prod.gateway.shared.breakers.get('bad/m').state).toBe('closed');
   });

@@ -330,6 +330,8 @@ describeWithRedis('review: the probe lease as a trial is admitted (b3ade7e)', (r
     const raw = track(redisClient(redis.url));
     const dropped = await setup(nextPrefix());
     expect(await raw.get(dropped.key)).not.toBeNull();
+    // Far from lapsing on its own within the 1 s waited below: only a give-back empties it that soon.
+    expect(await raw.pttl(dropped.key)).toBeGreaterThan(1_500);
     const without = {
       ...dropped.cfg,
       providers: (dropped.cfg.providers as { name: string }[]).filter((p) => p.name !== 'bad'),
@@ -339,6 +341,8 @@ describeWithRedis('review: the probe lease as a trial is admitted (b3ade7e)', (r
     await until('given back on the reload', async () => (await raw.exists(dropped.key)) === 0, 1_000);
     const closing = await setup(nextPrefix());
     expect(await raw.get(closing.key)).not.toBeNull();
+    // Far from lapsing on its own within the 1 s waited below: only a give-back empties it that soon.
+    expect(await raw.pttl(closing.key)).toBeGreaterThan(1_500);
     await closing.gw.close();
     await until('given back on close', async () => (await raw.exists(closing.key)) === 0, 1_000);
   }, 30_000);

@@ -442,7 +442,8 @@ describe('llm_router_routing_decisions_total', () => {
     for (let i = 0; i < 3; i++) expect(await chat(gw, 'r')).toBe('good'); // each fails over bad -> good
     for (let i = 0; i < 2; i++) await chat(gw, 'r', { 'x-router-strategy': 'least-busy' });
     await explain(gw, 'r');
-    await explain(gw, 'r', { 'x-router-strategy': 'cost' });
+    // It really ranked by cost (so "no cost series" below is about explain, not about an ignored header).
+    expect((await explain(gw, 'r', { 'x-router-strategy': 'cost' })).strategy).toBe('cost');
     const s = await metrics(gw);
     const d = select(s, 'llm_router_routing_decisions_total', { route: 'r' });
     const total = d.reduce((n, x) => n + x.value, 0);

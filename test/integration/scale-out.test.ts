@@ -181,6 +181,7 @@ describeWithRedis('state.backend redis: replicas share state (SPEC §7)', (redis
     try {
       early = await replica(providers, routes, prefix);
       await sleep(300);
+      expect(early.gateway.shared.redis!.connected).toBe(false); // it really started without Redis
     } finally {
       await redis.start();
     }

@@ -289,10 +289,12 @@ describe('tiers and the LLM router', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: 'auto', messages: [{ role: 'user', content: 'prove it' }] }),
       signal: leaving.signal,
-    }).catch(() => undefined);
+    }).catch((err: unknown) => err);
+    // The one that leaves is the one whose arrival started the router call (else its leaving proves nothing).
+    await rt.waitForRequests(1, 2_000);
     setTimeout(() => leaving.abort(), 100);
     const staying = await Promise.all(Array.from({ length: 5 }, () => chat('prove it')));
-    await gone;
+    expect(await gone).toBeInstanceOf(Error); // it did leave before the router answered (300 ms)
     expect(staying.map((r) => r.headers['x-router-tier'])).toEqual(Array(5).fill('deep'));
     expect(rt.requests).toHaveLength(1);
     // The call is counted once (by the first request still there for its answer), the other four as cached;
