@@ -1,10 +1,10 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { beforeAll, expect } from 'vitest';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from './cleanup.js';
 import { simProvider, startGateway, type TestGateway } from './gateway.js';
+import { retryUntil } from './wait.js';
 
 /** Small bounds, for the upstreams a test makes hang, so every fault resolves in well under a second. */
 export const TIMEOUTS = { connect_ms: 500, first_byte_ms: 300, idle_ms: 300, total_ms: 5000 };
@@ -186,16 +186,8 @@ export function harness() {
   }
 
   /** Polls until `check` passes (it throws while not yet), bounded. */
-  async function until<T>(check: () => Promise<T> | T, timeoutMs = 3000): Promise<T> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      try {
-        return await check();
-      } catch (err) {
-        if (performance.now() > deadline) throw err;
-        await sleep(10);
-      }
-    }
+  function until<T>(check: () => Promise<T> | T, timeoutMs = 3000): Promise<T> {
+    return retryUntil(check, timeoutMs, 10);
   }
 
   /** One sample of /metrics, e.g. metric('llm_router_circuit_state{provider="a",model="m"}'). */

@@ -1,7 +1,7 @@
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import type { Track } from './cleanup.js';
-import { postChat, simProvider, startGateway, type TestGateway } from './gateway.js';
+import { postChat, simProvider, startGateway, type Posted, type TestGateway } from './gateway.js';
 
 /** What the white-box review and audit files share: a timed pause, a JSON POST, a reload, a tiered route. */
 export type Json = Record<string, unknown>;
@@ -9,12 +9,7 @@ export type Json = Record<string, unknown>;
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A POST's answer as the review files read it. */
-export interface Res {
-  status: number;
-  headers: Record<string, string>;
-  text: string;
-  json: Json;
-}
+export type Res = Posted;
 
 /** POSTs `body` with key `k` (and `headers`) to the chat path (or `path`). */
 export function post(

@@ -10,3 +10,20 @@ export async function until(
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** Retries `check` every `stepMs` until it stops throwing; past `timeoutMs` its last error is thrown. */
+export async function retryUntil<T>(
+  check: () => T | Promise<T>,
+  timeoutMs: number,
+  stepMs: number,
+): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (performance.now() > deadline) throw err;
+      await new Promise<void>((r) => setTimeout(r, stepMs));
+    }
+  }
+}

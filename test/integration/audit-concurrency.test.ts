@@ -16,6 +16,7 @@ import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simConfigYaml, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { parseProm, select, type Sample } from '../helpers/prom-text.js';
+import { retryUntil } from '../helpers/wait.js';
 import {
   RELAXED,
   TIMEOUTS,
@@ -139,16 +140,8 @@ async function status(url: string): Promise<Map<string, UpstreamView>> {
   return routerStatus(url);
 }
 
-async function until<T>(check: () => Promise<T> | T, timeoutMs = 3000): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await check();
-    } catch (err) {
-      if (performance.now() > deadline) throw err;
-      await sleep(20);
-    }
-  }
+function until<T>(check: () => Promise<T> | T, timeoutMs = 3000): Promise<T> {
+  return retryUntil(check, timeoutMs, 20);
 }
 
 /** Everything the gateway counts as in flight is zero: the gauge, /router/status and the pools. */

@@ -15,7 +15,9 @@ import { createLogger } from '../../src/observability/logger.js';
 import { startSimulator, type SimOptions } from '../../src/sim/index.js';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
-import { postJson, retryUntil, upstreamStatus, type Candidate } from '../helpers/router-api.js';
+import { routerStatus } from '../helpers/resilience-harness.js';
+import { postJson, type Candidate } from '../helpers/router-api.js';
+import { retryUntil } from '../helpers/wait.js';
 import { chunkFrame, sendJson } from '../helpers/mock-upstream.js';
 import { scrape, select, value, type Sample } from '../helpers/prom-text.js';
 import { manualClock } from '../helpers/random.js';
@@ -118,7 +120,7 @@ const call = (gw: { url: string }, body: Json, headers: Record<string, string> =
 
 const HI = [{ role: 'user', content: 'hello' }];
 
-const status = upstreamStatus;
+const status = (gw: { url: string }) => routerStatus(gw.url);
 
 async function explain(gw: { url: string }, body: Json, headers: Record<string, string> = {}) {
   const r = await call(gw, body, headers, '/router/explain');

@@ -16,13 +16,9 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
-import {
-  postJson,
-  retryUntil,
-  upstreamStatus,
-  type Candidate,
-  type RouterRes,
-} from '../helpers/router-api.js';
+import { routerStatus } from '../helpers/resilience-harness.js';
+import { postJson, type Candidate, type RouterRes } from '../helpers/router-api.js';
+import { retryUntil } from '../helpers/wait.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 import { chunkFrame, gate, sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 import { scrape, select, value } from '../helpers/prom-text.js';
@@ -146,7 +142,7 @@ async function explain(
   return r.json as { strategy: string; candidates: Candidate[]; features: Json };
 }
 
-const statusOf = upstreamStatus;
+const statusOf = (gw: { url: string }) => routerStatus(gw.url);
 
 function requestLine(gw: TestGateway, reqId: string): Json | undefined {
   return gw.logs.find((l) => l.msg === 'request' && l.reqId === reqId);
