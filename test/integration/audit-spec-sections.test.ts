@@ -953,7 +953,9 @@ describe('SPEC §6 CLI and files', () => {
       );
       const r = await postChat({ url }, { model: 'r', messages: HI });
       expect(r.status).toBe(200);
-      await sleep(100);
+      // Log lines go out in batches (every 200 ms, and on exit): read them once the process has exited.
+      p.proc.kill('SIGTERM');
+      await new Promise((res) => p.proc.once('exit', res));
       const infoLines = p
         .out()
         .split('\n')
@@ -967,8 +969,6 @@ describe('SPEC §6 CLI and files', () => {
         });
       if (quiet) expect(infoLines, JSON.stringify([args, env])).toEqual([]);
       else expect(infoLines.length, 'info lines at the default level').toBeGreaterThan(0);
-      p.proc.kill('SIGTERM');
-      await new Promise((res) => p.proc.once('exit', res));
     }
   }, 30_000);
 
