@@ -204,6 +204,9 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       done();
     },
     replyOptions: {
+      // Relayed as is, never retried here: reply-from would send a GET answered 503 ten more times (Retry-After's
+      // seconds taken as milliseconds, each answer left unread) to a provider that said it is overloaded.
+      retryDelay: () => null,
       // A base_url's own query (Azure's `?api-version=`) goes with every request, after the client's.
       ...(baseQuery.size > 0
         ? {

@@ -248,6 +248,29 @@ describe('passthrough upstream failures (regression: they fell through to a 500 
     expect(r.status).toBe(502);
     expect(openAIError(r.text).type).toBe('upstream_error');
   });
+
+  // Regression: @fastify/reply-from retries a GET answered 503 up to ten times on its own, Retry-After's
+  // seconds read as milliseconds, each answer left unread: one client GET was eleven upstream requests to a
+  // provider that had just said it was overloaded, and the client's own retries multiplied that again.
+  it('a GET answered 503 (with or without Retry-After) is relayed once, never retried by the gateway', async () => {
+    for (const retryAfter of ['1', undefined]) {
+      const up = await upstream((req, res) => {
+        req.resume();
+        res.writeHead(503, {
+          'content-type': 'application/json',
+          ...(retryAfter === undefined ? {} : { 'retry-after': retryAfter }),
+        });
+        res.end('{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}');
+      });
+      const gw = await gateway(configOf(`${up.url}/v1`));
+      const res = await request(`${gw.url}/v1/files`);
+      const text = await res.body.text();
+      expect(res.statusCode).toBe(503);
+      expect(res.headers['retry-after']).toBe(retryAfter);
+      expect(openAIError(text).message).toBe('overloaded');
+      expect(up.requests).toHaveLength(1);
+    }
+  });
 });
 
 describe('passthrough and config reload', () => {
