@@ -169,6 +169,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     prefix: '/v1',
     rewritePrefix: url.pathname.replace(/\/+$/, ''),
     http2: false,
+    // The request line is ours (one per request, with its id); reply-from would add two more without one.
+    disableRequestLogging: true,
     undici: requester as unknown as { request: Dispatcher['request'] },
     // GET (or HEAD) /v1/models/{id} reaches this route only with a passthrough (http/models.ts): a route or
     // `provider/model` name is answered as the list has it; any other id goes on to the provider.

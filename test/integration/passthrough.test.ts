@@ -291,6 +291,20 @@ describe('passthrough and config reload', () => {
   });
 });
 
+describe('passthrough request logging', () => {
+  // Regression: reply-from added "fetching from remote server" and "response received" at info to each
+  // passthrough request, lines with no request id, three lines where a routed request writes one.
+  it('a passthrough request writes one line, the request line, like a routed one', async () => {
+    const up = await upstream(echo('up'));
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    expect((await get(gw, '/v1/files')).status).toBe(200);
+    await vi.waitFor(() => expect(gw.logs.some((l) => l.msg === 'request')).toBe(true), { timeout: 2000 });
+    const lines = gw.logs.filter((l) => !String(l.msg).startsWith('Server listening'));
+    expect(lines.map((l) => l.msg)).toEqual(['request']);
+    expect(lines[0]).toMatchObject({ method: 'GET', status: 200 });
+  });
+});
+
 describe('passthrough paths and answers', () => {
   it('maps an encoded /v1 prefix, refuses a path that climbs out of base_url, relays redirects unfollowed', async () => {
     const up = await upstream((req, res) => {
