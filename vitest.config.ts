@@ -9,6 +9,11 @@ export default defineConfig({
     testTimeout: 20_000,
     hookTimeout: 20_000,
     pool: 'forks',
+    // A worker runs its files one after another in one module graph: importing src/ and the SDKs afresh for
+    // each of ~120 files cost about a minute of the run. Nothing in src/ keeps per-process state a test can
+    // see (every registry, pool and cache belongs to an app); a test that counts live objects process-wide
+    // counts against what was alive when its file began (audit-leaks).
+    isolate: false,
     // Integration tests open real sockets; two workers match the machine's two cores.
     maxWorkers: 2,
     reporters: jsonReport ? ['default', ['json', { outputFile: jsonReport }]] : ['default'],

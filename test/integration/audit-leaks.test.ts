@@ -8,7 +8,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { queryObjects } from 'node:v8';
 import { Client, request } from 'undici';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CircuitBreaker } from '../../src/resilience/breaker.js';
 import { RouterCache } from '../../src/routing/router-cache.js';
 import { UpstreamStats } from '../../src/routing/stats.js';
@@ -80,6 +80,18 @@ function pendingSrcTimers(where?: RegExp): string[] {
 /** Live instances of `ctor` (or of a subclass) after a full garbage collection. */
 function live(ctor: abstract new (...a: never[]) => unknown): number {
   return queryObjects(ctor as unknown as new () => unknown, { format: 'count' }) as number;
+}
+
+/**
+ * Attempts and SSE writers alive before this file ran (its worker may have run other files before it,
+ * modules shared): "none left" means none of this file's.
+ */
+let before = { attempts: 0, writers: 0 };
+beforeAll(() => {
+  before = { attempts: live(AttemptSignal), writers: live(SseWriter) };
+});
+function noAttemptLive(): boolean {
+  return live(AttemptSignal) <= before.attempts && live(SseWriter) <= before.writers;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -490,7 +502,7 @@ describe('audit: per-request state driven by client input', () => {
     const text = after.join('\n');
     expect(text).not.toMatch(/no-such-model|nope\d|strat-|prov-|tier-\d|req-\d/);
     expect(gw.gateway.liveStreams.size).toBe(0);
-    await until('no attempt left live', () => live(AttemptSignal) === 0 && live(SseWriter) === 0);
+    await until('no attempt left live', noAttemptLive);
     expect(await inflight(gw, 'p', 'ok')).toBe(0);
     expect(await inflight(gw, 'q', 'ok')).toBe(0);
     expect(pendingSrcTimers(/src\/upstream\//)).toEqual([]);
@@ -596,10 +608,7 @@ describe('audit: clients that go away', () => {
     for (const [p, m] of upstreams)
       await until(`inflight of ${p}/${m} back to 0`, async () => (await inflight(gw, p, m)) === 0);
     expect(gw.gateway.liveStreams.size).toBe(0);
-    await until(
-      'no live attempt signal or SSE writer',
-      () => live(AttemptSignal) === 0 && live(SseWriter) === 0,
-    );
+    await until('no live attempt signal or SSE writer', noAttemptLive);
     await until(
       'no pending src/upstream timer (watchdog, drains)',
       () => pendingSrcTimers(/src\/upstream\//).length === 0,
@@ -776,10 +785,7 @@ describe('audit: long runs on one upstream connection and breaker churn', () => 
   });
 
   async function expectNothingLive(gw: TestGateway): Promise<void> {
-    await until(
-      'no live attempt signal or SSE writer',
-      () => live(AttemptSignal) === 0 && live(SseWriter) === 0,
-    );
+    await until('no live attempt signal or SSE writer', noAttemptLive);
     expect(gw.gateway.liveStreams.size).toBe(0);
   }
 
