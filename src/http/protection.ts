@@ -39,10 +39,13 @@ async function protection(app: FastifyInstance, opts: { server: Config['server']
       max: limit.requests_per_minute,
       timeWindow: 60_000,
       allowList: (req) => !isApi(req),
-      // Per client key (a digest: the limiter's store never holds a key), else per address.
+      // Per client key (a digest: the limiter's store never holds a key), else per address: with no
+      // server.api_keys a token is no key, and a new made-up one per request must not escape the limit.
       keyGenerator: (req) => {
         const token = bearerToken(req.headers);
-        return token ? createHash('sha256').update(token).digest('base64url') : req.ip;
+        return token !== undefined && app.gateway.runtime.clientKeys.matches(token)
+          ? createHash('sha256').update(token).digest('base64url')
+          : req.ip;
       },
       errorResponseBuilder: (_req, ctx) =>
         new GatewayError(

@@ -67,4 +67,15 @@ describe('per-key rate limit', () => {
     expect(health.statusCode).toBe(200);
     await health.body.dump();
   });
+
+  // Regression: with no server.api_keys any Bearer token was a budget of its own, so a client escaped the
+  // limit by sending a new made-up token with each request. (With keys, a wrong one is a 401 before the
+  // limiter counts it.)
+  it('without server.api_keys the budget is the address, whatever token each request carries', async () => {
+    await setup({ rate_limit: { requests_per_minute: 3 } });
+    for (let i = 0; i < 3; i++) expect((await chat(`made-up-${i}`)).status).toBe(200);
+    expect((await chat('made-up-3')).status).toBe(429);
+    expect((await chat()).status).toBe(429);
+    expect(sim!.requests).toHaveLength(3);
+  });
 });
