@@ -17,7 +17,7 @@ import { Gateway, type GatewayDeps } from './gateway.js';
 import { adminPlugin } from './http/admin.js';
 import { authHook } from './http/auth.js';
 import { reportUnrouted } from './http/report.js';
-import { chatPlugin } from './http/chat.js';
+import { CLIENT_CLOSED_REQUEST, chatPlugin } from './http/chat.js';
 import { embeddingsPlugin } from './http/embeddings.js';
 import { healthPlugin } from './http/health.js';
 import { metricsPlugin } from './http/metrics.js';
@@ -217,8 +217,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     const mapped = err instanceof GatewayError ? err : toGatewayError(err);
     if (!mapped) req.log.error({ err, reqId: req.id }, 'unhandled error');
     const { status, body, retryAfterS } = errorBody(mapped ?? err);
-    // A client already gone gets no answer, so onResponse never runs: its count and line are written here.
-    if (reply.raw.destroyed) reportOnce(req, status, reply.elapsedTime);
+    // A client already gone gets no answer, so onResponse never runs: its count and line are written here,
+    // as a request its client left (whatever failed meanwhile: the client did not see it).
+    if (reply.raw.destroyed) reportOnce(req, CLIENT_CLOSED_REQUEST, reply.elapsedTime);
     if (retryAfterS !== undefined) reply.header('retry-after', String(retryAfterS));
     // A 504 is the route's own time budget spent (its failover included): the OpenAI SDKs, which retry a
     // 5xx twice by default, would spend it twice more. They read this header; other clients ignore it.

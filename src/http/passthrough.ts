@@ -1,4 +1,10 @@
-import type { FastifyInstance, FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify';
+import type {
+  FastifyBaseLogger,
+  FastifyInstance,
+  FastifyReply,
+  RawServerBase,
+  RouteGenericInterface,
+} from 'fastify';
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
@@ -98,6 +104,18 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const servingFor = (req: object | undefined): Runtime => (req && serving.get(req)) ?? app.gateway.runtime;
   // One abort per request: the client going away, or total_ms, ends the upstream request at once.
   const aborts = new WeakMap<object, AbortController>();
+  // reply-from warns of every failed request on the request's logger, with a stack and no request id, a
+  // client leaving included; `upstreamFailed` says it instead, with the id, or not at all when the client left.
+  const proxyLog = Object.create(app.log, { warn: { value: () => undefined } }) as FastifyBaseLogger;
+  const upstreamFailed = (req: { id: string }, clientGone: boolean, err: Error & { code?: string }): void => {
+    if (clientGone) return;
+    const cause = err.cause instanceof Error ? (err.cause as Error & { code?: string }) : err;
+    const reason = servingFor(req).scrubber.scrub(cause.message);
+    app.log.warn(
+      { reqId: req.id, upstream: name, reason, code: cause.code },
+      `passthrough request to ${name} failed (${reason})`,
+    );
+  };
   // This plugin's own context: the hook sees only the proxied routes.
   app.addHook('onRequest', (req, reply, done) => {
     // A WebSocket session lasts minutes: its handshake has its own bound (passthrough-ws.ts).
@@ -112,10 +130,12 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       void reply.header('connection', 'close').send(tooLarge());
       return;
     }
+    req.log = proxyLog;
     const abort = new AbortController();
     aborts.set(req, abort);
     serving.set(req, app.gateway.runtime);
     const timer = setTimeout(() => {
+      upstreamFailed(req, false, new Error(`no whole answer within total_ms (${timeouts.total_ms} ms)`));
       abort.abort(new Error('total_ms'));
       if (reply.raw.headersSent) reply.raw.destroy();
       else
@@ -139,10 +159,11 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   app.addHook('onClose', closePool);
   // An upstream body that fails before the client got a byte reaches fastify's error path as undici's
   // error; it gets our error here, anything else goes on to the app's handler.
-  app.setErrorHandler((err: Error & { code?: string }) => {
-    if (err.code === 'UND_ERR_BODY_TIMEOUT' || err.code === 'UND_ERR_HEADERS_TIMEOUT') throw failure(true);
-    if (err.code === 'UND_ERR_SOCKET' || err.code === 'ECONNRESET') throw failure(false);
-    throw err;
+  app.setErrorHandler((err: Error & { code?: string }, req, reply) => {
+    const timedOut = err.code === 'UND_ERR_BODY_TIMEOUT' || err.code === 'UND_ERR_HEADERS_TIMEOUT';
+    if (!timedOut && err.code !== 'UND_ERR_SOCKET' && err.code !== 'ECONNRESET') throw err;
+    upstreamFailed(req, reply.raw.destroyed, err);
+    throw failure(timedOut);
   });
   // reply-from takes any object with undici's `request(opts, callback)` and reads the two timeouts off it
   // for each request; this one also gives each request its abort signal (reply-from passes none), carried
@@ -280,6 +301,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           void reply.header('connection', 'close').send(tooLarge());
           return;
         }
+        upstreamFailed(reply.request, reply.raw.destroyed, error);
         void reply.send(failure((error as Error & { statusCode?: number }).statusCode === 504));
       },
     },

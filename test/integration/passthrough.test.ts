@@ -19,6 +19,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { scrape, value } from '../helpers/prom-text.js';
 
 const track = closeAfterEach();
 const PT_KEY = 'sk-pt-SECRET-4242';
@@ -302,6 +303,43 @@ describe('passthrough request logging', () => {
     const lines = gw.logs.filter((l) => !String(l.msg).startsWith('Server listening'));
     expect(lines.map((l) => l.msg)).toEqual(['request']);
     expect(lines[0]).toMatchObject({ method: 'GET', status: 200 });
+  });
+
+  // Regression: reply-from answers a failure whose client is gone all the same, so the request was logged and
+  // counted as our 502, and its own warning (with a stack) went with it: a client leaving looked like the
+  // provider failing.
+  it('a client that leaves before the answer is logged and counted with 499, and no warning', async () => {
+    const up = await upstream((req) => req.resume()); // never answers
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    const ac = new AbortController();
+    const pending = request(`${gw.url}/v1/files`, { signal: ac.signal }).catch(() => 'aborted');
+    await vi.waitFor(() => expect(up.requests).toHaveLength(1), { timeout: 2000 });
+    ac.abort();
+    expect(await pending).toBe('aborted');
+    await vi.waitFor(() => expect(gw.logs.some((l) => l.msg === 'request')).toBe(true), { timeout: 2000 });
+    const lines = gw.logs.filter((l) => !String(l.msg).startsWith('Server listening'));
+    expect(lines.map((l) => [l.msg, l.status])).toEqual([['request', 499]]);
+    const samples = await scrape(gw.url);
+    const labels = { route: 'none', provider: 'none', model: 'none' };
+    expect(value(samples, 'llm_router_requests_total', { ...labels, status: '499' })).toBe(1);
+    expect(value(samples, 'llm_router_requests_total', { ...labels, status: '502' })).toBeUndefined();
+  });
+
+  // Regression: the only line with the cause was reply-from's own, with a stack and without the request id.
+  it('an upstream that cannot be reached: one warning with the request id and the cause, then the request line', async () => {
+    const gw = await gateway(configOf('http://127.0.0.1:1/v1'));
+    const res = await request(`${gw.url}/v1/files`, { headers: { 'x-request-id': 'pt-refused-1' } });
+    expect(res.statusCode).toBe(502);
+    await res.body.dump();
+    await vi.waitFor(() => expect(gw.logs.some((l) => l.msg === 'request')).toBe(true), { timeout: 2000 });
+    const lines = gw.logs.filter((l) => !String(l.msg).startsWith('Server listening'));
+    expect(lines.map((l) => [l.level, l.reqId])).toEqual([
+      [40, 'pt-refused-1'],
+      [30, 'pt-refused-1'],
+    ]);
+    expect(lines[0]).toMatchObject({ upstream: 'pt', reason: expect.stringContaining('ECONNREFUSED') });
+    expect(gw.rawLogs()).not.toContain('"stack"');
+    expect(gw.rawLogs()).not.toContain(PT_KEY);
   });
 });
 
