@@ -85,6 +85,19 @@ export function failoverOptions(
  * wait on the reply through end-of-stream listeners on every request. A failure goes to the error handler
  * as a thrown one would.
  */
+/**
+ * A stream takes the response over from fastify when it commits; headers hooks put on the reply (the rate
+ * limiter's `x-ratelimit-*`) go out with the stream's own, as they would on a JSON answer.
+ */
+function commitRaw(reply: FastifyReply): void {
+  const pending = reply.getHeaders();
+  for (const name in pending) {
+    const v = pending[name];
+    if (v !== undefined) reply.raw.setHeader(name, v);
+  }
+  reply.hijack();
+}
+
 export function ownReply(
   app: FastifyInstance,
   handle: (
@@ -190,7 +203,7 @@ async function handleChat(
       writer = new SseWriter(
         reply.raw,
         clientSignal,
-        () => reply.hijack(),
+        () => commitRaw(reply),
         () =>
           routerHeaders(
             req.id,

@@ -2,7 +2,7 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
 const track = closeAfterEach();
 let sim: Simulator | undefined;
@@ -77,5 +77,28 @@ describe('per-key rate limit', () => {
     expect((await chat('made-up-3')).status).toBe(429);
     expect((await chat()).status).toBe(429);
     expect(sim!.requests).toHaveLength(3);
+  });
+
+  // Regression: the limiter's x-ratelimit-* headers are put on fastify's reply, which a stream (written on the
+  // raw response once it commits) never sent: a JSON answer had them, a streamed one did not.
+  it('a streamed answer carries the x-ratelimit-* headers a JSON one does', async () => {
+    await setup({ rate_limit: { requests_per_minute: 50 } });
+    const messages = [{ role: 'user', content: 'x' }];
+    const json = await postChat(gw!, { model: 'r', messages });
+    const streamed = await postChat(gw!, { model: 'r', stream: true, messages });
+    expect([json.status, streamed.status]).toEqual([200, 200]);
+    expect(streamed.text).toContain('[DONE]');
+    const rate = (h: Record<string, string>) =>
+      Object.entries(h).filter(([k]) => k.startsWith('x-ratelimit-'));
+    expect(
+      rate(json.headers)
+        .map(([k]) => k)
+        .sort(),
+    ).toEqual(['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset']);
+    expect(Object.fromEntries(rate(streamed.headers))).toMatchObject({
+      'x-ratelimit-limit': '50',
+      'x-ratelimit-remaining': '48',
+    });
+    expect(streamed.headers['content-type']).toContain('text/event-stream');
   });
 });
