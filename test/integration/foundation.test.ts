@@ -363,6 +363,12 @@ describe('models, health and request ids', () => {
     const ready = await request(`${gw!.url}/readyz`);
     expect(ready.statusCode).toBe(200);
     await ready.body.dump();
+    // Load balancers probe with HEAD too: the same answer, without a body (fastify's implicit HEAD routes).
+    for (const path of ['/healthz', '/readyz']) {
+      const head = await request(`${gw!.url}${path}`, { method: 'HEAD' });
+      expect(head.statusCode, path).toBe(200);
+      expect(await head.body.text(), path).toBe('');
+    }
     const echoed = await request(`${gw!.url}/v1/models`, { headers: { 'x-request-id': 'trace-123' } });
     expect(echoed.headers['x-request-id']).toBe('trace-123');
     await echoed.body.dump();

@@ -14,7 +14,7 @@ import {
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
-import { request } from 'undici';
+import { Agent, request } from 'undici';
 import { describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
@@ -423,6 +423,31 @@ function postExpectingContinue(
     req.flushHeaders();
   });
 }
+
+describe('passthrough answers without a body', () => {
+  it('a 304 and a 204 are relayed with their headers and no body, and the connection stays usable', async () => {
+    const up = await upstream((req, res) => {
+      req.resume();
+      if (req.url?.endsWith('/cached')) res.writeHead(304, { etag: '"v1"' });
+      else res.writeHead(204);
+      res.end();
+    });
+    const gw = await gateway(configOf(`${up.url}/v1`));
+    const agent = new Agent({ connections: 1 });
+    track({ close: () => agent.close() });
+    for (const path of ['/v1/files/cached', '/v1/files/x', '/v1/files/cached']) {
+      const res = await request(`${gw.url}${path}`, {
+        dispatcher: agent,
+        headers: { 'if-none-match': '"v1"' },
+      });
+      expect(res.statusCode, path).toBe(path.endsWith('/cached') ? 304 : 204);
+      expect(await res.body.text(), path).toBe('');
+      if (path.endsWith('/cached')) expect(res.headers.etag).toBe('"v1"');
+      expect(res.headers.connection, path).not.toBe('close');
+    }
+    expect(up.requests).toHaveLength(3);
+  });
+});
 
 describe('passthrough and hop-by-hop headers (regression: undici refused some with a 502, the rest crossed)', () => {
   it('a POST with Expect: 100-continue and a 3 MiB body (curl -F of a big file) reaches the upstream whole', async () => {
