@@ -30,7 +30,8 @@ export class SseWriter {
       ...headers,
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
-      connection: 'keep-alive',
+      // No `connection` of ours: Node keeps the connection or closes it as the client asked (one that sent
+      // `Connection: close` is closed after the stream, and told so).
       'x-accel-buffering': 'no',
     });
     // No flushHeaders(): the frames that committed the stream are written next, in the same tick, and the
