@@ -7,6 +7,7 @@ import Fastify, {
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
+  type FastifyReply,
   type FastifyRequest,
   type FastifyServerOptions,
 } from 'fastify';
@@ -119,11 +120,25 @@ const EXPECTATION_FAILED = new GatewayError('invalid_request', 'only "Expect: 10
   status: 417,
   param: 'expect',
 });
+const BAD_URL = new GatewayError('invalid_request', 'malformed URL: a %-escape that does not decode');
 const MALFORMED = {
   status: 400,
   reason: 'Bad Request',
   error: new GatewayError('invalid_request', 'malformed HTTP request'),
 };
+
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)/i;
+const UTF8_NAMES = new Set(['utf-8', 'utf8', 'us-ascii']);
+
+/**
+ * A charset the body is declared in that is not UTF-8 (or its ASCII subset): the body is read as UTF-8, so
+ * Latin-1 "café" would reach the upstream as "caf\uFFFD". Undefined for a plain `application/json`.
+ */
+function foreignCharset(contentType: string | undefined): string | undefined {
+  if (contentType === undefined || contentType.length <= 'application/json'.length) return undefined;
+  const name = CHARSET.exec(contentType)?.[1]?.toLowerCase();
+  return name === undefined || UTF8_NAMES.has(name) ? undefined : name;
+}
 
 /**
  * What a client gets when Node's parser or timers give up on it before there is a request to route: a
@@ -132,7 +147,10 @@ const MALFORMED = {
  */
 function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
-  if (socket.writable) {
+  // An answer already on the wire on this connection (a stream, with a request pipelined behind it) is cut,
+  // not written into: our 400 inside its chunked body would be read as part of it (Node's rule too).
+  const inFlight = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (socket.writable && inFlight?.headersSent !== true) {
     const { status, reason, error } = CLIENT_ERRORS[err.code ?? ''] ?? MALFORMED;
     const body = JSON.stringify(error.toBody());
     socket.write(
@@ -171,6 +189,12 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       requireHostHeader: false,
     },
     clientErrorHandler: answerClientError,
+    // A path fastify cannot decode (a malformed %-escape) gets our 400, OpenAI-shaped and counted; fastify's
+    // own is not, and quotes the whole URL back. No route matched, so no hook runs: it is reported here.
+    frameworkErrors: (_err, req, reply: FastifyReply) => {
+      reportUnrouted(gateway, req, 400, reply.elapsedTime);
+      void reply.code(400).header('x-request-id', req.id).type('application/json').send(BAD_URL.toBody());
+    },
     connectionTimeout: 0,
     keepAliveTimeout: 72_000,
     // While draining our own hooks answer (OpenAI-shaped 503 on /v1, 503 on /readyz), not fastify's default.
@@ -253,6 +277,12 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       if (enc !== undefined && enc !== 'identity') {
         return done(
           new GatewayError('unsupported_media_type', `content-encoding "${String(enc)}" is not supported`),
+        );
+      }
+      const charset = foreignCharset(req.headers['content-type']);
+      if (charset !== undefined) {
+        return done(
+          new GatewayError('unsupported_media_type', `charset "${charset}" is not supported: JSON is UTF-8`),
         );
       }
       const text = typeof body === 'string' ? body : body.toString('utf8');

@@ -14,6 +14,7 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { scrape, value } from '../helpers/prom-text.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
@@ -805,7 +806,64 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
   }, 15_000);
 });
 
+describe('client connections and a stream on the wire', () => {
+  // Regression: the stream's own `connection: keep-alive` header turned Node's handling of the client's
+  // `Connection: close` off: the answer said keep-alive and the socket stayed open for keepAliveTimeout (72 s).
+  it('a stream asked for with Connection: close is answered close, and the connection closes after [DONE]', async () => {
+    const { gw } = await overB();
+    const c = new RawClient(gw.url);
+    await c.write(chatRequest({ model: 'hb', stream: true, messages: MSGS }, { connection: 'close' }));
+    await c.waitClosed(4000);
+    expect(c.closed).toBe(true);
+    const [r] = parseResponses(c.text);
+    expect(r?.status).toBe(200);
+    expect(r?.headers.connection).toBe('close');
+    expect(r?.body).toContain('data: [DONE]');
+  }, 15_000);
+
+  // Regression: our client-error answer was written into the body of a stream already on the wire (Node's own
+  // handler writes only when no answer has begun), where a client reads it as part of the stream.
+  it('a malformed request pipelined behind a stream already on the wire cuts it, never writes into it', async () => {
+    const up = await rawUpstream((s) => {
+      s.write('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n');
+      const chunk = (t: string): string => `${Buffer.byteLength(t).toString(16)}\r\n${t}\r\n`;
+      s.write(chunk(frame({ role: 'assistant', content: 'first' })));
+      setTimeout(() => s.end(chunk(sseAnswer(' rest')) + '0\r\n\r\n'), 800);
+    });
+    const gw = await gatewayOver(up.url, up.url);
+    const c = new RawClient(gw.url);
+    await c.write(chatRequest({ model: 'only', stream: true, messages: MSGS }));
+    await c.waitFor((t) => t.includes('first'), 4000);
+    expect(c.text).toContain('first'); // committed: the head and a chunk are out
+    await c.write('NOT AN HTTP REQUEST\r\n\r\n');
+    await c.waitClosed(4000);
+    const [r] = parseResponses(c.text);
+    expect(r?.status).toBe(200);
+    expect(c.text.slice(c.text.indexOf('\r\n\r\n'))).not.toMatch(/HTTP\/1\.1 \d{3}/);
+  }, 15_000);
+});
+
 describe('client headers: size, count, folding and control bytes', () => {
+  it('Accept-Encoding (gzip, deflate, br) changes nothing: JSON and stream answers come back uncompressed', async () => {
+    const { gw } = await overB();
+    const headers = { 'accept-encoding': 'gzip, deflate, br' };
+    const j = await send(gw, { model: 'hb', messages: [{ role: 'user', content: 'x' }] }, headers);
+    const st = await send(
+      gw,
+      { model: 'hb', stream: true, messages: [{ role: 'user', content: 'y' }] },
+      headers,
+    );
+    for (const [a, want] of [
+      [j, 'b:x'],
+      [st, 'b:y'],
+    ] as const) {
+      expect(a.status).toBe(200);
+      expect(a.headers['content-encoding']).toBeUndefined();
+      expect(contentOf(a)).toBe(want);
+    }
+    expect(st.text).toContain('data: [DONE]');
+  }, 15_000);
+
   it('one 20 KiB header, or 3000 small ones: a 431 OpenAI-shaped, and the gateway still serves', async () => {
     const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
@@ -889,6 +947,36 @@ describe('client request line and Host', () => {
       'invalid_request_error',
     );
     expect(b.hits()).toBe(0);
+  }, 15_000);
+
+  // Regression: fastify answered a path it cannot percent-decode itself: not OpenAI-shaped, no x-request-id,
+  // the whole URL quoted back, and the request neither logged nor counted.
+  it('a malformed %-escape in a /v1 path is an OpenAI-shaped 400 with x-request-id, logged and counted', async () => {
+    const b = await goodUpstream('b');
+    const plain = await gatewayOver(b.url, b.url);
+    const proxied = await gatewayOver(b.url, b.url, { passthrough: 'a' });
+    const paths = ['/v1/chat/completions%ZZ', '/v1/chat/%E0%A4%A', '/v1/embeddings%'];
+    for (const gw of [plain, proxied]) {
+      for (const path of paths) {
+        const a = await send(gw, { model: 'hb', messages: MSGS }, { 'x-request-id': 'bad-url-1' }, path);
+        expect(a.status, path).toBe(400);
+        expect(errorOf(a.json).type, path).toBe('invalid_request_error');
+        expect(a.headers['x-request-id'], path).toBe('bad-url-1');
+        expect(a.text, path).not.toContain(path.slice(4)); // the URL is not quoted back
+      }
+      const models = await request(`${gw.url}/v1/models/%ZZ`);
+      expect(models.statusCode).toBe(400);
+      expect(errorOf((await models.body.json()) as Json).type).toBe('invalid_request_error');
+    }
+    expect(b.hits()).toBe(0);
+    const lines = plain.logs.filter((l) => l.msg === 'request');
+    expect(lines.map((l) => [l.status, l.path])).toEqual([
+      ...paths.map(() => [400, 'unmatched']),
+      [400, 'unmatched'],
+    ]);
+    const samples = await scrape(plain.url);
+    const none = { route: 'none', provider: 'none', model: 'none' };
+    expect(value(samples, 'llm_router_requests_total', { ...none, status: '400' })).toBe(4);
   }, 15_000);
 
   it('an absolute-form target naming another host is routed as the path says, never proxied to that host', async () => {
@@ -1009,6 +1097,29 @@ describe('client bodies: numbers, duplicate keys, sizes and charsets', () => {
         wrong.push(`${label}: upstream got ${b.bodies[before]}`);
     }
     expect(wrong).toEqual([]);
+  }, 15_000);
+
+  // Regression: the body was read as UTF-8 whatever charset it declared: Latin-1 "café crème" reached the
+  // upstream as "caf\uFFFD cr\uFFFDme", with a 200.
+  it('a body declared in a charset other than UTF-8 is a 415, calling nothing; utf-8 and us-ascii are read', async () => {
+    const { b, gw } = await overB();
+    const text = JSON.stringify({ model: 'hb', messages: [{ role: 'user', content: 'café crème' }] });
+    for (const charset of ['iso-8859-1', 'latin1', 'Windows-1252', '"iso-8859-1"']) {
+      const a = await send(gw, Buffer.from(text, 'latin1'), {
+        'content-type': `application/json; charset=${charset}`,
+      });
+      expect(a.status, charset).toBe(415);
+      expect(errorOf(a.json).type, charset).toBe('invalid_request_error');
+    }
+    expect(b.hits()).toBe(0);
+    for (const charset of ['utf-8', 'UTF-8', '"utf-8"', 'utf8']) {
+      const a = await send(gw, text, { 'content-type': `application/json; charset=${charset}` });
+      expect(a.status, charset).toBe(200);
+      expect(contentOf(a)).toBe('b:café crème');
+    }
+    const ascii = JSON.stringify({ model: 'hb', messages: [{ role: 'user', content: 'plain' }] });
+    const a = await send(gw, ascii, { 'content-type': 'application/json; charset=us-ascii' });
+    expect(contentOf(a)).toBe('b:plain');
   }, 15_000);
 });
 
