@@ -130,11 +130,21 @@ function scanMessages(messages: readonly unknown[]): {
   return images || notForAnthropic !== undefined ? { images, notForAnthropic } : NO_PARTS;
 }
 
-/** An inline image of a type Anthropic does not read (SVG, TIFF...); URLs are the upstream's to judge. */
+const FETCHED_URL = /^https?:\/\//i;
+const UNFETCHABLE_IMAGE: NotForAnthropic = {
+  what: 'an image URL that is neither http(s) nor a data URL',
+  param: 'messages',
+};
+
+/**
+ * An inline image of a type Anthropic does not read (SVG, TIFF...), or an image URL it cannot fetch (not
+ * http(s): `gs://`, a relative path), which its request would go without; http(s) URLs are its to judge.
+ */
 function imageNotForAnthropic(part: unknown): NotForAnthropic | undefined {
   const image = (part as { image_url?: unknown }).image_url;
   const url = typeof image === 'string' ? image : (image as { url?: unknown } | null | undefined)?.url;
-  if (typeof url !== 'string' || !url.startsWith('data:')) return undefined;
+  if (typeof url !== 'string') return undefined;
+  if (!url.startsWith('data:')) return FETCHED_URL.test(url) ? undefined : UNFETCHABLE_IMAGE;
   const type = parseDataUrl(url)?.mediaType;
   if (type !== undefined && CLAUDE_IMAGE_TYPES.has(type)) return undefined;
   return { what: `an image of type ${mediaTypeOf(url)}`, param: 'messages' };

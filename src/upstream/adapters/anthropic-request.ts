@@ -79,6 +79,12 @@ export const CONTINUE_USER_TEXT = 'Continue.';
 const JSON_OBJECT_INSTRUCTION =
   'Respond with one valid JSON object only: no text before or after it and no Markdown code fences.';
 
+/** The client's own last message is the assistant's: a prefill, as the README says. */
+function endsWithAssistant(messages: readonly unknown[]): boolean {
+  const last = messages.at(-1);
+  return typeof last === 'object' && last !== null && (last as { role?: unknown }).role === 'assistant';
+}
+
 export function buildAnthropicRequest(
   body: ChatBody,
   model: string,
@@ -91,10 +97,16 @@ export function buildAnthropicRequest(
   const explicitMax = positiveInt(body.max_completion_tokens) ?? positiveInt(body.max_tokens);
   const ids = new ToolIds();
   for (const message of messages) addMessage(message, system, turns, ids);
-  if (turns.at(-1)?.role === 'assistant' && !claude.takesPrefill) {
-    // A conversation that ends with the assistant is a prefill to Claude, which 4.6 on refuse (a 400); to
-    // OpenAI it is history the next answer follows, which a closing user turn says.
-    turns.push({ role: 'user', content: [{ type: 'text', text: CONTINUE_USER_TEXT }] });
+  if (turns.at(-1)?.role === 'assistant') {
+    if (!endsWithAssistant(messages)) {
+      // The client's last message went to `system` (an agent's reminder) or to nothing (blank text): it asks
+      // for a new answer, which Claude would write as the continuation of the last one without a user turn.
+      turns.push({ role: 'user', content: [{ type: 'text', text: PLACEHOLDER_USER_TEXT }] });
+    } else if (!claude.takesPrefill) {
+      // A conversation that ends with the assistant is a prefill to Claude, which 4.6 on refuse (a 400); to
+      // OpenAI it is history the next answer follows, which a closing user turn says.
+      turns.push({ role: 'user', content: [{ type: 'text', text: CONTINUE_USER_TEXT }] });
+    }
   }
   // Decided on the turns as sent: Anthropic's rules are about its merged turns, not the client's messages.
   let thinking = thinkingFor(body, explicitMax, claude);
