@@ -233,6 +233,7 @@ export function validateEmbeddingsBody(
     throw bad('encoding_format', 'expected "float" or "base64"');
   }
   optionalNumber(raw, 'dimensions', 1, 1e6, true);
+  optionalType(raw, 'user', 'string');
   return raw as Record<string, unknown> & { model: string; input: unknown };
 }
 
