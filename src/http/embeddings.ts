@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isShutdown, type Gateway } from '../gateway.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
 import { checkTierHeader, readRoutingHeaders, resolveRoute } from '../routing/decide.js';
-import { textFeatures } from '../routing/features.js';
+import { embeddingsFeatures } from '../routing/features.js';
 import { planRequest } from '../routing/plan.js';
 import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
@@ -53,7 +53,7 @@ async function handleEmbeddings(
   if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
   const strategy = hdrs.strategy ?? route.strategy;
   const tokens = inputTokens(body.input);
-  const plan = planRequest(route, route.targets, textFeatures(tokens.total, undefined, tokens.largest), {
+  const plan = planRequest(route, route.targets, embeddingsFeatures(tokens.total, tokens.largest), {
     strategy,
     provider: hdrs.provider,
     routing: rt.loaded.config.routing,

@@ -18,8 +18,10 @@ export interface RequestFeatures {
    * embeddings batch, whose inputs are embedded one by one.
    */
   readonly contextTokens: number;
-  /** `max_completion_tokens` or `max_tokens`, when given. */
+  /** `max_completion_tokens` or `max_tokens`, when given; 0 for an answer with no output (embeddings). */
   readonly requestedOutputTokens: number | undefined;
+  /** The field a refusal for the prompt's size names: `messages`, or an embeddings request's `input`. */
+  readonly promptParam: 'messages' | 'input';
   /**
    * What of the request Anthropic's API has no place for (legacy `functions`, audio, a file by id or of a type
    * it does not read); undefined for most requests. Anthropic upstreams are left out, rather than sent a
@@ -60,6 +62,7 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
     promptTokens,
     contextTokens: promptTokens,
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
+    promptParam: 'messages',
     notForAnthropic:
       body.functions !== undefined || body.function_call !== undefined
         ? LEGACY_FUNCTIONS
@@ -87,8 +90,17 @@ export function textFeatures(
     promptTokens,
     contextTokens,
     requestedOutputTokens,
+    promptParam: 'messages',
     notForAnthropic: undefined,
   };
+}
+
+/**
+ * An embeddings batch: `total` tokens priced, its `largest` input held to a context window, and no output
+ * tokens (ranked on input price and time to answer alone, not on a chat answer's default length).
+ */
+export function embeddingsFeatures(total: number, largest: number): RequestFeatures {
+  return { ...textFeatures(total, 0, largest), promptParam: 'input' };
 }
 
 /** OpenAI's free-form `custom` tools (or calls of one): Claude's tools take JSON input only. */

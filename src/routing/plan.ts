@@ -93,6 +93,7 @@ export function planRequest(
       failed: opts.exclude,
       notForAnthropic: features.notForAnthropic,
       toolsParam: features.toolsParam,
+      promptParam: features.promptParam,
     });
     return { ranked: [], strategy: opts.strategy, refusal };
   }
@@ -219,6 +220,7 @@ function noCandidate(
     failed: readonly AttemptRecord[] | undefined;
     notForAnthropic: NotForAnthropic | undefined;
     toolsParam: string;
+    promptParam: string;
   },
 ): GatewayError {
   const name = `\`${route.name}\``;
@@ -246,7 +248,7 @@ function noCandidate(
       return new GatewayError(
         'invalid_request',
         `the request needs ~${d.need} tokens but the largest context window in route ${name} is ${d.largestWindow}`,
-        { param: 'messages', bodyCode: 'context_length_exceeded' },
+        { param: d.promptParam, bodyCode: 'context_length_exceeded' },
       );
     case 'capability':
       return new GatewayError(

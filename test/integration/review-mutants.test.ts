@@ -190,6 +190,7 @@ describe('a request that exactly fills the context window fits (SPEC §2 filter)
       promptTokens: 60,
       contextTokens: 60,
       requestedOutputTokens: out,
+      promptParam: 'messages' as const,
       notForAnthropic: undefined,
     });
     const plan = (out: number) =>

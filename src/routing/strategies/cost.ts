@@ -55,13 +55,15 @@ class CostReason implements ReasonSource {
       fmtInt(this.promptTokens) +
       ' in x ' +
       fmtPrice(this.price.input_per_mtok) +
-      ' + ' +
-      fmtInt(this.out.tokens) +
-      ' out' +
-      (src === 'max_tokens' ? '' : src === 'mean' ? ' (mean)' : ' (default)') +
-      (this.choices > 1 ? ' x ' + this.choices + ' choices' : '') +
-      ' x ' +
-      fmtPrice(this.price.output_per_mtok) +
+      (src === 'none'
+        ? ''
+        : ' + ' +
+          fmtInt(this.out.tokens) +
+          ' out' +
+          (src === 'max_tokens' ? '' : src === 'mean' ? ' (mean)' : ' (default)') +
+          (this.choices > 1 ? ' x ' + this.choices + ' choices' : '') +
+          ' x ' +
+          fmtPrice(this.price.output_per_mtok)) +
       ')'
     );
   }

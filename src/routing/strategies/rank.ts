@@ -184,7 +184,8 @@ export function finishRanking<C extends CandidateView>(
 }
 
 /** Where the expected output token count came from, for the reason string. */
-export type OutputSource = 'max_tokens' | 'mean' | 'default';
+/** `none`: an answer with no output tokens at all (embeddings). */
+export type OutputSource = 'max_tokens' | 'mean' | 'default' | 'none';
 
 export interface ExpectedOutput {
   readonly tokens: number;
@@ -197,11 +198,14 @@ export interface ExpectedOutput {
  * upstream (256-token default) look dearer than a measured one answering in 8 tokens, so `cost` picked
  * an upstream 10× the price and, never trying the cheap one, kept picking it.
  */
+const NO_OUTPUT: ExpectedOutput = { tokens: 0, source: 'none' };
+
 export function sharedExpectedOutput(
   candidates: readonly CandidateView[],
   ctx: StrategyContext,
 ): ExpectedOutput {
   const req = ctx.requestedOutputTokens;
+  if (req === 0) return NO_OUTPUT;
   if (req !== undefined && req > 0 && Number.isFinite(req)) return { tokens: req, source: 'max_tokens' };
   let sum = 0;
   let k = 0;

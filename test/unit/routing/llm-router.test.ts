@@ -17,6 +17,7 @@ const f = (over: Partial<RequestFeatures> = {}): RequestFeatures => ({
   promptTokens: 100,
   contextTokens: 100,
   requestedOutputTokens: undefined,
+  promptParam: 'messages',
   notForAnthropic: undefined,
   ...over,
 });

@@ -15,6 +15,7 @@ const FEATURES = {
   promptTokens: 10,
   contextTokens: 10,
   requestedOutputTokens: undefined,
+  promptParam: 'messages' as const,
   notForAnthropic: undefined,
 };
 
