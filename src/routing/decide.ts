@@ -67,10 +67,13 @@ export function checkTierHeader(route: RouteRuntime, tier: TierName): void {
 export function resolveRoute(rt: Runtime, model: string, kind: 'chat' | 'embeddings'): RouteRuntime {
   const route = rt.routes.get(model);
   if (!route || route.embeddings !== (kind === 'embeddings')) {
-    throw new GatewayError('model_not_found', `The model \`${model.slice(0, 200)}\` does not exist`, {
-      param: 'model',
-      bodyCode: 'model_not_found',
-    });
+    // One /v1/models lists but on the other endpoint: say which, rather than that it does not exist.
+    const message = !route
+      ? `The model \`${model.slice(0, 200)}\` does not exist`
+      : route.embeddings
+        ? `\`${route.name}\` is an embeddings model: use /v1/embeddings`
+        : `\`${route.name}\` is a chat model: use /v1/chat/completions`;
+    throw new GatewayError('model_not_found', message, { param: 'model', bodyCode: 'model_not_found' });
   }
   return route;
 }
