@@ -310,7 +310,7 @@ export function relayedAnswer(
     const open = skipSpace(text, colon + 1);
     if (text.charCodeAt(colon) === 58 && text.charCodeAt(open) === 123) {
       const close = closingBrace(text, open);
-      if (close > 0) {
+      if (close > 0 && endsAfterUsage(text, close + 1)) {
         try {
           const usage = readUsageOf({ usage: JSON.parse(text.slice(open, close + 1)) as unknown });
           if (usage) return { body: text, usage };
@@ -324,6 +324,19 @@ export function relayedAnswer(
   if (!json) return undefined;
   if (isErrorInsteadOfAnswer(json)) return { error: inBandError(json) };
   return { body: text, usage: readUsageOf(json) };
+}
+
+/**
+ * After `usage`, only plain top-level fields (OpenAI's `service_tier`, `system_fingerprint`) and the final
+ * brace: the answer was read to its end, and `usage` is its own. A body cut short after an inner brace, with
+ * `usage` written first, goes to the full parse (and fails over) instead of out as a 200 nobody can read.
+ */
+const PLAIN_TAIL =
+  /^\s*(?:,\s*"[^"\\]*"\s*:\s*(?:"(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*|true|false|null)\s*)*\}\s*$/;
+const MAX_TAIL_CHARS = 1024;
+
+function endsAfterUsage(text: string, from: number): boolean {
+  return text.length - from <= MAX_TAIL_CHARS && PLAIN_TAIL.test(text.slice(from));
 }
 
 /** An `error` object where a 200's answer should be: no `choices` (chat) and no `data` (embeddings). */

@@ -287,6 +287,18 @@ describe('relayed non-streaming answers (read for usage only)', () => {
     const spaced = `\n  ${JSON.stringify({ choices: [] }).slice(0, -1)}, "usage" : ${JSON.stringify(usage)} }\n`;
     expect(relayedAnswer(spaced)?.usage).toEqual(usage);
   });
+  it('reads usage alone only when plain fields and the end follow it; a body cut short is not an answer', () => {
+    // OpenAI's own order: usage, then service_tier and system_fingerprint.
+    const real = `${JSON.stringify({ id: 'x', choices: [], usage }).slice(0, -1)},"service_tier":"default","system_fingerprint":"fp_1","n":null}`;
+    expect(relayedAnswer(real)).toEqual({ body: real, usage });
+    // Cut after an inner brace, usage first: starts with { and ends with }, yet unreadable.
+    const cut = `{"object":"list","usage":${JSON.stringify(usage)},"data":[{"object":"embedding","index":0,"embedding":[0.5]}`;
+    expect(relayedAnswer(cut)).toBeUndefined();
+    // usage inside the last element of a list, not the answer's own.
+    const inner = `{"choices":[{"usage":${JSON.stringify(usage)}}]}`;
+    expect(relayedAnswer(inner)).toEqual({ body: inner, usage: undefined });
+  });
+
   it('is not fooled by "usage" inside the content', () => {
     const tricky = JSON.stringify({
       choices: [{ message: { content: 'the "usage": {"prompt_tokens": 99} text' } }],
