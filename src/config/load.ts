@@ -267,7 +267,8 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
     }
   });
 
-  const checkTargets = (list: readonly TargetConfig[], path: string): void => {
+  /** Checks a target list; answers whether it has an embedding model. */
+  const checkTargets = (list: readonly TargetConfig[], path: string): boolean => {
     const kinds = new Set<boolean>();
     // SPEC §2: no upstream is tried twice by one request, so listing one twice can only be a mistake.
     const seen = new Set<string>();
@@ -280,6 +281,7 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
       seen.add(name);
     });
     if (kinds.size > 1) issues.push(`${path}: mixes embedding and chat models`);
+    return kinds.has(true);
   };
 
   for (const [name, route] of Object.entries(config.routes)) {
@@ -307,8 +309,12 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
         if (listed(tier) === 0) issues.push(`${path}: tier "${tier}" has no upstreams`);
         else if (live(tier) === 0) warnings.push(`${path}: every upstream of tier "${tier}" is disabled`);
       };
+      let embeddings = false;
       for (const [tier, list] of Object.entries(route.tiers))
-        checkTargets(list ?? [], `${base}.tiers.${tier}`);
+        if (checkTargets(list ?? [], `${base}.tiers.${tier}`)) embeddings = true;
+      // Tiers are chosen on a conversation (tools, images, its last user message, the LLM router's reading).
+      if (embeddings)
+        issues.push(`${base}.tiers: tiers are for chat models; an embeddings route lists its targets`);
       if (!route.default_tier) issues.push(`${base}.default_tier: required with tiers`);
       else needUpstreams(route.default_tier, `${base}.default_tier`);
       if (route.router) needUpstreams(route.router.tier, `${base}.router.tier`);
