@@ -81,6 +81,30 @@ const calls = new WeakMap<RouterCache, Map<string, SharedCall>>();
  * Requests with the same excerpt share one call while it is under way (a burst of one prompt is one paid
  * call, not one each), then its cached answer; the call is aborted only when all of them are gone.
  */
+/** What the router's prompt says of the request (buildRouterPrompt): one answer per prompt. */
+function routerCacheKey(excerpt: string, features: RequestFeatures): string {
+  return createHash('sha256')
+    .update(
+      `${ROUTER_PROMPT_VERSION}\n${features.promptTokens}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`,
+    )
+    .digest('base64url');
+}
+
+/**
+ * The answer a live request would take from the cache instead of calling the router, read without touching
+ * the cache or counting anything (explain); undefined when it would call.
+ */
+export function cachedRouterAnswer(
+  gw: Gateway,
+  route: RouteRuntime,
+  messages: readonly unknown[],
+  features: RequestFeatures,
+): { tier: TierName; reason: string } | undefined {
+  const hit = cacheFor(gw, route)?.peek(routerCacheKey(conversationExcerpt(messages), features), gw.now());
+  // As askRouter: a tier a reload has since emptied is no answer.
+  return hit && (route.tiers?.[hit.tier]?.length ?? 0) > 0 ? hit : undefined;
+}
+
 export async function askRouter(
   gw: Gateway,
   rt: Runtime,
@@ -91,12 +115,7 @@ export async function askRouter(
 ): Promise<RouterDecision> {
   const cfg = route.router!;
   const excerpt = conversationExcerpt(messages);
-  // What the router's prompt says of the request (buildRouterPrompt): one answer per prompt.
-  const key = createHash('sha256')
-    .update(
-      `${ROUTER_PROMPT_VERSION}\n${features.promptTokens}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`,
-    )
-    .digest('base64url');
+  const key = routerCacheKey(excerpt, features);
   const cache = cacheFor(gw, route)!;
   const started = gw.now();
   const hit = cache.get(key, started);

@@ -23,6 +23,12 @@ export class RouterCache {
     return hit;
   }
 
+  /** A live answer without touching the cache (its order, or an expired entry): for a dry run. */
+  peek(key: string, now: number): { tier: TierName; reason: string } | undefined {
+    const hit = this.map.get(key);
+    return hit && hit.expiresAt > now ? hit : undefined;
+  }
+
   set(key: string, value: { tier: TierName; reason: string }, now: number): void {
     if (this.ttlMs <= 0) return;
     this.map.delete(key);

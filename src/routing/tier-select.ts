@@ -7,7 +7,7 @@ import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import type { RoutingHeaders } from './decide.js';
 import { lastUserText, type RequestFeatures } from './features.js';
-import { askRouter, type RouterOutcome } from './llm-router.js';
+import { askRouter, cachedRouterAnswer, type RouterOutcome } from './llm-router.js';
 import { matchTier } from './tiers.js';
 
 export interface TierSelection {
@@ -68,8 +68,16 @@ export async function chooseTier(
     if (d.failed.length > 0) excluded = d.failed;
     if (d.uncounted !== true) routerOutcome = d.outcome;
   } else if (tier === undefined && route.router) {
-    tier = route.defaultTier;
-    reason = `${match.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`;
+    // Explain: the router's cached answer is what a live request would take; else it would ask.
+    const cached = cachedRouterAnswer(gw, route, body.messages, features);
+    if (cached) {
+      byRouter = true;
+      tier = cached.tier;
+      reason = `${match.reason}; ${cached.reason}`;
+    } else {
+      tier = route.defaultTier;
+      reason = `${match.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`;
+    }
   } else if (tier === undefined) {
     tier = route.defaultTier;
     reason = `${match.reason}; default_tier`;

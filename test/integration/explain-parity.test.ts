@@ -1,0 +1,132 @@
+/**
+ * POST /router/explain names the decision the same chat request really gets (SPEC §4: "the routing decision a
+ * chat request would get ... without calling an upstream"), and spends nothing a real request would: a tie
+ * whose LLM router answer is cached, a tiered route's own rotation, an embeddings model; and /router/status
+ * after a reload.
+ */
+import { describe, expect, it } from 'vitest';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { postChat, simProvider, startGateway } from '../helpers/gateway.js';
+import type { Candidate } from '../helpers/router-api.js';
+import { askAuto, reload, reviewSims, type Json } from '../helpers/review-kit.js';
+
+const track = closeAfterEach();
+const { sim, tiered } = reviewSims(track);
+
+const explainPath = { path: '/router/explain' };
+
+describe('/router/explain parity with the real decision', () => {
+  // Regression: explain answered default_tier for a tie the router had already answered (cached), where the
+  // real request took the cached tier without a call.
+  it('a tie whose LLM router answer is cached: explain names the cached tier the real request gets', async () => {
+    const t = await tiered({ reply: '{"tier":"deep","reason":"hard"}' });
+    const body = { model: 'auto', messages: [{ role: 'user', content: 'prove the lemma' }] };
+    const first = await askAuto(t.gw, 'prove the lemma');
+    expect(first.status, first.text).toBe(200);
+    expect(first.headers['x-router-tier']).toBe('deep');
+    expect(t.rt.requests).toHaveLength(1);
+
+    // The same prompt again is answered from the router cache (no call): it goes to deep.
+    const e = await postChat(t.gw, body, explainPath);
+    expect(e.status, e.text).toBe(200);
+    const again = await askAuto(t.gw, 'prove the lemma');
+    expect(again.headers['x-router-tier']).toBe('deep');
+    expect(t.rt.requests).toHaveLength(1); // cached: the router was not asked again
+
+    expect(e.json.tier, String(e.json.tier_reason)).toBe(again.headers['x-router-tier']);
+    const cands = e.json.candidates as Candidate[];
+    expect(cands[0]?.upstream).toBe('deep/m');
+  });
+
+  it('a tiered round-robin: 50 explains spend no turn of the tier; the next real requests go where explain said', async () => {
+    const a = await sim('a');
+    const b = await sim('b');
+    const c = await sim('c');
+    const gw = track(
+      await startGateway({
+        providers: [a, b, c].map((s) => simProvider(s.options.name, s.url, ['m'])),
+        routes: {
+          auto: {
+            strategy: 'round-robin',
+            tiers: { fast: ['a/m', 'b/m', 'c/m'], deep: ['c/m'] },
+            rules: [{ name: 'all', if: { max_prompt_tokens: 100000 }, tier: 'fast' }],
+            default_tier: 'deep',
+          },
+        },
+        circuit_breaker: { failure_threshold: 50 },
+      }),
+    );
+    const body: Json = { model: 'auto', messages: [{ role: 'user', content: 'hi' }] };
+    const served: string[] = [];
+    for (let round = 0; round < 4; round++) {
+      let said: string | undefined;
+      for (let i = 0; i < 50; i++) {
+        const e = await postChat(gw, body, explainPath);
+        expect(e.status, e.text).toBe(200);
+        const top = (e.json.candidates as Candidate[])[0]!.upstream;
+        if (said !== undefined) expect(top).toBe(said);
+        said = top;
+      }
+      const real = await postChat(gw, body);
+      expect(real.status, real.text).toBe(200);
+      expect(real.headers['x-router-tier']).toBe('fast');
+      served.push(real.headers['x-router-provider'] ?? '');
+      expect(`${real.headers['x-router-provider']}/m`).toBe(said);
+    }
+    expect(new Set(served).size).toBe(3); // it still rotates
+  });
+
+  it('an embeddings model named in explain: the same refusal as chat gives (status, code, message)', async () => {
+    const e1 = await sim('e1');
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('e1', e1.url, [{ name: 'emb', capabilities: ['embeddings'] }, 'm'])],
+        routes: {
+          vec: { strategy: 'priority', targets: ['e1/emb'] },
+          chat: { strategy: 'priority', targets: ['e1/m'] },
+        },
+      }),
+    );
+    const body: Json = { model: 'vec', messages: [{ role: 'user', content: 'hi' }] };
+    const chat = await postChat(gw, body);
+    const e = await postChat(gw, body, explainPath);
+    expect(chat.status).toBe(e.status);
+    expect(e.json).toEqual(chat.json);
+    // An embeddings body (input, no messages) sent to explain is refused like chat refuses it.
+    const embBody: Json = { model: 'vec', input: 'hi' };
+    const chat2 = await postChat(gw, embBody);
+    const e2 = await postChat(gw, embBody, explainPath);
+    expect(chat2.status).toBeGreaterThanOrEqual(400);
+    expect(e2.status).toBe(chat2.status);
+    expect(e2.json).toEqual(chat2.json);
+  });
+
+  it('/router/status after a reload: a removed upstream is gone, a kept one keeps its counters, routes are the new ones', async () => {
+    const a = await sim('a');
+    const b = await sim('b');
+    const cfg = (targets: string[]): Json => ({
+      providers: [a, b].map((s) => simProvider(s.options.name, s.url, ['m'])),
+      routes: { main: { strategy: 'round-robin', targets } },
+    });
+    const gw = track(await startGateway(cfg(['a/m', 'b/m'])));
+    for (let i = 0; i < 4; i++) {
+      const r = await postChat(gw, { model: 'main', messages: [{ role: 'user', content: 'hi' }] });
+      expect(r.status, r.text).toBe(200);
+    }
+    type Up = { id: string; stats: { requests: number; successes: number } };
+    const read = async (): Promise<{ upstreams: Up[]; routes: { name: string; targets: string[] }[] }> => {
+      const r = await fetch(`${gw.url}/router/status`, { headers: { authorization: 'Bearer k' } });
+      return (await r.json()) as { upstreams: Up[]; routes: { name: string; targets: string[] }[] };
+    };
+    const before = await read();
+    const aBefore = before.upstreams.find((u) => u.id === 'a/m')!;
+    expect(aBefore.stats.requests).toBe(2);
+    const next = cfg(['a/m']);
+    next.providers = [simProvider('a', a.url, ['m'])];
+    reload(gw, next);
+    const after = await read();
+    expect(after.upstreams.map((u) => u.id)).toEqual(['a/m']);
+    expect(after.upstreams[0]!.stats).toMatchObject({ requests: 2, successes: 2 });
+    expect(after.routes).toEqual([expect.objectContaining({ name: 'main', targets: ['a/m'] })]);
+  });
+});
