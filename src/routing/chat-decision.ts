@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import type { StrategyName } from '../config/schema.js';
+import { TIER_NAMES, type StrategyName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
@@ -61,6 +61,20 @@ function finish(
   if (fallback) {
     const second = planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
     if (!second.refusal) decision = { route, hdrs, features, strategy, tier: fallback, plan: second };
+  } else if (plan.refusal && tier.routerWouldAsk) {
+    // Explain: the live request's router may pick a tier that can take what default_tier cannot (the router's
+    // prompt names tools and images): the first such tier is shown, not a refusal the request would not get.
+    for (const name of TIER_NAMES) {
+      const targets = route.tiers?.[name];
+      if (name === tier.tier || !targets?.length) continue;
+      const reason = `${tier.reason}; default_tier cannot take it (${plan.refusal.message}): the router's pick decides, ${name} can`;
+      const alt: TierSelection = { ...tier, targets, tier: name, reason };
+      const other = planTier(gw, rt, route, hdrs, features, strategy, alt, signal);
+      if (!other.refusal) {
+        decision = { route, hdrs, features, strategy, tier: alt, plan: other };
+        break;
+      }
+    }
   }
   // The router's call is counted under the tier the request got (README Metrics), not a pick that gave way.
   const got = decision.tier.tier;

@@ -22,6 +22,8 @@ export interface TierSelection {
   readonly byRouter?: boolean;
   /** How the LLM router came to its pick, when there is a call to count (not for a client that left). */
   readonly routerOutcome?: RouterOutcome;
+  /** Explain, on a tie a live request would send to the LLM router: `default_tier` stands in for its pick. */
+  readonly routerWouldAsk?: boolean;
 }
 
 const FLAT = new WeakMap<RouteRuntime, TierSelection>();
@@ -58,6 +60,7 @@ export async function chooseTier(
   let routerMs = 0;
   let byRouter = false;
   let routerOutcome: RouterOutcome | undefined;
+  let routerWouldAsk = false;
   if (tier === undefined && route.router && signal) {
     byRouter = true;
     const asked = gw.now();
@@ -75,6 +78,7 @@ export async function chooseTier(
       tier = cached.tier;
       reason = `${match.reason}; ${cached.reason}`;
     } else {
+      routerWouldAsk = true;
       tier = route.defaultTier;
       reason = `${match.reason}; a live request asks the LLM router (default_tier ${route.defaultTier})`;
     }
@@ -83,7 +87,7 @@ export async function chooseTier(
     reason = `${match.reason}; default_tier`;
   }
   const targets = (tier && route.tiers?.[tier]) || [];
-  return { targets, tier, reason, excluded, routerMs, byRouter, routerOutcome };
+  return { targets, tier, reason, excluded, routerMs, byRouter, routerOutcome, routerWouldAsk };
 }
 
 /** `default_tier` in place of a selection the LLM router made whose tier cannot take the request. */

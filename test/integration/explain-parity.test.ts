@@ -38,6 +38,44 @@ describe('/router/explain parity with the real decision', () => {
     expect(cands[0]?.upstream).toBe('deep/m');
   });
 
+  // Regression: on a tie a live request sends to the router, explain planned default_tier alone and, when that
+  // tier lacked a capability, answered 400 "no upstream supports tools" for a request chat serves (the router
+  // picks a tier with tools).
+  it('a tie whose default_tier cannot take the request: explain shows a tier that can, and asks no router', async () => {
+    const rt = await sim('rt', { reply: '{"tier":"deep","reason":"needs tools"}', completionTokens: 1 });
+    const bal = await sim('bal');
+    const deep = await sim('deep');
+    const gw = track(
+      await startGateway({
+        providers: [
+          simProvider('rt', rt.url, ['m']),
+          simProvider('bal', bal.url, [{ name: 'm', capabilities: ['stream'] }]),
+          simProvider('deep', deep.url, ['m']),
+        ],
+        routes: {
+          auto: {
+            strategy: 'priority',
+            tiers: { fast: ['rt/m'], balanced: ['bal/m'], deep: ['deep/m'] },
+            default_tier: 'balanced',
+            router: { tier: 'fast', timeout_ms: 3000, cache_ttl_s: 60 },
+          },
+        },
+      }),
+    );
+    const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }];
+    const body = { model: 'auto', tools, messages: [{ role: 'user', content: 'call it' }] };
+    const e = await postChat(gw, body, explainPath);
+    expect(e.status, e.text).toBe(200);
+    // The router's pick is unknown without asking: the first tier that can take it (here fast) is shown.
+    expect(e.json.tier).toBe('fast');
+    expect(String(e.json.tier_reason)).toContain('default_tier cannot take it');
+    expect((e.json.candidates as Candidate[])[0]?.upstream).toBe('rt/m');
+    expect(rt.requests).toHaveLength(0); // explain calls no router
+    const real = await postChat(gw, body);
+    expect(real.status, real.text).toBe(200);
+    expect(real.headers['x-router-tier']).toBe('deep');
+  });
+
   it('a tiered round-robin: 50 explains spend no turn of the tier; the next real requests go where explain said', async () => {
     const a = await sim('a');
     const b = await sim('b');
