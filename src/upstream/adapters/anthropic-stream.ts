@@ -68,6 +68,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private readonly tokens: AnthropicTokens = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 };
   private usageReported = false;
   private finishSent = false;
+  /** A message_delta said why the answer stopped (a finish made up at message_stop is not one). */
+  private stopReasonSeen = false;
   private done = false;
 
   constructor(
@@ -83,6 +85,11 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     if (!this.done && this.finishSent) this.onMessageStop();
   }
 
+  /** No stop reason: a message_start and message_stop with nothing between is no answer (failed over). */
+  saidNoFinish(): boolean {
+    return !this.stopReasonSeen;
+  }
+
   event(type: string | undefined, data: string): void {
     if (this.done) return;
     const msg = parseJsonObject(data);
@@ -93,6 +100,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     }
     // The payload's own type is authoritative; the `event:` name is a fallback for proxies that keep only one.
     const kind = typeof msg.type === 'string' ? msg.type : type;
+    // After the finish chunk only usage and the end may follow: content there would come after finish_reason.
+    if (this.finishSent && kind !== 'message_delta' && kind !== 'message_stop' && kind !== 'error') return;
     switch (kind) {
       case 'message_start':
         this.onMessageStart(msg.message);
@@ -258,6 +267,9 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     const delta = isObject(msg.delta) ? msg.delta : {};
     readTokens(msg.usage, this.tokens);
     if (!this.finishSent && typeof delta.stop_reason === 'string') {
+      this.stopReasonSeen = true;
+      // A tool block the upstream never stopped: its arguments go before the finish, not after it.
+      this.closeTool();
       this.offerThinking();
       this.finishSent = true;
       this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), false);
