@@ -58,14 +58,18 @@ const EFFORTS = ['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'];
  * A field the upstream refused: the field itself, or (`value`) the value it was sent with; or (`limit`) a
  * token limit above `max`, the most the model writes.
  */
-export type Refusal =
+export type Refusal = (
   | {
       readonly param: string;
       readonly kind: 'parameter' | 'value';
       /** The values the upstream says it takes, when it lists them ("Supported values are: 'low', ..."). */
       readonly supported: readonly string[];
     }
-  | { readonly param: string; readonly kind: 'limit'; readonly max: number };
+  | { readonly param: string; readonly kind: 'limit'; readonly max: number }
+) & {
+  /** The words of the upstream's message that named the field, when its message (not its code) did. */
+  readonly said?: string;
+};
 
 const NAME = '([A-Za-z_][A-Za-z0-9_]*)';
 /**
@@ -107,7 +111,7 @@ export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
   for (const re of LIMIT_REFUSALS) {
     const m = re.exec(message);
     const max = m ? Number(m[2]) : 0;
-    if (m && Number.isSafeInteger(max) && max > 0) return { param: m[1]!, kind: 'limit', max };
+    if (m && Number.isSafeInteger(max) && max > 0) return { param: m[1]!, kind: 'limit', max, said: m[0] };
   }
   const param = info.param !== null && /^[A-Za-z_][A-Za-z0-9_]*$/.test(info.param) ? info.param : undefined;
   if (param !== undefined && info.code === 'unsupported_parameter')
@@ -116,14 +120,16 @@ export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
     return { param, kind: 'value', supported: supportedValues(message) };
   for (const re of PARAMETER_REFUSALS) {
     const m = re.exec(message);
-    if (m) return { param: m[1]!, kind: 'parameter', supported: [] };
+    if (m) return { param: m[1]!, kind: 'parameter', supported: [], said: m[0] };
   }
   const v = VALUE_REFUSAL.exec(message);
-  if (v) return { param: v[1]!, kind: 'value', supported: supportedValues(message) };
+  if (v) return { param: v[1]!, kind: 'value', supported: supportedValues(message), said: v[0] };
   const ollama = OLLAMA_EFFORT_VALUE.exec(message);
-  if (ollama) return { param: 'reasoning_effort', kind: 'value', supported: quoted(ollama[1]!) };
-  if (OLLAMA_NO_THINKING.test(message))
-    return { param: 'reasoning_effort', kind: 'parameter', supported: [] };
+  if (ollama) {
+    return { param: 'reasoning_effort', kind: 'value', supported: quoted(ollama[1]!), said: ollama[0] };
+  }
+  const none = OLLAMA_NO_THINKING.exec(message);
+  if (none) return { param: 'reasoning_effort', kind: 'parameter', supported: [], said: none[0] };
   return undefined;
 }
 
@@ -218,6 +224,9 @@ export class ParamFit {
   learn(info: UpstreamErrorInfo | undefined, sent: ChatBody, asked: ChatBody = sent): string | undefined {
     if (!info) return undefined;
     const refusal = refusalOf(info);
+    // Upstreams quote a refused value back ("Invalid value: '...'"): words the client itself sent are its own,
+    // not the upstream's, or one client could set a fit (a 1-token cap, a dropped field) for every other.
+    if (refusal?.said !== undefined && JSON.stringify(sent).includes(refusal.said)) return undefined;
     if (refusal?.kind === 'limit') return this.#learnCap(refusal.param, refusal.max, sent);
     if (!refusal || this.limitsOnly || !Object.hasOwn(sent, refusal.param)) return undefined;
     const { param } = refusal;

@@ -33,14 +33,14 @@ const body = (extra: Record<string, unknown>): ChatBody =>
 
 describe('refusalOf: which field an upstream 400 refuses', () => {
   it('reads OpenAI’s codes and wordings', () => {
-    expect(refusalOf(MAX_TOKENS)).toEqual({ param: 'max_tokens', kind: 'parameter', supported: [] });
-    expect(refusalOf(TEMPERATURE)).toEqual({ param: 'temperature', kind: 'value', supported: [] });
-    expect(refusalOf(EFFORT_NONE)).toEqual({
+    expect(refusalOf(MAX_TOKENS)).toMatchObject({ param: 'max_tokens', kind: 'parameter', supported: [] });
+    expect(refusalOf(TEMPERATURE)).toMatchObject({ param: 'temperature', kind: 'value', supported: [] });
+    expect(refusalOf(EFFORT_NONE)).toMatchObject({
       param: 'reasoning_effort',
       kind: 'value',
       supported: ['minimal', 'low', 'medium', 'high'],
     });
-    expect(refusalOf(EFFORT_ON_4O)).toEqual({ param: 'reasoning_effort', kind: 'parameter', supported: [] });
+    expect(refusalOf(EFFORT_ON_4O)).toMatchObject({ param: 'reasoning_effort', kind: 'parameter', supported: [] });
     // Without code or param (Azure, older servers), by the message alone.
     expect(
       refusalOf(refused({ message: "Unsupported parameter: 'top_p' is not supported with this model." })),
@@ -68,7 +68,7 @@ describe('refusalOf: which field an upstream 400 refuses', () => {
     const minimal = refused({
       message: 'invalid reasoning value: \'minimal\' (must be "high", "medium", "low", "max", or "none")',
     });
-    expect(refusalOf(minimal)).toEqual({
+    expect(refusalOf(minimal)).toMatchObject({
       param: 'reasoning_effort',
       kind: 'value',
       supported: ['high', 'medium', 'low', 'max', 'none'],
