@@ -156,7 +156,7 @@ async function handleChat(
     clientSignal,
     deadline: opts.deadline,
     now: gw.now,
-    stream: { model: target.candidate.upstream.model.name, includeUsage, created },
+    stream: { model: target.candidate.upstream.model.name, includeUsage, created, choices: features.choices },
   });
   const headersFor = (
     target: RankedCandidate<RouteTarget>,

@@ -80,6 +80,8 @@ export interface StreamContext {
   readonly includeUsage: boolean;
   /** Unix seconds for `created`. */
   readonly created: number;
+  /** Choices asked for (`n`): a stream is whole once that many have finished (1 when absent). */
+  readonly choices?: number;
 }
 
 /** Fed each parsed SSE event of one upstream stream, in order. */

@@ -5,6 +5,7 @@ import type {
   ChatBody,
   ChunkSink,
   PreparedRequest,
+  StreamContext,
   StreamTranslator,
   UpstreamErrorInfo,
   Usage,
@@ -43,8 +44,8 @@ export const openaiAdapter: ChatAdapter = {
     return answerWithList(text, CHOICES_LIST, readUsage);
   },
 
-  streamTranslator(sink: ChunkSink): StreamTranslator {
-    const choices = new ChoiceEnds();
+  streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator {
+    const choices = new ChoiceEnds(ctx.choices ?? 1);
     // Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same
     // write) is not relayed, as a client calling it directly would stop reading there.
     let over = false;
@@ -55,14 +56,24 @@ export const openaiAdapter: ChatAdapter = {
         if (choices.allFinished()) sink.end();
       },
       saidNoFinish: () => !choices.anyFinished(),
-      event(_type, data) {
+      event(type, data) {
         if (over) return;
-        if (data === '[DONE]' || (data.charCodeAt(0) <= 32 && data.trim() === '[DONE]')) {
+        // Blanks around it too (the OpenAI SDK ends at any data that starts with it).
+        if (data === '[DONE]' || (data.length <= 32 && data.trim() === '[DONE]')) {
           over = true;
           sink.end();
           return;
         }
         const obj = parseJsonObject(data);
+        if (type === 'error') {
+          // `event: error` (some servers' way; the OpenAI SDK throws on it) is a failure whatever its data says:
+          // relayed as a chunk, or dropped as text, it let a `[DONE]` after it end a cut answer as finished.
+          over = true;
+          const error =
+            obj && isErrorValue(obj.error) ? obj.error : (obj ?? 'the upstream sent an error event');
+          sink.error(inBandError({ error }));
+          return;
+        }
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
         // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
         if (isErrorValue(obj.error)) {
@@ -72,7 +83,9 @@ export const openaiAdapter: ChatAdapter = {
         }
         const usage = readUsage(obj);
         if (usage) sink.usage(usage);
-        if (choices.see(obj)) {
+        const seen = choices.see(obj);
+        if (seen === LATE) return; // content for a choice that already finished: OpenAI's finish is its last
+        if (seen === ERRED) {
           over = true;
           sink.error({
             status: 500,
@@ -176,6 +189,11 @@ function nonEmpty(v: unknown): boolean {
  */
 const MAX_TRACKED_CHOICES = 1024;
 
+const SEEN = 0;
+const ERRED = 1;
+const LATE = 2;
+type ChunkSeen = typeof SEEN | typeof ERRED | typeof LATE;
+
 /** Which of a stream's choices (by `index`; `n` > 1 streams several) have sent their finish_reason. */
 class ChoiceEnds {
   private readonly open = new Set<number>();
@@ -183,26 +201,35 @@ class ChoiceEnds {
   /** More indexes came than are tracked: no close without `[DONE]` can be told complete. */
   private overflow = false;
 
-  /** Takes note of a chunk's choices; true when one finished with reason `error` (OpenRouter's mid-answer failure). */
-  see(chunk: Record<string, unknown>): boolean {
+  /** `expected`: the choices asked for (`n`), each of which must finish for a close to end a whole answer. */
+  constructor(private readonly expected: number) {}
+
+  /**
+   * Takes note of a chunk's choices: ERRED when one finished with reason `error` (OpenRouter's mid-answer
+   * failure), LATE when every choice in it had already finished and it carries content (relayed, it would
+   * come after a finish_reason), else SEEN.
+   */
+  see(chunk: Record<string, unknown>): ChunkSeen {
     const choices = chunk.choices;
-    if (!Array.isArray(choices)) return false;
+    if (!Array.isArray(choices)) return SEEN;
+    let late = choices.length > 0;
     for (const choice of choices as ({ index?: unknown; finish_reason?: unknown } | null)[]) {
       if (choice === null || typeof choice !== 'object') continue;
       const index = typeof choice.index === 'number' ? choice.index : 0;
-      const known = this.open.has(index) || this.finished.has(index);
-      if (!known && this.open.size + this.finished.size >= MAX_TRACKED_CHOICES) {
+      const done = this.finished.has(index);
+      if (!done) late = false;
+      if (!done && !this.open.has(index) && this.open.size + this.finished.size >= MAX_TRACKED_CHOICES) {
         this.overflow = true;
         continue;
       }
       const reason = choice.finish_reason;
       if (typeof reason === 'string' && reason !== '') {
-        if (reason === 'error') return true;
+        if (reason === 'error') return ERRED;
         this.finished.add(index);
         this.open.delete(index);
-      } else if (!this.finished.has(index)) this.open.add(index);
+      } else if (!done) this.open.add(index);
     }
-    return false;
+    return late && hasContentDelta(chunk) ? LATE : SEEN;
   }
 
   anyFinished(): boolean {
@@ -210,7 +237,7 @@ class ChoiceEnds {
   }
 
   allFinished(): boolean {
-    return !this.overflow && this.finished.size > 0 && this.open.size === 0;
+    return !this.overflow && this.finished.size >= this.expected && this.open.size === 0;
   }
 }
 
