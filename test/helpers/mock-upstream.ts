@@ -1,6 +1,6 @@
-import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { closeableServer } from './cleanup.js';
+import { closeableServer, type Track } from './cleanup.js';
 
 /** For hand-written upstream mocks: a JSON answer with its status and any extra headers. */
 export function sendJson(
@@ -164,4 +164,23 @@ export async function startMock(
     received,
     close: async () => void (await closeable.close()),
   };
+}
+
+/**
+ * An upstream that misbehaves exactly as a test says (a real server on 127.0.0.1:0, handed to `track`): the
+ * handler runs once the request body has been read.
+ */
+export async function startRawUpstream(
+  track: Track,
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ url: string; hits: () => number }> {
+  let hits = 0;
+  const server = createServer((req, res) => {
+    hits++;
+    req.resume();
+    req.on('end', () => handler(req, res));
+  });
+  track(closeableServer(server));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits: () => hits };
 }

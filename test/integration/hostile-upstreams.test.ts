@@ -1,29 +1,19 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import OpenAI from 'openai';
 import { gzipSync } from 'node:zlib';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
-import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { startRawUpstream } from '../helpers/mock-upstream.js';
 import { simProvider, startGateway } from '../helpers/gateway.js';
 
 const track = closeAfterEach();
 
-/** An upstream that misbehaves exactly as each test says (a real server on 127.0.0.1:0), closed after the test. */
-async function rawUpstream(
+function rawUpstream(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
 ): Promise<{ url: string; hits: () => number }> {
-  let hits = 0;
-  const server = createServer((req, res) => {
-    hits++;
-    req.resume();
-    req.on('end', () => handler(req, res));
-  });
-  track(closeableServer(server));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
-  return { url: `http://127.0.0.1:${port}`, hits: () => hits };
+  return startRawUpstream(track, handler);
 }
 
 const COMPLETION = {

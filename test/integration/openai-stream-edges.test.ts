@@ -4,29 +4,20 @@
  * answer with n > 1, content after a finish, `[DONE]` with blanks. Hand-written upstreams on loopback writing
  * raw SSE, a simulator as the fallback.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
-import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { startRawUpstream } from '../helpers/mock-upstream.js';
 import { postChat, simProvider, startGateway } from '../helpers/gateway.js';
 
 const track = closeAfterEach();
 
-async function rawUpstream(
+function rawUpstream(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
 ): Promise<{ url: string; hits: () => number }> {
-  let hits = 0;
-  const server = createServer((req, res) => {
-    hits++;
-    req.resume();
-    req.on('end', () => handler(req, res));
-  });
-  track(closeableServer(server));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
-  return { url: `http://127.0.0.1:${port}`, hits: () => hits };
+  return startRawUpstream(track, handler);
 }
 
 type Json = Record<string, unknown>;
