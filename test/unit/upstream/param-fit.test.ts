@@ -40,7 +40,11 @@ describe('refusalOf: which field an upstream 400 refuses', () => {
       kind: 'value',
       supported: ['minimal', 'low', 'medium', 'high'],
     });
-    expect(refusalOf(EFFORT_ON_4O)).toMatchObject({ param: 'reasoning_effort', kind: 'parameter', supported: [] });
+    expect(refusalOf(EFFORT_ON_4O)).toMatchObject({
+      param: 'reasoning_effort',
+      kind: 'parameter',
+      supported: [],
+    });
     // Without code or param (Azure, older servers), by the message alone.
     expect(
       refusalOf(refused({ message: "Unsupported parameter: 'top_p' is not supported with this model." })),
