@@ -83,9 +83,7 @@ export const openaiAdapter: ChatAdapter = {
         }
         const usage = readUsage(obj);
         if (usage) sink.usage(usage);
-        const seen = choices.see(obj);
-        if (seen === LATE) return; // content for a choice that already finished: OpenAI's finish is its last
-        if (seen === ERRED) {
+        if (choices.see(obj)) {
           over = true;
           sink.error({
             status: 500,
@@ -189,11 +187,6 @@ function nonEmpty(v: unknown): boolean {
  */
 const MAX_TRACKED_CHOICES = 1024;
 
-const SEEN = 0;
-const ERRED = 1;
-const LATE = 2;
-type ChunkSeen = typeof SEEN | typeof ERRED | typeof LATE;
-
 /** Which of a stream's choices (by `index`; `n` > 1 streams several) have sent their finish_reason. */
 class ChoiceEnds {
   private readonly open = new Set<number>();
@@ -205,31 +198,29 @@ class ChoiceEnds {
   constructor(private readonly expected: number) {}
 
   /**
-   * Takes note of a chunk's choices: ERRED when one finished with reason `error` (OpenRouter's mid-answer
-   * failure), LATE when every choice in it had already finished and it carries content (relayed, it would
-   * come after a finish_reason), else SEEN.
+   * Takes note of a chunk's choices; true when one finished with reason `error` (OpenRouter's mid-answer
+   * failure). Content after a choice's finish is relayed: one-api style proxies put `finish_reason` on every
+   * chunk.
    */
-  see(chunk: Record<string, unknown>): ChunkSeen {
+  see(chunk: Record<string, unknown>): boolean {
     const choices = chunk.choices;
-    if (!Array.isArray(choices)) return SEEN;
-    let late = choices.length > 0;
+    if (!Array.isArray(choices)) return false;
     for (const choice of choices as ({ index?: unknown; finish_reason?: unknown } | null)[]) {
       if (choice === null || typeof choice !== 'object') continue;
       const index = typeof choice.index === 'number' ? choice.index : 0;
-      const done = this.finished.has(index);
-      if (!done) late = false;
-      if (!done && !this.open.has(index) && this.open.size + this.finished.size >= MAX_TRACKED_CHOICES) {
+      const known = this.open.has(index) || this.finished.has(index);
+      if (!known && this.open.size + this.finished.size >= MAX_TRACKED_CHOICES) {
         this.overflow = true;
         continue;
       }
       const reason = choice.finish_reason;
       if (typeof reason === 'string' && reason !== '') {
-        if (reason === 'error') return ERRED;
+        if (reason === 'error') return true;
         this.finished.add(index);
         this.open.delete(index);
-      } else if (!done) this.open.add(index);
+      } else if (!this.finished.has(index)) this.open.add(index);
     }
-    return late && hasContentDelta(chunk) ? LATE : SEEN;
+    return false;
   }
 
   anyFinished(): boolean {
