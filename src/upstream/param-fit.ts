@@ -133,6 +133,17 @@ export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
   return undefined;
 }
 
+/**
+ * Some string in `value` (the body, at any depth) holds `words`: text the client wrote, which an upstream may
+ * quote back. Its strings, not its serialisation, whose escapes (`\"`) would hide a quote-bearing wording.
+ */
+function carries(value: unknown, words: string): boolean {
+  if (typeof value === 'string') return value.includes(words);
+  if (value === null || typeof value !== 'object') return false;
+  for (const v of Array.isArray(value) ? value : Object.values(value)) if (carries(v, words)) return true;
+  return false;
+}
+
 /** "Supported values are: 'minimal', 'low', 'medium', and 'high'." -> the quoted values. */
 function supportedValues(message: string): string[] {
   const at = message.search(/supported values are/i);
@@ -226,7 +237,7 @@ export class ParamFit {
     const refusal = refusalOf(info);
     // Upstreams quote a refused value back ("Invalid value: '...'"): words the client itself sent are its own,
     // not the upstream's, or one client could set a fit (a 1-token cap, a dropped field) for every other.
-    if (refusal?.said !== undefined && JSON.stringify(sent).includes(refusal.said)) return undefined;
+    if (refusal?.said !== undefined && carries(sent, refusal.said)) return undefined;
     if (refusal?.kind === 'limit') return this.#learnCap(refusal.param, refusal.max, sent);
     if (!refusal || this.limitsOnly || !Object.hasOwn(sent, refusal.param)) return undefined;
     const { param } = refusal;

@@ -202,6 +202,17 @@ describe('ParamFit and hostile upstreams', () => {
     }
     expect(fit.snapshot()).toEqual({});
   });
+
+  it('a wording the body itself carries teaches nothing, quotes and all (an upstream quoting the client back)', () => {
+    const fit = new ParamFit();
+    // Google's wording has double quotes: hidden as \" in the body's serialisation, plain in its strings.
+    const said = 'Unknown name "temperature": Cannot find field';
+    const echoed = body({ temperature: 0, messages: [{ role: 'user', content: `say ${said}` }] });
+    expect(fit.learn(refused({ message: `Invalid value: 'say ${said}'` }), echoed)).toBeUndefined();
+    expect(fit.snapshot()).toEqual({});
+    // The same wording from the upstream alone is a refusal it learns.
+    expect(fit.learn(refused({ message: said }), body({ temperature: 0 }))).toBe('temperature');
+  });
 });
 
 describe('ParamFit: a deployment that changed behind one name', () => {
