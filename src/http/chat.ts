@@ -79,13 +79,6 @@ export function failoverOptions(
 }
 
 /**
- * A route handler for an async function that sends its own reply, possibly after it has resolved (a JSON
- * answer may go out at the end of the turn: report.ts answerJson). Fastify is not given the promise: it
- * would send whatever it resolves to, and the way to make it wait, resolving to the reply itself, has it
- * wait on the reply through end-of-stream listeners on every request. A failure goes to the error handler
- * as a thrown one would.
- */
-/**
  * A stream takes the response over from fastify when it commits; headers hooks put on the reply (the rate
  * limiter's `x-ratelimit-*`) go out with the stream's own, as they would on a JSON answer.
  */
@@ -98,6 +91,13 @@ function commitRaw(reply: FastifyReply): void {
   reply.hijack();
 }
 
+/**
+ * A route handler for an async function that sends its own reply, possibly after it has resolved (a JSON
+ * answer may go out at the end of the turn: report.ts answerJson). Fastify is not given the promise: it
+ * would send whatever it resolves to, and the way to make it wait, resolving to the reply itself, has it
+ * wait on the reply through end-of-stream listeners on every request. A failure goes to the error handler
+ * as a thrown one would.
+ */
 export function ownReply(
   app: FastifyInstance,
   handle: (

@@ -74,13 +74,6 @@ interface SharedCall {
 
 const calls = new WeakMap<RouterCache, Map<string, SharedCall>>();
 
-/**
- * Breaks a tier tie by asking a model of `router.tier`, through the same plan, breakers and failover as any
- * request, bounded by `router.timeout_ms`. Never fails the request: on timeout, error or an unparsable
- * answer it returns the route's `default_tier`. Its failed attempts come back for the request to exclude.
- * Requests with the same excerpt share one call while it is under way (a burst of one prompt is one paid
- * call, not one each), then its cached answer; the call is aborted only when all of them are gone.
- */
 /** What the router's prompt says of the request (buildRouterPrompt): one answer per prompt. */
 function routerCacheKey(excerpt: string, features: RequestFeatures): string {
   return createHash('sha256')
@@ -105,6 +98,13 @@ export function cachedRouterAnswer(
   return hit && (route.tiers?.[hit.tier]?.length ?? 0) > 0 ? hit : undefined;
 }
 
+/**
+ * Breaks a tier tie by asking a model of `router.tier`, through the same plan, breakers and failover as any
+ * request, bounded by `router.timeout_ms`. Never fails the request: on timeout, error or an unparsable
+ * answer it returns the route's `default_tier`. Its failed attempts come back for the request to exclude.
+ * Requests with the same excerpt share one call while it is under way (a burst of one prompt is one paid
+ * call, not one each), then its cached answer; the call is aborted only when all of them are gone.
+ */
 export async function askRouter(
   gw: Gateway,
   rt: Runtime,

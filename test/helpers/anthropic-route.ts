@@ -49,6 +49,25 @@ export async function collectChunks(
 }
 
 /** One Anthropic SSE event as the Messages API frames it: `event: <type>` and its JSON `data`. */
+/** A Messages API answer of `content` blocks, as Claude Sonnet 4.5 sends it, with its stop reason and usage. */
+export function anthropicMessage(
+  content: Record<string, unknown>[],
+  stopReason: string,
+  usage: Record<string, unknown>,
+  id = 'msg_013Zva2CMHLNnXjNJJKqJ2EF',
+): Record<string, unknown> {
+  return {
+    id,
+    type: 'message',
+    role: 'assistant',
+    model: 'claude-sonnet-4-5-20250929',
+    content,
+    stop_reason: stopReason,
+    stop_sequence: null,
+    usage,
+  };
+}
+
 export function anthropicSseFrame(e: Record<string, unknown>): string {
   return `event: ${String(e.type)}\ndata: ${JSON.stringify(e)}\n\n`;
 }

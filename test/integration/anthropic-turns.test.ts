@@ -8,7 +8,7 @@ import type { ServerResponse } from 'node:http';
 import type OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { startAnthropicRoute } from '../helpers/anthropic-route.js';
+import { anthropicMessage, startAnthropicRoute } from '../helpers/anthropic-route.js';
 import { postChat } from '../helpers/gateway.js';
 import { sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 
@@ -16,16 +16,7 @@ const track = closeAfterEach();
 
 type Json = Record<string, unknown>;
 
-const message = (content: Json[], stopReason: string, usage: Json): Json => ({
-  id: 'msg_01DefaultsDefaults',
-  type: 'message',
-  role: 'assistant',
-  model: 'claude-sonnet-4-5-20250929',
-  content,
-  stop_reason: stopReason,
-  stop_sequence: null,
-  usage,
-});
+const message = anthropicMessage;
 
 type Answer = (body: Json, res: ServerResponse) => void;
 

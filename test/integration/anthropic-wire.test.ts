@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
 import { sendJson } from '../helpers/mock-upstream.js';
+import { anthropicMessage } from '../helpers/anthropic-route.js';
 import { simProvider, startGateway } from '../helpers/gateway.js';
 
 /**
@@ -116,18 +117,7 @@ const messageDelta = (stopReason: string | null, usage: Json): Json => ({
 const PING: Json = { type: 'ping' };
 const STOP: Json = { type: 'message_stop' };
 
-function message(content: Json[], stopReason: string, usage: Json): Json {
-  return {
-    id: 'msg_013Zva2CMHLNnXjNJJKqJ2EF',
-    type: 'message',
-    role: 'assistant',
-    model: 'claude-sonnet-4-5-20250929',
-    content,
-    stop_reason: stopReason,
-    stop_sequence: null,
-    usage,
-  };
-}
+const message = anthropicMessage;
 
 async function collect(stream: AsyncIterable<ChatCompletionChunk>): Promise<ChatCompletionChunk[]> {
   const out: ChatCompletionChunk[] = [];

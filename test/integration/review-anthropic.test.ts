@@ -11,7 +11,12 @@ import type OpenAI from 'openai';
 import type { ChatCompletionTool } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { anthropicSseFrame, collectChunks, startAnthropicRoute } from '../helpers/anthropic-route.js';
+import {
+  anthropicMessage,
+  anthropicSseFrame,
+  collectChunks,
+  startAnthropicRoute,
+} from '../helpers/anthropic-route.js';
 import { postChat } from '../helpers/gateway.js';
 import { sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 
@@ -70,19 +75,11 @@ function refusal(body: Json): string | undefined {
 
 type Answer = { json: Json } | { events: Json[] } | { raw: string };
 
-const anthropicMessage = (content: Json[], stopReason: string, usage: Json): Json => ({
-  id: 'msg_01ReviewReviewReview',
-  type: 'message',
-  role: 'assistant',
-  model: 'claude-sonnet-4-5-20250929',
-  content,
-  stop_reason: stopReason,
-  stop_sequence: null,
-  usage,
-});
+const reviewMessage = (content: Json[], stopReason: string, usage: Json): Json =>
+  anthropicMessage(content, stopReason, usage, 'msg_01ReviewReviewReview');
 
 const OK_JSON: Answer = {
-  json: anthropicMessage([{ type: 'text', text: 'ok' }], 'end_turn', { input_tokens: 3, output_tokens: 1 }),
+  json: reviewMessage([{ type: 'text', text: 'ok' }], 'end_turn', { input_tokens: 3, output_tokens: 1 }),
 };
 
 function writeAnswer(res: ServerResponse, a: Answer): void {
@@ -338,7 +335,7 @@ describe('guard: answers', () => {
   it('JSON: thinking, redacted thinking, text, server tool blocks and tool_use in one answer', async () => {
     const t0 = Math.floor(Date.now() / 1000);
     const { client } = await setup(() => ({
-      json: anthropicMessage(
+      json: reviewMessage(
         [
           { type: 'thinking', thinking: 'Hmm.', signature: 'sig1' },
           { type: 'redacted_thinking', data: 'opaque' },
@@ -381,7 +378,7 @@ describe('guard: answers', () => {
     {
       type: 'message_start',
       message: {
-        ...anthropicMessage([], 'end_turn', {
+        ...reviewMessage([], 'end_turn', {
           input_tokens: 5,
           cache_creation_input_tokens: 100,
           cache_read_input_tokens: 20,

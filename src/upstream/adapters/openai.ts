@@ -58,7 +58,7 @@ export const openaiAdapter: ChatAdapter = {
       saidNoFinish: () => !choices.anyFinished(),
       event(type, data) {
         if (over) return;
-        // Blanks around it too (the OpenAI SDK ends at any data that starts with it).
+        // Blanks around it too: `[DONE] ` ends the answer as `[DONE]` does.
         if (data === '[DONE]' || (data.length <= 32 && data.trim() === '[DONE]')) {
           over = true;
           sink.end();
