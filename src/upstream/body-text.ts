@@ -47,6 +47,110 @@ export function sourceWithModel(body: Record<string, unknown>, model: string): s
 }
 
 /**
+ * `body`, a shallow copy of a client's parsed body with top-level fields dropped, added or given new values
+ * (a request fit: param-fit.ts; thinking blocks taken out of `messages`), as JSON with `model` set: the
+ * client's own text of every member the copy left as it was, and a serialisation only of the members it
+ * changed. So an integer past 2^53 in a field nobody touched (a `seed`, a vendor's own field) or a `1.0`
+ * reaches the upstream as the client wrote it, fitted or not. A spread copy carries the source (a symbol
+ * key, copied by the spread) and its original; members compare by identity, so only a shallow copy that
+ * shares what it did not change is understood. Undefined when there is no source text, or any top-level key
+ * is repeated or written with escapes.
+ */
+export function sourceWithEdits(body: Record<string, unknown>, model: string): string | undefined {
+  const source = (body as WithSource)[SOURCE];
+  if (source === undefined) return undefined;
+  const original = source.of as Record<string, unknown>;
+  const members = topLevelMembers(source.text);
+  if (members === undefined || members.length !== keyCount(original)) return undefined;
+  const text = source.text;
+  const parts: string[] = [];
+  for (const { key, start, end } of members) {
+    if (key === 'model') parts.push(`"model":${JSON.stringify(model)}`);
+    else if (!Object.hasOwn(body, key)) continue;
+    else if (body[key] === original[key]) parts.push(text.slice(start, end));
+    else pushMember(parts, key, body[key]);
+  }
+  if (!Object.hasOwn(original, 'model')) parts.push(`"model":${JSON.stringify(model)}`);
+  for (const key in body)
+    if (!Object.hasOwn(original, key) && key !== 'model') pushMember(parts, key, body[key]);
+  return `{${parts.join(',')}}`;
+}
+
+/** `"key":value` as JSON.stringify writes a member; nothing for an undefined value (JSON.stringify skips it). */
+function pushMember(parts: string[], key: string, value: unknown): void {
+  const json = JSON.stringify(value);
+  if (json !== undefined) parts.push(`${JSON.stringify(key)}:${json}`);
+}
+
+/** One top-level member of a JSON object text: its key and [start of the key's quote, end after its value). */
+interface Member {
+  readonly key: string;
+  readonly start: number;
+  readonly end: number;
+}
+
+/**
+ * The top-level members of a valid JSON object text, in order; undefined when the text is not an object,
+ * a key is written with escapes (`"mod\u0065l"` is `model` too) or a key repeats (JSON.parse keeps the last;
+ * an upstream's parser may keep the first).
+ */
+export function topLevelMembers(text: string): Member[] | undefined {
+  let i = skipSpace(text, 0);
+  if (text.charCodeAt(i) !== 123) return undefined; // '{'
+  const members: Member[] = [];
+  const seen = new Set<string>();
+  i = skipSpace(text, i + 1);
+  if (text.charCodeAt(i) === 125) return members; // '{}'
+  for (;;) {
+    if (text.charCodeAt(i) !== 34) return undefined;
+    const keyEnd = stringEnd(text, i);
+    if (keyEnd < 0) return undefined;
+    const k = text.indexOf('\\', i + 1);
+    if (k >= 0 && k < keyEnd) return undefined;
+    const key = text.slice(i + 1, keyEnd);
+    if (seen.has(key)) return undefined;
+    seen.add(key);
+    let j = skipSpace(text, keyEnd + 1);
+    if (text.charCodeAt(j) !== 58) return undefined; // ':'
+    const end = valueEnd(text, skipSpace(text, j + 1));
+    if (end < 0) return undefined;
+    members.push({ key, start: i, end });
+    j = skipSpace(text, end);
+    const c = text.charCodeAt(j);
+    if (c === 125) return members; // '}'
+    if (c !== 44) return undefined; // ','
+    i = skipSpace(text, j + 1);
+  }
+}
+
+/** The index just past the JSON value that starts at `i` (strings skipped with indexOf); -1 if it never ends. */
+function valueEnd(text: string, i: number): number {
+  const c = text.charCodeAt(i);
+  if (c === 34) {
+    const end = stringEnd(text, i);
+    return end < 0 ? -1 : end + 1;
+  }
+  if (c === 123 || c === 91) {
+    let depth = 0;
+    for (let j = i; j < text.length; j++) {
+      const d = text.charCodeAt(j);
+      if (d === 34) {
+        j = stringEnd(text, j);
+        if (j < 0) return -1;
+      } else if (d === 123 || d === 91) depth++;
+      else if ((d === 125 || d === 93) && --depth === 0) return j + 1;
+    }
+    return -1;
+  }
+  // A number, true, false or null: up to the next delimiter.
+  let j = i;
+  for (let d = text.charCodeAt(j); j < text.length; d = text.charCodeAt(++j)) {
+    if (d === 44 || d === 125 || d === 93 || d === 32 || d === 10 || d === 13 || d === 9) break;
+  }
+  return j > i ? j : -1;
+}
+
+/**
  * Where the string value of top-level `key` sits in a valid JSON object text: [start of its opening quote,
  * end after its closing quote, how many top-level keys the text writes]. Undefined when the key is absent or appears twice (JSON.parse keeps the
  * last; an upstream's parser may not), when its value is not a string, or when any top-level key is

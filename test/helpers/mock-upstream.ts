@@ -33,6 +33,8 @@ export function gate(boundMs = 3000): { open(): void; wait: Promise<'client' | '
 export interface RecordingMock {
   url: string;
   bodies: Record<string, unknown>[];
+  /** The same bodies as the text that came over the wire. */
+  texts: string[];
   close(): Promise<void>;
 }
 
@@ -41,6 +43,7 @@ export async function startRecordingMock(
   answer: (body: Record<string, unknown>, n: number, res: ServerResponse) => void,
 ): Promise<RecordingMock> {
   const bodies: Record<string, unknown>[] = [];
+  const texts: string[] = [];
   const server = createServer((req, res) => {
     let text = '';
     req.setEncoding('utf8');
@@ -48,13 +51,19 @@ export async function startRecordingMock(
     req.on('end', () => {
       const body = JSON.parse(text) as Record<string, unknown>;
       bodies.push(body);
+      texts.push(text);
       answer(body, bodies.length - 1, res);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   const closeable = closeableServer(server);
-  return { url: `http://127.0.0.1:${port}`, bodies, close: async () => void (await closeable.close()) };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    bodies,
+    texts,
+    close: async () => void (await closeable.close()),
+  };
 }
 
 type Json = Record<string, unknown>;

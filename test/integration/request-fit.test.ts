@@ -11,7 +11,7 @@ import {
   startRecordingMock,
   type RecordingMock,
 } from '../helpers/mock-upstream.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 
 /**
  * A route alias in front of models that refuse some of OpenAI's own request fields (upstream/param-fit.ts):
@@ -118,6 +118,33 @@ describe('request fields an upstream refuses, fitted', () => {
     });
     const learned = gw.logs.filter((l) => String(l.msg).startsWith('upstream oai/gpt-5 refused'));
     expect(learned.map((l) => l.param)).toEqual(['max_tokens', 'temperature', 'reasoning_effort']);
+  });
+
+  it('a fitted body keeps every field the fit did not touch as the client wrote it: a seed past 2^53, 1.0', async () => {
+    const mock = track(await startRecordingMock(reasoningModel));
+    const { gw } = await gatewayFor([{ name: 'oai', mock, model: 'gpt-5' }]);
+    // Text no JavaScript object serialises to: integers past 2^53 and a 1.0 (a vendor field, unknown to us).
+    const text =
+      '{"model":"smart","messages":[{"role":"user","content":"hi"}],"max_tokens":50,"temperature":0.5,' +
+      '"seed":9223372036854775807,"top_p":1.0,"x_vendor":{"trace":12345678901234567890}}';
+    for (const round of [0, 1]) {
+      const res = await postChat(gw, text);
+      expect(res.status, res.text).toBe(200);
+      const sent = mock.texts.at(-1)!;
+      expect(sent).toContain('"seed":9223372036854775807');
+      expect(sent).toContain('"top_p":1.0');
+      expect(sent).toContain('"x_vendor":{"trace":12345678901234567890}');
+      expect(JSON.parse(sent)).toEqual({
+        model: 'gpt-5',
+        messages: ASK.messages,
+        max_completion_tokens: 50,
+        seed: Number('9223372036854775807'),
+        top_p: 1,
+        x_vendor: { trace: Number('12345678901234567890') },
+      });
+      // Learned on the first request (two refusals, then the answer); the second goes fitted at once.
+      expect(mock.texts).toHaveLength(round === 0 ? 3 : 4);
+    }
   });
 
   it('a chat model is sent no reasoning_effort once it refused it; another upstream keeps getting it', async () => {

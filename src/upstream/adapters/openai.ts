@@ -11,7 +11,7 @@ import type {
   Usage,
 } from '../adapter.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
-import { sourceWithModel } from '../body-text.js';
+import { sourceWithEdits, sourceWithModel } from '../body-text.js';
 import {
   openAiErrorTypeForStatus,
   parseJsonObject,
@@ -126,12 +126,13 @@ function hasThinkingBlocks(message: unknown): boolean {
 
 /**
  * A chat or embeddings body as JSON with `model` set to the upstream's name: the client's own text with the
- * model spliced in where it can be (body-text.ts), else a serialisation. For that, `model` is set and
+ * model spliced in where it can be, or with only the members a fit changed rewritten (body-text.ts), else a
+ * serialisation. For that, `model` is set and
  * restored on the parsed body rather than copied with a spread: the copy cost more than the serialisation
  * on Node 20. The body belongs to this request, and nothing runs between the set and the restore.
  */
 export function stringifyWithModel(body: Record<string, unknown> & { model: string }, model: string): string {
-  const spliced = sourceWithModel(body, model);
+  const spliced = sourceWithModel(body, model) ?? sourceWithEdits(body, model);
   if (spliced !== undefined) return spliced;
   const prev = body.model;
   if (prev === model) return JSON.stringify(body);

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { rememberSource, sourceWithModel, topLevelStringSpan } from '../../../src/upstream/body-text.js';
+import {
+  rememberSource,
+  sourceWithEdits,
+  sourceWithModel,
+  topLevelMembers,
+  topLevelStringSpan,
+} from '../../../src/upstream/body-text.js';
 import { stringifyWithModel } from '../../../src/upstream/adapters/openai.js';
 
 function parsed(text: string): Record<string, unknown> & { model: string } {
@@ -131,6 +137,112 @@ describe('sourceWithModel', () => {
   });
 });
 
+describe('sourceWithEdits', () => {
+  it('keeps the client text of every member a fit left alone and rewrites only the ones it changed', () => {
+    const text =
+      '{ "model" : "alias", "messages": [ {"role":"user","content":"a \\"q\\""} ], "max_tokens": 50,\n' +
+      '  "temperature": 0.5, "seed": 9223372036854775807, "top_p": 1.0, "x": {"n": 12345678901234567890} }';
+    const body = parsed(text);
+    const { max_tokens, temperature: _dropped, ...rest } = body;
+    const fitted = { ...rest, max_completion_tokens: max_tokens, reasoning_effort: 'minimal' };
+    const out = sourceWithEdits(fitted, 'gpt-5');
+    expect(out).toBe(
+      '{"model":"gpt-5","messages": [ {"role":"user","content":"a \\"q\\""} ],"seed": 9223372036854775807,' +
+        '"top_p": 1.0,"x": {"n": 12345678901234567890},"max_completion_tokens":50,"reasoning_effort":"minimal"}',
+    );
+    // A value changed in place of the same key is written where the key was.
+    expect(sourceWithEdits({ ...body, max_tokens: 8 }, 'up')).toContain('"messages": [');
+    expect(sourceWithEdits({ ...body, max_tokens: 8 }, 'up')).toContain(
+      ',"max_tokens":8,"temperature": 0.5,',
+    );
+  });
+
+  it('serialises a changed nested value whole, and skips a member set to undefined as JSON.stringify does', () => {
+    const body = parsed(
+      '{"model":"a","messages":[{"role":"user","content":"x","thinking_blocks":[]}],"n":1}',
+    );
+    const copy = { ...body, messages: [{ role: 'user', content: 'x' }], n: undefined };
+    expect(sourceWithEdits(copy, 'up')).toBe('{"model":"up","messages":[{"role":"user","content":"x"}]}');
+  });
+
+  it('adds the model when the client text had none, and declines what it cannot read exactly', () => {
+    const body = parsed('{"messages":[]}');
+    expect(sourceWithEdits({ ...body, model: 'a' }, 'up')).toBe('{"messages":[],"model":"up"}');
+    for (const text of [
+      '{"model":"a","max_tokens":-5,"max_tokens":10}', // repeated: parsers disagree on which wins
+      '{"model":"a","x\\"y":1}', // an escaped key: we do not decode keys
+    ]) {
+      expect(sourceWithEdits({ ...parsed(text) }, 'up'), text).toBeUndefined();
+    }
+    expect(sourceWithEdits({ model: 'a' }, 'up')).toBeUndefined(); // never parsed from text
+  });
+
+  it('means what a serialisation of the edited copy means, on generated bodies and edits', () => {
+    let seed = 11;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const alphabet = ['a', '"', '\\', '{', '}', '[', ']', ',', ':', ' ', 'é', '\n', '-1e5', 'true'];
+    const str = (): string => Array.from({ length: rnd(10) }, () => alphabet[rnd(alphabet.length)]).join('');
+    const value = (depth: number): unknown => {
+      switch (depth > 2 ? rnd(4) : rnd(6)) {
+        case 0:
+          return str();
+        case 1:
+          return (rnd(2000) - 1000) / 7;
+        case 2:
+          return [null, true, false][rnd(3)];
+        case 3:
+          return -rnd(10);
+        case 4:
+          return Array.from({ length: rnd(4) }, () => value(depth + 1));
+        default:
+          return Object.fromEntries(Array.from({ length: rnd(4) }, () => [str(), value(depth + 1)]));
+      }
+    };
+    let read = 0;
+    for (let n = 0; n < 400; n++) {
+      const entries: [string, unknown][] = Array.from({ length: rnd(6) }, () => [
+        `k${rnd(9)}${str()}`,
+        value(0),
+      ]);
+      entries.splice(rnd(entries.length + 1), 0, ['model', str()]);
+      const text = JSON.stringify(Object.fromEntries(entries), null, rnd(2) === 0 ? undefined : rnd(4));
+      const body = parsed(text);
+      const copy: Record<string, unknown> = { ...body };
+      for (const key of Object.keys(body)) {
+        const edit = rnd(4);
+        if (edit === 0) delete copy[key];
+        else if (edit === 1) copy[key] = value(1);
+      }
+      if (rnd(2) === 0) copy[`added${str()}`] = value(0);
+      const out = sourceWithEdits(copy, `up-${n}`);
+      const escapedKey = entries.some(([k]) => JSON.stringify(k).length !== k.length + 2);
+      if (escapedKey) expect(out, text).toBeUndefined();
+      else {
+        expect(JSON.parse(out!), text).toEqual(JSON.parse(JSON.stringify({ ...copy, model: `up-${n}` })));
+        read++;
+      }
+    }
+    expect(read).toBeGreaterThan(100);
+  });
+});
+
+describe('topLevelMembers', () => {
+  it('lists each member with its text span, and refuses what is not one plain object', () => {
+    const text = ' { "a" : [1, {"b": "}"}] , "c":-1.5e3,"d":null } ';
+    expect(topLevelMembers(text)?.map((m) => [m.key, text.slice(m.start, m.end)])).toEqual([
+      ['a', '"a" : [1, {"b": "}"}]'],
+      ['c', '"c":-1.5e3'],
+      ['d', '"d":null'],
+    ]);
+    expect(topLevelMembers('{}')).toEqual([]);
+    for (const bad of ['[1]', '"s"', '{"a":1,"a":2}', '{"\\u0061":1}', '{"a":1', '{"a":"x}'])
+      expect(topLevelMembers(bad), bad).toBeUndefined();
+  });
+});
+
 describe('topLevelStringSpan', () => {
   it('is undefined for a non-string value', () => {
     expect(topLevelStringSpan('{"model":1}', 'model')).toBeUndefined();
@@ -145,5 +257,8 @@ describe('stringifyWithModel', () => {
     const unparsed = { model: 'alias', messages: [] as unknown[] };
     expect(stringifyWithModel(unparsed, 'up')).toBe('{"model":"up","messages":[]}');
     expect(unparsed.model).toBe('alias');
+    // A fitted copy: the client text of what the fit left alone.
+    const { temperature: _dropped, ...fitted } = parsed('{"model":"alias","temperature":1.0,"seed":1.0}');
+    expect(stringifyWithModel(fitted as typeof unparsed, 'up')).toBe('{"model":"up","seed":1.0}');
   });
 });
