@@ -11,6 +11,11 @@ const num = z.union([
 const posInt = num.pipe(z.number().int().positive());
 const nonNegInt = num.pipe(z.number().int().nonnegative());
 const nonNeg = num.pipe(z.number().nonnegative());
+/**
+ * A relative weight (hybrid factors, `weighted` shares): only proportions matter, and a sum of weights near
+ * Number.MAX_VALUE is Infinity, which makes every score NaN. A million to one is finer than any routing.
+ */
+const weightNum = num.pipe(z.number().nonnegative().max(1_000_000, 'a weight is relative: at most 1000000'));
 /** Node's timers fire after 1 ms past this (2^31-1 ms, ~24.8 days): a longer duration would end at once. */
 export const MAX_TIMER_MS = 2_147_483_647;
 const TIMER_LIMIT = `at most ${MAX_TIMER_MS} ms (about 24.8 days, the longest timer Node.js has)`;
@@ -73,9 +78,9 @@ const CAPABILITIES = ['tools', 'json', 'vision', 'stream', 'embeddings'] as cons
 export type Capability = (typeof CAPABILITIES)[number];
 
 const hybridWeightsSchema = z.strictObject({
-  cost_weight: nonNeg.default(0.4),
-  latency_weight: nonNeg.default(0.4),
-  reliability_weight: nonNeg.default(0.2),
+  cost_weight: weightNum.default(0.4),
+  latency_weight: weightNum.default(0.4),
+  reliability_weight: weightNum.default(0.2),
 });
 export type HybridWeights = z.infer<typeof hybridWeightsSchema>;
 
@@ -103,7 +108,7 @@ const modelSchema = z.strictObject({
   context_window: posInt.optional(),
   capabilities: z.array(z.enum(CAPABILITIES)).default(['tools', 'json', 'vision', 'stream']),
   /** Share of traffic under the `weighted` strategy. */
-  weight: nonNeg.default(1),
+  weight: weightNum.default(1),
 });
 
 const providerSchema = z.strictObject({
@@ -131,7 +136,7 @@ const providerSchema = z.strictObject({
 
 const targetSchema = z.union([
   z.string().min(1),
-  z.strictObject({ target: z.string().min(1), weight: nonNeg.optional() }),
+  z.strictObject({ target: z.string().min(1), weight: weightNum.optional() }),
 ]);
 
 const ruleSchema = z.strictObject({

@@ -28,9 +28,14 @@ export function asNumber(value: unknown): number | undefined {
  */
 export const MAX_REPORTED_TOKENS = 100_000_000;
 
-/** A token count from an untrusted usage object, or undefined for anything not a count we believe. */
+/**
+ * A token count from an untrusted usage object, or undefined for anything not a count we believe: a whole
+ * number up to MAX_REPORTED_TOKENS (a fraction such as 1e-300 would make time per output token absurd).
+ */
 export function tokenCount(value: unknown): number | undefined {
-  return typeof value === 'number' && value >= 0 && value <= MAX_REPORTED_TOKENS ? value : undefined;
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= MAX_REPORTED_TOKENS
+    ? value
+    : undefined;
 }
 
 /** A non-negative count from an untrusted usage object; anything else counts as 0. */
