@@ -32,6 +32,9 @@ const DRAIN_AFTER_END_MS = 1_000;
  */
 const MAX_PREAMBLE_CHARS = 1024 * 1024;
 
+/** UTF-8's byte order mark, which a body may open with (WHATWG SSE and JSON readers skip it). */
+const BOM = [0xef, 0xbb, 0xbf];
+
 /** An error event inside a stream: a 429 there is a rate limit (a cooldown), anything else an error. */
 const STREAM_ERROR_EVENT: Classified = { outcome: 'error', retryable: true, reason: 'stream_error_event' };
 const STREAM_RATE_LIMITED: Classified = {
@@ -58,10 +61,14 @@ async function errorResult(
 /**
  * Whether a body starts as an event stream (a field name or a comment: `data`, `event`, `id`, `retry`, `:`)
  * or as anything else, read whole as a JSON answer (an object, or an array or HTML page that fails over as
- * malformed); undefined while only blanks have come.
+ * malformed); undefined while only blanks, or only the first bytes of a byte order mark, have come.
  */
 function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
-  let i = chunk.length >= 3 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf ? 3 : 0;
+  const bom = Math.min(chunk.length, 3);
+  let i = 0;
+  while (i < bom && chunk[i] === BOM[i]) i++;
+  if (i === chunk.length) return undefined; // EF or EF BB so far: the rest of the mark may follow
+  if (i < 3) i = 0;
   while (
     i < chunk.length &&
     (chunk[i] === 0x20 || chunk[i] === 0x0a || chunk[i] === 0x0d || chunk[i] === 0x09)
@@ -198,6 +205,8 @@ async function attemptStreamBody(
     const parser = createSseParser((type, data) => translator.event(type, data));
     /** Undecided until the body's first byte: an upstream that ignored `stream` answers one JSON object. */
     let form: 'sse' | 'json' | undefined;
+    /** The bytes come while `form` was undecided. */
+    let head: Buffer | undefined;
     let whole: Buffer[] | undefined;
     let wholeBytes = 0;
 
@@ -207,10 +216,18 @@ async function attemptStreamBody(
     try {
       await relayChunks(
         res.body,
-        (chunk) => {
+        (bytes) => {
           sig.progress();
+          let chunk = bytes;
           if (form === undefined) {
+            // Held until the form is known: blanks, or a byte order mark cut across writes.
+            chunk = head === undefined ? bytes : Buffer.concat([head, bytes]);
             form = bodyForm(chunk);
+            if (form === undefined) {
+              head = chunk;
+              return undefined;
+            }
+            head = undefined;
             if (form === 'json') whole = [];
           }
           if (whole) {

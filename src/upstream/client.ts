@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import { inTurnOrder } from '../end-of-turn.js';
 import type { ProviderConfig } from '../config/schema.js';
 import type { Abort } from './abort.js';
-import { codingOf, decode } from './content-coding.js';
+import { codingsOf, decode } from './content-coding.js';
 import { discard } from './response-body.js';
 import { TextHandler } from './text-handler.js';
 import type { Dispatcher, Pool as UndiciPool } from 'undici';
@@ -147,7 +147,7 @@ export class ProviderClient {
       opts.watch === undefined ? requestOn.call(this.pool, o) : requestWatched(this.pool, o, opts.watch),
       opts.signal,
     );
-    const body = decode(res.body, codingOf(res.headers['content-encoding']));
+    const body = decode(res.body, codingsOf(res.headers['content-encoding']));
     return {
       statusCode: res.statusCode,
       headers: res.headers,

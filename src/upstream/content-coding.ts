@@ -14,30 +14,65 @@ export type Coding = 'gzip' | 'deflate' | 'br';
 
 export function codingOf(header: unknown): Coding | undefined {
   if (typeof header !== 'string') return undefined;
-  const enc = header.trim().toLowerCase();
+  return codingNamed(header.trim().toLowerCase());
+}
+
+function codingNamed(enc: string): Coding | undefined {
   return enc === 'gzip' || enc === 'x-gzip' ? 'gzip' : enc === 'deflate' || enc === 'br' ? enc : undefined;
 }
 
+/**
+ * The codings a content-encoding header lists, in the order they were applied (RFC 9110 §8.4: `deflate, gzip`
+ * is deflated, then gzipped): one, or several; undefined for identity, and when any listed one is unknown
+ * (zstd on Node 20): the body is read as it is then, and fails as malformed.
+ */
+export function codingsOf(header: unknown): Coding | readonly Coding[] | undefined {
+  const one = codingOf(header);
+  if (one !== undefined || typeof header !== 'string' || !header.includes(',')) return one;
+  const list: Coding[] = [];
+  for (const name of header.toLowerCase().split(',')) {
+    const enc = name.trim();
+    if (enc === 'identity' || enc === '') continue;
+    const coding = codingNamed(enc);
+    if (coding === undefined) return undefined;
+    list.push(coding);
+  }
+  return list.length === 0 ? undefined : list;
+}
+
 /** A whole compressed body decoded, refusing to inflate past `maxBytes` (no decompression bombs). */
-export function decodeBuffer(raw: Buffer, coding: Coding | undefined, maxBytes: number): string {
+export function decodeBuffer(
+  raw: Buffer,
+  coding: Coding | readonly Coding[] | undefined,
+  maxBytes: number,
+): string {
   if (coding === undefined) return raw.toString('utf8');
   const opts = { maxOutputLength: maxBytes };
-  const out =
-    coding === 'gzip'
-      ? gunzipSync(raw, opts)
-      : coding === 'deflate'
-        ? inflateSync(raw, opts)
-        : brotliDecompressSync(raw, opts);
+  let out = raw;
+  // The last coding applied is the first undone.
+  for (const c of typeof coding === 'string' ? [coding] : coding.toReversed()) {
+    out =
+      c === 'gzip'
+        ? gunzipSync(out, opts)
+        : c === 'deflate'
+          ? inflateSync(out, opts)
+          : brotliDecompressSync(out, opts);
+  }
   return out.toString('utf8');
 }
 
 /** Compressed answers are decoded, not relayed as bytes the client never asked for. */
-export function decode(body: Readable, coding: Coding | undefined): Readable {
+export function decode(body: Readable, coding: Coding | readonly Coding[] | undefined): Readable {
   if (coding === undefined) return body;
-  const decoder = decoderOf(coding);
-  body.on('error', (err) => decoder.destroy(err));
-  decoder.on('close', () => body.destroy());
-  return body.pipe(decoder);
+  let out = body;
+  for (const c of typeof coding === 'string' ? [coding] : coding.toReversed()) {
+    const decoder = decoderOf(c);
+    const from = out;
+    from.on('error', (err) => decoder.destroy(err));
+    decoder.on('close', () => from.destroy());
+    out = from.pipe(decoder);
+  }
+  return out;
 }
 
 /** A stream that undoes `coding`. */

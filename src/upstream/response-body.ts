@@ -1,5 +1,6 @@
 /** Reading a streamed upstream body: relayed chunk by chunk, read to a bound, or dropped. */
 import type { Readable } from 'node:stream';
+import { withoutBom } from '../json-scan.js';
 import { codedError } from '../resilience/classify.js';
 import type { ResponseWatch, UpstreamResponse } from './client.js';
 
@@ -92,7 +93,7 @@ function drainRest(body: Readable, ms: number): void {
 /**
  * Reads an (error) body up to `maxBytes` and keeps only those: an error message needs no more than its first
  * bytes, and a hostile upstream cannot make us buffer without bound. `watch` sees each chunk arrive (the
- * idle bound restarts on it).
+ * idle bound restarts on it). A byte order mark is dropped, as the JSON path drops it (JSON.parse refuses it).
  */
 export async function readBody(
   res: UpstreamResponse,
@@ -116,5 +117,5 @@ export async function readBody(
     },
     0,
   );
-  return Buffer.concat(parts).toString('utf8');
+  return withoutBom(Buffer.concat(parts).toString('utf8'));
 }

@@ -3,7 +3,7 @@ import { codedError } from '../resilience/classify.js';
 import { withoutBom } from '../json-scan.js';
 import type { Abort } from './abort.js';
 import type { ResponseWatch, TextResponse } from './client.js';
-import { codingOf, decodeBuffer } from './content-coding.js';
+import { codingsOf, decodeBuffer } from './content-coding.js';
 import type { Dispatcher } from 'undici';
 
 /**
@@ -83,7 +83,7 @@ export class TextHandler implements Dispatcher.DispatchHandler {
     const status = this.statusCode;
     let text: string;
     try {
-      text = withoutBom(decodeBuffer(raw, codingOf(this.headers['content-encoding']), this.limit));
+      text = withoutBom(decodeBuffer(raw, codingsOf(this.headers['content-encoding']), this.limit));
     } catch (err) {
       // An error body that will not decode (cut short above, or inflating past its bound) loses its message,
       // never its status: a 400 must stay a client error and a 429 keep its Retry-After.
