@@ -8,7 +8,6 @@ import Fastify, {
   type FastifyError,
   type FastifyInstance,
   type FastifyReply,
-  type FastifyRequest,
   type FastifyServerOptions,
 } from 'fastify';
 import type { LoadedConfig } from './config/load.js';
@@ -17,7 +16,7 @@ import { GatewayError, errorBody } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { adminPlugin } from './http/admin.js';
 import { authHook } from './http/auth.js';
-import { reportUnrouted } from './http/report.js';
+import { logUnrouted, reportOnce, reportUnrouted } from './http/report.js';
 import { CLIENT_CLOSED_REQUEST, chatPlugin } from './http/chat.js';
 import { embeddingsPlugin } from './http/embeddings.js';
 import { healthPlugin } from './http/health.js';
@@ -140,6 +139,26 @@ function foreignCharset(contentType: string | undefined): string | undefined {
   return name === undefined || UTF8_NAMES.has(name) ? undefined : name;
 }
 
+const GENERATED_ID = Symbol('generated request id');
+const ANSWERED = Symbol('status Node answered with');
+type WithId = IncomingMessage & { [GENERATED_ID]?: string };
+type Answered = { [ANSWERED]?: number };
+
+/**
+ * A request's id: the client's `x-request-id` when it is a plain token, else one generated once and kept on
+ * the request, so an answer Node writes itself (answerClientError) carries the id fastify logs.
+ */
+function requestIdOf(req: IncomingMessage): string {
+  const h = req.headers['x-request-id'];
+  if (typeof h === 'string' && REQUEST_ID.test(h)) return h;
+  return ((req as WithId)[GENERATED_ID] ??= randomUUID());
+}
+
+/** The status Node answered a request with before fastify was done with it (answerClientError). */
+function answeredByNode(res: ServerResponse): number | undefined {
+  return (res as ServerResponse & Answered)[ANSWERED];
+}
+
 /**
  * What a client gets when Node's parser or timers give up on it before there is a request to route: a
  * slow body or headers (408), oversized headers (431), bytes that are not HTTP (400). OpenAI-shaped like
@@ -149,21 +168,25 @@ function answerClientError(err: Error & { code?: string }, socket: Duplex): void
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
   // An answer already on the wire on this connection (a stream, with a request pipelined behind it) is cut,
   // not written into: our 400 inside its chunked body would be read as part of it (Node's rule too).
-  const inFlight = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
+  const inFlight = (socket as { _httpMessage?: (ServerResponse & Answered) | null })._httpMessage;
   if (socket.writable && inFlight?.headersSent !== true) {
-    const { status, reason, error } = CLIENT_ERRORS[err.code ?? ''] ?? MALFORMED;
+    const known = CLIENT_ERRORS[err.code ?? ''];
+    const { status, reason, error } = known ?? MALFORMED;
     const body = JSON.stringify(error.toBody());
+    // The answer to a request begun (a body too slow: 408) keeps its id, and the request is logged with this
+    // status, not as one its client left. Bytes that are not HTTP (the end of a body cut short, a malformed
+    // request behind it) are not that request's answer.
+    const owner = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && inFlight ? inFlight : undefined;
+    if (owner) owner[ANSWERED] = status;
+    const id = owner ? requestIdOf(owner.req) : randomUUID();
     socket.write(
       `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\n` +
-        `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${randomUUID()}\r\n` +
+        `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\n` +
         `connection: close\r\n\r\n${body}`,
     );
   }
   socket.destroy();
 }
-
-/** Health, metrics and admin reads: not requests, in the log or the counters. */
-const UNREPORTED = new Set(['/healthz', '/readyz', '/metrics', '/router/status', '/router/explain']);
 
 export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstance {
   const server = loaded.config.server;
@@ -200,21 +223,21 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     // While draining our own hooks answer (OpenAI-shaped 503 on /v1, 503 on /readyz), not fastify's default.
     return503OnClosing: false,
     schemaController: { compilersFactory: LAZY_COMPILERS },
-    genReqId: (req) => {
-      const h = req.headers['x-request-id'];
-      return typeof h === 'string' && REQUEST_ID.test(h) ? h : randomUUID();
-    },
+    genReqId: requestIdOf,
   });
   // An Expect Node does not meet (anything but 100-continue): its 417, OpenAI-shaped (Node's has no body).
+  // Fastify never sees the request: counted and logged here, under the id its header gives.
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     const body = JSON.stringify(EXPECTATION_FAILED.toBody());
+    const id = requestIdOf(req);
     res.writeHead(417, {
       'content-type': 'application/json; charset=utf-8',
       'content-length': Buffer.byteLength(body),
-      'x-request-id': randomUUID(),
+      'x-request-id': id,
       connection: 'close',
     });
     res.end(body);
+    logUnrouted(gateway, id, req.method, 'unmatched', 417, 0);
   });
   app.decorate('gateway', gateway);
   app.decorateRequest('reported', false);
@@ -224,16 +247,10 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   app.addHook('onRequest', authHook(gateway));
 
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
-  // get their line here. Health, metrics and admin reads (status, explain: it calls no upstream) stay out of
-  // the request log and counters.
-  const reportOnce = (req: FastifyRequest, status: number, elapsedMs: number): void => {
-    if (req.reported) return; // before routeOptions: fastify builds that object on every read
-    req.reported = true;
-    const route = req.routeOptions.url;
-    if (route === undefined || !UNREPORTED.has(route)) reportUnrouted(gateway, req, status, elapsedMs);
-  };
+  // get their line here (a passthrough answer cut mid-body, which fastify's onResponse never sees, in
+  // passthrough.ts).
   app.addHook('onResponse', (req, reply, done) => {
-    reportOnce(req, reply.statusCode, reply.elapsedTime);
+    reportOnce(gateway, req, reply.statusCode, reply.elapsedTime);
     done();
   });
 
@@ -243,7 +260,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     const { status, body, retryAfterS } = errorBody(mapped ?? err);
     // A client already gone gets no answer, so onResponse never runs: its count and line are written here,
     // as a request its client left (whatever failed meanwhile: the client did not see it).
-    if (reply.raw.destroyed) reportOnce(req, CLIENT_CLOSED_REQUEST, reply.elapsedTime);
+    // Unless Node answered it before it was gone (a body too slow: 408, answerClientError).
+    if (reply.raw.destroyed)
+      reportOnce(gateway, req, answeredByNode(reply.raw) ?? CLIENT_CLOSED_REQUEST, reply.elapsedTime);
     if (retryAfterS !== undefined) reply.header('retry-after', String(retryAfterS));
     // A 504 is the route's own time budget spent (its failover included): the OpenAI SDKs, which retry a
     // 5xx twice by default, would spend it twice more. They read this header; other clients ignore it.

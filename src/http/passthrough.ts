@@ -16,6 +16,7 @@ import type { ProviderRuntime, Runtime } from '../runtime.js';
 import { Pool, requestOn } from '../upstream/client.js';
 import { codingOf, decodeBuffer, decoderOf, type Coding } from '../upstream/content-coding.js';
 import { retrieveModel } from './models.js';
+import { reportOnce } from './report.js';
 
 /** Carries a request's abort signal through reply-from, inside its headers object (see `undici` below). */
 const ABORT_SIGNAL = Symbol('passthrough abort signal');
@@ -145,7 +146,12 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     }, timeouts.total_ms);
     reply.raw.once('close', () => {
       clearTimeout(timer);
-      if (!reply.raw.writableFinished) abort.abort(new Error('client closed'));
+      if (reply.raw.writableFinished) return;
+      abort.abort(new Error('client closed'));
+      // An answer cut mid-body (the client left, or the upstream's body broke) ends with neither 'finish'
+      // nor 'error', so fastify's onResponse never runs: its count and line are written here, with the
+      // status the client was sent (a client that left before any keeps the error path's 499).
+      if (reply.raw.headersSent) reportOnce(app.gateway, req, reply.raw.statusCode, reply.elapsedTime);
     });
     done();
   });

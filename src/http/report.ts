@@ -99,17 +99,35 @@ declare module 'fastify' {
 
 /** Requests answered before routing (400, 401, 404, 413, 415...) still get their count and log line. */
 export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
+  logUnrouted(gw, req.id, req.method, req.routeOptions.url ?? 'unmatched', status, elapsedMs);
+}
+
+/** reportUnrouted for a request Node answered before fastify had one (an Expect it cannot meet: 417). */
+export function logUnrouted(
+  gw: Gateway,
+  reqId: string,
+  method: string | undefined,
+  path: string,
+  status: number,
+  elapsedMs: number,
+): void {
   gw.metrics.requests.inc({ route: 'none', provider: 'none', model: 'none', status: String(status) });
-  gw.requestLog.info(
-    {
-      reqId: req.id,
-      method: req.method,
-      path: req.routeOptions.url ?? 'unmatched',
-      status,
-      latencyMs: Math.round(elapsedMs * 10) / 10,
-    },
-    'request',
-  );
+  gw.requestLog.info({ reqId, method, path, status, latencyMs: Math.round(elapsedMs * 10) / 10 }, 'request');
+}
+
+/** Health, metrics and admin reads: not requests, in the log or the counters. */
+const UNREPORTED = new Set(['/healthz', '/readyz', '/metrics', '/router/status', '/router/explain']);
+
+/**
+ * The count and line of a request that does not report itself (all but routed chat and embeddings), and of
+ * early rejections: once, whichever of its ends comes first (its answer finished, its client gone, its
+ * answer cut). Health, metrics and admin reads (status, explain: it calls no upstream) stay out.
+ */
+export function reportOnce(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
+  if (req.reported) return; // before routeOptions: fastify builds that object on every read
+  req.reported = true;
+  const route = req.routeOptions.url;
+  if (route === undefined || !UNREPORTED.has(route)) reportUnrouted(gw, req, status, elapsedMs);
 }
 
 /**
