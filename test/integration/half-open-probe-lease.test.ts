@@ -1,19 +1,18 @@
 /**
- * White-box review of the changes since b851171: the fleet-wide half-open probe lease (resilience/breaker.ts
- * hold/release/held/adoptClose, state/shared-state.ts #askProbeLease, state/redis.ts takeProbeLease/endProbeLease/
- * publishClosed), statistics dated on Redis's clock (redis.ts sync), series of removed upstreams dropped after
- * a reload (gateway.ts #forgetSeries), and the smaller request-path changes (BOM, repeated keys).
- * Tests that fail on the current code name the defect; tests titled "guard:" pin behaviour that is right and
- * easy to break. The Redis ones run replicas in this process on a real loopback redis-server and are skipped
- * without one.
+ * The half-open trial and the fleet's probe lease (SPEC §2 "Circuit breaker": at most half_open_probes
+ * concurrent trials; §7 Scale-out; README "Scale-out"). Without Redis an ended open goes half-open on its
+ * own. Over Redis one replica of the fleet takes the lease and probes: it renews the lease while its trial
+ * runs, admits no trial once another holds it, gives it back on a reload that drops the upstream and on close,
+ * and the replicas that lost it stay open everywhere they show. Also here: statistics are still shared when
+ * Redis refuses TIME. The Redis blocks run replicas in this process on a real loopback redis-server and are
+ * skipped without one.
  */
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { scrape, value } from '../helpers/prom-text.js';
 import {
   badThenGood,
@@ -32,104 +31,10 @@ import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
 
-// -------------------------------------------------------------------------------------------------
-// Series of removed upstreams (gateway.ts #forgetSeries), memory backend
-// -------------------------------------------------------------------------------------------------
+const nextPrefix = prefixes(`half-open-probe-lease-${process.pid}-`);
 
-describe('review: a reload removes a removed upstream’s metric series (memory backend)', () => {
-  function cfgWith(url: string, models: string[]): Record<string, unknown> {
-    const routes: Record<string, unknown> = { r1: { strategy: 'priority', targets: ['p/m1'] } };
-    if (models.includes('m2')) routes.r2 = { strategy: 'priority', targets: ['p/m2'] };
-    return { providers: [simProvider('p', url, models)], routes };
-  }
-
-  it('the last request still running on a removed upstream does not bring its series back once it ends', async () => {
-    // README Metrics: "An upstream a reload removes takes its series with it (... the rest once the old
-    // config's requests are done)". The old runtime is released when the handler's promise settles
-    // (chat.ts ownReply rt.release()), and #forgetSeries runs a few microtasks later (the pool is reused,
-    // so Runtime.retire resolves at once); but the request's own count is written after the turn
-    // (report.ts reportRequest -> afterThisTurn/setImmediate -> writeReport), through requestChildren,
-    // which #forgetSeries just cleared: llm_router_requests_total / request_duration of p/m2 are created
-    // again, after their removal, and are exported forever.
-    const sim = track(await startSimulator({ name: 'p', latencyMs: 700 }));
-    const gw = track(await startGateway(cfgWith(sim.url, ['m1', 'm2'])));
-    expect((await postChat(gw, { model: 'r1', messages: [{ role: 'user', content: 'x' }] })).status).toBe(
-      200,
-    );
-    const inFlight = postChat(gw, { model: 'r2', messages: [{ role: 'user', content: 'y' }] });
-    await until('the request reaches the upstream', () => sim.requests.length >= 2, 5_000);
-    reload(gw, cfgWith(sim.url, ['m1'])); // p/m2 is gone; p/m1 (same provider: pool reused) stays
-    expect((await inFlight).status).toBe(200);
-    await sleep(300);
-    const samples = await scrape(gw.url);
-    const left = new Set(samples.filter((s) => s.labels.model === 'm2').map((s) => s.name));
-    expect([...left]).toEqual([]);
-    // p/m1 keeps its series.
-    expect(
-      value(samples, 'llm_router_requests_total', { route: 'r1', provider: 'p', model: 'm1', status: '200' }),
-    ).toBe(1);
-  });
-
-  it('guard: an upstream removed and re-added before the old config’s requests end keeps its series and counts', async () => {
-    const sim = track(await startSimulator({ name: 'p', latencyMs: 700 }));
-    const gw = track(await startGateway(cfgWith(sim.url, ['m1', 'm2'])));
-    const inFlight = postChat(gw, { model: 'r2', messages: [{ role: 'user', content: 'y' }] });
-    await until('the request reaches the upstream', () => sim.requests.length >= 1, 5_000);
-    reload(gw, cfgWith(sim.url, ['m1'])); // removed...
-    reload(gw, cfgWith(sim.url, ['m1', 'm2'])); // ...and back, while the first config still has a request
-    expect((await inFlight).status).toBe(200);
-    await sleep(300);
-    const samples = await scrape(gw.url);
-    expect(
-      value(samples, 'llm_router_upstream_attempts_total', {
-        provider: 'p',
-        model: 'm2',
-        outcome: 'success',
-      }),
-    ).toBe(1);
-    expect(
-      value(samples, 'llm_router_requests_total', { route: 'r2', provider: 'p', model: 'm2', status: '200' }),
-    ).toBe(1);
-    expect(value(samples, 'llm_router_circuit_state', { provider: 'p', model: 'm2' })).toBe(0);
-  });
-
-  it('guard: with no request in flight, a removed upstream’s series go and a kept one’s stay', async () => {
-    const sim = track(await startSimulator({ name: 'p' }));
-    const gw = track(await startGateway(cfgWith(sim.url, ['m1', 'm2'])));
-    for (const model of ['r1', 'r2'])
-      expect((await postChat(gw, { model, messages: [{ role: 'user', content: 'z' }] })).status).toBe(200);
-    reload(gw, cfgWith(sim.url, ['m1']));
-    await until('m2 series gone', async () => (await scrape(gw.url)).every((s) => s.labels.model !== 'm2'));
-    const samples = await scrape(gw.url);
-    expect(
-      value(samples, 'llm_router_upstream_attempts_total', {
-        provider: 'p',
-        model: 'm1',
-        outcome: 'success',
-      }),
-    ).toBe(1);
-    // The cached children were dropped: a request after the reload still counts (no lost increments).
-    expect((await postChat(gw, { model: 'r1', messages: [{ role: 'user', content: 'w' }] })).status).toBe(
-      200,
-    );
-    await sleep(50);
-    expect(
-      value(await scrape(gw.url), 'llm_router_requests_total', {
-        route: 'r1',
-        provider: 'p',
-        model: 'm1',
-        status: '200',
-      }),
-    ).toBe(2);
-  });
-});
-
-// -------------------------------------------------------------------------------------------------
-// Breakers, memory backend: no change
-// -------------------------------------------------------------------------------------------------
-
-describe('review: breakers without Redis are not held', () => {
-  it('guard: memory backend: an ended open goes half-open on its own, once, gauge and status agreeing', async () => {
+describe('breakers without Redis are not held', () => {
+  it('memory backend: an ended open goes half-open on its own, once, gauge and status agreeing', async () => {
     const bad = track(await startSimulator({ name: 'bad', status: 500 }));
     const good = track(await startSimulator({ name: 'good' }));
     const gw = track(
@@ -166,71 +71,153 @@ describe('review: breakers without Redis are not held', () => {
   });
 });
 
-// -------------------------------------------------------------------------------------------------
-// Request path: repeated keys, BOM
-// -------------------------------------------------------------------------------------------------
+describeWithRedis('the probe lease while a trial runs', (redis) => {
+  const state = (gw: TestGateway) => gw.gateway.shared.breakers.get('bad/m').state;
 
-describe('review: request and answer texts', () => {
-  it('guard: a body with a repeated top-level key reaches the upstream with that key once, as validated', async () => {
-    const sim = track(await startSimulator({ name: 'p' }));
-    const gw = track(
-      await startGateway({
-        providers: [simProvider('p', sim.url, ['m'])],
-        routes: { r: { targets: ['p/m'] } },
-      }),
+  // Was a defect (fixed: the breaker's onProbe renews the lease as a trial is admitted).
+  it('a trial that begins after the lease’s first renewal tick is renewed before the lease runs out, not at the instant it lapses', async () => {
+    // state/shared-state.ts #renewWhileProbing: an interval of leaseMs/2 from the win, renewing only when
+    // a probe is out at a tick. A trial that starts after the tick at leaseMs/2 gets its first renewal at
+    // the tick at leaseMs — the very moment the lease (PX leaseMs from the win) lapses, and the moment the
+    // replicas that lost re-ask (#wakeAfter(id, breaker, leaseMs)): whichever of the two Redis sees first
+    // wins, so a second replica may probe alongside. The lease runs down to ~0 while the trial runs.
+    // Fix: renew (takeProbeLease) when a half-open trial is admitted (a breaker hook), then every leaseMs/2
+    // while one is out; or renew at each tick while half-open and let it lapse only after a tick with no
+    // trial since the last.
+    const prefix = nextPrefix();
+    const L = 2_000;
+    const { bad, providers, routes } = await badThenGood(track);
+    const gw = await startReplica(
+      track,
+      redisConfig(
+        providers,
+        routes,
+        { failure_threshold: 1, open_ms: L, success_threshold: 1 },
+        redisState(redis.url, prefix),
+      ),
+      { connectedWithinMs: 5_000 },
     );
-    const text =
-      '{"model":"r","max_tokens":5,"messages":[{"role":"user","content":"a"}],"max_tokens":7,"x":{"max_tokens":1}}';
-    expect((await postChat(gw, text)).status).toBe(200);
-    const sent = sim.requests.at(-1)!.text;
-    expect(sent.match(/"max_tokens"/g)).toHaveLength(2); // top level once, the nested one kept
-    expect(JSON.parse(sent)).toMatchObject({ model: 'm', max_tokens: 7, x: { max_tokens: 1 } });
-    // A body with no repeated key is spliced as written (whitespace kept).
-    const spaced = '{ "model" : "r" ,  "messages":[{"role":"user","content":"b"}] }';
-    expect((await postChat(gw, spaced)).status).toBe(200);
-    expect(sim.requests.at(-1)!.text).toBe('{ "model" : "m" ,  "messages":[{"role":"user","content":"b"}] }');
-  });
-
-  it('guard: an upstream JSON answer that starts with a UTF-8 BOM is served, not failed over', async () => {
-    const answer = {
-      id: 'x',
-      object: 'chat.completion',
-      created: 1,
-      model: 'm',
-      choices: [{ index: 0, message: { role: 'assistant', content: 'bom ok' }, finish_reason: 'stop' }],
-      usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
-    };
-    const server = createServer((req, res) => {
-      req.resume();
-      req.on('end', () => {
-        const body = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(answer))]);
-        res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
-        res.end(body);
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    track({ close: () => new Promise<void>((r) => server.close(() => r())) });
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    const gw = track(
-      await startGateway({
-        providers: [simProvider('p', url, ['m'])],
-        routes: { r: { targets: ['p/m'] } },
-      }),
-    );
-    const res = await postChat(gw, { model: 'r', messages: [{ role: 'user', content: 'a' }] });
-    expect(res.status).toBe(200);
-    expect(res.text.charCodeAt(0)).not.toBe(0xfeff);
-    expect((res.json.choices as { message: { content: string } }[])[0]!.message.content).toBe('bom ok');
-  });
+    const raw = track(redisClient(redis.url));
+    expect((await chat(gw)).provider).toBe('good'); // bad/m opens for L
+    bad.set({ status: 200, latencyMs: 2_500 });
+    await until('the lease won: half-open', () => state(gw) === 'half_open', L + 5_000);
+    await sleep(Math.round(0.65 * L)); // past the first tick (L/2): no probe was out, nothing renewed
+    const before = bad.requests.length;
+    const trial = chat(gw);
+    await until('the trial reaches bad/m', () => bad.requests.length > before, 3_000);
+    let min = Number.POSITIVE_INFINITY;
+    let sampled = 0;
+    let done = false;
+    void trial.finally(() => (done = true));
+    while (!done) {
+      const left = await raw.pttl(`${prefix}probe:bad/m`);
+      // Only while the trial is still at the upstream (its end gives the lease back, rightly).
+      if (bad.inFlight() > 0 && state(gw) === 'half_open') {
+        min = Math.min(min, left < 0 ? -1 : left);
+        sampled++;
+      }
+      await sleep(20);
+    }
+    expect((await trial).provider).toBe('bad');
+    // The lease was looked at while the trial was out (else min stays Infinity and the check below is empty).
+    expect(sampled).toBeGreaterThan(10);
+    expect(min).toBeGreaterThanOrEqual(L / 4);
+  }, 20_000);
 });
 
-// -------------------------------------------------------------------------------------------------
-// Scale-out: probe lease, clock
-// -------------------------------------------------------------------------------------------------
+describeWithRedis('the probe lease as a trial is admitted', (redis) => {
+  const state = (gw: TestGateway) => gw.gateway.shared.breakers.get('bad/m').state;
 
-const nextPrefix = prefixes(`review-today-${process.pid}-`);
+  it('a replica whose idle lease lapsed and was taken by another admits no trial; it asks again once wanted and the lease is free', async () => {
+    // state/shared-state.ts #renewWhileProbing: onProbe calls takeProbeLease and ignores its answer. The
+    // holder lets the lease lapse while no probe is out (by design), yet stays half-open; once another
+    // replica has taken the lapsed lease (and probes), this replica's next request is still admitted as a
+    // probe — onProbe's renewal fails silently — so two replicas probe together, what the commit means to
+    // prevent. Fix: when the interval finds the lease lapsed (or a renewal returns false), return the
+    // breaker to a held open (breaker.hold + #wakeAfter) instead of leaving it half-open; or have acquire
+    // refuse a probe until the renewal confirms the lease.
+    const prefix = nextPrefix();
+    const L = 1_000;
+    const { bad, providers, routes } = await badThenGood(track);
+    const gw = await startReplica(
+      track,
+      redisConfig(
+        providers,
+        routes,
+        { failure_threshold: 1, open_ms: L, success_threshold: 1 },
+        redisState(redis.url, prefix),
+      ),
+      { connectedWithinMs: 5_000 },
+    );
+    const raw = track(redisClient(redis.url));
+    const key = `${prefix}probe:bad/m`;
+    expect((await chat(gw)).provider).toBe('good'); // bad/m opens for L
+    bad.set({ status: 200 });
+    await until('the lease won: half-open', () => state(gw) === 'half_open', L + 5_000);
+    // No probe out: the lease lapses (PX L from the win) ...
+    await until('the lease lapsed', async () => (await raw.pttl(key)) === -2, L + 3_000);
+    // ... and another replica of the fleet takes it, to probe itself.
+    await raw.set(key, 'another-replica', 'PX', 10_000);
+    const before = bad.requests.length;
+    const answer = await chat(gw);
+    expect(answer.status).toBe(200);
+    expect(await raw.get(key)).toBe('another-replica');
+    // This replica must not probe bad/m alongside the lease's holder.
+    expect(bad.requests.length - before).toBe(0);
+    expect(answer.provider).toBe('good');
+    // The other holder's lease ends without news (it got no traffic): wanted here, it is asked for again
+    // at a tick and this replica probes.
+    await raw.del(key);
+    await until(
+      'this replica probes again under a lease of its own',
+      async () => {
+        await chat(gw);
+        return bad.requests.length > before;
+      },
+      5_000,
+    );
+    expect(await raw.get(key)).not.toBe('another-replica');
+  }, 20_000);
+  it('the lease holder gives its lease back when a reload drops the upstream, and when it closes', async () => {
+    // Before: the lease stayed in Redis until it lapsed (open_ms), keeping the replicas that still have the
+    // upstream held open that long for a replica that could no longer probe it.
+    const L = 3_000;
+    const setup = async (prefix: string) => {
+      const { bad, providers, routes } = await badThenGood(track);
+      const cfg = redisConfig(
+        providers,
+        routes,
+        { failure_threshold: 1, open_ms: L, success_threshold: 1 },
+        redisState(redis.url, prefix),
+      );
+      const gw = await startReplica(track, cfg, { connectedWithinMs: 5_000 });
+      expect((await chat(gw)).provider).toBe('good'); // bad/m opens for L
+      bad.set({ status: 200 });
+      await until('the lease won: half-open', () => state(gw) === 'half_open', L + 5_000);
+      return { gw, cfg, key: `${prefix}probe:bad/m` };
+    };
+    const raw = track(redisClient(redis.url));
+    const dropped = await setup(nextPrefix());
+    expect(await raw.get(dropped.key)).not.toBeNull();
+    // Far from lapsing on its own within the 1 s waited below: only a give-back empties it that soon.
+    expect(await raw.pttl(dropped.key)).toBeGreaterThan(1_500);
+    const without = {
+      ...dropped.cfg,
+      providers: (dropped.cfg.providers as { name: string }[]).filter((p) => p.name !== 'bad'),
+      routes: { r: { strategy: 'priority', targets: ['good/m'] } },
+    };
+    dropped.gw.gateway.reload(parseConfigText(JSON.stringify(without), {}));
+    await until('given back on the reload', async () => (await raw.exists(dropped.key)) === 0, 1_000);
+    const closing = await setup(nextPrefix());
+    expect(await raw.get(closing.key)).not.toBeNull();
+    // Far from lapsing on its own within the 1 s waited below: only a give-back empties it that soon.
+    expect(await raw.pttl(closing.key)).toBeGreaterThan(1_500);
+    await closing.gw.close();
+    await until('given back on close', async () => (await raw.exists(closing.key)) === 0, 1_000);
+  }, 30_000);
+});
 
-describeWithRedis('review: fleet probe lease and Redis clock (SPEC §2, §7)', (redis) => {
+describeWithRedis('fleet probe lease and Redis clock (SPEC §2, §7)', (redis) => {
   /** On the shared Redis (or `url`) under `prefix`; no default breaker: each test says its own. */
   const config = (
     providers: ConfigPart[],
@@ -337,7 +324,7 @@ describeWithRedis('review: fleet probe lease and Redis clock (SPEC §2, §7)', (
     }
   });
 
-  it('guard: a replica that lost the lease is open everywhere it shows (state, gauge, status) and counts no half-open', async () => {
+  it('a replica that lost the lease is open everywhere it shows (state, gauge, status) and counts no half-open', async () => {
     const prefix = nextPrefix();
     const { bad, providers, routes } = await badThenGood(track);
     const breaker = { failure_threshold: 1, open_ms: 600, success_threshold: 1 };

@@ -1,7 +1,10 @@
 /**
- * White-box review of src/routing/, src/resilience/ and src/gateway.ts against SPEC §2 (and the §3 fields
- * that drive them). Tests marked "DEFECT" fail on the code as reviewed, each because of the defect it names;
- * tests marked "guard" pass and pin behaviour worth keeping. Loopback only; every test is bounded in time.
+ * Routing and resilience against SPEC §2 (and the §3 fields that drive them): the latency and cost strategies
+ * and their statistics (peak tracking, JSON answers, exploration share, scores in [0, 1], n choices), tiers and
+ * the LLM router (cache key, the request's time bound, breakers not charged for the router's own timeout,
+ * round-robin within a tier), the circuit breaker (backoff and its cap, reload, Retry-After, half-open probe
+ * slots) and failover (429s from every candidate, max_attempts, the trail and failover metric). Loopback only;
+ * every test is bounded in time.
  */
 import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -125,7 +128,7 @@ function isRouterCall(body: Record<string, unknown>): boolean {
 // routing statistics and strategies
 
 describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
-  // DEFECT. SPEC §2 `latency`: "... expected output tokens ÷ observed tokens/s, ... reacting at once to a slow
+  // SPEC §2 `latency`: "... expected output tokens ÷ observed tokens/s, ... reacting at once to a slow
   // outlier (peak-EWMA), so a fast upstream is not flooded until it slows". Only TTFT is peak-tracked
   // (stats.ts #observeTtft); tokens/s is a plain EWMA (alpha 0.1), so an upstream whose streams suddenly
   // generate 10x slower (TTFT unchanged) moves its estimate by ~10% and keeps all the traffic.
@@ -151,7 +154,7 @@ describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
     );
   });
 
-  // DEFECT. SPEC §2 `latency`: "EWMA time-to-first-token + expected output tokens ÷ observed tokens/s". A
+  // SPEC §2 `latency`: "EWMA time-to-first-token + expected output tokens ÷ observed tokens/s". A
   // non-streamed answer reports ttftMs = totalMs (attempt-json.ts attemptJsonCall), and failover.ts record() feeds it
   // to the TTFT peak-EWMA (stats.ts recordSuccess -> #observeTtft), which takes any higher sample at once. With
   // a tokens/s figure known from streams, latency.ts baseLatencyMs then adds the generation time a second
@@ -177,9 +180,9 @@ describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
     expect(scoreA.score, scoreA.reason).toBeGreaterThan(0.9);
   });
 
-  // guard. SPEC §2: "an upstream with too few samples is explored (a bounded share of traffic until
+  // SPEC §2: "an upstream with too few samples is explored (a bounded share of traffic until
   // measured)": over many decisions, the unmeasured upstream gets about `exploration_share`, not more.
-  it('guard: exploration of an unmeasured upstream is bounded by exploration_share', () => {
+  it('exploration of an unmeasured upstream is bounded by exploration_share', () => {
     const clock = manualClock(1_000_000);
     const measured = new UpstreamStats(clock.now);
     for (let i = 0; i < 5; i++)
@@ -201,8 +204,8 @@ describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
     expect(explored / (2 * N)).toBeLessThan(0.13);
   });
 
-  // guard. SPEC §2: "Every decision has a score in [0, 1] (1 = best ...)" and a reason with the raw figures.
-  it('guard: every score-based strategy scores in [0,1], the best exactly 1, over random statistics', () => {
+  // SPEC §2: "Every decision has a score in [0, 1] (1 = best ...)" and a reason with the raw figures.
+  it('every score-based strategy scores in [0,1], the best exactly 1, over random statistics', () => {
     const rnd = mulberry32(42);
     for (let round = 0; round < 300; round++) {
       const n = 2 + Math.floor(rnd() * 4);
@@ -234,7 +237,7 @@ describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
 });
 
 describe('cost strategy (SPEC §2 `cost`)', () => {
-  // DEFECT. SPEC §2 `cost`: "lowest expected cost: est. prompt tokens x input price + expected output tokens x
+  // SPEC §2 `cost`: "lowest expected cost: est. prompt tokens x input price + expected output tokens x
   // output price". A request with `n: 10` is billed for ten completions, but the expected output is
   // max_tokens once (features.ts chatFeatures -> requestedOutputTokens; cost.ts expectedCostUsd never
   // multiplies by `choices`), so the ranking weighs input price 10x too heavily and picks the dearer upstream.
@@ -274,7 +277,7 @@ describe('cost strategy (SPEC §2 `cost`)', () => {
 // tiers and the LLM router
 
 describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () => {
-  // DEFECT. SPEC §2: the LLM router "is cached by prompt hash". The router's prompt says how many tokens the
+  // SPEC §2: the LLM router "is cached by prompt hash". The router's prompt says how many tokens the
   // request has (router-prompt.ts buildRouterPrompt: "prompt tokens (estimated): N"), but the cache key hashes
   // only the tools/images flags and the excerpt of the last 4 non-system messages (llm-router.ts askRouter,
   // `key`). A 10,000-token conversation ending in the same 4 messages as a short one gets the short one's
@@ -332,7 +335,7 @@ describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () =>
     expect(long.headers['x-router-tier']).toBe('deep');
   });
 
-  // DEFECT. SPEC §2 Failover: the list is tried "within routing.total_timeout_ms"; the LLM router's call is part
+  // SPEC §2 Failover: the list is tried "within routing.total_timeout_ms"; the LLM router's call is part
   // of the request. llm-router.ts callRouter bounds it by `started + router.timeout_ms` only, never by the
   // request's own deadline (askRouter is not given it; chat.ts failoverOptions computes it after the
   // decision), so with the router hanging a request set to 400 ms takes the router's 1,500 ms.
@@ -360,7 +363,7 @@ describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () =>
     expect(r.ms, `status ${r.status} after ${Math.round(r.ms)} ms: ${r.text}`).toBeLessThan(1000);
   });
 
-  // DEFECT. SPEC §2 circuit breaker counts upstream failures; README (Tiers): "one merely cut off by the
+  // SPEC §2 circuit breaker counts upstream failures; README (Tiers): "one merely cut off by the
   // router's timeout_ms may still serve it". Yet failover.ts record() charges the breaker with a timeout for
   // an attempt cut by the request's own budget (result.deadlineReached: the router's timeout_ms here, also
   // routing.total_timeout_ms), so a healthy upstream a bit slower than the router's 100 ms budget has its
@@ -402,7 +405,7 @@ describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () =>
     expect(br.state).toBe('closed');
   });
 
-  // DEFECT. SPEC §2: "ties are broken by rotation, never by array order alone"; `round-robin` "rotates evenly
+  // SPEC §2: "ties are broken by rotation, never by array order alone"; `round-robin` "rotates evenly
   // across healthy candidates". The rotation counter is per route (plan.ts planRequest: route.rotation),
   // shared by all its tiers, so when a client alternates tiers (an agent's plan/act loop) every request of
   // one tier sees the same parity and the same upstream of that tier serves them all.
@@ -458,9 +461,9 @@ describe('circuit breaker (SPEC §2 "Circuit breaker")', () => {
     success_threshold: 2,
   };
 
-  // guard. SPEC §2: open_ms "doubled on each re-open up to max_open_ms"; a 429 with Retry-After "opens it for
+  // SPEC §2: open_ms "doubled on each re-open up to max_open_ms"; a 429 with Retry-After "opens it for
   // exactly that long (... it does not double open_ms)"; a close starts again from open_ms.
-  it('guard: doubling, cap, rate-limit cooldown without doubling, and reset after closing', () => {
+  it('doubling, cap, rate-limit cooldown without doubling, and reset after closing', () => {
     const clock = manualClock(0);
     const br = new CircuitBreaker(CFG, clock.now);
     const fail = () => br.onFailure(br.acquire()!, 'error');
@@ -498,7 +501,7 @@ describe('circuit breaker (SPEC §2 "Circuit breaker")', () => {
     expect(br2.snapshot()).toMatchObject({ state: 'open', msUntilHalfOpen: 2_500, openMs: 1_000 });
   });
 
-  // DEFECT. SPEC §2: open "for open_ms (default 30 000), doubled on each re-open up to max_open_ms"; SPEC §3
+  // SPEC §2: open "for open_ms (default 30 000), doubled on each re-open up to max_open_ms"; SPEC §3
   // reload keeps breakers "of upstreams that remain". breaker.ts setConfig keeps an earned backoff as it was
   // (only clamped to the new max), never raised to the new open_ms: after a reload from open_ms 1 s to 30 s,
   // a breaker that had opened once re-opens for 2 s, less than open_ms.
@@ -515,9 +518,9 @@ describe('circuit breaker (SPEC §2 "Circuit breaker")', () => {
     expect(br.msUntilHalfOpen()).toBeGreaterThanOrEqual(30_000);
   });
 
-  // guard. Retry-After: delay-seconds (decimals rounded up), HTTP-date, huge (capped at 24 h), negative or
+  // Retry-After: delay-seconds (decimals rounded up), HTTP-date, huge (capped at 24 h), negative or
   // garbage (ignored), past dates (0: an ordinary failure, not a 0 ms open); retry-after-ms preferred.
-  it('guard: Retry-After parsing', () => {
+  it('Retry-After parsing', () => {
     const now = Date.parse('2030-01-01T00:00:00Z');
     expect(parseRetryAfter('120', now)).toBe(120_000);
     expect(parseRetryAfter(' 1.1 ', now)).toBe(1_100);
@@ -534,10 +537,10 @@ describe('circuit breaker (SPEC §2 "Circuit breaker")', () => {
     expect(br.state).toBe('closed');
   });
 
-  // guard. SPEC §2 half-open: "at most half_open_probes concurrent trial requests"; SPEC §8: a client that
+  // SPEC §2 half-open: "at most half_open_probes concurrent trial requests"; SPEC §8: a client that
   // disconnects gets its upstream request aborted. A probe whose client left must give its slot back, or the
   // upstream would stay half-open with its only probe slot taken forever.
-  it('guard: a half-open probe aborted by its client frees the probe slot', async () => {
+  it('a half-open probe aborted by its client frees the probe slot', async () => {
     const a = await sim('a', { status: 500 });
     const b = await sim('b');
     const gw = track(
@@ -573,9 +576,9 @@ describe('circuit breaker (SPEC §2 "Circuit breaker")', () => {
 });
 
 describe('failover (SPEC §2 "Failover", §4 errors)', () => {
-  // guard. SPEC §4: "429 (with Retry-After when every candidate is rate limited)": the smallest cooldown, both
+  // SPEC §4: "429 (with Retry-After when every candidate is rate limited)": the smallest cooldown, both
   // when the attempts were all 429s and, next, when every breaker is cooling down; each upstream tried once.
-  it('guard: every candidate rate limited gives 429 with the smallest Retry-After, then 429 from the breakers', async () => {
+  it('every candidate rate limited gives 429 with the smallest Retry-After, then 429 from the breakers', async () => {
     const a = await sim('a', { status: 429, retryAfterS: 7 });
     const b = await sim('b', { status: 429, retryAfterS: 3 });
     const gw = track(
@@ -600,9 +603,9 @@ describe('failover (SPEC §2 "Failover", §4 errors)', () => {
     expect(a.requests.length + b.requests.length).toBe(2);
   });
 
-  // guard. SPEC §2: "at most routing.max_attempts distinct upstreams"; the trail names each failed attempt
+  // SPEC §2: "at most routing.max_attempts distinct upstreams"; the trail names each failed attempt
   // with its reason; failovers are counted from the provider left, with its reason.
-  it('guard: max_attempts bounds the distinct upstreams tried, and the trail and failover metric say why', async () => {
+  it('max_attempts bounds the distinct upstreams tried, and the trail and failover metric say why', async () => {
     const a = await sim('a', { status: 503 });
     const b = await sim('b', { status: 500 });
     const c = await sim('c');
@@ -624,5 +627,21 @@ describe('failover (SPEC §2 "Failover", §4 errors)', () => {
     const metrics = await (await request(`${gw.url}/metrics`)).body.text();
     expect(metrics).toContain('llm_router_failovers_total{route="r",from_provider="a",reason="error"} 1');
     expect(metrics).not.toContain('from_provider="b"');
+  });
+});
+
+describe('Retry-After in the asctime form is GMT whatever the host zone (RFC 9110 §5.6.7)', () => {
+  // Kills src/resilience/classify.ts:151 `Date.parse(`${text} GMT`)` -> `Date.parse(text)`. On a UTC host the
+  // two agree, so the suite never saw it; on any other zone the cooldown was off by the zone's offset.
+  it('parses "Sun Nov  6 08:49:37 1994" as GMT under TZ=America/New_York', () => {
+    const saved = process.env.TZ;
+    process.env.TZ = 'America/New_York';
+    try {
+      const now = Date.UTC(1994, 10, 6, 8, 49, 30);
+      expect(parseRetryAfter('Sun Nov  6 08:49:37 1994', now)).toBe(7_000);
+    } finally {
+      if (saved === undefined) delete process.env.TZ;
+      else process.env.TZ = saved;
+    }
   });
 });

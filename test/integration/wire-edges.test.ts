@@ -1,18 +1,21 @@
+/**
+ * The wire, held to SPEC §2/§4/§8 and to what clients expect: SSE framing from an OpenAI-dialect upstream
+ * (CRLF, CR-only, one byte per write, a last event without its blank line), the Anthropic translation of an
+ * image tool result and of a full Claude stream, x-router-* headers on a shutdown 503, image_url validation,
+ * client aborts, gzip streams, error events after the commit, passthrough paths that climb out of /v1, and
+ * request and answer texts (a repeated top-level key, a UTF-8 BOM). Every upstream is a hand-written
+ * node:http server (or the simulator) on 127.0.0.1:0.
+ */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
+import { startSimulator } from '../../src/sim/index.js';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
-import { startGateway } from '../helpers/gateway.js';
+import { postChat, simProvider, startGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-
-/**
- * White-box review of the wire: SSE parsing, the Anthropic translation, headers, secrets, client aborts,
- * compressed answers and passthrough paths, each against SPEC §2/§4/§8 or a client's expectation. Every
- * upstream is a hand-written node:http server on 127.0.0.1:0.
- */
 
 onlyLoopbackFetch();
 const track = closeAfterEach();
@@ -158,7 +161,7 @@ function contentOf(text: string): string {
 const USER = [{ role: 'user', content: 'hi' }];
 
 describe('SSE parsing of an OpenAI-dialect upstream', () => {
-  it('guard: CRLF events, data: without space, comments, multi-line data, each byte its own TCP write (a UTF-8 character split)', async () => {
+  it('CRLF events, data: without space, comments, multi-line data, each byte its own TCP write (a UTF-8 character split)', async () => {
     // SPEC §2/§8: whole events are relayed whatever the upstream's framing; an OpenAI SDK client sees the text.
     const text = 'héllo 🌍 wörld';
     const up = await raw((_q, res) => {
@@ -190,7 +193,7 @@ describe('SSE parsing of an OpenAI-dialect upstream', () => {
     expect(finish).toBe('stop');
   });
 
-  it('guard: CR-only line ends, a CR and the next event split across writes', async () => {
+  it('CR-only line ends, a CR and the next event split across writes', async () => {
     const up = await raw((_q, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       const body = `data: ${chunk({ content: 'a' })}\r\rdata: ${chunk({ content: 'b' })}\r\rdata: ${chunk({}, 'stop')}\r\rdata: [DONE]\r\r`;
@@ -273,7 +276,7 @@ describe('Anthropic translation', () => {
     ]);
   });
 
-  it('guard: a Claude stream (thinking, text, two tool_use blocks with split input_json_delta, cache usage) read by the OpenAI SDK stream helper', async () => {
+  it('a Claude stream (thinking, text, two tool_use blocks with split input_json_delta, cache usage) read by the OpenAI SDK stream helper', async () => {
     // SPEC §4 translation: stop reason tool_use -> tool_calls, usage includes cache tokens (prompt = input +
     // creation + read, cached_tokens = read), argument fragments assembled, a parameterless tool gets "{}".
     const ev = (type: string, data: Json) => `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
@@ -394,8 +397,8 @@ describe('request validation (SPEC §8)', () => {
   });
 });
 
-describe('guards', () => {
-  it('guard: a client that vanishes before the commit has its upstream request aborted at once', async () => {
+describe('client aborts, compressed streams, errors after the commit and passthrough paths', () => {
+  it('a client that vanishes before the commit has its upstream request aborted at once', async () => {
     // SPEC §8: "a client that disconnects gets its upstream request aborted at once".
     const up = await raw((_q, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
@@ -418,7 +421,7 @@ describe('guards', () => {
     expect(performance.now() - t0).toBeLessThan(1500);
   });
 
-  it('guard: a gzip-encoded event stream arriving one byte per TCP write is decoded and relayed whole', async () => {
+  it('a gzip-encoded event stream arriving one byte per TCP write is decoded and relayed whole', async () => {
     // SPEC §8: "compressed answers are relayed intact or decoded correctly".
     const up = await raw((_q, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'content-encoding': 'gzip' });
@@ -438,7 +441,7 @@ describe('guards', () => {
     expect(events(r.text).at(-1)).toBe('[DONE]');
   });
 
-  it('guard: an error event after the commit ends the stream with an OpenAI-shaped error, scrubbed, and no [DONE]', async () => {
+  it('an error event after the commit ends the stream with an OpenAI-shaped error, scrubbed, and no [DONE]', async () => {
     // SPEC §2 terminate policy and §8 secrets: the upstream echoes our key in its error event.
     const up = await raw((_q, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
@@ -456,7 +459,7 @@ describe('guards', () => {
     expect(last.error).toMatchObject({ type: 'upstream_error', param: null, code: 'stream_interrupted' });
   });
 
-  it('guard: passthrough paths that climb out of /v1 are refused and never reach the provider with our key', async () => {
+  it('passthrough paths that climb out of /v1 are refused and never reach the provider with our key', async () => {
     // SPEC §4 (other /v1/* reverse-proxied) and §8 (admin data needs the admin key; our key stays ours).
     const up = await raw((req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -488,5 +491,59 @@ describe('guards', () => {
     } finally {
       await c.close();
     }
+  });
+});
+
+describe('request and answer texts', () => {
+  it('a body with a repeated top-level key reaches the upstream with that key once, as validated', async () => {
+    const sim = track(await startSimulator({ name: 'p' }));
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('p', sim.url, ['m'])],
+        routes: { r: { targets: ['p/m'] } },
+      }),
+    );
+    const text =
+      '{"model":"r","max_tokens":5,"messages":[{"role":"user","content":"a"}],"max_tokens":7,"x":{"max_tokens":1}}';
+    expect((await postChat(gw, text)).status).toBe(200);
+    const sent = sim.requests.at(-1)!.text;
+    expect(sent.match(/"max_tokens"/g)).toHaveLength(2); // top level once, the nested one kept
+    expect(JSON.parse(sent)).toMatchObject({ model: 'm', max_tokens: 7, x: { max_tokens: 1 } });
+    // A body with no repeated key is spliced as written (whitespace kept).
+    const spaced = '{ "model" : "r" ,  "messages":[{"role":"user","content":"b"}] }';
+    expect((await postChat(gw, spaced)).status).toBe(200);
+    expect(sim.requests.at(-1)!.text).toBe('{ "model" : "m" ,  "messages":[{"role":"user","content":"b"}] }');
+  });
+
+  it('an upstream JSON answer that starts with a UTF-8 BOM is served, not failed over', async () => {
+    const answer = {
+      id: 'x',
+      object: 'chat.completion',
+      created: 1,
+      model: 'm',
+      choices: [{ index: 0, message: { role: 'assistant', content: 'bom ok' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
+    };
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        const body = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(answer))]);
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+        res.end(body);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    track({ close: () => new Promise<void>((r) => server.close(() => r())) });
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const gw = track(
+      await startGateway({
+        providers: [simProvider('p', url, ['m'])],
+        routes: { r: { targets: ['p/m'] } },
+      }),
+    );
+    const res = await postChat(gw, { model: 'r', messages: [{ role: 'user', content: 'a' }] });
+    expect(res.status).toBe(200);
+    expect(res.text.charCodeAt(0)).not.toBe(0xfeff);
+    expect((res.json.choices as { message: { content: string } }[])[0]!.message.content).toBe('bom ok');
   });
 });

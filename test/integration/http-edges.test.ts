@@ -1,8 +1,10 @@
 /**
- * White-box review of the HTTP edges: embeddings, /v1/models, auth, the passthrough (HTTP and its secret
- * masking), the upstream pools and scrubbing. Every test runs on loopback against hand-written upstreams.
- * Tests that fail on the code they were written against name the SPEC/README line they hold it to; the
- * ones marked "guard" pin down behaviour that is right and not trivially so.
+ * The HTTP edges against SPEC §3/§4/§8 and README ("HTTP surface", "Failover and streams", "OpenAI-dialect
+ * upstreams", "Metrics"): secrets kept out of passthrough error bodies and echoed answers, embeddings
+ * failover past an answer without data, the upstream pool's queue (not charged to the breaker), auth on HEAD
+ * and OPTIONS, /v1/models through the OpenAI SDK, idle connections closed by a reload, chat errors scrubbed
+ * when split across writes, bounded param fitting, and the request log line. Every test runs on loopback
+ * against hand-written upstreams.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -261,8 +263,8 @@ describe('the upstream pool', () => {
   });
 });
 
-describe('guards', () => {
-  // guard. SPEC §8 Auth: every /v1/* path needs a client key, /router/* the admin key and "no data" without
+describe('auth, /v1/models, reload, scrubbing, param fitting and the request log', () => {
+  // SPEC §8 Auth: every /v1/* path needs a client key, /router/* the admin key and "no data" without
   // it; fastify's implicit HEAD routes and OPTIONS (no route) go through the same hook.
   it('HEAD and OPTIONS need the keys too, and a refused HEAD /router/status carries no data', async () => {
     const a = await mock((_req, res) => sendJson(res, 200, completion('ok')));
@@ -297,7 +299,7 @@ describe('guards', () => {
     expect(a.seen).toHaveLength(0);
   });
 
-  // guard. What the OpenAI SDK does with GET /v1/models: models.list() iterates to its end (one page, no
+  // What the OpenAI SDK does with GET /v1/models: models.list() iterates to its end (one page, no
   // cursor), and models.retrieve() of a `provider/model` id (sent as `models/a%2Fm`) answers it.
   it('the OpenAI SDK lists every id once and retrieves a provider/model id', async () => {
     const a = await mock((_req, res) => sendJson(res, 200, completion('ok')));
@@ -328,7 +330,7 @@ describe('guards', () => {
     await expect(client.models.retrieve('nope')).rejects.toMatchObject({ status: 404 });
   });
 
-  // guard. SPEC §3 reload: pools of providers a reload removes are closed once their requests are done
+  // SPEC §3 reload: pools of providers a reload removes are closed once their requests are done
   // (runtime.ts retire/release): the removed upstream's keep-alive connection goes.
   it('a reload that removes a provider closes its idle keep-alive connections', async () => {
     const a = await mock((_req, res, raw) => sendJson(res, 200, embeddingAnswer(raw)));
@@ -360,7 +362,7 @@ describe('guards', () => {
     expect((await call(gw, 'POST', '/v1/embeddings', { model: 'embed', input: 'x' })).status).toBe(200);
   });
 
-  // guard. SPEC §8 Secrets: a chat error relayed to the client (a 400 read in pieces; an error event after the
+  // SPEC §8 Secrets: a chat error relayed to the client (a 400 read in pieces; an error event after the
   // commit, written in two parts) has the key scrubbed even when it arrives split across chunks.
   it('a chat error echoing the key split across two writes is scrubbed (400 and mid-stream event)', async () => {
     const key = 'sk-chat-SPLIT-0123456789-abcdef';
@@ -406,7 +408,7 @@ describe('guards', () => {
       expect(t.includes(key.slice(0, 14))).toBe(false);
   });
 
-  // guard. README "OpenAI-dialect upstreams": one refused send per field, at most a few refits per attempt;
+  // README "OpenAI-dialect upstreams": one refused send per field, at most a few refits per attempt;
   // an upstream that refuses every name of the token limit, or one droppable field after another, cannot make
   // the gateway loop.
   it('param fitting is bounded: a hostile upstream gets a handful of sends per request, then its 400', async () => {
@@ -468,7 +470,7 @@ describe('guards', () => {
     expect(sent).toContain('"messages"');
   });
 
-  // guard. README Metrics/logs: "one `request` line per request (request id, route, strategy, chosen upstream
+  // README Metrics/logs: "one `request` line per request (request id, route, strategy, chosen upstream
   // with its score and reason, attempts and trail, ... status, latency, TTFT, tokens, cost)"; SPEC §8: no
   // secret in a log line. Nor the prompt's text.
   it('a streamed chat request writes one request line with the README fields, no key and no prompt text', async () => {

@@ -1,6 +1,9 @@
 /**
- * Review of how metrics (SPEC §5, README "Metrics") and the per-request line are produced: report.ts,
- * chat.ts, embeddings.ts, metrics.ts, failover.ts, llm-router.ts. Each gateway is fresh, so counts are exact.
+ * What /metrics counts (SPEC §5, README "Metrics") for each way a request can end: stream failover, 429 from
+ * every candidate, every breaker open, the total timeout, a client leaving before or after the commit, a stream
+ * cut after the commit, JSON and embeddings answers, a direct provider/model request; the LLM router's own
+ * metrics; the overhead histogram, and admin reads kept out of the counters; and the series a reload removes
+ * with its upstream. Each gateway is fresh, so counts are exact.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
@@ -8,8 +11,10 @@ import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
-import { scrape, select, value, type Sample } from '../helpers/prom-text.js';
+import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { answerChat, sendJson, startMock } from '../helpers/mock-upstream.js';
+import { parseProm, scrape, select, value, type Sample } from '../helpers/prom-text.js';
+import { reload } from '../helpers/review-kit.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
@@ -55,7 +60,7 @@ const DUR = 'llm_router_request_duration_seconds_count';
 const lines = (gw: TestGateway) => gw.logs.filter((l) => l.msg === 'request');
 
 describe('requests, attempts, failovers', () => {
-  it('guard: stream failover before commit: one failover, attempts per upstream, tokens only on the server', async () => {
+  it('stream failover before commit: one failover, attempts per upstream, tokens only on the server', async () => {
     const bad = await sim('bad', { status: 500 });
     const ok = await sim('ok', { completionTokens: 6, usage: false });
     const gw = track(
@@ -86,7 +91,7 @@ describe('requests, attempts, failovers', () => {
     expect(value(s, INF, { provider: 'ok', model: 'm' })).toBe(0);
   });
 
-  it('guard: 429 from every candidate: status 429, one failover (the last failure is none), rate_limited attempts', async () => {
+  it('429 from every candidate: status 429, one failover (the last failure is none), rate_limited attempts', async () => {
     const a = await sim('a', { status: 429, retryAfterS: 1 });
     const b = await sim('b', { status: 429, retryAfterS: 1 });
     const gw = track(
@@ -105,7 +110,7 @@ describe('requests, attempts, failovers', () => {
     expect(value(s, TOK, { provider: 'b', model: 'm', kind: 'prompt' })).toBe(0);
   });
 
-  it('guard: every breaker open: 503 counted under provider none, no attempt', async () => {
+  it('every breaker open: 503 counted under provider none, no attempt', async () => {
     const a = await sim('a', { status: 500 });
     const gw = track(
       await startGateway({
@@ -124,7 +129,7 @@ describe('requests, attempts, failovers', () => {
     expect(value(s, ATT, { provider: 'a', model: 'm', outcome: 'error' })).toBe(1);
   });
 
-  it('guard: total timeout: 504 with the status the client got, timeout attempt, inflight back to 0', async () => {
+  it('total timeout: 504 with the status the client got, timeout attempt, inflight back to 0', async () => {
     const a = await sim('a', { hang: true });
     const gw = track(
       await startGateway({
@@ -142,7 +147,7 @@ describe('requests, attempts, failovers', () => {
     expect(value(s, INF, { provider: 'a', model: 'm' })).toBe(0);
   });
 
-  it('guard: client leaves a stream before its commit: 499, no stream failure, inflight 0', async () => {
+  it('client leaves a stream before its commit: 499, no stream failure, inflight 0', async () => {
     const a = await sim('a', { hangAfterHeaders: true });
     const gw = track(
       await startGateway({
@@ -161,7 +166,7 @@ describe('requests, attempts, failovers', () => {
     expect(value(s, INF, { provider: 'a', model: 'm' })).toBe(0);
   });
 
-  it('guard: client leaves a stream after its commit: 200 kept, not a stream failure, inflight 0', async () => {
+  it('client leaves a stream after its commit: 200 kept, not a stream failure, inflight 0', async () => {
     const a = await sim('a', { completionTokens: 50, chunkDelayMs: 30 });
     const gw = track(
       await startGateway({
@@ -222,7 +227,7 @@ describe('requests, attempts, failovers', () => {
     expect(lines(gw)[0]?.ttftMs).toEqual(expect.any(Number));
   });
 
-  it('guard: JSON answer: no TPOT (README: streams), TTFT once, durations in seconds', async () => {
+  it('JSON answer: no TPOT (README: streams), TTFT once, durations in seconds', async () => {
     const a = await sim('a', { latencyMs: 400, completionTokens: 5 });
     const gw = track(
       await startGateway({
@@ -249,7 +254,7 @@ describe('requests, attempts, failovers', () => {
     ).toBeUndefined();
   });
 
-  it('guard: direct provider/model request counts under its own route name', async () => {
+  it('direct provider/model request counts under its own route name', async () => {
     const a = await sim('a');
     const gw = track(
       await startGateway({
@@ -265,7 +270,7 @@ describe('requests, attempts, failovers', () => {
     ).toBe(1);
   });
 
-  it('guard: embeddings: stream "false", prompt tokens, no TTFT/TPOT', async () => {
+  it('embeddings: stream "false", prompt tokens, no TTFT/TPOT', async () => {
     const a = await sim('a');
     const gw = track(
       await startGateway({
@@ -318,7 +323,7 @@ async function tieredOn(rsim: Simulator, routerCfg: Record<string, unknown> = {}
 }
 
 describe('LLM router metrics', () => {
-  it('guard: chosen then cached: one call observed, the cached one counted with the tier it got', async () => {
+  it('chosen then cached: one call observed, the cached one counted with the tier it got', async () => {
     const gw = await tiered({ reply: '{"tier":"deep","reason":"hard"}', completionTokens: 3 });
     expect((await chat(gw, 't')).headers['x-router-tier']).toBe('deep');
     expect((await chat(gw, 't')).headers['x-router-tier']).toBe('deep');
@@ -330,7 +335,7 @@ describe('LLM router metrics', () => {
     expect(value(s, ATT, { provider: 'router', model: 'm', outcome: 'success' })).toBe(1);
   });
 
-  it('guard: unparsable answer: default tier, outcome unparsable, duration observed', async () => {
+  it('unparsable answer: default tier, outcome unparsable, duration observed', async () => {
     const gw = await tiered({ reply: 'I think deep', completionTokens: 3 });
     expect((await chat(gw, 't')).headers['x-router-tier']).toBe('balanced');
     const s = await settle(gw, 1);
@@ -338,7 +343,7 @@ describe('LLM router metrics', () => {
     expect(value(s, RD, { tier: 'fast' })).toBe(1);
   });
 
-  it('guard: router upstream error: default tier, outcome error; its attempt counted, the request served', async () => {
+  it('router upstream error: default tier, outcome error; its attempt counted, the request served', async () => {
     const gw = await tiered({ status: 500 });
     const r = await chat(gw, 't');
     expect(r.status).toBe(200);
@@ -349,7 +354,7 @@ describe('LLM router metrics', () => {
     expect(select(s, FO).reduce((n, x) => n + x.value, 0)).toBe(0);
   });
 
-  it('guard: router timeout: outcome timeout, duration in seconds, inflight back to 0', async () => {
+  it('router timeout: outcome timeout, duration in seconds, inflight back to 0', async () => {
     const gw = await tiered({ hang: true }, { timeout_ms: 300 });
     const r = await chat(gw, 't');
     expect(r.status).toBe(200);
@@ -379,6 +384,75 @@ describe('LLM router metrics', () => {
     // Nor is an upstream tried (or a decision counted) for a client already gone.
     expect(lines(gw)[0]).toMatchObject({ status: 499, attempts: 0, tier: 'balanced' });
     expect(select(s, 'llm_router_routing_decisions_total')).toHaveLength(0);
+  });
+});
+
+describe('metrics (SPEC §5)', () => {
+  // This block's own request helpers (a one-message "hi" chat; /metrics parsed).
+  async function chat(gw: TestGateway, model: string, extra: Record<string, unknown> = {}) {
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], ...extra }),
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, headers: res.headers, text };
+  }
+
+  async function metrics(gw: TestGateway) {
+    return parseProm(await (await request(`${gw.url}/metrics`)).body.text());
+  }
+
+  it('llm_router_overhead_seconds of a request that ends in a 502 excludes the time spent waiting on upstreams', async () => {
+    // SPEC §5: "llm_router_overhead_seconds | histogram | route (time the gateway itself added: total minus
+    // time waiting on upstreams)". An upstream that takes 400 ms to answer 500 is upstream time, not ours.
+    const up = track(
+      await startMock(async (_req, res) => {
+        await sleep(400);
+        sendJson(res, 500, { error: { message: 'boom', type: 'server_error' } });
+      }),
+    );
+    const gw = track(
+      await startGateway({
+        providers: [{ name: 'p', base_url: `${up.url}/v1`, models: [{ name: 'm' }] }],
+        routes: { r: { strategy: 'priority', targets: ['p/m'] } },
+      }),
+    );
+    const r = await chat(gw, 'r');
+    expect(r.status).toBe(502);
+    await sleep(50); // the report is written at the end of the turn
+    const m = await metrics(gw);
+    expect(value(m, 'llm_router_overhead_seconds_count', { route: 'r' })).toBe(1);
+    const sum = value(m, 'llm_router_overhead_seconds_sum', { route: 'r' })!;
+    expect(sum).toBeLessThan(0.2);
+  });
+
+  it('/router/explain is an admin read: not a request in the counters or the request log', async () => {
+    // Regression: each explain counted in llm_router_requests_total{route="none"} and wrote a request line,
+    // though it calls no upstream (README: admin reads stay out of the request log and counters).
+    const up = track(await startMock((req, res) => answerChat(res, req.body, 'ok')));
+    const gw = track(
+      await startGateway({
+        providers: [{ name: 'p', base_url: `${up.url}/v1`, models: [{ name: 'm' }] }],
+        routes: { r: { strategy: 'priority', targets: ['p/m'] } },
+      }),
+    );
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${gw.url}/router/explain`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    expect((await chat(gw, 'r')).status).toBe(200);
+    await sleep(50);
+    const text = await (await request(`${gw.url}/metrics`)).body.text();
+    const counted = text.split('\n').filter((l) => l.startsWith('llm_router_requests_total{'));
+    expect(counted).toHaveLength(1);
+    expect(counted[0]).toMatch(/route="r".* 1$/);
+    expect(gw.rawLogs()).not.toContain('/router/explain');
   });
 });
 
@@ -418,5 +492,93 @@ describe('reload', () => {
     // as 0 forever, the very case gateway.ts removes circuit_state for.
     expect(lines(gw)).toHaveLength(1);
     expect(select(s, INF, { provider: 'b' })).toHaveLength(0);
+  });
+});
+
+describe('a reload removes a removed upstream’s metric series (memory backend)', () => {
+  function cfgWith(url: string, models: string[]): Record<string, unknown> {
+    const routes: Record<string, unknown> = { r1: { strategy: 'priority', targets: ['p/m1'] } };
+    if (models.includes('m2')) routes.r2 = { strategy: 'priority', targets: ['p/m2'] };
+    return { providers: [simProvider('p', url, models)], routes };
+  }
+
+  it('the last request still running on a removed upstream does not bring its series back once it ends', async () => {
+    // README Metrics: "An upstream a reload removes takes its series with it (... the rest once the old
+    // config's requests are done)". The old runtime is released when the handler's promise settles
+    // (chat.ts ownReply rt.release()), and #forgetSeries runs a few microtasks later (the pool is reused,
+    // so Runtime.retire resolves at once); but the request's own count is written after the turn
+    // (report.ts reportRequest -> afterThisTurn/setImmediate -> writeReport), through requestChildren,
+    // which #forgetSeries just cleared: llm_router_requests_total / request_duration of p/m2 are created
+    // again, after their removal, and are exported forever.
+    const sim = track(await startSimulator({ name: 'p', latencyMs: 700 }));
+    const gw = track(await startGateway(cfgWith(sim.url, ['m1', 'm2'])));
+    expect((await postChat(gw, { model: 'r1', messages: [{ role: 'user', content: 'x' }] })).status).toBe(
+      200,
+    );
+    const inFlight = postChat(gw, { model: 'r2', messages: [{ role: 'user', content: 'y' }] });
+    await until('the request reaches the upstream', () => sim.requests.length >= 2, 5_000);
+    reload(gw, cfgWith(sim.url, ['m1'])); // p/m2 is gone; p/m1 (same provider: pool reused) stays
+    expect((await inFlight).status).toBe(200);
+    await sleep(300);
+    const samples = await scrape(gw.url);
+    const left = new Set(samples.filter((s) => s.labels.model === 'm2').map((s) => s.name));
+    expect([...left]).toEqual([]);
+    // p/m1 keeps its series.
+    expect(
+      value(samples, 'llm_router_requests_total', { route: 'r1', provider: 'p', model: 'm1', status: '200' }),
+    ).toBe(1);
+  });
+
+  it('an upstream removed and re-added before the old config’s requests end keeps its series and counts', async () => {
+    const sim = track(await startSimulator({ name: 'p', latencyMs: 700 }));
+    const gw = track(await startGateway(cfgWith(sim.url, ['m1', 'm2'])));
+    const inFlight = postChat(gw, { model: 'r2', messages: [{ role: 'user', content: 'y' }] });
+    await until('the request reaches the upstream', () => sim.requests.length >= 1, 5_000);
+    reload(gw, cfgWith(sim.url, ['m1'])); // removed...
+    reload(gw, cfgWith(sim.url, ['m1', 'm2'])); // ...and back, while the first config still has a request
+    expect((await inFlight).status).toBe(200);
+    await sleep(300);
+    const samples = await scrape(gw.url);
+    expect(
+      value(samples, 'llm_router_upstream_attempts_total', {
+        provider: 'p',
+        model: 'm2',
+        outcome: 'success',
+      }),
+    ).toBe(1);
+    expect(
+      value(samples, 'llm_router_requests_total', { route: 'r2', provider: 'p', model: 'm2', status: '200' }),
+    ).toBe(1);
+    expect(value(samples, 'llm_router_circuit_state', { provider: 'p', model: 'm2' })).toBe(0);
+  });
+
+  it('with no request in flight, a removed upstream’s series go and a kept one’s stay', async () => {
+    const sim = track(await startSimulator({ name: 'p' }));
+    const gw = track(await startGateway(cfgWith(sim.url, ['m1', 'm2'])));
+    for (const model of ['r1', 'r2'])
+      expect((await postChat(gw, { model, messages: [{ role: 'user', content: 'z' }] })).status).toBe(200);
+    reload(gw, cfgWith(sim.url, ['m1']));
+    await until('m2 series gone', async () => (await scrape(gw.url)).every((s) => s.labels.model !== 'm2'));
+    const samples = await scrape(gw.url);
+    expect(
+      value(samples, 'llm_router_upstream_attempts_total', {
+        provider: 'p',
+        model: 'm1',
+        outcome: 'success',
+      }),
+    ).toBe(1);
+    // The cached children were dropped: a request after the reload still counts (no lost increments).
+    expect((await postChat(gw, { model: 'r1', messages: [{ role: 'user', content: 'w' }] })).status).toBe(
+      200,
+    );
+    await sleep(50);
+    expect(
+      value(await scrape(gw.url), 'llm_router_requests_total', {
+        route: 'r1',
+        provider: 'p',
+        model: 'm1',
+        status: '200',
+      }),
+    ).toBe(2);
   });
 });

@@ -1,10 +1,10 @@
 /**
- * White-box review of the OpenAI -> Anthropic translation (src/upstream/adapters/anthropic-*.ts) against the two
- * APIs as documented. A hand-written Messages API mock on 127.0.0.1:0 records every request and refuses, with
- * Anthropic's 400 shape, what the API documents it refuses; the official `openai` SDK reads the answers.
- *
- * Tests under "defect" fail on the code as reviewed: each names the documentation it holds the code to.
- * Tests under "guard" pass and pin non-trivial behaviour found correct.
+ * The OpenAI -> Anthropic translation (src/upstream/adapters/anthropic-*.ts) held to both APIs as documented
+ * (SPEC §4: requests, responses and SSE events translated; README "Anthropic upstreams" and "Claude 5"): a
+ * forced tool turns thinking off, custom tools are never dropped silently, safety_identifier reaches
+ * metadata.user_id, system and developer messages are hoisted, tool results make well-formed turns, and JSON
+ * and streamed answers read back through the official `openai` SDK. A hand-written Messages API mock on
+ * 127.0.0.1:0 records every request and refuses, with Anthropic's 400 shape, what the API documents it refuses.
  */
 import type { ServerResponse } from 'node:http';
 import type OpenAI from 'openai';
@@ -126,10 +126,7 @@ const lookup: ChatCompletionTool = {
 };
 const hi = [{ role: 'user' as const, content: 'hi' }];
 
-// =============================================================================================
-// Defects.
-
-describe('defect: a forced tool with thinking on', () => {
+describe('a forced tool with thinking on: thinking is left off', () => {
   // anthropic-request.ts forcesTool() knows only "required" and a named function, while toolChoice() also
   // turns Mistral's "any" (README: "`tool_choice` `required` or Mistral's `any` is `any`") and
   // allowed_tools with mode "required" into {type: "any"}: thinking stays on beside a forced tool.
@@ -179,7 +176,7 @@ describe('defect: a forced tool with thinking on', () => {
   });
 });
 
-describe('defect: OpenAI custom tools are dropped silently', () => {
+describe('OpenAI custom tools are never dropped silently', () => {
   // OpenAI Chat Completions, `tools`: "A list of tools the model may call. You can provide either custom tools or
   // function tools" ({type: "custom", custom: {name, description, format}}); the gateway's validator accepts them
   // (src/http/validate.ts). README, Anthropic upstreams: what Anthropic has no place for "leaves Anthropic
@@ -230,7 +227,7 @@ describe('defect: OpenAI custom tools are dropped silently', () => {
   });
 });
 
-describe('defect: safety_identifier, which supersedes user, is dropped', () => {
+describe('safety_identifier, which supersedes user, is not dropped', () => {
   // OpenAI ("Incorporating a safety identifier"): "The safety identifier supersedes the previous user parameter
   // which was previously present for the same purpose." Anthropic's metadata.user_id is that identifier
   // ("an external identifier for the user who is associated with the request"), and README maps `user` to it;
@@ -243,10 +240,7 @@ describe('defect: safety_identifier, which supersedes user, is dropped', () => {
   });
 });
 
-// =============================================================================================
-// Guards.
-
-describe('guard: request translation', () => {
+describe('request translation', () => {
   it('tool_choice "required" or a named function with reasoning_effort: forced tool sent, thinking left off', async () => {
     const { received, client } = await setup();
     await client.chat.completions.create({
@@ -331,7 +325,7 @@ describe('guard: request translation', () => {
   });
 });
 
-describe('guard: answers', () => {
+describe('answers (JSON and stream)', () => {
   it('JSON: thinking, redacted thinking, text, server tool blocks and tool_use in one answer', async () => {
     const t0 = Math.floor(Date.now() / 1000);
     const { client } = await setup(() => ({

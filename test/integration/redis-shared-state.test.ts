@@ -1,20 +1,24 @@
 /**
- * White-box review of src/state/redis.ts and its users (runtime.ts, routing/plan.ts, routing/stats.ts,
- * gateway.ts, http/admin.ts) against SPEC §7 Scale-out and README "Scale-out". Tests that fail on the
- * current code name the defect; tests titled "guard:" pin behaviour that is right and easy to break.
- * Each runs replicas in this process on a real loopback redis-server and is skipped without one.
+ * State shared through Redis (SPEC §7 Scale-out; README "Scale-out"): breaker opens published and adopted
+ * (after a resubscribe, per database, backoff doubled fleet-wide, one prober per fleet, never published back),
+ * a lost or stalled Redis (local fallback, nothing queued, no stale opens later), TLS for a `REDISS://` URL,
+ * key prefixes and expiry, other replicas' statistics aged on Redis's clock, and a wrong password shown
+ * nowhere. The Redis block runs replicas in this process on a real loopback redis-server and is skipped
+ * without one; the last block needs no server (nothing listens where Redis should be).
  */
 import { request } from 'undici';
-import { expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { startSimulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { until } from '../helpers/wait.js';
-import { simProvider, type TestGateway } from '../helpers/gateway.js';
+import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { answerChat, startMock } from '../helpers/mock-upstream.js';
 import {
   OPEN_ON_FIRST_FAILURE,
   badThenGood,
   chat,
   describeWithRedis,
+  freePort,
   prefixes,
   redisClient,
   redisConfig,
@@ -28,9 +32,9 @@ import { sleep, statsView } from '../helpers/review-kit.js';
 
 const track = closeAfterEach();
 
-const nextPrefix = prefixes(`review-redis-${process.pid}-`);
+const nextPrefix = prefixes(`redis-shared-state-${process.pid}-`);
 
-describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
+describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
   /**
    * On the shared Redis (or `url`) under `prefix` (the default prefix when undefined); the first failure
    * opens for 30 s unless `breaker` says otherwise.
@@ -44,10 +48,6 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
   ): ConfigPart => redisConfig(providers, routes, breaker, redisState(url, prefix));
 
   const replica = (cfg: ConfigPart): Promise<TestGateway> => startReplica(track, cfg);
-
-  // ---------------------------------------------------------------------------------------------
-  // Defects
-  // ---------------------------------------------------------------------------------------------
 
   it('an open published while only the subscriber connection was down reaches that replica once it resubscribes', async () => {
     // README Scale-out: "a replica that starts or reconnects adopts the opens still running, so a provider
@@ -158,7 +158,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     ]);
   });
 
-  it('guard: a replica left holding an ended open probes on its own once Redis is gone', async () => {
+  it('a replica left holding an ended open probes on its own once Redis is gone', async () => {
     // SPEC §7: "If Redis is unreachable, each replica falls back to its local state".
     const prefix = nextPrefix();
     const { providers, routes } = await badThenGood(track);
@@ -289,11 +289,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     expect(gw.gateway.shared.redis!.connected).toBe(false);
   });
 
-  // ---------------------------------------------------------------------------------------------
-  // Guards
-  // ---------------------------------------------------------------------------------------------
-
-  it('guard: an adopted open is not published back, keeps the origin’s key, and opens the adopter at the origin’s level, undoubled', async () => {
+  it('an adopted open is not published back, keeps the origin’s key, and opens the adopter at the origin’s level, undoubled', async () => {
     // SPEC §7 / README: an open is published by the replica that opened it; the others open "until the
     // same moment" (state/shared-state.ts #adopting keeps them from re-publishing, which would bounce it around).
     const prefix = nextPrefix();
@@ -327,7 +323,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     }
   });
 
-  it('guard: every key carries the prefix; breaker and statistics keys expire; counters are one per route and tier', async () => {
+  it('every key carries the prefix; breaker and statistics keys expire; counters are one per route and tier', async () => {
     // README: `key_prefix` (prefix `llm-router:`); SPEC §7 shares round-robin counters per route (and, for
     // tiered routes, per tier: plan.ts `route#tier`). Nothing written grows with traffic.
     const prefix = nextPrefix();
@@ -364,7 +360,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     expect(keys).toContain(`${prefix}breaker:bad/m`);
   });
 
-  it("guard: another replica's statistics stop counting once they are more than 10 s old on the reader's clock", async () => {
+  it("another replica's statistics stop counting once they are more than 10 s old on the reader's clock", async () => {
     // README: "another replica's statistics dated more than 10 s either way are dropped" (a dead
     // replica's view is not kept).
     const prefix = nextPrefix();
@@ -416,7 +412,7 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     }
   });
 
-  it('guard: a wrong Redis password shows nowhere: logs, /router/status, /metrics', async () => {
+  it('a wrong Redis password shows nowhere: logs, /router/status, /metrics', async () => {
     // SPEC §8: no configured secret ("a password inside a base_url", and so the state URL's) appears in a
     // log line, /router/* or /metrics; README: the outage is logged "never the URL's password".
     const locked = await startRedis();
@@ -451,5 +447,40 @@ describeWithRedis('review: scale-out over Redis (SPEC §7)', (redis) => {
     } finally {
       await locked.stop();
     }
+  });
+});
+
+describe('scale-out without Redis (SPEC §7)', () => {
+  it('state.backend redis with nothing listening: requests are served, status says not connected', async () => {
+    // SPEC §7: "If Redis is unreachable, each replica falls back to its local state and keeps serving; it never
+    // fails a request because Redis is down." Needs no redis-server: the port has no listener.
+    const port = await freePort();
+    const up = track(await startMock((req, res) => answerChat(res, req.body, 'ok')));
+    const gw = track(
+      await startGateway(
+        {
+          providers: [
+            { name: 'a', base_url: `${up.url}/v1`, models: [{ name: 'm' }] },
+            { name: 'b', base_url: `${up.url}/v1`, models: [{ name: 'm' }] },
+          ],
+          routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } },
+          state: { backend: 'redis', url: `redis://:hunter2-secret-99@127.0.0.1:${port}` },
+        },
+        { stateSyncMs: 50 },
+      ),
+    );
+    const served: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const r = await chat(gw, 'r');
+      expect(r.status).toBe(200);
+      served.push(String(r.headers['x-router-provider']));
+    }
+    expect(new Set(served)).toEqual(new Set(['a', 'b'])); // round-robin turns stay local, still rotating
+    await sleep(200);
+    const status = (await (await request(`${gw.url}/router/status`)).body.json()) as {
+      state: { backend: string; connected: boolean };
+    };
+    expect(status.state).toEqual({ backend: 'redis', connected: false });
+    expect(gw.rawLogs()).not.toContain('hunter2-secret-99');
   });
 });

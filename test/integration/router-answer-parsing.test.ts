@@ -1,0 +1,116 @@
+/**
+ * How the LLM router's answer is read (SPEC §2 "Tiers and the LLM router": the answer is
+ * {"tier": "...", "reason": "..."}; README "Tiers and the LLM router"): JSON first, then prose naming one tier
+ * with its reason; hedges ("fast or deep?") stay unparsable, so the request gets default_tier; a tier padded
+ * inside its quotes, a reason bounded to 200 characters, and hostile answers read without hanging. Mostly
+ * parseRouterAnswer itself, once through a tiered route.
+ */
+import { describe, expect, it } from 'vitest';
+import { parseRouterAnswer } from '../../src/routing/router-answer.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
+import { askAuto, reviewSims } from '../helpers/review-kit.js';
+
+const track = closeAfterEach();
+const { tiered } = reviewSims(track);
+
+describe('router answers', () => {
+  it('answers real models give still parse: JSON then prose, a padded/cased tier, a first object without tier', () => {
+    expect(
+      parseRouterAnswer('{"tier":"deep","reason":"multi-step"}\n\nI chose deep because it is hard.'),
+    ).toEqual({
+      tier: 'deep',
+      reason: 'multi-step',
+    });
+    expect(parseRouterAnswer('{"tier": "Deep ", "reason": "x"}')?.tier).toBe('deep');
+    expect(parseRouterAnswer('{"analysis": "long proof"} {"tier": "balanced", "reason": "ok"}')?.tier).toBe(
+      'balanced',
+    );
+    expect(parseRouterAnswer('```json\n{"Tier": "FAST"}\n```')?.tier).toBe('fast');
+    expect(parseRouterAnswer('{"result": {"tier": "deep"}}')?.tier).toBe('deep');
+    expect(parseRouterAnswer('tier: deep\nreason: needs a proof')?.tier).toBe('deep');
+  });
+
+  it('hedged answers stay unparsable (default_tier)', () => {
+    expect(parseRouterAnswer('tier: fast or deep?')).toBeUndefined();
+    expect(parseRouterAnswer('{"tier": "fast or deep?", "reason": "tier: fast"}')).toBeUndefined();
+    expect(parseRouterAnswer('{"tier": "unknown", "reason": "tier: fast would be wrong"}')).toBeUndefined();
+  });
+
+  // Was a defect (fixed): the stricter TIER_WORD demanded punctuation right after the tier word.
+  it('prose naming one tier followed by its reason ("Tier: deep (…)", "tier: deep - …") is a pick, not unparsable', async () => {
+    // router-answer.ts TIER_WORD now requires [,;.}\n] or the end right after the tier word. Models that
+    // ignore "JSON only" write the reason after the word: "Tier: deep (multi-step proof)", "tier: deep - it
+    // needs ...", "tier: deep because ...". Before 34c4167 these picked deep; now they are unparsable and the
+    // request silently gets default_tier. The hedge the change was for ("fast or deep?") can be refused
+    // by what follows (another tier word, `or`, `/`, `?`) instead of demanding punctuation.
+    const { gw, rt, deep } = await tiered({ reply: 'Tier: deep (multi-step proof needed)' });
+    const a = await askAuto(gw, 'prove that sqrt 2 is irrational');
+    expect(rt.requests).toHaveLength(1);
+    rt.set({ reply: 'tier: deep - it needs careful multi-step analysis' });
+    const b = await askAuto(gw, 'derive the closed form of the recurrence');
+    expect(rt.requests).toHaveLength(2);
+    expect([a.headers['x-router-tier'], b.headers['x-router-tier']]).toEqual(['deep', 'deep']);
+    expect(deep.requests).toHaveLength(2);
+  });
+});
+
+describe('router answers in prose', () => {
+  it('a hedge whose alternative follows a comma ("tier: fast, or deep") is no pick', () => {
+    // router-answer.ts TIER_WORD: the clause after the tier word is `[^,;.}\n]*`, so HEDGE only
+    // sees the text up to the first comma. "tier: fast, or deep" leaves an empty clause: no hedge, a pick
+    // of `fast` — the cheapest tier for a model that could not decide. Fix: look for the hedge past a
+    // `,`/`;` too (up to the sentence's end: '.', '\n', '}'), or treat a clause that starts with "or" as
+    // part of the hedge.
+    expect(parseRouterAnswer('tier: fast, or deep')).toBeUndefined();
+    expect(parseRouterAnswer('Tier: fast; or maybe deep?')).toBeUndefined();
+  });
+
+  it('a clear pick whose parenthesised reason says "or" ("Tier: deep (a proof or a derivation)") is a pick', () => {
+    // HEDGE = /\b(?:fast|balanced|deep|or)\b|[/?]/ runs over the whole rest of the clause, reason included:
+    // the commit's own example shape 'Tier: deep (multi-step)' becomes unparsable (default_tier, outcome
+    // unparsable) as soon as its reason uses "or", "/" or "?". Fix: test HEDGE only on what precedes a
+    // reason's opening '(' / ' - ' / ' because', or only for tier words and "or <tier>" / "<tier>/<tier>".
+    expect(parseRouterAnswer('Tier: deep (a proof or a derivation)')).toEqual({ tier: 'deep', reason: '' });
+    expect(parseRouterAnswer('Tier: deep (math/logic)')).toEqual({ tier: 'deep', reason: '' });
+  });
+
+  it('a reason after the word is a pick; a hedge in its clause is not; JSON still decides first', () => {
+    expect(parseRouterAnswer('Tier: deep (multi-step)')?.tier).toBe('deep');
+    expect(parseRouterAnswer('tier: balanced - a plain question')?.tier).toBe('balanced');
+    expect(parseRouterAnswer('tier: fast or deep?')).toBeUndefined();
+    expect(parseRouterAnswer('tier: fast/deep')).toBeUndefined();
+    expect(parseRouterAnswer('tier: deep?')).toBeUndefined();
+    expect(parseRouterAnswer('Tier: fastest')).toBeUndefined(); // \b after the word: no prefix of a word
+    expect(parseRouterAnswer('tier: fast or deep? {"tier":"deep","reason":"x"}')).toEqual({
+      tier: 'deep',
+      reason: 'x',
+    });
+  });
+
+  it('hostile 4 KB+ answers (repeated tier words, long clauses, spaces) are answered, not hung on', () => {
+    expect(parseRouterAnswer(`tier: deep${' x'.repeat(50_000)}`)?.tier).toBe('deep');
+    expect(parseRouterAnswer('tier: tier: '.repeat(20_000))).toBeUndefined();
+    expect(parseRouterAnswer(`${' '.repeat(100_000)}deep`)).toBeUndefined(); // cut at 4,000: no word left
+    expect(parseRouterAnswer(`tier:${' '.repeat(3_000)}deep${' or'.repeat(30_000)}`)).toBeUndefined();
+  });
+});
+
+describe('the LLM router answer as models write it (SPEC §2: answer {"tier": "...", "reason": "..."})', () => {
+  // Kills src/routing/router-answer.ts `TIER_SET.has(tier.trim().toLowerCase())` -> without `.trim()`. A tier
+  // padded with blanks inside its quotes is still that tier (the parser promises "any case", and trims what it
+  // returns), not an unparsable answer that throws the router call away.
+  it('reads a tier padded with blanks inside its quotes', () => {
+    expect(parseRouterAnswer('{"tier": " Deep ", "reason": "long proof"}')).toEqual({
+      tier: 'deep',
+      reason: 'long proof',
+    });
+  });
+
+  // Kills src/routing/llm-router.ts:143 `reason.slice(0, 200)` -> the whole reason. The reason is the model's
+  // text, which goes into the decision's reason, x-router headers' neighbours and log lines: it is bounded.
+  it('keeps at most 200 characters of a reason', () => {
+    const parsed = parseRouterAnswer(JSON.stringify({ tier: 'fast', reason: 'r'.repeat(3000) }));
+    expect(parsed?.tier).toBe('fast');
+    expect(parsed?.reason).toBe('r'.repeat(200));
+  });
+});
