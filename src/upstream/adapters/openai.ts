@@ -127,9 +127,9 @@ function hasThinkingBlocks(message: unknown): boolean {
 /**
  * A chat or embeddings body as JSON with `model` set to the upstream's name: the client's own text with the
  * model spliced in where it can be, or with only the members a fit changed rewritten (body-text.ts), else a
- * serialisation. For that, `model` is set and
- * restored on the parsed body rather than copied with a spread: the copy cost more than the serialisation
- * on Node 20. The body belongs to this request, and nothing runs between the set and the restore.
+ * serialisation. For that, `model` is set and restored on the parsed body rather than copied with a spread:
+ * the copy cost more than the serialisation on Node 20. The body belongs to this request, and nothing runs
+ * between the set and the restore.
  */
 export function stringifyWithModel(body: Record<string, unknown> & { model: string }, model: string): string {
   const spliced = sourceWithModel(body, model) ?? sourceWithEdits(body, model);
