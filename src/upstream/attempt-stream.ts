@@ -79,6 +79,23 @@ function bodyForm(chunk: Buffer): 'sse' | 'json' | undefined {
 }
 
 /**
+ * The next bytes of a body whose form is undecided, after `held` (what the last call held back): the form,
+ * the bytes to read now, and what to hold back instead. Only the first bytes of a byte order mark cut across
+ * writes are held, until the rest comes; blanks are not (the SSE parser takes them as it takes any blank
+ * line, so an upstream sending blanks forever grows nothing).
+ */
+export function firstBytes(
+  held: Buffer | undefined,
+  bytes: Buffer,
+): { form: 'sse' | 'json' | undefined; chunk: Buffer; held: Buffer | undefined } {
+  const chunk = held === undefined ? bytes : Buffer.concat([held, bytes]);
+  const form = bodyForm(chunk);
+  return form === undefined && chunk.length < BOM.length
+    ? { form, chunk, held: chunk }
+    : { form, chunk, held: undefined };
+}
+
+/**
  * A streaming request answered with one JSON answer (a server or proxy that ignores `stream`): the answer,
  * read as a non-streaming one would be, given to `sink` as the chunks of a stream and ended. Returns whether
  * some choice said why it stopped, and its completion tokens estimated from its text when it reports no
@@ -205,7 +222,7 @@ async function attemptStreamBody(
     const parser = createSseParser((type, data) => translator.event(type, data));
     /** Undecided until the body's first byte: an upstream that ignored `stream` answers one JSON object. */
     let form: 'sse' | 'json' | undefined;
-    /** The bytes come while `form` was undecided. */
+    /** A byte order mark's first bytes, while `form` is undecided. */
     let head: Buffer | undefined;
     let whole: Buffer[] | undefined;
     let wholeBytes = 0;
@@ -220,14 +237,8 @@ async function attemptStreamBody(
           sig.progress();
           let chunk = bytes;
           if (form === undefined) {
-            // Held until the form is known: blanks, or a byte order mark cut across writes.
-            chunk = head === undefined ? bytes : Buffer.concat([head, bytes]);
-            form = bodyForm(chunk);
-            if (form === undefined) {
-              head = chunk;
-              return undefined;
-            }
-            head = undefined;
+            ({ form, chunk, held: head } = firstBytes(head, bytes));
+            if (head !== undefined) return undefined;
             if (form === 'json') whole = [];
           }
           if (whole) {

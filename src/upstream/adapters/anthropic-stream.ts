@@ -38,6 +38,8 @@ interface ThinkingBlock {
  * its thinking left out. Anthropic's largest budgets are ~128k tokens, ~0.5 Mi chars.
  */
 const MAX_THINKING_CHARS = 2 * 1024 * 1024;
+/** What each held block counts against MAX_THINKING_CHARS besides its text: empty blocks are not free. */
+const BLOCK_CHARS = 64;
 
 /**
  * Anthropic Messages SSE events -> OpenAI `chat.completion.chunk`s, one chunk out per meaningful event in,
@@ -151,11 +153,11 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     this.closeTool(); // a block left open ends where the next one starts
     if (!isObject(block)) return;
     if (block.type === 'thinking' && typeof index === 'number') {
-      this.thinking = { block: index, text: '', signature: '' };
+      if (this.holdThinking(BLOCK_CHARS)) this.thinking = { block: index, text: '', signature: '' };
       return;
     }
     if (block.type === 'redacted_thinking' && typeof block.data === 'string') {
-      if (this.holdThinking(block.data.length))
+      if (this.holdThinking(BLOCK_CHARS + block.data.length))
         this.thinkingBlocks?.push({ type: 'redacted_thinking', data: block.data });
       return;
     }
