@@ -109,8 +109,8 @@ async function anthropicGateway(
 }
 
 describe('Anthropic request translation', () => {
-  // Kills src/upstream/adapters/anthropic-request.ts:720 `user.length <= 256` -> `< 256`. Anthropic's
-  // metadata.user_id takes 256 characters: a user id of exactly 256 goes as it is, one of 257 as its hash.
+  // Anthropic's metadata.user_id takes 256 characters: a user id of exactly 256 goes as it is, one of 257
+  // as its hash.
   it('a 256-character user is sent as metadata.user_id as it is; 257 characters are hashed', async () => {
     const { gw, up } = await anthropicGateway(() => ({}));
     const u256 = 'u'.repeat(256);
@@ -123,9 +123,8 @@ describe('Anthropic request translation', () => {
 });
 
 describe('Anthropic thinking budget at its floor', () => {
-  // Kills src/upstream/adapters/anthropic-thinking.ts `within < MIN_THINKING_BUDGET` -> `<=`. README/the
-  // adapter: thinking is kept under max_tokens and dropped only when that leaves "less than Anthropic's 1,024
-  // minimum": max_tokens 1025 leaves exactly 1024, which Anthropic takes.
+  // README/the adapter: thinking is kept under max_tokens and dropped only when that leaves "less than
+  // Anthropic's 1,024 minimum": max_tokens 1025 leaves exactly 1024, which Anthropic takes.
   it('reasoning_effort medium with max_tokens 1025 on Claude 4.5 sends a 1024-token thinking budget', async () => {
     const { gw, up } = await anthropicGateway(() => ({}));
     const r = await chat(gw, { reasoning_effort: 'medium', max_tokens: 1025 });
@@ -155,8 +154,7 @@ const textBlock = (index: number, text: string): Json[] => [
 ];
 
 describe('Anthropic answers translated to OpenAI (SPEC §4: response and SSE events translated)', () => {
-  // Kills src/upstream/adapters/anthropic-response.ts:68 `msg.type === 'error' || (isObject(msg.error) &&
-  // msg.content === undefined)` -> `msg.type === 'error'`. A proxy's error body sent with a 200 is a failure of
+  // A proxy's error body sent with a 200 (an `error` object, no `type: "error"`, no content) is a failure of
   // its kind (SPEC §2: an error after a 200 "is failed over like any 5xx"; §4: 429 when every candidate is rate
   // limited), not an answer that cannot be read.
   it('a 200 whose body is {"error": {rate_limit_error}} gives the client a 429 with Retry-After', async () => {
@@ -168,9 +166,8 @@ describe('Anthropic answers translated to OpenAI (SPEC §4: response and SSE eve
     expect(r.headers['retry-after']).toBeDefined();
   });
 
-  // Kills src/upstream/adapters/anthropic-stream.ts:260 `!this.finishSent && typeof delta.stop_reason` ->
-  // without `!this.finishSent`. The translator promises one finish chunk, as OpenAI sends one, though
-  // Anthropic may send several message_delta events.
+  // The translator sends one finish chunk, as OpenAI does, though Anthropic may send several message_delta
+  // events with a stop_reason.
   it('two message_delta events with a stop_reason give one finish chunk', async () => {
     const { gw } = await anthropicGateway(() => ({
       events: [
@@ -188,8 +185,7 @@ describe('Anthropic answers translated to OpenAI (SPEC §4: response and SSE eve
     expect(r.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
   });
 
-  // Kills src/upstream/adapters/anthropic-stream.ts:95 `typeof msg.type === 'string' ? msg.type : type` ->
-  // `type ?? msg.type`. The payload's own type is authoritative; a proxy that names every event alike
+  // The payload's own type is authoritative over the SSE event name: a proxy that names every event alike
   // (`event: message`) still streams the answer.
   it('events all named "message" are read by their payload type', async () => {
     const { gw } = await anthropicGateway(() => ({
@@ -209,9 +205,9 @@ describe('Anthropic answers translated to OpenAI (SPEC §4: response and SSE eve
     expect(text).toBe('hello there');
   });
 
-  // Kills src/upstream/adapters/anthropic-stream.ts:142 `this.closeTool()` at a block's start removed. "A block
-  // left open ends where the next one starts": a tool call without parameters whose block was never stopped
-  // still ends with `{}` arguments (OpenAI never ends a call with empty arguments; clients JSON.parse them).
+  // "A block left open ends where the next one starts": a tool call without parameters whose block was never
+  // stopped still ends with `{}` arguments (OpenAI never ends a call with empty arguments; clients JSON.parse
+  // them).
   it('a tool_use block left open before the next one starts still gets {} arguments', async () => {
     const { gw } = await anthropicGateway(() => ({
       events: [
@@ -255,9 +251,8 @@ describe('Anthropic answers translated to OpenAI (SPEC §4: response and SSE eve
 });
 
 describe('thinking held to hand back, up to its bound (anthropic-stream.ts MAX_THINKING_CHARS)', () => {
-  // Kills src/upstream/adapters/anthropic-stream.ts:219 `thinkingChars <= MAX_THINKING_CHARS` -> `<`. The bound
-  // is "the most thinking held": thinking of exactly 2 MiB (text and signature) is held and offered back as
-  // thinking_blocks (Claude refuses a tool-loop turn sent back without its thinking).
+  // The bound is "the most thinking held": thinking of exactly 2 MiB (text and signature) is held and offered
+  // back as thinking_blocks (Claude refuses a tool-loop turn sent back without its thinking).
   it('a signed thinking block of exactly 2 MiB in all is offered as thinking_blocks', () => {
     const chunks: string[] = [];
     const t = anthropicAdapter.streamTranslator(

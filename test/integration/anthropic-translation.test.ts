@@ -75,11 +75,11 @@ function refusal(body: Json): string | undefined {
 
 type Answer = { json: Json } | { events: Json[] } | { raw: string };
 
-const reviewMessage = (content: Json[], stopReason: string, usage: Json): Json =>
+const mockMessage = (content: Json[], stopReason: string, usage: Json): Json =>
   anthropicMessage(content, stopReason, usage, 'msg_01ReviewReviewReview');
 
 const OK_JSON: Answer = {
-  json: reviewMessage([{ type: 'text', text: 'ok' }], 'end_turn', { input_tokens: 3, output_tokens: 1 }),
+  json: mockMessage([{ type: 'text', text: 'ok' }], 'end_turn', { input_tokens: 3, output_tokens: 1 }),
 };
 
 function writeAnswer(res: ServerResponse, a: Answer): void {
@@ -127,9 +127,9 @@ const lookup: ChatCompletionTool = {
 const hi = [{ role: 'user' as const, content: 'hi' }];
 
 describe('a forced tool with thinking on: thinking is left off', () => {
-  // anthropic-request.ts forcesTool() knows only "required" and a named function, while toolChoice() also
-  // turns Mistral's "any" (README: "`tool_choice` `required` or Mistral's `any` is `any`") and
-  // allowed_tools with mode "required" into {type: "any"}: thinking stays on beside a forced tool.
+  // Every tool_choice sent as {type: "any"} forces a tool: "required", a named function, Mistral's "any"
+  // (README: "`tool_choice` `required` or Mistral's `any` is `any`") and allowed_tools with mode "required".
+  // Anthropic refuses thinking beside a forced tool, so thinking is left off for each of them.
   it('tool_choice "any" with reasoning_effort: thinking is left off, as for "required" (Anthropic: forced tool use is incompatible with thinking)', async () => {
     const { received, url } = await setup();
     const r = await postChat(
@@ -180,8 +180,8 @@ describe('OpenAI custom tools are never dropped silently', () => {
   // OpenAI Chat Completions, `tools`: "A list of tools the model may call. You can provide either custom tools or
   // function tools" ({type: "custom", custom: {name, description, format}}); the gateway's validator accepts them
   // (src/http/validate.ts). README, Anthropic upstreams: what Anthropic has no place for "leaves Anthropic
-  // upstreams out of the candidates ... never a request with that part dropped". toolDefinitions() skips every
-  // tool that is not a function, and routing/features.ts does not exclude Anthropic for it.
+  // upstreams out of the candidates ... never a request with that part dropped": a custom tool either reaches
+  // Claude as a tool or the request is refused before any upstream.
   it('a custom tool reaches Claude as a tool, or the request is refused before the upstream: never sent without it', async () => {
     const { received, url } = await setup();
     const r = await postChat(
@@ -202,8 +202,8 @@ describe('OpenAI custom tools are never dropped silently', () => {
 
   it('a custom tool call in the history keeps its tool_result paired (no dangling tool_result Anthropic refuses)', async () => {
     // OpenAI: an assistant message's tool_calls may be {type: "custom", custom: {name, input}}; the tool message
-    // answering it names its id. toolUseBlocks() skips calls without `function`, so the result is sent with no
-    // tool_use, after the user's text: Anthropic's 400.
+    // answering it names its id. Anthropic refuses a tool_result without its tool_use in the turn before, so
+    // the pair is sent whole or the request is refused before the upstream.
     const { received, url } = await setup();
     const r = await postChat(
       { url },
@@ -230,8 +230,8 @@ describe('OpenAI custom tools are never dropped silently', () => {
 describe('safety_identifier, which supersedes user, is not dropped', () => {
   // OpenAI ("Incorporating a safety identifier"): "The safety identifier supersedes the previous user parameter
   // which was previously present for the same purpose." Anthropic's metadata.user_id is that identifier
-  // ("an external identifier for the user who is associated with the request"), and README maps `user` to it;
-  // a client that moved to safety_identifier sends Claude no user id at all.
+  // ("an external identifier for the user who is associated with the request"), and README maps `user` to it:
+  // a client that moved to safety_identifier still sends Claude its user id.
   it('safety_identifier becomes metadata.user_id when user is absent', async () => {
     const { received, url } = await setup();
     const r = await postChat({ url }, { model: 'r', messages: hi, safety_identifier: 'user_123456' });
@@ -329,7 +329,7 @@ describe('answers (JSON and stream)', () => {
   it('JSON: thinking, redacted thinking, text, server tool blocks and tool_use in one answer', async () => {
     const t0 = Math.floor(Date.now() / 1000);
     const { client } = await setup(() => ({
-      json: reviewMessage(
+      json: mockMessage(
         [
           { type: 'thinking', thinking: 'Hmm.', signature: 'sig1' },
           { type: 'redacted_thinking', data: 'opaque' },
@@ -372,7 +372,7 @@ describe('answers (JSON and stream)', () => {
     {
       type: 'message_start',
       message: {
-        ...reviewMessage([], 'end_turn', {
+        ...mockMessage([], 'end_turn', {
           input_tokens: 5,
           cache_creation_input_tokens: 100,
           cache_read_input_tokens: 20,

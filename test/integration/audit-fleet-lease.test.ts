@@ -20,7 +20,7 @@ import {
   startReplica,
   type ConfigPart,
 } from '../helpers/redis.js';
-import { reload } from '../helpers/review-kit.js';
+import { reload } from '../helpers/sim-gateways.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();

@@ -20,7 +20,7 @@ import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, chunkFrame, sendJson } from '../helpers/mock-upstream.js';
 import { parseProm, scrape, value } from '../helpers/prom-text.js';
-import { reload } from '../helpers/review-kit.js';
+import { reload } from '../helpers/sim-gateways.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();

@@ -1,11 +1,11 @@
 /**
  * Hostile audit of tier selection and the LLM router (SPEC §2 "Tiers and the LLM router", §3 routes with
  * tiers/rules/router, §4 `x-router-tier`, §5 llm_router_llm_router_* metrics, §8; README "Tiers and the LLM
- * router"). Goes beyond tiers/audit-tiers/review-core/review-metrics: what the router upstream is sent (prompt
- * injection, privacy), router answers in odd wire shapes (SSE to a JSON request, Anthropic thinking, reasoning
- * content, tool calls, endless or trickling bodies, invalid UTF-8), rules on hostile input (5 MB messages,
- * prototype-named header rules, legacy `functions`), a router pick the request cannot use, header pins, cache
- * expiry/eviction and bursts whose every client leaves. Everything on loopback, bounded.
+ * router"). Goes beyond tiers/audit-tiers/routing-resilience/metrics-series: what the router upstream is sent
+ * (prompt injection, privacy), router answers in odd wire shapes (SSE to a JSON request, Anthropic thinking,
+ * reasoning content, tool calls, endless or trickling bodies, invalid UTF-8), rules on hostile input (5 MB
+ * messages, prototype-named header rules, legacy `functions`), a router pick the request cannot use, header
+ * pins, cache expiry/eviction and bursts whose every client leaves. Everything on loopback, bounded.
  */
 import type { ServerResponse } from 'node:http';
 import { request } from 'undici';

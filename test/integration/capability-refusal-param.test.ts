@@ -6,10 +6,10 @@
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway } from '../helpers/gateway.js';
-import { post, reviewSims, type Json } from '../helpers/review-kit.js';
+import { post, simFactories, type Json } from '../helpers/sim-gateways.js';
 
 const track = closeAfterEach();
-const { sim } = reviewSims(track);
+const { sim } = simFactories(track);
 
 const NO_TOOLS_CAPS = ['json', 'vision', 'stream'];
 
@@ -38,12 +38,9 @@ describe('the field a tools refusal names', () => {
     expect(a.requests).toHaveLength(0);
   });
 
-  // Was a defect (fixed: features carry toolsParam).
   it('a legacy `functions` request no upstream can take for tools is refused naming `functions`, not a field it does not have', async () => {
-    // features.ts:50 makes `functions` a tool need; plan.ts missingParam returns 'tools' first, so the 400's
-    // `param` names `tools`, which this request does not carry (before 30110fe such a request said
-    // `functions`, via notForAnthropic, or was served). Fix: missingParam should answer `functions` when the
-    // request's tools are its legacy `functions` (e.g. carry which field made `tools` true in the features).
+    // A legacy `functions` list is a tool need like `tools` (routing/features.ts): the 400's `param` names
+    // the field this request carries, `functions`, not `tools`, which it does not have.
     const p = await sim('p');
     const gw = track(
       await startGateway({

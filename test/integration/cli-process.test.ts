@@ -14,11 +14,11 @@ import { watchConfig } from '../../src/config/watch.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { cliWorkDir, ensureBuilt, REPO_ROOT, startCli, type CliProcess } from '../helpers/cli-harness.js';
 import { simConfigYaml } from '../helpers/gateway.js';
-import { reviewSims, sleep } from '../helpers/review-kit.js';
+import { simFactories, sleep } from '../helpers/sim-gateways.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
-const { sim } = reviewSims(track);
+const { sim } = simFactories(track);
 const cliDir = cliWorkDir('cli-port');
 
 describe('CLI --port (SPEC §6)', () => {
@@ -55,11 +55,9 @@ describe('config watch and the drain through the CLI', () => {
   };
 
   it('a config file saved with a UTF-8 BOM is not reloaded at start for nothing', async () => {
-    // main.ts seeds the watch with `loaded.text` (load.ts: TextDecoder, which strips the BOM) while
-    // watch.ts contentOf reads readFileSync(path, 'utf8') (which keeps U+FEFF): the `initial` check at
-    // start always differs for a file with a BOM (Windows editors write one) and reloads "file changed"
-    // once, logging and counting a reload that never happened. Fix: compare like with like — seed with the
-    // raw bytes' text as contentOf reads it (or strip a leading \uFEFF in contentOf).
+    // The loader strips a leading BOM (Windows editors write one), the watch reads the file as it is: the
+    // watch's check at start compares like with like, so an unchanged file is no "file changed" reload,
+    // logged and counted though it never happened.
     const a = await sim('a');
     const path = join(dir(), 'bom.yaml');
     writeFileSync(path, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(simConfigYaml([a]))]));
@@ -122,7 +120,7 @@ describe('config watch and the drain through the CLI', () => {
 
 describe('the config watch’s own poll', () => {
   it('an in-place edit is seen once; after close() no edit calls back (interval and debounce gone)', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'review-session16-'));
+    const dir = mkdtempSync(join(tmpdir(), 'cli-process-'));
     track({ close: () => rmSync(dir, { recursive: true, force: true }) });
     const path = join(dir, 'c.yaml');
     writeFileSync(path, 'a: 1\n');

@@ -40,8 +40,8 @@ function configIssues(config: Record<string, unknown>): string[] {
 const PROVIDERS = [{ name: 'a', base_url: 'http://127.0.0.1:9/v1', models: [{ name: 'm' }] }];
 
 describe('config rejections name their path (SPEC §3: every error names its YAML path)', () => {
-  // Kills src/config/load.ts:289 `if (name.includes('/'))` -> `if (false)`. SPEC §1: a client sends
-  // `provider/model` to address one upstream; a route named like one would shadow or be shadowed by it.
+  // SPEC §1: a client sends `provider/model` to address one upstream; a route named like one would shadow
+  // or be shadowed by it.
   it('a route name with "/" is refused, naming the route', () => {
     const issues = configIssues({
       providers: PROVIDERS,
@@ -52,9 +52,9 @@ describe('config rejections name their path (SPEC §3: every error names its YAM
     expect(configIssues({ providers: PROVIDERS, routes: { am: { targets: ['a/m'] } } })).toEqual([]);
   });
 
-  // Kills src/config/schema.ts:180 `port: ...max(65_535)` -> `max(65_536)`. A port past 65535 cannot be
-  // listened on: accepted, it would crash at listen with a stack trace instead of a message naming
-  // `server.port` (SPEC §8: "every rejection is a message with its path, not a stack trace").
+  // A port past 65535 cannot be listened on: accepted, it would crash at listen with a stack trace instead
+  // of a message naming `server.port` (SPEC §8: "every rejection is a message with its path, not a stack
+  // trace").
   it('server.port 65536 is refused naming server.port; 65535 loads', () => {
     const issues = configIssues({ server: { port: 65536 }, providers: PROVIDERS });
     expect(issues).toHaveLength(1);
@@ -64,8 +64,8 @@ describe('config rejections name their path (SPEC §3: every error names its YAM
 });
 
 describe('hybrid weight defaults (SPEC §2: default weights 0.4 / 0.4 / 0.2)', () => {
-  // Kills src/config/schema.ts:78 `reliability_weight: nonNeg.default(0.2)` -> 0.3. A hybrid strategy that
-  // sets some weights gets the SPEC's defaults for the rest (README's example sets two of them).
+  // A hybrid strategy that sets some weights gets the SPEC's defaults for the rest (README's example sets two
+  // of them).
   it('a hybrid strategy that names only cost and latency weights gets reliability 0.2', async () => {
     const up = track(await startMock((req, res) => answerChat(res, req.body, 'ok')));
     const gw = track(
@@ -84,9 +84,9 @@ describe('hybrid weight defaults (SPEC §2: default weights 0.4 / 0.4 / 0.2)', (
 });
 
 describe('more config rejections and warnings (SPEC §2 tiers, §3 providers)', () => {
-  // Kills src/config/load.ts:325 `if (!route.tiers?.[rule.tier]?.length)` -> `if (false)`. A rule that picks a
-  // tier with no upstreams would send every request it matches to no candidate at all: a config error named
-  // by its path, like a router.tier without upstreams (SPEC §2: "rejected at load time").
+  // A rule that picks a tier with no upstreams would send every request it matches to no candidate at all:
+  // a config error named by its path, like a router.tier without upstreams (SPEC §2: "rejected at load
+  // time").
   it('a rule naming a tier the route does not list is refused at its path', () => {
     const issues = configIssues({
       providers: PROVIDERS,
@@ -101,9 +101,8 @@ describe('more config rejections and warnings (SPEC §2 tiers, §3 providers)', 
     expect(issues).toEqual(['routes.auto.rules[0].tier: tier "deep" has no upstreams']);
   });
 
-  // Kills src/config/load.ts:131 `p.api_key.trim() === ''` -> `p.api_key === ''`. SPEC §3: "A provider whose
-  // api_key resolves empty is disabled with one warning line": a variable set to blanks (a stray space in a
-  // .env file) is no key, and must not be sent as `Bearer   `.
+  // SPEC §3: "A provider whose api_key resolves empty is disabled with one warning line": a variable set to
+  // blanks (a stray space in a .env file) is no key, and must not be sent as `Bearer   `.
   it('an api_key that resolves to blanks disables its provider with one warning', () => {
     const loaded = parseConfigText(
       JSON.stringify({
@@ -123,9 +122,8 @@ describe('more config rejections and warnings (SPEC §2 tiers, §3 providers)', 
 });
 
 describe('config nesting is bounded (SPEC §8: JSON nesting is bounded; every rejection is a message with its path)', () => {
-  // Kills src/config/load.ts:188 `path.length > MAX_DEPTH` -> `> MAX_DEPTH + 1` (and the check dropped): no
-  // test reached the depth bound. A value 65 levels down is refused as too deep, with its path; 64 is not
-  // (it is refused only as the unknown key it is).
+  // The depth bound at its edge: a value 65 levels down is refused as too deep, with its path; 64 is not (it
+  // is refused only as the unknown key it is).
   it('a value 65 levels deep is refused as nested too deep; 64 levels is not', () => {
     const nest = (levels: number): unknown => {
       let v: unknown = 1;
@@ -142,10 +140,10 @@ describe('config nesting is bounded (SPEC §8: JSON nesting is bounded; every re
 });
 
 describe("durations past Node's timer limit (SPEC §3; regression: accepted, then each timer fired after 1 ms)", () => {
-  // Node's timers hold at most 2^31-1 ms (~24.8 days): a larger delay fired after 1 ms. A passthrough with
-  // total_ms 3e9 answered 504 at once; an open breaker with open_ms 3e9 re-armed a 1 ms wake-up (with a
-  // TimeoutOverflowWarning) for as long as it stayed open; shutdown_grace_ms 3e9 cut every stream at once.
-  // Now such values are refused with their YAML path; the limit itself is taken.
+  // Node's timers hold at most 2^31-1 ms (~24.8 days) and fire a larger delay after 1 ms: a total_ms of 3e9
+  // would answer 504 at once, an open_ms of 3e9 re-arm a 1 ms wake-up (with a TimeoutOverflowWarning) for as
+  // long as the breaker stays open, a shutdown_grace_ms of 3e9 cut every stream at once. Such values are
+  // refused with their YAML path; the limit itself is taken.
   const HUGE = 3_000_000_000;
   const base = (extra: Record<string, unknown>, provider: Record<string, unknown> = {}) => ({
     providers: [{ name: 'p', base_url: 'http://127.0.0.1:9/v1', models: [{ name: 'm' }], ...provider }],
@@ -198,9 +196,9 @@ describe("durations past Node's timer limit (SPEC §3; regression: accepted, the
 });
 
 describe('server.load_shedding.sample_interval_ms (README Configuration)', () => {
-  // under-pressure samples the event-loop delay at a 10 ms resolution: read more often than that its
-  // histogram is empty, its mean NaN, which it takes for an infinite delay, so an idle gateway shed everything
-  // (regression: sample_interval_ms 10 shed 39 of 40 requests). Below 100 ms is refused; 100 serves.
+  // under-pressure samples the event-loop delay at a 10 ms resolution: read more often than that, its
+  // histogram is empty and its mean NaN, which it takes for an infinite delay, so an idle gateway would shed
+  // everything (at 10 ms, 39 of 40 requests). Below 100 ms is refused; 100 serves.
   it('below 100 ms is refused, naming its path', () => {
     const config = {
       server: { load_shedding: { sample_interval_ms: 10 } },

@@ -15,8 +15,8 @@ import { APPROXIMATE, estimatePromptTokens } from '../../src/routing/tokens.js';
 type Json = Record<string, unknown>;
 
 describe('a request that exactly fills the context window fits (SPEC §2 filter)', () => {
-  // Kills src/routing/plan.ts:73 `need > up.model.context_window` -> `need >= ...`. SPEC §2: candidates are
-  // filtered to those whose "context window fits": prompt + requested output equal to the window fits.
+  // SPEC §2: candidates are filtered to those whose "context window fits": prompt + requested output equal
+  // to the window fits.
   it('context 60 + max_tokens 40 against a 100-token window is eligible; 41 is not', () => {
     const loaded = parseConfigText(
       JSON.stringify({
@@ -62,8 +62,8 @@ describe('a request that exactly fills the context window fits (SPEC §2 filter)
 });
 
 describe('prompt token estimates count refusal parts (tokens.ts: text, image_url, refusal...)', () => {
-  // Kills src/routing/tokens.ts:195 `this.text(part.refusal)` removed. An assistant message sent back with a
-  // refusal part is prompt text like any other: it counts toward tier rules, cost and the context-window fit.
+  // An assistant message sent back with a refusal part is prompt text like any other: it counts toward tier
+  // rules, cost and the context-window fit.
   it('a long refusal part adds to the estimate', () => {
     const withPart = (part: Json) =>
       estimatePromptTokens(

@@ -145,8 +145,9 @@ describe('embeddings request validation (SPEC §8)', () => {
     expect(a.bodies.length + b.bodies.length).toBe(0);
   });
 
-  // Pins (not covered elsewhere: review-mutants-2 checks 2049 strings only): the 2048-input bound holds for
-  // token-id arrays too; dimensions 1.5 is refused; a single token-id input longer than 2048 is one input.
+  // Pins (not covered elsewhere: request-validation-bounds checks 2049 strings only): the 2048-input bound
+  // holds for token-id arrays too; dimensions 1.5 is refused; a single token-id input longer than 2048 is
+  // one input.
   it('2049 token-id inputs and a fractional dimensions are 400s naming the field; unknown fields pass untouched', async () => {
     const { a, gw } = await two({ embed: { strategy: 'priority', targets: ['a/emb'] } });
     const many = await post(gw, { model: 'embed', input: Array.from({ length: 2049 }, (_, i) => [i]) });

@@ -8,10 +8,10 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, simProvider, startGateway } from '../helpers/gateway.js';
 import type { Candidate } from '../helpers/router-api.js';
-import { askAuto, reload, reviewSims, type Json } from '../helpers/review-kit.js';
+import { askAuto, reload, simFactories, type Json } from '../helpers/sim-gateways.js';
 
 const track = closeAfterEach();
-const { sim, tiered } = reviewSims(track);
+const { sim, tiered } = simFactories(track);
 
 const explainPath = { path: '/router/explain' };
 

@@ -55,9 +55,8 @@ async function gatewayOver(
 }
 
 describe('an error sent with a 200 that says "rate limit" is a rate limit (SPEC §2 failover, §4 429)', () => {
-  // Kills src/upstream/attempt-stream.ts `streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT`
-  // -> always STREAM_ERROR_EVENT. SPEC §2: a 200 then an error event is "failed over like any 5xx" — of its
-  // kind: a rate limit is a cooldown; §4: 429 when every candidate is rate limited.
+  // SPEC §2: a 200 then an error event is "failed over like any 5xx" — of its kind: a rate limit is a
+  // cooldown; §4: 429 when every candidate is rate limited.
   it('a stream whose only event is a rate-limit error event: the client gets 429, not 502', async () => {
     const up = track(
       await startMock((_req, res) => {
@@ -72,8 +71,7 @@ describe('an error sent with a 200 that says "rate limit" is a rate limit (SPEC 
     expect(String(r.headers['x-router-trail'])).toBe('a/m=stream_error_event');
   });
 
-  // Kills src/upstream/attempt-json.ts `const limited = out.error.status === 429` -> `false`. Same SPEC lines,
-  // for a non-streaming answer whose 200 body is a rate-limit error object.
+  // Same SPEC lines, for a non-streaming answer whose 200 body is a rate-limit error object.
   it('a JSON answer that is a rate-limit error object: the client gets 429, not 502', async () => {
     const up = track(await startMock((_req, res) => sendJson(res, 200, RATE_LIMIT_ERROR)));
     const gw = await gatewayOver({ a: up.url });
@@ -85,9 +83,8 @@ describe('an error sent with a 200 that says "rate limit" is a rate limit (SPEC 
 });
 
 describe('failover skips an upstream whose breaker opened since the plan (SPEC §2 failover)', () => {
-  // Kills src/resilience/failover.ts:104 `if (permit === undefined) continue` -> `break`. SPEC §2: "The ranked
-  // list is tried in order, at most routing.max_attempts distinct upstreams": one upstream that cannot be
-  // tried (open: "skipped") must not end the walk before the ones after it.
+  // SPEC §2: "The ranked list is tried in order, at most routing.max_attempts distinct upstreams": one
+  // upstream that cannot be tried (open: "skipped") does not end the walk before the ones after it.
   it('a ranked upstream that opened while attempt #1 ran is skipped and the next one answers', async () => {
     const a = track(
       await startMock(async (_req, res) => {
@@ -131,7 +128,6 @@ describe('failover skips an upstream whose breaker opened since the plan (SPEC �
 });
 
 describe('the request deadline answers 504 even after other failures (SPEC §2 total_timeout_ms, §4 504)', () => {
-  // Kills src/resilience/failover.ts:262 `if (d.deadlineHit || attempts.every(timeout))` -> drop `d.deadlineHit`.
   // SPEC §2: attempts run "within routing.total_timeout_ms"; §4: 504 `timeout` when time ran out — a 5xx from
   // an earlier upstream does not turn a request cut by its deadline into a 502.
   it('attempt #1 fails with a 500, attempt #2 is cut by total_timeout_ms: 504 timeout', async () => {

@@ -26,7 +26,7 @@ import {
   subscribed,
   type ConfigPart,
 } from '../helpers/redis.js';
-import { reload, sleep, statsView } from '../helpers/review-kit.js';
+import { reload, sleep, statsView } from '../helpers/sim-gateways.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
@@ -74,16 +74,11 @@ describe('breakers without Redis are not held', () => {
 describeWithRedis('the probe lease while a trial runs', (redis) => {
   const state = (gw: TestGateway) => gw.gateway.shared.breakers.get('bad/m').state;
 
-  // Was a defect (fixed: the breaker's onProbe renews the lease as a trial is admitted).
   it('a trial that begins after the lease’s first renewal tick is renewed before the lease runs out, not at the instant it lapses', async () => {
-    // state/shared-state.ts #renewWhileProbing: an interval of leaseMs/2 from the win, renewing only when
-    // a probe is out at a tick. A trial that starts after the tick at leaseMs/2 gets its first renewal at
-    // the tick at leaseMs — the very moment the lease (PX leaseMs from the win) lapses, and the moment the
-    // replicas that lost re-ask (#wakeAfter(id, breaker, leaseMs)): whichever of the two Redis sees first
-    // wins, so a second replica may probe alongside. The lease runs down to ~0 while the trial runs.
-    // Fix: renew (takeProbeLease) when a half-open trial is admitted (a breaker hook), then every leaseMs/2
-    // while one is out; or renew at each tick while half-open and let it lapse only after a tick with no
-    // trial since the last.
+    // The lease (PX leaseMs from the win) is renewed as a half-open trial is admitted and while one is out.
+    // A trial that starts after the first renewal tick (leaseMs/2, no probe out then) keeps a lease well
+    // above zero: renewed only as it lapses, it would race the replicas that lost, which re-ask at that very
+    // moment, and a second replica could probe alongside.
     const prefix = nextPrefix();
     const L = 2_000;
     const { bad, providers, routes } = await badThenGood(track);
@@ -129,13 +124,9 @@ describeWithRedis('the probe lease as a trial is admitted', (redis) => {
   const state = (gw: TestGateway) => gw.gateway.shared.breakers.get('bad/m').state;
 
   it('a replica whose idle lease lapsed and was taken by another admits no trial; it asks again once wanted and the lease is free', async () => {
-    // state/shared-state.ts #renewWhileProbing: onProbe calls takeProbeLease and ignores its answer. The
-    // holder lets the lease lapse while no probe is out (by design), yet stays half-open; once another
-    // replica has taken the lapsed lease (and probes), this replica's next request is still admitted as a
-    // probe — onProbe's renewal fails silently — so two replicas probe together, what the commit means to
-    // prevent. Fix: when the interval finds the lease lapsed (or a renewal returns false), return the
-    // breaker to a held open (breaker.hold + #wakeAfter) instead of leaving it half-open; or have acquire
-    // refuse a probe until the renewal confirms the lease.
+    // The holder lets its lease lapse while no probe is out (by design). Once another replica has taken the
+    // lapsed lease (and probes), this replica admits no trial of its own: two replicas probing together is
+    // what the lease is there to prevent.
     const prefix = nextPrefix();
     const L = 1_000;
     const { bad, providers, routes } = await badThenGood(track);
@@ -179,8 +170,8 @@ describeWithRedis('the probe lease as a trial is admitted', (redis) => {
     expect(await raw.get(key)).not.toBe('another-replica');
   }, 20_000);
   it('the lease holder gives its lease back when a reload drops the upstream, and when it closes', async () => {
-    // Before: the lease stayed in Redis until it lapsed (open_ms), keeping the replicas that still have the
-    // upstream held open that long for a replica that could no longer probe it.
+    // A lease left in Redis until it lapses (open_ms) would hold the replicas that still have the upstream
+    // open that long, for a replica that can no longer probe it.
     const L = 3_000;
     const setup = async (prefix: string) => {
       const { bad, providers, routes } = await badThenGood(track);
@@ -234,11 +225,9 @@ describeWithRedis('fleet probe lease and Redis clock (SPEC §2, §7)', (redis) =
 
   it('the fleet sends one trial at a time: the lease does not lapse while its holder’s probe is still running', async () => {
     // SPEC §2: half-open allows "at most half_open_probes (default 1) concurrent trial requests"; the lease
-    // was made so that N replicas do not send N. But the lease is taken once, for open_ms
-    // (state/shared-state.ts #askProbeLease: takeProbeLease(id, breaker.baseOpenMs)), and its holder never renews it
-    // while it is half-open with a probe in flight (TAKE_LEASE can renew, nobody asks). A replica that lost
-    // asks again after open_ms (hold(leaseMs + 2 s), #wakeAfter(leaseMs)), takes the lapsed lease and goes
-    // half-open too: a trial longer than open_ms (an LLM answer vs the default 30 s) gets company.
+    // keeps N replicas from sending N. It is taken for open_ms, and a replica that lost asks again after
+    // that: the holder keeps it while its probe is in flight, so a trial longer than open_ms (an LLM answer
+    // vs the default 30 s) gets no company.
     const prefix = nextPrefix();
     const { bad, providers, routes } = await badThenGood(track);
     const breaker = { failure_threshold: 1, open_ms: 700, success_threshold: 1 };
@@ -263,10 +252,9 @@ describeWithRedis('fleet probe lease and Redis clock (SPEC §2, §7)', (redis) =
   });
 
   it('a lease won after a reload dropped the upstream is given back, not kept for open_ms', async () => {
-    // state/shared-state.ts #askProbeLease: when the answer comes, a breaker no longer current (dropped by a reload),
-    // re-opened or closed returns at once — having won the lease, it keeps it for its full PX (open_ms): no
-    // replica of the fleet still serving that upstream can probe it until then (endProbeLease is only called
-    // on a half_open transition, which never comes). Fix: in that branch, `if (won) redis.endProbeLease(id)`.
+    // A lease whose answer arrives once the breaker is no longer current (dropped by a reload), re-opened or
+    // closed is won for no trial: it is given back at once, else no replica of the fleet still serving that
+    // upstream could probe it for the lease's full PX (open_ms).
     const prefix = nextPrefix();
     const { providers, routes, good } = await badThenGood(track);
     const breaker = { failure_threshold: 1, open_ms: 800 };
@@ -300,11 +288,9 @@ describeWithRedis('fleet probe lease and Redis clock (SPEC §2, §7)', (redis) =
   });
 
   it('statistics are still shared when Redis refuses TIME (an ACL user without +time): the first sync must not fail for ever', async () => {
-    // redis.ts sync(): `this.#clockOffsetMs ??= await this.#readClock(sent)` throws on every exchange when
-    // TIME is refused (an ACL'd user, a proxy that does not implement it): the catch drops every remote view,
-    // and #failed ignores the error (not a timeout), so nothing is logged and the fleet's statistics are
-    // never exchanged again — before this change they were. In the pipeline, a refused TIME is already
-    // tolerated (Array.isArray check). Fix: on a refused TIME, keep offset 0 (the local clock), as before.
+    // Statistics are dated on Redis's clock (TIME). When TIME is refused (an ACL'd user, a proxy that does
+    // not implement it) the replica keeps its local clock (offset 0) and goes on exchanging statistics,
+    // rather than failing every exchange without a word.
     const prefix = nextPrefix();
     const good = track(await startSimulator({ name: 'good' }));
     const raw = track(redisClient(redis.url));

@@ -86,8 +86,8 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 describe('passthrough error bodies and echoed answers keep every secret back', () => {
   // SPEC §8 Secrets: "no configured secret ... ever appears in a response"; the gateway "scrubs every
   // configured secret from any upstream error body it relays". A relayed error body is cut at 64 KiB
-  // (passthrough.ts sendScrubbed) at a chunk boundary: when that boundary falls inside an echoed key, the
-  // key's first characters are left at the end of the cut text, where no whole-key match finds them.
+  // (passthrough.ts sendScrubbed) at a chunk boundary, which may fall inside an echoed key: the key's first
+  // characters at the end of the cut text, which no whole-key match finds, are kept back too.
   it('an error body cut at its 64 KiB bound does not end in the first half of the provider key', async () => {
     const key = 'sk-pt-0123456789abcdefghijABCDEFGHIJ-9876';
     const head = key.slice(0, 24);
@@ -134,8 +134,8 @@ describe('passthrough error bodies and echoed answers keep every secret back', (
 
   // SPEC §8 Secrets / README passthrough ("an answer that echoes them back has them masked"): a provider
   // key that is the start of another configured credential (a proxy token built on it) must not leave the
-  // longer one's tail readable. StreamMask masks the secrets in config order, not longest first: the shorter
-  // key is masked inside the longer one, which then no longer matches.
+  // longer one's tail readable: the longer secret is masked whole, not left unmatched by a mask of the
+  // shorter one inside it.
   it('an echoed answer masks a secret that contains another secret whole', async () => {
     const key = 'sk-pt-1234abcd';
     const token = `${key}-TAIL-SECRET-5678`;
@@ -211,9 +211,8 @@ const HI = [{ role: 'user', content: 'hi' }];
 describe('the upstream pool', () => {
   // README providers[].max_concurrency: "requests past it wait for a connection to free"; SPEC §2 circuit
   // breaker: it counts the upstream's failures. A request still queued in the gateway's own pool has not
-  // reached the upstream: its wait runs into the first-byte bound (client.ts: the attempt's clock starts at
-  // dispatch), and record() in failover.ts charges that to the upstream's breaker as a timeout. Two requests
-  // queued behind one long stream open the breaker of a healthy upstream, and every later request gets a 503.
+  // reached the upstream, so its time out in the queue is not the upstream's: two requests queued behind one
+  // long stream leave a healthy upstream's breaker closed, and the next request is served.
   it('requests queued behind max_concurrency do not open the breaker of a healthy upstream', async () => {
     const up = await mock((_req, res, raw) => {
       const body = JSON.parse(raw) as { stream?: boolean };
@@ -255,7 +254,7 @@ describe('the upstream pool', () => {
       breaker: status.upstreams[0]?.breaker.state,
       after: after.status,
     }).toEqual({
-      // Both really failed in the queue (compared with themselves before: a 200 would have tested nothing).
+      // Both really failed in the queue (a 200 would test nothing).
       queued: [504, 504],
       breaker: 'closed',
       after: 200,

@@ -55,9 +55,8 @@ function dig(value: unknown, ...path: (string | number)[]): unknown {
 }
 
 describe('request-scoped exclusion after the LLM router call (SPEC §2)', () => {
-  // Kills src/routing/llm-router.ts:67 `a.outcome !== 'success' && a.outcome !== 'client_error'` -> without the
-  // client_error clause. A 400 to the router's own prompt says nothing about the user's request: that
-  // upstream must still serve the request (only errors, timeouts and rate limits exclude it).
+  // A 400 to the router's own prompt says nothing about the user's request: that upstream still serves the
+  // request (only errors, timeouts and rate limits exclude it).
   it('an upstream that answers the router prompt with a 400 still serves the request', async () => {
     const up = track(
       await startMock((req, res) => {
@@ -91,8 +90,7 @@ describe('request-scoped exclusion after the LLM router call (SPEC §2)', () => 
 });
 
 describe('the LLM router cache keeps an answer for cache_ttl_s, no longer (SPEC §2)', () => {
-  // Kills src/routing/llm-router.ts:163 `hit.expiresAt <= now` -> `<`. An answer cached for 1 s is served at
-  // 999 ms and gone at 1000 ms: its time to live is over.
+  // An answer cached for 1 s is served at 999 ms and gone at 1000 ms: its time to live is over.
   it('an entry is a hit until its ttl has passed, and gone at exactly the ttl', () => {
     const c = new RouterCache(10, 1_000);
     c.set('k', { tier: 'deep', reason: 'x' }, 5_000);
@@ -102,9 +100,8 @@ describe('the LLM router cache keeps an answer for cache_ttl_s, no longer (SPEC 
 });
 
 describe('the LLM router sees the most recent messages, contiguous (llm-router.ts conversationExcerpt)', () => {
-  // Kills src/routing/llm-router.ts:95 `if (total + line.length > EXCERPT_MAX_CHARS) break` -> `continue`. The
-  // excerpt is "the last few messages" (most recent last): once one no longer fits, older ones are left out
-  // too, rather than an older short message standing in for the missing one between.
+  // The excerpt is "the last few messages" (most recent last): once one no longer fits, older ones are left
+  // out too, rather than an older short message standing in for the missing one between.
   it('a message that no longer fits ends the excerpt; an older short one is not pulled in past it', () => {
     const long = (c: string) => ({ role: 'user', content: c.repeat(500) });
     const ex = conversationExcerpt([

@@ -10,10 +10,10 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { scrape, select } from '../helpers/prom-text.js';
-import { askAuto, post, reviewSims, sleep, type Json } from '../helpers/review-kit.js';
+import { askAuto, post, simFactories, sleep, type Json } from '../helpers/sim-gateways.js';
 
 const track = closeAfterEach();
-const { sim, tiered } = reviewSims(track);
+const { sim, tiered } = simFactories(track);
 
 const TOOLS = [
   { type: 'function', function: { name: 'lookup', parameters: { type: 'object', properties: {} } } },
@@ -68,12 +68,10 @@ describe('default_tier in place of a router pick that cannot take the request', 
     expect(bal.requests).toHaveLength(0);
   });
 
-  // Was a defect (fixed: counted in chat-decision finish(), after the fallback).
   it('llm_router_llm_router_requests_total{tier} is the tier the request got (README), not a pick that gave way to default_tier', async () => {
     // README Metrics: `tier (the tier the request got: the router's pick, or default_tier on
-    // timeout/error/unparsable)`. askRouter counts {tier: d.tier, outcome: chosen} before finish() (chat-decision.ts)
-    // replaces the pick by default_tier: the request was served by `balanced` and counted under `deep`, a
-    // tier that served nothing.
+    // timeout/error/unparsable)`. The router picks `deep`, which cannot take tools here: the request is
+    // served by `balanced` (default_tier) and counted there, not under `deep`, a tier that served nothing.
     const { gw, bal } = await tiered({ deepCaps: NO_TOOLS_CAPS });
     const r = await askAuto(gw, 'a hard question with tools', {}, { tools: TOOLS });
     expect(r.status, r.text).toBe(200);

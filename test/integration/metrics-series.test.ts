@@ -14,7 +14,7 @@ import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, sendJson, startMock } from '../helpers/mock-upstream.js';
 import { parseProm, scrape, select, value, type Sample } from '../helpers/prom-text.js';
-import { reload } from '../helpers/review-kit.js';
+import { reload } from '../helpers/sim-gateways.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
@@ -210,14 +210,14 @@ describe('requests, attempts, failovers', () => {
     expect(value(s, ATT, { provider: 'drop', model: 'm', outcome: 'error' })).toBe(1);
     // SPEC §5 `llm_router_tokens_total | counter | provider, model, kind (prompt, completion)`; README Metrics:
     // "the upstream's usage ...; estimated when it reports none". The cut stream's prompt is charged (its
-    // estimate, and its cost), but the two content deltas already relayed to the client count as 0
-    // completion tokens (the log line says completionTokens 0 too).
+    // estimate, and its cost), and so are the two content deltas already relayed to the client: estimated
+    // completion tokens, not 0.
     const prompt = value(s, TOK, { provider: 'drop', model: 'm', kind: 'prompt' }) ?? 0;
     const completion = value(s, TOK, { provider: 'drop', model: 'm', kind: 'completion' }) ?? 0;
     expect(prompt).toBeGreaterThan(0);
     expect(completion).toBeGreaterThan(0);
-    // Its first token did reach the client: observed like a finished stream's (it was not, so a provider
-    // that cuts every stream showed no TTFT at all), and the request line carries it.
+    // Its first token did reach the client: observed like a finished stream's (else a provider that cuts
+    // every stream would show no TTFT at all), and the request line carries it.
     expect(value(s, 'llm_router_time_to_first_token_seconds_count', { provider: 'drop', model: 'm' })).toBe(
       1,
     );
@@ -428,8 +428,8 @@ describe('metrics (SPEC §5)', () => {
   });
 
   it('/router/explain is an admin read: not a request in the counters or the request log', async () => {
-    // Regression: each explain counted in llm_router_requests_total{route="none"} and wrote a request line,
-    // though it calls no upstream (README: admin reads stay out of the request log and counters).
+    // An explain calls no upstream: it is neither counted in llm_router_requests_total (route "none") nor
+    // written as a request line (README: admin reads stay out of the request log and counters).
     const up = track(await startMock((req, res) => answerChat(res, req.body, 'ok')));
     const gw = track(
       await startGateway({
@@ -482,14 +482,14 @@ describe('reload', () => {
     );
     const s = await scrape(gw.url);
     // The breaker gauge goes (gateway.ts reload), and once the old config's requests are done every other
-    // series of b/m (and of provider b, none of whose upstreams is left) goes too: a reload that moves
-    // upstreams grew /metrics with each one forever (audit-leaks). a/m's stay.
+    // series of b/m (and of provider b, none of whose upstreams is left) goes too, so a reload that moves
+    // upstreams does not grow /metrics with each one forever. a/m's stay.
     expect(select(s, 'llm_router_circuit_state', { provider: 'b' })).toHaveLength(0);
     expect(s.filter((x) => x.labels.provider === 'b' || x.labels.from_provider === 'b')).toEqual([]);
     expect(value(s, ATT, { provider: 'a', model: 'm', outcome: 'success' })).toBe(0);
     // SPEC §5 `llm_router_inflight_requests | gauge | provider, model` (README: label values come from the
-    // configuration): b is no longer configured and nothing is in flight on it, yet its gauge is scraped
-    // as 0 forever, the very case gateway.ts removes circuit_state for.
+    // configuration): b is no longer configured and nothing is in flight on it, so its gauge goes as
+    // circuit_state does, rather than being scraped as 0 forever.
     expect(lines(gw)).toHaveLength(1);
     expect(select(s, INF, { provider: 'b' })).toHaveLength(0);
   });
@@ -504,12 +504,10 @@ describe('a reload removes a removed upstream’s metric series (memory backend)
 
   it('the last request still running on a removed upstream does not bring its series back once it ends', async () => {
     // README Metrics: "An upstream a reload removes takes its series with it (... the rest once the old
-    // config's requests are done)". The old runtime is released when the handler's promise settles
-    // (chat.ts ownReply rt.release()), and #forgetSeries runs a few microtasks later (the pool is reused,
-    // so Runtime.retire resolves at once); but the request's own count is written after the turn
-    // (report.ts reportRequest -> afterThisTurn/setImmediate -> writeReport), through requestChildren,
-    // which #forgetSeries just cleared: llm_router_requests_total / request_duration of p/m2 are created
-    // again, after their removal, and are exported forever.
+    // config's requests are done)". The old runtime is released, and the series removed, as the handler's
+    // promise settles (the pool is reused, so that is at once), while the request's own count is written
+    // after the turn (report.ts reportRequest): that late write does not create llm_router_requests_total /
+    // request_duration of p/m2 again, to be exported forever.
     const sim = track(await startSimulator({ name: 'p', latencyMs: 700 }));
     const gw = track(await startGateway(cfgWith(sim.url, ['m1', 'm2'])));
     expect((await postChat(gw, { model: 'r1', messages: [{ role: 'user', content: 'x' }] })).status).toBe(

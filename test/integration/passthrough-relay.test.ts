@@ -58,9 +58,8 @@ async function passthroughGateway(
 }
 
 describe('passthrough requests and error answers', () => {
-  // Kills src/http/passthrough.ts:47 `'openai-organization', 'openai-project'` dropped from STRIPPED. The
-  // client's organization and project go with the client's key, which is replaced by the provider's (SPEC §4):
-  // OpenAI answers our key with another organization's header with a 401.
+  // The client's OpenAI-Organization and OpenAI-Project go with the client's key, which is replaced by the
+  // provider's (SPEC §4): OpenAI answers our key with another organization's header with a 401.
   it("the client's OpenAI-Organization and OpenAI-Project are not forwarded with the provider's key", async () => {
     const up = await rawUpstream((_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -82,9 +81,8 @@ describe('passthrough requests and error answers', () => {
     expect(h['openai-project']).toBeUndefined();
   });
 
-  // Kills src/http/passthrough.ts:245 `reply.statusCode >= 400` -> `> 400`. SPEC §8: "the gateway scrubs every
-  // configured secret from any upstream error body it relays" — a 400 included, and every secret (here the
-  // admin key), not only the passthrough provider's own.
+  // SPEC §8: "the gateway scrubs every configured secret from any upstream error body it relays" — a 400
+  // included, and every secret (here the admin key), not only the passthrough provider's own.
   it('a passthrough 400 that echoes configured secrets has every one scrubbed', async () => {
     const up = await rawUpstream((_req, res) => {
       res.writeHead(400, { 'content-type': 'application/json' });
@@ -108,8 +106,8 @@ describe('passthrough requests and error answers', () => {
     expect(text).not.toContain(ADMIN_KEY);
   });
 
-  // Kills src/http/passthrough.ts:372 `if (size > MAX_ERROR_BODY_BYTES)` -> `if (false)`. Error answers "are
-  // read (bounded) ... past it they are cut": a 1 MiB error body reaches the client cut to 64 KiB.
+  // Error answers "are read (bounded) ... past it they are cut": a 1 MiB error body reaches the client cut
+  // to 64 KiB.
   it('a 1 MiB passthrough error body is relayed cut to 64 KiB', async () => {
     const up = await rawUpstream((_req, res) => {
       res.writeHead(500, { 'content-type': 'text/plain' });
@@ -123,8 +121,8 @@ describe('passthrough requests and error answers', () => {
     expect(text.length).toBeLessThanOrEqual(64 * 1024);
   });
 
-  // Kills src/http/passthrough.ts:300 `seen > limit` -> `seen > limit + 1024`. SPEC §4/§8 and README: a body
-  // past server.body_limit_bytes gets 413 — one of unknown length (chunked) too, counted as it streams.
+  // SPEC §4/§8 and README: a body past server.body_limit_bytes gets 413 — one of unknown length (chunked)
+  // too, counted as it streams: one byte past the limit is refused, the limit itself goes through.
   it('a chunked passthrough body one byte past body_limit_bytes is a 413; at the limit it goes through', async () => {
     const up = await rawUpstream((_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });

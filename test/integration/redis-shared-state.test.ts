@@ -28,7 +28,7 @@ import {
   subscribed,
   type ConfigPart,
 } from '../helpers/redis.js';
-import { sleep, statsView } from '../helpers/review-kit.js';
+import { sleep, statsView } from '../helpers/sim-gateways.js';
 
 const track = closeAfterEach();
 
@@ -51,8 +51,8 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
 
   it('an open published while only the subscriber connection was down reaches that replica once it resubscribes', async () => {
     // README Scale-out: "a replica that starts or reconnects adopts the opens still running, so a provider
-    // that fails for one is skipped by all". The subscriber reconnects on its own (redis.ts #sub 'ready'
-    // only subscribes); nothing re-reads the breaker keys then, so an open published in the gap is lost.
+    // that fails for one is skipped by all". A subscriber that reconnects on its own (the command connections
+    // still up) re-reads the breaker keys, so an open published while it was down is not lost.
     const prefix = nextPrefix();
     const { bad, providers, routes } = await badThenGood(track);
     const a = await replica(config(providers, routes, prefix));
@@ -61,7 +61,7 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
     const raw = track(redisClient(redis.url));
     // Drops the subscribers only (a pub/sub output-buffer limit, a proxy idle cut): the command
     // connections stay up. ioredis reconnects them ~100 ms later.
-    // Both replicas' subscribers really dropped (the count was not looked at: a kill of none went unseen).
+    // Both replicas' subscribers really dropped (else a kill of none would go unseen).
     expect(await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub')).toBeGreaterThanOrEqual(2);
     a.gateway.shared.breakers.get('bad/m').onFailure('normal', 'error'); // threshold 1: open, published
     expect(a.gateway.shared.breakers.get('bad/m').state).toBe('open');
@@ -77,9 +77,9 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
 
   it('a fleet on another Redis database does not adopt this fleet’s breaker opens', async () => {
     // README Scale-out: `url: "redis://…@redis:6379/0"` — the database is part of where a fleet's state
-    // lives (its stats and round-robin keys are per database), but the breaker channel
-    // (redis.ts:174 `${prefix}breaker-opens`) is not: Redis pub/sub ignores the database, so a staging
-    // fleet on /1 opens the breakers of a production fleet on /2 with the same (default) prefix.
+    // lives (its stats and round-robin keys are per database). Redis pub/sub ignores the database, so the
+    // breaker channel names it (`breaker-opens:db<n>` past /0): a staging fleet on /1 does not open the
+    // breakers of a production fleet on /2 with the same (default) prefix.
     const { providers, routes } = await badThenGood(track);
     const prod = await replica(config(providers, routes, undefined, undefined, `${redis.url}/2`));
     const staging = await replica(config(providers, routes, undefined, undefined, `${redis.url}/1`));
@@ -100,9 +100,9 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
 
   it('a re-open after a failed probe doubles open_ms fleet-wide, whichever replica probes', async () => {
     // SPEC §2: "open … for open_ms, doubled on each re-open up to max_open_ms"; §7: breaker state is shared.
-    // An adopted open (breaker.ts adoptOpen) does not carry the backoff, so when another replica than the
-    // one that opened makes the failed probe, it re-opens for plain open_ms and publishes that: the fleet's
-    // backoff never grows while probes land on different replicas (as a load balancer spreads them).
+    // An adopted open carries the backoff: when another replica than the one that opened makes the failed
+    // probe, it re-opens for twice open_ms and publishes that, so the fleet's backoff grows even while probes
+    // land on different replicas (as a load balancer spreads them).
     const prefix = nextPrefix();
     const { bad, providers, routes } = await badThenGood(track);
     const breaker = { failure_threshold: 1, open_ms: 1_500, max_open_ms: 60_000 };
@@ -118,15 +118,15 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
     expect((await chat(prober)).provider).toBe('good'); // its probe fails: the upstream re-opened
     expect(bad.requests).toHaveLength(2);
     await sleep(100);
-    // Doubled: 3 s. Got: 1.5 s on both.
+    // Doubled: 3 s, on both.
     expect(b.gateway.shared.breakers.get('bad/m').msUntilHalfOpen()).toBeGreaterThan(2_200);
     expect(a.gateway.shared.breakers.get('bad/m').msUntilHalfOpen()).toBeGreaterThan(2_200);
   });
 
   it('when a shared open ends, one replica of the fleet probes (it takes the lease); its close reaches the others', async () => {
     // SPEC §2 half-open: "at most half_open_probes concurrent trial requests"; §7: "breaker state ... shared
-    // through Redis". Each replica went half-open on its own when the shared open ended: three replicas sent
-    // three trial requests to an upstream that had just failed, and each had to close on its own.
+    // through Redis". Were each replica to go half-open on its own when the shared open ends, three replicas
+    // would send three trial requests to an upstream that had just failed, and each would close on its own.
     const prefix = nextPrefix();
     const { bad, providers, routes } = await badThenGood(track);
     const breaker = { failure_threshold: 1, open_ms: 600, success_threshold: 1 };
@@ -179,9 +179,9 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
 
   it('a stalled Redis (commands timing out) is noticed: the outage is logged and status says not connected', async () => {
     // README Scale-out: "If Redis is unreachable or stalls (commands time out after 1 s), nothing queues:
-    // each replica … logs the outage once … and reconnects in the background." A command timeout only
-    // rejects that command (ioredis commandTimeout); redis.ts #down runs on 'error'/'close' only, so a
-    // stall is never logged, `connected` (redis.ts:215, status 'ready') stays true and nothing reconnects.
+    // each replica … logs the outage once … and reconnects in the background." A stall closes no connection
+    // (ioredis' commandTimeout only rejects the command), yet it is an outage too: logged, and `connected`
+    // false in /router/status.
     const prefix = nextPrefix();
     const good = track(await startSimulator({ name: 'good' }));
     const gw = await replica(
@@ -210,9 +210,9 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
 
   it('a stalled Redis queues no round-robin INCRs past the bound of unanswered turns', async () => {
     // README Scale-out: "If Redis is unreachable or stalls …, nothing queues"; redis.ts MAX_PENDING_TURNS
-    // (64) "Round-robin INCRs a route may have unanswered". takeTurn (redis.ts:245-247) counts a turn as
-    // answered when its INCR times out, yet the INCR stays queued on the connection and runs when Redis
-    // wakes: every commandTimeout another 64 pile up, without end while the stall lasts.
+    // (64) "Round-robin INCRs a route may have unanswered". An INCR that times out still stays queued on the
+    // connection and runs when Redis wakes, so it stays unanswered until then: however many turns a stall
+    // lasts, at most 64 INCRs reach Redis after it.
     const prefix = nextPrefix();
     const sa = track(await startSimulator({ name: 'a' }));
     const sb = track(await startSimulator({ name: 'b' }));
@@ -248,8 +248,8 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
 
   it('an open published while Redis stalls does not reach the others later with its full duration', async () => {
     // README Scale-out: "every other replica opens it until the same moment". The EVAL that publishes the
-    // open (redis.ts:223) times out but stays queued; when the stall ends it runs with the open's full
-    // length, so the others open from then on: the stall's length too long (the key is set so as well).
+    // open times out but stays queued and runs when the stall ends: the others still open until A's open
+    // ends, not for the open's full length from then on (a stall's length too long).
     const prefix = nextPrefix();
     const { providers, routes } = await badThenGood(track);
     const breaker = { failure_threshold: 1, open_ms: 1_500 };
@@ -270,9 +270,9 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
 
   it('a rediss:// URL written in capitals still uses TLS (the password is never sent in clear)', async () => {
     // SPEC §8 Secrets and the config's own contract ("expected a redis:// or rediss:// URL": the scheme is
-    // matched without regard to case). ioredis turns on TLS only for a URL starting with lower-case
-    // "rediss://" (redis.ts:188 passes cfg.url as written), so `REDISS://` talks plain TCP — here to a
-    // plain-text redis-server, which a TLS client could never reach.
+    // matched without regard to case). ioredis itself turns on TLS only for a lower-case "rediss://", so
+    // `REDISS://` must still mean TLS. The server here is a plain-text redis-server, which a TLS client never
+    // reaches: staying unconnected is the proof that TLS was used.
     const good = track(await startSimulator({ name: 'good' }));
     const gw = await startReplica(
       track,
@@ -378,8 +378,8 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
   });
 
   it("a replica whose own clock is a minute ahead still reads the others' statistics, and deletes none", async () => {
-    // Measurements are dated and aged on Redis's clock (TIME): on the replica's own, every other replica's
-    // looked 60 s old — dropped from its view and HDEL'd from Redis for all.
+    // Measurements are dated and aged on Redis's clock (TIME): on the replica's own, a minute ahead, every
+    // other replica's would look 60 s old, to be dropped from its view and HDEL'd from Redis for all.
     const prefix = nextPrefix();
     const good = track(await startSimulator({ name: 'good' }));
     const realNow = Date.now.bind(Date);

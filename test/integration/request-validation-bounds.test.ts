@@ -67,9 +67,8 @@ async function chatGateway(): Promise<{ gw: TestGateway; up: Awaited<ReturnType<
 }
 
 describe('request validation bounds (SPEC §8, README "Known OpenAI fields")', () => {
-  // Kills src/http/validate.ts:73 `optionalNumber(raw, 'top_logprobs', 0, ...)` -> min 1. OpenAI takes
-  // top_logprobs 0..20: 0 is a possible value (README: values other servers take are left to them), so a
-  // request with it must reach the upstream, not get a 400.
+  // OpenAI takes top_logprobs 0..20: 0 is a possible value (README: values other servers take are left to
+  // them), so a request with it reaches the upstream, not a 400.
   it('top_logprobs 0 is a valid value and reaches the upstream; -1 is a 400 naming it', async () => {
     const { gw, up } = await chatGateway();
     const ok = await chat(gw, { logprobs: true, top_logprobs: 0 });
@@ -81,8 +80,8 @@ describe('request validation bounds (SPEC §8, README "Known OpenAI fields")', (
     expect(up.received).toHaveLength(1);
   });
 
-  // Kills src/http/validate.ts:75 `optionalNumber(raw, 'n', 1, 128, true)` -> max 129. OpenAI's bound on
-  // `n` is 128: 129 choices is an impossible value, refused before any upstream is called (SPEC §8).
+  // OpenAI's bound on `n` is 128: 129 choices is an impossible value, refused before any upstream is called
+  // (SPEC §8).
   it('n 128 passes; n 129 is a 400 naming n, and no upstream is called', async () => {
     const { gw, up } = await chatGateway();
     const bad = await chat(gw, { n: 129 });
@@ -95,8 +94,8 @@ describe('request validation bounds (SPEC §8, README "Known OpenAI fields")', (
 });
 
 describe('embeddings input bound (validate.ts: at most 2048 inputs, as OpenAI)', () => {
-  // Kills src/http/validate.ts:201 `input.length > 2048` -> `> 2049`. The 400's own message promises "at most
-  // 2048 inputs"; audit-surface sends exactly 2048 (accepted) but nothing sends 2049.
+  // The 400's own message promises "at most 2048 inputs": the bound at its edge, 2048 accepted and 2049
+  // refused.
   it('2048 string inputs reach the upstream; 2049 are a 400 naming input, calling nothing', async () => {
     const up = track(
       await startMock((req, res) => {

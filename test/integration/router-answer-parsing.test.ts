@@ -8,10 +8,10 @@
 import { describe, expect, it } from 'vitest';
 import { parseRouterAnswer } from '../../src/routing/router-answer.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { askAuto, reviewSims } from '../helpers/review-kit.js';
+import { askAuto, simFactories } from '../helpers/sim-gateways.js';
 
 const track = closeAfterEach();
-const { tiered } = reviewSims(track);
+const { tiered } = simFactories(track);
 
 describe('router answers', () => {
   it('answers real models give still parse: JSON then prose, a padded/cased tier, a first object without tier', () => {
@@ -36,13 +36,11 @@ describe('router answers', () => {
     expect(parseRouterAnswer('{"tier": "unknown", "reason": "tier: fast would be wrong"}')).toBeUndefined();
   });
 
-  // Was a defect (fixed): the stricter TIER_WORD demanded punctuation right after the tier word.
   it('prose naming one tier followed by its reason ("Tier: deep (…)", "tier: deep - …") is a pick, not unparsable', async () => {
-    // router-answer.ts TIER_WORD now requires [,;.}\n] or the end right after the tier word. Models that
-    // ignore "JSON only" write the reason after the word: "Tier: deep (multi-step proof)", "tier: deep - it
-    // needs ...", "tier: deep because ...". Before 34c4167 these picked deep; now they are unparsable and the
-    // request silently gets default_tier. The hedge the change was for ("fast or deep?") can be refused
-    // by what follows (another tier word, `or`, `/`, `?`) instead of demanding punctuation.
+    // Models that ignore "JSON only" write the reason after the tier word: "Tier: deep (multi-step proof)",
+    // "tier: deep - it needs ...", "tier: deep because ...". Such an answer picks its tier; it is not
+    // unparsable, which would silently give the request default_tier. A hedge ("fast or deep?") is told
+    // apart by what follows the word (another tier word, `or`, `/`, `?`), not by demanding punctuation.
     const { gw, rt, deep } = await tiered({ reply: 'Tier: deep (multi-step proof needed)' });
     const a = await askAuto(gw, 'prove that sqrt 2 is irrational');
     expect(rt.requests).toHaveLength(1);
@@ -56,20 +54,15 @@ describe('router answers', () => {
 
 describe('router answers in prose', () => {
   it('a hedge whose alternative follows a comma ("tier: fast, or deep") is no pick', () => {
-    // router-answer.ts TIER_WORD: the clause after the tier word is `[^,;.}\n]*`, so HEDGE only
-    // sees the text up to the first comma. "tier: fast, or deep" leaves an empty clause: no hedge, a pick
-    // of `fast` — the cheapest tier for a model that could not decide. Fix: look for the hedge past a
-    // `,`/`;` too (up to the sentence's end: '.', '\n', '}'), or treat a clause that starts with "or" as
-    // part of the hedge.
+    // A hedge reaches past a comma or semicolon: "tier: fast, or deep" is no pick of `fast` (the cheapest
+    // tier, for a model that could not decide).
     expect(parseRouterAnswer('tier: fast, or deep')).toBeUndefined();
     expect(parseRouterAnswer('Tier: fast; or maybe deep?')).toBeUndefined();
   });
 
   it('a clear pick whose parenthesised reason says "or" ("Tier: deep (a proof or a derivation)") is a pick', () => {
-    // HEDGE = /\b(?:fast|balanced|deep|or)\b|[/?]/ runs over the whole rest of the clause, reason included:
-    // the commit's own example shape 'Tier: deep (multi-step)' becomes unparsable (default_tier, outcome
-    // unparsable) as soon as its reason uses "or", "/" or "?". Fix: test HEDGE only on what precedes a
-    // reason's opening '(' / ' - ' / ' because', or only for tier words and "or <tier>" / "<tier>/<tier>".
+    // The hedge is looked for before the reason, not inside it: 'Tier: deep (…)' whose reason uses "or" or
+    // "/" is still a pick of deep, not unparsable (default_tier).
     expect(parseRouterAnswer('Tier: deep (a proof or a derivation)')).toEqual({ tier: 'deep', reason: '' });
     expect(parseRouterAnswer('Tier: deep (math/logic)')).toEqual({ tier: 'deep', reason: '' });
   });
@@ -96,9 +89,8 @@ describe('router answers in prose', () => {
 });
 
 describe('the LLM router answer as models write it (SPEC §2: answer {"tier": "...", "reason": "..."})', () => {
-  // Kills src/routing/router-answer.ts `TIER_SET.has(tier.trim().toLowerCase())` -> without `.trim()`. A tier
-  // padded with blanks inside its quotes is still that tier (the parser promises "any case", and trims what it
-  // returns), not an unparsable answer that throws the router call away.
+  // A tier padded with blanks inside its quotes is still that tier (the parser promises "any case", and trims
+  // what it returns), not an unparsable answer that throws the router call away.
   it('reads a tier padded with blanks inside its quotes', () => {
     expect(parseRouterAnswer('{"tier": " Deep ", "reason": "long proof"}')).toEqual({
       tier: 'deep',
@@ -106,8 +98,8 @@ describe('the LLM router answer as models write it (SPEC §2: answer {"tier": ".
     });
   });
 
-  // Kills src/routing/llm-router.ts:143 `reason.slice(0, 200)` -> the whole reason. The reason is the model's
-  // text, which goes into the decision's reason, x-router headers' neighbours and log lines: it is bounded.
+  // The reason is the model's text, which goes into the decision's reason, x-router headers' neighbours and
+  // log lines: it is bounded.
   it('keeps at most 200 characters of a reason', () => {
     const parsed = parseRouterAnswer(JSON.stringify({ tier: 'fast', reason: 'r'.repeat(3000) }));
     expect(parsed?.tier).toBe('fast');

@@ -129,9 +129,9 @@ function isRouterCall(body: Record<string, unknown>): boolean {
 
 describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
   // SPEC §2 `latency`: "... expected output tokens ÷ observed tokens/s, ... reacting at once to a slow
-  // outlier (peak-EWMA), so a fast upstream is not flooded until it slows". Only TTFT is peak-tracked
-  // (stats.ts #observeTtft); tokens/s is a plain EWMA (alpha 0.1), so an upstream whose streams suddenly
-  // generate 10x slower (TTFT unchanged) moves its estimate by ~10% and keeps all the traffic.
+  // outlier (peak-EWMA), so a fast upstream is not flooded until it slows". That holds for generation speed
+  // as for TTFT: an upstream whose streams suddenly generate 10x slower (TTFT unchanged) loses its first
+  // place at once, not after many samples.
   it('a stream that took 10x longer to generate makes the upstream lose its first place at once', () => {
     const clock = manualClock(1_000_000);
     const a = new UpstreamStats(clock.now);
@@ -155,10 +155,9 @@ describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
   });
 
   // SPEC §2 `latency`: "EWMA time-to-first-token + expected output tokens ÷ observed tokens/s". A
-  // non-streamed answer reports ttftMs = totalMs (attempt-json.ts attemptJsonCall), and failover.ts record() feeds it
-  // to the TTFT peak-EWMA (stats.ts recordSuccess -> #observeTtft), which takes any higher sample at once. With
-  // a tokens/s figure known from streams, latency.ts baseLatencyMs then adds the generation time a second
-  // time: one JSON request makes an upstream look twice as slow as an identical one.
+  // non-streamed answer reports ttftMs = totalMs: its generation time is not counted twice (as TTFT, and
+  // again from tokens/s known from streams), so one JSON request does not make an upstream look twice as
+  // slow as an identical one.
   it('one non-streamed answer does not make an upstream look twice as slow as an identical one', () => {
     const clock = manualClock(1_000_000);
     const a = new UpstreamStats(clock.now);
@@ -238,9 +237,8 @@ describe('latency strategy and its statistics (SPEC §2 `latency`)', () => {
 
 describe('cost strategy (SPEC §2 `cost`)', () => {
   // SPEC §2 `cost`: "lowest expected cost: est. prompt tokens x input price + expected output tokens x
-  // output price". A request with `n: 10` is billed for ten completions, but the expected output is
-  // max_tokens once (features.ts chatFeatures -> requestedOutputTokens; cost.ts expectedCostUsd never
-  // multiplies by `choices`), so the ranking weighs input price 10x too heavily and picks the dearer upstream.
+  // output price". A request with `n: 10` is billed for ten completions: its expected output is ten times
+  // max_tokens, so input price is not weighed 10x too heavily and the upstream cheaper for it ranks first.
   it('n: 10 choices cost ten completions: the upstream cheaper for that request ranks first', async () => {
     const cheapIn = await sim('cheapin');
     const cheapOut = await sim('cheapout');
@@ -278,10 +276,9 @@ describe('cost strategy (SPEC §2 `cost`)', () => {
 
 describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () => {
   // SPEC §2: the LLM router "is cached by prompt hash". The router's prompt says how many tokens the
-  // request has (router-prompt.ts buildRouterPrompt: "prompt tokens (estimated): N"), but the cache key hashes
-  // only the tools/images flags and the excerpt of the last 4 non-system messages (llm-router.ts askRouter,
-  // `key`). A 10,000-token conversation ending in the same 4 messages as a short one gets the short one's
-  // cached tier without the router ever seeing its size.
+  // request has (router-prompt.ts buildRouterPrompt: "prompt tokens (estimated): N"), so a 10,000-token
+  // conversation ending in the same last messages as a short one is another prompt: the router is asked
+  // again rather than the short one's cached tier given without the router ever seeing its size.
   it('the router cache is keyed by the whole router prompt: a much longer conversation is asked again', async () => {
     const routerCalls: number[] = [];
     const rt = track(
@@ -336,9 +333,8 @@ describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () =>
   });
 
   // SPEC §2 Failover: the list is tried "within routing.total_timeout_ms"; the LLM router's call is part
-  // of the request. llm-router.ts callRouter bounds it by `started + router.timeout_ms` only, never by the
-  // request's own deadline (askRouter is not given it; chat.ts failoverOptions computes it after the
-  // decision), so with the router hanging a request set to 400 ms takes the router's 1,500 ms.
+  // of the request, bounded by the request's own deadline as well as by router.timeout_ms: with the router
+  // hanging, a request set to 400 ms does not take the router's 1,500 ms.
   it('a hanging LLM router cannot hold a request past routing.total_timeout_ms', async () => {
     const rt = await sim('rt', { hang: true });
     const bal = await sim('bal');
@@ -364,10 +360,10 @@ describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () =>
   });
 
   // SPEC §2 circuit breaker counts upstream failures; README (Tiers): "one merely cut off by the
-  // router's timeout_ms may still serve it". Yet failover.ts record() charges the breaker with a timeout for
-  // an attempt cut by the request's own budget (result.deadlineReached: the router's timeout_ms here, also
-  // routing.total_timeout_ms), so a healthy upstream a bit slower than the router's 100 ms budget has its
-  // breaker opened by two tied requests, and then serves nobody, not even requests pinned to its tier.
+  // router's timeout_ms may still serve it". An attempt cut by the request's own budget (the router's
+  // timeout_ms here, also routing.total_timeout_ms) is no timeout of the upstream's: a healthy upstream a
+  // bit slower than the router's 100 ms budget keeps its breaker closed through two tied requests, and
+  // still serves requests pinned to its tier.
   it("attempts cut by the LLM router's own timeout_ms do not open a healthy upstream's breaker", async () => {
     const rt = await sim('rt', { latencyMs: 300 });
     const bal = await sim('bal');
@@ -406,9 +402,8 @@ describe('tiers and the LLM router (SPEC §2 "Tiers and the LLM router")', () =>
   });
 
   // SPEC §2: "ties are broken by rotation, never by array order alone"; `round-robin` "rotates evenly
-  // across healthy candidates". The rotation counter is per route (plan.ts planRequest: route.rotation),
-  // shared by all its tiers, so when a client alternates tiers (an agent's plan/act loop) every request of
-  // one tier sees the same parity and the same upstream of that tier serves them all.
+  // across healthy candidates". Each tier rotates on its own, so when a client alternates tiers (an agent's
+  // plan/act loop) the requests of one tier still spread over its upstreams, not all to the same one.
   it('round-robin within a tier rotates even when requests alternate between tiers', async () => {
     const a = await sim('a');
     const b = await sim('b');
@@ -502,9 +497,9 @@ describe('circuit breaker (SPEC §2 "Circuit breaker")', () => {
   });
 
   // SPEC §2: open "for open_ms (default 30 000), doubled on each re-open up to max_open_ms"; SPEC §3
-  // reload keeps breakers "of upstreams that remain". breaker.ts setConfig keeps an earned backoff as it was
-  // (only clamped to the new max), never raised to the new open_ms: after a reload from open_ms 1 s to 30 s,
-  // a breaker that had opened once re-opens for 2 s, less than open_ms.
+  // reload keeps breakers "of upstreams that remain", with their earned backoff, but never below the new
+  // open_ms: after a reload from open_ms 1 s to 30 s, a breaker that had opened once re-opens for at least
+  // 30 s.
   it('after a reload that raises open_ms, a re-open lasts at least the new open_ms', () => {
     const clock = manualClock(0);
     const br = new CircuitBreaker({ ...CFG, open_ms: 1_000, max_open_ms: 300_000 }, clock.now);
@@ -631,8 +626,8 @@ describe('failover (SPEC §2 "Failover", §4 errors)', () => {
 });
 
 describe('Retry-After in the asctime form is GMT whatever the host zone (RFC 9110 §5.6.7)', () => {
-  // Kills src/resilience/classify.ts:151 `Date.parse(`${text} GMT`)` -> `Date.parse(text)`. On a UTC host the
-  // two agree, so the suite never saw it; on any other zone the cooldown was off by the zone's offset.
+  // The asctime form names no zone and means GMT: read in the host's zone, the cooldown would be off by the
+  // zone's offset on any host not set to UTC, so the test runs under another zone.
   it('parses "Sun Nov  6 08:49:37 1994" as GMT under TZ=America/New_York', () => {
     const saved = process.env.TZ;
     process.env.TZ = 'America/New_York';

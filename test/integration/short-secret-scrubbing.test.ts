@@ -45,8 +45,8 @@ const chat = (gw: TestGateway, body: Record<string, unknown> = {}, headers: Reco
   post(gw, '/v1/chat/completions', { model: 'r', messages: MSG, ...body }, headers);
 
 describe('credential-named provider headers are secrets from 8 characters with a digit (README providers[].headers)', () => {
-  // Kills src/config/secrets.ts credentialLike `v.length >= 8 && /\d/` -> `v.length > 8`. README: header values named like
-  // a credential are "scrubbed as api_key is, when they look like one (8+ characters with a digit, or 20+)".
+  // README: header values named like a credential are "scrubbed as api_key is, when they look like one (8+
+  // characters with a digit, or 20+)": 8 characters with a digit is enough.
   it('an upstream 400 that echoes an 8-character token header has it scrubbed', async () => {
     const TOKEN = 'tok12345';
     const up = track(
@@ -79,9 +79,8 @@ describe('credential-named provider headers are secrets from 8 characters with a
 });
 
 describe('a configured secret of 4 characters is scrubbed too (SPEC §8 secrets)', () => {
-  // Kills src/observability/scrub.ts:19 `s.length < 4` -> `< 5`. The config collects every secret of 4 or more
-  // characters (secrets.ts collectSecrets) and SPEC §8 says no configured secret ever reaches a client: a
-  // 4-character key an upstream echoes in its error is scrubbed.
+  // The config collects every secret of 4 or more characters (secrets.ts collectSecrets) and SPEC §8 says no
+  // configured secret ever reaches a client: a 4-character key an upstream echoes in its error is scrubbed.
   it('an upstream 400 echoing a 4-character api_key has it replaced', async () => {
     const KEY = 'k9Zq';
     const up = track(

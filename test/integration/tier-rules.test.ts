@@ -9,10 +9,10 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, startMock } from '../helpers/mock-upstream.js';
-import { askAuto, reviewSims } from '../helpers/review-kit.js';
+import { askAuto, simFactories } from '../helpers/sim-gateways.js';
 
 const track = closeAfterEach();
-const { tiered } = reviewSims(track);
+const { tiered } = simFactories(track);
 const RELAXED = { connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 10000 };
 
 type Json = Record<string, unknown>;
@@ -53,13 +53,10 @@ async function explain(gw: TestGateway, body: Record<string, unknown>): Promise<
 }
 
 describe('tier rules', () => {
-  // Was a defect (fixed: tiers.ts tests head+NUL and NUL+tail).
   it('a rule anchored at the end (`\\?$`) does not match a long message at the cut of its first 16 KiB', async () => {
-    // tiers.ts:54 tests `lastUser.slice(0, 16384)` with the rule's regex as it is: `$` matches at the end of
-    // the head window, which is not the end of the message. A 20 kB message whose 16,384th character is `?`
-    // (a question in pasted text) is taken for one that ends in a question. Fix: keep anchors honest at the
-    // cuts, e.g. test `head + '\u0000'` (no `$` at the cut) and `'\u0000' + tail` (no `^`), or test only the
-    // tail for a pattern ending in `$`.
+    // A long message is matched on its first and last 16 KiB. The end of the head window is not the end of
+    // the message: a 20 kB message whose 16,384th character is `?` (a question in pasted text) is not taken
+    // for one that ends in a question.
     const { gw } = await tiered({
       router: false,
       rules: [{ if: { last_user_message: '\\?$' }, tier: 'fast' }],
@@ -88,11 +85,9 @@ describe('regex rules at the 16 KiB window cuts', () => {
   const CUT = 16_384;
 
   it('a rule whose $ may follow non-word characters (`\\?\\W*$`) does not take a "?" at the head cut for the end', async () => {
-    // tiers.ts ruleMatches (≈ line 56): the sentinel is U+0000, which `\W`, `.`, `\D`, `[^…]` and `[\s\S]`
-    // all match. '\?\W*$' ("ends in a question, maybe then punctuation") matches "…?\0" at the head's cut
-    // exactly as '\?$' did before the fix. Fix: do not let a match end at (or use) the sentinel — e.g. run
-    // the head with a 'g'/'y' copy of the regex and drop matches whose end reaches the cut, or cut at a
-    // line break and test the head under a regex without `$`-at-end semantics.
+    // The head's cut is no end of the message for a pattern that lets `$` follow other characters either:
+    // '\?\W*$' ("ends in a question, maybe then punctuation") does not match a "?" at the cut, whatever
+    // `\W`, `.`, `\D`, `[^…]` or `[\s\S]` could match there.
     const { gw } = await tiered({
       router: false,
       rules: [{ if: { last_user_message: '\\?\\W*$' }, tier: 'deep' }],
@@ -105,8 +100,8 @@ describe('regex rules at the 16 KiB window cuts', () => {
   });
 
   it('a rule anchored at the start with `^\\W*` does not match where the tail window begins', async () => {
-    // Same sentinel, other cut: '^\W*summari[sz]e' ("starts with summarise") on "\0 summarise …" — the NUL
-    // is a \W, so the tail's cut passes for the message's start.
+    // The other cut: where the tail window begins is not the message's start, so '^\W*summari[sz]e' ("starts
+    // with summarise") does not match a tail that begins " summarise …".
     const { gw } = await tiered({
       router: false,
       rules: [{ if: { last_user_message: '^\\W*summari[sz]e' }, tier: 'deep' }],
@@ -133,9 +128,8 @@ describe('regex rules at the 16 KiB window cuts', () => {
 });
 
 describe('tier rules on a long last user message (README: last_user_message, a regex on its text)', () => {
-  // Kills src/routing/tiers.ts:47 `lastUser.slice(-REGEX_INPUT_CHARS)` -> `lastUser.slice(0, REGEX_INPUT_CHARS)`.
-  // The regex is bounded to part of a long message; the part kept must be its end, where a pasted document is
-  // followed by the question ("... now prove it").
+  // The regex is bounded to part of a long message; the part kept includes its end, where a pasted document
+  // is followed by the question ("... now prove it").
   it('a keyword at the end of a 40 KB message still picks the rule’s tier', async () => {
     const up = track(await startMock((req, res) => answerChat(res, req.body, 'ok')));
     const gw = track(

@@ -212,7 +212,8 @@ describe('SSE: a final event without its blank line', () => {
   it('a complete answer whose last event (content + finish_reason) ends the body without a blank line is served, not failed over', async () => {
     // Held to SseParser.end()'s own contract (src/streaming/sse.ts: "Flushes a last event that was not followed
     // by a blank line") and README "Failover and streams": a stream that closes without [DONE] counts as finished
-    // once every choice has sent its finish_reason. The upstream below did send it; the gateway answers 502.
+    // once every choice has sent its finish_reason. The upstream below sends it in that last event: the
+    // answer is served, not failed over as a cut stream (502).
     const up = await raw((_q, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       res.end(
@@ -232,7 +233,7 @@ describe('Anthropic translation', () => {
   it('a tool result carrying an image reaches Claude as an image block inside the tool_result', async () => {
     // SPEC §4: for anthropic upstreams the request is translated, images included. A tool message whose content
     // parts hold an image_url (a screenshot tool, as LangChain/LiteLLM users send) must not lose the image:
-    // Anthropic's tool_result.content takes image blocks. Today only its text parts are kept.
+    // Anthropic's tool_result.content takes image blocks, so the image goes there beside the text.
     const up = await raw((_q, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(
@@ -360,7 +361,7 @@ describe('headers on every routed response', () => {
   it('a stream cut by shutdown before its commit (the 503) still carries x-request-id and x-router-*', async () => {
     // SPEC §4: "Response headers on every routed response: x-request-id, x-router-provider, x-router-model,
     // x-router-strategy, x-router-attempts, x-router-trail"; README: "An error on a route carries them too".
-    // A JSON request cut the same way gets them (failRequest); the stream's 503 is written raw without them.
+    // A stream's 503 at shutdown, before its commit, carries them as a JSON request cut the same way does.
     const up = await raw((_q, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       res.write(`data: ${chunk({ role: 'assistant', content: '' })}\n\n`); // preamble only: not committed
@@ -382,7 +383,7 @@ describe('headers on every routed response', () => {
 describe('request validation (SPEC §8)', () => {
   it('an image_url part whose url is not a string is a 400 naming the field, before any upstream is called', async () => {
     // SPEC §8: "known OpenAI fields with a wrong type ... are rejected with 400 naming the field before any
-    // upstream is called". validate.ts checks only that image_url is an object.
+    // upstream is called": an image_url's url must be a string, not only image_url an object.
     const up = await raw((_q, res) => res.end('{}'));
     const gw = await gatewayFor([openaiProvider('a', up.url)], ['a/m']);
     const r = await post(gw.url, {

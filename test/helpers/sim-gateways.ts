@@ -3,12 +3,12 @@ import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/i
 import type { Track } from './cleanup.js';
 import { postChat, simProvider, startGateway, type Posted, type TestGateway } from './gateway.js';
 
-/** What the white-box review and audit files share: a timed pause, a JSON POST, a reload, a tiered route. */
+/** Shared by integration tests: a timed pause, a JSON POST, a reload, simulators and a tiered route. */
 export type Json = Record<string, unknown>;
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** A POST's answer as the review files read it. */
+/** A POST's answer: status, headers, text and parsed JSON. */
 export type Res = Posted;
 
 /** POSTs `body` with key `k` (and `headers`) to the chat path (or `path`). */
@@ -71,7 +71,7 @@ export interface Tiered {
 }
 
 /** Simulators and the tiered `auto` route, each handed to `track` so a test leaves nothing behind. */
-export function reviewSims(track: Track): {
+export function simFactories(track: Track): {
   sim(name: string, o?: Partial<SimOptions>): Promise<Simulator>;
   tiered(opts: TieredOptions): Promise<Tiered>;
 } {
