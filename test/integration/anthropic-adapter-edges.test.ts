@@ -253,7 +253,7 @@ describe('Anthropic answers translated to OpenAI (SPEC §4: response and SSE eve
 describe('thinking held to hand back, up to its bound (anthropic-stream.ts MAX_THINKING_CHARS)', () => {
   // The bound is "the most thinking held": thinking of exactly 2 MiB (text and signature) is held and offered
   // back as thinking_blocks (Claude refuses a tool-loop turn sent back without its thinking).
-  it('a signed thinking block of exactly 2 MiB in all is offered as thinking_blocks', () => {
+  it('a signed thinking block filling the 2 MiB bound exactly (text, signature and the 64 a block counts) is offered', () => {
     const chunks: string[] = [];
     const t = anthropicAdapter.streamTranslator(
       {
@@ -265,7 +265,7 @@ describe('thinking held to hand back, up to its bound (anthropic-stream.ts MAX_T
       { model: 'r', includeUsage: false, created: 1 },
     );
     const send = (e: Json): void => t.event(String(e.type), JSON.stringify(e));
-    const MAX = 2 * 1024 * 1024;
+    const MAX = 2 * 1024 * 1024 - 64; // the bound less what the block itself counts
     const piece = 'x'.repeat(64 * 1024);
     send(streamStart);
     send({ type: 'content_block_start', index: 0, content_block: { type: 'thinking', thinking: '' } });
