@@ -4,6 +4,7 @@ import { textBlock, textBlocks, userBlocks, type Block, type Role, type Turn } f
 import {
   DEFAULT_THINKING,
   isThinking,
+  openLoopAsText,
   positiveInt,
   thinkingAllowed,
   thinkingBlocks,
@@ -56,8 +57,8 @@ import { asNumber, asString, isObject, providerHeaders, type JsonObject } from '
  * - Claude 5 on think when `thinking` is left out: without `reasoning_effort` they keep that default (with room
  *   in the default `max_tokens`, and the thinking blocks sent back), and "no thinking" (`none`, a forced tool, the
  *   rules above) is said as `thinking: {type: "disabled"}`. Fable, Mythos and Claude 5.1 on (Opus 5.5) always
- *   think (`disabled` is a 400): their thinking is never turned off, and a forced tool, which 5.1 on refuse, is
- *   asked for as `auto`.
+ *   think (`disabled` is a 400): their thinking is never turned off (a tool loop under way without its thinking
+ *   blocks goes as text: openLoopAsText), and a forced tool, which 5.1 on refuse, is asked for as `auto`.
  * - `temperature` is clamped to Anthropic's [0, 1]; `top_p` is sent only without `temperature`, since
  *   recent Claude models reject the two together; neither goes to Claude 4.7 and later (ClaudeProfile).
  * - Tool call ids are made Anthropic's: characters it refuses replaced, and an id an earlier round already
@@ -110,8 +111,10 @@ export function buildAnthropicRequest(
   }
   // Decided on the turns as sent: Anthropic's rules are about its merged turns, not the client's messages.
   let thinking = thinkingFor(body, explicitMax, claude);
-  if (claude.alwaysThinks) thinking ??= DEFAULT_THINKING;
-  else if (thinking !== undefined && !thinkingAllowed(turns)) thinking = undefined;
+  if (claude.alwaysThinks) {
+    thinking ??= DEFAULT_THINKING;
+    if (!thinkingAllowed(turns)) openLoopAsText(turns);
+  } else if (thinking !== undefined && !thinkingAllowed(turns)) thinking = undefined;
   if (thinking === undefined) withoutThinking(turns);
   finishTurns(turns);
 

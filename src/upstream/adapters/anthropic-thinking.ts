@@ -108,6 +108,47 @@ export function thinkingAllowed(turns: Turn[]): boolean {
   return opening === undefined || isThinking(opening.content[0]);
 }
 
+/**
+ * For a model that always thinks (thinking cannot be turned off) and a tool loop whose first assistant turn
+ * came back without its thinking (every SDK's tool runner drops `thinking_blocks`): the loop's tool calls
+ * and results as text, so the request is a plain conversation Anthropic takes with thinking on ("a final
+ * assistant message must start with a thinking block" holds only for a tool loop). Earlier, closed loops
+ * keep their blocks. The model reads what it called and what came back; images in results stay images.
+ */
+export function openLoopAsText(turns: Turn[]): void {
+  let from = turns.length;
+  for (let i = turns.length - 1; i >= 0; i--) {
+    const turn = turns[i]!;
+    if (turn.role === 'assistant') from = i;
+    else if (!turn.content.some((b) => b.type === 'tool_result')) break;
+  }
+  for (let i = from; i < turns.length; i++) {
+    const turn = turns[i]!;
+    turn.content = turn.content.flatMap((b) =>
+      b.type === 'tool_use' || b.type === 'tool_result' ? asText(b) : [b],
+    );
+  }
+}
+
+/** A tool_use or tool_result block as text (and a result's images and documents as they are). */
+function asText(block: Block): Block[] {
+  if (block.type === 'tool_use') {
+    const call = `[tool call ${String(block.id)}: ${String(block.name)} ${JSON.stringify(block.input ?? {})}]`;
+    return [{ type: 'text', text: call }];
+  }
+  const content = block.content;
+  const parts = Array.isArray(content) ? (content as Block[]) : [];
+  const text =
+    typeof content === 'string'
+      ? content
+      : parts
+          .filter((p) => p.type === 'text')
+          .map((p) => String(p.text))
+          .join('\n');
+  const result = `[tool result ${String(block.tool_use_id)}: ${text}]`;
+  return [{ type: 'text', text: result }, ...parts.filter((p) => p.type !== 'text')];
+}
+
 /** Thinking off: the thinking blocks sent back go too (never a turn's only blocks, see addMessage). */
 export function withoutThinking(turns: Turn[]): void {
   for (const turn of turns)

@@ -893,6 +893,41 @@ describe('anthropic chatRequest: Claude 5 and later think by default', () => {
     }
   });
 
+  it('a tool loop under way without its thinking blocks goes as text to a model that always thinks; closed loops keep theirs', () => {
+    const image = { type: 'image_url', image_url: { url: 'data:image/png;base64,iVBORw0KGgo=' } };
+    const messages = [
+      user('first'),
+      { role: 'assistant', tool_calls: [{ ...call, id: 'old' }] },
+      { role: 'tool', tool_call_id: 'old', content: 'old result' },
+      { role: 'assistant', content: 'done with that' },
+      user('now this'),
+      { role: 'assistant', content: 'checking', tool_calls: [call] },
+      { role: 'tool', tool_call_id: 'c1', content: [{ type: 'text', text: 'seen' }, image] },
+    ];
+    for (const model of ['claude-opus-5-5', 'claude-fable-5-1']) {
+      const sent = send(model, { messages, tools: [fn] });
+      expect(sent.messages.map((m) => m.content.map((b) => b.type))).toEqual([
+        ['text'],
+        ['tool_use'],
+        ['tool_result'],
+        ['text'],
+        ['text'],
+        ['text', 'text'],
+        ['text', 'image'],
+      ]);
+      expect(sent.messages[5]!.content[1]).toEqual({ type: 'text', text: '[tool call c1: f {}]' });
+      expect(sent.messages[6]!.content[0]).toEqual({ type: 'text', text: '[tool result c1: seen]' });
+      expect(sent.tools).toEqual([expect.objectContaining({ name: 'f' })]); // the model may call it again
+      // With its thinking sent back the loop goes as it is.
+      const kept = send(model, { messages: loop({ thinking_blocks: [signed] }), tools: [fn] });
+      expect(kept.messages.map((m) => m.content.map((b) => b.type))).toEqual([
+        ['text'],
+        ['thinking', 'tool_use'],
+        ['tool_result'],
+      ]);
+    }
+  });
+
   it('asks Claude 5.1 on (Opus 5.5, Fable 5.1) for auto instead of a forced tool, which they refuse', () => {
     const named = { type: 'function', function: { name: 'f' } };
     for (const model of ['claude-opus-5-5', 'claude-fable-5-1', 'anthropic.claude-mythos-5-1']) {
