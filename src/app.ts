@@ -278,9 +278,9 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       ? ''
       : named === undefined
         ? NO_PASSTHROUGH
-        : rt.passthrough === undefined
-          ? ` (server.passthrough names provider "${named}", which is disabled: its api_key is empty)`
-          : ' (server.passthrough was set by a reload: a restart applies it)';
+        : named !== rt.passthroughName
+          ? ' (server.passthrough was set by a reload: a restart applies it)'
+          : ` (server.passthrough names provider "${named}", which is disabled: its api_key is empty)`;
     const err = new GatewayError('not_found', `no such endpoint: ${req.method} ${path}${hint}`);
     void reply.code(404).type('application/json').send(err.toBody());
   });

@@ -123,6 +123,12 @@ export class Runtime {
   readonly scrubber: Scrubber;
   readonly clientKeys: KeySet;
   readonly adminKeys: KeySet;
+  /**
+   * The provider `server.passthrough` named at start: the proxy is built for it then (its base_url, timeouts,
+   * pool), so a reload that names another (a restart applies that) must not send it the other's key.
+   */
+  readonly passthroughName: string | undefined;
+  /** That provider in this config, whose key the proxy sends; undefined when a reload removed or disabled it. */
   readonly passthrough: ProviderRuntime | undefined;
   /** Requests running on this config (held by chat.ts ownReply), and who waits for them to end. */
   #requests = 0;
@@ -251,7 +257,8 @@ export class Runtime {
         pendingRandom: [],
       });
     }
-    const pass = config.server.passthrough;
+    const pass = previous === undefined ? config.server.passthrough : previous.passthroughName;
+    this.passthroughName = pass;
     this.passthrough = pass === undefined ? undefined : this.providers.get(pass);
 
     shared.onTransition = (id, to, cause) => {

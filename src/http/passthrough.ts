@@ -91,14 +91,10 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     timedOut
       ? new GatewayError('timeout', `passthrough upstream ${name} timed out`)
       : new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
-  const websockets = webSocketPassthrough(app, {
-    url,
-    timeouts,
-    maxPayloadBytes: app.gateway.runtime.loaded.config.server.body_limit_bytes,
-    failure,
-  });
+  // Read once, as fastify's own bodyLimit for routed requests is: a reload applies it at a restart (README).
+  const bodyLimit = app.gateway.runtime.loaded.config.server.body_limit_bytes;
+  const websockets = webSocketPassthrough(app, { url, timeouts, maxPayloadBytes: bodyLimit, failure });
   const baseQuery = new URLSearchParams(url.search);
-  const bodyLimit = (): number => app.gateway.runtime.loaded.config.server.body_limit_bytes;
   // The config a request started on: the key it sent is the one its answer may echo, whatever a reload
   // has rotated it to since.
   const serving = new WeakMap<object, Runtime>();
@@ -119,6 +115,16 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   };
   // This plugin's own context: the hook sees only the proxied routes.
   app.addHook('onRequest', (req, reply, done) => {
+    // A reload removed the provider (or emptied its key): nothing to send its requests with until a restart.
+    if (app.gateway.runtime.passthrough === undefined) {
+      void reply.send(
+        new GatewayError(
+          'not_found',
+          `passthrough provider "${name}" is no longer configured (removed or disabled by a reload)`,
+        ),
+      );
+      return;
+    }
     // A WebSocket session lasts minutes: its handshake has its own bound (passthrough-ws.ts).
     if (websockets.isHandshake(req.raw)) {
       done();
@@ -126,7 +132,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     }
     // A body past server.body_limit_bytes gets the 413 routed requests get; one of unknown length is
     // counted as it streams (`limitedBody`).
-    if (Number(req.headers['content-length']) > bodyLimit()) {
+    if (Number(req.headers['content-length']) > bodyLimit) {
       // Closed after the answer: the body is not read, only to be thrown away.
       void reply.header('connection', 'close').send(tooLarge());
       return;
@@ -219,7 +225,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         return;
       }
       if (req.body instanceof Readable && req.headers['transfer-encoding'] !== undefined)
-        req.body = limitedBody(req.body, bodyLimit());
+        req.body = limitedBody(req.body, bodyLimit);
       if (req.method === 'GET' || req.method === 'HEAD') {
         const rest = (req.params as { '*'?: string })['*'];
         if (rest?.startsWith('models/') === true) {
