@@ -13,7 +13,7 @@ import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
 import { Scrubber, StreamMask } from '../observability/scrub.js';
 import type { ProviderRuntime, Runtime } from '../runtime.js';
-import { Pool, requestOn } from '../upstream/client.js';
+import { Pool, connectWithin, requestOn } from '../upstream/client.js';
 import { codingOf, decodeBuffer, decoderOf, type Coding } from '../upstream/content-coding.js';
 import { retrieveModel } from './models.js';
 import { reportOnce } from './report.js';
@@ -164,7 +164,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const pool = new Pool(url.origin, {
     connections,
     pipelining: 1,
-    connect: { timeout: timeouts.connect_ms },
+    connect: connectWithin(timeouts.connect_ms),
   });
   // Whoever closes first (this app, or reply-from on its own close) closes it; the other finds it closed.
   const closePool = (): Promise<void> => (pool.closed || pool.destroyed ? Promise.resolve() : pool.close());

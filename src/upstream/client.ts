@@ -1,13 +1,13 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { createRequire } from 'node:module';
-import type { Readable } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import { inTurnOrder } from '../end-of-turn.js';
 import type { ProviderConfig } from '../config/schema.js';
 import type { Abort } from './abort.js';
 import { codingsOf, decode } from './content-coding.js';
 import { discard } from './response-body.js';
 import { TextHandler } from './text-handler.js';
-import type { Dispatcher, Pool as UndiciPool } from 'undici';
+import type { Dispatcher, Pool as UndiciPool, buildConnector as UndiciBuildConnector } from 'undici';
 
 /**
  * undici's Pool and its promise `request`, loaded from their own modules. undici's entry point loads all of
@@ -33,6 +33,35 @@ const apiRequest = requireUndici('undici/lib/api/api-request.js') as ((
 export const requestOn = apiRequest;
 /** Undefined should an undici update stop exporting it: streams then go unwatched (test/unit pins it). */
 export const RequestHandler = apiRequest.RequestHandler;
+
+export const buildConnector = requireUndici('undici/lib/core/connect.js') as typeof UndiciBuildConnector;
+export const ConnectTimeoutError = (
+  requireUndici('undici/lib/core/errors.js') as { ConnectTimeoutError: new (message?: string) => Error }
+).ConnectTimeoutError;
+type ConnectorFn = UndiciBuildConnector.connector;
+
+/**
+ * undici's connector with `connect_ms` kept by a plain timer: undici's own connect timeout runs on its coarse
+ * timer wheel (ticks of ~500 ms: a 150 ms bound fired after ~1 s), while every other bound of an attempt
+ * fires within 10 ms of its time (bounds.ts). Ends in undici's own ConnectTimeoutError, classified as before.
+ */
+export function connectWithin(timeoutMs: number): ConnectorFn {
+  const connect = buildConnector({ timeout: 0 });
+  return (options, callback) => {
+    let done = false;
+    const timer = setTimeout(() => {
+      done = true;
+      socket.destroy();
+      callback(new ConnectTimeoutError(`connect timed out after ${timeoutMs} ms`), null);
+    }, timeoutMs);
+    const socket = (connect as (...a: Parameters<ConnectorFn>) => Duplex)(options, (...args) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      callback(...args);
+    });
+  };
+}
 
 /**
  * How long an idle connection is kept when the server does not say (`Keep-Alive: timeout=`). Plain http is a
@@ -119,7 +148,7 @@ export class ProviderClient {
     this.pool = new Pool(this.origin, {
       connections: provider.max_concurrency,
       pipelining: 1,
-      connect: { timeout: provider.timeouts.connect_ms },
+      connect: connectWithin(provider.timeouts.connect_ms),
       headersTimeout: 0,
       bodyTimeout: 0,
       keepAliveTimeout: keepIdleMs(url),
