@@ -94,7 +94,10 @@ export class TextHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
-    if (this.truncated) return this.onResponseEnd(); // cut by us: what was read is the answer
+    // Cut by us, or broken (stalled past idle_ms, total_ms) after an error status came: what was read is the
+    // answer. Its status is what counts (a 400 stays a client error, a 429 keeps its Retry-After), not the
+    // stall that cut its message short.
+    if (this.truncated || this.statusCode >= 300) return this.onResponseEnd();
     this.settle();
     this.reject(err);
   }
