@@ -903,7 +903,7 @@ describe('Opus 5.5 with reasoning_effort none', () => {
     });
   });
 
-  it('a tool loop sent back without its thinking (always-thinking model): relayed 400, one send (pre-existing)', async () => {
+  it('a tool loop sent back without its thinking (always-thinking model): the loop goes as text, answered', async () => {
     const { mock, gw } = await claudeSetup(128000, 'claude-opus-5-5', 'Done.');
     const r = await post(gw, {
       model: 'smart',
@@ -912,9 +912,12 @@ describe('Opus 5.5 with reasoning_effort none', () => {
       max_tokens: 500,
       messages: loop(false),
     });
-    // Documented limitation: Opus 5.5 cannot be told not to think, and Anthropic requires the loop's thinking.
-    expect(r.status).toBe(400);
-    expect(String(errorOf(r).message)).toContain('must start with a thinking block');
+    // Opus 5.5 cannot be told not to think, and Anthropic requires a tool loop's thinking: the loop's call and
+    // result go as text the model reads, thinking on (README "Thinking").
+    expect(r.status).toBe(200);
     expect(mock.bodies).toHaveLength(1);
+    const sent = mock.bodies[0] as { messages: { content: { type: string; text?: string }[] }[] };
+    expect(sent.messages.flatMap((m) => m.content.map((b) => b.type))).toEqual(['text', 'text', 'text']);
+    expect(sent.messages[2]!.content[0]!.text).toBe('[tool result toolu_1: found]');
   });
 });
