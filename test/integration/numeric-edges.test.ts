@@ -121,7 +121,7 @@ describe('usage figures from an upstream: hostile ones never reach the counters'
     expect((await postChat(gw, { model: 'r', messages: MSG })).status).toBe(200);
   });
 
-  // Root cause in tokenCount (adapters/common.ts): any number in [0, 1e8] is a "count", fractions included.
+  // Only whole numbers are token counts (tokenCount, adapters/common.ts): a fraction would be divided by.
   it('a streamed usage of 1e-300 completion tokens leaves time-per-output-token finite and sane', async () => {
     const gw = await oneUpstream((_q, res) =>
       streamAnswer(res, { prompt_tokens: 9, completion_tokens: 1e-300, total_tokens: 9 }),

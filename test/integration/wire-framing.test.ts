@@ -183,7 +183,7 @@ function clientContent(body: string): string {
 
 describe('OpenAI SSE: line ends, fields and splits the SSE spec allows', () => {
   // A byte order mark may open an event stream (the SSE decoder strips one); TCP may deliver it in pieces.
-  // bodyForm() (attempt-stream.ts) looks for the BOM only when the first read holds all 3 of its bytes.
+  // The body's form (SSE or one JSON answer) is told from its first bytes, a mark cut across reads included.
   for (const cut of [1, 2]) {
     it(`a BOM split after its byte ${cut} (separate TCP writes) still opens a clean stream`, async () => {
       const bytes = Buffer.concat([
@@ -418,8 +418,7 @@ describe('upstream error bodies: framed as real servers frame them', () => {
 });
 
 describe('a refusal framed with a BOM still teaches its fit (README "OpenAI-dialect upstreams")', () => {
-  // Pins: the refit still happens on a stream although the BOM'd refusal is read as raw text there (its
-  // wording carries the hint); see the BOM error-body defect above for what the client is told otherwise.
+  // The refit happens whichever way the refusal is read: its JSON behind a BOM, on a stream or not.
   for (const stream of [false, true]) {
     it(`"Use 'max_completion_tokens' instead" behind a BOM (stream: ${stream}): fitted and answered`, async () => {
       const bodies: Json[] = [];
@@ -635,7 +634,7 @@ describe('Anthropic SSE: event/data pairs in every allowed framing', () => {
     }
   });
 
-  // The same BOM defect as the OpenAI dialect's: bodyForm() sees 0xEF alone and reads the stream as JSON.
+  // As for the OpenAI dialect: a mark cut across reads still opens an event stream.
   for (const cut of [1, 2]) {
     it(`a BOM split after its byte ${cut} before \`event: message_start\`: translated, not failed`, async () => {
       const bytes = Buffer.from('\uFEFF' + anthropicSse('\n', (f) => `${f}: `));
