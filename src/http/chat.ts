@@ -65,6 +65,7 @@ export function failoverOptions(
   rt: Runtime,
   routeName: string,
   startedAt: number,
+  reqId: string,
 ): FailoverOptions {
   const routing = rt.loaded.config.routing;
   return {
@@ -75,6 +76,7 @@ export function failoverOptions(
     metrics: gw.metrics,
     logger: gw.logger,
     scrubber: rt.scrubber,
+    reqId,
   };
 }
 
@@ -144,7 +146,7 @@ async function handleChat(
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
   const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
-  const opts = failoverOptions(gw, rt, route.name, startedAt);
+  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id);
   const includeUsage =
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);

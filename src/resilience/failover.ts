@@ -27,7 +27,12 @@ export interface FailoverOptions {
   readonly logger: Logger;
   /** Removes secrets from text an upstream wrote (the runtime's Scrubber). */
   readonly scrubber: { scrub(text: string): string };
+  /** The client request's id, for the log line of each failed attempt (none for the LLM router's call). */
+  readonly reqId?: string;
 }
+
+/** How much of an upstream's error message a failed attempt's log line keeps. */
+const MAX_LOGGED_MESSAGE = 300;
 
 export interface FailoverSuccess {
   readonly target: RankedCandidate<RouteTarget>;
@@ -176,8 +181,18 @@ export async function runFailover(
       if (result.retryAfterMs !== undefined) minRetryAfterMs = Math.min(minRetryAfterMs, result.retryAfterMs);
     }
     from = { provider: up.provider.name, reason: result.classified.outcome };
+    // What the upstream said (an overloaded_error event, a 500's message), scrubbed and cut: the client's
+    // 502 and the trail give only the reason's code.
+    const said = result.info?.message;
     opts.logger.warn(
-      { upstream: up.id, reason: result.classified.reason, status: result.status, route: opts.routeName },
+      {
+        reqId: opts.reqId,
+        upstream: up.id,
+        reason: result.classified.reason,
+        status: result.status,
+        route: opts.routeName,
+        upstreamMessage: said ? opts.scrubber.scrub(said).slice(0, MAX_LOGGED_MESSAGE) : undefined,
+      },
       `attempt on ${up.id} failed (${result.classified.reason})`,
     );
   }

@@ -899,3 +899,47 @@ describe('more ends before routing', () => {
     expectCleanLogs(gw);
   }, 20_000);
 });
+
+describe('a failed attempt that was failed over: its own warning', () => {
+  it('names the request id and what the upstream said (scrubbed, cut), beside the one request line', async () => {
+    const failing = track(
+      await startMock((r, res) => {
+        if (r.body.stream === true) {
+          // An error event before any content (Anthropic's overloaded_error, in OpenAI's dialect).
+          res.writeHead(200, { 'content-type': 'text/event-stream' });
+          res.end(
+            `event: error\ndata: ${JSON.stringify({ error: { message: 'Overloaded, try later' } })}\n\n`,
+          );
+          return;
+        }
+        // A 500 whose message echoes the key it was sent, and runs long.
+        sendJson(res, 500, { error: { message: `bad key ${PROVIDER_KEY} ${'x'.repeat(1000)}` } });
+      }),
+    );
+    const good = track(await startMock((r, res) => answerOk(r.body, res)));
+    const gw = await gwOver([failing.url, good.url]);
+    for (const [id, stream] of [
+      ['failed-json', false],
+      ['failed-stream', true],
+    ] as const) {
+      const r = await post(gw, { model: 'r', messages: MSGS, stream }, { 'x-request-id': id });
+      expect(r.status).toBe(200);
+      expect(r.headers['x-router-provider']).toBe('p1');
+    }
+    const warned = gw.logs.filter((l) => l.level === 40 && l.upstream === 'p0/m');
+    const byId = new Map(warned.map((l) => [l.reqId, l]));
+    expect(byId.get('failed-json')).toMatchObject({ reason: 'http_500', status: 500, route: 'r' });
+    const said = String(byId.get('failed-json')!.upstreamMessage);
+    expect(said.startsWith('bad key ')).toBe(true);
+    expect(said.length).toBeLessThanOrEqual(300);
+    expect(byId.get('failed-stream')).toMatchObject({
+      reason: 'stream_error_event',
+      upstreamMessage: 'Overloaded, try later',
+    });
+    expect(lines(gw).map((l) => [l.reqId, l.status])).toEqual([
+      ['failed-json', 200],
+      ['failed-stream', 200],
+    ]);
+    expectCleanLogs(gw); // the echoed provider key is not in the log
+  });
+});
