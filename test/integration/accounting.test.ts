@@ -335,7 +335,8 @@ describe('an attempt waiting for a pool slot (max_concurrency reached)', () => {
       await vi.waitFor(() => expect(a.live()).toBe(1));
       const second = await post(gw, 'q2', body('r', 'a=ok', stream), { abortAfterMs: 50 });
       expect(second.error).toBeDefined();
-      // Before the fix q2 stayed in flight (and its bounds did not run) until q1's connection was free.
+      // q2 ends when its client leaves, while q1 still holds the connection: it does not stay in flight (its
+      // bounds not running) until the slot frees.
       await vi.waitFor(
         async () => {
           const st = await status(gw);
@@ -368,7 +369,7 @@ describe('an attempt waiting for a pool slot (max_concurrency reached)', () => {
     const first = post(gw, 'q1', body('r', 'a=stall', true), { signal: hold.signal });
     await vi.waitFor(() => expect(a.live()).toBe(1));
     const second = await post(gw, 'q2', body('r', 'a=ok'), { abortAfterMs: 3_000 });
-    expect(second.status).toBe(504); // before the fix: no answer until q1's connection was free
+    expect(second.status).toBe(504); // while q1 still holds the only connection
     hold.abort();
     await first;
     await atRest(gw, 2);
@@ -398,7 +399,8 @@ describe('a config reload while a request is failing over', () => {
       // while this request, on the old config, still has b to fail over to.
       gw.gateway.reload(parseConfigText(config((idleMs += 50)), {}));
       const r = await pending;
-      // Before the fix: 502, "b/m: upstream_failure after 0 ms" (the old pool was closed), charged to b.
+      // b is reached through the old config's pool, retired but not closed under a request still using it:
+      // no 502 "b/m: upstream_failure after 0 ms" charged to b.
       expect(r.status, r.text).toBe(200);
       expect(r.text).toContain('from b');
     }
@@ -641,8 +643,8 @@ describe('tiered route: the client goes away while the LLM router call runs', ()
     expect(trip.status).toBe(502);
     await post(gw, 'gone', body('auto', 'rt=hang'), { abortAfterMs: 100 });
     const lines = await atRest(gw, 2);
-    // Before the fix the second had no line and no count: its error went to a destroyed response. Its client
-    // left while the router was asked: a 499, nothing routed for it (it had been planned, and refused 503).
+    // The second has its line and its count, although its error has no response left to go to: its client
+    // left while the router was asked, so a 499, nothing routed for it (it had been planned, and refused 503).
     expect(lines.map((l) => [l.reqId, l.status])).toEqual([
       ['trip', 502],
       ['gone', 499],

@@ -520,7 +520,7 @@ describe('Vercel AI SDK agent flows', () => {
         return { activeTools: [], toolChoice: 'none' };
       },
     });
-    // Expected: each step's request is one Claude takes (a history with tool_use needs tools defined, SPEC §4 translation).
+    // Each step's request is one Claude takes (a history with tool_use needs tools defined, SPEC §4 translation).
     expect(anth.errors).toEqual([undefined, undefined, undefined]);
     const [b0, b1] = anth.received.map((r) => r.body);
     expect(b0!.tool_choice).toMatchObject({ type: 'tool', name: 'get_time' });
@@ -729,7 +729,7 @@ describe('Vercel AI SDK agent flows', () => {
         maxRetries: 0,
         providerOptions: { openai: { reasoningEffort: 'low' } },
       });
-      // Expected: a round after a tool call without thinking blocks runs without thinking (README, Anthropic upstreams).
+      // A round after a tool call without thinking blocks runs without thinking (README, Anthropic upstreams).
       expect(anth.errors.every((e) => e === undefined)).toBe(true);
       expect(anth.received[0]!.body.thinking).toBeDefined();
       expect(out.text).toBe('rain (no thinking)');

@@ -554,7 +554,7 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
   });
 
   it('an empty answer (role chunk, then finish_reason length, as a reasoning model out of tokens gives) is an answer, not a 502', async () => {
-    // Expected: the upstream answered properly (200, finish_reason, [DONE]); the client gets that answer.
+    // The upstream answered properly (200, finish_reason, [DONE]); the client gets that answer.
     const m = await sseMock([
       full({ role: 'assistant', content: '' }),
       full({}, 'length'),
@@ -572,7 +572,7 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
   });
 
   it('an upstream that answers JSON although stream: true was asked: the streaming client still gets the text', async () => {
-    // Expected: either an SSE rendering of the answer or a failover/error — never an empty "successful" stream.
+    // Either an SSE rendering of the answer or a failover/error — never an empty "successful" stream.
     const m = await mock((_q, res) =>
       json(res, 200, {
         id: 'x',
@@ -908,7 +908,7 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
   });
 
   it('a stream closed after message_delta without message_stop is a finished answer', async () => {
-    // Expected (README: a close after every choice's finish_reason is a finished answer): stop_reason came, so no error event.
+    // README: a close after every choice's finish_reason is a finished answer: stop_reason came, so no error event.
     const a = await anthSse(textEvents(['done', ' here']).slice(0, -1));
     const { openai } = await setup([a]);
     const chunks = await streamChat(openai);
@@ -1583,7 +1583,7 @@ describe('thinking, empty answers, keep-alives, truncation and size', () => {
   });
 
   it('an empty Anthropic answer (no content blocks), JSON and stream: empty content, finish stop, not a 502', async () => {
-    // Expected: Claude may answer with no content (e.g. end_turn right after a tool result); that is an answer.
+    // Claude may answer with no content (e.g. end_turn right after a tool result); that is an answer.
     const a = await anth((q, res) => {
       if (q.body.stream !== true) return json(res, 200, aMessage([], 'end_turn'));
       res.writeHead(200, SSE_HEAD);
@@ -1605,7 +1605,7 @@ describe('thinking, empty answers, keep-alives, truncation and size', () => {
   });
 
   it('SSE comment keep-alives while a model thinks keep the stream alive past idle_ms', async () => {
-    // Expected: bytes are arriving (": keep-alive" comments, as OpenRouter sends), so the upstream is not idle.
+    // Bytes are arriving (": keep-alive" comments, as OpenRouter sends), so the upstream is not idle.
     const m = await mock(async (_q, res) => {
       res.writeHead(200, SSE_HEAD);
       res.write(sseText([full({ role: 'assistant', content: '' })]));
@@ -1895,7 +1895,7 @@ describe('transport quirks of hand-written mocks', () => {
 
 describe('upstreams that ignore the stream flag', () => {
   it('an OpenAI-dialect upstream that streams SSE to a non-streaming request: the client gets a parsable answer or an error', async () => {
-    // Expected: never a 200 whose body the SDK cannot read as a chat.completion.
+    // Never a 200 whose body the SDK cannot read as a chat.completion.
     const m = await sseMock([
       full({ role: 'assistant', content: 'always ' }),
       full({ content: 'streams' }),
@@ -1912,7 +1912,7 @@ describe('upstreams that ignore the stream flag', () => {
   });
 
   it('an Anthropic upstream that answers JSON to a streaming request: the stream carries the answer or an error', async () => {
-    // Expected: never an empty "successful" stream.
+    // Never an empty "successful" stream.
     const a = await anth((_q, res) =>
       json(res, 200, aMessage([{ type: 'text', text: 'not streamed' }], 'end_turn')),
     );

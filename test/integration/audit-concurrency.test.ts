@@ -651,7 +651,7 @@ describe('state and label bounds', () => {
       chat(gw.url, { model: 't', messages: [{ role: 'user', content: 'the same question' }] }),
     );
     expect(rs.every((r) => r.status === 200)).toBe(true);
-    // Expected: concurrent misses of one key share the call in flight (single-flight), since every router call
+    // Concurrent misses of one key share the call in flight (single-flight), since every router call
     // is a paid LLM call; a cache that lets a burst of the same prompt through 30 times is no cache under load.
     expect(rt.requests.length).toBeLessThanOrEqual(3);
   });

@@ -1,9 +1,9 @@
 /**
  * Audit of the fleet's probe lease (state.backend redis): src/state/redis.ts takeProbeLease / endProbeLease /
  * publishClosed, src/state/shared-state.ts #askProbeLease / #renewWhileProbing / #stopRenewing, src/resilience/breaker.ts
- * probeGate / onProbe. Two or three real replicas share one redis-server. Tests that fail on the current code
- * are titled by the defect; "guard:" tests pin behaviour that is right. Everything on 127.0.0.1, every wait
- * bounded; no timing-precision assertions (the bounds are several open_ms wide).
+ * probeGate / onProbe. Two or three real replicas share one redis-server; the tests hold that the fleet runs
+ * one trial at a time and recovers a healed upstream. Everything on 127.0.0.1, every wait bounded; no
+ * timing-precision assertions (the bounds are several open_ms wide).
  */
 import { expect, it } from 'vitest';
 import type { SimOptions, Simulator } from '../../src/sim/index.js';
@@ -123,8 +123,8 @@ async function replicaWhere(
 
 const allClosed = (gws: TestGateway[]) => gws.every((g) => stateOf(g) === 'closed');
 
-describeWithRedis('audit: the fleet probe lease', (redis) => {
-  it('guard: three replicas with steady traffic recover a healed upstream within a few open_ms, one trial at a time', async () => {
+describeWithRedis('the fleet probe lease', (redis) => {
+  it('three replicas with steady traffic recover a healed upstream within a few open_ms, one trial at a time', async () => {
     const L = 800;
     const f = await fleet(redis.url, 3, {
       failure_threshold: 1,
@@ -145,7 +145,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 15_000);
 
-  it('guard: long trials (longer than the lease) under steady traffic on three replicas never overlap', async () => {
+  it('long trials (longer than the lease) under steady traffic on three replicas never overlap', async () => {
     const L = 600;
     const f = await fleet(redis.url, 3, {
       failure_threshold: 1,
@@ -167,7 +167,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 20_000);
 
-  it('guard: the lease holder closed mid-trial: another replica probes and the fleet recovers', async () => {
+  it('the lease holder closed mid-trial: another replica probes and the fleet recovers', async () => {
     const L = 700;
     const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 1 }, {});
     await tripFleet(f);
@@ -181,7 +181,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     });
   }, 15_000);
 
-  it('guard: the lease holder closed while idle (no trial out): a replica with traffic probes and recovers', async () => {
+  it('the lease holder closed while idle (no trial out): a replica with traffic probes and recovers', async () => {
     const L = 700;
     const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
     const raw = track(redisClient(redis.url));
@@ -202,7 +202,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     });
   }, 15_000);
 
-  it('guard: traffic only on a replica that lost the lease: it probes once the idle holder lets it lapse', async () => {
+  it('traffic only on a replica that lost the lease: it probes once the idle holder lets it lapse', async () => {
     const L = 700;
     const f = await fleet(redis.url, 2, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
     await tripFleet(f);
@@ -222,7 +222,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     expect(f.bad.requests.length).toBeGreaterThan(0);
   }, 15_000);
 
-  it('guard: FLUSHDB while a replica holds the lease mid-trial: the fleet still recovers', async () => {
+  it('FLUSHDB while a replica holds the lease mid-trial: the fleet still recovers', async () => {
     const L = 700;
     const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 2 });
     const raw = track(redisClient(redis.url));
@@ -235,15 +235,12 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     });
   }, 15_000);
 
-  it('was a defect (fixed): after a Redis restart while a replica holds the lease, once Redis is back one replica trials at a time', async () => {
-    // Was (fixed in state/shared-state.ts: the tick keeps running while Redis is away, re-asks once it is back): a tick that finds Redis disconnected calls
-    // #stopRenewing, which removes probeGate and onProbe for good. The holder stays half-open and from then
-    // on admits trials with no lease at all, also after Redis is back; a replica held open meanwhile asks
-    // the (empty) new Redis for the lease, wins it and probes too (or, woken during the outage, goes
-    // half-open ungated as well). Two trials at once, for as long as the episode lasts. Fix: keep the
-    // interval running while disconnected (trials admitted ungated only while Redis is away) and, once Redis
-    // is back, re-take the lease: on failure shut the gate (or return the breaker to a held open) — e.g.
-    // re-arm #renewWhileProbing for half-open breakers from RedisState's ready hook.
+  it('after a Redis restart while a replica holds the lease, once Redis is back one replica trials at a time', async () => {
+    // While Redis is away a half-open replica trials without the lease; once Redis is back (empty, after the
+    // restart) the lease holder must re-take the lease (shared-state.ts #renewWhileProbing keeps ticking
+    // through the outage) rather than go on admitting trials ungated, while a replica held open meanwhile
+    // asks the new Redis and may win it. The fleet must return to one trial at a time, not two for as long as
+    // the episode lasts.
     const L = 700;
     const f = await fleet(redis.url, 2, {
       failure_threshold: 1,
@@ -291,7 +288,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     }
   }, 20_000);
 
-  it('guard: a reload on the lease holder during half-open (open_ms changed) keeps one trial at a time and the fleet recovers', async () => {
+  it('a reload on the lease holder during half-open (open_ms changed) keeps one trial at a time and the fleet recovers', async () => {
     const L = 700;
     const f = await fleet(redis.url, 3, { failure_threshold: 1, open_ms: L, success_threshold: 3 });
     await tripFleet(f);
@@ -317,7 +314,7 @@ describeWithRedis('audit: the fleet probe lease', (redis) => {
     expect(watch.max()).toBeLessThanOrEqual(1);
   }, 20_000);
 
-  it('guard: a reload that drops bad/m on the holder and restores it does not keep the fleet from recovering', async () => {
+  it('a reload that drops bad/m on the holder and restores it does not keep the fleet from recovering', async () => {
     const L = 700;
     const f = await fleet(redis.url, 2, { failure_threshold: 1, open_ms: L, success_threshold: 1 });
     await tripFleet(f);

@@ -670,15 +670,12 @@ describe('OpenAI-dialect mocks: the client sees through the gateway what it sees
     }
   });
 
-  // Was a defect (fixed). Expected (SPEC §1 "a client points the OpenAI SDK's baseURL at it", §4 POST /v1/chat/completions
-  // relayed; README "no answer in either form ... is failed over as invalid_upstream_json" — a BOM-prefixed
-  // object is an answer: fetch's `response.json()`, which the openai SDK and the Vercel SDK use, strips a
-  // UTF-8 BOM, so the same mock called directly works): the client gets the answer. Actual: 502
-  // upstream_error "p0/gpt-4o: invalid_upstream_json (HTTP 200)". Cause: src/upstream/content-coding.ts
-  // decodeBuffer() keeps U+FEFF (`raw.toString('utf8')`); relayedAnswer() (src/upstream/adapters/openai.ts)
-  // and parseJsonObject() (src/upstream/adapters/common.ts) look for `{` after skipSpace()
-  // (src/json-scan.ts), which skips only JSON whitespace, so the body is judged "not a JSON object". The
-  // stream path already strips a BOM (attempt-stream.ts bodyForm, streaming/sse.ts); the JSON path does not.
+  // SPEC §1 "a client points the OpenAI SDK's baseURL at it", §4 POST /v1/chat/completions relayed; README
+  // "no answer in either form ... is failed over as invalid_upstream_json". A BOM-prefixed object is an
+  // answer: fetch's `response.json()`, which the openai SDK and the Vercel SDK use, strips a UTF-8 BOM, so
+  // the same mock called directly works, and the client gets the answer through the gateway too, not a 502
+  // invalid_upstream_json. The JSON path strips the BOM (JSON whitespace alone does not cover U+FEFF) as the
+  // stream path does.
   it('a 200 JSON answer starting with a UTF-8 byte order mark (a fixture file saved with BOM) reads as it does directly', async () => {
     const mock = await foreign((req, res) => {
       if (!bearerOk(req, res)) return;
@@ -1636,9 +1633,9 @@ describe('more framing a hand-written mock produces', () => {
     expect(JSON.stringify(mock.seen[0]!.headers)).not.toContain('client-key-XYZ-12345');
   });
 
-  // Was a defect (fixed). Expected, actual and cause as for the chat BOM test above (SPEC §4 POST /v1/embeddings): the
-  // embeddings relay (src/http/embeddings.ts -> attemptPlainJson -> embeddingsAnswerText -> relayedAnswer,
-  // src/upstream/adapters/openai.ts) refuses the BOM-prefixed body as not JSON: 502 invalid_upstream_json.
+  // As for the chat BOM test above (SPEC §4 POST /v1/embeddings): the embeddings relay (http/embeddings.ts
+  // attemptPlainJson -> embeddingsAnswerText -> relayedAnswer) reads a BOM-prefixed body as the JSON it is,
+  // not a 502 invalid_upstream_json.
   it('an embeddings answer starting with a UTF-8 BOM reads as it does directly', async () => {
     const mock = await foreign((req, res) => {
       if (!bearerOk(req, res)) return;

@@ -160,9 +160,9 @@ async function chaosUpstream(name: string): Promise<ChaosUpstream> {
         return;
       }
       if (act === 'empty') {
-        // A 200 with no body at all. (A JSON object without `choices` is relayed as an answer: a defect
-        // reproduced deterministically under "minimal reproductions" below, kept out of the mix so that the
-        // chaos runs do not fail or pass by whether the strategies happened to pick it.)
+        // A 200 with no body at all. (A JSON object without `choices` is tested deterministically under
+        // "minimal reproductions" below, and kept out of the mix so that the chaos runs do not depend on
+        // whether the strategies happened to pick it.)
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end();
         return;
@@ -1011,10 +1011,9 @@ describe('minimal reproductions', () => {
 
   /**
    * README, Failover and streams: "What is no answer in either form (a JSON object without `choices`, a stream
-   * cut before its finish reason) is failed over as `invalid_upstream_json`." The chaos runs above met it when
-   * their mix had this answer (a non-streaming request, e.g. `a=empty b=ok`): the client got a's
-   * `{"id":"c","object":"chat.completion"}` as a 200 success, counted as a success of a, no failover. The same
-   * answer to a streaming request is failed over (the second case passes).
+   * cut before its finish reason) is failed over as `invalid_upstream_json`." a's
+   * `{"id":"c","object":"chat.completion"}` is no 200 success of a, for a non-streaming request (as the chaos
+   * runs above can meet it, e.g. `a=empty b=ok`) as for a streaming one: b serves, a's attempt is no success.
    */
   for (const stream of [false, true])
     it(`a 200 JSON object without choices is no answer: failed over as invalid_upstream_json (stream: ${stream})`, async () => {

@@ -281,16 +281,12 @@ async function routerSamples(gw: TestGateway): Promise<string[]> {
 }
 
 // =========================================================================================================
-describe('audit: config reload churn', () => {
-  // EXPECTED: a reload drops the breaker of an upstream it removes (runtime.ts: `shared.breakers.retain(...)`,
-  // gateway.ts reload: "A removed upstream's breaker is gone"), so N reloads that each add and remove an
-  // upstream keep only the current upstreams' breakers alive, and no wake-up timer keeps running for a breaker
-  // that speaks for no upstream.
-  // ACTUAL: SharedState.#wakeAfter (src/state/shared-state.ts, and its `#wakers`) keeps one pending timer per OPEN
-  // breaker in `#wakers` (keyed by the breaker object), and nothing clears it when MemoryBreakerStore.retain()
-  // (src/resilience/store.ts:60-65, called from the Runtime constructor, runtime.ts:345) drops that breaker on reload: each removed upstream whose breaker was open
-  // leaves a timer (up to max_open_ms, or 24 h for a Retry-After) that pins the dropped CircuitBreaker, its
-  // closure and the `#wakers` entry until it fires. Reloads that rotate upstreams pile them up.
+describe('config reload churn', () => {
+  // A reload drops the breaker of an upstream it removes (runtime.ts: `shared.breakers.retain(...)`, gateway.ts
+  // reload: "A removed upstream's breaker is gone"), so N reloads that each add and remove an upstream keep
+  // only the current upstreams' breakers alive. SharedState.#wakeAfter keeps one wake-up timer per open breaker
+  // (up to max_open_ms, or 24 h for a Retry-After); a dropped breaker's timer must go with it, or it pins the
+  // CircuitBreaker and its `#wakers` entry until it fires and reloads that rotate upstreams pile them up.
   it('reloads that remove upstreams with open breakers do not leave their breakers and wake-up timers behind', async () => {
     const mock = track(await startMockUpstream());
     const stable = provider('stable', mock, ['ok']);
@@ -317,7 +313,7 @@ describe('audit: config reload churn', () => {
       `rot${N - 1}/rl`,
       'stable/ok',
     ]);
-    // ...but every removed upstream's open breaker is still alive, pinned by its wake-up timer.
+    // ...and no removed upstream's open breaker stays alive, pinned by its wake-up timer.
     expect({
       pendingWakeUpTimers: pendingSrcTimers(/src\/state\/shared-state\.ts/).length,
       extraLiveBreakers: live(CircuitBreaker) - baseBreakers,
@@ -328,12 +324,10 @@ describe('audit: config reload churn', () => {
     expect(warnings).toEqual([]);
   });
 
-  // EXPECTED: an LLM-router answer cache belongs to a route; a route that a reload removes (or renames) takes
-  // its cache (up to `router.cache_size`, default 10,000 entries) with it.
-  // ACTUAL: `caches` (src/routing/llm-router.ts:191, a WeakMap<Gateway, Map<routeName, {made, cache}>>) is
-  // keyed by the gateway, which lives for the whole process, and its inner Map by route name; cacheFor()
-  // (llm-router.ts:198-215) only ever adds to it. Every tiered route name ever configured keeps its
-  // RouterCache, full of entries, until the process exits.
+  // An LLM-router answer cache belongs to a route; a route that a reload removes (or renames) takes its cache
+  // (up to `router.cache_size`, default 10,000 entries) with it. The caches (cacheFor, router-cache.ts) are
+  // held per gateway, which lives for the whole process, so they must not keep every tiered route name ever
+  // configured, each with a full RouterCache, until the process exits.
   it('reloads that rename a tiered route do not keep the old routes’ LLM-router caches', async () => {
     const mock = track(await startMockUpstream());
     const p = provider('p', mock, ['router', 'ok']);
@@ -365,7 +359,7 @@ describe('audit: config reload churn', () => {
     expect(live(RouterCache) - base).toBeLessThanOrEqual(1);
   });
 
-  // EXPECTED: reloads hand each request to the config live at its start and then release the old config's
+  // Reloads hand each request to the config live at its start and then release the old config's
   // pools (gateway.ts reload, runtime.ts retire): however many reloads, the live Runtimes, ProviderClients,
   // undici Pools, statistics and the sockets the upstream sees stay bounded by the current config.
   it('many reloads that rotate providers leave no runtimes, pools, statistics or upstream sockets behind', async () => {
@@ -412,16 +406,13 @@ describe('audit: config reload churn', () => {
     expect(warnings).toEqual([]);
   });
 
-  // EXPECTED: /metrics cardinality bounded by the current config. gateway.ts reload already removes a removed
-  // upstream's `llm_router_circuit_state` (at once) and `llm_router_inflight_requests` (once its requests
-  // are done), saying its series "would otherwise be scraped forever"; the same holds for every other
-  // per-upstream series.
-  // ACTUAL: primeSeries (src/gateway.ts:283) creates 8 series per upstream at zero (5 attempt outcomes, 2
-  // token kinds, cost) and requests add requests_total / duration / ttft / decisions series labelled with the
-  // upstream's provider, and nothing removes any of them when the upstream goes (Gateway.reload, gateway.ts:115-126, removes
-  // only circuitState and inflight). FastMetric.children (src/observability/fast-metrics.ts:30) and
-  // Gateway.requestChildren / decisionChildren (gateway.ts:65-82) keep them: every reload that renames or
-  // rotates a provider adds ~20 series that are exported forever.
+  // /metrics cardinality is bounded by the current config. A reload removes a removed upstream's
+  // `llm_router_circuit_state` (at once) and `llm_router_inflight_requests` (once its requests are done),
+  // whose series "would otherwise be scraped forever"; the same holds for every other per-upstream series:
+  // the 8 that primeSeries (gateway.ts) creates at zero (5 attempt outcomes, 2 token kinds, cost) and the
+  // requests_total / duration / ttft / decisions series labelled with the upstream's provider (FastMetric
+  // children, Gateway.requestChildren / decisionChildren). Otherwise every reload that renames or rotates a
+  // provider adds ~20 series that are exported forever.
   it('reloads that rotate upstreams do not grow /metrics without bound', async () => {
     const mock = track(await startMockUpstream());
     const cfgOf = (i: number): Json =>
@@ -451,9 +442,8 @@ describe('audit: config reload churn', () => {
 });
 
 // =========================================================================================================
-describe('audit: per-request state driven by client input', () => {
-  // EXPECTED (SPEC §8, metrics.ts "Label values come from configuration ... never from raw client input"):
-  // thousands of requests with unique request ids, unknown model names, unknown `provider/model` pins, bogus
+describe('per-request state driven by client input', () => {
+  // SPEC §8, metrics.ts "Label values come from configuration ... never from raw client input": thousands of requests with unique request ids, unknown model names, unknown `provider/model` pins, bogus
   // x-router-* values and unique prompts add no metric series, no map entries and leave no live attempt.
   it('unique request ids, bogus models, pins and headers add no series and leave nothing live', async () => {
     const mock = track(await startMockUpstream());
@@ -509,8 +499,7 @@ describe('audit: per-request state driven by client input', () => {
     expect(warnings).toEqual([]);
   });
 
-  // EXPECTED (SPEC §2: the LLM router "is cached by prompt hash"; schema router.cache_size): the cache is
-  // bounded: with cache_size 8, a prompt asked again after 30 other prompts has been evicted and the router is
+  // SPEC §2: the LLM router "is cached by prompt hash"; schema router.cache_size: the cache is bounded: with cache_size 8, a prompt asked again after 30 other prompts has been evicted and the router is
   // asked again (an unbounded cache would still hold it).
   it('the LLM-router cache is bounded by router.cache_size (unique prompts evict old ones)', async () => {
     const mock = track(await startMockUpstream());
@@ -541,9 +530,8 @@ describe('audit: per-request state driven by client input', () => {
 });
 
 // =========================================================================================================
-describe('audit: explain and real decisions interleaved', () => {
-  // EXPECTED (routing/plan.ts peekRandom: "At most one decision's draws are ever pending"): /router/explain,
-  // called any number of times between real requests, leaves a bounded number of random draws on the route.
+describe('explain and real decisions interleaved', () => {
+  // routing/plan.ts peekRandom: "At most one decision's draws are ever pending": /router/explain, called any number of times between real requests, leaves a bounded number of random draws on the route.
   it('thousands of /router/explain calls leave a bounded number of pending random draws', async () => {
     const mock = track(await startMockUpstream());
     const gw = track(
@@ -578,7 +566,7 @@ describe('audit: explain and real decisions interleaved', () => {
 });
 
 // =========================================================================================================
-describe('audit: clients that go away', () => {
+describe('clients that go away', () => {
   async function abortedGateway() {
     const mock = track(await startMockUpstream());
     const gw = track(
@@ -737,8 +725,8 @@ describe('audit: clients that go away', () => {
 });
 
 // =========================================================================================================
-describe('audit: long runs on one upstream connection and breaker churn', () => {
-  // EXPECTED: nothing is added to a client's keep-alive socket per request (listeners), and no
+describe('long runs on one upstream connection and breaker churn', () => {
+  // Nothing is added to a client's keep-alive socket per request (listeners), and no
   // MaxListenersExceededWarning fires, over hundreds of JSON, stream and error requests on one connection.
   it('hundreds of requests on one keep-alive connection add no socket listeners and raise no warning', async () => {
     const mock = track(await startMockUpstream());
@@ -789,7 +777,7 @@ describe('audit: long runs on one upstream connection and breaker churn', () => 
     expect(gw.gateway.liveStreams.size).toBe(0);
   }
 
-  // EXPECTED (SPEC §2 circuit breaker): one wake-up per breaker however often it opens; a huge Retry-After is
+  // SPEC §2 circuit breaker: one wake-up per breaker however often it opens; a huge Retry-After is
   // capped (24 h) and still one timer.
   it('a breaker that opens and re-opens many times keeps one wake-up timer; a huge Retry-After is capped', async () => {
     const mock = track(await startMockUpstream());
@@ -824,7 +812,7 @@ describe('audit: long runs on one upstream connection and breaker churn', () => 
     await expectNothingLive(gw);
   });
 
-  // EXPECTED: a failover loop (every request fails over from an upstream that drops its stream or answers 500)
+  // A failover loop (every request fails over from an upstream that drops its stream or answers 500)
   // reuses or closes its upstream connections: the upstream's open sockets stay bounded.
   it('sequential failover loops do not accumulate upstream sockets or live attempts', async () => {
     const mock = track(await startMockUpstream());

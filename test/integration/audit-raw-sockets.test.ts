@@ -605,17 +605,13 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
     expect(contentOf({ json: bodyJson(rs[2]), text: '' } as Answer)).toBe('b:third');
   }, 15_000);
 
-  // Was a defect (fixed). EXPECTED: RFC 9112 §9.6 "A server that sends a "close" connection option MUST initiate closure of
-  // the connection after it sends the response containing close. The server MUST NOT process any further
-  // requests received on that connection." SPEC §8/§2: validation errors are answered "before any upstream is
-  // called" — and a chat completion is a paid, non-idempotent POST the client can never safely resend.
-  // HAPPENS: the 400 for the malformed body (p2) goes out with `connection: close` and the socket is closed
-  // after it, so the client never gets an answer for p3 — but p3 was parsed, routed and SENT to the upstream
-  // anyway (the upstream is paid for an answer nobody receives; the log line says 499).
-  // CAUSE: every error out of the JSON content-type parser in src/app.ts:228-251 (bad JSON, nesting, empty
-  // body, content-encoding) goes through fastify's content-type-parser onDone (node_modules/fastify/lib/
-  // content-type-parser.js:241), which sets `connection: close`; Node's http server has already parsed and
-  // emitted the pipelined requests behind it, and chat.ts handleChat dispatches them upstream.
+  // RFC 9112 §9.6 "A server that sends a "close" connection option MUST initiate closure of the connection
+  // after it sends the response containing close. The server MUST NOT process any further requests received
+  // on that connection." SPEC §8/§2: validation errors are answered "before any upstream is called" — and a
+  // chat completion is a paid, non-idempotent POST the client can never safely resend. The tricky part: a
+  // JSON parser error (bad JSON, nesting, empty body, content-encoding) is answered by fastify with
+  // `connection: close`, while Node's http server has already parsed and emitted the pipelined request (p3)
+  // behind it: p3 must be answered or never reach the upstream, not be paid for with nobody to receive it.
   it('a pipelined request behind a 400 that closes the connection is answered, or never sent upstream', async () => {
     const { b, gw } = await overB();
     const c = new RawClient(gw.url);
@@ -724,14 +720,10 @@ describe('client connections: pipelining, HTTP/1.0, Expect, half-close, reuse', 
     expect(b.hits()).toBe(0);
   }, 15_000);
 
-  // Was a defect (fixed). EXPECTED: SPEC §4 "Errors are always OpenAI-shaped" — an expectation the server cannot meet is a
-  // 417 (RFC 9110 §10.1.1), OpenAI-shaped like every other error the gateway gives (as app.ts
-  // answerClientError does for 400/408/431 before routing).
-  // HAPPENS: a 417 with an empty body (content-length 0): an SDK reading `error.message` gets nothing.
-  // CAUSE: Node's http server answers an Expect other than 100-continue itself (`res.writeHead(417); res.end()`
-  // in _http_server.js parserOnIncoming) when nobody listens for 'checkExpectation'; src/app.ts buildApp
-  // installs a clientErrorHandler but no 'checkExpectation' listener. Fix: app.server.on('checkExpectation',
-  // (req, res) => write an OpenAI-shaped 417 with x-request-id and connection: close).
+  // SPEC §4 "Errors are always OpenAI-shaped": an expectation the server cannot meet is a 417 (RFC 9110
+  // §10.1.1), OpenAI-shaped like every other error the gateway gives (as app.ts answerClientError does for
+  // 400/408/431 before routing). Node's http server would answer it itself, with an empty body, unless the
+  // gateway listens for 'checkExpectation'; an SDK reading `error.message` would get nothing.
   it('an Expect other than 100-continue is a 417, OpenAI-shaped, calling nothing', async () => {
     const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
@@ -927,14 +919,9 @@ describe('client headers: size, count, folding and control bytes', () => {
 });
 
 describe('client request line and Host', () => {
-  // Was a defect (fixed: shape only). EXPECTED: RFC 9112 §3.2 — a 400; SPEC §4 "Errors are always OpenAI-shaped" (as the
-  // 400/408/431 that app.ts answerClientError writes for other pre-routing rejections, with x-request-id).
-  // HAPPENS: `HTTP/1.1 400 Bad Request`, `connection: close`, an EMPTY body, no x-request-id.
-  // CAUSE: Node's http server (requireHostHeader, default true) answers it itself in _http_server.js
-  // parserOnIncoming (`res.writeHead(400, ['Connection', 'close']); res.end()`) before fastify sees the request;
-  // src/app.ts buildApp passes `http: {...}` options but not `requireHostHeader: false`. Fix: set
-  // requireHostHeader: false in the `http` options and refuse a missing Host on HTTP/1.1 in an onRequest hook
-  // with GatewayError('invalid_request', 'Host header is required').
+  // RFC 9112 §3.2: a 400; SPEC §4 "Errors are always OpenAI-shaped" (as the 400/408/431 that app.ts
+  // answerClientError writes for other pre-routing rejections). Node's http server (requireHostHeader, default
+  // true) would answer it itself, before fastify sees the request, with an empty body.
   it('an HTTP/1.1 request without Host is a 400 (RFC 9112 §3.2), OpenAI-shaped, calling nothing', async () => {
     const { b, gw } = await overB();
     const body = JSON.stringify({ model: 'hb', messages: MSGS });
@@ -1019,18 +1006,13 @@ describe('client bodies: numbers, duplicate keys, sizes and charsets', () => {
     expect(b.bodies[0]).toContain('"vendor_x":1e400');
   }, 15_000);
 
-  // Was a defect (fixed). EXPECTED: SPEC §8 "known OpenAI fields with a wrong type or an impossible value ... are rejected
-  // with 400 naming the field before any upstream is called" — whatever duplicate an upstream's JSON parser
-  // keeps (JSON.parse, Go and Python keep the last; others, e.g. some streaming/SAX parsers and Jackson set to
-  // FAIL_ON/first-wins, differ), it must never be handed a value the gateway did not validate (the rule the
-  // existing duplicate-"model" test in audit-safety applies to `model`).
-  // HAPPENS: the gateway validates the LAST duplicate (JSON.parse) and sends the client's text as it was, both
-  // duplicates included: `{"max_tokens":-5,...,"max_tokens":10}`, `{"messages":"not-a-list",...,"messages":[..]}`
-  // and `"n":0 ... "n":1` reach the upstream verbatim; a first-wins upstream reads the unvalidated value.
-  // CAUSE: src/upstream/body-text.ts sourceWithModel/topLevelStringSpan refuse the verbatim splice only when
-  // `model` itself is repeated (line ≈ 71 "appears twice"); any other repeated top-level key keeps the source
-  // text. Fix: have topLevelStringSpan return undefined when ANY top-level key repeats (then the adapter
-  // re-serialises the parsed body, one value per key), or refuse such bodies with a 400 in app.ts's parser.
+  // SPEC §8 "known OpenAI fields with a wrong type or an impossible value ... are rejected with 400 naming the
+  // field before any upstream is called": whatever duplicate an upstream's JSON parser keeps (JSON.parse, Go
+  // and Python keep the last; others, e.g. some streaming/SAX parsers and Jackson set to first-wins, differ),
+  // it must never be handed a value the gateway did not validate (the rule the duplicate-"model" test in
+  // audit-safety applies to `model`). The gateway validates the last duplicate (JSON.parse), so it must not
+  // pass the client's text on verbatim with both duplicates (body-text.ts sourceWithModel /
+  // topLevelStringSpan): such a body is re-serialised, one value per key, or refused with a 400.
   it('a duplicate known key (max_tokens, messages, stream) never sends the upstream an unvalidated value', async () => {
     const { b, gw } = await overB();
     const wrong: string[] = [];
@@ -1180,15 +1162,12 @@ describe('upstream framing: ambiguous, sloppy or broken HTTP', () => {
     await stillServes(gw);
   }, 15_000);
 
-  // Was a defect (fixed: the large JSON case). EXPECTED: RFC 9110 §15.2 — 1xx responses are interim, the final one is the
-  // answer; a 103 Early Hints (what CDNs in front of providers send) is not a failure, and SPEC §2 only fails
-  // over on failures: a 200 answer under the 64 MiB JSON bound (attempt.ts MAX_JSON_BODY_BYTES) is relayed.
-  // HAPPENS: a small answer after a 103 passes, but a 200 answer larger than 64 KiB after a 103 fails over as
-  // `body_too_large` (x-router-trail a/m=body_too_large) — with one upstream it is a 502.
-  // CAUSE: src/upstream/text-handler.ts TextHandler.onResponseStart is called by undici for every
-  // response head, 1xx included (undici client-h1.js onHeadersComplete calls request.onHeaders for 1xx); on the
-  // 103 it sets `this.limit = this.errorMaxBytes` (64 KiB, "status < 200 || status >= 300") and nothing
-  // resets it when the final 200 arrives. The streaming path (undici's RequestHandler) ignores 1xx and is fine.
+  // RFC 9110 §15.2: 1xx responses are interim, the final one is the answer; a 103 Early Hints (what CDNs in
+  // front of providers send) is not a failure, and SPEC §2 only fails over on failures: a 200 answer under the
+  // 64 MiB JSON bound (attempt.ts MAX_JSON_BODY_BYTES) is relayed. The large JSON case matters: undici calls
+  // text-handler.ts TextHandler.onResponseStart for every response head, 1xx included, and only a final error
+  // status takes the 64 KiB error-body limit: a 200 over 64 KiB after a 103 is the answer, not a
+  // `body_too_large` failover.
   it('a 103 Early Hints before the 200: the 200 is the answer, small and large JSON and stream', async () => {
     const big = 'x'.repeat(200 * 1024);
     const a = await rawUpstream((s, req) => {

@@ -412,7 +412,7 @@ function openConnections(server: Server): Promise<number> {
 
 // ---------------------------------------------------------------------------------------------------------
 
-describe('audit: WebSocket protocol edge cases', () => {
+describe('WebSocket protocol edge cases', () => {
   it('reassembles (or relays intact) fragmented messages both ways', async () => {
     const up = await wsUpstream({ echo: false });
     const gw = await gateway(`${up.url}/v1`);
@@ -738,7 +738,7 @@ describe('audit: WebSocket protocol edge cases', () => {
     // The client sends one message to start the flood, then never reads again (its socket stays paused).
     socket.write(clientFrame(0x1, Buffer.from('go')));
     await vi.waitFor(() => expect(acked).toBeGreaterThan(0), WAIT);
-    // Wait until the upstream's sends stop completing (or all 100 MiB went through, which is the defect).
+    // Wait until the upstream's sends stop completing (or all 100 MiB went through: no backpressure).
     let last = -1;
     for (let i = 0; i < 40 && acked !== last && acked < TOTAL; i++) {
       last = acked;
@@ -819,7 +819,7 @@ describe('audit: WebSocket protocol edge cases', () => {
 
 // ---------------------------------------------------------------------------------------------------------
 
-describe('audit: WebSocket passthrough security', () => {
+describe('WebSocket passthrough security', () => {
   it('never forwards the client key, in a header (any casing, repeated) or a subprotocol (any position)', async () => {
     const up = await wsUpstream({ handleProtocols: (p) => (p.has('realtime') ? 'realtime' : false) });
     const gw = await gateway(`${up.url}/v1`, { apiKeys: [CLIENT_KEY] });
@@ -1070,7 +1070,7 @@ describe('audit: WebSocket passthrough security', () => {
 
 // ---------------------------------------------------------------------------------------------------------
 
-describe('audit: WebSocket session lifecycle', () => {
+describe('WebSocket session lifecycle', () => {
   it('opens and closes 200 sessions at once, leaving no socket open on either side', async () => {
     const N = 200;
     const up = await wsUpstream();

@@ -32,7 +32,7 @@ async function getText(gw: TestGateway, path: string): Promise<string> {
 
 const nextPrefix = prefixes(`audit-redis-${process.pid}-`);
 
-describeWithRedis('audit: scale-out over Redis (SPEC §7)', (redis) => {
+describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
   /** On the shared Redis under `prefix`; the first failure opens for 30 s unless `breaker` says otherwise. */
   const config = (
     providers: ConfigPart[],

@@ -608,7 +608,7 @@ describe('Anthropic upstream: SDK features through the translation', () => {
     ).toBe(true);
   });
 
-  // Expected: an audio answer asked of an Anthropic-only route is refused (400 naming modalities/audio) as
+  // An audio answer asked of an Anthropic-only route is refused (400 naming modalities/audio) as
   // README does for input_audio, not answered 200 with no `message.audio` the client asked for.
   it('modalities ["text","audio"] + audio on an Anthropic-only route: refused, not answered without audio', async () => {
     const up = await anth((_r, res) => sendJson(res, 200, claudeJson([{ type: 'text', text: 'ok' }])));
@@ -629,7 +629,7 @@ describe('Anthropic upstream: SDK features through the translation', () => {
     expect(up.mock.received).toHaveLength(0);
   });
 
-  // Expected: Anthropic is left out of the candidates (as for input_audio), so the OpenAI upstream serves the audio.
+  // Anthropic is left out of the candidates (as for input_audio), so the OpenAI upstream serves the audio.
   it('modalities audio on a route with an Anthropic and an OpenAI upstream: the OpenAI one serves it', async () => {
     const a = await anth((_r, res) =>
       sendJson(res, 200, claudeJson([{ type: 'text', text: 'from claude' }])),

@@ -940,7 +940,7 @@ describe('how a relayed OpenAI-dialect stream ends', () => {
     expect(Object.keys(JSON.parse(data.at(-1)!) as Json)).toEqual(['error']);
   });
 
-  // Defect: OpenAI's stream ends at [DONE] (no content after finish_reason); a direct SDK call stops there, so must the relay.
+  // OpenAI's stream ends at [DONE] (no content after finish_reason); a direct SDK call stops there, and so does the relay.
   it('[DONE] sent twice, and a chunk after [DONE], by the upstream: the client sees what a direct call sees', async () => {
     const m = await send([
       frame(oa([ch({ role: 'assistant', content: '' })])),
@@ -1265,7 +1265,7 @@ describe('framing the client can trust whatever the upstream writes', () => {
     expect(got.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe(tricky.join(''));
   });
 
-  // Defect: SPEC §2 the error event ends the stream; content the upstream wrote after its error must not reach the client.
+  // SPEC §2: the error event ends the stream; content the upstream wrote after its error must not reach the client.
   it('content after an upstream error event in the same write is not relayed after (or around) the error', async () => {
     const m = await mock((_q, res) => {
       res.writeHead(200, SSE_HEAD);

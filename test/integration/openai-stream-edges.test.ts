@@ -65,9 +65,9 @@ function dataOf(text: string): string[] {
 }
 
 describe('OpenAI stream: in-stream errors the relay must recognise', () => {
-  // Defect: the OpenAI SDK throws on an `event: error` event (streaming.ts); the gateway ignores the event
-  // type, relays the error's data as if it were a chunk (without its `event:` line) and then ends with
-  // [DONE], so a cut answer reaches the client as a finished one (SPEC §2 terminate: error event, no [DONE]).
+  // The OpenAI SDK throws on an `event: error` event (streaming.ts): the gateway must read the event type,
+  // not relay the error's data as if it were a chunk (without its `event:` line) and end with [DONE], which
+  // would hand the client a cut answer as a finished one (SPEC §2 terminate: error event, no [DONE]).
   it('an `event: error` after content, then [DONE], ends with an error event and no [DONE]', async () => {
     const up = await rawUpstream((_q, s) => {
       s.writeHead(200, SSE);
@@ -85,7 +85,7 @@ describe('OpenAI stream: in-stream errors the relay must recognise', () => {
     expect(dataOf(text)).not.toContain('{"message":"model overloaded","code":503}');
   });
 
-  // Defect: same class, with non-JSON error text (TGI/llama.cpp-style `event: error` + plain text).
+  // The same, with non-JSON error text (TGI/llama.cpp-style `event: error` + plain text).
   it('an `event: error` with plain-text data after content, then [DONE], is no finished answer', async () => {
     const up = await rawUpstream((_q, s) => {
       s.writeHead(200, SSE);
@@ -119,8 +119,8 @@ describe('OpenAI stream: in-stream errors the relay must recognise', () => {
 });
 
 describe('OpenAI stream: end-of-answer judgement', () => {
-  // Defect: README: a stream that closes without [DONE] "counts as finished only once every choice has sent
-  // its finish_reason". The client asked for n: 2; choice 1 never came, yet the close is taken as complete.
+  // README: a stream that closes without [DONE] "counts as finished only once every choice has sent its
+  // finish_reason". The client asked for n: 2 and choice 1 never came, so the close is a cut.
   it('n: 2, choice 0 finished, closed without [DONE] before choice 1 ever came: cut, not finished', async () => {
     const up = await rawUpstream((_q, s) => {
       s.writeHead(200, SSE);
@@ -164,9 +164,9 @@ describe('OpenAI stream: end-of-answer judgement', () => {
     expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
   });
 
-  // Defect candidate: the OpenAI SDK ends at any data starting with "[DONE]"; the gateway only at "[DONE]"
-  // exactly (or after leading blanks). A finished answer whose sentinel has a trailing blank on a kept-open
-  // connection then waits for idle_ms and is cut with an error event instead of ending with [DONE].
+  // The OpenAI SDK ends at any data starting with "[DONE]", so the gateway takes "[DONE] " with a trailing
+  // blank as the sentinel too: on a kept-open connection the finished answer ends with [DONE], rather than
+  // waiting for idle_ms and being cut with an error event.
   it('"[DONE] " with a trailing blank on a kept-open connection still ends the answer cleanly', async () => {
     const up = await rawUpstream((_q, s) => {
       s.writeHead(200, SSE);

@@ -518,7 +518,7 @@ describe('request fits against hostile upstreams', () => {
     upgraded = true;
     const after = await post(gw, { ...ASK, reasoning_effort: 'none' });
     const sent = mock.bodies.slice(2).map((b) => b.reasoning_effort);
-    // Expected: the stale fit is corrected (none goes as none again), in at most one refused send.
+    // The stale fit is corrected (none goes as none again), in at most one refused send.
     expect({ status: after.status, sent }).toEqual({ status: 200, sent: ['minimal', 'none'] });
   });
 
