@@ -58,6 +58,34 @@ function nameMap<T extends z.ZodType>(value: T, refused: ReadonlyMap<string, str
   });
 }
 
+/** RFC 9110 field names (tokens), and values Node sends: no control character but tab, nothing past Latin-1. */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/**
+ * `providers[].headers`: names lower-cased (HTTP names are case-insensitive: `Authorization` must replace the
+ * gateway's own `authorization`, not go beside it), each a valid name with a sendable value, none twice.
+ * `__proto__` is refused: merged into a request's headers object it would set a prototype, not a header.
+ */
+const headerMap = nameMap(z.string()).transform((input, ctx) => {
+  const out = Object.create(null) as Record<string, string>;
+  for (const [name, value] of Object.entries(input)) {
+    const lower = name.toLowerCase();
+    const why = !HEADER_NAME.test(name)
+      ? 'not a valid header name'
+      : lower === '__proto__'
+        ? 'not usable as a header name'
+        : !HEADER_VALUE.test(value)
+          ? 'a header value must be one line of Latin-1 text (no line breaks or control characters)'
+          : Object.hasOwn(out, lower)
+            ? `given twice (header names are case-insensitive)`
+            : undefined;
+    if (why !== undefined) ctx.addIssue({ code: 'custom', path: [name], message: why, input: value });
+    else out[lower] = value;
+  }
+  return out;
+});
+
 export const STRATEGY_NAMES = [
   'cost',
   'latency',
@@ -119,8 +147,7 @@ const providerSchema = z.strictObject({
   kind: z.enum(['openai', 'anthropic']).default('openai'),
   base_url: z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }),
   api_key: z.string().optional(),
-  /** `__proto__` is refused: merged into a request's headers object it would set a prototype, not a header. */
-  headers: nameMap(z.string(), new Map([['__proto__', 'not usable as a header name']])).optional(),
+  headers: headerMap.optional(),
   timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
   /**
    * Connections to the provider, opened on demand. A stream holds one from its first byte to its last, so a

@@ -57,6 +57,9 @@ export const STRIPPED = new Set([
 ]);
 /** The paths of ours under /v1 (a GET of one may still reach the passthrough): no WebSocket there. */
 const ROUTED = /^(?:chat\/completions|embeddings|models)(?:\/|$)/;
+/** The headers @fastify/rate-limit puts on every answer. */
+const OWN_RATE_LIMIT_HEADERS = new Set(['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset']);
+
 /** Error bodies are read this far to be scrubbed; past it they are cut. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
@@ -93,6 +96,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       : new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
   // Read once, as fastify's own bodyLimit for routed requests is: a reload applies it at a restart (README).
   const bodyLimit = app.gateway.runtime.loaded.config.server.body_limit_bytes;
+  // Also restart-only (the limiter is registered once).
+  const ownRateLimit = app.gateway.runtime.loaded.config.server.rate_limit.requests_per_minute > 0;
   const websockets = webSocketPassthrough(app, { url, timeouts, maxPayloadBytes: bodyLimit, failure });
   const baseQuery = new URLSearchParams(url.search);
   // The config a request started on: the key it sent is the one its answer may echo, whatever a reload
@@ -274,6 +279,9 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         const out: IncomingHttpHeaders = {};
         for (const [k, v] of Object.entries(headers)) {
           if (HOP_BY_HOP.has(k) || named?.includes(k) === true) continue;
+          // The gateway's own limit, when it has one, is what these name (README server.rate_limit): an
+          // upstream's same-named ones must not overwrite them.
+          if (ownRateLimit && OWN_RATE_LIMIT_HEADERS.has(k)) continue;
           out[k] =
             echo === undefined || v === undefined ? v : Array.isArray(v) ? v.map(echo.scrub) : echo.scrub(v);
         }

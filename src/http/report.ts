@@ -56,17 +56,33 @@ export function routerHeaders(
     'x-router-attempts': String(attemptCount),
   };
   if (upstream) {
-    h['x-router-provider'] = upstream.provider.name;
-    h['x-router-model'] = upstream.model.name;
+    h['x-router-provider'] = headerText(upstream.provider.name);
+    h['x-router-model'] = headerText(upstream.model.name);
   }
   // Present on every routed response, empty when no attempt failed.
-  h['x-router-trail'] = trailOf(attempts);
+  h['x-router-trail'] = headerText(trailOf(attempts));
   if (tier !== undefined) h['x-router-tier'] = tier;
   if (tierReason !== undefined) h['x-router-tier-reason'] = headerSafe(tierReason);
   return h;
 }
 
 const NOT_HEADER_SAFE = /[^\x20-\x7e]/g;
+const NOT_ASCII = /[^\x20-\x7e]/;
+const NOT_ASCII_CHARS = /[^\x20-\x7e]/gu;
+
+/**
+ * A configured name as a header value: as it is when printable ASCII (every name in practice), else with each
+ * other character percent-encoded as UTF-8 (`llama3-中文` -> `llama3-%E4%B8%AD%E6%96%87`). Node refuses a
+ * header value outside Latin-1, which left such a model's answers unsent.
+ */
+export function headerText(name: string): string {
+  if (!NOT_ASCII.test(name)) return name;
+  return name.replace(NOT_ASCII_CHARS, (c) => {
+    let out = '';
+    for (const byte of Buffer.from(c, 'utf8')) out += `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+    return out;
+  });
+}
 
 /** A header value from text we did not write (an LLM router's reason): printable ASCII, bounded. */
 function headerSafe(text: string): string {
@@ -192,6 +208,7 @@ function sendAnswer(
       .send(body);
   } catch (err) {
     gw.logger.error({ err, reqId: req.id }, 'could not send an answer');
+    reply.raw.destroy(); // not left open with nothing coming: the client sees the connection cut
   }
   reportRequest(gw, req, ctx, r);
 }
