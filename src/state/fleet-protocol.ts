@@ -9,9 +9,16 @@ export const SET_IF_LONGER = `local left = redis.call('PTTL', KEYS[1])
 if left < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return redis.call('PUBLISH', KEYS[2], ARGV[1])`;
 
-/** Takes (or renews: the holder asking again) the probe lease of an upstream whose open has ended. */
+/**
+ * Takes (or renews: the holder asking again) the probe lease of an upstream whose open has ended. A key
+ * another holder keeps with no expiry, or for longer than a lease lasts, is no lease of ours (another app's
+ * key, a bug): it is taken over rather than keeping the fleet's breaker open for ever.
+ */
 export const TAKE_LEASE = `local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
+if holder and holder ~= ARGV[1] then
+  local left = redis.call('PTTL', KEYS[1])
+  if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`;
 

@@ -60,6 +60,15 @@ const STALE_AFTER_MS = 10_000;
 const COMMAND_TIMEOUT_MS = 1_000;
 /** Round-robin INCRs a route may have unanswered; past it, turns stay local until Redis answers. */
 const MAX_PENDING_TURNS = 64;
+/** A round-robin count past this starts again from 0. */
+const MAX_TURN = 2 ** 30;
+
+/** Redis's answer to a command on a key that holds another type, or text where a number belongs. */
+function isWrongValue(err: unknown): boolean {
+  return (
+    err instanceof Error && (err.message.startsWith('WRONGTYPE') || err.message.includes('not an integer'))
+  );
+}
 
 /** The URL without credentials or path, for logs. */
 function where(url: string): string {
@@ -94,6 +103,8 @@ export class RedisState {
    * Redis's clock: a replica whose own clock is off would otherwise see every other's as stale and delete it.
    */
   #clockOffsetMs: number | undefined;
+  /** Kinds of error Redis answered with, each said once (#refused). */
+  readonly #refusals = new Set<string>();
 
   constructor(cfg: RedisStateConfig, hooks: StateHooks, logger: Logger, opts: RedisStateOptions = {}) {
     this.#prefix = cfg.key_prefix ?? DEFAULT_PREFIX;
@@ -215,11 +226,21 @@ export class RedisState {
       this.#pendingTurns.set(route, left);
       return left;
     };
-    this.#cmd.incr(`${this.#prefix}${route}`).then(
-      (count) => apply(count + answered()),
+    const key = `${this.#prefix}${route}`;
+    this.#cmd.incr(key).then(
+      (count) => {
+        // Past MAX_TURN (a billion turns, or a value someone else wrote: past 2^53 INCR's answer reads as an
+        // even float, one rotation for ever) the count starts again; the fleet's turns just jump once.
+        if (count > MAX_TURN || !Number.isSafeInteger(count)) {
+          void this.#cmd.set(key, '0').catch((err: unknown) => this.#failed(err));
+          apply(answered());
+        } else apply(count + answered());
+      },
       (err: unknown) => {
         answered();
         this.#failed(err);
+        // Not a counter (text, a hash: another app's key, a bug): made one again, not left to fail each turn.
+        if (isWrongValue(err)) void this.#cmd.del(key).catch(() => {});
       },
     );
   }
@@ -255,12 +276,15 @@ export class RedisState {
       }
       const results = (await tx.exec()) ?? [];
       // A pipeline resolves with each command's error in place: a timed-out one is a stalled Redis.
-      const timedOut = results.find(([e]) => e !== null)?.[0];
-      if (timedOut) this.#failed(timedOut);
+      const failed = results.find(([e]) => e !== null)?.[0];
+      if (failed) this.#failed(failed);
       const time = results[0]?.[1];
       if (Array.isArray(time)) this.#clockOffsetMs = clockOffset(time, sent, Date.now());
       for (const [i, id] of ids.entries()) {
         const reply = results[readAt[i]!];
+        // Not a hash (another app's key, a bug): deleted, so the next exchange writes ours again; it would
+        // otherwise be refused every time, and kept alive by our own PEXPIRE.
+        if (isWrongValue(reply?.[0])) void this.#cmd.del(`${this.#prefix}stats:${id}`).catch(() => {});
         const fields = (reply === undefined || reply[0] ? undefined : reply[1]) as
           Record<string, string> | undefined;
         const others: Published[] = [];
@@ -303,6 +327,10 @@ export class RedisState {
    * turns, an open published with the time it had before the stall.
    */
   #failed(err: unknown): void {
+    if (err instanceof Error && err.name === 'ReplyError') {
+      this.#refused(err);
+      return;
+    }
     if (!(err instanceof Error) || err.message !== 'Command timed out') return;
     if (this.#closed || this.#cmd.status !== 'ready') return;
     this.#down(err);
@@ -337,6 +365,7 @@ export class RedisState {
    * Redis was away), exchange measurements at once.
    */
   #ready(): void {
+    this.#refusals.clear();
     if (this.#reachable !== true) {
       this.#logger.info({ redis: this.#where }, 'shared state: connected to Redis');
       this.#reachable = true;
@@ -372,6 +401,21 @@ export class RedisState {
     } catch (err) {
       this.#failed(err); // an outage mid-way: the next reconnect tries again
     }
+  }
+
+  /**
+   * Redis answered a command with an error (out of memory, read-only, an ACL refusal, a key of the wrong
+   * type): it is there, so not down, but what it refuses is not shared. Said once per kind of refusal (its
+   * first word: OOM, READONLY, NOPERM, WRONGTYPE...) until Redis reconnects, not once per command.
+   */
+  #refused(err: Error): void {
+    const kind = /^[A-Z]+/.exec(err.message)?.[0] ?? 'ERR';
+    if (this.#closed || this.#refusals.has(kind) || this.#refusals.size >= 16) return;
+    this.#refusals.add(kind);
+    this.#logger.warn(
+      { redis: this.#where, error: err.message.slice(0, 200) },
+      `shared state: Redis refuses commands (${kind}): what it refuses is not shared; this replica serves on its own state for it`,
+    );
   }
 
   #down(err: Error | undefined): void {

@@ -98,13 +98,14 @@ export class SharedState {
       probeHere();
       return;
     }
-    // Redis away: this replica probes on its own meanwhile, and asks for the lease once Redis is back.
-    const probeUnleased = (): void => {
+    // Redis away (or answering errors): this replica probes on its own meanwhile, and asks for the lease
+    // once Redis is back.
+    const probeUnleased = (erroring: boolean): void => {
       probeHere();
-      this.#renewWhileProbing(id, breaker, leaseMs, Number.NEGATIVE_INFINITY);
+      this.#renewWhileProbing(id, breaker, leaseMs, Number.NEGATIVE_INFINITY, erroring);
     };
     if (!redis.connected) {
-      probeUnleased();
+      probeUnleased(false);
       return;
     }
     const askedAt = this.now();
@@ -125,7 +126,7 @@ export class SharedState {
         this.#wakeAfter(id, breaker, leaseMs);
       },
       () => {
-        if (this.breakers.peek(id) === breaker && breaker.held) probeUnleased();
+        if (this.breakers.peek(id) === breaker && breaker.held) probeUnleased(true);
       },
     );
   }
@@ -135,12 +136,21 @@ export class SharedState {
    * trials in a row): renewed while a probe is out, so another replica does not probe alongside. A holder
    * with no probe out lets it lapse: one that gets no traffic for the upstream must not keep the fleet open;
    * it then begins no trial (the breaker's probeGate) until it holds the lease again. `askedAt` -Infinity:
-   * half-open without the lease (Redis was away), asked for once Redis answers.
+   * half-open without the lease (Redis was away), asked for once Redis answers. `erroring`: Redis is there
+   * but refuses the lease commands (out of memory, read-only, an ACL without scripting): with no lease to be
+   * had, this replica probes as it would without Redis, until a lease command is answered.
    */
-  #renewWhileProbing(id: string, breaker: CircuitBreaker, leaseMs: number, askedAt: number): void {
+  #renewWhileProbing(
+    id: string,
+    breaker: CircuitBreaker,
+    leaseMs: number,
+    askedAt: number,
+    erroring = false,
+  ): void {
     this.#stopRenewing(breaker);
     // Until when the lease is ours, on our clock: counted from when we asked, so never past Redis's PX.
     let leaseUntil = askedAt + leaseMs;
+    let refused = erroring;
     // A request wanted to probe here while the lease was not ours: ask for it again at the next tick.
     let wanted = false;
     let away = false;
@@ -150,15 +160,20 @@ export class SharedState {
       const sent = this.now();
       redis.takeProbeLease(id, leaseMs).then(
         (ours) => {
-          if (this.#leases.get(breaker)?.timer === timer) leaseUntil = ours ? sent + leaseMs : 0;
+          if (this.#leases.get(breaker)?.timer !== timer) return;
+          leaseUntil = ours ? sent + leaseMs : 0;
+          refused = false;
         },
-        () => undefined,
+        () => {
+          if (this.#leases.get(breaker)?.timer === timer) refused = true;
+        },
       );
     };
     // Trials begin only under the lease: one that lapsed while this replica was idle, and that another then
     // took, must not let a trial start here alongside its holder's.
     breaker.probeGate = () => {
-      if (this.now() < leaseUntil || !this.redis?.connected) return true; // no Redis: each replica probes
+      // No Redis, or one refusing the lease: each replica probes.
+      if (refused || this.now() < leaseUntil || !this.redis?.connected) return true;
       wanted = true;
       return false;
     };
@@ -182,7 +197,7 @@ export class SharedState {
           // Back: ask for the lease again (ours, or the gate stays shut while another replica holds it).
           away = false;
           renew();
-        } else if (breaker.snapshot().probesInFlight > 0) renew();
+        } else if (breaker.snapshot().probesInFlight > 0 || refused) renew();
         else if (wanted && this.now() >= leaseUntil) {
           wanted = false;
           renew();
