@@ -98,8 +98,19 @@ export function parseConfigText(
   }
   let doc: unknown;
   try {
-    doc = yaml.load(text, { schema: yaml.CORE_SCHEMA, json: false, filename: source });
+    // Merge keys (`<<: *defaults`) as configs share timeouts; empty documents (Helm's and kubectl's `---`
+    // before and after) are no config.
+    const docs = yaml
+      .loadAll(text, undefined, { schema: YAML_SCHEMA, json: false, filename: source })
+      .filter((d) => d !== null && d !== undefined);
+    if (docs.length > 1)
+      throw new ConfigError(
+        [`the file holds ${docs.length} YAML documents (---): one config is expected`],
+        source,
+      );
+    doc = docs[0];
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     const e = err as { reason?: string; mark?: { line: number; column: number } };
     const where = e.mark ? ` (line ${e.mark.line + 1}, column ${e.mark.column + 1})` : '';
     throw new ConfigError([`YAML syntax error: ${e.reason ?? 'unparsable'}${where}`], source);
@@ -151,17 +162,32 @@ function zodIssues(error: z.ZodError): string[] {
       return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`);
     }
     if (issue.code === 'invalid_union' && 'errors' in issue) {
-      // Report the closest branch's own message rather than zod's generic "invalid input".
-      const branches = issue.errors as z.core.$ZodIssue[][];
-      const best = branches.map((b) => b[0]).find((b) => b !== undefined && b.code !== 'invalid_type');
+      // Report the closest branch's own message rather than zod's generic "invalid input": the one that got
+      // deepest into the value (`strategy: { hybrid: { cost_weight: -1 } }` is about that weight, not an
+      // unknown strategy name), else the first that did not refuse the value's type outright.
+      const firsts = (issue.errors as z.core.$ZodIssue[][])
+        .map((b) => b[0])
+        .filter((b): b is z.core.$ZodIssue => b !== undefined);
+      const deepest = firsts.reduce<z.core.$ZodIssue | undefined>(
+        (best, b) => (b.path.length > (best?.path.length ?? 0) ? b : best),
+        undefined,
+      );
+      const best = deepest ?? firsts.find((b) => b.code !== 'invalid_type');
       if (best) {
         path = [...path, ...best.path];
         message = best.message;
+      } else if (firsts.some((b) => b.code === 'invalid_type' && b.expected === 'number')) {
+        message = 'expected a number'; // `port: true`, `max_attempts:` left empty
       }
     }
     return [`${formatPath(path)}: ${message}`];
   });
 }
+
+/** YAML 1.2's core schema (`yes` is text, not true) with merge keys. */
+const YAML_SCHEMA = yaml.CORE_SCHEMA.extend({
+  implicit: [(yaml as unknown as { types: { merge: yaml.Type } }).types.merge],
+});
 
 const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 
@@ -196,22 +222,27 @@ function substituteEnv(
         );
         return node;
       }
-      return node.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
+      let blank = false;
+      const text = node.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
         const value = Object.hasOwn(env, name) ? env[name] : undefined;
         if (value !== undefined && value !== '') return value;
         if (fallback !== undefined) return fallback;
         // An unset variable is fatal except where empty means "none": a provider's own api_key (that
         // provider is then disabled), and the client and admin keys (SPEC §3: `api_keys:
         // ["${GATEWAY_API_KEY}"]`, "empty or absent: no client auth"), which are then said in a warning.
+        // The whole key is empty then, not the text around the placeholder: `admin-${SUFFIX}` unset must
+        // not leave the admin key `admin-` for anyone to guess.
         if (value === undefined) {
           if (isServerKey(path)) {
+            blank = true;
             unsetKeys.push(`${formatPath(path)}: environment variable ${name} is not set: that key is empty`);
             if (path[1] === 'api_keys') clientKeyUnset = true;
-          } else if (!isProviderApiKey(path))
-            missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
+          } else if (isProviderApiKey(path)) blank = true;
+          else missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
         }
         return '';
       });
+      return blank ? '' : text;
     }
     if (Array.isArray(node)) return node.map((v, i) => walk(v, [...path, i]));
     if (node !== null && typeof node === 'object') {

@@ -5,7 +5,8 @@ const num = z.union([
   z.number(),
   z
     .string()
-    .regex(/^-?\d+(\.\d+)?$/, 'expected a number')
+    // As YAML 1.2 writes numbers (a value from ${VAR} arrives as text): `.15`, `+3`, `1e-7`.
+    .regex(/^[-+]?(\.\d+|\d+(\.\d*)?)([eE][-+]?\d+)?$/, 'expected a number')
     .transform(Number),
 ]);
 const posInt = num.pipe(z.number().int().positive());
@@ -57,6 +58,18 @@ function nameMap<T extends z.ZodType>(value: T, refused: ReadonlyMap<string, str
     return out;
   });
 }
+
+/**
+ * A key (a provider's api_key, a client or admin key): blanks around it are dropped (a Kubernetes secret
+ * made with `echo` ends in a newline: sent as it is, undici refused every request; compared as it is, no
+ * client could match it), and what is left must be sendable in a header.
+ */
+const keyText = z
+  .string()
+  .transform((s) => s.trim())
+  .refine((s) => /^[\x20-\x7e\x80-\xff]*$/.test(s), {
+    message: 'a key must be one line of printable Latin-1 text (no line breaks or control characters inside)',
+  });
 
 /** RFC 9110 field names (tokens), and values Node sends: no control character but tab, nothing past Latin-1. */
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -146,7 +159,7 @@ const providerSchema = z.strictObject({
     .regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, ".", "_" and "-" only'),
   kind: z.enum(['openai', 'anthropic']).default('openai'),
   base_url: z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }),
-  api_key: z.string().optional(),
+  api_key: keyText.optional(),
   headers: headerMap.optional(),
   timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
   /**
@@ -178,7 +191,12 @@ const ruleSchema = z.strictObject({
     /** A regular expression tested against the last user message. */
     last_user_message: z.string().optional(),
     /** `name` (present) or `name=value` (equal). */
-    header: z.string().optional(),
+    header: z
+      .string()
+      .refine((h) => HEADER_NAME.test(h.split('=', 1)[0]!), {
+        message: "expected `name` or `name=value` with a header name (not curl's `name: value`)",
+      })
+      .optional(),
   }),
   tier: z.enum(TIER_NAMES),
 });
@@ -210,8 +228,8 @@ const routeSchema = z.strictObject({
 const serverSchema = z.strictObject({
   host: z.string().default('0.0.0.0'),
   port: nonNegInt.pipe(z.number().max(65_535)).default(8080),
-  api_keys: z.array(z.string()).default([]),
-  admin_key: z.string().optional(),
+  api_keys: z.array(keyText).default([]),
+  admin_key: keyText.optional(),
   body_limit_bytes: posInt.default(10 * 1024 * 1024),
   passthrough: z.string().optional(),
   metrics_auth: bool.default(false),

@@ -227,11 +227,15 @@ describe('parseConfigText rejects each kind of error with its YAML path', () => 
 
   it('a substituted value is data: it never adds a key or a node', () => {
     const loaded = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, {
-      ADMIN: 'x\nfoo: bar\napi_keys: [a]',
+      ADMIN: 'x, foo: bar, api_keys: [a] }',
     });
-    expect(loaded.config.server.admin_key).toBe('x\nfoo: bar\napi_keys: [a]');
+    expect(loaded.config.server.admin_key).toBe('x, foo: bar, api_keys: [a] }');
     expect(loaded.config.server.api_keys).toEqual([]);
     expect(Object.keys(loaded.config.server)).not.toContain('foo');
+    // Lines of YAML in a key are no key at all: refused with its path (a key goes in a header).
+    expect(() =>
+      parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, { ADMIN: 'x\nfoo: bar\napi_keys: [a]' }),
+    ).toThrow(/server\.admin_key: a key must be one line/);
     // And a value that looks like a reference is not expanded again.
     const twice = parseConfigText(`server: { admin_key: "\${ADMIN}" }\n${BASE}`, {
       ADMIN: '${SECRET}',
