@@ -181,6 +181,7 @@ async function handleChat(
     startedAt,
     ranked: plan.ranked,
     routerMs: tier.routerMs,
+    routerCostUsd: tier.routerCostUsd,
     tier: tier.tier,
     tierReason: tier.reason,
     promptTokensEstimate: features.promptTokens,

@@ -19,6 +19,8 @@ export interface RequestContext {
   readonly ranked: readonly RankedCandidate<RouteTarget>[];
   /** Time the LLM router took to pick the tier: waiting on its upstream, so not the gateway's overhead. */
   readonly routerMs: number;
+  /** What the LLM router call this request made cost (in llm_router_cost_usd_total under its upstream). */
+  readonly routerCostUsd?: number;
   readonly tier: string | undefined;
   readonly tierReason: string | undefined;
   readonly promptTokensEstimate: number;
@@ -128,8 +130,12 @@ export function logUnrouted(
   elapsedMs: number,
 ): void {
   gw.metrics.requests.inc({ route: 'none', provider: 'none', model: 'none', status: String(status) });
+  // Observed as it is counted: a dashboard's average or SLO over the histogram sees every request.
+  gw.metrics.requestDuration.observe(UNROUTED_DURATION, elapsedMs / 1000);
   gw.requestLog.info({ reqId, method, path, status, latencyMs: Math.round(elapsedMs * 10) / 10 }, 'request');
 }
+
+const UNROUTED_DURATION = Object.freeze({ route: 'none', provider: 'none', model: 'none', stream: 'none' });
 
 /** Health, metrics and admin reads: not requests, in the log or the counters. */
 const UNREPORTED = new Set(['/healthz', '/readyz', '/metrics', '/router/status', '/router/explain']);
@@ -317,6 +323,8 @@ export function requestLine(
   if (promptTokens !== undefined) s += ',"promptTokens":' + num(promptTokens);
   if (completionTokens !== undefined) s += ',"completionTokens":' + num(completionTokens);
   if (costUsd !== undefined) s += ',"costUsd":' + num(toPicoUsd(costUsd));
+  if (ctx.routerCostUsd !== undefined && ctx.routerCostUsd > 0)
+    s += ',"routerCostUsd":' + num(toPicoUsd(ctx.routerCostUsd));
   if (error !== undefined) s += ',"error":' + JSON.stringify(error);
   return s + ',"msg":"request"}\n';
 }

@@ -41,6 +41,11 @@ export interface RouterDecision {
   readonly failed: readonly AttemptRecord[];
   /** Set when the client left while waiting: the request gets no tier, so there is nothing to count. */
   readonly uncounted?: true;
+  /**
+   * What the router call cost (counted in llm_router_cost_usd_total under its upstream), for the line of
+   * the one request that counts the call; absent for the others that shared it, and for a cached answer.
+   */
+  readonly costUsd?: number;
 }
 
 const NO_FAILURES: readonly AttemptRecord[] = Object.freeze([]);
@@ -162,7 +167,8 @@ export async function askRouter(
     // llm_router_requests_total is counted by the caller, with the tier the request gets in the end
     // (default_tier when the pick cannot take it: chat-decision.ts).
     if (first) gw.metrics.routerDuration.observe({ tier: cfg.tier }, (gw.now() - waited.started) / 1000);
-    return outcome === d.outcome ? d : { ...d, outcome };
+    if (first) return outcome === d.outcome ? d : { ...d, outcome };
+    return { ...d, outcome, costUsd: undefined };
   } finally {
     clientSignal.removeListener('abort', leave);
   }
@@ -185,11 +191,13 @@ async function callRouter(
   const cache = cacheFor(gw, route)!;
   let tried: readonly AttemptRecord[] = NO_FAILURES;
   let cutShort = false;
+  let costUsd: number | undefined;
   const done = (d: Omit<RouterDecision, 'failed'>): RouterDecision => ({
     tier: d.tier,
     reason: d.reason,
     outcome: d.outcome,
     failed: failuresOf(tried, cutShort),
+    costUsd,
   });
 
   const routerMessages = buildRouterPrompt(excerpt, features);
@@ -257,7 +265,7 @@ async function callRouter(
     );
     if ('committedFailure' in out)
       return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });
-    recordUsage(out.target.candidate.upstream, out.result.usage, promptTokens, 0);
+    costUsd = recordUsage(out.target.candidate.upstream, out.result.usage, promptTokens, 0).costUsd;
     const answer = readAnswer(out.result.body);
     const parsed = parseRouterAnswer(answer);
     if (!parsed || !(route.tiers?.[parsed.tier]?.length ?? 0)) {

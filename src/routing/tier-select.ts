@@ -18,6 +18,8 @@ export interface TierSelection {
   readonly excluded: readonly AttemptRecord[] | undefined;
   /** Time spent waiting for the LLM router (its upstream's, not the gateway's own), ms; 0 without a call. */
   readonly routerMs: number;
+  /** What this request's LLM router call cost (RouterDecision.costUsd). */
+  readonly routerCostUsd?: number;
   /** The LLM router picked the tier: if none of its upstreams can take the request, `default_tier` serves. */
   readonly byRouter?: boolean;
   /** How the LLM router came to its pick, when there is a call to count (not for a client that left). */
@@ -61,6 +63,7 @@ export async function chooseTier(
   let byRouter = false;
   let routerOutcome: RouterOutcome | undefined;
   let routerWouldAsk = false;
+  let routerCostUsd: number | undefined;
   if (tier === undefined && route.router && signal) {
     byRouter = true;
     const asked = gw.now();
@@ -70,6 +73,7 @@ export async function chooseTier(
     reason = `${match.reason}; ${d.reason}`;
     if (d.failed.length > 0) excluded = d.failed;
     if (d.uncounted !== true) routerOutcome = d.outcome;
+    routerCostUsd = d.costUsd;
   } else if (tier === undefined && route.router) {
     // Explain: the router's cached answer is what a live request would take; else it would ask.
     const cached = cachedRouterAnswer(gw, route, body.messages, features);
@@ -87,7 +91,17 @@ export async function chooseTier(
     reason = `${match.reason}; default_tier`;
   }
   const targets = (tier && route.tiers?.[tier]) || [];
-  return { targets, tier, reason, excluded, routerMs, byRouter, routerOutcome, routerWouldAsk };
+  return {
+    targets,
+    tier,
+    reason,
+    excluded,
+    routerMs,
+    routerCostUsd,
+    byRouter,
+    routerOutcome,
+    routerWouldAsk,
+  };
 }
 
 /** `default_tier` in place of a selection the LLM router made whose tier cannot take the request. */

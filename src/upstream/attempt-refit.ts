@@ -32,13 +32,21 @@ export function refitted(
     : next;
 }
 
-/** The answer to a send after a refused one: the refused send's time counts as time waiting on the upstream. */
+/**
+ * The answer to a send after a refused one: the refused send's time counts as time waiting on the upstream,
+ * before the first token as well as in all (time per output token is the rest over the tokens: the refusal's
+ * wait is not the model's pace).
+ */
 export async function afterRefused(
   refused: AttemptResult,
   next: Promise<AttemptResult>,
 ): Promise<AttemptResult> {
   const result = await next;
-  return { ...result, totalMs: result.totalMs + refused.totalMs };
+  return {
+    ...result,
+    totalMs: result.totalMs + refused.totalMs,
+    ...(result.ttftMs === undefined ? {} : { ttftMs: result.ttftMs + refused.totalMs }),
+  };
 }
 
 /** The client's body as this attempt's upstream takes it. */
