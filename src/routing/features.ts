@@ -64,7 +64,8 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
     requestedOutputTokens: typeof maxOut === 'number' && maxOut > 0 ? maxOut : undefined,
     promptParam: 'messages',
     notForAnthropic:
-      body.functions !== undefined || body.function_call !== undefined
+      (body.functions !== undefined && body.functions !== null) ||
+      (body.function_call !== undefined && body.function_call !== null)
         ? LEGACY_FUNCTIONS
         : asksForAudio(body)
           ? AUDIO_OUTPUT

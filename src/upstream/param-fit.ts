@@ -200,7 +200,7 @@ export class ParamFit {
       let limited = false;
       for (const name of TOKEN_LIMITS.keys()) {
         const n = body[name];
-        if (n === undefined) continue;
+        if (n === undefined || n === null) continue; // null: no limit asked (OpenAI takes it so)
         limited = true;
         if (typeof n === 'number' && n > cap) (out ??= { ...body })[name] = cap;
       }
@@ -217,7 +217,8 @@ export class ParamFit {
         if (param === 'logprobs') delete out.top_logprobs;
       } else if (fit.kind === 'rename') {
         delete out[param];
-        if (!Object.hasOwn(body, fit.to)) out[fit.to] = value;
+        // The other name left null (`max_completion_tokens: null` beside `max_tokens: 100`) holds no limit.
+        if (body[fit.to] === undefined || body[fit.to] === null) out[fit.to] = value;
       } else if (fit.kind === 'values' && typeof value === 'string' && fit.values.has(value)) {
         const to = fit.values.get(value)!;
         if (to === null) delete out[param];
@@ -277,7 +278,7 @@ export class ParamFit {
     let limited = false;
     for (const name of [named, ...TOKEN_LIMITS.keys()]) {
       const n = sent[name];
-      if (n === undefined) continue;
+      if (n === undefined || n === null) continue;
       limited = true;
       if (typeof n !== 'number' || n <= max) continue;
       return this.#lowerCap(name, max);
