@@ -36,7 +36,7 @@ const CREDENTIAL_NAME = /key|auth|token|secret|password|credential|signature|^si
  * such as `x-auth-mode: none` or `?key_format=json` would corrupt ordinary text wherever it appears (a
  * passthrough answer's `"deleted":true`).
  */
-function credentialLike(v: string): boolean {
+export function credentialLike(v: string): boolean {
   return (v.length >= 8 && /\d/.test(v)) || v.length >= 20;
 }
 /** An `Authorization`-style value's scheme: the credential after it is a secret on its own too. */

@@ -8,7 +8,7 @@ import type {
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
-import { providerSecrets } from '../config/secrets.js';
+import { credentialLike, providerSecrets } from '../config/secrets.js';
 import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
 import { Scrubber, StreamMask } from '../observability/scrub.js';
@@ -96,6 +96,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       : new GatewayError('upstream_error', `passthrough upstream ${name} failed`);
   // Read once, as fastify's own bodyLimit for routed requests is: a reload applies it at a restart (README).
   const bodyLimit = app.gateway.runtime.loaded.config.server.body_limit_bytes;
+  /** The provider's origin and base path: where its absolute Location headers point to under /v1. */
+  const upstreamBase = url.origin + url.pathname.replace(/\/+$/, '');
   // Also restart-only (the limiter is registered once).
   const ownRateLimit = app.gateway.runtime.loaded.config.server.rate_limit.requests_per_minute > 0;
   const websockets = webSocketPassthrough(app, { url, timeouts, maxPayloadBytes: bodyLimit, failure });
@@ -282,6 +284,15 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           // The gateway's own limit, when it has one, is what these name (README server.rate_limit): an
           // upstream's same-named ones must not overwrite them.
           if (ownRateLimit && OWN_RATE_LIMIT_HEADERS.has(k)) continue;
+          // http-proxy maps a relative Location onto /v1; one written with the provider's own origin is the
+          // same place, and must not send the client around the gateway (with no key of the provider's).
+          if (k === 'location' && typeof v === 'string' && v.startsWith(upstreamBase)) {
+            const rest = v.slice(upstreamBase.length);
+            if (rest === '' || rest.startsWith('/') || rest.startsWith('?')) {
+              out[k] = `/v1${rest}`;
+              continue;
+            }
+          }
           out[k] =
             echo === undefined || v === undefined ? v : Array.isArray(v) ? v.map(echo.scrub) : echo.scrub(v);
         }
@@ -298,7 +309,10 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         // zstd, goes as it is).
         const echo = echoGuard(serving.passthrough);
         const coding = replyCoding(reply.getHeader('content-encoding'));
-        if (echo === undefined || coding === null) {
+        // An answer with no body (HEAD, 204, 304) keeps its headers as they are: there is nothing to decode,
+        // and gunzip on nothing fails (a 500 for a HEAD of a gzip resource, a cached 304).
+        const bodyless = req.method === 'HEAD' || reply.statusCode === 204 || reply.statusCode === 304;
+        if (echo === undefined || coding === null || bodyless) {
           void reply.send(res.stream);
           return;
         }
@@ -375,7 +389,9 @@ export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | un
   if (provider === undefined) return undefined;
   let guard = ECHO_GUARDS.get(provider);
   if (guard === undefined) {
-    const secrets = providerSecrets(provider.config);
+    // Placeholders (`none`, vLLM's `EMPTY`) are no credential to find in a successful answer: masked there,
+    // every "none" in a Responses API object became "****". Error bodies are still scrubbed of them.
+    const secrets = providerSecrets(provider.config).filter(credentialLike);
     const scrubber = new Scrubber(secrets);
     guard =
       secrets.length === 0
@@ -431,20 +447,30 @@ export async function sendScrubbed(
   }
   // An encoding we cannot read (zstd) would be noise as text: told by its status instead, as a broken body is.
   const coding = replyCoding(reply.getHeader('content-encoding'));
+  // A body declared in a one-byte charset (ISO-8859-1, windows-1252) is read and sent back byte for byte
+  // (latin1 maps each byte to one character and back): read as UTF-8 its accents became U+FFFD.
+  const oneByte =
+    coding === 'identity' && ONE_BYTE_CHARSET.test(String(reply.getHeader('content-type') ?? ''));
   let text: string | undefined;
   try {
     const body = Buffer.concat(parts);
-    if (coding === 'identity') text = body.toString('utf8');
+    if (coding === 'identity') text = body.toString(oneByte ? 'latin1' : 'utf8');
     else if (coding !== null) text = decodeBuffer(body, coding, 4 * MAX_ERROR_BODY_BYTES);
   } catch {
     /* told by its status below */
   }
   reply.removeHeader('content-length');
   reply.removeHeader('content-encoding');
-  void reply.send(
-    text === undefined ? `upstream answered HTTP ${reply.statusCode}` : scrubber.scrub(text, cut),
-  );
+  if (text === undefined) void reply.send(`upstream answered HTTP ${reply.statusCode}`);
+  else {
+    const scrubbed = scrubber.scrub(text, cut);
+    void reply.send(oneByte ? Buffer.from(scrubbed, 'latin1') : scrubbed);
+  }
 }
+
+/** A content-type whose charset is one byte a character (its bytes survive a latin1 round trip). */
+const ONE_BYTE_CHARSET =
+  /;\s*charset\s*=\s*"?(?:iso-?8859-\d+|latin-?1|windows-125\d|cp125\d|us-ascii)"?\s*(?:;|$)/i;
 
 /** A response's content-encoding: one we decode, none (`identity`), or one we cannot read (null: zstd). */
 function replyCoding(header: unknown): Coding | 'identity' | null {
