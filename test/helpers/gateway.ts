@@ -168,3 +168,13 @@ export function postChat(
     signal: opts.signal,
   });
 }
+
+/** The value at `path` inside parsed JSON (object keys, array indices), or undefined. */
+export function dig(value: unknown, ...path: (string | number)[]): unknown {
+  let v = value;
+  for (const k of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string | number, unknown>)[k];
+  }
+  return v;
+}

@@ -5,57 +5,18 @@
  * message_delta events, events all named alike, a tool_use block left open, and thinking held to hand back up
  * to its 2 MiB bound. A Messages API mock on loopback records each body and answers JSON or SSE events.
  */
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { anthropicAdapter } from '../../src/upstream/adapters/anthropic.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { dig, postTo, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { sendJson, startMock } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 const MSG = [{ role: 'user', content: 'hi' }];
 const RELAXED = { connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 10000 };
 
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: unknown;
-}
-
-async function post(
-  gw: TestGateway,
-  path: string,
-  body: Record<string, unknown>,
-  headers: Record<string, string> = {},
-): Promise<Reply> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: unknown = {};
-  try {
-    json = JSON.parse(text) as unknown;
-  } catch {
-    /* a stream */
-  }
-  return { status: res.statusCode, headers: res.headers, text, json };
-}
-
 const chat = (gw: TestGateway, body: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
-  post(gw, '/v1/chat/completions', { model: 'r', messages: MSG, ...body }, headers);
-
-/** The value at `path` inside parsed JSON (object keys, array indices), or undefined. */
-function dig(value: unknown, ...path: (string | number)[]): unknown {
-  let v = value;
-  for (const k of path) {
-    if (v === null || typeof v !== 'object') return undefined;
-    v = (v as Record<string | number, unknown>)[k];
-  }
-  return v;
-}
+  postTo(`${gw.url}/v1/chat/completions`, { model: 'r', messages: MSG, ...body }, { headers });
 
 type Json = Record<string, unknown>;
 

@@ -4,55 +4,16 @@
  * keeps an answer for cache_ttl_s and no longer, and the conversation excerpt the router sees is the most
  * recent messages, contiguous.
  */
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { RouterCache } from '../../src/routing/router-cache.js';
 import { conversationExcerpt } from '../../src/routing/router-prompt.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { dig, postTo, simProvider, startGateway } from '../helpers/gateway.js';
 import { answerChat, sendJson, startMock } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 const MSG = [{ role: 'user', content: 'hi' }];
 const RELAXED = { connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 10000 };
-
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: unknown;
-}
-
-async function post(
-  gw: TestGateway,
-  path: string,
-  body: Record<string, unknown>,
-  headers: Record<string, string> = {},
-): Promise<Reply> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: unknown = {};
-  try {
-    json = JSON.parse(text) as unknown;
-  } catch {
-    /* a stream */
-  }
-  return { status: res.statusCode, headers: res.headers, text, json };
-}
-
-/** The value at `path` inside parsed JSON (object keys, array indices), or undefined. */
-function dig(value: unknown, ...path: (string | number)[]): unknown {
-  let v = value;
-  for (const k of path) {
-    if (v === null || typeof v !== 'object') return undefined;
-    v = (v as Record<string | number, unknown>)[k];
-  }
-  return v;
-}
 
 describe('request-scoped exclusion after the LLM router call (SPEC §2)', () => {
   // A 400 to the router's own prompt says nothing about the user's request: that upstream still serves the
@@ -81,7 +42,7 @@ describe('request-scoped exclusion after the LLM router call (SPEC §2)', () => 
         },
       }),
     );
-    const r = await post(gw, '/v1/chat/completions', { model: 'auto', messages: MSG });
+    const r = await postTo(`${gw.url}/v1/chat/completions`, { model: 'auto', messages: MSG });
     expect(r.status, r.text).toBe(200);
     expect(dig(r.json, 'choices', 0, 'message', 'content')).toBe('served');
     expect(up.received).toHaveLength(2); // the router call, then the request itself

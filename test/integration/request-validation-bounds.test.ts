@@ -3,56 +3,17 @@
  * with a 400 naming the field before any upstream is called; README "Known OpenAI fields"): top_logprobs 0
  * passes and -1 is refused, n 128 passes and 129 is refused, and embeddings take at most 2048 inputs.
  */
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { dig, postTo, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, sendJson, startMock } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 const MSG = [{ role: 'user', content: 'hi' }];
 const RELAXED = { connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 10000 };
 
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: unknown;
-}
-
-async function post(
-  gw: TestGateway,
-  path: string,
-  body: Record<string, unknown>,
-  headers: Record<string, string> = {},
-): Promise<Reply> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: unknown = {};
-  try {
-    json = JSON.parse(text) as unknown;
-  } catch {
-    /* a stream */
-  }
-  return { status: res.statusCode, headers: res.headers, text, json };
-}
-
 const chat = (gw: TestGateway, body: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
-  post(gw, '/v1/chat/completions', { model: 'r', messages: MSG, ...body }, headers);
-
-/** The value at `path` inside parsed JSON (object keys, array indices), or undefined. */
-function dig(value: unknown, ...path: (string | number)[]): unknown {
-  let v = value;
-  for (const k of path) {
-    if (v === null || typeof v !== 'object') return undefined;
-    v = (v as Record<string | number, unknown>)[k];
-  }
-  return v;
-}
+  postTo(`${gw.url}/v1/chat/completions`, { model: 'r', messages: MSG, ...body }, { headers });
 
 /** An OpenAI-style mock answering every chat request, and a gateway with one priority route `r` over it. */
 async function chatGateway(): Promise<{ gw: TestGateway; up: Awaited<ReturnType<typeof startMock>> }> {
@@ -117,11 +78,11 @@ describe('embeddings input bound (validate.ts: at most 2048 inputs, as OpenAI)',
       }),
     );
     const inputs = (n: number) => Array.from({ length: n }, (_, i) => `item ${i}`);
-    const bad = await post(gw, '/v1/embeddings', { model: 'emb', input: inputs(2049) });
+    const bad = await postTo(`${gw.url}/v1/embeddings`, { model: 'emb', input: inputs(2049) });
     expect(bad.status, bad.text).toBe(400);
     expect(dig(bad.json, 'error', 'param')).toBe('input');
     expect(up.received).toHaveLength(0);
-    const ok = await post(gw, '/v1/embeddings', { model: 'emb', input: inputs(2048) });
+    const ok = await postTo(`${gw.url}/v1/embeddings`, { model: 'emb', input: inputs(2048) });
     expect(ok.status, ok.text).toBe(200);
     expect(up.received).toHaveLength(1);
   });

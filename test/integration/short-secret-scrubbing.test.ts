@@ -3,46 +3,17 @@
  * README providers[].headers: credential-named header values of 8+ characters with a digit are secrets): an
  * 8-character token header and a 4-character api_key echoed in an upstream 400 never reach the client.
  */
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postTo, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { sendJson, startMock } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 const MSG = [{ role: 'user', content: 'hi' }];
 const RELAXED = { connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 10000 };
 
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: unknown;
-}
-
-async function post(
-  gw: TestGateway,
-  path: string,
-  body: Record<string, unknown>,
-  headers: Record<string, string> = {},
-): Promise<Reply> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: unknown = {};
-  try {
-    json = JSON.parse(text) as unknown;
-  } catch {
-    /* a stream */
-  }
-  return { status: res.statusCode, headers: res.headers, text, json };
-}
-
 const chat = (gw: TestGateway, body: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
-  post(gw, '/v1/chat/completions', { model: 'r', messages: MSG, ...body }, headers);
+  postTo(`${gw.url}/v1/chat/completions`, { model: 'r', messages: MSG, ...body }, { headers });
 
 describe('credential-named provider headers are secrets from 8 characters with a digit (README providers[].headers)', () => {
   // README: header values named like a credential are "scrubbed as api_key is, when they look like one (8+

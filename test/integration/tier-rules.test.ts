@@ -4,10 +4,9 @@
  * cuts are never taken for the message's end or start; a keyword at the end of a 40 KB message still picks
  * its tier; a header rule named like an Object.prototype member matches only when that header is sent.
  */
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { postTo, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, startMock } from '../helpers/mock-upstream.js';
 import { askAuto, simFactories } from '../helpers/sim-gateways.js';
 
@@ -17,37 +16,9 @@ const RELAXED = { connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000, total_ms
 
 type Json = Record<string, unknown>;
 
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: unknown;
-}
-
-async function post(
-  gw: TestGateway,
-  path: string,
-  body: Record<string, unknown>,
-  headers: Record<string, string> = {},
-): Promise<Reply> {
-  const res = await request(`${gw.url}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  let json: unknown = {};
-  try {
-    json = JSON.parse(text) as unknown;
-  } catch {
-    /* a stream */
-  }
-  return { status: res.statusCode, headers: res.headers, text, json };
-}
-
 /** What /router/explain says of `body` on `gw` (a chat request's decision, no upstream called). */
 async function explain(gw: TestGateway, body: Record<string, unknown>): Promise<Json> {
-  const r = await post(gw, '/router/explain', body);
+  const r = await postTo(`${gw.url}/router/explain`, body);
   expect(r.status, r.text).toBe(200);
   return r.json as Json;
 }
