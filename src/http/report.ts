@@ -7,7 +7,7 @@ import { trailOf } from '../resilience/failover.js';
 import { fixed } from '../routing/strategies/rank.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
-import type { Usage } from '../upstream/adapter.js';
+import { UNREPORTED as NOT_GIVEN, type Usage } from '../upstream/adapter.js';
 
 /** What is known of a routed request once it is planned: built once per request. */
 export interface RequestContext {
@@ -98,8 +98,11 @@ export function recordUsage(
   promptEstimate: number,
   counted: number | undefined,
 ): { promptTokens: number; completionTokens: number; costUsd: number } {
-  const promptTokens = usage?.prompt_tokens ?? promptEstimate;
-  const completionTokens = usage?.completion_tokens ?? counted ?? 0;
+  const unreported = usage?.[NOT_GIVEN];
+  const promptTokens =
+    usage === undefined || unreported?.prompt === true ? promptEstimate : usage.prompt_tokens;
+  const completionTokens =
+    usage === undefined || unreported?.completion === true ? (counted ?? 0) : usage.completion_tokens;
   const price = up.model.price;
   const costUsd = (promptTokens * price.input_per_mtok + completionTokens * price.output_per_mtok) / 1e6;
   up.metrics.promptTokens.inc(promptTokens);

@@ -5,6 +5,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import type { AttemptResult } from '../upstream/attempt.js';
+import { UNREPORTED } from '../upstream/adapter.js';
 import type { Permit } from './breaker.js';
 import { QUEUE_TIMEOUT } from './classify.js';
 
@@ -208,7 +209,8 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
   if (result.ok) {
     up.breaker.onSuccess(permit);
     const outputTokens =
-      result.usage?.completion_tokens ?? (result.countedTokens > 0 ? result.countedTokens : undefined);
+      (result.usage?.[UNREPORTED]?.completion === true ? undefined : result.usage?.completion_tokens) ??
+      (result.countedTokens > 0 ? result.countedTokens : undefined);
     up.stats.recordSuccess({
       ttftMs: result.ttftMs,
       totalMs: result.totalMs,

@@ -10,7 +10,14 @@ export interface Usage {
   completion_tokens: number;
   total_tokens: number;
   prompt_tokens_details?: { cached_tokens?: number };
+  /**
+   * Figures a translated usage holds as 0 because the upstream never gave them (an Anthropic-compatible
+   * server without input_tokens): counted from the gateway's own estimate instead. A symbol key: never sent.
+   */
+  [UNREPORTED]?: { readonly prompt: boolean; readonly completion: boolean };
 }
+
+export const UNREPORTED = Symbol('usage figures the upstream did not report');
 
 /** An OpenAI Chat Completions request body, validated; unknown fields are kept. */
 export type ChatBody = Record<string, unknown> & {

@@ -1,4 +1,10 @@
-import type { AnswerJson, StreamContext, UpstreamErrorInfo, Usage } from '../adapter.js';
+import {
+  UNREPORTED,
+  type AnswerJson,
+  type StreamContext,
+  type UpstreamErrorInfo,
+  type Usage,
+} from '../adapter.js';
 import {
   asCount,
   asString,
@@ -17,10 +23,14 @@ export function mapStopReason(reason: unknown): FinishReason {
   switch (reason) {
     case 'max_tokens':
     case 'model_context_window_exceeded':
+    case 'length': // OpenAI's own words, from Anthropic-compatible servers built on OpenAI-style engines
       return 'length';
     case 'tool_use':
+    case 'tool_calls':
+    case 'function_call':
       return 'tool_calls';
     case 'refusal':
+    case 'content_filter':
       return 'content_filter';
     default:
       // end_turn, stop_sequence, pause_turn, and anything newer: the answer ended normally.
@@ -34,27 +44,48 @@ export interface AnthropicTokens {
   cacheCreation: number;
   cacheRead: number;
   output: number;
+  /** Whether the upstream gave an input (or cache) count, and an output count: Anthropic always does. */
+  inputSeen?: boolean;
+  outputSeen?: boolean;
 }
 
 export function readTokens(usage: unknown, into: AnthropicTokens): void {
   if (!isObject(usage)) return;
   // message_delta repeats only the counts it updates, and its input counts are nullable: keep the others.
-  if (typeof usage.input_tokens === 'number') into.input = asCount(usage.input_tokens);
-  if (typeof usage.cache_creation_input_tokens === 'number')
+  if (typeof usage.input_tokens === 'number') {
+    into.input = asCount(usage.input_tokens);
+    into.inputSeen = true;
+  }
+  if (typeof usage.cache_creation_input_tokens === 'number') {
     into.cacheCreation = asCount(usage.cache_creation_input_tokens);
-  if (typeof usage.cache_read_input_tokens === 'number')
+    into.inputSeen = true;
+  }
+  if (typeof usage.cache_read_input_tokens === 'number') {
     into.cacheRead = asCount(usage.cache_read_input_tokens);
-  if (typeof usage.output_tokens === 'number') into.output = asCount(usage.output_tokens);
+    into.inputSeen = true;
+  }
+  if (typeof usage.output_tokens === 'number') {
+    into.output = asCount(usage.output_tokens);
+    into.outputSeen = true;
+  }
 }
 
-export function toOpenAiUsage(t: AnthropicTokens): Usage {
+/**
+ * The usage in OpenAI's shape; undefined when the upstream gave no count at all (Anthropic-compatible
+ * servers may not): no usage is better than one of zeros. A figure it did not give is marked UNREPORTED.
+ */
+export function toOpenAiUsage(t: AnthropicTokens): Usage | undefined {
+  if (t.inputSeen !== true && t.outputSeen !== true) return undefined;
   const prompt = t.input + t.cacheCreation + t.cacheRead;
-  return {
+  const usage: Usage = {
     prompt_tokens: prompt,
     completion_tokens: t.output,
     total_tokens: prompt + t.output,
     prompt_tokens_details: { cached_tokens: t.cacheRead },
   };
+  if (t.inputSeen !== true || t.outputSeen !== true)
+    usage[UNREPORTED] = { prompt: t.inputSeen !== true, completion: t.outputSeen !== true };
+  return usage;
 }
 
 export function completionIdFor(messageId: unknown): string {

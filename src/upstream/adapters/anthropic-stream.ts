@@ -124,7 +124,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
         this.onMessageStop();
         return;
       case 'error': {
-        this.fail(msg.error);
+        // Anthropic nests it under `error`; some compatible servers put message and code at the top.
+        this.fail(isObject(msg.error) ? msg.error : msg);
         return;
       }
       default:
@@ -277,7 +278,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), false);
     }
     this.usageReported = true;
-    this.sink.usage(toOpenAiUsage(this.tokens));
+    const usage = toOpenAiUsage(this.tokens);
+    if (usage) this.sink.usage(usage);
   }
 
   private onMessageStop(): void {
@@ -289,8 +291,9 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       this.offerThinking();
       this.sink.chunk(this.enc().choice({}, 'stop'), false);
     }
-    if (!this.usageReported) this.sink.usage(usage);
-    if (this.ctx.includeUsage) this.sink.chunk(this.enc().usage(usage), false);
+    if (usage && !this.usageReported) this.sink.usage(usage);
+    // No count at all from the upstream: no usage chunk, rather than one of zeros (as a relayed stream would).
+    if (this.ctx.includeUsage && usage) this.sink.chunk(this.enc().usage(usage), false);
     this.sink.end();
   }
 

@@ -447,6 +447,14 @@ describe('anthropic stream: include_usage', () => {
 });
 
 describe('anthropic stream: errors and hostile events', () => {
+  it('reads an error event whose message sits at the top level (GLM-style), not under `error`', () => {
+    const out = whole(
+      'event: error\ndata: {"type":"error","message":"Rate limit reached for requests","code":"1302"}\n\n',
+    );
+    const err = out.find((o) => o.kind === 'error');
+    expect(err).toMatchObject({ kind: 'error', err: { message: 'Rate limit reached for requests' } });
+  });
+
   it('maps an overloaded error event to a 529 error, without end', () => {
     const out = whole(fixtureText('error-stream.txt'));
     expect(out.filter((o) => o.kind !== 'chunk')).toEqual([
