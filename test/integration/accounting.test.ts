@@ -459,6 +459,14 @@ describe('client aborts at chosen moments, on a failover route', () => {
     let n = 0;
     const id = (what: string) => `${++n}-${what}`;
     const runs: Promise<unknown>[] = [];
+    // The two failover requests are cut once both reached b (whatever the machine's load): each has then
+    // failed on a first, which a's breaker counts.
+    const failoverCut = new AbortController();
+    runs.push(
+      vi
+        .waitFor(() => expect(b.seen.filter((f) => f === 'hang')).toHaveLength(2), { timeout: 5000 })
+        .finally(() => failoverCut.abort()),
+    );
     for (const stream of [false, true]) {
       // Gone as soon as the request is written: before or around the routing decision.
       runs.push(rawAbort(gw, id(`instant-${stream}`), body('r', 'a=slow,b=slow', stream)));
@@ -466,7 +474,9 @@ describe('client aborts at chosen moments, on a failover route', () => {
       runs.push(post(gw, id(`first-byte-${stream}`), body('r', 'a=hang', stream), { abortAfterMs: 100 }));
       // While waiting for b's first byte, after a failed over (a reset, then b hangs).
       runs.push(
-        post(gw, id(`failover-${stream}`), body('r', 'a=reset,b=hang', stream), { abortAfterMs: 150 }),
+        post(gw, id(`failover-${stream}`), body('r', 'a=reset,b=hang', stream), {
+          signal: failoverCut.signal,
+        }),
       );
       // While a's body stalls (JSON half sent, or a stream's role chunk only).
       runs.push(post(gw, id(`stalled-${stream}`), body('r', 'a=stall', stream), { abortAfterMs: 100 }));
