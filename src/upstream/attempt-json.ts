@@ -12,6 +12,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from './adapter.js';
+import { UNREPORTED } from './adapter.js';
 import { AttemptSignal } from './bounds.js';
 import { parseJsonObject, tokenCount } from './adapters/common.js';
 import { embeddingsAnswerText } from './adapters/openai.js';
@@ -130,9 +131,11 @@ async function attemptJsonCall(
         retryAfterMs: limited ? retryAfterFromHeaders(res.headers, Date.now()) : undefined,
       });
     }
-    // A chat answer without usage is counted from its text, as a stream's is from its chunks.
+    // A chat answer without a completion count is counted from its text, as a stream's is from its chunks.
     const counted =
-      out.usage === undefined && chat !== undefined ? answerTokens(parseJsonObject(out.body)) : 0;
+      (out.usage === undefined || out.usage[UNREPORTED]?.completion === true) && chat !== undefined
+        ? answerTokens(parseJsonObject(out.body))
+        : 0;
     return { ok: true, usage: out.usage, countedTokens: counted, body: out.body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, input, sig, t0);

@@ -481,3 +481,27 @@ describe('timing at its edges: instant answers and one-chunk streams', () => {
     }
   });
 });
+
+describe('usage with one believable figure', () => {
+  it('prompt_tokens alone: the reported prompt figure is counted, the completion estimated', async () => {
+    const gw = await oneUpstream((_q, res) => jsonAnswer(res, { prompt_tokens: 4321, total_tokens: 4321 }));
+    const r = await postChat(gw, { model: 'r', messages: MSG });
+    expect(r.status).toBe(200);
+    const s = await scrape(gw.url);
+    // README: tokens are "the upstream's usage; estimated when it reports none" — it reported this one.
+    expect(tokens(s, 'prompt')).toBe(4321);
+    expect(tokens(s, 'completion') ?? 0).toBeGreaterThan(0); // "Sunny and mild." counted from its text
+  });
+
+  it('completion_tokens alone (prompt a string): the completion figure is counted, the prompt estimated', async () => {
+    const gw = await oneUpstream((_q, res) =>
+      jsonAnswer(res, { prompt_tokens: '12', completion_tokens: 7, total_tokens: 19 }),
+    );
+    expect((await postChat(gw, { model: 'r', messages: MSG })).status).toBe(200);
+    const s = await scrape(gw.url);
+    expect(tokens(s, 'completion')).toBe(7);
+    const prompt = tokens(s, 'prompt')!;
+    expect(prompt).toBeGreaterThan(0);
+    expect(prompt).not.toBe(12);
+  });
+});

@@ -10,6 +10,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from '../adapter.js';
+import { UNREPORTED } from '../adapter.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
 import {
@@ -238,11 +239,14 @@ function readUsage(json: unknown): Usage | undefined {
   // Groq's stream carries its usage in `x_groq` on the finish chunk, not in `usage`.
   const u = obj?.usage ?? obj?.x_groq?.usage;
   if (u === null || typeof u !== 'object') return undefined;
-  const usage = u as Partial<Usage>;
-  // Relayed as sent; counted only when both figures are believable counts.
-  if (tokenCount(usage.prompt_tokens) === undefined || tokenCount(usage.completion_tokens) === undefined)
-    return undefined;
-  return usage as Usage;
+  const usage = u as Usage;
+  // Relayed as sent; each figure counted only when it is a believable count, the other one estimated
+  // (`{prompt_tokens: 4321}` alone: the upstream's prompt count, not the gateway's guess).
+  const prompt = tokenCount(usage.prompt_tokens) !== undefined;
+  const completion = tokenCount(usage.completion_tokens) !== undefined;
+  if (!prompt && !completion) return undefined;
+  if (!prompt || !completion) usage[UNREPORTED] = { prompt: !prompt, completion: !completion };
+  return usage;
 }
 
 /** An OpenAI-shaped error from whatever the upstream sent (`{error:{...}}`, `{error:"..."}`, `{message}`, text). */
