@@ -7,7 +7,7 @@ import { trailOf } from '../resilience/failover.js';
 import { fixed } from '../routing/strategies/rank.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
-import { UNREPORTED as NOT_GIVEN, type Usage } from '../upstream/adapter.js';
+import { reportedCompletion, reportedPrompt, type Usage } from '../upstream/adapter.js';
 
 /** What is known of a routed request once it is planned: built once per request. */
 export interface RequestContext {
@@ -98,11 +98,8 @@ export function recordUsage(
   promptEstimate: number,
   counted: number | undefined,
 ): { promptTokens: number; completionTokens: number; costUsd: number } {
-  const unreported = usage?.[NOT_GIVEN];
-  const promptTokens =
-    usage === undefined || unreported?.prompt === true ? promptEstimate : usage.prompt_tokens;
-  const completionTokens =
-    usage === undefined || unreported?.completion === true ? (counted ?? 0) : usage.completion_tokens;
+  const promptTokens = reportedPrompt(usage) ?? promptEstimate;
+  const completionTokens = reportedCompletion(usage) ?? counted ?? 0;
   const price = up.model.price;
   const costUsd = (promptTokens * price.input_per_mtok + completionTokens * price.output_per_mtok) / 1e6;
   up.metrics.promptTokens.inc(promptTokens);
@@ -141,7 +138,7 @@ export function logUnrouted(
 const UNROUTED_DURATION = Object.freeze({ route: 'none', provider: 'none', model: 'none', stream: 'none' });
 
 /** Health, metrics and admin reads: not requests, in the log or the counters. */
-const UNREPORTED = new Set(['/healthz', '/readyz', '/metrics', '/router/status', '/router/explain']);
+const NOT_REQUESTS = new Set(['/healthz', '/readyz', '/metrics', '/router/status', '/router/explain']);
 
 /**
  * The count and line of a request that does not report itself (all but routed chat and embeddings), and of
@@ -152,7 +149,7 @@ export function reportOnce(gw: Gateway, req: FastifyRequest, status: number, ela
   if (req.reported) return; // before routeOptions: fastify builds that object on every read
   req.reported = true;
   const route = req.routeOptions.url;
-  if (route === undefined || !UNREPORTED.has(route)) reportUnrouted(gw, req, status, elapsedMs);
+  if (route === undefined || !NOT_REQUESTS.has(route)) reportUnrouted(gw, req, status, elapsedMs);
 }
 
 /**

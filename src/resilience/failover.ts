@@ -5,7 +5,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import type { AttemptResult } from '../upstream/attempt.js';
-import { UNREPORTED } from '../upstream/adapter.js';
+import { reportedCompletion } from '../upstream/adapter.js';
 import type { Permit } from './breaker.js';
 import { QUEUE_TIMEOUT } from './classify.js';
 
@@ -209,8 +209,7 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
   if (result.ok) {
     up.breaker.onSuccess(permit);
     const outputTokens =
-      (result.usage?.[UNREPORTED]?.completion === true ? undefined : result.usage?.completion_tokens) ??
-      (result.countedTokens > 0 ? result.countedTokens : undefined);
+      reportedCompletion(result.usage) ?? (result.countedTokens > 0 ? result.countedTokens : undefined);
     up.stats.recordSuccess({
       ttftMs: result.ttftMs,
       totalMs: result.totalMs,

@@ -19,6 +19,16 @@ export interface Usage {
 
 export const UNREPORTED = Symbol('usage figures the upstream did not report');
 
+/** The prompt count the upstream reported, or undefined (no usage, or a figure it did not give). */
+export function reportedPrompt(usage: Usage | undefined): number | undefined {
+  return usage === undefined || usage[UNREPORTED]?.prompt === true ? undefined : usage.prompt_tokens;
+}
+
+/** The completion count the upstream reported, or undefined (no usage, or a figure it did not give). */
+export function reportedCompletion(usage: Usage | undefined): number | undefined {
+  return usage === undefined || usage[UNREPORTED]?.completion === true ? undefined : usage.completion_tokens;
+}
+
 /** An OpenAI Chat Completions request body, validated; unknown fields are kept. */
 export type ChatBody = Record<string, unknown> & {
   model: string;

@@ -12,7 +12,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from './adapter.js';
-import { UNREPORTED } from './adapter.js';
+import { reportedCompletion } from './adapter.js';
 import { AttemptSignal } from './bounds.js';
 import { parseJsonObject, tokenCount } from './adapters/common.js';
 import { embeddingsAnswerText } from './adapters/openai.js';
@@ -133,7 +133,7 @@ async function attemptJsonCall(
     }
     // A chat answer without a completion count is counted from its text, as a stream's is from its chunks.
     const counted =
-      (out.usage === undefined || out.usage[UNREPORTED]?.completion === true) && chat !== undefined
+      reportedCompletion(out.usage) === undefined && chat !== undefined
         ? answerTokens(parseJsonObject(out.body))
         : 0;
     return { ok: true, usage: out.usage, countedTokens: counted, body: out.body, ttftMs: totalMs, totalMs };
