@@ -963,8 +963,8 @@ describe('SDK tool loops on a Claude that always thinks (Opus 5.5), against the 
     return { thinking: body.thinking, text: JSON.stringify(body.messages), kinds };
   }
 
-  it('AI SDK generateText tool loop (stopWhen 2) on claude-opus-5: the second round goes without thinking, blocks kept', async () => {
-    const { sim, baseURL } = await simRoute('claude-opus-5');
+  /** An AI SDK tool loop of two steps (generateText, stopWhen 2): the tool's calls and the result. */
+  async function twoSteps(baseURL: string) {
     const log: string[] = [];
     const r = await generateText({
       model: aiModel(baseURL),
@@ -973,6 +973,12 @@ describe('SDK tool loops on a Claude that always thinks (Opus 5.5), against the 
       stopWhen: stepCountIs(2),
       maxRetries: 0,
     });
+    return { log, r };
+  }
+
+  it('AI SDK generateText tool loop (stopWhen 2) on claude-opus-5: the second round goes without thinking, blocks kept', async () => {
+    const { sim, baseURL } = await simRoute('claude-opus-5');
+    const { log, r } = await twoSteps(baseURL);
     expect(sim.requests).toHaveLength(2);
     expect(log).toHaveLength(1);
     expect(r.steps.map((s) => s.finishReason)).toEqual(['tool-calls', 'stop']);
@@ -983,14 +989,7 @@ describe('SDK tool loops on a Claude that always thinks (Opus 5.5), against the 
 
   it('AI SDK generateText tool loop (stopWhen 2) on claude-opus-5-5: the second round is a request the model takes', async () => {
     const { sim, baseURL } = await simRoute('claude-opus-5-5');
-    const log: string[] = [];
-    const r = await generateText({
-      model: aiModel(baseURL),
-      prompt: 'Look it up.',
-      tools: lookup(log),
-      stopWhen: stepCountIs(2),
-      maxRetries: 0,
-    });
+    const { log, r } = await twoSteps(baseURL);
     expect(sim.requests).toHaveLength(2);
     expect(log.length).toBeGreaterThanOrEqual(1);
     expect(r.steps[0]!.finishReason).toBe('tool-calls');
