@@ -1,7 +1,7 @@
 import { WebSocket, type RawData } from 'ws';
 import type { Scrubber } from '../observability/scrub.js';
 import type { ProviderRuntime } from '../runtime.js';
-import { echoGuard, type EchoGuard } from './passthrough.js';
+import { echoGuard, type EchoGuard } from '../observability/scrub.js';
 
 /** Past this many bytes queued for one side, the other side is no longer read until they are written. */
 const HIGH_WATER_BYTES = 1024 * 1024;

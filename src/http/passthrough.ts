@@ -8,11 +8,10 @@ import type {
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
-import { credentialLike, providerSecrets } from '../config/secrets.js';
 import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
-import { Scrubber, StreamMask } from '../observability/scrub.js';
-import type { ProviderRuntime, Runtime } from '../runtime.js';
+import { echoGuard } from '../observability/scrub.js';
+import type { Runtime } from '../runtime.js';
 import { Pool, connectWithin, requestOn } from '../upstream/client.js';
 import { codingOf, decodeBuffer, decoderOf, type Coding } from '../upstream/content-coding.js';
 import { retrieveModel } from './models.js';
@@ -289,7 +288,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           if (k === 'location' && typeof v === 'string' && v.startsWith(upstreamBase)) {
             const rest = v.slice(upstreamBase.length);
             if (rest === '' || rest.startsWith('/') || rest.startsWith('?')) {
-              out[k] = `/v1${rest}`;
+              out[k] = echo === undefined ? `/v1${rest}` : echo.scrub(`/v1${rest}`);
               continue;
             }
           }
@@ -373,37 +372,6 @@ function isTooLarge(err: unknown): boolean {
   for (let e = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++)
     if ((e as Error & { code?: unknown }).code === 'payload_too_large') return true;
   return false;
-}
-
-export interface EchoGuard {
-  readonly mask: StreamMask;
-  readonly scrub: (text: string) => string;
-  /** The secrets as bytes, to find in a message without decoding it (WebSocket messages). */
-  readonly bytes: readonly Buffer[];
-}
-
-/** Per passthrough provider (a reload makes a new one): what of ours it can echo, and how it is hidden. */
-const ECHO_GUARDS = new WeakMap<ProviderRuntime, EchoGuard | null>();
-
-export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | undefined {
-  if (provider === undefined) return undefined;
-  let guard = ECHO_GUARDS.get(provider);
-  if (guard === undefined) {
-    // Placeholders (`none`, vLLM's `EMPTY`) are no credential to find in a successful answer: masked there,
-    // every "none" in a Responses API object became "****". Error bodies are still scrubbed of them.
-    const secrets = providerSecrets(provider.config).filter(credentialLike);
-    const scrubber = new Scrubber(secrets);
-    guard =
-      secrets.length === 0
-        ? null
-        : {
-            mask: new StreamMask(secrets),
-            scrub: (t) => scrubber.scrub(t),
-            bytes: secrets.map((t) => Buffer.from(t)),
-          };
-    ECHO_GUARDS.set(provider, guard);
-  }
-  return guard ?? undefined;
 }
 
 /**

@@ -4,14 +4,16 @@
  * hand it to the client.
  */
 import { Transform } from 'node:stream';
+import { credentialLike, providerSecrets } from '../config/secrets.js';
+import type { ProviderRuntime } from '../runtime.js';
 
 /** What a truncated message ends with (adapters/common.ts truncateMessage). */
 const CUT = '…';
 
 /**
  * Each secret as an echo may spell it: as is, JSON-escaped (a `"` or `\`; a `/` as `\/`, as PHP and some Java
- * encoders write it) and URL-encoded, whichever differ; at least 4 characters; longest first, so a secret
- * that contains another is removed whole.
+ * encoders write it; with `\uXXXX` escapes) and URL-encoded, whichever differ; at least 4 characters; longest
+ * first, so a secret that contains another is removed whole.
  */
 export function secretForms(secrets: readonly string[]): string[] {
   const forms = new Set<string>();
@@ -19,8 +21,20 @@ export function secretForms(secrets: readonly string[]): string[] {
     if (s.length < 4) continue;
     const json = JSON.stringify(s).slice(1, -1);
     forms.add(s).add(json).add(json.replaceAll('/', '\\/')).add(encodeURIComponent(s));
+    // JSON with `\uXXXX` escapes, as encoders write by default: .NET's System.Text.Json `"&'+<>\`` and all past
+    // ASCII (upper-case hex), Go's encoding/json `&<>`, Python's json.dumps all past ASCII (lower-case).
+    forms.add(s.replace(/["&'+<>`\\\u007f-\uffff]/g, (c) => (c === '\\' ? '\\\\' : escapeUnit(c, true))));
+    forms
+      .add(json.replace(/[&<>]/g, (c) => escapeUnit(c)))
+      .add(json.replace(/[\u007f-\uffff]/g, (c) => escapeUnit(c)));
   }
   return [...forms].sort((a, b) => b.length - a.length);
+}
+
+/** One UTF-16 unit as JSON's `\uxxxx`, its hex digits in lower or upper case. */
+function escapeUnit(c: string, upper = false): string {
+  const hex = c.charCodeAt(0).toString(16).padStart(4, '0');
+  return `\\u${upper ? hex.toUpperCase() : hex}`;
 }
 
 export class Scrubber {
@@ -116,4 +130,35 @@ export class StreamMask {
     }
     return keep;
   }
+}
+
+export interface EchoGuard {
+  readonly mask: StreamMask;
+  readonly scrub: (text: string) => string;
+  /** The secrets as bytes, to find in a message without decoding it (WebSocket messages). */
+  readonly bytes: readonly Buffer[];
+}
+
+/** Per provider (a reload makes a new one): what of ours it can echo in an answer, and how that is hidden. */
+const ECHO_GUARDS = new WeakMap<ProviderRuntime, EchoGuard | null>();
+
+export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | undefined {
+  if (provider === undefined) return undefined;
+  let guard = ECHO_GUARDS.get(provider);
+  if (guard === undefined) {
+    // Placeholders (`none`, vLLM's `EMPTY`) are no credential to find in a successful answer: masked there,
+    // every "none" in a Responses API object became "****". Error bodies are still scrubbed of them.
+    const secrets = providerSecrets(provider.config).filter(credentialLike);
+    const scrubber = new Scrubber(secrets);
+    guard =
+      secrets.length === 0
+        ? null
+        : {
+            mask: new StreamMask(secrets),
+            scrub: (t) => scrubber.scrub(t),
+            bytes: secrets.map((t) => Buffer.from(t)),
+          };
+    ECHO_GUARDS.set(provider, guard);
+  }
+  return guard ?? undefined;
 }

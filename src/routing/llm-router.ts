@@ -275,7 +275,9 @@ async function callRouter(
         outcome: 'unparsable',
       });
     }
-    const reason = `llm router: ${parsed.reason || 'no reason given'}`;
+    // The router model's own words: an upstream that echoes our key there must not put it in every answer's
+    // x-router-tier-reason, log line and explain (cached for cache_ttl_s).
+    const reason = `llm router: ${rt.scrubber.scrub(parsed.reason || 'no reason given')}`;
     cache.set(key, { tier: parsed.tier, reason }, gw.now());
     return done({ tier: parsed.tier, reason, outcome: 'chosen' });
   } catch (err) {

@@ -2,6 +2,7 @@
 import type { Classified } from '../resilience/classify.js';
 import { retryAfterFromHeaders } from '../resilience/classify.js';
 import { skipSpace } from '../json-scan.js';
+import { echoGuard } from '../observability/scrub.js';
 import { CompletionBuilder } from '../streaming/completion-chunks.js';
 import { createSseParser } from '../streaming/sse.js';
 import type {
@@ -136,7 +137,10 @@ async function attemptJsonCall(
       reportedCompletion(out.usage) === undefined && chat !== undefined
         ? answerTokens(parseJsonObject(out.body))
         : 0;
-    return { ok: true, usage: out.usage, countedTokens: counted, body: out.body, ttftMs: totalMs, totalMs };
+    // An upstream that echoes its key (a debugging proxy's extra field) must not hand it to the client.
+    const echo = echoGuard(input.upstream.provider);
+    const body = echo === undefined ? out.body : echo.scrub(out.body);
+    return { ok: true, usage: out.usage, countedTokens: counted, body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, input, sig, t0);
   } finally {

@@ -2,6 +2,7 @@
 import type { Classified } from '../resilience/classify.js';
 import { codedError } from '../resilience/classify.js';
 import { withoutBom } from '../json-scan.js';
+import { echoGuard } from '../observability/scrub.js';
 import { chunksOfCompletion } from '../streaming/completion-chunks.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
@@ -187,9 +188,11 @@ async function attemptStreamBody(
     let usage: Usage | undefined;
     let streamError: UpstreamErrorInfo | undefined;
     let ended = false;
+    // An upstream that echoes its key (a debugging proxy's extra field) must not hand it to the client.
+    const echo = echoGuard(upstream.provider);
     const sink: ChunkSink = {
       chunk(json, content) {
-        const frame = dataFrame(json);
+        const frame = dataFrame(echo === undefined ? json : echo.scrub(json));
         if (committed) {
           out += frame;
         } else if (content) {

@@ -39,6 +39,19 @@ describe('secret forms (regression: only the literal spelling was matched)', () 
       expect(s.scrub(`{"echo":"${echo}"}`), echo).toBe('{"echo":"[REDACTED]"}');
   });
 
+
+  it('Scrubber removes a secret as JSON encoders write it with \\u escapes (.NET, Go, Python)', () => {
+    const secret = 'sk+<a&b>\'c`"\\é-9';
+    const s = new Scrubber([secret]);
+    const dotnet = 'sk\\u002B\\u003Ca\\u0026b\\u003E\\u0027c\\u0060\\u0022\\\\\\u00E9-9';
+    const go = 'sk+\\u003ca\\u0026b\\u003e\'c`\\"\\\\é-9';
+    const python = 'sk+<a&b>\'c`\\"\\\\\\u00e9-9';
+    for (const echo of [dotnet, go, python]) {
+      // Each is the secret, as a JSON parser reads it back.
+      expect(JSON.parse(`"${echo}"`)).toBe(secret);
+      expect(s.scrub(`{"echo":"${echo}"}`), echo).toBe('{"echo":"[REDACTED]"}');
+    }
+  });
   it('Scrubber checks the tail of a text cut by a bounded read, said by `cut`', () => {
     const s = new Scrubber([KEY]);
     expect(s.scrub(`body ${KEY.slice(0, 10)}`, true)).toBe('body [REDACTED]');
