@@ -56,8 +56,14 @@ export function createSseParser(
   const parser: EventSourceParser = createParser({
     onEvent: (msg) => onEvent(msg.event, msg.data),
     maxBufferSize: maxEventChars,
-    // Other parse errors (a bad `retry:`, an unknown field) are ignored, as the SSE rules say.
+    // Other parse errors (a bad `retry:`, an unknown field) are ignored, as the SSE rules say, but for one:
+    // llama.cpp's server reports a failure as a line of its own, `error: {...}`, and then still sends
+    // `data: [DONE]`. Ignored, a cut answer would end as a finished one; it is an `error` event.
     onError: (err) => {
+      if (err.type === 'unknown-field' && err.field === 'error') {
+        onEvent('error', err.value ?? '');
+        return;
+      }
       // Thrown out of `feed()`; classified `sse_event_too_large`.
       if (err.type === 'max-buffer-size-exceeded') {
         throw codedError(
