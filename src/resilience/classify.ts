@@ -26,6 +26,9 @@ function statusClass(status: number): Classified {
   // 401/403: our provider key is wrong there, another provider may still answer.
   // 402 too: our account there is out of credit, which another provider does not share.
   if (status === 401 || status === 402 || status === 403) return classified('error', true, reason);
+  // 424: what the request depended on failed, not the request (Hugging Face TGI's failed generation, a
+  // CUDA out of memory): the upstream's fault, as a 5xx is.
+  if (status === 424) return classified('error', true, reason);
   if (status >= 400 && status < 500) return classified('client_error', false, reason);
   // 5xx (529 included), and 1xx/3xx that should never reach us (redirects are not followed).
   return classified('error', true, reason);

@@ -241,6 +241,13 @@ describe('402 payment required (regression: an Anthropic "credit balance too low
   });
 });
 
+describe('424 failed dependency', () => {
+  it("is a retryable error: TGI's failed generation (out of memory) is the upstream's fault, not the request's", () => {
+    expect(classifyStatus(424)).toMatchObject({ outcome: 'error', retryable: true });
+    expect(classifyStatus(422)).toMatchObject({ outcome: 'client_error', retryable: false });
+  });
+});
+
 describe('retryAfterFromHeaders', () => {
   const NOW = Date.UTC(2025, 0, 1, 12, 0, 0);
 
