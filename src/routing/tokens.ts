@@ -94,6 +94,14 @@ const ASCII_MILLI = (() => {
  * (typically within 10 %, worst seen 20 %): tokens per character of each class.
  */
 export function approximateTextTokens(text: string): number {
+  return text.length === 0 ? 0 : Math.max(1, Math.round(fractionalTextTokens(text)));
+}
+
+/**
+ * The estimate unrounded: a short piece of a text (a stream's delta) is a fraction of a token, and the
+ * pieces add up to the whole text's estimate where rounding each would not.
+ */
+export function fractionalTextTokens(text: string): number {
   const len = text.length;
   if (len === 0) return 0;
   const sampled = len > SAMPLE_ABOVE_CHARS;
@@ -121,7 +129,7 @@ export function approximateTextTokens(text: string): number {
     }
   }
   const t = ascii / 1000 + cjk * 0.75 + other * 0.249 + astral * 2.08;
-  return Math.max(1, Math.round(sampled ? (t * len) / (blocks * size) : t));
+  return sampled ? (t * len) / (blocks * size) : t;
 }
 
 function countWith(text: string, exact: boolean): number {

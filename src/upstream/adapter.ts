@@ -3,6 +3,7 @@
  * Chat Completions body, and how to turn the upstream's answer (JSON or SSE events) back into OpenAI shape.
  * Every dialect shares the one SSE parser in streaming/; an adapter only sees parsed events.
  */
+import { fractionalTextTokens } from '../routing/tokens.js';
 
 /** The OpenAI usage object. */
 export interface Usage {
@@ -78,10 +79,13 @@ export type AnswerJson =
 
 export interface ChunkSink {
   /**
-   * One OpenAI `chat.completion.chunk`, as JSON text ready to relay after `data: `. `content` is true when
-   * it carries a content delta (text, tool call, refusal, audio, reasoning): the stream commits there.
+   * One OpenAI `chat.completion.chunk`, as JSON text ready to relay after `data: `. `content`: 0 when it
+   * carries no content delta (text, tool call, refusal, audio, reasoning), else the tokens that content
+   * holds, estimated (`contentWeight`): the stream commits at the first, and one that reports no usage is
+   * counted by them, each chunk at least one token (a server that sends several tokens a chunk, as vLLM's
+   * speculative decoding does, is not counted one a chunk).
    */
-  chunk(json: string, content: boolean): void;
+  chunk(json: string, content: number): void;
   /** Usage reported by the upstream (may come before or inside the final chunk). */
   usage(usage: Usage): void;
   /** The upstream reported an error inside the stream. */
@@ -133,3 +137,11 @@ export interface ChatAdapter {
   /** An upstream error response (status + raw body text) in OpenAI terms. */
   errorInfo(status: number, bodyText: string): UpstreamErrorInfo;
 }
+
+/** A content delta's `ChunkSink.chunk` weight: its tokens estimated, unrounded, and above 0 when it has no text. */
+export function contentWeight(text: string): number {
+  return Math.max(MIN_CONTENT_WEIGHT, fractionalTextTokens(text));
+}
+
+/** What a content delta without text (a tool call's empty start, audio data) weighs: it is content still. */
+const MIN_CONTENT_WEIGHT = 1e-3;

@@ -6,7 +6,13 @@ import { echoGuard } from '../observability/scrub.js';
 import { chunksOfCompletion } from '../streaming/completion-chunks.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
-import type { ChatBody, ChunkSink, UpstreamErrorInfo, Usage } from './adapter.js';
+import {
+  contentWeight,
+  type ChatBody,
+  type ChunkSink,
+  type UpstreamErrorInfo,
+  type Usage,
+} from './adapter.js';
 import { AttemptSignal } from './bounds.js';
 import { parseJsonObject } from './adapters/common.js';
 import type { UpstreamResponse } from './client.js';
@@ -124,7 +130,7 @@ function answerAsChunks(
   if (!Array.isArray(completion.choices)) return undefined;
   if (answer.usage) sink.usage(answer.usage);
   const { chunks, finished } = chunksOfCompletion(completion, input.stream.includeUsage);
-  for (const chunk of chunks) sink.chunk(chunk.json, chunk.content);
+  for (const chunk of chunks) sink.chunk(chunk.json, chunk.content ? contentWeight('') : 0); // counted from its text
   sink.end();
   return { finished, tokens: answer.usage ? undefined : answerTokens(completion) };
 }
@@ -184,7 +190,9 @@ async function attemptStreamBody(
     let pending = '';
     let out = '';
     let ttftMs = 0;
+    /** A stream that reports no usage is counted from its content chunks, each at least one token. */
     let contentChunks = 0;
+    let contentTokens = 0;
     let usage: Usage | undefined;
     let streamError: UpstreamErrorInfo | undefined;
     let ended = false;
@@ -195,7 +203,7 @@ async function attemptStreamBody(
         const frame = dataFrame(echo === undefined ? json : echo.scrub(json));
         if (committed) {
           out += frame;
-        } else if (content) {
+        } else if (content > 0) {
           committed = true;
           ttftMs = input.now() - t0;
           writer.commit(headers());
@@ -209,7 +217,10 @@ async function attemptStreamBody(
               `more than ${MAX_PREAMBLE_CHARS} characters of frames before any content`,
             );
         }
-        if (content) contentChunks++;
+        if (content > 0) {
+          contentChunks++;
+          contentTokens += content;
+        }
       },
       usage(u) {
         usage = u;
@@ -221,6 +232,7 @@ async function attemptStreamBody(
         ended = true;
       },
     };
+    const streamTokens = (): number => Math.max(contentChunks, Math.round(contentTokens));
     const translator = adapter.streamTranslator(sink, input.stream);
     const parser = createSseParser((type, data) => translator.event(type, data));
     /** Undecided until the body's first byte: an upstream that ignored `stream` answers one JSON object. */
@@ -293,7 +305,7 @@ async function attemptStreamBody(
         writer.write(pending);
       }
       writer.end(DONE_FRAME);
-      return { ok: true, usage, countedTokens: json?.tokens ?? contentChunks, ttftMs, totalMs };
+      return { ok: true, usage, countedTokens: json?.tokens ?? streamTokens(), ttftMs, totalMs };
     }
 
     let result: AttemptResult;
@@ -314,7 +326,8 @@ async function attemptStreamBody(
         { committed },
       );
     }
-    if (committed && !result.ok) result = { ...result, relayedTokens: json?.tokens ?? contentChunks, ttftMs };
+    if (committed && !result.ok)
+      result = { ...result, relayedTokens: json?.tokens ?? streamTokens(), ttftMs };
     if (committed && !result.ok && !result.clientGone) {
       const message = streamError
         ? `upstream ${upstream.id} failed mid-stream: ${scrubber.scrub(streamError.message)}`

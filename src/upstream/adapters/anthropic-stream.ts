@@ -1,4 +1,4 @@
-import type { ChunkSink, StreamContext, StreamTranslator } from '../adapter.js';
+import { contentWeight, type ChunkSink, type StreamContext, type StreamTranslator } from '../adapter.js';
 import {
   asString,
   createChunkEncoder,
@@ -147,7 +147,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private onMessageStart(message: unknown): void {
     const m: JsonObject = isObject(message) ? message : {};
     readTokens(m.usage, this.tokens);
-    this.sink.chunk(this.enc(m.id).choice({ role: 'assistant', content: '' }, null), false);
+    this.sink.chunk(this.enc(m.id).choice({ role: 'assistant', content: '' }, null), 0);
   }
 
   private onBlockStart(index: unknown, block: unknown): void {
@@ -176,7 +176,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       type: 'function',
       function: { name: asString(block.name) ?? '', arguments: '' },
     };
-    this.sink.chunk(this.enc().choice({ tool_calls: [call] }, null), true);
+    this.sink.chunk(this.enc().choice({ tool_calls: [call] }, null), contentWeight(call.function.name));
   }
 
   private onBlockDelta(index: unknown, delta: unknown): void {
@@ -191,7 +191,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       if (typeof text !== 'string' || text === '') return;
       const held = this.thinking;
       if (held !== undefined && held.block === index && this.holdThinking(text.length)) held.text += text;
-      this.sink.chunk(this.enc().choice({ reasoning_content: text }, null), true);
+      this.sink.chunk(this.enc().choice({ reasoning_content: text }, null), contentWeight(text));
       return;
     }
     if (delta.type === 'signature_delta') {
@@ -239,7 +239,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     const blocks = this.thinkingBlocks;
     this.thinkingBlocks = undefined;
     if (blocks !== undefined && blocks.length > 0)
-      this.sink.chunk(this.enc().choice({ thinking_blocks: blocks }, null), true);
+      this.sink.chunk(this.enc().choice({ thinking_blocks: blocks }, null), contentWeight(''));
   }
 
   /**
@@ -258,12 +258,12 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private arguments(k: number, part: string): void {
     this.sink.chunk(
       this.enc().choice({ tool_calls: [{ index: k, function: { arguments: part } }] }, null),
-      true,
+      contentWeight(part),
     );
   }
 
   private text(content: string): void {
-    this.sink.chunk(this.enc().choice({ content }, null), true);
+    this.sink.chunk(this.enc().choice({ content }, null), contentWeight(content));
   }
 
   private onMessageDelta(msg: JsonObject): void {
@@ -275,7 +275,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       this.closeTool();
       this.offerThinking();
       this.finishSent = true;
-      this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), false);
+      this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), 0);
     }
     this.usageReported = true;
     const usage = toOpenAiUsage(this.tokens);
@@ -289,11 +289,11 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     // A stream that never said why it stopped still ends with a finish_reason, as OpenAI's always do.
     if (!this.finishSent) {
       this.offerThinking();
-      this.sink.chunk(this.enc().choice({}, 'stop'), false);
+      this.sink.chunk(this.enc().choice({}, 'stop'), 0);
     }
     if (usage && !this.usageReported) this.sink.usage(usage);
     // No count at all from the upstream: no usage chunk, rather than one of zeros (as a relayed stream would).
-    if (this.ctx.includeUsage && usage) this.sink.chunk(this.enc().usage(usage), false);
+    if (this.ctx.includeUsage && usage) this.sink.chunk(this.enc().usage(usage), 0);
     this.sink.end();
   }
 

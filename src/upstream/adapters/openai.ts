@@ -10,7 +10,7 @@ import type {
   UpstreamErrorInfo,
   Usage,
 } from '../adapter.js';
-import { UNREPORTED } from '../adapter.js';
+import { UNREPORTED, contentWeight } from '../adapter.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
 import {
@@ -95,7 +95,7 @@ export const openaiAdapter: ChatAdapter = {
           });
           return;
         }
-        sink.chunk(data, hasContentDelta(obj));
+        sink.chunk(data, contentTokens(obj));
       },
     };
   },
@@ -162,20 +162,48 @@ function bearer(provider: AdapterProvider, into: Record<string, string>): void {
  * commits to its upstream. Audio and reasoning can run for megabytes before any text: held back, they
  * reached the client only at the end, or failed over as `preamble_too_large`.
  */
-function hasContentDelta(chunk: Record<string, unknown>): boolean {
+/** A chunk's content delta in tokens, estimated (`contentWeight`); 0 when it has none (ChunkSink.chunk). */
+function contentTokens(chunk: Record<string, unknown>): number {
   const choices = chunk.choices;
-  if (!Array.isArray(choices)) return false;
+  if (!Array.isArray(choices)) return 0;
+  let content = false;
+  let text = '';
   for (const choice of choices) {
     const delta = (choice as { delta?: Record<string, unknown> } | null)?.delta;
     if (!delta) continue;
-    if (nonEmpty(delta.content) || nonEmpty(delta.refusal)) return true;
-    if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) return true;
-    if (delta.function_call != null) return true;
+    for (const key of DELTA_TEXTS) {
+      const v = delta[key];
+      if (nonEmpty(v)) {
+        content = true;
+        text += v as string;
+      }
+    }
+    const calls = delta.tool_calls;
+    if (Array.isArray(calls) && calls.length > 0) {
+      content = true;
+      for (const call of calls) text += callText((call as { function?: unknown } | null)?.function);
+    }
+    if (delta.function_call != null) {
+      content = true;
+      text += callText(delta.function_call);
+    }
     const audio = delta.audio as { transcript?: unknown; data?: unknown } | null | undefined;
-    if (audio != null && (nonEmpty(audio.transcript) || nonEmpty(audio.data))) return true;
-    if (nonEmpty(delta.reasoning_content) || nonEmpty(delta.reasoning)) return true;
+    if (audio != null && (nonEmpty(audio.transcript) || nonEmpty(audio.data))) {
+      content = true;
+      if (nonEmpty(audio.transcript)) text += audio.transcript as string;
+    }
   }
-  return false;
+  return content ? contentWeight(text) : 0;
+}
+
+/** The delta fields that carry an answer's text (reasoning servers' as well as OpenAI's). */
+const DELTA_TEXTS = ['content', 'refusal', 'reasoning_content', 'reasoning'] as const;
+
+/** A tool call's name and arguments fragments, as text to count. */
+function callText(fn: unknown): string {
+  if (fn === null || typeof fn !== 'object') return '';
+  const { name, arguments: args } = fn as { name?: unknown; arguments?: unknown };
+  return (typeof name === 'string' ? name : '') + (typeof args === 'string' ? args : '');
 }
 
 function nonEmpty(v: unknown): boolean {

@@ -44,7 +44,7 @@ function recorder(): { sink: ChunkSink; out: Out[] } {
   return {
     out,
     sink: {
-      chunk: (json, content) => out.push({ kind: 'chunk', json, content }),
+      chunk: (json, content) => out.push({ kind: 'chunk', json, content: content > 0 }),
       usage: (usage) => out.push({ kind: 'usage', usage }),
       error: (err) => out.push({ kind: 'error', err }),
       end: () => out.push({ kind: 'end' }),

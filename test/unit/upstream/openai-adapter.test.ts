@@ -8,7 +8,7 @@ function collect() {
   const errors: UpstreamErrorInfo[] = [];
   let ended = false;
   const sink: ChunkSink = {
-    chunk: (json, content) => chunks.push({ json, content }),
+    chunk: (json, content) => chunks.push({ json, content: content > 0 }),
     usage: (u) => usages.push(u),
     error: (e) => errors.push(e),
     end: () => (ended = true),
