@@ -187,10 +187,10 @@ export function lastUserText(messages: readonly unknown[]): string {
     if (m.role !== 'user') continue;
     if (typeof m.content === 'string') return m.content;
     if (Array.isArray(m.content)) {
+      // Its text parts: an image or a file between them is no text (a space for one broke `^` and `\?$` rules).
       return m.content
-        .map((p) =>
-          (p as { type?: unknown }).type === 'text' ? String((p as { text?: unknown }).text ?? '') : '',
-        )
+        .filter((p) => (p as { type?: unknown } | null)?.type === 'text')
+        .map((p) => String((p as { text?: unknown }).text ?? ''))
         .join(' ');
     }
     return '';
