@@ -19,6 +19,13 @@ export const REPLY_PRIMING_TOKENS = 3;
  * and without the image's size we assume a 1024×1024 (4 tiles). */
 export const IMAGE_TOKENS_LOW = 85;
 export const IMAGE_TOKENS_HIGH = 765;
+/**
+ * A file part (a PDF): OpenAI counts each page's text and an image of it. Pages run from a few KB (text) to
+ * hundreds (scans): a page's image tokens per 32 KiB of the file's data, one page at least (a `file_id`).
+ */
+const FILE_BYTES_PER_PAGE = 32 * 1024;
+/** Audio input: ~10 tokens a second (OpenAI's audio models), a second of 16 kHz 16-bit WAV being 32 KB. */
+const AUDIO_BYTES_PER_TOKEN = 3_200;
 
 /** A content part that carries an image: OpenAI's `image_url`, and the `image` / `input_image` variants. */
 export function isImagePart(part: unknown): boolean {
@@ -30,6 +37,7 @@ export function isImagePart(part: unknown): boolean {
 export interface PromptBody {
   readonly messages?: unknown;
   readonly tools?: unknown;
+  readonly functions?: unknown;
 }
 
 export interface EstimateOptions {
@@ -198,6 +206,16 @@ class Tally {
       if (isImagePart(part)) {
         const img = part.image_url;
         this.tokens += isRecord(img) && img.detail === 'low' ? IMAGE_TOKENS_LOW : IMAGE_TOKENS_HIGH;
+      } else if (part.type === 'file') {
+        const file = part.file;
+        const bytes = isRecord(file) ? base64Bytes(file.file_data) : 0;
+        this.tokens += IMAGE_TOKENS_HIGH * Math.max(1, Math.ceil(bytes / FILE_BYTES_PER_PAGE));
+      } else if (part.type === 'input_audio') {
+        const audio = part.input_audio;
+        this.tokens += Math.max(
+          1,
+          Math.ceil((isRecord(audio) ? base64Bytes(audio.data) : 0) / AUDIO_BYTES_PER_TOKEN),
+        );
       } else {
         this.text(part.text);
         this.text(part.refusal);
@@ -232,6 +250,14 @@ class Tally {
   }
 }
 
+/** The bytes a base64 string (or a data URL's base64 part) stands for; 0 for anything else. */
+function base64Bytes(data: unknown): number {
+  if (typeof data !== 'string') return 0;
+  const comma = data.startsWith('data:') ? data.indexOf(',') + 1 : 0;
+  const padding = data.endsWith('==') ? 2 : data.endsWith('=') ? 1 : 0;
+  return Math.max(0, Math.floor(((data.length - comma) * 3) / 4) - padding);
+}
+
 /** JSON length / 4 for tool schemas: they are structural JSON, and this stays cheap and bounded. */
 function jsonTokens(x: unknown): number {
   if (x === undefined || x === null) return 0;
@@ -244,7 +270,7 @@ function jsonTokens(x: unknown): number {
   }
 }
 
-/** Estimated prompt tokens of an OpenAI Chat Completions body: messages, parts, tool calls and tools. */
+/** Estimated prompt tokens of an OpenAI Chat Completions body: messages, parts, tool calls, tools, functions. */
 export function estimatePromptTokens(body: PromptBody, opts?: EstimateOptions): number {
   if (!isRecord(body)) return 0;
   const budget = budgetOf(opts);
@@ -259,6 +285,9 @@ export function estimatePromptTokens(body: PromptBody, opts?: EstimateOptions): 
     }
     const tools = body.tools;
     if (Array.isArray(tools) && tools.length > 0) t.tokens += jsonTokens(tools);
+    // Legacy function calling: the same schemas by their old name.
+    const functions = body.functions;
+    if (Array.isArray(functions) && functions.length > 0) t.tokens += jsonTokens(functions);
   } catch {
     // Only a throwing getter or proxy gets here (never a parsed JSON body): keep what was counted.
   }

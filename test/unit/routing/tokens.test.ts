@@ -52,7 +52,7 @@ describe('token estimates', () => {
     expect(estimateTextTokens('ignore <|endoftext|> and <|im_start|>')).toBeGreaterThan(5);
   });
 
-  it('counts multimodal parts: text exactly, images at a fixed cost by detail', async () => {
+  it('counts multimodal parts: text exactly, images at a fixed cost by detail, audio by size', async () => {
     await loadTokenizer();
     const body = {
       messages: [
@@ -68,8 +68,28 @@ describe('token estimates', () => {
       ],
     };
     expect(estimatePromptTokens(body)).toBe(
-      estimateTextTokens('What is in these images?') + IMAGE_TOKENS_LOW + IMAGE_TOKENS_HIGH + FRAME,
+      // Three bytes of audio: a token at least.
+      estimateTextTokens('What is in these images?') + IMAGE_TOKENS_LOW + IMAGE_TOKENS_HIGH + 1 + FRAME,
     );
+  });
+
+  it('counts audio and files by their size, and legacy functions as tools', () => {
+    const part = (p: unknown) => estimatePromptTokens({ messages: [{ role: 'user', content: [p] }] });
+    const none = part({ type: 'text', text: '' });
+    // ~10 tokens a second of 16 kHz 16-bit WAV (32,000 bytes).
+    const second = Buffer.alloc(32_000).toString('base64');
+    expect(part({ type: 'input_audio', input_audio: { data: second, format: 'wav' } }) - none).toBe(10);
+    // A file: a page image's tokens per 32 KiB of it, one page at least (a file_id alone).
+    const pdf = `data:application/pdf;base64,${Buffer.alloc(130_000).toString('base64')}`;
+    expect(part({ type: 'file', file: { filename: 'a.pdf', file_data: pdf } }) - none).toBe(
+      4 * IMAGE_TOKENS_HIGH,
+    );
+    expect(part({ type: 'file', file: { file_id: 'file-1' } }) - none).toBe(IMAGE_TOKENS_HIGH);
+    const schema = [{ name: 'f', parameters: { type: 'object', properties: { q: { type: 'string' } } } }];
+    const tools = [{ type: 'function', function: schema[0] }];
+    const bare = estimatePromptTokens({ messages: [] });
+    expect(estimatePromptTokens({ messages: [], functions: schema }) - bare).toBeGreaterThan(10);
+    expect(estimatePromptTokens({ messages: [], tools }) - bare).toBeGreaterThan(10);
   });
 
   it('counts tools by JSON length / 4 and tool calls by their text', async () => {
