@@ -3,6 +3,7 @@ import yaml from 'js-yaml';
 import type { z } from 'zod';
 import { configSchema, type Config, type TargetConfig, type TierName } from './schema.js';
 import { basicAuth, collectSecrets, hasHeader } from './secrets.js';
+import { ruleRegex } from '../routing/tiers.js';
 
 /** A config file larger than this is refused before it is parsed. */
 export const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -352,7 +353,7 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
       route.rules?.forEach((rule, k) => {
         if (rule.if.last_user_message !== undefined) {
           try {
-            new RegExp(rule.if.last_user_message, 'i');
+            ruleRegex(rule.if.last_user_message);
           } catch {
             issues.push(`${base}.rules[${k}].if.last_user_message: invalid regular expression`);
           }

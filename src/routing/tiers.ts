@@ -15,10 +15,23 @@ function regexOf(rule: RuleConfig): RegExp | undefined {
   if (src === undefined) return undefined;
   let re = compiled.get(rule);
   if (!re) {
-    re = new RegExp(src, 'gi'); // g: matchClearOfCut walks the matches
+    re = ruleRegex(src, 'g'); // g: matchClearOfCut walks the matches
     compiled.set(rule, re);
   }
   return re;
+}
+
+/**
+ * A rule's `last_user_message` pattern, case-insensitive; with Unicode semantics (`\p{Script=Cyrillic}`, an
+ * emoji as one character) when it is valid so, else as written (a lax `[\w-.]` that `u` refuses still loads).
+ * Throws when it is no regular expression at all.
+ */
+export function ruleRegex(src: string, flags = ''): RegExp {
+  try {
+    return new RegExp(src, `${flags}iu`);
+  } catch {
+    return new RegExp(src, `${flags}i`);
+  }
 }
 
 /** Whether `re` (global) matches `text` other than against the cut at its `end` or `start`. */
