@@ -54,25 +54,32 @@ function finish(
   signal: Abort | undefined,
 ): ChatDecision {
   const plan = planTier(gw, rt, route, hdrs, features, strategy, tier, signal);
-  // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
-  // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to default_tier.
-  const fallback = plan.refusal ? defaultTierFor(route, tier, plan.refusal.message) : undefined;
   let decision: ChatDecision = { route, hdrs, features, strategy, tier, plan };
-  if (fallback) {
-    const second = planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
-    if (!second.refusal) decision = { route, hdrs, features, strategy, tier: fallback, plan: second };
-  } else if (plan.refusal && tier.routerWouldAsk) {
-    // Explain: the live request's router may pick a tier that can take what default_tier cannot (the router's
-    // prompt names tools and images): the first such tier is shown, not a refusal the request would not get.
-    for (const name of TIER_NAMES) {
-      const targets = route.tiers?.[name];
-      if (name === tier.tier || !targets?.length) continue;
-      const reason = `${tier.reason}; default_tier cannot take it (${plan.refusal.message}): the router's pick decides, ${name} can`;
-      const alt: TierSelection = { ...tier, targets, tier: name, reason };
-      const other = planTier(gw, rt, route, hdrs, features, strategy, alt, signal);
-      if (!other.refusal) {
-        decision = { route, hdrs, features, strategy, tier: alt, plan: other };
-        break;
+  if (plan.refusal && (tier.byRouter === true || tier.routerWouldAsk === true)) {
+    // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
+    // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to
+    // default_tier, and when that cannot either, to the first tier that can. Explain, where default_tier
+    // stands in for a pick the live router would make (its prompt names tools and images), shows that tier.
+    const fallback = tier.byRouter === true ? defaultTierFor(route, tier, plan.refusal.message) : undefined;
+    const second = fallback && planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
+    if (fallback && second && !second.refusal) {
+      decision = { route, hdrs, features, strategy, tier: fallback, plan: second };
+    } else {
+      const cannot = fallback
+        ? `${tier.tier} and default_tier cannot take it`
+        : 'default_tier cannot take it';
+      for (const name of TIER_NAMES) {
+        const targets = route.tiers?.[name];
+        if (name === tier.tier || name === fallback?.tier || !targets?.length) continue;
+        const reason = tier.routerWouldAsk
+          ? `${tier.reason}; ${cannot} (${plan.refusal.message}): the router's pick decides, ${name} can`
+          : `${tier.reason}; ${cannot} (${plan.refusal.message}): ${name} can`;
+        const alt: TierSelection = { ...tier, targets, tier: name, reason };
+        const other = planTier(gw, rt, route, hdrs, features, strategy, alt, signal);
+        if (!other.refusal) {
+          decision = { route, hdrs, features, strategy, tier: alt, plan: other };
+          break;
+        }
       }
     }
   }
