@@ -148,9 +148,10 @@ async function attemptJsonCall(
   }
 }
 
-/** Embeddings usage: prompt tokens only. */
+/** Embeddings usage: prompt tokens only (Voyage reports only `total_tokens`: every one is a prompt token). */
 function embeddingUsage(json: unknown): Usage | undefined {
-  const n = tokenCount((json as { usage?: { prompt_tokens?: unknown } } | null)?.usage?.prompt_tokens);
+  const u = (json as { usage?: { prompt_tokens?: unknown; total_tokens?: unknown } } | null)?.usage;
+  const n = tokenCount(u?.prompt_tokens) ?? tokenCount(u?.total_tokens);
   return n !== undefined ? { prompt_tokens: n, completion_tokens: 0, total_tokens: n } : undefined;
 }
 
@@ -159,7 +160,7 @@ function embeddingUsage(json: unknown): Usage | undefined {
  * is parsed (an embeddings answer can be megabytes of floats).
  */
 export function attemptPlainJson(
-  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream'>,
+  input: Pick<AttemptInput, 'clientSignal' | 'deadline' | 'now' | 'upstream' | 'maxBodyBytes'>,
   prepared: PreparedRequest,
 ): Promise<AttemptResult> {
   return attemptJsonCall(input, prepared, (text) => embeddingsAnswerText(text, embeddingUsage));
