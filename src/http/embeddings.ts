@@ -8,6 +8,7 @@ import { APPROXIMATE, estimateTextTokens } from '../routing/tokens.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
 import { openaiHeaders, stringifyWithModel } from '../upstream/adapters/openai.js';
+import { MAX_JSON_BODY_BYTES } from '../upstream/attempt.js';
 import { attemptPlainJson } from '../upstream/attempt-json.js';
 import { CLIENT_CLOSED_REQUEST, clientGoneSignal, failoverOptions, ownReply, shutdownError } from './chat.js';
 import { answerJson, type Answered, failRequest, reportRequest, type RequestContext } from './report.js';
@@ -39,6 +40,23 @@ function inputTokens(input: unknown): { total: number; largest: number } {
   return { total, largest };
 }
 
+/**
+ * The largest answer this request can get: each input's vector as float JSON (~24 bytes a number, at most
+ * 4,096 numbers unless `dimensions` says) — 2,048 inputs of a 3,072-dimension model are ~75 MB — and never
+ * less than any JSON answer's bound, nor more than 256 MiB.
+ */
+function answerBound(body: { input?: unknown; dimensions?: unknown }): number {
+  const inputs = Array.isArray(body.input) && typeof body.input[0] !== 'number' ? body.input.length : 1;
+  const dims =
+    typeof body.dimensions === 'number' && body.dimensions > 0
+      ? Math.min(body.dimensions, MAX_DIMENSIONS)
+      : MAX_DIMENSIONS;
+  return Math.min(MAX_ANSWER_BYTES, Math.max(MAX_JSON_BODY_BYTES, inputs * dims * 24 + 1024 * 1024));
+}
+
+const MAX_DIMENSIONS = 4_096;
+const MAX_ANSWER_BYTES = 256 * 1024 * 1024;
+
 /** Embeddings go through the same engine as chat: strategy, breakers, failover; answers relayed as they are. */
 async function handleEmbeddings(
   gw: Gateway,
@@ -53,6 +71,7 @@ async function handleEmbeddings(
   if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
   const strategy = hdrs.strategy ?? route.strategy;
   const tokens = inputTokens(body.input);
+  const maxBodyBytes = answerBound(body);
   const plan = planRequest(route, route.targets, embeddingsFeatures(tokens.total, tokens.largest), {
     strategy,
     provider: hdrs.provider,
@@ -87,7 +106,7 @@ async function handleEmbeddings(
         const up = target.candidate.upstream;
         const headers = openaiHeaders(up.provider.adapterProvider);
         return attemptPlainJson(
-          { upstream: up, clientSignal, deadline: opts.deadline, now: gw.now },
+          { upstream: up, clientSignal, deadline: opts.deadline, now: gw.now, maxBodyBytes },
           { path: '/embeddings', headers, body: stringifyWithModel(body, up.upstreamModel) },
         );
       },
