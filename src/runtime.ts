@@ -208,6 +208,13 @@ export class Runtime {
     for (const [key, f] of [...shared.fits]) if (!fits.has(f)) shared.fits.delete(key);
 
     const fallback = strategyOf(config.routing.default_strategy, 'hybrid');
+    // A route's kind is its configured models' (load.ts refuses a mix), disabled providers' too: an
+    // embeddings route whose only provider has no key is a dark embeddings route, not a chat one.
+    const embeddingModels = new Set(
+      config.providers.flatMap((p) =>
+        p.models.filter((m) => m.capabilities.includes('embeddings')).map((m) => `${p.name}/${m.name}`),
+      ),
+    );
     for (const [name, rc] of Object.entries(config.routes)) {
       const s = strategyOf(rc.strategy, fallback.name);
       const w =
@@ -230,7 +237,9 @@ export class Runtime {
         defaultTier: rc.default_tier,
         router: rc.router,
         onStreamFailure: rc.on_stream_failure,
-        embeddings: targets.some((t) => t.upstream.embeddings),
+        embeddings: (rc.targets ?? Object.values(rc.tiers ?? {}).flat()).some(
+          (t) => t !== undefined && embeddingModels.has(targetName(t)),
+        ),
         direct: false,
         rotation: previous?.routes.get(name)?.rotation ?? 0,
         ...(tiers ? { tierRotation: new Map(previous?.routes.get(name)?.tierRotation) } : {}),
