@@ -54,6 +54,11 @@ function f2(x: number): string {
   return fixed(x, 2);
 }
 
+/** A weight as it counts, to three decimals at most: 0.4, 0.333. */
+function fmtWeight(w: number): string {
+  return String(Math.round(w * 1000) / 1000);
+}
+
 /** "hybrid 0.93 = cost $0.000120 -> 1.00 x 0.5 + latency 212 ms -> 0.80 x 0.3 + reliability 99% -> 1.00 x 0.2". */
 class HybridReason implements ReasonSource {
   constructor(
@@ -79,19 +84,19 @@ class HybridReason implements ReasonSource {
       ' -> ' +
       f2(this.fc) +
       ' x ' +
-      this.wc +
+      fmtWeight(this.wc) +
       ' + latency ' +
       (Number.isNaN(this.latMs) ? 'unmeasured' : fmtMs(this.latMs)) +
       ' -> ' +
       f2(this.fl) +
       ' x ' +
-      this.wl +
+      fmtWeight(this.wl) +
       ' + reliability ' +
       fmtPct(this.relRate) +
       ' -> ' +
       f2(this.fr) +
       ' x ' +
-      this.wr
+      fmtWeight(this.wr)
     );
   }
 }
@@ -163,7 +168,9 @@ export function hybridStrategy<C extends CandidateView>(
     it.raw = s;
     if (split && !measured) it.group = GROUP_LAST;
     else if (s > bestScore) bestScore = s;
-    it.reason = new HybridReason(s, cost[i]!, fc, lat[i]!, fl, rel[i]!, fr, wc, wl, wr);
+    // The weights as they count (relative: 2/2/1 is 0.4/0.4/0.2), so the reason's terms add up to its score.
+    const k = sumW > 0 ? 1 / sumW : 0;
+    it.reason = new HybridReason(s, cost[i]!, fc, lat[i]!, fl, rel[i]!, fr, wc * k, wl * k, wr * k);
   }
   // Rescale so the best ranked candidate scores exactly 1, as every strategy's scores do.
   for (let i = 0; i < n; i++) {

@@ -286,9 +286,13 @@ export function fixed(x: number, digits: number): string {
   return sign + whole + '.' + frac;
 }
 
-/** Dollars with 6 decimals: request costs are fractions of a cent. */
+/**
+ * Dollars with 6 decimals: request costs are fractions of a cent. Below a tenth of a cent, three significant
+ * digits ("$1.30e-7"): two candidates scored apart must not both read $0.000000.
+ */
 export function fmtUsd(x: number): string {
-  return Number.isFinite(x) ? '$' + fixed(x, 6) : '$?';
+  if (!Number.isFinite(x)) return '$?';
+  return x !== 0 && Math.abs(x) < 1e-3 ? '$' + x.toPrecision(3) : '$' + fixed(x, 6);
 }
 
 /** A per-million-token price: "$0.15/M", "$0.075/M". */
