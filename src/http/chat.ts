@@ -66,6 +66,7 @@ export function failoverOptions(
   routeName: string,
   startedAt: number,
   reqId: string,
+  choices = 1,
 ): FailoverOptions {
   const routing = rt.loaded.config.routing;
   return {
@@ -77,6 +78,7 @@ export function failoverOptions(
     logger: gw.logger,
     scrubber: rt.scrubber,
     reqId,
+    choices,
   };
 }
 
@@ -146,7 +148,7 @@ async function handleChat(
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
   const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
-  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id);
+  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, features.choices);
   const includeUsage =
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);

@@ -30,6 +30,11 @@ export interface FailoverOptions {
   readonly scrubber: { scrub(text: string): string };
   /** The client request's id, for the log line of each failed attempt (none for the LLM router's call). */
   readonly reqId?: string;
+  /**
+   * Completions in each answer (`n`; 1 when absent): statistics are per completion, so an answer of `n`
+   * choices teaches its upstream's pace and mean output as one of them would.
+   */
+  readonly choices?: number;
 }
 
 /** How much of an upstream's error message a failed attempt's log line keeps. */
@@ -211,6 +216,7 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
     const outputTokens =
       reportedCompletion(result.usage) ?? (result.countedTokens > 0 ? result.countedTokens : undefined);
     up.stats.recordSuccess({
+      choices: opts.choices ?? 1,
       ttftMs: result.ttftMs,
       totalMs: result.totalMs,
       outputTokens,

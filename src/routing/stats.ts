@@ -10,8 +10,14 @@ export interface SuccessSample {
   /** Time to first token (streamed) or to the full response (non-streamed), ms. */
   readonly ttftMs: number;
   readonly totalMs: number;
+  /** The whole answer's completion tokens, all its choices'. */
   readonly outputTokens: number | undefined;
   readonly streamed: boolean;
+  /**
+   * Completions in the answer (`n`; 1 when absent), written side by side: the mean output and the pace are
+   * per completion, as an `n: 1` answer teaches them (cost.ts multiplies the mean by the next request's `n`).
+   */
+  readonly choices?: number;
 }
 
 export interface UpstreamStatsOptions {
@@ -278,10 +284,11 @@ export class UpstreamStats implements UpstreamStatsView {
     this.#decayCounts(now);
     this.#okWeight += 1;
 
-    const out = s.outputTokens;
-    const hasOut = isMs(out);
+    const whole = s.outputTokens;
+    const hasOut = isMs(whole);
+    const out = hasOut ? whole / Math.max(1, s.choices ?? 1) : 0;
     if (hasOut) {
-      this.#outputTokens += out;
+      this.#outputTokens += whole;
       this.#meanOut = this.#outSamples === 0 ? out : this.#ewma(this.#meanOut, out);
       this.#outSamples++;
     }
