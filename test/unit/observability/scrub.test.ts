@@ -39,7 +39,6 @@ describe('secret forms (regression: only the literal spelling was matched)', () 
       expect(s.scrub(`{"echo":"${echo}"}`), echo).toBe('{"echo":"[REDACTED]"}');
   });
 
-
   it('Scrubber removes a secret as JSON encoders write it with \\u escapes (.NET, Go, Python)', () => {
     const secret = 'sk+<a&b>\'c`"\\é-9';
     const s = new Scrubber([secret]);
