@@ -250,7 +250,8 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
       break;
     case 'timeout':
       up.breaker.onFailure(permit, 'timeout');
-      up.stats.recordFailure('timeout');
+      if (c.reason === 'first_byte_timeout') up.stats.recordTimeout(result.totalMs);
+      else up.stats.recordFailure('timeout');
       break;
     default:
       up.breaker.onFailure(permit, 'error');

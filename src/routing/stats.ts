@@ -119,10 +119,16 @@ class PeakEwma {
 
   observe(x: number, now: number): void {
     const first = this.samples === 0;
-    this.#base = first ? x : this.#base + this.alpha * (x - this.#base);
-    if (first || x > this.#peak) {
+    if (first) {
+      this.#base = x;
+      this.#peak = x;
+    } else if (x > this.#peak) {
+      // Taken at once as the peak, but not into the average it relaxes to: one slow answer relaxes back to
+      // where the upstream was, not to an average it raised (20 ms and one 400 ms relaxed to 58 ms, benching
+      // a fast upstream until it went stale a minute later). A slowdown that lasts shows at its next sample.
       this.#peak = x;
     } else {
+      this.#base += this.alpha * (x - this.#base);
       const dt = now > this.at ? now - this.at : 0;
       const w = Math.min(Math.exp(-dt / this.decayMs), 1 - this.alpha);
       this.#peak = this.#peak * w + x * (1 - w);
@@ -149,7 +155,8 @@ export class UpstreamStats implements UpstreamStatsView {
   #samples = 0;
   /** Time to first token, ms: peak-EWMA. */
   readonly #ttft: PeakEwma;
-  #latency = 0;
+  /** A whole attempt's time, ms: peak-EWMA too, or one slow answer held it up for minutes (alpha 0.1 a sample). */
+  readonly #latency: PeakEwma;
   /**
    * Generation time per output token, ms (the reciprocal of tokens/s): peak-EWMA too, so an upstream whose
    * generation slows down looks slow at its next answer, not ten answers later.
@@ -182,6 +189,7 @@ export class UpstreamStats implements UpstreamStatsView {
     const a = opts.alpha;
     this.#alpha = a !== undefined && a > 0 && a <= 1 ? a : DEFAULT_ALPHA;
     this.#ttft = new PeakEwma(this.#alpha, this.#peakDecayMs);
+    this.#latency = new PeakEwma(this.#alpha, this.#peakDecayMs);
     this.#msPerToken = new PeakEwma(this.#alpha, this.#peakDecayMs);
     this.#countsAt = now();
   }
@@ -206,7 +214,8 @@ export class UpstreamStats implements UpstreamStatsView {
 
   get latencyMs(): number | undefined {
     const r = this.#remote;
-    return blend(this.#latency, this.#samples, r?.latencyMs ?? 0, r?.samples ?? 0);
+    const local = this.#samples > 0 ? this.#latency.value(this.#now()) : 0;
+    return blend(local, this.#samples, r?.latencyMs ?? 0, r?.samples ?? 0);
   }
 
   get tokensPerSec(): number | undefined {
@@ -249,7 +258,7 @@ export class UpstreamStats implements UpstreamStatsView {
     return {
       samples: this.#samples,
       ttftMs: this.#samples > 0 ? this.#ttft.value(now) : 0,
-      latencyMs: this.#latency,
+      latencyMs: this.#samples > 0 ? this.#latency.value(now) : 0,
       tpsSamples: this.#msPerToken.samples,
       tokensPerSec: this.#localTps(now),
       outSamples: this.#outSamples,
@@ -296,9 +305,8 @@ export class UpstreamStats implements UpstreamStatsView {
     let ttft = s.ttftMs;
     const total = s.totalMs;
     if (!isMs(ttft) || !isMs(total)) return;
-    const first = this.#samples === 0;
     this.#samples++;
-    this.#latency = first ? total : this.#ewma(this.#latency, total);
+    this.#latency.observe(total, now);
 
     if (s.streamed) {
       // Throughput needs at least 2 tokens and a positive generation time to mean anything.
@@ -310,6 +318,19 @@ export class UpstreamStats implements UpstreamStatsView {
       ttft = Math.max(0, total - out * this.#msPerToken.value(now));
     }
     this.#ttft.observe(ttft, now);
+  }
+
+  /**
+   * A first byte that did not come within first_byte_ms: a timeout, and a first token at least that slow,
+   * taken at once as the peak (SPEC §2: latency reacts at once to a slow outlier), so the next requests do
+   * not each wait out the same timeout before failing over. Unmeasured, it stays unmeasured.
+   */
+  recordTimeout(waitedMs: number): void {
+    this.recordFailure('timeout');
+    if (this.#samples === 0 || !isMs(waitedMs)) return;
+    const now = this.#now();
+    this.#ttft.observe(waitedMs, now);
+    this.#latency.observe(waitedMs, now);
   }
 
   recordFailure(kind: FailureKind): void {

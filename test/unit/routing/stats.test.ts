@@ -65,7 +65,7 @@ describe('UpstreamStats', () => {
       expect(s.ttftMs).toBeLessThan(100.5);
     });
 
-    it('relaxes towards the plain average while no sample comes, so a once-slow upstream is tried again', () => {
+    it('relaxes to where it was before one slow answer while no sample comes, so it is tried again', () => {
       // Under `latency` an upstream that looks slow gets no traffic, hence no sample to bring it down: the
       // estimate must come down by itself (before, it stayed at the peak until the 60 s staleness limit).
       const clock = manualClock();
@@ -73,7 +73,9 @@ describe('UpstreamStats', () => {
       for (let i = 0; i < 20; i++) s.recordSuccess(ok(5));
       s.recordSuccess(ok(300)); // one slow answer: taken at once
       expect(s.ttftMs).toBe(300);
-      const base = 5 + 0.1 * (300 - 5); // the plain EWMA of the same samples
+      // ... but not into the average it relaxes to: that stays where the upstream was (with it, 20 ms and
+      // one 400 ms relaxed to 58 ms and benched a fast upstream until it went stale a minute later).
+      const base = 5;
       clock.advance(10_000);
       expect(s.ttftMs).toBeCloseTo(base + (300 - base) * Math.exp(-1), 6);
       expect(s.snapshot().ttftMs).toBeCloseTo(s.ttftMs!, 1);
@@ -85,7 +87,7 @@ describe('UpstreamStats', () => {
     });
   });
 
-  it('keeps latency and output tokens as plain EWMAs, time per token as a peak-EWMA', () => {
+  it('keeps output tokens as a plain EWMA, latency and time per token as peak-EWMAs', () => {
     const clock = manualClock();
     const s = new UpstreamStats(clock.now, { alpha: 0.5 });
     s.recordSuccess(ok(100, 1_100, 101));
@@ -93,10 +95,27 @@ describe('UpstreamStats', () => {
     expect(s.tokensPerSec).toBeCloseTo(101, 9); // 101 tokens over the 1 s after the first token
     expect(s.meanOutputTokens).toBe(101);
     s.recordSuccess(ok(100, 2_100, 301)); // faster generation: pulls the time per token down by alpha
-    expect(s.latencyMs).toBe(1_600);
+    expect(s.latencyMs).toBe(2_100); // a slower attempt is taken at once
     expect(s.tokensPerSec).toBeCloseTo(1000 / ((1000 / 101 + 2000 / 301) / 2), 9);
     expect(s.meanOutputTokens).toBe(201);
     expect(s.samples).toBe(2);
+    s.recordSuccess(ok(100, 1_100, 201)); // a faster one pulls it down by alpha at least
+    expect(s.latencyMs).toBeLessThanOrEqual(1_600);
+    expect(s.samples).toBe(3);
+  });
+
+  it('a first byte that timed out is a slow first token, taken at once; unmeasured, it teaches nothing', () => {
+    const clock = manualClock();
+    const s = new UpstreamStats(clock.now);
+    s.recordTimeout(5_000);
+    expect(s.ttftMs).toBeUndefined();
+    expect(s.snapshot().failuresByKind.timeout).toBe(1);
+    for (let i = 0; i < 5; i++) s.recordSuccess(ok(20));
+    s.recordTimeout(5_000);
+    expect(s.ttftMs).toBe(5_000);
+    expect(s.latencyMs).toBe(5_000);
+    expect(s.snapshot().failuresByKind.timeout).toBe(2);
+    expect(s.samples).toBe(5); // no success counted
   });
 
   it('takes a slower generation at once (regression: tokens/s moved by alpha, the outlier hidden)', () => {
