@@ -84,6 +84,31 @@ export function rotationIndex(rotation: number, n: number): number {
 }
 
 /**
+ * Which of `n` candidates in turn order goes at place `i` of a request's list on `rotation`: the turn's own
+ * first, then the others, whose order turns as well from one round of turns to the next. Each candidate then
+ * leads one request in `n`, and a failing one's failovers spread over all the others rather than all landing
+ * on the one after it (a flaky upstream's turns doubled its successor's load).
+ */
+export function turnSlot(rotation: number, n: number, i: number): number {
+  const r = rotationIndex(rotation, n);
+  if (i === 0 || n <= 2) return (r + i) % n;
+  const round = Number.isFinite(rotation) ? Math.floor(Math.abs(Math.trunc(rotation)) / n) : 0;
+  return (r + 1 + ((i - 1 + digitSum(round, n - 1)) % (n - 1))) % n;
+}
+
+/**
+ * The sum of `x`'s digits in base `b`, mod `b` (a generalised Thue-Morse sequence): how far the order after
+ * a round's lead turns. Turning by one each round would move in step with an upstream that fails every other
+ * turn and hand all its failures to the same successor again; this sequence is evenly spread along every
+ * arithmetic progression (Gelfond), so no failure rhythm lines up with it.
+ */
+function digitSum(x: number, b: number): number {
+  let sum = 0;
+  for (let v = x; v > 0; v = Math.floor(v / b)) sum += v % b;
+  return sum % b;
+}
+
+/**
  * Lower is better (dollars, ms, load): score = best / x, so the best is 1 and twice the best is 0.5.
  * Relative rather than min-max: a 1 % difference stays a 1 % difference, and `tie_epsilon` reads as a
  * relative tolerance. `best` is the smallest finite figure among the candidates.
@@ -172,9 +197,8 @@ export function finishRanking<C extends CandidateView>(
       out[i] = ranked(top.candidate, top.score, top.reason);
     } else {
       sortRange(items, i, j);
-      const r = rotationIndex(rotation, k);
       for (let m = 0; m < k; m++) {
-        const it = items[i + ((r + m) % k)]!;
+        const it = items[i + turnSlot(rotation, k, m)]!;
         out[i + m] = ranked(it.candidate, it.score, it.reason);
       }
     }

@@ -1,6 +1,6 @@
-/** `round-robin`: the candidate at `rotation mod n` (in config order) first, then the ones after it. */
+/** `round-robin`: the candidate at `rotation mod n` (in config order) first, then the others (`turnSlot`). */
 import type { CandidateView, RankedCandidate, StrategyContext } from '../types.js';
-import { compareConfigOrder, fmtInt, positionScore, rotationIndex, sortSmall } from './rank.js';
+import { compareConfigOrder, fmtInt, positionScore, sortSmall, turnSlot } from './rank.js';
 
 export function roundRobinStrategy<C extends CandidateView>(
   candidates: readonly C[],
@@ -9,11 +9,10 @@ export function roundRobinStrategy<C extends CandidateView>(
   const n = candidates.length;
   // Sorting a copy keeps the turn order independent of how the caller built the array.
   const sorted = sortSmall(candidates.slice(), compareConfigOrder);
-  const r = rotationIndex(ctx.rotation, n);
   const total = fmtInt(n);
   const out = new Array<RankedCandidate<C>>(n);
   for (let i = 0; i < n; i++) {
-    const slot = (r + i) % n;
+    const slot = turnSlot(ctx.rotation, n, i);
     out[i] = {
       candidate: sorted[slot]!,
       score: positionScore(i, n),
