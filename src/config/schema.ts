@@ -140,7 +140,12 @@ const modelSchema = z.strictObject({
   /** The name sent upstream when it differs from `name`. */
   upstream_name: z.string().min(1).optional(),
   price: z
-    .strictObject({ input_per_mtok: nonNeg.default(0), output_per_mtok: nonNeg.default(0) })
+    .strictObject({
+      input_per_mtok: nonNeg.default(0),
+      output_per_mtok: nonNeg.default(0),
+      /** Prompt tokens the upstream read from its cache (usage.prompt_tokens_details.cached_tokens); unset: input's. */
+      cached_input_per_mtok: nonNeg.optional(),
+    })
     .default({ input_per_mtok: 0, output_per_mtok: 0 }),
   /**
    * Tokens (prompt + max_tokens). Unset: the upstream's own 400 says when a request is too long, rather than

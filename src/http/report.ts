@@ -8,6 +8,7 @@ import { fixed } from '../routing/strategies/rank.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import { reportedCompletion, reportedPrompt, type Usage } from '../upstream/adapter.js';
+import { tokenCount } from '../upstream/adapters/common.js';
 
 /** What is known of a routed request once it is planned: built once per request. */
 export interface RequestContext {
@@ -92,6 +93,18 @@ function headerSafe(text: string): string {
 }
 
 /** Tokens and spend of one served answer, counted on its upstream; the figures go in the log line. */
+/**
+ * The prompt tokens an upstream says it read from its cache (OpenAI's prompt_tokens_details.cached_tokens,
+ * Anthropic's cache_read_input_tokens as translated): at most the prompt's, none when the prompt was estimated.
+ */
+function cachedTokens(usage: Usage | undefined, promptTokens: number): number {
+  if (usage === undefined || reportedPrompt(usage) === undefined) return 0;
+  const n = tokenCount(
+    (usage.prompt_tokens_details as { cached_tokens?: unknown } | undefined)?.cached_tokens,
+  );
+  return n === undefined ? 0 : Math.min(n, promptTokens);
+}
+
 export function recordUsage(
   up: Upstream,
   usage: Usage | undefined,
@@ -101,7 +114,12 @@ export function recordUsage(
   const promptTokens = reportedPrompt(usage) ?? promptEstimate;
   const completionTokens = reportedCompletion(usage) ?? counted ?? 0;
   const price = up.model.price;
-  const costUsd = (promptTokens * price.input_per_mtok + completionTokens * price.output_per_mtok) / 1e6;
+  const cached = price.cached_input_per_mtok === undefined ? 0 : cachedTokens(usage, promptTokens);
+  const costUsd =
+    ((promptTokens - cached) * price.input_per_mtok +
+      cached * (price.cached_input_per_mtok ?? 0) +
+      completionTokens * price.output_per_mtok) /
+    1e6;
   up.metrics.promptTokens.inc(promptTokens);
   if (completionTokens > 0) up.metrics.completionTokens.inc(completionTokens);
   if (costUsd > 0) up.metrics.cost.inc(costUsd);

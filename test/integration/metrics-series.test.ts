@@ -427,6 +427,53 @@ describe('metrics (SPEC §5)', () => {
     expect(sum).toBeLessThan(0.2);
   });
 
+  it('cached prompt tokens are charged at cached_input_per_mtok when it is set, at the input price when not', async () => {
+    // OpenAI reports cache hits in usage.prompt_tokens_details.cached_tokens (Anthropic's cache reads come
+    // translated to the same field); priced as fresh input, an agent's cost read several times too high.
+    const usage = {
+      prompt_tokens: 1000,
+      completion_tokens: 100,
+      prompt_tokens_details: { cached_tokens: 800 },
+    };
+    const up = track(
+      await startMock((req, res) =>
+        sendJson(res, 200, {
+          id: 'c',
+          object: 'chat.completion',
+          created: 1,
+          model: req.body.model,
+          choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
+          usage,
+        }),
+      ),
+    );
+    const model = (name: string, price: Record<string, number>) => ({ name, price });
+    const gw = track(
+      await startGateway({
+        providers: [
+          {
+            name: 'p',
+            base_url: `${up.url}/v1`,
+            models: [
+              model('cached', { input_per_mtok: 1, cached_input_per_mtok: 0.1, output_per_mtok: 2 }),
+              model('plain', { input_per_mtok: 1, output_per_mtok: 2 }),
+            ],
+          },
+        ],
+        routes: {},
+      }),
+    );
+    expect((await chat(gw, 'p/cached')).status).toBe(200);
+    expect((await chat(gw, 'p/plain')).status).toBe(200);
+    await until('lines', () => gw.logs.filter((l) => l.msg === 'request').length >= 2, 3000);
+    const m = await metrics(gw);
+    const cost = (name: string) => value(m, 'llm_router_cost_usd_total', { provider: 'p', model: name })!;
+    expect(cost('cached')).toBeCloseTo((200 * 1 + 800 * 0.1 + 100 * 2) / 1e6, 12);
+    expect(cost('plain')).toBeCloseTo((1000 * 1 + 100 * 2) / 1e6, 12);
+    const line = gw.logs.find((l) => l.msg === 'request' && l.upstream === 'p/cached');
+    expect(line?.costUsd).toBeCloseTo(480e-6, 12);
+  });
+
   it('/router/explain is an admin read: not a request in the counters or the request log', async () => {
     // An explain calls no upstream: it is neither counted in llm_router_requests_total (route "none") nor
     // written as a request line (README: admin reads stay out of the request log and counters).
