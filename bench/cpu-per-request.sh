@@ -15,9 +15,9 @@ PORT=${PORT:-19300}
 cat > "$dir/gw.yaml" <<YAML
 server: { host: 127.0.0.1, port: $PORT }
 providers:
-  - { name: a, base_url: http://127.0.0.1:$SIM_PORT/v1, max_concurrency: 1100, models: [ { name: chat, price: { input_per_mtok: 0.1, output_per_mtok: 0.4 } } ] }
-  - { name: b, base_url: http://127.0.0.1:$SIM_PORT/v1, max_concurrency: 1100, models: [ { name: chat, price: { input_per_mtok: 0.5, output_per_mtok: 1.5 } } ] }
-  - { name: c, base_url: http://127.0.0.1:$SIM_PORT/v1, max_concurrency: 1100, models: [ { name: chat, price: { input_per_mtok: 1.0, output_per_mtok: 4.0 } } ] }
+  - { name: a, base_url: http://127.0.0.1:$SIM_PORT/v1, api_key: sk-bench-a-0123456789abcdef, max_concurrency: 1100, models: [ { name: chat, price: { input_per_mtok: 0.1, output_per_mtok: 0.4 } } ] }
+  - { name: b, base_url: http://127.0.0.1:$SIM_PORT/v1, api_key: sk-bench-b-0123456789abcdef, max_concurrency: 1100, models: [ { name: chat, price: { input_per_mtok: 0.5, output_per_mtok: 1.5 } } ] }
+  - { name: c, base_url: http://127.0.0.1:$SIM_PORT/v1, api_key: sk-bench-c-0123456789abcdef, max_concurrency: 1100, models: [ { name: chat, price: { input_per_mtok: 1.0, output_per_mtok: 4.0 } } ] }
 routes:
   bench-chat: { strategy: ${STRATEGY:-hybrid}, targets: [a/chat, b/chat, c/chat] }
 YAML

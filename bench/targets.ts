@@ -59,6 +59,8 @@ export function gatewayYaml(port: number, fastUrl: string, streamUrl: string): s
       `  - name: ${prefix}-${id}`,
       '    kind: openai',
       `    base_url: ${url}/v1`,
+      // A key, as every real provider has: sent upstream, and looked for in each answer (SPEC §8).
+      `    api_key: sk-bench-${prefix}-${id}-0123456789abcdef`,
       `    max_concurrency: ${MAX_CONCURRENCY}`,
       '    models:',
       `      - { name: chat, price: { input_per_mtok: ${inP}, output_per_mtok: ${outP} }, context_window: 128000 }`,
