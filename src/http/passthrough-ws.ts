@@ -29,6 +29,8 @@ interface Handshake {
   /** The subprotocol the upstream chose, given to the client as its own. */
   protocol?: string | undefined;
   requestId?: string;
+  /** Headers hooks put on the reply (the rate limiter's x-ratelimit-*), for the 101 the ws server writes. */
+  extra?: string[];
 }
 
 export interface WebSocketPassthroughOptions {
@@ -80,8 +82,9 @@ export function webSocketPassthrough(
     handleProtocols: (_offered, req) => handshakes.get(req)?.protocol ?? false,
   });
   wss.on('headers', (headers, req) => {
-    const id = handshakes.get(req)?.requestId;
-    if (id !== undefined) headers.push(`x-request-id: ${id}`);
+    const handshake = handshakes.get(req);
+    if (handshake?.requestId !== undefined) headers.push(`x-request-id: ${handshake.requestId}`);
+    if (handshake?.extra !== undefined) headers.push(...handshake.extra);
   });
 
   const server: Server = app.server;
@@ -215,6 +218,8 @@ export function webSocketPassthrough(
       end();
       handshake.protocol = upstream.protocol === '' ? undefined : upstream.protocol;
       handshake.requestId = req.id;
+      // The 101 is the session's answer: it carries the client's rate-limit budget as every answer does.
+      handshake.extra = ownHeaders(reply.getHeaders());
       reply.hijack();
       req.reported = true;
       const started = performance.now();
@@ -299,4 +304,14 @@ function replayAsHttp(server: Server, req: IncomingMessage, socket: Duplex, head
   }
   socket.unshift(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), head]));
   server.emit('connection', socket);
+}
+
+/** The x-ratelimit-* headers set on a reply, as header lines (their values are ours: numbers). */
+function ownHeaders(headers: Record<string, unknown>): string[] | undefined {
+  let out: string[] | undefined;
+  for (const [name, value] of Object.entries(headers)) {
+    if (name.startsWith('x-ratelimit-') && (typeof value === 'string' || typeof value === 'number'))
+      (out ??= []).push(`${name}: ${value}`);
+  }
+  return out;
 }
