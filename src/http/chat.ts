@@ -3,6 +3,7 @@ import { GATEWAY_SHUTDOWN, isShutdown, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gatewa
 import { GatewayError } from '../errors.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
 import { decideChat } from '../routing/chat-decision.js';
+import type { Plan } from '../routing/plan.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
 import { SseWriter } from '../streaming/relay.js';
@@ -66,6 +67,7 @@ export function failoverOptions(
   routeName: string,
   startedAt: number,
   reqId: string,
+  plan: Plan,
   choices = 1,
 ): FailoverOptions {
   const routing = rt.loaded.config.routing;
@@ -79,6 +81,7 @@ export function failoverOptions(
     scrubber: rt.scrubber,
     reqId,
     choices,
+    coolingMs: plan.coolingMs,
   };
 }
 
@@ -148,7 +151,7 @@ async function handleChat(
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
   const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
-  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, features.choices);
+  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features.choices);
   const includeUsage =
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);

@@ -81,7 +81,7 @@ async function handleEmbeddings(
   });
   const chosen = plan.ranked[0];
   if (chosen) gw.decisionChildren.get(route.name, strategy, chosen.candidate.upstream.provider.name).inc();
-  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id);
+  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan);
   const clientSignal = clientGoneSignal(reply);
   let lastAttempts: readonly AttemptRecord[] = [];
   let current: RankedCandidate<RouteTarget> | undefined;

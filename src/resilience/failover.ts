@@ -35,6 +35,8 @@ export interface FailoverOptions {
    * choices teaches its upstream's pace and mean output as one of them would.
    */
   readonly choices?: number;
+  /** A candidate left out while it cools down from a 429 is back this soon, ms (Plan.coolingMs). */
+  readonly coolingMs?: number;
 }
 
 /** How much of an upstream's error message a failed attempt's log line keeps. */
@@ -105,7 +107,9 @@ export async function runFailover(
 ): Promise<FailoverSuccess | FailoverCommittedFailure> {
   const attempts: AttemptRecord[] = [];
   let upstreamMs = 0;
-  let minRetryAfterMs = Number.POSITIVE_INFINITY;
+  // A candidate still cooling down from an earlier 429 counts: every upstream answering 429, the client may
+  // come back when the first of them, tried or not, is free again.
+  let minRetryAfterMs = opts.coolingMs ?? Number.POSITIVE_INFINITY;
   let rateLimited = 0;
   let deadlineReached = false;
   /** The failed attempt a next one fails over from: counted only once that next attempt starts. */

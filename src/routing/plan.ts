@@ -36,6 +36,11 @@ export interface Plan {
    * request (its x-router-* headers, counted under its route).
    */
   readonly refusal?: GatewayError;
+  /**
+   * How soon a target left out while it cools down from a 429 is back, ms: when every one tried answers 429
+   * too, the client's Retry-After is the sooner of the two (runFailover's `coolingMs`).
+   */
+  readonly coolingMs?: number;
 }
 
 /** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
@@ -61,6 +66,7 @@ export function planRequest(
   let largestWindow = 0;
   let minOpenMs = Number.POSITIVE_INFINITY;
   let allRateLimited = true;
+  let coolingMs = Number.POSITIVE_INFINITY;
   const need = features.contextTokens + (features.requestedOutputTokens ?? 0);
 
   for (const t of targets) {
@@ -75,8 +81,10 @@ export function planRequest(
       largestWindow = Math.max(largestWindow, up.model.context_window);
     } else if (!up.breaker.canAttempt()) {
       why = 'breaker';
-      minOpenMs = Math.min(minOpenMs, up.breaker.msUntilHalfOpen());
+      const openMs = up.breaker.msUntilHalfOpen();
+      minOpenMs = Math.min(minOpenMs, openMs);
       if (up.breaker.snapshot().tripCause !== 'rate_limit') allRateLimited = false;
+      else coolingMs = Math.min(coolingMs, openMs);
     } else if (opts.exclude !== undefined && attempted(opts.exclude, up.id)) why = 'failed';
     if (why === undefined) eligible.push(t);
     else if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
@@ -126,7 +134,10 @@ export function planRequest(
     if (opts.strategy === 'round-robin')
       route.turns?.redis?.takeTurn(route.name, tierTurns ? tier : undefined, setTurn);
   }
-  return { ranked: getStrategy(opts.strategy)(eligible, ctx), strategy: opts.strategy };
+  const ranked = getStrategy(opts.strategy)(eligible, ctx);
+  return Number.isFinite(coolingMs)
+    ? { ranked, strategy: opts.strategy, coolingMs }
+    : { ranked, strategy: opts.strategy };
 }
 
 /**
