@@ -14,11 +14,13 @@ function toolId(id: unknown): string | undefined {
 
 /**
  * Tool call ids as Anthropic takes them: its characters only, and unique in the conversation. A repeated
- * id (`call_0` in every round) gets a suffix; a tool result refers to the latest call of its id.
+ * id (`call_0` in every round; two parallel calls under one id, as Xinference mints them) gets a suffix; a
+ * tool result answers the oldest unanswered call of its id, else the latest.
  */
 export class ToolIds {
   private readonly used = new Set<string>();
   private readonly latest = new Map<string, string>();
+  private readonly unanswered = new Map<string, string[]>();
 
   /** The id to send for a call's `id`, or undefined for none. */
   call(raw: unknown): string | undefined {
@@ -28,13 +30,17 @@ export class ToolIds {
     for (let n = 2; this.used.has(sent); n++) sent = `${id}_${n}`;
     this.used.add(sent);
     this.latest.set(id, sent);
+    const queue = this.unanswered.get(id);
+    if (queue === undefined) this.unanswered.set(id, [sent]);
+    else queue.push(sent);
     return sent;
   }
 
   /** The id a result's `tool_call_id` refers to. */
   result(raw: unknown): string | undefined {
     const id = toolId(raw);
-    return id === undefined ? undefined : (this.latest.get(id) ?? id);
+    if (id === undefined) return undefined;
+    return this.unanswered.get(id)?.shift() ?? this.latest.get(id) ?? id;
   }
 }
 
@@ -73,7 +79,9 @@ export function toolResultBlock(message: JsonObject, ids: ToolIds): Block {
   }
   const block: Block = { type: 'tool_result', tool_use_id: id };
   if (typeof content === 'string') {
-    if (content !== '') block.content = content;
+    // Whitespace alone (a command that printed a line break) is refused as a text block: no content is the
+    // same empty result.
+    if (content.trim() !== '') block.content = content;
   } else {
     // Text, images and documents: a tool_result carries them all (a screenshot tool's answer is an image).
     const blocks = userBlocks(content);
@@ -82,16 +90,21 @@ export function toolResultBlock(message: JsonObject, ids: ToolIds): Block {
   return block;
 }
 
-/** The function tools, only those named in `only` when given. */
+/**
+ * The function tools, only those named in `only` when given; a name given twice (one MCP server loaded
+ * twice) once, as first defined: Anthropic refuses a repeated name, OpenAI takes it.
+ */
 export function toolDefinitions(tools: unknown, only?: ReadonlySet<string>): Block[] {
   const out: Block[] = [];
   if (!Array.isArray(tools)) return out;
+  const named = new Set<string>();
   for (const tool of tools) {
     if (!isObject(tool) || (tool.type !== undefined && tool.type !== 'function') || !isObject(tool.function))
       continue;
     const fn = tool.function;
     const name = asString(fn.name);
-    if (!name || (only !== undefined && !only.has(name))) continue;
+    if (!name || (only !== undefined && !only.has(name)) || named.has(name)) continue;
+    named.add(name);
     const def: Block = { name };
     const description = asString(fn.description);
     if (description) def.description = description;
