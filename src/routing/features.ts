@@ -156,17 +156,27 @@ const UNFETCHABLE_IMAGE: NotForAnthropic = {
 function imageNotForAnthropic(part: unknown): NotForAnthropic | undefined {
   const image = (part as { image_url?: unknown }).image_url;
   const url = typeof image === 'string' ? image : (image as { url?: unknown } | null | undefined)?.url;
-  if (typeof url !== 'string') return undefined;
+  // An image part of another shape (no image_url to read) would go without its image.
+  if (typeof url !== 'string')
+    return {
+      what: `a ${String((part as { type?: unknown }).type)} part without an image_url`,
+      param: 'messages',
+    };
   if (!url.startsWith('data:')) return FETCHED_URL.test(url) ? undefined : UNFETCHABLE_IMAGE;
   const type = parseDataUrl(url)?.mediaType;
   if (type !== undefined && CLAUDE_IMAGE_TYPES.has(type)) return undefined;
   return { what: `an image of type ${mediaTypeOf(url)}`, param: 'messages' };
 }
 
+/** Content parts the Anthropic translation carries (images are judged by imageNotForAnthropic). */
+const ANTHROPIC_PARTS: ReadonlySet<unknown> = new Set(['text', 'refusal', 'file']);
+
 function partNotForAnthropic(part: unknown): NotForAnthropic | undefined {
   if (typeof part !== 'object' || part === null) return undefined;
   const { type, file } = part as { type?: unknown; file?: unknown };
   if (type === 'input_audio') return INPUT_AUDIO;
+  // Any other part (vLLM's video_url and audio_url) would go without: refused, never dropped.
+  if (!ANTHROPIC_PARTS.has(type)) return { what: `a ${String(type).slice(0, 64)} part`, param: 'messages' };
   if (type !== 'file') return undefined;
   const data = (file as { file_data?: unknown } | null | undefined)?.file_data;
   if (typeof data !== 'string') return FILE_BY_ID;

@@ -11,6 +11,7 @@ import { startSimulator, type SimOptions, type Simulator } from '../../src/sim/i
 import { THINKING } from '../../src/sim/anthropic.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { JPEG_1PX } from '../helpers/images.js';
 import { scrape, value } from '../helpers/prom-text.js';
 import { breakerAt } from '../helpers/resilience-harness.js';
 
@@ -403,7 +404,7 @@ describe('Anthropic upstream through the OpenAI SDK (non-streaming)', () => {
           role: 'user',
           content: [
             { type: 'text', text: 'What is this?' },
-            { type: 'image_url', image_url: { url: `data:image/jpg;base64,${PNG_B64}` } },
+            { type: 'image_url', image_url: { url: `data:image/jpg;base64,${JPEG_1PX}` } },
           ],
         },
       ],
@@ -411,7 +412,7 @@ describe('Anthropic upstream through the OpenAI SDK (non-streaming)', () => {
     expect(data.choices[0]!.message.content).toContain('from claude here');
     expect(messagesOf(sim)[0]!.content).toEqual([
       { type: 'text', text: 'What is this?' },
-      { type: 'image', source: { type: 'base64', media_type: 'image/jpeg', data: PNG_B64 } },
+      { type: 'image', source: { type: 'base64', media_type: 'image/jpeg', data: JPEG_1PX } },
     ]);
   });
 

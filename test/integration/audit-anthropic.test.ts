@@ -17,6 +17,7 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach, closeableServer } from '../helpers/cleanup.js';
 import { anthropicSseFrame, collectChunks, startAnthropicRoute } from '../helpers/anthropic-route.js';
 import { postChat } from '../helpers/gateway.js';
+import { GIF_1PX, JPEG_1PX, PNG_1PX, WEBP_1PX } from '../helpers/images.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 
 const track = closeAfterEach();
@@ -524,9 +525,6 @@ function statusOf(call: Promise<unknown>): Promise<number | undefined> {
   );
 }
 
-const PNG_1PX =
-  'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==';
-
 const weatherTool = {
   type: 'function' as const,
   function: {
@@ -880,9 +878,9 @@ describe('audit: content parts', () => {
           content: [
             { type: 'text', text: 'Describe' },
             { type: 'image_url', image_url: { url: `data:image/png;base64,${PNG_1PX}`, detail: 'high' } },
-            { type: 'image_url', image_url: { url: `data:image/jpeg;base64,${PNG_1PX}` } },
-            { type: 'image_url', image_url: { url: `data:image/gif;base64,${PNG_1PX}`, detail: 'low' } },
-            { type: 'image_url', image_url: { url: `data:image/webp;base64,${PNG_1PX}` } },
+            { type: 'image_url', image_url: { url: `data:image/jpeg;base64,${JPEG_1PX}` } },
+            { type: 'image_url', image_url: { url: `data:image/gif;base64,${GIF_1PX}`, detail: 'low' } },
+            { type: 'image_url', image_url: { url: `data:image/webp;base64,${WEBP_1PX}` } },
             { type: 'image_url', image_url: { url: 'https://example.com/cat.png', detail: 'auto' } },
           ],
         },

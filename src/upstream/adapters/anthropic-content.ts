@@ -47,7 +47,8 @@ export function userBlocks(content: unknown): Block[] {
     if (typeof part === 'string') block = textBlock(part);
     else if (isObject(part)) {
       if (part.type === 'text' && typeof part.text === 'string') block = textBlock(part.text, part);
-      else if (part.type === 'image_url') block = imageBlock(part.image_url);
+      else if (part.type === 'image_url' || part.type === 'input_image' || part.type === 'image')
+        block = imageBlock(part.image_url);
       else if (part.type === 'file' && isObject(part.file)) block = fileBlock(part.file);
       if (block !== undefined && part.type !== 'text' && isObject(part.cache_control)) {
         block.cache_control = part.cache_control;
@@ -95,7 +96,26 @@ function imageBlock(imageUrl: unknown): Block | undefined {
   }
   const parsed = parseDataUrl(url);
   if (parsed === undefined) return undefined;
-  return { type: 'image', source: { type: 'base64', media_type: parsed.mediaType, data: parsed.data } };
+  const mediaType = imageTypeOf(parsed.data) ?? parsed.mediaType;
+  return { type: 'image', source: { type: 'base64', media_type: mediaType, data: parsed.data } };
+}
+
+/**
+ * The type of an image by its first bytes (base64), when it is one Claude reads. Clients label data URLs
+ * with a type they hard-code (`image/jpeg` for a PNG screenshot): OpenAI reads the bytes, Anthropic refuses
+ * a label that does not match them.
+ */
+function imageTypeOf(base64: string): string | undefined {
+  if (base64.startsWith('iVBORw0KGgo')) return 'image/png';
+  if (base64.startsWith('/9j/')) return 'image/jpeg';
+  if (base64.startsWith('R0lGOD')) return 'image/gif';
+  // RIFF....WEBP: "UklGR" then four bytes of size, then "WEBP" (base64 of bytes 8-11 at characters 11-16).
+  if (
+    base64.startsWith('UklGR') &&
+    Buffer.from(base64.slice(0, 16), 'base64').toString('latin1', 8, 12) === 'WEBP'
+  )
+    return 'image/webp';
+  return undefined;
 }
 
 /** OpenAI `file` parts with inline data: PDFs become documents, images become images; file ids can't travel. */
@@ -109,7 +129,8 @@ function fileBlock(file: JsonObject): Block | undefined {
     const data = Buffer.from(parsed.data, 'base64').toString('utf8');
     return { type: 'document', source: { type: 'text', media_type: 'text/plain', data } };
   }
-  if (CLAUDE_IMAGE_TYPES.has(parsed.mediaType)) return { type: 'image', source };
+  if (CLAUDE_IMAGE_TYPES.has(parsed.mediaType))
+    return { type: 'image', source: { ...source, media_type: imageTypeOf(parsed.data) ?? parsed.mediaType } };
   return undefined;
 }
 
