@@ -160,9 +160,9 @@ function bearer(provider: AdapterProvider, into: Record<string, string>): void {
  * A content delta: text, a tool call, a refusal, audio (`modalities: ["audio"]`: transcript or data parts)
  * or reasoning (`reasoning_content`, `reasoning`: vLLM, DeepSeek, Ollama, OpenRouter) — the point a stream
  * commits to its upstream. Audio and reasoning can run for megabytes before any text: held back, they
- * reached the client only at the end, or failed over as `preamble_too_large`.
+ * reached the client only at the end, or failed over as `preamble_too_large`. Returned as the tokens the
+ * chunk's content holds, estimated (`contentWeight`); 0 when it has none (ChunkSink.chunk).
  */
-/** A chunk's content delta in tokens, estimated (`contentWeight`); 0 when it has none (ChunkSink.chunk). */
 function contentTokens(chunk: Record<string, unknown>): number {
   const choices = chunk.choices;
   if (!Array.isArray(choices)) return 0;
