@@ -15,6 +15,7 @@ import type {
 } from './adapter.js';
 import { reportedCompletion } from './adapter.js';
 import { AttemptSignal } from './bounds.js';
+import { rememberSource } from './body-text.js';
 import { parseJsonObject, tokenCount } from './adapters/common.js';
 import { embeddingsAnswerText } from './adapters/openai.js';
 import {
@@ -198,6 +199,7 @@ function attemptJsonBody(
     (text) => {
       const json = parseJsonObject(text);
       if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
+      rememberSource(json, text); // a translation may take values as written (a tool input's big numbers)
       const out = adapter.chatResponse(json, input.stream);
       if (!out) return undefined; // an object that is no answer: fail over
       if (out.error) return { error: out.error };

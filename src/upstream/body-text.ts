@@ -27,6 +27,44 @@ export function rememberSource(parsed: unknown, text: string): void {
   }
 }
 
+/** The text a parsed object was parsed from (rememberSource), when it is that object's. */
+export function sourceText(parsed: unknown): string | undefined {
+  const source = (parsed as WithSource | null | undefined)?.[SOURCE];
+  return source !== undefined && source.of === parsed ? source.text : undefined;
+}
+
+/**
+ * The texts of the elements of top-level array `key` in a valid JSON object text, in order (an upstream's
+ * numbers as it wrote them: a 20-digit id JSON.parse would round); undefined when the object's top level
+ * cannot be read (topLevelMembers) or `key` holds no array.
+ */
+export function arrayElementTexts(text: string, key: string): string[] | undefined {
+  const member = topLevelMembers(text)?.find((m) => m.key === key);
+  if (member === undefined) return undefined;
+  let i = skipSpace(text, text.indexOf(':', stringEnd(text, member.start) + 1) + 1);
+  if (text.charCodeAt(i) !== 91) return undefined; // '['
+  const out: string[] = [];
+  i = skipSpace(text, i + 1);
+  if (text.charCodeAt(i) === 93) return out; // '[]'
+  for (;;) {
+    const end = valueEnd(text, i);
+    if (end < 0) return undefined;
+    out.push(text.slice(i, end));
+    i = skipSpace(text, end);
+    const c = text.charCodeAt(i);
+    if (c === 93) return out; // ']'
+    if (c !== 44) return undefined; // ','
+    i = skipSpace(text, i + 1);
+  }
+}
+
+/** The text of top-level member `key`'s value in a valid JSON object text; undefined as topLevelMembers says. */
+export function memberValueText(text: string, key: string): string | undefined {
+  const member = topLevelMembers(text)?.find((m) => m.key === key);
+  if (member === undefined) return undefined;
+  return text.slice(skipSpace(text, text.indexOf(':', stringEnd(text, member.start) + 1) + 1), member.end);
+}
+
 /**
  * The body's source text with its top-level `model` value replaced by `model`; undefined when the body has
  * no source text or the splice could differ from `JSON.stringify` in meaning: `model` absent, not a plain

@@ -16,6 +16,7 @@ import {
   type FinishReason,
   type JsonObject,
 } from './common.js';
+import { arrayElementTexts, memberValueText, sourceText } from '../body-text.js';
 
 /** Anthropic Message (JSON) and error bodies -> OpenAI shapes; the stop-reason, usage and error maps the stream shares. */
 
@@ -105,15 +106,22 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
   let reasoning = '';
   const toolCalls: JsonObject[] = [];
   const thinking: JsonObject[] = [];
+  // The blocks as written: a tool's input goes on as Claude wrote it (a 20-digit id through JSON.parse
+  // and back was another number; a stream's arguments are its text already).
+  let written: string[] | undefined | null = null;
   if (Array.isArray(msg.content)) {
-    for (const block of msg.content) {
+    for (let b = 0; b < msg.content.length; b++) {
+      const block: unknown = msg.content[b];
       if (!isObject(block)) continue;
       if (block.type === 'text' && typeof block.text === 'string') text += block.text;
       else if (block.type === 'tool_use' && typeof block.name === 'string') {
         toolCalls.push({
           id: asString(block.id) ?? '',
           type: 'function',
-          function: { name: block.name, arguments: JSON.stringify(block.input ?? {}) },
+          function: {
+            name: block.name,
+            arguments: toolArguments(block.input, (written ??= contentTexts(json))?.[b]),
+          },
         });
       } else if (block.type === 'thinking' && typeof block.thinking === 'string') {
         reasoning += block.thinking;
@@ -248,4 +256,17 @@ export function anthropicErrorInfo(status: number, bodyText: string): UpstreamEr
     message = text === '' ? `upstream returned HTTP ${status}` : text;
   }
   return anthropicError(status, type, truncateMessage(message));
+}
+
+/** The texts of a message's content blocks as the upstream wrote them, when its source text is known. */
+function contentTexts(json: unknown): string[] | undefined {
+  const text = sourceText(json);
+  return text === undefined ? undefined : arrayElementTexts(text, 'content');
+}
+
+/** A tool_use block's input as `arguments`: as written when its text is at hand and an object, else re-serialised. */
+function toolArguments(input: unknown, blockText: string | undefined): string {
+  const written =
+    blockText === undefined || !isObject(input) ? undefined : memberValueText(blockText, 'input');
+  return written !== undefined && written.charCodeAt(0) === 123 ? written : JSON.stringify(input ?? {});
 }
