@@ -95,6 +95,12 @@ export interface RouteRuntime {
    * alternate between tiers would otherwise show each tier the same turn every time.
    */
   readonly tierRotation?: Map<string, number>;
+  /**
+   * Counters of the requests that pin a provider or ask for another strategy, by tier, provider and
+   * strategy: theirs are other candidate lists, and counted on the route's own they took its turns (every
+   * unpinned request between two pinned ones landed on the same upstream).
+   */
+  sideRotation?: Map<string, number>;
   /** Random draws `/router/explain` made ahead of this route's next real decision (routing/plan.ts). */
   readonly pendingRandom: number[];
   /** Where a round-robin turn is counted fleet-wide (state.backend redis); absent: this replica only. */

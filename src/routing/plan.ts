@@ -106,8 +106,17 @@ export function planRequest(
     return { ranked: [], strategy: opts.strategy, refusal };
   }
 
-  const tierTurns = opts.tier === undefined ? undefined : route.tierRotation;
-  const rotation = tierTurns ? (tierTurns.get(opts.tier!) ?? 0) : route.rotation;
+  // The route's (or its tier's) turns are its own traffic's; a pinned provider or another strategy counts
+  // its own (RouteRuntime.sideRotation).
+  const own = opts.provider === undefined && opts.strategy === route.strategy;
+  const sideKey = own ? undefined : `${opts.tier ?? ''}\n${opts.provider ?? ''}\n${opts.strategy}`;
+  const tierTurns = opts.tier === undefined || !own ? undefined : route.tierRotation;
+  const rotation =
+    sideKey !== undefined
+      ? (route.sideRotation?.get(sideKey) ?? 0)
+      : tierTurns
+        ? (tierTurns.get(opts.tier!) ?? 0)
+        : route.rotation;
   const ctx: StrategyContext = {
     promptTokens: features.promptTokens,
     requestedOutputTokens: features.requestedOutputTokens,
@@ -126,13 +135,17 @@ export function planRequest(
   };
   if (!opts.peek && !opts.aside) {
     const tier = opts.tier;
-    const setTurn = tierTurns
-      ? (n: number) => void tierTurns.set(tier!, n % ROTATION_MOD)
-      : (n: number) => void (route.rotation = n % ROTATION_MOD);
-    setTurn(rotation + 1);
-    // Replicas count round-robin turns in one shared counter: the next turn here continues from the fleet's.
-    if (opts.strategy === 'round-robin')
-      route.turns?.redis?.takeTurn(route.name, tierTurns ? tier : undefined, setTurn);
+    if (sideKey !== undefined) {
+      (route.sideRotation ??= new Map()).set(sideKey, (rotation + 1) % ROTATION_MOD);
+    } else {
+      const setTurn = tierTurns
+        ? (n: number) => void tierTurns.set(tier!, n % ROTATION_MOD)
+        : (n: number) => void (route.rotation = n % ROTATION_MOD);
+      setTurn(rotation + 1);
+      // Replicas count round-robin turns in one shared counter: the next turn here continues from the fleet's.
+      if (opts.strategy === 'round-robin')
+        route.turns?.redis?.takeTurn(route.name, tierTurns ? tier : undefined, setTurn);
+    }
   }
   const ranked = getStrategy(opts.strategy)(eligible, ctx);
   return Number.isFinite(coolingMs)
