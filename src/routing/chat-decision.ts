@@ -55,7 +55,11 @@ function finish(
 ): ChatDecision {
   const plan = planTier(gw, rt, route, hdrs, features, strategy, tier, signal);
   let decision: ChatDecision = { route, hdrs, features, strategy, tier, plan };
-  if (plan.refusal && (tier.byRouter === true || tier.routerWouldAsk === true)) {
+  // A pinned provider the picked tier does not have: the client asked for that provider, not for a tier
+  // (unless it named one too), so a rule's pick or default_tier gives way as the router's does.
+  const pinElsewhere =
+    plan.refusal?.param === 'x-router-provider' && hdrs.provider !== undefined && hdrs.tier === undefined;
+  if (plan.refusal && (tier.byRouter === true || tier.routerWouldAsk === true || pinElsewhere)) {
     // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
     // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to
     // default_tier, and when that cannot either, to the first tier that can. Explain, where default_tier
@@ -67,7 +71,9 @@ function finish(
     } else {
       const cannot = fallback
         ? `${tier.tier} and default_tier cannot take it`
-        : 'default_tier cannot take it';
+        : tier.routerWouldAsk === true
+          ? 'default_tier cannot take it'
+          : `${tier.tier} cannot take it`;
       for (const name of TIER_NAMES) {
         const targets = route.tiers?.[name];
         if (name === tier.tier || name === fallback?.tier || !targets?.length) continue;
