@@ -63,7 +63,7 @@ export function routerHeaders(
     h['x-router-model'] = headerText(upstream.model.name);
   }
   // Present on every routed response, empty when no attempt failed.
-  h['x-router-trail'] = headerText(trailOf(attempts));
+  h['x-router-trail'] = headerText(trailOf(attempts, true));
   if (tier !== undefined) h['x-router-tier'] = tier;
   if (tierReason !== undefined) h['x-router-tier-reason'] = headerSafe(tierReason);
   return h;

@@ -67,14 +67,24 @@ export interface FailoverCommittedFailure {
   readonly ttftMs?: number | undefined;
 }
 
-/** `x-router-trail`: each failed attempt as `provider/model=reason`. */
-export function trailOf(attempts: readonly AttemptRecord[]): string {
+/**
+ * `x-router-trail`: each failed attempt as `provider/model=reason`. For the header (`escaped`), a `%`, `,`
+ * or `=` in a model's name is percent-encoded, so the list still splits into its attempts.
+ */
+export function trailOf(attempts: readonly AttemptRecord[], escaped = false): string {
   let out = '';
   for (const a of attempts) {
     if (a.outcome === 'success') continue;
-    out += `${out === '' ? '' : ','}${a.upstream}=${a.reason}`;
+    const upstream = escaped && TRAIL_SEPARATORS.test(a.upstream) ? escapeSeparators(a.upstream) : a.upstream;
+    out += `${out === '' ? '' : ','}${upstream}=${a.reason}`;
   }
   return out;
+}
+
+const TRAIL_SEPARATORS = /[%,=]/;
+
+function escapeSeparators(name: string): string {
+  return name.replace(/[%,=]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 
 /** Each attempt's upstream, reason, status and time, for an error message (never a key). */
