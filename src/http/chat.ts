@@ -163,7 +163,13 @@ async function handleChat(
     clientSignal,
     deadline: opts.deadline,
     now: gw.now,
-    stream: { model: target.candidate.upstream.model.name, includeUsage, created, choices: features.choices },
+    stream: {
+      model: target.candidate.upstream.model.name,
+      includeUsage,
+      created,
+      choices: features.choices,
+      json: features.json,
+    },
   });
   const headersFor = (
     target: RankedCandidate<RouteTarget>,

@@ -103,6 +103,8 @@ export interface StreamContext {
   readonly created: number;
   /** Choices asked for (`n`): a stream is whole once that many have finished (1 when absent). */
   readonly choices?: number;
+  /** The client asked for JSON (`response_format` json_object or json_schema). */
+  readonly json?: boolean;
 }
 
 /** Fed each parsed SSE event of one upstream stream, in order. */

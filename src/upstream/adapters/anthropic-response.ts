@@ -17,6 +17,7 @@ import {
   type JsonObject,
 } from './common.js';
 import { arrayElementTexts, memberValueText, sourceText } from '../body-text.js';
+import { jsonAnswerText } from './json-answer.js';
 
 /** Anthropic Message (JSON) and error bodies -> OpenAI shapes; the stop-reason, usage and error maps the stream shares. */
 
@@ -135,6 +136,8 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
     }
   }
 
+  // Asked for JSON, told so only in its prompt: Claude's fence or preface around the object is not the answer.
+  if (ctx.json === true && text !== '') text = jsonAnswerText(text);
   const message: JsonObject = {
     role: 'assistant',
     content: text === '' && toolCalls.length > 0 ? null : text,

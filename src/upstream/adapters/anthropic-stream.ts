@@ -1,4 +1,5 @@
 import { contentWeight, type ChunkSink, type StreamContext, type StreamTranslator } from '../adapter.js';
+import { JsonAnswer } from './json-answer.js';
 import {
   asString,
   createChunkEncoder,
@@ -73,11 +74,15 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   /** A message_delta said why the answer stopped (a finish made up at message_stop is not one). */
   private stopReasonSeen = false;
   private done = false;
+  /** Asked for JSON: the object alone is relayed, without Claude's fence or preface (json-answer.ts). */
+  private readonly json: JsonAnswer | undefined;
 
   constructor(
     private readonly sink: ChunkSink,
     private readonly ctx: StreamContext,
-  ) {}
+  ) {
+    this.json = ctx.json === true ? new JsonAnswer() : undefined;
+  }
 
   /**
    * The upstream closed without `message_stop`. After a `message_delta` with its stop reason the answer is
@@ -263,7 +268,15 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   }
 
   private text(content: string): void {
-    this.sink.chunk(this.enc().choice({ content }, null), contentWeight(content));
+    const part = this.json === undefined ? content : this.json.feed(content);
+    if (part !== '') this.sink.chunk(this.enc().choice({ content: part }, null), contentWeight(part));
+  }
+
+  /** Text held back while waiting for a JSON answer's object that never came: it goes before the finish. */
+  private flushJson(): void {
+    const rest = this.json?.end();
+    if (rest !== undefined && rest !== '')
+      this.sink.chunk(this.enc().choice({ content: rest }, null), contentWeight(rest));
   }
 
   private onMessageDelta(msg: JsonObject): void {
@@ -273,6 +286,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       this.stopReasonSeen = true;
       // A tool block the upstream never stopped: its arguments go before the finish, not after it.
       this.closeTool();
+      this.flushJson();
       this.offerThinking();
       this.finishSent = true;
       this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), 0);
@@ -288,6 +302,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     const usage = toOpenAiUsage(this.tokens);
     // A stream that never said why it stopped still ends with a finish_reason, as OpenAI's always do.
     if (!this.finishSent) {
+      this.flushJson();
       this.offerThinking();
       this.sink.chunk(this.enc().choice({}, 'stop'), 0);
     }
