@@ -90,6 +90,23 @@ export function chunkFrame(model: unknown, delta: Json, finish: string | null = 
   return `data: ${JSON.stringify(chunk)}\n\n`;
 }
 
+/** A `chat.completion` object answering `body` with "hi", its usage saying `completionTokens`. */
+export function chatCompletion(body: Json, completionTokens = 2): Json {
+  return {
+    id: 'chatcmpl-x',
+    object: 'chat.completion',
+    created: 1,
+    model: String(body.model),
+    choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 5, completion_tokens: completionTokens, total_tokens: 5 + completionTokens },
+  };
+}
+
+/** A 500 in OpenAI's error shape. */
+export function fail500(res: ServerResponse): void {
+  sendJson(res, 500, { error: { message: 'boom', type: 'server_error', param: null, code: null } });
+}
+
 /** A Chat Completions answer of `text` to `body`: JSON, or (`stream: true`) role, text and finish chunks. */
 export function answerChat(res: ServerResponse, body: Json, text: string): void {
   if (body.stream !== true) {

@@ -20,7 +20,15 @@ import { routerStatus } from '../helpers/resilience-harness.js';
 import { postJson, type Candidate, type RouterRes } from '../helpers/router-api.js';
 import { retryUntil } from '../helpers/wait.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { chunkFrame, gate, sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
+import {
+  chatCompletion,
+  chunkFrame,
+  fail500,
+  gate,
+  sendJson,
+  startMock,
+  type Received,
+} from '../helpers/mock-upstream.js';
 import { scrape, select, value } from '../helpers/prom-text.js';
 import { manualClock, mulberry32 } from '../helpers/random.js';
 
@@ -41,21 +49,6 @@ const STRATEGIES = [
 
 /* ------------------------------------------------------------------------------------------------ */
 /* helpers                                                                                           */
-
-function completion(body: Json, completionTokens = 2): Json {
-  return {
-    id: 'chatcmpl-x',
-    object: 'chat.completion',
-    created: 1,
-    model: String(body.model),
-    choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
-    usage: { prompt_tokens: 5, completion_tokens: completionTokens, total_tokens: 5 + completionTokens },
-  };
-}
-
-function fail500(res: ServerResponse): void {
-  sendJson(res, 500, { error: { message: 'boom', type: 'server_error', param: null, code: null } });
-}
 
 interface Up {
   url: string;
@@ -84,7 +77,7 @@ async function timedUp(
   return up((body, res) => {
     clock.advance(ms());
     if (opts.fail?.() === true) return fail500(res);
-    sendJson(res, 200, completion(body, opts.tokens?.() ?? 2));
+    sendJson(res, 200, chatCompletion(body, opts.tokens?.() ?? 2));
   });
 }
 
@@ -251,9 +244,9 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
       up((body, res) => {
         if (!hold) {
           clock.advance(ms);
-          return sendJson(res, 200, completion(body));
+          return sendJson(res, 200, chatCompletion(body));
         }
-        releases.push(() => sendJson(res, 200, completion(body)));
+        releases.push(() => sendJson(res, 200, chatCompletion(body)));
       });
     const fast = await mk(20);
     const slow = await mk(60);
@@ -301,7 +294,7 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
         return;
       }
       clock.advance(20);
-      sendJson(res, 200, completion(body));
+      sendJson(res, 200, chatCompletion(body));
     });
     const slow = await timedUp(clock, () => 50);
     const gw = await gateway(
@@ -519,8 +512,8 @@ describe('cost: prices per million, expected output tokens', () => {
   const LONG_PROMPT = [{ role: 'user', content: 'word '.repeat(600) }];
 
   it('the cheaper upstream wins for the expected output: max_tokens and max_completion_tokens both count', async () => {
-    const inUp = await up((body, res) => sendJson(res, 200, completion(body, 5)));
-    const outUp = await up((body, res) => sendJson(res, 200, completion(body, 5)));
+    const inUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, 5)));
+    const outUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, 5)));
     const gw = await gateway({
       providers: [prov('in', inUp.url, { price: PRICES.in }), prov('out', outUp.url, { price: PRICES.out })],
       routes: { r: { strategy: 'cost', targets: ['in/m', 'out/m'] } },
@@ -549,8 +542,8 @@ describe('cost: prices per million, expected output tokens', () => {
 
   it('without max_tokens, the expected output follows the observed answers: longer answers move the choice', async () => {
     let tokens = 10;
-    const inUp = await up((body, res) => sendJson(res, 200, completion(body, tokens)));
-    const outUp = await up((body, res) => sendJson(res, 200, completion(body, tokens)));
+    const inUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, tokens)));
+    const outUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, tokens)));
     const gw = await gateway({
       providers: [prov('in', inUp.url, { price: PRICES.in }), prov('out', outUp.url, { price: PRICES.out })],
       routes: { r: { strategy: 'cost', targets: ['in/m', 'out/m'] } },
@@ -588,8 +581,8 @@ describe('cost: prices per million, expected output tokens', () => {
   });
 
   it('identical prices tie: traffic rotates, not always to the first target', async () => {
-    const a = await up((body, res) => sendJson(res, 200, completion(body)));
-    const b = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const b = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const price = { input_per_mtok: 1, output_per_mtok: 2 };
     const gw = await gateway({
       providers: [prov('a', a.url, { price }), prov('b', b.url, { price })],
@@ -601,7 +594,7 @@ describe('cost: prices per million, expected output tokens', () => {
   });
 
   it('tie_epsilon: 1% dearer ties (rotation) at 0.02; 10% dearer never wins; epsilon 0 breaks the 1% tie', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b, c] = [await mk(), await mk(), await mk()];
     const providers = [
       prov('a', a.url, { price: { input_per_mtok: 1, output_per_mtok: 1 } }),
@@ -729,7 +722,7 @@ describe('hybrid: weights, normalisation, reliability', () => {
 
 describe('round-robin', () => {
   it('rotates evenly, sequential and concurrent', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b, c] = [await mk(), await mk(), await mk()];
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
@@ -750,9 +743,9 @@ describe('round-robin', () => {
   });
 
   it('skips an upstream whose breaker is open, and still rotates evenly across the healthy ones', async () => {
-    const a = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const b = await up((_body, res) => fail500(res));
-    const c = await up((body, res) => sendJson(res, 200, completion(body)));
+    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
       routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m'] } },
@@ -777,7 +770,7 @@ describe('priority and the failover chain', () => {
   it('config order serves; failures walk the chain in order within max_attempts, never twice', async () => {
     let failing = new Set<string>();
     const mk = async (name: string) =>
-      up((body, res) => (failing.has(name) ? fail500(res) : sendJson(res, 200, completion(body))));
+      up((body, res) => (failing.has(name) ? fail500(res) : sendJson(res, 200, chatCompletion(body))));
     const [a, b, c] = [await mk('a'), await mk('b'), await mk('c')];
     const providers = [prov('a', a.url), prov('b', b.url), prov('c', c.url)];
     const gw = await gateway({
@@ -835,8 +828,8 @@ describe('priority and the failover chain', () => {
 
   it('an open breaker at the head of the chain is skipped without a call', async () => {
     let aFails = true;
-    const a = await up((body, res) => (aFails ? fail500(res) : sendJson(res, 200, completion(body))));
-    const b = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => (aFails ? fail500(res) : sendJson(res, 200, chatCompletion(body))));
+    const b = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url)],
       routes: { r: { strategy: 'priority', targets: ['a/m', 'b/m'] } },
@@ -859,7 +852,7 @@ describe('priority and the failover chain', () => {
 
 describe('weighted', () => {
   it('proportions follow the weights over 400 requests (seeded random)', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b, c] = [await mk(), await mk(), await mk()];
     const gw = await gateway(
       {
@@ -888,7 +881,7 @@ describe('weighted', () => {
   });
 
   it('unseeded (the real random source): 1:3 within generous bounds', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b] = [await mk(), await mk()];
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url)],
@@ -909,7 +902,7 @@ describe('weighted', () => {
   });
 
   it("a model's weight applies when the target gives none; the target's own weight wins (README)", async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b] = [await mk(), await mk()];
     const gw = await gateway(
       {
@@ -949,7 +942,7 @@ describe('least-busy', () => {
           res.end(`${chunkFrame(body.model, {}, 'stop')}data: [DONE]\n\n`);
           return;
         }
-        sendJson(res, 200, completion(body));
+        sendJson(res, 200, chatCompletion(body));
       });
     const [a, b, c] = [await holder(), await holder(), await holder()];
     const gw = await gateway({
@@ -984,7 +977,7 @@ describe('least-busy', () => {
   });
 
   it('with nothing in flight, least-busy ties rotate rather than always taking the first', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b] = [await mk(), await mk()];
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url)],
@@ -1126,9 +1119,9 @@ describe('every strategy: scores, ties, overrides, pins, decisions metric', () =
   });
 
   it('routing_decisions_total counts one decision per request, under the strategy used', async () => {
-    const a = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     let bFails = false;
-    const b = await up((body, res) => (bFails ? fail500(res) : sendJson(res, 200, completion(body))));
+    const b = await up((body, res) => (bFails ? fail500(res) : sendJson(res, 200, chatCompletion(body))));
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url)],
       routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } },
@@ -1203,7 +1196,7 @@ describe('live statistics under reload, bursts, failures and failover', () => {
     // fresh holds every answer until the burst is over: it stays unmeasured throughout.
     const fresh = await up(async (body, res) => {
       await g.wait;
-      sendJson(res, 200, completion(body));
+      sendJson(res, 200, chatCompletion(body));
     });
     const gw = await gateway(
       {
@@ -1293,7 +1286,7 @@ describe('live statistics under reload, bursts, failures and failover', () => {
     const fast = await up(async (body, res) => {
       if (holdFast) await g.wait;
       else clock.advance(20);
-      sendJson(res, 200, completion(body));
+      sendJson(res, 200, chatCompletion(body));
     });
     const slow = await timedUp(clock, () => 50);
     const gw = await gateway(
@@ -1321,7 +1314,7 @@ describe('live statistics under reload, bursts, failures and failover', () => {
 
 describe('round-robin, weighted and cost: more of the contract', () => {
   it('round-robin turns are per route: two routes over the same upstreams, interleaved, each rotate', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b] = [await mk(), await mk()];
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url)],
@@ -1343,9 +1336,9 @@ describe('round-robin, weighted and cost: more of the contract', () => {
   });
 
   it('weighted skips an open breaker and keeps the others in proportion', async () => {
-    const a = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const b = await up((_b, res) => fail500(res));
-    const c = await up((body, res) => sendJson(res, 200, completion(body)));
+    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const gw = await gateway(
       {
         providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
@@ -1376,8 +1369,8 @@ describe('round-robin, weighted and cost: more of the contract', () => {
   });
 
   it('cost compares every candidate on the same expected output (README), whatever each answered before', async () => {
-    const short = await up((body, res) => sendJson(res, 200, completion(body, 10)));
-    const long = await up((body, res) => sendJson(res, 200, completion(body, 1000)));
+    const short = await up((body, res) => sendJson(res, 200, chatCompletion(body, 10)));
+    const long = await up((body, res) => sendJson(res, 200, chatCompletion(body, 1000)));
     const price = { input_per_mtok: 1, output_per_mtok: 10 };
     const gw = await gateway({
       providers: [prov('short', short.url, { price }), prov('long', long.url, { price })],
@@ -1413,7 +1406,7 @@ describe('round-robin, weighted and cost: more of the contract', () => {
             code: null,
           },
         });
-      sendJson(res, 200, completion(body));
+      sendJson(res, 200, chatCompletion(body));
     });
     const gw = await gateway(
       {
@@ -1472,7 +1465,7 @@ describe('round-robin, weighted and cost: more of the contract', () => {
 
 describe('state the strategies read stays true', () => {
   it('explain does not spend a round-robin turn: the next real request goes where explain said', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b, c] = [await mk(), await mk(), await mk()];
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
@@ -1506,7 +1499,7 @@ describe('state the strategies read stays true', () => {
           if (!res.destroyed) res.end(`${chunkFrame(body.model, {}, 'stop')}data: [DONE]\n\n`);
           return;
         }
-        sendJson(res, 200, completion(body));
+        sendJson(res, 200, chatCompletion(body));
       });
     const [a, b] = [await holder('a'), await holder('b')];
     const gw = await gateway({
@@ -1565,11 +1558,11 @@ describe('state the strategies read stays true', () => {
     const clock = manualClock(1_000_000);
     const g = gate(8000);
     let bMode: 'fail' | 'hold' = 'fail';
-    const a = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const b = await up(async (body, res) => {
       if (bMode === 'fail') return fail500(res);
       await g.wait;
-      sendJson(res, 200, completion(body));
+      sendJson(res, 200, chatCompletion(body));
     });
     const gw = await gateway(
       {
@@ -1634,7 +1627,7 @@ describe('state the strategies read stays true', () => {
           );
           return;
         }
-        sendJson(res, 200, completion(body));
+        sendJson(res, 200, chatCompletion(body));
       });
     const [a, b, c] = [await streamer(), await streamer(), await streamer()];
     const gw = await gateway({
@@ -1652,10 +1645,10 @@ describe('state the strategies read stays true', () => {
   });
 
   it('round-robin skipping an open breaker stays even under concurrency', async () => {
-    const a = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const b = await up((_body, res) => fail500(res));
-    const c = await up((body, res) => sendJson(res, 200, completion(body)));
-    const d = await up((body, res) => sendJson(res, 200, completion(body)));
+    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const d = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url), prov('d', d.url)],
       routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m', 'd/m'] } },
@@ -1702,7 +1695,7 @@ describe('edges of the strategies', () => {
   });
 
   it('weighted: a target of weight 0 gets no traffic (or the config refuses it with its path)', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, completion(body)));
+    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const [a, b] = [await mk(), await mk()];
     const config = {
       providers: [prov('a', a.url), prov('b', b.url)],
@@ -1761,7 +1754,7 @@ describe('edges of the strategies', () => {
           res.end(`${chunkFrame(body.model, {}, 'stop')}data: [DONE]\n\n`);
           return;
         }
-        sendJson(res, 200, completion(body));
+        sendJson(res, 200, chatCompletion(body));
       });
     const [a, b, c] = [await holder(), await holder(), await holder()];
     const gw = await gateway({
@@ -1783,7 +1776,7 @@ describe('edges of the strategies', () => {
   });
 
   it('x-router-provider naming a provider whose breaker is open: 503, and no other provider serves it', async () => {
-    const a = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const b = await up((_b, res) => fail500(res));
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url)],

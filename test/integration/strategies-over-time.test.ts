@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { chunkFrame, gate, sendJson, startMock } from '../helpers/mock-upstream.js';
+import { chatCompletion, chunkFrame, fail500, gate, sendJson, startMock } from '../helpers/mock-upstream.js';
 import { manualClock, mulberry32 } from '../helpers/random.js';
 import { routerStatus } from '../helpers/resilience-harness.js';
 import { postJson, type Candidate, type RouterRes } from '../helpers/router-api.js';
@@ -25,21 +25,6 @@ type Json = Record<string, unknown>;
 type Clock = ReturnType<typeof manualClock>;
 const HI = [{ role: 'user', content: 'hello' }];
 const BODY: Json = { model: 'r', messages: HI };
-
-function completion(body: Json, completionTokens = 2): Json {
-  return {
-    id: 'chatcmpl-x',
-    object: 'chat.completion',
-    created: 1,
-    model: String(body.model),
-    choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
-    usage: { prompt_tokens: 5, completion_tokens: completionTokens, total_tokens: 5 + completionTokens },
-  };
-}
-
-function fail500(res: ServerResponse): void {
-  sendJson(res, 500, { error: { message: 'boom', type: 'server_error', param: null, code: null } });
-}
 
 interface Up {
   url: string;
@@ -61,7 +46,7 @@ async function up(answer: (body: Json, res: ServerResponse, n: number) => void |
 function timedUp(clock: Clock, ms: () => number): Promise<Up> {
   return up((body, res) => {
     clock.advance(ms());
-    sendJson(res, 200, completion(body));
+    sendJson(res, 200, chatCompletion(body));
   });
 }
 
@@ -134,7 +119,7 @@ describe('latency: an upstream that turns slow, and comes back', () => {
     const fast = await up(async (body, res) => {
       if (!hang) {
         clock.advance(20);
-        return sendJson(res, 200, completion(body));
+        return sendJson(res, 200, chatCompletion(body));
       }
       // As the gateway sees it: first_byte_ms pass with nothing, then the attempt is cut.
       clock.advance(300);
@@ -271,9 +256,11 @@ describe('round-robin under failover', () => {
   it("a flaky upstream's failed turns are spread over the healthy ones, not all handed to its successor", async () => {
     // SPEC: round-robin "rotates evenly across healthy candidates". `a` fails every other request it gets
     // (never five in a row: its breaker stays closed), so its failed turns must go somewhere.
-    const a = await up((body, res, n) => (n % 2 === 1 ? fail500(res) : sendJson(res, 200, completion(body))));
-    const b = await up((body, res) => sendJson(res, 200, completion(body)));
-    const c = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res, n) =>
+      n % 2 === 1 ? fail500(res) : sendJson(res, 200, chatCompletion(body)),
+    );
+    const b = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
       routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m'] } },
@@ -293,9 +280,11 @@ describe('ties under failover', () => {
   it('cost: three equally priced upstreams, one flaky: its failed turns are spread over the other two', async () => {
     // SPEC: candidates whose scores tie are "broken by rotation, never by array order alone"; the rest of
     // the ranked list is the failover chain, and it rotates too.
-    const a = await up((body, res, n) => (n % 2 === 1 ? fail500(res) : sendJson(res, 200, completion(body))));
-    const b = await up((body, res) => sendJson(res, 200, completion(body)));
-    const c = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res, n) =>
+      n % 2 === 1 ? fail500(res) : sendJson(res, 200, chatCompletion(body)),
+    );
+    const b = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const price = { input_per_mtok: 1, output_per_mtok: 2 };
     const p = (name: string, url: string) => ({ ...prov(name, url), models: [{ name: 'm', price }] });
     const gw = await gateway({
@@ -313,9 +302,11 @@ describe('ties under failover', () => {
 describe('weighted under failover', () => {
   it("a flaky upstream's failed turns go to the others in proportion to their weights", async () => {
     // The whole ranked list is a weighted draw, so the failover chain follows the weights too.
-    const a = await up((body, res, n) => (n % 2 === 1 ? fail500(res) : sendJson(res, 200, completion(body))));
-    const b = await up((body, res) => sendJson(res, 200, completion(body)));
-    const c = await up((body, res) => sendJson(res, 200, completion(body)));
+    const a = await up((body, res, n) =>
+      n % 2 === 1 ? fail500(res) : sendJson(res, 200, chatCompletion(body)),
+    );
+    const b = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
     const gw = await gateway(
       {
         providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
