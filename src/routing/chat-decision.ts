@@ -55,16 +55,17 @@ function finish(
 ): ChatDecision {
   const plan = planTier(gw, rt, route, hdrs, features, strategy, tier, signal);
   let decision: ChatDecision = { route, hdrs, features, strategy, tier, plan };
-  // A pinned provider the picked tier does not have: the client asked for that provider, not for a tier
-  // (unless it named one too), so a rule's pick or default_tier gives way as the router's does.
-  const pinElsewhere =
-    plan.refusal?.param === 'x-router-provider' && hdrs.provider !== undefined && hdrs.tier === undefined;
-  if (plan.refusal && (tier.byRouter === true || tier.routerWouldAsk === true || pinElsewhere)) {
+  // A tier a rule picked (or default_tier) that cannot take the request — a capability it lacks (n > 1, a file
+  // by id, on a Claude-only tier), the context window, a pinned provider it does not have — gives way as the
+  // router's pick does: the route can serve it, and the client named no tier (x-router-tier keeps its 400).
+  const cannotTake = plan.refusal?.code === 'invalid_request' && hdrs.tier === undefined;
+  if (plan.refusal && (tier.byRouter === true || tier.routerWouldAsk === true || cannotTake)) {
     // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
     // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to
     // default_tier, and when that cannot either, to the first tier that can. Explain, where default_tier
     // stands in for a pick the live router would make (its prompt names tools and images), shows that tier.
-    const fallback = tier.byRouter === true ? defaultTierFor(route, tier, plan.refusal.message) : undefined;
+    const fallback =
+      tier.byRouter === true || cannotTake ? defaultTierFor(route, tier, plan.refusal.message) : undefined;
     const second = fallback && planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
     if (fallback && second && !second.refusal) {
       decision = { route, hdrs, features, strategy, tier: fallback, plan: second };

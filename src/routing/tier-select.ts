@@ -104,14 +104,14 @@ export async function chooseTier(
   };
 }
 
-/** `default_tier` in place of a selection the LLM router made whose tier cannot take the request. */
+/** `default_tier` in place of a selection (the LLM router's, a rule's) whose tier cannot take the request. */
 export function defaultTierFor(
   route: RouteRuntime,
   sel: TierSelection,
   why: string,
 ): TierSelection | undefined {
   const tier = route.defaultTier;
-  if (!sel.byRouter || tier === undefined || tier === sel.tier) return undefined;
+  if (tier === undefined || tier === sel.tier) return undefined;
   return {
     ...sel,
     targets: route.tiers?.[tier] ?? [],
