@@ -59,7 +59,8 @@ function readProfile(model: string): ClaudeProfile {
     from47: v >= 47,
     takesPrefill: v < 46,
     takesSampling: v < 47,
-    // Fable 5.0 and Mythos Preview keep forced tools: only numbered 5.1 and later are documented to refuse them.
-    takesForcedTool: numbered === undefined || numbered < 51,
+    // A model that always thinks cannot take a forced tool: Anthropic refuses thinking beside one (Fable and
+    // Mythos too, which were sent {type: "any"} and thinking together: a 400 on every forced round).
+    takesForcedTool: v < 51,
   };
 }

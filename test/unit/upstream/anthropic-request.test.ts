@@ -928,9 +928,14 @@ describe('anthropic chatRequest: Claude 5 and later think by default', () => {
     }
   });
 
-  it('asks Claude 5.1 on (Opus 5.5, Fable 5.1) for auto instead of a forced tool, which they refuse', () => {
+  it('asks the models that always think (Opus 5.5, Fable, Mythos) for auto instead of a forced tool', () => {
     const named = { type: 'function', function: { name: 'f' } };
-    for (const model of ['claude-opus-5-5', 'claude-fable-5-1', 'anthropic.claude-mythos-5-1']) {
+    for (const model of [
+      'claude-opus-5-5',
+      'claude-fable-5-1',
+      'anthropic.claude-mythos-5-1',
+      'claude-fable-5',
+    ]) {
       expect(send(model, { tools: [fn], tool_choice: 'required' }).tool_choice).toEqual({ type: 'auto' });
       const one = send(model, { tools: [fn], tool_choice: named, parallel_tool_calls: false });
       expect(one.tool_choice).toEqual({ type: 'auto', disable_parallel_tool_use: true });
@@ -938,7 +943,7 @@ describe('anthropic chatRequest: Claude 5 and later think by default', () => {
       const effort = send(model, { tools: [fn], tool_choice: 'required', reasoning_effort: 'high' });
       expect(effort.output_config).toEqual({ effort: 'high' });
     }
-    for (const model of ['claude-opus-5', 'claude-sonnet-5', 'claude-fable-5', 'claude-haiku-4-5'])
+    for (const model of ['claude-opus-5', 'claude-sonnet-5', 'claude-haiku-4-5'])
       expect(send(model, { tools: [fn], tool_choice: named }).tool_choice).toEqual({
         type: 'tool',
         name: 'f',
