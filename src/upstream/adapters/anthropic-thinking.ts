@@ -54,7 +54,9 @@ export function thinkingFor(
   const fits = explicitMax === undefined || explicitMax > MIN_THINKING_BUDGET;
   if (effortBudget === undefined)
     return effort === undefined && claude.thinksByDefault && fits ? DEFAULT_THINKING : undefined;
-  if (!fits) return undefined;
+  // A model that always thinks thinks under a small max_tokens too: at the effort asked (left out, it thought
+  // at its default, high, so `low` got more thinking than `none` did).
+  if (!fits && !leastThinking) return undefined;
   switch (claude.thinking) {
     case 'adaptive':
       // Claude 4.7 on omit the thinking's text unless asked: reasoning_effort asks for the reasoning.
