@@ -39,30 +39,27 @@ export function sourceText(parsed: unknown): string | undefined {
  * cannot be read (topLevelMembers) or `key` holds no array.
  */
 export function arrayElementTexts(text: string, key: string): string[] | undefined {
-  const member = topLevelMembers(text)?.find((m) => m.key === key);
-  if (member === undefined) return undefined;
-  let i = skipSpace(text, text.indexOf(':', stringEnd(text, member.start) + 1) + 1);
-  if (text.charCodeAt(i) !== 91) return undefined; // '['
+  const array = memberValueText(text, key);
+  if (array === undefined || array.charCodeAt(0) !== 91) return undefined; // '['
   const out: string[] = [];
-  i = skipSpace(text, i + 1);
-  if (text.charCodeAt(i) === 93) return out; // '[]'
+  let i = skipSpace(array, 1);
+  if (array.charCodeAt(i) === 93) return out; // '[]'
   for (;;) {
-    const end = valueEnd(text, i);
+    const end = valueEnd(array, i);
     if (end < 0) return undefined;
-    out.push(text.slice(i, end));
-    i = skipSpace(text, end);
-    const c = text.charCodeAt(i);
+    out.push(array.slice(i, end));
+    i = skipSpace(array, end);
+    const c = array.charCodeAt(i);
     if (c === 93) return out; // ']'
     if (c !== 44) return undefined; // ','
-    i = skipSpace(text, i + 1);
+    i = skipSpace(array, i + 1);
   }
 }
 
 /** The text of top-level member `key`'s value in a valid JSON object text; undefined as topLevelMembers says. */
 export function memberValueText(text: string, key: string): string | undefined {
   const member = topLevelMembers(text)?.find((m) => m.key === key);
-  if (member === undefined) return undefined;
-  return text.slice(skipSpace(text, text.indexOf(':', stringEnd(text, member.start) + 1) + 1), member.end);
+  return member === undefined ? undefined : text.slice(member.valueStart, member.end);
 }
 
 /**
@@ -120,10 +117,14 @@ function pushMember(parts: string[], key: string, value: unknown): void {
   if (json !== undefined) parts.push(`${JSON.stringify(key)}:${json}`);
 }
 
-/** One top-level member of a JSON object text: its key and [start of the key's quote, end after its value). */
+/**
+ * One top-level member of a JSON object text: its key, [start of the key's quote, end after its value), and
+ * where its value starts.
+ */
 interface Member {
   readonly key: string;
   readonly start: number;
+  readonly valueStart: number;
   readonly end: number;
 }
 
@@ -150,9 +151,10 @@ export function topLevelMembers(text: string): Member[] | undefined {
     seen.add(key);
     let j = skipSpace(text, keyEnd + 1);
     if (text.charCodeAt(j) !== 58) return undefined; // ':'
-    const end = valueEnd(text, skipSpace(text, j + 1));
+    const valueStart = skipSpace(text, j + 1);
+    const end = valueEnd(text, valueStart);
     if (end < 0) return undefined;
-    members.push({ key, start: i, end });
+    members.push({ key, start: i, valueStart, end });
     j = skipSpace(text, end);
     const c = text.charCodeAt(j);
     if (c === 125) return members; // '}'
