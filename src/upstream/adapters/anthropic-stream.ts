@@ -268,15 +268,16 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   }
 
   private text(content: string): void {
-    const part = this.json === undefined ? content : this.json.feed(content);
-    if (part !== '') this.sink.chunk(this.enc().choice({ content: part }, null), contentWeight(part));
+    this.relayText(this.json === undefined ? content : this.json.feed(content));
   }
 
   /** Text held back while waiting for a JSON answer's object that never came: it goes before the finish. */
   private flushJson(): void {
-    const rest = this.json?.end();
-    if (rest !== undefined && rest !== '')
-      this.sink.chunk(this.enc().choice({ content: rest }, null), contentWeight(rest));
+    if (this.json !== undefined) this.relayText(this.json.end());
+  }
+
+  private relayText(content: string): void {
+    if (content !== '') this.sink.chunk(this.enc().choice({ content }, null), contentWeight(content));
   }
 
   private onMessageDelta(msg: JsonObject): void {
