@@ -58,7 +58,8 @@ function finish(
   // A tier a rule picked (or default_tier) that cannot take the request — a capability it lacks (n > 1, a file
   // by id, on a Claude-only tier), the context window, a pinned provider it does not have — gives way as the
   // router's pick does: the route can serve it, and the client named no tier (x-router-tier keeps its 400).
-  const cannotTake = plan.refusal?.code === 'invalid_request' && hdrs.tier === undefined;
+  const cannotTake =
+    route.tiers !== undefined && plan.refusal?.code === 'invalid_request' && hdrs.tier === undefined;
   if (plan.refusal && (tier.byRouter === true || tier.routerWouldAsk === true || cannotTake)) {
     // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
     // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to
@@ -67,7 +68,7 @@ function finish(
     const fallback =
       tier.byRouter === true || cannotTake ? defaultTierFor(route, tier, plan.refusal.message) : undefined;
     const second = fallback && planTier(gw, rt, route, hdrs, features, strategy, fallback, signal);
-    if (fallback && second && !second.refusal) {
+    if (second && !second.refusal) {
       decision = { route, hdrs, features, strategy, tier: fallback, plan: second };
     } else {
       const cannot = fallback
