@@ -152,6 +152,24 @@ describe("the LLM router's reason never carries a configured secret", () => {
 });
 
 describe('passthrough: a secret the provider echoes in a redirect or in escaped JSON', () => {
+  /** A gateway whose passthrough provider `pt` (key PT_KEY) is `up`. */
+  async function passthroughTo(up: { url: string }): Promise<TestGateway> {
+    return track(
+      await startGateway({
+        server: { passthrough: 'pt' },
+        providers: [
+          {
+            name: 'pt',
+            base_url: `${up.url}/v1`,
+            api_key: PT_KEY,
+            timeouts: RELAXED,
+            models: [{ name: 'm' }],
+          },
+        ],
+      }),
+    );
+  }
+
   // A Google-style provider takes its key as `?key=` on base_url (a credential-named query parameter: a
   // secret, README providers[].headers). A redirect that keeps the query, on the provider's own origin, is
   // mapped onto /v1 for the client: the key must not go with it.
@@ -200,20 +218,7 @@ describe('passthrough: a secret the provider echoes in a redirect or in escaped 
         }),
       ),
     );
-    const gw = track(
-      await startGateway({
-        server: { passthrough: 'pt' },
-        providers: [
-          {
-            name: 'pt',
-            base_url: `${up.url}/v1`,
-            api_key: PT_KEY,
-            timeouts: RELAXED,
-            models: [{ name: 'm' }],
-          },
-        ],
-      }),
-    );
+    const gw = await passthroughTo(up);
     const res = await request(`${gw.url}/v1/files`);
     const text = await res.body.text();
     expect(res.statusCode).toBe(401);
@@ -234,20 +239,7 @@ describe('passthrough: a secret the provider echoes in a redirect or in escaped 
         }),
       ),
     );
-    const gw = track(
-      await startGateway({
-        server: { passthrough: 'pt' },
-        providers: [
-          {
-            name: 'pt',
-            base_url: `${up.url}/v1`,
-            api_key: PT_KEY,
-            timeouts: RELAXED,
-            models: [{ name: 'm' }],
-          },
-        ],
-      }),
-    );
+    const gw = await passthroughTo(up);
     const res = await request(`${gw.url}/v1/files`);
     const text = await res.body.text();
     expect(res.statusCode).toBe(200);
