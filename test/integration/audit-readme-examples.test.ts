@@ -618,7 +618,7 @@ describe('README: Configuration commands', () => {
     const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as {
       scripts: Record<string, string>;
     };
-    // The checks run beside vitest (scripts/test.sh), the type check and the lint side by side within them;
+    // The checks, then vitest (scripts/test.sh); the type check and the lint side by side within them;
     // either failing fails `npm test`.
     expect(pkg.scripts.test).toBe('bash scripts/test.sh');
     // (test/unit/test-script.test.ts runs it: either failing fails it.)

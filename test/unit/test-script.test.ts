@@ -1,7 +1,7 @@
 /**
- * `npm test` is scripts/test.sh: vitest, with `npm run checks` (tsc, eslint, prettier) beside it. Run here
- * with stand-ins for npm and npx on PATH, so what is held is the script's own logic: both run, the checks'
- * output is shown when they fail, arguments reach vitest, and either failing fails the whole.
+ * `npm test` is scripts/test.sh: `npm run checks` (tsc, eslint, prettier), then vitest. Run here with stand-ins
+ * for npm and npx on PATH, so what is held is the script's own logic: the checks' output is shown when they
+ * fail (and vitest is then not run), arguments reach vitest, and either failing fails the whole.
  */
 import { spawnSync } from 'node:child_process';
 import {
@@ -63,6 +63,7 @@ describe('scripts/test.sh', () => {
     expect(checks.code).not.toBe(0);
     expect(checks.out).toContain('src/x.ts: 1 lint problem');
     expect(checks.out).toContain('checks FAILED');
+    expect(checks.out).not.toContain('vitest ran');
     const tests = run(0, 1);
     expect(tests.code).not.toBe(0);
     expect(tests.out).toContain('checks passed');
