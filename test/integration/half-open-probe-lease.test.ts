@@ -128,7 +128,7 @@ describeWithRedis('the probe lease as a trial is admitted', (redis) => {
     // lapsed lease (and probes), this replica admits no trial of its own: two replicas probing together is
     // what the lease is there to prevent.
     const prefix = nextPrefix();
-    const L = 1_000;
+    const L = 2_000;
     const { bad, providers, routes } = await badThenGood(track);
     const gw = await startReplica(
       track,
@@ -147,8 +147,9 @@ describeWithRedis('the probe lease as a trial is admitted', (redis) => {
     await until('the lease won: half-open', () => state(gw) === 'half_open', L + 5_000);
     // No probe out: the lease lapses (PX L from the win) ...
     await until('the lease lapsed', async () => (await raw.pttl(key)) === -2, L + 3_000);
-    // ... and another replica of the fleet takes it, to probe itself.
-    await raw.set(key, 'another-replica', 'PX', 10_000);
+    // ... and another replica of the fleet takes it, to probe itself, for a lease of the same length (one
+    // longer than any the fleet gives is no lease: a replica takes it over, fleet-protocol.ts TAKE_LEASE).
+    await raw.set(key, 'another-replica', 'PX', L);
     const before = bad.requests.length;
     const answer = await chat(gw);
     expect(answer.status).toBe(200);
