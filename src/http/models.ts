@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { GatewayError } from '../errors.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
+import { clip } from '../text.js';
 
 /** One entry of `GET /v1/models`, in OpenAI's model object shape. */
 export interface ModelObject {
@@ -54,7 +55,7 @@ export async function modelsPlugin(app: FastifyInstance): Promise<void> {
     const id = req.params['*'];
     const model = retrieveModel(app.gateway.runtime, id);
     if (model) return model;
-    throw new GatewayError('model_not_found', `The model \`${id.slice(0, 200)}\` does not exist`, {
+    throw new GatewayError('model_not_found', `The model \`${clip(id, 200)}\` does not exist`, {
       param: 'model',
       bodyCode: 'model_not_found',
     });

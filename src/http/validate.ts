@@ -1,6 +1,7 @@
 import { GatewayError } from '../errors.js';
 import { nestsDeeperThan } from '../json-scan.js';
 import type { ChatBody } from '../upstream/adapter.js';
+import { clip } from '../text.js';
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool', 'function']);
 
@@ -194,7 +195,7 @@ function checkToolChoice(choice: unknown, tools: unknown): void {
   const named =
     Array.isArray(tools) &&
     tools.some((t) => isObject(t) && isObject(t.function) && t.function.name === name);
-  if (!named) throw bad('tool_choice', `names function "${name.slice(0, 64)}", which is not in tools`);
+  if (!named) throw bad('tool_choice', `names function "${clip(name, 64)}", which is not in tools`);
 }
 
 const isToken = (x: unknown): boolean => typeof x === 'number' && Number.isInteger(x) && x >= 0;

@@ -3,6 +3,7 @@ import { STRATEGY_NAMES, TIER_NAMES, TIER_SET, type StrategyName, type TierName 
 import { GatewayError } from '../errors.js';
 import type { RouteRuntime, Runtime } from '../runtime.js';
 import { getStrategy } from './strategies/index.js';
+import { clip } from '../text.js';
 
 export interface RoutingHeaders {
   readonly strategy: StrategyName | undefined;
@@ -69,7 +70,7 @@ export function resolveRoute(rt: Runtime, model: string, kind: 'chat' | 'embeddi
   if (!route || route.embeddings !== (kind === 'embeddings')) {
     // One /v1/models lists but on the other endpoint: say which, rather than that it does not exist.
     const message = !route
-      ? `The model \`${model.slice(0, 200)}\` does not exist`
+      ? `The model \`${clip(model, 200)}\` does not exist`
       : route.embeddings
         ? `\`${route.name}\` is an embeddings model: use /v1/embeddings`
         : `\`${route.name}\` is a chat model: use /v1/chat/completions`;

@@ -1,6 +1,7 @@
 import type { ChatBody } from '../upstream/adapter.js';
 import { CLAUDE_IMAGE_TYPES, claudeReadsFile, parseDataUrl } from '../upstream/adapters/anthropic-content.js';
 import { APPROXIMATE, estimatePromptTokens, isImagePart } from './tokens.js';
+import { clip } from '../text.js';
 
 /** What a request needs from an upstream, computed once per request. */
 export interface RequestFeatures {
@@ -176,7 +177,7 @@ function partNotForAnthropic(part: unknown): NotForAnthropic | undefined {
   const { type, file } = part as { type?: unknown; file?: unknown };
   if (type === 'input_audio') return INPUT_AUDIO;
   // Any other part (vLLM's video_url and audio_url) would go without: refused, never dropped.
-  if (!ANTHROPIC_PARTS.has(type)) return { what: `a ${String(type).slice(0, 64)} part`, param: 'messages' };
+  if (!ANTHROPIC_PARTS.has(type)) return { what: `a ${clip(String(type), 64)} part`, param: 'messages' };
   if (type !== 'file') return undefined;
   const data = (file as { file_data?: unknown } | null | undefined)?.file_data;
   if (typeof data !== 'string') return FILE_BY_ID;

@@ -1,5 +1,6 @@
 import { TIER_SET, type TierName } from '../config/schema.js';
 import { closingBrace } from '../json-scan.js';
+import { clip } from '../text.js';
 
 // Reading the LLM router model's answer: the tier it picks, from its JSON or its prose.
 
@@ -41,7 +42,7 @@ export function parseRouterAnswer(text: string): { tier: TierName; reason: strin
     const reasonKey = Object.keys(rec).find((k) => k.toLowerCase() === 'reason');
     const reason =
       reasonKey !== undefined && typeof rec[reasonKey] === 'string' ? (rec[reasonKey] as string) : '';
-    return { tier: tier.trim().toLowerCase() as TierName, reason: reason.slice(0, 200) };
+    return { tier: tier.trim().toLowerCase() as TierName, reason: clip(reason, 200) };
   }
   // Prose: "Tier: deep (multi-step proof)" or "tier: deep - it needs ..." is a pick; one that goes on to name
   // another tier, or asks, is not.

@@ -1,5 +1,6 @@
 import type { RequestFeatures } from './features.js';
 import { isImagePart } from './tokens.js';
+import { clip } from '../text.js';
 
 // What the LLM router asks its model: a fixed, versioned prompt and a bounded excerpt of the conversation.
 
@@ -37,7 +38,7 @@ export function conversationExcerpt(messages: readonly unknown[]): string {
     const role = typeof m?.role === 'string' ? m.role : 'unknown';
     if (role === 'system' || role === 'developer') continue;
     let text = textOf(m?.content).replace(/\s+/g, ' ').trim();
-    if (text.length > EXCERPT_CHARS_PER_MESSAGE) text = `${text.slice(0, EXCERPT_CHARS_PER_MESSAGE)}…`;
+    if (text.length > EXCERPT_CHARS_PER_MESSAGE) text = `${clip(text, EXCERPT_CHARS_PER_MESSAGE)}…`;
     const line = `[${role}] ${text}`;
     if (total + line.length > EXCERPT_MAX_CHARS) break;
     total += line.length;

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { skipSpace } from '../../json-scan.js';
 import type { AdapterProvider, Usage } from '../adapter.js';
+import { clip } from '../../text.js';
 
 /**
  * Dialect-neutral helpers shared by the provider adapters: narrowing of untrusted JSON, and the encoder
@@ -92,7 +93,7 @@ export function openAiErrorTypeForStatus(status: number): string {
 
 /** Caps an upstream message we relay, so a hostile body cannot inflate our error responses. */
 export function truncateMessage(text: string, maxChars = 1000): string {
-  return text.length > maxChars ? `${text.slice(0, maxChars)}…` : text;
+  return text.length > maxChars ? `${clip(text, maxChars)}…` : text;
 }
 
 export type FinishReason = 'stop' | 'length' | 'tool_calls' | 'content_filter';

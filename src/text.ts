@@ -1,0 +1,10 @@
+/**
+ * The first `max` UTF-16 units of `text`, one fewer where the cut would split a surrogate pair: half an
+ * emoji is a lone surrogate, which strict JSON readers refuse (Anthropic's API, serde_json) and the rest show
+ * as U+FFFD.
+ */
+export function clip(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const last = text.charCodeAt(max - 1);
+  return text.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
+}
