@@ -415,14 +415,14 @@ export async function sendScrubbed(
   }
   // An encoding we cannot read (zstd) would be noise as text: told by its status instead, as a broken body is.
   const coding = replyCoding(reply.getHeader('content-encoding'));
-  // A body declared in a one-byte charset (ISO-8859-1, windows-1252) is read and sent back byte for byte
-  // (latin1 maps each byte to one character and back): read as UTF-8 its accents became U+FFFD.
-  const oneByte =
-    coding === 'identity' && ONE_BYTE_CHARSET.test(String(reply.getHeader('content-type') ?? ''));
+  // A body declared in a charset other than UTF-8 (ISO-8859-1, windows-1252, Shift_JIS, GBK) is read and sent
+  // back byte for byte (latin1 maps each byte to one character and back; the secrets, ASCII, are found in
+  // any ASCII-compatible charset): read as UTF-8 its non-ASCII text became U+FFFD.
+  const byteExact = coding === 'identity' && !isUtf8(reply.getHeader('content-type'));
   let text: string | undefined;
   try {
     const body = Buffer.concat(parts);
-    if (coding === 'identity') text = body.toString(oneByte ? 'latin1' : 'utf8');
+    if (coding === 'identity') text = body.toString(byteExact ? 'latin1' : 'utf8');
     else if (coding !== null) text = decodeBuffer(body, coding, 4 * MAX_ERROR_BODY_BYTES);
   } catch {
     /* told by its status below */
@@ -432,13 +432,17 @@ export async function sendScrubbed(
   if (text === undefined) void reply.send(`upstream answered HTTP ${reply.statusCode}`);
   else {
     const scrubbed = scrubber.scrub(text, cut);
-    void reply.send(oneByte ? Buffer.from(scrubbed, 'latin1') : scrubbed);
+    void reply.send(byteExact ? Buffer.from(scrubbed, 'latin1') : scrubbed);
   }
 }
 
-/** A content-type whose charset is one byte a character (its bytes survive a latin1 round trip). */
-const ONE_BYTE_CHARSET =
-  /;\s*charset\s*=\s*"?(?:iso-?8859-\d+|latin-?1|windows-125\d|cp125\d|us-ascii)"?\s*(?:;|$)/i;
+/** A content-type that declares no charset (JSON's is UTF-8) or UTF-8's. */
+function isUtf8(contentType: unknown): boolean {
+  const charset = CHARSET.exec(String(contentType ?? ''))?.[1];
+  return charset === undefined || /^utf-?8$/i.test(charset);
+}
+
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]+)/i;
 
 /** A response's content-encoding: one we decode, none (`identity`), or one we cannot read (null: zstd). */
 function replyCoding(header: unknown): Coding | 'identity' | null {
