@@ -34,7 +34,8 @@ declare module 'fastify' {
 }
 
 const MAX_JSON_DEPTH = 64;
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** A client id echoed as given: UUIDs, ULIDs, trace ids, base64 (`+/=`), `name@host`. */
+const REQUEST_ID = /^[A-Za-z0-9._:+/=@-]{1,128}$/;
 
 /**
  * The logger fastify is given: ours, but its `child()` answers itself. Fastify asks for a child per request,
@@ -266,7 +267,8 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     if (retryAfterS !== undefined) reply.header('retry-after', String(retryAfterS));
     // A 504 is the route's own time budget spent (its failover included): the OpenAI SDKs, which retry a
     // 5xx twice by default, would spend it twice more. They read this header; other clients ignore it.
-    if (status === 504) reply.header('x-should-retry', 'false');
+    // One with a Retry-After (every upstream busy at max_concurrency, none tried) is worth a retry.
+    if (status === 504 && retryAfterS === undefined) reply.header('x-should-retry', 'false');
     void reply.code(status).type('application/json').send(body);
   });
   app.setNotFoundHandler((req, reply) => {

@@ -8,6 +8,7 @@ import type { AttemptResult } from '../upstream/attempt.js';
 import { reportedCompletion } from '../upstream/adapter.js';
 import type { Permit } from './breaker.js';
 import { QUEUE_TIMEOUT } from './classify.js';
+import { clip } from '../text.js';
 
 /** One attempt as the trail and the final error report it. */
 export interface AttemptRecord {
@@ -211,7 +212,7 @@ export async function runFailover(
         reason: result.classified.reason,
         status: result.status,
         route: opts.routeName,
-        upstreamMessage: said ? opts.scrubber.scrub(said).slice(0, MAX_LOGGED_MESSAGE) : undefined,
+        upstreamMessage: said ? clip(opts.scrubber.scrub(said), MAX_LOGGED_MESSAGE) : undefined,
       },
       `attempt on ${up.id} failed (${result.classified.reason})`,
     );
@@ -305,10 +306,20 @@ function finalError(
   }
   const list = describeAttempts(attempts);
   if (d.rateLimited === attempts.length) {
-    const retryAfterS = Number.isFinite(d.minRetryAfterMs)
-      ? Math.max(1, Math.ceil(d.minRetryAfterMs / 1000))
-      : 1;
+    // A candidate max_attempts left untried may take the request now: the client is not sent away for the
+    // rate-limited ones' whole wait while it is free (their breakers now keep the next request off them).
+    let minMs = d.minRetryAfterMs;
+    for (const t of d.ranked) {
+      const up = t.candidate.upstream;
+      if (!attempted(attempts, up.id)) minMs = Math.min(minMs, up.breaker.msUntilHalfOpen());
+    }
+    const retryAfterS = Number.isFinite(minMs) ? Math.max(1, Math.ceil(minMs / 1000)) : 1;
     return new GatewayError('rate_limited', `every upstream tried is rate limited: ${list}`, { retryAfterS });
+  }
+  if (!d.deadlineHit && attempts.every((a) => a.reason === QUEUE_TIMEOUT)) {
+    // No upstream saw it: each was at max_concurrency. A slot may be free in a moment, so a retry is
+    // welcome (a Retry-After, which also keeps the x-should-retry: false of a spent route deadline off it).
+    return new GatewayError('timeout', `upstreams timed out: ${list}`, { retryAfterS: 1 });
   }
   if (d.deadlineHit || attempts.every((a) => a.outcome === 'timeout')) {
     return new GatewayError('timeout', `upstreams timed out: ${list}`);
