@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import fp from 'fastify-plugin';
 import Fastify, {
   LogController,
   type FastifyBaseLogger,
@@ -16,13 +17,14 @@ import { GatewayError, errorBody } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { adminPlugin } from './http/admin.js';
 import { authHook } from './http/auth.js';
-import { logUnrouted, reportOnce, reportUnrouted } from './http/report.js';
 import { CLIENT_CLOSED_REQUEST, chatPlugin } from './http/chat.js';
+import { registerCors } from './http/cors.js';
 import { embeddingsPlugin } from './http/embeddings.js';
 import { healthPlugin } from './http/health.js';
 import { metricsPlugin } from './http/metrics.js';
 import { modelsPlugin } from './http/models.js';
 import { passthroughPlugin } from './http/passthrough.js';
+import { logUnrouted, reportOnce, reportUnrouted } from './http/report.js';
 import { protectionPlugin } from './http/protection.js';
 import { jsonDepthExceeds, UnusableBody } from './http/validate.js';
 import { rememberSource } from './upstream/body-text.js';
@@ -245,7 +247,6 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
 
   app.removeAllContentTypeParsers();
 
-  app.addHook('onRequest', authHook(gateway));
 
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
   // get their line here (a passthrough answer cut mid-body, which fastify's onResponse never sees, in
@@ -287,6 +288,15 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     void reply.code(404).type('application/json').send(err.toBody());
   });
 
+  // The onRequest hooks, in this order: CORS (a preflight is answered before auth, a browser sends no key on
+  // it; an answer refused by auth keeps Allow-Origin, for the page to read the 401), auth, then the load
+  // shedding and rate limits (a preflight costs no budget).
+  if (server.cors !== undefined) registerCors(app, gateway, server.cors.max_age_s);
+  app.register(
+    fp(async (root) => {
+      root.addHook('onRequest', authHook(gateway));
+    }),
+  );
   app.register(protectionPlugin, { server });
   app.register(healthPlugin);
   app.register(metricsPlugin);

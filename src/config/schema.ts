@@ -230,6 +230,14 @@ const routeSchema = z.strictObject({
   on_stream_failure: z.enum(['terminate', 'continue']).default('terminate'),
 });
 
+/** `*`, an origin (`https://app.example.com`, `http://localhost:3000`) or one with a wildcard subdomain. */
+const corsOrigin = z
+  .string()
+  .regex(/^(?:\*|https?:\/\/(?:\*\.)?[a-z0-9-]+(?:\.[a-z0-9-]+)*(?::\d{1,5})?)$/i, {
+    message: 'expected "*" or an origin: scheme://host[:port] (host may start with "*."), no path',
+  })
+  .transform((o) => o.toLowerCase());
+
 const serverSchema = z.strictObject({
   host: z.string().default('0.0.0.0'),
   port: nonNegInt.pipe(z.number().max(65_535)).default(8080),
@@ -263,6 +271,13 @@ const serverSchema = z.strictObject({
       sample_interval_ms: 1_000,
       retry_after_s: 5,
     }),
+  /** Browser pages on these origins may call the gateway (CORS); absent: no CORS headers, as before. */
+  cors: z
+    .strictObject({
+      origins: z.array(corsOrigin).min(1, 'at least one origin (or "*")'),
+      max_age_s: nonNegInt.default(600),
+    })
+    .optional(),
   /** Per client key (per address without keys); 0 = no limit. */
   rate_limit: z
     .strictObject({ requests_per_minute: nonNegInt.default(0) })

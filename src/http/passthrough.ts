@@ -99,6 +99,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const upstreamBase = url.origin + url.pathname.replace(/\/+$/, '');
   // Also restart-only (the limiter is registered once).
   const ownRateLimit = app.gateway.runtime.loaded.config.server.rate_limit.requests_per_minute > 0;
+  const ownCors = app.gateway.runtime.loaded.config.server.cors !== undefined;
   const websockets = webSocketPassthrough(app, { url, timeouts, maxPayloadBytes: bodyLimit, failure });
   const baseQuery = new URLSearchParams(url.search);
   // The config a request started on: the key it sent is the one its answer may echo, whatever a reload
@@ -283,6 +284,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           // The gateway's own limit, when it has one, is what these name (README server.rate_limit): an
           // upstream's same-named ones must not overwrite them.
           if (ownRateLimit && OWN_RATE_LIMIT_HEADERS.has(k)) continue;
+          // Likewise the gateway's CORS answer (server.cors): the provider's would name other origins.
+          if (ownCors && k.startsWith('access-control-')) continue;
           // http-proxy maps a relative Location onto /v1; one written with the provider's own origin is the
           // same place, and must not send the client around the gateway (with no key of the provider's).
           if (k === 'location' && typeof v === 'string' && v.startsWith(upstreamBase)) {

@@ -8,6 +8,7 @@ import { fixed } from '../routing/strategies/rank.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import { reportedCompletion, reportedPrompt, type Usage } from '../upstream/adapter.js';
+import { isPreflight } from './cors.js';
 import { tokenCount } from '../upstream/adapters/common.js';
 
 /** What is known of a routed request once it is planned: built once per request. */
@@ -166,6 +167,7 @@ const NOT_REQUESTS = new Set(['/healthz', '/readyz', '/metrics', '/router/status
 export function reportOnce(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
   if (req.reported) return; // before routeOptions: fastify builds that object on every read
   req.reported = true;
+  if (isPreflight(req)) return; // a browser's CORS question, not a request
   const route = req.routeOptions.url;
   if (route === undefined || !NOT_REQUESTS.has(route)) reportUnrouted(gw, req, status, elapsedMs);
 }
