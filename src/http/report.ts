@@ -93,7 +93,6 @@ function headerSafe(text: string): string {
   return text.slice(0, 200).replace(NOT_HEADER_SAFE, '?');
 }
 
-/** Tokens and spend of one served answer, counted on its upstream; the figures go in the log line. */
 /**
  * The prompt tokens an upstream says it read from its cache (OpenAI's prompt_tokens_details.cached_tokens,
  * Anthropic's cache_read_input_tokens as translated): at most the prompt's, none when the prompt was estimated.
@@ -106,6 +105,7 @@ function cachedTokens(usage: Usage | undefined, promptTokens: number): number {
   return n === undefined ? 0 : Math.min(n, promptTokens);
 }
 
+/** Tokens and spend of one served answer, counted on its upstream; the figures go in the log line. */
 export function recordUsage(
   up: Upstream,
   usage: Usage | undefined,
