@@ -263,6 +263,7 @@ async function handleChat(
         served,
         attempts: out.attempts,
         upstreamMs: out.upstreamMs,
+        usage: out.usage, // what the upstream reported before the cut (a usage chunk, Anthropic's input)
         countedTokens: out.relayedTokens, // what the client was sent is paid for: counted like the prompt
         ttftMs: out.committed ? out.ttftMs : undefined,
         error: cut ? GATEWAY_SHUTDOWN : last?.reason,

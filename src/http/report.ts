@@ -7,7 +7,7 @@ import { trailOf } from '../resilience/failover.js';
 import { fixed } from '../routing/strategies/rank.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
-import { reportedCompletion, reportedPrompt, type Usage } from '../upstream/adapter.js';
+import { ANTHROPIC_CACHE, reportedCompletion, reportedPrompt, type Usage } from '../upstream/adapter.js';
 import { isPreflight } from './cors.js';
 import { tokenCount } from '../upstream/adapters/common.js';
 
@@ -105,6 +105,11 @@ function cachedTokens(usage: Usage | undefined, promptTokens: number): number {
   return n === undefined ? 0 : Math.min(n, promptTokens);
 }
 
+/** Anthropic's cache prices as multiples of the input price: reads, and what writes cost above it. */
+const ANTHROPIC_READ = 0.1;
+const ANTHROPIC_WRITE_5M = 0.25;
+const ANTHROPIC_WRITE_1H = 1;
+
 /** Tokens and spend of one served answer, counted on its upstream; the figures go in the log line. */
 export function recordUsage(
   up: Upstream,
@@ -115,10 +120,20 @@ export function recordUsage(
   const promptTokens = reportedPrompt(usage) ?? promptEstimate;
   const completionTokens = reportedCompletion(usage) ?? counted ?? 0;
   const price = up.model.price;
-  const cached = price.cached_input_per_mtok === undefined ? 0 : cachedTokens(usage, promptTokens);
+  // Anthropic bills cache reads at a tenth of the input price and writes above it (adapter.ts
+  // ANTHROPIC_CACHE); a price's own cached_input_per_mtok says otherwise for reads.
+  const anthropic = reportedPrompt(usage) === undefined ? undefined : usage?.[ANTHROPIC_CACHE];
+  const cachedPrice =
+    price.cached_input_per_mtok ?? (anthropic ? price.input_per_mtok * ANTHROPIC_READ : undefined);
+  const cached = cachedPrice === undefined ? 0 : cachedTokens(usage, promptTokens);
+  const writesAbove = anthropic
+    ? (anthropic.writes5m * ANTHROPIC_WRITE_5M + anthropic.writes1h * ANTHROPIC_WRITE_1H) *
+      price.input_per_mtok
+    : 0;
   const costUsd =
     ((promptTokens - cached) * price.input_per_mtok +
-      cached * (price.cached_input_per_mtok ?? 0) +
+      cached * (cachedPrice ?? 0) +
+      writesAbove +
       completionTokens * price.output_per_mtok) /
     1e6;
   up.metrics.promptTokens.inc(promptTokens);

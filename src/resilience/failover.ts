@@ -5,7 +5,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import type { AttemptResult } from '../upstream/attempt.js';
-import { reportedCompletion } from '../upstream/adapter.js';
+import { reportedCompletion, type Usage } from '../upstream/adapter.js';
 import type { Permit } from './breaker.js';
 import { QUEUE_TIMEOUT } from './classify.js';
 import { clip } from '../text.js';
@@ -64,6 +64,8 @@ export interface FailoverCommittedFailure {
   readonly upstreamMs: number;
   /** Completion tokens a committed stream sent before it failed. */
   readonly relayedTokens?: number | undefined;
+  /** The usage that stream reported before it failed (its prompt, as the upstream counted it). */
+  readonly usage?: Usage | undefined;
   /** When that stream's first content went out (its time to first token, observed like a finished one's). */
   readonly ttftMs?: number | undefined;
 }
@@ -172,6 +174,7 @@ export async function runFailover(
         attempts,
         upstreamMs,
         relayedTokens: result.relayedTokens,
+        usage: result.usage,
         ttftMs: result.ttftMs,
       };
     }

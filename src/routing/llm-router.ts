@@ -265,7 +265,9 @@ async function callRouter(
     );
     if ('committedFailure' in out)
       return done({ tier: fallback, reason: 'router call abandoned', outcome: 'error' });
-    costUsd = recordUsage(out.target.candidate.upstream, out.result.usage, promptTokens, 0).costUsd;
+    // An answer without usage is counted from its text, as any answer is (its completion is not free).
+    const up = out.target.candidate.upstream;
+    costUsd = recordUsage(up, out.result.usage, promptTokens, out.result.countedTokens).costUsd;
     const answer = readAnswer(out.result.body);
     const parsed = parseRouterAnswer(answer);
     if (!parsed || !(route.tiers?.[parsed.tier]?.length ?? 0)) {

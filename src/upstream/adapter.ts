@@ -16,9 +16,16 @@ export interface Usage {
    * server without input_tokens): counted from the gateway's own estimate instead. A symbol key: never sent.
    */
   [UNREPORTED]?: { readonly prompt: boolean; readonly completion: boolean };
+  /**
+   * An Anthropic usage's cache writes (inside prompt_tokens), which Anthropic bills above the input price:
+   * 1.25x for a 5-minute entry, 2x for a 1-hour one. Its presence marks Anthropic's pricing of cache reads
+   * too (0.1x input, unless the model's price says otherwise). A symbol key: never sent.
+   */
+  [ANTHROPIC_CACHE]?: { readonly writes5m: number; readonly writes1h: number };
 }
 
 export const UNREPORTED = Symbol('usage figures the upstream did not report');
+export const ANTHROPIC_CACHE = Symbol('Anthropic cache writes');
 
 /** The prompt count the upstream reported, or undefined (no usage, or a figure it did not give). */
 export function reportedPrompt(usage: Usage | undefined): number | undefined {
@@ -117,6 +124,11 @@ export interface StreamTranslator {
    * a finish_reason it is an empty answer (a `length` all spent on reasoning); without, no answer at all.
    */
   saidNoFinish?(): boolean;
+  /**
+   * The usage known so far of a stream that ended early (Anthropic's input counts at message_start; its
+   * output count is not the answer's until message_delta, so unreported): what a cut stream bills.
+   */
+  usageSoFar?(): Usage | undefined;
 }
 
 export interface ChatAdapter {

@@ -327,7 +327,12 @@ async function attemptStreamBody(
       );
     }
     if (committed && !result.ok)
-      result = { ...result, relayedTokens: json?.tokens ?? streamTokens(), ttftMs };
+      result = {
+        ...result,
+        relayedTokens: json?.tokens ?? streamTokens(),
+        usage: usage ?? translator.usageSoFar?.(),
+        ttftMs,
+      };
     if (committed && !result.ok && !result.clientGone) {
       const message = streamError
         ? `upstream ${upstream.id} failed mid-stream: ${scrubber.scrub(streamError.message)}`

@@ -44,6 +44,8 @@ export type AttemptResult =
       readonly totalMs: number;
       /** A stream cut after its commit: the completion tokens the client was sent (counted, as paid for). */
       readonly relayedTokens?: number;
+      /** A stream cut after its commit: the usage it reported before (Anthropic's input at message_start). */
+      readonly usage?: Usage | undefined;
       /** A stream cut after its commit: when its first content went out, ms after the attempt began. */
       readonly ttftMs?: number;
     };

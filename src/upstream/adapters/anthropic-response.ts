@@ -1,4 +1,5 @@
 import {
+  ANTHROPIC_CACHE,
   UNREPORTED,
   type AnswerJson,
   type StreamContext,
@@ -44,6 +45,8 @@ export function mapStopReason(reason: unknown): FinishReason {
 export interface AnthropicTokens {
   input: number;
   cacheCreation: number;
+  /** Of cacheCreation, the writes to 1-hour entries (`cache_creation.ephemeral_1h_input_tokens`). */
+  cacheWrite1h?: number;
   cacheRead: number;
   output: number;
   /** Whether the upstream gave an input (or cache) count, and an output count: Anthropic always does. */
@@ -62,6 +65,8 @@ export function readTokens(usage: unknown, into: AnthropicTokens): void {
     into.cacheCreation = asCount(usage.cache_creation_input_tokens);
     into.inputSeen = true;
   }
+  if (isObject(usage.cache_creation) && typeof usage.cache_creation.ephemeral_1h_input_tokens === 'number')
+    into.cacheWrite1h = asCount(usage.cache_creation.ephemeral_1h_input_tokens);
   if (typeof usage.cache_read_input_tokens === 'number') {
     into.cacheRead = asCount(usage.cache_read_input_tokens);
     into.inputSeen = true;
@@ -87,6 +92,8 @@ export function toOpenAiUsage(t: AnthropicTokens): Usage | undefined {
   };
   if (t.inputSeen !== true || t.outputSeen !== true)
     usage[UNREPORTED] = { prompt: t.inputSeen !== true, completion: t.outputSeen !== true };
+  const writes1h = Math.min(t.cacheWrite1h ?? 0, t.cacheCreation);
+  usage[ANTHROPIC_CACHE] = { writes5m: t.cacheCreation - writes1h, writes1h };
   return usage;
 }
 

@@ -1,4 +1,10 @@
-import { contentWeight, type ChunkSink, type StreamContext, type StreamTranslator } from '../adapter.js';
+import {
+  contentWeight,
+  type ChunkSink,
+  type StreamContext,
+  type StreamTranslator,
+  type Usage,
+} from '../adapter.js';
 import { JsonAnswer } from './json-answer.js';
 import {
   asString,
@@ -147,6 +153,11 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       this.ctx.includeUsage,
     );
     return this.encoder;
+  }
+
+  usageSoFar(): Usage | undefined {
+    // message_start's output_tokens is not the answer's: the completion is counted from what was relayed.
+    return toOpenAiUsage(this.usageReported ? this.tokens : { ...this.tokens, outputSeen: false });
   }
 
   private onMessageStart(message: unknown): void {

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import type { StreamContext } from '../../../src/upstream/adapter.js';
+import { ANTHROPIC_CACHE, type StreamContext } from '../../../src/upstream/adapter.js';
 import { anthropicAdapter } from '../../../src/upstream/adapters/anthropic.js';
 
 const fixture = (name: string): unknown =>
@@ -44,6 +44,7 @@ describe('anthropic chatResponse', () => {
       completion_tokens: 15,
       total_tokens: 150,
       prompt_tokens_details: { cached_tokens: 100 },
+      [ANTHROPIC_CACHE]: { writes5m: 10, writes1h: 0 }, // the cache write, priced above the input (report.ts)
     };
     expect(body).toEqual({
       id: 'chatcmpl-msg_01XFDUDYJgAACzvnptvVoYEL',

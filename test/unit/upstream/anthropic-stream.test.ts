@@ -1,7 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createSseParser } from '../../../src/streaming/sse.js';
-import type { ChunkSink, StreamContext, UpstreamErrorInfo, Usage } from '../../../src/upstream/adapter.js';
+import {
+  ANTHROPIC_CACHE,
+  type ChunkSink,
+  type StreamContext,
+  type UpstreamErrorInfo,
+  type Usage,
+} from '../../../src/upstream/adapter.js';
 import { anthropicAdapter } from '../../../src/upstream/adapters/anthropic.js';
 import { mulberry32 } from '../../helpers/random.js';
 
@@ -38,6 +44,11 @@ const ctxOf = (includeUsage: boolean): StreamContext => ({
   includeUsage,
   created: 1_700_000_123,
 });
+
+/** A translated Anthropic usage: with its cache writes under their symbol key (report.ts prices them). */
+function withWrites(usage: Omit<Usage, typeof ANTHROPIC_CACHE>, writes5m = 0, writes1h = 0): Usage {
+  return { ...usage, [ANTHROPIC_CACHE]: { writes5m, writes1h } };
+}
 
 function recorder(): { sink: ChunkSink; out: Out[] } {
   const out: Out[] = [];
@@ -102,12 +113,15 @@ describe('anthropic stream: text answer', () => {
       ...head,
       choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
     });
-    const usage = {
-      prompt_tokens: 135,
-      completion_tokens: 15,
-      total_tokens: 150,
-      prompt_tokens_details: { cached_tokens: 100 },
-    };
+    const usage = withWrites(
+      {
+        prompt_tokens: 135,
+        completion_tokens: 15,
+        total_tokens: 150,
+        prompt_tokens_details: { cached_tokens: 100 },
+      },
+      10,
+    );
     expect(out.map((o) => (o.kind === 'chunk' ? { ...o, json: JSON.parse(o.json) as unknown } : o))).toEqual([
       { kind: 'chunk', content: false, json: choice({ role: 'assistant', content: '' }) },
       { kind: 'chunk', content: true, json: choice({ content: 'Hello' }) },
@@ -194,12 +208,12 @@ describe('anthropic stream: tool use', () => {
     expect(flags).toEqual([false, true, true, true, true, true, true, true, true, true, true, true, false]);
     expect(out.find((o) => o.kind === 'usage')).toEqual({
       kind: 'usage',
-      usage: {
+      usage: withWrites({
         prompt_tokens: 472,
         completion_tokens: 89,
         total_tokens: 561,
         prompt_tokens_details: { cached_tokens: 0 },
-      },
+      }),
     });
     expect(out.at(-1)).toEqual({ kind: 'end' });
   });
@@ -571,12 +585,12 @@ describe('anthropic stream: errors and hostile events', () => {
     expect(whole(sse).filter((o) => o.kind !== 'chunk')).toEqual([
       {
         kind: 'usage',
-        usage: {
+        usage: withWrites({
           prompt_tokens: 7,
           completion_tokens: 2,
           total_tokens: 9,
           prompt_tokens_details: { cached_tokens: 0 },
-        },
+        }),
       },
       { kind: 'end' },
     ]);
@@ -589,12 +603,12 @@ describe('anthropic stream: errors and hostile events', () => {
     const out = whole(sse);
     expect(out.find((o) => o.kind === 'usage')).toEqual({
       kind: 'usage',
-      usage: {
+      usage: withWrites({
         prompt_tokens: 12,
         completion_tokens: 20,
         total_tokens: 32,
         prompt_tokens_details: { cached_tokens: 3 },
-      },
+      }),
     });
     expect(chunksOf(out).at(-1)!.choices[0]!.finish_reason).toBe('length');
   });
