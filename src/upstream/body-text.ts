@@ -144,9 +144,10 @@ export function topLevelMembers(text: string): Member[] | undefined {
     if (text.charCodeAt(i) !== 34) return undefined;
     const keyEnd = stringEnd(text, i);
     if (keyEnd < 0) return undefined;
-    const k = text.indexOf('\\', i + 1);
-    if (k >= 0 && k < keyEnd) return undefined;
     const key = text.slice(i + 1, keyEnd);
+    // Searched in the key alone: a search of the text from each key ran to its end when no `\` followed
+    // (80,000 keys ahead of a 4 MB prompt: seconds of one core).
+    if (key.includes('\\')) return undefined;
     if (seen.has(key)) return undefined;
     seen.add(key);
     let j = skipSpace(text, keyEnd + 1);
@@ -203,6 +204,8 @@ export function topLevelStringSpan(text: string, key: string): [number, number, 
   let keys = 0;
   let found: [number, number] | undefined;
   const n = text.length;
+  // The next `\` at or after a key's start, found once and moved forward only (see topLevelMembers).
+  let backslash = -2;
   let i = 0;
   while (i < n) {
     const c = text.charCodeAt(i);
@@ -212,8 +215,8 @@ export function topLevelStringSpan(text: string, key: string): [number, number, 
       if (depth === 1 && expectKey) {
         expectKey = false;
         keys++;
-        const k = text.indexOf('\\', i + 1);
-        if (k >= 0 && k < end) return undefined;
+        if (backslash !== -1 && backslash <= i) backslash = text.indexOf('\\', i + 1);
+        if (backslash >= 0 && backslash < end) return undefined;
         if (end - i - 1 === key.length && text.startsWith(key, i + 1)) {
           if (found) return undefined;
           let j = skipSpace(text, end + 1);

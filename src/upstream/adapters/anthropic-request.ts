@@ -187,7 +187,7 @@ function addMessage(message: unknown, system: Block[], turns: Turn[], ids: ToolI
   switch (message.role) {
     case 'system':
     case 'developer':
-      system.push(...textBlocks(message.content));
+      appendAll(system, textBlocks(message.content));
       return;
     case 'user':
       pushTurn(turns, 'user', userBlocks(message.content));
@@ -222,19 +222,23 @@ function addAssistant(message: JsonObject, turns: Turn[], ids: ToolIds): void {
     return;
   }
   // Every assistant turn holds a block that is not thinking: the index is found.
-  if (thinking.length > 0)
-    last.content.splice(
-      last.content.findIndex((b) => !isThinking(b)),
-      0,
-      ...thinking,
-    );
-  last.content.push(...blocks);
+  if (thinking.length > 0) {
+    const rest = last.content.splice(last.content.findIndex((b) => !isThinking(b)));
+    appendAll(last.content, thinking);
+    appendAll(last.content, rest);
+  }
+  appendAll(last.content, blocks);
+}
+
+/** `into.push(...items)` without the spread: a call's arguments live on the stack (200,000 parts overflowed it). */
+function appendAll<T>(into: T[], items: readonly T[]): void {
+  for (const item of items) into.push(item);
 }
 
 function pushTurn(turns: Turn[], role: Role, blocks: Block[]): void {
   if (blocks.length === 0) return;
   const last = turns.at(-1);
-  if (last !== undefined && last.role === role) last.content.push(...blocks);
+  if (last !== undefined && last.role === role) appendAll(last.content, blocks);
   else turns.push({ role, content: blocks });
 }
 

@@ -20,19 +20,26 @@ function toolId(id: unknown): string | undefined {
 export class ToolIds {
   private readonly used = new Set<string>();
   private readonly latest = new Map<string, string>();
-  private readonly unanswered = new Map<string, string[]>();
+  /** Per id, its calls' sent ids and how many of them are answered (shift() on a long queue copied it). */
+  private readonly unanswered = new Map<string, { readonly sent: string[]; answered: number }>();
+  /** The suffix an id's next repeat tries first: each repeat resumed from 2 was k^2/2 steps for k repeats. */
+  private readonly nextSuffix = new Map<string, number>();
 
   /** The id to send for a call's `id`, or undefined for none. */
   call(raw: unknown): string | undefined {
     const id = toolId(raw);
     if (id === undefined) return undefined;
     let sent = id;
-    for (let n = 2; this.used.has(sent); n++) sent = `${id}_${n}`;
+    if (this.used.has(sent)) {
+      let n = this.nextSuffix.get(id) ?? 2;
+      while (this.used.has((sent = `${id}_${n}`))) n++;
+      this.nextSuffix.set(id, n + 1);
+    }
     this.used.add(sent);
     this.latest.set(id, sent);
     const queue = this.unanswered.get(id);
-    if (queue === undefined) this.unanswered.set(id, [sent]);
-    else queue.push(sent);
+    if (queue === undefined) this.unanswered.set(id, { sent: [sent], answered: 0 });
+    else queue.sent.push(sent);
     return sent;
   }
 
@@ -40,7 +47,9 @@ export class ToolIds {
   result(raw: unknown): string | undefined {
     const id = toolId(raw);
     if (id === undefined) return undefined;
-    return this.unanswered.get(id)?.shift() ?? this.latest.get(id) ?? id;
+    const queue = this.unanswered.get(id);
+    if (queue !== undefined && queue.answered < queue.sent.length) return queue.sent[queue.answered++];
+    return this.latest.get(id) ?? id;
   }
 }
 

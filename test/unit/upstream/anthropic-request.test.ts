@@ -963,3 +963,42 @@ describe('a client thinking budget under a lowered max_tokens', () => {
     expect(fine.thinking).toEqual({ type: 'enabled', budget_tokens: 2000 });
   });
 });
+
+// Sizes a body within the 10 MiB limit can hold. A repeated tool id resumed its suffix search from `_2` on
+// every repeat (k^2/2 steps: 50,000 parallel calls under one id held a core for 100 s), and turns merged
+// with `push(...blocks)` put every block on the stack (200,000 parts: a RangeError, answered 500). The
+// test's own timeout is the bound: no timing here.
+describe('anthropic chatRequest: conversations at the body limit', () => {
+  it('60,000 parallel calls under one id: each its own id, each result paired with its call', () => {
+    const n = 60_000;
+    const calls = Array.from({ length: n }, (_, i) => ({
+      id: 'call_0',
+      type: 'function',
+      function: { name: 'f', arguments: `{"i":${i}}` },
+    }));
+    const results = Array.from({ length: n }, (_, i) => ({
+      role: 'tool',
+      tool_call_id: 'call_0',
+      content: `r${i}`,
+    }));
+    const sent = build({
+      messages: [user('q'), { role: 'assistant', content: null, tool_calls: calls }, ...results],
+      tools: [{ type: 'function', function: { name: 'f' } }],
+    });
+    const uses = sent.messages[1]!.content;
+    const answers = sent.messages[2]!.content;
+    expect(uses).toHaveLength(n);
+    expect(new Set(uses.map((b) => b.id)).size).toBe(n);
+    expect(answers.map((b) => b.tool_use_id)).toEqual(uses.map((b) => b.id));
+  }, 30_000);
+
+  it('a user message of 200,000 parts after another: one merged turn, no stack overflow', () => {
+    const parts = Array.from({ length: 200_000 }, (_, i) => ({ type: 'text', text: `p${i}` }));
+    const sent = build({
+      messages: [user('first'), user(parts), { role: 'system', content: parts.slice(0, 100_000) }],
+    });
+    expect(sent.messages).toHaveLength(1);
+    expect(sent.messages[0]!.content).toHaveLength(200_001);
+    expect(String(sent.system).endsWith('p99999')).toBe(true);
+  }, 30_000);
+});

@@ -248,6 +248,29 @@ describe('topLevelStringSpan', () => {
     expect(topLevelStringSpan('{"model":1}', 'model')).toBeUndefined();
     expect(topLevelStringSpan('{"model":{"a":"b"}}', 'model')).toBeUndefined();
   });
+
+  it('is undefined when a key is written with an escape, wherever it sits', () => {
+    expect(topLevelStringSpan('{"a":"x\\y","mod\\u0065l":"m"}', 'model')).toBeUndefined();
+    expect(topLevelStringSpan('{"a\\n":"x","model":"m"}', 'model')).toBeUndefined();
+    expect(topLevelStringSpan('{"a":"x\\y","model":"m"}', 'model')).toEqual([19, 22, 2]);
+  });
+});
+
+// Each key looked for a `\` from its own start to the end of the text: keys x text length, seconds of one
+// core for a 10 MB body of many keys. At these sizes that was minutes; read once, it is milliseconds (the
+// test's own timeout is the bound: no timing here).
+describe('many keys ahead of a long value', () => {
+  const keys = 300_000;
+  let head = '{';
+  for (let i = 0; i < keys; i++) head += `"k${i}":0,`;
+  const text = `${head}"model":"alias","messages":[{"role":"user","content":"${'x'.repeat(6_000_000)}"}]}`;
+
+  it('topLevelStringSpan and topLevelMembers read the text once', () => {
+    const span = topLevelStringSpan(text, 'model');
+    expect(text.slice(span![0], span![1])).toBe('"alias"');
+    expect(span![2]).toBe(keys + 2);
+    expect(topLevelMembers(text)).toHaveLength(keys + 2);
+  }, 30_000);
 });
 
 describe('stringifyWithModel', () => {
