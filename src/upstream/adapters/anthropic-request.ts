@@ -243,6 +243,7 @@ function pushTurn(turns: Turn[], role: Role, blocks: Block[]): void {
 }
 
 function finishTurns(turns: Turn[]): void {
+  for (const t of turns) if (t.role === 'user') resultsFirst(t.content);
   const last = turns.at(-1);
   // A final (prefill) assistant turn must not end with whitespace: Anthropic rejects it.
   if (last !== undefined && last.role === 'assistant') {
@@ -257,6 +258,25 @@ function finishTurns(turns: Turn[]): void {
   if (turns[0]?.role !== 'user') {
     turns.unshift({ role: 'user', content: [{ type: 'text', text: PLACEHOLDER_USER_TEXT }] });
   }
+}
+
+/**
+ * A user turn's tool results ahead of its other blocks, each kind in its order: Anthropic refuses a turn after
+ * tool calls that does not open with their results (a result without an id, sent as text, may come first).
+ */
+function resultsFirst(content: Block[]): void {
+  let other = false;
+  let late = false;
+  for (const b of content) {
+    if (b.type !== 'tool_result') other = true;
+    else if (other) late = true;
+  }
+  if (!late) return;
+  const results = content.filter((b) => b.type === 'tool_result');
+  const rest = content.filter((b) => b.type !== 'tool_result');
+  content.length = 0;
+  appendAll(content, results);
+  appendAll(content, rest);
 }
 
 function systemValue(blocks: Block[]): string | Block[] {

@@ -15,7 +15,7 @@ function toolId(id: unknown): string | undefined {
 /**
  * Tool call ids as Anthropic takes them: its characters only, and unique in the conversation. A repeated
  * id (`call_0` in every round; two parallel calls under one id, as Xinference mints them) gets a suffix; a
- * tool result answers the oldest unanswered call of its id, else the latest.
+ * tool result answers the oldest unanswered call of its id as written, else the latest.
  */
 export class ToolIds {
   private readonly used = new Set<string>();
@@ -37,8 +37,11 @@ export class ToolIds {
     }
     this.used.add(sent);
     this.latest.set(id, sent);
-    const queue = this.unanswered.get(id);
-    if (queue === undefined) this.unanswered.set(id, { sent: [sent], answered: 0 });
+    // Queued under the id as the client wrote it: `search.1` and `search:1` are both sent as `search_1...`,
+    // and each result must find its own call, whatever order they come in.
+    const key = raw as string;
+    const queue = this.unanswered.get(key);
+    if (queue === undefined) this.unanswered.set(key, { sent: [sent], answered: 0 });
     else queue.sent.push(sent);
     return sent;
   }
@@ -47,7 +50,7 @@ export class ToolIds {
   result(raw: unknown): string | undefined {
     const id = toolId(raw);
     if (id === undefined) return undefined;
-    const queue = this.unanswered.get(id);
+    const queue = this.unanswered.get(raw as string);
     if (queue !== undefined && queue.answered < queue.sent.length) return queue.sent[queue.answered++];
     return this.latest.get(id) ?? id;
   }
