@@ -16,6 +16,7 @@
  * default is what it would use anyway); a refused `reasoning_effort` value becomes the nearest one the
  * upstream lists. Any other 400 — another value out of range, a field not listed here — is relayed as before.
  */
+import { createHash } from 'node:crypto';
 import type { ChatBody, UpstreamErrorInfo } from './adapter.js';
 
 /** What a refused field becomes: dropped, sent under another name, or (reasoning_effort) another value. */
@@ -25,7 +26,9 @@ export type FieldFit =
   /** Refused value -> the value sent instead; `null`: the field is dropped for that value. */
   | { readonly kind: 'values'; readonly values: ReadonlyMap<string, string | null> }
   /** The token limit is lowered to the most the model writes (either name of it). */
-  | { readonly kind: 'cap'; readonly max: number };
+  | { readonly kind: 'cap'; readonly max: number }
+  /** `messages`: tool call ids of other providers sent as 9 letters and digits (Mistral's rule). */
+  | { readonly kind: 'short_tool_ids' };
 
 /** OpenAI's two names for the answer's token limit: reasoning models take only the new one, some servers only the old. */
 const TOKEN_LIMITS: ReadonlyMap<string, string> = new Map([
@@ -66,6 +69,7 @@ export type Refusal = (
       readonly supported: readonly string[];
     }
   | { readonly param: string; readonly kind: 'limit'; readonly max: number }
+  | { readonly param: 'messages'; readonly kind: 'tool_ids' }
 ) & {
   /** The words of the upstream's message that named the field, when its message (not its code) did. */
   readonly said?: string;
@@ -90,6 +94,11 @@ const VALUE_REFUSAL = new RegExp(`Unsupported value: '${NAME}'`);
 /** Ollama's: an effort it has no level for, and any effort to a model that does not think. */
 const OLLAMA_EFFORT_VALUE = /invalid reasoning value: ['"]?[A-Za-z]+['"]? \(must be ([^)]{0,200})\)/;
 const OLLAMA_NO_THINKING = /does not support thinking/;
+/**
+ * Mistral's: a tool call id minted by another provider (Claude's `toolu_...`, OpenAI's `call_...`) in the
+ * history, when a route fails over to it mid agent loop.
+ */
+const MISTRAL_TOOL_ID = /Tool call id was .{0,300}? but must be a-z, A-Z, 0-9, with a length of 9/;
 
 /**
  * A token limit above what the model writes, with that most: OpenAI's and Azure's ("max_tokens is too large:
@@ -130,6 +139,8 @@ export function refusalOf(info: UpstreamErrorInfo): Refusal | undefined {
   }
   const none = OLLAMA_NO_THINKING.exec(message);
   if (none) return { param: 'reasoning_effort', kind: 'parameter', supported: [], said: none[0] };
+  const ids = MISTRAL_TOOL_ID.exec(message);
+  if (ids) return { param: 'messages', kind: 'tool_ids', said: ids[0] };
   return undefined;
 }
 
@@ -181,6 +192,8 @@ export class ParamFit {
   #cap: number | undefined;
   /** An Anthropic upstream refused the gateway's own default limit: a body without one is given the cap. */
   #capsDefault = false;
+  /** Tool call ids go as 9 letters and digits (Mistral's rule), each from its hash: pairs stay paired. */
+  #shortToolIds = false;
 
   /**
    * `limitsOnly`: learn only output caps (an Anthropic upstream, whose body the gateway writes: the client's
@@ -193,8 +206,12 @@ export class ParamFit {
 
   /** The body as this upstream takes it: the same object when nothing learned applies to it. */
   apply(body: ChatBody): ChatBody {
-    if (this.#fits.size === 0 && this.#cap === undefined) return body;
+    if (this.#fits.size === 0 && this.#cap === undefined && !this.#shortToolIds) return body;
     let out: Record<string, unknown> | undefined;
+    if (this.#shortToolIds) {
+      const messages = withShortToolIds(body.messages);
+      if (messages !== undefined) (out ??= { ...body }).messages = messages;
+    }
     const cap = this.#cap;
     if (cap !== undefined) {
       let limited = false;
@@ -240,6 +257,14 @@ export class ParamFit {
     // not the upstream's, or one client could set a fit (a 1-token cap, a dropped field) for every other.
     if (refusal?.said !== undefined && carries(sent, refusal.said)) return undefined;
     if (refusal?.kind === 'limit') return this.#learnCap(refusal.param, refusal.max, sent);
+    if (refusal?.kind === 'tool_ids') {
+      if (this.limitsOnly) return undefined;
+      if (!this.#shortToolIds) {
+        this.#shortToolIds = true;
+        this.onLearn?.('messages', { kind: 'short_tool_ids' });
+      }
+      return 'messages';
+    }
     if (!refusal || this.limitsOnly || !Object.hasOwn(sent, refusal.param)) return undefined;
     const { param } = refusal;
     const other = TOKEN_LIMITS.get(param); // a Map: an upstream's `constructor` is a plain string
@@ -307,6 +332,7 @@ export class ParamFit {
   snapshot(): Record<string, string> {
     const out: Record<string, string> = {};
     if (this.#cap !== undefined) out.output_tokens = `at most ${this.#cap}`;
+    if (this.#shortToolIds) out.tool_call_ids = fitted({ kind: 'short_tool_ids' });
     for (const [param, fit] of this.#fits) {
       if (fit.kind !== 'values') out[param] = fitted(fit);
       else
@@ -319,6 +345,7 @@ export class ParamFit {
 
 function fitted(fit: Exclude<FieldFit, { kind: 'values' }>): string {
   if (fit.kind === 'cap') return `at most ${fit.max}`;
+  if (fit.kind === 'short_tool_ids') return 'tool call ids sent as 9 letters and digits';
   return fit.kind === 'drop' ? 'dropped' : `sent as ${fit.to}`;
 }
 
@@ -327,4 +354,42 @@ export function describeFit(param: string, fit: FieldFit, value: string | undefi
   if (fit.kind !== 'values') return `${param} (${fitted(fit)})`;
   const to = value === undefined ? undefined : fit.values.get(value);
   return `${param} ${value ?? ''} (${to === undefined ? 'sent as asked' : to === null ? 'dropped' : `sent as ${to}`})`;
+}
+
+const SHORT_TOOL_ID = /^[A-Za-z0-9]{9}$/;
+const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+/** 9 letters and digits from the id's hash: the same id always the same, so a call and its result still pair. */
+function shortToolId(id: string): string {
+  const digest = createHash('sha256').update(id).digest();
+  let out = '';
+  for (let i = 0; i < 9; i++) out += BASE62[digest[i]! % 62];
+  return out;
+}
+
+/** `messages` with every tool call id not already 9 letters and digits shortened; undefined when none is. */
+function withShortToolIds(messages: unknown): unknown[] | undefined {
+  if (!Array.isArray(messages)) return undefined;
+  let out: unknown[] | undefined;
+  const short = (id: unknown): unknown =>
+    typeof id === 'string' && !SHORT_TOOL_ID.test(id) ? shortToolId(id) : id;
+  for (let i = 0; i < messages.length; i++) {
+    const m: unknown = messages[i];
+    if (typeof m !== 'object' || m === null) continue;
+    const msg = m as Record<string, unknown>;
+    let next: Record<string, unknown> | undefined;
+    if (Array.isArray(msg.tool_calls)) {
+      const calls = msg.tool_calls.map((c: unknown) => {
+        if (typeof c !== 'object' || c === null) return c;
+        const call = c as Record<string, unknown>;
+        const id = short(call.id);
+        return id === call.id ? c : { ...call, id };
+      });
+      if (calls.some((c, k) => c !== (msg.tool_calls as unknown[])[k])) next = { ...msg, tool_calls: calls };
+    }
+    const result = short(msg.tool_call_id);
+    if (result !== msg.tool_call_id) next = { ...(next ?? msg), tool_call_id: result };
+    if (next !== undefined) (out ??= messages.slice())[i] = next;
+  }
+  return out;
 }

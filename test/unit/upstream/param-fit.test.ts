@@ -331,3 +331,53 @@ describe('ParamFit caps: whose limit it is', () => {
     expect(new ParamFit().learn(anthropic, body({}))).toBeUndefined();
   });
 });
+
+describe("ParamFit: Mistral's tool call ids", () => {
+  const MISTRAL = refused({
+    message: 'Tool call id was toolu_01A09q90qw90lq917835lq9 but must be a-z, A-Z, 0-9, with a length of 9.',
+  });
+  const history = (callId: string) =>
+    ({
+      model: 'mistral-large-latest',
+      messages: [
+        { role: 'user', content: 'weather?' },
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [
+            { id: callId, type: 'function', function: { name: 'w', arguments: '{}' } },
+            { id: 'abcDEF123', type: 'function', function: { name: 'w', arguments: '{}' } },
+          ],
+        },
+        { role: 'tool', tool_call_id: callId, content: 'sunny' },
+        { role: 'tool', tool_call_id: 'abcDEF123', content: 'rain' },
+      ],
+    }) as unknown as ChatBody;
+  type Msg = { tool_calls?: { id: string }[]; tool_call_id?: string };
+
+  it('learns from the refusal: ids of other providers go as 9 letters and digits, still paired', () => {
+    const fit = new ParamFit();
+    const body = history('toolu_01A09q90qw90lq917835lq9');
+    expect(fit.apply(body)).toBe(body);
+    expect(fit.learn(MISTRAL, body)).toBe('messages');
+    const sent = fit.apply(body).messages as Msg[];
+    const [a, b] = sent[1]!.tool_calls!;
+    expect(a!.id).toMatch(/^[A-Za-z0-9]{9}$/);
+    expect(sent[2]!.tool_call_id).toBe(a!.id);
+    expect(b!.id).toBe('abcDEF123'); // already Mistral's shape: as sent
+    expect(sent[3]!.tool_call_id).toBe('abcDEF123');
+    expect((body.messages as Msg[])[1]!.tool_calls![0]!.id).toBe('toolu_01A09q90qw90lq917835lq9');
+    // The same id, the same short id: the next round's history pairs with this one's.
+    expect((fit.apply(history('toolu_01A09q90qw90lq917835lq9')).messages as Msg[])[2]!.tool_call_id).toBe(
+      a!.id,
+    );
+    expect(fit.snapshot()).toEqual({ tool_call_ids: 'tool call ids sent as 9 letters and digits' });
+  });
+
+  it('a history already in Mistral ids is sent as it is', () => {
+    const fit = new ParamFit();
+    fit.learn(MISTRAL, history('x'));
+    const body = history('Q1w2E3r4T');
+    expect(fit.apply(body)).toBe(body);
+  });
+});
