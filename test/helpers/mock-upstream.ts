@@ -210,3 +210,40 @@ export async function startRawUpstream(
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits: () => hits };
 }
+
+/** One request a watched upstream received, when, and whether the gateway cut it before its answer ended. */
+export interface WatchedRequest extends Received {
+  readonly at: number;
+  /** The gateway closed this request before the mock finished answering. */
+  closed: boolean;
+}
+export type WatchedHandler = (r: WatchedRequest, res: ServerResponse, n: number) => void;
+
+/** A hand-written upstream on loopback (handed to `track`) that keeps each request and whether it was cut. */
+export async function watchedUpstream(
+  track: Track,
+  handler: WatchedHandler,
+): Promise<{ readonly url: string; readonly recs: WatchedRequest[] }> {
+  const recs: WatchedRequest[] = [];
+  const server = createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (d: Buffer) => parts.push(d));
+    req.on('end', () => {
+      const r: WatchedRequest = {
+        path: req.url ?? '',
+        headers: req.headers,
+        body: JSON.parse(Buffer.concat(parts).toString('utf8') || '{}') as Json,
+        at: performance.now(),
+        closed: false,
+      };
+      recs.push(r);
+      res.on('close', () => {
+        if (!res.writableFinished) r.closed = true;
+      });
+      handler(r, res, recs.length - 1);
+    });
+  });
+  track(closeableServer(server));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, recs };
+}

@@ -7,18 +7,23 @@
  * gauge back to 0, the breaker not charged, no error-level log, and the next request served. Also the
  * openai SDK's own retries against the gateway's 502, 503, 504 and 429.
  */
-import { createServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 import { generateText, streamText } from 'ai';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { chunkFrame, sendJson } from '../helpers/mock-upstream.js';
+import {
+  chunkFrame,
+  sendJson,
+  watchedUpstream,
+  type WatchedHandler,
+  type WatchedRequest,
+} from '../helpers/mock-upstream.js';
 import { anthropicSseFrame } from '../helpers/anthropic-route.js';
 import { scrape, select } from '../helpers/prom-text.js';
 import { until } from '../helpers/wait.js';
@@ -26,41 +31,10 @@ import { until } from '../helpers/wait.js';
 const track = closeAfterEach();
 onlyLoopbackFetch();
 
-interface Rec {
-  readonly path: string;
-  readonly body: Record<string, unknown>;
-  /** The gateway closed this request before the mock finished answering. */
-  closed: boolean;
-}
-type Handler = (r: Rec, res: ServerResponse, n: number) => void;
-
-interface Up {
-  readonly url: string;
-  readonly recs: Rec[];
-}
-
-async function upstream(handler: Handler): Promise<Up> {
-  const recs: Rec[] = [];
-  const server = createServer((req, res) => {
-    const parts: Buffer[] = [];
-    req.on('data', (d: Buffer) => parts.push(d));
-    req.on('end', () => {
-      const r: Rec = {
-        path: req.url ?? '',
-        body: JSON.parse(Buffer.concat(parts).toString('utf8') || '{}') as Record<string, unknown>,
-        closed: false,
-      };
-      recs.push(r);
-      res.on('close', () => {
-        if (!res.writableFinished) r.closed = true;
-      });
-      handler(r, res, recs.length - 1);
-    });
-  });
-  track(closeableServer(server));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, recs };
-}
+type Rec = WatchedRequest;
+type Handler = WatchedHandler;
+type Up = Awaited<ReturnType<typeof watchedUpstream>>;
+const upstream = (handler: Handler): Promise<Up> => watchedUpstream(track, handler);
 
 const timers = new Set<NodeJS.Timeout>();
 track({ close: () => timers.forEach((t) => clearInterval(t)) });

@@ -13,18 +13,23 @@
  *   false`, and a 429's Retry-After never sends the client away while a candidate it did not try is free;
  * - a client's x-request-id made of safe printable characters (base64 included) is echoed.
  */
-import { createServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 import { APICallError, generateText, streamText } from 'ai';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
+import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { chunkFrame, sendJson } from '../helpers/mock-upstream.js';
+import {
+  chunkFrame,
+  sendJson,
+  watchedUpstream,
+  type WatchedHandler,
+  type WatchedRequest,
+} from '../helpers/mock-upstream.js';
 import { scrape, select } from '../helpers/prom-text.js';
 import { until } from '../helpers/wait.js';
 
@@ -33,46 +38,10 @@ onlyLoopbackFetch();
 
 type APIError = InstanceType<typeof OpenAI.APIError>;
 
-interface Rec {
-  readonly path: string;
-  readonly headers: Record<string, string | string[] | undefined>;
-  readonly body: Record<string, unknown>;
-  readonly at: number;
-  /** The gateway closed this request before the mock finished answering. */
-  closed: boolean;
-}
-type Handler = (r: Rec, res: ServerResponse, n: number) => void;
-
-interface Up {
-  readonly url: string;
-  readonly recs: Rec[];
-}
-
-/** A hand-written OpenAI-dialect upstream on loopback that keeps each request and whether it was cut. */
-async function upstream(handler: Handler): Promise<Up> {
-  const recs: Rec[] = [];
-  const server = createServer((req, res) => {
-    const parts: Buffer[] = [];
-    req.on('data', (d: Buffer) => parts.push(d));
-    req.on('end', () => {
-      const r: Rec = {
-        path: req.url ?? '',
-        headers: req.headers,
-        body: JSON.parse(Buffer.concat(parts).toString('utf8') || '{}') as Record<string, unknown>,
-        at: performance.now(),
-        closed: false,
-      };
-      recs.push(r);
-      res.on('close', () => {
-        if (!res.writableFinished) r.closed = true;
-      });
-      handler(r, res, recs.length - 1);
-    });
-  });
-  track(closeableServer(server));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, recs };
-}
+type Rec = WatchedRequest;
+type Handler = WatchedHandler;
+type Up = Awaited<ReturnType<typeof watchedUpstream>>;
+const upstream = (handler: Handler): Promise<Up> => watchedUpstream(track, handler);
 
 /** "ok" as JSON or as a stream, whichever was asked. */
 function answer(r: Rec, res: ServerResponse): void {
