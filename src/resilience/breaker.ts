@@ -3,8 +3,16 @@ import type { BreakerConfig } from '../config/schema.js';
 export type BreakerState = 'closed' | 'open' | 'half_open';
 export type TripCause = 'errors' | 'timeouts' | 'rate_limit';
 export type FailureKind = 'error' | 'timeout';
-/** What `acquire()` admitted a request as; hand the same value back when it settles. */
-export type Permit = 'normal' | 'probe';
+/**
+ * What `acquire()` admitted a request as — a trial (probe) or not, and in which episode of the breaker —
+ * to hand back when it settles: `episode * 2 + (probe ? 1 : 0)`, a number (no allocation per request).
+ */
+export type Permit = number;
+
+/** Whether `permit` was a half-open trial. */
+export function isProbe(permit: Permit): boolean {
+  return permit % 2 === 1;
+}
 
 export interface BreakerTransition {
   from: BreakerState;
@@ -38,9 +46,13 @@ export interface BreakerSnapshot {
  * the cooldown has passed, and the first mutating call materialises it (firing `onTransition`).
  *
  * Contract with the caller: every permit `acquire()` returns is settled exactly once, by `onSuccess`,
- * `onFailure`, `onRateLimit` or `onNeutral` (a client abort is `onNeutral`). `probesInFlight` is the true
- * count of unsettled probes, so a probe that outlives its half-open episode still frees its slot when it
- * settles instead of corrupting the count of a later episode.
+ * `onFailure`, `onRateLimit` or `onNeutral` (a client abort is `onNeutral`).
+ *
+ * A result counts only in the episode its request began in (each state change starts one): a request begun
+ * before an open that fails after the breaker healed must not re-open it, and a probe of an earlier
+ * half-open must neither close nor re-open (and double) a later one. Only a 429's Retry-After applies
+ * whenever it comes: the upstream named its cooldown. `probesInFlight` counts this episode's trials (an
+ * earlier episode's still out hold no slot: the upstream may see one more trial, never a stuck half-open).
  */
 /** The longest rate-limit cooldown adopted from another replica (parseRetryAfter's cap). */
 const ADOPTED_RATE_LIMIT_CAP_MS = 86_400_000;
@@ -65,6 +77,8 @@ export class CircuitBreaker {
   #runRateLimits = 0;
   #probes = 0;
   #opens = 0;
+  /** The episode: bumped at each state change; a permit carries the one it was given in. */
+  #episode = 0;
   // Scale-out: an open lasts this much past #openUntil while the fleet decides which replica probes.
   #holdMs = 0;
   /**
@@ -147,7 +161,7 @@ export class CircuitBreaker {
   }
 
   acquire(): Permit | undefined {
-    if (this.#state === 'closed') return 'normal';
+    if (this.#state === 'closed') return this.#episode * 2;
     if (this.#state === 'open') {
       if (this.#isOpen()) return undefined;
       this.#toHalfOpen();
@@ -156,31 +170,29 @@ export class CircuitBreaker {
     if (this.probeGate !== undefined && !this.probeGate()) return undefined;
     this.#probes++;
     this.onProbe?.();
-    return 'probe';
+    return this.#episode * 2 + 1;
   }
 
   onSuccess(permit: Permit): void {
-    this.#settle(permit);
+    if (!this.#settle(permit)) return; // an earlier episode's: says nothing about this one
     if (this.#state === 'closed') {
       this.#resetRun();
-    } else if (this.#state === 'half_open' && permit === 'probe') {
+    } else if (this.#state === 'half_open' && isProbe(permit)) {
       this.#successes++;
       if (this.#successes >= this.#cfg.success_threshold) this.#close();
     }
-    // A 'normal' permit settling in half_open, or anything while open, is stale: it says nothing new.
   }
 
   onFailure(permit: Permit, kind: FailureKind): void {
-    this.#settle(permit);
-    this.#fail(permit, kind === 'timeout' ? 'timeouts' : 'errors');
+    if (this.#settle(permit)) this.#fail(permit, kind === 'timeout' ? 'timeouts' : 'errors');
   }
 
   /** A 429. With a Retry-After the upstream named its cooldown, so that wins over any stale-permit rule. */
   onRateLimit(permit: Permit, retryAfterMs: number | undefined): void {
-    this.#settle(permit);
+    const current = this.#settle(permit);
     // Retry-After: 0 (or a past date) means "retry now": opening for 0 ms would only force probing.
     if (retryAfterMs === undefined || !(retryAfterMs > 0) || !Number.isFinite(retryAfterMs)) {
-      this.#fail(permit, 'rate_limit');
+      if (current) this.#fail(permit, 'rate_limit');
       return;
     }
     if (this.#state === 'open') {
@@ -224,6 +236,7 @@ export class CircuitBreaker {
     const from = this.#state === 'open' && !this.#isOpen() ? 'half_open' : this.#state;
     this.#holdMs = 0;
     this.#state = 'open';
+    this.#newEpisode();
     this.#openUntil = until;
     this.#cause = cause;
     this.#successes = 0;
@@ -275,10 +288,15 @@ export class CircuitBreaker {
     return now < this.#openUntil + this.#holdMs;
   }
 
-  // Materialises a lapsed open before a result is applied, and frees the permit's probe slot.
-  #settle(permit: Permit): void {
+  /**
+   * Materialises a lapsed open before a result is applied, and frees the permit's probe slot. True when the
+   * permit is of the current episode (its result counts).
+   */
+  #settle(permit: Permit): boolean {
     if (this.#state === 'open' && !this.#isOpen()) this.#toHalfOpen();
-    if (permit === 'probe' && this.#probes > 0) this.#probes--;
+    if (Math.floor(permit / 2) !== this.#episode) return false;
+    if (isProbe(permit) && this.#probes > 0) this.#probes--;
+    return true;
   }
 
   #fail(permit: Permit, cause: TripCause): void {
@@ -288,11 +306,10 @@ export class CircuitBreaker {
       else if (cause === 'timeouts') this.#runTimeouts++;
       else this.#runRateLimits++;
       if (this.#failures >= this.#cfg.failure_threshold) this.#open(this.#runMajority(), undefined);
-    } else if (this.#state === 'half_open' && permit === 'probe') {
+    } else if (this.#state === 'half_open' && isProbe(permit)) {
       this.#failures++;
       this.#open(cause, undefined);
     }
-    // A 'normal' permit failing in half_open, or anything while open, is stale: already accounted for.
   }
 
   // Ties go to the more generic cause: errors, then timeouts.
@@ -316,6 +333,7 @@ export class CircuitBreaker {
     }
     const from = this.#state;
     this.#state = 'open';
+    this.#newEpisode();
     this.#holdMs = 0;
     this.#openUntil = this.#now() + durationMs;
     this.#cause = cause;
@@ -327,6 +345,7 @@ export class CircuitBreaker {
 
   #toHalfOpen(): void {
     this.#state = 'half_open';
+    this.#newEpisode();
     this.#successes = 0;
     this.#emit('open', 'half_open', this.#cause, this.#openMs);
   }
@@ -334,6 +353,7 @@ export class CircuitBreaker {
   #close(): void {
     const from = this.#state;
     this.#state = 'closed';
+    this.#newEpisode();
     this.#resetRun();
     this.#successes = 0;
     this.#cause = undefined;
@@ -342,6 +362,12 @@ export class CircuitBreaker {
     this.#backoffArmed = false;
     this.#holdMs = 0;
     this.#emit(from, 'closed', undefined, this.#openMs);
+  }
+
+  /** A state change: results of requests begun before it no longer count, nor do their probe slots. */
+  #newEpisode(): void {
+    this.#episode++;
+    this.#probes = 0;
   }
 
   #resetRun(): void {

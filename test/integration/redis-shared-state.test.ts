@@ -30,6 +30,12 @@ import {
 } from '../helpers/redis.js';
 import { sleep, statsView } from '../helpers/sim-gateways.js';
 
+/** One failure of bad/m on `replica`, as a request admitted by its breaker would report it. */
+function failOnce(replica: TestGateway): void {
+  const breaker = replica.gateway.shared.breakers.get('bad/m');
+  breaker.onFailure(breaker.acquire()!, 'error');
+}
+
 const track = closeAfterEach();
 
 const nextPrefix = prefixes(`redis-shared-state-${process.pid}-`);
@@ -63,7 +69,7 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
     // connections stay up. ioredis reconnects them ~100 ms later.
     // Both replicas' subscribers really dropped (else a kill of none would go unseen).
     expect(await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub')).toBeGreaterThanOrEqual(2);
-    a.gateway.shared.breakers.get('bad/m').onFailure('normal', 'error'); // threshold 1: open, published
+    failOnce(a); // threshold 1: open, published
     expect(a.gateway.shared.breakers.get('bad/m').state).toBe('open');
     // It is in Redis all along: a replica that re-read the keys would find it.
     for (let i = 0; i < 50 && (await raw.pttl(`${prefix}breaker:bad/m`)) <= 0; i++) await sleep(20);
@@ -87,7 +93,7 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
     const staging2 = await replica(config(providers, routes, undefined, undefined, `${redis.url}/1`));
     await subscribed(redis.url, 'llm-router:breaker-opens:db2', 1);
     await subscribed(redis.url, 'llm-router:breaker-opens:db1', 2);
-    staging.gateway.shared.breakers.get('bad/m').onFailure('normal', 'error');
+    failOnce(staging);
     expect(staging.gateway.shared.breakers.get('bad/m').state).toBe('open');
     await until(
       'staging2 adopts',
@@ -259,7 +265,7 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
     const raw = track(redisClient(redis.url));
     await raw.call('CLIENT', 'PAUSE', '2000', 'WRITE'); // EVAL and PUBLISH wait; reads go on
     const t0 = Date.now();
-    a.gateway.shared.breakers.get('bad/m').onFailure('normal', 'error'); // open 1.5 s, until t0 + 1.5 s
+    failOnce(a); // open 1.5 s, until t0 + 1.5 s
     await sleep(2_600 - (Date.now() - t0));
     expect(a.gateway.shared.breakers.get('bad/m').state).toBe('half_open'); // A's open is over
     // B's open must have ended by now (A's ended 1.1 s ago); it ran until about t0 + 3.5 s. (B may be held
@@ -302,7 +308,7 @@ describeWithRedis('scale-out over Redis (SPEC §7)', (redis) => {
     const messages: string[] = [];
     listener.on('message', (_ch: string, m: string) => messages.push(m));
     await listener.subscribe(`${prefix}breaker-opens`);
-    a.gateway.shared.breakers.get('bad/m').onFailure('normal', 'error');
+    failOnce(a);
     await until(
       'all open',
       () =>

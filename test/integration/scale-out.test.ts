@@ -74,7 +74,8 @@ describeWithRedis('state.backend redis: replicas share state (SPEC §7)', (redis
 
     // A later Retry-After that extends the running open (a 429 from a request that started before it) is
     // shared too; the metrics count no new transition.
-    one.gateway.shared.breakers.get('bad/m').onRateLimit('normal', 120_000);
+    const breaker = one.gateway.shared.breakers.get('bad/m');
+    breaker.onRateLimit(breaker.acquire()!, 120_000);
     await until(
       'the extension to reach the others',
       () =>

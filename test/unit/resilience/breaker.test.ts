@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import type { BreakerConfig } from '../../../src/config/schema.js';
-import { CircuitBreaker, type BreakerTransition } from '../../../src/resilience/breaker.js';
+import {
+  CircuitBreaker,
+  isProbe,
+  type BreakerTransition,
+  type Permit,
+} from '../../../src/resilience/breaker.js';
 
 const CFG: BreakerConfig = {
   failure_threshold: 3,
@@ -21,6 +26,11 @@ function setup(overrides: Partial<BreakerConfig> = {}) {
   return { clock, transitions, breaker };
 }
 
+/** A permit as a word: a half-open trial or not (undefined: refused). */
+function kind(permit: Permit | undefined): 'normal' | 'probe' | undefined {
+  return permit === undefined ? undefined : isProbe(permit) ? 'probe' : 'normal';
+}
+
 function trip(breaker: CircuitBreaker, n = CFG.failure_threshold): void {
   for (let i = 0; i < n; i++) breaker.onFailure(breaker.acquire()!, 'error');
 }
@@ -30,7 +40,7 @@ describe('CircuitBreaker: closed', () => {
     const { breaker } = setup();
     expect(breaker.state).toBe('closed');
     expect(breaker.canAttempt()).toBe(true);
-    expect(breaker.acquire()).toBe('normal');
+    expect(kind(breaker.acquire())).toBe('normal');
     expect(breaker.msUntilHalfOpen()).toBe(0);
     expect(breaker.snapshot()).toEqual({
       state: 'closed',
@@ -151,7 +161,7 @@ describe('CircuitBreaker: open → half_open', () => {
     for (let i = 0; i < 10; i++) expect(breaker.canAttempt()).toBe(true);
     expect(breaker.snapshot()).toEqual(before);
     expect(transitions).toHaveLength(1);
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
     expect(breaker.canAttempt()).toBe(false);
   });
 
@@ -159,7 +169,7 @@ describe('CircuitBreaker: open → half_open', () => {
     const { breaker, clock, transitions } = setup();
     trip(breaker);
     clock.t += 1_000;
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
     expect(transitions[1]).toEqual({ from: 'open', to: 'half_open', cause: 'errors', openMs: 1_000 });
     expect(breaker.snapshot()).toMatchObject({ state: 'half_open', probesInFlight: 1, tripCause: 'errors' });
   });
@@ -168,7 +178,7 @@ describe('CircuitBreaker: open → half_open', () => {
     const { breaker, clock } = setup();
     trip(breaker);
     clock.t += 1_000;
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
     expect(breaker.acquire()).toBeUndefined();
     expect(breaker.canAttempt()).toBe(false);
   });
@@ -177,7 +187,7 @@ describe('CircuitBreaker: open → half_open', () => {
     const { breaker, clock } = setup({ half_open_probes: 3 });
     trip(breaker);
     clock.t += 1_000;
-    expect([breaker.acquire(), breaker.acquire(), breaker.acquire(), breaker.acquire()]).toEqual([
+    expect([breaker.acquire(), breaker.acquire(), breaker.acquire(), breaker.acquire()].map(kind)).toEqual([
       'probe',
       'probe',
       'probe',
@@ -200,7 +210,7 @@ describe('CircuitBreaker: wake (a timer, not a request, makes the open half-open
     expect(transitions.map((t) => `${t.from}->${t.to}`)).toEqual(['closed->open', 'open->half_open']);
     expect(breaker.wake()).toBe(0);
     expect(transitions).toHaveLength(2);
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
   });
 });
 
@@ -228,7 +238,7 @@ describe('CircuitBreaker: half_open', () => {
     });
     expect(transitions.map((t) => t.to)).toEqual(['open', 'half_open', 'closed']);
     expect(transitions[2]).toEqual({ from: 'half_open', to: 'closed', cause: undefined, openMs: 1_000 });
-    expect(breaker.acquire()).toBe('normal');
+    expect(kind(breaker.acquire())).toBe('normal');
   });
 
   it('a neutral probe frees its slot and counts nothing', () => {
@@ -239,7 +249,7 @@ describe('CircuitBreaker: half_open', () => {
       probesInFlight: 0,
       consecutiveSuccesses: 0,
     });
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
   });
 
   it('a probe failure re-opens with the open duration doubled', () => {
@@ -321,7 +331,7 @@ describe('CircuitBreaker: Retry-After', () => {
     expect(breaker.canAttempt()).toBe(false);
     clock.t += 1;
     expect(breaker.state).toBe('half_open');
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
   });
 
   it('a cooldown is not a fault: a later probe failure opens for open_ms, not doubled', () => {
@@ -420,37 +430,70 @@ describe('CircuitBreaker: stale permits', () => {
     breaker.onFailure(late, 'error');
     expect(transitions.map((t) => t.to)).toEqual(['open', 'half_open']);
     expect(breaker.snapshot()).toMatchObject({ state: 'half_open', openMs: 1_000, opens: 1 });
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
   });
 
-  it('a probe that outlives its episode frees its slot without driving the count negative', () => {
+  it('a probe that outlives its episode holds no slot and counts for nothing after it', () => {
     const { breaker, clock } = setup({ half_open_probes: 2, success_threshold: 5 });
     trip(breaker);
     clock.t += 1_000;
     const p1 = breaker.acquire()!;
     const p2 = breaker.acquire()!;
-    breaker.onFailure(p1, 'error'); // re-open; p2 still out
-    expect(breaker.snapshot()).toMatchObject({ state: 'open', probesInFlight: 1 });
-    breaker.onSuccess(p2); // late, while open: ignored apart from its slot
-    expect(breaker.snapshot()).toMatchObject({ state: 'open', probesInFlight: 0, consecutiveSuccesses: 0 });
-    breaker.onNeutral(p2); // a (buggy) double settle must not go below zero
-    expect(breaker.snapshot().probesInFlight).toBe(0);
+    breaker.onFailure(p1, 'error'); // re-open; p2 still out, of the episode before
+    expect(breaker.snapshot()).toMatchObject({ state: 'open', probesInFlight: 0 });
+    const before = breaker.snapshot();
+    breaker.onSuccess(p2); // late, while open: ignored
+    breaker.onNeutral(p2); // a (buggy) double settle changes nothing either
+    expect(breaker.snapshot()).toEqual(before);
     clock.t += 2_000;
-    expect([breaker.acquire(), breaker.acquire(), breaker.acquire()]).toEqual(['probe', 'probe', undefined]);
+    expect([breaker.acquire(), breaker.acquire(), breaker.acquire()].map(kind)).toEqual([
+      'probe',
+      'probe',
+      undefined,
+    ]);
   });
 
-  it('a stale probe still in flight when the next half-open starts keeps its slot until it settles', () => {
-    const { breaker, clock } = setup({ half_open_probes: 2 });
+  it("a stale probe still in flight when the next half-open starts neither holds a slot nor feeds that episode's count", () => {
+    const { breaker, clock } = setup({ half_open_probes: 2, success_threshold: 2 });
     trip(breaker);
     clock.t += 1_000;
     const p1 = breaker.acquire()!;
     const p2 = breaker.acquire()!;
-    breaker.onFailure(p1, 'error');
+    breaker.onFailure(p1, 'error'); // re-open for 2 s
     clock.t += 2_000;
-    expect(breaker.acquire()).toBe('probe');
-    expect(breaker.acquire()).toBeUndefined();
-    breaker.onNeutral(p2);
-    expect(breaker.acquire()).toBe('probe');
+    const p3 = breaker.acquire()!;
+    expect(kind(p3)).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
+    breaker.onSuccess(p3);
+    breaker.onSuccess(p2); // the earlier episode's: not this one's second success
+    expect(breaker.snapshot()).toMatchObject({
+      state: 'half_open',
+      consecutiveSuccesses: 1,
+      opens: 2,
+      probesInFlight: 1, // this episode's second trial, still out
+    });
+  });
+
+  it('a request begun before an open that fails after the breaker healed does not re-open it', () => {
+    const { breaker, clock } = setup({ success_threshold: 1 });
+    const late = [breaker.acquire()!, breaker.acquire()!, breaker.acquire()!];
+    trip(breaker);
+    clock.t += 1_000;
+    breaker.onSuccess(breaker.acquire()!); // closed again
+    for (const p of late) breaker.onFailure(p, 'timeout');
+    expect(breaker.snapshot()).toMatchObject({ state: 'closed', consecutiveFailures: 0, opens: 1 });
+  });
+
+  it("a 429's Retry-After applies whenever it comes: the upstream named its cooldown", () => {
+    const { breaker } = setup();
+    const late = breaker.acquire()!;
+    trip(breaker);
+    breaker.onRateLimit(late, 60_000);
+    expect(breaker.snapshot()).toMatchObject({
+      state: 'open',
+      tripCause: 'rate_limit',
+      msUntilHalfOpen: 60_000,
+    });
   });
 });
 
@@ -583,7 +626,7 @@ describe('CircuitBreaker: held for the fleet (scale-out probe lease)', () => {
     expect(transitions.map((t) => t.to)).toEqual(['open']);
     breaker.release();
     expect(breaker.held).toBe(false);
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
     expect(transitions.map((t) => t.to)).toEqual(['open', 'half_open']);
   });
 
@@ -593,7 +636,7 @@ describe('CircuitBreaker: held for the fleet (scale-out probe lease)', () => {
     breaker.hold(2_000);
     clock.t += 3_001;
     expect(breaker.held).toBe(false);
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
   });
 
   it('an open extended while held keeps its hold past the new end', () => {
@@ -635,7 +678,7 @@ describe('CircuitBreaker: held for the fleet (scale-out probe lease)', () => {
     const half = setup();
     trip(half.breaker);
     half.clock.t += 1_000;
-    expect(half.breaker.acquire()).toBe('probe');
+    expect(kind(half.breaker.acquire())).toBe('probe');
     expect(half.breaker.adoptClose()).toBe(true);
     expect(half.transitions.at(-1)).toMatchObject({ from: 'half_open', to: 'closed' });
     expect(setup().breaker.adoptClose()).toBe(false); // closed already
@@ -652,11 +695,11 @@ describe('CircuitBreaker: onProbe', () => {
     expect(breaker.acquire()).toBeUndefined(); // open
     clock.t += CFG.open_ms;
     const probe = breaker.acquire();
-    expect(probe).toBe('probe');
+    expect(kind(probe)).toBe('probe');
     expect(breaker.acquire()).toBeUndefined(); // the one probe slot is taken
     expect(told).toBe(1);
     breaker.onSuccess(probe!);
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
     expect(told).toBe(2);
   });
 });
@@ -679,6 +722,6 @@ describe('CircuitBreaker: probeGate', () => {
     expect(breaker.state).toBe('half_open');
     open = true;
     expect(breaker.canAttempt()).toBe(true);
-    expect(breaker.acquire()).toBe('probe');
+    expect(kind(breaker.acquire())).toBe('probe');
   });
 });

@@ -58,7 +58,7 @@ describe('breaker wake-ups', () => {
     const { shared, advance, trip } = setup();
     trip();
     const b = shared.breakers.get('p/m');
-    for (let i = 0; i < 50; i++) b.onRateLimit('normal', 2_000 + i);
+    for (let i = 0; i < 50; i++) b.onRateLimit(b.acquire() ?? 0, 2_000 + i);
     expect(vi.getTimerCount()).toBe(1);
     advance(3_000);
     expect(b.state).toBe('half_open');
