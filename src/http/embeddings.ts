@@ -107,7 +107,7 @@ async function handleEmbeddings(
         const headers = openaiHeaders(up.provider.adapterProvider);
         return attemptPlainJson(
           { upstream: up, clientSignal, deadline: opts.deadline, now: gw.now, maxBodyBytes },
-          { path: '/embeddings', headers, body: stringifyWithModel(body, up.upstreamModel) },
+          { path: '/embeddings', headers, body: Buffer.from(stringifyWithModel(body, up.upstreamModel)) },
         );
       },
       (a) => (lastAttempts = a),

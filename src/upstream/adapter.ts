@@ -58,7 +58,11 @@ export interface PreparedRequest {
   /** Path appended to the provider's base_url path, e.g. `/chat/completions` or `/v1/messages`. */
   readonly path: string;
   readonly headers: Record<string, string>;
-  readonly body: string;
+  /**
+   * As bytes, made where the text is written: a string kept beside undici's bytes of it was a second copy of
+   * the body for the attempt's life (2x more for text past Latin-1, which V8 stores at two bytes a character).
+   */
+  readonly body: Buffer;
 }
 
 /** An error the upstream reported, in OpenAI terms. */

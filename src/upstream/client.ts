@@ -159,7 +159,7 @@ export class ProviderClient {
     method: 'GET' | 'POST';
     path: string;
     headers: Record<string, string>;
-    body?: string;
+    body?: string | Buffer;
     signal: Abort;
     /** Told when the request leaves the pool's queue for a connection. */
     watch?: Pick<ResponseWatch, 'sent'>;
@@ -199,7 +199,7 @@ export class ProviderClient {
     method: 'GET' | 'POST';
     path: string;
     headers: Record<string, string>;
-    body?: string;
+    body?: string | Buffer;
     signal: Abort;
     maxBytes: number;
     errorMaxBytes: number;

@@ -166,7 +166,7 @@ export function buildAnthropicRequest(
   return {
     path: '/v1/messages',
     headers: anthropicHeaders(provider),
-    body: JSON.stringify(out),
+    body: Buffer.from(JSON.stringify(out)),
   };
 }
 

@@ -33,7 +33,7 @@ export const openaiAdapter: ChatAdapter = {
     return {
       path: '/chat/completions',
       headers: openaiHeaders(provider),
-      body: stringifyWithModel(withoutThinkingBlocks(body), model),
+      body: Buffer.from(stringifyWithModel(withoutThinkingBlocks(body), model)),
     };
   },
 

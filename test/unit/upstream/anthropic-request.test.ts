@@ -22,7 +22,7 @@ type Sent = Record<string, unknown> & { messages: { role: string; content: Recor
 
 function build(body: Record<string, unknown>, p: AdapterProvider = provider): Sent {
   const req = anthropicAdapter.chatRequest({ model: 'x', ...body } as ChatBody, 'claude-haiku-4-5', p);
-  return JSON.parse(req.body) as Sent;
+  return JSON.parse(req.body.toString()) as Sent;
 }
 
 const user = (content: unknown) => ({ role: 'user', content });
@@ -30,7 +30,10 @@ const user = (content: unknown) => ({ role: 'user', content });
 /** What a one-question request with `extra` fields becomes for `model`. */
 function sentTo(model: string, extra: Record<string, unknown>): Record<string, unknown> {
   const body = { model: 'x', messages: [user('q')], ...extra } as ChatBody;
-  return JSON.parse(anthropicAdapter.chatRequest(body, model, provider).body) as Record<string, unknown>;
+  return JSON.parse(anthropicAdapter.chatRequest(body, model, provider).body.toString()) as Record<
+    string,
+    unknown
+  >;
 }
 
 describe('anthropic chatRequest: envelope', () => {
@@ -70,7 +73,7 @@ describe('anthropic chatRequest: envelope', () => {
       'claude-sonnet-4-5',
       provider,
     );
-    expect(JSON.parse(req.body)).toEqual(fixture('anthropic-request.json'));
+    expect(JSON.parse(req.body.toString())).toEqual(fixture('anthropic-request.json'));
   });
 });
 
@@ -600,7 +603,7 @@ describe('anthropic chatRequest: hostile input never throws', () => {
       'm',
       provider,
     );
-    expect((JSON.parse(req.body) as Sent).messages).toHaveLength(1);
+    expect((JSON.parse(req.body.toString()) as Sent).messages).toHaveLength(1);
   });
 });
 
@@ -831,11 +834,9 @@ describe('anthropic chatRequest: Claude 5 and later think by default', () => {
   ];
   const send = (model: string, extra: Record<string, unknown>): Sent =>
     JSON.parse(
-      anthropicAdapter.chatRequest(
-        { model: 'x', messages: [user('q')], ...extra } as ChatBody,
-        model,
-        provider,
-      ).body,
+      anthropicAdapter
+        .chatRequest({ model: 'x', messages: [user('q')], ...extra } as ChatBody, model, provider)
+        .body.toString(),
     ) as Sent;
 
   it('without reasoning_effort Opus 5 and Sonnet 5 keep their own thinking, with room in the default max_tokens', () => {

@@ -33,7 +33,7 @@ describe('openai adapter', () => {
       provider,
     );
     expect(req.path).toBe('/chat/completions');
-    expect(JSON.parse(req.body)).toEqual({
+    expect(JSON.parse(req.body.toString())).toEqual({
       model: 'gpt-4o-mini',
       messages: [{ role: 'user', content: 'x' }],
       odd: { a: 1 },
