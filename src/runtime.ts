@@ -343,11 +343,16 @@ function uniqueTargets(list: RouteTarget[]): RouteTarget[] {
   return out;
 }
 
+/**
+ * Whether a reloaded provider keeps its pool: what the pool is made of. The other timeouts are read from each
+ * request's own config (bounds.ts): a reload of idle_ms alone made a second pool beside the first, still held
+ * by streams, and the provider got twice max_concurrency connections.
+ */
 function sameConnection(a: ProviderConfig, b: ProviderConfig): boolean {
   return (
     a.base_url === b.base_url &&
     a.kind === b.kind && // the kind decides the client's base path
     a.max_concurrency === b.max_concurrency &&
-    JSON.stringify(a.timeouts) === JSON.stringify(b.timeouts)
+    a.timeouts.connect_ms === b.timeouts.connect_ms
   );
 }

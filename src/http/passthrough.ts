@@ -12,7 +12,6 @@ import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
 import { echoGuard } from '../observability/scrub.js';
 import type { Runtime } from '../runtime.js';
-import { Pool, connectWithin, requestOn } from '../upstream/client.js';
 import { codingOf, decodeBuffer, decoderOf, type Coding } from '../upstream/content-coding.js';
 import { retrieveModel } from './models.js';
 import { reportOnce } from './report.js';
@@ -80,7 +79,7 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
 export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   const provider = app.gateway.runtime.passthrough;
   if (!provider) return;
-  const { name, base_url: baseUrl, timeouts, max_concurrency: connections } = provider.config;
+  const { name, base_url: baseUrl, timeouts } = provider.config;
   const url = new URL(baseUrl);
   // Loaded only when configured: the proxy and its websocket support are ~5 MB resident.
   const [{ default: httpProxy }, { webSocketPassthrough }] = await Promise.all([
@@ -168,13 +167,16 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     });
     done();
   });
-  const pool = new Pool(url.origin, {
-    connections,
-    pipelining: 1,
-    connect: connectWithin(timeouts.connect_ms),
-  });
-  // Whoever closes first (this app, or reply-from on its own close) closes it; the other finds it closed.
-  const closePool = (): Promise<void> => (pool.closed || pool.destroyed ? Promise.resolve() : pool.close());
+  // The provider's own pool, held while this app lives (a reload that replaces it leaves it open for us):
+  // one max_concurrency for its routed and proxied requests together.
+  const client = provider.client.use();
+  let released = false;
+  // Whoever closes first (this app, or reply-from on its own close) lets it go; the other finds it let go.
+  const closePool = (): Promise<void> => {
+    if (released) return Promise.resolve();
+    released = true;
+    return client.release();
+  };
   app.addHook('onClose', closePool);
   // An upstream body that fails before the client got a byte reaches fastify's error path as undici's
   // error; it gets our error here, anything else goes on to the app's handler.
@@ -196,7 +198,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     ) {
       const signal = opts.headers[ABORT_SIGNAL] as AbortSignal | undefined;
       delete opts.headers[ABORT_SIGNAL];
-      requestOn.call(pool, { ...opts, signal }).then(
+      client.dispatch({ ...opts, signal }).then(
         (res) => callback(null, res),
         (err: Error) => callback(err),
       );

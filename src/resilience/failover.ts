@@ -145,12 +145,15 @@ export async function runFailover(
     }
     up.stats.begin();
     up.metrics.inflight.inc();
+    const client = up.provider.client;
+    client.active++;
     let result: AttemptResult;
     try {
       result = await attempt(target, attempts);
     } finally {
       up.stats.end();
       up.metrics.inflight.dec();
+      client.active--;
     }
     upstreamMs += result.totalMs;
     // The breaker and statistics learn at the end of this turn, after the answer is written (end-of-turn.ts).

@@ -148,9 +148,31 @@ export function planRequest(
     }
   }
   const ranked = getStrategy(opts.strategy)(eligible, ctx);
+  if (opts.strategy !== 'priority') busyLast(ranked);
   return Number.isFinite(coolingMs)
     ? { ranked, strategy: opts.strategy, coolingMs }
     : { ranked, strategy: opts.strategy };
+}
+
+/**
+ * Candidates whose provider has every connection busy (max_concurrency, all models and configs counted) go
+ * after the others, in their order: the request would wait for a connection and, past first_byte_ms, fail
+ * over as queue_timeout while another upstream was free. Strategies score an upstream's own in-flight count,
+ * not its provider's capacity. They stay in the failover chain; `priority` keeps the configured order.
+ */
+function busyLast(ranked: RankedCandidate<RouteTarget>[]): void {
+  let busy = 0;
+  for (const r of ranked) if (full(r)) busy++;
+  if (busy === 0 || busy === ranked.length) return;
+  const free = ranked.filter((r) => !full(r));
+  const held = ranked.filter(full);
+  for (let i = 0; i < free.length; i++) ranked[i] = free[i]!;
+  for (let i = 0; i < held.length; i++) ranked[free.length + i] = held[i]!;
+}
+
+function full(r: RankedCandidate<RouteTarget>): boolean {
+  const client = r.candidate.upstream.provider.client;
+  return client.active >= client.capacity;
 }
 
 /**

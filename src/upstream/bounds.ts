@@ -78,7 +78,7 @@ export class AttemptSignal extends Abort {
   private sentFlag = false;
   /** On performance.now()'s clock. */
   private readonly totalAt: number;
-  private readonly firstByteAt: number;
+  private firstByteAt: number;
   private idleFrom = 0;
   private readonly idleMs: number;
   /** The request's deadline, not the provider's total_ms, set the total bound. */
@@ -150,8 +150,16 @@ export class AttemptSignal extends Abort {
     return this.expired && this.deadlineBound;
   }
 
+  /**
+   * The request has a connection. One that waited for it (the provider at max_concurrency) gets the upstream's
+   * whole first_byte_ms from now: its wait was the pool's, bounded by the same figure (queue_timeout), and
+   * charged to the upstream it made a first_byte_timeout (a breaker failure, a slow-TTFT sample) for an answer
+   * on its way in time.
+   */
   sent(): void {
     this.sentFlag = true;
+    if (this.phase === FIRST_BYTE)
+      this.firstByteAt = performance.now() + this.upstream.provider.config.timeouts.first_byte_ms;
   }
 
   /**

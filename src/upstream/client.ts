@@ -136,6 +136,14 @@ export class ProviderClient {
   private readonly pool: Pool;
   /** Runtimes using this pool: a reload that keeps a provider's connection settings shares it. */
   #users = 0;
+  /** The provider's max_concurrency: the connections this pool opens at most. */
+  readonly capacity: number;
+  /**
+   * Attempts on this pool now, every model of the provider's and every config's that shares it (failover.ts):
+   * at capacity, one more waits for a connection. An O(1) read for routing, where the pool's own stats walk
+   * its connections.
+   */
+  active = 0;
 
   constructor(provider: ProviderConfig) {
     const url = new URL(provider.base_url);
@@ -145,6 +153,7 @@ export class ProviderClient {
     // OpenAI's are, and as Anthropic-compatible proxies publish theirs: .../api/v1) would double it.
     this.basePath = provider.kind === 'anthropic' ? path.replace(/\/v1$/, '') : path;
     this.query = url.search;
+    this.capacity = provider.max_concurrency;
     this.pool = new Pool(this.origin, {
       connections: provider.max_concurrency,
       pipelining: 1,
@@ -238,6 +247,14 @@ export class ProviderClient {
 
   close(): Promise<void> {
     return this.pool.close();
+  }
+
+  /**
+   * A request as it is, on this pool (the passthrough's: the provider's max_concurrency bounds its proxied
+   * requests and its routed ones together, as README says it bounds the provider's connections).
+   */
+  dispatch(opts: Dispatcher.RequestOptions): Promise<Dispatcher.ResponseData> {
+    return requestOn.call(this.pool, opts) as Promise<Dispatcher.ResponseData>;
   }
 
   /** One more runtime uses this pool. */
