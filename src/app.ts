@@ -247,7 +247,6 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
 
   app.removeAllContentTypeParsers();
 
-
   // Only the routed surfaces (/v1 chat and embeddings) report themselves; others, and early rejections,
   // get their line here (a passthrough answer cut mid-body, which fastify's onResponse never sees, in
   // passthrough.ts).
