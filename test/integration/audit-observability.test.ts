@@ -235,6 +235,9 @@ describe('cost and tokens are what the upstream reported, priced per million', (
     expect(line).toMatchObject({ promptTokens: p, completionTokens: c });
   });
 
+  /** Input, cache writes at 1.25x, cache reads at 0.1x (as Anthropic bills them: README `price`), output. */
+  const ANTHROPIC_CACHED_COST = (100 * 1 + 200 * 1.25 + 300 * 0.1 + 50 * 5) / 1e6;
+
   it('Anthropic upstream with cache tokens: prompt tokens count every input token the client is told of; cost follows', async () => {
     const usage = {
       input_tokens: 100,
@@ -274,7 +277,7 @@ describe('cost and tokens are what the upstream reported, priced per million', (
     const labels = { provider: 'ant', model: 'claude-haiku-4-5' };
     expect(value(s, 'llm_router_tokens_total', { ...labels, kind: 'prompt' })).toBe(told);
     expect(value(s, 'llm_router_tokens_total', { ...labels, kind: 'completion' })).toBe(50);
-    expect(value(s, 'llm_router_cost_usd_total', labels)).toBeCloseTo((600 * 1 + 50 * 5) / 1e6, 12);
+    expect(value(s, 'llm_router_cost_usd_total', labels)).toBeCloseTo(ANTHROPIC_CACHED_COST, 12);
     expect(requestLines(gw, 'ant')[0]).toMatchObject({ promptTokens: 600, completionTokens: 50 });
   });
 
@@ -333,7 +336,7 @@ describe('cost and tokens are what the upstream reported, priced per million', (
     const labels = { provider: 'ant', model: 'claude-haiku-4-5' };
     expect(value(s, 'llm_router_tokens_total', { ...labels, kind: 'prompt' })).toBe(600);
     expect(value(s, 'llm_router_tokens_total', { ...labels, kind: 'completion' })).toBe(50);
-    expect(value(s, 'llm_router_cost_usd_total', labels)).toBeCloseTo((600 * 1 + 50 * 5) / 1e6, 12);
+    expect(value(s, 'llm_router_cost_usd_total', labels)).toBeCloseTo(ANTHROPIC_CACHED_COST, 12);
     expect(requestLines(gw, 'ant-s')[0]).toMatchObject({ promptTokens: 600, completionTokens: 50 });
   });
 
