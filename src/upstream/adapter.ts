@@ -10,7 +10,7 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
-  prompt_tokens_details?: { cached_tokens?: number };
+  prompt_tokens_details?: { cached_tokens?: number; cache_write_tokens?: number };
   /**
    * Figures a translated usage holds as 0 because the upstream never gave them (an Anthropic-compatible
    * server without input_tokens): counted from the gateway's own estimate instead. A symbol key: never sent.

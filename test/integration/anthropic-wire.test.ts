@@ -249,7 +249,7 @@ describe('documented Anthropic stream shapes, read by the OpenAI SDK', () => {
       prompt_tokens: 150,
       completion_tokens: 7,
       total_tokens: 157,
-      prompt_tokens_details: { cached_tokens: 30 },
+      prompt_tokens_details: { cached_tokens: 30, cache_write_tokens: 20 },
     });
   });
 
@@ -442,7 +442,7 @@ describe('documented Anthropic JSON answers, read by the OpenAI SDK', () => {
       prompt_tokens: 1210,
       completion_tokens: 40,
       total_tokens: 1250,
-      prompt_tokens_details: { cached_tokens: 1000 },
+      prompt_tokens_details: { cached_tokens: 1000, cache_write_tokens: 200 },
     });
   });
 

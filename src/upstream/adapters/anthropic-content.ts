@@ -14,9 +14,22 @@ export function textBlock(text: string, part?: JsonObject): Block | undefined {
   // Anthropic rejects empty and whitespace-only text blocks.
   if (text.trim() === '') return undefined;
   const block: Block = { type: 'text', text };
-  if (part !== undefined && isObject(part.cache_control)) block.cache_control = part.cache_control;
+  const cache = part === undefined ? undefined : cacheControlOf(part);
+  if (cache !== undefined) block.cache_control = cache;
   return block;
 }
+
+/**
+ * A part's cache hint as Anthropic takes it: its own `cache_control`, or OpenAI's `prompt_cache_breakpoint`
+ * (the end of a reusable prefix, as the AI SDK's promptCacheBreakpoint writes it), which is Claude's
+ * ephemeral breakpoint.
+ */
+export function cacheControlOf(part: JsonObject): JsonObject | undefined {
+  if (isObject(part.cache_control)) return part.cache_control;
+  return isObject(part.prompt_cache_breakpoint) ? EPHEMERAL : undefined;
+}
+
+const EPHEMERAL: JsonObject = Object.freeze({ type: 'ephemeral' }) as JsonObject;
 
 /** Text of a string or of text / refusal parts; anything else is skipped. */
 export function textBlocks(content: unknown): Block[] {
@@ -50,8 +63,9 @@ export function userBlocks(content: unknown): Block[] {
       else if (part.type === 'image_url' || part.type === 'input_image' || part.type === 'image')
         block = imageBlock(part.image_url);
       else if (part.type === 'file' && isObject(part.file)) block = fileBlock(part.file);
-      if (block !== undefined && part.type !== 'text' && isObject(part.cache_control)) {
-        block.cache_control = part.cache_control;
+      if (block !== undefined && part.type !== 'text') {
+        const cache = cacheControlOf(part);
+        if (cache !== undefined) block.cache_control = cache;
       }
     }
     if (block !== undefined) out.push(block);

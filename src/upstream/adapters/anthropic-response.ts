@@ -88,7 +88,11 @@ export function toOpenAiUsage(t: AnthropicTokens): Usage | undefined {
     prompt_tokens: prompt,
     completion_tokens: t.output,
     total_tokens: prompt + t.output,
-    prompt_tokens_details: { cached_tokens: t.cacheRead },
+    // Cache writes as OpenAI's usage names them (the SDKs split input into uncached, read and written).
+    prompt_tokens_details:
+      t.cacheCreation > 0
+        ? { cached_tokens: t.cacheRead, cache_write_tokens: t.cacheCreation }
+        : { cached_tokens: t.cacheRead },
   };
   if (t.inputSeen !== true || t.outputSeen !== true)
     usage[UNREPORTED] = { prompt: t.inputSeen !== true, completion: t.outputSeen !== true };

@@ -184,6 +184,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       return;
     }
     if (block.type !== 'tool_use' || typeof index !== 'number') return;
+    // Text Claude wrote before a tool call is its lead-in, not the JSON answer: it goes before the call.
+    this.flushJson();
     const k = this.toolCalls++;
     this.tool = { block: index, index: k, argumentsSent: false, input: block.input };
     const call = {

@@ -43,7 +43,7 @@ describe('anthropic chatResponse', () => {
       prompt_tokens: 135,
       completion_tokens: 15,
       total_tokens: 150,
-      prompt_tokens_details: { cached_tokens: 100 },
+      prompt_tokens_details: { cached_tokens: 100, cache_write_tokens: 10 },
       [ANTHROPIC_CACHE]: { writes5m: 10, writes1h: 0 }, // the cache write, priced above the input (report.ts)
     };
     expect(body).toEqual({

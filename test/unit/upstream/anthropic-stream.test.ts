@@ -118,7 +118,7 @@ describe('anthropic stream: text answer', () => {
         prompt_tokens: 135,
         completion_tokens: 15,
         total_tokens: 150,
-        prompt_tokens_details: { cached_tokens: 100 },
+        prompt_tokens_details: { cached_tokens: 100, cache_write_tokens: 10 },
       },
       10,
     );
@@ -440,7 +440,7 @@ describe('anthropic stream: include_usage', () => {
       prompt_tokens: 135,
       completion_tokens: 15,
       total_tokens: 150,
-      prompt_tokens_details: { cached_tokens: 100 },
+      prompt_tokens_details: { cached_tokens: 100, cache_write_tokens: 10 },
     });
     expect(out.at(-1)).toEqual({ kind: 'end' });
     expect(out.at(-2)).toMatchObject({ kind: 'chunk', content: false });
