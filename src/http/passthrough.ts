@@ -420,17 +420,29 @@ export async function sendScrubbed(
   }
   // An encoding we cannot read (zstd) would be noise as text: told by its status instead, as a broken body is.
   const coding = replyCoding(reply.getHeader('content-encoding'));
-  // A body declared in a charset other than UTF-8 (ISO-8859-1, windows-1252, Shift_JIS, GBK) is read and sent
-  // back byte for byte (latin1 maps each byte to one character and back; the secrets, ASCII, are found in
-  // any ASCII-compatible charset): read as UTF-8 its non-ASCII text became U+FFFD.
-  const byteExact = coding === 'identity' && !isUtf8(reply.getHeader('content-type'));
+  // A body declared in a charset other than UTF-8 (ISO-8859-1, windows-1252, Shift_JIS, GBK), compressed or
+  // not, is read and sent back byte for byte (latin1 maps each byte to one character and back; the secrets,
+  // ASCII, are found in any ASCII-compatible charset): read as UTF-8 its non-ASCII text became U+FFFD. UTF-16
+  // is not ASCII-compatible: it is read as what it is, scrubbed and sent as UTF-8 (as latin1 an echoed key
+  // went through unseen); UTF-32, which no decoder here reads, is told by its status.
+  const contentType = String(reply.getHeader('content-type') ?? '');
+  const charset = CHARSET.exec(contentType)?.[1]?.toLowerCase();
+  const wide = charset !== undefined && /^utf-?(?:16|32)/.test(charset);
+  const byteExact = charset !== undefined && !wide && !/^utf-?8$/.test(charset);
   let text: string | undefined;
   try {
     const body = Buffer.concat(parts);
-    if (coding === 'identity') text = body.toString(byteExact ? 'latin1' : 'utf8');
-    else if (coding !== null) text = decodeBuffer(body, coding, 4 * MAX_ERROR_BODY_BYTES);
+    const encoding = byteExact || wide ? 'latin1' : 'utf8';
+    if (coding === 'identity') text = body.toString(encoding);
+    else if (coding !== null) text = decodeBuffer(body, coding, 4 * MAX_ERROR_BODY_BYTES, encoding);
+    if (text !== undefined && wide) {
+      text = charset.startsWith('utf-32')
+        ? undefined
+        : new TextDecoder(charset).decode(Buffer.from(text, 'latin1'));
+      reply.header('content-type', contentType.replace(CHARSET, '; charset=utf-8'));
+    }
   } catch {
-    /* told by its status below */
+    text = undefined; // told by its status below (a UTF-16 label no decoder knows: not as latin1)
   }
   reply.removeHeader('content-length');
   reply.removeHeader('content-encoding');
@@ -441,13 +453,7 @@ export async function sendScrubbed(
   }
 }
 
-/** A content-type that declares no charset (JSON's is UTF-8) or UTF-8's. */
-function isUtf8(contentType: unknown): boolean {
-  const charset = CHARSET.exec(String(contentType ?? ''))?.[1];
-  return charset === undefined || /^utf-?8$/i.test(charset);
-}
-
-const CHARSET = /;\s*charset\s*=\s*"?([^";\s]+)/i;
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]+)"?/i;
 
 /** A response's content-encoding: one we decode, none (`identity`), or one we cannot read (null: zstd). */
 function replyCoding(header: unknown): Coding | 'identity' | null {

@@ -108,10 +108,16 @@ const MILLI = (() => {
     [0x0400, 320], // Cyrillic
     [0x0530, 340], // Armenian
     [0x0590, 340], // Hebrew
-    [0x0600, 410], // Arabic, Syriac, Thaana
-    [0x0900, 330], // Devanagari .. Malayalam
+    [0x0600, 410], // Arabic
+    [0x0700, 1750], // Syriac
+    [0x0780, 1900], // Thaana
+    [0x07c0, 410], // N'Ko .. Arabic Extended
+    [0x0900, 330], // Devanagari .. Gujarati
+    [0x0b00, 1000], // Odia
+    [0x0b80, 330], // Tamil .. Malayalam
     [0x0d80, 700], // Sinhala
-    [0x0e00, 390], // Thai, Lao
+    [0x0e00, 390], // Thai
+    [0x0e80, 1800], // Lao
     [0x0f00, 1500], // Tibetan
     [0x1000, 500], // Myanmar
     [0x10a0, 340], // Georgian

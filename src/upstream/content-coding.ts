@@ -40,13 +40,17 @@ export function codingsOf(header: unknown): Coding | readonly Coding[] | undefin
   return list.length === 0 ? undefined : list;
 }
 
-/** A whole compressed body decoded, refusing to inflate past `maxBytes` (no decompression bombs). */
+/**
+ * A whole compressed body decoded, refusing to inflate past `maxBytes` (no decompression bombs), as text in
+ * `encoding` (latin1: a character a byte, for bodies to relay byte for byte).
+ */
 export function decodeBuffer(
   raw: Buffer,
   coding: Coding | readonly Coding[] | undefined,
   maxBytes: number,
+  encoding: BufferEncoding = 'utf8',
 ): string {
-  if (coding === undefined) return raw.toString('utf8');
+  if (coding === undefined) return raw.toString(encoding);
   const opts = { maxOutputLength: maxBytes };
   let out = raw;
   // The last coding applied is the first undone.
@@ -58,7 +62,7 @@ export function decodeBuffer(
           ? inflateSync(out, opts)
           : brotliDecompressSync(out, opts);
   }
-  return out.toString('utf8');
+  return out.toString(encoding);
 }
 
 /** Compressed answers are decoded, not relayed as bytes the client never asked for. */
