@@ -4,6 +4,7 @@ import { attempted, describeAttempts, type AttemptRecord } from '../resilience/f
 import type { RouteRuntime, RouteTarget } from '../runtime.js';
 import type { NotForAnthropic, RequestFeatures } from './features.js';
 import { getStrategy } from './strategies/index.js';
+import { withNote } from './strategies/rank.js';
 import type { RankedCandidate, StrategyContext } from './types.js';
 
 export interface PlanOptions {
@@ -167,7 +168,14 @@ function busyLast(ranked: RankedCandidate<RouteTarget>[]): void {
   const free = ranked.filter((r) => !full(r));
   const held = ranked.filter(full);
   for (let i = 0; i < free.length; i++) ranked[i] = free[i]!;
-  for (let i = 0; i < held.length; i++) ranked[free.length + i] = held[i]!;
+  for (let i = 0; i < held.length; i++) {
+    const r = held[i]!;
+    const { active, capacity } = r.candidate.upstream.provider.client;
+    ranked[free.length + i] = withNote(
+      r,
+      `provider at max_concurrency (${active}/${capacity} busy): after the upstreams with a free connection`,
+    );
+  }
 }
 
 function full(r: RankedCandidate<RouteTarget>): boolean {

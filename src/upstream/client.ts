@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { createRequire } from 'node:module';
-import type { Duplex, Readable } from 'node:stream';
+import { finished, type Duplex, type Readable } from 'node:stream';
 import { inTurnOrder } from '../end-of-turn.js';
 import type { ProviderConfig } from '../config/schema.js';
 import type { Abort } from './abort.js';
@@ -254,7 +254,23 @@ export class ProviderClient {
    * requests and its routed ones together, as README says it bounds the provider's connections).
    */
   dispatch(opts: Dispatcher.RequestOptions): Promise<Dispatcher.ResponseData> {
-    return requestOn.call(this.pool, opts) as Promise<Dispatcher.ResponseData>;
+    // Counted in `active` until its answer's body is done (routing ranks a full provider last).
+    this.active++;
+    let counted = true;
+    const done = (): void => {
+      if (counted) this.active--;
+      counted = false;
+    };
+    return (requestOn.call(this.pool, opts) as Promise<Dispatcher.ResponseData>).then(
+      (res) => {
+        finished(res.body, done);
+        return res;
+      },
+      (err: unknown) => {
+        done();
+        throw err;
+      },
+    );
   }
 
   /** One more runtime uses this pool. */

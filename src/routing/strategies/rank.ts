@@ -54,6 +54,11 @@ function ranked<C extends CandidateView>(candidate: C, score: number, reason: Re
   return new LazyRanked(candidate, score, reason);
 }
 
+/** `r` with `note` after its reason (written when read, as every reason is). */
+export function withNote<C extends CandidateView>(r: RankedCandidate<C>, note: string): RankedCandidate<C> {
+  return new LazyRanked(r.candidate, r.score, { text: () => `${r.reason}; ${note}` });
+}
+
 /** A candidate being ranked; mutable scratch owned by one strategy call. */
 export interface Scored<C extends CandidateView> {
   readonly candidate: C;
