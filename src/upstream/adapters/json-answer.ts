@@ -9,6 +9,8 @@
 export class JsonAnswer {
   /** Text before the value opens, held: given back only if no value ever opens. */
   private lead = '';
+  /** Where in `lead` to look for an opening next (a brace not yet decided is looked at again). */
+  private scanFrom = 0;
   private depth = 0;
   private inString = false;
   private escaped = false;
@@ -17,16 +19,38 @@ export class JsonAnswer {
   /** The part of `text` that belongs to the value. */
   feed(text: string): string {
     if (this.state === 'after') return '';
-    let from = 0;
-    if (this.state === 'before') {
-      const open = firstOpening(text);
-      if (open < 0) {
-        this.lead += text;
-        return '';
+    if (this.state === 'inside') return this.scan(text, 0);
+    this.lead += text;
+    const open = this.opening();
+    if (open < 0) return '';
+    this.state = 'inside';
+    const value = this.lead;
+    this.lead = '';
+    return this.scan(value, open);
+  }
+
+  /**
+   * The first `{` in the held text that opens an object: one followed by `"` or `}` (a preface's "{city,
+   * celsius}" is none). -1 when there is none yet, a brace at the end waiting for what follows.
+   */
+  private opening(): number {
+    const s = this.lead;
+    for (let i = s.indexOf('{', this.scanFrom); i >= 0; i = s.indexOf('{', i + 1)) {
+      let j = i + 1;
+      while (j < s.length && isSpace(s.charCodeAt(j))) j++;
+      if (j === s.length) {
+        this.scanFrom = i;
+        return -1;
       }
-      this.state = 'inside';
-      from = open;
+      const c = s.charCodeAt(j);
+      if (c === 0x22 || c === 0x7d) return i; // '"' '}'
     }
+    this.scanFrom = s.length;
+    return -1;
+  }
+
+  /** The part of `text` from `from` that belongs to the value, up to its close. */
+  private scan(text: string, from: number): string {
     for (let i = from; i < text.length; i++) {
       const c = text.charCodeAt(i);
       if (this.inString) {
@@ -60,6 +84,6 @@ export function jsonAnswerText(text: string): string {
   return answer.feed(text) + answer.end();
 }
 
-function firstOpening(text: string): number {
-  return text.indexOf('{');
+function isSpace(c: number): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 }

@@ -26,3 +26,23 @@ describe('the JSON object in an answer asked for as JSON', () => {
     expect(jsonAnswerText('')).toBe('');
   });
 });
+
+describe('JsonAnswer: braces in the words before the object', () => {
+  const ANSWER = 'Filling in {city, celsius}:\n```json\n{"city":"Bern","celsius":12}\n```';
+
+  it('a brace not followed by a key or its close is the preface, not the value', () => {
+    expect(jsonAnswerText(ANSWER)).toBe('{"city":"Bern","celsius":12}');
+    expect(jsonAnswerText('Empty: {}')).toBe('{}');
+    expect(jsonAnswerText('a set {1, 2} and no object')).toBe('a set {1, 2} and no object');
+  });
+
+  it('fed in pieces cut anywhere, a brace at a piece end waits for what follows', () => {
+    for (let cut = 1; cut < ANSWER.length; cut++) {
+      const a = new JsonAnswer();
+      const out = a.feed(ANSWER.slice(0, cut)) + a.feed(ANSWER.slice(cut)) + a.end();
+      expect(out, `cut at ${cut}`).toBe('{"city":"Bern","celsius":12}');
+    }
+    const b = new JsonAnswer();
+    expect(b.feed('Here {') + b.feed('\n  "a": 1}') + b.end()).toBe('{\n  "a": 1}');
+  });
+});
