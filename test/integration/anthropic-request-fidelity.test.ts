@@ -220,8 +220,12 @@ describe('tool results as Claude takes them', () => {
     expect(result?.type).toBe('tool_result');
     expect(blocksOf(result?.content)).toEqual([
       { type: 'text', text: 'Fetched 2 files.' },
-      { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0xLjQK' } },
-      { type: 'document', source: { type: 'text', media_type: 'text/plain', data: 'notes' } },
+      {
+        type: 'document',
+        source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0xLjQK' },
+        title: 'r.pdf',
+      },
+      { type: 'document', source: { type: 'text', media_type: 'text/plain', data: 'notes' }, title: 'n.txt' },
     ]);
   });
 });

@@ -138,10 +138,13 @@ function fileBlock(file: JsonObject): Block | undefined {
   const parsed = dataUrl === undefined ? undefined : parseDataUrl(dataUrl);
   if (parsed === undefined) return undefined;
   const source = { type: 'base64', media_type: parsed.mediaType, data: parsed.data };
-  if (parsed.mediaType === 'application/pdf') return { type: 'document', source };
+  // The file's name is the document's title: how the model tells apart two files the user names.
+  const filename = asString(file.filename);
+  const titled = filename ? { title: filename } : {};
+  if (parsed.mediaType === 'application/pdf') return { type: 'document', source, ...titled };
   if (parsed.mediaType === 'text/plain') {
     const data = Buffer.from(parsed.data, 'base64').toString('utf8');
-    return { type: 'document', source: { type: 'text', media_type: 'text/plain', data } };
+    return { type: 'document', source: { type: 'text', media_type: 'text/plain', data }, ...titled };
   }
   if (CLAUDE_IMAGE_TYPES.has(parsed.mediaType))
     return { type: 'image', source: { ...source, media_type: imageTypeOf(parsed.data) ?? parsed.mediaType } };

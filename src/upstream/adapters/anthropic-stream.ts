@@ -12,6 +12,7 @@ import {
   isObject,
   parseJsonObject,
   type ChunkEncoder,
+  type FinishReason,
   type JsonObject,
 } from './common.js';
 import {
@@ -289,6 +290,17 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     if (this.json !== undefined) this.relayText(this.json.end());
   }
 
+  /**
+   * The finish chunk, with the text held back for a JSON answer that never came in it: an SDK that parses
+   * each content delta as partial JSON (the openai SDK's stream helper) then reads the finish first — a
+   * refusal is its content_filter error, not a SyntaxError on the refusal's words.
+   */
+  private finish(reason: FinishReason): void {
+    const held = this.json?.end() ?? '';
+    const delta = held === '' ? {} : { content: held };
+    this.sink.chunk(this.enc().choice(delta, reason), held === '' ? 0 : contentWeight(held));
+  }
+
   private relayText(content: string): void {
     if (content !== '') this.sink.chunk(this.enc().choice({ content }, null), contentWeight(content));
   }
@@ -300,10 +312,9 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       this.stopReasonSeen = true;
       // A tool block the upstream never stopped: its arguments go before the finish, not after it.
       this.closeTool();
-      this.flushJson();
       this.offerThinking();
       this.finishSent = true;
-      this.sink.chunk(this.enc().choice({}, mapStopReason(delta.stop_reason)), 0);
+      this.finish(mapStopReason(delta.stop_reason));
     }
     this.usageReported = true;
     const usage = toOpenAiUsage(this.tokens);
@@ -316,9 +327,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     const usage = toOpenAiUsage(this.tokens);
     // A stream that never said why it stopped still ends with a finish_reason, as OpenAI's always do.
     if (!this.finishSent) {
-      this.flushJson();
       this.offerThinking();
-      this.sink.chunk(this.enc().choice({}, 'stop'), 0);
+      this.finish('stop');
     }
     if (usage && !this.usageReported) this.sink.usage(usage);
     // No count at all from the upstream: no usage chunk, rather than one of zeros (as a relayed stream would).

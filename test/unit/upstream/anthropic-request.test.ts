@@ -262,7 +262,11 @@ describe('anthropic chatRequest: content parts', () => {
         { type: 'file', file: { file_id: 'file-abc' } },
       ]),
     ).toEqual([
-      { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0=' } },
+      {
+        type: 'document',
+        source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0=' },
+        title: 'a.pdf', // the file's name: how Claude tells two documents apart
+      },
     ]);
   });
 
