@@ -290,7 +290,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   // The onRequest hooks, in this order: CORS (a preflight is answered before auth, a browser sends no key on
   // it; an answer refused by auth keeps Allow-Origin, for the page to read the 401), auth, then the load
   // shedding and rate limits (a preflight costs no budget).
-  if (server.cors !== undefined) registerCors(app, gateway, server.cors.max_age_s);
+  if (server.cors !== undefined) registerCors(app, gateway, server.cors);
   app.register(
     fp(async (root) => {
       root.addHook('onRequest', authHook(gateway));

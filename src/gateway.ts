@@ -312,7 +312,12 @@ function restartOnly(
   before: LoadedConfig['config']['server'],
   after: LoadedConfig['config']['server'],
 ): string[] {
-  return changedKeys(RESTART_ONLY, before, after).map((k) => `server.${k}`);
+  const keys = changedKeys(RESTART_ONLY, before, after).map((k) => `server.${k}`);
+  // CORS is on or off from start (its hook is registered once), and so is its max-age; its origins apply live.
+  if ((before.cors === undefined) !== (after.cors === undefined)) keys.push('server.cors');
+  else if (before.cors && after.cors && before.cors.max_age_s !== after.cors.max_age_s)
+    keys.push('server.cors.max_age_s');
+  return keys;
 }
 
 function changedKeys<T, K extends keyof T>(keys: readonly K[], before: T, after: T): K[] {

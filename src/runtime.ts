@@ -154,10 +154,16 @@ export class Runtime {
     shared.breakers.setConfig(config.circuit_breaker);
 
     const fits = new Set<ParamFit>();
+    const pass = previous === undefined ? config.server.passthrough : previous.passthroughName;
     for (const p of config.providers) {
       if (loaded.disabledProviders.has(p.name)) continue;
       const prev = previous?.providers.get(p.name);
-      const reuse = prev !== undefined && sameConnection(prev.config, p);
+      // The passthrough provider's pool is the proxy's, made at start (its max_concurrency and connect_ms
+      // take a restart): its routed requests keep it too, or the provider would get two pools' connections.
+      const reuse =
+        prev !== undefined &&
+        (sameConnection(prev.config, p) ||
+          (p.name === pass && prev.config.base_url === p.base_url && prev.config.kind === p.kind));
       const provider: ProviderRuntime = {
         name: p.name,
         kind: p.kind,
@@ -272,7 +278,6 @@ export class Runtime {
         pendingRandom: [],
       });
     }
-    const pass = previous === undefined ? config.server.passthrough : previous.passthroughName;
     this.passthroughName = pass;
     this.passthrough = pass === undefined ? undefined : this.providers.get(pass);
 

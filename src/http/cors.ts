@@ -89,16 +89,17 @@ export function isPreflight(req: FastifyRequest): boolean {
  * auth, rate limits and routes; answers to allowed origins carry Allow-Origin and the exposed headers. The
  * origins are read from the live config on each request; turning CORS on or off takes a restart.
  */
-export function registerCors(app: FastifyInstance, gateway: Gateway, maxAgeS: number): void {
+export function registerCors(app: FastifyInstance, gateway: Gateway, atStart: CorsConfig): void {
   app.register(fastifyCors, {
     hook: 'onRequest',
     origin: (origin, cb) => {
-      const cors = gateway.runtime.loaded.config.server.cors;
+      // A reload that removes server.cors turns nothing off until a restart: the start's origins stay.
+      const cors = gateway.runtime.loaded.config.server.cors ?? atStart;
       cb(null, corsAllows(cors, origin) ? true : NONE);
     },
     methods: METHODS,
     exposedHeaders: EXPOSED_HEADERS,
-    maxAge: maxAgeS,
+    maxAge: atStart.max_age_s,
     // Any OPTIONS is CORS's: never proxied to the passthrough provider with our key.
     strictPreflight: false,
   });
