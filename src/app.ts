@@ -27,6 +27,7 @@ import { passthroughPlugin } from './http/passthrough.js';
 import { logUnrouted, reportOnce, reportUnrouted } from './http/report.js';
 import { protectionPlugin } from './http/protection.js';
 import { jsonDepthExceeds, UnusableBody } from './http/validate.js';
+import { clip } from './text.js';
 import { rememberSource } from './upstream/body-text.js';
 
 declare module 'fastify' {
@@ -167,7 +168,7 @@ function answeredByNode(res: ServerResponse): number | undefined {
  * slow body or headers (408), oversized headers (431), bytes that are not HTTP (400). OpenAI-shaped like
  * every other error (fastify's own handler answers in its shape), then the connection is closed.
  */
-function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+function answerClientError(err: Error & { code?: string }, socket: Duplex, gateway: Gateway): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
   // An answer already on the wire on this connection (a stream, with a request pipelined behind it) is cut,
   // not written into: our 400 inside its chunked body would be read as part of it (Node's rule too).
@@ -187,6 +188,9 @@ function answerClientError(err: Error & { code?: string }, socket: Duplex): void
         `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\n` +
         `connection: close\r\n\r\n${body}`,
     );
+    // A request refused for its headers' size is a request (an operator must see clients sent away for a
+    // long URL or cookie), counted and logged as 408 and 417 are; bytes that are not HTTP are not.
+    if (err.code === 'HPE_HEADER_OVERFLOW') logUnrouted(gateway, id, undefined, 'unmatched', status, 0);
   }
   socket.destroy();
 }
@@ -214,7 +218,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       // Node's own refusal of a Host-less HTTP/1.1 request has no body: refused in authHook, OpenAI-shaped.
       requireHostHeader: false,
     },
-    clientErrorHandler: answerClientError,
+    clientErrorHandler: (err, socket) => answerClientError(err, socket, gateway),
     // A path fastify cannot decode (a malformed %-escape) gets our 400, OpenAI-shaped and counted; fastify's
     // own is not, and quotes the whole URL back. No route matched, so no hook runs: it is reported here.
     frameworkErrors: (_err, req, reply: FastifyReply) => {
@@ -282,8 +286,14 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
         ? NO_PASSTHROUGH
         : named !== rt.passthroughName
           ? ' (server.passthrough was set by a reload: a restart applies it)'
-          : ` (server.passthrough names provider "${named}", which is disabled: its api_key is empty)`;
-    const err = new GatewayError('not_found', `no such endpoint: ${req.method} ${path}${hint}`);
+          : rt.passthrough === undefined
+            ? ` (server.passthrough names provider "${named}", which is disabled: its api_key is empty)`
+            : ` (${clip(req.method, 20)} is not proxied to "${named}": GET, HEAD, POST, PUT, PATCH and DELETE are)`;
+    // The client's path quoted, not all of it: an 8 KB path made an 8 KB error body.
+    const err = new GatewayError(
+      'not_found',
+      `no such endpoint: ${clip(req.method, 20)} ${clip(path, 200)}${hint}`,
+    );
     void reply.code(404).type('application/json').send(err.toBody());
   });
 
