@@ -229,13 +229,30 @@ function sum(samples: ReturnType<typeof parseProm>, name: string, labels: Record
 }
 
 /**
+ * The x-request-id of each request the gateway's HTTP server parsed. A client that aborts at once may do so
+ * before its request reaches the gateway (a reset discards the bytes not yet read, seen under CPU load):
+ * that one is not the gateway's to count. Every one that reached it is.
+ */
+function reachedIds(gw: TestGateway): Set<string> {
+  const ids = new Set<string>();
+  gw.app.server.on('request', (req: IncomingMessage) => {
+    if (req.url?.startsWith('/v1/')) ids.add(String(req.headers['x-request-id']));
+  });
+  return ids;
+}
+
+/**
  * Waits until the gateway is at rest after `requests` routed requests (each with its own x-request-id):
  * nothing in flight (status and gauge), no probe permit held, no pool request running or queued, every
  * request counted once in llm_router_requests_total and logged once. Returns the request lines.
  */
-async function atRest(gw: TestGateway, requests: number): Promise<Record<string, unknown>[]> {
+async function atRest(
+  gw: TestGateway,
+  expected: number | (() => number),
+): Promise<Record<string, unknown>[]> {
   return vi.waitFor(
     async () => {
+      const requests = typeof expected === 'number' ? expected : expected();
       const st = await status(gw);
       for (const u of st.upstreams) {
         expect(u.in_flight, `${u.id} in_flight`).toBe(0);
@@ -456,6 +473,7 @@ describe('client aborts at chosen moments, on a failover route', () => {
         circuit_breaker: { failure_threshold: 100 },
       }),
     );
+    const reached = reachedIds(gw);
     let n = 0;
     const id = (what: string) => `${++n}-${what}`;
     const runs: Promise<unknown>[] = [];
@@ -506,7 +524,9 @@ describe('client aborts at chosen moments, on a failover route', () => {
     );
     await Promise.all(runs);
 
-    const lines = await atRest(gw, n);
+    // The two gone as soon as written may be gone before the gateway read them (reachedIds).
+    const lines = await atRest(gw, () => reached.size);
+    expect(reached.size).toBeGreaterThanOrEqual(n - 2);
     await vi.waitFor(() => expect(a.live() + b.live()).toBe(0));
     const m = await metrics(gw);
     // Every attempt counted once, under one outcome; the ones the client cut under none.
@@ -757,6 +777,7 @@ describe('a seeded random batch: 200 requests, 20 at a time, random faults and a
       'big',
     ];
     const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const reached = reachedIds(gw);
 
     let sent = 0;
     const one = async (i: number): Promise<void> => {
@@ -777,12 +798,12 @@ describe('a seeded random batch: 200 requests, 20 at a time, random faults and a
     };
 
     await batch(0, 100);
-    const first = await atRest(gw, sent);
+    const first = await atRest(gw, () => reached.size);
     const timersAfterFirst = timers();
     await batch(100, 100);
-    const lines = await atRest(gw, sent);
+    const lines = await atRest(gw, () => reached.size);
     expect(sent).toBe(200);
-    expect(first.length).toBe(100);
+    expect(first.length).toBeGreaterThan(90); // the few aborted at once may never have reached it
     await vi.waitFor(() => expect(ups.reduce((n, u) => n + u.live(), 0)).toBe(0));
 
     const m = await metrics(gw);
@@ -798,7 +819,8 @@ describe('a seeded random batch: 200 requests, 20 at a time, random faults and a
       const r = await post(gw, `after-${i}`, body('rr', 'all ok'));
       expect(r.status, r.text).toBe(200);
     }
-    await atRest(gw, sent + 6);
+    await atRest(gw, () => reached.size);
+    expect(reached.size).toBeGreaterThan(190);
     // Nothing grows with the requests: the second hundred left no more timers than the first, and the
     // gateway's pools hold no more connections than requests ever ran at once.
     await vi.waitFor(() => expect(timers()).toBeLessThanOrEqual(timersAfterFirst));
