@@ -52,8 +52,11 @@ export class Gateway {
   readonly liveStreams = new Map<SseWriter, { signal: Abort; req: { reported: boolean } }>();
   #ready: Promise<void> = Promise.resolve();
   #closed = false;
+  /** server.cors as the gateway started: CORS on or off, and its max-age, are fixed then (http/cors.ts). */
+  readonly #startCors: LoadedConfig['config']['server']['cors'];
 
   constructor(loaded: LoadedConfig, deps: GatewayDeps) {
+    this.#startCors = loaded.config.server.cors;
     this.logger = deps.logger;
     this.metrics = deps.metrics ?? createMetrics();
     // timeOrigin is a getter that validates its receiver: read once, not on every clock read.
@@ -99,6 +102,7 @@ export class Gateway {
     for (const w of loaded.warnings) this.logger.warn(w);
     const stale = [
       ...restartOnly(old.loaded.config.server, loaded.config.server),
+      ...corsRestartOnly(this.#startCors, loaded.config.server.cors),
       ...passthroughRestartOnly(old.loaded.config, loaded.config),
       ...changedKeys(['state'] as const, old.loaded.config, loaded.config),
     ];
@@ -312,12 +316,20 @@ function restartOnly(
   before: LoadedConfig['config']['server'],
   after: LoadedConfig['config']['server'],
 ): string[] {
-  const keys = changedKeys(RESTART_ONLY, before, after).map((k) => `server.${k}`);
-  // CORS is on or off from start (its hook is registered once), and so is its max-age; its origins apply live.
-  if ((before.cors === undefined) !== (after.cors === undefined)) keys.push('server.cors');
-  else if (before.cors && after.cors && before.cors.max_age_s !== after.cors.max_age_s)
-    keys.push('server.cors.max_age_s');
-  return keys;
+  return changedKeys(RESTART_ONLY, before, after).map((k) => `server.${k}`);
+}
+
+type CorsConfig = LoadedConfig['config']['server']['cors'];
+
+/**
+ * CORS is on or off as the gateway started (its hook is registered once), and so is its max-age; its
+ * origins apply live. Compared with the start, not the last reload: a reload that gives CORS back as it
+ * started applies in full, and one that changes max_age_s back is not a change.
+ */
+function corsRestartOnly(atStart: CorsConfig, after: CorsConfig): string[] {
+  if ((atStart === undefined) !== (after === undefined)) return ['server.cors'];
+  if (atStart && after && atStart.max_age_s !== after.max_age_s) return ['server.cors.max_age_s'];
+  return [];
 }
 
 function changedKeys<T, K extends keyof T>(keys: readonly K[], before: T, after: T): K[] {

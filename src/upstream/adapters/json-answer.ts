@@ -74,6 +74,7 @@ export class JsonAnswer {
     if (this.state !== 'before') return '';
     const lead = this.lead;
     this.lead = '';
+    this.scanFrom = 0; // text after a tool call's lead-in is looked at from its own start
     return lead;
   }
 }
