@@ -72,6 +72,68 @@ export function anthropicSseFrame(e: Record<string, unknown>): string {
   return `event: ${String(e.type)}\ndata: ${JSON.stringify(e)}\n\n`;
 }
 
+/** `s` in `n` pieces or so (split deltas, as Claude streams them). */
+export function textPieces(s: string, n: number): string[] {
+  const size = Math.max(1, Math.ceil(s.length / n));
+  const out: string[] = [];
+  for (let i = 0; i < s.length; i += size) out.push(s.slice(i, i + size));
+  return out;
+}
+
+/**
+ * The Messages API SSE sequence of `blocks` (text, tool_use, thinking) as Claude streams it: message_start
+ * with the input counts, a ping, each block opened empty and filled by split deltas (a tool's input from
+ * `rawInput` when given, the text Claude wrote), the stop reason and output count in message_delta,
+ * message_stop.
+ */
+export function claudeSse(
+  blocks: Record<string, unknown>[],
+  stopReason: string,
+  usage: Record<string, unknown>,
+  stopSequence: string | null = null,
+): string {
+  type Json = Record<string, unknown>;
+  const events: Json[] = [
+    {
+      type: 'message_start',
+      message: { ...anthropicMessage([], '', { ...usage, output_tokens: 1 }), stop_reason: null },
+    },
+    { type: 'ping' },
+  ];
+  blocks.forEach((b, index) => {
+    const delta = (d: Json) => events.push({ type: 'content_block_delta', index, delta: d });
+    if (b.type === 'text') {
+      events.push({ type: 'content_block_start', index, content_block: { type: 'text', text: '' } });
+      for (const text of textPieces(String(b.text), 3)) delta({ type: 'text_delta', text });
+    } else if (b.type === 'tool_use') {
+      events.push({
+        type: 'content_block_start',
+        index,
+        content_block: { type: 'tool_use', id: b.id, name: b.name, input: {} },
+      });
+      delta({ type: 'input_json_delta', partial_json: '' });
+      const raw = typeof b.rawInput === 'string' ? b.rawInput : JSON.stringify(b.input);
+      for (const partial_json of textPieces(raw, 4)) delta({ type: 'input_json_delta', partial_json });
+    } else if (b.type === 'thinking') {
+      events.push({
+        type: 'content_block_start',
+        index,
+        content_block: { type: 'thinking', thinking: '', signature: '' },
+      });
+      for (const thinking of textPieces(String(b.thinking), 2)) delta({ type: 'thinking_delta', thinking });
+      delta({ type: 'signature_delta', signature: String(b.signature) });
+    }
+    events.push({ type: 'content_block_stop', index });
+  });
+  events.push({
+    type: 'message_delta',
+    delta: { stop_reason: stopReason, stop_sequence: stopSequence },
+    usage: { output_tokens: usage.output_tokens },
+  });
+  events.push({ type: 'message_stop' });
+  return events.map(anthropicSseFrame).join('');
+}
+
 /** One text block `text` as the Messages API answers it, JSON or (`stream`) its SSE sequence. */
 export interface AnthropicText {
   readonly id: string;

@@ -14,7 +14,7 @@ import OpenAI from 'openai';
 import { zodResponseFormat } from 'openai/helpers/zod';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { anthropicMessage, anthropicSseFrame } from '../helpers/anthropic-route.js';
+import { anthropicMessage, claudeSse } from '../helpers/anthropic-route.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
@@ -26,61 +26,6 @@ const track = closeAfterEach();
 type Json = Record<string, unknown>;
 
 const USAGE: Json = { input_tokens: 21, output_tokens: 17 };
-
-/** `s` in `n` pieces of about equal length, cut wherever that falls (inside a word, a key, a number). */
-function pieces(s: string, n: number): string[] {
-  const size = Math.max(1, Math.ceil(s.length / n));
-  const out: string[] = [];
-  for (let i = 0; i < s.length; i += size) out.push(s.slice(i, i + size));
-  return out;
-}
-
-/**
- * The Messages API SSE sequence of `blocks` as Claude streams it: message_start, a ping, each block opened
- * empty and filled by split deltas (a tool's input from `rawInput` when given, the text Claude wrote), the
- * stop reason and usage in message_delta, message_stop.
- */
-function claudeStream(blocks: Json[], stopReason: string, usage: Json): string {
-  const events: Json[] = [
-    {
-      type: 'message_start',
-      message: { ...anthropicMessage([], '', { ...usage, output_tokens: 1 }), stop_reason: null },
-    },
-    { type: 'ping' },
-  ];
-  blocks.forEach((b, index) => {
-    const delta = (d: Json) => events.push({ type: 'content_block_delta', index, delta: d });
-    if (b.type === 'text') {
-      events.push({ type: 'content_block_start', index, content_block: { type: 'text', text: '' } });
-      for (const text of pieces(String(b.text), 3)) delta({ type: 'text_delta', text });
-    } else if (b.type === 'tool_use') {
-      events.push({
-        type: 'content_block_start',
-        index,
-        content_block: { type: 'tool_use', id: b.id, name: b.name, input: {} },
-      });
-      delta({ type: 'input_json_delta', partial_json: '' });
-      const raw = typeof b.rawInput === 'string' ? b.rawInput : JSON.stringify(b.input);
-      for (const partial_json of pieces(raw, 4)) delta({ type: 'input_json_delta', partial_json });
-    } else if (b.type === 'thinking') {
-      events.push({
-        type: 'content_block_start',
-        index,
-        content_block: { type: 'thinking', thinking: '', signature: '' },
-      });
-      for (const thinking of pieces(String(b.thinking), 2)) delta({ type: 'thinking_delta', thinking });
-      delta({ type: 'signature_delta', signature: String(b.signature) });
-    }
-    events.push({ type: 'content_block_stop', index });
-  });
-  events.push({
-    type: 'message_delta',
-    delta: { stop_reason: stopReason, stop_sequence: null },
-    usage: { output_tokens: usage.output_tokens },
-  });
-  events.push({ type: 'message_stop' });
-  return events.map(anthropicSseFrame).join('');
-}
 
 /**
  * Answers `q` with `blocks` in the form it asked for. In the JSON form a tool's `rawInput` is put in the body
@@ -95,7 +40,7 @@ function answerClaude(
 ): void {
   if (q.body.stream === true) {
     res.writeHead(200, { 'content-type': 'text/event-stream' });
-    res.end(claudeStream(blocks, stopReason, usage));
+    res.end(claudeSse(blocks, stopReason, usage));
     return;
   }
   const raws: string[] = [];

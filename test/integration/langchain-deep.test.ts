@@ -14,7 +14,7 @@ import type { AIMessageChunk } from '@langchain/core/messages';
 import { HumanMessage, SystemMessage } from '@langchain/core/messages';
 import { ChatOpenAI } from '@langchain/openai';
 import { describe, expect, it } from 'vitest';
-import { anthropicMessage, anthropicSseFrame } from '../helpers/anthropic-route.js';
+import { anthropicMessage, claudeSse } from '../helpers/anthropic-route.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
@@ -24,48 +24,6 @@ onlyLoopbackFetch();
 const track = closeAfterEach();
 
 type Json = Record<string, unknown>;
-
-function pieces(s: string, n: number): string[] {
-  const size = Math.max(1, Math.ceil(s.length / n));
-  const out: string[] = [];
-  for (let i = 0; i < s.length; i += size) out.push(s.slice(i, i + size));
-  return out;
-}
-
-/** Claude's SSE for `blocks` (text, thinking), its stop reason and usage (message_start has the input counts). */
-function claudeStream(blocks: Json[], stopReason: string, usage: Json, stopSequence: string | null): string {
-  const { output_tokens: outputTokens, ...input } = usage;
-  const events: Json[] = [
-    {
-      type: 'message_start',
-      message: { ...anthropicMessage([], '', { ...input, output_tokens: 1 }), stop_reason: null },
-    },
-    { type: 'ping' },
-  ];
-  blocks.forEach((b, index) => {
-    const delta = (d: Json) => events.push({ type: 'content_block_delta', index, delta: d });
-    if (b.type === 'text') {
-      events.push({ type: 'content_block_start', index, content_block: { type: 'text', text: '' } });
-      for (const text of pieces(String(b.text), 3)) delta({ type: 'text_delta', text });
-    } else if (b.type === 'thinking') {
-      events.push({
-        type: 'content_block_start',
-        index,
-        content_block: { type: 'thinking', thinking: '', signature: '' },
-      });
-      for (const thinking of pieces(String(b.thinking), 3)) delta({ type: 'thinking_delta', thinking });
-      delta({ type: 'signature_delta', signature: String(b.signature) });
-    }
-    events.push({ type: 'content_block_stop', index });
-  });
-  events.push({
-    type: 'message_delta',
-    delta: { stop_reason: stopReason, stop_sequence: stopSequence },
-    usage: { output_tokens: outputTokens },
-  });
-  events.push({ type: 'message_stop' });
-  return events.map(anthropicSseFrame).join('');
-}
 
 function answerClaude(
   q: Received,
@@ -77,7 +35,7 @@ function answerClaude(
 ): void {
   if (q.body.stream === true) {
     res.writeHead(200, { 'content-type': 'text/event-stream' });
-    res.end(claudeStream(blocks, stopReason, usage, stopSequence));
+    res.end(claudeSse(blocks, stopReason, usage, stopSequence));
     return;
   }
   sendJson(res, 200, { ...anthropicMessage(blocks, stopReason, usage), stop_sequence: stopSequence });
