@@ -263,7 +263,8 @@ describe('a queued request whose client leaves', () => {
     await until('the first request to hold p’s connection', () => p.live() === 1);
     const leaver = new AbortController();
     const left = ask(gw, 'r', 'left', { signal: leaver.signal, stream: true }).catch((e: unknown) => e);
-    await sleep(50);
+    // The leaver is queued first, so the waiter is behind it.
+    await until('the leaver to be queued', async () => (await upstreamAt(gw, 'p/m')).in_flight === 2);
     const waiter = ask(gw, 'r', 'waiter');
     await until('both to be queued', async () => (await upstreamAt(gw, 'p/m')).in_flight === 3);
     leaver.abort();
