@@ -119,10 +119,13 @@ class PeakEwma {
 
   observe(x: number, now: number): void {
     const first = this.samples === 0;
+    // Compared with and blended from the estimate as it stands now, relaxed since the last sample: from the
+    // stored peak, a 500 ms answer after a 2 s outlier had relaxed to 1.2 s raised the estimate to 1.4 s.
+    const cur = first ? x : this.value(now);
     if (first) {
       this.#base = x;
       this.#peak = x;
-    } else if (x > this.#peak) {
+    } else if (x > cur) {
       // Taken at once as the peak, but not into the average it relaxes to: one slow answer relaxes back to
       // where the upstream was, not to an average it raised (20 ms and one 400 ms relaxed to 58 ms, benching
       // a fast upstream until it went stale a minute later). A slowdown that lasts shows at its next sample.
@@ -131,7 +134,7 @@ class PeakEwma {
       this.#base += this.alpha * (x - this.#base);
       const dt = now > this.at ? now - this.at : 0;
       const w = Math.min(Math.exp(-dt / this.decayMs), 1 - this.alpha);
-      this.#peak = this.#peak * w + x * (1 - w);
+      this.#peak = cur * w + x * (1 - w);
     }
     this.at = now;
     this.samples++;
