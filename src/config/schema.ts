@@ -118,11 +118,16 @@ export const TIER_SET: ReadonlySet<string> = new Set(TIER_NAMES);
 const CAPABILITIES = ['tools', 'json', 'vision', 'stream', 'embeddings'] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
-const hybridWeightsSchema = z.strictObject({
-  cost_weight: weightNum.default(0.4),
-  latency_weight: weightNum.default(0.4),
-  reliability_weight: weightNum.default(0.2),
-});
+const hybridWeightsSchema = z
+  .strictObject({
+    cost_weight: weightNum.default(0.4),
+    latency_weight: weightNum.default(0.4),
+    reliability_weight: weightNum.default(0.2),
+  })
+  // All 0 weighs nothing: every candidate would score 1, a route silently turned round-robin.
+  .refine((w) => w.cost_weight + w.latency_weight + w.reliability_weight > 0, {
+    message: 'at least one of cost_weight, latency_weight and reliability_weight must be above 0',
+  });
 export type HybridWeights = z.infer<typeof hybridWeightsSchema>;
 
 /** `strategy: latency` or `strategy: { hybrid: { cost_weight: ... } }`. */

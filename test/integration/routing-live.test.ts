@@ -311,7 +311,7 @@ describe('hybrid with custom weights', () => {
     for (let i = 0; i < 4; i++) expect(await chat(gw, 'r')).toBe('solid');
     const e = await explain(gw, 'r');
     expect(e.candidates[0]!.provider).toBe('solid');
-    expect(e.candidates[1]!.reason).toMatch(/reliability \d+\.\d% -> 0\.\d\d x 1$/);
+    expect(e.candidates[1]!.reason).toMatch(/reliability \d+\.\d% -> 0\.\d\d x 1(;|$)/);
     // Well under solid's 1 (ignoring reliability would tie them at 1); the decaying rate's prior keeps it near
     // 0.5, and a slow run let it decay to 0.5001, so the bound has room.
     expect(e.candidates[1]!.score).toBeLessThan(0.6);

@@ -5,7 +5,7 @@ import {
   fmtInt,
   fmtPrice,
   fmtUsd,
-  lowerIsBetter,
+  LowestFigures,
   promptTokensOf,
   scored,
   sharedExpectedOutput,
@@ -76,18 +76,18 @@ export function costStrategy<C extends CandidateView>(
   const n = candidates.length;
   const items = new Array<Scored<C>>(n);
   const out = sharedExpectedOutput(candidates, ctx);
-  let best = Infinity;
+  const lowest = new LowestFigures();
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
     const usd = expectedCostUsd(c, ctx, out.tokens);
     items[i] = scored(c, usd);
-    if (usd < best) best = usd;
+    lowest.add(usd);
   }
   const prompt = promptTokensOf(ctx);
   const choices = choicesOf(ctx);
   for (let i = 0; i < n; i++) {
     const it = items[i]!;
-    it.score = lowerIsBetter(it.raw, best);
+    it.score = lowest.score(it.raw);
     it.reason = new CostReason(it.raw, prompt, out, choices, it.candidate.price);
   }
   return finishRanking(items, ctx.rotation, ctx.tieEpsilon);

@@ -35,7 +35,7 @@ import {
   fmtUsd,
   fixed,
   higherIsBetter,
-  lowerIsBetter,
+  LowestFigures,
   scored,
   type Reason,
   type ReasonSource,
@@ -59,8 +59,15 @@ function fmtWeight(w: number): string {
   return String(Math.round(w * 1000) / 1000);
 }
 
-/** "hybrid 0.93 = cost $0.000120 -> 1.00 x 0.5 + latency 212 ms -> 0.80 x 0.3 + reliability 99% -> 1.00 x 0.2". */
+/**
+ * "hybrid 0.93 = cost $0.000120 -> 1.00 x 0.5 + latency 212 ms -> 0.80 x 0.3 + reliability 99% -> 1.00 x 0.2;
+ * score 0.97 = 0.93 / best 0.96": the weighted sum, then the score it gives (scores are rescaled so the best
+ * candidate's is 1, and ties are read on them).
+ */
 class HybridReason implements ReasonSource {
+  /** The best weighted sum among the ranked candidates, once known (an explored one has no such score). */
+  best = NaN;
+
   constructor(
     private readonly score: number,
     private readonly costUsd: number,
@@ -96,7 +103,15 @@ class HybridReason implements ReasonSource {
       ' -> ' +
       f2(this.fr) +
       ' x ' +
-      fmtWeight(this.wr)
+      fmtWeight(this.wr) +
+      (this.best > 0
+        ? '; score ' +
+          f2(clamp01(this.score / this.best)) +
+          ' = ' +
+          f2(this.score) +
+          ' / best ' +
+          f2(this.best)
+        : '')
     );
   }
 }
@@ -128,8 +143,8 @@ export function hybridStrategy<C extends CandidateView>(
   const lat = new Array<number>(n);
   const rel = new Array<number>(n);
   let unmeasured: Scored<C>[] | undefined;
-  let bestCost = Infinity;
-  let bestLat = Infinity;
+  const lowCost = new LowestFigures();
+  const lowLat = new LowestFigures();
   let bestRel = 0;
   const out = sharedExpectedOutput(candidates, ctx).tokens;
   const freshest = freshestSample(candidates);
@@ -139,7 +154,7 @@ export function hybridStrategy<C extends CandidateView>(
     items[i] = it;
     const usd = expectedCostUsd(c, ctx, out);
     cost[i] = usd;
-    if (usd < bestCost) bestCost = usd;
+    lowCost.add(usd);
     const sr = c.stats.successRate;
     // No usable rate means no data, which the view defines as 1.
     const r = Number.isFinite(sr) ? clamp01(sr) : 1;
@@ -149,7 +164,7 @@ export function hybridStrategy<C extends CandidateView>(
     if (isMeasured(c.stats, ctx, base, freshest)) {
       const est = base * loadFactor(c.stats);
       lat[i] = est;
-      if (est < bestLat) bestLat = est;
+      lowLat.add(est);
     } else {
       lat[i] = NaN;
       (unmeasured ??= []).push(it);
@@ -160,9 +175,9 @@ export function hybridStrategy<C extends CandidateView>(
   let bestScore = 0;
   for (let i = 0; i < n; i++) {
     const it = items[i]!;
-    const fc = lowerIsBetter(cost[i]!, bestCost);
+    const fc = lowCost.score(cost[i]!);
     const measured = !Number.isNaN(lat[i]!);
-    const fl = measured ? lowerIsBetter(lat[i]!, bestLat) : NEUTRAL_FACTOR;
+    const fl = measured ? lowLat.score(lat[i]!) : NEUTRAL_FACTOR;
     const fr = higherIsBetter(rel[i]!, bestRel);
     const s = sumW > 0 ? (wc * fc + wl * fl + wr * fr) / sumW : 1;
     it.raw = s;
@@ -175,7 +190,9 @@ export function hybridStrategy<C extends CandidateView>(
   // Rescale so the best ranked candidate scores exactly 1, as every strategy's scores do.
   for (let i = 0; i < n; i++) {
     const it = items[i]!;
-    if (it.group === GROUP_MAIN) it.score = bestScore > 0 ? clamp01(it.raw / bestScore) : 1;
+    if (it.group !== GROUP_MAIN) continue;
+    it.score = bestScore > 0 ? clamp01(it.raw / bestScore) : 1;
+    (it.reason as HybridReason).best = bestScore;
   }
   if (split && unmeasured !== undefined) {
     const picked = explore(unmeasured, ctx);

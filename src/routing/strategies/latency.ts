@@ -13,7 +13,8 @@ import {
   fmtPct,
   GROUP_LAST,
   GROUP_MAIN,
-  lowerIsBetter,
+  LowestFigures,
+  fixed,
   plural,
   scored,
   type ReasonSource,
@@ -29,12 +30,27 @@ export function baseLatencyMs(stats: UpstreamStatsView, outputTokens: number): n
   const ttft = stats.ttftMs;
   const tps = stats.tokensPerSec;
   const lat = stats.latencyMs;
-  if (finiteNonNeg(ttft)) {
-    if (finiteNonNeg(tps) && tps > 0) return ttft + (outputTokens / tps) * 1000;
-    // No throughput figure yet (non-streamed traffic): the whole-attempt EWMA is the best we have.
-    return finiteNonNeg(lat) && lat > ttft ? lat : ttft;
-  }
-  return finiteNonNeg(lat) ? lat : NaN;
+  if (finiteNonNeg(ttft) && finiteNonNeg(tps) && tps > 0) return ttft + (outputTokens / tps) * 1000;
+  // No throughput figure yet (non-streamed traffic): the whole-attempt EWMA, for the answers it measured.
+  const whole = finiteNonNeg(ttft)
+    ? finiteNonNeg(lat) && lat > ttft
+      ? lat
+      : ttft
+    : finiteNonNeg(lat)
+      ? lat
+      : NaN;
+  return whole * longerBy(stats.meanOutputTokens, outputTokens);
+}
+
+/**
+ * How much longer than its measured answers an upstream with no tokens/s figure is expected to take for
+ * `outputTokens`: their mean output in that time, at that pace (never shorter: the time holds the prompt's too).
+ * Without it, 2,000 tokens were quoted at the time of its 10-token answers, 100 times too fast.
+ */
+function longerBy(meanOutputTokens: number | undefined, outputTokens: number): number {
+  return finiteNonNeg(meanOutputTokens) && meanOutputTokens > 0 && outputTokens > meanOutputTokens
+    ? outputTokens / meanOutputTokens
+    : 1;
 }
 
 /** In flight + 1: an upstream already serving k requests is expected to be k+1 times slower. */
@@ -75,16 +91,32 @@ export function isMeasured(
 export interface LatencyFigures {
   readonly ttftMs: number | undefined;
   readonly tokensPerSec: number | undefined;
+  readonly meanOutputTokens: number | undefined;
   readonly inFlight: number;
+}
+
+/** tok/s as the estimate used it: a slow generator's 0.3 tok/s is not "0 tok/s". */
+function fmtTps(tps: number): string {
+  return tps >= 10 ? fmtInt(tps) : fixed(tps, tps >= 1 ? 1 : 2);
 }
 
 export function latencyReason(stats: LatencyFigures, outputTokens: number, estMs: number): string {
   const tps = stats.tokensPerSec;
   const ttft = stats.ttftMs;
-  const parts =
-    finiteNonNeg(ttft) && finiteNonNeg(tps) && tps > 0
-      ? 'ttft ' + fmtMs(ttft) + ' + ' + fmtInt(outputTokens) + ' tok / ' + fmtInt(tps) + ' tok/s'
-      : 'attempt ' + fmtMs(estMs / loadFactor(stats)) + ', no tok/s yet';
+  let parts: string;
+  if (finiteNonNeg(ttft) && finiteNonNeg(tps) && tps > 0) {
+    parts = 'ttft ' + fmtMs(ttft) + ' + ' + fmtInt(outputTokens) + ' tok / ' + fmtTps(tps) + ' tok/s';
+  } else {
+    const k = longerBy(stats.meanOutputTokens, outputTokens);
+    const whole = estMs / loadFactor(stats) / k;
+    parts =
+      'attempt ' +
+      fmtMs(whole) +
+      (k > 1
+        ? ' x ' + fmtInt(outputTokens) + ' / ' + fmtInt(stats.meanOutputTokens ?? 0) + ' tok (its mean)'
+        : '') +
+      ', no tok/s yet';
+  }
   return 'latency ' + fmtMs(estMs) + ' est. (' + parts + ') x load ' + fmtInt(loadFactor(stats));
 }
 
@@ -93,6 +125,7 @@ class LatencyReason implements LatencyFigures, ReasonSource {
   constructor(
     readonly ttftMs: number | undefined,
     readonly tokensPerSec: number | undefined,
+    readonly meanOutputTokens: number | undefined,
     readonly inFlight: number,
     private readonly outputTokens: number,
     private readonly estMs: number,
@@ -120,7 +153,7 @@ export function latencyStrategy<C extends CandidateView>(
   const n = candidates.length;
   const items = new Array<Scored<C>>(n);
   let unmeasured: Scored<C>[] | undefined;
-  let best = Infinity;
+  const lowest = new LowestFigures();
   // One expected output for all: comparing each on its own mean favours upstreams that answer briefly.
   const out = sharedExpectedOutput(candidates, ctx).tokens;
   const freshest = freshestSample(candidates);
@@ -130,15 +163,22 @@ export function latencyStrategy<C extends CandidateView>(
     const it = scored(c, base * loadFactor(c.stats));
     items[i] = it;
     if (isMeasured(c.stats, ctx, base, freshest)) {
-      if (it.raw < best) best = it.raw;
-      it.reason = new LatencyReason(c.stats.ttftMs, c.stats.tokensPerSec, c.stats.inFlight, out, it.raw);
+      lowest.add(it.raw);
+      it.reason = new LatencyReason(
+        c.stats.ttftMs,
+        c.stats.tokensPerSec,
+        c.stats.meanOutputTokens,
+        c.stats.inFlight,
+        out,
+        it.raw,
+      );
     } else {
       it.group = GROUP_LAST;
       (unmeasured ??= []).push(it);
     }
   }
   if (unmeasured === undefined) {
-    for (let i = 0; i < n; i++) items[i]!.score = lowerIsBetter(items[i]!.raw, best);
+    for (let i = 0; i < n; i++) items[i]!.score = lowest.score(items[i]!.raw);
   } else if (unmeasured.length === n) {
     // Nothing to compare: spread the first measurements evenly.
     for (let i = 0; i < n; i++) {
@@ -149,7 +189,7 @@ export function latencyStrategy<C extends CandidateView>(
   } else {
     for (let i = 0; i < n; i++) {
       const it = items[i]!;
-      if (it.group === GROUP_MAIN) it.score = lowerIsBetter(it.raw, best);
+      if (it.group === GROUP_MAIN) it.score = lowest.score(it.raw);
     }
     const picked = explore(unmeasured, ctx);
     for (const it of unmeasured) {

@@ -116,12 +116,31 @@ function digitSum(x: number, b: number): number {
 /**
  * Lower is better (dollars, ms, load): score = best / x, so the best is 1 and twice the best is 0.5.
  * Relative rather than min-max: a 1 % difference stays a 1 % difference, and `tie_epsilon` reads as a
- * relative tolerance. `best` is the smallest finite figure among the candidates.
+ * relative tolerance. `best` is the smallest finite figure among the candidates; `positive` the smallest
+ * above 0. A best of 0 (a free local model beside priced ones) would score every other candidate 0, all tied:
+ * the figures are then shifted by `positive`, so the free one scores 1, the cheapest priced one 0.5 and one
+ * ten times dearer ~0.09.
  */
-export function lowerIsBetter(x: number, best: number): number {
+export function lowerIsBetter(x: number, best: number, positive = best): number {
   if (!Number.isFinite(x)) return 0;
   if (x <= best) return 1;
-  return clamp01(best / x);
+  const shift = best > 0 ? 0 : positive;
+  return clamp01((best + shift) / (x + shift));
+}
+
+/** The smallest finite figure and the smallest above 0 (Infinity when none), for lowerIsBetter. */
+export class LowestFigures {
+  best = Infinity;
+  positive = Infinity;
+
+  add(x: number): void {
+    if (x < this.best) this.best = x;
+    if (x > 0 && x < this.positive) this.positive = x;
+  }
+
+  score(x: number): number {
+    return lowerIsBetter(x, this.best, this.positive);
+  }
 }
 
 /** Higher is better (success rate): score = x / best. */
