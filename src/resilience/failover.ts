@@ -239,7 +239,7 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
     up.stats.recordSuccess({
       choices: opts.choices ?? 1,
       ttftMs: result.ttftMs,
-      totalMs: result.totalMs,
+      totalMs: result.totalMs - (result.heldMs ?? 0),
       outputTokens,
       streamed: result.body === undefined,
     });
@@ -249,6 +249,12 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
   const c = result.classified;
   if (result.clientGone) {
     up.breaker.onNeutral(permit);
+    return;
+  }
+  if (result.clientSlow) {
+    // Its client read slower than total_ms allows: the stream is cut, but the upstream had done its part.
+    up.breaker.onNeutral(permit);
+    up.metrics.attempts.client_error.inc();
     return;
   }
   if (result.deadlineReached || c.reason === QUEUE_TIMEOUT) {

@@ -30,8 +30,6 @@ import {
 } from './attempt.js';
 import { afterRefused, fitted, refitted } from './attempt-refit.js';
 
-/** After a stream's last event, how long the rest of its body may take before its connection is dropped. */
-const DRAIN_AFTER_END_MS = 1_000;
 /**
  * Frames held back before a stream's first content delta (a role chunk, a usage-less `message_start`) are a
  * few hundred bytes. An upstream that sends only such frames would otherwise grow this buffer for as long as
@@ -174,7 +172,6 @@ async function attemptStreamBody(
       signal: sig,
       watch: sig,
     });
-    sig.headers();
     if (res.statusCode < 200 || res.statusCode >= 300) {
       const failed = await errorResult(res, input, sig, t0);
       const first = firstStart ?? t0;
@@ -245,6 +242,8 @@ async function attemptStreamBody(
     /** A JSON answer given as chunks: some choice said why it stopped, and its tokens when it had no usage. */
     let json: { finished: boolean; tokens: number | undefined } | undefined;
     let readError: unknown;
+    /** Time spent waiting for the client to take what it was sent (back-pressure): not the upstream's. */
+    let heldMs = 0;
     try {
       await relayChunks(
         res.body,
@@ -270,7 +269,9 @@ async function attemptStreamBody(
             const drained = writer.drain();
             if (drained) {
               sig.holdIdle();
+              const heldFrom = input.now();
               return drained.then(() => {
+                heldMs += input.now() - heldFrom;
                 sig.progress();
                 return ended || streamError ? 'stop' : undefined;
               });
@@ -278,7 +279,7 @@ async function attemptStreamBody(
           }
           return ended || streamError ? 'stop' : undefined;
         },
-        DRAIN_AFTER_END_MS,
+        client.drain,
       );
       if (whole) {
         json = answerAsChunks(withoutBom(Buffer.concat(whole).toString('utf8')), input, sink);
@@ -305,7 +306,7 @@ async function attemptStreamBody(
         writer.write(pending);
       }
       writer.end(DONE_FRAME);
-      return { ok: true, usage, countedTokens: json?.tokens ?? streamTokens(), ttftMs, totalMs };
+      return { ok: true, usage, countedTokens: json?.tokens ?? streamTokens(), ttftMs, totalMs, heldMs };
     }
 
     let result: AttemptResult;

@@ -16,6 +16,11 @@ export interface AttemptTiming {
   /** From sending the request to the first content token (streams) or the whole answer (JSON). */
   readonly ttftMs: number;
   readonly totalMs: number;
+  /**
+   * Of totalMs, the time a stream waited for its client to take what it was sent (back-pressure): left out of
+   * the upstream's statistics (a slow reader made a 2,000 tokens/s upstream look like 180).
+   */
+  readonly heldMs?: number;
 }
 
 export type AttemptResult =
@@ -41,6 +46,8 @@ export type AttemptResult =
       readonly clientGone: boolean;
       /** The request's own deadline (routing.total_timeout_ms) cut this attempt: no time is left for another. */
       readonly deadlineReached: boolean;
+      /** total_ms ran out while the attempt waited on its client, not its upstream: no fault of the upstream. */
+      readonly clientSlow?: boolean;
       readonly totalMs: number;
       /** A stream cut after its commit: the completion tokens the client was sent (counted, as paid for). */
       readonly relayedTokens?: number;
@@ -73,6 +80,7 @@ export function failure(
     committed: boolean;
     clientGone: boolean;
     deadlineReached: boolean;
+    clientSlow: boolean;
   }> = {},
 ): AttemptResult {
   return {
@@ -84,6 +92,7 @@ export function failure(
     committed: extra.committed ?? false,
     clientGone: extra.clientGone ?? false,
     deadlineReached: extra.deadlineReached ?? false,
+    clientSlow: extra.clientSlow ?? false,
     totalMs,
   };
 }
@@ -101,7 +110,11 @@ export function thrown(
   const totalMs = input.now() - t0;
   if (input.clientSignal.aborted) return failure(CLIENT_GONE, totalMs, { clientGone: true, committed });
   if (sig.timedOut())
-    return failure(TOTAL_TIMEOUT, totalMs, { committed, deadlineReached: sig.deadlineReached() });
+    return failure(TOTAL_TIMEOUT, totalMs, {
+      committed,
+      deadlineReached: sig.deadlineReached(),
+      clientSlow: sig.clientHeld(),
+    });
   return failure(classifyError(err), totalMs, { committed });
 }
 

@@ -5,7 +5,11 @@ import { Abort } from './abort.js';
 /** How often live attempts are checked against their bounds: a bound fires up to this late, never early. */
 export const WATCHDOG_TICK_MS = 10;
 
-/** Waiting for the response headers: the first-byte bound runs. */
+/**
+ * Waiting for the answer's first body byte: the first-byte bound runs. Not its headers: a server that sends
+ * them at once (vLLM, and others built on Starlette) would otherwise have idle_ms, not first_byte_ms, for its
+ * queueing and prefill, and a first token after idle_ms was cut as idle.
+ */
 const FIRST_BYTE = 0;
 /** Reading the body: the idle bound runs. */
 const BODY = 1;
@@ -69,6 +73,8 @@ const watchdog = new Watchdog();
 export class AttemptSignal extends Abort {
   /** The total bound (not a first-byte or idle timeout) fired. */
   private expired = false;
+  /** ... while the gateway was waiting on the client, not the upstream (see clientHeld). */
+  private expiredHeld = false;
   /** The gateway is waiting on the client, not the upstream: that time is not upstream idleness. */
   private idleHeld = false;
   /** Body bytes arrived since the last check: the idle bound starts over at the next. */
@@ -123,6 +129,7 @@ export class AttemptSignal extends Abort {
   check(t: number): void {
     if (t >= this.totalAt) {
       this.expired = true;
+      this.expiredHeld = this.idleHeld;
       return this.fire('total_timeout');
     }
     if (this.phase === FIRST_BYTE) {
@@ -151,6 +158,14 @@ export class AttemptSignal extends Abort {
   }
 
   /**
+   * ... and it fired while the attempt waited for its client to take what it had been given: a client that reads
+   * slower than total_ms, not a slow upstream (whose breaker five such clients opened, with "timeouts").
+   */
+  clientHeld(): boolean {
+    return this.expired && this.expiredHeld && !this.deadlineBound;
+  }
+
+  /**
    * The request has a connection. One that waited for it (the provider at max_concurrency) gets the upstream's
    * whole first_byte_ms from now: its wait was the pool's, bounded by the same figure (queue_timeout), and
    * charged to the upstream it made a first_byte_timeout (a breaker failure, a slow-TTFT sample) for an answer
@@ -173,15 +188,12 @@ export class AttemptSignal extends Abort {
     return provider.client.stats().connected >= provider.config.max_concurrency;
   }
 
-  /** The response headers arrived: the first-byte bound is met, the idle bound starts. */
-  headers(): void {
-    if (this.phase !== FIRST_BYTE) return;
-    this.phase = BODY;
-    this.moved = true; // the idle bound starts at the next check
-  }
-
-  /** Body bytes arrived (or the client took what it was given): the idle bound starts over. */
+  /**
+   * Body bytes arrived (or the client took what it was given): the idle bound starts over at the next check;
+   * the first ones meet the first-byte bound.
+   */
   progress(): void {
+    if (this.phase === FIRST_BYTE) this.phase = BODY;
     this.idleHeld = false;
     this.moved = true;
   }

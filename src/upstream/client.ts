@@ -5,7 +5,7 @@ import { inTurnOrder } from '../end-of-turn.js';
 import type { ProviderConfig } from '../config/schema.js';
 import type { Abort } from './abort.js';
 import { codingsOf, decode } from './content-coding.js';
-import { discard } from './response-body.js';
+import { discard, type BodyDrain } from './response-body.js';
 import { TextHandler } from './text-handler.js';
 import type { Dispatcher, Pool as UndiciPool, buildConnector as UndiciBuildConnector } from 'undici';
 
@@ -17,6 +17,8 @@ import type { Dispatcher, Pool as UndiciPool, buildConnector as UndiciBuildConne
  * resolver; test/unit/upstream/undici-pool.test.ts pins them to what undici exports, so an undici update that moves
  * them fails the suite instead of the gateway.
  */
+/** After a relayed stream's last event, how long the rest of its body may take (ProviderClient.drain). */
+const DRAIN_AFTER_END_MS = 1_000;
 const requireUndici = createRequire(import.meta.url);
 export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
 type Pool = UndiciPool;
@@ -144,6 +146,19 @@ export class ProviderClient {
    * its connections.
    */
   active = 0;
+
+  /**
+   * After a relayed stream's last event, the rest of its body (the chunked terminator, or bytes of an upstream
+   * that keeps the response open after [DONE]) is read for up to a second, so the connection can be reused: to
+   * a real provider a new one is a TLS handshake. Not when every connection is busy: requests may be waiting
+   * for one, and one held the only connection for that second (a queue_timeout). Counted in `active` meanwhile.
+   */
+  readonly drain: BodyDrain = {
+    ms: () => (this.active >= this.capacity ? 0 : DRAIN_AFTER_END_MS),
+    held: (delta) => {
+      this.active += delta;
+    },
+  };
 
   constructor(provider: ProviderConfig) {
     const url = new URL(provider.base_url);
@@ -336,8 +351,6 @@ function dispatchText(
 export interface ResponseWatch {
   /** The request has a connection and is being written (it waited in the pool's queue until now). */
   sent(): void;
-  /** The response headers arrived. */
-  headers(): void;
   /** A body chunk arrived. */
   progress(): void;
 }

@@ -7,6 +7,16 @@ import type { ResponseWatch, UpstreamResponse } from './client.js';
 /** After each chunk of a relayed stream: go on, stop (the answer is complete), or wait for the client. */
 export type ChunkVerdict = undefined | 'stop' | Promise<'stop' | undefined>;
 
+/** How the rest of a body is read after 'stop' (relayChunks): for how long, and who counts its connection. */
+export interface BodyDrain {
+  /** How long the rest may take, asked at the stop; 0 drops the connection at once. */
+  ms(): number;
+  /** The connection stays busy while the rest is read: +1 when that begins, -1 when it is over. */
+  held?(delta: 1 | -1): void;
+}
+
+const NO_DRAIN: BodyDrain = { ms: () => 0 };
+
 /**
  * Feeds a streaming body to `onChunk` on events rather than `for await`: async iteration costs several
  * promises per chunk, on every chunk of every stream. A promise from `onChunk` pauses reading until it
@@ -18,7 +28,7 @@ export type ChunkVerdict = undefined | 'stop' | Promise<'stop' | undefined>;
 export function relayChunks(
   body: Readable,
   onChunk: (chunk: Buffer) => ChunkVerdict,
-  drainMs: number,
+  drain: BodyDrain = NO_DRAIN,
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     let settled = false;
@@ -34,7 +44,7 @@ export function relayChunks(
     };
     const stop = (): void => {
       finish();
-      drainRest(body, drainMs);
+      drainRest(body, drain);
     };
     const onData = (chunk: Buffer): void => {
       let verdict: ChunkVerdict;
@@ -81,12 +91,21 @@ export function discard(body: Readable): void {
   body.destroy();
 }
 
-/** Reads and drops what is left of a body for up to `ms`, then gives up on the connection. */
-function drainRest(body: Readable, ms: number): void {
+/** Reads and drops what is left of a body for up to `drain.ms()`, then gives up on the connection. */
+function drainRest(body: Readable, drain: BodyDrain): void {
   if (body.readableEnded || body.destroyed) return;
   body.on('error', ignore); // nobody else listens any more
+  const ms = drain.ms();
+  if (ms <= 0) {
+    body.destroy();
+    return;
+  }
+  drain.held?.(1);
   const timer = setTimeout(() => body.destroy(), ms).unref();
-  body.once('close', () => clearTimeout(timer));
+  body.once('close', () => {
+    clearTimeout(timer);
+    drain.held?.(-1);
+  });
   body.resume();
 }
 
@@ -102,20 +121,16 @@ export async function readBody(
 ): Promise<string> {
   const parts: Buffer[] = [];
   let size = 0;
-  await relayChunks(
-    res.body,
-    (chunk) => {
-      watch?.progress();
-      const room = maxBytes - size;
-      if (chunk.length < room) {
-        parts.push(chunk);
-        size += chunk.length;
-        return undefined;
-      }
-      parts.push(chunk.subarray(0, room));
-      return 'stop';
-    },
-    0,
-  );
+  await relayChunks(res.body, (chunk) => {
+    watch?.progress();
+    const room = maxBytes - size;
+    if (chunk.length < room) {
+      parts.push(chunk);
+      size += chunk.length;
+      return undefined;
+    }
+    parts.push(chunk.subarray(0, room));
+    return 'stop';
+  });
   return withoutBom(Buffer.concat(parts).toString('utf8'));
 }

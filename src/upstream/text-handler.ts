@@ -55,7 +55,6 @@ export class TextHandler implements Dispatcher.DispatchHandler {
     this.statusCode = status;
     this.headers = h;
     if (status >= 300) this.limit = this.errorMaxBytes;
-    this.watch?.headers();
   }
 
   onResponseData(c: Dispatcher.DispatchController, chunk: Buffer): void {

@@ -70,7 +70,7 @@ describe('AttemptSignal (watchdog bounds)', () => {
     signals[6]!.done();
     signals[3]!.done();
     signals[3]!.done(); // twice: no effect on the others
-    signals[2]!.headers(); // reading its body: the idle bound (80 ms) now runs, not first byte (100 ms)
+    signals[2]!.progress(); // reading its body: the idle bound (80 ms) now runs, not first byte (100 ms)
     vi.advanceTimersByTime(limits.idle_ms + WATCHDOG_TICK_MS);
     expect(codeOf(signals[2]!)).toBe('idle_timeout');
     expect(signals.filter((x) => x.aborted)).toHaveLength(1);
@@ -106,10 +106,10 @@ describe('AttemptSignal (watchdog bounds)', () => {
     expect(codeOf(connecting)).toBe('first_byte_timeout'); // a connection of its own was being opened
   });
 
-  it('idle_ms starts at the headers and over at every chunk; a hold for the client stops it', () => {
+  it('idle_ms starts at the first body bytes and over at every chunk; a hold for the client stops it', () => {
     const s = new AttemptSignal(new Abort(), far(), performance.now(), upstream);
     vi.advanceTimersByTime(90);
-    s.headers();
+    s.progress();
     for (let i = 0; i < 10; i++) {
       vi.advanceTimersByTime(limits.idle_ms - WATCHDOG_TICK_MS * 2);
       s.progress();
@@ -127,7 +127,7 @@ describe('AttemptSignal (watchdog bounds)', () => {
 
   it('the total bound is the request deadline when that is nearer, and says so', () => {
     const s = new AttemptSignal(new Abort(), performance.now() + 300, performance.now(), upstream);
-    s.headers();
+    s.progress();
     for (let t = 0; t < 280; t += 20) {
       vi.advanceTimersByTime(20);
       s.progress();
@@ -147,6 +147,21 @@ describe('AttemptSignal (watchdog bounds)', () => {
     vi.advanceTimersByTime(200 + WATCHDOG_TICK_MS);
     expect(own.timedOut()).toBe(true);
     expect(own.deadlineReached()).toBe(false); // the provider's total_ms, not the request's deadline
+  });
+
+  it('total_ms that runs out while the attempt waits on its client says so (clientHeld), not otherwise', () => {
+    const tight = upstreamWith(0, { ...limits, first_byte_ms: 5_000, idle_ms: 5_000, total_ms: 200 });
+    const held = new AttemptSignal(new Abort(), far(), performance.now(), tight);
+    held.progress();
+    held.holdIdle();
+    const reading = new AttemptSignal(new Abort(), far(), performance.now(), tight);
+    reading.progress();
+    const released = new AttemptSignal(new Abort(), far(), performance.now(), tight);
+    released.holdIdle();
+    released.progress(); // the client took it before the bound
+    vi.advanceTimersByTime(200 + WATCHDOG_TICK_MS);
+    for (const s of [held, reading, released]) expect(codeOf(s)).toBe('total_timeout');
+    expect([held, reading, released].map((s) => s.clientHeld())).toEqual([true, false, false]);
   });
 
   it('the client going away aborts the attempt with its reason; done() leaves nothing listening', () => {
