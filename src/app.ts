@@ -143,6 +143,12 @@ function foreignCharset(contentType: string | undefined): string | undefined {
   return name === undefined || UTF8_NAMES.has(name) ? undefined : name;
 }
 
+/** A Content-Encoding that leaves the body as sent: `identity` in any case, or an empty value. */
+function isIdentity(enc: string): boolean {
+  const e = enc.trim();
+  return e === '' || e.toLowerCase() === 'identity';
+}
+
 const GENERATED_ID = Symbol('generated request id');
 const ANSWERED = Symbol('status Node answered with');
 type WithId = IncomingMessage & { [GENERATED_ID]?: string };
@@ -314,7 +320,8 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   app.register(async (api) => {
     api.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
       const enc = req.headers['content-encoding'];
-      if (enc !== undefined && enc !== 'identity') {
+      // Codings are case-insensitive (RFC 9110 §8.4.1): `Identity` is the body as sent, as an empty value is.
+      if (enc !== undefined && enc !== 'identity' && !isIdentity(enc)) {
         return done(
           new GatewayError('unsupported_media_type', `content-encoding "${String(enc)}" is not supported`),
         );
@@ -325,7 +332,10 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
           new GatewayError('unsupported_media_type', `charset "${charset}" is not supported: JSON is UTF-8`),
         );
       }
-      const text = typeof body === 'string' ? body : body.toString('utf8');
+      const read = typeof body === 'string' ? body : body.toString('utf8');
+      // A byte order mark (a file saved as "UTF-8 with BOM", sent with curl -d @file) is no part of the JSON
+      // (RFC 8259 §8.1 lets a parser ignore it): dropped here, so upstreams get the text without it too.
+      const text = read.charCodeAt(0) === 0xfeff ? read.slice(1) : read;
       // Read whole, so the connection stays usable: the handler answers these (UnusableBody).
       const unusable = (message: string) =>
         done(null, new UnusableBody(new GatewayError('invalid_request', message)));

@@ -228,6 +228,7 @@ export function validateEmbeddingsBody(
   }
   if (
     raw.encoding_format !== undefined &&
+    raw.encoding_format !== null && // the SDKs' "not given", as for every optional field here
     raw.encoding_format !== 'float' &&
     raw.encoding_format !== 'base64'
   ) {

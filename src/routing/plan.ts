@@ -99,6 +99,7 @@ export function planRequest(
       minOpenMs,
       allRateLimited,
       provider: opts.provider,
+      tier: opts.tier,
       failed: opts.exclude,
       notForAnthropic: features.notForAnthropic,
       toolsParam: features.toolsParam,
@@ -261,6 +262,20 @@ function missingParam(
     : 'messages';
 }
 
+/** A pinned provider the candidates lack: in a tier, which tiers of the route do have it. */
+function noProviderMessage(route: RouteRuntime, tier: string | undefined, provider: string): string {
+  const name = `\`${route.name}\``;
+  if (tier === undefined || route.tiers === undefined)
+    return `route ${name} has no upstream from provider "${provider}"`;
+  const having = Object.entries(route.tiers)
+    .filter(([, list]) => list?.some((t) => t.upstream.provider.name === provider))
+    .map(([t]) => t);
+  return (
+    `route ${name}'s tier \`${tier}\` has no upstream from provider "${provider}"` +
+    (having.length > 0 ? ` (it is in: ${having.join(', ')})` : '')
+  );
+}
+
 function noCandidate(
   route: RouteRuntime,
   why: Exclusion | undefined,
@@ -271,6 +286,7 @@ function noCandidate(
     minOpenMs: number;
     allRateLimited: boolean;
     provider: string | undefined;
+    tier: string | undefined;
     failed: readonly AttemptRecord[] | undefined;
     notForAnthropic: NotForAnthropic | undefined;
     toolsParam: string;
@@ -311,13 +327,9 @@ function noCandidate(
         { param: missingParam(d.missing, d.notForAnthropic, d.toolsParam) },
       );
     case 'provider':
-      return new GatewayError(
-        'invalid_request',
-        `route ${name} has no upstream from provider "${d.provider}"`,
-        {
-          param: 'x-router-provider',
-        },
-      );
+      return new GatewayError('invalid_request', noProviderMessage(route, d.tier, d.provider ?? ''), {
+        param: 'x-router-provider',
+      });
     case 'failed':
       return new GatewayError(
         'upstream_error',
