@@ -29,6 +29,8 @@ function statusClass(status: number): Classified {
   // 424: what the request depended on failed, not the request (Hugging Face TGI's failed generation, a
   // CUDA out of memory): the upstream's fault, as a 5xx is.
   if (status === 424) return classified('error', true, reason);
+  // 498: Groq's capacity_exceeded ("try again later"): the upstream is full, as with a 503.
+  if (status === 498) return classified('error', true, reason);
   if (status >= 400 && status < 500) return classified('client_error', false, reason);
   // 5xx (529 included), and 1xx/3xx that should never reach us (redirects are not followed).
   return classified('error', true, reason);
@@ -137,6 +139,43 @@ export function retryAfterFromHeaders(
   const ms = (Array.isArray(msHeader) ? msHeader[0] : msHeader)?.trim();
   if (ms !== undefined && DELAY_MS.test(ms)) return Math.min(Math.ceil(Number(ms)), DAY_MS);
   return parseRetryAfter(headers['retry-after'], nowMs);
+}
+
+/**
+ * A 429's cooldown: from its headers, else from its body as Google's APIs give it (Gemini sends no
+ * Retry-After: its error's `details` hold a `google.rpc.RetryInfo` with `retryDelay: "37s"`, a protobuf
+ * Duration), in ms in [0, 24 h].
+ */
+export function rateLimitCooldown(
+  headers: Readonly<Record<string, string | string[] | undefined>>,
+  body: string,
+  nowMs: number,
+): number | undefined {
+  return retryAfterFromHeaders(headers, nowMs) ?? retryDelayOf(body);
+}
+
+const RETRY_INFO = 'google.rpc.RetryInfo';
+const DURATION = /^(\d+(?:\.\d+)?)s$/;
+
+function retryDelayOf(body: string): number | undefined {
+  if (!body.includes('retryDelay')) return undefined;
+  let json: unknown;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    return undefined;
+  }
+  // `{"error": {...}}`, or as Gemini's OpenAI-compatible endpoint answers, a list of those.
+  for (const item of Array.isArray(json) ? json : [json]) {
+    const details = (item as { error?: { details?: unknown } } | null)?.error?.details;
+    if (!Array.isArray(details)) continue;
+    for (const d of details as { '@type'?: unknown; retryDelay?: unknown }[]) {
+      if (typeof d?.['@type'] !== 'string' || !d['@type'].endsWith(RETRY_INFO)) continue;
+      const m = typeof d.retryDelay === 'string' ? DURATION.exec(d.retryDelay.trim()) : null;
+      if (m) return Math.min(Math.ceil(Math.round(Number(m[1]) * 1e6) / 1000), DAY_MS);
+    }
+  }
+  return undefined;
 }
 
 /** Retry-After (delay-seconds, decimals tolerated, or an HTTP date) → ms from `nowMs`, in [0, 24 h]. */

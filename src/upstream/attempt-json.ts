@@ -1,6 +1,6 @@
 /** One non-streaming attempt: a chat answer (translated or relayed) or a plain JSON answer (embeddings). */
 import type { Classified } from '../resilience/classify.js';
-import { retryAfterFromHeaders } from '../resilience/classify.js';
+import { rateLimitCooldown } from '../resilience/classify.js';
 import { skipSpace } from '../json-scan.js';
 import { echoGuard } from '../observability/scrub.js';
 import { CompletionBuilder } from '../streaming/completion-chunks.js';
@@ -130,7 +130,7 @@ async function attemptJsonCall(
       return failure(limited ? ERROR_ANSWER_RATE_LIMITED : ERROR_ANSWER, totalMs, {
         status: res.statusCode,
         info: out.error,
-        retryAfterMs: limited ? retryAfterFromHeaders(res.headers, Date.now()) : undefined,
+        retryAfterMs: limited ? rateLimitCooldown(res.headers, res.text, Date.now()) : undefined,
       });
     }
     // A chat answer without a completion count is counted from its text, as a stream's is from its chunks.

@@ -1,6 +1,6 @@
 /** What an attempt at an upstream takes and returns, and what its JSON and stream kinds share (failures, answer tokens). */
 import type { Classified } from '../resilience/classify.js';
-import { classifyError, classifyStatus, retryAfterFromHeaders } from '../resilience/classify.js';
+import { classifyError, classifyStatus, rateLimitCooldown } from '../resilience/classify.js';
 import { approximateTextTokens } from '../routing/tokens.js';
 import type { Upstream } from '../runtime.js';
 import type { ChatBody, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
@@ -127,7 +127,7 @@ export function errorFrom(
   t0: number,
 ): AttemptResult {
   const info = input.upstream.provider.adapter.errorInfo(status, text);
-  const retryAfterMs = retryAfterFromHeaders(headers, Date.now());
+  const retryAfterMs = status === 429 ? rateLimitCooldown(headers, text, Date.now()) : undefined;
   return failure(classifyStatus(status), input.now() - t0, { status, retryAfterMs, info });
 }
 

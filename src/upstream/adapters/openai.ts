@@ -352,7 +352,9 @@ export function relayedAnswer(
 ): AnswerText | undefined {
   if (text.charCodeAt(skipSpace(text, 0)) !== 123 || text.charCodeAt(skipSpaceBack(text)) !== 125)
     return undefined;
-  const key = text.lastIndexOf('"usage"');
+  // `"error"` unescaped is a key or the whole of a string value (inside a string its quotes are escaped): a
+  // choice that finished with "error" (OpenRouter's failure inside a 200), read by the full parse below.
+  const key = text.includes('"error"') ? -1 : text.lastIndexOf('"usage"');
   // `"usage"` as a key whose value is an object. Inside a string its quotes are escaped: content spells it
   // `\"usage\"`, and a key ending in it `"x\"usage"`, whose escaped opening quote is caught here (in valid
   // JSON a key's real opening quote follows `{`, `,` or space, never a backslash).
@@ -374,6 +376,8 @@ export function relayedAnswer(
   const json = parseJsonObject(text);
   if (!json) return undefined;
   if (isErrorInsteadOfAnswer(json)) return { error: inBandError(json) };
+  const failed = choiceError(json);
+  if (failed !== undefined) return { error: inBandError(failed) };
   return { body: text, usage: readUsageOf(json) };
 }
 
@@ -393,6 +397,23 @@ function endsAfterUsage(text: string, from: number): boolean {
 /** An `error` object where a 200's answer should be: no `choices` (chat) and no `data` (embeddings). */
 function isErrorInsteadOfAnswer(json: Record<string, unknown>): boolean {
   return isErrorValue(json.error) && json.choices === undefined && json.data === undefined;
+}
+
+/**
+ * A choice that finished with "error" (OpenRouter's failure inside a 200: an empty answer with the error
+ * beside it), as `{ error }`: the choice's own error, else the answer's, else one naming the finish reason.
+ * A stream's chunk of that form fails over already (readChunk); a JSON answer went out as an empty 200.
+ */
+function choiceError(json: Record<string, unknown>): Record<string, unknown> | undefined {
+  const choices = json.choices;
+  if (!Array.isArray(choices)) return undefined;
+  for (const c of choices as ({ finish_reason?: unknown; error?: unknown } | null)[]) {
+    if (c?.finish_reason !== 'error') continue;
+    if (isErrorValue(c.error)) return { error: c.error };
+    if (isErrorValue(json.error)) return { error: json.error };
+    return { error: { message: 'the upstream finished its answer with finish_reason "error"' } };
+  }
+  return undefined;
 }
 
 /** An `error` field that says something: an object or a non-empty string (`null` and `""` are no error). */
