@@ -8,3 +8,11 @@ export function clip(text: string, max: number): string {
   const last = text.charCodeAt(max - 1);
   return text.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
 }
+
+/** The last `max` UTF-16 units of `text`, one fewer where the cut would split a surrogate pair (see clip). */
+export function clipEnd(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const from = text.length - max;
+  const first = text.charCodeAt(from);
+  return text.slice(first >= 0xdc00 && first <= 0xdfff ? from + 1 : from);
+}

@@ -3,7 +3,7 @@ import yaml from 'js-yaml';
 import type { z } from 'zod';
 import { configSchema, type Config, type TargetConfig, type TierName } from './schema.js';
 import { basicAuth, collectSecrets, hasHeader } from './secrets.js';
-import { ruleRegex } from '../routing/tiers.js';
+import { nestedRepetition, ruleRegex } from '../routing/tiers.js';
 
 /** A config file larger than this is refused before it is parsed. */
 export const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -354,6 +354,12 @@ function crossCheck(config: Config, disabled: ReadonlySet<string>, warnings: str
         if (rule.if.last_user_message !== undefined) {
           try {
             ruleRegex(rule.if.last_user_message);
+            if (nestedRepetition(rule.if.last_user_message))
+              warnings.push(
+                `${base}.rules[${k}].if.last_user_message: a repeated group that holds a repetition can ` +
+                  'backtrack exponentially on a message it does not match, holding the gateway for seconds; ' +
+                  'rewrite it without one (e.g. "^[\\w\\s]+$" for "^(\\w+\\s?)+$")',
+              );
           } catch {
             issues.push(`${base}.rules[${k}].if.last_user_message: invalid regular expression`);
           }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { TierName } from '../config/schema.js';
+import { TIER_NAMES, type TierName } from '../config/schema.js';
 import { isShutdown, type Gateway } from '../gateway.js';
 import { recordUsage } from '../http/report.js';
 import { runFailover, type AttemptRecord } from '../resilience/failover.js';
@@ -79,13 +79,43 @@ interface SharedCall {
 
 const calls = new WeakMap<RouterCache, Map<string, SharedCall>>();
 
+/** The route's tiers that have upstreams, in their order: what the router is offered to pick from. */
+function offeredTiers(route: RouteRuntime): TierName[] {
+  return TIER_NAMES.filter((t) => (route.tiers?.[t]?.length ?? 0) > 0);
+}
+
 /** What the router's prompt says of the request (buildRouterPrompt): one answer per prompt. */
-function routerCacheKey(excerpt: string, features: RequestFeatures): string {
+function routerCacheKey(excerpt: string, features: RequestFeatures, tiers: readonly TierName[]): string {
   return createHash('sha256')
     .update(
-      `${ROUTER_PROMPT_VERSION}\n${features.promptTokens}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`,
+      `${ROUTER_PROMPT_VERSION}\n${tiers.join(',')}\n${features.promptTokens}\n${features.tools ? 1 : 0}${features.images ? 1 : 0}\n${excerpt}`,
     )
     .digest('base64url');
+}
+
+/**
+ * Router upstreams whose attempt ran out the router's time, and until when (the breaker's open_ms from then):
+ * tried last by the router's next calls. Such a cut is no breaker failure (the budget is the router's, not the
+ * provider's), so a hung first upstream would otherwise take the whole timeout_ms of every tie, for ever,
+ * the healthy one beside it never asked.
+ */
+const cutUntil = new WeakMap<RouterCache, Map<string, number>>();
+
+function cutLast<T extends { readonly candidate: { readonly id: string } }>(
+  ranked: readonly T[],
+  cuts: Map<string, number> | undefined,
+  now: number,
+): readonly T[] {
+  if (cuts === undefined) return ranked;
+  const cut = (t: T): boolean => {
+    const until = cuts.get(t.candidate.id);
+    if (until === undefined) return false;
+    if (until > now) return true;
+    cuts.delete(t.candidate.id);
+    return false;
+  };
+  const late = ranked.filter(cut);
+  return late.length === 0 ? ranked : [...ranked.filter((t) => !late.includes(t)), ...late];
 }
 
 /**
@@ -98,7 +128,8 @@ export function cachedRouterAnswer(
   messages: readonly unknown[],
   features: RequestFeatures,
 ): { tier: TierName; reason: string } | undefined {
-  const hit = cacheFor(gw, route)?.peek(routerCacheKey(conversationExcerpt(messages), features), gw.now());
+  const key = routerCacheKey(conversationExcerpt(messages), features, offeredTiers(route));
+  const hit = cacheFor(gw, route)?.peek(key, gw.now());
   // As askRouter: a tier a reload has since emptied is no answer.
   return hit && (route.tiers?.[hit.tier]?.length ?? 0) > 0 ? hit : undefined;
 }
@@ -120,7 +151,7 @@ export async function askRouter(
 ): Promise<RouterDecision> {
   const cfg = route.router!;
   const excerpt = conversationExcerpt(messages);
-  const key = routerCacheKey(excerpt, features);
+  const key = routerCacheKey(excerpt, features, offeredTiers(route));
   const cache = cacheFor(gw, route)!;
   const started = gw.now();
   const hit = cache.get(key, started);
@@ -200,7 +231,7 @@ async function callRouter(
     costUsd,
   });
 
-  const routerMessages = buildRouterPrompt(excerpt, features);
+  const routerMessages = buildRouterPrompt(excerpt, features, offeredTiers(route));
   // The system prompt (~150 tokens) plus the excerpt at ~4 characters a token.
   const promptTokens = 150 + Math.ceil(excerpt.length / 4);
   const body: ChatBody = {
@@ -233,7 +264,7 @@ async function callRouter(
     // Within the request's own budget too: the request started (its body read) just before this call.
     const deadline = started + Math.min(cfg.timeout_ms, rt.loaded.config.routing.total_timeout_ms);
     const out = await runFailover(
-      plan.ranked,
+      cutLast(plan.ranked, cutUntil.get(cache), started),
       {
         routeName: route.name,
         maxAttempts: rt.loaded.config.routing.max_attempts,
@@ -259,6 +290,11 @@ async function callRouter(
           maxBodyBytes: ROUTER_MAX_ANSWER_BYTES,
         });
         cutShort = !result.ok && result.deadlineReached;
+        if (cutShort) {
+          let cuts = cutUntil.get(cache);
+          if (cuts === undefined) cutUntil.set(cache, (cuts = new Map()));
+          cuts.set(upstream.id, gw.now() + rt.loaded.config.circuit_breaker.open_ms);
+        }
         return result;
       },
       (attempts) => (tried = attempts),

@@ -18,7 +18,11 @@ const BARE_TIER = /^\W*(fast|balanced|deep)\W*$/i;
 /** Reads `{"tier": ..., "reason": ...}` out of a model's answer: bare, fenced, inside chatter, any case. */
 export function parseRouterAnswer(text: string): { tier: TierName; reason: string } | undefined {
   if (typeof text !== 'string' || text.length === 0) return undefined;
-  const s = text.length > 4_000 ? text.slice(0, 4_000) : text;
+  // A reasoning model served without a reasoning parser (Qwen3, DeepSeek-R1 on Ollama, vLLM, llama.cpp) puts
+  // its thinking first, drafts included: the answer is what follows its last `</think>`.
+  const thought = text.lastIndexOf('</think>');
+  const answer = thought >= 0 ? text.slice(thought + '</think>'.length) : text;
+  const s = answer.length > 4_000 ? answer.slice(0, 4_000) : answer;
   // One candidate per `{`: the object its matching `}` closes. Trying every `}` after it instead (every pair
   // of braces, each parse reading up to the whole text) let an answer of 4,000 nested braces block the
   // event loop for seconds.
@@ -59,7 +63,13 @@ export function readAnswer(body: string | undefined): string {
   try {
     const json = JSON.parse(body) as { choices?: { message?: { content?: unknown } }[] };
     const c = json.choices?.[0]?.message?.content;
-    return typeof c === 'string' ? c : '';
+    if (typeof c === 'string') return c;
+    // A list of parts, as Mistral and some compatible servers answer: its text parts, in order.
+    if (!Array.isArray(c)) return '';
+    let out = '';
+    for (const p of c as ({ type?: unknown; text?: unknown } | null)[])
+      if (p?.type === 'text' && typeof p.text === 'string') out += p.text;
+    return out;
   } catch {
     return '';
   }

@@ -4,7 +4,7 @@ import { parseRouterAnswer } from '../../../src/routing/router-answer.js';
 import { RouterCache } from '../../../src/routing/router-cache.js';
 import { buildRouterPrompt, conversationExcerpt } from '../../../src/routing/router-prompt.js';
 import type { RequestFeatures } from '../../../src/routing/features.js';
-import { matchTier } from '../../../src/routing/tiers.js';
+import { matchTier, nestedRepetition } from '../../../src/routing/tiers.js';
 import type { RouteRuntime } from '../../../src/runtime.js';
 
 const f = (over: Partial<RequestFeatures> = {}): RequestFeatures => ({
@@ -127,6 +127,26 @@ describe('tier rules', () => {
   });
 });
 
+describe('rule patterns that can backtrack exponentially (a load-time warning)', () => {
+  it('a repeated group holding a repetition is flagged; `?`, classes, escapes and single repeats are not', () => {
+    const flagged = ['^(\\w+\\s?)+$', '(a*)*', '((ab)*c)*', '(a{2,})+', '(x+){3}', '(?:\\d+,)*'];
+    const fine = [
+      '\\b(prove|derive)\\b',
+      '(colou?r)+',
+      '[a-z]{2,}',
+      '(a{1})+',
+      '(?:ab)+',
+      '\\(a+\\)+',
+      '[(]a+[)]+',
+      '(?<n>\\d+)',
+      '((a)b)+',
+      'a{,3}',
+    ];
+    for (const p of flagged) expect(nestedRepetition(p), p).toBe(true);
+    for (const p of fine) expect(nestedRepetition(p), p).toBe(false);
+  });
+});
+
 describe('router prompt', () => {
   it('is stable and bounded in size whatever the conversation', () => {
     const huge = Array.from({ length: 500 }, (_, i) => ({
@@ -136,8 +156,18 @@ describe('router prompt', () => {
     const a = conversationExcerpt(huge);
     expect(a.length).toBeLessThanOrEqual(1_700);
     expect(conversationExcerpt(huge)).toBe(a);
-    const prompt = buildRouterPrompt(a, f({ promptTokens: 12_345, tools: true }));
+    const prompt = buildRouterPrompt(a, f({ promptTokens: 12_345, tools: true }), [
+      'fast',
+      'balanced',
+      'deep',
+    ]);
     expect(prompt[0]!.role).toBe('system');
+    expect(prompt[0]!.content).toContain('"tier": "fast" | "balanced" | "deep"');
+    // Only the tiers offered: a route without `deep` does not invite the router to pick it.
+    const two = buildRouterPrompt(a, f(), ['fast', 'balanced'])[0]!.content;
+    expect(two).toContain('one of two model tiers');
+    expect(two).toContain('"tier": "fast" | "balanced", "reason"');
+    expect(two).not.toContain('deep');
     expect(prompt[1]!.content).toContain('12345');
     expect(prompt[1]!.content).toContain('tools offered: yes');
     expect(JSON.stringify(prompt).length).toBeLessThan(4_000);
