@@ -43,6 +43,8 @@ const INPUT_AUDIO: NotForAnthropic = { what: 'input_audio', param: 'messages' };
 const FILE_BY_ID: NotForAnthropic = { what: 'file_id (a file by id)', param: 'messages' };
 const CUSTOM_TOOLS: NotForAnthropic = { what: 'custom tools (type "custom")', param: 'tools' };
 const CUSTOM_TOOL_CALL: NotForAnthropic = { what: 'a custom tool call (type "custom")', param: 'messages' };
+/** OpenAI's search-model option: an answer that must be grounded in a web search, which Claude is not sent. */
+const WEB_SEARCH: NotForAnthropic = { what: 'web_search_options (web search)', param: 'web_search_options' };
 
 export function chatFeatures(body: ChatBody): RequestFeatures {
   const maxOut = body.max_completion_tokens ?? body.max_tokens;
@@ -72,7 +74,9 @@ export function chatFeatures(body: ChatBody): RequestFeatures {
           ? AUDIO_OUTPUT
           : hasCustomTool(body.tools)
             ? CUSTOM_TOOLS
-            : scan.notForAnthropic,
+            : body.web_search_options !== undefined && body.web_search_options !== null
+              ? WEB_SEARCH
+              : scan.notForAnthropic,
   };
 }
 

@@ -128,7 +128,9 @@ export function errorFrom(
 ): AttemptResult {
   const info = input.upstream.provider.adapter.errorInfo(status, text);
   const retryAfterMs = status === 429 ? rateLimitCooldown(headers, text, Date.now()) : undefined;
-  return failure(classifyStatus(status), input.now() - t0, { status, retryAfterMs, info });
+  // Classified by what the body says it is where a dialect says more than its status (Anthropic's 400 for
+  // a drained account is a 402).
+  return failure(classifyStatus(info.status), input.now() - t0, { status, retryAfterMs, info });
 }
 
 /** Completion tokens estimated from a chat answer's text: every choice's content, reasoning and tool calls. */

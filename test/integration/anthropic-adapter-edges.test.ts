@@ -1,251 +1,356 @@
 /**
- * The Anthropic adapter at its bounds (SPEC §4: request, response and SSE events translated; README
- * "Anthropic upstreams"): a user id of 256 characters is sent as metadata.user_id and a longer one hashed,
- * the thinking budget at Anthropic's 1,024-token floor, a rate-limit error body sent with a 200, repeated
- * message_delta events, events all named alike, a tool_use block left open, and thinking held to hand back up
- * to its 2 MiB bound. A Messages API mock on loopback records each body and answers JSON or SSE events.
+ * The Anthropic translation as a production user meets it (SPEC §2 failover, §4 translation; README
+ * "Anthropic upstreams"), against hand-written Messages API upstreams on loopback that answer exactly as
+ * Anthropic does:
+ * - Anthropic words account problems as HTTP 400 `invalid_request_error` ("Your credit balance is too
+ *   low...", "You have reached your specified API usage limits...", "This organization has been disabled."):
+ *   they are our account's, not the client's, so the route fails over as it does for a 402; a genuine 400 is still relayed, not failed over.
+ * - A tool call the client sends back reaches Claude as Claude wrote it: an id past 2^53 and a price written
+ *   to 17 places keep their digits in the `tool_use` input (the answer's `arguments` keep them already).
+ * - `web_search_options` (a web-grounded answer) is never silently dropped on an Anthropic upstream: it is
+ *   either given to Claude as its web search tool, or Anthropic is left out (a 400 naming it when no other
+ *   upstream can serve).
+ * - A Claude stream's `error` event (overloaded_error) before the first content is failed over invisibly: the
+ *   client sees one stream, every chunk with the next upstream's id, one role chunk, usage, `[DONE]`; after
+ *   the first content it ends with an OpenAI error event and no `[DONE]`.
  */
+import type { ServerResponse } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { anthropicAdapter } from '../../src/upstream/adapters/anthropic.js';
+import { anthropicSseFrame } from '../helpers/anthropic-route.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { dig, postTo, startGateway, type TestGateway } from '../helpers/gateway.js';
-import { sendJson, startMock } from '../helpers/mock-upstream.js';
+import { postTo, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { answerChat, sendJson, startMock, startRecordingMock } from '../helpers/mock-upstream.js';
+import { sseEvents } from '../helpers/sim-wire.js';
 
 const track = closeAfterEach();
-const MSG = [{ role: 'user', content: 'hi' }];
-const RELAXED = { connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 10000 };
-
-const chat = (gw: TestGateway, body: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
-  postTo(`${gw.url}/v1/chat/completions`, { model: 'r', messages: MSG, ...body }, { headers });
 
 type Json = Record<string, unknown>;
 
-const claudeMessage = (content: Json[], stopReason = 'end_turn', usage: Json = {}): Json => ({
-  id: 'msg_review2',
-  type: 'message',
-  role: 'assistant',
-  model: 'claude-sonnet-4-5',
-  content,
-  stop_reason: stopReason,
-  stop_sequence: null,
-  usage: { input_tokens: 10, output_tokens: 3, ...usage },
+const MODEL = 'claude-sonnet-4-5';
+const RELAXED = { connect_ms: 1000, first_byte_ms: 3000, idle_ms: 3000, total_ms: 6000 };
+const HI = [{ role: 'user', content: 'hi' }];
+
+function messageStart(id: string, usage: Json = { input_tokens: 10, output_tokens: 1 }): Json {
+  return {
+    type: 'message_start',
+    message: {
+      id,
+      type: 'message',
+      role: 'assistant',
+      model: MODEL,
+      content: [],
+      stop_reason: null,
+      stop_sequence: null,
+      usage,
+    },
+  };
+}
+
+/** A whole streamed text answer `text`, as the Messages API sends it. */
+function textEvents(id: string, text: string): Json[] {
+  return [
+    messageStart(id),
+    { type: 'ping' },
+    { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } },
+    { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text } },
+    { type: 'content_block_stop', index: 0 },
+    {
+      type: 'message_delta',
+      delta: { stop_reason: 'end_turn', stop_sequence: null },
+      usage: { output_tokens: 3 },
+    },
+    { type: 'message_stop' },
+  ];
+}
+
+function claudeText(text: string): Json {
+  return {
+    id: 'msg_01ReviewJson',
+    type: 'message',
+    role: 'assistant',
+    model: MODEL,
+    content: [{ type: 'text', text }],
+    stop_reason: 'end_turn',
+    stop_sequence: null,
+    usage: { input_tokens: 10, output_tokens: 3 },
+  };
+}
+
+function sse(res: ServerResponse, events: Json[]): void {
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  res.end(events.map(anthropicSseFrame).join(''));
+}
+
+/** Answers as Claude does: the SSE sequence of `text` when the request streams, else the JSON message. */
+function answerClaude(body: Json, res: ServerResponse, text: string, id = 'msg_01Review'): void {
+  if (body.stream === true) sse(res, textEvents(id, text));
+  else sendJson(res, 200, claudeText(text));
+}
+
+const anthropicProvider = (name: string, url: string): Json => ({
+  name,
+  kind: 'anthropic',
+  base_url: url,
+  api_key: `sk-ant-${name}-review-key-0123456789`,
+  timeouts: RELAXED,
+  models: [{ name: MODEL }],
 });
 
-/** A gateway whose route `r` is one Anthropic upstream `c/<model>` over a mock answering `answer(body, n)`. */
-async function anthropicGateway(
-  answer: (body: Json, n: number) => { status?: number; json?: unknown; events?: Json[]; eventName?: string },
-  model = 'claude-sonnet-4-5',
-): Promise<{ gw: TestGateway; up: Awaited<ReturnType<typeof startMock>> }> {
-  const up = track(
-    await startMock((req, res, n) => {
-      const a = answer(req.body, n);
-      if (a.events) {
-        res.writeHead(200, { 'content-type': 'text/event-stream' });
-        res.end(
-          a.events
-            .map((e) => `event: ${a.eventName ?? String(e.type)}\ndata: ${JSON.stringify(e)}\n\n`)
-            .join(''),
-        );
-        return;
-      }
-      sendJson(res, a.status ?? 200, a.json ?? claudeMessage([{ type: 'text', text: 'ok' }]));
-    }),
+/** A gateway whose priority route `r` is the given providers' models, in order. */
+async function gatewayOver(providers: Json[], targets: string[]): Promise<TestGateway> {
+  return track(await startGateway({ providers, routes: { r: { strategy: 'priority', targets } } }));
+}
+
+const chat = (gw: TestGateway, body: Json) =>
+  postTo(`${gw.url}/v1/chat/completions`, { model: 'r', messages: HI, ...body });
+
+/** The `data:` payloads of an SSE body, parsed when JSON. */
+function dataOf(text: string): unknown[] {
+  return sseEvents(text).map((e) => {
+    try {
+      return JSON.parse(e.data) as unknown;
+    } catch {
+      return e.data;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('Anthropic account refusals worded as a 400', () => {
+  // Anthropic answers an account out of credit, past its spending limit or disabled with HTTP 400
+  // invalid_request_error (not the 402 billing_error its docs list): the request is fine, our account there is
+  // not, and another provider of the route can answer it (README: provider 401/402/403 fail over).
+  const ACCOUNT_REFUSALS = [
+    'Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.',
+    'You have reached your specified API usage limits. You will regain access on 2026-04-01 at 00:00 UTC.',
+    'This organization has been disabled.',
+  ];
+
+  it.each(ACCOUNT_REFUSALS)(
+    'a 400 "%s" fails over to the next upstream, JSON and streamed',
+    async (message) => {
+      const claude = track(
+        await startMock((_q, res) =>
+          sendJson(res, 400, {
+            type: 'error',
+            error: { type: 'invalid_request_error', message },
+            request_id: 'req_011CbrFTcXhtiMzr3s6EocF7',
+          }),
+        ),
+      );
+      const openai = track(await startMock((q, res) => answerChat(res, q.body, 'from openai')));
+      const gw = await gatewayOver(
+        [
+          anthropicProvider('anth', claude.url),
+          {
+            name: 'oai',
+            kind: 'openai',
+            base_url: `${openai.url}/v1`,
+            api_key: 'sk-oai-review-key-0123456789',
+            timeouts: RELAXED,
+            models: [{ name: 'gpt-4o-mini' }],
+          },
+        ],
+        [`anth/${MODEL}`, 'oai/gpt-4o-mini'],
+      );
+
+      const json = await chat(gw, {});
+      const streamed = await chat(gw, { stream: true });
+      expect(claude.received.length).toBe(2);
+      expect(
+        [json, streamed].map((r) => ({
+          status: r.status,
+          provider: r.headers['x-router-provider'],
+          trail: r.headers['x-router-trail']?.startsWith(`anth/${MODEL}=`) ?? false,
+        })),
+      ).toEqual([
+        { status: 200, provider: 'oai', trail: true },
+        { status: 200, provider: 'oai', trail: true },
+      ]);
+      expect(json.json).toMatchObject({ choices: [{ message: { content: 'from openai' } }] });
+      expect(streamed.text).toContain('from openai');
+    },
   );
-  const gw = track(
-    await startGateway({
-      providers: [
+
+  it("a genuine invalid_request_error is the client's: relayed as a 400 with its message, no failover", async () => {
+    const claude = track(
+      await startMock((_q, res) =>
+        sendJson(res, 400, {
+          type: 'error',
+          error: {
+            type: 'invalid_request_error',
+            message: 'messages.0.content.1.image.source.base64: invalid base64 data',
+          },
+        }),
+      ),
+    );
+    const openai = track(await startMock((q, res) => answerChat(res, q.body, 'from openai')));
+    const gw = await gatewayOver(
+      [
+        anthropicProvider('anth', claude.url),
         {
-          name: 'c',
-          kind: 'anthropic',
-          base_url: up.url,
-          api_key: 'sk-ant-review-2-key',
+          name: 'oai',
+          kind: 'openai',
+          base_url: `${openai.url}/v1`,
+          api_key: 'sk-oai-review-key-0123456789',
           timeouts: RELAXED,
-          models: [{ name: model }],
+          models: [{ name: 'gpt-4o-mini' }],
         },
       ],
-      routes: { r: { strategy: 'priority', targets: [`c/${model}`] } },
-    }),
-  );
-  return { gw, up };
-}
-
-describe('Anthropic request translation', () => {
-  // Anthropic's metadata.user_id takes 256 characters: a user id of exactly 256 goes as it is, one of 257
-  // as its hash.
-  it('a 256-character user is sent as metadata.user_id as it is; 257 characters are hashed', async () => {
-    const { gw, up } = await anthropicGateway(() => ({}));
-    const u256 = 'u'.repeat(256);
-    expect((await chat(gw, { user: u256 })).status).toBe(200);
-    expect(up.received[0]?.body.metadata).toEqual({ user_id: u256 });
-    expect((await chat(gw, { user: `${u256}x` })).status).toBe(200);
-    const hashed = String(dig(up.received[1]?.body, 'metadata', 'user_id'));
-    expect(hashed).toMatch(/^[0-9a-f]{64}$/);
+      [`anth/${MODEL}`, 'oai/gpt-4o-mini'],
+    );
+    const r = await chat(gw, {});
+    expect(r.status).toBe(400);
+    expect(r.json).toMatchObject({
+      error: {
+        type: 'invalid_request_error',
+        message: 'messages.0.content.1.image.source.base64: invalid base64 data',
+      },
+    });
+    expect(openai.received.length).toBe(0);
   });
 });
 
-describe('Anthropic thinking budget at its floor', () => {
-  // README/the adapter: thinking is kept under max_tokens and dropped only when that leaves "less than
-  // Anthropic's 1,024 minimum": max_tokens 1025 leaves exactly 1024, which Anthropic takes.
-  it('reasoning_effort medium with max_tokens 1025 on Claude 4.5 sends a 1024-token thinking budget', async () => {
-    const { gw, up } = await anthropicGateway(() => ({}));
-    const r = await chat(gw, { reasoning_effort: 'medium', max_tokens: 1025 });
-    expect(r.status, r.text).toBe(200);
-    const sent = up.received[0]?.body as Json;
-    expect(sent.max_tokens).toBe(1025);
-    expect(sent.thinking).toEqual({ type: 'enabled', budget_tokens: 1024 });
-  });
-});
+// ---------------------------------------------------------------------------------------------
 
-/** The `data:` chunks of an SSE answer, parsed (the `[DONE]` line left out). */
-function sseChunks(text: string): Json[] {
-  return text
-    .split('\n')
-    .filter((l) => l.startsWith('data: ') && l !== 'data: [DONE]')
-    .map((l) => JSON.parse(l.slice(6)) as Json);
-}
-
-const streamStart: Json = {
-  type: 'message_start',
-  message: { ...claudeMessage([], 'end_turn'), content: [], stop_reason: null },
-};
-const textBlock = (index: number, text: string): Json[] => [
-  { type: 'content_block_start', index, content_block: { type: 'text', text: '' } },
-  { type: 'content_block_delta', index, delta: { type: 'text_delta', text } },
-  { type: 'content_block_stop', index },
-];
-
-describe('Anthropic answers translated to OpenAI (SPEC §4: response and SSE events translated)', () => {
-  // A proxy's error body sent with a 200 (an `error` object, no `type: "error"`, no content) is a failure of
-  // its kind (SPEC §2: an error after a 200 "is failed over like any 5xx"; §4: 429 when every candidate is rate
-  // limited), not an answer that cannot be read.
-  it('a 200 whose body is {"error": {rate_limit_error}} gives the client a 429 with Retry-After', async () => {
-    const { gw } = await anthropicGateway(() => ({
-      json: { error: { type: 'rate_limit_error', message: 'slow down please' } },
-    }));
-    const r = await chat(gw);
-    expect(r.status, r.text).toBe(429);
-    expect(r.headers['retry-after']).toBeDefined();
-  });
-
-  // The translator sends one finish chunk, as OpenAI does, though Anthropic may send several message_delta
-  // events with a stop_reason.
-  it('two message_delta events with a stop_reason give one finish chunk', async () => {
-    const { gw } = await anthropicGateway(() => ({
-      events: [
-        streamStart,
-        ...textBlock(0, 'hello'),
-        { type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { output_tokens: 2 } },
-        { type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { output_tokens: 3 } },
-        { type: 'message_stop' },
-      ],
-    }));
-    const r = await chat(gw, { stream: true });
-    expect(r.status, r.text).toBe(200);
-    const finishes = sseChunks(r.text).filter((c) => dig(c, 'choices', 0, 'finish_reason'));
-    expect(finishes.map((c) => dig(c, 'choices', 0, 'finish_reason'))).toEqual(['stop']);
-    expect(r.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
-  });
-
-  // The payload's own type is authoritative over the SSE event name: a proxy that names every event alike
-  // (`event: message`) still streams the answer.
-  it('events all named "message" are read by their payload type', async () => {
-    const { gw } = await anthropicGateway(() => ({
-      eventName: 'message',
-      events: [
-        streamStart,
-        ...textBlock(0, 'hello there'),
-        { type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { output_tokens: 2 } },
-        { type: 'message_stop' },
-      ],
-    }));
-    const r = await chat(gw, { stream: true });
-    expect(r.status, r.text).toBe(200);
-    const text = sseChunks(r.text)
-      .map((c) => String(dig(c, 'choices', 0, 'delta', 'content') ?? ''))
-      .join('');
-    expect(text).toBe('hello there');
-  });
-
-  // "A block left open ends where the next one starts": a tool call without parameters whose block was never
-  // stopped still ends with `{}` arguments (OpenAI never ends a call with empty arguments; clients JSON.parse
-  // them).
-  it('a tool_use block left open before the next one starts still gets {} arguments', async () => {
-    const { gw } = await anthropicGateway(() => ({
-      events: [
-        streamStart,
-        {
-          type: 'content_block_start',
-          index: 0,
-          content_block: { type: 'tool_use', id: 'toolu_1', name: 'now', input: {} },
-        },
-        {
-          type: 'content_block_start',
-          index: 1,
-          content_block: { type: 'tool_use', id: 'toolu_2', name: 'add', input: {} },
-        },
-        {
-          type: 'content_block_delta',
-          index: 1,
-          delta: { type: 'input_json_delta', partial_json: '{"a":1}' },
-        },
-        { type: 'content_block_stop', index: 1 },
-        { type: 'message_delta', delta: { stop_reason: 'tool_use' }, usage: { output_tokens: 9 } },
-        { type: 'message_stop' },
-      ],
-    }));
+describe('a tool loop sent back to Claude', () => {
+  // The gateway relays Claude's tool input as written (README: a 20-digit id keeps its digits in `arguments`,
+  // JSON and stream). The client sends that call back on the next round: Claude must see the call it made, not
+  // one whose order id and amount went through a double.
+  it('tool_calls arguments with an id past 2^53 and a 17-digit price reach Claude with their digits', async () => {
+    const up = track(await startRecordingMock((_b, _n, res) => sendJson(res, 200, claudeText('Refunded.'))));
+    const gw = await gatewayOver([anthropicProvider('anth', up.url)], [`anth/${MODEL}`]);
+    const args = '{"order_id":12345678901234567890,"amount":19.990000000000001}';
     const r = await chat(gw, {
-      stream: true,
+      messages: [
+        { role: 'user', content: 'Refund order 12345678901234567890.' },
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [{ id: 'toolu_01R', type: 'function', function: { name: 'refund', arguments: args } }],
+        },
+        { role: 'tool', tool_call_id: 'toolu_01R', content: '{"ok":true}' },
+      ],
       tools: [
-        { type: 'function', function: { name: 'now' } },
-        { type: 'function', function: { name: 'add', parameters: { type: 'object' } } },
+        {
+          type: 'function',
+          function: {
+            name: 'refund',
+            parameters: {
+              type: 'object',
+              properties: { order_id: { type: 'integer' }, amount: { type: 'number' } },
+            },
+          },
+        },
       ],
     });
-    expect(r.status, r.text).toBe(200);
-    const args = ['', ''];
-    for (const c of sseChunks(r.text)) {
-      const calls = dig(c, 'choices', 0, 'delta', 'tool_calls');
-      for (const call of Array.isArray(calls) ? (calls as unknown[]) : [])
-        args[Number(dig(call, 'index'))] += String(dig(call, 'function', 'arguments') ?? '');
-    }
-    expect(args).toEqual(['{}', '{"a":1}']);
+    expect(r.status).toBe(200);
+    const sent = up.texts[0] ?? '';
+    // The tool_use block as sent: its input is the arguments text the client gave, digit for digit.
+    const input = /"type":"tool_use","id":"toolu_01R","name":"refund","input":(\{[^}]*\})/.exec(sent)?.[1];
+    expect(input).toBe(args);
   });
 });
 
-describe('thinking held to hand back, up to its bound (anthropic-stream.ts MAX_THINKING_CHARS)', () => {
-  // The bound is "the most thinking held": thinking of exactly 2 MiB (text and signature) is held and offered
-  // back as thinking_blocks (Claude refuses a tool-loop turn sent back without its thinking).
-  it('a signed thinking block filling the 2 MiB bound exactly (text, signature and the 64 a block counts) is offered', () => {
-    const chunks: string[] = [];
-    const t = anthropicAdapter.streamTranslator(
-      {
-        chunk: (json: string) => chunks.push(json),
-        usage: () => undefined,
-        error: () => undefined,
-        end: () => undefined,
+// ---------------------------------------------------------------------------------------------
+
+describe('web_search_options on an Anthropic upstream', () => {
+  // A client asking for a web-grounded answer (gpt-4o-search-preview's `web_search_options`) must not get an
+  // ungrounded one from Claude in silence: Claude's own web search tool serves it, or Anthropic is not a
+  // candidate (as for audio output: README "What Anthropic has no place for").
+  it('is given to Claude as its web_search tool, or refused with a 400 naming it: never dropped', async () => {
+    const up = track(await startMock((q, res) => answerClaude(q.body, res, 'It is sunny.')));
+    const gw = await gatewayOver([anthropicProvider('anth', up.url)], [`anth/${MODEL}`]);
+    const r = await chat(gw, {
+      messages: [{ role: 'user', content: 'What is the weather in Oslo right now?' }],
+      web_search_options: {
+        search_context_size: 'low',
+        user_location: { type: 'approximate', approximate: { country: 'NO', city: 'Oslo' } },
       },
-      { model: 'r', includeUsage: false, created: 1 },
+    });
+    const tools = up.received[0]?.body.tools;
+    const mapped =
+      r.status === 200 &&
+      Array.isArray(tools) &&
+      tools.some(
+        (t) => typeof (t as Json).type === 'string' && String((t as Json).type).startsWith('web_search'),
+      );
+    const refused = r.status === 400 && up.received.length === 0 && r.text.includes('web_search_options');
+    expect(
+      { mapped, refused },
+      `status ${r.status}, Claude was sent: ${JSON.stringify(up.received[0]?.body ?? null)}`,
+    ).not.toEqual({ mapped: false, refused: false });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('Claude stream errors around the commit', () => {
+  it('overloaded_error after message_start and a ping: failed over unseen, one stream of the next upstream', async () => {
+    const first = track(
+      await startMock((_q, res) =>
+        sse(res, [
+          messageStart('msg_01First', { input_tokens: 99, output_tokens: 1 }),
+          { type: 'ping' },
+          { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } },
+        ]),
+      ),
     );
-    const send = (e: Json): void => t.event(String(e.type), JSON.stringify(e));
-    const MAX = 2 * 1024 * 1024 - 64; // the bound less what the block itself counts
-    const piece = 'x'.repeat(64 * 1024);
-    send(streamStart);
-    send({ type: 'content_block_start', index: 0, content_block: { type: 'thinking', thinking: '' } });
-    for (let sent = 0; sent < MAX - 3; sent += piece.length)
-      send({
-        type: 'content_block_delta',
-        index: 0,
-        delta: { type: 'thinking_delta', thinking: piece.slice(0, Math.min(piece.length, MAX - 3 - sent)) },
-      });
-    send({ type: 'content_block_delta', index: 0, delta: { type: 'signature_delta', signature: 'sig' } });
-    send({ type: 'content_block_stop', index: 0 });
-    for (const e of textBlock(1, 'answer')) send(e);
-    send({ type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { output_tokens: 5 } });
-    send({ type: 'message_stop' });
-    const offered = chunks
-      .map((c) => JSON.parse(c) as Json)
-      .flatMap((c) => (dig(c, 'choices', 0, 'delta', 'thinking_blocks') as Json[] | undefined) ?? []);
-    expect(offered).toHaveLength(1);
-    expect(offered[0]?.signature).toBe('sig');
-    expect(String(offered[0]?.thinking).length).toBe(MAX - 3);
+    const second = track(
+      await startMock((q, res) => answerClaude(q.body, res, 'Hello there', 'msg_01Second')),
+    );
+    const gw = await gatewayOver(
+      [anthropicProvider('a0', first.url), anthropicProvider('a1', second.url)],
+      [`a0/${MODEL}`, `a1/${MODEL}`],
+    );
+    const r = await chat(gw, { stream: true, stream_options: { include_usage: true } });
+    expect(r.status).toBe(200);
+    expect(r.headers['x-router-provider']).toBe('a1');
+    expect(r.headers['x-router-trail']).toBe(`a0/${MODEL}=stream_error_event`);
+    const data = dataOf(r.text);
+    expect(data.at(-1)).toBe('[DONE]');
+    const chunks = data.slice(0, -1) as Json[];
+    expect(new Set(chunks.map((c) => c.id))).toEqual(new Set(['chatcmpl-msg_01Second']));
+    expect(new Set(chunks.map((c) => c.model))).toEqual(new Set([MODEL]));
+    expect(new Set(chunks.map((c) => c.created)).size).toBe(1);
+    const deltas = chunks.flatMap((c) => (c.choices as Json[]).map((ch) => ch.delta as Json));
+    expect(deltas.filter((d) => d.role === 'assistant')).toHaveLength(1);
+    expect(deltas.map((d) => d.content ?? '').join('')).toBe('Hello there');
+    // The usage is the answer's, never the failed attempt's 99 prompt tokens.
+    expect(chunks.at(-1)).toMatchObject({
+      choices: [],
+      usage: { prompt_tokens: 10, completion_tokens: 3, total_tokens: 13 },
+    });
+  });
+
+  it('overloaded_error after the first text: the text, then an OpenAI error event, no [DONE], no second upstream', async () => {
+    const first = track(
+      await startMock((_q, res) =>
+        sse(res, [
+          messageStart('msg_01Cut'),
+          { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } },
+          { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: 'Partial' } },
+          { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } },
+        ]),
+      ),
+    );
+    const second = track(await startMock((q, res) => answerClaude(q.body, res, 'unused')));
+    const gw = await gatewayOver(
+      [anthropicProvider('a0', first.url), anthropicProvider('a1', second.url)],
+      [`a0/${MODEL}`, `a1/${MODEL}`],
+    );
+    const r = await chat(gw, { stream: true });
+    expect(r.status).toBe(200);
+    const data = dataOf(r.text);
+    expect(data).not.toContain('[DONE]');
+    const last = data.at(-1) as Json;
+    expect(last).toMatchObject({ error: { type: 'upstream_error', code: 'stream_interrupted' } });
+    expect(String((last.error as Json).message)).toContain('Overloaded');
+    const text = (data.slice(0, -1) as Json[])
+      .flatMap((c) => (c.choices as Json[]).map((ch) => (ch.delta as Json).content ?? ''))
+      .join('');
+    expect(text).toBe('Partial');
+    expect(second.received.length).toBe(0);
   });
 });

@@ -23,7 +23,14 @@ import {
   usesTools,
 } from './anthropic-tools.js';
 import { claudeProfile } from './claude-profile.js';
-import { asNumber, asString, isObject, providerHeaders, type JsonObject } from './common.js';
+import {
+  asNumber,
+  asString,
+  isObject,
+  providerHeaders,
+  stringifyWithRaw,
+  type JsonObject,
+} from './common.js';
 
 /**
  * OpenAI Chat Completions body -> Anthropic Messages request (`POST /v1/messages`).
@@ -166,7 +173,7 @@ export function buildAnthropicRequest(
   return {
     path: '/v1/messages',
     headers: anthropicHeaders(provider),
-    body: Buffer.from(JSON.stringify(out)),
+    body: Buffer.from(stringifyWithRaw(out)),
   };
 }
 

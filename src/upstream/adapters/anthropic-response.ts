@@ -259,6 +259,13 @@ function anthropicError(status: number, type: string | undefined, message: strin
   return { status, message, type: oaType, code, param: null };
 }
 
+/**
+ * Our account at Anthropic drained or disabled, as Anthropic reports it: a 400 invalid_request_error (not the
+ * 402 billing_error its documentation lists). Our fault there, not the client's: read as a 402, failed over.
+ */
+const ACCOUNT_REFUSED =
+  /credit balance is too low|reached your specified API usage limits|organization has been disabled/i;
+
 /** Reads `{type:'error', error:{type, message}}`, an OpenAI-style `{error:{...}}`, or any text at all. */
 export function anthropicErrorInfo(status: number, bodyText: string): UpstreamErrorInfo {
   const parsed = parseJsonObject(bodyText);
@@ -269,6 +276,8 @@ export function anthropicErrorInfo(status: number, bodyText: string): UpstreamEr
     const text = parsed === undefined ? bodyText.trim() : '';
     message = text === '' ? `upstream returned HTTP ${status}` : text;
   }
+  if (status === 400 && type === 'invalid_request_error' && ACCOUNT_REFUSED.test(message))
+    return anthropicError(402, 'billing_error', truncateMessage(message));
   return anthropicError(status, type, truncateMessage(message));
 }
 

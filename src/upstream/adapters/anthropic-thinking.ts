@@ -2,7 +2,7 @@ import type { ChatBody } from '../adapter.js';
 import type { Block, Turn } from './anthropic-content.js';
 import { forcesTool } from './anthropic-tools.js';
 import type { ClaudeProfile } from './claude-profile.js';
-import { asString, isObject, type JsonObject } from './common.js';
+import { asString, isObject, stringifyWithRaw, type JsonObject } from './common.js';
 
 // Extended thinking for Anthropic: the plan a request asks for, and the rules its history sets (ClaudeProfile).
 
@@ -135,7 +135,7 @@ export function openLoopAsText(turns: Turn[]): void {
 /** A tool_use or tool_result block as text (and a result's images and documents as they are). */
 function asText(block: Block): Block[] {
   if (block.type === 'tool_use') {
-    const call = `[tool call ${String(block.id)}: ${String(block.name)} ${JSON.stringify(block.input ?? {})}]`;
+    const call = `[tool call ${String(block.id)}: ${String(block.name)} ${stringifyWithRaw(block.input ?? {})}]`;
     return [{ type: 'text', text: call }];
   }
   const content = block.content;

@@ -1,6 +1,6 @@
 import type { ChatBody } from '../adapter.js';
 import { userBlocks, type Block, type Turn } from './anthropic-content.js';
-import { asString, isObject, type JsonObject } from './common.js';
+import { asString, isObject, RawJson, type JsonObject } from './common.js';
 
 // OpenAI tools -> Anthropic's: tool call ids, tool_use and tool_result blocks, definitions and `tool_choice`.
 
@@ -70,12 +70,17 @@ export function toolUseBlocks(toolCalls: unknown, ids: ToolIds): Block[] {
   return out;
 }
 
+/** A number JSON.parse may round: 16 digits or more (an id past 2^53, a 17-digit decimal), or a look-alike. */
+const LONG_NUMBER = /\d[\d.]{15}/;
+
 function toolInput(args: unknown): JsonObject {
   if (isObject(args)) return args;
   if (typeof args !== 'string') return {};
   try {
     const parsed: unknown = JSON.parse(args);
-    return isObject(parsed) ? parsed : {};
+    if (!isObject(parsed)) return {};
+    // The call as Claude wrote it: parsed and re-serialised, its long numbers would be other numbers.
+    return LONG_NUMBER.test(args) ? (new RawJson(args.trim()) as unknown as JsonObject) : parsed;
   } catch {
     return {};
   }

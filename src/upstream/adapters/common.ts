@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { skipSpace } from '../../json-scan.js';
 import type { AdapterProvider, Usage } from '../adapter.js';
 import { clip } from '../../text.js';
@@ -9,6 +9,37 @@ import { clip } from '../../text.js';
  */
 
 export type JsonObject = Record<string, unknown>;
+
+/** Marks RawJson's places in a stringified text: unguessable, so no client text can pose as one. */
+const RAW_NONCE = randomBytes(8).toString('hex');
+const RAW_MARK = `\u0000raw-${RAW_NONCE}:`;
+/** The mark as JSON.stringify writes it (NUL as the six characters \u0000), quoted, with its index. */
+const RAW_PLACE = new RegExp(String.raw`"\\u0000raw-${RAW_NONCE}:(\d+)"`, 'g');
+let rawTexts: string[] | undefined;
+
+/**
+ * A JSON value sent as its client wrote it: JSON.parse rounds a number past 2^53 or of 17 digits (an order id
+ * 12345678901234567890 became ...7000), and re-serialised it is another value. Written in place by
+ * stringifyWithRaw; `text` must be valid JSON.
+ */
+export class RawJson {
+  constructor(readonly text: string) {}
+
+  toJSON(): string {
+    (rawTexts ??= []).push(this.text);
+    return RAW_MARK + String(rawTexts.length - 1);
+  }
+}
+
+/** JSON.stringify, with each RawJson inside written as its own text. */
+export function stringifyWithRaw(value: unknown): string {
+  rawTexts = undefined;
+  const text = JSON.stringify(value);
+  const raws = rawTexts as string[] | undefined;
+  rawTexts = undefined;
+  if (raws === undefined) return text;
+  return text.replace(RAW_PLACE, (_, i: string) => raws[Number(i)]!);
+}
 
 export function isObject(value: unknown): value is JsonObject {
   return typeof value === 'object' && value !== null && !Array.isArray(value);

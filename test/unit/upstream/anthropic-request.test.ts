@@ -293,6 +293,44 @@ describe('anthropic chatRequest: tools', () => {
     function: { name, parameters },
   });
 
+  it('sends a call’s arguments with long numbers as written; a NUL in a string is only a character', () => {
+    const args = '{"order_id": 12345678901234567890, "amount": 19.990000000000001, "note": "\\u0000raw-0:0"}';
+    const req = anthropicAdapter.chatRequest(
+      {
+        model: 'x',
+        messages: [
+          user('order?'),
+          {
+            role: 'assistant',
+            content: null,
+            tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: args } }],
+          },
+          { role: 'tool', tool_call_id: 'c1', content: 'ok' },
+        ],
+        tools: [fnTool('f')],
+      } as ChatBody,
+      'claude-haiku-4-5',
+      provider,
+    );
+    const text = req.body.toString();
+    expect(text).toContain(`"input":${args}`);
+    expect(JSON.parse(text)).toBeTruthy(); // still one valid JSON document
+    // Short numbers go the plain way, re-serialised.
+    const plain = build({
+      messages: [
+        user('q'),
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [{ id: 'c2', type: 'function', function: { name: 'f', arguments: '{ "n": 42 }' } }],
+        },
+        { role: 'tool', tool_call_id: 'c2', content: 'ok' },
+      ],
+      tools: [fnTool('f')],
+    });
+    expect(JSON.stringify(plain.messages[1]!.content[0])).toContain('"input":{"n":42}');
+  });
+
   it('maps function tools, defaulting the input schema', () => {
     const sent = build({
       messages: [user('q')],
