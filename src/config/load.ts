@@ -156,33 +156,34 @@ export function parseConfigText(
 }
 
 function zodIssues(error: z.ZodError): string[] {
-  return error.issues.flatMap((issue) => {
-    let path = issue.path;
-    let message = issue.message;
-    if (issue.code === 'unrecognized_keys') {
-      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`);
-    }
-    if (issue.code === 'invalid_union' && 'errors' in issue) {
-      // Report the closest branch's own message rather than zod's generic "invalid input": the one that got
-      // deepest into the value (`strategy: { hybrid: { cost_weight: -1 } }` is about that weight, not an
-      // unknown strategy name), else the first that did not refuse the value's type outright.
-      const firsts = (issue.errors as z.core.$ZodIssue[][])
-        .map((b) => b[0])
-        .filter((b): b is z.core.$ZodIssue => b !== undefined);
-      const deepest = firsts.reduce<z.core.$ZodIssue | undefined>(
-        (best, b) => (b.path.length > (best?.path.length ?? 0) ? b : best),
-        undefined,
-      );
-      const best = deepest ?? firsts.find((b) => b.code !== 'invalid_type');
-      if (best) {
-        path = [...path, ...best.path];
-        message = best.message;
-      } else if (firsts.some((b) => b.code === 'invalid_type' && b.expected === 'number')) {
-        message = 'expected a number'; // `port: true`, `max_attempts:` left empty
-      }
-    }
-    return [`${formatPath(path)}: ${message}`];
-  });
+  return error.issues.flatMap((issue) => describeIssue(issue, []));
+}
+
+function describeIssue(issue: z.core.$ZodIssue, prefix: readonly PropertyKey[]): string[] {
+  const path = [...prefix, ...issue.path];
+  if (issue.code === 'unrecognized_keys')
+    return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`);
+  if (issue.code === 'invalid_union' && 'errors' in issue) {
+    const branches = issue.errors as z.core.$ZodIssue[][];
+    // A key the object form does not know is the mistake (`strategy: { hybird: ... }`), not the key it then
+    // lacks (`hybrid`, which the user never wrote).
+    const unknown = branches.flat().find((b) => b.code === 'unrecognized_keys');
+    if (unknown) return describeIssue(unknown, path);
+    // Else the closest branch's own message rather than zod's generic "invalid input": the one that got
+    // deepest into the value (`strategy: { hybrid: { cost_weight: -1 } }` is about that weight, not an
+    // unknown strategy name), else the first that did not refuse the value's type outright; read down
+    // through a union inside it (a number field of a target object: `weight: heavy`).
+    const firsts = branches.map((b) => b[0]).filter((b): b is z.core.$ZodIssue => b !== undefined);
+    const deepest = firsts.reduce<z.core.$ZodIssue | undefined>(
+      (best, b) => (b.path.length > (best?.path.length ?? 0) ? b : best),
+      undefined,
+    );
+    const best = deepest ?? firsts.find((b) => b.code !== 'invalid_type');
+    if (best) return describeIssue(best, path);
+    if (firsts.some((b) => b.code === 'invalid_type' && b.expected === 'number'))
+      return [`${formatPath(path)}: expected a number`]; // `port: true`, `max_attempts:` left empty
+  }
+  return [`${formatPath(path)}: ${issue.message}`];
 }
 
 /** YAML 1.2's core schema (`yes` is text, not true) with merge keys. */
@@ -191,6 +192,8 @@ const YAML_SCHEMA = yaml.CORE_SCHEMA.extend({
 });
 
 const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+/** `${A:-${B}}`: a placeholder in a default, which one pass does not substitute (it left `${B}` or a `}`). */
+const NESTED_DEFAULT = /\$\{[A-Za-z_][A-Za-z0-9_]*:-[^}]*\$\{/;
 
 /**
  * `${VAR}` and `${VAR:-default}` replaced in string scalars, in one pass over the parsed tree: a value is
@@ -216,7 +219,7 @@ function substituteEnv(
     if (typeof node === 'string') {
       // A placeholder in another shell form (`${VAR-x}`, `${VAR:?msg}`, `${ VAR }`, unclosed) would otherwise
       // be used as literal text: as a key sent upstream, or an admin key anyone can read here.
-      if (node.includes('${') && node.replace(ENV_REF, '').includes('${')) {
+      if (node.includes('${') && (node.replace(ENV_REF, '').includes('${') || NESTED_DEFAULT.test(node))) {
         missing.push(
           // The value is not shown: it may be a key with a typo in it.
           `${formatPath(path)}: malformed placeholder: only \${VAR} and \${VAR:-default} are substituted`,
@@ -233,13 +236,16 @@ function substituteEnv(
         // ["${GATEWAY_API_KEY}"]`, "empty or absent: no client auth"), which are then said in a warning.
         // The whole key is empty then, not the text around the placeholder: `admin-${SUFFIX}` unset must
         // not leave the admin key `admin-` for anyone to guess.
-        if (value === undefined) {
+        // Set to "" (docker-compose and optional Kubernetes secrets pass empty strings) is unset for a key:
+        // `sk-proj-${KEY}` empty must not leave a key `sk-proj-`, nor `admin-${SUFFIX}` one anyone can guess.
+        if (value === undefined || isServerKey(path) || isProviderApiKey(path)) {
+          const why = value === undefined ? 'is not set' : 'is empty';
           if (isServerKey(path)) {
             blank = true;
-            unsetKeys.push(`${formatPath(path)}: environment variable ${name} is not set: that key is empty`);
+            unsetKeys.push(`${formatPath(path)}: environment variable ${name} ${why}: that key is empty`);
             if (path[1] === 'api_keys') clientKeyUnset = true;
           } else if (isProviderApiKey(path)) blank = true;
-          else missing.push(`${formatPath(path)}: environment variable ${name} is not set`);
+          else missing.push(`${formatPath(path)}: environment variable ${name} ${why}`);
         }
         return '';
       });
@@ -249,6 +255,10 @@ function substituteEnv(
     if (node !== null && typeof node === 'object') {
       const out: Record<string, unknown> = {};
       for (const [k, v] of Object.entries(node)) {
+        // Keys are not substituted (a value can never add a key): one that looks like a placeholder would
+        // otherwise be taken as written, a route named `${ROUTE}`.
+        if (k.includes('${'))
+          missing.push(`${formatPath([...path, k])}: placeholders are not substituted in keys`);
         Object.defineProperty(out, k, {
           value: walk(v, [...path, k]),
           enumerable: true,

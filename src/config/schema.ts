@@ -125,7 +125,7 @@ const hybridWeightsSchema = z
     reliability_weight: weightNum.default(0.2),
   })
   // All 0 weighs nothing: every candidate would score 1, a route silently turned round-robin.
-  .refine((w) => w.cost_weight + w.latency_weight + w.reliability_weight > 0, {
+  .refine((w) => w.cost_weight !== 0 || w.latency_weight !== 0 || w.reliability_weight !== 0, {
     message: 'at least one of cost_weight, latency_weight and reliability_weight must be above 0',
   });
 export type HybridWeights = z.infer<typeof hybridWeightsSchema>;
@@ -193,21 +193,33 @@ const ruleSchema = z.strictObject({
   name: z.string().optional(),
   /** Lower wins; matching rules of equal priority that pick different tiers are a tie. Default: 0. */
   priority: nonNegInt.optional(),
-  if: z.strictObject({
-    min_prompt_tokens: nonNegInt.optional(),
-    max_prompt_tokens: nonNegInt.optional(),
-    tools: bool.optional(),
-    images: bool.optional(),
-    /** A regular expression tested against the last user message. */
-    last_user_message: z.string().optional(),
-    /** `name` (present) or `name=value` (equal). */
-    header: z
-      .string()
-      .refine((h) => HEADER_NAME.test(h.split('=', 1)[0]!), {
-        message: "expected `name` or `name=value` with a header name (not curl's `name: value`)",
-      })
-      .optional(),
-  }),
+  if: z
+    .strictObject({
+      min_prompt_tokens: nonNegInt.optional(),
+      max_prompt_tokens: nonNegInt.optional(),
+      tools: bool.optional(),
+      images: bool.optional(),
+      /** A regular expression tested against the last user message. */
+      last_user_message: z.string().optional(),
+      /** `name` (present) or `name=value` (equal). */
+      header: z
+        .string()
+        .refine((h) => HEADER_NAME.test(h.split('=', 1)[0]!), {
+          message: "expected `name` or `name=value` with a header name (not curl's `name: value`)",
+        })
+        .optional(),
+    })
+    .refine(
+      (c) =>
+        !(
+          c.min_prompt_tokens !== undefined &&
+          c.max_prompt_tokens !== undefined &&
+          c.min_prompt_tokens > c.max_prompt_tokens
+        ),
+      {
+        message: 'min_prompt_tokens is above max_prompt_tokens: the rule can never match',
+      },
+    ),
   tier: z.enum(TIER_NAMES),
 });
 
