@@ -348,5 +348,18 @@ function primeSeries(rt: Runtime): void {
     m.completionTokens.inc(0);
     m.cost.inc(0);
     m.inflight.inc(0);
+    // `increase(...[5m]) > 0` sees a counter's first step only from a series that was there at 0 before it.
+    const labels = { provider: up.provider.name, model: up.model.name };
+    for (const to of TRANSITIONS) rt.metrics.circuitTransitions.inc({ ...labels, to }, 0);
+  }
+  for (const route of rt.routes.values()) {
+    if (route.embeddings) continue; // no streams
+    for (const t of route.targets) {
+      const up = t.upstream;
+      const labels = { provider: up.provider.name, model: up.model.name, policy: route.onStreamFailure };
+      rt.metrics.streamFailures.inc(labels, 0);
+    }
   }
 }
+
+const TRANSITIONS = ['open', 'half_open', 'closed'] as const;

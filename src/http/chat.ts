@@ -277,6 +277,8 @@ async function handleChat(
       attempts: out.attempts,
       upstreamMs: out.upstreamMs,
       ttftMs: result.ttftMs,
+      heldMs: result.heldMs,
+      noPace: result.noPace,
       usage: result.usage,
       countedTokens: result.countedTokens,
     };

@@ -39,6 +39,10 @@ export interface RequestOutcome {
   readonly attempts: readonly AttemptRecord[];
   readonly upstreamMs: number;
   readonly ttftMs?: number | undefined;
+  /** Of the served attempt's time, what it waited on a slow client (not the upstream's generation). */
+  readonly heldMs?: number | undefined;
+  /** The answer came whole: no time per output token. */
+  readonly noPace?: boolean | undefined;
   readonly usage?: Usage | undefined;
   readonly countedTokens?: number | undefined;
   readonly error?: string | undefined;
@@ -288,8 +292,10 @@ function writeReport(
         up.metrics.ttft.observe(r.ttftMs / 1000);
         const last = r.attempts[r.attempts.length - 1];
         // Only a stream has a time per output token: a JSON answer's TTFT is its whole duration.
-        if (ctx.stream && completionTokens > 0 && last)
-          up.metrics.tpot.observe(Math.max(0, last.latencyMs - r.ttftMs) / 1000 / completionTokens);
+        if (ctx.stream && completionTokens > 0 && last && r.noPace !== true) {
+          const generatingMs = last.latencyMs - (r.heldMs ?? 0) - r.ttftMs;
+          up.metrics.tpot.observe(Math.max(0, generatingMs) / 1000 / completionTokens);
+        }
       }
     }
     if (gw.requestLog.isLevelEnabled('info')) {

@@ -306,7 +306,8 @@ async function attemptStreamBody(
         writer.write(pending);
       }
       writer.end(DONE_FRAME);
-      return { ok: true, usage, countedTokens: json?.tokens ?? streamTokens(), ttftMs, totalMs, heldMs };
+      const countedTokens = json?.tokens ?? streamTokens();
+      return { ok: true, usage, countedTokens, ttftMs, totalMs, heldMs, noPace: json !== undefined };
     }
 
     let result: AttemptResult;

@@ -21,6 +21,8 @@ export interface AttemptTiming {
    * the upstream's statistics (a slow reader made a 2,000 tokens/s upstream look like 180).
    */
   readonly heldMs?: number;
+  /** The answer came whole (one JSON object to a stream request): no time per output token to measure. */
+  readonly noPace?: boolean;
 }
 
 export type AttemptResult =

@@ -160,7 +160,11 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
     expect(m('llm_router_circuit_state', { provider: 'ok', model: 'm' })).toBe(0);
     expect(select(samples, 'llm_router_circuit_state')).toHaveLength(5);
     expect(m('llm_router_circuit_transitions_total', { provider: 'bad', model: 'm', to: 'open' })).toBe(1);
-    expect(select(samples, 'llm_router_circuit_transitions_total')).toHaveLength(1);
+    expect(select(samples, 'llm_router_circuit_transitions_total').filter((x) => x.value > 0)).toHaveLength(
+      1,
+    );
+    // Every upstream's three series are there from the start, at 0 until their first step.
+    expect(select(samples, 'llm_router_circuit_transitions_total')).toHaveLength(5 * 3);
   });
 
   it('llm_router_tokens_total{provider, model, kind} and llm_router_cost_usd_total{provider, model}, fractional', () => {
