@@ -123,6 +123,10 @@ const EXPECTATION_FAILED = new GatewayError('invalid_request', 'only "Expect: 10
   status: 417,
   param: 'expect',
 });
+const PAYLOAD_TOO_LARGE = new GatewayError(
+  'payload_too_large',
+  'request body is larger than server.body_limit_bytes',
+);
 const BAD_URL = new GatewayError('invalid_request', 'malformed URL: a %-escape that does not decode');
 const MALFORMED = {
   status: 400,
@@ -251,6 +255,26 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     });
     res.end(body);
     logUnrouted(gateway, id, req.method, 'unmatched', 417, 0);
+  });
+  // Expect: 100-continue with a declared length past the limit: the 413 at once, without the 100 that would tell
+  // the client to send a body it would only be refused (RFC 9110 §10.1.1). Any other goes on as Node would.
+  app.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    const declared = Number(req.headers['content-length']);
+    if (!(declared > server.body_limit_bytes)) {
+      res.writeContinue();
+      app.server.emit('request', req, res);
+      return;
+    }
+    const body = JSON.stringify(PAYLOAD_TOO_LARGE.toBody());
+    const id = requestIdOf(req);
+    res.writeHead(413, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': id,
+      connection: 'close',
+    });
+    res.end(body);
+    logUnrouted(gateway, id, req.method, 'unmatched', 413, 0);
   });
   app.decorate('gateway', gateway);
   app.decorateRequest('reported', false);

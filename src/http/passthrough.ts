@@ -12,7 +12,7 @@ import { GatewayError } from '../errors.js';
 import { codedError } from '../resilience/classify.js';
 import { echoGuard } from '../observability/scrub.js';
 import type { Runtime } from '../runtime.js';
-import { codingOf, decodeBuffer, decoderOf, type Coding } from '../upstream/content-coding.js';
+import { codingsOf, decode, decodeBuffer, type Coding } from '../upstream/content-coding.js';
 import { retrieveModel } from './models.js';
 import { reportOnce } from './report.js';
 
@@ -39,13 +39,15 @@ const HOP_BY_HOP = new Set([
 /**
  * Headers of the client's that never travel upstream: the hop-by-hop ones; `expect`, which Node's server
  * has already answered (`100 Continue`, then it reads the body we stream on) and undici refuses; the
- * client's own credentials; and the OpenAI organization and project it names, which belong with the
- * client's key, not ours (OpenAI answers a key with another organization's header with a 401). The
- * provider's own are set in its `headers`.
+ * client's own credentials (its cookies too: an SSO proxy's session in front of the gateway is not the
+ * provider's business); and the OpenAI organization and project it names, which belong with the client's
+ * key, not ours (OpenAI answers a key with another organization's header with a 401). The provider's own are
+ * set in its `headers`.
  */
 export const STRIPPED = new Set([
   ...HOP_BY_HOP,
   'expect',
+  'cookie',
   'authorization',
   'x-api-key',
   'x-admin-key',
@@ -198,7 +200,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
     ) {
       const signal = opts.headers[ABORT_SIGNAL] as AbortSignal | undefined;
       delete opts.headers[ABORT_SIGNAL];
-      client.dispatch({ ...opts, signal }).then(
+      client.dispatch({ ...opts, signal }, timeouts.first_byte_ms).then(
         (res) => callback(null, res),
         (err: Error) => callback(err),
       );
@@ -286,8 +288,14 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
           // The gateway's own limit, when it has one, is what these name (README server.rate_limit): an
           // upstream's same-named ones must not overwrite them.
           if (ownRateLimit && OWN_RATE_LIMIT_HEADERS.has(k)) continue;
-          // Likewise the gateway's CORS answer (server.cors): the provider's would name other origins.
-          if (ownCors && k.startsWith('access-control-')) continue;
+          // CORS is the gateway's to answer (server.cors), or no one's: the provider's `*` would let any web
+          // page read what the gateway fetched with the provider's key.
+          if (k.startsWith('access-control-')) continue;
+          // With CORS on, an answer varies by Origin whatever else the provider says it varies by.
+          if (ownCors && k === 'vary') {
+            out.vary = varyWithOrigin(v);
+            continue;
+          }
           // http-proxy maps a relative Location onto /v1; one written with the provider's own origin is the
           // same place, and must not send the client around the gateway (with no key of the provider's).
           if (k === 'location' && typeof v === 'string' && v.startsWith(upstreamBase)) {
@@ -304,18 +312,19 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       },
       onResponse: (req, reply, res) => {
         const serving = servingFor(req);
-        if (reply.statusCode >= 400) {
+        // An answer with no body (HEAD, 204, 304) keeps its headers as they are (rewriteHeaders scrubbed them):
+        // there is nothing to decode or scrub, and gunzip on nothing fails (a 500 for a HEAD of a gzip
+        // resource, a cached 304); a HEAD answered 404 kept none of its own.
+        const bodyless = req.method === 'HEAD' || reply.statusCode === 204 || reply.statusCode === 304;
+        if (reply.statusCode >= 400 && !bodyless) {
           void sendScrubbed(serving.scrubber, reply, res.stream);
           return;
         }
         // An answer that echoes what we sent (an httpbin-like /v1/anything) must not hand the client our key.
-        // A compressed one is decoded to be masked and goes out as identity (an encoding we cannot read,
-        // zstd, goes as it is).
+        // A compressed one (stacked codings too) is decoded to be masked and goes out as identity (an encoding
+        // we cannot read, zstd, goes as it is).
         const echo = echoGuard(serving.passthrough);
         const coding = replyCoding(reply.getHeader('content-encoding'));
-        // An answer with no body (HEAD, 204, 304) keeps its headers as they are: there is nothing to decode,
-        // and gunzip on nothing fails (a 500 for a HEAD of a gzip resource, a cached 304).
-        const bodyless = req.method === 'HEAD' || reply.statusCode === 204 || reply.statusCode === 304;
         if (echo === undefined || coding === null || bodyless) {
           void reply.send(res.stream);
           return;
@@ -328,7 +337,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         else {
           reply.removeHeader('content-encoding');
           reply.removeHeader('content-length');
-          pipeline(res.stream, decoderOf(coding), masked, done);
+          pipeline(decode(res.stream, coding), masked, done);
         }
         void reply.send(masked);
       },
@@ -455,10 +464,20 @@ export async function sendScrubbed(
 
 const CHARSET = /;\s*charset\s*=\s*"?([^";\s]+)"?/i;
 
-/** A response's content-encoding: one we decode, none (`identity`), or one we cannot read (null: zstd). */
-function replyCoding(header: unknown): Coding | 'identity' | null {
+/** `Vary` with `Origin` in it (unless it has it, or is `*`). */
+function varyWithOrigin(v: string | string[] | undefined): string {
+  const text = Array.isArray(v) ? v.join(', ') : (v ?? '');
+  if (text.trim() === '') return 'Origin';
+  return /(?:^|,)\s*(?:origin|\*)\s*(?:,|$)/i.test(text) ? text : `${text}, Origin`;
+}
+
+/**
+ * A response's content-encoding: those we decode (one, or stacked: `deflate, gzip`), none (`identity`), or
+ * one we cannot read (null: zstd).
+ */
+function replyCoding(header: unknown): Coding | readonly Coding[] | 'identity' | null {
   if (header === undefined) return 'identity';
-  const coding = codingOf(header);
+  const coding = codingsOf(header);
   if (coding !== undefined) return coding;
   const name = typeof header === 'string' ? header.trim().toLowerCase() : undefined;
   return name === '' || name === 'identity' ? 'identity' : null;

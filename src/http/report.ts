@@ -7,6 +7,7 @@ import { trailOf } from '../resilience/failover.js';
 import { fixed } from '../routing/strategies/rank.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
+import { clip } from '../text.js';
 import { ANTHROPIC_CACHE, reportedCompletion, reportedPrompt, type Usage } from '../upstream/adapter.js';
 import { isPreflight } from './cors.js';
 import { tokenCount } from '../upstream/adapters/common.js';
@@ -155,7 +156,23 @@ declare module 'fastify' {
 
 /** Requests answered before routing (400, 401, 404, 413, 415...) still get their count and log line. */
 export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
-  logUnrouted(gw, req.id, req.method, req.routeOptions.url ?? 'unmatched', status, elapsedMs);
+  const route = req.routeOptions.url ?? 'unmatched';
+  logUnrouted(
+    gw,
+    req.id,
+    req.method,
+    route === PASSTHROUGH ? proxiedPath(req.url) : route,
+    status,
+    elapsedMs,
+  );
+}
+
+const PASSTHROUGH = '/v1/*';
+
+/** A proxied request's own path (`/v1/batches/batch_abc`, not `/v1/*`), without its query, cut short. */
+function proxiedPath(url: string): string {
+  const q = url.indexOf('?');
+  return clip(q < 0 ? url : url.slice(0, q), 200);
 }
 
 /** reportUnrouted for a request Node answered before fastify had one (an Expect it cannot meet: 417). */

@@ -3,7 +3,8 @@ import { createRequire } from 'node:module';
 import { finished, type Duplex, type Readable } from 'node:stream';
 import { inTurnOrder } from '../end-of-turn.js';
 import type { ProviderConfig } from '../config/schema.js';
-import type { Abort } from './abort.js';
+import { codedError } from '../resilience/classify.js';
+import { Abort } from './abort.js';
 import { codingsOf, decode } from './content-coding.js';
 import { discard, type BodyDrain } from './response-body.js';
 import { TextHandler } from './text-handler.js';
@@ -268,7 +269,7 @@ export class ProviderClient {
    * A request as it is, on this pool (the passthrough's: the provider's max_concurrency bounds its proxied
    * requests and its routed ones together, as README says it bounds the provider's connections).
    */
-  dispatch(opts: Dispatcher.RequestOptions): Promise<Dispatcher.ResponseData> {
+  dispatch(opts: Dispatcher.RequestOptions, queueMs?: number): Promise<Dispatcher.ResponseData> {
     // Counted in `active` until its answer's body is done (routing ranks a full provider last).
     this.active++;
     let counted = true;
@@ -276,7 +277,11 @@ export class ProviderClient {
       if (counted) this.active--;
       counted = false;
     };
-    return (requestOn.call(this.pool, opts) as Promise<Dispatcher.ResponseData>).then(
+    const sent =
+      queueMs === undefined
+        ? (requestOn.call(this.pool, opts) as Promise<Dispatcher.ResponseData>)
+        : this.#withinQueue(opts, queueMs);
+    return sent.then(
       (res) => {
         finished(res.body, done);
         return res;
@@ -286,6 +291,40 @@ export class ProviderClient {
         throw err;
       },
     );
+  }
+
+  /**
+   * A request that must have its connection within `ms` (the passthrough's first_byte_ms, as routed attempts
+   * have it: README max_concurrency): past it, still queued behind `max_concurrency` busy connections, it is
+   * dropped unsent with a 504's error. undici's headers timeout starts only once a request is sent, so one
+   * queued behind long downloads waited for them, up to total_ms.
+   */
+  #withinQueue(opts: Dispatcher.RequestOptions, ms: number): Promise<Dispatcher.ResponseData> {
+    const gate = new Abort();
+    const outer = opts.signal as AbortSignal | undefined;
+    const onOuter = (): void => gate.abort(outer?.reason);
+    if (outer?.aborted) onOuter();
+    else outer?.addEventListener('abort', onOuter, { once: true });
+    let connected = false;
+    const timer = setTimeout(() => {
+      if (connected) return;
+      const err = codedError('UND_ERR_HEADERS_TIMEOUT', `no connection to the provider within ${ms} ms`);
+      gate.abort(Object.assign(err, { statusCode: 504 }));
+    }, ms);
+    const settle = (): void => {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', onOuter);
+    };
+    const o = { ...opts, signal: gate as unknown as AbortSignal };
+    const watch = {
+      sent: () => {
+        connected = true;
+        clearTimeout(timer);
+      },
+    };
+    const p = untilAborted(requestWatched(this.pool, o, watch), gate);
+    p.then(settle, settle);
+    return p;
   }
 
   /** One more runtime uses this pool. */
