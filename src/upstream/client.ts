@@ -311,10 +311,9 @@ export class ProviderClient {
       const err = codedError('UND_ERR_HEADERS_TIMEOUT', `no connection to the provider within ${ms} ms`);
       gate.abort(Object.assign(err, { statusCode: 504 }));
     }, ms);
-    const settle = (): void => {
-      clearTimeout(timer);
-      outer?.removeEventListener('abort', onOuter);
-    };
+    // The client's abort reaches the answer's body too (a download it left is aborted upstream): its
+    // listener goes when the body does.
+    const unlisten = (): void => outer?.removeEventListener('abort', onOuter);
     const o = { ...opts, signal: gate as unknown as AbortSignal };
     const watch = {
       sent: () => {
@@ -323,7 +322,17 @@ export class ProviderClient {
       },
     };
     const p = untilAborted(requestWatched(this.pool, o, watch), gate);
-    p.then(settle, settle);
+    p.then(
+      (res) => {
+        clearTimeout(timer);
+        if (res.body.destroyed) unlisten();
+        else res.body.once('close', unlisten);
+      },
+      () => {
+        clearTimeout(timer);
+        unlisten();
+      },
+    );
     return p;
   }
 

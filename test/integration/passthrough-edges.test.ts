@@ -19,7 +19,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { AddressInfo } from 'node:net';
 import { constants, createGzip, deflateSync, gunzipSync, gzipSync, inflateSync } from 'node:zlib';
 import { request } from 'undici';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { until } from '../helpers/wait.js';
@@ -285,6 +285,27 @@ describe('bounds on the passthrough', () => {
       status: 504,
       answeredWhileHeld: true,
     });
+  });
+
+  it('a client that leaves a download mid-way has the upstream request aborted (the queue bound kept its abort)', async () => {
+    let upstreamClosed = false;
+    const up = await upstream((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      res.write('x');
+      const tick = setInterval(() => res.write('x'), 50);
+      res.on('close', () => {
+        clearInterval(tick);
+        upstreamClosed = true;
+      });
+    });
+    const gw = await gateway(up, {}, { timeouts: { ...RELAXED, first_byte_ms: 1000, idle_ms: 5000 } });
+    const ac = new AbortController();
+    const res = await request(`${gw.url}/v1/files/file-1/content`, { signal: ac.signal });
+    expect(res.statusCode).toBe(200);
+    await new Promise((r) => setTimeout(r, 200)); // past headers: the body is flowing
+    ac.abort();
+    await res.body.dump().catch(() => undefined);
+    await vi.waitFor(() => expect(upstreamClosed).toBe(true), { timeout: 2000 });
   });
 
   // RFC 9110 §10.1.1: a server that will refuse the content answers with its final status instead of
