@@ -210,9 +210,9 @@ export class Gateway {
     const redis = new RedisState(
       cfg,
       {
-        adoptOpen: (id, ms, cause) => {
+        adoptOpen: (id, ms, cause, levelMs) => {
           if (!this.current.upstreams.has(id)) return false;
-          shared.adoptOpen(id, ms, cause);
+          shared.adoptOpen(id, ms, cause, levelMs);
           return true;
         },
         adoptClose: (id) => {

@@ -320,11 +320,32 @@ const breakerSchema = z.strictObject({
   success_threshold: posInt.default(3),
 });
 
+/** A redis:// URL's database, from its path (`/2`) or `?db=`: none, or a non-negative integer. */
+function redisDatabaseIsNumber(text: string): boolean {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return true; // z.url reports it
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') return true; // so does the scheme
+  const path = url.pathname;
+  if (path !== '' && path !== '/' && !/^\/\d+$/.test(path)) return false;
+  const db = url.searchParams.get('db');
+  return db === null || /^\d+$/.test(db);
+}
+
 const stateSchema = z.discriminatedUnion('backend', [
   z.strictObject({ backend: z.literal('memory') }),
   z.strictObject({
     backend: z.literal('redis'),
-    url: z.url({ protocol: /^rediss?$/, error: 'expected a redis:// or rediss:// URL' }),
+    url: z
+      .url({ protocol: /^rediss?$/, error: 'expected a redis:// or rediss:// URL' })
+      // ioredis reads the database with parseInt: `/O` typed for `/0` became SELECT NaN, whose unhandled
+      // refusal took the gateway down as soon as Redis answered.
+      .refine(redisDatabaseIsNumber, {
+        message: 'the database (the path, or ?db=) must be a non-negative integer',
+      }),
     key_prefix: z.string().optional(),
   }),
 ]);

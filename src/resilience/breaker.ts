@@ -216,10 +216,13 @@ export class CircuitBreaker {
    * already lasts longer is kept. Never longer than this replica would open for itself: `max_open_ms` for a
    * fault, 24 h for a rate limit (Retry-After's own cap). False when nothing changed.
    */
-  adoptOpen(remainingMs: number, cause: TripCause): boolean {
+  adoptOpen(remainingMs: number, cause: TripCause, levelMs = remainingMs): boolean {
     if (!(remainingMs > 0) || !Number.isFinite(remainingMs)) return false;
     if (cause !== 'rate_limit') {
-      const level = Math.min(remainingMs, this.#maxOpenMs());
+      const level = Math.min(
+        Number.isFinite(levelMs) && levelMs >= remainingMs ? levelMs : remainingMs,
+        this.#maxOpenMs(),
+      );
       this.#openMs = Math.max(this.#backoffArmed ? this.#openMs : this.#cfg.open_ms, level);
       this.#backoffArmed = true;
     }

@@ -38,10 +38,28 @@ export function parsePublished(text: string): Published | undefined {
   return sane ? (p as unknown as Published) : undefined;
 }
 
-/** The other replicas' measurements as one: sums of counts, averages weighted by the samples behind them. */
+/**
+ * How much a replica's averages weigh per sample, by the age of its last sample: halved each minute (the half-life
+ * of the success counts). Its sample count is a lifetime's: a replica that measured an upstream 1,000 times
+ * ten minutes ago outweighed one that measured it 5 times just now, and its old 4 s figure held the fleet's.
+ */
+const WEIGHT_HALF_LIFE_MS = 60_000;
+
+function freshness(v: Published, nowWall: number): number {
+  const age = v.lastSampleAgeMs + Math.max(0, nowWall - v.at);
+  return Math.max(Math.pow(2, -age / WEIGHT_HALF_LIFE_MS), 1e-12); // never 0: an old figure still averages
+}
+
+/**
+ * The other replicas' measurements as one: sums of counts, averages weighted by the samples behind them, each
+ * replica's by how fresh they are.
+ */
 export function mergeStats(views: readonly Published[], nowWall: number): SharedStats | undefined {
   if (views.length === 0) return undefined;
   let samples = 0;
+  let weight = 0;
+  let tpsWeight = 0;
+  let outWeight = 0;
   let ttft = 0;
   let latency = 0;
   let tpsSamples = 0;
@@ -52,25 +70,29 @@ export function mergeStats(views: readonly Published[], nowWall: number): Shared
   let failWeight = 0;
   let age = Number.POSITIVE_INFINITY;
   for (const v of views) {
+    const fresh = freshness(v, nowWall);
     samples += v.samples;
-    ttft += v.ttftMs * v.samples;
-    latency += v.latencyMs * v.samples;
+    weight += v.samples * fresh;
+    ttft += v.ttftMs * v.samples * fresh;
+    latency += v.latencyMs * v.samples * fresh;
     tpsSamples += v.tpsSamples;
-    tps += v.tokensPerSec * v.tpsSamples;
+    tpsWeight += v.tpsSamples * fresh;
+    tps += v.tokensPerSec * v.tpsSamples * fresh;
     outSamples += v.outSamples;
-    meanOut += v.meanOutputTokens * v.outSamples;
+    outWeight += v.outSamples * fresh;
+    meanOut += v.meanOutputTokens * v.outSamples * fresh;
     okWeight += v.okWeight;
     failWeight += v.failWeight;
     if (v.samples > 0) age = Math.min(age, v.lastSampleAgeMs + Math.max(0, nowWall - v.at));
   }
   return {
     samples,
-    ttftMs: samples > 0 ? ttft / samples : 0,
-    latencyMs: samples > 0 ? latency / samples : 0,
+    ttftMs: weight > 0 ? ttft / weight : 0,
+    latencyMs: weight > 0 ? latency / weight : 0,
     tpsSamples,
-    tokensPerSec: tpsSamples > 0 ? tps / tpsSamples : 0,
+    tokensPerSec: tpsWeight > 0 ? tps / tpsWeight : 0,
     outSamples,
-    meanOutputTokens: outSamples > 0 ? meanOut / outSamples : 0,
+    meanOutputTokens: outWeight > 0 ? meanOut / outWeight : 0,
     okWeight,
     failWeight,
     lastSampleAgeMs: Number.isFinite(age) ? age : 0,

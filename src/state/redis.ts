@@ -35,8 +35,11 @@ export interface RedisStateConfig {
 
 /** What the sync reads from and applies to this replica's state. */
 export interface StateHooks {
-  /** Another replica opened `upstreamId`'s breaker; false when that upstream is not configured here. */
-  adoptOpen(upstreamId: string, remainingMs: number, cause: TripCause): boolean;
+  /**
+   * Another replica opened `upstreamId`'s breaker for `remainingMs` more, at backoff level `levelMs` (the whole
+   * open's length); false when that upstream is not configured here.
+   */
+  adoptOpen(upstreamId: string, remainingMs: number, cause: TripCause, levelMs: number): boolean;
   /** Another replica's probe closed `upstreamId`'s breaker. */
   adoptClose(upstreamId: string): void;
   /** This replica's own measurements, per upstream id. */
@@ -161,7 +164,7 @@ export class RedisState {
   }
 
   get connected(): boolean {
-    return this.#cmd.status === 'ready';
+    return !this.#closed && this.#cmd.status === 'ready';
   }
 
   /** This replica opened `upstreamId`'s breaker for `ms`: the others skip it too until then. */
@@ -353,11 +356,17 @@ export class RedisState {
     } else this.#adopt(m, m.ms);
   }
 
-  /** Another replica's open (a message, or a key read with `ms` its time left), checked before it is applied. */
+  /**
+   * Another replica's open (a message, or a key read with `ms` its time left), checked before it is applied. Its
+   * backoff level is the open's whole length (`m.ms`), not the time left: a replica that joined (or came back)
+   * late in a re-opened breaker's open took the few hundred ms left as the fleet's backoff, and its failed
+   * probe re-opened from there instead of doubling.
+   */
   #adopt(m: Partial<Record<keyof OpenMessage, unknown>>, ms: unknown): void {
     if (m.origin === this.replicaId || typeof m.id !== 'string') return;
     if (!isFiniteNonNegative(ms) || typeof m.cause !== 'string' || !TRIP_CAUSES.has(m.cause)) return;
-    this.#hooks.adoptOpen(m.id, ms, m.cause as TripCause);
+    const level = isFiniteNonNegative(m.ms) && m.ms >= ms ? m.ms : ms;
+    this.#hooks.adoptOpen(m.id, ms, m.cause as TripCause, level);
   }
 
   /**
@@ -365,6 +374,30 @@ export class RedisState {
    * Redis was away), exchange measurements at once.
    */
   #ready(): void {
+    const db = this.#cmd.options.db ?? 0;
+    if (db !== 0) {
+      // ioredis selects the database as it connects but goes on 'ready' in database 0 when Redis refuses it
+      // (out of range: ERR DB index is out of range): that replica would share with database 0's fleet and
+      // say it was connected. Checked here: refused, the shared state is off and this replica serves alone.
+      this.#cmd.select(db).then(
+        () => this.#readyIn(),
+        (err: unknown) => this.#refuseDatabase(db, err),
+      );
+      return;
+    }
+    this.#readyIn();
+  }
+
+  #refuseDatabase(db: number, err: unknown): void {
+    if (this.#closed) return;
+    this.#logger.error(
+      { redis: this.#where, db, err: (err as Error)?.message },
+      `shared state: Redis refuses database ${db}: not shared; this replica serves on its own state`,
+    );
+    this.close();
+  }
+
+  #readyIn(): void {
     this.#refusals.clear();
     if (this.#reachable !== true) {
       this.#logger.info({ redis: this.#where }, 'shared state: connected to Redis');

@@ -262,10 +262,10 @@ export class SharedState {
   }
 
   /** Opens `upstreamId`'s breaker as another replica did, without publishing it again. */
-  adoptOpen(upstreamId: string, remainingMs: number, cause: TripCause): void {
+  adoptOpen(upstreamId: string, remainingMs: number, cause: TripCause, levelMs = remainingMs): void {
     this.#adopting = true;
     try {
-      this.breakers.get(upstreamId).adoptOpen(remainingMs, cause);
+      this.breakers.get(upstreamId).adoptOpen(remainingMs, cause, levelMs);
     } finally {
       this.#adopting = false;
     }
