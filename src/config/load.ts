@@ -230,7 +230,9 @@ function substituteEnv(
       const text = node.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
         const value = Object.hasOwn(env, name) ? env[name] : undefined;
         if (value !== undefined && value !== '') return value;
-        if (fallback !== undefined) return fallback;
+        // An empty default is no key either (`admin-${SUFFIX:-}`), as an unset or empty variable is.
+        if (fallback !== undefined && (fallback !== '' || !(isServerKey(path) || isProviderApiKey(path))))
+          return fallback;
         // An unset variable is fatal except where empty means "none": a provider's own api_key (that
         // provider is then disabled), and the client and admin keys (SPEC §3: `api_keys:
         // ["${GATEWAY_API_KEY}"]`, "empty or absent: no client auth"), which are then said in a warning.

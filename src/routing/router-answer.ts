@@ -21,6 +21,8 @@ export function parseRouterAnswer(text: string): { tier: TierName; reason: strin
   // A reasoning model served without a reasoning parser (Qwen3, DeepSeek-R1 on Ollama, vLLM, llama.cpp) puts
   // its thinking first, drafts included: the answer is what follows its last `</think>`.
   const thought = text.lastIndexOf('</think>');
+  // Cut off before its thinking ended (80 tokens go fast): a draft in it is no pick.
+  if (thought < 0 && /^\s*<think>/i.test(text)) return undefined;
   const answer = thought >= 0 ? text.slice(thought + '</think>'.length) : text;
   const s = answer.length > 4_000 ? answer.slice(0, 4_000) : answer;
   // One candidate per `{`: the object its matching `}` closes. Trying every `}` after it instead (every pair

@@ -27,6 +27,8 @@ function codingNamed(enc: string): Coding | undefined {
  * (zstd on Node 20): the body is read as it is then, and fails as malformed.
  */
 export function codingsOf(header: unknown): Coding | readonly Coding[] | undefined {
+  // Two Content-Encoding lines are one list (RFC 9110 §5.3): undici hands them over as an array.
+  if (Array.isArray(header)) return codingsOf(header.join(', '));
   const one = codingOf(header);
   if (one !== undefined || typeof header !== 'string' || !header.includes(',')) return one;
   const list: Coding[] = [];
