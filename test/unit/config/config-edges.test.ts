@@ -98,6 +98,10 @@ describe('${VAR} placeholders (SPEC §3; README: any other ${...} form is an err
     // The provider is disabled with a warning, not sent the guessable prefix as its key.
     expect(c.config.providers[0]!.api_key).not.toBe('sk-proj-');
     expect(c.disabledProviders.has('a')).toBe(true);
+    // An explicit empty default is the same: no key, said in a warning.
+    const defaulted = loaded(text.replace('${ADMIN_SUFFIX}', '${ADMIN_SUFFIX:-}'), { OPENAI_KEY: 'k' });
+    expect(defaulted.config.server.admin_key ?? '').toBe('');
+    expect(defaulted.warnings.join('\n')).toMatch(/server\.admin_key/);
   });
 
   it('a client key variable set to "" switches client auth off with the same warning an unset one gets', () => {
