@@ -126,12 +126,16 @@ describe('text the gateway cuts short is cut between characters', () => {
   // which sent every such request to default_tier with the router counted as failed.
   it("the LLM router's excerpt of a message with an emoji at its cut is well-formed Unicode", async () => {
     const { gw, routerBodies } = await tiered();
-    for (const lead of [398, 399]) {
-      const content = `${'x'.repeat(lead)}${'😀'.repeat(20)} tail`;
+    // A long message is quoted by its first and last 200 UTF-16 units: an emoji across either cut.
+    const contents = [
+      ...[198, 199].map((lead) => `${'x'.repeat(lead)}${'😀'.repeat(20)}${' filler'.repeat(60)}`),
+      ...[199, 200].map((trail) => `${' filler'.repeat(60)}${'😀'.repeat(20)}${'w'.repeat(trail)}`),
+    ];
+    for (const content of contents) {
       const r = await postChat(gw, { model: 'auto', messages: [{ role: 'user', content }] });
       expect(r.status, r.text).toBe(200);
     }
-    expect(routerBodies).toHaveLength(2);
+    expect(routerBodies).toHaveLength(4);
     for (const body of routerBodies) {
       const parsed: unknown = JSON.parse(body);
       for (const s of stringsIn(parsed)) {
