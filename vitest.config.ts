@@ -42,6 +42,7 @@ const WAITING = [
   'sdk-cancel',
   'sdk-error-surfaces',
   'sdk-wide',
+  'time-bounds-edges',
 ].map((name) => `test/integration/${name}.test.ts`);
 
 export default defineConfig({

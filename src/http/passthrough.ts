@@ -70,7 +70,9 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
  * secret first, since an upstream may echo the key we sent it. Without a passthrough: our 404.
  *
  * The provider's timeouts bound it as they bound chat (SPEC §8): connect_ms, first_byte_ms (to the
- * answer's headers), idle_ms (between body bytes) and total_ms over the whole exchange. An upstream that
+ * answer's first body byte), idle_ms (between body bytes) and total_ms over the whole exchange. undici has
+ * one body timer, from the headers on: it is the larger of first_byte_ms and idle_ms, so a server that sends
+ * its headers at once (vLLM's /v1/completions) still has first_byte_ms for its first token. An upstream that
  * fails before answering gets the client an OpenAI-shaped 504 `timeout` or 502 `upstream_error`; one
  * that stalls or trickles after its answer started has that answer cut.
  *
@@ -193,7 +195,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   // from rewriteRequestHeaders under a symbol key, which Object.assign copies and no header loop sees.
   const requester = {
     headersTimeout: timeouts.first_byte_ms,
-    bodyTimeout: timeouts.idle_ms,
+    bodyTimeout: Math.max(timeouts.first_byte_ms, timeouts.idle_ms),
     request(
       opts: Dispatcher.RequestOptions & { headers: Record<PropertyKey, unknown> },
       callback: RequestCallback,
