@@ -1,5 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import { decideChat } from '../routing/chat-decision.js';
+import type { RankedCandidate } from '../routing/types.js';
+import type { RouteTarget } from '../runtime.js';
+import { decideEmbeddings } from './embeddings.js';
 import { validateChatBody } from './validate.js';
 
 /** `/router/status` and `/router/explain`: what the gateway knows and would decide. Never a secret. */
@@ -54,24 +57,43 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
   app.post('/router/explain', async (req) => {
     const gw = app.gateway;
     const rt = gw.runtime;
+    // An embeddings request (`input`, no `messages`) is explained as /v1/embeddings would route it.
+    const raw = req.body as Record<string, unknown> | null;
+    if (raw !== null && typeof raw === 'object' && raw.input !== undefined && raw.messages === undefined) {
+      const e = decideEmbeddings(gw, rt, raw, req.headers);
+      if (e.plan.refusal) throw e.plan.refusal;
+      return explained(e.route.name, e.strategy, undefined, undefined, e.features, e.plan.ranked);
+    }
     const body = validateChatBody(req.body);
     const d = await decideChat(gw, rt, body, req.headers, undefined);
     if (d.plan.refusal) throw d.plan.refusal;
     const { route, strategy, features, tier, plan } = d;
-    return {
-      route: route.name,
-      strategy,
-      tier: tier.tier,
-      tier_reason: tier.reason,
-      features,
-      candidates: plan.ranked.map((r, i) => ({
-        rank: i + 1,
-        upstream: r.candidate.id,
-        provider: r.candidate.upstream.provider.name,
-        model: r.candidate.upstream.model.name,
-        score: Math.round(r.score * 1e4) / 1e4,
-        reason: r.reason,
-      })),
-    };
+    return explained(route.name, strategy, tier.tier, tier.reason, features, plan.ranked);
   });
+}
+
+/** /router/explain's answer: the route, its strategy and tier, and the ranked candidates with their reasons. */
+function explained(
+  route: string,
+  strategy: string,
+  tier: string | undefined,
+  tierReason: string | undefined,
+  features: unknown,
+  ranked: readonly RankedCandidate<RouteTarget>[],
+) {
+  return {
+    route,
+    strategy,
+    tier,
+    tier_reason: tierReason,
+    features,
+    candidates: ranked.map((r, i) => ({
+      rank: i + 1,
+      upstream: r.candidate.id,
+      provider: r.candidate.upstream.provider.name,
+      model: r.candidate.upstream.model.name,
+      score: Math.round(r.score * 1e4) / 1e4,
+      reason: r.reason,
+    })),
+  };
 }

@@ -57,6 +57,28 @@ function answerBound(body: { input?: unknown; dimensions?: unknown }): number {
 const MAX_DIMENSIONS = 4_096;
 const MAX_ANSWER_BYTES = 256 * 1024 * 1024;
 
+/**
+ * An embeddings request's routing decision (its handler's, and /router/explain's): the body validated, its
+ * route, strategy and ranked upstreams. Calls nothing.
+ */
+export function decideEmbeddings(gw: Gateway, rt: Runtime, raw: unknown, headers: FastifyRequest['headers']) {
+  const body = validateEmbeddingsBody(raw);
+  const route = resolveRoute(rt, body.model, 'embeddings');
+  const hdrs = readRoutingHeaders(headers, rt);
+  if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
+  const strategy = hdrs.strategy ?? route.strategy;
+  const tokens = inputTokens(body.input);
+  const features = embeddingsFeatures(tokens.total, tokens.largest);
+  const plan = planRequest(route, route.targets, features, {
+    strategy,
+    provider: hdrs.provider,
+    routing: rt.loaded.config.routing,
+    now: gw.now(),
+    random: gw.random,
+  });
+  return { body, route, strategy, tokens, features, plan };
+}
+
 /** Embeddings go through the same engine as chat: strategy, breakers, failover; answers relayed as they are. */
 async function handleEmbeddings(
   gw: Gateway,
@@ -65,20 +87,8 @@ async function handleEmbeddings(
   reply: FastifyReply,
 ): Promise<Answered | undefined> {
   const startedAt = gw.now();
-  const body = validateEmbeddingsBody(req.body);
-  const route = resolveRoute(rt, body.model, 'embeddings');
-  const hdrs = readRoutingHeaders(req.headers, rt);
-  if (hdrs.tier !== undefined) checkTierHeader(route, hdrs.tier);
-  const strategy = hdrs.strategy ?? route.strategy;
-  const tokens = inputTokens(body.input);
+  const { body, route, strategy, tokens, plan } = decideEmbeddings(gw, rt, req.body, req.headers);
   const maxBodyBytes = answerBound(body);
-  const plan = planRequest(route, route.targets, embeddingsFeatures(tokens.total, tokens.largest), {
-    strategy,
-    provider: hdrs.provider,
-    routing: rt.loaded.config.routing,
-    now: gw.now(),
-    random: gw.random,
-  });
   const chosen = plan.ranked[0];
   if (chosen) gw.decisionChildren.get(route.name, strategy, chosen.candidate.upstream.provider.name).inc();
   const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan);
