@@ -227,12 +227,22 @@ function substituteEnv(
         return node;
       }
       let blank = false;
+      /** A placeholder in a key's place came out empty by its own default (`${SUFFIX:-}`). */
+      let defaultedEmpty = false;
+      /** ... and one came out as something: the key is that (`${PREFIX:-}${SECRET}` is SECRET). */
+      let resolved = false;
+      const keyPath = isServerKey(path) || isProviderApiKey(path);
       const text = node.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
         const value = Object.hasOwn(env, name) ? env[name] : undefined;
-        if (value !== undefined && value !== '') return value;
-        // An empty default is no key either (`admin-${SUFFIX:-}`), as an unset or empty variable is.
-        if (fallback !== undefined && (fallback !== '' || !(isServerKey(path) || isProviderApiKey(path))))
+        if (value !== undefined && value !== '') {
+          resolved = true;
+          return value;
+        }
+        if (fallback !== undefined) {
+          if (fallback !== '') resolved = true;
+          else if (keyPath) defaultedEmpty = true;
           return fallback;
+        }
         // An unset variable is fatal except where empty means "none": a provider's own api_key (that
         // provider is then disabled), and the client and admin keys (SPEC §3: `api_keys:
         // ["${GATEWAY_API_KEY}"]`, "empty or absent: no client auth"), which are then said in a warning.
@@ -251,6 +261,15 @@ function substituteEnv(
         }
         return '';
       });
+      // A key whose placeholders all came out empty by default is no key (`admin-${SUFFIX:-}` is not the
+      // guessable `admin-`); one with a value among them keeps it.
+      if (defaultedEmpty && !resolved && !blank) {
+        blank = true;
+        if (isServerKey(path)) {
+          unsetKeys.push(`${formatPath(path)}: its environment variables are empty: that key is empty`);
+          if (path[1] === 'api_keys') clientKeyUnset = true;
+        }
+      }
       return blank ? '' : text;
     }
     if (Array.isArray(node)) return node.map((v, i) => walk(v, [...path, i]));

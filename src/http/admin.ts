@@ -60,7 +60,7 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
     // An embeddings request (`input`, no `messages`) is explained as /v1/embeddings would route it.
     const raw = req.body as Record<string, unknown> | null;
     if (raw !== null && typeof raw === 'object' && raw.input !== undefined && raw.messages === undefined) {
-      const e = decideEmbeddings(gw, rt, raw, req.headers);
+      const e = decideEmbeddings(gw, rt, raw, req.headers, true);
       if (e.plan.refusal) throw e.plan.refusal;
       return explained(e.route.name, e.strategy, undefined, undefined, e.features, e.plan.ranked);
     }

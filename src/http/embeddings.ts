@@ -61,7 +61,14 @@ const MAX_ANSWER_BYTES = 256 * 1024 * 1024;
  * An embeddings request's routing decision (its handler's, and /router/explain's): the body validated, its
  * route, strategy and ranked upstreams. Calls nothing.
  */
-export function decideEmbeddings(gw: Gateway, rt: Runtime, raw: unknown, headers: FastifyRequest['headers']) {
+export function decideEmbeddings(
+  gw: Gateway,
+  rt: Runtime,
+  raw: unknown,
+  headers: FastifyRequest['headers'],
+  /** Explain: read the rotation and draws without taking a turn (the next request gets what it is told). */
+  peek = false,
+) {
   const body = validateEmbeddingsBody(raw);
   const route = resolveRoute(rt, body.model, 'embeddings');
   const hdrs = readRoutingHeaders(headers, rt);
@@ -75,6 +82,7 @@ export function decideEmbeddings(gw: Gateway, rt: Runtime, raw: unknown, headers
     routing: rt.loaded.config.routing,
     now: gw.now(),
     random: gw.random,
+    peek,
   });
   return { body, route, strategy, tokens, features, plan };
 }

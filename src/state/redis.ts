@@ -34,6 +34,9 @@ export interface RedisStateConfig {
 }
 
 /** What the sync reads from and applies to this replica's state. */
+/** Redis refusing a database: `ERR DB index is out of range`, `ERR invalid DB index`. */
+const DB_REFUSED = /DB index is out of range|invalid DB index/i;
+
 export interface StateHooks {
   /**
    * Another replica opened `upstreamId`'s breaker for `remainingMs` more, at backoff level `levelMs` (the whole
@@ -99,6 +102,8 @@ export class RedisState {
   /** Whether the last state logged was "reachable": an outage is logged once, not on every retry. */
   #reachable: boolean | undefined;
   #closed = false;
+  /** The configured database was selected on this connection (see #ready). */
+  #dbChecked = false;
   /** Round-robin INCRs sent and not yet answered, per route: turns this replica took meanwhile. */
   readonly #pendingTurns = new Map<string, number>();
   /**
@@ -163,8 +168,9 @@ export class RedisState {
     this.#timer = setInterval(() => void this.sync(), this.#syncMs).unref();
   }
 
+  /** Connected to the database configured: until its SELECT is answered, nothing is shared (it may be db 0). */
   get connected(): boolean {
-    return !this.#closed && this.#cmd.status === 'ready';
+    return !this.#closed && this.#dbChecked && this.#cmd.status === 'ready';
   }
 
   /** This replica opened `upstreamId`'s breaker for `ms`: the others skip it too until then. */
@@ -375,6 +381,7 @@ export class RedisState {
    */
   #ready(): void {
     const db = this.#cmd.options.db ?? 0;
+    this.#dbChecked = db === 0;
     if (db !== 0) {
       // ioredis selects the database as it connects but goes on 'ready' in database 0 when Redis refuses it
       // (out of range: ERR DB index is out of range): that replica would share with database 0's fleet and
@@ -390,6 +397,8 @@ export class RedisState {
 
   #refuseDatabase(db: number, err: unknown): void {
     if (this.#closed) return;
+    // Only Redis saying no: a timeout or a dropped connection is an outage like any, retried on reconnect.
+    if (!DB_REFUSED.test((err as Error)?.message ?? '')) return this.#failed(err);
     this.#logger.error(
       { redis: this.#where, db, err: (err as Error)?.message },
       `shared state: Redis refuses database ${db}: not shared; this replica serves on its own state`,
@@ -398,6 +407,7 @@ export class RedisState {
   }
 
   #readyIn(): void {
+    this.#dbChecked = true;
     this.#refusals.clear();
     if (this.#reachable !== true) {
       this.#logger.info({ redis: this.#where }, 'shared state: connected to Redis');

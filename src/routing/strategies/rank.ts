@@ -118,14 +118,14 @@ function digitSum(x: number, b: number): number {
  * Relative rather than min-max: a 1 % difference stays a 1 % difference, and `tie_epsilon` reads as a
  * relative tolerance. `best` is the smallest finite figure among the candidates; `positive` the smallest
  * above 0. A best of 0 (a free local model beside priced ones) would score every other candidate 0, all tied:
- * the figures are then shifted by a tenth of `positive`, so the free one scores 1 and stays far ahead (as
- * before), the cheapest priced one 1/11 (~0.09) and one ten times dearer ~0.01, in their order.
+ * the priced ones are then scored against the cheapest of them and halved, so the free one scores 1, the
+ * cheapest priced 0.5 and one 20 % dearer 0.42: apart by more than `tie_epsilon`, in their order (squeezed
+ * nearer 0, 1.0 and 1.2 scored 0.09 and 0.08 and tied).
  */
 export function lowerIsBetter(x: number, best: number, positive = best): number {
   if (!Number.isFinite(x)) return 0;
   if (x <= best) return 1;
-  const shift = best > 0 ? 0 : positive / 10;
-  return clamp01((best + shift) / (x + shift));
+  return clamp01(best > 0 ? best / x : (0.5 * positive) / x);
 }
 
 /** The smallest finite figure and the smallest above 0 (Infinity when none), for lowerIsBetter. */
