@@ -172,10 +172,18 @@ function retryDelayOf(body: string): number | undefined {
     for (const d of details as { '@type'?: unknown; retryDelay?: unknown }[]) {
       if (typeof d?.['@type'] !== 'string' || !d['@type'].endsWith(RETRY_INFO)) continue;
       const m = typeof d.retryDelay === 'string' ? DURATION.exec(d.retryDelay.trim()) : null;
-      if (m) return Math.min(Math.ceil(Math.round(Number(m[1]) * 1e6) / 1000), DAY_MS);
+      if (m) return Math.min(secondsToMs(m[1]!), DAY_MS);
     }
   }
   return undefined;
+}
+
+/**
+ * Decimal seconds as ms, rounded up (after removing float noise: 1.1 * 1000 is 1100.0000000000002): early
+ * retries are worse.
+ */
+function secondsToMs(text: string): number {
+  return Math.ceil(Math.round(Number(text) * 1e6) / 1000);
 }
 
 /** Retry-After (delay-seconds, decimals tolerated, or an HTTP date) → ms from `nowMs`, in [0, 24 h]. */
@@ -185,8 +193,7 @@ export function parseRetryAfter(value: string | string[] | undefined, nowMs: num
   const text = raw.trim();
   let ms: number;
   if (DELAY_SECONDS.test(text)) {
-    // Rounded up (after removing float noise: 1.1 * 1000 is 1100.0000000000002): early retries are worse.
-    ms = Math.ceil(Math.round(Number(text) * 1e6) / 1000);
+    ms = secondsToMs(text);
   } else if (HTTP_DATE.test(text)) {
     ms = Date.parse(text) - nowMs;
   } else if (ASCTIME_DATE.test(text)) {

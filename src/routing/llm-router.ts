@@ -151,7 +151,8 @@ export async function askRouter(
 ): Promise<RouterDecision> {
   const cfg = route.router!;
   const excerpt = conversationExcerpt(messages);
-  const key = routerCacheKey(excerpt, features, offeredTiers(route));
+  const tiers = offeredTiers(route);
+  const key = routerCacheKey(excerpt, features, tiers);
   const cache = cacheFor(gw, route)!;
   const started = gw.now();
   const hit = cache.get(key, started);
@@ -164,7 +165,7 @@ export async function askRouter(
   let call = underWay.get(key);
   if (call === undefined) {
     const signal = new Abort();
-    const decision = callRouter(gw, rt, route, excerpt, key, features, signal, started);
+    const decision = callRouter(gw, rt, route, { excerpt, key, tiers }, features, signal, started);
     call = { decision, signal, started, waiting: 0, counted: false };
     underWay.set(key, call);
     const ours = call;
@@ -210,8 +211,8 @@ async function callRouter(
   gw: Gateway,
   rt: Runtime,
   route: RouteRuntime,
-  excerpt: string,
-  key: string,
+  /** What the router is asked: the excerpt, the tiers it is offered, and the cache key they make. */
+  prompt: { readonly excerpt: string; readonly key: string; readonly tiers: readonly TierName[] },
   features: RequestFeatures,
   /** Aborted when every request waiting for this call is gone. */
   signal: Abort,
@@ -231,7 +232,8 @@ async function callRouter(
     costUsd,
   });
 
-  const routerMessages = buildRouterPrompt(excerpt, features, offeredTiers(route));
+  const { excerpt, key } = prompt;
+  const routerMessages = buildRouterPrompt(excerpt, features, prompt.tiers);
   // The system prompt (~150 tokens) plus the excerpt at ~4 characters a token.
   const promptTokens = 150 + Math.ceil(excerpt.length / 4);
   const body: ChatBody = {

@@ -305,9 +305,7 @@ export class ProviderClient {
     const onOuter = (): void => gate.abort(outer?.reason);
     if (outer?.aborted) onOuter();
     else outer?.addEventListener('abort', onOuter, { once: true });
-    let connected = false;
     const timer = setTimeout(() => {
-      if (connected) return;
       const err = codedError('UND_ERR_HEADERS_TIMEOUT', `no connection to the provider within ${ms} ms`);
       gate.abort(Object.assign(err, { statusCode: 504 }));
     }, ms);
@@ -315,12 +313,7 @@ export class ProviderClient {
     // listener goes when the body does.
     const unlisten = (): void => outer?.removeEventListener('abort', onOuter);
     const o = { ...opts, signal: gate as unknown as AbortSignal };
-    const watch = {
-      sent: () => {
-        connected = true;
-        clearTimeout(timer);
-      },
-    };
+    const watch = { sent: () => clearTimeout(timer) };
     const p = untilAborted(requestWatched(this.pool, o, watch), gate);
     p.then(
       (res) => {

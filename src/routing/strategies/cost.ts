@@ -69,6 +69,8 @@ class CostReason implements ReasonSource {
   }
 }
 
+const COST = new LowestFigures();
+
 export function costStrategy<C extends CandidateView>(
   candidates: readonly C[],
   ctx: StrategyContext,
@@ -76,7 +78,7 @@ export function costStrategy<C extends CandidateView>(
   const n = candidates.length;
   const items = new Array<Scored<C>>(n);
   const out = sharedExpectedOutput(candidates, ctx);
-  const lowest = new LowestFigures();
+  const lowest = COST.reset();
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
     const usd = expectedCostUsd(c, ctx, out.tokens);

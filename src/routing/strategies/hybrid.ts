@@ -129,6 +129,9 @@ class UnmeasuredReason implements ReasonSource {
   }
 }
 
+const COST = new LowestFigures();
+const LATENCY = new LowestFigures();
+
 export function hybridStrategy<C extends CandidateView>(
   candidates: readonly C[],
   ctx: StrategyContext,
@@ -143,8 +146,8 @@ export function hybridStrategy<C extends CandidateView>(
   const lat = new Array<number>(n);
   const rel = new Array<number>(n);
   let unmeasured: Scored<C>[] | undefined;
-  const lowCost = new LowestFigures();
-  const lowLat = new LowestFigures();
+  const lowCost = COST.reset();
+  const lowLat = LATENCY.reset();
   let bestRel = 0;
   const out = sharedExpectedOutput(candidates, ctx).tokens;
   const freshest = freshestSample(candidates);

@@ -146,6 +146,8 @@ export function exploringWhat(ctx: StrategyContext): string {
 
 export const HELD_BACK = 'held back until measured';
 
+const LATENCY = new LowestFigures();
+
 export function latencyStrategy<C extends CandidateView>(
   candidates: readonly C[],
   ctx: StrategyContext,
@@ -153,7 +155,7 @@ export function latencyStrategy<C extends CandidateView>(
   const n = candidates.length;
   const items = new Array<Scored<C>>(n);
   let unmeasured: Scored<C>[] | undefined;
-  const lowest = new LowestFigures();
+  const lowest = LATENCY.reset();
   // One expected output for all: comparing each on its own mean favours upstreams that answer briefly.
   const out = sharedExpectedOutput(candidates, ctx).tokens;
   const freshest = freshestSample(candidates);

@@ -128,10 +128,20 @@ export function lowerIsBetter(x: number, best: number, positive = best): number 
   return clamp01(best > 0 ? best / x : (0.5 * positive) / x);
 }
 
-/** The smallest finite figure and the smallest above 0 (Infinity when none), for lowerIsBetter. */
+/**
+ * The smallest finite figure and the smallest above 0 (Infinity when none), for lowerIsBetter. A strategy
+ * keeps one per factor at module level and resets it per decision (strategies run synchronously): no
+ * allocation on each request's path.
+ */
 export class LowestFigures {
   best = Infinity;
   positive = Infinity;
+
+  reset(): this {
+    this.best = Infinity;
+    this.positive = Infinity;
+    return this;
+  }
 
   add(x: number): void {
     if (x < this.best) this.best = x;
