@@ -237,3 +237,26 @@ export function contentOf(sseBody: string): string {
   }
   return text;
 }
+
+/**
+ * A streaming request read by a slow client: the first read at once, then `pause()` (awaited) before the
+ * rest is read; undici's small highWaterMark lets the gateway's writes back up into its socket.
+ */
+export async function slowRead(
+  gw: TestGateway,
+  pause: () => Promise<void>,
+): Promise<{ status: number; body: string }> {
+  const res = await request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'r', stream: true, messages: MSG }),
+    highWaterMark: 1024,
+  });
+  let body = '';
+  let reads = 0;
+  for await (const chunk of res.body) {
+    body += (chunk as Buffer).toString('utf8');
+    if (reads++ === 0) await pause();
+  }
+  return { status: res.statusCode, body };
+}

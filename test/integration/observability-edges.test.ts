@@ -19,6 +19,7 @@ import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { chunkFrame, sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
 import { scrape, select, value, type Sample } from '../helpers/prom-text.js';
+import { slowRead } from '../helpers/resilience-harness.js';
 import { until } from '../helpers/wait.js';
 
 const track = closeAfterEach();
@@ -254,25 +255,14 @@ describe('time per output token is the upstream’s pace', () => {
         { now: () => clock },
       ),
     );
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'r', stream: true, messages: MSG }),
-      highWaterMark: 1024,
+    const res = await slowRead(gw, async () => {
+      await until('the upstream wrote its whole answer', () => written);
+      await sleep(300); // the gateway now waits on this client's full socket
+      clock += 10_000;
+      await sleep(200);
     });
-    let body = '';
-    let reads = 0;
-    for await (const chunk of res.body) {
-      body += (chunk as Buffer).toString('utf8');
-      if (reads++ === 0) {
-        await until('the upstream wrote its whole answer', () => written);
-        await sleep(300); // the gateway now waits on this client's full socket
-        clock += 10_000;
-        await sleep(200);
-      }
-    }
-    expect(res.statusCode).toBe(200);
-    expect(body.endsWith('data: [DONE]\n\n')).toBe(true);
+    expect(res.status).toBe(200);
+    expect(res.body.endsWith('data: [DONE]\n\n')).toBe(true);
 
     const s = await settle(gw, 1);
     const pair = { provider: 'a', model: 'm' };

@@ -10,14 +10,13 @@
  *   single event larger than any socket read, reach the client intact, with one `[DONE]`.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { chunkFrame, startMock } from '../helpers/mock-upstream.js';
 import { scrape, value } from '../helpers/prom-text.js';
 import { until } from '../helpers/wait.js';
-import { contentOf, dataEvents, upstreamAt } from '../helpers/resilience-harness.js';
+import { contentOf, dataEvents, slowRead, upstreamAt } from '../helpers/resilience-harness.js';
 
 const track = closeAfterEach();
 const MSG = [{ role: 'user', content: 'hi' }];
@@ -40,29 +39,6 @@ async function gatewayOf(
       opts.now ? { now: opts.now } : {},
     ),
   );
-}
-
-/**
- * A streaming request read by a slow client: the first read at once, then `pause()` (awaited) before the
- * rest is read; undici's small highWaterMark lets the gateway's writes back up into its socket.
- */
-async function slowRead(
-  gw: TestGateway,
-  pause: () => Promise<void>,
-): Promise<{ status: number; body: string }> {
-  const res = await request(`${gw.url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'r', stream: true, messages: MSG }),
-    highWaterMark: 1024,
-  });
-  let body = '';
-  let reads = 0;
-  for await (const chunk of res.body) {
-    body += (chunk as Buffer).toString('utf8');
-    if (reads++ === 0) await pause();
-  }
-  return { status: res.statusCode, body };
 }
 
 describe('a slow client is not the upstream’s fault (SPEC §8 back-pressure)', () => {
