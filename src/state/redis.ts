@@ -68,6 +68,13 @@ const COMMAND_TIMEOUT_MS = 1_000;
 const MAX_PENDING_TURNS = 64;
 /** A round-robin count past this starts again from 0. */
 const MAX_TURN = 2 ** 30;
+/**
+ * A round-robin counter no replica has turned for this long is deleted by Redis (a route removed or renamed
+ * by a reload, a replaced key prefix): its next turn starts the rotation from 1 again, which costs nothing.
+ */
+const TURN_KEY_TTL_MS = 60 * 60_000;
+/** How often a replica renews a counter's expiry while it turns it (one PEXPIRE per route per minute). */
+const TURN_KEY_RENEW_MS = 60_000;
 
 /** Redis's answer to a command on a key that holds another type, or text where a number belongs. */
 function isWrongValue(err: unknown): boolean {
@@ -106,6 +113,8 @@ export class RedisState {
   #dbChecked = false;
   /** Round-robin INCRs sent and not yet answered, per route: turns this replica took meanwhile. */
   readonly #pendingTurns = new Map<string, number>();
+  /** When this replica last renewed each round-robin counter's expiry (Date.now()). */
+  readonly #turnKeyRenewed = new Map<string, number>();
   /**
    * Redis's clock less this machine's, ms (undefined until first read). Measurements are stamped and aged on
    * Redis's clock: a replica whose own clock is off would otherwise see every other's as stale and delete it.
@@ -241,7 +250,7 @@ export class RedisState {
         // Past MAX_TURN (a billion turns, or a value someone else wrote: past 2^53 INCR's answer reads as an
         // even float, one rotation for ever) the count starts again; the fleet's turns just jump once.
         if (count > MAX_TURN || !Number.isSafeInteger(count)) {
-          void this.#cmd.set(key, '0').catch((err: unknown) => this.#failed(err));
+          void this.#cmd.set(key, '0', 'PX', TURN_KEY_TTL_MS).catch((err: unknown) => this.#failed(err));
           apply(answered());
         } else apply(count + answered());
       },
@@ -249,9 +258,20 @@ export class RedisState {
         answered();
         this.#failed(err);
         // Not a counter (text, a hash: another app's key, a bug): made one again, not left to fail each turn.
-        if (isWrongValue(err)) void this.#cmd.del(key).catch(() => {});
+        if (isWrongValue(err)) {
+          void this.#cmd.del(key).catch(() => {});
+          this.#turnKeyRenewed.delete(route); // the next turn's INCR makes a new key: it needs an expiry too
+        }
       },
     );
+    // Sent after the INCR on the same connection, so the key it creates exists when the PEXPIRE runs.
+    const now = Date.now();
+    if (now - (this.#turnKeyRenewed.get(route) ?? -Infinity) >= TURN_KEY_RENEW_MS) {
+      // Names come from the config: a few per reload; a long life of reloads starts the map again.
+      if (this.#turnKeyRenewed.size >= 4096) this.#turnKeyRenewed.clear();
+      this.#turnKeyRenewed.set(route, now);
+      void this.#cmd.pexpire(key, TURN_KEY_TTL_MS).catch((err: unknown) => this.#failed(err));
+    }
   }
 
   /** One exchange of measurements (also run every `syncMs`): write ours, read and merge the others'. */
@@ -469,6 +489,8 @@ export class RedisState {
       "shared state: Redis unreachable; serving on this replica's own breakers and statistics until it is back",
     );
     this.#dropRemote();
+    // A Redis that comes back may have lost its keys: the counters the next turns make need expiries again.
+    this.#turnKeyRenewed.clear();
   }
 
   /** Local state only: the other replicas' view is forgotten until Redis answers again. */

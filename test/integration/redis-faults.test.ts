@@ -254,6 +254,8 @@ describeWithRedis('Redis up but misbehaving while the fleet serves (SPEC §7)', 
       await sleep(30);
     }
     expect(new Set(seen).size, seen.join(',')).toBe(2);
+    // Started again from 0 (SET clears an expiry unless it sets one): it still goes when no one turns it.
+    expect(await raw.pttl(`${prefix}rr:r`)).toBeGreaterThan(0);
   });
 
   it('a round-robin counter someone overwrote with text: the fleet takes turns together again (it does not stay broken)', async () => {
@@ -284,6 +286,8 @@ describeWithRedis('Redis up but misbehaving while the fleet serves (SPEC §7)', 
     // replica has had one turn answered after the repair (the first two turns met the text and repaired it).
     const key = await raw.get(`${prefix}rr:r`);
     expect(Number(key)).toBeGreaterThan(0);
+    // The counter the repair made again expires like the first one would have.
+    expect(await raw.pttl(`${prefix}rr:r`)).toBeGreaterThan(0);
     for (let i = 5; i < seen.length; i++)
       expect(seen[i], `${seen.join(',')}; key now ${key}`).not.toBe(seen[i - 1]);
   });
