@@ -198,14 +198,16 @@ const NOT_REQUESTS = new Set(['/healthz', '/readyz', '/metrics', '/router/status
 /**
  * The count and line of a request that does not report itself (all but routed chat and embeddings), and of
  * early rejections: once, whichever of its ends comes first (its answer finished, its client gone, its
- * answer cut). Health, metrics and admin reads (status, explain: it calls no upstream) stay out.
+ * answer cut). Health, metrics and admin reads served (status, explain: it calls no upstream) stay out.
  */
 export function reportOnce(gw: Gateway, req: FastifyRequest, status: number, elapsedMs: number): void {
   if (req.reported) return; // before routeOptions: fastify builds that object on every read
   req.reported = true;
   if (isPreflight(req)) return; // a browser's CORS question, not a request
   const route = req.routeOptions.url;
-  if (route === undefined || !NOT_REQUESTS.has(route)) reportUnrouted(gw, req, status, elapsedMs);
+  // A refused read (a wrong admin or metrics key) is a request: someone guessing keys leaves a trace.
+  if (route === undefined || status === 401 || !NOT_REQUESTS.has(route))
+    reportUnrouted(gw, req, status, elapsedMs);
 }
 
 /**

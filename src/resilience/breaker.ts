@@ -178,6 +178,7 @@ export class CircuitBreaker {
     if (this.#state === 'closed') {
       this.#resetRun();
     } else if (this.#state === 'half_open' && isProbe(permit)) {
+      this.#failures = 0; // a success ends the run of failures that opened it: one run at a time
       this.#successes++;
       if (this.#successes >= this.#cfg.success_threshold) this.#close();
     }
