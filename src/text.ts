@@ -16,3 +16,20 @@ export function clipEnd(text: string, max: number): string {
   const first = text.charCodeAt(from);
   return text.slice(first >= 0xdc00 && first <= 0xdfff ? from + 1 : from);
 }
+
+/**
+ * The text inside a list of content parts, as some OpenAI-dialect servers stream or answer `content`
+ * (Mistral's Magistral: `[{"type":"thinking","thinking":[{"type":"text","text":"…"}]}, {"type":"text",…}]`):
+ * each part's `text`, and its `thinking` (text, or one more list of parts). Other parts (images) hold none.
+ */
+export function partsText(parts: readonly unknown[], nested = false): string {
+  let text = '';
+  for (const part of parts) {
+    if (part === null || typeof part !== 'object') continue;
+    const { text: t, thinking } = part as { text?: unknown; thinking?: unknown };
+    if (typeof t === 'string') text += t;
+    if (typeof thinking === 'string') text += thinking;
+    else if (!nested && Array.isArray(thinking)) text += partsText(thinking, true);
+  }
+  return text;
+}

@@ -64,9 +64,14 @@ export function chunksOfCompletion(completion: Json, includeUsage: boolean): Com
 }
 
 function carriesContent(delta: Json): boolean {
-  for (const key of ['content', 'refusal', 'reasoning_content', 'reasoning'])
-    if (typeof delta[key] === 'string' && delta[key] !== '') return true;
-  if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) return true;
+  for (const key of APPENDED) {
+    const v = delta[key];
+    if ((typeof v === 'string' || Array.isArray(v)) && v.length > 0) return true; // text, or a list of parts
+  }
+  for (const key of ['tool_calls', 'images']) {
+    const v = delta[key];
+    if (Array.isArray(v) && v.length > 0) return true;
+  }
   return delta.function_call != null || delta.audio != null;
 }
 
@@ -83,7 +88,7 @@ interface BuiltChoice {
   finish_reason: string | null;
 }
 
-/** Delta fields that arrive in pieces: appended. Every other field replaces what came before. */
+/** Delta fields that arrive in pieces: appended (so are `images`). Every other field replaces what came before. */
 const APPENDED = new Set(['content', 'refusal', 'reasoning_content', 'reasoning']);
 /**
  * Bounds the choices and tool calls one answer may build, together (OpenAI's `n` is at most 128): past it the
@@ -177,11 +182,38 @@ function mergeDelta(choice: BuiltChoice, delta: Json, take: () => boolean): void
         for (const part of value) if (isObject(part)) mergeToolCall(choice, part, take);
     } else if (key === 'function_call' || key === 'audio') {
       if (isObject(value)) message[key] = mergeFragments(message[key], value);
-    } else if (APPENDED.has(key) && typeof value === 'string') {
-      const had = message[key];
-      message[key] = (typeof had === 'string' ? had : '') + value;
+    } else if (APPENDED.has(key) && (typeof value === 'string' || Array.isArray(value))) {
+      message[key] = appended(message[key], value);
+    } else if (key === 'images' && Array.isArray(value)) {
+      message.images = appendAll(Array.isArray(message.images) ? message.images : [], value);
     } else message[key] = value;
   }
+}
+
+/**
+ * A text field with its next piece: text appended to text; once a piece is a list of parts (Mistral's
+ * thinking), the field is a list (text pieces become, or extend, a text part).
+ */
+function appended(had: unknown, piece: string | readonly unknown[]): string | unknown[] {
+  if (typeof piece === 'string' && !Array.isArray(had)) return (typeof had === 'string' ? had : '') + piece;
+  const list: unknown[] = Array.isArray(had)
+    ? had
+    : typeof had === 'string' && had !== ''
+      ? [{ type: 'text', text: had }]
+      : [];
+  if (typeof piece !== 'string') appendAll(list, piece);
+  else if (piece !== '') {
+    const last = list.at(-1);
+    if (isObject(last) && last.type === 'text' && typeof last.text === 'string') last.text += piece;
+    else list.push({ type: 'text', text: piece });
+  }
+  return list;
+}
+
+/** `items` pushed one by one: a spread of an upstream's list that long overflows the stack. */
+function appendAll(list: unknown[], items: readonly unknown[]): unknown[] {
+  for (const item of items) list.push(item);
+  return list;
 }
 
 function mergeToolCall(choice: BuiltChoice, part: Json, take: () => boolean): void {

@@ -13,6 +13,7 @@ import type {
 import { UNREPORTED, contentWeight } from '../adapter.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
+import { partsText } from '../../text.js';
 import {
   openAiErrorTypeForStatus,
   parseJsonObject,
@@ -157,10 +158,11 @@ function bearer(provider: AdapterProvider, into: Record<string, string>): void {
 }
 
 /**
- * A content delta: text, a tool call, a refusal, audio (`modalities: ["audio"]`: transcript or data parts)
- * or reasoning (`reasoning_content`, `reasoning`: vLLM, DeepSeek, Ollama, OpenRouter) — the point a stream
- * commits to its upstream. Audio and reasoning can run for megabytes before any text: held back, they
- * reached the client only at the end, or failed over as `preamble_too_large`. Returned as the tokens the
+ * A content delta: text (a string, or a list of parts: Mistral's thinking), a tool call, a refusal, audio
+ * (`modalities: ["audio"]`: transcript or data parts), images (`delta.images`: OpenRouter) or reasoning
+ * (`reasoning_content`, `reasoning`: vLLM, DeepSeek, Ollama, OpenRouter) — the point a stream commits to its
+ * upstream. Audio, images and reasoning can run for megabytes before any text: held back, they reached the
+ * client only at the end, or failed over as `preamble_too_large`. Returned as the tokens the
  * chunk's content holds, estimated (`contentWeight`); 0 when it has none (ChunkSink.chunk).
  */
 function contentTokens(chunk: Record<string, unknown>): number {
@@ -176,8 +178,13 @@ function contentTokens(chunk: Record<string, unknown>): number {
       if (nonEmpty(v)) {
         content = true;
         text += v as string;
+      } else if (Array.isArray(v) && v.length > 0) {
+        content = true; // a list of parts (Mistral's thinking)
+        text += partsText(v);
       }
     }
+    // Image output (OpenRouter's, Vercel AI Gateway's `delta.images`): megabytes, and no text.
+    if (Array.isArray(delta.images) && delta.images.length > 0) content = true;
     const calls = delta.tool_calls;
     if (Array.isArray(calls) && calls.length > 0) {
       content = true;

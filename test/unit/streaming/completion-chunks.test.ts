@@ -87,6 +87,18 @@ describe('chunksOfCompletion', () => {
     expect(out.finished).toBe(false);
     expect(out.chunks.some((c) => c.content)).toBe(false);
   });
+
+  it('counts a list of parts (Mistral thinking) and images (OpenRouter) as content', () => {
+    const thinking = [{ type: 'thinking', thinking: [{ type: 'text', text: 'hmm' }] }];
+    const image = [{ type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA' } }];
+    for (const message of [{ content: thinking }, { content: null, images: image }]) {
+      const out = chunksOfCompletion({ choices: [{ index: 0, message, finish_reason: 'stop' }] }, false);
+      expect(
+        out.chunks.some((c) => c.content),
+        JSON.stringify(message),
+      ).toBe(true);
+    }
+  });
 });
 
 describe('CompletionBuilder', () => {
@@ -179,6 +191,27 @@ describe('CompletionBuilder', () => {
     }));
     calls.add({ choices: [{ index: 0, delta: { tool_calls: many }, finish_reason: 'tool_calls' }] });
     expect(calls.finished()).toBe(false);
+  });
+
+  it('gathers content that comes as lists of parts, and text after them, into one list; images appended', () => {
+    const built = new CompletionBuilder();
+    const think = (text: string): Json => ({ type: 'thinking', thinking: [{ type: 'text', text }] });
+    const img = (n: number): Json => ({
+      type: 'image_url',
+      image_url: { url: `data:image/png;base64,${n}` },
+    });
+    const delta = (d: Json, finish: string | null = null): Json => ({
+      choices: [{ index: 0, delta: d, finish_reason: finish }],
+    });
+    built.add(delta({ role: 'assistant', content: '' }));
+    built.add(delta({ content: [think('a')] }));
+    built.add(delta({ content: [think('b')] }));
+    built.add(delta({ content: 'The ' }));
+    built.add(delta({ content: 'answer.', images: [img(1)] }));
+    built.add(delta({ images: [img(2)] }, 'stop'));
+    const message = (built.completion().choices as { message: Json }[])[0]!.message;
+    expect(message.content).toEqual([think('a'), think('b'), { type: 'text', text: 'The answer.' }]);
+    expect(message.images).toEqual([img(1), img(2)]);
   });
 
   it('takes an upstream __proto__ key as data, never as a prototype', () => {
