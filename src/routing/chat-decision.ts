@@ -56,10 +56,13 @@ function finish(
   const plan = planTier(gw, rt, route, hdrs, features, strategy, tier, signal);
   let decision: ChatDecision = { route, hdrs, features, strategy, tier, plan };
   // A tier a rule picked (or default_tier) that cannot take the request — a capability it lacks (n > 1, a file
-  // by id, on a Claude-only tier), the context window, a pinned provider it does not have — gives way as the
-  // router's pick does: the route can serve it, and the client named no tier (x-router-tier keeps its 400).
+  // by id, on a Claude-only tier), the context window, a pinned provider it does not have, every provider it
+  // lists disabled — gives way as the router's pick does: the route can serve it, and the client named no tier
+  // (x-router-tier keeps its 400).
   const cannotTake =
-    route.tiers !== undefined && plan.refusal?.code === 'invalid_request' && hdrs.tier === undefined;
+    route.tiers !== undefined &&
+    (plan.refusal?.code === 'invalid_request' || tier.targets.length === 0) &&
+    hdrs.tier === undefined;
   if (plan.refusal && (tier.byRouter === true || tier.routerWouldAsk === true || cannotTake)) {
     // The LLM router can make a request slower, never fail it: a tier it picked that cannot take this request
     // (capabilities, context window, every breaker open, a pinned provider not in it) gives way to

@@ -335,7 +335,14 @@ function noCandidate(
         'upstream_error',
         `every upstream of route ${name} left for this request failed in its LLM router call: ${describeAttempts(d.failed ?? [])}`,
       );
-    default:
-      return new GatewayError('no_available_upstream', `route ${name} has no upstreams`, { retryAfterS: 1 });
+    default: {
+      // Nothing to filter: every provider the route (or this tier) lists is disabled. No Retry-After: a
+      // reload that gives one a key ends it, not time.
+      const scope = d.tier === undefined ? `route ${name}` : `tier \`${d.tier}\` of route ${name}`;
+      return new GatewayError(
+        'no_available_upstream',
+        `${scope} has no live upstream: every provider it lists is disabled (its api_key is empty)`,
+      );
+    }
   }
 }
