@@ -190,7 +190,7 @@ describe('embeddings answers: usage and size', () => {
 
 describe('embeddings routes whose providers are disabled', () => {
   // SPEC §3: a provider whose api_key resolves empty is disabled, not a crash; the route stays an embeddings
-  // route (its config says so). A chat route left with no upstream answers chat with 503 "has no upstreams";
+  // route (its config says so). A chat route left with no upstream answers chat with 503 "has no live upstream";
   // an embeddings route left so must say the same on /v1/embeddings, not send the client to
   // /v1/chat/completions, and on /v1/chat/completions say it is an embeddings model, not "no upstreams".
   it('an embeddings route whose provider has no key answers as a dark chat route does, never "is a chat model"', async () => {
