@@ -16,6 +16,7 @@ import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { parseProm, value } from '../helpers/prom-text.js';
+import type { BreakerView } from '../helpers/resilience-harness.js';
 
 const track = closeAfterEach();
 const HI = [{ role: 'user', content: 'hi' }];
@@ -44,24 +45,13 @@ async function get(
   return { status: r.statusCode, text, json };
 }
 
-interface Breaker {
-  state: string;
-  consecutive_failures: number;
-  consecutive_successes: number;
-  trip_cause: string | null;
-  open_ms: number;
-  ms_until_half_open: number;
-  probes_in_flight: number;
-  opens: number;
-}
-
 /** The breaker of `id` as /router/status shows it, with /readyz's status and the circuit gauge beside it. */
 async function observe(
   gw: TestGateway,
   id: string,
-): Promise<{ breaker: Breaker; ready: number; gauge: number }> {
+): Promise<{ breaker: BreakerView; ready: number; gauge: number }> {
   const status = await get(gw, '/router/status');
-  const ups = status.json.upstreams as { id: string; breaker: Breaker }[];
+  const ups = status.json.upstreams as { id: string; breaker: BreakerView }[];
   const breaker = ups.find((u) => u.id === id)!.breaker;
   const ready = (await get(gw, '/readyz')).status;
   const [provider, model] = id.split('/');
