@@ -53,10 +53,11 @@ export class Gateway {
   #ready: Promise<void> = Promise.resolve();
   #closed = false;
   /** server.cors as the gateway started: CORS on or off, and its max-age, are fixed then (http/cors.ts). */
-  readonly #startCors: LoadedConfig['config']['server']['cors'];
+  /** The config the gateway started with: what restart-only settings still are, whatever reloads said. */
+  readonly #start: LoadedConfig['config'];
 
   constructor(loaded: LoadedConfig, deps: GatewayDeps) {
-    this.#startCors = loaded.config.server.cors;
+    this.#start = loaded.config;
     this.logger = deps.logger;
     this.metrics = deps.metrics ?? createMetrics();
     // timeOrigin is a getter that validates its receiver: read once, not on every clock read.
@@ -100,11 +101,14 @@ export class Gateway {
   reload(loaded: LoadedConfig): void {
     const old = this.current;
     for (const w of loaded.warnings) this.logger.warn(w);
+    // Compared with the start, not the last reload: a change still pending is named again by the next reload
+    // (the same file: it was not applied), and one set back as it started is no change.
+    const start = this.#start;
     const stale = [
-      ...restartOnly(old.loaded.config.server, loaded.config.server),
-      ...corsRestartOnly(this.#startCors, loaded.config.server.cors),
-      ...passthroughRestartOnly(old.loaded.config, loaded.config),
-      ...changedKeys(['state'] as const, old.loaded.config, loaded.config),
+      ...restartOnly(start.server, loaded.config.server),
+      ...corsRestartOnly(start.server.cors, loaded.config.server.cors),
+      ...passthroughRestartOnly(start, loaded.config),
+      ...changedKeys(['state'] as const, start, loaded.config),
     ];
     if (stale.length > 0) {
       // Names only: some of these are secrets.

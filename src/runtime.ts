@@ -153,6 +153,7 @@ export class Runtime {
     this.adminKeys = new KeySet(config.server.admin_key ? [config.server.admin_key] : []);
     shared.breakers.setConfig(config.circuit_breaker);
 
+    if (previous !== undefined) forgetChanged(previous, loaded, shared);
     const fits = new Set<ParamFit>();
     const pass = previous === undefined ? config.server.passthrough : previous.passthroughName;
     for (const p of config.providers) {
@@ -228,6 +229,7 @@ export class Runtime {
       ),
     );
     for (const [name, rc] of Object.entries(config.routes)) {
+      const was = previous?.routes.get(name);
       const s = strategyOf(rc.strategy, fallback.name);
       const w =
         s.weights ?? (s.name === 'hybrid' && rc.strategy === undefined ? fallback.weights : undefined);
@@ -253,9 +255,11 @@ export class Runtime {
           (t) => t !== undefined && embeddingModels.has(targetName(t)),
         ),
         direct: false,
-        rotation: previous?.routes.get(name)?.rotation ?? 0,
-        ...(tiers ? { tierRotation: new Map(previous?.routes.get(name)?.tierRotation) } : {}),
-        pendingRandom: [],
+        // A reload (even of an unchanged file) goes on with the route's turns, and explain's draws.
+        rotation: was?.rotation ?? 0,
+        ...(tiers ? { tierRotation: new Map(was?.tierRotation) } : {}),
+        ...(was?.sideRotation ? { sideRotation: new Map(was.sideRotation) } : {}),
+        pendingRandom: [...(was?.pendingRandom ?? [])],
         turns: shared,
       });
     }
@@ -360,4 +364,29 @@ function sameConnection(a: ProviderConfig, b: ProviderConfig): boolean {
     a.max_concurrency === b.max_concurrency &&
     a.timeouts.connect_ms === b.timeouts.connect_ms
   );
+}
+
+/**
+ * What a reload changed under an upstream's id: another server or model (`base_url`, `kind`, its upstream
+ * model name) starts with a closed breaker and no statistics, as a new upstream does — the old server's open
+ * breaker kept the fixed one out for up to `max_open_ms`; another key (401s open a breaker: the operator fixes
+ * the key) starts with a closed breaker, its statistics kept (the same server's latency).
+ */
+function forgetChanged(previous: Runtime, loaded: LoadedConfig, shared: SharedState): void {
+  const moved = new Set<string>();
+  const rekeyed = new Set<string>();
+  for (const p of loaded.config.providers) {
+    const prev = previous.providers.get(p.name)?.config;
+    if (prev === undefined) continue;
+    const server = prev.base_url !== p.base_url || prev.kind !== p.kind;
+    for (const m of p.models) {
+      const id = `${p.name}/${m.name}`;
+      const was = previous.upstreams.get(id);
+      if (was === undefined) continue;
+      if (server || was.upstreamModel !== (m.upstream_name ?? m.name)) moved.add(id);
+      else if (prev.api_key !== p.api_key) rekeyed.add(id);
+    }
+  }
+  shared.forget(moved, true);
+  shared.forget(rekeyed, false);
 }

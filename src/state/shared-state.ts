@@ -249,6 +249,16 @@ export class SharedState {
     }
   }
 
+  /**
+   * Drops what is known of `ids` (a reload moved them to another server or model, or gave them another key):
+   * their breakers (with wake-ups and leases) and, with `stats`, their statistics; the next use starts fresh.
+   */
+  forget(ids: ReadonlySet<string>, stats: boolean): void {
+    if (ids.size === 0) return;
+    this.retainBreakers([...this.breakers.entries()].map(([id]) => id).filter((id) => !ids.has(id)));
+    if (stats) for (const id of ids) this.stats.delete(id);
+  }
+
   /** Stops the breakers' wake-ups (the gateway is closing). */
   close(): void {
     for (const timer of this.#wakers.values()) clearTimeout(timer);

@@ -113,7 +113,12 @@ describe('gateway.reload (in process)', () => {
     gw.gateway.reload(
       parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 2000,'), {}),
     );
-    expect(gw.logs.filter((l) => Array.isArray(l.settings))).toHaveLength(1); // nothing changed the second time
+    // Still not applied: the next reload says so again (compared with what runs, not with the last file).
+    expect(gw.logs.filter((l) => Array.isArray(l.settings))).toHaveLength(2);
+    gw.gateway.reload(
+      parseConfigText(base.replace('port: 0,', 'port: 0, api_keys: ["k-new"], body_limit_bytes: 1000,'), {}),
+    );
+    expect(gw.logs.filter((l) => Array.isArray(l.settings))).toHaveLength(2); // set back as it runs: no change
   });
 
   // Regression: the key sets were built once at start, so a reload that rotated keys kept the old ones.
