@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import closeWithGrace from 'close-with-grace';
@@ -11,6 +12,7 @@ import { createLogger } from './observability/logger.js';
 
 const USAGE = `usage:
   llm-edge-router [--config PATH] [--host H] [--port N] [--log-level LEVEL]
+  llm-edge-router --version
   llm-edge-router check --config PATH
   llm-edge-router simulate --port N [--latency-ms N --tokens-per-s N --fail-rate F --kind openai|anthropic ...]`;
 
@@ -100,10 +102,16 @@ async function serve(args: {
     fail(`--port: expected a port number, got "${args.port}"`, 2);
 
   const reload = (why: string): void => {
-    app.gateway.tryReload(() => loadConfigFile(args.config), why);
+    if (app.gateway.draining) return; // shutting down: the watch is closed, and so is a SIGHUP's reload
+    app.gateway.tryReload(() => {
+      const next = loadConfigFile(args.config);
+      // An edit and a SIGHUP (a deploy script does both) are one reload: the watch need not load it again.
+      watcher.loaded(next.text);
+      return next;
+    }, why);
   };
-  process.on('SIGHUP', () => reload('SIGHUP'));
   const watcher = watchConfig(args.config, () => reload('file changed'), { initial: loaded.text });
+  process.on('SIGHUP', () => reload('SIGHUP'));
 
   // Node's closeIdleConnections() passes over a connection that has not sent a whole request head yet (a
   // load balancer's pre-opened socket; fetch leaves one after an abort), and server.close() waits for it:
@@ -157,8 +165,24 @@ async function serve(args: {
     },
   );
 
-  await app.listen({ host: args.host ?? server.host, port });
+  const host = args.host ?? server.host;
+  try {
+    await app.listen({ host, port });
+  } catch (err) {
+    // The address is the operator's to fix (in use, a privileged port, a host not here): said in one line.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === undefined || !LISTEN_ERRORS[code]) throw err;
+    fail(`cannot listen on ${host}:${port}: ${LISTEN_ERRORS[code]} (${code})`);
+  }
 }
+
+const LISTEN_ERRORS: Readonly<Record<string, string>> = {
+  EADDRINUSE: 'the address is already in use',
+  EACCES: 'permission denied (ports below 1024 need privileges)',
+  EADDRNOTAVAIL: 'no such address on this machine',
+  ENOTFOUND: 'the host name does not resolve',
+  EAI_AGAIN: 'the host name does not resolve',
+};
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
@@ -181,6 +205,7 @@ async function main(argv: string[]): Promise<void> {
         port: { type: 'string', short: 'p' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'v' },
       },
       strict: true,
       allowPositionals: false,
@@ -192,7 +217,14 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
-  const config = (values.config as string | undefined) ?? process.env.LLM_ROUTER_CONFIG ?? DEFAULT_CONFIG;
+  if (values.version) {
+    const pkg = createRequire(import.meta.url)('../package.json') as { version: string };
+    process.stdout.write(`${pkg.version}\n`);
+    return;
+  }
+  // Empty is unset: compose's `${LLM_ROUTER_CONFIG:-}` must not make the path "" (a message naming no file).
+  const config =
+    (values.config as string | undefined) ?? (process.env.LLM_ROUTER_CONFIG || undefined) ?? DEFAULT_CONFIG;
   if (isCheck) return check(config);
   await serve({
     config,

@@ -53,7 +53,7 @@ export function loadConfigFile(path: string, env: Env = process.env): LoadedConf
  * The file's bytes, read no further than the limit: a pipe or a device (`/dev/zero`) has no size to stat,
  * so the read itself stops one byte past it. A directory or an unreadable file is a message, not a trace.
  */
-function readBounded(path: string): Buffer {
+export function readBounded(path: string): Buffer {
   let fd: number | undefined;
   try {
     fd = openSync(path, 'r');

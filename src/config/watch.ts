@@ -1,6 +1,7 @@
-import { readFileSync, stat, statSync, watch, type FSWatcher, type Stats } from 'node:fs';
+import { stat, statSync, watch, type FSWatcher, type Stats } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { withoutBom } from '../json-scan.js';
+import { ConfigError, readBounded } from './load.js';
 
 /** What the poll compares: a file replaced, a link swapped or an edit in place moves one of these. */
 function identityOf(s: Stats | undefined): string {
@@ -17,8 +18,12 @@ function statOf(path: string): Stats | undefined {
 
 function contentOf(path: string): string | undefined {
   try {
-    return withoutBom(readFileSync(path, 'utf8')); // as the loader decodes it
-  } catch {
+    return withoutBom(readBounded(path).toString('utf8')); // as the loader reads and decodes it
+  } catch (err) {
+    // Past the loader's limit (a log written to the wrong path): read no further; a text no config is, new
+    // with each change, so the reload runs and the loader says why it refuses it.
+    if (err instanceof ConfigError && err.message.includes('too large'))
+      return `\u0000${identityOf(statOf(path))}`;
     return undefined; // mid-replace, or gone: a later event will tell
   }
 }
@@ -41,7 +46,13 @@ export interface WatchOptions {
  *   a `current -> releases/N` directory link swapped, the directory itself replaced.
  * Comparing content keeps unrelated files in that directory, and saves that change nothing, from reloading.
  */
-export function watchConfig(path: string, onChange: () => void, opts: WatchOptions = {}): { close(): void } {
+export interface ConfigWatcher {
+  /** The text a reload made some other way (SIGHUP) loaded: not loaded again when the watch sees it. */
+  loaded(text: string): void;
+  close(): void;
+}
+
+export function watchConfig(path: string, onChange: () => void, opts: WatchOptions = {}): ConfigWatcher {
   const debounceMs = opts.debounceMs ?? 250;
   let timer: NodeJS.Timeout | undefined;
   let watcher: FSWatcher | undefined;
@@ -90,6 +101,9 @@ export function watchConfig(path: string, onChange: () => void, opts: WatchOptio
   // Changed between the read the config serving now came from and this watch: not to be missed.
   if (opts.initial !== undefined) soon();
   return {
+    loaded(text) {
+      last = text;
+    },
     close() {
       closed = true;
       clearTimeout(timer);

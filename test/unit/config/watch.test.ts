@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { MAX_CONFIG_BYTES } from '../../../src/config/load.js';
 import { watchConfig } from '../../../src/config/watch.js';
 
 /**
@@ -34,6 +35,7 @@ function watching(path: string, initial?: string) {
   );
   stop = () => w.close();
   return {
+    watcher: w,
     calls: () => calls,
     /** Resolves once the callback has run `n` times in total (rejects after 8 s: the stat poll is slow on a loaded machine). */
     async until(n: number): Promise<void> {
@@ -140,6 +142,29 @@ describe('watchConfig', () => {
     await w.until(1);
     await w.settle();
     expect(w.calls()).toBe(1);
+  });
+
+  it('reads a file grown past the loader limit no further, and still reports each change (the loader says why)', async () => {
+    const path = join(dir, 'gateway.yaml');
+    writeFileSync(path, 'a: 1\n');
+    const w = watching(path);
+    writeFileSync(path, 'a: 1\n#' + 'x'.repeat(MAX_CONFIG_BYTES));
+    await w.until(1);
+    writeFileSync(path, 'a: 1\n#' + 'y'.repeat(MAX_CONFIG_BYTES + 10));
+    await w.until(2);
+    writeFileSync(path, 'a: 1\n');
+    await w.until(3);
+  });
+
+  it('does not report a change a reload made some other way has loaded already (SIGHUP beside an edit)', async () => {
+    const path = join(dir, 'gateway.yaml');
+    writeFileSync(path, 'a: 1\n');
+    const w = watching(path);
+    writeFileSync(path, 'a: 2\n');
+    w.watcher.loaded('a: 2\n');
+    await w.settle();
+    await new Promise((r) => setTimeout(r, 250)); // a stat poll too
+    expect(w.calls()).toBe(0);
   });
 
   it('stops on close', async () => {
