@@ -53,11 +53,14 @@ export class Gateway {
   #ready: Promise<void> = Promise.resolve();
   #closed = false;
   /** server.cors as the gateway started: CORS on or off, and its max-age, are fixed then (http/cors.ts). */
-  /** The config the gateway started with: what restart-only settings still are, whatever reloads said. */
-  readonly #start: LoadedConfig['config'];
+  /**
+   * What restart-only settings still are, whatever reloads said: the start config's, only the parts they are
+   * in (the whole config would hold its routes' LLM-router caches, keyed by their config, for good).
+   */
+  readonly #start: StartSettings;
 
   constructor(loaded: LoadedConfig, deps: GatewayDeps) {
-    this.#start = loaded.config;
+    this.#start = startSettings(loaded.config);
     this.logger = deps.logger;
     this.metrics = deps.metrics ?? createMetrics();
     // timeOrigin is a getter that validates its receiver: read once, not on every clock read.
@@ -307,7 +310,18 @@ const RESTART_ONLY = [
 /** What the passthrough proxy took from its provider at start (its key is read per request). */
 const PASSTHROUGH_RESTART_ONLY = ['base_url', 'timeouts', 'max_concurrency'] as const;
 
-function passthroughRestartOnly(before: LoadedConfig['config'], after: LoadedConfig['config']): string[] {
+type StartSettings = Pick<LoadedConfig['config'], 'server' | 'state' | 'providers'>;
+
+/**
+ * A function of its own, not inline in the constructor: a closure there would put the config in the
+ * context every closure of the constructor shares, kept for the gateway's life.
+ */
+function startSettings(c: LoadedConfig['config']): StartSettings {
+  const pass = c.server.passthrough;
+  return { server: c.server, state: c.state, providers: c.providers.filter((p) => p.name === pass) };
+}
+
+function passthroughRestartOnly(before: StartSettings, after: StartSettings): string[] {
   const name = before.server.passthrough;
   if (name === undefined || name !== after.server.passthrough) return [];
   const was = before.providers.find((p) => p.name === name);
