@@ -32,6 +32,7 @@ const WAITING = [
   'passthrough',
   'passthrough-bodies',
   'passthrough-websocket',
+  'protection-edges',
   'provider-endpoints',
   'redis-faults',
   'redis-shared-state',

@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GATEWAY_SHUTDOWN, isShutdown, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gateway } from '../gateway.js';
 import { GatewayError } from '../errors.js';
@@ -17,6 +18,7 @@ import {
   answerJson,
   type Answered,
   failRequest,
+  reportOnce,
   reportRequest,
   routerHeaders,
   type RequestContext,
@@ -114,7 +116,7 @@ export function ownReply(
     reply: FastifyReply,
   ) => Promise<Answered | undefined>,
 ): (req: FastifyRequest, reply: FastifyReply) => void {
-  return (req, reply) => {
+  const run = (req: FastifyRequest, reply: FastifyReply): void => {
     // The request runs on the config live at its start, whose pools stay open until it is done.
     const rt = app.gateway.runtime;
     rt.hold();
@@ -133,6 +135,50 @@ export function ownReply(
       },
     );
   };
+  return (req, reply) => {
+    if (reply.raw.socket === null) awaitTurn(app.gateway, req, reply, run);
+    else run(req, reply);
+  };
+}
+
+/** Per connection with requests pipelined behind an answer: what each waiting one does if the client goes. */
+const waitingOn = new WeakMap<Socket, Set<() => void>>();
+
+/**
+ * A request pipelined behind an answer its connection has not finished waits for its turn (Node gives its
+ * response the socket then), as nginx serves a pipeline: routed at once, every request of a pipeline went
+ * upstream together for a client that might take none of the answers, and when that client left, only the
+ * first was aborted (Node closes no response still queued): the others ran to their bounds, and their
+ * timeouts opened a healthy upstream's breaker. One that waits when its client leaves is a 499, never routed.
+ */
+function awaitTurn(
+  gw: Gateway,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  run: (req: FastifyRequest, reply: FastifyReply) => void,
+): void {
+  const socket = req.raw.socket;
+  const left = (): void => {
+    reply.raw.off('socket', onTurn);
+    reportOnce(gw, req, CLIENT_CLOSED_REQUEST, reply.elapsedTime);
+  };
+  const onTurn = (): void => {
+    waitingOn.get(socket)?.delete(left);
+    run(req, reply);
+  };
+  if (socket.destroyed) return left();
+  let waiting = waitingOn.get(socket);
+  if (waiting === undefined) {
+    // One listener per connection, however long the pipeline.
+    const all = (waiting = new Set());
+    waitingOn.set(socket, all);
+    socket.once('close', () => {
+      for (const gone of all) gone();
+      all.clear();
+    });
+  }
+  waiting.add(left);
+  reply.raw.once('socket', onTurn);
 }
 
 export async function chatPlugin(app: FastifyInstance): Promise<void> {
@@ -228,6 +274,7 @@ async function handleChat(
             tier.tier,
             tier.reason,
           ),
+        rt.loaded.config.server.request_timeout_ms,
       );
       gw.liveStreams.set(writer, { signal: clientSignal, req });
     }

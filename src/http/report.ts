@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { closeIfStalled } from '../streaming/stalled-answer.js';
 import { GatewayError, isGatewayError } from '../errors.js';
 import { afterThisTurn, inTurnOrder } from '../end-of-turn.js';
 import type { Gateway } from '../gateway.js';
@@ -270,6 +271,7 @@ function sendAnswer(
       )
       .type('application/json')
       .send(body);
+    closeIfStalled(reply.raw, gw.runtime.loaded.config.server.request_timeout_ms);
   } catch (err) {
     gw.logger.error({ err, reqId: req.id }, 'could not send an answer');
     reply.raw.destroy(); // not left open with nothing coming: the client sees the connection cut

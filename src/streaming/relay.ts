@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Abort } from '../upstream/abort.js';
+import { closeIfStalled } from './stalled-answer.js';
 
 /**
  * The client side of a relayed SSE stream. Nothing is sent before `commit()` (the first content delta), so
@@ -16,6 +17,8 @@ export class SseWriter {
     private readonly onCommit?: () => void,
     /** The `x-request-id` and `x-router-*` headers of a 503 sent by `cut()` before the stream began. */
     private readonly cutHeaders?: () => Record<string, string>,
+    /** Once ended, how long a client may take none of what is left before its connection goes (0: never). */
+    private readonly tailStallMs = 0,
   ) {}
 
   get closed(): boolean {
@@ -66,6 +69,7 @@ export class SseWriter {
     const body = JSON.stringify({ error });
     if (this.committedFlag) {
       this.res.end(dataFrame(body));
+      closeIfStalled(this.res, this.tailStallMs);
       return;
     }
     this.committedFlag = true;
@@ -79,12 +83,14 @@ export class SseWriter {
       });
       this.res.end(body);
     }
+    closeIfStalled(this.res, this.tailStallMs);
   }
 
   end(text?: string): void {
     if (this.closed) return;
     if (text !== undefined) this.res.end(text);
     else this.res.end();
+    closeIfStalled(this.res, this.tailStallMs);
   }
 }
 
