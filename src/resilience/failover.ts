@@ -241,7 +241,9 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
       ttftMs: result.ttftMs,
       totalMs: result.totalMs - (result.heldMs ?? 0),
       outputTokens,
-      streamed: result.body === undefined,
+      // A stream whose answer came whole (one JSON object, or all in one read) teaches what a JSON answer
+      // does: no pace.
+      streamed: result.body === undefined && result.noPace !== true && result.oneRead !== true,
     });
     up.metrics.attempts.success.inc();
     return;
@@ -249,6 +251,8 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
   const c = result.classified;
   if (result.clientGone) {
     up.breaker.onNeutral(permit);
+    // Clients that give up on an upstream that sends nothing: it is slower than it was thought.
+    if (!result.committed) up.stats.recordSlowWait(result.totalMs);
     return;
   }
   if (result.clientSlow) {
@@ -263,6 +267,8 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
     // and total_ms still count against it). Nor is one whose request waited in our pool's queue
     // (max_concurrency busy) and never reached it.
     up.breaker.onNeutral(permit);
+    // Waited on for the whole budget with nothing: the next request should not go to it first.
+    if (c.reason !== QUEUE_TIMEOUT && !result.committed) up.stats.recordSlowWait(result.totalMs);
     up.metrics.attempts[c.outcome].inc();
     return;
   }
@@ -277,7 +283,10 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
       break;
     case 'timeout':
       up.breaker.onFailure(permit, 'timeout');
-      if (c.reason === 'first_byte_timeout') up.stats.recordTimeout(result.totalMs);
+      // No content within first_byte_ms, or none within idle_ms after a preamble (a role chunk, then
+      // silence): a first token at least that slow, taken at once.
+      if (c.reason === 'first_byte_timeout' || (c.reason === 'idle_timeout' && !result.committed))
+        up.stats.recordTimeout(result.totalMs);
       else up.stats.recordFailure('timeout');
       break;
     default:

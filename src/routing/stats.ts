@@ -314,7 +314,12 @@ export class UpstreamStats implements UpstreamStatsView {
     if (s.streamed) {
       // Throughput needs at least 2 tokens and a positive generation time to mean anything.
       const genMs = total - ttft;
-      if (hasOut && out >= 2 && genMs > 0) this.#msPerToken.observe(genMs / out, now);
+      if (hasOut && out >= 2 && genMs > 0) {
+        // The first pace: the first-token figure held whole answers' times until now (with no pace to take
+        // their generation out): it starts again from this, a real first token (else ~30 answers to forget).
+        if (this.#msPerToken.samples === 0) this.#ttft.samples = 0;
+        this.#msPerToken.observe(genMs / out, now);
+      }
     } else if (hasOut && this.#msPerToken.samples > 0) {
       // A whole answer's time is its first token's plus its generation: the part the known pace does not
       // explain is the wait before the first token (the latency estimate adds the generation back).
@@ -332,6 +337,20 @@ export class UpstreamStats implements UpstreamStatsView {
     this.recordFailure('timeout');
     if (this.#samples === 0 || !isMs(waitedMs)) return;
     const now = this.#now();
+    this.#ttft.observe(waitedMs, now);
+    this.#latency.observe(waitedMs, now);
+  }
+
+  /**
+   * A wait for a first token that ended with none, cut by no bound of the upstream's own (the request's
+   * deadline, its client leaving): no failure, but a first token at least that slow. Taken as a timeout's
+   * wait is when it is slower than the estimate (below it, a lower bound says nothing), so the next requests
+   * do not each go to the upstream that kept the last one waiting.
+   */
+  recordSlowWait(waitedMs: number): void {
+    if (this.#samples === 0 || !isMs(waitedMs)) return;
+    const now = this.#now();
+    if (waitedMs <= this.#ttft.value(now)) return;
     this.#ttft.observe(waitedMs, now);
     this.#latency.observe(waitedMs, now);
   }

@@ -187,6 +187,10 @@ async function attemptStreamBody(
     let pending = '';
     let out = '';
     let ttftMs = 0;
+    /** Body reads so far, and the reads that brought the first and the last content: one read, no pace. */
+    let reads = 0;
+    let commitRead = -1;
+    let lastContentRead = -1;
     /** A stream that reports no usage is counted from its content chunks, each at least one token. */
     let contentChunks = 0;
     let contentTokens = 0;
@@ -202,6 +206,7 @@ async function attemptStreamBody(
           out += frame;
         } else if (content > 0) {
           committed = true;
+          commitRead = reads;
           ttftMs = input.now() - t0;
           writer.commit(headers());
           out = pending + frame;
@@ -217,6 +222,7 @@ async function attemptStreamBody(
         if (content > 0) {
           contentChunks++;
           contentTokens += content;
+          lastContentRead = reads;
         }
       },
       usage(u) {
@@ -249,6 +255,7 @@ async function attemptStreamBody(
         res.body,
         (bytes) => {
           sig.progress();
+          reads++;
           let chunk = bytes;
           if (form === undefined) {
             ({ form, chunk, held: head } = firstBytes(head, bytes));
@@ -307,7 +314,10 @@ async function attemptStreamBody(
       }
       writer.end(DONE_FRAME);
       const countedTokens = json?.tokens ?? streamTokens();
-      return { ok: true, usage, countedTokens, ttftMs, totalMs, heldMs, noPace: json !== undefined };
+      // Every content chunk in the read that brought the first (a buffering proxy in between): its
+      // "generation" took microseconds, no pace for the statistics to learn (SPEC's TPOT is still observed).
+      const oneRead = json === undefined && lastContentRead === commitRead;
+      return { ok: true, usage, countedTokens, ttftMs, totalMs, heldMs, noPace: json !== undefined, oneRead };
     }
 
     let result: AttemptResult;

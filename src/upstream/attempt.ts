@@ -24,6 +24,8 @@ export interface AttemptTiming {
   readonly heldMs?: number;
   /** The answer came whole (one JSON object to a stream request): no time per output token to measure. */
   readonly noPace?: boolean;
+  /** A stream whose content all came in one read (a buffering proxy): its pace was not seen. */
+  readonly oneRead?: boolean;
 }
 
 export type AttemptResult =

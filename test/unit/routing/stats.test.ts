@@ -121,6 +121,30 @@ describe('UpstreamStats', () => {
     expect(s.samples).toBe(5); // no success counted
   });
 
+  it('a wait with no first token cut by no bound of its own is a slow first token when slower than thought, never a failure', () => {
+    const s = new UpstreamStats(manualClock().now);
+    s.recordSlowWait(900);
+    expect(s.ttftMs).toBeUndefined(); // unmeasured, it teaches nothing
+    for (let i = 0; i < 5; i++) s.recordSuccess(ok(20));
+    s.recordSlowWait(10); // a lower bound below the estimate says nothing
+    expect(s.ttftMs).toBe(20);
+    s.recordSlowWait(900);
+    expect(s.ttftMs).toBe(900);
+    expect(s.latencyMs).toBe(900);
+    expect(s.successRate).toBe(1);
+    expect(s.snapshot().failuresByKind.timeout).toBe(0);
+  });
+
+  it("the first measured pace starts the first-token figure again: whole answers' times were in it", () => {
+    const s = new UpstreamStats(manualClock().now);
+    for (let i = 0; i < 5; i++) s.recordSuccess(ok(2_100, 2_100, 200, false)); // JSON: no pace yet
+    expect(s.ttftMs).toBe(2_100);
+    s.recordSuccess(ok(100, 2_100, 200)); // a stream: 100 ms to its first token, then 10 ms a token
+    expect(s.ttftMs).toBe(100);
+    s.recordSuccess(ok(100, 2_100, 200));
+    expect(s.ttftMs).toBe(100);
+  });
+
   it('takes a slower generation at once (regression: tokens/s moved by alpha, the outlier hidden)', () => {
     const clock = manualClock();
     const s = new UpstreamStats(clock.now);
