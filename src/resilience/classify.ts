@@ -31,6 +31,10 @@ function statusClass(status: number): Classified {
   if (status === 424) return classified('error', true, reason);
   // 498: Groq's capacity_exceeded ("try again later"): the upstream is full, as with a 503.
   if (status === 498) return classified('error', true, reason);
+  // 405: a POST the upstream's path does not take (a wrong base_url, a proxy in front): our configuration.
+  // 407: a proxy wants our credentials, as a 401 is our key. 409: OpenAI's lock timeout, which its SDK
+  // retries: another upstream may answer now.
+  if (status === 405 || status === 407 || status === 409) return classified('error', true, reason);
   if (status >= 400 && status < 500) return classified('client_error', false, reason);
   // 5xx (529 included), and 1xx/3xx that should never reach us (redirects are not followed).
   return classified('error', true, reason);
@@ -42,6 +46,12 @@ const STATUS_TABLE: readonly Classified[] = Array.from({ length: 600 }, (_, i) =
 export function classifyStatus(status: number): Classified {
   return (Number.isInteger(status) ? STATUS_TABLE[status] : undefined) ?? statusClass(status);
 }
+
+/**
+ * A 404 that is a web page, not an API's error (a proxy or load balancer with nothing behind the path): no
+ * verdict on the client's model, which another upstream may well serve. Failed over, charged to the upstream.
+ */
+export const PAGE_NOT_FOUND = classified('error', true, 'http_404');
 
 /** The reason of an attempt that never left its pool's queue: counted against no breaker (failover.ts). */
 export const QUEUE_TIMEOUT = 'queue_timeout';

@@ -205,7 +205,9 @@ export async function runFailover(
     }
     if (result.classified.outcome === 'rate_limited') {
       rateLimited++;
-      if (result.retryAfterMs !== undefined) minRetryAfterMs = Math.min(minRetryAfterMs, result.retryAfterMs);
+      // One that named no cooldown is not kept off by its breaker: it may take a retry at once (finalError
+      // makes that the least Retry-After, 1 s), whatever wait another one named.
+      minRetryAfterMs = Math.min(minRetryAfterMs, result.retryAfterMs ?? 0);
     }
     from = { provider: up.provider.name, reason: result.classified.outcome };
     // What the upstream said (an overloaded_error event, a 500's message), scrubbed and cut: the client's
@@ -296,7 +298,7 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
   up.metrics.attempts[c.outcome].inc();
   if (result.status === 401 || result.status === 403) {
     opts.logger.error(
-      { upstream: up.id, status: result.status },
+      { reqId: opts.reqId, upstream: up.id, status: result.status },
       `provider ${up.provider.name} rejected our credentials (HTTP ${result.status}): check its api_key`,
     );
   }

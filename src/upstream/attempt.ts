@@ -1,6 +1,6 @@
 /** What an attempt at an upstream takes and returns, and what its JSON and stream kinds share (failures, answer tokens). */
 import type { Classified } from '../resilience/classify.js';
-import { classifyError, classifyStatus, rateLimitCooldown } from '../resilience/classify.js';
+import { classifyError, classifyStatus, PAGE_NOT_FOUND, rateLimitCooldown } from '../resilience/classify.js';
 import { approximateTextTokens } from '../routing/tokens.js';
 import { partsText } from '../text.js';
 import type { Upstream } from '../runtime.js';
@@ -135,7 +135,14 @@ export function errorFrom(
   const retryAfterMs = status === 429 ? rateLimitCooldown(headers, text, Date.now()) : undefined;
   // Classified by what the body says it is where a dialect says more than its status (Anthropic's 400 for
   // a drained account is a 402).
-  return failure(classifyStatus(info.status), input.now() - t0, { status, retryAfterMs, info });
+  const classified = status === 404 && isWebPage(text) ? PAGE_NOT_FOUND : classifyStatus(info.status);
+  return failure(classified, input.now() - t0, { status, retryAfterMs, info });
+}
+
+/** An HTML page (nginx's, a load balancer's), not an API's error body. */
+function isWebPage(text: string): boolean {
+  const at = text.search(/\S/);
+  return at >= 0 && text.charCodeAt(at) === 0x3c; /* < */
 }
 
 /** Completion tokens estimated from a chat answer's text: every choice's content, reasoning and tool calls. */

@@ -279,7 +279,7 @@ describe('bodies past body_limit_bytes of unknown length', () => {
 });
 
 describe('/router/explain and hostile request ids', () => {
-  it('explain with a bad body, an unknown model or a bad header: OpenAI-shaped 400/404 with an id, neither counted nor logged', async () => {
+  it('explain with a bad body, an unknown model or a bad header: OpenAI-shaped 400/404 with an id, neither counted nor logged (a 401 is)', async () => {
     const up = await okUpstream();
     const gw = track(
       await startGateway({
@@ -312,11 +312,13 @@ describe('/router/explain and hostile request ids', () => {
       expect((JSON.parse(a.text) as { error: { param: unknown } }).error.param).toBe(param);
       expect(a.headers['x-request-id']).toBe(`explain-${i}`);
     }
-    // Without the admin key: a 401 before the body is looked at.
+    expect(requestLines(gw).length).toBe(linesBefore);
+    // Without the admin key: a 401 before the body is looked at, logged (a refused read leaves a trace).
     const denied = await send(gw, 'POST', '/router/explain', { body: '{bad' });
     expect(expectOpenAIError(denied, 401).type).toBe('authentication_error');
     expect(up.received).toHaveLength(0);
-    expect(requestLines(gw).length).toBe(linesBefore);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(requestLines(gw).length).toBe(linesBefore + 1);
   });
 
   it('a 500-character x-request-id on a 401, a 404 and a 415 is replaced, and the line carries the id sent back', async () => {

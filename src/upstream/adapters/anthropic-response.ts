@@ -276,7 +276,10 @@ export function anthropicErrorInfo(status: number, bodyText: string): UpstreamEr
     const text = parsed === undefined ? bodyText.trim() : '';
     message = text === '' ? `upstream returned HTTP ${status}` : text;
   }
-  if (status === 400 && type === 'invalid_request_error' && ACCOUNT_REFUSED.test(message))
+  if (
+    type === 'billing_error' ||
+    (status === 400 && type === 'invalid_request_error' && ACCOUNT_REFUSED.test(message))
+  )
     return anthropicError(402, 'billing_error', truncateMessage(message));
   return anthropicError(status, type, truncateMessage(message));
 }

@@ -102,7 +102,12 @@ export const openaiAdapter: ChatAdapter = {
   },
 
   errorInfo(status: number, bodyText: string): UpstreamErrorInfo {
-    return errorFromBody(status, parseJsonObject(bodyText) ?? firstOfList(bodyText), bodyText);
+    const info = errorFromBody(status, parseJsonObject(bodyText) ?? firstOfList(bodyText), bodyText);
+    // OpenAI's drained account is a 429 `insufficient_quota`: no rate limit (no wait ends it; the SDKs retry
+    // a 429), our account's credit, as a 402 is: failed over, and never a Retry-After to the client.
+    if (status === 429 && (info.code === 'insufficient_quota' || info.type === 'insufficient_quota'))
+      return { ...info, status: 402 };
+    return info;
   },
 };
 
@@ -313,7 +318,9 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     status,
     message: truncateMessage(message),
     type: type ?? openAiErrorTypeForStatus(status),
-    code,
+    // vLLM's and others' unknown model: a 404 with no code (or the status again, as a number); SPEC §4's
+    // code for it, as Anthropic's gets.
+    code: status === 404 && (code === null || code === '404') ? 'model_not_found' : code,
     param,
   };
 }
@@ -428,8 +435,8 @@ function isErrorValue(error: unknown): boolean {
   return (typeof error === 'object' && error !== null) || (typeof error === 'string' && error !== '');
 }
 
-/** A `choices` key whose value is a list. */
-const CHOICES_LIST = /"choices"\s*:\s*\[/;
+/** A `choices` key whose value is a list with something in it (`choices: []` is no answer: every client reads choices[0]). */
+const CHOICES_LIST = /"choices"\s*:\s*\[\s*[^\s\]]/;
 /** A `data` key whose value is a list (an embeddings answer puts it first). */
 const DATA_LIST = /"data"\s*:\s*\[/;
 

@@ -50,11 +50,14 @@ describe('classifyStatus', () => {
     expect(classifyStatus(status)).toEqual({ outcome: 'error', retryable: true, reason: `http_${status}` });
   });
 
-  it.each([401, 403])('%i (our provider key is wrong) is a retryable error', (status) => {
-    expect(classifyStatus(status)).toEqual({ outcome: 'error', retryable: true, reason: `http_${status}` });
-  });
+  it.each([401, 403, 405, 407, 409])(
+    '%i (our key, base_url or proxy is wrong; a lock timeout) is a retryable error',
+    (status) => {
+      expect(classifyStatus(status)).toEqual({ outcome: 'error', retryable: true, reason: `http_${status}` });
+    },
+  );
 
-  it.each([400, 404, 409, 413, 415, 422, 451])('%i is a client error, not retried', (status) => {
+  it.each([400, 404, 413, 415, 422, 451])('%i is a client error, not retried', (status) => {
     expect(classifyStatus(status)).toEqual({
       outcome: 'client_error',
       retryable: false,

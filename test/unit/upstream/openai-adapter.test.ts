@@ -255,13 +255,15 @@ describe('providers whose dialect differs a little', () => {
 });
 
 describe('a non-streaming answer without choices', () => {
-  it('is no answer (fails over), while an error object or any choices list is read as before', () => {
+  it('is no answer (fails over), nor is an empty choices list, while an error object or a choice is read as before', () => {
     expect(
       openaiAdapter.chatResponseText!('{"id":"c","object":"chat.completion","created":1}'),
     ).toBeUndefined();
     expect(openaiAdapter.chatResponseText!('{"id":"c","note":"say \\"choices\\" here"}')).toBeUndefined();
-    expect(openaiAdapter.chatResponseText!('{"id":"c","choices":[]}')).toMatchObject({
-      body: '{"id":"c","choices":[]}',
+    // An empty list is no answer either: every client reads choices[0].
+    expect(openaiAdapter.chatResponseText!('{"id":"c","choices":[ ]}')).toBeUndefined();
+    expect(openaiAdapter.chatResponseText!('{"id":"c","choices":[{"index":0}]}')).toMatchObject({
+      body: '{"id":"c","choices":[{"index":0}]}',
     });
     expect(openaiAdapter.chatResponseText!('{"error":{"message":"x"}}')).toMatchObject({
       error: { message: 'x' },
