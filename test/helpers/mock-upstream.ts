@@ -247,3 +247,23 @@ export async function watchedUpstream(
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, recs };
 }
+
+/** A mock upstream's address and how many requests it has had. */
+export interface CountedUpstream {
+  readonly url: string;
+  readonly calls: number;
+}
+
+/** A mock upstream (closed after the test); `answer` writes the n-th answer (0-based). */
+export async function countedUpstream(
+  track: Track,
+  answer: (body: Record<string, unknown>, res: ServerResponse, n: number) => void | Promise<void>,
+): Promise<CountedUpstream> {
+  const m = track(await startMock((r, res, n) => answer(r.body, res, n)));
+  return {
+    url: m.url,
+    get calls() {
+      return m.received.length;
+    },
+  };
+}

@@ -23,7 +23,14 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { chatCompletion, chunkFrame, gate, sendJson, startMock } from '../helpers/mock-upstream.js';
+import {
+  chatCompletion,
+  chunkFrame,
+  gate,
+  sendJson,
+  countedUpstream,
+  type CountedUpstream,
+} from '../helpers/mock-upstream.js';
 import { scrape, select } from '../helpers/prom-text.js';
 import { manualClock, mulberry32 } from '../helpers/random.js';
 import { routerStatus } from '../helpers/resilience-harness.js';
@@ -38,20 +45,8 @@ type Clock = ReturnType<typeof manualClock>;
 const HI = [{ role: 'user', content: 'hello' }];
 const BODY: Json = { model: 'r', messages: HI };
 
-interface Up {
-  url: string;
-  readonly calls: number;
-}
-
-async function up(answer: (body: Json, res: ServerResponse, n: number) => void | Promise<void>): Promise<Up> {
-  const m = track(await startMock((r, res, n) => answer(r.body, res, n)));
-  return {
-    url: m.url,
-    get calls() {
-      return m.received.length;
-    },
-  };
-}
+type Up = CountedUpstream;
+const up = (answer: Parameters<typeof countedUpstream>[1]): Promise<Up> => countedUpstream(track, answer);
 
 function prov(name: string, url: string, timeouts: Json = {}): Json {
   return {

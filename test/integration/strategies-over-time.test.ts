@@ -7,13 +7,20 @@
  * gateway measures exactly that many milliseconds whatever the machine's load. Real time is spent only
  * where a provider timeout must fire (a first_byte_ms of a few hundred ms). Randomness is seeded.
  */
-import type { ServerResponse } from 'node:http';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { chatCompletion, chunkFrame, fail500, gate, sendJson, startMock } from '../helpers/mock-upstream.js';
+import {
+  chatCompletion,
+  chunkFrame,
+  fail500,
+  gate,
+  sendJson,
+  countedUpstream,
+  type CountedUpstream,
+} from '../helpers/mock-upstream.js';
 import { manualClock, mulberry32 } from '../helpers/random.js';
 import { routerStatus } from '../helpers/resilience-harness.js';
 import { postJson, type Candidate, type RouterRes } from '../helpers/router-api.js';
@@ -26,21 +33,8 @@ type Clock = ReturnType<typeof manualClock>;
 const HI = [{ role: 'user', content: 'hello' }];
 const BODY: Json = { model: 'r', messages: HI };
 
-interface Up {
-  url: string;
-  readonly calls: number;
-}
-
-/** A mock upstream; `answer` writes the n-th answer (0-based). */
-async function up(answer: (body: Json, res: ServerResponse, n: number) => void | Promise<void>): Promise<Up> {
-  const m = track(await startMock((r, res, n) => answer(r.body, res, n)));
-  return {
-    url: m.url,
-    get calls() {
-      return m.received.length;
-    },
-  };
-}
+type Up = CountedUpstream;
+const up = (answer: Parameters<typeof countedUpstream>[1]): Promise<Up> => countedUpstream(track, answer);
 
 /** A mock that answers after moving the gateway's clock by `ms()` (the latency the gateway measures). */
 function timedUp(clock: Clock, ms: () => number): Promise<Up> {
