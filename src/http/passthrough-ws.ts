@@ -8,6 +8,22 @@ import { GatewayError } from '../errors.js';
 import { connectionNamed, sendScrubbed, STRIPPED } from './passthrough.js';
 import { SessionRelay } from './passthrough-ws-relay.js';
 import { reportUnrouted } from './report.js';
+import { corsAllows } from './cors.js';
+
+/** What a refused handshake's answer keeps of its upstream's headers. */
+const REFUSAL_HEADERS = [
+  'content-type',
+  'content-encoding',
+  'retry-after',
+  'retry-after-ms',
+  'x-should-retry',
+  'x-ratelimit-limit-requests',
+  'x-ratelimit-remaining-requests',
+  'x-ratelimit-reset-requests',
+  'x-ratelimit-limit-tokens',
+  'x-ratelimit-remaining-tokens',
+  'x-ratelimit-reset-tokens',
+];
 
 /** The OpenAI SDK in a browser, which cannot set a WebSocket's headers, sends its key as this subprotocol. */
 const KEY_PROTOCOL = 'openai-insecure-api-key.';
@@ -147,8 +163,37 @@ export function webSocketPassthrough(
     }
     // The config serving now: its key is sent, and its secrets are what the session's answers are kept from.
     const runtime = app.gateway.runtime;
+    // Browsers apply no CORS to WebSockets: any page a user visits could open a session on our provider key.
+    // A handshake from a page (it carries an Origin) is taken from the origins server.cors allows, as HTTP is.
+    const origin = req.headers.origin;
+    if (origin !== undefined && !corsAllows(runtime.loaded.config.server.cors, origin)) {
+      void reply.send(
+        new GatewayError('forbidden', 'this origin may not open a WebSocket session (see server.cors)'),
+      );
+      return;
+    }
     const opened = { provider: runtime.passthrough, scrubber: runtime.scrubber };
     const provider = runtime.passthrough?.config;
+    // A session is one of the provider's connections, as max_concurrency counts them (routed and passthrough
+    // requests share it): held from the handshake to the session's end, refused past it.
+    const pool = runtime.passthrough?.client;
+    if (pool !== undefined && pool.active >= pool.capacity) {
+      void reply.send(
+        new GatewayError(
+          'overloaded',
+          `every one of the passthrough provider's ${pool.capacity} connections (max_concurrency) is in use`,
+          { retryAfterS: 1 },
+        ),
+      );
+      return;
+    }
+    let holding = pool !== undefined;
+    if (pool !== undefined) pool.active++;
+    const release = (): void => {
+      if (!holding) return;
+      holding = false;
+      pool!.active--;
+    };
     const upstream = new WebSocket(
       `${wsOrigin}${dest}`,
       offered.filter((p) => !p.startsWith(KEY_PROTOCOL)),
@@ -163,11 +208,13 @@ export function webSocketPassthrough(
     let phase: 'connecting' | 'refused' | 'over' = 'connecting';
     let timedOut = false;
     let refusal: IncomingMessage | undefined;
-    const end = (): void => {
+    /** The handshake is over: a session (`open`) keeps its connection until it ends. */
+    const end = (open = false): void => {
       phase = 'over';
       clearTimeout(timer);
       pending.delete(shutdown);
       handshake.socket.off('close', clientGone);
+      if (!open) release();
     };
     const timer = setTimeout(() => {
       timedOut = true;
@@ -198,12 +245,26 @@ export function webSocketPassthrough(
         upstreamReq.destroy();
         return;
       }
+      const status = res.statusCode ?? 502;
+      if (status < 400) {
+        // A 2xx to an Upgrade (a server that speaks no WebSocket), a redirect: no refusal to relay, no session.
+        end();
+        res.resume();
+        upstreamReq.destroy();
+        void reply.send(
+          new GatewayError('upstream_error', `the passthrough upstream answered the upgrade with ${status}`),
+        );
+        return;
+      }
       phase = 'refused';
       refusal = res;
-      void reply.code(res.statusCode ?? 502);
-      for (const name of ['content-type', 'content-encoding']) {
+      void reply.code(status);
+      // When to try again (a 429's, a 503's) is the refusal's; the rate limit headers too, unless ours are set.
+      const own = runtime.loaded.config.server.rate_limit.requests_per_minute > 0;
+      for (const name of REFUSAL_HEADERS) {
+        if (own && name.startsWith('x-ratelimit-')) continue;
         const value = res.headers[name];
-        if (value !== undefined) void reply.header(name, value);
+        if (typeof value === 'string') void reply.header(name, opened.scrubber.scrub(value));
       }
       void sendScrubbed(opened.scrubber, reply, res).finally(() => {
         end();
@@ -215,7 +276,7 @@ export function webSocketPassthrough(
         upstream.terminate();
         return;
       }
-      end();
+      end(true);
       handshake.protocol = upstream.protocol === '' ? undefined : upstream.protocol;
       handshake.requestId = req.id;
       // The 101 is the session's answer: it carries the client's rate-limit budget as every answer does.
@@ -230,12 +291,16 @@ export function webSocketPassthrough(
         sessions.relay(
           client,
           upstream,
-          () => reportUnrouted(app.gateway, req, 101, performance.now() - started),
+          () => {
+            release();
+            reportUnrouted(app.gateway, req, 101, performance.now() - started);
+          },
           opened,
         );
       });
       // ws refused the client's handshake itself (its own 400) or found the socket gone: still one line.
       if (!relayed) {
+        release();
         upstream.terminate();
         reportUnrouted(app.gateway, req, 400, performance.now() - started);
       }
