@@ -100,6 +100,14 @@ export class Gateway {
     return this.current;
   }
 
+  /**
+   * How long an answer ended on our side may go untaken before its connection closes (stalled-answer.ts):
+   * `server.request_timeout_ms` as the server started with it (a restart-only setting, as Node's own timer).
+   */
+  get answerStallMs(): number {
+    return this.#start.server.request_timeout_ms;
+  }
+
   /** Swaps in a new validated config; breakers and statistics of upstreams that remain are kept. */
   reload(loaded: LoadedConfig): void {
     const old = this.current;

@@ -4,6 +4,7 @@ import { GATEWAY_SHUTDOWN, isShutdown, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gatewa
 import { GatewayError } from '../errors.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
 import { decideChat } from '../routing/chat-decision.js';
+import type { RequestFeatures } from '../routing/features.js';
 import type { Plan } from '../routing/plan.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
@@ -71,6 +72,7 @@ export function failoverOptions(
   reqId: string,
   plan: Plan,
   choices = 1,
+  features?: Pick<RequestFeatures, 'stream' | 'requestedOutputTokens'>,
 ): FailoverOptions {
   const routing = rt.loaded.config.routing;
   return {
@@ -84,6 +86,8 @@ export function failoverOptions(
     reqId,
     choices,
     coolingMs: plan.coolingMs,
+    stream: features?.stream === true,
+    requestedOutputTokens: features?.requestedOutputTokens,
   };
 }
 
@@ -164,7 +168,10 @@ function awaitTurn(
   };
   const onTurn = (): void => {
     waitingOn.get(socket)?.delete(left);
-    run(req, reply);
+    // Its turn came as the gateway drains (the answer before it was cut at the grace's end): nothing may
+    // start now that no one would cut, so it is refused as a request arriving now would be.
+    if (gw.draining) void reply.send(shutdownError());
+    else run(req, reply);
   };
   if (socket.destroyed) return left();
   let waiting = waitingOn.get(socket);
@@ -197,7 +204,7 @@ async function handleChat(
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
   const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
-  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features.choices);
+  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features.choices, features);
   const includeUsage =
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);
@@ -274,7 +281,7 @@ async function handleChat(
             tier.tier,
             tier.reason,
           ),
-        rt.loaded.config.server.request_timeout_ms,
+        gw.answerStallMs,
       );
       gw.liveStreams.set(writer, { signal: clientSignal, req });
     }

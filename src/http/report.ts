@@ -271,7 +271,7 @@ function sendAnswer(
       )
       .type('application/json')
       .send(body);
-    closeIfStalled(reply.raw, gw.runtime.loaded.config.server.request_timeout_ms);
+    closeIfStalled(reply.raw, gw.answerStallMs);
   } catch (err) {
     gw.logger.error({ err, reqId: req.id }, 'could not send an answer');
     reply.raw.destroy(); // not left open with nothing coming: the client sees the connection cut

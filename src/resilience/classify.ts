@@ -48,7 +48,7 @@ export function classifyStatus(status: number): Classified {
 }
 
 /**
- * A 404 that is a web page, not an API's error (a proxy or load balancer with nothing behind the path): no
+ * A 404 that is no API's error (a web page, a proxy's or load balancer's "nothing behind this path"): no
  * verdict on the client's model, which another upstream may well serve. Failed over, charged to the upstream.
  */
 export const PAGE_NOT_FOUND = classified('error', true, 'http_404');

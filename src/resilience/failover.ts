@@ -38,6 +38,13 @@ export interface FailoverOptions {
   readonly choices?: number;
   /** A candidate left out while it cools down from a 429 is back this soon, ms (Plan.coolingMs). */
   readonly coolingMs?: number;
+  /**
+   * The attempts are streams: an attempt cut with no content waited that long for a first token. A JSON
+   * attempt's wait holds its generation too (a long answer abandoned says little of the first token).
+   */
+  readonly stream?: boolean;
+  /** The request's max_tokens (or max_completion_tokens), when it gave one. */
+  readonly requestedOutputTokens?: number | undefined;
 }
 
 /** How much of an upstream's error message a failed attempt's log line keeps. */
@@ -254,7 +261,7 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
   if (result.clientGone) {
     up.breaker.onNeutral(permit);
     // Clients that give up on an upstream that sends nothing: it is slower than it was thought.
-    if (!result.committed) up.stats.recordSlowWait(result.totalMs);
+    slowWait(up, result, opts);
     return;
   }
   if (result.clientSlow) {
@@ -270,7 +277,7 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
     // (max_concurrency busy) and never reached it.
     up.breaker.onNeutral(permit);
     // Waited on for the whole budget with nothing: the next request should not go to it first.
-    if (c.reason !== QUEUE_TIMEOUT && !result.committed) up.stats.recordSlowWait(result.totalMs);
+    if (c.reason !== QUEUE_TIMEOUT) slowWait(up, result, opts);
     up.metrics.attempts[c.outcome].inc();
     return;
   }
@@ -302,6 +309,17 @@ function record(up: Upstream, permit: Permit, result: AttemptResult, opts: Failo
       `provider ${up.provider.name} rejected our credentials (HTTP ${result.status}): check its api_key`,
     );
   }
+}
+
+/**
+ * An attempt that ended with no content and no fault of its own bounds: the time the upstream had it (not
+ * the pool's queue: a request that never got a connection says nothing of the upstream) is a first token at
+ * least that slow (a JSON attempt's, less the generation its known pace explains).
+ */
+function slowWait(up: Upstream, result: AttemptResult, opts: FailoverOptions): void {
+  if (result.ok || result.committed || result.queuedMs === undefined) return;
+  const whole = opts.stream === true ? undefined : { outputTokens: opts.requestedOutputTokens };
+  up.stats.recordSlowWait(result.totalMs - result.queuedMs, whole);
 }
 
 function finalError(

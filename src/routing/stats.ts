@@ -347,11 +347,16 @@ export class UpstreamStats implements UpstreamStatsView {
    * wait is when it is slower than the estimate (below it, a lower bound says nothing), so the next requests
    * do not each go to the upstream that kept the last one waiting.
    */
-  recordSlowWait(waitedMs: number): void {
+  recordSlowWait(waitedMs: number, whole?: { readonly outputTokens: number | undefined }): void {
     if (this.#samples === 0 || !isMs(waitedMs)) return;
     const now = this.#now();
-    if (waitedMs <= this.#ttft.value(now)) return;
-    this.#ttft.observe(waitedMs, now);
+    let firstToken = waitedMs;
+    // A JSON request's wait holds its answer's generation (a long answer given up on says nothing of the
+    // first token): what the known pace explains of it, for the tokens asked for (else the mean), is not.
+    if (whole !== undefined && this.#msPerToken.samples > 0)
+      firstToken -= (whole.outputTokens ?? this.#meanOut) * this.#msPerToken.value(now);
+    if (firstToken <= this.#ttft.value(now)) return;
+    this.#ttft.observe(firstToken, now);
     this.#latency.observe(waitedMs, now);
   }
 

@@ -223,6 +223,18 @@ export class RedisState {
     this.#cmd.publish(this.#channel, JSON.stringify(msg)).catch((err: unknown) => this.#failed(err));
   }
 
+  /**
+   * A reload moved `upstreamId` to another server, or gave it another key: the fleet's open (and probe
+   * lease) were the old one's. Deleted, and the close published, so no replica keeps or adopts them.
+   */
+  forgetOpen(upstreamId: string): void {
+    if (!this.connected) return;
+    this.#cmd
+      .del(`${this.#prefix}breaker:${upstreamId}`, this.#leaseKey(upstreamId))
+      .catch((err: unknown) => this.#failed(err));
+    this.publishClosed(upstreamId);
+  }
+
   #leaseKey(upstreamId: string): string {
     return `${this.#prefix}probe:${upstreamId}`;
   }

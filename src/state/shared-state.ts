@@ -255,6 +255,7 @@ export class SharedState {
    */
   forget(ids: ReadonlySet<string>, stats: boolean): void {
     if (ids.size === 0) return;
+    for (const id of ids) this.redis?.forgetOpen(id); // the fleet's open was the old server's too
     this.retainBreakers([...this.breakers.entries()].map(([id]) => id).filter((id) => !ids.has(id)));
     if (stats) for (const id of ids) this.stats.delete(id);
   }

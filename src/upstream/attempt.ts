@@ -2,6 +2,7 @@
 import type { Classified } from '../resilience/classify.js';
 import { classifyError, classifyStatus, PAGE_NOT_FOUND, rateLimitCooldown } from '../resilience/classify.js';
 import { approximateTextTokens } from '../routing/tokens.js';
+import { withoutBom } from '../json-scan.js';
 import { partsText } from '../text.js';
 import type { Upstream } from '../runtime.js';
 import type { ChatBody, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
@@ -49,6 +50,11 @@ export type AttemptResult =
       readonly committed: boolean;
       /** The client went away: neither the upstream's fault nor its merit. */
       readonly clientGone: boolean;
+      /**
+       * Of totalMs, the wait for a pool connection (a client gone, a deadline: thrown); undefined when the
+       * request never got one (the upstream never saw it). Absent where not measured.
+       */
+      readonly queuedMs?: number | undefined;
       /** The request's own deadline (routing.total_timeout_ms) cut this attempt: no time is left for another. */
       readonly deadlineReached: boolean;
       /** total_ms ran out while the attempt waited on its client, not its upstream: no fault of the upstream. */
@@ -86,6 +92,7 @@ export function failure(
     clientGone: boolean;
     deadlineReached: boolean;
     clientSlow: boolean;
+    queuedMs: number | undefined;
   }> = {},
 ): AttemptResult {
   return {
@@ -99,6 +106,7 @@ export function failure(
     deadlineReached: extra.deadlineReached ?? false,
     clientSlow: extra.clientSlow ?? false,
     totalMs,
+    ...('queuedMs' in extra ? { queuedMs: extra.queuedMs } : {}),
   };
 }
 
@@ -113,12 +121,16 @@ export function thrown(
   committed = false,
 ): AttemptResult {
   const totalMs = input.now() - t0;
-  if (input.clientSignal.aborted) return failure(CLIENT_GONE, totalMs, { clientGone: true, committed });
+  // How long of it was the pool's (undefined: it never reached the upstream): statistics need the rest.
+  const queuedMs = sig.queuedMs();
+  if (input.clientSignal.aborted)
+    return failure(CLIENT_GONE, totalMs, { clientGone: true, committed, queuedMs });
   if (sig.timedOut())
     return failure(TOTAL_TIMEOUT, totalMs, {
       committed,
       deadlineReached: sig.deadlineReached(),
       clientSlow: sig.clientHeld(),
+      queuedMs,
     });
   return failure(classifyError(err), totalMs, { committed });
 }
@@ -135,14 +147,25 @@ export function errorFrom(
   const retryAfterMs = status === 429 ? rateLimitCooldown(headers, text, Date.now()) : undefined;
   // Classified by what the body says it is where a dialect says more than its status (Anthropic's 400 for
   // a drained account is a 402).
-  const classified = status === 404 && isWebPage(text) ? PAGE_NOT_FOUND : classifyStatus(info.status);
+  const classified = status === 404 && !isApiError(text) ? PAGE_NOT_FOUND : classifyStatus(info.status);
   return failure(classified, input.now() - t0, { status, retryAfterMs, info });
 }
 
-/** An HTML page (nginx's, a load balancer's), not an API's error body. */
-function isWebPage(text: string): boolean {
-  const at = text.search(/\S/);
-  return at >= 0 && text.charCodeAt(at) === 0x3c; /* < */
+/**
+ * An API's error body: JSON (`{"error": ...}`, FastAPI's `{"detail": ...}`, vLLM's, Google's list of one). A
+ * 404 with anything else (nginx's HTML page, Go's "404 page not found", Envoy's empty body) is a path with
+ * nothing behind it: the upstream's address is wrong, not the client's model.
+ */
+function isApiError(text: string): boolean {
+  const body = withoutBom(text).trim();
+  const c = body.charCodeAt(0);
+  if (c !== 0x7b /* { */ && c !== 0x5b /* [ */) return false;
+  try {
+    JSON.parse(body);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Completion tokens estimated from a chat answer's text: every choice's content, reasoning and tool calls. */

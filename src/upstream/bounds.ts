@@ -82,6 +82,9 @@ export class AttemptSignal extends Abort {
   private phase = FIRST_BYTE;
   /** The request left the pool's queue for a connection. */
   private sentFlag = false;
+  /** performance.now() at creation, and how long the request then waited for its connection (undefined: still). */
+  private readonly createdAt = performance.now();
+  private queuedFor: number | undefined;
   /** On performance.now()'s clock. */
   private readonly totalAt: number;
   private firstByteAt: number;
@@ -173,8 +176,14 @@ export class AttemptSignal extends Abort {
    */
   sent(): void {
     this.sentFlag = true;
+    this.queuedFor ??= performance.now() - this.createdAt;
     if (this.phase === FIRST_BYTE)
       this.firstByteAt = performance.now() + this.upstream.provider.config.timeouts.first_byte_ms;
+  }
+
+  /** How long the request waited in the pool's queue for its connection, ms; undefined if it never got one. */
+  queuedMs(): number | undefined {
+    return this.queuedFor;
   }
 
   /**
