@@ -42,6 +42,8 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 interface Handshake {
   readonly socket: Duplex;
   readonly head: Buffer;
+  /** The client sent Authorization itself (not from the key subprotocol): no browser page can. */
+  readonly authorized: boolean;
   /** The subprotocol the upstream chose, given to the client as its own. */
   protocol?: string | undefined;
   requestId?: string;
@@ -120,7 +122,8 @@ export function webSocketPassthrough(
       replayAsHttp(server, req, socket, head);
       return;
     }
-    handshakes.set(req, { socket, head });
+    // No browser can set Authorization on a WebSocket: a client that sent it is no page (see proxy).
+    handshakes.set(req, { socket, head, authorized: req.headers.authorization !== undefined });
     if (req.headers.authorization === undefined) {
       const key = offeredProtocols(req.headers).find((p) => p.startsWith(KEY_PROTOCOL));
       if (key !== undefined) req.headers.authorization = `Bearer ${key.slice(KEY_PROTOCOL.length)}`;
@@ -164,9 +167,16 @@ export function webSocketPassthrough(
     // The config serving now: its key is sent, and its secrets are what the session's answers are kept from.
     const runtime = app.gateway.runtime;
     // Browsers apply no CORS to WebSockets: any page a user visits could open a session on our provider key.
-    // A handshake from a page (it carries an Origin) is taken from the origins server.cors allows, as HTTP is.
+    // A handshake from another site's page (an Origin not the gateway's own, no Authorization: a page cannot
+    // set it) is taken from the origins server.cors allows, as HTTP is. Server-side clients that send an
+    // Origin anyway (Python's websocket-client sends the gateway's own) are not pages.
     const origin = req.headers.origin;
-    if (origin !== undefined && !corsAllows(runtime.loaded.config.server.cors, origin)) {
+    if (
+      origin !== undefined &&
+      !handshake.authorized &&
+      !sameHost(origin, req.headers.host) &&
+      !corsAllows(runtime.loaded.config.server.cors, origin)
+    ) {
       void reply.send(
         new GatewayError('forbidden', 'this origin may not open a WebSocket session (see server.cors)'),
       );
@@ -308,6 +318,16 @@ export function webSocketPassthrough(
   }
 
   return { isHandshake: (req) => handshakes.has(req), proxy };
+}
+
+/** An Origin on the gateway's own host (the Host the client asked for). */
+function sameHost(origin: string, host: string | undefined): boolean {
+  if (host === undefined) return false;
+  try {
+    return new URL(origin).host === host.toLowerCase();
+  } catch {
+    return false;
+  }
 }
 
 function isWebSocket(req: IncomingMessage): boolean {

@@ -152,20 +152,28 @@ export function errorFrom(
 }
 
 /**
- * An API's error body: JSON (`{"error": ...}`, FastAPI's `{"detail": ...}`, vLLM's, Google's list of one). A
- * 404 with anything else (nginx's HTML page, Go's "404 page not found", Envoy's empty body) is a path with
- * nothing behind it: the upstream's address is wrong, not the client's model.
+ * An API's error about the request: an `error` member (OpenAI's, Ollama's, Anthropic's, Google's list of
+ * one), vLLM's `"object": "error"`, or a `detail`/`message` about the model. A 404 with anything else (nginx's
+ * HTML page, Go's "404 page not found", Envoy's empty body, FastAPI's bare `{"detail":"Not Found"}` of a
+ * base_url missing /v1, Kong's "no Route matched") is a path with nothing behind it: the upstream's address
+ * is wrong, not the client's model.
  */
 function isApiError(text: string): boolean {
   const body = withoutBom(text).trim();
   const c = body.charCodeAt(0);
   if (c !== 0x7b /* { */ && c !== 0x5b /* [ */) return false;
+  let parsed: unknown;
   try {
-    JSON.parse(body);
-    return true;
+    parsed = JSON.parse(body);
   } catch {
     return false;
   }
+  const o: unknown = Array.isArray(parsed) ? parsed[0] : parsed;
+  if (o === null || typeof o !== 'object') return false;
+  const e = o as { error?: unknown; object?: unknown; detail?: unknown; message?: unknown };
+  if (e.error !== undefined || e.object === 'error') return true;
+  const said = typeof e.detail === 'string' ? e.detail : typeof e.message === 'string' ? e.message : '';
+  return /model/i.test(said);
 }
 
 /** Completion tokens estimated from a chat answer's text: every choice's content, reasoning and tool calls. */
