@@ -77,7 +77,14 @@ export function planRequest(
     else if (!capable(up.capabilities, up.provider.kind, features, undefined)) {
       why = 'capability';
       capable(up.capabilities, up.provider.kind, features, (missing ??= new Set()));
-    } else if (up.model.context_window !== undefined && need > up.model.context_window) {
+    } else if (
+      up.model.context_window !== undefined &&
+      // Anthropic's API needs a max_tokens: the adapter sends default_max_tokens when the client gave none,
+      // and Claude refuses prompt + that past its window.
+      (features.requestedOutputTokens === undefined && up.provider.kind === 'anthropic'
+        ? features.contextTokens + up.provider.config.default_max_tokens
+        : need) > up.model.context_window
+    ) {
       why = 'context';
       largestWindow = Math.max(largestWindow, up.model.context_window);
     } else if (!up.breaker.canAttempt()) {
