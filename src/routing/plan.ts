@@ -1,7 +1,7 @@
 import type { Capability, RoutingConfig, StrategyName } from '../config/schema.js';
 import { GatewayError } from '../errors.js';
 import { attempted, describeAttempts, type AttemptRecord } from '../resilience/failover.js';
-import type { RouteRuntime, RouteTarget } from '../runtime.js';
+import type { RouteRuntime, RouteTarget, Upstream } from '../runtime.js';
 import type { NotForAnthropic, RequestFeatures } from './features.js';
 import { getStrategy } from './strategies/index.js';
 import { withNote } from './strategies/rank.js';
@@ -79,11 +79,7 @@ export function planRequest(
       capable(up.capabilities, up.provider.kind, features, (missing ??= new Set()));
     } else if (
       up.model.context_window !== undefined &&
-      // Anthropic's API needs a max_tokens: the adapter sends default_max_tokens when the client gave none,
-      // and Claude refuses prompt + that past its window.
-      (features.requestedOutputTokens === undefined && up.provider.kind === 'anthropic'
-        ? features.contextTokens + up.provider.config.default_max_tokens
-        : need) > up.model.context_window
+      needOf(up, features, need) > up.model.context_window
     ) {
       why = 'context';
       largestWindow = Math.max(largestWindow, up.model.context_window);
@@ -281,6 +277,19 @@ function noProviderMessage(route: RouteRuntime, tier: string | undefined, provid
     `route ${name}'s tier \`${tier}\` has no upstream from provider "${provider}"` +
     (having.length > 0 ? ` (it is in: ${having.join(', ')})` : '')
   );
+}
+
+/**
+ * The tokens a request needs of `up`'s window: its prompt and the answer's limit as `up` is sent it. Anthropic's
+ * API needs a max_tokens (the adapter sends default_max_tokens when the client gave none, and Claude refuses
+ * prompt + that past its window); a limit above the output cap `up` stated is sent capped (param-fit.ts).
+ */
+function needOf(up: Upstream, features: RequestFeatures, need: number): number {
+  const asked = features.requestedOutputTokens;
+  const cap = up.fit.outputCap;
+  if (asked === undefined && up.provider.kind !== 'anthropic') return need;
+  const limit = asked ?? up.provider.config.default_max_tokens;
+  return features.contextTokens + (cap !== undefined && limit > cap ? cap : limit);
 }
 
 function noCandidate(

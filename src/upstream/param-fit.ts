@@ -204,6 +204,11 @@ export class ParamFit {
     private readonly limitsOnly = false,
   ) {}
 
+  /** The most output tokens this upstream said it writes (learned from a refusal), if it said so. */
+  get outputCap(): number | undefined {
+    return this.#cap;
+  }
+
   /** The body as this upstream takes it: the same object when nothing learned applies to it. */
   apply(body: ChatBody): ChatBody {
     if (this.#fits.size === 0 && this.#cap === undefined && !this.#shortToolIds) return body;

@@ -247,6 +247,20 @@ describe('output caps on streams and failover', () => {
     expect(mock.bodies[2]!.max_completion_tokens).toBe(16384);
   });
 
+  it('the context window is checked with the capped limit the upstream is sent, not the client’s', async () => {
+    const mock = track(await startRecordingMock(capped(16384)));
+    const cfg = oneProvider(mock, 'gpt-4o');
+    (cfg.providers as { models: Json[] }[])[0]!.models[0]!.context_window = 128_000;
+    const gw = track(await startGateway(cfg));
+    const ask = (content: string) =>
+      postChat(gw, { model: 'smart', max_tokens: 100_000, messages: [{ role: 'user', content }] });
+    expect((await ask('hi')).status).toBe(200); // learns the cap: at most 16384
+    // ~60k tokens of prompt: 60k + 100k is past 128k, but 60k + the 16384 it is sent fits.
+    const r = await ask('The committee reviewed the quarterly report. '.repeat(7_000));
+    expect(r.status, r.text.slice(0, 200)).toBe(200);
+    expect(mock.bodies.at(-1)!.max_tokens).toBe(16384);
+  });
+
   it('first upstream states its cap, the capped re-send answers 500: the second gets the client’s own limit', async () => {
     const a = track(
       await startRecordingMock((body, _n, res) => {
