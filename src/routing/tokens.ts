@@ -174,6 +174,7 @@ export function fractionalTextTokens(text: string): number {
     // integer: a float index makes every charCodeAt below twice as slow.
     const from = sampled ? (b * stretch + ((b * 0.618_034 + 0.5) % 1) * (stretch - size)) | 0 : 0;
     const to = from + size;
+    /** The last character below U+3000, and how many times in a row it came after its first. */
     let prev = -1;
     let run = 0;
     for (let i = from; i < to; i++) {
@@ -181,14 +182,12 @@ export function fractionalTextTokens(text: string): number {
       if (c < 0x3000) {
         // A run of one ASCII symbol or space (`=====`, `|------|`, padding): o200k merges it into a token
         // per ~16, where each alone costs 0.6 (a separator-line log read 2-16x high, refused as too long).
-        if (c === prev && c < 0x80 && !isAlnum(c)) {
-          if (++run >= 3) {
-            milli += RUN_MILLI;
-            continue;
-          }
-        } else run = 0;
-        prev = c;
-        milli += MILLI[c]!;
+        if (c !== prev) {
+          prev = c;
+          run = 0;
+          milli += MILLI[c]!;
+        } else if (++run < 3 || c >= 0x80 || isAlnum(c)) milli += MILLI[c]!;
+        else milli += RUN_MILLI;
       } else if (c >= 0xd800 && c <= 0xdbff) {
         astral++;
         i++;
