@@ -39,8 +39,11 @@ const CREDENTIAL_NAME = /key|auth|token|secret|password|credential|signature|^si
 export function credentialLike(v: string): boolean {
   return (v.length >= 8 && /\d/.test(v)) || v.length >= 20;
 }
-/** An `Authorization`-style value's scheme: the credential after it is a secret on its own too. */
-const AUTH_SCHEME = /^(?:Bearer|Basic|Token|Key)\s+(\S+)$/i;
+/**
+ * An `Authorization`-style value's scheme (Bearer, Basic, Token, and any other one word: Yandex's `Api-Key`,
+ * Elastic's `ApiKey`, DeepL's `DeepL-Auth-Key`): the credential after it is a secret on its own too.
+ */
+const AUTH_SCHEME = /^[A-Za-z][\w.-]*\s+(\S+)$/;
 
 /**
  * What of ours a provider is sent, so what it can echo back: its key, a password in its base_url, and the
@@ -51,6 +54,8 @@ export function providerSecrets(p: ProviderConfig): string[] {
   if (p.api_key !== undefined) out.push(p.api_key);
   const u = new URL(p.base_url);
   out.push(decoded(u.password), u.password);
+  // A user name alone is a token (`https://TOKEN@host`: sent as Basic "TOKEN:"), when it looks like one.
+  if (u.password === '' && credentialLike(decoded(u.username))) out.push(decoded(u.username), u.username);
   for (const [name, v] of u.searchParams) {
     // As configured and as sent (percent-encoded), either may be echoed.
     if (CREDENTIAL_NAME.test(name) && credentialLike(v)) out.push(v, encodeURIComponent(v));
@@ -58,11 +63,18 @@ export function providerSecrets(p: ProviderConfig): string[] {
   for (const [name, v] of Object.entries(p.headers ?? {})) {
     if (!CREDENTIAL_NAME.test(name)) continue;
     const credential = AUTH_SCHEME.exec(v)?.[1];
-    if (credential !== undefined) {
+    if (
+      credential !== undefined &&
+      (credentialLike(credential) || /^(?:Bearer|Basic|Token|Key)\s/i.test(v))
+    ) {
       out.push(v, credential);
-      // Basic's base64 stands for user:password: the password may be echoed on its own.
-      if (/^Basic\s/i.test(v))
-        out.push(Buffer.from(credential, 'base64').toString('utf8').split(':').slice(1).join(':'));
+      // Basic's base64 stands for user:password: the password may be echoed on its own (or a token as
+      // the user name, with none).
+      if (/^Basic\s/i.test(v)) {
+        const [user = '', ...rest] = Buffer.from(credential, 'base64').toString('utf8').split(':');
+        const password = rest.join(':');
+        out.push(password === '' && credentialLike(user) ? user : password);
+      }
     } else if (credentialLike(v)) out.push(v);
   }
   return [...new Set(out)].filter((s) => s.length >= 4);

@@ -279,6 +279,16 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         if (provider?.api_key) out.authorization = `Bearer ${provider.api_key}`;
         if (provider?.headers)
           for (const [k, v] of Object.entries(provider.headers)) out[k.toLowerCase()] = v;
+        // An answer that may echo our key is masked, which needs it readable: only the codings the gateway
+        // decodes are offered (a browser's zstd came back as it was, unmasked).
+        if (
+          echoGuard(servingFor(req).passthrough) !== undefined &&
+          typeof out['accept-encoding'] === 'string'
+        ) {
+          const readable = readableCodings(out['accept-encoding']);
+          if (readable === '') delete out['accept-encoding'];
+          else out['accept-encoding'] = readable;
+        }
         return out as IncomingHttpHeaders;
       },
       rewriteHeaders: (headers, req) => {
@@ -477,6 +487,15 @@ function varyWithOrigin(v: string | string[] | undefined): string {
  * A response's content-encoding: those we decode (one, or stacked: `deflate, gzip`), none (`identity`), or
  * one we cannot read (null: zstd).
  */
+/** An Accept-Encoding list cut to the codings the gateway can decode to mask (gzip, deflate, br). */
+function readableCodings(accept: string): string {
+  return accept
+    .split(',')
+    .filter((item) => /^\s*(?:gzip|x-gzip|deflate|br|identity)\s*(?:;|$)/i.test(item))
+    .map((item) => item.trim())
+    .join(', ');
+}
+
 function replyCoding(header: unknown): Coding | readonly Coding[] | 'identity' | null {
   if (header === undefined) return 'identity';
   const coding = codingsOf(header);
