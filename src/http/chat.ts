@@ -71,8 +71,8 @@ export function failoverOptions(
   startedAt: number,
   reqId: string,
   plan: Plan,
-  choices = 1,
-  features?: Pick<RequestFeatures, 'stream' | 'requestedOutputTokens'>,
+  /** A chat request's: its `n`, whether it streams, its max_tokens (none for embeddings). */
+  features?: Pick<RequestFeatures, 'choices' | 'stream' | 'requestedOutputTokens'>,
 ): FailoverOptions {
   const routing = rt.loaded.config.routing;
   return {
@@ -84,7 +84,7 @@ export function failoverOptions(
     logger: gw.logger,
     scrubber: rt.scrubber,
     reqId,
-    choices,
+    choices: features?.choices ?? 1,
     coolingMs: plan.coolingMs,
     stream: features?.stream === true,
     requestedOutputTokens: features?.requestedOutputTokens,
@@ -204,7 +204,7 @@ async function handleChat(
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
   const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
-  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features.choices, features);
+  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features);
   const includeUsage =
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);
