@@ -426,7 +426,8 @@ describe('restart-only settings stay as they started', () => {
 });
 
 describeWithRedis('a reload that moves an upstream, on a Redis fleet', (redis) => {
-  it('a replica started on the fixed config does not adopt the old server’s open breaker', async () => {
+  /** a/m on a server that fails, the server that fixes it, and a fleet's config pointing a/m at either. */
+  async function movingUpstream() {
     const bad = track(
       await startMock((_r, res) =>
         sendJson(res, 500, { error: { message: 'boom', type: 'server_error', param: null, code: null } }),
@@ -440,6 +441,11 @@ describeWithRedis('a reload that moves an upstream, on a Redis fleet', (redis) =
       circuit_breaker: { failure_threshold: 1, open_ms: 30_000 },
       state: { backend: 'redis', url: redis.url, key_prefix: prefix },
     });
+    return { bad, good, cfg };
+  }
+
+  it('a replica started on the fixed config does not adopt the old server’s open breaker', async () => {
+    const { bad, good, cfg } = await movingUpstream();
     const one = await startReplica(track, cfg(bad.url));
     expect((await chat(one)).status).toBe(502); // a/m opens, fleet-wide
     await until('the open shared', () => one.gateway.runtime.upstreams.get('a/m')!.breaker.state === 'open');
@@ -453,5 +459,29 @@ describeWithRedis('a reload that moves an upstream, on a Redis fleet', (redis) =
     await sleep(200);
     const r2 = await chat(two);
     expect(r2.status, `the new replica adopted the old server's open: ${r2.text}`).toBe(200);
+  });
+
+  it('the reloaded replica neither reopens the old server for the others nor adopts their open of it', async () => {
+    const { bad, good, cfg } = await movingUpstream();
+    const one = await startReplica(track, cfg(bad.url));
+    const two = await startReplica(track, cfg(bad.url));
+    expect((await chat(one)).status).toBe(502); // a/m opens on the broken server, fleet-wide
+    await until(
+      'two sees the open',
+      () => two.gateway.runtime.upstreams.get('a/m')!.breaker.state === 'open',
+    );
+    const sentToBad = bad.received.length;
+    // The rollout reaches replica one first: its a/m now points at the fixed server.
+    reload(one, cfg(good.url));
+    await sleep(300);
+    // Replica two still serves the old config: its a/m is still the broken server, still to be skipped.
+    const r2 = await chat(two);
+    expect(bad.received.length, `two sent to the broken server again: ${r2.status} ${r2.text}`).toBe(
+      sentToBad,
+    );
+    await sleep(300);
+    // And replica one's fixed a/m is not benched by what the broken server does to replica two.
+    const r1 = await chat(one);
+    expect(r1.status, r1.text).toBe(200);
   });
 });
