@@ -33,3 +33,11 @@ export function partsText(parts: readonly unknown[], nested = false): string {
   }
   return text;
 }
+
+/** The fields that carry an answer's text, in a message or a delta (reasoning servers' as well as OpenAI's). */
+export const ANSWER_TEXT_FIELDS = ['content', 'refusal', 'reasoning_content', 'reasoning'] as const;
+
+/** The text an answer's text field holds: a string, or a list of parts (partsText); '' for anything else. */
+export function fieldText(v: unknown): string {
+  return typeof v === 'string' ? v : Array.isArray(v) ? partsText(v) : '';
+}

@@ -6,6 +6,7 @@
  * in the form it was asked.
  */
 
+import { ANSWER_TEXT_FIELDS } from '../text.js';
 import { isObject, type JsonObject as Json } from '../upstream/adapters/common.js';
 
 /** Top-level fields a chunk carries over from its completion. */
@@ -89,7 +90,7 @@ interface BuiltChoice {
 }
 
 /** Delta fields that arrive in pieces: appended (so are `images`). Every other field replaces what came before. */
-const APPENDED = new Set(['content', 'refusal', 'reasoning_content', 'reasoning']);
+const APPENDED: ReadonlySet<string> = new Set(ANSWER_TEXT_FIELDS);
 /**
  * Bounds the choices and tool calls one answer may build, together (OpenAI's `n` is at most 128): past it the
  * answer is no answer (`finished()` false), never a truncated one served as whole.

@@ -3,7 +3,7 @@ import type { Classified } from '../resilience/classify.js';
 import { classifyError, classifyStatus, PAGE_NOT_FOUND, rateLimitCooldown } from '../resilience/classify.js';
 import { approximateTextTokens } from '../routing/tokens.js';
 import { withoutBom } from '../json-scan.js';
-import { partsText } from '../text.js';
+import { ANSWER_TEXT_FIELDS, fieldText } from '../text.js';
 import type { Upstream } from '../runtime.js';
 import type { ChatBody, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
 import type { Abort } from './abort.js';
@@ -184,11 +184,7 @@ export function answerTokens(completion: Record<string, unknown> | undefined): n
   for (const choice of choices as { message?: Record<string, unknown> | null }[]) {
     const m = choice?.message;
     if (m === null || typeof m !== 'object') continue;
-    for (const key of ['content', 'refusal', 'reasoning_content', 'reasoning']) {
-      const v = m[key];
-      if (typeof v === 'string') text += v;
-      else if (Array.isArray(v)) text += partsText(v); // a list of parts (Mistral's thinking)
-    }
+    for (const key of ANSWER_TEXT_FIELDS) text += fieldText(m[key]);
     if (Array.isArray(m.tool_calls))
       for (const call of m.tool_calls as { function?: { name?: unknown; arguments?: unknown } }[]) {
         const fn = call?.function;

@@ -13,7 +13,7 @@ import type {
 import { UNREPORTED, contentWeight } from '../adapter.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
-import { partsText } from '../../text.js';
+import { ANSWER_TEXT_FIELDS, fieldText } from '../../text.js';
 import {
   openAiErrorTypeForStatus,
   parseJsonObject,
@@ -178,14 +178,12 @@ function contentTokens(chunk: Record<string, unknown>): number {
   for (const choice of choices) {
     const delta = (choice as { delta?: Record<string, unknown> } | null)?.delta;
     if (!delta) continue;
-    for (const key of DELTA_TEXTS) {
+    for (const key of ANSWER_TEXT_FIELDS) {
       const v = delta[key];
-      if (nonEmpty(v)) {
+      // Text, or a list of parts (Mistral's thinking).
+      if ((typeof v === 'string' || Array.isArray(v)) && v.length > 0) {
         content = true;
-        text += v as string;
-      } else if (Array.isArray(v) && v.length > 0) {
-        content = true; // a list of parts (Mistral's thinking)
-        text += partsText(v);
+        text += fieldText(v);
       }
     }
     // Image output (OpenRouter's, Vercel AI Gateway's `delta.images`): megabytes, and no text.
@@ -207,9 +205,6 @@ function contentTokens(chunk: Record<string, unknown>): number {
   }
   return content ? contentWeight(text) : 0;
 }
-
-/** The delta fields that carry an answer's text (reasoning servers' as well as OpenAI's). */
-const DELTA_TEXTS = ['content', 'refusal', 'reasoning_content', 'reasoning'] as const;
 
 /** A tool call's name and arguments fragments, as text to count. */
 function callText(fn: unknown): string {
