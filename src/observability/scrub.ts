@@ -137,6 +137,8 @@ export interface EchoGuard {
   readonly scrub: (text: string) => string;
   /** The secrets as bytes, to find in a message without decoding it (WebSocket messages). */
   readonly bytes: readonly Buffer[];
+  /** Every spelling of the secrets (secretForms), to find in a streamed answer's deltas (DeltaMask). */
+  readonly forms: readonly string[];
 }
 
 /** Per provider (a reload makes a new one): what of ours it can echo in an answer, and how that is hidden. */
@@ -157,6 +159,7 @@ export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | un
             mask: new StreamMask(secrets),
             scrub: (t) => scrubber.scrub(t),
             bytes: secrets.map((t) => Buffer.from(t)),
+            forms: secretForms(secrets),
           };
     ECHO_GUARDS.set(provider, guard);
   }

@@ -94,9 +94,10 @@ export interface ChunkSink {
    * carries no content delta (text, tool call, refusal, audio, reasoning), else the tokens that content
    * holds, estimated (`contentWeight`): the stream commits at the first, and one that reports no usage is
    * counted by them, each chunk at least one token (a server that sends several tokens a chunk, as vLLM's
-   * speculative decoding does, is not counted one a chunk).
+   * speculative decoding does, is not counted one a chunk). `parsed`: `json` as an object, when the
+   * translator has it (the chunk may be written anew from it: delta-mask.ts).
    */
-  chunk(json: string, content: number): void;
+  chunk(json: string, content: number, parsed?: Record<string, unknown>): void;
   /** Usage reported by the upstream (may come before or inside the final chunk). */
   usage(usage: Usage): void;
   /** The upstream reported an error inside the stream. */

@@ -3,6 +3,7 @@ import type { Classified } from '../resilience/classify.js';
 import { codedError } from '../resilience/classify.js';
 import { withoutBom } from '../json-scan.js';
 import { echoGuard } from '../observability/scrub.js';
+import { DeltaMask } from '../streaming/delta-mask.js';
 import { chunksOfCompletion } from '../streaming/completion-chunks.js';
 import { createSseParser } from '../streaming/sse.js';
 import { DONE_FRAME, dataFrame, type SseWriter } from '../streaming/relay.js';
@@ -199,9 +200,13 @@ async function attemptStreamBody(
     let ended = false;
     // An upstream that echoes its key (a debugging proxy's extra field) must not hand it to the client.
     const echo = echoGuard(upstream.provider);
+    // A model that repeats the key does so a token a delta: found across deltas, not in one frame.
+    const deltas = echo === undefined ? undefined : new DeltaMask(echo.forms);
     const sink: ChunkSink = {
-      chunk(json, content) {
-        const frame = dataFrame(echo === undefined ? json : echo.scrub(json));
+      chunk(json, content, parsed) {
+        const frame = dataFrame(
+          echo === undefined ? json : echo.scrub(deltas?.frame(json, parsed, content > 0) ?? json),
+        );
         if (committed) {
           out += frame;
         } else if (content > 0) {

@@ -5,8 +5,8 @@
  * verbatim echoes; these are the channels and spellings past them: the LLM router's own answer, a
  * passthrough redirect on the provider's own origin, JSON as .NET's System.Text.Json writes it (`+` as
  * `\u002B`), successful routed answers that echo the key, an Anthropic upstream's translated errors, an
- * error event split across TCP writes after the commit, a base_url password on an unreachable upstream, and
- * near-miss admin and client keys.
+ * error event split across TCP writes after the commit, a base_url password on an unreachable upstream,
+ * near-miss admin and client keys, and a streamed answer that repeats the key a few characters a delta.
  */
 import type { ServerResponse } from 'node:http';
 import { request } from 'undici';
@@ -14,7 +14,9 @@ import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { dig, postTo, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { chunkFrame, sendJson, startMock, startRawUpstream } from '../helpers/mock-upstream.js';
-import { anthropicSseFrame } from '../helpers/anthropic-route.js';
+import OpenAI from 'openai';
+import { anthropicSseFrame, claudeSse } from '../helpers/anthropic-route.js';
+import { sseEvents } from '../helpers/sim-wire.js';
 import { freePort } from '../helpers/redis.js';
 
 const track = closeAfterEach();
@@ -63,6 +65,20 @@ function openaiAnswer(model: unknown, content: string): Record<string, unknown> 
     choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: 'stop' }],
     usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 },
   };
+}
+
+/** The answer's text and tool arguments as a client joins them from the SSE frames. */
+function joined(sse: string): { text: string; args: string } {
+  let text = '';
+  let args = '';
+  for (const { data } of sseEvents(sse)) {
+    if (!data.startsWith('{')) continue;
+    const delta = dig(JSON.parse(data), 'choices', 0, 'delta') as Record<string, unknown> | undefined;
+    if (typeof delta?.content === 'string') text += delta.content;
+    for (const call of (delta?.tool_calls ?? []) as { function?: { arguments?: string } }[])
+      args += call.function?.arguments ?? '';
+  }
+  return { text, args };
 }
 
 describe("the LLM router's reason never carries a configured secret", () => {
@@ -346,6 +362,29 @@ describe('routed chat: echoes in escaped JSON, in successful answers and after t
     expect(r.text).not.toContain(UP_KEY.replace('+', '\\u002B'));
     expect(gw.rawLogs()).not.toContain(UP_KEY);
   });
+
+  // A model that quotes the key it was given does so a token a delta: no one frame holds the key, the joined
+  // text does. At most its first 3 characters come through (sent before the 4th showed what they were).
+  it('an OpenAI-compatible stream, read with the OpenAI SDK: the joined text has the key masked', async () => {
+    const up = await startRawUpstream(track, (req, res) => {
+      const answer = `Your key is ${bearerOf(req.headers)}. Keep it safe.`;
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(chunkFrame('m', { role: 'assistant', content: '' }));
+      for (let at = 0; at < answer.length; at += 3)
+        res.write(chunkFrame('m', { content: answer.slice(at, at + 3) }));
+      res.end(`${chunkFrame('m', {}, 'stop')}data: [DONE]\n\n`);
+    });
+    const gw = await oneRoute(up);
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'x', maxRetries: 0 });
+    let text = '';
+    for await (const part of await client.chat.completions.create({
+      model: 'r',
+      messages: MSG as never,
+      stream: true,
+    }))
+      text += part.choices[0]?.delta.content ?? '';
+    expect(text).toMatch(/^Your key is (s|sk|sk-)?\[REDACTED\]\. Keep it safe\.$/);
+  });
 });
 
 describe('an Anthropic upstream that echoes its x-api-key', () => {
@@ -424,6 +463,28 @@ describe('an Anthropic upstream that echoes its x-api-key', () => {
     expect(r.text).toContain('partial');
     expect(r.text).toContain('overloaded for key [REDACTED]');
     expect(r.text).not.toContain(ANT_KEY);
+  });
+
+  it('an Anthropic stream: text and tool input that spell the key across deltas are masked', async () => {
+    const { gw } = await anthropicRoute((key, _body, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(
+        claudeSse(
+          [
+            { type: 'text', text: `The key: ${key} — done` },
+            { type: 'tool_use', id: 'toolu_1', name: 'save', input: { token: key } },
+          ],
+          'tool_use',
+          { input_tokens: 5, output_tokens: 30 },
+        ),
+      );
+    });
+    const r = await postTo(`${gw.url}/v1/chat/completions`, { model: 'r', messages: MSG, stream: true });
+    expect(r.status).toBe(200);
+    const { text, args } = joined(r.text);
+    expect(text).toMatch(/^The key: (s|sk|sk-)?\[REDACTED\] — done$/);
+    expect(args).toMatch(/^\{"token":"(s|sk|sk-)?\[REDACTED\]"\}$/);
+    expect(r.text).not.toContain(ANT_KEY.slice(3, 9));
   });
 });
 

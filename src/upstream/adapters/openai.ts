@@ -96,7 +96,7 @@ export const openaiAdapter: ChatAdapter = {
           });
           return;
         }
-        sink.chunk(data, contentTokens(obj));
+        sink.chunk(data, contentTokens(obj), obj);
       },
     };
   },
