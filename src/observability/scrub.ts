@@ -27,9 +27,20 @@ export function secretForms(secrets: readonly string[]): string[] {
     forms
       .add(json.replace(/[&<>]/g, (c) => escapeUnit(c)))
       .add(json.replace(/[\u007f-\uffff]/g, (c) => escapeUnit(c)));
+    // HTML, as an error page quotes it: Go's html/template (`+` too, as `&#43;`), Python's html.escape and
+    // PHP's htmlspecialchars, and OWASP's encoder (`/` as `&#x2F;`).
+    for (const table of HTML_ESCAPES) forms.add(s.replace(/["&'+/<>]/g, (c) => table[c] ?? c));
   }
   return [...forms].sort((a, b) => b.length - a.length);
 }
+
+const HTML_BASE: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;' };
+const HTML_ESCAPES: readonly Record<string, string>[] = [
+  { ...HTML_BASE, '"': '&#34;', "'": '&#39;', '+': '&#43;' },
+  { ...HTML_BASE, '"': '&quot;', "'": '&#x27;' },
+  { ...HTML_BASE, '"': '&quot;', "'": '&#039;' },
+  { ...HTML_BASE, '"': '&quot;', "'": '&#x27;', '/': '&#x2F;' },
+];
 
 /** One UTF-16 unit as JSON's `\uxxxx`, its hex digits in lower or upper case. */
 function escapeUnit(c: string, upper = false): string {

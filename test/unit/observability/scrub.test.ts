@@ -51,6 +51,18 @@ describe('secret forms (regression: only the literal spelling was matched)', () 
       expect(s.scrub(`{"echo":"${echo}"}`), echo).toBe('{"echo":"[REDACTED]"}');
     }
   });
+  it('Scrubber removes a secret as an HTML error page quotes it (Go templates, Python, PHP, OWASP)', () => {
+    const secret = 'sk+up/SECRET"x\'y&<z>';
+    const s = new Scrubber([secret]);
+    for (const echo of [
+      'sk&#43;up/SECRET&#34;x&#39;y&amp;&lt;z&gt;',
+      'sk+up/SECRET&quot;x&#x27;y&amp;&lt;z&gt;',
+      'sk+up/SECRET&quot;x&#039;y&amp;&lt;z&gt;',
+      'sk+up&#x2F;SECRET&quot;x&#x27;y&amp;&lt;z&gt;',
+    ])
+      expect(s.scrub(`<p>key ${echo} refused</p>`), echo).toBe('<p>key [REDACTED] refused</p>');
+  });
+
   it('Scrubber checks the tail of a text cut by a bounded read, said by `cut`', () => {
     const s = new Scrubber([KEY]);
     expect(s.scrub(`body ${KEY.slice(0, 10)}`, true)).toBe('body [REDACTED]');
