@@ -222,6 +222,7 @@ async function handleChat(
       created,
       choices: features.choices,
       json: features.json,
+      stop: body.stop,
     },
   });
   const headersFor = (

@@ -117,6 +117,8 @@ export interface StreamContext {
   readonly choices?: number;
   /** The client asked for JSON (`response_format` json_object or json_schema). */
   readonly json?: boolean;
+  /** The request's `stop`, as the client sent it: a dialect applies what its upstream refuses (local-stops.ts). */
+  readonly stop?: unknown;
 }
 
 /** Fed each parsed SSE event of one upstream stream, in order. */

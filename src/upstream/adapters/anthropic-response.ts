@@ -19,6 +19,7 @@ import {
 } from './common.js';
 import { arrayElementTexts, memberValueText, sourceText } from '../body-text.js';
 import { jsonAnswerText } from './json-answer.js';
+import { firstStop, whitespaceStops } from './local-stops.js';
 
 /** Anthropic Message (JSON) and error bodies -> OpenAI shapes; the stop-reason, usage and error maps the stream shares. */
 
@@ -117,6 +118,8 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
   let text = '';
   let reasoning = '';
   const toolCalls: JsonObject[] = [];
+  /** How much text came before each tool call. */
+  const textBefore: number[] = [];
   const thinking: JsonObject[] = [];
   // The blocks as written: a tool's input goes on as Claude wrote it (a 20-digit id through JSON.parse
   // and back was another number; a stream's arguments are its text already).
@@ -127,6 +130,7 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
       if (!isObject(block)) continue;
       if (block.type === 'text' && typeof block.text === 'string') text += block.text;
       else if (block.type === 'tool_use' && typeof block.name === 'string') {
+        textBefore.push(text.length);
         toolCalls.push({
           id: asString(block.id) ?? '',
           type: 'function',
@@ -147,6 +151,16 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
     }
   }
 
+  // A stop sequence Claude was not given (whitespace alone) cuts the answer where it begins, as OpenAI's does:
+  // what Claude wrote past it, tool calls too, is not the answer.
+  let finish = mapStopReason(msg.stop_reason);
+  const cut = firstStop(text, whitespaceStops(ctx.stop));
+  if (cut !== -1) {
+    text = text.slice(0, cut);
+    const kept = textBefore.filter((at) => at <= cut).length;
+    toolCalls.length = kept;
+    if (kept === 0) finish = 'stop';
+  }
   // Asked for JSON, told so only in its prompt: Claude's fence or preface around the object is not the answer.
   if (ctx.json === true && text !== '') text = jsonAnswerText(text);
   const message: JsonObject = {
@@ -174,7 +188,7 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
     object: 'chat.completion',
     created: ctx.created,
     model: ctx.model,
-    choices: [{ index: 0, message, logprobs: null, finish_reason: mapStopReason(msg.stop_reason) }],
+    choices: [{ index: 0, message, logprobs: null, finish_reason: finish }],
   };
   if (usage !== undefined) body.usage = usage;
   return { body, usage };

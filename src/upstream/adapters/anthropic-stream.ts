@@ -5,6 +5,7 @@ import {
   type StreamTranslator,
   type Usage,
 } from '../adapter.js';
+import { LocalStops, whitespaceStops } from './local-stops.js';
 import { JsonAnswer } from './json-answer.js';
 import {
   asString,
@@ -83,12 +84,16 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private done = false;
   /** Asked for JSON: the object alone is relayed, without Claude's fence or preface (json-answer.ts). */
   private readonly json: JsonAnswer | undefined;
+  /** Stop sequences of whitespace alone, which Anthropic refuses: the answer is cut at them here. */
+  private readonly stops: LocalStops | undefined;
 
   constructor(
     private readonly sink: ChunkSink,
     private readonly ctx: StreamContext,
   ) {
     this.json = ctx.json === true ? new JsonAnswer() : undefined;
+    const stops = whitespaceStops(ctx.stop);
+    this.stops = stops.length > 0 ? new LocalStops(stops) : undefined;
   }
 
   /**
@@ -186,6 +191,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     }
     if (block.type !== 'tool_use' || typeof index !== 'number') return;
     // Text Claude wrote before a tool call is its lead-in, not the JSON answer: it goes before the call.
+    this.releaseText();
     this.flushJson();
     const k = this.toolCalls++;
     this.tool = { block: index, index: k, argumentsSent: false, input: block.input };
@@ -282,7 +288,26 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   }
 
   private text(content: string): void {
-    this.relayText(this.json === undefined ? content : this.json.feed(content));
+    const stops = this.stops;
+    this.relayText(
+      this.json === undefined
+        ? (stops?.feed(content) ?? content)
+        : this.json.feed(stops?.feed(content) ?? content),
+    );
+    // At a stop Claude was not given the answer ends, as OpenAI's does: what Claude writes past it is not
+    // relayed (its usage still is, at message_delta).
+    if (stops?.stopped === true && !this.finishSent) {
+      this.stopReasonSeen = true;
+      this.offerThinking();
+      this.finishSent = true;
+      this.finish('stop');
+    }
+  }
+
+  /** Text held back as a stop's possible start goes on: its text block ended, or a tool call began. */
+  private releaseText(): void {
+    const held = this.stops?.release() ?? '';
+    if (held !== '') this.relayText(this.json === undefined ? held : this.json.feed(held));
   }
 
   /** Text held back while waiting for a JSON answer's object that never came: it goes before the finish. */
@@ -296,6 +321,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
    * refusal is its content_filter error, not a SyntaxError on the refusal's words.
    */
   private finish(reason: FinishReason): void {
+    this.releaseText();
     const held = this.json?.end() ?? '';
     const delta = held === '' ? {} : { content: held };
     this.sink.chunk(this.enc().choice(delta, reason), held === '' ? 0 : contentWeight(held));
