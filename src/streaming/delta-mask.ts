@@ -1,10 +1,14 @@
 /**
  * Masks configured secrets in a streamed answer's text, whole or split across deltas. A model that echoes a
  * key sends it as several tokens, one delta each (`sk`, `-proj`, `-Xa9`, …): each frame scrubbed alone lets
- * all of it through. Per choice and text field the last characters sent are kept, so a secret that ends in
- * this delta is found and its part here masked; a delta that ends in 4 or more of a secret's first characters
- * holds those back until the next shows whether the secret follows. At most the 3 characters before the hold
- * (an `sk-`) reach the client, as with a cut error body (observability/scrub.ts cutTail).
+ * all of it through. Per choice and text channel (content, refusal, reasoning, a list of parts' text and
+ * thinking, the audio transcript, each tool call's arguments) the last characters sent are kept, so a secret
+ * that ends in this delta is found and its part here masked; a delta that ends in 4 or more of a secret's
+ * first characters holds those back until the next shows whether the secret follows. At most the 3
+ * characters before the hold (an `sk-`) reach the client, as with a cut error body (observability/scrub.ts
+ * cutTail). Held text whose channel ends (its choice finishes, another channel of the choice starts, the
+ * stream ends) was the start of a secret the answer stopped inside: it goes as `[REDACTED]`. A chunk whose
+ * text changed has its logprobs made to match (their tokens spell the same text).
  */
 import { ANSWER_TEXT_FIELDS } from '../text.js';
 
@@ -20,19 +24,29 @@ interface FieldState {
 }
 
 type Json = Record<string, unknown>;
+type Fields = Map<string, FieldState>;
+
+const isJson = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 export class DeltaMask {
   private readonly forms: readonly string[];
   private readonly prefixes: readonly string[];
   private readonly keep: number;
-  /** Per choice, each text field's state (`tool:K` for the arguments of tool call K). */
-  private readonly choices = new Map<number, Map<string, FieldState>>();
-  /** Fields with characters held back. */
+  /** Per choice, each text channel's state (keys: see `channels`). */
+  private readonly choices = new Map<number, Fields>();
+  /** Channels with characters held back. */
   private holding = 0;
+  /** The last chunk's id, created and model: a chunk of held text the stream's end lets go is written with them. */
+  private meta: Json = {};
 
-  /** `forms`: every spelling of every secret (scrub.ts secretForms), each at least 4 characters. */
+  /**
+   * `forms`: every spelling of every secret (scrub.ts secretForms). A form that contains another (a header's
+   * `Basic <credential>` holds the credential) is masked through that one: its own first characters (`Basi`)
+   * are no secret's, and holding them would mangle every answer ending in "Basic".
+   */
   constructor(forms: readonly string[]) {
-    this.forms = forms.filter((f) => f.length >= MIN_HOLD);
+    const usable = forms.filter((f) => f.length >= MIN_HOLD);
+    this.forms = usable.filter((f) => !usable.some((g) => g !== f && f.includes(g)));
     this.prefixes = this.forms.map((f) => f.slice(0, MIN_HOLD));
     this.keep = Math.max(0, ...this.forms.map((f) => f.length - 1));
   }
@@ -45,98 +59,126 @@ export class DeltaMask {
     if (this.forms.length === 0 || (!content && this.holding === 0)) return json;
     const obj = chunk ?? parse(json);
     const choices = obj?.choices;
-    if (!Array.isArray(choices)) return json;
+    if (obj === undefined || !Array.isArray(choices)) return json;
+    this.meta = { id: obj.id, object: obj.object, created: obj.created, model: obj.model };
     let changed = false;
     for (let i = 0; i < choices.length; i++) {
-      const choice = choices[i] as Json | null;
-      if (choice === null || typeof choice !== 'object') continue;
+      const choice: unknown = choices[i];
+      if (!isJson(choice)) continue;
       const at = typeof choice.index === 'number' ? choice.index : i;
-      let delta = choice.delta as Json | null | undefined;
-      if (delta !== null && typeof delta === 'object' && this.deltaChanged(at, delta)) changed = true;
-      if (typeof choice.finish_reason === 'string' && choice.finish_reason !== '' && this.holding > 0) {
-        if (delta === null || typeof delta !== 'object') choice.delta = delta = {};
-        if (this.finish(at, delta)) changed = true;
+      if (isJson(choice.delta) && this.choiceChanged(at, choice, choice.delta)) changed = true;
+      if (typeof choice.finish_reason === 'string' && choice.finish_reason !== '') {
+        const fields = this.choices.get(at);
+        this.choices.delete(at);
+        if (fields !== undefined && this.holding > 0) {
+          const delta = isJson(choice.delta) ? choice.delta : (choice.delta = {});
+          if (this.settle(fields, delta, undefined)) changed = true;
+        }
       }
     }
     return changed ? JSON.stringify(obj) : json;
   }
 
-  private deltaChanged(at: number, delta: Json): boolean {
+  /**
+   * The chunk that lets go of what is still held when the stream ends with no finish_reason for its choice
+   * (`[DONE]` alone): `[REDACTED]` in each channel that held text; undefined when none did.
+   */
+  flush(): string | undefined {
+    if (this.holding === 0) return undefined;
+    const choices: Json[] = [];
+    for (const [index, fields] of this.choices) {
+      const delta: Json = {};
+      if (this.settle(fields, delta, undefined)) choices.push({ index, delta, finish_reason: null });
+    }
+    this.choices.clear();
+    return choices.length === 0 ? undefined : JSON.stringify({ ...this.meta, choices });
+  }
+
+  /** Masks and holds back the text of one choice's delta; true when the delta (or its logprobs) changed. */
+  private choiceChanged(at: number, choice: Json, delta: Json): boolean {
     let fields = this.choices.get(at);
     if (fields === undefined) this.choices.set(at, (fields = new Map()));
     let changed = false;
+    const seen: string[] = [];
+    const step = (key: string, text: string): string => {
+      seen.push(key);
+      const out = this.step(fields, key, text);
+      if (out !== text) changed = true;
+      return out;
+    };
     for (const field of ANSWER_TEXT_FIELDS) {
       const v = delta[field];
-      if (typeof v !== 'string') continue;
-      const out = this.step(fields, field, v);
-      if (out !== v) {
-        delta[field] = out;
-        changed = true;
-      }
+      if (typeof v === 'string' && v !== '') {
+        const out = step(field, v);
+        if (out !== v) {
+          delta[field] = out;
+          if (field === 'content' || field === 'refusal') matchLogprobs(choice, field, out);
+        }
+      } else if (Array.isArray(v)) this.parts(v, field, step);
     }
+    const audio = delta.audio;
+    if (isJson(audio) && typeof audio.transcript === 'string' && audio.transcript !== '')
+      audio.transcript = step('audio', audio.transcript);
     const calls = delta.tool_calls;
     if (Array.isArray(calls)) {
       for (let k = 0; k < calls.length; k++) {
-        const fn = (calls[k] as { function?: Json } | null)?.function;
-        if (typeof fn?.arguments !== 'string') continue;
-        const index = (calls[k] as Json).index;
-        const out = this.step(fields, `tool:${typeof index === 'number' ? index : k}`, fn.arguments);
-        if (out !== fn.arguments) {
-          fn.arguments = out;
-          changed = true;
-        }
+        const call: unknown = calls[k];
+        if (!isJson(call) || !isJson(call.function) || typeof call.function.arguments !== 'string') continue;
+        if (call.function.arguments === '') continue;
+        call.function.arguments = step(
+          `tool:${typeof call.index === 'number' ? call.index : k}`,
+          call.function.arguments,
+        );
       }
     }
-    const fn = delta.function_call as Json | null | undefined;
-    if (typeof fn?.arguments === 'string') {
-      const out = this.step(fields, 'function_call', fn.arguments);
-      if (out !== fn.arguments) {
-        fn.arguments = out;
-        changed = true;
-      }
+    const fn = delta.function_call;
+    if (isJson(fn) && typeof fn.arguments === 'string' && fn.arguments !== '')
+      fn.arguments = step('function_call', fn.arguments);
+    // Another channel began (the answer after its reasoning, a second tool call): one that still holds text
+    // ended inside a secret, and what it held goes first.
+    if (this.holding > 0 && seen.length > 0) {
+      const others = new Map([...fields].filter(([key, st]) => st.held !== '' && !seen.includes(key)));
+      if (others.size > 0 && this.settle(others, delta, seen)) changed = true;
     }
     return changed;
+  }
+
+  /** The text of a list of content parts (Mistral's thinking), each part's `text` and `thinking` in turn. */
+  private parts(list: unknown[], field: string, step: (key: string, text: string) => string): void {
+    for (const part of list) {
+      if (!isJson(part)) continue;
+      if (typeof part.text === 'string' && part.text !== '') part.text = step(`${field}:text`, part.text);
+      if (typeof part.thinking === 'string' && part.thinking !== '')
+        part.thinking = step(`${field}:thinking`, part.thinking);
+      else if (Array.isArray(part.thinking))
+        for (const inner of part.thinking)
+          if (isJson(inner) && typeof inner.text === 'string' && inner.text !== '')
+            inner.text = step(`${field}:thinking`, inner.text);
+    }
   }
 
   /**
-   * The choice ended: what it held back is the start of a secret the answer stopped inside, masked. It joins
-   * the field's text in this last delta.
+   * Ends the channels of `fields`: what each held goes into `delta` as `[REDACTED]`, placed before the
+   * channels `before` names when it is a field of its own. True when anything was held.
    */
-  private finish(at: number, delta: Json): boolean {
-    const fields = this.choices.get(at);
-    if (fields === undefined) return false;
-    this.choices.delete(at);
+  private settle(fields: Fields, delta: Json, before: readonly string[] | undefined): boolean {
     let changed = false;
-    for (const [field, st] of fields) {
+    for (const [key, st] of fields) {
       if (st.held === '') continue;
+      st.held = '';
+      st.sent = (st.sent + REDACTED).slice(-this.keep);
       this.holding--;
       changed = true;
-      if (field.startsWith('tool:')) {
-        const index = Number(field.slice(5));
-        const calls = Array.isArray(delta.tool_calls)
-          ? (delta.tool_calls as Json[])
-          : (delta.tool_calls = []);
-        let call = calls.find((c) => c !== null && typeof c === 'object' && c.index === index);
-        if (call === undefined) calls.push((call = { index, function: { arguments: '' } }));
-        const fn = (call.function ??= {}) as Json;
-        fn.arguments = `${typeof fn.arguments === 'string' ? fn.arguments : ''}${REDACTED}`;
-      } else if (field === 'function_call') {
-        const fn = (delta.function_call ??= {}) as Json;
-        fn.arguments = `${typeof fn.arguments === 'string' ? fn.arguments : ''}${REDACTED}`;
-      } else {
-        const v = delta[field];
-        delta[field] = `${typeof v === 'string' ? v : ''}${REDACTED}`;
-      }
+      putRedacted(delta, key, before !== undefined);
     }
     return changed;
   }
 
-  /** The text to send for one field's delta `d`: secrets masked, a secret's possible start held back. */
-  private step(fields: Map<string, FieldState>, field: string, d: string): string {
-    let st = fields.get(field);
-    if (st === undefined) fields.set(field, (st = { sent: '', held: '' }));
+  /** The text to send for one channel's delta `d`: secrets masked, a secret's possible start held back. */
+  private step(fields: Fields, key: string, d: string): string {
+    let st = fields.get(key);
+    if (st === undefined) fields.set(key, (st = { sent: '', held: '' }));
     const w = st.held + d;
-    if (w === '') return d;
     const x = st.sent + w;
     const base = st.sent.length;
 
@@ -165,8 +207,8 @@ export class DeltaMask {
     let hold = 0;
     for (let j = 0; j < this.forms.length; j++) {
       const f = this.forms[j] as string;
-      const from = Math.max(clearFrom > 0 ? base + clearFrom : 0, x.length - f.length + 1);
       const p = this.prefixes[j] as string;
+      const from = Math.max(clearFrom > 0 ? base + clearFrom : 0, x.length - f.length + 1);
       for (let at = x.indexOf(p, from); at !== -1; at = x.indexOf(p, at + 1)) {
         if (!f.startsWith(x.slice(at))) continue;
         hold = Math.max(hold, x.length - at);
@@ -182,10 +224,69 @@ export class DeltaMask {
   }
 }
 
+/** `[REDACTED]` added to channel `key` of `delta`; `first`: a field of its own goes before the delta's others. */
+function putRedacted(delta: Json, key: string, first: boolean): void {
+  if (key.startsWith('tool:')) {
+    const index = Number(key.slice(5));
+    const calls = Array.isArray(delta.tool_calls) ? (delta.tool_calls as unknown[]) : (delta.tool_calls = []);
+    let call = calls.find((c): c is Json => isJson(c) && c.index === index);
+    if (call === undefined) calls.unshift((call = { index, function: { arguments: '' } }));
+    const fn = isJson(call.function) ? call.function : (call.function = {});
+    fn.arguments = `${typeof fn.arguments === 'string' ? fn.arguments : ''}${REDACTED}`;
+    return;
+  }
+  if (key === 'function_call' || key === 'audio') {
+    const member = key === 'audio' ? 'transcript' : 'arguments';
+    const obj = isJson(delta[key]) ? (delta[key] as Json) : (delta[key] = {});
+    obj[member] = `${typeof obj[member] === 'string' ? obj[member] : ''}${REDACTED}`;
+    return;
+  }
+  const [field = key, part] = key.split(':');
+  const v = delta[field];
+  if (part !== undefined) {
+    const piece =
+      part === 'text' ? { type: 'text', text: REDACTED } : { type: 'thinking', thinking: REDACTED };
+    if (Array.isArray(v)) {
+      if (first) v.unshift(piece);
+      else v.push(piece);
+    } else if (typeof v === 'string' && v !== '') delta[field] = [{ type: 'text', text: v }, piece];
+    else setField(delta, field, [piece], first);
+    return;
+  }
+  if (typeof v === 'string') delta[field] = `${v}${REDACTED}`;
+  else if (Array.isArray(v)) v.push({ type: 'text', text: REDACTED });
+  else setField(delta, field, REDACTED, first);
+}
+
+/** Sets `delta[field]`, as its first member when `first` (SDKs read a chunk's members in order). */
+function setField(delta: Json, field: string, value: unknown, first: boolean): void {
+  if (!first) {
+    delta[field] = value;
+    return;
+  }
+  const rest = Object.entries(delta);
+  for (const [k] of rest) delete delta[k];
+  delta[field] = value;
+  for (const [k, v] of rest) if (k !== field) delta[k] = v;
+}
+
+/** A choice's logprobs for `field` made to spell `text`, the delta's text as sent: one token, or none. */
+function matchLogprobs(choice: Json, field: 'content' | 'refusal', text: string): void {
+  const logprobs = choice.logprobs;
+  if (!isJson(logprobs) || !Array.isArray(logprobs[field])) return;
+  let sum = 0;
+  for (const t of logprobs[field] as unknown[])
+    if (isJson(t) && typeof t.logprob === 'number') sum += t.logprob;
+  logprobs[field] =
+    text === ''
+      ? []
+      : [{ token: text, logprob: sum, bytes: [...Buffer.from(text, 'utf8')], top_logprobs: [] }];
+}
+
 function parse(json: string): Json | undefined {
   try {
     const v: unknown = JSON.parse(json);
-    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : undefined;
+    return isJson(v) ? v : undefined;
   } catch {
     return undefined;
   }

@@ -317,6 +317,9 @@ async function attemptStreamBody(
         writer.commit(headers());
         writer.write(pending);
       }
+      // `[DONE]` with text still held back for a choice that never said it finished: it goes first.
+      const rest = deltas?.flush();
+      if (rest !== undefined) writer.write(dataFrame(echo === undefined ? rest : echo.scrub(rest)));
       writer.end(DONE_FRAME);
       const countedTokens = json?.tokens ?? streamTokens();
       // Every content chunk in the read that brought the first (a buffering proxy in between): its
