@@ -3,14 +3,27 @@
  * on loopback: frames relayed both ways, the provider's key in place of the client's, close codes carried
  * across, a refused upstream handshake refused to the client, and no session outliving the gateway.
  */
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { connect } from 'node:net';
 import { describe, expect, it, vi } from 'vitest';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { WebSocket, type RawData } from 'ws';
 import { parseConfigText } from '../../src/config/load.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { startGateway, type TestGateway } from '../helpers/gateway.js';
+import { startGateway } from '../helpers/gateway.js';
+import {
+  closeServer,
+  gwPort,
+  listen,
+  openAIError,
+  passthroughGateways,
+  sleep,
+  wsClients,
+  wsUpstream,
+  wsUrl,
+  type Client,
+  type Upstream,
+} from '../helpers/ws.js';
 
 const track = closeAfterEach();
 const PT_KEY = 'sk-pt-SECRET-4242';
@@ -19,69 +32,44 @@ const TIMEOUTS = { connect_ms: 500, first_byte_ms: 1000, idle_ms: 500, total_ms:
 /** Generous: a bound must fire around its time, and these tests must not flake on a loaded machine. */
 const SLACK_MS = 2000;
 
-interface Seen {
-  readonly url: string | undefined;
-  readonly headers: IncomingHttpHeaders;
-}
+/** What a client here keeps of each message: its text and its kind. */
+type Message = { text: string; binary: boolean };
 
-interface Closed {
-  readonly code: number;
-  readonly reason: string;
-}
-
-interface WsUpstream {
-  readonly url: string;
-  /** Every handshake the upstream accepted. */
-  readonly seen: Seen[];
-  /** The upstream's side of each session. */
-  readonly peers: WebSocket[];
-  /** How each session ended, as the upstream saw it. */
-  readonly closes: Closed[];
-  /** TCP connections the upstream accepted (an upgrade refused by the gateway must open none). */
-  connections: number;
-}
+const { configOf, gateway } = passthroughGateways(track, { key: PT_KEY, timeouts: TIMEOUTS });
+const { openClient, refusedHandshake } = wsClients<Message>(track, {
+  record: (data, binary) => ({ text: String(data), binary }),
+  deflate: true,
+});
 
 /**
  * A `ws` server that says `hello` as a session opens, then echoes every message as it came (text or binary),
  * but answers `headers` with its handshake's headers;
  * a plain HTTP request gets `{ path, body, upgrade }` back.
  */
-async function wsUpstream(
+function helloUpstream(
   opts: { handleProtocols?: (protocols: Set<string>) => string | false } = {},
-): Promise<WsUpstream> {
-  const server = createServer((req, res) => {
-    let body = '';
-    req.setEncoding('utf8');
-    req.on('data', (d: string) => (body += d));
-    req.on('end', () => {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ path: req.url, body, upgrade: req.headers.upgrade ?? null }));
-    });
+): Promise<Upstream> {
+  return wsUpstream(track, {
+    handleProtocols: opts.handleProtocols,
+    echo: false,
+    ignoreErrors: false,
+    onRequest: (req, res) => {
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (d: string) => (body += d));
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ path: req.url, body, upgrade: req.headers.upgrade ?? null }));
+      });
+    },
+    onSession: (ws, req) => {
+      ws.on('message', (data: RawData, isBinary: boolean) =>
+        // `headers` asks for what it was sent, as an echo service (httpbin's /anything) would answer.
+        ws.send(String(data) === 'headers' ? JSON.stringify(req.headers) : data, { binary: isBinary }),
+      );
+      ws.send('hello');
+    },
   });
-  const wss = new WebSocketServer({ server, handleProtocols: opts.handleProtocols });
-  const up: WsUpstream = { url: '', seen: [], peers: [], closes: [], connections: 0 };
-  server.on('connection', () => (up.connections += 1));
-  wss.on('connection', (ws, req) => {
-    up.seen.push({ url: req.url, headers: req.headers });
-    up.peers.push(ws);
-    ws.on('message', (data: RawData, isBinary: boolean) =>
-      // `headers` asks for what it was sent, as an echo service (httpbin's /anything) would answer.
-      ws.send(String(data) === 'headers' ? JSON.stringify(req.headers) : data, { binary: isBinary }),
-    );
-    ws.on('close', (code, reason) => up.closes.push({ code, reason: reason.toString() }));
-    ws.send('hello');
-  });
-  await listen(server);
-  track({
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const ws of wss.clients) ws.terminate();
-        wss.close();
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  });
-  return Object.assign(up, { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
 }
 
 /** An HTTP server that answers every upgrade with `status` and a body echoing the credentials it was sent. */
@@ -102,13 +90,7 @@ async function refusingUpstream(status: number): Promise<string> {
     s.on('close', () => sockets.delete(s));
   });
   await listen(server);
-  track({
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  });
+  track({ close: () => closeServer(server, sockets) });
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
@@ -125,13 +107,7 @@ async function silentUpstream(): Promise<{ url: string; ended: () => number; upg
   });
   server.on('connection', (s: Socket) => sockets.add(s));
   await listen(server);
-  track({
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  });
+  track({ close: () => closeServer(server, sockets) });
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     ended: () => ended,
@@ -139,113 +115,15 @@ async function silentUpstream(): Promise<{ url: string; ended: () => number; upg
   };
 }
 
-function listen(server: Server): Promise<void> {
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-}
-
-function configOf(
-  baseUrl: string,
-  opts: { apiKeys?: string[]; passthrough?: boolean; headers?: Record<string, string> } = {},
-): Record<string, unknown> {
-  return {
-    server: {
-      ...(opts.passthrough === false ? {} : { passthrough: 'pt' }),
-      ...(opts.apiKeys ? { api_keys: opts.apiKeys } : {}),
-    },
-    providers: [
-      {
-        name: 'pt',
-        base_url: baseUrl,
-        api_key: PT_KEY,
-        timeouts: TIMEOUTS,
-        ...(opts.headers ? { headers: opts.headers } : {}),
-        models: [{ name: 'm' }],
-      },
-    ],
-    routes: { r: { targets: ['pt/m'] } },
-  };
-}
-
-async function gateway(config: Record<string, unknown>): Promise<TestGateway> {
-  return track(await startGateway(config));
-}
-
-function wsUrl(gw: TestGateway, path: string): string {
-  return `${gw.url.replace(/^http/, 'ws')}${path}`;
-}
-
-interface Client {
-  readonly ws: WebSocket;
-  /** Every message the client got, in order, with its kind. */
-  readonly messages: { text: string; binary: boolean }[];
-  /** Resolves with how the session ended, as the client saw it. */
-  readonly closed: Promise<Closed>;
-}
-
-/** A `ws` client, open: resolves once the handshake succeeded, rejects if it failed. */
-function openClient(
-  url: string,
-  opts: { headers?: Record<string, string>; protocols?: string[] } = {},
-): Promise<Client> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, opts.protocols ?? [], { headers: opts.headers });
-    const messages: { text: string; binary: boolean }[] = [];
-    const closed = new Promise<Closed>((done) =>
-      ws.on('close', (code, reason) => done({ code, reason: reason.toString() })),
-    );
-    ws.on('message', (data: RawData, binary: boolean) => messages.push({ text: String(data), binary }));
-    ws.on('error', reject);
-    ws.on('open', () => resolve({ ws, messages, closed }));
-    track({ close: () => ws.terminate() });
-  });
-}
-
-interface Refusal {
-  readonly status: number;
-  readonly text: string;
-  readonly ms: number;
-}
-
-/** A handshake the gateway must refuse: resolves with the HTTP answer, rejects if it opened. */
-function refusedHandshake(
-  url: string,
-  opts: { headers?: Record<string, string>; protocols?: string[] } = {},
-): Promise<Refusal> {
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, opts.protocols ?? [], { headers: opts.headers });
-    track({ close: () => ws.terminate() });
-    ws.on('open', () => reject(new Error('the handshake succeeded')));
-    ws.on('error', reject);
-    ws.on('unexpected-response', (req, res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (text += d));
-      res.on('end', () => {
-        req.destroy();
-        resolve({ status: res.statusCode ?? 0, text, ms: performance.now() - started });
-      });
-    });
-  });
-}
-
-function openAIError(text: string): { message: string; type: string; code: unknown } {
-  const body = JSON.parse(text) as {
-    error: { message: string; type: string; param: unknown; code: unknown };
-  };
-  expect(Object.keys(body.error).sort()).toEqual(['code', 'message', 'param', 'type']);
-  return body.error;
-}
-
 /** Waits for the `count`-th message the client got. */
-async function received(client: Client, count: number): Promise<void> {
+async function received(client: Client<Message>, count: number): Promise<void> {
   await vi.waitFor(() => expect(client.messages.length).toBeGreaterThanOrEqual(count));
 }
 
 describe('passthrough WebSocket relay (regression: the Realtime API was not proxied)', () => {
   it('relays text and binary frames both ways, to base_url path with the query kept', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/api/v1`));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/api/v1`);
     const client = await openClient(wsUrl(gw, '/v1/realtime?model=gpt-realtime&x=a%20b'));
     await received(client, 1); // the upstream's greeting, sent as its side opened, is not lost
     client.ws.send('{"type":"session.update"}');
@@ -260,10 +138,8 @@ describe('passthrough WebSocket relay (regression: the Realtime API was not prox
   });
 
   it('gives the upstream the provider key and headers, never the client key, organization or project', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(
-      configOf(`${up.url}/v1`, { apiKeys: [CLIENT_KEY], headers: { 'X-Provider': 'p1' } }),
-    );
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1`, { apiKeys: [CLIENT_KEY], headers: { 'X-Provider': 'p1' } });
     const client = await openClient(wsUrl(gw, '/v1/realtime?model=m'), {
       headers: {
         authorization: `Bearer ${CLIENT_KEY}`,
@@ -291,8 +167,8 @@ describe('passthrough WebSocket relay (regression: the Realtime API was not prox
   });
 
   it('accepts the client key as the browser SDK sends it (subprotocol), and never forwards it', async () => {
-    const up = await wsUpstream({ handleProtocols: (p) => (p.has('realtime') ? 'realtime' : false) });
-    const gw = await gateway(configOf(`${up.url}/v1`, { apiKeys: [CLIENT_KEY] }));
+    const up = await helloUpstream({ handleProtocols: (p) => (p.has('realtime') ? 'realtime' : false) });
+    const gw = await gateway(`${up.url}/v1`, { apiKeys: [CLIENT_KEY] });
     const client = await openClient(wsUrl(gw, '/v1/realtime?model=m'), {
       protocols: ['realtime', `openai-insecure-api-key.${CLIENT_KEY}`],
     });
@@ -311,29 +187,29 @@ describe('passthrough WebSocket relay (regression: the Realtime API was not prox
   });
 
   it('carries close codes and reasons across, both ways', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/v1`));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1`);
 
     const a = await openClient(wsUrl(gw, '/v1/realtime'));
     await received(a, 1);
     a.ws.close(4001, 'client done');
     expect(await a.closed).toEqual({ code: 4001, reason: 'client done' });
-    await vi.waitFor(() => expect(up.closes).toEqual([{ code: 4001, reason: 'client done' }]));
+    await vi.waitFor(() => expect(up.ended).toEqual([{ code: 4001, reason: 'client done' }]));
 
     const b = await openClient(wsUrl(gw, '/v1/realtime'));
     await received(b, 1);
     up.peers[1]!.close(4002, 'upstream done');
     expect(await b.closed).toEqual({ code: 4002, reason: 'upstream done' });
-    await vi.waitFor(() => expect(up.closes).toHaveLength(2));
+    await vi.waitFor(() => expect(up.ended).toHaveLength(2));
   });
 
   it('closes the upstream at once when the client vanishes, and the client when the upstream does', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/v1`));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1`);
     const a = await openClient(wsUrl(gw, '/v1/realtime'));
     await received(a, 1);
     a.ws.terminate(); // no close frame: the TCP connection just ends
-    await vi.waitFor(() => expect(up.closes).toHaveLength(1), { timeout: TIMEOUTS.first_byte_ms });
+    await vi.waitFor(() => expect(up.ended).toHaveLength(1), { timeout: TIMEOUTS.first_byte_ms });
 
     const b = await openClient(wsUrl(gw, '/v1/realtime'));
     await received(b, 1);
@@ -344,12 +220,12 @@ describe('passthrough WebSocket relay (regression: the Realtime API was not prox
   });
 
   it('keeps a session open past total_ms and idle_ms (they bound HTTP exchanges, not sessions)', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/v1`));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1`);
     const client = await openClient(wsUrl(gw, '/v1/realtime'));
     await received(client, 1);
     // Waiting is the point here: nothing may happen in this time.
-    await new Promise((resolve) => setTimeout(resolve, TIMEOUTS.total_ms + 500));
+    await sleep(TIMEOUTS.total_ms + 500);
     expect(client.ws.readyState).toBe(WebSocket.OPEN);
     client.ws.send('still here');
     await received(client, 2);
@@ -359,8 +235,8 @@ describe('passthrough WebSocket relay (regression: the Realtime API was not prox
 
 describe('passthrough WebSocket refusals', () => {
   it('needs the client key (api_keys set): without a valid one, 401 before any upstream connection', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/v1`, { apiKeys: [CLIENT_KEY] }));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1`, { apiKeys: [CLIENT_KEY] });
     const refusals: Record<string, string>[] = [{}, { authorization: 'Bearer wrong' }];
     for (const headers of refusals) {
       const r = await refusedHandshake(wsUrl(gw, '/v1/realtime?model=m'), { headers });
@@ -378,7 +254,7 @@ describe('passthrough WebSocket refusals', () => {
   it('fails the client handshake with the status of an upstream that refuses its own, with no secret in it', async () => {
     for (const status of [401, 500]) {
       const url = await refusingUpstream(status);
-      const gw = await gateway(configOf(`${url}/v1`));
+      const gw = await gateway(`${url}/v1`);
       const r = await refusedHandshake(wsUrl(gw, '/v1/realtime'));
       expect(r.status).toBe(status);
       expect(r.text).toContain('refused'); // the upstream's own body, scrubbed
@@ -388,14 +264,14 @@ describe('passthrough WebSocket refusals', () => {
   });
 
   it('answers 502 when the upstream cannot be reached and 504 when its handshake never comes', async () => {
-    const gw = await gateway(configOf('http://127.0.0.1:1/v1'));
+    const gw = await gateway('http://127.0.0.1:1/v1');
     const unreachable = await refusedHandshake(wsUrl(gw, '/v1/realtime'));
     expect(unreachable.status).toBe(502);
     expect(openAIError(unreachable.text).type).toBe('upstream_error');
     expect(unreachable.text).not.toContain(PT_KEY);
 
     const silent = await silentUpstream();
-    const gw2 = await gateway(configOf(`${silent.url}/v1`));
+    const gw2 = await gateway(`${silent.url}/v1`);
     const stalled = await refusedHandshake(wsUrl(gw2, '/v1/realtime'));
     expect(stalled.status).toBe(504);
     expect(openAIError(stalled.text).type).toBe('timeout');
@@ -404,13 +280,13 @@ describe('passthrough WebSocket refusals', () => {
   });
 
   it('refuses with an OpenAI-shaped 404 without a passthrough, and on a routed path', async () => {
-    const up = await wsUpstream();
-    const none = await gateway(configOf(`${up.url}/v1`, { passthrough: false }));
+    const up = await helloUpstream();
+    const none = await gateway(`${up.url}/v1`, { passthrough: false });
     const r = await refusedHandshake(wsUrl(none, '/v1/realtime'));
     expect(r.status).toBe(404);
     expect(openAIError(r.text).type).toBe('invalid_request_error');
 
-    const gw = await gateway(configOf(`${up.url}/v1`));
+    const gw = await gateway(`${up.url}/v1`);
     for (const path of ['/v1/chat/completions', '/v1/embeddings']) {
       const routed = await refusedHandshake(wsUrl(gw, path));
       expect(routed.status, path).toBe(404);
@@ -420,15 +296,14 @@ describe('passthrough WebSocket refusals', () => {
   });
 
   it('still answers a non-WebSocket upgrade (h2c, with a body) as plain HTTP/1.1 beside a session', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/v1`));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1`);
     const client = await openClient(wsUrl(gw, '/v1/realtime'));
     await received(client, 1);
     // `curl --http2 -d` against an http:// URL: a POST asking to upgrade to h2c.
-    const { port } = new URL(gw.url);
     const body = '{"input":"hi"}';
     const raw = await new Promise<string>((resolve, reject) => {
-      const s = connect(Number(port), '127.0.0.1', () =>
+      const s = connect(gwPort(gw), '127.0.0.1', () =>
         s.write(
           [
             'POST /v1/files HTTP/1.1',
@@ -458,7 +333,7 @@ describe('passthrough WebSocket refusals', () => {
 
 describe('passthrough WebSocket and shutdown', () => {
   it('closes open sessions when the gateway closes, without hanging', async () => {
-    const up = await wsUpstream();
+    const up = await helloUpstream();
     const gw = await startGateway(configOf(`${up.url}/v1`));
     track(gw);
     const client = await openClient(wsUrl(gw, '/v1/realtime'));
@@ -467,7 +342,7 @@ describe('passthrough WebSocket and shutdown', () => {
     await gw.close();
     expect(performance.now() - started).toBeLessThan(SLACK_MS);
     expect((await client.closed).code).toBe(1001); // going away
-    await vi.waitFor(() => expect(up.closes).toHaveLength(1));
+    await vi.waitFor(() => expect(up.ended).toHaveLength(1));
   });
 
   it('answers a handshake still waiting for its upstream with 503 when the gateway closes', async () => {
@@ -488,8 +363,8 @@ describe('passthrough WebSocket and shutdown', () => {
 
 describe('a key rotated by a reload while a session is open (regression: the old key was no longer masked)', () => {
   it('keeps masking the key the session was opened with', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/v1`));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1`);
     const client = await openClient(wsUrl(gw, '/v1/realtime?model=m'));
     await received(client, 1);
     const rotated = configOf(`${up.url}/v1`);
@@ -504,8 +379,8 @@ describe('a key rotated by a reload while a session is open (regression: the old
 
 describe("a base_url's query on a WebSocket passthrough", () => {
   it('goes upstream after the client query', async () => {
-    const up = await wsUpstream();
-    const gw = await gateway(configOf(`${up.url}/v1?api-version=2024-10-21`));
+    const up = await helloUpstream();
+    const gw = await gateway(`${up.url}/v1?api-version=2024-10-21`);
     const client = await openClient(wsUrl(gw, '/v1/realtime?model=m'));
     await received(client, 1);
     expect(up.seen[0]!.url).toBe('/v1/realtime?model=m&api-version=2024-10-21');

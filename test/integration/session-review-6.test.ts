@@ -14,13 +14,22 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { describe, expect, it, vi } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { simProvider, startGateway } from '../helpers/gateway.js';
 import { answerChat, chatCompletion, sendJson, startMock } from '../helpers/mock-upstream.js';
+import {
+  activeOf,
+  closeWsServer,
+  listen,
+  passthroughGateways,
+  readAnswer,
+  sleep,
+  wsUrl,
+  type PassthroughOptions,
+} from '../helpers/ws.js';
 
 const track = closeAfterEach();
 const PT_KEY = 'sk-pt-REVIEW6-SECRET-7171';
@@ -29,6 +38,8 @@ const TIMEOUTS = { connect_ms: 300, first_byte_ms: 400, idle_ms: 1000, total_ms:
 const WAIT = { timeout: 4000, interval: 20 };
 const MSGS = [{ role: 'user', content: 'hi' }];
 type Json = Record<string, unknown>;
+
+const { gateway } = passthroughGateways(track, { key: PT_KEY, timeouts: TIMEOUTS, strategy: 'priority' });
 
 type Mode = 'accept' | 'refuse429' | 'hang';
 
@@ -91,44 +102,13 @@ async function ptUpstream(): Promise<PtUpstream> {
       ws.on('close', () => (up.sessions -= 1));
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  track({
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const ws of up.peers) ws.terminate();
-        for (const s of sockets) s.destroy();
-        wss.close();
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  });
+  await listen(server);
+  track({ close: () => closeWsServer(server, sockets, wss, up.peers) });
   return Object.assign(up, { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
 }
 
-async function ptGateway(
-  up: PtUpstream,
-  opts: { apiKeys?: string[]; maxConcurrency?: number } = {},
-): Promise<TestGateway> {
-  return track(
-    await startGateway({
-      server: { passthrough: 'pt', ...(opts.apiKeys ? { api_keys: opts.apiKeys } : {}) },
-      providers: [
-        {
-          name: 'pt',
-          base_url: `${up.url}/v1`,
-          api_key: PT_KEY,
-          timeouts: TIMEOUTS,
-          ...(opts.maxConcurrency !== undefined ? { max_concurrency: opts.maxConcurrency } : {}),
-          models: [{ name: 'm' }],
-        },
-      ],
-      routes: { r: { strategy: 'priority', targets: ['pt/m'] } },
-    }),
-  );
-}
-
-const wsUrl = (gw: TestGateway, path = '/v1/realtime?model=m'): string =>
-  `${gw.url.replace(/^http/, 'ws')}${path}`;
+/** A gateway whose passthrough provider is `up`. */
+const ptGateway = (up: PtUpstream, opts: PassthroughOptions = {}) => gateway(`${up.url}/v1`, opts);
 
 interface Outcome {
   /** 101 when the session opened, else the HTTP status of the refusal (0: no answer). */
@@ -153,20 +133,8 @@ function handshake(
     track({ close: () => ws.terminate() });
     ws.on('error', () => resolve({ status: 0, headers: {}, text: '', ws }));
     ws.on('open', () => resolve({ status: 101, headers: {}, text: '', ws }));
-    ws.on('unexpected-response', (req, res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (text += d));
-      res.on('end', () => {
-        req.destroy();
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, ws });
-      });
-    });
+    ws.on('unexpected-response', (req, res) => readAnswer(req, res, (answer) => resolve({ ...answer, ws })));
   });
-}
-
-function activeOf(gw: TestGateway): number | undefined {
-  return gw.gateway.runtime.passthrough?.client.active;
 }
 
 describe('the WebSocket Origin check refuses browser pages, not clients that send an Origin', () => {
