@@ -15,6 +15,11 @@ import { ANSWER_TEXT_FIELDS } from '../text.js';
 const REDACTED = '[REDACTED]';
 /** The shortest run of a secret's first characters that is held back. */
 const MIN_HOLD = 4;
+/**
+ * Channels followed in one stream at most: a hostile upstream's thousands of choice or tool indexes do not
+ * grow the state without bound; past it a channel's deltas are scrubbed each on its own (scrub.ts).
+ */
+const MAX_CHANNELS = 256;
 
 interface FieldState {
   /** The last characters sent, up to one fewer than the longest secret. */
@@ -36,6 +41,8 @@ export class DeltaMask {
   private readonly choices = new Map<number, Fields>();
   /** Channels with characters held back. */
   private holding = 0;
+  /** Channels followed so far. */
+  private channels = 0;
   /** The last chunk's id, created and model: a chunk of held text the stream's end lets go is written with them. */
   private meta: Json = {};
 
@@ -177,7 +184,11 @@ export class DeltaMask {
   /** The text to send for one channel's delta `d`: secrets masked, a secret's possible start held back. */
   private step(fields: Fields, key: string, d: string): string {
     let st = fields.get(key);
-    if (st === undefined) fields.set(key, (st = { sent: '', held: '' }));
+    if (st === undefined) {
+      if (this.channels >= MAX_CHANNELS) return d;
+      this.channels++;
+      fields.set(key, (st = { sent: '', held: '' }));
+    }
     const w = st.held + d;
     const x = st.sent + w;
     const base = st.sent.length;

@@ -108,3 +108,18 @@ describe('DeltaMask', () => {
     expect(mask.frame(plain, undefined, true)).toBe(plain);
   });
 });
+
+describe('DeltaMask bounds', () => {
+  it('follows at most 256 channels: a hostile stream of ever new tool indexes does not grow it past that', () => {
+    const mask = new DeltaMask(secretForms([KEY]));
+    const callsOf = (k: number) => ({ tool_calls: [{ index: k, function: { arguments: 'sk-p' } }] });
+    type Call = { index: number; function: { arguments: string } };
+    const args = Array.from({ length: 300 }, (_, k) => {
+      const calls = relay(mask, [chunk(callsOf(k))])[0]?.choices[0]?.delta.tool_calls as Call[];
+      return calls.find((c) => c.index === k);
+    });
+    // The first 256 hold their possible key start back; the rest are relayed as they came.
+    expect(args.filter((a) => a?.function.arguments === '').length).toBe(256);
+    expect(args.slice(256).every((a) => a?.function.arguments === 'sk-p')).toBe(true);
+  });
+});
