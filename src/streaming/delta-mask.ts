@@ -22,7 +22,10 @@ const MIN_HOLD = 4;
 const MAX_CHANNELS = 256;
 
 interface FieldState {
-  /** The last characters sent, up to one fewer than the longest secret. */
+  /**
+   * The end of the text sent that a secret may go on from: its longest tail that is the start of one (often
+   * none). A secret that ends in the next delta begins there, if it began before it.
+   */
   sent: string;
   /** Characters held back: the first ones of a secret, perhaps. */
   held: string;
@@ -31,12 +34,18 @@ interface FieldState {
 type Json = Record<string, unknown>;
 type Fields = Map<string, FieldState>;
 
+/** One choice's delta being masked: its channels, whether any text changed, the channels it carries. */
+interface Current {
+  readonly fields: Fields;
+  changed: boolean;
+  readonly seen: string[] | undefined;
+}
+
 const isJson = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 export class DeltaMask {
   private readonly forms: readonly string[];
   private readonly prefixes: readonly string[];
-  private readonly keep: number;
   /** Per choice, each text channel's state (keys: see `channels`). */
   private readonly choices = new Map<number, Fields>();
   /** Channels with characters held back. */
@@ -55,7 +64,6 @@ export class DeltaMask {
     const usable = forms.filter((f) => f.length >= MIN_HOLD);
     this.forms = usable.filter((f) => !usable.some((g) => g !== f && f.includes(g)));
     this.prefixes = this.forms.map((f) => f.slice(0, MIN_HOLD));
-    this.keep = Math.max(0, ...this.forms.map((f) => f.length - 1));
   }
 
   /**
@@ -105,62 +113,64 @@ export class DeltaMask {
   private choiceChanged(at: number, choice: Json, delta: Json): boolean {
     let fields = this.choices.get(at);
     if (fields === undefined) this.choices.set(at, (fields = new Map()));
-    let changed = false;
-    const seen: string[] = [];
-    const step = (key: string, text: string): string => {
-      seen.push(key);
-      const out = this.step(fields, key, text);
-      if (out !== text) changed = true;
-      return out;
-    };
+    // Only a channel held before this delta can be ended by another one starting in it.
+    const cur: Current = { fields, changed: false, seen: this.holding > 0 ? [] : undefined };
     for (const field of ANSWER_TEXT_FIELDS) {
       const v = delta[field];
       if (typeof v === 'string' && v !== '') {
-        const out = step(field, v);
+        const out = this.stepIn(cur, field, v);
         if (out !== v) {
           delta[field] = out;
           if (field === 'content' || field === 'refusal') matchLogprobs(choice, field, out);
         }
-      } else if (Array.isArray(v)) this.parts(v, field, step);
+      } else if (Array.isArray(v)) this.parts(cur, v, field);
     }
     const audio = delta.audio;
     if (isJson(audio) && typeof audio.transcript === 'string' && audio.transcript !== '')
-      audio.transcript = step('audio', audio.transcript);
+      audio.transcript = this.stepIn(cur, 'audio', audio.transcript);
     const calls = delta.tool_calls;
     if (Array.isArray(calls)) {
       for (let k = 0; k < calls.length; k++) {
         const call: unknown = calls[k];
         if (!isJson(call) || !isJson(call.function) || typeof call.function.arguments !== 'string') continue;
         if (call.function.arguments === '') continue;
-        call.function.arguments = step(
-          `tool:${typeof call.index === 'number' ? call.index : k}`,
-          call.function.arguments,
-        );
+        const key = `tool:${typeof call.index === 'number' ? call.index : k}`;
+        call.function.arguments = this.stepIn(cur, key, call.function.arguments);
       }
     }
     const fn = delta.function_call;
     if (isJson(fn) && typeof fn.arguments === 'string' && fn.arguments !== '')
-      fn.arguments = step('function_call', fn.arguments);
+      fn.arguments = this.stepIn(cur, 'function_call', fn.arguments);
     // Another channel began (the answer after its reasoning, a second tool call): one that still holds text
     // ended inside a secret, and what it held goes first.
-    if (this.holding > 0 && seen.length > 0) {
+    const seen = cur.seen;
+    if (seen !== undefined && seen.length > 0) {
       const others = new Map([...fields].filter(([key, st]) => st.held !== '' && !seen.includes(key)));
-      if (others.size > 0 && this.settle(others, delta, seen)) changed = true;
+      if (others.size > 0 && this.settle(others, delta, seen)) cur.changed = true;
     }
-    return changed;
+    return cur.changed;
+  }
+
+  /** `step` within one choice's delta, noting the channel seen and whether its text changed. */
+  private stepIn(cur: Current, key: string, text: string): string {
+    cur.seen?.push(key);
+    const out = this.step(cur.fields, key, text);
+    if (out !== text) cur.changed = true;
+    return out;
   }
 
   /** The text of a list of content parts (Mistral's thinking), each part's `text` and `thinking` in turn. */
-  private parts(list: unknown[], field: string, step: (key: string, text: string) => string): void {
+  private parts(cur: Current, list: unknown[], field: string): void {
     for (const part of list) {
       if (!isJson(part)) continue;
-      if (typeof part.text === 'string' && part.text !== '') part.text = step(`${field}:text`, part.text);
+      if (typeof part.text === 'string' && part.text !== '')
+        part.text = this.stepIn(cur, `${field}:text`, part.text);
       if (typeof part.thinking === 'string' && part.thinking !== '')
-        part.thinking = step(`${field}:thinking`, part.thinking);
+        part.thinking = this.stepIn(cur, `${field}:thinking`, part.thinking);
       else if (Array.isArray(part.thinking))
         for (const inner of part.thinking)
           if (isJson(inner) && typeof inner.text === 'string' && inner.text !== '')
-            inner.text = step(`${field}:thinking`, inner.text);
+            inner.text = this.stepIn(cur, `${field}:thinking`, inner.text);
     }
   }
 
@@ -173,7 +183,7 @@ export class DeltaMask {
     for (const [key, st] of fields) {
       if (st.held === '') continue;
       st.held = '';
-      st.sent = (st.sent + REDACTED).slice(-this.keep);
+      st.sent = '';
       this.holding--;
       changed = true;
       putRedacted(delta, key, before !== undefined);
@@ -230,8 +240,26 @@ export class DeltaMask {
     const out = masked + w.slice(clearFrom, w.length - held);
     if ((st.held !== '') !== held > 0) this.holding += held > 0 ? 1 : -1;
     st.held = w.slice(w.length - held);
-    st.sent = (st.sent + out).slice(-this.keep);
+    st.sent = this.startOfSecret(st.sent + out);
     return out === d ? d : out;
+  }
+
+  /** The longest tail of `text` that some secret starts with (but is not the whole of it); '' when none. */
+  private startOfSecret(text: string): string {
+    let best = 0;
+    for (const f of this.forms) {
+      const first = f.charCodeAt(0);
+      for (let at = Math.max(0, text.length - f.length + 1); at < text.length - best; at++) {
+        if (text.charCodeAt(at) !== first) continue;
+        let k = 1;
+        while (at + k < text.length && text.charCodeAt(at + k) === f.charCodeAt(k)) k++;
+        if (at + k === text.length) {
+          best = text.length - at;
+          break;
+        }
+      }
+    }
+    return best === 0 ? '' : text.slice(text.length - best);
   }
 }
 
