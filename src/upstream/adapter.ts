@@ -102,8 +102,12 @@ export interface ChunkSink {
   usage(usage: Usage): void;
   /** The upstream reported an error inside the stream. */
   error(err: UpstreamErrorInfo): void;
-  /** The upstream signalled a normal end (`[DONE]`, `message_stop`). */
-  end(): void;
+  /**
+   * The answer is whole: the upstream signalled a normal end (`[DONE]`, `message_stop`), or (`early`) the
+   * gateway ended it before the upstream did (a stop sequence applied here): the rest is not wanted, and its
+   * connection is dropped rather than read to its end.
+   */
+  end(early?: boolean): void;
 }
 
 export interface StreamContext {

@@ -198,6 +198,7 @@ async function attemptStreamBody(
     let usage: Usage | undefined;
     let streamError: UpstreamErrorInfo | undefined;
     let ended = false;
+    let endedEarly = false;
     // An upstream that echoes its key (a debugging proxy's extra field) must not hand it to the client.
     const echo = echoGuard(upstream.provider);
     // A model that repeats the key does so a token a delta: found across deltas, not in one frame.
@@ -236,8 +237,9 @@ async function attemptStreamBody(
       error(e) {
         streamError = e;
       },
-      end() {
+      end(early) {
         ended = true;
+        endedEarly = early === true;
       },
     };
     const streamTokens = (): number => Math.max(contentChunks, Math.round(contentTokens));
@@ -291,7 +293,8 @@ async function attemptStreamBody(
           }
           return ended || streamError ? 'stop' : undefined;
         },
-        client.drain,
+        // An answer ended before the upstream's (endedEarly): the rest is not read for the connection's sake.
+        { ms: () => (endedEarly ? 0 : client.drain.ms()), held: client.drain.held },
       );
       if (whole) {
         json = answerAsChunks(withoutBom(Buffer.concat(whole).toString('utf8')), input, sink);

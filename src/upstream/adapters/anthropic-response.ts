@@ -151,18 +151,18 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
     }
   }
 
+  // Asked for JSON, told so only in its prompt: Claude's fence or preface around the object is not the answer.
+  const asJson = ctx.json === true && text !== '';
+  if (asJson) text = jsonAnswerText(text);
   // A stop sequence Claude was not given (whitespace alone) cuts the answer where it begins, as OpenAI's does:
-  // what Claude wrote past it, tool calls too, is not the answer.
+  // what Claude wrote past it, tool calls too, is not the answer (in a JSON answer, the object is the answer).
   let finish = mapStopReason(msg.stop_reason);
   const cut = firstStop(text, whitespaceStops(ctx.stop));
   if (cut !== -1) {
     text = text.slice(0, cut);
-    const kept = textBefore.filter((at) => at <= cut).length;
-    toolCalls.length = kept;
-    if (kept === 0) finish = 'stop';
+    if (!asJson) toolCalls.length = textBefore.filter((at) => at <= cut).length;
+    if (toolCalls.length === 0) finish = 'stop';
   }
-  // Asked for JSON, told so only in its prompt: Claude's fence or preface around the object is not the answer.
-  if (ctx.json === true && text !== '') text = jsonAnswerText(text);
   const message: JsonObject = {
     role: 'assistant',
     content: text === '' && toolCalls.length > 0 ? null : text,

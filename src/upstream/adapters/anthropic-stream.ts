@@ -86,6 +86,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private readonly json: JsonAnswer | undefined;
   /** Stop sequences of whitespace alone, which Anthropic refuses: the answer is cut at them here. */
   private readonly stops: LocalStops | undefined;
+  /** Tokens of content relayed so far, estimated (contentWeight). */
+  private relayed = 0;
 
   constructor(
     private readonly sink: ChunkSink,
@@ -169,7 +171,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   private onMessageStart(message: unknown): void {
     const m: JsonObject = isObject(message) ? message : {};
     readTokens(m.usage, this.tokens);
-    this.sink.chunk(this.enc(m.id).choice({ role: 'assistant', content: '' }, null), 0);
+    this.emit(this.enc(m.id).choice({ role: 'assistant', content: '' }, null), 0);
   }
 
   private onBlockStart(index: unknown, block: unknown): void {
@@ -191,8 +193,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     }
     if (block.type !== 'tool_use' || typeof index !== 'number') return;
     // Text Claude wrote before a tool call is its lead-in, not the JSON answer: it goes before the call.
-    this.releaseText();
-    this.flushJson();
+    this.flushText();
+    if (this.finishSent) return; // a stop in the text held back ended the answer before this call
     const k = this.toolCalls++;
     this.tool = { block: index, index: k, argumentsSent: false, input: block.input };
     const call = {
@@ -201,7 +203,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       type: 'function',
       function: { name: asString(block.name) ?? '', arguments: '' },
     };
-    this.sink.chunk(this.enc().choice({ tool_calls: [call] }, null), contentWeight(call.function.name));
+    this.emit(this.enc().choice({ tool_calls: [call] }, null), contentWeight(call.function.name));
   }
 
   private onBlockDelta(index: unknown, delta: unknown): void {
@@ -216,7 +218,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
       if (typeof text !== 'string' || text === '') return;
       const held = this.thinking;
       if (held !== undefined && held.block === index && this.holdThinking(text.length)) held.text += text;
-      this.sink.chunk(this.enc().choice({ reasoning_content: text }, null), contentWeight(text));
+      this.emit(this.enc().choice({ reasoning_content: text }, null), contentWeight(text));
       return;
     }
     if (delta.type === 'signature_delta') {
@@ -264,7 +266,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     const blocks = this.thinkingBlocks;
     this.thinkingBlocks = undefined;
     if (blocks !== undefined && blocks.length > 0)
-      this.sink.chunk(this.enc().choice({ thinking_blocks: blocks }, null), contentWeight(''));
+      this.emit(this.enc().choice({ thinking_blocks: blocks }, null), contentWeight(''));
   }
 
   /**
@@ -281,54 +283,77 @@ export class AnthropicStreamTranslator implements StreamTranslator {
   }
 
   private arguments(k: number, part: string): void {
-    this.sink.chunk(
+    this.emit(
       this.enc().choice({ tool_calls: [{ index: k, function: { arguments: part } }] }, null),
       contentWeight(part),
     );
   }
 
   private text(content: string): void {
-    const stops = this.stops;
-    this.relayText(
-      this.json === undefined
-        ? (stops?.feed(content) ?? content)
-        : this.json.feed(stops?.feed(content) ?? content),
-    );
-    // At a stop Claude was not given the answer ends, as OpenAI's does: what Claude writes past it is not
-    // relayed (its usage still is, at message_delta).
-    if (stops?.stopped === true && !this.finishSent) {
-      this.stopReasonSeen = true;
-      this.offerThinking();
-      this.finishSent = true;
-      this.finish('stop');
-    }
-  }
-
-  /** Text held back as a stop's possible start goes on: its text block ended, or a tool call began. */
-  private releaseText(): void {
-    const held = this.stops?.release() ?? '';
-    if (held !== '') this.relayText(this.json === undefined ? held : this.json.feed(held));
-  }
-
-  /** Text held back while waiting for a JSON answer's object that never came: it goes before the finish. */
-  private flushJson(): void {
-    if (this.json !== undefined) this.relayText(this.json.end());
+    this.answerText(this.json === undefined ? content : this.json.feed(content));
   }
 
   /**
-   * The finish chunk, with the text held back for a JSON answer that never came in it: an SDK that parses
-   * each content delta as partial JSON (the openai SDK's stream helper) then reads the finish first — a
-   * refusal is its content_filter error, not a SyntaxError on the refusal's words.
+   * The answer's text on its way to the client, through the stops Claude was not given: at one the answer
+   * ends, as OpenAI's does (stopHere).
+   */
+  private answerText(text: string): void {
+    const stops = this.stops;
+    if (stops === undefined) {
+      this.relayText(text);
+      return;
+    }
+    this.relayText(stops.feed(text));
+    if (stops.stopped && !this.finishSent) this.stopHere();
+  }
+
+  /** Text held back goes on before a tool call: a JSON answer's that never came, a stop's possible start. */
+  private flushText(): void {
+    if (this.json !== undefined) this.answerText(this.json.end());
+    if (!this.finishSent) this.relayText(this.stops?.release() ?? '');
+  }
+
+  /**
+   * A stop Claude was not given ended the answer: the finish (`tool_calls` when calls came before it), then
+   * the usage and the end, at once. What Claude writes past it is not waited for (its request is let go, as
+   * a client that stops reading lets it go); its output count is not known yet, so the relayed answer's
+   * estimate stands for it, marked unreported.
+   */
+  private stopHere(): void {
+    this.closeTool();
+    this.stopReasonSeen = true;
+    this.offerThinking();
+    this.finishSent = true;
+    this.finish(this.toolCalls > 0 ? 'tool_calls' : 'stop');
+    this.done = true;
+    const output = Math.max(1, Math.round(this.relayed));
+    const usage = toOpenAiUsage({ ...this.tokens, output, outputSeen: false });
+    if (usage) this.sink.usage(usage);
+    if (this.ctx.includeUsage && usage) this.emit(this.enc().usage(usage), 0);
+    this.sink.end(true);
+  }
+
+  /**
+   * The finish chunk, with the text held back for a JSON answer that never came in it (and a stop's possible
+   * start): an SDK that parses each content delta as partial JSON (the openai SDK's stream helper) then reads
+   * the finish first — a refusal is its content_filter error, not a SyntaxError on the refusal's words.
    */
   private finish(reason: FinishReason): void {
-    this.releaseText();
-    const held = this.json?.end() ?? '';
+    const fromJson = this.json?.end() ?? '';
+    const stops = this.stops;
+    const held = stops === undefined ? fromJson : stops.feed(fromJson) + stops.release();
     const delta = held === '' ? {} : { content: held };
-    this.sink.chunk(this.enc().choice(delta, reason), held === '' ? 0 : contentWeight(held));
+    this.emit(this.enc().choice(delta, reason), held === '' ? 0 : contentWeight(held));
+  }
+
+  /** One chunk to the sink; `weight`: the tokens of content it carries, counted as relayed. */
+  private emit(json: string, weight: number): void {
+    this.relayed += weight;
+    this.sink.chunk(json, weight);
   }
 
   private relayText(content: string): void {
-    if (content !== '') this.sink.chunk(this.enc().choice({ content }, null), contentWeight(content));
+    if (content !== '') this.emit(this.enc().choice({ content }, null), contentWeight(content));
   }
 
   private onMessageDelta(msg: JsonObject): void {
@@ -358,7 +383,7 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     }
     if (usage && !this.usageReported) this.sink.usage(usage);
     // No count at all from the upstream: no usage chunk, rather than one of zeros (as a relayed stream would).
-    if (this.ctx.includeUsage && usage) this.sink.chunk(this.enc().usage(usage), 0);
+    if (this.ctx.includeUsage && usage) this.emit(this.enc().usage(usage), 0);
     this.sink.end();
   }
 
