@@ -14,6 +14,7 @@ import { echoGuard } from '../observability/scrub.js';
 import type { Runtime } from '../runtime.js';
 import { codingsOf, decode, decodeBuffer, type Coding } from '../upstream/content-coding.js';
 import { retrieveModel } from './models.js';
+import { sseDeltaMask } from './passthrough-sse-mask.js';
 import { reportOnce } from './report.js';
 
 /** Carries a request's abort signal through reply-from, inside its headers object (see `undici` below). */
@@ -343,14 +344,22 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         }
         const masked = echo.mask.transform();
         const done = (): void => {
-          /* a failure destroys every stage; the reply ends with `masked` */
+          /* a failure destroys every stage; the reply ends with the last */
         };
-        if (coding === 'identity') pipeline(res.stream, masked, done);
-        else {
+        const body = coding === 'identity' ? res.stream : decode(res.stream, coding);
+        if (coding !== 'identity') {
           reply.removeHeader('content-encoding');
           reply.removeHeader('content-length');
-          pipeline(decode(res.stream, coding), masked, done);
         }
+        // An event stream (the Responses API's) may spell a key across its deltas: each event is read for it.
+        if (isEventStream(reply.getHeader('content-type'))) {
+          reply.removeHeader('content-length');
+          const events = sseDeltaMask(echo.forms);
+          pipeline(body, masked, events, done);
+          void reply.send(events);
+          return;
+        }
+        pipeline(body, masked, done);
         void reply.send(masked);
       },
       // Failures before any answer (reply-from maps timeouts to 504).
@@ -365,6 +374,10 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       },
     },
   });
+}
+
+function isEventStream(contentType: unknown): boolean {
+  return typeof contentType === 'string' && contentType.toLowerCase().includes('text/event-stream');
 }
 
 /** The client's query with the base_url's parameters it does not set itself added; as sent when there are none. */

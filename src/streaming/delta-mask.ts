@@ -52,6 +52,8 @@ export class DeltaMask {
   private holding = 0;
   /** Channels followed so far. */
   private channels = 0;
+  /** Channels outside chat chunks (channelText). */
+  private readonly loose: Fields = new Map();
   /** The last chunk's id, created and model: a chunk of held text the stream's end lets go is written with them. */
   private meta: Json = {};
 
@@ -92,6 +94,36 @@ export class DeltaMask {
       }
     }
     return changed ? JSON.stringify(obj) : json;
+  }
+
+  /**
+   * One delta of a text channel outside chat chunks (a Responses API event's `delta`, keyed by the caller):
+   * the text to send for it, as for a chunk's channel.
+   */
+  channelText(channel: string, d: string): string {
+    return this.step(this.loose, channel, d);
+  }
+
+  /** Whether a channel outside chat chunks holds text back now. */
+  holds(channel: string): boolean {
+    return (this.loose.get(channel)?.held ?? '') !== '';
+  }
+
+  /**
+   * The channels outside chat chunks that hold text back (but `except`), each ended: the caller sends
+   * `[REDACTED]` in place of what each held (it was the start of a secret the text stopped inside).
+   */
+  endChannels(except?: string): string[] {
+    const ended: string[] = [];
+    if (this.holding === 0) return ended;
+    for (const [channel, st] of this.loose) {
+      if (st.held === '' || channel === except) continue;
+      st.held = '';
+      st.sent = '';
+      this.holding--;
+      ended.push(channel);
+    }
+    return ended;
   }
 
   /**

@@ -262,6 +262,94 @@ describe('passthrough: a secret the provider echoes in a redirect or in escaped 
     expect(bearerOf(up.received[0]!.headers)).toBe(PT_KEY);
     expect(JSON.stringify(JSON.parse(text))).not.toContain(PT_KEY);
   });
+
+  /** The Responses API's event stream answering with `text`, a few characters a delta, as the SDK reads it. */
+  function responsesEvents(text: string, size: number): string {
+    const response = (status: string, output: unknown[]) => ({
+      id: 'resp_1',
+      object: 'response',
+      created_at: 1,
+      status,
+      model: 'm',
+      output,
+    });
+    const message = { id: 'msg_1', type: 'message', role: 'assistant', status: 'completed' };
+    const part = { type: 'output_text', text, annotations: [] };
+    const events: Record<string, unknown>[] = [
+      { type: 'response.created', response: response('in_progress', []) },
+      { type: 'response.output_item.added', output_index: 0, item: { ...message, content: [] } },
+      {
+        type: 'response.content_part.added',
+        item_id: 'msg_1',
+        output_index: 0,
+        content_index: 0,
+        part: { ...part, text: '' },
+      },
+    ];
+    for (let at = 0; at < text.length; at += size)
+      events.push({
+        type: 'response.output_text.delta',
+        item_id: 'msg_1',
+        output_index: 0,
+        content_index: 0,
+        delta: text.slice(at, at + size),
+      });
+    events.push(
+      { type: 'response.output_text.done', item_id: 'msg_1', output_index: 0, content_index: 0, text },
+      { type: 'response.completed', response: response('completed', [{ ...message, content: [part] }]) },
+    );
+    return events
+      .map((e, n) => `event: ${String(e.type)}\ndata: ${JSON.stringify({ ...e, sequence_number: n })}\n\n`)
+      .join(': keep-alive\n\n');
+  }
+
+  // A model that repeats the key does so a token a delta: no one event holds it, the joined text does. The
+  // whole text in `.done` and `response.completed` is masked byte for byte as before.
+  it('a Responses API stream that spells the key across deltas: the SDK joins no key', async () => {
+    const up = await startRawUpstream(track, (req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(responsesEvents(`Your key is ${bearerOf(req.headers)} — keep it.`, 3));
+    });
+    const gw = await passthroughTo(up);
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'x', maxRetries: 0 });
+    let joined = '';
+    const stream = client.responses.stream({ model: 'm', input: 'hi' });
+    for await (const e of stream) if (e.type === 'response.output_text.delta') joined += e.delta;
+    const final = await stream.finalResponse();
+    expect(joined).toMatch(/^Your key is (s|sk|sk-)?\[REDACTED\] — keep it\.$/);
+    expect(final.output_text).not.toContain(PT_KEY);
+    expect(final.output_text).toMatch(/^Your key is \*+ — keep it\.$/);
+  });
+
+  // Text that only starts like the key is held back a delta, then goes on whole: the joined text is the model's.
+  it('a Responses API stream with a near miss: the joined text is as written', async () => {
+    const text = 'Keys look like sk-pt+ but this one is not. Done.';
+    const up = await startRawUpstream(track, (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(responsesEvents(text, 4));
+    });
+    const gw = await passthroughTo(up);
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'x', maxRetries: 0 });
+    let joined = '';
+    for await (const e of client.responses.stream({ model: 'm', input: 'hi' }))
+      if (e.type === 'response.output_text.delta') joined += e.delta;
+    expect(joined).toBe(text);
+  });
+
+  it('a Responses API stream with nothing like the key in it is relayed byte for byte', async () => {
+    const body = responsesEvents('Nothing secret here, only text. Done.', 4);
+    const up = await startRawUpstream(track, (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(body);
+    });
+    const gw = await passthroughTo(up);
+    const res = await request(`${gw.url}/v1/responses`, {
+      method: 'POST',
+      body: '{}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(await res.body.text()).toBe(body);
+  });
 });
 
 describe('routed chat: echoes in escaped JSON, in successful answers and after the commit', () => {

@@ -1,0 +1,120 @@
+/**
+ * A passthrough answer's SSE events with a secret the upstream spells across deltas masked: the Responses
+ * API's `response.output_text.delta`, and every other `*.delta` event whose `delta` is text (reasoning,
+ * refusals, tool arguments, transcripts). The byte mask before it (scrub.ts StreamMask) finds a secret only
+ * within one event. Events go on as they came, byte for byte, unless one's delta changed (its data line is
+ * written anew) or a channel that held text back ended without the secret (an event like its last delta,
+ * carrying `[REDACTED]`, goes before what ended it; see streaming/delta-mask.ts).
+ */
+import { StringDecoder } from 'node:string_decoder';
+import { Transform } from 'node:stream';
+import { DeltaMask } from '../streaming/delta-mask.js';
+
+const REDACTED = '[REDACTED]';
+/** An event that does not end within this many characters is relayed as it comes, no longer read. */
+const MAX_EVENT_CHARS = 1 << 20;
+const BOUNDARY = /\r\n\r\n|\n\n|\r\r/g;
+const LINE = /\r\n|\r|\n/;
+
+type Json = Record<string, unknown>;
+
+/** The delta event a channel last had: the shape its `[REDACTED]` is sent in. */
+interface LastDelta {
+  readonly lines: readonly string[];
+  readonly obj: Json;
+  readonly sep: string;
+}
+
+export function sseDeltaMask(forms: readonly string[]): Transform {
+  const mask = new DeltaMask(forms);
+  const decoder = new StringDecoder('utf8');
+  const last = new Map<string, LastDelta>();
+  let buf = '';
+  let unread = false;
+
+  /** `[REDACTED]` events for the channels (but `except`) that held text back, which now end. */
+  const ended = (except?: string): string => {
+    let out = '';
+    for (const channel of mask.endChannels(except)) {
+      const l = last.get(channel);
+      if (l !== undefined) out += withData(l.lines, { ...l.obj, delta: REDACTED }) + l.sep;
+    }
+    return out;
+  };
+
+  /** One whole event (`block`, then its blank line `sep`) as it is to be relayed. */
+  const event = (block: string, sep: string): string => {
+    const lines = block.split(LINE);
+    let data: string | undefined;
+    for (const line of lines) {
+      if (!line.startsWith('data:')) continue;
+      const value = line.startsWith('data: ') ? line.slice(6) : line.slice(5);
+      data = data === undefined ? value : `${data}\n${value}`;
+    }
+    // Comments (`: keep-alive`) and events without data end nothing.
+    if (data === undefined) return block + sep;
+    const obj = data.includes('"delta"') ? parse(data) : undefined;
+    if (obj === undefined || typeof obj.delta !== 'string' || typeof obj.type !== 'string')
+      return ended() + block + sep;
+    const channel = [obj.type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
+    const before = ended(channel);
+    const out = mask.channelText(channel, obj.delta);
+    if (mask.holds(channel)) last.set(channel, { lines, obj, sep });
+    else last.delete(channel);
+    return before + (out === obj.delta ? block : withData(lines, { ...obj, delta: out })) + sep;
+  };
+
+  const take = (text: string): string => {
+    if (unread) return text;
+    buf += text;
+    let out = '';
+    let from = 0;
+    BOUNDARY.lastIndex = 0;
+    for (let m = BOUNDARY.exec(buf); m !== null; m = BOUNDARY.exec(buf)) {
+      out += event(buf.slice(from, m.index), m[0]);
+      from = m.index + m[0].length;
+    }
+    buf = buf.slice(from);
+    if (buf.length > MAX_EVENT_CHARS) {
+      unread = true;
+      out += ended() + buf;
+      buf = '';
+    }
+    return out;
+  };
+
+  return new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      const out = take(decoder.write(chunk));
+      done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
+    },
+    flush(done) {
+      const out = take(decoder.end()) + ended() + buf;
+      buf = '';
+      done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
+    },
+  });
+}
+
+/** The event's lines with its data written anew from `obj` (one `data:` line, where the first one was). */
+function withData(lines: readonly string[], obj: Json): string {
+  const out: string[] = [];
+  let written = false;
+  for (const line of lines) {
+    if (!line.startsWith('data:')) out.push(line);
+    else if (!written) {
+      out.push(`data: ${JSON.stringify(obj)}`);
+      written = true;
+    }
+  }
+  return out.join('\n');
+}
+
+function parse(text: string): Json | undefined {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * sseDeltaMask: a passthrough event stream's `*.delta` events are read for a secret spelt across them; every
+ * event goes on byte for byte unless its delta changed, whatever the framing (CRLF, events split across
+ * writes, comments); what a channel held back when it ends goes as a `[REDACTED]` event like its last delta.
+ */
+import { Readable } from 'node:stream';
+import { text } from 'node:stream/consumers';
+import { describe, expect, it } from 'vitest';
+import { sseDeltaMask } from '../../../src/http/passthrough-sse-mask.js';
+import { secretForms } from '../../../src/observability/scrub.js';
+
+const KEY = 'sk-pt-Zq8Wm2Lx7Rv4';
+
+function delta(d: string, item = 'msg_1', n = 0): string {
+  return `event: response.output_text.delta\ndata: ${JSON.stringify({ type: 'response.output_text.delta', item_id: item, output_index: 0, content_index: 0, delta: d, sequence_number: n })}\n\n`;
+}
+
+/** `body` written in pieces of `size` bytes through the mask; what comes out. */
+async function through(body: string, size = 7): Promise<string> {
+  const bytes = Buffer.from(body);
+  const pieces: Buffer[] = [];
+  for (let at = 0; at < bytes.length; at += size) pieces.push(bytes.subarray(at, at + size));
+  return text(Readable.from(pieces).pipe(sseDeltaMask(secretForms([KEY]))));
+}
+
+/** The `delta` of every delta event in `sse`, joined. */
+function joined(sse: string): string {
+  let out = '';
+  for (const line of sse.split(/\r?\n/))
+    if (line.startsWith('data: ')) {
+      const obj = JSON.parse(line.slice(6)) as { delta?: unknown };
+      if (typeof obj.delta === 'string') out += obj.delta;
+    }
+  return out;
+}
+
+describe('sseDeltaMask', () => {
+  it('a key spelt 3 characters an event, written 7 bytes at a time, is masked in the joined text', async () => {
+    const answer = `key=${KEY};`;
+    let body = '';
+    for (let at = 0; at < answer.length; at += 3) body += delta(answer.slice(at, at + 3));
+    const out = await through(body);
+    expect(joined(out)).toMatch(/^key=(s|sk|sk-)?\[REDACTED\];$/);
+  });
+
+  it('CRLF framing, comments and other events go on byte for byte when nothing is held', async () => {
+    const body =
+      ': keep-alive\r\n\r\n' +
+      delta('plain text ').replaceAll('\n', '\r\n') +
+      'event: response.completed\r\ndata: {"type":"response.completed"}\r\n\r\n';
+    expect(await through(body, 5)).toBe(body);
+  });
+
+  it('a channel that ends holding the start of the key sends [REDACTED] in an event like its last delta', async () => {
+    const body = `${delta('the key: ')}${delta(KEY.slice(0, 8))}event: response.output_text.done\ndata: {"type":"response.output_text.done"}\n\n`;
+    const out = await through(body);
+    expect(joined(out)).toBe('the key: [REDACTED]');
+    expect(out.indexOf('[REDACTED]')).toBeLessThan(out.indexOf('response.output_text.done"'));
+    // At the stream's end too.
+    expect(joined(await through(`${delta('x ')}${delta(KEY.slice(0, 6))}`))).toBe('x [REDACTED]');
+  });
+
+  it('a delta of another item ends the first one’s hold; each item keeps its own text', async () => {
+    const body = `${delta('a: sk-pt', 'msg_1')}${delta('b: hi', 'msg_2')}${delta('-Zq', 'msg_1')}`;
+    const out = await through(body);
+    const lines = out.split('\n').filter((l) => l.startsWith('data: '));
+    const byItem = (id: string) =>
+      lines
+        .map((l) => JSON.parse(l.slice(6)) as { item_id: string; delta: string })
+        .filter((o) => o.item_id === id)
+        .map((o) => o.delta)
+        .join('');
+    expect(byItem('msg_1')).toBe('a: [REDACTED]-Zq');
+    expect(byItem('msg_2')).toBe('b: hi');
+  });
+
+  it('an event that never ends within 1 MiB is relayed as it comes, unread', async () => {
+    const body = `data: ${'x'.repeat((1 << 20) + 10)}`;
+    expect(await through(body, 64 * 1024)).toBe(body);
+  });
+});
