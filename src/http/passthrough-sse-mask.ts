@@ -8,7 +8,7 @@
  */
 import { StringDecoder } from 'node:string_decoder';
 import { Transform } from 'node:stream';
-import { DeltaMask } from '../streaming/delta-mask.js';
+import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 
 const REDACTED = '[REDACTED]';
 /** An event that does not end within this many characters is relayed as it comes, no longer read. */
@@ -25,7 +25,7 @@ interface LastDelta {
   readonly sep: string;
 }
 
-export function sseDeltaMask(forms: readonly string[]): Transform {
+export function sseDeltaMask(forms: HeldForms): Transform {
   const mask = new DeltaMask(forms);
   const decoder = new StringDecoder('utf8');
   const last = new Map<string, LastDelta>();

@@ -6,6 +6,7 @@
 import { Transform } from 'node:stream';
 import { credentialLike, providerSecrets } from '../config/secrets.js';
 import type { ProviderRuntime } from '../runtime.js';
+import { heldForms, type HeldForms } from '../streaming/delta-mask.js';
 
 /** What a truncated message ends with (adapters/common.ts truncateMessage). */
 const CUT = '…';
@@ -149,7 +150,7 @@ export interface EchoGuard {
   /** The secrets as bytes, to find in a message without decoding it (WebSocket messages). */
   readonly bytes: readonly Buffer[];
   /** Every spelling of the secrets (secretForms), to find in a streamed answer's deltas (DeltaMask). */
-  readonly forms: readonly string[];
+  readonly forms: HeldForms;
 }
 
 /** Per provider (a reload makes a new one): what of ours it can echo in an answer, and how that is hidden. */
@@ -170,7 +171,7 @@ export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | un
             mask: new StreamMask(secrets),
             scrub: (t) => scrubber.scrub(t),
             bytes: secrets.map((t) => Buffer.from(t)),
-            forms: secretForms(secrets),
+            forms: heldForms(secretForms(secrets)),
           };
     ECHO_GUARDS.set(provider, guard);
   }

@@ -41,6 +41,23 @@ interface Current {
   readonly seen: string[] | undefined;
 }
 
+/** The spellings of the secrets a DeltaMask follows, and each one's first 4 characters. */
+export interface HeldForms {
+  readonly forms: readonly string[];
+  readonly prefixes: readonly string[];
+}
+
+/**
+ * `forms`: every spelling of every secret (scrub.ts secretForms). A form that contains another (a header's
+ * `Basic <credential>` holds the credential) is masked through that one: its own first characters (`Basi`)
+ * are no secret's, and holding them would mangle every answer ending in "Basic".
+ */
+export function heldForms(forms: readonly string[]): HeldForms {
+  const usable = forms.filter((f) => f.length >= MIN_HOLD);
+  const kept = usable.filter((f) => !usable.some((g) => g !== f && f.includes(g)));
+  return { forms: kept, prefixes: kept.map((f) => f.slice(0, MIN_HOLD)) };
+}
+
 const isJson = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 export class DeltaMask {
@@ -57,15 +74,10 @@ export class DeltaMask {
   /** The last chunk's id, created and model: a chunk of held text the stream's end lets go is written with them. */
   private meta: Json = {};
 
-  /**
-   * `forms`: every spelling of every secret (scrub.ts secretForms). A form that contains another (a header's
-   * `Basic <credential>` holds the credential) is masked through that one: its own first characters (`Basi`)
-   * are no secret's, and holding them would mangle every answer ending in "Basic".
-   */
-  constructor(forms: readonly string[]) {
-    const usable = forms.filter((f) => f.length >= MIN_HOLD);
-    this.forms = usable.filter((f) => !usable.some((g) => g !== f && f.includes(g)));
-    this.prefixes = this.forms.map((f) => f.slice(0, MIN_HOLD));
+  /** `held`: the secrets' spellings to follow (heldForms), made once per provider. */
+  constructor(held: HeldForms) {
+    this.forms = held.forms;
+    this.prefixes = held.prefixes;
   }
 
   /**

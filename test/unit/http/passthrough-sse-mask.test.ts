@@ -8,6 +8,7 @@ import { text } from 'node:stream/consumers';
 import { describe, expect, it } from 'vitest';
 import { sseDeltaMask } from '../../../src/http/passthrough-sse-mask.js';
 import { secretForms } from '../../../src/observability/scrub.js';
+import { heldForms } from '../../../src/streaming/delta-mask.js';
 
 const KEY = 'sk-pt-Zq8Wm2Lx7Rv4';
 
@@ -20,7 +21,7 @@ async function through(body: string, size = 7): Promise<string> {
   const bytes = Buffer.from(body);
   const pieces: Buffer[] = [];
   for (let at = 0; at < bytes.length; at += size) pieces.push(bytes.subarray(at, at + size));
-  return text(Readable.from(pieces).pipe(sseDeltaMask(secretForms([KEY]))));
+  return text(Readable.from(pieces).pipe(sseDeltaMask(heldForms(secretForms([KEY])))));
 }
 
 /** The `delta` of every delta event in `sse`, joined. */

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { secretForms } from '../../../src/observability/scrub.js';
-import { DeltaMask } from '../../../src/streaming/delta-mask.js';
+import { DeltaMask, heldForms } from '../../../src/streaming/delta-mask.js';
 
 const KEY = 'sk-proj-Xa9Qw3Er5Ty7Ui';
 
@@ -47,7 +47,7 @@ describe('DeltaMask', () => {
   it.each([[[1]], [[2]], [[3, 5]], [[4]], [[7, 1, 2]], [[40]]])(
     'a key echoed a token a delta (pieces of %j) never reaches the client',
     (sizes) => {
-      const mask = new DeltaMask(secretForms([KEY]));
+      const mask = new DeltaMask(heldForms(secretForms([KEY])));
       const deltas = pieces(answer, sizes).map((p) => chunk({ content: p }));
       const out = relay(mask, [...deltas, chunk({}, 'stop')]);
       const got = text(out);
@@ -57,7 +57,7 @@ describe('DeltaMask', () => {
   );
 
   it('text that starts like the key but is not is relayed whole, in order', () => {
-    const mask = new DeltaMask(secretForms([KEY]));
+    const mask = new DeltaMask(heldForms(secretForms([KEY])));
     const plain = 'Keys look like sk-proj-… and sk-proj-Xa9 then more text, sk-pro';
     const out = relay(mask, [
       ...pieces(plain, [3]).map((p) => chunk({ content: p })),
@@ -67,7 +67,7 @@ describe('DeltaMask', () => {
   });
 
   it('an answer that stops inside the key ends in [REDACTED], not the key start', () => {
-    const mask = new DeltaMask(secretForms([KEY]));
+    const mask = new DeltaMask(heldForms(secretForms([KEY])));
     const out = relay(mask, [
       chunk({ content: 'key: sk-pr' }),
       chunk({ content: 'oj-Xa9' }),
@@ -78,7 +78,7 @@ describe('DeltaMask', () => {
   });
 
   it('two choices and a tool call each keep their own text', () => {
-    const mask = new DeltaMask(secretForms([KEY]));
+    const mask = new DeltaMask(heldForms(secretForms([KEY])));
     const a = pieces(`a: ${KEY}`, [5]);
     const b = pieces(`b: ${KEY}!`, [4]);
     const chunks: Chunk[] = [];
@@ -101,7 +101,7 @@ describe('DeltaMask', () => {
   });
 
   it('a chunk with no text and nothing held is relayed as the same string', () => {
-    const mask = new DeltaMask(secretForms([KEY]));
+    const mask = new DeltaMask(heldForms(secretForms([KEY])));
     const json = JSON.stringify(chunk({ role: 'assistant' }));
     expect(mask.frame(json, undefined, false)).toBe(json);
     const plain = JSON.stringify(chunk({ content: 'hello' }));
@@ -111,7 +111,7 @@ describe('DeltaMask', () => {
 
 describe('DeltaMask bounds', () => {
   it('follows at most 256 channels: a hostile stream of ever new tool indexes does not grow it past that', () => {
-    const mask = new DeltaMask(secretForms([KEY]));
+    const mask = new DeltaMask(heldForms(secretForms([KEY])));
     const callsOf = (k: number) => ({ tool_calls: [{ index: k, function: { arguments: 'sk-p' } }] });
     type Call = { index: number; function: { arguments: string } };
     const args = Array.from({ length: 300 }, (_, k) => {
