@@ -29,7 +29,6 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   const mask = new DeltaMask(forms);
   const decoder = new StringDecoder('utf8');
   const last = new Map<string, LastDelta>();
-  let buf = '';
   let unread = false;
 
   /** `[REDACTED]` events for the channels (but `except`) that held text back, which now end. */
@@ -64,9 +63,26 @@ export function sseDeltaMask(forms: HeldForms): Transform {
     return before + (out === obj.delta ? block : withData(lines, { ...obj, delta: out })) + sep;
   };
 
+  /** Text of an event not ended yet, in the pieces it came in (joined once it ends), and its last 3 characters. */
+  let parts: string[] = [];
+  let partsChars = 0;
+  let tail = '';
   const take = (text: string): string => {
     if (unread) return text;
-    buf += text;
+    // A long event arriving in small writes is kept as it came and read once it ends, not joined and read
+    // over again at each write: only the new text (and the start of a boundary before it) is looked at.
+    BOUNDARY.lastIndex = 0;
+    if (!BOUNDARY.test(tail + text)) {
+      parts.push(text);
+      partsChars += text.length;
+      tail = (tail + text).slice(-3);
+      if (partsChars <= MAX_EVENT_CHARS) return '';
+      unread = true;
+      const rest = parts.join('');
+      parts = [];
+      return ended() + rest;
+    }
+    const buf = parts.join('') + text;
     let out = '';
     let from = 0;
     BOUNDARY.lastIndex = 0;
@@ -74,12 +90,10 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       out += event(buf.slice(from, m.index), m[0]);
       from = m.index + m[0].length;
     }
-    buf = buf.slice(from);
-    if (buf.length > MAX_EVENT_CHARS) {
-      unread = true;
-      out += ended() + buf;
-      buf = '';
-    }
+    const rest = buf.slice(from);
+    parts = rest === '' ? [] : [rest];
+    partsChars = rest.length;
+    tail = rest.slice(-3);
     return out;
   };
 
@@ -89,8 +103,8 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
     },
     flush(done) {
-      const out = take(decoder.end()) + ended() + buf;
-      buf = '';
+      const out = take(decoder.end()) + ended() + parts.join('');
+      parts = [];
       done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
     },
   });

@@ -75,6 +75,12 @@ describe('sseDeltaMask', () => {
     expect(byItem('msg_2')).toBe('b: hi');
   });
 
+  it('a long event (base64 audio) in 1 KiB writes, then a short one, comes out whole and in order', async () => {
+    const audio = `event: response.audio.delta\ndata: {"type":"response.audio.delta","delta":"${'QUJD'.repeat(50_000)}"}\n\n`;
+    const body = audio + delta('after');
+    expect(await through(body, 1024)).toBe(body);
+  });
+
   it('an event that never ends within 1 MiB is relayed as it comes, unread', async () => {
     const body = `data: ${'x'.repeat((1 << 20) + 10)}`;
     expect(await through(body, 64 * 1024)).toBe(body);
