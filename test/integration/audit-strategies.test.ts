@@ -9,34 +9,40 @@
  * gateway measures exactly that many milliseconds whatever the machine's load; nothing here asserts on
  * wall-clock time. Randomness (weighted, exploration) is a seeded PRNG where a count depends on it.
  */
-import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { parseConfigText } from '../../src/config/load.js';
-import { startGateway, type TestGateway } from '../helpers/gateway.js';
-import { routerStatus } from '../helpers/resilience-harness.js';
-import { postJson, type Candidate, type RouterRes } from '../helpers/router-api.js';
+import type { TestGateway } from '../helpers/gateway.js';
+import type { Candidate, RouterRes } from '../helpers/router-api.js';
 import { retryUntil } from '../helpers/wait.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import {
-  chatCompletion,
-  chunkFrame,
-  fail500,
-  gate,
-  sendJson,
-  startMock,
-  type Received,
-} from '../helpers/mock-upstream.js';
+import { chatCompletion, chunkFrame, fail500, gate, sendJson } from '../helpers/mock-upstream.js';
 import { scrape, select, value } from '../helpers/prom-text.js';
 import { manualClock, mulberry32 } from '../helpers/random.js';
+import {
+  BODY,
+  HI,
+  prov,
+  routeOver,
+  statusOf,
+  strategyHarness,
+  streamThrough,
+  type ChatAnswerOptions,
+  type FirstContent,
+  type GatewayOptions,
+  type Json,
+  type RouteOptions,
+  type Up,
+} from '../helpers/strategy-harness.js';
 
 onlyLoopbackFetch();
-const track = closeAfterEach();
+const { up, chatUp, timedUp, pacedStreamUp, gateway, call, serve, warm, explain } = strategyHarness(
+  closeAfterEach(),
+  { timeoutMs: 15_000 },
+);
 
-type Json = Record<string, unknown>;
-const HI = [{ role: 'user', content: 'hello' }];
 const STRATEGIES = [
   'cost',
   'latency',
@@ -49,93 +55,6 @@ const STRATEGIES = [
 
 /* ------------------------------------------------------------------------------------------------ */
 /* helpers                                                                                           */
-
-interface Up {
-  url: string;
-  received: Received[];
-  readonly calls: number;
-}
-
-/** A mock upstream; `answer` writes the n-th answer (0-based). */
-async function up(answer: (body: Json, res: ServerResponse, n: number) => void | Promise<void>): Promise<Up> {
-  const m = track(await startMock((r, res, n) => answer(r.body, res, n)));
-  return {
-    url: m.url,
-    received: m.received,
-    get calls() {
-      return m.received.length;
-    },
-  };
-}
-
-/** A mock that answers `ok` after moving the gateway's clock by `ms()` (the latency the gateway measures). */
-async function timedUp(
-  clock: ReturnType<typeof manualClock>,
-  ms: () => number,
-  opts: { fail?: () => boolean; tokens?: () => number } = {},
-): Promise<Up> {
-  return up((body, res) => {
-    clock.advance(ms());
-    if (opts.fail?.() === true) return fail500(res);
-    sendJson(res, 200, chatCompletion(body, opts.tokens?.() ?? 2));
-  });
-}
-
-function prov(name: string, url: string, model: Json = {}): Json {
-  return {
-    name,
-    kind: 'openai',
-    base_url: `${url}/v1`,
-    timeouts: { connect_ms: 2000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 8000 },
-    models: [{ name: 'm', ...model }],
-  };
-}
-
-async function gateway(config: Json, opts: Parameters<typeof startGateway>[1] = {}): Promise<TestGateway> {
-  return track(await startGateway(config, opts));
-}
-
-/** A POST to the gateway (undici, no key unless in `headers`), headers and body bounded at 15 s. */
-const call = (gw: { url: string }, body: Json, headers: Record<string, string> = {}, path?: string) =>
-  postJson(gw, body, headers, path, { timeoutMs: 15_000 });
-
-/** Sends `n` requests, at most `conc` at once, and counts the serving provider of each (status 200 only). */
-async function serve(
-  gw: { url: string },
-  n: number,
-  body: Json = { model: 'r', messages: HI },
-  conc = 1,
-  headers: Record<string, string> = {},
-): Promise<{ counts: Record<string, number>; order: string[]; all: RouterRes[] }> {
-  const counts: Record<string, number> = {};
-  const order: string[] = [];
-  const all: RouterRes[] = [];
-  for (let i = 0; i < n; i += conc) {
-    const batch = await Promise.all(
-      Array.from({ length: Math.min(conc, n - i) }, () => call(gw, body, headers)),
-    );
-    for (const r of batch) {
-      all.push(r);
-      expect(r.status, r.text).toBe(200);
-      const p = r.headers['x-router-provider']!;
-      counts[p] = (counts[p] ?? 0) + 1;
-      order.push(p);
-    }
-  }
-  return { counts, order, all };
-}
-
-async function explain(
-  gw: { url: string },
-  body: Json = { model: 'r', messages: HI },
-  headers: Record<string, string> = {},
-): Promise<{ strategy: string; candidates: Candidate[]; features: Json }> {
-  const r = await call(gw, body, headers, '/router/explain');
-  expect(r.status, r.text).toBe(200);
-  return r.json as { strategy: string; candidates: Candidate[]; features: Json };
-}
-
-const statusOf = (gw: { url: string }) => routerStatus(gw.url);
 
 function requestLine(gw: TestGateway, reqId: string): Json | undefined {
   return gw.logs.find((l) => l.msg === 'request' && l.reqId === reqId);
@@ -157,14 +76,74 @@ function checkScores(c: Candidate[], epsilon = 0.02): void {
   for (let i = 1; i < c.length; i++) expect(c[i]!.score).toBeLessThanOrEqual(c[i - 1]!.score + epsilon);
 }
 
-/** Measures each named provider `n` times by pinning it. */
-async function warm(gw: { url: string }, providers: string[], n: number): Promise<void> {
-  for (const p of providers)
-    for (let i = 0; i < n; i++) {
-      const r = await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': p });
-      expect(r.status, r.text).toBe(200);
-      expect(r.headers['x-router-provider']).toBe(p);
+/** A mock's answer time in ms of clock, or [ms, fail] for one that answers a 500 while `fail()` holds. */
+type Timing = number | [number, () => boolean];
+
+/**
+ * A gateway on a fresh manual clock and random seed `seed`: route `r` using `strategy` over mocks that answer
+ * after their `timings` (by provider name, in target order), with `rest` config keys and `route` options.
+ */
+async function timedRoute<K extends string>(
+  strategy: string,
+  timings: Record<K, Timing>,
+  rest: Json,
+  seed: number,
+  route: RouteOptions = {},
+) {
+  const clock = manualClock(1_000_000);
+  const ups = {} as Record<K, Up>;
+  for (const name of Object.keys(timings) as K[]) {
+    const t: Timing = timings[name];
+    const [ms, fail] = typeof t === 'number' ? [t, undefined] : t;
+    ups[name] = await timedUp(clock, () => ms, { fail });
+  }
+  const gw = await gateway(routeOver(strategy, ups, rest, route), {
+    now: clock.now,
+    random: mulberry32(seed),
+  });
+  return { clock, gw, ups };
+}
+
+/**
+ * A mock holding each stream open (a role chunk when `o.role`, then content "held") until `g` opens, then
+ * ending it (when `o.endIfOpen`, only if still open); JSON answered at once; a 500 while `o.fail()` holds.
+ */
+function holder(
+  g: { wait: Promise<unknown> },
+  o: { role: boolean; endIfOpen?: boolean; fail?: () => boolean },
+): Promise<Up> {
+  return up(async (body, res) => {
+    if (o.fail?.() === true) return fail500(res);
+    if (body.stream === true) {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      if (o.role) res.write(chunkFrame(body.model, { role: 'assistant', content: '' }));
+      res.write(chunkFrame(body.model, { content: 'held' }));
+      await g.wait;
+      if (o.endIfOpen !== true || !res.destroyed)
+        res.end(`${chunkFrame(body.model, {}, 'stop')}data: [DONE]\n\n`);
+      return;
     }
+    sendJson(res, 200, chatCompletion(body));
+  });
+}
+
+/**
+ * Route `r` using `strategy` over mocks by name (true: it answers only 500s, false: it answers), with a
+ * breaker that opens for 60 s at the first failure; `rest` config keys, `route` options, gateway `gwOpts`.
+ */
+async function tripOnFirstFailure<K extends string>(
+  strategy: string,
+  failing: Record<K, boolean>,
+  rest: Json = {},
+  route: RouteOptions = {},
+  gwOpts: GatewayOptions = {},
+) {
+  const ups = {} as Record<K, Up>;
+  for (const name of Object.keys(failing) as K[])
+    ups[name] = await chatUp(failing[name] ? { fail: () => true } : {});
+  const breaker = { circuit_breaker: { failure_threshold: 1, open_ms: 60_000 } };
+  const gw = await gateway(routeOver(strategy, ups, { ...rest, ...breaker }, route), gwOpts);
+  return { gw, ...ups };
 }
 
 /** Starts a request without waiting for it (its answer, or the error, resolves the promise). */
@@ -176,16 +155,7 @@ function fire(gw: { url: string }, body: Json, headers: Record<string, string> =
 
 describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration', () => {
   it('after measuring, the faster upstream gets (nearly) all sequential traffic', async () => {
-    const clock = manualClock(1_000_000);
-    const fast = await timedUp(clock, () => 20);
-    const slow = await timedUp(clock, () => 100);
-    const gw = await gateway(
-      {
-        providers: [prov('slow', slow.url), prov('fast', fast.url)],
-        routes: { r: { strategy: 'latency', targets: ['slow/m', 'fast/m'] } },
-      },
-      { now: clock.now, random: mulberry32(1) },
-    );
+    const { gw } = await timedRoute('latency', { slow: 100, fast: 20 }, {}, 1);
     await warm(gw, ['slow', 'fast'], 4);
     const { counts } = await serve(gw, 40);
     // Both measured (>= min_samples): no exploration owed; sequential requests see load 1 on both.
@@ -205,18 +175,12 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
     let fastMs = 20;
     const fast = await timedUp(clock, () => fastMs);
     const slow = await timedUp(clock, () => 100);
-    const gw = await gateway(
-      {
-        providers: [prov('fast', fast.url), prov('slow', slow.url)],
-        routes: { r: { strategy: 'latency', targets: ['fast/m', 'slow/m'] } },
-      },
-      { now: clock.now, random: mulberry32(2) },
-    );
+    const gw = await gateway(routeOver('latency', { fast, slow }), { now: clock.now, random: mulberry32(2) });
     await warm(gw, ['fast', 'slow'], 5);
-    expect((await call(gw, { model: 'r', messages: HI })).headers['x-router-provider']).toBe('fast');
+    expect((await call(gw, BODY)).headers['x-router-provider']).toBe('fast');
     // One outlier: 600 ms where it answered in 20.
     fastMs = 600;
-    expect((await call(gw, { model: 'r', messages: HI })).headers['x-router-provider']).toBe('fast');
+    expect((await call(gw, BODY)).headers['x-router-provider']).toBe('fast');
     fastMs = 20;
     // SPEC: "reacting at once to a slow outlier (peak-EWMA)": the very next request goes elsewhere.
     const next = await serve(gw, 3);
@@ -227,7 +191,7 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
     let backAt = -1;
     for (let s = 0; s < 60 && backAt < 0; s++) {
       clock.advance(1000);
-      const r = await call(gw, { model: 'r', messages: HI });
+      const r = await call(gw, BODY);
       if (r.headers['x-router-provider'] === 'fast') backAt = s;
     }
     expect(backAt, 'fast never came back after one outlier').toBeGreaterThanOrEqual(0);
@@ -250,20 +214,14 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
       });
     const fast = await mk(20);
     const slow = await mk(60);
-    const gw = await gateway(
-      {
-        providers: [prov('fast', fast.url), prov('slow', slow.url)],
-        routes: { r: { strategy: 'latency', targets: ['fast/m', 'slow/m'] } },
-      },
-      { now: clock.now, random: mulberry32(3) },
-    );
+    const gw = await gateway(routeOver('latency', { fast, slow }), { now: clock.now, random: mulberry32(3) });
     await warm(gw, ['fast', 'slow'], 5);
     hold = true;
     // Twelve requests, each started once the previous one is in flight at its upstream.
     const pending: Array<Promise<RouterRes>> = [];
     for (let i = 0; i < 12; i++) {
       const before = fast.calls + slow.calls;
-      pending.push(fire(gw, { model: 'r', messages: HI }));
+      pending.push(fire(gw, BODY));
       await until(() => expect(fast.calls + slow.calls).toBe(before + 1));
     }
     const heldFast = fast.calls - 5;
@@ -297,21 +255,15 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
       sendJson(res, 200, chatCompletion(body));
     });
     const slow = await timedUp(clock, () => 50);
-    const gw = await gateway(
-      {
-        providers: [prov('fast', fast.url), prov('slow', slow.url)],
-        routes: { r: { strategy: 'latency', targets: ['fast/m', 'slow/m'] } },
-      },
-      { now: clock.now, random: mulberry32(4) },
-    );
+    const gw = await gateway(routeOver('latency', { fast, slow }), { now: clock.now, random: mulberry32(4) });
     await warm(gw, ['fast', 'slow'], 4);
-    expect((await call(gw, { model: 'r', messages: HI })).headers['x-router-provider']).toBe('fast');
+    expect((await call(gw, BODY)).headers['x-router-provider']).toBe('fast');
     const held = [0, 1, 2].map(() =>
       fire(gw, { model: 'r', messages: HI, stream: true }, { 'x-router-provider': 'fast' }),
     );
     await until(() => expect(fast.calls).toBe(4 + 1 + 3));
     // 20 ms x 4 = 80 > 50 ms x 1.
-    const r = await call(gw, { model: 'r', messages: HI });
+    const r = await call(gw, BODY);
     expect(r.headers['x-router-provider']).toBe('slow');
     g.open();
     for (const h of await Promise.all(held)) expect(h.status).toBe(200);
@@ -326,67 +278,21 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
     const clock = manualClock(1_000_000);
     // Streams: the mock sends its first content after `ttft` ms, then (once the client saw it) the rest of
     // `tokens` tokens after `genMs` ms more. The clock moves only while the gateway waits on the mock.
-    const streamUp = (ttft: number, genMs: number, tokens: number) =>
-      up(async (body, res) => {
-        const m = body.model;
-        clock.advance(ttft);
-        res.writeHead(200, { 'content-type': 'text/event-stream' });
-        res.write(chunkFrame(m, { role: 'assistant', content: '' }) + chunkFrame(m, { content: 'a' }));
-        // Wait until the gateway relayed the first content (the client then holds it), then move on.
-        const g = gate(3000);
-        firstGate = g;
-        await g.wait;
-        clock.advance(genMs);
-        const usage = {
-          id: 'c',
-          object: 'chat.completion.chunk',
-          created: 1,
-          model: String(m),
-          choices: [],
-          usage: { prompt_tokens: 5, completion_tokens: tokens, total_tokens: 5 + tokens },
-        };
-        res.end(
-          `${chunkFrame(m, { content: ' b'.repeat(20) })}${chunkFrame(m, {}, 'stop')}data: ${JSON.stringify(usage)}\n\ndata: [DONE]\n\n`,
-        );
-      });
-    let firstGate: { open(): void } | undefined;
+    const held: FirstContent = {};
     // quick: TTFT 10 ms, then 100 tokens in 1000 ms (100 tok/s). bulk: TTFT 60 ms, 100 tokens in 10 ms.
-    const quick = await streamUp(10, 1000, 100);
-    const bulk = await streamUp(60, 10, 100);
-    const gw = await gateway(
-      {
-        providers: [prov('quick', quick.url), prov('bulk', bulk.url)],
-        routes: { r: { strategy: 'latency', targets: ['quick/m', 'bulk/m'] } },
-      },
-      { now: clock.now, random: mulberry32(5) },
-    );
-    const streamCall = async (headers: Record<string, string>, maxTokens: number): Promise<string> => {
-      const res = await request(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...headers },
-        body: JSON.stringify({
-          model: 'r',
-          messages: HI,
-          stream: true,
-          max_tokens: maxTokens,
-          stream_options: { include_usage: true },
-        }),
-        headersTimeout: 15_000,
-        bodyTimeout: 15_000,
-      });
-      expect(res.statusCode).toBe(200);
-      let text = '';
-      let opened = false;
-      for await (const chunk of res.body) {
-        text += String(chunk);
-        if (!opened && text.includes('"content":"a"')) {
-          opened = true;
-          firstGate?.open();
-        }
-      }
-      expect(text).toContain('[DONE]');
-      return String(res.headers['x-router-provider']);
-    };
+    const quick = await pacedStreamUp(clock, () => 10, 1000, 100, held);
+    const bulk = await pacedStreamUp(clock, () => 60, 10, 100, held);
+    const gw = await gateway(routeOver('latency', { quick, bulk }), {
+      now: clock.now,
+      random: mulberry32(5),
+    });
+    const streamCall = (headers: Record<string, string>, maxTokens: number): Promise<string> =>
+      streamThrough(
+        gw,
+        { ...BODY, stream: true, max_tokens: maxTokens, stream_options: { include_usage: true } },
+        headers,
+        held,
+      );
     for (const p of ['quick', 'bulk'])
       for (let i = 0; i < 4; i++) await streamCall({ 'x-router-provider': p }, 100);
     const st = await statusOf(gw);
@@ -406,17 +312,11 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
   });
 
   it('exploration: an unmeasured upstream gets a bounded share until measured — not flooded, not starved', async () => {
-    const clock = manualClock(1_000_000);
-    const a = await timedUp(clock, () => 20);
-    const b = await timedUp(clock, () => 30);
-    const fresh = await timedUp(clock, () => 80);
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url), prov('fresh', fresh.url)],
-        routes: { r: { strategy: 'latency', targets: ['a/m', 'b/m', 'fresh/m'] } },
-        routing: { exploration_share: 0.1, min_samples: 3 },
-      },
-      { now: clock.now, random: mulberry32(6) },
+    const { gw } = await timedRoute(
+      'latency',
+      { a: 20, b: 30, fresh: 80 },
+      { routing: { exploration_share: 0.1, min_samples: 3 } },
+      6,
     );
     await warm(gw, ['a', 'b'], 5);
     // `fresh` stands for an upstream a reload added: no samples while the others are measured.
@@ -435,33 +335,18 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
   });
 
   it('exploration_share 0: an unmeasured upstream gets no latency traffic once another is measured (README)', async () => {
-    const clock = manualClock(1_000_000);
-    const a = await timedUp(clock, () => 50);
-    const fresh = await timedUp(clock, () => 5);
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('fresh', fresh.url)],
-        routes: { r: { strategy: 'latency', targets: ['a/m', 'fresh/m'] } },
-        routing: { exploration_share: 0 },
-      },
-      { now: clock.now, random: mulberry32(7) },
-    );
+    const { gw } = await timedRoute('latency', { a: 50, fresh: 5 }, { routing: { exploration_share: 0 } }, 7);
     await warm(gw, ['a'], 3);
     const { counts } = await serve(gw, 30);
     expect(counts).toEqual({ a: 30 });
   });
 
   it('min_samples is honoured: an upstream below it is still explored at the share, above it ranked by its figures', async () => {
-    const clock = manualClock(1_000_000);
-    const a = await timedUp(clock, () => 50);
-    const b = await timedUp(clock, () => 10);
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url)],
-        routes: { r: { strategy: 'latency', targets: ['a/m', 'b/m'] } },
-        routing: { min_samples: 8, exploration_share: 0.1 },
-      },
-      { now: clock.now, random: mulberry32(51) },
+    const { gw } = await timedRoute(
+      'latency',
+      { a: 50, b: 10 },
+      { routing: { min_samples: 8, exploration_share: 0.1 } },
+      51,
     );
     await warm(gw, ['a'], 8);
     await warm(gw, ['b'], 5);
@@ -476,23 +361,16 @@ describe('latency: live statistics, peak-EWMA, load scaling, bounded exploration
   });
 
   it('failover follows the latency ranking: the trail lists the failed upstreams fastest first', async () => {
-    const clock = manualClock(1_000_000);
     let broken = false;
-    const u10 = await timedUp(clock, () => 10, { fail: () => broken });
-    const u20 = await timedUp(clock, () => 20, { fail: () => broken });
-    const u30 = await timedUp(clock, () => 30);
-    const gw = await gateway(
-      {
-        providers: [prov('u30', u30.url), prov('u20', u20.url), prov('u10', u10.url)],
-        routes: { r: { strategy: 'latency', targets: ['u30/m', 'u20/m', 'u10/m'] } },
-        routing: { max_attempts: 3 },
-        circuit_breaker: { failure_threshold: 100 },
-      },
-      { now: clock.now, random: mulberry32(8) },
+    const { gw } = await timedRoute(
+      'latency',
+      { u30: 30, u20: [20, () => broken], u10: [10, () => broken] },
+      { routing: { max_attempts: 3 }, circuit_breaker: { failure_threshold: 100 } },
+      8,
     );
     await warm(gw, ['u30', 'u20', 'u10'], 4);
     broken = true;
-    const r = await call(gw, { model: 'r', messages: HI });
+    const r = await call(gw, BODY);
     expect(r.status).toBe(200);
     expect(r.headers['x-router-provider']).toBe('u30');
     expect(r.headers['x-router-attempts']).toBe('3');
@@ -510,14 +388,22 @@ describe('cost: prices per million, expected output tokens', () => {
   };
   // ~600 prompt tokens.
   const LONG_PROMPT = [{ role: 'user', content: 'word '.repeat(600) }];
+  /** "in" and "out" at PRICES behind a cost route, each answering `tokens` output tokens. */
+  async function inAndOut(tokens: ChatAnswerOptions['tokens']) {
+    const inUp = await chatUp({ tokens });
+    const outUp = await chatUp({ tokens });
+    return gateway(
+      routeOver(
+        'cost',
+        { in: inUp, out: outUp },
+        {},
+        { models: { in: { price: PRICES.in }, out: { price: PRICES.out } } },
+      ),
+    );
+  }
 
   it('the cheaper upstream wins for the expected output: max_tokens and max_completion_tokens both count', async () => {
-    const inUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, 5)));
-    const outUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, 5)));
-    const gw = await gateway({
-      providers: [prov('in', inUp.url, { price: PRICES.in }), prov('out', outUp.url, { price: PRICES.out })],
-      routes: { r: { strategy: 'cost', targets: ['in/m', 'out/m'] } },
-    });
+    const gw = await inAndOut(5);
     const pt = (await explain(gw, { model: 'r', messages: LONG_PROMPT })).features.promptTokens as number;
     expect(pt).toBeGreaterThan(300);
     for (const [field, n, want] of [
@@ -542,12 +428,7 @@ describe('cost: prices per million, expected output tokens', () => {
 
   it('without max_tokens, the expected output follows the observed answers: longer answers move the choice', async () => {
     let tokens = 10;
-    const inUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, tokens)));
-    const outUp = await up((body, res) => sendJson(res, 200, chatCompletion(body, tokens)));
-    const gw = await gateway({
-      providers: [prov('in', inUp.url, { price: PRICES.in }), prov('out', outUp.url, { price: PRICES.out })],
-      routes: { r: { strategy: 'cost', targets: ['in/m', 'out/m'] } },
-    });
+    const gw = await inAndOut(() => tokens);
     const body = { model: 'r', messages: LONG_PROMPT };
     const e0 = await explain(gw, body);
     const pt = e0.features.promptTokens as number;
@@ -581,21 +462,17 @@ describe('cost: prices per million, expected output tokens', () => {
   });
 
   it('identical prices tie: traffic rotates, not always to the first target', async () => {
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const b = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const a = await chatUp();
+    const b = await chatUp();
     const price = { input_per_mtok: 1, output_per_mtok: 2 };
-    const gw = await gateway({
-      providers: [prov('a', a.url, { price }), prov('b', b.url, { price })],
-      routes: { r: { strategy: 'cost', targets: ['a/m', 'b/m'] } },
-    });
+    const gw = await gateway(routeOver('cost', { a, b }, {}, { model: { price } }));
     const { counts } = await serve(gw, 20, { model: 'r', messages: HI, max_tokens: 50 });
     expect(counts.a).toBe(10);
     expect(counts.b).toBe(10);
   });
 
   it('tie_epsilon: 1% dearer ties (rotation) at 0.02; 10% dearer never wins; epsilon 0 breaks the 1% tie', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b, c] = [await mk(), await mk(), await mk()];
+    const [a, b, c] = [await chatUp(), await chatUp(), await chatUp()];
     const providers = [
       prov('a', a.url, { price: { input_per_mtok: 1, output_per_mtok: 1 } }),
       prov('b', b.url, { price: { input_per_mtok: 1.01, output_per_mtok: 1.01 } }),
@@ -679,19 +556,17 @@ describe('hybrid: weights, normalisation, reliability', () => {
   });
 
   it('reliability = recent success rate: an upstream that starts failing loses the traffic before its breaker opens', async () => {
-    const clock = manualClock(1_000_000);
     let bFails = false;
-    const a = await timedUp(clock, () => 20);
-    const b = await timedUp(clock, () => 20, { fail: () => bFails });
     const price = { input_per_mtok: 1, output_per_mtok: 1 };
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url, { price }), prov('b', b.url, { price })],
-        routes: { r: { strategy: 'hybrid', targets: ['a/m', 'b/m'] } },
-        routing: { max_attempts: 2 },
-        circuit_breaker: { failure_threshold: 1000 },
-      },
-      { now: clock.now, random: mulberry32(10) },
+    const {
+      gw,
+      ups: { b },
+    } = await timedRoute(
+      'hybrid',
+      { a: 20, b: [20, () => bFails] },
+      { routing: { max_attempts: 2 }, circuit_breaker: { failure_threshold: 1000 } },
+      10,
+      { model: { price } },
     );
     await warm(gw, ['a', 'b'], 4);
     // Identical: they tie and share.
@@ -701,7 +576,7 @@ describe('hybrid: weights, normalisation, reliability', () => {
     bFails = true;
     // b fails a few times (pinned, so the failures are b's alone).
     for (let i = 0; i < 4; i++) {
-      const r = await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' });
+      const r = await call(gw, BODY, { 'x-router-provider': 'b' });
       expect(r.status).toBe(502);
     }
     expect((await statusOf(gw)).get('b/m')!.breaker.state).toBe('closed');
@@ -722,18 +597,14 @@ describe('hybrid: weights, normalisation, reliability', () => {
 
 describe('round-robin', () => {
   it('rotates evenly, sequential and concurrent', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b, c] = [await mk(), await mk(), await mk()];
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m'] } },
-    });
+    const [a, b, c] = [await chatUp(), await chatUp(), await chatUp()];
+    const gw = await gateway(routeOver('round-robin', { a, b, c }));
     const seq = await serve(gw, 30);
     expect(seq.counts).toEqual({ a: 10, b: 10, c: 10 });
     // Every window of three is all three upstreams.
     for (let i = 0; i + 3 <= seq.order.length; i += 3)
       expect(new Set(seq.order.slice(i, i + 3)).size).toBe(3);
-    const conc = await serve(gw, 60, { model: 'r', messages: HI }, 15);
+    const conc = await serve(gw, 60, BODY, 15);
     expect(conc.counts).toEqual({ a: 20, b: 20, c: 20 });
     const s = await scrape(gw.url);
     for (const p of ['a', 'b', 'c'])
@@ -743,15 +614,11 @@ describe('round-robin', () => {
   });
 
   it('skips an upstream whose breaker is open, and still rotates evenly across the healthy ones', async () => {
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const b = await up((_body, res) => fail500(res));
-    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m'] } },
-      routing: { max_attempts: 3 },
-      circuit_breaker: { failure_threshold: 1, open_ms: 60_000 },
-    });
+    const { gw, b } = await tripOnFirstFailure(
+      'round-robin',
+      { a: false, b: true, c: false },
+      { routing: { max_attempts: 3 } },
+    );
     // Until b has been tried once, a request may land on it and fail over.
     await serve(gw, 3);
     expect(b.calls).toBe(1);
@@ -769,8 +636,7 @@ describe('round-robin', () => {
 describe('priority and the failover chain', () => {
   it('config order serves; failures walk the chain in order within max_attempts, never twice', async () => {
     let failing = new Set<string>();
-    const mk = async (name: string) =>
-      up((body, res) => (failing.has(name) ? fail500(res) : sendJson(res, 200, chatCompletion(body))));
+    const mk = (name: string) => chatUp({ fail: () => failing.has(name) });
     const [a, b, c] = [await mk('a'), await mk('b'), await mk('c')];
     const providers = [prov('a', a.url), prov('b', b.url), prov('c', c.url)];
     const gw = await gateway({
@@ -784,7 +650,7 @@ describe('priority and the failover chain', () => {
     checkScores(e.candidates);
     expect(e.candidates.map((x) => x.upstream)).toEqual(['c/m', 'a/m', 'b/m']);
     failing = new Set(['c', 'a']);
-    const r = await call(gw, { model: 'r', messages: HI });
+    const r = await call(gw, BODY);
     expect(r.status).toBe(200);
     expect(r.headers['x-router-provider']).toBe('b');
     expect(r.headers['x-router-attempts']).toBe('3');
@@ -792,7 +658,7 @@ describe('priority and the failover chain', () => {
     // All fail: each upstream once, then 502.
     failing = new Set(['a', 'b', 'c']);
     const before = [a.calls, b.calls, c.calls];
-    const all = await call(gw, { model: 'r', messages: HI });
+    const all = await call(gw, BODY);
     expect(all.status).toBe(502);
     expect(all.headers['x-router-trail']).toBe('c/m=http_500,a/m=http_500,b/m=http_500');
     expect([a.calls - before[0]!, b.calls - before[1]!, c.calls - before[2]!]).toEqual([1, 1, 1]);
@@ -804,22 +670,23 @@ describe('priority and the failover chain', () => {
       circuit_breaker: { failure_threshold: 1000 },
     });
     const bBefore = b.calls;
-    const r2 = await call(two, { model: 'r', messages: HI });
+    const r2 = await call(two, BODY);
     expect(r2.status).toBe(502);
     expect(r2.headers['x-router-attempts']).toBe('2');
     expect(b.calls).toBe(bBefore);
   });
 
   it('max_attempts above the number of upstreams: each is tried once, none twice', async () => {
-    const a = await up((_b, res) => fail500(res));
-    const b = await up((_b, res) => fail500(res));
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } },
-      routing: { max_attempts: 5 },
-      circuit_breaker: { failure_threshold: 1000 },
-    });
-    const r = await call(gw, { model: 'r', messages: HI });
+    const a = await chatUp({ fail: () => true });
+    const b = await chatUp({ fail: () => true });
+    const gw = await gateway(
+      routeOver(
+        'round-robin',
+        { a, b },
+        { routing: { max_attempts: 5 }, circuit_breaker: { failure_threshold: 1000 } },
+      ),
+    );
+    const r = await call(gw, BODY);
     expect(r.status).toBe(502);
     expect(r.headers['x-router-attempts']).toBe('2');
     expect(a.calls).toBe(1);
@@ -828,13 +695,11 @@ describe('priority and the failover chain', () => {
 
   it('an open breaker at the head of the chain is skipped without a call', async () => {
     let aFails = true;
-    const a = await up((body, res) => (aFails ? fail500(res) : sendJson(res, 200, chatCompletion(body))));
-    const b = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: { r: { strategy: 'priority', targets: ['a/m', 'b/m'] } },
-      circuit_breaker: { failure_threshold: 2, open_ms: 60_000 },
-    });
+    const a = await chatUp({ fail: () => aFails });
+    const b = await chatUp();
+    const gw = await gateway(
+      routeOver('priority', { a, b }, { circuit_breaker: { failure_threshold: 2, open_ms: 60_000 } }),
+    );
     await serve(gw, 2);
     expect(a.calls).toBe(2);
     aFails = false;
@@ -852,25 +717,11 @@ describe('priority and the failover chain', () => {
 
 describe('weighted', () => {
   it('proportions follow the weights over 400 requests (seeded random)', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b, c] = [await mk(), await mk(), await mk()];
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-        routes: {
-          r: {
-            strategy: 'weighted',
-            targets: [
-              { target: 'a/m', weight: 1 },
-              { target: 'b/m', weight: 3 },
-              { target: 'c/m', weight: 6 },
-            ],
-          },
-        },
-      },
-      { random: mulberry32(11) },
-    );
-    const { counts } = await serve(gw, 400, { model: 'r', messages: HI }, 20);
+    const [a, b, c] = [await chatUp(), await chatUp(), await chatUp()];
+    const gw = await gateway(routeOver('weighted', { a, b, c }, {}, { weights: { a: 1, b: 3, c: 6 } }), {
+      random: mulberry32(11),
+    });
+    const { counts } = await serve(gw, 400, BODY, 20);
     // Expected 40 / 120 / 240; about +-4 standard deviations.
     expect(counts.a ?? 0).toBeGreaterThanOrEqual(18);
     expect(counts.a ?? 0).toBeLessThanOrEqual(65);
@@ -881,29 +732,16 @@ describe('weighted', () => {
   });
 
   it('unseeded (the real random source): 1:3 within generous bounds', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b] = [await mk(), await mk()];
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: {
-        r: {
-          strategy: 'weighted',
-          targets: [
-            { target: 'a/m', weight: 1 },
-            { target: 'b/m', weight: 3 },
-          ],
-        },
-      },
-    });
-    const { counts } = await serve(gw, 400, { model: 'r', messages: HI }, 20);
+    const [a, b] = [await chatUp(), await chatUp()];
+    const gw = await gateway(routeOver('weighted', { a, b }, {}, { weights: { a: 1, b: 3 } }));
+    const { counts } = await serve(gw, 400, BODY, 20);
     // Expected 100 / 300, sd ~8.7: +-5 sd.
     expect(counts.a ?? 0).toBeGreaterThanOrEqual(55);
     expect(counts.a ?? 0).toBeLessThanOrEqual(145);
   });
 
   it("a model's weight applies when the target gives none; the target's own weight wins (README)", async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b] = [await mk(), await mk()];
+    const [a, b] = [await chatUp(), await chatUp()];
     const gw = await gateway(
       {
         providers: [prov('a', a.url, { weight: 9 }), prov('b', b.url, { weight: 1 })],
@@ -932,23 +770,9 @@ describe('weighted', () => {
 describe('least-busy', () => {
   it('streams held open spread across the upstreams; the next request goes to the one with fewest in flight', async () => {
     const g = gate(8000);
-    const holder = () =>
-      up(async (body, res) => {
-        if (body.stream === true) {
-          res.writeHead(200, { 'content-type': 'text/event-stream' });
-          res.write(chunkFrame(body.model, { role: 'assistant', content: '' }));
-          res.write(chunkFrame(body.model, { content: 'held' }));
-          await g.wait;
-          res.end(`${chunkFrame(body.model, {}, 'stop')}data: [DONE]\n\n`);
-          return;
-        }
-        sendJson(res, 200, chatCompletion(body));
-      });
-    const [a, b, c] = [await holder(), await holder(), await holder()];
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-      routes: { r: { strategy: 'least-busy', targets: ['a/m', 'b/m', 'c/m'] } },
-    });
+    const held = () => holder(g, { role: true });
+    const [a, b, c] = [await held(), await held(), await held()];
+    const gw = await gateway(routeOver('least-busy', { a, b, c }));
     // Two streams pinned on a, one on b: the next goes to c, then (c and b at 1) not a.
     const pending: Array<Promise<RouterRes>> = [];
     pending.push(fire(gw, { model: 'r', messages: HI, stream: true }, { 'x-router-provider': 'a' }));
@@ -977,12 +801,8 @@ describe('least-busy', () => {
   });
 
   it('with nothing in flight, least-busy ties rotate rather than always taking the first', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b] = [await mk(), await mk()];
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: { r: { strategy: 'least-busy', targets: ['a/m', 'b/m'] } },
-    });
+    const [a, b] = [await chatUp(), await chatUp()];
+    const gw = await gateway(routeOver('least-busy', { a, b }));
     const { counts } = await serve(gw, 20);
     expect(counts.a).toBe(10);
     expect(counts.b).toBe(10);
@@ -993,32 +813,16 @@ describe('least-busy', () => {
 
 describe('every strategy: scores, ties, overrides, pins, decisions metric', () => {
   async function threeWay() {
-    const clock = manualClock(1_000_000);
-    const a = await timedUp(clock, () => 30);
-    const b = await timedUp(clock, () => 10);
-    const c = await timedUp(clock, () => 60);
-    const gw = await gateway(
-      {
-        providers: [
-          prov('a', a.url, { price: { input_per_mtok: 1, output_per_mtok: 4 } }),
-          prov('b', b.url, { price: { input_per_mtok: 5, output_per_mtok: 15 } }),
-          prov('c', c.url, { price: { input_per_mtok: 0.5, output_per_mtok: 1 } }),
-        ],
-        routes: {
-          r: {
-            strategy: 'priority',
-            targets: [
-              { target: 'a/m', weight: 2 },
-              { target: 'b/m', weight: 1 },
-              { target: 'c/m', weight: 1 },
-            ],
-          },
-        },
+    const { gw, ups } = await timedRoute('priority', { a: 30, b: 10, c: 60 }, {}, 13, {
+      models: {
+        a: { price: { input_per_mtok: 1, output_per_mtok: 4 } },
+        b: { price: { input_per_mtok: 5, output_per_mtok: 15 } },
+        c: { price: { input_per_mtok: 0.5, output_per_mtok: 1 } },
       },
-      { now: clock.now, random: mulberry32(13) },
-    );
+      weights: { a: 2, b: 1, c: 1 },
+    });
     await warm(gw, ['a', 'b', 'c'], 4);
-    return { gw, a, b, c };
+    return { gw, ...ups };
   }
 
   it('every strategy: scores in [0, 1], best = 1, ranked; the request line carries the same score and reason', async () => {
@@ -1055,7 +859,7 @@ describe('every strategy: scores, ties, overrides, pins, decisions metric', () =
     );
     expect(cost.candidates[0]!.upstream).toBe('c/m');
     for (const c of cost.candidates) expect(c.reason).toMatch(/\$\d/);
-    const lat = await explain(gw, { model: 'r', messages: HI }, { 'x-router-strategy': 'latency' });
+    const lat = await explain(gw, BODY, { 'x-router-strategy': 'latency' });
     expect(lat.candidates.map((c) => c.upstream)).toEqual(['b/m', 'a/m', 'c/m']);
     for (const c of lat.candidates) expect(c.reason).toMatch(/\d ?ms/);
   });
@@ -1071,7 +875,7 @@ describe('every strategy: scores, ties, overrides, pins, decisions metric', () =
     }
     const before = a.calls + b.calls + c.calls;
     for (const bad of ['fastest', 'Cost', 'round_robin', '__proto__']) {
-      const r = await call(gw, { model: 'r', messages: HI }, { 'x-router-strategy': bad });
+      const r = await call(gw, BODY, { 'x-router-strategy': bad });
       expect(r.status, bad).toBe(400);
       expect((r.json.error as Json).type, bad).toBe('invalid_request_error');
       expect(String((r.json.error as Json).message), bad).toMatch(/strategy/i);
@@ -1082,14 +886,14 @@ describe('every strategy: scores, ties, overrides, pins, decisions metric', () =
   it('x-router-provider pins the provider whatever the strategy; an unknown provider is a 400', async () => {
     const { gw, a, b, c } = await threeWay();
     for (const s of STRATEGIES) {
-      const { counts } = await serve(gw, 3, { model: 'r', messages: HI }, 1, {
+      const { counts } = await serve(gw, 3, BODY, 1, {
         'x-router-strategy': s,
         'x-router-provider': 'c',
       });
       expect(counts, s).toEqual({ c: 3 });
     }
     const before = a.calls + b.calls + c.calls;
-    const r = await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'nope' });
+    const r = await call(gw, BODY, { 'x-router-provider': 'nope' });
     expect(r.status).toBe(400);
     expect(a.calls + b.calls + c.calls).toBe(before);
   });
@@ -1119,16 +923,14 @@ describe('every strategy: scores, ties, overrides, pins, decisions metric', () =
   });
 
   it('routing_decisions_total counts one decision per request, under the strategy used', async () => {
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const a = await chatUp();
     let bFails = false;
-    const b = await up((body, res) => (bFails ? fail500(res) : sendJson(res, 200, chatCompletion(body))));
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } },
-      circuit_breaker: { failure_threshold: 1000 },
-    });
+    const b = await chatUp({ fail: () => bFails });
+    const gw = await gateway(
+      routeOver('round-robin', { a, b }, { circuit_breaker: { failure_threshold: 1000 } }),
+    );
     await serve(gw, 10);
-    await serve(gw, 4, { model: 'r', messages: HI }, 1, { 'x-router-strategy': 'priority' });
+    await serve(gw, 4, BODY, 1, { 'x-router-strategy': 'priority' });
     let s = await scrape(gw.url);
     const dec = (strategy: string, provider: string) =>
       value(s, 'llm_router_routing_decisions_total', { route: 'r', strategy, provider }) ?? 0;
@@ -1168,10 +970,7 @@ describe('live statistics under reload, bursts, failures and failover', () => {
     const a = await timedUp(clock, () => 20);
     const b = await timedUp(clock, () => 30);
     const fresh = await timedUp(clock, () => 80);
-    const config = (withFresh: boolean): Json => ({
-      providers: [prov('a', a.url), prov('b', b.url), ...(withFresh ? [prov('fresh', fresh.url)] : [])],
-      routes: { r: { strategy: 'latency', targets: ['a/m', 'b/m', ...(withFresh ? ['fresh/m'] : [])] } },
-    });
+    const config = (withFresh: boolean): Json => routeOver('latency', withFresh ? { a, b, fresh } : { a, b });
     const gw = await gateway(config(false), { now: clock.now, random: mulberry32(21) });
     await warm(gw, ['a', 'b'], 5);
     gw.gateway.reload(parseConfigText(JSON.stringify(config(true)), {}));
@@ -1199,15 +998,11 @@ describe('live statistics under reload, bursts, failures and failover', () => {
       sendJson(res, 200, chatCompletion(body));
     });
     const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('fresh', fresh.url)],
-        routes: { r: { strategy: 'latency', targets: ['a/m', 'fresh/m'] } },
-        routing: { exploration_share: 0.1, min_samples: 3 },
-      },
+      routeOver('latency', { a, fresh }, { routing: { exploration_share: 0.1, min_samples: 3 } }),
       { now: clock.now, random: mulberry32(22) },
     );
     await warm(gw, ['a'], 5);
-    const pending = Array.from({ length: 20 }, () => fire(gw, { model: 'r', messages: HI }));
+    const pending = Array.from({ length: 20 }, () => fire(gw, BODY));
     await until(() => expect(a.calls - 5 + fresh.calls).toBe(20));
     // README: "share of decisions the latency/hybrid strategies may spend on upstreams with fewer samples":
     // 10% of 20 is 2; 6 is generous.
@@ -1217,17 +1012,13 @@ describe('live statistics under reload, bursts, failures and failover', () => {
   });
 
   it('hybrid explores an unmeasured upstream too (README: the latency/hybrid strategies), not starving it', async () => {
-    const clock = manualClock(1_000_000);
-    const a = await timedUp(clock, () => 20);
-    const fresh = await timedUp(clock, () => 20);
     const price = { input_per_mtok: 1, output_per_mtok: 1 };
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url, { price }), prov('fresh', fresh.url, { price })],
-        routes: { r: { strategy: 'hybrid', targets: ['a/m', 'fresh/m'] } },
-        routing: { exploration_share: 0.1, min_samples: 3 },
-      },
-      { now: clock.now, random: mulberry32(23) },
+    const { gw } = await timedRoute(
+      'hybrid',
+      { a: 20, fresh: 20 },
+      { routing: { exploration_share: 0.1, min_samples: 3 } },
+      23,
+      { model: { price } },
     );
     await warm(gw, ['a'], 5);
     const { counts } = await serve(gw, 100);
@@ -1236,23 +1027,15 @@ describe('live statistics under reload, bursts, failures and failover', () => {
   });
 
   it('latency: an upstream that fails fast does not look fast (failures are no latency samples)', async () => {
-    const clock = manualClock(1_000_000);
-    const ok = await timedUp(clock, () => 50);
-    const broken = await timedUp(clock, () => 2, { fail: () => true });
-    const gw = await gateway(
-      {
-        providers: [prov('ok', ok.url), prov('broken', broken.url)],
-        routes: { r: { strategy: 'latency', targets: ['ok/m', 'broken/m'] } },
-        routing: { max_attempts: 2 },
-        circuit_breaker: { failure_threshold: 1000 },
-      },
-      { now: clock.now, random: mulberry32(24) },
+    const { gw } = await timedRoute(
+      'latency',
+      { ok: 50, broken: [2, () => true] },
+      { routing: { max_attempts: 2 }, circuit_breaker: { failure_threshold: 1000 } },
+      24,
     );
     await warm(gw, ['ok'], 5);
     for (let i = 0; i < 5; i++)
-      expect((await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'broken' })).status).toBe(
-        502,
-      );
+      expect((await call(gw, BODY, { 'x-router-provider': 'broken' })).status).toBe(502);
     const { all } = await serve(gw, 30);
     const triedBroken = all.filter((r) => r.headers['x-router-trail']!.includes('broken/m')).length;
     // Judgement: a production user expects the 2 ms 500s not to win the latency ranking. At most the
@@ -1265,11 +1048,7 @@ describe('live statistics under reload, bursts, failures and failover', () => {
     const slowFail = await timedUp(clock, () => 400, { fail: () => true });
     const good = await timedUp(clock, () => 20);
     const gw = await gateway(
-      {
-        providers: [prov('bad', slowFail.url), prov('good', good.url)],
-        routes: { r: { strategy: 'priority', targets: ['bad/m', 'good/m'] } },
-        circuit_breaker: { failure_threshold: 1000 },
-      },
+      routeOver('priority', { bad: slowFail, good }, { circuit_breaker: { failure_threshold: 1000 } }),
       { now: clock.now },
     );
     const { all } = await serve(gw, 4);
@@ -1314,8 +1093,7 @@ describe('live statistics under reload, bursts, failures and failover', () => {
 
 describe('round-robin, weighted and cost: more of the contract', () => {
   it('round-robin turns are per route: two routes over the same upstreams, interleaved, each rotate', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b] = [await mk(), await mk()];
+    const [a, b] = [await chatUp(), await chatUp()];
     const gw = await gateway({
       providers: [prov('a', a.url), prov('b', b.url)],
       routes: {
@@ -1336,31 +1114,17 @@ describe('round-robin, weighted and cost: more of the contract', () => {
   });
 
   it('weighted skips an open breaker and keeps the others in proportion', async () => {
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const b = await up((_b, res) => fail500(res));
-    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-        routes: {
-          r: {
-            strategy: 'weighted',
-            targets: [
-              { target: 'a/m', weight: 1 },
-              { target: 'b/m', weight: 8 },
-              { target: 'c/m', weight: 3 },
-            ],
-          },
-        },
-        routing: { max_attempts: 3 },
-        circuit_breaker: { failure_threshold: 1, open_ms: 60_000 },
-      },
+    const { gw, b } = await tripOnFirstFailure(
+      'weighted',
+      { a: false, b: true, c: false },
+      { routing: { max_attempts: 3 } },
+      { weights: { a: 1, b: 8, c: 3 } },
       { random: mulberry32(26) },
     );
     // Pin b once to open its breaker.
-    expect((await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' })).status).toBe(502);
+    expect((await call(gw, BODY, { 'x-router-provider': 'b' })).status).toBe(502);
     expect((await statusOf(gw)).get('b/m')!.breaker.state).toBe('open');
-    const { counts, all } = await serve(gw, 200, { model: 'r', messages: HI }, 20);
+    const { counts, all } = await serve(gw, 200, BODY, 20);
     expect(b.calls).toBe(1);
     for (const r of all) expect(r.headers['x-router-trail']).toBe('');
     // 1 : 3 among the healthy: a expected 50 of 200 (sd ~6).
@@ -1369,13 +1133,10 @@ describe('round-robin, weighted and cost: more of the contract', () => {
   });
 
   it('cost compares every candidate on the same expected output (README), whatever each answered before', async () => {
-    const short = await up((body, res) => sendJson(res, 200, chatCompletion(body, 10)));
-    const long = await up((body, res) => sendJson(res, 200, chatCompletion(body, 1000)));
+    const short = await chatUp({ tokens: 10 });
+    const long = await chatUp({ tokens: 1000 });
     const price = { input_per_mtok: 1, output_per_mtok: 10 };
-    const gw = await gateway({
-      providers: [prov('short', short.url, { price }), prov('long', long.url, { price })],
-      routes: { r: { strategy: 'cost', targets: ['short/m', 'long/m'] } },
-    });
+    const gw = await gateway(routeOver('cost', { short, long }, {}, { model: { price } }));
     await warm(gw, ['short', 'long'], 3);
     const e = await explain(gw);
     const pt = e.features.promptTokens as number;
@@ -1408,13 +1169,7 @@ describe('round-robin, weighted and cost: more of the contract', () => {
         });
       sendJson(res, 200, chatCompletion(body));
     });
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url)],
-        routes: { r: { strategy: 'hybrid', targets: ['a/m', 'b/m'] } },
-      },
-      { now: clock.now, random: mulberry32(28) },
-    );
+    const gw = await gateway(routeOver('hybrid', { a, b }), { now: clock.now, random: mulberry32(28) });
     await warm(gw, ['a', 'b'], 4);
     for (let i = 0; i < 8; i++) {
       const r = await call(gw, { model: 'r', messages: HI, temperature: 9 }, { 'x-router-provider': 'b' });
@@ -1427,22 +1182,16 @@ describe('round-robin, weighted and cost: more of the contract', () => {
   });
 
   it('hybrid reliability is recent: after a failing spell and a long healthy run, it climbs back near 100%', async () => {
-    const clock = manualClock(1_000_000);
     let bFails = false;
-    const a = await timedUp(clock, () => 20);
-    const b = await timedUp(clock, () => 20, { fail: () => bFails });
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url)],
-        routes: { r: { strategy: 'hybrid', targets: ['a/m', 'b/m'] } },
-        routing: { max_attempts: 1 },
-        circuit_breaker: { failure_threshold: 1000 },
-      },
-      { now: clock.now, random: mulberry32(27) },
+    const { clock, gw } = await timedRoute(
+      'hybrid',
+      { a: 20, b: [20, () => bFails] },
+      { routing: { max_attempts: 1 }, circuit_breaker: { failure_threshold: 1000 } },
+      27,
     );
     await warm(gw, ['a'], 4);
     bFails = true;
-    for (let i = 0; i < 10; i++) await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' });
+    for (let i = 0; i < 10; i++) await call(gw, BODY, { 'x-router-provider': 'b' });
     const rel = async () =>
       Number(
         /reliability ([\d.]+)%/.exec(
@@ -1453,7 +1202,7 @@ describe('round-robin, weighted and cost: more of the contract', () => {
     bFails = false;
     for (let i = 0; i < 100; i++) {
       clock.advance(1000);
-      expect((await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' })).status).toBe(200);
+      expect((await call(gw, BODY, { 'x-router-provider': 'b' })).status).toBe(200);
     }
     // Judgement: "recent success rate" / README "decaying success rate": recent successes weigh more than
     // old failures, so the rate is above the lifetime one (100 / 110 = 90.9%).
@@ -1465,19 +1214,15 @@ describe('round-robin, weighted and cost: more of the contract', () => {
 
 describe('state the strategies read stays true', () => {
   it('explain does not spend a round-robin turn: the next real request goes where explain said', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b, c] = [await mk(), await mk(), await mk()];
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m'] } },
-    });
+    const [a, b, c] = [await chatUp(), await chatUp(), await chatUp()];
+    const gw = await gateway(routeOver('round-robin', { a, b, c }));
     const order: string[] = [];
     for (let i = 0; i < 6; i++) {
       const e1 = await explain(gw);
       const e2 = await explain(gw);
       // Asking twice gives the same answer, and the request then goes there.
       expect(e2.candidates[0]!.upstream).toBe(e1.candidates[0]!.upstream);
-      const r = await call(gw, { model: 'r', messages: HI });
+      const r = await call(gw, BODY);
       expect(`${r.headers['x-router-provider']}/m`).toBe(e1.candidates[0]!.upstream);
       order.push(r.headers['x-router-provider']!);
     }
@@ -1488,25 +1233,11 @@ describe('state the strategies read stays true', () => {
   it('in flight returns to 0 when clients abort held streams and after failovers; least-busy is even again', async () => {
     const g = gate(8000);
     let failB = false;
-    const holder = (name: string) =>
-      up(async (body, res) => {
-        if (name === 'b' && failB) return fail500(res);
-        if (body.stream === true) {
-          res.writeHead(200, { 'content-type': 'text/event-stream' });
-          res.write(chunkFrame(body.model, { role: 'assistant', content: '' }));
-          res.write(chunkFrame(body.model, { content: 'held' }));
-          await g.wait;
-          if (!res.destroyed) res.end(`${chunkFrame(body.model, {}, 'stop')}data: [DONE]\n\n`);
-          return;
-        }
-        sendJson(res, 200, chatCompletion(body));
-      });
-    const [a, b] = [await holder('a'), await holder('b')];
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: { r: { strategy: 'least-busy', targets: ['a/m', 'b/m'] } },
-      circuit_breaker: { failure_threshold: 1000 },
-    });
+    const a = await holder(g, { role: true, endIfOpen: true });
+    const b = await holder(g, { role: true, endIfOpen: true, fail: () => failB });
+    const gw = await gateway(
+      routeOver('least-busy', { a, b }, { circuit_breaker: { failure_threshold: 1000 } }),
+    );
     const controllers: AbortController[] = [];
     const pending: Array<Promise<unknown>> = [];
     for (let i = 0; i < 4; i++) {
@@ -1531,11 +1262,11 @@ describe('state the strategies read stays true', () => {
     // Failovers from b leave no in-flight behind either.
     failB = true;
     // A request pinned to the failing b is answered 502 (its in-flight released too).
-    const pinned = await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' });
+    const pinned = await call(gw, BODY, { 'x-router-provider': 'b' });
     expect(pinned.status, pinned.text).toBe(502);
     const trails: string[] = [];
     for (let i = 0; i < 4; i++) {
-      const r = await call(gw, { model: 'r', messages: HI });
+      const r = await call(gw, BODY);
       expect(r.status, r.text).toBe(200);
       trails.push(r.headers['x-router-trail'] ?? '');
     }
@@ -1558,23 +1289,29 @@ describe('state the strategies read stays true', () => {
     const clock = manualClock(1_000_000);
     const g = gate(8000);
     let bMode: 'fail' | 'hold' = 'fail';
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const a = await chatUp();
     const b = await up(async (body, res) => {
       if (bMode === 'fail') return fail500(res);
       await g.wait;
       sendJson(res, 200, chatCompletion(body));
     });
     const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url)],
-        routes: { r: { strategy: 'least-busy', targets: ['a/m', 'b/m'] } },
-        routing: { max_attempts: 1 },
-        circuit_breaker: { failure_threshold: 2, open_ms: 10_000, half_open_probes: 1, success_threshold: 3 },
-      },
+      routeOver(
+        'least-busy',
+        { a, b },
+        {
+          routing: { max_attempts: 1 },
+          circuit_breaker: {
+            failure_threshold: 2,
+            open_ms: 10_000,
+            half_open_probes: 1,
+            success_threshold: 3,
+          },
+        },
+      ),
       { now: clock.now },
     );
-    for (let i = 0; i < 2; i++)
-      expect((await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' })).status).toBe(502);
+    for (let i = 0; i < 2; i++) expect((await call(gw, BODY, { 'x-router-provider': 'b' })).status).toBe(502);
     expect((await statusOf(gw)).get('b/m')!.breaker.state).toBe('open');
     clock.advance(11_000);
     bMode = 'hold';
@@ -1582,7 +1319,7 @@ describe('state the strategies read stays true', () => {
     const pending: Array<Promise<RouterRes>> = [];
     for (let i = 0; i < 10; i++) {
       const before = a.calls + b.calls;
-      pending.push(fire(gw, { model: 'r', messages: HI }));
+      pending.push(fire(gw, BODY));
       await until(() => expect(a.calls + b.calls).toBeGreaterThanOrEqual(before + (b.calls > 2 ? 0 : 1)));
     }
     await until(() => expect(a.calls + b.calls - 2).toBeGreaterThanOrEqual(9));
@@ -1593,19 +1330,7 @@ describe('state the strategies read stays true', () => {
   });
 
   it('latency cold start: with nothing measured, traffic rotates so every upstream gets measured', async () => {
-    const clock = manualClock(1_000_000);
-    const [a, b, c] = [
-      await timedUp(clock, () => 30),
-      await timedUp(clock, () => 20),
-      await timedUp(clock, () => 10),
-    ];
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-        routes: { r: { strategy: 'latency', targets: ['a/m', 'b/m', 'c/m'] } },
-      },
-      { now: clock.now, random: mulberry32(31) },
-    );
+    const { gw } = await timedRoute('latency', { a: 30, b: 20, c: 10 }, {}, 31);
     // Nothing measured: rotation, so each gets samples (the first to reach min_samples then holds the rest
     // of the traffic while the others are explored at the bounded share).
     const first = await serve(gw, 9);
@@ -1630,14 +1355,14 @@ describe('state the strategies read stays true', () => {
         sendJson(res, 200, chatCompletion(body));
       });
     const [a, b, c] = [await streamer(), await streamer(), await streamer()];
-    const gw = await gateway({
-      providers: [
-        prov('a', a.url),
-        prov('b', b.url, { capabilities: ['tools', 'json', 'vision'] }),
-        prov('c', c.url),
-      ],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m'] } },
-    });
+    const gw = await gateway(
+      routeOver(
+        'round-robin',
+        { a, b, c },
+        {},
+        { models: { b: { capabilities: ['tools', 'json', 'vision'] } } },
+      ),
+    );
     const { counts } = await serve(gw, 20, { model: 'r', messages: HI, stream: true });
     expect(b.calls).toBe(0);
     // SPEC: "rotates evenly across healthy candidates".
@@ -1645,17 +1370,9 @@ describe('state the strategies read stays true', () => {
   });
 
   it('round-robin skipping an open breaker stays even under concurrency', async () => {
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const b = await up((_body, res) => fail500(res));
-    const c = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const d = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url), prov('d', d.url)],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m', 'c/m', 'd/m'] } },
-      circuit_breaker: { failure_threshold: 1, open_ms: 60_000 },
-    });
-    expect((await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' })).status).toBe(502);
-    const { counts } = await serve(gw, 60, { model: 'r', messages: HI }, 15);
+    const { gw, b } = await tripOnFirstFailure('round-robin', { a: false, b: true, c: false, d: false });
+    expect((await call(gw, BODY, { 'x-router-provider': 'b' })).status).toBe(502);
+    const { counts } = await serve(gw, 60, BODY, 15);
     expect(b.calls).toBe(1);
     expect(counts).toEqual({ a: 20, c: 20, d: 20 });
   });
@@ -1674,13 +1391,10 @@ describe('edges of the strategies', () => {
       res.end(`${chunkFrame(m, { content: 'x' })}${chunkFrame(m, {}, 'stop')}data: [DONE]\n\n`);
     });
     const plain = await timedUp(clock, () => 100);
-    const gw = await gateway(
-      {
-        providers: [prov('pre', preamble.url), prov('plain', plain.url)],
-        routes: { r: { strategy: 'latency', targets: ['pre/m', 'plain/m'] } },
-      },
-      { now: clock.now, random: mulberry32(41) },
-    );
+    const gw = await gateway(routeOver('latency', { pre: preamble, plain }), {
+      now: clock.now,
+      random: mulberry32(41),
+    });
     for (let i = 0; i < 4; i++) {
       const r = await call(gw, { model: 'r', messages: HI, stream: true }, { 'x-router-provider': 'pre' });
       expect(r.text).toContain('[DONE]');
@@ -1695,20 +1409,8 @@ describe('edges of the strategies', () => {
   });
 
   it('weighted: a target of weight 0 gets no traffic (or the config refuses it with its path)', async () => {
-    const mk = async () => up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const [a, b] = [await mk(), await mk()];
-    const config = {
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: {
-        r: {
-          strategy: 'weighted',
-          targets: [
-            { target: 'a/m', weight: 0 },
-            { target: 'b/m', weight: 1 },
-          ],
-        },
-      },
-    };
+    const [a, b] = [await chatUp(), await chatUp()];
+    const config = routeOver('weighted', { a, b }, {}, { weights: { a: 0, b: 1 } });
     let gw: TestGateway;
     try {
       gw = await gateway(config, { random: mulberry32(42) });
@@ -1717,23 +1419,17 @@ describe('edges of the strategies', () => {
       expect(String(err)).toMatch(/routes\.r\.targets\[0\]/);
       return;
     }
-    const { counts } = await serve(gw, 100, { model: 'r', messages: HI }, 20);
+    const { counts } = await serve(gw, 100, BODY, 20);
     expect(counts).toEqual({ b: 100 });
   });
 
   it('every breaker open: 503 no_available_upstream, x-router-attempts 0, no provider, no upstream called', async () => {
-    const a = await up((_b, res) => fail500(res));
-    const b = await up((_b, res) => fail500(res));
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: { r: { strategy: 'round-robin', targets: ['a/m', 'b/m'] } },
-      circuit_breaker: { failure_threshold: 1, open_ms: 60_000 },
-    });
-    expect((await call(gw, { model: 'r', messages: HI })).status).toBe(502);
+    const { gw, a, b } = await tripOnFirstFailure('round-robin', { a: true, b: true });
+    expect((await call(gw, BODY)).status).toBe(502);
     const calls = a.calls + b.calls;
     expect(calls).toBe(2);
     for (const s of STRATEGIES) {
-      const r = await call(gw, { model: 'r', messages: HI }, { 'x-router-strategy': s });
+      const r = await call(gw, BODY, { 'x-router-strategy': s });
       expect(r.status, s).toBe(503);
       expect((r.json.error as Json).code ?? (r.json.error as Json).type, s).toBe('no_available_upstream');
       expect(r.headers['x-router-attempts'], s).toBe('0');
@@ -1745,22 +1441,9 @@ describe('edges of the strategies', () => {
 
   it('least-busy ties among busy upstreams rotate too', async () => {
     const g = gate(8000);
-    const holder = () =>
-      up(async (body, res) => {
-        if (body.stream === true) {
-          res.writeHead(200, { 'content-type': 'text/event-stream' });
-          res.write(chunkFrame(body.model, { content: 'held' }));
-          await g.wait;
-          res.end(`${chunkFrame(body.model, {}, 'stop')}data: [DONE]\n\n`);
-          return;
-        }
-        sendJson(res, 200, chatCompletion(body));
-      });
-    const [a, b, c] = [await holder(), await holder(), await holder()];
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url), prov('c', c.url)],
-      routes: { r: { strategy: 'least-busy', targets: ['a/m', 'b/m', 'c/m'] } },
-    });
+    const held = () => holder(g, { role: false });
+    const [a, b, c] = [await held(), await held(), await held()];
+    const gw = await gateway(routeOver('least-busy', { a, b, c }));
     // One stream held on each of a and b, two on c: a and b tie at 1 in flight.
     const pending = [
       fire(gw, { model: 'r', messages: HI, stream: true }, { 'x-router-provider': 'a' }),
@@ -1776,16 +1459,10 @@ describe('edges of the strategies', () => {
   });
 
   it('x-router-provider naming a provider whose breaker is open: 503, and no other provider serves it', async () => {
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const b = await up((_b, res) => fail500(res));
-    const gw = await gateway({
-      providers: [prov('a', a.url), prov('b', b.url)],
-      routes: { r: { strategy: 'priority', targets: ['a/m', 'b/m'] } },
-      circuit_breaker: { failure_threshold: 1, open_ms: 60_000 },
-    });
-    expect((await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' })).status).toBe(502);
+    const { gw, a } = await tripOnFirstFailure('priority', { a: false, b: true });
+    expect((await call(gw, BODY, { 'x-router-provider': 'b' })).status).toBe(502);
     const before = a.calls;
-    const r = await call(gw, { model: 'r', messages: HI }, { 'x-router-provider': 'b' });
+    const r = await call(gw, BODY, { 'x-router-provider': 'b' });
     // Judgement: a pin is a pin (SPEC §4 "pin one provider"); the breaker refuses it as SPEC §4 says.
     expect(r.status).toBe(503);
     expect(a.calls).toBe(before);

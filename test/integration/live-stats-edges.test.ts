@@ -18,110 +18,35 @@
  */
 import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import {
-  chatCompletion,
-  chunkFrame,
-  gate,
-  sendJson,
-  countedUpstream,
-  type CountedUpstream,
-} from '../helpers/mock-upstream.js';
+import { chatCompletion, chunkFrame, gate, sendJson } from '../helpers/mock-upstream.js';
 import { scrape, select } from '../helpers/prom-text.js';
 import { manualClock, mulberry32 } from '../helpers/random.js';
-import { routerStatus } from '../helpers/resilience-harness.js';
-import { postJson, type Candidate, type RouterRes } from '../helpers/router-api.js';
+import { postJson, type RouterRes } from '../helpers/router-api.js';
+import {
+  BODY,
+  holdOpen,
+  prov,
+  routeOver,
+  statsOf,
+  statusOf,
+  strategyHarness,
+  streamThrough,
+  timedAnswer,
+  usageFrame,
+  type FirstContent,
+  type Json,
+} from '../helpers/strategy-harness.js';
 import { until } from '../helpers/wait.js';
 
 onlyLoopbackFetch();
-const track = closeAfterEach();
-
-type Json = Record<string, unknown>;
-type Clock = ReturnType<typeof manualClock>;
-const HI = [{ role: 'user', content: 'hello' }];
-const BODY: Json = { model: 'r', messages: HI };
-
-type Up = CountedUpstream;
-const up = (answer: Parameters<typeof countedUpstream>[1]): Promise<Up> => countedUpstream(track, answer);
-
-function prov(name: string, url: string, timeouts: Json = {}): Json {
-  return {
-    name,
-    kind: 'openai',
-    base_url: `${url}/v1`,
-    timeouts: { connect_ms: 2000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 8000, ...timeouts },
-    models: [{ name: 'm' }],
-  };
-}
-
-async function gateway(config: Json, opts: Parameters<typeof startGateway>[1] = {}): Promise<TestGateway> {
-  return track(await startGateway(config, opts));
-}
-
-const call = (gw: { url: string }, body: Json = BODY, headers: Record<string, string> = {}) =>
-  postJson(gw, body, headers, '/v1/chat/completions', { timeoutMs: 15_000 });
-
-async function ok(gw: { url: string }, body: Json = BODY, headers: Record<string, string> = {}) {
-  const r = await call(gw, body, headers);
-  expect(r.status, r.text).toBe(200);
-  return r;
-}
-
-/** Measures each named provider `n` times by pinning it. */
-async function warm(gw: { url: string }, providers: string[], n: number, body: Json = BODY): Promise<void> {
-  for (const p of providers)
-    for (let i = 0; i < n; i++)
-      expect((await ok(gw, body, { 'x-router-provider': p })).headers['x-router-provider']).toBe(p);
-}
-
-async function explain(gw: { url: string }, body: Json = BODY): Promise<Candidate[]> {
-  const r = await postJson(gw, body, {}, '/router/explain');
-  expect(r.status, r.text).toBe(200);
-  return (r.json as { candidates: Candidate[] }).candidates;
-}
-
-async function statsOf(gw: { url: string }, id: string): Promise<Json> {
-  const u = (await routerStatus(gw.url)).get(id);
-  expect(u, `no ${id} in /router/status`).toBeDefined();
-  return (u as unknown as { stats: Json }).stats;
-}
-
-/** A JSON answer after moving the clock by `ms` (the time the gateway measures). */
-function timedJson(clock: Clock, ms: () => number) {
-  return (body: Json, res: ServerResponse) => {
-    clock.advance(ms());
-    sendJson(res, 200, chatCompletion(body));
-  };
-}
-
-/** Holds the request open until the gateway lets go of it (bounded), writing nothing more. */
-function hold(res: ServerResponse, boundMs = 4000): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const t = setTimeout(() => {
-      res.destroy();
-      resolve();
-    }, boundMs);
-    res.on('close', () => {
-      clearTimeout(t);
-      resolve();
-    });
-  });
-}
-
-function usageFrame(completion: number): string {
-  return `data: ${JSON.stringify({
-    id: 'c',
-    object: 'chat.completion.chunk',
-    created: 1,
-    model: 'm',
-    choices: [],
-    usage: { prompt_tokens: 5, completion_tokens: completion, total_tokens: 5 + completion },
-  })}\n\n`;
-}
+// Explain calls keep undici's own bounds.
+const { up, gateway, call, ok, warm, explain } = strategyHarness(closeAfterEach(), {
+  timeoutMs: 15_000,
+  boundExplain: false,
+});
 
 /** The tokens/s an explain reason quotes ("... / 12,345 tok/s"), or undefined when it quotes none. */
 function quotedTps(reason: string): number | undefined {
@@ -140,10 +65,7 @@ describe('tokens/s comes only from content that arrived over time', () => {
       await sleep(40);
       sendJson(res, 200, chatCompletion(body, 200));
     });
-    const gw = await gateway({
-      providers: [prov('a', a.url)],
-      routes: { r: { strategy: 'latency', targets: ['a/m'] } },
-    });
+    const gw = await gateway(routeOver('latency', { a }));
     for (let i = 0; i < 3; i++) {
       const r = await ok(gw, { ...BODY, stream: true });
       expect(r.text).toContain('[DONE]');
@@ -152,7 +74,7 @@ describe('tokens/s comes only from content that arrived over time', () => {
     expect(st.successes).toBe(3);
     expect(st.tokensPerSec, `stats ${JSON.stringify(st)}`).toBeNull();
     // What the latency strategy then quotes for a long answer must not be the short answers' time.
-    const [c] = await explain(gw, { ...BODY, max_tokens: 4000 });
+    const [c] = (await explain(gw, { ...BODY, max_tokens: 4000 })).candidates;
     const tps = quotedTps(c!.reason);
     expect(tps === undefined || tps < 100_000, c!.reason).toBe(true);
   });
@@ -166,10 +88,7 @@ describe('tokens/s comes only from content that arrived over time', () => {
       for (let i = 0; i < 10; i++) text += chunkFrame(m, { content: `w${i} ` });
       res.end(text + chunkFrame(m, {}, 'stop') + usageFrame(200) + 'data: [DONE]\n\n');
     });
-    const gw = await gateway({
-      providers: [prov('a', a.url)],
-      routes: { r: { strategy: 'latency', targets: ['a/m'] } },
-    });
+    const gw = await gateway(routeOver('latency', { a }));
     for (let i = 0; i < 3; i++) await ok(gw, { ...BODY, stream: true });
     const st = await statsOf(gw, 'a/m');
     const tps = st.tokensPerSec as number | null;
@@ -180,6 +99,30 @@ describe('tokens/s comes only from content that arrived over time', () => {
 });
 
 /* ------------------------------------------------------------------------------------------------ */
+
+/**
+ * fast (20 ms) and slow (100 ms) behind a latency route (`rest` keys, fast's `fastTimeouts`, seed `seed`),
+ * both measured and fast first; then fast hangs: `hangMs` of clock pass and it holds each request open.
+ */
+async function fastThatHangs(hangMs: number, fastTimeouts: Json, rest: Json, seed: number) {
+  const clock = manualClock(1_000_000);
+  let hang = false;
+  const fastOk = timedAnswer(clock, () => 20);
+  const fast = await up(async (body, res, n) => {
+    if (!hang) return fastOk(body, res, n);
+    clock.advance(hangMs);
+    await holdOpen(res);
+  });
+  const slow = await up(timedAnswer(clock, () => 100));
+  const gw = await gateway(routeOver('latency', { fast, slow }, rest, { timeouts: { fast: fastTimeouts } }), {
+    now: clock.now,
+    random: mulberry32(seed),
+  });
+  await warm(gw, ['fast', 'slow'], 5);
+  expect((await ok(gw)).headers['x-router-provider']).toBe('fast');
+  hang = true;
+  return { gw, fast };
+}
 
 describe('a wait that showed an upstream slow moves the next requests off it', () => {
   it('no content before idle_ms (a role chunk, then silence): the next requests do not try it first', async () => {
@@ -205,14 +148,11 @@ describe('a wait that showed an upstream slow moves the next requests off it', (
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       res.write(chunkFrame(body.model, { role: 'assistant', content: '' }));
       clock.advance(300); // as the gateway sees it: idle_ms pass with no content
-      await hold(res);
+      await holdOpen(res);
     });
     const slow = await up(streamAfter(100));
     const gw = await gateway(
-      {
-        providers: [prov('fast', fast.url, { idle_ms: 300 }), prov('slow', slow.url)],
-        routes: { r: { strategy: 'latency', targets: ['fast/m', 'slow/m'] } },
-      },
+      routeOver('latency', { fast, slow }, {}, { timeouts: { fast: { idle_ms: 300 } } }),
       { now: clock.now, random: mulberry32(7) },
     );
     const SBODY = { ...BODY, stream: true };
@@ -232,26 +172,7 @@ describe('a wait that showed an upstream slow moves the next requests off it', (
     // README: a cut by the request's budget is "not the provider's failure" for its breaker. But the wait is
     // still a first token at least that slow: left unrecorded, the hung upstream keeps its fast figures and
     // the next request goes to it first again, and times out again (504), while the other upstream is idle.
-    const clock = manualClock(1_000_000);
-    let hang = false;
-    const fastOk = timedJson(clock, () => 20);
-    const fast = await up(async (body, res) => {
-      if (!hang) return fastOk(body, res);
-      clock.advance(400);
-      await hold(res);
-    });
-    const slow = await up(timedJson(clock, () => 100));
-    const gw = await gateway(
-      {
-        providers: [prov('fast', fast.url), prov('slow', slow.url)],
-        routes: { r: { strategy: 'latency', targets: ['fast/m', 'slow/m'] } },
-        routing: { total_timeout_ms: 400 },
-      },
-      { now: clock.now, random: mulberry32(3) },
-    );
-    await warm(gw, ['fast', 'slow'], 5);
-    expect((await ok(gw)).headers['x-router-provider']).toBe('fast');
-    hang = true;
+    const { gw, fast } = await fastThatHangs(400, {}, { routing: { total_timeout_ms: 400 } }, 3);
     const cut = await call(gw);
     expect(cut.status, cut.text).toBe(504);
     const fastCalls = fast.calls;
@@ -271,25 +192,7 @@ describe('a wait that showed an upstream slow moves the next requests off it', (
     // A client abort is no upstream failure (breaker, success rate). But a client that waited 300 ms on an
     // upstream whose first token is estimated at 20 ms has shown that upstream far slower than its figures:
     // with clients that time out before first_byte_ms, a hung upstream otherwise stays first for every request.
-    const clock = manualClock(1_000_000);
-    let hang = false;
-    const fastOk = timedJson(clock, () => 20);
-    const fast = await up(async (body, res) => {
-      if (!hang) return fastOk(body, res);
-      clock.advance(300);
-      await hold(res);
-    });
-    const slow = await up(timedJson(clock, () => 100));
-    const gw = await gateway(
-      {
-        providers: [prov('fast', fast.url, { first_byte_ms: 1500 }), prov('slow', slow.url)],
-        routes: { r: { strategy: 'latency', targets: ['fast/m', 'slow/m'] } },
-      },
-      { now: clock.now, random: mulberry32(5) },
-    );
-    await warm(gw, ['fast', 'slow'], 5);
-    expect((await ok(gw)).headers['x-router-provider']).toBe('fast');
-    hang = true;
+    const { gw } = await fastThatHangs(300, { first_byte_ms: 1500 }, {}, 5);
     const aborted = await postJson(gw, BODY, {}, '/v1/chat/completions', { timeoutMs: 300 }).catch(
       (e: unknown) => e,
     );
@@ -314,7 +217,7 @@ describe('time to first token: JSON answers and streams in one figure', () => {
     // before any pace is known the whole 2,100 ms went in as a first token, and stays there after streams
     // have shown the first token is 100 ms.
     const clock = manualClock(1_000_000);
-    const held: { open?: () => void } = {};
+    const held: FirstContent = {};
     const twin = () =>
       up(async (body, res) => {
         const m = body.model;
@@ -335,35 +238,12 @@ describe('time to first token: JSON answers and streams in one figure', () => {
       });
     const a = await twin();
     const b = await twin();
-    const gw = await gateway(
-      {
-        providers: [prov('a', a.url), prov('b', b.url)],
-        routes: { r: { strategy: 'latency', targets: ['a/m', 'b/m'] } },
-      },
-      { now: clock.now, random: mulberry32(9) },
-    );
+    const gw = await gateway(routeOver('latency', { a, b }), { now: clock.now, random: mulberry32(9) });
     /** A pinned stream request, read until its first content, then the gate opened for the rest. */
     const streamed = async (p: string): Promise<void> => {
       held.open = undefined;
-      const res = await request(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'x-router-provider': p },
-        body: JSON.stringify({ ...BODY, stream: true, stream_options: { include_usage: true } }),
-        headersTimeout: 10_000,
-        bodyTimeout: 10_000,
-      });
-      expect(res.statusCode).toBe(200);
-      let text = '';
-      for await (const chunk of res.body) {
-        text += String(chunk);
-        // Read fresh each time: the mock sets it while this loop waits.
-        const open = held.open as (() => void) | undefined;
-        if (open && text.includes('"content":"a"')) {
-          open();
-          held.open = undefined;
-        }
-      }
-      expect(text).toContain('[DONE]');
+      const body = { ...BODY, stream: true, stream_options: { include_usage: true } };
+      await streamThrough(gw, body, { 'x-router-provider': p }, held, 10_000);
     };
     await warm(gw, ['a'], 10); // JSON only, before any stream
     for (let i = 0; i < 3; i++) {
@@ -373,7 +253,7 @@ describe('time to first token: JSON answers and streams in one figure', () => {
     const sa = await statsOf(gw, 'a/m');
     const sb = await statsOf(gw, 'b/m');
     expect(sb.tokensPerSec).not.toBeNull();
-    const ranked = await explain(gw, { ...BODY, stream: true, max_tokens: 200 });
+    const ranked = (await explain(gw, { ...BODY, stream: true, max_tokens: 200 })).candidates;
     const score = (id: string) => ranked.find((c) => c.upstream === id)!.score;
     const why = `a ${JSON.stringify(sa)}; b ${JSON.stringify(sb)}; ${JSON.stringify(ranked)}`;
     expect(Math.abs(score('a/m') - score('b/m')), why).toBeLessThanOrEqual(0.1);
@@ -393,10 +273,7 @@ describe('a stream cut after its commit', () => {
       await sleep(30);
       res.destroy();
     });
-    const gw = await gateway({
-      providers: [prov('a', a.url)],
-      routes: { r: { strategy: 'latency', targets: ['a/m'] } },
-    });
+    const gw = await gateway(routeOver('latency', { a }));
     const r = await ok(gw, { ...BODY, stream: true });
     expect(r.text).toContain('"error"');
     expect(r.text).not.toContain('[DONE]');
@@ -418,11 +295,11 @@ describe('a stream cut after its commit', () => {
 describe('in flight comes back to 0 after every kind of ending', () => {
   it('first-byte timeout, idle stall, total_ms, 429, 500, cut stream, client abort: status and gauge read 0', async () => {
     const mocks: Record<string, (body: Json, res: ServerResponse) => void | Promise<void>> = {
-      hang: (_b, res) => hold(res),
+      hang: (_b, res) => holdOpen(res),
       stall: async (b, res) => {
         res.writeHead(200, { 'content-type': 'text/event-stream' });
         res.write(chunkFrame(b.model, { role: 'assistant', content: '' }));
-        await hold(res);
+        await holdOpen(res);
       },
       drip: async (b, res) => {
         // Keeps sending just inside idle_ms, past total_ms.
@@ -452,7 +329,7 @@ describe('in flight comes back to 0 after every kind of ending', () => {
     for (const [name, answer] of Object.entries(mocks)) {
       const u = await up(answer);
       providers.push(
-        prov(name, u.url, { first_byte_ms: 300, idle_ms: 300, total_ms: name === 'drip' ? 400 : 3000 }),
+        prov(name, u.url, {}, { first_byte_ms: 300, idle_ms: 300, total_ms: name === 'drip' ? 400 : 3000 }),
       );
     }
     const names = Object.keys(mocks);
@@ -461,7 +338,7 @@ describe('in flight comes back to 0 after every kind of ending', () => {
       routes: { r: { strategy: 'least-busy', targets: names.map((n) => `${n}/m`) } },
     });
     const inflight = async () => {
-      const status = await routerStatus(gw.url);
+      const status = await statusOf(gw);
       const gauge = select(await scrape(gw.url), 'llm_router_inflight_requests');
       return {
         status: Object.fromEntries([...status].map(([id, u]) => [id, (u as unknown as Json).in_flight])),

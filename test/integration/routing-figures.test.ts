@@ -18,105 +18,36 @@
  * Latency is driven by `startGateway({ now })`: a mock moves the manual clock before it answers, so the
  * gateway measures exactly those milliseconds whatever the machine's load.
  */
-import type { ServerResponse } from 'node:http';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import {
-  chatCompletion,
-  chunkFrame,
-  fail500,
-  gate,
-  sendJson,
-  startMock,
-  type Received,
-} from '../helpers/mock-upstream.js';
+import { chatCompletion, chunkFrame, gate, sendJson } from '../helpers/mock-upstream.js';
 import { manualClock, mulberry32 } from '../helpers/random.js';
-import { routerStatus } from '../helpers/resilience-harness.js';
-import { postJson, type Candidate, type RouterRes } from '../helpers/router-api.js';
+import type { Candidate } from '../helpers/router-api.js';
+import {
+  BODY,
+  HI,
+  holdOpen,
+  routeOver,
+  statsOf,
+  statusOf,
+  strategyHarness,
+  streamThrough,
+  usageFrame,
+} from '../helpers/strategy-harness.js';
 import { retryUntil } from '../helpers/wait.js';
 
 onlyLoopbackFetch();
-const track = closeAfterEach();
-
-type Json = Record<string, unknown>;
-const HI = [{ role: 'user', content: 'hello' }];
-
-interface Up {
-  url: string;
-  received: Received[];
-  readonly calls: number;
-}
-
-async function up(answer: (body: Json, res: ServerResponse, n: number) => void | Promise<void>): Promise<Up> {
-  const m = track(await startMock((r, res, n) => answer(r.body, res, n)));
-  return {
-    url: m.url,
-    received: m.received,
-    get calls() {
-      return m.received.length;
-    },
-  };
-}
-
-/** A mock that answers after moving the gateway's clock by `ms()`; `fail()` true answers a 500. */
-async function timedUp(
-  clock: ReturnType<typeof manualClock>,
-  ms: () => number,
-  fail: () => boolean = () => false,
-): Promise<Up> {
-  return up((body, res) => {
-    clock.advance(ms());
-    if (fail()) return fail500(res);
-    sendJson(res, 200, chatCompletion(body, 2));
-  });
-}
-
-function prov(name: string, url: string, model: Json = {}): Json {
-  return {
-    name,
-    kind: 'openai',
-    base_url: `${url}/v1`,
-    timeouts: { connect_ms: 2000, first_byte_ms: 5000, idle_ms: 5000, total_ms: 8000 },
-    models: [{ name: 'm', ...model }],
-  };
-}
-
-async function gateway(config: Json, opts: Parameters<typeof startGateway>[1] = {}): Promise<TestGateway> {
-  return track(await startGateway(config, opts));
-}
-
-const call = (gw: { url: string }, body: Json, headers: Record<string, string> = {}, path?: string) =>
-  postJson(gw, body, headers, path, { timeoutMs: 10_000 });
-
-async function explain(gw: { url: string }, body: Json, headers: Record<string, string> = {}) {
-  const r = await call(gw, body, headers, '/router/explain');
-  expect(r.status, r.text).toBe(200);
-  return r.json as { strategy: string; candidates: Candidate[] };
-}
+const { up, chatUp, timedUp, gateway, call, serve, warm, explain } = strategyHarness(closeAfterEach(), {
+  timeoutMs: 10_000,
+});
 
 function cand(list: Candidate[], id: string): Candidate {
   const c = list.find((x) => x.upstream === id);
   if (!c) throw new Error(`no candidate ${id} in ${JSON.stringify(list)}`);
   return c;
-}
-
-/** Measures each named provider `n` times by pinning it. */
-async function warm(gw: { url: string }, providers: string[], n: number, body: Json): Promise<void> {
-  for (const p of providers)
-    for (let i = 0; i < n; i++) {
-      const r = await call(gw, body, { 'x-router-provider': p });
-      expect(r.status, r.text).toBe(200);
-    }
-}
-
-async function statsOf(gw: { url: string }, id: string): Promise<Json> {
-  const u = (await routerStatus(gw.url)).get(id);
-  if (!u) throw new Error(`no upstream ${id}`);
-  return u.stats;
 }
 
 const CHEAP = { input_per_mtok: 0.15, output_per_mtok: 0.6 };
@@ -127,20 +58,18 @@ const DEAR = { input_per_mtok: 2.5, output_per_mtok: 10 };
 describe('a free upstream among paid ones: scores stay proportional', () => {
   it('cost: after a free upstream, the cheaper paid one ranks ahead of the dearer (explain and failover)', async () => {
     // A local model (no price: 0 / 0) that is down, and two paid cloud models, 16x apart.
-    const local = await up((_b, res) => fail500(res));
-    const cheap = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const dear = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
-    const gw = await gateway({
-      providers: [
-        prov('local', local.url),
-        prov('dear', dear.url, { price: DEAR }),
-        prov('cheap', cheap.url, { price: CHEAP }),
-      ],
+    const local = await chatUp({ fail: () => true });
+    const cheap = await chatUp();
+    const dear = await chatUp();
+    const gw = await gateway(
       // dear before cheap in config order: array order must not decide.
-      routes: { r: { strategy: 'cost', targets: ['local/m', 'dear/m', 'cheap/m'] } },
-      routing: { max_attempts: 2 },
-      circuit_breaker: { failure_threshold: 1000 },
-    });
+      routeOver(
+        'cost',
+        { local, dear, cheap },
+        { routing: { max_attempts: 2 }, circuit_breaker: { failure_threshold: 1000 } },
+        { models: { dear: { price: DEAR }, cheap: { price: CHEAP } } },
+      ),
+    );
     const body = { model: 'r', messages: HI, max_tokens: 100 };
     const e = await explain(gw, body);
     expect(e.candidates[0]!.upstream).toBe('local/m');
@@ -150,12 +79,7 @@ describe('a free upstream among paid ones: scores stay proportional', () => {
     expect(c.score - d.score, `${c.score} ${c.reason} | ${d.score} ${d.reason}`).toBeGreaterThan(0.02);
     expect(e.candidates.map((x) => x.upstream)).toEqual(['local/m', 'cheap/m', 'dear/m']);
     // The free one fails every time: each request fails over to the cheaper paid one, never the dearer.
-    const served: string[] = [];
-    for (let i = 0; i < 6; i++) {
-      const r: RouterRes = await call(gw, body);
-      expect(r.status, r.text).toBe(200);
-      served.push(r.headers['x-router-provider']!);
-    }
+    const served = (await serve(gw, 6, body)).order;
     expect(served).toEqual(Array(6).fill('cheap'));
     expect(dear.calls).toBe(0);
   });
@@ -166,18 +90,16 @@ describe('a free upstream among paid ones: scores stay proportional', () => {
     const cheap = await timedUp(clock, () => 50);
     const dear = await timedUp(clock, () => 50);
     const gw = await gateway(
-      {
-        providers: [
-          prov('local', local.url),
-          prov('dear', dear.url, { price: DEAR }),
-          prov('cheap', cheap.url, { price: CHEAP }),
-        ],
-        routes: { r: { strategy: 'hybrid', targets: ['local/m', 'dear/m', 'cheap/m'] } },
-      },
+      routeOver(
+        'hybrid',
+        { local, dear, cheap },
+        {},
+        { models: { dear: { price: DEAR }, cheap: { price: CHEAP } } },
+      ),
       { now: clock.now, random: mulberry32(3) },
     );
     const body = { model: 'r', messages: HI, max_tokens: 100 };
-    await warm(gw, ['local', 'dear', 'cheap'], 3, body);
+    await warm(gw, ['local', 'dear', 'cheap'], 3, body, { checkPin: false });
     const e = await explain(gw, body);
     const c = cand(e.candidates, 'cheap/m');
     const d = cand(e.candidates, 'dear/m');
@@ -201,20 +123,14 @@ describe('peak-EWMA: each sample moves the estimate towards it', () => {
     const clock = manualClock(1_000_000);
     let nextMs = 20;
     const u = await timedUp(clock, () => nextMs);
-    const gw = await gateway(
-      {
-        providers: [prov('p', u.url)],
-        routes: { r: { strategy: 'latency', targets: ['p/m'] } },
-      },
-      { now: clock.now, random: mulberry32(5) },
-    );
-    const body = { model: 'r', messages: HI };
+    const gw = await gateway(routeOver('latency', { p: u }), { now: clock.now, random: mulberry32(5) });
+    const body = BODY;
     for (let i = 0; i < 5; i++) expect((await call(gw, body)).status).toBe(200);
     nextMs = 2000;
     expect((await call(gw, body)).status).toBe(200);
-    expect((await statsOf(gw, 'p/m')).ttftMs).toBeCloseTo(2000, 0);
+    expect((await statsOf(gw, 'p/m', 'throw')).ttftMs).toBeCloseTo(2000, 0);
     clock.advance(5000);
-    const relaxed = (await statsOf(gw, 'p/m')).ttftMs as number;
+    const relaxed = (await statsOf(gw, 'p/m', 'throw')).ttftMs as number;
     // 20 + 1980 x e^-0.5 ≈ 1221 ms.
     expect(relaxed).toBeGreaterThan(1000);
     expect(relaxed).toBeLessThan(1500);
@@ -224,7 +140,7 @@ describe('peak-EWMA: each sample moves the estimate towards it', () => {
       answer: async (ms: number) => {
         nextMs = ms;
         expect((await call(gw, body)).status).toBe(200);
-        return (await statsOf(gw, 'p/m')).ttftMs as number;
+        return (await statsOf(gw, 'p/m', 'throw')).ttftMs as number;
       },
     };
   }
@@ -260,43 +176,24 @@ describe('estimates and reasons state the figures the decision used', () => {
       await g.wait;
       res.write(chunkFrame(body.model, { content: 'b' }));
       res.write(chunkFrame(body.model, { content: 'c' }, 'stop'));
-      const usage = { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 };
-      res.write(
-        `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: body.model, choices: [], usage })}\n\n`,
-      );
+      res.write(usageFrame(3, String(body.model)));
       res.end('data: [DONE]\n\n');
     });
-    const gw = await gateway(
-      {
-        providers: [prov('p', u.url)],
-        routes: { r: { strategy: 'latency', targets: ['p/m'] } },
-        routing: { min_samples: 1 },
-      },
-      { now: clock.now, random: mulberry32(7) },
-    );
-    // One streamed answer: 100 ms to the first token, then 3 tokens over 10 s (0.3 tok/s).
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'r', messages: HI, stream: true }),
-      headersTimeout: 5000,
-      bodyTimeout: 5000,
+    const gw = await gateway(routeOver('latency', { p: u }, { routing: { min_samples: 1 } }), {
+      now: clock.now,
+      random: mulberry32(7),
     });
-    expect(res.statusCode).toBe(200);
-    let text = '';
-    let opened = false;
-    for await (const chunk of res.body) {
-      text += (chunk as Buffer).toString();
-      if (!opened && text.includes('"content":"a"')) {
-        opened = true;
+    // One streamed answer: 100 ms to the first token, then 3 tokens over 10 s (0.3 tok/s).
+    const held = {
+      open: () => {
         clock.advance(10_000);
         g.open();
-      }
-    }
-    expect(text).toContain('[DONE]');
+      },
+    };
+    await streamThrough(gw, { ...BODY, stream: true }, {}, held, 5000);
     const tps = await retryUntil(
       async () => {
-        const s = await statsOf(gw, 'p/m');
+        const s = await statsOf(gw, 'p/m', 'throw');
         expect(s.tokensPerSec).not.toBeNull();
         return s.tokensPerSec as number;
       },
@@ -321,19 +218,12 @@ describe('estimates and reasons state the figures the decision used', () => {
   it('latency: the estimate of an upstream measured on non-streamed answers grows with the expected output', async () => {
     const clock = manualClock(1_000_000);
     // Non-streamed answers only (no tokens/s of its own): 10 tokens in 200 ms.
-    const u = await up((body, res) => {
-      clock.advance(200);
-      sendJson(res, 200, chatCompletion(body, 10));
+    const u = await timedUp(clock, () => 200, { tokens: 10 });
+    const gw = await gateway(routeOver('latency', { p: u }, { routing: { min_samples: 1 } }), {
+      now: clock.now,
+      random: mulberry32(13),
     });
-    const gw = await gateway(
-      {
-        providers: [prov('p', u.url)],
-        routes: { r: { strategy: 'latency', targets: ['p/m'] } },
-        routing: { min_samples: 1 },
-      },
-      { now: clock.now, random: mulberry32(13) },
-    );
-    await warm(gw, ['p'], 3, { model: 'r', messages: HI });
+    await warm(gw, ['p'], 3, BODY, { checkPin: false });
     const est = async (maxTokens: number) => {
       const reason = (await explain(gw, { model: 'r', messages: HI, max_tokens: maxTokens })).candidates[0]!
         .reason;
@@ -353,17 +243,21 @@ describe('estimates and reasons state the figures the decision used', () => {
     const cheap = await timedUp(clock, () => 100);
     const dear = await timedUp(clock, () => 20);
     const gw = await gateway(
-      {
-        providers: [
-          prov('cheap', cheap.url, { price: { input_per_mtok: 1, output_per_mtok: 1 } }),
-          prov('dear', dear.url, { price: { input_per_mtok: 10, output_per_mtok: 10 } }),
-        ],
-        routes: { r: { strategy: 'hybrid', targets: ['cheap/m', 'dear/m'] } },
-      },
+      routeOver(
+        'hybrid',
+        { cheap, dear },
+        {},
+        {
+          models: {
+            cheap: { price: { input_per_mtok: 1, output_per_mtok: 1 } },
+            dear: { price: { input_per_mtok: 10, output_per_mtok: 10 } },
+          },
+        },
+      ),
       { now: clock.now, random: mulberry32(9) },
     );
     const body = { model: 'r', messages: HI, max_tokens: 100 };
-    await warm(gw, ['cheap', 'dear'], 3, body);
+    await warm(gw, ['cheap', 'dear'], 3, body, { checkPin: false });
     const e = await explain(gw, body);
     expect(e.candidates[0]!.upstream).toBe('cheap/m');
     expect(e.candidates[0]!.score).toBe(1);
@@ -383,41 +277,25 @@ describe('estimates and reasons state the figures the decision used', () => {
 
 describe('hybrid weights and reliability', () => {
   it('hybrid weights that are all 0 are refused at load, naming the path', () => {
-    const cfg = {
-      providers: [prov('a', 'http://127.0.0.1:9'), prov('b', 'http://127.0.0.1:9')],
-      routes: {
-        r: {
-          strategy: { hybrid: { cost_weight: 0, latency_weight: 0, reliability_weight: 0 } },
-          targets: ['a/m', 'b/m'],
-        },
-      },
-    };
+    const nowhere = { url: 'http://127.0.0.1:9' };
+    const cfg = routeOver(
+      { hybrid: { cost_weight: 0, latency_weight: 0, reliability_weight: 0 } },
+      { a: nowhere, b: nowhere },
+    );
     expect(() => parseConfigText(JSON.stringify(cfg), {})).toThrow(/routes\.r\.strategy/);
   });
 
   it('client aborts are no upstream failures: reliability stays 100% and the breaker stays closed', async () => {
-    const a = await up((body, res) => sendJson(res, 200, chatCompletion(body)));
+    const a = await chatUp();
     // b answers only once its client has gone (bounded): every request to it is abandoned by its client.
-    const b = await up(
-      (body, res) =>
-        new Promise<void>((resolve) => {
-          const t = setTimeout(() => {
-            if (!res.destroyed) sendJson(res, 200, chatCompletion(body));
-            resolve();
-          }, 3000);
-          res.on('close', () => {
-            clearTimeout(t);
-            resolve();
-          });
-        }),
+    const b = await up((body, res) =>
+      holdOpen(res, 3000, () => {
+        if (!res.destroyed) sendJson(res, 200, chatCompletion(body));
+      }),
     );
     const price = { input_per_mtok: 1, output_per_mtok: 1 };
     const gw = await gateway(
-      {
-        providers: [prov('a', a.url, { price }), prov('b', b.url, { price })],
-        routes: { r: { strategy: 'hybrid', targets: ['a/m', 'b/m'] } },
-        circuit_breaker: { failure_threshold: 2 },
-      },
+      routeOver('hybrid', { a, b }, { circuit_breaker: { failure_threshold: 2 } }, { model: { price } }),
       { random: mulberry32(11) },
     );
     for (let i = 0; i < 4; i++) {
@@ -425,7 +303,7 @@ describe('hybrid weights and reliability', () => {
       const pending = request(`${gw.url}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', 'x-router-provider': 'b' },
-        body: JSON.stringify({ model: 'r', messages: HI }),
+        body: JSON.stringify(BODY),
         signal: ac.signal,
       }).then(
         () => 'answered',
@@ -437,8 +315,8 @@ describe('hybrid weights and reliability', () => {
     }
     const s = await retryUntil(
       async () => {
-        const st = await statsOf(gw, 'b/m');
-        expect((await routerStatus(gw.url)).get('b/m')!.in_flight).toBe(0);
+        const st = await statsOf(gw, 'b/m', 'throw');
+        expect((await statusOf(gw)).get('b/m')!.in_flight).toBe(0);
         return st;
       },
       3000,
@@ -446,8 +324,8 @@ describe('hybrid weights and reliability', () => {
     );
     expect(s.failures, JSON.stringify(s)).toBe(0);
     expect(s.successRate).toBe(1);
-    expect((await routerStatus(gw.url)).get('b/m')!.breaker.state).toBe('closed');
-    const e = await explain(gw, { model: 'r', messages: HI });
+    expect((await statusOf(gw)).get('b/m')!.breaker.state).toBe('closed');
+    const e = await explain(gw, BODY);
     expect(cand(e.candidates, 'b/m').reason).toMatch(/reliability 100\.0%/);
   });
 });
