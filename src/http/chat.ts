@@ -222,7 +222,6 @@ async function handleChat(
       created,
       choices: features.choices,
       json: features.json,
-      stop: body.stop,
     },
   });
   const headersFor = (

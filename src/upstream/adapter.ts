@@ -121,8 +121,8 @@ export interface StreamContext {
   readonly choices?: number;
   /** The client asked for JSON (`response_format` json_object or json_schema). */
   readonly json?: boolean;
-  /** The request's `stop`, as the client sent it: a dialect applies what its upstream refuses (local-stops.ts). */
-  readonly stop?: unknown;
+  /** Stop sequences this upstream is not sent, which the gateway applies to its answer (local-stops.ts). */
+  readonly localStops?: readonly string[];
 }
 
 /** Fed each parsed SSE event of one upstream stream, in order. */

@@ -10,6 +10,7 @@ import type {
   ChatBody,
   ChunkSink,
   PreparedRequest,
+  StreamContext,
   UpstreamErrorInfo,
   Usage,
 } from './adapter.js';
@@ -29,7 +30,8 @@ import {
   type AttemptInput,
   type AttemptResult,
 } from './attempt.js';
-import { afterRefused, fitted, refitted } from './attempt-refit.js';
+import { afterRefused, contextFor, fitted, refitted } from './attempt-refit.js';
+import { cutCompletion } from './adapters/local-stops.js';
 
 const INVALID_JSON: Classified = { outcome: 'error', retryable: true, reason: 'invalid_upstream_json' };
 /** A 200 whose body is an error object instead of an answer: a 429 there is a rate limit, as in a stream. */
@@ -45,7 +47,7 @@ const ERROR_ANSWER_RATE_LIMITED: Classified = {
  * chunks merged into the answer a non-streaming call gets. A stream cut before its end, or with no choice
  * finished, is no answer (undefined: it fails over as before); an error event in it is the answer's error.
  */
-function answerOfEventStream(text: string, input: AttemptInput): AnswerText | undefined {
+function answerOfEventStream(text: string, input: AttemptInput, ctx: StreamContext): AnswerText | undefined {
   const start = skipSpace(text, 0); // its BOM, if any, is gone (text-handler.ts)
   if (start === text.length || !opensEventStream(text.charCodeAt(start))) return undefined;
   const built = new CompletionBuilder();
@@ -67,10 +69,7 @@ function answerOfEventStream(text: string, input: AttemptInput): AnswerText | un
       ended = true;
     },
   };
-  const translator = input.upstream.provider.adapter.streamTranslator(sink, {
-    ...input.stream,
-    includeUsage: true,
-  });
+  const translator = input.upstream.provider.adapter.streamTranslator(sink, { ...ctx, includeUsage: true });
   const parser = createSseParser((type, data) => {
     if (!ended && !error) translator.event(type, data);
   });
@@ -123,7 +122,7 @@ async function attemptJsonCall(
         : failed;
     }
     const totalMs = input.now() - t0;
-    const out = finish(res.text) ?? (chat && answerOfEventStream(res.text, chat.input));
+    const out = finish(res.text) ?? (chat && answerOfEventStream(res.text, chat.input, chat.ctx));
     if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     if (out.error) {
       const limited = out.error.status === 429;
@@ -175,6 +174,8 @@ interface ChatSend {
   readonly refits: number;
   /** When the attempt's first send started (`input.now()`): the provider's total_ms counts from there. */
   readonly firstStart: number | undefined;
+  /** The answer's context for this send (contextFor). */
+  readonly ctx: StreamContext;
 }
 
 /** One non-streaming chat attempt. The answer is returned, not sent: the caller owns the response. */
@@ -190,9 +191,16 @@ function attemptJsonBody(
 ): Promise<AttemptResult> {
   const { adapter, adapterProvider } = input.upstream.provider;
   const prepared = adapter.chatRequest(body, input.upstream.upstreamModel, adapterProvider);
-  const chat: ChatSend = { input, sent: body, refits, firstStart };
+  const ctx = contextFor(input, body);
+  const chat: ChatSend = { input, sent: body, refits, firstStart, ctx };
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
-  if (adapter.chatResponseText) return attemptJsonCall(input, prepared, adapter.chatResponseText, chat);
+  const asIs = adapter.chatResponseText;
+  if (asIs) {
+    const stops = ctx.localStops;
+    if (stops === undefined) return attemptJsonCall(input, prepared, asIs, chat);
+    // Stops the upstream was not sent: its answer is cut at them here, written anew only when it is.
+    return attemptJsonCall(input, prepared, (text) => cutAnswer(asIs(text), stops), chat);
+  }
   return attemptJsonCall(
     input,
     prepared,
@@ -200,11 +208,20 @@ function attemptJsonBody(
       const json = parseJsonObject(text);
       if (!json) return undefined; // not a JSON object (an array, a proxy's HTML page): fail over
       rememberSource(json, text); // a translation may take values as written (a tool input's big numbers)
-      const out = adapter.chatResponse(json, input.stream);
+      const out = adapter.chatResponse(json, ctx);
       if (!out) return undefined; // an object that is no answer: fail over
       if (out.error) return { error: out.error };
       return { body: out.body === json ? text : JSON.stringify(out.body), usage: out.usage };
     },
     chat,
   );
+}
+
+/** An answer relayed as it came, cut at the stops its upstream was not sent (written anew only when cut). */
+function cutAnswer(answer: AnswerText | undefined, stops: readonly string[]): AnswerText | undefined {
+  if (answer === undefined || answer.error !== undefined) return answer;
+  const json = parseJsonObject(answer.body);
+  return json !== undefined && cutCompletion(json, stops)
+    ? { ...answer, body: JSON.stringify(json) }
+    : answer;
 }

@@ -1,5 +1,6 @@
 /** An attempt sent again to the same upstream, fitted to a field it refused (param-fit.ts). */
-import type { ChatBody } from './adapter.js';
+import type { ChatBody, StreamContext } from './adapter.js';
+import { localStopsFor } from './adapters/local-stops.js';
 import type { AttemptInput, AttemptResult } from './attempt.js';
 
 /** How many times one attempt is sent again, each time fitted to one more field its upstream refused. */
@@ -52,4 +53,14 @@ export async function afterRefused(
 /** The client's body as this attempt's upstream takes it. */
 export function fitted(input: AttemptInput): ChatBody {
   return input.upstream.fit.apply(input.body);
+}
+
+/**
+ * The answer's context for one send of `sent` (the client's body, fitted): with the stop sequences the
+ * upstream is not sent, which the gateway applies itself (adapters/local-stops.ts).
+ */
+export function contextFor(input: AttemptInput, sent: ChatBody): StreamContext {
+  if (input.body.stop === undefined || input.body.stop === null) return input.stream;
+  const stops = localStopsFor(input.upstream.provider.config.kind, input.body, sent);
+  return stops.length === 0 ? input.stream : { ...input.stream, localStops: stops };
 }

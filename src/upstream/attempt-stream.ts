@@ -11,6 +11,7 @@ import {
   contentWeight,
   type ChatBody,
   type ChunkSink,
+  type StreamContext,
   type UpstreamErrorInfo,
   type Usage,
 } from './adapter.js';
@@ -29,7 +30,8 @@ import {
   type AttemptInput,
   type AttemptResult,
 } from './attempt.js';
-import { afterRefused, fitted, refitted } from './attempt-refit.js';
+import { afterRefused, contextFor, fitted, refitted } from './attempt-refit.js';
+import { cutCompletion } from './adapters/local-stops.js';
 
 /**
  * Frames held back before a stream's first content delta (a role chunk, a usage-less `message_start`) are a
@@ -111,14 +113,13 @@ export function firstBytes(
 function answerAsChunks(
   text: string,
   input: AttemptInput,
+  ctx: StreamContext,
   sink: ChunkSink,
 ): { finished: boolean; tokens: number | undefined } | undefined {
   const { adapter } = input.upstream.provider;
   const json = parseJsonObject(text);
   if (!json) return undefined;
-  const answer = adapter.chatResponseText
-    ? adapter.chatResponseText(text)
-    : adapter.chatResponse(json, input.stream);
+  const answer = adapter.chatResponseText ? adapter.chatResponseText(text) : adapter.chatResponse(json, ctx);
   if (!answer) return undefined;
   if (answer.error) {
     sink.error(answer.error);
@@ -127,6 +128,9 @@ function answerAsChunks(
   // The OpenAI dialect's answer is the text as it came; a translated one is a new object.
   const completion = typeof answer.body === 'string' ? json : (answer.body as Record<string, unknown>);
   if (!Array.isArray(completion.choices)) return undefined;
+  // Stops the upstream was not sent (a translated answer was cut by its dialect already).
+  if (ctx.localStops !== undefined && typeof answer.body === 'string')
+    cutCompletion(completion, ctx.localStops);
   if (answer.usage) sink.usage(answer.usage);
   const { chunks, finished } = chunksOfCompletion(completion, input.stream.includeUsage);
   for (const chunk of chunks) sink.chunk(chunk.json, chunk.content ? contentWeight('') : 0); // counted from its text
@@ -243,7 +247,8 @@ async function attemptStreamBody(
       },
     };
     const streamTokens = (): number => Math.max(contentChunks, Math.round(contentTokens));
-    const translator = adapter.streamTranslator(sink, input.stream);
+    const ctx = contextFor(input, body);
+    const translator = adapter.streamTranslator(sink, ctx);
     const parser = createSseParser((type, data) => translator.event(type, data));
     /** Undecided until the body's first byte: an upstream that ignored `stream` answers one JSON object. */
     let form: 'sse' | 'json' | undefined;
@@ -297,7 +302,7 @@ async function attemptStreamBody(
         { ms: () => (endedEarly ? 0 : client.drain.ms()), held: client.drain.held },
       );
       if (whole) {
-        json = answerAsChunks(withoutBom(Buffer.concat(whole).toString('utf8')), input, sink);
+        json = answerAsChunks(withoutBom(Buffer.concat(whole).toString('utf8')), input, ctx, sink);
         if (json === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
       } else if (!ended && !streamError) {
         parser.end();

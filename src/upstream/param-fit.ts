@@ -28,7 +28,9 @@ export type FieldFit =
   /** The token limit is lowered to the most the model writes (either name of it). */
   | { readonly kind: 'cap'; readonly max: number }
   /** `messages`: tool call ids of other providers sent as 9 letters and digits (Mistral's rule). */
-  | { readonly kind: 'short_tool_ids' };
+  | { readonly kind: 'short_tool_ids' }
+  /** Not sent; the gateway applies it to the answer (`stop`: adapters/local-stops.ts). */
+  | { readonly kind: 'local' };
 
 /** OpenAI's two names for the answer's token limit: reasoning models take only the new one, some servers only the old. */
 const TOKEN_LIMITS: ReadonlyMap<string, string> = new Map([
@@ -234,7 +236,7 @@ export class ParamFit {
       if (!Object.hasOwn(body, param)) continue;
       out ??= { ...body };
       const value = out[param];
-      if (fit.kind === 'drop') {
+      if (fit.kind === 'drop' || fit.kind === 'local') {
         delete out[param];
         if (param === 'logprobs') delete out.top_logprobs;
       } else if (fit.kind === 'rename') {
@@ -279,6 +281,9 @@ export class ParamFit {
       if (refusal.kind !== 'parameter' || this.#fits.has(other)) return undefined;
       return known !== undefined ? param : this.#learn(param, { kind: 'rename', to: other });
     }
+    // Stop sequences the model refuses (OpenAI's reasoning models) are the gateway's to apply to its answer.
+    if (param === 'stop' && refusal.kind === 'parameter')
+      return known?.kind === 'local' ? param : this.#learn(param, { kind: 'local' });
     if (!DROPPABLE.has(param)) return undefined;
     if (param === 'reasoning_effort' && refusal.kind === 'value') {
       // Mapped from the client's own value, so a deployment that changed (GPT-5 to 5.1 behind one name) is
@@ -351,6 +356,7 @@ export class ParamFit {
 function fitted(fit: Exclude<FieldFit, { kind: 'values' }>): string {
   if (fit.kind === 'cap') return `at most ${fit.max}`;
   if (fit.kind === 'short_tool_ids') return 'tool call ids sent as 9 letters and digits';
+  if (fit.kind === 'local') return 'applied by the gateway';
   return fit.kind === 'drop' ? 'dropped' : `sent as ${fit.to}`;
 }
 

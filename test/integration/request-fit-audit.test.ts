@@ -530,21 +530,21 @@ describe('request fits against hostile upstreams', () => {
           return refuse(res, `Unsupported parameter: 'temperature' (key ${KEY})`, 'temperature', null);
         refuse(
           res,
-          `Unsupported parameter: 'stop' for key ${KEY}. ${'x'.repeat(60_000)} ${KEY}`,
-          'stop',
+          `Unsupported parameter: 'seed' for key ${KEY}. ${'x'.repeat(60_000)} ${KEY}`,
+          'seed',
           'unsupported_parameter',
         );
       }),
     );
     const gw = track(await startGateway(flat([{ name: 'a', mock, extra: { api_key: KEY } }])));
     for (const stream of [false, true]) {
-      const r = await post(gw, { ...ASK, temperature: 0.5, stop: ['\n'], stream });
+      const r = await post(gw, { ...ASK, temperature: 0.5, seed: 7, stream });
       expect(r.status).toBe(400);
       expect(r.text).not.toContain(KEY);
       expect(r.text).toContain('[REDACTED]');
       expect(r.text.length).toBeLessThan(4000);
     }
-    expect(mock.bodies).toHaveLength(3); // refused temperature once, then fitted; stop refused twice
+    expect(mock.bodies).toHaveLength(3); // refused temperature once, then fitted; seed refused twice
     expect(gw.rawLogs()).not.toContain(KEY);
   });
 

@@ -182,11 +182,11 @@ describe('request fields an upstream refuses, fitted', () => {
   it('any other 400 is relayed as before, sent once: a value out of range, a field it cannot fit', async () => {
     const mock = track(
       await startRecordingMock((body, _n, res) => {
-        if ('stop' in body)
+        if ('seed' in body)
           return refuse(
             res,
-            "Unsupported parameter: 'stop' is not supported with this model.",
-            'stop',
+            "Unsupported parameter: 'seed' is not supported with this model.",
+            'seed',
             'unsupported_parameter',
           );
         refuse(
@@ -207,10 +207,10 @@ describe('request fields an upstream refuses, fitted', () => {
     );
     expect(mock.bodies).toHaveLength(1);
 
-    // Dropping `stop` would change the answer: the client hears the refusal.
-    const stop = await client.chat.completions.create({ ...ASK, stop: ['\n'] }).catch((e: unknown) => e);
-    expect(stop).toBeInstanceOf(OpenAI.BadRequestError);
-    expect((stop as InstanceType<typeof OpenAI.BadRequestError>).param).toBe('stop');
+    // Dropping `seed` would change the answer: the client hears the refusal.
+    const seed = await client.chat.completions.create({ ...ASK, seed: 7 }).catch((e: unknown) => e);
+    expect(seed).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((seed as InstanceType<typeof OpenAI.BadRequestError>).param).toBe('seed');
     expect(mock.bodies).toHaveLength(2);
   });
 

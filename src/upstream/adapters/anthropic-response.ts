@@ -19,7 +19,7 @@ import {
 } from './common.js';
 import { arrayElementTexts, memberValueText, sourceText } from '../body-text.js';
 import { jsonAnswerText } from './json-answer.js';
-import { firstStop, whitespaceStops } from './local-stops.js';
+import { firstStop } from './local-stops.js';
 
 /** Anthropic Message (JSON) and error bodies -> OpenAI shapes; the stop-reason, usage and error maps the stream shares. */
 
@@ -157,7 +157,7 @@ export function anthropicChatResponse(json: unknown, ctx: StreamContext): Answer
   // A stop sequence Claude was not given (whitespace alone) cuts the answer where it begins, as OpenAI's does:
   // what Claude wrote past it, tool calls too, is not the answer (in a JSON answer, the object is the answer).
   let finish = mapStopReason(msg.stop_reason);
-  const cut = firstStop(text, whitespaceStops(ctx.stop));
+  const cut = firstStop(text, ctx.localStops ?? []);
   if (cut !== -1) {
     text = text.slice(0, cut);
     if (!asJson) toolCalls.length = textBefore.filter((at) => at <= cut).length;

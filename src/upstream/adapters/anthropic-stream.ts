@@ -5,7 +5,7 @@ import {
   type StreamTranslator,
   type Usage,
 } from '../adapter.js';
-import { LocalStops, whitespaceStops } from './local-stops.js';
+import { LocalStops } from './local-stops.js';
 import { JsonAnswer } from './json-answer.js';
 import {
   asString,
@@ -94,8 +94,8 @@ export class AnthropicStreamTranslator implements StreamTranslator {
     private readonly ctx: StreamContext,
   ) {
     this.json = ctx.json === true ? new JsonAnswer() : undefined;
-    const stops = whitespaceStops(ctx.stop);
-    this.stops = stops.length > 0 ? new LocalStops(stops) : undefined;
+    const stops = ctx.localStops;
+    this.stops = stops !== undefined && stops.length > 0 ? new LocalStops(stops) : undefined;
   }
 
   /**

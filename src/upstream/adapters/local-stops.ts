@@ -1,14 +1,34 @@
 /**
- * Stop sequences an upstream refuses, applied to the answer's text by the gateway: Anthropic takes no stop
- * sequence of whitespace alone (`"\n"`, `"\n\n"`), which completion-style prompts use to get one line. The
- * answer is cut where the first of them begins, as OpenAI cuts it (the sequence itself is not sent), and
- * finishes with `stop`.
+ * Stop sequences an upstream is not sent, applied to the answer's text by the gateway: Anthropic takes no stop
+ * sequence of whitespace alone (`"\n"`, `"\n\n"`), which completion-style prompts use to get one line, and
+ * OpenAI's reasoning models (o3, o4-mini, GPT-5) refuse `stop` altogether ("Unsupported parameter: 'stop'"),
+ * which agent frameworks send (a ReAct loop's `\nObservation:`), so their upstream's fit leaves it out
+ * (param-fit.ts). The answer is cut where the first of them begins, as OpenAI cuts it (the sequence itself
+ * is not sent), and finishes with `stop`.
  */
 
-/** The client's stop sequences (a string or a list) that are whitespace alone. */
-export function whitespaceStops(stop: unknown): string[] {
+type Json = Record<string, unknown>;
+
+const isJson = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** The client's stop sequences (a string or a list), the empty ones left out. */
+export function stopList(stop: unknown): string[] {
   const list = typeof stop === 'string' ? [stop] : Array.isArray(stop) ? stop : [];
-  return list.filter((s): s is string => typeof s === 'string' && s !== '' && s.trim() === '');
+  return list.filter((s): s is string => typeof s === 'string' && s !== '');
+}
+
+/** The client's stop sequences that are whitespace alone. */
+export function whitespaceStops(stop: unknown): string[] {
+  return stopList(stop).filter((s) => s.trim() === '');
+}
+
+/**
+ * The stops the gateway applies to an upstream's answer: for Anthropic those of whitespace alone (the rest it
+ * is sent); for the OpenAI dialect all of them when the body `sent` (the client's `asked`, fitted) has none.
+ */
+export function localStopsFor(kind: string, asked: Json, sent: Json): string[] {
+  if (kind === 'anthropic') return whitespaceStops(asked.stop);
+  return Object.hasOwn(sent, 'stop') ? [] : stopList(asked.stop);
 }
 
 /** Where `text` is cut by the first of `stops` in it, or -1. */
@@ -57,5 +77,110 @@ export class LocalStops {
     const held = this.held;
     this.held = '';
     return held;
+  }
+}
+
+/**
+ * A completion's choices cut at the first of `stops` in their text, as OpenAI cuts them: what came after
+ * (tool calls too) is not the answer, and the choice finishes with `stop`. True when one was cut.
+ */
+export function cutCompletion(completion: Json, stops: readonly string[]): boolean {
+  const choices = completion.choices;
+  if (!Array.isArray(choices)) return false;
+  let cut = false;
+  for (const choice of choices) {
+    if (!isJson(choice) || !isJson(choice.message)) continue;
+    const { message } = choice;
+    if (typeof message.content !== 'string') continue;
+    const at = firstStop(message.content, stops);
+    if (at === -1) continue;
+    message.content = message.content.slice(0, at);
+    delete message.tool_calls;
+    choice.finish_reason = 'stop';
+    cut = true;
+  }
+  return cut;
+}
+
+/**
+ * An OpenAI-dialect stream's chunks through the stops, choice by choice: a choice's content is cut at its
+ * first stop (that chunk says `finish_reason: stop`), and nothing more of that choice is relayed; its usage
+ * still is (the model's own count, reasoning included: the stream is read to its end for it).
+ */
+export class ChunkStops {
+  private readonly texts = new Map<number, LocalStops>();
+  private readonly stopped = new Set<number>();
+  /** The last chunk's id, created and model: what is still held at the end goes in a chunk like it. */
+  private meta: Json = {};
+
+  constructor(private readonly stops: readonly string[]) {}
+
+  /** `chunk` changed in place for the stops: `same` (untouched), `changed`, or `drop` (nothing of it is left). */
+  apply(chunk: Json): 'same' | 'changed' | 'drop' {
+    const choices = chunk.choices;
+    if (!Array.isArray(choices) || choices.length === 0) return 'same';
+    this.meta = { id: chunk.id, object: chunk.object, created: chunk.created, model: chunk.model };
+    let changed = false;
+    const kept: unknown[] = [];
+    for (let i = 0; i < choices.length; i++) {
+      const choice: unknown = choices[i];
+      if (!isJson(choice)) {
+        kept.push(choice);
+        continue;
+      }
+      const at = typeof choice.index === 'number' ? choice.index : i;
+      if (this.stopped.has(at)) {
+        changed = true; // past its stop: nothing more of this choice
+        continue;
+      }
+      if (this.choice(at, choice)) changed = true;
+      kept.push(choice);
+    }
+    if (!changed) return 'same';
+    chunk.choices = kept;
+    return kept.length === 0 && (chunk.usage === undefined || chunk.usage === null) ? 'drop' : 'changed';
+  }
+
+  /** A chunk of what is still held back when the stream ends without its choices finishing; undefined if none. */
+  flush(): Json | undefined {
+    const choices: Json[] = [];
+    for (const [index, text] of this.texts) {
+      const held = text.release();
+      if (held !== '' && !this.stopped.has(index))
+        choices.push({ index, delta: { content: held }, finish_reason: null });
+    }
+    return choices.length === 0 ? undefined : { ...this.meta, choices };
+  }
+
+  private choice(at: number, choice: Json): boolean {
+    const delta = isJson(choice.delta) ? choice.delta : undefined;
+    const content = delta?.content;
+    let text = this.texts.get(at);
+    let changed = false;
+    if (delta !== undefined && typeof content === 'string' && content !== '') {
+      if (text === undefined) this.texts.set(at, (text = new LocalStops(this.stops)));
+      const out = text.feed(content);
+      if (out !== content) {
+        delta.content = out;
+        changed = true;
+      }
+      if (text.stopped) {
+        this.stopped.add(at);
+        delete delta.tool_calls;
+        choice.finish_reason = 'stop';
+        return true;
+      }
+    }
+    // Text held back as a stop's possible start goes on once the choice moves on (a tool call) or finishes.
+    const finished = typeof choice.finish_reason === 'string' && choice.finish_reason !== '';
+    if (text !== undefined && (finished || delta?.tool_calls !== undefined)) {
+      const held = text.release();
+      if (held !== '') {
+        const d = delta ?? (choice.delta = {});
+        d.content = `${typeof d.content === 'string' ? d.content : ''}${held}`;
+        changed = true;
+      }
+    }
+    return changed;
   }
 }

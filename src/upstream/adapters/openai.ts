@@ -11,6 +11,7 @@ import type {
   Usage,
 } from '../adapter.js';
 import { UNREPORTED, contentWeight } from '../adapter.js';
+import { ChunkStops } from './local-stops.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
 import { ANSWER_TEXT_FIELDS, fieldText } from '../../text.js';
@@ -48,6 +49,14 @@ export const openaiAdapter: ChatAdapter = {
 
   streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator {
     const choices = new ChoiceEnds(ctx.choices ?? 1);
+    // Stops its upstream was not sent (a reasoning model refuses `stop`): the answer is cut at them here.
+    const stops =
+      ctx.localStops !== undefined && ctx.localStops.length > 0 ? new ChunkStops(ctx.localStops) : undefined;
+    /** What a choice still held back as a stop's possible start, when the stream ends without its finish. */
+    const held = (): void => {
+      const rest = stops?.flush();
+      if (rest !== undefined) sink.chunk(JSON.stringify(rest), contentTokens(rest), rest);
+    };
     // Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same
     // write) is not relayed, as a client calling it directly would stop reading there.
     let over = false;
@@ -55,7 +64,9 @@ export const openaiAdapter: ChatAdapter = {
       // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
       // complete, so it ends like one. A close before every choice has its finish_reason is a cut stream.
       close() {
-        if (choices.allFinished()) sink.end();
+        if (!choices.allFinished()) return;
+        held();
+        sink.end();
       },
       saidNoFinish: () => !choices.anyFinished(),
       event(type, data) {
@@ -63,6 +74,7 @@ export const openaiAdapter: ChatAdapter = {
         // Blanks around it too: `[DONE] ` ends the answer as `[DONE]` does.
         if (data === '[DONE]' || (data.length <= 32 && data.trim() === '[DONE]')) {
           over = true;
+          held();
           sink.end();
           return;
         }
@@ -95,6 +107,14 @@ export const openaiAdapter: ChatAdapter = {
             param: null,
           });
           return;
+        }
+        if (stops !== undefined) {
+          const verdict = stops.apply(obj);
+          if (verdict === 'drop') return;
+          if (verdict === 'changed') {
+            sink.chunk(JSON.stringify(obj), contentTokens(obj), obj);
+            return;
+          }
         }
         sink.chunk(data, contentTokens(obj), obj);
       },

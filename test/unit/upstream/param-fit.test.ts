@@ -151,10 +151,18 @@ describe('ParamFit', () => {
     expect(gpt4o.apply(body({ reasoning_effort: 'low', temperature: 0 }))).toEqual(body({ temperature: 0 }));
   });
 
-  it('learns nothing it cannot fit: fields not listed, fields the body lacks, made-up efforts, both limit names', () => {
+  it('a refused `stop` is left out of what is sent, to be applied by the gateway (local-stops.ts)', () => {
     const fit = new ParamFit();
     const stop = refused({ message: "Unsupported parameter: 'stop' is not supported with this model." });
-    expect(fit.learn(stop, body({ stop: ['\n'] }))).toBeUndefined(); // dropping `stop` would change the answer
+    expect(fit.learn(stop, body({ stop: ['\n'] }))).toBe('stop');
+    expect(fit.apply(body({ stop: ['\n'], temperature: 0 }))).toEqual(body({ temperature: 0 }));
+    expect(fit.snapshot()).toEqual({ stop: 'applied by the gateway' });
+  });
+
+  it('learns nothing it cannot fit: fields not listed, fields the body lacks, made-up efforts, both limit names', () => {
+    const fit = new ParamFit();
+    const seed = refused({ message: "Unsupported parameter: 'seed' is not supported with this model." });
+    expect(fit.learn(seed, body({ seed: 7 }))).toBeUndefined(); // dropping `seed` would change the answer
     expect(fit.learn(TEMPERATURE, body({}))).toBeUndefined();
     const madeUp = refused({
       message: "Unsupported value: 'reasoning_effort' does not support 'turbo' with this model.",
