@@ -10,10 +10,15 @@ import { StringDecoder } from 'node:string_decoder';
 import { Transform } from 'node:stream';
 import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 
-const REDACTED = '[REDACTED]';
 /** An event that does not end within this many characters is relayed as it comes, no longer read. */
 const MAX_EVENT_CHARS = 1 << 20;
-const BOUNDARY = /\r\n\r\n|\n\n|\r\r/g;
+/**
+ * A blank line: two line endings, each CRLF, LF or CR (SSE allows any, mixed). A CR last in what has come
+ * may be the start of a CRLF: it ends a line only once a character other than LF follows.
+ */
+const BOUNDARY = /(?:\r\n|\r(?=[^\n])|\n)(?:\r\n|\r(?=[^\n])|\n)/g;
+/** Events that end the text channels they follow: an item or content part done, the response over. */
+const ENDS = /\.done$|^response\.(?:completed|failed|incomplete)$|^error$/;
 const LINE = /\r\n|\r|\n/;
 
 type Json = Record<string, unknown>;
@@ -34,9 +39,10 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   /** `[REDACTED]` events for the channels (but `except`) that held text back, which now end. */
   const ended = (except?: string): string => {
     let out = '';
-    for (const channel of mask.endChannels(except)) {
+    for (const [channel, text] of mask.endChannels(except)) {
       const l = last.get(channel);
-      if (l !== undefined) out += withData(l.lines, { ...l.obj, delta: REDACTED }) + l.sep;
+      last.delete(channel);
+      if (l !== undefined) out += withData(l.lines, { ...l.obj, delta: text }) + l.sep;
     }
     return out;
   };
@@ -52,9 +58,13 @@ export function sseDeltaMask(forms: HeldForms): Transform {
     }
     // Comments (`: keep-alive`) and events without data end nothing.
     if (data === undefined) return block + sep;
-    const obj = data.includes('"delta"') ? parse(data) : undefined;
-    if (obj === undefined || typeof obj.delta !== 'string' || typeof obj.type !== 'string')
-      return ended() + block + sep;
+    const obj = data.includes('"delta"') || last.size > 0 ? parse(data) : undefined;
+    if (obj === undefined || typeof obj.delta !== 'string' || typeof obj.type !== 'string') {
+      // Only an event that closes the text ends what it held back: an annotation or a keep-alive between
+      // two deltas of it does not (the rest of a key would then go through unread).
+      const type = typeof obj?.type === 'string' ? obj.type : '';
+      return (obj === undefined || ENDS.test(type) ? ended() : '') + block + sep;
+    }
     const channel = [obj.type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
     const before = ended(channel);
     const out = mask.channelText(channel, obj.delta);
@@ -103,8 +113,12 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
     },
     flush(done) {
-      const out = take(decoder.end()) + ended() + parts.join('');
+      let out = take(decoder.end());
+      // The last event, if no blank line followed it, is read as the others are.
+      const rest = parts.join('');
       parts = [];
+      if (rest !== '') out += unread ? rest : event(rest, '');
+      out += ended();
       done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
     },
   });

@@ -7,7 +7,8 @@
  * first characters holds those back until the next shows whether the secret follows. At most the 3
  * characters before the hold (an `sk-`) reach the client, as with a cut error body (observability/scrub.ts
  * cutTail). Held text whose channel ends (its choice finishes, another channel of the choice starts, the
- * stream ends) was the start of a secret the answer stopped inside: it goes as `[REDACTED]`. A chunk whose
+ * stream ends) was the start of a secret the answer stopped inside: it goes as `[REDACTED]` (under 8
+ * characters, as written: a word like "token" that a key starts with). A chunk whose
  * text changed has its logprobs made to match (their tokens spell the same text).
  */
 import { ANSWER_TEXT_FIELDS } from '../text.js';
@@ -15,6 +16,8 @@ import { ANSWER_TEXT_FIELDS } from '../text.js';
 const REDACTED = '[REDACTED]';
 /** The shortest run of a secret's first characters that is held back. */
 const MIN_HOLD = 4;
+/** Held text shorter than this goes as written when its channel ends (endOfHold). */
+const MAX_RELEASED = 8;
 /**
  * Channels followed in one stream at most: a hostile upstream's thousands of choice or tool indexes do not
  * grow the state without bound; past it a channel's deltas are scrubbed each on its own (scrub.ts).
@@ -48,13 +51,14 @@ export interface HeldForms {
 }
 
 /**
- * `forms`: every spelling of every secret (scrub.ts secretForms). A form that contains another (a header's
- * `Basic <credential>` holds the credential) is masked through that one: its own first characters (`Basi`)
- * are no secret's, and holding them would mangle every answer ending in "Basic".
+ * `forms`: every spelling of every secret (scrub.ts secretForms). A form that contains another past its start
+ * (a header's `Basic <credential>` holds the credential) is masked through that one: its own first
+ * characters (`Basi`) are no secret's, and holding them would mangle every answer ending in "Basic". One
+ * that starts with another (an api_key, and a header holding it and more) is kept, to be masked whole.
  */
 export function heldForms(forms: readonly string[]): HeldForms {
   const usable = forms.filter((f) => f.length >= MIN_HOLD);
-  const kept = usable.filter((f) => !usable.some((g) => g !== f && f.includes(g)));
+  const kept = usable.filter((f) => !usable.some((g) => g !== f && f.includes(g) && !f.startsWith(g)));
   return { forms: kept, prefixes: kept.map((f) => f.slice(0, MIN_HOLD)) };
 }
 
@@ -122,25 +126,25 @@ export class DeltaMask {
   }
 
   /**
-   * The channels outside chat chunks that hold text back (but `except`), each ended: the caller sends
-   * `[REDACTED]` in place of what each held (it was the start of a secret the text stopped inside).
+   * The channels outside chat chunks that hold text back (but `except`), each ended, with the text the caller
+   * sends in place of what it held (endOfHold).
    */
-  endChannels(except?: string): string[] {
-    const ended: string[] = [];
+  endChannels(except?: string): [channel: string, text: string][] {
+    const ended: [string, string][] = [];
     if (this.holding === 0) return ended;
     for (const [channel, st] of this.loose) {
       if (st.held === '' || channel === except) continue;
+      ended.push([channel, endOfHold(st.held)]);
       st.held = '';
       st.sent = '';
       this.holding--;
-      ended.push(channel);
     }
     return ended;
   }
 
   /**
    * The chunk that lets go of what is still held when the stream ends with no finish_reason for its choice
-   * (`[DONE]` alone): `[REDACTED]` in each channel that held text; undefined when none did.
+   * (`[DONE]` alone): each channel's held text as endOfHold gives it; undefined when none held any.
    */
   flush(): string | undefined {
     if (this.holding === 0) return undefined;
@@ -219,18 +223,19 @@ export class DeltaMask {
   }
 
   /**
-   * Ends the channels of `fields`: what each held goes into `delta` as `[REDACTED]`, placed before the
+   * Ends the channels of `fields`: what each held goes into `delta` as endOfHold gives it, placed before the
    * channels `before` names when it is a field of its own. True when anything was held.
    */
   private settle(fields: Fields, delta: Json, before: readonly string[] | undefined): boolean {
     let changed = false;
     for (const [key, st] of fields) {
       if (st.held === '') continue;
+      const text = endOfHold(st.held);
       st.held = '';
       st.sent = '';
       this.holding--;
       changed = true;
-      putRedacted(delta, key, before !== undefined);
+      putText(delta, key, text, before !== undefined);
     }
     return changed;
   }
@@ -254,8 +259,12 @@ export class DeltaMask {
         let at = x.indexOf(f, Math.max(0, base - f.length + 1));
         at !== -1;
         at = x.indexOf(f, at + f.length)
-      )
+      ) {
+        // A secret that another, longer one starts with (an api_key and a header holding it and more), with
+        // the text from it still that longer one's start: held back below, to be masked whole.
+        if (this.startsLonger(x, at)) continue;
         (ranges ??= []).push([Math.max(at, base) - base, at + f.length - base]);
+      }
     }
     let clearFrom = 0;
     let masked = '';
@@ -288,6 +297,12 @@ export class DeltaMask {
     return out === d ? d : out;
   }
 
+  /** Whether `x` from `at` to its end is the start of a secret longer than that (not the whole of it). */
+  private startsLonger(x: string, at: number): boolean {
+    for (const g of this.forms) if (g.length > x.length - at && g.startsWith(x.slice(at))) return true;
+    return false;
+  }
+
   /** The longest tail of `text` that some secret starts with (but is not the whole of it); '' when none. */
   private startOfSecret(text: string): string {
     let best = 0;
@@ -307,28 +322,36 @@ export class DeltaMask {
   }
 }
 
-/** `[REDACTED]` added to channel `key` of `delta`; `first`: a field of its own goes before the delta's others. */
-function putRedacted(delta: Json, key: string, first: boolean): void {
+/**
+ * What a channel held back when it ends: a secret's start the text stopped inside, `[REDACTED]`; but fewer
+ * than 8 characters go as written, a word like "token" or "sk-proj" (a key's public prefix), which hold no
+ * more than a few characters of any key and would otherwise mangle an answer ending in them.
+ */
+function endOfHold(held: string): string {
+  return held.length < MAX_RELEASED ? held : REDACTED;
+}
+
+/** `text` added to channel `key` of `delta`; `first`: a field of its own goes before the delta's others. */
+function putText(delta: Json, key: string, text: string, first: boolean): void {
   if (key.startsWith('tool:')) {
     const index = Number(key.slice(5));
     const calls = Array.isArray(delta.tool_calls) ? (delta.tool_calls as unknown[]) : (delta.tool_calls = []);
     let call = calls.find((c): c is Json => isJson(c) && c.index === index);
     if (call === undefined) calls.unshift((call = { index, function: { arguments: '' } }));
     const fn = isJson(call.function) ? call.function : (call.function = {});
-    fn.arguments = `${typeof fn.arguments === 'string' ? fn.arguments : ''}${REDACTED}`;
+    fn.arguments = `${typeof fn.arguments === 'string' ? fn.arguments : ''}${text}`;
     return;
   }
   if (key === 'function_call' || key === 'audio') {
     const member = key === 'audio' ? 'transcript' : 'arguments';
     const obj = isJson(delta[key]) ? (delta[key] as Json) : (delta[key] = {});
-    obj[member] = `${typeof obj[member] === 'string' ? obj[member] : ''}${REDACTED}`;
+    obj[member] = `${typeof obj[member] === 'string' ? obj[member] : ''}${text}`;
     return;
   }
   const [field = key, part] = key.split(':');
   const v = delta[field];
   if (part !== undefined) {
-    const piece =
-      part === 'text' ? { type: 'text', text: REDACTED } : { type: 'thinking', thinking: REDACTED };
+    const piece = part === 'text' ? { type: 'text', text } : { type: 'thinking', thinking: text };
     if (Array.isArray(v)) {
       if (first) v.unshift(piece);
       else v.push(piece);
@@ -336,9 +359,9 @@ function putRedacted(delta: Json, key: string, first: boolean): void {
     else setField(delta, field, [piece], first);
     return;
   }
-  if (typeof v === 'string') delta[field] = `${v}${REDACTED}`;
-  else if (Array.isArray(v)) v.push({ type: 'text', text: REDACTED });
-  else setField(delta, field, REDACTED, first);
+  if (typeof v === 'string') delta[field] = `${v}${text}`;
+  else if (Array.isArray(v)) v.push({ type: 'text', text });
+  else setField(delta, field, text, first);
 }
 
 /** Sets `delta[field]`, as its first member when `first` (SDKs read a chunk's members in order). */

@@ -189,3 +189,43 @@ export function answerAnthropicText(res: ServerResponse, a: AnthropicText): void
       .join(''),
   );
 }
+
+/**
+ * The opening of a streamed Claude message (message_start with `input_tokens` and 1 output token so far, a
+ * ping, an empty text block 0), for a test that writes the rest event by event.
+ */
+export function claudeOpening(inputTokens = 9): string {
+  return [
+    {
+      type: 'message_start',
+      message: {
+        ...anthropicMessage([], '', { input_tokens: inputTokens, output_tokens: 1 }),
+        stop_reason: null,
+      },
+    },
+    { type: 'ping' },
+    { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } },
+  ]
+    .map(anthropicSseFrame)
+    .join('');
+}
+
+/** One `text_delta` of content block `index`. */
+export function claudeTextDelta(text: string, index = 0): string {
+  return anthropicSseFrame({ type: 'content_block_delta', index, delta: { type: 'text_delta', text } });
+}
+
+/** The end of a streamed Claude message: text block 0 stopped, `stopReason` and its output count, message_stop. */
+export function claudeClosing(outputTokens: number, stopReason = 'end_turn'): string {
+  return [
+    { type: 'content_block_stop', index: 0 },
+    {
+      type: 'message_delta',
+      delta: { stop_reason: stopReason, stop_sequence: null },
+      usage: { output_tokens: outputTokens },
+    },
+    { type: 'message_stop' },
+  ]
+    .map(anthropicSseFrame)
+    .join('');
+}

@@ -317,7 +317,7 @@ describe('held text is never lost nor moved', () => {
       openStream(res);
       res.write(one({ role: 'assistant', content: '' }));
       res.write(one({ content: 'The prefix is ' }));
-      res.write(one({ content: KEY.slice(0, 7) }));
+      res.write(one({ content: KEY.slice(0, 12) }));
       res.end('data: [DONE]\n\n');
     });
     const gw = await oneRoute(up);
@@ -334,7 +334,7 @@ describe('held text is never lost nor moved', () => {
     const up = await startRawUpstream(track, (_req, res) => {
       openStream(res);
       res.write(one({ role: 'assistant', content: '' }));
-      for (const p of ['Thinking of ', KEY.slice(0, 7)]) res.write(one({ reasoning_content: p }));
+      for (const p of ['Thinking of ', KEY.slice(0, 12)]) res.write(one({ reasoning_content: p }));
       for (const p of ['Hel', 'lo.']) res.write(one({ content: p }));
       res.end(`${one({}, 'stop')}data: [DONE]\n\n`);
     });

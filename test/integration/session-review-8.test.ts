@@ -20,7 +20,15 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, postTo, startGateway } from '../helpers/gateway.js';
-import { anthropicMessage, anthropicSseFrame, claudeSse, collectChunks } from '../helpers/anthropic-route.js';
+import {
+  anthropicMessage,
+  anthropicSseFrame,
+  claudeClosing,
+  claudeOpening,
+  claudeSse,
+  claudeTextDelta,
+  collectChunks,
+} from '../helpers/anthropic-route.js';
 import {
   chatCompletion,
   chunkFrame,
@@ -59,24 +67,6 @@ async function gateway(
       },
     }),
   );
-}
-
-/** Anthropic's opening of a streamed message (message_start, ping, an empty text block 0). */
-function opening(): string {
-  return [
-    {
-      type: 'message_start',
-      message: { ...anthropicMessage([], '', { ...USAGE, output_tokens: 1 }), stop_reason: null },
-    },
-    { type: 'ping' },
-    { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } },
-  ]
-    .map(anthropicSseFrame)
-    .join('');
-}
-
-function textDelta(text: string, index = 0): string {
-  return anthropicSseFrame({ type: 'content_block_delta', index, delta: { type: 'text_delta', text } });
 }
 
 const OVERLOADED = anthropicSseFrame({
@@ -120,7 +110,12 @@ describe('a stream cut at a local stop is a finished answer', () => {
     const up = track(
       await startMock((_req, res: ServerResponse) => {
         res.writeHead(200, { 'content-type': 'text/event-stream' });
-        res.end(opening() + textDelta('first line\nsecond') + textDelta(' line goes on') + OVERLOADED);
+        res.end(
+          claudeOpening() +
+            claudeTextDelta('first line\nsecond') +
+            claudeTextDelta(' line goes on') +
+            OVERLOADED,
+        );
       }),
     );
     const gw = await gateway(up.url);
@@ -140,7 +135,7 @@ describe('a stream cut at a local stop is a finished answer', () => {
     const up = track(
       await startMock((_req, res: ServerResponse) => {
         res.writeHead(200, { 'content-type': 'text/event-stream' });
-        res.end(opening() + textDelta('\nHere is a long answer') + OVERLOADED);
+        res.end(claudeOpening() + claudeTextDelta('\nHere is a long answer') + OVERLOADED);
       }),
     );
     const gw = await gateway(up.url);
@@ -157,26 +152,18 @@ describe('a stream cut at a local stop is a finished answer', () => {
     let finishedByItself = false;
     const up = await watchedUpstream(track, (_r, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
-      res.write(opening() + textDelta('one line\nand then'));
+      res.write(claudeOpening() + claudeTextDelta('one line\nand then'));
       // Claude goes on writing (as it does up to max_tokens), a delta every 100 ms for 2 s.
       let n = 0;
       const t = setInterval(() => {
         if (res.destroyed) return clearInterval(t);
         if (++n < 20) {
-          res.write(textDelta(` more ${n}`));
+          res.write(claudeTextDelta(` more ${n}`));
           return;
         }
         clearInterval(t);
         finishedByItself = true;
-        res.end(
-          anthropicSseFrame({ type: 'content_block_stop', index: 0 }) +
-            anthropicSseFrame({
-              type: 'message_delta',
-              delta: { stop_reason: 'end_turn', stop_sequence: null },
-              usage: { output_tokens: 300 },
-            }) +
-            anthropicSseFrame({ type: 'message_stop' }),
-        );
+        res.end(claudeClosing(300));
       }, 100);
     });
     const gw = await gateway(up.url);

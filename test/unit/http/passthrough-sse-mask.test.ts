@@ -58,11 +58,13 @@ describe('sseDeltaMask', () => {
     expect(joined(out)).toBe('the key: [REDACTED]');
     expect(out.indexOf('[REDACTED]')).toBeLessThan(out.indexOf('response.output_text.done"'));
     // At the stream's end too.
-    expect(joined(await through(`${delta('x ')}${delta(KEY.slice(0, 6))}`))).toBe('x [REDACTED]');
+    expect(joined(await through(`${delta('x ')}${delta(KEY.slice(0, 9))}`))).toBe('x [REDACTED]');
+    // Fewer than 8 characters held go as written: a word a key starts with, not the key.
+    expect(joined(await through(`${delta('x ')}${delta(KEY.slice(0, 6))}`))).toBe(`x ${KEY.slice(0, 6)}`);
   });
 
   it('a delta of another item ends the first one’s hold; each item keeps its own text', async () => {
-    const body = `${delta('a: sk-pt', 'msg_1')}${delta('b: hi', 'msg_2')}${delta('-Zq', 'msg_1')}`;
+    const body = `${delta('a: sk-pt-Zq8', 'msg_1')}${delta('b: hi', 'msg_2')}${delta('Wm2', 'msg_1')}`;
     const out = await through(body);
     const lines = out.split('\n').filter((l) => l.startsWith('data: '));
     const byItem = (id: string) =>
@@ -71,7 +73,7 @@ describe('sseDeltaMask', () => {
         .filter((o) => o.item_id === id)
         .map((o) => o.delta)
         .join('');
-    expect(byItem('msg_1')).toBe('a: [REDACTED]-Zq');
+    expect(byItem('msg_1')).toBe('a: [REDACTED]Wm2');
     expect(byItem('msg_2')).toBe('b: hi');
   });
 
