@@ -23,10 +23,17 @@ import {
 import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { describe, expect, it } from 'vitest';
+import { collect, writeSplit } from '../helpers/audit-wire.js';
 import { closeableServer, closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { startMock, type MockHandler, type Received } from '../helpers/mock-upstream.js';
+import {
+  gate,
+  sendJson as json,
+  startMock,
+  type MockHandler,
+  type Received,
+} from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 
@@ -50,32 +57,47 @@ async function mock(handler: Handler): Promise<Mock> {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** Writes `data` in pieces of the given byte sizes (cycling), each its own write with a short pause. */
-async function writeSplit(
-  res: ServerResponse,
-  data: string | Buffer,
-  sizes: readonly number[],
-): Promise<void> {
-  const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
-  let at = 0;
-  let i = 0;
-  while (at < buf.length) {
-    const n = sizes[i++ % sizes.length] ?? 1;
-    res.write(buf.subarray(at, at + n));
-    at += n;
-    await sleep(1);
-  }
-  res.end();
-}
+/** A JSON choice: a message of `content` and its finish. */
+const choice = (content: string, finish = 'stop', index = 0): Json => ({
+  index,
+  message: { role: 'assistant', content },
+  finish_reason: finish,
+});
 
-function json(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  res.writeHead(status, { 'content-type': 'application/json', ...headers });
-  res.end(JSON.stringify(body));
+/** A JSON answer as a hasty mock writes it: only `choices`, one message of `content`. */
+const bareAnswer = (content: string): Json => ({ choices: [choice(content)] });
+
+/** A mock that answers every request with bareAnswer(content). */
+const answerMock = (content: string) => mock((_q, res) => json(res, 200, bareAnswer(content)));
+
+/** A JSON answer with OpenAI's top-level fields (id, object, created, model) around `choices`. */
+const completion = (id: string, choices: Json[], extra: Json = {}): Json => ({
+  id,
+  object: 'chat.completion',
+  created: 1,
+  model: 'gpt-4o',
+  choices,
+  ...extra,
+});
+
+/** A choice calling function `name` once, with id `id` and `args`, content null. */
+const callChoice = (id: string, name: string, args: string): Json => ({
+  index: 0,
+  message: {
+    role: 'assistant',
+    content: null,
+    tool_calls: [{ id, type: 'function', function: { name, arguments: args } }],
+  },
+  finish_reason: 'tool_calls',
+});
+
+/** A local server listening on 127.0.0.1: its URL. */
+async function listening(server: {
+  listen(port: number, host: string, cb: () => void): unknown;
+  address(): unknown;
+}) {
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
 /** A bare chunk as a hasty mock writes it: only `choices`. */
@@ -148,11 +170,6 @@ async function setup(
   return { gw, baseURL, openai: new OpenAI({ baseURL, apiKey: 'k', maxRetries: 0 }) };
 }
 
-async function collect(stream: AsyncIterable<ChatCompletionChunk>): Promise<ChatCompletionChunk[]> {
-  const out: ChatCompletionChunk[] = [];
-  for await (const c of stream) out.push(c);
-  return out;
-}
 const textOf = (chunks: ChatCompletionChunk[], index = 0): string =>
   chunks.map((c) => c.choices.find((ch) => ch.index === index)?.delta.content ?? '').join('');
 const finishOf = (chunks: ChatCompletionChunk[], index = 0): string | undefined =>
@@ -180,6 +197,47 @@ async function rejection(p: Promise<unknown>): Promise<unknown> {
   );
 }
 
+/** A plain stream read until it rejects: the chunks seen before, and what it rejected with. */
+async function streamUntilRejected(openai: OpenAI): Promise<{ seen: ChatCompletionChunk[]; err: unknown }> {
+  const seen: ChatCompletionChunk[] = [];
+  const err = await rejection(
+    (async () => {
+      for await (const c of await openai.chat.completions.create({
+        model: 'r',
+        messages: hi,
+        stream: true,
+      }))
+        seen.push(c);
+    })(),
+  );
+  return { seen, err };
+}
+
+/** What `p` gives, read by `ok`, or `{ status }`: the status of the APIError it rejects with (else the error as text). */
+function okOrStatus<T, U>(p: Promise<T>, ok: (v: T) => U): Promise<U | { status: unknown }> {
+  return p.then(ok, (e: unknown) => ({ status: e instanceof OpenAI.APIError ? e.status : String(e) }));
+}
+
+/** A plain stream through the SDK: its text and finish, or the status it failed with. */
+const streamedOrStatus = (openai: OpenAI) =>
+  okOrStatus(streamChat(openai), (chunks) => ({ text: textOf(chunks), finish: finishOf(chunks) }));
+
+/** A plain JSON request through the SDK: the content of choice 0, or the status it failed with. */
+const contentOrStatus = (openai: OpenAI) =>
+  okOrStatus(openai.chat.completions.create({ model: 'r', messages: hi }), (r) => ({
+    content: (r as Partial<typeof r>).choices?.[0]?.message.content,
+  }));
+
+/** A plain JSON request through the SDK: the content of choice 0 and the response headers. */
+async function createWithHeaders(
+  openai: OpenAI,
+): Promise<{ content: string | null | undefined; headers: Headers }> {
+  const { data, response } = await openai.chat.completions
+    .create({ model: 'r', messages: hi })
+    .withResponse();
+  return { content: data.choices[0]?.message.content, headers: response.headers };
+}
+
 /** jsonSchema over a schema object held in a variable. */
 const schemaOf = <T>(s: unknown) => jsonSchema<T>(s as Parameters<typeof jsonSchema>[0]);
 
@@ -190,9 +248,9 @@ const vercelHi = (baseURL: string) => ({
   maxRetries: 0,
 });
 
-/** A LangChain chat model on route `r`, no retries. */
-const langchain = (baseURL: string) =>
-  new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0 });
+/** A LangChain chat model on route `r`, no retries, with `extra` options. */
+const langchain = (baseURL: string, extra: ConstructorParameters<typeof ChatOpenAI>[0] = {}) =>
+  new ChatOpenAI({ model: 'r', apiKey: 'k', configuration: { baseURL }, maxRetries: 0, ...extra });
 
 const UNICODE = 'héllo wörld 🌍 日本語 — ok';
 
@@ -200,13 +258,7 @@ const UNICODE = 'héllo wörld 🌍 日本語 — ok';
 
 describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
   it('an answer with only choices (no id, created, object, model, usage): every client reads it', async () => {
-    const m = await mock((_q, res) =>
-      json(res, 200, {
-        choices: [
-          { index: 0, message: { role: 'assistant', content: 'bare answer' }, finish_reason: 'stop' },
-        ],
-      }),
-    );
+    const m = await answerMock('bare answer');
     const { openai, baseURL } = await setup([m]);
     const { data, response } = await openai.chat.completions
       .create({ model: 'r', messages: hi })
@@ -228,27 +280,7 @@ describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
   it('content null beside tool_calls, usage with token details: tool calls and usage reach each client', async () => {
     const m = await mock((_q, res) =>
       json(res, 200, {
-        id: 'chatcmpl-x',
-        object: 'chat.completion',
-        created: 1,
-        model: 'gpt-4o',
-        choices: [
-          {
-            index: 0,
-            message: {
-              role: 'assistant',
-              content: null,
-              tool_calls: [
-                {
-                  id: 'call_1',
-                  type: 'function',
-                  function: { name: 'weather', arguments: '{"city":"Oslo"}' },
-                },
-              ],
-            },
-            finish_reason: 'tool_calls',
-          },
-        ],
+        ...completion('chatcmpl-x', [callChoice('call_1', 'weather', '{"city":"Oslo"}')]),
         usage: {
           prompt_tokens: 20,
           completion_tokens: 9,
@@ -296,16 +328,7 @@ describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
 
   it('n: 2 JSON with choice 1 listed before choice 0: both reach the client by index', async () => {
     const m = await mock((_q, res) =>
-      json(res, 200, {
-        id: 'x',
-        object: 'chat.completion',
-        created: 1,
-        model: 'gpt-4o',
-        choices: [
-          { index: 1, message: { role: 'assistant', content: 'second' }, finish_reason: 'length' },
-          { index: 0, message: { role: 'assistant', content: 'first' }, finish_reason: 'stop' },
-        ],
-      }),
+      json(res, 200, completion('x', [choice('second', 'length', 1), choice('first')])),
     );
     const { openai } = await setup([m]);
     const r = await openai.chat.completions.create({ model: 'r', messages: hi, n: 2 });
@@ -316,11 +339,7 @@ describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
   it('a JSON answer sent with connection: close and content-length, then the next request on a new socket', async () => {
     let n = 0;
     const m = await mock((_q, res) => {
-      const body = JSON.stringify({
-        choices: [
-          { index: 0, message: { role: 'assistant', content: `answer ${n++}` }, finish_reason: 'stop' },
-        ],
-      });
+      const body = JSON.stringify(bareAnswer(`answer ${n++}`));
       res.writeHead(200, {
         'content-type': 'application/json',
         'content-length': String(Buffer.byteLength(body)),
@@ -338,9 +357,7 @@ describe('OpenAI-shaped mocks: JSON answers with fields left out', () => {
   it('a JSON answer written in odd pieces, split inside a multi-byte character', async () => {
     const m = await mock((_q, res) => {
       res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
-      const body = JSON.stringify({
-        choices: [{ index: 0, message: { role: 'assistant', content: UNICODE }, finish_reason: 'stop' }],
-      });
+      const body = JSON.stringify(bareAnswer(UNICODE));
       return writeSplit(res, body, [7, 1, 3]);
     });
     const { openai } = await setup([m]);
@@ -573,23 +590,10 @@ describe('OpenAI-shaped mocks: SSE framing', () => {
 
   it('an upstream that answers JSON although stream: true was asked: the streaming client still gets the text', async () => {
     // Either an SSE rendering of the answer or a failover/error — never an empty "successful" stream.
-    const m = await mock((_q, res) =>
-      json(res, 200, {
-        id: 'x',
-        object: 'chat.completion',
-        created: 1,
-        model: 'gpt-4o',
-        choices: [
-          { index: 0, message: { role: 'assistant', content: 'json instead' }, finish_reason: 'stop' },
-        ],
-      }),
-    );
+    const m = await mock((_q, res) => json(res, 200, completion('x', [choice('json instead')])));
     const { openai } = await setup([m]);
-    const got = await streamChat(openai).then(
-      (chunks) => ({ text: textOf(chunks), finish: finishOf(chunks) }),
-      (e: unknown) => ({ error: e instanceof OpenAI.APIError ? e.status : String(e) }),
-    );
-    if ('error' in got) expect(got.error).toBeGreaterThanOrEqual(500);
+    const got = await streamedOrStatus(openai);
+    if ('status' in got) expect(got.status).toBeGreaterThanOrEqual(500);
     else expect(got).toEqual({ text: 'json instead', finish: 'stop' });
   });
 });
@@ -665,11 +669,7 @@ describe('OpenAI-dialect error bodies in the shapes real servers write', () => {
   for (const c of cases) {
     it(`${c.name}: relayed once as ${c.status}, OpenAI-shaped, message kept, for JSON and stream`, async () => {
       const bad = await mock((_q, res) => c.send(res));
-      const second = await mock((_q, res) =>
-        json(res, 200, {
-          choices: [{ index: 0, message: { role: 'assistant', content: 'no' }, finish_reason: 'stop' }],
-        }),
-      );
+      const second = await answerMock('no');
       const { openai, gw } = await setup([bad, second]);
       for (const stream of [false, true]) {
         const err = await rejection(
@@ -786,6 +786,11 @@ const aDelta = (
   usage,
 });
 const A_END: Json = { type: 'message_stop' };
+/** message_start (`inputTokens` in) and an empty text block 0. */
+const aOpenText = (inputTokens: number): Json[] => [
+  aStart({ input_tokens: inputTokens, output_tokens: 1 }),
+  aBlock(0, { type: 'text', text: '' }),
+];
 const A_PING: Json = { type: 'ping' };
 
 function aSSE(events: readonly Json[], opts: { named?: boolean; eol?: string } = {}): string {
@@ -826,8 +831,7 @@ const anthSse = (events: readonly Json[], opts: { named?: boolean; eol?: string 
   });
 
 const textEvents = (parts: readonly string[], stop = 'end_turn'): Json[] => [
-  aStart({ input_tokens: 12, output_tokens: 1 }),
-  aBlock(0, { type: 'text', text: '' }),
+  ...aOpenText(12),
   ...parts.map((p) => aText(0, p)),
   aStop(0),
   aDelta(stop, { output_tokens: 6 }),
@@ -919,17 +923,7 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
   it('a stream closed after content but before message_delta is cut: the SDK throws, no finish', async () => {
     const a = await anthSse(textEvents(['half', ' way']).slice(0, -2));
     const { openai } = await setup([a]);
-    const seen: ChatCompletionChunk[] = [];
-    const err = await rejection(
-      (async () => {
-        for await (const c of await openai.chat.completions.create({
-          model: 'r',
-          messages: hi,
-          stream: true,
-        }))
-          seen.push(c);
-      })(),
-    );
+    const { seen, err } = await streamUntilRejected(openai);
     expect(textOf(seen)).toBe('half way');
     expect(finishOf(seen)).toBeUndefined();
     expect(err).toBeInstanceOf(OpenAI.APIError);
@@ -937,23 +931,12 @@ describe('Anthropic-shaped mocks: stream framing and minimal sequences', () => {
 
   it('an error event after content: the SDK throws, keeping the upstream message, no finish', async () => {
     const a = await anthSse([
-      aStart({ input_tokens: 3, output_tokens: 1 }),
-      aBlock(0, { type: 'text', text: '' }),
+      ...aOpenText(3),
       aText(0, 'partial '),
       { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded right now' } },
     ]);
     const { openai } = await setup([a]);
-    const seen: ChatCompletionChunk[] = [];
-    const err = await rejection(
-      (async () => {
-        for await (const c of await openai.chat.completions.create({
-          model: 'r',
-          messages: hi,
-          stream: true,
-        }))
-          seen.push(c);
-      })(),
-    );
+    const { seen, err } = await streamUntilRejected(openai);
     expect(textOf(seen)).toBe('partial ');
     expect(finishOf(seen)).toBeUndefined();
     expect(err).toBeInstanceOf(OpenAI.APIError);
@@ -991,8 +974,7 @@ describe('Anthropic-shaped mocks: tool_use and stop reasons', () => {
     res.writeHead(200, SSE_HEAD);
     res.end(
       aSSE([
-        aStart({ input_tokens: 40, output_tokens: 1 }),
-        aBlock(0, { type: 'text', text: '' }),
+        ...aOpenText(40),
         aText(0, 'Checking.'),
         aStop(0),
         aBlock(1, { type: 'tool_use', id: 'toolu_01', name: 'weather', input: {} }),
@@ -1047,13 +1029,7 @@ describe('Anthropic-shaped mocks: tool_use and stop reasons', () => {
     expect(await s.finishReason).toBe('tool-calls');
     expect((await s.usage).outputTokens).toBe(30);
 
-    const lc = new ChatOpenAI({
-      model: 'r',
-      apiKey: 'k',
-      configuration: { baseURL },
-      maxRetries: 0,
-      streamUsage: true,
-    });
+    const lc = langchain(baseURL, { streamUsage: true });
     let agg: Awaited<ReturnType<typeof lc.invoke>> | undefined;
     for await (const c of await lc.bindTools(toolsParam).stream('hi')) agg = agg ? agg.concat(c) : c;
     expect(agg?.tool_calls?.map((t) => [t.id, t.args])).toEqual([
@@ -1139,11 +1115,7 @@ describe('Anthropic-shaped mocks: error answers', () => {
   for (const [status, type, message, cls] of cases) {
     it(`${status} ${type}: relayed with its status and message, not failed over`, async () => {
       const a = await anth((_q, res) => json(res, status, aErr(type, message)));
-      const b = await mock((_q, res) =>
-        json(res, 200, {
-          choices: [{ index: 0, message: { role: 'assistant', content: 'no' }, finish_reason: 'stop' }],
-        }),
-      );
+      const b = await answerMock('no');
       const { openai } = await setup([a, b]);
       const err = await rejection(openai.chat.completions.create({ model: 'r', messages: hi }));
       expect(err).toBeInstanceOf(cls);
@@ -1157,18 +1129,12 @@ describe('Anthropic-shaped mocks: error answers', () => {
 
   it('401 authentication_error from Anthropic fails over to the next upstream', async () => {
     const a = await anth((_q, res) => json(res, 401, aErr('authentication_error', 'invalid x-api-key')));
-    const b = await mock((_q, res) =>
-      json(res, 200, {
-        choices: [{ index: 0, message: { role: 'assistant', content: 'from b' }, finish_reason: 'stop' }],
-      }),
-    );
+    const b = await answerMock('from b');
     const { openai } = await setup([a, b]);
-    const { data, response } = await openai.chat.completions
-      .create({ model: 'r', messages: hi })
-      .withResponse();
-    expect(data.choices[0]?.message.content).toBe('from b');
-    expect(response.headers.get('x-router-attempts')).toBe('2');
-    expect(response.headers.get('x-router-trail')).toMatch(/^p0\/claude-sonnet-4-5=/);
+    const { content, headers } = await createWithHeaders(openai);
+    expect(content).toBe('from b');
+    expect(headers.get('x-router-attempts')).toBe('2');
+    expect(headers.get('x-router-trail')).toMatch(/^p0\/claude-sonnet-4-5=/);
   });
 });
 
@@ -1209,6 +1175,19 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
     required: ['city'],
     additionalProperties: false,
   };
+  /** Vercel call options for a loop of up to 3 steps on route `r` whose weather tool answers `say(city)`. */
+  const weatherLoop = (baseURL: string, say: (city: string) => string) => ({
+    model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
+    prompt: 'weather?',
+    maxRetries: 0,
+    stopWhen: stepCountIs(3),
+    tools: {
+      weather: tool({
+        inputSchema: schemaOf<{ city: string }>(weatherParams),
+        execute: ({ city }) => Promise.resolve(say(city)),
+      }),
+    },
+  });
 
   it('openai runTools (streamed) against an Anthropic mock: the tool runs, its result reaches Claude as tool_result', async () => {
     const a = await anth((q, res) => toolLoop(res, q.body));
@@ -1252,18 +1231,7 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
   it('Vercel streamText with stopWhen: a two-step loop against an Anthropic mock, steps and usage add up', async () => {
     const a = await anth((q, res) => toolLoop(res, q.body));
     const { baseURL } = await setup([a]);
-    const s = streamText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'weather?',
-      maxRetries: 0,
-      stopWhen: stepCountIs(3),
-      tools: {
-        weather: tool({
-          inputSchema: schemaOf<{ city: string }>(weatherParams),
-          execute: ({ city }) => Promise.resolve(`cloudy in ${city}`),
-        }),
-      },
-    });
+    const s = streamText(weatherLoop(baseURL, (city) => `cloudy in ${city}`));
     expect(await s.text).toContain('cloudy in Paris');
     const steps = await s.steps;
     expect(steps.map((st) => st.finishReason)).toEqual(['tool-calls', 'stop']);
@@ -1275,45 +1243,11 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
     const m = await mock((q, res) => {
       const msgs = q.body.messages as { role: string; content: unknown; tool_call_id?: string }[];
       const tr = msgs.find((x) => x.role === 'tool');
-      if (!tr)
-        return json(res, 200, {
-          choices: [
-            {
-              index: 0,
-              message: {
-                role: 'assistant',
-                content: null,
-                tool_calls: [
-                  { id: 'c1', type: 'function', function: { name: 'weather', arguments: '{"city":"Lima"}' } },
-                ],
-              },
-              finish_reason: 'tool_calls',
-            },
-          ],
-        });
-      return json(res, 200, {
-        choices: [
-          {
-            index: 0,
-            message: { role: 'assistant', content: `ok ${String(tr.content)}` },
-            finish_reason: 'stop',
-          },
-        ],
-      });
+      if (!tr) return json(res, 200, { choices: [callChoice('c1', 'weather', '{"city":"Lima"}')] });
+      return json(res, 200, bareAnswer(`ok ${String(tr.content)}`));
     });
     const { baseURL } = await setup([m]);
-    const r = await generateText({
-      model: createOpenAI({ baseURL, apiKey: 'k' }).chat('r'),
-      prompt: 'weather?',
-      maxRetries: 0,
-      stopWhen: stepCountIs(3),
-      tools: {
-        weather: tool({
-          inputSchema: schemaOf<{ city: string }>(weatherParams),
-          execute: ({ city }) => Promise.resolve(`warm in ${city}`),
-        }),
-      },
-    });
+    const r = await generateText(weatherLoop(baseURL, (city) => `warm in ${city}`));
     expect(r.text).toContain('warm in Lima');
     expect(r.steps).toHaveLength(2);
   });
@@ -1377,7 +1311,7 @@ describe('clients driving multi-round loops through hand-written mocks', () => {
     const a = await anth(async (_q, res) => {
       res.on('close', () => closed());
       res.writeHead(200, SSE_HEAD);
-      res.write(aSSE([aStart({ input_tokens: 1, output_tokens: 1 }), aBlock(0, { type: 'text', text: '' })]));
+      res.write(aSSE(aOpenText(1)));
       for (let i = 0; i < 200 && !res.destroyed; i++) {
         res.write(aSSE([aText(0, `t${i} `)]));
         await sleep(10);
@@ -1508,14 +1442,7 @@ describe('Anthropic request translation as a strict Messages API mock checks it'
       json(res, 200, aMessage([{ type: 'text', text: 'json' }], 'end_turn'));
     });
     const { baseURL } = await setup([a]);
-    const lc = new ChatOpenAI({
-      model: 'r',
-      apiKey: 'k',
-      configuration: { baseURL },
-      maxRetries: 0,
-      streamUsage: true,
-      temperature: 0.3,
-    });
+    const lc = langchain(baseURL, { streamUsage: true, temperature: 0.3 });
     expect((await lc.invoke('x')).content).toBe('json');
     let s = '';
     for await (const c of await lc.stream('x')) s += String(c.content);
@@ -1641,17 +1568,11 @@ describe('thinking, empty answers, keep-alives, truncation and size', () => {
       res.write('{"choices":[{"index":0,"message":{"role":"assistant","content":"trunc');
       setTimeout(() => res.destroy(), 20);
     });
-    const good = await mock((_q, res) =>
-      json(res, 200, {
-        choices: [{ index: 0, message: { role: 'assistant', content: 'whole' }, finish_reason: 'stop' }],
-      }),
-    );
+    const good = await answerMock('whole');
     const { openai } = await setup([cut, good]);
-    const { data, response } = await openai.chat.completions
-      .create({ model: 'r', messages: hi })
-      .withResponse();
-    expect(data.choices[0]?.message.content).toBe('whole');
-    expect(response.headers.get('x-router-trail')).toMatch(/^p0\/gpt-4o=/);
+    const { content, headers } = await createWithHeaders(openai);
+    expect(content).toBe('whole');
+    expect(headers.get('x-router-trail')).toMatch(/^p0\/gpt-4o=/);
   });
 
   it('a 200 with an empty body fails over instead of handing the client nothing', async () => {
@@ -1659,11 +1580,7 @@ describe('thinking, empty answers, keep-alives, truncation and size', () => {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end();
     });
-    const good = await mock((_q, res) =>
-      json(res, 200, {
-        choices: [{ index: 0, message: { role: 'assistant', content: 'full' }, finish_reason: 'stop' }],
-      }),
-    );
+    const good = await answerMock('full');
     const { openai } = await setup([empty, good]);
     const r = await openai.chat.completions.create({ model: 'r', messages: hi });
     expect(r.choices[0]?.message.content).toBe('full');
@@ -1673,10 +1590,7 @@ describe('thinking, empty answers, keep-alives, truncation and size', () => {
     const big = 'x'.repeat(3 * 1024 * 1024);
     const bigDelta = 'y'.repeat(1536 * 1024);
     const m = await mock((q, res) => {
-      if (q.body.stream !== true)
-        return json(res, 200, {
-          choices: [{ index: 0, message: { role: 'assistant', content: big }, finish_reason: 'stop' }],
-        });
+      if (q.body.stream !== true) return json(res, 200, bareAnswer(big));
       res.writeHead(200, SSE_HEAD);
       res.end(
         sseText([
@@ -1736,31 +1650,12 @@ describe('thinking, empty answers, keep-alives, truncation and size', () => {
 });
 
 describe('transport quirks of hand-written mocks', () => {
-  /** A gate the mock waits on until the client has seen the first part (bounded). */
-  const gate = (boundMs = 3000) => {
-    let open!: () => void;
-    const wait = new Promise<'client' | 'bound'>((resolve) => {
-      const t = setTimeout(() => resolve('bound'), boundMs);
-      open = () => {
-        clearTimeout(t);
-        resolve('client');
-      };
-    });
-    return { open, wait };
-  };
-
   it('Anthropic text and tool-input deltas reach the client as they come, not at block end', async () => {
     const textGate = gate();
     const toolGate = gate();
     const a = await anth(async (_q, res) => {
       res.writeHead(200, SSE_HEAD);
-      res.write(
-        aSSE([
-          aStart({ input_tokens: 1, output_tokens: 1 }),
-          aBlock(0, { type: 'text', text: '' }),
-          aText(0, 'first '),
-        ]),
-      );
+      res.write(aSSE([...aOpenText(1), aText(0, 'first ')]));
       await textGate.wait;
       res.write(
         aSSE([
@@ -1817,8 +1712,7 @@ describe('transport quirks of hand-written mocks', () => {
       sock.on('error', () => undefined);
     });
     track({ close: () => new Promise<void>((r) => server.close(() => r())) });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const url = await listening(server);
     const { openai } = await setup([{ url, received: [] }]);
     const chunks = await streamChat(openai);
     expect(textOf(chunks)).toBe('raw tcp');
@@ -1828,13 +1722,10 @@ describe('transport quirks of hand-written mocks', () => {
   it('a mock that answers before reading a large request body still gets its answer relayed', async () => {
     const server = createServer((_req, res) => {
       // answers at once, never reads the body (a common shortcut in hand-written mocks)
-      json(res, 200, {
-        choices: [{ index: 0, message: { role: 'assistant', content: 'early' }, finish_reason: 'stop' }],
-      });
+      json(res, 200, bareAnswer('early'));
     });
     track(closeableServer(server));
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const url = await listening(server);
     const { openai } = await setup([{ url, received: [] }]);
     // ~2 MB in an unknown field (passed through untouched), under the context-window check.
     const blob = 'z'.repeat(2 * 1024 * 1024);
@@ -1852,18 +1743,11 @@ describe('transport quirks of hand-written mocks', () => {
     let n = 0;
     const server = createServer((req, res) => {
       req.resume();
-      req.on('end', () =>
-        json(res, 200, {
-          choices: [
-            { index: 0, message: { role: 'assistant', content: `ka ${n++}` }, finish_reason: 'stop' },
-          ],
-        }),
-      );
+      req.on('end', () => json(res, 200, bareAnswer(`ka ${n++}`)));
     });
     server.keepAliveTimeout = 40;
     track(closeableServer(server));
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const url = await listening(server);
     const { openai } = await setup([{ url, received: [] }]);
     const failures: string[] = [];
     for (const gap of [0, 30, 38, 40, 42, 45, 50, 35, 41, 39, 44, 60]) {
@@ -1903,10 +1787,7 @@ describe('upstreams that ignore the stream flag', () => {
       '[DONE]',
     ]);
     const { openai } = await setup([m]);
-    const got = await openai.chat.completions.create({ model: 'r', messages: hi }).then(
-      (r) => ({ content: (r as Partial<typeof r>).choices?.[0]?.message.content }),
-      (e: unknown) => ({ status: e instanceof OpenAI.APIError ? e.status : String(e) }),
-    );
+    const got = await contentOrStatus(openai);
     if ('status' in got) expect(got.status).toBeGreaterThanOrEqual(500);
     else expect(got.content).toBe('always streams');
   });
@@ -1917,10 +1798,7 @@ describe('upstreams that ignore the stream flag', () => {
       json(res, 200, aMessage([{ type: 'text', text: 'not streamed' }], 'end_turn')),
     );
     const { openai } = await setup([a]);
-    const got = await streamChat(openai).then(
-      (chunks) => ({ text: textOf(chunks), finish: finishOf(chunks) }),
-      (e: unknown) => ({ status: e instanceof OpenAI.APIError ? e.status : String(e) }),
-    );
+    const got = await streamedOrStatus(openai);
     if ('status' in got) expect(got.status).toBeGreaterThanOrEqual(500);
     else expect(got).toEqual({ text: 'not streamed', finish: 'stop' });
   });
@@ -1928,10 +1806,7 @@ describe('upstreams that ignore the stream flag', () => {
   it('an Anthropic upstream that streams SSE to a non-streaming request', async () => {
     const a = await anthSse(textEvents(['sse ', 'anyway']));
     const { openai } = await setup([a]);
-    const got = await openai.chat.completions.create({ model: 'r', messages: hi }).then(
-      (r) => ({ content: (r as Partial<typeof r>).choices?.[0]?.message.content }),
-      (e: unknown) => ({ status: e instanceof OpenAI.APIError ? e.status : String(e) }),
-    );
+    const got = await contentOrStatus(openai);
     if ('status' in got) expect(got.status).toBeGreaterThanOrEqual(500);
     else expect(got.content).toBe('sse anyway');
   });

@@ -13,10 +13,11 @@ import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
+import { collect, writeSplit } from '../helpers/audit-wire.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
-import { startMock, type MockHandler, type Received } from '../helpers/mock-upstream.js';
+import { sendJson as json, startMock, type MockHandler, type Received } from '../helpers/mock-upstream.js';
 import { scrape, select, type Sample } from '../helpers/prom-text.js';
 
 const track = closeAfterEach();
@@ -109,30 +110,38 @@ async function streamEvents(
   res.end();
 }
 
-/** Writes `data` in pieces of the given byte sizes (cycling), each its own write with a short pause. */
-async function writeSplit(res: ServerResponse, data: string, sizes: readonly number[]): Promise<void> {
-  const buf = Buffer.from(data, 'utf8');
-  res.writeHead(200, SSE_HEAD);
-  let at = 0;
-  let i = 0;
-  while (at < buf.length) {
-    const n = sizes[i++ % sizes.length] ?? 1;
-    res.write(buf.subarray(at, at + n));
-    at += n;
-    await sleep(1);
-  }
-  res.end();
-}
+/** A second upstream that must not be asked: a 500 if it is. */
+const unaskedBackup = (): Promise<Mock> =>
+  mock((_q, res) => json(res, 500, { error: { message: 'backup must not be asked' } }));
 
-function json(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  res.writeHead(status, { 'content-type': 'application/json', ...headers });
-  res.end(JSON.stringify(body));
-}
+/**
+ * A chunk maker for one provider's stream: its fixed `head` fields, then one choice made by `choice` of the
+ * delta and finish, then any `extra` fields.
+ */
+const chunkMaker =
+  (head: Json, choice: (delta: Json, finish: string | null) => Json) =>
+  (delta: Json, finish: string | null = null, extra: Json = {}): Json => ({
+    ...head,
+    choices: [choice(delta, finish)],
+    ...extra,
+  });
+
+/** The fixed fields of a provider's chunks, as most write them. */
+const chunkHead = (id: string, created: number, model: string, fingerprint?: string): Json => ({
+  id,
+  object: 'chat.completion.chunk',
+  created,
+  model,
+  ...(fingerprint !== undefined ? { system_fingerprint: fingerprint } : {}),
+});
+
+/** A choice as OpenAI writes it, logprobs included. */
+const withLogprobs = (delta: Json, finish: string | null): Json => ({
+  index: 0,
+  delta,
+  logprobs: null,
+  finish_reason: finish,
+});
 
 // ---------------------------------------------------------------------------------------------
 // Metrics
@@ -177,15 +186,21 @@ async function delta(
   };
 }
 
-/** A gateway over the one upstream `up`: what `fn` returned and the bookkeeping change across it. */
-async function oneUp<T>(up: Upstream, fn: (s: Setup) => Promise<T>): Promise<Setup & { out: T; d: Book }> {
-  const s = await setup([up]);
+/** A gateway over `ups`: what `fn` returned and the bookkeeping change of the first upstream across it. */
+async function measured<T>(
+  ups: readonly [Upstream, ...Upstream[]],
+  fn: (s: Setup) => Promise<T>,
+): Promise<Setup & { out: T; d: Book }> {
+  const s = await setup(ups);
   let out!: T;
-  const d = await delta(s.gw, up.name, up.model, async () => {
+  const d = await delta(s.gw, ups[0].name, ups[0].model, async () => {
     out = await fn(s);
   });
   return { ...s, out, d };
 }
+
+/** A gateway over the one upstream `up`: what `fn` returned and the bookkeeping change across it. */
+const oneUp = <T>(up: Upstream, fn: (s: Setup) => Promise<T>) => measured([up], fn);
 
 // ---------------------------------------------------------------------------------------------
 // Client helpers
@@ -220,11 +235,11 @@ function dataEvents(text: string): Json[] {
 
 const hasDone = (text: string): boolean => /(^|\n)data: ?\[DONE\]\r?\n/.test(text);
 
-async function collect(stream: AsyncIterable<ChatCompletionChunk>): Promise<ChatCompletionChunk[]> {
-  const out: ChatCompletionChunk[] = [];
-  for await (const c of stream) out.push(c);
-  return out;
-}
+/** `delta[field]` of choice 0 of each data event, concatenated. */
+const eventsField = (events: readonly Json[], field = 'content'): string =>
+  events
+    .map((e) => String(((e.choices as Json[] | undefined)?.[0]?.delta as Json | undefined)?.[field] ?? ''))
+    .join('');
 
 const textOf = (chunks: readonly ChatCompletionChunk[]): string =>
   chunks.map((c) => c.choices.find((ch) => ch.index === 0)?.delta?.content ?? '').join('');
@@ -247,6 +262,32 @@ const usageOf = (chunks: readonly ChatCompletionChunk[]) => chunks.filter((c) =>
 /** A plain `stream: true` request through the SDK: its chunks. */
 const streamChunks = async ({ openai }: Setup): Promise<ChatCompletionChunk[]> =>
   collect(await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }));
+
+/** A plain stream request through the SDK: its text and the response headers. */
+async function streamWithHeaders({
+  openai,
+}: Pick<Setup, 'openai'>): Promise<{ text: string; headers: Headers }> {
+  const { data, response } = await openai.chat.completions
+    .create({ model: 'r', messages: hi, stream: true })
+    .withResponse();
+  return { text: textOf(await collect(data)), headers: response.headers };
+}
+
+/** The client got its answer from `provider` on the second attempt. */
+function expectFailedOverTo(headers: Headers, provider: string): void {
+  expect(headers.get('x-router-provider')).toBe(provider);
+  expect(headers.get('x-router-attempts')).toBe('2');
+}
+
+/** A JSON POST with undici (no SDK): the status and the parsed body. */
+async function postJson(gw: TestGateway, body: Json): Promise<{ status: number; body: Json }> {
+  const res = await request(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
+    body: JSON.stringify(body),
+  });
+  return { status: res.statusCode, body: (await res.body.json()) as Json };
+}
 
 /** A plain non-stream request through the SDK. */
 const complete = ({ openai }: Setup): Promise<OpenAI.Chat.ChatCompletion> =>
@@ -371,17 +412,15 @@ describe('Azure OpenAI', () => {
         '[DONE]',
       ]),
     );
-    const { openai } = await setup([
-      { name: 'azure', mock: m, model: 'gpt-4o' },
-      { name: 'azure-eu', mock: backup, model: 'gpt-4o' },
-    ]);
-    const { data, response } = await openai.chat.completions
-      .create({ model: 'r', messages: hi, stream: true })
-      .withResponse();
-    expect(textOf(await collect(data))).toBe('second region');
-    expect(response.headers.get('x-router-provider')).toBe('azure-eu');
-    expect(response.headers.get('x-router-attempts')).toBe('2');
-    expect(response.headers.get('x-router-trail')).toMatch(/^azure\/gpt-4o=/);
+    const { text, headers } = await streamWithHeaders(
+      await setup([
+        { name: 'azure', mock: m, model: 'gpt-4o' },
+        { name: 'azure-eu', mock: backup, model: 'gpt-4o' },
+      ]),
+    );
+    expect(text).toBe('second region');
+    expectFailedOverTo(headers, 'azure-eu');
+    expect(headers.get('x-router-trail')).toMatch(/^azure\/gpt-4o=/);
   });
 
   it('stream, asynchronous content filter: a chunk after the finish whose choice has no delta does not cut the answer', async () => {
@@ -413,9 +452,7 @@ describe('Azure OpenAI', () => {
     expect(raw.status).toBe(200);
     const events = dataEvents(raw.text);
     expect(events.some((e) => 'error' in e)).toBe(false);
-    const text = events
-      .map((e) => ((e.choices as Json[] | undefined)?.[0]?.delta as Json | undefined)?.content ?? '')
-      .join('');
+    const text = eventsField(events);
     expect(text).toBe('Filtered later.');
     expect(hasDone(raw.text)).toBe(true);
     expect(d).toMatchObject({ ok: 1, streamFailures: 0 });
@@ -448,18 +485,17 @@ describe('Azure OpenAI', () => {
         },
       }),
     );
-    const { gw, openai } = await setup([{ name: 'azure', mock: m, model: 'gpt-4o' }]);
-    let content: string | null | undefined;
-    let provider: string | null = null;
-    const d = await delta(gw, 'azure', 'gpt-4o', async () => {
+    const { out, d } = await oneUp({ name: 'azure', mock: m, model: 'gpt-4o' }, async ({ openai }) => {
       const { data, response } = await openai.chat.completions
         .create({ model: 'r', messages: hi })
         .withResponse();
-      content = data.choices[0]?.message.content;
-      provider = response.headers.get('x-router-provider');
+      return {
+        content: data.choices[0]?.message.content,
+        provider: response.headers.get('x-router-provider'),
+      };
     });
-    expect(content).toBe('Hi from Azure.');
-    expect(provider).toBe('azure');
+    expect(out.content).toBe('Hi from Azure.');
+    expect(out.provider).toBe('azure');
     expect(d).toMatchObject({ prompt: 9, completion: 5, ok: 1 });
   });
 
@@ -486,17 +522,14 @@ describe('Azure OpenAI', () => {
         '[DONE]',
       ]),
     );
-    const backup = await mock((q, res) => json(res, 500, { error: { message: 'backup must not be asked' } }));
-    const { gw, openai } = await setup([
-      { name: 'azure', mock: m, model: 'gpt-4o' },
-      { name: 'backup', mock: backup, model: 'gpt-4o' },
-    ]);
-    let chunks: ChatCompletionChunk[] = [];
-    const d = await delta(gw, 'azure', 'gpt-4o', async () => {
-      chunks = await collect(
-        await openai.chat.completions.create({ model: 'r', messages: hi, stream: true }),
-      );
-    });
+    const backup = await unaskedBackup();
+    const { out: chunks, d } = await measured(
+      [
+        { name: 'azure', mock: m, model: 'gpt-4o' },
+        { name: 'backup', mock: backup, model: 'gpt-4o' },
+      ],
+      streamChunks,
+    );
     expect(finishOf(chunks)).toBe('content_filter');
     expect(textOf(chunks)).toBe('');
     expect(backup.received).toHaveLength(0);
@@ -523,7 +556,7 @@ describe('Azure OpenAI', () => {
         },
       }),
     );
-    const backup = await mock((q, res) => json(res, 500, { error: { message: 'backup must not be asked' } }));
+    const backup = await unaskedBackup();
     const { openai } = await setup([
       { name: 'azure', mock: m, model: 'gpt-4o' },
       { name: 'backup', mock: backup, model: 'gpt-4o' },
@@ -696,8 +729,6 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
         '[DONE]',
       ]),
     );
-    const { gw } = await setup([{ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }]);
-    let raw = { status: 0, headers: {} as Json, text: '' };
     const tools = [
       {
         type: 'function',
@@ -707,9 +738,9 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
         },
       },
     ];
-    const d = await delta(gw, 'gemini', 'gemini-2.5-flash', async () => {
-      raw = await rawStream(gw, { tools });
-    });
+    const { out: raw, d } = await oneUp({ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }, ({ gw }) =>
+      rawStream(gw, { tools }),
+    );
     // A tool call is a content delta (SPEC §2: the stream commits at its first text, tool-call or refusal delta),
     // whether or not the provider numbers it.
     expect(raw.status).toBe(200);
@@ -760,18 +791,13 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
         },
       ]),
     );
-    const backup = await mock((q, res) => json(res, 500, { error: { message: 'backup must not be asked' } }));
+    const backup = await unaskedBackup();
     const { gw } = await setup([
       { name: 'gemini', mock: m, model: 'gemini-2.5-flash' },
       { name: 'backup', mock: backup, model: 'gpt-4o' },
     ]);
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
-      body: JSON.stringify({ model: 'r', messages: hi }),
-    });
-    const body = (await res.body.json()) as Json;
-    expect(res.statusCode).toBe(400);
+    const { status, body } = await postJson(gw, { model: 'r', messages: hi });
+    expect(status).toBe(400);
     expect(backup.received).toHaveLength(0);
     expect(body.error).toMatchObject({
       message: expect.stringContaining('number of function response parts'),
@@ -796,16 +822,14 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
     const backup = await mock((_q, res) =>
       streamEvents(res, [gemChunk({ content: 'from backup' }, 'stop'), '[DONE]']),
     );
-    const { openai } = await setup([
-      { name: 'gemini', mock: m, model: 'gemini-2.5-flash' },
-      { name: 'backup', mock: backup, model: 'gemini-2.5-pro' },
-    ]);
-    const { data, response } = await openai.chat.completions
-      .create({ model: 'r', messages: hi, stream: true })
-      .withResponse();
-    expect(textOf(await collect(data))).toBe('from backup');
-    expect(response.headers.get('x-router-provider')).toBe('backup');
-    expect(response.headers.get('x-router-attempts')).toBe('2');
+    const { text, headers } = await streamWithHeaders(
+      await setup([
+        { name: 'gemini', mock: m, model: 'gemini-2.5-flash' },
+        { name: 'backup', mock: backup, model: 'gemini-2.5-pro' },
+      ]),
+    );
+    expect(text).toBe('from backup');
+    expectFailedOverTo(headers, 'backup');
   });
 
   it("a refusal of `parallel_tool_calls` in Gemini's wording is fitted like OpenAI's (judgement call)", async () => {
@@ -872,11 +896,7 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
     const { out: raw, d } = await oneUp({ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }, rawOf);
     const events = dataEvents(raw.text);
     expect(events.some((e) => 'error' in e)).toBe(false);
-    expect(
-      events
-        .map((e) => ((e.choices as Json[] | undefined)?.[0]?.delta as Json | undefined)?.content ?? '')
-        .join(''),
-    ).toBe('No done marker.');
+    expect(eventsField(events)).toBe('No done marker.');
     expect(d).toMatchObject({ prompt: 12, completion: 30, ok: 1, streamFailures: 0 });
   });
 
@@ -914,13 +934,8 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
         usage: GEM_USAGE,
       }),
     );
-    const { gw, openai } = await setup([{ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }]);
-    let content: string | null | undefined;
-    const d = await delta(gw, 'gemini', 'gemini-2.5-flash', async () => {
-      const data = await openai.chat.completions.create({ model: 'r', messages: hi });
-      content = data.choices[0]?.message.content;
-    });
-    expect(content).toBe('Gemini answer.');
+    const { out: data, d } = await oneUp({ name: 'gemini', mock: m, model: 'gemini-2.5-flash' }, complete);
+    expect(data.choices[0]?.message.content).toBe('Gemini answer.');
     expect(d).toMatchObject({ prompt: 12, completion: 30, ok: 1 });
   });
 });
@@ -934,15 +949,15 @@ describe('Gemini (OpenAI compatibility endpoint)', () => {
 // (queue_time, prompt_time, completion_time, total_time; https://github.com/vnzinki/tread
 // src/app/service/groq/groq.response.ts), not as top-level `usage`.
 
-const groqChunk = (delta: Json, finish: string | null = null, extra: Json = {}): Json => ({
-  id: 'chatcmpl-e7ebbb57-834f-48fa-bc73-5abb960c78b5',
-  object: 'chat.completion.chunk',
-  created: 1745935006,
-  model: 'llama-3.3-70b-versatile',
-  system_fingerprint: 'fp_3f3b593e33',
-  choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-  ...extra,
-});
+const groqChunk = chunkMaker(
+  chunkHead(
+    'chatcmpl-e7ebbb57-834f-48fa-bc73-5abb960c78b5',
+    1745935006,
+    'llama-3.3-70b-versatile',
+    'fp_3f3b593e33',
+  ),
+  withLogprobs,
+);
 const GROQ_USAGE = {
   queue_time: 0.020035,
   prompt_tokens: 43,
@@ -1034,15 +1049,22 @@ describe('Groq', () => {
 // emitted in the response body or as an SSE data event"). The mid-stream event is a chunk with a top-level
 // `error` ({code, message}) and a choice with `finish_reason: "error"`.
 
-const orChunk = (delta: Json, finish: string | null = null, extra: Json = {}): Json => ({
-  id: 'gen-1741569952-abcdef',
-  provider: 'OpenAI',
-  model: 'openai/gpt-4o',
-  object: 'chat.completion.chunk',
-  created: 1741569952,
-  choices: [{ index: 0, delta, finish_reason: finish, native_finish_reason: finish, logprobs: null }],
-  ...extra,
-});
+const orChunk = chunkMaker(
+  {
+    id: 'gen-1741569952-abcdef',
+    provider: 'OpenAI',
+    model: 'openai/gpt-4o',
+    object: 'chat.completion.chunk',
+    created: 1741569952,
+  },
+  (delta, finish) => ({
+    index: 0,
+    delta,
+    finish_reason: finish,
+    native_finish_reason: finish,
+    logprobs: null,
+  }),
+);
 const orError = (): Json =>
   orChunk({ content: '' }, 'error', {
     error: { code: 'server_error', message: 'Provider disconnected unexpectedly' },
@@ -1097,15 +1119,13 @@ describe('OpenRouter', () => {
         '[DONE]',
       ]),
     );
-    const { gw, openai } = await setup([
+    const {
+      out: { final },
+      d,
+    } = await oneUp(
       { name: 'openrouter', mock: m, model: 'google/gemini-3.1-flash-lite' },
-    ]);
-    let final: OpenAI.Chat.ChatCompletion | undefined;
-    const d = await delta(gw, 'openrouter', 'google/gemini-3.1-flash-lite', async () => {
-      const stream = openai.chat.completions.stream({ model: 'r', messages: hi, tools: WEATHER_TOOLS });
-      await collect(stream);
-      final = await stream.finalChatCompletion();
-    });
+      streamFinal({ tools: WEATHER_TOOLS }),
+    );
     expect(final?.choices[0]?.message.tool_calls?.[0]).toMatchObject({
       id: 'tool_0_get_weather',
       function: { name: 'get_weather', arguments: '{"city":"Oslo"}' },
@@ -1126,9 +1146,7 @@ describe('OpenRouter', () => {
     const { gw, out: raw, d } = await oneUp({ name: 'openrouter', mock: m, model: 'openai/gpt-4o' }, rawOf);
     expect(raw.status).toBe(200);
     const events = dataEvents(raw.text);
-    const text = events
-      .map((e) => ((e.choices as Json[] | undefined)?.[0]?.delta as Json | undefined)?.content ?? '')
-      .join('');
+    const text = eventsField(events);
     expect(text).toBe('Partial answer');
     // SPEC §2: after the commit a failure ends the stream with an OpenAI-shaped error event and no [DONE].
     const last = events.at(-1) as Json;
@@ -1158,14 +1176,10 @@ describe('OpenRouter', () => {
       { name: 'openrouter', mock: bad, model: 'openai/gpt-4o' },
       { name: 'backup', mock: good, model: 'gpt-4o' },
     ]);
-    const { data, response } = await openai.chat.completions
-      .create({ model: 'r', messages: hi, stream: true })
-      .withResponse();
-    const chunks = await collect(data);
-    expect(textOf(chunks)).toBe('From backup.');
-    expect(response.headers.get('x-router-provider')).toBe('backup');
-    expect(response.headers.get('x-router-attempts')).toBe('2');
-    expect(response.headers.get('x-router-trail')).toMatch(/^openrouter\/openai\/gpt-4o=/);
+    const { text, headers } = await streamWithHeaders({ openai });
+    expect(text).toBe('From backup.');
+    expectFailedOverTo(headers, 'backup');
+    expect(headers.get('x-router-trail')).toMatch(/^openrouter\/openai\/gpt-4o=/);
     const s = await scrape(gw.url);
     expect(sum(s, 'llm_router_requests_total', { route: 'r', provider: 'backup', status: '200' })).toBe(1);
   });
@@ -1219,15 +1233,10 @@ describe('OpenRouter, non-stream', () => {
 // ("Non-streaming requests: Continuously return empty lines; Streaming requests: Continuously return SSE
 // keep-alive comments (: keep-alive)").
 
-const dsChunk = (delta: Json, finish: string | null = null, extra: Json = {}): Json => ({
-  id: '5b3e2a1c-0d1e-4f7a-9c2b-1a2b3c4d5e6f',
-  object: 'chat.completion.chunk',
-  created: 1741569952,
-  model: 'deepseek-reasoner',
-  system_fingerprint: 'fp_7e73fd9a08',
-  choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-  ...extra,
-});
+const dsChunk = chunkMaker(
+  chunkHead('5b3e2a1c-0d1e-4f7a-9c2b-1a2b3c4d5e6f', 1741569952, 'deepseek-reasoner', 'fp_7e73fd9a08'),
+  withLogprobs,
+);
 const DS_USAGE = {
   prompt_tokens: 13,
   completion_tokens: 25,
@@ -1281,11 +1290,7 @@ describe('DeepSeek', () => {
     const { out: raw, d } = await oneUp({ name: 'deepseek', mock: m, model: 'deepseek-reasoner' }, rawOf);
     expect(raw.status).toBe(200);
     const events = dataEvents(raw.text);
-    const reasoning = events
-      .map(
-        (e) => ((e.choices as Json[] | undefined)?.[0]?.delta as Json | undefined)?.reasoning_content ?? '',
-      )
-      .join('');
+    const reasoning = eventsField(events, 'reasoning_content');
     expect(reasoning).toBe('Thinking hard');
     expect(events.at(-1)).toHaveProperty('error');
     expect(hasDone(raw.text)).toBe(false);
@@ -1337,15 +1342,14 @@ describe('DeepSeek', () => {
 // and `content: ""` while thinking); https://github.com/mjt-services/api-service-2025 src/type/OpenAiChunk.ts
 // (a full Ollama chunk: id "chatcmpl-86", system_fingerprint "fp_ollama", role on every delta).
 
-const olChunk = (delta: Json, finish: string | null = null, extra: Json = {}): Json => ({
-  id: 'chatcmpl-86',
-  object: 'chat.completion.chunk',
-  created: 1743277352,
-  model: 'qwen3:8b',
-  system_fingerprint: 'fp_ollama',
-  choices: [{ index: 0, delta: { role: 'assistant', ...delta }, finish_reason: finish }],
-  ...extra,
-});
+const olChunk = chunkMaker(
+  chunkHead('chatcmpl-86', 1743277352, 'qwen3:8b', 'fp_ollama'),
+  (delta, finish) => ({
+    index: 0,
+    delta: { role: 'assistant', ...delta },
+    finish_reason: finish,
+  }),
+);
 
 describe('Ollama', () => {
   it('stream: `reasoning` deltas with content "" before the answer, then a usage chunk: reasoning and answer reach the client, tokens counted', async () => {
@@ -1388,11 +1392,7 @@ describe('Ollama', () => {
     const raw = await rawStream(gw, { max_tokens: 2 });
     const events = dataEvents(raw.text);
     expect(events.some((e) => 'error' in e)).toBe(false);
-    expect(
-      events
-        .map((e) => ((e.choices as Json[] | undefined)?.[0]?.delta as Json | undefined)?.content ?? '')
-        .join(''),
-    ).toBe('Cut sho');
+    expect(eventsField(events)).toBe('Cut sho');
     expect(events.flatMap((e) => (e.choices as Json[]).map((c) => c.finish_reason)).filter(Boolean)).toEqual([
       'length',
     ]);
@@ -1541,11 +1541,7 @@ describe('vLLM errors', () => {
     );
     const { out: raw, d } = await oneUp({ name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' }, rawOf);
     const events = dataEvents(raw.text);
-    expect(
-      events
-        .map((e) => ((e.choices as Json[] | undefined)?.[0]?.delta as Json | undefined)?.content ?? '')
-        .join(''),
-    ).toBe('Half');
+    expect(eventsField(events)).toBe('Half');
     expect(events.at(-1)).toHaveProperty('error');
     expect(hasDone(raw.text)).toBe(false);
     expect(d.streamFailures).toBe(1);
@@ -1562,16 +1558,14 @@ describe('vLLM errors', () => {
         '[DONE]',
       ]),
     );
-    const { openai } = await setup([
-      { name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' },
-      { name: 'backup', mock: backup, model: 'Qwen/Qwen3-8B' },
-    ]);
-    const { data, response } = await openai.chat.completions
-      .create({ model: 'r', messages: hi, stream: true })
-      .withResponse();
-    expect(textOf(await collect(data))).toBe('backup answer');
-    expect(response.headers.get('x-router-provider')).toBe('backup');
-    expect(response.headers.get('x-router-attempts')).toBe('2');
+    const { text, headers } = await streamWithHeaders(
+      await setup([
+        { name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' },
+        { name: 'backup', mock: backup, model: 'Qwen/Qwen3-8B' },
+      ]),
+    );
+    expect(text).toBe('backup answer');
+    expectFailedOverTo(headers, 'backup');
   });
 
   it('a 400 in vLLM\'s flat error shape ({object:"error", message, type, code} with no `error` key): the client gets an OpenAI-shaped 400 with the message', async () => {
@@ -1583,13 +1577,8 @@ describe('vLLM errors', () => {
       json(res, 400, { object: 'error', message, type: 'BadRequestError', param: null, code: 400 }),
     );
     const { gw } = await setup([{ name: 'vllm', mock: m, model: 'Qwen/Qwen3-8B' }]);
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
-      body: JSON.stringify({ model: 'r', messages: hi, max_tokens: 1024 }),
-    });
-    const body = (await res.body.json()) as Json;
-    expect(res.statusCode).toBe(400);
+    const { status, body } = await postJson(gw, { model: 'r', messages: hi, max_tokens: 1024 });
+    expect(status).toBe(400);
     expect(body.error).toMatchObject({ message });
   });
 });
@@ -1693,14 +1682,10 @@ describe('Together AI', () => {
 // https://github.com/mistralai/client-python/issues/16 (a raw Mistral stream: the first chunk has no
 // `object`/`created`, deltas carry `"role": null`); the README accepts Mistral's `tool_choice: "any"`.
 
-const miChunk = (delta: Json, finish: string | null = null, extra: Json = {}): Json => ({
-  id: 'cmpl-82b4ad8d22b44757a7a2d3e3ae6fb6a0',
-  object: 'chat.completion.chunk',
-  created: 1702637377,
-  model: 'mistral-large-latest',
-  choices: [{ index: 0, delta, finish_reason: finish }],
-  ...extra,
-});
+const miChunk = chunkMaker(
+  chunkHead('cmpl-82b4ad8d22b44757a7a2d3e3ae6fb6a0', 1702637377, 'mistral-large-latest'),
+  (delta, finish) => ({ index: 0, delta, finish_reason: finish }),
+);
 
 describe('Mistral', () => {
   it('stream: two tool calls whole in one delta, tool_choice "any": the request passes untouched, the SDK assembles both calls', async () => {
@@ -1865,13 +1850,11 @@ describe('Mistral errors', () => {
     // SPEC §4: errors are always OpenAI-shaped, `message` a string (the SDKs print it).
     const m = await mock((_q, res) => json(res, 422, refusal(['body', 'messages', 0, 'user', 'name'], '')));
     const { gw } = await setup([{ name: 'mistral', mock: m, model: 'mistral-small-latest' }]);
-    const res = await request(`${gw.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
-      body: JSON.stringify({ model: 'r', messages: [{ role: 'user', content: 'hi', name: '' }] }),
+    const { status, body } = await postJson(gw, {
+      model: 'r',
+      messages: [{ role: 'user', content: 'hi', name: '' }],
     });
-    const body = (await res.body.json()) as Json;
-    expect(res.statusCode).toBe(422);
+    expect(status).toBe(422);
     const err = body.error as Json;
     expect(typeof err.message).toBe('string');
     expect(err.message).toContain('Extra inputs are not permitted');
@@ -1954,7 +1937,10 @@ describe('SSE framing', () => {
       ],
       { eol: '\r\n', prefix: 'data:' },
     );
-    const m = await mock((_q, res) => writeSplit(res, body, [3]));
+    const m = await mock((_q, res) => {
+      res.writeHead(200, SSE_HEAD);
+      return writeSplit(res, body, [3]);
+    });
     const {
       out: { final },
       d,

@@ -359,151 +359,100 @@ function claudePairs(body: Json): [string, string][] {
   return out;
 }
 
+/** Posts `messages` (with TOOLS) on route `claude` to a Claude mock that answers 'Done.'. */
+async function sendToClaude(messages: Json[]) {
+  const claude = await claudeMock(() => ({ text: 'Done.' }));
+  const gw = await gatewayFor(claude.url, 'http://127.0.0.1:9');
+  const res = await postChat(gw, { model: 'claude', tools: TOOLS, messages });
+  return { claude, res };
+}
+
+/**
+ * One round of a history: an assistant message calling `lookup(q)` once per [id, q], then the tool messages
+ * answering them, in the order called or the reverse.
+ */
+function round(order: 'in order' | 'reversed', ...calls: [string, string][]): Json[] {
+  const answered = order === 'reversed' ? [...calls].reverse() : calls;
+  return [asks(calls), ...answered.map(([id, q]) => answers(id, q))];
+}
+
+/** Each tool_result Claude was sent in `body` answers its own call: the calls' `q`s, in the order sent. */
+function expectPaired(body: Json, qs: string[]): void {
+  expect(claudePairs(body)).toEqual(qs.map((q) => [q, q]));
+}
+
+/** Claude took the request (no refusal) and the client got a 200. */
+function expectTaken(claude: Upstream, res: { status: number }): void {
+  expect(claude.refusals).toEqual([undefined]);
+  expect(res.status).toBe(200);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 describe('a history written elsewhere, sent to Claude', () => {
   it("Kimi K2's functions.name:N ids, dots, spaces, slashes and a 120-character id: taken and paired", async () => {
-    const claude = await claudeMock(() => ({ text: 'Done.' }));
-    const gw = await gatewayFor(claude.url, 'http://127.0.0.1:9');
     const long = `call_${'x'.repeat(115)}`;
-    const res = await postChat(gw, {
-      model: 'claude',
-      tools: TOOLS,
-      messages: [
-        { role: 'user', content: 'Look up a, b, c and d.' },
-        asks([
-          ['functions.lookup:0', 'a'],
-          ['functions.lookup:1', 'b'],
-        ]),
-        answers('functions.lookup:1', 'b'),
-        answers('functions.lookup:0', 'a'),
-        asks([
-          ['tool call 7/c', 'c'],
-          [long, 'd'],
-        ]),
-        answers('tool call 7/c', 'c'),
-        answers(long, 'd'),
-      ],
-    });
-    expect(claude.refusals).toEqual([undefined]);
-    expect(res.status).toBe(200);
-    expect(claudePairs(claude.received[0]!.body)).toEqual([
-      ['b', 'b'],
-      ['a', 'a'],
-      ['c', 'c'],
-      ['d', 'd'],
+    const { claude, res } = await sendToClaude([
+      { role: 'user', content: 'Look up a, b, c and d.' },
+      ...round('reversed', ['functions.lookup:0', 'a'], ['functions.lookup:1', 'b']),
+      ...round('in order', ['tool call 7/c', 'c'], [long, 'd']),
     ]);
+    expectTaken(claude, res);
+    expectPaired(claude.received[0]!.body, ['b', 'a', 'c', 'd']);
   });
 
   it('two ids that differ only in characters Anthropic refuses, answered out of order, stay paired', async () => {
     // `search.1` and `search:1` are two calls; made Anthropic's, both read `search_1` until one is renamed.
-    const claude = await claudeMock(() => ({ text: 'Done.' }));
-    const gw = await gatewayFor(claude.url, 'http://127.0.0.1:9');
-    const res = await postChat(gw, {
-      model: 'claude',
-      tools: TOOLS,
-      messages: [
-        { role: 'user', content: 'Look up x and y.' },
-        asks([
-          ['search.1', 'x'],
-          ['search:1', 'y'],
-        ]),
-        answers('search:1', 'y'),
-        answers('search.1', 'x'),
-      ],
-    });
-    expect(res.status).toBe(200);
-    expect(claudePairs(claude.received[0]!.body)).toEqual([
-      ['y', 'y'],
-      ['x', 'x'],
+    const { claude, res } = await sendToClaude([
+      { role: 'user', content: 'Look up x and y.' },
+      ...round('reversed', ['search.1', 'x'], ['search:1', 'y']),
     ]);
+    expect(res.status).toBe(200);
+    expectPaired(claude.received[0]!.body, ['y', 'x']);
   });
 
   it('call_0 in every round and two parallel calls under one id: every result still answers its own call', async () => {
-    const claude = await claudeMock(() => ({ text: 'Done.' }));
-    const gw = await gatewayFor(claude.url, 'http://127.0.0.1:9');
-    const res = await postChat(gw, {
-      model: 'claude',
-      tools: TOOLS,
-      messages: [
-        { role: 'user', content: 'Look things up.' },
-        asks([
-          ['call_0', 'a'],
-          ['call_1', 'b'],
-        ]),
-        answers('call_1', 'b'),
-        answers('call_0', 'a'),
-        asks([['call_0', 'c']]),
-        answers('call_0', 'c'),
-        asks([
-          ['call_0', 'd'],
-          ['call_0', 'e'],
-        ]),
-        answers('call_0', 'd'),
-        answers('call_0', 'e'),
-      ],
-    });
-    expect(claude.refusals).toEqual([undefined]);
-    expect(res.status).toBe(200);
-    expect(claudePairs(claude.received[0]!.body)).toEqual([
-      ['b', 'b'],
-      ['a', 'a'],
-      ['c', 'c'],
-      ['d', 'd'],
-      ['e', 'e'],
+    const { claude, res } = await sendToClaude([
+      { role: 'user', content: 'Look things up.' },
+      ...round('reversed', ['call_0', 'a'], ['call_1', 'b']),
+      ...round('in order', ['call_0', 'c']),
+      ...round('in order', ['call_0', 'd'], ['call_0', 'e']),
     ]);
+    expectTaken(claude, res);
+    expectPaired(claude.received[0]!.body, ['b', 'a', 'c', 'd', 'e']);
   });
 
   it('a call with an empty id beside one with an id: the request is one Claude takes', async () => {
     // Some OpenAI-compatible servers write `id: ""`; the client answers it with `tool_call_id: ""`.
-    const claude = await claudeMock(() => ({ text: 'Done.' }));
-    const gw = await gatewayFor(claude.url, 'http://127.0.0.1:9');
-    const res = await postChat(gw, {
-      model: 'claude',
-      tools: TOOLS,
-      messages: [
-        { role: 'user', content: 'Look up a and b.' },
-        asks([
-          ['', 'a'],
-          ['call_b', 'b'],
-        ]),
-        answers('', 'a'),
-        answers('call_b', 'b'),
-      ],
-    });
-    expect(claude.refusals).toEqual([undefined]);
-    expect(res.status).toBe(200);
+    const { claude, res } = await sendToClaude([
+      { role: 'user', content: 'Look up a and b.' },
+      ...round('in order', ['', 'a'], ['call_b', 'b']),
+    ]);
+    expectTaken(claude, res);
     // The unlinked result still reaches the model.
     expect(JSON.stringify(claude.received[0]!.body.messages)).toContain('result of a');
   });
 
   it('content null with tool_calls, name fields, tool results as text parts, developer and mid-conversation system messages', async () => {
-    const claude = await claudeMock(() => ({ text: 'Done.' }));
-    const gw = await gatewayFor(claude.url, 'http://127.0.0.1:9');
-    const res = await postChat(gw, {
-      model: 'claude',
-      tools: TOOLS,
-      messages: [
-        { role: 'system', content: 'You are terse.' },
-        { role: 'developer', content: [{ type: 'text', text: 'Prefer lookups.' }] },
-        { role: 'user', name: 'ann', content: 'Look up a.' },
-        { ...asks([['call_a', 'a']]), name: 'bot' },
-        { role: 'system', content: 'Reminder: cite results.' },
-        {
-          role: 'tool',
-          name: 'lookup',
-          tool_call_id: 'call_a',
-          content: [
-            { type: 'text', text: 'result of a' },
-            { type: 'text', text: '' },
-          ],
-        },
-        { role: 'developer', content: 'Answer now.' },
-        { role: 'user', name: 'ann', content: [{ type: 'text', text: 'And?' }] },
-      ],
-    });
-    expect(claude.refusals).toEqual([undefined]);
-    expect(res.status).toBe(200);
+    const { claude, res } = await sendToClaude([
+      { role: 'system', content: 'You are terse.' },
+      { role: 'developer', content: [{ type: 'text', text: 'Prefer lookups.' }] },
+      { role: 'user', name: 'ann', content: 'Look up a.' },
+      { ...asks([['call_a', 'a']]), name: 'bot' },
+      { role: 'system', content: 'Reminder: cite results.' },
+      {
+        role: 'tool',
+        name: 'lookup',
+        tool_call_id: 'call_a',
+        content: [
+          { type: 'text', text: 'result of a' },
+          { type: 'text', text: '' },
+        ],
+      },
+      { role: 'developer', content: 'Answer now.' },
+      { role: 'user', name: 'ann', content: [{ type: 'text', text: 'And?' }] },
+    ]);
+    expectTaken(claude, res);
     const sent = claude.received[0]!.body;
     expect(sent.system).toBe('You are terse.\n\nPrefer lookups.\n\nReminder: cite results.\n\nAnswer now.');
     expect(claudePairs(sent)).toEqual([['a', 'a']]);

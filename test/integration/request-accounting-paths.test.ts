@@ -160,18 +160,51 @@ function expectCleanLogs(gw: TestGateway): void {
   expect(text).not.toContain(CLIENT_KEY);
 }
 
+/** An upstream answering well (answerOk), and a gateway over it with `server` settings. */
+async function okGateway(server: Json = {}) {
+  const up = track(await startMock((r, res) => answerOk(r.body, res)));
+  const gw = await gwOver([up.url], server);
+  return { up, gw };
+}
+
+/** The metrics and the number of request lines as they are now, to compare with later. */
+async function mark(gw: TestGateway): Promise<{ m0: Sample[]; before: number }> {
+  const m0 = await scrapeAll(gw);
+  const before = lines(gw).length;
+  return { m0, before };
+}
+
+/** The request lines written since `before`, which must be one: that line. */
+async function oneLine(gw: TestGateway, before: number): Promise<Json> {
+  const l = await newLines(gw, before);
+  expect(l).toHaveLength(1);
+  return l[0]!;
+}
+
+/** The one request line since `before`, with the id `r` was given in its header and `fields`: that line. */
+async function expectLineOf(
+  gw: TestGateway,
+  before: number,
+  r: { headers: Record<string, string> },
+  fields: Json,
+): Promise<Json> {
+  const l = await oneLine(gw, before);
+  expect(l).toMatchObject({ reqId: r.headers['x-request-id'], ...fields });
+  return l;
+}
+
+/** A gateway with the client key, more `server` settings, these providers and routes. */
+async function gwWith(providers: Json[], routes: Json, server: Json = {}): Promise<TestGateway> {
+  return track(await startGateway({ server: { api_keys: [CLIENT_KEY], ...server }, providers, routes }));
+}
+
 describe('served requests: one line, true fields, counters moved once', () => {
   it('200 JSON and 200 stream: reqId = x-request-id, upstream, attempts, latency, tokens; requests_total +1 each', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url]);
-    const m0 = await scrapeAll(gw);
-    const n0 = lines(gw).length;
+    const { gw } = await okGateway();
+    const { m0, before: n0 } = await mark(gw);
     const a = await post(gw, { model: 'r', messages: MSGS });
     expect(a.status).toBe(200);
-    const la = await newLines(gw, n0);
-    expect(la).toHaveLength(1);
-    expect(la[0]).toMatchObject({
-      reqId: a.headers['x-request-id'],
+    const la = await expectLineOf(gw, n0, a, {
       route: 'r',
       upstream: 'p0/m',
       attempts: 1,
@@ -180,22 +213,19 @@ describe('served requests: one line, true fields, counters moved once', () => {
       promptTokens: 5,
       completionTokens: 3,
     });
-    expect(typeof la[0]!.latencyMs).toBe('number');
+    expect(typeof la.latencyMs).toBe('number');
 
     const b = await post(gw, { model: 'r', messages: MSGS, stream: true });
     expect(b.status).toBe(200);
     expect(b.text).toContain(ANSWER);
-    const lb = await newLines(gw, n0 + 1);
-    expect(lb).toHaveLength(1);
-    expect(lb[0]).toMatchObject({
-      reqId: b.headers['x-request-id'],
+    const lb = await expectLineOf(gw, n0 + 1, b, {
       route: 'r',
       upstream: 'p0/m',
       attempts: 1,
       status: 200,
       stream: true,
     });
-    expect(typeof lb[0]!.ttftMs).toBe('number');
+    expect(typeof lb.ttftMs).toBe('number');
     const m1 = await scrapeAll(gw);
     const lbl = { route: 'r', provider: 'p0', model: 'm', status: '200' };
     expect(sum(m1, 'llm_router_requests_total', lbl) - sum(m0, 'llm_router_requests_total', lbl)).toBe(2);
@@ -214,8 +244,7 @@ describe('served requests: one line, true fields, counters moved once', () => {
 
 describe('hostile request ids: echoed safely or replaced, and the log agrees with the header', () => {
   it('very long, non-ASCII, 10,000 x, odd characters: the header and the log line carry the same id', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url]);
+    const { gw } = await okGateway();
     const ids = ['x'.repeat(10_000), 'a'.repeat(129), 'id with spaces', 'id"quote', 'ok-id_1.2:3'];
     for (const id of ids) {
       const before = lines(gw).length;
@@ -224,9 +253,7 @@ describe('hostile request ids: echoed safely or replaced, and the log agrees wit
       const h = r.headers['x-request-id']!;
       expect(h.length).toBeLessThanOrEqual(128);
       expect(h).toMatch(/^[\x21-\x7e]+$/);
-      const l = await newLines(gw, before);
-      expect(l).toHaveLength(1);
-      expect(l[0]!.reqId).toBe(h);
+      expect((await oneLine(gw, before)).reqId).toBe(h);
     }
     // Non-ASCII bytes (latin-1 é, UTF-8 snowman) on the wire, and on an error path (401).
     for (const [idBytes, key] of [
@@ -249,17 +276,14 @@ describe('hostile request ids: echoed safely or replaced, and the log agrees wit
       expect([200, 401]).toContain(rawStatus(text));
       const h = rawHeader(text, 'x-request-id')!;
       expect(h).toMatch(/^[\x21-\x7e]{1,128}$/);
-      const l = await newLines(gw, before);
-      expect(l).toHaveLength(1);
-      expect(l[0]!.reqId).toBe(h);
+      expect((await oneLine(gw, before)).reqId).toBe(h);
     }
   }, 30_000);
 });
 
 describe('early rejections: one line each, status as the client saw it, counted under route none', () => {
   it('400 (several kinds), 401, 404, 405, 413, 415: one line, reqId = header, requests_total{route=none,status} +1', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url], { body_limit_bytes: 4096 });
+    const { up, gw } = await okGateway({ body_limit_bytes: 4096 });
     type Case = {
       name: string;
       status: number;
@@ -345,8 +369,7 @@ describe('early rejections: one line each, status as the client saw it, counted 
   }, 60_000);
 
   it('an unknown method on a routed path (DELETE, PUT): one line with the status the client got', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url]);
+    const { gw } = await okGateway();
     for (const method of ['DELETE', 'PUT', 'GET'] as const) {
       const before = lines(gw).length;
       const res = await request(`${gw.url}/v1/chat/completions`, {
@@ -366,10 +389,8 @@ describe('early rejections: one line each, status as the client saw it, counted 
 
 describe('a slow body (408): what the client saw is what the log and the counter say', () => {
   it('408 after request_timeout_ms: one line with status 408 and the id in the header; requests_total{status=408} +1', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url], { request_timeout_ms: 1500 });
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { up, gw } = await okGateway({ request_timeout_ms: 1500 });
+    const { m0, before } = await mark(gw);
     const text = await raw(
       gw,
       `POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nauthorization: Bearer ${CLIENT_KEY}\r\nx-request-id: slow-body-id-1\r\ncontent-length: 100\r\n\r\n{"model":`,
@@ -398,11 +419,9 @@ describe('a slow body (408): what the client saw is what the log and the counter
 
 describe('an Expect the gateway cannot meet (417)', () => {
   it('is a request answered before routing: one line, counted under route none', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url]);
+    const { gw } = await okGateway();
     const body = JSON.stringify({ model: 'r', messages: MSGS });
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { m0, before } = await mark(gw);
     const text = await raw(
       gw,
       `POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nauthorization: Bearer ${CLIENT_KEY}\r\nx-request-id: expect-id-1\r\nexpect: 200-ok\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
@@ -435,6 +454,17 @@ async function delta(
   return sum(m1, name, labels) - sum(m0, name, labels);
 }
 
+/** requests_total moved by `n` under `labels`, and by `n` in all. */
+async function expectRequestsCounted(
+  gw: TestGateway,
+  m0: Sample[],
+  labels: Record<string, string>,
+  n: number,
+): Promise<void> {
+  expect(await delta(gw, m0, 'llm_router_requests_total', labels)).toBe(n);
+  expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(n);
+}
+
 describe('routed failures: one line with the route, the status the client saw, counters once', () => {
   it('400 relayed from the upstream: line has upstream and attempts 1, counted under the route, client_error attempt', async () => {
     const up = track(
@@ -450,23 +480,11 @@ describe('routed failures: one line with the route, the status the client saw, c
       ),
     );
     const gw = await gwOver([up.url]);
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { m0, before } = await mark(gw);
     const r = await post(gw, { model: 'r', messages: MSGS });
     expect(r.status).toBe(400);
-    const l = await newLines(gw, before);
-    expect(l).toHaveLength(1);
-    expect(l[0]).toMatchObject({
-      reqId: r.headers['x-request-id'],
-      route: 'r',
-      upstream: 'p0/m',
-      attempts: 1,
-      status: 400,
-    });
-    expect(
-      await delta(gw, m0, 'llm_router_requests_total', { route: 'r', provider: 'p0', status: '400' }),
-    ).toBe(1);
-    expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(1);
+    await expectLineOf(gw, before, r, { route: 'r', upstream: 'p0/m', attempts: 1, status: 400 });
+    await expectRequestsCounted(gw, m0, { route: 'r', provider: 'p0', status: '400' }, 1);
     expect(await delta(gw, m0, 'llm_router_upstream_attempts_total', { outcome: 'client_error' })).toBe(1);
     expect(await delta(gw, m0, 'llm_router_upstream_attempts_total', {})).toBe(1);
     expectCleanLogs(gw);
@@ -485,18 +503,14 @@ describe('routed failures: one line with the route, the status the client saw, c
     const a = track(await mk());
     const b = track(await mk());
     const gw = await gwOver([a.url, b.url]);
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { m0, before } = await mark(gw);
     const r = await post(gw, { model: 'r', messages: MSGS });
     expect(r.status).toBe(429);
     expect(r.headers['retry-after']).toBeDefined();
-    const l = await newLines(gw, before);
-    expect(l).toHaveLength(1);
-    expect(l[0]).toMatchObject({ reqId: r.headers['x-request-id'], route: 'r', attempts: 2, status: 429 });
-    expect(String(l[0]!.trail)).toMatch(/p0\/m=.*,p1\/m=/);
-    expect(l[0]!.attempts).toBe(Number(r.headers['x-router-attempts']));
-    expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'r', status: '429' })).toBe(1);
-    expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(1);
+    const l = await expectLineOf(gw, before, r, { route: 'r', attempts: 2, status: 429 });
+    expect(String(l.trail)).toMatch(/p0\/m=.*,p1\/m=/);
+    expect(l.attempts).toBe(Number(r.headers['x-router-attempts']));
+    await expectRequestsCounted(gw, m0, { route: 'r', status: '429' }, 1);
     expect(await delta(gw, m0, 'llm_router_upstream_attempts_total', { outcome: 'rate_limited' })).toBe(2);
     expect(await delta(gw, m0, 'llm_router_failovers_total', {})).toBe(1);
   }, 20_000);
@@ -504,25 +518,14 @@ describe('routed failures: one line with the route, the status the client saw, c
   it('502 all failed, then 503 all breakers open: one line each, header attempts = line attempts', async () => {
     const a = track(await startMock((_r, res) => sendJson(res, 500, { error: { message: 'boom' } })));
     const gw = await gwOver([a.url], {}, { circuit_breaker: { failure_threshold: 1, open_ms: 60_000 } });
-    const m0 = await scrapeAll(gw);
-    let before = lines(gw).length;
+    const { m0, before } = await mark(gw);
     const r1 = await post(gw, { model: 'r', messages: MSGS });
     expect(r1.status).toBe(502);
-    let l = await newLines(gw, before);
-    expect(l).toHaveLength(1);
-    expect(l[0]).toMatchObject({ reqId: r1.headers['x-request-id'], route: 'r', status: 502, attempts: 1 });
-    before = lines(gw).length;
+    await expectLineOf(gw, before, r1, { route: 'r', status: 502, attempts: 1 });
+    const before2 = lines(gw).length;
     const r2 = await post(gw, { model: 'r', messages: MSGS, stream: true });
     expect(r2.status).toBe(503);
-    l = await newLines(gw, before);
-    expect(l).toHaveLength(1);
-    expect(l[0]).toMatchObject({
-      reqId: r2.headers['x-request-id'],
-      route: 'r',
-      status: 503,
-      attempts: 0,
-      stream: true,
-    });
+    await expectLineOf(gw, before2, r2, { route: 'r', status: 503, attempts: 0, stream: true });
     expect(Number(r2.headers['x-router-attempts'])).toBe(0);
     expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'r', status: '502' })).toBe(1);
     expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'r', status: '503' })).toBe(1);
@@ -539,12 +542,9 @@ describe('routed failures: one line with the route, the status the client saw, c
       const r = await post(gw, { model: 'r', messages: MSGS, stream });
       expect(r.status).toBe(504);
       expect(r.headers['x-should-retry']).toBe('false');
-      const l = await newLines(gw, before);
-      expect(l).toHaveLength(1);
-      expect(l[0]).toMatchObject({ reqId: r.headers['x-request-id'], route: 'r', status: 504, stream });
+      await expectLineOf(gw, before, r, { route: 'r', status: 504, stream });
     }
-    expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'r', status: '504' })).toBe(2);
-    expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(2);
+    await expectRequestsCounted(gw, m0, { route: 'r', status: '504' }, 2);
     expect(await delta(gw, m0, 'llm_router_upstream_attempts_total', { outcome: 'timeout' })).toBe(2);
   }, 20_000);
 });
@@ -560,24 +560,14 @@ describe('streams that do not finish', () => {
       }),
     );
     const gw = await gwOver([up.url]);
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { m0, before } = await mark(gw);
     const r = await post(gw, { model: 'r', messages: MSGS, stream: true });
     expect(r.status).toBe(200);
     expect(r.text).toContain('"error"');
     expect(r.text).not.toContain('[DONE]');
-    const l = await newLines(gw, before);
-    expect(l).toHaveLength(1);
-    expect(l[0]).toMatchObject({
-      reqId: r.headers['x-request-id'],
-      route: 'r',
-      upstream: 'p0/m',
-      status: 200,
-      stream: true,
-    });
-    expect(l[0]!.error).toBeDefined();
-    expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'r', status: '200' })).toBe(1);
-    expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(1);
+    const l = await expectLineOf(gw, before, r, { route: 'r', upstream: 'p0/m', status: 200, stream: true });
+    expect(l.error).toBeDefined();
+    await expectRequestsCounted(gw, m0, { route: 'r', status: '200' }, 1);
     expect(
       await delta(gw, m0, 'llm_router_stream_failures_total', { provider: 'p0', policy: 'terminate' }),
     ).toBe(1);
@@ -599,8 +589,7 @@ describe('streams that do not finish', () => {
       }),
     );
     const gw = await gwOver([up.url]);
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { m0, before } = await mark(gw);
     // mid-stream
     const ac = new AbortController();
     const res = await request(`${gw.url}/v1/chat/completions`, {
@@ -648,12 +637,10 @@ describe('streams that do not finish', () => {
 
 describe('the gateway own rate limiter', () => {
   it('past requests_per_minute: 429 + Retry-After, one line with status 429 and the header id, counted once', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url], { rate_limit: { requests_per_minute: 2 } });
+    const { up, gw } = await okGateway({ rate_limit: { requests_per_minute: 2 } });
     for (let i = 0; i < 2; i++) expect((await post(gw, { model: 'r', messages: MSGS })).status).toBe(200);
     await newLines(gw, 0, 2);
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { m0, before } = await mark(gw);
     for (const stream of [false, true]) {
       const r = await post(gw, { model: 'r', messages: MSGS, stream }, { 'x-request-id': `rl-${stream}` });
       expect(r.status).toBe(429);
@@ -665,8 +652,7 @@ describe('the gateway own rate limiter', () => {
       ['rl-false', 429],
       ['rl-true', 429],
     ]);
-    expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'none', status: '429' })).toBe(2);
-    expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(2);
+    await expectRequestsCounted(gw, m0, { route: 'none', status: '429' }, 2);
     expect(up.received).toHaveLength(2);
   }, 20_000);
 });
@@ -689,15 +675,11 @@ describe('embeddings, passthrough and the unreported surfaces', () => {
       ),
     );
     const bad = track(await startMock((_r, res) => sendJson(res, 500, { error: { message: 'x' } })));
-    const gw = track(
-      await startGateway({
-        server: { api_keys: [CLIENT_KEY] },
-        providers: [embProv('ok', ok.url), embProv('bad', bad.url)],
-        routes: { emb: { targets: ['ok/e'] }, embbad: { targets: ['bad/e'] } },
-      }),
-    );
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const gw = await gwWith([embProv('ok', ok.url), embProv('bad', bad.url)], {
+      emb: { targets: ['ok/e'] },
+      embbad: { targets: ['bad/e'] },
+    });
+    const { m0, before } = await mark(gw);
     const a = await post(gw, { model: 'emb', input: PROMPT }, {}, '/v1/embeddings');
     expect(a.status).toBe(200);
     const b = await post(gw, { model: 'embbad', input: PROMPT }, {}, '/v1/embeddings');
@@ -729,15 +711,8 @@ describe('embeddings, passthrough and the unreported surfaces', () => {
         sendJson(res, 200, { object: 'list', data: [] });
       }),
     );
-    const gw = track(
-      await startGateway({
-        server: { api_keys: [CLIENT_KEY], passthrough: 'pt' },
-        providers: [prov('pt', pt.url)],
-        routes: { r: { targets: ['pt/m'] } },
-      }),
-    );
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const gw = await gwWith([prov('pt', pt.url)], { r: { targets: ['pt/m'] } }, { passthrough: 'pt' });
+    const { m0, before } = await mark(gw);
     const a = await request(`${gw.url}/v1/files`, {
       headers: { ...AUTH, 'x-request-id': 'pt-ok' },
       dispatcher: agent,
@@ -775,15 +750,8 @@ describe('embeddings, passthrough and the unreported surfaces', () => {
         setTimeout(() => res.destroy(), 50);
       }),
     );
-    const gw = track(
-      await startGateway({
-        server: { api_keys: [CLIENT_KEY], passthrough: 'pt' },
-        providers: [prov('pt', pt.url)],
-        routes: { r: { targets: ['pt/m'] } },
-      }),
-    );
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const gw = await gwWith([prov('pt', pt.url)], { r: { targets: ['pt/m'] } }, { passthrough: 'pt' });
+    const { m0, before } = await mark(gw);
     const res = await request(`${gw.url}/v1/files/cut`, {
       headers: { ...AUTH, 'x-request-id': 'pt-cut' },
       dispatcher: agent,
@@ -800,10 +768,8 @@ describe('embeddings, passthrough and the unreported surfaces', () => {
   }, 20_000);
 
   it('/router/explain, /metrics, /healthz, /readyz, /v1/models: explain, health and metrics neither logged nor counted', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url]);
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { up, gw } = await okGateway();
+    const { m0, before } = await mark(gw);
     for (const p of ['/healthz', '/readyz', '/metrics']) {
       const res = await request(`${gw.url}${p}`, { dispatcher: agent });
       await res.body.text();
@@ -821,10 +787,8 @@ describe('embeddings, passthrough and the unreported surfaces', () => {
 
 describe('more ends before routing', () => {
   it('a client that leaves mid-body: one line with 499 and its id, counted once', async () => {
-    const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = await gwOver([up.url]);
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const { up, gw } = await okGateway();
+    const { m0, before } = await mark(gw);
     const { hostname, port } = new URL(gw.url);
     const socket = connect(Number(port), hostname);
     await new Promise<void>((r) => socket.once('connect', () => r()));
@@ -835,61 +799,38 @@ describe('more ends before routing', () => {
     socket.destroy();
     const l = await newLines(gw, before, 1, 3000);
     expect(l.map((x) => [x.reqId, x.status])).toEqual([['left-mid-body', 499]]);
-    expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'none', status: '499' })).toBe(1);
-    expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(1);
+    await expectRequestsCounted(gw, m0, { route: 'none', status: '499' }, 1);
     expect(up.received).toHaveLength(0);
   }, 20_000);
 
   it('context window exceeded (refused as routed): one line under the route, 400, attempts 0 = header', async () => {
     const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = track(
-      await startGateway({
-        server: { api_keys: [CLIENT_KEY] },
-        providers: [{ ...prov('p0', up.url), models: [{ name: 'm', context_window: 50 }] }],
-        routes: { r: { targets: ['p0/m'] } },
-      }),
-    );
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const gw = await gwWith([{ ...prov('p0', up.url), models: [{ name: 'm', context_window: 50 }] }], {
+      r: { targets: ['p0/m'] },
+    });
+    const { m0, before } = await mark(gw);
     const r = await post(gw, { model: 'r', messages: [{ role: 'user', content: 'word '.repeat(400) }] });
     expect(r.status).toBe(400);
-    const l = await newLines(gw, before);
-    expect(l).toHaveLength(1);
-    expect(l[0]).toMatchObject({ reqId: r.headers['x-request-id'], route: 'r', status: 400, attempts: 0 });
+    await expectLineOf(gw, before, r, { route: 'r', status: 400, attempts: 0 });
     expect(Number(r.headers['x-router-attempts'])).toBe(0);
-    expect(await delta(gw, m0, 'llm_router_requests_total', { route: 'r', status: '400' })).toBe(1);
-    expect(await delta(gw, m0, 'llm_router_requests_total', {})).toBe(1);
+    await expectRequestsCounted(gw, m0, { route: 'r', status: '400' }, 1);
     expect(up.received).toHaveLength(0);
   }, 20_000);
 
   it('a tiered route: the line tier = x-router-tier header; routing_decisions_total +1', async () => {
     const up = track(await startMock((r, res) => answerOk(r.body, res)));
-    const gw = track(
-      await startGateway({
-        server: { api_keys: [CLIENT_KEY] },
-        providers: [prov('p0', up.url), { ...prov('p1', up.url) }],
-        routes: {
-          auto: {
-            tiers: { fast: ['p0/m'], deep: ['p1/m'] },
-            rules: [{ if: { max_prompt_tokens: 400 }, tier: 'fast' }],
-            default_tier: 'deep',
-            router: { tier: 'fast' },
-          },
-        },
-      }),
-    );
-    const m0 = await scrapeAll(gw);
-    const before = lines(gw).length;
+    const gw = await gwWith([prov('p0', up.url), { ...prov('p1', up.url) }], {
+      auto: {
+        tiers: { fast: ['p0/m'], deep: ['p1/m'] },
+        rules: [{ if: { max_prompt_tokens: 400 }, tier: 'fast' }],
+        default_tier: 'deep',
+        router: { tier: 'fast' },
+      },
+    });
+    const { m0, before } = await mark(gw);
     const r = await post(gw, { model: 'auto', messages: MSGS }, { 'x-router-tier': 'deep' });
     expect(r.status).toBe(200);
-    const l = await newLines(gw, before);
-    expect(l).toHaveLength(1);
-    expect(l[0]).toMatchObject({
-      reqId: r.headers['x-request-id'],
-      route: 'auto',
-      tier: r.headers['x-router-tier'],
-      upstream: 'p1/m',
-    });
+    await expectLineOf(gw, before, r, { route: 'auto', tier: r.headers['x-router-tier'], upstream: 'p1/m' });
     expect(await delta(gw, m0, 'llm_router_routing_decisions_total', { route: 'auto', provider: 'p1' })).toBe(
       1,
     );

@@ -37,6 +37,8 @@ const GPT = { input_per_mtok: 2.5, output_per_mtok: 10, cached_input_per_mtok: 1
 const GPT_NO_CACHE = { input_per_mtok: 2.5, output_per_mtok: 10 };
 /** Claude Sonnet 4.5's list prices (cache reads at 0.1x input). */
 const CLAUDE = { input_per_mtok: 3, output_per_mtok: 15, cached_input_per_mtok: 0.3 };
+/** gpt-4o-mini's list prices. */
+const MINI = { input_per_mtok: 0.15, output_per_mtok: 0.6 };
 
 // ------------------------------------------------------------------------------------------------------------
 // Mock upstreams
@@ -286,69 +288,109 @@ function chunksOf(text: string): Json[] {
 /** A chunk that carries usage (OpenAI's last chunk under include_usage). */
 const carriesUsage = (c: Json): boolean => c.usage !== undefined && c.usage !== null;
 
+/** A stream request asking for usage (`stream_options.include_usage`). */
+const STREAM_WITH_USAGE = { stream: true, stream_options: { include_usage: true } };
+
+/**
+ * A gateway over `oa` and `an` (openAiLike() and anthropicLike() unless given), `body` chatted to it and
+ * answered 200.
+ */
+async function chatOk(
+  body: Json,
+  oa: (req: Received, res: ServerResponse) => void = openAiLike(),
+  an: (req: Received, res: ServerResponse) => void = anthropicLike(),
+) {
+  const setup = await gatewayOver(oa, an);
+  const r = await chat(setup.gw, body);
+  expect(r.status).toBe(200);
+  return { ...setup, r };
+}
+
+/** The request line of `id`, checked: its token counts when `tokens` is given, its costUsd when `cost` is. */
+async function expectLine(
+  gw: TestGateway,
+  id: string,
+  tokens?: { promptTokens: number; completionTokens: number },
+  cost?: number,
+): Promise<Json> {
+  const line = await lineOf(gw, id);
+  if (tokens !== undefined) expect(line).toMatchObject(tokens);
+  if (cost !== undefined) expect(line.costUsd as number).toBeCloseTo(cost, 12);
+  return line;
+}
+
+/** The counters of provider/model, checked: the tokens in `tokens` when given, the dollars when `cost` is. */
+async function expectCounted(
+  gw: TestGateway,
+  provider: string,
+  model: string,
+  tokens?: Partial<Omit<Counted, 'cost'>>,
+  cost?: number,
+): Promise<Counted> {
+  const c = await counted(gw, provider, model);
+  if (tokens !== undefined) expect(c).toMatchObject(tokens);
+  if (cost !== undefined) expect(c.cost).toBeCloseTo(cost, 12);
+  return c;
+}
+
+/** The usage of a stream's one usage chunk, which must be its last chunk. */
+function lastChunkUsage(text: string): unknown {
+  const chunks = chunksOf(text);
+  const withUsage = chunks.filter(carriesUsage);
+  expect(withUsage).toHaveLength(1);
+  expect(chunks[chunks.length - 1]).toBe(withUsage[0]);
+  return withUsage[0]!.usage;
+}
+
+/** OpenAI's last stream chunk under include_usage: no choices, `usage`. */
+const usageFrame = (model: unknown, usage: Json): string =>
+  `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model, choices: [], usage })}\n\n`;
+
+/** An OpenAI-kind provider block at `url` with the fast timeouts. */
+function openaiProvider(name: string, url: string, models: Json[]): Json {
+  return { name, kind: 'openai', base_url: `${url}/v1`, timeouts: FAST_TIMEOUTS, models };
+}
+
+/** A gateway over these providers and routes. */
+async function gatewayWith(providers: Json[], routes: Json): Promise<TestGateway> {
+  return track(await startGateway({ providers, routes }));
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // OpenAI usage
 // ------------------------------------------------------------------------------------------------------------
 
 describe('OpenAI usage: counted and priced as the invoice bills it', () => {
   it('JSON: cached prompt tokens at cached_input_per_mtok; reasoning and audio tokens counted once; usage relayed as sent', async () => {
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike());
-    const r = await chat(gw, { model: 'oa/gpt-4o' });
-    expect(r.status).toBe(200);
+    const { gw, r } = await chatOk({ model: 'oa/gpt-4o' });
     expect(r.json.usage).toEqual(OPENAI_USAGE);
 
     // 464 uncached prompt tokens at 2.5, 1536 cached at 1.25, 300 completion (120 of them reasoning) at 10.
     const cost = usd(464 * 2.5 + 1536 * 1.25 + 300 * 10);
-    const line = await lineOf(gw, r.id);
-    expect(line).toMatchObject({ promptTokens: 2000, completionTokens: 300 });
-    expect(line.costUsd as number).toBeCloseTo(cost, 12);
-    const c = await counted(gw, 'oa', 'gpt-4o');
-    expect(c.prompt).toBe(2000);
-    expect(c.completion).toBe(300);
-    expect(c.cost).toBeCloseTo(cost, 12);
+    await expectLine(gw, r.id, { promptTokens: 2000, completionTokens: 300 }, cost);
+    await expectCounted(gw, 'oa', 'gpt-4o', { prompt: 2000, completion: 300 }, cost);
   });
 
   it('JSON: without a cached price, cached prompt tokens are charged at the input price', async () => {
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike());
-    const r = await chat(gw, { model: 'oa/gpt-4o-nocache' });
-    expect(r.status).toBe(200);
+    const { gw, r } = await chatOk({ model: 'oa/gpt-4o-nocache' });
     const cost = usd(2000 * 2.5 + 300 * 10);
-    const line = await lineOf(gw, r.id);
-    expect(line.costUsd as number).toBeCloseTo(cost, 12);
-    const c = await counted(gw, 'oa', 'gpt-4o-nocache');
-    expect(c).toMatchObject({ prompt: 2000, completion: 300 });
-    expect(c.cost).toBeCloseTo(cost, 12);
+    await expectLine(gw, r.id, undefined, cost);
+    await expectCounted(gw, 'oa', 'gpt-4o-nocache', { prompt: 2000, completion: 300 }, cost);
   });
 
   it('stream with include_usage: the last chunk is the upstream usage, and the counters and the line are that usage', async () => {
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike());
-    const r = await chat(gw, {
-      model: 'oa/gpt-4o',
-      stream: true,
-      stream_options: { include_usage: true },
-    });
-    expect(r.status).toBe(200);
-    const chunks = chunksOf(r.text);
-    const withUsage = chunks.filter(carriesUsage);
-    expect(withUsage).toHaveLength(1);
-    expect(chunks[chunks.length - 1]).toBe(withUsage[0]);
-    expect(withUsage[0]!.usage).toEqual(OPENAI_USAGE);
+    const { gw, r } = await chatOk({ model: 'oa/gpt-4o', ...STREAM_WITH_USAGE });
+    expect(lastChunkUsage(r.text)).toEqual(OPENAI_USAGE);
 
     const cost = usd(464 * 2.5 + 1536 * 1.25 + 300 * 10);
-    const line = await lineOf(gw, r.id);
-    expect(line).toMatchObject({ promptTokens: 2000, completionTokens: 300 });
-    expect(line.costUsd as number).toBeCloseTo(cost, 12);
-    const c = await counted(gw, 'oa', 'gpt-4o');
-    expect(c).toMatchObject({ prompt: 2000, completion: 300 });
-    expect(c.cost).toBeCloseTo(cost, 12);
+    await expectLine(gw, r.id, { promptTokens: 2000, completionTokens: 300 }, cost);
+    await expectCounted(gw, 'oa', 'gpt-4o', { prompt: 2000, completion: 300 }, cost);
   });
 
   it('stream without include_usage: the upstream gets the body as the client wrote it, and the answer is counted from its text (README)', async () => {
     // The gateway does not add stream_options to a client's body (unknown and known fields alike go as
     // sent): a stream whose client did not ask for usage is counted from its text, marked estimated.
-    const { gw, openai } = await gatewayOver(openAiLike(), anthropicLike());
-    const r = await chat(gw, { model: 'oa/gpt-4o', stream: true });
-    expect(r.status).toBe(200);
+    const { gw, openai, r } = await chatOk({ model: 'oa/gpt-4o', stream: true });
     expect(openai.received[0]!.body.stream_options).toBeUndefined();
     const line = await lineOf(gw, r.id);
     expect(line.completionTokens as number).toBeGreaterThan(0);
@@ -357,9 +399,7 @@ describe('OpenAI usage: counted and priced as the invoice bills it', () => {
   });
 
   it('stream without include_usage: the client gets no usage chunk and no usage field, whatever the gateway asked upstream', async () => {
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike());
-    const r = await chat(gw, { model: 'oa/gpt-4o', stream: true });
-    expect(r.status).toBe(200);
+    const { r } = await chatOk({ model: 'oa/gpt-4o', stream: true });
     expect(r.text.endsWith('data: [DONE]\n\n')).toBe(true);
     const chunks = chunksOf(r.text);
     expect(chunks.length).toBeGreaterThan(2);
@@ -376,25 +416,15 @@ describe('OpenAI usage: counted and priced as the invoice bills it', () => {
       total_tokens: 562,
       completion_tokens_details: { reasoning_tokens: 512 },
     };
-    const { gw } = await gatewayOver((req, res) => {
+    const { gw, r } = await chatOk({ model: 'oa/gpt-4o', ...STREAM_WITH_USAGE }, (req, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       const m = req.body.model;
-      const last = `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: m, choices: [], usage })}\n\n`;
       res.end(
-        `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, {}, 'length')}${last}data: [DONE]\n\n`,
+        `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, {}, 'length')}${usageFrame(m, usage)}data: [DONE]\n\n`,
       );
-    }, anthropicLike());
-    const r = await chat(gw, {
-      model: 'oa/gpt-4o',
-      stream: true,
-      stream_options: { include_usage: true },
     });
-    expect(r.status).toBe(200);
-    const line = await lineOf(gw, r.id);
-    expect(line).toMatchObject({ promptTokens: 50, completionTokens: 512 });
-    const c = await counted(gw, 'oa', 'gpt-4o');
-    expect(c).toMatchObject({ prompt: 50, completion: 512 });
-    expect(c.cost).toBeCloseTo(usd(50 * 2.5 + 512 * 10), 12);
+    await expectLine(gw, r.id, { promptTokens: 50, completionTokens: 512 });
+    await expectCounted(gw, 'oa', 'gpt-4o', { prompt: 50, completion: 512 }, usd(50 * 2.5 + 512 * 10));
   });
 });
 
@@ -404,9 +434,7 @@ describe('OpenAI usage: counted and priced as the invoice bills it', () => {
 
 describe('Anthropic usage: translated, counted and priced as Anthropic bills it', () => {
   it('JSON: prompt_tokens = input + cache writes + cache reads, cached_tokens = reads, total = prompt + completion; counters agree', async () => {
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike());
-    const r = await chat(gw, { model: 'an/claude-sonnet-4-5' });
-    expect(r.status).toBe(200);
+    const { gw, r } = await chatOk({ model: 'an/claude-sonnet-4-5' });
     const u = r.json.usage as Json;
     expect(u).toMatchObject({
       prompt_tokens: 1005,
@@ -414,24 +442,18 @@ describe('Anthropic usage: translated, counted and priced as Anthropic bills it'
       total_tokens: 1045,
       prompt_tokens_details: { cached_tokens: 900 },
     });
-    const line = await lineOf(gw, r.id);
-    expect(line).toMatchObject({ promptTokens: 1005, completionTokens: 40 });
-    const c = await counted(gw, 'an', 'claude-sonnet-4-5');
-    expect(c).toMatchObject({ prompt: 1005, completion: 40 });
+    await expectLine(gw, r.id, { promptTokens: 1005, completionTokens: 40 });
+    await expectCounted(gw, 'an', 'claude-sonnet-4-5', { prompt: 1005, completion: 40 });
   });
 
   it('JSON: cache reads at the cached price, cache writes at the price Anthropic bills them (1.25x input for 5 minutes)', async () => {
     // Anthropic's invoice for this answer: 5 input x $3 + 100 cache-write (5m) x $3.75 + 900 cache-read x
     // $0.30 + 40 output x $15 = $0.00126. Charging cache writes at the plain input price undercounts every
     // prompt-caching workload's writes by a fifth (by half for the 1-hour cache).
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike());
-    const r = await chat(gw, { model: 'an/claude-sonnet-4-5' });
-    expect(r.status).toBe(200);
+    const { gw, r } = await chatOk({ model: 'an/claude-sonnet-4-5' });
     const cost = usd(5 * 3 + 100 * 3 * 1.25 + 900 * 0.3 + 40 * 15);
-    const line = await lineOf(gw, r.id);
-    expect(line.costUsd as number).toBeCloseTo(cost, 12);
-    const c = await counted(gw, 'an', 'claude-sonnet-4-5');
-    expect(c.cost).toBeCloseTo(cost, 12);
+    await expectLine(gw, r.id, undefined, cost);
+    await expectCounted(gw, 'an', 'claude-sonnet-4-5', undefined, cost);
   });
 
   it('JSON: 1-hour cache writes at 2x input', async () => {
@@ -442,55 +464,43 @@ describe('Anthropic usage: translated, counted and priced as Anthropic bills it'
       cache_creation: { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: 2000 },
       output_tokens: 20,
     };
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike(usage));
-    const r = await chat(gw, { model: 'an/claude-sonnet-4-5' });
-    expect(r.status).toBe(200);
+    const { gw, r } = await chatOk({ model: 'an/claude-sonnet-4-5' }, openAiLike(), anthropicLike(usage));
     expect((r.json.usage as Json).prompt_tokens).toBe(2010);
-    const line = await lineOf(gw, r.id);
-    expect(line.costUsd as number).toBeCloseTo(usd(10 * 3 + 2000 * 3 * 2 + 20 * 15), 12);
+    await expectLine(gw, r.id, undefined, usd(10 * 3 + 2000 * 3 * 2 + 20 * 15));
   });
 
   it('JSON without a cached price: cache reads at a tenth of the input price, as Anthropic bills them (README), counts unchanged', async () => {
     const usage = { input_tokens: 5, cache_read_input_tokens: 900, output_tokens: 40 };
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike(usage));
-    const r = await chat(gw, { model: 'an/claude-sonnet-4-5-noprice' });
-    expect(r.status).toBe(200);
-    const line = await lineOf(gw, r.id);
-    expect(line).toMatchObject({ promptTokens: 905, completionTokens: 40 });
-    expect(line.costUsd as number).toBeCloseTo(usd(5 * 3 + 900 * 0.3 + 40 * 15), 12);
+    const { gw, r } = await chatOk(
+      { model: 'an/claude-sonnet-4-5-noprice' },
+      openAiLike(),
+      anthropicLike(usage),
+    );
+    const cost = usd(5 * 3 + 900 * 0.3 + 40 * 15);
+    await expectLine(gw, r.id, { promptTokens: 905, completionTokens: 40 }, cost);
   });
 
   it('stream: input counts from message_start and output from message_delta make one usage chunk (when asked), the counters and the cost', async () => {
     const usage = { input_tokens: 12, cache_read_input_tokens: 3000, output_tokens: 9 };
-    const { gw } = await gatewayOver(openAiLike(), anthropicLike(usage));
-    const r = await chat(gw, {
-      model: 'an/claude-sonnet-4-5',
-      stream: true,
-      stream_options: { include_usage: true },
-    });
-    expect(r.status).toBe(200);
-    const chunks = chunksOf(r.text);
-    const withUsage = chunks.filter(carriesUsage);
-    expect(withUsage).toHaveLength(1);
-    expect(chunks[chunks.length - 1]).toBe(withUsage[0]);
-    expect(withUsage[0]!.usage).toMatchObject({
+    const { gw, r } = await chatOk(
+      { model: 'an/claude-sonnet-4-5', ...STREAM_WITH_USAGE },
+      openAiLike(),
+      anthropicLike(usage),
+    );
+    expect(lastChunkUsage(r.text)).toMatchObject({
       prompt_tokens: 3012,
       completion_tokens: 9,
       total_tokens: 3021,
       prompt_tokens_details: { cached_tokens: 3000 },
     });
     const cost = usd(12 * 3 + 3000 * 0.3 + 9 * 15);
-    const line = await lineOf(gw, r.id);
-    expect(line).toMatchObject({ promptTokens: 3012, completionTokens: 9 });
-    expect(line.costUsd as number).toBeCloseTo(cost, 12);
-    const c = await counted(gw, 'an', 'claude-sonnet-4-5');
-    expect(c).toMatchObject({ prompt: 3012, completion: 9 });
-    expect(c.cost).toBeCloseTo(cost, 12);
+    await expectLine(gw, r.id, { promptTokens: 3012, completionTokens: 9 }, cost);
+    await expectCounted(gw, 'an', 'claude-sonnet-4-5', { prompt: 3012, completion: 9 }, cost);
 
     // Not asked: no usage chunk, the same counts.
     const plain = await chat(gw, { model: 'an/claude-sonnet-4-5', stream: true });
     expect(chunksOf(plain.text).some(carriesUsage)).toBe(false);
-    expect(await lineOf(gw, plain.id)).toMatchObject({ promptTokens: 3012, completionTokens: 9 });
+    await expectLine(gw, plain.id, { promptTokens: 3012, completionTokens: 9 });
   });
 });
 
@@ -524,9 +534,11 @@ function anthropicCut(then: 'reset' | 'hang') {
 
 describe('a stream that does not finish is billed what the upstream said it read', () => {
   it('cut after content (on_stream_failure terminate): prompt = the input message_start reported, cache read at its price', async () => {
-    const { gw } = await gatewayOver(openAiLike(), anthropicCut('reset'));
-    const r = await chat(gw, { model: 'an/claude-sonnet-4-5', stream: true });
-    expect(r.status).toBe(200);
+    const { gw, r } = await chatOk(
+      { model: 'an/claude-sonnet-4-5', stream: true },
+      openAiLike(),
+      anthropicCut('reset'),
+    );
     expect(r.text).toContain('stream_interrupted');
     const line = await lineOf(gw, r.id);
     expect(line.status).toBe(200);
@@ -535,36 +547,21 @@ describe('a stream that does not finish is billed what the upstream said it read
     // Anthropic bills the 3,040 prompt tokens it read (3,000 from its cache) however the stream ended.
     expect(line.promptTokens).toBe(3040);
     expect(line.costUsd as number).toBeCloseTo(usd(40 * 3 + 3000 * 0.3 + completion * 15), 12);
-    const c = await counted(gw, 'an', 'claude-sonnet-4-5');
-    expect(c.prompt).toBe(3040);
+    await expectCounted(gw, 'an', 'claude-sonnet-4-5', { prompt: 3040 });
   });
 
   it('a stream whose usage was relayed to the client, then reset before [DONE]: the line bills that usage', async () => {
     // The client holds a usage chunk saying 2,000 prompt tokens; the gateway's own accounting of the same
     // request must not say 8.
     const usage = { prompt_tokens: 2000, completion_tokens: 3, total_tokens: 2003 };
-    const { gw } = await gatewayOver((req, res) => {
+    const { gw, r } = await chatOk({ model: 'oa/gpt-4o-nocache', ...STREAM_WITH_USAGE }, (req, res) => {
       const m = req.body.model;
       res.writeHead(200, { 'content-type': 'text/event-stream' });
-      const last = JSON.stringify({
-        id: 'c',
-        object: 'chat.completion.chunk',
-        created: 1,
-        model: m,
-        choices: [],
-        usage,
-      });
       res.write(
-        `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, { content: 'one two three' })}${chunkFrame(m, {}, 'stop')}data: ${last}\n\n`,
+        `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, { content: 'one two three' })}${chunkFrame(m, {}, 'stop')}${usageFrame(m, usage)}`,
       );
       setTimeout(() => res.destroy(), 60);
-    }, anthropicLike());
-    const r = await chat(gw, {
-      model: 'oa/gpt-4o-nocache',
-      stream: true,
-      stream_options: { include_usage: true },
     });
-    expect(r.status).toBe(200);
     const shown = chunksOf(r.text).find(carriesUsage);
     expect(shown?.usage).toEqual(usage);
     const line = await lineOf(gw, r.id);
@@ -572,8 +569,7 @@ describe('a stream that does not finish is billed what the upstream said it read
       prompt: 2000,
       completion: 3,
     });
-    const c = await counted(gw, 'oa', 'gpt-4o-nocache');
-    expect(c.cost).toBeCloseTo(usd(2000 * 2.5 + 3 * 10), 12);
+    await expectCounted(gw, 'oa', 'gpt-4o-nocache', undefined, usd(2000 * 2.5 + 3 * 10));
   });
 
   it('client leaves mid-stream: its 200 line bills the input message_start reported', async () => {
@@ -632,36 +628,22 @@ describe('who pays what across failover, embeddings and estimates', () => {
       }),
     );
     const tierMock = track(await startMock(openAiLike()));
-    const gw = track(
-      await startGateway({
-        providers: [
-          {
-            name: 'router',
-            kind: 'openai',
-            base_url: `${routerMock.url}/v1`,
-            timeouts: FAST_TIMEOUTS,
-            models: [{ name: 'gpt-4o-mini', price: { input_per_mtok: 0.15, output_per_mtok: 0.6 } }],
-          },
-          {
-            name: 'work',
-            kind: 'openai',
-            base_url: `${tierMock.url}/v1`,
-            timeouts: FAST_TIMEOUTS,
-            models: [
-              { name: 'gpt-4o', price: GPT },
-              { name: 'gpt-4o-b', price: GPT },
-            ],
-          },
-        ],
-        routes: {
-          auto: {
-            strategy: 'priority',
-            tiers: { fast: ['router/gpt-4o-mini'], balanced: ['work/gpt-4o-b'], deep: ['work/gpt-4o'] },
-            default_tier: 'balanced',
-            router: { tier: 'fast', timeout_ms: 3000 },
-          },
+    const gw = await gatewayWith(
+      [
+        openaiProvider('router', routerMock.url, [{ name: 'gpt-4o-mini', price: MINI }]),
+        openaiProvider('work', tierMock.url, [
+          { name: 'gpt-4o', price: GPT },
+          { name: 'gpt-4o-b', price: GPT },
+        ]),
+      ],
+      {
+        auto: {
+          strategy: 'priority',
+          tiers: { fast: ['router/gpt-4o-mini'], balanced: ['work/gpt-4o-b'], deep: ['work/gpt-4o'] },
+          default_tier: 'balanced',
+          router: { tier: 'fast', timeout_ms: 3000 },
         },
-      }),
+      },
     );
     const r = await chat(gw, { model: 'auto' });
     expect(r.status).toBe(200);
@@ -677,26 +659,12 @@ describe('who pays what across failover, embeddings and estimates', () => {
   it('a 5xx before content costs nothing; the upstream that answered is billed its own usage', async () => {
     const bad = track(await startMock((_req, res) => fail500(res)));
     const good = track(await startMock(openAiLike()));
-    const g = track(
-      await startGateway({
-        providers: [
-          {
-            name: 'bad',
-            kind: 'openai',
-            base_url: `${bad.url}/v1`,
-            timeouts: FAST_TIMEOUTS,
-            models: [{ name: 'gpt-4o', price: GPT }],
-          },
-          {
-            name: 'good',
-            kind: 'openai',
-            base_url: `${good.url}/v1`,
-            timeouts: FAST_TIMEOUTS,
-            models: [{ name: 'gpt-4o', price: GPT }],
-          },
-        ],
-        routes: { fo: { strategy: 'priority', targets: ['bad/gpt-4o', 'good/gpt-4o'] } },
-      }),
+    const g = await gatewayWith(
+      [
+        openaiProvider('bad', bad.url, [{ name: 'gpt-4o', price: GPT }]),
+        openaiProvider('good', good.url, [{ name: 'gpt-4o', price: GPT }]),
+      ],
+      { fo: { strategy: 'priority', targets: ['bad/gpt-4o', 'good/gpt-4o'] } },
     );
     for (const stream of [false, true]) {
       const r = await chat(g, {
@@ -715,9 +683,8 @@ describe('who pays what across failover, embeddings and estimates', () => {
     }
     const b = await counted(g, 'bad', 'gpt-4o');
     expect(b).toEqual({ prompt: 0, completion: 0, cost: 0 });
-    const c = await counted(g, 'good', 'gpt-4o');
-    expect(c).toMatchObject({ prompt: 4000, completion: 600 });
-    expect(c.cost).toBeCloseTo(2 * usd(464 * 2.5 + 1536 * 1.25 + 300 * 10), 12);
+    const cost = 2 * usd(464 * 2.5 + 1536 * 1.25 + 300 * 10);
+    await expectCounted(g, 'good', 'gpt-4o', { prompt: 4000, completion: 600 }, cost);
   });
 
   it('embeddings: prompt tokens only, at the input price; total_tokens alone (Voyage) counts as prompt', async () => {
@@ -732,26 +699,14 @@ describe('who pays what across failover, embeddings and estimates', () => {
         });
       }),
     );
-    const gw = track(
-      await startGateway({
-        providers: [
-          {
-            name: 'emb',
-            kind: 'openai',
-            base_url: `${emb.url}/v1`,
-            timeouts: FAST_TIMEOUTS,
-            models: [
-              {
-                name: 'text-embedding-3-small',
-                capabilities: ['embeddings'],
-                price: { input_per_mtok: 0.02 },
-              },
-              { name: 'voyage-3', capabilities: ['embeddings'], price: { input_per_mtok: 0.06 } },
-            ],
-          },
-        ],
-        routes: { e: { strategy: 'priority', targets: ['emb/text-embedding-3-small'] } },
-      }),
+    const gw = await gatewayWith(
+      [
+        openaiProvider('emb', emb.url, [
+          { name: 'text-embedding-3-small', capabilities: ['embeddings'], price: { input_per_mtok: 0.02 } },
+          { name: 'voyage-3', capabilities: ['embeddings'], price: { input_per_mtok: 0.06 } },
+        ]),
+      ],
+      { e: { strategy: 'priority', targets: ['emb/text-embedding-3-small'] } },
     );
     for (const model of ['e', 'emb/voyage-3']) {
       const res = await request(`${gw.url}/v1/embeddings`, {
@@ -777,7 +732,7 @@ describe('who pays what across failover, embeddings and estimates', () => {
   });
 
   it('an answer with no usage is estimated (prompt and completion above 0) and priced, not counted as free', async () => {
-    const { gw } = await gatewayOver((req, res) => {
+    const { gw, r } = await chatOk({ model: 'oa/gpt-4o' }, (req, res) => {
       sendJson(res, 200, {
         id: 'x',
         object: 'chat.completion',
@@ -791,9 +746,7 @@ describe('who pays what across failover, embeddings and estimates', () => {
           },
         ],
       });
-    }, anthropicLike());
-    const r = await chat(gw, { model: 'oa/gpt-4o' });
-    expect(r.status).toBe(200);
+    });
     expect(r.json.usage).toBeUndefined(); // nothing invented for the client
     const line = await lineOf(gw, r.id);
     const p = line.promptTokens as number;
@@ -808,20 +761,9 @@ describe('who pays what across failover, embeddings and estimates', () => {
     const mock = track(
       await startMock(openAiLike({ prompt_tokens: 1, completion_tokens: 0, total_tokens: 1 })),
     );
-    const g = track(
-      await startGateway({
-        providers: [
-          {
-            name: 'mini',
-            kind: 'openai',
-            base_url: `${mock.url}/v1`,
-            timeouts: FAST_TIMEOUTS,
-            models: [{ name: 'gpt-4o-mini', price: { input_per_mtok: 0.15, output_per_mtok: 0.6 } }],
-          },
-        ],
-        routes: { r: { strategy: 'priority', targets: ['mini/gpt-4o-mini'] } },
-      }),
-    );
+    const g = await gatewayWith([openaiProvider('mini', mock.url, [{ name: 'gpt-4o-mini', price: MINI }])], {
+      r: { strategy: 'priority', targets: ['mini/gpt-4o-mini'] },
+    });
     const idsSent: string[] = [];
     for (let i = 0; i < n; i++) {
       const r = await chat(g, { model: 'r' });
