@@ -136,6 +136,11 @@ export interface StreamTranslator {
    */
   saidNoFinish?(): boolean;
   /**
+   * The answer is whole already (every choice ended at a stop the gateway applies): a read error or a close
+   * now ends it as finished, not as a cut stream.
+   */
+  complete?(): boolean;
+  /**
    * The usage known so far of a stream that ended early (Anthropic's input counts at message_start; its
    * output count is not the answer's until message_delta, so unreported): what a cut stream bills.
    */

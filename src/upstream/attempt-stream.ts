@@ -311,6 +311,13 @@ async function attemptStreamBody(
     } catch (err) {
       readError = err;
     }
+    // An answer already whole (each choice ended at a stop the gateway applies): the upstream failing or
+    // closing after it does not cut it. A client that left is still a client gone.
+    if (!ended && !streamError && !input.clientSignal.aborted && translator.complete?.() === true) {
+      ended = true;
+      endedEarly = true;
+      readError = undefined;
+    }
     if (out !== '') writer.write(out);
     const totalMs = input.now() - t0;
 

@@ -267,3 +267,11 @@ export async function countedUpstream(
     },
   };
 }
+
+/** A reasoning model's usage (o3's shape): 90 completion tokens, 64 of them hidden reasoning. */
+export const REASONING_USAGE = {
+  prompt_tokens: 20,
+  completion_tokens: 90,
+  total_tokens: 110,
+  completion_tokens_details: { reasoning_tokens: 64 },
+};

@@ -17,6 +17,7 @@ import {
   sendJson,
   startRecordingMock,
   type RecordingMock,
+  REASONING_USAGE,
 } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
@@ -25,12 +26,7 @@ type Json = Record<string, unknown>;
 const THOUGHT =
   'Thought: I should look it up.\nAction: search[weather]\nObservation: sunny, 21 C\nThought: done';
 const STOP = '\nObservation:';
-const USAGE = {
-  prompt_tokens: 20,
-  completion_tokens: 90,
-  total_tokens: 110,
-  completion_tokens_details: { reasoning_tokens: 64 },
-};
+const USAGE = REASONING_USAGE;
 
 /** As o3 answers: `stop` refused; otherwise `text` per choice, streamed `size` characters a delta. */
 function o3(text: string, size = 5) {

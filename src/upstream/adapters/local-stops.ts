@@ -9,6 +9,9 @@
 
 type Json = Record<string, unknown>;
 
+/** Choices a stream's stops follow at most (ChunkStops). */
+const MAX_CHOICES = 256;
+
 const isJson = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 /** The client's stop sequences (a string or a list), the empty ones left out. */
@@ -110,6 +113,8 @@ export function cutCompletion(completion: Json, stops: readonly string[]): boole
 export class ChunkStops {
   private readonly texts = new Map<number, LocalStops>();
   private readonly stopped = new Set<number>();
+  /** Choices stopped since takeStopped was last asked. */
+  private fresh: number[] = [];
   /** The last chunk's id, created and model: what is still held at the end goes in a chunk like it. */
   private meta: Json = {};
 
@@ -141,6 +146,18 @@ export class ChunkStops {
     return kept.length === 0 && (chunk.usage === undefined || chunk.usage === null) ? 'drop' : 'changed';
   }
 
+  /** The choices ended at a stop since the last call. */
+  takeStopped(): number[] {
+    const fresh = this.fresh;
+    this.fresh = [];
+    return fresh;
+  }
+
+  /** Every one of the `expected` choices ended at a stop: the answer is whole, whatever the upstream does next. */
+  allStopped(expected: number): boolean {
+    return this.stopped.size >= expected;
+  }
+
   /** A chunk of what is still held back when the stream ends without its choices finishing; undefined if none. */
   flush(): Json | undefined {
     const choices: Json[] = [];
@@ -158,7 +175,11 @@ export class ChunkStops {
     let text = this.texts.get(at);
     let changed = false;
     if (delta !== undefined && typeof content === 'string' && content !== '') {
-      if (text === undefined) this.texts.set(at, (text = new LocalStops(this.stops)));
+      if (text === undefined) {
+        // A hostile upstream's thousands of choice indexes do not grow this without bound: past it, as sent.
+        if (this.texts.size >= MAX_CHOICES) return false;
+        this.texts.set(at, (text = new LocalStops(this.stops)));
+      }
       const out = text.feed(content);
       if (out !== content) {
         delta.content = out;
@@ -166,6 +187,7 @@ export class ChunkStops {
       }
       if (text.stopped) {
         this.stopped.add(at);
+        this.fresh.push(at);
         delete delta.tool_calls;
         choice.finish_reason = 'stop';
         return true;

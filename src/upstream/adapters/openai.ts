@@ -57,10 +57,19 @@ export const openaiAdapter: ChatAdapter = {
       const rest = stops?.flush();
       if (rest !== undefined) sink.chunk(JSON.stringify(rest), contentTokens(rest), rest);
     };
+    const expected = ctx.choices ?? 1;
+    /** Every choice ended at a stop of ours: the answer is whole, whatever the upstream does after. */
+    const whole = (): boolean => stops !== undefined && stops.allStopped(expected);
     // Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same
     // write) is not relayed, as a client calling it directly would stop reading there.
     let over = false;
+    /** A whole answer ends: an error or a close after it is not the answer's (its usage is simply not known). */
+    const endWhole = (): void => {
+      over = true;
+      sink.end(true);
+    };
     return {
+      complete: whole,
       // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
       // complete, so it ends like one. A close before every choice has its finish_reason is a cut stream.
       close() {
@@ -80,6 +89,7 @@ export const openaiAdapter: ChatAdapter = {
         }
         const obj = parseJsonObject(data);
         if (type === 'error') {
+          if (whole()) return endWhole();
           // `event: error` (some servers' way; the OpenAI SDK throws on it) is a failure whatever its data says:
           // relayed as a chunk, or dropped as text, it let a `[DONE]` after it end a cut answer as finished.
           over = true;
@@ -91,6 +101,7 @@ export const openaiAdapter: ChatAdapter = {
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
         // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
         if (isErrorValue(obj.error)) {
+          if (whole()) return endWhole();
           over = true;
           sink.error(inBandError(obj));
           return;
@@ -98,6 +109,7 @@ export const openaiAdapter: ChatAdapter = {
         const usage = readUsage(obj);
         if (usage) sink.usage(usage);
         if (choices.see(obj)) {
+          if (whole()) return endWhole();
           over = true;
           sink.error({
             status: 500,
@@ -110,11 +122,12 @@ export const openaiAdapter: ChatAdapter = {
         }
         if (stops !== undefined) {
           const verdict = stops.apply(obj);
-          if (verdict === 'drop') return;
-          if (verdict === 'changed') {
-            sink.chunk(JSON.stringify(obj), contentTokens(obj), obj);
-            return;
-          }
+          if (verdict === 'changed') sink.chunk(JSON.stringify(obj), contentTokens(obj), obj);
+          else if (verdict === 'same') sink.chunk(data, contentTokens(obj), obj);
+          for (const index of stops.takeStopped()) choices.finish(index);
+          // Nothing more can reach a client that asked for no usage: the answer ends here, the rest unread.
+          if (!ctx.includeUsage && whole()) endWhole();
+          return;
         }
         sink.chunk(data, contentTokens(obj), obj);
       },
@@ -278,6 +291,12 @@ class ChoiceEnds {
       } else if (!this.finished.has(index)) this.open.add(index);
     }
     return false;
+  }
+
+  /** A choice ended by the gateway (a stop it applies): finished, as one the upstream ended. */
+  finish(index: number): void {
+    this.finished.add(index);
+    this.open.delete(index);
   }
 
   anyFinished(): boolean {
