@@ -376,6 +376,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
   });
 }
 
+/** An answer's Content-Type is an event stream (SSE), whatever its parameters and case. */
 function isEventStream(contentType: unknown): boolean {
   return typeof contentType === 'string' && contentType.toLowerCase().includes('text/event-stream');
 }
