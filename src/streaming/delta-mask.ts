@@ -2,13 +2,13 @@
  * Masks configured secrets in a streamed answer's text, whole or split across deltas. A model that echoes a
  * key sends it as several tokens, one delta each (`sk`, `-proj`, `-Xa9`, …): each frame scrubbed alone lets
  * all of it through. Per choice and text channel (content, refusal, reasoning, a list of parts' text and
- * thinking, the audio transcript, each tool call's arguments) the last characters sent are kept, so a secret
- * that ends in this delta is found and its part here masked; a delta that ends in 4 or more of a secret's
- * first characters holds those back until the next shows whether the secret follows. At most the 3
- * characters before the hold (an `sk-`) reach the client, as with a cut error body (observability/scrub.ts
- * cutTail). Held text whose channel ends (its choice finishes, another channel of the choice starts, the
- * stream ends) was the start of a secret the answer stopped inside: it goes as `[REDACTED]` (under 8
- * characters, as written: a word like "token" that a key starts with). A chunk whose
+ * thinking, the audio transcript, each tool call's arguments) the end of the text sent that a secret may go
+ * on from is kept, so a secret that ends in this delta is found and its part here masked; a delta that ends
+ * in 4 or more of a secret's first characters holds those back until the next shows whether the secret
+ * follows. At most the 3 characters before the hold (an `sk-`) reach the client, as with a cut error body
+ * (observability/scrub.ts cutTail). Held text whose channel ends (its choice finishes, another channel of the
+ * choice starts, the stream ends) was the start of a secret the answer stopped inside: it goes as
+ * `[REDACTED]` (under 8 characters, as written: a word like "token" that a key starts with). A chunk whose
  * text changed has its logprobs made to match (their tokens spell the same text).
  */
 import { ANSWER_TEXT_FIELDS } from '../text.js';
