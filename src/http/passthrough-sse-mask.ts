@@ -13,10 +13,11 @@ import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 /** An event that does not end within this many characters is relayed as it comes, no longer read. */
 const MAX_EVENT_CHARS = 1 << 20;
 /**
- * A blank line: two line endings, each CRLF, LF or CR (SSE allows any, mixed). A CR last in what has come
- * may be the start of a CRLF: it ends a line only once a character other than LF follows.
+ * A blank line: two line endings, each CRLF, LF or CR (SSE allows any, mixed). A first CR ends a line only
+ * when something other than LF follows it; a second one ends the event at once, and an LF that then comes
+ * first in the next write is the rest of that CRLF (crPending).
  */
-const BOUNDARY = /(?:\r\n|\r(?=[^\n])|\n)(?:\r\n|\r(?=[^\n])|\n)/g;
+const BOUNDARY = /(?:\r\n|\r(?=[^\n])|\n)(?:\r\n|\r|\n)/g;
 /** Events that end the text channels they follow: an item or content part done, the response over. */
 const ENDS = /\.done$|^response\.(?:completed|failed|incomplete)$|^error$/;
 const LINE = /\r\n|\r|\n/;
@@ -77,8 +78,17 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   let parts: string[] = [];
   let partsChars = 0;
   let tail = '';
-  const take = (text: string): string => {
-    if (unread) return text;
+  /** The last event ended in a CR at the end of what had come: an LF first in the next write goes with it. */
+  let crPending = false;
+  const take = (input: string): string => {
+    if (unread) return input;
+    let text = input;
+    let lead = '';
+    if (crPending && text.startsWith('\n')) {
+      lead = '\n';
+      text = text.slice(1);
+    }
+    if (text !== '') crPending = false;
     // A long event arriving in small writes is kept as it came and read once it ends, not joined and read
     // over again at each write: only the new text (and the start of a boundary before it) is looked at.
     BOUNDARY.lastIndex = 0;
@@ -86,24 +96,27 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       parts.push(text);
       partsChars += text.length;
       tail = (tail + text).slice(-3);
-      if (partsChars <= MAX_EVENT_CHARS) return '';
+      if (partsChars <= MAX_EVENT_CHARS) return lead;
       unread = true;
       const rest = parts.join('');
       parts = [];
-      return ended() + rest;
+      return lead + ended() + rest;
     }
     const buf = parts.join('') + text;
-    let out = '';
+    let out = lead;
     let from = 0;
+    let sep = '';
     BOUNDARY.lastIndex = 0;
     for (let m = BOUNDARY.exec(buf); m !== null; m = BOUNDARY.exec(buf)) {
       out += event(buf.slice(from, m.index), m[0]);
       from = m.index + m[0].length;
+      sep = m[0];
     }
     const rest = buf.slice(from);
     parts = rest === '' ? [] : [rest];
     partsChars = rest.length;
     tail = rest.slice(-3);
+    crPending = rest === '' && sep.endsWith('\r');
     return out;
   };
 

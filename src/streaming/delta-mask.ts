@@ -134,7 +134,7 @@ export class DeltaMask {
     if (this.holding === 0) return ended;
     for (const [channel, st] of this.loose) {
       if (st.held === '' || channel === except) continue;
-      ended.push([channel, endOfHold(st.held)]);
+      ended.push([channel, endOfHold(st)]);
       st.held = '';
       st.sent = '';
       this.holding--;
@@ -230,7 +230,7 @@ export class DeltaMask {
     let changed = false;
     for (const [key, st] of fields) {
       if (st.held === '') continue;
-      const text = endOfHold(st.held);
+      const text = endOfHold(st);
       st.held = '';
       st.sent = '';
       this.holding--;
@@ -324,11 +324,12 @@ export class DeltaMask {
 
 /**
  * What a channel held back when it ends: a secret's start the text stopped inside, `[REDACTED]`; but fewer
- * than 8 characters go as written, a word like "token" or "sk-proj" (a key's public prefix), which hold no
+ * than 8 characters of it, with what was sent of it before, go as written, a word like "token" or "sk-proj" (a key's public prefix), which hold no
  * more than a few characters of any key and would otherwise mangle an answer ending in them.
  */
-function endOfHold(held: string): string {
-  return held.length < MAX_RELEASED ? held : REDACTED;
+function endOfHold(st: FieldState): string {
+  // What of the secret was sent before the hold (at most 3 characters) counts too.
+  return st.sent.length + st.held.length < MAX_RELEASED ? st.held : REDACTED;
 }
 
 /** `text` added to channel `key` of `delta`; `first`: a field of its own goes before the delta's others. */

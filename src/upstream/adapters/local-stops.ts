@@ -153,9 +153,9 @@ export class ChunkStops {
     return fresh;
   }
 
-  /** Every one of the `expected` choices ended at a stop: the answer is whole, whatever the upstream does next. */
-  allStopped(expected: number): boolean {
-    return this.stopped.size >= expected;
+  /** Some choice ended at a stop of the gateway's. */
+  anyStopped(): boolean {
+    return this.stopped.size > 0;
   }
 
   /** A chunk of what is still held back when the stream ends without its choices finishing; undefined if none. */

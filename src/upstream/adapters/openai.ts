@@ -57,9 +57,11 @@ export const openaiAdapter: ChatAdapter = {
       const rest = stops?.flush();
       if (rest !== undefined) sink.chunk(JSON.stringify(rest), contentTokens(rest), rest);
     };
-    const expected = ctx.choices ?? 1;
-    /** Every choice ended at a stop of ours: the answer is whole, whatever the upstream does after. */
-    const whole = (): boolean => stops !== undefined && stops.allStopped(expected);
+    /**
+     * Every choice finished, one at least at a stop of ours (the others by the upstream): the answer is whole,
+     * whatever the upstream does after.
+     */
+    const whole = (): boolean => stops !== undefined && stops.anyStopped() && choices.allFinished();
     // Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same
     // write) is not relayed, as a client calling it directly would stop reading there.
     let over = false;

@@ -52,6 +52,11 @@ describe('sseDeltaMask', () => {
     expect(await through(body, 5)).toBe(body);
   });
 
+  it('CR-only and CRLF framing written a byte at a time come out byte for byte', async () => {
+    const cr = delta('one ').replaceAll('\n', '\r') + delta('two').replaceAll('\n', '\r\n');
+    expect(await through(cr, 1)).toBe(cr);
+  });
+
   it('a channel that ends holding the start of the key sends [REDACTED] in an event like its last delta', async () => {
     const body = `${delta('the key: ')}${delta(KEY.slice(0, 8))}event: response.output_text.done\ndata: {"type":"response.output_text.done"}\n\n`;
     const out = await through(body);
