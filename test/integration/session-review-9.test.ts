@@ -109,6 +109,8 @@ describe('passthrough event streams: framing', () => {
   for (const [name, eol, blank] of [
     ['CRLF lines, an LF blank line', '\r\n', '\n'],
     ['LF lines, a CRLF blank line', '\n', '\r\n'],
+    // CR alone: the second CR ends the event at once, not when the next write shows no LF follows.
+    ['CR lines, a CR blank line', '\r', '\r'],
   ] as const) {
     it(`events framed with ${name} reach the client as they come, not at the stream's end`, async () => {
       const seen = gate(1500);
