@@ -12,6 +12,11 @@ import { isObject, type JsonObject as Json } from '../upstream/adapters/common.j
 /** Top-level fields a chunk carries over from its completion. */
 const CARRIED = ['id', 'created', 'model', 'system_fingerprint', 'service_tier'] as const;
 
+/** A chunk's id, object, created and model: the head a chunk the gateway writes after it carries. */
+export function chunkHead(chunk: Json): Json {
+  return { id: chunk.id, object: chunk.object, created: chunk.created, model: chunk.model };
+}
+
 export interface CompletionChunks {
   /** Chunk JSON texts in order: deltas, then finish reasons, then (when asked for) the usage. */
   readonly chunks: { readonly json: string; readonly content: boolean }[];

@@ -11,6 +11,7 @@
  * `[REDACTED]` (under 8 characters, as written: a word like "token" that a key starts with). A chunk whose
  * text changed has its logprobs made to match (their tokens spell the same text).
  */
+import { chunkHead } from './completion-chunks.js';
 import { ANSWER_TEXT_FIELDS } from '../text.js';
 
 const REDACTED = '[REDACTED]';
@@ -75,8 +76,8 @@ export class DeltaMask {
   private channels = 0;
   /** Channels outside chat chunks (channelText). */
   private readonly loose: Fields = new Map();
-  /** The last chunk's id, created and model: a chunk of held text the stream's end lets go is written with them. */
-  private meta: Json = {};
+  /** The last chunk seen: a chunk of held text the stream's end lets go is written with its id, created, model. */
+  private last: Json = {};
 
   /** `held`: the secrets' spellings to follow (heldForms), made once per provider. */
   constructor(held: HeldForms) {
@@ -93,7 +94,7 @@ export class DeltaMask {
     const obj = chunk ?? parse(json);
     const choices = obj?.choices;
     if (obj === undefined || !Array.isArray(choices)) return json;
-    this.meta = { id: obj.id, object: obj.object, created: obj.created, model: obj.model };
+    this.last = obj;
     let changed = false;
     for (let i = 0; i < choices.length; i++) {
       const choice: unknown = choices[i];
@@ -154,7 +155,7 @@ export class DeltaMask {
       if (this.settle(fields, delta, undefined)) choices.push({ index, delta, finish_reason: null });
     }
     this.choices.clear();
-    return choices.length === 0 ? undefined : JSON.stringify({ ...this.meta, choices });
+    return choices.length === 0 ? undefined : JSON.stringify({ ...chunkHead(this.last), choices });
   }
 
   /** Masks and holds back the text of one choice's delta; true when the delta (or its logprobs) changed. */

@@ -160,8 +160,9 @@ export interface ChatAdapter {
   /**
    * Optional fast path for a dialect relayed as it is: the answer's text to send and its usage, without
    * parsing the whole body; `undefined` when the text is not a JSON object (the attempt then fails over).
+   * `ctx.localStops`: the answer is cut at them, and only then written anew.
    */
-  chatResponseText?(text: string): AnswerText | undefined;
+  chatResponseText?(text: string, ctx?: StreamContext): AnswerText | undefined;
   /** A translator for one upstream SSE stream. */
   streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator;
   /** An upstream error response (status + raw body text) in OpenAI terms. */

@@ -31,7 +31,6 @@ import {
   type AttemptResult,
 } from './attempt.js';
 import { afterRefused, contextFor, fitted, refitted } from './attempt-refit.js';
-import { cutCompletion } from './adapters/local-stops.js';
 
 const INVALID_JSON: Classified = { outcome: 'error', retryable: true, reason: 'invalid_upstream_json' };
 /** A 200 whose body is an error object instead of an answer: a 429 there is a rate limit, as in a stream. */
@@ -196,10 +195,9 @@ function attemptJsonBody(
   // A dialect relayed as it is reads only its usage; a translated one is parsed and re-serialised once.
   const asIs = adapter.chatResponseText;
   if (asIs) {
-    const stops = ctx.localStops;
-    if (stops === undefined) return attemptJsonCall(input, prepared, asIs, chat);
-    // Stops the upstream was not sent: its answer is cut at them here, written anew only when it is.
-    return attemptJsonCall(input, prepared, (text) => cutAnswer(asIs(text), stops), chat);
+    // Stops the upstream was not sent: the dialect cuts its answer at them (ctx).
+    const finish = ctx.localStops === undefined ? asIs : (text: string) => asIs(text, ctx);
+    return attemptJsonCall(input, prepared, finish, chat);
   }
   return attemptJsonCall(
     input,
@@ -215,13 +213,4 @@ function attemptJsonBody(
     },
     chat,
   );
-}
-
-/** An answer relayed as it came, cut at the stops its upstream was not sent (written anew only when cut). */
-function cutAnswer(answer: AnswerText | undefined, stops: readonly string[]): AnswerText | undefined {
-  if (answer === undefined || answer.error !== undefined) return answer;
-  const json = parseJsonObject(answer.body);
-  return json !== undefined && cutCompletion(json, stops)
-    ? { ...answer, body: JSON.stringify(json) }
-    : answer;
 }

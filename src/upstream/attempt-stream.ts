@@ -31,7 +31,6 @@ import {
   type AttemptResult,
 } from './attempt.js';
 import { afterRefused, contextFor, fitted, refitted } from './attempt-refit.js';
-import { cutCompletion } from './adapters/local-stops.js';
 
 /**
  * Frames held back before a stream's first content delta (a role chunk, a usage-less `message_start`) are a
@@ -119,18 +118,23 @@ function answerAsChunks(
   const { adapter } = input.upstream.provider;
   const json = parseJsonObject(text);
   if (!json) return undefined;
-  const answer = adapter.chatResponseText ? adapter.chatResponseText(text) : adapter.chatResponse(json, ctx);
+  const answer = adapter.chatResponseText
+    ? adapter.chatResponseText(text, ctx)
+    : adapter.chatResponse(json, ctx);
   if (!answer) return undefined;
   if (answer.error) {
     sink.error(answer.error);
     return { finished: false, tokens: undefined };
   }
-  // The OpenAI dialect's answer is the text as it came; a translated one is a new object.
-  const completion = typeof answer.body === 'string' ? json : (answer.body as Record<string, unknown>);
-  if (!Array.isArray(completion.choices)) return undefined;
-  // Stops the upstream was not sent (a translated answer was cut by its dialect already).
-  if (ctx.localStops !== undefined && typeof answer.body === 'string')
-    cutCompletion(completion, ctx.localStops);
+  // The OpenAI dialect's answer is the text as it came (written anew only when cut at a stop); a translated
+  // one is a new object.
+  const completion =
+    typeof answer.body !== 'string'
+      ? (answer.body as Record<string, unknown>)
+      : answer.body === text
+        ? json
+        : parseJsonObject(answer.body);
+  if (completion === undefined || !Array.isArray(completion.choices)) return undefined;
   if (answer.usage) sink.usage(answer.usage);
   const { chunks, finished } = chunksOfCompletion(completion, input.stream.includeUsage);
   for (const chunk of chunks) sink.chunk(chunk.json, chunk.content ? contentWeight('') : 0); // counted from its text

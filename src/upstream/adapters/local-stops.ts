@@ -6,6 +6,9 @@
  * (param-fit.ts). The answer is cut where the first of them begins, as OpenAI cuts it (the sequence itself
  * is not sent), and finishes with `stop`.
  */
+import { chunkHead } from '../../streaming/completion-chunks.js';
+import type { AnswerText } from '../adapter.js';
+import { parseJsonObject } from './common.js';
 
 type Json = Record<string, unknown>;
 
@@ -115,8 +118,8 @@ export class ChunkStops {
   private readonly stopped = new Set<number>();
   /** Choices stopped since takeStopped was last asked. */
   private fresh: number[] = [];
-  /** The last chunk's id, created and model: what is still held at the end goes in a chunk like it. */
-  private meta: Json = {};
+  /** The last chunk seen: a chunk of held text the stream's end lets go is written with its id, created, model. */
+  private last: Json = {};
 
   constructor(private readonly stops: readonly string[]) {}
 
@@ -124,7 +127,7 @@ export class ChunkStops {
   apply(chunk: Json): 'same' | 'changed' | 'drop' {
     const choices = chunk.choices;
     if (!Array.isArray(choices) || choices.length === 0) return 'same';
-    this.meta = { id: chunk.id, object: chunk.object, created: chunk.created, model: chunk.model };
+    this.last = chunk;
     let changed = false;
     const kept: unknown[] = [];
     for (let i = 0; i < choices.length; i++) {
@@ -166,7 +169,7 @@ export class ChunkStops {
       if (held !== '' && !this.stopped.has(index))
         choices.push({ index, delta: { content: held }, finish_reason: null });
     }
-    return choices.length === 0 ? undefined : { ...this.meta, choices };
+    return choices.length === 0 ? undefined : { ...chunkHead(this.last), choices };
   }
 
   private choice(at: number, choice: Json): boolean {
@@ -205,4 +208,13 @@ export class ChunkStops {
     }
     return changed;
   }
+}
+
+/** An answer relayed as it came, cut at `stops` (adapters relaying the text: written anew only when cut). */
+export function cutAnswer(answer: AnswerText | undefined, stops: readonly string[]): AnswerText | undefined {
+  if (answer === undefined || answer.error !== undefined) return answer;
+  const json = parseJsonObject(answer.body);
+  return json !== undefined && cutCompletion(json, stops)
+    ? { ...answer, body: JSON.stringify(json) }
+    : answer;
 }

@@ -11,7 +11,7 @@ import type {
   Usage,
 } from '../adapter.js';
 import { UNREPORTED, contentWeight } from '../adapter.js';
-import { ChunkStops } from './local-stops.js';
+import { ChunkStops, cutAnswer } from './local-stops.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
 import { ANSWER_TEXT_FIELDS, fieldText } from '../../text.js';
@@ -43,40 +43,33 @@ export const openaiAdapter: ChatAdapter = {
     return { body: json, usage: readUsage(json) };
   },
 
-  chatResponseText(text: string): AnswerText | undefined {
-    return answerWithList(text, CHOICES_LIST, readUsage);
+  chatResponseText(text: string, ctx?: StreamContext): AnswerText | undefined {
+    const answer = answerWithList(text, CHOICES_LIST, readUsage);
+    return ctx?.localStops === undefined ? answer : cutAnswer(answer, ctx.localStops);
   },
 
   streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator {
     const choices = new ChoiceEnds(ctx.choices ?? 1);
-    // Stops its upstream was not sent (a reasoning model refuses `stop`): the answer is cut at them here.
+    // Stops its upstream was not sent (a reasoning model refuses `stop`): the answer is cut at them here. A
+    // stream without them builds nothing more.
     const stops =
       ctx.localStops !== undefined && ctx.localStops.length > 0 ? new ChunkStops(ctx.localStops) : undefined;
-    /** What a choice still held back as a stop's possible start, when the stream ends without its finish. */
-    const held = (): void => {
-      const rest = stops?.flush();
-      if (rest !== undefined) sink.chunk(JSON.stringify(rest), contentTokens(rest), rest);
-    };
     /**
      * Every choice finished, one at least at a stop of ours (the others by the upstream): the answer is whole,
-     * whatever the upstream does after.
+     * whatever the upstream does after; an error or a close then ends it (its usage simply not known).
      */
-    const whole = (): boolean => stops !== undefined && stops.anyStopped() && choices.allFinished();
+    const whole =
+      stops === undefined ? undefined : (): boolean => stops.anyStopped() && choices.allFinished();
     // Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same
     // write) is not relayed, as a client calling it directly would stop reading there.
     let over = false;
-    /** A whole answer ends: an error or a close after it is not the answer's (its usage is simply not known). */
-    const endWhole = (): void => {
-      over = true;
-      sink.end(true);
-    };
     return {
       complete: whole,
       // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
       // complete, so it ends like one. A close before every choice has its finish_reason is a cut stream.
       close() {
         if (!choices.allFinished()) return;
-        held();
+        if (stops !== undefined) flushHeld(stops, sink);
         sink.end();
       },
       saidNoFinish: () => !choices.anyFinished(),
@@ -85,13 +78,16 @@ export const openaiAdapter: ChatAdapter = {
         // Blanks around it too: `[DONE] ` ends the answer as `[DONE]` does.
         if (data === '[DONE]' || (data.length <= 32 && data.trim() === '[DONE]')) {
           over = true;
-          held();
+          if (stops !== undefined) flushHeld(stops, sink);
           sink.end();
           return;
         }
         const obj = parseJsonObject(data);
         if (type === 'error') {
-          if (whole()) return endWhole();
+          if (whole?.() === true) {
+            over = true;
+            return sink.end(true);
+          }
           // `event: error` (some servers' way; the OpenAI SDK throws on it) is a failure whatever its data says:
           // relayed as a chunk, or dropped as text, it let a `[DONE]` after it end a cut answer as finished.
           over = true;
@@ -103,7 +99,10 @@ export const openaiAdapter: ChatAdapter = {
         if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
         // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
         if (isErrorValue(obj.error)) {
-          if (whole()) return endWhole();
+          if (whole?.() === true) {
+            over = true;
+            return sink.end(true);
+          }
           over = true;
           sink.error(inBandError(obj));
           return;
@@ -111,7 +110,10 @@ export const openaiAdapter: ChatAdapter = {
         const usage = readUsage(obj);
         if (usage) sink.usage(usage);
         if (choices.see(obj)) {
-          if (whole()) return endWhole();
+          if (whole?.() === true) {
+            over = true;
+            return sink.end(true);
+          }
           over = true;
           sink.error({
             status: 500,
@@ -128,7 +130,10 @@ export const openaiAdapter: ChatAdapter = {
           else if (verdict === 'same') sink.chunk(data, contentTokens(obj), obj);
           for (const index of stops.takeStopped()) choices.finish(index);
           // Nothing more can reach a client that asked for no usage: the answer ends here, the rest unread.
-          if (!ctx.includeUsage && whole()) endWhole();
+          if (!ctx.includeUsage && whole?.() === true) {
+            over = true;
+            sink.end(true);
+          }
           return;
         }
         sink.chunk(data, contentTokens(obj), obj);
@@ -260,6 +265,12 @@ function nonEmpty(v: unknown): boolean {
 const MAX_TRACKED_CHOICES = 1024;
 
 /** Which of a stream's choices (by `index`; `n` > 1 streams several) have sent their finish_reason. */
+/** What a choice still held back as a stop's possible start, sent when the stream ends without its finish. */
+function flushHeld(stops: ChunkStops, sink: ChunkSink): void {
+  const rest = stops.flush();
+  if (rest !== undefined) sink.chunk(JSON.stringify(rest), contentTokens(rest), rest);
+}
+
 class ChoiceEnds {
   private readonly open = new Set<number>();
   private readonly finished = new Set<number>();
