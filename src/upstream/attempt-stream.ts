@@ -18,7 +18,7 @@ import {
 import { AttemptSignal } from './bounds.js';
 import { parseJsonObject } from './adapters/common.js';
 import type { UpstreamResponse } from './client.js';
-import { readBody, relayChunks } from './response-body.js';
+import { discard, readBody, relayChunks } from './response-body.js';
 import {
   answerTokens,
   errorFrom,
@@ -302,9 +302,11 @@ async function attemptStreamBody(
           }
           return ended || streamError ? 'stop' : undefined;
         },
-        // An answer ended before the upstream's (endedEarly): the rest is not read for the connection's sake.
-        { ms: () => (endedEarly ? 0 : client.drain.ms()), held: client.drain.held },
+        client.drain,
       );
+      // An answer ended before the upstream's (a stop applied here): the rest is not read for the
+      // connection's sake, the request is let go.
+      if (endedEarly) discard(res.body);
       if (whole) {
         json = answerAsChunks(withoutBom(Buffer.concat(whole).toString('utf8')), input, ctx, sink);
         if (json === undefined) readError = codedError('invalid_upstream_json', 'not a chat completion');
@@ -319,7 +321,6 @@ async function attemptStreamBody(
     // closing after it does not cut it. A client that left is still a client gone.
     if (!ended && !streamError && !input.clientSignal.aborted && translator.complete?.() === true) {
       ended = true;
-      endedEarly = true;
       readError = undefined;
     }
     if (out !== '') writer.write(out);
