@@ -127,6 +127,18 @@ export function answerChat(res: ServerResponse, body: Json, text: string): void 
   );
 }
 
+/** As o3, o4-mini and GPT-5 answer a body with `stop` ("Unsupported parameter"): true when it was refused so. */
+export function refusedStopAsO3(body: Json, res: ServerResponse): boolean {
+  if (!('stop' in body)) return false;
+  refuseAsOpenAI(
+    res,
+    "Unsupported parameter: 'stop' is not supported with this model.",
+    'stop',
+    'unsupported_parameter',
+  );
+  return true;
+}
+
 /**
  * As OpenAI's reasoning models (GPT-5, o-series) answer `max_tokens` and a `temperature` other than 1: true
  * when `body` was refused so.

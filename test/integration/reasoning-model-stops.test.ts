@@ -13,11 +13,11 @@ import { collectChunks } from '../helpers/anthropic-route.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { simProvider, startGateway } from '../helpers/gateway.js';
 import {
-  refuseAsOpenAI,
   sendJson,
   startRecordingMock,
   type RecordingMock,
   REASONING_USAGE,
+  refusedStopAsO3,
 } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
@@ -31,13 +31,7 @@ const USAGE = REASONING_USAGE;
 /** As o3 answers: `stop` refused; otherwise `text` per choice, streamed `size` characters a delta. */
 function o3(text: string, size = 5) {
   return (body: Json, _n: number, res: ServerResponse): void => {
-    if ('stop' in body)
-      return refuseAsOpenAI(
-        res,
-        "Unsupported parameter: 'stop' is not supported with this model.",
-        'stop',
-        'unsupported_parameter',
-      );
+    if (refusedStopAsO3(body, res)) return;
     const n = typeof body.n === 'number' ? body.n : 1;
     const indexes = Array.from({ length: n }, (_, i) => i);
     const base = { id: 'chatcmpl-o3', created: 1, model: String(body.model) };

@@ -34,6 +34,7 @@ import {
   startMock,
   type Received,
   REASONING_USAGE,
+  refusedStopAsO3,
 } from '../helpers/mock-upstream.js';
 import { scrape, value } from '../helpers/prom-text.js';
 import { sseEvents } from '../helpers/sim-wire.js';
@@ -92,15 +93,7 @@ type Answer = (req: Received, res: ServerResponse, n: number) => void | Promise<
 /** As o3 answers: a body with `stop` is refused with OpenAI's 400; any other goes to `answer`. */
 function refusesStop(answer: Answer): Answer {
   return (req, res, n) => {
-    if ('stop' in req.body) {
-      refuseAsOpenAI(
-        res,
-        "Unsupported parameter: 'stop' is not supported with this model.",
-        'stop',
-        'unsupported_parameter',
-      );
-      return;
-    }
+    if (refusedStopAsO3(req.body, res)) return;
     return answer(req, res, n);
   };
 }

@@ -15,7 +15,7 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, startGateway, type TestGateway } from '../helpers/gateway.js';
-import { gate, refuseAsOpenAI, startMock, type Received } from '../helpers/mock-upstream.js';
+import { gate, startMock, type Received, refusedStopAsO3 } from '../helpers/mock-upstream.js';
 
 const track = closeAfterEach();
 type Json = Record<string, unknown>;
@@ -35,15 +35,7 @@ const ch = (index: number, delta: Json, finish: string | null = null): Json => (
 /** As o3 answers: a body with `stop` is refused with OpenAI's 400; any other goes to `answer`. */
 function refusesStop(answer: (req: Received, res: ServerResponse) => void | Promise<void>) {
   return (req: Received, res: ServerResponse): void | Promise<void> => {
-    if ('stop' in req.body) {
-      refuseAsOpenAI(
-        res,
-        "Unsupported parameter: 'stop' is not supported with this model.",
-        'stop',
-        'unsupported_parameter',
-      );
-      return;
-    }
+    if (refusedStopAsO3(req.body, res)) return;
     return answer(req, res);
   };
 }
