@@ -48,6 +48,21 @@ export async function collectChunks(
   return out;
 }
 
+/** Each choice's joined content and its finish reasons, by index, from an openai SDK stream's chunks. */
+export function joinChoices(chunks: readonly ChatCompletionChunk[]): {
+  texts: string[];
+  finishes: string[][];
+} {
+  const texts: string[] = [];
+  const finishes: string[][] = [];
+  for (const c of chunks)
+    for (const x of c.choices) {
+      texts[x.index] = (texts[x.index] ?? '') + (x.delta.content ?? '');
+      if (x.finish_reason != null) (finishes[x.index] ??= []).push(x.finish_reason);
+    }
+  return { texts, finishes };
+}
+
 /** One Anthropic SSE event as the Messages API frames it: `event: <type>` and its JSON `data`. */
 /** A Messages API answer of `content` blocks, as Claude Sonnet 4.5 sends it, with its stop reason and usage. */
 export function anthropicMessage(

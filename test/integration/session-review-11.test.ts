@@ -13,6 +13,7 @@ import type { ServerResponse } from 'node:http';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
+import { collectChunks, joinChoices } from '../helpers/anthropic-route.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
 import { postChat, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { gate, startMock, type Received, refusedStopAsO3 } from '../helpers/mock-upstream.js';
@@ -89,13 +90,7 @@ async function twoChoices(head: string): Promise<{ texts: string[]; finishes: st
     messages: [{ role: 'user', content: 'weather?' }],
     stream: true,
   });
-  const texts = ['', ''];
-  const finishes: string[][] = [[], []];
-  for await (const c of stream)
-    for (const x of c.choices) {
-      texts[x.index] = (texts[x.index] ?? '') + (x.delta.content ?? '');
-      if (x.finish_reason != null) finishes[x.index]?.push(x.finish_reason);
-    }
+  const { texts, finishes } = joinChoices(await collectChunks(stream));
   seen.open();
   await seen.wait;
   return { texts, finishes, waited: waited ?? 'none' };

@@ -22,6 +22,8 @@ import {
   claudeClosing,
   claudeOpening,
   claudeTextDelta,
+  collectChunks,
+  joinChoices,
 } from '../helpers/anthropic-route.js';
 import { chunkFrame, gate, startMock, watchedUpstream } from '../helpers/mock-upstream.js';
 import { scrape, select } from '../helpers/prom-text.js';
@@ -428,9 +430,7 @@ describe('streamed chat answers: a key another configured secret starts with', (
       messages: [{ role: 'user', content: 'x' }],
       stream: true,
     });
-    const texts = ['', ''];
-    for await (const c of stream)
-      for (const ch of c.choices) texts[ch.index] = (texts[ch.index] ?? '') + (ch.delta.content ?? '');
+    const { texts } = joinChoices(await collectChunks(stream));
     expect(texts[0]?.startsWith('zero: ')).toBe(true);
     expect(texts[1]?.startsWith('one: ')).toBe(true);
     for (const t of texts) {
