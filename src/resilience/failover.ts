@@ -9,6 +9,7 @@ import { reportedCompletion, type Usage } from '../upstream/adapter.js';
 import type { Permit } from './breaker.js';
 import { QUEUE_TIMEOUT } from './classify.js';
 import { clip } from '../text.js';
+import { CONTEXT_LENGTH_EXCEEDED, statedWindow } from '../upstream/context-overflow.js';
 
 /** One attempt as the trail and the final error report it. */
 export interface AttemptRecord {
@@ -134,14 +135,22 @@ export async function runFailover(
   let deadlineReached = false;
   /** The failed attempt a next one fails over from: counted only once that next attempt starts. */
   let from: { provider: string; reason: string } | undefined;
-  for (const target of ranked) {
+  /**
+   * An upstream refused the request as past its context window, and a larger window is further down the list:
+   * its error, the client's answer if no such upstream is tried, and that window (only larger ones are).
+   */
+  let overflow: { error: GatewayError; window: number; tried: boolean } | undefined;
+  for (let i = 0; i < ranked.length; i++) {
+    const target = ranked[i]!;
     if (attempts.length >= opts.maxAttempts) break;
     if (opts.now() >= opts.deadline) break;
     const up = target.candidate.upstream;
     // The config rejects a target listed twice; a plan that still holds one must not try it again.
     if (attempted(attempts, up.id)) continue;
+    if (overflow !== undefined && !((up.model.context_window ?? 0) > overflow.window)) continue;
     const permit = up.breaker.acquire();
     if (permit === undefined) continue; // half-open with its probes taken, or opened since the plan was made
+    if (overflow !== undefined) overflow.tried = true;
     if (from !== undefined) {
       opts.metrics.failovers.inc({
         route: opts.routeName,
@@ -166,10 +175,11 @@ export async function runFailover(
     // The breaker and statistics learn at the end of this turn, after the answer is written (end-of-turn.ts).
     // Only other requests read them, and no upstream is tried twice by one request.
     afterThisTurn(record, up, permit, result, opts);
+    const window = result.ok ? undefined : overflowWindow(result, up);
     const rec: AttemptRecord = {
       upstream: up.id,
       outcome: result.ok ? 'success' : result.classified.outcome,
-      reason: result.ok ? 'ok' : result.classified.reason,
+      reason: result.ok ? 'ok' : window !== undefined ? CONTEXT_LENGTH_EXCEEDED : result.classified.reason,
       status: result.ok ? 200 : result.status,
       latencyMs: Math.round(result.totalMs),
     };
@@ -193,7 +203,7 @@ export async function runFailover(
       // Every field is the upstream's text: an echo of our key may be in any of them.
       const scrub = (text: string | null | undefined): string | null =>
         text == null ? null : opts.scrubber.scrub(text);
-      throw new GatewayError(
+      const error = new GatewayError(
         'invalid_request',
         opts.scrubber.scrub(info?.message ?? `upstream ${up.id} rejected the request`),
         {
@@ -203,6 +213,16 @@ export async function runFailover(
           bodyCode: scrub(info?.code),
         },
       );
+      // Too long for this upstream's window: one with a larger window may take it (the plan let both through
+      // on an estimate). Not this upstream's fault, and no failover when no larger window is left to try.
+      if (window === undefined || !largerWindowAhead(ranked, i, attempts, window)) throw error;
+      overflow = { error, window, tried: false };
+      from = { provider: up.provider.name, reason: CONTEXT_LENGTH_EXCEEDED };
+      opts.logger.info(
+        { reqId: opts.reqId, upstream: up.id, route: opts.routeName, contextWindow: window },
+        `${up.id} refused the request as past its context window of ${window} tokens: trying a larger window`,
+      );
+      continue;
     }
     if (result.deadlineReached) {
       // The request's own time is up: starting another attempt would only hand it a sliver of a budget
@@ -232,12 +252,39 @@ export async function runFailover(
       `attempt on ${up.id} failed (${result.classified.reason})`,
     );
   }
+  // No larger window was tried (every one's breaker refused, or the attempts or the time ran out): the client
+  // gets the refusal, as from a route with no larger window.
+  if (overflow !== undefined && !overflow.tried) throw overflow.error;
   throw finalError(attempts, {
     rateLimited,
     minRetryAfterMs,
     deadlineHit: deadlineReached || opts.now() >= opts.deadline,
     ranked,
   });
+}
+
+/**
+ * The context window an upstream's refusal was about, when it refused the request as too long for it: the
+ * configured one, else the one its message states. Undefined for any other outcome.
+ */
+function overflowWindow(result: Extract<AttemptResult, { ok: false }>, up: Upstream): number | undefined {
+  if (result.classified.outcome !== 'client_error' || result.info?.code !== CONTEXT_LENGTH_EXCEEDED)
+    return undefined;
+  return up.model.context_window ?? statedWindow(result.info.message);
+}
+
+/** Whether a candidate after `index`, not yet attempted, has a configured context window above `window`. */
+function largerWindowAhead(
+  ranked: readonly RankedCandidate<RouteTarget>[],
+  index: number,
+  attempts: readonly AttemptRecord[],
+  window: number,
+): boolean {
+  for (let i = index + 1; i < ranked.length; i++) {
+    const up = ranked[i]!.candidate.upstream;
+    if ((up.model.context_window ?? 0) > window && !attempted(attempts, up.id)) return true;
+  }
+  return false;
 }
 
 function record(up: Upstream, permit: Permit, result: AttemptResult, opts: FailoverOptions): void {

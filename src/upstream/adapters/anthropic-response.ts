@@ -18,6 +18,7 @@ import {
   type JsonObject,
 } from './common.js';
 import { arrayElementTexts, memberValueText, sourceText } from '../body-text.js';
+import { CONTEXT_LENGTH_EXCEEDED, saysContextOverflow } from '../context-overflow.js';
 import { jsonAnswerText } from './json-answer.js';
 import { firstStop } from './local-stops.js';
 
@@ -224,9 +225,6 @@ export function inBandError(error: unknown, fallbackMessage: string): UpstreamEr
   return anthropicError(statusForErrorType(type), type, truncateMessage(message));
 }
 
-/** Anthropic's words for a request past the model's context window. */
-const CONTEXT_EXCEEDED = /prompt is too long|exceed(?:s|ed)? (?:the )?context (?:limit|window)/i;
-
 /** Anthropic error type -> OpenAI `type` and `code`, given the HTTP status it came with. */
 function anthropicError(status: number, type: string | undefined, message: string): UpstreamErrorInfo {
   let oaType: string;
@@ -239,8 +237,8 @@ function anthropicError(status: number, type: string | undefined, message: strin
       oaType = type;
       if (type === 'rate_limit_error') code = 'rate_limit_exceeded';
       // "prompt is too long: 208310 tokens > 200000 maximum": OpenAI's code for it, which clients branch on.
-      else if (type === 'invalid_request_error' && CONTEXT_EXCEEDED.test(message))
-        code = 'context_length_exceeded';
+      else if (type === 'invalid_request_error' && saysContextOverflow(message))
+        code = CONTEXT_LENGTH_EXCEEDED;
       break;
     case 'not_found_error':
       oaType = 'invalid_request_error';

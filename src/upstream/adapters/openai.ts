@@ -12,6 +12,7 @@ import type {
 } from '../adapter.js';
 import { UNREPORTED, contentWeight } from '../adapter.js';
 import { ChunkStops, cutAnswer } from './local-stops.js';
+import { CONTEXT_LENGTH_EXCEEDED, saysContextOverflow } from '../context-overflow.js';
 import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
 import { ANSWER_TEXT_FIELDS, fieldText } from '../../text.js';
@@ -361,15 +362,25 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     const text = (rawText ?? '').trim();
     message = text !== '' && text.length <= 500 ? text : `upstream answered HTTP ${status}`;
   }
+  message = truncateMessage(message);
   return {
     status,
-    message: truncateMessage(message),
+    message,
     type: type ?? openAiErrorTypeForStatus(status),
-    // vLLM's and others' unknown model: a 404 with no code (or the status again, as a number); SPEC §4's
-    // code for it, as Anthropic's gets.
-    code: status === 404 && (code === null || code === '404') ? 'model_not_found' : code,
+    code: codeOf(status, code, message),
     param,
   };
+}
+
+/** A code clients branch on, for errors that servers send with none (or with the status again, as a number). */
+function codeOf(status: number, code: string | null, message: string): string | null {
+  if (code !== null && code !== String(status)) return code;
+  // vLLM's and others' unknown model: SPEC §4's code for it, as Anthropic's gets.
+  if (status === 404) return 'model_not_found';
+  // vLLM's, Mistral's, llama.cpp's "maximum context length": OpenAI's code for it, as Anthropic's gets.
+  if ((status === 400 || status === 413 || status === 422) && saysContextOverflow(message))
+    return CONTEXT_LENGTH_EXCEEDED;
+  return code;
 }
 
 /** Google's APIs (Gemini's OpenAI endpoint among them) answer an error as a list: `[{"error": {...}}]`. */

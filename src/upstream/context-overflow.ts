@@ -1,0 +1,40 @@
+/**
+ * A request refused for being longer than the model's context window, as upstreams word it: OpenAI's own
+ * code for it (`context_length_exceeded`, which clients branch on) given to those that send none, and the
+ * window the message states, so failover can tell whether another upstream's window is larger.
+ */
+
+/** OpenAI's error code for a request past the model's context window. */
+export const CONTEXT_LENGTH_EXCEEDED = 'context_length_exceeded';
+
+/**
+ * How servers say it: OpenAI, vLLM, DeepSeek and SGLang ("This model's maximum context length is 8192 tokens"),
+ * Mistral ("too large for model with 32768 maximum context length"), Anthropic ("prompt is too long: 208310
+ * tokens > 200000 maximum"), llama.cpp ("exceeds the available context size"), Gemini ("The input token count
+ * (1200000) exceeds the maximum number of tokens allowed (1048576)"), Hugging Face TGI ("`inputs` tokens +
+ * `max_new_tokens` must be <= 4096"). Each alternative is anchored on fixed words: no backtracking over a
+ * message.
+ */
+const OVERFLOW =
+  /maximum context length|prompt is too long|exceed(?:s|ed)? (?:the )?(?:available |maximum )?context (?:size|length|limit|window)|context length exceeded|input token count \(\d{1,12}\) exceeds the maximum|`max_new_tokens` must be <= \d/i;
+
+/**
+ * The window the message states, in the same servers' words. Each number is whole (no digit beside it) and at
+ * most 12 digits: a long run of digits costs each start position a few steps, not the rest of the run.
+ */
+const STATED_WINDOW =
+  /maximum context length is (\d{1,12})(?!\d)|(?<!\d)(\d{1,12}) maximum context length|tokens > (\d{1,12}) maximum|maximum number of tokens allowed \((\d{1,12})\)|`max_new_tokens` must be <= (\d{1,12})(?!\d)/i;
+
+/** Whether an upstream's error message says the request is past the model's context window. */
+export function saysContextOverflow(message: string): boolean {
+  return OVERFLOW.test(message);
+}
+
+/** The context window (tokens) a refusal's message states, if it states one. */
+export function statedWindow(message: string): number | undefined {
+  const m = STATED_WINDOW.exec(message);
+  if (m === null) return undefined;
+  const digits = m[1] ?? m[2] ?? m[3] ?? m[4] ?? m[5];
+  const n = Number(digits);
+  return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+}
