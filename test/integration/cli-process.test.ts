@@ -2,7 +2,8 @@
  * The CLI as a process (SPEC §6 CLI; README "Configuration"): an empty or blank --port exits 2 with a
  * message; the config file is watched (a file saved with a UTF-8 BOM is not reloaded at start, a touch is no
  * change, an edit reloads once, and the watch's own poll stops on close); during a SIGTERM drain a second
- * Ctrl-C still exits at once, code 1. The CLI tests run the built dist/main.js.
+ * Ctrl-C still exits at once, code 1; `--version` and `check` load none of the server. The CLI tests run the
+ * built dist/main.js.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
@@ -42,6 +43,48 @@ describe('CLI --port (SPEC §6)', () => {
       expect(r.status, r.stderr).toBe(2);
       expect(r.stderr).toContain('--port: expected a port number');
     }
+  });
+});
+
+describe('what each command loads', () => {
+  /** The modules `args` loads, as file paths under the repository, from a resolve hook registered before main. */
+  function loadedModules(args: string[]): { status: number | null; stdout: string; modules: string[] } {
+    const hook = `export async function resolve(s, c, next) { const r = await next(s, c); process._rawDebug('LOADED ' + r.url); return r; }`;
+    const register = `import { register } from 'node:module'; register('data:text/javascript,' + encodeURIComponent(${JSON.stringify(hook)}));`;
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        `data:text/javascript,${encodeURIComponent(register)}`,
+        join(REPO_ROOT, 'dist/main.js'),
+        ...args,
+      ],
+      { encoding: 'utf8', timeout: 8_000 },
+    );
+    const modules = [...r.stderr.matchAll(/^LOADED (\S+)$/gm)].map((m) => m[1]!);
+    return { status: r.status, stdout: r.stdout, modules };
+  }
+
+  it('--version and check load none of the server (fastify, undici): they answer in start-up time', async () => {
+    await ensureBuilt();
+    const version = loadedModules(['--version']);
+    expect(version.status).toBe(0);
+    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    // The hook sees main itself: it works, and nothing else is loaded for the version.
+    expect(version.modules.some((m) => m.endsWith('/dist/main.js'))).toBe(true);
+    expect(version.modules.filter((m) => m.includes('/node_modules/') || m.includes('/dist/app.js'))).toEqual(
+      [],
+    );
+
+    const check = loadedModules(['check', '--config', join(REPO_ROOT, 'config/gateway.yaml')]);
+    expect(check.status).toBe(0);
+    expect(check.stdout).toContain(': ok');
+    expect(check.modules.some((m) => m.includes('/node_modules/js-yaml/'))).toBe(true);
+    expect(
+      check.modules.filter((m) =>
+        /\/node_modules\/(fastify|undici|pino|prom-client)\/|\/dist\/app\.js$/.test(m),
+      ),
+    ).toEqual([]);
   });
 });
 
