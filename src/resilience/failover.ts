@@ -215,8 +215,12 @@ export async function runFailover(
       );
       // Too long for this upstream's window: one with a larger window may take it (the plan let both through
       // on an estimate). Not this upstream's fault, and no failover when no larger window is left to try.
-      if (window === undefined || !largerWindowAhead(ranked, i, attempts, window)) throw error;
-      overflow = { error, window, tried: false };
+      if (window === undefined) throw error;
+      const larger = largerWindows(ranked, i, attempts, window);
+      if (!larger.ahead && !larger.tried) throw error;
+      // A larger window that already failed (a strategy ranked it first) makes the request the upstreams'
+      // failure, not one for the client to shorten: the final error is about those attempts.
+      overflow = { error, window, tried: larger.tried };
       from = { provider: up.provider.name, reason: CONTEXT_LENGTH_EXCEEDED };
       opts.logger.info(
         { reqId: opts.reqId, upstream: up.id, route: opts.routeName, contextWindow: window },
@@ -260,6 +264,7 @@ export async function runFailover(
     minRetryAfterMs,
     deadlineHit: deadlineReached || opts.now() >= opts.deadline,
     ranked,
+    overflowWindow: overflow?.window,
   });
 }
 
@@ -273,18 +278,25 @@ function overflowWindow(result: Extract<AttemptResult, { ok: false }>, up: Upstr
   return up.model.context_window ?? statedWindow(result.info.message);
 }
 
-/** Whether a candidate after `index`, not yet attempted, has a configured context window above `window`. */
-function largerWindowAhead(
+/**
+ * Candidates with a configured context window above `window`: whether one after `index` is still to try, and
+ * whether one was already tried (and failed: the walk goes on only past failures).
+ */
+function largerWindows(
   ranked: readonly RankedCandidate<RouteTarget>[],
   index: number,
   attempts: readonly AttemptRecord[],
   window: number,
-): boolean {
-  for (let i = index + 1; i < ranked.length; i++) {
+): { ahead: boolean; tried: boolean } {
+  let ahead = false;
+  let tried = false;
+  for (let i = 0; i < ranked.length; i++) {
     const up = ranked[i]!.candidate.upstream;
-    if ((up.model.context_window ?? 0) > window && !attempted(attempts, up.id)) return true;
+    if (i === index || !((up.model.context_window ?? 0) > window)) continue;
+    if (attempted(attempts, up.id)) tried = true;
+    else if (i > index) ahead = true;
   }
-  return false;
+  return { ahead, tried };
 }
 
 function record(up: Upstream, permit: Permit, result: AttemptResult, opts: FailoverOptions): void {
@@ -376,6 +388,8 @@ function finalError(
     minRetryAfterMs: number;
     deadlineHit: boolean;
     ranked: readonly RankedCandidate<RouteTarget>[];
+    /** The window a refusal as too long named: only candidates above it could take the request. */
+    overflowWindow?: number | undefined;
   },
 ): GatewayError {
   if (attempts.length === 0) {
@@ -393,23 +407,29 @@ function finalError(
     );
   }
   const list = describeAttempts(attempts);
-  if (d.rateLimited === attempts.length) {
+  // A refusal as too long is the request's, not a failure: the others say what went wrong (a 429 with its
+  // wait, a timeout), while the message lists every attempt.
+  const rest = attempts.filter((a) => a.reason !== CONTEXT_LENGTH_EXCEEDED);
+  const failed = rest.length > 0 ? rest : attempts;
+  if (d.rateLimited === failed.length) {
     // A candidate max_attempts left untried may take the request now: the client is not sent away for the
     // rate-limited ones' whole wait while it is free (their breakers now keep the next request off them).
+    // After a refusal as too long, only a larger window could.
     let minMs = d.minRetryAfterMs;
     for (const t of d.ranked) {
       const up = t.candidate.upstream;
+      if (d.overflowWindow !== undefined && !((up.model.context_window ?? 0) > d.overflowWindow)) continue;
       if (!attempted(attempts, up.id)) minMs = Math.min(minMs, up.breaker.msUntilHalfOpen());
     }
     const retryAfterS = Number.isFinite(minMs) ? Math.max(1, Math.ceil(minMs / 1000)) : 1;
     return new GatewayError('rate_limited', `every upstream tried is rate limited: ${list}`, { retryAfterS });
   }
-  if (!d.deadlineHit && attempts.every((a) => a.reason === QUEUE_TIMEOUT)) {
+  if (!d.deadlineHit && failed.every((a) => a.reason === QUEUE_TIMEOUT)) {
     // No upstream saw it: each was at max_concurrency. A slot may be free in a moment, so a retry is
     // welcome (a Retry-After, which also keeps the x-should-retry: false of a spent route deadline off it).
     return new GatewayError('timeout', `upstreams timed out: ${list}`, { retryAfterS: 1 });
   }
-  if (d.deadlineHit || attempts.every((a) => a.outcome === 'timeout')) {
+  if (d.deadlineHit || failed.every((a) => a.outcome === 'timeout')) {
     return new GatewayError('timeout', `upstreams timed out: ${list}`);
   }
   return new GatewayError('upstream_error', `all ${attempts.length} upstream attempt(s) failed: ${list}`);

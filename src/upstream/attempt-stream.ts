@@ -1,6 +1,7 @@
 /** One streaming chat attempt: held back until its first content, then relayed to the client as it comes. */
 import type { Classified } from '../resilience/classify.js';
-import { codedError } from '../resilience/classify.js';
+import { classifyStatus, codedError } from '../resilience/classify.js';
+import { CONTEXT_LENGTH_EXCEEDED } from './context-overflow.js';
 import { withoutBom } from '../json-scan.js';
 import { echoGuard } from '../observability/scrub.js';
 import { DeltaMask } from '../streaming/delta-mask.js';
@@ -350,7 +351,10 @@ async function attemptStreamBody(
 
     let result: AttemptResult;
     if (readError !== undefined) result = thrown(readError, input, sig, t0, committed);
-    else if (streamError) {
+    else if (streamError && !committed && streamError.code === CONTEXT_LENGTH_EXCEEDED) {
+      // Refused as too long, in an event rather than a 400 (a proxy's way): the request's, as the 400 is.
+      result = failure(classifyStatus(400), totalMs, { status: 400, info: { ...streamError, status: 400 } });
+    } else if (streamError) {
       result = failure(streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT, totalMs, {
         info: streamError,
         committed,

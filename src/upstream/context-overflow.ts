@@ -10,20 +10,21 @@ export const CONTEXT_LENGTH_EXCEEDED = 'context_length_exceeded';
 /**
  * How servers say it: OpenAI, vLLM, DeepSeek and SGLang ("This model's maximum context length is 8192 tokens"),
  * Mistral ("too large for model with 32768 maximum context length"), Anthropic ("prompt is too long: 208310
- * tokens > 200000 maximum"), llama.cpp ("exceeds the available context size"), Gemini ("The input token count
- * (1200000) exceeds the maximum number of tokens allowed (1048576)"), Hugging Face TGI ("`inputs` tokens +
- * `max_new_tokens` must be <= 4096"). Each alternative is anchored on fixed words: no backtracking over a
- * message.
+ * tokens > 200000 maximum", "input length and `max_tokens` exceed context limit: 190000 + 20000 > 200000"),
+ * llama.cpp ("request (9000 tokens) exceeds the available context size (4096 tokens)"), Gemini ("The input
+ * token count (1200000) exceeds the maximum number of tokens allowed (1048576)"), Hugging Face TGI ("`inputs`
+ * tokens + `max_new_tokens` must be <= 4096") and TEI's 413 ("`inputs` must have less than 512 tokens"). Each
+ * alternative is anchored on fixed words: no backtracking over a message.
  */
 const OVERFLOW =
-  /maximum context length|prompt is too long|exceed(?:s|ed)? (?:the )?(?:available |maximum )?context (?:size|length|limit|window)|context length exceeded|input token count \(\d{1,12}\) exceeds the maximum|`max_new_tokens` must be <= \d/i;
+  /maximum context length|prompt is too long|exceed(?:s|ed)? (?:the )?(?:available |maximum )?context (?:size|length|limit|window)|context length exceeded|input token count \(\d{1,12}\) exceeds the maximum|`max_new_tokens` must be <= \d|`inputs` must have less than \d/i;
 
 /**
  * The window the message states, in the same servers' words. Each number is whole (no digit beside it) and at
  * most 12 digits: a long run of digits costs each start position a few steps, not the rest of the run.
  */
 const STATED_WINDOW =
-  /maximum context length is (\d{1,12})(?!\d)|(?<!\d)(\d{1,12}) maximum context length|tokens > (\d{1,12}) maximum|maximum number of tokens allowed \((\d{1,12})\)|`max_new_tokens` must be <= (\d{1,12})(?!\d)/i;
+  /maximum context length is (\d{1,12})(?!\d)|(?<!\d)(\d{1,12}) maximum context length|tokens > (\d{1,12}) maximum|exceed context limit: \d{1,12} \+ \d{1,12} > (\d{1,12})(?!\d)|context size \((\d{1,12}) tokens\)|maximum number of tokens allowed \((\d{1,12})\)|`max_new_tokens` must be <= (\d{1,12})(?!\d)|`inputs` must have less than (\d{1,12}) tokens/i;
 
 /** Whether an upstream's error message says the request is past the model's context window. */
 export function saysContextOverflow(message: string): boolean {
@@ -34,7 +35,8 @@ export function saysContextOverflow(message: string): boolean {
 export function statedWindow(message: string): number | undefined {
   const m = STATED_WINDOW.exec(message);
   if (m === null) return undefined;
-  const digits = m[1] ?? m[2] ?? m[3] ?? m[4] ?? m[5];
+  let digits: string | undefined;
+  for (let i = 1; digits === undefined && i < m.length; i++) digits = m[i];
   const n = Number(digits);
   return Number.isSafeInteger(n) && n > 0 ? n : undefined;
 }

@@ -532,5 +532,9 @@ const RATE_LIMIT_CODES = new Set<unknown>(['rate_limit_exceeded', 'rate_limit_er
 function inBandError(json: Record<string, unknown>): UpstreamErrorInfo {
   const e = json.error as { type?: unknown; code?: unknown } | string;
   const limited = typeof e === 'object' && (RATE_LIMIT_CODES.has(e.type) || RATE_LIMIT_CODES.has(e.code));
-  return errorFromBody(limited ? 429 : 500, json);
+  const info = errorFromBody(limited ? 429 : 500, json);
+  // A refusal as too long that a proxy sent in-band gets the code its 400 would (the attempt makes it a 400).
+  if (!limited && info.code === null && saysContextOverflow(info.message))
+    return { ...info, code: CONTEXT_LENGTH_EXCEEDED };
+  return info;
 }

@@ -31,7 +31,18 @@ const REFUSALS: readonly [server: string, message: string, window: number | unde
     1_048_576,
   ],
   ['TGI', 'Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000', 4096],
-  ['llama.cpp', 'the request exceeds the available context size, try increasing it', undefined],
+  [
+    'Anthropic, prompt and max_tokens',
+    'input length and `max_tokens` exceed context limit: 190000 + 20000 > 200000, decrease input length or `max_tokens` and try again',
+    200_000,
+  ],
+  [
+    'llama.cpp',
+    'request (9000 tokens) exceeds the available context size (4096 tokens), try increasing it',
+    4096,
+  ],
+  ['llama.cpp, older', 'the request exceeds the available context size, try increasing it', undefined],
+  ['TEI', 'Input validation error: `inputs` must have less than 512 tokens. Given: 600', 512],
 ];
 
 describe('saysContextOverflow / statedWindow', () => {
@@ -70,7 +81,7 @@ describe("OpenAI-compatible refusals get OpenAI's context_length_exceeded code",
   const err = (message: string, code: unknown = null) =>
     JSON.stringify({ error: { message, type: 'x', code } });
 
-  it.each(REFUSALS.filter(([server]) => server !== 'Anthropic'))('%s', (_server, message) => {
+  it.each(REFUSALS.filter(([server]) => !server.startsWith('Anthropic')))('%s', (_server, message) => {
     expect(openaiAdapter.errorInfo(400, err(message)).code).toBe('context_length_exceeded');
   });
 
