@@ -136,8 +136,9 @@ export async function runFailover(
   /** The failed attempt a next one fails over from: counted only once that next attempt starts. */
   let from: { provider: string; reason: string } | undefined;
   /**
-   * An upstream refused the request as past its context window, and a larger window is further down the list:
-   * its error, the client's answer if no such upstream is tried, and that window (only larger ones are).
+   * An upstream refused the request as past its context window, and the list has a larger window (further
+   * down, or already failed): its error, the client's answer if no larger window is tried at all, that window
+   * (only larger ones are tried after it), and whether one was.
    */
   let overflow: { error: GatewayError; window: number; tried: boolean } | undefined;
   for (let i = 0; i < ranked.length; i++) {
