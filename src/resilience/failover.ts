@@ -271,12 +271,12 @@ export async function runFailover(
 
 /**
  * The context window an upstream's refusal was about, when it refused the request as too long for it: the
- * configured one, else the one its message states. Undefined for any other outcome.
+ * configured one, else the one it states (a field of its error, its message). Undefined for any other outcome.
  */
 function overflowWindow(result: Extract<AttemptResult, { ok: false }>, up: Upstream): number | undefined {
   if (result.classified.outcome !== 'client_error' || result.info?.code !== CONTEXT_LENGTH_EXCEEDED)
     return undefined;
-  return up.model.context_window ?? statedWindow(result.info.message);
+  return up.model.context_window ?? result.info.window ?? statedWindow(result.info.message);
 }
 
 /**

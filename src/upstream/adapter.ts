@@ -73,6 +73,8 @@ export interface UpstreamErrorInfo {
   readonly type: string;
   readonly code: string | null;
   readonly param: string | null;
+  /** The context window the upstream said it has, as a field of its refusal (llama.cpp's `n_ctx`). */
+  readonly window?: number;
 }
 
 /**

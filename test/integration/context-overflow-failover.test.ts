@@ -326,7 +326,11 @@ describe('no larger window to try: the refusal is the client’s answer, as any 
 });
 
 describe('the window a refusal states is read from each wording recognised as an overflow', () => {
-  it('llama.cpp’s "request (9000 tokens) exceeds the available context size (4096 tokens)", no window configured: the larger one answers', async () => {
+  it.each([
+    'request (9000 tokens) exceeds the available context size (4096 tokens)',
+    // Older llama.cpp: the window only in its `n_ctx` field.
+    'the request exceeds the available context size, try increasing it',
+  ])('llama.cpp’s "%s", no window configured: the larger one answers', async (message) => {
     const { gw, mocks } = await route([
       {
         provider: 'llamacpp',
@@ -334,19 +338,20 @@ describe('the window a refusal states is read from each wording recognised as an
           sendJson(res, 400, {
             error: {
               code: 400,
-              message: 'request (9000 tokens) exceeds the available context size (4096 tokens)',
+              message,
               type: 'exceed_context_size_error',
               n_prompt_tokens: 9000,
               n_ctx: 4096,
             },
           }),
       },
+      { provider: 'same', window: 4096, answer: (b, res) => answerChat(res, b, 'no larger') },
       large('from the cloud'),
     ]);
     const r = await postChat(gw, ASK);
     expect(r.status, r.text).toBe(200);
     expect(content(r)).toBe('from the cloud');
-    expect(counts(mocks)).toEqual([1, 1]);
+    expect(counts(mocks)).toEqual([1, 0, 1]);
     expect(r.headers['x-router-trail']).toBe('llamacpp/m=context_length_exceeded');
   });
 

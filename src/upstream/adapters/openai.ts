@@ -343,6 +343,7 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
   let type: string | undefined;
   let code: string | null = null;
   let param: string | null = null;
+  let window: number | undefined;
   if (parsed !== null && typeof parsed === 'object') {
     const obj = parsed as Record<string, unknown>;
     const err = obj.error;
@@ -353,6 +354,8 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
       if (typeof e.code === 'string') code = e.code;
       else if (typeof e.code === 'number') code = String(e.code);
       if (typeof e.param === 'string') param = e.param;
+      // llama.cpp's refusal as too long states its window only as a field: `"n_ctx": 4096`.
+      if (Number.isSafeInteger(e.n_ctx) && (e.n_ctx as number) > 0) window = e.n_ctx as number;
     } else if (typeof err === 'string') message = err;
     else if (typeof obj.message === 'string') message = obj.message;
     else if (typeof obj.detail === 'string') message = obj.detail;
@@ -369,6 +372,7 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     type: type ?? openAiErrorTypeForStatus(status),
     code: codeOf(status, code, message),
     param,
+    ...(window === undefined ? {} : { window }),
   };
 }
 
