@@ -3,7 +3,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GATEWAY_SHUTDOWN, isShutdown, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gateway } from '../gateway.js';
 import { GatewayError } from '../errors.js';
 import { runFailover, type AttemptRecord, type FailoverOptions } from '../resilience/failover.js';
-import { decideChat } from '../routing/chat-decision.js';
+import type { TierName } from '../config/schema.js';
+import { decideChat, largerInOtherTiers } from '../routing/chat-decision.js';
 import type { RequestFeatures } from '../routing/features.js';
 import type { Plan } from '../routing/plan.js';
 import type { RankedCandidate } from '../routing/types.js';
@@ -203,8 +204,26 @@ async function handleChat(
   const clientSignal = clientGoneSignal(reply);
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
   const pending = decideChat(gw, rt, body, req.headers, clientSignal);
-  const { route, features, strategy, tier, plan } = pending instanceof Promise ? await pending : pending;
-  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features);
+  const decision = pending instanceof Promise ? await pending : pending;
+  const { route, hdrs, features, strategy, tier, plan } = decision;
+  let opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features);
+  // The tier the request is served from, with its reason: another one when a refusal as too long moves it.
+  let tierName = tier.tier;
+  let tierReason = tier.reason;
+  /** Candidates of other tiers a refusal as too long moved the request to, with their tier. */
+  let movedTo: Map<RankedCandidate<RouteTarget>, TierName> | undefined;
+  // A tier the client did not name: a refusal as too long may move the request to another tier's larger window,
+  // as the plan moves it when the estimate says the chosen tier cannot hold it.
+  if (route.tiers !== undefined && hdrs.tier === undefined && tier.tier !== undefined) {
+    opts = {
+      ...opts,
+      widen: (window, attempts) => {
+        const found = largerInOtherTiers(gw, rt, decision, window, attempts);
+        movedTo = found.tiers;
+        return found.ranked;
+      },
+    };
+  }
   const includeUsage =
     (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);
@@ -234,8 +253,8 @@ async function handleChat(
       target.candidate.upstream,
       attempts,
       attempts.length + 1,
-      tier.tier,
-      tier.reason,
+      tierName,
+      tierReason,
     );
 
   const report: RequestContext = {
@@ -278,8 +297,8 @@ async function handleChat(
             current?.candidate.upstream,
             lastAttempts,
             lastAttempts.length,
-            tier.tier,
-            tier.reason,
+            tierName,
+            tierReason,
           ),
         gw.answerStallMs,
       );
@@ -290,6 +309,14 @@ async function handleChat(
       attempts: readonly AttemptRecord[],
     ): Promise<AttemptResult> => {
       current = target;
+      const moved = movedTo?.get(target);
+      if (moved !== undefined && moved !== tierName) {
+        tierReason = `${tier.reason}; ${tier.tier} refused it as past its context window: ${moved} has a larger one`;
+        tierName = moved;
+        report.tier = tierName;
+        report.tierReason = tierReason;
+        report.ranked = [...report.ranked, target];
+      }
       return writer
         ? attemptStream(input(target), writer, () => headersFor(target, attempts), opts.scrubber)
         : attemptJson(input(target));

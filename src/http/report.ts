@@ -19,14 +19,18 @@ export interface RequestContext {
   readonly strategy: string;
   readonly stream: boolean;
   readonly startedAt: number;
-  /** The plan's ranking: the line gives the score and reason of the upstream that served (or last failed). */
-  readonly ranked: readonly RankedCandidate<RouteTarget>[];
+  /**
+   * The plan's ranking: the line gives the score and reason of the upstream that served (or last failed). A
+   * request moved to another tier (a refusal as too long) adds the upstream it moved to.
+   */
+  ranked: readonly RankedCandidate<RouteTarget>[];
   /** Time the LLM router took to pick the tier: waiting on its upstream, so not the gateway's overhead. */
   readonly routerMs: number;
   /** What the LLM router call this request made cost (in llm_router_cost_usd_total under its upstream). */
   readonly routerCostUsd?: number;
-  readonly tier: string | undefined;
-  readonly tierReason: string | undefined;
+  /** The tier the request was served from (another than the chosen one when a refusal moved it). */
+  tier: string | undefined;
+  tierReason: string | undefined;
   readonly promptTokensEstimate: number;
 }
 

@@ -46,6 +46,14 @@ export interface FailoverOptions {
   readonly stream?: boolean;
   /** The request's max_tokens (or max_completion_tokens), when it gave one. */
   readonly requestedOutputTokens?: number | undefined;
+  /**
+   * Candidates outside the ranked list (a tiered route's other tiers) whose context window is above `window`,
+   * ranked: asked once, when an upstream refuses the request as too long and the list has no larger window.
+   */
+  readonly widen?: (
+    window: number,
+    attempts: readonly AttemptRecord[],
+  ) => readonly RankedCandidate<RouteTarget>[];
 }
 
 /** How much of an upstream's error message a failed attempt's log line keeps. */
@@ -141,8 +149,11 @@ export async function runFailover(
    * (only larger ones are tried after it), and whether one was.
    */
   let overflow: { error: GatewayError; window: number; tried: boolean } | undefined;
-  for (let i = 0; i < ranked.length; i++) {
-    const target = ranked[i]!;
+  /** The ranked list, and after a refusal as too long the larger windows `opts.widen` found outside it. */
+  let list = ranked;
+  let widened = false;
+  for (let i = 0; i < list.length; i++) {
+    const target = list[i]!;
     if (attempts.length >= opts.maxAttempts) break;
     if (opts.now() >= opts.deadline) break;
     const up = target.candidate.upstream;
@@ -217,7 +228,15 @@ export async function runFailover(
       // Too long for this upstream's window: one with a larger window may take it (the plan let both through
       // on an estimate). Not this upstream's fault, and no failover when no larger window is left to try.
       if (window === undefined) throw error;
-      const larger = largerWindows(ranked, i, attempts, window);
+      let larger = largerWindows(list, i, attempts, window);
+      if (!larger.ahead && !larger.tried && opts.widen !== undefined && !widened) {
+        widened = true;
+        const more = opts.widen(window, attempts);
+        if (more.length > 0) {
+          list = list.concat(more);
+          larger = largerWindows(list, i, attempts, window);
+        }
+      }
       if (!larger.ahead && !larger.tried) throw error;
       // A larger window that already failed (a strategy ranked it first) makes the request the upstreams'
       // failure, not one for the client to shorten: the final error is about those attempts.
@@ -264,7 +283,7 @@ export async function runFailover(
     rateLimited,
     minRetryAfterMs,
     deadlineHit: deadlineReached || opts.now() >= opts.deadline,
-    ranked,
+    ranked: list,
     overflowWindow: overflow?.window,
   });
 }

@@ -1,13 +1,15 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { TIER_NAMES, type StrategyName } from '../config/schema.js';
+import { TIER_NAMES, type StrategyName, type TierName } from '../config/schema.js';
 import type { Gateway } from '../gateway.js';
-import type { RouteRuntime, Runtime } from '../runtime.js';
+import type { AttemptRecord } from '../resilience/failover.js';
+import type { RouteRuntime, RouteTarget, Runtime } from '../runtime.js';
 import type { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
 import { checkTierHeader, readRoutingHeaders, resolveRoute, type RoutingHeaders } from './decide.js';
 import { chatFeatures, type RequestFeatures } from './features.js';
 import { planRequest, type Plan } from './plan.js';
 import { chooseTier, defaultTierFor, flatTier, type TierSelection } from './tier-select.js';
+import type { RankedCandidate } from './types.js';
 
 export interface ChatDecision {
   readonly route: RouteRuntime;
@@ -123,4 +125,43 @@ function planTier(
     exclude: sel.excluded,
     tier: sel.tier,
   });
+}
+
+/**
+ * A tiered route's upstreams outside the decision's tier whose context window is above `window`, ranked by the strategy
+ * (those `attempts` tried left out), each with its tier: where a request its tier's upstreams refused as too
+ * long can still go, as the plan sends one its estimate says the tier cannot hold.
+ */
+export function largerInOtherTiers(
+  gw: Gateway,
+  rt: Runtime,
+  decision: ChatDecision,
+  window: number,
+  attempts: readonly AttemptRecord[],
+): { ranked: RankedCandidate<RouteTarget>[]; tiers: Map<RankedCandidate<RouteTarget>, TierName> } {
+  const { route, hdrs, features, strategy } = decision;
+  const targets: RouteTarget[] = [];
+  const tierOf = new Map<string, TierName>();
+  for (const name of TIER_NAMES) {
+    if (name === decision.tier.tier) continue;
+    for (const t of route.tiers?.[name] ?? []) {
+      const up = t.upstream;
+      if (!((up.model.context_window ?? 0) > window) || tierOf.has(up.id)) continue;
+      tierOf.set(up.id, name);
+      targets.push(t);
+    }
+  }
+  const tiers = new Map<RankedCandidate<RouteTarget>, TierName>();
+  if (targets.length === 0) return { ranked: [], tiers };
+  const plan = planRequest(route, targets, features, {
+    strategy,
+    provider: hdrs.provider,
+    routing: rt.loaded.config.routing,
+    now: gw.now(),
+    random: gw.random,
+    aside: true, // the route's rotation is its first choices' to turn
+    exclude: attempts,
+  });
+  for (const c of plan.ranked) tiers.set(c, tierOf.get(c.candidate.upstream.id)!);
+  return { ranked: plan.ranked, tiers };
 }

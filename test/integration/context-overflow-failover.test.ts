@@ -25,6 +25,8 @@ import { scrape, value } from '../helpers/prom-text.js';
  *   (llama.cpp's "exceeds the available context size (4096 tokens)", Anthropic's "input length and
  *   `max_tokens` exceed context limit: N + M > W"), so an upstream with no configured window still moves on;
  * - an embedding input too long for a small embedding model (TEI's 413) goes to a larger one;
+ * - on a tiered route, a larger window in another tier takes it (as the plan does for an estimate), unless the
+ *   client named the tier; the x-router-tier header and the log line name the tier that served;
  * - a refusal sent as an in-stream error event before any content is the same refusal: no breaker charge,
  *   only larger windows tried, the trail says `context_length_exceeded`;
  * - the client's final error is about the upstreams that could take the request: a larger window that is
@@ -248,6 +250,54 @@ describe('a refusal as past the context window fails over to a larger window', (
     expect(r.status, r.text).toBe(502);
     expect(mocks.map((m) => m.bodies.length)).toEqual([1, 1]);
     expect(r.headers['x-router-trail']).toBe('small/m=context_length_exceeded,large/m=http_500');
+  });
+});
+
+describe('tiers: a larger window in another tier takes a request the chosen tier refused as too long', () => {
+  /** Route `r`: tier fast = small (8k), deep = large (128k); a rule sends short prompts to fast. */
+  async function tiered(): Promise<{ gw: TestGateway; mocks: RecordingMock[] }> {
+    const models: Model[] = [SMALL, large('deep answered')];
+    const mocks = await mocksFor(models);
+    const gw = track(
+      await startGateway({
+        providers: providersFor(models, mocks),
+        routes: {
+          r: {
+            strategy: 'priority',
+            tiers: { fast: ['small/m'], deep: ['large/m'] },
+            rules: [{ name: 'short', if: { max_prompt_tokens: 400 }, tier: 'fast' }],
+            default_tier: 'deep',
+          },
+        },
+      }),
+    );
+    return { gw, mocks };
+  }
+
+  for (const stream of [false, true]) {
+    it(`a rule picks fast on the estimate, its model refuses: deep answers, and the headers and log say so (stream: ${stream})`, async () => {
+      const { gw, mocks } = await tiered();
+      const r = await postChat(gw, { ...ASK, stream });
+      expect(r.status, r.text).toBe(200);
+      expect(r.text).toContain('deep answered');
+      expect(counts(mocks)).toEqual([1, 1]);
+      expect(r.headers['x-router-tier']).toBe('deep');
+      expect(r.headers['x-router-tier-reason']).toContain(
+        'fast refused it as past its context window: deep has a larger one',
+      );
+      expect(r.headers['x-router-trail']).toBe('small/m=context_length_exceeded');
+      const line = gw.logs.find((l) => l.msg === 'request');
+      expect(line).toMatchObject({ tier: 'deep', upstream: 'large/m', status: 200 });
+      expect(typeof line?.score).toBe('number');
+    });
+  }
+
+  it('a tier the client named (x-router-tier) is kept: the refusal is the answer', async () => {
+    const { gw, mocks } = await tiered();
+    const r = await postChat(gw, ASK, { headers: { 'x-router-tier': 'fast' } });
+    expect(r.status, r.text).toBe(400);
+    expect((r.json.error as Json).code).toBe('context_length_exceeded');
+    expect(counts(mocks)).toEqual([1, 0]);
   });
 });
 
