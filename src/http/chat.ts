@@ -207,9 +207,6 @@ async function handleChat(
   const decision = pending instanceof Promise ? await pending : pending;
   const { route, hdrs, features, strategy, tier, plan } = decision;
   let opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features);
-  // The tier the request is served from, with its reason: another one when a refusal as too long moves it.
-  let tierName = tier.tier;
-  let tierReason = tier.reason;
   /** Candidates of other tiers a refusal as too long moved the request to, with their tier. */
   let movedTo: Map<RankedCandidate<RouteTarget>, TierName> | undefined;
   // A tier the client did not name: a refusal as too long may move the request to another tier's larger window,
@@ -253,8 +250,8 @@ async function handleChat(
       target.candidate.upstream,
       attempts,
       attempts.length + 1,
-      tierName,
-      tierReason,
+      report.tier,
+      report.tierReason,
     );
 
   const report: RequestContext = {
@@ -297,8 +294,8 @@ async function handleChat(
             current?.candidate.upstream,
             lastAttempts,
             lastAttempts.length,
-            tierName,
-            tierReason,
+            report.tier,
+            report.tierReason,
           ),
         gw.answerStallMs,
       );
@@ -310,11 +307,10 @@ async function handleChat(
     ): Promise<AttemptResult> => {
       current = target;
       const moved = movedTo?.get(target);
-      if (moved !== undefined && moved !== tierName) {
-        tierReason = `${tier.reason}; ${tier.tier} refused it as past its context window: ${moved} has a larger one`;
-        tierName = moved;
-        report.tier = tierName;
-        report.tierReason = tierReason;
+      if (moved !== undefined && moved !== report.tier) {
+        // The tier that serves, in the headers and the log line (the request's report is what both read).
+        report.tier = moved;
+        report.tierReason = `${tier.reason}; ${tier.tier} refused it as past its context window: ${moved} has a larger one`;
         report.ranked = [...report.ranked, target];
       }
       return writer

@@ -1,7 +1,6 @@
 /** One non-streaming attempt: a chat answer (translated or relayed) or a plain JSON answer (embeddings). */
 import type { Classified } from '../resilience/classify.js';
-import { classifyStatus, rateLimitCooldown } from '../resilience/classify.js';
-import { CONTEXT_LENGTH_EXCEEDED } from './context-overflow.js';
+import { rateLimitCooldown } from '../resilience/classify.js';
 import { skipSpace } from '../json-scan.js';
 import { echoGuard } from '../observability/scrub.js';
 import { CompletionBuilder } from '../streaming/completion-chunks.js';
@@ -24,6 +23,7 @@ import {
   answerTokens,
   errorFrom,
   failure,
+  inBandOverflow,
   MAX_ERROR_BODY_BYTES,
   MAX_JSON_BODY_BYTES,
   opensEventStream,
@@ -124,11 +124,9 @@ async function attemptJsonCall(
     const totalMs = input.now() - t0;
     const out = finish(res.text) ?? (chat && answerOfEventStream(res.text, chat.input, chat.ctx));
     if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
-    if (out.error?.code === CONTEXT_LENGTH_EXCEEDED) {
-      // Refused as too long in a 200's body (a proxy's way): the request's, as the 400 is.
-      return failure(classifyStatus(400), totalMs, { status: 400, info: { ...out.error, status: 400 } });
-    }
     if (out.error) {
+      const overflow = inBandOverflow(out.error, totalMs);
+      if (overflow !== undefined) return overflow;
       const limited = out.error.status === 429;
       return failure(limited ? ERROR_ANSWER_RATE_LIMITED : ERROR_ANSWER, totalMs, {
         status: res.statusCode,

@@ -1,7 +1,6 @@
 /** One streaming chat attempt: held back until its first content, then relayed to the client as it comes. */
 import type { Classified } from '../resilience/classify.js';
-import { classifyStatus, codedError } from '../resilience/classify.js';
-import { CONTEXT_LENGTH_EXCEEDED } from './context-overflow.js';
+import { codedError } from '../resilience/classify.js';
 import { withoutBom } from '../json-scan.js';
 import { echoGuard } from '../observability/scrub.js';
 import { DeltaMask } from '../streaming/delta-mask.js';
@@ -24,6 +23,7 @@ import {
   answerTokens,
   errorFrom,
   failure,
+  inBandOverflow,
   MAX_ERROR_BODY_BYTES,
   MAX_JSON_BODY_BYTES,
   opensEventStream,
@@ -351,14 +351,13 @@ async function attemptStreamBody(
 
     let result: AttemptResult;
     if (readError !== undefined) result = thrown(readError, input, sig, t0, committed);
-    else if (streamError && !committed && streamError.code === CONTEXT_LENGTH_EXCEEDED) {
-      // Refused as too long, in an event rather than a 400 (a proxy's way): the request's, as the 400 is.
-      result = failure(classifyStatus(400), totalMs, { status: 400, info: { ...streamError, status: 400 } });
-    } else if (streamError) {
-      result = failure(streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT, totalMs, {
-        info: streamError,
-        committed,
-      });
+    else if (streamError) {
+      result =
+        (committed ? undefined : inBandOverflow(streamError, totalMs)) ??
+        failure(streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT, totalMs, {
+          info: streamError,
+          committed,
+        });
     } else {
       result = failure(
         {

@@ -7,6 +7,7 @@ import { ANSWER_TEXT_FIELDS, fieldText } from '../text.js';
 import type { Upstream } from '../runtime.js';
 import type { ChatBody, StreamContext, UpstreamErrorInfo, Usage } from './adapter.js';
 import type { Abort } from './abort.js';
+import { CONTEXT_LENGTH_EXCEEDED } from './context-overflow.js';
 import type { AttemptSignal } from './bounds.js';
 
 /** Error bodies are read only this far: they are messages, not payloads. */
@@ -108,6 +109,16 @@ export function failure(
     totalMs,
     ...('queuedMs' in extra ? { queuedMs: extra.queuedMs } : {}),
   };
+}
+
+/**
+ * An error sent in-band (an event before a stream's content, a 200 whose body is the error) that refuses the
+ * request as past the model's context window: the request's, as the same refusal in a 400 is (failed over
+ * only to a larger window). Undefined for any other error.
+ */
+export function inBandOverflow(info: UpstreamErrorInfo, totalMs: number): AttemptResult | undefined {
+  if (info.code !== CONTEXT_LENGTH_EXCEEDED) return undefined;
+  return failure(classifyStatus(400), totalMs, { status: 400, info: { ...info, status: 400 } });
 }
 
 const TOTAL_TIMEOUT: Classified = { outcome: 'timeout', retryable: true, reason: 'total_timeout' };
