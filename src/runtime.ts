@@ -14,6 +14,7 @@ import type {
 import type { Metrics } from './observability/metrics.js';
 import { CIRCUIT_STATE_VALUE } from './observability/metrics.js';
 import type { CircuitBreaker } from './resilience/breaker.js';
+import type { Quota } from './resilience/quota.js';
 import type { Outcome } from './resilience/classify.js';
 import type { UpstreamStats } from './routing/stats.js';
 import type { RedisState } from './state/redis.js';
@@ -61,6 +62,8 @@ export interface Upstream {
   readonly embeddings: boolean;
   readonly stats: UpstreamStats;
   readonly breaker: CircuitBreaker;
+  /** The deployment's per-minute budget (`rpm`, `tpm`), when it has one. */
+  readonly quota: Quota | undefined;
   readonly metrics: UpstreamMetrics;
   /**
    * The request fields this upstream was found to refuse, and how they are fitted (an Anthropic upstream:
@@ -196,6 +199,7 @@ export class Runtime {
           embeddings: m.capabilities.includes('embeddings'),
           stats: shared.statsFor(id),
           breaker: shared.breakers.get(id),
+          quota: shared.quotaFor(id, m),
           metrics: {
             inflight: metrics.inflight.labels(labels),
             ttft: metrics.ttft.labels(labels),
@@ -218,6 +222,7 @@ export class Runtime {
     }
     shared.retainBreakers(this.upstreams.keys());
     for (const id of [...shared.stats.keys()]) if (!this.upstreams.has(id)) shared.stats.delete(id);
+    for (const id of [...shared.quotas.keys()]) if (!this.upstreams.has(id)) shared.quotas.delete(id);
     for (const [key, f] of [...shared.fits]) if (!fits.has(f)) shared.fits.delete(key);
 
     const fallback = strategyOf(config.routing.default_strategy, 'hybrid');

@@ -160,6 +160,9 @@ const modelSchema = z.strictObject({
   capabilities: z.array(z.enum(CAPABILITIES)).default(['tools', 'json', 'vision', 'stream']),
   /** Share of traffic under the `weighted` strategy. */
   weight: weightNum.default(1),
+  /** The provider's limits for this deployment, per minute: requests, and tokens (prompt + output). */
+  rpm: posInt.optional(),
+  tpm: posInt.optional(),
 });
 
 const providerSchema = z.strictObject({

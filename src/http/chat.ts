@@ -6,7 +6,7 @@ import { runFailover, type AttemptRecord, type FailoverOptions } from '../resili
 import type { TierName } from '../config/schema.js';
 import { decideChat, largerInOtherTiers } from '../routing/chat-decision.js';
 import type { RequestFeatures } from '../routing/features.js';
-import type { Plan } from '../routing/plan.js';
+import { quotaTokens, type Plan } from '../routing/plan.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Runtime } from '../runtime.js';
 import { SseWriter } from '../streaming/relay.js';
@@ -72,8 +72,8 @@ export function failoverOptions(
   startedAt: number,
   reqId: string,
   plan: Plan,
-  /** A chat request's: its `n`, whether it streams, its max_tokens (none for embeddings). */
-  features?: Pick<RequestFeatures, 'choices' | 'stream' | 'requestedOutputTokens'>,
+  /** Its `n`, whether it streams, its max_tokens, its prompt's estimate. */
+  features: Pick<RequestFeatures, 'choices' | 'stream' | 'requestedOutputTokens' | 'promptTokens'>,
 ): FailoverOptions {
   const routing = rt.loaded.config.routing;
   return {
@@ -85,10 +85,12 @@ export function failoverOptions(
     logger: gw.logger,
     scrubber: rt.scrubber,
     reqId,
-    choices: features?.choices ?? 1,
+    choices: features.choices,
     coolingMs: plan.coolingMs,
-    stream: features?.stream === true,
-    requestedOutputTokens: features?.requestedOutputTokens,
+    stream: features.stream,
+    requestedOutputTokens: features.requestedOutputTokens,
+    quotaTokens: quotaTokens(features),
+    promptTokens: features.promptTokens,
   };
 }
 

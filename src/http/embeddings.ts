@@ -99,7 +99,15 @@ async function handleEmbeddings(
   const maxBodyBytes = answerBound(body);
   const chosen = plan.ranked[0];
   if (chosen) gw.decisionChildren.get(route.name, strategy, chosen.candidate.upstream.provider.name).inc();
-  const opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan);
+  const opts = failoverOptions(
+    gw,
+    rt,
+    route.name,
+    startedAt,
+    req.id,
+    plan,
+    embeddingsFeatures(tokens.total, 0),
+  );
   const clientSignal = clientGoneSignal(reply);
   let lastAttempts: readonly AttemptRecord[] = [];
   let current: RankedCandidate<RouteTarget> | undefined;

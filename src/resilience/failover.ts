@@ -46,6 +46,9 @@ export interface FailoverOptions {
   readonly stream?: boolean;
   /** The request's max_tokens (or max_completion_tokens), when it gave one. */
   readonly requestedOutputTokens?: number | undefined;
+  /** What an attempt takes of its upstream's `tpm` when sent (plan.ts quotaTokens); its prompt's part too. */
+  readonly quotaTokens?: number;
+  readonly promptTokens?: number;
   /**
    * Candidates outside the ranked list (a tiered route's other tiers) whose context window is above `window`,
    * ranked: asked once, when an upstream refuses the request as too long and the list has no larger window.
@@ -141,6 +144,8 @@ export async function runFailover(
   let minRetryAfterMs = opts.coolingMs ?? Number.POSITIVE_INFINITY;
   let rateLimited = 0;
   let deadlineReached = false;
+  /** How soon a candidate passed over at its rpm/tpm has room again, ms. */
+  let quotaMs = Number.POSITIVE_INFINITY;
   /** The failed attempt a next one fails over from: counted only once that next attempt starts. */
   let from: { provider: string; reason: string } | undefined;
   /**
@@ -160,8 +165,16 @@ export async function runFailover(
     // The config rejects a target listed twice; a plan that still holds one must not try it again.
     if (attempted(attempts, up.id)) continue;
     if (overflow !== undefined && !((up.model.context_window ?? 0) > overflow.window)) continue;
+    const quota = up.quota;
+    const tokens = opts.quotaTokens ?? 0;
+    if (quota !== undefined && !quota.room(tokens)) {
+      // Filled by other requests since the plan was made (it left out the ones full then).
+      quotaMs = Math.min(quotaMs, quota.msUntilRoom(tokens));
+      continue;
+    }
     const permit = up.breaker.acquire();
     if (permit === undefined) continue; // half-open with its probes taken, or opened since the plan was made
+    const taken = quota?.take(tokens);
     if (overflow !== undefined) overflow.tried = true;
     if (from !== undefined) {
       opts.metrics.failovers.inc({
@@ -184,6 +197,7 @@ export async function runFailover(
       client.active--;
     }
     upstreamMs += result.totalMs;
+    if (taken !== undefined) quota!.settle(taken, usedTokens(result, opts.promptTokens ?? 0));
     // The breaker and statistics learn at the end of this turn, after the answer is written (end-of-turn.ts).
     // Only other requests read them, and no upstream is tried twice by one request.
     afterThisTurn(record, up, permit, result, opts);
@@ -282,10 +296,24 @@ export async function runFailover(
   throw finalError(attempts, {
     rateLimited,
     minRetryAfterMs,
+    quotaMs,
     deadlineHit: deadlineReached || opts.now() >= opts.deadline,
     ranked: list,
     overflowWindow: overflow?.window,
   });
+}
+
+/**
+ * The tokens an attempt used of its upstream's `tpm`: what the upstream reported, else the prompt's estimate
+ * and the output counted as it was relayed. An attempt that failed with no answer used none.
+ */
+function usedTokens(result: AttemptResult, promptTokens: number): number {
+  const usage = result.ok ? result.usage : result.committed ? result.usage : undefined;
+  const completion = reportedCompletion(usage);
+  const prompt = usage?.prompt_tokens;
+  if (typeof prompt === 'number' && completion !== undefined) return prompt + completion;
+  if (result.ok) return promptTokens + Math.max(completion ?? 0, result.countedTokens);
+  return result.committed ? promptTokens + (result.relayedTokens ?? 0) : 0;
 }
 
 /**
@@ -406,6 +434,8 @@ function finalError(
   d: {
     rateLimited: number;
     minRetryAfterMs: number;
+    /** How soon a candidate passed over at its rpm/tpm has room again, ms. */
+    quotaMs: number;
     deadlineHit: boolean;
     ranked: readonly RankedCandidate<RouteTarget>[];
     /** The window a refusal as too long named: only candidates above it could take the request. */
@@ -418,6 +448,10 @@ function finalError(
     const retryAfterS = Math.max(1, Math.ceil((Number.isFinite(minMs) ? minMs : 1000) / 1000));
     if (d.deadlineHit)
       return new GatewayError('timeout', 'the request ran out of time before any upstream was tried');
+    if (Number.isFinite(d.quotaMs))
+      return new GatewayError('rate_limited', 'every upstream left is at its rpm/tpm limit', {
+        retryAfterS: Math.max(1, Math.ceil(d.quotaMs / 1000)),
+      });
     return new GatewayError(
       'no_available_upstream',
       'no upstream could take the request (circuits open or probing)',
@@ -435,7 +469,7 @@ function finalError(
     // A candidate max_attempts left untried may take the request now: the client is not sent away for the
     // rate-limited ones' whole wait while it is free (their breakers now keep the next request off them).
     // After a refusal as too long, only a larger window could.
-    let minMs = d.minRetryAfterMs;
+    let minMs = Math.min(d.minRetryAfterMs, d.quotaMs);
     for (const t of d.ranked) {
       const up = t.candidate.upstream;
       if (d.overflowWindow !== undefined && !((up.model.context_window ?? 0) > d.overflowWindow)) continue;

@@ -275,6 +275,8 @@ async function callRouter(
         metrics: gw.metrics,
         logger: gw.logger,
         scrubber: rt.scrubber,
+        quotaTokens: promptTokens + ROUTER_MAX_TOKENS,
+        promptTokens,
       },
       async (target) => {
         const upstream = target.candidate.upstream;

@@ -68,6 +68,8 @@ export function planRequest(
   let minOpenMs = Number.POSITIVE_INFINITY;
   let allRateLimited = true;
   let coolingMs = Number.POSITIVE_INFINITY;
+  /** Some target was left out at its rpm/tpm: the refusal says so. */
+  let atQuota = false;
   const need = features.contextTokens + (features.requestedOutputTokens ?? 0);
 
   for (const t of targets) {
@@ -89,6 +91,13 @@ export function planRequest(
       minOpenMs = Math.min(minOpenMs, openMs);
       if (up.breaker.snapshot().tripCause !== 'rate_limit') allRateLimited = false;
       else coolingMs = Math.min(coolingMs, openMs);
+    } else if (up.quota !== undefined && !up.quota.room(quotaTokens(features))) {
+      // At the provider's per-minute limit: a rate limit we saw coming, kept off as a 429's cooldown is.
+      why = 'breaker';
+      atQuota = true;
+      const ms = up.quota.msUntilRoom(quotaTokens(features));
+      minOpenMs = Math.min(minOpenMs, ms);
+      coolingMs = Math.min(coolingMs, ms);
     } else if (opts.exclude !== undefined && attempted(opts.exclude, up.id)) why = 'failed';
     if (why === undefined) eligible.push(t);
     else if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
@@ -101,6 +110,7 @@ export function planRequest(
       need,
       minOpenMs,
       allRateLimited,
+      atQuota,
       provider: opts.provider,
       tier: opts.tier,
       failed: opts.exclude,
@@ -157,6 +167,16 @@ export function planRequest(
   return Number.isFinite(coolingMs)
     ? { ranked, strategy: opts.strategy, coolingMs }
     : { ranked, strategy: opts.strategy };
+}
+
+/**
+ * The tokens a request takes of an upstream's `tpm` when it is sent: its prompt and, when it names one, the
+ * most output it may get back (every choice's). Settled to the tokens it used when it ends (runFailover).
+ */
+export function quotaTokens(
+  f: Pick<RequestFeatures, 'promptTokens' | 'requestedOutputTokens' | 'choices'>,
+): number {
+  return f.promptTokens + (f.requestedOutputTokens ?? 0) * Math.max(1, f.choices);
 }
 
 /**
@@ -301,6 +321,7 @@ function noCandidate(
     need: number;
     minOpenMs: number;
     allRateLimited: boolean;
+    atQuota: boolean;
     provider: string | undefined;
     tier: string | undefined;
     failed: readonly AttemptRecord[] | undefined;
@@ -316,9 +337,10 @@ function noCandidate(
       // Pinned (x-router-provider): only that provider's upstreams were candidates; say so, as the others may be fine.
       const scope = d.provider === undefined ? `route ${name}` : `provider "${d.provider}" in route ${name}`;
       if (d.allRateLimited) {
+        const limited = d.atQuota ? 'rate limited or at its rpm/tpm limit' : 'rate limited';
         return new GatewayError(
           'rate_limited',
-          `every upstream of ${scope} is rate limited; retry in ${retryAfterS}s`,
+          `every upstream of ${scope} is ${limited}; retry in ${retryAfterS}s`,
           {
             retryAfterS,
           },

@@ -1,6 +1,7 @@
 import type { LoadedConfig } from '../config/load.js';
 import { MAX_TIMER_MS } from '../config/schema.js';
 import type { CircuitBreaker, TripCause } from '../resilience/breaker.js';
+import { Quota, type QuotaLimits } from '../resilience/quota.js';
 import { MemoryBreakerStore } from '../resilience/store.js';
 import { UpstreamStats } from '../routing/stats.js';
 import { ParamFit, type FieldFit } from '../upstream/param-fit.js';
@@ -15,6 +16,8 @@ const PROBE_LEASE_WAIT_MS = 2_000;
 /** What outlives a config reload: breakers and statistics of upstreams that remain, and the clock. */
 export class SharedState {
   readonly stats = new Map<string, UpstreamStats>();
+  /** Per-minute budgets (`rpm`, `tpm`) of the upstreams that have one: a reload keeps what was counted. */
+  readonly quotas = new Map<string, Quota>();
   readonly breakers: MemoryBreakerStore;
   /** Learned request fits, by upstream, server and model name: a reload that moves an upstream starts anew. */
   readonly fits = new Map<string, ParamFit>();
@@ -258,6 +261,7 @@ export class SharedState {
     for (const id of ids) this.redis?.forgetOpen(id); // the fleet's open was the old server's too
     this.retainBreakers([...this.breakers.entries()].map(([id]) => id).filter((id) => !ids.has(id)));
     if (stats) for (const id of ids) this.stats.delete(id);
+    for (const id of ids) this.quotas.delete(id); // another server or key: another budget
   }
 
   /** Stops the breakers' wake-ups (the gateway is closing). */
@@ -290,6 +294,20 @@ export class SharedState {
       this.fits.set(key, f);
     }
     return f;
+  }
+
+  /** The upstream's budget under these limits, its count kept across reloads; none without limits. */
+  quotaFor(id: string, limits: QuotaLimits): Quota | undefined {
+    if (limits.rpm === undefined && limits.tpm === undefined) {
+      this.quotas.delete(id);
+      return undefined;
+    }
+    let q = this.quotas.get(id);
+    if (q === undefined) {
+      q = new Quota(limits, this.now);
+      this.quotas.set(id, q);
+    } else q.limits = limits;
+    return q;
   }
 
   statsFor(id: string): UpstreamStats {
