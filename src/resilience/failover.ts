@@ -5,7 +5,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { RankedCandidate } from '../routing/types.js';
 import type { RouteTarget, Upstream } from '../runtime.js';
 import type { AttemptResult } from '../upstream/attempt.js';
-import { reportedCompletion, type Usage } from '../upstream/adapter.js';
+import { reportedCompletion, reportedPrompt, type Usage } from '../upstream/adapter.js';
 import type { Permit } from './breaker.js';
 import { QUEUE_TIMEOUT } from './classify.js';
 import { clip } from '../text.js';
@@ -49,6 +49,8 @@ export interface FailoverOptions {
   /** What an attempt takes of its upstream's `tpm` when sent (plan.ts quotaTokens); its prompt's part too. */
   readonly quotaTokens?: number;
   readonly promptTokens?: number;
+  /** Candidates the plan left out at their rpm/tpm (Plan.atQuota). */
+  readonly atQuota?: readonly RouteTarget[] | undefined;
   /**
    * Candidates outside the ranked list (a tiered route's other tiers) whose context window is above `window`,
    * ranked: asked once, when an upstream refuses the request as too long and the list has no larger window.
@@ -58,6 +60,15 @@ export interface FailoverOptions {
     attempts: readonly AttemptRecord[],
   ) => readonly RankedCandidate<RouteTarget>[];
 }
+
+/** Failures before the request reached the upstream: no token of it was counted there. */
+const NEVER_SENT: ReadonlySet<string> = new Set([
+  QUEUE_TIMEOUT,
+  'connect_timeout',
+  'connect_refused',
+  'dns_failure',
+  'host_unreachable',
+]);
 
 /** How much of an upstream's error message a failed attempt's log line keeps. */
 const MAX_LOGGED_MESSAGE = 300;
@@ -146,6 +157,8 @@ export async function runFailover(
   let deadlineReached = false;
   /** How soon a candidate passed over at its rpm/tpm has room again, ms. */
   let quotaMs = Number.POSITIVE_INFINITY;
+  /** The same, of the larger windows passed over after a refusal as too long. */
+  let largerQuotaMs = Number.POSITIVE_INFINITY;
   /** The failed attempt a next one fails over from: counted only once that next attempt starts. */
   let from: { provider: string; reason: string } | undefined;
   /**
@@ -169,7 +182,9 @@ export async function runFailover(
     const tokens = opts.quotaTokens ?? 0;
     if (quota !== undefined && !quota.room(tokens)) {
       // Filled by other requests since the plan was made (it left out the ones full then).
-      quotaMs = Math.min(quotaMs, quota.msUntilRoom(tokens));
+      const ms = quota.msUntilRoom(tokens);
+      quotaMs = Math.min(quotaMs, ms);
+      if (overflow !== undefined) largerQuotaMs = Math.min(largerQuotaMs, ms);
       continue;
     }
     const permit = up.breaker.acquire();
@@ -251,7 +266,7 @@ export async function runFailover(
           larger = largerWindows(list, i, attempts, window);
         }
       }
-      if (!larger.ahead && !larger.tried) throw error;
+      if (!larger.ahead && !larger.tried) throw heldLarger(opts, window, up.id) ?? error;
       // A larger window that already failed (a strategy ranked it first) makes the request the upstreams'
       // failure, not one for the client to shorten: the final error is about those attempts.
       overflow = { error, window, tried: larger.tried };
@@ -292,7 +307,8 @@ export async function runFailover(
   }
   // No larger window was tried (every one's breaker refused, or the attempts or the time ran out): the client
   // gets the refusal, as from a route with no larger window.
-  if (overflow !== undefined && !overflow.tried) throw overflow.error;
+  if (overflow !== undefined && !overflow.tried)
+    throw Number.isFinite(largerQuotaMs) ? largerWindowWait(largerQuotaMs) : overflow.error;
   throw finalError(attempts, {
     rateLimited,
     minRetryAfterMs,
@@ -304,16 +320,41 @@ export async function runFailover(
 }
 
 /**
+ * A refusal as too long where the only larger windows were left out at their rpm/tpm: the request fits the
+ * route, it has to wait (a 429 until the first has room), not be shortened.
+ */
+function heldLarger(opts: FailoverOptions, window: number, refusing: string): GatewayError | undefined {
+  let ms = Number.POSITIVE_INFINITY;
+  for (const t of opts.atQuota ?? []) {
+    const up = t.upstream;
+    if (up.id === refusing || !((up.model.context_window ?? 0) > window) || up.quota === undefined) continue;
+    ms = Math.min(ms, up.quota.msUntilRoom(opts.quotaTokens ?? 0));
+  }
+  return Number.isFinite(ms) ? largerWindowWait(ms) : undefined;
+}
+
+function largerWindowWait(ms: number): GatewayError {
+  const retryAfterS = Math.max(1, Math.ceil(ms / 1000));
+  return new GatewayError(
+    'rate_limited',
+    `the request is past the context window of the upstreams with room; every one with a larger window is at its rpm/tpm limit: retry in ${retryAfterS}s`,
+    { retryAfterS },
+  );
+}
+
+/**
  * The tokens an attempt used of its upstream's `tpm`: what the upstream reported, else the prompt's estimate
- * and the output counted as it was relayed. An attempt that failed with no answer used none.
+ * and the output counted as it was relayed.
  */
 function usedTokens(result: AttemptResult, promptTokens: number): number {
-  const usage = result.ok ? result.usage : result.committed ? result.usage : undefined;
-  const completion = reportedCompletion(usage);
-  const prompt = usage?.prompt_tokens;
-  if (typeof prompt === 'number' && completion !== undefined) return prompt + completion;
-  if (result.ok) return promptTokens + Math.max(completion ?? 0, result.countedTokens);
-  return result.committed ? promptTokens + (result.relayedTokens ?? 0) : 0;
+  const prompt = reportedPrompt(result.usage) ?? promptTokens;
+  if (!result.ok && !result.committed) {
+    // A provider counts a prompt it read, answered or not; not one it never got, nor one turned away at its limit.
+    const { outcome, reason } = result.classified;
+    return outcome === 'rate_limited' || NEVER_SENT.has(reason) ? 0 : prompt;
+  }
+  const relayed = result.ok ? result.countedTokens : (result.relayedTokens ?? 0);
+  return prompt + (reportedCompletion(result.usage) ?? relayed);
 }
 
 /**

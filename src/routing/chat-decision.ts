@@ -138,7 +138,12 @@ export function largerInOtherTiers(
   decision: ChatDecision,
   window: number,
   attempts: readonly AttemptRecord[],
-): { ranked: RankedCandidate<RouteTarget>[]; tiers: Map<RankedCandidate<RouteTarget>, TierName> } {
+): {
+  ranked: RankedCandidate<RouteTarget>[];
+  tiers: Map<RankedCandidate<RouteTarget>, TierName>;
+  /** The larger windows left out at their rpm/tpm. */
+  atQuota: readonly RouteTarget[] | undefined;
+} {
   const { route, hdrs, features, strategy } = decision;
   const targets: RouteTarget[] = [];
   const tierOf = new Map<string, TierName>();
@@ -152,7 +157,7 @@ export function largerInOtherTiers(
     }
   }
   const tiers = new Map<RankedCandidate<RouteTarget>, TierName>();
-  if (targets.length === 0) return { ranked: [], tiers };
+  if (targets.length === 0) return { ranked: [], tiers, atQuota: undefined };
   const plan = planRequest(route, targets, features, {
     strategy,
     provider: hdrs.provider,
@@ -163,5 +168,5 @@ export function largerInOtherTiers(
     exclude: attempts,
   });
   for (const c of plan.ranked) tiers.set(c, tierOf.get(c.candidate.upstream.id)!);
-  return { ranked: plan.ranked, tiers };
+  return { ranked: plan.ranked, tiers, atQuota: plan.atQuota };
 }

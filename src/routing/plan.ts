@@ -42,6 +42,8 @@ export interface Plan {
    * too, the client's Retry-After is the sooner of the two (runFailover's `coolingMs`).
    */
   readonly coolingMs?: number;
+  /** Targets left out at their rpm/tpm: a refusal as too long may wait for a larger window among them. */
+  readonly atQuota?: readonly RouteTarget[];
 }
 
 /** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
@@ -68,8 +70,8 @@ export function planRequest(
   let minOpenMs = Number.POSITIVE_INFINITY;
   let allRateLimited = true;
   let coolingMs = Number.POSITIVE_INFINITY;
-  /** Some target was left out at its rpm/tpm: the refusal says so. */
-  let atQuota = false;
+  /** Targets left out at their rpm/tpm: made only when one is. */
+  let atQuota: RouteTarget[] | undefined;
   const need = features.contextTokens + (features.requestedOutputTokens ?? 0);
 
   for (const t of targets) {
@@ -94,7 +96,7 @@ export function planRequest(
     } else if (up.quota !== undefined && !up.quota.room(quotaTokens(features))) {
       // At the provider's per-minute limit: a rate limit we saw coming, kept off as a 429's cooldown is.
       why = 'breaker';
-      atQuota = true;
+      (atQuota ??= []).push(t);
       const ms = up.quota.msUntilRoom(quotaTokens(features));
       minOpenMs = Math.min(minOpenMs, ms);
       coolingMs = Math.min(coolingMs, ms);
@@ -110,7 +112,7 @@ export function planRequest(
       need,
       minOpenMs,
       allRateLimited,
-      atQuota,
+      atQuota: atQuota !== undefined,
       provider: opts.provider,
       tier: opts.tier,
       failed: opts.exclude,
@@ -118,7 +120,9 @@ export function planRequest(
       toolsParam: features.toolsParam,
       promptParam: features.promptParam,
     });
-    return { ranked: [], strategy: opts.strategy, refusal };
+    return atQuota === undefined
+      ? { ranked: [], strategy: opts.strategy, refusal }
+      : { ranked: [], strategy: opts.strategy, refusal, atQuota };
   }
 
   // The route's (or its tier's) turns are its own traffic's; a pinned provider or another strategy counts
@@ -164,6 +168,7 @@ export function planRequest(
   }
   const ranked = getStrategy(opts.strategy)(eligible, ctx);
   if (opts.strategy !== 'priority') busyLast(ranked);
+  if (atQuota !== undefined) return { ranked, strategy: opts.strategy, coolingMs, atQuota };
   return Number.isFinite(coolingMs)
     ? { ranked, strategy: opts.strategy, coolingMs }
     : { ranked, strategy: opts.strategy };

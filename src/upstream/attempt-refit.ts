@@ -28,9 +28,11 @@ export function refitted(
   if (param === undefined) return undefined;
   const next = fit.apply(input.body);
   // The same field as it was just refused (a fit that cannot change it): sending it again would be refused again.
-  return next[param] === sent[param] && Object.hasOwn(next, param) === Object.hasOwn(sent, param)
-    ? undefined
-    : next;
+  if (next[param] === sent[param] && Object.hasOwn(next, param) === Object.hasOwn(sent, param))
+    return undefined;
+  // Sent again: one more request of the upstream's rpm (its tokens are the attempt's, settled at its end).
+  input.upstream.quota?.take(0);
+  return next;
 }
 
 /**
