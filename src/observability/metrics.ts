@@ -102,6 +102,18 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       labelNames: ['provider', 'model'] as const,
       registers: r,
     }),
+    quotaUsed: new Gauge({
+      name: 'llm_router_quota_used',
+      help: 'What the last 60 s used of an upstream per-minute budget: kind requests (rpm) or tokens (tpm).',
+      labelNames: ['provider', 'model', 'kind'] as const,
+      registers: r,
+    }),
+    quotaLimit: new Gauge({
+      name: 'llm_router_quota_limit',
+      help: 'An upstream per-minute budget as configured: kind requests (rpm) or tokens (tpm).',
+      labelNames: ['provider', 'model', 'kind'] as const,
+      registers: r,
+    }),
     routerRequests: new Counter({
       name: 'llm_router_llm_router_requests_total',
       help: 'LLM router (tier classifier) calls by outcome.',

@@ -215,7 +215,7 @@ describe('/metrics after a scripted session (SPEC §5)', () => {
     const names = createMetrics({ defaultMetrics: false })
       .registry.getMetricsAsArray()
       .map((x) => x.name);
-    expect(names).toHaveLength(17);
+    expect(names).toHaveLength(19); // SPEC §5's 17, and the per-minute budgets' two gauges
     for (const name of names) expect(scrape, name).toMatch(new RegExp(`^# TYPE ${name} `, 'm'));
     for (const name of [
       'process_cpu_user_seconds_total',

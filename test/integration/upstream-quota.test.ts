@@ -97,6 +97,12 @@ describe('per-minute budgets (rpm, tpm)', () => {
     expect(attempts('success')).toBe(2);
     expect(attempts('rate_limited') ?? 0).toBe(0);
     expect(select(samples, 'llm_router_failovers_total')).toHaveLength(0);
+    // The window as a gauge, beside the configured limit; only the kinds configured.
+    const quota = { provider: 'a', model: 'm', kind: 'requests' };
+    expect(value(samples, 'llm_router_quota_used', quota)).toBe(2);
+    expect(value(samples, 'llm_router_quota_limit', quota)).toBe(2);
+    expect(select(samples, 'llm_router_quota_used', { kind: 'tokens' })).toHaveLength(0);
+    expect(select(samples, 'llm_router_quota_limit', { provider: 'b' })).toHaveLength(0);
   });
 
   it('answers 429 with the seconds until a slot frees when every upstream is at its limit, and serves again then', async () => {
@@ -199,6 +205,7 @@ describe('per-minute budgets (rpm, tpm)', () => {
     expect(a2.requests).toHaveLength(1);
     gw.gateway.reload(parseConfigText(JSON.stringify(config(a2, b, {}))));
     expect(dig(await status(gw, 'a/m'), 'quota')).toBeUndefined();
+    expect(select(await scrape(gw.url), 'llm_router_quota_used')).toHaveLength(0);
   });
 });
 
