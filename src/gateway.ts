@@ -236,6 +236,8 @@ export class Gateway {
         localStats: () =>
           [...this.current.upstreams.keys()].map((id) => [id, shared.statsFor(id).local()] as const),
         setRemote: (id, view) => shared.stats.get(id)?.setRemote(view),
+        localQuotas: () => [...shared.quotas].map(([id, q]) => [id, q.local()] as const),
+        setRemoteQuota: (id, use) => shared.quotas.get(id)?.setRemote(use),
         openBreakers: () => {
           const open: [string, number, TripCause][] = [];
           for (const [id, breaker] of shared.breakers.entries()) {

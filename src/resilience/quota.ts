@@ -3,11 +3,17 @@
  * and tokens sent in the last 60 seconds, kept in 60 one-second buckets. The plan leaves out an upstream with
  * no room for one more request or for this request's tokens, so traffic moves to the others before the
  * provider starts answering 429; when none has room the client gets a 429 and the time until one has.
- * Each replica counts its own.
+ * With Redis, the other replicas' windows are added (QuotaUse, exchanged with the statistics: a second old).
  */
 export interface QuotaLimits {
   readonly rpm?: number | undefined;
   readonly tpm?: number | undefined;
+}
+
+/** A window's totals: requests and tokens of the last 60 s. */
+export interface QuotaUse {
+  readonly requests: number;
+  readonly tokens: number;
 }
 
 /** What one attempt took from the window, to be put right when its real token count is known. */
@@ -17,6 +23,7 @@ export interface QuotaTake {
 }
 
 const WINDOW_S = 60;
+const NO_USE: QuotaUse = { requests: 0, tokens: 0 };
 
 export class Quota {
   readonly #requests = new Float64Array(WINDOW_S);
@@ -27,6 +34,8 @@ export class Quota {
   #usedTokens = 0;
   /** The latest second the window was moved to. */
   #at = Number.NEGATIVE_INFINITY;
+  /** The other replicas' windows, as last exchanged (state.backend redis). */
+  #remote: QuotaUse = NO_USE;
 
   constructor(
     public limits: QuotaLimits,
@@ -36,15 +45,20 @@ export class Quota {
   /** Whether one more request of `tokens` fits. One larger than the whole `tpm` fits an empty window. */
   room(tokens: number): boolean {
     this.#advance();
-    return this.#fits(this.#usedRequests, this.#usedTokens, tokens);
+    return this.#fits(
+      this.#usedRequests + this.#remote.requests,
+      this.#usedTokens + this.#remote.tokens,
+      tokens,
+    );
   }
 
   /** How long until one more request of `tokens` fits, ms: 0 when it does now. */
   msUntilRoom(tokens: number): number {
     const nowMs = this.now();
     const sec = this.#advance();
-    let requests = this.#usedRequests;
-    let used = this.#usedTokens;
+    const remote = this.#remote;
+    let requests = this.#usedRequests + remote.requests;
+    let used = this.#usedTokens + remote.tokens;
     if (this.#fits(requests, used, tokens)) return 0;
     // Oldest first: the bucket of second `s` leaves the window when second s + 60 begins.
     for (let s = sec - WINDOW_S + 1; s <= sec; s++) {
@@ -54,7 +68,15 @@ export class Quota {
       used -= this.#tokens[slot]!;
       if (this.#fits(requests, used, tokens)) return Math.max(1, (s + WINDOW_S) * 1000 - nowMs);
     }
-    return WINDOW_S * 1000;
+    // The other replicas' use is what stands in the way, its buckets unknown here: taken as spread evenly
+    // over the minute, the share of it that has to leave the window first.
+    const { rpm, tpm } = this.limits;
+    let share = 0;
+    if (rpm !== undefined && remote.requests > 0)
+      share = Math.max(share, (remote.requests + 1 - rpm) / remote.requests);
+    if (tpm !== undefined && remote.tokens > 0)
+      share = Math.max(share, (remote.tokens + Math.min(tokens, tpm) - tpm) / remote.tokens);
+    return Math.min(WINDOW_S * 1000, Math.max(1000, Math.ceil(share * WINDOW_S * 1000)));
   }
 
   /** Counts a request sent with `tokens` (its estimate). */
@@ -80,7 +102,18 @@ export class Quota {
     this.#tokens[slot] = next;
   }
 
-  /** For /router/status: the limits and what the last minute used of them. */
+  /** This replica's window: what it sends the other replicas. */
+  local(): QuotaUse {
+    this.#advance();
+    return { requests: this.#usedRequests, tokens: Math.round(this.#usedTokens) };
+  }
+
+  /** The other replicas' windows, summed (undefined: none, or Redis is down). */
+  setRemote(use: QuotaUse | undefined): void {
+    this.#remote = use ?? NO_USE;
+  }
+
+  /** For /router/status and /metrics: the limits and what the last minute used of them, fleet-wide. */
   snapshot(): {
     rpm: number | null;
     tpm: number | null;
@@ -91,8 +124,8 @@ export class Quota {
     return {
       rpm: this.limits.rpm ?? null,
       tpm: this.limits.tpm ?? null,
-      requests_last_minute: this.#usedRequests,
-      tokens_last_minute: Math.round(this.#usedTokens),
+      requests_last_minute: this.#usedRequests + this.#remote.requests,
+      tokens_last_minute: Math.round(this.#usedTokens + this.#remote.tokens),
     };
   }
 

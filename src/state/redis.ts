@@ -6,7 +6,8 @@
  *   the other replicas open theirs until the same moment, and a replica that starts or reconnects adopts
  *   the opens still running;
  * - every `syncMs` each replica writes its own measurements of each upstream (a hash field per replica)
- *   and reads the others', merged into the view its strategies blend with their own (stats.ts);
+ *   and reads the others', merged into the view its strategies blend with their own (stats.ts); the same
+ *   for the per-minute budget windows (rpm, tpm), summed into what each replica counts against the limits;
  * - a round-robin turn is an INCR of the route's shared counter; the answer moves the local rotation to
  *   the fleet's count, so replicas that take turns with requests also take turns with upstreams.
  * While Redis is unreachable, commands fail at once (no offline queue), the other replicas' view is
@@ -16,6 +17,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import type { TripCause } from '../resilience/breaker.js';
+import type { QuotaUse } from '../resilience/quota.js';
 import type { SharedStats } from '../routing/stats.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
 import { isFiniteNonNegative, mergeStats, parsePublished, type Published } from './published-stats.js';
@@ -49,6 +51,10 @@ export interface StateHooks {
   localStats(): Iterable<readonly [string, SharedStats | undefined]>;
   /** The other replicas' merged measurements of `upstreamId` (undefined: none, or Redis is down). */
   setRemote(upstreamId: string, view: SharedStats | undefined): void;
+  /** This replica's per-minute budget windows (rpm, tpm), per upstream id that has one. */
+  localQuotas(): Iterable<readonly [string, QuotaUse]>;
+  /** The other replicas' windows of `upstreamId`, summed (undefined: none, or Redis is down). */
+  setRemoteQuota(upstreamId: string, use: QuotaUse | undefined): void;
   /** This replica's breakers open now, with the time they have left: shared again after an outage. */
   openBreakers(): Iterable<readonly [string, number, TripCause]>;
 }
@@ -62,6 +68,8 @@ const DEFAULT_PREFIX = 'llm-router:';
 const DEFAULT_SYNC_MS = 1_000;
 /** A replica's measurements older than this are a replica that stopped: ignored, then removed. */
 const STALE_AFTER_MS = 10_000;
+/** Above any real minute's count (a replica's requests or tokens): a larger one is not a replica's. */
+const MAX_QUOTA_FIGURE = 1e12;
 /** Commands that get no answer in this long fail: a stalled Redis is treated like an unreachable one. */
 const COMMAND_TIMEOUT_MS = 1_000;
 /** Round-robin INCRs a route may have unanswered; past it, turns stay local until Redis answers. */
@@ -315,6 +323,18 @@ export class RedisState {
         tx.hgetall(key);
         readAt.push(n++);
       }
+      /** The budgets' windows: each id's HGETALL answer's place, as for the statistics. */
+      const quotaIds: string[] = [];
+      const quotaAt: number[] = [];
+      for (const [id, use] of this.#hooks.localQuotas()) {
+        const key = `${this.#prefix}quota:${id}`;
+        tx.hset(key, this.replicaId, JSON.stringify({ ...use, at: nowWall }));
+        tx.pexpire(key, STALE_AFTER_MS * 3);
+        tx.hgetall(key);
+        quotaIds.push(id);
+        quotaAt.push(n + 2);
+        n += 3;
+      }
       const results = (await tx.exec()) ?? [];
       // A pipeline resolves with each command's error in place: a timed-out one is a stalled Redis.
       const failed = results.find(([e]) => e !== null)?.[0];
@@ -340,8 +360,16 @@ export class RedisState {
         if (stale.length > 0) void this.#cmd.hdel(`${this.#prefix}stats:${id}`, ...stale).catch(() => {});
         this.#hooks.setRemote(id, mergeStats(others, nowWall));
       }
+      for (const [i, id] of quotaIds.entries()) {
+        const reply = results[quotaAt[i]!];
+        if (isWrongValue(reply?.[0])) void this.#cmd.del(`${this.#prefix}quota:${id}`).catch(() => {});
+        const fields = (reply === undefined || reply[0] ? undefined : reply[1]) as
+          Record<string, string> | undefined;
+        this.#hooks.setRemoteQuota(id, this.#othersUse(fields, nowWall, `${this.#prefix}quota:${id}`));
+      }
     } catch (err) {
       for (const id of ids) this.#hooks.setRemote(id, undefined);
+      for (const [id] of this.#hooks.localQuotas()) this.#hooks.setRemoteQuota(id, undefined);
       this.#failed(err);
     } finally {
       this.#syncing = false;
@@ -505,9 +533,42 @@ export class RedisState {
     this.#turnKeyRenewed.clear();
   }
 
+  /**
+   * The other replicas' budget windows in one hash, summed: fresh ones only (a replica that stopped no longer
+   * sends), each figure checked (Redis is shared: trust nothing); stale fields are deleted.
+   */
+  #othersUse(fields: Record<string, string> | undefined, nowWall: number, key: string): QuotaUse | undefined {
+    let requests = 0;
+    let tokens = 0;
+    let any = false;
+    const stale: string[] = [];
+    for (const [replica, text] of Object.entries(fields ?? {})) {
+      if (replica === this.replicaId) continue;
+      const u = parseJsonObject(text);
+      const fresh =
+        u !== undefined &&
+        isFiniteNonNegative(u.at) &&
+        Math.abs(nowWall - u.at) <= STALE_AFTER_MS &&
+        isFiniteNonNegative(u.requests) &&
+        isFiniteNonNegative(u.tokens) &&
+        u.requests <= MAX_QUOTA_FIGURE &&
+        u.tokens <= MAX_QUOTA_FIGURE;
+      if (!fresh) {
+        stale.push(replica);
+        continue;
+      }
+      requests += u.requests as number;
+      tokens += u.tokens as number;
+      any = true;
+    }
+    if (stale.length > 0) void this.#cmd.hdel(key, ...stale).catch(() => {});
+    return any ? { requests, tokens } : undefined;
+  }
+
   /** Local state only: the other replicas' view is forgotten until Redis answers again. */
   #dropRemote(): void {
     for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
+    for (const [id] of this.#hooks.localQuotas()) this.#hooks.setRemoteQuota(id, undefined);
   }
 }
 

@@ -92,4 +92,23 @@ describe('Quota', () => {
     expect(q.room(0)).toBe(true);
     expect(q.snapshot().requests_last_minute).toBe(1);
   });
+
+  it("adds the other replicas' windows, and waits for the share of theirs that must leave", () => {
+    const c = clock();
+    const q = new Quota({ rpm: 10 }, c.now);
+    q.take(0);
+    q.setRemote({ requests: 8, tokens: 500 });
+    expect(q.room(0)).toBe(true);
+    q.take(0);
+    expect(q.room(0)).toBe(false);
+    expect(q.snapshot()).toMatchObject({ requests_last_minute: 10, tokens_last_minute: 500 });
+    expect(q.local()).toEqual({ requests: 2, tokens: 0 });
+    // Its own two leaving is enough: the oldest bucket's time.
+    expect(q.msUntilRoom(0)).toBe(60_000);
+    // The others' use alone blocks it: 3 of their 12 must go, a quarter of the minute, taken as even.
+    q.setRemote({ requests: 12, tokens: 0 });
+    expect(q.msUntilRoom(0)).toBe(15_000);
+    q.setRemote(undefined);
+    expect(q.room(0)).toBe(true);
+  });
 });
