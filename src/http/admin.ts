@@ -30,7 +30,7 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
         stats: up.stats.snapshot(),
         in_flight: up.stats.inFlight,
         // The per-minute budget (rpm, tpm) and what the last 60 s used of it, when configured.
-        quota: up.quota?.snapshot(),
+        quota: up.quota?.limited === true ? up.quota.snapshot() : undefined,
         // Request fields this upstream refused and how they are sent to it now (upstream/param-fit.ts).
         request_fits: up.fit.snapshot(),
         pool: up.provider.client.stats(),

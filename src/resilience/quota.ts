@@ -3,18 +3,23 @@
  * and tokens sent in the last 60 seconds, kept in 60 one-second buckets. The plan leaves out an upstream with
  * no room for one more request or for this request's tokens, so traffic moves to the others before the
  * provider starts answering 429; when none has room the client gets a 429 and the time until one has.
- * With Redis, the other replicas' windows are added (QuotaUse, exchanged with the statistics: a second old).
+ * With Redis, the other replicas' windows are added (QuotaUse, exchanged with the statistics: a second old),
+ * bucket by bucket, so a wait for room counts their buckets' leaving too.
  */
 export interface QuotaLimits {
   readonly rpm?: number | undefined;
   readonly tpm?: number | undefined;
 }
 
-/** A window's totals: requests and tokens of the last 60 s. */
+/** A window's totals: requests and tokens of the last 60 s, and when each part leaves it. */
 export interface QuotaUse {
   readonly requests: number;
   readonly tokens: number;
+  /** `[ms from now until it leaves the window, requests, tokens]` per bucket, soonest first. */
+  readonly leaving: readonly Leaving[];
 }
+
+export type Leaving = readonly [ms: number, requests: number, tokens: number];
 
 /** What one attempt took from the window, to be put right when its real token count is known. */
 export interface QuotaTake {
@@ -23,7 +28,7 @@ export interface QuotaTake {
 }
 
 const WINDOW_S = 60;
-const NO_USE: QuotaUse = { requests: 0, tokens: 0 };
+const NO_USE: QuotaUse = { requests: 0, tokens: 0, leaving: [] };
 
 export class Quota {
   readonly #requests = new Float64Array(WINDOW_S);
@@ -34,17 +39,25 @@ export class Quota {
   #usedTokens = 0;
   /** The latest second the window was moved to. */
   #at = Number.NEGATIVE_INFINITY;
-  /** The other replicas' windows, as last exchanged (state.backend redis). */
-  #remote: QuotaUse = NO_USE;
+  /** The other replicas' windows, as last exchanged (state.backend redis): totals, and buckets by leave time. */
+  #remote = { requests: 0, tokens: 0 };
+  /** `[now() when it leaves, requests, tokens]`, soonest first; the ones gone are dropped as time passes. */
+  #remoteLeaving: [number, number, number][] = [];
 
   constructor(
     public limits: QuotaLimits,
     private readonly now: () => number,
   ) {}
 
+  /** Whether a limit is set: a window without one only counts (for the replicas that have one). */
+  get limited(): boolean {
+    return this.limits.rpm !== undefined || this.limits.tpm !== undefined;
+  }
+
   /** Whether one more request of `tokens` fits. One larger than the whole `tpm` fits an empty window. */
   room(tokens: number): boolean {
     this.#advance();
+    this.#expireRemote();
     return this.#fits(
       this.#usedRequests + this.#remote.requests,
       this.#usedTokens + this.#remote.tokens,
@@ -56,27 +69,25 @@ export class Quota {
   msUntilRoom(tokens: number): number {
     const nowMs = this.now();
     const sec = this.#advance();
-    const remote = this.#remote;
-    let requests = this.#usedRequests + remote.requests;
-    let used = this.#usedTokens + remote.tokens;
+    this.#expireRemote();
+    let requests = this.#usedRequests + this.#remote.requests;
+    let used = this.#usedTokens + this.#remote.tokens;
     if (this.#fits(requests, used, tokens)) return 0;
-    // Oldest first: the bucket of second `s` leaves the window when second s + 60 begins.
+    // Every bucket, ours and the other replicas', by when it leaves the window: the bucket of second `s`
+    // leaves when second s + 60 begins.
+    const leaving: (readonly [number, number, number])[] = [...this.#remoteLeaving];
     for (let s = sec - WINDOW_S + 1; s <= sec; s++) {
       const slot = slotOf(s);
-      if (this.#seconds[slot] !== s) continue;
-      requests -= this.#requests[slot]!;
-      used -= this.#tokens[slot]!;
-      if (this.#fits(requests, used, tokens)) return Math.max(1, (s + WINDOW_S) * 1000 - nowMs);
+      if (this.#seconds[slot] === s && (this.#requests[slot]! > 0 || this.#tokens[slot]! > 0))
+        leaving.push([(s + WINDOW_S) * 1000, this.#requests[slot]!, this.#tokens[slot]!]);
     }
-    // The other replicas' use is what stands in the way, its buckets unknown here: taken as spread evenly
-    // over the minute, the share of it that has to leave the window first.
-    const { rpm, tpm } = this.limits;
-    let share = 0;
-    if (rpm !== undefined && remote.requests > 0)
-      share = Math.max(share, (remote.requests + 1 - rpm) / remote.requests);
-    if (tpm !== undefined && remote.tokens > 0)
-      share = Math.max(share, (remote.tokens + Math.min(tokens, tpm) - tpm) / remote.tokens);
-    return Math.min(WINDOW_S * 1000, Math.max(1000, Math.ceil(share * WINDOW_S * 1000)));
+    leaving.sort((a, b) => a[0] - b[0]);
+    for (const [at, r, t] of leaving) {
+      requests -= r;
+      used -= t;
+      if (this.#fits(requests, used, tokens)) return Math.max(1, Math.ceil(at - nowMs));
+    }
+    return WINDOW_S * 1000;
   }
 
   /** Counts a request sent with `tokens` (its estimate). */
@@ -104,13 +115,26 @@ export class Quota {
 
   /** This replica's window: what it sends the other replicas. */
   local(): QuotaUse {
-    this.#advance();
-    return { requests: this.#usedRequests, tokens: Math.round(this.#usedTokens) };
+    const nowMs = this.now();
+    const sec = this.#advance();
+    const leaving: Leaving[] = [];
+    for (let s = sec - WINDOW_S + 1; s <= sec; s++) {
+      const slot = slotOf(s);
+      const r = this.#requests[slot]!;
+      const t = this.#tokens[slot]!;
+      if (this.#seconds[slot] === s && (r > 0 || t > 0))
+        leaving.push([Math.max(0, (s + WINDOW_S) * 1000 - nowMs), r, Math.round(t)]);
+    }
+    return { requests: this.#usedRequests, tokens: Math.round(this.#usedTokens), leaving };
   }
 
   /** The other replicas' windows, summed (undefined: none, or Redis is down). */
   setRemote(use: QuotaUse | undefined): void {
-    this.#remote = use ?? NO_USE;
+    const u = use ?? NO_USE;
+    const nowMs = this.now();
+    this.#remote = { requests: u.requests, tokens: u.tokens };
+    this.#remoteLeaving = u.leaving.map(([ms, r, t]) => [nowMs + ms, r, t]);
+    this.#remoteLeaving.sort((a, b) => a[0] - b[0]);
   }
 
   /** For /router/status and /metrics: the limits and what the last minute used of them, fleet-wide. */
@@ -121,6 +145,7 @@ export class Quota {
     tokens_last_minute: number;
   } {
     this.#advance();
+    this.#expireRemote();
     return {
       rpm: this.limits.rpm ?? null,
       tpm: this.limits.tpm ?? null,
@@ -133,6 +158,21 @@ export class Quota {
     const { rpm, tpm } = this.limits;
     if (rpm !== undefined && requests + 1 > rpm) return false;
     return tpm === undefined || used + Math.min(tokens, tpm) <= tpm;
+  }
+
+  /** Drops the other replicas' buckets that have left the window since they were exchanged. */
+  #expireRemote(): void {
+    const list = this.#remoteLeaving;
+    if (list.length === 0 || list[0]![0] > this.now()) return;
+    const nowMs = this.now();
+    let i = 0;
+    let { requests, tokens } = this.#remote;
+    for (; i < list.length && list[i]![0] <= nowMs; i++) {
+      requests -= list[i]![1];
+      tokens -= list[i]![2];
+    }
+    list.splice(0, i);
+    this.#remote = { requests: Math.max(0, requests), tokens: Math.max(0, tokens) };
   }
 
   /** Drops the buckets that left the window; returns the current second. */

@@ -17,7 +17,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import type { TripCause } from '../resilience/breaker.js';
-import type { QuotaUse } from '../resilience/quota.js';
+import type { Leaving, QuotaUse } from '../resilience/quota.js';
 import type { SharedStats } from '../routing/stats.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
 import { isFiniteNonNegative, mergeStats, parsePublished, type Published } from './published-stats.js';
@@ -534,35 +534,36 @@ export class RedisState {
   }
 
   /**
-   * The other replicas' budget windows in one hash, summed: fresh ones only (a replica that stopped no longer
-   * sends), each figure checked (Redis is shared: trust nothing); stale fields are deleted.
+   * The other replicas' budget windows in one hash, summed bucket by bucket: fresh ones only (a replica that
+   * stopped no longer sends), each figure checked (Redis is shared: trust nothing); stale or malformed fields are
+   * deleted. A bucket's time to leave the window is taken from the moment its replica wrote it.
    */
   #othersUse(fields: Record<string, string> | undefined, nowWall: number, key: string): QuotaUse | undefined {
     let requests = 0;
     let tokens = 0;
+    const leaving: Leaving[] = [];
     let any = false;
     const stale: string[] = [];
     for (const [replica, text] of Object.entries(fields ?? {})) {
       if (replica === this.replicaId) continue;
       const u = parseJsonObject(text);
-      const fresh =
-        u !== undefined &&
-        isFiniteNonNegative(u.at) &&
-        Math.abs(nowWall - u.at) <= STALE_AFTER_MS &&
-        isFiniteNonNegative(u.requests) &&
-        isFiniteNonNegative(u.tokens) &&
-        u.requests <= MAX_QUOTA_FIGURE &&
-        u.tokens <= MAX_QUOTA_FIGURE;
-      if (!fresh) {
+      const age = u !== undefined && isFiniteNonNegative(u.at) ? nowWall - u.at : Number.NaN;
+      const buckets = u === undefined ? undefined : quotaBuckets(u.leaving);
+      if (!(Math.abs(age) <= STALE_AFTER_MS) || buckets === undefined) {
         stale.push(replica);
         continue;
       }
-      requests += u.requests as number;
-      tokens += u.tokens as number;
       any = true;
+      for (const [ms, r, t] of buckets) {
+        const left = ms - Math.max(0, age);
+        if (left <= 0) continue; // gone from the window since it was written
+        leaving.push([left, r, t]);
+        requests += r;
+        tokens += t;
+      }
     }
     if (stale.length > 0) void this.#cmd.hdel(key, ...stale).catch(() => {});
-    return any ? { requests, tokens } : undefined;
+    return any ? { requests, tokens, leaving } : undefined;
   }
 
   /** Local state only: the other replicas' view is forgotten until Redis answers again. */
@@ -570,6 +571,24 @@ export class RedisState {
     for (const [id] of this.#hooks.localStats()) this.#hooks.setRemote(id, undefined);
     for (const [id] of this.#hooks.localQuotas()) this.#hooks.setRemoteQuota(id, undefined);
   }
+}
+
+/**
+ * A replica's published buckets, `[ms until it leaves the window, requests, tokens]`, or undefined when any is
+ * not: at most one per second of the window, each figure finite, non-negative and bounded.
+ */
+function quotaBuckets(value: unknown): Leaving[] | undefined {
+  if (!Array.isArray(value) || value.length > 60) return undefined;
+  const out: Leaving[] = [];
+  for (const b of value) {
+    if (!Array.isArray(b) || b.length !== 3) return undefined;
+    const [ms, r, t] = b as unknown[];
+    if (!isFiniteNonNegative(ms) || ms > 60_000 || !isFiniteNonNegative(r) || !isFiniteNonNegative(t))
+      return undefined;
+    if (r > MAX_QUOTA_FIGURE || t > MAX_QUOTA_FIGURE) return undefined;
+    out.push([ms, r, t]);
+  }
+  return out;
 }
 
 /** Redis's TIME (seconds, microseconds) less the midpoint of the local clock while it was asked, ms. */

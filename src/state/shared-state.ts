@@ -29,6 +29,8 @@ export class SharedState {
   redis: RedisState | undefined;
   /** An open adopted from another replica is not published back. */
   #adopting = false;
+  /** Every upstream's traffic is counted in a per-minute window, limited or not (state.backend redis). */
+  readonly #countAll: boolean;
   /** Pending wake-ups of open breakers, one each. */
   readonly #wakers = new Map<CircuitBreaker, NodeJS.Timeout>();
   /**
@@ -41,6 +43,7 @@ export class SharedState {
     loaded: LoadedConfig,
     readonly now: () => number,
   ) {
+    this.#countAll = loaded.config.state.backend === 'redis';
     this.breakers = new MemoryBreakerStore(loaded.config.circuit_breaker, now, (id, t, breaker) => {
       // A breaker a reload dropped (a request still in flight on its upstream settles on it) speaks for no
       // upstream now: the one of that name since re-added has its own.
@@ -296,9 +299,12 @@ export class SharedState {
     return f;
   }
 
-  /** The upstream's budget under these limits, its count kept across reloads; none without limits. */
+  /**
+   * The upstream's budget under these limits, its count kept across reloads; none without limits, except on
+   * Redis: a replica whose config has no limit for it still counts what it sends, for the replicas that have one.
+   */
   quotaFor(id: string, limits: QuotaLimits): Quota | undefined {
-    if (limits.rpm === undefined && limits.tpm === undefined) {
+    if (limits.rpm === undefined && limits.tpm === undefined && !this.#countAll) {
       this.quotas.delete(id);
       return undefined;
     }

@@ -7,17 +7,6 @@ import { closeAfterEach } from '../helpers/cleanup.js';
 import { dig, postChat, postTo, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, refuseAsOpenAI, refusedAsGpt5, startMock } from '../helpers/mock-upstream.js';
 import { scrape, select, value } from '../helpers/prom-text.js';
-import {
-  chat,
-  describeWithRedis,
-  prefixes,
-  redisClient,
-  redisConfig,
-  redisState,
-  startReplica,
-  type ConfigPart,
-} from '../helpers/redis.js';
-import { until } from '../helpers/wait.js';
 
 /**
  * A deployment's per-minute budget (`rpm`, `tpm` on a model): an upstream with no room for one more request,
@@ -542,72 +531,5 @@ describe('per-minute budgets: config', () => {
     for (let i = 0; i < 3; i++) expect((await postChat(gw, ask({ max_tokens: 1e6 }))).status).toBe(200);
     expect((await quota(gw, 'a/m')).requests).toBe(3);
     expect(dig(await status(gw, 'a/m'), 'quota', 'tpm')).toBe(Number.MAX_SAFE_INTEGER);
-  });
-});
-
-const nextPrefix = prefixes(`upstream-quota-${process.pid}-`);
-
-describeWithRedis('per-minute budgets across replicas (state.backend redis)', (redis) => {
-  const fleetConfig = (a: Simulator, b: Simulator, prefix: string): ConfigPart =>
-    redisConfig(
-      [simProvider('a', a.url, [{ name: 'm', rpm: 3 }]), simProvider('b', b.url, ['m'])],
-      { r: { strategy: 'priority', targets: ['a/m', 'b/m'] } },
-      {},
-      redisState(redis.url, prefix),
-    );
-
-  it('counts the fleet: what one replica sent leaves the others less room, and a Redis outage leaves each its own', async () => {
-    const [a, b] = [await sim('a'), await sim('b')];
-    const prefix = nextPrefix();
-    const one = await startReplica(track, fleetConfig(a, b, prefix));
-    const two = await startReplica(track, fleetConfig(a, b, prefix));
-    for (let i = 0; i < 3; i++) expect((await chat(one)).provider).toBe('a');
-    // Within a few exchanges the other replica counts them against a's rpm and sends its request to b.
-    await until(
-      'the fleet count',
-      async () => dig(await status(two, 'a/m'), 'quota', 'requests_last_minute') === 3,
-    );
-    expect((await chat(two)).provider).toBe('b');
-    expect(a.requests).toHaveLength(3);
-    // Both see the fleet's window on /metrics too.
-    const used = value(await scrape(two.url), 'llm_router_quota_used', {
-      provider: 'a',
-      model: 'm',
-      kind: 'requests',
-    });
-    expect(used).toBe(3);
-    // Redis gone: each replica counts only its own, and serves on.
-    await redis.stop();
-    try {
-      await until(
-        'local only',
-        async () => dig(await status(two, 'a/m'), 'quota', 'requests_last_minute') === 0,
-      );
-      expect((await chat(two)).provider).toBe('a');
-      expect((await chat(one)).provider).toBe('b');
-    } finally {
-      await redis.start();
-    }
-  });
-
-  it('ignores a hostile or stale window another replica left in Redis', async () => {
-    const [a, b] = [await sim('a'), await sim('b')];
-    const prefix = nextPrefix();
-    const raw = redisClient(redis.url);
-    try {
-      const now = Number((await raw.time())[0]) * 1000;
-      await raw.hset(`${prefix}quota:a/m`, {
-        huge: JSON.stringify({ requests: 1e300, tokens: 0, at: now }),
-        negative: JSON.stringify({ requests: -50, tokens: 0, at: now }),
-        stale: JSON.stringify({ requests: 100, tokens: 0, at: now - 3_600_000 }),
-        text: 'not json',
-      });
-      const one = await startReplica(track, fleetConfig(a, b, prefix));
-      await until('an exchange', async () => (await raw.hget(`${prefix}quota:a/m`, 'stale')) === null);
-      expect(dig(await status(one, 'a/m'), 'quota', 'requests_last_minute')).toBe(0);
-      expect((await chat(one)).provider).toBe('a');
-    } finally {
-      await raw.close();
-    }
   });
 });

@@ -93,21 +93,38 @@ describe('Quota', () => {
     expect(q.snapshot().requests_last_minute).toBe(1);
   });
 
-  it("adds the other replicas' windows, and waits for the share of theirs that must leave", () => {
+  it("adds the other replicas' windows bucket by bucket, and waits for theirs to leave as for its own", () => {
     const c = clock();
     const q = new Quota({ rpm: 10 }, c.now);
     q.take(0);
-    q.setRemote({ requests: 8, tokens: 500 });
+    q.setRemote({
+      requests: 8,
+      tokens: 500,
+      leaving: [
+        [20_000, 5, 500],
+        [50_000, 3, 0],
+      ],
+    });
     expect(q.room(0)).toBe(true);
     q.take(0);
     expect(q.room(0)).toBe(false);
     expect(q.snapshot()).toMatchObject({ requests_last_minute: 10, tokens_last_minute: 500 });
-    expect(q.local()).toEqual({ requests: 2, tokens: 0 });
-    // Its own two leaving is enough: the oldest bucket's time.
-    expect(q.msUntilRoom(0)).toBe(60_000);
-    // The others' use alone blocks it: 3 of their 12 must go, a quarter of the minute, taken as even.
-    q.setRemote({ requests: 12, tokens: 0 });
-    expect(q.msUntilRoom(0)).toBe(15_000);
+    expect(q.local()).toEqual({ requests: 2, tokens: 0, leaving: [[60_000, 2, 0]] });
+    // The others' oldest five leave in 20 s: room then.
+    expect(q.msUntilRoom(0)).toBe(20_000);
+    // Theirs and ours in the order they leave: 3 at 15 s is not enough, 9 more at 40 s is.
+    q.setRemote({
+      requests: 12,
+      tokens: 0,
+      leaving: [
+        [15_000, 3, 0],
+        [40_000, 9, 0],
+      ],
+    });
+    expect(q.msUntilRoom(0)).toBe(40_000);
+    // Their buckets leave the window as time passes, between exchanges too.
+    c.advance(15_000);
+    expect(q.snapshot().requests_last_minute).toBe(11);
     q.setRemote(undefined);
     expect(q.room(0)).toBe(true);
   });
