@@ -50,6 +50,12 @@ export interface UpstreamView {
   in_flight: number;
   pool: { connected: number; free: number; pending: number; running: number; size: number };
   stats: Record<string, unknown>;
+  quota?: {
+    rpm: number | null;
+    tpm: number | null;
+    requests_last_minute: number;
+    tokens_last_minute: number;
+  };
 }
 
 /** The gateway's `/router/status` upstreams, by id. */
@@ -64,6 +70,12 @@ export async function upstreamAt(baseUrl: string, id: string): Promise<UpstreamV
   const up = (await routerStatus(baseUrl)).get(id);
   if (!up) throw new Error(`no upstream ${id} in /router/status`);
   return up;
+}
+
+/** One upstream's per-minute budget window (rpm, tpm) as `/router/status` shows it: NaN when it has no limit. */
+export async function quotaUsed(baseUrl: string, id: string): Promise<{ requests: number; tokens: number }> {
+  const q = (await upstreamAt(baseUrl, id)).quota;
+  return { requests: Number(q?.requests_last_minute), tokens: Number(q?.tokens_last_minute) };
 }
 
 /** One upstream's breaker, as `/router/status` shows it. */

@@ -16,7 +16,8 @@ import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
-import { dig, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
+import { quotaUsed, upstreamAt } from '../helpers/resilience-harness.js';
+import { dig, simProvider, startGateway } from '../helpers/gateway.js';
 import { scrape, value } from '../helpers/prom-text.js';
 import {
   chat,
@@ -36,20 +37,6 @@ type Json = Record<string, unknown>;
 
 async function sim(name: string, o: Parameters<typeof startSimulator>[0] = {}): Promise<Simulator> {
   return track(await startSimulator({ name, ...o }));
-}
-
-async function status(gw: Pick<TestGateway, 'url'>, id: string): Promise<Json | undefined> {
-  const res = await fetch(`${gw.url}/router/status`);
-  const body = (await res.json()) as { upstreams: Json[] };
-  return body.upstreams.find((u) => u.id === id);
-}
-
-async function used(gw: Pick<TestGateway, 'url'>, id: string): Promise<{ requests: number; tokens: number }> {
-  const q = dig(await status(gw, id), 'quota');
-  return {
-    requests: Number(dig(q, 'requests_last_minute')),
-    tokens: Number(dig(q, 'tokens_last_minute')),
-  };
 }
 
 const nextPrefix = prefixes(`upstream-quota-fleet-${process.pid}-`);
@@ -74,7 +61,7 @@ describeWithRedis('per-minute budgets across a fleet', (redis) => {
     const two = await startReplica(track, fleet(a, undefined, { rpm: 3 }, prefix));
     // Replica one sends the minute's three requests, all within a second or so.
     for (let i = 0; i < 3; i++) expect((await chat(one)).status).toBe(200);
-    await until('the fleet count', async () => (await used(two, 'a/m')).requests === 3, 3_000);
+    await until('the fleet count', async () => (await quotaUsed(two.url, 'a/m')).requests === 3, 3_000);
     const refused = await chat(two);
     expect(refused.status).toBe(429);
     expect(a.requests).toHaveLength(3);
@@ -94,7 +81,7 @@ describeWithRedis('per-minute budgets across a fleet', (redis) => {
     // The provider has had its 2 requests of this minute: the limited replica should know within a few
     // exchanges (50 ms each here) and send its request elsewhere.
     await new Promise((r) => setTimeout(r, 600));
-    expect((await used(limited, 'a/m')).requests).toBe(2);
+    expect((await quotaUsed(limited.url, 'a/m')).requests).toBe(2);
     expect((await chat(limited)).provider).toBe('b');
     expect(a.requests).toHaveLength(2);
   });
@@ -106,16 +93,16 @@ describeWithRedis('per-minute budgets across a fleet', (redis) => {
     const two = await startReplica(track, fleet(a, b, { rpm: 4 }, shared));
     const apart = await startReplica(track, fleet(a, b, { rpm: 4 }, nextPrefix()));
     for (let i = 0; i < 2; i++) expect((await chat(one)).provider).toBe('a');
-    await until('the fleet count', async () => (await used(two, 'a/m')).requests === 2, 3_000);
+    await until('the fleet count', async () => (await quotaUsed(two.url, 'a/m')).requests === 2, 3_000);
     // Many exchanges later: one's own two requests are still two, in its view and the other's.
     await new Promise((r) => setTimeout(r, 400));
-    expect(await used(one, 'a/m')).toMatchObject({ requests: 2 });
-    expect(await used(two, 'a/m')).toMatchObject({ requests: 2 });
-    expect(await used(apart, 'a/m')).toMatchObject({ requests: 0, tokens: 0 });
+    expect(await quotaUsed(one.url, 'a/m')).toMatchObject({ requests: 2 });
+    expect(await quotaUsed(two.url, 'a/m')).toMatchObject({ requests: 2 });
+    expect(await quotaUsed(apart.url, 'a/m')).toMatchObject({ requests: 0, tokens: 0 });
     // Two more fit the fleet's rpm, the fifth goes to b; the other fleet still has its whole minute.
     expect((await chat(two)).provider).toBe('a');
     expect((await chat(one)).provider).toBe('a');
-    await until('the fleet count', async () => (await used(two, 'a/m')).requests === 4, 3_000);
+    await until('the fleet count', async () => (await quotaUsed(two.url, 'a/m')).requests === 4, 3_000);
     expect((await chat(two)).provider).toBe('b');
     for (let i = 0; i < 4; i++) expect((await chat(apart)).provider).toBe('a');
   });
@@ -126,17 +113,17 @@ describeWithRedis('per-minute budgets across a fleet', (redis) => {
     const one = await startReplica(track, fleet(a, b, { rpm: 3 }, prefix));
     const two = await startReplica(track, fleet(a, b, { rpm: 3 }, prefix));
     for (let i = 0; i < 3; i++) expect((await chat(one)).provider).toBe('a');
-    await until('the fleet count', async () => (await used(two, 'a/m')).requests === 3, 3_000);
+    await until('the fleet count', async () => (await quotaUsed(two.url, 'a/m')).requests === 3, 3_000);
     await redis.stop();
     try {
-      await until('local only', async () => (await used(two, 'a/m')).requests === 0, 3_000);
+      await until('local only', async () => (await quotaUsed(two.url, 'a/m')).requests === 0, 3_000);
     } finally {
       await redis.start();
     }
     // The new server knows nothing; replica one still holds its minute and publishes it again.
     await until('reconnected', () => one.gateway.shared.redis!.connected, 5_000);
     await until('reconnected', () => two.gateway.shared.redis!.connected, 5_000);
-    await until('the fleet count again', async () => (await used(two, 'a/m')).requests === 3, 3_000);
+    await until('the fleet count again', async () => (await quotaUsed(two.url, 'a/m')).requests === 3, 3_000);
     expect((await chat(two)).provider).toBe('b');
     expect(a.requests).toHaveLength(3);
   });
@@ -159,7 +146,7 @@ describe('per-minute budgets under concurrent traffic', () => {
       body: JSON.stringify({ model: 'main', messages: [{ role: 'user', content: 'hi' }] }),
     });
     expect(explained.status).toBe(200);
-    expect(await used(gw, 'a/m')).toEqual({ requests: 0, tokens: 0 });
+    expect(await quotaUsed(gw.url, 'a/m')).toEqual({ requests: 0, tokens: 0 });
 
     const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
     const one = async (i: number): Promise<number> => {
@@ -180,8 +167,8 @@ describe('per-minute budgets under concurrent traffic', () => {
     const sum = totals.reduce((s, t) => s + t, 0);
     expect(a.requests).toHaveLength(12);
     // Every reservation of max_tokens × n is settled to what the provider reported.
-    await until('settled', async () => (await used(gw, 'a/m')).tokens === sum, 2_000);
-    expect((await used(gw, 'a/m')).requests).toBe(12);
+    await until('settled', async () => (await quotaUsed(gw.url, 'a/m')).tokens === sum, 2_000);
+    expect((await quotaUsed(gw.url, 'a/m')).requests).toBe(12);
     // /metrics says the same, and nothing on it is NaN or infinite.
     const samples = await scrape(gw.url);
     expect(samples.filter((s) => !Number.isFinite(s.value))).toEqual([]);
@@ -204,15 +191,15 @@ describe('per-minute budgets under concurrent traffic', () => {
     const messages = [{ role: 'user' as const, content: 'one question for three answers' }];
     const json = await client.chat.completions.create({ model: 'main', n: 3, messages });
     const reported = json.usage!.total_tokens;
-    expect((await used(gw, 'a/m')).tokens).toBe(reported);
+    expect((await quotaUsed(gw.url, 'a/m')).tokens).toBe(reported);
     const stream = await client.chat.completions.create({ model: 'main', n: 3, stream: true, messages });
     const seen = new Set<number>();
     for await (const c of stream) for (const ch of c.choices) seen.add(ch.index);
     expect(seen.size).toBe(3);
     // The provider counted three choices' output again (the prompt is the gateway's estimate: no usage came).
-    const streamed = async (): Promise<number> => (await used(gw, 'a/m')).tokens - reported;
+    const streamed = async (): Promise<number> => (await quotaUsed(gw.url, 'a/m')).tokens - reported;
     await until('settled', async () => (await streamed()) >= json.usage!.completion_tokens, 2_000);
-    expect((await used(gw, 'a/m')).requests).toBe(2);
+    expect((await quotaUsed(gw.url, 'a/m')).requests).toBe(2);
     expect(await streamed()).toBeLessThan(reported * 2);
   });
 
@@ -248,8 +235,8 @@ describe('per-minute budgets under concurrent traffic', () => {
     }
     expect(a.requests).toHaveLength(1);
     // The attempt ends with the client: its 600-token reservation becomes the prompt and the few relayed.
-    await until('settled', async () => (await used(gw, 'a/m')).tokens < 200, 3_000);
-    expect((await used(gw, 'a/m')).requests).toBe(1);
+    await until('settled', async () => (await quotaUsed(gw.url, 'a/m')).tokens < 200, 3_000);
+    expect((await quotaUsed(gw.url, 'a/m')).requests).toBe(1);
     // So a second request of the same size still fits a's minute (as the plan says, without sending it).
     const explained = await fetch(`${gw.url}/router/explain`, {
       method: 'POST',
@@ -279,7 +266,7 @@ describeWithRedis('per-minute budgets across replicas: the exchange', (redis) =>
     // Within a few exchanges the other replica counts them against a's rpm and sends its request to b.
     await until(
       'the fleet count',
-      async () => dig(await status(two, 'a/m'), 'quota', 'requests_last_minute') === 3,
+      async () => dig(await upstreamAt(two.url, 'a/m'), 'quota', 'requests_last_minute') === 3,
     );
     expect((await chat(two)).provider).toBe('b');
     expect(a.requests).toHaveLength(3);
@@ -295,7 +282,7 @@ describeWithRedis('per-minute budgets across replicas: the exchange', (redis) =>
     try {
       await until(
         'local only',
-        async () => dig(await status(two, 'a/m'), 'quota', 'requests_last_minute') === 0,
+        async () => dig(await upstreamAt(two.url, 'a/m'), 'quota', 'requests_last_minute') === 0,
       );
       expect((await chat(two)).provider).toBe('a');
       expect((await chat(one)).provider).toBe('b');
@@ -318,7 +305,7 @@ describeWithRedis('per-minute budgets across replicas: the exchange', (redis) =>
       });
       const one = await startReplica(track, fleetConfig(a, b, prefix));
       await until('an exchange', async () => (await raw.hget(`${prefix}quota:a/m`, 'stale')) === null);
-      expect(dig(await status(one, 'a/m'), 'quota', 'requests_last_minute')).toBe(0);
+      expect(dig(await upstreamAt(one.url, 'a/m'), 'quota', 'requests_last_minute')).toBe(0);
       expect((await chat(one)).provider).toBe('a');
     } finally {
       await raw.close();

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { closeAfterEach } from '../helpers/cleanup.js';
+import { quotaUsed, upstreamAt } from '../helpers/resilience-harness.js';
 import { dig, postChat, postTo, simProvider, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { answerChat, refuseAsOpenAI, refusedAsGpt5, startMock } from '../helpers/mock-upstream.js';
 import { scrape, select, value } from '../helpers/prom-text.js';
@@ -60,12 +61,6 @@ const ask = (extra: Json = {}, model = 'main'): Json => ({
   ...extra,
 });
 
-async function status(gw: TestGateway, id: string): Promise<Json | undefined> {
-  const res = await fetch(`${gw.url}/router/status`);
-  const body = (await res.json()) as { upstreams: Json[] };
-  return body.upstreams.find((u) => u.id === id);
-}
-
 describe('per-minute budgets (rpm, tpm)', () => {
   it('sends the requests past a deployment rpm to the next upstream, with no attempt, trail or breaker charge', async () => {
     const [a, b] = [await sim('a'), await sim('b')];
@@ -88,7 +83,7 @@ describe('per-minute budgets (rpm, tpm)', () => {
     });
     const candidates = ((await explain.json()) as { candidates: Json[] }).candidates;
     expect(candidates.map((c) => c.upstream)).toEqual(['b/m']);
-    const s = await status(gw, 'a/m');
+    const s = await upstreamAt(gw.url, 'a/m');
     expect(dig(s, 'breaker', 'state')).toBe('closed');
     expect(dig(s, 'quota')).toMatchObject({ rpm: 2, requests_last_minute: 2 });
     const samples = await scrape(gw.url);
@@ -139,7 +134,7 @@ describe('per-minute budgets (rpm, tpm)', () => {
       Number(dig(first.json, 'usage', 'prompt_tokens')) +
       Number(dig(first.json, 'usage', 'completion_tokens'));
     // The estimate taken when it was sent is replaced by what the upstream reported.
-    expect(dig(await status(gw, 'a/m'), 'quota', 'tokens_last_minute')).toBe(reported);
+    expect(dig(await upstreamAt(gw.url, 'a/m'), 'quota', 'tokens_last_minute')).toBe(reported);
     // A max_tokens that would pass the budget is not sent there; a small one still is.
     const big = await postChat(gw, ask({ max_tokens: 300 - reported }));
     expect(big.headers['x-router-provider']).toBe('b');
@@ -204,18 +199,10 @@ describe('per-minute budgets (rpm, tpm)', () => {
     expect((await postChat(gw, ask())).headers['x-router-provider']).toBe('a');
     expect(a2.requests).toHaveLength(1);
     gw.gateway.reload(parseConfigText(JSON.stringify(config(a2, b, {}))));
-    expect(dig(await status(gw, 'a/m'), 'quota')).toBeUndefined();
+    expect(dig(await upstreamAt(gw.url, 'a/m'), 'quota')).toBeUndefined();
     expect(select(await scrape(gw.url), 'llm_router_quota_used')).toHaveLength(0);
   });
 });
-
-async function quota(gw: TestGateway, id: string): Promise<{ requests: number; tokens: number }> {
-  const q = dig(await status(gw, id), 'quota');
-  return {
-    requests: Number(dig(q, 'requests_last_minute')),
-    tokens: Number(dig(q, 'tokens_last_minute')),
-  };
-}
 
 function twoSims(a: Simulator, b: Simulator, limits: Json, strategy = 'priority'): Json {
   return {
@@ -243,7 +230,7 @@ describe('per-minute budgets: what the provider counts', () => {
     const r = await postChat(gw, ask({ max_tokens: 20 }));
     expect(r.status).toBe(200);
     expect(up.received).toHaveLength(2);
-    expect((await quota(gw, 'a/m')).requests).toBe(up.received.length);
+    expect((await quotaUsed(gw.url, 'a/m')).requests).toBe(up.received.length);
   });
 
   it('keeps the prompt an upstream was sent counted when its attempt times out before the first byte', async () => {
@@ -256,7 +243,7 @@ describe('per-minute budgets: what the provider counts', () => {
     expect(r.status).toBe(200);
     expect(r.headers['x-router-provider']).toBe('b');
     expect(a.requests).toHaveLength(1);
-    const q = await quota(gw, 'a/m');
+    const q = await quotaUsed(gw.url, 'a/m');
     expect(q.requests).toBe(1);
     // The provider read and processed the prompt: it is in its per-minute token count.
     expect(q.tokens).toBeGreaterThan(0);
@@ -283,7 +270,7 @@ describe('per-minute budgets: settled to the usage reported', () => {
     expect(first.status).toBe(200);
     const used1 = Number(dig(first.json, 'usage', 'total_tokens'));
     expect(used1).toBeGreaterThan(0);
-    expect((await quota(gw, 'anth/claude-haiku-4-5')).tokens).toBe(used1);
+    expect((await quotaUsed(gw.url, 'anth/claude-haiku-4-5')).tokens).toBe(used1);
 
     const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
     const stream = await client.chat.completions.create({
@@ -296,7 +283,7 @@ describe('per-minute budgets: settled to the usage reported', () => {
     let used2 = 0;
     for await (const c of stream) if (c.usage) used2 = c.usage.total_tokens;
     expect(used2).toBeGreaterThan(0);
-    expect((await quota(gw, 'anth/claude-haiku-4-5')).tokens).toBe(used1 + used2);
+    expect((await quotaUsed(gw.url, 'anth/claude-haiku-4-5')).tokens).toBe(used1 + used2);
   });
 
   it('counts embeddings to their reported usage and answers 429 rate_limit_error at an rpm', async () => {
@@ -313,7 +300,7 @@ describe('per-minute budgets: settled to the usage reported', () => {
     );
     expect(first.status).toBe(200);
     const reported = Number(dig(first.json, 'usage', 'total_tokens'));
-    expect((await quota(gw, 'e/emb')).tokens).toBe(reported);
+    expect((await quotaUsed(gw.url, 'e/emb')).tokens).toBe(reported);
     const second = await postTo(
       `${gw.url}/v1/embeddings`,
       { model: 'vec', input: 'again' },
@@ -481,7 +468,7 @@ describe('per-minute budgets: every way to address an upstream', () => {
     expect(first.status).toBe(200);
     expect(first.headers['x-router-provider']).toBe('b');
     expect(r.requests).toHaveLength(1);
-    expect((await quota(gw, 'r/m')).requests).toBe(1);
+    expect((await quotaUsed(gw.url, 'r/m')).requests).toBe(1);
     // No router upstream has room: no router call, default_tier, never a 429.
     const second = await postChat(gw, q('another question entirely'));
     expect(second.status).toBe(200);
@@ -529,7 +516,7 @@ describe('per-minute budgets: config', () => {
       routes: { main: { strategy: 'priority', targets: ['a/m'] } },
     });
     for (let i = 0; i < 3; i++) expect((await postChat(gw, ask({ max_tokens: 1e6 }))).status).toBe(200);
-    expect((await quota(gw, 'a/m')).requests).toBe(3);
-    expect(dig(await status(gw, 'a/m'), 'quota', 'tpm')).toBe(Number.MAX_SAFE_INTEGER);
+    expect((await quotaUsed(gw.url, 'a/m')).requests).toBe(3);
+    expect(dig(await upstreamAt(gw.url, 'a/m'), 'quota', 'tpm')).toBe(Number.MAX_SAFE_INTEGER);
   });
 });
