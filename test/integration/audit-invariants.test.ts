@@ -763,13 +763,17 @@ describe.each([
         book,
         'attempts_total',
       );
-      // And each upstream's own count of requests it received is the attempts charged to it plus client-cut ones.
+      // And each upstream's own count of requests it received is the attempts its lines report: all of them, but
+      // an attempt cut before its request was whole may not have reached it (under CPU load a client's abort, the
+      // request's deadline or the connect bound can land while the request is still being written).
+      const UNSURE = new Set(['client_closed', 'total_timeout', 'connect_timeout']);
       for (const u of c.ups) {
-        const charged = c.lines
-          .flatMap((l) => attemptsOf(l))
-          .filter((a) => providerOf(a.up) === u.name).length;
-        if (u.seen.length !== charged)
-          book.add(`${u.name}: received ${u.seen.length} requests, lines report ${charged} attempts`);
+        const tried = c.lines.flatMap((l) => attemptsOf(l)).filter((a) => providerOf(a.up) === u.name);
+        const unsure = tried.filter((a) => UNSURE.has(a.reason)).length;
+        if (u.seen.length > tried.length || u.seen.length < tried.length - unsure)
+          book.add(
+            `${u.name}: received ${u.seen.length} requests, lines report ${tried.length} attempts (${unsure} cut early)`,
+          );
       }
       expect(book.list).toEqual([]);
     });
