@@ -157,7 +157,10 @@ export class RedisState {
     this.#cmd.on('error', (err: Error) => this.#down(err));
     // The subscriber only listens: reachability is the command connection's to judge and log. It
     // subscribes on every (re)connection: one that failed while Redis was down is never retried by ioredis.
-    this.#sub = new Redis(url, { ...options, commandTimeout: undefined });
+    // Not ioredis's own resubscribe: it sends SUBSCRIBE with no handler on its answer, and a connection lost or
+    // closed before the answer (Redis flapping, a shutdown just after a reconnect) rejected it unhandled, which
+    // ends a Node process. The 'ready' handler below subscribes on every connection, its answer handled.
+    this.#sub = new Redis(url, { ...options, commandTimeout: undefined, autoResubscribe: false });
     this.#sub.on('error', () => {});
     this.#sub.on('ready', () => {
       // Opens published while this connection was away were missed: the running ones are read once more.

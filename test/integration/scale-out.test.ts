@@ -15,6 +15,7 @@ import {
   redisConfig,
   redisState,
   startReplica,
+  subscribed,
   type ConfigPart,
 } from '../helpers/redis.js';
 
@@ -257,6 +258,33 @@ describeWithRedis('state.backend redis: replicas share state (SPEC §7)', (redis
     expect(gw.logs.filter((l) => String(l.msg).includes('Redis unreachable'))).toHaveLength(1);
     expect((await chat(gw)).status).toBe(200);
     expect(gw.rawLogs()).not.toContain('s3cret-pw');
+  });
+
+  it('replicas subscribed before an outage subscribe again once Redis is back, and hear opens', async () => {
+    // The gateway subscribes on each connection itself (ioredis's own resubscribe sent SUBSCRIBE with no
+    // handler on its answer: a connection lost before it came rejected unhandled, which ends a process).
+    const prefix = nextPrefix();
+    const { bad, providers, routes } = await badThenGood(track);
+    const [one, two] = await Promise.all([
+      replica(providers, routes, prefix),
+      replica(providers, routes, prefix),
+    ]);
+    await subscribed(redis.url, `${prefix}breaker-opens`, 2);
+    await redis.stop();
+    await redis.start();
+    await until(
+      'both reconnected',
+      () => one.gateway.shared.redis!.connected && two.gateway.shared.redis!.connected,
+      8_000,
+    );
+    await subscribed(redis.url, `${prefix}breaker-opens`, 2, 8_000);
+    expect((await chat(one)).headers['x-router-provider']).toBe('good');
+    await until(
+      'the open to reach replica two',
+      () => two.gateway.shared.breakers.get('bad/m').state === 'open',
+    );
+    expect((await chat(two)).headers['x-router-provider']).toBe('good');
+    expect(bad.requests).toHaveLength(1);
   });
 
   it('keeps serving through a Redis outage and shares again once Redis is back', async () => {
