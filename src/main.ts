@@ -46,8 +46,10 @@ async function check(path: string): Promise<void> {
   for (const p of config.providers) {
     const state = loaded.disabledProviders.has(p.name) ? ' (disabled: empty api_key)' : '';
     for (const m of p.models) {
+      // The per-minute budget only where one is set: most upstreams have none.
+      const budget = `${m.rpm === undefined ? '' : `  rpm=${m.rpm}`}${m.tpm === undefined ? '' : `  tpm=${m.tpm}`}`;
       out.push(
-        `  ${p.name}/${m.name}  kind=${p.kind}  $${m.price.input_per_mtok}/$${m.price.output_per_mtok} per Mtok  ctx=${m.context_window ?? 'unset'}  [${m.capabilities.join(', ')}]${state}`,
+        `  ${p.name}/${m.name}  kind=${p.kind}  $${m.price.input_per_mtok}/$${m.price.output_per_mtok} per Mtok  ctx=${m.context_window ?? 'unset'}${budget}  [${m.capabilities.join(', ')}]${state}`,
       );
     }
   }

@@ -209,6 +209,17 @@ describe('README: CLI', () => {
     expect(ok.out).toMatch(/upstreams:\n {2}p\/m {2}kind=openai/);
     expect(ok.out).toMatch(/routes:\n {2}r {2}strategy=cost {2}targets: p\/m/);
 
+    // A deployment's per-minute budget is printed where one is set.
+    const limited = join(workDir(), 'limited.yaml');
+    writeFileSync(
+      limited,
+      'providers: [{ name: p, base_url: "http://127.0.0.1:1/v1", models: [{ name: m, rpm: 600, tpm: 90000 }, { name: n }] }]\n' +
+        'routes: { r: { targets: [p/m, p/n] } }\n',
+    );
+    const budgets = await runCli(['check', '--config', limited]);
+    expect(budgets.out).toMatch(/^ {2}p\/m .* ctx=unset {2}rpm=600 {2}tpm=90000 {2}\[/m);
+    expect(budgets.out).toMatch(/^ {2}p\/n .* ctx=unset {2}\[/m);
+
     const bad = join(workDir(), 'bad.yaml');
     writeFileSync(bad, `${PROVIDER}\nrouting: { max_attempts: 0 }\n`);
     const no = await runCli(['check', '--config', bad]);
