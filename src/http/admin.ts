@@ -1,7 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { decideChat } from '../routing/chat-decision.js';
-import type { RankedCandidate } from '../routing/types.js';
-import type { RouteTarget } from '../runtime.js';
+import type { Plan } from '../routing/plan.js';
 import { decideEmbeddings } from './embeddings.js';
 import { validateChatBody } from './validate.js';
 
@@ -64,13 +63,13 @@ export async function adminPlugin(app: FastifyInstance): Promise<void> {
     if (raw !== null && typeof raw === 'object' && raw.input !== undefined && raw.messages === undefined) {
       const e = decideEmbeddings(gw, rt, raw, req.headers, true);
       if (e.plan.refusal) throw e.plan.refusal;
-      return explained(e.route.name, e.strategy, undefined, undefined, e.features, e.plan.ranked);
+      return explained(e.route.name, e.strategy, undefined, undefined, e.features, e.plan);
     }
     const body = validateChatBody(req.body);
     const d = await decideChat(gw, rt, body, req.headers, undefined);
     if (d.plan.refusal) throw d.plan.refusal;
     const { route, strategy, features, tier, plan } = d;
-    return explained(route.name, strategy, tier.tier, tier.reason, features, plan.ranked);
+    return explained(route.name, strategy, tier.tier, tier.reason, features, plan);
   });
 }
 
@@ -81,8 +80,9 @@ function explained(
   tier: string | undefined,
   tierReason: string | undefined,
   features: unknown,
-  ranked: readonly RankedCandidate<RouteTarget>[],
+  plan: Pick<Plan, 'ranked' | 'excluded'>,
 ) {
+  const ranked = plan.ranked;
   return {
     route,
     strategy,
@@ -97,5 +97,7 @@ function explained(
       score: Math.round(r.score * 1e4) / 1e4,
       reason: r.reason,
     })),
+    // The route's upstreams this request would not go to, and why (capability, window, breaker, budget).
+    excluded: (plan.excluded ?? []).map((x) => ({ upstream: x.target.id, reason: x.reason })),
   };
 }

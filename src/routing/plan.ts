@@ -44,6 +44,8 @@ export interface Plan {
   readonly coolingMs?: number;
   /** Targets left out at their rpm/tpm: a refusal as too long may wait for a larger window among them. */
   readonly atQuota?: readonly RouteTarget[];
+  /** Explain (`peek`) only: each target left out, and why in words with its figures. */
+  readonly excluded?: readonly { readonly target: RouteTarget; readonly reason: string }[];
 }
 
 /** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
@@ -72,6 +74,7 @@ export function planRequest(
   let coolingMs = Number.POSITIVE_INFINITY;
   /** Targets left out at their rpm/tpm: made only when one is. */
   let atQuota: RouteTarget[] | undefined;
+  let excluded: { target: RouteTarget; reason: string }[] | undefined;
   const need = features.contextTokens + (features.requestedOutputTokens ?? 0);
 
   for (const t of targets) {
@@ -102,7 +105,15 @@ export function planRequest(
       coolingMs = Math.min(coolingMs, ms);
     } else if (opts.exclude !== undefined && attempted(opts.exclude, up.id)) why = 'failed';
     if (why === undefined) eligible.push(t);
-    else if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
+    else {
+      if (firstExclusion === undefined || rank(why) > rank(firstExclusion)) firstExclusion = why;
+      // Explain says why each one is missing from its list (a real request never builds this).
+      if (opts.peek)
+        (excluded ??= []).push({
+          target: t,
+          reason: exclusionReason(why, t, features, need, opts.provider, atQuota?.includes(t) === true),
+        });
+    }
   }
 
   if (eligible.length === 0) {
@@ -168,10 +179,47 @@ export function planRequest(
   }
   const ranked = getStrategy(opts.strategy)(eligible, ctx);
   if (opts.strategy !== 'priority') busyLast(ranked);
+  if (excluded !== undefined)
+    return { ranked, strategy: opts.strategy, coolingMs, ...(atQuota && { atQuota }), excluded };
   if (atQuota !== undefined) return { ranked, strategy: opts.strategy, coolingMs, atQuota };
   return Number.isFinite(coolingMs)
     ? { ranked, strategy: opts.strategy, coolingMs }
     : { ranked, strategy: opts.strategy };
+}
+
+/** Why explain's plan left `t` out, with the figures behind it. */
+function exclusionReason(
+  why: Exclusion,
+  t: RouteTarget,
+  features: RequestFeatures,
+  need: number,
+  provider: string | undefined,
+  atQuota: boolean,
+): string {
+  const up = t.upstream;
+  switch (why) {
+    case 'provider':
+      return `not from provider "${provider ?? ''}" (x-router-provider)`;
+    case 'capability': {
+      const lacks = new Set<string>();
+      capable(up.capabilities, up.provider.kind, features, lacks);
+      return `does not support ${[...lacks].join(', ')}`;
+    }
+    case 'context':
+      return `the request needs ~${needOf(up, features, need)} tokens, its context window is ${up.model.context_window ?? 0}`;
+    case 'breaker': {
+      if (atQuota && up.quota !== undefined) {
+        const q = up.quota.snapshot();
+        const ms = up.quota.msUntilRoom(quotaTokens(features));
+        return `at its per-minute budget (${q.requests_last_minute}${q.rpm === null ? '' : `/${q.rpm}`} requests, ${q.tokens_last_minute}${q.tpm === null ? '' : `/${q.tpm}`} tokens in the last 60 s): room in ${Math.ceil(ms / 1000)} s`;
+      }
+      const b = up.breaker.snapshot();
+      if (b.state === 'half_open') return 'circuit half-open: its trial requests are all out';
+      return `circuit open (${b.tripCause ?? 'errors'}): ${Math.ceil(b.msUntilHalfOpen / 1000)} s until a trial`;
+    }
+    case 'failed':
+      return 'already failed in this request';
+  }
 }
 
 /**

@@ -164,4 +164,46 @@ describe('/router/explain parity with the real decision', () => {
     expect(after.upstreams[0]!.stats).toMatchObject({ requests: 2, successes: 2 });
     expect(after.routes).toEqual([expect.objectContaining({ name: 'main', targets: ['a/m'] })]);
   });
+
+  it('says why each upstream the request would not go to is left out, with its figures', async () => {
+    const [ok, small, plain, down] = [
+      await sim('ok'),
+      await sim('small'),
+      await sim('plain'),
+      await sim('down', { status: 500 }),
+    ];
+    const gw = track(
+      await startGateway({
+        providers: [
+          simProvider('ok', ok.url, ['m']),
+          simProvider('small', small.url, [{ name: 'm', context_window: 50 }]),
+          simProvider('plain', plain.url, [{ name: 'm', capabilities: ['stream'] }]),
+          simProvider('down', down.url, ['m']),
+        ],
+        routes: { r: { strategy: 'priority', targets: ['down/m', 'ok/m', 'small/m', 'plain/m'] } },
+        circuit_breaker: { failure_threshold: 1, open_ms: 30_000 },
+      }),
+    );
+    expect((await postChat(gw, { model: 'r', messages: [{ role: 'user', content: 'hi' }] })).status).toBe(
+      200,
+    );
+    const body = {
+      model: 'r',
+      max_tokens: 100,
+      messages: [{ role: 'user', content: 'hi' }],
+      tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }],
+    };
+    const e = await postChat(gw, body, explainPath);
+    expect(e.status, e.text).toBe(200);
+    expect((e.json.candidates as Candidate[]).map((c) => c.upstream)).toEqual(['ok/m']);
+    const why = Object.fromEntries(
+      (e.json.excluded as { upstream: string; reason: string }[]).map((x) => [x.upstream, x.reason]),
+    );
+    expect(why['down/m']).toMatch(/^circuit open \(errors\): (29|30) s until a trial$/);
+    expect(why['small/m']).toMatch(/^the request needs ~\d+ tokens, its context window is 50$/);
+    expect(why['plain/m']).toBe('does not support tools');
+    // A real request's plan builds no such list: the same body is served by ok/m.
+    const real = await postChat(gw, body);
+    expect(real.headers['x-router-provider']).toBe('ok');
+  });
 });

@@ -81,8 +81,16 @@ describe('per-minute budgets (rpm, tpm)', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(ask()),
     });
-    const candidates = ((await explain.json()) as { candidates: Json[] }).candidates;
-    expect(candidates.map((c) => c.upstream)).toEqual(['b/m']);
+    const explained = (await explain.json()) as { candidates: Json[]; excluded: Json[] };
+    expect(explained.candidates.map((c) => c.upstream)).toEqual(['b/m']);
+    expect(explained.excluded).toEqual([
+      {
+        upstream: 'a/m',
+        reason: expect.stringMatching(
+          /^at its per-minute budget \(2\/2 requests, \d+ tokens in the last 60 s\): room in (59|60) s$/,
+        ),
+      },
+    ]);
     const s = await upstreamAt(gw.url, 'a/m');
     expect(dig(s, 'breaker', 'state')).toBe('closed');
     expect(dig(s, 'quota')).toMatchObject({ rpm: 2, requests_last_minute: 2 });
