@@ -182,20 +182,25 @@ describe('README: `npm install && npm run demo` and everything under "Try it"', 
 
   beforeAll(async () => {
     await ensureBuilt();
-    port = await freePort();
     // `npm run demo` is `npm run build && node dist/demo.js`: the build is run once for every test file
     // (ensureBuilt), since rebuilding dist/ here would rewrite files other files' CLIs are loading. PORT
     // and DEMO_SIM_PORT=0 put the gateway and its simulators on free ports (the demo runs side by side).
-    demo = launch('node', ['dist/demo.js'], {
-      env: { PORT: String(port), DEMO_SIM_PORT: '0' },
-      shared: true,
-    });
-    await waitFor(
-      () => demo!.err().includes('demo is up') || demo!.proc.exitCode !== null,
-      150_000,
-      () => `demo did not come up:\n${demo!.err()}`,
-    );
-    if (demo.proc.exitCode !== null) throw new Error(`demo exited:\n${demo.err()}\n${demo.out()}`);
+    // A port found free can be taken by a parallel test before the demo listens: then another one is tried.
+    for (let tries = 1; ; tries++) {
+      port = await freePort();
+      demo = launch('node', ['dist/demo.js'], {
+        env: { PORT: String(port), DEMO_SIM_PORT: '0' },
+        shared: true,
+      });
+      await waitFor(
+        () => demo!.err().includes('demo is up') || demo!.proc.exitCode !== null,
+        150_000,
+        () => `demo did not come up:\n${demo!.err()}`,
+      );
+      if (demo.proc.exitCode === null) break;
+      const said = `${demo.err()}\n${demo.out()}`;
+      if (tries >= 3 || !said.includes('EADDRINUSE')) throw new Error(`demo exited:\n${said}`);
+    }
   }, 180_000);
 
   afterAll(async () => {
