@@ -215,16 +215,12 @@ async function handleChat(
   // A tier the client did not name: a refusal as too long may move the request to another tier's larger window,
   // as the plan moves it when the estimate says the chosen tier cannot hold it.
   if (route.tiers !== undefined && hdrs.tier === undefined && tier.tier !== undefined) {
-    const atQuota = [...(opts.atQuota ?? [])];
     opts = {
       ...opts,
-      atQuota,
       widen: (window, attempts) => {
         const found = largerInOtherTiers(gw, rt, decision, window, attempts);
         movedTo = found.tiers;
-        // Larger windows there at their rpm/tpm: the refusal may become a wait for one (runFailover).
-        if (found.atQuota !== undefined) atQuota.push(...found.atQuota);
-        return found.ranked;
+        return found;
       },
     };
   }

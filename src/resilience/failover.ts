@@ -58,7 +58,11 @@ export interface FailoverOptions {
   readonly widen?: (
     window: number,
     attempts: readonly AttemptRecord[],
-  ) => readonly RankedCandidate<RouteTarget>[];
+  ) => {
+    readonly ranked: readonly RankedCandidate<RouteTarget>[];
+    /** Larger windows there left out at their rpm/tpm. */
+    readonly atQuota: readonly RouteTarget[] | undefined;
+  };
 }
 
 /** Failures before the request reached the upstream: no token of it was counted there. */
@@ -170,6 +174,8 @@ export async function runFailover(
   /** The ranked list, and after a refusal as too long the larger windows `opts.widen` found outside it. */
   let list = ranked;
   let widened = false;
+  /** Candidates left out at their rpm/tpm: the plan's, and after a widening the other tiers' too. */
+  let held = opts.atQuota;
   for (let i = 0; i < list.length; i++) {
     const target = list[i]!;
     if (attempts.length >= opts.maxAttempts) break;
@@ -261,12 +267,13 @@ export async function runFailover(
       if (!larger.ahead && !larger.tried && opts.widen !== undefined && !widened) {
         widened = true;
         const more = opts.widen(window, attempts);
-        if (more.length > 0) {
-          list = list.concat(more);
+        if (more.atQuota !== undefined) held = [...(held ?? []), ...more.atQuota];
+        if (more.ranked.length > 0) {
+          list = list.concat(more.ranked);
           larger = largerWindows(list, i, attempts, window);
         }
       }
-      if (!larger.ahead && !larger.tried) throw heldLarger(opts, window, up.id) ?? error;
+      if (!larger.ahead && !larger.tried) throw heldLarger(held, opts, window, up.id) ?? error;
       // A larger window that already failed (a strategy ranked it first) makes the request the upstreams'
       // failure, not one for the client to shorten: the final error is about those attempts.
       overflow = { error, window, tried: larger.tried };
@@ -323,9 +330,14 @@ export async function runFailover(
  * A refusal as too long where the only larger windows were left out at their rpm/tpm: the request fits the
  * route, it has to wait (a 429 until the first has room), not be shortened.
  */
-function heldLarger(opts: FailoverOptions, window: number, refusing: string): GatewayError | undefined {
+function heldLarger(
+  held: readonly RouteTarget[] | undefined,
+  opts: FailoverOptions,
+  window: number,
+  refusing: string,
+): GatewayError | undefined {
   let ms = Number.POSITIVE_INFINITY;
-  for (const t of opts.atQuota ?? []) {
+  for (const t of held ?? []) {
     const up = t.upstream;
     if (up.id === refusing || !((up.model.context_window ?? 0) > window) || up.quota === undefined) continue;
     ms = Math.min(ms, up.quota.msUntilRoom(opts.quotaTokens ?? 0));

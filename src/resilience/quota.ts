@@ -28,7 +28,6 @@ export interface QuotaTake {
 }
 
 const WINDOW_S = 60;
-const NO_USE: QuotaUse = { requests: 0, tokens: 0, leaving: [] };
 
 export class Quota {
   readonly #requests = new Float64Array(WINDOW_S);
@@ -57,7 +56,7 @@ export class Quota {
   /** Whether one more request of `tokens` fits. One larger than the whole `tpm` fits an empty window. */
   room(tokens: number): boolean {
     this.#advance();
-    this.#expireRemote();
+    this.#expireRemote(this.now());
     return this.#fits(
       this.#usedRequests + this.#remote.requests,
       this.#usedTokens + this.#remote.tokens,
@@ -69,23 +68,18 @@ export class Quota {
   msUntilRoom(tokens: number): number {
     const nowMs = this.now();
     const sec = this.#advance();
-    this.#expireRemote();
+    this.#expireRemote(nowMs);
     let requests = this.#usedRequests + this.#remote.requests;
     let used = this.#usedTokens + this.#remote.tokens;
     if (this.#fits(requests, used, tokens)) return 0;
-    // Every bucket, ours and the other replicas', by when it leaves the window: the bucket of second `s`
-    // leaves when second s + 60 begins.
-    const leaving: (readonly [number, number, number])[] = [...this.#remoteLeaving];
-    for (let s = sec - WINDOW_S + 1; s <= sec; s++) {
-      const slot = slotOf(s);
-      if (this.#seconds[slot] === s && (this.#requests[slot]! > 0 || this.#tokens[slot]! > 0))
-        leaving.push([(s + WINDOW_S) * 1000, this.#requests[slot]!, this.#tokens[slot]!]);
-    }
+    // Every bucket, ours and the other replicas', by when it leaves the window.
+    const leaving = this.#ownLeaving(nowMs, sec);
+    for (const [at, r, t] of this.#remoteLeaving) leaving.push([at - nowMs, r, t]);
     leaving.sort((a, b) => a[0] - b[0]);
-    for (const [at, r, t] of leaving) {
+    for (const [ms, r, t] of leaving) {
       requests -= r;
       used -= t;
-      if (this.#fits(requests, used, tokens)) return Math.max(1, Math.ceil(at - nowMs));
+      if (this.#fits(requests, used, tokens)) return Math.max(1, Math.ceil(ms));
     }
     return WINDOW_S * 1000;
   }
@@ -116,25 +110,22 @@ export class Quota {
   /** This replica's window: what it sends the other replicas. */
   local(): QuotaUse {
     const nowMs = this.now();
-    const sec = this.#advance();
-    const leaving: Leaving[] = [];
-    for (let s = sec - WINDOW_S + 1; s <= sec; s++) {
-      const slot = slotOf(s);
-      const r = this.#requests[slot]!;
-      const t = this.#tokens[slot]!;
-      if (this.#seconds[slot] === s && (r > 0 || t > 0))
-        leaving.push([Math.max(0, (s + WINDOW_S) * 1000 - nowMs), r, Math.round(t)]);
-    }
+    const leaving = this.#ownLeaving(nowMs, this.#advance());
     return { requests: this.#usedRequests, tokens: Math.round(this.#usedTokens), leaving };
   }
 
-  /** The other replicas' windows, summed (undefined: none, or Redis is down). */
+  /** The other replicas' windows, summed (undefined: none, or Redis is down); the totals are their buckets'. */
   setRemote(use: QuotaUse | undefined): void {
-    const u = use ?? NO_USE;
     const nowMs = this.now();
-    this.#remote = { requests: u.requests, tokens: u.tokens };
-    this.#remoteLeaving = u.leaving.map(([ms, r, t]) => [nowMs + ms, r, t]);
+    let requests = 0;
+    let tokens = 0;
+    this.#remoteLeaving = (use?.leaving ?? []).map(([ms, r, t]) => {
+      requests += r;
+      tokens += t;
+      return [nowMs + ms, r, t];
+    });
     this.#remoteLeaving.sort((a, b) => a[0] - b[0]);
+    this.#remote = { requests, tokens };
   }
 
   /** For /router/status and /metrics: the limits and what the last minute used of them, fleet-wide. */
@@ -145,7 +136,7 @@ export class Quota {
     tokens_last_minute: number;
   } {
     this.#advance();
-    this.#expireRemote();
+    this.#expireRemote(this.now());
     return {
       rpm: this.limits.rpm ?? null,
       tpm: this.limits.tpm ?? null,
@@ -160,17 +151,30 @@ export class Quota {
     return tpm === undefined || used + Math.min(tokens, tpm) <= tpm;
   }
 
+  /** This replica's buckets still in the window: `[ms from now until it leaves, requests, tokens]`. */
+  #ownLeaving(nowMs: number, sec: number): [number, number, number][] {
+    const out: [number, number, number][] = [];
+    for (let s = sec - WINDOW_S + 1; s <= sec; s++) {
+      const slot = slotOf(s);
+      const r = this.#requests[slot]!;
+      const t = this.#tokens[slot]!;
+      // The bucket of second `s` leaves when second s + 60 begins.
+      if (this.#seconds[slot] === s && (r > 0 || t > 0))
+        out.push([Math.max(0, (s + WINDOW_S) * 1000 - nowMs), r, Math.round(t)]);
+    }
+    return out;
+  }
+
   /** Drops the other replicas' buckets that have left the window since they were exchanged. */
-  #expireRemote(): void {
+  #expireRemote(nowMs: number): void {
     const list = this.#remoteLeaving;
-    if (list.length === 0 || list[0]![0] > this.now()) return;
-    const nowMs = this.now();
     let i = 0;
     let { requests, tokens } = this.#remote;
     for (; i < list.length && list[i]![0] <= nowMs; i++) {
       requests -= list[i]![1];
       tokens -= list[i]![2];
     }
+    if (i === 0) return;
     list.splice(0, i);
     this.#remote = { requests: Math.max(0, requests), tokens: Math.max(0, tokens) };
   }

@@ -43,9 +43,9 @@ export interface Plan {
    */
   readonly coolingMs?: number;
   /** Targets left out at their rpm/tpm: a refusal as too long may wait for a larger window among them. */
-  readonly atQuota?: readonly RouteTarget[];
+  readonly atQuota?: readonly RouteTarget[] | undefined;
   /** Explain (`peek`) only: each target left out, and why in words with its figures. */
-  readonly excluded?: readonly { readonly target: RouteTarget; readonly reason: string }[];
+  readonly excluded?: readonly { readonly target: RouteTarget; readonly reason: string }[] | undefined;
 }
 
 /** Rotation wraps here (a multiple of every candidate count that matters, and a small integer). */
@@ -131,9 +131,7 @@ export function planRequest(
       toolsParam: features.toolsParam,
       promptParam: features.promptParam,
     });
-    return atQuota === undefined
-      ? { ranked: [], strategy: opts.strategy, refusal }
-      : { ranked: [], strategy: opts.strategy, refusal, atQuota };
+    return { ranked: [], strategy: opts.strategy, refusal, atQuota };
   }
 
   // The route's (or its tier's) turns are its own traffic's; a pinned provider or another strategy counts
@@ -179,12 +177,12 @@ export function planRequest(
   }
   const ranked = getStrategy(opts.strategy)(eligible, ctx);
   if (opts.strategy !== 'priority') busyLast(ranked);
-  if (excluded !== undefined)
-    return { ranked, strategy: opts.strategy, coolingMs, ...(atQuota && { atQuota }), excluded };
-  if (atQuota !== undefined) return { ranked, strategy: opts.strategy, coolingMs, atQuota };
-  return Number.isFinite(coolingMs)
-    ? { ranked, strategy: opts.strategy, coolingMs }
-    : { ranked, strategy: opts.strategy };
+  // One shape for the common case (nothing left out): no fields a plan rarely has.
+  if (atQuota === undefined && excluded === undefined)
+    return Number.isFinite(coolingMs)
+      ? { ranked, strategy: opts.strategy, coolingMs }
+      : { ranked, strategy: opts.strategy };
+  return { ranked, strategy: opts.strategy, coolingMs, atQuota, excluded };
 }
 
 /** Why explain's plan left `t` out, with the figures behind it. */
