@@ -28,6 +28,8 @@ export interface QuotaTake {
 }
 
 const WINDOW_S = 60;
+/** How long a request counts against a per-minute budget (the provider's window). */
+export const QUOTA_WINDOW_MS = WINDOW_S * 1000;
 
 export class Quota {
   readonly #requests = new Float64Array(WINDOW_S);

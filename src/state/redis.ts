@@ -17,7 +17,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import type { TripCause } from '../resilience/breaker.js';
-import type { Leaving, QuotaUse } from '../resilience/quota.js';
+import { QUOTA_WINDOW_MS, type Leaving, type QuotaUse } from '../resilience/quota.js';
 import type { SharedStats } from '../routing/stats.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
 import { isFiniteNonNegative, mergeStats, parsePublished, type Published } from './published-stats.js';
@@ -66,7 +66,7 @@ export interface RedisStateOptions {
 
 const DEFAULT_PREFIX = 'llm-router:';
 const DEFAULT_SYNC_MS = 1_000;
-/** A replica's measurements older than this are a replica that stopped: ignored, then removed. */
+/** A replica's statistics older than this are a replica that stopped: ignored, then removed. */
 const STALE_AFTER_MS = 10_000;
 /** Above any real minute's count (a replica's requests or tokens): a larger one is not a replica's. */
 const MAX_QUOTA_FIGURE = 1e12;
@@ -332,7 +332,8 @@ export class RedisState {
       for (const [id, use] of this.#hooks.localQuotas()) {
         const key = `${this.#prefix}quota:${id}`;
         tx.hset(key, this.replicaId, JSON.stringify({ ...use, at: nowWall }));
-        tx.pexpire(key, STALE_AFTER_MS * 3);
+        // Kept while a stopped replica's requests are still in the window, even with no replica left writing.
+        tx.pexpire(key, QUOTA_WINDOW_MS + STALE_AFTER_MS);
         tx.hgetall(key);
         quotaIds.push(id);
         quotaAt.push(n + 2);
@@ -537,9 +538,10 @@ export class RedisState {
   }
 
   /**
-   * The other replicas' budget windows in one hash, summed bucket by bucket: fresh ones only (a replica that
-   * stopped no longer sends), each figure checked (Redis is shared: trust nothing); stale or malformed fields are
-   * deleted. A bucket's time to leave the window is taken from the moment its replica wrote it.
+   * The other replicas' budget windows in one hash, summed bucket by bucket, each figure checked (Redis is
+   * shared: trust nothing). A bucket's time to leave the window is taken from the moment its replica wrote it,
+   * so a replica that stopped (a rolling restart) still counts until its last requests leave the minute: the
+   * provider counts them that long. Fields past that, dated ahead of Redis's clock, or malformed are deleted.
    */
   #othersUse(fields: Record<string, string> | undefined, nowWall: number, key: string): QuotaUse | undefined {
     let requests = 0;
@@ -552,7 +554,7 @@ export class RedisState {
       const u = parseJsonObject(text);
       const age = u !== undefined && isFiniteNonNegative(u.at) ? nowWall - u.at : Number.NaN;
       const buckets = u === undefined ? undefined : quotaBuckets(u.leaving);
-      if (!(Math.abs(age) <= STALE_AFTER_MS) || buckets === undefined) {
+      if (!(age >= -STALE_AFTER_MS && age < QUOTA_WINDOW_MS) || buckets === undefined) {
         stale.push(replica);
         continue;
       }

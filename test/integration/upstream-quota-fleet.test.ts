@@ -6,7 +6,8 @@
  *   the provider's 60 s window (a client that honours it is not refused again for the same reason);
  * - a replica never counts its own window twice, and fleets under different `key_prefix`es do not share one;
  * - a Redis that restarts empty gets the windows back from the replicas still holding them; while it is down
- *   each replica counts only its own; a stale, malformed or absurd window left in Redis is dropped;
+ *   each replica counts only its own; a stale, malformed or absurd window left in Redis is dropped, but a
+ *   replica that stopped still counts until its requests leave the minute (as the provider counts them);
  * - concurrent streams through the OpenAI SDK are counted exactly as the provider saw them (requests) and
  *   settled to the usage they report (tokens); /router/explain takes nothing; /metrics agrees with
  *   /router/status and never shows NaN or Infinity;
@@ -307,6 +308,34 @@ describeWithRedis('per-minute budgets across replicas: the exchange', (redis) =>
       await until('an exchange', async () => (await raw.hget(`${prefix}quota:a/m`, 'stale')) === null);
       expect(dig(await upstreamAt(one.url, 'a/m'), 'quota', 'requests_last_minute')).toBe(0);
       expect((await chat(one)).provider).toBe('a');
+    } finally {
+      await raw.close();
+    }
+  });
+
+  it('still counts a replica that stopped until its requests leave the minute, as the provider does', async () => {
+    const [a, b] = [await sim('a'), await sim('b')];
+    const prefix = nextPrefix();
+    const raw = redisClient(redis.url);
+    try {
+      const now = Number((await raw.time())[0]) * 1000;
+      const key = `${prefix}quota:a/m`;
+      await raw.hset(key, {
+        // Stopped 30 s ago (a rolling restart) with 3 requests that then had 55 s left in the window: they
+        // count for another ~25 s, past the 10 s after which a stopped replica's statistics are dropped.
+        stopped: JSON.stringify({ requests: 3, tokens: 30, leaving: [[55_000, 3, 30]], at: now - 30_000 }),
+        // Written 61 s ago: every bucket has left the window.
+        gone: JSON.stringify({ requests: 3, tokens: 30, leaving: [[59_000, 3, 30]], at: now - 61_000 }),
+      });
+      const one = await startReplica(track, fleetConfig(a, b, prefix));
+      await until('an exchange', async () => (await raw.hget(key, 'gone')) === null);
+      const quota = dig(await upstreamAt(one.url, 'a/m'), 'quota') as Json;
+      expect(quota.requests_last_minute).toBe(3);
+      expect((await chat(one)).provider).toBe('b');
+      expect(a.requests).toHaveLength(0);
+      expect(await raw.hget(key, 'stopped')).not.toBeNull();
+      // The window outlives the 30 s the statistics keys live, even if no replica writes to it again.
+      expect(await raw.pttl(key)).toBeGreaterThan(60_000);
     } finally {
       await raw.close();
     }
