@@ -9,6 +9,7 @@ import {
 import {
   asCount,
   asString,
+  htmlPageText,
   isObject,
   newCompletionId,
   openAiErrorTypeForStatus,
@@ -286,7 +287,8 @@ export function anthropicErrorInfo(status: number, bodyText: string): UpstreamEr
   let message = asString(err?.message) ?? asString(parsed?.error) ?? asString(parsed?.message);
   if (!message) {
     const text = parsed === undefined ? bodyText.trim() : '';
-    message = text === '' ? `upstream returned HTTP ${status}` : text;
+    message = htmlPageText(text) ?? text;
+    if (message === '') message = `upstream returned HTTP ${status}`;
   }
   if (
     type === 'billing_error' ||

@@ -122,6 +122,41 @@ export function openAiErrorTypeForStatus(status: number): string {
   return 'server_error';
 }
 
+/** The start of an HTML page: what a proxy, load balancer or CDN in front of the API answers errors with. */
+const HTML_PAGE = /^<(?:!doctype\s+html|html|head|body|title)\b/i;
+const HTML_TITLE = /<title\b[^<>]*>([^<]*)<\/title>/i;
+const HTML_TAG = /<[^<>]*>/g;
+const PAGE_TEXT_CHARS = 500;
+const HTML_ENTITY = /&(?:#(\d{1,7})|#x([\da-f]{1,6})|(amp|lt|gt|quot|apos|nbsp));/gi;
+const NAMED_ENTITIES: Readonly<Record<string, string>> = {
+  amp: '&',
+  lt: '<',
+  gt: '>',
+  quot: '"',
+  apos: "'",
+  nbsp: ' ',
+};
+
+/**
+ * An error answered as an HTML page (nginx's or Cloudflare's 413, 502, 403 in front of the API) as readable
+ * text: its `<title>`, else its text without tags when short, spaces collapsed and common entities decoded (''
+ * for a page with no such text). Undefined for a body that is no HTML page. Linear in the body (its patterns
+ * stop at the next `<`): an upstream's page of a million `<` costs no more than its length.
+ */
+export function htmlPageText(body: string): string | undefined {
+  const text = body.trimStart();
+  if (!HTML_PAGE.test(text)) return undefined;
+  const title = HTML_TITLE.exec(text)?.[1]?.trim();
+  const plain = (title ? title : text.replace(HTML_TAG, ' ')).replace(/\s+/g, ' ').trim();
+  // A long page without a title is mostly styles and scripts: no message at all reads better.
+  if (plain.length > PAGE_TEXT_CHARS) return '';
+  return plain.replace(HTML_ENTITY, (all, dec?: string, hex?: string, name?: string) => {
+    if (name !== undefined) return NAMED_ENTITIES[name.toLowerCase()] ?? all;
+    const code = dec !== undefined ? Number(dec) : Number.parseInt(hex!, 16);
+    return code > 0 && code <= 0x10ffff ? String.fromCodePoint(code) : all;
+  });
+}
+
 /** Caps an upstream message we relay, so a hostile body cannot inflate our error responses. */
 export function truncateMessage(text: string, maxChars = 1000): string {
   return text.length > maxChars ? `${clip(text, maxChars)}…` : text;

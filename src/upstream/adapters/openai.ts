@@ -17,6 +17,7 @@ import { closingBrace, skipSpace, skipSpaceBack } from '../../json-scan.js';
 import { sourceWithEdits, sourceWithModel } from '../body-text.js';
 import { ANSWER_TEXT_FIELDS, fieldText } from '../../text.js';
 import {
+  htmlPageText,
   openAiErrorTypeForStatus,
   parseJsonObject,
   providerHeaders,
@@ -363,7 +364,11 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
   }
   if (message === undefined) {
     const text = (rawText ?? '').trim();
-    message = text !== '' && text.length <= 500 ? text : `upstream answered HTTP ${status}`;
+    const page = htmlPageText(text);
+    if (page) message = page;
+    else
+      message =
+        page === undefined && text !== '' && text.length <= 500 ? text : `upstream answered HTTP ${status}`;
   }
   message = truncateMessage(message);
   return {

@@ -215,7 +215,7 @@ describe('anthropic errorInfo', () => {
   it('falls back on the status for bodies without an Anthropic error', () => {
     expect(anthropicAdapter.errorInfo(502, '<html>Bad Gateway</html>')).toEqual({
       status: 502,
-      message: '<html>Bad Gateway</html>',
+      message: 'Bad Gateway', // an HTML page (a proxy's) as its text, not markup
       type: 'server_error',
       code: null,
       param: null,

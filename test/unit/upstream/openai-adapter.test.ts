@@ -176,10 +176,43 @@ describe('openai adapter', () => {
       type: 'invalid_request_error',
     });
     expect(openaiAdapter.errorInfo(503, '<html>gateway</html>')).toMatchObject({
-      message: '<html>gateway</html>',
+      message: 'gateway',
       type: 'server_error',
     });
     expect(openaiAdapter.errorInfo(502, 'x'.repeat(5000)).message).toBe('upstream answered HTTP 502');
+  });
+
+  it('reads an HTML error page (a proxy or CDN in front of the API) as its title or its text, not markup', () => {
+    const nginx =
+      '<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n' +
+      '<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n';
+    expect(openaiAdapter.errorInfo(413, nginx).message).toBe('413 Request Entity Too Large');
+    // Longer than a message relayed as text: its title still says what happened.
+    const cdn = `<!DOCTYPE html>\n<html lang="en"><head><title>Attention Required! | Cloudflare</title></head><body>${'<div>x</div>'.repeat(100)}</body></html>`;
+    expect(openaiAdapter.errorInfo(403, cdn).message).toBe('Attention Required! | Cloudflare');
+    expect(
+      openaiAdapter.errorInfo(
+        502,
+        '<!doctype html><body><p>Bad &amp; broken &#8212; try\n  &lt;later&gt;&#x21;</p></body>',
+      ).message,
+    ).toBe('Bad & broken \u2014 try <later>!');
+    expect(
+      openaiAdapter.errorInfo(502, '<html><head><title> </title></head><body>down</body></html>').message,
+    ).toBe('down');
+    expect(openaiAdapter.errorInfo(502, '<html><body></body></html>').message).toBe(
+      'upstream answered HTTP 502',
+    );
+    // A long page without a title is mostly styles and scripts.
+    const styled = `<html><style>${'.a{color:red}'.repeat(50)}</style><body>down</body></html>`;
+    expect(openaiAdapter.errorInfo(502, styled).message).toBe('upstream answered HTTP 502');
+    // Linear in the body: a hostile page of unclosed tags is read at once.
+    expect(openaiAdapter.errorInfo(502, `<html>${'<title'.repeat(10_000)}`).message).toBe(
+      'upstream answered HTTP 502',
+    );
+    // Text that is no page stays as it is.
+    expect(openaiAdapter.errorInfo(400, '<unknown> field in request').message).toBe(
+      '<unknown> field in request',
+    );
   });
 
   it('reads a validation error list (FastAPI, vLLM, Mistral) however long the body', () => {
