@@ -146,12 +146,15 @@ export function buildAnthropicRequest(
   const topP = sampling ? asNumber(body.top_p) : undefined;
   if (temperature !== undefined) out.temperature = Math.min(Math.max(temperature, 0), 1);
   else if (topP !== undefined) out.top_p = topP;
+  // No OpenAI field, but Claude's own: clients written for Claude (and LangChain's settings) send it.
+  const topK = sampling ? asNumber(body.top_k) : undefined;
+  if (topK !== undefined) out.top_k = topK;
 
   const stop = stopSequences(body.stop);
   if (stop.length > 0) out.stop_sequences = stop;
   if (body.stream === true) out.stream = true;
 
-  // `safety_identifier` supersedes `user` for the same purpose (OpenAI): either names the end user.
+  // `user`, else `safety_identifier` (OpenAI's newer field for the same purpose): either names the end user.
   const user = asString(body.user) || asString(body.safety_identifier);
   if (user) out.metadata = { user_id: userId(user) };
 
