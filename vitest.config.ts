@@ -23,6 +23,7 @@ const WAITING = [
   'audit-realtime',
   'audit-redis',
   'audit-safety',
+  'audit-sdk-failures',
   'audit-spec-literal',
   'audit-stream-output',
   'breaker-live',

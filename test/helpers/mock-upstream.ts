@@ -287,3 +287,28 @@ export const REASONING_USAGE = {
   total_tokens: 110,
   completion_tokens_details: { reasoning_tokens: 64 },
 };
+
+/** "ok" as JSON or as a stream (role, text, finish, `[DONE]`), whichever `r` asked for. */
+export function answerOk(r: Received, res: ServerResponse): void {
+  const m = r.body.model;
+  if (r.body.stream === true) {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.end(
+      `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, { content: 'ok' })}${chunkFrame(m, {}, 'stop')}data: [DONE]\n\n`,
+    );
+    return;
+  }
+  sendJson(res, 200, {
+    id: 'chatcmpl-1',
+    object: 'chat.completion',
+    created: 1,
+    model: String(m),
+    choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 },
+  });
+}
+
+/** The first `n` requests go to `first`, the rest are answered "ok". */
+export function thenAnswerOk(first: WatchedHandler, n = 1): WatchedHandler {
+  return (r, res, i) => (i < n ? first(r, res, i) : answerOk(r, res));
+}

@@ -13,7 +13,6 @@
  *   false`, and a 429's Retry-After never sends the client away while a candidate it did not try is free;
  * - a client's x-request-id made of safe printable characters (base64 included) is echoed.
  */
-import type { ServerResponse } from 'node:http';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 import { APICallError, generateText, streamText } from 'ai';
@@ -24,11 +23,12 @@ import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 import {
+  answerOk,
   chunkFrame,
   sendJson,
+  thenAnswerOk,
   watchedUpstream,
   type WatchedHandler,
-  type WatchedRequest,
 } from '../helpers/mock-upstream.js';
 import { scrape, value } from '../helpers/prom-text.js';
 import { until } from '../helpers/wait.js';
@@ -38,35 +38,9 @@ onlyLoopbackFetch();
 
 type APIError = InstanceType<typeof OpenAI.APIError>;
 
-type Rec = WatchedRequest;
 type Handler = WatchedHandler;
 type Up = Awaited<ReturnType<typeof watchedUpstream>>;
 const upstream = (handler: Handler): Promise<Up> => watchedUpstream(track, handler);
-
-/** "ok" as JSON or as a stream, whichever was asked. */
-function answer(r: Rec, res: ServerResponse): void {
-  const m = r.body.model;
-  if (r.body.stream === true) {
-    res.writeHead(200, { 'content-type': 'text/event-stream' });
-    res.end(
-      `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, { content: 'ok' })}${chunkFrame(m, {}, 'stop')}data: [DONE]\n\n`,
-    );
-    return;
-  }
-  sendJson(res, 200, {
-    id: 'chatcmpl-1',
-    object: 'chat.completion',
-    created: 1,
-    model: String(m),
-    choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
-    usage: { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 },
-  });
-}
-
-/** The first `n` requests go to `first`, the rest are answered. */
-function thenAnswer(first: Handler, n = 1): Handler {
-  return (r, res, i) => (i < n ? first(r, res, i) : answer(r, res));
-}
 
 const fail500: Handler = (_r, res) =>
   sendJson(res, 500, {
@@ -146,7 +120,7 @@ function expectSdkError(
 
 describe('openai SDK: each gateway error as the SDK shows it', () => {
   it('400 for an impossible field value: BadRequestError naming the field in .param and the message; no upstream called', async () => {
-    const a = await upstream(answer);
+    const a = await upstream(answerOk);
     const gw = await gateway([['a', a]]);
     const err = await rejection(sdk(gw).chat.completions.create({ model: 'r', messages: msgs, n: 0 }));
     const e = expectSdkError(err, {
@@ -161,7 +135,7 @@ describe('openai SDK: each gateway error as the SDK shows it', () => {
   });
 
   it('401 without a valid key: AuthenticationError, code invalid_api_key, not retried', async () => {
-    const a = await upstream(answer);
+    const a = await upstream(answerOk);
     const gw = await gateway([['a', a]]);
     let calls = 0;
     const err = await rejection(
@@ -185,7 +159,7 @@ describe('openai SDK: each gateway error as the SDK shows it', () => {
   });
 
   it('404 for an unknown model: NotFoundError, code model_not_found, param model, the name in the message', async () => {
-    const a = await upstream(answer);
+    const a = await upstream(answerOk);
     const gw = await gateway([['a', a]]);
     const err = await rejection(sdk(gw).chat.completions.create({ model: 'gpt-nope', messages: msgs }));
     const e = expectSdkError(err, {
@@ -199,7 +173,7 @@ describe('openai SDK: each gateway error as the SDK shows it', () => {
   });
 
   it('413 for a body past server.body_limit_bytes: an APIError 413 (not a connection error), not retried', async () => {
-    const a = await upstream(answer);
+    const a = await upstream(answerOk);
     const gw = await gateway([['a', a]], { server: { api_keys: [CLIENT_KEY], body_limit_bytes: 4096 } });
     let calls = 0;
     const err = await rejection(
@@ -226,7 +200,7 @@ describe('openai SDK: each gateway error as the SDK shows it', () => {
   });
 
   it('415 for a body that is not JSON: OpenAI-shaped, with its x-request-id', async () => {
-    const a = await upstream(answer);
+    const a = await upstream(answerOk);
     const gw = await gateway([['a', a]]);
     const res = await request(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
@@ -310,7 +284,7 @@ describe('openai SDK: each gateway error as the SDK shows it', () => {
     expect(a.recs).toHaveLength(1);
   });
 
-  it('504 when the upstream does not answer in time: code timeout, x-should-retry false, not retried', async () => {
+  it('504 when the upstream does not answerOk in time: code timeout, x-should-retry false, not retried', async () => {
     const a = await upstream(() => undefined);
     const gw = await gateway([['a', a, { timeouts: { first_byte_ms: 200 } }]]);
     const err = await rejection(
@@ -344,7 +318,7 @@ describe('openai SDK: each gateway error as the SDK shows it', () => {
 describe("the SDKs' own retries against the gateway's answers", () => {
   it('429 with Retry-After: 1 (every candidate limited): the openai SDK waits about 1 s, once, and its retry is served', async () => {
     const a = await upstream(
-      thenAnswer((_r, res) =>
+      thenAnswerOk((_r, res) =>
         sendJson(res, 429, { error: { message: 'slow down', type: 'requests' } }, { 'retry-after': '1' }),
       ),
     );
@@ -370,7 +344,7 @@ describe("the SDKs' own retries against the gateway's answers", () => {
 
   it('Vercel generateText honours the same Retry-After (1 s, not its own 2 s backoff) and is served', async () => {
     const a = await upstream(
-      thenAnswer((_r, res) =>
+      thenAnswerOk((_r, res) =>
         sendJson(res, 429, { error: { message: 'slow down', type: 'requests' } }, { 'retry-after': '1' }),
       ),
     );
@@ -387,7 +361,7 @@ describe("the SDKs' own retries against the gateway's answers", () => {
   it('one upstream open for errors, the other answering 429 Retry-After 1: told 429 or 503 with Retry-After ≤ 1 s, and the retry is served', async () => {
     const a = await upstream(fail500);
     const b = await upstream(
-      thenAnswer(
+      thenAnswerOk(
         (_r, res) =>
           sendJson(res, 429, { error: { message: 'slow down', type: 'requests' } }, { 'retry-after': '1' }),
         2,
@@ -415,9 +389,9 @@ describe("the SDKs' own retries against the gateway's answers", () => {
   });
 
   it('503 with two breakers open for different times: Retry-After is the sooner one, and the SDK is served then', async () => {
-    const a = await upstream(thenAnswer(fail500));
+    const a = await upstream(thenAnswerOk(fail500));
     const b = await upstream(
-      thenAnswer((_r, res) =>
+      thenAnswerOk((_r, res) =>
         sendJson(res, 429, { error: { message: 'slow down', type: 'requests' } }, { 'retry-after': '20' }),
       ),
     );
@@ -447,7 +421,7 @@ describe("the SDKs' own retries against the gateway's answers", () => {
   });
 
   it('502 is retried by the openai SDK with its own backoff; every retry is a new request to the route', async () => {
-    const a = await upstream(thenAnswer(fail500, 2));
+    const a = await upstream(thenAnswerOk(fail500, 2));
     const gw = await gateway([['a', a]], { circuit_breaker: { failure_threshold: 10 } });
     const ids: string[] = [];
     const got = await sdk(gw, {
@@ -567,7 +541,7 @@ describe('a stream cut after its commit is an error in every SDK, never a finish
   }
 
   it('after a cut the in-flight gauge is back to 0 and the next stream is served whole', async () => {
-    const a = await upstream(thenAnswer(cutAfterThree('close')));
+    const a = await upstream(thenAnswerOk(cutAfterThree('close')));
     const gw = await gateway([['a', a]]);
     await rejection(
       (async () => {
@@ -643,8 +617,8 @@ describe('errors through Vercel and LangChain', () => {
 });
 
 describe('request ids', () => {
-  it('a client x-request-id in base64 (with +, / and =) is echoed, on an answer and on an error', async () => {
-    const a = await upstream(thenAnswer(fail500));
+  it('a client x-request-id in base64 (with +, / and =) is echoed, on an answerOk and on an error', async () => {
+    const a = await upstream(thenAnswerOk(fail500));
     const gw = await gateway([['a', a]], { circuit_breaker: { failure_threshold: 10 } });
     const id = 'q1W2+e3R/t5Y==';
     const err = await rejection(
@@ -661,7 +635,7 @@ describe('request ids', () => {
 describe('a request that never reached its upstream is not told "do not retry"', () => {
   it('max_concurrency busy past first_byte_ms (queue_timeout): the SDK may retry and is served once the slot frees', async () => {
     const a = await upstream((r, res, n) => {
-      if (n > 0) return answer(r, res);
+      if (n > 0) return answerOk(r, res);
       // The first request holds the only connection for 700 ms.
       const m = r.body.model;
       res.writeHead(200, { 'content-type': 'text/event-stream' });
@@ -696,7 +670,7 @@ describe('a request that never reached its upstream is not told "do not retry"',
         (e: unknown) => e,
       );
     expect(await holder).toBe('long ');
-    // The first answer was the queue's timeout: whatever its status, it must not forbid the retry.
+    // The first answerOk was the queue's timeout: whatever its status, it must not forbid the retry.
     expect(seen[0]?.[1]).not.toBe('false');
     expect(got).toBe('ok');
   });
@@ -710,7 +684,7 @@ describe('Retry-After tells the truth about when a retry can be served', () => {
         sendJson(res, 429, { error: { message: 'slow down', type: 'requests' } }, { 'retry-after': s });
     const a = await upstream(limited('5'));
     const b = await upstream(limited('8'));
-    const c = await upstream(answer);
+    const c = await upstream(answerOk);
     const gw = await gateway(
       [
         ['a', a],
