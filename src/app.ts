@@ -292,7 +292,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
   app.setErrorHandler((err: FastifyError | GatewayError, req, reply) => {
     const mapped = err instanceof GatewayError ? err : toGatewayError(err);
     if (!mapped) req.log.error({ err, reqId: req.id }, 'unhandled error');
-    const { status, body, retryAfterS } = errorBody(mapped ?? err);
+    const { status, body, retryAfterS, noRetry } = errorBody(mapped ?? err);
     // A client already gone gets no answer, so onResponse never runs: its count and line are written here,
     // as a request its client left (whatever failed meanwhile: the client did not see it).
     // Unless Node answered it before it was gone (a body too slow: 408, answerClientError).
@@ -302,7 +302,8 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     // A 504 is the route's own time budget spent (its failover included): the OpenAI SDKs, which retry a
     // 5xx twice by default, would spend it twice more. They read this header; other clients ignore it.
     // One with a Retry-After (every upstream busy at max_concurrency, none tried) is worth a retry.
-    if (status === 504 && retryAfterS === undefined) reply.header('x-should-retry', 'false');
+    if ((status === 504 && retryAfterS === undefined) || noRetry === true)
+      reply.header('x-should-retry', 'false');
     void reply.code(status).type('application/json').send(body);
   });
   app.setNotFoundHandler((req, reply) => {

@@ -36,6 +36,8 @@ export interface GatewayErrorOptions {
   type?: string;
   /** Overrides the code in the body (an upstream's own error code, relayed). */
   bodyCode?: string | null;
+  /** Sent with `x-should-retry: false`: the same request again would fail the same way (the OpenAI SDKs read it). */
+  noRetry?: boolean;
   cause?: unknown;
 }
 
@@ -46,6 +48,7 @@ export class GatewayError extends Error {
   readonly param: string | null;
   readonly retryAfterS: number | undefined;
   readonly bodyCode: string | null;
+  readonly noRetry: boolean;
 
   constructor(code: ErrorCode, message: string, opts: GatewayErrorOptions = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
@@ -56,6 +59,7 @@ export class GatewayError extends Error {
     this.param = opts.param ?? null;
     this.retryAfterS = opts.retryAfterS;
     this.bodyCode = opts.bodyCode === undefined ? code : opts.bodyCode;
+    this.noRetry = opts.noRetry === true;
   }
 
   toBody(): OpenAIErrorBody {
@@ -68,7 +72,13 @@ export function isGatewayError(err: unknown): err is GatewayError {
 }
 
 /** The OpenAI-shaped body for any thrown value; unknown errors never leak their message. */
-export function errorBody(err: unknown): { status: number; body: OpenAIErrorBody; retryAfterS?: number } {
-  if (isGatewayError(err)) return { status: err.status, body: err.toBody(), retryAfterS: err.retryAfterS };
+export function errorBody(err: unknown): {
+  status: number;
+  body: OpenAIErrorBody;
+  retryAfterS?: number;
+  noRetry?: boolean;
+} {
+  if (isGatewayError(err))
+    return { status: err.status, body: err.toBody(), retryAfterS: err.retryAfterS, noRetry: err.noRetry };
   return { status: 500, body: new GatewayError('internal', 'internal gateway error').toBody() };
 }

@@ -539,5 +539,22 @@ function finalError(
   if (d.deadlineHit || failed.every((a) => a.outcome === 'timeout')) {
     return new GatewayError('timeout', `upstreams timed out: ${list}`);
   }
-  return new GatewayError('upstream_error', `all ${attempts.length} upstream attempt(s) failed: ${list}`);
+  return new GatewayError('upstream_error', `all ${attempts.length} upstream attempt(s) failed: ${list}`, {
+    noRetry: failed.every((a) => OURS.has(a.reason)),
+  });
 }
+
+/**
+ * Failures of the gateway's own setup, not of a moment: a key refused (401, 403), an account drained (402, as
+ * OpenAI's 429 `insufficient_quota` and Anthropic's credit refusal are read), a `base_url` with no API behind
+ * it (a 404 page, 405) or a proxy refusing us (407). When every attempt failed so, the same request again
+ * fails the same way: the 502 tells the OpenAI SDKs not to retry it (they would, twice, by default).
+ */
+const OURS: ReadonlySet<string> = new Set([
+  'http_401',
+  'http_402',
+  'http_403',
+  'http_404',
+  'http_405',
+  'http_407',
+]);

@@ -1074,7 +1074,7 @@ describe('429s without a usable Retry-After', () => {
     expect(Number(ra)).toBeGreaterThanOrEqual(1);
   });
 
-  it('every candidate out of quota (429 insufficient_quota): a 502 upstream_error naming both, no Retry-After; SDKs still retry a 502', async () => {
+  it('every candidate out of quota (429 insufficient_quota): a 502 upstream_error naming both, no Retry-After, x-should-retry false', async () => {
     const quota: Handler = (_r, res) =>
       sendJson(res, 429, {
         error: {
@@ -1090,7 +1090,8 @@ describe('429s without a usable Retry-After', () => {
     expect(e.message).toContain('a/m');
     expect(e.message).toContain('b/m');
     expect(e.headers?.get('retry-after')).toBeNull();
-    // Client-side, recorded: a 502 is retryable to LangChain (and the others), though no retry can succeed.
+    // No retry can succeed: the openai SDK is told so. LangChain reads no x-should-retry and retries a 502.
+    expect(e.headers?.get('x-should-retry')).toBe('false');
     const lc = await drive('langchain', gw, 'json', { maxRetries: 1 });
     expect(lc.exchanges.map((x) => x.status)).toEqual([502, 502]);
   });

@@ -9,6 +9,8 @@
  * - a stream cut after its commit is an error in every SDK (openai `for await` throws an APIError carrying
  *   the upstream's message; Vercel reports an error part and finishReason `error`; LangChain `.stream()`
  *   throws), never a quiet, finished-looking answer;
+ * - a 502 whose every attempt failed on the gateway's own setup (a key refused, an account drained) is told
+ *   `x-should-retry: false` (the same request would fail the same way), one with a failure of the moment is not;
  * - a request that never reached an upstream (queued behind max_concurrency) is not told `x-should-retry:
  *   false`, and a 429's Retry-After never sends the client away while a candidate it did not try is free;
  * - a client's x-request-id made of safe printable characters (base64 included) is echoed.
@@ -263,6 +265,57 @@ describe('openai SDK: each gateway error as the SDK shows it', () => {
     expect(e.message).toMatch(/a\/m: [a-z_0-9]+ \(HTTP 500\)/);
     expect(e.message).toMatch(/b\/m: [a-z_]+/);
     expect(e.headers?.get('x-router-attempts')).toBe('2');
+  });
+
+  it.each([false, true])(
+    '502 when every upstream refused our key or account (stream: %s): x-should-retry false, the SDK does not retry',
+    async (stream) => {
+      const a = await upstream((_r, res) =>
+        sendJson(res, 401, {
+          error: { message: 'Incorrect API key provided', type: 'invalid_request_error' },
+        }),
+      );
+      const b = await upstream((_r, res) =>
+        sendJson(res, 429, {
+          error: {
+            message: 'You exceeded your current quota',
+            type: 'insufficient_quota',
+            code: 'insufficient_quota',
+          },
+        }),
+      );
+      const gw = await gateway([
+        ['a', a],
+        ['b', b],
+      ]);
+      const err = await rejection(
+        sdk(gw, { maxRetries: 2 }).chat.completions.create({ model: 'r', messages: msgs, stream }),
+      );
+      const e = expectSdkError(err, {
+        cls: OpenAI.InternalServerError,
+        status: 502,
+        code: 'upstream_error',
+        type: 'upstream_error',
+      });
+      expect(e.headers?.get('x-should-retry')).toBe('false');
+      expect(e.headers?.get('retry-after')).toBeNull();
+      expect([a.recs.length, b.recs.length]).toEqual([1, 1]);
+    },
+  );
+
+  it('502 with one failure of the moment among them (a 500 beside a 401): retried by the SDK as any 502', async () => {
+    const a = await upstream((_r, res) => sendJson(res, 401, { error: { message: 'bad key' } }));
+    const b = await upstream(fail500);
+    const gw = await gateway([
+      ['a', a],
+      ['b', b],
+    ]);
+    const err = await rejection(
+      sdk(gw, { maxRetries: 1 }).chat.completions.create({ model: 'r', messages: msgs }),
+    );
+    expect((err as APIError).status).toBe(502);
+    expect((err as APIError).headers?.get('x-should-retry')).toBeNull();
+    expect([a.recs.length, b.recs.length]).toEqual([2, 2]);
   });
 
   it("503 when every breaker is open: no_available_upstream with a Retry-After within the breaker's open_ms", async () => {
