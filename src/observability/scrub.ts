@@ -5,6 +5,7 @@
  */
 import { Transform } from 'node:stream';
 import { credentialLike, providerSecrets } from '../config/secrets.js';
+import { HTML5_ASCII_NAMES } from '../html.js';
 import type { ProviderRuntime } from '../runtime.js';
 import { heldForms, type HeldForms } from '../streaming/delta-mask.js';
 
@@ -31,6 +32,8 @@ export function secretForms(secrets: readonly string[]): string[] {
     // HTML, as an error page quotes it: Go's html/template (`+` too, as `&#43;`), Python's html.escape and
     // PHP's htmlspecialchars, and OWASP's encoder (`/` as `&#x2F;`).
     for (const table of HTML_ESCAPES) forms.add(s.replace(/["&'+/<>]/g, (c) => table[c] ?? c));
+    // Every ASCII character HTML5 names, by name (PHP's htmlentities with ENT_HTML5: `_` as `&lowbar;`).
+    forms.add(s.replace(/[\t\n!-,./:-@[-`{-}]/g, (c) => `&${HTML5_ASCII_NAMES[c]};`));
   }
   return [...forms].sort((a, b) => b.length - a.length);
 }

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { skipSpace } from '../../json-scan.js';
 import type { AdapterProvider, Usage } from '../adapter.js';
 import { clip } from '../../text.js';
+import { decodeHtmlReferences } from '../../html.js';
 
 /**
  * Dialect-neutral helpers shared by the provider adapters: narrowing of untrusted JSON, and the encoder
@@ -127,20 +128,11 @@ const HTML_PAGE = /^<(?:!doctype\s+html|html|head|body|title)\b/i;
 const HTML_TITLE = /<title\b[^<>]*>([^<]*)<\/title>/i;
 const HTML_TAG = /<[^<>]*>/g;
 const PAGE_TEXT_CHARS = 500;
-const HTML_ENTITY = /&(?:#(\d{1,7})|#x([\da-f]{1,6})|(amp|lt|gt|quot|apos|nbsp));/gi;
-const NAMED_ENTITIES: Readonly<Record<string, string>> = {
-  amp: '&',
-  lt: '<',
-  gt: '>',
-  quot: '"',
-  apos: "'",
-  nbsp: ' ',
-};
 
 /**
  * An error answered as an HTML page (nginx's or Cloudflare's 413, 502, 403 in front of the API) as readable
- * text: its `<title>`, else its text without tags when short, spaces collapsed and common entities decoded (''
- * for a page with no such text). Undefined for a body that is no HTML page. Linear in the body (its patterns
+ * text: its `<title>`, else its text without tags when short, spaces collapsed and character references decoded
+ * ('' for a page with no such text). Undefined for a body that is no HTML page. Linear in the body (its patterns
  * stop at the next `<`): an upstream's page of a million `<` costs no more than its length.
  */
 export function htmlPageText(body: string): string | undefined {
@@ -150,11 +142,7 @@ export function htmlPageText(body: string): string | undefined {
   const plain = (title ? title : text.replace(HTML_TAG, ' ')).replace(/\s+/g, ' ').trim();
   // A long page without a title is mostly styles and scripts: no message at all reads better.
   if (plain.length > PAGE_TEXT_CHARS) return '';
-  return plain.replace(HTML_ENTITY, (all, dec?: string, hex?: string, name?: string) => {
-    if (name !== undefined) return NAMED_ENTITIES[name.toLowerCase()] ?? all;
-    const code = dec !== undefined ? Number(dec) : Number.parseInt(hex!, 16);
-    return code > 0 && code <= 0x10ffff ? String.fromCodePoint(code) : all;
-  });
+  return decodeHtmlReferences(plain);
 }
 
 /** Caps an upstream message we relay, so a hostile body cannot inflate our error responses. */

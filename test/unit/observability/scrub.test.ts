@@ -63,6 +63,14 @@ describe('secret forms (regression: only the literal spelling was matched)', () 
       expect(s.scrub(`<p>key ${echo} refused</p>`), echo).toBe('<p>key [REDACTED] refused</p>');
   });
 
+  it("Scrubber removes a secret spelt with HTML5's named references (PHP's htmlentities, ENT_HTML5)", () => {
+    const s = new Scrubber(['sk-live_Ab12+Cd/Ef=gh.Z9']);
+    const echo = 'sk-live&lowbar;Ab12&plus;Cd&sol;Ef&equals;gh&period;Z9';
+    expect(s.scrub(`<title>Access denied for key ${echo}</title>`)).toBe(
+      '<title>Access denied for key [REDACTED]</title>',
+    );
+  });
+
   it('Scrubber checks the tail of a text cut by a bounded read, said by `cut`', () => {
     const s = new Scrubber([KEY]);
     expect(s.scrub(`body ${KEY.slice(0, 10)}`, true)).toBe('body [REDACTED]');
