@@ -20,11 +20,26 @@ const OVERFLOW =
   /maximum context length|prompt is too long|exceed(?:s|ed)? (?:the )?(?:available |maximum )?context (?:size|length|limit|window)|context length exceeded|input token count \(\d{1,12}\) exceeds the maximum|`max_new_tokens` must be <= \d|`inputs` must have less than \d/i;
 
 /**
- * The window the message states, in the same servers' words. Each number is whole (no digit beside it) and at
- * most 12 digits: a long run of digits costs each start position a few steps, not the rest of the run.
+ * A stated count: plain digits, or digits in groups of three ("8,192", "8 192", as some servers print them); whole,
+ * not the start of a longer number, a decimal or an exponent ("1e308" states no window of 1). At most 12 digits
+ * plain, 15 grouped: a long run of digits costs each start position a few steps, not the rest of the run.
  */
-const STATED_WINDOW =
-  /maximum context length is (\d{1,12})(?!\d)|(?<!\d)(\d{1,12}) maximum context length|tokens > (\d{1,12}) maximum|exceed context limit: \d{1,12} \+ \d{1,12} > (\d{1,12})(?!\d)|context size \((\d{1,12}) tokens\)|maximum number of tokens allowed \((\d{1,12})\)|`max_new_tokens` must be <= (\d{1,12})(?!\d)|`inputs` must have less than (\d{1,12}) tokens/i;
+const COUNT = String.raw`(\d{1,3}(?:[, \u00a0\u202f]\d{3}){1,4}|\d{1,12})(?!\d|[.,]\d|[eE][+-]?\d)`;
+
+/** The window the message states, in the same servers' words. */
+const STATED_WINDOW = new RegExp(
+  [
+    `maximum context length is ${COUNT}`,
+    String.raw`(?<![\d.,])${COUNT} maximum context length`,
+    `tokens > ${COUNT} maximum`,
+    String.raw`exceed context limit: \d{1,12} \+ \d{1,12} > ${COUNT}`,
+    String.raw`context size \(${COUNT} tokens\)`,
+    String.raw`maximum number of tokens allowed \(${COUNT}\)`,
+    `\`max_new_tokens\` must be <= ${COUNT}`,
+    `\`inputs\` must have less than ${COUNT} tokens`,
+  ].join('|'),
+  'i',
+);
 
 /** Whether an upstream's error message says the request is past the model's context window. */
 export function saysContextOverflow(message: string): boolean {
@@ -37,6 +52,6 @@ export function statedWindow(message: string): number | undefined {
   if (m === null) return undefined;
   let digits: string | undefined;
   for (let i = 1; digits === undefined && i < m.length; i++) digits = m[i];
-  const n = Number(digits);
+  const n = Number(digits?.replace(/\D/g, ''));
   return Number.isSafeInteger(n) && n > 0 ? n : undefined;
 }

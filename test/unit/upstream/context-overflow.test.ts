@@ -62,6 +62,19 @@ describe('saysContextOverflow / statedWindow', () => {
     expect(statedWindow(message)).toBeUndefined();
   });
 
+  it('a window printed in groups of three is read whole; a decimal or an exponent is no window', () => {
+    expect(statedWindow("This model's maximum context length is 8,192 tokens")).toBe(8192);
+    expect(statedWindow("This model's maximum context length is 128 000 tokens")).toBe(128_000);
+    expect(statedWindow('1,048,576 maximum context length')).toBe(1_048_576);
+    expect(statedWindow('tokens > 32,768 maximum')).toBe(32_768);
+    expect(statedWindow("This model's maximum context length is 4096, you asked 5000")).toBe(4096);
+    expect(statedWindow("This model's maximum context length is 1e308 tokens")).toBeUndefined();
+    expect(statedWindow("This model's maximum context length is 8.5 tokens")).toBeUndefined();
+    expect(statedWindow('request (9000 tokens) exceeds the available context size (4,096 tokens)')).toBe(
+      4096,
+    );
+  });
+
   it('a stated window of 0 or past a safe integer is no window', () => {
     expect(statedWindow("This model's maximum context length is 0 tokens")).toBeUndefined();
     expect(statedWindow(`This model's maximum context length is ${'9'.repeat(30)} tokens`)).toBeUndefined();
