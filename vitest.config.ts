@@ -19,6 +19,7 @@ const WAITING = [
   'audit-invariants',
   'audit-observability',
   'audit-operations',
+  'audit-passthrough-hostile',
   'audit-raw-sockets',
   'audit-realtime',
   'audit-redis',

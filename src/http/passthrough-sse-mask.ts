@@ -10,7 +10,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { Transform } from 'node:stream';
 import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 
-/** An event that does not end within this many characters is relayed as it comes, no longer read. */
+/** An event that does not end within this many characters is relayed as it comes, unread, to its end. */
 const MAX_EVENT_CHARS = 1 << 20;
 /**
  * A blank line: two line endings, each CRLF, LF or CR (SSE allows any, mixed). A first CR ends a line only
@@ -35,7 +35,8 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   const mask = new DeltaMask(forms);
   const decoder = new StringDecoder('utf8');
   const last = new Map<string, LastDelta>();
-  let unread = false;
+  /** Inside an event past MAX_EVENT_CHARS: relayed as it comes, unread, until its blank line. */
+  let skipping = false;
 
   /** `[REDACTED]` events for the channels (but `except`) that held text back, which now end. */
   const ended = (except?: string): string => {
@@ -81,7 +82,7 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   /** The last event ended in a CR at the end of what had come: an LF first in the next write goes with it. */
   let crPending = false;
   const take = (input: string): string => {
-    if (unread) return input;
+    if (skipping) return skip(input);
     let text = input;
     let lead = '';
     if (crPending && text.startsWith('\n')) {
@@ -97,9 +98,12 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       partsChars += text.length;
       tail = (tail + text).slice(-3);
       if (partsChars <= MAX_EVENT_CHARS) return lead;
-      unread = true;
+      // Its start goes as it came; the events after it are read again (a long echoed `instructions` in
+      // `response.created` must not leave the deltas that follow unmasked).
+      skipping = true;
       const rest = parts.join('');
       parts = [];
+      partsChars = 0;
       return lead + ended() + rest;
     }
     const buf = parts.join('') + text;
@@ -120,6 +124,22 @@ export function sseDeltaMask(forms: HeldForms): Transform {
     return out;
   };
 
+  /** The rest of an event too long to read, as it comes, up to its blank line; what follows is read. */
+  const skip = (input: string): string => {
+    BOUNDARY.lastIndex = 0;
+    const m = BOUNDARY.exec(tail + input);
+    if (m === null) {
+      tail = (tail + input).slice(-3);
+      return input;
+    }
+    const end = m.index + m[0].length - tail.length;
+    skipping = false;
+    tail = '';
+    const rest = input.slice(end);
+    crPending = rest === '' && m[0].endsWith('\r');
+    return input.slice(0, end) + (rest === '' ? '' : take(rest));
+  };
+
   return new Transform({
     transform(chunk: Buffer, _enc, done) {
       const out = take(decoder.write(chunk));
@@ -130,7 +150,7 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       // The last event, if no blank line followed it, is read as the others are.
       const rest = parts.join('');
       parts = [];
-      if (rest !== '') out += unread ? rest : event(rest, '');
+      if (rest !== '') out += event(rest, '');
       out += ended();
       done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
     },

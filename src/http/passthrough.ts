@@ -234,7 +234,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         const { url: dest } = reply.fromParameters(req.url, req.params, '/v1');
         const query = dest.indexOf('?');
         const path = query < 0 ? dest : dest.slice(0, query);
-        const merged = withBaseQuery(query < 0 ? '' : dest.slice(query + 1), baseQuery);
+        const merged = forwardedQuery(query < 0 ? '' : dest.slice(query + 1), baseQuery, app.gateway.runtime);
         websockets.proxy(req, reply, merged === '' ? path : `${path}?${merged}`);
         return;
       }
@@ -256,16 +256,13 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       // Relayed as is, never retried here: reply-from would send a GET answered 503 ten more times (Retry-After's
       // seconds taken as milliseconds, each answer left unread) to a provider that said it is overloaded.
       retryDelay: () => null,
-      // A base_url's own query (Azure's `?api-version=`) goes with every request, after the client's.
-      ...(baseQuery.size > 0
-        ? {
-            queryString: (search: string | undefined, reqUrl: string) => {
-              const at = reqUrl.indexOf('?');
-              const client = search ? search.slice(1) : at < 0 ? '' : reqUrl.slice(at + 1);
-              return withBaseQuery(client, baseQuery);
-            },
-          }
-        : {}),
+      // A base_url's own query (Azure's `?api-version=`) goes with every request, after the client's; a
+      // gateway key the client put in its query does not.
+      queryString: (search: string | undefined, reqUrl: string) => {
+        const at = reqUrl.indexOf('?');
+        const client = search ? search.slice(1) : at < 0 ? '' : reqUrl.slice(at + 1);
+        return forwardedQuery(client, baseQuery, app.gateway.runtime);
+      },
       rewriteRequestHeaders: (req, headers) => {
         // reply-from has dropped the client's `connection` from `headers` by now; the request still has it.
         const named = connectionNamed(req.headers.connection);
@@ -381,12 +378,29 @@ function isEventStream(contentType: unknown): boolean {
   return typeof contentType === 'string' && contentType.toLowerCase().includes('text/event-stream');
 }
 
-/** The client's query with the base_url's parameters it does not set itself added; as sent when there are none. */
-function withBaseQuery(client: string, base: URLSearchParams): string {
-  if (base.size === 0) return client;
-  const out = new URLSearchParams(client);
-  for (const [k, v] of base) if (!out.has(k)) out.append(k, v);
-  return out.toString();
+/**
+ * The client's query as the provider gets it: with the base_url's parameters it does not set itself added, and
+ * without any parameter whose value is one of the gateway's client or admin keys (SPEC §8 ignores a key in a
+ * query; handed on, it would be a credential of ours given to a third party). As sent when there is nothing
+ * to change.
+ */
+function forwardedQuery(
+  client: string,
+  base: URLSearchParams,
+  rt: Pick<Runtime, 'clientKeys' | 'adminKeys'>,
+): string {
+  if (client === '' && base.size === 0) return client;
+  const ours = (v: string): boolean => rt.clientKeys.matches(v) || rt.adminKeys.matches(v);
+  const sent = [...new URLSearchParams(client)];
+  const kept = sent.filter(([, v]) => !ours(v));
+  const out = new URLSearchParams(kept);
+  let changed = kept.length < sent.length;
+  for (const [k, v] of base)
+    if (!out.has(k)) {
+      out.append(k, v);
+      changed = true;
+    }
+  return changed ? out.toString() : client;
 }
 
 const tooLarge = (): GatewayError =>
@@ -451,7 +465,8 @@ export async function sendScrubbed(
       parts.push(chunk);
     }
   } catch {
-    /* a broken error body still has its status */
+    // A broken error body still has its status, and what came of it; it may stop inside an echoed secret.
+    cut = true;
   }
   // An encoding we cannot read (zstd) would be noise as text: told by its status instead, as a broken body is.
   const coding = replyCoding(reply.getHeader('content-encoding'));

@@ -22,7 +22,12 @@ export function secretForms(secrets: readonly string[]): string[] {
   for (const s of secrets) {
     if (s.length < 4) continue;
     const json = JSON.stringify(s).slice(1, -1);
-    forms.add(s).add(json).add(json.replaceAll('/', '\\/')).add(encodeURIComponent(s));
+    forms.add(s).add(json).add(json.replaceAll('/', '\\/'));
+    // Percent-encoded: as encodeURIComponent writes it, as Python's urllib quote does (`/` kept), and either
+    // with lower-case hex digits.
+    const url = encodeURIComponent(s);
+    for (const u of [url, url.replaceAll('%2F', '/')])
+      forms.add(u).add(u.replace(/%[\dA-F]{2}/g, (e) => e.toLowerCase()));
     // JSON with `\uXXXX` escapes, as encoders write by default: .NET's System.Text.Json `"&'+<>\`` and all past
     // ASCII (upper-case hex), Go's encoding/json `&<>`, Python's json.dumps all past ASCII (lower-case).
     forms.add(s.replace(/["&'+<>`\\\u007f-\uffff]/g, (c) => (c === '\\' ? '\\\\' : escapeUnit(c, true))));
@@ -150,7 +155,7 @@ export class StreamMask {
 export interface EchoGuard {
   readonly mask: StreamMask;
   readonly scrub: (text: string) => string;
-  /** The secrets as bytes, to find in a message without decoding it (WebSocket messages). */
+  /** Every spelling of the secrets as bytes, to find in a message without decoding it (WebSocket messages). */
   readonly bytes: readonly Buffer[];
   /** Every spelling of the secrets (secretForms), to find in a streamed answer's deltas (DeltaMask). */
   readonly forms: HeldForms;
@@ -167,14 +172,15 @@ export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | un
     // every "none" in a Responses API object became "****". Error bodies are still scrubbed of them.
     const secrets = providerSecrets(provider.config).filter(credentialLike);
     const scrubber = new Scrubber(secrets);
+    const forms = secretForms(secrets);
     guard =
       secrets.length === 0
         ? null
         : {
             mask: new StreamMask(secrets),
             scrub: (t) => scrubber.scrub(t),
-            bytes: secrets.map((t) => Buffer.from(t)),
-            forms: heldForms(secretForms(secrets)),
+            bytes: forms.map((t) => Buffer.from(t)),
+            forms: heldForms(forms),
           };
     ECHO_GUARDS.set(provider, guard);
   }

@@ -92,4 +92,19 @@ describe('sseDeltaMask', () => {
     const body = `data: ${'x'.repeat((1 << 20) + 10)}`;
     expect(await through(body, 64 * 1024)).toBe(body);
   });
+
+  it.each([
+    ['\n\n', 64 * 1024],
+    ['\r\n\r\n', 64 * 1024],
+    ['\r\n\r\n', 7], // the blank line split across writes
+  ])(
+    'after an event past 1 MiB (ended by %j, written %i bytes at a time), the deltas are read again',
+    async (sep, size) => {
+      const long = `event: response.created\ndata: {"type":"response.created","instructions":"${'x'.repeat((1 << 20) + 10)}"}${sep}`;
+      const pieces = KEY.match(/.{1,3}/g)!.map((p, i) => delta(p, 'msg_1', i));
+      const out = await through(long + pieces.join('') + delta(' end'), size);
+      expect(out.startsWith(long)).toBe(true);
+      expect(joined(out.slice(long.length))).toBe('sk-[REDACTED] end'); // at most its first 3 characters
+    },
+  );
 });

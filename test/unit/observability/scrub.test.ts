@@ -63,6 +63,16 @@ describe('secret forms (regression: only the literal spelling was matched)', () 
       expect(s.scrub(`<p>key ${echo} refused</p>`), echo).toBe('<p>key [REDACTED] refused</p>');
   });
 
+  it("Scrubber removes a secret percent-encoded as Python's quote writes it (`/` kept), or in lower-case hex", () => {
+    const s = new Scrubber(['sk-proj-Ab3+Cd5/Ef7=Gh9']);
+    for (const echo of [
+      'sk-proj-Ab3%2BCd5/Ef7%3DGh9',
+      'sk-proj-Ab3%2bCd5%2fEf7%3dGh9',
+      'sk-proj-Ab3%2bCd5/Ef7%3dGh9',
+    ])
+      expect(s.scrub(`url /x/${echo}/info`), echo).toBe('url /x/[REDACTED]/info');
+  });
+
   it("Scrubber removes a secret spelt with HTML5's named references (PHP's htmlentities, ENT_HTML5)", () => {
     const s = new Scrubber(['sk-live_Ab12+Cd/Ef=gh.Z9']);
     const echo = 'sk-live&lowbar;Ab12&plus;Cd&sol;Ef&equals;gh&period;Z9';
