@@ -21,7 +21,9 @@ const MIN_HOLD = 4;
 const MAX_RELEASED = 8;
 /**
  * Channels followed in one stream at most: a hostile upstream's thousands of choice or tool indexes do not
- * grow the state without bound; past it a channel's deltas are scrubbed each on its own (scrub.ts).
+ * grow the state without bound. Past it, channels whose text ends in no secret's start are forgotten (they
+ * are as good as new); only when every one is midway in a secret are a new channel's deltas scrubbed each on
+ * its own (scrub.ts).
  */
 const MAX_CHANNELS = 256;
 
@@ -102,8 +104,9 @@ export class DeltaMask {
       const at = typeof choice.index === 'number' ? choice.index : i;
       if (isJson(choice.delta) && this.choiceChanged(at, choice, choice.delta)) changed = true;
       if (typeof choice.finish_reason === 'string' && choice.finish_reason !== '') {
+        // Its state is kept: a proxy that puts a finish_reason on every chunk (one-api's) goes on after it,
+        // and a secret spelt across such chunks must still be found.
         const fields = this.choices.get(at);
-        this.choices.delete(at);
         if (fields !== undefined && this.holding > 0) {
           const delta = isJson(choice.delta) ? choice.delta : (choice.delta = {});
           if (this.settle(fields, delta, undefined)) changed = true;
@@ -136,9 +139,7 @@ export class DeltaMask {
     for (const [channel, st] of this.loose) {
       if (st.held === '' || channel === except) continue;
       ended.push([channel, endOfHold(st)]);
-      st.held = '';
-      st.sent = '';
-      this.holding--;
+      this.release(st);
     }
     return ended;
   }
@@ -232,20 +233,29 @@ export class DeltaMask {
     for (const [key, st] of fields) {
       if (st.held === '') continue;
       const text = endOfHold(st);
-      st.held = '';
-      st.sent = '';
-      this.holding--;
+      this.release(st);
       changed = true;
       putText(delta, key, text, before !== undefined);
     }
     return changed;
   }
 
+  /**
+   * A channel's held text let go (endOfHold says as what). What of a secret it held counts as sent: a channel
+   * that goes on with the rest of that secret after another channel's delta (a hostile upstream's way round
+   * the hold) still has it found, and masked from there.
+   */
+  private release(st: FieldState): void {
+    st.sent = this.startOfSecret(st.sent + st.held);
+    st.held = '';
+    this.holding--;
+  }
+
   /** The text to send for one channel's delta `d`: secrets masked, a secret's possible start held back. */
   private step(fields: Fields, key: string, d: string): string {
     let st = fields.get(key);
     if (st === undefined) {
-      if (this.channels >= MAX_CHANNELS) return d;
+      if (this.channels >= MAX_CHANNELS && !this.forget()) return d;
       this.channels++;
       fields.set(key, (st = { sent: '', held: '' }));
     }
@@ -296,6 +306,21 @@ export class DeltaMask {
     st.held = w.slice(w.length - held);
     st.sent = this.startOfSecret(st.sent + out);
     return out === d ? d : out;
+  }
+
+  /**
+   * Room for a channel when MAX_CHANNELS are followed: the channels whose text ends in no secret's start and
+   * hold nothing are as good as new, and are forgotten. False when every one is midway in a secret.
+   */
+  private forget(): boolean {
+    const before = this.channels;
+    for (const fields of [...this.choices.values(), this.loose])
+      for (const [key, st] of fields)
+        if (st.sent === '' && st.held === '') {
+          fields.delete(key);
+          this.channels--;
+        }
+    return this.channels < before;
   }
 
   /** Whether `x` from `at` to its end is the start of a secret longer than that (not the whole of it). */
