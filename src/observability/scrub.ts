@@ -94,6 +94,9 @@ export class Scrubber {
  * first bytes of a secret holds those back until the next chunk shows whether the secret follows; any other
  * byte is passed on at once (an SSE event ends in a blank line, which no secret starts with).
  */
+/** The fewest first bytes of a secret a body may end in that are masked (StreamMask's flush). */
+const END_MASKED = 8;
+
 export class StreamMask {
   private readonly keys: readonly Buffer[];
 
@@ -119,7 +122,10 @@ export class StreamMask {
         }
         done(null, buf.length > 0 ? buf : undefined);
       },
-      flush: (done) => done(null, held),
+      // A body that ends inside a secret (an echo cut short): 8 or more of its first bytes are masked too;
+      // fewer go as written, as a stream's held text does (a word a key starts with; streaming/delta-mask.ts).
+      flush: (done) =>
+        done(null, held !== undefined && held.length >= END_MASKED ? Buffer.alloc(held.length, 0x2a) : held),
     });
   }
 
