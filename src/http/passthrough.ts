@@ -5,7 +5,7 @@ import type {
   RawServerBase,
   RouteGenericInterface,
 } from 'fastify';
-import { pipeline, Readable, Transform } from 'node:stream';
+import { finished, pipeline, Readable, Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
@@ -362,8 +362,8 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
       // Failures before any answer (reply-from maps timeouts to 504).
       onError: (reply, { error }) => {
         if (isTooLarge(error)) {
-          // Closed after the answer: the rest of the body is not read (a request behind it would wait on it).
-          void reply.header('connection', 'close').send(tooLarge());
+          // The connection stays: the rest of the body is being read and dropped (limitedBody).
+          void reply.send(tooLarge());
           return;
         }
         upstreamFailed(reply.request, reply.raw.destroyed, error);
@@ -415,8 +415,16 @@ function limitedBody(body: Readable, limit: number): Readable {
       cb(seen > limit ? codedError('payload_too_large', 'request body past its limit') : null, chunk);
     },
   });
-  pipeline(body, counted, () => {
-    /* an error destroys both; undici reports it as the request's failure */
+  // Not `pipeline`: its error would destroy the client's request, and with it the socket the 413 is to be
+  // written to. Past the limit the rest is read and dropped (within server.request_timeout_ms, as any body):
+  // a connection closed while the client still sends is reset, and the reset lost the 413 it had been sent.
+  body.pipe(counted);
+  finished(body, (err) => {
+    if (err) counted.destroy(err); // the client went away: undici ends the upstream request
+  });
+  counted.on('error', () => {
+    body.unpipe(counted);
+    body.resume();
   });
   return counted;
 }
