@@ -364,11 +364,9 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
   }
   if (message === undefined) {
     const text = (rawText ?? '').trim();
-    const page = htmlPageText(text);
-    if (page) message = page;
-    else
-      message =
-        page === undefined && text !== '' && text.length <= 500 ? text : `upstream answered HTTP ${status}`;
+    // An HTML page (a proxy's) as its title or text; other text when short.
+    const readable = htmlPageText(text) ?? (text.length <= 500 ? text : '');
+    message = readable !== '' ? readable : `upstream answered HTTP ${status}`;
   }
   message = truncateMessage(message);
   return {
