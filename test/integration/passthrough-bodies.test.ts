@@ -234,6 +234,24 @@ describe('request bodies reach the upstream byte for byte', () => {
     expect(up.got.filter((g) => g.ended).map((g) => g.body.length)).toEqual([4096, 4096]);
   });
 
+  it('an upload declared past the limit and sent whole at once (no Expect): the client reads its 413, not a reset', async () => {
+    const up = await upstream((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+    const gw = await gatewayFor(up, { server: { body_limit_bytes: 64 * 1024 } });
+    for (let i = 0; i < 3; i++) {
+      const r = await request(`${gw.url}/v1/files`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer c', 'content-type': 'application/octet-stream' },
+        body: Buffer.alloc(8 * MIB, 7),
+      });
+      expect(r.statusCode).toBe(413);
+      expect(((await r.body.json()) as { error: { code: string } }).error.code).toBe('payload_too_large');
+    }
+    expect(up.got).toHaveLength(0);
+  });
+
   it('an empty POST (with or without a content-type) reaches the upstream as an empty POST', async () => {
     const up = await upstream((_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
