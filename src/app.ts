@@ -159,12 +159,13 @@ type WithId = IncomingMessage & { [GENERATED_ID]?: string };
 type Answered = { [ANSWERED]?: number };
 
 /**
- * A request's id: the client's `x-request-id` when it is a plain token, else one generated once and kept on
- * the request, so an answer Node writes itself (answerClientError) carries the id fastify logs.
+ * A request's id: the client's `x-request-id` when it is a plain token that holds none of our secrets (the
+ * id is logged: SPEC §8), else one generated once and kept on the request, so an answer Node writes itself
+ * (answerClientError) carries the id fastify logs.
  */
-function requestIdOf(req: IncomingMessage): string {
+function requestIdOf(req: IncomingMessage, gateway: Gateway): string {
   const h = req.headers['x-request-id'];
-  if (typeof h === 'string' && REQUEST_ID.test(h)) return h;
+  if (typeof h === 'string' && REQUEST_ID.test(h) && !gateway.runtime.scrubber.holds(h)) return h;
   return ((req as WithId)[GENERATED_ID] ??= randomUUID());
 }
 
@@ -192,7 +193,7 @@ function answerClientError(err: Error & { code?: string }, socket: Duplex, gatew
     // request behind it) are not that request's answer.
     const owner = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && inFlight ? inFlight : undefined;
     if (owner) owner[ANSWERED] = status;
-    const id = owner ? requestIdOf(owner.req) : randomUUID();
+    const id = owner ? requestIdOf(owner.req, gateway) : randomUUID();
     socket.write(
       `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\n` +
         `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\n` +
@@ -240,13 +241,13 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
     // While draining our own hooks answer (OpenAI-shaped 503 on /v1, 503 on /readyz), not fastify's default.
     return503OnClosing: false,
     schemaController: { compilersFactory: LAZY_COMPILERS },
-    genReqId: requestIdOf,
+    genReqId: (req) => requestIdOf(req, gateway),
   });
   // An Expect Node does not meet (anything but 100-continue): its 417, OpenAI-shaped (Node's has no body).
   // Fastify never sees the request: counted and logged here, under the id its header gives.
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     const body = JSON.stringify(EXPECTATION_FAILED.toBody());
-    const id = requestIdOf(req);
+    const id = requestIdOf(req, gateway);
     res.writeHead(417, {
       'content-type': 'application/json; charset=utf-8',
       'content-length': Buffer.byteLength(body),
@@ -266,7 +267,7 @@ export function buildApp(loaded: LoadedConfig, deps: GatewayDeps): FastifyInstan
       return;
     }
     const body = JSON.stringify(PAYLOAD_TOO_LARGE.toBody());
-    const id = requestIdOf(req);
+    const id = requestIdOf(req, gateway);
     res.writeHead(413, {
       'content-type': 'application/json; charset=utf-8',
       'content-length': Buffer.byteLength(body),

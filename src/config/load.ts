@@ -36,6 +36,15 @@ export interface LoadedConfig {
 export type Env = Readonly<Record<string, string | undefined>>;
 
 /** `a.b[1].c` from a path of keys and indices. */
+/**
+ * A js-yaml reason without the text it quotes from the file: an unquoted secret that starts with `*` or `!` is
+ * read as an alias or a tag, and the reason would print it (SPEC §8); the line and column say where.
+ */
+function unquoted(reason: string): string {
+  const out = reason.replace(/"[^"\n]*"/g, '"…"').replace(/!<[^>\n]*>/g, '!<…>');
+  return /\b(?:alias|tag)\b/.test(reason) ? `${out} (quote a value that starts with * or !)` : out;
+}
+
 export function formatPath(path: readonly PropertyKey[]): string {
   let out = '';
   for (const key of path) {
@@ -114,7 +123,7 @@ export function parseConfigText(
     if (err instanceof ConfigError) throw err;
     const e = err as { reason?: string; mark?: { line: number; column: number } };
     const where = e.mark ? ` (line ${e.mark.line + 1}, column ${e.mark.column + 1})` : '';
-    throw new ConfigError([`YAML syntax error: ${e.reason ?? 'unparsable'}${where}`], source);
+    throw new ConfigError([`YAML syntax error: ${unquoted(e.reason ?? 'unparsable')}${where}`], source);
   }
   if (doc === undefined || doc === null) throw new ConfigError(['config is empty'], source);
 

@@ -84,8 +84,11 @@ const headerMap = nameMap(z.string()).transform((input, ctx) => {
   const out = Object.create(null) as Record<string, string>;
   for (const [name, value] of Object.entries(input)) {
     const lower = name.toLowerCase();
+    // An invalid name is not printed: written curl-style ("Authorization: Bearer KEY": "") it holds a secret.
     const why = !HEADER_NAME.test(name)
-      ? 'not a valid header name'
+      ? name.includes(':')
+        ? 'a header name holds ":" (written curl-style?): give the name as the key and the value as its value'
+        : 'a header name holds a character no header name may (a space, say)'
       : lower === '__proto__'
         ? 'not usable as a header name'
         : !HEADER_VALUE.test(value)
@@ -93,7 +96,13 @@ const headerMap = nameMap(z.string()).transform((input, ctx) => {
           : Object.hasOwn(out, lower)
             ? `given twice (header names are case-insensitive)`
             : undefined;
-    if (why !== undefined) ctx.addIssue({ code: 'custom', path: [name], message: why, input: value });
+    if (why !== undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: HEADER_NAME.test(name) ? [name] : [],
+        message: why,
+        input: value,
+      });
     else out[lower] = value;
   }
   return out;

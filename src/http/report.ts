@@ -166,7 +166,7 @@ export function reportUnrouted(gw: Gateway, req: FastifyRequest, status: number,
     gw,
     req.id,
     req.method,
-    route === PASSTHROUGH ? proxiedPath(req.url) : route,
+    route === PASSTHROUGH ? gw.runtime.scrubber.scrub(proxiedPath(req.url)) : route,
     status,
     elapsedMs,
   );

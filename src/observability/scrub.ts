@@ -64,6 +64,12 @@ export class Scrubber {
     this.secrets = secretForms(secrets);
   }
 
+  /** Whether `text` holds a secret, in any of its spellings. */
+  holds(text: string): boolean {
+    for (const s of this.secrets) if (text.includes(s)) return true;
+    return false;
+  }
+
   /** `text` without any secret; `cut`: the text was cut short (a bounded read), so its tail is checked too. */
   scrub(text: string, cut = false): string {
     let out = text;
