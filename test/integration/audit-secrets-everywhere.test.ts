@@ -88,7 +88,11 @@ function dump(r: Res): string {
     .join('\n')}\n\n${r.text}`;
 }
 
-function answer(model: unknown, content: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+function answer(
+  model: unknown,
+  content: string,
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
   return {
     id: 'chatcmpl-1',
     object: 'chat.completion',
@@ -170,7 +174,9 @@ function upstreamHandler(r: Received, res: ServerResponse): void {
     case 'fail-500':
       // An HTML error page quoting the credential, as a misconfigured proxy writes one.
       res.writeHead(500, { 'content-type': 'text/html', 'x-echo-auth': key });
-      res.end(`<html><body><h1>500</h1><pre>Authorization: Bearer ${key}\nx-api-token: ${String(r.headers['x-api-token'])}</pre></body></html>`);
+      res.end(
+        `<html><body><h1>500</h1><pre>Authorization: Bearer ${key}\nx-api-token: ${String(r.headers['x-api-token'])}</pre></body></html>`,
+      );
       return;
     default:
       sendJson(res, 200, answer(model, 'ok'));
@@ -241,14 +247,24 @@ describe('audit: client-sent secrets never reach a log line, /metrics or /router
       (await chat({ model: 'main', messages: MSG }, { ...auth, 'x-router-provider': S.CLIENT_KEY_2 })).status,
     ).toBe(400);
     // Keys where no key belongs: a wrong client key, the admin key as a client key, a key in the query.
-    expect((await chat({ model: 'main', messages: MSG }, { authorization: `Bearer ${S.PROV_KEY}` })).status).toBe(401);
-    expect((await chat({ model: 'main', messages: MSG }, { authorization: `Bearer ${S.ADMIN_KEY}` })).status).toBe(401);
+    expect(
+      (await chat({ model: 'main', messages: MSG }, { authorization: `Bearer ${S.PROV_KEY}` })).status,
+    ).toBe(401);
+    expect(
+      (await chat({ model: 'main', messages: MSG }, { authorization: `Bearer ${S.ADMIN_KEY}` })).status,
+    ).toBe(401);
     expect((await call(`${gw.url}/router/status`, 'GET', { 'x-admin-key': S.PROV_KEY })).status).toBe(401);
-    expect((await call(`${gw.url}/router/status`, 'GET', { authorization: `Bearer ${S.CLIENT_KEY}` })).status).toBe(401);
+    expect(
+      (await call(`${gw.url}/router/status`, 'GET', { authorization: `Bearer ${S.CLIENT_KEY}` })).status,
+    ).toBe(401);
     expect((await call(`${gw.url}/router/status?admin_key=${S.ADMIN_KEY}`, 'GET')).status).toBe(401);
     expect((await call(`${gw.url}/metrics?key=${S.ADMIN_KEY}`, 'GET')).status).toBe(200);
     // The passthrough: a client key in the query is neither forwarded nor logged.
-    const listed = await call(`${gw.url}/v1/files?api_key=${S.CLIENT_KEY}&purpose=${S.ADMIN_KEY}`, 'GET', auth);
+    const listed = await call(
+      `${gw.url}/v1/files?api_key=${S.CLIENT_KEY}&purpose=${S.ADMIN_KEY}`,
+      'GET',
+      auth,
+    );
     expect(listed.status).toBe(200);
     expect(leaks(JSON.stringify(pt.received.map((r) => [r.path, r.headers])), ['CLIENT_KEY'])).toEqual([]);
     // explain: a prompt that holds the keys, on a route whose rule matches it.
@@ -301,7 +317,9 @@ describe('audit: client-sent secrets never reach a log line, /metrics or /router
     });
     expect(r.status).toBe(200);
     expect(pt.received.at(-1)?.path).toContain(S.ADMIN_KEY); // forwarded as the client asked
-    const u = await call(`${gw.url}/nowhere/${S.PROV_KEY}`, 'GET', { authorization: `Bearer ${S.CLIENT_KEY}` });
+    const u = await call(`${gw.url}/nowhere/${S.PROV_KEY}`, 'GET', {
+      authorization: `Bearer ${S.CLIENT_KEY}`,
+    });
     expect(u.status).toBe(404);
     expect(leaks(await sideChannels(gw))).toEqual([]);
   });
@@ -434,7 +452,9 @@ describe('audit: a base_url password sent as Basic auth, echoed back', () => {
     expect(r.status).toBe(400);
     const seen = `${dump(r)}\n${gw.rawLogs()}`;
     // The base64 of user:password is the password, readable by anyone: it must go as the password would.
-    expect(seen.includes(b64.slice(4, 20)), `Basic credential in:\n${around(seen, b64.slice(4, 20))}`).toBe(false);
+    expect(seen.includes(b64.slice(4, 20)), `Basic credential in:\n${around(seen, b64.slice(4, 20))}`).toBe(
+      false,
+    );
     expect(leaks(seen)).toEqual([]);
   });
 });
@@ -452,9 +472,27 @@ describe("audit: the LLM router's reason", () => {
       await startGateway({
         server: { admin_key: S.ADMIN_KEY },
         providers: [
-          { name: 'rt', base_url: `${rt.url}/v1`, api_key: S.RT_KEY, timeouts: RELAXED, models: [{ name: 'm' }] },
-          { name: 'fast', base_url: `${up.url}/v1`, api_key: S.PROV_KEY, timeouts: RELAXED, models: [{ name: 'm' }] },
-          { name: 'deep', base_url: `${up.url}/v1`, api_key: S.PT_KEY, timeouts: RELAXED, models: [{ name: 'm' }] },
+          {
+            name: 'rt',
+            base_url: `${rt.url}/v1`,
+            api_key: S.RT_KEY,
+            timeouts: RELAXED,
+            models: [{ name: 'm' }],
+          },
+          {
+            name: 'fast',
+            base_url: `${up.url}/v1`,
+            api_key: S.PROV_KEY,
+            timeouts: RELAXED,
+            models: [{ name: 'm' }],
+          },
+          {
+            name: 'deep',
+            base_url: `${up.url}/v1`,
+            api_key: S.PT_KEY,
+            timeouts: RELAXED,
+            models: [{ name: 'm' }],
+          },
         ],
         routes: {
           auto: {
@@ -519,7 +557,10 @@ function cfgFile(text: string): string {
   return path;
 }
 
-function runCheck(path: string, env: Record<string, string> = {}): Promise<{ code: number | string; out: string }> {
+function runCheck(
+  path: string,
+  env: Record<string, string> = {},
+): Promise<{ code: number | string; out: string }> {
   return new Promise((resolve) => {
     const p = spawn(process.execPath, [join(REPO_ROOT, 'dist/main.js'), 'check', '--config', path], {
       cwd: REPO_ROOT,
@@ -577,7 +618,10 @@ describe('audit: `check` output never prints a secret', () => {
     const env = { PK: S.PROV_KEY };
     for (const text of [
       providerYaml(`api_key: ${S.PROV_KEY}`, [`api_kye: ${S.PROV_KEY}`]),
-      providerYaml(`api_key: "${S.PROV_KEY}"`).replace('http://127.0.0.1:9/v1', `http://u:${S.URL_PW}@127.0.0.1:99999/v1`),
+      providerYaml(`api_key: "${S.PROV_KEY}"`).replace(
+        'http://127.0.0.1:9/v1',
+        `http://u:${S.URL_PW}@127.0.0.1:99999/v1`,
+      ),
       providerYaml('api_key: ${PK}', ['kind: ${PK}', 'timeouts: { connect_ms: "${PK}" }']),
       providerYaml(`api_key: "${S.PROV_KEY}`), // an unclosed quote
       providerYaml(`api_key: "${S.PROV_KEY}"`, [`api_key: "${S.PROV_KEY}"`]), // a duplicate key
@@ -599,7 +643,9 @@ describe('audit: `check` output never prints a secret', () => {
   });
 
   it('an admin_key written unquoted with a leading `!` (read as a YAML tag): the syntax error does not quote the key', async () => {
-    const r = await runCheck(cfgFile(`server:\n  admin_key: !${S.ADMIN_KEY}\n${providerYaml('api_key: x1234567')}`));
+    const r = await runCheck(
+      cfgFile(`server:\n  admin_key: !${S.ADMIN_KEY}\n${providerYaml('api_key: x1234567')}`),
+    );
     expect(r.code).not.toBe(0);
     expect(r.out).toMatch(/line \d+/);
     expect(leaks(r.out)).toEqual([]);
@@ -632,17 +678,25 @@ describe('audit: the running CLI gateway never logs a secret', () => {
     const path = cfgFile(good);
     const c: CliProcess = await startCli(path, [], { CK: S.CLIENT_KEY, AK: S.ADMIN_KEY, PK: S.PROV_KEY });
     track({ close: () => c.kill() });
-    const r = await call(`${c.url}/v1/chat/completions`, 'POST', { authorization: `Bearer ${S.CLIENT_KEY}` }, {
-      model: 'main',
-      messages: MSG,
-    });
+    const r = await call(
+      `${c.url}/v1/chat/completions`,
+      'POST',
+      { authorization: `Bearer ${S.CLIENT_KEY}` },
+      {
+        model: 'main',
+        messages: MSG,
+      },
+    );
     expect(r.status).toBe(200);
     expect(String(up.received[0]?.headers.authorization)).toBe(`Bearer ${S.PROV_KEY}`);
 
     const bads = [
       good.replace('api_key: "${PK}"', `api_key: *${S.PROV_KEY}`),
       good.replace('admin_key: "${AK}"', `admin_key: !${S.ADMIN_KEY}`),
-      good.replace(`headers: { x-api-token: "${S.HDR_TOKEN}" }`, `headers: { "x-api-token: ${S.HDR_TOKEN}": "" }`),
+      good.replace(
+        `headers: { x-api-token: "${S.HDR_TOKEN}" }`,
+        `headers: { "x-api-token: ${S.HDR_TOKEN}": "" }`,
+      ),
       good.replace('api_key: "${PK}"', `api_key: "${S.PROV_KEY}", api_kye: "${S.PROV_KEY}"`),
     ];
     let n = 0;
@@ -656,10 +710,15 @@ describe('audit: the running CLI gateway never logs a secret', () => {
       );
     }
     // The old config serves on.
-    const again = await call(`${c.url}/v1/chat/completions`, 'POST', { authorization: `Bearer ${S.CLIENT_KEY}` }, {
-      model: 'main',
-      messages: MSG,
-    });
+    const again = await call(
+      `${c.url}/v1/chat/completions`,
+      'POST',
+      { authorization: `Bearer ${S.CLIENT_KEY}` },
+      {
+        model: 'main',
+        messages: MSG,
+      },
+    );
     expect(again.status).toBe(200);
     c.proc.kill('SIGTERM');
     const code = await Promise.race([
