@@ -14,6 +14,7 @@ import {
   newCompletionId,
   openAiErrorTypeForStatus,
   parseJsonObject,
+  tokenCount,
   truncateMessage,
   type FinishReason,
   type JsonObject,
@@ -60,23 +61,29 @@ export interface AnthropicTokens {
 export function readTokens(usage: unknown, into: AnthropicTokens): void {
   if (!isObject(usage)) return;
   // message_delta repeats only the counts it updates, and its input counts are nullable: keep the others.
-  if (typeof usage.input_tokens === 'number') {
-    into.input = asCount(usage.input_tokens);
-    into.inputSeen = true;
-  }
-  if (typeof usage.cache_creation_input_tokens === 'number') {
-    into.cacheCreation = asCount(usage.cache_creation_input_tokens);
-    into.inputSeen = true;
-  }
+  // A number that is no count (negative, fractional, past 2^53, infinite) is not believed: its side is then
+  // unreported, and estimated as a server's that gives none (a 0 made the answer free and the tpm budget
+  // endless; the OpenAI dialect reads its usage so too).
+  let unbelievable = false;
+  const input = (v: unknown, set: (n: number) => void): void => {
+    if (typeof v !== 'number') return;
+    const n = tokenCount(v);
+    if (n === undefined) unbelievable = true;
+    else {
+      set(n);
+      into.inputSeen = true;
+    }
+  };
+  input(usage.input_tokens, (n) => (into.input = n));
+  input(usage.cache_creation_input_tokens, (n) => (into.cacheCreation = n));
+  input(usage.cache_read_input_tokens, (n) => (into.cacheRead = n));
+  if (unbelievable) into.inputSeen = false;
   if (isObject(usage.cache_creation) && typeof usage.cache_creation.ephemeral_1h_input_tokens === 'number')
     into.cacheWrite1h = asCount(usage.cache_creation.ephemeral_1h_input_tokens);
-  if (typeof usage.cache_read_input_tokens === 'number') {
-    into.cacheRead = asCount(usage.cache_read_input_tokens);
-    into.inputSeen = true;
-  }
   if (typeof usage.output_tokens === 'number') {
-    into.output = asCount(usage.output_tokens);
-    into.outputSeen = true;
+    const n = tokenCount(usage.output_tokens);
+    into.output = n ?? 0;
+    into.outputSeen = n !== undefined;
   }
 }
 
