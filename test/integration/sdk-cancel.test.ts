@@ -18,6 +18,7 @@ import { closeAfterEach } from '../helpers/cleanup.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 import { onlyLoopbackFetch } from '../helpers/loopback-only.js';
 import {
+  answerOk,
   chunkFrame,
   sendJson,
   watchedUpstream,
@@ -76,22 +77,7 @@ function answer(r: Rec, res: ServerResponse): void {
     });
     return;
   }
-  if (r.body.stream === true) {
-    const m = r.body.model;
-    res.writeHead(200, { 'content-type': 'text/event-stream' });
-    res.end(
-      `${chunkFrame(m, { role: 'assistant', content: '' })}${chunkFrame(m, { content: 'ok' })}${chunkFrame(m, {}, 'stop')}data: [DONE]\n\n`,
-    );
-    return;
-  }
-  sendJson(res, 200, {
-    id: 'chatcmpl-1',
-    object: 'chat.completion',
-    created: 1,
-    model: String(r.body.model),
-    choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
-    usage: { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 },
-  });
+  answerOk(r, res);
 }
 
 /** The first `n` requests go to `first`, the rest are answered. */
