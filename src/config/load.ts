@@ -35,7 +35,6 @@ export interface LoadedConfig {
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
-/** `a.b[1].c` from a path of keys and indices. */
 /**
  * A js-yaml reason without the text it quotes from the file: an unquoted secret that starts with `*` or `!` is
  * read as an alias or a tag, and the reason would print it (SPEC §8); the line and column say where.
@@ -45,6 +44,7 @@ function unquoted(reason: string): string {
   return /\b(?:alias|tag)\b/.test(reason) ? `${out} (quote a value that starts with * or !)` : out;
 }
 
+/** `a.b[1].c` from a path of keys and indices. */
 export function formatPath(path: readonly PropertyKey[]): string {
   let out = '';
   for (const key of path) {

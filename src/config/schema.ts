@@ -84,8 +84,9 @@ const headerMap = nameMap(z.string()).transform((input, ctx) => {
   const out = Object.create(null) as Record<string, string>;
   for (const [name, value] of Object.entries(input)) {
     const lower = name.toLowerCase();
+    const valid = HEADER_NAME.test(name);
     // An invalid name is not printed: written curl-style ("Authorization: Bearer KEY": "") it holds a secret.
-    const why = !HEADER_NAME.test(name)
+    const why = !valid
       ? name.includes(':')
         ? 'a header name holds ":" (written curl-style?): give the name as the key and the value as its value'
         : 'a header name holds a character no header name may (a space, say)'
@@ -99,7 +100,7 @@ const headerMap = nameMap(z.string()).transform((input, ctx) => {
     if (why !== undefined)
       ctx.addIssue({
         code: 'custom',
-        path: HEADER_NAME.test(name) ? [name] : [],
+        path: valid ? [name] : [],
         message: why,
         input: value,
       });

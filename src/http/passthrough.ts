@@ -389,10 +389,11 @@ function forwardedQuery(
   base: URLSearchParams,
   rt: Pick<Runtime, 'clientKeys' | 'adminKeys'>,
 ): string {
-  if (client === '' && base.size === 0) return client;
-  const ours = (v: string): boolean => rt.clientKeys.matches(v) || rt.adminKeys.matches(v);
+  // Each value checked costs a key digest: none when the gateway has no keys.
+  const keyed = rt.clientKeys.enabled || rt.adminKeys.enabled;
+  if (base.size === 0 && (client === '' || !keyed)) return client;
   const sent = [...new URLSearchParams(client)];
-  const kept = sent.filter(([, v]) => !ours(v));
+  const kept = keyed ? sent.filter(([, v]) => !rt.clientKeys.matches(v) && !rt.adminKeys.matches(v)) : sent;
   const out = new URLSearchParams(kept);
   let changed = kept.length < sent.length;
   for (const [k, v] of base)

@@ -7,7 +7,7 @@ import { Transform } from 'node:stream';
 import { credentialLike, providerSecrets } from '../config/secrets.js';
 import { HTML5_ASCII_NAMES } from '../html.js';
 import type { ProviderRuntime } from '../runtime.js';
-import { heldForms, type HeldForms } from '../streaming/delta-mask.js';
+import { heldForms, MAX_RELEASED, type HeldForms } from '../streaming/delta-mask.js';
 
 /** What a truncated message ends with (adapters/common.ts truncateMessage). */
 const CUT = '…';
@@ -100,9 +100,6 @@ export class Scrubber {
  * first bytes of a secret holds those back until the next chunk shows whether the secret follows; any other
  * byte is passed on at once (an SSE event ends in a blank line, which no secret starts with).
  */
-/** The fewest first bytes of a secret a body may end in that are masked (StreamMask's flush). */
-const END_MASKED = 8;
-
 export class StreamMask {
   private readonly keys: readonly Buffer[];
 
@@ -128,10 +125,14 @@ export class StreamMask {
         }
         done(null, buf.length > 0 ? buf : undefined);
       },
-      // A body that ends inside a secret (an echo cut short): 8 or more of its first bytes are masked too;
-      // fewer go as written, as a stream's held text does (a word a key starts with; streaming/delta-mask.ts).
+      // A body that ends inside a secret (an echo cut short): its held start is masked by the rule a stream's
+      // held text ends by (streaming/delta-mask.ts): 8 or more characters masked, fewer (a word a key starts
+      // with) as written.
       flush: (done) =>
-        done(null, held !== undefined && held.length >= END_MASKED ? Buffer.alloc(held.length, 0x2a) : held),
+        done(
+          null,
+          held !== undefined && held.length >= MAX_RELEASED ? Buffer.alloc(held.length, 0x2a) : held,
+        ),
     });
   }
 

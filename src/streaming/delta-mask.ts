@@ -18,7 +18,7 @@ const REDACTED = '[REDACTED]';
 /** The shortest run of a secret's first characters that is held back. */
 const MIN_HOLD = 4;
 /** Held text shorter than this goes as written when its channel ends (endOfHold). */
-const MAX_RELEASED = 8;
+export const MAX_RELEASED = 8;
 /**
  * Channels followed in one stream at most: a hostile upstream's thousands of choice or tool indexes do not
  * grow the state without bound. Past it, channels whose text ends in no secret's start are forgotten (they
