@@ -1,3 +1,4 @@
+import type { OutgoingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GATEWAY_SHUTDOWN, isShutdown, SHUTDOWN_CUT, SHUTDOWN_ERROR, type Gateway } from '../gateway.js';
@@ -97,15 +98,14 @@ export function failoverOptions(
 
 /**
  * A stream takes the response over from fastify when it commits; headers hooks put on the reply (the rate
- * limiter's `x-ratelimit-*`) go out with the stream's own, as they would on a JSON answer.
+ * limiter's `x-ratelimit-*`) go out with the stream's own, as they would on a JSON answer: returned for the
+ * stream's head (relay.ts commit), not set on the response one by one.
  */
-function commitRaw(reply: FastifyReply): void {
-  const pending = reply.getHeaders();
-  for (const name in pending) {
-    const v = pending[name];
-    if (v !== undefined) reply.raw.setHeader(name, v);
-  }
+function commitRaw(reply: FastifyReply): OutgoingHttpHeaders {
+  const pending = reply.getHeaders(); // a copy
+  for (const name in pending) if (pending[name] === undefined) delete pending[name];
   reply.hijack();
+  return pending as OutgoingHttpHeaders;
 }
 
 /**
