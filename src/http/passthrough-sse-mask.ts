@@ -1,7 +1,7 @@
 /**
  * A passthrough answer's SSE events with a secret the upstream spells across deltas masked: the Responses
  * API's `response.output_text.delta`, and every other `*.delta` event whose `delta` is text (reasoning,
- * refusals, tool arguments, transcripts). The byte mask before it (scrub.ts StreamMask) finds a secret only
+ * refusals, tool arguments, transcripts; not audio, passthrough-ws-mask.ts isTextDelta). The byte mask before it (scrub.ts StreamMask) finds a secret only
  * within one event. Events go on as they came, byte for byte, unless one's delta changed (its data line is
  * written anew) or a channel that held text back ended without the secret (an event like its last delta,
  * carrying `[REDACTED]`, goes before what ended it; see streaming/delta-mask.ts).
@@ -9,6 +9,8 @@
 import { StringDecoder } from 'node:string_decoder';
 import { Transform } from 'node:stream';
 import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
+import { parseJsonObject } from '../upstream/adapters/common.js';
+import { isTextDelta } from './passthrough-ws-mask.js';
 
 /** An event that does not end within this many characters is relayed as it comes, unread, to its end. */
 const MAX_EVENT_CHARS = 1 << 20;
@@ -38,10 +40,10 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   /** Inside an event past MAX_EVENT_CHARS: relayed as it comes, unread, until its blank line. */
   let skipping = false;
 
-  /** `[REDACTED]` events for the channels (but `except`) that held text back, which now end. */
-  const ended = (except?: string): string => {
+  /** `[REDACTED]` events for the channels that held text back, which now end. */
+  const ended = (): string => {
     let out = '';
-    for (const [channel, text] of mask.endChannels(except)) {
+    for (const [channel, text] of mask.endChannels()) {
       const l = last.get(channel);
       last.delete(channel);
       if (l !== undefined) out += withData(l.lines, { ...l.obj, delta: text }) + l.sep;
@@ -60,19 +62,24 @@ export function sseDeltaMask(forms: HeldForms): Transform {
     }
     // Comments (`: keep-alive`) and events without data end nothing.
     if (data === undefined) return block + sep;
-    const obj = data.includes('"delta"') || last.size > 0 ? parse(data) : undefined;
-    if (obj === undefined || typeof obj.delta !== 'string' || typeof obj.type !== 'string') {
+    const obj = data.includes('"delta"') || last.size > 0 ? parseJsonObject(data) : undefined;
+    if (
+      obj === undefined ||
+      typeof obj.delta !== 'string' ||
+      typeof obj.type !== 'string' ||
+      !isTextDelta(obj.type)
+    ) {
       // Only an event that closes the text ends what it held back: an annotation or a keep-alive between
       // two deltas of it does not (the rest of a key would then go through unread).
       const type = typeof obj?.type === 'string' ? obj.type : '';
       return (obj === undefined || ENDS.test(type) ? ended() : '') + block + sep;
     }
     const channel = [obj.type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
-    const before = ended(channel);
+    // Another channel's delta ends nothing: parallel function calls may interleave their arguments.
     const out = mask.channelText(channel, obj.delta);
     if (mask.holds(channel)) last.set(channel, { lines, obj, sep });
     else last.delete(channel);
-    return before + (out === obj.delta ? block : withData(lines, { ...obj, delta: out })) + sep;
+    return (out === obj.delta ? block : withData(lines, { ...obj, delta: out })) + sep;
   };
 
   /** Text of an event not ended yet, in the pieces it came in (joined once it ends), and its last 3 characters. */
@@ -169,13 +176,4 @@ function withData(lines: readonly string[], obj: Json): string {
     }
   }
   return out.join('\n');
-}
-
-function parse(text: string): Json | undefined {
-  try {
-    const v: unknown = JSON.parse(text);
-    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : undefined;
-  } catch {
-    return undefined;
-  }
 }

@@ -2,6 +2,7 @@ import { WebSocket, type RawData } from 'ws';
 import type { Scrubber } from '../observability/scrub.js';
 import type { ProviderRuntime } from '../runtime.js';
 import { echoGuard, type EchoGuard } from '../observability/scrub.js';
+import { RealtimeDeltaMask } from './passthrough-ws-mask.js';
 
 /** Past this many bytes queued for one side, the other side is no longer read until they are written. */
 const HIGH_WATER_BYTES = 1024 * 1024;
@@ -60,9 +61,16 @@ export class SessionRelay {
       s.clientAlive = true;
       forward(upstream, client, data as Buffer, isBinary);
     });
+    // A model that repeats the key does so a token a delta: found across delta messages, not in one.
+    const deltas = echo === undefined ? undefined : new RealtimeDeltaMask(echo.forms);
     upstream.on('message', (data: RawData, isBinary: boolean) => {
       s.upstreamAlive = true;
-      forward(client, upstream, echo ? unechoed(data as Buffer, isBinary, echo) : (data as Buffer), isBinary);
+      if (echo === undefined) return forward(client, upstream, data as Buffer, isBinary);
+      const messages = isBinary ? undefined : deltas?.messages(data as Buffer);
+      if (messages === undefined)
+        return forward(client, upstream, unechoed(data as Buffer, isBinary, echo), isBinary);
+      for (const m of messages)
+        forward(client, upstream, unechoed(Buffer.from(m, 'utf8'), false, echo), false);
     });
     client.on('pong', () => (s.clientAlive = true));
     upstream.on('pong', () => (s.upstreamAlive = true));

@@ -130,14 +130,14 @@ export class DeltaMask {
   }
 
   /**
-   * The channels outside chat chunks that hold text back (but `except`), each ended, with the text the caller
-   * sends in place of what it held (endOfHold).
+   * The channels outside chat chunks that hold text back, each ended, with the text the caller sends in place
+   * of what it held (endOfHold).
    */
-  endChannels(except?: string): [channel: string, text: string][] {
+  endChannels(): [channel: string, text: string][] {
     const ended: [string, string][] = [];
     if (this.holding === 0) return ended;
     for (const [channel, st] of this.loose) {
-      if (st.held === '' || channel === except) continue;
+      if (st.held === '') continue;
       ended.push([channel, endOfHold(st)]);
       this.release(st);
     }

@@ -1079,47 +1079,42 @@ describe('WebSocket passthrough: hostile upstreams', () => {
     expect(leaks, 'messages that handed the client our key').toEqual([]);
   });
 
-  // OPEN (not built, README-silent): WebSocket messages are masked one by one; a key spelt across Realtime
-  // delta messages goes through. `it.fails` keeps the reproduction running: flip it when it is built.
-  it.fails(
-    '(open) a Realtime text delta stream that spells our key across delta events has it masked, as the Responses stream does',
-    async () => {
-      const parts = [ODD_KEY.slice(0, 6), ODD_KEY.slice(6, 15), ODD_KEY.slice(15)];
-      const up = await wsUpstream(track, {
-        echo: false,
-        onSession: (ws) => {
-          for (const delta of ['The key: ', ...parts, '.'])
-            ws.send(
-              JSON.stringify({
-                type: 'response.output_text.delta',
-                item_id: 'i1',
-                output_index: 0,
-                content_index: 0,
-                delta,
-              }),
-            );
+  it('a Realtime text delta stream that spells our key across delta events has it masked, as the Responses stream does', async () => {
+    const parts = [ODD_KEY.slice(0, 6), ODD_KEY.slice(6, 15), ODD_KEY.slice(15)];
+    const up = await wsUpstream(track, {
+      echo: false,
+      onSession: (ws) => {
+        for (const delta of ['The key: ', ...parts, '.'])
           ws.send(
             JSON.stringify({
-              type: 'response.output_text.done',
+              type: 'response.output_text.delta',
               item_id: 'i1',
               output_index: 0,
               content_index: 0,
-              text: 'x',
+              delta,
             }),
           );
-        },
-      });
-      const gw = await gateway(`${up.url}/v1`);
-      const c = await openClient(wsUrl(gw));
-      await until('the deltas', () => c.messages.some((m) => m.includes('.done')), 5000);
-      const text = c.messages
-        .map((m) => JSON.parse(m) as { type: string; delta?: string })
-        .filter((m) => m.type.endsWith('.delta'))
-        .map((m) => m.delta)
-        .join('');
-      expect(text, 'the key, spelt across Realtime deltas').not.toContain(ODD_KEY);
-    },
-  );
+        ws.send(
+          JSON.stringify({
+            type: 'response.output_text.done',
+            item_id: 'i1',
+            output_index: 0,
+            content_index: 0,
+            text: 'x',
+          }),
+        );
+      },
+    });
+    const gw = await gateway(`${up.url}/v1`);
+    const c = await openClient(wsUrl(gw));
+    await until('the deltas', () => c.messages.some((m) => m.includes('.done')), 5000);
+    const text = c.messages
+      .map((m) => JSON.parse(m) as { type: string; delta?: string })
+      .filter((m) => m.type.endsWith('.delta'))
+      .map((m) => m.delta)
+      .join('');
+    expect(text, 'the key, spelt across Realtime deltas').not.toContain(ODD_KEY);
+  });
 
   it('a refusal whose body stalls inside our key is relayed within the handshake bound with no 8-character run of the key', async () => {
     const partial = `{"error":{"message":"Incorrect API key provided: ${ODD_KEY.slice(0, ODD_KEY.length - 3)}`;

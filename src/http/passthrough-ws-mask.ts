@@ -1,0 +1,72 @@
+/**
+ * A Realtime (WebSocket) session's text deltas with a secret the upstream spells across them masked, as a
+ * Responses stream's are (passthrough-sse-mask.ts): the echo guard masks each message on its own, and finds
+ * a secret only within one. Messages go on as they came unless one's delta changed (written anew) or a
+ * channel that held text back ended without the secret (a message like its last delta, carrying what it
+ * held, goes before the one that ended it; see streaming/delta-mask.ts).
+ */
+import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
+import { parseJsonObject } from '../upstream/adapters/common.js';
+
+/** Events that end the text channels before them: an item, part or transcription done, the response over. */
+const ENDS = /\.(?:done|completed|failed|incomplete)$|^error$/;
+/** Messages without it carry no delta: unless text is held back, they are not read. */
+const DELTA = Buffer.from('"delta"');
+
+type Json = Record<string, unknown>;
+
+/**
+ * A delta that is text: not an audio delta (`response.audio.delta`, `response.output_audio.delta`), whose
+ * base64 a client decodes delta by delta, and which no hold may cut.
+ */
+export function isTextDelta(type: string): boolean {
+  return !type.endsWith('audio.delta');
+}
+
+export class RealtimeDeltaMask {
+  readonly #mask: DeltaMask;
+  /** The delta message each channel that holds text back last had: the shape what it held goes out in. */
+  readonly #last = new Map<string, Json>();
+
+  /** `forms`: the secrets' spellings (the provider's echo guard). */
+  constructor(forms: HeldForms) {
+    this.#mask = new DeltaMask(forms);
+  }
+
+  /**
+   * One text message from the upstream: undefined when it goes on as it came, alone (most do); else the
+   * messages to send in its place, in order.
+   */
+  messages(data: Buffer): string[] | undefined {
+    if (this.#last.size === 0 && !data.includes(DELTA)) return undefined;
+    const text = data.toString('utf8');
+    const obj = parseJsonObject(text);
+    const type = typeof obj?.type === 'string' ? obj.type : undefined;
+    if (obj === undefined || type === undefined || typeof obj.delta !== 'string' || !isTextDelta(type)) {
+      // Only a message that closes the text ends what it held back: a keep-alive or an audio delta between
+      // two deltas of it does not (the rest of a key would then go through unread).
+      if (obj !== undefined && (type === undefined || !ENDS.test(type))) return undefined;
+      const ended = this.#ended();
+      if (ended.length === 0) return undefined;
+      ended.push(text);
+      return ended;
+    }
+    const channel = [type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
+    // Another channel's delta ends nothing: parallel function calls may interleave their arguments.
+    const delta = this.#mask.channelText(channel, obj.delta);
+    if (this.#mask.holds(channel)) this.#last.set(channel, obj);
+    else this.#last.delete(channel);
+    return delta === obj.delta ? undefined : [JSON.stringify({ ...obj, delta })];
+  }
+
+  /** A message for each channel that held text back and now ends, with what it held. */
+  #ended(): string[] {
+    const out: string[] = [];
+    for (const [channel, text] of this.#mask.endChannels()) {
+      const last = this.#last.get(channel);
+      this.#last.delete(channel);
+      if (last !== undefined) out.push(JSON.stringify({ ...last, delta: text }));
+    }
+    return out;
+  }
+}
