@@ -160,12 +160,12 @@ type Answered = { [ANSWERED]?: number };
 
 /**
  * A request's id: the client's `x-request-id` when it is a plain token that holds none of our secrets (the
- * id is logged: SPEC §8), else one generated once and kept on the request, so an answer Node writes itself
- * (answerClientError) carries the id fastify logs.
+ * id is logged: SPEC §8; a provider's placeholder key is none), else one generated once and kept on the
+ * request, so an answer Node writes itself (answerClientError) carries the id fastify logs.
  */
 function requestIdOf(req: IncomingMessage, gateway: Gateway): string {
   const h = req.headers['x-request-id'];
-  if (typeof h === 'string' && REQUEST_ID.test(h) && !gateway.runtime.scrubber.holds(h)) return h;
+  if (typeof h === 'string' && REQUEST_ID.test(h) && !gateway.runtime.credentials.holds(h)) return h;
   return ((req as WithId)[GENERATED_ID] ??= randomUUID());
 }
 

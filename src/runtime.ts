@@ -27,6 +27,7 @@ import { ProviderClient } from './upstream/client.js';
 import { describeFit, type ParamFit } from './upstream/param-fit.js';
 import type { Logger } from './observability/logger.js';
 import { Scrubber } from './observability/scrub.js';
+import { credentialLike, providerSecrets } from './config/secrets.js';
 import { KeySet } from './http/auth.js';
 
 export interface ProviderRuntime {
@@ -130,6 +131,11 @@ export class Runtime {
   readonly upstreams = new Map<string, Upstream>();
   readonly providers = new Map<string, ProviderRuntime>();
   readonly scrubber: Scrubber;
+  /**
+   * The secrets but a provider's placeholder key (`ollama`, vLLM's `EMPTY`), which is no credential: a client's
+   * own text holding the word (its `x-request-id`) is not one of our secrets.
+   */
+  readonly credentials: Scrubber;
   readonly clientKeys: KeySet;
   readonly adminKeys: KeySet;
   /**
@@ -152,6 +158,9 @@ export class Runtime {
   ) {
     const config = loaded.config;
     this.scrubber = new Scrubber(loaded.secrets);
+    const placeholders = new Set(config.providers.flatMap(providerSecrets).filter((v) => !credentialLike(v)));
+    const keys = new Set([...config.server.api_keys, config.server.admin_key]);
+    this.credentials = new Scrubber(loaded.secrets.filter((v) => !placeholders.has(v) || keys.has(v)));
     this.clientKeys = new KeySet(config.server.api_keys);
     this.adminKeys = new KeySet(config.server.admin_key ? [config.server.admin_key] : []);
     shared.breakers.setConfig(config.circuit_breaker);
