@@ -81,11 +81,12 @@ export class Scrubber {
   /**
    * A message cut where it was too long (adapters/common.ts truncateMessage ends it with `…`; a bounded read
    * stops mid-body) may end in the first characters of a secret, which no longer match the whole one: those
-   * go too.
+   * go too, from MAX_RELEASED of them, as at the end of a stream (fewer are a word like "sk-live" or "token",
+   * no part of the key to speak of).
    */
   private cutTail(text: string, end: number): string {
     for (const s of this.secrets) {
-      for (let k = Math.min(s.length - 1, end); k >= 4; k--) {
+      for (let k = Math.min(s.length - 1, end); k >= MAX_RELEASED; k--) {
         if (text.startsWith(s.slice(0, k), end - k))
           return `${text.slice(0, end - k)}[REDACTED]${text.slice(end)}`;
       }

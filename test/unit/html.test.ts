@@ -14,8 +14,17 @@ describe('decodeHtmlReferences', () => {
   });
 
   it('leaves other names and malformed references as written', () => {
-    expect(decodeHtmlReferences('&copy; &hat; &amp &#; &#xZZ; & plain')).toBe(
-      '&copy; &hat; &amp &#; &#xZZ; & plain',
+    expect(decodeHtmlReferences('&notin; &hat; &amp &#; &#xZZ; & plain &Ndash;')).toBe(
+      '&notin; &hat; &amp &#; &#xZZ; & plain &Ndash;',
+    );
+  });
+
+  it("reads Latin-1's names and HTML 4's punctuation, as a European proxy's page writes them", () => {
+    expect(
+      decodeHtmlReferences('Erreur 400 &ndash; Requ&ecirc;te refus&eacute;e&hellip; &copy; &frac12; &euro;'),
+    ).toBe('Erreur 400 \u2013 Requ\u00eate refus\u00e9e\u2026 \u00a9 \u00bd \u20ac');
+    expect(decodeHtmlReferences('&nbsp;&Yacute;&yuml;&szlig;&times;&divide;')).toBe(
+      '\u00a0\u00dd\u00ff\u00df\u00d7\u00f7',
     );
   });
 
