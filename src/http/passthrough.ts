@@ -392,16 +392,24 @@ function forwardedQuery(
   // Each value checked costs a key digest: none when the gateway has no keys.
   const keyed = rt.clientKeys.enabled || rt.adminKeys.enabled;
   if (base.size === 0 && (client === '' || !keyed)) return client;
-  const sent = [...new URLSearchParams(client)];
-  const kept = keyed ? sent.filter(([, v]) => !rt.clientKeys.matches(v) && !rt.adminKeys.matches(v)) : sent;
-  const out = new URLSearchParams(kept);
-  let changed = kept.length < sent.length;
+  // The client's parameters go as it wrote them (`flag`, `~`, `%20` or `+`): only read, never written anew.
+  const pieces = client === '' ? [] : client.split('&');
+  const kept: string[] = [];
+  const named = new Set<string>();
+  for (const piece of pieces) {
+    const [name = '', value = ''] = new URLSearchParams(piece).entries().next().value ?? [];
+    if (keyed && (rt.clientKeys.matches(value) || rt.adminKeys.matches(value))) continue;
+    named.add(name);
+    kept.push(piece);
+  }
+  const added = new URLSearchParams();
   for (const [k, v] of base)
-    if (!out.has(k)) {
-      out.append(k, v);
-      changed = true;
+    if (!named.has(k)) {
+      added.append(k, v);
+      named.add(k);
     }
-  return changed ? out.toString() : client;
+  if (added.size > 0) kept.push(added.toString());
+  return kept.length === pieces.length && added.size === 0 ? client : kept.join('&');
 }
 
 const tooLarge = (): GatewayError =>

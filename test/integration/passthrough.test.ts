@@ -619,6 +619,16 @@ describe("a base_url's query (Azure's ?api-version=) on passthrough requests", (
       '/v1/files?api-version=2025-01-01',
     ]);
   });
+
+  // Regression: the client's query was read into URLSearchParams and written anew: `flag` went as `flag=`,
+  // `~` as `%7E`, `%20` as `+` (a server reading a bare flag, or a signed URL, saw another query).
+  it("keeps the client's parameters as it wrote them", async () => {
+    const up = await upstream(echo('up'));
+    const gw = await gateway(configOf(`${up.url}/v1?api-version=2024-10-21`));
+    const query = 'flag&after=file~1&q=a%20b&r=c+d&empty=&e=%7e';
+    expect((await get(gw, `/v1/files?${query}`)).status).toBe(200);
+    expect(up.requests.map((r) => r.url)).toEqual([`/v1/files?${query}&api-version=2024-10-21`]);
+  });
 });
 
 describe('a compressed 2xx passthrough answer that echoes our key (regression: only identity bodies were masked)', () => {
