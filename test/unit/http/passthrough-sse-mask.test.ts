@@ -68,7 +68,8 @@ describe('sseDeltaMask', () => {
     expect(joined(await through(`${delta('x ')}${delta(KEY.slice(0, 6))}`))).toBe(`x ${KEY.slice(0, 6)}`);
   });
 
-  it('a delta of another item ends the first one’s hold; each item keeps its own text', async () => {
+  // Parallel function calls may interleave their arguments: another item's delta ends no hold.
+  it('a delta of another item between two of the first: each item keeps its own text', async () => {
     const body = `${delta('a: sk-pt-Zq8', 'msg_1')}${delta('b: hi', 'msg_2')}${delta('Wm2', 'msg_1')}`;
     const out = await through(body);
     const lines = out.split('\n').filter((l) => l.startsWith('data: '));
@@ -79,7 +80,7 @@ describe('sseDeltaMask', () => {
         .map((o) => o.delta)
         .join('');
     // What msg_1 goes on with is the rest of the key: still masked (a reset mask let it through).
-    expect(byItem('msg_1')).toBe('a: [REDACTED][REDACTED]');
+    expect(byItem('msg_1')).toBe('a: [REDACTED]');
     expect(byItem('msg_2')).toBe('b: hi');
   });
 

@@ -11,14 +11,18 @@ describe('Scrubber', () => {
     expect(s.scrub('abc')).toBe('abc'); // under 4 characters: not a secret worth matching
   });
 
-  it('a secret cut where an upstream message was truncated leaves none of its characters', () => {
+  it('a secret cut where an upstream message was truncated leaves none of its characters from 8 on', () => {
     const s = new Scrubber([KEY]);
-    for (const at of [975, 990, 996]) {
+    for (const at of [975, 990, 992]) {
       const message = truncateMessage(`${'x'.repeat(at)}${KEY} rest`);
       const out = s.scrub(message);
       expect(out.endsWith('[REDACTED]…')).toBe(true);
       expect(out).not.toContain(KEY.slice(0, 4));
     }
+    // Fewer than 8 are a word like "sk-live" as much as a key's start: as written, as at a stream's end.
+    expect(s.scrub(truncateMessage(`${'x'.repeat(993)}${KEY} rest`))).toBe(
+      `${'x'.repeat(993)}${KEY.slice(0, 7)}…`,
+    );
     // A message that was not cut, or is cut elsewhere, keeps its text.
     expect(s.scrub('ends with sk-l')).toBe('ends with sk-l');
     expect(s.scrub(truncateMessage('y'.repeat(1200)))).toBe(`${'y'.repeat(1000)}…`);
