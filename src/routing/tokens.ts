@@ -84,6 +84,9 @@ const SAMPLE_ABOVE_CHARS = 8_192;
 const SAMPLE_BLOCKS = 64;
 const SAMPLE_BLOCK_CHARS = 64;
 
+/** Milli-tokens of a space: most go with the word after them (` the`). */
+const SPACE_MILLI = 113;
+
 /**
  * Tokens per character in thousandths below U+3000. ASCII by class: letters, digits, space, line breaks, the
  * rest. Above it by script, fitted against o200k on everyday sentences (and `tree` listings, formulas): one
@@ -94,8 +97,9 @@ const MILLI = (() => {
   const w = new Uint16Array(0x3000);
   for (let c = 0; c < 0x80; c++) {
     if ((c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a)) w[c] = 215;
-    else if (c >= 0x30 && c <= 0x39) w[c] = 660;
-    else if (c === 0x20) w[c] = 113;
+    else if (c >= 0x30 && c <= 0x39)
+      w[c] = 0; // by group of 3 (DIGIT_GROUP_MILLI); no other class is 0
+    else if (c === 0x20) w[c] = SPACE_MILLI;
     else if (c === 0x0a || c === 0x0d || c === 0x09) w[c] = 187;
     else w[c] = 600;
   }
@@ -177,16 +181,40 @@ export function fractionalTextTokens(text: string): number {
     /** The last character below U+3000, and how many times in a row it came after its first. */
     let prev = -1;
     let run = 0;
+    /** Digits in a row so far. */
+    let digits = 0;
     for (let i = from; i < to; i++) {
       const c = text.charCodeAt(i);
       if (c < 0x3000) {
+        const w = MILLI[c]!;
+        if (w === 0) {
+          // A digit. o200k cuts a number into groups of up to 3 digits, a token each: 9 digits are 3 tokens
+          // (at 0.66 a digit, a pasted list of ids read 1.5x high and was refused as past a window it fitted).
+          // It joins no space to a number: one just before it is a token of its own.
+          if (digits++ % 3 === 0) milli += DIGIT_GROUP_MILLI;
+          if (digits === 1 && prev === 0x20 && run < 3) milli += DIGIT_GROUP_MILLI - SPACE_MILLI;
+          prev = c;
+          run = 0;
+          continue;
+        }
+        if (digits > 0) {
+          digits = 0;
+          // Just after a number, a symbol or space alone is a token of its own too (`,` in `1,000`, `-` in a
+          // date), where a word that follows takes it (` the` in `2024 the`) and other symbols join it (`);`).
+          if (c < 0x80 && !isAlnum(c) && standsAlone(text.charCodeAt(i + 1))) {
+            milli += DIGIT_GROUP_MILLI;
+            prev = c;
+            run = 0;
+            continue;
+          }
+        }
         // A run of one ASCII symbol or space (`=====`, `|------|`, padding): o200k merges it into a token
         // per ~16, where each alone costs 0.6 (a separator-line log read 2-16x high, refused as too long).
         if (c !== prev) {
           prev = c;
           run = 0;
-          milli += MILLI[c]!;
-        } else if (++run < 3 || c >= 0x80 || isAlnum(c)) milli += MILLI[c]!;
+          milli += w;
+        } else if (++run < 3 || c >= 0x80 || isAlnum(c)) milli += w;
         else milli += RUN_MILLI;
       } else if (c >= 0xd800 && c <= 0xdbff) {
         astral++;
@@ -201,6 +229,13 @@ export function fractionalTextTokens(text: string): number {
 
 /** Milli-tokens of each character past the third of a run of one ASCII symbol or space. */
 const RUN_MILLI = 62;
+/** Milli-tokens of each group of up to 3 digits. */
+const DIGIT_GROUP_MILLI = 1000;
+
+/** A character after which a symbol or space stands alone: a digit, a blank, or the text's end (NaN). */
+function standsAlone(next: number): boolean {
+  return (next >= 0x30 && next <= 0x39) || next === 0x20 || next === 0x0a || next === 0x0d || next !== next;
+}
 
 function isAlnum(c: number): boolean {
   return (c >= 0x30 && c <= 0x39) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x7a);
