@@ -288,7 +288,7 @@ describe('/router/explain against hostile and malformed requests', () => {
         routes: { r: { strategy: 'priority', targets: ['a/m'] } },
       }),
     );
-    const deep = `{"model":"r","messages":[{"role":"user","content":"hi"}],"x":${'['.repeat(100)}${']'.repeat(100)}}`;
+    const deep = `{"model":"r","messages":[{"role":"user","content":"hi"}],"x":${'['.repeat(200)}${']'.repeat(200)}}`;
     const tools = [{ type: 'function', function: { name: 'f', parameters: {} } }];
     const image = [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://x/y.png' } }] }];
     const cases: [string, string, Record<string, string>?][] = [

@@ -307,7 +307,7 @@ describe('early rejections: one line each, status as the client saw it, counted 
       {
         name: 'too deep',
         status: 400,
-        send: () => post(gw, `{"model":"r","messages":[],"x":${'['.repeat(100)}${']'.repeat(100)}}`),
+        send: () => post(gw, `{"model":"r","messages":[],"x":${'['.repeat(200)}${']'.repeat(200)}}`),
       },
       {
         name: 'no key',
