@@ -92,7 +92,7 @@ describe('token estimates', () => {
     expect(estimatePromptTokens({ messages: [], tools }) - bare).toBeGreaterThan(10);
   });
 
-  it('counts tools by JSON length / 4 and tool calls by their text', async () => {
+  it('counts tools by JSON length / 6 and tool calls by their text', async () => {
     await loadTokenizer();
     const tools = [
       {
@@ -106,7 +106,7 @@ describe('token estimates', () => {
     ];
     const base = { messages: [{ role: 'user', content: 'Weather in Paris?' }] };
     const withTools = estimatePromptTokens({ ...base, tools });
-    expect(withTools - estimatePromptTokens(base)).toBe(Math.ceil(JSON.stringify(tools).length / 4));
+    expect(withTools - estimatePromptTokens(base)).toBe(Math.ceil(JSON.stringify(tools).length / 6));
 
     const call = {
       role: 'assistant',
