@@ -86,7 +86,7 @@ export function planRequest(
       capable(up.capabilities, up.provider.kind, features, (missing ??= new Set()));
     } else if (
       up.model.context_window !== undefined &&
-      needOf(up, features, need) > up.model.context_window
+      pastWindow(up, features, up.model.context_window)
     ) {
       why = 'context';
       largestWindow = Math.max(largestWindow, up.model.context_window);
@@ -348,6 +348,19 @@ function noProviderMessage(route: RouteRuntime, tier: string | undefined, provid
     `route ${name}'s tier \`${tier}\` has no upstream from provider "${provider}"` +
     (having.length > 0 ? ` (it is in: ${having.join(', ')})` : '')
   );
+}
+
+/**
+ * How much of a prompt's estimate is taken as surely there. The estimate reads some texts up to ~25 % high
+ * (other scripts, symbol runs, tool schemas; tokens.ts): a request only that far past a window could fit it,
+ * and is the upstream's to refuse (a refusal as too long is failed over to a larger window: README).
+ */
+const ESTIMATE_DISCOUNT = 0.8;
+
+/** Whether a request is clearly past `up`'s window: its prompt estimate, discounted, and its answer's limit. */
+function pastWindow(up: Upstream, features: RequestFeatures, window: number): boolean {
+  const output = needOf(up, features, features.contextTokens) - features.contextTokens;
+  return features.contextTokens * ESTIMATE_DISCOUNT + output > window;
 }
 
 /**
