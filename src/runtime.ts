@@ -132,8 +132,8 @@ export class Runtime {
   readonly providers = new Map<string, ProviderRuntime>();
   readonly scrubber: Scrubber;
   /**
-   * The secrets but a provider's placeholder key (`ollama`, vLLM's `EMPTY`), which is no credential: a client's
-   * own text holding the word (its `x-request-id`) is not one of our secrets.
+   * The secrets but a provider's placeholder api_key (`ollama`, vLLM's `EMPTY`), which is no credential: a
+   * client's own text holding the word (its `x-request-id`) is not one of our secrets.
    */
   readonly credentials: Scrubber;
   readonly clientKeys: KeySet;
@@ -158,9 +158,14 @@ export class Runtime {
   ) {
     const config = loaded.config;
     this.scrubber = new Scrubber(loaded.secrets);
-    const placeholders = new Set(config.providers.flatMap(providerSecrets).filter((v) => !credentialLike(v)));
-    const keys = new Set([...config.server.api_keys, config.server.admin_key]);
-    this.credentials = new Scrubber(loaded.secrets.filter((v) => !placeholders.has(v) || keys.has(v)));
+    // Only an api_key is a placeholder: a short base_url password or header value is a secret all the same.
+    const placeholders = new Set<string>();
+    const others = new Set<string>([...config.server.api_keys, config.server.admin_key ?? '']);
+    for (const p of config.providers) {
+      if (p.api_key !== undefined && !credentialLike(p.api_key)) placeholders.add(p.api_key);
+      for (const v of providerSecrets(p)) if (v !== p.api_key) others.add(v);
+    }
+    this.credentials = new Scrubber(loaded.secrets.filter((v) => !placeholders.has(v) || others.has(v)));
     this.clientKeys = new KeySet(config.server.api_keys);
     this.adminKeys = new KeySet(config.server.admin_key ? [config.server.admin_key] : []);
     shared.breakers.setConfig(config.circuit_breaker);
