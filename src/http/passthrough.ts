@@ -380,9 +380,9 @@ function isEventStream(contentType: unknown): boolean {
 
 /**
  * The client's query as the provider gets it: with the base_url's parameters it does not set itself added, and
- * without any parameter whose value is one of the gateway's client or admin keys (SPEC §8 ignores a key in a
- * query; handed on, it would be a credential of ours given to a third party). As sent when there is nothing
- * to change.
+ * without any parameter whose name or value is one of the gateway's client or admin keys (gatewayKey; SPEC §8
+ * ignores a key in a query; handed on, it would be a credential of ours given to a third party). As sent when
+ * there is nothing to change.
  */
 function forwardedQuery(
   client: string,
@@ -398,7 +398,7 @@ function forwardedQuery(
   const named = new Set<string>();
   for (const piece of pieces) {
     const [name = '', value = ''] = new URLSearchParams(piece).entries().next().value ?? [];
-    if (keyed && (rt.clientKeys.matches(value) || rt.adminKeys.matches(value))) continue;
+    if (keyed && (gatewayKey(name, rt) || gatewayKey(value, rt))) continue;
     named.add(name);
     kept.push(piece);
   }
@@ -410,6 +410,17 @@ function forwardedQuery(
     }
   if (added.size > 0) kept.push(added.toString());
   return kept.length === pieces.length && added.size === 0 ? client : kept.join('&');
+}
+
+/** An auth header's value as a client may put it in a query: a scheme, then the credential. */
+const SCHEME_AND_KEY = /^[A-Za-z][\w.-]*\s+(\S+)$/;
+
+/** A query parameter's name or value that is a gateway key, alone (`?KEY`, `?k=KEY`) or as `Bearer KEY`. */
+function gatewayKey(text: string, rt: Pick<Runtime, 'clientKeys' | 'adminKeys'>): boolean {
+  if (text === '') return false;
+  if (rt.clientKeys.matches(text) || rt.adminKeys.matches(text)) return true;
+  const key = SCHEME_AND_KEY.exec(text)?.[1];
+  return key !== undefined && (rt.clientKeys.matches(key) || rt.adminKeys.matches(key));
 }
 
 const tooLarge = (): GatewayError =>
