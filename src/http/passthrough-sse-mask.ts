@@ -1,16 +1,16 @@
 /**
  * A passthrough answer's SSE events with a secret the upstream spells across deltas masked: the Responses
  * API's `response.output_text.delta`, and every other `*.delta` event whose `delta` is text (reasoning,
- * refusals, tool arguments, transcripts; not audio, passthrough-ws-mask.ts isTextDelta). The byte mask before it (scrub.ts StreamMask) finds a secret only
- * within one event. Events go on as they came, byte for byte, unless one's delta changed (its data line is
- * written anew) or a channel that held text back ended without the secret (an event like its last delta,
- * carrying `[REDACTED]`, goes before what ended it; see streaming/delta-mask.ts).
+ * refusals, tool arguments, transcripts; not audio: isTextDelta). The byte mask before it (scrub.ts
+ * StreamMask) finds a secret only within one event. Events go on as they came, byte for byte, unless one's
+ * delta changed (its data line is written anew) or a channel that held text back ended without the secret
+ * (an event like its last delta, carrying `[REDACTED]`, goes before what ended it: its item's closing event,
+ * or the response's end; see streaming/delta-mask.ts).
  */
 import { StringDecoder } from 'node:string_decoder';
 import { Transform } from 'node:stream';
 import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
-import { isTextDelta } from './passthrough-ws-mask.js';
 
 /** An event that does not end within this many characters is relayed as it comes, unread, to its end. */
 const MAX_EVENT_CHARS = 1 << 20;
@@ -40,10 +40,12 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   /** Inside an event past MAX_EVENT_CHARS: relayed as it comes, unread, until its blank line. */
   let skipping = false;
 
-  /** `[REDACTED]` events for the channels that held text back, which now end. */
-  const ended = (): string => {
+  /** `[REDACTED]` events for the channels that held text back (of item `item` only, when given), which now end. */
+  const ended = (item?: unknown): string => {
     let out = '';
-    for (const [channel, text] of mask.endChannels()) {
+    const ofItem =
+      item === undefined ? undefined : (channel: string) => last.get(channel)?.obj.item_id === item;
+    for (const [channel, text] of mask.endChannels(ofItem)) {
       const l = last.get(channel);
       last.delete(channel);
       if (l !== undefined) out += withData(l.lines, { ...l.obj, delta: text }) + l.sep;
@@ -72,7 +74,7 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       // Only an event that closes the text ends what it held back: an annotation or a keep-alive between
       // two deltas of it does not (the rest of a key would then go through unread).
       const type = typeof obj?.type === 'string' ? obj.type : '';
-      return (obj === undefined || ENDS.test(type) ? ended() : '') + block + sep;
+      return (obj === undefined ? ended() : ENDS.test(type) ? ended(closedItem(obj)) : '') + block + sep;
     }
     const channel = [obj.type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
     // Another channel's delta ends nothing: parallel function calls may interleave their arguments.
@@ -162,6 +164,25 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       done(null, out === '' ? undefined : Buffer.from(out, 'utf8'));
     },
   });
+}
+
+/**
+ * A delta that is text: not an audio delta (`response.audio.delta`, `response.output_audio.delta`), whose
+ * base64 a client decodes delta by delta, and which no hold may cut.
+ */
+export function isTextDelta(type: string): boolean {
+  return !type.endsWith('audio.delta');
+}
+
+/**
+ * The item a closing event closes (`item_id`, or an output item's `item.id`): only that item's channels end
+ * there, as another item's closing (a user's transcript done mid-answer) says nothing of this one. Undefined
+ * for one that closes everything (the response done, an error).
+ */
+export function closedItem(obj: Json): unknown {
+  if (obj.item_id !== undefined) return obj.item_id;
+  const item = obj.item;
+  return item !== null && typeof item === 'object' ? (item as Json).id : undefined;
 }
 
 /** The event's lines with its data written anew from `obj` (one `data:` line, where the first one was). */

@@ -7,6 +7,7 @@
  */
 import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
+import { closedItem, isTextDelta } from './passthrough-sse-mask.js';
 
 /** Events that end the text channels before them: an item, part or transcription done, the response over. */
 const ENDS = /\.(?:done|completed|failed|incomplete)$|^error$/;
@@ -14,14 +15,6 @@ const ENDS = /\.(?:done|completed|failed|incomplete)$|^error$/;
 const DELTA = Buffer.from('"delta"');
 
 type Json = Record<string, unknown>;
-
-/**
- * A delta that is text: not an audio delta (`response.audio.delta`, `response.output_audio.delta`), whose
- * base64 a client decodes delta by delta, and which no hold may cut.
- */
-export function isTextDelta(type: string): boolean {
-  return !type.endsWith('audio.delta');
-}
 
 export class RealtimeDeltaMask {
   readonly #mask: DeltaMask;
@@ -46,7 +39,7 @@ export class RealtimeDeltaMask {
       // Only a message that closes the text ends what it held back: a keep-alive or an audio delta between
       // two deltas of it does not (the rest of a key would then go through unread).
       if (obj !== undefined && (type === undefined || !ENDS.test(type))) return undefined;
-      const ended = this.#ended();
+      const ended = this.#ended(obj === undefined ? undefined : closedItem(obj));
       if (ended.length === 0) return undefined;
       ended.push(text);
       return ended;
@@ -59,10 +52,17 @@ export class RealtimeDeltaMask {
     return delta === obj.delta ? undefined : [JSON.stringify({ ...obj, delta })];
   }
 
-  /** A message for each channel that held text back and now ends, with what it held. */
-  #ended(): string[] {
+  /** Messages that let go of what each channel still holds: the session is over. */
+  end(): string[] {
+    return this.#ended();
+  }
+
+  /** A message for each channel (of item `item` only, when given) that held text back and now ends, with what it held. */
+  #ended(item?: unknown): string[] {
     const out: string[] = [];
-    for (const [channel, text] of this.#mask.endChannels()) {
+    const ofItem =
+      item === undefined ? undefined : (channel: string) => this.#last.get(channel)?.item_id === item;
+    for (const [channel, text] of this.#mask.endChannels(ofItem)) {
       const last = this.#last.get(channel);
       this.#last.delete(channel);
       if (last !== undefined) out.push(JSON.stringify({ ...last, delta: text }));

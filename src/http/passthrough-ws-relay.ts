@@ -89,8 +89,12 @@ export class SessionRelay {
       closeLike(upstream, code, reason.toString(), 1001, 'client went away');
       closed();
     });
-    // An upstream close reason may echo what we sent it.
     upstream.on('close', (code: number, reason: Buffer) => {
+      // Text a channel held back (the start of a key, perhaps) goes before the close, as a stream's end lets it go.
+      if (echo !== undefined)
+        for (const m of deltas?.end() ?? [])
+          forward(client, upstream, unechoed(Buffer.from(m), false, echo), false);
+      // An upstream close reason may echo what we sent it.
       const text = opened.scrubber.scrub(reason.toString());
       closeLike(client, code, text, 1014, 'upstream connection lost');
       closed();

@@ -21,9 +21,8 @@ const MIN_HOLD = 4;
 export const MAX_RELEASED = 8;
 /**
  * Channels followed in one stream at most: a hostile upstream's thousands of choice or tool indexes do not
- * grow the state without bound. Past it, channels whose text ends in no secret's start are forgotten (they
- * are as good as new); only when every one is midway in a secret are a new channel's deltas scrubbed each on
- * its own (scrub.ts).
+ * grow the state without bound. Past it, channels are forgotten (forget); only when every one holds text back
+ * is a new channel's delta read alone, as a channel that ends with it.
  */
 const MAX_CHANNELS = 256;
 
@@ -130,14 +129,14 @@ export class DeltaMask {
   }
 
   /**
-   * The channels outside chat chunks that hold text back, each ended, with the text the caller sends in place
-   * of what it held (endOfHold).
+   * The channels outside chat chunks that hold text back (those `which` picks, when given), each ended, with
+   * the text the caller sends in place of what it held (endOfHold).
    */
-  endChannels(): [channel: string, text: string][] {
+  endChannels(which?: (channel: string) => boolean): [channel: string, text: string][] {
     const ended: [string, string][] = [];
     if (this.holding === 0) return ended;
     for (const [channel, st] of this.loose) {
-      if (st.held === '') continue;
+      if (st.held === '' || which?.(channel) === false) continue;
       ended.push([channel, endOfHold(st)]);
       this.release(st);
     }
@@ -255,10 +254,23 @@ export class DeltaMask {
   private step(fields: Fields, key: string, d: string): string {
     let st = fields.get(key);
     if (st === undefined) {
-      if (this.channels >= MAX_CHANNELS && !this.forget()) return d;
+      if (this.channels >= MAX_CHANNELS && !this.forget()) {
+        // No room: the delta is read as a channel of its own that ends with it (what it would hold goes as
+        // endOfHold says), so no more of a secret's start than at a channel's end reaches the client.
+        const alone: FieldState = { sent: '', held: '' };
+        const out = this.advance(alone, d);
+        if (alone.held === '') return out;
+        this.holding--;
+        return out + endOfHold(alone);
+      }
       this.channels++;
       fields.set(key, (st = { sent: '', held: '' }));
     }
+    return this.advance(st, d);
+  }
+
+  /** `step` on a channel's state. */
+  private advance(st: FieldState, d: string): string {
     const w = st.held + d;
     const x = st.sent + w;
     const base = st.sent.length;
@@ -310,13 +322,22 @@ export class DeltaMask {
 
   /**
    * Room for a channel when MAX_CHANNELS are followed: the channels whose text ends in no secret's start and
-   * hold nothing are as good as new, and are forgotten. False when every one is midway in a secret.
+   * hold nothing are as good as new, and are forgotten; failing those, the ones whose text ends in fewer than
+   * MIN_HOLD of a secret's first characters (honest text ending in `s` when a key starts `sk-`: a long
+   * Realtime session has hundreds). False when every one holds text back.
    */
   private forget(): boolean {
     const before = this.channels;
     for (const fields of [...this.choices.values(), this.loose])
       for (const [key, st] of fields)
         if (st.sent === '' && st.held === '') {
+          fields.delete(key);
+          this.channels--;
+        }
+    if (this.channels < before) return true;
+    for (const fields of [...this.choices.values(), this.loose])
+      for (const [key, st] of fields)
+        if (st.sent.length < MIN_HOLD && st.held === '') {
           fields.delete(key);
           this.channels--;
         }

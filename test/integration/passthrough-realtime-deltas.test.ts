@@ -97,6 +97,38 @@ describe('Realtime text deltas that spell the key across messages', () => {
     expect(joined(got)).toBe('The key: [REDACTED]');
   });
 
+  it('a session the upstream closes while a channel holds honest text: the text goes before the close', async () => {
+    const up = await wsUpstream(track, {
+      echo: false,
+      onSession: (ws: WebSocket) => {
+        ws.send(JSON.stringify(textDelta('Google keys begin AIza')));
+        setTimeout(() => ws.close(1000, 'bye'), 50);
+      },
+    });
+    const gw = await gateway(`${up.url}/v1`);
+    const c = await openClient(wsUrl(gw));
+    expect((await c.closed).code).toBe(1000);
+    expect(joined(c.messages.map((m) => JSON.parse(m) as Event))).toBe('Google keys begin AIza');
+  });
+
+  // Another item's closing message (the user's transcript done mid-answer) ends no hold of this one.
+  it("a .completed of another item between two deltas: this item's text arrives whole", async () => {
+    const got = await sessionOf(
+      [
+        textDelta('Keys begin AIzaSyRe'),
+        {
+          type: 'conversation.item.input_audio_transcription.completed',
+          item_id: 'user_1',
+          transcript: 'hm',
+        },
+        textDelta('ally not a key.'),
+        textDone(),
+      ],
+      hasDone,
+    );
+    expect(joined(got)).toBe('Keys begin AIzaSyReally not a key.');
+  });
+
   // Parallel function calls may interleave: another channel's delta ends no hold (it once put [REDACTED]
   // in place of the 8 held characters here).
   it("two channels interleaved, one holding 8 of the key's first characters: each keeps its own text", async () => {
