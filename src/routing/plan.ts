@@ -84,10 +84,7 @@ export function planRequest(
     else if (!capable(up.capabilities, up.provider.kind, features, undefined)) {
       why = 'capability';
       capable(up.capabilities, up.provider.kind, features, (missing ??= new Set()));
-    } else if (
-      up.model.context_window !== undefined &&
-      pastWindow(up, features, up.model.context_window)
-    ) {
+    } else if (up.model.context_window !== undefined && pastWindow(up, features, up.model.context_window)) {
       why = 'context';
       largestWindow = Math.max(largestWindow, up.model.context_window);
     } else if (!up.breaker.canAttempt()) {
