@@ -37,8 +37,8 @@ declare module 'fastify' {
 }
 
 /**
- * Request bodies nest at most this deep (SPEC §8). A tool's JSON schema of 30 optional objects, each written as
- * zod's `.nullable()` writes it (`anyOf` with null: 4 levels an object), fits; 64 refused 16 such levels.
+ * Request bodies nest at most this deep (SPEC §8). A tool's JSON schema of 30 optional objects, each
+ * written as zod's `.nullable()` writes it (`anyOf` with null: 4 levels an object), fits; 64 refused 16.
  */
 const MAX_JSON_DEPTH = 128;
 /** A client id echoed as given: UUIDs, ULIDs, trace ids, base64 (`+/=`), `name@host`. */

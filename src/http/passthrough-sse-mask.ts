@@ -40,7 +40,7 @@ export function sseDeltaMask(forms: HeldForms): Transform {
   /** Inside an event past MAX_EVENT_CHARS: relayed as it comes, unread, until its blank line. */
   let skipping = false;
 
-  /** `[REDACTED]` events for the channels that held text back (of item `item` only, when given), which now end. */
+  /** `[REDACTED]` events for the channels that held text back (of item `item` only, if given), now ended. */
   const ended = (item?: unknown): string => {
     let out = '';
     const ofItem =

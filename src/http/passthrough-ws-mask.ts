@@ -57,7 +57,7 @@ export class RealtimeDeltaMask {
     return this.#ended();
   }
 
-  /** A message for each channel (of item `item` only, when given) that held text back and now ends, with what it held. */
+  /** A message for each channel (of item `item` only, if given) that held text back and now ends. */
   #ended(item?: unknown): string[] {
     const out: string[] = [];
     const ofItem =

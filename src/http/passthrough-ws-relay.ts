@@ -90,7 +90,7 @@ export class SessionRelay {
       closed();
     });
     upstream.on('close', (code: number, reason: Buffer) => {
-      // Text a channel held back (the start of a key, perhaps) goes before the close, as a stream's end lets it go.
+      // Text a channel held back (a key's start, perhaps) goes before the close, as at a stream's end.
       if (echo !== undefined)
         for (const m of deltas?.end() ?? [])
           forward(client, upstream, unechoed(Buffer.from(m), false, echo), false);

@@ -354,7 +354,7 @@ function noProviderMessage(route: RouteRuntime, tier: string | undefined, provid
  */
 const ESTIMATE_DISCOUNT = 0.8;
 
-/** Whether a request is clearly past `up`'s window: its prompt estimate, discounted, and its answer's limit. */
+/** Whether a request is clearly past `up`'s window: its prompt estimate, discounted, and its answer limit. */
 function pastWindow(up: Upstream, features: RequestFeatures, window: number): boolean {
   const output = needOf(up, features, features.contextTokens) - features.contextTokens;
   return features.contextTokens * ESTIMATE_DISCOUNT + output > window;

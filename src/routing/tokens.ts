@@ -146,8 +146,8 @@ const MILLI = (() => {
     const [from, milli] = bands[i]!;
     w.fill(milli, from, bands[i + 1]?.[0] ?? 0x3000);
   }
-  // Other scripts' digits (Arabic-Indic `٣`, Devanagari `३`, Thai `๓`): about a token each, not a letter's
-  // share (a prompt of them read at a third of its size).
+  // Other scripts' digits (Arabic-Indic `٣`, Devanagari `३`, Thai `๓`): about a token each, not a
+  // letter's share (a prompt of them read at a third of its size).
   const digit = /\p{Nd}/u;
   for (let c = 0x80; c < 0x3000; c++) if (digit.test(String.fromCharCode(c))) w[c] = 1000;
   return w;
