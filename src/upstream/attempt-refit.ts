@@ -24,6 +24,11 @@ export function refitted(
   const now = input.now();
   if (failed.status >= 500 || now >= input.deadline) return undefined;
   if (now - firstStart >= input.upstream.provider.config.timeouts.total_ms) return undefined;
+  const roomy = withRoomForAnswer(input, sent, failed);
+  if (roomy !== undefined) {
+    input.upstream.quota?.take(0);
+    return roomy;
+  }
   const param = fit.learn(failed.info, sent, input.body);
   if (param === undefined) return undefined;
   const next = fit.apply(input.body);
@@ -33,6 +38,26 @@ export function refitted(
   // Sent again: one more request of the upstream's rpm (its tokens are the attempt's, settled at its end).
   input.upstream.quota?.take(0);
   return next;
+}
+
+/** Claude's refusal of a max_tokens past the room its window leaves: the prompt's tokens, and the window. */
+const NO_ROOM = /exceed context limit: (\d{1,12}) \+ \d{1,12} > (\d{1,12})/;
+/** Below this room an answer is better asked of a larger window (failover) than cut this short. */
+const MIN_ANSWER_ROOM = 1024;
+
+/**
+ * A Claude upstream refused the gateway's own default_max_tokens (the client asked for no limit) beside a
+ * prompt that fits its window ("input length and `max_tokens` exceed context limit: 7000 + 4096 > 10000"): the
+ * body with max_tokens set to the room the refusal states, as an API that caps it (OpenAI's) would have
+ * answered. Undefined when the client set a limit (its own stands) or the room is under MIN_ANSWER_ROOM.
+ */
+function withRoomForAnswer(input: AttemptInput, sent: ChatBody, failed: AttemptResult): ChatBody | undefined {
+  if (failed.ok || input.upstream.provider.kind !== 'anthropic') return undefined;
+  if (sent.max_tokens !== undefined || sent.max_completion_tokens !== undefined) return undefined;
+  const m = NO_ROOM.exec(failed.info?.message ?? '');
+  if (m === null) return undefined;
+  const room = Number(m[2]) - Number(m[1]);
+  return room >= MIN_ANSWER_ROOM ? { ...sent, max_tokens: room } : undefined;
 }
 
 /**

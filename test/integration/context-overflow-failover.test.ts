@@ -224,7 +224,8 @@ describe('a refusal as past the context window fails over to a larger window', (
 
   it.each([
     'prompt is too long: 210000 tokens > 200000 maximum',
-    'input length and `max_tokens` exceed context limit: 197000 + 8192 > 200000, decrease input length or `max_tokens` and try again',
+    // Less room than an answer needs (under 1,024 tokens): not sent again with it (attempt-refit.ts).
+    'input length and `max_tokens` exceed context limit: 199500 + 8192 > 200000, decrease input length or `max_tokens` and try again',
   ])('Anthropic’s "%s", no window configured: a larger window answers', async (message) => {
     const { gw, mocks } = await route([
       {
