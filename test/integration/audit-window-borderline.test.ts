@@ -603,9 +603,9 @@ describe('a borderline prompt on a route whose only upstream refuses it', () => 
       const e = err as InstanceType<typeof OpenAI.BadRequestError>;
       expect(e.status).toBe(400);
       expect(e.code).toBe('context_length_exceeded');
-      // README: client errors go "as the upstream said them" (only the code is made OpenAI's): llama.cpp's own
-      // `exceed_context_size_error` type is relayed; the others say (or are given) invalid_request_error.
-      expect(e.type).toBe(f.name === 'llama.cpp' ? 'exceed_context_size_error' : 'invalid_request_error');
+      // The code made OpenAI's comes with OpenAI's type for it: llama.cpp's own `exceed_context_size_error`
+      // was relayed beside it once (SPEC §4: a 400 is an invalid_request_error).
+      expect(e.type).toBe('invalid_request_error');
       expect(e.message).toMatch(/context|too long/i);
       expect(small.received).toHaveLength(1);
     },

@@ -369,15 +369,24 @@ export function errorFromBody(status: number, parsed: unknown, rawText?: string)
     message = readable !== '' ? readable : `upstream answered HTTP ${status}`;
   }
   message = truncateMessage(message);
+  const given = codeOf(status, code, message);
   return {
     status,
     message,
-    type: type ?? openAiErrorTypeForStatus(status),
-    code: codeOf(status, code, message),
+    // A refusal as too long given OpenAI's code here goes with OpenAI's type for it, not the server's own
+    // (llama.cpp's `exceed_context_size_error`): SPEC's 400 is an invalid_request_error.
+    type:
+      given === CONTEXT_LENGTH_EXCEEDED && code !== given
+        ? CONTEXT_TYPE
+        : (type ?? openAiErrorTypeForStatus(status)),
+    code: given,
     param,
     ...(window === undefined ? {} : { window }),
   };
 }
+
+/** OpenAI's error type for `context_length_exceeded`. */
+const CONTEXT_TYPE = 'invalid_request_error';
 
 /** A code clients branch on, for errors that servers send with none (or with the status again, as a number). */
 function codeOf(status: number, code: string | null, message: string): string | null {
@@ -542,6 +551,6 @@ function inBandError(json: Record<string, unknown>): UpstreamErrorInfo {
   const info = errorFromBody(limited ? 429 : 500, json);
   // A refusal as too long that a proxy sent in-band gets the code its 400 would (the attempt makes it a 400).
   if (!limited && info.code === null && saysContextOverflow(info.message))
-    return { ...info, code: CONTEXT_LENGTH_EXCEEDED };
+    return { ...info, code: CONTEXT_LENGTH_EXCEEDED, type: CONTEXT_TYPE };
   return info;
 }
