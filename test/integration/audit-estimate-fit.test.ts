@@ -20,6 +20,7 @@ import {
 import { closeAfterAll } from '../helpers/cleanup.js';
 import { postChat, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { sendJson, startMock, type Received } from '../helpers/mock-upstream.js';
+import { mulberry32 } from '../helpers/random.js';
 
 type Json = Record<string, unknown>;
 
@@ -31,17 +32,6 @@ const exactText = (s: string): number => estimateTextTokens(s, EXACT);
 
 // ---------------------------------------------------------------------------------------------------------
 // Deterministic, realistic content.
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Rand = () => number;
 const pick = <T>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
@@ -810,7 +800,7 @@ const KINDS: readonly Kind[] = [
 ];
 
 function buildTextCase(k: Kind, window: number, fill = FILL, maxTokens?: number): Case {
-  const r = rng(k.seed * 1000 + window);
+  const r = mulberry32(k.seed * 1000 + window);
   const gen = k.gen(r);
   const model = `m${k.seed}-${window}${maxTokens === undefined ? '' : `-out${maxTokens}`}`;
   const body = fitText(gen, k.wrap, Math.floor(window * fill));
@@ -840,7 +830,7 @@ function finish(
 
 /** 500 short turns (user and assistant in turn), ~90 % of the window. */
 function conversationCase(): Case {
-  const r = rng(500);
+  const r = mulberry32(500);
   const messages: Json[] = [{ role: 'system', content: SYSTEM }];
   for (let i = 0; i < 500; i++)
     messages.push({ role: i % 2 === 0 ? 'user' : 'assistant', content: pick(r, CONVERSATION) });
@@ -853,7 +843,7 @@ function conversationCase(): Case {
 
 /** 50 function tools and a short question: the window sized by OpenAI's rendering of the tools. */
 function toolsCase(): Case {
-  const r = rng(50);
+  const r = mulberry32(50);
   const tools = makeTools(r, 50);
   const body: Json = {
     model: '',
@@ -895,7 +885,7 @@ function imagesCase(window: number): Case {
     })),
   ];
   const imageTokens = 4 * 765 + 2 * 85;
-  const r = rng(77 + window);
+  const r = mulberry32(77 + window);
   const wrap = (text: string): Json => ({
     model: '',
     messages: [

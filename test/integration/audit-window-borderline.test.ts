@@ -890,22 +890,24 @@ describe('a Claude window as the larger one, the client giving no max_tokens', (
   });
 });
 
+/** A Claude that refuses every request as past its 10k window, stating `input` as the prompt's tokens. */
+function refusingClaude(input: number): Parameters<typeof startMock>[0] {
+  return (r, res) =>
+    sendJson(res, 400, {
+      type: 'error',
+      error: {
+        type: 'invalid_request_error',
+        message: `input length and \`max_tokens\` exceed context limit: ${input} + ${String(r.body.max_tokens)} > 10000, decrease input length or \`max_tokens\` and try again`,
+      },
+    });
+}
+
 describe('an Anthropic upstream alone, borderline only because of the gateway’s own default_max_tokens', () => {
   // The default is sent again as the room Claude states; refused again (this mock refuses everything), the
   // refusal is the client's 400, once: a limit the gateway set is fitted once, never the client's.
   it('Claude’s "input length and `max_tokens` exceed context limit": sent again with the room, then relayed as 400 context_length_exceeded', async () => {
     const border = promptOf(7000);
-    const anth = track(
-      await startMock((r, res) =>
-        sendJson(res, 400, {
-          type: 'error',
-          error: {
-            type: 'invalid_request_error',
-            message: `input length and \`max_tokens\` exceed context limit: ${border.estimate} + ${String(r.body.max_tokens)} > 10000, decrease input length or \`max_tokens\` and try again`,
-          },
-        }),
-      ),
-    );
+    const anth = track(await startMock(refusingClaude(border.estimate)));
     const gw = track(
       await startGateway({
         providers: [
@@ -931,17 +933,7 @@ describe('an Anthropic upstream alone, borderline only because of the gateway’
 
   it('a client that set max_tokens itself keeps it: Claude’s refusal is relayed, nothing sent again', async () => {
     const border = promptOf(7000);
-    const anth = track(
-      await startMock((r, res) =>
-        sendJson(res, 400, {
-          type: 'error',
-          error: {
-            type: 'invalid_request_error',
-            message: `input length and \`max_tokens\` exceed context limit: ${border.estimate} + ${String(r.body.max_tokens)} > 10000, decrease input length or \`max_tokens\` and try again`,
-          },
-        }),
-      ),
-    );
+    const anth = track(await startMock(refusingClaude(border.estimate)));
     const gw = track(
       await startGateway({
         providers: [
