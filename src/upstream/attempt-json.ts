@@ -126,7 +126,14 @@ async function attemptJsonCall(
     if (!out) return failure(INVALID_JSON, totalMs, { status: res.statusCode });
     if (out.error) {
       const overflow = inBandOverflow(out.error, totalMs);
-      if (overflow !== undefined) return overflow;
+      if (overflow !== undefined) {
+        // A refusal as too long in a 200's body is fitted as one sent as a 400 is.
+        const first = chat?.firstStart ?? t0;
+        const again = chat && refitted(chat.input, chat.sent, chat.refits, first, overflow);
+        return chat && again
+          ? afterRefused(overflow, attemptJsonBody(chat.input, again, chat.refits + 1, first))
+          : overflow;
+      }
       const limited = out.error.status === 429;
       return failure(limited ? ERROR_ANSWER_RATE_LIMITED : ERROR_ANSWER, totalMs, {
         status: res.statusCode,

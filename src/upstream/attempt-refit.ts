@@ -31,7 +31,7 @@ export function refitted(
   }
   const param = fit.learn(failed.info, sent, input.body);
   if (param === undefined) return undefined;
-  const next = fit.apply(input.body);
+  const next = ownLimitKept(input, sent, fit.apply(input.body));
   // The same field as it was just refused (a fit that cannot change it): sending it again would be refused again.
   if (next[param] === sent[param] && Object.hasOwn(next, param) === Object.hasOwn(sent, param))
     return undefined;
@@ -40,8 +40,8 @@ export function refitted(
   return next;
 }
 
-/** Claude's refusal of a max_tokens past the room its window leaves: the prompt's tokens, and the window. */
-const NO_ROOM = /exceed context limit: (\d{1,12}) \+ \d{1,12} > (\d{1,12})/;
+/** Claude's refusal of a max_tokens past the room its window leaves: the prompt, the limit, the window. */
+const NO_ROOM = /exceed context limit: (\d{1,12}) \+ (\d{1,12}) > (\d{1,12})/;
 /** Below this room an answer is better asked of a larger window (failover) than cut this short. */
 const MIN_ANSWER_ROOM = 1024;
 
@@ -52,12 +52,37 @@ const MIN_ANSWER_ROOM = 1024;
  * answered. Undefined when the client set a limit (its own stands) or the room is under MIN_ANSWER_ROOM.
  */
 function withRoomForAnswer(input: AttemptInput, sent: ChatBody, failed: AttemptResult): ChatBody | undefined {
-  if (failed.ok || input.upstream.provider.kind !== 'anthropic') return undefined;
-  if (sent.max_tokens !== undefined || sent.max_completion_tokens !== undefined) return undefined;
+  if (failed.ok || failed.status !== 400 || input.upstream.provider.kind !== 'anthropic') return undefined;
+  if (clientLimited(input.body)) return undefined;
   const m = NO_ROOM.exec(failed.info?.message ?? '');
   if (m === null) return undefined;
-  const room = Number(m[2]) - Number(m[1]);
-  return room >= MIN_ANSWER_ROOM ? { ...sent, max_tokens: room } : undefined;
+  const [prompt, refused, window] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  // The refusal's own sum must hold, and the room be less than what it refused: a limit only goes down.
+  if (!(prompt + refused > window)) return undefined;
+  const room = Math.min(window - prompt, input.upstream.fit.outputCap ?? Number.POSITIVE_INFINITY);
+  return room >= MIN_ANSWER_ROOM && room < refused ? { ...sent, max_tokens: room } : undefined;
+}
+
+/** Whether the client set a limit of its own (either name): the gateway never changes it for room. */
+function clientLimited(body: ChatBody): boolean {
+  return (
+    (body.max_tokens !== undefined && body.max_tokens !== null) ||
+    (body.max_completion_tokens !== undefined && body.max_completion_tokens !== null)
+  );
+}
+
+/**
+ * `next` (the client's body fitted anew) with the limit the gateway itself set for room in an earlier send
+ * kept, when the client set none: a refit for another field (a cap learned) must not send the default it
+ * replaced again (which the window refuses, then the room again: round and round).
+ */
+function ownLimitKept(input: AttemptInput, sent: ChatBody, next: ChatBody): ChatBody {
+  const own = sent.max_tokens;
+  if (clientLimited(input.body) || typeof own !== 'number') return next;
+  const limit = Math.min(own, input.upstream.fit.outputCap ?? Number.POSITIVE_INFINITY);
+  return typeof next.max_tokens === 'number' && next.max_tokens <= limit
+    ? next
+    : { ...next, max_tokens: limit };
 }
 
 /**

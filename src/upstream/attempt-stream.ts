@@ -352,8 +352,18 @@ async function attemptStreamBody(
     let result: AttemptResult;
     if (readError !== undefined) result = thrown(readError, input, sig, t0, committed);
     else if (streamError) {
+      const overflow = committed ? undefined : inBandOverflow(streamError, totalMs);
+      // A refusal as too long sent in the stream (a proxy's way) is fitted as one sent as a 400 is.
+      const again = overflow && refitted(input, body, refits, firstStart ?? t0, overflow);
+      if (overflow && again) {
+        sig.done();
+        return await afterRefused(
+          overflow,
+          attemptStreamBody(input, again, refits + 1, firstStart ?? t0, writer, headers, scrubber),
+        );
+      }
       result =
-        (committed ? undefined : inBandOverflow(streamError, totalMs)) ??
+        overflow ??
         failure(streamError.status === 429 ? STREAM_RATE_LIMITED : STREAM_ERROR_EVENT, totalMs, {
           info: streamError,
           committed,
