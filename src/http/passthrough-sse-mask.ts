@@ -23,6 +23,8 @@ const BOUNDARY = /(?:\r\n|\r(?=[^\n])|\n)(?:\r\n|\r|\n)/g;
 /** Events that end the text channels they follow: an item or content part done, the response over. */
 const ENDS = /\.done$|^response\.(?:completed|failed|incomplete)$|^error$/;
 const LINE = /\r\n|\r|\n/;
+/** The ends of closing events' types (ENDS): their texts are read too, decoded (a `\u`-escaped key). */
+const CLOSING_TYPES = ['done"', 'completed"', 'failed"', 'incomplete"', 'error"'];
 
 type Json = Record<string, unknown>;
 
@@ -33,7 +35,7 @@ interface LastDelta {
   readonly sep: string;
 }
 
-export function sseDeltaMask(forms: HeldForms): Transform {
+export function sseDeltaMask(forms: HeldForms, scrubEnd: (text: string) => string): Transform {
   const mask = new DeltaMask(forms);
   const decoder = new StringDecoder('utf8');
   const last = new Map<string, LastDelta>();
@@ -64,7 +66,13 @@ export function sseDeltaMask(forms: HeldForms): Transform {
     }
     // Comments (`: keep-alive`) and events without data end nothing.
     if (data === undefined) return block + sep;
-    const obj = data.includes('"delta"') || last.size > 0 ? parseJsonObject(data) : undefined;
+    // Read: a delta, anything while text is held, and what may end in a key's start (a closing event's text).
+    const read =
+      data.includes('"delta"') ||
+      last.size > 0 ||
+      CLOSING_TYPES.some((c) => data.includes(c)) ||
+      forms.prefixes.some((p) => data.includes(p));
+    const obj = read ? parseJsonObject(data) : undefined;
     if (
       obj === undefined ||
       typeof obj.delta !== 'string' ||
@@ -74,7 +82,10 @@ export function sseDeltaMask(forms: HeldForms): Transform {
       // Only an event that closes the text ends what it held back: an annotation or a keep-alive between
       // two deltas of it does not (the rest of a key would then go through unread).
       const type = typeof obj?.type === 'string' ? obj.type : '';
-      return (obj === undefined ? ended() : ENDS.test(type) ? ended(closedItem(obj)) : '') + block + sep;
+      if (obj === undefined) return (read ? ended() : '') + block + sep;
+      if (!ENDS.test(type)) return block + sep;
+      const closing = closingTextsMasked(obj, scrubEnd) ? withData(lines, obj) : block;
+      return ended(closedItem(obj)) + closing + sep;
     }
     const channel = [obj.type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
     // Another channel's delta ends nothing: parallel function calls may interleave their arguments.
@@ -183,6 +194,32 @@ export function closedItem(obj: Json): unknown {
   if (obj.item_id !== undefined) return obj.item_id;
   const item = obj.item;
   return item !== null && typeof item === 'object' ? (item as Json).id : undefined;
+}
+
+/**
+ * A closing event's texts (`text`, `transcript`, `arguments`, each part's and item's, `response.done`'s
+ * output) are the whole text its deltas carried: one that ends inside the key is masked there as the deltas'
+ * end was (`scrubEnd`). True when any changed (the event is then written anew). Read without recursion: a
+ * hostile event's nesting costs no stack.
+ */
+export function closingTextsMasked(obj: Json, scrubEnd: (text: string) => string): boolean {
+  let changed = false;
+  const stack: unknown[] = [obj];
+  for (let node = stack.pop(); node !== undefined; node = stack.pop()) {
+    if (node === null || typeof node !== 'object') continue;
+    const entries = node as Record<string, unknown>;
+    for (const key of Object.keys(entries)) {
+      const v = entries[key];
+      if (typeof v === 'string') {
+        const out = scrubEnd(v);
+        if (out !== v) {
+          entries[key] = out;
+          changed = true;
+        }
+      } else if (v !== null && typeof v === 'object') stack.push(v);
+    }
+  }
+  return changed;
 }
 
 /** The event's lines with its data written anew from `obj` (one `data:` line, where the first one was). */

@@ -7,12 +7,16 @@
  */
 import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
-import { closedItem, isTextDelta } from './passthrough-sse-mask.js';
+import { closedItem, closingTextsMasked, isTextDelta } from './passthrough-sse-mask.js';
 
 /** Events that end the text channels before them: an item, part or transcription done, the response over. */
 const ENDS = /\.(?:done|completed|failed|incomplete)$|^error$/;
-/** Messages without it carry no delta: unless text is held back, they are not read. */
+/** Messages without it carry no delta: unless text is held back or a key's start is in them, not read. */
 const DELTA = Buffer.from('"delta"');
+/** The ends of closing messages' types (ENDS): their texts are read too, decoded (a `\u`-escaped key). */
+const CLOSING: readonly Buffer[] = ['done"', 'completed"', 'failed"', 'incomplete"', 'error"'].map((t) =>
+  Buffer.from(t),
+);
 
 type Json = Record<string, unknown>;
 
@@ -20,10 +24,16 @@ export class RealtimeDeltaMask {
   readonly #mask: DeltaMask;
   /** The delta message each channel that holds text back last had: the shape what it held goes out in. */
   readonly #last = new Map<string, Json>();
+  /** The secrets' first characters: a message without any can end in no key (a closing message's text). */
+  readonly #prefixes: readonly Buffer[];
 
-  /** `forms`: the secrets' spellings (the provider's echo guard). */
-  constructor(forms: HeldForms) {
+  /** `forms`, `scrubEnd`: the secrets' spellings, and a whole text's end masked (the provider's echo guard). */
+  constructor(
+    forms: HeldForms,
+    private readonly scrubEnd: (text: string) => string,
+  ) {
     this.#mask = new DeltaMask(forms);
+    this.#prefixes = forms.prefixes.map((p) => Buffer.from(p));
   }
 
   /**
@@ -31,7 +41,13 @@ export class RealtimeDeltaMask {
    * messages to send in its place, in order.
    */
   messages(data: Buffer): string[] | undefined {
-    if (this.#last.size === 0 && !data.includes(DELTA)) return undefined;
+    if (
+      this.#last.size === 0 &&
+      !data.includes(DELTA) &&
+      !CLOSING.some((c) => data.includes(c)) &&
+      !this.#prefixes.some((p) => data.includes(p))
+    )
+      return undefined;
     const text = data.toString('utf8');
     const obj = parseJsonObject(text);
     const type = typeof obj?.type === 'string' ? obj.type : undefined;
@@ -40,8 +56,9 @@ export class RealtimeDeltaMask {
       // two deltas of it does not (the rest of a key would then go through unread).
       if (obj !== undefined && (type === undefined || !ENDS.test(type))) return undefined;
       const ended = this.#ended(obj === undefined ? undefined : closedItem(obj));
-      if (ended.length === 0) return undefined;
-      ended.push(text);
+      const masked = obj !== undefined && closingTextsMasked(obj, this.scrubEnd);
+      if (ended.length === 0 && !masked) return undefined;
+      ended.push(masked ? JSON.stringify(obj) : text);
       return ended;
     }
     const channel = [type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');

@@ -62,7 +62,7 @@ export class SessionRelay {
       forward(upstream, client, data as Buffer, isBinary);
     });
     // A model that repeats the key does so a token a delta: found across delta messages, not in one.
-    const deltas = echo === undefined ? undefined : new RealtimeDeltaMask(echo.forms);
+    const deltas = echo === undefined ? undefined : new RealtimeDeltaMask(echo.forms, echo.scrubEnd);
     upstream.on('message', (data: RawData, isBinary: boolean) => {
       s.upstreamAlive = true;
       if (echo === undefined) return forward(client, upstream, data as Buffer, isBinary);

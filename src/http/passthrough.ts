@@ -351,7 +351,7 @@ export async function passthroughPlugin(app: FastifyInstance): Promise<void> {
         // An event stream (the Responses API's) may spell a key across its deltas: each event is read for it.
         if (isEventStream(reply.getHeader('content-type'))) {
           reply.removeHeader('content-length');
-          const events = sseDeltaMask(echo.forms);
+          const events = sseDeltaMask(echo.forms, echo.scrubEnd);
           pipeline(body, masked, events, done);
           void reply.send(events);
           return;

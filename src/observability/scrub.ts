@@ -169,6 +169,11 @@ export class StreamMask {
 export interface EchoGuard {
   readonly mask: StreamMask;
   readonly scrub: (text: string) => string;
+  /**
+   * `scrub`, and a text that ends in MAX_RELEASED or more of a secret's first characters has those masked too:
+   * a whole answer's text (an event stream's `*.done`) that stopped inside the key, as its deltas' end does.
+   */
+  readonly scrubEnd: (text: string) => string;
   /** Every spelling of the secrets as bytes, to find in a message without decoding it (WebSocket messages). */
   readonly bytes: readonly Buffer[];
   /** Every spelling of the secrets (secretForms), to find in a streamed answer's deltas (DeltaMask). */
@@ -193,6 +198,7 @@ export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | un
         : {
             mask: new StreamMask(secrets),
             scrub: (t) => scrubber.scrub(t),
+            scrubEnd: (t) => scrubber.scrub(t, true),
             bytes: forms.map((t) => Buffer.from(t)),
             forms: heldForms(forms),
           };

@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { text } from 'node:stream/consumers';
 import { describe, expect, it } from 'vitest';
 import { sseDeltaMask } from '../../../src/http/passthrough-sse-mask.js';
-import { secretForms } from '../../../src/observability/scrub.js';
+import { secretForms, Scrubber } from '../../../src/observability/scrub.js';
 import { heldForms } from '../../../src/streaming/delta-mask.js';
 
 const KEY = 'sk-pt-Zq8Wm2Lx7Rv4';
@@ -21,7 +21,10 @@ async function through(body: string, size = 7): Promise<string> {
   const bytes = Buffer.from(body);
   const pieces: Buffer[] = [];
   for (let at = 0; at < bytes.length; at += size) pieces.push(bytes.subarray(at, at + size));
-  return text(Readable.from(pieces).pipe(sseDeltaMask(heldForms(secretForms([KEY])))));
+  const scrubber = new Scrubber([KEY]);
+  return text(
+    Readable.from(pieces).pipe(sseDeltaMask(heldForms(secretForms([KEY])), (t) => scrubber.scrub(t, true))),
+  );
 }
 
 /** The `delta` of every delta event in `sse`, joined. */
@@ -82,6 +85,22 @@ describe('sseDeltaMask', () => {
     // What msg_1 goes on with is the rest of the key: still masked (a reset mask let it through).
     expect(byItem('msg_1')).toBe('a: [REDACTED]');
     expect(byItem('msg_2')).toBe('b: hi');
+  });
+
+  // A model stopped inside the key (max_output_tokens): the closing events carry the whole text, which ended
+  // there too; masked as the deltas' end is (it went out as written in them).
+  it('the .done and response.completed texts of an answer that stops inside the key end in [REDACTED] too', async () => {
+    const text = `Key: ${KEY.slice(0, 12)}`;
+    const done = (type: string, extra: Record<string, unknown>) =>
+      `event: ${type}\ndata: ${JSON.stringify({ type, item_id: 'msg_1', ...extra })}\n\n`;
+    const body =
+      delta('Key: ') +
+      delta(KEY.slice(0, 12)) +
+      done('response.output_text.done', { output_index: 0, content_index: 0, text }) +
+      done('response.completed', { response: { output: [{ content: [{ type: 'output_text', text }] }] } });
+    const out = await through(body);
+    expect(out).not.toContain(KEY.slice(0, 8));
+    expect(out.match(/\[REDACTED\]/g)?.length).toBe(3); // the held delta, the .done text, the response's
   });
 
   it('a long event (base64 audio) in 1 KiB writes, then a short one, comes out whole and in order', async () => {
