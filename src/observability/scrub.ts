@@ -9,6 +9,8 @@ import { HTML5_ASCII_NAMES } from '../html.js';
 import type { ProviderRuntime } from '../runtime.js';
 import { heldForms, MAX_RELEASED, type HeldForms } from '../streaming/delta-mask.js';
 
+const REDACTED = '[REDACTED]';
+
 /** What a truncated message ends with (adapters/common.ts truncateMessage). */
 const CUT = '…';
 
@@ -73,7 +75,7 @@ export class Scrubber {
   /** `text` without any secret; `cut`: the text was cut short (a bounded read), so its tail is checked too. */
   scrub(text: string, cut = false): string {
     let out = text;
-    for (const s of this.secrets) if (out.includes(s)) out = out.split(s).join('[REDACTED]');
+    for (const s of this.secrets) if (out.includes(s)) out = out.split(s).join(REDACTED);
     if (out.endsWith(CUT)) return this.cutTail(out, out.length - CUT.length);
     return cut ? this.cutTail(out, out.length) : out;
   }
@@ -88,7 +90,7 @@ export class Scrubber {
     for (const s of this.secrets) {
       for (let k = Math.min(s.length - 1, end); k >= MAX_RELEASED; k--) {
         if (text.startsWith(s.slice(0, k), end - k))
-          return `${text.slice(0, end - k)}[REDACTED]${text.slice(end)}`;
+          return `${text.slice(0, end - k)}${REDACTED}${text.slice(end)}`;
       }
     }
     return text;
@@ -174,10 +176,62 @@ export interface EchoGuard {
    * a whole answer's text (an event stream's `*.done`) that stopped inside the key, as its deltas' end does.
    */
   readonly scrubEnd: (text: string) => string;
+  /**
+   * `scrub` for a JSON answer's text, and a string in it that ends in MAX_RELEASED or more of a secret's first
+   * characters (an answer stopped inside the key at its max_tokens) has those masked too, as a stream's end.
+   */
+  readonly scrubAnswer: (json: string) => string;
   /** Every spelling of the secrets as bytes, to find in a message without decoding it (WebSocket messages). */
   readonly bytes: readonly Buffer[];
   /** Every spelling of the secrets (secretForms), to find in a streamed answer's deltas (DeltaMask). */
   readonly forms: HeldForms;
+}
+
+/**
+ * A function giving `json` with each string that ends in MAX_RELEASED or more of a secret's first characters
+ * masked there. A secret starts with one of `held.prefixes`, most spellings with the same few: only the places
+ * of each distinct one are looked at, so an answer without any costs a search or two.
+ */
+export function stringEndsMasker(held: HeldForms): (json: string) => string {
+  const byPrefix = new Map<string, string[]>();
+  held.prefixes.forEach((p, j) => {
+    const forms = byPrefix.get(p);
+    if (forms === undefined) byPrefix.set(p, [held.forms[j]!]);
+    else forms.push(held.forms[j]!);
+  });
+  // Arrays, not the Map: every JSON answer goes through here, and a Map's iteration allocates.
+  const prefixes = [...byPrefix.keys()];
+  const groups = [...byPrefix.values()];
+  return (json) => {
+    let out = json;
+    for (let g = 0; g < prefixes.length; g++) {
+      const prefix = prefixes[g]!;
+      const forms = groups[g]!;
+      // The end of the string the last place found is in: found once a string, however many places it holds.
+      let end = -1;
+      for (let at = out.indexOf(prefix); at !== -1; at = out.indexOf(prefix, at + 1)) {
+        if (at >= end && (end = stringEnd(out, at)) < 0) break;
+        const length = end - at;
+        // Only a string's end that is shorter than a whole spelling can be one's start.
+        if (length < MAX_RELEASED || !forms.some((f) => length < f.length)) continue;
+        const tail = out.slice(at, end);
+        if (!forms.some((f) => length < f.length && f.startsWith(tail))) continue;
+        out = `${out.slice(0, at)}${REDACTED}${out.slice(end)}`;
+        end = at + REDACTED.length;
+      }
+    }
+    return out;
+  };
+}
+
+/** Where the JSON string that `at` is inside ends (its closing quote), or -1. */
+function stringEnd(json: string, at: number): number {
+  for (let i = json.indexOf('"', at); i !== -1; i = json.indexOf('"', i + 1)) {
+    let backslashes = 0;
+    while (json.charCodeAt(i - 1 - backslashes) === 0x5c) backslashes++;
+    if (backslashes % 2 === 0) return i;
+  }
+  return -1;
 }
 
 /** Per provider (a reload makes a new one): what of ours it can echo in an answer, and how that is hidden. */
@@ -192,6 +246,8 @@ export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | un
     const secrets = providerSecrets(provider.config).filter(credentialLike);
     const scrubber = new Scrubber(secrets);
     const forms = secretForms(secrets);
+    const held = heldForms(forms);
+    const endsMasked = stringEndsMasker(held);
     guard =
       secrets.length === 0
         ? null
@@ -199,8 +255,9 @@ export function echoGuard(provider: ProviderRuntime | undefined): EchoGuard | un
             mask: new StreamMask(secrets),
             scrub: (t) => scrubber.scrub(t),
             scrubEnd: (t) => scrubber.scrub(t, true),
+            scrubAnswer: (t) => endsMasked(scrubber.scrub(t)),
             bytes: forms.map((t) => Buffer.from(t)),
-            forms: heldForms(forms),
+            forms: held,
           };
     ECHO_GUARDS.set(provider, guard);
   }

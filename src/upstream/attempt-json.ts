@@ -148,7 +148,7 @@ async function attemptJsonCall(
         : 0;
     // An upstream that echoes its key (a debugging proxy's extra field) must not hand it to the client.
     const echo = echoGuard(input.upstream.provider);
-    const body = echo === undefined ? out.body : echo.scrub(out.body);
+    const body = echo === undefined ? out.body : echo.scrubAnswer(out.body);
     return { ok: true, usage: out.usage, countedTokens: counted, body, ttftMs: totalMs, totalMs };
   } catch (err) {
     return thrown(err, input, sig, t0);

@@ -391,6 +391,25 @@ describe('routed chat: echoes in escaped JSON, in successful answers and after t
     expect(gw.rawLogs()).not.toContain(UP_KEY);
   });
 
+  // A model stopped inside the key at its max_tokens: a stream's end masks what it held; the JSON answer's
+  // content ends the same way (scrub.ts stringEndsMasker). Fewer than 8 of the key's characters go as written.
+  it('a JSON answer whose content stops inside the key ends in [REDACTED]; one ending in 7 of its characters does not', async () => {
+    for (const [cut, expected] of [
+      [12, 'Your key is [REDACTED]'],
+      [7, `Your key is ${UP_KEY.slice(0, 7)}`],
+    ] as const) {
+      const up = track(
+        await startMock((req, res) =>
+          sendJson(res, 200, openaiAnswer('m', `Your key is ${bearerOf(req.headers).slice(0, cut)}`)),
+        ),
+      );
+      const gw = await oneRoute(up);
+      const r = await postTo(`${gw.url}/v1/chat/completions`, { model: 'r', messages: MSG });
+      expect(r.status).toBe(200);
+      expect(dig(r.json, 'choices', 0, 'message', 'content')).toBe(expected);
+    }
+  });
+
   // SPEC §8: no configured secret ever appears in a response. README: a passthrough answer that echoes the
   // provider's key "has them masked"; a routed answer that echoes it (a debugging proxy's field) is a
   // response just the same.

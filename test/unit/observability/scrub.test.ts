@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Scrubber, StreamMask } from '../../../src/observability/scrub.js';
+import { Scrubber, StreamMask, secretForms, stringEndsMasker } from '../../../src/observability/scrub.js';
+import { heldForms } from '../../../src/streaming/delta-mask.js';
 import { truncateMessage } from '../../../src/upstream/adapters/common.js';
 
 const KEY = 'sk-live-7f3a9c1e5b2d4f6a8c0e';
@@ -145,5 +146,27 @@ describe('StreamMask', () => {
     expect((await through(new StreamMask([KEY]), [`x ${start}`, 'y'])).all).toBe(`x ${start}y`);
     // A body that ends there stopped inside the key (8 characters or more of it: see the test above).
     expect((await through(new StreamMask([KEY]), [`x ${start}`])).all).toBe(`x ${'*'.repeat(10)}`);
+  });
+});
+
+describe('stringEndsMasker (a JSON answer stopped inside the key at its max_tokens)', () => {
+  const stringEndsMasked = stringEndsMasker(heldForms(secretForms([KEY])));
+  const answer = (content: string) => JSON.stringify({ choices: [{ message: { content } }], x: 'sk-l' });
+
+  it('a string ending in 8 or more of the key’s first characters has them masked; fewer, or more text after, kept', () => {
+    expect(stringEndsMasked(answer(`the key is ${KEY.slice(0, 12)}`))).toBe(answer('the key is [REDACTED]'));
+    for (const honest of [
+      `ends in ${KEY.slice(0, 7)}`,
+      `${KEY.slice(0, 12)} and more`,
+      'sk-live is a prefix',
+    ])
+      expect(stringEndsMasked(answer(honest))).toBe(answer(honest));
+  });
+
+  it('escaped quotes inside the string, and many starts of the key in one string, read right', () => {
+    const tricky = `say \\"hi\\" ${KEY.slice(0, 3)}${KEY.slice(0, 3)} ${KEY.slice(0, 10)}`;
+    expect(stringEndsMasked(answer(tricky))).toBe(answer(tricky.replace(KEY.slice(0, 10), '[REDACTED]')));
+    const many = `${KEY.slice(0, 5)} `.repeat(20_000);
+    expect(stringEndsMasked(answer(many))).toBe(answer(many));
   });
 });
