@@ -23,8 +23,11 @@ const BOUNDARY = /(?:\r\n|\r(?=[^\n])|\n)(?:\r\n|\r|\n)/g;
 /** Events that end the text channels they follow: an item or content part done, the response over. */
 const ENDS = /\.done$|^response\.(?:completed|failed|incomplete)$|^error$/;
 const LINE = /\r\n|\r|\n/;
-/** The ends of closing events' types (ENDS): their texts are read too, decoded (a `\u`-escaped key). */
-const CLOSING_TYPES = ['done"', 'completed"', 'failed"', 'incomplete"', 'error"'];
+/**
+ * The ends of closing events' types (ENDS, and the Realtime API's), as their bytes show them: such an event is
+ * read even when nothing is held, its texts decoded (a `\u`-escaped key).
+ */
+export const CLOSING_TYPES: readonly string[] = ['done"', 'completed"', 'failed"', 'incomplete"', 'error"'];
 
 type Json = Record<string, unknown>;
 
@@ -87,7 +90,7 @@ export function sseDeltaMask(forms: HeldForms, scrubEnd: (text: string) => strin
       const closing = closingTextsMasked(obj, scrubEnd) ? withData(lines, obj) : block;
       return ended(closedItem(obj)) + closing + sep;
     }
-    const channel = [obj.type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
+    const channel = channelOf(obj);
     // Another channel's delta ends nothing: parallel function calls may interleave their arguments.
     const out = mask.channelText(channel, obj.delta);
     if (mask.holds(channel)) last.set(channel, { lines, obj, sep });
@@ -183,6 +186,11 @@ export function sseDeltaMask(forms: HeldForms, scrubEnd: (text: string) => strin
  */
 export function isTextDelta(type: string): boolean {
   return !type.endsWith('audio.delta');
+}
+
+/** The text channel a delta event is of: its type, item, output, content part and summary part. */
+export function channelOf(obj: Json): string {
+  return [obj.type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
 }
 
 /**

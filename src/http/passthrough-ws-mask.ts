@@ -7,16 +7,19 @@
  */
 import { DeltaMask, type HeldForms } from '../streaming/delta-mask.js';
 import { parseJsonObject } from '../upstream/adapters/common.js';
-import { closedItem, closingTextsMasked, isTextDelta } from './passthrough-sse-mask.js';
+import {
+  channelOf,
+  CLOSING_TYPES,
+  closedItem,
+  closingTextsMasked,
+  isTextDelta,
+} from './passthrough-sse-mask.js';
 
 /** Events that end the text channels before them: an item, part or transcription done, the response over. */
 const ENDS = /\.(?:done|completed|failed|incomplete)$|^error$/;
 /** Messages without it carry no delta: unless text is held back or a key's start is in them, not read. */
 const DELTA = Buffer.from('"delta"');
-/** The ends of closing messages' types (ENDS): their texts are read too, decoded (a `\u`-escaped key). */
-const CLOSING: readonly Buffer[] = ['done"', 'completed"', 'failed"', 'incomplete"', 'error"'].map((t) =>
-  Buffer.from(t),
-);
+const CLOSING: readonly Buffer[] = CLOSING_TYPES.map((t) => Buffer.from(t));
 
 type Json = Record<string, unknown>;
 
@@ -61,7 +64,7 @@ export class RealtimeDeltaMask {
       ended.push(masked ? JSON.stringify(obj) : text);
       return ended;
     }
-    const channel = [type, obj.item_id, obj.output_index, obj.content_index, obj.summary_index].join('|');
+    const channel = channelOf(obj);
     // Another channel's delta ends nothing: parallel function calls may interleave their arguments.
     const delta = this.#mask.channelText(channel, obj.delta);
     if (this.#mask.holds(channel)) this.#last.set(channel, obj);

@@ -202,18 +202,20 @@ export function stringEndsMasker(held: HeldForms): (json: string) => string {
   // Arrays, not the Map: every JSON answer goes through here, and a Map's iteration allocates.
   const prefixes = [...byPrefix.keys()];
   const groups = [...byPrefix.values()];
+  const longest = groups.map((forms) => Math.max(...forms.map((f) => f.length)));
   return (json) => {
     let out = json;
     for (let g = 0; g < prefixes.length; g++) {
       const prefix = prefixes[g]!;
       const forms = groups[g]!;
+      const most = longest[g]!;
       // The end of the string the last place found is in: found once a string, however many places it holds.
       let end = -1;
       for (let at = out.indexOf(prefix); at !== -1; at = out.indexOf(prefix, at + 1)) {
         if (at >= end && (end = stringEnd(out, at)) < 0) break;
         const length = end - at;
         // Only a string's end that is shorter than a whole spelling can be one's start.
-        if (length < MAX_RELEASED || !forms.some((f) => length < f.length)) continue;
+        if (length < MAX_RELEASED || length >= most) continue;
         const tail = out.slice(at, end);
         if (!forms.some((f) => length < f.length && f.startsWith(tail))) continue;
         out = `${out.slice(0, at)}${REDACTED}${out.slice(end)}`;

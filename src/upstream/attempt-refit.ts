@@ -1,5 +1,6 @@
 /** An attempt sent again to the same upstream, fitted to a field it refused (param-fit.ts). */
 import type { ChatBody, StreamContext } from './adapter.js';
+import { requestedOutputTokens } from '../routing/tokens.js';
 import { localStopsFor } from './adapters/local-stops.js';
 import type { AttemptInput, AttemptResult } from './attempt.js';
 
@@ -53,7 +54,7 @@ const MIN_ANSWER_ROOM = 1024;
  */
 function withRoomForAnswer(input: AttemptInput, sent: ChatBody, failed: AttemptResult): ChatBody | undefined {
   if (failed.ok || failed.status !== 400 || input.upstream.provider.kind !== 'anthropic') return undefined;
-  if (clientLimited(input.body)) return undefined;
+  if (requestedOutputTokens(input.body) !== undefined) return undefined;
   const m = NO_ROOM.exec(failed.info?.message ?? '');
   if (m === null) return undefined;
   const [prompt, refused, window] = [Number(m[1]), Number(m[2]), Number(m[3])];
@@ -63,14 +64,6 @@ function withRoomForAnswer(input: AttemptInput, sent: ChatBody, failed: AttemptR
   return room >= MIN_ANSWER_ROOM && room < refused ? { ...sent, max_tokens: room } : undefined;
 }
 
-/** Whether the client set a limit of its own (either name): the gateway never changes it for room. */
-function clientLimited(body: ChatBody): boolean {
-  return (
-    (body.max_tokens !== undefined && body.max_tokens !== null) ||
-    (body.max_completion_tokens !== undefined && body.max_completion_tokens !== null)
-  );
-}
-
 /**
  * `next` (the client's body fitted anew) with the limit the gateway itself set for room in an earlier send
  * kept, when the client set none: a refit for another field (a cap learned) must not send the default it
@@ -78,7 +71,7 @@ function clientLimited(body: ChatBody): boolean {
  */
 function ownLimitKept(input: AttemptInput, sent: ChatBody, next: ChatBody): ChatBody {
   const own = sent.max_tokens;
-  if (clientLimited(input.body) || typeof own !== 'number') return next;
+  if (requestedOutputTokens(input.body) !== undefined || typeof own !== 'number') return next;
   const limit = Math.min(own, input.upstream.fit.outputCap ?? Number.POSITIVE_INFINITY);
   return typeof next.max_tokens === 'number' && next.max_tokens <= limit
     ? next
