@@ -133,8 +133,9 @@ export async function startCli(
     }
   });
   proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  // 'close', not 'exit': at 'exit' the pipes may still hold the last lines written before process.exit.
   const exited = new Promise<number | string>((resolve) => {
-    proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1));
+    proc.on('close', (code, signal) => resolve(code ?? signal ?? -1));
   });
 
   const waitForLog = (

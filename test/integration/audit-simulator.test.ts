@@ -65,8 +65,9 @@ function spawnCli(args: string[]): {
   let err = '';
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  // 'close', not 'exit': at 'exit' the pipes may still hold the last line written before process.exit.
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    proc.on('exit', (code, signal) => resolve({ code, signal })),
+    proc.on('close', (code, signal) => resolve({ code, signal })),
   );
   return { proc, exited, out: () => out, err: () => err };
 }
