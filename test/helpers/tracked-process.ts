@@ -23,8 +23,9 @@ export function spawnTracked(
     env: { PATH: process.env.PATH ?? '', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // 'close', not 'exit': at 'exit' the pipes may still hold the last lines written before process.exit.
   const exited = new Promise<number | string>((resolve) =>
-    proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1)),
+    proc.on('close', (code, signal) => resolve(code ?? signal ?? -1)),
   );
   track({
     close: async () => {

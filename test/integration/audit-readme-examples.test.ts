@@ -61,6 +61,8 @@ interface Child {
   out(): string;
   err(): string;
   readonly exited: Promise<number | string>;
+  /** Once its stdout and stderr are closed (after `exited`). */
+  readonly closed: Promise<void>;
 }
 
 const perTest = new Set<ChildProcess>();
@@ -105,7 +107,8 @@ function launch(
   const exited = new Promise<number | string>((resolve) =>
     proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1)),
   );
-  return { proc, out: () => out, err: () => err, exited };
+  const closed = new Promise<void>((resolve) => proc.on('close', () => resolve()));
+  return { proc, out: () => out, err: () => err, exited, closed };
 }
 
 /** Runs a command to its end (killed after `timeoutMs`). */
@@ -118,8 +121,9 @@ async function runToEnd(
   const timer = setTimeout(() => void killTree(c.proc), opts.timeoutMs ?? 10_000);
   const code = await c.exited;
   clearTimeout(timer);
-  // Let the pipes drain.
-  await sleep(20);
+  // The pipes drain by 'close' (at 'exit' they may still hold the last lines); a child left holding them
+  // (a backgrounded `&`) bounds the wait.
+  await Promise.race([c.closed, sleep(2_000)]);
   return { code, out: c.out(), err: c.err() };
 }
 

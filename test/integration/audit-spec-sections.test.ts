@@ -956,9 +956,10 @@ describe('SPEC §6 CLI and files', () => {
       );
       const r = await postChat({ url }, { model: 'r', messages: HI });
       expect(r.status).toBe(200);
-      // Log lines go out in batches (every 200 ms, and on exit): read them once the process has exited.
+      // Log lines go out in batches (every 200 ms, and on exit): read them once the process has exited and
+      // its pipes are drained ('close': at 'exit' they may still hold the last lines).
       p.proc.kill('SIGTERM');
-      await new Promise((res) => p.proc.once('exit', res));
+      await new Promise((res) => p.proc.once('close', res));
       const infoLines = p
         .out()
         .split('\n')
