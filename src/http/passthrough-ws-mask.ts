@@ -85,8 +85,18 @@ export class RealtimeDeltaMask {
     for (const [channel, text] of this.#mask.endChannels(ofItem)) {
       const last = this.#last.get(channel);
       this.#last.delete(channel);
-      if (last !== undefined) out.push(JSON.stringify({ ...last, delta: text }));
+      if (last !== undefined) out.push(JSON.stringify(releasedAs(last, text)));
     }
     return out;
   }
+}
+
+/**
+ * The message that carries what a channel held, shaped like its last delta: with an `event_id` of its own
+ * (that one's, suffixed), as each server event has: a client that keeps or dedupes events by id would
+ * otherwise take the held text for a repeat of a message it has, and drop it.
+ */
+function releasedAs(last: Json, text: string): Json {
+  const id = last.event_id;
+  return typeof id === 'string' ? { ...last, event_id: `${id}_held`, delta: text } : { ...last, delta: text };
 }

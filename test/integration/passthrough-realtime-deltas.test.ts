@@ -90,11 +90,18 @@ describe('Realtime text deltas that spell the key across messages', () => {
     ]);
   });
 
-  it('a channel that ends while holding the start of the key: what it held goes before the .done', async () => {
-    const got = await sessionOf([textDelta('The key: '), textDelta(KEY.slice(0, 12)), textDone()], hasDone);
+  it('a channel that ends while holding the start of the key: what it held goes before the .done, an event of its own', async () => {
+    const events = [textDelta('The key: '), textDelta(KEY.slice(0, 12)), textDone()].map((e, i) => ({
+      ...e,
+      event_id: `event_${i}`,
+    }));
+    const got = await sessionOf(events, hasDone);
     const types = got.map((e) => e.type);
     expect(types.at(-1)).toBe('response.output_text.done');
     expect(joined(got)).toBe('The key: [REDACTED]');
+    // The message that lets the held text go is not a repeat of the delta it is shaped like.
+    const ids = got.map((e) => e.event_id);
+    expect(new Set(ids).size).toBe(ids.length);
   });
 
   it('a session the upstream closes while a channel holds honest text: the text goes before the close', async () => {
