@@ -40,6 +40,7 @@ export class SseWriter {
     // `Connection: close` is closed after the stream, and told so).
     head['x-accel-buffering'] = 'no';
     this.res.writeHead(200, head);
+    flattenHead(this.res);
     // No flushHeaders(): the frames that committed the stream are written next, in the same tick, and the
     // head goes out with them in one write instead of a packet of its own.
   }
@@ -93,6 +94,17 @@ export class SseWriter {
     else this.res.end();
     closeIfStalled(this.res, this.tailStallMs);
   }
+}
+
+/**
+ * Node keeps the head it wrote (`_header`) for as long as the response lasts, as it built it: a `+=` per header
+ * line, ~50 linked pieces (~1.5 KB) for a stream's dozen headers, which every young-generation collection of
+ * a long stream's life copies until they are promoted. Reading a character of it makes V8 flatten it in place:
+ * one string of its length (~0.4 KB) instead (heap snapshot of 1,000 live streams).
+ */
+function flattenHead(res: ServerResponse): void {
+  const head = (res as { _header?: unknown })._header;
+  if (typeof head === 'string') head.charCodeAt(0);
 }
 
 export const DONE_FRAME = 'data: [DONE]\n\n';
