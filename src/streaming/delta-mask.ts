@@ -11,7 +11,6 @@
  * `[REDACTED]` (under 8 characters, as written: a word like "token" that a key starts with). A chunk whose
  * text changed has its logprobs made to match (their tokens spell the same text).
  */
-import { chunkHead } from './completion-chunks.js';
 import { ANSWER_TEXT_FIELDS } from '../text.js';
 
 const REDACTED = '[REDACTED]';
@@ -77,8 +76,15 @@ export class DeltaMask {
   private channels = 0;
   /** Channels outside chat chunks (channelText). */
   private readonly loose: Fields = new Map();
-  /** The last chunk seen: a chunk of held text the stream's end lets go is written with its id, created, model. */
-  private last: Json = {};
+  /**
+   * The last chunk's id, object, created and model (its head, as completion-chunks.ts chunkHead): a chunk of
+   * held text the stream's end lets go is written with them. Not the chunk itself: kept until the next one, a
+   * parsed chunk outlived young-generation collections on every stream (its text and choices with it).
+   */
+  private lastId: unknown;
+  private lastObject: unknown;
+  private lastCreated: unknown;
+  private lastModel: unknown;
 
   /** `held`: the secrets' spellings to follow (heldForms), made once per provider. */
   constructor(held: HeldForms) {
@@ -95,7 +101,10 @@ export class DeltaMask {
     const obj = chunk ?? parse(json);
     const choices = obj?.choices;
     if (obj === undefined || !Array.isArray(choices)) return json;
-    this.last = obj;
+    this.lastId = obj.id;
+    this.lastObject = obj.object;
+    this.lastCreated = obj.created;
+    this.lastModel = obj.model;
     let changed = false;
     for (let i = 0; i < choices.length; i++) {
       const choice: unknown = choices[i];
@@ -155,7 +164,9 @@ export class DeltaMask {
       if (this.settle(fields, delta, undefined)) choices.push({ index, delta, finish_reason: null });
     }
     this.choices.clear();
-    return choices.length === 0 ? undefined : JSON.stringify({ ...chunkHead(this.last), choices });
+    if (choices.length === 0) return undefined;
+    const { lastId: id, lastObject: object, lastCreated: created, lastModel: model } = this;
+    return JSON.stringify({ id, object, created, model, choices });
   }
 
   /** Masks and holds back the text of one choice's delta; true when the delta (or its logprobs) changed. */

@@ -107,6 +107,25 @@ describe('DeltaMask', () => {
     const plain = JSON.stringify(chunk({ content: 'hello' }));
     expect(mask.frame(plain, undefined, true)).toBe(plain);
   });
+
+  it("text held when the stream ends without a finish goes in a chunk with the last chunk's head", () => {
+    const mask = new DeltaMask(heldForms(secretForms([KEY])));
+    const head = { id: 'chatcmpl-1', object: 'chat.completion.chunk', created: 1700000000, model: 'm' };
+    for (const content of ['The key is ', KEY.slice(0, 6)]) {
+      const json = JSON.stringify({ ...head, created: head.created - 1, ...chunk({ content }) });
+      mask.frame(json, undefined, true);
+    }
+    const last = JSON.stringify({
+      ...head,
+      system_fingerprint: 'fp',
+      ...chunk({ content: KEY.slice(6, 10) }),
+    });
+    mask.frame(last, undefined, true);
+    expect(JSON.parse(mask.flush()!)).toEqual({
+      ...head,
+      choices: [{ index: 0, delta: { content: '[REDACTED]' }, finish_reason: null }],
+    });
+  });
 });
 
 describe('DeltaMask against an upstream that steps around the hold', () => {
