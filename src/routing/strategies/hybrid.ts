@@ -60,57 +60,64 @@ function fmtWeight(w: number): string {
 }
 
 /**
+ * One decision's figures, a row of ROW numbers per candidate (the weighted sum, then each factor's raw figure
+ * and normalised value, then the best sum it is scored against), then the weights as they count: an array of
+ * doubles (stored unboxed), where fields of a reason object per candidate were each a heap number of their own
+ * (~30 a request, kept for a stream's life by its log line's ranking).
+ */
+const SUM = 0;
+const COST_USD = 1;
+const FC = 2;
+/** NaN: unmeasured. */
+const LAT_MS = 3;
+const FL = 4;
+const REL_RATE = 5;
+const FR = 6;
+/** The best weighted sum among the ranked candidates, once known; NaN for one not ranked on it (explored). */
+const BEST = 7;
+const ROW = 8;
+
+/**
  * "hybrid 0.93 = cost $0.000120 -> 1.00 x 0.5 + latency 212 ms -> 0.80 x 0.3 + reliability 99% -> 1.00 x 0.2;
  * score 0.97 = 0.93 / best 0.96": the weighted sum, then the score it gives (scores are rescaled so the best
  * candidate's is 1, and ties are read on them).
  */
 class HybridReason implements ReasonSource {
-  /** The best weighted sum among the ranked candidates, once known (an explored one has no such score). */
-  best = NaN;
-
   constructor(
-    private readonly score: number,
-    private readonly costUsd: number,
-    private readonly fc: number,
-    /** NaN: unmeasured. */
-    private readonly latMs: number,
-    private readonly fl: number,
-    private readonly relRate: number,
-    private readonly fr: number,
-    private readonly wc: number,
-    private readonly wl: number,
-    private readonly wr: number,
+    /** The decision's figures: this candidate's row at `at`, the weights after the last row. */
+    private readonly figs: readonly number[],
+    private readonly at: number,
   ) {}
 
   text(): string {
+    const f = this.figs;
+    const r = this.at;
+    const w = f.length - 3;
+    const latMs = f[r + LAT_MS]!;
+    const best = f[r + BEST]!;
     return (
       'hybrid ' +
-      f2(this.score) +
+      f2(f[r + SUM]!) +
       ' = cost ' +
-      fmtUsd(this.costUsd) +
+      fmtUsd(f[r + COST_USD]!) +
       ' -> ' +
-      f2(this.fc) +
+      f2(f[r + FC]!) +
       ' x ' +
-      fmtWeight(this.wc) +
+      fmtWeight(f[w]!) +
       ' + latency ' +
-      (Number.isNaN(this.latMs) ? 'unmeasured' : fmtMs(this.latMs)) +
+      (Number.isNaN(latMs) ? 'unmeasured' : fmtMs(latMs)) +
       ' -> ' +
-      f2(this.fl) +
+      f2(f[r + FL]!) +
       ' x ' +
-      fmtWeight(this.wl) +
+      fmtWeight(f[w + 1]!) +
       ' + reliability ' +
-      fmtPct(this.relRate) +
+      fmtPct(f[r + REL_RATE]!) +
       ' -> ' +
-      f2(this.fr) +
+      f2(f[r + FR]!) +
       ' x ' +
-      fmtWeight(this.wr) +
-      (this.best > 0
-        ? '; score ' +
-          f2(clamp01(this.score / this.best)) +
-          ' = ' +
-          f2(this.score) +
-          ' / best ' +
-          f2(this.best)
+      fmtWeight(f[w + 2]!) +
+      (best > 0
+        ? '; score ' + f2(clamp01(f[r + SUM]! / best)) + ' = ' + f2(f[r + SUM]!) + ' / best ' + f2(best)
         : '')
     );
   }
@@ -142,60 +149,67 @@ export function hybridStrategy<C extends CandidateView>(
   const wr = weight(ctx.weights.reliability);
   const sumW = wc + wl + wr;
   const items = new Array<Scored<C>>(n);
-  const cost = new Array<number>(n);
-  const lat = new Array<number>(n);
-  const rel = new Array<number>(n);
+  // Every slot written below before it is read; filled with a double so the array stores doubles from the start.
+  const figs = new Array<number>(n * ROW + 3).fill(NaN);
   let unmeasured: Scored<C>[] | undefined;
   const lowCost = COST.reset();
   const lowLat = LATENCY.reset();
   let bestRel = 0;
   const out = sharedExpectedOutput(candidates, ctx).tokens;
   const freshest = freshestSample(candidates);
-  for (let i = 0; i < n; i++) {
+  for (let i = 0, r = 0; i < n; i++, r += ROW) {
     const c = candidates[i]!;
     const it = scored(c, 0);
     items[i] = it;
     const usd = expectedCostUsd(c, ctx, out);
-    cost[i] = usd;
+    figs[r + COST_USD] = usd;
     lowCost.add(usd);
     const sr = c.stats.successRate;
     // No usable rate means no data, which the view defines as 1.
-    const r = Number.isFinite(sr) ? clamp01(sr) : 1;
-    rel[i] = r;
-    if (r > bestRel) bestRel = r;
+    const rate = Number.isFinite(sr) ? clamp01(sr) : 1;
+    figs[r + REL_RATE] = rate;
+    if (rate > bestRel) bestRel = rate;
     const base = baseLatencyMs(c.stats, out);
     if (isMeasured(c.stats, ctx, base, freshest)) {
       const est = base * loadFactor(c.stats);
-      lat[i] = est;
+      figs[r + LAT_MS] = est;
       lowLat.add(est);
     } else {
-      lat[i] = NaN;
-      (unmeasured ??= []).push(it);
+      (unmeasured ??= []).push(it); // its LAT_MS stays NaN
     }
   }
   // Exploration only matters when latency counts and there is something measured to compare against.
   const split = unmeasured !== undefined && unmeasured.length < n && wl > 0;
+  // The weights as they count (relative: 2/2/1 is 0.4/0.4/0.2), so the reason's terms add up to its score.
+  const k = sumW > 0 ? 1 / sumW : 0;
+  const w = n * ROW;
+  figs[w] = wc * k;
+  figs[w + 1] = wl * k;
+  figs[w + 2] = wr * k;
   let bestScore = 0;
-  for (let i = 0; i < n; i++) {
+  for (let i = 0, r = 0; i < n; i++, r += ROW) {
     const it = items[i]!;
-    const fc = lowCost.score(cost[i]!);
-    const measured = !Number.isNaN(lat[i]!);
-    const fl = measured ? lowLat.score(lat[i]!) : NEUTRAL_FACTOR;
-    const fr = higherIsBetter(rel[i]!, bestRel);
+    const fc = lowCost.score(figs[r + COST_USD]!);
+    const lat = figs[r + LAT_MS]!;
+    const measured = !Number.isNaN(lat);
+    const fl = measured ? lowLat.score(lat) : NEUTRAL_FACTOR;
+    const fr = higherIsBetter(figs[r + REL_RATE]!, bestRel);
     const s = sumW > 0 ? (wc * fc + wl * fl + wr * fr) / sumW : 1;
     it.raw = s;
     if (split && !measured) it.group = GROUP_LAST;
     else if (s > bestScore) bestScore = s;
-    // The weights as they count (relative: 2/2/1 is 0.4/0.4/0.2), so the reason's terms add up to its score.
-    const k = sumW > 0 ? 1 / sumW : 0;
-    it.reason = new HybridReason(s, cost[i]!, fc, lat[i]!, fl, rel[i]!, fr, wc * k, wl * k, wr * k);
+    figs[r + SUM] = s;
+    figs[r + FC] = fc;
+    figs[r + FL] = fl;
+    figs[r + FR] = fr;
+    it.reason = new HybridReason(figs, r);
   }
   // Rescale so the best ranked candidate scores exactly 1, as every strategy's scores do.
-  for (let i = 0; i < n; i++) {
+  for (let i = 0, r = 0; i < n; i++, r += ROW) {
     const it = items[i]!;
     if (it.group !== GROUP_MAIN) continue;
     it.score = bestScore > 0 ? clamp01(it.raw / bestScore) : 1;
-    (it.reason as HybridReason).best = bestScore;
+    figs[r + BEST] = bestScore;
   }
   if (split && unmeasured !== undefined) {
     const picked = explore(unmeasured, ctx);

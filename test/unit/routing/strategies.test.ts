@@ -418,6 +418,23 @@ describe('hybrid', () => {
     );
   });
 
+  it("every candidate's reason carries its own figures: measured, held back, and the weights as they count", () => {
+    const cs = cands(
+      { price: [5, 5], stats: { successRate: 0.9 } },
+      { price: [6, 6], stats: { ttftMs: 150 } },
+      { price: [0, 0], stats: UNMEASURED },
+    );
+    const ranked = STRATEGIES.hybrid(
+      cs,
+      ctx({ random: () => 0.99, weights: { cost: 2, latency: 2, reliability: 1 } }),
+    );
+    expect(ranked.map((r) => `${r.candidate.id.slice(2)} ${r.score.toFixed(4)} ${r.reason}`)).toEqual([
+      'a 1.0000 hybrid 0.78 = cost $0.005250 -> 0.50 x 0.4 + latency 600 ms -> 1.00 x 0.4 + reliability 90.0% -> 0.90 x 0.2; score 1.00 = 0.78 / best 0.78',
+      'b 0.9435 hybrid 0.74 = cost $0.006300 -> 0.42 x 0.4 + latency 650 ms -> 0.92 x 0.4 + reliability 100.0% -> 1.00 x 0.2; score 0.94 = 0.74 / best 0.78',
+      'c 0.0000 unmeasured (0 samples): held back until measured; hybrid 0.80 = cost $0.000000 -> 1.00 x 0.4 + latency unmeasured -> 0.50 x 0.4 + reliability 100.0% -> 1.00 x 0.2',
+    ]);
+  });
+
   it('holds back unmeasured latency (neutral 0.5) behind measured, within the exploration share', () => {
     // c is free and perfectly reliable but unmeasured: without the bound it would win every time.
     const cs = cands(
