@@ -37,6 +37,8 @@ interface FieldState {
 
 type Json = Record<string, unknown>;
 type Fields = Map<string, FieldState>;
+/** No channels, for the loops over every channel map when no loose channel was made. */
+const NONE: Fields = new Map();
 
 /** One choice's delta being masked: its channels, whether any text changed, the channels it carries. */
 interface Current {
@@ -74,8 +76,8 @@ export class DeltaMask {
   private holding = 0;
   /** Channels followed so far. */
   private channels = 0;
-  /** Channels outside chat chunks (channelText). */
-  private readonly loose: Fields = new Map();
+  /** Channels outside chat chunks (channelText), made at the first: a chat stream has none. */
+  private loose: Fields | undefined;
   /**
    * The last chunk's id, object, created and model (its head, as completion-chunks.ts chunkHead): a chunk of
    * held text the stream's end lets go is written with them. Not the chunk itself: kept until the next one, a
@@ -129,12 +131,12 @@ export class DeltaMask {
    * the text to send for it, as for a chunk's channel.
    */
   channelText(channel: string, d: string): string {
-    return this.step(this.loose, channel, d);
+    return this.step((this.loose ??= new Map()), channel, d);
   }
 
   /** Whether a channel outside chat chunks holds text back now. */
   holds(channel: string): boolean {
-    return (this.loose.get(channel)?.held ?? '') !== '';
+    return (this.loose?.get(channel)?.held ?? '') !== '';
   }
 
   /**
@@ -143,7 +145,7 @@ export class DeltaMask {
    */
   endChannels(which?: (channel: string) => boolean): [channel: string, text: string][] {
     const ended: [string, string][] = [];
-    if (this.holding === 0) return ended;
+    if (this.holding === 0 || this.loose === undefined) return ended;
     for (const [channel, st] of this.loose) {
       if (st.held === '' || which?.(channel) === false) continue;
       ended.push([channel, endOfHold(st)]);
@@ -339,14 +341,14 @@ export class DeltaMask {
    */
   private forget(): boolean {
     const before = this.channels;
-    for (const fields of [...this.choices.values(), this.loose])
+    for (const fields of [...this.choices.values(), this.loose ?? NONE])
       for (const [key, st] of fields)
         if (st.sent === '' && st.held === '') {
           fields.delete(key);
           this.channels--;
         }
     if (this.channels < before) return true;
-    for (const fields of [...this.choices.values(), this.loose])
+    for (const fields of [...this.choices.values(), this.loose ?? NONE])
       for (const [key, st] of fields)
         if (st.sent.length < MIN_HOLD && st.held === '') {
           fields.delete(key);
