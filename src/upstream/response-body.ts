@@ -31,53 +31,90 @@ export function relayChunks(
   drain: BodyDrain = NO_DRAIN,
 ): Promise<void> {
   return new Promise((resolve, reject) => {
-    let settled = false;
-    const finish = (err?: Error): void => {
-      if (settled) return;
-      settled = true;
-      body.off('data', onData);
-      body.off('end', onEnd);
-      body.off('error', onError);
-      body.off('close', onClose);
-      if (err) reject(err);
-      else resolve();
-    };
-    const stop = (): void => {
-      finish();
-      drainRest(body, drain);
-    };
-    const onData = (chunk: Buffer): void => {
-      let verdict: ChunkVerdict;
-      try {
-        verdict = onChunk(chunk);
-      } catch (err) {
-        finish(err as Error);
-        discard(body);
-        return;
-      }
-      if (verdict === undefined) return;
-      if (verdict === 'stop') return stop();
-      body.pause();
-      verdict.then(
-        (v) => {
-          if (settled) return;
-          if (v === 'stop') stop();
-          else body.resume();
-        },
-        (err: Error) => {
-          finish(err);
-          discard(body);
-        },
-      );
-    };
-    const onEnd = (): void => finish();
-    const onError = (err: Error): void => finish(err);
-    const onClose = (): void => finish(codedError('UND_ERR_SOCKET', 'upstream body closed before its end'));
-    body.on('data', onData);
-    body.once('end', onEnd);
-    body.once('error', onError);
-    body.once('close', onClose);
+    const relayed = body as Relayed;
+    relayed[RELAY] = new Relay(relayed, onChunk, drain, resolve, reject);
+    // The same four listeners for every body, finding their relay on it: no closures per stream (with
+    // `once`, a wrapper each), kept as long as the stream. Each is removed when the relay settles.
+    body.on('data', onRelayData);
+    body.on('end', onRelayEnd);
+    body.on('error', onRelayError);
+    body.on('close', onRelayClose);
   });
+}
+
+const RELAY = Symbol('relay');
+type Relayed = Readable & { [RELAY]?: Relay | undefined };
+
+/** One body being relayed: where its chunks go, and how its promise settles. */
+class Relay {
+  private settled = false;
+
+  constructor(
+    private readonly body: Relayed,
+    private readonly onChunk: (chunk: Buffer) => ChunkVerdict,
+    private readonly drain: BodyDrain,
+    private readonly resolve: () => void,
+    private readonly reject: (err: Error) => void,
+  ) {}
+
+  finish(err?: Error): void {
+    if (this.settled) return;
+    this.settled = true;
+    const body = this.body;
+    body.off('data', onRelayData);
+    body.off('end', onRelayEnd);
+    body.off('error', onRelayError);
+    body.off('close', onRelayClose);
+    body[RELAY] = undefined;
+    if (err) this.reject(err);
+    else this.resolve();
+  }
+
+  private stop(): void {
+    this.finish();
+    drainRest(this.body, this.drain);
+  }
+
+  data(chunk: Buffer): void {
+    let verdict: ChunkVerdict;
+    try {
+      verdict = this.onChunk(chunk);
+    } catch (err) {
+      this.finish(err as Error);
+      discard(this.body);
+      return;
+    }
+    if (verdict === undefined) return;
+    if (verdict === 'stop') return this.stop();
+    this.body.pause();
+    verdict.then(
+      (v) => {
+        if (this.settled) return;
+        if (v === 'stop') this.stop();
+        else this.body.resume();
+      },
+      (err: Error) => {
+        this.finish(err);
+        discard(this.body);
+      },
+    );
+  }
+}
+
+function onRelayData(this: Relayed, chunk: Buffer): void {
+  this[RELAY]?.data(chunk);
+}
+
+function onRelayEnd(this: Relayed): void {
+  this[RELAY]?.finish();
+}
+
+function onRelayError(this: Relayed, err: Error): void {
+  this[RELAY]?.finish(err);
+}
+
+function onRelayClose(this: Relayed): void {
+  this[RELAY]?.finish(codedError('UND_ERR_SOCKET', 'upstream body closed before its end'));
 }
 
 const ignore = (): void => {};
