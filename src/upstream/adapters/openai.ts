@@ -51,96 +51,7 @@ export const openaiAdapter: ChatAdapter = {
   },
 
   streamTranslator(sink: ChunkSink, ctx: StreamContext): StreamTranslator {
-    const choices = new ChoiceEnds(ctx.choices ?? 1);
-    // Stops its upstream was not sent (a reasoning model refuses `stop`): the answer is cut at them here. A
-    // stream without them builds nothing more.
-    const stops =
-      ctx.localStops !== undefined && ctx.localStops.length > 0 ? new ChunkStops(ctx.localStops) : undefined;
-    /**
-     * Every choice finished, one at least at a stop of ours (the others by the upstream): the answer is whole,
-     * whatever the upstream does after; an error or a close then ends it (its usage simply not known).
-     */
-    const whole =
-      stops === undefined ? undefined : (): boolean => stops.anyStopped() && choices.allFinished();
-    // Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same
-    // write) is not relayed, as a client calling it directly would stop reading there.
-    let over = false;
-    return {
-      complete: whole,
-      // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
-      // complete, so it ends like one. A close before every choice has its finish_reason is a cut stream.
-      close() {
-        if (!choices.allFinished()) return;
-        if (stops !== undefined) flushHeld(stops, sink);
-        sink.end();
-      },
-      saidNoFinish: () => !choices.anyFinished(),
-      event(type, data) {
-        if (over) return;
-        // Blanks around it too: `[DONE] ` ends the answer as `[DONE]` does.
-        if (data === '[DONE]' || (data.length <= 32 && data.trim() === '[DONE]')) {
-          over = true;
-          if (stops !== undefined) flushHeld(stops, sink);
-          sink.end();
-          return;
-        }
-        const obj = parseJsonObject(data);
-        if (type === 'error') {
-          if (whole?.() === true) {
-            over = true;
-            return sink.end(true);
-          }
-          // `event: error` (some servers' way; the OpenAI SDK throws on it) is a failure whatever its data says:
-          // relayed as a chunk, or dropped as text, it let a `[DONE]` after it end a cut answer as finished.
-          over = true;
-          const error =
-            obj && isErrorValue(obj.error) ? obj.error : (obj ?? 'the upstream sent an error event');
-          sink.error(inBandError({ error }));
-          return;
-        }
-        if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
-        // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
-        if (isErrorValue(obj.error)) {
-          if (whole?.() === true) {
-            over = true;
-            return sink.end(true);
-          }
-          over = true;
-          sink.error(inBandError(obj));
-          return;
-        }
-        const usage = readUsage(obj);
-        if (usage) sink.usage(usage);
-        if (choices.see(obj)) {
-          if (whole?.() === true) {
-            over = true;
-            return sink.end(true);
-          }
-          over = true;
-          sink.error({
-            status: 500,
-            message: 'the upstream ended the answer with an error',
-            type: 'server_error',
-            code: null,
-            param: null,
-          });
-          return;
-        }
-        if (stops !== undefined) {
-          const verdict = stops.apply(obj);
-          if (verdict === 'changed') sink.chunk(JSON.stringify(obj), contentTokens(obj), obj);
-          else if (verdict === 'same') sink.chunk(data, contentTokens(obj), obj);
-          for (const index of stops.takeStopped()) choices.finish(index);
-          // Nothing more can reach a client that asked for no usage: the answer ends here, the rest unread.
-          if (!ctx.includeUsage && whole?.() === true) {
-            over = true;
-            sink.end(true);
-          }
-          return;
-        }
-        sink.chunk(data, contentTokens(obj), obj);
-      },
-    };
+    return new OpenAiStream(sink, ctx);
   },
 
   errorInfo(status: number, bodyText: string): UpstreamErrorInfo {
@@ -271,6 +182,110 @@ const MAX_TRACKED_CHOICES = 1024;
 function flushHeld(stops: ChunkStops, sink: ChunkSink): void {
   const rest = stops.flush();
   if (rest !== undefined) sink.chunk(JSON.stringify(rest), contentTokens(rest), rest);
+}
+
+/**
+ * One OpenAI-dialect stream's translator: its chunks relayed as they came, each read for its content, usage
+ * and finish. A class, not an object of closures: kept for the whole stream, on every stream.
+ */
+class OpenAiStream implements StreamTranslator {
+  private readonly choices: ChoiceEnds;
+  /**
+   * Stops its upstream was not sent (a reasoning model refuses `stop`): the answer is cut at them here. A
+   * stream without them builds nothing more.
+   */
+  private readonly stops: ChunkStops | undefined;
+  /**
+   * Past `[DONE]` or an error event the stream is over: what an upstream sends after it (in the same write)
+   * is not relayed, as a client calling it directly would stop reading there.
+   */
+  private over = false;
+
+  constructor(
+    private readonly sink: ChunkSink,
+    private readonly ctx: StreamContext,
+  ) {
+    this.choices = new ChoiceEnds(ctx.choices ?? 1);
+    this.stops =
+      ctx.localStops !== undefined && ctx.localStops.length > 0 ? new ChunkStops(ctx.localStops) : undefined;
+  }
+
+  /**
+   * Every choice finished, one at least at a stop of ours (the others by the upstream): the answer is whole,
+   * whatever the upstream does after; an error or a close then ends it (its usage simply not known).
+   */
+  complete(): boolean {
+    return this.stops !== undefined && this.stops.anyStopped() && this.choices.allFinished();
+  }
+
+  // Some OpenAI-compatible servers close after the finish_reason chunk without `[DONE]`: that answer is
+  // complete, so it ends like one. A close before every choice has its finish_reason is a cut stream.
+  close(): void {
+    if (!this.choices.allFinished()) return;
+    if (this.stops !== undefined) flushHeld(this.stops, this.sink);
+    this.sink.end();
+  }
+
+  saidNoFinish(): boolean {
+    return !this.choices.anyFinished();
+  }
+
+  event(type: string | undefined, data: string): void {
+    if (this.over) return;
+    const { sink, stops, choices } = this;
+    // Blanks around it too: `[DONE] ` ends the answer as `[DONE]` does.
+    if (data === '[DONE]' || (data.length <= 32 && data.trim() === '[DONE]')) {
+      this.over = true;
+      if (stops !== undefined) flushHeld(stops, sink);
+      sink.end();
+      return;
+    }
+    const obj = parseJsonObject(data);
+    if (type === 'error') {
+      this.over = true;
+      if (this.complete()) return sink.end(true);
+      // `event: error` (some servers' way; the OpenAI SDK throws on it) is a failure whatever its data says:
+      // relayed as a chunk, or dropped as text, it let a `[DONE]` after it end a cut answer as finished.
+      const error = obj && isErrorValue(obj.error) ? obj.error : (obj ?? 'the upstream sent an error event');
+      sink.error(inBandError({ error }));
+      return;
+    }
+    if (!obj) return; // non-JSON (or non-object) data events are dropped, never relayed (SPEC §8)
+    // An error event; OpenRouter's comes as a chunk, its choice finished with reason "error".
+    if (isErrorValue(obj.error)) {
+      this.over = true;
+      if (this.complete()) return sink.end(true);
+      sink.error(inBandError(obj));
+      return;
+    }
+    const usage = readUsage(obj);
+    if (usage) sink.usage(usage);
+    if (choices.see(obj)) {
+      this.over = true;
+      if (this.complete()) return sink.end(true);
+      sink.error({
+        status: 500,
+        message: 'the upstream ended the answer with an error',
+        type: 'server_error',
+        code: null,
+        param: null,
+      });
+      return;
+    }
+    if (stops !== undefined) {
+      const verdict = stops.apply(obj);
+      if (verdict === 'changed') sink.chunk(JSON.stringify(obj), contentTokens(obj), obj);
+      else if (verdict === 'same') sink.chunk(data, contentTokens(obj), obj);
+      for (const index of stops.takeStopped()) choices.finish(index);
+      // Nothing more can reach a client that asked for no usage: the answer ends here, the rest unread.
+      if (!this.ctx.includeUsage && this.complete()) {
+        this.over = true;
+        sink.end(true);
+      }
+      return;
+    }
+    sink.chunk(data, contentTokens(obj), obj);
+  }
 }
 
 class ChoiceEnds {
