@@ -149,7 +149,8 @@ export function hybridStrategy<C extends CandidateView>(
   const wr = weight(ctx.weights.reliability);
   const sumW = wc + wl + wr;
   const items = new Array<Scored<C>>(n);
-  // Every slot written below before it is read; filled with a double so the array stores doubles from the start.
+  // NaN where nothing is written: an unmeasured latency, the best sum of one not ranked on it. (A double fill
+  // also makes it an array of doubles from the start.)
   const figs = new Array<number>(n * ROW + 3).fill(NaN);
   let unmeasured: Scored<C>[] | undefined;
   const lowCost = COST.reset();
