@@ -48,11 +48,35 @@ export function lfLineEnds(): (text: string) => string {
  */
 export const MAX_SSE_EVENT_CHARS = 4 * 1024 * 1024;
 
+/** A chunk's text, where it ends with a whole character (a Buffer, as undici's bodies give). */
+function utf8(chunk: Uint8Array): string {
+  return (
+    Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+  ).toString('utf8');
+}
+
+/**
+ * Whether `bytes` ends with the first bytes of a UTF-8 character whose rest is still to come (a read may cut
+ * one anywhere): its last lead byte announces more bytes than follow it.
+ */
+export function endsInsideCharacter(bytes: Uint8Array): boolean {
+  const n = bytes.length;
+  // A character is at most 4 bytes: its lead byte is among the last 4.
+  for (let i = n - 1; i >= 0 && i >= n - 4; i--) {
+    const b = bytes[i]!;
+    if ((b & 0xc0) === 0x80) continue; // a continuation byte: the lead is further back
+    const size = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return n - i < size;
+  }
+  return false;
+}
+
 export function createSseParser(
   onEvent: (type: string | undefined, data: string) => void,
   maxEventChars = MAX_SSE_EVENT_CHARS,
 ): SseParser {
-  const decoder = new StringDecoder('utf8');
+  /** Made at the first chunk that ends inside a character: most streams never have one. */
+  let decoder: StringDecoder | undefined;
   const parser: EventSourceParser = createParser({
     onEvent: (msg) => onEvent(msg.event, msg.data),
     maxBufferSize: maxEventChars,
@@ -77,7 +101,10 @@ export function createSseParser(
   const toLf = lfLineEnds();
   return {
     feed(chunk) {
-      let text = typeof chunk === 'string' ? chunk : decoder.write(chunk as Buffer);
+      let text: string;
+      if (typeof chunk === 'string') text = chunk;
+      else if (decoder === undefined && !endsInsideCharacter(chunk)) text = utf8(chunk);
+      else text = (decoder ??= new StringDecoder('utf8')).write(chunk as Buffer);
       if (first && text !== '') {
         first = false;
         if (text.charCodeAt(0) === BOM) text = text.slice(1);
@@ -85,7 +112,7 @@ export function createSseParser(
       parser.feed(toLf(text));
     },
     end() {
-      const rest = decoder.end();
+      const rest = decoder?.end() ?? '';
       // A last event the upstream did not close with a blank line still counts (a body that ends after
       // `data: {...finish_reason...}\n` has finished): the blank line is added; after one, it adds nothing.
       parser.feed(toLf(rest) + '\n\n');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Scrubber } from '../../../src/observability/scrub.js';
 import { dataFrame } from '../../../src/streaming/relay.js';
-import { createSseParser } from '../../../src/streaming/sse.js';
+import { createSseParser, endsInsideCharacter } from '../../../src/streaming/sse.js';
 
 describe('SSE parser', () => {
   it('yields whole events however the bytes are split, multi-byte characters included', () => {
@@ -20,6 +20,40 @@ describe('SSE parser', () => {
       expect(got, `cut at ${cut}`).toEqual(expected);
     }
   });
+  it('the same text whatever the reads, three cuts inside characters included, and invalid bytes as U+FFFD', () => {
+    const text = 'data: {"x":"a😀b€c"}\n\ndata: {"y":"ü"}\n\n';
+    const bytes = Buffer.concat([
+      Buffer.from(text),
+      Buffer.from([0x64, 0x61, 0x74, 0x61, 0x3a, 0x20, 0x80, 0xff, 0x0a, 0x0a]),
+    ]);
+    const whole: string[] = [];
+    const one = createSseParser((_t, data) => whole.push(data));
+    one.feed(bytes);
+    one.end();
+    expect(whole).toEqual(['{"x":"a😀b€c"}', '{"y":"ü"}', '\ufffd\ufffd']);
+    for (let a = 1; a < bytes.length - 2; a++)
+      for (const b of [a + 1, a + 2]) {
+        const got: string[] = [];
+        const p = createSseParser((_t, data) => got.push(data));
+        for (const piece of [bytes.subarray(0, a), bytes.subarray(a, b), bytes.subarray(b)]) p.feed(piece);
+        p.end();
+        expect(got, `cuts at ${a}, ${b}`).toEqual(whole);
+      }
+  });
+
+  it('tells a read that ends inside a character from one that ends with a whole one', () => {
+    const euro = Buffer.from('€'); // 3 bytes
+    const face = Buffer.from('😀'); // 4 bytes
+    expect(endsInsideCharacter(Buffer.from('ab'))).toBe(false);
+    expect(endsInsideCharacter(euro)).toBe(false);
+    expect(endsInsideCharacter(face)).toBe(false);
+    expect(endsInsideCharacter(Buffer.concat([Buffer.from('a'), euro.subarray(0, 2)]))).toBe(true);
+    expect(endsInsideCharacter(face.subarray(0, 1))).toBe(true);
+    expect(endsInsideCharacter(face.subarray(0, 3))).toBe(true);
+    expect(endsInsideCharacter(Buffer.from([0x61, 0x80]))).toBe(false); // a stray continuation byte
+    expect(endsInsideCharacter(Buffer.alloc(0))).toBe(false);
+  });
+
   it('refuses an event that outgrows its bound (a line never ended, or data lines never closed)', () => {
     for (const feeds of [
       ['data: {"x":"', 'a'.repeat(60), 'a'.repeat(60)], // one line without its end
