@@ -16,6 +16,7 @@ import {
   type Usage,
 } from './adapter.js';
 import { AttemptSignal } from './bounds.js';
+import { forgetSource } from './body-text.js';
 import { parseJsonObject } from './adapters/common.js';
 import type { UpstreamResponse } from './client.js';
 import { discard, readBody, relayChunks } from './response-body.js';
@@ -223,6 +224,7 @@ async function attemptStreamBody(
           committed = true;
           commitRead = reads;
           ttftMs = input.now() - t0;
+          forgetSource(body); // no upstream is sent it again: the prompt's text is not kept for the stream
           writer.commit(headers());
           out = pending + frame;
           pending = '';
