@@ -13,7 +13,7 @@ import type { RouteTarget, Runtime } from '../runtime.js';
 import { SseWriter } from '../streaming/relay.js';
 import { Abort } from '../upstream/abort.js';
 import type { ChatBody } from '../upstream/adapter.js';
-import type { AttemptResult } from '../upstream/attempt.js';
+import type { AttemptInput, AttemptResult } from '../upstream/attempt.js';
 import { attemptJson } from '../upstream/attempt-json.js';
 import { attemptStream } from '../upstream/attempt-stream.js';
 import {
@@ -203,10 +203,12 @@ async function handleChat(
   reply: FastifyReply,
 ): Promise<Answered | undefined> {
   const startedAt = gw.now();
-  const body = validateChatBody(req.body);
+  // The client's body, reached only through `held` past this point: a stream lets go of it when it commits (no
+  // upstream is sent it again), where a long prompt's parsed copy was kept for the stream's whole life.
+  const held: { body: ChatBody | undefined } = { body: validateChatBody(req.body) };
   const clientSignal = clientGoneSignal(reply);
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
-  const pending = decideChat(gw, rt, body, req.headers, clientSignal);
+  const pending = decideChat(gw, rt, held.body!, req.headers, clientSignal);
   const decision = pending instanceof Promise ? await pending : pending;
   const { route, hdrs, features, strategy, tier, plan } = decision;
   let opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features);
@@ -225,13 +227,16 @@ async function handleChat(
     };
   }
   const includeUsage =
-    (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
+    (held.body!.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);
   let lastAttempts: readonly AttemptRecord[] = [];
   let current: RankedCandidate<RouteTarget> | undefined;
-  const input = (target: RankedCandidate<RouteTarget>) => ({
+  const input = (target: RankedCandidate<RouteTarget>): AttemptInput => ({
     upstream: target.candidate.upstream,
-    body: body as ChatBody,
+    // Read only while the request may still be sent: before its stream commits (see `held`).
+    get body(): ChatBody {
+      return held.body!;
+    },
     clientSignal,
     deadline: opts.deadline,
     now: gw.now,
@@ -289,7 +294,12 @@ async function handleChat(
       writer = new SseWriter(
         reply.raw,
         clientSignal,
-        () => commitRaw(reply),
+        () => {
+          // The stream begins (or is cut, its request's signal aborted with it): no attempt follows.
+          held.body = undefined;
+          req.body = undefined;
+          return commitRaw(reply);
+        },
         () =>
           routerHeaders(
             req.id,

@@ -156,12 +156,16 @@ export function attemptStream(
   headers: () => Record<string, string>,
   scrubber: { scrub(text: string): string },
 ): Promise<AttemptResult> {
-  return attemptStreamBody(input, fitted(input), 0, undefined, writer, headers, scrubber);
+  return attemptStreamBody(input, { body: fitted(input) }, 0, undefined, writer, headers, scrubber);
 }
 
+/**
+ * `sent.body`: the body to send (the client's, fitted), let go of when the stream commits: nothing sends it
+ * again, and a long prompt's copy was otherwise kept for the stream's whole life.
+ */
 async function attemptStreamBody(
   input: AttemptInput,
-  body: ChatBody,
+  sent: { body: ChatBody | undefined },
   refits: number,
   firstStart: number | undefined,
   writer: SseWriter,
@@ -170,7 +174,7 @@ async function attemptStreamBody(
 ): Promise<AttemptResult> {
   const { upstream } = input;
   const { adapter, client, adapterProvider } = upstream.provider;
-  const prepared = adapter.chatRequest(body, upstream.upstreamModel, adapterProvider);
+  const prepared = adapter.chatRequest(sent.body!, upstream.upstreamModel, adapterProvider);
   const t0 = input.now();
   const sig = new AttemptSignal(input.clientSignal, input.deadline, t0, input.upstream, firstStart);
   let committed = false;
@@ -186,12 +190,12 @@ async function attemptStreamBody(
     if (res.statusCode < 200 || res.statusCode >= 300) {
       const failed = await errorResult(res, input, sig, t0);
       const first = firstStart ?? t0;
-      const again = refitted(input, body, refits, first, failed);
+      const again = refitted(input, sent.body!, refits, first, failed);
       if (again === undefined) return failed;
       sig.done();
       return await afterRefused(
         failed,
-        attemptStreamBody(input, again, refits + 1, first, writer, headers, scrubber),
+        attemptStreamBody(input, { body: again }, refits + 1, first, writer, headers, scrubber),
       );
     }
 
@@ -224,7 +228,9 @@ async function attemptStreamBody(
           committed = true;
           commitRead = reads;
           ttftMs = input.now() - t0;
-          forgetSource(body); // no upstream is sent it again: the prompt's text is not kept for the stream
+          // No upstream is sent the body again: neither it nor its source text is kept for the stream.
+          forgetSource(sent.body);
+          sent.body = undefined;
           writer.commit(headers());
           out = pending + frame;
           pending = '';
@@ -254,7 +260,7 @@ async function attemptStreamBody(
       },
     };
     const streamTokens = (): number => Math.max(contentChunks, Math.round(contentTokens));
-    const ctx = contextFor(input, body);
+    const ctx = contextFor(input, sent.body!);
     const translator = adapter.streamTranslator(sink, ctx);
     const parser = createSseParser((type, data) => translator.event(type, data));
     /** Undecided until the body's first byte: an upstream that ignored `stream` answers one JSON object. */
@@ -356,12 +362,12 @@ async function attemptStreamBody(
     else if (streamError) {
       const overflow = committed ? undefined : inBandOverflow(streamError, totalMs);
       // A refusal as too long sent in the stream (a proxy's way) is fitted as one sent as a 400 is.
-      const again = overflow && refitted(input, body, refits, firstStart ?? t0, overflow);
+      const again = overflow && refitted(input, sent.body!, refits, firstStart ?? t0, overflow);
       if (overflow && again) {
         sig.done();
         return await afterRefused(
           overflow,
-          attemptStreamBody(input, again, refits + 1, firstStart ?? t0, writer, headers, scrubber),
+          attemptStreamBody(input, { body: again }, refits + 1, firstStart ?? t0, writer, headers, scrubber),
         );
       }
       result =
