@@ -203,12 +203,12 @@ async function handleChat(
   reply: FastifyReply,
 ): Promise<Answered | undefined> {
   const startedAt = gw.now();
-  // The client's body, reached only through `held` past this point: a stream lets go of it when it commits (no
-  // upstream is sent it again), where a long prompt's parsed copy was kept for the stream's whole life.
-  const held: { body: ChatBody | undefined } = { body: validateChatBody(req.body) };
+  // Let go of when a stream commits (no upstream is sent it again): a long prompt's parsed copy was kept for the
+  // stream's whole life.
+  let body: ChatBody | undefined = validateChatBody(req.body);
   const clientSignal = clientGoneSignal(reply);
   // A flat route decides synchronously: only a tiered one can have a promise to wait on.
-  const pending = decideChat(gw, rt, held.body!, req.headers, clientSignal);
+  const pending = decideChat(gw, rt, body, req.headers, clientSignal);
   const decision = pending instanceof Promise ? await pending : pending;
   const { route, hdrs, features, strategy, tier, plan } = decision;
   let opts = failoverOptions(gw, rt, route.name, startedAt, req.id, plan, features);
@@ -227,17 +227,17 @@ async function handleChat(
     };
   }
   const includeUsage =
-    (held.body!.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
+    (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
   const created = Math.floor(Date.now() / 1000);
   let lastAttempts: readonly AttemptRecord[] = [];
   let current: RankedCandidate<RouteTarget> | undefined;
   /** The input of the attempt running now: its stream's commit lets go of the body in it too. */
   let sending: { body: ChatBody | undefined } | undefined;
-  // A plain property, not a getter reading `held`: a getter made per object gave every input a shape of its
+  // A plain property, not a getter reading `body`: a getter made per object gave every input a shape of its
   // own, and the code that reads them went megamorphic (+18 CPU ms per 1,000 JSON requests, bench/ab-cpu.sh).
   const input = (target: RankedCandidate<RouteTarget>): AttemptInput => ({
     upstream: target.candidate.upstream,
-    body: held.body!,
+    body: body!,
     clientSignal,
     deadline: opts.deadline,
     now: gw.now,
@@ -297,7 +297,7 @@ async function handleChat(
         clientSignal,
         () => {
           // The stream begins (or is cut, its request's signal aborted with it): no attempt follows.
-          held.body = undefined;
+          body = undefined;
           req.body = undefined;
           if (sending !== undefined) sending.body = undefined;
           return commitRaw(reply);

@@ -16,7 +16,6 @@ import {
   type Usage,
 } from './adapter.js';
 import { AttemptSignal } from './bounds.js';
-import { forgetSource } from './body-text.js';
 import { parseJsonObject } from './adapters/common.js';
 import type { UpstreamResponse } from './client.js';
 import { discard, readBody, relayChunks } from './response-body.js';
@@ -228,9 +227,7 @@ async function attemptStreamBody(
           committed = true;
           commitRead = reads;
           ttftMs = input.now() - t0;
-          // No upstream is sent the body again: neither it nor its source text is kept for the stream.
-          forgetSource(sent.body);
-          sent.body = undefined;
+          sent.body = undefined; // no upstream is sent it again: not kept for the stream's life
           writer.commit(headers());
           out = pending + frame;
           pending = '';

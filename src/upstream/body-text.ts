@@ -9,12 +9,9 @@ import { skipSpace, stringEnd } from '../json-scan.js';
 
 const SOURCE = Symbol('json source text');
 
-/**
- * The text, and the object it was parsed into: a spread copy of the body carries this along, but is not `of`.
- * `text` undefined: let go (forgetSource).
- */
+/** The text, and the object it was parsed into: a spread copy of the body carries this along, but is not `of`. */
 interface Source {
-  text: string | undefined;
+  readonly text: string;
   readonly of: object;
 }
 
@@ -34,16 +31,6 @@ export function rememberSource(parsed: unknown, text: string): void {
 export function sourceText(parsed: unknown): string | undefined {
   const source = (parsed as WithSource | null | undefined)?.[SOURCE];
   return source !== undefined && source.of === parsed ? source.text : undefined;
-}
-
-/**
- * Lets go of the text a body was parsed from, for the body and every copy of it: a stream that has committed
- * sends its body to no upstream again, and the text (as long as the prompt) was kept for the stream's whole
- * life. A body sent after this is serialised anew.
- */
-export function forgetSource(body: unknown): void {
-  const source = (body as WithSource | null | undefined)?.[SOURCE];
-  if (source !== undefined) source.text = undefined;
 }
 
 /**
@@ -85,7 +72,6 @@ export function sourceWithModel(body: Record<string, unknown>, model: string): s
   const source = (body as WithSource)[SOURCE];
   if (source?.of !== body || typeof body.model !== 'string') return undefined;
   const text = source.text;
-  if (text === undefined) return undefined;
   const span = topLevelStringSpan(text, 'model');
   // As many keys written as parsed: none repeated.
   if (span === undefined || span[2] !== keyCount(body)) return undefined;
@@ -107,11 +93,11 @@ export function sourceWithModel(body: Record<string, unknown>, model: string): s
  */
 export function sourceWithEdits(body: Record<string, unknown>, model: string): string | undefined {
   const source = (body as WithSource)[SOURCE];
-  const text = source?.text;
-  if (source === undefined || text === undefined) return undefined;
+  if (source === undefined) return undefined;
   const original = source.of as Record<string, unknown>;
-  const members = topLevelMembers(text);
+  const members = topLevelMembers(source.text);
   if (members === undefined || members.length !== keyCount(original)) return undefined;
+  const text = source.text;
   const parts: string[] = [];
   for (const { key, start, end } of members) {
     if (key === 'model') parts.push(`"model":${JSON.stringify(model)}`);

@@ -1,8 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
-  forgetSource,
   rememberSource,
-  sourceText,
   sourceWithEdits,
   sourceWithModel,
   topLevelMembers,
@@ -228,23 +226,6 @@ describe('sourceWithEdits', () => {
       }
     }
     expect(read).toBeGreaterThan(100);
-  });
-});
-
-describe('forgetSource', () => {
-  it('lets go of the text for the body and every copy of it: each is then serialised anew, the same meaning', () => {
-    const text = '{"model":"alias","messages":[{"role":"user","content":"hi"}],"temperature":1.0}';
-    const body = parsed(text);
-    const copy = { ...body, max_completion_tokens: 5 };
-    expect(sourceText(body)).toBe(text);
-    forgetSource(copy);
-    expect(sourceText(body)).toBeUndefined();
-    expect(sourceWithModel(body, 'up')).toBeUndefined();
-    expect(sourceWithEdits(copy, 'up')).toBeUndefined();
-    expect(stringifyWithModel(body, 'up')).toBe(
-      '{"model":"up","messages":[{"role":"user","content":"hi"}],"temperature":1}',
-    );
-    forgetSource({}); // a body with no source: nothing to let go
   });
 });
 
